@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# trove's main job, started by `make run`. Finds the model to use — a real GGUF in the model
+# directory, else a synthetic demo model generated on first run (said loudly: its output is noise) —
+# and runs the most useful command that exists for it. Once `trove serve` exists, that is the server.
+set -euo pipefail
+trove=${1:-build/trove}
+home=${TROVE_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/trove}
+models=$home/models
+mkdir -p "$models"
+
+model=""
+for f in "$models"/*.gguf; do
+  [ -e "$f" ] || continue
+  case "$(basename "$f")" in synthetic-*) continue ;; esac
+  model=$f
+  break
+done
+
+if [ -z "$model" ]; then
+  model=$models/synthetic-qwen3-0.6b-q8_0.gguf
+  cat <<MSG
+################################################################################
+#  No real model found in $models
+#  Using a SYNTHETIC demo model: the real Qwen3-0.6B shapes and tokenizer with
+#  RANDOM WEIGHTS. Everything runs, but what it generates is noise.
+#  For real output, put a Qwen3 GGUF (e.g. Qwen3-Coder-30B-A3B-Instruct
+#  Q4_K_M) into $models
+################################################################################
+MSG
+  if [ ! -f "$model" ]; then
+    "$trove" mkmodel --preset qwen3-0.6b --type Q8_0 --out "$model.partial"
+    mv "$model.partial" "$model"
+  fi
+fi
+
+exec "$trove" info "$model"

@@ -1,0 +1,64 @@
+// llama.cpp (through node-llama-cpp's CPU build) as an oracle for trove's tests.
+//
+//   const o = await openModel(path);          // loads a GGUF with llama.cpp on the CPU
+//   o.info                                    // llama.cpp's view: parameters, size, context, vocab
+//   o.tokenize(text, {special})               // llama.cpp's token ids
+//   await o.nextTokenProbs(ids, {positions, top})  // next-token probabilities at chosen positions
+//   await o.close()
+//
+// Nothing here knows trove's code: this is llama.cpp's answer, to compare trove's against.
+import { getLlama } from "node-llama-cpp";
+
+let llamaPromise = null;
+export function llama() {
+  if (!llamaPromise) llamaPromise = getLlama({ gpu: false, build: "never", logLevel: "error" });
+  return llamaPromise;
+}
+
+export async function openModel(path, { contextSize = 512 } = {}) {
+  const l = await llama();
+  const model = await l.loadModel({ modelPath: path, gpuLayers: 0 });
+  let context = null;
+  const info = {
+    parameters: Number(model.fileInsights.totalParameters ?? NaN),
+    size: Number(model.size),
+    trainContextSize: model.trainContextSize,
+    vocabSize: model.tokens?.vocabularySize ?? null,
+    description: model.typeDescription,
+    fileType: model.fileInfo?.metadata?.general?.file_type ?? null,
+    architecture: model.fileInfo?.metadata?.general?.architecture ?? null,
+  };
+  return {
+    model,
+    info,
+    tokenize(text, { special = false } = {}) {
+      return Array.from(model.tokenize(text, special));
+    },
+    detokenize(ids, { special = false } = {}) {
+      return model.detokenize(ids, special);
+    },
+    // Next-token probability distributions after each of `positions` (indices into ids); each entry
+    // {position, top: [[id, p], ...] sorted by p descending}.
+    async nextTokenProbs(ids, { positions = null, top = 10 } = {}) {
+      if (!context) context = await model.createContext({ contextSize, batchSize: contextSize, sequences: 1 });
+      const seq = context.getSequence();
+      const want = new Set(positions ?? ids.map((_, i) => i));
+      const input = ids.map((id, i) =>
+        want.has(i) ? [id, { generateNext: { probabilities: true } }] : id);
+      const res = await seq.controlledEvaluate(input);
+      const out = [];
+      res.forEach((r, i) => {
+        if (!r || !r.next || !r.next.probabilities) return;
+        const entries = Array.from(r.next.probabilities.entries()).sort((a, b) => b[1] - a[1]).slice(0, top);
+        out.push({ position: i, top: entries });
+      });
+      await seq.clearHistory();
+      seq.dispose();
+      return out;
+    },
+    async close() {
+      if (context) await context.dispose();
+      await model.dispose();
+    },
+  };
+}

@@ -27,10 +27,9 @@ if [ -z "$model" ]; then
 #  Q4_K_M) into $models
 ################################################################################
 MSG
-  if [ ! -f "$model" ]; then
-    "$trove" mkmodel --preset qwen3-0.6b --type Q8_0 --out "$model.partial"
-    mv "$model.partial" "$model"
-  fi
+  # mkmodel writes <file>.partial and renames it when complete, so an interrupted first run
+  # leaves no half model behind.
+  [ -f "$model" ] || "$trove" mkmodel --preset qwen3-0.6b --type Q8_0 --out "$model"
 fi
 
 exec "$trove" info "$model"

@@ -29,6 +29,8 @@
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
+#include <cstdarg>
+#include <cstdio>
 #include <cstring>
 #include <deque>
 #include <filesystem>
@@ -173,6 +175,19 @@ double eviction_score(const BlockEntry& e) {
   return static_cast<double>(e.last_access) + 3600.0 * std::log2(1.0 + static_cast<double>(e.hits));
 }
 
+// RocksDB's own log goes to trove's log (warnings and errors only) instead of a LOG file in the
+// index directory: fewer files, and no log file writer to trip over once the disk is full.
+class RocksLogger final : public rocksdb::Logger {
+ public:
+  RocksLogger() : rocksdb::Logger(rocksdb::InfoLogLevel::WARN_LEVEL) {}
+  using rocksdb::Logger::Logv;
+  void Logv(const char* format, va_list ap) override {
+    char buf[1024];
+    std::vsnprintf(buf, sizeof buf, format, ap);
+    log::warn("rocksdb", "{}", buf);
+  }
+};
+
 std::string segment_name(uint32_t id) { return fmt::format("seg-{:08d}.trv", id); }
 
 class StoreImpl final : public Store {
@@ -229,6 +244,10 @@ class StoreImpl final : public Store {
   uint64_t stored_bytes_ = 0, logical_bytes_ = 0;
 
   std::mutex write_mu_;  // serialises index mutations (writer batches, eviction, compaction)
+  // Set after the first failed index write (e.g. the disk filled). RocksDB must not be written again
+  // in this process after a write error (its WAL is in an unknown state); inserts then fail softly and
+  // reads go on from the in-memory index. The next open() recovers the WAL.
+  bool index_failed_ = false;
   uint32_t cur_seg_ = 0;
   int cur_fd_ = -1;
   uint64_t cur_off_ = 0;
@@ -412,6 +431,9 @@ Status StoreImpl::open() {
   ro.max_open_files = 256;
   ro.keep_log_file_num = 2;
   ro.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
+  ro.info_log = std::make_shared<RocksLogger>();
+  // Replaying the WAL without flushing it needs no new SST file, so a store on a full disk reopens.
+  ro.avoid_flush_during_recovery = true;
   rocksdb::DB* db = nullptr;
   rocksdb::Status s = opt_.read_only ? rocksdb::DB::OpenForReadOnly(ro, dir_ + "/index", &db)
                                      : rocksdb::DB::Open(ro, dir_ + "/index", &db);
@@ -682,6 +704,10 @@ void StoreImpl::writer_loop() {
 }
 
 void StoreImpl::write_batch(std::vector<Pending>& batch) {
+  if (index_failed_) {
+    failed_ += batch.size();
+    return;
+  }
   const int64_t now = now_seconds();
   std::vector<BlockEntry> written;
   written.reserve(batch.size());
@@ -713,7 +739,10 @@ void StoreImpl::write_batch(std::vector<Pending>& batch) {
       ++failed_;
       log::warn(kComponent, "writing block {} failed: {}; not stored (the disk may be full)", p.entry.ref.key.hex(),
                 errno_text());
-      continue;  // cur_off_ is not advanced: the next record overwrites the partial one
+      // Give back what the partial record took, so a full disk still has room for the index (and a
+      // reopen); cur_off_ is not advanced, so the next record starts where this one did.
+      (void)::ftruncate(cur_fd_, static_cast<off_t>(cur_off_));
+      continue;
     }
     BlockEntry e = std::move(p.entry);
     e.ref.segment = cur_seg_;
@@ -760,7 +789,11 @@ void StoreImpl::write_batch(std::vector<Pending>& batch) {
   rocksdb::Status s = db_->Write(wo, &wb);
   if (!s.ok()) {
     failed_ += written.size();
-    log::warn(kComponent, "index write failed: {}; {} blocks not stored", s.ToString(), written.size());
+    index_failed_ = true;
+    log::warn(kComponent,
+              "index write failed: {}; {} blocks not stored, and no more will be until the store is reopened "
+              "(reads continue)",
+              s.ToString(), written.size());
     return;
   }
   std::unique_lock l(map_mu_);
@@ -781,6 +814,7 @@ void StoreImpl::write_batch(std::vector<Pending>& batch) {
 
 void StoreImpl::persist_access_locked() {
   last_persist_ = std::chrono::steady_clock::now();
+  if (index_failed_) return;
   rocksdb::WriteBatch wb;
   {
     std::unique_lock l(map_mu_);
@@ -791,7 +825,8 @@ void StoreImpl::persist_access_locked() {
     }
     dirty_.clear();
   }
-  (void)db_->Write(rocksdb::WriteOptions(), &wb);  // access metadata: losing the last second is fine
+  // Access metadata: losing the last second of it is fine; a failure still stops index writes.
+  if (!db_->Write(rocksdb::WriteOptions(), &wb).ok()) index_failed_ = true;
 }
 
 Status StoreImpl::flush() {
@@ -817,6 +852,7 @@ Status StoreImpl::flush() {
 }
 
 Status StoreImpl::delete_entries_locked(const std::vector<BlockKey>& keys) {
+  if (index_failed_) return Status::IoError(fmt::format("the index of '{}' failed earlier; reopen the store", dir_));
   rocksdb::WriteBatch wb;
   std::unique_lock l(map_mu_);
   std::vector<BlockKey> removed;
@@ -840,7 +876,10 @@ Status StoreImpl::delete_entries_locked(const std::vector<BlockKey>& keys) {
   rocksdb::WriteOptions wo;
   wo.sync = true;
   rocksdb::Status st = db_->Write(wo, &wb);
-  if (!st.ok()) return Status::IoError(fmt::format("index write failed: {}", st.ToString()));
+  if (!st.ok()) {
+    index_failed_ = true;
+    return Status::IoError(fmt::format("index write failed: {}", st.ToString()));
+  }
   return Status::Ok();
 }
 
@@ -908,6 +947,7 @@ Status StoreImpl::evict_if(const std::function<bool(const BlockEntry&)>& pick) {
 }
 
 Status StoreImpl::compact_locked() {
+  if (index_failed_) return Status::IoError(fmt::format("the index of '{}' failed earlier; reopen the store", dir_));
   std::vector<uint32_t> candidates;
   {
     std::shared_lock l(map_mu_);
@@ -958,7 +998,10 @@ Status StoreImpl::compact_locked() {
     for (const auto& e : moved) wb.Put(detail::index_key(e.ref.key), detail::encode_entry(e));
     rocksdb::WriteOptions wo;
     wo.sync = true;
-    if (rocksdb::Status s = db_->Write(wo, &wb); !s.ok()) return Status::IoError(s.ToString());
+    if (rocksdb::Status s = db_->Write(wo, &wb); !s.ok()) {
+      index_failed_ = true;
+      return Status::IoError(s.ToString());
+    }
     std::string path;
     {
       std::unique_lock l(map_mu_);

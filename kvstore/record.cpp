@@ -89,9 +89,11 @@ EncodedRecord encode_record(const BlockKey& key, PayloadDtype dtype, uint16_t la
                                     static_cast<int>(src.size()), bound);
   if (stored > 0 && static_cast<size_t>(stored) < src.size()) {
     h.flags |= kFlagLz4;
-  } else {  // incompressible: store as is
-    std::memcpy(rec.bytes.data() + kRecordHeaderBytes, src.data(), src.size());
-    stored = static_cast<int>(src.size());
+  } else {
+    // Incompressible: store the original bytes, unshuffled, so reading them back is one copy.
+    h.flags = 0;
+    std::memcpy(rec.bytes.data() + kRecordHeaderBytes, payload.data(), payload.size());
+    stored = static_cast<int>(payload.size());
   }
   h.stored_size = static_cast<uint64_t>(stored);
   rec.bytes.resize(align_up(kRecordHeaderBytes + h.stored_size, kRecordAlign), 0);

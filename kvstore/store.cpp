@@ -157,6 +157,40 @@ class Latch {
   size_t n_;
 };
 
+// Reusable page-aligned read buffers: a 6 MiB block read into fresh memory would spend as long
+// faulting pages in as reading them from an NVMe drive. Buffers come back to the pool after use;
+// the pool keeps at most kMaxPooledBytes.
+class BufferPool {
+ public:
+  std::unique_ptr<AlignedBuffer> take(size_t n) {
+    {
+      std::lock_guard l(mu_);
+      for (size_t i = 0; i < free_.size(); ++i) {
+        if (free_[i]->size >= n) {
+          auto b = std::move(free_[i]);
+          free_.erase(free_.begin() + static_cast<long>(i));
+          pooled_ -= b->size;
+          return b;
+        }
+      }
+    }
+    return std::make_unique<AlignedBuffer>(detail::align_up(n, 1 << 20));
+  }
+  void give(std::unique_ptr<AlignedBuffer> b) {
+    if (!b) return;
+    std::lock_guard l(mu_);
+    if (pooled_ + b->size > kMaxPooledBytes) return;
+    pooled_ += b->size;
+    free_.push_back(std::move(b));
+  }
+
+ private:
+  static constexpr size_t kMaxPooledBytes = 512ull << 20;
+  std::mutex mu_;
+  std::vector<std::unique_ptr<AlignedBuffer>> free_;
+  size_t pooled_ = 0;
+};
+
 struct Segment {
   std::string path;
   uint64_t total_bytes = 0;  // bytes in the file
@@ -263,6 +297,7 @@ class StoreImpl final : public Store {
   std::thread writer_;
 
   WorkerPool pool_;
+  BufferPool buffers_;
   std::atomic<uint64_t> hits_{0}, misses_{0}, lookups_{0}, inserts_{0}, dups_{0}, dropped_{0}, failed_{0},
       corrupt_{0}, evictions_{0}, compactions_{0};
 };
@@ -409,7 +444,7 @@ std::shared_ptr<Fd> StoreImpl::segment_fd(uint32_t id) {
   auto it = segments_.find(id);
   if (it == segments_.end()) return nullptr;
   if (!it->second.read_fd) {
-    int fd = ::open(it->second.path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
+    int fd = opt_.direct_io ? ::open(it->second.path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT) : -1;
     bool direct = fd >= 0;
     if (fd < 0) fd = ::open(it->second.path.c_str(), O_RDONLY | O_CLOEXEC);  // e.g. tmpfs refuses O_DIRECT
     if (fd < 0) return nullptr;
@@ -442,7 +477,7 @@ Status StoreImpl::open() {
   TROVE_RETURN_IF_ERROR(load_index());
   TROVE_RETURN_IF_ERROR(scan_segments());
 
-  if (opt_.io != Options::Io::kPread) {
+  if (opt_.io == Options::Io::kIoUring || (opt_.io == Options::Io::kAuto && opt_.direct_io)) {
     io_uring ring;
     if (io_uring_queue_init(4, &ring, 0) == 0) {
       uring_ = true;
@@ -519,23 +554,25 @@ std::vector<Status> StoreImpl::read(std::span<const BlockRef> blocks, std::span<
       todo.push_back(i);
     }
   }
-  for (size_t i : todo) {
-    jobs[i].fd = segment_fd(jobs[i].ref.segment);
-    jobs[i].buf = std::make_unique<AlignedBuffer>(jobs[i].ref.length);
-  }
+  // Buffers are taken only when a read is issued, so at most queue_depth of them are live and the
+  // pool recycles them (already faulted-in) for the next reads.
+  for (size_t i : todo) jobs[i].fd = segment_fd(jobs[i].ref.segment);
   Latch latch(todo.size());
   auto decode = [&](size_t i) {
     result[i] = detail::decode_record(std::span<const uint8_t>(jobs[i].buf->data, jobs[i].ref.length), jobs[i].ref.key,
                                       jobs[i].ref.checksum, out[i]);
+    buffers_.give(std::move(jobs[i].buf));
     latch.done();
   };
   auto fail = [&](size_t i, Status st) {
     result[i] = std::move(st);
+    buffers_.give(std::move(jobs[i].buf));
     latch.done();
   };
   auto pread_job = [&](size_t i) {
-    const Job& j = jobs[i];
+    Job& j = jobs[i];
     if (!j.fd) return fail(i, Status::NotFound(fmt::format("segment {} is gone", j.ref.segment)));
+    if (!j.buf) j.buf = buffers_.take(j.ref.length);
     uint64_t got = 0;
     while (got < j.ref.length) {
       const ssize_t r = ::pread(j.fd->get(), j.buf->data + got, j.ref.length - got, static_cast<off_t>(j.ref.offset + got));
@@ -562,6 +599,7 @@ std::vector<Status> StoreImpl::read(std::span<const BlockRef> blocks, std::span<
             fail(i, Status::NotFound(fmt::format("segment {} is gone", jobs[i].ref.segment)));
             continue;
           }
+          jobs[i].buf = buffers_.take(jobs[i].ref.length);
           io_uring_sqe* sqe = io_uring_get_sqe(&ring);
           io_uring_prep_read(sqe, jobs[i].fd->get(), jobs[i].buf->data, static_cast<unsigned>(jobs[i].ref.length),
                              jobs[i].ref.offset);

@@ -48,7 +48,10 @@ std::optional<BlockKey> BlockKey::from_hex(std::string_view hex) {
 
 BlockKey block_key(const BlockKey& parent, std::string_view fingerprint, std::string_view name_space,
                    std::span<const int32_t> tokens) {
-  std::string b;
+  // One buffer per thread: lookup() hashes ~2,000 blocks for a 128k-token prompt, and an allocation
+  // per block would cost as much as the hashing.
+  thread_local std::string b;
+  b.clear();
   b.reserve(64 + fingerprint.size() + name_space.size() + tokens.size() * 4);
   b.push_back(0x01);  // parent key: hi then lo, little-endian
   put_u64(b, parent.hi);
@@ -61,7 +64,11 @@ BlockKey block_key(const BlockKey& parent, std::string_view fingerprint, std::st
   b.append(name_space);
   b.push_back(0x04);  // token ids, little-endian i32
   put_u32(b, static_cast<uint32_t>(tokens.size()));
-  for (int32_t t : tokens) put_u32(b, static_cast<uint32_t>(t));
+  const size_t at = b.size();
+  b.resize(at + tokens.size() * 4);
+  for (size_t i = 0; i < tokens.size(); ++i) {  // little-endian i32 (the host is little-endian)
+    std::memcpy(b.data() + at + 4 * i, &tokens[i], 4);
+  }
   const XXH128_hash_t h = XXH3_128bits(b.data(), b.size());
   return BlockKey{h.high64, h.low64};
 }

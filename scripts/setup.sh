@@ -16,7 +16,7 @@ build_pkgs=(
   dpkg-dev ca-certificates
   libgtest-dev libgmock-dev libbenchmark-dev
 )
-test_pkgs=(python3 python3-jinja2)
+test_pkgs=(python3 python3-jinja2 python3-xxhash)
 # The build fetches the source of Debian 13's glslang (see cmake/Glslang.cmake); that needs these.
 build_pkgs+=(python3)
 

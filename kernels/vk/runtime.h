@@ -1,0 +1,281 @@
+// kernels/vk/runtime.h — the Vulkan compute runtime every op is built on.
+//
+// Contract:
+//  - Device::open() creates an instance and picks a physical device: TROVE_VK_DEVICE (an index into
+//    the enumeration, or a case-insensitive substring of the device name) wins; otherwise the first
+//    discrete GPU, then integrated, then anything else (lavapipe/CPU is accepted). No device → an
+//    error that says what to install. Validation layers are enabled when TROVE_VK_VALIDATION=1 (or in
+//    Debug builds) and the layer is installed; validation messages go to trove::log and are counted
+//    (Device::validation_errors()).
+//  - Features are detected once and exposed in DeviceFeatures; ops pick shader variants from them.
+//  - Buffer: one VkBuffer + its own VkDeviceMemory (RAII, move-only). Device-local buffers are filled
+//    and read through upload()/download(), which go through a host-visible staging buffer and block
+//    until done. Host-visible buffers can also be mapped directly.
+//  - BufferSet: a logical byte range larger than maxStorageBufferRange / maxMemoryAllocationSize,
+//    split into chunks that each fit (chunk boundaries aligned to `align` bytes, so that a tensor row
+//    or quant block never straddles two chunks when the caller passes its row size). A 17 GB model is
+//    loaded as BufferSets.
+//  - Pipeline: a compute pipeline from embedded SPIR-V (looked up by shader name in the generated
+//    shader table), specialization constants (uint32 each, ids 0..n-1), a push-constant size and N
+//    storage-buffer bindings (set 0, bindings 0..N-1). Pipelines share one VkPipelineCache that is
+//    loaded from and saved to ${TROVE_HOME:-~/.cache/trove}/vk-pipeline-cache/<vendor>-<device>.bin.
+//  - CommandStream: records dispatches (binding buffers via pooled descriptor sets), inserts a
+//    compute→compute memory barrier when asked (barrier()), writes timestamps, then submit_and_wait().
+//    One stream is used by one thread at a time. After submit_and_wait() the stream can be reused.
+// Thread-safety: Device is safe to share for creating objects; the queue is used from one thread.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <vulkan/vulkan.h>
+
+#include "common/status.h"
+
+namespace trove::vk {
+
+struct DeviceFeatures {
+  std::string name;             // VkPhysicalDeviceProperties::deviceName
+  std::string driver;           // driver name + info, e.g. "NVIDIA 550.54"
+  uint32_t vendor_id = 0;
+  uint32_t device_id = 0;
+  bool discrete = false;
+  bool is_cpu = false;          // lavapipe / swiftshader
+  uint32_t api_version = 0;
+  bool fp16_arithmetic = false;    // shaderFloat16
+  bool storage_16bit = false;      // storageBuffer16BitAccess
+  bool storage_8bit = false;       // storageBuffer8BitAccess
+  bool int8_arithmetic = false;    // shaderInt8
+  bool integer_dot_product = false;  // VK_KHR_shader_integer_dot_product
+  uint32_t subgroup_size = 0;
+  bool subgroup_arithmetic = false;  // VK_SUBGROUP_FEATURE_ARITHMETIC_BIT in compute
+  bool subgroup_shuffle = false;
+  bool cooperative_matrix = false;   // VK_KHR_cooperative_matrix extension offered by the device
+  // Shapes: filled only when the runtime was built with headers that know the extension.
+  struct CoopMatShape {
+    uint32_t m, n, k;
+    // VkComponentTypeKHR / VkScopeKHR values, kept as integers so that this header also compiles
+    // against system Vulkan headers that predate VK_KHR_cooperative_matrix.
+    uint32_t a, b, c, result, scope;
+  };
+  std::vector<CoopMatShape> coopmat_shapes;
+  uint64_t max_storage_buffer_range = 0;
+  uint64_t max_memory_allocation_size = 0;
+  uint32_t max_push_constants_size = 0;
+  uint32_t max_compute_workgroup_count[3] = {0, 0, 0};
+  uint32_t max_compute_workgroup_invocations = 0;
+  float timestamp_period_ns = 0;     // 0: no timestamp support on the compute queue
+  uint64_t device_local_bytes = 0;
+};
+
+struct DeviceOptions {
+  // Overrides for testing the chunking logic on small devices; 0 = use the device's limit.
+  uint64_t max_buffer_bytes_override = 0;
+  bool validation = false;           // in addition to TROVE_VK_VALIDATION=1 / Debug
+  bool pipeline_cache_on_disk = true;
+};
+
+class Device;
+
+enum class Memory { kDeviceLocal, kHostVisible };
+
+class Buffer {
+ public:
+  Buffer() = default;
+  Buffer(Buffer&&) noexcept;
+  Buffer& operator=(Buffer&&) noexcept;
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  ~Buffer();
+
+  VkBuffer handle() const { return buffer_; }
+  uint64_t size() const { return size_; }
+  Memory memory() const { return kind_; }
+  // Host-visible buffers only: persistently mapped pointer (nullptr for device-local).
+  void* mapped() const { return mapped_; }
+
+  // Copies bytes in/out (through staging for device-local buffers). Blocks until complete.
+  Status upload(const void* src, uint64_t bytes, uint64_t offset = 0);
+  Status download(void* dst, uint64_t bytes, uint64_t offset = 0) const;
+  // Fills the whole buffer with a repeated 32-bit pattern (vkCmdFillBuffer), e.g. a NaN poison.
+  Status fill(uint32_t pattern);
+
+ private:
+  friend class Device;
+  Device* device_ = nullptr;
+  VkBuffer buffer_ = VK_NULL_HANDLE;
+  VkDeviceMemory mem_ = VK_NULL_HANDLE;
+  uint64_t size_ = 0;
+  Memory kind_ = Memory::kDeviceLocal;
+  void* mapped_ = nullptr;
+};
+
+// A logical buffer of `size` bytes split into chunks of at most Device::max_buffer_bytes(), each
+// chunk a multiple of `align` (except the last).
+class BufferSet {
+ public:
+  struct Chunk {
+    uint64_t offset;  // logical offset of the chunk's first byte
+    Buffer buffer;
+  };
+  uint64_t size() const { return size_; }
+  uint64_t align() const { return align_; }
+  const std::vector<Chunk>& chunks() const { return chunks_; }
+  // Chunk holding logical byte `offset`, and the offset inside it.
+  std::pair<const Chunk*, uint64_t> locate(uint64_t offset) const;
+  // Copies across chunk boundaries transparently.
+  Status upload(const void* src, uint64_t bytes, uint64_t offset = 0);
+  Status download(void* dst, uint64_t bytes, uint64_t offset = 0) const;
+
+  // Pure planning function (testable without a device): chunk sizes for `size` bytes with at most
+  // `max_chunk` per chunk, each a multiple of `align`. Error when align > max_chunk.
+  static Result<std::vector<uint64_t>> plan(uint64_t size, uint64_t align, uint64_t max_chunk);
+
+ private:
+  friend class Device;
+  uint64_t size_ = 0;
+  uint64_t align_ = 1;
+  std::vector<Chunk> chunks_;
+};
+
+struct PipelineDesc {
+  std::string shader;                 // name in the embedded shader table, e.g. "add_f32"
+  std::vector<uint32_t> spec_constants;  // constant_id 0..n-1, uint32 each
+  uint32_t push_constant_bytes = 0;
+  uint32_t bindings = 0;              // storage buffers at set 0, bindings 0..bindings-1
+  uint32_t local_size_x = 0;          // informational (for dispatch math); the shader defines it
+};
+
+class Pipeline {
+ public:
+  Pipeline() = default;
+  Pipeline(Pipeline&&) noexcept;
+  Pipeline& operator=(Pipeline&&) noexcept;
+  Pipeline(const Pipeline&) = delete;
+  Pipeline& operator=(const Pipeline&) = delete;
+  ~Pipeline();
+  const PipelineDesc& desc() const { return desc_; }
+  VkPipeline handle() const { return pipeline_; }
+  VkPipelineLayout layout() const { return layout_; }
+  VkDescriptorSetLayout set_layout() const { return set_layout_; }
+
+ private:
+  friend class Device;
+  Device* device_ = nullptr;
+  PipelineDesc desc_;
+  VkShaderModule module_ = VK_NULL_HANDLE;
+  VkDescriptorSetLayout set_layout_ = VK_NULL_HANDLE;
+  VkPipelineLayout layout_ = VK_NULL_HANDLE;
+  VkPipeline pipeline_ = VK_NULL_HANDLE;
+};
+
+// A view of a buffer range bound to one binding.
+struct BufferRange {
+  VkBuffer buffer = VK_NULL_HANDLE;
+  uint64_t offset = 0;
+  uint64_t size = VK_WHOLE_SIZE;
+  BufferRange() = default;
+  BufferRange(const Buffer& b) : buffer(b.handle()), offset(0), size(b.size()) {}  // NOLINT
+  BufferRange(const Buffer& b, uint64_t off, uint64_t sz) : buffer(b.handle()), offset(off), size(sz) {}
+};
+
+class CommandStream {
+ public:
+  CommandStream(CommandStream&&) noexcept;
+  CommandStream& operator=(CommandStream&&) = delete;
+  CommandStream(const CommandStream&) = delete;
+  ~CommandStream();
+
+  // Records a dispatch of (gx, gy, gz) workgroups with `push` (size must equal the pipeline's
+  // push_constant_bytes) and `buffers` bound to bindings 0..n-1.
+  Status dispatch(const Pipeline& p, std::span<const BufferRange> buffers, const void* push,
+                  uint32_t push_bytes, uint32_t gx, uint32_t gy = 1, uint32_t gz = 1);
+  // Compute/transfer writes before → compute/transfer reads after.
+  void barrier();
+  void copy(const Buffer& src, uint64_t src_off, const Buffer& dst, uint64_t dst_off, uint64_t bytes);
+  // Writes a timestamp; returns its index (read with timestamps_ns() after submit_and_wait()).
+  uint32_t timestamp();
+  Status submit_and_wait();
+  // Nanoseconds since the first timestamp of the last submission, one per timestamp() call.
+  std::vector<double> timestamps_ns() const;
+
+ private:
+  friend class Device;
+  explicit CommandStream(Device* d);
+  Status begin_if_needed();
+  Device* device_;
+  VkCommandPool pool_ = VK_NULL_HANDLE;
+  VkCommandBuffer cmd_ = VK_NULL_HANDLE;
+  VkFence fence_ = VK_NULL_HANDLE;
+  VkQueryPool queries_ = VK_NULL_HANDLE;
+  std::vector<VkDescriptorPool> descriptor_pools_;
+  uint32_t sets_in_current_pool_ = 0;
+  uint32_t query_count_ = 0;
+  std::vector<uint64_t> last_timestamps_;
+  bool recording_ = false;
+};
+
+class Device {
+ public:
+  static Result<std::unique_ptr<Device>> open(const DeviceOptions& opts = {});
+  ~Device();
+  Device(const Device&) = delete;
+  Device& operator=(const Device&) = delete;
+
+  const DeviceFeatures& features() const { return features_; }
+  // Largest single buffer the runtime will create (min of the two device limits and the override).
+  uint64_t max_buffer_bytes() const { return max_buffer_bytes_; }
+  uint64_t validation_errors() const { return validation_errors_; }
+
+  Result<Buffer> buffer(uint64_t bytes, Memory kind = Memory::kDeviceLocal);
+  Result<BufferSet> buffer_set(uint64_t bytes, uint64_t align);
+  Result<Pipeline> pipeline(const PipelineDesc& desc);
+  Result<CommandStream> stream();
+  Status save_pipeline_cache();
+
+  VkDevice handle() const { return device_; }
+  VkPhysicalDevice physical() const { return physical_; }
+  VkQueue queue() const { return queue_; }
+  uint32_t queue_family() const { return queue_family_; }
+
+ private:
+  Device() = default;
+  friend class Buffer;
+  friend class CommandStream;
+  Result<uint32_t> memory_type(uint32_t type_bits, VkMemoryPropertyFlags want) const;
+  Status one_shot(const std::function<void(VkCommandBuffer)>& record);
+
+  VkInstance instance_ = VK_NULL_HANDLE;
+  VkDebugUtilsMessengerEXT messenger_ = VK_NULL_HANDLE;
+  VkPhysicalDevice physical_ = VK_NULL_HANDLE;
+  VkDevice device_ = VK_NULL_HANDLE;
+  VkQueue queue_ = VK_NULL_HANDLE;
+  uint32_t queue_family_ = 0;
+  VkPipelineCache cache_ = VK_NULL_HANDLE;
+  std::string cache_path_;
+  VkCommandPool transfer_pool_ = VK_NULL_HANDLE;
+  DeviceFeatures features_;
+  VkPhysicalDeviceMemoryProperties mem_props_{};
+  uint64_t max_buffer_bytes_ = 0;
+  uint64_t validation_errors_ = 0;
+ public:
+  // Called from the debug messenger callback.
+  void count_validation_error() { ++validation_errors_; }
+};
+
+// Embedded SPIR-V lookup (generated at build time from kernels/shaders/*.comp).
+struct ShaderBlob {
+  const uint32_t* words;
+  size_t word_count;
+};
+// nullptr-words blob if unknown.
+ShaderBlob find_shader(std::string_view name);
+std::vector<std::string> shader_names();
+
+}  // namespace trove::vk

@@ -1,0 +1,751 @@
+// Vulkan runtime implementation (see runtime.h for the contract).
+#include "kernels/vk/runtime.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include <fmt/format.h>
+
+#include "common/log.h"
+
+namespace trove::vk {
+namespace {
+
+std::string vk_err(const char* what, VkResult r) { return fmt::format("Vulkan: {} failed (VkResult {})", what, static_cast<int>(r)); }
+
+#define TROVE_VK(call, what)                                        \
+  do {                                                              \
+    VkResult _r = (call);                                           \
+    if (_r != VK_SUCCESS) return Status::Internal(vk_err(what, _r)); \
+  } while (0)
+
+VKAPI_ATTR VkBool32 VKAPI_CALL on_validation(VkDebugUtilsMessageSeverityFlagBitsEXT severity,
+                                             VkDebugUtilsMessageTypeFlagsEXT,
+                                             const VkDebugUtilsMessengerCallbackDataEXT* data, void* user) {
+  if (severity & VK_DEBUG_UTILS_MESSAGE_SEVERITY_ERROR_BIT_EXT) {
+    trove::log::error("vulkan", "validation: {}", data->pMessage);
+    static_cast<Device*>(user)->count_validation_error();
+  } else {
+    trove::log::warn("vulkan", "validation: {}", data->pMessage);
+  }
+  return VK_FALSE;
+}
+
+bool env_true(const char* name) {
+  const char* v = std::getenv(name);
+  return v && std::string(v) == "1";
+}
+
+std::string lower(std::string s) {
+  for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+std::string cache_dir() {
+  if (const char* h = std::getenv("TROVE_HOME"); h && *h) return std::string(h) + "/vk-pipeline-cache";
+  if (const char* h = std::getenv("HOME"); h && *h) return std::string(h) + "/.cache/trove/vk-pipeline-cache";
+  return {};
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- Device
+
+Result<std::unique_ptr<Device>> Device::open(const DeviceOptions& opts) {
+  std::unique_ptr<Device> d(new Device());
+#ifndef NDEBUG
+  bool want_validation = true;
+#else
+  bool want_validation = opts.validation || env_true("TROVE_VK_VALIDATION");
+#endif
+  VkApplicationInfo app{VK_STRUCTURE_TYPE_APPLICATION_INFO};
+  app.pApplicationName = "trove";
+  app.apiVersion = VK_API_VERSION_1_2;
+
+  std::vector<const char*> layers, exts;
+  if (want_validation) {
+    uint32_t n = 0;
+    vkEnumerateInstanceLayerProperties(&n, nullptr);
+    std::vector<VkLayerProperties> lp(n);
+    vkEnumerateInstanceLayerProperties(&n, lp.data());
+    bool have = std::any_of(lp.begin(), lp.end(), [](const VkLayerProperties& l) {
+      return std::strcmp(l.layerName, "VK_LAYER_KHRONOS_validation") == 0;
+    });
+    if (have) {
+      layers.push_back("VK_LAYER_KHRONOS_validation");
+      exts.push_back(VK_EXT_DEBUG_UTILS_EXTENSION_NAME);
+    } else {
+      trove::log::warn("vulkan", "Vulkan validation requested but VK_LAYER_KHRONOS_validation is not installed "
+                       "(install vulkan-validationlayers); continuing without it");
+    }
+  }
+  VkInstanceCreateInfo ici{VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO};
+  ici.pApplicationInfo = &app;
+  ici.enabledLayerCount = static_cast<uint32_t>(layers.size());
+  ici.ppEnabledLayerNames = layers.data();
+  ici.enabledExtensionCount = static_cast<uint32_t>(exts.size());
+  ici.ppEnabledExtensionNames = exts.data();
+  VkResult r = vkCreateInstance(&ici, nullptr, &d->instance_);
+  if (r != VK_SUCCESS) {
+    return Status::Unsupported(fmt::format(
+        "no Vulkan instance (VkResult {}); install a Vulkan driver (for CPU testing: mesa-vulkan-drivers) "
+        "and the loader (libvulkan1)", static_cast<int>(r)));
+  }
+  if (!layers.empty()) {
+    auto create = reinterpret_cast<PFN_vkCreateDebugUtilsMessengerEXT>(
+        vkGetInstanceProcAddr(d->instance_, "vkCreateDebugUtilsMessengerEXT"));
+    if (create) {
+      VkDebugUtilsMessengerCreateInfoEXT mci{VK_STRUCTURE_TYPE_DEBUG_UTILS_MESSENGER_CREATE_INFO_EXT};
+      mci.messageSeverity = VK_DEBUG_UTILS_MESSAGE_SEVERITY_WARNING_BIT_EXT | VK_DEBUG_UTILS_MESSAGE_SEVERITY_ERROR_BIT_EXT;
+      mci.messageType = VK_DEBUG_UTILS_MESSAGE_TYPE_GENERAL_BIT_EXT | VK_DEBUG_UTILS_MESSAGE_TYPE_VALIDATION_BIT_EXT |
+                        VK_DEBUG_UTILS_MESSAGE_TYPE_PERFORMANCE_BIT_EXT;
+      mci.pfnUserCallback = on_validation;
+      mci.pUserData = d.get();
+      create(d->instance_, &mci, nullptr, &d->messenger_);
+    }
+  }
+
+  uint32_t n = 0;
+  vkEnumeratePhysicalDevices(d->instance_, &n, nullptr);
+  std::vector<VkPhysicalDevice> pds(n);
+  vkEnumeratePhysicalDevices(d->instance_, &n, pds.data());
+  if (pds.empty()) {
+    return Status::Unsupported("no Vulkan device found; install your GPU's Vulkan driver, or for CPU testing "
+                               "install mesa-vulkan-drivers (lavapipe)");
+  }
+  std::vector<VkPhysicalDeviceProperties> props(n);
+  for (uint32_t i = 0; i < n; ++i) vkGetPhysicalDeviceProperties(pds[i], &props[i]);
+
+  int pick = -1;
+  if (const char* sel = std::getenv("TROVE_VK_DEVICE"); sel && *sel) {
+    std::string s(sel);
+    bool numeric = std::all_of(s.begin(), s.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)); });
+    if (numeric) {
+      unsigned long idx = std::stoul(s);
+      if (idx < n) pick = static_cast<int>(idx);
+    } else {
+      for (uint32_t i = 0; i < n && pick < 0; ++i)
+        if (lower(props[i].deviceName).find(lower(s)) != std::string::npos) pick = static_cast<int>(i);
+    }
+    if (pick < 0) {
+      std::string list;
+      for (uint32_t i = 0; i < n; ++i) list += fmt::format("\n  {}: {}", i, props[i].deviceName);
+      return Status::NotFound(fmt::format("TROVE_VK_DEVICE='{}' matches no Vulkan device; use an index or a "
+                                          "name substring of one of:{}", s, list));
+    }
+  } else {
+    const VkPhysicalDeviceType order[] = {VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU, VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU,
+                                          VK_PHYSICAL_DEVICE_TYPE_VIRTUAL_GPU, VK_PHYSICAL_DEVICE_TYPE_CPU,
+                                          VK_PHYSICAL_DEVICE_TYPE_OTHER};
+    for (auto t : order)
+      for (uint32_t i = 0; i < n && pick < 0; ++i)
+        if (props[i].deviceType == t) pick = static_cast<int>(i);
+    if (pick < 0) pick = 0;
+  }
+  d->physical_ = pds[pick];
+  const auto& p = props[pick];
+  if (VK_API_VERSION_MINOR(p.apiVersion) < 2 && VK_API_VERSION_MAJOR(p.apiVersion) == 1) {
+    return Status::Unsupported(fmt::format("Vulkan device '{}' supports only API 1.{}; trove needs Vulkan 1.2 "
+                                           "(update the driver)", p.deviceName, VK_API_VERSION_MINOR(p.apiVersion)));
+  }
+
+  // ---- features
+  DeviceFeatures& f = d->features_;
+  f.name = p.deviceName;
+  f.vendor_id = p.vendorID;
+  f.device_id = p.deviceID;
+  f.discrete = p.deviceType == VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU;
+  f.is_cpu = p.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU;
+  f.api_version = p.apiVersion;
+  f.max_storage_buffer_range = p.limits.maxStorageBufferRange;
+  f.max_push_constants_size = p.limits.maxPushConstantsSize;
+  for (int i = 0; i < 3; ++i) f.max_compute_workgroup_count[i] = p.limits.maxComputeWorkGroupCount[i];
+  f.max_compute_workgroup_invocations = p.limits.maxComputeWorkGroupInvocations;
+
+  VkPhysicalDeviceDriverProperties drv{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_DRIVER_PROPERTIES};
+  VkPhysicalDeviceMaintenance3Properties m3{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_3_PROPERTIES};
+  m3.pNext = &drv;
+  VkPhysicalDeviceSubgroupProperties sg{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES};
+  sg.pNext = &m3;
+  VkPhysicalDeviceProperties2 p2{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2};
+  p2.pNext = &sg;
+  vkGetPhysicalDeviceProperties2(d->physical_, &p2);
+  f.driver = fmt::format("{} {}", drv.driverName, drv.driverInfo);
+  f.subgroup_size = sg.subgroupSize;
+  bool sg_compute = (sg.supportedStages & VK_SHADER_STAGE_COMPUTE_BIT) != 0;
+  f.subgroup_arithmetic = sg_compute && (sg.supportedOperations & VK_SUBGROUP_FEATURE_ARITHMETIC_BIT);
+  f.subgroup_shuffle = sg_compute && (sg.supportedOperations & VK_SUBGROUP_FEATURE_SHUFFLE_BIT);
+  f.max_memory_allocation_size = m3.maxMemoryAllocationSize;
+
+  VkPhysicalDeviceVulkan12Features f12{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES};
+  VkPhysicalDeviceVulkan11Features f11{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_1_FEATURES};
+  f11.pNext = &f12;
+  VkPhysicalDeviceFeatures2 fe2{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2};
+  fe2.pNext = &f11;
+  vkGetPhysicalDeviceFeatures2(d->physical_, &fe2);
+  f.fp16_arithmetic = f12.shaderFloat16;
+  f.int8_arithmetic = f12.shaderInt8;
+  f.storage_8bit = f12.storageBuffer8BitAccess;
+  f.storage_16bit = f11.storageBuffer16BitAccess;
+
+  uint32_t ne = 0;
+  vkEnumerateDeviceExtensionProperties(d->physical_, nullptr, &ne, nullptr);
+  std::vector<VkExtensionProperties> dev_exts(ne);
+  vkEnumerateDeviceExtensionProperties(d->physical_, nullptr, &ne, dev_exts.data());
+  auto has_ext = [&](const char* name) {
+    return std::any_of(dev_exts.begin(), dev_exts.end(), [&](const VkExtensionProperties& e) { return std::strcmp(e.extensionName, name) == 0; });
+  };
+  f.integer_dot_product = has_ext("VK_KHR_shader_integer_dot_product");
+  f.cooperative_matrix = has_ext("VK_KHR_cooperative_matrix");
+
+  vkGetPhysicalDeviceMemoryProperties(d->physical_, &d->mem_props_);
+  for (uint32_t i = 0; i < d->mem_props_.memoryHeapCount; ++i)
+    if (d->mem_props_.memoryHeaps[i].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT)
+      f.device_local_bytes = std::max<uint64_t>(f.device_local_bytes, d->mem_props_.memoryHeaps[i].size);
+
+  // ---- queue: a compute-capable family
+  uint32_t nq = 0;
+  vkGetPhysicalDeviceQueueFamilyProperties(d->physical_, &nq, nullptr);
+  std::vector<VkQueueFamilyProperties> qf(nq);
+  vkGetPhysicalDeviceQueueFamilyProperties(d->physical_, &nq, qf.data());
+  int fam = -1;
+  for (uint32_t i = 0; i < nq; ++i)
+    if (qf[i].queueFlags & VK_QUEUE_COMPUTE_BIT) { fam = static_cast<int>(i); break; }
+  if (fam < 0) return Status::Unsupported(fmt::format("Vulkan device '{}' has no compute queue", f.name));
+  d->queue_family_ = static_cast<uint32_t>(fam);
+  if (qf[fam].timestampValidBits > 0) f.timestamp_period_ns = p.limits.timestampPeriod;
+
+  // ---- logical device: enable what we detected
+  float prio = 1.0f;
+  VkDeviceQueueCreateInfo qci{VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO};
+  qci.queueFamilyIndex = d->queue_family_;
+  qci.queueCount = 1;
+  qci.pQueuePriorities = &prio;
+  VkPhysicalDeviceVulkan12Features en12{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES};
+  en12.shaderFloat16 = f12.shaderFloat16;
+  en12.shaderInt8 = f12.shaderInt8;
+  en12.storageBuffer8BitAccess = f12.storageBuffer8BitAccess;
+  en12.uniformAndStorageBuffer8BitAccess = f12.uniformAndStorageBuffer8BitAccess;
+  VkPhysicalDeviceVulkan11Features en11{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_1_FEATURES};
+  en11.storageBuffer16BitAccess = f11.storageBuffer16BitAccess;
+  en11.uniformAndStorageBuffer16BitAccess = f11.uniformAndStorageBuffer16BitAccess;
+  en11.pNext = &en12;
+  VkPhysicalDeviceFeatures2 en{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2};
+  en.features.shaderInt16 = fe2.features.shaderInt16;
+  en.features.shaderInt64 = fe2.features.shaderInt64;
+  en.pNext = &en11;
+  std::vector<const char*> dexts;
+  if (f.integer_dot_product) dexts.push_back("VK_KHR_shader_integer_dot_product");
+  VkDeviceCreateInfo dci{VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO};
+  dci.pNext = &en;
+  dci.queueCreateInfoCount = 1;
+  dci.pQueueCreateInfos = &qci;
+  dci.enabledExtensionCount = static_cast<uint32_t>(dexts.size());
+  dci.ppEnabledExtensionNames = dexts.data();
+  TROVE_VK(vkCreateDevice(d->physical_, &dci, nullptr, &d->device_), "vkCreateDevice");
+  vkGetDeviceQueue(d->device_, d->queue_family_, 0, &d->queue_);
+
+  d->max_buffer_bytes_ = std::min<uint64_t>(f.max_storage_buffer_range,
+                                            f.max_memory_allocation_size ? f.max_memory_allocation_size : UINT64_MAX);
+  if (opts.max_buffer_bytes_override) d->max_buffer_bytes_ = std::min(d->max_buffer_bytes_, opts.max_buffer_bytes_override);
+
+  VkCommandPoolCreateInfo cpi{VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO};
+  cpi.flags = VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT | VK_COMMAND_POOL_CREATE_TRANSIENT_BIT;
+  cpi.queueFamilyIndex = d->queue_family_;
+  TROVE_VK(vkCreateCommandPool(d->device_, &cpi, nullptr, &d->transfer_pool_), "vkCreateCommandPool");
+
+  // ---- pipeline cache, keyed by vendor/device/driver so a driver update never loads a stale blob
+  std::vector<char> blob;
+  if (opts.pipeline_cache_on_disk) {
+    std::string dir = cache_dir();
+    if (!dir.empty()) {
+      d->cache_path_ = fmt::format("{}/{:04x}-{:04x}-{:08x}.bin", dir, f.vendor_id, f.device_id, p.driverVersion);
+      std::ifstream in(d->cache_path_, std::ios::binary);
+      if (in) blob.assign(std::istreambuf_iterator<char>(in), {});
+    }
+  }
+  VkPipelineCacheCreateInfo pci{VK_STRUCTURE_TYPE_PIPELINE_CACHE_CREATE_INFO};
+  pci.initialDataSize = blob.size();
+  pci.pInitialData = blob.empty() ? nullptr : blob.data();
+  if (vkCreatePipelineCache(d->device_, &pci, nullptr, &d->cache_) != VK_SUCCESS) {
+    // A corrupt cache file must not stop us: the driver validates the header; start empty.
+    pci.initialDataSize = 0;
+    pci.pInitialData = nullptr;
+    TROVE_VK(vkCreatePipelineCache(d->device_, &pci, nullptr, &d->cache_), "vkCreatePipelineCache");
+  }
+  return d;
+}
+
+Status Device::save_pipeline_cache() {
+  if (cache_path_.empty() || !cache_) return Status::Ok();
+  size_t n = 0;
+  TROVE_VK(vkGetPipelineCacheData(device_, cache_, &n, nullptr), "vkGetPipelineCacheData");
+  std::vector<char> data(n);
+  TROVE_VK(vkGetPipelineCacheData(device_, cache_, &n, data.data()), "vkGetPipelineCacheData");
+  std::error_code ec;
+  std::filesystem::create_directories(std::filesystem::path(cache_path_).parent_path(), ec);
+  std::string tmp = cache_path_ + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) return Status::IoError(fmt::format("cannot write pipeline cache {}", tmp));
+    out.write(data.data(), static_cast<std::streamsize>(n));
+  }
+  std::filesystem::rename(tmp, cache_path_, ec);
+  if (ec) return Status::IoError(fmt::format("cannot rename {} to {}: {}", tmp, cache_path_, ec.message()));
+  return Status::Ok();
+}
+
+Device::~Device() {
+  if (device_) {
+    vkDeviceWaitIdle(device_);
+    (void)save_pipeline_cache();
+    if (cache_) vkDestroyPipelineCache(device_, cache_, nullptr);
+    if (transfer_pool_) vkDestroyCommandPool(device_, transfer_pool_, nullptr);
+    vkDestroyDevice(device_, nullptr);
+  }
+  if (messenger_) {
+    auto destroy = reinterpret_cast<PFN_vkDestroyDebugUtilsMessengerEXT>(
+        vkGetInstanceProcAddr(instance_, "vkDestroyDebugUtilsMessengerEXT"));
+    if (destroy) destroy(instance_, messenger_, nullptr);
+  }
+  if (instance_) vkDestroyInstance(instance_, nullptr);
+}
+
+Result<uint32_t> Device::memory_type(uint32_t bits, VkMemoryPropertyFlags want) const {
+  for (uint32_t i = 0; i < mem_props_.memoryTypeCount; ++i)
+    if ((bits & (1u << i)) && (mem_props_.memoryTypes[i].propertyFlags & want) == want) return i;
+  return Status::Unsupported(fmt::format("Vulkan device '{}' has no memory type with flags 0x{:x}", features_.name, want));
+}
+
+Result<Buffer> Device::buffer(uint64_t bytes, Memory kind) {
+  if (bytes == 0) return Status::InvalidArgument("Vulkan buffer of 0 bytes requested; sizes must be positive");
+  if (bytes > max_buffer_bytes_) {
+    return Status::InvalidArgument(fmt::format("Vulkan buffer of {} bytes exceeds the device's single-buffer limit "
+                                               "of {} bytes; use Device::buffer_set() to split it", bytes, max_buffer_bytes_));
+  }
+  Buffer b;
+  b.device_ = this;
+  b.size_ = bytes;
+  b.kind_ = kind;
+  VkBufferCreateInfo bci{VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO};
+  bci.size = bytes;
+  bci.usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT | VK_BUFFER_USAGE_TRANSFER_DST_BIT;
+  bci.sharingMode = VK_SHARING_MODE_EXCLUSIVE;
+  TROVE_VK(vkCreateBuffer(device_, &bci, nullptr, &b.buffer_), "vkCreateBuffer");
+  VkMemoryRequirements req;
+  vkGetBufferMemoryRequirements(device_, b.buffer_, &req);
+  VkMemoryPropertyFlags want = kind == Memory::kDeviceLocal
+                                   ? VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT
+                                   : (VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | VK_MEMORY_PROPERTY_HOST_COHERENT_BIT);
+  auto mt = memory_type(req.memoryTypeBits, want);
+  if (!mt.ok()) return mt.status();
+  VkMemoryAllocateInfo mai{VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO};
+  mai.allocationSize = req.size;
+  mai.memoryTypeIndex = *mt;
+  VkResult r = vkAllocateMemory(device_, &mai, nullptr, &b.mem_);
+  if (r != VK_SUCCESS) {
+    return Status::ResourceExhausted(fmt::format("Vulkan: cannot allocate {} bytes of {} memory on '{}' (VkResult {})",
+                                                 bytes, kind == Memory::kDeviceLocal ? "device-local" : "host-visible",
+                                                 features_.name, static_cast<int>(r)));
+  }
+  TROVE_VK(vkBindBufferMemory(device_, b.buffer_, b.mem_, 0), "vkBindBufferMemory");
+  if (kind == Memory::kHostVisible) TROVE_VK(vkMapMemory(device_, b.mem_, 0, VK_WHOLE_SIZE, 0, &b.mapped_), "vkMapMemory");
+  return b;
+}
+
+Status Device::one_shot(const std::function<void(VkCommandBuffer)>& record) {
+  VkCommandBufferAllocateInfo ai{VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO};
+  ai.commandPool = transfer_pool_;
+  ai.level = VK_COMMAND_BUFFER_LEVEL_PRIMARY;
+  ai.commandBufferCount = 1;
+  VkCommandBuffer cb;
+  TROVE_VK(vkAllocateCommandBuffers(device_, &ai, &cb), "vkAllocateCommandBuffers");
+  VkCommandBufferBeginInfo bi{VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO};
+  bi.flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT;
+  vkBeginCommandBuffer(cb, &bi);
+  record(cb);
+  vkEndCommandBuffer(cb);
+  VkSubmitInfo si{VK_STRUCTURE_TYPE_SUBMIT_INFO};
+  si.commandBufferCount = 1;
+  si.pCommandBuffers = &cb;
+  VkResult r = vkQueueSubmit(queue_, 1, &si, VK_NULL_HANDLE);
+  if (r == VK_SUCCESS) r = vkQueueWaitIdle(queue_);
+  vkFreeCommandBuffers(device_, transfer_pool_, 1, &cb);
+  if (r != VK_SUCCESS) return Status::Internal(vk_err("transfer submit", r));
+  return Status::Ok();
+}
+
+Result<BufferSet> Device::buffer_set(uint64_t bytes, uint64_t align) {
+  auto plan = BufferSet::plan(bytes, align, max_buffer_bytes_);
+  if (!plan.ok()) return plan.status();
+  BufferSet s;
+  s.size_ = bytes;
+  s.align_ = align;
+  uint64_t off = 0;
+  for (uint64_t sz : *plan) {
+    auto b = buffer(sz);
+    if (!b.ok()) return b.status();
+    s.chunks_.push_back({off, std::move(*b)});
+    off += sz;
+  }
+  return s;
+}
+
+// ---------------------------------------------------------------- Buffer
+
+Buffer::Buffer(Buffer&& o) noexcept { *this = std::move(o); }
+Buffer& Buffer::operator=(Buffer&& o) noexcept {
+  if (this != &o) {
+    this->~Buffer();
+    device_ = o.device_; buffer_ = o.buffer_; mem_ = o.mem_; size_ = o.size_; kind_ = o.kind_; mapped_ = o.mapped_;
+    o.device_ = nullptr; o.buffer_ = VK_NULL_HANDLE; o.mem_ = VK_NULL_HANDLE; o.size_ = 0; o.mapped_ = nullptr;
+  }
+  return *this;
+}
+Buffer::~Buffer() {
+  if (!device_) return;
+  if (buffer_) vkDestroyBuffer(device_->handle(), buffer_, nullptr);
+  if (mem_) vkFreeMemory(device_->handle(), mem_, nullptr);
+  buffer_ = VK_NULL_HANDLE;
+  mem_ = VK_NULL_HANDLE;
+  device_ = nullptr;
+}
+
+namespace {
+// Staging transfers go in pieces so that a huge upload does not need a huge staging buffer.
+constexpr uint64_t kStagingBytes = 64ull << 20;
+}
+
+Status Buffer::upload(const void* src, uint64_t bytes, uint64_t offset) {
+  if (offset + bytes > size_ || offset + bytes < offset)
+    return Status::InvalidArgument(fmt::format("upload of {} bytes at offset {} overruns a {}-byte Vulkan buffer", bytes, offset, size_));
+  if (bytes == 0) return Status::Ok();
+  if (mapped_) { std::memcpy(static_cast<char*>(mapped_) + offset, src, bytes); return Status::Ok(); }
+  auto st = device_->buffer(std::min(bytes, kStagingBytes), Memory::kHostVisible);
+  if (!st.ok()) return st.status();
+  for (uint64_t done = 0; done < bytes;) {
+    uint64_t n = std::min(bytes - done, st->size());
+    std::memcpy(st->mapped(), static_cast<const char*>(src) + done, n);
+    VkBufferCopy c{0, offset + done, n};
+    VkBuffer s = st->handle(), dst = buffer_;
+    TROVE_RETURN_IF_ERROR(device_->one_shot([&](VkCommandBuffer cb) { vkCmdCopyBuffer(cb, s, dst, 1, &c); }));
+    done += n;
+  }
+  return Status::Ok();
+}
+
+Status Buffer::download(void* dst, uint64_t bytes, uint64_t offset) const {
+  if (offset + bytes > size_ || offset + bytes < offset)
+    return Status::InvalidArgument(fmt::format("download of {} bytes at offset {} overruns a {}-byte Vulkan buffer", bytes, offset, size_));
+  if (bytes == 0) return Status::Ok();
+  if (mapped_) { std::memcpy(dst, static_cast<const char*>(mapped_) + offset, bytes); return Status::Ok(); }
+  auto st = device_->buffer(std::min(bytes, kStagingBytes), Memory::kHostVisible);
+  if (!st.ok()) return st.status();
+  for (uint64_t done = 0; done < bytes;) {
+    uint64_t n = std::min(bytes - done, st->size());
+    VkBufferCopy c{offset + done, 0, n};
+    VkBuffer s = buffer_, d = st->handle();
+    TROVE_RETURN_IF_ERROR(device_->one_shot([&](VkCommandBuffer cb) { vkCmdCopyBuffer(cb, s, d, 1, &c); }));
+    std::memcpy(static_cast<char*>(dst) + done, st->mapped(), n);
+    done += n;
+  }
+  return Status::Ok();
+}
+
+Status Buffer::fill(uint32_t pattern) {
+  VkBuffer b = buffer_;
+  uint64_t sz = size_ & ~uint64_t{3};
+  return device_->one_shot([&](VkCommandBuffer cb) { vkCmdFillBuffer(cb, b, 0, sz, pattern); });
+}
+
+// ---------------------------------------------------------------- BufferSet
+
+Result<std::vector<uint64_t>> BufferSet::plan(uint64_t size, uint64_t align, uint64_t max_chunk) {
+  if (size == 0) return Status::InvalidArgument("buffer set of 0 bytes requested");
+  if (align == 0) return Status::InvalidArgument("buffer set alignment must be at least 1 byte");
+  if (align > max_chunk) {
+    return Status::InvalidArgument(fmt::format("buffer set alignment {} (a row or block size) exceeds the device's "
+                                               "single-buffer limit {}; the tensor cannot be split", align, max_chunk));
+  }
+  // Largest multiple of align that fits; every chunk except the last has this size.
+  uint64_t chunk = (max_chunk / align) * align;
+  std::vector<uint64_t> out;
+  for (uint64_t left = size; left > 0;) {
+    uint64_t n = std::min(left, chunk);
+    out.push_back(n);
+    left -= n;
+  }
+  return out;
+}
+
+std::pair<const BufferSet::Chunk*, uint64_t> BufferSet::locate(uint64_t offset) const {
+  for (const auto& c : chunks_)
+    if (offset >= c.offset && offset < c.offset + c.buffer.size()) return {&c, offset - c.offset};
+  return {nullptr, 0};
+}
+
+Status BufferSet::upload(const void* src, uint64_t bytes, uint64_t offset) {
+  if (offset + bytes > size_) return Status::InvalidArgument(fmt::format("upload of {} bytes at {} overruns a {}-byte buffer set", bytes, offset, size_));
+  for (auto& c : chunks_) {
+    uint64_t lo = std::max(offset, c.offset), hi = std::min(offset + bytes, c.offset + c.buffer.size());
+    if (lo >= hi) continue;
+    TROVE_RETURN_IF_ERROR(c.buffer.upload(static_cast<const char*>(src) + (lo - offset), hi - lo, lo - c.offset));
+  }
+  return Status::Ok();
+}
+
+Status BufferSet::download(void* dst, uint64_t bytes, uint64_t offset) const {
+  if (offset + bytes > size_) return Status::InvalidArgument(fmt::format("download of {} bytes at {} overruns a {}-byte buffer set", bytes, offset, size_));
+  for (const auto& c : chunks_) {
+    uint64_t lo = std::max(offset, c.offset), hi = std::min(offset + bytes, c.offset + c.buffer.size());
+    if (lo >= hi) continue;
+    TROVE_RETURN_IF_ERROR(c.buffer.download(static_cast<char*>(dst) + (lo - offset), hi - lo, lo - c.offset));
+  }
+  return Status::Ok();
+}
+
+// ---------------------------------------------------------------- Pipeline
+
+Pipeline::Pipeline(Pipeline&& o) noexcept { *this = std::move(o); }
+Pipeline& Pipeline::operator=(Pipeline&& o) noexcept {
+  if (this != &o) {
+    this->~Pipeline();
+    device_ = o.device_; desc_ = std::move(o.desc_); module_ = o.module_; set_layout_ = o.set_layout_;
+    layout_ = o.layout_; pipeline_ = o.pipeline_;
+    o.device_ = nullptr; o.module_ = VK_NULL_HANDLE; o.set_layout_ = VK_NULL_HANDLE; o.layout_ = VK_NULL_HANDLE;
+    o.pipeline_ = VK_NULL_HANDLE;
+  }
+  return *this;
+}
+Pipeline::~Pipeline() {
+  if (!device_) return;
+  VkDevice d = device_->handle();
+  if (pipeline_) vkDestroyPipeline(d, pipeline_, nullptr);
+  if (layout_) vkDestroyPipelineLayout(d, layout_, nullptr);
+  if (set_layout_) vkDestroyDescriptorSetLayout(d, set_layout_, nullptr);
+  if (module_) vkDestroyShaderModule(d, module_, nullptr);
+  device_ = nullptr;
+}
+
+Result<Pipeline> Device::pipeline(const PipelineDesc& desc) {
+  ShaderBlob blob = find_shader(desc.shader);
+  if (!blob.words) {
+    std::string known;
+    for (const auto& n : shader_names()) known += " " + n;
+    return Status::NotFound(fmt::format("shader '{}' is not embedded in this build; known shaders:{}", desc.shader, known));
+  }
+  if (desc.push_constant_bytes > features_.max_push_constants_size)
+    return Status::InvalidArgument(fmt::format("shader '{}' wants {} push-constant bytes; device allows {}", desc.shader,
+                                               desc.push_constant_bytes, features_.max_push_constants_size));
+  Pipeline p;
+  p.device_ = this;
+  p.desc_ = desc;
+  VkShaderModuleCreateInfo smi{VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO};
+  smi.codeSize = blob.word_count * 4;
+  smi.pCode = blob.words;
+  TROVE_VK(vkCreateShaderModule(device_, &smi, nullptr, &p.module_), "vkCreateShaderModule");
+  std::vector<VkDescriptorSetLayoutBinding> binds(desc.bindings);
+  for (uint32_t i = 0; i < desc.bindings; ++i)
+    binds[i] = {i, VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, 1, VK_SHADER_STAGE_COMPUTE_BIT, nullptr};
+  VkDescriptorSetLayoutCreateInfo dli{VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO};
+  dli.bindingCount = desc.bindings;
+  dli.pBindings = binds.data();
+  TROVE_VK(vkCreateDescriptorSetLayout(device_, &dli, nullptr, &p.set_layout_), "vkCreateDescriptorSetLayout");
+  VkPushConstantRange pcr{VK_SHADER_STAGE_COMPUTE_BIT, 0, desc.push_constant_bytes};
+  VkPipelineLayoutCreateInfo pli{VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO};
+  pli.setLayoutCount = 1;
+  pli.pSetLayouts = &p.set_layout_;
+  pli.pushConstantRangeCount = desc.push_constant_bytes ? 1 : 0;
+  pli.pPushConstantRanges = &pcr;
+  TROVE_VK(vkCreatePipelineLayout(device_, &pli, nullptr, &p.layout_), "vkCreatePipelineLayout");
+  std::vector<VkSpecializationMapEntry> entries(desc.spec_constants.size());
+  for (uint32_t i = 0; i < entries.size(); ++i) entries[i] = {i, i * 4, 4};
+  VkSpecializationInfo spec{static_cast<uint32_t>(entries.size()), entries.data(), desc.spec_constants.size() * 4,
+                            desc.spec_constants.data()};
+  VkComputePipelineCreateInfo cpi{VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO};
+  cpi.stage = {VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO};
+  cpi.stage.stage = VK_SHADER_STAGE_COMPUTE_BIT;
+  cpi.stage.module = p.module_;
+  cpi.stage.pName = "main";
+  cpi.stage.pSpecializationInfo = entries.empty() ? nullptr : &spec;
+  cpi.layout = p.layout_;
+  TROVE_VK(vkCreateComputePipelines(device_, cache_, 1, &cpi, nullptr, &p.pipeline_), "vkCreateComputePipelines");
+  return p;
+}
+
+// ---------------------------------------------------------------- CommandStream
+
+namespace {
+constexpr uint32_t kSetsPerPool = 256;
+constexpr uint32_t kMaxTimestamps = 256;
+}
+
+CommandStream::CommandStream(Device* d) : device_(d) {}
+CommandStream::CommandStream(CommandStream&& o) noexcept
+    : device_(o.device_), pool_(o.pool_), cmd_(o.cmd_), fence_(o.fence_), queries_(o.queries_),
+      descriptor_pools_(std::move(o.descriptor_pools_)), sets_in_current_pool_(o.sets_in_current_pool_),
+      query_count_(o.query_count_), last_timestamps_(std::move(o.last_timestamps_)), recording_(o.recording_) {
+  o.device_ = nullptr;
+  o.pool_ = VK_NULL_HANDLE; o.cmd_ = VK_NULL_HANDLE; o.fence_ = VK_NULL_HANDLE; o.queries_ = VK_NULL_HANDLE;
+  o.descriptor_pools_.clear();
+}
+CommandStream::~CommandStream() {
+  if (!device_) return;
+  VkDevice d = device_->handle();
+  if (recording_) { vkEndCommandBuffer(cmd_); }
+  for (auto p : descriptor_pools_) vkDestroyDescriptorPool(d, p, nullptr);
+  if (queries_) vkDestroyQueryPool(d, queries_, nullptr);
+  if (fence_) vkDestroyFence(d, fence_, nullptr);
+  if (pool_) vkDestroyCommandPool(d, pool_, nullptr);
+}
+
+Result<CommandStream> Device::stream() {
+  CommandStream s(this);
+  VkCommandPoolCreateInfo cpi{VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO};
+  cpi.flags = VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT;
+  cpi.queueFamilyIndex = queue_family_;
+  TROVE_VK(vkCreateCommandPool(device_, &cpi, nullptr, &s.pool_), "vkCreateCommandPool");
+  VkCommandBufferAllocateInfo ai{VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO};
+  ai.commandPool = s.pool_;
+  ai.level = VK_COMMAND_BUFFER_LEVEL_PRIMARY;
+  ai.commandBufferCount = 1;
+  TROVE_VK(vkAllocateCommandBuffers(device_, &ai, &s.cmd_), "vkAllocateCommandBuffers");
+  VkFenceCreateInfo fci{VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
+  TROVE_VK(vkCreateFence(device_, &fci, nullptr, &s.fence_), "vkCreateFence");
+  if (features_.timestamp_period_ns > 0) {
+    VkQueryPoolCreateInfo qpi{VK_STRUCTURE_TYPE_QUERY_POOL_CREATE_INFO};
+    qpi.queryType = VK_QUERY_TYPE_TIMESTAMP;
+    qpi.queryCount = kMaxTimestamps;
+    TROVE_VK(vkCreateQueryPool(device_, &qpi, nullptr, &s.queries_), "vkCreateQueryPool");
+  }
+  return s;
+}
+
+Status CommandStream::begin_if_needed() {
+  if (recording_) return Status::Ok();
+  VkCommandBufferBeginInfo bi{VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO};
+  bi.flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT;
+  TROVE_VK(vkBeginCommandBuffer(cmd_, &bi), "vkBeginCommandBuffer");
+  if (queries_) vkCmdResetQueryPool(cmd_, queries_, 0, kMaxTimestamps);
+  query_count_ = 0;
+  recording_ = true;
+  return Status::Ok();
+}
+
+Status CommandStream::dispatch(const Pipeline& p, std::span<const BufferRange> buffers, const void* push,
+                               uint32_t push_bytes, uint32_t gx, uint32_t gy, uint32_t gz) {
+  const auto& desc = p.desc();
+  if (buffers.size() != desc.bindings)
+    return Status::InvalidArgument(fmt::format("dispatch of '{}' got {} buffers; the pipeline has {} bindings", desc.shader, buffers.size(), desc.bindings));
+  if (push_bytes != desc.push_constant_bytes)
+    return Status::InvalidArgument(fmt::format("dispatch of '{}' got {} push-constant bytes; the pipeline expects {}", desc.shader, push_bytes, desc.push_constant_bytes));
+  const auto& f = device_->features();
+  if (gx == 0 || gy == 0 || gz == 0) return Status::Ok();  // nothing to do
+  if (gx > f.max_compute_workgroup_count[0] || gy > f.max_compute_workgroup_count[1] || gz > f.max_compute_workgroup_count[2])
+    return Status::InvalidArgument(fmt::format("dispatch of '{}' with {}x{}x{} workgroups exceeds the device limit {}x{}x{}", desc.shader,
+                                               gx, gy, gz, f.max_compute_workgroup_count[0], f.max_compute_workgroup_count[1], f.max_compute_workgroup_count[2]));
+  TROVE_RETURN_IF_ERROR(begin_if_needed());
+  VkDevice d = device_->handle();
+  if (descriptor_pools_.empty() || sets_in_current_pool_ == kSetsPerPool) {
+    VkDescriptorPoolSize ps{VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, kSetsPerPool * 8};
+    VkDescriptorPoolCreateInfo dpi{VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO};
+    dpi.maxSets = kSetsPerPool;
+    dpi.poolSizeCount = 1;
+    dpi.pPoolSizes = &ps;
+    VkDescriptorPool pool;
+    TROVE_VK(vkCreateDescriptorPool(d, &dpi, nullptr, &pool), "vkCreateDescriptorPool");
+    descriptor_pools_.push_back(pool);
+    sets_in_current_pool_ = 0;
+  }
+  VkDescriptorSetLayout sl = p.set_layout();
+  VkDescriptorSetAllocateInfo dai{VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO};
+  dai.descriptorPool = descriptor_pools_.back();
+  dai.descriptorSetCount = 1;
+  dai.pSetLayouts = &sl;
+  VkDescriptorSet set;
+  VkResult r = vkAllocateDescriptorSets(d, &dai, &set);
+  if (r != VK_SUCCESS) {
+    // The pool may run out of descriptors before sets (bindings > 8): start a new pool and retry.
+    sets_in_current_pool_ = kSetsPerPool;
+    return dispatch(p, buffers, push, push_bytes, gx, gy, gz);
+  }
+  ++sets_in_current_pool_;
+  std::vector<VkDescriptorBufferInfo> infos(buffers.size());
+  std::vector<VkWriteDescriptorSet> writes(buffers.size());
+  for (size_t i = 0; i < buffers.size(); ++i) {
+    infos[i] = {buffers[i].buffer, buffers[i].offset, buffers[i].size};
+    writes[i] = {VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET};
+    writes[i].dstSet = set;
+    writes[i].dstBinding = static_cast<uint32_t>(i);
+    writes[i].descriptorCount = 1;
+    writes[i].descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER;
+    writes[i].pBufferInfo = &infos[i];
+  }
+  vkUpdateDescriptorSets(d, static_cast<uint32_t>(writes.size()), writes.data(), 0, nullptr);
+  vkCmdBindPipeline(cmd_, VK_PIPELINE_BIND_POINT_COMPUTE, p.handle());
+  vkCmdBindDescriptorSets(cmd_, VK_PIPELINE_BIND_POINT_COMPUTE, p.layout(), 0, 1, &set, 0, nullptr);
+  if (push_bytes) vkCmdPushConstants(cmd_, p.layout(), VK_SHADER_STAGE_COMPUTE_BIT, 0, push_bytes, push);
+  vkCmdDispatch(cmd_, gx, gy, gz);
+  return Status::Ok();
+}
+
+void CommandStream::barrier() {
+  if (!begin_if_needed().ok()) return;
+  VkMemoryBarrier mb{VK_STRUCTURE_TYPE_MEMORY_BARRIER};
+  mb.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT;
+  mb.dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_READ_BIT | VK_ACCESS_TRANSFER_WRITE_BIT;
+  VkPipelineStageFlags st = VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT;
+  vkCmdPipelineBarrier(cmd_, st, st, 0, 1, &mb, 0, nullptr, 0, nullptr);
+}
+
+void CommandStream::copy(const Buffer& src, uint64_t src_off, const Buffer& dst, uint64_t dst_off, uint64_t bytes) {
+  if (!begin_if_needed().ok() || bytes == 0) return;
+  VkBufferCopy c{src_off, dst_off, bytes};
+  vkCmdCopyBuffer(cmd_, src.handle(), dst.handle(), 1, &c);
+}
+
+uint32_t CommandStream::timestamp() {
+  if (!begin_if_needed().ok() || !queries_ || query_count_ >= kMaxTimestamps) return query_count_;
+  vkCmdWriteTimestamp(cmd_, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, queries_, query_count_);
+  return query_count_++;
+}
+
+Status CommandStream::submit_and_wait() {
+  if (!recording_) return Status::Ok();
+  recording_ = false;
+  TROVE_VK(vkEndCommandBuffer(cmd_), "vkEndCommandBuffer");
+  VkSubmitInfo si{VK_STRUCTURE_TYPE_SUBMIT_INFO};
+  si.commandBufferCount = 1;
+  si.pCommandBuffers = &cmd_;
+  VkDevice d = device_->handle();
+  TROVE_VK(vkQueueSubmit(device_->queue(), 1, &si, fence_), "vkQueueSubmit");
+  TROVE_VK(vkWaitForFences(d, 1, &fence_, VK_TRUE, UINT64_MAX), "vkWaitForFences");
+  vkResetFences(d, 1, &fence_);
+  last_timestamps_.assign(query_count_, 0);
+  if (query_count_ && queries_) {
+    TROVE_VK(vkGetQueryPoolResults(d, queries_, 0, query_count_, query_count_ * 8, last_timestamps_.data(), 8,
+                                   VK_QUERY_RESULT_64_BIT | VK_QUERY_RESULT_WAIT_BIT), "vkGetQueryPoolResults");
+  }
+  vkResetCommandBuffer(cmd_, 0);
+  for (auto p : descriptor_pools_) vkResetDescriptorPool(d, p, 0);
+  sets_in_current_pool_ = 0;
+  if (descriptor_pools_.size() > 1) {
+    for (size_t i = 1; i < descriptor_pools_.size(); ++i) vkDestroyDescriptorPool(d, descriptor_pools_[i], nullptr);
+    descriptor_pools_.resize(1);
+  }
+  return Status::Ok();
+}
+
+std::vector<double> CommandStream::timestamps_ns() const {
+  std::vector<double> out;
+  if (last_timestamps_.empty()) return out;
+  double period = device_->features().timestamp_period_ns;
+  for (uint64_t t : last_timestamps_) out.push_back(static_cast<double>(t - last_timestamps_[0]) * period);
+  return out;
+}
+
+}  // namespace trove::vk

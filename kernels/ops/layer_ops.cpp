@@ -1,0 +1,141 @@
+#include "kernels/ops/layer_ops.h"
+
+#include <algorithm>
+
+#include <fmt/format.h>
+
+namespace trove::ops {
+namespace {
+constexpr uint32_t kLocal = 256;
+constexpr uint32_t kMaxGroupsX = 65535;  // guaranteed minimum of maxComputeWorkGroupCount[0..2]
+
+// 1-D work of `groups` workgroups spread over a 2-D grid (x ≤ 65535).
+void grid(uint32_t groups, uint32_t* gx, uint32_t* gy) {
+  *gx = std::max(1u, std::min(groups, kMaxGroupsX));
+  *gy = (groups + *gx - 1) / *gx;
+}
+
+Status need(const char* op, const char* what, const vk::Buffer& b, uint64_t bytes) {
+  if (b.size() >= bytes) return Status::Ok();
+  return Status::InvalidArgument(fmt::format("{}: buffer '{}' has {} bytes; the shape needs {}", op, what, b.size(), bytes));
+}
+
+}  // namespace
+
+// ---- RmsNorm
+Result<RmsNorm> RmsNorm::create(vk::Device& dev) {
+  auto p = dev.pipeline({"rms_norm_f32", {}, 8, 3, kLocal});
+  if (!p.ok()) return p.status();
+  RmsNorm op;
+  op.pipeline_ = std::move(*p);
+  return op;
+}
+Status RmsNorm::record(vk::CommandStream& s, const vk::Buffer& x, const vk::Buffer& w, const vk::Buffer& out,
+                       uint32_t rows, uint32_t ncols, float eps) const {
+  uint64_t n = uint64_t{rows} * ncols * 4;
+  TROVE_RETURN_IF_ERROR(need("rms_norm", "x", x, n));
+  TROVE_RETURN_IF_ERROR(need("rms_norm", "weight", w, uint64_t{ncols} * 4));
+  TROVE_RETURN_IF_ERROR(need("rms_norm", "out", out, n));
+  struct { uint32_t ncols; float eps; } push{ncols, eps};
+  uint32_t gx, gy;
+  grid(rows, &gx, &gy);
+  if (uint64_t{gx} * gy != rows && gy > 1) {
+    // why: the shader derives the row from (x, y) with x = NumWorkGroups.x, so rows must tile exactly.
+    for (gx = kMaxGroupsX; gx > 1 && rows % gx; --gx) {}
+    gy = rows / gx;
+  }
+  vk::BufferRange b[3] = {x, w, out};
+  return s.dispatch(pipeline_, b, &push, sizeof(push), gx, gy);
+}
+
+// ---- SwiGlu
+Result<SwiGlu> SwiGlu::create(vk::Device& dev) {
+  auto p = dev.pipeline({"swiglu_f32", {}, 8, 3, kLocal});
+  if (!p.ok()) return p.status();
+  SwiGlu op;
+  op.pipeline_ = std::move(*p);
+  return op;
+}
+Status SwiGlu::record(vk::CommandStream& s, const vk::Buffer& gate, const vk::Buffer& up, const vk::Buffer& out,
+                      uint32_t n) const {
+  TROVE_RETURN_IF_ERROR(need("swiglu", "gate", gate, uint64_t{n} * 4));
+  TROVE_RETURN_IF_ERROR(need("swiglu", "up", up, uint64_t{n} * 4));
+  TROVE_RETURN_IF_ERROR(need("swiglu", "out", out, uint64_t{n} * 4));
+  uint32_t gx, gy;
+  grid((n + kLocal - 1) / kLocal, &gx, &gy);
+  struct { uint32_t n, row_groups; } push{n, gx};
+  vk::BufferRange b[3] = {gate, up, out};
+  return s.dispatch(pipeline_, b, &push, sizeof(push), gx, gy);
+}
+
+// ---- RopeNeox
+Result<RopeNeox> RopeNeox::create(vk::Device& dev) {
+  auto p = dev.pipeline({"rope_neox_f32", {}, 20, 2, kLocal});
+  if (!p.ok()) return p.status();
+  RopeNeox op;
+  op.pipeline_ = std::move(*p);
+  return op;
+}
+Status RopeNeox::record(vk::CommandStream& s, const vk::Buffer& x, const vk::Buffer& positions, uint32_t tokens,
+                        uint32_t heads, uint32_t head_dim, float base) const {
+  if (head_dim % 2) return Status::InvalidArgument(fmt::format("rope: head_dim {} must be even", head_dim));
+  TROVE_RETURN_IF_ERROR(need("rope", "x", x, uint64_t{tokens} * heads * head_dim * 4));
+  TROVE_RETURN_IF_ERROR(need("rope", "positions", positions, uint64_t{tokens} * 4));
+  uint64_t pairs = uint64_t{tokens} * heads * (head_dim / 2);
+  uint32_t gx, gy;
+  grid(static_cast<uint32_t>((pairs + kLocal - 1) / kLocal), &gx, &gy);
+  struct { uint32_t head_dim, heads, tokens; float base; uint32_t row_groups; } push{head_dim, heads, tokens, base, gx};
+  vk::BufferRange b[2] = {x, positions};
+  return s.dispatch(pipeline_, b, &push, sizeof(push), gx, gy);
+}
+
+// ---- Argmax
+Result<Argmax> Argmax::create(vk::Device& dev) {
+  auto p = dev.pipeline({"argmax_f32", {}, 4, 2, kLocal});
+  if (!p.ok()) return p.status();
+  Argmax op;
+  op.pipeline_ = std::move(*p);
+  return op;
+}
+Status Argmax::record(vk::CommandStream& s, const vk::Buffer& logits, const vk::Buffer& out, uint32_t rows,
+                      uint32_t ncols) const {
+  TROVE_RETURN_IF_ERROR(need("argmax", "logits", logits, uint64_t{rows} * ncols * 4));
+  TROVE_RETURN_IF_ERROR(need("argmax", "out", out, uint64_t{rows} * 4));
+  if (rows > kMaxGroupsX) return Status::InvalidArgument(fmt::format("argmax: {} rows exceeds {}", rows, kMaxGroupsX));
+  uint32_t push = ncols;
+  vk::BufferRange b[2] = {logits, out};
+  return s.dispatch(pipeline_, b, &push, sizeof(push), rows);
+}
+
+// ---- GetRows
+Result<GetRows> GetRows::create(vk::Device& dev, quant::GgmlType type) {
+  const char* shader = nullptr;
+  if (type == quant::GgmlType::F32) shader = "get_rows_f32";
+  if (type == quant::GgmlType::F16) shader = "get_rows_f16";
+  if (!shader) {
+    return Status::Unsupported(fmt::format("get_rows: weight type {} is not implemented on the GPU yet (F32 and F16 are)",
+                                           static_cast<uint32_t>(type)));
+  }
+  auto p = dev.pipeline({shader, {}, 8, 3, kLocal});
+  if (!p.ok()) return p.status();
+  GetRows op;
+  op.pipeline_ = std::move(*p);
+  op.type_ = type;
+  return op;
+}
+Status GetRows::record(vk::CommandStream& s, const vk::Buffer& table, const vk::Buffer& ids, const vk::Buffer& out,
+                       uint32_t nrows, uint32_t ncols, uint32_t ntokens) const {
+  uint64_t elt = type_ == quant::GgmlType::F32 ? 4 : 2;
+  uint64_t tbytes = uint64_t{nrows} * ncols * elt;
+  if (type_ == quant::GgmlType::F16) tbytes = (tbytes + 3) / 4 * 4;  // read as 32-bit words
+  TROVE_RETURN_IF_ERROR(need("get_rows", "table", table, tbytes));
+  TROVE_RETURN_IF_ERROR(need("get_rows", "ids", ids, uint64_t{ntokens} * 4));
+  TROVE_RETURN_IF_ERROR(need("get_rows", "out", out, uint64_t{ntokens} * ncols * 4));
+  if (ntokens > kMaxGroupsX) return Status::InvalidArgument(fmt::format("get_rows: {} tokens exceeds {}", ntokens, kMaxGroupsX));
+  struct { uint32_t ncols, nrows; } push{ncols, nrows};
+  uint32_t gx = std::min<uint32_t>(64, (ncols + kLocal - 1) / kLocal);
+  vk::BufferRange b[3] = {table, ids, out};
+  return s.dispatch(pipeline_, b, &push, sizeof(push), gx, ntokens);
+}
+
+}  // namespace trove::ops

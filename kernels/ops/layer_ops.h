@@ -1,0 +1,65 @@
+// kernels/ops/layer_ops.h — the non-matmul ops of a Qwen3 layer on the GPU, all float32 activations:
+//   RmsNorm   out[r,:] = x[r,:] * rsqrt(mean(x[r,:]^2) + eps) * w        (also per-head QK-norm:
+//             rows = tokens*heads, ncols = head_dim)
+//   SwiGlu    out = silu(gate) * up
+//   RopeNeox  in-place NEOX rotary embedding of x[tokens, heads, head_dim] at int32 positions
+//   Argmax    out[r] = argmax of logits row r (uint32; ties → smallest index)
+//   GetRows   out[t,:] = table[ids[t],:] for F32 and F16 tables (int32 ids)
+// Contract: each op owns its pipeline; record() validates buffer sizes and records one dispatch into
+// the stream (the caller adds barriers between dependent ops and submits). Errors name the op and
+// the mismatching size.
+#pragma once
+
+#include "kernels/quant/quant.h"
+#include "kernels/vk/runtime.h"
+
+namespace trove::ops {
+
+class RmsNorm {
+ public:
+  static Result<RmsNorm> create(vk::Device& dev);
+  Status record(vk::CommandStream& s, const vk::Buffer& x, const vk::Buffer& w, const vk::Buffer& out,
+                uint32_t rows, uint32_t ncols, float eps) const;
+ private:
+  vk::Pipeline pipeline_;
+};
+
+class SwiGlu {
+ public:
+  static Result<SwiGlu> create(vk::Device& dev);
+  Status record(vk::CommandStream& s, const vk::Buffer& gate, const vk::Buffer& up, const vk::Buffer& out,
+                uint32_t n) const;
+ private:
+  vk::Pipeline pipeline_;
+};
+
+class RopeNeox {
+ public:
+  static Result<RopeNeox> create(vk::Device& dev);
+  Status record(vk::CommandStream& s, const vk::Buffer& x, const vk::Buffer& positions, uint32_t tokens,
+                uint32_t heads, uint32_t head_dim, float base) const;
+ private:
+  vk::Pipeline pipeline_;
+};
+
+class Argmax {
+ public:
+  static Result<Argmax> create(vk::Device& dev);
+  Status record(vk::CommandStream& s, const vk::Buffer& logits, const vk::Buffer& out, uint32_t rows,
+                uint32_t ncols) const;
+ private:
+  vk::Pipeline pipeline_;
+};
+
+class GetRows {
+ public:
+  // type: quant::GgmlType::F32 or F16 (other formats: not implemented yet → Unsupported).
+  static Result<GetRows> create(vk::Device& dev, quant::GgmlType type);
+  Status record(vk::CommandStream& s, const vk::Buffer& table, const vk::Buffer& ids, const vk::Buffer& out,
+                uint32_t nrows, uint32_t ncols, uint32_t ntokens) const;
+ private:
+  vk::Pipeline pipeline_;
+  quant::GgmlType type_{};
+};
+
+}  // namespace trove::ops

@@ -1,0 +1,23 @@
+#version 460
+// RMSNorm per row: out[r,i] = x[r,i] / sqrt(mean_i(x[r,:]^2) + eps) * w[i]. One workgroup per row.
+// Per-head QK-norm is the same op with rows = tokens * heads and ncols = head_dim.
+layout(local_size_x = 256) in;
+layout(std430, binding = 0) readonly buffer X { float x[]; };
+layout(std430, binding = 1) readonly buffer W { float w[]; };
+layout(std430, binding = 2) writeonly buffer O { float o[]; };
+layout(push_constant) uniform P { uint ncols; float eps; } pc;
+shared float partial[256];
+void main() {
+  uint row = gl_WorkGroupID.x + gl_WorkGroupID.y * gl_NumWorkGroups.x;
+  uint base = row * pc.ncols;
+  float s = 0.0;
+  for (uint i = gl_LocalInvocationID.x; i < pc.ncols; i += 256u) { float v = x[base + i]; s += v * v; }
+  partial[gl_LocalInvocationID.x] = s;
+  barrier();
+  for (uint stride = 128u; stride > 0u; stride >>= 1) {
+    if (gl_LocalInvocationID.x < stride) partial[gl_LocalInvocationID.x] += partial[gl_LocalInvocationID.x + stride];
+    barrier();
+  }
+  float scale = inversesqrt(partial[0] / float(pc.ncols) + pc.eps);
+  for (uint i = gl_LocalInvocationID.x; i < pc.ncols; i += 256u) o[base + i] = x[base + i] * scale * w[i];
+}

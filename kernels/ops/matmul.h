@@ -1,0 +1,25 @@
+// kernels/ops/matmul.h — weight × activation products on the GPU: y[b][r] = sum_c W[r][c] * x[b][c].
+//
+// Contract: W is a GGUF weight matrix (rows × cols, input dim contiguous, row_bytes(type, cols)
+// bytes per row) in a device buffer padded to a multiple of 4 bytes (the shader reads whole words); x is f32 [batch][cols]; y is f32 [batch][rows]. record() only
+// records one dispatch into the stream; the caller submits. Supported weight types today: F32, F16,
+// BF16, Q8_0 (scalar shader matmul_scalar.comp, any device). Other types (Q4_K, Q5_K, Q6_K) are a
+// named Unsupported error until their shaders exist. Checked against kernels/ref/matmul_ref.h.
+#pragma once
+
+#include "kernels/quant/quant.h"
+#include "kernels/vk/runtime.h"
+
+namespace trove::ops {
+
+class Matmul {
+ public:
+  static Result<Matmul> create(vk::Device& dev);
+  Status record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows, uint32_t cols, uint32_t batch,
+                const vk::Buffer& w, const vk::Buffer& x, const vk::Buffer& y) const;
+
+ private:
+  vk::Pipeline scalar_;
+};
+
+}  // namespace trove::ops

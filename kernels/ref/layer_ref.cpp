@@ -52,3 +52,36 @@ void get_rows(quant::GgmlType type, const void* table, const int32_t* ids, float
 }
 
 }  // namespace trove::ref
+
+#include <algorithm>
+#include <numeric>
+#include <vector>
+
+namespace trove::ref {
+void moe_route(const float* logits, uint32_t* ids, float* weights, size_t tokens, size_t n_experts, size_t k) {
+  std::vector<uint32_t> order(n_experts);
+  for (size_t t = 0; t < tokens; ++t) {
+    const float* l = logits + t * n_experts;
+    std::iota(order.begin(), order.end(), 0u);
+    std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return l[a] > l[b]; });
+    double sum = 0;
+    for (size_t j = 0; j < k; ++j) sum += std::exp(double(l[order[j]]) - l[order[0]]);
+    for (size_t j = 0; j < k; ++j) {
+      ids[t * k + j] = order[j];
+      weights[t * k + j] = float(std::exp(double(l[order[j]]) - l[order[0]]) / sum);
+    }
+  }
+}
+
+void kv_write(const kv::KvLayout& L, const float* k, const float* v, const uint32_t* slots, uint16_t* pool,
+              size_t tokens) {
+  for (size_t t = 0; t < tokens; ++t)
+    for (uint32_t h = 0; h < L.kv_heads; ++h)
+      for (uint32_t d = 0; d < L.head_dim; ++d) {
+        uint32_t blk = slots[t] / L.block_tokens, off = slots[t] % L.block_tokens;
+        size_t src = (t * L.kv_heads + h) * L.head_dim + d;
+        pool[L.k_index(blk, h, off, d)] = quant::f32_to_f16(k[src]);
+        pool[L.v_index(blk, h, off, d)] = quant::f32_to_f16(v[src]);
+      }
+}
+}  // namespace trove::ref

@@ -19,12 +19,12 @@ Result<Matmul> Matmul::create(vk::Device& dev) {
 Status Matmul::record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows, uint32_t cols,
                       uint32_t batch, const vk::Buffer& w, const vk::Buffer& x, const vk::Buffer& y) const {
   using quant::GgmlType;
-  if (type != GgmlType::F32 && type != GgmlType::F16 && type != GgmlType::BF16 && type != GgmlType::Q8_0) {
-    return Status::Unsupported(fmt::format(
-        "matmul: weight type {} has no GPU shader yet (supported: F32 F16 BF16 Q8_0); dequantize it or "
-        "convert the model", quant::ggml_type_name(static_cast<uint32_t>(type))));
-  }
   auto t = quant::traits(type);
+  if (!t) {
+    return Status::Unsupported(fmt::format("matmul: weight type {} is not supported (supported: {})",
+                                           quant::ggml_type_name(static_cast<uint32_t>(type)),
+                                           quant::supported_type_names()));
+  }
   if (rows == 0 || cols == 0 || batch == 0 || cols % static_cast<uint32_t>(t->block_values) != 0) {
     return Status::InvalidArgument(fmt::format(
         "matmul: shape rows {} cols {} batch {} is invalid for {} (all positive, cols a multiple of {})",

@@ -2,9 +2,10 @@
 //
 // Contract: W is a GGUF weight matrix (rows × cols, input dim contiguous, row_bytes(type, cols)
 // bytes per row) in a device buffer padded to a multiple of 4 bytes (the shader reads whole words); x is f32 [batch][cols]; y is f32 [batch][rows]. record() only
-// records one dispatch into the stream; the caller submits. Supported weight types today: F32, F16,
-// BF16, Q8_0 (scalar shader matmul_scalar.comp, any device). Other types (Q4_K, Q5_K, Q6_K) are a
-// named Unsupported error until their shaders exist. Checked against kernels/ref/matmul_ref.h.
+// records one dispatch into the stream; the caller submits. Every kernels/quant type (F32 F16 BF16
+// Q8_0 Q4_K Q5_K Q6_K) through the scalar shader matmul_scalar.comp (any device, not yet
+// bandwidth-tuned); other type ids are a named Unsupported error. Checked against
+// kernels/ref/matmul_ref.h.
 #pragma once
 
 #include "kernels/quant/quant.h"

@@ -68,12 +68,14 @@ TEST(Matmul, MatchesReferenceForEachSupportedType) {
   auto op = ops::Matmul::create(*dev);
   ASSERT_TRUE(op.ok()) << op.status().ToString();
   uint64_t seed = 1;
-  for (GgmlType type : {GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0}) {
-    check(*dev, *op, type, 33, 96, 1, seed++);    // decode matvec, odd row count
+  for (GgmlType type : {GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_K,
+                        GgmlType::Q5_K, GgmlType::Q6_K}) {
+    check(*dev, *op, type, 33, 256, 1, seed++);   // decode matvec, odd row count
     check(*dev, *op, type, 17, 1024, 3, seed++);  // small batch, longer rows
   }
   if (const char* full = std::getenv("TROVE_KERNEL_FULL"); full && std::string(full) == "1") {
-    check(*dev, *op, GgmlType::Q8_0, 4096, 4096, 1, seed++);
+    check(*dev, *op, GgmlType::Q4_K, 4096, 4096, 1, seed++);
+    check(*dev, *op, GgmlType::Q6_K, 4096, 4096, 1, seed++);
   }
 }
 
@@ -86,9 +88,9 @@ TEST(Matmul, UnsupportedTypeAndBadShapeAreNamed) {
   ASSERT_TRUE(b.ok());
   auto s = dev->stream();
   ASSERT_TRUE(s.ok());
-  Status st = op->record(*s, GgmlType::Q4_K, 4, 256, 1, *b, *b, *b);
+  Status st = op->record(*s, static_cast<GgmlType>(2), 4, 256, 1, *b, *b, *b);  // Q4_0: not supported
   EXPECT_EQ(st.code(), StatusCode::kUnsupported);
-  EXPECT_NE(st.message().find("Q4_K"), std::string::npos) << st.message();
+  EXPECT_NE(st.message().find("Q4_0"), std::string::npos) << st.message();
   st = op->record(*s, GgmlType::Q8_0, 4, 100, 1, *b, *b, *b);
   EXPECT_NE(st.message().find("multiple of 32"), std::string::npos) << st.message();
   st = op->record(*s, GgmlType::F32, 4096, 4096, 1, *b, *b, *b);

@@ -40,26 +40,8 @@ bool drop_caches() {
   return static_cast<bool>(f.flush());
 }
 
-// Random N(0,1) values as f16 — a pessimistic stand-in for KV until the engine writes real KV.
-std::vector<uint8_t> kv_like(uint64_t seed, size_t bytes) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> d(0.0f, 1.0f);
-  std::vector<uint8_t> out(bytes);
-  for (size_t i = 0; i + 1 < bytes; i += 2) {
-    float f = d(rng);
-    uint32_t u;
-    std::memcpy(&u, &f, 4);
-    const uint32_t sign = (u >> 16) & 0x8000;
-    const int32_t exp = static_cast<int32_t>((u >> 23) & 0xff) - 112;
-    uint16_t h = static_cast<uint16_t>(sign);
-    if (exp > 0 && exp < 31) h = static_cast<uint16_t>(sign | (exp << 10) | ((u >> 13) & 0x3ff));
-    std::memcpy(&out[i], &h, 2);
-  }
-  return out;
-}
-
-// f32 → f16 bits by truncation (values outside the normal f16 range become signed zero) — the same
-// conversion kv_like() uses.
+// f32 → f16 bits by truncation; values outside the normal f16 range become signed zero. Both
+// payload generators below use it.
 uint16_t f16_bits(float f) {
   uint32_t u;
   std::memcpy(&u, &f, 4);
@@ -68,6 +50,18 @@ uint16_t f16_bits(float f) {
   uint16_t h = static_cast<uint16_t>(sign);
   if (exp > 0 && exp < 31) h = static_cast<uint16_t>(sign | (exp << 10) | ((u >> 13) & 0x3ff));
   return h;
+}
+
+// Random N(0,1) values as f16 — a pessimistic stand-in for KV until the engine writes real KV.
+std::vector<uint8_t> kv_like(uint64_t seed, size_t bytes) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  std::vector<uint8_t> out(bytes);
+  for (size_t i = 0; i + 1 < bytes; i += 2) {
+    const uint16_t h = f16_bits(d(rng));
+    std::memcpy(&out[i], &h, 2);
+  }
+  return out;
 }
 
 // A block laid out as the engine would: for each layer, K then V, each `tokens` rows of `channels`

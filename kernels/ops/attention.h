@@ -1,0 +1,36 @@
+// kernels/ops/attention.h — paged causal grouped-query attention on the GPU, one sequence per record().
+//
+// Contract: K and V pools are f16 in the layout of kernels/ref/attention_ref.h (PagedKvShape), the
+// block table is int32 (logical block -> physical block, covering start_pos + n_tokens positions),
+// q/out are f32 [n_tokens][n_heads][head_dim]. Decode is n_tokens = 1; prefill uses start_pos > 0
+// when a prefix is already in the pool. head_dim must be even and <= 256, n_heads a multiple of
+// n_kv_heads. The block table contents are not validated on the GPU (the caller owns them; the
+// reference checks them). record() only records; the caller submits. Checked against
+// kernels/ref/attention_ref.h.
+#pragma once
+
+#include "kernels/ref/attention_ref.h"
+#include "kernels/vk/runtime.h"
+
+namespace trove::ops {
+
+struct AttentionCall {
+  kernels::ref::PagedKvShape shape;
+  uint32_t n_heads = 0;
+  uint32_t start_pos = 0;
+  uint32_t n_tokens = 0;
+  float scale = 1.0f;
+};
+
+class PagedAttention {
+ public:
+  static Result<PagedAttention> create(vk::Device& dev);
+  Status record(vk::CommandStream& s, const AttentionCall& call, const vk::Buffer& k_pool,
+                const vk::Buffer& v_pool, const vk::Buffer& block_table, const vk::Buffer& q,
+                const vk::Buffer& out) const;
+
+ private:
+  vk::Pipeline pipeline_;
+};
+
+}  // namespace trove::ops

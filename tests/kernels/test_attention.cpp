@@ -1,0 +1,108 @@
+// GPU paged attention (kernels/ops/attention.h) against the float64 reference
+// (kernels/ref/attention_ref.h): random f16 K/V scattered through a shuffled block table (unused
+// blocks hold huge values the kernel must not read), random queries, output NaN-poisoned. Bound:
+// 1e-5 relative to the output norm (f32 online softmax). Decode and prefill-after-prefix shapes with
+// grouped-query heads; lavapipe < 5 s.
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "kernels/ops/attention.h"
+
+using namespace trove;
+using kernels::ref::PagedKvShape;
+
+namespace {
+constexpr uint32_t kNaN = 0x7fc00000u;
+
+void check(vk::Device& dev, const ops::PagedAttention& op, uint32_t n_heads, int64_t n_kv_heads, int64_t head_dim,
+           int64_t block_size, uint32_t start_pos, uint32_t n_tokens, uint32_t seed) {
+  SCOPED_TRACE(testing::Message() << "heads " << n_heads << "/" << n_kv_heads << " dim " << head_dim << " block "
+                                  << block_size << " start " << start_pos << " tokens " << n_tokens);
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const int64_t used = (start_pos + n_tokens + block_size - 1) / block_size;
+  PagedKvShape shape{used + 3, block_size, n_kv_heads, head_dim};
+  std::vector<int32_t> perm(shape.n_blocks);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), rng);
+  std::vector<int32_t> table(perm.begin(), perm.begin() + used);
+  std::vector<quant::f16_bits> kp(shape.elements(), quant::f32_to_f16(3e4f)), vp(kp);
+  for (int64_t b : table) {
+    for (int64_t i = 0; i < block_size * n_kv_heads * head_dim; ++i) {
+      kp[b * block_size * n_kv_heads * head_dim + i] = quant::f32_to_f16(nd(rng));
+      vp[b * block_size * n_kv_heads * head_dim + i] = quant::f32_to_f16(nd(rng));
+    }
+  }
+  std::vector<float> q(size_t{n_tokens} * n_heads * head_dim), expect(q.size());
+  for (auto& v : q) v = nd(rng);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  std::vector<kernels::ref::AttentionSequence> seqs = {{table, start_pos, n_tokens, q, expect}};
+  ASSERT_TRUE(kernels::ref::paged_attention(shape, kp, vp, n_heads, scale, seqs).ok());
+
+  auto kb = dev.buffer(kp.size() * 2), vb = dev.buffer(vp.size() * 2), tb = dev.buffer(table.size() * 4),
+       qb = dev.buffer(q.size() * 4), ob = dev.buffer(q.size() * 4);
+  ASSERT_TRUE(kb.ok() && vb.ok() && tb.ok() && qb.ok() && ob.ok());
+  ASSERT_TRUE(kb->upload(kp.data(), kp.size() * 2).ok());
+  ASSERT_TRUE(vb->upload(vp.data(), vp.size() * 2).ok());
+  ASSERT_TRUE(tb->upload(table.data(), table.size() * 4).ok());
+  ASSERT_TRUE(qb->upload(q.data(), q.size() * 4).ok());
+  ASSERT_TRUE(ob->fill(kNaN).ok());
+  auto s = dev.stream();
+  ASSERT_TRUE(s.ok());
+  Status st = op.record(*s, {shape, n_heads, start_pos, n_tokens, scale}, *kb, *vb, *tb, *qb, *ob);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  ASSERT_TRUE(s->submit_and_wait().ok());
+  std::vector<float> got(q.size());
+  ASSERT_TRUE(ob->download(got.data(), got.size() * 4).ok());
+  double err2 = 0, ref2 = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    ASSERT_TRUE(std::isfinite(got[i])) << "output " << i;
+    err2 += double(got[i] - expect[i]) * (got[i] - expect[i]);
+    ref2 += double(expect[i]) * expect[i];
+  }
+  EXPECT_LT(std::sqrt(err2), 1e-5 * std::sqrt(ref2));
+}
+
+std::unique_ptr<vk::Device> open_device() {
+  auto d = vk::Device::open();
+  if (!d.ok()) {
+    ADD_FAILURE() << d.status().ToString();
+    return nullptr;
+  }
+  return std::move(*d);
+}
+}  // namespace
+
+TEST(PagedAttention, DecodeAndPrefillMatchReference) {
+  auto dev = open_device();
+  ASSERT_TRUE(dev);
+  auto op = ops::PagedAttention::create(*dev);
+  ASSERT_TRUE(op.ok()) << op.status().ToString();
+  check(*dev, *op, 8, 2, 64, 16, 0, 1, 1);     // decode, first token
+  check(*dev, *op, 8, 2, 64, 16, 47, 1, 2);    // decode, partial last block
+  check(*dev, *op, 4, 4, 32, 8, 0, 13, 3);     // prefill, no prefix
+  check(*dev, *op, 16, 4, 128, 16, 17, 9, 4);  // prefill after a cached prefix, Qwen3 head_dim
+  check(*dev, *op, 2, 1, 256, 32, 40, 3, 5);   // largest head_dim
+}
+
+TEST(PagedAttention, BadShapesAreNamed) {
+  auto dev = open_device();
+  ASSERT_TRUE(dev);
+  auto op = ops::PagedAttention::create(*dev);
+  ASSERT_TRUE(op.ok());
+  auto b = dev->buffer(1 << 12);
+  ASSERT_TRUE(b.ok());
+  auto s = dev->stream();
+  ASSERT_TRUE(s.ok());
+  Status st = op->record(*s, {{4, 16, 2, 64}, 3, 0, 1, 1.0f}, *b, *b, *b, *b, *b);
+  EXPECT_NE(st.message().find("multiple of the KV heads"), std::string::npos) << st.message();
+  st = op->record(*s, {{4, 16, 2, 300}, 4, 0, 1, 1.0f}, *b, *b, *b, *b, *b);
+  EXPECT_NE(st.message().find("head_dim"), std::string::npos) << st.message();
+  st = op->record(*s, {{64, 16, 8, 128}, 8, 0, 1, 1.0f}, *b, *b, *b, *b, *b);
+  EXPECT_NE(st.message().find("too small"), std::string::npos) << st.message();
+}

@@ -12,7 +12,7 @@ build_pkgs=(
   cmake make pkg-config clang libclang-rt-14-dev
   librocksdb-dev liburing-dev liblz4-dev libxxhash-dev libpcre2-dev
   nlohmann-json3-dev libcpp-httplib-dev libcli11-dev libfmt-dev
-  libvulkan-dev glslang-tools mesa-vulkan-drivers
+  libvulkan-dev glslang-tools mesa-vulkan-drivers vulkan-validationlayers
   dpkg-dev ca-certificates
   libgtest-dev libgmock-dev libbenchmark-dev
 )

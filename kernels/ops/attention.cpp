@@ -8,15 +8,15 @@ struct Push { uint32_t block_size, n_kv_heads, head_dim, n_heads, start_pos, n_t
 }  // namespace
 
 Result<PagedAttention> PagedAttention::create(vk::Device& dev) {
-  auto p = dev.pipeline({"attention_paged", {}, sizeof(Push), 5, 64});
+  auto p = dev.pipeline({"attention_paged", {}, sizeof(Push), 4, 64});
   if (!p.ok()) return p.status();
   PagedAttention op;
   op.pipeline_ = std::move(*p);
   return op;
 }
 
-Status PagedAttention::record(vk::CommandStream& s, const AttentionCall& c, const vk::Buffer& k_pool,
-                              const vk::Buffer& v_pool, const vk::Buffer& block_table, const vk::Buffer& q,
+Status PagedAttention::record(vk::CommandStream& s, const AttentionCall& c, const vk::Buffer& pool,
+                              const vk::Buffer& block_table, const vk::Buffer& q,
                               const vk::Buffer& out) const {
   const auto& sh = c.shape;
   if (sh.n_blocks <= 0 || sh.block_size <= 0 || sh.n_kv_heads <= 0 || sh.head_dim <= 0 ||
@@ -34,16 +34,16 @@ Status PagedAttention::record(vk::CommandStream& s, const AttentionCall& c, cons
   const uint64_t pool_bytes = static_cast<uint64_t>(sh.elements()) * 2;
   const uint64_t blocks = (uint64_t{c.start_pos} + c.n_tokens + sh.block_size - 1) / sh.block_size;
   const uint64_t qbytes = uint64_t{c.n_tokens} * c.n_heads * sh.head_dim * 4;
-  if (k_pool.size() < pool_bytes || v_pool.size() < pool_bytes || block_table.size() < blocks * 4 ||
+  if (pool.size() < pool_bytes || block_table.size() < blocks * 4 ||
       q.size() < qbytes || out.size() < qbytes) {
     return Status::InvalidArgument(fmt::format(
-        "attention: buffers too small: K {} V {} (need {}), block table {} (need {} entries), q {} out {} "
-        "(need {})", k_pool.size(), v_pool.size(), pool_bytes, block_table.size(), blocks, q.size(),
+        "attention: buffers too small: KV pool {} (need {}), block table {} (need {} entries), q {} out {} "
+        "(need {})", pool.size(), pool_bytes, block_table.size(), blocks, q.size(),
         out.size(), qbytes));
   }
   Push push{static_cast<uint32_t>(sh.block_size), static_cast<uint32_t>(sh.n_kv_heads),
             static_cast<uint32_t>(sh.head_dim), c.n_heads, c.start_pos, c.n_tokens, c.scale};
-  vk::BufferRange bufs[5] = {k_pool, v_pool, block_table, q, out};
+  vk::BufferRange bufs[4] = {pool, block_table, q, out};
   return s.dispatch(pipeline_, bufs, &push, sizeof(push), c.n_heads, c.n_tokens);
 }
 

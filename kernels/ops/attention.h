@@ -1,6 +1,7 @@
 // kernels/ops/attention.h — paged causal grouped-query attention on the GPU, one sequence per record().
 //
-// Contract: K and V pools are f16 in the layout of kernels/ref/attention_ref.h (PagedKvShape), the
+// Contract: the KV pool is one f16 buffer in the layout of kernels/kv_layout.h (written by the KV
+// write op; PagedKvShape in kernels/ref/attention_ref.h gives the same offsets), the
 // block table is int32 (logical block -> physical block, covering start_pos + n_tokens positions),
 // q/out are f32 [n_tokens][n_heads][head_dim]. Decode is n_tokens = 1; prefill uses start_pos > 0
 // when a prefix is already in the pool. head_dim must be even and <= 256, n_heads a multiple of
@@ -25,8 +26,8 @@ struct AttentionCall {
 class PagedAttention {
  public:
   static Result<PagedAttention> create(vk::Device& dev);
-  Status record(vk::CommandStream& s, const AttentionCall& call, const vk::Buffer& k_pool,
-                const vk::Buffer& v_pool, const vk::Buffer& block_table, const vk::Buffer& q,
+  Status record(vk::CommandStream& s, const AttentionCall& call, const vk::Buffer& pool,
+                const vk::Buffer& block_table, const vk::Buffer& q,
                 const vk::Buffer& out) const;
 
  private:

@@ -9,8 +9,8 @@
 
 namespace trove::kernels::ref {
 
-Status paged_attention(const PagedKvShape& shape, std::span<const quant::f16_bits> k_pool,
-                       std::span<const quant::f16_bits> v_pool, int64_t n_heads, float scale,
+Status paged_attention(const PagedKvShape& shape, std::span<const quant::f16_bits> pool, int64_t n_heads,
+                       float scale,
                        std::span<const AttentionSequence> seqs) {
   if (shape.n_blocks <= 0 || shape.block_size <= 0 || shape.n_kv_heads <= 0 || shape.head_dim <= 0) {
     return Status::InvalidArgument(fmt::format(
@@ -21,9 +21,9 @@ Status paged_attention(const PagedKvShape& shape, std::span<const quant::f16_bit
     return Status::InvalidArgument(fmt::format(
         "paged_attention: {} query heads is not a positive multiple of {} KV heads", n_heads, shape.n_kv_heads));
   }
-  if (k_pool.size() != static_cast<size_t>(shape.elements()) || v_pool.size() != k_pool.size()) {
-    return Status::InvalidArgument(fmt::format("paged_attention: K pool {} / V pool {} values, the shape needs {}",
-                                               k_pool.size(), v_pool.size(), shape.elements()));
+  if (pool.size() != static_cast<size_t>(shape.elements())) {
+    return Status::InvalidArgument(fmt::format("paged_attention: KV pool has {} values, the shape needs {}",
+                                               pool.size(), shape.elements()));
   }
   const int64_t group = n_heads / shape.n_kv_heads;
   const int64_t hd = shape.head_dim;
@@ -60,15 +60,16 @@ Status paged_attention(const PagedKvShape& shape, std::span<const quant::f16_bit
         double l = 0.0;
         std::fill(acc.begin(), acc.end(), 0.0);
         for (int64_t p = 0; p <= last; ++p) {
-          const int64_t off = shape.offset(seq.block_table[p / shape.block_size], p % shape.block_size, kvh);
+          const int64_t off = shape.k_offset(seq.block_table[p / shape.block_size], p % shape.block_size, kvh);
+          const int64_t voff = off + shape.half_block();
           double sc = 0.0;
-          for (int64_t d = 0; d < hd; ++d) sc += static_cast<double>(q[d]) * quant::f16_to_f32(k_pool[off + d]);
+          for (int64_t d = 0; d < hd; ++d) sc += static_cast<double>(q[d]) * quant::f16_to_f32(pool[off + d]);
           sc *= scale;
           const double m_new = std::max(m, sc);
           const double corr = std::exp(m - m_new);  // exp(-inf) = 0 on the first key
           const double w = std::exp(sc - m_new);
           l = l * corr + w;
-          for (int64_t d = 0; d < hd; ++d) acc[d] = acc[d] * corr + w * quant::f16_to_f32(v_pool[off + d]);
+          for (int64_t d = 0; d < hd; ++d) acc[d] = acc[d] * corr + w * quant::f16_to_f32(pool[voff + d]);
           m = m_new;
         }
         float* o = seq.out.data() + (t * n_heads + h) * hd;

@@ -3,11 +3,9 @@
 // decode kernel (one query token per sequence) and the prefill kernel (many query tokens starting at
 // a position, so a cached prefix can already be in the pool) are both checked against it.
 //
-// Pool layout (kernels/kv_layout.h did not exist yet when this was written, so the layout the
-// reference assumes is spelled out here; the GPU layout must match or this is updated with it):
-//   K and V are two f16 arrays of n_blocks blocks; a block holds block_size token slots; a slot holds
-//   n_kv_heads heads of head_dim values. Element (block, slot, head, d) is at
-//   ((block * block_size + slot) * n_kv_heads + head) * head_dim + d.
+// Pool layout: kernels/kv_layout.h (kv::KvLayout), one f16 array of n_blocks blocks; a block holds
+//   block_size token slots of one sequence, K first then V, each [kv_head][slot][head_dim]. The
+//   offsets below equal KvLayout::k_index / v_index (a test checks it).
 //   A sequence's token at position p lives in physical block block_table[p / block_size], slot
 //   p % block_size.
 // Queries/outputs are f32 [tokens][n_heads][head_dim]. Query head h reads KV head
@@ -28,9 +26,13 @@ struct PagedKvShape {
   int64_t block_size = 0;
   int64_t n_kv_heads = 0;
   int64_t head_dim = 0;
-  int64_t elements() const { return n_blocks * block_size * n_kv_heads * head_dim; }
-  int64_t offset(int64_t block, int64_t slot, int64_t head) const {
-    return ((block * block_size + slot) * n_kv_heads + head) * head_dim;
+  int64_t half_block() const { return block_size * n_kv_heads * head_dim; }  // K (or V) of one block
+  int64_t elements() const { return n_blocks * 2 * half_block(); }
+  int64_t k_offset(int64_t block, int64_t slot, int64_t head) const {
+    return block * 2 * half_block() + (head * block_size + slot) * head_dim;
+  }
+  int64_t v_offset(int64_t block, int64_t slot, int64_t head) const {
+    return k_offset(block, slot, head) + half_block();
   }
 };
 
@@ -44,8 +46,8 @@ struct AttentionSequence {
 
 // Runs every sequence. Errors (named) for: n_heads not a multiple of n_kv_heads, a block table too
 // short for start_pos + n_tokens positions, a physical block id outside the pool, wrong sizes.
-Status paged_attention(const PagedKvShape& shape, std::span<const quant::f16_bits> k_pool,
-                       std::span<const quant::f16_bits> v_pool, int64_t n_heads, float scale,
+Status paged_attention(const PagedKvShape& shape, std::span<const quant::f16_bits> pool, int64_t n_heads,
+                       float scale,
                        std::span<const AttentionSequence> seqs);
 
 }  // namespace trove::kernels::ref

@@ -31,30 +31,26 @@ void check(vk::Device& dev, const ops::PagedAttention& op, uint32_t n_heads, int
   std::iota(perm.begin(), perm.end(), 0);
   std::shuffle(perm.begin(), perm.end(), rng);
   std::vector<int32_t> table(perm.begin(), perm.begin() + used);
-  std::vector<quant::f16_bits> kp(shape.elements(), quant::f32_to_f16(3e4f)), vp(kp);
+  std::vector<quant::f16_bits> pool(shape.elements(), quant::f32_to_f16(3e4f));
   for (int64_t b : table) {
-    for (int64_t i = 0; i < block_size * n_kv_heads * head_dim; ++i) {
-      kp[b * block_size * n_kv_heads * head_dim + i] = quant::f32_to_f16(nd(rng));
-      vp[b * block_size * n_kv_heads * head_dim + i] = quant::f32_to_f16(nd(rng));
-    }
+    for (int64_t i = 0; i < 2 * shape.half_block(); ++i) pool[b * 2 * shape.half_block() + i] = quant::f32_to_f16(nd(rng));
   }
   std::vector<float> q(size_t{n_tokens} * n_heads * head_dim), expect(q.size());
   for (auto& v : q) v = nd(rng);
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   std::vector<kernels::ref::AttentionSequence> seqs = {{table, start_pos, n_tokens, q, expect}};
-  ASSERT_TRUE(kernels::ref::paged_attention(shape, kp, vp, n_heads, scale, seqs).ok());
+  ASSERT_TRUE(kernels::ref::paged_attention(shape, pool, n_heads, scale, seqs).ok());
 
-  auto kb = dev.buffer(kp.size() * 2), vb = dev.buffer(vp.size() * 2), tb = dev.buffer(table.size() * 4),
-       qb = dev.buffer(q.size() * 4), ob = dev.buffer(q.size() * 4);
-  ASSERT_TRUE(kb.ok() && vb.ok() && tb.ok() && qb.ok() && ob.ok());
-  ASSERT_TRUE(kb->upload(kp.data(), kp.size() * 2).ok());
-  ASSERT_TRUE(vb->upload(vp.data(), vp.size() * 2).ok());
+  auto kb = dev.buffer(pool.size() * 2), tb = dev.buffer(table.size() * 4), qb = dev.buffer(q.size() * 4),
+       ob = dev.buffer(q.size() * 4);
+  ASSERT_TRUE(kb.ok() && tb.ok() && qb.ok() && ob.ok());
+  ASSERT_TRUE(kb->upload(pool.data(), pool.size() * 2).ok());
   ASSERT_TRUE(tb->upload(table.data(), table.size() * 4).ok());
   ASSERT_TRUE(qb->upload(q.data(), q.size() * 4).ok());
   ASSERT_TRUE(ob->fill(kNaN).ok());
   auto s = dev.stream();
   ASSERT_TRUE(s.ok());
-  Status st = op.record(*s, {shape, n_heads, start_pos, n_tokens, scale}, *kb, *vb, *tb, *qb, *ob);
+  Status st = op.record(*s, {shape, n_heads, start_pos, n_tokens, scale}, *kb, *tb, *qb, *ob);
   ASSERT_TRUE(st.ok()) << st.ToString();
   ASSERT_TRUE(s->submit_and_wait().ok());
   std::vector<float> got(q.size());
@@ -99,10 +95,10 @@ TEST(PagedAttention, BadShapesAreNamed) {
   ASSERT_TRUE(b.ok());
   auto s = dev->stream();
   ASSERT_TRUE(s.ok());
-  Status st = op->record(*s, {{4, 16, 2, 64}, 3, 0, 1, 1.0f}, *b, *b, *b, *b, *b);
+  Status st = op->record(*s, {{4, 16, 2, 64}, 3, 0, 1, 1.0f}, *b, *b, *b, *b);
   EXPECT_NE(st.message().find("multiple of the KV heads"), std::string::npos) << st.message();
-  st = op->record(*s, {{4, 16, 2, 300}, 4, 0, 1, 1.0f}, *b, *b, *b, *b, *b);
+  st = op->record(*s, {{4, 16, 2, 300}, 4, 0, 1, 1.0f}, *b, *b, *b, *b);
   EXPECT_NE(st.message().find("head_dim"), std::string::npos) << st.message();
-  st = op->record(*s, {{64, 16, 8, 128}, 8, 0, 1, 1.0f}, *b, *b, *b, *b, *b);
+  st = op->record(*s, {{64, 16, 8, 128}, 8, 0, 1, 1.0f}, *b, *b, *b, *b);
   EXPECT_NE(st.message().find("too small"), std::string::npos) << st.message();
 }

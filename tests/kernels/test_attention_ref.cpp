@@ -11,6 +11,7 @@
 
 #include <gtest/gtest.h>
 
+#include "kernels/kv_layout.h"
 #include "kernels/ref/attention_ref.h"
 
 namespace trove::kernels::ref {
@@ -34,9 +35,7 @@ void run_case(const Case& c, uint32_t seed) {
   std::vector<int32_t> perm(shape.n_blocks);
   std::iota(perm.begin(), perm.end(), 0);
   std::shuffle(perm.begin(), perm.end(), rng);
-  std::vector<quant::f16_bits> kp(shape.elements()), vp(shape.elements());
-  for (auto& v : kp) v = quant::f32_to_f16(1e4f);
-  for (auto& v : vp) v = quant::f32_to_f16(1e4f);
+  std::vector<quant::f16_bits> pool(shape.elements(), quant::f32_to_f16(1e4f));
 
   const int64_t kv_row = c.n_kv_heads * c.head_dim, q_row = c.n_heads * c.head_dim;
   std::vector<std::vector<int32_t>> tables(c.seqs.size());
@@ -53,10 +52,11 @@ void run_case(const Case& c, uint32_t seed) {
     for (auto& v : vs[s]) v = quant::f16_to_f32(quant::f32_to_f16(nd(rng)));
     for (int64_t p = 0; p < n_pos; ++p) {
       for (int64_t h = 0; h < c.n_kv_heads; ++h) {
-        const int64_t off = shape.offset(tables[s][p / c.block_size], p % c.block_size, h);
+        const int64_t ko = shape.k_offset(tables[s][p / c.block_size], p % c.block_size, h);
+        const int64_t vo = shape.v_offset(tables[s][p / c.block_size], p % c.block_size, h);
         for (int64_t d = 0; d < c.head_dim; ++d) {
-          kp[off + d] = quant::f32_to_f16(ks[s][p * kv_row + h * c.head_dim + d]);
-          vp[off + d] = quant::f32_to_f16(vs[s][p * kv_row + h * c.head_dim + d]);
+          pool[ko + d] = quant::f32_to_f16(ks[s][p * kv_row + h * c.head_dim + d]);
+          pool[vo + d] = quant::f32_to_f16(vs[s][p * kv_row + h * c.head_dim + d]);
         }
       }
     }
@@ -68,7 +68,7 @@ void run_case(const Case& c, uint32_t seed) {
     seqs.push_back({tables[s], c.seqs[s].first, c.seqs[s].second, qs[s], outs[s]});
   }
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
-  ASSERT_TRUE(paged_attention(shape, kp, vp, c.n_heads, scale, seqs).ok());
+  ASSERT_TRUE(paged_attention(shape, pool, c.n_heads, scale, seqs).ok());
 
   const int64_t group = c.n_heads / c.n_kv_heads;
   for (size_t s = 0; s < c.seqs.size(); ++s) {
@@ -109,21 +109,35 @@ TEST(AttentionRef, PrefillWithCachedPrefix) {
   run_case({32, 8, 128, 16, {{17, 9}}}, 4);  // Qwen3-8B heads
 }
 
+TEST(AttentionRef, OffsetsAreKvLayouts) {
+  kv::KvLayout layout{16, 8, 128};
+  PagedKvShape shape{10, 16, 8, 128};
+  for (uint32_t b : {0u, 3u, 9u}) {
+    for (uint32_t h : {0u, 5u, 7u}) {
+      for (uint32_t t : {0u, 1u, 15u}) {
+        EXPECT_EQ(static_cast<uint64_t>(shape.k_offset(b, t, h)), layout.k_index(b, h, t, 0));
+        EXPECT_EQ(static_cast<uint64_t>(shape.v_offset(b, t, h)), layout.v_index(b, h, t, 0));
+      }
+    }
+  }
+  EXPECT_EQ(static_cast<uint64_t>(shape.elements()) * 2, layout.block_bytes() * 10);
+}
+
 TEST(AttentionRef, ErrorsNameTheProblem) {
   PagedKvShape shape{2, 4, 1, 8};
-  std::vector<quant::f16_bits> kp(shape.elements()), vp(shape.elements());
+  std::vector<quant::f16_bits> kp(shape.elements());
   std::vector<float> q(8), out(8);
   std::vector<int32_t> table = {0};
   std::vector<AttentionSequence> seqs = {{table, 4, 1, q, out}};  // position 4 needs a second block
-  Status s = paged_attention(shape, kp, vp, 1, 1.0f, seqs);
+  Status s = paged_attention(shape, kp, 1, 1.0f, seqs);
   EXPECT_FALSE(s.ok());
   EXPECT_NE(s.message().find("needs 2 blocks"), std::string::npos) << s.message();
   std::vector<int32_t> bad = {0, 7};
   seqs = {{bad, 4, 1, q, out}};
-  s = paged_attention(shape, kp, vp, 1, 1.0f, seqs);
+  s = paged_attention(shape, kp, 1, 1.0f, seqs);
   EXPECT_NE(s.message().find("pool has 2 blocks"), std::string::npos) << s.message();
   PagedKvShape two_kv{2, 4, 2, 8};  // 3 query heads cannot share 2 KV heads evenly
-  s = paged_attention(two_kv, kp, vp, 3, 1.0f, {});
+  s = paged_attention(two_kv, kp, 3, 1.0f, {});
   EXPECT_NE(s.message().find("multiple"), std::string::npos) << s.message();
 }
 

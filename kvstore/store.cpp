@@ -201,6 +201,7 @@ struct Segment {
 struct Pending {
   BlockEntry entry;
   std::vector<uint8_t> payload;
+  std::vector<int32_t> token_ids;
 };
 
 // Eviction value: more recent and more used blocks are worth more. Each doubling of hits counts as
@@ -218,6 +219,8 @@ class RocksLogger final : public rocksdb::Logger {
   void Logv(const char* format, va_list ap) override {
     char buf[1024];
     std::vsnprintf(buf, sizeof buf, format, ap);
+    // Creating a store, RocksDB reports the index directory it is about to create as missing.
+    if (std::strstr(buf, "Error when reading") && std::strstr(buf, "dir NotFound")) return;
     log::warn("rocksdb", "{}", buf);
   }
 };
@@ -239,13 +242,15 @@ class StoreImpl final : public Store {
   std::future<std::vector<Status>> read_async(std::vector<BlockRef> blocks,
                                               std::vector<std::span<uint8_t>> out) override;
   InsertResult insert(const BlockKey& key, const BlockKey& parent, std::string_view ns, std::string_view fp,
-                      uint32_t tokens, PayloadDtype dtype, uint16_t layers, std::vector<uint8_t> payload) override;
+                      uint32_t tokens, PayloadDtype dtype, uint16_t layers, std::vector<uint8_t> payload,
+                      std::span<const int32_t> token_ids) override;
   Status flush() override;
   Status evict_to(uint64_t bytes) override;
   Status evict_if(const std::function<bool(const BlockEntry&)>& pick) override;
   Status compact() override;
   Status verify(const std::function<void(const BlockEntry&, const Status&)>& bad) override;
   Result<BlockEntry> entry(const BlockKey& key) override;
+  Result<std::vector<int32_t>> token_ids(const BlockKey& key) override;
   Status for_each_entry(const std::function<void(const BlockEntry&)>& fn) override;
   Stats stats() override;
 
@@ -298,6 +303,7 @@ class StoreImpl final : public Store {
 
   WorkerPool pool_;
   BufferPool buffers_;
+  std::atomic<uint64_t> failed_reported_{0};  // failed_ as of the last flush()
   std::atomic<uint64_t> hits_{0}, misses_{0}, lookups_{0}, inserts_{0}, dups_{0}, dropped_{0}, failed_{0},
       corrupt_{0}, evictions_{0}, compactions_{0};
 };
@@ -663,7 +669,8 @@ std::future<std::vector<Status>> StoreImpl::read_async(std::vector<BlockRef> blo
 }
 
 InsertResult StoreImpl::insert(const BlockKey& key, const BlockKey& parent, std::string_view ns, std::string_view fp,
-                               uint32_t tokens, PayloadDtype dtype, uint16_t layers, std::vector<uint8_t> payload) {
+                               uint32_t tokens, PayloadDtype dtype, uint16_t layers, std::vector<uint8_t> payload,
+                               std::span<const int32_t> token_ids) {
   if (opt_.read_only) return InsertResult::kReadOnly;
   {
     std::shared_lock l(map_mu_);
@@ -691,6 +698,7 @@ InsertResult StoreImpl::insert(const BlockKey& key, const BlockKey& parent, std:
   p.entry.dtype = dtype;
   p.entry.layers = layers;
   p.payload = std::move(payload);
+  p.token_ids.assign(token_ids.begin(), token_ids.end());
   queue_bytes_ += p.payload.size();
   queued_keys_.insert(key);
   queue_.push_back(std::move(p));
@@ -751,7 +759,7 @@ void StoreImpl::write_batch(std::vector<Pending>& batch) {
   written.reserve(batch.size());
   for (auto& p : batch) {
     auto rec = detail::encode_record(p.entry.ref.key, p.entry.dtype, p.entry.layers, p.entry.ref.tokens, p.payload,
-                                     opt_.shuffle_f16);
+                                     opt_.shuffle_f16, p.token_ids);
     if (cur_off_ > 0 && cur_off_ + rec.bytes.size() > opt_.segment_bytes) {
       if (Status st = start_segment(); !st.ok()) {
         failed_ += batch.size() - written.size();
@@ -870,7 +878,6 @@ void StoreImpl::persist_access_locked() {
 Status StoreImpl::flush() {
   if (opt_.read_only) return Status::Ok();
   uint64_t ticket;
-  const uint64_t failed_before = failed_.load();
   {
     std::unique_lock l(q_mu_);
     ticket = enqueued_;
@@ -881,7 +888,9 @@ Status StoreImpl::flush() {
     std::lock_guard w(write_mu_);
     persist_access_locked();
   }
-  const uint64_t failed = failed_.load() - failed_before;
+  // Failures since the previous flush() returned (the writer may have failed some blocks before this
+  // call began, so a before/after difference of failed_ would miss them).
+  const uint64_t failed = failed_.load() - failed_reported_.exchange(failed_.load());
   if (failed) {
     return Status::IoError(fmt::format("{} blocks could not be written to '{}' (see the log; the disk may be full)",
                                        failed, dir_));
@@ -1091,6 +1100,25 @@ Result<BlockEntry> StoreImpl::entry(const BlockKey& key) {
   auto it = map_.find(key);
   if (it == map_.end()) return Status::NotFound(fmt::format("block {} is not in the store '{}'", key.hex(), dir_));
   return it->second;
+}
+
+Result<std::vector<int32_t>> StoreImpl::token_ids(const BlockKey& key) {
+  auto e = entry(key);
+  if (!e.ok()) return e.status();
+  std::string path;
+  {
+    std::shared_lock l(map_mu_);
+    auto it = segments_.find(e->ref.segment);
+    if (it == segments_.end()) return Status::NotFound(fmt::format("segment {} is gone", e->ref.segment));
+    path = it->second.path;
+  }
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0) return Status::IoError(fmt::format("cannot open '{}': {}", path, errno_text()));
+  std::vector<uint8_t> rec(e->ref.length);
+  if (::pread(fd.get(), rec.data(), rec.size(), static_cast<off_t>(e->ref.offset)) != static_cast<ssize_t>(rec.size())) {
+    return Status::IoError(fmt::format("cannot read block {} from '{}'", key.hex(), path));
+  }
+  return detail::decode_token_ids(rec, key, e->ref.checksum);
 }
 
 Status StoreImpl::for_each_entry(const std::function<void(const BlockEntry&)>& fn) {

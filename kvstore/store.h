@@ -161,11 +161,13 @@ class Store {
   virtual std::future<std::vector<Status>> read_async(std::vector<BlockRef> blocks,
                                                       std::vector<std::span<uint8_t>> out) = 0;
 
-  // Queues a block for writing. Never blocks on I/O. `payload` is moved from.
+  // Queues a block for writing. Never blocks on I/O. `payload` is moved from. `token_ids` (the
+  // block's tokens, optional) are kept in the record so tools can show what a block holds.
   virtual InsertResult insert(const BlockKey& key, const BlockKey& parent, std::string_view name_space,
                               std::string_view fingerprint, uint32_t tokens, PayloadDtype dtype, uint16_t layers,
-                              std::vector<uint8_t> payload) = 0;
+                              std::vector<uint8_t> payload, std::span<const int32_t> token_ids = {}) = 0;
   // Waits until every block queued before the call is durable (or failed and counted). The sync point.
+  // Returns IoError when blocks failed to be stored since the previous flush() returned.
   virtual Status flush() = 0;
 
   // Evicts leaves, lowest score first, until stored bytes ≤ `bytes`. Score in kv-store-format.md.
@@ -178,6 +180,8 @@ class Store {
   virtual Status verify(const std::function<void(const BlockEntry&, const Status&)>& bad) = 0;
 
   virtual Result<BlockEntry> entry(const BlockKey& key) = 0;
+  // The token ids stored with a block (verified; empty when it was inserted without them).
+  virtual Result<std::vector<int32_t>> token_ids(const BlockKey& key) = 0;
   virtual Status for_each_entry(const std::function<void(const BlockEntry&)>& fn) = 0;
   virtual Stats stats() = 0;
 };

@@ -8,12 +8,14 @@
 //       12     2  layer count
 //       14     2  reserved (0)
 //       16     4  token count
-//       20     4  reserved (0)
+//       20     4  token ids stored (0, or the token count when flag bit 2 is set)
 //       24     8  raw payload size (bytes after decompression)
 //       32     8  stored payload size (bytes that follow the header)
 //       40    16  block key (hi, lo; little-endian)
 //       56     8  checksum: XXH3-64 of bytes 0..55 followed by the stored payload
-//       64     …  stored payload, then zero padding to a multiple of 4096 (so O_DIRECT can read it)
+//       64     …  the block's token ids (i32 each) when flag bit 2 is set, then the stored payload,
+//                  then zero padding to a multiple of 4096 (so O_DIRECT can read it). The checksum
+//                  covers bytes 0..55 and everything from byte 64 to the end of the payload.
 //
 // All integers little-endian. A human can read a header with `xxd -l 64`.
 #pragma once
@@ -34,6 +36,7 @@ inline constexpr uint16_t kRecordVersion = 1;
 inline constexpr char kRecordMagic[8] = {'T', 'R', 'V', 'K', 'V', 'B', 'L', 'K'};
 inline constexpr uint8_t kFlagShuffled = 1;
 inline constexpr uint8_t kFlagLz4 = 2;
+inline constexpr uint8_t kFlagTokenIds = 4;
 
 struct RecordHeader {
   uint16_t version = kRecordVersion;
@@ -41,6 +44,7 @@ struct RecordHeader {
   uint8_t flags = 0;
   uint16_t layers = 0;
   uint32_t tokens = 0;
+  uint32_t token_ids = 0;  // ids stored after the header
   uint64_t raw_size = 0;
   uint64_t stored_size = 0;
   BlockKey key;
@@ -57,7 +61,8 @@ struct EncodedRecord {
 // Builds a record: shuffles 16-bit payloads when `shuffle` (and the size is even), compresses with LZ4
 // when that makes it smaller, checksums header and payload.
 EncodedRecord encode_record(const BlockKey& key, PayloadDtype dtype, uint16_t layers, uint32_t tokens,
-                            std::span<const uint8_t> payload, bool shuffle);
+                            std::span<const uint8_t> payload, bool shuffle,
+                            std::span<const int32_t> token_ids = {});
 
 // Parses and verifies a record read from disk (at least header + stored payload bytes), and decodes its
 // payload into `out` (exactly raw_size bytes). `expect_key` and `expect_checksum` come from the index;
@@ -67,6 +72,10 @@ Status decode_record(std::span<const uint8_t> record, const BlockKey& expect_key
 
 // Parses only the header (for tools); checks magic and version, not the checksum.
 Result<RecordHeader> parse_header(std::span<const uint8_t> record);
+
+// Verifies a record and returns the token ids it carries (empty when it carries none).
+Result<std::vector<int32_t>> decode_token_ids(std::span<const uint8_t> record, const BlockKey& expect_key,
+                                             uint64_t expect_checksum);
 
 // Byte shuffle for 2-byte elements: all first bytes, then all second bytes. f16 KV values share
 // their high (sign/exponent) bytes far more than their low bytes, so LZ4 finds runs after shuffling.

@@ -67,9 +67,11 @@ inline void insert_prompt(Store& s, std::string_view ns, std::string_view fp, co
                           size_t payload_bytes) {
   const auto keys = chain_keys(ns, fp, tokens, s.block_tokens());
   BlockKey parent;
-  for (const auto& k : keys) {
-    s.insert(k, parent, ns, fp, s.block_tokens(), PayloadDtype::kF16, 2, kv_like_payload(k.lo, payload_bytes));
-    parent = k;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const auto ids = std::span<const int32_t>(tokens).subspan(i * s.block_tokens(), s.block_tokens());
+    s.insert(keys[i], parent, ns, fp, s.block_tokens(), PayloadDtype::kF16, 2,
+             kv_like_payload(keys[i].lo, payload_bytes), ids);
+    parent = keys[i];
   }
 }
 

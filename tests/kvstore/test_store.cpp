@@ -315,8 +315,11 @@ TEST(Store, CompactionReclaimsDeadSegmentsAndKeepsLiveBlocksReadable) {
   auto s = open_store(dir.str(), o);
   const auto keep = tokens_for(18, 64 * 4);
   const auto drop = tokens_for(19, 64 * 8);
-  insert_prompt(*s, "keep", "fp", keep, 16 * 1024);
+  // The blocks to drop go first, so they sit in older segments rather than in the current one
+  // (which compaction never rewrites while it is being appended to).
   insert_prompt(*s, "drop", "fp", drop, 16 * 1024);
+  ASSERT_TRUE(s->flush().ok());
+  insert_prompt(*s, "keep", "fp", keep, 16 * 1024);
   ASSERT_TRUE(s->flush().ok());
   const uint64_t before = s->stats().segment_bytes;
   ASSERT_TRUE(s->evict_if([](const BlockEntry& e) { return e.name_space == "drop"; }).ok());

@@ -30,7 +30,9 @@ constexpr size_t kPayload = 48 * 1024;
 
 // The child: inserts prompts forever; after each flush() that succeeds, appends the keys it made
 // durable to `acked` (and fsyncs that file), so the parent knows what must survive a SIGKILL.
-[[noreturn]] void crash_child(const std::string& dir, const std::string& acked, uint64_t seed) {
+// After each acknowledged round it writes one byte to `progress` so the parent can pick a kill point
+// that is random but never before the child got going (a loaded CI machine is slow to start it).
+[[noreturn]] void crash_child(const std::string& dir, const std::string& acked, uint64_t seed, int progress) {
   auto s = Store::open(dir, Options{});
   if (!s.ok()) {
     std::fprintf(stderr, "child: open failed: %s\n", s.status().ToString().c_str());
@@ -44,6 +46,7 @@ constexpr size_t kPayload = 48 * 1024;
     for (const auto& k : chain_keys("ns", "fp", tokens, 64)) std::fprintf(f, "%s\n", k.hex().c_str());
     std::fflush(f);
     fsync(fileno(f));
+    if (::write(progress, "x", 1) != 1) _exit(5);
   }
 }
 
@@ -56,11 +59,23 @@ TEST(StoreCrash, EveryReopenSucceedsAndEveryAcknowledgedBlockSurvivesSigkill) {
   std::mt19937 rng(12345);
   int kills = 0;
   for (int i = 0; i < 24; ++i) {
+    int pipefd[2];
+    ASSERT_EQ(pipe(pipefd), 0);
     const pid_t pid = fork();
     ASSERT_GE(pid, 0);
-    if (pid == 0) crash_child(store, acked, static_cast<uint64_t>(i));
-    std::this_thread::sleep_for(std::chrono::milliseconds(30 + rng() % 250));
+    if (pid == 0) {
+      ::close(pipefd[0]);
+      crash_child(store, acked, static_cast<uint64_t>(i), pipefd[1]);
+    }
+    ::close(pipefd[1]);
+    // Let the child acknowledge 0 to 3 rounds, then kill it at a random moment within the next
+    // round (mid-write, mid-fsync, mid-index-write or between).
+    const unsigned rounds = rng() % 4;
+    char c;
+    for (unsigned r = 0; r < rounds; ++r) ASSERT_EQ(::read(pipefd[0], &c, 1), 1) << "the child died";
+    std::this_thread::sleep_for(std::chrono::microseconds(rng() % 40000));
     ASSERT_EQ(kill(pid, SIGKILL), 0);
+    ::close(pipefd[0]);
     int status = 0;
     ASSERT_EQ(waitpid(pid, &status, 0), pid);
     ASSERT_TRUE(WIFSIGNALED(status)) << "the child exited by itself with " << WEXITSTATUS(status);

@@ -12,6 +12,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "engine/gguf/gguf.h"
+#include "engine/tokenizer/tokenizer.h"
 #include "kvstore/store.h"
 #include "tools/command.h"
 #include "tools/paths.h"
@@ -189,7 +191,30 @@ void cmd_ls(const KvArgs& a, const std::string& sort) {
   }
 }
 
-void cmd_tree(const KvArgs& a, const std::string& ns, int max_depth) {
+// The first words of a block, from the token ids its record carries, for `tree --model`.
+std::string first_words(Store& s, const trove::tokenizer::Tokenizer* tok, const BlockKey& key) {
+  if (!tok) return "";
+  auto ids = s.token_ids(key);
+  if (!ids.ok() || ids->empty()) return "";
+  const size_t n = std::min<size_t>(ids->size(), 12);
+  auto text = tok->decode(std::span<const int32_t>(ids->data(), n));
+  if (!text.ok()) return "";
+  std::string out;
+  for (char c : *text) out += (c == '\n' ? std::string("\\n") : c == '\t' ? std::string(" ") : std::string(1, c));
+  return out;
+}
+
+void cmd_tree(const KvArgs& a, const std::string& ns, int max_depth, const std::string& model) {
+  std::unique_ptr<trove::gguf::GgufFile> gguf;
+  std::unique_ptr<trove::tokenizer::Tokenizer> tok;
+  if (!model.empty()) {
+    auto f = trove::gguf::GgufFile::open(model);
+    if (!f.ok()) trove::cli::fail(f.status().message());
+    auto t = trove::tokenizer::Tokenizer::from_gguf(**f);
+    if (!t.ok()) trove::cli::fail(t.status().message());
+    gguf = std::move(*f);
+    tok = std::move(*t);
+  }
   auto s = open_store(a, false);
   std::unordered_map<BlockKey, std::vector<BlockEntry>, BlockKeyHash> children;
   std::vector<BlockEntry> roots;
@@ -223,14 +248,17 @@ void cmd_tree(const KvArgs& a, const std::string& ns, int max_depth) {
     const auto& last = chain.back();
     auto it = children.find(last.ref.key);
     const size_t branches = it == children.end() ? 0 : it->second.size();
+    const std::string words = first_words(*s, tok.get(), start.ref.key);
     json node = {{"first", start.ref.key.hex()}, {"last", last.ref.key.hex()}, {"blocks", chain.size()},
                  {"tokens", tokens},             {"stored_bytes", bytes},       {"hits", hits},
                  {"model", start.fingerprint},   {"children", json::array()}};
+    if (tok) node["text"] = words;
     if (!a.json) {
-      std::printf("%s%s… %zu block%s, %llu tokens, %s, %llu hits%s\n", indent.c_str(),
+      std::printf("%s%s… %zu block%s, %llu tokens, %s, %llu hits%s%s\n", indent.c_str(),
                   start.ref.key.hex().substr(0, 12).c_str(), chain.size(), chain.size() == 1 ? "" : "s",
                   static_cast<unsigned long long>(tokens), human_bytes(bytes).c_str(),
-                  static_cast<unsigned long long>(hits), branches ? fmt::format(" → {} branches", branches).c_str() : "");
+                  static_cast<unsigned long long>(hits), branches ? fmt::format(" → {} branches", branches).c_str() : "",
+                  tok ? fmt::format("  \"{}…\"", words).c_str() : "");
     }
     if (branches && depth < max_depth) {
       for (const auto& c : it->second) node["children"].push_back(walk(c, indent + "  ", depth + 1));
@@ -310,9 +338,11 @@ void add_kv(CLI::App& kv) {
   auto tree = kv.add_subcommand("tree", "A namespace's prefix tree (chains of single children folded)");
   auto ns = std::make_shared<std::string>("default");
   auto depth = std::make_shared<int>(16);
+  auto model = std::make_shared<std::string>();
   tree->add_option("--namespace,-n", *ns, "Namespace")->default_str("default");
   tree->add_option("--depth", *depth, "Deepest branch level to print");
-  tree->callback([a, ns, depth] { cmd_tree(*a, *ns, *depth); });
+  tree->add_option("--model,-m", *model, "GGUF model whose tokenizer shows each branch's first words");
+  tree->callback([a, ns, depth, model] { cmd_tree(*a, *ns, *depth, *model); });
 
   auto inspect = kv.add_subcommand("inspect", "One block: index entry, location, checksum");
   auto key = std::make_shared<std::string>();

@@ -92,6 +92,30 @@ TEST_F(KvCli, TreeFoldsChainsAndShowsTheBranch) {
   EXPECT_NE(human.out.find("→ 2 branches"), std::string::npos) << human.out;
 }
 
+TEST_F(KvCli, TreeWithAModelShowsEachBranchsFirstWords) {
+  // A real tokenizer: a synthetic model's GGUF carries the Qwen3 tokenizer.
+  const std::string model = dir_.sub("tok.gguf");
+  ASSERT_EQ(run_trove("mkmodel --preset tiny --type Q8_0 --layers 1 --out " + model).code, 0);
+  // Tokens of a known text: "def main():\n    print(" and more, 64+ tokens.
+  std::vector<int32_t> ids;
+  {
+    auto r = run_trove("tokenize -m " + model + " \"def main():\n    print('hello world, this is a prompt that the KV store keeps')" +
+                       " and it goes on for quite a while so that it fills one whole block of sixty-four tokens" +
+                       " at the very least, with some more words after that to be sure of it, yes indeed, and then a few more words again to pad it out past the end of the block\"");
+    ASSERT_EQ(r.code, 0) << r.out;
+    for (auto v : json::parse(r.out)) ids.push_back(v.get<int32_t>());
+  }
+  ASSERT_GE(ids.size(), 64u);
+  ids.resize(64);
+  insert_prompt(*store_, "carol", "fp", ids, 4096);
+  ASSERT_TRUE(store_->flush().ok());
+  auto r = run_trove("kv " + store_arg() + " --json tree --namespace carol --model " + model);
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto j = json::parse(r.out);
+  ASSERT_EQ(j["roots"].size(), 1u);
+  EXPECT_EQ(j["roots"][0]["text"].get<std::string>().rfind("def main():", 0), 0u) << r.out;
+}
+
 TEST_F(KvCli, InspectShowsTheEntryAndVerifiesIt) {
   const auto key = chain_keys("bob", "qwen3-8b-q4km", tokens_for(2, 64 * 2), 64)[1];
   auto r = run_trove("kv " + store_arg() + " --json inspect " + key.hex());

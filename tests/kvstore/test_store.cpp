@@ -109,11 +109,15 @@ TEST(Record, AnyFlippedByteIsCorruption) {
   EXPECT_FALSE(detail::decode_record(rec.bytes, BlockKey{5, 7}, rec.header.checksum, out).ok());  // wrong key
 }
 
-class StoreTest : public ::testing::TestWithParam<Options::Io> {
+// Backends: buffered preads, io_uring with buffered fds, io_uring + O_DIRECT with registered buffers.
+enum class Backend { kPread, kIoUring, kIoUringDirect };
+
+class StoreTest : public ::testing::TestWithParam<Backend> {
  protected:
   Options opts() const {
     Options o;
-    o.io = GetParam();
+    o.io = GetParam() == Backend::kPread ? Options::Io::kPread : Options::Io::kIoUring;
+    o.direct_io = GetParam() == Backend::kIoUringDirect;
     return o;
   }
   TempDir dir_;
@@ -123,7 +127,7 @@ TEST_P(StoreTest, InsertFlushLookupReadAndReopen) {
   const auto tokens = tokens_for(10, 64 * 8 + 17);
   {
     auto s = open_store(dir_.str(), opts());
-    EXPECT_EQ(s->using_io_uring(), GetParam() == Options::Io::kIoUring);
+    EXPECT_EQ(s->using_io_uring(), GetParam() != Backend::kPread);
     EXPECT_EQ(s->lookup("ns", "fp", tokens).matched_tokens, 0u);
     insert_prompt(*s, "ns", "fp", tokens, 256 * 1024);
     ASSERT_TRUE(s->flush().ok());
@@ -202,8 +206,15 @@ TEST_P(StoreTest, ACorruptBlockIsAMissWithALogLineAndLeavesTheIndex) {
   EXPECT_EQ(s->lookup("ns", "fp", tokens).matched_tokens, 64u * 2);  // the chain now stops before it
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, StoreTest, ::testing::Values(Options::Io::kPread, Options::Io::kIoUring),
-                         [](const auto& info) { return info.param == Options::Io::kPread ? "pread" : "io_uring"; });
+INSTANTIATE_TEST_SUITE_P(Backends, StoreTest,
+                         ::testing::Values(Backend::kPread, Backend::kIoUring, Backend::kIoUringDirect),
+                         [](const auto& info) {
+                           switch (info.param) {
+                             case Backend::kPread: return "pread";
+                             case Backend::kIoUring: return "io_uring";
+                             default: return "io_uring_direct_registered";
+                           }
+                         });
 
 TEST(Store, CompressiblePayloadsAreStoredCompressed) {
   TempDir dir;

@@ -1,4 +1,5 @@
 #include "engine/chat/output_parser.h"
+#include "engine/chat/render_pyformat.h"
 
 #include <random>
 
@@ -41,27 +42,6 @@ std::string default_call_id() {
   std::string id = "call_";
   for (int i = 0; i < 24; ++i) id += kAlphabet[rng() % 62];
   return id;
-}
-
-void json_escape_byte(unsigned char c, std::string& out) {
-  switch (c) {
-    case '"': out += "\\\""; break;
-    case '\\': out += "\\\\"; break;
-    case '\n': out += "\\n"; break;
-    case '\r': out += "\\r"; break;
-    case '\t': out += "\\t"; break;
-    case '\b': out += "\\b"; break;
-    case '\f': out += "\\f"; break;
-    default:
-      if (c < 0x20) {
-        static constexpr char kHex[] = "0123456789abcdef";
-        out += "\\u00";
-        out += kHex[c >> 4];
-        out += kHex[c & 15];
-      } else {
-        out += static_cast<char>(c);
-      }
-  }
 }
 
 // Length of the valid UTF-8 sequence starting at s[0] (1..4), 0 if invalid, -1 if s ends inside a
@@ -602,7 +582,7 @@ void OutputParser::emit_string_bytes(std::string_view bytes, bool final) {
       ++i;
       continue;
     }
-    if (n == 1) json_escape_byte(static_cast<unsigned char>(s[i]), out);
+    if (n == 1) append_json_escaped_byte(static_cast<unsigned char>(s[i]), out);
     else out.append(s.substr(i, n));
     i += n;
   }

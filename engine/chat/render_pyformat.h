@@ -23,5 +23,8 @@ std::string py_str(const Json& value);
 std::string py_repr_string(std::string_view s);
 std::string py_strip(std::string_view s);
 std::string py_strip_chars(std::string_view s, char c, bool left, bool right);
+// Appends one byte of a JSON string body, escaped as json.dumps(ensure_ascii=False) does (bytes ≥ 0x80
+// pass through, so UTF-8 stays UTF-8). Shared with the streaming output parser.
+void append_json_escaped_byte(unsigned char c, std::string& out);
 
 }  // namespace trove::chat

@@ -505,7 +505,7 @@ bool OutputParser::step_json(bool at_end) {
       if (is_ws(c)) continue;
       if (s.expect == JsonScan::kKey) {
         if (c == '"') { s.in_string = true; s.capture = JsonScan::kKeyStr; s.raw_str.clear(); continue; }
-        if (c == '}') { close_object(); return true; }
+        if (c == '}') { --pos_; close_object(); return true; }  // close_object() consumes the '}'
       } else if (s.expect == JsonScan::kColon) {
         if (c == ':') { s.expect = JsonScan::kValue; s.value_is_primitive = false; continue; }
       } else if (s.expect == JsonScan::kAfterValue) {

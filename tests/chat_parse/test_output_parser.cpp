@@ -128,6 +128,11 @@ TEST(OutputParser, Qwen3ErrorsCarryWhatWasParsed) {
   auto bad = run_whole(opts(OutputFormat::kQwen3), "<tool_call>not json</tool_call>after");
   ASSERT_EQ(bad.message.errors.size(), 1u);
   EXPECT_EQ(bad.message.content, "after");
+  // An empty object is a call without a name; the character after its '}' is not swallowed (a fuzz
+  // finding: it was, and only when the next chunk had arrived, so chunking changed the result).
+  auto empty = run_whole(opts(OutputFormat::kQwen3), "<tool_call>{}z");
+  ASSERT_EQ(empty.message.errors.size(), 1u);
+  EXPECT_EQ(empty.message.content, "z");
   auto str_args = run_whole(opts(OutputFormat::kQwen3), "<tool_call>{\"name\":\"f\",\"arguments\":\"{}\"}</tool_call>");
   EXPECT_EQ(str_args.message.errors.size(), 1u);
   EXPECT_TRUE(str_args.message.tool_calls.empty());

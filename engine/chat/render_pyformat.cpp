@@ -57,7 +57,16 @@ std::string py_float(double d) {
   return s;
 }
 
-void json_value(std::string& out, const Json& v) {
+// json.dumps (kJson) and Python's repr()/str() of a dict or list (kPython) walk containers the same
+// way and differ only in how strings, booleans and null are written.
+enum class PyStyle { kJson, kPython };
+
+void write_value(std::string& out, const Json& v, PyStyle style) {
+  const bool py = style == PyStyle::kPython;
+  auto write_string = [&](const std::string& str) {
+    if (py) out += py_repr_string(str);
+    else json_string(out, str);
+  };
   switch (v.type()) {
     case Json::value_t::object: {
       out += '{';
@@ -65,9 +74,9 @@ void json_value(std::string& out, const Json& v) {
       for (auto it = v.begin(); it != v.end(); ++it) {
         if (!first) out += ", ";
         first = false;
-        json_string(out, it.key());
+        write_string(it.key());
         out += ": ";
-        json_value(out, it.value());
+        write_value(out, it.value(), style);
       }
       out += '}';
       break;
@@ -76,54 +85,21 @@ void json_value(std::string& out, const Json& v) {
       out += '[';
       for (size_t i = 0; i < v.size(); ++i) {
         if (i) out += ", ";
-        json_value(out, v[i]);
+        write_value(out, v[i], style);
       }
       out += ']';
       break;
     }
-    case Json::value_t::string: json_string(out, v.get_ref<const std::string&>()); break;
-    case Json::value_t::boolean: out += v.get<bool>() ? "true" : "false"; break;
-    case Json::value_t::number_float: {
-      std::string f = py_float(v.get<double>());
-      out += f;
-      break;
-    }
-    case Json::value_t::null: out += "null"; break;
+    case Json::value_t::string: write_string(v.get_ref<const std::string&>()); break;
+    case Json::value_t::boolean: out += v.get<bool>() ? (py ? "True" : "true") : (py ? "False" : "false"); break;
+    case Json::value_t::null: out += py ? "None" : "null"; break;
+    case Json::value_t::number_float: out += py_float(v.get<double>()); break;
     default: out += v.dump(); break;  // integers
   }
 }
 
-void repr_value(std::string& out, const Json& v) {
-  switch (v.type()) {
-    case Json::value_t::object: {
-      out += '{';
-      bool first = true;
-      for (auto it = v.begin(); it != v.end(); ++it) {
-        if (!first) out += ", ";
-        first = false;
-        out += py_repr_string(it.key());
-        out += ": ";
-        repr_value(out, it.value());
-      }
-      out += '}';
-      break;
-    }
-    case Json::value_t::array: {
-      out += '[';
-      for (size_t i = 0; i < v.size(); ++i) {
-        if (i) out += ", ";
-        repr_value(out, v[i]);
-      }
-      out += ']';
-      break;
-    }
-    case Json::value_t::string: out += py_repr_string(v.get_ref<const std::string&>()); break;
-    case Json::value_t::boolean: out += v.get<bool>() ? "True" : "False"; break;
-    case Json::value_t::null: out += "None"; break;
-    case Json::value_t::number_float: out += py_float(v.get<double>()); break;
-    default: out += v.dump(); break;
-  }
-}
+void json_value(std::string& out, const Json& v) { write_value(out, v, PyStyle::kJson); }
+void repr_value(std::string& out, const Json& v) { write_value(out, v, PyStyle::kPython); }
 
 }  // namespace
 

@@ -1,0 +1,124 @@
+// engine/runtime/engine.h — a loaded Qwen3 / Qwen3-MoE model on the GPU, its paged KV pool, and the
+// batched forward step everything above it (trove run, the server's scheduler) drives.
+//
+// Contract:
+//  - Engine::load() reads a GGUF (qwen3 or qwen3moe), checks that weights + KV pool + scratch fit the
+//    device (a clear error naming the three sizes otherwise), uploads every weight once (the file's
+//    mapping is released afterwards) and builds the tokenizer and the chat renderer from the file.
+//  - A sequence is a slot with a list of KV blocks (block table). open_sequence() takes a free slot;
+//    close_sequence() returns its blocks to the pool. Positions are implicit: a sequence's next token
+//    goes at position length(seq).
+//  - step() runs ONE forward pass over a batch: for each input, its new tokens are appended to its
+//    sequence (prefill chunk or one decode token) and, when asked, the next token is chosen from the
+//    logits after the input's last token (greedy when sampling.temperature <= 0) and/or those logits
+//    are returned. Several sequences' tokens go through the matmuls together.
+//  - Errors (the pool is full, a sequence would exceed the context, an unknown sequence) leave every
+//    sequence as it was before the call.
+// Thread-safety: one thread drives an Engine (the scheduler's loop); const accessors are safe anywhere.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "engine/chat/render.h"
+#include "engine/gguf/model_info.h"
+#include "engine/tokenizer/tokenizer.h"
+
+namespace trove::engine {
+
+// Hyper-parameters of the loaded model, all read from the GGUF metadata.
+struct ModelConfig {
+  std::string architecture;     // "qwen3" or "qwen3moe"
+  std::string name;             // general.name (or the file's stem)
+  bool synthetic = false;       // written by `trove mkmodel` (random weights)
+  uint32_t n_layer = 0, n_embd = 0, n_head = 0, n_head_kv = 0, head_dim = 0, n_ff = 0;
+  uint32_t n_expert = 0, n_expert_used = 0, n_ff_exp = 0;  // 0 for dense models
+  uint32_t n_vocab = 0;
+  uint32_t n_ctx_train = 0;
+  float rms_eps = 1e-6f;
+  float rope_base = 1e6f;
+  bool tied_embeddings = false;
+  std::vector<int32_t> eos_ids;  // eos_token_id, <|im_end|> and <|endoftext|> when present
+  bool is_moe() const { return n_expert > 0; }
+  // KV bytes per token over all layers (f16 K and V).
+  uint64_t kv_bytes_per_token() const { return uint64_t{n_layer} * n_head_kv * head_dim * 2 * 2; }
+};
+
+struct EngineOptions {
+  std::string model_path;
+  uint32_t n_ctx = 0;            // max tokens per sequence; 0 = the model's training context (capped at 32768)
+  uint32_t max_sequences = 4;    // concurrent sequences (slots)
+  uint32_t block_tokens = 64;    // KV pool block size; equals the KV store's block size
+  uint64_t kv_pool_bytes = 0;    // 0 = enough for max_sequences full contexts (capped by device memory)
+  uint32_t max_batch_tokens = 512;  // largest number of tokens one step() takes (prefill chunk bound)
+  bool progress = false;         // progress bar on stderr while uploading weights
+};
+
+using SeqId = uint32_t;
+
+struct Sampling {
+  float temperature = 0.0f;  // <= 0: greedy (argmax)
+  uint32_t top_k = 40;       // 1..64 when sampling
+  float top_p = 1.0f;
+  float min_p = 0.0f;
+  uint64_t seed = 0;
+};
+
+struct StepInput {
+  SeqId seq = 0;
+  std::span<const int32_t> tokens;  // appended at positions length(seq) ...
+  bool sample = true;               // choose the next token after the last of `tokens`
+  bool want_logits = false;         // return the full logits row after the last token
+  Sampling sampling;
+};
+
+struct StepOutput {
+  int32_t token = -1;          // chosen next token (-1 when !sample)
+  std::vector<float> logits;   // n_vocab floats when want_logits
+};
+
+struct PoolStats {
+  uint32_t total_blocks = 0;
+  uint32_t used_blocks = 0;
+  uint32_t block_tokens = 0;
+  uint64_t bytes = 0;
+};
+
+class Engine {
+ public:
+  static Result<std::unique_ptr<Engine>> load(const EngineOptions& opts);
+  virtual ~Engine() = default;
+
+  virtual const ModelConfig& config() const = 0;
+  virtual const gguf::ModelInfo& info() const = 0;
+  virtual const tokenizer::Tokenizer& tokenizer() const = 0;
+  // The chat renderer for the model's template (Qwen3 or Qwen3-Coder); error when the template is not
+  // one trove renders.
+  virtual Result<const chat::ChatRenderer*> renderer() const = 0;
+  virtual uint32_t n_ctx() const = 0;
+  virtual uint32_t max_sequences() const = 0;
+  virtual uint32_t max_batch_tokens() const = 0;
+  virtual std::string device_name() const = 0;
+
+  virtual Result<SeqId> open_sequence() = 0;   // ResourceExhausted when every slot is busy
+  virtual void close_sequence(SeqId seq) = 0;  // frees its KV blocks; unknown ids ignored
+  virtual uint32_t length(SeqId seq) const = 0;
+  // Drops tokens after the first n (n <= length): the next step continues from position n.
+  virtual Status truncate(SeqId seq, uint32_t n) = 0;
+
+  // One forward pass. outputs[i] belongs to inputs[i]. Total tokens <= max_batch_tokens(); each
+  // sequence at most once per call.
+  virtual Result<std::vector<StepOutput>> step(std::span<const StepInput> inputs) = 0;
+
+  virtual PoolStats pool_stats() const = 0;
+};
+
+// True when `token` ends generation for this model (one of config().eos_ids).
+bool is_eos(const ModelConfig& c, int32_t token);
+
+}  // namespace trove::engine

@@ -15,9 +15,8 @@ Result<PagedAttention> PagedAttention::create(vk::Device& dev) {
   return op;
 }
 
-Status PagedAttention::record(vk::CommandStream& s, const AttentionCall& c, const vk::Buffer& pool,
-                              const vk::Buffer& block_table, const vk::Buffer& q,
-                              const vk::Buffer& out) const {
+Status PagedAttention::record(vk::CommandStream& s, const AttentionCall& c, vk::BufferRange pool,
+                              vk::BufferRange block_table, vk::BufferRange q, vk::BufferRange out) const {
   const auto& sh = c.shape;
   if (sh.n_blocks <= 0 || sh.block_size <= 0 || sh.n_kv_heads <= 0 || sh.head_dim <= 0 ||
       sh.head_dim % 2 != 0 || sh.head_dim > 256) {
@@ -34,12 +33,12 @@ Status PagedAttention::record(vk::CommandStream& s, const AttentionCall& c, cons
   const uint64_t pool_bytes = static_cast<uint64_t>(sh.elements()) * 2;
   const uint64_t blocks = (uint64_t{c.start_pos} + c.n_tokens + sh.block_size - 1) / sh.block_size;
   const uint64_t qbytes = uint64_t{c.n_tokens} * c.n_heads * sh.head_dim * 4;
-  if (pool.size() < pool_bytes || block_table.size() < blocks * 4 ||
-      q.size() < qbytes || out.size() < qbytes) {
+  if (pool.size < pool_bytes || block_table.size < blocks * 4 ||
+      q.size < qbytes || out.size < qbytes) {
     return Status::InvalidArgument(fmt::format(
         "attention: buffers too small: KV pool {} (need {}), block table {} (need {} entries), q {} out {} "
-        "(need {})", pool.size(), pool_bytes, block_table.size(), blocks, q.size(),
-        out.size(), qbytes));
+        "(need {})", pool.size, pool_bytes, block_table.size, blocks, q.size,
+        out.size, qbytes));
   }
   Push push{static_cast<uint32_t>(sh.block_size), static_cast<uint32_t>(sh.n_kv_heads),
             static_cast<uint32_t>(sh.head_dim), c.n_heads, c.start_pos, c.n_tokens, c.scale};

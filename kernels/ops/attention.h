@@ -26,9 +26,8 @@ struct AttentionCall {
 class PagedAttention {
  public:
   static Result<PagedAttention> create(vk::Device& dev);
-  Status record(vk::CommandStream& s, const AttentionCall& call, const vk::Buffer& pool,
-                const vk::Buffer& block_table, const vk::Buffer& q,
-                const vk::Buffer& out) const;
+  Status record(vk::CommandStream& s, const AttentionCall& call, vk::BufferRange pool,
+                vk::BufferRange block_table, vk::BufferRange q, vk::BufferRange out) const;
 
  private:
   vk::Pipeline pipeline_;

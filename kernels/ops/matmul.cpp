@@ -17,7 +17,7 @@ Result<Matmul> Matmul::create(vk::Device& dev) {
 }
 
 Status Matmul::record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows, uint32_t cols,
-                      uint32_t batch, const vk::Buffer& w, const vk::Buffer& x, const vk::Buffer& y) const {
+                      uint32_t batch, vk::BufferRange w, vk::BufferRange x, vk::BufferRange y) const {
   using quant::GgmlType;
   auto t = quant::traits(type);
   if (!t) {
@@ -36,10 +36,10 @@ Status Matmul::record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows,
   }
   const uint64_t rb = quant::row_bytes(type, cols);
   const uint64_t need_w = (rb * rows + 3) / 4 * 4, need_x = uint64_t{batch} * cols * 4, need_y = uint64_t{batch} * rows * 4;
-  if (w.size() < need_w || x.size() < need_x || y.size() < need_y) {
+  if (w.size < need_w || x.size < need_x || y.size < need_y) {
     return Status::InvalidArgument(fmt::format(
-        "matmul: buffers too small: weights {} (need {}), x {} (need {}), y {} (need {})", w.size(), need_w,
-        x.size(), need_x, y.size(), need_y));
+        "matmul: buffers too small: weights {} (need {}), x {} (need {}), y {} (need {})", w.size, need_w,
+        x.size, need_x, y.size, need_y));
   }
   Push push{rows, cols, batch, static_cast<uint32_t>(type), static_cast<uint32_t>(rb)};
   vk::BufferRange bufs[3] = {w, x, y};

@@ -17,7 +17,7 @@ class Matmul {
  public:
   static Result<Matmul> create(vk::Device& dev);
   Status record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows, uint32_t cols, uint32_t batch,
-                const vk::Buffer& w, const vk::Buffer& x, const vk::Buffer& y) const;
+                vk::BufferRange w, vk::BufferRange x, vk::BufferRange y) const;
 
  private:
   vk::Pipeline scalar_;

@@ -3,7 +3,9 @@
 #pragma once
 
 #include <cstdlib>
+#include <filesystem>
 #include <string>
+#include <system_error>
 
 namespace trove::cli {
 
@@ -16,5 +18,31 @@ inline std::string trove_home() {
 
 inline std::string default_store_dir() { return trove_home() + "/store"; }
 inline std::string default_model_dir() { return trove_home() + "/models"; }
+
+// The model a command uses when none is named: the most recently modified *.gguf in the model
+// directory ("" when there is none).
+inline std::string default_model_path() {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  std::string best;
+  fs::file_time_type best_time{};
+  for (fs::directory_iterator it(default_model_dir(), ec), end; !ec && it != end; it.increment(ec)) {
+    if (it->path().extension() != ".gguf" || !it->is_regular_file(ec)) continue;
+    const auto t = it->last_write_time(ec);
+    if (best.empty() || t > best_time) {
+      best = it->path().string();
+      best_time = t;
+    }
+  }
+  return best;
+}
+
+// What to tell a user who has no model.
+inline std::string no_model_message() {
+  return "no model given and none in " + default_model_dir() +
+         ". Put a Qwen3 GGUF there (e.g. Qwen3-Coder-30B-A3B-Instruct-Q4_K_M.gguf) or pass --model PATH; "
+         "for a synthetic demo model run: trove mkmodel --preset qwen3-0.6b --type Q8_0 --out " +
+         default_model_dir() + "/demo-qwen3-0.6b.gguf";
+}
 
 }  // namespace trove::cli

@@ -74,12 +74,14 @@ struct StepInput {
   std::span<const int32_t> tokens;  // appended at positions length(seq) ...
   bool sample = true;               // choose the next token after the last of `tokens`
   bool want_logits = false;         // return the full logits row after the last token
+  bool all_logits = false;          // with want_logits: rows after EVERY token (tests; at most
+                                    // max_logit_rows() rows per step in total)
   Sampling sampling;
 };
 
 struct StepOutput {
   int32_t token = -1;          // chosen next token (-1 when !sample)
-  std::vector<float> logits;   // n_vocab floats when want_logits
+  std::vector<float> logits;   // n_vocab floats when want_logits (tokens.size() * n_vocab with all_logits)
 };
 
 struct PoolStats {
@@ -103,11 +105,14 @@ class Engine {
   virtual uint32_t n_ctx() const = 0;
   virtual uint32_t max_sequences() const = 0;
   virtual uint32_t max_batch_tokens() const = 0;
+  virtual uint32_t max_logit_rows() const { return max_sequences(); }
   virtual std::string device_name() const = 0;
 
   virtual Result<SeqId> open_sequence() = 0;   // ResourceExhausted when every slot is busy
   virtual void close_sequence(SeqId seq) = 0;  // frees its KV blocks; unknown ids ignored
   virtual uint32_t length(SeqId seq) const = 0;
+  // The token ids the sequence holds (its KV), in order.
+  virtual std::vector<int32_t> tokens(SeqId seq) const { (void)seq; return {}; }
   // Drops tokens after the first n (n <= length): the next step continues from position n.
   virtual Status truncate(SeqId seq, uint32_t n) = 0;
 

@@ -12,13 +12,13 @@ Result<Sampler> Sampler::create(vk::Device& dev) {
   return op;
 }
 
-Status Sampler::record(vk::CommandStream& s, const vk::Buffer& logits, const vk::Buffer& out, uint32_t rows,
+Status Sampler::record(vk::CommandStream& s, vk::BufferRange logits, vk::BufferRange out, uint32_t rows,
                        uint32_t ncols, const SamplingParams& p) const {
   if (!(p.temperature > 0)) return Status::InvalidArgument(fmt::format("sampling: temperature {} must be > 0 (use argmax for greedy)", p.temperature));
   if (p.top_k < 1 || p.top_k > 64) return Status::InvalidArgument(fmt::format("sampling: top_k {} must be in 1..64", p.top_k));
   if (!(p.top_p > 0 && p.top_p <= 1)) return Status::InvalidArgument(fmt::format("sampling: top_p {} must be in (0, 1]", p.top_p));
   if (!(p.min_p >= 0 && p.min_p < 1)) return Status::InvalidArgument(fmt::format("sampling: min_p {} must be in [0, 1)", p.min_p));
-  if (logits.size() < uint64_t{rows} * ncols * 4 || out.size() < uint64_t{rows} * 4)
+  if (logits.size < uint64_t{rows} * ncols * 4 || out.size < uint64_t{rows} * 4)
     return Status::InvalidArgument(fmt::format("sampling: buffers too small for {} rows of {} logits", rows, ncols));
   struct { uint32_t ncols, rows, top_k; float temperature, top_p, min_p; uint32_t seed; } push{
       ncols, rows, p.top_k, p.temperature, p.top_p, p.min_p, p.seed};

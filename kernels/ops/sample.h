@@ -20,7 +20,7 @@ struct SamplingParams {
 class Sampler {
  public:
   static Result<Sampler> create(vk::Device& dev);
-  Status record(vk::CommandStream& s, const vk::Buffer& logits, const vk::Buffer& out, uint32_t rows, uint32_t ncols,
+  Status record(vk::CommandStream& s, vk::BufferRange logits, vk::BufferRange out, uint32_t rows, uint32_t ncols,
                 const SamplingParams& p) const;
  private:
   vk::Pipeline pipeline_;

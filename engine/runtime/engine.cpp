@@ -1,0 +1,817 @@
+// The Qwen3 / Qwen3-MoE forward pass on the Vulkan ops of kernels/.
+//
+// One step() records the whole batch into one command stream: embedding rows (dequantized on the host
+// from a host copy of token_embd: a handful of rows per step), then per layer RMSNorm → Q/K/V →
+// QK-norm → RoPE → KV write → paged attention per sequence → output projection + residual → RMSNorm →
+// SwiGLU FFN or routed experts + residual, then the final norm and the head for the rows that need a
+// next token. MoE layers submit once to read the router's choice (ids and weights) back to the host,
+// then record only the chosen experts' matmuls on gathered rows; dense layers never wait.
+#include "engine/runtime/engine.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <optional>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include "common/log.h"
+#include "engine/gguf/gguf.h"
+#include "engine/runtime/block_pool.h"
+#include "kernels/ops/add.h"
+#include "kernels/ops/attention.h"
+#include "kernels/ops/layer_ops.h"
+#include "kernels/ops/matmul.h"
+#include "kernels/ops/routing_kv.h"
+#include "kernels/ops/sample.h"
+#include "kernels/vk/runtime.h"
+
+namespace trove::engine {
+
+bool is_eos(const ModelConfig& c, int32_t token) {
+  return std::find(c.eos_ids.begin(), c.eos_ids.end(), token) != c.eos_ids.end();
+}
+
+namespace {
+
+using quant::GgmlType;
+
+constexpr uint32_t kMaxMatmulRows = 32768;  // per dispatch; the head (vocab rows) is split
+
+struct Weight {
+  GgmlType type = GgmlType::F32;
+  uint64_t cols = 0;   // ne[0]
+  uint64_t rows = 0;   // ne[1]
+  uint64_t experts = 1;  // ne[2] for stacked expert tensors
+  uint64_t row_bytes = 0;
+  uint64_t expert_bytes() const { return row_bytes * rows; }
+  // The rows of all experts, [experts * rows], cut into buffers no larger than the device allows (a
+  // piece holds whole experts when there are several).
+  struct Piece {
+    uint64_t first_row = 0, rows = 0;
+    vk::Buffer buf;
+  };
+  std::vector<Piece> pieces;
+  const vk::Buffer& whole() const { return pieces.front().buf; }  // small tensors: one piece
+};
+
+struct Layer {
+  Weight attn_norm, q, k, v, o, q_norm, k_norm, ffn_norm;
+  Weight gate, up, down;                            // dense FFN
+  Weight router, gate_exps, up_exps, down_exps;     // MoE
+};
+
+struct Sequence {
+  bool open = false;
+  std::vector<int32_t> tokens;
+  std::vector<uint32_t> blocks;
+};
+
+struct Ops {
+  ops::RmsNorm rms;
+  ops::SwiGlu swiglu;
+  ops::RopeNeox rope;
+  ops::Argmax argmax;
+  ops::ResidualAdd add;
+  ops::Matmul matmul;
+  ops::PagedAttention attention;
+  ops::MoeRoute route;
+  ops::KvWrite kv_write;
+  ops::Sampler sampler;
+  vk::Pipeline moe_combine;
+};
+
+Result<Ops> make_ops(vk::Device& dev) {
+#define TROVE_OP(field, expr)            \
+  {                                      \
+    auto r = (expr);                     \
+    if (!r.ok()) return r.status();      \
+    o.field = std::move(*r);             \
+  }
+  Ops o;
+  TROVE_OP(rms, ops::RmsNorm::create(dev));
+  TROVE_OP(swiglu, ops::SwiGlu::create(dev));
+  TROVE_OP(rope, ops::RopeNeox::create(dev));
+  TROVE_OP(argmax, ops::Argmax::create(dev));
+  TROVE_OP(add, ops::ResidualAdd::create(dev));
+  TROVE_OP(matmul, ops::Matmul::create(dev));
+  TROVE_OP(attention, ops::PagedAttention::create(dev));
+  TROVE_OP(route, ops::MoeRoute::create(dev));
+  TROVE_OP(kv_write, ops::KvWrite::create(dev));
+  TROVE_OP(sampler, ops::Sampler::create(dev));
+  TROVE_OP(moe_combine, dev.pipeline({"moe_combine", {}, 8, 4, 256}));
+#undef TROVE_OP
+  return o;
+}
+
+std::string human_bytes(uint64_t b) {
+  if (b >= (1ull << 30)) return fmt::format("{:.2f} GiB", static_cast<double>(b) / (1ull << 30));
+  return fmt::format("{:.1f} MiB", static_cast<double>(b) / (1ull << 20));
+}
+
+// A progress bar on stderr, only when stderr is a terminal.
+class Progress {
+ public:
+  Progress(bool enabled, uint64_t total) : on_(enabled && isatty(2)), total_(total) {}
+  void add(uint64_t n) {
+    done_ += n;
+    if (!on_) return;
+    const int pct = total_ ? static_cast<int>(100 * done_ / total_) : 100;
+    if (pct == last_) return;
+    last_ = pct;
+    const int w = 40, fill = pct * w / 100;
+    std::fprintf(stderr, "\rloading weights [%s%s] %3d%%", std::string(fill, '#').c_str(),
+                 std::string(w - fill, ' ').c_str(), pct);
+    if (done_ >= total_) std::fprintf(stderr, "\n");
+  }
+
+ private:
+  bool on_;
+  uint64_t total_, done_ = 0;
+  int last_ = -1;
+};
+
+class VulkanEngine final : public Engine {
+ public:
+  static Result<std::unique_ptr<Engine>> create(const EngineOptions& opts);
+
+  const ModelConfig& config() const override { return cfg_; }
+  const gguf::ModelInfo& info() const override { return info_; }
+  const tokenizer::Tokenizer& tokenizer() const override { return *tok_; }
+  Result<const chat::ChatRenderer*> renderer() const override {
+    if (!renderer_) return Status::Unsupported(renderer_error_);
+    return renderer_.get();
+  }
+  uint32_t n_ctx() const override { return n_ctx_; }
+  uint32_t max_sequences() const override { return static_cast<uint32_t>(seqs_.size()); }
+  uint32_t max_batch_tokens() const override { return max_tokens_; }
+  uint32_t max_logit_rows() const override { return logit_rows_; }
+  std::string device_name() const override { return dev_->features().name; }
+
+  Result<SeqId> open_sequence() override;
+  void close_sequence(SeqId seq) override;
+  uint32_t length(SeqId seq) const override {
+    return seq < seqs_.size() ? static_cast<uint32_t>(seqs_[seq].tokens.size()) : 0;
+  }
+  std::vector<int32_t> tokens(SeqId seq) const override {
+    return seq < seqs_.size() ? seqs_[seq].tokens : std::vector<int32_t>{};
+  }
+  Status truncate(SeqId seq, uint32_t n) override;
+  Result<std::vector<StepOutput>> step(std::span<const StepInput> inputs) override;
+  PoolStats pool_stats() const override {
+    return {blocks_->total(), blocks_->used(), layout_.block_tokens,
+            layout_.block_bytes() * blocks_->total() * cfg_.n_layer};
+  }
+
+ private:
+  Status load_weights(gguf::GgufFile& f, bool progress);
+  Result<Weight> upload(const gguf::GgufFile& f, const std::string& name, bool to_f32, Progress& bar);
+  Status alloc_scratch();
+  Status record_matmul(vk::CommandStream& s, const Weight& w, uint64_t expert, uint32_t batch,
+                       vk::BufferRange x, vk::BufferRange y);
+  Status record_moe(vk::CommandStream& s, const Layer& L, uint32_t T);
+  void embed(int32_t token, float* out) const;
+
+  std::unique_ptr<vk::Device> dev_;
+  Ops ops_;
+  ModelConfig cfg_;
+  gguf::ModelInfo info_;
+  std::unique_ptr<tokenizer::Tokenizer> tok_;
+  std::unique_ptr<chat::ChatRenderer> renderer_;
+  std::string renderer_error_;
+  uint32_t n_ctx_ = 0, max_tokens_ = 0, logit_rows_ = 0;
+
+  std::vector<Layer> layers_;
+  Weight output_norm_, head_;
+  GgmlType embd_type_ = GgmlType::F32;
+  uint64_t embd_row_bytes_ = 0;
+  std::vector<uint8_t> embd_host_;  // token_embd as stored in the file (rows dequantized per step)
+
+  kv::KvLayout layout_;
+  std::vector<vk::Buffer> kv_;  // one pool buffer per layer
+  std::unique_ptr<BlockPool> blocks_;
+  std::vector<Sequence> seqs_;
+
+  // Scratch, sized for max_tokens_ rows (and max_sequences_ output rows).
+  vk::Buffer x_in_, x_, xn_, q_, k_, v_, attn_, o_, gate_, up_, h_, router_, route_ids_, route_w_;
+  vk::Buffer positions_, slots_, tables_, hs_, logits_, tokens_out_, logits_host_, tokens_host_, ids_host_,
+      w_host_;
+  // MoE gathers: rows of xn_ per (token, k) pair sorted by expert.
+  vk::Buffer moe_x_, moe_g_, moe_u_, moe_h_, moe_d_, moe_tok_, moe_wt_;
+  uint32_t table_stride_ = 0;  // int32 entries per sequence in tables_ (aligned)
+};
+
+Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) {
+  auto file = gguf::GgufFile::open(opts.model_path);
+  if (!file.ok()) return file.status();
+  auto info = gguf::describe_model(**file);
+  if (!info.ok()) return info.status();
+  auto e = std::make_unique<VulkanEngine>();
+  e->info_ = *info;
+  const auto& m = *info;
+  ModelConfig& c = e->cfg_;
+  c.architecture = m.architecture;
+  c.name = m.name.empty() ? std::filesystem::path(opts.model_path).stem().string() : m.name;
+  c.synthetic = m.synthetic;
+  c.n_layer = m.n_layer;
+  c.n_embd = m.n_embd;
+  c.n_head = m.n_head;
+  c.n_head_kv = m.n_head_kv;
+  c.head_dim = m.head_dim;
+  c.n_ff = m.n_ff;
+  c.n_expert = m.n_expert;
+  c.n_expert_used = m.n_expert_used;
+  c.n_ff_exp = m.n_ff_exp;
+  c.n_vocab = static_cast<uint32_t>(m.vocab_size);
+  c.n_ctx_train = m.n_ctx;
+  c.rms_eps = static_cast<float>(m.rms_eps);
+  c.rope_base = static_cast<float>(m.rope_base);
+  c.tied_embeddings = m.tied_embeddings;
+  if (c.n_layer == 0 || c.n_embd == 0 || c.n_head == 0 || c.n_head_kv == 0 || c.head_dim == 0 ||
+      c.n_head % c.n_head_kv != 0 || c.head_dim % 2 != 0 || c.head_dim > 256) {
+    return Status::InvalidArgument(fmt::format(
+        "{}: unsupported attention shape (layers {}, embd {}, heads {}/{} KV, head_dim {})", opts.model_path,
+        c.n_layer, c.n_embd, c.n_head, c.n_head_kv, c.head_dim));
+  }
+  if (c.is_moe() && (c.n_expert_used == 0 || c.n_expert_used > 32 || c.n_ff_exp == 0)) {
+    return Status::InvalidArgument(fmt::format("{}: unsupported MoE shape ({} experts, {} used, ffn {})",
+                                               opts.model_path, c.n_expert, c.n_expert_used, c.n_ff_exp));
+  }
+
+  auto tok = tokenizer::Tokenizer::from_gguf(**file);
+  if (!tok.ok()) return tok.status();
+  e->tok_ = std::move(*tok);
+  if (m.eos_id >= 0) c.eos_ids.push_back(static_cast<int32_t>(m.eos_id));
+  for (const char* t : {"<|im_end|>", "<|endoftext|>"}) {
+    const int32_t id = e->tok_->find(t);
+    if (id >= 0 && !is_eos(c, id)) c.eos_ids.push_back(id);
+  }
+  if (auto tmpl = (*file)->get_string("tokenizer.chat_template"); tmpl.ok()) {
+    auto r = chat::select_renderer(*tmpl);
+    if (r.ok()) e->renderer_ = std::move(*r);
+    else e->renderer_error_ = r.status().message();
+  } else {
+    e->renderer_error_ = fmt::format("{} has no chat template (tokenizer.chat_template); use --raw", opts.model_path);
+  }
+
+  const uint32_t ctx_default = std::min<uint32_t>(c.n_ctx_train ? c.n_ctx_train : 32768, 32768);
+  e->n_ctx_ = opts.n_ctx ? opts.n_ctx : ctx_default;
+  if (c.n_ctx_train && e->n_ctx_ > c.n_ctx_train) {
+    return Status::InvalidArgument(fmt::format("context {} is larger than the model's training context {}",
+                                               e->n_ctx_, c.n_ctx_train));
+  }
+  e->max_tokens_ = std::max<uint32_t>(1, opts.max_batch_tokens);
+  const uint32_t nseq = std::max<uint32_t>(1, opts.max_sequences);
+  if (opts.block_tokens == 0 || (opts.block_tokens & (opts.block_tokens - 1)) != 0) {
+    return Status::InvalidArgument(fmt::format("block size {} must be a power of two", opts.block_tokens));
+  }
+  e->layout_ = {opts.block_tokens, c.n_head_kv, c.head_dim};
+
+  auto dev = vk::Device::open();
+  if (!dev.ok()) return dev.status();
+  e->dev_ = std::move(*dev);
+  auto ops = make_ops(*e->dev_);
+  if (!ops.ok()) return ops.status();
+  e->ops_ = std::move(*ops);
+
+  // Memory plan: weights + KV pool + scratch must fit the device.
+  uint64_t weight_bytes = 0;
+  for (const auto& t : (*file)->tensors()) weight_bytes += t.n_bytes;
+  if (!c.tied_embeddings) {
+    if (const auto* t = (*file)->find_tensor("token_embd.weight")) weight_bytes -= t->n_bytes;  // kept on the host
+  }
+  const uint64_t blocks_per_seq = (e->n_ctx_ + opts.block_tokens - 1) / opts.block_tokens;
+  const uint64_t block_all_layers = e->layout_.block_bytes() * c.n_layer;
+  uint64_t pool_blocks = opts.kv_pool_bytes ? opts.kv_pool_bytes / block_all_layers : blocks_per_seq * nseq;
+  const uint64_t T = e->max_tokens_;
+  const uint64_t ff = std::max<uint64_t>(c.n_ff, uint64_t{c.n_ff_exp});
+  const uint64_t scratch = 4 * (T * (4ull * c.n_embd + 3ull * c.n_head * c.head_dim + 2ull * c.n_head_kv * c.head_dim +
+                                     3 * ff + 2ull * c.n_expert + 4) +
+                                T * c.n_expert_used * (2ull * c.n_embd + 3 * ff + 2) + 2ull * nseq * c.n_vocab);
+  const uint64_t have = e->dev_->features().device_local_bytes;
+  if (have && weight_bytes + scratch < have && !opts.kv_pool_bytes) {
+    // Never plan the pool past 90% of what is left after weights and scratch.
+    const uint64_t room = (have - weight_bytes - scratch) / 10 * 9;
+    pool_blocks = std::min<uint64_t>(pool_blocks, room / block_all_layers);
+  }
+  if (pool_blocks < blocks_per_seq && pool_blocks < 1) pool_blocks = 0;
+  const uint64_t pool_bytes = pool_blocks * block_all_layers;
+  if (pool_blocks == 0 || (have && weight_bytes + pool_bytes + scratch > have)) {
+    return Status::ResourceExhausted(fmt::format(
+        "{} does not fit on {}: weights {} + KV pool {} + scratch {} > device memory {}. Use a smaller "
+        "quantization, a shorter --ctx or fewer --parallel sequences.",
+        opts.model_path, e->dev_->features().name, human_bytes(weight_bytes), human_bytes(pool_bytes),
+        human_bytes(scratch), human_bytes(have)));
+  }
+  if (pool_blocks * e->layout_.block_bytes() > e->dev_->max_buffer_bytes()) {
+    pool_blocks = e->dev_->max_buffer_bytes() / e->layout_.block_bytes();  // one buffer per layer
+  }
+  e->blocks_ = std::make_unique<BlockPool>(static_cast<uint32_t>(pool_blocks));
+  e->seqs_.resize(nseq);
+
+  TROVE_RETURN_IF_ERROR(e->load_weights(**file, opts.progress));
+  (*file)->release_mapping();
+  for (uint32_t l = 0; l < c.n_layer; ++l) {
+    auto b = e->dev_->buffer(pool_blocks * e->layout_.block_bytes());
+    if (!b.ok()) return b.status();
+    e->kv_.push_back(std::move(*b));
+  }
+  TROVE_RETURN_IF_ERROR(e->alloc_scratch());
+  log::info("engine", "{}: {} layers, {} on {}; KV pool {} blocks of {} tokens ({}), context {}", c.name,
+            c.n_layer, human_bytes(weight_bytes), e->dev_->features().name, pool_blocks, opts.block_tokens,
+            human_bytes(pool_bytes), e->n_ctx_);
+  return std::unique_ptr<Engine>(std::move(e));
+}
+
+Result<Weight> VulkanEngine::upload(const gguf::GgufFile& f, const std::string& name, bool to_f32,
+                                    Progress& bar) {
+  const auto* t = f.find_tensor(name);
+  if (!t) return Status::NotFound(fmt::format("{}: tensor {} is missing", f.path(), name));
+  Weight w;
+  w.type = t->type;
+  w.cols = t->ne[0];
+  w.rows = t->n_dims >= 2 ? t->ne[1] : 1;
+  w.experts = t->n_dims >= 3 ? t->ne[2] : 1;
+  if (!quant::traits(t->type)) {
+    return Status::Unsupported(fmt::format("{}: tensor {} has type {}, not supported (supported: {})", f.path(),
+                                           name, quant::ggml_type_name(static_cast<uint32_t>(t->type)),
+                                           quant::supported_type_names()));
+  }
+  std::vector<uint8_t> host;
+  const uint8_t* src = t->data;
+  uint64_t bytes = t->n_bytes;
+  if (to_f32 && t->type != GgmlType::F32) {
+    host.resize(t->n_elements * 4);
+    const uint64_t rb = quant::row_bytes(t->type, static_cast<int64_t>(w.cols));
+    for (uint64_t r = 0; r < t->n_elements / w.cols; ++r) {
+      quant::dequantize_row(t->type, src + r * rb, reinterpret_cast<float*>(host.data()) + r * w.cols,
+                            static_cast<int64_t>(w.cols));
+    }
+    w.type = GgmlType::F32;
+    src = host.data();
+    bytes = host.size();
+  }
+  w.row_bytes = quant::row_bytes(w.type, static_cast<int64_t>(w.cols));
+  const uint64_t all_rows = w.rows * w.experts;
+  uint64_t piece_rows = std::max<uint64_t>(1, (dev_->max_buffer_bytes() - 4) / w.row_bytes);
+  if (w.experts > 1) piece_rows = piece_rows / w.rows * w.rows;
+  if (piece_rows == 0) {
+    return Status::ResourceExhausted(fmt::format("{}: one expert of {} ({} bytes) exceeds the device's largest buffer",
+                                                 f.path(), name, w.expert_bytes()));
+  }
+  constexpr uint64_t kSlice = 64ull << 20;  // upload in slices so the staging buffer stays bounded
+  for (uint64_t r0 = 0; r0 < all_rows; r0 += piece_rows) {
+    const uint64_t n = std::min(piece_rows, all_rows - r0), nbytes = n * w.row_bytes;
+    auto b = dev_->buffer((nbytes + 3) / 4 * 4);
+    if (!b.ok()) return b.status();
+    const uint8_t* p = src + r0 * w.row_bytes;
+    for (uint64_t off = 0; off < nbytes; off += kSlice) {
+      const uint64_t k = std::min(kSlice, nbytes - off);
+      TROVE_RETURN_IF_ERROR(b->upload(p + off, k, off));
+      bar.add(k * bytes / std::max<uint64_t>(1, all_rows * w.row_bytes));
+    }
+    w.pieces.push_back({r0, n, std::move(*b)});
+  }
+  return w;
+}
+
+Status VulkanEngine::load_weights(gguf::GgufFile& f, bool progress) {
+  uint64_t total = 0;
+  for (const auto& t : f.tensors()) total += t.n_bytes;
+  Progress bar(progress, total);
+  auto get = [&](const std::string& name, bool to_f32, Weight& out) -> Status {
+    auto w = upload(f, name, to_f32, bar);
+    if (!w.ok()) return w.status();
+    out = std::move(*w);
+    return Status::Ok();
+  };
+  const ModelConfig& c = cfg_;
+  layers_.resize(c.n_layer);
+  for (uint32_t i = 0; i < c.n_layer; ++i) {
+    Layer& L = layers_[i];
+    const std::string b = fmt::format("blk.{}.", i);
+    TROVE_RETURN_IF_ERROR(get(b + "attn_norm.weight", true, L.attn_norm));
+    TROVE_RETURN_IF_ERROR(get(b + "attn_q.weight", false, L.q));
+    TROVE_RETURN_IF_ERROR(get(b + "attn_k.weight", false, L.k));
+    TROVE_RETURN_IF_ERROR(get(b + "attn_v.weight", false, L.v));
+    TROVE_RETURN_IF_ERROR(get(b + "attn_output.weight", false, L.o));
+    TROVE_RETURN_IF_ERROR(get(b + "attn_q_norm.weight", true, L.q_norm));
+    TROVE_RETURN_IF_ERROR(get(b + "attn_k_norm.weight", true, L.k_norm));
+    TROVE_RETURN_IF_ERROR(get(b + "ffn_norm.weight", true, L.ffn_norm));
+    if (c.is_moe()) {
+      TROVE_RETURN_IF_ERROR(get(b + "ffn_gate_inp.weight", false, L.router));
+      TROVE_RETURN_IF_ERROR(get(b + "ffn_gate_exps.weight", false, L.gate_exps));
+      TROVE_RETURN_IF_ERROR(get(b + "ffn_up_exps.weight", false, L.up_exps));
+      TROVE_RETURN_IF_ERROR(get(b + "ffn_down_exps.weight", false, L.down_exps));
+      if (L.gate_exps.experts != c.n_expert || L.gate_exps.rows != c.n_ff_exp || L.down_exps.rows != c.n_embd) {
+        return Status::InvalidArgument(fmt::format("{}: {}ffn_*_exps shapes disagree with the metadata", f.path(), b));
+      }
+    } else {
+      TROVE_RETURN_IF_ERROR(get(b + "ffn_gate.weight", false, L.gate));
+      TROVE_RETURN_IF_ERROR(get(b + "ffn_up.weight", false, L.up));
+      TROVE_RETURN_IF_ERROR(get(b + "ffn_down.weight", false, L.down));
+    }
+    if (L.q.cols != c.n_embd || L.q.rows != uint64_t{c.n_head} * c.head_dim ||
+        L.k.rows != uint64_t{c.n_head_kv} * c.head_dim || L.o.rows != c.n_embd) {
+      return Status::InvalidArgument(fmt::format("{}: {}attn_* shapes disagree with the metadata", f.path(), b));
+    }
+  }
+  TROVE_RETURN_IF_ERROR(get("output_norm.weight", true, output_norm_));
+  const auto* embd = f.find_tensor("token_embd.weight");
+  if (!embd) return Status::NotFound(fmt::format("{}: tensor token_embd.weight is missing", f.path()));
+  if (embd->ne[0] != c.n_embd || embd->ne[1] < c.n_vocab) {
+    return Status::InvalidArgument(fmt::format("{}: token_embd.weight shape disagrees with the metadata", f.path()));
+  }
+  cfg_.n_vocab = static_cast<uint32_t>(embd->ne[1]);
+  embd_type_ = embd->type;
+  embd_row_bytes_ = quant::row_bytes(embd->type, static_cast<int64_t>(c.n_embd));
+  embd_host_.assign(embd->data, embd->data + embd->n_bytes);
+  if (!c.tied_embeddings) {
+    bar.add(embd->n_bytes);
+    TROVE_RETURN_IF_ERROR(get("output.weight", false, head_));
+  } else {
+    TROVE_RETURN_IF_ERROR(get("token_embd.weight", false, head_));
+  }
+  return Status::Ok();
+}
+
+Status VulkanEngine::alloc_scratch() {
+  const ModelConfig& c = cfg_;
+  const uint64_t T = max_tokens_, S = logit_rows_ = std::max<uint32_t>(static_cast<uint32_t>(seqs_.size()), std::min<uint32_t>(64, max_tokens_));
+  const uint64_t qw = uint64_t{c.n_head} * c.head_dim, kw = uint64_t{c.n_head_kv} * c.head_dim;
+  const uint64_t ff = c.is_moe() ? c.n_ff_exp : c.n_ff;
+  const uint64_t pairs = T * std::max<uint32_t>(1, c.n_expert_used);
+  table_stride_ = static_cast<uint32_t>(((n_ctx_ + layout_.block_tokens - 1) / layout_.block_tokens + 63) / 64 * 64);
+  struct Want {
+    vk::Buffer* b;
+    uint64_t bytes;
+    vk::Memory mem;
+  };
+  const auto dl = vk::Memory::kDeviceLocal, hv = vk::Memory::kHostVisible;
+  std::vector<Want> want = {
+      {&x_in_, T * c.n_embd * 4, hv}, {&x_, T * c.n_embd * 4, dl}, {&xn_, T * c.n_embd * 4, dl},
+      {&q_, T * qw * 4, dl}, {&k_, T * kw * 4, dl}, {&v_, T * kw * 4, dl}, {&attn_, T * qw * 4, dl},
+      {&o_, T * c.n_embd * 4, dl}, {&positions_, T * 4, hv}, {&slots_, T * 4, hv},
+      {&tables_, seqs_.size() * table_stride_ * 4, hv}, {&hs_, S * c.n_embd * 4, dl}, {&logits_, S * c.n_vocab * 4ull, dl},
+      {&tokens_out_, S * 4, dl}, {&tokens_host_, S * 4, hv}, {&logits_host_, S * c.n_vocab * 4ull, hv}};
+  if (c.is_moe()) {
+    want.insert(want.end(), {{&router_, T * c.n_expert * 4, dl}, {&route_ids_, pairs * 4, dl},
+                             {&route_w_, pairs * 4, dl}, {&ids_host_, pairs * 4, hv}, {&w_host_, pairs * 4, hv},
+                             {&moe_x_, pairs * c.n_embd * 4, dl}, {&moe_g_, pairs * ff * 4, dl},
+                             {&moe_u_, pairs * ff * 4, dl}, {&moe_h_, pairs * ff * 4, dl},
+                             {&moe_d_, pairs * c.n_embd * 4, dl}, {&moe_tok_, pairs * 4, hv},
+                             {&moe_wt_, pairs * 4, hv}});
+  } else {
+    want.insert(want.end(), {{&gate_, T * ff * 4, dl}, {&up_, T * ff * 4, dl}, {&h_, T * ff * 4, dl}});
+  }
+  for (auto& w : want) {
+    auto b = dev_->buffer(std::max<uint64_t>(w.bytes, 16), w.mem);
+    if (!b.ok()) return b.status();
+    *w.b = std::move(*b);
+  }
+  return Status::Ok();
+}
+
+Result<SeqId> VulkanEngine::open_sequence() {
+  for (SeqId i = 0; i < seqs_.size(); ++i) {
+    if (!seqs_[i].open) {
+      seqs_[i] = Sequence{};
+      seqs_[i].open = true;
+      return i;
+    }
+  }
+  return Status::ResourceExhausted(fmt::format("all {} sequence slots are busy", seqs_.size()));
+}
+
+void VulkanEngine::close_sequence(SeqId seq) {
+  if (seq >= seqs_.size() || !seqs_[seq].open) return;
+  for (uint32_t b : seqs_[seq].blocks) blocks_->release(b);
+  seqs_[seq] = Sequence{};
+}
+
+Status VulkanEngine::truncate(SeqId seq, uint32_t n) {
+  if (seq >= seqs_.size() || !seqs_[seq].open) return Status::NotFound(fmt::format("sequence {} is not open", seq));
+  Sequence& s = seqs_[seq];
+  if (n > s.tokens.size()) {
+    return Status::InvalidArgument(fmt::format("truncate to {} tokens: sequence {} has only {}", n, seq, s.tokens.size()));
+  }
+  s.tokens.resize(n);
+  const size_t keep = (n + layout_.block_tokens - 1) / layout_.block_tokens;
+  while (s.blocks.size() > keep) {
+    blocks_->release(s.blocks.back());
+    s.blocks.pop_back();
+  }
+  return Status::Ok();
+}
+
+void VulkanEngine::embed(int32_t token, float* out) const {
+  quant::dequantize_row(embd_type_, embd_host_.data() + static_cast<uint64_t>(token) * embd_row_bytes_, out,
+                        cfg_.n_embd);
+}
+
+Status VulkanEngine::record_matmul(vk::CommandStream& s, const Weight& w, uint64_t expert, uint32_t batch,
+                                   vk::BufferRange x, vk::BufferRange y) {
+  const uint64_t g0 = expert * w.rows;  // first global row of this expert
+  for (const auto& p : w.pieces) {
+    if (g0 >= p.first_row && g0 + w.rows <= p.first_row + p.rows && w.rows <= kMaxMatmulRows) {
+      vk::BufferRange wr(p.buf, (g0 - p.first_row) * w.row_bytes, 0);
+      wr.size = std::min<uint64_t>((w.expert_bytes() + 3) / 4 * 4, p.buf.size() - wr.offset);
+      return ops_.matmul.record(s, w.type, static_cast<uint32_t>(w.rows), static_cast<uint32_t>(w.cols), batch, wr, x, y);
+    }
+  }
+  // Row-split (the vocabulary head, or a matrix spread over several buffers): one batch row at a time
+  // so that each piece's outputs are contiguous.
+  for (const auto& p : w.pieces) {
+    const uint64_t lo = std::max(g0, p.first_row), hi = std::min(g0 + w.rows, p.first_row + p.rows);
+    for (uint64_t r0 = lo; r0 < hi; r0 += kMaxMatmulRows) {
+      const uint64_t n = std::min<uint64_t>(kMaxMatmulRows, hi - r0);
+      vk::BufferRange wr(p.buf, (r0 - p.first_row) * w.row_bytes, 0);
+      wr.size = std::min<uint64_t>((n * w.row_bytes + 3) / 4 * 4, p.buf.size() - wr.offset);
+      for (uint32_t b = 0; b < batch; ++b) {
+        vk::BufferRange xr = x, yr = y;
+        xr.offset += uint64_t{b} * w.cols * 4;
+        xr.size = w.cols * 4;
+        yr.offset += (uint64_t{b} * w.rows + (r0 - g0)) * 4;
+        yr.size = n * 4;
+        TROVE_RETURN_IF_ERROR(ops_.matmul.record(s, w.type, static_cast<uint32_t>(n), static_cast<uint32_t>(w.cols), 1,
+                                                 wr, xr, yr));
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+// Routed experts for T tokens: the router's top-k choice is read back (one submit), rows of xn_ are
+// gathered per expert, each chosen expert runs gate/up → SwiGLU → down on its rows, and the combine
+// shader adds weight × output into the residual stream x_.
+Status VulkanEngine::record_moe(vk::CommandStream& s, const Layer& L, uint32_t T) {
+  const ModelConfig& c = cfg_;
+  const uint32_t K = c.n_expert_used, E = c.n_embd, F = c.n_ff_exp;
+  TROVE_RETURN_IF_ERROR(record_matmul(s, L.router, 0, T, xn_, router_));
+  s.barrier();
+  TROVE_RETURN_IF_ERROR(ops_.route.record(s, router_, route_ids_, route_w_, T, c.n_expert, K));
+  s.barrier();
+  s.copy(route_ids_, 0, ids_host_, 0, uint64_t{T} * K * 4);
+  s.copy(route_w_, 0, w_host_, 0, uint64_t{T} * K * 4);
+  TROVE_RETURN_IF_ERROR(s.submit_and_wait());
+  const auto* ids = static_cast<const uint32_t*>(ids_host_.mapped());
+  const auto* wts = static_cast<const float*>(w_host_.mapped());
+  // Sort the (token, k) pairs by expert so each expert's rows are contiguous.
+  std::vector<std::vector<uint32_t>> by_expert(c.n_expert);
+  for (uint32_t i = 0; i < T * K; ++i) {
+    if (ids[i] >= c.n_expert) return Status::Internal(fmt::format("MoE router chose expert {} of {}", ids[i], c.n_expert));
+    by_expert[ids[i]].push_back(i);
+  }
+  auto* tok = static_cast<uint32_t*>(moe_tok_.mapped());
+  auto* wt = static_cast<float*>(moe_wt_.mapped());
+  uint32_t row = 0;
+  const uint64_t erow = uint64_t{E} * 4, frow = uint64_t{F} * 4;
+  struct Span { uint32_t expert, first, n; };
+  std::vector<Span> spans;
+  for (uint32_t e = 0; e < c.n_expert; ++e) {
+    if (by_expert[e].empty()) continue;
+    spans.push_back({e, row, static_cast<uint32_t>(by_expert[e].size())});
+    for (uint32_t pair : by_expert[e]) {
+      tok[row] = pair / K;
+      wt[row] = wts[pair];
+      s.copy(xn_, uint64_t{pair / K} * erow, moe_x_, uint64_t{row} * erow, erow);
+      ++row;
+    }
+  }
+  s.barrier();
+  for (const Span& sp : spans) {
+    vk::BufferRange xr(moe_x_, sp.first * erow, sp.n * erow);
+    TROVE_RETURN_IF_ERROR(record_matmul(s, L.gate_exps, sp.expert, sp.n, xr, vk::BufferRange(moe_g_, sp.first * frow, sp.n * frow)));
+    TROVE_RETURN_IF_ERROR(record_matmul(s, L.up_exps, sp.expert, sp.n, xr, vk::BufferRange(moe_u_, sp.first * frow, sp.n * frow)));
+  }
+  s.barrier();
+  TROVE_RETURN_IF_ERROR(ops_.swiglu.record(s, moe_g_, moe_u_, moe_h_, row * F));
+  s.barrier();
+  for (const Span& sp : spans) {
+    TROVE_RETURN_IF_ERROR(record_matmul(s, L.down_exps, sp.expert, sp.n, vk::BufferRange(moe_h_, sp.first * frow, sp.n * frow),
+                                        vk::BufferRange(moe_d_, sp.first * erow, sp.n * erow)));
+  }
+  s.barrier();
+  // Combine one expert at a time: within an expert a token appears once, so no two invocations of a
+  // dispatch add into the same element of x_.
+  for (const Span& sp : spans) {
+    struct { uint32_t n, hidden; } push{sp.n, E};
+    vk::BufferRange bufs[4] = {vk::BufferRange(moe_d_, sp.first * erow, sp.n * erow),
+                               vk::BufferRange(moe_tok_, sp.first * 4ull, sp.n * 4ull),
+                               vk::BufferRange(moe_wt_, sp.first * 4ull, sp.n * 4ull), x_};
+    TROVE_RETURN_IF_ERROR(s.dispatch(ops_.moe_combine, bufs, &push, sizeof(push), (E + 255) / 256, sp.n));
+    s.barrier();
+  }
+  return Status::Ok();
+}
+
+Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> inputs) {
+  const ModelConfig& c = cfg_;
+  // Validate everything before touching any state.
+  uint32_t T = 0;
+  uint32_t need_blocks = 0, rows = 0;
+  std::vector<bool> seen(seqs_.size(), false);
+  for (const StepInput& in : inputs) {
+    if (in.seq >= seqs_.size() || !seqs_[in.seq].open) return Status::NotFound(fmt::format("sequence {} is not open", in.seq));
+    if (seen[in.seq]) return Status::InvalidArgument(fmt::format("sequence {} appears twice in one step", in.seq));
+    seen[in.seq] = true;
+    if (in.tokens.empty()) return Status::InvalidArgument(fmt::format("sequence {}: a step needs at least one token", in.seq));
+    const Sequence& s = seqs_[in.seq];
+    const uint64_t end = s.tokens.size() + in.tokens.size();
+    if (end > n_ctx_) {
+      return Status::ResourceExhausted(fmt::format("sequence {}: {} tokens exceed the context of {} tokens", in.seq, end, n_ctx_));
+    }
+    for (int32_t t : in.tokens) {
+      if (t < 0 || static_cast<uint32_t>(t) >= c.n_vocab) {
+        return Status::InvalidArgument(fmt::format("token id {} is outside the vocabulary (0..{})", t, c.n_vocab - 1));
+      }
+    }
+    if (in.sample && in.sampling.temperature > 0) {
+      const auto& p = in.sampling;
+      if (!(p.top_p > 0 && p.top_p <= 1) || !(p.min_p >= 0 && p.min_p < 1)) {
+        return Status::InvalidArgument(fmt::format("sampling: top_p {} must be in (0, 1] and min_p {} in [0, 1)", p.top_p, p.min_p));
+      }
+    }
+    T += static_cast<uint32_t>(in.tokens.size());
+    if (in.want_logits || in.sample) rows += in.want_logits && in.all_logits ? static_cast<uint32_t>(in.tokens.size()) : 1;
+    const uint64_t have = s.blocks.size() * uint64_t{layout_.block_tokens};
+    if (end > have) need_blocks += static_cast<uint32_t>((end - have + layout_.block_tokens - 1) / layout_.block_tokens);
+    // Copy-on-write of a shared, partially filled last block.
+    if (s.tokens.size() % layout_.block_tokens != 0 && !s.blocks.empty() && blocks_->shared(s.blocks.back())) ++need_blocks;
+  }
+  if (T == 0) return std::vector<StepOutput>{};
+  if (T > max_tokens_) return Status::InvalidArgument(fmt::format("a step of {} tokens exceeds the batch limit of {}", T, max_tokens_));
+  if (rows > logit_rows_) {
+    return Status::InvalidArgument(fmt::format("a step asking for {} logit rows exceeds the limit of {}", rows, logit_rows_));
+  }
+  if (need_blocks > blocks_->free_count()) {
+    return Status::ResourceExhausted(fmt::format("the KV pool needs {} more blocks but only {} of {} are free", need_blocks,
+                                                 blocks_->free_count(), blocks_->total()));
+  }
+
+  auto stream = dev_->stream();
+  if (!stream.ok()) return stream.status();
+  vk::CommandStream& s = *stream;
+
+  // Host inputs: embeddings, positions, KV slots, block tables.
+  auto* xin = static_cast<float*>(x_in_.mapped());
+  auto* pos = static_cast<int32_t*>(positions_.mapped());
+  auto* slot = static_cast<uint32_t*>(slots_.mapped());
+  auto* table = static_cast<int32_t*>(tables_.mapped());
+  struct Placed { uint32_t first, n, start; };
+  std::vector<Placed> placed;
+  uint32_t t = 0;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const StepInput& in = inputs[i];
+    Sequence& sq = seqs_[in.seq];
+    const uint32_t start = static_cast<uint32_t>(sq.tokens.size());
+    if (start % layout_.block_tokens != 0 && blocks_->shared(sq.blocks.back())) {
+      const uint32_t fresh = *blocks_->allocate();
+      for (uint32_t l = 0; l < c.n_layer; ++l) {
+        s.copy(kv_[l], sq.blocks.back() * layout_.block_bytes(), kv_[l], fresh * layout_.block_bytes(), layout_.block_bytes());
+      }
+      blocks_->release(sq.blocks.back());
+      sq.blocks.back() = fresh;
+      s.barrier();
+    }
+    while (sq.blocks.size() * layout_.block_tokens < start + in.tokens.size()) sq.blocks.push_back(*blocks_->allocate());
+    for (uint32_t j = 0; j < in.tokens.size(); ++j) {
+      const uint32_t p = start + j;
+      embed(in.tokens[j], xin + uint64_t{t + j} * c.n_embd);
+      pos[t + j] = static_cast<int32_t>(p);
+      slot[t + j] = sq.blocks[p / layout_.block_tokens] * layout_.block_tokens + p % layout_.block_tokens;
+    }
+    for (size_t b = 0; b < sq.blocks.size(); ++b) table[in.seq * table_stride_ + b] = static_cast<int32_t>(sq.blocks[b]);
+    placed.push_back({t, static_cast<uint32_t>(in.tokens.size()), start});
+    sq.tokens.insert(sq.tokens.end(), in.tokens.begin(), in.tokens.end());
+    t += static_cast<uint32_t>(in.tokens.size());
+  }
+  // From here on a failure must undo the appends.
+  auto undo = [&]() {
+    for (size_t i = 0; i < inputs.size(); ++i) (void)truncate(inputs[i].seq, placed[i].start);
+  };
+
+  auto run = [&]() -> Status {
+    const uint32_t H = c.n_head, KVH = c.n_head_kv, D = c.head_dim, E = c.n_embd;
+    const uint64_t erow = uint64_t{E} * 4;
+    s.copy(x_in_, 0, x_, 0, uint64_t{T} * erow);
+    s.barrier();
+    kernels::ref::PagedKvShape shape{blocks_->total(), layout_.block_tokens, KVH, D};
+    const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+    for (uint32_t l = 0; l < c.n_layer; ++l) {
+      const Layer& L = layers_[l];
+      TROVE_RETURN_IF_ERROR(ops_.rms.record(s, x_, L.attn_norm.whole(), xn_, T, E, c.rms_eps));
+      s.barrier();
+      TROVE_RETURN_IF_ERROR(record_matmul(s, L.q, 0, T, xn_, attn_));
+      TROVE_RETURN_IF_ERROR(record_matmul(s, L.k, 0, T, xn_, o_));
+      TROVE_RETURN_IF_ERROR(record_matmul(s, L.v, 0, T, xn_, v_));
+      s.barrier();
+      TROVE_RETURN_IF_ERROR(ops_.rms.record(s, attn_, L.q_norm.whole(), q_, T * H, D, c.rms_eps));
+      TROVE_RETURN_IF_ERROR(ops_.rms.record(s, o_, L.k_norm.whole(), k_, T * KVH, D, c.rms_eps));
+      s.barrier();
+      TROVE_RETURN_IF_ERROR(ops_.rope.record(s, q_, positions_, T, H, D, c.rope_base));
+      TROVE_RETURN_IF_ERROR(ops_.rope.record(s, k_, positions_, T, KVH, D, c.rope_base));
+      s.barrier();
+      TROVE_RETURN_IF_ERROR(ops_.kv_write.record(s, layout_, k_, v_, slots_, kv_[l], T, blocks_->total()));
+      s.barrier();
+      for (size_t i = 0; i < inputs.size(); ++i) {
+        const uint64_t qrow = uint64_t{H} * D * 4;
+        ops::AttentionCall call{shape, H, placed[i].start, placed[i].n, scale};
+        vk::BufferRange tb(tables_, uint64_t{inputs[i].seq} * table_stride_ * 4, uint64_t{table_stride_} * 4);
+        TROVE_RETURN_IF_ERROR(ops_.attention.record(s, call, kv_[l], tb,
+                                                    vk::BufferRange(q_, placed[i].first * qrow, placed[i].n * qrow),
+                                                    vk::BufferRange(attn_, placed[i].first * qrow, placed[i].n * qrow)));
+      }
+      s.barrier();
+      TROVE_RETURN_IF_ERROR(record_matmul(s, L.o, 0, T, attn_, o_));
+      s.barrier();
+      TROVE_RETURN_IF_ERROR(ops_.add.record(s, x_, o_, x_, T * E));
+      s.barrier();
+      TROVE_RETURN_IF_ERROR(ops_.rms.record(s, x_, L.ffn_norm.whole(), xn_, T, E, c.rms_eps));
+      s.barrier();
+      if (c.is_moe()) {
+        TROVE_RETURN_IF_ERROR(record_moe(s, L, T));
+      } else {
+        TROVE_RETURN_IF_ERROR(record_matmul(s, L.gate, 0, T, xn_, gate_));
+        TROVE_RETURN_IF_ERROR(record_matmul(s, L.up, 0, T, xn_, up_));
+        s.barrier();
+        TROVE_RETURN_IF_ERROR(ops_.swiglu.record(s, gate_, up_, h_, T * c.n_ff));
+        s.barrier();
+        TROVE_RETURN_IF_ERROR(record_matmul(s, L.down, 0, T, h_, o_));
+        s.barrier();
+        TROVE_RETURN_IF_ERROR(ops_.add.record(s, x_, o_, x_, T * E));
+        s.barrier();
+      }
+    }
+    // Head: only the last row of each input that needs a token or logits.
+    std::vector<uint32_t> out_rows;  // input index per output row (the input's last row samples)
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      if (inputs[i].sample || inputs[i].want_logits) {
+        const uint32_t n = inputs[i].want_logits && inputs[i].all_logits ? placed[i].n : 1;
+        for (uint32_t j = placed[i].first + placed[i].n - n; j < placed[i].first + placed[i].n; ++j) {
+          s.copy(x_, uint64_t{j} * erow, hs_, out_rows.size() * erow, erow);
+          out_rows.push_back(static_cast<uint32_t>(i));
+        }
+      }
+    }
+    if (out_rows.empty()) return s.submit_and_wait();
+    const uint32_t R = static_cast<uint32_t>(out_rows.size());
+    s.barrier();
+    TROVE_RETURN_IF_ERROR(ops_.rms.record(s, hs_, output_norm_.whole(), xn_, R, E, c.rms_eps));
+    s.barrier();
+    TROVE_RETURN_IF_ERROR(record_matmul(s, head_, 0, R, xn_, logits_));
+    s.barrier();
+    const uint64_t vrow = uint64_t{c.n_vocab} * 4;
+    TROVE_RETURN_IF_ERROR(ops_.argmax.record(s, logits_, tokens_out_, R, c.n_vocab));
+    for (uint32_t r = 0; r < R; ++r) {
+      const StepInput& in = inputs[out_rows[r]];
+      const bool last_of_input = r + 1 == R || out_rows[r + 1] != out_rows[r];
+      if (!last_of_input || !in.sample || !(in.sampling.temperature > 0)) continue;
+      ops::SamplingParams p;
+      p.temperature = in.sampling.temperature;
+      p.top_k = std::clamp<uint32_t>(in.sampling.top_k == 0 ? 64 : in.sampling.top_k, 1, 64);
+      p.top_p = in.sampling.top_p;
+      p.min_p = in.sampling.min_p;
+      // A fresh draw per position: the seed mixed with the position of the token being chosen.
+      const uint64_t mix = (in.sampling.seed ^ 0x9E3779B97F4A7C15ull) * 0xBF58476D1CE4E5B9ull +
+                           seqs_[in.seq].tokens.size() * 0x94D049BB133111EBull;
+      p.seed = static_cast<uint32_t>(mix ^ (mix >> 31) ^ (mix >> 17));
+      // Overwrites argmax's answer for this row (same element, recorded later: ordered by a barrier).
+      s.barrier();
+      TROVE_RETURN_IF_ERROR(ops_.sampler.record(s, vk::BufferRange(logits_, r * vrow, vrow),
+                                                vk::BufferRange(tokens_out_, r * 4ull, 4), 1, c.n_vocab, p));
+    }
+    s.barrier();
+    s.copy(tokens_out_, 0, tokens_host_, 0, R * 4ull);
+    bool any_logits = false;
+    for (uint32_t i : out_rows) any_logits |= inputs[i].want_logits;
+    if (any_logits) s.copy(logits_, 0, logits_host_, 0, R * vrow);
+    return s.submit_and_wait();
+  };
+  Status st = run();
+  if (!st.ok()) {
+    undo();
+    return st;
+  }
+  std::vector<StepOutput> out(inputs.size());
+  const auto* toks = static_cast<const uint32_t*>(tokens_host_.mapped());
+  const auto* lg = static_cast<const float*>(logits_host_.mapped());
+  uint32_t r = 0;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (!inputs[i].sample && !inputs[i].want_logits) continue;
+    const uint32_t n = inputs[i].want_logits && inputs[i].all_logits ? placed[i].n : 1;
+    if (inputs[i].sample) out[i].token = static_cast<int32_t>(toks[r + n - 1]);
+    if (inputs[i].want_logits) out[i].logits.assign(lg + uint64_t{r} * c.n_vocab, lg + uint64_t{r + n} * c.n_vocab);
+    r += n;
+  }
+  return out;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Engine>> Engine::load(const EngineOptions& opts) { return VulkanEngine::create(opts); }
+
+}  // namespace trove::engine

@@ -1,0 +1,35 @@
+#include "server/auth.h"
+
+namespace trove::server {
+namespace {
+
+bool equal_constant_time(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+  return diff == 0;
+}
+
+}  // namespace
+
+bool api_key_matches(std::string_view expected, std::string_view authorization_header,
+                     std::string_view x_api_key_header) {
+  if (expected.empty()) return true;
+  constexpr std::string_view kBearer = "Bearer ";
+  // The scheme name is case-insensitive per RFC 7235; clients send "Bearer" but accept "bearer".
+  if (authorization_header.size() > kBearer.size()) {
+    bool scheme_ok = true;
+    for (size_t i = 0; i < kBearer.size(); ++i) {
+      char c = authorization_header[i];
+      if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+      char k = kBearer[i];
+      if (k >= 'A' && k <= 'Z') k = static_cast<char>(k - 'A' + 'a');
+      if (c != k) scheme_ok = false;
+    }
+    if (scheme_ok && equal_constant_time(expected, authorization_header.substr(kBearer.size())))
+      return true;
+  }
+  return !x_api_key_header.empty() && equal_constant_time(expected, x_api_key_header);
+}
+
+}  // namespace trove::server

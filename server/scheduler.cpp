@@ -1,0 +1,292 @@
+#include "server/scheduler.h"
+
+#include <algorithm>
+#include <optional>
+
+#include <fmt/format.h>
+
+#include "common/log.h"
+#include "server/stop_strings.h"
+
+namespace trove::server {
+
+using Clock = std::chrono::steady_clock;
+
+const char* finish_reason_name(FinishReason f) {
+  switch (f) {
+    case FinishReason::kStop: return "stop";
+    case FinishReason::kLength: return "length";
+    case FinishReason::kCancelled: return "cancelled";
+    case FinishReason::kError: return "error";
+  }
+  return "?";
+}
+
+bool GenerationStream::wait(std::vector<GenerationEvent>& out, std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (!cv_.wait_for(lock, timeout, [&] { return !events_.empty(); })) return false;
+  while (!events_.empty()) {
+    out.push_back(std::move(events_.front()));
+    events_.pop_front();
+  }
+  return true;
+}
+
+void GenerationStream::cancel() {
+  cancelled_.store(true);
+  if (wake_scheduler_) wake_scheduler_();
+}
+
+void GenerationStream::push(GenerationEvent ev) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    events_.push_back(std::move(ev));
+  }
+  cv_.notify_all();
+}
+
+struct Scheduler::Active {
+  GenerationRequest request;
+  std::shared_ptr<GenerationStream> stream;
+  Clock::time_point submitted, last_token;
+  engine::SeqId seq = 0;
+  size_t prefilled = 0;       // prompt tokens already in the sequence
+  bool decoding = false;      // prompt fully prefilled; `next` is the token to feed
+  int32_t next = -1;
+  bool done = false;
+  std::optional<tokenizer::Detokenizer> detok;
+  std::optional<StopStringMatcher> stops;
+  GenerationResult result;
+};
+
+Scheduler::Scheduler(engine::Engine& engine, SchedulerObserver observer)
+    : engine_(engine), observer_(std::move(observer)) {
+  thread_ = std::thread([this] { loop(); });
+}
+
+Scheduler::~Scheduler() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+std::shared_ptr<GenerationStream> Scheduler::submit(GenerationRequest request) {
+  auto stream = std::make_shared<GenerationStream>();
+  stream->wake_scheduler_ = [this] { cv_.notify_all(); };
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    queue_.push_back({std::move(request), stream, Clock::now()});
+    stats_.queued = static_cast<uint32_t>(queue_.size());
+  }
+  cv_.notify_all();
+  return stream;
+}
+
+SchedulerStats Scheduler::stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stats_;
+}
+
+// Called with mu_ held (open_sequence is the engine's; only this thread calls it).
+void Scheduler::admit(std::vector<std::unique_ptr<Active>>& active) {
+  // Drop cancelled requests wherever they are in the queue (they may wait behind full slots).
+  for (auto it = queue_.begin(); it != queue_.end();) {
+    if (it->stream->cancelled()) {
+      GenerationEvent ev;
+      ev.kind = GenerationEvent::Kind::kDone;
+      ev.result.prompt_tokens = static_cast<uint32_t>(it->request.prompt.size());
+      ev.result.finish = FinishReason::kCancelled;
+      it->stream->push(std::move(ev));
+      ++stats_.cancelled;
+      it = queue_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  while (!queue_.empty() && active.size() < engine_.max_sequences()) {
+    Queued& q = queue_.front();
+    auto a = std::make_unique<Active>();
+    a->request = std::move(q.request);
+    a->stream = q.stream;
+    a->submitted = q.submitted;
+    a->result.prompt_tokens = static_cast<uint32_t>(a->request.prompt.size());
+    a->result.queue_seconds = std::chrono::duration<double>(Clock::now() - q.submitted).count();
+    if (a->request.prompt.empty() || a->request.prompt.size() >= engine_.n_ctx()) {
+      queue_.pop_front();
+      finish(*a, FinishReason::kError,
+             a->request.prompt.empty()
+                 ? std::string("the prompt is empty")
+                 : fmt::format("the prompt has {} tokens but the context holds {} tokens",
+                               a->request.prompt.size(), engine_.n_ctx()));
+      ++stats_.completed;
+      continue;
+    }
+    auto seq = engine_.open_sequence();
+    if (!seq.ok()) break;  // every slot busy after all: keep it queued
+    queue_.pop_front();
+    a->seq = *seq;
+    // render_special: <think>, <tool_call> and friends are added tokens, and the output parser needs
+    // them as text (EOS ids never reach the detokenizer).
+    a->detok.emplace(engine_.tokenizer(), /*render_special=*/true);
+    a->stops.emplace(a->request.stop);
+    active.push_back(std::move(a));
+  }
+}
+
+void Scheduler::finish(Active& a, FinishReason reason, std::string error) {
+  if (a.done) return;
+  a.done = true;
+  if (reason != FinishReason::kCancelled && reason != FinishReason::kError && a.detok && a.stops &&
+      !a.stops->stopped()) {
+    auto tail = a.stops->feed(a.detok->flush());
+    std::string text = std::move(tail.text);
+    if (!tail.stopped) text += a.stops->finish();
+    if (!text.empty()) a.stream->push({GenerationEvent::Kind::kText, std::move(text), {}});
+  }
+  a.result.finish = reason;
+  a.result.error = std::move(error);
+  a.result.total_seconds = std::chrono::duration<double>(Clock::now() - a.submitted).count();
+  GenerationEvent ev;
+  ev.kind = GenerationEvent::Kind::kDone;
+  ev.result = a.result;
+  a.stream->push(std::move(ev));
+}
+
+void Scheduler::on_token(Active& a, int32_t token) {
+  const auto now = Clock::now();
+  if (a.request.force_output) {
+    if (a.result.generated_tokens >= a.request.forced_tokens.size()) return finish(a, FinishReason::kStop);
+    token = a.request.forced_tokens[a.result.generated_tokens];
+  } else if (engine::is_eos(engine_.config(), token)) {
+    return finish(a, FinishReason::kStop);
+  }
+  if (a.result.generated_tokens == 0) {
+    a.result.ttft_seconds = std::chrono::duration<double>(now - a.submitted).count();
+    if (observer_.time_to_first_token) observer_.time_to_first_token(a.result.ttft_seconds);
+    a.stream->decoding_.store(true);
+  } else if (observer_.inter_token) {
+    observer_.inter_token(std::chrono::duration<double>(now - a.last_token).count());
+  }
+  a.last_token = now;
+  ++a.result.generated_tokens;
+  auto piece = a.detok->push(token);
+  if (!piece.ok()) return finish(a, FinishReason::kError, piece.status().message());
+  auto released = a.stops->feed(*piece);
+  if (!released.text.empty()) a.stream->push({GenerationEvent::Kind::kText, std::move(released.text), {}});
+  if (released.stopped) return finish(a, FinishReason::kStop);
+  if (a.result.generated_tokens >= a.request.max_tokens) return finish(a, FinishReason::kLength);
+  // The token just chosen still has to be fed; it needs one more position in the context.
+  if (engine_.length(a.seq) + 1 >= engine_.n_ctx()) return finish(a, FinishReason::kLength);
+  a.decoding = true;
+  a.next = token;
+}
+
+void Scheduler::loop() {
+  std::vector<std::unique_ptr<Active>> active;
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] {
+        return stopping_ || !active.empty() || !queue_.empty();
+      });
+      if (stopping_) break;
+      admit(active);
+      stats_.queued = static_cast<uint32_t>(queue_.size());
+    }
+    // Cancelled requests leave before the next step: their KV blocks go back to the pool now.
+    for (auto& a : active) {
+      if (!a->done && a->stream->cancelled()) {
+        finish(*a, FinishReason::kCancelled);
+        std::lock_guard<std::mutex> lock(mu_);
+        ++stats_.cancelled;
+      }
+    }
+    auto retire = [&] {
+      for (auto& a : active) {
+        if (a->done) engine_.close_sequence(a->seq);
+      }
+      active.erase(std::remove_if(active.begin(), active.end(), [](const auto& a) { return a->done; }),
+                   active.end());
+    };
+    retire();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stats_.active = static_cast<uint32_t>(active.size());
+      stats_.pool = engine_.pool_stats();
+    }
+
+    // One batch: every decoding sequence's next token, then prefill chunks in admission order.
+    std::vector<engine::StepInput> inputs;
+    std::vector<Active*> owners;
+    std::vector<size_t> chunk_sizes;
+    uint32_t budget = engine_.max_batch_tokens();
+    for (auto& a : active) {
+      if (!a->decoding || budget == 0) continue;
+      engine::StepInput in;
+      in.seq = a->seq;
+      in.tokens = std::span<const int32_t>(&a->next, 1);
+      in.sampling = a->request.sampling;
+      inputs.push_back(in);
+      owners.push_back(a.get());
+      chunk_sizes.push_back(1);
+      --budget;
+    }
+    for (auto& a : active) {
+      if (a->decoding || budget == 0) continue;
+      const size_t n = std::min<size_t>(budget, a->request.prompt.size() - a->prefilled);
+      engine::StepInput in;
+      in.seq = a->seq;
+      in.tokens = std::span<const int32_t>(a->request.prompt).subspan(a->prefilled, n);
+      in.sample = a->prefilled + n == a->request.prompt.size();
+      in.sampling = a->request.sampling;
+      inputs.push_back(in);
+      owners.push_back(a.get());
+      chunk_sizes.push_back(n);
+      budget -= static_cast<uint32_t>(n);
+    }
+    if (inputs.empty()) continue;
+    auto out = engine_.step(inputs);
+    if (!out.ok()) {
+      // The engine left every sequence as it was; the requests in this batch cannot go on.
+      log::error("scheduler", "step failed: {}", out.status().message());
+      for (Active* a : owners) finish(*a, FinishReason::kError, "the engine failed: " + out.status().message());
+    } else {
+      for (size_t i = 0; i < owners.size(); ++i) {
+        Active& a = *owners[i];
+        if (a.decoding) {
+          on_token(a, (*out)[i].token);
+        } else {
+          a.prefilled += chunk_sizes[i];
+          if (a.prefilled == a.request.prompt.size()) on_token(a, (*out)[i].token);
+        }
+      }
+    }
+    uint64_t newly_done = 0;
+    for (auto& a : active) newly_done += a->done ? 1 : 0;
+    retire();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++stats_.steps;
+      stats_.completed += newly_done;
+      stats_.active = static_cast<uint32_t>(active.size());
+      stats_.pool = engine_.pool_stats();
+    }
+  }
+  for (auto& a : active) {
+    finish(*a, FinishReason::kCancelled);
+    engine_.close_sequence(a->seq);
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto& q : queue_) {
+    GenerationEvent ev;
+    ev.kind = GenerationEvent::Kind::kDone;
+    ev.result.finish = FinishReason::kCancelled;
+    q.stream->push(std::move(ev));
+  }
+  queue_.clear();
+}
+
+}  // namespace trove::server

@@ -1,0 +1,145 @@
+// server/scheduler.h — continuous batching over one Engine: the only thread that drives the engine.
+//
+// Contract:
+//  - Scheduler owns a thread that owns the Engine's mutable side (open/close sequences, step()). Other
+//    threads only call submit(), stats() and GenerationStream methods; the engine's const accessors
+//    (tokenizer, renderer, config) stay usable from any thread.
+//  - submit() queues a request and returns its GenerationStream at once. Requests are admitted in
+//    arrival order while a sequence slot is free (engine.max_sequences()); the rest wait in the queue.
+//  - Each loop iteration builds ONE Engine::step() batch: one decode token for every decoding sequence,
+//    then prefill chunks of admitted prompts (oldest first) with whatever is left of
+//    engine.max_batch_tokens(). Long prompts are therefore prefilled in chunks between other
+//    sequences' decode steps.
+//  - Stop conditions, checked on every generated token: an EOS id of the model (not emitted), a stop
+//    string (not emitted; text that could start one is held back), max_tokens (finish kLength), the
+//    context end (kLength). Text reaches the stream UTF-8 complete (Detokenizer).
+//  - GenerationStream::cancel() (the HTTP layer calls it when the client has gone) makes the next loop
+//    iteration close the sequence and free its KV blocks: a cancelled request never takes part in a
+//    step after the one running when cancel() was called. A queued request that is cancelled is dropped.
+//  - Every stream ends with exactly one kDone event carrying a GenerationResult (token counts,
+//    finish reason, an error message for kError).
+//  - Test hook: a request with `forced_tokens` has each sampled token replaced by the next forced one
+//    (the forced token is what the sequence holds); after the last forced token generation stops as if
+//    EOS had been sampled. The HTTP layer only fills it when the server runs with --test-force-output.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "engine/runtime/engine.h"
+
+namespace trove::server {
+
+struct GenerationRequest {
+  std::vector<int32_t> prompt;
+  uint32_t max_tokens = 256;
+  engine::Sampling sampling;
+  std::vector<std::string> stop;
+  bool force_output = false;           // test hook enabled for this request
+  std::vector<int32_t> forced_tokens;  // with force_output: the tokens generated, then stop
+};
+
+enum class FinishReason { kStop, kLength, kCancelled, kError };
+const char* finish_reason_name(FinishReason f);
+
+struct GenerationResult {
+  uint32_t prompt_tokens = 0;
+  // Prompt tokens restored from the prefix cache instead of prefilled. Always 0 until the KV store is
+  // wired in (issue 7); the scheduler is where it will be filled.
+  uint32_t cached_tokens = 0;
+  uint32_t generated_tokens = 0;
+  FinishReason finish = FinishReason::kStop;
+  std::string error;           // for kError
+  double queue_seconds = 0;    // submit → admitted
+  double ttft_seconds = 0;     // submit → first generated token
+  double total_seconds = 0;    // submit → done
+};
+
+struct GenerationEvent {
+  enum class Kind { kText, kDone };
+  Kind kind = Kind::kText;
+  std::string text;
+  GenerationResult result;  // kDone only
+};
+
+// The per-request channel between the scheduler thread (producer) and one HTTP handler (consumer).
+class GenerationStream {
+ public:
+  // Waits until at least one event is queued or `timeout` passes; moves the queued events into `out`
+  // (appending). Returns false on timeout with nothing new.
+  bool wait(std::vector<GenerationEvent>& out, std::chrono::milliseconds timeout);
+  // Asks the scheduler to stop this request and free its sequence.
+  void cancel();
+  bool cancelled() const { return cancelled_.load(); }
+  // True once the first generated token was delivered (prefill is over).
+  bool decoding() const { return decoding_.load(); }
+
+ private:
+  friend class Scheduler;
+  void push(GenerationEvent ev);
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<GenerationEvent> events_;
+  std::atomic<bool> cancelled_{false};
+  std::atomic<bool> decoding_{false};
+  std::function<void()> wake_scheduler_;
+};
+
+struct SchedulerStats {
+  uint32_t queued = 0;
+  uint32_t active = 0;
+  uint64_t steps = 0;
+  uint64_t cancelled = 0;     // requests ended by cancel()
+  uint64_t completed = 0;     // requests ended any other way
+  engine::PoolStats pool;     // snapshot after the last step
+};
+
+// Latency observations, called on the scheduler thread (the server feeds its metrics with them).
+struct SchedulerObserver {
+  std::function<void(double seconds)> time_to_first_token;
+  std::function<void(double seconds)> inter_token;
+};
+
+class Scheduler {
+ public:
+  explicit Scheduler(engine::Engine& engine, SchedulerObserver observer = {});
+  ~Scheduler();  // stops the thread; unfinished requests end with kCancelled
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  std::shared_ptr<GenerationStream> submit(GenerationRequest request);
+  SchedulerStats stats() const;
+  const engine::Engine& engine() const { return engine_; }
+
+ private:
+  struct Active;
+  struct Queued {
+    GenerationRequest request;
+    std::shared_ptr<GenerationStream> stream;
+    std::chrono::steady_clock::time_point submitted;
+  };
+  void loop();
+  void admit(std::vector<std::unique_ptr<Active>>& active);
+  void on_token(Active& a, int32_t token);
+  void finish(Active& a, FinishReason reason, std::string error = {});
+
+  engine::Engine& engine_;
+  SchedulerObserver observer_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Queued> queue_;
+  bool stopping_ = false;
+  SchedulerStats stats_;
+  std::thread thread_;
+};
+
+}  // namespace trove::server

@@ -1,0 +1,214 @@
+#include "server/scheduler.h"
+
+#include <gtest/gtest.h>
+
+#include <set>
+
+#include "tests/server/fake_engine.h"
+
+namespace {
+
+using namespace std::chrono_literals;
+using trove::server::FinishReason;
+using trove::server::GenerationEvent;
+using trove::server::GenerationRequest;
+using trove::server::GenerationResult;
+using trove::server::GenerationStream;
+using trove::server::Scheduler;
+using trove::server::testing::FakeEngine;
+
+std::vector<int32_t> encode(const FakeEngine& e, const std::string& text) {
+  return e.tokenizer().encode(text, /*parse_special=*/true);
+}
+
+struct Collected {
+  std::string text;
+  GenerationResult result;
+  int text_events = 0;
+};
+
+Collected collect(GenerationStream& s) {
+  Collected c;
+  for (int waited = 0; waited < 200; ++waited) {
+    std::vector<GenerationEvent> evs;
+    s.wait(evs, 50ms);
+    for (auto& ev : evs) {
+      if (ev.kind == GenerationEvent::Kind::kText) {
+        c.text += ev.text;
+        ++c.text_events;
+      } else {
+        c.result = ev.result;
+        return c;
+      }
+    }
+  }
+  ADD_FAILURE() << "the stream never finished";
+  return c;
+}
+
+GenerationRequest request(const FakeEngine& e, const std::string& prompt, uint32_t max_tokens = 64) {
+  GenerationRequest r;
+  r.prompt = encode(e, prompt);
+  r.max_tokens = max_tokens;
+  return r;
+}
+
+TEST(Scheduler, GeneratesTheScriptUntilEos) {
+  FakeEngine e(2, 64);
+  e.script = encode(e, "Hello, world! ünïcode");
+  Scheduler s(e);
+  auto req = request(e, "Say hello");
+  const auto prompt_size = req.prompt.size();
+  auto c = collect(*s.submit(std::move(req)));
+  EXPECT_EQ(c.text, "Hello, world! ünïcode");
+  EXPECT_EQ(c.result.finish, FinishReason::kStop);
+  EXPECT_EQ(c.result.prompt_tokens, prompt_size);
+  EXPECT_EQ(c.result.cached_tokens, 0u);
+  EXPECT_EQ(c.result.generated_tokens, e.script.size());
+  EXPECT_GT(c.text_events, 1);  // streamed, not delivered at the end
+  for (int i = 0; i < 100 && e.open_count() != 0; ++i) std::this_thread::sleep_for(5ms);
+  EXPECT_EQ(e.open_count(), 0u);
+}
+
+TEST(Scheduler, MaxTokensEndsWithLength) {
+  FakeEngine e(2, 64);
+  e.script = encode(e, "one two three four five six seven eight");
+  Scheduler s(e);
+  auto c = collect(*s.submit(request(e, "count", 3)));
+  EXPECT_EQ(c.result.finish, FinishReason::kLength);
+  EXPECT_EQ(c.result.generated_tokens, 3u);
+  EXPECT_EQ(c.text, "one two three");
+}
+
+TEST(Scheduler, StopStringIsNotEmittedAndEndsGeneration) {
+  FakeEngine e(2, 64);
+  e.script = encode(e, "alpha beta STOP gamma delta");
+  Scheduler s(e);
+  auto r = request(e, "go");
+  r.stop = {"STOP"};
+  auto c = collect(*s.submit(std::move(r)));
+  EXPECT_EQ(c.text, "alpha beta ");
+  EXPECT_EQ(c.result.finish, FinishReason::kStop);
+  EXPECT_LT(c.result.generated_tokens, e.script.size());
+}
+
+TEST(Scheduler, DecodesSeveralSequencesInOneStepAndChunksLongPrompts) {
+  FakeEngine e(4, 16);
+  e.script = encode(e, "a b c d e f g h i j");
+  e.step_delay = 2ms;
+  Scheduler s(e);
+  auto s1 = s.submit(request(e, "short one"));
+  auto s2 = s.submit(request(e, "short two"));
+  std::string long_prompt;
+  for (int i = 0; i < 60; ++i) long_prompt += " word" + std::to_string(i);
+  auto long_req = request(e, long_prompt);
+  ASSERT_GT(long_req.prompt.size(), 40u);
+  auto s3 = s.submit(std::move(long_req));
+  auto c1 = collect(*s1), c2 = collect(*s2), c3 = collect(*s3);
+  EXPECT_EQ(c1.text, "a b c d e f g h i j");
+  EXPECT_EQ(c2.text, c1.text);
+  EXPECT_EQ(c3.text, c1.text);
+  bool multi_decode = false, prefill_with_decode = false;
+  for (const auto& st : e.steps()) {
+    size_t total = 0, ones = 0;
+    bool chunk = false;
+    for (auto [seq, n] : st.inputs) {
+      total += n;
+      ones += n == 1;
+      chunk |= n > 1;
+    }
+    EXPECT_LE(total, 16u);
+    multi_decode |= ones >= 2;
+    prefill_with_decode |= chunk && ones >= 1;
+  }
+  EXPECT_TRUE(multi_decode) << "no step decoded two sequences together";
+  EXPECT_TRUE(prefill_with_decode) << "the long prompt was never prefilled alongside a decode step";
+}
+
+TEST(Scheduler, QueuesWhenEverySlotIsBusy) {
+  FakeEngine e(1, 64);
+  e.script = encode(e, "x y z");
+  e.step_delay = 1ms;
+  Scheduler s(e);
+  std::vector<std::shared_ptr<GenerationStream>> streams;
+  for (int i = 0; i < 3; ++i) streams.push_back(s.submit(request(e, "p" + std::to_string(i))));
+  EXPECT_GE(s.stats().queued + s.stats().active, 1u);
+  for (auto& st : streams) {
+    auto c = collect(*st);
+    EXPECT_EQ(c.text, "x y z");
+    EXPECT_EQ(c.result.finish, FinishReason::kStop);
+    EXPECT_GE(c.result.queue_seconds, 0.0);
+  }
+  for (const auto& st : e.steps()) EXPECT_EQ(st.inputs.size(), 1u);  // never two sequences at once
+}
+
+TEST(Scheduler, CancelFreesTheSlotWithinOneStep) {
+  FakeEngine e(1, 64);
+  std::vector<int32_t> forever;
+  for (int i = 0; i < 2000; ++i) forever.push_back(e.tokenizer().encode(" tick", false)[0]);
+  e.script = forever;
+  e.step_delay = 5ms;
+  Scheduler s(e);
+  auto st = s.submit(request(e, "go", 2000));
+  auto waiting = s.submit(request(e, "next", 2));  // queued behind the only slot
+  // Wait until text flows, then leave.
+  std::vector<GenerationEvent> evs;
+  while (evs.empty()) st->wait(evs, 50ms);
+  const uint64_t at_cancel = e.step_count();
+  st->cancel();
+  auto c = collect(*st);
+  EXPECT_EQ(c.result.finish, FinishReason::kCancelled);
+  // The queued request got the freed slot and finished.
+  auto c2 = collect(*waiting);
+  EXPECT_EQ(c2.result.finish, FinishReason::kLength);
+  EXPECT_EQ(c2.result.generated_tokens, 2u);
+  // Steps after the cancel: at most one more with the long request (the one in flight), then the
+  // second request's prefill and decode only (2 tokens → 2 steps).
+  EXPECT_LE(e.step_count() - at_cancel, 1u + 2u);
+  EXPECT_EQ(s.stats().cancelled, 1u);
+}
+
+TEST(Scheduler, CancelledWhileQueuedIsDropped) {
+  FakeEngine e(1, 64);
+  e.script = encode(e, "a b c d e f g h");
+  e.step_delay = 3ms;
+  Scheduler s(e);
+  auto first = s.submit(request(e, "one"));
+  auto second = s.submit(request(e, "two"));
+  second->cancel();
+  EXPECT_EQ(collect(*second).result.finish, FinishReason::kCancelled);
+  EXPECT_EQ(collect(*first).result.finish, FinishReason::kStop);
+}
+
+TEST(Scheduler, ForcedOutputReplacesSampledTokens) {
+  FakeEngine e(2, 64);
+  e.script = encode(e, "random noise that is not wanted");
+  Scheduler s(e);
+  auto r = request(e, "call a tool");
+  r.force_output = true;
+  r.forced_tokens = encode(e, "<tool_call>\n{\"name\": \"f\"}\n</tool_call>");
+  auto c = collect(*s.submit(std::move(r)));
+  EXPECT_EQ(c.text, "<tool_call>\n{\"name\": \"f\"}\n</tool_call>");
+  EXPECT_EQ(c.result.finish, FinishReason::kStop);
+}
+
+TEST(Scheduler, PromptLongerThanTheContextIsAnErrorNamingBothNumbers) {
+  FakeEngine e(1, 64, /*n_ctx=*/8);
+  Scheduler s(e);
+  auto c = collect(*s.submit(request(e, "this prompt is certainly longer than eight tokens of context")));
+  EXPECT_EQ(c.result.finish, FinishReason::kError);
+  EXPECT_NE(c.result.error.find("context holds 8 tokens"), std::string::npos) << c.result.error;
+}
+
+TEST(Scheduler, GenerationStopsAtTheContextEnd) {
+  FakeEngine e(1, 64, /*n_ctx=*/12);
+  e.script = encode(e, "a a a a a a a a a a a a a a a a a a a a");
+  Scheduler s(e);
+  auto r = request(e, "hi");
+  const size_t p = r.prompt.size();
+  auto c = collect(*s.submit(std::move(r)));
+  EXPECT_EQ(c.result.finish, FinishReason::kLength);
+  EXPECT_LE(p + c.result.generated_tokens, 12u);
+}
+
+}  // namespace

@@ -1,0 +1,57 @@
+// server/dialects.h — what each API dialect sends back: streamed SSE events and whole JSON responses.
+//
+// Contract:
+//  - A DialectWriter serves one request. For a streaming request the server writes start(), then
+//    on_events() for every batch of OutputParser events in generation order, then finish() once with
+//    the final result and parsed message (or error_event() if generation failed). For a non-streaming
+//    request only complete() is called. The strings returned are complete SSE events (sse.h).
+//  - Tool-call arguments are forwarded as the parser emits them (OpenAI `function.arguments` deltas,
+//    Anthropic `input_json_delta`, Responses `function_call_arguments.delta`): never buffered until the
+//    call is complete. Reasoning goes to each dialect's reasoning channel.
+//  - A malformed tool call (kToolCallError) is returned as plain text content (its raw text), so the
+//    client sees what the model wrote instead of losing it.
+//  - Usage reports prompt, cached (0 until the KV store lands) and generated tokens in the dialect's
+//    own field names. Anthropic's thinking blocks carry a placeholder signature (trove does not sign).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/chat/conversation.h"
+#include "engine/chat/output_parser.h"
+#include "server/request.h"
+#include "server/scheduler.h"
+
+namespace trove::server {
+
+struct ResponseContext {
+  std::string id;       // chatcmpl-…, msg_…, resp_…
+  std::string model;
+  int64_t created = 0;  // unix seconds
+  uint32_t prompt_tokens = 0;
+};
+
+class DialectWriter {
+ public:
+  virtual ~DialectWriter() = default;
+  virtual std::string start() = 0;
+  virtual std::string on_events(const std::vector<chat::OutputEvent>& events) = 0;
+  virtual std::string finish(const GenerationResult& result, const chat::ParsedMessage& message) = 0;
+  virtual std::string error_event(const ApiError& error) = 0;
+  virtual chat::Json complete(const GenerationResult& result, const chat::ParsedMessage& message) = 0;
+};
+
+std::unique_ptr<DialectWriter> make_openai_chat_writer(ResponseContext ctx, bool include_usage);
+std::unique_ptr<DialectWriter> make_anthropic_writer(ResponseContext ctx);
+std::unique_ptr<DialectWriter> make_responses_writer(ResponseContext ctx);
+
+// Error bodies in each dialect's shape.
+chat::Json openai_error_body(const ApiError& e);
+chat::Json anthropic_error_body(const ApiError& e);
+
+// A random id with a prefix: "chatcmpl-" + 24 base62 characters.
+std::string random_id(const std::string& prefix);
+
+}  // namespace trove::server

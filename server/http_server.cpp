@@ -1,0 +1,327 @@
+#include "server/http_server.h"
+
+#include <httplib.h>
+
+#include <chrono>
+#include <ctime>
+
+#include <fmt/format.h>
+
+#include "common/log.h"
+#include "engine/chat/output_parser.h"
+#include "server/auth.h"
+#include "server/dialects.h"
+#include "server/metrics.h"
+#include "server/request.h"
+#include "server/scheduler.h"
+#include "server/sse.h"
+
+namespace trove::server {
+
+using chat::Json;
+
+namespace {
+
+enum class Dialect { kOpenAiChat, kAnthropic, kAnthropicCount, kResponses };
+
+bool anthropic_path(const std::string& path) { return path.rfind("/v1/messages", 0) == 0; }
+
+void send_error(httplib::Response& res, bool anthropic, const ApiError& e) {
+  res.status = e.status;
+  res.set_content((anthropic ? anthropic_error_body(e) : openai_error_body(e)).dump(), "application/json");
+}
+
+}  // namespace
+
+struct HttpServer::Impl {
+  engine::Engine& engine;
+  ServerOptions opt;
+  Metrics metrics;
+  std::unique_ptr<Scheduler> scheduler;
+  httplib::Server http;
+
+  Impl(engine::Engine& e, ServerOptions o) : engine(e), opt(std::move(o)) {
+    SchedulerObserver obs;
+    obs.time_to_first_token = [this](double s) { metrics.observe_ttft(s); };
+    obs.inter_token = [this](double s) { metrics.observe_inter_token(s); };
+    scheduler = std::make_unique<Scheduler>(engine, obs);
+    const int threads = opt.http_threads;
+    http.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
+    http.set_payload_max_length(opt.max_body_bytes);
+    http.set_keep_alive_max_count(1000);
+    http.set_read_timeout(600, 0);
+    http.set_write_timeout(600, 0);
+    routes();
+  }
+
+  void routes() {
+    http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+      if (opt.api_key.empty() || req.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
+      if (api_key_matches(opt.api_key, req.get_header_value("Authorization"), req.get_header_value("x-api-key"))) {
+        return httplib::Server::HandlerResponse::Unhandled;
+      }
+      ApiError e;
+      e.status = 401;
+      e.type = "authentication_error";
+      e.message = "missing or wrong API key: send it as `Authorization: Bearer KEY` or `x-api-key: KEY` "
+                  "(the key the server was started with, --api-key or TROVE_API_KEY)";
+      send_error(res, anthropic_path(req.path), e);
+      metrics.count_request(req.path, 401);
+      return httplib::Server::HandlerResponse::Handled;
+    });
+    http.set_error_handler(httplib::Server::HandlerWithResponse([this](const httplib::Request& req,
+                                                                       httplib::Response& res) {
+      if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+      ApiError e;
+      e.status = res.status;
+      if (res.status == 413) {
+        e.type = "request_too_large";
+        e.message = fmt::format("the request body is larger than the server's limit of {} bytes; send a smaller "
+                                "request or restart trove serve with a larger --max-body",
+                                opt.max_body_bytes);
+      } else if (res.status == 404) {
+        e.type = "not_found_error";
+        e.message = fmt::format("no route {} {}; see docs/api.md for the endpoints", req.method, req.path);
+      } else {
+        e.message = fmt::format("HTTP {}", res.status);
+      }
+      send_error(res, anthropic_path(req.path), e);
+      metrics.count_request(req.path, res.status);
+      return httplib::Server::HandlerResponse::Handled;
+    }));
+    http.Post("/v1/chat/completions", [this](const httplib::Request& q, httplib::Response& r) {
+      generate(Dialect::kOpenAiChat, q, r);
+    });
+    http.Post("/v1/messages", [this](const httplib::Request& q, httplib::Response& r) {
+      generate(Dialect::kAnthropic, q, r);
+    });
+    http.Post("/v1/messages/count_tokens", [this](const httplib::Request& q, httplib::Response& r) {
+      generate(Dialect::kAnthropicCount, q, r);
+    });
+    http.Post("/v1/responses", [this](const httplib::Request& q, httplib::Response& r) {
+      generate(Dialect::kResponses, q, r);
+    });
+    http.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
+      Json m = {{"id", opt.model_id}, {"object", "model"}, {"created", 0}, {"owned_by", "trove"},
+                {"context_length", engine.n_ctx()}, {"synthetic", engine.config().synthetic}};
+      res.set_content(Json({{"object", "list"}, {"data", Json::array({m})}}).dump(), "application/json");
+      metrics.count_request("/v1/models", 200);
+    });
+    http.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
+      res.set_content(Json({{"status", "ok"}, {"model", opt.model_id}, {"synthetic", engine.config().synthetic}}).dump(),
+                      "application/json");
+    });
+    http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+      res.set_content(metrics.render(scheduler->stats()), "text/plain; version=0.0.4");
+    });
+  }
+
+  void generate(Dialect d, const httplib::Request& req, httplib::Response& res) {
+    const bool anthropic = d == Dialect::kAnthropic || d == Dialect::kAnthropicCount;
+    const std::string endpoint = req.path;
+    auto fail = [&](const ApiError& e) {
+      send_error(res, anthropic, e);
+      metrics.count_request(endpoint, e.status);
+    };
+    Json body;
+    try {
+      body = Json::parse(req.body);
+    } catch (const Json::parse_error& e) {
+      ApiError err;
+      err.message = fmt::format("the request body is not valid JSON (byte {}): {}; send a JSON object", e.byte,
+                                e.what());
+      return fail(err);
+    }
+    ParsedRequest p = d == Dialect::kOpenAiChat ? parse_openai_chat(body)
+                      : d == Dialect::kAnthropic ? parse_anthropic_messages(body)
+                      : d == Dialect::kAnthropicCount ? parse_anthropic_count_tokens(body)
+                                                      : parse_responses(body);
+    if (!p.ok()) return fail(p.error);
+    ChatJob& job = *p.job;
+    if (job.force_output && !opt.test_force_output) {
+      ApiError e;
+      e.param = "trove_force_output";
+      e.message = "trove_force_output: is a test hook; start trove serve with --test-force-output to use it";
+      return fail(e);
+    }
+    auto renderer = engine.renderer();
+    if (!renderer.ok()) {
+      ApiError e;
+      e.status = 500;
+      e.type = "api_error";
+      e.message = renderer.status().message();
+      return fail(e);
+    }
+    auto rendered = (*renderer)->render(job.conversation);
+    if (!rendered.ok()) {
+      ApiError e;
+      e.message = rendered.status().message();
+      return fail(e);
+    }
+    std::vector<int32_t> prompt = engine.tokenizer().encode(*rendered, /*parse_special=*/true);
+    if (d == Dialect::kAnthropicCount) {
+      res.set_content(Json({{"input_tokens", prompt.size()}}).dump(), "application/json");
+      metrics.count_request(endpoint, 200);
+      return;
+    }
+    if (prompt.size() >= engine.n_ctx()) {
+      ApiError e;
+      e.param = anthropic ? "messages" : (d == Dialect::kResponses ? "input" : "messages");
+      e.message = fmt::format("the prompt has {} tokens but the context holds {} tokens (and at least one must "
+                              "be left to generate); shorten the conversation or restart trove serve with a "
+                              "larger --ctx",
+                              prompt.size(), engine.n_ctx());
+      return fail(e);
+    }
+    if (opt.log_prompts) log::info("serve", "prompt ({} tokens):\n{}", prompt.size(), *rendered);
+
+    GenerationRequest g;
+    g.prompt = prompt;
+    const uint32_t room = engine.n_ctx() - static_cast<uint32_t>(prompt.size());
+    g.max_tokens = std::min(job.max_tokens.value_or(room), room);
+    g.sampling = job.sampling;
+    g.stop = job.stop;
+    if (job.force_output) {
+      g.force_output = true;
+      g.forced_tokens = engine.tokenizer().encode(*job.force_output, /*parse_special=*/true);
+    }
+    chat::OutputParserOptions po;
+    po.format = (*renderer)->name() == "qwen3-coder" ? chat::OutputFormat::kQwen3Coder : chat::OutputFormat::kQwen3;
+    // The reply starts inside reasoning only when the generation prompt itself opened <think>.
+    const std::string& text = *rendered;
+    po.starts_in_reasoning = text.size() >= 8 && text.compare(text.size() - 8, 8, "<think>\n") == 0;
+    po.tools = tools_for_parser(job.conversation);
+
+    ResponseContext ctx;
+    ctx.id = random_id(d == Dialect::kOpenAiChat ? "chatcmpl-" : d == Dialect::kAnthropic ? "msg_" : "resp_");
+    ctx.model = job.model.empty() ? opt.model_id : job.model;
+    ctx.created = static_cast<int64_t>(std::time(nullptr));
+    ctx.prompt_tokens = static_cast<uint32_t>(prompt.size());
+    std::shared_ptr<DialectWriter> writer = d == Dialect::kOpenAiChat ? make_openai_chat_writer(ctx, job.include_usage)
+                                            : d == Dialect::kAnthropic ? make_anthropic_writer(ctx)
+                                                                       : make_responses_writer(ctx);
+    auto parser = std::make_shared<chat::OutputParser>(po);
+    auto stream = scheduler->submit(std::move(g));
+
+    auto record = [this, endpoint](const GenerationResult& r, int status) {
+      metrics.count_request(endpoint, status);
+      metrics.add_tokens(r.prompt_tokens, r.cached_tokens, r.generated_tokens);
+      log::info("serve", "{} {}: {} prompt tokens ({} cached), {} generated, finish {}, ttft {:.2f} s, total {:.2f} s",
+                endpoint, status, r.prompt_tokens, r.cached_tokens, r.generated_tokens, finish_reason_name(r.finish),
+                r.ttft_seconds, r.total_seconds);
+    };
+
+    if (!job.stream) {
+      std::string generated;
+      while (true) {
+        std::vector<GenerationEvent> evs;
+        stream->wait(evs, std::chrono::milliseconds(1000));
+        for (auto& ev : evs) {
+          if (ev.kind == GenerationEvent::Kind::kText) {
+            if (opt.log_prompts) generated += ev.text;
+            parser->feed(ev.text);
+            continue;
+          }
+          parser->finish();
+          if (opt.log_prompts) log::info("serve", "output:\n{}", generated);
+          if (ev.result.finish == FinishReason::kError || ev.result.finish == FinishReason::kCancelled) {
+            ApiError e;
+            e.status = 500;
+            e.type = "api_error";
+            e.message = "generation failed: " + (ev.result.error.empty() ? std::string("cancelled") : ev.result.error);
+            send_error(res, anthropic, e);
+            record(ev.result, 500);
+            return;
+          }
+          res.set_content(writer->complete(ev.result, parser->message()).dump(), "application/json");
+          record(ev.result, 200);
+          return;
+        }
+      }
+    }
+
+    res.set_header("Cache-Control", "no-cache");
+    const int keepalive_ms = opt.keepalive_ms;
+    const bool log_prompts = opt.log_prompts;
+    res.set_chunked_content_provider(
+        "text/event-stream",
+        [stream, writer, parser, keepalive_ms, log_prompts, record](size_t, httplib::DataSink& sink) {
+          auto write = [&](const std::string& s) {
+            if (s.empty()) return true;
+            if (!sink.write(s.data(), s.size())) {
+              stream->cancel();  // the client left: free its sequence
+              return false;
+            }
+            return true;
+          };
+          if (!write(writer->start())) return false;
+          std::string generated;
+          while (true) {
+            std::vector<GenerationEvent> evs;
+            if (!stream->wait(evs, std::chrono::milliseconds(keepalive_ms))) {
+              // Nothing for a while (a long prefill): a comment keeps idle timeouts away and tells us
+              // whether the client is still there.
+              if (!write(sse_comment("keepalive"))) return false;
+              continue;
+            }
+            for (auto& ev : evs) {
+              if (ev.kind == GenerationEvent::Kind::kText) {
+                if (log_prompts) generated += ev.text;
+                if (!write(writer->on_events(parser->feed(ev.text)))) return false;
+                continue;
+              }
+              if (log_prompts) log::info("serve", "output:\n{}", generated);
+              std::string tail = writer->on_events(parser->finish());
+              if (ev.result.finish == FinishReason::kError || ev.result.finish == FinishReason::kCancelled) {
+                ApiError e;
+                e.status = 500;
+                e.type = "api_error";
+                e.message = "generation failed: " + (ev.result.error.empty() ? std::string("cancelled") : ev.result.error);
+                tail += writer->error_event(e);
+                record(ev.result, 500);
+              } else {
+                tail += writer->finish(ev.result, parser->message());
+                record(ev.result, 200);
+              }
+              write(tail);
+              sink.done();
+              return true;
+            }
+          }
+        },
+        [stream](bool success) {
+          if (!success) stream->cancel();
+        });
+  }
+};
+
+HttpServer::HttpServer(engine::Engine& engine, ServerOptions options)
+    : impl_(std::make_unique<Impl>(engine, std::move(options))) {}
+
+HttpServer::~HttpServer() {
+  stop();
+  // The scheduler goes before the engine; httplib's threads are joined by its destructor first.
+}
+
+Result<int> HttpServer::bind() {
+  int port = impl_->opt.port;
+  if (port == 0) {
+    port = impl_->http.bind_to_any_port(impl_->opt.host);
+  } else if (!impl_->http.bind_to_port(impl_->opt.host, port)) {
+    port = -1;
+  }
+  if (port <= 0) {
+    return Status::IoError(fmt::format("cannot listen on {}:{} (in use, or not an address of this machine); "
+                                       "pick another --host/--port",
+                                       impl_->opt.host, impl_->opt.port));
+  }
+  return port;
+}
+
+void HttpServer::run() { impl_->http.listen_after_bind(); }
+
+void HttpServer::stop() {
+  if (impl_->http.is_running()) impl_->http.stop();
+}
+
+}  // namespace trove::server

@@ -1,0 +1,54 @@
+// server/http_server.h — trove's HTTP front: routes, auth, limits, streaming, metrics.
+//
+// Contract:
+//  - HttpServer serves one loaded Engine through one Scheduler. Routes: POST /v1/chat/completions,
+//    POST /v1/messages, POST /v1/messages/count_tokens, POST /v1/responses, GET /v1/models,
+//    GET /health, GET /metrics (docs/api.md lists every field).
+//  - bind() listens on options.host:options.port (port 0 = a free port) and returns the port; run()
+//    serves until stop() (from any thread).
+//  - With an API key set, every route but /health needs `Authorization: Bearer KEY` or `x-api-key: KEY`
+//    (401 in the dialect's error shape otherwise). Bodies over max_body_bytes get 413. Malformed JSON,
+//    wrong field types (message names the JSON path) and prompts that do not fit the context (message
+//    gives both numbers) get 400.
+//  - Streaming responses are SSE over chunked HTTP. While nothing is generated for keepalive_ms
+//    (a long prefill) an SSE comment is written; a failed write means the client left: its request is
+//    cancelled and the scheduler frees its sequence within one step.
+//  - Nothing from prompts or outputs is logged unless log_prompts.
+//  - The force-output test hook (`trove_force_output` body field) is only honoured with
+//    test_force_output; otherwise the field is rejected with 400.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "common/status.h"
+#include "engine/runtime/engine.h"
+
+namespace trove::server {
+
+struct ServerOptions {
+  std::string host = "127.0.0.1";
+  int port = 8080;
+  std::string api_key;                      // empty: no auth
+  size_t max_body_bytes = 32u << 20;
+  bool log_prompts = false;
+  bool test_force_output = false;
+  int keepalive_ms = 3000;
+  std::string model_id;                     // what /v1/models calls the model
+  int http_threads = 64;                    // concurrent connections served (streams hold one each)
+};
+
+class HttpServer {
+ public:
+  HttpServer(engine::Engine& engine, ServerOptions options);
+  ~HttpServer();
+  Result<int> bind();
+  void run();
+  void stop();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace trove::server

@@ -1,0 +1,82 @@
+#include "server/metrics.h"
+
+#include <fmt/format.h>
+
+namespace trove::server {
+
+void Histogram::observe(double v) {
+  size_t i = 0;
+  while (i < bounds_.size() && v > bounds_[i]) ++i;
+  ++counts_[i];
+  sum_ += v;
+  ++count_;
+}
+
+std::string Histogram::render(const std::string& name, const std::string& help) const {
+  std::string out = fmt::format("# HELP {} {}\n# TYPE {} histogram\n", name, help, name);
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i < bounds_.size(); ++i) {
+    cumulative += counts_[i];
+    out += fmt::format("{}_bucket{{le=\"{}\"}} {}\n", name, bounds_[i], cumulative);
+  }
+  cumulative += counts_.back();
+  out += fmt::format("{}_bucket{{le=\"+Inf\"}} {}\n{}_sum {}\n{}_count {}\n", name, cumulative, name, sum_, name, count_);
+  return out;
+}
+
+Metrics::Metrics()
+    : ttft_({0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120}),
+      inter_token_({0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5}) {}
+
+void Metrics::count_request(const std::string& endpoint, int status) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++requests_[{endpoint, status}];
+}
+
+void Metrics::add_tokens(uint32_t prompt, uint32_t cached, uint32_t generated) {
+  std::lock_guard<std::mutex> lock(mu_);
+  prompt_tokens_ += prompt;
+  cached_tokens_ += cached;
+  generated_tokens_ += generated;
+}
+
+void Metrics::observe_ttft(double seconds) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ttft_.observe(seconds);
+}
+
+void Metrics::observe_inter_token(double seconds) {
+  std::lock_guard<std::mutex> lock(mu_);
+  inter_token_.observe(seconds);
+}
+
+std::string Metrics::render(const SchedulerStats& s) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::string out;
+  out += "# HELP trove_requests_total HTTP requests by endpoint and status code.\n# TYPE trove_requests_total counter\n";
+  for (const auto& [key, n] : requests_) {
+    out += fmt::format("trove_requests_total{{endpoint=\"{}\",status=\"{}\"}} {}\n", key.first, key.second, n);
+  }
+  auto counter = [&](const char* name, const char* help, uint64_t v) {
+    out += fmt::format("# HELP {} {}\n# TYPE {} counter\n{} {}\n", name, help, name, name, v);
+  };
+  auto gauge = [&](const char* name, const char* help, uint64_t v) {
+    out += fmt::format("# HELP {} {}\n# TYPE {} gauge\n{} {}\n", name, help, name, name, v);
+  };
+  counter("trove_prompt_tokens_total", "Prompt tokens of finished requests.", prompt_tokens_);
+  counter("trove_cached_tokens_total", "Prompt tokens restored from the prefix cache (0 until the KV store is wired in).", cached_tokens_);
+  counter("trove_generated_tokens_total", "Generated tokens.", generated_tokens_);
+  counter("trove_requests_cancelled_total", "Requests cancelled because the client went away.", s.cancelled);
+  counter("trove_scheduler_steps_total", "Engine steps run by the scheduler.", s.steps);
+  out += ttft_.render("trove_time_to_first_token_seconds", "Time from request to first generated token.");
+  out += inter_token_.render("trove_inter_token_latency_seconds", "Time between consecutive generated tokens of one request.");
+  gauge("trove_queue_depth", "Requests waiting for a sequence slot.", s.queued);
+  gauge("trove_active_sequences", "Sequences being prefilled or decoded.", s.active);
+  gauge("trove_kv_pool_blocks_used", "KV pool blocks in use.", s.pool.used_blocks);
+  gauge("trove_kv_pool_blocks_total", "KV pool blocks.", s.pool.total_blocks);
+  counter("trove_store_hits_total", "KV store lookups that found a prefix (0: the store is not wired in yet, issue 7).", 0);
+  counter("trove_store_read_bytes_total", "Bytes read from the KV store (0: the store is not wired in yet, issue 7).", 0);
+  return out;
+}
+
+}  // namespace trove::server

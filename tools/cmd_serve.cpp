@@ -1,0 +1,128 @@
+// `trove serve`: load a model and serve the OpenAI, Anthropic and Responses APIs on loopback.
+//   trove serve --model MODEL [--ctx N] [--parallel N] [--host H] [--port P] [--api-key KEY]
+// Prints "trove: listening on http://HOST:PORT" on stdout once it accepts connections (tests read it).
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "common/log.h"
+#include "engine/runtime/engine.h"
+#include "server/http_server.h"
+#include "tools/command.h"
+#include "tools/paths.h"
+
+namespace {
+
+using namespace trove;
+
+struct ServeArgs {
+  std::string model;
+  uint32_t ctx = 0;
+  uint32_t parallel = 4;
+  std::string host = "127.0.0.1";
+  int port = 8080;
+  std::string api_key;
+  std::string store;
+  std::string store_size = "64G";
+  size_t max_body = 32u << 20;
+  bool log_prompts = false;
+  bool test_force_output = false;
+  int keepalive_ms = 3000;
+  uint32_t max_batch_tokens = 512;
+};
+
+server::HttpServer* g_server = nullptr;
+
+void on_signal(int) {
+  // stop() only flips httplib's flag and shuts the listening socket: safe enough from a handler,
+  // and the main thread then unwinds normally.
+  if (g_server) g_server->stop();
+}
+
+bool is_loopback(const std::string& host) {
+  return host == "127.0.0.1" || host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
+
+void serve(ServeArgs a) {
+  std::string model = a.model.empty() ? cli::default_model_path() : a.model;
+  if (model.empty()) cli::fail(cli::no_model_message());
+  if (a.api_key.empty()) {
+    if (const char* k = std::getenv("TROVE_API_KEY"); k && *k) a.api_key = k;
+  }
+  if (a.parallel == 0) cli::fail("--parallel must be at least 1 (concurrent sequences)");
+  if (!is_loopback(a.host) && a.api_key.empty()) {
+    log::warn("serve", "listening on {} (not loopback) with no API key: anyone who can reach this address can use "
+                       "the model; set --api-key or TROVE_API_KEY", a.host);
+  }
+  engine::EngineOptions eo;
+  eo.model_path = model;
+  eo.n_ctx = a.ctx;
+  eo.max_sequences = a.parallel;
+  eo.max_batch_tokens = a.max_batch_tokens;
+  eo.progress = true;
+  auto loaded = engine::Engine::load(eo);
+  if (!loaded.ok()) cli::fail(loaded.status().message());
+  engine::Engine& e = **loaded;
+  if (auto r = e.renderer(); !r.ok()) cli::fail(r.status().message());
+
+  server::ServerOptions so;
+  so.host = a.host;
+  so.port = a.port;
+  so.api_key = a.api_key;
+  so.max_body_bytes = a.max_body;
+  so.log_prompts = a.log_prompts;
+  so.test_force_output = a.test_force_output;
+  so.keepalive_ms = a.keepalive_ms;
+  so.model_id = std::filesystem::path(model).stem().string();
+  so.http_threads = static_cast<int>(std::max<uint32_t>(64, a.parallel * 4));
+  server::HttpServer srv(e, so);
+  auto port = srv.bind();
+  if (!port.ok()) cli::fail(port.status().message());
+  g_server = &srv;
+  std::signal(SIGINT, on_signal);
+  std::signal(SIGTERM, on_signal);
+  if (e.config().synthetic) {
+    std::fprintf(stderr, "*** SYNTHETIC MODEL: random weights — its output is noise (/v1/models marks it synthetic) ***\n");
+  }
+  std::fprintf(stderr, "model %s on %s: context %u tokens, %u parallel sequences%s%s\n", so.model_id.c_str(),
+               e.device_name().c_str(), e.n_ctx(), e.max_sequences(), a.api_key.empty() ? "" : ", API key required",
+               a.test_force_output ? ", TEST HOOK --test-force-output ON" : "");
+  if (!a.store.empty()) {
+    std::fprintf(stderr, "note: --store %s is accepted but the KV store is not wired into serving yet (issue 7)\n",
+                 a.store.c_str());
+  }
+  std::printf("trove: listening on http://%s:%d\n", a.host.c_str(), *port);
+  std::fflush(stdout);
+  srv.run();
+  g_server = nullptr;
+}
+
+void add_serve(CLI::App& sub) {
+  auto a = std::make_shared<ServeArgs>();
+  sub.add_option("-m,--model", a->model, "GGUF model (default: the newest in the model directory)");
+  sub.add_option("--ctx", a->ctx, "Context length per sequence (default: the model's, at most 32768)");
+  sub.add_option("--parallel", a->parallel, "Concurrent sequences; more requests wait in a queue")->capture_default_str();
+  sub.add_option("--host", a->host, "Address to listen on (loopback by default)")->capture_default_str();
+  sub.add_option("--port", a->port, "Port (0: any free port)")->capture_default_str();
+  sub.add_option("--api-key", a->api_key, "Require this key (Authorization: Bearer or x-api-key); also TROVE_API_KEY");
+  sub.add_option("--store", a->store, "KV store directory (used by the prefix cache, issue 7; default under the cache dir)");
+  sub.add_option("--store-size", a->store_size, "KV store size limit (issue 7)")->capture_default_str();
+  sub.add_option("--max-body", a->max_body, "Largest request body in bytes (413 beyond)")->capture_default_str();
+  sub.add_option("--max-batch-tokens", a->max_batch_tokens, "Most tokens per engine step (prefill chunk bound)")
+      ->capture_default_str();
+  sub.add_flag("--log-prompts", a->log_prompts, "Log prompts and outputs (off: only token counts and timings)");
+  sub.add_flag("--test-force-output", a->test_force_output,
+               "TEST HOOK: honour the `trove_force_output` body field (generated tokens forced to that text)");
+  sub.add_option("--keepalive-ms", a->keepalive_ms, "SSE keepalive comment interval while nothing is generated")
+      ->capture_default_str();
+  sub.callback([a] { serve(*a); });
+}
+
+cli::CommandRegistration reg{"serve", "Serve the OpenAI, Anthropic and Responses APIs over HTTP", add_serve};
+
+}  // namespace

@@ -4,20 +4,31 @@
 
 namespace trove::ops {
 namespace {
-struct Push { uint32_t rows, cols, batch, type, row_bytes; };
+struct Push { uint32_t rows, cols, batch, type, row_bytes, tpr, y_stride; };
 constexpr uint32_t kMaxGroups = 65535;  // minimum maxComputeWorkGroupCount Vulkan guarantees
+constexpr uint32_t kBatchCols = 8;      // batch columns per workgroup (kCols in matmul_tiled.comp)
+
+// Invocations per row: the largest power of two <= min(64, chunks / 4), so that each invocation
+// dequantizes at least 4 chunks of 32 values between reductions (short rows: more rows per group).
+uint32_t threads_per_row(uint32_t cols) {
+  uint32_t tpr = 1;
+  while (tpr < 64 && tpr * 2 <= cols / 128) tpr *= 2;
+  return tpr;
+}
 }  // namespace
 
 Result<Matmul> Matmul::create(vk::Device& dev) {
-  auto p = dev.pipeline({"matmul_scalar", {}, sizeof(Push), 3, 64});
+  auto p = dev.pipeline({"matmul_tiled", {}, sizeof(Push), 3, 64});
   if (!p.ok()) return p.status();
   Matmul op;
-  op.scalar_ = std::move(*p);
+  op.tiled_ = std::move(*p);
   return op;
 }
 
 Status Matmul::record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows, uint32_t cols,
-                      uint32_t batch, vk::BufferRange w, vk::BufferRange x, vk::BufferRange y) const {
+                      uint32_t batch, vk::BufferRange w, vk::BufferRange x, vk::BufferRange y,
+                      uint32_t y_stride) const {
+  if (y_stride == 0) y_stride = rows;
   using quant::GgmlType;
   auto t = quant::traits(type);
   if (!t) {
@@ -25,25 +36,29 @@ Status Matmul::record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows,
                                            quant::ggml_type_name(static_cast<uint32_t>(type)),
                                            quant::supported_type_names()));
   }
-  if (rows == 0 || cols == 0 || batch == 0 || cols % static_cast<uint32_t>(t->block_values) != 0) {
+  if (rows == 0 || cols == 0 || batch == 0 || cols % static_cast<uint32_t>(t->block_values) != 0 ||
+      cols % 32 != 0 || (y_stride != 0 && y_stride < rows)) {
     return Status::InvalidArgument(fmt::format(
-        "matmul: shape rows {} cols {} batch {} is invalid for {} (all positive, cols a multiple of {})",
-        rows, cols, batch, t->name, t->block_values));
+        "matmul: shape rows {} cols {} batch {} (y stride {}) is invalid for {} (all positive, cols a multiple of "
+        "32 and of {}, y stride >= rows)", rows, cols, batch, y_stride, t->name, t->block_values));
   }
-  if (rows > kMaxGroups || batch > kMaxGroups) {
-    return Status::InvalidArgument(fmt::format("matmul: rows {} or batch {} above {} (split the call)",
+  const uint32_t tpr = threads_per_row(cols), rows_per_group = 64 / tpr;
+  const uint32_t groups_x = (rows + rows_per_group - 1) / rows_per_group;
+  const uint32_t groups_y = (batch + kBatchCols - 1) / kBatchCols;
+  if (groups_x > kMaxGroups || groups_y > kMaxGroups) {
+    return Status::InvalidArgument(fmt::format("matmul: rows {} or batch {} need more than {} workgroups (split the call)",
                                                rows, batch, kMaxGroups));
   }
   const uint64_t rb = quant::row_bytes(type, cols);
-  const uint64_t need_w = (rb * rows + 3) / 4 * 4, need_x = uint64_t{batch} * cols * 4, need_y = uint64_t{batch} * rows * 4;
+  const uint64_t need_w = (rb * rows + 3) / 4 * 4, need_x = uint64_t{batch} * cols * 4, need_y = (uint64_t{batch - 1} * y_stride + rows) * 4;
   if (w.size < need_w || x.size < need_x || y.size < need_y) {
     return Status::InvalidArgument(fmt::format(
         "matmul: buffers too small: weights {} (need {}), x {} (need {}), y {} (need {})", w.size, need_w,
         x.size, need_x, y.size, need_y));
   }
-  Push push{rows, cols, batch, static_cast<uint32_t>(type), static_cast<uint32_t>(rb)};
+  Push push{rows, cols, batch, static_cast<uint32_t>(type), static_cast<uint32_t>(rb), tpr, y_stride};
   vk::BufferRange bufs[3] = {w, x, y};
-  return s.dispatch(scalar_, bufs, &push, sizeof(push), rows, batch);
+  return s.dispatch(tiled_, bufs, &push, sizeof(push), groups_x, groups_y);
 }
 
 }  // namespace trove::ops

@@ -1,10 +1,11 @@
 // kernels/ops/matmul.h — weight × activation products on the GPU: y[b][r] = sum_c W[r][c] * x[b][c].
 //
 // Contract: W is a GGUF weight matrix (rows × cols, input dim contiguous, row_bytes(type, cols)
-// bytes per row) in a device buffer padded to a multiple of 4 bytes (the shader reads whole words); x is f32 [batch][cols]; y is f32 [batch][rows]. record() only
+// bytes per row) in a device buffer padded to a multiple of 4 bytes (the shader reads whole words); x is f32 [batch][cols]; y is f32 [batch][y_stride]
+// (y_stride 0 = rows; larger when a big matrix is computed in row ranges). record() only
 // records one dispatch into the stream; the caller submits. Every kernels/quant type (F32 F16 BF16
-// Q8_0 Q4_K Q5_K Q6_K) through the scalar shader matmul_scalar.comp (any device, not yet
-// bandwidth-tuned); other type ids are a named Unsupported error. Checked against
+// Q8_0 Q4_K Q5_K Q6_K) through matmul_tiled.comp (any device: chunks of 32 values dequantized once
+// per tile of up to 8 batch columns; not yet the tensor-core path); other type ids are a named Unsupported error. Checked against
 // kernels/ref/matmul_ref.h.
 #pragma once
 
@@ -17,10 +18,10 @@ class Matmul {
  public:
   static Result<Matmul> create(vk::Device& dev);
   Status record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows, uint32_t cols, uint32_t batch,
-                vk::BufferRange w, vk::BufferRange x, vk::BufferRange y) const;
+                vk::BufferRange w, vk::BufferRange x, vk::BufferRange y, uint32_t y_stride = 0) const;
 
  private:
-  vk::Pipeline scalar_;
+  vk::Pipeline tiled_;
 };
 
 }  // namespace trove::ops

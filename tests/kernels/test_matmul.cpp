@@ -1,7 +1,7 @@
 // GPU matmul (kernels/ops/matmul.h) against the float64 reference (kernels/ref/matmul_ref.h) on
 // fresh random weights and activations, outputs NaN-poisoned before the dispatch. Bound: 1e-5
 // relative to the output norm (f32 accumulation over <= 1024 terms). Shapes are small for lavapipe
-// (< 5 s on 2 cores); TROVE_KERNEL_FULL=1 adds a Qwen3-8B-sized matvec (4096 x 4096).
+// (< 5 s on 2 cores; row counts and batches not multiples of the tile); TROVE_KERNEL_FULL=1 adds a Qwen3-8B-sized matvec (4096 x 4096).
 #include <cmath>
 #include <cstdlib>
 #include <random>
@@ -72,6 +72,8 @@ TEST(Matmul, MatchesReferenceForEachSupportedType) {
                         GgmlType::Q5_K, GgmlType::Q6_K}) {
     check(*dev, *op, type, 33, 256, 1, seed++);   // decode matvec, odd row count
     check(*dev, *op, type, 17, 1024, 3, seed++);  // small batch, longer rows
+    check(*dev, *op, type, 70, 512, 11, seed++);  // batch across two column tiles, partial row group
+    if (quant::traits(type)->block_values <= 32) check(*dev, *op, type, 9, 96, 2, seed++);  // one invocation per row
   }
   if (const char* full = std::getenv("TROVE_KERNEL_FULL"); full && std::string(full) == "1") {
     check(*dev, *op, GgmlType::Q4_K, 4096, 4096, 1, seed++);

@@ -9,6 +9,7 @@
 #include "engine/runtime/engine.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -183,6 +184,7 @@ class VulkanEngine final : public Engine {
   std::unique_ptr<chat::ChatRenderer> renderer_;
   std::string renderer_error_;
   uint32_t n_ctx_ = 0, max_tokens_ = 0, logit_rows_ = 0;
+  bool profile_ = std::getenv("TROVE_PROFILE") != nullptr;  // per-step GPU phase times in the log
 
   std::vector<Layer> layers_;
   Weight output_norm_, head_;
@@ -356,7 +358,7 @@ Result<Weight> VulkanEngine::upload(const gguf::GgufFile& f, const std::string& 
   }
   w.row_bytes = quant::row_bytes(w.type, static_cast<int64_t>(w.cols));
   const uint64_t all_rows = w.rows * w.experts;
-  uint64_t piece_rows = std::max<uint64_t>(1, (dev_->max_buffer_bytes() - 4) / w.row_bytes);
+  uint64_t piece_rows = std::max<uint64_t>(64, (dev_->max_buffer_bytes() - 4) / w.row_bytes / 64 * 64);
   if (w.experts > 1) piece_rows = piece_rows / w.rows * w.rows;
   if (piece_rows == 0) {
     return Status::ResourceExhausted(fmt::format("{}: one expert of {} ({} bytes) exceeds the device's largest buffer",
@@ -522,23 +524,20 @@ Status VulkanEngine::record_matmul(vk::CommandStream& s, const Weight& w, uint64
       return ops_.matmul.record(s, w.type, static_cast<uint32_t>(w.rows), static_cast<uint32_t>(w.cols), batch, wr, x, y);
     }
   }
-  // Row-split (the vocabulary head, or a matrix spread over several buffers): one batch row at a time
-  // so that each piece's outputs are contiguous.
+  // Row-split (the vocabulary head, or a matrix spread over several buffers): one dispatch per row
+  // range, all batch rows at once, writing into the full-width output rows (y stride = w.rows). Piece
+  // and range starts are multiples of 64 rows, so the output offsets stay 256-byte aligned.
   for (const auto& p : w.pieces) {
     const uint64_t lo = std::max(g0, p.first_row), hi = std::min(g0 + w.rows, p.first_row + p.rows);
     for (uint64_t r0 = lo; r0 < hi; r0 += kMaxMatmulRows) {
       const uint64_t n = std::min<uint64_t>(kMaxMatmulRows, hi - r0);
       vk::BufferRange wr(p.buf, (r0 - p.first_row) * w.row_bytes, 0);
       wr.size = std::min<uint64_t>((n * w.row_bytes + 3) / 4 * 4, p.buf.size() - wr.offset);
-      for (uint32_t b = 0; b < batch; ++b) {
-        vk::BufferRange xr = x, yr = y;
-        xr.offset += uint64_t{b} * w.cols * 4;
-        xr.size = w.cols * 4;
-        yr.offset += (uint64_t{b} * w.rows + (r0 - g0)) * 4;
-        yr.size = n * 4;
-        TROVE_RETURN_IF_ERROR(ops_.matmul.record(s, w.type, static_cast<uint32_t>(n), static_cast<uint32_t>(w.cols), 1,
-                                                 wr, xr, yr));
-      }
+      vk::BufferRange yr = y;
+      yr.offset += (r0 - g0) * 4;
+      yr.size = (uint64_t{batch - 1} * w.rows + n) * 4;
+      TROVE_RETURN_IF_ERROR(ops_.matmul.record(s, w.type, static_cast<uint32_t>(n), static_cast<uint32_t>(w.cols), batch,
+                                               wr, x, yr, static_cast<uint32_t>(w.rows)));
     }
   }
   return Status::Ok();
@@ -699,6 +698,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     const uint64_t erow = uint64_t{E} * 4;
     s.copy(x_in_, 0, x_, 0, uint64_t{T} * erow);
     s.barrier();
+    if (profile_) s.timestamp();
     kernels::ref::PagedKvShape shape{blocks_->total(), layout_.block_tokens, KVH, D};
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
     for (uint32_t l = 0; l < c.n_layer; ++l) {
@@ -760,10 +760,12 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     if (out_rows.empty()) return s.submit_and_wait();
     const uint32_t R = static_cast<uint32_t>(out_rows.size());
     s.barrier();
+    if (profile_) s.timestamp();
     TROVE_RETURN_IF_ERROR(ops_.rms.record(s, hs_, output_norm_.whole(), xn_, R, E, c.rms_eps));
     s.barrier();
     TROVE_RETURN_IF_ERROR(record_matmul(s, head_, 0, R, xn_, logits_));
     s.barrier();
+    if (profile_) s.timestamp();
     const uint64_t vrow = uint64_t{c.n_vocab} * 4;
     TROVE_RETURN_IF_ERROR(ops_.argmax.record(s, logits_, tokens_out_, R, c.n_vocab));
     for (uint32_t r = 0; r < R; ++r) {
@@ -789,7 +791,19 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     bool any_logits = false;
     for (uint32_t i : out_rows) any_logits |= inputs[i].want_logits;
     if (any_logits) s.copy(logits_, 0, logits_host_, 0, R * vrow);
-    return s.submit_and_wait();
+    s.barrier();
+    if (profile_) s.timestamp();
+    TROVE_RETURN_IF_ERROR(s.submit_and_wait());
+    if (profile_) {
+      // TROVE_PROFILE=1: GPU time of the last submission's phases (MoE models submit once per layer,
+      // so there "layers" covers only the last layer's tail).
+      auto ts = s.timestamps_ns();
+      if (ts.size() == 4) {
+        log::info("engine", "step {} tokens, {} rows: layers {:.2f} ms, head {:.2f} ms, sampling+copy {:.2f} ms", T, R,
+                  (ts[1] - ts[0]) / 1e6, (ts[2] - ts[1]) / 1e6, (ts[3] - ts[2]) / 1e6);
+      }
+    }
+    return Status::Ok();
   };
   Status st = run();
   if (!st.ok()) {

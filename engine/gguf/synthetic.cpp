@@ -381,8 +381,9 @@ Result<MkModelReport> write_synthetic_model(const MkModelOptions& o) {
   w.set_string("general.description",
                "SYNTHETIC model written by trove mkmodel: real Qwen3 shapes and tokenizer, random weights. "
                "Its output is noise.");
-  w.set_u32("general.file_type", file_type_id(o.type));
-  if (o.type != "F32" && o.type != "F16" && o.type != "BF16") w.set_u32("general.quantization_version", 2);
+  w.set_u32("general.file_type", file_type_id(o.dequantized ? "F32" : o.type));
+  if (o.dequantized) w.set_string("trove.synthetic.dequantized_from", o.type);
+  if (!o.dequantized && o.type != "F32" && o.type != "F16" && o.type != "BF16") w.set_u32("general.quantization_version", 2);
   w.set_bool("trove.synthetic", true);
   w.set_string("trove.synthetic.preset", o.preset);
   w.set_u64("trove.synthetic.seed", o.seed);
@@ -413,7 +414,7 @@ Result<MkModelReport> write_synthetic_model(const MkModelOptions& o) {
   w.set_string("tokenizer.chat_template", chat_template);
 
   const auto plan = plan_tensors(s, o.type);
-  for (const auto& t : plan) w.add_tensor(t.name, t.ne, t.type);
+  for (const auto& t : plan) w.add_tensor(t.name, t.ne, o.dequantized ? quant::GgmlType::F32 : t.type);
   TROVE_RETURN_IF_ERROR(w.begin(o.out));
 
   const unsigned threads = o.threads ? o.threads : std::max(1u, std::thread::hardware_concurrency());
@@ -426,7 +427,8 @@ Result<MkModelReport> write_synthetic_model(const MkModelOptions& o) {
     uint64_t rows = 1;
     for (size_t d = 1; d < t.ne.size(); ++d) rows *= t.ne[d];
     report.parameters += ne0 * rows;
-    const size_t row_bytes = quant::row_bytes(t.type, static_cast<int64_t>(ne0));
+    const quant::GgmlType out_type = o.dequantized ? quant::GgmlType::F32 : t.type;
+    const size_t row_bytes = quant::row_bytes(out_type, static_cast<int64_t>(ne0));
     const Init init = init_for(s, t.name, ne0);
     const uint64_t name_hash = fnv1a(t.name);
     // Bounded memory: a tensor is produced in slabs of rows (at most ~256 MiB of output at a time),
@@ -438,13 +440,20 @@ Result<MkModelReport> write_synthetic_model(const MkModelOptions& o) {
       std::atomic<uint64_t> next{r0};
       auto work = [&] {
         std::vector<float> row(ne0);
+        std::vector<uint8_t> packed(o.dequantized ? quant::row_bytes(t.type, static_cast<int64_t>(ne0)) : 0);
         for (uint64_t r; (r = next.fetch_add(1)) < r1;) {
           uint64_t state = o.seed * 0x9E3779B97F4A7C15ull ^ name_hash ^ (r * 0xD1B54A32D192ED03ull);
           for (uint64_t k = 0; k < ne0; ++k) {
             const float u = static_cast<float>(splitmix64(state) >> 40) * (1.0f / 16777216.0f);  // [0, 1)
             row[k] = init.center + init.half * (2.0f * u - 1.0f);
           }
-          quant::quantize_row(t.type, row.data(), buf.data() + (r - r0) * row_bytes, static_cast<int64_t>(ne0));
+          uint8_t* dst = buf.data() + (r - r0) * row_bytes;
+          if (o.dequantized) {
+            quant::quantize_row(t.type, row.data(), packed.data(), static_cast<int64_t>(ne0));
+            quant::dequantize_row(t.type, packed.data(), reinterpret_cast<float*>(dst), static_cast<int64_t>(ne0));
+          } else {
+            quant::quantize_row(t.type, row.data(), dst, static_cast<int64_t>(ne0));
+          }
         }
       };
       std::vector<std::thread> pool;

@@ -70,6 +70,10 @@ struct MkModelOptions {
   std::string tokenizer_dir;   // empty: search (see find_tokenizer_dir)
   std::string template_file;   // empty: the family's template from the tokenizer package / fixtures
   unsigned threads = 0;        // 0: all cores
+  // Write every tensor as F32 holding the values the `type` file would hold (quantized, then
+  // dequantized): the same model in full precision. An oracle running this file computes what an
+  // exact implementation of the quantized file computes (test references; see docs/engine.md).
+  bool dequantized = false;
   // Called after each tensor with (tensors done, total, bytes written).
   std::function<void(size_t, size_t, uint64_t)> progress;
 };

@@ -1,0 +1,161 @@
+// Request parsing and validation of the three dialects (server/request.h).
+#include "server/request.h"
+
+#include <gtest/gtest.h>
+
+namespace {
+
+using trove::chat::Json;
+using trove::chat::Role;
+using namespace trove::server;
+
+Json j(const char* s) { return Json::parse(s); }
+
+TEST(OpenAiChat, MinimalRequestGetsQwenDefaults) {
+  auto r = parse_openai_chat(j(R"({"model":"m","messages":[{"role":"user","content":"hi"}],"unknown_field":{"x":1}})"));
+  ASSERT_TRUE(r.ok()) << r.error.message;
+  EXPECT_EQ(r.job->model, "m");
+  EXPECT_FALSE(r.job->stream);
+  EXPECT_FALSE(r.job->max_tokens.has_value());
+  EXPECT_FLOAT_EQ(r.job->sampling.temperature, 0.7f);
+  EXPECT_EQ(r.job->sampling.top_k, 20u);
+  ASSERT_EQ(r.job->conversation.messages.size(), 1u);
+  EXPECT_EQ(r.job->conversation.messages[0].content, "hi");
+}
+
+TEST(OpenAiChat, HonouredFields) {
+  auto r = parse_openai_chat(j(R"({"messages":[{"role":"developer","content":"sys"},{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}],
+    "stream":true,"stream_options":{"include_usage":true},"max_completion_tokens":7,"temperature":0,"top_p":0.5,
+    "top_k":500,"min_p":0.1,"seed":3,"stop":["x","y"],"reasoning_effort":"none"})"));
+  ASSERT_TRUE(r.ok()) << r.error.message;
+  EXPECT_TRUE(r.job->stream);
+  EXPECT_TRUE(r.job->include_usage);
+  EXPECT_EQ(*r.job->max_tokens, 7u);
+  EXPECT_FLOAT_EQ(r.job->sampling.temperature, 0.0f);
+  EXPECT_FLOAT_EQ(r.job->sampling.top_p, 0.5f);
+  EXPECT_EQ(r.job->sampling.top_k, 64u);  // capped
+  EXPECT_EQ(r.job->sampling.seed, 3u);
+  EXPECT_EQ(r.job->stop, (std::vector<std::string>{"x", "y"}));
+  EXPECT_FALSE(r.job->conversation.options.enable_thinking);
+  EXPECT_TRUE(r.job->conversation.options.enable_thinking_given);
+  EXPECT_EQ(r.job->conversation.messages[0].role, Role::kSystem);
+  EXPECT_EQ(r.job->conversation.messages[1].content, "ab");
+}
+
+TEST(OpenAiChat, ChatTemplateKwargsDecideThinking) {
+  auto r = parse_openai_chat(j(R"({"messages":[{"role":"user","content":"x"}],"reasoning_effort":"high","chat_template_kwargs":{"enable_thinking":false}})"));
+  ASSERT_TRUE(r.ok());
+  EXPECT_FALSE(r.job->conversation.options.enable_thinking);
+}
+
+TEST(OpenAiChat, ToolChoiceNoneDropsToolsAndNamedKeepsOne) {
+  const char* tools = R"([{"type":"function","function":{"name":"a","parameters":{"type":"object"}}},
+                          {"type":"function","function":{"name":"b","parameters":{"type":"object"}}}])";
+  auto none = parse_openai_chat(j((std::string(R"({"messages":[{"role":"user","content":"x"}],"tool_choice":"none","tools":)") + tools + "}").c_str()));
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE(none.job->conversation.tools.empty());
+  auto named = parse_openai_chat(j((std::string(R"({"messages":[{"role":"user","content":"x"}],"tool_choice":{"type":"function","function":{"name":"b"}},"tools":)") + tools + "}").c_str()));
+  ASSERT_TRUE(named.ok());
+  ASSERT_EQ(named.job->conversation.tools.size(), 1u);
+  EXPECT_EQ(named.job->conversation.tools[0].name, "b");
+  auto missing = parse_openai_chat(j((std::string(R"({"messages":[{"role":"user","content":"x"}],"tool_choice":{"type":"function","function":{"name":"zz"}},"tools":)") + tools + "}").c_str()));
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.error.param, "tool_choice");
+}
+
+TEST(OpenAiChat, WrongTypesNameTheJsonPath) {
+  struct Case { const char* body; const char* param; const char* words; };
+  const Case cases[] = {
+      {R"({"messages":[{"role":"user","content":"x"}],"max_tokens":"5"})", "max_tokens", "integer"},
+      {R"({"messages":[{"role":"user","content":"x"}],"max_tokens":0})", "max_tokens", "between 1"},
+      {R"({"messages":[{"role":"user","content":"x"}],"temperature":"hot"})", "temperature", "number"},
+      {R"({"messages":[{"role":"user","content":"x"}],"stream":"yes"})", "stream", "true or false"},
+      {R"({"messages":[{"role":"user","content":"x"}],"stop":[1]})", "stop[0]", "string"},
+      {R"({"messages":[{"role":"user","content":"x"}],"stream_options":{"include_usage":1}})", "stream_options.include_usage", "true or false"},
+      {R"({"messages":[{"role":"user","content":"x"},{"role":"robot","content":"y"}]})", "messages[1].role", "unknown role"},
+      {R"({"messages":[{"role":"user","content":5}]})", "messages[0].content", "string"},
+      {R"({"messages":"hi"})", "messages", "array"},
+      {R"({"model":"m"})", "messages", "missing"},
+  };
+  for (const auto& c : cases) {
+    auto r = parse_openai_chat(j(c.body));
+    ASSERT_FALSE(r.ok()) << c.body;
+    EXPECT_EQ(r.error.status, 400);
+    EXPECT_EQ(r.error.param, c.param) << c.body << " → " << r.error.message;
+    EXPECT_NE(r.error.message.find(c.words), std::string::npos) << r.error.message;
+    EXPECT_NE(r.error.message.find(c.param), std::string::npos) << r.error.message;
+  }
+}
+
+TEST(Anthropic, BlocksBecomeTheNeutralConversation) {
+  auto r = parse_anthropic_messages(j(R"({"model":"c","max_tokens":10,"system":[{"type":"text","text":"S1"},{"type":"text","text":"S2","cache_control":{"type":"ephemeral"}}],
+    "thinking":{"type":"disabled"},"stop_sequences":["END"],
+    "tools":[{"name":"t","description":"d","input_schema":{"type":"object"}},{"type":"web_search_20250305","name":"web_search"}],
+    "messages":[{"role":"user","content":"q"},
+                {"role":"assistant","content":[{"type":"thinking","thinking":"hmm","signature":"s"},{"type":"text","text":"let me"},{"type":"tool_use","id":"toolu_1","name":"t","input":{"k":1}}]},
+                {"role":"user","content":[{"type":"tool_result","tool_use_id":"toolu_1","content":[{"type":"text","text":"R"}]},{"type":"text","text":"thanks"}]}]})"));
+  ASSERT_TRUE(r.ok()) << r.error.message;
+  const auto& c = r.job->conversation;
+  ASSERT_EQ(c.messages.size(), 5u);
+  EXPECT_EQ(c.messages[0].role, Role::kSystem);
+  EXPECT_EQ(c.messages[0].content, "S1\nS2");
+  EXPECT_EQ(c.messages[2].role, Role::kAssistant);
+  EXPECT_EQ(*c.messages[2].reasoning_content, "hmm");
+  ASSERT_EQ(c.messages[2].tool_calls.size(), 1u);
+  EXPECT_EQ(c.messages[2].tool_calls[0].name, "t");
+  EXPECT_EQ(c.messages[2].tool_calls[0].arguments["k"], 1);
+  EXPECT_EQ(c.messages[3].role, Role::kTool);
+  EXPECT_EQ(c.messages[3].tool_call_id, "toolu_1");
+  EXPECT_EQ(c.messages[3].content, "R");
+  EXPECT_EQ(c.messages[4].content, "thanks");
+  ASSERT_EQ(c.tools.size(), 1u);  // the server tool is not offered to the model
+  EXPECT_FALSE(c.options.enable_thinking);
+  EXPECT_EQ(r.job->stop, (std::vector<std::string>{"END"}));
+  EXPECT_EQ(*r.job->max_tokens, 10u);
+}
+
+TEST(Anthropic, Errors) {
+  auto no_max = parse_anthropic_messages(j(R"({"messages":[{"role":"user","content":"q"}]})"));
+  ASSERT_FALSE(no_max.ok());
+  EXPECT_EQ(no_max.error.param, "max_tokens");
+  EXPECT_TRUE(parse_anthropic_count_tokens(j(R"({"messages":[{"role":"user","content":"q"}]})")).ok());
+  auto image = parse_anthropic_messages(j(R"({"max_tokens":1,"messages":[{"role":"user","content":[{"type":"image","source":{}}]}]})"));
+  ASSERT_FALSE(image.ok());
+  EXPECT_EQ(image.error.param, "messages[0].content[0].type");
+  auto sys = parse_anthropic_messages(j(R"({"max_tokens":1,"system":5,"messages":[{"role":"user","content":"q"}]})"));
+  ASSERT_FALSE(sys.ok());
+  EXPECT_EQ(sys.error.param, "system");
+  auto tool = parse_anthropic_messages(j(R"({"max_tokens":1,"tools":[{"name":"t"}],"messages":[{"role":"user","content":"q"}]})"));
+  ASSERT_FALSE(tool.ok());
+  EXPECT_EQ(tool.error.param, "tools[0].input_schema");
+}
+
+TEST(Responses, InputItemsBecomeMessagesWithToolCalls) {
+  auto r = parse_responses(j(R"({"model":"codex","instructions":"I","max_output_tokens":9,"reasoning":{"effort":"low","summary":"auto"},
+    "tools":[{"type":"function","name":"exec","parameters":{"type":"object"}},{"type":"web_search"}],
+    "input":[{"type":"message","role":"developer","content":[{"type":"input_text","text":"D"}]},
+             {"role":"user","content":"U"},
+             {"type":"reasoning","summary":[{"type":"summary_text","text":"think"}]},
+             {"type":"function_call","call_id":"c1","name":"exec","arguments":"{\"cmd\":\"ls\"}"},
+             {"type":"function_call_output","call_id":"c1","output":"a.txt"}]})"));
+  ASSERT_TRUE(r.ok()) << r.error.message;
+  const auto& c = r.job->conversation;
+  ASSERT_EQ(c.messages.size(), 5u);
+  EXPECT_EQ(c.messages[0].content, "I");
+  EXPECT_EQ(c.messages[1].role, Role::kSystem);  // developer
+  EXPECT_EQ(c.messages[3].role, Role::kAssistant);
+  EXPECT_EQ(*c.messages[3].reasoning_content, "think");
+  ASSERT_EQ(c.messages[3].tool_calls.size(), 1u);
+  EXPECT_EQ(c.messages[3].tool_calls[0].arguments["cmd"], "ls");
+  EXPECT_EQ(c.messages[4].role, Role::kTool);
+  EXPECT_EQ(c.messages[4].content, "a.txt");
+  ASSERT_EQ(c.tools.size(), 1u);
+  EXPECT_EQ(*r.job->max_tokens, 9u);
+  EXPECT_TRUE(parse_responses(j(R"({"input":"hello"})")).ok());
+  auto bad = parse_responses(j(R"({"input":[{"type":"message","role":"user","content":[{"type":"input_image"}]}]})"));
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.error.param, "input[0].content[0].type");
+  EXPECT_EQ(parse_responses(j(R"({"model":"m"})")).error.param, "input");
+}
+
+}  // namespace

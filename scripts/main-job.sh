@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # trove's main job, started by `make run`. Finds the model to use — a real GGUF in the model
 # directory, else a synthetic demo model generated on first run (said loudly: its output is noise) —
-# and runs the most useful command that exists for it. Once `trove serve` exists, that is the server.
+# and serves it: `trove serve` on 127.0.0.1 (port $TROVE_PORT, default 8080). The server's banner and
+# /v1/models mark a synthetic model as such.
 set -euo pipefail
 trove=${1:-build/trove}
 home=${TROVE_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/trove}
@@ -32,4 +33,5 @@ MSG
   [ -f "$model" ] || "$trove" mkmodel --preset qwen3-0.6b --type Q8_0 --out "$model"
 fi
 
-exec "$trove" info "$model"
+"$trove" info "$model"
+exec "$trove" serve --model "$model" --port "${TROVE_PORT:-8080}"

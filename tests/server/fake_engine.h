@@ -1,6 +1,6 @@
 // A scripted stand-in for engine::Engine, for the scheduler and HTTP-layer unit tests.
 //
-// Contract: the real Qwen3 tokenizer (from node_modules), `max_sequences` slots, `max_batch_tokens`
+// Contract: the real Qwen3 tokenizer (from node_modules) and Qwen3 chat renderer, `max_sequences` slots, `max_batch_tokens`
 // per step. A sequence's replies come from `script`: the n-th token sampled after the prompt is
 // script[n] (EOS once the script is exhausted). Every step is recorded (which sequences, how many
 // tokens) so tests can check batching, chunking and when a cancelled sequence stopped appearing.
@@ -12,6 +12,7 @@
 #include <mutex>
 #include <thread>
 
+#include "engine/chat/render.h"
 #include "engine/runtime/engine.h"
 #include "tests/tokenizer/tokenizer_test_model.h"
 
@@ -36,9 +37,7 @@ class FakeEngine : public engine::Engine {
   const engine::ModelConfig& config() const override { return config_; }
   const gguf::ModelInfo& info() const override { return info_; }
   const tokenizer::Tokenizer& tokenizer() const override { return tokenizer::testing::qwen3(); }
-  Result<const chat::ChatRenderer*> renderer() const override {
-    return Status::Unsupported("the fake engine has no renderer");
-  }
+  Result<const chat::ChatRenderer*> renderer() const override { return renderer_.get(); }
   uint32_t n_ctx() const override { return n_ctx_; }
   uint32_t max_sequences() const override { return max_seq_; }
   uint32_t max_batch_tokens() const override { return max_batch_; }
@@ -120,6 +119,7 @@ class FakeEngine : public engine::Engine {
   };
   uint32_t max_seq_, max_batch_, n_ctx_;
   engine::ModelConfig config_;
+  std::unique_ptr<chat::ChatRenderer> renderer_ = chat::make_qwen3_renderer();
   gguf::ModelInfo info_;
   mutable std::mutex mu_;
   std::vector<Slot> slots_;

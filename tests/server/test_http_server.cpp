@@ -1,0 +1,172 @@
+// The HTTP front (server/http_server.h) over the scripted fake engine: raw sockets, so the test
+// controls exactly when the client reads and when it leaves. Covers what the SDK tests cannot time:
+// keepalive comments during a slow prefill, a departed client's sequence freed after a few steps,
+// auth, 413 and 404 shapes.
+#include "server/http_server.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "tests/server/fake_engine.h"
+
+namespace {
+
+using namespace std::chrono_literals;
+using trove::server::HttpServer;
+using trove::server::ServerOptions;
+using trove::server::testing::FakeEngine;
+
+class Served {
+ public:
+  Served(FakeEngine& e, ServerOptions o) : server_(e, [&] { o.port = 0; o.model_id = "fake"; return o; }()) {
+    auto p = server_.bind();
+    EXPECT_TRUE(p.ok());
+    port = *p;
+    thread_ = std::thread([this] { server_.run(); });
+  }
+  ~Served() {
+    server_.stop();
+    thread_.join();
+  }
+  int port = 0;
+
+ private:
+  HttpServer server_;
+  std::thread thread_;
+};
+
+int connect_to(int port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  return fd;
+}
+
+void send_request(int fd, const std::string& method, const std::string& path, const std::string& body,
+                  const std::string& extra_headers = "") {
+  std::string req = method + " " + path + " HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" +
+                    extra_headers + "Content-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body;
+  ASSERT_EQ(::send(fd, req.data(), req.size(), MSG_NOSIGNAL), static_cast<ssize_t>(req.size()));
+}
+
+// Reads until `until` appears (or the peer closes / 20 s pass); returns everything read.
+std::string read_until(int fd, const std::string& until) {
+  std::string got;
+  char buf[4096];
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (got.find(until) == std::string::npos && std::chrono::steady_clock::now() < deadline) {
+    timeval tv{0, 200000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n == 0) break;
+    if (n > 0) got.append(buf, static_cast<size_t>(n));
+  }
+  return got;
+}
+
+std::string request(int port, const std::string& method, const std::string& path, const std::string& body,
+                    const std::string& headers = "") {
+  int fd = connect_to(port);
+  send_request(fd, method, path, body, headers);
+  std::string r = read_until(fd, "\r\n\r\n{never}");
+  ::close(fd);
+  return r;
+}
+
+size_t count(const std::string& s, const std::string& what) {
+  size_t n = 0;
+  for (size_t p = s.find(what); p != std::string::npos; p = s.find(what, p + 1)) ++n;
+  return n;
+}
+
+TEST(HttpServer, KeepaliveCommentsWhileAPromptIsPrefilled) {
+  FakeEngine e(2, 64);
+  e.script = e.tokenizer().encode("done", false);
+  e.step_delay = 600ms;  // one slow prefill step
+  ServerOptions o;
+  o.keepalive_ms = 100;
+  Served s(e, o);
+  int fd = connect_to(s.port);
+  send_request(fd, "POST", "/v1/chat/completions",
+               R"({"stream":true,"max_tokens":1,"messages":[{"role":"user","content":"hi"}]})");
+  const std::string got = read_until(fd, "[DONE]");
+  ::close(fd);
+  const size_t first_content = got.find("\"content\":\"done\"");
+  ASSERT_NE(first_content, std::string::npos) << got;
+  const size_t keepalive = got.find(": keepalive");
+  ASSERT_NE(keepalive, std::string::npos) << got;
+  EXPECT_LT(keepalive, first_content);
+  EXPECT_GE(count(got, ": keepalive"), 2u);
+}
+
+TEST(HttpServer, ADepartedClientsSequenceIsFreed) {
+  FakeEngine e(1, 64);
+  e.script.assign(5000, e.tokenizer().encode(" tick", false)[0]);
+  e.step_delay = 10ms;
+  ServerOptions o;
+  o.keepalive_ms = 100;
+  Served s(e, o);
+  int fd = connect_to(s.port);
+  send_request(fd, "POST", "/v1/chat/completions",
+               R"({"stream":true,"max_tokens":5000,"messages":[{"role":"user","content":"hi"}]})");
+  const std::string got = read_until(fd, "tick\"}");
+  ASSERT_NE(got.find("tick"), std::string::npos);
+  ::close(fd);
+  const uint64_t at_close = e.step_count();
+  for (int i = 0; i < 200 && e.open_count() != 0; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(e.open_count(), 0u) << "the sequence is still open";
+  // The server notices on its next write or two (the first write after the peer closed may still
+  // succeed), then the scheduler drops the sequence before its next step.
+  EXPECT_LE(e.step_count() - at_close, 5u);
+  // The slot serves the next request.
+  e.script = e.tokenizer().encode("again", false);
+  const std::string r = request(s.port, "POST", "/v1/chat/completions",
+                                R"({"max_tokens":3,"messages":[{"role":"user","content":"hi"}]})");
+  EXPECT_NE(r.find("\"content\":\"again\""), std::string::npos) << r;
+  const std::string m = request(s.port, "GET", "/metrics", "");
+  EXPECT_NE(m.find("trove_requests_cancelled_total 1"), std::string::npos) << m;
+}
+
+TEST(HttpServer, AuthBodyLimitAndUnknownRoutes) {
+  FakeEngine e(1, 64);
+  ServerOptions o;
+  o.api_key = "k";
+  o.max_body_bytes = 1000;
+  Served s(e, o);
+  std::string r = request(s.port, "GET", "/v1/models", "");
+  EXPECT_NE(r.find("401"), std::string::npos);
+  EXPECT_NE(r.find("\"authentication_error\""), std::string::npos);
+  r = request(s.port, "POST", "/v1/messages", "{}", "x-api-key: wrong\r\n");
+  EXPECT_NE(r.find("\"type\":\"error\""), std::string::npos) << r;  // Anthropic's shape
+  r = request(s.port, "GET", "/v1/models", "", "Authorization: Bearer k\r\n");
+  EXPECT_NE(r.find("200 OK"), std::string::npos);
+  EXPECT_NE(r.find("\"id\":\"fake\""), std::string::npos);
+  r = request(s.port, "GET", "/health", "");
+  EXPECT_NE(r.find("200 OK"), std::string::npos);
+  r = request(s.port, "POST", "/v1/chat/completions", std::string(2000, ' '), "x-api-key: k\r\n");
+  EXPECT_NE(r.find("413"), std::string::npos);
+  EXPECT_NE(r.find("limit of 1000 bytes"), std::string::npos) << r;
+  r = request(s.port, "GET", "/v2/nothing", "", "x-api-key: k\r\n");
+  EXPECT_NE(r.find("404"), std::string::npos);
+  EXPECT_NE(r.find("no route GET /v2/nothing"), std::string::npos) << r;
+}
+
+TEST(HttpServer, ForceOutputNeedsTheServerFlag) {
+  FakeEngine e(1, 64);
+  Served s(e, ServerOptions{});
+  const std::string r = request(s.port, "POST", "/v1/chat/completions",
+                                R"({"trove_force_output":"x","messages":[{"role":"user","content":"hi"}]})");
+  EXPECT_NE(r.find("400"), std::string::npos);
+  EXPECT_NE(r.find("--test-force-output"), std::string::npos) << r;
+}
+
+}  // namespace

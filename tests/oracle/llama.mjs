@@ -15,6 +15,19 @@ export function llama() {
   return llamaPromise;
 }
 
+// The `k` largest [id, p] of a Map, sorted by p descending (one pass; the vocabulary is 152k ids).
+function topEntries(map, k) {
+  const best = [];
+  for (const e of map) {
+    if (best.length === k && e[1] <= best[k - 1][1]) continue;
+    let i = best.length < k ? best.length : k - 1;
+    while (i > 0 && best[i - 1][1] < e[1]) i--;
+    best.splice(i, 0, e);
+    if (best.length > k) best.pop();
+  }
+  return best;
+}
+
 export async function openModel(path, { contextSize = 512 } = {}) {
   const l = await llama();
   const model = await l.loadModel({ modelPath: path, gpuLayers: 0 });
@@ -49,7 +62,7 @@ export async function openModel(path, { contextSize = 512 } = {}) {
       const out = [];
       res.forEach((r, i) => {
         if (!r || !r.next || !r.next.probabilities) return;
-        const entries = Array.from(r.next.probabilities.entries()).sort((a, b) => b[1] - a[1]).slice(0, top);
+        const entries = topEntries(r.next.probabilities, top);
         out.push({ position: i, top: entries });
       });
       await seq.clearHistory();

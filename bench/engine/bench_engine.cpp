@@ -1,0 +1,193 @@
+// Engine benchmark: prefill and decode speed of a model on the GPU, in llama-bench's terms, printed
+// beside llama.cpp's numbers and the decode bandwidth limit from ../shared/docs/TARGETS.md (H100).
+//
+//   build/bench/engine/bench_engine --model M.gguf [--model M2.gguf ...] [--depth 16384] [--reps 3]
+//
+//   pp512     one step of 512 prompt tokens on an empty sequence (best of --reps)
+//   pp4096    4096 prompt tokens in steps of 512 (chunked prefill), tokens / total time
+//   tg128     128 greedy decode steps after a 16-token prompt, one token per step
+//   tg64@16k  64 decode steps after --depth prompt tokens (attention over a long KV)
+// Tokens are random ids (speed does not depend on them). bench/engine/run.sh writes the synthetic
+// Qwen3-8B and Qwen3-30B-A3B Q4_K_M models and runs this; docs/performance.md records the table.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include "engine/runtime/engine.h"
+
+using namespace trove;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+struct Row {
+  std::string model;
+  double pp512 = 0, pp4096 = 0, tg128 = 0, tg16k = 0, pp16k = 0;
+};
+
+// llama.cpp on the same H100 and the same synthetic files (TARGETS.md, 2026-11-22), and the decode
+// bandwidth limit there (active weight bytes per token at ~3.0 TB/s).
+struct Peer {
+  const char* preset;
+  double cuda[4], vulkan[4];  // pp512, pp4096, tg128, tg64@16k (0: not measured)
+  double limit_tg;
+};
+const Peer kPeers[] = {
+    {"qwen3-8b", {8907, 9956, 252, 0}, {10341, 10158, 206, 0}, 615},
+    {"qwen3-30b-a3b", {10147, 10725, 288, 196}, {11338, 10684, 219, 165}, 1600},
+};
+
+double secs(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+std::vector<int32_t> random_tokens(size_t n, std::mt19937& rng) {
+  std::uniform_int_distribution<int32_t> d(0, 150000);
+  std::vector<int32_t> v(n);
+  for (auto& t : v) t = d(rng);
+  return v;
+}
+
+// Prefills `tokens` into seq in steps of at most `chunk`; returns seconds. The last step samples.
+Result<double> prefill(engine::Engine& e, engine::SeqId seq, const std::vector<int32_t>& tokens, uint32_t chunk,
+                       int32_t* next) {
+  const auto t0 = Clock::now();
+  for (size_t i = 0; i < tokens.size(); i += chunk) {
+    const size_t n = std::min<size_t>(chunk, tokens.size() - i);
+    engine::StepInput in;
+    in.seq = seq;
+    in.tokens = std::span<const int32_t>(tokens.data() + i, n);
+    in.sample = i + n == tokens.size();
+    auto out = e.step(std::span<const engine::StepInput>(&in, 1));
+    if (!out.ok()) return out.status();
+    if (in.sample && next) *next = (*out)[0].token;
+  }
+  return secs(t0);
+}
+
+Result<double> decode(engine::Engine& e, engine::SeqId seq, int32_t first, uint32_t n) {
+  int32_t tok = first;
+  const auto t0 = Clock::now();
+  for (uint32_t i = 0; i < n; ++i) {
+    engine::StepInput in;
+    in.seq = seq;
+    in.tokens = std::span<const int32_t>(&tok, 1);
+    auto out = e.step(std::span<const engine::StepInput>(&in, 1));
+    if (!out.ok()) return out.status();
+    tok = (*out)[0].token;
+  }
+  return secs(t0);
+}
+
+Result<Row> bench(const std::string& path, uint32_t depth, int reps) {
+  engine::EngineOptions o;
+  o.model_path = path;
+  o.n_ctx = std::max<uint32_t>(4096, depth + 128);
+  o.max_sequences = 1;
+  o.max_batch_tokens = 512;
+  o.progress = true;
+  auto loaded = engine::Engine::load(o);
+  if (!loaded.ok()) return loaded.status();
+  engine::Engine& e = **loaded;
+  Row row;
+  row.model = e.config().name;
+  std::mt19937 rng(7);
+  auto fresh = [&]() -> Result<engine::SeqId> { return e.open_sequence(); };
+  int32_t next = 0;
+  {  // warm-up: pipelines, first-touch allocations
+    auto s = fresh();
+    if (!s.ok()) return s.status();
+    auto t = prefill(e, *s, random_tokens(512, rng), 512, &next);
+    if (!t.ok()) return t.status();
+    e.close_sequence(*s);
+  }
+  double best = 1e30;
+  for (int r = 0; r < reps; ++r) {
+    auto s = fresh();
+    auto t = prefill(e, *s, random_tokens(512, rng), 512, &next);
+    if (!t.ok()) return t.status();
+    best = std::min(best, *t);
+    e.close_sequence(*s);
+  }
+  row.pp512 = 512 / best;
+  std::fprintf(stderr, "%s: pp512 %.0f tok/s\n", row.model.c_str(), row.pp512);
+  {
+    auto s = fresh();
+    auto t = prefill(e, *s, random_tokens(4096, rng), 512, &next);
+    if (!t.ok()) return t.status();
+    row.pp4096 = 4096 / *t;
+    e.close_sequence(*s);
+    std::fprintf(stderr, "%s: pp4096 %.0f tok/s\n", row.model.c_str(), row.pp4096);
+  }
+  {
+    auto s = fresh();
+    auto p = prefill(e, *s, random_tokens(16, rng), 512, &next);
+    if (!p.ok()) return p.status();
+    auto t = decode(e, *s, next, 128);
+    if (!t.ok()) return t.status();
+    row.tg128 = 128 / *t;
+    e.close_sequence(*s);
+    std::fprintf(stderr, "%s: tg128 %.1f tok/s\n", row.model.c_str(), row.tg128);
+  }
+  if (depth > 0) {
+    auto s = fresh();
+    auto p = prefill(e, *s, random_tokens(depth, rng), 512, &next);
+    if (!p.ok()) return p.status();
+    row.pp16k = depth / *p;
+    auto t = decode(e, *s, next, 64);
+    if (!t.ok()) return t.status();
+    row.tg16k = 64 / *t;
+    e.close_sequence(*s);
+    std::fprintf(stderr, "%s: prefill to %u %.0f tok/s, tg64 there %.1f tok/s\n", row.model.c_str(), depth, row.pp16k,
+                 row.tg16k);
+  }
+  return row;
+}
+
+std::string num(double v) { return v > 0 ? fmt::format("{:.0f}", v) : "—"; }
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"trove engine benchmark (prefill and decode tok/s beside llama.cpp and the bandwidth limit)"};
+  std::vector<std::string> models;
+  uint32_t depth = 16384;
+  int reps = 3;
+  app.add_option("--model", models, "GGUF model(s) to measure")->required();
+  app.add_option("--depth", depth, "Prompt depth for the long-context decode (0: skip)");
+  app.add_option("--reps", reps, "Repetitions of pp512 (best kept)");
+  CLI11_PARSE(app, argc, argv);
+
+  std::vector<Row> rows;
+  std::string device;
+  for (const auto& m : models) {
+    auto r = bench(m, depth, reps);
+    if (!r.ok()) {
+      std::fprintf(stderr, "bench_engine: %s: %s\n", m.c_str(), r.status().ToString().c_str());
+      return 1;
+    }
+    rows.push_back(*r);
+  }
+  std::printf("| model | engine | pp512 | pp4096 | tg128 | tg64 @ %u | decode limit (bandwidth) |\n", depth);
+  std::printf("|---|---|---|---|---|---|---|\n");
+  for (const auto& r : rows) {
+    std::printf("| %s | trove (Vulkan) | %s | %s | %.1f | %.1f | |\n", r.model.c_str(), num(r.pp512).c_str(),
+                num(r.pp4096).c_str(), r.tg128, r.tg16k);
+    for (const auto& p : kPeers) {
+      if (r.model.find(p.preset) == std::string::npos) continue;
+      std::printf("| %s | llama.cpp CUDA (TARGETS.md) | %s | %s | %s | %s | %s |\n", p.preset, num(p.cuda[0]).c_str(),
+                  num(p.cuda[1]).c_str(), num(p.cuda[2]).c_str(), num(p.cuda[3]).c_str(), num(p.limit_tg).c_str());
+      std::printf("| %s | llama.cpp Vulkan (TARGETS.md) | %s | %s | %s | %s | |\n", p.preset,
+                  num(p.vulkan[0]).c_str(), num(p.vulkan[1]).c_str(), num(p.vulkan[2]).c_str(),
+                  num(p.vulkan[3]).c_str());
+    }
+  }
+  for (const auto& r : rows) {
+    if (r.pp16k > 0) std::printf("\n%s: prefill to depth %u ran at %.0f tok/s\n", r.model.c_str(), depth, r.pp16k);
+  }
+  return 0;
+}

@@ -173,6 +173,17 @@ struct HttpServer::Impl {
                               prompt.size(), engine.n_ctx());
       return fail(e);
     }
+    if (const auto pool = scheduler->stats().pool; pool.block_tokens > 0) {
+      const uint64_t pool_tokens = uint64_t{pool.total_blocks} * pool.block_tokens;
+      if (prompt.size() + 1 > pool_tokens) {
+        ApiError e;
+        e.param = anthropic ? "messages" : (d == Dialect::kResponses ? "input" : "messages");
+        e.message = fmt::format("the prompt has {} tokens but the GPU KV pool holds {} tokens; shorten the "
+                                "conversation or run trove serve on a device with more memory",
+                                prompt.size(), pool_tokens);
+        return fail(e);
+      }
+    }
     if (opt.log_prompts) log::info("serve", "prompt ({} tokens):\n{}", prompt.size(), *rendered);
 
     GenerationRequest g;

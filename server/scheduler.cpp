@@ -61,6 +61,7 @@ struct Scheduler::Active {
 
 Scheduler::Scheduler(engine::Engine& engine, SchedulerObserver observer)
     : engine_(engine), observer_(std::move(observer)) {
+  stats_.pool = engine_.pool_stats();  // before the thread starts: safe on this thread
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -106,8 +107,37 @@ void Scheduler::admit(std::vector<std::unique_ptr<Active>>& active) {
       ++it;
     }
   }
+  // KV blocks the admitted prompts will still claim while they prefill: a new prompt is admitted only
+  // when the pool can hold it on top of those, so concurrent long prompts queue instead of failing a
+  // step with "pool full" halfway through their prefill.
+  const engine::PoolStats pool = engine_.pool_stats();
+  const uint32_t bt = pool.block_tokens;
+  auto blocks_for = [bt](size_t tokens) -> uint64_t { return bt ? (tokens + bt - 1) / bt : 0; };
+  uint64_t outstanding = 0;
+  for (const auto& a : active) {
+    if (!a->decoding) outstanding += blocks_for(a->request.prompt.size() + 1) - blocks_for(a->prefilled);
+  }
   while (!queue_.empty() && active.size() < engine_.max_sequences()) {
     Queued& q = queue_.front();
+    if (bt) {
+      const uint64_t need = blocks_for(q.request.prompt.size() + 1);
+      const uint64_t free_blocks = pool.total_blocks - std::min(pool.used_blocks, pool.total_blocks);
+      if (need > pool.total_blocks) {
+        Active rejected;
+        rejected.request = std::move(q.request);
+        rejected.stream = q.stream;
+        rejected.submitted = q.submitted;
+        rejected.result.prompt_tokens = static_cast<uint32_t>(rejected.request.prompt.size());
+        queue_.pop_front();
+        finish(rejected, FinishReason::kError,
+               fmt::format("the prompt has {} tokens but the KV pool holds {} tokens", rejected.result.prompt_tokens,
+                           uint64_t{pool.total_blocks} * bt));
+        ++stats_.completed;
+        continue;
+      }
+      if (need + outstanding > free_blocks) break;  // wait for running sequences to free blocks
+      outstanding += need;
+    }
     auto a = std::make_unique<Active>();
     a->request = std::move(q.request);
     a->stream = q.stream;

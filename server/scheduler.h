@@ -5,7 +5,11 @@
 //    threads only call submit(), stats() and GenerationStream methods; the engine's const accessors
 //    (tokenizer, renderer, config) stay usable from any thread.
 //  - submit() queues a request and returns its GenerationStream at once. Requests are admitted in
-//    arrival order while a sequence slot is free (engine.max_sequences()); the rest wait in the queue.
+//    arrival order while a sequence slot is free (engine.max_sequences()) and the KV pool has room for
+//    the prompt beside what admitted prompts still have to prefill; the rest wait in the queue. A
+//    prompt larger than the whole pool ends with kError naming both sizes.
+//  - If a step fails anyway (the pool filled up while sequences decoded), every request of that batch
+//    ends with kError and its sequence is closed; the others go on.
 //  - Each loop iteration builds ONE Engine::step() batch: one decode token for every decoding sequence,
 //    then prefill chunks of admitted prompts (oldest first) with whatever is left of
 //    engine.max_batch_tokens(). Long prompts are therefore prefilled in chunks between other

@@ -1,4 +1,4 @@
-// A scripted stand-in for engine::Engine, for the scheduler and HTTP-layer unit tests.
+// A scripted stand-in for engine::Engine (with a paged KV pool of `total_blocks` blocks), for the scheduler and HTTP-layer unit tests.
 //
 // Contract: the real Qwen3 tokenizer (from node_modules) and Qwen3 chat renderer, `max_sequences` slots, `max_batch_tokens`
 // per step. A sequence's replies come from `script`: the n-th token sampled after the prompt is
@@ -33,6 +33,8 @@ class FakeEngine : public engine::Engine {
 
   std::vector<int32_t> script;
   std::chrono::milliseconds step_delay{0};
+  static constexpr uint32_t kBlockTokens = 16;
+  uint32_t total_blocks = 1u << 20;  // KV pool size in blocks of kBlockTokens
 
   const engine::ModelConfig& config() const override { return config_; }
   const gguf::ModelInfo& info() const override { return info_; }
@@ -71,22 +73,29 @@ class FakeEngine : public engine::Engine {
     if (step_delay.count() > 0) std::this_thread::sleep_for(step_delay);
     std::lock_guard<std::mutex> lock(mu_);
     size_t total = 0;
+    uint64_t blocks = used_blocks_locked();
+    for (const auto& in : inputs) {
+      if (in.seq >= slots_.size() || !slots_[in.seq].open) return Status::InvalidArgument("unknown sequence");
+      const size_t len = slots_[in.seq].tokens.size();
+      if (len + in.tokens.size() > n_ctx_) return Status::InvalidArgument("past the context");
+      blocks += blocks_for(len + in.tokens.size()) - blocks_for(len);
+      total += in.tokens.size();
+    }
+    if (total > max_batch_) return Status::InvalidArgument("batch larger than max_batch_tokens");
+    // Like the real engine: a failed step leaves every sequence as it was.
+    if (blocks > total_blocks) return Status::ResourceExhausted("the KV pool is full");
     StepRecord rec;
     std::vector<engine::StepOutput> out(inputs.size());
     for (size_t i = 0; i < inputs.size(); ++i) {
       const auto& in = inputs[i];
-      if (in.seq >= slots_.size() || !slots_[in.seq].open) return Status::InvalidArgument("unknown sequence");
-      total += in.tokens.size();
       rec.inputs.emplace_back(in.seq, in.tokens.size());
       Slot& s = slots_[in.seq];
       s.tokens.insert(s.tokens.end(), in.tokens.begin(), in.tokens.end());
-      if (s.tokens.size() > n_ctx_) return Status::InvalidArgument("past the context");
       if (in.sample) {
         out[i].token = s.sampled < script.size() ? script[s.sampled] : config_.eos_ids[0];
         ++s.sampled;
       }
     }
-    if (total > max_batch_) return Status::InvalidArgument("batch larger than max_batch_tokens");
     steps_.push_back(std::move(rec));
     step_count_.fetch_add(1);
     return out;
@@ -94,8 +103,9 @@ class FakeEngine : public engine::Engine {
   engine::PoolStats pool_stats() const override {
     std::lock_guard<std::mutex> lock(mu_);
     engine::PoolStats p;
-    p.total_blocks = max_seq_;
-    for (const auto& s : slots_) p.used_blocks += s.open ? 1 : 0;
+    p.total_blocks = total_blocks;
+    p.used_blocks = static_cast<uint32_t>(used_blocks_locked());
+    p.block_tokens = kBlockTokens;
     return p;
   }
 
@@ -112,6 +122,12 @@ class FakeEngine : public engine::Engine {
   }
 
  private:
+  static uint64_t blocks_for(size_t tokens) { return (tokens + kBlockTokens - 1) / kBlockTokens; }
+  uint64_t used_blocks_locked() const {
+    uint64_t n = 0;
+    for (const auto& s : slots_) n += s.open ? blocks_for(s.tokens.size()) : 0;
+    return n;
+  }
   struct Slot {
     bool open = false;
     std::vector<int32_t> tokens;

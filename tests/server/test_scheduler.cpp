@@ -211,4 +211,30 @@ TEST(Scheduler, GenerationStopsAtTheContextEnd) {
   EXPECT_LE(p + c.result.generated_tokens, 12u);
 }
 
+TEST(Scheduler, PromptsWaitForKvPoolRoomInsteadOfFailingTheStep) {
+  FakeEngine e(4, 16);
+  e.total_blocks = 5;  // 80 tokens: one ~40-token prompt fits with room to decode, two do not
+  e.script = encode(e, "ok then");
+  e.step_delay = 1ms;
+  Scheduler s(e);
+  std::string text;
+  for (int i = 0; i < 17; ++i) text += " word" + std::to_string(i);  // 33..46 tokens: 3 blocks
+  auto r1 = request(e, text), r2 = request(e, text + " again");
+  ASSERT_GE(r1.prompt.size(), 33u);
+  ASSERT_LE(r2.prompt.size(), 46u);
+  auto s1 = s.submit(std::move(r1));
+  auto s2 = s.submit(std::move(r2));
+  auto c1 = collect(*s1), c2 = collect(*s2);
+  EXPECT_EQ(c1.result.finish, FinishReason::kStop) << c1.result.error;
+  EXPECT_EQ(c2.result.finish, FinishReason::kStop) << c2.result.error;
+  EXPECT_EQ(c2.text, "ok then");
+  for (const auto& st : e.steps()) EXPECT_EQ(st.inputs.size(), 1u);  // the second waited for the first
+  // A prompt bigger than the whole pool is refused with both sizes.
+  std::string huge;
+  for (int i = 0; i < 60; ++i) huge += " word" + std::to_string(i);
+  auto c3 = collect(*s.submit(request(e, huge)));
+  EXPECT_EQ(c3.result.finish, FinishReason::kError);
+  EXPECT_NE(c3.result.error.find("KV pool holds 80 tokens"), std::string::npos) << c3.result.error;
+}
+
 }  // namespace

@@ -172,7 +172,7 @@ class AnthropicWriter : public DialectWriter {
 
   std::string finish(const GenerationResult& r, const chat::ParsedMessage& m) override {
     std::string out = close();
-    Json d = {{"type", "message_delta"}, {"delta", {{"stop_reason", stop_reason(r, m)}, {"stop_sequence", nullptr}}},
+    Json d = {{"type", "message_delta"}, {"delta", {{"stop_reason", stop_reason(r, m)}, {"stop_sequence", stop_sequence(r)}}},
               {"usage", usage_json(r.prompt_tokens, r.cached_tokens, r.generated_tokens)}};
     out += ev("message_delta", d);
     out += ev("message_stop", {{"type", "message_stop"}});
@@ -193,6 +193,7 @@ class AnthropicWriter : public DialectWriter {
     }
     msg["content"] = content;
     msg["stop_reason"] = stop_reason(r, m);
+    msg["stop_sequence"] = stop_sequence(r);
     msg["usage"] = usage_json(r.prompt_tokens, r.cached_tokens, r.generated_tokens);
     return msg;
   }
@@ -205,7 +206,11 @@ class AnthropicWriter : public DialectWriter {
   }
   static const char* stop_reason(const GenerationResult& r, const chat::ParsedMessage& m) {
     if (!m.tool_calls.empty()) return "tool_use";
+    if (!r.stop_sequence.empty()) return "stop_sequence";
     return r.finish == FinishReason::kLength ? "max_tokens" : "end_turn";
+  }
+  static Json stop_sequence(const GenerationResult& r) {
+    return r.stop_sequence.empty() ? Json(nullptr) : Json(r.stop_sequence);
   }
   Json message_shell() const {
     return {{"id", ctx_.id}, {"type", "message"}, {"role", "assistant"}, {"model", ctx_.model},

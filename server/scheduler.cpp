@@ -206,7 +206,10 @@ void Scheduler::on_token(Active& a, int32_t token) {
   if (!piece.ok()) return finish(a, FinishReason::kError, piece.status().message());
   auto released = a.stops->feed(*piece);
   if (!released.text.empty()) a.stream->push({GenerationEvent::Kind::kText, std::move(released.text), {}});
-  if (released.stopped) return finish(a, FinishReason::kStop);
+  if (released.stopped) {
+    a.result.stop_sequence = a.stops->matched();
+    return finish(a, FinishReason::kStop);
+  }
   if (a.result.generated_tokens >= a.request.max_tokens) return finish(a, FinishReason::kLength);
   // The token just chosen still has to be fed; it needs one more position in the context.
   if (engine_.length(a.seq) + 1 >= engine_.n_ctx()) return finish(a, FinishReason::kLength);
@@ -279,7 +282,17 @@ void Scheduler::loop() {
     }
     if (inputs.empty()) continue;
     auto out = engine_.step(inputs);
-    if (!out.ok()) {
+    if (!out.ok() && out.status().code() == StatusCode::kResourceExhausted) {
+      // The pool filled up while sequences grew. The engine left every sequence as it was: end the
+      // youngest one (freeing its blocks) and let the others retry in the next step.
+      Active* youngest = owners.back();
+      for (Active* a : owners) {
+        if (a->submitted > youngest->submitted) youngest = a;
+      }
+      log::warn("scheduler", "KV pool full: ending the most recent request to let the others go on");
+      finish(*youngest, FinishReason::kError,
+             "the GPU KV pool is full (too many long sequences at once); retry the request, or run fewer at once");
+    } else if (!out.ok()) {
       // The engine left every sequence as it was; the requests in this batch cannot go on.
       log::error("scheduler", "step failed: {}", out.status().message());
       for (Active* a : owners) finish(*a, FinishReason::kError, "the engine failed: " + out.status().message());

@@ -8,8 +8,9 @@
 //    arrival order while a sequence slot is free (engine.max_sequences()) and the KV pool has room for
 //    the prompt beside what admitted prompts still have to prefill; the rest wait in the queue. A
 //    prompt larger than the whole pool ends with kError naming both sizes.
-//  - If a step fails anyway (the pool filled up while sequences decoded), every request of that batch
-//    ends with kError and its sequence is closed; the others go on.
+//  - If a step fails because the pool filled up while sequences decoded, the most recently admitted
+//    sequence of the batch ends with kError (its KV freed) and the others retry in the next step; any
+//    other step failure ends every request of that batch with kError.
 //  - Each loop iteration builds ONE Engine::step() batch: one decode token for every decoding sequence,
 //    then prefill chunks of admitted prompts (oldest first) with whatever is left of
 //    engine.max_batch_tokens(). Long prompts are therefore prefilled in chunks between other
@@ -62,6 +63,7 @@ struct GenerationResult {
   uint32_t cached_tokens = 0;
   uint32_t generated_tokens = 0;
   FinishReason finish = FinishReason::kStop;
+  std::string stop_sequence;   // the request's stop string that ended generation (empty otherwise)
   std::string error;           // for kError
   double queue_seconds = 0;    // submit → admitted
   double ttft_seconds = 0;     // submit → first generated token

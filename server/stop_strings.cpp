@@ -15,7 +15,13 @@ StopStringMatcher::Piece StopStringMatcher::feed(std::string_view text) {
   held_ += text;
   // The earliest complete match wins, whichever stop string it is.
   size_t first = std::string::npos;
-  for (const auto& s : stops_) first = std::min(first, held_.find(s));
+  for (const auto& s : stops_) {
+    const size_t at = held_.find(s);
+    if (at < first) {
+      first = at;
+      matched_ = s;
+    }
+  }
   if (first != std::string::npos) {
     out.text = held_.substr(0, first);
     out.stopped = stopped_ = true;

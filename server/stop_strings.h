@@ -25,11 +25,14 @@ class StopStringMatcher {
   Piece feed(std::string_view text);
   std::string finish();  // the held-back tail; empty after a stop
   bool stopped() const { return stopped_; }
+  // The stop string that ended generation (empty until one did).
+  const std::string& matched() const { return matched_; }
 
  private:
   std::vector<std::string> stops_;  // empty strings removed (they would match everywhere)
   std::string held_;
   bool stopped_ = false;
+  std::string matched_;
 };
 
 }  // namespace trove::server

@@ -241,6 +241,18 @@ describe("trove serve with the official SDKs (Qwen3)", { concurrency: true }, ()
     assert.deepEqual(JSON.parse(json), WEATHER_ARGS);
   });
 
+  it("stop strings end generation and are not returned (Anthropic stop_sequences, OpenAI stop)", async () => {
+    const a = await anthropic.messages.create({
+      model: "x", max_tokens: 20, messages: user("x"), stop_sequences: ["END"], trove_force_output: "abc END xyz",
+    });
+    assert.equal(a.content[0].text, "abc");  // the parser trims whitespace at the end of content
+    assert.equal(a.stop_reason, "stop_sequence");
+    assert.equal(a.stop_sequence, "END");
+    const o = await openai.chat.completions.create({ model: "x", messages: user("x"), stop: ["END"], trove_force_output: "abc END xyz" });
+    assert.equal(o.choices[0].message.content, "abc");
+    assert.equal(o.choices[0].finish_reason, "stop");
+  });
+
   it("Anthropic stream starts with message_start then ping on the wire", async () => {
     const r = await fetch(`${server.url}/v1/messages`, {
       method: "POST", headers: { "x-api-key": KEY, "content-type": "application/json" },

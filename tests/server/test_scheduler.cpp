@@ -89,6 +89,7 @@ TEST(Scheduler, StopStringIsNotEmittedAndEndsGeneration) {
   auto c = collect(*s.submit(std::move(r)));
   EXPECT_EQ(c.text, "alpha beta ");
   EXPECT_EQ(c.result.finish, FinishReason::kStop);
+  EXPECT_EQ(c.result.stop_sequence, "STOP");
   EXPECT_LT(c.result.generated_tokens, e.script.size());
 }
 
@@ -235,6 +236,24 @@ TEST(Scheduler, PromptsWaitForKvPoolRoomInsteadOfFailingTheStep) {
   auto c3 = collect(*s.submit(request(e, huge)));
   EXPECT_EQ(c3.result.finish, FinishReason::kError);
   EXPECT_NE(c3.result.error.find("KV pool holds 80 tokens"), std::string::npos) << c3.result.error;
+}
+
+TEST(Scheduler, PoolFullWhileDecodingEndsTheYoungestAndTheOthersGoOn) {
+  FakeEngine e(2, 64);
+  e.total_blocks = 4;  // 64 tokens for two sequences that both want to grow past 32
+  std::vector<int32_t> long_script;
+  for (int i = 0; i < 60; ++i) long_script.push_back(e.tokenizer().encode(" a", false)[0]);
+  e.script = long_script;
+  e.step_delay = 1ms;
+  Scheduler s(e);
+  auto s1 = s.submit(request(e, "first", 50));
+  std::this_thread::sleep_for(20ms);
+  auto s2 = s.submit(request(e, "second", 50));
+  auto c1 = collect(*s1), c2 = collect(*s2);
+  EXPECT_EQ(c1.result.finish, FinishReason::kLength) << c1.result.error;
+  EXPECT_EQ(c1.result.generated_tokens, 50u);
+  EXPECT_EQ(c2.result.finish, FinishReason::kError);
+  EXPECT_NE(c2.result.error.find("KV pool is full"), std::string::npos) << c2.result.error;
 }
 
 }  // namespace

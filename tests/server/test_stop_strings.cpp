@@ -74,3 +74,12 @@ TEST(StopStrings, CharByCharConcatenationEqualsInputWhenNoStop) {
   out += m.finish();
   EXPECT_EQ(out, in);
 }
+
+TEST(StopStrings, ReportsWhichStopStringMatched) {
+  StopStringMatcher m({"END", "</x>"});
+  EXPECT_EQ(m.matched(), "");
+  m.feed("abc </");
+  auto p = m.feed("x> END");
+  EXPECT_TRUE(p.stopped);
+  EXPECT_EQ(m.matched(), "</x>");
+}

@@ -239,7 +239,9 @@ struct HttpServer::Impl {
             ApiError e;
             e.status = 500;
             e.type = "api_error";
-            e.message = "generation failed: " + (ev.result.error.empty() ? std::string("cancelled") : ev.result.error);
+            e.message = ev.result.finish == FinishReason::kCancelled
+                              ? std::string("the request was cancelled: the server is stopping")
+                              : "generation failed: " + ev.result.error;
             send_error(res, anthropic, e);
             record(ev.result, 500);
             return;
@@ -251,16 +253,22 @@ struct HttpServer::Impl {
       }
     }
 
+    // A client that left mid-stream is counted under status 499 ("client closed request").
+    auto record_gone = [this, endpoint] {
+      metrics.count_request(endpoint, 499);
+      log::info("serve", "{}: the client left mid-stream; request cancelled", endpoint);
+    };
     res.set_header("Cache-Control", "no-cache");
     const int keepalive_ms = opt.keepalive_ms;
     const bool log_prompts = opt.log_prompts;
     res.set_chunked_content_provider(
         "text/event-stream",
-        [stream, writer, parser, keepalive_ms, log_prompts, record](size_t, httplib::DataSink& sink) {
+        [stream, writer, parser, keepalive_ms, log_prompts, record, record_gone](size_t, httplib::DataSink& sink) {
           auto write = [&](const std::string& s) {
             if (s.empty()) return true;
             if (!sink.write(s.data(), s.size())) {
               stream->cancel();  // the client left: free its sequence
+              record_gone();
               return false;
             }
             return true;
@@ -287,7 +295,9 @@ struct HttpServer::Impl {
                 ApiError e;
                 e.status = 500;
                 e.type = "api_error";
-                e.message = "generation failed: " + (ev.result.error.empty() ? std::string("cancelled") : ev.result.error);
+                e.message = ev.result.finish == FinishReason::kCancelled
+                              ? std::string("the request was cancelled: the server is stopping")
+                              : "generation failed: " + ev.result.error;
                 tail += writer->error_event(e);
                 record(ev.result, 500);
               } else {
@@ -332,6 +342,8 @@ Result<int> HttpServer::bind() {
 void HttpServer::run() { impl_->http.listen_after_bind(); }
 
 void HttpServer::stop() {
+  // Running requests would keep their connections (and run()) alive until they finish: end them.
+  impl_->scheduler->cancel_all();
   if (impl_->http.is_running()) impl_->http.stop();
 }
 

@@ -86,6 +86,15 @@ std::shared_ptr<GenerationStream> Scheduler::submit(GenerationRequest request) {
   return stream;
 }
 
+void Scheduler::cancel_all() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& q : queue_) q.stream->cancelled_.store(true);
+    cancel_all_.store(true);
+  }
+  cv_.notify_all();
+}
+
 SchedulerStats Scheduler::stats() const {
   std::lock_guard<std::mutex> lock(mu_);
   return stats_;
@@ -230,6 +239,9 @@ void Scheduler::loop() {
       stats_.queued = static_cast<uint32_t>(queue_.size());
     }
     // Cancelled requests leave before the next step: their KV blocks go back to the pool now.
+    if (cancel_all_.exchange(false)) {
+      for (auto& a : active) a->stream->cancelled_.store(true);
+    }
     for (auto& a : active) {
       if (!a->done && a->stream->cancelled()) {
         finish(*a, FinishReason::kCancelled);

@@ -123,6 +123,8 @@ class Scheduler {
   Scheduler& operator=(const Scheduler&) = delete;
 
   std::shared_ptr<GenerationStream> submit(GenerationRequest request);
+  // Cancels every queued and running request (server shutdown); they end with kCancelled.
+  void cancel_all();
   SchedulerStats stats() const;
   const engine::Engine& engine() const { return engine_; }
 
@@ -144,6 +146,7 @@ class Scheduler {
   std::condition_variable cv_;
   std::deque<Queued> queue_;
   bool stopping_ = false;
+  std::atomic<bool> cancel_all_{false};
   SchedulerStats stats_;
   std::thread thread_;
 };

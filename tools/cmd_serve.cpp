@@ -1,6 +1,8 @@
 // `trove serve`: load a model and serve the OpenAI, Anthropic and Responses APIs on loopback.
 //   trove serve --model MODEL [--ctx N] [--parallel N] [--host H] [--port P] [--api-key KEY]
 // Prints "trove: listening on http://HOST:PORT" on stdout once it accepts connections (tests read it).
+#include <pthread.h>
+
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -36,19 +38,19 @@ struct ServeArgs {
   uint32_t max_batch_tokens = 512;
 };
 
-server::HttpServer* g_server = nullptr;
-
-void on_signal(int) {
-  // stop() only flips httplib's flag and shuts the listening socket: safe enough from a handler,
-  // and the main thread then unwinds normally.
-  if (g_server) g_server->stop();
-}
-
 bool is_loopback(const std::string& host) {
   return host == "127.0.0.1" || host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
 }
 
 void serve(ServeArgs a) {
+  // SIGINT/SIGTERM are blocked in every thread (threads inherit the mask, so this comes before the
+  // engine's driver threads exist) and taken by one waiter thread that stops the server from ordinary
+  // code: stop() takes locks, which a signal handler must not.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   std::string model = a.model.empty() ? cli::default_model_path() : a.model;
   if (model.empty()) cli::fail(cli::no_model_message());
   if (a.api_key.empty()) {
@@ -83,9 +85,12 @@ void serve(ServeArgs a) {
   server::HttpServer srv(e, so);
   auto port = srv.bind();
   if (!port.ok()) cli::fail(port.status().message());
-  g_server = &srv;
-  std::signal(SIGINT, on_signal);
-  std::signal(SIGTERM, on_signal);
+  std::thread([&srv, stop_signals] {
+    int sig = 0;
+    sigwait(&stop_signals, &sig);
+    std::fprintf(stderr, "trove serve: stopping (signal %d)\n", sig);
+    srv.stop();
+  }).detach();  // at exit it is either done or still waiting for a signal that will not come
   if (e.config().synthetic) {
     std::fprintf(stderr, "*** SYNTHETIC MODEL: random weights — its output is noise (/v1/models marks it synthetic) ***\n");
   }
@@ -99,7 +104,6 @@ void serve(ServeArgs a) {
   std::printf("trove: listening on http://%s:%d\n", a.host.c_str(), *port);
   std::fflush(stdout);
   srv.run();
-  g_server = nullptr;
 }
 
 void add_serve(CLI::App& sub) {

@@ -158,7 +158,21 @@ struct HttpServer::Impl {
       e.message = rendered.status().message();
       return fail(e);
     }
-    std::vector<int32_t> prompt = engine.tokenizer().encode(*rendered, /*parse_special=*/true);
+    const bool coder = (*renderer)->name() == "qwen3-coder";
+    // The reply starts inside reasoning only when the generation prompt itself opened <think>.
+    const bool starts_in_reasoning = rendered->size() >= 8 && rendered->compare(rendered->size() - 8, 8, "<think>\n") == 0;
+    // tool_choice required / named: the prompt ends with the opening of a tool call (closing an opened
+    // think block first), so the model can only continue it; the output parser is fed the same text.
+    std::string reply_prefix;
+    if (job.require_tool_call && !job.conversation.tools.empty()) {
+      if (starts_in_reasoning) reply_prefix += "\n</think>\n\n";
+      reply_prefix += "<tool_call>\n";
+      if (!job.required_tool.empty()) {
+        reply_prefix += coder ? "<function=" + job.required_tool + ">\n"
+                              : "{\"name\": " + Json(job.required_tool).dump() + ", \"arguments\": ";
+      }
+    }
+    std::vector<int32_t> prompt = engine.tokenizer().encode(*rendered + reply_prefix, /*parse_special=*/true);
     if (d == Dialect::kAnthropicCount) {
       res.set_content(Json({{"input_tokens", prompt.size()}}).dump(), "application/json");
       metrics.count_request(endpoint, 200);
@@ -197,10 +211,8 @@ struct HttpServer::Impl {
       g.forced_tokens = engine.tokenizer().encode(*job.force_output, /*parse_special=*/true);
     }
     chat::OutputParserOptions po;
-    po.format = (*renderer)->name() == "qwen3-coder" ? chat::OutputFormat::kQwen3Coder : chat::OutputFormat::kQwen3;
-    // The reply starts inside reasoning only when the generation prompt itself opened <think>.
-    const std::string& text = *rendered;
-    po.starts_in_reasoning = text.size() >= 8 && text.compare(text.size() - 8, 8, "<think>\n") == 0;
+    po.format = coder ? chat::OutputFormat::kQwen3Coder : chat::OutputFormat::kQwen3;
+    po.starts_in_reasoning = starts_in_reasoning;
     po.tools = tools_for_parser(job.conversation);
 
     ResponseContext ctx;
@@ -212,6 +224,7 @@ struct HttpServer::Impl {
                                             : d == Dialect::kAnthropic ? make_anthropic_writer(ctx)
                                                                        : make_responses_writer(ctx);
     auto parser = std::make_shared<chat::OutputParser>(po);
+    auto prefix_events = std::make_shared<std::vector<chat::OutputEvent>>(parser->feed(reply_prefix));
     auto stream = scheduler->submit(std::move(g));
 
     auto record = [this, endpoint](const GenerationResult& r, int status) {
@@ -263,7 +276,8 @@ struct HttpServer::Impl {
     const bool log_prompts = opt.log_prompts;
     res.set_chunked_content_provider(
         "text/event-stream",
-        [stream, writer, parser, keepalive_ms, log_prompts, record, record_gone](size_t, httplib::DataSink& sink) {
+        [stream, writer, parser, prefix_events, keepalive_ms, log_prompts, record, record_gone](
+            size_t, httplib::DataSink& sink) {
           auto write = [&](const std::string& s) {
             if (s.empty()) return true;
             if (!sink.write(s.data(), s.size())) {
@@ -273,7 +287,7 @@ struct HttpServer::Impl {
             }
             return true;
           };
-          if (!write(writer->start())) return false;
+          if (!write(writer->start() + writer->on_events(*prefix_events))) return false;
           std::string generated;
           while (true) {
             std::vector<GenerationEvent> evs;

@@ -155,12 +155,23 @@ void read_stop(Fields& f, const char* key, ChatJob& job) {
 }
 
 // tool_choice "none" removes the tools from the prompt; a named tool keeps only that one.
-std::optional<ApiError> apply_tool_choice(Json& conv, const std::string& name_or_mode) {
+// "required" / "any" and a named tool make the server start the reply inside a tool call.
+std::optional<ApiError> apply_tool_choice(Json& conv, const std::string& name_or_mode, ChatJob& job) {
   if (name_or_mode == "none") {
     conv.erase("tools");
     return std::nullopt;
   }
-  if (name_or_mode == "auto" || name_or_mode == "required" || name_or_mode == "any") return std::nullopt;
+  if (name_or_mode == "auto") return std::nullopt;
+  if (name_or_mode == "required" || name_or_mode == "any") {
+    if (!conv.contains("tools")) {
+      ApiError e;
+      e.param = "tool_choice";
+      e.message = fmt::format("tool_choice: \"{}\" needs at least one tool in tools", name_or_mode);
+      return e;
+    }
+    job.require_tool_call = true;
+    return std::nullopt;
+  }
   if (!conv.contains("tools")) {
     ApiError e;
     e.param = "tool_choice";
@@ -179,6 +190,8 @@ std::optional<ApiError> apply_tool_choice(Json& conv, const std::string& name_or
     return e;
   }
   conv["tools"] = kept;
+  job.require_tool_call = true;
+  job.required_tool = name_or_mode;
   return std::nullopt;
 }
 
@@ -254,7 +267,7 @@ ParsedRequest parse_openai_chat(const Json& body) {
       f.fail("tool_choice", "must be \"auto\", \"none\", \"required\" or {\"type\":\"function\",\"function\":{\"name\":...}}");
     }
     if (!err && !choice.empty()) {
-      if (auto e = apply_tool_choice(conv, choice)) err = e;
+      if (auto e = apply_tool_choice(conv, choice, job)) err = e;
     }
   }
   return finish_job(std::move(conv), std::move(job), f, err);
@@ -429,7 +442,7 @@ ParsedRequest parse_anthropic(const Json& body, bool count_only) {
     else if (type == "tool") choice = tf.str("name").value_or("");
     if (!err && choice.empty()) tf.fail("tool_choice.type", "must be auto, any, none, or tool with a name");
     if (!err) {
-      if (auto e = apply_tool_choice(conv, choice)) err = e;
+      if (auto e = apply_tool_choice(conv, choice, job)) err = e;
     }
   }
   return finish_job(std::move(conv), std::move(job), f, err);
@@ -593,7 +606,7 @@ ParsedRequest parse_responses(const Json& body) {
     else if (tc->is_object() && tc->contains("name") && (*tc)["name"].is_string()) choice = (*tc)["name"].get<std::string>();
     else f.fail("tool_choice", "must be \"auto\", \"none\", \"required\" or {\"type\":\"function\",\"name\":...}");
     if (!err && !choice.empty()) {
-      if (auto e = apply_tool_choice(conv, choice)) err = e;
+      if (auto e = apply_tool_choice(conv, choice, job)) err = e;
     }
   }
   return finish_job(std::move(conv), std::move(job), f, err);

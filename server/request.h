@@ -41,6 +41,9 @@ struct ChatJob {
   bool stream = false;
   bool include_usage = false;               // OpenAI stream_options.include_usage
   std::optional<std::string> force_output;  // test hook field `trove_force_output`
+  // tool_choice required / any / a named tool: the reply starts inside a tool call (of that tool).
+  bool require_tool_call = false;
+  std::string required_tool;
 };
 
 // Either a job or the error to send.

@@ -122,6 +122,17 @@ describe("trove serve, Qwen3-Coder XML tool calls in every dialect", { concurren
     assert.equal(completed.output_text ?? completed.output.find((o) => o.type === "message").content[0].text, "Checking.");
   });
 
+  it("Anthropic tool_choice naming a tool: the call is opened by the server, the model writes the parameters", async () => {
+    const r = await anthropic.messages.create({
+      model: "x", max_tokens: 200, messages: user("weather?"), tool_choice: { type: "tool", name: "get_weather" },
+      tools: [{ name: "get_weather", input_schema: WEATHER_SCHEMA }, { name: "other", input_schema: { type: "object" } }],
+      trove_force_output: "<parameter=city>\nParis\n</parameter>\n<parameter=days>\n2\n</parameter>\n</function>\n</tool_call>",
+    });
+    const tu = r.content.find((b) => b.type === "tool_use");
+    assert.equal(tu.name, "get_weather");
+    assert.deepEqual(tu.input, WEATHER_ARGS);
+  });
+
   it("Responses not streamed: function_call item in output", async () => {
     const r = await openai.responses.create({
       model: "x", input: [{ role: "user", content: "weather?" }], trove_force_output: CODER_CALL,

@@ -169,4 +169,35 @@ TEST(HttpServer, ForceOutputNeedsTheServerFlag) {
   EXPECT_NE(r.find("--test-force-output"), std::string::npos) << r;
 }
 
+// tool_choice required / named: the prompt ends inside a tool call, so the (forced) continuation only
+// parses as the intended call if the server fed the parser the same opening.
+TEST(HttpServer, ToolChoiceRequiredAndNamedStartTheReplyInsideACall) {
+  FakeEngine e(2, 64);
+  ServerOptions o;
+  o.test_force_output = true;
+  Served s(e, o);
+  const std::string tools =
+      R"("tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}},
+                  {"type":"function","function":{"name":"other","parameters":{"type":"object"}}}])";
+  std::string r = request(s.port, "POST", "/v1/chat/completions",
+                          R"({"messages":[{"role":"user","content":"hi"}],"tool_choice":"required",)" + tools +
+                              R"(,"trove_force_output":"{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>"})");
+  EXPECT_NE(r.find(R"("finish_reason":"tool_calls")"), std::string::npos) << r;
+  EXPECT_NE(r.find(R"("arguments":"{\"city\": \"Paris\"}")"), std::string::npos) << r;
+  r = request(s.port, "POST", "/v1/chat/completions",
+              R"({"messages":[{"role":"user","content":"hi"}],"tool_choice":{"type":"function","function":{"name":"get_weather"}},)" +
+                  tools + R"(,"trove_force_output":"{\"city\": \"Rome\"}}\n</tool_call>"})");
+  EXPECT_NE(r.find(R"("name":"get_weather")"), std::string::npos) << r;
+  EXPECT_NE(r.find(R"("arguments":"{\"city\": \"Rome\"}")"), std::string::npos) << r;
+  // Streamed, the named call's header goes out before anything is generated.
+  int fd = connect_to(s.port);
+  send_request(fd, "POST", "/v1/chat/completions",
+               R"({"stream":true,"messages":[{"role":"user","content":"hi"}],"tool_choice":{"type":"function","function":{"name":"get_weather"}},)" +
+                   tools + R"(,"trove_force_output":"{\"city\": \"Oslo\"}}\n</tool_call>"})");
+  const std::string got = read_until(fd, "[DONE]");
+  ::close(fd);
+  EXPECT_NE(got.find(R"("name":"get_weather","arguments":"")"), std::string::npos) << got;
+  EXPECT_NE(got.find(R"("finish_reason":"tool_calls")"), std::string::npos) << got;
+}
+
 }  // namespace

@@ -63,6 +63,24 @@ TEST(OpenAiChat, ToolChoiceNoneDropsToolsAndNamedKeepsOne) {
   EXPECT_EQ(missing.error.param, "tool_choice");
 }
 
+TEST(OpenAiChat, ToolChoiceRequiredNeedsToolsAndMarksTheJob) {
+  auto no_tools = parse_openai_chat(j(R"({"messages":[{"role":"user","content":"x"}],"tool_choice":"required"})"));
+  ASSERT_FALSE(no_tools.ok());
+  EXPECT_EQ(no_tools.error.param, "tool_choice");
+  auto req = parse_openai_chat(j(R"({"messages":[{"role":"user","content":"x"}],"tool_choice":"required",
+    "tools":[{"type":"function","function":{"name":"a","parameters":{"type":"object"}}}]})"));
+  ASSERT_TRUE(req.ok());
+  EXPECT_TRUE(req.job->require_tool_call);
+  EXPECT_EQ(req.job->required_tool, "");
+  auto named = parse_anthropic_messages(j(R"({"max_tokens":1,"messages":[{"role":"user","content":"x"}],"tool_choice":{"type":"tool","name":"a"},
+    "tools":[{"name":"a","input_schema":{"type":"object"}}]})"));
+  ASSERT_TRUE(named.ok());
+  EXPECT_EQ(named.job->required_tool, "a");
+  auto auto_choice = parse_responses(j(R"({"input":"x","tool_choice":"auto","tools":[{"type":"function","name":"a"}]})"));
+  ASSERT_TRUE(auto_choice.ok());
+  EXPECT_FALSE(auto_choice.job->require_tool_call);
+}
+
 TEST(OpenAiChat, WrongTypesNameTheJsonPath) {
   struct Case { const char* body; const char* param; const char* words; };
   const Case cases[] = {

@@ -126,46 +126,47 @@ void Scheduler::admit(std::vector<std::unique_ptr<Active>>& active) {
   for (const auto& a : active) {
     if (!a->decoding) outstanding += blocks_for(a->request.prompt.size() + 1) - blocks_for(a->prefilled);
   }
-  while (!queue_.empty() && active.size() < engine_.max_sequences()) {
+  auto take_front = [&] {
+    auto a = std::make_unique<Active>();
     Queued& q = queue_.front();
+    a->request = std::move(q.request);
+    a->stream = std::move(q.stream);
+    a->submitted = q.submitted;
+    a->result.prompt_tokens = static_cast<uint32_t>(a->request.prompt.size());
+    a->result.queue_seconds = std::chrono::duration<double>(Clock::now() - q.submitted).count();
+    queue_.pop_front();
+    return a;
+  };
+  auto reject_front = [&](const std::string& why) {
+    auto a = take_front();
+    finish(*a, FinishReason::kError, why);
+    ++stats_.completed;
+  };
+  while (!queue_.empty() && active.size() < engine_.max_sequences()) {
+    const GenerationRequest& r = queue_.front().request;
+    if (r.prompt.empty()) {
+      reject_front("the prompt is empty");
+      continue;
+    }
+    if (r.prompt.size() >= engine_.n_ctx()) {
+      reject_front(fmt::format("the prompt has {} tokens but the context holds {} tokens", r.prompt.size(),
+                               engine_.n_ctx()));
+      continue;
+    }
     if (bt) {
-      const uint64_t need = blocks_for(q.request.prompt.size() + 1);
+      const uint64_t need = blocks_for(r.prompt.size() + 1);
       const uint64_t free_blocks = pool.total_blocks - std::min(pool.used_blocks, pool.total_blocks);
       if (need > pool.total_blocks) {
-        Active rejected;
-        rejected.request = std::move(q.request);
-        rejected.stream = q.stream;
-        rejected.submitted = q.submitted;
-        rejected.result.prompt_tokens = static_cast<uint32_t>(rejected.request.prompt.size());
-        queue_.pop_front();
-        finish(rejected, FinishReason::kError,
-               fmt::format("the prompt has {} tokens but the KV pool holds {} tokens", rejected.result.prompt_tokens,
-                           uint64_t{pool.total_blocks} * bt));
-        ++stats_.completed;
+        reject_front(fmt::format("the prompt has {} tokens but the KV pool holds {} tokens", r.prompt.size(),
+                                 uint64_t{pool.total_blocks} * bt));
         continue;
       }
       if (need + outstanding > free_blocks) break;  // wait for running sequences to free blocks
       outstanding += need;
     }
-    auto a = std::make_unique<Active>();
-    a->request = std::move(q.request);
-    a->stream = q.stream;
-    a->submitted = q.submitted;
-    a->result.prompt_tokens = static_cast<uint32_t>(a->request.prompt.size());
-    a->result.queue_seconds = std::chrono::duration<double>(Clock::now() - q.submitted).count();
-    if (a->request.prompt.empty() || a->request.prompt.size() >= engine_.n_ctx()) {
-      queue_.pop_front();
-      finish(*a, FinishReason::kError,
-             a->request.prompt.empty()
-                 ? std::string("the prompt is empty")
-                 : fmt::format("the prompt has {} tokens but the context holds {} tokens",
-                               a->request.prompt.size(), engine_.n_ctx()));
-      ++stats_.completed;
-      continue;
-    }
     auto seq = engine_.open_sequence();
     if (!seq.ok()) break;  // every slot busy after all: keep it queued
-    queue_.pop_front();
+    auto a = take_front();
     a->seq = *seq;
     // render_special: <think>, <tool_call> and friends are added tokens, and the output parser needs
     // them as text (EOS ids never reach the detokenizer).
@@ -182,7 +183,8 @@ void Scheduler::finish(Active& a, FinishReason reason, std::string error) {
       !a.stops->stopped()) {
     auto tail = a.stops->feed(a.detok->flush());
     std::string text = std::move(tail.text);
-    if (!tail.stopped) text += a.stops->finish();
+    if (tail.stopped) a.result.stop_sequence = a.stops->matched();
+    else text += a.stops->finish();
     if (!text.empty()) a.stream->push({GenerationEvent::Kind::kText, std::move(text), {}});
   }
   a.result.finish = reason;

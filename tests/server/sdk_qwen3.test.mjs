@@ -307,6 +307,14 @@ describe("trove serve with the official SDKs (Qwen3)", { concurrency: true }, ()
     assert.ok(completed.usage.output_tokens > 10);
   });
 
+  it("logs carry counts and timings but no prompt or output text (no --log-prompts)", async () => {
+    const secret = "zebra-umbrella-7781";
+    await openai.chat.completions.create({ model: "x", messages: user(secret), max_tokens: 2, trove_force_output: "qqq-output-token" });
+    assert.ok(/\/v1\/chat\/completions 200: \d+ prompt tokens/.test(server.stderr()), "a per-request log line");
+    assert.ok(!server.stderr().includes(secret), "the prompt is not logged");
+    assert.ok(!server.stderr().includes("qqq-output"), "the output is not logged");
+  });
+
   it("GET /metrics is Prometheus text with requests, tokens, latencies and gauges", async () => {
     await openai.models.list();
     const m = await metrics(server.url, { "x-api-key": KEY });

@@ -26,6 +26,17 @@ enum class Dialect { kOpenAiChat, kAnthropic, kAnthropicCount, kResponses };
 
 bool anthropic_path(const std::string& path) { return path.rfind("/v1/messages", 0) == 0; }
 
+// The metrics label for a request path: the known routes, everything else as "other" (a label per
+// arbitrary path would let any client grow /metrics without bound).
+std::string endpoint_label(const std::string& path) {
+  static const char* const kRoutes[] = {"/v1/chat/completions", "/v1/messages", "/v1/messages/count_tokens",
+                                        "/v1/responses", "/v1/models", "/health", "/metrics"};
+  for (const char* r : kRoutes) {
+    if (path == r) return path;
+  }
+  return "other";
+}
+
 void send_error(httplib::Response& res, bool anthropic, const ApiError& e) {
   res.status = e.status;
   res.set_content((anthropic ? anthropic_error_body(e) : openai_error_body(e)).dump(), "application/json");
@@ -66,7 +77,7 @@ struct HttpServer::Impl {
       e.message = "missing or wrong API key: send it as `Authorization: Bearer KEY` or `x-api-key: KEY` "
                   "(the key the server was started with, --api-key or TROVE_API_KEY)";
       send_error(res, anthropic_path(req.path), e);
-      metrics.count_request(req.path, 401);
+      metrics.count_request(endpoint_label(req.path), 401);
       return httplib::Server::HandlerResponse::Handled;
     });
     http.set_error_handler(httplib::Server::HandlerWithResponse([this](const httplib::Request& req,
@@ -86,7 +97,7 @@ struct HttpServer::Impl {
         e.message = fmt::format("HTTP {}", res.status);
       }
       send_error(res, anthropic_path(req.path), e);
-      metrics.count_request(req.path, res.status);
+      metrics.count_request(endpoint_label(req.path), res.status);
       return httplib::Server::HandlerResponse::Handled;
     }));
     http.Post("/v1/chat/completions", [this](const httplib::Request& q, httplib::Response& r) {
@@ -118,7 +129,7 @@ struct HttpServer::Impl {
 
   void generate(Dialect d, const httplib::Request& req, httplib::Response& res) {
     const bool anthropic = d == Dialect::kAnthropic || d == Dialect::kAnthropicCount;
-    const std::string endpoint = req.path;
+    const std::string endpoint = endpoint_label(req.path);
     auto fail = [&](const ApiError& e) {
       send_error(res, anthropic, e);
       metrics.count_request(endpoint, e.status);

@@ -158,6 +158,10 @@ TEST(HttpServer, AuthBodyLimitAndUnknownRoutes) {
   r = request(s.port, "GET", "/v2/nothing", "", "x-api-key: k\r\n");
   EXPECT_NE(r.find("404"), std::string::npos);
   EXPECT_NE(r.find("no route GET /v2/nothing"), std::string::npos) << r;
+  r = request(s.port, "GET", "/metrics", "", "x-api-key: k\r\n");
+  EXPECT_NE(r.find(R"(trove_requests_total{endpoint="other",status="404"} 1)"), std::string::npos) << r;
+  EXPECT_NE(r.find(R"(trove_requests_total{endpoint="/v1/chat/completions",status="413"} 1)"), std::string::npos) << r;
+  EXPECT_EQ(r.find("/v2/nothing"), std::string::npos);
 }
 
 TEST(HttpServer, ForceOutputNeedsTheServerFlag) {

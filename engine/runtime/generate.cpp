@@ -57,7 +57,8 @@ Result<GenerateResult> generate(Engine& engine, SeqId seq, std::span<const int32
   const auto t1 = Clock::now();
   r.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
 
-  tokenizer::Detokenizer detok(engine.tokenizer());
+  // Special tokens are text here: the chat output parser needs <think>, <tool_call> and the like.
+  tokenizer::Detokenizer detok(engine.tokenizer(), /*render_special=*/true);
   std::string pending;  // text not yet emitted (could be the start of a stop string)
   auto emit = [&](std::string_view text) -> bool {
     if (text.empty()) return true;

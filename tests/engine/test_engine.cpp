@@ -1,0 +1,252 @@
+// The engine's own behaviour on lavapipe with the tiny synthetic model (F32): a batched step computes
+// what separate steps compute, chunked prefill equals one-shot prefill, truncate + recompute restores
+// the same logits, and every refused step (context, batch limit, pool, unknown or repeated sequence,
+// bad token) is a clear error that leaves every sequence as it was. ~20 s on 2 cores (each logits row
+// is a 152k × 256 product on the CPU's Vulkan).
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include "engine/gguf/synthetic.h"
+#include "engine/runtime/engine.h"
+#include "engine/runtime/generate.h"
+
+using namespace trove;
+using engine::StepInput;
+
+namespace {
+
+const std::filesystem::path& work_dir() {
+  static const auto dir = std::filesystem::temp_directory_path() / ("trove-test-engine-" + std::to_string(::getpid()));
+  return dir;
+}
+
+struct RemoveWorkDir : testing::Environment {
+  void TearDown() override { std::filesystem::remove_all(work_dir()); }
+};
+[[maybe_unused]] testing::Environment* const kCleanup = testing::AddGlobalTestEnvironment(new RemoveWorkDir);
+
+std::string model_path() {
+  static const std::string path = [] {
+    const auto& dir = work_dir();
+    std::filesystem::create_directories(dir);
+    gguf::MkModelOptions o;
+    o.preset = "tiny";
+    o.type = "F32";
+    o.out = (dir / "tiny.gguf").string();
+    o.seed = 5;
+    auto r = gguf::write_synthetic_model(o);
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    return o.out;
+  }();
+  return path;
+}
+
+std::unique_ptr<engine::Engine> load(uint32_t n_ctx = 256, uint32_t seqs = 3, uint64_t pool_bytes = 0,
+                                     uint32_t max_batch = 64) {
+  engine::EngineOptions o;
+  o.model_path = model_path();
+  o.n_ctx = n_ctx;
+  o.max_sequences = seqs;
+  o.kv_pool_bytes = pool_bytes;
+  o.max_batch_tokens = max_batch;
+  auto e = engine::Engine::load(o);
+  EXPECT_TRUE(e.ok()) << e.status().ToString();
+  return e.ok() ? std::move(*e) : nullptr;
+}
+
+std::vector<int32_t> prompt(uint32_t n, int32_t salt) {
+  std::vector<int32_t> v(n);
+  for (uint32_t i = 0; i < n; ++i) v[i] = static_cast<int32_t>((i * 7919 + salt * 104729) % 150000);
+  return v;
+}
+
+StepInput logits_of(engine::SeqId seq, const std::vector<int32_t>& toks) {
+  StepInput in;
+  in.seq = seq;
+  in.tokens = toks;
+  in.want_logits = true;
+  return in;
+}
+
+float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  float m = 0;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
+  return m;
+}
+
+}  // namespace
+
+TEST(Engine, BatchedStepEqualsSeparateSteps) {
+  auto e = load();
+  ASSERT_TRUE(e);
+  const auto pa = prompt(11, 1), pb = prompt(5, 2);
+  auto a = e->open_sequence(), b = e->open_sequence();
+  ASSERT_TRUE(a.ok() && b.ok());
+  auto sa = e->step(std::vector<StepInput>{logits_of(*a, pa)});
+  auto sb = e->step(std::vector<StepInput>{logits_of(*b, pb)});
+  ASSERT_TRUE(sa.ok() && sb.ok());
+  e->close_sequence(*a);
+  e->close_sequence(*b);
+  auto c = e->open_sequence(), d = e->open_sequence();
+  ASSERT_TRUE(c.ok() && d.ok());
+  auto both = e->step(std::vector<StepInput>{logits_of(*c, pa), logits_of(*d, pb)});
+  ASSERT_TRUE(both.ok()) << both.status().ToString();
+  EXPECT_LT(max_abs_diff((*sa)[0].logits, (*both)[0].logits), 1e-3f);
+  EXPECT_LT(max_abs_diff((*sb)[0].logits, (*both)[1].logits), 1e-3f);
+  EXPECT_EQ((*sa)[0].token, (*both)[0].token);
+  EXPECT_EQ((*sb)[0].token, (*both)[1].token);
+  EXPECT_EQ(e->length(*c), pa.size());
+  EXPECT_EQ(e->length(*d), pb.size());
+}
+
+TEST(Engine, ChunkedPrefillAndTruncateRecomputeTheSameLogits) {
+  auto e = load(/*n_ctx=*/256, /*seqs=*/3, /*pool_bytes=*/0, /*max_batch=*/128);
+  ASSERT_TRUE(e);
+  const auto p = prompt(70, 3);  // crosses a 64-token block
+  auto s = e->open_sequence();
+  ASSERT_TRUE(s.ok());
+  auto whole = e->step(std::vector<StepInput>{logits_of(*s, p)});
+  ASSERT_TRUE(whole.ok()) << whole.status().ToString();
+  ASSERT_EQ(e->length(*s), 70u);
+  EXPECT_EQ(e->tokens(*s), p);
+
+  // Drop the last 30 and feed them again in two chunks.
+  ASSERT_TRUE(e->truncate(*s, 40).ok());
+  EXPECT_EQ(e->length(*s), 40u);
+  std::vector<int32_t> c1(p.begin() + 40, p.begin() + 53), c2(p.begin() + 53, p.end());
+  StepInput in1 = logits_of(*s, c1);
+  in1.want_logits = false;
+  in1.sample = false;
+  ASSERT_TRUE(e->step(std::vector<StepInput>{in1}).ok());
+  auto again = e->step(std::vector<StepInput>{logits_of(*s, c2)});
+  ASSERT_TRUE(again.ok());
+  EXPECT_LT(max_abs_diff((*whole)[0].logits, (*again)[0].logits), 1e-3f);
+  EXPECT_EQ((*whole)[0].token, (*again)[0].token);
+  EXPECT_EQ(e->tokens(*s), p);
+}
+
+TEST(Engine, RefusedStepsAreNamedAndChangeNothing) {
+  auto e = load(/*n_ctx=*/100, /*seqs=*/2, /*pool_bytes=*/0, /*max_batch=*/32);
+  ASSERT_TRUE(e);
+  auto a = e->open_sequence(), b = e->open_sequence();
+  ASSERT_TRUE(a.ok() && b.ok());
+  auto third = e->open_sequence();
+  ASSERT_FALSE(third.ok());
+  EXPECT_NE(third.status().message().find("slots are busy"), std::string::npos) << third.status().message();
+
+  const auto p = prompt(20, 4);
+  StepInput in = logits_of(*a, p);
+  in.want_logits = false;
+  ASSERT_TRUE(e->step(std::vector<StepInput>{in}).ok());
+  const auto before = e->tokens(*a);
+
+  auto expect_refused = [&](std::vector<StepInput> inputs, const std::string& words) {
+    auto r = e->step(inputs);
+    ASSERT_FALSE(r.ok()) << "expected a refusal mentioning '" << words << "'";
+    EXPECT_NE(r.status().message().find(words), std::string::npos) << r.status().message();
+    EXPECT_EQ(e->tokens(*a), before);
+    EXPECT_EQ(e->length(*b), 0u);
+  };
+  const auto big = prompt(33, 5), long_ = prompt(30, 6);
+  expect_refused({logits_of(*b, big)}, "exceeds the batch limit of 32");
+  // 20 + 30 + 30 + 30 > 100: the third chunk would pass the context.
+  for (int i = 0; i < 2; ++i) {
+    StepInput ok = logits_of(*a, long_);
+    ok.want_logits = false;
+    ASSERT_TRUE(e->step(std::vector<StepInput>{ok}).ok());
+  }
+  const auto at80 = e->tokens(*a);
+  auto r = e->step(std::vector<StepInput>{logits_of(*a, long_)});
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("exceed the context of 100"), std::string::npos) << r.status().message();
+  EXPECT_EQ(e->tokens(*a), at80);
+  ASSERT_TRUE(e->truncate(*a, 20).ok());
+  EXPECT_EQ(e->tokens(*a), before);
+
+  expect_refused({logits_of(*a, p), logits_of(*a, p)}, "appears twice");
+  expect_refused({logits_of(*b, std::vector<int32_t>{1, 2, 999999})}, "outside the vocabulary");
+  expect_refused({logits_of(7, p)}, "not open");
+  // A refusal in a batch leaves the other (valid) input's sequence alone too.
+  expect_refused({logits_of(*b, prompt(4, 7)), logits_of(*a, std::vector<int32_t>{-1})}, "outside the vocabulary");
+  EXPECT_FALSE(e->truncate(*a, 21).ok());
+}
+
+TEST(Engine, PoolExhaustionIsRefusedAndClosingFreesBlocks) {
+  // Room for 2 blocks of 64 tokens in all: two sequences of 64 fill it.
+  auto probe = load();
+  ASSERT_TRUE(probe);
+  const uint64_t block_bytes = probe->config().kv_bytes_per_token() * 64;
+  probe.reset();
+  auto e = load(/*n_ctx=*/256, /*seqs=*/3, /*pool_bytes=*/2 * block_bytes, /*max_batch=*/128);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->pool_stats().total_blocks, 2u);
+  auto a = e->open_sequence(), b = e->open_sequence(), c = e->open_sequence();
+  ASSERT_TRUE(a.ok() && b.ok() && c.ok());
+  const auto pa = prompt(64, 8), pb = prompt(10, 9), pc = prompt(10, 10);  // StepInput holds spans
+  StepInput ia = logits_of(*a, pa), ib = logits_of(*b, pb), ic = logits_of(*c, pc);
+  ia.want_logits = ib.want_logits = ic.want_logits = false;
+  auto first = e->step(std::vector<StepInput>{ia, ib});
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  EXPECT_EQ(e->pool_stats().used_blocks, 2u);
+  auto r = e->step(std::vector<StepInput>{ic});
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("KV pool needs 1 more blocks but only 0 of 2 are free"), std::string::npos)
+      << r.status().message();
+  EXPECT_EQ(e->length(*c), 0u);
+  e->close_sequence(*b);
+  EXPECT_EQ(e->pool_stats().used_blocks, 1u);
+  EXPECT_TRUE(e->step(std::vector<StepInput>{ic}).ok());
+}
+
+TEST(Engine, ModelThatDoesNotFitIsRefusedWithTheSizes) {
+  engine::EngineOptions o;
+  o.model_path = model_path();
+  o.n_ctx = 256;
+  o.kv_pool_bytes = uint64_t{1} << 50;  // a petabyte of KV pool
+  auto e = engine::Engine::load(o);
+  ASSERT_FALSE(e.ok());
+  const std::string m = e.status().message();
+  EXPECT_NE(m.find("does not fit"), std::string::npos) << m;
+  EXPECT_NE(m.find("weights"), std::string::npos) << m;
+  EXPECT_NE(m.find("KV pool"), std::string::npos) << m;
+  EXPECT_NE(m.find("shorter --ctx"), std::string::npos) << m;
+}
+
+TEST(Engine, GenerateStopsAtMaxTokensAndReusesThePrefix) {
+  auto e = load();
+  ASSERT_TRUE(e);
+  auto s = e->open_sequence();
+  ASSERT_TRUE(s.ok());
+  const auto p = prompt(12, 11);
+  engine::GenerateOptions g;
+  g.max_tokens = 4;
+  std::string streamed;
+  auto r = engine::generate(*e, *s, p, g, [&](std::string_view t) { streamed += t; return true; });
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->prompt_tokens, 12u);
+  EXPECT_EQ(r->reused_tokens, 0u);
+  EXPECT_LE(r->generated_tokens, 4u);
+  if (r->finish == engine::FinishReason::kLength) EXPECT_EQ(r->generated_tokens, 4u);
+  EXPECT_EQ(streamed, r->text);
+  // The text is every generated token rendered, special tokens included (the chat parser needs them).
+  if (r->finish == engine::FinishReason::kLength) {
+    auto text = e->tokenizer().decode(r->tokens, /*render_special=*/true);
+    ASSERT_TRUE(text.ok());
+    EXPECT_EQ(r->text, *text);
+  }
+  // Same prompt plus what was generated: everything but the last token is reused.
+  std::vector<int32_t> next = p;
+  next.insert(next.end(), r->tokens.begin(), r->tokens.end());
+  g.max_tokens = 1;
+  auto r2 = engine::generate(*e, *s, next, g, [](std::string_view) { return true; });
+  ASSERT_TRUE(r2.ok());
+  EXPECT_GE(r2->reused_tokens, next.size() - 1) << "the held prefix must not be prefilled again";
+}

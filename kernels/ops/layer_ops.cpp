@@ -1,6 +1,8 @@
 #include "kernels/ops/layer_ops.h"
 
 #include <algorithm>
+#include <cmath>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -70,9 +72,10 @@ Status SwiGlu::record(vk::CommandStream& s, const vk::Buffer& gate, const vk::Bu
 
 // ---- RopeNeox
 Result<RopeNeox> RopeNeox::create(vk::Device& dev) {
-  auto p = dev.pipeline({"rope_neox_f32", {}, 20, 2, kLocal});
+  auto p = dev.pipeline({"rope_neox_f32", {}, 20, 3, kLocal});
   if (!p.ok()) return p.status();
   RopeNeox op;
+  op.dev_ = &dev;
   op.pipeline_ = std::move(*p);
   return op;
 }
@@ -84,8 +87,28 @@ Status RopeNeox::record(vk::CommandStream& s, const vk::Buffer& x, const vk::Buf
   uint64_t pairs = uint64_t{tokens} * heads * (head_dim / 2);
   uint32_t gx, gy;
   grid(static_cast<uint32_t>((pairs + kLocal - 1) / kLocal), &gx, &gy);
+  auto key = std::make_pair(head_dim, base);
+  auto it = turns_.find(key);
+  if (it == turns_.end()) {
+    // turns_i = base^(-2i/d) / 2π as a 64-bit fraction {lo, hi}: the shader's angle is then
+    // frac(pos × turns_i) × 2π, exact whatever the position (a float32 pos × freq is off by ~pos × 6e-8 rad).
+    const uint32_t half = head_dim / 2;
+    std::vector<uint32_t> words(2 * half);
+    for (uint32_t i = 0; i < half; ++i) {
+      const long double f = std::pow(static_cast<long double>(base), -2.0L * i / head_dim) /
+                            (2.0L * 3.141592653589793238462643383279502884L);
+      const long double scaled = std::ldexp(f - std::floor(f), 32);
+      const long double hi = std::floor(scaled);
+      words[2 * i + 1] = static_cast<uint32_t>(hi);
+      words[2 * i] = static_cast<uint32_t>(std::floor(std::ldexp(scaled - hi, 32)));
+    }
+    auto buf = dev_->buffer(words.size() * 4);
+    if (!buf.ok()) return buf.status();
+    TROVE_RETURN_IF_ERROR(buf->upload(words.data(), words.size() * 4));
+    it = turns_.emplace(key, std::move(*buf)).first;
+  }
   struct { uint32_t head_dim, heads, tokens; float base; uint32_t row_groups; } push{head_dim, heads, tokens, base, gx};
-  vk::BufferRange b[2] = {x, positions};
+  vk::BufferRange b[3] = {x, positions, it->second};
   return s.dispatch(pipeline_, b, &push, sizeof(push), gx, gy);
 }
 

@@ -2,13 +2,17 @@
 //   RmsNorm   out[r,:] = x[r,:] * rsqrt(mean(x[r,:]^2) + eps) * w        (also per-head QK-norm:
 //             rows = tokens*heads, ncols = head_dim)
 //   SwiGlu    out = silu(gate) * up
-//   RopeNeox  in-place NEOX rotary embedding of x[tokens, heads, head_dim] at int32 positions
+//   RopeNeox  in-place NEOX rotary embedding of x[tokens, heads, head_dim] at int32 positions >= 0;
+//             angles are exact to ~4e-7 rad at any position (64-bit fixed-point turns, see the shader)
 //   Argmax    out[r] = argmax of logits row r (uint32; ties → smallest index)
 //   GetRows   out[t,:] = table[ids[t],:] for F32 and F16 tables (int32 ids)
 // Contract: each op owns its pipeline; record() validates buffer sizes and records one dispatch into
 // the stream (the caller adds barriers between dependent ops and submits). Errors name the op and
 // the mismatching size.
 #pragma once
+
+#include <map>
+#include <utility>
 
 #include "kernels/quant/quant.h"
 #include "kernels/vk/runtime.h"
@@ -39,7 +43,11 @@ class RopeNeox {
   Status record(vk::CommandStream& s, const vk::Buffer& x, const vk::Buffer& positions, uint32_t tokens,
                 uint32_t heads, uint32_t head_dim, float base) const;
  private:
+  vk::Device* dev_ = nullptr;
   vk::Pipeline pipeline_;
+  // Per (head_dim, base): each pair's frequency in turns per position as a 64-bit binary fraction,
+  // computed once on the host in long double and uploaded.
+  mutable std::map<std::pair<uint32_t, float>, vk::Buffer> turns_;
 };
 
 class Argmax {

@@ -48,6 +48,7 @@ message(STATUS "trove: glslang ${TROVE_GLSLANG_MAJOR} at ${TROVE_GLSLANG}; coope
 # Shaders named *coopmat* are skipped when the compiler does not support GL_KHR_cooperative_matrix.
 function(trove_embed_shaders out_cpp)
   set(spvs "")
+  file(GLOB includes CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/shaders/*.glsl)
   foreach(src ${ARGN})
     get_filename_component(name ${src} NAME_WE)
     if(name MATCHES "coopmat" AND NOT TROVE_GLSLANG_COOPMAT)
@@ -57,7 +58,7 @@ function(trove_embed_shaders out_cpp)
     add_custom_command(OUTPUT ${spv}
       COMMAND ${CMAKE_COMMAND} -E make_directory ${CMAKE_CURRENT_BINARY_DIR}/spv
       COMMAND ${TROVE_GLSLANG} -V --target-env vulkan1.2 -I${CMAKE_CURRENT_SOURCE_DIR}/shaders -o ${spv} ${src}
-      DEPENDS ${src} VERBATIM COMMENT "glslang ${name}.comp")
+      DEPENDS ${src} ${includes} VERBATIM COMMENT "glslang ${name}.comp")
     list(APPEND spvs ${spv})
   endforeach()
   string(REPLACE ";" "\\;" spv_arg "${spvs}")

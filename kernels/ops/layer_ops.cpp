@@ -132,14 +132,20 @@ Status Argmax::record(vk::CommandStream& s, const vk::Buffer& logits, const vk::
 
 // ---- GetRows
 Result<GetRows> GetRows::create(vk::Device& dev, quant::GgmlType type) {
+  using quant::GgmlType;
   const char* shader = nullptr;
-  if (type == quant::GgmlType::F32) shader = "get_rows_f32";
-  if (type == quant::GgmlType::F16) shader = "get_rows_f16";
-  if (!shader) {
-    return Status::Unsupported(fmt::format("get_rows: weight type {} is not implemented on the GPU yet (F32 and F16 are)",
-                                           static_cast<uint32_t>(type)));
+  if (type == GgmlType::F32) shader = "get_rows_f32";
+  if (type == GgmlType::F16) shader = "get_rows_f16";
+  if (type == GgmlType::BF16 || type == GgmlType::Q8_0 || type == GgmlType::Q4_K || type == GgmlType::Q5_K ||
+      type == GgmlType::Q6_K) {
+    shader = "get_rows_quant";
   }
-  auto p = dev.pipeline({shader, {}, 8, 3, kLocal});
+  if (!shader) {
+    return Status::Unsupported(fmt::format("get_rows: weight type {} is not supported (supported: {})",
+                                           quant::ggml_type_name(static_cast<uint32_t>(type)),
+                                           quant::supported_type_names()));
+  }
+  auto p = dev.pipeline({shader, {}, std::string_view(shader) == "get_rows_quant" ? 16u : 8u, 3, kLocal});
   if (!p.ok()) return p.status();
   GetRows op;
   op.pipeline_ = std::move(*p);
@@ -148,16 +154,26 @@ Result<GetRows> GetRows::create(vk::Device& dev, quant::GgmlType type) {
 }
 Status GetRows::record(vk::CommandStream& s, const vk::Buffer& table, const vk::Buffer& ids, const vk::Buffer& out,
                        uint32_t nrows, uint32_t ncols, uint32_t ntokens) const {
-  uint64_t elt = type_ == quant::GgmlType::F32 ? 4 : 2;
-  uint64_t tbytes = uint64_t{nrows} * ncols * elt;
-  if (type_ == quant::GgmlType::F16) tbytes = (tbytes + 3) / 4 * 4;  // read as 32-bit words
+  using quant::GgmlType;
+  const bool plain = type_ == GgmlType::F32 || type_ == GgmlType::F16;
+  const uint64_t rb = quant::row_bytes(type_, ncols);
+  if (!plain && (ncols % 32 != 0 || ncols % quant::traits(type_)->block_values != 0)) {
+    return Status::InvalidArgument(fmt::format("get_rows: {} columns is not a whole number of {} blocks", ncols,
+                                               quant::traits(type_)->name));
+  }
+  const uint64_t tbytes = (rb * nrows + 3) / 4 * 4;  // read as 32-bit words
   TROVE_RETURN_IF_ERROR(need("get_rows", "table", table, tbytes));
   TROVE_RETURN_IF_ERROR(need("get_rows", "ids", ids, uint64_t{ntokens} * 4));
   TROVE_RETURN_IF_ERROR(need("get_rows", "out", out, uint64_t{ntokens} * ncols * 4));
   if (ntokens > kMaxGroupsX) return Status::InvalidArgument(fmt::format("get_rows: {} tokens exceeds {}", ntokens, kMaxGroupsX));
-  struct { uint32_t ncols, nrows; } push{ncols, nrows};
-  uint32_t gx = std::min<uint32_t>(64, (ncols + kLocal - 1) / kLocal);
   vk::BufferRange b[3] = {table, ids, out};
+  if (plain) {
+    struct { uint32_t ncols, nrows; } push{ncols, nrows};
+    uint32_t gx = std::min<uint32_t>(64, (ncols + kLocal - 1) / kLocal);
+    return s.dispatch(pipeline_, b, &push, sizeof(push), gx, ntokens);
+  }
+  struct { uint32_t ncols, nrows, type, row_bytes; } push{ncols, nrows, static_cast<uint32_t>(type_), static_cast<uint32_t>(rb)};
+  const uint32_t gx = (ncols / 32 + kLocal - 1) / kLocal;
   return s.dispatch(pipeline_, b, &push, sizeof(push), gx, ntokens);
 }
 

@@ -61,7 +61,8 @@ class Argmax {
 
 class GetRows {
  public:
-  // type: quant::GgmlType::F32 or F16 (other formats: not implemented yet → Unsupported).
+  // type: F32, F16 (exact copies/conversions), BF16, Q8_0, Q4_K, Q5_K, Q6_K (dequantized in chunks of
+  // 32 by the matmul's decoders, dequant_chunk.glsl); other types → Unsupported.
   static Result<GetRows> create(vk::Device& dev, quant::GgmlType type);
   Status record(vk::CommandStream& s, const vk::Buffer& table, const vk::Buffer& ids, const vk::Buffer& out,
                 uint32_t nrows, uint32_t ncols, uint32_t ntokens) const;

@@ -1,0 +1,200 @@
+// Kernel benchmark: GPU time per op at the real shapes of Qwen3-8B and Qwen3-30B-A3B layers (batch 1
+// = decode, 512 = a prefill chunk), with the achieved GB/s and TFLOP/s beside the H100's ceilings from
+// ../shared/docs/TARGETS.md (3025 GB/s device copy, 792 TFLOP/s bf16 tensor cores).
+//
+//   build/bench/kernels/bench_kernels [--reps N] [--quick]
+//
+// Times come from GPU timestamps around N back-to-back dispatches (wall clock when the queue has no
+// timestamps). Inputs are constant-filled buffers: speed does not depend on the values.
+// docs/performance.md records the table.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include "kernels/ops/attention.h"
+#include "kernels/ops/layer_ops.h"
+#include "kernels/ops/matmul.h"
+
+using namespace trove;
+using quant::GgmlType;
+
+namespace {
+
+constexpr double kCopyGBs = 3025, kBf16TFlops = 792;
+
+struct Result_ {
+  std::string op, shape;
+  double us = 0, gbs = 0, tflops = 0;
+};
+
+// Runs `record` reps times in one submission; GPU microseconds per run.
+Result<double> time_op(vk::Device& dev, int reps, const std::function<Status(vk::CommandStream&)>& record) {
+  {  // warm-up
+    auto s = dev.stream();
+    if (!s.ok()) return s.status();
+    TROVE_RETURN_IF_ERROR(record(*s));
+    TROVE_RETURN_IF_ERROR(s->submit_and_wait());
+  }
+  auto s = dev.stream();
+  if (!s.ok()) return s.status();
+  const bool ts = dev.features().timestamp_period_ns > 0;
+  if (ts) s->timestamp();
+  for (int i = 0; i < reps; ++i) {
+    TROVE_RETURN_IF_ERROR(record(*s));
+    s->barrier();
+  }
+  if (ts) s->timestamp();
+  const auto t0 = std::chrono::steady_clock::now();
+  TROVE_RETURN_IF_ERROR(s->submit_and_wait());
+  const double wall = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+  if (ts) {
+    auto t = s->timestamps_ns();
+    if (t.size() >= 2) return (t[1] - t[0]) / 1e3 / reps;
+  }
+  return wall / reps;
+}
+
+Result<vk::Buffer> filled(vk::Device& dev, uint64_t bytes, uint32_t word = 0x3c003c00u) {
+  auto b = dev.buffer((bytes + 3) / 4 * 4);
+  if (!b.ok()) return b.status();
+  TROVE_RETURN_IF_ERROR(b->fill(word));
+  return b;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"trove kernel benchmark (per op and real shape, beside the H100 ceilings)"};
+  int reps = 20;
+  bool quick = false;
+  app.add_option("--reps", reps, "Dispatches per measurement");
+  app.add_flag("--quick", quick, "Small shapes only (a smoke run on a CPU device)");
+  CLI11_PARSE(app, argc, argv);
+
+  auto devr = vk::Device::open();
+  if (!devr.ok()) {
+    std::fprintf(stderr, "bench_kernels: %s\n", devr.status().ToString().c_str());
+    return 1;
+  }
+  vk::Device& dev = **devr;
+  std::vector<Result_> rows;
+  auto fail = [](const Status& st) {
+    std::fprintf(stderr, "bench_kernels: %s\n", st.ToString().c_str());
+    return 1;
+  };
+
+  // ---- matmul: (model, name, rows, cols) × type × batch
+  struct Mat { const char* model; const char* name; uint32_t rows, cols; };
+  std::vector<Mat> mats = {
+      {"8B", "attn_q", 4096, 4096},   {"8B", "attn_kv", 1024, 4096},  {"8B", "ffn_gate/up", 12288, 4096},
+      {"8B", "ffn_down", 4096, 12288}, {"8B", "head", 151936, 4096},  {"30B-A3B", "attn_q", 4096, 2048},
+      {"30B-A3B", "expert gate/up", 768, 2048}, {"30B-A3B", "expert down", 2048, 768},
+      {"30B-A3B", "head", 151936, 2048}};
+  if (quick) mats = {{"tiny", "q", 512, 256}, {"tiny", "head", 4096, 256}};
+  auto mm = ops::Matmul::create(dev);
+  if (!mm.ok()) return fail(mm.status());
+  for (const auto& m : mats) {
+    for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q6_K}) {
+      for (uint32_t batch : {1u, quick ? 8u : 512u}) {
+        const uint32_t rows_per_call = std::min<uint32_t>(m.rows, 32768);
+        const uint64_t wbytes = quant::row_bytes(type, m.cols) * uint64_t{m.rows};
+        auto w = filled(dev, wbytes), x = filled(dev, uint64_t{batch} * m.cols * 4, 0x3f800000u),
+             y = filled(dev, uint64_t{batch} * m.rows * 4);
+        if (!w.ok() || !x.ok() || !y.ok()) return fail(Status::ResourceExhausted("buffers for " + std::string(m.name)));
+        auto t = time_op(dev, reps, [&](vk::CommandStream& s) -> Status {
+          const uint64_t rb = quant::row_bytes(type, m.cols);
+          for (uint32_t r0 = 0; r0 < m.rows; r0 += rows_per_call) {
+            const uint32_t n = std::min(rows_per_call, m.rows - r0);
+            vk::BufferRange wr(*w, uint64_t{r0} * rb, (n * rb + 3) / 4 * 4);
+            vk::BufferRange yr(*y, uint64_t{r0} * 4, (uint64_t{batch - 1} * m.rows + n) * 4);
+            TROVE_RETURN_IF_ERROR(mm->record(s, type, n, m.cols, batch, wr, *x, yr, m.rows));
+          }
+          return Status::Ok();
+        });
+        if (!t.ok()) return fail(t.status());
+        const double bytes = wbytes + 4.0 * batch * (m.cols + m.rows);
+        rows.push_back({fmt::format("matmul {}", quant::traits(type)->name),
+                        fmt::format("{} {} {}x{} b{}", m.model, m.name, m.rows, m.cols, batch), *t, bytes / *t / 1e3,
+                        2.0 * m.rows * m.cols * batch / *t / 1e6});
+      }
+    }
+  }
+
+  // ---- attention over a paged f16 pool: decode at depth, and a prefill chunk
+  auto att = ops::PagedAttention::create(dev);
+  if (!att.ok()) return fail(att.status());
+  struct Att { const char* model; uint32_t heads, kv_heads, tokens, depth; };
+  std::vector<Att> atts = {{"8B", 32, 8, 1, 4096}, {"8B", 32, 8, 1, 16384}, {"8B", 32, 8, 512, 0},
+                           {"30B-A3B", 32, 4, 1, 16384}, {"30B-A3B", 32, 4, 512, 4096}};
+  if (quick) atts = {{"tiny", 4, 2, 1, 256}, {"tiny", 4, 2, 16, 0}};
+  for (const auto& a : atts) {
+    const uint32_t D = 128, B = 64, total = a.depth + a.tokens, nb = (total + B - 1) / B;
+    kernels::ref::PagedKvShape shape{nb, B, a.kv_heads, D};
+    auto pool = filled(dev, shape.elements() * 2);
+    auto table = dev.buffer(uint64_t{nb} * 4);
+    auto q = filled(dev, uint64_t{a.tokens} * a.heads * D * 4, 0x3c23d70au), o = filled(dev, uint64_t{a.tokens} * a.heads * D * 4);
+    if (!pool.ok() || !table.ok() || !q.ok() || !o.ok()) return fail(Status::ResourceExhausted("attention buffers"));
+    std::vector<int32_t> ids(nb);
+    for (uint32_t i = 0; i < nb; ++i) ids[i] = static_cast<int32_t>(i);
+    if (auto st = table->upload(ids.data(), ids.size() * 4); !st.ok()) return fail(st);
+    ops::AttentionCall call{shape, a.heads, a.depth, a.tokens, 0.088f};
+    auto t = time_op(dev, reps, [&](vk::CommandStream& s) { return att->record(s, call, *pool, *table, *q, *o); });
+    if (!t.ok()) return fail(t.status());
+    // K and V read once per query token group: kv bytes of the depth (decode) + q/out.
+    const double kv = 2.0 * total * a.kv_heads * D * 2;
+    const double flops = 4.0 * a.heads * D * (a.tokens * double(a.depth) + a.tokens * (a.tokens + 1) / 2.0);
+    rows.push_back({"attention f16 KV", fmt::format("{} {}q/{}kv heads, {} tokens at depth {}", a.model, a.heads, a.kv_heads, a.tokens, a.depth),
+                    *t, kv / *t / 1e3, flops / *t / 1e6});
+  }
+
+  // ---- element-wise and norms at batch 1 and 512 (8B widths)
+  auto rms = ops::RmsNorm::create(dev);
+  auto rope = ops::RopeNeox::create(dev);
+  auto swi = ops::SwiGlu::create(dev);
+  auto gr = ops::GetRows::create(dev, GgmlType::Q4_K);
+  if (!rms.ok() || !rope.ok() || !swi.ok() || !gr.ok()) return fail(Status::Internal("op creation failed"));
+  for (uint32_t T : {1u, quick ? 8u : 512u}) {
+    const uint32_t E = quick ? 256 : 4096, F = quick ? 512 : 12288;
+    auto x = filled(dev, uint64_t{T} * std::max<uint32_t>(F, 32 * 128) * 4, 0x3f800000u), w = filled(dev, uint64_t{F} * 4, 0x3f800000u),
+         out = filled(dev, uint64_t{T} * F * 4), up = filled(dev, uint64_t{T} * F * 4, 0x3f800000u);
+    auto pos = filled(dev, uint64_t{T} * 4, 0);
+    auto table = filled(dev, quant::row_bytes(GgmlType::Q4_K, E) * 1024ull), ids = filled(dev, uint64_t{T} * 4, 7);
+    if (!x.ok() || !w.ok() || !out.ok() || !up.ok() || !pos.ok() || !table.ok() || !ids.ok())
+      return fail(Status::ResourceExhausted("element-wise buffers"));
+    auto add = [&](const char* op, std::string shape, double bytes, const std::function<Status(vk::CommandStream&)>& f) -> bool {
+      auto t = time_op(dev, reps, f);
+      if (!t.ok()) { fail(t.status()); return false; }
+      rows.push_back({op, std::move(shape), *t, bytes / *t / 1e3, 0});
+      return true;
+    };
+    if (!add("rms_norm", fmt::format("{} rows x {}", T, E), 8.0 * T * E,
+             [&](vk::CommandStream& s) { return rms->record(s, *x, *w, *out, T, E, 1e-6f); }))
+      return 1;
+    if (!add("rope neox", fmt::format("{} tokens x 32 heads x 128", T), 8.0 * T * 32 * 128,
+             [&](vk::CommandStream& s) { return rope->record(s, *x, *pos, T, 32, 128, 1e6f); }))
+      return 1;
+    if (!add("swiglu", fmt::format("{} x {}", T, F), 12.0 * T * F,
+             [&](vk::CommandStream& s) { return swi->record(s, *x, *up, *out, T * F); }))
+      return 1;
+    if (!add("get_rows Q4_K", fmt::format("{} tokens x {}", T, E), (quant::row_bytes(GgmlType::Q4_K, E) + 4.0 * E) * T,
+             [&](vk::CommandStream& s) { return gr->record(s, *table, *ids, *out, 1024, E, T); }))
+      return 1;
+  }
+
+  std::printf("device: %s (%s)\n\n", dev.features().name.c_str(), dev.features().driver.c_str());
+  std::printf("| op | shape | time (us) | GB/s | %% of %.0f GB/s | TFLOP/s | %% of %.0f TFLOP/s (bf16 tensor) |\n", kCopyGBs,
+              kBf16TFlops);
+  std::printf("|---|---|---|---|---|---|---|\n");
+  for (const auto& r : rows) {
+    std::printf("| %s | %s | %.1f | %.1f | %.1f%% | %s | %s |\n", r.op.c_str(), r.shape.c_str(), r.us, r.gbs,
+                100 * r.gbs / kCopyGBs, r.tflops > 0 ? fmt::format("{:.2f}", r.tflops).c_str() : "—",
+                r.tflops > 0 ? fmt::format("{:.2f}%", 100 * r.tflops / kBf16TFlops).c_str() : "—");
+  }
+  return 0;
+}

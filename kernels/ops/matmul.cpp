@@ -4,7 +4,7 @@
 
 namespace trove::ops {
 namespace {
-struct Push { uint32_t rows, cols, batch, type, row_bytes, tpr, y_stride; };
+struct Push { uint32_t rows, cols, batch, type, row_bytes, tpr, y_stride, rpt; };
 constexpr uint32_t kMaxGroups = 65535;  // minimum maxComputeWorkGroupCount Vulkan guarantees
 constexpr uint32_t kBatchCols = 8;      // batch columns per workgroup (kCols in matmul_tiled.comp)
 
@@ -18,10 +18,13 @@ uint32_t threads_per_row(uint32_t cols) {
 }  // namespace
 
 Result<Matmul> Matmul::create(vk::Device& dev) {
-  auto p = dev.pipeline({"matmul_tiled", {}, sizeof(Push), 3, 64});
-  if (!p.ok()) return p.status();
+  auto p1 = dev.pipeline({"matmul_tiled", {1}, sizeof(Push), 3, 64});
+  if (!p1.ok()) return p1.status();
+  auto p4 = dev.pipeline({"matmul_tiled", {4}, sizeof(Push), 3, 64});
+  if (!p4.ok()) return p4.status();
   Matmul op;
-  op.tiled_ = std::move(*p);
+  op.tiled_row_ = std::move(*p1);
+  op.tiled_rows4_ = std::move(*p4);
   return op;
 }
 
@@ -42,7 +45,9 @@ Status Matmul::record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows,
         "matmul: shape rows {} cols {} batch {} (y stride {}) is invalid for {} (all positive, cols a multiple of "
         "32 and of {}, y stride >= rows)", rows, cols, batch, y_stride, t->name, t->block_values));
   }
-  const uint32_t tpr = threads_per_row(cols), rows_per_group = 64 / tpr;
+  // Rows per invocation: 4 for batches (each activation chunk loaded once serves 4 rows), 1 for decode.
+  const uint32_t rpt = batch > 1 ? 4 : 1;
+  const uint32_t tpr = threads_per_row(cols), rows_per_group = 64 / tpr * rpt;
   const uint32_t groups_x = (rows + rows_per_group - 1) / rows_per_group;
   const uint32_t groups_y = (batch + kBatchCols - 1) / kBatchCols;
   if (groups_x > kMaxGroups || groups_y > kMaxGroups) {
@@ -56,9 +61,9 @@ Status Matmul::record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows,
         "matmul: buffers too small: weights {} (need {}), x {} (need {}), y {} (need {})", w.size, need_w,
         x.size, need_x, y.size, need_y));
   }
-  Push push{rows, cols, batch, static_cast<uint32_t>(type), static_cast<uint32_t>(rb), tpr, y_stride};
+  Push push{rows, cols, batch, static_cast<uint32_t>(type), static_cast<uint32_t>(rb), tpr, y_stride, rpt};
   vk::BufferRange bufs[3] = {w, x, y};
-  return s.dispatch(tiled_, bufs, &push, sizeof(push), groups_x, groups_y);
+  return s.dispatch(rpt == 1 ? tiled_row_ : tiled_rows4_, bufs, &push, sizeof(push), groups_x, groups_y);
 }
 
 }  // namespace trove::ops

@@ -21,7 +21,8 @@ class Matmul {
                 vk::BufferRange w, vk::BufferRange x, vk::BufferRange y, uint32_t y_stride = 0) const;
 
  private:
-  vk::Pipeline tiled_;
+  vk::Pipeline tiled_row_;    // one row per invocation (decode)
+  vk::Pipeline tiled_rows4_;  // four rows per invocation (batches)
 };
 
 }  // namespace trove::ops

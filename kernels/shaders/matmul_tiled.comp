@@ -4,8 +4,8 @@
 // Q6_K stored as GGUF rows (input dim contiguous), f32 activations.
 //
 // Work split: values are handled in chunks of 32 (one Q8_0 block, one K-quant sub-block, with ONE
-// scale/min). A workgroup of 64 invocations owns 64 / tpr rows and up to kCols batch columns; the tpr
-// invocations of a row stride over its chunks. Each invocation dequantizes a chunk once into
+// scale/min). A workgroup of 64 invocations owns rpt * 64 / tpr rows and up to kCols batch columns;
+// the tpr invocations of a row group stride over its chunks. Each invocation dequantizes a chunk once into
 // registers — the scale decode is per chunk, not per value — and multiplies it against every batch
 // column of its tile, so prefill and batched decode pay the dequantization once per kCols tokens.
 // Partial sums are reduced in shared memory per row segment. Correct on any Vulkan 1.1 device (the
@@ -18,48 +18,82 @@ layout(std430, set = 0, binding = 1) readonly buffer X { vec4 x4[]; };
 layout(std430, set = 0, binding = 2) writeonly buffer Y { float y[]; };
 // tpr: invocations per row, a power of two 1..64 chosen by the host from cols; y_stride: elements
 // between consecutive batch rows of y (rows, or more when a large matrix is split into row ranges).
-layout(push_constant) uniform P { uint rows; uint cols; uint batch; uint type; uint row_bytes; uint tpr; uint y_stride; } pc;
+layout(push_constant) uniform P {
+  uint rows; uint cols; uint batch; uint type; uint row_bytes; uint tpr; uint y_stride; uint rpt;
+} pc;
 
 const uint kCols = 8u;  // batch columns per workgroup
-shared float partial[kCols][64];
+// Rows per invocation, a specialization constant: 1 for decode (fewer registers, more warps in
+// flight), 4 for batches. pc.rpt equals it.
+layout(constant_id = 0) const uint kRows = 4u;
+shared float partial[kRows * kCols][64];
 
 #include "dequant_chunk.glsl"
 
 void main() {
-  uint t = gl_LocalInvocationID.x, tpr = pc.tpr;
-  uint row = gl_WorkGroupID.x * (64u / tpr) + t / tpr, lane = t % tpr;
+  uint t = gl_LocalInvocationID.x, tpr = pc.tpr, rpt = pc.rpt;
+  // This invocation's rows: row0 .. row0 + rpt - 1; a batch column's x chunk, once loaded, is used
+  // for all of them (rpt times less activation traffic than one row per invocation).
+  uint row0 = (gl_WorkGroupID.x * (64u / tpr) + t / tpr) * rpt, lane = t % tpr;
   uint b0 = gl_WorkGroupID.y * kCols;
   uint nb = min(kCols, pc.batch - b0);
-  float acc[kCols];
-  for (uint j = 0u; j < kCols; ++j) acc[j] = 0.0;
-  if (row < pc.rows) {
-    uint row_off = row * pc.row_bytes, chunks = pc.cols >> 5;
-    for (uint k = lane; k < chunks; k += tpr) {
-      vec4 v[8];
-      dequant_chunk(pc.type, row_off, k, v);
-      for (uint j = 0u; j < nb; ++j) {
-        uint xo = ((b0 + j) * pc.cols >> 2) + 8u * k;
-        vec4 s = v[0] * x4[xo];
-        for (uint i = 1u; i < 8u; ++i) s += v[i] * x4[xo + i];
-        acc[j] += (s.x + s.y) + (s.z + s.w);
+  float acc[kRows][kCols];
+  for (uint r = 0u; r < kRows; ++r)
+    for (uint j = 0u; j < kCols; ++j) acc[r][j] = 0.0;
+  uint nr = row0 < pc.rows ? min(rpt, pc.rows - row0) : 0u;
+  uint chunks = pc.cols >> 5;
+  // Loops run to the constants kRows / kCols and break early, so that they unroll and the arrays
+  // stay in registers (a loop bound known only at run time makes them local memory).
+  for (uint k = lane; k < chunks && nr > 0u; k += tpr) {
+    vec4 v[kRows][8];
+    for (uint r = 0u; r < kRows; ++r) {
+      if (r >= nr) break;
+      dequant_chunk(pc.type, (row0 + r) * pc.row_bytes, k, v[r]);
+    }
+    for (uint j = 0u; j < kCols; ++j) {
+      if (j >= nb) break;
+      uint xo = ((b0 + j) * pc.cols >> 2) + 8u * k;
+      vec4 xv[8];
+      for (uint i = 0u; i < 8u; ++i) xv[i] = x4[xo + i];
+      for (uint r = 0u; r < kRows; ++r) {
+        if (r >= nr) break;
+        vec4 s = v[r][0] * xv[0];
+        for (uint i = 1u; i < 8u; ++i) s += v[r][i] * xv[i];
+        acc[r][j] += (s.x + s.y) + (s.z + s.w);
       }
     }
   }
-  if (tpr == 1u) {  // uniform: the whole row is this invocation's, no reduction
-    if (row < pc.rows) {
-      for (uint j = 0u; j < nb; ++j) y[(b0 + j) * pc.y_stride + row] = acc[j];
+  if (tpr == 1u) {  // uniform: whole rows are this invocation's, no reduction
+    for (uint r = 0u; r < kRows; ++r) {
+      if (r >= nr) break;
+      for (uint j = 0u; j < kCols; ++j) {
+        if (j >= nb) break;
+        y[(b0 + j) * pc.y_stride + row0 + r] = acc[r][j];
+      }
     }
     return;
   }
-  for (uint j = 0u; j < nb; ++j) partial[j][t] = acc[j];
+  for (uint r = 0u; r < kRows; ++r)
+    for (uint j = 0u; j < kCols; ++j) partial[r * kCols + j][t] = acc[r][j];
   barrier();
   for (uint s = tpr >> 1; s > 0u; s >>= 1) {
     if (lane < s) {
-      for (uint j = 0u; j < nb; ++j) partial[j][t] += partial[j][t + s];
+      for (uint r = 0u; r < kRows; ++r) {
+        for (uint j = 0u; j < kCols; ++j) {
+          if (j >= nb) break;
+          partial[r * kCols + j][t] += partial[r * kCols + j][t + s];
+        }
+      }
     }
     barrier();
   }
-  if (lane == 0u && row < pc.rows) {
-    for (uint j = 0u; j < nb; ++j) y[(b0 + j) * pc.y_stride + row] = partial[j][t];
+  if (lane == 0u) {
+    for (uint r = 0u; r < kRows; ++r) {
+      if (r >= nr) break;
+      for (uint j = 0u; j < kCols; ++j) {
+        if (j >= nb) break;
+        y[(b0 + j) * pc.y_stride + row0 + r] = partial[r * kCols + j][t];
+      }
+    }
   }
 }

@@ -8,6 +8,9 @@
 // n_kv_heads. The block table contents are not validated on the GPU (the caller owns them; the
 // reference checks them). record() only records; the caller submits. Checked against
 // kernels/ref/attention_ref.h.
+// Short queries over a long KV (decode: n_tokens <= 4, more than 512 keys) are split-K: up to 32
+// workgroups per head each walk a slice of the keys into a scratch buffer the op owns, and a combine
+// dispatch merges them. record() then ends with a barrier, because the next call reuses the scratch.
 #pragma once
 
 #include "kernels/ref/attention_ref.h"
@@ -29,8 +32,12 @@ class PagedAttention {
   Status record(vk::CommandStream& s, const AttentionCall& call, vk::BufferRange pool,
                 vk::BufferRange block_table, vk::BufferRange q, vk::BufferRange out) const;
 
+  static constexpr uint32_t kMaxSplits = 32, kMaxSplitTokens = 4, kMaxSplitHeads = 64;
+
  private:
   vk::Pipeline pipeline_;
+  vk::Pipeline combine_;
+  vk::Buffer scratch_;  // split partials: [token][head][split][head_dim + 2] f32
 };
 
 }  // namespace trove::ops

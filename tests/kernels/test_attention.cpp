@@ -84,6 +84,9 @@ TEST(PagedAttention, DecodeAndPrefillMatchReference) {
   check(*dev, *op, 4, 4, 32, 8, 0, 13, 3);     // prefill, no prefix
   check(*dev, *op, 16, 4, 128, 16, 17, 9, 4);  // prefill after a cached prefix, Qwen3 head_dim
   check(*dev, *op, 2, 1, 256, 32, 40, 3, 5);   // largest head_dim
+  check(*dev, *op, 8, 2, 128, 64, 0, 70, 6);   // prefill across two 64-key tiles
+  check(*dev, *op, 8, 2, 128, 64, 1500, 1, 7); // split-K decode: 6 slices of 256 keys, the last partial
+  check(*dev, *op, 4, 2, 64, 16, 2000, 3, 8);  // split-K, 3 tokens: the last slice is past token 0's end
 }
 
 TEST(PagedAttention, BadShapesAreNamed) {

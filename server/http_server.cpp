@@ -12,6 +12,7 @@
 #include "server/auth.h"
 #include "server/dialects.h"
 #include "server/metrics.h"
+#include "server/peer.h"
 #include "server/request.h"
 #include "server/scheduler.h"
 #include "server/sse.h"
@@ -247,10 +248,23 @@ struct HttpServer::Impl {
     };
 
     if (!job.stream) {
+      // Nothing is written until the reply is complete, so a departed client is noticed on its socket.
+      const int peer = find_peer_socket(req.remote_addr, req.remote_port);
+      auto next_peer_check = std::chrono::steady_clock::now();
       std::string generated;
       while (true) {
         std::vector<GenerationEvent> evs;
-        stream->wait(evs, std::chrono::milliseconds(1000));
+        stream->wait(evs, std::chrono::milliseconds(250));
+        // Every 250 ms, events or not (a decoding request has events every step).
+        const auto now = std::chrono::steady_clock::now();
+        const bool check = now >= next_peer_check;
+        if (check) next_peer_check = now + std::chrono::milliseconds(250);
+        if (check && peer_closed(peer)) {
+          stream->cancel();  // frees its sequence within one step
+          metrics.count_request(endpoint, 499);
+          log::info("serve", "{}: the client left before the reply; request cancelled", endpoint);
+          return;
+        }
         for (auto& ev : evs) {
           if (ev.kind == GenerationEvent::Kind::kText) {
             if (opt.log_prompts) generated += ev.text;

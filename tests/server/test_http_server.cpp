@@ -1,6 +1,7 @@
 // The HTTP front (server/http_server.h) over the scripted fake engine: raw sockets, so the test
 // controls exactly when the client reads and when it leaves. Covers what the SDK tests cannot time:
-// keepalive comments during a slow prefill, a departed client's sequence freed after a few steps,
+// keepalive comments during a slow prefill, a departed client's sequence freed after a few steps
+// (streaming or not),
 // auth, 413 and 404 shapes.
 #include "server/http_server.h"
 
@@ -132,6 +133,26 @@ TEST(HttpServer, ADepartedClientsSequenceIsFreed) {
   const std::string r = request(s.port, "POST", "/v1/chat/completions",
                                 R"({"max_tokens":3,"messages":[{"role":"user","content":"hi"}]})");
   EXPECT_NE(r.find("\"content\":\"again\""), std::string::npos) << r;
+  const std::string m = request(s.port, "GET", "/metrics", "");
+  EXPECT_NE(m.find("trove_requests_cancelled_total 1"), std::string::npos) << m;
+}
+
+TEST(HttpServer, ADepartedNonStreamingClientsSequenceIsFreed) {
+  FakeEngine e(1, 64);
+  e.script.assign(5000, e.tokenizer().encode(" tick", false)[0]);
+  e.step_delay = 20ms;
+  Served s(e, ServerOptions{});
+  int fd = connect_to(s.port);
+  send_request(fd, "POST", "/v1/chat/completions",
+               R"({"max_tokens":5000,"messages":[{"role":"user","content":"hi"}]})");
+  for (int i = 0; i < 200 && e.step_count() < 5; ++i) std::this_thread::sleep_for(10ms);
+  ASSERT_GE(e.step_count(), 5u) << "generation did not start";
+  ::close(fd);  // nothing was written to this client yet: the server must look at the socket
+  const uint64_t at_close = e.step_count();
+  for (int i = 0; i < 200 && e.open_count() != 0; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(e.open_count(), 0u) << "the sequence is still open";
+  // Polled every 250 ms: at most ~13 steps of 20 ms, plus scheduling slack.
+  EXPECT_LE(e.step_count() - at_close, 25u);
   const std::string m = request(s.port, "GET", "/metrics", "");
   EXPECT_NE(m.find("trove_requests_cancelled_total 1"), std::string::npos) << m;
 }

@@ -201,6 +201,25 @@ Result<std::unique_ptr<Device>> Device::open(const DeviceOptions& opts) {
   };
   f.integer_dot_product = has_ext("VK_KHR_shader_integer_dot_product");
   f.cooperative_matrix = has_ext("VK_KHR_cooperative_matrix");
+#ifdef VK_KHR_cooperative_matrix
+  // The shapes and component types the device multiplies on its matrix units (headers from
+  // scripts/fetch-toolchain.sh on Debian 12; the system's on newer distributions).
+  if (f.cooperative_matrix) {
+    auto query = reinterpret_cast<PFN_vkGetPhysicalDeviceCooperativeMatrixPropertiesKHR>(
+        vkGetInstanceProcAddr(d->instance_, "vkGetPhysicalDeviceCooperativeMatrixPropertiesKHR"));
+    uint32_t count = 0;
+    if (query && query(d->physical_, &count, nullptr) == VK_SUCCESS && count > 0) {
+      std::vector<VkCooperativeMatrixPropertiesKHR> cm(count, {VK_STRUCTURE_TYPE_COOPERATIVE_MATRIX_PROPERTIES_KHR});
+      if (query(d->physical_, &count, cm.data()) == VK_SUCCESS) {
+        for (uint32_t i = 0; i < count; ++i) {
+          f.coopmat_shapes.push_back({cm[i].MSize, cm[i].NSize, cm[i].KSize, static_cast<uint32_t>(cm[i].AType),
+                                      static_cast<uint32_t>(cm[i].BType), static_cast<uint32_t>(cm[i].CType),
+                                      static_cast<uint32_t>(cm[i].ResultType), static_cast<uint32_t>(cm[i].scope)});
+        }
+      }
+    }
+  }
+#endif
 
   vkGetPhysicalDeviceMemoryProperties(d->physical_, &d->mem_props_);
   for (uint32_t i = 0; i < d->mem_props_.memoryHeapCount; ++i)

@@ -41,6 +41,15 @@ TEST(VkRuntime, OpensDeviceAndReportsFeatures) {
               f.name.c_str(), f.driver.c_str(), f.fp16_arithmetic, f.int8_arithmetic, f.storage_16bit,
               f.storage_8bit, f.subgroup_size, f.subgroup_arithmetic, f.integer_dot_product,
               f.cooperative_matrix, static_cast<unsigned long long>(f.max_storage_buffer_range));
+  for (const auto& c : f.coopmat_shapes) {
+    std::printf("  coopmat %ux%ux%u A %u B %u C %u result %u scope %u\n", c.m, c.n, c.k, c.a, c.b, c.c, c.result,
+                c.scope);
+  }
+#ifdef VK_KHR_cooperative_matrix
+  // Built with headers that know the extension: a device that offers it reports its shapes.
+  if (f.cooperative_matrix) EXPECT_FALSE(f.coopmat_shapes.empty());
+#endif
+  if (!f.cooperative_matrix) EXPECT_TRUE(f.coopmat_shapes.empty());
 }
 
 TEST(VkRuntime, DeviceSelectionByBadNameNamesTheDevices) {

@@ -1,5 +1,7 @@
 #include "kernels/ops/matmul.h"
 
+#include <cstdlib>
+
 #include <fmt/format.h>
 
 namespace trove::ops {
@@ -15,6 +17,21 @@ uint32_t threads_per_row(uint32_t cols) {
   while (tpr < 64 && tpr * 2 <= cols / 128) tpr *= 2;
   return tpr;
 }
+
+// The tensor-core path needs a 16x16x16 f16 x f16 -> f32 subgroup shape (VkComponentTypeKHR FLOAT16 = 0,
+// FLOAT32 = 1; VkScopeKHR SUBGROUP = 3), 32-wide subgroups (4 per workgroup of 128) and the shader,
+// which only a glslang >= 14 build embeds.
+bool coopmat_usable(const vk::Device& dev) {
+  const auto& f = dev.features();
+  if (f.subgroup_size != 32 || !vk::find_shader("matmul_coopmat").words) return false;
+  for (const auto& c : f.coopmat_shapes) {
+    if (c.m == 16 && c.n == 16 && c.k == 16 && c.a == 0 && c.b == 0 && c.c == 1 && c.result == 1 && c.scope == 3) {
+      return true;
+    }
+  }
+  return false;
+}
+
 }  // namespace
 
 Result<Matmul> Matmul::create(vk::Device& dev) {
@@ -25,6 +42,12 @@ Result<Matmul> Matmul::create(vk::Device& dev) {
   Matmul op;
   op.tiled_row_ = std::move(*p1);
   op.tiled_rows4_ = std::move(*p4);
+  if (coopmat_usable(dev) && !std::getenv("TROVE_NO_COOPMAT")) {
+    auto pc = dev.pipeline({"matmul_coopmat", {}, sizeof(Push), 3, 128});
+    if (!pc.ok()) return pc.status();
+    op.coopmat_ = std::move(*pc);
+    op.has_coopmat_ = true;
+  }
   return op;
 }
 
@@ -60,6 +83,11 @@ Status Matmul::record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows,
     return Status::InvalidArgument(fmt::format(
         "matmul: buffers too small: weights {} (need {}), x {} (need {}), y {} (need {})", w.size, need_w,
         x.size, need_x, y.size, need_y));
+  }
+  if (has_coopmat_ && batch >= kCoopmatMinBatch) {
+    Push push{rows, cols, batch, static_cast<uint32_t>(type), static_cast<uint32_t>(rb), tpr, y_stride, rpt};
+    vk::BufferRange bufs[3] = {w, x, y};
+    return s.dispatch(coopmat_, bufs, &push, sizeof(push), (rows + 63) / 64, (batch + 63) / 64);
   }
   Push push{rows, cols, batch, static_cast<uint32_t>(type), static_cast<uint32_t>(rb), tpr, y_stride, rpt};
   vk::BufferRange bufs[3] = {w, x, y};

@@ -19,8 +19,14 @@ class Matmul {
   static Result<Matmul> create(vk::Device& dev);
   Status record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows, uint32_t cols, uint32_t batch,
                 vk::BufferRange w, vk::BufferRange x, vk::BufferRange y, uint32_t y_stride = 0) const;
+  // Whether batches of at least kCoopmatMinBatch go through the cooperative-matrix (tensor core)
+  // shader: activations rounded to f16, f32 accumulation. TROVE_NO_COOPMAT=1 turns it off.
+  bool uses_coopmat() const { return has_coopmat_; }
+  static constexpr uint32_t kCoopmatMinBatch = 32;
 
  private:
+  vk::Pipeline coopmat_;      // matrix units, batches >= kCoopmatMinBatch (when the device has them)
+  bool has_coopmat_ = false;
   vk::Pipeline tiled_row_;    // one row per invocation (decode)
   vk::Pipeline tiled_rows4_;  // four rows per invocation (batches)
 };

@@ -259,6 +259,19 @@ Result<std::unique_ptr<Device>> Device::open(const DeviceOptions& opts) {
   en.pNext = &en11;
   std::vector<const char*> dexts;
   if (f.integer_dot_product) dexts.push_back("VK_KHR_shader_integer_dot_product");
+#ifdef VK_KHR_cooperative_matrix
+  // Cooperative matrices (tensor cores) need the extension, its feature and the Vulkan memory model.
+  VkPhysicalDeviceCooperativeMatrixFeaturesKHR cmf{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_KHR};
+  if (!f.coopmat_shapes.empty() && f12.vulkanMemoryModel && f12.shaderFloat16 && f11.storageBuffer16BitAccess) {
+    en12.vulkanMemoryModel = VK_TRUE;
+    cmf.cooperativeMatrix = VK_TRUE;
+    cmf.pNext = en.pNext;
+    en.pNext = &cmf;
+    dexts.push_back("VK_KHR_cooperative_matrix");
+  } else {
+    f.coopmat_shapes.clear();  // not usable here: the kernels take their fallbacks
+  }
+#endif
   VkDeviceCreateInfo dci{VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO};
   dci.pNext = &en;
   dci.queueCreateInfoCount = 1;

@@ -57,7 +57,8 @@ struct DeviceFeatures {
   bool subgroup_arithmetic = false;  // VK_SUBGROUP_FEATURE_ARITHMETIC_BIT in compute
   bool subgroup_shuffle = false;
   bool cooperative_matrix = false;   // VK_KHR_cooperative_matrix extension offered by the device
-  // Shapes: filled only when the runtime was built with headers that know the extension.
+  // Shapes, filled only when the runtime was built with headers that know the extension and the
+  // device could enable it (with the Vulkan memory model, fp16 and 16-bit storage): then usable.
   struct CoopMatShape {
     uint32_t m, n, k;
     // VkComponentTypeKHR / VkScopeKHR values, kept as integers so that this header also compiles

@@ -75,6 +75,17 @@ StepInput logits_of(engine::SeqId seq, const std::vector<int32_t>& toks) {
   return in;
 }
 
+// ||a - b|| / ||b||.
+double rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double e = 0, n = 0;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
+    e += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    n += double(b[i]) * b[i];
+  }
+  return std::sqrt(e / n);
+}
+
 float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
   EXPECT_EQ(a.size(), b.size());
   float m = 0;
@@ -128,7 +139,9 @@ TEST(Engine, ChunkedPrefillAndTruncateRecomputeTheSameLogits) {
   ASSERT_TRUE(e->step(std::vector<StepInput>{in1}).ok());
   auto again = e->step(std::vector<StepInput>{logits_of(*s, c2)});
   ASSERT_TRUE(again.ok());
-  EXPECT_LT(max_abs_diff((*whole)[0].logits, (*again)[0].logits), 1e-3f);
+  // A 70-token step may run on the matrix units (f16 activations, see kernels/ops/matmul.h) where
+  // the chunks of 13 and 17 do not: the same bound as the matmul test's for that path.
+  EXPECT_LT(rel_diff((*again)[0].logits, (*whole)[0].logits), 2e-3);
   EXPECT_EQ((*whole)[0].token, (*again)[0].token);
   EXPECT_EQ(e->tokens(*s), p);
 }

@@ -29,6 +29,8 @@ VKAPI_ATTR VkBool32 VKAPI_CALL on_validation(VkDebugUtilsMessageSeverityFlagBits
   if (severity & VK_DEBUG_UTILS_MESSAGE_SEVERITY_ERROR_BIT_EXT) {
     trove::log::error("vulkan", "validation: {}", data->pMessage);
     static_cast<Device*>(user)->count_validation_error();
+    // Test runs under the layer (ctest *_validated) stop at the first error, so it cannot go unseen.
+    if (const char* fatal = std::getenv("TROVE_VK_VALIDATION_FATAL"); fatal && std::string(fatal) == "1") std::abort();
   } else {
     trove::log::warn("vulkan", "validation: {}", data->pMessage);
   }
@@ -78,6 +80,9 @@ Result<std::unique_ptr<Device>> Device::open(const DeviceOptions& opts) {
     if (have) {
       layers.push_back("VK_LAYER_KHRONOS_validation");
       exts.push_back(VK_EXT_DEBUG_UTILS_EXTENSION_NAME);
+    } else if (env_true("TROVE_VK_VALIDATION_FATAL")) {
+      return Status::Unsupported("Vulkan validation is required (TROVE_VK_VALIDATION_FATAL=1) but "
+                                 "VK_LAYER_KHRONOS_validation is not installed (install vulkan-validationlayers)");
     } else {
       trove::log::warn("vulkan", "Vulkan validation requested but VK_LAYER_KHRONOS_validation is not installed "
                        "(install vulkan-validationlayers); continuing without it");

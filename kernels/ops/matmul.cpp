@@ -35,25 +35,29 @@ bool coopmat_usable(const vk::Device& dev) {
 }  // namespace
 
 Result<Matmul> Matmul::create(vk::Device& dev) {
-  auto p1 = dev.pipeline({"matmul_tiled", {1}, sizeof(Push), 3, 64});
-  if (!p1.ok()) return p1.status();
-  auto p4 = dev.pipeline({"matmul_tiled", {4}, sizeof(Push), 3, 64});
-  if (!p4.ok()) return p4.status();
   Matmul op;
-  op.tiled_row_ = std::move(*p1);
-  op.tiled_rows4_ = std::move(*p4);
-  if (coopmat_usable(dev) && !std::getenv("TROVE_NO_COOPMAT")) {
-    auto pc = dev.pipeline({"matmul_coopmat", {}, sizeof(Push), 3, 128});
-    if (!pc.ok()) return pc.status();
-    op.coopmat_ = std::move(*pc);
-    op.has_coopmat_ = true;
+  // Specialization: [rows per invocation, f16 activations] for the tiled shader, [f16 activations]
+  // for the cooperative-matrix one; index 1 of each pair is the f16-activation variant.
+  for (uint32_t h = 0; h < 2; ++h) {
+    auto p1 = dev.pipeline({"matmul_tiled", {1, h}, sizeof(Push), 3, 64});
+    if (!p1.ok()) return p1.status();
+    auto p4 = dev.pipeline({"matmul_tiled", {4, h}, sizeof(Push), 3, 64});
+    if (!p4.ok()) return p4.status();
+    op.tiled_row_[h] = std::move(*p1);
+    op.tiled_rows4_[h] = std::move(*p4);
+    if (coopmat_usable(dev) && !std::getenv("TROVE_NO_COOPMAT")) {
+      auto pc = dev.pipeline({"matmul_coopmat", {h}, sizeof(Push), 3, 128});
+      if (!pc.ok()) return pc.status();
+      op.coopmat_[h] = std::move(*pc);
+      op.has_coopmat_ = true;
+    }
   }
   return op;
 }
 
 Status Matmul::record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows, uint32_t cols,
                       uint32_t batch, vk::BufferRange w, vk::BufferRange x, vk::BufferRange y,
-                      uint32_t y_stride) const {
+                      uint32_t y_stride, bool x_f16) const {
   if (y_stride == 0) y_stride = rows;
   using quant::GgmlType;
   auto t = quant::traits(type);
@@ -78,7 +82,7 @@ Status Matmul::record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows,
                                                rows, batch, kMaxGroups));
   }
   const uint64_t rb = quant::row_bytes(type, cols);
-  const uint64_t need_w = (rb * rows + 3) / 4 * 4, need_x = uint64_t{batch} * cols * 4, need_y = (uint64_t{batch - 1} * y_stride + rows) * 4;
+  const uint64_t need_w = (rb * rows + 3) / 4 * 4, need_x = uint64_t{batch} * cols * (x_f16 ? 2 : 4), need_y = (uint64_t{batch - 1} * y_stride + rows) * 4;
   if (w.size < need_w || x.size < need_x || y.size < need_y) {
     return Status::InvalidArgument(fmt::format(
         "matmul: buffers too small: weights {} (need {}), x {} (need {}), y {} (need {})", w.size, need_w,
@@ -87,11 +91,11 @@ Status Matmul::record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows,
   if (has_coopmat_ && batch >= kCoopmatMinBatch) {
     Push push{rows, cols, batch, static_cast<uint32_t>(type), static_cast<uint32_t>(rb), tpr, y_stride, rpt};
     vk::BufferRange bufs[3] = {w, x, y};
-    return s.dispatch(coopmat_, bufs, &push, sizeof(push), (rows + 63) / 64, (batch + 63) / 64);
+    return s.dispatch(coopmat_[x_f16 ? 1 : 0], bufs, &push, sizeof(push), (rows + 63) / 64, (batch + 63) / 64);
   }
   Push push{rows, cols, batch, static_cast<uint32_t>(type), static_cast<uint32_t>(rb), tpr, y_stride, rpt};
   vk::BufferRange bufs[3] = {w, x, y};
-  return s.dispatch(rpt == 1 ? tiled_row_ : tiled_rows4_, bufs, &push, sizeof(push), groups_x, groups_y);
+  return s.dispatch(rpt == 1 ? tiled_row_[x_f16 ? 1 : 0] : tiled_rows4_[x_f16 ? 1 : 0], bufs, &push, sizeof(push), groups_x, groups_y);
 }
 
 }  // namespace trove::ops

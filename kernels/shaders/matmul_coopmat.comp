@@ -15,12 +15,25 @@
 layout(local_size_x = 128) in;
 layout(std430, set = 0, binding = 0) readonly buffer W { uint w[]; };
 layout(std430, set = 0, binding = 1) readonly buffer X { vec4 x4[]; };
+layout(std430, set = 0, binding = 1) readonly buffer X16 { uvec2 xh[]; };  // the same binding, f16 activations
 layout(std430, set = 0, binding = 2) writeonly buffer Y { float y[]; };
 layout(push_constant) uniform P {
   uint rows; uint cols; uint batch; uint type; uint row_bytes; uint tpr; uint y_stride; uint rpt;
 } pc;
 
 #include "dequant_chunk.glsl"
+
+// f16 activations (a specialization constant, so the f32 path pays nothing for it).
+layout(constant_id = 0) const uint kXF16 = 0u;
+
+// Activations 4i .. 4i+3 (f32, or f16 when kXF16: four halves per uvec2, the same index).
+vec4 x_at(uint i) {
+  if (kXF16 != 0u) {
+    uvec2 h = xh[i];
+    return vec4(unpackHalf2x16(h.x), unpackHalf2x16(h.y));
+  }
+  return x4[i];
+}
 
 const uint BM = 64u, BN = 64u, BK = 32u;
 const uint AS = BK + 8u;   // shared strides (elements), padded against bank conflicts
@@ -51,7 +64,7 @@ void main() {
     } else {
       uint n = t - BM, b = b0 + n;
       for (uint i = 0u; i < 8u; ++i) {
-        vec4 xv = b < pc.batch ? x4[(b * pc.cols >> 2) + 8u * k + i] : vec4(0.0);
+        vec4 xv = b < pc.batch ? x_at((b * pc.cols >> 2) + 8u * k + i) : vec4(0.0);
         for (uint e = 0u; e < 4u; ++e) Bs[n * AS + 4u * i + e] = float16_t(xv[e]);
       }
     }

@@ -15,6 +15,7 @@
 layout(local_size_x = 64) in;
 layout(std430, set = 0, binding = 0) readonly buffer W { uint w[]; };
 layout(std430, set = 0, binding = 1) readonly buffer X { vec4 x4[]; };
+layout(std430, set = 0, binding = 1) readonly buffer X16 { uvec2 xh[]; };  // the same binding, f16 activations
 layout(std430, set = 0, binding = 2) writeonly buffer Y { float y[]; };
 // tpr: invocations per row, a power of two 1..64 chosen by the host from cols; y_stride: elements
 // between consecutive batch rows of y (rows, or more when a large matrix is split into row ranges).
@@ -29,6 +30,18 @@ layout(constant_id = 0) const uint kRows = 4u;
 shared float partial[kRows * kCols][64];
 
 #include "dequant_chunk.glsl"
+
+// f16 activations (a specialization constant, so the f32 path pays nothing for it).
+layout(constant_id = 1) const uint kXF16 = 0u;
+
+// Activations 4i .. 4i+3 (f32, or f16 when kXF16: four halves per uvec2, the same index).
+vec4 x_at(uint i) {
+  if (kXF16 != 0u) {
+    uvec2 h = xh[i];
+    return vec4(unpackHalf2x16(h.x), unpackHalf2x16(h.y));
+  }
+  return x4[i];
+}
 
 void main() {
   uint t = gl_LocalInvocationID.x, tpr = pc.tpr, rpt = pc.rpt;
@@ -54,7 +67,7 @@ void main() {
       if (j >= nb) break;
       uint xo = ((b0 + j) * pc.cols >> 2) + 8u * k;
       vec4 xv[8];
-      for (uint i = 0u; i < 8u; ++i) xv[i] = x4[xo + i];
+      for (uint i = 0u; i < 8u; ++i) xv[i] = x_at(xo + i);
       for (uint r = 0u; r < kRows; ++r) {
         if (r >= nr) break;
         vec4 s = v[r][0] * xv[0];

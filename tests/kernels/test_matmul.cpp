@@ -29,26 +29,34 @@ std::unique_ptr<vk::Device> open_device() {
 }
 
 void check(vk::Device& dev, const ops::Matmul& op, GgmlType type, uint32_t rows, uint32_t cols, uint32_t batch,
-           uint64_t seed, double bound = 1e-5) {
+           uint64_t seed, double bound = 1e-5, bool x_f16 = false) {
   SCOPED_TRACE(testing::Message() << "type " << static_cast<int>(type) << " " << rows << "x" << cols << " batch " << batch);
   auto wbytes = kernels::ref::random_weights(type, rows, cols, 0.5f, seed);
   std::mt19937 rng(static_cast<uint32_t>(seed));
   std::normal_distribution<float> nd(0.0f, 1.0f);
   std::vector<float> x(size_t{batch} * cols);
   for (auto& v : x) v = nd(rng);
+  // f16 activations: the reference multiplies the same rounded values the GPU reads.
+  std::vector<uint16_t> xh;
+  if (x_f16) {
+    for (auto& v : x) {
+      xh.push_back(quant::f32_to_f16(v));
+      v = quant::f16_to_f32(xh.back());
+    }
+  }
   std::vector<float> expect(size_t{batch} * rows);
   ASSERT_TRUE(kernels::ref::matmul({type, rows, cols, wbytes}, x, batch, expect).ok());
 
   auto wb = dev.buffer((wbytes.size() + 3) / 4 * 4);
-  auto xb = dev.buffer(x.size() * 4);
+  auto xb = dev.buffer(x_f16 ? (xh.size() * 2 + 3) / 4 * 4 : x.size() * 4);
   auto yb = dev.buffer(expect.size() * 4);
   ASSERT_TRUE(wb.ok() && xb.ok() && yb.ok());
   ASSERT_TRUE(wb->upload(wbytes.data(), wbytes.size()).ok());
-  ASSERT_TRUE(xb->upload(x.data(), x.size() * 4).ok());
+  ASSERT_TRUE((x_f16 ? xb->upload(xh.data(), xh.size() * 2) : xb->upload(x.data(), x.size() * 4)).ok());
   ASSERT_TRUE(yb->fill(kNaN).ok());
   auto s = dev.stream();
   ASSERT_TRUE(s.ok());
-  Status st = op.record(*s, type, rows, cols, batch, *wb, *xb, *yb);
+  Status st = op.record(*s, type, rows, cols, batch, *wb, *xb, *yb, 0, x_f16);
   ASSERT_TRUE(st.ok()) << st.ToString();
   ASSERT_TRUE(s->submit_and_wait().ok());
   std::vector<float> got(expect.size());
@@ -96,6 +104,19 @@ TEST(Matmul, LargeBatchesMatchReference) {
   for (GgmlType type : {GgmlType::F32, GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K}) {
     check(*dev, *op, type, 64, 256, 64, seed++, 2e-3);    // one whole tile
     check(*dev, *op, type, 100, 512, 37, seed++, 2e-3);   // partial tiles in both dimensions
+  }
+}
+
+TEST(Matmul, F16ActivationsMatchReference) {
+  auto dev = open_device();
+  ASSERT_TRUE(dev);
+  auto op = ops::Matmul::create(*dev);
+  ASSERT_TRUE(op.ok()) << op.status().ToString();
+  uint64_t seed = 200;
+  for (GgmlType type : {GgmlType::F32, GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K}) {
+    check(*dev, *op, type, 33, 256, 1, seed++, 1e-5, true);    // decode
+    check(*dev, *op, type, 70, 512, 11, seed++, 1e-5, true);   // small batch, tiled path
+    check(*dev, *op, type, 100, 512, 37, seed++, 2e-3, true);  // matrix units where present
   }
   if (const char* full = std::getenv("TROVE_KERNEL_FULL"); full && std::string(full) == "1") {
     check(*dev, *op, GgmlType::Q4_K, 4096, 4096, 512, seed++, 2e-3);

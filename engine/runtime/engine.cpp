@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <fmt/format.h>
+#include <xxhash.h>
 
 #include "common/log.h"
 #include "engine/gguf/gguf.h"
@@ -69,6 +70,9 @@ struct Sequence {
   bool open = false;
   std::vector<int32_t> tokens;
   std::vector<uint32_t> blocks;
+  bool caching = false;          // attach_prefix() was called: completed blocks get registered
+  std::string name_space;
+  std::vector<kv::BlockKey> keys;  // keys of the first keys.size() (full) blocks
 };
 
 struct Ops {
@@ -164,8 +168,11 @@ class VulkanEngine final : public Engine {
   Result<std::vector<StepOutput>> step(std::span<const StepInput> inputs) override;
   PoolStats pool_stats() const override {
     return {blocks_->total(), blocks_->used(), layout_.block_tokens,
-            layout_.block_bytes() * blocks_->total() * cfg_.n_layer};
+            layout_.block_bytes() * blocks_->total() * cfg_.n_layer, blocks_->cached_count(),
+            blocks_->evictions()};
   }
+  std::string fingerprint() const override { return fingerprint_; }
+  Result<uint32_t> attach_prefix(SeqId seq, std::span<const int32_t> tokens, std::string_view name_space) override;
 
  private:
   Status load_weights(gguf::GgufFile& f, bool progress);
@@ -175,6 +182,7 @@ class VulkanEngine final : public Engine {
                        vk::BufferRange x, vk::BufferRange y);
   Status record_moe(vk::CommandStream& s, const Layer& L, uint32_t T);
   void embed(int32_t token, float* out) const;
+  void register_full_blocks(Sequence& sq);
 
   std::unique_ptr<vk::Device> dev_;
   Ops ops_;
@@ -204,6 +212,8 @@ class VulkanEngine final : public Engine {
   // MoE gathers: rows of xn_ per (token, k) pair sorted by expert.
   vk::Buffer moe_x_, moe_g_, moe_u_, moe_h_, moe_d_, moe_tok_, moe_wt_;
   uint32_t table_stride_ = 0;  // int32 entries per sequence in tables_ (aligned)
+  XXH3_state_t* weights_hash_ = nullptr;  // live only while loading
+  std::string fingerprint_;
 };
 
 Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) {
@@ -342,6 +352,10 @@ Result<Weight> VulkanEngine::upload(const gguf::GgufFile& f, const std::string& 
                                            name, quant::ggml_type_name(static_cast<uint32_t>(t->type)),
                                            quant::supported_type_names()));
   }
+  if (weights_hash_) {  // the model fingerprint: every tensor's name and bytes, in upload order
+    XXH3_128bits_update(weights_hash_, name.data(), name.size());
+    XXH3_128bits_update(weights_hash_, t->data, t->n_bytes);
+  }
   std::vector<uint8_t> host;
   const uint8_t* src = t->data;
   uint64_t bytes = t->n_bytes;
@@ -384,6 +398,12 @@ Status VulkanEngine::load_weights(gguf::GgufFile& f, bool progress) {
   uint64_t total = 0;
   for (const auto& t : f.tensors()) total += t.n_bytes;
   Progress bar(progress, total);
+  weights_hash_ = XXH3_createState();
+  XXH3_128bits_reset(weights_hash_);
+  struct FreeState {
+    XXH3_state_t*& st;
+    ~FreeState() { XXH3_freeState(st); st = nullptr; }
+  } free_state{weights_hash_};
   auto get = [&](const std::string& name, bool to_f32, Weight& out) -> Status {
     auto w = upload(f, name, to_f32, bar);
     if (!w.ok()) return w.status();
@@ -437,6 +457,12 @@ Status VulkanEngine::load_weights(gguf::GgufFile& f, bool progress) {
   } else {
     TROVE_RETURN_IF_ERROR(get("token_embd.weight", false, head_));
   }
+  XXH3_128bits_update(weights_hash_, embd_host_.data(), embd_host_.size());
+  // Why the KV dtype and layout are in it too: the same weights with another block size or KV type
+  // produce blocks of another shape, which must never be mistaken for these.
+  const XXH128_hash_t h = XXH3_128bits_digest(weights_hash_);
+  fingerprint_ = fmt::format("w{:016x}{:016x}/kv-f16/bt{}/kvh{}/hd{}/l{}", h.high64, h.low64, layout_.block_tokens,
+                             c.n_head_kv, c.head_dim, c.n_layer);
   return Status::Ok();
 }
 
@@ -488,6 +514,47 @@ Result<SeqId> VulkanEngine::open_sequence() {
   return Status::ResourceExhausted(fmt::format("all {} sequence slots are busy", seqs_.size()));
 }
 
+Result<uint32_t> VulkanEngine::attach_prefix(SeqId seq, std::span<const int32_t> tokens, std::string_view name_space) {
+  if (seq >= seqs_.size() || !seqs_[seq].open) return Status::NotFound(fmt::format("sequence {} is not open", seq));
+  Sequence& sq = seqs_[seq];
+  if (!sq.tokens.empty()) {
+    return Status::InvalidArgument(fmt::format("attach_prefix: sequence {} already holds {} tokens; attach to an empty one",
+                                               seq, sq.tokens.size()));
+  }
+  sq.caching = true;
+  sq.name_space = std::string(name_space);
+  const uint32_t bt = layout_.block_tokens;
+  const size_t limit = std::min<size_t>(tokens.size(), n_ctx_) / bt;
+  kv::BlockKey parent;
+  for (size_t i = 0; i < limit; ++i) {
+    const kv::BlockKey key = kv::block_key(parent, fingerprint_, sq.name_space, tokens.subspan(i * bt, bt));
+    const auto b = blocks_->find(key);
+    if (!b) break;
+    blocks_->retain(*b);
+    sq.blocks.push_back(*b);
+    sq.keys.push_back(key);
+    parent = key;
+  }
+  sq.tokens.assign(tokens.begin(), tokens.begin() + static_cast<ptrdiff_t>(sq.blocks.size() * bt));
+  return static_cast<uint32_t>(sq.tokens.size());
+}
+
+// Registers the blocks the sequence has filled since the last call (a block is final once full: later
+// tokens go to later blocks, and truncate() into it copies before writing, see BlockPool::must_copy).
+void VulkanEngine::register_full_blocks(Sequence& sq) {
+  if (!sq.caching) return;
+  const uint32_t bt = layout_.block_tokens;
+  const std::span<const int32_t> toks(sq.tokens);
+  while (sq.keys.size() < sq.tokens.size() / bt) {
+    const size_t i = sq.keys.size();
+    const kv::BlockKey parent = i == 0 ? kv::BlockKey{} : sq.keys.back();
+    const kv::BlockKey key = kv::block_key(parent, fingerprint_, sq.name_space, toks.subspan(i * bt, bt));
+    // False when another sequence registered the same content first: that block stays the cached one.
+    (void)blocks_->register_key(sq.blocks[i], key);
+    sq.keys.push_back(key);
+  }
+}
+
 void VulkanEngine::close_sequence(SeqId seq) {
   if (seq >= seqs_.size() || !seqs_[seq].open) return;
   for (uint32_t b : seqs_[seq].blocks) blocks_->release(b);
@@ -501,6 +568,7 @@ Status VulkanEngine::truncate(SeqId seq, uint32_t n) {
     return Status::InvalidArgument(fmt::format("truncate to {} tokens: sequence {} has only {}", n, seq, s.tokens.size()));
   }
   s.tokens.resize(n);
+  if (s.keys.size() > n / layout_.block_tokens) s.keys.resize(n / layout_.block_tokens);
   const size_t keep = (n + layout_.block_tokens - 1) / layout_.block_tokens;
   while (s.blocks.size() > keep) {
     blocks_->release(s.blocks.back());
@@ -639,16 +707,16 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     const uint64_t have = s.blocks.size() * uint64_t{layout_.block_tokens};
     if (end > have) need_blocks += static_cast<uint32_t>((end - have + layout_.block_tokens - 1) / layout_.block_tokens);
     // Copy-on-write of a shared, partially filled last block.
-    if (s.tokens.size() % layout_.block_tokens != 0 && !s.blocks.empty() && blocks_->shared(s.blocks.back())) ++need_blocks;
+    if (s.tokens.size() % layout_.block_tokens != 0 && !s.blocks.empty() && blocks_->must_copy(s.blocks.back())) ++need_blocks;
   }
   if (T == 0) return std::vector<StepOutput>{};
   if (T > max_tokens_) return Status::InvalidArgument(fmt::format("a step of {} tokens exceeds the batch limit of {}", T, max_tokens_));
   if (rows > logit_rows_) {
     return Status::InvalidArgument(fmt::format("a step asking for {} logit rows exceeds the limit of {}", rows, logit_rows_));
   }
-  if (need_blocks > blocks_->free_count()) {
+  if (need_blocks > blocks_->available()) {
     return Status::ResourceExhausted(fmt::format("the KV pool needs {} more blocks but only {} of {} are free", need_blocks,
-                                                 blocks_->free_count(), blocks_->total()));
+                                                 blocks_->available(), blocks_->total()));
   }
 
   auto stream = dev_->stream();
@@ -667,7 +735,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     const StepInput& in = inputs[i];
     Sequence& sq = seqs_[in.seq];
     const uint32_t start = static_cast<uint32_t>(sq.tokens.size());
-    if (start % layout_.block_tokens != 0 && blocks_->shared(sq.blocks.back())) {
+    if (start % layout_.block_tokens != 0 && blocks_->must_copy(sq.blocks.back())) {
       const uint32_t fresh = *blocks_->allocate();
       for (uint32_t l = 0; l < c.n_layer; ++l) {
         s.copy(kv_[l], sq.blocks.back() * layout_.block_bytes(), kv_[l], fresh * layout_.block_bytes(), layout_.block_bytes());
@@ -810,6 +878,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     undo();
     return st;
   }
+  for (const StepInput& in : inputs) register_full_blocks(seqs_[in.seq]);
   std::vector<StepOutput> out(inputs.size());
   const auto* toks = static_cast<const uint32_t*>(tokens_host_.mapped());
   const auto* lg = static_cast<const float*>(logits_host_.mapped());

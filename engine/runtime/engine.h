@@ -12,6 +12,12 @@
 //    sequence (prefill chunk or one decode token) and, when asked, the next token is chosen from the
 //    logits after the input's last token (greedy when sampling.temperature <= 0) and/or those logits
 //    are returned. Several sequences' tokens go through the matmuls together.
+//  - Prefix cache: attach_prefix() makes an empty sequence share the longest run of resident full KV
+//    blocks whose content key (kv::block_key chained over the model fingerprint, the cache namespace
+//    and the block's token ids: the same keys the KV store uses) matches `tokens`; from then on every
+//    block that sequence completes is registered under its key. A closed sequence's registered blocks
+//    stay resident unreferenced and are evicted least recently used first, only when the pool needs
+//    room. A sequence never attached (the opt-out) neither reads nor registers blocks.
 //  - Errors (the pool is full, a sequence would exceed the context, an unknown sequence) leave every
 //    sequence as it was before the call.
 // Thread-safety: one thread drives an Engine (the scheduler's loop); const accessors are safe anywhere.
@@ -89,6 +95,8 @@ struct PoolStats {
   uint32_t used_blocks = 0;
   uint32_t block_tokens = 0;
   uint64_t bytes = 0;
+  uint32_t cached_blocks = 0;   // registered, unreferenced, resident (evictable)
+  uint64_t evictions = 0;       // cached blocks reused for new content since load
 };
 
 class Engine {
@@ -121,6 +129,18 @@ class Engine {
   virtual Result<std::vector<StepOutput>> step(std::span<const StepInput> inputs) = 0;
 
   virtual PoolStats pool_stats() const = 0;
+
+  // Identity of the weights (XXH3-128 over every tensor's bytes as uploaded), the KV dtype and the KV
+  // layout: two engines share cached blocks only when their fingerprints are equal.
+  virtual std::string fingerprint() const { return {}; }
+  // Attaches to the EMPTY sequence `seq` the longest run of cached full blocks that hold a prefix of
+  // `tokens` under `name_space` (whole blocks only, never more than tokens.size() tokens: pass the
+  // prompt less its last token when the logits after the prompt are wanted) and enables registering
+  // the blocks it completes. Returns how many tokens the sequence now holds (0 on a miss).
+  virtual Result<uint32_t> attach_prefix(SeqId seq, std::span<const int32_t> tokens, std::string_view name_space) {
+    (void)seq, (void)tokens, (void)name_space;
+    return 0u;
+  }
 };
 
 // True when `token` ends generation for this model (one of config().eos_ids).

@@ -218,6 +218,14 @@ struct HttpServer::Impl {
     g.max_tokens = std::min(job.max_tokens.value_or(room), room);
     g.sampling = job.sampling;
     g.stop = job.stop;
+    // Prefix cache (docs/api.md): `x-trove-cache-namespace` separates tenants (requests share cached
+    // prefixes only within one namespace; without the header every request of this server shares
+    // one); `x-trove-cache: off` opts a request out.
+    g.cache_namespace = req.has_header("x-trove-cache-namespace") ? req.get_header_value("x-trove-cache-namespace")
+                                                                   : std::string("default");
+    if (const std::string c = req.get_header_value("x-trove-cache"); c == "off" || c == "0" || c == "false") {
+      g.use_cache = false;
+    }
     if (job.force_output) {
       g.force_output = true;
       g.forced_tokens = engine.tokenizer().encode(*job.force_output, /*parse_special=*/true);

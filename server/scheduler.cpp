@@ -168,6 +168,16 @@ void Scheduler::admit(std::vector<std::unique_ptr<Active>>& active) {
     if (!seq.ok()) break;  // every slot busy after all: keep it queued
     auto a = take_front();
     a->seq = *seq;
+    if (a->request.use_cache) {
+      const std::span<const int32_t> p(a->request.prompt);
+      auto got = engine_.attach_prefix(a->seq, p.first(p.size() - 1), a->request.cache_namespace);
+      if (got.ok()) {
+        a->prefilled = *got;
+        a->result.cached_tokens = *got;
+      } else {
+        log::warn("scheduler", "prefix cache not used for this request: {}", got.status().ToString());
+      }
+    }
     // render_special: <think>, <tool_call> and friends are added tokens, and the output parser needs
     // them as text (EOS ids never reach the detokenizer).
     a->detok.emplace(engine_.tokenizer(), /*render_special=*/true);

@@ -21,6 +21,9 @@
 //  - GenerationStream::cancel() (the HTTP layer calls it when the client has gone) makes the next loop
 //    iteration close the sequence and free its KV blocks: a cancelled request never takes part in a
 //    step after the one running when cancel() was called. A queued request that is cancelled is dropped.
+//  - Prefix cache: on admission a request with use_cache attaches the longest cached prefix of its
+//    prompt (whole KV blocks, never the prompt's last token, whose logits choose the first output
+//    token); only the rest is prefilled and result.cached_tokens says how many were attached.
 //  - Every stream ends with exactly one kDone event carrying a GenerationResult (token counts,
 //    finish reason, an error message for kError).
 //  - Test hook: a request with `forced_tokens` has each sampled token replaced by the next forced one
@@ -51,6 +54,11 @@ struct GenerationRequest {
   std::vector<std::string> stop;
   bool force_output = false;           // test hook enabled for this request
   std::vector<int32_t> forced_tokens;  // with force_output: the tokens generated, then stop
+  // Prefix cache: when use_cache, the prompt's longest cached prefix under cache_namespace is attached
+  // before prefill (Engine::attach_prefix) and the blocks this request completes are cached for later
+  // requests. use_cache = false (the opt-out) neither reads nor adds cached blocks.
+  bool use_cache = true;
+  std::string cache_namespace;
 };
 
 enum class FinishReason { kStop, kLength, kCancelled, kError };
@@ -58,8 +66,8 @@ const char* finish_reason_name(FinishReason f);
 
 struct GenerationResult {
   uint32_t prompt_tokens = 0;
-  // Prompt tokens restored from the prefix cache instead of prefilled. Always 0 until the KV store is
-  // wired in (issue 7); the scheduler is where it will be filled.
+  // Prompt tokens taken from the prefix cache (GPU-resident blocks) instead of prefilled: exactly the
+  // tokens Engine::attach_prefix() attached. The KV store tier is not wired in yet.
   uint32_t cached_tokens = 0;
   uint32_t generated_tokens = 0;
   FinishReason finish = FinishReason::kStop;

@@ -2,8 +2,10 @@
 // a prompt computed cold equal those computed after attaching its cached prefix (only the suffix is
 // prefilled), a block rewritten after truncate() is copied first so the cache stays intact, unreferenced
 // cached blocks are evicted least recently used first under pool pressure, and another namespace or a
-// sequence that never attached shares nothing. ~10 s on 2 cores (a few 152k-vocab logits rows).
+// sequence that never attached shares nothing; through the server's scheduler a repeated request
+// reports its cached tokens exactly. ~10 s on 2 cores (a few 152k-vocab logits rows).
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <string>
@@ -15,6 +17,7 @@
 
 #include "engine/gguf/synthetic.h"
 #include "engine/runtime/engine.h"
+#include "server/scheduler.h"
 
 using namespace trove;
 using engine::StepInput;
@@ -220,4 +223,44 @@ TEST(PrefixCache, PoolPressureEvictsLeastRecentlyUsedCachedBlocks) {
   auto c = e->attach_prefix(*s, pc, "ns");
   ASSERT_TRUE(c.ok());
   EXPECT_EQ(*c, 64u);
+}
+
+namespace {
+
+server::GenerationResult run_request(server::Scheduler& sched, const std::vector<int32_t>& p, bool use_cache,
+                                     const std::string& ns, std::vector<std::string>* text = nullptr) {
+  server::GenerationRequest r;
+  r.prompt = p;
+  r.max_tokens = 2;
+  r.use_cache = use_cache;
+  r.cache_namespace = ns;
+  auto stream = sched.submit(std::move(r));
+  for (;;) {
+    std::vector<server::GenerationEvent> evs;
+    stream->wait(evs, std::chrono::milliseconds(200));
+    for (auto& ev : evs) {
+      if (ev.kind == server::GenerationEvent::Kind::kDone) return ev.result;
+      if (text) text->push_back(ev.text);
+    }
+  }
+}
+
+}  // namespace
+
+TEST(PrefixCache, SchedulerReportsCachedTokensOfARepeatedRequest) {
+  auto e = load();
+  ASSERT_TRUE(e);
+  server::Scheduler sched(*e);
+  const auto p = prompt(50, 21);
+  std::vector<std::string> t1, t2;
+  const auto first = run_request(sched, p, true, "default", &t1);
+  ASSERT_EQ(first.finish == server::FinishReason::kError, false) << first.error;
+  EXPECT_EQ(first.cached_tokens, 0u);
+  EXPECT_EQ(first.prompt_tokens, 50u);
+  const auto second = run_request(sched, p, true, "default", &t2);
+  EXPECT_EQ(second.cached_tokens, 48u) << "3 full blocks of 16; the last 2 prompt tokens are prefilled";
+  EXPECT_EQ(t1, t2) << "greedy output after a cached prefix equals the cold one";
+  EXPECT_EQ(second.generated_tokens, first.generated_tokens);
+  EXPECT_EQ(run_request(sched, p, false, "default").cached_tokens, 0u) << "opt-out";
+  EXPECT_EQ(run_request(sched, p, true, "tenant-b").cached_tokens, 0u) << "another namespace";
 }

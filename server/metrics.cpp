@@ -64,7 +64,7 @@ std::string Metrics::render(const SchedulerStats& s) const {
     out += fmt::format("# HELP {} {}\n# TYPE {} gauge\n{} {}\n", name, help, name, name, v);
   };
   counter("trove_prompt_tokens_total", "Prompt tokens of finished requests.", prompt_tokens_);
-  counter("trove_cached_tokens_total", "Prompt tokens restored from the prefix cache (0 until the KV store is wired in).", cached_tokens_);
+  counter("trove_cached_tokens_total", "Prompt tokens taken from the prefix cache (GPU tier; the KV store tier is not wired in yet).", cached_tokens_);
   counter("trove_generated_tokens_total", "Generated tokens.", generated_tokens_);
   counter("trove_requests_cancelled_total", "Requests cancelled because the client went away.", s.cancelled);
   counter("trove_scheduler_steps_total", "Engine steps run by the scheduler.", s.steps);

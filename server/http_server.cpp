@@ -45,6 +45,16 @@ void send_error(httplib::Response& res, bool anthropic, const ApiError& e) {
 
 }  // namespace
 
+// The error a request gets when its generation ended without a reply (engine failure or shutdown).
+static ApiError generation_error(const GenerationResult& r) {
+  ApiError e;
+  e.status = 500;
+  e.type = "api_error";
+  e.message = r.finish == FinishReason::kCancelled ? std::string("the request was cancelled: the server is stopping")
+                                                   : "generation failed: " + r.error;
+  return e;
+}
+
 struct HttpServer::Impl {
   engine::Engine& engine;
   ServerOptions opt;
@@ -282,13 +292,7 @@ struct HttpServer::Impl {
           parser->finish();
           if (opt.log_prompts) log::info("serve", "output:\n{}", generated);
           if (ev.result.finish == FinishReason::kError || ev.result.finish == FinishReason::kCancelled) {
-            ApiError e;
-            e.status = 500;
-            e.type = "api_error";
-            e.message = ev.result.finish == FinishReason::kCancelled
-                              ? std::string("the request was cancelled: the server is stopping")
-                              : "generation failed: " + ev.result.error;
-            send_error(res, anthropic, e);
+            send_error(res, anthropic, generation_error(ev.result));
             record(ev.result, 500);
             return;
           }
@@ -339,13 +343,7 @@ struct HttpServer::Impl {
               if (log_prompts) log::info("serve", "output:\n{}", generated);
               std::string tail = writer->on_events(parser->finish());
               if (ev.result.finish == FinishReason::kError || ev.result.finish == FinishReason::kCancelled) {
-                ApiError e;
-                e.status = 500;
-                e.type = "api_error";
-                e.message = ev.result.finish == FinishReason::kCancelled
-                              ? std::string("the request was cancelled: the server is stopping")
-                              : "generation failed: " + ev.result.error;
-                tail += writer->error_event(e);
+                tail += writer->error_event(generation_error(ev.result));
                 record(ev.result, 500);
               } else {
                 tail += writer->finish(ev.result, parser->message());

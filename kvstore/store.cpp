@@ -262,6 +262,7 @@ class StoreImpl final : public Store {
   Status evict_if(const std::function<bool(const BlockEntry&)>& pick) override;
   Status compact() override;
   Status verify(const std::function<void(const BlockEntry&, const Status&)>& bad) override;
+  bool contains(const BlockKey& key) override;
   Result<BlockEntry> entry(const BlockKey& key) override;
   Result<std::vector<int32_t>> token_ids(const BlockKey& key) override;
   Status for_each_entry(const std::function<void(const BlockEntry&)>& fn) override;
@@ -786,6 +787,15 @@ InsertResult StoreImpl::insert(const BlockKey& key, const BlockKey& parent, std:
   ++enqueued_;
   q_cv_.notify_one();
   return InsertResult::kQueued;
+}
+
+bool StoreImpl::contains(const BlockKey& key) {
+  {
+    std::shared_lock l(map_mu_);
+    if (map_.count(key)) return true;
+  }
+  std::lock_guard l(q_mu_);
+  return queued_keys_.count(key) > 0;
 }
 
 void StoreImpl::writer_loop() {

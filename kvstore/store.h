@@ -179,6 +179,8 @@ class Store {
   // Checks every stored block's checksum; calls `bad` for each failure (and removes it if writable).
   virtual Status verify(const std::function<void(const BlockEntry&, const Status&)>& bad) = 0;
 
+  // True when `key` is stored or queued for storing (memory only, no I/O).
+  virtual bool contains(const BlockKey& key) = 0;
   virtual Result<BlockEntry> entry(const BlockKey& key) = 0;
   // The token ids stored with a block (verified; empty when it was inserted without them).
   virtual Result<std::vector<int32_t>> token_ids(const BlockKey& key) = 0;

@@ -9,6 +9,7 @@
 #include "engine/runtime/engine.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <cmath>
 #include <cstdio>
@@ -173,6 +174,8 @@ class VulkanEngine final : public Engine {
   }
   std::string fingerprint() const override { return fingerprint_; }
   Result<uint32_t> attach_prefix(SeqId seq, std::span<const int32_t> tokens, std::string_view name_space) override;
+  CacheStats cache_stats() const override { return cache_stats_; }
+  ~VulkanEngine() override;
 
  private:
   Status load_weights(gguf::GgufFile& f, bool progress);
@@ -182,7 +185,12 @@ class VulkanEngine final : public Engine {
                        vk::BufferRange x, vk::BufferRange y);
   Status record_moe(vk::CommandStream& s, const Layer& L, uint32_t T);
   void embed(int32_t token, float* out) const;
+  // Newly registered blocks the store does not hold yet go to to_store_ (exported after the step).
   void register_full_blocks(Sequence& sq);
+  uint64_t block_all_layers() const { return layout_.block_bytes() * cfg_.n_layer; }
+  Status ensure_staging();
+  size_t restore_from_store(Sequence& sq, std::span<const int32_t> tokens, size_t limit);
+  void export_to_store();
 
   std::unique_ptr<vk::Device> dev_;
   Ops ops_;
@@ -214,7 +222,26 @@ class VulkanEngine final : public Engine {
   uint32_t table_stride_ = 0;  // int32 entries per sequence in tables_ (aligned)
   XXH3_state_t* weights_hash_ = nullptr;  // live only while loading
   std::string fingerprint_;
+
+  // KV store tier.
+  std::shared_ptr<kv::Store> store_;
+  struct Export {
+    uint32_t block;
+    kv::BlockKey key, parent;
+    std::string name_space;
+    std::vector<int32_t> tokens;
+  };
+  std::vector<Export> to_store_;  // registered during the current step, copied back at its end
+  vk::Buffer staging_;            // host-cached, 2 * staging_blocks_ pool blocks (all layers)
+  uint32_t staging_blocks_ = 0;   // blocks per half (reads fill one half while the GPU copies the other)
+  CacheStats cache_stats_;
 };
+
+VulkanEngine::~VulkanEngine() {
+  if (store_) {
+    if (Status st = store_->flush(); !st.ok()) log::warn("engine", "KV store flush: {}", st.message());
+  }
+}
 
 Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) {
   auto file = gguf::GgufFile::open(opts.model_path);
@@ -281,6 +308,12 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
     return Status::InvalidArgument(fmt::format("block size {} must be a power of two", opts.block_tokens));
   }
   e->layout_ = {opts.block_tokens, c.n_head_kv, c.head_dim};
+  if (opts.store && opts.store->block_tokens() != opts.block_tokens) {
+    return Status::InvalidArgument(fmt::format(
+        "the KV store at {} holds blocks of {} tokens but the engine uses {}; use the store's block size",
+        opts.store->dir(), opts.store->block_tokens(), opts.block_tokens));
+  }
+  e->store_ = opts.store;
 
   auto dev = vk::Device::open();
   if (!dev.ok()) return dev.status();
@@ -535,8 +568,144 @@ Result<uint32_t> VulkanEngine::attach_prefix(SeqId seq, std::span<const int32_t>
     sq.keys.push_back(key);
     parent = key;
   }
+  cache_stats_.gpu_hit_tokens += sq.blocks.size() * bt;
+  if (store_ && sq.blocks.size() < limit) cache_stats_.store_hit_tokens += restore_from_store(sq, tokens, limit) * bt;
   sq.tokens.assign(tokens.begin(), tokens.begin() + static_cast<ptrdiff_t>(sq.blocks.size() * bt));
   return static_cast<uint32_t>(sq.tokens.size());
+}
+
+Status VulkanEngine::ensure_staging() {
+  if (staging_blocks_) return Status::Ok();
+  // About 128 MiB per half, at least one block, never more than the pool.
+  const uint64_t per_block = block_all_layers();
+  uint64_t n = std::clamp<uint64_t>((128ull << 20) / per_block, 1, std::max<uint32_t>(1, blocks_->total()));
+  n = std::min<uint64_t>(n, dev_->max_buffer_bytes() / (2 * per_block));
+  if (n == 0) return Status::ResourceExhausted("one KV block of every layer exceeds the device's largest buffer");
+  auto b = dev_->buffer(2 * n * per_block, vk::Memory::kHostCached);
+  if (!b.ok()) return b.status();
+  staging_ = std::move(*b);
+  staging_blocks_ = static_cast<uint32_t>(n);
+  return Status::Ok();
+}
+
+// Continues `sq`'s GPU match with blocks from the store: the longest stored chain for the first `limit`
+// blocks of `tokens` is read (checksummed) into free pool blocks, half of the staging buffer at a
+// time, the next half's reads running while the GPU copies the last. Stops at the first block that
+// cannot be read or placed. Returns how many blocks were restored.
+size_t VulkanEngine::restore_from_store(Sequence& sq, std::span<const int32_t> tokens, size_t limit) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const uint32_t bt = layout_.block_tokens;
+  const size_t have = sq.blocks.size();
+  const kv::PrefixMatch m = store_->lookup(sq.name_space, fingerprint_, tokens.first(limit * bt));
+  if (m.blocks.size() <= have) return 0;
+  if (have > 0 && !(m.blocks[have - 1].key == sq.keys[have - 1])) return 0;  // keys are computed alike: never
+  const uint64_t per_block = block_all_layers();
+  std::vector<kv::BlockRef> want(m.blocks.begin() + static_cast<ptrdiff_t>(have), m.blocks.end());
+  size_t n = 0;
+  while (n < want.size() && want[n].raw_size == per_block) ++n;  // the fingerprint covers the layout: never short
+  want.resize(n);
+  if (Status st = ensure_staging(); !st.ok()) {
+    log::warn("engine", "KV store restore skipped: {}", st.message());
+    return 0;
+  }
+  const size_t G = staging_blocks_;
+  auto* host = static_cast<uint8_t*>(staging_.mapped());
+  auto start_read = [&](size_t g) {
+    std::vector<kv::BlockRef> refs(want.begin() + static_cast<ptrdiff_t>(g * G),
+                                   want.begin() + static_cast<ptrdiff_t>(std::min(n, (g + 1) * G)));
+    std::vector<std::span<uint8_t>> out;
+    for (size_t j = 0; j < refs.size(); ++j) out.emplace_back(host + ((g % 2) * G + j) * per_block, per_block);
+    return store_->read_async(std::move(refs), std::move(out));
+  };
+  size_t restored = 0;
+  std::future<std::vector<Status>> next;
+  if (n > 0) next = start_read(0);
+  for (size_t g = 0; g * G < n; ++g) {
+    const std::vector<Status> got = next.get();
+    if ((g + 1) * G < n) next = start_read(g + 1);  // reads the other half while this one is copied
+    size_t ok = 0;
+    while (ok < got.size() && got[ok].ok()) ++ok;
+    if (ok < got.size()) {
+      ++cache_stats_.store_read_failures;
+      log::warn("engine", "KV store block {} unreadable ({}); prefix restored up to it", want[g * G + ok].key.hex(),
+                got[ok].message());
+    }
+    std::vector<uint32_t> placed;
+    while (placed.size() < ok) {
+      const auto b = blocks_->allocate();
+      if (!b) break;
+      placed.push_back(*b);
+    }
+    auto stream = dev_->stream();
+    Status st = stream.ok() ? Status::Ok() : stream.status();
+    if (st.ok()) {
+      for (size_t j = 0; j < placed.size(); ++j) {
+        for (uint32_t l = 0; l < cfg_.n_layer; ++l) {
+          stream->copy(staging_, ((g % 2) * G + j) * per_block + l * layout_.block_bytes(), kv_[l],
+                       placed[j] * layout_.block_bytes(), layout_.block_bytes());
+        }
+      }
+      st = stream->submit_and_wait();
+    }
+    if (!st.ok()) {
+      log::warn("engine", "KV store restore: copying blocks into the pool failed: {}", st.message());
+      for (uint32_t b : placed) blocks_->release(b);
+      break;
+    }
+    for (size_t j = 0; j < placed.size(); ++j) {
+      const kv::BlockKey& key = want[g * G + j].key;
+      (void)blocks_->register_key(placed[j], key);
+      sq.blocks.push_back(placed[j]);
+      sq.keys.push_back(key);
+      cache_stats_.store_restored_bytes += per_block;
+      ++restored;
+    }
+    if (placed.size() < got.size()) break;
+  }
+  if (next.valid()) next.wait();  // the staging buffer must not be written after we return
+  cache_stats_.store_restore_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return restored;
+}
+
+// Copies the blocks registered during this step back to the host and queues them for the store.
+void VulkanEngine::export_to_store() {
+  if (to_store_.empty()) return;
+  std::vector<Export> pending = std::move(to_store_);
+  to_store_.clear();
+  if (Status st = ensure_staging(); !st.ok()) {
+    log::warn("engine", "KV store write skipped: {}", st.message());
+    return;
+  }
+  const uint64_t per_block = block_all_layers();
+  const size_t G = 2 * size_t{staging_blocks_};
+  const auto* host = static_cast<const uint8_t*>(staging_.mapped());
+  for (size_t first = 0; first < pending.size(); first += G) {
+    const size_t cnt = std::min(G, pending.size() - first);
+    auto stream = dev_->stream();
+    Status st = stream.ok() ? Status::Ok() : stream.status();
+    if (st.ok()) {
+      for (size_t j = 0; j < cnt; ++j) {
+        for (uint32_t l = 0; l < cfg_.n_layer; ++l) {
+          stream->copy(kv_[l], pending[first + j].block * layout_.block_bytes(), staging_,
+                       j * per_block + l * layout_.block_bytes(), layout_.block_bytes());
+        }
+      }
+      st = stream->submit_and_wait();
+    }
+    if (!st.ok()) {
+      log::warn("engine", "KV store write: copying blocks from the pool failed: {}", st.message());
+      return;
+    }
+    for (size_t j = 0; j < cnt; ++j) {
+      const Export& e = pending[first + j];
+      std::vector<uint8_t> payload(host + j * per_block, host + (j + 1) * per_block);
+      const kv::InsertResult r = store_->insert(e.key, e.parent, e.name_space, fingerprint_, layout_.block_tokens,
+                                                kv::PayloadDtype::kF16, static_cast<uint16_t>(cfg_.n_layer),
+                                                std::move(payload), e.tokens);
+      if (r == kv::InsertResult::kQueued) ++cache_stats_.store_blocks_queued;
+      if (r == kv::InsertResult::kDropped) ++cache_stats_.store_blocks_dropped;
+    }
+  }
 }
 
 // Registers the blocks the sequence has filled since the last call (a block is final once full: later
@@ -550,7 +719,11 @@ void VulkanEngine::register_full_blocks(Sequence& sq) {
     const kv::BlockKey parent = i == 0 ? kv::BlockKey{} : sq.keys.back();
     const kv::BlockKey key = kv::block_key(parent, fingerprint_, sq.name_space, toks.subspan(i * bt, bt));
     // False when another sequence registered the same content first: that block stays the cached one.
-    (void)blocks_->register_key(sq.blocks[i], key);
+    const bool fresh = blocks_->register_key(sq.blocks[i], key);
+    if (fresh && store_ && !store_->contains(key)) {
+      auto bt_tokens = toks.subspan(i * bt, bt);
+      to_store_.push_back({sq.blocks[i], key, parent, sq.name_space, {bt_tokens.begin(), bt_tokens.end()}});
+    }
     sq.keys.push_back(key);
   }
 }
@@ -880,6 +1053,8 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
   }
   for (const StepInput& in : inputs) register_full_blocks(seqs_[in.seq]);
   std::vector<StepOutput> out(inputs.size());
+  // Outputs are read from host buffers below before export_to_store() submits again (it does not touch
+  // them, but keeping the step's results first keeps that obvious).
   const auto* toks = static_cast<const uint32_t*>(tokens_host_.mapped());
   const auto* lg = static_cast<const float*>(logits_host_.mapped());
   uint32_t r = 0;
@@ -890,6 +1065,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     if (inputs[i].want_logits) out[i].logits.assign(lg + uint64_t{r} * c.n_vocab, lg + uint64_t{r + n} * c.n_vocab);
     r += n;
   }
+  export_to_store();
   return out;
 }
 

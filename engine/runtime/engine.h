@@ -18,6 +18,13 @@
 //    block that sequence completes is registered under its key. A closed sequence's registered blocks
 //    stay resident unreferenced and are evicted least recently used first, only when the pool needs
 //    room. A sequence never attached (the opt-out) neither reads nor registers blocks.
+//  - KV store tier (EngineOptions::store): attach_prefix() continues the GPU match with the store's
+//    longest stored chain (kv::Store::lookup), reads those blocks (checksummed; a bad block ends the
+//    match there) into free pool blocks and registers them, so later requests find them on the GPU.
+//    Every block a caching sequence completes that the store does not hold yet is copied back from the
+//    GPU at the end of that step and queued for the store (write-behind: kv::Store::insert never
+//    blocks on I/O). A block's store payload is the pool block of every layer in layer order (for each
+//    layer: K then V, [kv_head][token][head_dim] f16 — kernels/kv_layout.h), dtype f16.
 //  - Errors (the pool is full, a sequence would exceed the context, an unknown sequence) leave every
 //    sequence as it was before the call.
 // Thread-safety: one thread drives an Engine (the scheduler's loop); const accessors are safe anywhere.
@@ -34,6 +41,7 @@
 #include "engine/chat/render.h"
 #include "engine/gguf/model_info.h"
 #include "engine/tokenizer/tokenizer.h"
+#include "kvstore/store.h"
 
 namespace trove::engine {
 
@@ -63,6 +71,9 @@ struct EngineOptions {
   uint64_t kv_pool_bytes = 0;    // 0 = enough for max_sequences full contexts (capped by device memory)
   uint32_t max_batch_tokens = 512;  // largest number of tokens one step() takes (prefill chunk bound)
   bool progress = false;         // progress bar on stderr while uploading weights
+  // The SSD tier of the prefix cache (optional). Its block size must equal block_tokens. The engine
+  // flushes it when destroyed.
+  std::shared_ptr<kv::Store> store;
 };
 
 using SeqId = uint32_t;
@@ -97,6 +108,17 @@ struct PoolStats {
   uint64_t bytes = 0;
   uint32_t cached_blocks = 0;   // registered, unreferenced, resident (evictable)
   uint64_t evictions = 0;       // cached blocks reused for new content since load
+};
+
+// Prefix cache counters since load.
+struct CacheStats {
+  uint64_t gpu_hit_tokens = 0;        // tokens attached from GPU-resident blocks
+  uint64_t store_hit_tokens = 0;      // tokens attached from blocks restored from the KV store
+  uint64_t store_restored_bytes = 0;  // payload bytes read from the store into the pool
+  uint64_t store_read_failures = 0;   // stored blocks that could not be read (corrupt, I/O): a miss
+  uint64_t store_blocks_queued = 0;   // completed blocks copied back and queued for the store
+  uint64_t store_blocks_dropped = 0;  // ... that the store refused (write-behind queue full)
+  double store_restore_seconds = 0;   // time spent in lookup + read + upload
 };
 
 class Engine {
@@ -141,6 +163,7 @@ class Engine {
     (void)seq, (void)tokens, (void)name_space;
     return 0u;
   }
+  virtual CacheStats cache_stats() const { return {}; }
 };
 
 // True when `token` ends generation for this model (one of config().eos_ids).

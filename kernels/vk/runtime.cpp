@@ -375,10 +375,12 @@ Result<Buffer> Device::buffer(uint64_t bytes, Memory kind) {
   TROVE_VK(vkCreateBuffer(device_, &bci, nullptr, &b.buffer_), "vkCreateBuffer");
   VkMemoryRequirements req;
   vkGetBufferMemoryRequirements(device_, b.buffer_, &req);
-  VkMemoryPropertyFlags want = kind == Memory::kDeviceLocal
-                                   ? VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT
-                                   : (VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | VK_MEMORY_PROPERTY_HOST_COHERENT_BIT);
-  auto mt = memory_type(req.memoryTypeBits, want);
+  const VkMemoryPropertyFlags host = VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | VK_MEMORY_PROPERTY_HOST_COHERENT_BIT;
+  auto mt = kind == Memory::kDeviceLocal ? memory_type(req.memoryTypeBits, VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT)
+                                         : memory_type(req.memoryTypeBits, host);
+  if (kind == Memory::kHostCached) {
+    if (auto cached = memory_type(req.memoryTypeBits, host | VK_MEMORY_PROPERTY_HOST_CACHED_BIT); cached.ok()) mt = cached;
+  }
   if (!mt.ok()) return mt.status();
   VkMemoryAllocateInfo mai{VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO};
   mai.allocationSize = req.size;
@@ -390,7 +392,7 @@ Result<Buffer> Device::buffer(uint64_t bytes, Memory kind) {
                                                  features_.name, static_cast<int>(r)));
   }
   TROVE_VK(vkBindBufferMemory(device_, b.buffer_, b.mem_, 0), "vkBindBufferMemory");
-  if (kind == Memory::kHostVisible) TROVE_VK(vkMapMemory(device_, b.mem_, 0, VK_WHOLE_SIZE, 0, &b.mapped_), "vkMapMemory");
+  if (kind != Memory::kDeviceLocal) TROVE_VK(vkMapMemory(device_, b.mem_, 0, VK_WHOLE_SIZE, 0, &b.mapped_), "vkMapMemory");
   return b;
 }
 

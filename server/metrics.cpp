@@ -64,7 +64,7 @@ std::string Metrics::render(const SchedulerStats& s) const {
     out += fmt::format("# HELP {} {}\n# TYPE {} gauge\n{} {}\n", name, help, name, name, v);
   };
   counter("trove_prompt_tokens_total", "Prompt tokens of finished requests.", prompt_tokens_);
-  counter("trove_cached_tokens_total", "Prompt tokens taken from the prefix cache (GPU tier; the KV store tier is not wired in yet).", cached_tokens_);
+  counter("trove_cached_tokens_total", "Prompt tokens taken from the prefix cache (both tiers; by tier: trove_prefix_cache_hit_tokens_total).", cached_tokens_);
   counter("trove_generated_tokens_total", "Generated tokens.", generated_tokens_);
   counter("trove_requests_cancelled_total", "Requests cancelled because the client went away.", s.cancelled);
   counter("trove_scheduler_steps_total", "Engine steps run by the scheduler.", s.steps);
@@ -74,8 +74,17 @@ std::string Metrics::render(const SchedulerStats& s) const {
   gauge("trove_active_sequences", "Sequences being prefilled or decoded.", s.active);
   gauge("trove_kv_pool_blocks_used", "KV pool blocks in use.", s.pool.used_blocks);
   gauge("trove_kv_pool_blocks_total", "KV pool blocks.", s.pool.total_blocks);
-  counter("trove_store_hits_total", "KV store lookups that found a prefix (0: the store is not wired in yet, issue 7).", 0);
-  counter("trove_store_read_bytes_total", "Bytes read from the KV store (0: the store is not wired in yet, issue 7).", 0);
+  out += "# HELP trove_prefix_cache_hit_tokens_total Prompt tokens attached from the prefix cache, by tier: gpu (resident "
+         "KV blocks) or store (blocks read from the SSD KV store into the pool).\n"
+         "# TYPE trove_prefix_cache_hit_tokens_total counter\n";
+  out += fmt::format("trove_prefix_cache_hit_tokens_total{{tier=\"gpu\"}} {}\n", s.cache.gpu_hit_tokens);
+  out += fmt::format("trove_prefix_cache_hit_tokens_total{{tier=\"store\"}} {}\n", s.cache.store_hit_tokens);
+  counter("trove_store_restored_bytes_total", "KV bytes read from the store into the GPU pool.", s.cache.store_restored_bytes);
+  counter("trove_store_read_failures_total", "Stored blocks that could not be read (corrupt or I/O error; the prefix ended there).",
+          s.cache.store_read_failures);
+  counter("trove_store_blocks_written_total", "Completed KV blocks queued for the store (write-behind).", s.cache.store_blocks_queued);
+  counter("trove_store_blocks_dropped_total", "Completed KV blocks the store's write queue had no room for.",
+          s.cache.store_blocks_dropped);
   return out;
 }
 

@@ -3,8 +3,8 @@
 // Contract: every method is thread-safe (one mutex; the HTTP threads and the scheduler thread both
 // record). render() writes the text exposition: requests by endpoint and status, prompt / cached /
 // generated token totals, time-to-first-token and inter-token latency histograms, and the gauges the
-// caller passes in (queue depth, active sequences, KV pool blocks). Store hits and bytes are exported
-// as 0 until the KV store is wired in (issue 7) — the HELP text says so.
+// caller passes in (queue depth, active sequences, KV pool blocks, prefix cache hits by tier and KV
+// store traffic from the engine's CacheStats).
 #pragma once
 
 #include <cstdint>

@@ -61,7 +61,8 @@ struct Scheduler::Active {
 
 Scheduler::Scheduler(engine::Engine& engine, SchedulerObserver observer)
     : engine_(engine), observer_(std::move(observer)) {
-  stats_.pool = engine_.pool_stats();  // before the thread starts: safe on this thread
+  stats_.pool = engine_.pool_stats();
+  stats_.cache = engine_.cache_stats();  // before the thread starts: safe on this thread
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -273,6 +274,7 @@ void Scheduler::loop() {
       std::lock_guard<std::mutex> lock(mu_);
       stats_.active = static_cast<uint32_t>(active.size());
       stats_.pool = engine_.pool_stats();
+      stats_.cache = engine_.cache_stats();
     }
 
     // One batch: every decoding sequence's next token, then prefill chunks in admission order.
@@ -340,6 +342,7 @@ void Scheduler::loop() {
       stats_.completed += newly_done;
       stats_.active = static_cast<uint32_t>(active.size());
       stats_.pool = engine_.pool_stats();
+      stats_.cache = engine_.cache_stats();
     }
   }
   for (auto& a : active) {

@@ -67,7 +67,7 @@ const char* finish_reason_name(FinishReason f);
 struct GenerationResult {
   uint32_t prompt_tokens = 0;
   // Prompt tokens taken from the prefix cache (GPU-resident blocks) instead of prefilled: exactly the
-  // tokens Engine::attach_prefix() attached. The KV store tier is not wired in yet.
+  // tokens Engine::attach_prefix() attached (from GPU-resident blocks or restored from the KV store).
   uint32_t cached_tokens = 0;
   uint32_t generated_tokens = 0;
   FinishReason finish = FinishReason::kStop;
@@ -115,6 +115,7 @@ struct SchedulerStats {
   uint64_t cancelled = 0;     // requests ended by cancel()
   uint64_t completed = 0;     // requests ended any other way
   engine::PoolStats pool;     // snapshot after the last step
+  engine::CacheStats cache;   // prefix cache counters (GPU and store tiers), same moment
 };
 
 // Latency observations, called on the scheduler thread (the server feeds its metrics with them).

@@ -17,6 +17,7 @@
 #include "kvstore/store.h"
 #include "tools/command.h"
 #include "tools/paths.h"
+#include "tools/sizes.h"
 
 namespace {
 
@@ -25,16 +26,8 @@ using trove::kv::BlockKey;
 using trove::kv::BlockKeyHash;
 using trove::kv::Store;
 using json = nlohmann::json;
-
-std::string human_bytes(double b) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int u = 0;
-  while (b >= 1024 && u < 4) {
-    b /= 1024;
-    ++u;
-  }
-  return u == 0 ? fmt::format("{:.0f} B", b) : fmt::format("{:.1f} {}", b, units[u]);
-}
+using trove::cli::human_bytes;
+using trove::cli::parse_size;
 
 std::string human_time(int64_t unix_seconds) {
   if (unix_seconds <= 0) return "-";
@@ -44,22 +37,6 @@ std::string human_time(int64_t unix_seconds) {
   char buf[32];
   std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M", &tm);
   return buf;
-}
-
-// "10G", "512M", "1.5T", "4096" (bytes; K/M/G/T are powers of 1024).
-std::optional<uint64_t> parse_size(const std::string& s) {
-  char* end = nullptr;
-  const double v = std::strtod(s.c_str(), &end);
-  if (end == s.c_str() || v < 0) return std::nullopt;
-  std::string unit(end);
-  double mult = 1;
-  if (unit == "" || unit == "B") mult = 1;
-  else if (unit == "K" || unit == "KiB" || unit == "k") mult = 1024.0;
-  else if (unit == "M" || unit == "MiB") mult = 1024.0 * 1024;
-  else if (unit == "G" || unit == "GiB") mult = 1024.0 * 1024 * 1024;
-  else if (unit == "T" || unit == "TiB") mult = 1024.0 * 1024 * 1024 * 1024;
-  else return std::nullopt;
-  return static_cast<uint64_t>(v * mult);
 }
 
 // "30s", "15m", "12h", "7d".

@@ -1,5 +1,5 @@
 // `trove serve`: load a model and serve the OpenAI, Anthropic and Responses APIs on loopback.
-//   trove serve --model MODEL [--ctx N] [--parallel N] [--host H] [--port P] [--api-key KEY]
+//   trove serve --model MODEL [--ctx N] [--parallel N] [--host H] [--port P] [--api-key KEY] [--store DIR | --no-store]
 // Prints "trove: listening on http://HOST:PORT" on stdout once it accepts connections (tests read it).
 #include <pthread.h>
 
@@ -17,6 +17,8 @@
 #include "server/http_server.h"
 #include "tools/command.h"
 #include "tools/paths.h"
+#include "tools/sizes.h"
+#include "kvstore/store.h"
 
 namespace {
 
@@ -31,6 +33,7 @@ struct ServeArgs {
   std::string api_key;
   std::string store;
   std::string store_size = "64G";
+  bool no_store = false;
   size_t max_body = 32u << 20;
   bool log_prompts = false;
   bool test_force_output = false;
@@ -62,6 +65,28 @@ void serve(ServeArgs a) {
                        "the model; set --api-key or TROVE_API_KEY", a.host);
   }
   engine::EngineOptions eo;
+  // The SSD tier of the prefix cache: on by default under the cache dir, so a restart keeps every
+  // prefix computed before.
+  std::shared_ptr<kv::Store> store;
+  uint64_t store_budget = 0;
+  if (!a.no_store) {
+    const std::string dir = a.store.empty() ? cli::default_store_dir() : a.store;
+    const auto budget = cli::parse_size(a.store_size);
+    if (!budget || *budget == 0) {
+      cli::fail(fmt::format("--store-size {}: not a size; write e.g. 64G, 500M or 1T", a.store_size));
+    }
+    store_budget = *budget;
+    kv::Options ko;
+    ko.byte_budget = store_budget;
+    auto opened = kv::Store::open(dir, ko);
+    if (!opened.ok()) {
+      cli::fail(fmt::format("{}\n(use --store DIR for another store directory, or --no-store to serve without "
+                            "the SSD tier)", opened.status().message()));
+    }
+    store = std::move(*opened);
+    eo.block_tokens = store->block_tokens();
+    eo.store = store;
+  }
   eo.model_path = model;
   eo.n_ctx = a.ctx;
   eo.max_sequences = a.parallel;
@@ -97,9 +122,23 @@ void serve(ServeArgs a) {
   std::fprintf(stderr, "model %s on %s: context %u tokens, %u parallel sequences%s%s\n", so.model_id.c_str(),
                e.device_name().c_str(), e.n_ctx(), e.max_sequences(), a.api_key.empty() ? "" : ", API key required",
                a.test_force_output ? ", TEST HOOK --test-force-output ON" : "");
-  if (!a.store.empty()) {
-    std::fprintf(stderr, "note: --store %s is accepted but the KV store is not wired into serving yet (issue 7)\n",
-                 a.store.c_str());
+  if (store) {
+    // How much of the store this model can use: blocks stored under its fingerprint (any namespace).
+    const std::string fp = e.fingerprint();
+    uint64_t mine = 0, mine_bytes = 0;
+    (void)store->for_each_entry([&](const kv::BlockEntry& be) {
+      if (be.fingerprint != fp) return;
+      ++mine;
+      mine_bytes += be.ref.raw_size;
+    });
+    const kv::Stats st = store->stats();
+    std::fprintf(stderr, "KV store %s: %s of %s used, %llu blocks; %llu blocks (%llu tokens, %s of KV) for this model\n",
+                 store->dir().c_str(), cli::human_bytes(st.stored_bytes).c_str(),
+                 cli::human_bytes(store_budget).c_str(), static_cast<unsigned long long>(st.blocks),
+                 static_cast<unsigned long long>(mine), static_cast<unsigned long long>(mine * store->block_tokens()),
+                 cli::human_bytes(mine_bytes).c_str());
+  } else {
+    std::fprintf(stderr, "KV store off (--no-store): prefixes are cached on the GPU only and lost on restart\n");
   }
   std::printf("trove: listening on http://%s:%d\n", a.host.c_str(), *port);
   std::fflush(stdout);
@@ -114,8 +153,11 @@ void add_serve(CLI::App& sub) {
   sub.add_option("--host", a->host, "Address to listen on (loopback by default)")->capture_default_str();
   sub.add_option("--port", a->port, "Port (0: any free port)")->capture_default_str();
   sub.add_option("--api-key", a->api_key, "Require this key (Authorization: Bearer or x-api-key); also TROVE_API_KEY");
-  sub.add_option("--store", a->store, "KV store directory (used by the prefix cache, issue 7; default under the cache dir)");
-  sub.add_option("--store-size", a->store_size, "KV store size limit (issue 7)")->capture_default_str();
+  sub.add_option("--store", a->store, "KV store directory: the SSD tier of the prefix cache (default: " +
+                                          cli::default_store_dir() + ")");
+  sub.add_option("--store-size", a->store_size, "KV store size limit; least useful blocks are evicted beyond it")
+      ->capture_default_str();
+  sub.add_flag("--no-store", a->no_store, "Serve without the KV store (prefix cache on the GPU only)");
   sub.add_option("--max-body", a->max_body, "Largest request body in bytes (413 beyond)")->capture_default_str();
   sub.add_option("--max-batch-tokens", a->max_batch_tokens, "Most tokens per engine step (prefill chunk bound)")
       ->capture_default_str();

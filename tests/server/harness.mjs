@@ -18,7 +18,8 @@ export async function startServer({ template = null, args = [] } = {}) {
   execFileSync(trove, mk, { stdio: ["ignore", "ignore", "inherit"] });
   const proc = spawn(trove, ["serve", "--model", model, "--port", "0", ...args], {
     stdio: ["ignore", "pipe", "pipe"],
-    env: { ...process.env, TROVE_API_KEY: "" },
+    // TROVE_HOME: the default KV store lives under it, so each test file gets its own store.
+    env: { ...process.env, TROVE_API_KEY: "", TROVE_HOME: work },
   });
   let stderr = "";
   proc.stderr.on("data", (d) => { stderr += d; });

@@ -143,6 +143,23 @@ void Scheduler::admit(std::vector<std::unique_ptr<Active>>& active) {
     finish(*a, FinishReason::kError, why);
     ++stats_.completed;
   };
+  // True when an admitted request is still prefilling a whole block or more that `r`'s prompt shares
+  // with it (same namespace, both caching): `r` then waits, and attaches those blocks once they are
+  // registered instead of computing them a second time (agents start sub-sessions with the same
+  // system prompt at once).
+  auto shares_prefix_in_flight = [&](const GenerationRequest& r) {
+    if (!r.use_cache || bt == 0) return false;
+    for (const auto& a : active) {
+      if (a->decoding || !a->request.use_cache || a->request.cache_namespace != r.cache_namespace) continue;
+      const auto& p = a->request.prompt;
+      const size_t n = std::min(p.size(), r.prompt.size() - 1);
+      const size_t common = static_cast<size_t>(std::mismatch(p.begin(), p.begin() + static_cast<ptrdiff_t>(n),
+                                                              r.prompt.begin()).first - p.begin());
+      const size_t shared = common / bt * bt;
+      if (shared > 0 && a->prefilled < shared) return true;
+    }
+    return false;
+  };
   while (!queue_.empty() && active.size() < engine_.max_sequences()) {
     const GenerationRequest& r = queue_.front().request;
     if (r.prompt.empty()) {
@@ -154,6 +171,7 @@ void Scheduler::admit(std::vector<std::unique_ptr<Active>>& active) {
                                engine_.n_ctx()));
       continue;
     }
+    if (shares_prefix_in_flight(r)) break;  // FIFO: the requests behind it wait too (briefly)
     if (bt) {
       const uint64_t need = blocks_for(r.prompt.size() + 1);
       const uint64_t free_blocks = pool.total_blocks - std::min(pool.used_blocks, pool.total_blocks);

@@ -23,7 +23,10 @@
 //    step after the one running when cancel() was called. A queued request that is cancelled is dropped.
 //  - Prefix cache: on admission a request with use_cache attaches the longest cached prefix of its
 //    prompt (whole KV blocks, never the prompt's last token, whose logits choose the first output
-//    token); only the rest is prefilled and result.cached_tokens says how many were attached.
+//    token); only the rest is prefilled and result.cached_tokens says how many were attached. A request
+//    whose prompt shares whole blocks with one still being prefilled (same namespace) waits in the
+//    queue until those blocks are done and then attaches them: a prefix is computed once even when
+//    several requests bring it at the same moment.
 //  - Every stream ends with exactly one kDone event carrying a GenerationResult (token counts,
 //    finish reason, an error message for kError).
 //  - Test hook: a request with `forced_tokens` has each sampled token replaced by the next forced one

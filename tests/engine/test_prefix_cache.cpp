@@ -264,3 +264,36 @@ TEST(PrefixCache, SchedulerReportsCachedTokensOfARepeatedRequest) {
   EXPECT_EQ(run_request(sched, p, false, "default").cached_tokens, 0u) << "opt-out";
   EXPECT_EQ(run_request(sched, p, true, "tenant-b").cached_tokens, 0u) << "another namespace";
 }
+
+TEST(PrefixCache, RequestsArrivingTogetherWithASharedPrefixComputeItOnce) {
+  auto e = load();  // 3 slots, steps of at most 64 tokens: the shared 96 tokens take two steps
+  ASSERT_TRUE(e);
+  server::Scheduler sched(*e);
+  const auto shared = prompt(96, 31);
+  std::vector<std::shared_ptr<server::GenerationStream>> streams;
+  for (int i = 0; i < 3; ++i) {
+    server::GenerationRequest r;
+    r.prompt = shared;
+    const auto own = prompt(10, 40 + i);
+    r.prompt.insert(r.prompt.end(), own.begin(), own.end());
+    r.max_tokens = 1;
+    r.use_cache = true;
+    r.cache_namespace = "default";
+    streams.push_back(sched.submit(std::move(r)));  // all three before any is admitted or prefilled
+  }
+  std::vector<uint32_t> cached;
+  for (auto& s : streams) {
+    for (bool done = false; !done;) {
+      std::vector<server::GenerationEvent> evs;
+      s->wait(evs, std::chrono::milliseconds(200));
+      for (auto& ev : evs) {
+        if (ev.kind != server::GenerationEvent::Kind::kDone) continue;
+        EXPECT_NE(ev.result.finish, server::FinishReason::kError) << ev.result.error;
+        cached.push_back(ev.result.cached_tokens);
+        done = true;
+      }
+    }
+  }
+  EXPECT_EQ(cached, (std::vector<uint32_t>{0, 96, 96}))
+      << "the first computes the 6 shared blocks; the others wait for them and attach them";
+}

@@ -670,6 +670,12 @@ size_t VulkanEngine::restore_from_store(Sequence& sq, std::span<const int32_t> t
 // Copies the blocks registered during this step back to the host and queues them for the store.
 void VulkanEngine::export_to_store() {
   if (to_store_.empty()) return;
+  const auto t0 = std::chrono::steady_clock::now();
+  struct AddTime {
+    std::chrono::steady_clock::time_point t0;
+    double& to;
+    ~AddTime() { to += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); }
+  } add_time{t0, cache_stats_.store_export_seconds};
   std::vector<Export> pending = std::move(to_store_);
   to_store_.clear();
   if (Status st = ensure_staging(); !st.ok()) {

@@ -119,6 +119,7 @@ struct CacheStats {
   uint64_t store_blocks_queued = 0;   // completed blocks copied back and queued for the store
   uint64_t store_blocks_dropped = 0;  // ... that the store refused (write-behind queue full)
   double store_restore_seconds = 0;   // time spent in lookup + read + upload
+  double store_export_seconds = 0;    // time steps spent copying completed blocks back and queueing them
 };
 
 class Engine {

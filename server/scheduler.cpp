@@ -52,6 +52,7 @@ struct Scheduler::Active {
   engine::SeqId seq = 0;
   size_t prefilled = 0;       // prompt tokens already in the sequence
   bool decoding = false;      // prompt fully prefilled; `next` is the token to feed
+  bool restoring = false;     // the engine is still reading its cached prefix from the KV store
   int32_t next = -1;
   bool done = false;
   std::optional<tokenizer::Detokenizer> detok;
@@ -189,10 +190,12 @@ void Scheduler::admit(std::vector<std::unique_ptr<Active>>& active) {
     a->seq = *seq;
     if (a->request.use_cache) {
       const std::span<const int32_t> p(a->request.prompt);
-      auto got = engine_.attach_prefix(a->seq, p.first(p.size() - 1), a->request.cache_namespace);
+      // The GPU-resident part now; a part in the KV store is read while other sequences step.
+      auto got = engine_.begin_attach(a->seq, p.first(p.size() - 1), a->request.cache_namespace);
       if (got.ok()) {
         a->prefilled = *got;
         a->result.cached_tokens = *got;
+        a->restoring = engine_.restoring(a->seq);
       } else {
         log::warn("scheduler", "prefix cache not used for this request: {}", got.status().ToString());
       }
@@ -295,6 +298,18 @@ void Scheduler::loop() {
       stats_.cache = engine_.cache_stats();
     }
 
+    // Restores from the KV store that finished since the last step: those prompts go on from there.
+    engine_.pump_restores(/*wait=*/false);
+    bool any_restoring = false;
+    for (auto& a : active) {
+      if (a->restoring && !engine_.restoring(a->seq)) {
+        a->restoring = false;
+        a->prefilled = engine_.length(a->seq);
+        a->result.cached_tokens = static_cast<uint32_t>(a->prefilled);
+      }
+      any_restoring |= a->restoring;
+    }
+
     // One batch: every decoding sequence's next token, then prefill chunks in admission order.
     std::vector<engine::StepInput> inputs;
     std::vector<Active*> owners;
@@ -312,7 +327,7 @@ void Scheduler::loop() {
       --budget;
     }
     for (auto& a : active) {
-      if (a->decoding || budget == 0) continue;
+      if (a->decoding || a->restoring || budget == 0) continue;
       const size_t n = std::min<size_t>(budget, a->request.prompt.size() - a->prefilled);
       engine::StepInput in;
       in.seq = a->seq;
@@ -324,7 +339,10 @@ void Scheduler::loop() {
       chunk_sizes.push_back(n);
       budget -= static_cast<uint32_t>(n);
     }
-    if (inputs.empty()) continue;
+    if (inputs.empty()) {
+      if (any_restoring) engine_.pump_restores(/*wait=*/true);  // nothing else to run: wait for the reads
+      continue;
+    }
     auto out = engine_.step(inputs);
     if (!out.ok() && out.status().code() == StatusCode::kResourceExhausted) {
       // The pool filled up while sequences grew. The engine left every sequence as it was: end the

@@ -26,7 +26,9 @@
 //    token); only the rest is prefilled and result.cached_tokens says how many were attached. A request
 //    whose prompt shares whole blocks with one still being prefilled (same namespace) waits in the
 //    queue until those blocks are done and then attaches them: a prefix is computed once even when
-//    several requests bring it at the same moment.
+//    several requests bring it at the same moment. A prefix found in the KV store (not on the GPU) is
+//    read in the background (Engine::begin_attach / pump_restores): the other sequences keep stepping
+//    and the request's prefill starts when its blocks are in the pool.
 //  - Every stream ends with exactly one kDone event carrying a GenerationResult (token counts,
 //    finish reason, an error message for kError).
 //  - Test hook: a request with `forced_tokens` has each sampled token replaced by the next forced one

@@ -10,6 +10,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <deque>
+#include <future>
 #include <cstdlib>
 #include <cmath>
 #include <cstdio>
@@ -174,6 +176,9 @@ class VulkanEngine final : public Engine {
   }
   std::string fingerprint() const override { return fingerprint_; }
   Result<uint32_t> attach_prefix(SeqId seq, std::span<const int32_t> tokens, std::string_view name_space) override;
+  Result<uint32_t> begin_attach(SeqId seq, std::span<const int32_t> tokens, std::string_view name_space) override;
+  bool restoring(SeqId seq) const override;
+  void pump_restores(bool wait) override;
   CacheStats cache_stats() const override { return cache_stats_; }
   ~VulkanEngine() override;
 
@@ -189,7 +194,9 @@ class VulkanEngine final : public Engine {
   void register_full_blocks(Sequence& sq);
   uint64_t block_all_layers() const { return layout_.block_bytes() * cfg_.n_layer; }
   Status ensure_staging();
-  size_t restore_from_store(Sequence& sq, std::span<const int32_t> tokens, size_t limit);
+  struct Restore;
+  void start_group(Restore& r);
+  void finish_restore();
   void export_to_store();
 
   std::unique_ptr<vk::Device> dev_;
@@ -232,8 +239,21 @@ class VulkanEngine final : public Engine {
     std::vector<int32_t> tokens;
   };
   std::vector<Export> to_store_;  // registered during the current step, copied back at its end
+  // A sequence's blocks being read from the store (front: the one in progress).
+  struct Restore {
+    SeqId seq = 0;
+    std::vector<int32_t> tokens;  // the prompt's tokens up to the end of the stored chain
+    std::vector<kv::BlockRef> want;  // the blocks after the GPU match
+    size_t next_group = 0;           // next group of staging_blocks_ blocks to read
+    std::deque<std::future<std::vector<Status>>> reading;  // at most 2: one per staging half
+    size_t restored = 0;
+    bool ended = false;
+    double seconds = 0;
+  };
+  std::deque<Restore> restores_;
   vk::Buffer staging_;            // host-cached, 2 * staging_blocks_ pool blocks (all layers)
   uint32_t staging_blocks_ = 0;   // blocks per half (reads fill one half while the GPU copies the other)
+  uint32_t restore_group_blocks_ = 0;  // EngineOptions::restore_group_blocks
   CacheStats cache_stats_;
 };
 
@@ -314,6 +334,7 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
         opts.store->dir(), opts.store->block_tokens(), opts.block_tokens));
   }
   e->store_ = opts.store;
+  e->restore_group_blocks_ = opts.restore_group_blocks;
 
   auto dev = vk::Device::open();
   if (!dev.ok()) return dev.status();
@@ -548,9 +569,16 @@ Result<SeqId> VulkanEngine::open_sequence() {
 }
 
 Result<uint32_t> VulkanEngine::attach_prefix(SeqId seq, std::span<const int32_t> tokens, std::string_view name_space) {
+  auto now = begin_attach(seq, tokens, name_space);
+  if (!now.ok()) return now.status();
+  while (restoring(seq)) pump_restores(/*wait=*/true);
+  return length(seq);
+}
+
+Result<uint32_t> VulkanEngine::begin_attach(SeqId seq, std::span<const int32_t> tokens, std::string_view name_space) {
   if (seq >= seqs_.size() || !seqs_[seq].open) return Status::NotFound(fmt::format("sequence {} is not open", seq));
   Sequence& sq = seqs_[seq];
-  if (!sq.tokens.empty()) {
+  if (!sq.tokens.empty() || restoring(seq)) {
     return Status::InvalidArgument(fmt::format("attach_prefix: sequence {} already holds {} tokens; attach to an empty one",
                                                seq, sq.tokens.size()));
   }
@@ -569,16 +597,39 @@ Result<uint32_t> VulkanEngine::attach_prefix(SeqId seq, std::span<const int32_t>
     parent = key;
   }
   cache_stats_.gpu_hit_tokens += sq.blocks.size() * bt;
-  if (store_ && sq.blocks.size() < limit) cache_stats_.store_hit_tokens += restore_from_store(sq, tokens, limit) * bt;
   sq.tokens.assign(tokens.begin(), tokens.begin() + static_cast<ptrdiff_t>(sq.blocks.size() * bt));
+  if (store_ && sq.blocks.size() < limit) {
+    // The store's index is in memory: the lookup is cheap; only the reads are worth doing in the
+    // background.
+    const auto t0 = std::chrono::steady_clock::now();
+    const kv::PrefixMatch m = store_->lookup(sq.name_space, fingerprint_, tokens.first(limit * bt));
+    const size_t have = sq.blocks.size();
+    if (m.blocks.size() > have && (have == 0 || m.blocks[have - 1].key == sq.keys[have - 1])) {
+      Restore job;
+      job.seq = seq;
+      job.tokens.assign(tokens.begin(), tokens.begin() + static_cast<ptrdiff_t>(m.blocks.size() * bt));
+      const uint64_t per_block = block_all_layers();
+      for (size_t i = have; i < m.blocks.size() && m.blocks[i].raw_size == per_block; ++i) job.want.push_back(m.blocks[i]);
+      job.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (!job.want.empty()) restores_.push_back(std::move(job));
+    }
+  }
   return static_cast<uint32_t>(sq.tokens.size());
+}
+
+bool VulkanEngine::restoring(SeqId seq) const {
+  for (const auto& r : restores_) {
+    if (r.seq == seq) return true;
+  }
+  return false;
 }
 
 Status VulkanEngine::ensure_staging() {
   if (staging_blocks_) return Status::Ok();
   // About 128 MiB per half, at least one block, never more than the pool.
   const uint64_t per_block = block_all_layers();
-  uint64_t n = std::clamp<uint64_t>((128ull << 20) / per_block, 1, std::max<uint32_t>(1, blocks_->total()));
+  uint64_t n = std::clamp<uint64_t>(restore_group_blocks_ ? restore_group_blocks_ : (128ull << 20) / per_block, 1,
+                                    std::max<uint32_t>(1, blocks_->total()));
   n = std::min<uint64_t>(n, dev_->max_buffer_bytes() / (2 * per_block));
   if (n == 0) return Status::ResourceExhausted("one KV block of every layer exceeds the device's largest buffer");
   auto b = dev_->buffer(2 * n * per_block, vk::Memory::kHostCached);
@@ -588,60 +639,83 @@ Status VulkanEngine::ensure_staging() {
   return Status::Ok();
 }
 
-// Continues `sq`'s GPU match with blocks from the store: the longest stored chain for the first `limit`
-// blocks of `tokens` is read (checksummed) into free pool blocks, half of the staging buffer at a
-// time, the next half's reads running while the GPU copies the last. Stops at the first block that
-// cannot be read or placed. Returns how many blocks were restored.
-size_t VulkanEngine::restore_from_store(Sequence& sq, std::span<const int32_t> tokens, size_t limit) {
-  const auto t0 = std::chrono::steady_clock::now();
-  const uint32_t bt = layout_.block_tokens;
-  const size_t have = sq.blocks.size();
-  const kv::PrefixMatch m = store_->lookup(sq.name_space, fingerprint_, tokens.first(limit * bt));
-  if (m.blocks.size() <= have) return 0;
-  if (have > 0 && !(m.blocks[have - 1].key == sq.keys[have - 1])) return 0;  // keys are computed alike: never
-  const uint64_t per_block = block_all_layers();
-  std::vector<kv::BlockRef> want(m.blocks.begin() + static_cast<ptrdiff_t>(have), m.blocks.end());
-  size_t n = 0;
-  while (n < want.size() && want[n].raw_size == per_block) ++n;  // the fingerprint covers the layout: never short
-  want.resize(n);
-  if (Status st = ensure_staging(); !st.ok()) {
-    log::warn("engine", "KV store restore skipped: {}", st.message());
-    return 0;
-  }
-  const size_t G = staging_blocks_;
+// Restores go one at a time through the two halves of the staging buffer: the reads of a group of
+// blocks fill one half (kv::Store::read_async, on the store's threads) while the GPU copies the
+// previous group from the other half into free pool blocks. pump_restores() moves the front job on by
+// every group whose reads are done (all of them, waiting, when `wait`); the job ends after its last
+// group, at the first block that cannot be read (corrupt, I/O error: the match ends there) or placed
+// (pool full), or when its sequence is closed. Its sequence then holds the restored blocks.
+void VulkanEngine::start_group(Restore& r) {
+  const size_t G = staging_blocks_, first = r.next_group * G, n = std::min(r.want.size(), first + G) - first;
   auto* host = static_cast<uint8_t*>(staging_.mapped());
-  auto start_read = [&](size_t g) {
-    std::vector<kv::BlockRef> refs(want.begin() + static_cast<ptrdiff_t>(g * G),
-                                   want.begin() + static_cast<ptrdiff_t>(std::min(n, (g + 1) * G)));
-    std::vector<std::span<uint8_t>> out;
-    for (size_t j = 0; j < refs.size(); ++j) out.emplace_back(host + ((g % 2) * G + j) * per_block, per_block);
-    return store_->read_async(std::move(refs), std::move(out));
-  };
-  size_t restored = 0;
-  std::future<std::vector<Status>> next;
-  if (n > 0) next = start_read(0);
-  for (size_t g = 0; g * G < n; ++g) {
-    const std::vector<Status> got = next.get();
-    if ((g + 1) * G < n) next = start_read(g + 1);  // reads the other half while this one is copied
+  const uint64_t per_block = block_all_layers();
+  std::vector<kv::BlockRef> refs(r.want.begin() + static_cast<ptrdiff_t>(first),
+                                 r.want.begin() + static_cast<ptrdiff_t>(first + n));
+  std::vector<std::span<uint8_t>> out;
+  for (size_t j = 0; j < n; ++j) out.emplace_back(host + ((r.next_group % 2) * G + j) * per_block, per_block);
+  r.reading.push_back(store_->read_async(std::move(refs), std::move(out)));
+  ++r.next_group;
+}
+
+void VulkanEngine::finish_restore() {
+  Restore& r = restores_.front();
+  for (auto& f : r.reading) f.wait();  // the staging buffer must not be written after the job ends
+  Sequence& sq = seqs_[r.seq];
+  if (sq.open) {
+    sq.tokens.assign(r.tokens.begin(), r.tokens.begin() + static_cast<ptrdiff_t>(sq.blocks.size() * layout_.block_tokens));
+  }
+  cache_stats_.store_hit_tokens += r.restored * layout_.block_tokens;
+  cache_stats_.store_restore_seconds += r.seconds;
+  restores_.pop_front();
+}
+
+void VulkanEngine::pump_restores(bool wait) {
+  while (!restores_.empty()) {
+    Restore& r = restores_.front();
+    const auto t0 = std::chrono::steady_clock::now();
+    struct AddTime {
+      std::chrono::steady_clock::time_point t0;
+      double& to;
+      ~AddTime() { to += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); }
+    } add_time{t0, r.seconds};
+    if (!seqs_[r.seq].open || r.ended) {
+      finish_restore();
+      continue;
+    }
+    if (Status st = ensure_staging(); !st.ok()) {
+      log::warn("engine", "KV store restore skipped: {}", st.message());
+      r.ended = true;
+      continue;
+    }
+    const size_t G = staging_blocks_;
+    if (r.reading.empty()) start_group(r);
+    auto& front = r.reading.front();
+    if (!wait && front.wait_for(std::chrono::seconds(0)) != std::future_status::ready) return;
+    const std::vector<Status> got = front.get();
+    r.reading.pop_front();
+    const size_t group = r.next_group - 1 - r.reading.size();
+    if (group + 1 < (r.want.size() + G - 1) / G && r.reading.empty()) start_group(r);  // the other half
     size_t ok = 0;
     while (ok < got.size() && got[ok].ok()) ++ok;
     if (ok < got.size()) {
       ++cache_stats_.store_read_failures;
-      log::warn("engine", "KV store block {} unreadable ({}); prefix restored up to it", want[g * G + ok].key.hex(),
+      log::warn("engine", "KV store block {} unreadable ({}); prefix restored up to it", r.want[group * G + ok].key.hex(),
                 got[ok].message());
     }
+    Sequence& sq = seqs_[r.seq];
     std::vector<uint32_t> placed;
     while (placed.size() < ok) {
       const auto b = blocks_->allocate();
       if (!b) break;
       placed.push_back(*b);
     }
+    const uint64_t per_block = block_all_layers();
     auto stream = dev_->stream();
     Status st = stream.ok() ? Status::Ok() : stream.status();
     if (st.ok()) {
       for (size_t j = 0; j < placed.size(); ++j) {
         for (uint32_t l = 0; l < cfg_.n_layer; ++l) {
-          stream->copy(staging_, ((g % 2) * G + j) * per_block + l * layout_.block_bytes(), kv_[l],
+          stream->copy(staging_, ((group % 2) * G + j) * per_block + l * layout_.block_bytes(), kv_[l],
                        placed[j] * layout_.block_bytes(), layout_.block_bytes());
         }
       }
@@ -650,21 +724,18 @@ size_t VulkanEngine::restore_from_store(Sequence& sq, std::span<const int32_t> t
     if (!st.ok()) {
       log::warn("engine", "KV store restore: copying blocks into the pool failed: {}", st.message());
       for (uint32_t b : placed) blocks_->release(b);
-      break;
+      placed.clear();
     }
     for (size_t j = 0; j < placed.size(); ++j) {
-      const kv::BlockKey& key = want[g * G + j].key;
+      const kv::BlockKey& key = r.want[group * G + j].key;
       (void)blocks_->register_key(placed[j], key);
       sq.blocks.push_back(placed[j]);
       sq.keys.push_back(key);
       cache_stats_.store_restored_bytes += per_block;
-      ++restored;
+      ++r.restored;
     }
-    if (placed.size() < got.size()) break;
+    if (placed.size() < got.size() || group * G + got.size() >= r.want.size()) r.ended = true;
   }
-  if (next.valid()) next.wait();  // the staging buffer must not be written after we return
-  cache_stats_.store_restore_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return restored;
 }
 
 // Copies the blocks registered during this step back to the host and queues them for the store.
@@ -736,6 +807,14 @@ void VulkanEngine::register_full_blocks(Sequence& sq) {
 
 void VulkanEngine::close_sequence(SeqId seq) {
   if (seq >= seqs_.size() || !seqs_[seq].open) return;
+  for (auto it = restores_.begin(); it != restores_.end(); ++it) {
+    if (it->seq != seq) continue;
+    for (auto& f : it->reading) f.wait();  // reads in flight still write the staging buffer
+    cache_stats_.store_hit_tokens += it->restored * layout_.block_tokens;
+    cache_stats_.store_restore_seconds += it->seconds;
+    restores_.erase(it);
+    break;
+  }
   for (uint32_t b : seqs_[seq].blocks) blocks_->release(b);
   seqs_[seq] = Sequence{};
 }
@@ -743,6 +822,9 @@ void VulkanEngine::close_sequence(SeqId seq) {
 Status VulkanEngine::truncate(SeqId seq, uint32_t n) {
   if (seq >= seqs_.size() || !seqs_[seq].open) return Status::NotFound(fmt::format("sequence {} is not open", seq));
   Sequence& s = seqs_[seq];
+  if (restoring(seq)) {
+    return Status::InvalidArgument(fmt::format("sequence {} is still restoring its prefix from the KV store", seq));
+  }
   if (n > s.tokens.size()) {
     return Status::InvalidArgument(fmt::format("truncate to {} tokens: sequence {} has only {}", n, seq, s.tokens.size()));
   }
@@ -863,6 +945,9 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
   for (const StepInput& in : inputs) {
     if (in.seq >= seqs_.size() || !seqs_[in.seq].open) return Status::NotFound(fmt::format("sequence {} is not open", in.seq));
     if (seen[in.seq]) return Status::InvalidArgument(fmt::format("sequence {} appears twice in one step", in.seq));
+    if (restoring(in.seq)) {
+      return Status::InvalidArgument(fmt::format("sequence {} is still restoring its prefix from the KV store", in.seq));
+    }
     seen[in.seq] = true;
     if (in.tokens.empty()) return Status::InvalidArgument(fmt::format("sequence {}: a step needs at least one token", in.seq));
     const Sequence& s = seqs_[in.seq];

@@ -74,6 +74,9 @@ struct EngineOptions {
   // The SSD tier of the prefix cache (optional). Its block size must equal block_tokens. The engine
   // flushes it when destroyed.
   std::shared_ptr<kv::Store> store;
+  // Blocks per half of the restore staging buffer (0: about 128 MiB). Tests set it small to cover the
+  // double buffering.
+  uint32_t restore_group_blocks = 0;
 };
 
 using SeqId = uint32_t;
@@ -164,6 +167,17 @@ class Engine {
     (void)seq, (void)tokens, (void)name_space;
     return 0u;
   }
+  // attach_prefix() in two halves, so the caller's other sequences keep stepping while the store is
+  // read: begin_attach() attaches the GPU-resident blocks at once (returns the tokens attached so far)
+  // and queues the restore of the store's blocks after them; the sequence is restoring() — it may not
+  // step or truncate — until pump_restores() has placed them (or the chain ended at an unreadable
+  // block). pump_restores(false) does whatever reads have finished and returns; pump_restores(true)
+  // waits for the front restore's next group. attach_prefix() = begin_attach() + pump until done.
+  virtual Result<uint32_t> begin_attach(SeqId seq, std::span<const int32_t> tokens, std::string_view name_space) {
+    return attach_prefix(seq, tokens, name_space);
+  }
+  virtual bool restoring(SeqId seq) const { (void)seq; return false; }
+  virtual void pump_restores(bool wait) { (void)wait; }
   virtual CacheStats cache_stats() const { return {}; }
 };
 

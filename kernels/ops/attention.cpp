@@ -1,6 +1,7 @@
 #include "kernels/ops/attention.h"
 
 #include <algorithm>
+#include <cstdlib>
 
 #include <fmt/format.h>
 
@@ -12,6 +13,47 @@ struct Push {
   uint32_t n_splits, split_len;
 };
 struct CombinePush { uint32_t head_dim, n_heads, n_splits; };
+struct PrefillPush {
+  uint32_t block_size, n_kv_heads, n_heads, start_pos, n_tokens;
+  float scale;
+  uint32_t group;
+};
+constexpr uint32_t kPrefillDim = 128;            // the head_dim both prefill kernels are written for
+constexpr uint32_t kTiledRows = 32, kCoopmatRows = 64;  // query rows per workgroup (BQ in the shaders)
+constexpr uint32_t kTiledShared = 29 * 1024 + 512, kCoopmatShared = 44032;  // their shared memory, bytes
+
+uint32_t max_shared_bytes(const vk::Device& dev) {
+  VkPhysicalDeviceProperties props{};
+  vkGetPhysicalDeviceProperties(dev.physical(), &props);
+  return props.limits.maxComputeSharedMemorySize;
+}
+
+// The matrix-unit kernel needs a 16x16x16 f16 x f16 -> f32 subgroup shape (VkComponentTypeKHR FLOAT16 = 0,
+// FLOAT32 = 1; VkScopeKHR SUBGROUP = 3), 32-wide subgroups (4 per workgroup of 128) with shuffles, the
+// shader (only a glslang >= 14 build embeds it) and its shared memory.
+bool prefill_coopmat_usable(const vk::Device& dev) {
+  const auto& f = dev.features();
+  if (f.subgroup_size != 32 || !f.subgroup_shuffle || !vk::find_shader("attention_prefill_coopmat").words ||
+      max_shared_bytes(dev) < kCoopmatShared) {
+    return false;
+  }
+  for (const auto& c : f.coopmat_shapes) {
+    if (c.m == 16 && c.n == 16 && c.k == 16 && c.a == 0 && c.b == 0 && c.c == 1 && c.result == 1 && c.scope == 3) {
+      return true;
+    }
+  }
+  return false;
+}
+
+const char* path_name(AttentionPath p) {
+  switch (p) {
+    case AttentionPath::kAuto: return "auto";
+    case AttentionPath::kPerToken: return "per-token";
+    case AttentionPath::kPrefillTiled: return "prefill tiled";
+    case AttentionPath::kPrefillCoopmat: return "prefill cooperative-matrix";
+  }
+  return "?";
+}
 }  // namespace
 
 Result<PagedAttention> PagedAttention::create(vk::Device& dev) {
@@ -25,7 +67,26 @@ Result<PagedAttention> PagedAttention::create(vk::Device& dev) {
   op.pipeline_ = std::move(*p);
   op.combine_ = std::move(*c);
   op.scratch_ = std::move(*scratch);
+  if (max_shared_bytes(dev) >= kTiledShared) {
+    auto t = dev.pipeline({"attention_prefill_tiled", {}, sizeof(PrefillPush), 4, 64});
+    if (!t.ok()) return t.status();
+    op.prefill_tiled_ = std::move(*t);
+    op.has_prefill_tiled_ = true;
+  }
+  if (prefill_coopmat_usable(dev) && !std::getenv("TROVE_NO_COOPMAT")) {
+    auto m = dev.pipeline({"attention_prefill_coopmat", {}, sizeof(PrefillPush), 4, 128});
+    if (!m.ok()) return m.status();
+    op.prefill_coopmat_ = std::move(*m);
+    op.has_prefill_coopmat_ = true;
+  }
   return op;
+}
+
+AttentionPath PagedAttention::choose(const AttentionCall& c) const {
+  if (c.n_tokens < kPrefillMinTokens || c.shape.head_dim != kPrefillDim) return AttentionPath::kPerToken;
+  if (has_prefill_coopmat_ && c.shape.block_size % 16 == 0) return AttentionPath::kPrefillCoopmat;
+  if (has_prefill_tiled_) return AttentionPath::kPrefillTiled;
+  return AttentionPath::kPerToken;
 }
 
 Status PagedAttention::record(vk::CommandStream& s, const AttentionCall& c, vk::BufferRange pool,
@@ -52,6 +113,24 @@ Status PagedAttention::record(vk::CommandStream& s, const AttentionCall& c, vk::
         "attention: buffers too small: KV pool {} (need {}), block table {} (need {} entries), q {} out {} "
         "(need {})", pool.size, pool_bytes, block_table.size, blocks, q.size,
         out.size, qbytes));
+  }
+  const AttentionPath path = c.path == AttentionPath::kAuto ? choose(c) : c.path;
+  if (path == AttentionPath::kPrefillTiled || path == AttentionPath::kPrefillCoopmat) {
+    const bool coop = path == AttentionPath::kPrefillCoopmat;
+    if (sh.head_dim != kPrefillDim || (coop && sh.block_size % 16 != 0) ||
+        !(coop ? has_prefill_coopmat_ : has_prefill_tiled_)) {
+      return Status::InvalidArgument(fmt::format(
+          "attention: the {} path needs head_dim 128 (got {}){} and a device that runs it ({}); use the "
+          "automatic choice", path_name(path), sh.head_dim, coop ? ", block size a multiple of 16" : "",
+          (coop ? has_prefill_coopmat_ : has_prefill_tiled_) ? "this one does" : "this one does not"));
+    }
+    const uint32_t group = c.n_heads / static_cast<uint32_t>(sh.n_kv_heads);
+    const uint32_t rows = c.n_tokens * group, per = coop ? kCoopmatRows : kTiledRows;
+    PrefillPush push{static_cast<uint32_t>(sh.block_size), static_cast<uint32_t>(sh.n_kv_heads), c.n_heads,
+                     c.start_pos, c.n_tokens, c.scale, group};
+    vk::BufferRange bufs[4] = {pool, block_table, q, out};
+    return s.dispatch(coop ? prefill_coopmat_ : prefill_tiled_, bufs, &push, sizeof(push), (rows + per - 1) / per,
+                      static_cast<uint32_t>(sh.n_kv_heads));
   }
   // Split-K for short queries over a long KV: slices of >= 256 keys (multiples of the 64-key tile).
   const uint32_t keys = c.start_pos + c.n_tokens;

@@ -11,6 +11,13 @@
 // Short queries over a long KV (decode: n_tokens <= 4, more than 512 keys) are split-K: up to 32
 // workgroups per head each walk a slice of the keys into a scratch buffer the op owns, and a combine
 // dispatch merges them. record() then ends with a barrier, because the next call reuses the scratch.
+// Prefill (n_tokens >= kPrefillMinTokens) with head_dim 128 goes through a flash-attention kernel that
+// walks tiles of query rows (token × the query heads sharing one KV head) against 64-key tiles:
+// on the matrix units (attention_prefill_coopmat.comp: f16 Q and P, f32 scores and accumulation) when
+// the device offers 16×16×16 f16 subgroup matrices, 32-wide subgroups and 44 KiB of shared memory, the
+// block size is a multiple of 16 and TROVE_NO_COOPMAT is unset; otherwise the tiled f32 kernel
+// (attention_prefill_tiled.comp). Other head dims keep the per-token kernel. These paths use no
+// scratch, so several sequences' calls can be recorded without barriers between them.
 #pragma once
 
 #include "kernels/ref/attention_ref.h"
@@ -18,12 +25,17 @@
 
 namespace trove::ops {
 
+// Which kernel runs a call: kAuto picks as described above; the others force one (tests and the
+// benchmark compare them), and record() fails naming the path when the shape or device cannot take it.
+enum class AttentionPath { kAuto, kPerToken, kPrefillTiled, kPrefillCoopmat };
+
 struct AttentionCall {
   kernels::ref::PagedKvShape shape;
   uint32_t n_heads = 0;
   uint32_t start_pos = 0;
   uint32_t n_tokens = 0;
   float scale = 1.0f;
+  AttentionPath path = AttentionPath::kAuto;
 };
 
 class PagedAttention {
@@ -33,9 +45,18 @@ class PagedAttention {
                 vk::BufferRange block_table, vk::BufferRange q, vk::BufferRange out) const;
 
   static constexpr uint32_t kMaxSplits = 32, kMaxSplitTokens = 4, kMaxSplitHeads = 64;
+  static constexpr uint32_t kPrefillMinTokens = 8;
+  // Whether prefill runs on the cooperative-matrix kernel (device support, TROVE_NO_COOPMAT unset).
+  bool prefill_uses_coopmat() const { return has_prefill_coopmat_; }
+  // The kernel kAuto picks for this call (never kAuto).
+  AttentionPath choose(const AttentionCall& call) const;
 
  private:
   vk::Pipeline pipeline_;
+  vk::Pipeline prefill_tiled_;
+  vk::Pipeline prefill_coopmat_;
+  bool has_prefill_tiled_ = false;
+  bool has_prefill_coopmat_ = false;
   vk::Pipeline combine_;
   vk::Buffer scratch_;  // split partials: [token][head][split][head_dim + 2] f32
 };

@@ -1,10 +1,16 @@
 // GPU paged attention (kernels/ops/attention.h) against the float64 reference
 // (kernels/ref/attention_ref.h): random f16 K/V scattered through a shuffled block table (unused
-// blocks hold huge values the kernel must not read), random queries, output NaN-poisoned. Bound:
-// 1e-5 relative to the output norm (f32 online softmax). Decode and prefill-after-prefix shapes with
-// grouped-query heads; lavapipe < 5 s.
+// blocks hold huge values the kernel must not read, and the unwritten slots after the last position
+// hold NaN where the prefill kernels could multiply them by a zero probability), random queries,
+// output NaN-poisoned. Bound: 1e-5 relative to the output norm for the f32 kernels (per-token and
+// prefill tiled). The cooperative-matrix prefill kernel rounds q and the probabilities P to f16
+// (relative error 2^-11 ≈ 4.9e-4 each; scores and sums stay f32): its bound is 3e-3, six times one
+// f16 rounding, which a wrong mask, scale or tile (errors of order 1e-1) cannot pass. Decode and
+// prefill shapes with grouped-query heads (ratios 1, 2, 3, 4, 8), start_pos not a multiple of the
+// block, token counts not a multiple of the row tile; lavapipe < 10 s.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -20,9 +26,11 @@ namespace {
 constexpr uint32_t kNaN = 0x7fc00000u;
 
 void check(vk::Device& dev, const ops::PagedAttention& op, uint32_t n_heads, int64_t n_kv_heads, int64_t head_dim,
-           int64_t block_size, uint32_t start_pos, uint32_t n_tokens, uint32_t seed) {
+           int64_t block_size, uint32_t start_pos, uint32_t n_tokens, uint32_t seed,
+           ops::AttentionPath path = ops::AttentionPath::kAuto) {
   SCOPED_TRACE(testing::Message() << "heads " << n_heads << "/" << n_kv_heads << " dim " << head_dim << " block "
-                                  << block_size << " start " << start_pos << " tokens " << n_tokens);
+                                  << block_size << " start " << start_pos << " tokens " << n_tokens << " path "
+                                  << static_cast<int>(path));
   std::mt19937 rng(seed);
   std::normal_distribution<float> nd(0.0f, 1.0f);
   const int64_t used = (start_pos + n_tokens + block_size - 1) / block_size;
@@ -34,6 +42,16 @@ void check(vk::Device& dev, const ops::PagedAttention& op, uint32_t n_heads, int
   std::vector<quant::f16_bits> pool(shape.elements(), quant::f32_to_f16(3e4f));
   for (int64_t b : table) {
     for (int64_t i = 0; i < 2 * shape.half_block(); ++i) pool[b * 2 * shape.half_block() + i] = quant::f32_to_f16(nd(rng));
+  }
+  // Slots past the last position in the last block: never written by the engine, may hold anything.
+  const int64_t end = start_pos + n_tokens;
+  for (int64_t p = end; p < used * block_size; ++p) {
+    for (int64_t h = 0; h < n_kv_heads; ++h) {
+      for (int64_t d = 0; d < head_dim; ++d) {
+        pool[shape.k_offset(table[p / block_size], p % block_size, h) + d] = 0x7e00;  // f16 NaN
+        pool[shape.v_offset(table[p / block_size], p % block_size, h) + d] = 0x7e00;
+      }
+    }
   }
   std::vector<float> q(size_t{n_tokens} * n_heads * head_dim), expect(q.size());
   for (auto& v : q) v = nd(rng);
@@ -50,7 +68,10 @@ void check(vk::Device& dev, const ops::PagedAttention& op, uint32_t n_heads, int
   ASSERT_TRUE(ob->fill(kNaN).ok());
   auto s = dev.stream();
   ASSERT_TRUE(s.ok());
-  Status st = op.record(*s, {shape, n_heads, start_pos, n_tokens, scale}, *kb, *tb, *qb, *ob);
+  const ops::AttentionCall call{shape, n_heads, start_pos, n_tokens, scale, path};
+  const auto ran = path == ops::AttentionPath::kAuto ? op.choose(call) : path;
+  const double bound = ran == ops::AttentionPath::kPrefillCoopmat ? 3e-3 : 1e-5;
+  Status st = op.record(*s, call, *kb, *tb, *qb, *ob);
   ASSERT_TRUE(st.ok()) << st.ToString();
   ASSERT_TRUE(s->submit_and_wait().ok());
   std::vector<float> got(q.size());
@@ -61,7 +82,7 @@ void check(vk::Device& dev, const ops::PagedAttention& op, uint32_t n_heads, int
     err2 += double(got[i] - expect[i]) * (got[i] - expect[i]);
     ref2 += double(expect[i]) * expect[i];
   }
-  EXPECT_LT(std::sqrt(err2), 1e-5 * std::sqrt(ref2));
+  EXPECT_LT(std::sqrt(err2), bound * std::sqrt(ref2));
 }
 
 std::unique_ptr<vk::Device> open_device() {
@@ -89,6 +110,55 @@ TEST(PagedAttention, DecodeAndPrefillMatchReference) {
   check(*dev, *op, 4, 2, 64, 16, 2000, 3, 8);  // split-K, 3 tokens: the last slice is past token 0's end
 }
 
+// The prefill kernels (tiles of query rows = token × the query heads of one KV head) on shapes that
+// stress the tiling: GQA ratios 1, 2, 3, 4, 8; start_pos inside a block; token counts that leave a
+// partial row tile; a 16-token block; a walk over several 64-key tiles of a cached prefix.
+void check_prefill(vk::Device& dev, const ops::PagedAttention& op, ops::AttentionPath path) {
+  check(dev, op, 8, 2, 128, 64, 0, 70, 11, path);     // no prefix, 280 rows (partial tile), G 4
+  check(dev, op, 8, 2, 128, 64, 100, 37, 12, path);   // prefix ends mid-block
+  check(dev, op, 8, 1, 128, 64, 64, 9, 13, path);     // G 8, prefix of exactly one block
+  check(dev, op, 4, 4, 128, 64, 130, 50, 14, path);   // G 1
+  check(dev, op, 6, 2, 128, 64, 5, 33, 15, path);     // G 3: a row tile splits a token's heads
+  check(dev, op, 4, 2, 128, 16, 17, 40, 16, path);    // 16-token blocks
+  check(dev, op, 8, 2, 128, 64, 1000, 64, 17, path);  // 17 key tiles, the last one partial
+  check(dev, op, 2, 1, 128, 64, 3, 8, 18, path);      // the smallest prefill, inside one block
+  if (std::getenv("TROVE_KERNEL_FULL")) {
+    check(dev, op, 32, 8, 128, 64, 1536, 512, 19, path);  // Qwen3-8B heads, a 512-token chunk at depth
+    check(dev, op, 32, 4, 128, 64, 4000, 512, 20, path);  // Qwen3-30B-A3B heads
+  }
+}
+
+TEST(PagedAttention, PrefillTiledMatchesReference) {
+  auto dev = open_device();
+  ASSERT_TRUE(dev);
+  auto op = ops::PagedAttention::create(*dev);
+  ASSERT_TRUE(op.ok()) << op.status().ToString();
+  check_prefill(*dev, *op, ops::AttentionPath::kPrefillTiled);
+  // The per-token kernel on the same prefill shapes (it stays the path for other head dims).
+  check(*dev, *op, 6, 2, 128, 64, 5, 33, 15, ops::AttentionPath::kPerToken);
+}
+
+// On a device with f16 subgroup matrices the cooperative-matrix kernel must match the reference;
+// on one without (lavapipe), forcing it must fail with an error that names the path.
+TEST(PagedAttention, PrefillCoopmatMatchesReferenceOrIsRefused) {
+  auto dev = open_device();
+  ASSERT_TRUE(dev);
+  auto op = ops::PagedAttention::create(*dev);
+  ASSERT_TRUE(op.ok()) << op.status().ToString();
+  if (op->prefill_uses_coopmat()) {
+    check_prefill(*dev, *op, ops::AttentionPath::kPrefillCoopmat);
+    EXPECT_EQ(op->choose({{4, 64, 2, 128}, 8, 0, 64, 1.0f}), ops::AttentionPath::kPrefillCoopmat);
+    return;
+  }
+  auto b = dev->buffer(1 << 20);
+  ASSERT_TRUE(b.ok());
+  auto s = dev->stream();
+  ASSERT_TRUE(s.ok());
+  Status st = op->record(*s, {{4, 64, 2, 128}, 8, 0, 64, 1.0f, ops::AttentionPath::kPrefillCoopmat}, *b, *b, *b, *b);
+  EXPECT_NE(st.message().find("cooperative-matrix"), std::string::npos) << st.message();
+  EXPECT_NE(op->choose({{4, 64, 2, 128}, 8, 0, 64, 1.0f}), ops::AttentionPath::kPrefillCoopmat);
+}
+
 TEST(PagedAttention, BadShapesAreNamed) {
   auto dev = open_device();
   ASSERT_TRUE(dev);
@@ -104,4 +174,8 @@ TEST(PagedAttention, BadShapesAreNamed) {
   EXPECT_NE(st.message().find("head_dim"), std::string::npos) << st.message();
   st = op->record(*s, {{64, 16, 8, 128}, 8, 0, 1, 1.0f}, *b, *b, *b, *b);
   EXPECT_NE(st.message().find("too small"), std::string::npos) << st.message();
+  auto big = dev->buffer(1 << 16);
+  ASSERT_TRUE(big.ok());
+  st = op->record(*s, {{4, 16, 2, 64}, 4, 0, 16, 1.0f, ops::AttentionPath::kPrefillTiled}, *big, *big, *big, *big);
+  EXPECT_NE(st.message().find("head_dim 128"), std::string::npos) << st.message();
 }

@@ -2,7 +2,11 @@
 // = decode, 512 = a prefill chunk), with the achieved GB/s and TFLOP/s beside the H100's ceilings from
 // ../shared/docs/TARGETS.md (3025 GB/s device copy, 792 TFLOP/s bf16 tensor cores).
 //
-//   build/bench/kernels/bench_kernels [--reps N] [--quick]
+//   build/bench/kernels/bench_kernels [--reps N] [--quick] [--only matmul|attention|elementwise]
+//
+// Attention rows: decode (1 token) at depth, and 512-token prefill chunks at depths 512/4096/16384 on
+// each kernel (per-token, prefill tiled, prefill cooperative-matrix where the device has it), plus
+// 8..64-token chunks at depth 4096 (where the automatic choice switches to the prefill kernels).
 //
 // Times come from GPU timestamps around N back-to-back dispatches (wall clock when the queue has no
 // timestamps). Inputs are constant-filled buffers: speed does not depend on the values.
@@ -75,6 +79,9 @@ int main(int argc, char** argv) {
   bool quick = false;
   app.add_option("--reps", reps, "Dispatches per measurement");
   app.add_flag("--quick", quick, "Small shapes only (a smoke run on a CPU device)");
+  std::string only;
+  app.add_option("--only", only, "Run one section: matmul, attention or elementwise")
+      ->check(CLI::IsMember({"matmul", "attention", "elementwise"}));
   CLI11_PARSE(app, argc, argv);
 
   auto devr = vk::Device::open();
@@ -97,6 +104,7 @@ int main(int argc, char** argv) {
       {"30B-A3B", "expert gate/up", 768, 2048}, {"30B-A3B", "expert down", 2048, 768},
       {"30B-A3B", "head", 151936, 2048}};
   if (quick) mats = {{"tiny", "q", 512, 256}, {"tiny", "head", 4096, 256}};
+  if (!only.empty() && only != "matmul") mats.clear();
   auto mm = ops::Matmul::create(dev);
   if (!mm.ok()) return fail(mm.status());
   for (const auto& m : mats) {
@@ -129,10 +137,34 @@ int main(int argc, char** argv) {
   // ---- attention over a paged f16 pool: decode at depth, and a prefill chunk
   auto att = ops::PagedAttention::create(dev);
   if (!att.ok()) return fail(att.status());
-  struct Att { const char* model; uint32_t heads, kv_heads, tokens, depth; };
-  std::vector<Att> atts = {{"8B", 32, 8, 1, 4096}, {"8B", 32, 8, 1, 16384}, {"8B", 32, 8, 512, 0},
-                           {"30B-A3B", 32, 4, 1, 16384}, {"30B-A3B", 32, 4, 512, 4096}};
-  if (quick) atts = {{"tiny", 4, 2, 1, 256}, {"tiny", 4, 2, 16, 0}};
+  using Path = ops::AttentionPath;
+  struct Att { const char* model; uint32_t heads, kv_heads, tokens, depth; Path path; };
+  std::vector<Att> atts = {{"8B", 32, 8, 1, 4096, Path::kAuto}, {"8B", 32, 8, 1, 16384, Path::kAuto},
+                           {"30B-A3B", 32, 4, 1, 16384, Path::kAuto}};
+  std::vector<Path> prefill_paths = {Path::kPerToken, Path::kPrefillTiled};
+  if (att->prefill_uses_coopmat()) prefill_paths.push_back(Path::kPrefillCoopmat);
+  for (const auto& [model, kvh] : {std::pair<const char*, uint32_t>{"8B", 8}, {"30B-A3B", 4}}) {
+    for (uint32_t depth : {512u, 4096u, 16384u}) {
+      for (Path p : prefill_paths) atts.push_back({model, 32, kvh, 512, depth, p});
+    }
+  }
+  for (uint32_t tokens : {4u, 8u, 16u, 32u, 64u}) {
+    for (Path p : prefill_paths) atts.push_back({"8B", 32, 8, tokens, 4096, p});
+  }
+  if (quick) {
+    atts = {{"tiny", 4, 2, 1, 256, Path::kAuto}};
+    for (Path p : prefill_paths) atts.push_back({"tiny", 8, 2, 64, 64, p});
+  }
+  if (!only.empty() && only != "attention") atts.clear();
+  auto path_label = [](Path p) {
+    switch (p) {
+      case Path::kAuto: return "attention f16 KV";
+      case Path::kPerToken: return "attention f16 KV, per-token";
+      case Path::kPrefillTiled: return "attention f16 KV, prefill tiled";
+      case Path::kPrefillCoopmat: return "attention f16 KV, prefill coopmat";
+    }
+    return "?";
+  };
   for (const auto& a : atts) {
     const uint32_t D = 128, B = 64, total = a.depth + a.tokens, nb = (total + B - 1) / B;
     kernels::ref::PagedKvShape shape{nb, B, a.kv_heads, D};
@@ -143,13 +175,13 @@ int main(int argc, char** argv) {
     std::vector<int32_t> ids(nb);
     for (uint32_t i = 0; i < nb; ++i) ids[i] = static_cast<int32_t>(i);
     if (auto st = table->upload(ids.data(), ids.size() * 4); !st.ok()) return fail(st);
-    ops::AttentionCall call{shape, a.heads, a.depth, a.tokens, 0.088f};
+    ops::AttentionCall call{shape, a.heads, a.depth, a.tokens, 0.088f, a.path};
     auto t = time_op(dev, reps, [&](vk::CommandStream& s) { return att->record(s, call, *pool, *table, *q, *o); });
     if (!t.ok()) return fail(t.status());
     // K and V read once per query token group: kv bytes of the depth (decode) + q/out.
     const double kv = 2.0 * total * a.kv_heads * D * 2;
     const double flops = 4.0 * a.heads * D * (a.tokens * double(a.depth) + a.tokens * (a.tokens + 1) / 2.0);
-    rows.push_back({"attention f16 KV", fmt::format("{} {}q/{}kv heads, {} tokens at depth {}", a.model, a.heads, a.kv_heads, a.tokens, a.depth),
+    rows.push_back({path_label(a.path), fmt::format("{} {}q/{}kv heads, {} tokens at depth {}", a.model, a.heads, a.kv_heads, a.tokens, a.depth),
                     *t, kv / *t / 1e3, flops / *t / 1e6});
   }
 
@@ -160,6 +192,7 @@ int main(int argc, char** argv) {
   auto gr = ops::GetRows::create(dev, GgmlType::Q4_K);
   if (!rms.ok() || !rope.ok() || !swi.ok() || !gr.ok()) return fail(Status::Internal("op creation failed"));
   for (uint32_t T : {1u, quick ? 8u : 512u}) {
+    if (!only.empty() && only != "elementwise") break;
     const uint32_t E = quick ? 256 : 4096, F = quick ? 512 : 12288;
     auto x = filled(dev, uint64_t{T} * std::max<uint32_t>(F, 32 * 128) * 4, 0x3f800000u), w = filled(dev, uint64_t{F} * 4, 0x3f800000u),
          out = filled(dev, uint64_t{T} * F * 4), up = filled(dev, uint64_t{T} * F * 4, 0x3f800000u);

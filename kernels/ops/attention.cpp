@@ -16,7 +16,7 @@ struct CombinePush { uint32_t head_dim, n_heads, n_splits; };
 struct PrefillPush {
   uint32_t block_size, n_kv_heads, n_heads, start_pos, n_tokens;
   float scale;
-  uint32_t group;
+  uint32_t group, n_splits, split_len;
 };
 constexpr uint32_t kPrefillDim = 128;            // the head_dim both prefill kernels are written for
 constexpr uint32_t kTiledRows = 32, kCoopmatRows = 64;  // query rows per workgroup (BQ in the shaders)
@@ -61,20 +61,21 @@ Result<PagedAttention> PagedAttention::create(vk::Device& dev) {
   if (!p.ok()) return p.status();
   auto c = dev.pipeline({"attention_combine", {}, sizeof(CombinePush), 2, 64});
   if (!c.ok()) return c.status();
-  auto scratch = dev.buffer(uint64_t{kMaxSplitTokens} * kMaxSplitHeads * kMaxSplits * (256 + 2) * 4);
+  auto scratch = dev.buffer(std::max<uint64_t>(uint64_t{kMaxSplitTokens} * kMaxSplitHeads * kMaxSplits * (256 + 2) * 4,
+                                                kPrefillScratchBytes));
   if (!scratch.ok()) return scratch.status();
   PagedAttention op;
   op.pipeline_ = std::move(*p);
   op.combine_ = std::move(*c);
   op.scratch_ = std::move(*scratch);
   if (max_shared_bytes(dev) >= kTiledShared) {
-    auto t = dev.pipeline({"attention_prefill_tiled", {}, sizeof(PrefillPush), 4, 64});
+    auto t = dev.pipeline({"attention_prefill_tiled", {}, sizeof(PrefillPush), 5, 64});
     if (!t.ok()) return t.status();
     op.prefill_tiled_ = std::move(*t);
     op.has_prefill_tiled_ = true;
   }
   if (prefill_coopmat_usable(dev) && !std::getenv("TROVE_NO_COOPMAT")) {
-    auto m = dev.pipeline({"attention_prefill_coopmat", {}, sizeof(PrefillPush), 4, 128});
+    auto m = dev.pipeline({"attention_prefill_coopmat", {}, sizeof(PrefillPush), 5, 128});
     if (!m.ok()) return m.status();
     op.prefill_coopmat_ = std::move(*m);
     op.has_prefill_coopmat_ = true;
@@ -83,9 +84,11 @@ Result<PagedAttention> PagedAttention::create(vk::Device& dev) {
 }
 
 AttentionPath PagedAttention::choose(const AttentionCall& c) const {
-  if (c.n_tokens < kPrefillMinTokens || c.shape.head_dim != kPrefillDim) return AttentionPath::kPerToken;
-  if (has_prefill_coopmat_ && c.shape.block_size % 16 == 0) return AttentionPath::kPrefillCoopmat;
-  if (has_prefill_tiled_) return AttentionPath::kPrefillTiled;
+  if (c.shape.head_dim != kPrefillDim) return AttentionPath::kPerToken;
+  if (has_prefill_coopmat_ && c.shape.block_size % 16 == 0 && c.n_tokens >= kPrefillMinTokens) {
+    return AttentionPath::kPrefillCoopmat;
+  }
+  if (has_prefill_tiled_ && c.n_tokens >= kPrefillTiledMinTokens) return AttentionPath::kPrefillTiled;
   return AttentionPath::kPerToken;
 }
 
@@ -126,11 +129,31 @@ Status PagedAttention::record(vk::CommandStream& s, const AttentionCall& c, vk::
     }
     const uint32_t group = c.n_heads / static_cast<uint32_t>(sh.n_kv_heads);
     const uint32_t rows = c.n_tokens * group, per = coop ? kCoopmatRows : kTiledRows;
-    PrefillPush push{static_cast<uint32_t>(sh.block_size), static_cast<uint32_t>(sh.n_kv_heads), c.n_heads,
-                     c.start_pos, c.n_tokens, c.scale, group};
-    vk::BufferRange bufs[4] = {pool, block_table, q, out};
-    return s.dispatch(coop ? prefill_coopmat_ : prefill_tiled_, bufs, &push, sizeof(push), (rows + per - 1) / per,
-                      static_cast<uint32_t>(sh.n_kv_heads));
+    const uint32_t tiles = (rows + per - 1) / per, kvh = static_cast<uint32_t>(sh.n_kv_heads);
+    // Split the key walk when there are few workgroups for a long KV (a short chunk deep in the
+    // context, or a 512-token chunk at depth: ~256 workgroups on the H100's 132 SMs): up to
+    // kPrefillMaxSplits slices of >= kPrefillMinSplitKeys keys, as far as the scratch holds them.
+    const uint32_t keys = c.start_pos + c.n_tokens;
+    const uint64_t split_bytes = uint64_t{c.n_tokens} * c.n_heads * (kPrefillDim + 2) * 4;
+    uint32_t n_splits = std::min<uint64_t>({kPrefillMaxSplits, (keys + kPrefillMinSplitKeys - 1) / kPrefillMinSplitKeys,
+                                            (kPrefillTargetGroups + tiles * kvh - 1) / (tiles * kvh),
+                                            scratch_.size() / split_bytes});
+    n_splits = std::max<uint32_t>(n_splits, 1);
+    uint32_t split_len = (keys + n_splits - 1) / n_splits;
+    split_len = (split_len + 63) / 64 * 64;  // whole 64-key tiles (both kernels' key tile divides 64)
+    n_splits = (keys + split_len - 1) / split_len;
+    PrefillPush push{static_cast<uint32_t>(sh.block_size), kvh, c.n_heads, c.start_pos, c.n_tokens, c.scale, group,
+                     n_splits, split_len};
+    vk::BufferRange bufs[5] = {pool, block_table, q, out, scratch_};
+    TROVE_RETURN_IF_ERROR(s.dispatch(coop ? prefill_coopmat_ : prefill_tiled_, bufs, &push, sizeof(push), tiles, kvh,
+                                     n_splits));
+    if (n_splits == 1) return Status::Ok();
+    s.barrier();
+    CombinePush cp{kPrefillDim, c.n_heads, n_splits};
+    vk::BufferRange cb[2] = {scratch_, out};
+    TROVE_RETURN_IF_ERROR(s.dispatch(combine_, cb, &cp, sizeof(cp), c.n_heads, c.n_tokens));
+    s.barrier();  // the next record() reuses the scratch
+    return Status::Ok();
   }
   // Split-K for short queries over a long KV: slices of >= 256 keys (multiples of the 64-key tile).
   const uint32_t keys = c.start_pos + c.n_tokens;

@@ -16,8 +16,8 @@
 // on the matrix units (attention_prefill_coopmat.comp: f16 Q and P, f32 scores and accumulation) when
 // the device offers 16×16×16 f16 subgroup matrices, 32-wide subgroups and 44 KiB of shared memory, the
 // block size is a multiple of 16 and TROVE_NO_COOPMAT is unset; otherwise the tiled f32 kernel
-// (attention_prefill_tiled.comp). Other head dims keep the per-token kernel. These paths use no
-// scratch, so several sequences' calls can be recorded without barriers between them.
+// (attention_prefill_tiled.comp). Other head dims keep the per-token kernel. Long prefill walks with few workgroups are split over key slices like decode (the same scratch and
+// combine pass, and then the same closing barrier).
 #pragma once
 
 #include "kernels/ref/attention_ref.h"
@@ -45,7 +45,15 @@ class PagedAttention {
                 vk::BufferRange block_table, vk::BufferRange q, vk::BufferRange out) const;
 
   static constexpr uint32_t kMaxSplits = 32, kMaxSplitTokens = 4, kMaxSplitHeads = 64;
-  static constexpr uint32_t kPrefillMinTokens = 8;
+  // Token counts from which kAuto takes a prefill kernel (measured on the H100 at depth 4096:
+  // docs/performance.md): the cooperative-matrix one beats the per-token kernel from 8 tokens, the
+  // tiled f32 one from 32.
+  static constexpr uint32_t kPrefillMinTokens = 8, kPrefillTiledMinTokens = 32;
+  // Prefill split-K: at most this many key slices, each >= kPrefillMinSplitKeys keys, only while the
+  // grid has fewer than kPrefillTargetGroups workgroups; partials share the scratch (its size bounds
+  // the slices: 4 for a 512-token chunk of 32 heads).
+  static constexpr uint32_t kPrefillMaxSplits = 16, kPrefillMinSplitKeys = 512, kPrefillTargetGroups = 1024;
+  static constexpr uint64_t kPrefillScratchBytes = 40ull << 20;
   // Whether prefill runs on the cooperative-matrix kernel (device support, TROVE_NO_COOPMAT unset).
   bool prefill_uses_coopmat() const { return has_prefill_coopmat_; }
   // The kernel kAuto picks for this call (never kAuto).
@@ -58,7 +66,7 @@ class PagedAttention {
   bool has_prefill_tiled_ = false;
   bool has_prefill_coopmat_ = false;
   vk::Pipeline combine_;
-  vk::Buffer scratch_;  // split partials: [token][head][split][head_dim + 2] f32
+  vk::Buffer scratch_;  // split partials: [token][head][split][head_dim + 2] f32 (decode and prefill)
 };
 
 }  // namespace trove::ops

@@ -19,7 +19,8 @@
 //     pool's unwritten slots may hold anything, and 0 × NaN would poison the row); the product goes
 //     into fresh accumulators, 64 dims at a time, through shared memory into each lane's f32 output
 //     registers — a per-row rescale cannot be applied to an accumulator matrix in place.
-// Causal mask: row R may see keys 0 .. start_pos + R / G. Rows past n_tokens * G are computed as
+// Long walks are split over n_splits workgroups (grid z) that write partials for
+// attention_combine.comp. Causal mask: row R may see keys 0 .. start_pos + R / G. Rows past n_tokens * G are computed as
 // fully masked and not written. q/out are f32 [n_tokens][n_heads][128]; pool layout kernels/kv_layout.h.
 // Shared memory 44 KiB (kernels/ops/attention.cpp checks the device's limit). Used only where the
 // device offers 16×16×16 f16×f16→f32 subgroup matrices and subgroups of 32.
@@ -29,8 +30,10 @@ layout(std430, set = 0, binding = 0) readonly buffer KV16 { float16_t kvf[]; }; 
 layout(std430, set = 0, binding = 1) readonly buffer T { int table[]; };
 layout(std430, set = 0, binding = 2) readonly buffer Q { vec4 q4[]; };
 layout(std430, set = 0, binding = 3) writeonly buffer O { vec4 o4[]; };
+layout(std430, set = 0, binding = 4) writeonly buffer Part { float part[]; };  // split partials
 layout(push_constant) uniform P {
   uint block_size; uint n_kv_heads; uint n_heads; uint start_pos; uint n_tokens; float scale; uint group;
+  uint n_splits; uint split_len;
 } pc;
 
 const uint D = 128u, BQ = 64u, BK = 64u;
@@ -80,7 +83,10 @@ void main() {
   for (uint h = 0u; h < 2u; ++h)
     for (uint i = 0u; i < 32u; ++i) o[h][i] = 0.0;
 
-  for (uint base = 0u; base < kend; base += BK) {
+  // Split-K (n_splits > 1): this workgroup walks keys k0 .. k1 - 1 only (split_len is a multiple of
+  // the key tile, so a tile never crosses a split) and writes its unnormalised output, m and l.
+  uint split = gl_WorkGroupID.z, k0 = split * pc.split_len, k1 = min(kend, k0 + pc.split_len);
+  for (uint base = k0; base < k1; base += BK) {
     barrier();  // the previous tile's V and P·V reads are done
     // V tile → shared f16; keys at or past kend are zero.
     for (uint e = t; e < BK * (D / 8u); e += 128u) {
@@ -151,10 +157,20 @@ void main() {
     }
   }
   if (!row_ok) return;
+  uint qh = (R / G) * pc.n_heads + kvh * G + R % G;  // (token, query head)
+  if (pc.n_splits > 1u) {  // layout of attention_combine.comp: [token][head][split][128 + 2]
+    uint pb = (qh * pc.n_splits + split) * (D + 2u);
+    for (uint h = 0u; h < 2u; ++h)
+      for (uint i = 0u; i < 32u; ++i) part[pb + h * 64u + hf * 32u + i] = o[h][i];
+    if (hf == 0u) {
+      part[pb + D] = m;  // -inf with l = 0 for a split past this row's keys
+      part[pb + D + 1u] = l;
+    }
+    return;
+  }
   float inv = 1.0 / l;
-  uint obase = ((R / G) * pc.n_heads + kvh * G + R % G) * (D / 4u);
   for (uint h = 0u; h < 2u; ++h)
     for (uint i = 0u; i < 8u; ++i)
-      o4[obase + (h * 64u + hf * 32u) / 4u + i] =
+      o4[qh * (D / 4u) + (h * 64u + hf * 32u) / 4u + i] =
           vec4(o[h][4u * i], o[h][4u * i + 1u], o[h][4u * i + 2u], o[h][4u * i + 3u]) * inv;
 }

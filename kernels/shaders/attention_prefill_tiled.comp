@@ -8,7 +8,8 @@
 //   online softmax in f32 (two invocations per row: running max m, denominator l, per-row rescale);
 //   V tile → shared; O += P·V, each invocation owning 4 rows × 16 dims of O in registers.
 // Everything but the f16 K/V is f32, so the result matches the scalar kernel's precision.
-// Causal mask: row R sees keys 0 .. start_pos + R / G; keys past the sequence are zeroed when staged
+// Long walks are split over n_splits workgroups (grid z) that write partials for
+// attention_combine.comp. Causal mask: row R sees keys 0 .. start_pos + R / G; keys past the sequence are zeroed when staged
 // (the pool's unwritten slots may hold anything). Shared memory 29 KiB (lavapipe allows 32).
 // q/out are f32 [n_tokens][n_heads][128]; pool layout kernels/kv_layout.h.
 layout(local_size_x = 64) in;
@@ -16,8 +17,10 @@ layout(std430, set = 0, binding = 0) readonly buffer KV4 { uvec4 kv4[]; };
 layout(std430, set = 0, binding = 1) readonly buffer T { int table[]; };
 layout(std430, set = 0, binding = 2) readonly buffer Q { vec4 q4[]; };
 layout(std430, set = 0, binding = 3) writeonly buffer O { vec2 o2[]; };
+layout(std430, set = 0, binding = 4) writeonly buffer Part { float part[]; };  // split partials
 layout(push_constant) uniform P {
   uint block_size; uint n_kv_heads; uint n_heads; uint start_pos; uint n_tokens; float scale; uint group;
+  uint n_splits; uint split_len;
 } pc;
 
 const uint D = 128u, BQ = 32u, BK = 32u;
@@ -28,7 +31,7 @@ shared float qs[BQ * QS];
 shared uint kvs[BK * KW];
 shared float ss[BQ * SS];      // S, then P
 shared float corr_s[BQ];
-shared float linv_s[BQ];
+shared float m_s[BQ], l_s[BQ];  // each row's final max and denominator
 
 uint k_offset(uint p, uint kvh) {
   uint blk = uint(table[p / pc.block_size]);
@@ -62,14 +65,16 @@ void main() {
   // Register blocks: rows 4 * rg + i; S keys kg + 8 * j; O dims (dg + 8 * w) * 2 + {0, 1}.
   uint rg = t / 8u, kg = t % 8u, dg = t % 8u;
   // Softmax lanes: row sr, half sh of the tile's keys.
-  uint sr = t >> 1, sh = t & 1u, SR = R0 + sr;
-  bool s_ok = SR < rows;
+  uint sr = t >> 1, sh = t & 1u;
   float m = -1.0 / 0.0, l = 0.0;
   float o[4][16];
   for (uint i = 0u; i < 4u; ++i)
     for (uint d = 0u; d < 16u; ++d) o[i][d] = 0.0;
 
-  for (uint base = 0u; base < kend; base += BK) {
+  // Split-K (n_splits > 1): this workgroup walks keys k0 .. k1 - 1 only (split_len is a multiple of
+  // the key tile, so a tile never crosses a split) and writes its unnormalised output, m and l.
+  uint split = gl_WorkGroupID.z, k0 = split * pc.split_len, k1 = min(kend, k0 + pc.split_len);
+  for (uint base = k0; base < k1; base += BK) {
     barrier();  // the previous tile's P·V reads are done (and Q is staged, on the first tile)
     stage(base, kend, kvh, 0u, t);
     barrier();
@@ -131,13 +136,28 @@ void main() {
       }
     }
   }
-  if (sh == 0u) linv_s[sr] = s_ok ? 1.0 / l : 0.0;
+  if (sh == 0u) {
+    m_s[sr] = m;
+    l_s[sr] = l;
+  }
   barrier();
   for (uint i = 0u; i < 4u; ++i) {
     uint R = R0 + 4u * rg + i;
     if (R >= rows) continue;
-    float inv = linv_s[4u * rg + i];
-    uint obase = ((R / G) * pc.n_heads + kvh * G + R % G) * (D / 2u);
-    for (uint w = 0u; w < 8u; ++w) o2[obase + dg + 8u * w] = vec2(o[i][2u * w], o[i][2u * w + 1u]) * inv;
+    uint qh = (R / G) * pc.n_heads + kvh * G + R % G;  // (token, query head)
+    if (pc.n_splits > 1u) {  // layout of attention_combine.comp: [token][head][split][128 + 2]
+      uint pb = (qh * pc.n_splits + split) * (D + 2u);
+      for (uint w = 0u; w < 8u; ++w) {
+        part[pb + 2u * (dg + 8u * w)] = o[i][2u * w];
+        part[pb + 2u * (dg + 8u * w) + 1u] = o[i][2u * w + 1u];
+      }
+      if (dg == 0u) {
+        part[pb + D] = m_s[4u * rg + i];  // -inf with l = 0 for a split past this row's keys
+        part[pb + D + 1u] = l_s[4u * rg + i];
+      }
+      continue;
+    }
+    float inv = 1.0 / l_s[4u * rg + i];
+    for (uint w = 0u; w < 8u; ++w) o2[qh * (D / 2u) + dg + 8u * w] = vec2(o[i][2u * w], o[i][2u * w + 1u]) * inv;
   }
 }

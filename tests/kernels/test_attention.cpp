@@ -122,9 +122,11 @@ void check_prefill(vk::Device& dev, const ops::PagedAttention& op, ops::Attentio
   check(dev, op, 4, 2, 128, 16, 17, 40, 16, path);    // 16-token blocks
   check(dev, op, 8, 2, 128, 64, 1000, 64, 17, path);  // 17 key tiles, the last one partial
   check(dev, op, 2, 1, 128, 64, 3, 8, 18, path);      // the smallest prefill, inside one block
+  check(dev, op, 8, 2, 128, 64, 2990, 8, 21, path);   // split-K: 6 slices of 512 keys, the last partial
+  check(dev, op, 2, 2, 128, 64, 0, 600, 22, path);    // split-K: early row tiles end before slice 2
   if (std::getenv("TROVE_KERNEL_FULL")) {
-    check(dev, op, 32, 8, 128, 64, 1536, 512, 19, path);  // Qwen3-8B heads, a 512-token chunk at depth
-    check(dev, op, 32, 4, 128, 64, 4000, 512, 20, path);  // Qwen3-30B-A3B heads
+    check(dev, op, 32, 8, 128, 64, 1536, 64, 19, path);  // Qwen3-8B heads, a prefill chunk at depth
+    check(dev, op, 32, 4, 128, 64, 4000, 32, 20, path);  // Qwen3-30B-A3B heads
   }
 }
 

@@ -45,14 +45,16 @@ class PagedAttention {
                 vk::BufferRange block_table, vk::BufferRange q, vk::BufferRange out) const;
 
   static constexpr uint32_t kMaxSplits = 32, kMaxSplitTokens = 4, kMaxSplitHeads = 64;
-  // Token counts from which kAuto takes a prefill kernel (measured on the H100 at depth 4096:
-  // docs/performance.md): the cooperative-matrix one beats the per-token kernel from 8 tokens, the
-  // tiled f32 one from 32.
-  static constexpr uint32_t kPrefillMinTokens = 8, kPrefillTiledMinTokens = 32;
-  // Prefill split-K: at most this many key slices, each >= kPrefillMinSplitKeys keys, only while the
-  // grid has fewer than kPrefillTargetGroups workgroups; partials share the scratch (its size bounds
-  // the slices: 4 for a 512-token chunk of 32 heads).
-  static constexpr uint32_t kPrefillMaxSplits = 16, kPrefillMinSplitKeys = 512, kPrefillTargetGroups = 1024;
+  // Token counts from which kAuto takes a prefill kernel (measured on the H100 at depth 4096,
+  // docs/performance.md): the cooperative-matrix one is 2x faster than the per-token split-K kernel
+  // from 4 tokens (2 and 3 not measured), the tiled f32 one equal at 4 tokens and 5x faster at 8.
+  static constexpr uint32_t kPrefillMinTokens = 4, kPrefillTiledMinTokens = 8;
+  // Prefill split-K: at most kPrefillMaxSplits key slices of >= kPrefillMinSplitKeys keys, as many as
+  // bring the grid to kPrefillTargetGroups workgroups; partials share the scratch (its size bounds the
+  // slices). A 512-token chunk (256 workgroups for 32 heads) is not split: splitting it in 2-4 was
+  // measured 2-20% slower up to depth 4096 and 3-6% faster at 16384; an 8-token chunk at depth 4096
+  // runs 7x faster over 9 slices.
+  static constexpr uint32_t kPrefillMaxSplits = 16, kPrefillMinSplitKeys = 512, kPrefillTargetGroups = 256;
   static constexpr uint64_t kPrefillScratchBytes = 40ull << 20;
   // Whether prefill runs on the cooperative-matrix kernel (device support, TROVE_NO_COOPMAT unset).
   bool prefill_uses_coopmat() const { return has_prefill_coopmat_; }

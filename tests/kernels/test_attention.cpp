@@ -121,7 +121,8 @@ void check_prefill(vk::Device& dev, const ops::PagedAttention& op, ops::Attentio
   check(dev, op, 6, 2, 128, 64, 5, 33, 15, path);     // G 3: a row tile splits a token's heads
   check(dev, op, 4, 2, 128, 16, 17, 40, 16, path);    // 16-token blocks
   check(dev, op, 8, 2, 128, 64, 1000, 64, 17, path);  // 17 key tiles, the last one partial
-  check(dev, op, 2, 1, 128, 64, 3, 8, 18, path);      // the smallest prefill, inside one block
+  check(dev, op, 2, 1, 128, 64, 3, 8, 18, path);      // a small prefill, inside one block
+  check(dev, op, 8, 1, 128, 64, 700, 4, 23, path);    // 4 tokens (the coopmat kernel's smallest chunk)
   check(dev, op, 8, 2, 128, 64, 2990, 8, 21, path);   // split-K: 6 slices of 512 keys, the last partial
   check(dev, op, 2, 2, 128, 64, 0, 600, 22, path);    // split-K: early row tiles end before slice 2
   if (std::getenv("TROVE_KERNEL_FULL")) {

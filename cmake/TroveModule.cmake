@@ -102,12 +102,17 @@ endfunction()
 
 # Node-based oracle tests (llama.cpp through node-llama-cpp, the reference tokenizer, the SDKs).
 # Runs `node SCRIPT ARGS...` from the source root; node_modules/ there is installed by `make test`.
+# COST: ctest starts tests of higher cost first (before it has timings of its own), so a long test
+# runs beside the short ones instead of alone at the end.
 function(trove_node_test name script)
-  cmake_parse_arguments(A "" "TIMEOUT" "ARGS;LABELS;DEPENDS_TARGETS" ${ARGN})
+  cmake_parse_arguments(A "" "TIMEOUT;COST" "ARGS;LABELS;DEPENDS_TARGETS" ${ARGN})
   if(NOT A_TIMEOUT)
     set(A_TIMEOUT 600)
   endif()
   add_test(NAME ${name} COMMAND node ${script} ${A_ARGS} WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
   set_tests_properties(${name} PROPERTIES LABELS "oracle;${A_LABELS}" TIMEOUT ${A_TIMEOUT}
     ENVIRONMENT "TROVE_SOURCE_DIR=${PROJECT_SOURCE_DIR};TROVE_BINARY_DIR=${PROJECT_BINARY_DIR};TROVE_EXE=$<TARGET_FILE:trove>")
+  if(A_COST)
+    set_tests_properties(${name} PROPERTIES COST ${A_COST})
+  endif()
 endfunction()

@@ -4,18 +4,23 @@
 // sequence at once: test files therefore run their requests concurrently and keep generated lengths
 // to a few tokens.
 import { execFileSync, spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
 export const trove = process.env.TROVE_EXE ?? "build/trove";
 
-export async function startServer({ template = null, args = [] } = {}) {
-  const work = mkdtempSync(join(process.env.TROVE_BINARY_DIR ?? tmpdir(), "server-test-"));
+// template: chat template file for the model; modelArgs: more `trove mkmodel` options; args: `trove
+// serve` options. work: the directory of a server stopped with stop({ keep: true }) — the same model
+// and the same TROVE_HOME (so the same KV store), as after a restart.
+export async function startServer({ template = null, args = [], modelArgs = [], work = null } = {}) {
+  work ??= mkdtempSync(join(process.env.TROVE_BINARY_DIR ?? tmpdir(), "server-test-"));
   const model = join(work, "tiny.gguf");
-  const mk = ["mkmodel", "--preset", "tiny", "--type", "F32", "--seed", "5", "--out", model];
-  if (template) mk.push("--template", template);
-  execFileSync(trove, mk, { stdio: ["ignore", "ignore", "inherit"] });
+  if (!existsSync(model)) {
+    const mk = ["mkmodel", "--preset", "tiny", "--type", "F32", "--seed", "5", "--out", model, ...modelArgs];
+    if (template) mk.push("--template", template);
+    execFileSync(trove, mk, { stdio: ["ignore", "ignore", "inherit"] });
+  }
   const proc = spawn(trove, ["serve", "--model", model, "--port", "0", ...args], {
     stdio: ["ignore", "pipe", "pipe"],
     // TROVE_HOME: the default KV store lives under it, so each test file gets its own store.
@@ -35,12 +40,19 @@ export async function startServer({ template = null, args = [] } = {}) {
   });
   return {
     url,
+    work,
+    model,
     stderr: () => stderr,
-    async stop() {
-      proc.kill("SIGTERM");
-      await new Promise((r) => { if (proc.exitCode !== null) r(); else proc.on("exit", r); setTimeout(r, 5000); });
-      if (proc.exitCode === null) proc.kill("SIGKILL");
-      rmSync(work, { recursive: true, force: true });
+    // keep: leave the work directory (model, KV store) for a restart; returns the exit code.
+    async stop({ keep = false } = {}) {
+      if (proc.exitCode === null) {
+        const exited = new Promise((r) => proc.on("exit", r));
+        proc.kill("SIGTERM");
+        await Promise.race([exited, new Promise((r) => setTimeout(r, 30000))]);
+        if (proc.exitCode === null) proc.kill("SIGKILL");
+      }
+      if (!keep) rmSync(work, { recursive: true, force: true });
+      return proc.exitCode;
     },
   };
 }

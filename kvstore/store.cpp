@@ -450,6 +450,9 @@ Status StoreImpl::start_segment() {
   if (cur_fd_ >= 0) {
     if (::fdatasync(cur_fd_) != 0) return Status::IoError(fmt::format("fsync of a segment failed: {}", errno_text()));
     ::close(cur_fd_);
+    // The segment is complete: its size is final (a batch that rolled mid-way wrote into it too).
+    std::unique_lock l(map_mu_);
+    if (auto it = segments_.find(cur_seg_); it != segments_.end()) it->second.total_bytes = cur_off_;
   }
   ++cur_seg_;
   const std::string path = fmt::format("{}/segments/{}", dir_, segment_name(cur_seg_));
@@ -938,14 +941,14 @@ void StoreImpl::write_batch(std::vector<Pending>& batch) {
     auto it = map_.find(parent);
     if (it != map_.end()) it->second.children += count;
   }
-  auto& seg = segments_[cur_seg_];
   for (auto& e : written) {
     stored_bytes_ += e.ref.length;
     logical_bytes_ += e.ref.raw_size;
-    seg.live_bytes += e.ref.length;
+    // Its own segment: a batch that rolled to a new segment wrote its first entries into the old one.
+    segments_[e.ref.segment].live_bytes += e.ref.length;
     map_.emplace(e.ref.key, std::move(e));
   }
-  seg.total_bytes = cur_off_;
+  segments_[cur_seg_].total_bytes = cur_off_;
   inserts_ += written.size();
 }
 

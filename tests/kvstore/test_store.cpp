@@ -344,6 +344,30 @@ TEST(Store, CompactionReclaimsDeadSegmentsAndKeepsLiveBlocksReadable) {
   for (const auto& st : read_and_check(*again, again->lookup("keep", "fp", keep), 16 * 1024)) EXPECT_TRUE(st.ok());
 }
 
+// The writer takes whatever is queued as one batch; a batch that fills a segment rolls to the next
+// in the middle. Both segments must be accounted: stats().segment_bytes equals the files' sizes, and
+// once every block is evicted compaction removes every full segment (it once saw the rolled-from
+// segment as empty and its blocks as the new segment's, so "reclaimed" it without freeing a byte).
+TEST(Store, SegmentAccountingHoldsWhenABatchRollsToANewSegment) {
+  TempDir dir;
+  Options o;
+  o.segment_bytes = 16 * 1024;
+  auto s = open_store(dir.str(), o);
+  insert_prompt(*s, "ns", "fp", tokens_for(32, 64 * 64), 4096);  // 64 inserts queue faster than one fsync
+  ASSERT_TRUE(s->flush().ok());
+  auto file_bytes = [&] {
+    uint64_t n = 0;
+    for (const auto& e : std::filesystem::directory_iterator(dir.sub("segments"))) n += e.file_size();
+    return n;
+  };
+  EXPECT_EQ(s->stats().blocks, 64u);
+  EXPECT_EQ(s->stats().segment_bytes, file_bytes());
+  EXPECT_EQ(s->stats().stored_bytes, file_bytes());  // every byte written belongs to a live block
+  ASSERT_TRUE(s->evict_if([](const BlockEntry&) { return true; }).ok());
+  EXPECT_EQ(s->stats().segment_bytes, file_bytes());
+  EXPECT_LE(s->stats().segment_bytes, o.segment_bytes);  // only the current segment is left
+}
+
 TEST(Store, VerifyReportsEveryBadBlock) {
   TempDir dir;
   auto s = open_store(dir.str());

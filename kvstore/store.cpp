@@ -20,6 +20,7 @@
 #include <fcntl.h>
 #include <liburing.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -209,6 +210,7 @@ struct Segment {
   uint64_t total_bytes = 0;  // bytes in the file
   uint64_t live_bytes = 0;   // bytes of indexed records
   std::shared_ptr<Fd> read_fd;
+  std::shared_ptr<Fd> direct_fd;  // O_DIRECT where the filesystem allows it (cold_reads_direct)
 };
 
 struct Pending {
@@ -275,6 +277,7 @@ class StoreImpl final : public Store {
   Status scan_segments();
   Status start_segment();
   std::shared_ptr<Fd> segment_fd(uint32_t id);
+  std::shared_ptr<Fd> segment_direct_fd(uint32_t id);
   void writer_loop();
   void write_batch(std::vector<Pending>& batch);
   void persist_access_locked();
@@ -319,6 +322,7 @@ class StoreImpl final : public Store {
   BufferPool buffers_;
   FixedRing fixed_;
   std::atomic<uint64_t> failed_reported_{0};  // failed_ as of the last flush()
+  std::atomic<uint64_t> page_cache_reads_{0}, direct_reads_{0};
   std::atomic<uint64_t> hits_{0}, misses_{0}, lookups_{0}, inserts_{0}, dups_{0}, dropped_{0}, failed_{0},
       corrupt_{0}, evictions_{0}, compactions_{0};
 };
@@ -460,8 +464,36 @@ Status StoreImpl::start_segment() {
   if (cur_fd_ < 0) return Status::IoError(fmt::format("cannot create segment '{}': {}", path, errno_text()));
   cur_off_ = 0;
   std::unique_lock l(map_mu_);
-  segments_[cur_seg_] = Segment{path, 0, 0, nullptr};
+  segments_[cur_seg_] = Segment{path, 0, 0, nullptr, nullptr};
   return Status::Ok();
+}
+
+std::shared_ptr<Fd> StoreImpl::segment_direct_fd(uint32_t id) {
+  std::unique_lock l(map_mu_);
+  auto it = segments_.find(id);
+  if (it == segments_.end()) return nullptr;
+  if (!it->second.direct_fd) {
+    int fd = ::open(it->second.path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
+    bool direct = fd >= 0;
+    if (fd < 0) fd = ::open(it->second.path.c_str(), O_RDONLY | O_CLOEXEC);  // e.g. tmpfs refuses O_DIRECT
+    if (fd < 0) return nullptr;
+    it->second.direct_fd = std::make_shared<Fd>(fd, direct);
+  }
+  return it->second.direct_fd;
+}
+
+// Whether every page of [offset, offset + length) of the file is in the page cache. Maps the range
+// (no I/O) and asks mincore(); an error counts as "not resident".
+bool pages_resident(int fd, uint64_t offset, uint64_t length) {
+  static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  const uint64_t start = offset / page * page;
+  const uint64_t len = offset + length - start;
+  void* p = ::mmap(nullptr, len, PROT_READ, MAP_SHARED, fd, static_cast<off_t>(start));
+  if (p == MAP_FAILED) return false;
+  std::vector<unsigned char> vec((len + page - 1) / page);
+  const bool ok = ::mincore(p, len, vec.data()) == 0;
+  ::munmap(p, len);
+  return ok && std::all_of(vec.begin(), vec.end(), [](unsigned char v) { return (v & 1) != 0; });
 }
 
 std::shared_ptr<Fd> StoreImpl::segment_fd(uint32_t id) {
@@ -502,7 +534,8 @@ Status StoreImpl::open() {
   TROVE_RETURN_IF_ERROR(load_index());
   TROVE_RETURN_IF_ERROR(scan_segments());
 
-  if (opt_.io == Options::Io::kIoUring || (opt_.io == Options::Io::kAuto && opt_.direct_io)) {
+  if (opt_.io == Options::Io::kIoUring ||
+      (opt_.io == Options::Io::kAuto && (opt_.direct_io || opt_.cold_reads_direct))) {
     io_uring ring;
     if (io_uring_queue_init(4, &ring, 0) == 0) {
       uring_ = true;
@@ -584,6 +617,23 @@ std::vector<Status> StoreImpl::read(std::span<const BlockRef> blocks, std::span<
   // Buffers are taken only when a read is issued, so at most queue_depth of them are live and the
   // pool recycles them (already faulted-in) for the next reads.
   for (size_t i : todo) jobs[i].fd = segment_fd(jobs[i].ref.segment);
+  // Which reads go through the ring and which to the workers' preads. With cold_reads_direct a block
+  // the page cache holds is read buffered by a worker (memory speed), the others O_DIRECT.
+  std::vector<size_t> ring_todo, pool_todo;
+  if (!opt_.direct_io && opt_.cold_reads_direct) {
+    for (size_t i : todo) {
+      Job& j = jobs[i];
+      if (j.fd && !pages_resident(j.fd->get(), j.ref.offset, j.ref.length)) {
+        if (auto d = segment_direct_fd(j.ref.segment)) j.fd = std::move(d);
+      }
+      const bool direct = j.fd && j.fd->direct();
+      if (j.fd) ++(direct ? direct_reads_ : page_cache_reads_);
+      (direct && uring_ ? ring_todo : pool_todo).push_back(i);
+    }
+  } else {
+    for (size_t i : todo) direct_reads_ += jobs[i].fd && jobs[i].fd->direct();
+    (uring_ ? ring_todo : pool_todo) = todo;
+  }
   Latch latch(todo.size());
   // Free registered slots, returned by decode tasks on the worker threads.
   std::mutex slot_mu;
@@ -628,16 +678,17 @@ std::vector<Status> StoreImpl::read(std::span<const BlockRef> blocks, std::span<
     decode(i);
   };
 
+  for (size_t i : pool_todo) pool_.post([&, i] { pread_job(i); });
   bool submitted_with_uring = false;
   std::unique_lock<std::mutex> ring_lock;
-  if (uring_ && !todo.empty()) {
+  if (!ring_todo.empty()) {
     ring_lock = std::unique_lock(fixed_.mu);
     const unsigned depth = std::max(1u, opt_.queue_depth);
     if (!fixed_.ready) fixed_.ready = io_uring_queue_init(depth, &fixed_.ring, 0) == 0;
     if (fixed_.ready) {
       // (Re)register slots large enough for the largest record of this request.
       uint64_t max_len = 0;
-      for (size_t i : todo) max_len = std::max(max_len, jobs[i].ref.length);
+      for (size_t i : ring_todo) max_len = std::max(max_len, jobs[i].ref.length);
       if (max_len > fixed_.slot_bytes) {
         if (fixed_.registered) io_uring_unregister_buffers(&fixed_.ring);
         fixed_.registered = false;
@@ -660,9 +711,9 @@ std::vector<Status> StoreImpl::read(std::span<const BlockRef> blocks, std::span<
       io_uring* ring = &fixed_.ring;
       submitted_with_uring = true;
       size_t next = 0, inflight = 0;
-      while (next < todo.size() || inflight > 0) {
-        while (next < todo.size() && inflight < depth) {
-          const size_t i = todo[next];
+      while (next < ring_todo.size() || inflight > 0) {
+        while (next < ring_todo.size() && inflight < depth) {
+          const size_t i = ring_todo[next];
           if (!jobs[i].fd) {
             ++next;
             fail(i, Status::NotFound(fmt::format("segment {} is gone", jobs[i].ref.segment)));
@@ -695,7 +746,7 @@ std::vector<Status> StoreImpl::read(std::span<const BlockRef> blocks, std::span<
           ++next;
         }
         if (inflight == 0) {
-          if (next < todo.size()) continue;  // waiting for a free slot
+          if (next < ring_todo.size()) continue;  // waiting for a free slot
           break;
         }
         io_uring_submit(ring);
@@ -720,7 +771,7 @@ std::vector<Status> StoreImpl::read(std::span<const BlockRef> blocks, std::span<
     }
   }
   if (!submitted_with_uring) {
-    for (size_t i : todo) pool_.post([&, i] { pread_job(i); });
+    for (size_t i : ring_todo) pool_.post([&, i] { pread_job(i); });
   }
   latch.wait();
 
@@ -1237,6 +1288,8 @@ Stats StoreImpl::stats() {
   }
   s.hits = hits_;
   s.misses = misses_;
+  s.page_cache_reads = page_cache_reads_;
+  s.direct_reads = direct_reads_;
   s.lookups = lookups_;
   s.inserts = inserts_;
   s.duplicate_inserts = dups_;

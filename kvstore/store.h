@@ -102,6 +102,8 @@ struct Stats {
   uint64_t segment_bytes = 0;  // all segment files, live and dead
   uint64_t hits = 0;           // blocks returned by read() since open
   uint64_t misses = 0;         // blocks asked for by read() that were not returned
+  uint64_t page_cache_reads = 0;  // blocks read buffered because the page cache held them (cold_reads_direct)
+  uint64_t direct_reads = 0;      // blocks read O_DIRECT
   uint64_t lookups = 0;
   uint64_t inserts = 0;        // blocks made durable since open
   uint64_t duplicate_inserts = 0;
@@ -120,8 +122,8 @@ struct Options {
   uint32_t block_tokens = 64;        // for a new store; an existing store keeps its own
   bool read_only = false;
   uint64_t byte_budget = 0;          // 0: unlimited; otherwise insert() triggers eviction above it
-  // kAuto: io_uring with O_DIRECT reads when direct_io is set and the kernel allows io_uring;
-  // otherwise buffered preads from worker_threads threads. (Measured in bench/kvstore: buffered
+  // kAuto: O_DIRECT reads (direct_io, or cold blocks with cold_reads_direct) go through io_uring when
+  // the kernel allows it; buffered reads are preads from worker_threads threads. (Measured in bench/kvstore: buffered
   // io_uring reads of 6 MiB records ran 5-15x slower than buffered preads on Linux 6.x here, while
   // O_DIRECT io_uring reads matched the disk — docs/performance.md.)
   Io io = Io::kAuto;
@@ -133,8 +135,13 @@ struct Options {
   bool shuffle_f16 = true;           // byte-shuffle 16-bit payloads before LZ4 (see kv-store-format.md)
   // O_DIRECT reads skip the page cache: right for a store much larger than RAM, wrong when the store's
   // files are already cached (a restart on the same machine), where buffered reads run at memory
-  // speed. Buffered is the default; bench/kvstore measures both.
+  // speed. direct_io reads every block O_DIRECT; bench/kvstore measures both ways.
   bool direct_io = false;
+  // Without direct_io: each block whose pages are all in the page cache (mincore) is read buffered,
+  // the others O_DIRECT (through io_uring where the kernel allows it) — the fast way for each, so a
+  // restart on the same machine reads at memory speed and a cold disk at the disk's. false: every
+  // read buffered. Filesystems that refuse O_DIRECT (tmpfs) are read buffered either way.
+  bool cold_reads_direct = true;
 };
 
 enum class InsertResult { kQueued, kDuplicate, kDropped, kReadOnly };

@@ -1,5 +1,7 @@
 // The KV store: keys, records, and the Store API as the engine and the CLI use it.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstring>
 #include <filesystem>
@@ -109,15 +111,18 @@ TEST(Record, AnyFlippedByteIsCorruption) {
   EXPECT_FALSE(detail::decode_record(rec.bytes, BlockKey{5, 7}, rec.header.checksum, out).ok());  // wrong key
 }
 
-// Backends: buffered preads, io_uring with buffered fds, io_uring + O_DIRECT with registered buffers.
-enum class Backend { kPread, kIoUring, kIoUringDirect };
+// Backends: buffered preads, io_uring with buffered fds, io_uring + O_DIRECT with registered buffers,
+// and the default (page-cache-resident blocks buffered, the others O_DIRECT through io_uring).
+enum class Backend { kPread, kIoUring, kIoUringDirect, kDefault };
 
 class StoreTest : public ::testing::TestWithParam<Backend> {
  protected:
   Options opts() const {
     Options o;
+    if (GetParam() == Backend::kDefault) return o;
     o.io = GetParam() == Backend::kPread ? Options::Io::kPread : Options::Io::kIoUring;
     o.direct_io = GetParam() == Backend::kIoUringDirect;
+    o.cold_reads_direct = false;
     return o;
   }
   TempDir dir_;
@@ -207,14 +212,62 @@ TEST_P(StoreTest, ACorruptBlockIsAMissWithALogLineAndLeavesTheIndex) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, StoreTest,
-                         ::testing::Values(Backend::kPread, Backend::kIoUring, Backend::kIoUringDirect),
+                         ::testing::Values(Backend::kPread, Backend::kIoUring, Backend::kIoUringDirect, Backend::kDefault),
                          [](const auto& info) {
                            switch (info.param) {
                              case Backend::kPread: return "pread";
                              case Backend::kIoUring: return "io_uring";
+                             case Backend::kDefault: return "default_cached_buffered_cold_direct";
                              default: return "io_uring_direct_registered";
                            }
                          });
+
+// The default read path asks the page cache which blocks it holds: those are read buffered, the rest
+// O_DIRECT. Dropping a segment from the page cache (posix_fadvise) must send its blocks to O_DIRECT
+// reads, reading the file buffered must bring them back — with the same bytes either way.
+TEST(Store, ReadsCachedBlocksBufferedAndColdBlocksDirect) {
+  TempDir dir;
+  const auto tokens = tokens_for(31, 64 * 6);
+  auto s = open_store(dir.str());
+  insert_prompt(*s, "ns", "fp", tokens, 256 * 1024);
+  ASSERT_TRUE(s->flush().ok());  // fsync'ed: the pages are clean and can be dropped
+  auto m = s->lookup("ns", "fp", tokens);
+  ASSERT_EQ(m.blocks.size(), 6u);
+  std::vector<std::string> segments;
+  for (const auto& e : std::filesystem::directory_iterator(dir.sub("segments"))) segments.push_back(e.path());
+  ASSERT_FALSE(segments.empty());
+  // Whether this filesystem takes O_DIRECT at all (tmpfs does not: then every read is buffered).
+  int probe = ::open(segments[0].c_str(), O_RDONLY | O_DIRECT);
+  const bool fs_direct = probe >= 0;
+  if (probe >= 0) ::close(probe);
+
+  // Just written: in the page cache.
+  for (const auto& st : read_and_check(*s, m, 256 * 1024)) EXPECT_TRUE(st.ok()) << st.ToString();
+  EXPECT_EQ(s->stats().page_cache_reads, 6u);
+  EXPECT_EQ(s->stats().direct_reads, 0u);
+
+  // Dropped from the page cache: O_DIRECT.
+  for (const auto& p : segments) {
+    int fd = ::open(p.c_str(), O_RDONLY);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+    ::close(fd);
+  }
+  for (const auto& st : read_and_check(*s, m, 256 * 1024)) EXPECT_TRUE(st.ok()) << st.ToString();
+  EXPECT_EQ(s->stats().direct_reads, fs_direct ? 6u : 0u);
+  EXPECT_EQ(s->stats().page_cache_reads, fs_direct ? 6u : 12u);
+
+  // Read buffered again (as `cat` would): back in the page cache, buffered reads.
+  for (const auto& p : segments) {
+    std::ifstream f(p, std::ios::binary);
+    std::vector<char> all((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    ASSERT_FALSE(all.empty());
+  }
+  for (const auto& st : read_and_check(*s, m, 256 * 1024)) EXPECT_TRUE(st.ok()) << st.ToString();
+  EXPECT_EQ(s->stats().direct_reads, fs_direct ? 6u : 0u);
+  EXPECT_EQ(s->stats().page_cache_reads, fs_direct ? 12u : 18u);
+  EXPECT_EQ(s->stats().hits, 18u);
+}
 
 TEST(Store, CompressiblePayloadsAreStoredCompressed) {
   TempDir dir;

@@ -80,6 +80,10 @@ std::string Metrics::render(const SchedulerStats& s) const {
   out += fmt::format("trove_prefix_cache_hit_tokens_total{{tier=\"gpu\"}} {}\n", s.cache.gpu_hit_tokens);
   out += fmt::format("trove_prefix_cache_hit_tokens_total{{tier=\"store\"}} {}\n", s.cache.store_hit_tokens);
   counter("trove_store_restored_bytes_total", "KV bytes read from the store into the GPU pool.", s.cache.store_restored_bytes);
+  out += "# HELP trove_store_block_reads_total Blocks read from the KV store, by where the bytes came from: page_cache "
+         "(buffered read, the OS held them) or disk (O_DIRECT).\n# TYPE trove_store_block_reads_total counter\n";
+  out += fmt::format("trove_store_block_reads_total{{source=\"page_cache\"}} {}\n", s.cache.store_page_cache_reads);
+  out += fmt::format("trove_store_block_reads_total{{source=\"disk\"}} {}\n", s.cache.store_direct_reads);
   counter("trove_store_read_failures_total", "Stored blocks that could not be read (corrupt or I/O error; the prefix ended there).",
           s.cache.store_read_failures);
   counter("trove_store_blocks_written_total", "Completed KV blocks queued for the store (write-behind).", s.cache.store_blocks_queued);

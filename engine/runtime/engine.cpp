@@ -179,7 +179,15 @@ class VulkanEngine final : public Engine {
   Result<uint32_t> begin_attach(SeqId seq, std::span<const int32_t> tokens, std::string_view name_space) override;
   bool restoring(SeqId seq) const override;
   void pump_restores(bool wait) override;
-  CacheStats cache_stats() const override { return cache_stats_; }
+  CacheStats cache_stats() const override {
+    CacheStats s = cache_stats_;
+    if (store_) {
+      const kv::Stats st = store_->stats();
+      s.store_page_cache_reads = st.page_cache_reads;
+      s.store_direct_reads = st.direct_reads;
+    }
+    return s;
+  }
   ~VulkanEngine() override;
 
  private:

@@ -121,6 +121,8 @@ struct CacheStats {
   uint64_t store_read_failures = 0;   // stored blocks that could not be read (corrupt, I/O): a miss
   uint64_t store_blocks_queued = 0;   // completed blocks copied back and queued for the store
   uint64_t store_blocks_dropped = 0;  // ... that the store refused (write-behind queue full)
+  uint64_t store_page_cache_reads = 0;  // store blocks read buffered, the page cache holding them (the store's count)
+  uint64_t store_direct_reads = 0;      // store blocks read O_DIRECT from the disk (the store's count)
   double store_restore_seconds = 0;   // time spent in lookup + read + upload
   double store_export_seconds = 0;    // time steps spent copying completed blocks back and queueing them
 };

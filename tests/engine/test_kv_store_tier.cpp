@@ -192,6 +192,8 @@ TEST_P(KvStoreTier, RestoredPrefixGivesTheColdLogitsInProcessAfterRestartAndPast
     EXPECT_EQ(cs.store_hit_tokens, full_prompt_blocks * kBlock);
     EXPECT_EQ(cs.gpu_hit_tokens, 0u);
     EXPECT_GT(cs.store_restored_bytes, 0u);
+    // Each restored block was read once, from the page cache or the disk (which: up to the OS).
+    EXPECT_EQ(cs.store_page_cache_reads + cs.store_direct_reads, full_prompt_blocks);
     EXPECT_LT(max_abs_diff(cold.logits, warm.logits), kLogitBound);
     EXPECT_EQ(warm.generated, cold.generated);
     // A second request in this engine finds the restored blocks on the GPU.

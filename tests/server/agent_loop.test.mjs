@@ -191,6 +191,8 @@ async function send(openai, messages, maxTokens) {
 }
 
 const storeHits = (m) => m['trove_prefix_cache_hit_tokens_total{tier="store"}'] ?? 0;
+const storeReads = (m) => (m['trove_store_block_reads_total{source="page_cache"}'] ?? 0) +
+  (m['trove_store_block_reads_total{source="disk"}'] ?? 0);
 
 describe("agent loop against trove serve (Qwen3, thinking, 10 turns, restart)", () => {
   let ids, last;
@@ -239,13 +241,15 @@ describe("agent loop against trove serve (Qwen3, thinking, 10 turns, restart)", 
     assert.ok(line, `startup line names this model's blocks:\n${server.stderr()}`);
     assert.ok(Number(line[1]) * BLOCK >= full, `the store holds the whole conversation: ${line[0]}`);
     openai = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "none", maxRetries: 0, timeout: 600000 });
-    const hits0 = storeHits(await metrics(server.url));
+    const m0 = await metrics(server.url);
     const afterRestart = await send(openai, last, 8);
-    const hits = storeHits(await metrics(server.url)) - hits0;
+    const m1 = await metrics(server.url);
+    const hits = storeHits(m1) - storeHits(m0);
     console.log(`\nreplay of turn 10 (${ids[n].length} tokens): before restart cached ${before.cached}, TTFT ${before.ttft.toFixed(2)} s; ` +
       `after restart cached ${afterRestart.cached} (${hits} from the store), TTFT ${afterRestart.ttft.toFixed(2)} s`);
     assert.equal(afterRestart.cached, full, "after the restart the whole prefix is reused");
     assert.equal(hits, full, "and it came from the store");
+    assert.equal(storeReads(m1) - storeReads(m0), full / BLOCK, "one read per block, from the page cache or the disk");
     assert.equal(afterRestart.text, before.text, "greedy output is the same after restoring from the store");
     assert.equal(afterRestart.usage.completion_tokens, before.usage.completion_tokens);
   });

@@ -48,8 +48,21 @@ run commands that need the network. Keep answers short; the user reads diffs, no
 # Project documentation
 `;
 // The project's own docs stand in for the CLAUDE.md / AGENTS.md an agent puts in its system prompt.
-const DOCS = ["docs/architecture.md", "docs/api.md", "docs/engine.md"].map((p) => `## ${p}\n\n${file(p)}`).join("\n\n");
-const SYSTEM = nfc(INSTRUCTIONS + DOCS).slice(0, 36000);
+const DOCS = ["docs/architecture.md", "docs/api.md", "docs/engine.md", "docs/kv-store-format.md"].map((p) => `## ${p}\n\n${file(p)}`).join("\n\n");
+// Cut to a fixed token count (reference tokenizer), so the first request stays ~10.5k tokens however the
+// docs change.
+const SYSTEM_TOKENS = 9000;
+const tok = fromPreTrained();
+function firstTokens(text, n) {
+  let lo = 0, hi = text.length;
+  while (lo < hi) {
+    const mid = Math.ceil((lo + hi) / 2);
+    if (tok.encode(text.slice(0, mid)).length <= n) lo = mid; else hi = mid - 1;
+  }
+  const end = /[\uD800-\uDBFF]/.test(text[lo - 1] ?? "") ? lo - 1 : lo;  // never half a surrogate pair
+  return text.slice(0, end);
+}
+const SYSTEM = firstTokens(nfc(INSTRUCTIONS + DOCS), SYSTEM_TOKENS);
 
 const str = (description) => ({ type: "string", description });
 const int = (description) => ({ type: "integer", description });
@@ -158,7 +171,6 @@ function oracleIds() {
   const texts = JSON.parse(execFileSync("/usr/bin/python3", ["tests/server/render_oracle.py"], {
     input: JSON.stringify(requests.map(conversation)), maxBuffer: 64 << 20,
   }).toString());
-  const tok = fromPreTrained();
   return texts.map((t) => Array.from(tok.encode(t)));
 }
 const lcp = (x, y) => { let i = 0; while (i < x.length && i < y.length && x[i] === y[i]) ++i; return i; };

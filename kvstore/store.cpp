@@ -209,8 +209,8 @@ struct Segment {
   std::string path;
   uint64_t total_bytes = 0;  // bytes in the file
   uint64_t live_bytes = 0;   // bytes of indexed records
-  std::shared_ptr<Fd> read_fd;
-  std::shared_ptr<Fd> direct_fd;  // O_DIRECT where the filesystem allows it (cold_reads_direct)
+  std::shared_ptr<Fd> read_fd;    // buffered
+  std::shared_ptr<Fd> direct_fd;  // O_DIRECT where the filesystem allows it
 };
 
 struct Pending {
@@ -276,8 +276,8 @@ class StoreImpl final : public Store {
   Status load_index();
   Status scan_segments();
   Status start_segment();
-  std::shared_ptr<Fd> segment_fd(uint32_t id);
-  std::shared_ptr<Fd> segment_direct_fd(uint32_t id);
+  // The segment's read fd, O_DIRECT when `direct` and the filesystem allows it (one of each, opened once).
+  std::shared_ptr<Fd> segment_fd(uint32_t id, bool direct);
   void writer_loop();
   void write_batch(std::vector<Pending>& batch);
   void persist_access_locked();
@@ -468,20 +468,6 @@ Status StoreImpl::start_segment() {
   return Status::Ok();
 }
 
-std::shared_ptr<Fd> StoreImpl::segment_direct_fd(uint32_t id) {
-  std::unique_lock l(map_mu_);
-  auto it = segments_.find(id);
-  if (it == segments_.end()) return nullptr;
-  if (!it->second.direct_fd) {
-    int fd = ::open(it->second.path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
-    bool direct = fd >= 0;
-    if (fd < 0) fd = ::open(it->second.path.c_str(), O_RDONLY | O_CLOEXEC);  // e.g. tmpfs refuses O_DIRECT
-    if (fd < 0) return nullptr;
-    it->second.direct_fd = std::make_shared<Fd>(fd, direct);
-  }
-  return it->second.direct_fd;
-}
-
 // Whether every page of [offset, offset + length) of the file is in the page cache. Maps the range
 // (no I/O) and asks mincore(); an error counts as "not resident".
 bool pages_resident(int fd, uint64_t offset, uint64_t length) {
@@ -496,18 +482,19 @@ bool pages_resident(int fd, uint64_t offset, uint64_t length) {
   return ok && std::all_of(vec.begin(), vec.end(), [](unsigned char v) { return (v & 1) != 0; });
 }
 
-std::shared_ptr<Fd> StoreImpl::segment_fd(uint32_t id) {
+std::shared_ptr<Fd> StoreImpl::segment_fd(uint32_t id, bool direct) {
   std::unique_lock l(map_mu_);
   auto it = segments_.find(id);
   if (it == segments_.end()) return nullptr;
-  if (!it->second.read_fd) {
-    int fd = opt_.direct_io ? ::open(it->second.path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT) : -1;
-    bool direct = fd >= 0;
+  std::shared_ptr<Fd>& slot = direct ? it->second.direct_fd : it->second.read_fd;
+  if (!slot) {
+    int fd = direct ? ::open(it->second.path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT) : -1;
+    const bool is_direct = fd >= 0;
     if (fd < 0) fd = ::open(it->second.path.c_str(), O_RDONLY | O_CLOEXEC);  // e.g. tmpfs refuses O_DIRECT
     if (fd < 0) return nullptr;
-    it->second.read_fd = std::make_shared<Fd>(fd, direct);
+    slot = std::make_shared<Fd>(fd, is_direct);
   }
-  return it->second.read_fd;
+  return slot;
 }
 
 Status StoreImpl::open() {
@@ -616,7 +603,7 @@ std::vector<Status> StoreImpl::read(std::span<const BlockRef> blocks, std::span<
   }
   // Buffers are taken only when a read is issued, so at most queue_depth of them are live and the
   // pool recycles them (already faulted-in) for the next reads.
-  for (size_t i : todo) jobs[i].fd = segment_fd(jobs[i].ref.segment);
+  for (size_t i : todo) jobs[i].fd = segment_fd(jobs[i].ref.segment, opt_.direct_io);
   // Which reads go through the ring and which to the workers' preads. With cold_reads_direct a block
   // the page cache holds is read buffered by a worker (memory speed), the others O_DIRECT.
   std::vector<size_t> ring_todo, pool_todo;
@@ -624,7 +611,7 @@ std::vector<Status> StoreImpl::read(std::span<const BlockRef> blocks, std::span<
     for (size_t i : todo) {
       Job& j = jobs[i];
       if (j.fd && !pages_resident(j.fd->get(), j.ref.offset, j.ref.length)) {
-        if (auto d = segment_direct_fd(j.ref.segment)) j.fd = std::move(d);
+        if (auto d = segment_fd(j.ref.segment, true)) j.fd = std::move(d);
       }
       const bool direct = j.fd && j.fd->direct();
       if (j.fd) ++(direct ? direct_reads_ : page_cache_reads_);
@@ -1158,7 +1145,7 @@ Status StoreImpl::compact_locked() {
         if (e.ref.segment == id) live.push_back(e);
       }
     }
-    auto fd = segment_fd(id);
+    auto fd = segment_fd(id, opt_.direct_io);
     std::vector<BlockEntry> moved;
     for (auto& e : live) {
       if (!fd) break;

@@ -123,9 +123,9 @@ struct Options {
   bool read_only = false;
   uint64_t byte_budget = 0;          // 0: unlimited; otherwise insert() triggers eviction above it
   // kAuto: O_DIRECT reads (direct_io, or cold blocks with cold_reads_direct) go through io_uring when
-  // the kernel allows it; buffered reads are preads from worker_threads threads. (Measured in bench/kvstore: buffered
-  // io_uring reads of 6 MiB records ran 5-15x slower than buffered preads on Linux 6.x here, while
-  // O_DIRECT io_uring reads matched the disk — docs/performance.md.)
+  // the kernel allows it; buffered reads are preads from worker_threads threads. (Measured in
+  // bench/kvstore: buffered io_uring reads of 6 MiB records ran 5-15x slower than buffered preads on
+  // Linux 6.x here, while O_DIRECT io_uring reads matched the disk — docs/performance.md.)
   Io io = Io::kAuto;
   uint32_t queue_depth = 64;         // io_uring reads in flight
   uint32_t worker_threads = 8;       // preads, decompression and verification in parallel

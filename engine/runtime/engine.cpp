@@ -179,15 +179,7 @@ class VulkanEngine final : public Engine {
   Result<uint32_t> begin_attach(SeqId seq, std::span<const int32_t> tokens, std::string_view name_space) override;
   bool restoring(SeqId seq) const override;
   void pump_restores(bool wait) override;
-  CacheStats cache_stats() const override {
-    CacheStats s = cache_stats_;
-    if (store_) {
-      const kv::Stats st = store_->stats();
-      s.store_page_cache_reads = st.page_cache_reads;
-      s.store_direct_reads = st.direct_reads;
-    }
-    return s;
-  }
+  CacheStats cache_stats() const override { return cache_stats_; }
   ~VulkanEngine() override;
 
  private:
@@ -701,6 +693,11 @@ void VulkanEngine::pump_restores(bool wait) {
     if (!wait && front.wait_for(std::chrono::seconds(0)) != std::future_status::ready) return;
     const std::vector<Status> got = front.get();
     r.reading.pop_front();
+    {  // where this group's bytes came from (the store counts it; once per group, not per step)
+      const kv::Stats ks = store_->stats();
+      cache_stats_.store_page_cache_reads = ks.page_cache_reads;
+      cache_stats_.store_direct_reads = ks.direct_reads;
+    }
     const size_t group = r.next_group - 1 - r.reading.size();
     if (group + 1 < (r.want.size() + G - 1) / G && r.reading.empty()) start_group(r);  // the other half
     size_t ok = 0;

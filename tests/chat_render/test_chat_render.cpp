@@ -95,7 +95,7 @@ TEST(ChatRender, SelectsRendererFromTemplateText) {
   auto q = select_renderer(cfg["chat_template"].get<std::string>());
   ASSERT_TRUE(q.ok()) << q.status().message();
   EXPECT_EQ((*q)->name(), "qwen3");
-  auto c = select_renderer(read_file(root + "/../shared/fixtures/qwen3-coder/chat_template.jinja"));
+  auto c = select_renderer(read_file(root + "/tests/fixtures/qwen3-coder/chat_template.jinja"));
   ASSERT_TRUE(c.ok()) << c.status().message();
   EXPECT_EQ((*c)->name(), "qwen3-coder");
   auto unknown = select_renderer("{% for m in messages %}{{ m.content }}{% endfor %}");

@@ -10,7 +10,7 @@ import Anthropic from "@anthropic-ai/sdk";
 import { CODER_CALL, startServer, WEATHER_ARGS, WEATHER_SCHEMA } from "./harness.mjs";
 
 let server, openai, anthropic;
-const template = `${process.env.TROVE_SOURCE_DIR ?? "."}/../shared/fixtures/qwen3-coder/chat_template.jinja`;
+const template = `${process.env.TROVE_SOURCE_DIR ?? "."}/tests/fixtures/qwen3-coder/chat_template.jinja`;
 
 before(async () => {
   server = await startServer({ template, args: ["--parallel", "8", "--ctx", "1024", "--test-force-output"] });

@@ -9,6 +9,10 @@ namespace trove::server {
 using chat::Json;
 using Kind = chat::OutputEvent::Kind;
 
+std::string json_text(const Json& j) {
+  return j.dump(-1, ' ', false, Json::error_handler_t::replace);
+}
+
 std::string random_id(const std::string& prefix) {
   static const char kAlphabet[] = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
   thread_local std::mt19937_64 rng{std::random_device{}()};
@@ -75,12 +79,12 @@ class OpenAiChatWriter : public DialectWriter {
       Json c = base("chat.completion.chunk");
       c["choices"] = Json::array();
       c["usage"] = usage(r);
-      out += sse_event("", c.dump());
+      out += sse_event("", json_text(c));
     }
     return out + sse_done();
   }
 
-  std::string error_event(const ApiError& e) override { return sse_event("", openai_error_body(e).dump()) + sse_done(); }
+  std::string error_event(const ApiError& e) override { return sse_event("", json_text(openai_error_body(e))) + sse_done(); }
 
   Json complete(const GenerationResult& r, const chat::ParsedMessage& m) override {
     Json msg = {{"role", "assistant"}, {"content", content_with_errors(m)}};
@@ -120,7 +124,7 @@ class OpenAiChatWriter : public DialectWriter {
     Json choice = {{"index", 0}, {"delta", std::move(delta)}, {"logprobs", nullptr}, {"finish_reason", nullptr}};
     if (finish) choice["finish_reason"] = finish;
     c["choices"] = Json::array({choice});
-    return sse_event("", c.dump());
+    return sse_event("", json_text(c));
   }
 
   ResponseContext ctx_;
@@ -221,7 +225,7 @@ class AnthropicWriter : public DialectWriter {
     return {{"input_tokens", prompt - cached}, {"cache_creation_input_tokens", 0},
             {"cache_read_input_tokens", cached}, {"output_tokens", generated}};
   }
-  static std::string ev(const char* name, const Json& data) { return sse_event(name, data.dump()); }
+  static std::string ev(const char* name, const Json& data) { return sse_event(name, json_text(data)); }
   std::string open(Block b, Json content_block) {
     if (block_ == b && b != Block::kTool) return "";
     std::string out = close();
@@ -358,7 +362,7 @@ class ResponsesWriter : public DialectWriter {
   std::string ev(const char* type, Json data) {
     Json j = {{"type", type}, {"sequence_number", seq_++}};
     for (auto& [k, v] : data.items()) j[k] = v;
-    return sse_event(type, j.dump());
+    return sse_event(type, json_text(j));
   }
   Json item_json(bool done) const {
     const char* status = done ? "completed" : "in_progress";

@@ -51,6 +51,11 @@ std::unique_ptr<DialectWriter> make_responses_writer(ResponseContext ctx);
 chat::Json openai_error_body(const ApiError& e);
 chat::Json anthropic_error_body(const ApiError& e);
 
+// j as compact JSON text. Never throws: a string that is not valid UTF-8 (it cannot come from a request
+// body, which is repaired on arrival, but a model file name or a bug could bring one) is written with
+// U+FFFD in place of the bad bytes instead of failing the response.
+std::string json_text(const chat::Json& j);
+
 // A random id with a prefix: "chatcmpl-" + 24 base62 characters.
 std::string random_id(const std::string& prefix);
 

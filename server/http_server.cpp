@@ -14,6 +14,7 @@
 #include "server/metrics.h"
 #include "server/peer.h"
 #include "server/request.h"
+#include "server/request_body.h"
 #include "server/scheduler.h"
 #include "server/sse.h"
 
@@ -40,7 +41,7 @@ std::string endpoint_label(const std::string& path) {
 
 void send_error(httplib::Response& res, bool anthropic, const ApiError& e) {
   res.status = e.status;
-  res.set_content((anthropic ? anthropic_error_body(e) : openai_error_body(e)).dump(), "application/json");
+  res.set_content(json_text(anthropic ? anthropic_error_body(e) : openai_error_body(e)), "application/json");
 }
 
 }  // namespace
@@ -111,6 +112,25 @@ struct HttpServer::Impl {
       metrics.count_request(endpoint_label(req.path), res.status);
       return httplib::Server::HandlerResponse::Handled;
     }));
+    // A request handler that throws is a bug in trove, not the client's fault: the client still gets its
+    // dialect's error shape (500, api_error) with what went wrong, and the server goes on.
+    http.set_exception_handler([this](const httplib::Request& req, httplib::Response& res, std::exception_ptr ep) {
+      std::string what = "unknown exception";
+      try {
+        std::rethrow_exception(ep);
+      } catch (const std::exception& e) {
+        what = e.what();
+      } catch (...) {
+      }
+      log::error("serve", "{} {}: the handler failed: {}", req.method, endpoint_label(req.path), what);
+      ApiError e;
+      e.status = 500;
+      e.type = "api_error";
+      e.message = "internal error while handling the request (" + what +
+                  "); this is a bug in trove: please report it with the request that caused it";
+      send_error(res, anthropic_path(req.path), e);
+      metrics.count_request(endpoint_label(req.path), 500);
+    });
     http.Post("/v1/chat/completions", [this](const httplib::Request& q, httplib::Response& r) {
       generate(Dialect::kOpenAiChat, q, r);
     });
@@ -126,11 +146,11 @@ struct HttpServer::Impl {
     http.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
       Json m = {{"id", opt.model_id}, {"object", "model"}, {"created", 0}, {"owned_by", "trove"},
                 {"context_length", engine.n_ctx()}, {"synthetic", engine.config().synthetic}};
-      res.set_content(Json({{"object", "list"}, {"data", Json::array({m})}}).dump(), "application/json");
+      res.set_content(json_text(Json({{"object", "list"}, {"data", Json::array({m})}})), "application/json");
       metrics.count_request("/v1/models", 200);
     });
     http.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
-      res.set_content(Json({{"status", "ok"}, {"model", opt.model_id}, {"synthetic", engine.config().synthetic}}).dump(),
+      res.set_content(json_text(Json({{"status", "ok"}, {"model", opt.model_id}, {"synthetic", engine.config().synthetic}})),
                       "application/json");
     });
     http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
@@ -145,15 +165,13 @@ struct HttpServer::Impl {
       send_error(res, anthropic, e);
       metrics.count_request(endpoint, e.status);
     };
-    Json body;
-    try {
-      body = Json::parse(req.body);
-    } catch (const Json::parse_error& e) {
-      ApiError err;
-      err.message = fmt::format("the request body is not valid JSON (byte {}): {}; send a JSON object", e.byte,
-                                e.what());
-      return fail(err);
+    ParsedBody parsed_body = parse_request_body(req.body);
+    if (!parsed_body.ok()) return fail(parsed_body.error);
+    if (parsed_body.repairs.invalid_utf8 || parsed_body.repairs.lone_surrogates) {
+      log::info("serve", "{}: {} invalid UTF-8 sequences and {} lone surrogate escapes in the body became U+FFFD",
+                endpoint, parsed_body.repairs.invalid_utf8, parsed_body.repairs.lone_surrogates);
     }
+    const Json& body = *parsed_body.json;
     ParsedRequest p = d == Dialect::kOpenAiChat ? parse_openai_chat(body)
                       : d == Dialect::kAnthropic ? parse_anthropic_messages(body)
                       : d == Dialect::kAnthropicCount ? parse_anthropic_count_tokens(body)
@@ -196,7 +214,7 @@ struct HttpServer::Impl {
     }
     std::vector<int32_t> prompt = engine.tokenizer().encode(*rendered + reply_prefix, /*parse_special=*/true);
     if (d == Dialect::kAnthropicCount) {
-      res.set_content(Json({{"input_tokens", prompt.size()}}).dump(), "application/json");
+      res.set_content(json_text(Json({{"input_tokens", prompt.size()}})), "application/json");
       metrics.count_request(endpoint, 200);
       return;
     }
@@ -296,7 +314,7 @@ struct HttpServer::Impl {
             record(ev.result, 500);
             return;
           }
-          res.set_content(writer->complete(ev.result, parser->message()).dump(), "application/json");
+          res.set_content(json_text(writer->complete(ev.result, parser->message())), "application/json");
           record(ev.result, 200);
           return;
         }
@@ -314,45 +332,52 @@ struct HttpServer::Impl {
     res.set_chunked_content_provider(
         "text/event-stream",
         [stream, writer, parser, prefix_events, keepalive_ms, log_prompts, record, record_gone](
-            size_t, httplib::DataSink& sink) {
-          auto write = [&](const std::string& s) {
-            if (s.empty()) return true;
-            if (!sink.write(s.data(), s.size())) {
-              stream->cancel();  // the client left: free its sequence
-              record_gone();
-              return false;
-            }
-            return true;
-          };
-          if (!write(writer->start() + writer->on_events(*prefix_events))) return false;
-          std::string generated;
-          while (true) {
-            std::vector<GenerationEvent> evs;
-            if (!stream->wait(evs, std::chrono::milliseconds(keepalive_ms))) {
-              // Nothing for a while (a long prefill): a comment keeps idle timeouts away and tells us
-              // whether the client is still there.
-              if (!write(sse_comment("keepalive"))) return false;
-              continue;
-            }
-            for (auto& ev : evs) {
-              if (ev.kind == GenerationEvent::Kind::kText) {
-                if (log_prompts) generated += ev.text;
-                if (!write(writer->on_events(parser->feed(ev.text)))) return false;
+            size_t, httplib::DataSink& sink) -> bool {
+          // httplib calls this outside its handler's try block: an exception here would end the process.
+          try {
+            auto write = [&](const std::string& s) {
+              if (s.empty()) return true;
+              if (!sink.write(s.data(), s.size())) {
+                stream->cancel();  // the client left: free its sequence
+                record_gone();
+                return false;
+              }
+              return true;
+            };
+            if (!write(writer->start() + writer->on_events(*prefix_events))) return false;
+            std::string generated;
+            while (true) {
+              std::vector<GenerationEvent> evs;
+              if (!stream->wait(evs, std::chrono::milliseconds(keepalive_ms))) {
+                // Nothing for a while (a long prefill): a comment keeps idle timeouts away and tells us
+                // whether the client is still there.
+                if (!write(sse_comment("keepalive"))) return false;
                 continue;
               }
-              if (log_prompts) log::info("serve", "output:\n{}", generated);
-              std::string tail = writer->on_events(parser->finish());
-              if (ev.result.finish == FinishReason::kError || ev.result.finish == FinishReason::kCancelled) {
-                tail += writer->error_event(generation_error(ev.result));
-                record(ev.result, 500);
-              } else {
-                tail += writer->finish(ev.result, parser->message());
-                record(ev.result, 200);
+              for (auto& ev : evs) {
+                if (ev.kind == GenerationEvent::Kind::kText) {
+                  if (log_prompts) generated += ev.text;
+                  if (!write(writer->on_events(parser->feed(ev.text)))) return false;
+                  continue;
+                }
+                if (log_prompts) log::info("serve", "output:\n{}", generated);
+                std::string tail = writer->on_events(parser->finish());
+                if (ev.result.finish == FinishReason::kError || ev.result.finish == FinishReason::kCancelled) {
+                  tail += writer->error_event(generation_error(ev.result));
+                  record(ev.result, 500);
+                } else {
+                  tail += writer->finish(ev.result, parser->message());
+                  record(ev.result, 200);
+                }
+                write(tail);
+                sink.done();
+                return true;
               }
-              write(tail);
-              sink.done();
-              return true;
             }
+          } catch (const std::exception& e) {
+            log::error("serve", "streaming a reply failed: {}; the request is cancelled", e.what());
+            stream->cancel();
+            return false;
           }
         },
         [stream](bool success) {

@@ -9,7 +9,9 @@
 //  - With an API key set, every route but /health needs `Authorization: Bearer KEY` or `x-api-key: KEY`
 //    (401 in the dialect's error shape otherwise). Bodies over max_body_bytes get 413. Malformed JSON,
 //    wrong field types (message names the JSON path) and prompts that do not fit the context (message
-//    gives both numbers) get 400.
+//    gives both numbers) get 400. Invalid UTF-8 and lone surrogate escapes inside JSON strings become
+//    U+FFFD (server/request_body.h). Nothing a client sends gets a 500: a handler that throws answers
+//    500 api_error in the dialect's shape, logs it, and the server goes on.
 //  - Streaming responses are SSE over chunked HTTP. While nothing is generated for keepalive_ms
 //    (a long prefill) an SSE comment is written; a failed write means the client left: its request is
 //    cancelled and the scheduler frees its sequence within one step.

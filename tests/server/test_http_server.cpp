@@ -5,8 +5,6 @@
 // auth, 413 and 404 shapes.
 #include "server/http_server.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -15,6 +13,7 @@
 #include <thread>
 
 #include "tests/server/fake_engine.h"
+#include "tests/server/raw_http.h"
 
 namespace {
 
@@ -22,66 +21,7 @@ using namespace std::chrono_literals;
 using trove::server::HttpServer;
 using trove::server::ServerOptions;
 using trove::server::testing::FakeEngine;
-
-class Served {
- public:
-  Served(FakeEngine& e, ServerOptions o) : server_(e, [&] { o.port = 0; o.model_id = "fake"; return o; }()) {
-    auto p = server_.bind();
-    EXPECT_TRUE(p.ok());
-    port = *p;
-    thread_ = std::thread([this] { server_.run(); });
-  }
-  ~Served() {
-    server_.stop();
-    thread_.join();
-  }
-  int port = 0;
-
- private:
-  HttpServer server_;
-  std::thread thread_;
-};
-
-int connect_to(int port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-  return fd;
-}
-
-void send_request(int fd, const std::string& method, const std::string& path, const std::string& body,
-                  const std::string& extra_headers = "") {
-  std::string req = method + " " + path + " HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" +
-                    extra_headers + "Content-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body;
-  ASSERT_EQ(::send(fd, req.data(), req.size(), MSG_NOSIGNAL), static_cast<ssize_t>(req.size()));
-}
-
-// Reads until `until` appears (or the peer closes / 20 s pass); returns everything read.
-std::string read_until(int fd, const std::string& until) {
-  std::string got;
-  char buf[4096];
-  const auto deadline = std::chrono::steady_clock::now() + 20s;
-  while (got.find(until) == std::string::npos && std::chrono::steady_clock::now() < deadline) {
-    timeval tv{0, 200000};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-    if (n == 0) break;
-    if (n > 0) got.append(buf, static_cast<size_t>(n));
-  }
-  return got;
-}
-
-std::string request(int port, const std::string& method, const std::string& path, const std::string& body,
-                    const std::string& headers = "") {
-  int fd = connect_to(port);
-  send_request(fd, method, path, body, headers);
-  std::string r = read_until(fd, "\r\n\r\n{never}");
-  ::close(fd);
-  return r;
-}
+using namespace trove::server::testing;
 
 size_t count(const std::string& s, const std::string& what) {
   size_t n = 0;

@@ -8,8 +8,9 @@
 #   trove_test(NAME SOURCES ... [LIBS ...] [LABELS ...] [TIMEOUT s] [SANITIZED])
 #       GoogleTest executable registered with ctest. SANITIZED links the _san libraries and builds the
 #       test itself with the sanitizers.
-#   trove_fuzz(NAME SOURCES ... LIBS ... [SECONDS s] [CORPUS dir])
-#       libFuzzer target (clang only) run by ctest for a bounded time.
+#   trove_fuzz(NAME SOURCES ... LIBS ... [SECONDS s] [CORPUS dir] [DICT file])
+#       libFuzzer target (clang only) run by ctest for a bounded time; DICT: a libFuzzer dictionary
+#       (tokens of the input language, e.g. JSON keys).
 
 set(TROVE_WARNINGS -Wall -Wextra)
 set(TROVE_SAN_FLAGS -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
@@ -73,7 +74,7 @@ function(trove_test name)
 endfunction()
 
 function(trove_fuzz name)
-  cmake_parse_arguments(A "" "SECONDS;CORPUS" "SOURCES;LIBS" ${ARGN})
+  cmake_parse_arguments(A "" "SECONDS;CORPUS;DICT" "SOURCES;LIBS" ${ARGN})
   if(NOT TROVE_HAVE_LIBFUZZER OR NOT TROVE_SANITIZER_VARIANTS)
     return()
   endif()
@@ -92,8 +93,12 @@ function(trove_fuzz name)
   if(A_CORPUS)
     list(APPEND dirs ${A_CORPUS})
   endif()
+  set(dict "")
+  if(A_DICT)
+    set(dict -dict=${A_DICT})
+  endif()
   add_test(NAME ${name}
-           COMMAND ${name} -max_total_time=${A_SECONDS} -print_final_stats=1 -rss_limit_mb=4096 ${dirs}
+           COMMAND ${name} -max_total_time=${A_SECONDS} -print_final_stats=1 -rss_limit_mb=4096 ${dict} ${dirs}
            WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
   math(EXPR t "${A_SECONDS} + 120")
   set_tests_properties(${name} PROPERTIES LABELS "fuzz;sanitized" TIMEOUT ${t}

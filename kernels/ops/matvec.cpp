@@ -1,0 +1,252 @@
+#include "kernels/ops/matvec.h"
+
+#include <algorithm>
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include <fmt/format.h>
+
+namespace trove::ops {
+namespace {
+
+// Mirrors the push-constant block of kernels/shaders/matvec_main.glsl.
+struct Push {
+  uint32_t cols, flags;
+  float eps;
+  uint32_t n_mats, ntiles, tile_vals, groups_x, pad;
+  uint32_t type[4], rows[4], y_stride[4], row_bytes[4], wg_end[4];
+};
+static_assert(sizeof(Push) == 112);
+
+constexpr uint32_t kMaxGroupsX = 65535;  // minimum maxComputeWorkGroupCount Vulkan guarantees
+constexpr uint32_t kDefaultWorkgroup = 256;
+constexpr uint32_t kDefaultRows = 2;
+
+// Bytes of shared memory per staged value and batch column: the f32 value + 1/8 of its 8-value sum.
+constexpr double kStagedBytesPerValue = 4.5;
+
+constexpr uint32_t kGroupLanes = 32;  // kG in matvec.comp
+
+// One pipeline per distinct specialization: matvec.comp's constant ids 0..10, in this order (kG, id
+// 1, is always kGroupLanes).
+struct Key {
+  uint32_t wg, nb, rows, swiglu, tile, mats, type0, type1, type2, unroll;
+  auto tie() const { return std::tie(wg, nb, rows, swiglu, tile, mats, type0, type1, type2, unroll); }
+  bool operator<(const Key& o) const { return tie() < o.tie(); }
+};
+
+bool ranges_overlap(const vk::BufferRange& a, uint64_t a_bytes, const vk::BufferRange& b, uint64_t b_bytes) {
+  if (a.buffer != b.buffer || a.buffer == VK_NULL_HANDLE) return false;
+  return a.offset < b.offset + b_bytes && b.offset < a.offset + a_bytes;
+}
+
+const char* epilogue_name(MatvecEpilogue e) {
+  switch (e) {
+    case MatvecEpilogue::kStore: return "kStore";
+    case MatvecEpilogue::kAdd: return "kAdd";
+    case MatvecEpilogue::kSwiGlu: return "kSwiGlu";
+  }
+  return "?";
+}
+
+}  // namespace
+
+struct Matvec::State {
+  vk::Device* dev = nullptr;
+  uint32_t shared_bytes = 0;      // maxComputeSharedMemorySize
+  bool cpu = false;               // lavapipe & co: loops over batch columns are not unrolled
+  MatvecTuning tuning;
+  std::mutex mu;                  // guards pipelines
+  std::map<Key, vk::Pipeline> pipelines;
+
+  Result<const vk::Pipeline*> pipeline(const Key& k) {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = pipelines.find(k);
+    if (it != pipelines.end()) return &it->second;
+    auto p = dev->pipeline({"matvec", {k.wg, kGroupLanes, k.nb, k.rows, k.swiglu, k.tile, k.mats, k.type0, k.type1, k.type2, k.unroll},
+                            sizeof(Push), 8, k.wg});
+    if (!p.ok()) return p.status();
+    return &pipelines.emplace(k, std::move(*p)).first->second;
+  }
+};
+
+Matvec::Matvec(Matvec&&) noexcept = default;
+Matvec& Matvec::operator=(Matvec&&) noexcept = default;
+Matvec::~Matvec() = default;
+
+Result<Matvec> Matvec::create(vk::Device& dev) {
+  Matvec op;
+  op.st_ = std::make_unique<State>();
+  op.st_->dev = &dev;
+  VkPhysicalDeviceProperties props;
+  vkGetPhysicalDeviceProperties(dev.physical(), &props);
+  op.st_->shared_bytes = props.limits.maxComputeSharedMemorySize;
+  op.st_->cpu = dev.features().is_cpu;
+  if (!vk::find_shader("matvec").words) {
+    return Status::NotFound("matvec: shader matvec is not embedded in this build (rebuild trove_kernels)");
+  }
+  return op;
+}
+
+void Matvec::set_tuning(const MatvecTuning& t) { st_->tuning = t; }
+
+Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
+  using quant::GgmlType;
+  const bool swiglu = call.epilogue == MatvecEpilogue::kSwiGlu;
+  if (call.batch < 1 || call.batch > kMaxBatch) {
+    return Status::InvalidArgument(fmt::format("matvec: batch {} is outside 1..{} (larger batches go through ops::Matmul)",
+                                               call.batch, kMaxBatch));
+  }
+  if (call.n_mats < 1 || call.n_mats > 3) {
+    return Status::InvalidArgument(fmt::format("matvec: n_mats {} is outside 1..3", call.n_mats));
+  }
+  if (swiglu && (call.n_mats != 2 || call.mats[0].rows != call.mats[1].rows)) {
+    return Status::InvalidArgument(fmt::format(
+        "matvec: kSwiGlu takes 2 matrices (gate, up) with equal rows; got {} matrices with rows {} and {}", call.n_mats,
+        call.mats[0].rows, call.n_mats > 1 ? call.mats[1].rows : 0));
+  }
+  if (call.cols == 0 || call.cols % 32 != 0) {
+    return Status::InvalidArgument(fmt::format("matvec: cols {} must be a positive multiple of 32", call.cols));
+  }
+  const uint64_t x_bytes = uint64_t{call.batch} * call.cols * 4;
+  if (call.x.buffer == VK_NULL_HANDLE || call.x.size < x_bytes) {
+    return Status::InvalidArgument(fmt::format("matvec: x has {} bytes, batch {} x cols {} f32 need {}", call.x.size,
+                                               call.batch, call.cols, x_bytes));
+  }
+  const bool norm = call.norm_w.buffer != VK_NULL_HANDLE;
+  if (norm && call.norm_w.size < uint64_t{call.cols} * 4) {
+    return Status::InvalidArgument(fmt::format("matvec: norm_w has {} bytes, cols {} f32 need {}", call.norm_w.size,
+                                               call.cols, uint64_t{call.cols} * 4));
+  }
+
+  const MatvecTuning& tn = st_->tuning;
+  const uint32_t g = kGroupLanes;
+  const uint32_t rows_per_group = tn.rows_per_group ? tn.rows_per_group : (swiglu ? 1 : kDefaultRows);
+  // Shared memory holds a tile of staged activations, and at the end the lanes' partial sums (every
+  // slot and batch column, plus Σ x²) and each row group's Σ x² (matvec.comp).
+  const uint32_t slots = rows_per_group * (swiglu ? 2 : 1);
+  auto red_bytes = [&](uint32_t w) { return (uint64_t{w} * (slots * call.batch + call.batch) + w / g * call.batch) * 4; };
+  uint32_t wg = tn.workgroup_size;
+  if (wg == 0) {
+    // 256 invocations; 512 (twice the rows per staged copy of x, which every workgroup reads from
+    // L2) when that still leaves >= 264 workgroups (2 per SM on an H100/H200) and the sums fit.
+    uint64_t rows = 0;
+    for (uint32_t m = 0; m < (swiglu ? 1u : call.n_mats); ++m) rows += call.mats[m].rows;
+    wg = kDefaultWorkgroup;
+    if (rows / (2 * kDefaultWorkgroup / g * rows_per_group) >= 264 && red_bytes(2 * kDefaultWorkgroup) <= st_->shared_bytes) {
+      wg = 2 * kDefaultWorkgroup;
+    }
+  }
+  if ((rows_per_group != 1 && rows_per_group != 2 && rows_per_group != 4) || wg % g != 0 || wg < g || wg > 1024 ||
+      (wg & (wg - 1)) != 0) {
+    return Status::InvalidArgument(fmt::format("matvec: tuning rows_per_group {} / workgroup_size {} is invalid "
+                                               "(1, 2 or 4 rows; a power of two from the row group width {} to 1024)",
+                                               rows_per_group, wg, g));
+  }
+  const uint32_t rows_per_wg = wg / g * rows_per_group;
+
+  Push push{};
+  push.cols = call.cols;
+  push.flags = (norm ? 1u : 0u) | (call.epilogue == MatvecEpilogue::kAdd ? 2u : 0u);
+  push.eps = call.eps;
+  push.n_mats = call.n_mats;
+  vk::BufferRange bufs[8];
+  bufs[0] = call.x;
+  bufs[1] = norm ? call.norm_w : call.x;
+  uint64_t wgs = 0;
+  const uint32_t n_work = swiglu ? 1 : call.n_mats;  // SwiGLU: gate and up rows share workgroups
+  for (uint32_t m = 0; m < call.n_mats; ++m) {
+    const MatvecMatrix& mat = call.mats[m];
+    auto t = quant::traits(mat.type);
+    if (!t) {
+      return Status::Unsupported(fmt::format("matvec: matrix {} has weight type {}, which is not supported (supported: {})",
+                                             m, quant::ggml_type_name(static_cast<uint32_t>(mat.type)),
+                                             quant::supported_type_names()));
+    }
+    if (call.cols % static_cast<uint32_t>(t->block_values) != 0) {
+      return Status::InvalidArgument(fmt::format("matvec: cols {} is not a multiple of {}'s block of {} values (matrix {})",
+                                                 call.cols, t->name, t->block_values, m));
+    }
+    const uint32_t stride = mat.y_stride ? mat.y_stride : mat.rows;
+    const uint64_t rb = quant::row_bytes(mat.type, call.cols);
+    const uint64_t w_bytes = (rb * mat.rows + 3) / 4 * 4;
+    if (mat.rows == 0 || stride < mat.rows) {
+      return Status::InvalidArgument(fmt::format("matvec: matrix {} has rows {} and y stride {} (rows > 0, stride >= rows)",
+                                                 m, mat.rows, stride));
+    }
+    if (rb * mat.rows > 0xFFFFFFF0ull) {
+      return Status::InvalidArgument(fmt::format("matvec: matrix {} has {} bytes; split it into row ranges below 4 GiB",
+                                                 m, rb * mat.rows));
+    }
+    if (mat.w.buffer == VK_NULL_HANDLE || mat.w.size < w_bytes) {
+      return Status::InvalidArgument(fmt::format("matvec: matrix {} ({} rows of {} x {}) has {} weight bytes, needs {}", m,
+                                                 mat.rows, t->name, call.cols, mat.w.size, w_bytes));
+    }
+    const bool writes_y = !(swiglu && m == 1);
+    const uint64_t y_bytes = (uint64_t{call.batch - 1} * stride + mat.rows) * 4;
+    if (writes_y) {
+      if (mat.y.buffer == VK_NULL_HANDLE || mat.y.size < y_bytes) {
+        return Status::InvalidArgument(fmt::format("matvec: output of matrix {} has {} bytes, batch {} x stride {} needs {}",
+                                                   m, mat.y.size, call.batch, stride, y_bytes));
+      }
+      if (ranges_overlap(call.x, x_bytes, mat.y, y_bytes)) {
+        return Status::InvalidArgument(fmt::format(
+            "matvec: x overlaps the output of matrix {} ({}); workgroups write y while others still read x, so give "
+            "x its own buffer range", m, epilogue_name(call.epilogue)));
+      }
+    }
+    push.type[m] = static_cast<uint32_t>(mat.type);
+    push.rows[m] = mat.rows;
+    push.y_stride[m] = stride;
+    push.row_bytes[m] = static_cast<uint32_t>(rb);
+    bufs[2 + m] = mat.w;
+    bufs[5 + m] = writes_y ? mat.y : call.mats[0].y;
+    if (m < n_work) {
+      wgs += (mat.rows + rows_per_wg - 1) / rows_per_wg;
+      push.wg_end[m] = static_cast<uint32_t>(wgs);
+    }
+  }
+  for (uint32_t m = call.n_mats; m < 3; ++m) {
+    bufs[2 + m] = bufs[2];
+    bufs[5 + m] = bufs[5];
+  }
+  for (uint32_t m = n_work; m < 4; ++m) push.wg_end[m] = static_cast<uint32_t>(wgs);
+  push.n_mats = n_work;
+
+  if (red_bytes(wg) > st_->shared_bytes) {
+    return Status::InvalidArgument(fmt::format("matvec: the final reduction of {} invocations x {} values needs {} bytes "
+                                               "of shared memory, the device has {} (use fewer rows or invocations)",
+                                               wg, slots * call.batch + call.batch, red_bytes(wg), st_->shared_bytes));
+  }
+  const uint32_t tile_max = static_cast<uint32_t>(st_->shared_bytes / (kStagedBytesPerValue * call.batch)) / 256 * 256;
+  if (tile_max < 256) {
+    return Status::Unsupported(fmt::format("matvec: {} bytes of shared memory cannot stage 256 values of {} batch columns",
+                                           st_->shared_bytes, call.batch));
+  }
+  uint32_t tile_cap = tile_max;
+  if (tn.tile_values) tile_cap = std::min(tile_cap, std::max<uint32_t>(256, tn.tile_values / 256 * 256));
+  const uint32_t ntiles = (call.cols + tile_cap - 1) / tile_cap;
+  const uint32_t per_tile = ((call.cols + ntiles - 1) / ntiles + 255) / 256 * 256;
+  // Few distinct pipelines (the tile is a specialization constant): a power of two of at least 1024
+  // values where shared memory allows, else the even split.
+  uint32_t tile = 1024;
+  while (tile < per_tile) tile *= 2;
+  if (tile > tile_cap) tile = per_tile;
+  push.ntiles = (call.cols + tile - 1) / tile;
+  push.tile_vals = tile;
+
+  const uint32_t gx = static_cast<uint32_t>(std::min<uint64_t>(wgs, kMaxGroupsX));
+  const uint32_t gy = static_cast<uint32_t>((wgs + gx - 1) / gx);
+  if (gy > kMaxGroupsX) return Status::InvalidArgument("matvec: too many rows for one dispatch; split the call");
+  push.groups_x = gx;
+
+  // Types of unused matrices repeat matrix 0's, so that they add no code.
+  auto p = st_->pipeline({wg, call.batch, rows_per_group, swiglu ? 1u : 0u, tile, call.n_mats, push.type[0],
+                          call.n_mats > 1 ? push.type[1] : push.type[0], call.n_mats > 2 ? push.type[2] : push.type[0],
+                          st_->cpu && !tn.unroll_columns ? 0u : 1u});
+  if (!p.ok()) return p.status();
+  return s.dispatch(**p, bufs, &push, sizeof(push), gx, gy);
+}
+
+}  // namespace trove::ops

@@ -1,0 +1,102 @@
+// kernels/ops/matvec.h — bandwidth-bound weight × activation products for decode: batches of 1..8
+// columns, every weight read once per call, with the fusions a decode layer needs.
+//
+//   y_m[b][r]  =  (W_m · x̂_b)[r]                 kStore, for each of 1..3 matrices W_m sharing x
+//   y_m[b][r] +=  (W_m · x̂_b)[r]                 kAdd (residual add in place)
+//   y_0[b][r]  =  silu(W_0 · x̂_b)[r] · (W_1 · x̂_b)[r]   kSwiGlu (W_0 = gate, W_1 = up)
+//   x̂_b = x_b · rsqrt(mean(x_b²) + eps) · norm_w    with the RMSNorm prologue (norm_w given),
+//   x̂_b = x_b                                      without it.
+//
+// Contract:
+//  - Layouts: W is a GGUF weight matrix (rows × cols, input dimension contiguous, row_bytes(type,
+//    cols) bytes per row) of any kernels/quant type (F32 F16 BF16 Q8_0 Q4_K Q5_K Q6_K; the matrices
+//    of one call may differ in type and row count); its range holds rows · row_bytes bytes rounded up
+//    to a multiple of 4 (Q6_K and Q8_0 rows are read as aligned words). x is f32 [batch][cols],
+//    norm_w f32 [cols], y f32 with y[b · y_stride + r] (y_stride 0 = rows; larger when the engine
+//    splits a matrix into row ranges and each call writes its slice of the full-width output).
+//  - record() validates the call and records ONE dispatch into the stream; the caller adds the
+//    barriers between dependent dispatches and submits. Errors name the argument and what is wrong;
+//    on error nothing is recorded.
+//  - x must not overlap any output range: workgroups write y while others may still be reading x.
+//    (kAdd's "in place" is y holding the residual, e.g. the residual stream; x is another buffer.)
+//  - kSwiGlu takes exactly 2 matrices with equal rows; mats[1].y is not used (may be empty).
+//  - Precision: f32 activations and accumulation throughout (no f16/q8 rounding of x); the result is
+//    within 1e-5 of the output norm of the float64 reference (kernels/ref/matvec_ref.h).
+//  - Thread-safety: record() may be called from several threads. Pipelines are created on first use
+//    (under a mutex) and live as long as the op: one per batch size, SwiGLU or not, tile size, set of
+//    weight types and matrix count of the calls seen (a decode layer needs about five).
+//
+// Design (docs/kernels.md, "Decode matvec"): a row group of 32 lanes owns 2 rows (SwiGLU: 1 gate + 1
+// up row); lanes walk the rows in 16- or 8-byte parts with the super-block scales decoded once per
+// part; each workgroup stages x·norm_w and the sums of each 8 values in shared memory once (in tiles
+// when batch · cols does not fit) and reduces the rows through shared memory at the end (no subgroup
+// operations needed). Shader: kernels/shaders/matvec.comp; the per-type code, shared with other
+// matvec-shaped kernels, is kernels/shaders/matvec_core.glsl. Weights are read as stored in the GGUF
+// (no repacking at load).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "kernels/quant/quant.h"
+#include "kernels/vk/runtime.h"
+
+namespace trove::ops {
+
+struct MatvecMatrix {           // one weight matrix W [rows][cols] in GGUF row layout
+  quant::GgmlType type = quant::GgmlType::F32;
+  uint32_t rows = 0;
+  vk::BufferRange w;            // its bytes (row_bytes(type, cols) per row)
+  vk::BufferRange y;            // output rows: y[b * y_stride + r]
+  uint32_t y_stride = 0;        // 0 = rows
+};
+
+enum class MatvecEpilogue {
+  kStore,    // y = W·x̂
+  kAdd,      // y += W·x̂  (residual add in place: y may be the same buffer as the residual stream)
+  kSwiGlu,   // mats[0] = gate, mats[1] = up (same rows, same type not required):
+             //   mats[0].y = silu(gate·x̂) * (up·x̂); mats[1].y unused
+};
+
+struct MatvecCall {
+  uint32_t cols = 0, batch = 1;            // batch 1..8 (columns of x)
+  vk::BufferRange x;                        // f32 [batch][cols]
+  // Optional RMSNorm prologue: x̂ = x * rsqrt(mean(x^2) + eps) * norm_w (per batch column), computed
+  // inside the matvec so no separate norm dispatch runs. Empty range = x̂ = x.
+  vk::BufferRange norm_w{}; float eps = 1e-6f;
+  MatvecMatrix mats[3]; uint32_t n_mats = 1; // 1..3 matrices sharing x (Q, K, V in one dispatch)
+  MatvecEpilogue epilogue = MatvecEpilogue::kStore;
+};
+
+// Extension (not needed by callers): the kernel's work split, for the benchmark's sweeps and the
+// tests. Zero fields keep the op's choice.
+struct MatvecTuning {
+  uint32_t rows_per_group = 0;   // rows per 32-lane row group and matrix: 1, 2 or 4 (default 2; SwiGLU 1)
+  uint32_t workgroup_size = 0;   // invocations per workgroup: a power of two, 32..1024 (default 256)
+  uint32_t tile_values = 0;      // at most this many staged values per batch column and tile (rounded
+                                 // down to a multiple of 256; default: what shared memory holds)
+  bool unroll_columns = false;   // unroll the loops over batch columns on a CPU device too (they are
+                                 // on GPUs; on lavapipe unrolling costs seconds of compile per pipeline)
+};
+
+class Matvec {
+ public:
+  static Result<Matvec> create(vk::Device& dev);
+  Status record(vk::CommandStream& s, const MatvecCall& call) const;  // ONE dispatch
+  static constexpr uint32_t kMaxBatch = 8;
+
+  // Overrides the work split for later record() calls (bench, tests). Not thread-safe against
+  // concurrent record().
+  void set_tuning(const MatvecTuning& t);
+
+  Matvec(Matvec&&) noexcept;
+  Matvec& operator=(Matvec&&) noexcept;
+  ~Matvec();
+
+ private:
+  struct State;
+  Matvec() = default;
+  std::unique_ptr<State> st_;
+};
+
+}  // namespace trove::ops

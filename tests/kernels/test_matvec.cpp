@@ -1,0 +1,404 @@
+// Decode matvec (kernels/ops/matvec.h) against the float64 reference (kernels/ref/matvec_ref.h):
+// every weight type × batch 1, 3, 8 × each epilogue, several matrices of different types and row
+// counts in one dispatch (odd rows, rows not a multiple of the rows per workgroup), y strides larger
+// than rows, activations staged in several tiles, other work splits, the GPUs' unrolled form. Fresh
+// random weights, activations, norm weights and residuals on every run (the seed is printed on
+// failure); every output buffer is poisoned with NaN first, and the entries between strided rows must
+// still be the poison afterwards. Bound: 1e-5 of the norm of the matvec part of the output (f32
+// accumulation over <= 2048 terms, ~1e-7 expected). Cost on lavapipe: ~23 s of CPU with an empty Mesa
+// shader cache, ~10 s with a warm one, nearly all of it compiling ~30 pipelines (one per batch size ×
+// set of types; the suite shares one op so tests reuse them). TROVE_KERNEL_FULL=1 adds the real Qwen3
+// shapes (8B fused q/k/v, gate+up, down, 30B-A3B q/k/v, the 151936-row head in 32768-row pieces).
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include "kernels/ops/matvec.h"
+#include "kernels/ref/matvec_ref.h"
+
+using namespace trove;
+using quant::GgmlType;
+using ops::MatvecEpilogue;
+
+namespace {
+constexpr uint32_t kNaN = 0x7fc00000u;
+
+bool full_shapes() {
+  const char* full = std::getenv("TROVE_KERNEL_FULL");
+  return full && std::string(full) == "1";
+}
+
+struct Mat {
+  GgmlType type;
+  uint32_t rows;
+  uint32_t y_stride = 0;  // 0 = rows
+};
+
+struct Case {
+  uint32_t cols = 256, batch = 1;
+  bool norm = false;
+  MatvecEpilogue epilogue = MatvecEpilogue::kStore;
+  std::vector<Mat> mats;
+  bool residual_is_x = false;  // kAdd: y starts as a copy of x (needs rows == cols)
+  double bound = 1e-5;
+};
+
+std::string describe(const Case& c) {
+  std::string s = "cols " + std::to_string(c.cols) + " batch " + std::to_string(c.batch) + (c.norm ? " +norm" : "") +
+                  (c.epilogue == MatvecEpilogue::kStore ? " store" : c.epilogue == MatvecEpilogue::kAdd ? " add" : " swiglu");
+  for (const auto& m : c.mats) {
+    s += fmt::format(" [{} {}x{}{}]", quant::traits(m.type)->name, m.rows, c.cols,
+                     m.y_stride ? " stride " + std::to_string(m.y_stride) : "");
+  }
+  return s;
+}
+
+Result<vk::Buffer> upload(vk::Device& dev, const void* data, size_t bytes) {
+  auto b = dev.buffer((bytes + 3) / 4 * 4);
+  if (!b.ok()) return b.status();
+  TROVE_RETURN_IF_ERROR(b->upload(data, bytes));
+  return b;
+}
+
+// Runs one call on the GPU and the reference, checks the outputs. Returns false on a failure (gtest
+// failures are recorded too), so that loops can stop at the first broken case.
+bool check(vk::Device& dev, const ops::Matvec& op, const Case& c, std::mt19937_64& rng) {
+  const uint64_t seed = rng();
+  SCOPED_TRACE(describe(c) + " seed " + std::to_string(seed));
+  std::mt19937_64 r(seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::uniform_real_distribution<float> uw(0.5f, 1.5f);
+  const uint32_t B = c.batch, C = c.cols;
+  const bool swiglu = c.epilogue == MatvecEpilogue::kSwiGlu, add = c.epilogue == MatvecEpilogue::kAdd;
+
+  std::vector<float> x(size_t{B} * C), norm_w(c.norm ? C : 0);
+  for (auto& v : x) v = nd(r);
+  for (auto& v : norm_w) v = uw(r);
+  auto xhat = kernels::ref::matvec_prologue(x, B, C, norm_w, 1e-6);
+  EXPECT_TRUE(xhat.ok());
+  if (!xhat.ok()) return false;
+
+  ops::MatvecCall call;
+  call.cols = C;
+  call.batch = B;
+  call.eps = 1e-6f;
+  call.epilogue = c.epilogue;
+  call.n_mats = static_cast<uint32_t>(c.mats.size());
+  std::vector<std::vector<uint8_t>> wbytes(c.mats.size());
+  std::vector<vk::Buffer> wbuf, ybuf;
+  std::vector<std::vector<float>> expect(c.mats.size()), residual(c.mats.size());
+  for (size_t m = 0; m < c.mats.size(); ++m) {
+    const Mat& mat = c.mats[m];
+    const uint32_t stride = mat.y_stride ? mat.y_stride : mat.rows;
+    wbytes[m] = kernels::ref::random_weights(mat.type, mat.rows, C, 0.5f, r());
+    auto wb = upload(dev, wbytes[m].data(), wbytes[m].size());
+    EXPECT_TRUE(wb.ok());
+    if (!wb.ok()) return false;
+    const size_t ny = size_t{B - 1} * stride + mat.rows;
+    // Poison everything, then (kAdd) write the residual rows; the gaps of a stride stay NaN.
+    std::vector<float> y0(ny);
+    std::memcpy(y0.data(), std::vector<uint32_t>(ny, kNaN).data(), ny * 4);
+    if (add) {
+      for (uint32_t b = 0; b < B; ++b) {
+        for (uint32_t i = 0; i < mat.rows; ++i) y0[size_t{b} * stride + i] = c.residual_is_x ? x[size_t{b} * C + i] : nd(r);
+      }
+    }
+    auto yb = dev.buffer(ny * 4);
+    EXPECT_TRUE(yb.ok() && yb->fill(kNaN).ok() && (!add || yb->upload(y0.data(), ny * 4).ok()));
+    if (!yb.ok()) return false;
+    residual[m] = y0;
+    expect[m] = y0;
+    call.mats[m] = {mat.type, mat.rows, vk::BufferRange(*wb), vk::BufferRange(*yb), mat.y_stride};
+    wbuf.push_back(std::move(*wb));
+    ybuf.push_back(std::move(*yb));
+  }
+  auto xb = upload(dev, x.data(), x.size() * 4);
+  EXPECT_TRUE(xb.ok());
+  if (!xb.ok()) return false;
+  call.x = *xb;
+  vk::Buffer nb;
+  if (c.norm) {
+    auto n = upload(dev, norm_w.data(), norm_w.size() * 4);
+    EXPECT_TRUE(n.ok());
+    if (!n.ok()) return false;
+    nb = std::move(*n);
+    call.norm_w = nb;
+  }
+
+  auto s = dev.stream();
+  EXPECT_TRUE(s.ok());
+  if (!s.ok()) return false;
+  Status st = op.record(*s, call);
+  EXPECT_TRUE(st.ok()) << st.ToString();
+  if (!st.ok()) return false;
+  EXPECT_TRUE(s->submit_and_wait().ok());
+
+  // Reference.
+  auto wm = [&](size_t m) {
+    return kernels::ref::WeightMatrix{c.mats[m].type, c.mats[m].rows, C, wbytes[m]};
+  };
+  if (swiglu) {
+    const uint32_t stride = c.mats[0].y_stride ? c.mats[0].y_stride : c.mats[0].rows;
+    EXPECT_TRUE(kernels::ref::matvec_swiglu(wm(0), wm(1), *xhat, B, expect[0], stride).ok());
+  } else {
+    for (size_t m = 0; m < c.mats.size(); ++m) {
+      const uint32_t stride = c.mats[m].y_stride ? c.mats[m].y_stride : c.mats[m].rows;
+      EXPECT_TRUE(kernels::ref::matvec(wm(m), *xhat, B, expect[m], stride, add).ok());
+    }
+  }
+
+  bool ok = true;
+  for (size_t m = 0; m < (swiglu ? 1 : c.mats.size()); ++m) {
+    const uint32_t rows = c.mats[m].rows, stride = c.mats[m].y_stride ? c.mats[m].y_stride : rows;
+    std::vector<float> got(expect[m].size());
+    EXPECT_TRUE(ybuf[m].download(got.data(), got.size() * 4).ok());
+    double err2 = 0, ref2 = 0;
+    for (uint32_t b = 0; b < B; ++b) {
+      for (uint32_t i = 0; i < stride && size_t{b} * stride + i < got.size(); ++i) {
+        const size_t k = size_t{b} * stride + i;
+        uint32_t bits;
+        std::memcpy(&bits, &got[k], 4);
+        if (i >= rows) {  // between two batch rows of a strided output: never written
+          EXPECT_EQ(bits, kNaN) << "matrix " << m << " wrote outside its rows at " << k;
+          if (bits != kNaN) return false;
+          continue;
+        }
+        if (!std::isfinite(got[k])) {
+          ADD_FAILURE() << "matrix " << m << " output " << k << " (batch " << b << ", row " << i << ") not written: " << got[k];
+          return false;
+        }
+        const double base = add ? residual[m][k] : 0.0;  // the matvec part's norm is the scale
+        err2 += (double(got[k]) - expect[m][k]) * (double(got[k]) - expect[m][k]);
+        ref2 += (double(expect[m][k]) - base) * (double(expect[m][k]) - base);
+      }
+    }
+    const double rel = std::sqrt(err2 / ref2);
+    EXPECT_LT(rel, c.bound) << "matrix " << m;
+    if (!(rel < c.bound)) ok = false;
+  }
+  return ok;
+}
+
+}  // namespace
+
+// One device and one op for the whole suite, so that a pipeline compiled for one test is reused by
+// the others (lavapipe compiles each in ~0.7 s of CPU); each test starts from the default tuning.
+class Matvec : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto d = vk::Device::open();
+    if (!d.ok()) return;
+    dev_ = std::move(*d).release();
+    auto o = ops::Matvec::create(*dev_);
+    if (o.ok()) op_ = new ops::Matvec(std::move(*o));
+  }
+  static void TearDownTestSuite() {
+    delete op_;
+    op_ = nullptr;
+    delete dev_;
+    dev_ = nullptr;
+  }
+  void SetUp() override {
+    ASSERT_NE(dev_, nullptr) << "no Vulkan device";
+    ASSERT_NE(op_, nullptr) << "ops::Matvec::create failed";
+    op_->set_tuning({});
+  }
+  bool run(const Case& c) { return check(*dev_, *op_, c, rng_); }
+  static vk::Device* dev_;
+  static ops::Matvec* op_;
+  std::mt19937_64 rng_{std::random_device{}()};
+};
+vk::Device* Matvec::dev_ = nullptr;
+ops::Matvec* Matvec::op_ = nullptr;
+
+namespace {
+using G = GgmlType;
+// The three sets of three matrices that cover the seven types (C is the Q4_K_M attention shape: q
+// and k Q4_K, v Q6_K), with odd row counts, none a multiple of the 16 rows of a workgroup.
+std::vector<Mat> set_a(uint32_t gap) { return {{G::F32, 37, 37 + gap}, {G::F16, 70}, {G::BF16, 5}}; }
+std::vector<Mat> set_b(uint32_t gap) { return {{G::Q8_0, 37}, {G::Q4_K, 70, 70 + gap}, {G::Q5_K, 19}}; }
+std::vector<Mat> set_c(uint32_t gap, uint32_t q_rows = 131) { return {{G::Q4_K, q_rows}, {G::Q4_K, 19}, {G::Q6_K, 19, 19 + gap}}; }
+}  // namespace
+
+// Each weight type under each epilogue at batch 1, 3 and 8, three types per dispatch (pipelines are
+// specialized per set of types: grouping keeps lavapipe's compile time down). Store and add share a
+// pipeline (a run-time flag); SwiGLU pairs cover one type twice (one pass over each tile) and
+// different types (two passes).
+TEST_F(Matvec, EveryTypeBatchAndEpilogue) {
+  for (uint32_t batch : {1u, 3u, 8u}) {
+    const uint32_t gap = batch > 1 ? 4 : 0;  // strided outputs leave gaps that must stay NaN
+    for (const auto& mats : {set_a(gap), set_b(gap), set_c(gap)}) {
+      ASSERT_TRUE(run({512, batch, false, MatvecEpilogue::kStore, mats}));
+      ASSERT_TRUE(run({512, batch, true, MatvecEpilogue::kAdd, mats}));
+    }
+    ASSERT_TRUE(run({512, batch, true, MatvecEpilogue::kSwiGlu, {{G::Q4_K, 45, 45 + gap}, {G::Q4_K, 45}}}));
+    ASSERT_TRUE(run({512, batch, true, MatvecEpilogue::kSwiGlu, {{G::Q5_K, 45}, {G::Q6_K, 45}}}));
+    ASSERT_TRUE(run({512, batch, false, MatvecEpilogue::kSwiGlu, {{G::BF16, 21}, {G::Q8_0, 21}}}));
+    ASSERT_TRUE(run({512, batch, true, MatvecEpilogue::kSwiGlu, {{G::F32, 19, 19 + gap}, {G::F16, 19}}}));
+  }
+}
+
+// The pre-norm residual pattern: y holds x itself before the call, y = x + W·norm(x).
+TEST_F(Matvec, AddsIntoAResidualEqualToX) {
+  for (uint32_t batch : {1u, 3u, 8u}) {
+    Case c{512, batch, true, MatvecEpilogue::kAdd, set_c(0, 512)};
+    c.residual_is_x = true;
+    ASSERT_TRUE(run(c));
+  }
+}
+
+// x larger than one tile of shared memory: staged in pieces, partial sums carried across tiles.
+TEST_F(Matvec, ActivationsInSeveralTiles) {
+  ops::MatvecTuning t;
+  t.tile_values = 256;  // 8 and 7 tiles
+  op_->set_tuning(t);
+  ASSERT_TRUE(run({2048, 1, true, MatvecEpilogue::kAdd, set_c(0, 29)}));
+  ASSERT_TRUE(run({1792, 3, true, MatvecEpilogue::kSwiGlu, {{G::Q5_K, 17}, {G::Q6_K, 17}}}));
+  op_->set_tuning({});
+  // Batch 8 x 2048 columns fits neither lavapipe's 32 KiB nor 48 KiB: tiles by themselves.
+  ASSERT_TRUE(run({2048, 8, true, MatvecEpilogue::kStore, set_c(4, 40)}));
+}
+
+// On lavapipe the loops over batch columns are not unrolled (compile time); this is the GPUs' form.
+TEST_F(Matvec, UnrolledColumnLoopsAsOnGpus) {
+  ops::MatvecTuning t;
+  t.unroll_columns = true;
+  op_->set_tuning(t);
+  ASSERT_TRUE(run({512, 3, true, MatvecEpilogue::kAdd, set_c(4)}));
+  ASSERT_TRUE(run({512, 3, true, MatvecEpilogue::kSwiGlu, {{G::Q5_K, 45}, {G::Q6_K, 45}}}));
+}
+
+// Other work splits: 1 and 4 rows per row group, 64 and 128 invocations per workgroup.
+TEST_F(Matvec, OtherWorkSplits) {
+  for (auto [rows, wg] : {std::pair<uint32_t, uint32_t>{1, 64}, {4, 128}}) {
+    ops::MatvecTuning t;
+    t.rows_per_group = rows;
+    t.workgroup_size = wg;
+    op_->set_tuning(t);
+    ASSERT_TRUE(run({512, 3, true, MatvecEpilogue::kStore, set_c(4)}));
+  }
+  ops::MatvecTuning t;
+  t.rows_per_group = 4;
+  op_->set_tuning(t);
+  ASSERT_TRUE(run({512, 3, true, MatvecEpilogue::kSwiGlu, {{G::Q5_K, 45}, {G::Q6_K, 45}}}));
+}
+
+TEST_F(Matvec, BadCallsAreNamedAndRecordNothing) {
+  auto b = dev_->buffer(1 << 20);
+  auto y = dev_->buffer(1 << 16);
+  ASSERT_TRUE(b.ok() && y.ok());
+  auto s = dev_->stream();
+  ASSERT_TRUE(s.ok());
+  auto base = [&] {
+    ops::MatvecCall c;
+    c.cols = 256;
+    c.batch = 1;
+    c.x = vk::BufferRange(*b, 0, 256 * 4);
+    c.mats[0] = {GgmlType::Q4_K, 16, vk::BufferRange(*b, 4096, 1 << 16), *y, 0};
+    return c;
+  };
+  auto expect_error = [&](const ops::MatvecCall& c, const char* what) {
+    Status st = op_->record(*s, c);
+    EXPECT_FALSE(st.ok()) << what;
+    EXPECT_NE(st.message().find(what), std::string::npos) << st.message();
+  };
+  auto c = base();
+  c.batch = 9;
+  expect_error(c, "batch 9");
+  c = base();
+  c.n_mats = 4;
+  expect_error(c, "n_mats 4");
+  c = base();
+  c.mats[0].type = static_cast<GgmlType>(2);
+  expect_error(c, "Q4_0");
+  c = base();
+  c.cols = 96;  // not a multiple of Q4_K's 256-value block
+  c.x.size = 96 * 4;
+  expect_error(c, "block of 256");
+  c = base();
+  c.epilogue = MatvecEpilogue::kSwiGlu;
+  expect_error(c, "kSwiGlu takes 2 matrices");
+  c = base();
+  c.mats[0].rows = 4096;
+  expect_error(c, "weight bytes");
+  c = base();
+  c.mats[0].y = vk::BufferRange(*y, 0, 32);
+  expect_error(c, "output of matrix 0");
+  c = base();
+  c.mats[0].y = vk::BufferRange(*b, 512, 64);  // overlaps x = bytes 0..1023 of the same buffer
+  expect_error(c, "x overlaps the output");
+  c = base();
+  c.norm_w = vk::BufferRange(*b, 0, 16);
+  expect_error(c, "norm_w");
+  ops::MatvecTuning t;
+  t.rows_per_group = 3;
+  op_->set_tuning(t);
+  expect_error(base(), "rows_per_group 3");
+  ASSERT_TRUE(s->submit_and_wait().ok());  // nothing was recorded
+}
+
+// Real Qwen3 shapes (a GPU run: TROVE_KERNEL_FULL=1). The head is computed in 32768-row pieces that
+// write into the full-width logits (y stride = 151936), as the engine splits it.
+TEST_F(Matvec, QwenShapesOnAGpu) {
+  if (!full_shapes()) GTEST_SKIP() << "set TROVE_KERNEL_FULL=1 (a real GPU) for the Qwen3 shapes";
+  for (uint32_t batch : {1u, 8u}) {
+    ASSERT_TRUE(run({4096, batch, true, MatvecEpilogue::kStore,
+                                      {{GgmlType::Q4_K, 4096}, {GgmlType::Q4_K, 1024}, {GgmlType::Q6_K, 1024}}}));
+    ASSERT_TRUE(run({4096, batch, true, MatvecEpilogue::kSwiGlu,
+                                      {{GgmlType::Q4_K, 12288}, {GgmlType::Q4_K, 12288}}}));
+    ASSERT_TRUE(run({12288, batch, false, MatvecEpilogue::kAdd, {{GgmlType::Q6_K, 4096}}}));
+    ASSERT_TRUE(run({12288, batch, false, MatvecEpilogue::kAdd, {{GgmlType::Q4_K, 4096}}}));
+    ASSERT_TRUE(run({2048, batch, true, MatvecEpilogue::kStore,
+                                      {{GgmlType::Q4_K, 4096}, {GgmlType::Q4_K, 512}, {GgmlType::Q6_K, 512}}}));
+  }
+  // The 8B output head: 151936 x 4096 Q6_K, five pieces of <= 32768 rows into one logits buffer.
+  const uint32_t V = 151936, C = 4096, piece = 32768;
+  for (uint32_t batch : {1u, 2u}) {
+    std::mt19937_64 r(rng_());
+    SCOPED_TRACE("head batch " + std::to_string(batch));
+    auto w = kernels::ref::random_weights(GgmlType::Q6_K, V, C, 0.5f, r());
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    std::vector<float> x(size_t{batch} * C), nw(C, 1.0f);
+    for (auto& v : x) v = nd(r);
+    auto xhat = kernels::ref::matvec_prologue(x, batch, C, nw, 1e-6);
+    ASSERT_TRUE(xhat.ok());
+    std::vector<float> expect(size_t{batch} * V);
+    ASSERT_TRUE(kernels::ref::matvec({GgmlType::Q6_K, V, C, w}, *xhat, batch, expect, V, false).ok());
+    auto wb = upload(*dev_, w.data(), w.size());
+    auto xb = upload(*dev_, x.data(), x.size() * 4), nb = upload(*dev_, nw.data(), nw.size() * 4);
+    auto yb = dev_->buffer(expect.size() * 4);
+    ASSERT_TRUE(wb.ok() && xb.ok() && nb.ok() && yb.ok() && yb->fill(kNaN).ok());
+    auto s = dev_->stream();
+    ASSERT_TRUE(s.ok());
+    const uint64_t rb = quant::row_bytes(GgmlType::Q6_K, C);
+    for (uint32_t r0 = 0; r0 < V; r0 += piece) {
+      const uint32_t n = std::min(piece, V - r0);
+      ops::MatvecCall call;
+      call.cols = C;
+      call.batch = batch;
+      call.x = *xb;
+      call.norm_w = *nb;
+      call.mats[0] = {GgmlType::Q6_K, n, vk::BufferRange(*wb, r0 * rb, (n * rb + 3) / 4 * 4),
+                      vk::BufferRange(*yb, uint64_t{r0} * 4, (uint64_t{batch - 1} * V + n) * 4), V};
+      Status st = op_->record(*s, call);
+      ASSERT_TRUE(st.ok()) << st.ToString();
+    }
+    ASSERT_TRUE(s->submit_and_wait().ok());
+    std::vector<float> got(expect.size());
+    ASSERT_TRUE(yb->download(got.data(), got.size() * 4).ok());
+    double err2 = 0, ref2 = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      ASSERT_TRUE(std::isfinite(got[i])) << "logit " << i << " not written";
+      err2 += (double(got[i]) - expect[i]) * (double(got[i]) - expect[i]);
+      ref2 += double(expect[i]) * expect[i];
+    }
+    EXPECT_LT(std::sqrt(err2 / ref2), 1e-5);
+  }
+}

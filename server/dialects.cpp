@@ -2,6 +2,8 @@
 
 #include <random>
 
+#include <fmt/format.h>
+
 #include "server/sse.h"
 
 namespace trove::server {
@@ -24,6 +26,7 @@ std::string random_id(const std::string& prefix) {
 Json openai_error_body(const ApiError& e) {
   Json err = {{"message", e.message}, {"type", e.type}, {"param", nullptr}, {"code", nullptr}};
   if (!e.param.empty()) err["param"] = e.param;
+  if (!e.code.empty()) err["code"] = e.code;
   return {{"error", err}};
 }
 
@@ -51,7 +54,7 @@ class OpenAiChatWriter : public DialectWriter {
  public:
   OpenAiChatWriter(ResponseContext ctx, bool include_usage) : ctx_(std::move(ctx)), include_usage_(include_usage) {}
 
-  std::string start() override { return chunk({{"role", "assistant"}, {"content", ""}}); }
+  std::string start(uint32_t) override { return chunk({{"role", "assistant"}, {"content", ""}}); }
 
   std::string on_events(const std::vector<chat::OutputEvent>& events) override {
     std::string out;
@@ -139,9 +142,9 @@ class AnthropicWriter : public DialectWriter {
  public:
   explicit AnthropicWriter(ResponseContext ctx) : ctx_(std::move(ctx)) {}
 
-  std::string start() override {
+  std::string start(uint32_t cached_tokens) override {
     Json msg = message_shell();
-    msg["usage"] = usage_json(ctx_.prompt_tokens, 0, 0);
+    msg["usage"] = usage_json(ctx_.prompt_tokens, cached_tokens, 0);
     return ev("message_start", {{"type", "message_start"}, {"message", msg}}) + ev("ping", {{"type", "ping"}});
   }
 
@@ -211,7 +214,8 @@ class AnthropicWriter : public DialectWriter {
   static const char* stop_reason(const GenerationResult& r, const chat::ParsedMessage& m) {
     if (!m.tool_calls.empty()) return "tool_use";
     if (!r.stop_sequence.empty()) return "stop_sequence";
-    return r.finish == FinishReason::kLength ? "max_tokens" : "end_turn";
+    if (r.finish == FinishReason::kLength) return r.context_end ? "model_context_window_exceeded" : "max_tokens";
+    return "end_turn";
   }
   static Json stop_sequence(const GenerationResult& r) {
     return r.stop_sequence.empty() ? Json(nullptr) : Json(r.stop_sequence);
@@ -257,7 +261,7 @@ class ResponsesWriter : public DialectWriter {
  public:
   explicit ResponsesWriter(ResponseContext ctx) : ctx_(std::move(ctx)) {}
 
-  std::string start() override {
+  std::string start(uint32_t) override {
     Json r = response_shell("in_progress");
     return ev("response.created", {{"response", r}}) + ev("response.in_progress", {{"response", r}});
   }
@@ -301,9 +305,13 @@ class ResponsesWriter : public DialectWriter {
   std::string finish(const GenerationResult& r, const chat::ParsedMessage& m) override {
     std::string out = close();
     (void)m;
-    Json resp = response_shell(r.finish == FinishReason::kLength ? "incomplete" : "completed");
+    Json resp = response_shell(status(r));
     resp["output"] = output_;
     resp["usage"] = usage(r);
+    if (r.finish == FinishReason::kLength && r.context_end) {
+      resp["error"] = context_error();
+      return out + ev("response.failed", {{"response", resp}});
+    }
     if (r.finish == FinishReason::kLength) {
       resp["incomplete_details"] = {{"reason", "max_output_tokens"}};
       return out + ev("response.incomplete", {{"response", resp}});
@@ -318,7 +326,7 @@ class ResponsesWriter : public DialectWriter {
   }
 
   Json complete(const GenerationResult& r, const chat::ParsedMessage& m) override {
-    Json resp = response_shell(r.finish == FinishReason::kLength ? "incomplete" : "completed");
+    Json resp = response_shell(status(r));
     Json output = Json::array();
     if (!m.reasoning.empty()) {
       output.push_back({{"id", random_id("rs_")}, {"type", "reasoning"}, {"summary", Json::array()},
@@ -327,17 +335,39 @@ class ResponsesWriter : public DialectWriter {
     const std::string text = content_with_errors(m);
     if (!text.empty()) output.push_back(message_item(random_id("msg_"), text, "completed"));
     for (const auto& c : m.tool_calls) {
-      output.push_back({{"id", "fc_" + c.id}, {"type", "function_call"}, {"status", "completed"},
-                        {"call_id", c.id}, {"name", c.name}, {"arguments", c.arguments}});
+      output.push_back(call_item("fc_" + c.id, "completed", c.id, c.name, c.arguments));
     }
     resp["output"] = output;
     resp["usage"] = usage(r);
-    if (r.finish == FinishReason::kLength) resp["incomplete_details"] = {{"reason", "max_output_tokens"}};
+    if (r.finish == FinishReason::kLength && r.context_end) resp["error"] = context_error();
+    else if (r.finish == FinishReason::kLength) resp["incomplete_details"] = {{"reason", "max_output_tokens"}};
     return resp;
   }
 
  private:
   enum class Item { kNone, kReasoning, kMessage, kCall };
+
+  static const char* status(const GenerationResult& r) {
+    if (r.finish != FinishReason::kLength) return "completed";
+    return r.context_end ? "failed" : "incomplete";
+  }
+  Json context_error() const {
+    return {{"code", "context_length_exceeded"},
+            {"message", fmt::format("the reply reached the end of the model's context window ({} tokens); compact "
+                                    "or shorten the conversation, or restart trove serve with a larger --ctx",
+                                    ctx_.n_ctx)}};
+  }
+  // A function_call item; a function of a `namespace` tool is named back as {namespace, name}.
+  Json call_item(const std::string& id, const char* status, const std::string& call_id, const std::string& name,
+                 const std::string& arguments) const {
+    Json item = {{"id", id}, {"type", "function_call"}, {"status", status}, {"call_id", call_id},
+                 {"name", name}, {"arguments", arguments}};
+    if (auto it = ctx_.namespaced_tools.find(name); it != ctx_.namespaced_tools.end()) {
+      item["namespace"] = it->second.first;
+      item["name"] = it->second.second;
+    }
+    return item;
+  }
 
   Json response_shell(const char* status) const {
     return {{"id", ctx_.id}, {"object", "response"}, {"created_at", ctx_.created}, {"status", status},
@@ -373,9 +403,7 @@ class ResponsesWriter : public DialectWriter {
         return {{"id", item_id_}, {"type", "reasoning"}, {"summary", Json::array()}, {"content", content}};
       }
       case Item::kMessage: return message_item(item_id_, text_, status);
-      case Item::kCall:
-        return {{"id", item_id_}, {"type", "function_call"}, {"status", status}, {"call_id", call_id_},
-                {"name", name_}, {"arguments", done ? text_ : ""}};
+      case Item::kCall: return call_item(item_id_, status, call_id_, name_, done ? text_ : "");
       case Item::kNone: break;
     }
     return Json::object();

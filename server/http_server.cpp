@@ -144,9 +144,15 @@ struct HttpServer::Impl {
       generate(Dialect::kResponses, q, r);
     });
     http.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
-      Json m = {{"id", opt.model_id}, {"object", "model"}, {"created", 0}, {"owned_by", "trove"},
-                {"context_length", engine.n_ctx()}, {"synthetic", engine.config().synthetic}};
-      res.set_content(json_text(Json({{"object", "list"}, {"data", Json::array({m})}})), "application/json");
+      Json m = model_json(opt.model_id);
+      res.set_content(json_text(Json({{"object", "list"}, {"data", Json::array({m})}, {"has_more", false},
+                                      {"first_id", opt.model_id}, {"last_id", opt.model_id}})),
+                      "application/json");
+      metrics.count_request("/v1/models", 200);
+    });
+    // Any id: clients that look their configured model up (whatever they call it) find the one model.
+    http.Get(R"(/v1/models/(.+))", [this](const httplib::Request& req, httplib::Response& res) {
+      res.set_content(json_text(model_json(req.matches[1].str())), "application/json");
       metrics.count_request("/v1/models", 200);
     });
     http.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
@@ -158,12 +164,37 @@ struct HttpServer::Impl {
     });
   }
 
+  // The model as /v1/models describes it, under `id`: OpenAI's fields, Anthropic's (type,
+  // display_name, created_at) and the context window under the names clients and proxies read
+  // (context_length: OpenRouter; max_model_len: vLLM; context_window; max_input_tokens: Anthropic).
+  Json model_json(const std::string& id) const {
+    auto renderer = engine.renderer();
+    const bool reasoning = renderer.ok() && (*renderer)->name() == "qwen3";
+    const uint32_t ctx = engine.n_ctx();
+    return {{"id", id},
+            {"object", "model"},
+            {"type", "model"},
+            {"created", 0},
+            {"created_at", "1970-01-01T00:00:00Z"},
+            {"owned_by", "trove"},
+            {"display_name", opt.model_id},
+            {"context_length", ctx},
+            {"context_window", ctx},
+            {"max_model_len", ctx},
+            {"max_input_tokens", ctx - 1},
+            {"max_output_tokens", std::min(ctx, opt.default_max_tokens)},
+            {"reasoning", reasoning},
+            {"tool_call_streaming", true},
+            {"synthetic", engine.config().synthetic}};
+  }
+
   void generate(Dialect d, const httplib::Request& req, httplib::Response& res) {
     const bool anthropic = d == Dialect::kAnthropic || d == Dialect::kAnthropicCount;
     const std::string endpoint = endpoint_label(req.path);
     auto fail = [&](const ApiError& e) {
       send_error(res, anthropic, e);
       metrics.count_request(endpoint, e.status);
+      log::warn("serve", "{} {}: request rejected: {}", endpoint, e.status, e.message);
     };
     ParsedBody parsed_body = parse_request_body(req.body);
     if (!parsed_body.ok()) return fail(parsed_body.error);
@@ -218,32 +249,38 @@ struct HttpServer::Impl {
       metrics.count_request(endpoint, 200);
       return;
     }
-    if (prompt.size() >= engine.n_ctx()) {
+    // A prompt that does not fit: in the words each client acts on (Claude Code compacts on Anthropic's
+    // "prompt is too long: N tokens > M maximum"; OpenAI clients look for code context_length_exceeded).
+    auto overflow = [&](uint64_t limit, const std::string& what, const std::string& todo) {
       ApiError e;
-      e.param = anthropic ? "messages" : (d == Dialect::kResponses ? "input" : "messages");
-      e.message = fmt::format("the prompt has {} tokens but the context holds {} tokens (and at least one must "
-                              "be left to generate); shorten the conversation or restart trove serve with a "
-                              "larger --ctx",
-                              prompt.size(), engine.n_ctx());
-      return fail(e);
+      e.param = d == Dialect::kResponses ? "input" : "messages";
+      e.code = "context_length_exceeded";
+      e.message = anthropic ? fmt::format("prompt is too long: {} tokens > {} maximum ({}; {})", prompt.size(),
+                                          limit, what, todo)
+                            : fmt::format("This model's maximum context length is {} tokens, but the prompt has {} "
+                                          "tokens ({}; {})",
+                                          limit, prompt.size(), what, todo);
+      fail(e);
+    };
+    if (prompt.size() >= engine.n_ctx()) {
+      return overflow(engine.n_ctx() - 1, fmt::format("the context holds {} tokens and at least one must be left "
+                                                      "to generate", engine.n_ctx()),
+                      "shorten the conversation or restart trove serve with a larger --ctx");
     }
     if (const auto pool = scheduler->stats().pool; pool.block_tokens > 0) {
       const uint64_t pool_tokens = uint64_t{pool.total_blocks} * pool.block_tokens;
       if (prompt.size() + 1 > pool_tokens) {
-        ApiError e;
-        e.param = anthropic ? "messages" : (d == Dialect::kResponses ? "input" : "messages");
-        e.message = fmt::format("the prompt has {} tokens but the GPU KV pool holds {} tokens; shorten the "
-                                "conversation or run trove serve on a device with more memory",
-                                prompt.size(), pool_tokens);
-        return fail(e);
+        return overflow(pool_tokens - 1, fmt::format("the GPU KV pool holds {} tokens", pool_tokens),
+                        "shorten the conversation or run trove serve on a device with more memory");
       }
     }
     if (opt.log_prompts) log::info("serve", "prompt ({} tokens):\n{}", prompt.size(), *rendered);
 
     GenerationRequest g;
     g.prompt = prompt;
-    const uint32_t room = engine.n_ctx() - static_cast<uint32_t>(prompt.size());
-    g.max_tokens = std::min(job.max_tokens.value_or(room), room);
+    // Not capped at the room left: the scheduler stops at the context end itself and says so
+    // (result.context_end), which the dialects report differently from a max_tokens stop.
+    g.max_tokens = job.max_tokens.value_or(opt.default_max_tokens);
     g.sampling = job.sampling;
     g.stop = job.stop;
     // Prefix cache (docs/api.md): `x-trove-cache-namespace` separates tenants (requests share cached
@@ -268,6 +305,8 @@ struct HttpServer::Impl {
     ctx.model = job.model.empty() ? opt.model_id : job.model;
     ctx.created = static_cast<int64_t>(std::time(nullptr));
     ctx.prompt_tokens = static_cast<uint32_t>(prompt.size());
+    ctx.n_ctx = engine.n_ctx();
+    ctx.namespaced_tools = job.namespaced_tools;
     std::shared_ptr<DialectWriter> writer = d == Dialect::kOpenAiChat ? make_openai_chat_writer(ctx, job.include_usage)
                                             : d == Dialect::kAnthropic ? make_anthropic_writer(ctx)
                                                                        : make_responses_writer(ctx);
@@ -302,6 +341,7 @@ struct HttpServer::Impl {
           return;
         }
         for (auto& ev : evs) {
+          if (ev.kind == GenerationEvent::Kind::kCached) continue;
           if (ev.kind == GenerationEvent::Kind::kText) {
             if (opt.log_prompts) generated += ev.text;
             parser->feed(ev.text);
@@ -344,17 +384,27 @@ struct HttpServer::Impl {
               }
               return true;
             };
-            if (!write(writer->start() + writer->on_events(*prefix_events))) return false;
+            // The reply starts once the scheduler says how much of the prompt came from the cache
+            // (kCached: Anthropic's message_start carries it); a request that ends before that (an
+            // error at admission) starts with 0.
+            bool started = false;
+            auto start = [&](uint32_t cached) {
+              if (started) return true;
+              started = true;
+              return write(writer->start(cached) + writer->on_events(*prefix_events));
+            };
             std::string generated;
             while (true) {
               std::vector<GenerationEvent> evs;
               if (!stream->wait(evs, std::chrono::milliseconds(keepalive_ms))) {
-                // Nothing for a while (a long prefill): a comment keeps idle timeouts away and tells us
-                // whether the client is still there.
+                // Nothing for a while (queued, or a long prefill): a comment keeps idle timeouts away
+                // and tells us whether the client is still there.
                 if (!write(sse_comment("keepalive"))) return false;
                 continue;
               }
               for (auto& ev : evs) {
+                if (!start(ev.result.cached_tokens)) return false;
+                if (ev.kind == GenerationEvent::Kind::kCached) continue;
                 if (ev.kind == GenerationEvent::Kind::kText) {
                   if (log_prompts) generated += ev.text;
                   if (!write(writer->on_events(parser->feed(ev.text)))) return false;

@@ -8,10 +8,14 @@
 //    serves until stop() (from any thread).
 //  - With an API key set, every route but /health needs `Authorization: Bearer KEY` or `x-api-key: KEY`
 //    (401 in the dialect's error shape otherwise). Bodies over max_body_bytes get 413. Malformed JSON,
-//    wrong field types (message names the JSON path) and prompts that do not fit the context (message
-//    gives both numbers) get 400. Invalid UTF-8 and lone surrogate escapes inside JSON strings become
-//    U+FFFD (server/request_body.h). Nothing a client sends gets a 500: a handler that throws answers
+//    wrong field types (message names the JSON path) and prompts that do not fit the context get 400
+//    in each client's own words (Anthropic `prompt is too long: N tokens > M maximum`, OpenAI
+//    `code: "context_length_exceeded"`). Every rejected request is logged (status and message).
+//    Invalid UTF-8 and lone surrogate escapes inside JSON strings become U+FFFD
+//    (server/request_body.h). Nothing a client sends gets a 500: a handler that throws answers
 //    500 api_error in the dialect's shape, logs it, and the server goes on.
+//  - /v1/models (and /v1/models/ANY-ID) describes the one model with its context window in the field
+//    names clients read; whatever model name a request sends, the one model serves it.
 //  - Streaming responses are SSE over chunked HTTP. While nothing is generated for keepalive_ms
 //    (a long prefill) an SSE comment is written; a failed write means the client left: its request is
 //    cancelled and the scheduler frees its sequence within one step.
@@ -37,6 +41,9 @@ struct ServerOptions {
   bool test_force_output = false;
   int keepalive_ms = 3000;
   std::string model_id;                     // what /v1/models calls the model
+  // Most tokens generated for a request that sets no limit (Codex sends none): Qwen3's recommended
+  // output length. The context end still stops earlier.
+  uint32_t default_max_tokens = 32768;
   int http_threads = 64;                    // concurrent connections served (streams hold one each)
 };
 

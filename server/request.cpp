@@ -208,6 +208,14 @@ ParsedRequest finish_job(Json conv, ChatJob job, Fields& f, std::optional<ApiErr
 
 }  // namespace
 
+std::string namespaced_tool_name(const std::string& ns, const std::string& name) {
+  size_t ns_end = ns.size();
+  while (ns_end > 0 && ns[ns_end - 1] == '_') --ns_end;
+  size_t name_begin = 0;
+  while (name_begin < name.size() && name[name_begin] == '_') ++name_begin;
+  return ns.substr(0, ns_end) + "__" + name.substr(name_begin);
+}
+
 nlohmann::json tools_for_parser(const chat::Conversation& conversation) {
   nlohmann::json tools = nlohmann::json::array();
   for (const auto& t : conversation.tools) {
@@ -299,6 +307,14 @@ std::optional<std::string> block_text(const Json& v, const std::string& path, Fi
   return out;
 }
 
+bool is_billing_header_block(const Json& b) {
+  static const std::string kPrefix = "x-anthropic-billing-header:";
+  if (!b.is_object()) return false;
+  auto t = b.find("text");
+  return b.value("type", std::string()) == "text" && t != b.end() && t->is_string() &&
+         t->get_ref<const std::string&>().rfind(kPrefix, 0) == 0;
+}
+
 ParsedRequest parse_anthropic(const Json& body, bool count_only) {
   if (!body.is_object()) return failed("", "the request body must be a JSON object");
   std::optional<ApiError> err;
@@ -318,7 +334,20 @@ ParsedRequest parse_anthropic(const Json& body, bool count_only) {
   }
   Json msgs = Json::array();
   if (const Json* sys = f.get("system")) {
-    if (auto text = block_text(*sys, "system", f)) msgs.push_back({{"role", "system"}, {"content", *text}});
+    // Claude Code's first system block is `x-anthropic-billing-header: cc_version=….<hex>; …`: request
+    // metadata whose hex changes with every prompt. Rendered, it would put a different first line in
+    // front of an identical system prompt and tools, and no session would share their cached KV.
+    Json kept = *sys;
+    if (kept.is_array()) {
+      kept = Json::array();
+      for (const auto& b : *sys) {
+        if (is_billing_header_block(b)) continue;
+        kept.push_back(b);
+      }
+    }
+    if (auto text = block_text(kept, "system", f); text && !(kept.is_array() && kept.empty())) {
+      msgs.push_back({{"role", "system"}, {"content", *text}});
+    }
   }
   const Json* messages = f.array("messages");
   if (!err && !messages) return failed("messages", "is missing; send \"messages\": [{\"role\":\"user\",\"content\":\"...\"}]");
@@ -416,6 +445,8 @@ ParsedRequest parse_anthropic(const Json& body, bool count_only) {
       }
       // Server tools (web_search_…, bash_…) have a versioned "type"; they are not offered to the model.
       if (t.contains("type") && t["type"].is_string() && t["type"] != "custom") continue;
+      // Deferred tools are placeholders the client loads on demand (tool search): not for the model.
+      if (t.contains("defer_loading") && t["defer_loading"] == true) continue;
       Fields tf(t, tp, err);
       auto name = tf.str("name");
       if (!err && !name) tf.fail(tp + ".name", "is missing; send a string");
@@ -534,9 +565,12 @@ ParsedRequest parse_responses(const Json& body) {
         auto call_id = itf.str("call_id");
         auto name = itf.str("name");
         auto args = itf.str("arguments");
+        auto ns = itf.str("namespace");
         if (!err && !call_id) itf.fail(ip + ".call_id", "is missing; send a string");
         if (!err && !name) itf.fail(ip + ".name", "is missing; send a string");
         if (err) break;
+        // A call of a namespace tool's function is rendered under the flat name the model wrote.
+        if (ns && !ns->empty()) name = namespaced_tool_name(*ns, *name);
         Json* a = last_assistant();
         if (!a->contains("tool_calls")) (*a)["tool_calls"] = Json::array();
         (*a)["tool_calls"].push_back({{"id", *call_id}, {"type", "function"},
@@ -584,9 +618,36 @@ ParsedRequest parse_responses(const Json& body) {
         f.fail(tp, "must be a tool object");
         break;
       }
+      Fields tf(t, tp, err);
+      // A namespace (Codex: multi_agent_v1, …) groups function tools: each is offered under its flat
+      // name NAMESPACE__NAME, and the reply's function_call names it back (namespaced_tools).
+      if (t.contains("type") && t["type"] == "namespace") {
+        auto ns = tf.str("name");
+        if (!err && !ns) tf.fail(tp + ".name", "is missing; send the namespace's name");
+        const Json* inner = tf.array("tools");
+        for (size_t k = 0; inner && !err && k < inner->size(); ++k) {
+          const Json& it = (*inner)[k];
+          const std::string ipath = fmt::format("{}.tools[{}]", tp, k);
+          if (!it.is_object()) {
+            tf.fail(ipath, "must be a tool object");
+            break;
+          }
+          if (!it.contains("type") || it["type"] != "function") continue;
+          Fields itf(it, ipath, err);
+          auto name = itf.str("name");
+          if (!err && !name) itf.fail(ipath + ".name", "is missing; send a string");
+          if (err) break;
+          const std::string flat = namespaced_tool_name(*ns, *name);
+          Json fn = {{"name", flat}};
+          if (auto d = itf.str("description")) fn["description"] = *d;
+          fn["parameters"] = itf.object("parameters") ? *itf.object("parameters") : Json::object();
+          out.push_back({{"type", "function"}, {"function", fn}});
+          job.namespaced_tools[flat] = {*ns, *name};
+        }
+        continue;
+      }
       // Only function tools are offered to the model; web_search and other built-ins are skipped.
       if (!t.contains("type") || t["type"] != "function") continue;
-      Fields tf(t, tp, err);
       auto name = tf.str("name");
       if (!err && !name) tf.fail(tp + ".name", "is missing; send a string");
       Json fn = {{"name", name.value_or("")}};

@@ -11,9 +11,15 @@
 //    the renderers see one shape.
 //  - Sampling defaults (when the client sends none) are Qwen3's recommended ones: temperature 0.7,
 //    top_p 0.8, top_k 20. top_k is capped at 64 (the engine's sampler limit).
+//  - What agent clients send that is not for the model stays out of the prompt (docs/api.md):
+//    Claude Code's `x-anthropic-billing-header: …` system block (it changes with every prompt, so
+//    kept in it would stop every session from sharing the cached system prompt and tools) and
+//    Anthropic tools marked `defer_loading: true`. Codex's `type: "namespace"` tools are offered as
+//    their functions under flat names `NAMESPACE__NAME` (ChatJob::namespaced_tools maps them back).
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -30,6 +36,7 @@ struct ApiError {
   std::string message;
   std::string param;                        // JSON path, when one field is at fault
   std::string type = "invalid_request_error";
+  std::string code;                         // OpenAI `code` (e.g. context_length_exceeded); empty: null
 };
 
 struct ChatJob {
@@ -44,7 +51,13 @@ struct ChatJob {
   // tool_choice required / any / a named tool: the reply starts inside a tool call (of that tool).
   bool require_tool_call = false;
   std::string required_tool;
+  // Responses `namespace` tools: the flat name the model sees → {namespace, function name}.
+  std::map<std::string, std::pair<std::string, std::string>> namespaced_tools;
 };
+
+// The flat name of a function inside a Responses `namespace` tool, as Codex flattens it:
+// "multi_agent_v1" + "spawn_agent" → "multi_agent_v1__spawn_agent".
+std::string namespaced_tool_name(const std::string& ns, const std::string& name);
 
 // Either a job or the error to send.
 struct ParsedRequest {

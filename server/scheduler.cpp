@@ -53,6 +53,7 @@ struct Scheduler::Active {
   size_t prefilled = 0;       // prompt tokens already in the sequence
   bool decoding = false;      // prompt fully prefilled; `next` is the token to feed
   bool restoring = false;     // the engine is still reading its cached prefix from the KV store
+  bool cached_reported = false;  // the kCached event went out
   int32_t next = -1;
   bool done = false;
   std::optional<tokenizer::Detokenizer> detok;
@@ -204,8 +205,18 @@ void Scheduler::admit(std::vector<std::unique_ptr<Active>>& active) {
     // them as text (EOS ids never reach the detokenizer).
     a->detok.emplace(engine_.tokenizer(), /*render_special=*/true);
     a->stops.emplace(a->request.stop);
+    if (!a->restoring) report_cached(*a);
     active.push_back(std::move(a));
   }
+}
+
+void Scheduler::report_cached(Active& a) {
+  if (a.cached_reported) return;
+  a.cached_reported = true;
+  GenerationEvent ev;
+  ev.kind = GenerationEvent::Kind::kCached;
+  ev.result = a.result;
+  a.stream->push(std::move(ev));
 }
 
 void Scheduler::finish(Active& a, FinishReason reason, std::string error) {
@@ -255,7 +266,10 @@ void Scheduler::on_token(Active& a, int32_t token) {
   }
   if (a.result.generated_tokens >= a.request.max_tokens) return finish(a, FinishReason::kLength);
   // The token just chosen still has to be fed; it needs one more position in the context.
-  if (engine_.length(a.seq) + 1 >= engine_.n_ctx()) return finish(a, FinishReason::kLength);
+  if (engine_.length(a.seq) + 1 >= engine_.n_ctx()) {
+    a.result.context_end = true;
+    return finish(a, FinishReason::kLength);
+  }
   a.decoding = true;
   a.next = token;
 }
@@ -306,6 +320,7 @@ void Scheduler::loop() {
         a->restoring = false;
         a->prefilled = engine_.length(a->seq);
         a->result.cached_tokens = static_cast<uint32_t>(a->prefilled);
+        report_cached(*a);
       }
       any_restoring |= a->restoring;
     }
@@ -326,16 +341,42 @@ void Scheduler::loop() {
       chunk_sizes.push_back(1);
       --budget;
     }
+    // Prefill: the budget left is shared fairly among the prompts still prefilling (water-filling:
+    // the smallest needs are met first, each at most an equal share of what is left; what integer
+    // division leaves over goes to the oldest). A short prompt is not starved behind a long one.
+    std::vector<Active*> prefilling;
     for (auto& a : active) {
-      if (a->decoding || a->restoring || budget == 0) continue;
-      const size_t n = std::min<size_t>(budget, a->request.prompt.size() - a->prefilled);
+      if (!a->decoding && !a->restoring && !a->done) prefilling.push_back(a.get());
+    }
+    std::vector<size_t> share(prefilling.size(), 0);
+    {
+      std::vector<size_t> order(prefilling.size());
+      for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+      auto need = [&](size_t i) { return prefilling[i]->request.prompt.size() - prefilling[i]->prefilled; };
+      std::stable_sort(order.begin(), order.end(), [&](size_t x, size_t y) { return need(x) < need(y); });
+      size_t left = budget;
+      for (size_t k = 0; k < order.size(); ++k) {
+        const size_t fair = left / (order.size() - k);
+        share[order[k]] = std::min(need(order[k]), fair);
+        left -= share[order[k]];
+      }
+      for (size_t i = 0; i < prefilling.size() && left > 0; ++i) {  // admission order = oldest first
+        const size_t more = std::min(left, need(i) - share[i]);
+        share[i] += more;
+        left -= more;
+      }
+    }
+    for (size_t i = 0; i < prefilling.size(); ++i) {
+      Active* a = prefilling[i];
+      const size_t n = share[i];
+      if (n == 0) continue;
       engine::StepInput in;
       in.seq = a->seq;
       in.tokens = std::span<const int32_t>(a->request.prompt).subspan(a->prefilled, n);
       in.sample = a->prefilled + n == a->request.prompt.size();
       in.sampling = a->request.sampling;
       inputs.push_back(in);
-      owners.push_back(a.get());
+      owners.push_back(a);
       chunk_sizes.push_back(n);
       budget -= static_cast<uint32_t>(n);
     }

@@ -12,12 +12,18 @@
 //    sequence of the batch ends with kError (its KV freed) and the others retry in the next step; any
 //    other step failure ends every request of that batch with kError.
 //  - Each loop iteration builds ONE Engine::step() batch: one decode token for every decoding sequence,
-//    then prefill chunks of admitted prompts (oldest first) with whatever is left of
-//    engine.max_batch_tokens(). Long prompts are therefore prefilled in chunks between other
-//    sequences' decode steps.
+//    then prefill chunks of the admitted prompts with whatever is left of engine.max_batch_tokens().
+//    That prefill budget is shared fairly: every prompt still prefilling gets an equal share, a prompt
+//    that needs less than its share takes only what it needs and the rest goes to the others (oldest
+//    first). A short request that arrives during another's long prefill (opencode's title request
+//    beside its main one) therefore starts generating after a few steps instead of waiting for the
+//    whole long prefill; long prompts are prefilled in chunks between other sequences' decode steps.
 //  - Stop conditions, checked on every generated token: an EOS id of the model (not emitted), a stop
 //    string (not emitted; text that could start one is held back), max_tokens (finish kLength), the
-//    context end (kLength). Text reaches the stream UTF-8 complete (Detokenizer).
+//    context end (kLength with result.context_end). Text reaches the stream UTF-8 complete (Detokenizer).
+//  - Once a request's prefix-cache result is settled (after admission, and after its store restore if
+//    it has one) its stream gets one kCached event with result.cached_tokens, before any text: the
+//    dialects that report cached tokens at the start of a reply (Anthropic's message_start) wait for it.
 //  - GenerationStream::cancel() (the HTTP layer calls it when the client has gone) makes the next loop
 //    iteration close the sequence and free its KV blocks: a cancelled request never takes part in a
 //    step after the one running when cancel() was called. A queued request that is cancelled is dropped.
@@ -76,6 +82,7 @@ struct GenerationResult {
   uint32_t cached_tokens = 0;
   uint32_t generated_tokens = 0;
   FinishReason finish = FinishReason::kStop;
+  bool context_end = false;    // kLength because the context window is full, not max_tokens
   std::string stop_sequence;   // the request's stop string that ended generation (empty otherwise)
   std::string error;           // for kError
   double queue_seconds = 0;    // submit → admitted
@@ -84,10 +91,10 @@ struct GenerationResult {
 };
 
 struct GenerationEvent {
-  enum class Kind { kText, kDone };
+  enum class Kind { kText, kCached, kDone };
   Kind kind = Kind::kText;
   std::string text;
-  GenerationResult result;  // kDone only
+  GenerationResult result;  // kDone; kCached: prompt_tokens and cached_tokens
 };
 
 // The per-request channel between the scheduler thread (producer) and one HTTP handler (consumer).
@@ -152,6 +159,7 @@ class Scheduler {
   void loop();
   void admit(std::vector<std::unique_ptr<Active>>& active);
   void on_token(Active& a, int32_t token);
+  void report_cached(Active& a);
   void finish(Active& a, FinishReason reason, std::string error = {});
 
   engine::Engine& engine_;

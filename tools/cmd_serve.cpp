@@ -39,6 +39,7 @@ struct ServeArgs {
   bool test_force_output = false;
   int keepalive_ms = 3000;
   uint32_t max_batch_tokens = 512;
+  uint32_t default_max_tokens = 32768;
 };
 
 bool is_loopback(const std::string& host) {
@@ -60,6 +61,7 @@ void serve(ServeArgs a) {
     if (const char* k = std::getenv("TROVE_API_KEY"); k && *k) a.api_key = k;
   }
   if (a.parallel == 0) cli::fail("--parallel must be at least 1 (concurrent sequences)");
+  if (a.default_max_tokens == 0) cli::fail("--default-max-tokens must be at least 1");
   if (!is_loopback(a.host) && a.api_key.empty()) {
     log::warn("serve", "listening on {} (not loopback) with no API key: anyone who can reach this address can use "
                        "the model; set --api-key or TROVE_API_KEY", a.host);
@@ -105,6 +107,7 @@ void serve(ServeArgs a) {
   so.log_prompts = a.log_prompts;
   so.test_force_output = a.test_force_output;
   so.keepalive_ms = a.keepalive_ms;
+  so.default_max_tokens = a.default_max_tokens;
   so.model_id = std::filesystem::path(model).stem().string();
   so.http_threads = static_cast<int>(std::max<uint32_t>(64, a.parallel * 4));
   server::HttpServer srv(e, so);
@@ -160,6 +163,9 @@ void add_serve(CLI::App& sub) {
   sub.add_flag("--no-store", a->no_store, "Serve without the KV store (prefix cache on the GPU only)");
   sub.add_option("--max-body", a->max_body, "Largest request body in bytes (413 beyond)")->capture_default_str();
   sub.add_option("--max-batch-tokens", a->max_batch_tokens, "Most tokens per engine step (prefill chunk bound)")
+      ->capture_default_str();
+  sub.add_option("--default-max-tokens", a->default_max_tokens,
+                 "Most tokens generated for a request that sets no limit (the context end stops earlier)")
       ->capture_default_str();
   sub.add_flag("--log-prompts", a->log_prompts, "Log prompts and outputs (off: only token counts and timings)");
   sub.add_flag("--test-force-output", a->test_force_output,

@@ -134,11 +134,15 @@ describe("trove serve with the official SDKs (Qwen3)", { concurrency: true }, ()
 
     const long = "lorem ipsum dolor sit amet ".repeat(200);
     await assert.rejects(openai.chat.completions.create({ model: "x", messages: user(long) }), (e) => {
-      const m = e.message.match(/prompt has (\d+) tokens but the context holds (\d+)/);
-      return e.status === 400 && m && Number(m[1]) > CTX && Number(m[2]) === CTX;
+      // OpenAI's own words and code, which clients act on.
+      const m = e.message.match(/maximum context length is (\d+) tokens, but the prompt has (\d+) tokens/);
+      return e.status === 400 && e.code === "context_length_exceeded" && m && Number(m[1]) === CTX - 1 &&
+             Number(m[2]) > CTX && /context holds 512/.test(e.message);
     });
+    // Anthropic's words, on which Claude Code compacts.
     await assert.rejects(anthropic.messages.create({ model: "x", max_tokens: 4, messages: user(long) }),
-      (e) => e.status === 400 && /context holds 512/.test(e.message));
+      (e) => e.status === 400 && /^.*prompt is too long: \d+ tokens > 511 maximum/.test(e.message) &&
+             e.error?.error?.type === "invalid_request_error");
 
     r = await post("/v1/chat/completions", JSON.stringify({ messages: user("x"), trove_force_output: 5 }));
     assert.equal(r.status, 400);
@@ -251,6 +255,37 @@ describe("trove serve with the official SDKs (Qwen3)", { concurrency: true }, ()
     const o = await openai.chat.completions.create({ model: "x", messages: user("x"), stop: ["END"], trove_force_output: "abc END xyz" });
     assert.equal(o.choices[0].message.content, "abc");
     assert.equal(o.choices[0].finish_reason, "stop");
+  });
+
+  // Claude Code's first system block changes with every prompt; trove leaves it out of the prompt, so a
+  // new session with another first prompt takes the system prompt and tools from the cache, and
+  // message_start already reports those cached tokens.
+  it("Claude Code sessions share the cached system prompt and tools (billing header kept out)", async () => {
+    const words = Array.from({ length: 60 }, (_, i) => `rule${i}`).join(" ");
+    const session = (hex, prompt) => ({
+      model: "claude-test-session", max_tokens: 1, temperature: 0,
+      system: [{ type: "text", text: `x-anthropic-billing-header: cc_version=2.1.332.${hex}; cc_entrypoint=cli;` },
+               { type: "text", text: `You are a careful coding agent. Follow these: ${words}.`, cache_control: { type: "ephemeral" } }],
+      tools: [{ name: "Read", description: "Read a file from disk", input_schema: WEATHER_SCHEMA },
+              { name: "Later", description: "loaded on demand", input_schema: WEATHER_SCHEMA, defer_loading: true }],
+      messages: user(prompt),
+    });
+    const first = await anthropic.messages.create(session("a1f", "list the files here"));
+    assert.equal(first.usage.cache_read_input_tokens, 0);
+    const { max_tokens, ...countBody } = session("9c2", "what does main.cpp do?");
+    const total = (await anthropic.messages.countTokens(countBody)).input_tokens;
+    const stream = await anthropic.messages.create({ ...session("9c2", "what does main.cpp do?"), stream: true });
+    let startUsage = null, endUsage = null;
+    for await (const ev of stream) {
+      if (ev.type === "message_start") startUsage = ev.message.usage;
+      if (ev.type === "message_delta") endUsage = ev.usage;
+    }
+    // Everything but the user turn (under 20 tokens) is shared, in whole blocks of 64 tokens.
+    assert.ok(total > 192, `prompt of ${total} tokens`);
+    assert.ok(endUsage.cache_read_input_tokens >= Math.floor((total - 20) / 64) * 64,
+      `cached ${endUsage.cache_read_input_tokens} of ${total}`);
+    assert.equal(startUsage.cache_read_input_tokens, endUsage.cache_read_input_tokens);
+    assert.equal(startUsage.input_tokens + startUsage.cache_read_input_tokens, total);
   });
 
   it("Anthropic stream starts with message_start then ping on the wire", async () => {

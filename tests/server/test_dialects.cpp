@@ -67,7 +67,7 @@ ResponseContext ctx(const char* id) { return {id, "model", 1700000000, 10}; }
 
 TEST(OpenAiWriter, StreamsDeltasFinishReasonUsageAndDone) {
   auto w = make_openai_chat_writer(ctx("chatcmpl-1"), true);
-  auto evs = split(w->start() + w->on_events(script()) + w->finish(result(), message()));
+  auto evs = split(w->start(0) + w->on_events(script()) + w->finish(result(), message()));
   ASSERT_EQ(evs.size(), 9u);  // role, reasoning, content, call begin, 2 argument deltas, finish, usage, [DONE]
   EXPECT_EQ(Json::parse(evs[0].data)["choices"][0]["delta"]["role"], "assistant");
   EXPECT_EQ(Json::parse(evs[1].data)["choices"][0]["delta"]["reasoning_content"], "hm");
@@ -105,7 +105,7 @@ TEST(OpenAiWriter, CompleteResponseShape) {
 
 TEST(AnthropicWriter, ExactEventSequence) {
   auto w = make_anthropic_writer(ctx("msg_1"));
-  auto evs = split(w->start() + w->on_events(script()) + w->finish(result(), message()));
+  auto evs = split(w->start(0) + w->on_events(script()) + w->finish(result(), message()));
   std::vector<std::string> names;
   for (const auto& e : evs) {
     std::string n = e.event;
@@ -132,7 +132,7 @@ TEST(AnthropicWriter, ExactEventSequence) {
 
 TEST(ResponsesWriter, ItemsAndSequenceNumbers) {
   auto w = make_responses_writer(ctx("resp_1"));
-  auto evs = split(w->start() + w->on_events(script()) + w->finish(result(), message()));
+  auto evs = split(w->start(0) + w->on_events(script()) + w->finish(result(), message()));
   std::vector<std::string> names;
   int seq = 0;
   for (const auto& e : evs) {
@@ -156,6 +156,72 @@ TEST(ResponsesWriter, ItemsAndSequenceNumbers) {
   EXPECT_EQ(done["usage"]["output_tokens"], 12);
 }
 
+TEST(AnthropicWriter, MessageStartReportsTheCachedTokens) {
+  auto w = make_anthropic_writer(ctx("msg_1"));
+  auto evs = split(w->start(8));
+  auto start = Json::parse(evs[0].data);
+  EXPECT_EQ(start["message"]["usage"]["cache_read_input_tokens"], 8);
+  EXPECT_EQ(start["message"]["usage"]["input_tokens"], 2);  // the uncached part of 10
+}
+
+TEST(AnthropicWriter, TheContextEndIsNotCalledMaxTokens) {
+  GenerationResult r = result();
+  r.finish = FinishReason::kLength;
+  auto w = make_anthropic_writer(ctx("msg_1"));
+  EXPECT_EQ(w->complete(r, {})["stop_reason"], "max_tokens");
+  r.context_end = true;
+  EXPECT_EQ(w->complete(r, {})["stop_reason"], "model_context_window_exceeded");
+  auto evs = split(w->start(0) + w->finish(r, {}));
+  EXPECT_EQ(Json::parse(evs[evs.size() - 2].data)["delta"]["stop_reason"], "model_context_window_exceeded");
+}
+
+TEST(ResponsesWriter, TheContextEndFailsWithContextLengthExceeded) {
+  GenerationResult r = result();
+  r.finish = FinishReason::kLength;
+  r.context_end = true;
+  ResponseContext c = ctx("resp_1");
+  c.n_ctx = 512;
+  auto w = make_responses_writer(c);
+  auto evs = split(w->start(0) + w->finish(r, {}));
+  EXPECT_EQ(evs.back().event, "response.failed");
+  auto resp = Json::parse(evs.back().data)["response"];
+  EXPECT_EQ(resp["status"], "failed");
+  EXPECT_EQ(resp["error"]["code"], "context_length_exceeded");
+  EXPECT_NE(resp["error"]["message"].get<std::string>().find("512"), std::string::npos);
+  auto whole = make_responses_writer(c)->complete(r, {});
+  EXPECT_EQ(whole["status"], "failed");
+  EXPECT_EQ(whole["error"]["code"], "context_length_exceeded");
+  // A limit the client set is still reported as max_output_tokens.
+  r.context_end = false;
+  auto limited = make_responses_writer(c)->complete(r, {});
+  EXPECT_EQ(limited["status"], "incomplete");
+  EXPECT_EQ(limited["incomplete_details"]["reason"], "max_output_tokens");
+  auto evs2 = split(make_responses_writer(c)->finish(r, {}));
+  EXPECT_EQ(evs2.back().event, "response.incomplete");
+}
+
+TEST(ResponsesWriter, ANamespaceToolsCallIsNamedBackWithItsNamespace) {
+  ResponseContext c = ctx("resp_1");
+  c.namespaced_tools["multi_agent_v1__spawn_agent"] = {"multi_agent_v1", "spawn_agent"};
+  std::vector<OutputEvent> evs(3);
+  evs[0].kind = K::kToolCallBegin, evs[0].id = "call_x", evs[0].name = "multi_agent_v1__spawn_agent";
+  evs[1].kind = K::kToolCallArgumentsDelta, evs[1].text = "{}";
+  evs[2].kind = K::kToolCallEnd;
+  trove::chat::ParsedMessage m;
+  m.tool_calls.push_back({0, "call_x", "multi_agent_v1__spawn_agent", "{}", Json::object()});
+  auto w = make_responses_writer(c);
+  auto out = split(w->start(0) + w->on_events(evs) + w->finish(result(), m));
+  auto added = Json::parse(out[2].data)["item"];
+  EXPECT_EQ(added["name"], "spawn_agent");
+  EXPECT_EQ(added["namespace"], "multi_agent_v1");
+  auto item = Json::parse(out.back().data)["response"]["output"][0];
+  EXPECT_EQ(item["name"], "spawn_agent");
+  EXPECT_EQ(item["namespace"], "multi_agent_v1");
+  auto whole = make_responses_writer(c)->complete(result(), m);
+  EXPECT_EQ(whole["output"][0]["namespace"], "multi_agent_v1");
+  EXPECT_EQ(whole["output"][0]["name"], "spawn_agent");
+}
+
 TEST(ErrorBodies, EachDialectsShape) {
   ApiError e;
   e.message = "max_tokens: must be an integer";
@@ -166,6 +232,9 @@ TEST(ErrorBodies, EachDialectsShape) {
   auto a = anthropic_error_body(e);
   EXPECT_EQ(a["type"], "error");
   EXPECT_EQ(a["error"]["message"], e.message);
+  EXPECT_TRUE(o["error"]["code"].is_null());
+  e.code = "context_length_exceeded";
+  EXPECT_EQ(openai_error_body(e)["error"]["code"], "context_length_exceeded");
   e.status = 413;
   EXPECT_EQ(anthropic_error_body(e)["error"]["type"], "request_too_large");
 }

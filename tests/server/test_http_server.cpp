@@ -12,6 +12,7 @@
 
 #include <thread>
 
+#include "common/log.h"
 #include "tests/server/fake_engine.h"
 #include "tests/server/raw_http.h"
 
@@ -163,6 +164,78 @@ TEST(HttpServer, ToolChoiceRequiredAndNamedStartTheReplyInsideACall) {
   ::close(fd);
   EXPECT_NE(got.find(R"("name":"get_weather","arguments":"")"), std::string::npos) << got;
   EXPECT_NE(got.find(R"("finish_reason":"tool_calls")"), std::string::npos) << got;
+}
+
+// A prompt past the context, in the words each client acts on, and logged.
+TEST(HttpServer, ContextOverflowInEachClientsOwnWordsAndLogged) {
+  FakeEngine e(1, 64, /*n_ctx=*/16);
+  trove::log::ScopedLogCapture logs;
+  Served s(e, ServerOptions{});
+  const std::string long_text(400, 'x');
+  std::string r = request(s.port, "POST", "/v1/messages",
+                          R"({"max_tokens":5,"messages":[{"role":"user","content":")" + long_text + R"("}]})");
+  EXPECT_NE(r.find("400 Bad Request"), std::string::npos) << r;
+  EXPECT_NE(r.find(R"("type":"invalid_request_error")"), std::string::npos) << r;
+  EXPECT_NE(r.find("prompt is too long: "), std::string::npos) << r;
+  EXPECT_NE(r.find(" tokens > 15 maximum"), std::string::npos) << r;
+  r = request(s.port, "POST", "/v1/chat/completions",
+              R"({"messages":[{"role":"user","content":")" + long_text + R"("}]})");
+  EXPECT_NE(r.find(R"("code":"context_length_exceeded")"), std::string::npos) << r;
+  EXPECT_NE(r.find("maximum context length is 15 tokens"), std::string::npos) << r;
+  r = request(s.port, "POST", "/v1/responses", R"({"input":")" + long_text + R"("})");
+  EXPECT_NE(r.find(R"("code":"context_length_exceeded")"), std::string::npos) << r;
+  EXPECT_TRUE(logs.contains("/v1/messages 400: request rejected: prompt is too long"));
+  EXPECT_TRUE(logs.contains("/v1/responses 400: request rejected"));
+  // Other rejections are logged too.
+  request(s.port, "POST", "/v1/chat/completions", R"({"messages":5})");
+  EXPECT_TRUE(logs.contains("/v1/chat/completions 400: request rejected: messages: must be an array"));
+}
+
+TEST(HttpServer, ModelsListTheContextWindowAndAnyIdIsTheOneModel) {
+  FakeEngine e(1, 64, /*n_ctx=*/4096);
+  Served s(e, ServerOptions{});
+  std::string r = request(s.port, "GET", "/v1/models", "");
+  EXPECT_NE(r.find(R"("id":"fake")"), std::string::npos) << r;
+  EXPECT_NE(r.find(R"("context_length":4096)"), std::string::npos) << r;
+  EXPECT_NE(r.find(R"("context_window":4096)"), std::string::npos) << r;
+  EXPECT_NE(r.find(R"("max_model_len":4096)"), std::string::npos) << r;
+  EXPECT_NE(r.find(R"("type":"model")"), std::string::npos) << r;  // Anthropic's shape too
+  r = request(s.port, "GET", "/v1/models/claude-haiku-4-5", "");
+  EXPECT_NE(r.find("200 OK"), std::string::npos) << r;
+  EXPECT_NE(r.find(R"("id":"claude-haiku-4-5")"), std::string::npos) << r;
+  EXPECT_NE(r.find(R"("context_window":4096)"), std::string::npos) << r;
+  // A request naming any model is served by the one model (and the name is echoed).
+  e.script = e.tokenizer().encode("hi", false);
+  r = request(s.port, "POST", "/v1/messages",
+              R"({"model":"claude-haiku-4-5","max_tokens":3,"messages":[{"role":"user","content":"x"}]})");
+  EXPECT_NE(r.find("200 OK"), std::string::npos) << r;
+  EXPECT_NE(r.find(R"("model":"claude-haiku-4-5")"), std::string::npos) << r;
+}
+
+// Without a limit the request gets the server's default; at the context end the Responses reply
+// fails with context_length_exceeded instead of blaming max_output_tokens (Codex exits on that).
+TEST(HttpServer, NoLimitGetsTheDefaultAndTheContextEndIsNamed) {
+  FakeEngine e(1, 64, /*n_ctx=*/48);
+  e.script.assign(100, e.tokenizer().encode(" tick", false)[0]);
+  ServerOptions o;
+  o.default_max_tokens = 5;
+  Served s(e, o);
+  std::string r = request(s.port, "POST", "/v1/responses", R"({"input":"hi"})");
+  EXPECT_NE(r.find(R"("status":"incomplete")"), std::string::npos) << r;
+  EXPECT_NE(r.find(R"("output_tokens":5)"), std::string::npos) << r;
+  o.default_max_tokens = 1000;
+  FakeEngine e2(1, 64, /*n_ctx=*/48);
+  e2.script = e.script;
+  Served s2(e2, o);
+  int fd = connect_to(s2.port);
+  send_request(fd, "POST", "/v1/responses", R"({"stream":true,"input":"hi"})");
+  const std::string got = read_until(fd, "response.failed\n\n{never}");
+  ::close(fd);
+  EXPECT_NE(got.find("event: response.failed"), std::string::npos) << got;
+  EXPECT_NE(got.find(R"("code":"context_length_exceeded")"), std::string::npos) << got;
+  EXPECT_EQ(got.find("max_output_tokens"), std::string::npos) << got;
+  r = request(s2.port, "POST", "/v1/messages", R"({"max_tokens":1000,"messages":[{"role":"user","content":"hi"}]})");
+  EXPECT_NE(r.find(R"("stop_reason":"model_context_window_exceeded")"), std::string::npos) << r;
 }
 
 }  // namespace

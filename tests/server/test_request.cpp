@@ -176,4 +176,68 @@ TEST(Responses, InputItemsBecomeMessagesWithToolCalls) {
   EXPECT_EQ(parse_responses(j(R"({"model":"m"})")).error.param, "input");
 }
 
+// Claude Code's first system block changes with every prompt; it must not reach the prompt, or no
+// two sessions share the cached system prompt and tools.
+TEST(Anthropic, ClaudeCodesBillingHeaderBlockIsNotRendered) {
+  auto with_header = [](const char* hex) {
+    return parse_anthropic_messages(j((std::string(R"({"max_tokens":1,"system":[
+      {"type":"text","text":"x-anthropic-billing-header: cc_version=2.1.332.)") + hex + R"(; cc_entrypoint=cli;"},
+      {"type":"text","text":"You are Claude Code.","cache_control":{"type":"ephemeral"}},
+      {"type":"text","text":"Be careful."}],
+      "messages":[{"role":"user","content":"q"}]})").c_str()));
+  };
+  auto a = with_header("a1f"), b = with_header("9c2");
+  ASSERT_TRUE(a.ok()) << a.error.message;
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(a.job->conversation.messages[0].content, "You are Claude Code.\nBe careful.");
+  EXPECT_EQ(b.job->conversation.messages[0].content, a.job->conversation.messages[0].content);
+  // A system made of the header alone leaves no system message at all.
+  auto only = parse_anthropic_messages(j(R"({"max_tokens":1,"system":[{"type":"text","text":"x-anthropic-billing-header: cc_version=1"}],
+    "messages":[{"role":"user","content":"q"}]})"));
+  ASSERT_TRUE(only.ok());
+  ASSERT_EQ(only.job->conversation.messages.size(), 1u);
+  EXPECT_EQ(only.job->conversation.messages[0].role, Role::kUser);
+  // The same words in a user message are the user's.
+  auto user = parse_anthropic_messages(j(R"({"max_tokens":1,"messages":[{"role":"user","content":"x-anthropic-billing-header: hi"}]})"));
+  EXPECT_EQ(user.job->conversation.messages[0].content, "x-anthropic-billing-header: hi");
+}
+
+TEST(Anthropic, DeferredToolsAreNotOfferedToTheModel) {
+  auto r = parse_anthropic_messages(j(R"({"max_tokens":1,"messages":[{"role":"user","content":"q"}],
+    "tools":[{"name":"Read","input_schema":{"type":"object"}},
+             {"name":"mcp__x__y","input_schema":{"type":"object"},"defer_loading":true},
+             {"name":"Other","input_schema":{"type":"object"},"defer_loading":false}]})"));
+  ASSERT_TRUE(r.ok()) << r.error.message;
+  ASSERT_EQ(r.job->conversation.tools.size(), 2u);
+  EXPECT_EQ(r.job->conversation.tools[0].name, "Read");
+  EXPECT_EQ(r.job->conversation.tools[1].name, "Other");
+}
+
+TEST(Responses, NamespaceToolsAreOfferedAsTheirFunctions) {
+  auto r = parse_responses(j(R"({"input":[
+      {"type":"message","role":"user","content":"go"},
+      {"type":"function_call","call_id":"c1","name":"spawn_agent","namespace":"multi_agent_v1","arguments":"{}"},
+      {"type":"function_call_output","call_id":"c1","output":"ok"}],
+    "tools":[{"type":"function","name":"exec_command","parameters":{"type":"object"}},
+             {"type":"namespace","name":"multi_agent_v1","description":"Sub-agents.","tools":[
+               {"type":"function","name":"spawn_agent","description":"Spawn one.","parameters":{"type":"object","properties":{"prompt":{"type":"string"}}}},
+               {"type":"function","name":"wait_agent","parameters":{"type":"object"}}]},
+             {"type":"web_search"}]})"));
+  ASSERT_TRUE(r.ok()) << r.error.message;
+  const auto& c = r.job->conversation;
+  ASSERT_EQ(c.tools.size(), 3u);
+  EXPECT_EQ(c.tools[0].name, "exec_command");
+  EXPECT_EQ(c.tools[1].name, "multi_agent_v1__spawn_agent");
+  EXPECT_EQ(c.tools[1].description, "Spawn one.");
+  EXPECT_EQ(c.tools[2].name, "multi_agent_v1__wait_agent");
+  EXPECT_EQ(r.job->namespaced_tools.at("multi_agent_v1__spawn_agent"),
+            (std::pair<std::string, std::string>{"multi_agent_v1", "spawn_agent"}));
+  // History: the earlier call is rendered under the flat name the model wrote.
+  EXPECT_EQ(c.messages[1].tool_calls[0].name, "multi_agent_v1__spawn_agent");
+  EXPECT_EQ(namespaced_tool_name("ns_", "_f"), "ns__f");
+  auto bad = parse_responses(j(R"({"input":"x","tools":[{"type":"namespace","name":"n","tools":[{"type":"function"}]}]})"));
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.error.param, "tools[0].tools[0].name");
+}
+
 }  // namespace

@@ -25,6 +25,8 @@ struct Collected {
   std::string text;
   GenerationResult result;
   int text_events = 0;
+  int cached_events = 0;
+  bool cached_before_text = true;  // no text event came before the kCached one
 };
 
 Collected collect(GenerationStream& s) {
@@ -36,6 +38,9 @@ Collected collect(GenerationStream& s) {
       if (ev.kind == GenerationEvent::Kind::kText) {
         c.text += ev.text;
         ++c.text_events;
+        if (c.cached_events == 0) c.cached_before_text = false;
+      } else if (ev.kind == GenerationEvent::Kind::kCached) {
+        ++c.cached_events;
       } else {
         c.result = ev.result;
         return c;
@@ -209,7 +214,60 @@ TEST(Scheduler, GenerationStopsAtTheContextEnd) {
   const size_t p = r.prompt.size();
   auto c = collect(*s.submit(std::move(r)));
   EXPECT_EQ(c.result.finish, FinishReason::kLength);
+  EXPECT_TRUE(c.result.context_end);
   EXPECT_LE(p + c.result.generated_tokens, 12u);
+}
+
+TEST(Scheduler, EachStreamGetsOneCachedEventBeforeItsText) {
+  FakeEngine e(2, 64);
+  e.script = encode(e, "one two three");
+  Scheduler s(e);
+  auto c = collect(*s.submit(request(e, "hi")));
+  EXPECT_EQ(c.text, "one two three");
+  EXPECT_EQ(c.cached_events, 1);
+  EXPECT_TRUE(c.cached_before_text);
+  EXPECT_FALSE(c.result.context_end);
+}
+
+// opencode sends a short title request beside its main one: the short prompt must not wait for the
+// whole prefill of the long one. The prefill budget is shared, so its first token comes while the long
+// prompt is still being prefilled.
+TEST(Scheduler, AShortRequestIsNotStarvedBehindALongPrefill) {
+  FakeEngine e(2, 16);
+  e.script = encode(e, "ok");
+  e.step_delay = 1ms;
+  Scheduler s(e);
+  std::string long_prompt;
+  for (int i = 0; i < 150; ++i) long_prompt += " word" + std::to_string(i);
+  auto long_req = request(e, long_prompt, 1);
+  const size_t long_tokens = long_req.prompt.size();
+  ASSERT_GT(long_tokens, 16u * 20);  // 20+ steps of prefill alone
+  auto s_long = s.submit(std::move(long_req));
+  while (e.step_count() < 2) std::this_thread::sleep_for(1ms);  // the long prefill is under way
+  auto s_short = s.submit(request(e, "title?", 1));
+  auto c_short = collect(*s_short);
+  auto c_long = collect(*s_long);
+  EXPECT_EQ(c_short.result.finish, FinishReason::kLength);
+  EXPECT_EQ(c_long.result.finish, FinishReason::kLength);
+  // Steps until the short request was done vs the long prompt's last prefill chunk.
+  const auto steps = e.steps();
+  size_t short_last = 0, long_prefill_last = 0, long_prefilled = 0;
+  for (size_t i = 0; i < steps.size(); ++i) {
+    for (auto [seq, n] : steps[i].inputs) {
+      if (seq == 1) short_last = i;
+      if (seq == 0 && long_prefilled < long_tokens) {
+        long_prefilled += n;
+        long_prefill_last = i;
+      }
+    }
+  }
+  EXPECT_LT(short_last, long_prefill_last) << "the short request waited for the whole long prefill";
+  EXPECT_LE(short_last, 6u);
+  for (const auto& st : steps) {
+    size_t total = 0;
+    for (auto [seq, n] : st.inputs) total += n;
+    EXPECT_LE(total, 16u);
+  }
 }
 
 TEST(Scheduler, PromptsWaitForKvPoolRoomInsteadOfFailingTheStep) {

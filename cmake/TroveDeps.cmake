@@ -27,6 +27,7 @@ trove_find_lib(URING liburing.h uring liburing-dev)
 trove_find_lib(LZ4 lz4.h lz4 liblz4-dev)
 trove_find_lib(XXHASH xxhash.h xxhash libxxhash-dev)
 trove_find_lib(PCRE2 pcre2.h pcre2-8 libpcre2-dev)
+trove_find_lib(UTF8PROC utf8proc.h utf8proc libutf8proc-dev)
 
 find_package(nlohmann_json 3.10 QUIET)
 if(NOT nlohmann_json_FOUND)

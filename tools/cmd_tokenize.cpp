@@ -100,7 +100,8 @@ void add_tokenize(CLI::App& sub) {
         auto back = tok->decode(ids, true);
         nlohmann::json r;
         r["ids"] = ids;
-        r["roundtrip"] = back.ok() && *back == text;
+        // Round trip to the normalized text (== text for text already in NFC).
+        r["roundtrip"] = back.ok() && *back == Tokenizer::normalize(text);
         std::printf("%s\n", r.dump().c_str());
       }
       return;

@@ -3,10 +3,12 @@
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
+#include <utf8proc.h>
 
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <queue>
@@ -363,8 +365,62 @@ void Tokenizer::encode_into(std::string_view text, bool parse_special, std::vect
   encode_text(text.substr(start), out);
 }
 
+namespace {
+
+// True when NFC could change `text`: only code points from U+0300 on take part in canonical
+// composition or reordering (every character below is NFC-stable and never composes with what
+// precedes it), and their UTF-8 lead bytes are 0xCC and above. Plain ASCII / Latin-1 text (most code)
+// skips the normalizer.
+bool may_need_nfc(std::string_view text) {
+  for (char c : text) {
+    if (static_cast<uint8_t>(c) >= 0xCC) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+std::string Tokenizer::normalize(std::string_view text) {
+  if (!may_need_nfc(text)) return std::string(text);
+  std::string out;
+  out.reserve(text.size());
+  const auto* bytes = reinterpret_cast<const utf8proc_uint8_t*>(text.data());
+  size_t i = 0;
+  while (i < text.size()) {
+    // The longest valid UTF-8 run from i (utf8proc_iterate rejects overlong forms and surrogates,
+    // as the pre-tokenizer's PCRE2 does).
+    size_t j = i;
+    while (j < text.size()) {
+      utf8proc_int32_t cp = 0;
+      const utf8proc_ssize_t n =
+          utf8proc_iterate(bytes + j, static_cast<utf8proc_ssize_t>(text.size() - j), &cp);
+      if (n <= 0) break;
+      j += static_cast<size_t>(n);
+    }
+    if (j > i) {
+      const std::string_view run = text.substr(i, j - i);
+      utf8proc_uint8_t* nfc = nullptr;
+      // STABLE: unassigned code points are left alone (as every NFC implementation does).
+      const utf8proc_ssize_t n = utf8proc_map(bytes + i, static_cast<utf8proc_ssize_t>(j - i), &nfc,
+                                              static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_COMPOSE));
+      if (n >= 0 && nfc) out.append(reinterpret_cast<const char*>(nfc), static_cast<size_t>(n));
+      else out.append(run);  // cannot happen on valid UTF-8 (out of memory): keep the text as it is
+      std::free(nfc);
+    }
+    if (j < text.size()) out.push_back(text[j++]);  // one byte that is not valid UTF-8, kept
+    i = j;
+  }
+  return out;
+}
+
 void Tokenizer::encode_text(std::string_view text, std::vector<TokenId>& out) const {
   if (text.empty()) return;
+  // The reference's NFC normalizer runs on the text between added tokens, before the split.
+  std::string normalized;
+  if (may_need_nfc(text)) {
+    normalized = normalize(text);
+    text = normalized;
+  }
   pcre2_match_data* md = pcre2_match_data_create_from_pattern(regex_->code, nullptr);
   const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
   size_t pos = 0;

@@ -7,18 +7,19 @@
 //    is accepted; anything else is refused with an error naming the key and value.
 //  - encode(text, parse_special): with parse_special, every added token (types CONTROL and
 //    USER_DEFINED: <|im_start|>, <think>, <tool_call>, ...) found in `text` becomes its own id and
-//    the text between them goes through the pre-tokenizer regex + BPE. Without it (user text), added
-//    tokens are plain characters. Any byte string is accepted: bytes that are not valid UTF-8 become
-//    byte-level tokens, so decode(encode(s)) == s for every s.
+//    the text between them is NFC-normalized, then goes through the pre-tokenizer regex + BPE.
+//    Without it (user text), added tokens are plain characters. Any byte string is accepted: bytes
+//    that are not valid UTF-8 become byte-level tokens, so decode(encode(s)) == normalize(s) for
+//    every s, and == s for every s already in NFC.
 //  - decode(ids) returns the exact bytes (possibly invalid UTF-8 if the ids are cut mid code point).
 //  - Detokenizer: fed one id at a time, returns only complete UTF-8; holds back a trailing partial
 //    code point until the next token completes it; flush() ends the stream.
 //  - A Tokenizer is immutable after construction except for an internal word cache guarded by a
 //    mutex; encode/decode are safe from many threads.
 //
-// Normalization: the reference tokenizer.json declares an NFC normalizer; trove (like llama.cpp)
-// does not normalize. Text that is already NFC (what editors and agents send) tokenizes identically.
-// See docs/tokenizer.md.
+// Normalization: like the reference (Qwen3's tokenizer.json declares an NFC normalizer), the text
+// between added tokens is put in Unicode NFC (utf8proc) before it is split, so decomposed text
+// (macOS file names, pasted text) gets the ids the model was trained on. See docs/tokenizer.md.
 #pragma once
 
 #include <cstdint>
@@ -81,6 +82,10 @@ class Tokenizer {
   TokenId find(std::string_view token_text) const;
 
   const std::string& split_pattern() const;  // the PCRE2 pattern actually compiled
+
+  // NFC (Unicode canonical composition) of every valid UTF-8 run of `text`; bytes that are not valid
+  // UTF-8 stay as they are. What encode() does to text before it is split.
+  static std::string normalize(std::string_view text);
 
  private:
   Tokenizer() = default;

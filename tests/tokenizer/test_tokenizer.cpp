@@ -66,6 +66,27 @@ TEST(Tokenizer, InvalidUtf8BecomesByteTokensAndRoundTrips) {
   EXPECT_EQ(qwen3().piece(ids[0]), "\xff");
 }
 
+// Qwen3's tokenizer.json declares an NFC normalizer: decomposed text (macOS file names, pasted text)
+// must get the ids of its composed form, as the reference gives it.
+TEST(Tokenizer, DecomposedTextIsEncodedAsItsNfcForm) {
+  const std::string composed = "caf\u00e9 \u00fcber \uac00 \u1e69";             // é ü 가 ṩ
+  const std::string decomposed = "cafe\u0301 u\u0308ber \u1100\u1161 s\u0323\u0307";  // the same, NFD
+  ASSERT_NE(composed, decomposed);
+  EXPECT_EQ(Tokenizer::normalize(decomposed), composed);
+  EXPECT_EQ(qwen3().encode(decomposed, false), qwen3().encode(composed, false));
+  EXPECT_EQ(qwen3().encode("<|im_start|>" + decomposed, true), qwen3().encode("<|im_start|>" + composed, true));
+  EXPECT_EQ(decode(qwen3().encode(decomposed, false)), composed);
+  // Canonical reordering: two marks in the wrong order end up in canonical order.
+  EXPECT_EQ(Tokenizer::normalize("a\u0307\u0323"), "\u1ea1\u0307");  // ạ̇
+  // Text already in NFC, ASCII, and bytes that are not UTF-8 are left as they are.
+  EXPECT_EQ(Tokenizer::normalize(composed), composed);
+  const std::string mixed = "x\xff e\u0301 \xc3";  // an invalid byte, a decomposed é, a cut sequence
+  EXPECT_EQ(Tokenizer::normalize(mixed), "x\xff \u00e9 \xc3");
+  EXPECT_EQ(decode(qwen3().encode(mixed, false)), "x\xff \u00e9 \xc3");
+  // Compatibility characters are not NFC's business: the ligature stays.
+  EXPECT_EQ(Tokenizer::normalize("\ufb01le"), "\ufb01le");
+}
+
 TEST(Tokenizer, DecodeRejectsUnknownIds) {
   const std::vector<TokenId> bad = {1, -1};
   auto r = qwen3().decode(bad);

@@ -5,8 +5,10 @@
 // tokens, and random valid UTF-8 from all planes. One `trove tokenize --jsonl` process encodes all.
 //
 // Like with like: the reference always matches added tokens (<|im_start|>, <think>, ...) whole, so
-// every string is sent with special=true; and it NFC-normalizes, which trove does not, so the
-// corpus is NFC-normalized first (NFC is idempotent: the reference then sees the same text).
+// every string is sent with special=true. Both NFC-normalize the text between added tokens: the
+// corpus is sent as generated (mostly NFC) and, for 600 of its strings plus macOS-style file names and
+// Hangul jamo, in NFD — decomposed input must get exactly the reference's ids. Round trips are checked
+// against the NFC form.
 //
 // Usage: node tests/tokenizer/tokenizer_oracle.test.mjs [--model X.gguf] [--count N] [--seed S]
 import { execFileSync } from "node:child_process";
@@ -93,7 +95,13 @@ const makers = [
 
 const corpus = ["", " ", "\n", "\r\n", "\t", "a", "    ", "\n\n\n", "<|im_start|>", "hello world"];
 while (corpus.length < count) corpus.push(pick(makers)());
-const texts = corpus.map((s) => s.normalize("NFC"));
+const decomposed = ["Re\u0301sume\u0301 final.pdf", "/Users/jo\u0308rg/Desktop/Fotos/U\u0308berblick.md",
+  "\u1112\u1161\u11ab\u1100\u1173\u11af", "cafe\u0301\n", "a\u0307\u0323 q\u0323\u0307", "<|im_start|>user\ne\u0301<|im_end|>"];
+for (let i = 0; decomposed.length < 600 + 6 && i < corpus.length; i++) {
+  const nfd = corpus[i].normalize("NFD");
+  if (nfd !== corpus[i]) decomposed.push(nfd);
+}
+const texts = [...corpus, ...decomposed];
 
 const ref = fromPreTrained();
 const expected = texts.map((s) => Array.from(ref.encode(s)));
@@ -124,12 +132,13 @@ try {
         console.error(`MISMATCH #${i} ${JSON.stringify(texts[i])}\n  trove:     ${JSON.stringify(a)}\n  reference: ${JSON.stringify(b)}`);
       }
     }
-    if (!lines[i].roundtrip) {
+    if (!lines[i].roundtrip) {  // decode(encode(s)) == NFC(s), checked by trove tokenize --jsonl
       if (++notRoundTrip <= 10) console.error(`ROUND TRIP FAILED #${i} ${JSON.stringify(texts[i])}`);
     }
   }
   const bytes = texts.reduce((n, s) => n + Buffer.byteLength(s), 0);
-  console.log(`${texts.length} strings (${bytes} bytes): ${mismatches} id mismatches, ${notRoundTrip} round-trip failures; ` +
+  console.log(`${texts.length} strings (${decomposed.length} of them decomposed, ${bytes} bytes): ${mismatches} id mismatches, ` +
+    `${notRoundTrip} round-trip failures; ` +
     `trove tokenize --jsonl took ${ms} ms including model load`);
   process.exit(mismatches || notRoundTrip ? 1 : 0);
 } finally {

@@ -11,7 +11,7 @@ mode=${1:-build}
 build_pkgs=(
   cmake make pkg-config clang libclang-rt-14-dev
   librocksdb-dev liburing-dev liblz4-dev libxxhash-dev libpcre2-dev libutf8proc-dev
-  nlohmann-json3-dev libcpp-httplib-dev libcli11-dev libfmt-dev
+  nlohmann-json3-dev libcpp-httplib-dev libssl-dev libcli11-dev libfmt-dev
   libvulkan-dev glslang-tools mesa-vulkan-drivers vulkan-validationlayers
   dpkg-dev ca-certificates
   libgtest-dev libgmock-dev libbenchmark-dev

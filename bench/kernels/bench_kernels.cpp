@@ -1,8 +1,18 @@
 // Kernel benchmark: GPU time per op at the real shapes of Qwen3-8B and Qwen3-30B-A3B layers (batch 1
-// = decode, 512 = a prefill chunk), with the achieved GB/s and TFLOP/s beside the H100's ceilings from
-// ../shared/docs/TARGETS.md (3025 GB/s device copy, 792 TFLOP/s bf16 tensor cores).
+// = decode, 512 = a prefill chunk), with the achieved GB/s and TFLOP/s beside the ceilings: the
+// device-to-device copy bandwidth measured first in the same run (bytes read + written; the H100's
+// was 3025 GB/s, ../shared/docs/TARGETS.md) and 792 TFLOP/s bf16 tensor cores (H100).
 //
-//   build/bench/kernels/bench_kernels [--reps N] [--quick] [--only matmul|attention|elementwise]
+//   build/bench/kernels/bench_kernels [--reps N] [--quick] [--only TEXT] [--sweep]
+//
+// --only TEXT runs the sections (matmul, matvec, attention, elementwise) whose name contains TEXT or
+// that TEXT starts with, and of those only the rows whose "op shape" contains what follows the section
+// name: `--only matvec`, `--only "matvec head"`, `--only "matvec Q6_K 8B"`. The copy row always runs.
+// --sweep adds matvec rows for every work split (rows per group × workgroup size, bench_matvec.cpp).
+//
+// Matvec rows (decode, batch 1..8, bench_matvec.cpp): ops::Matvec with the fusions the engine uses
+// (fused QKV with the attention norm, gate+up with SwiGLU, down added into the residual), weights
+// rotated over enough copies that the L2 cannot hold them; GB/s = weight bytes read / time.
 //
 // Attention rows: decode (1 token) at depth, and 512-token prefill chunks at depths 512/4096/16384 on
 // each kernel (per-token, prefill tiled, prefill cooperative-matrix where the device has it), plus
@@ -21,6 +31,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include "bench/kernels/bench_matvec.h"
 #include "kernels/ops/attention.h"
 #include "kernels/ops/layer_ops.h"
 #include "kernels/ops/matmul.h"
@@ -80,9 +91,21 @@ int main(int argc, char** argv) {
   app.add_option("--reps", reps, "Dispatches per measurement");
   app.add_flag("--quick", quick, "Small shapes only (a smoke run on a CPU device)");
   std::string only;
-  app.add_option("--only", only, "Run one section: matmul, attention or elementwise")
-      ->check(CLI::IsMember({"matmul", "attention", "elementwise"}));
+  app.add_option("--only", only, "Sections (matmul, matvec, attention, elementwise) by name or prefix, then rows by "
+                                 "substring: 'matvec', 'matvec head', 'matvec Q6_K 8B'");
+  bool sweep = false;
+  app.add_flag("--sweep", sweep, "Also time every matvec work split (rows per group x workgroup size)");
   CLI11_PARSE(app, argc, argv);
+  // Section `name` runs when --only is empty, a substring of the name, or starts with the name; the
+  // rest of --only (after the name) filters that section's rows by substring.
+  auto section = [&](const std::string& name) {
+    return only.empty() || name.find(only) != std::string::npos || only.rfind(name, 0) == 0;
+  };
+  auto row_filter = [&](const std::string& name) {
+    std::string rest = only.rfind(name, 0) == 0 ? only.substr(name.size()) : "";
+    rest.erase(0, rest.find_first_not_of(' '));
+    return [rest](const std::string& label) { return rest.empty() || label.find(rest) != std::string::npos; };
+  };
 
   auto devr = vk::Device::open();
   if (!devr.ok()) {
@@ -104,7 +127,7 @@ int main(int argc, char** argv) {
       {"30B-A3B", "expert gate/up", 768, 2048}, {"30B-A3B", "expert down", 2048, 768},
       {"30B-A3B", "head", 151936, 2048}};
   if (quick) mats = {{"tiny", "q", 512, 256}, {"tiny", "head", 4096, 256}};
-  if (!only.empty() && only != "matmul") mats.clear();
+  if (!section("matmul")) mats.clear();
   auto mm = ops::Matmul::create(dev);
   if (!mm.ok()) return fail(mm.status());
   for (const auto& m : mats) {
@@ -155,7 +178,7 @@ int main(int argc, char** argv) {
     atts = {{"tiny", 4, 2, 1, 256, Path::kAuto}};
     for (Path p : prefill_paths) atts.push_back({"tiny", 8, 2, 64, 64, p});
   }
-  if (!only.empty() && only != "attention") atts.clear();
+  if (!section("attention")) atts.clear();
   auto path_label = [](Path p) {
     switch (p) {
       case Path::kAuto: return "attention f16 KV";
@@ -192,7 +215,7 @@ int main(int argc, char** argv) {
   auto gr = ops::GetRows::create(dev, GgmlType::Q4_K);
   if (!rms.ok() || !rope.ok() || !swi.ok() || !gr.ok()) return fail(Status::Internal("op creation failed"));
   for (uint32_t T : {1u, quick ? 8u : 512u}) {
-    if (!only.empty() && only != "elementwise") break;
+    if (!section("elementwise")) break;
     const uint32_t E = quick ? 256 : 4096, F = quick ? 512 : 12288;
     auto x = filled(dev, uint64_t{T} * std::max<uint32_t>(F, 32 * 128) * 4, 0x3f800000u), w = filled(dev, uint64_t{F} * 4, 0x3f800000u),
          out = filled(dev, uint64_t{T} * F * 4), up = filled(dev, uint64_t{T} * F * 4, 0x3f800000u);
@@ -220,13 +243,40 @@ int main(int argc, char** argv) {
       return 1;
   }
 
+  // ---- decode matvec rows (bench_matvec.cpp)
+  if (section("matvec")) {
+    std::vector<bench::KernelRow> mv;
+    bench::MatvecBenchOptions mo;
+    mo.reps = reps;
+    mo.quick = quick;
+    mo.sweep = sweep;
+    mo.wanted = row_filter("matvec");
+    if (auto st = bench::bench_matvec(dev, mo, mv); !st.ok()) return fail(st);
+    for (auto& r : mv) rows.push_back({std::move(r.op), std::move(r.shape), r.us, r.gbs, r.tflops});
+  }
+
+  // ---- the ceiling: device-to-device copy in this run (bytes read + written)
+  double copy_gbs = kCopyGBs;
+  const char* copy_src = "H100, TARGETS.md";
+  const uint64_t copy_bytes = quick ? (64ull << 20) : (1ull << 30);
+  if (auto c = bench::measure_copy_gbs(dev, copy_bytes, quick ? 4 : 10); c.ok()) {
+    copy_gbs = *c;
+    copy_src = "measured copy";
+    rows.insert(rows.begin(), {"copy (ceiling)", fmt::format("vkCmdCopyBuffer {} MiB, read + written", copy_bytes >> 20),
+                               0, copy_gbs, 0});
+  } else {
+    std::fprintf(stderr, "bench_kernels: copy ceiling not measured (%s); using %.0f GB/s\n", c.status().ToString().c_str(),
+                 kCopyGBs);
+  }
+
   std::printf("device: %s (%s)\n\n", dev.features().name.c_str(), dev.features().driver.c_str());
-  std::printf("| op | shape | time (us) | GB/s | %% of %.0f GB/s | TFLOP/s | %% of %.0f TFLOP/s (bf16 tensor) |\n", kCopyGBs,
-              kBf16TFlops);
+  std::printf("| op | shape | time (us) | GB/s | %% of %.0f GB/s (%s) | TFLOP/s | %% of %.0f TFLOP/s (bf16 tensor) |\n",
+              copy_gbs, copy_src, kBf16TFlops);
   std::printf("|---|---|---|---|---|---|---|\n");
   for (const auto& r : rows) {
-    std::printf("| %s | %s | %.1f | %.1f | %.1f%% | %s | %s |\n", r.op.c_str(), r.shape.c_str(), r.us, r.gbs,
-                100 * r.gbs / kCopyGBs, r.tflops > 0 ? fmt::format("{:.2f}", r.tflops).c_str() : "—",
+    std::printf("| %s | %s | %s | %.1f | %.1f%% | %s | %s |\n", r.op.c_str(), r.shape.c_str(),
+                r.us > 0 ? fmt::format("{:.1f}", r.us).c_str() : "—", r.gbs, 100 * r.gbs / copy_gbs,
+                r.tflops > 0 ? fmt::format("{:.2f}", r.tflops).c_str() : "—",
                 r.tflops > 0 ? fmt::format("{:.2f}%", 100 * r.tflops / kBf16TFlops).c_str() : "—");
   }
   return 0;

@@ -1,0 +1,223 @@
+#include "bench/kernels/bench_matvec.h"
+
+#include <algorithm>
+#include <chrono>
+#include <numeric>
+
+#include <fmt/format.h>
+
+#include "kernels/ops/matvec.h"
+#include "kernels/quant/quant.h"
+
+namespace trove::bench {
+namespace {
+
+using ops::MatvecEpilogue;
+using quant::GgmlType;
+
+// GPU microseconds per repetition of `record(s, rep)`, reps repetitions in one submission with a
+// barrier after each (as dependent decode steps run); wall clock where the queue has no timestamps.
+Result<double> time_reps(vk::Device& dev, int reps, const std::function<Status(vk::CommandStream&, int)>& record) {
+  auto s = dev.stream();
+  if (!s.ok()) return s.status();
+  const bool ts = dev.features().timestamp_period_ns > 0;
+  if (ts) s->timestamp();
+  for (int i = 0; i < reps; ++i) {
+    TROVE_RETURN_IF_ERROR(record(*s, i));
+    s->barrier();
+  }
+  if (ts) s->timestamp();
+  const auto t0 = std::chrono::steady_clock::now();
+  TROVE_RETURN_IF_ERROR(s->submit_and_wait());
+  const double wall = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+  if (ts) {
+    auto t = s->timestamps_ns();
+    if (t.size() >= 2) return (t[1] - t[0]) / 1e3 / reps;
+  }
+  return wall / reps;
+}
+
+Result<vk::Buffer> filled(vk::Device& dev, uint64_t bytes, uint32_t word) {
+  auto b = dev.buffer((bytes + 3) / 4 * 4);
+  if (!b.ok()) return b.status();
+  TROVE_RETURN_IF_ERROR(b->fill(word));
+  return b;
+}
+
+struct Shape {
+  const char* model;
+  const char* name;
+  std::vector<uint32_t> rows;  // one entry per matrix of the call (SwiGLU: gate, up)
+  uint32_t cols;
+  MatvecEpilogue epilogue;
+  bool norm;
+};
+
+std::string rows_label(const Shape& sh) {
+  std::string r;
+  for (size_t i = 0; i < sh.rows.size(); ++i) r += (i ? "+" : "") + std::to_string(sh.rows[i]);
+  return sh.rows.size() > 1 ? "(" + r + ")" : r;
+}
+
+// One (shape, type, batch, tuning) measurement: allocates enough copies of the weights that the L2
+// cannot hold them, records one call per copy in turn.
+Status measure(vk::Device& dev, ops::Matvec& op, const Shape& sh, GgmlType type, uint32_t batch, const MatvecBenchOptions& o,
+               const std::string& op_label, const std::string& shape_label, std::vector<KernelRow>& rows) {
+  const uint64_t rb = quant::row_bytes(type, sh.cols);
+  uint64_t weight_bytes = 0;
+  for (uint32_t r : sh.rows) weight_bytes += r * rb;
+  // Row pieces for a matrix larger than one buffer (the head on small devices; the engine splits the
+  // same way), at multiples of 64 rows.
+  const uint64_t max_piece_rows = std::max<uint64_t>(64, dev.max_buffer_bytes() / rb / 64 * 64);
+  const uint64_t l2_defeat = o.quick ? (8ull << 20) : (256ull << 20);
+  const uint32_t copies = static_cast<uint32_t>(std::clamp<uint64_t>((l2_defeat + weight_bytes - 1) / weight_bytes, 1, 32));
+
+  auto x = filled(dev, uint64_t{batch} * sh.cols * 4, 0x3f800000u);   // 1.0
+  auto nw = filled(dev, uint64_t{sh.cols} * 4, 0x3f800000u);
+  if (!x.ok() || !nw.ok()) return Status::ResourceExhausted("matvec bench: activations");
+  std::vector<vk::Buffer> ys;
+  for (uint32_t r : sh.rows) {
+    auto y = filled(dev, uint64_t{batch} * r * 4, 0);
+    if (!y.ok()) return y.status();
+    ys.push_back(std::move(*y));
+  }
+  // calls[c] = the calls of weight copy c (one, or one per row piece).
+  std::vector<vk::Buffer> weights;
+  std::vector<std::vector<ops::MatvecCall>> calls(copies);
+  for (uint32_t c = 0; c < copies; ++c) {
+    if (sh.rows.size() == 1 && sh.rows[0] > max_piece_rows) {
+      const uint32_t n_rows = sh.rows[0];
+      for (uint64_t r0 = 0; r0 < n_rows; r0 += max_piece_rows) {
+        const uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(max_piece_rows, n_rows - r0));
+        auto w = filled(dev, n * rb, 0x3c003c00u);
+        if (!w.ok()) return w.status();
+        ops::MatvecCall call;
+        call.cols = sh.cols;
+        call.batch = batch;
+        call.x = *x;
+        if (sh.norm) call.norm_w = *nw;
+        call.epilogue = sh.epilogue;
+        call.mats[0] = {type, n, vk::BufferRange(*w),
+                        vk::BufferRange(ys[0], r0 * 4, (uint64_t{batch - 1} * n_rows + n) * 4), n_rows};
+        weights.push_back(std::move(*w));
+        calls[c].push_back(call);
+      }
+      continue;
+    }
+    ops::MatvecCall call;
+    call.cols = sh.cols;
+    call.batch = batch;
+    call.x = *x;
+    if (sh.norm) call.norm_w = *nw;
+    call.epilogue = sh.epilogue;
+    call.n_mats = static_cast<uint32_t>(sh.rows.size());
+    for (size_t m = 0; m < sh.rows.size(); ++m) {
+      auto w = filled(dev, sh.rows[m] * rb, 0x3c003c00u);
+      if (!w.ok()) return w.status();
+      call.mats[m] = {type, sh.rows[m], vk::BufferRange(*w), vk::BufferRange(ys[m]), 0};
+      weights.push_back(std::move(*w));
+    }
+    calls[c].push_back(call);
+  }
+  auto record = [&](vk::CommandStream& s, int rep) -> Status {
+    for (const auto& call : calls[static_cast<uint32_t>(rep) % copies]) TROVE_RETURN_IF_ERROR(op.record(s, call));
+    return Status::Ok();
+  };
+  auto warm = time_reps(dev, static_cast<int>(copies), record);  // pipelines, first touch of every copy
+  if (!warm.ok()) return warm.status();
+  auto t = time_reps(dev, std::max<int>(o.reps, static_cast<int>(copies)), record);
+  if (!t.ok()) return t.status();
+  uint64_t out_rows = 0;
+  for (size_t m = 0; m < sh.rows.size(); ++m) out_rows += sh.rows[m];
+  rows.push_back({op_label, shape_label, *t, weight_bytes / *t / 1e3, 2.0 * out_rows * sh.cols * batch / *t / 1e6});
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<double> measure_copy_gbs(vk::Device& dev, uint64_t bytes, int reps) {
+  bytes = std::min<uint64_t>(bytes, dev.max_buffer_bytes()) / 256 * 256;
+  auto a = filled(dev, bytes, 0x3f800000u);
+  auto b = filled(dev, bytes, 0);
+  if (!a.ok() || !b.ok()) return Status::ResourceExhausted("copy bench: two buffers of " + std::to_string(bytes) + " bytes");
+  auto t = time_reps(dev, 1, [&](vk::CommandStream& s, int) {
+    s.copy(*a, 0, *b, 0, bytes);
+    return Status::Ok();
+  });
+  if (!t.ok()) return t.status();
+  t = time_reps(dev, reps, [&](vk::CommandStream& s, int) {
+    s.copy(*a, 0, *b, 0, bytes);
+    return Status::Ok();
+  });
+  if (!t.ok()) return t.status();
+  return 2.0 * bytes / *t / 1e3;  // read + written, bytes per µs / 1e3 = GB/s
+}
+
+Status bench_matvec(vk::Device& dev, const MatvecBenchOptions& o, std::vector<KernelRow>& rows) {
+  auto opr = ops::Matvec::create(dev);
+  if (!opr.ok()) return opr.status();
+  ops::Matvec& op = *opr;
+  const auto kStore = MatvecEpilogue::kStore, kAdd = MatvecEpilogue::kAdd, kSwiGlu = MatvecEpilogue::kSwiGlu;
+  std::vector<Shape> shapes = {
+      {"8B", "attn_q", {4096}, 4096, kStore, true},
+      {"8B", "attn_k", {1024}, 4096, kStore, true},
+      {"8B", "attn_qkv", {4096, 1024, 1024}, 4096, kStore, true},
+      {"8B", "ffn_gate+up", {12288, 12288}, 4096, kSwiGlu, true},
+      {"8B", "ffn_down", {4096}, 12288, kAdd, false},
+      {"8B", "head", {151936}, 4096, kStore, true},
+      {"30B-A3B", "attn_q", {4096}, 2048, kStore, true},
+      {"30B-A3B", "attn_qkv", {4096, 512, 512}, 2048, kStore, true},
+      {"30B-A3B", "attn_output", {2048}, 4096, kAdd, false},
+      {"30B-A3B", "head", {151936}, 2048, kStore, true},
+  };
+  std::vector<uint32_t> batches = {1, 2, 4, 8};
+  if (o.quick) {
+    shapes = {{"tiny", "attn_qkv", {512, 128, 128}, 256, kStore, true},
+              {"tiny", "ffn_gate+up", {1024, 1024}, 256, kSwiGlu, true},
+              {"tiny", "head", {4096}, 256, kStore, true}};
+    batches = {1, 8};
+  }
+  auto label = [](const Shape& sh, uint32_t batch) {
+    const char* epi = sh.epilogue == kSwiGlu ? " swiglu" : sh.epilogue == kAdd ? " add" : "";
+    return fmt::format("{} {} {}x{}{}{} b{}", sh.model, sh.name, rows_label(sh), sh.cols, sh.norm ? " +norm" : "", epi, batch);
+  };
+  for (const auto& sh : shapes) {
+    for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q6_K}) {
+      for (uint32_t batch : batches) {
+        const std::string opl = fmt::format("matvec {}", quant::traits(type)->name), shl = label(sh, batch);
+        if (o.wanted && !o.wanted(opl + " " + shl)) continue;
+        op.set_tuning({});
+        TROVE_RETURN_IF_ERROR(measure(dev, op, sh, type, batch, o, opl, shl, rows));
+      }
+    }
+  }
+  if (!o.sweep) return Status::Ok();
+  // Work splits, for tuning the defaults: rows per 32-lane group × invocations per workgroup.
+  for (const auto& sh : shapes) {
+    if (std::string(sh.model) != (o.quick ? "tiny" : "8B") || std::string(sh.name) == "attn_q" ||
+        std::string(sh.name) == "attn_k") {
+      continue;
+    }
+    for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q6_K}) {
+      for (uint32_t batch : {1u, 8u}) {
+        for (uint32_t r : {1u, 2u, 4u}) {
+          for (uint32_t wg : {128u, 256u, 512u}) {
+            const std::string opl = fmt::format("matvec {}", quant::traits(type)->name),
+                              shl = fmt::format("{} split R{} wg{}", label(sh, batch), r, wg);
+            if (o.wanted && !o.wanted(opl + " " + shl)) continue;
+            ops::MatvecTuning t;
+            t.rows_per_group = r;
+            t.workgroup_size = wg;
+            op.set_tuning(t);
+            Status st = measure(dev, op, sh, type, batch, o, opl, shl, rows);
+            if (!st.ok()) rows.push_back({opl + " (refused: " + st.message() + ")", shl, 0, 0, 0});
+          }
+        }
+      }
+    }
+  }
+  op.set_tuning({});
+  return Status::Ok();
+}
+
+}  // namespace trove::bench

@@ -1,40 +1,76 @@
 #include "kernels/ops/matvec.h"
 
 #include <algorithm>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <vector>
 
 #include <fmt/format.h>
 
 namespace trove::ops {
 namespace {
 
-// Mirrors the push-constant block of kernels/shaders/matvec_main.glsl.
+// Mirrors the push-constant block of kernels/shaders/matvec_body.glsl.
 struct Push {
   uint32_t cols, flags;
   float eps;
-  uint32_t n_mats, ntiles, tile_vals, groups_x, pad;
+  uint32_t n_mats, ntiles, tile_vals, groups_x, grid;
   uint32_t type[4], rows[4], y_stride[4], row_bytes[4], wg_end[4];
 };
 static_assert(sizeof(Push) == 112);
 
 constexpr uint32_t kMaxGroupsX = 65535;  // minimum maxComputeWorkGroupCount Vulkan guarantees
 constexpr uint32_t kDefaultWorkgroup = 256;
+constexpr uint32_t kCpuWorkgroup = 128;   // lavapipe: keeps the shared-memory reduction area small
 constexpr uint32_t kDefaultRows = 2;
+constexpr uint32_t kUnknownSmCount = 256; // GPUs that do not say: rather too many workgroups than too few
 
 // Bytes of shared memory per staged value and batch column: the f32 value + 1/8 of its 8-value sum.
 constexpr double kStagedBytesPerValue = 4.5;
 
 constexpr uint32_t kGroupLanes = 32;  // kG in matvec.comp
 
-// One pipeline per distinct specialization: matvec.comp's constant ids 0..10, in this order (kG, id
-// 1, is always kGroupLanes).
+// One pipeline per distinct specialization: matvec_body.glsl's constant ids 0..11, in this order (kG,
+// id 1, is always kGroupLanes); sg > 1 selects matvec.comp (subgroupAdd), 1 matvec_nosg.comp.
 struct Key {
-  uint32_t wg, nb, rows, swiglu, tile, mats, type0, type1, type2, unroll;
-  auto tie() const { return std::tie(wg, nb, rows, swiglu, tile, mats, type0, type1, type2, unroll); }
+  uint32_t wg, nb, rows, swiglu, tile, mats, type0, type1, type2, unroll, sg;
+  auto tie() const { return std::tie(wg, nb, rows, swiglu, tile, mats, type0, type1, type2, unroll, sg); }
   bool operator<(const Key& o) const { return tie() < o.tie(); }
 };
+
+bool has_extension(VkPhysicalDevice pd, const char* name) {
+  uint32_t n = 0;
+  vkEnumerateDeviceExtensionProperties(pd, nullptr, &n, nullptr);
+  std::vector<VkExtensionProperties> ext(n);
+  vkEnumerateDeviceExtensionProperties(pd, nullptr, &n, ext.data());
+  for (const auto& e : ext)
+    if (std::strcmp(e.extensionName, name) == 0) return true;
+  return false;
+}
+
+// Streaming multiprocessors (compute units) where the driver says (NVIDIA, AMD), else 0.
+uint32_t sm_count(VkPhysicalDevice pd) {
+  VkPhysicalDeviceProperties2 p2{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2};
+#ifdef VK_NV_shader_sm_builtins
+  VkPhysicalDeviceShaderSMBuiltinsPropertiesNV nv{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_SM_BUILTINS_PROPERTIES_NV};
+  if (has_extension(pd, VK_NV_SHADER_SM_BUILTINS_EXTENSION_NAME)) {
+    p2.pNext = &nv;
+    vkGetPhysicalDeviceProperties2(pd, &p2);
+    return nv.shaderSMCount;
+  }
+#endif
+#ifdef VK_AMD_shader_core_properties
+  VkPhysicalDeviceShaderCorePropertiesAMD amd{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_CORE_PROPERTIES_AMD};
+  if (has_extension(pd, VK_AMD_SHADER_CORE_PROPERTIES_EXTENSION_NAME)) {
+    p2.pNext = &amd;
+    vkGetPhysicalDeviceProperties2(pd, &p2);
+    return amd.shaderEngineCount * amd.shaderArraysPerEngineCount * amd.computeUnitsPerShaderArray;
+  }
+#endif
+  return 0;
+}
 
 bool ranges_overlap(const vk::BufferRange& a, uint64_t a_bytes, const vk::BufferRange& b, uint64_t b_bytes) {
   if (a.buffer != b.buffer || a.buffer == VK_NULL_HANDLE) return false;
@@ -55,7 +91,9 @@ const char* epilogue_name(MatvecEpilogue e) {
 struct Matvec::State {
   vk::Device* dev = nullptr;
   uint32_t shared_bytes = 0;      // maxComputeSharedMemorySize
-  bool cpu = false;               // lavapipe & co: loops over batch columns are not unrolled
+  bool cpu = false;               // lavapipe & co: no unrolled column loops, no subgroup operations
+  uint32_t subgroup = 1;          // subgroup size usable for the first reduction stage (1: none)
+  uint32_t sms = 0;               // streaming multiprocessors / compute units (0: the driver does not say)
   MatvecTuning tuning;
   std::mutex mu;                  // guards pipelines
   std::map<Key, vk::Pipeline> pipelines;
@@ -64,7 +102,8 @@ struct Matvec::State {
     std::lock_guard<std::mutex> lock(mu);
     auto it = pipelines.find(k);
     if (it != pipelines.end()) return &it->second;
-    auto p = dev->pipeline({"matvec", {k.wg, kGroupLanes, k.nb, k.rows, k.swiglu, k.tile, k.mats, k.type0, k.type1, k.type2, k.unroll},
+    auto p = dev->pipeline({k.sg > 1 ? "matvec" : "matvec_nosg",
+                            {k.wg, kGroupLanes, k.nb, k.rows, k.swiglu, k.tile, k.mats, k.type0, k.type1, k.type2, k.unroll, k.sg},
                             sizeof(Push), 8, k.wg});
     if (!p.ok()) return p.status();
     return &pipelines.emplace(k, std::move(*p)).first->second;
@@ -82,9 +121,14 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
   VkPhysicalDeviceProperties props;
   vkGetPhysicalDeviceProperties(dev.physical(), &props);
   op.st_->shared_bytes = props.limits.maxComputeSharedMemorySize;
-  op.st_->cpu = dev.features().is_cpu;
-  if (!vk::find_shader("matvec").words) {
-    return Status::NotFound("matvec: shader matvec is not embedded in this build (rebuild trove_kernels)");
+  const auto& f = dev.features();
+  op.st_->cpu = f.is_cpu;
+  // The first reduction stage adds within a subgroup, which must tile the 32-lane row group.
+  const uint32_t sg = f.subgroup_size;
+  if (f.subgroup_arithmetic && sg >= 4 && sg <= kGroupLanes && (sg & (sg - 1)) == 0) op.st_->subgroup = sg;
+  op.st_->sms = sm_count(dev.physical());
+  if (!vk::find_shader("matvec").words || !vk::find_shader("matvec_nosg").words) {
+    return Status::NotFound("matvec: shaders matvec/matvec_nosg are not embedded in this build (rebuild trove_kernels)");
   }
   return op;
 }
@@ -122,19 +166,26 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
 
   const MatvecTuning& tn = st_->tuning;
   const uint32_t g = kGroupLanes;
+  const bool gpu_form = !st_->cpu || tn.gpu_form;
+  const uint32_t sg = gpu_form ? st_->subgroup : 1;
+  const uint32_t sms = st_->sms ? st_->sms : kUnknownSmCount;
   const uint32_t rows_per_group = tn.rows_per_group ? tn.rows_per_group : (swiglu ? 1 : kDefaultRows);
-  // Shared memory holds a tile of staged activations, and at the end the lanes' partial sums (every
-  // slot and batch column, plus Σ x²) and each row group's Σ x² (matvec.comp).
+  // Shared memory: a tile of staged activations, and the reduction area — each subgroup's partial
+  // sums (every slot and batch column, and Σ x²) and each row group's Σ x² (matvec_body.glsl).
   const uint32_t slots = rows_per_group * (swiglu ? 2 : 1);
-  auto red_bytes = [&](uint32_t w) { return (uint64_t{w} * (slots * call.batch + call.batch) + w / g * call.batch) * 4; };
+  auto red_bytes = [&](uint32_t w) {
+    return (uint64_t{w} / sg * (slots * call.batch + call.batch) + w / g * call.batch) * 4;
+  };
+  uint64_t total_rows = 0;
+  for (uint32_t m = 0; m < (swiglu ? 1u : call.n_mats); ++m) total_rows += call.mats[m].rows;
   uint32_t wg = tn.workgroup_size;
   if (wg == 0) {
-    // 256 invocations; 512 (twice the rows per staged copy of x, which every workgroup reads from
-    // L2) when that still leaves >= 264 workgroups (2 per SM on an H100/H200) and the sums fit.
-    uint64_t rows = 0;
-    for (uint32_t m = 0; m < (swiglu ? 1u : call.n_mats); ++m) rows += call.mats[m].rows;
-    wg = kDefaultWorkgroup;
-    if (rows / (2 * kDefaultWorkgroup / g * rows_per_group) >= 264 && red_bytes(2 * kDefaultWorkgroup) <= st_->shared_bytes) {
+    // 256 invocations (128 on a CPU device); 512 — twice the rows per staged copy of x, which every
+    // workgroup reads from L2 — when that still gives every SM a workgroup.
+    wg = st_->cpu ? kCpuWorkgroup : kDefaultWorkgroup;
+    const uint64_t rows_512 = 2 * kDefaultWorkgroup / g * rows_per_group;
+    if (!st_->cpu && (total_rows + rows_512 - 1) / rows_512 >= sms &&
+        red_bytes(2 * kDefaultWorkgroup) + 1024 * kStagedBytesPerValue * call.batch <= st_->shared_bytes) {
       wg = 2 * kDefaultWorkgroup;
     }
   }
@@ -214,15 +265,14 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
   for (uint32_t m = n_work; m < 4; ++m) push.wg_end[m] = static_cast<uint32_t>(wgs);
   push.n_mats = n_work;
 
-  if (red_bytes(wg) > st_->shared_bytes) {
-    return Status::InvalidArgument(fmt::format("matvec: the final reduction of {} invocations x {} values needs {} bytes "
-                                               "of shared memory, the device has {} (use fewer rows or invocations)",
-                                               wg, slots * call.batch + call.batch, red_bytes(wg), st_->shared_bytes));
-  }
-  const uint32_t tile_max = static_cast<uint32_t>(st_->shared_bytes / (kStagedBytesPerValue * call.batch)) / 256 * 256;
+  const uint64_t red = red_bytes(wg);
+  const uint32_t tile_max =
+      red >= st_->shared_bytes ? 0 : static_cast<uint32_t>((st_->shared_bytes - red) / (kStagedBytesPerValue * call.batch)) / 256 * 256;
   if (tile_max < 256) {
-    return Status::Unsupported(fmt::format("matvec: {} bytes of shared memory cannot stage 256 values of {} batch columns",
-                                           st_->shared_bytes, call.batch));
+    return Status::InvalidArgument(fmt::format(
+        "matvec: {} bytes of shared memory cannot hold the reduction of {} invocations x {} values ({} bytes) and 256 "
+        "staged values of {} batch columns (use fewer rows or invocations)", st_->shared_bytes, wg,
+        slots * call.batch + call.batch, red, call.batch));
   }
   uint32_t tile_cap = tile_max;
   if (tn.tile_values) tile_cap = std::min(tile_cap, std::max<uint32_t>(256, tn.tile_values / 256 * 256));
@@ -236,15 +286,26 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
   push.ntiles = (call.cols + tile - 1) / tile;
   push.tile_vals = tile;
 
-  const uint32_t gx = static_cast<uint32_t>(std::min<uint64_t>(wgs, kMaxGroupsX));
-  const uint32_t gy = static_cast<uint32_t>((wgs + gx - 1) / gx);
+  // Workgroups: with x in one tile, about two per SM walk all row blocks (x staged once each);
+  // otherwise one per block.
+  uint64_t grid = wgs;
+  if (push.ntiles == 1) {
+    if (tn.workgroups) {
+      grid = std::min<uint64_t>(wgs, tn.workgroups);
+    } else if (!st_->cpu) {
+      grid = std::min<uint64_t>(wgs, uint64_t{2} * sms * std::max<uint32_t>(1, 512 / wg));
+    }
+  }
+  const uint32_t gx = static_cast<uint32_t>(std::min<uint64_t>(grid, kMaxGroupsX));
+  const uint32_t gy = static_cast<uint32_t>((grid + gx - 1) / gx);
   if (gy > kMaxGroupsX) return Status::InvalidArgument("matvec: too many rows for one dispatch; split the call");
   push.groups_x = gx;
+  push.grid = static_cast<uint32_t>(grid);
 
   // Types of unused matrices repeat matrix 0's, so that they add no code.
   auto p = st_->pipeline({wg, call.batch, rows_per_group, swiglu ? 1u : 0u, tile, call.n_mats, push.type[0],
                           call.n_mats > 1 ? push.type[1] : push.type[0], call.n_mats > 2 ? push.type[2] : push.type[0],
-                          st_->cpu && !tn.unroll_columns ? 0u : 1u});
+                          gpu_form ? 1u : 0u, sg});
   if (!p.ok()) return p.status();
   return s.dispatch(**p, bufs, &push, sizeof(push), gx, gy);
 }

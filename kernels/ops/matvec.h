@@ -28,11 +28,12 @@
 //
 // Design (docs/kernels.md, "Decode matvec"): a row group of 32 lanes owns 2 rows (SwiGLU: 1 gate + 1
 // up row); lanes walk the rows in 16- or 8-byte parts with the super-block scales decoded once per
-// part; each workgroup stages x·norm_w and the sums of each 8 values in shared memory once (in tiles
-// when batch · cols does not fit) and reduces the rows through shared memory at the end (no subgroup
-// operations needed). Shader: kernels/shaders/matvec.comp; the per-type code, shared with other
-// matvec-shaped kernels, is kernels/shaders/matvec_core.glsl. Weights are read as stored in the GGUF
-// (no repacking at load).
+// part; each workgroup stages x·norm_w and the sums of each 8 values in shared memory (once, then
+// walks several row blocks, when batch · cols fits; else tile by tile for one block) and reduces the
+// rows with subgroupAdd then shared memory. Shaders: kernels/shaders/matvec.comp and matvec_nosg.comp
+// (no subgroup operations: devices without them, lavapipe) around matvec_body.glsl; the per-type
+// code, shared with other matvec-shaped kernels, is matvec_core.glsl. Weights are read as stored in
+// the GGUF (no repacking at load).
 #pragma once
 
 #include <cstdint>
@@ -75,8 +76,10 @@ struct MatvecTuning {
   uint32_t workgroup_size = 0;   // invocations per workgroup: a power of two, 32..1024 (default 256)
   uint32_t tile_values = 0;      // at most this many staged values per batch column and tile (rounded
                                  // down to a multiple of 256; default: what shared memory holds)
-  bool unroll_columns = false;   // unroll the loops over batch columns on a CPU device too (they are
-                                 // on GPUs; on lavapipe unrolling costs seconds of compile per pipeline)
+  uint32_t workgroups = 0;       // when x fits one tile: at most this many workgroups walk the row
+                                 // blocks (default: two per SM of 512 invocations; CPU: one per block)
+  bool gpu_form = false;         // on a CPU device, compile the GPUs' form: unrolled loops over batch
+                                 // columns and subgroupAdd (lavapipe spends seconds per pipeline on it)
 };
 
 class Matvec {

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <fmt/format.h>
@@ -266,28 +267,44 @@ TEST_F(Matvec, ActivationsInSeveralTiles) {
   ASSERT_TRUE(run({2048, 8, true, MatvecEpilogue::kStore, set_c(4, 40)}));
 }
 
-// On lavapipe the loops over batch columns are not unrolled (compile time); this is the GPUs' form.
-TEST_F(Matvec, UnrolledColumnLoopsAsOnGpus) {
+// On lavapipe the loops over batch columns are not unrolled and rows are reduced without subgroup
+// operations (compile time); this is the GPUs' form: unrolled loops, subgroupAdd first.
+TEST_F(Matvec, GpuFormOfTheKernel) {
   ops::MatvecTuning t;
-  t.unroll_columns = true;
+  t.gpu_form = true;
   op_->set_tuning(t);
   ASSERT_TRUE(run({512, 3, true, MatvecEpilogue::kAdd, set_c(4)}));
   ASSERT_TRUE(run({512, 3, true, MatvecEpilogue::kSwiGlu, {{G::Q5_K, 45}, {G::Q6_K, 45}}}));
 }
 
+// x staged once, then each workgroup walks several row blocks (the GPUs' default when x fits one
+// tile: about two workgroups per SM); blocks of all three matrices land on the same workgroups.
+TEST_F(Matvec, WorkgroupsWalkingSeveralRowBlocks) {
+  ops::MatvecTuning t;
+  t.workgroups = 3;
+  op_->set_tuning(t);
+  for (uint32_t batch : {1u, 3u}) {
+    ASSERT_TRUE(run({512, batch, true, MatvecEpilogue::kStore, set_c(4, 300)}));
+    ASSERT_TRUE(run({512, batch, true, MatvecEpilogue::kSwiGlu, {{G::Q5_K, 145}, {G::Q6_K, 145}}}));
+  }
+  t.gpu_form = true;
+  op_->set_tuning(t);
+  ASSERT_TRUE(run({512, 3, true, MatvecEpilogue::kAdd, set_c(4, 300)}));
+}
+
 // Other work splits: 1 and 4 rows per row group, 64 and 128 invocations per workgroup.
 TEST_F(Matvec, OtherWorkSplits) {
-  for (auto [rows, wg] : {std::pair<uint32_t, uint32_t>{1, 64}, {4, 128}}) {
+  for (auto [rows, wg, batch] : {std::tuple<uint32_t, uint32_t, uint32_t>{1, 64, 3}, {4, 256, 1}}) {
     ops::MatvecTuning t;
     t.rows_per_group = rows;
     t.workgroup_size = wg;
     op_->set_tuning(t);
-    ASSERT_TRUE(run({512, 3, true, MatvecEpilogue::kStore, set_c(4)}));
+    ASSERT_TRUE(run({512, batch, true, MatvecEpilogue::kStore, set_c(batch > 1 ? 4 : 0)}));
   }
   ops::MatvecTuning t;
   t.rows_per_group = 4;
   op_->set_tuning(t);
-  ASSERT_TRUE(run({512, 3, true, MatvecEpilogue::kSwiGlu, {{G::Q5_K, 45}, {G::Q6_K, 45}}}));
+  ASSERT_TRUE(run({512, 1, true, MatvecEpilogue::kSwiGlu, {{G::Q5_K, 45}, {G::Q6_K, 45}}}));
 }
 
 TEST_F(Matvec, BadCallsAreNamedAndRecordNothing) {

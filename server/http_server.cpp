@@ -72,7 +72,7 @@ struct HttpServer::Impl {
     http.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
     http.set_payload_max_length(opt.max_body_bytes);
     http.set_keep_alive_max_count(1000);
-    http.set_read_timeout(600, 0);
+    http.set_read_timeout(opt.read_timeout_s, 0);
     http.set_write_timeout(600, 0);
     routes();
   }
@@ -105,8 +105,16 @@ struct HttpServer::Impl {
       } else if (res.status == 404) {
         e.type = "not_found_error";
         e.message = fmt::format("no route {} {}; see docs/api.md for the endpoints", req.method, req.path);
+      } else if (res.status == 400) {
+        // httplib refused the request before any route ran.
+        e.message = "the request is not valid HTTP/1.1 (a malformed request line or header, an unsupported method, "
+                    "a missing or invalid Content-Length, a broken chunked body, a body shorter than its "
+                    "Content-Length, or a client that stalled longer than the read timeout while sending); send a "
+                    "well-formed request";
+      } else if (res.status == 414) {
+        e.message = "the request URI is longer than 8192 bytes; the API's paths are short (docs/api.md)";
       } else {
-        e.message = fmt::format("HTTP {}", res.status);
+        e.message = fmt::format("the server could not handle the request (HTTP {}); see docs/api.md", res.status);
       }
       send_error(res, anthropic_path(req.path), e);
       metrics.count_request(endpoint_label(req.path), res.status);

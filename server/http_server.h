@@ -45,6 +45,9 @@ struct ServerOptions {
   // output length. The context end still stops earlier.
   uint32_t default_max_tokens = 32768;
   int http_threads = 64;                    // concurrent connections served (streams hold one each)
+  // A connection whose client sends nothing for this long while the server waits for its request
+  // (header or body bytes) is closed. Bounds what a stalled or slowloris client holds (docs/api.md).
+  int read_timeout_s = 30;
 };
 
 class HttpServer {

@@ -69,7 +69,13 @@ class Fields {
       return fail(path(key), fmt::format("must be an integer >= {}, got {}", lo, type_name(*v))), std::nullopt;
     }
     const double d = v->get<double>();
-    if (d < static_cast<double>(lo) || d > static_cast<double>(hi)) {
+    // Compared as doubles, then exactly: 2^63 as a double equals (double)INT64_MAX, and converting it
+    // to int64_t would be undefined behaviour.
+    const bool out_of_range =
+        d < static_cast<double>(lo) || d > static_cast<double>(hi) ||
+        (hi >= 0 && v->is_number_unsigned() && v->get<uint64_t>() > static_cast<uint64_t>(hi)) ||
+        (v->is_number_float() && (d >= 0x1p63 || d < -0x1p63));
+    if (out_of_range) {
       return fail(path(key), fmt::format("must be between {} and {}, got {}", lo, hi, v->dump())), std::nullopt;
     }
     return v->is_number_integer() ? v->get<int64_t>() : static_cast<int64_t>(d);

@@ -130,6 +130,39 @@ inline Reply parse_reply(const std::string& raw) {
   return r;
 }
 
+// Reads one response on a connection that may stay open (keep-alive, pipelining): its head, then its
+// Content-Length body or its chunked body up to the last chunk. `carry` keeps bytes already read past
+// this response (the next pipelined one) for the next call.
+inline std::string read_one_response(int fd, std::string& carry,
+                                     std::chrono::milliseconds limit = std::chrono::seconds(20)) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  char buf[4096];
+  auto complete = [&]() -> size_t {  // the response's length in carry, or 0 while incomplete
+    const size_t head_end = carry.find("\r\n\r\n");
+    if (head_end == std::string::npos) return 0;
+    const std::string head = carry.substr(0, head_end);
+    if (head.find("Transfer-Encoding: chunked") != std::string::npos) {
+      const size_t last = carry.find("\r\n0\r\n\r\n", head_end);
+      return last == std::string::npos ? 0 : last + 7;
+    }
+    const size_t cl = head.find("Content-Length: ");
+    const size_t n = cl == std::string::npos ? 0 : std::strtoul(head.c_str() + cl + 16, nullptr, 10);
+    return carry.size() >= head_end + 4 + n ? head_end + 4 + n : 0;
+  };
+  size_t n = 0;
+  while ((n = complete()) == 0 && std::chrono::steady_clock::now() < deadline) {
+    timeval tv{0, 100000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    const ssize_t got = ::recv(fd, buf, sizeof buf, 0);
+    if (got == 0) break;
+    if (got > 0) carry.append(buf, static_cast<size_t>(got));
+  }
+  if (n == 0) n = carry.size();  // closed or timed out: whatever arrived
+  std::string one = carry.substr(0, n);
+  carry.erase(0, n);
+  return one;
+}
+
 // The `data:` payloads of an SSE body, in order.
 inline std::vector<std::string> sse_data(const std::string& body) {
   std::vector<std::string> out;

@@ -1,7 +1,9 @@
 # Shader toolchain: finds a GLSL→SPIR-V compiler and compiles kernels/shaders/*.comp at build time,
 # embedding the SPIR-V words in a generated C++ file with a lookup by shader name (kernels/vk/runtime.h:
-# find_shader). Sets TROVE_GLSLANG (the compiler) and TROVE_GLSLANG_COOPMAT (ON when it knows
-# GL_KHR_cooperative_matrix, i.e. glslang >= 14), so that only variants the compiler supports are built.
+# find_shader). Sets TROVE_GLSLANG (the compiler), TROVE_GLSLANG_COOPMAT (ON when it knows
+# GL_KHR_cooperative_matrix, i.e. glslang >= 14) and TROVE_GLSLANG_COOPMAT2 (GL_NV_cooperative_matrix2,
+# glslang >= 15), so that only variants the compiler supports are built. Shaders named *cm2* are
+# compiled for Vulkan 1.3 (SPIR-V 1.6, which NV cooperative matrix 2 requires), the others for 1.2.
 #
 # Script mode (cmake -P Glslang.cmake -DOUT=... -DSPV_FILES=a.spv;b.spv): writes the embedding .cpp.
 #
@@ -75,16 +77,23 @@ if(TROVE_GLSLANG_MAJOR GREATER_EQUAL 14)
 else()
   set(TROVE_GLSLANG_COOPMAT OFF)
 endif()
+if(TROVE_GLSLANG_MAJOR GREATER_EQUAL 15)
+  set(TROVE_GLSLANG_COOPMAT2 ON)
+else()
+  set(TROVE_GLSLANG_COOPMAT2 OFF)
+endif()
 # Newer Vulkan headers from the same fetch (they know VK_KHR_cooperative_matrix); the loader stays
 # the system's. kernels/CMakeLists.txt puts them before the system's.
 set(TROVE_VULKAN_HEADERS "")
 if(EXISTS ${TROVE_TOOLCHAIN_DIR}/include/vulkan/vulkan_core.h)
   set(TROVE_VULKAN_HEADERS ${TROVE_TOOLCHAIN_DIR}/include)
 endif()
-message(STATUS "trove: glslang ${TROVE_GLSLANG_MAJOR} at ${TROVE_GLSLANG}; cooperative-matrix shaders: ${TROVE_GLSLANG_COOPMAT}")
+message(STATUS "trove: glslang ${TROVE_GLSLANG_MAJOR} at ${TROVE_GLSLANG}; cooperative-matrix shaders: "
+               "${TROVE_GLSLANG_COOPMAT}, NV cooperative matrix 2: ${TROVE_GLSLANG_COOPMAT2}")
 
 # trove_embed_shaders(OUT_CPP shader.comp...) — compile each to SPIR-V and generate OUT_CPP.
-# Shaders named *coopmat* are skipped when the compiler does not support GL_KHR_cooperative_matrix.
+# Shaders named *coopmat* are skipped when the compiler does not support GL_KHR_cooperative_matrix,
+# *cm2* ones when it does not support GL_NV_cooperative_matrix2; *cm2* ones target Vulkan 1.3.
 function(trove_embed_shaders out_cpp)
   set(spvs "")
   file(GLOB includes CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/shaders/*.glsl)
@@ -93,10 +102,17 @@ function(trove_embed_shaders out_cpp)
     if(name MATCHES "coopmat" AND NOT TROVE_GLSLANG_COOPMAT)
       continue()
     endif()
+    set(env vulkan1.2)
+    if(name MATCHES "cm2")
+      if(NOT TROVE_GLSLANG_COOPMAT2)
+        continue()
+      endif()
+      set(env vulkan1.3)
+    endif()
     set(spv ${CMAKE_CURRENT_BINARY_DIR}/spv/${name}.spv)
     add_custom_command(OUTPUT ${spv}
       COMMAND ${CMAKE_COMMAND} -E make_directory ${CMAKE_CURRENT_BINARY_DIR}/spv
-      COMMAND ${TROVE_GLSLANG} -V --target-env vulkan1.2 -I${CMAKE_CURRENT_SOURCE_DIR}/shaders -o ${spv} ${src}
+      COMMAND ${TROVE_GLSLANG} -V --target-env ${env} -I${CMAKE_CURRENT_SOURCE_DIR}/shaders -o ${spv} ${src}
       DEPENDS ${src} ${includes} VERBATIM COMMENT "glslang ${name}.comp")
     list(APPEND spvs ${spv})
   endforeach()

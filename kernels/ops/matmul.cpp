@@ -1,14 +1,21 @@
 #include "kernels/ops/matmul.h"
 
 #include <cstdlib>
+#include <map>
+#include <mutex>
+#include <string>
 
 #include <fmt/format.h>
 
 namespace trove::ops {
 namespace {
+// matmul_tiled.comp's push constants.
 struct Push { uint32_t rows, cols, batch, type, row_bytes, tpr, y_stride, rpt; };
+// The matrix-unit and grouped shaders' push constants.
+struct TilePush { uint32_t rows, cols, batch, row_bytes, y_stride, n_expert, expert_bytes, x_rows; };
 constexpr uint32_t kMaxGroups = 65535;  // minimum maxComputeWorkGroupCount Vulkan guarantees
 constexpr uint32_t kBatchCols = 8;      // batch columns per workgroup (kCols in matmul_tiled.comp)
+constexpr uint32_t kGroupedSlots = 4;   // slots per workgroup in matmul_grouped_tiled.comp
 
 // Invocations per row: the largest power of two <= min(64, chunks / 4), so that each invocation
 // dequantizes at least 4 chunks of 32 values between reductions (short rows: more rows per group).
@@ -18,26 +25,117 @@ uint32_t threads_per_row(uint32_t cols) {
   return tpr;
 }
 
-// The tensor-core path needs a 16x16x16 f16 x f16 -> f32 subgroup shape (VkComponentTypeKHR FLOAT16 = 0,
-// FLOAT32 = 1; VkScopeKHR SUBGROUP = 3), 32-wide subgroups (4 per workgroup of 128) and the shader,
-// which only a glslang >= 14 build embeds.
-bool coopmat_usable(const vk::Device& dev) {
+uint32_t div_up(uint32_t a, uint32_t b) { return (a + b - 1) / b; }
+
+// VkComponentTypeKHR FLOAT16 = 0, FLOAT32 = 1; VkScopeKHR WORKGROUP = 2, SUBGROUP = 3.
+bool khr_available(const vk::Device& dev, std::string* why) {
   const auto& f = dev.features();
-  if (f.subgroup_size != 32 || !vk::find_shader("matmul_coopmat").words) return false;
+  auto no = [&](std::string s) {
+    if (why) *why = std::move(s);
+    return false;
+  };
+  if (!vk::find_shader("matmul_coopmat").words) return no("this build has no cooperative-matrix shaders (glslang < 14)");
+  if (f.coopmat_shapes.empty()) return no("the device has no usable VK_KHR_cooperative_matrix");
+  if (f.subgroup_size != 32) return no(fmt::format("the subgroup size is {}, the shader needs 32", f.subgroup_size));
   for (const auto& c : f.coopmat_shapes) {
-    if (c.m == 16 && c.n == 16 && c.k == 16 && c.a == 0 && c.b == 0 && c.c == 1 && c.result == 1 && c.scope == 3) {
-      return true;
+    if (c.m == 16 && c.n == 16 && c.k == 16 && c.a == 0 && c.b == 0 && c.c == 1 && c.result == 1 && c.scope == 3) return true;
+  }
+  return no("the device offers no 16x16x16 f16 x f16 -> f32 subgroup matrix shape");
+}
+
+// The workgroup-scope shape entry for 256 invocations of f16 × f16 → f32, if any.
+const vk::DeviceFeatures::FlexShape* cm2_shape(const vk::DeviceFeatures& f) {
+  for (const auto& s : f.coopmat2_flexible) {
+    if (s.scope == 2 && s.a == 0 && s.b == 0 && s.c == 1 && s.result == 1 && s.invocations == 256 && s.m_granularity &&
+        s.n_granularity && s.k_granularity && 64 % s.m_granularity == 0 && 64 % s.n_granularity == 0 &&
+        32 % s.k_granularity == 0) {
+      return &s;
     }
+  }
+  return nullptr;
+}
+
+bool cm2_available(const vk::Device& dev, std::string* why) {
+  const auto& f = dev.features();
+  auto no = [&](std::string s) {
+    if (why) *why = std::move(s);
+    return false;
+  };
+  if (!vk::find_shader("matmul_cm2").words) return no("this build has no NV cooperative matrix 2 shaders (glslang < 15)");
+  if (!f.cooperative_matrix2) {
+    return no(f.cooperative_matrix2_offered
+                  ? "VK_NV_cooperative_matrix2 is offered but was not enabled (validation on, TROVE_VK_NO_CM2=1, "
+                    "Vulkan < 1.3, no buffer device address or a missing feature)"
+                  : "the device does not offer VK_NV_cooperative_matrix2");
+  }
+  if (!cm2_shape(f)) return no("VK_NV_cooperative_matrix2 offers no 256-invocation f16 x f16 -> f32 workgroup shape");
+  if (f.coopmat2_max_dimension < 128) return no("VK_NV_cooperative_matrix2's flexible dimensions stop below 128");
+  if (f.coopmat2_reserved_shared + 8 * 64 * 8 > f.max_compute_shared_memory) {
+    return no("too little shared memory beside what the driver reserves for workgroup matrices");
+  }
+  return true;
+}
+
+struct KhrTile { uint32_t bm, bn, wg, sgm; };
+constexpr KhrTile kKhrSmall{64, 64, 128, 2}, kKhrLarge{128, 128, 256, 2};
+constexpr uint32_t kKhrLargeShared = 49152;  // (128 + 128) * 40 halves * 2 buffers + 8 KiB staging
+
+struct Cm2Tile { uint32_t bm, bn; };
+constexpr Cm2Tile kCm2Small{64, 64}, kCm2Medium{128, 128}, kCm2Large{128, 256};
+
+}  // namespace
+
+std::string_view matmul_path_name(MatmulPath p) {
+  switch (p) {
+    case MatmulPath::kAuto: return "auto";
+    case MatmulPath::kTiled: return "tiled";
+    case MatmulPath::kKhr: return "khr";
+    case MatmulPath::kCm2: return "cm2";
+  }
+  return "?";
+}
+
+struct Matmul::Cache {
+  std::mutex mu;
+  std::map<std::string, std::unique_ptr<vk::Pipeline>> pipelines;
+};
+
+bool Matmul::available(const vk::Device& dev, MatmulPath path, std::string* why) {
+  switch (path) {
+    case MatmulPath::kAuto:
+    case MatmulPath::kTiled: return true;
+    case MatmulPath::kKhr: return khr_available(dev, why);
+    case MatmulPath::kCm2: return cm2_available(dev, why);
   }
   return false;
 }
 
-}  // namespace
-
-Result<Matmul> Matmul::create(vk::Device& dev) {
+Result<Matmul> Matmul::create(vk::Device& dev, MatmulPath path) {
+  if (path == MatmulPath::kAuto) {
+    if (const char* env = std::getenv("TROVE_MATMUL"); env && *env && std::string_view(env) != "auto") {
+      const std::string_view v(env);
+      if (v == "cm2") path = MatmulPath::kCm2;
+      else if (v == "khr") path = MatmulPath::kKhr;
+      else if (v == "tiled") path = MatmulPath::kTiled;
+      else return Status::InvalidArgument(fmt::format("TROVE_MATMUL='{}' is not a matmul path; use cm2, khr or tiled (or unset it)", v));
+    } else if (const char* off = std::getenv("TROVE_NO_COOPMAT"); off && std::string_view(off) == "1") {
+      path = MatmulPath::kTiled;
+    }
+  }
+  if (path == MatmulPath::kAuto) {
+    path = cm2_available(dev, nullptr) ? MatmulPath::kCm2 : khr_available(dev, nullptr) ? MatmulPath::kKhr : MatmulPath::kTiled;
+  }
+  std::string why;
+  if (!available(dev, path, &why)) {
+    return Status::Unsupported(fmt::format("matmul path {} was asked for (TROVE_MATMUL or the caller) but cannot run on "
+                                           "'{}': {}; use another path (cm2, khr, tiled) or unset TROVE_MATMUL",
+                                           matmul_path_name(path), dev.features().name, why));
+  }
   Matmul op;
-  // Specialization: [rows per invocation, f16 activations] for the tiled shader, [f16 activations]
-  // for the cooperative-matrix one; index 1 of each pair is the f16-activation variant.
+  op.dev_ = &dev;
+  op.path_ = path;
+  op.cache_ = std::make_shared<Cache>();
+  // Specialization of the tiled shader: [rows per invocation, f16 activations].
   for (uint32_t h = 0; h < 2; ++h) {
     auto p1 = dev.pipeline({"matmul_tiled", {1, h}, sizeof(Push), 3, 64});
     if (!p1.ok()) return p1.status();
@@ -45,21 +143,55 @@ Result<Matmul> Matmul::create(vk::Device& dev) {
     if (!p4.ok()) return p4.status();
     op.tiled_row_[h] = std::move(*p1);
     op.tiled_rows4_[h] = std::move(*p4);
-    if (coopmat_usable(dev) && !std::getenv("TROVE_NO_COOPMAT")) {
-      auto pc = dev.pipeline({"matmul_coopmat", {h}, sizeof(Push), 3, 128});
-      if (!pc.ok()) return pc.status();
-      op.coopmat_[h] = std::move(*pc);
-      op.has_coopmat_ = true;
-    }
   }
   return op;
+}
+
+Result<const vk::Pipeline*> Matmul::pipeline(const char* shader, std::vector<uint32_t> spec, uint32_t bindings,
+                                             uint32_t local_size) const {
+  std::string key = shader;
+  for (uint32_t v : spec) key += fmt::format("/{}", v);
+  std::lock_guard<std::mutex> lock(cache_->mu);
+  auto it = cache_->pipelines.find(key);
+  if (it != cache_->pipelines.end()) return it->second.get();
+  auto p = dev_->pipeline({shader, std::move(spec), sizeof(TilePush), bindings, local_size});
+  if (!p.ok()) return p.status();
+  auto owned = std::make_unique<vk::Pipeline>(std::move(*p));
+  const vk::Pipeline* raw = owned.get();
+  cache_->pipelines.emplace(std::move(key), std::move(owned));
+  return raw;
+}
+
+MatmulTile Matmul::tile_for(uint32_t rows, uint32_t batch, bool grouped) const {
+  if (path_ == MatmulPath::kTiled) return MatmulTile::kAuto;
+  const auto& f = dev_->features();
+  if (path_ == MatmulPath::kKhr) {
+    const bool large_fits = f.max_compute_shared_memory >= kKhrLargeShared;
+    if (forced_tile_ != MatmulTile::kAuto) return forced_tile_ == MatmulTile::kSmall || !large_fits ? MatmulTile::kSmall : MatmulTile::kLarge;
+    if (grouped) return MatmulTile::kSmall;  // a few dozen slots per expert
+    // 128 × 128 once there are enough workgroups to fill a big GPU twice over (H100/H200: 132 SMs).
+    return large_fits && div_up(rows, 128) * div_up(batch, 128) >= 264 ? MatmulTile::kLarge : MatmulTile::kSmall;
+  }
+  // cm2
+  auto fits = [&](Cm2Tile t) {
+    return f.coopmat2_reserved_shared + 8 * t.bm * 8 <= f.max_compute_shared_memory && t.bn <= f.coopmat2_max_dimension;
+  };
+  if (forced_tile_ != MatmulTile::kAuto) {
+    MatmulTile t = forced_tile_;
+    if (t == MatmulTile::kLarge && !fits(kCm2Large)) t = MatmulTile::kMedium;
+    if (t == MatmulTile::kMedium && !fits(kCm2Medium)) t = MatmulTile::kSmall;
+    return t;
+  }
+  if (grouped) return MatmulTile::kSmall;
+  if (batch >= 256 && fits(kCm2Large) && div_up(rows, 128) * div_up(batch, 256) >= 132) return MatmulTile::kLarge;
+  if (fits(kCm2Medium) && div_up(rows, 128) * div_up(batch, 128) >= 132) return MatmulTile::kMedium;
+  return MatmulTile::kSmall;
 }
 
 Status Matmul::record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows, uint32_t cols,
                       uint32_t batch, vk::BufferRange w, vk::BufferRange x, vk::BufferRange y,
                       uint32_t y_stride, bool x_f16) const {
   if (y_stride == 0) y_stride = rows;
-  using quant::GgmlType;
   auto t = quant::traits(type);
   if (!t) {
     return Status::Unsupported(fmt::format("matmul: weight type {} is not supported (supported: {})",
@@ -67,19 +199,10 @@ Status Matmul::record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows,
                                            quant::supported_type_names()));
   }
   if (rows == 0 || cols == 0 || batch == 0 || cols % static_cast<uint32_t>(t->block_values) != 0 ||
-      cols % 32 != 0 || (y_stride != 0 && y_stride < rows)) {
+      cols % 32 != 0 || y_stride < rows) {
     return Status::InvalidArgument(fmt::format(
         "matmul: shape rows {} cols {} batch {} (y stride {}) is invalid for {} (all positive, cols a multiple of "
         "32 and of {}, y stride >= rows)", rows, cols, batch, y_stride, t->name, t->block_values));
-  }
-  // Rows per invocation: 4 for batches (each activation chunk loaded once serves 4 rows), 1 for decode.
-  const uint32_t rpt = batch > 1 ? 4 : 1;
-  const uint32_t tpr = threads_per_row(cols), rows_per_group = 64 / tpr * rpt;
-  const uint32_t groups_x = (rows + rows_per_group - 1) / rows_per_group;
-  const uint32_t groups_y = (batch + kBatchCols - 1) / kBatchCols;
-  if (groups_x > kMaxGroups || groups_y > kMaxGroups) {
-    return Status::InvalidArgument(fmt::format("matmul: rows {} or batch {} need more than {} workgroups (split the call)",
-                                               rows, batch, kMaxGroups));
   }
   const uint64_t rb = quant::row_bytes(type, cols);
   const uint64_t need_w = (rb * rows + 3) / 4 * 4, need_x = uint64_t{batch} * cols * (x_f16 ? 2 : 4), need_y = (uint64_t{batch - 1} * y_stride + rows) * 4;
@@ -88,14 +211,94 @@ Status Matmul::record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows,
         "matmul: buffers too small: weights {} (need {}), x {} (need {}), y {} (need {})", w.size, need_w,
         x.size, need_x, y.size, need_y));
   }
-  if (has_coopmat_ && batch >= kCoopmatMinBatch) {
-    Push push{rows, cols, batch, static_cast<uint32_t>(type), static_cast<uint32_t>(rb), tpr, y_stride, rpt};
-    vk::BufferRange bufs[3] = {w, x, y};
-    return s.dispatch(coopmat_[x_f16 ? 1 : 0], bufs, &push, sizeof(push), (rows + 63) / 64, (batch + 63) / 64);
-  }
-  Push push{rows, cols, batch, static_cast<uint32_t>(type), static_cast<uint32_t>(rb), tpr, y_stride, rpt};
   vk::BufferRange bufs[3] = {w, x, y};
-  return s.dispatch(rpt == 1 ? tiled_row_[x_f16 ? 1 : 0] : tiled_rows4_[x_f16 ? 1 : 0], bufs, &push, sizeof(push), groups_x, groups_y);
+  const uint32_t ty = static_cast<uint32_t>(type), xh = x_f16 ? 1 : 0;
+  if (batch >= kCoopmatMinBatch && path_ != MatmulPath::kTiled) {
+    TilePush push{rows, cols, batch, static_cast<uint32_t>(rb), y_stride, 1, 0, batch};
+    const MatmulTile tile = tile_for(rows, batch);
+    if (path_ == MatmulPath::kKhr) {
+      const KhrTile k = tile == MatmulTile::kSmall ? kKhrSmall : kKhrLarge;
+      auto p = pipeline("matmul_coopmat", {ty, xh, k.bm, k.bn, k.wg, k.sgm}, 3, k.wg);
+      if (!p.ok()) return p.status();
+      if (div_up(rows, k.bm) > kMaxGroups || div_up(batch, k.bn) > kMaxGroups) {
+        return Status::InvalidArgument(fmt::format("matmul: rows {} or batch {} need more than {} workgroups (split the call)", rows, batch, kMaxGroups));
+      }
+      return s.dispatch(**p, bufs, &push, sizeof(push), div_up(rows, k.bm), div_up(batch, k.bn));
+    }
+    const Cm2Tile c = tile == MatmulTile::kSmall ? kCm2Small : tile == MatmulTile::kMedium ? kCm2Medium : kCm2Large;
+    const uint32_t bk = cols % 64 == 0 ? 64 : 32;
+    auto p = pipeline("matmul_cm2", {ty, xh, c.bm, c.bn, 256, bk}, 3, 256);
+    if (!p.ok()) return p.status();
+    if (div_up(rows, c.bm) > kMaxGroups || div_up(batch, c.bn) > kMaxGroups) {
+      return Status::InvalidArgument(fmt::format("matmul: rows {} or batch {} need more than {} workgroups (split the call)", rows, batch, kMaxGroups));
+    }
+    return s.dispatch(**p, bufs, &push, sizeof(push), div_up(rows, c.bm), div_up(batch, c.bn));
+  }
+  // Rows per invocation: 4 for batches (each activation chunk loaded once serves 4 rows), 1 for decode.
+  const uint32_t rpt = batch > 1 ? 4 : 1;
+  const uint32_t tpr = threads_per_row(cols), rows_per_group = 64 / tpr * rpt;
+  const uint32_t groups_x = div_up(rows, rows_per_group), groups_y = div_up(batch, kBatchCols);
+  if (groups_x > kMaxGroups || groups_y > kMaxGroups) {
+    return Status::InvalidArgument(fmt::format("matmul: rows {} or batch {} need more than {} workgroups (split the call)",
+                                               rows, batch, kMaxGroups));
+  }
+  Push push{rows, cols, batch, ty, static_cast<uint32_t>(rb), tpr, y_stride, rpt};
+  return s.dispatch(rpt == 1 ? tiled_row_[xh] : tiled_rows4_[xh], bufs, &push, sizeof(push), groups_x, groups_y);
+}
+
+Status Matmul::record_grouped(vk::CommandStream& s, const GroupedMatmulCall& c, vk::BufferRange w, vk::BufferRange x,
+                              vk::BufferRange expert_offsets, vk::BufferRange row_ids, vk::BufferRange y) const {
+  auto t = quant::traits(c.type);
+  if (!t) {
+    return Status::Unsupported(fmt::format("grouped matmul: weight type {} is not supported (supported: {})",
+                                           quant::ggml_type_name(static_cast<uint32_t>(c.type)),
+                                           quant::supported_type_names()));
+  }
+  const uint32_t y_stride = c.y_stride ? c.y_stride : c.rows;
+  const uint64_t rb = quant::row_bytes(c.type, c.cols);
+  if (c.rows == 0 || c.cols == 0 || c.n_expert == 0 || c.x_rows == 0 || c.cols % 32 != 0 ||
+      c.cols % static_cast<uint32_t>(t->block_values) != 0 || y_stride < c.rows || c.expert_bytes % 16 != 0 ||
+      c.expert_bytes < rb * c.rows || c.expert_bytes * c.n_expert > UINT32_MAX) {
+    return Status::InvalidArgument(fmt::format(
+        "grouped matmul: shape rows {} cols {} experts {} x rows {} (expert bytes {}, y stride {}) is invalid for {} "
+        "(all positive, cols a multiple of 32 and of {}, expert bytes a multiple of 16, >= rows x row bytes, "
+        "all experts within 4 GiB, y stride >= rows)",
+        c.rows, c.cols, c.n_expert, c.x_rows, c.expert_bytes, y_stride, t->name, t->block_values));
+  }
+  if (c.slots == 0) return Status::Ok();
+  const uint64_t need_w = (c.expert_bytes * (c.n_expert - 1) + rb * c.rows + 3) / 4 * 4,
+                 need_x = uint64_t{c.x_rows} * c.cols * (c.x_f16 ? 2 : 4), need_y = (uint64_t{c.slots - 1} * y_stride + c.rows) * 4;
+  if (w.size < need_w || x.size < need_x || y.size < need_y || expert_offsets.size < (c.n_expert + 1) * 4ull ||
+      row_ids.size < c.slots * 4ull) {
+    return Status::InvalidArgument(fmt::format(
+        "grouped matmul: buffers too small: weights {} (need {}), x {} (need {}), y {} (need {}), expert offsets {} "
+        "(need {}), row ids {} (need {})", w.size, need_w, x.size, need_x, y.size, need_y, expert_offsets.size,
+        (c.n_expert + 1) * 4ull, row_ids.size, c.slots * 4ull));
+  }
+  vk::BufferRange bufs[5] = {w, x, y, expert_offsets, row_ids};
+  TilePush push{c.rows, c.cols, c.slots, static_cast<uint32_t>(rb), y_stride, c.n_expert,
+                static_cast<uint32_t>(c.expert_bytes), c.x_rows};
+  const uint32_t ty = static_cast<uint32_t>(c.type), xh = c.x_f16 ? 1 : 0;
+  if (path_ == MatmulPath::kTiled) {
+    auto p = pipeline("matmul_grouped_tiled", {ty, xh}, 5, 64);
+    if (!p.ok()) return p.status();
+    if (div_up(c.rows, 64) > kMaxGroups || div_up(c.slots, kGroupedSlots) > kMaxGroups) {
+      return Status::InvalidArgument(fmt::format("grouped matmul: rows {} or slots {} need more than {} workgroups (split the call)",
+                                                 c.rows, c.slots, kMaxGroups));
+    }
+    return s.dispatch(**p, bufs, &push, sizeof(push), div_up(c.rows, 64), div_up(c.slots, kGroupedSlots));
+  }
+  // Matrix units (the KHR kernel also on cm2 devices until a cm2 grouped form exists): workgroup y
+  // index j = the j-th (expert, slot tile) pair; ceil(slots / BN) + n_expert bounds their number.
+  const KhrTile k = tile_for(c.rows, c.slots, true) == MatmulTile::kSmall ? kKhrSmall : kKhrLarge;
+  auto p = pipeline("matmul_coopmat_grouped", {ty, xh, k.bm, k.bn, k.wg, k.sgm}, 5, k.wg);
+  if (!p.ok()) return p.status();
+  const uint64_t gy = div_up(c.slots, k.bn) + uint64_t{c.n_expert};
+  if (div_up(c.rows, k.bm) > kMaxGroups || gy > kMaxGroups) {
+    return Status::InvalidArgument(fmt::format("grouped matmul: rows {} or slots {} need more than {} workgroups (split the call)",
+                                               c.rows, c.slots, kMaxGroups));
+  }
+  return s.dispatch(**p, bufs, &push, sizeof(push), div_up(c.rows, k.bm), static_cast<uint32_t>(gy));
 }
 
 }  // namespace trove::ops

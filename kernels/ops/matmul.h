@@ -1,35 +1,95 @@
-// kernels/ops/matmul.h — weight × activation products on the GPU: y[b][r] = sum_c W[r][c] * x[b][c].
+// kernels/ops/matmul.h — weight × activation products on the GPU: y[b][r] = sum_c W[r][c] * x[b][c],
+// and the grouped form over MoE experts.
 //
-// Contract: W is a GGUF weight matrix (rows × cols, input dim contiguous, row_bytes(type, cols)
-// bytes per row) in a device buffer padded to a multiple of 4 bytes (the shader reads whole words); x is f32 [batch][cols] (f16 with x_f16); y is f32 [batch][y_stride]
-// (y_stride 0 = rows; larger when a big matrix is computed in row ranges). record() only
-// records one dispatch into the stream; the caller submits. Every kernels/quant type (F32 F16 BF16
-// Q8_0 Q4_K Q5_K Q6_K) through matmul_tiled.comp (any device: chunks of 32 values dequantized once
-// per tile of up to 8 batch columns; not yet the tensor-core path); other type ids are a named Unsupported error. Checked against
-// kernels/ref/matmul_ref.h.
+// Contract (Matmul): W is a GGUF weight matrix (rows × cols, input dim contiguous, row_bytes(type,
+// cols) bytes per row) in a device buffer padded to a multiple of 4 bytes (the shaders read whole
+// words); x is f32 [batch][cols] (f16 with x_f16); y is f32 [batch][y_stride] (y_stride 0 = rows;
+// larger when a big matrix is computed in row ranges). record() only records one dispatch into the
+// stream; the caller submits. Every kernels/quant type (F32 F16 BF16 Q8_0 Q4_K Q5_K Q6_K); other type
+// ids are a named Unsupported error. Checked against kernels/ref/matmul_ref.h.
+//
+// Paths (docs/kernels.md): batches below kCoopmatMinBatch always take matmul_tiled.comp (f32 math).
+// Larger ones take the path chosen at create(): NV cooperative matrix 2 (matmul_cm2.comp, NVIDIA),
+// else KHR cooperative matrix (matmul_coopmat.comp, any GPU with a 16×16×16 f16 shape and 32-wide
+// subgroups), else tiled. The matrix paths round activations and dequantized weights to f16 and
+// accumulate in f32 (bound: 2e-3 of the output norm). TROVE_MATMUL=cm2|khr|tiled forces a path (for
+// tests and benchmarks); a forced path the device lacks makes create() fail with the reason.
+// Matrix-unit pipelines are built on first use (one per weight type, activation type and tile), so
+// record() may create a pipeline; a Matmul is used from one thread at a time.
+//
+// Contract (grouped, record_grouped): MoE prefill in one dispatch over all experts of a layer.
+//  - w: the stacked expert matrices [n_expert][rows][cols], expert e at byte e·expert_bytes
+//    (expert_bytes a multiple of 16; for a GGUF *_exps tensor, rows·row_bytes).
+//  - x: f16 (x_f16, the default) or f32 activation rows [x_rows][cols].
+//  - expert_offsets: uint32 [n_expert + 1], non-decreasing, expert_offsets[0] = 0; slots
+//    expert_offsets[e] .. expert_offsets[e+1] belong to expert e (slots sorted by expert).
+//    expert_offsets[n_expert] must equal `slots`.
+//  - row_ids: uint32 [slots]; slot s multiplies x row row_ids[s] (< x_rows).
+//  - y: f32 [slots][y_stride]: row s = W[e] · x[row_ids[s]].
+// Both lists live on the GPU (written by the routing pass); the host passes only `slots`, which it
+// knows without reading anything back (tokens × experts per token). Experts with no slots cost
+// (almost) nothing: their workgroups return at once.
 #pragma once
+
+#include <memory>
+#include <string_view>
+#include <vector>
 
 #include "kernels/quant/quant.h"
 #include "kernels/vk/runtime.h"
 
 namespace trove::ops {
 
+enum class MatmulPath : uint8_t { kAuto, kTiled, kKhr, kCm2 };
+std::string_view matmul_path_name(MatmulPath p);  // "auto" "tiled" "khr" "cm2"
+
+// Tile of the matrix-unit paths; kAuto picks per shape. KHR: small 64×64, large 128×128 (medium
+// means large). cm2: small 64×64, medium 128×128, large 128×256. Forcible for benchmarks.
+enum class MatmulTile : uint8_t { kAuto, kSmall, kMedium, kLarge };
+
+struct GroupedMatmulCall {
+  quant::GgmlType type;
+  uint32_t rows = 0, cols = 0;     // of one expert matrix
+  uint32_t n_expert = 0;
+  uint64_t expert_bytes = 0;       // bytes between consecutive experts in w
+  uint32_t slots = 0;              // = expert_offsets[n_expert]
+  uint32_t x_rows = 0;             // rows of x (row_ids are below it)
+  uint32_t y_stride = 0;           // 0 = rows
+  bool x_f16 = true;
+};
+
 class Matmul {
  public:
-  static Result<Matmul> create(vk::Device& dev);
+  // path kAuto: TROVE_MATMUL if set (cm2, khr or tiled; TROVE_NO_COOPMAT=1 means tiled), else the
+  // best path the device has. A path the device lacks is an Unsupported error naming what is missing.
+  static Result<Matmul> create(vk::Device& dev, MatmulPath path = MatmulPath::kAuto);
+  // Whether `path` can run on `dev`; when not, `why` says what is missing.
+  static bool available(const vk::Device& dev, MatmulPath path, std::string* why = nullptr);
+
   Status record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows, uint32_t cols, uint32_t batch,
                 vk::BufferRange w, vk::BufferRange x, vk::BufferRange y, uint32_t y_stride = 0,
                 bool x_f16 = false) const;
-  // Whether batches of at least kCoopmatMinBatch go through the cooperative-matrix (tensor core)
-  // shader: activations rounded to f16, f32 accumulation. TROVE_NO_COOPMAT=1 turns it off.
-  bool uses_coopmat() const { return has_coopmat_; }
+  Status record_grouped(vk::CommandStream& s, const GroupedMatmulCall& call, vk::BufferRange w, vk::BufferRange x,
+                        vk::BufferRange expert_offsets, vk::BufferRange row_ids, vk::BufferRange y) const;
+
+  // The path of batches >= kCoopmatMinBatch (and of every grouped call).
+  MatmulPath path() const { return path_; }
+  bool uses_coopmat() const { return path_ == MatmulPath::kKhr || path_ == MatmulPath::kCm2; }
+  // The tile record() would use for this shape on the matrix path (kAuto on the tiled path).
+  MatmulTile tile_for(uint32_t rows, uint32_t batch, bool grouped = false) const;
+  void force_tile(MatmulTile t) { forced_tile_ = t; }  // benchmarks
   static constexpr uint32_t kCoopmatMinBatch = 32;
 
  private:
-  vk::Pipeline coopmat_[2];   // [f32, f16 activations] matrix units, batches >= kCoopmatMinBatch (when the device has them)
-  bool has_coopmat_ = false;
+  struct Cache;  // lazily built matrix-unit pipelines
+  vk::Device* dev_ = nullptr;
+  MatmulPath path_ = MatmulPath::kTiled;
+  MatmulTile forced_tile_ = MatmulTile::kAuto;
   vk::Pipeline tiled_row_[2];    // one row per invocation (decode); [f32, f16 activations]
   vk::Pipeline tiled_rows4_[2];  // four rows per invocation (batches)
+  std::shared_ptr<Cache> cache_;
+  Result<const vk::Pipeline*> pipeline(const char* shader, std::vector<uint32_t> spec, uint32_t bindings,
+                                       uint32_t local_size) const;
 };
 
 }  // namespace trove::ops

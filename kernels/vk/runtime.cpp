@@ -66,7 +66,11 @@ Result<std::unique_ptr<Device>> Device::open(const DeviceOptions& opts) {
 #endif
   VkApplicationInfo app{VK_STRUCTURE_TYPE_APPLICATION_INFO};
   app.pApplicationName = "trove";
-  app.apiVersion = VK_API_VERSION_1_2;
+  // Vulkan 1.3 where the loader has it: the NV cooperative-matrix-2 shaders are SPIR-V 1.6. Devices
+  // below 1.3 still work (the effective version is the lower of the two); 1.2 is the minimum.
+  uint32_t loader_version = VK_API_VERSION_1_0;
+  vkEnumerateInstanceVersion(&loader_version);
+  app.apiVersion = loader_version >= VK_API_VERSION_1_3 ? VK_API_VERSION_1_3 : VK_API_VERSION_1_2;
 
   std::vector<const char*> layers, exts;
   if (want_validation) {
@@ -170,6 +174,7 @@ Result<std::unique_ptr<Device>> Device::open(const DeviceOptions& opts) {
   f.max_push_constants_size = p.limits.maxPushConstantsSize;
   for (int i = 0; i < 3; ++i) f.max_compute_workgroup_count[i] = p.limits.maxComputeWorkGroupCount[i];
   f.max_compute_workgroup_invocations = p.limits.maxComputeWorkGroupInvocations;
+  f.max_compute_shared_memory = p.limits.maxComputeSharedMemorySize;
 
   VkPhysicalDeviceDriverProperties drv{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_DRIVER_PROPERTIES};
   VkPhysicalDeviceMaintenance3Properties m3{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_3_PROPERTIES};
@@ -186,17 +191,6 @@ Result<std::unique_ptr<Device>> Device::open(const DeviceOptions& opts) {
   f.subgroup_shuffle = sg_compute && (sg.supportedOperations & VK_SUBGROUP_FEATURE_SHUFFLE_BIT);
   f.max_memory_allocation_size = m3.maxMemoryAllocationSize;
 
-  VkPhysicalDeviceVulkan12Features f12{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES};
-  VkPhysicalDeviceVulkan11Features f11{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_1_FEATURES};
-  f11.pNext = &f12;
-  VkPhysicalDeviceFeatures2 fe2{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2};
-  fe2.pNext = &f11;
-  vkGetPhysicalDeviceFeatures2(d->physical_, &fe2);
-  f.fp16_arithmetic = f12.shaderFloat16;
-  f.int8_arithmetic = f12.shaderInt8;
-  f.storage_8bit = f12.storageBuffer8BitAccess;
-  f.storage_16bit = f11.storageBuffer16BitAccess;
-
   uint32_t ne = 0;
   vkEnumerateDeviceExtensionProperties(d->physical_, nullptr, &ne, nullptr);
   std::vector<VkExtensionProperties> dev_exts(ne);
@@ -204,6 +198,27 @@ Result<std::unique_ptr<Device>> Device::open(const DeviceOptions& opts) {
   auto has_ext = [&](const char* name) {
     return std::any_of(dev_exts.begin(), dev_exts.end(), [&](const VkExtensionProperties& e) { return std::strcmp(e.extensionName, name) == 0; });
   };
+
+  VkPhysicalDeviceVulkan12Features f12{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES};
+  VkPhysicalDeviceVulkan11Features f11{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_1_FEATURES};
+  f11.pNext = &f12;
+  VkPhysicalDeviceFeatures2 fe2{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2};
+  fe2.pNext = &f11;
+#ifdef VK_NV_cooperative_matrix2
+  // NV cooperative matrix 2: queried only where offered (the structs are unknown to older drivers).
+  f.cooperative_matrix2_offered = has_ext(VK_NV_COOPERATIVE_MATRIX_2_EXTENSION_NAME);
+  VkPhysicalDeviceCooperativeMatrix2FeaturesNV cm2f{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_2_FEATURES_NV};
+  if (f.cooperative_matrix2_offered) {
+    cm2f.pNext = fe2.pNext;
+    fe2.pNext = &cm2f;
+  }
+#endif
+  vkGetPhysicalDeviceFeatures2(d->physical_, &fe2);
+  f.fp16_arithmetic = f12.shaderFloat16;
+  f.int8_arithmetic = f12.shaderInt8;
+  f.storage_8bit = f12.storageBuffer8BitAccess;
+  f.storage_16bit = f11.storageBuffer16BitAccess;
+
   f.integer_dot_product = has_ext("VK_KHR_shader_integer_dot_product");
   f.cooperative_matrix = has_ext("VK_KHR_cooperative_matrix");
 #ifdef VK_KHR_cooperative_matrix
@@ -220,6 +235,34 @@ Result<std::unique_ptr<Device>> Device::open(const DeviceOptions& opts) {
           f.coopmat_shapes.push_back({cm[i].MSize, cm[i].NSize, cm[i].KSize, static_cast<uint32_t>(cm[i].AType),
                                       static_cast<uint32_t>(cm[i].BType), static_cast<uint32_t>(cm[i].CType),
                                       static_cast<uint32_t>(cm[i].ResultType), static_cast<uint32_t>(cm[i].scope)});
+        }
+      }
+    }
+  }
+#endif
+#ifdef VK_NV_cooperative_matrix2
+  // Workgroup-scope shapes (granularities per workgroup size) and the limits of NV cm2.
+  if (f.cooperative_matrix2_offered) {
+    VkPhysicalDeviceCooperativeMatrix2PropertiesNV cm2p{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_2_PROPERTIES_NV};
+    VkPhysicalDeviceProperties2 pp{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2};
+    pp.pNext = &cm2p;
+    vkGetPhysicalDeviceProperties2(d->physical_, &pp);
+    f.coopmat2_max_dimension = cm2p.cooperativeMatrixFlexibleDimensionsMaxDimension;
+    f.coopmat2_max_workgroup = cm2p.cooperativeMatrixWorkgroupScopeMaxWorkgroupSize;
+    f.coopmat2_reserved_shared = cm2p.cooperativeMatrixWorkgroupScopeReservedSharedMemory;
+    auto query = reinterpret_cast<PFN_vkGetPhysicalDeviceCooperativeMatrixFlexibleDimensionsPropertiesNV>(
+        vkGetInstanceProcAddr(d->instance_, "vkGetPhysicalDeviceCooperativeMatrixFlexibleDimensionsPropertiesNV"));
+    uint32_t count = 0;
+    if (query && query(d->physical_, &count, nullptr) == VK_SUCCESS && count > 0) {
+      std::vector<VkCooperativeMatrixFlexibleDimensionsPropertiesNV> fl(
+          count, {VK_STRUCTURE_TYPE_COOPERATIVE_MATRIX_FLEXIBLE_DIMENSIONS_PROPERTIES_NV});
+      if (query(d->physical_, &count, fl.data()) == VK_SUCCESS) {
+        for (uint32_t i = 0; i < count; ++i) {
+          if (fl[i].saturatingAccumulation) continue;
+          f.coopmat2_flexible.push_back({fl[i].MGranularity, fl[i].NGranularity, fl[i].KGranularity,
+                                         static_cast<uint32_t>(fl[i].AType), static_cast<uint32_t>(fl[i].BType),
+                                         static_cast<uint32_t>(fl[i].CType), static_cast<uint32_t>(fl[i].ResultType),
+                                         static_cast<uint32_t>(fl[i].scope), fl[i].workgroupInvocations});
         }
       }
     }
@@ -275,6 +318,30 @@ Result<std::unique_ptr<Device>> Device::open(const DeviceOptions& opts) {
     dexts.push_back("VK_KHR_cooperative_matrix");
   } else {
     f.coopmat_shapes.clear();  // not usable here: the kernels take their fallbacks
+  }
+#endif
+#ifdef VK_NV_cooperative_matrix2
+  // NV cooperative matrix 2 on top of the KHR one: the features trove's cm2 shaders declare
+  // (workgroup scope, flexible dimensions, tensor addressing, block loads; decode functions take
+  // buffer_reference pointers, hence buffer device address) and SPIR-V 1.6 (Vulkan 1.3). Left off
+  // under validation: Debian 12's layer predates the extension and rejects its feature struct.
+  VkPhysicalDeviceCooperativeMatrix2FeaturesNV cm2en{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_2_FEATURES_NV};
+  if (f.cooperative_matrix2_offered && !f.coopmat_shapes.empty() && !want_validation && !env_true("TROVE_VK_NO_CM2") &&
+      app.apiVersion >= VK_API_VERSION_1_3 && p.apiVersion >= VK_API_VERSION_1_3 && f12.bufferDeviceAddress &&
+      cm2f.cooperativeMatrixWorkgroupScope && cm2f.cooperativeMatrixFlexibleDimensions &&
+      cm2f.cooperativeMatrixTensorAddressing && cm2f.cooperativeMatrixBlockLoads) {
+    cm2en.cooperativeMatrixWorkgroupScope = VK_TRUE;
+    cm2en.cooperativeMatrixFlexibleDimensions = VK_TRUE;
+    cm2en.cooperativeMatrixTensorAddressing = VK_TRUE;
+    cm2en.cooperativeMatrixBlockLoads = VK_TRUE;
+    cm2en.cooperativeMatrixReductions = cm2f.cooperativeMatrixReductions;
+    cm2en.cooperativeMatrixConversions = cm2f.cooperativeMatrixConversions;
+    cm2en.cooperativeMatrixPerElementOperations = cm2f.cooperativeMatrixPerElementOperations;
+    cm2en.pNext = en.pNext;
+    en.pNext = &cm2en;
+    en12.bufferDeviceAddress = VK_TRUE;
+    dexts.push_back(VK_NV_COOPERATIVE_MATRIX_2_EXTENSION_NAME);
+    f.cooperative_matrix2 = true;
   }
 #endif
   VkDeviceCreateInfo dci{VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO};
@@ -371,6 +438,9 @@ Result<Buffer> Device::buffer(uint64_t bytes, Memory kind) {
   VkBufferCreateInfo bci{VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO};
   bci.size = bytes;
   bci.usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT | VK_BUFFER_USAGE_TRANSFER_DST_BIT;
+  // With buffer device address on (NV cm2 decode functions take pointers into the weight buffers),
+  // every buffer is addressable, as the cm2 path in llama.cpp's Vulkan backend runs them.
+  if (features_.cooperative_matrix2) bci.usage |= VK_BUFFER_USAGE_SHADER_DEVICE_ADDRESS_BIT;
   bci.sharingMode = VK_SHARING_MODE_EXCLUSIVE;
   TROVE_VK(vkCreateBuffer(device_, &bci, nullptr, &b.buffer_), "vkCreateBuffer");
   VkMemoryRequirements req;
@@ -385,6 +455,11 @@ Result<Buffer> Device::buffer(uint64_t bytes, Memory kind) {
   VkMemoryAllocateInfo mai{VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO};
   mai.allocationSize = req.size;
   mai.memoryTypeIndex = *mt;
+  VkMemoryAllocateFlagsInfo mafi{VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_FLAGS_INFO};
+  if (features_.cooperative_matrix2) {
+    mafi.flags = VK_MEMORY_ALLOCATE_DEVICE_ADDRESS_BIT;
+    mai.pNext = &mafi;
+  }
   VkResult r = vkAllocateMemory(device_, &mai, nullptr, &b.mem_);
   if (r != VK_SUCCESS) {
     return Status::ResourceExhausted(fmt::format("Vulkan: cannot allocate {} bytes of {} memory on '{}' (VkResult {})",

@@ -66,6 +66,21 @@ struct DeviceFeatures {
     uint32_t a, b, c, result, scope;
   };
   std::vector<CoopMatShape> coopmat_shapes;
+  // VK_NV_cooperative_matrix2 (NVIDIA): true when the device was created with its workgroup scope,
+  // flexible dimensions, tensor addressing and block loads, buffer device address and Vulkan 1.3
+  // (SPIR-V 1.6 shaders). Never under validation: Debian 12's layer (1.3.239) predates it, so a
+  // validated run takes the KHR path (docs/kernels.md). TROVE_VK_NO_CM2=1 also leaves it off.
+  bool cooperative_matrix2 = false;
+  bool cooperative_matrix2_offered = false;  // the extension is listed (whether or not enabled)
+  struct FlexShape {  // VkCooperativeMatrixFlexibleDimensionsPropertiesNV, as integers
+    uint32_t m_granularity, n_granularity, k_granularity;
+    uint32_t a, b, c, result, scope, invocations;
+  };
+  std::vector<FlexShape> coopmat2_flexible;
+  uint32_t coopmat2_max_dimension = 0;        // cooperativeMatrixFlexibleDimensionsMaxDimension
+  uint32_t coopmat2_max_workgroup = 0;        // cooperativeMatrixWorkgroupScopeMaxWorkgroupSize
+  uint32_t coopmat2_reserved_shared = 0;      // shared memory the driver keeps for workgroup matrices
+  uint32_t max_compute_shared_memory = 0;     // maxComputeSharedMemorySize (bytes)
   uint64_t max_storage_buffer_range = 0;
   uint64_t max_memory_allocation_size = 0;
   uint32_t max_push_constants_size = 0;

@@ -1,11 +1,20 @@
-// GPU matmul (kernels/ops/matmul.h) against the float64 reference (kernels/ref/matmul_ref.h) on
-// fresh random weights and activations, outputs NaN-poisoned before the dispatch. Bound: 1e-5
-// relative to the output norm (f32 accumulation over <= 1024 terms). Shapes are small for lavapipe
-// (< 5 s on 2 cores; row counts and batches not multiples of the tile); TROVE_KERNEL_FULL=1 adds a Qwen3-8B-sized matvec (4096 x 4096).
+// GPU matmul (kernels/ops/matmul.h) against the float64 reference (kernels/ref/matmul_ref.h) on fresh
+// random weights and activations, outputs NaN-poisoned before every dispatch.
+//
+// Paths: the tiled one always runs; the KHR cooperative-matrix and NV cooperative-matrix-2 ones run
+// where the device has them (each tile size forced in turn), and a path the device lacks must be
+// refused with its reason. TROVE_MATMUL=cm2|khr|tiled makes the path tests run that path only, and
+// then its absence FAILS the test (for the GPU runs: a forced path never passes by skipping).
+// Bounds: 1e-5 of the output norm on the tiled path (f32 math), 2e-3 on the matrix paths (f16
+// operands: ~5e-4 per product, f32 sums). Shapes are small for lavapipe (the file < 10 s on 2 cores):
+// row counts, batches and K not multiples of any tile; TROVE_KERNEL_FULL=1 adds the Qwen3-8B and
+// 30B-A3B shapes at batch 512 (reference on a sample of batch columns, to keep the CPU side short).
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -14,10 +23,19 @@
 #include "kernels/ref/matmul_ref.h"
 
 using namespace trove;
+using ops::MatmulPath;
+using ops::MatmulTile;
 using quant::GgmlType;
 
 namespace {
 constexpr uint32_t kNaN = 0x7fc00000u;
+const GgmlType kAllTypes[] = {GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0,
+                              GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
+
+bool full() {
+  const char* v = std::getenv("TROVE_KERNEL_FULL");
+  return v && std::string(v) == "1";
+}
 
 std::unique_ptr<vk::Device> open_device() {
   auto d = vk::Device::open();
@@ -28,9 +46,45 @@ std::unique_ptr<vk::Device> open_device() {
   return std::move(*d);
 }
 
+// The matrix paths to test: the forced one (TROVE_MATMUL), else every one the device has.
+std::vector<MatmulPath> matrix_paths(const vk::Device& dev) {
+  if (const char* env = std::getenv("TROVE_MATMUL"); env && *env) {
+    std::string v(env);
+    if (v == "cm2") return {MatmulPath::kCm2};
+    if (v == "khr") return {MatmulPath::kKhr};
+    return {};
+  }
+  std::vector<MatmulPath> out;
+  for (MatmulPath p : {MatmulPath::kKhr, MatmulPath::kCm2})
+    if (ops::Matmul::available(dev, p)) out.push_back(p);
+  return out;
+}
+
+std::vector<MatmulTile> tiles(MatmulPath p) {
+  if (p == MatmulPath::kCm2) return {MatmulTile::kSmall, MatmulTile::kMedium, MatmulTile::kLarge};
+  return {MatmulTile::kSmall, MatmulTile::kLarge};
+}
+
+const char* tile_name(MatmulTile t) {
+  switch (t) {
+    case MatmulTile::kAuto: return "auto";
+    case MatmulTile::kSmall: return "small";
+    case MatmulTile::kMedium: return "medium";
+    case MatmulTile::kLarge: return "large";
+  }
+  return "?";
+}
+
+struct Compared {
+  double err = 0, norm = 0;
+};
+
+// Runs one matmul and compares batch columns `cols_checked` (all when empty) with the reference.
 void check(vk::Device& dev, const ops::Matmul& op, GgmlType type, uint32_t rows, uint32_t cols, uint32_t batch,
-           uint64_t seed, double bound = 1e-5, bool x_f16 = false) {
-  SCOPED_TRACE(testing::Message() << "type " << static_cast<int>(type) << " " << rows << "x" << cols << " batch " << batch);
+           uint64_t seed, double bound, bool x_f16 = false, uint32_t sample = 0) {
+  SCOPED_TRACE(testing::Message() << "path " << ops::matmul_path_name(op.path()) << " type "
+                                  << quant::traits(type)->name << " " << rows << "x" << cols << " batch " << batch
+                                  << (x_f16 ? " x f16" : " x f32"));
   auto wbytes = kernels::ref::random_weights(type, rows, cols, 0.5f, seed);
   std::mt19937 rng(static_cast<uint32_t>(seed));
   std::normal_distribution<float> nd(0.0f, 1.0f);
@@ -44,12 +98,22 @@ void check(vk::Device& dev, const ops::Matmul& op, GgmlType type, uint32_t rows,
       v = quant::f16_to_f32(xh.back());
     }
   }
-  std::vector<float> expect(size_t{batch} * rows);
-  ASSERT_TRUE(kernels::ref::matmul({type, rows, cols, wbytes}, x, batch, expect).ok());
+  // Batch columns to check: all, or `sample` spread over the batch (first and last included).
+  std::vector<uint32_t> picked;
+  if (sample == 0 || sample >= batch) {
+    picked.resize(batch);
+    std::iota(picked.begin(), picked.end(), 0u);
+  } else {
+    for (uint32_t i = 0; i < sample; ++i) picked.push_back(static_cast<uint32_t>(uint64_t{i} * (batch - 1) / (sample - 1)));
+  }
+  std::vector<float> xs;
+  for (uint32_t b : picked) xs.insert(xs.end(), x.begin() + size_t{b} * cols, x.begin() + size_t{b + 1} * cols);
+  std::vector<float> expect(picked.size() * rows);
+  ASSERT_TRUE(kernels::ref::matmul({type, rows, cols, wbytes}, xs, static_cast<int64_t>(picked.size()), expect).ok());
 
   auto wb = dev.buffer((wbytes.size() + 3) / 4 * 4);
   auto xb = dev.buffer(x_f16 ? (xh.size() * 2 + 3) / 4 * 4 : x.size() * 4);
-  auto yb = dev.buffer(expect.size() * 4);
+  auto yb = dev.buffer(size_t{batch} * rows * 4);
   ASSERT_TRUE(wb.ok() && xb.ok() && yb.ok());
   ASSERT_TRUE(wb->upload(wbytes.data(), wbytes.size()).ok());
   ASSERT_TRUE((x_f16 ? xb->upload(xh.data(), xh.size() * 2) : xb->upload(x.data(), x.size() * 4)).ok());
@@ -59,74 +123,113 @@ void check(vk::Device& dev, const ops::Matmul& op, GgmlType type, uint32_t rows,
   Status st = op.record(*s, type, rows, cols, batch, *wb, *xb, *yb, 0, x_f16);
   ASSERT_TRUE(st.ok()) << st.ToString();
   ASSERT_TRUE(s->submit_and_wait().ok());
-  std::vector<float> got(expect.size());
+  std::vector<float> got(size_t{batch} * rows);
   ASSERT_TRUE(yb->download(got.data(), got.size() * 4).ok());
+  for (size_t i = 0; i < got.size(); ++i) ASSERT_TRUE(std::isfinite(got[i])) << "output " << i << " not written";
   double err2 = 0, ref2 = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    ASSERT_TRUE(std::isfinite(got[i])) << "output " << i << " not written";
-    err2 += (got[i] - expect[i]) * double(got[i] - expect[i]);
-    ref2 += double(expect[i]) * expect[i];
+  for (size_t j = 0; j < picked.size(); ++j) {
+    for (uint32_t r = 0; r < rows; ++r) {
+      const double g = got[size_t{picked[j]} * rows + r], e = expect[j * rows + r];
+      err2 += (g - e) * (g - e);
+      ref2 += e * e;
+    }
   }
-  EXPECT_LT(std::sqrt(err2), bound * std::sqrt(ref2));
+  EXPECT_LT(std::sqrt(err2), bound * std::sqrt(ref2)) << "relative error " << std::sqrt(err2 / ref2);
 }
 }  // namespace
 
 TEST(Matmul, MatchesReferenceForEachSupportedType) {
   auto dev = open_device();
   ASSERT_TRUE(dev);
-  auto op = ops::Matmul::create(*dev);
+  auto op = ops::Matmul::create(*dev, MatmulPath::kTiled);
   ASSERT_TRUE(op.ok()) << op.status().ToString();
   uint64_t seed = 1;
-  for (GgmlType type : {GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_K,
-                        GgmlType::Q5_K, GgmlType::Q6_K}) {
-    check(*dev, *op, type, 33, 256, 1, seed++);   // decode matvec, odd row count
-    check(*dev, *op, type, 17, 1024, 3, seed++);  // small batch, longer rows
-    check(*dev, *op, type, 70, 512, 11, seed++);  // batch across two column tiles, partial row group
-    if (quant::traits(type)->block_values <= 32) check(*dev, *op, type, 9, 96, 2, seed++);  // one invocation per row
+  for (GgmlType type : kAllTypes) {
+    check(*dev, *op, type, 33, 256, 1, seed++, 1e-5);   // decode matvec, odd row count
+    check(*dev, *op, type, 17, 1024, 3, seed++, 1e-5);  // small batch, longer rows
+    check(*dev, *op, type, 70, 512, 11, seed++, 1e-5);  // batch across two column tiles, partial row group
+    if (quant::traits(type)->block_values <= 32) check(*dev, *op, type, 9, 96, 2, seed++, 1e-5);  // one invocation per row
   }
-  if (const char* full = std::getenv("TROVE_KERNEL_FULL"); full && std::string(full) == "1") {
-    check(*dev, *op, GgmlType::Q4_K, 4096, 4096, 1, seed++);
-    check(*dev, *op, GgmlType::Q6_K, 4096, 4096, 1, seed++);
+  if (full()) {
+    check(*dev, *op, GgmlType::Q4_K, 4096, 4096, 1, seed++, 1e-5);
+    check(*dev, *op, GgmlType::Q6_K, 4096, 4096, 1, seed++, 1e-5);
   }
 }
 
-// Batches of >= 32 go through the cooperative-matrix shader where the device has matrix units (the
-// H100; not lavapipe, which runs the tiled path here): activations are rounded to f16 there, so the
-// bound is 2e-3 of the output norm (f16 keeps 11 bits: ~5e-4 per product, f32 sums).
-TEST(Matmul, LargeBatchesMatchReference) {
+// Batches >= 32 on the tiled path (lavapipe, or TROVE_MATMUL=tiled): f32 math.
+TEST(Matmul, LargeBatchesOnTheTiledPathMatchReference) {
   auto dev = open_device();
   ASSERT_TRUE(dev);
-  auto op = ops::Matmul::create(*dev);
+  auto op = ops::Matmul::create(*dev, MatmulPath::kTiled);
   ASSERT_TRUE(op.ok()) << op.status().ToString();
-  std::printf("matmul path for batches >= %u: %s\n", ops::Matmul::kCoopmatMinBatch,
-              op->uses_coopmat() ? "cooperative matrix (f16 x f16 -> f32)" : "tiled (f32)");
   uint64_t seed = 100;
-  for (GgmlType type : {GgmlType::F32, GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K}) {
-    check(*dev, *op, type, 64, 256, 64, seed++, 2e-3);    // one whole tile
-    check(*dev, *op, type, 100, 512, 37, seed++, 2e-3);   // partial tiles in both dimensions
+  for (GgmlType type : {GgmlType::F32, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K}) {
+    check(*dev, *op, type, 100, 512, 37, seed++, 1e-5);
+    check(*dev, *op, type, 100, 512, 37, seed++, 1e-5, true);
   }
 }
 
-TEST(Matmul, F16ActivationsMatchReference) {
+// Every matrix-unit path the device has (or the one TROVE_MATMUL forces), every weight type, every
+// tile, f16 and f32 activations, partial tiles in rows and batch, K not a multiple of 256 where the
+// type allows it.
+TEST(Matmul, MatrixPathsMatchReference) {
   auto dev = open_device();
   ASSERT_TRUE(dev);
-  auto op = ops::Matmul::create(*dev);
-  ASSERT_TRUE(op.ok()) << op.status().ToString();
-  uint64_t seed = 200;
-  for (GgmlType type : {GgmlType::F32, GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K}) {
-    check(*dev, *op, type, 33, 256, 1, seed++, 1e-5, true);    // decode
-    check(*dev, *op, type, 70, 512, 11, seed++, 1e-5, true);   // small batch, tiled path
-    check(*dev, *op, type, 100, 512, 37, seed++, 2e-3, true);  // matrix units where present
+  const auto paths = matrix_paths(*dev);
+  std::printf("matrix-unit matmul paths on '%s':", dev->features().name.c_str());
+  for (MatmulPath p : paths) std::printf(" %s", std::string(ops::matmul_path_name(p)).c_str());
+  std::printf("%s\n", paths.empty() ? " none (the tiled path covers batches here)" : "");
+  uint64_t seed = 300;
+  for (MatmulPath path : paths) {
+    auto op = ops::Matmul::create(*dev, path);
+    ASSERT_TRUE(op.ok()) << "TROVE_MATMUL / path " << ops::matmul_path_name(path) << ": " << op.status().ToString();
+    ASSERT_EQ(op->path(), path);
+    for (MatmulTile tile : tiles(path)) {
+      SCOPED_TRACE(testing::Message() << "tile " << tile_name(tile));
+      op->force_tile(tile);
+      for (GgmlType type : kAllTypes) {
+        const bool small_blocks = quant::traits(type)->block_values <= 32;
+        check(*dev, *op, type, 100, 512, 37, seed++, 2e-3, true);    // partial tiles both ways
+        check(*dev, *op, type, 130, 256, 200, seed++, 2e-3, false);  // f32 activations, > one 128 tile
+        if (small_blocks) check(*dev, *op, type, 64, 96, 33, seed++, 2e-3, true);  // K = 96: 3 steps of 32
+        if (small_blocks) check(*dev, *op, type, 257, 160, 64, seed++, 2e-3, true);
+      }
+    }
+    op->force_tile(MatmulTile::kAuto);
+    if (full()) {
+      struct Shape { GgmlType type; uint32_t rows, cols; };
+      const Shape shapes[] = {{GgmlType::Q4_K, 4096, 4096},  {GgmlType::Q4_K, 1024, 4096}, {GgmlType::Q4_K, 12288, 4096},
+                              {GgmlType::Q6_K, 4096, 12288}, {GgmlType::Q6_K, 151936, 4096}, {GgmlType::Q4_K, 4096, 2048},
+                              {GgmlType::Q8_0, 4096, 4096}};
+      for (const auto& sh : shapes) {
+        for (uint32_t batch : {512u, 2048u}) check(*dev, *op, sh.type, sh.rows, sh.cols, batch, seed++, 2e-3, true, 24);
+      }
+    }
   }
-  if (const char* full = std::getenv("TROVE_KERNEL_FULL"); full && std::string(full) == "1") {
-    check(*dev, *op, GgmlType::Q4_K, 4096, 4096, 512, seed++, 2e-3);
+}
+
+// A matrix path the device lacks is refused with the reason, never silently replaced.
+TEST(Matmul, MissingMatrixPathIsRefused) {
+  auto dev = open_device();
+  ASSERT_TRUE(dev);
+  int refused = 0;
+  for (MatmulPath p : {MatmulPath::kKhr, MatmulPath::kCm2}) {
+    std::string why;
+    if (ops::Matmul::available(*dev, p, &why)) continue;
+    auto op = ops::Matmul::create(*dev, p);
+    ASSERT_FALSE(op.ok()) << ops::matmul_path_name(p);
+    EXPECT_EQ(op.status().code(), StatusCode::kUnsupported);
+    EXPECT_NE(op.status().message().find(std::string(ops::matmul_path_name(p))), std::string::npos) << op.status().message();
+    EXPECT_NE(op.status().message().find(why), std::string::npos) << op.status().message();
+    ++refused;
   }
+  std::printf("matrix paths refused here: %d\n", refused);
 }
 
 TEST(Matmul, UnsupportedTypeAndBadShapeAreNamed) {
   auto dev = open_device();
   ASSERT_TRUE(dev);
-  auto op = ops::Matmul::create(*dev);
+  auto op = ops::Matmul::create(*dev, MatmulPath::kTiled);
   ASSERT_TRUE(op.ok());
   auto b = dev->buffer(1 << 16);
   ASSERT_TRUE(b.ok());
@@ -139,4 +242,134 @@ TEST(Matmul, UnsupportedTypeAndBadShapeAreNamed) {
   EXPECT_NE(st.message().find("multiple of 32"), std::string::npos) << st.message();
   st = op->record(*s, GgmlType::F32, 4096, 4096, 1, *b, *b, *b);
   EXPECT_NE(st.message().find("too small"), std::string::npos) << st.message();
+}
+
+// ---- grouped GEMM (MoE prefill)
+
+namespace {
+// Runs the grouped GEMM for slot counts per expert `counts` (row_ids a random gather of x rows) and
+// compares every slot with the reference applied to its expert's matrix.
+void check_grouped(vk::Device& dev, const ops::Matmul& op, GgmlType type, uint32_t rows, uint32_t cols,
+                   const std::vector<uint32_t>& counts, uint32_t x_rows, uint64_t seed, double bound, bool x_f16 = true,
+                   uint32_t sample = 0) {
+  const uint32_t E = static_cast<uint32_t>(counts.size());
+  SCOPED_TRACE(testing::Message() << "grouped path " << ops::matmul_path_name(op.path()) << " type "
+                                  << quant::traits(type)->name << " " << rows << "x" << cols << " experts " << E);
+  const uint64_t rb = quant::row_bytes(type, cols), eb = (rb * rows + 15) / 16 * 16;
+  std::vector<uint8_t> w(eb * E, 0);
+  std::vector<std::vector<uint8_t>> ew;
+  for (uint32_t e = 0; e < E; ++e) {
+    ew.push_back(kernels::ref::random_weights(type, rows, cols, 0.5f, seed * 1000 + e));
+    std::copy(ew.back().begin(), ew.back().end(), w.begin() + static_cast<ptrdiff_t>(e * eb));
+  }
+  std::mt19937 rng(static_cast<uint32_t>(seed));
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> x(size_t{x_rows} * cols);
+  std::vector<uint16_t> xh;
+  for (auto& v : x) {
+    v = nd(rng);
+    if (x_f16) {
+      xh.push_back(quant::f32_to_f16(v));
+      v = quant::f16_to_f32(xh.back());
+    }
+  }
+  std::vector<uint32_t> offsets(E + 1, 0), ids;
+  for (uint32_t e = 0; e < E; ++e) offsets[e + 1] = offsets[e] + counts[e];
+  const uint32_t slots = offsets[E];
+  std::uniform_int_distribution<uint32_t> pick(0, x_rows - 1);
+  for (uint32_t s = 0; s < slots; ++s) ids.push_back(pick(rng));
+
+  auto wb = dev.buffer(w.size()), xb = dev.buffer(x_f16 ? (xh.size() * 2 + 3) / 4 * 4 : x.size() * 4),
+       ob = dev.buffer(offsets.size() * 4), ib = dev.buffer(std::max<size_t>(ids.size(), 1) * 4),
+       yb = dev.buffer(std::max<size_t>(size_t{slots} * rows, 1) * 4);
+  ASSERT_TRUE(wb.ok() && xb.ok() && ob.ok() && ib.ok() && yb.ok());
+  ASSERT_TRUE(wb->upload(w.data(), w.size()).ok());
+  ASSERT_TRUE((x_f16 ? xb->upload(xh.data(), xh.size() * 2) : xb->upload(x.data(), x.size() * 4)).ok());
+  ASSERT_TRUE(ob->upload(offsets.data(), offsets.size() * 4).ok());
+  if (!ids.empty()) ASSERT_TRUE(ib->upload(ids.data(), ids.size() * 4).ok());
+  ASSERT_TRUE(yb->fill(kNaN).ok());
+  auto s = dev.stream();
+  ASSERT_TRUE(s.ok());
+  ops::GroupedMatmulCall call{type, rows, cols, E, eb, slots, x_rows, 0, x_f16};
+  Status st = op.record_grouped(*s, call, *wb, *xb, *ob, *ib, *yb);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  ASSERT_TRUE(s->submit_and_wait().ok());
+  std::vector<float> got(size_t{slots} * rows);
+  if (slots) ASSERT_TRUE(yb->download(got.data(), got.size() * 4).ok());
+  for (size_t i = 0; i < got.size(); ++i) ASSERT_TRUE(std::isfinite(got[i])) << "slot " << i / rows << " not written";
+  double err2 = 0, ref2 = 0;
+  const uint32_t step = sample && slots > sample ? slots / sample : 1;
+  for (uint32_t e = 0; e < E; ++e) {
+    for (uint32_t sl = offsets[e]; sl < offsets[e + 1]; ++sl) {
+      if ((sl - offsets[e]) % step != 0 && sl + 1 != offsets[e + 1]) continue;
+      std::vector<float> xr(x.begin() + size_t{ids[sl]} * cols, x.begin() + size_t{ids[sl] + 1} * cols), want(rows);
+      ASSERT_TRUE(kernels::ref::matmul({type, rows, cols, ew[e]}, xr, 1, want).ok());
+      for (uint32_t r = 0; r < rows; ++r) {
+        const double g = got[size_t{sl} * rows + r];
+        err2 += (g - want[r]) * (g - want[r]);
+        ref2 += double(want[r]) * want[r];
+      }
+    }
+  }
+  if (slots) EXPECT_LT(std::sqrt(err2), bound * std::sqrt(ref2)) << "relative error " << std::sqrt(err2 / ref2);
+}
+
+std::vector<MatmulPath> grouped_paths(const vk::Device& dev) {
+  std::vector<MatmulPath> out;
+  if (const char* env = std::getenv("TROVE_MATMUL"); env && *env) {
+    std::string v(env);
+    out.push_back(v == "cm2" ? MatmulPath::kCm2 : v == "khr" ? MatmulPath::kKhr : MatmulPath::kTiled);
+    return out;
+  }
+  out.push_back(MatmulPath::kTiled);
+  for (MatmulPath p : {MatmulPath::kKhr, MatmulPath::kCm2})
+    if (ops::Matmul::available(dev, p)) out.push_back(p);
+  return out;
+}
+}  // namespace
+
+// Adversarial distributions: every slot to one expert (the last), experts without slots between
+// others, single slots, an uneven random spread; several weight types and both activation types.
+TEST(GroupedMatmul, MatchesReferenceForAdversarialRoutings) {
+  auto dev = open_device();
+  ASSERT_TRUE(dev);
+  uint64_t seed = 500;
+  for (MatmulPath path : grouped_paths(*dev)) {
+    auto op = ops::Matmul::create(*dev, path);
+    ASSERT_TRUE(op.ok()) << op.status().ToString();
+    const double bound = path == MatmulPath::kTiled ? 1e-5 : 2e-3;
+    for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q8_0, GgmlType::F16, GgmlType::Q6_K}) {
+      check_grouped(*dev, *op, type, 96, 256, {0, 0, 0, 0, 0, 0, 0, 70}, 40, seed++, bound);  // all to one expert
+      check_grouped(*dev, *op, type, 96, 256, {5, 0, 0, 1, 0, 33, 0, 2}, 30, seed++, bound);  // empty experts between
+      check_grouped(*dev, *op, type, 80, 256, {0, 1, 0, 0, 0, 0, 0, 0}, 1, seed++, bound);    // one slot
+    }
+    check_grouped(*dev, *op, GgmlType::Q5_K, 130, 512, {17, 3, 64, 0, 9, 1, 70, 12}, 64, seed++, bound, false);  // f32 x
+    check_grouped(*dev, *op, GgmlType::BF16, 64, 96, {2, 0, 7}, 5, seed++, bound);
+    if (full()) {
+      // Qwen3-30B-A3B prefill at 512 tokens × 8 experts: gate/up 768 × 2048, down 2048 × 768.
+      std::mt19937 rng(7);
+      std::vector<uint32_t> counts(128, 0);
+      for (uint32_t i = 0; i < 512 * 8; ++i) ++counts[std::min<uint32_t>(127, static_cast<uint32_t>(std::abs(std::normal_distribution<float>(0, 40)(rng))))];
+      check_grouped(*dev, *op, GgmlType::Q4_K, 768, 2048, counts, 512, seed++, path == MatmulPath::kTiled ? 1e-5 : 2e-3, true, 64);
+      check_grouped(*dev, *op, GgmlType::Q6_K, 2048, 768, counts, 4096, seed++, path == MatmulPath::kTiled ? 1e-5 : 2e-3, true, 64);
+    }
+  }
+}
+
+TEST(GroupedMatmul, NoSlotsIsANoOpAndBadShapesAreNamed) {
+  auto dev = open_device();
+  ASSERT_TRUE(dev);
+  auto op = ops::Matmul::create(*dev, MatmulPath::kTiled);
+  ASSERT_TRUE(op.ok());
+  auto b = dev->buffer(1 << 16);
+  ASSERT_TRUE(b.ok());
+  auto s = dev->stream();
+  ASSERT_TRUE(s.ok());
+  ops::GroupedMatmulCall call{GgmlType::Q4_K, 64, 256, 4, 64 * 144, 0, 8, 0, true};
+  EXPECT_TRUE(op->record_grouped(*s, call, *b, *b, *b, *b, *b).ok());
+  call.slots = 16;
+  call.expert_bytes = 100;  // not a multiple of 16
+  Status st = op->record_grouped(*s, call, *b, *b, *b, *b, *b);
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("expert bytes"), std::string::npos) << st.message();
 }

@@ -5,7 +5,7 @@
 //
 //   build/bench/kernels/bench_kernels [--reps N] [--quick] [--only TEXT] [--sweep]
 //
-// --only TEXT runs the sections (matmul, matvec, attention, elementwise) whose name contains TEXT or
+// --only TEXT runs the sections (matmul, matvec, gemm, grouped, attention, elementwise) whose name contains TEXT or
 // that TEXT starts with, and of those only the rows whose "op shape" contains what follows the section
 // name: `--only matvec`, `--only "matvec head"`, `--only "matvec Q6_K 8B"`. The copy row always runs.
 // --sweep adds matvec rows for every work split (rows per group × workgroup size, bench_matvec.cpp).
@@ -13,6 +13,11 @@
 // Matvec rows (decode, batch 1..8, bench_matvec.cpp): ops::Matvec with the fusions the engine uses
 // (fused QKV with the attention norm, gate+up with SwiGLU, down added into the residual), weights
 // rotated over enough copies that the L2 cannot hold them; GB/s = weight bytes read / time.
+//
+// Gemm rows (prefill, bench gemm section): batches 512 and 2048 on every matmul path the device has
+// (tiled, khr, cm2), each tile forced and the automatic choice ("tile auto = <choice>"), f16
+// activations; the row label is "<path> <tile> <type> <model> <matrix>": `--only "gemm cm2"`,
+// `--only "gemm khr large"`. Grouped rows: the 30B-A3B experts of one layer in one dispatch per path.
 //
 // Attention rows: decode (1 token) at depth, and 512-token prefill chunks at depths 512/4096/16384 on
 // each kernel (per-token, prefill tiled, prefill cooperative-matrix where the device has it), plus
@@ -91,7 +96,7 @@ int main(int argc, char** argv) {
   app.add_option("--reps", reps, "Dispatches per measurement");
   app.add_flag("--quick", quick, "Small shapes only (a smoke run on a CPU device)");
   std::string only;
-  app.add_option("--only", only, "Sections (matmul, matvec, attention, elementwise) by name or prefix, then rows by "
+  app.add_option("--only", only, "Sections (matmul, matvec, gemm, grouped, attention, elementwise) by name or prefix, then rows by "
                                  "substring: 'matvec', 'matvec head', 'matvec Q6_K 8B'");
   bool sweep = false;
   app.add_flag("--sweep", sweep, "Also time every matvec work split (rows per group x workgroup size)");
@@ -128,11 +133,13 @@ int main(int argc, char** argv) {
       {"30B-A3B", "head", 151936, 2048}};
   if (quick) mats = {{"tiny", "q", 512, 256}, {"tiny", "head", 4096, 256}};
   if (!section("matmul")) mats.clear();
-  auto mm = ops::Matmul::create(dev);
+  auto keep = row_filter("matmul");
+  auto mm = ops::Matmul::create(dev, ops::MatmulPath::kTiled);
   if (!mm.ok()) return fail(mm.status());
   for (const auto& m : mats) {
     for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q6_K}) {
-      for (uint32_t batch : {1u, quick ? 8u : 512u}) {
+      for (uint32_t batch : {1u}) {
+        if (!keep(fmt::format("{} {} {}", quant::traits(type)->name, m.model, m.name))) continue;
         const uint32_t rows_per_call = std::min<uint32_t>(m.rows, 32768);
         const uint64_t wbytes = quant::row_bytes(type, m.cols) * uint64_t{m.rows};
         auto w = filled(dev, wbytes), x = filled(dev, uint64_t{batch} * m.cols * 4, 0x3f800000u),
@@ -153,6 +160,105 @@ int main(int argc, char** argv) {
         rows.push_back({fmt::format("matmul {}", quant::traits(type)->name),
                         fmt::format("{} {} {}x{} b{}", m.model, m.name, m.rows, m.cols, batch), *t, bytes / *t / 1e3,
                         2.0 * m.rows * m.cols * batch / *t / 1e6});
+      }
+    }
+  }
+
+  // ---- gemm: batches of 512 and 2048 per matmul path and tile, f16 activations (what prefill feeds)
+  struct Gemm { const char* model; const char* name; uint32_t rows, cols; GgmlType type; };
+  std::vector<Gemm> gemms = {{"8B", "attn_q/o", 4096, 4096, GgmlType::Q4_K},      {"8B", "attn_kv", 1024, 4096, GgmlType::Q4_K},
+                             {"8B", "ffn_gate/up", 12288, 4096, GgmlType::Q4_K}, {"8B", "ffn_down", 4096, 12288, GgmlType::Q6_K},
+                             {"8B", "head", 151936, 4096, GgmlType::Q6_K},       {"30B-A3B", "attn_q", 4096, 2048, GgmlType::Q4_K}};
+  std::vector<uint32_t> gemm_batches = {512, 2048};
+  if (quick) {
+    gemms = {{"tiny", "q", 512, 256, GgmlType::Q4_K}};
+    gemm_batches = {64};
+  }
+  std::vector<ops::MatmulPath> gemm_paths = {ops::MatmulPath::kTiled};
+  for (auto p : {ops::MatmulPath::kKhr, ops::MatmulPath::kCm2})
+    if (ops::Matmul::available(dev, p)) gemm_paths.push_back(p);
+  const char* tile_names[] = {"auto", "small", "medium", "large"};
+  auto keep_gemm = row_filter("gemm");
+  auto keep_grouped = row_filter("grouped");
+  for (ops::MatmulPath path : gemm_paths) {
+    if (!section("gemm") && !section("grouped")) break;
+    auto op = ops::Matmul::create(dev, path);
+    if (!op.ok()) return fail(op.status());
+    std::vector<ops::MatmulTile> tiles = {ops::MatmulTile::kAuto};
+    if (path == ops::MatmulPath::kKhr) tiles = {ops::MatmulTile::kAuto, ops::MatmulTile::kSmall, ops::MatmulTile::kLarge};
+    if (path == ops::MatmulPath::kCm2) {
+      tiles = {ops::MatmulTile::kAuto, ops::MatmulTile::kSmall, ops::MatmulTile::kMedium, ops::MatmulTile::kLarge};
+    }
+    const std::string pname(ops::matmul_path_name(path));
+    for (const auto& g : gemms) {
+      for (uint32_t batch : gemm_batches) {
+        for (ops::MatmulTile tile : tiles) {
+          op->force_tile(tile);
+          const ops::MatmulTile used = op->tile_for(std::min<uint32_t>(g.rows, 32768), batch);
+          const std::string label = fmt::format("{} {} {} {} {}", pname, tile_names[static_cast<int>(tile)],
+                                                quant::traits(g.type)->name, g.model, g.name);
+          if (!section("gemm") || !keep_gemm(label)) continue;
+          const uint32_t rows_per_call = std::min<uint32_t>(g.rows, 32768);
+          const uint64_t rb = quant::row_bytes(g.type, g.cols), wbytes = rb * uint64_t{g.rows};
+          auto w = filled(dev, wbytes, 0x11111111u), x = filled(dev, uint64_t{batch} * g.cols * 2, 0x3c003c00u),
+               y = filled(dev, uint64_t{batch} * g.rows * 4);
+          if (!w.ok() || !x.ok() || !y.ok()) return fail(Status::ResourceExhausted("buffers for gemm " + std::string(g.name)));
+          auto t = time_op(dev, reps, [&](vk::CommandStream& s) -> Status {
+            for (uint32_t r0 = 0; r0 < g.rows; r0 += rows_per_call) {
+              const uint32_t n = std::min(rows_per_call, g.rows - r0);
+              vk::BufferRange wr(*w, uint64_t{r0} * rb, (n * rb + 3) / 4 * 4);
+              vk::BufferRange yr(*y, uint64_t{r0} * 4, (uint64_t{batch - 1} * g.rows + n) * 4);
+              TROVE_RETURN_IF_ERROR(op->record(s, g.type, n, g.cols, batch, wr, *x, yr, g.rows, true));
+            }
+            return Status::Ok();
+          });
+          if (!t.ok()) return fail(t.status());
+          const double bytes = wbytes + 2.0 * batch * g.cols + 4.0 * batch * g.rows;
+          rows.push_back({fmt::format("gemm {} {} (tile {}{}) x f16", pname, quant::traits(g.type)->name,
+                                      tile_names[static_cast<int>(tile)],
+                                      tile == ops::MatmulTile::kAuto && path != ops::MatmulPath::kTiled
+                                          ? fmt::format(" = {}", tile_names[static_cast<int>(used)])
+                                          : ""),
+                          fmt::format("{} {} {}x{} b{}", g.model, g.name, g.rows, g.cols, batch), *t, bytes / *t / 1e3,
+                          2.0 * g.rows * g.cols * batch / *t / 1e6});
+        }
+      }
+    }
+    op->force_tile(ops::MatmulTile::kAuto);
+
+    // ---- grouped: the 30B-A3B experts of one layer (128 × [768 × 2048] gate or up, 128 × [2048 × 768]
+    // down), tokens × 8 slots spread evenly (the balanced case; the tests cover skewed ones).
+    struct Grouped { const char* name; uint32_t rows, cols; GgmlType type; };
+    std::vector<Grouped> groups = {{"expert gate/up", 768, 2048, GgmlType::Q4_K}, {"expert down", 2048, 768, GgmlType::Q6_K}};
+    uint32_t n_expert = 128, top_k = 8;
+    std::vector<uint32_t> token_counts = {512, 2048};
+    if (quick) {
+      groups = {{"expert", 64, 256, GgmlType::Q4_K}};
+      n_expert = 8;
+      token_counts = {16};
+    }
+    for (const auto& g : groups) {
+      for (uint32_t tokens : token_counts) {
+        const std::string label = fmt::format("{} {} 30B-A3B {}", pname, quant::traits(g.type)->name, g.name);
+        if (!section("grouped") || !keep_grouped(label)) continue;
+        const uint32_t slots = tokens * top_k;
+        const uint64_t rb = quant::row_bytes(g.type, g.cols), eb = (rb * g.rows + 15) / 16 * 16;
+        std::vector<uint32_t> offsets(n_expert + 1), ids(slots);
+        for (uint32_t e = 0; e <= n_expert; ++e) offsets[e] = static_cast<uint32_t>(uint64_t{slots} * e / n_expert);
+        for (uint32_t s = 0; s < slots; ++s) ids[s] = s / top_k;
+        auto w = filled(dev, eb * n_expert, 0x11111111u), x = filled(dev, uint64_t{tokens} * g.cols * 2, 0x3c003c00u),
+             y = filled(dev, uint64_t{slots} * g.rows * 4);
+        auto ob = dev.buffer(offsets.size() * 4), ib = dev.buffer(ids.size() * 4);
+        if (!w.ok() || !x.ok() || !y.ok() || !ob.ok() || !ib.ok()) return fail(Status::ResourceExhausted("grouped buffers"));
+        if (auto st = ob->upload(offsets.data(), offsets.size() * 4); !st.ok()) return fail(st);
+        if (auto st = ib->upload(ids.data(), ids.size() * 4); !st.ok()) return fail(st);
+        ops::GroupedMatmulCall call{g.type, g.rows, g.cols, n_expert, eb, slots, tokens, 0, true};
+        auto t = time_op(dev, reps, [&](vk::CommandStream& s) { return op->record_grouped(s, call, *w, *x, *ob, *ib, *y); });
+        if (!t.ok()) return fail(t.status());
+        const double bytes = double(eb) * n_expert + 2.0 * tokens * g.cols + 4.0 * slots * g.rows;
+        rows.push_back({fmt::format("grouped {} {} x f16", pname, quant::traits(g.type)->name),
+                        fmt::format("30B-A3B {} {}x{}, {} experts, {} tokens x {}", g.name, g.rows, g.cols, n_expert, tokens, top_k),
+                        *t, bytes / *t / 1e3, 2.0 * g.rows * g.cols * slots / *t / 1e6});
       }
     }
   }

@@ -177,4 +177,51 @@ Status GetRows::record(vk::CommandStream& s, const vk::Buffer& table, const vk::
   return s.dispatch(pipeline_, b, &push, sizeof(push), gx, ntokens);
 }
 
+// ---- f16-output variants (prefill)
+Result<RmsNormF16> RmsNormF16::create(vk::Device& dev) {
+  auto p = dev.pipeline({"rms_norm_f16out", {}, 8, 3, kLocal});
+  if (!p.ok()) return p.status();
+  RmsNormF16 op;
+  op.pipeline_ = std::move(*p);
+  return op;
+}
+Status RmsNormF16::record(vk::CommandStream& s, const vk::Buffer& x, const vk::Buffer& w, const vk::Buffer& out,
+                          uint32_t rows, uint32_t ncols, float eps) const {
+  if (ncols % 2 != 0) return Status::InvalidArgument(fmt::format("rms_norm f16: {} columns; the f16 output needs an even count", ncols));
+  const uint64_t n = uint64_t{rows} * ncols;
+  TROVE_RETURN_IF_ERROR(need("rms_norm f16", "x", x, n * 4));
+  TROVE_RETURN_IF_ERROR(need("rms_norm f16", "weight", w, uint64_t{ncols} * 4));
+  TROVE_RETURN_IF_ERROR(need("rms_norm f16", "out", out, n * 2));
+  struct { uint32_t ncols; float eps; } push{ncols, eps};
+  uint32_t gx, gy;
+  grid(rows, &gx, &gy);
+  if (uint64_t{gx} * gy != rows && gy > 1) {
+    for (gx = kMaxGroupsX; gx > 1 && rows % gx; --gx) {}  // the row is x + y·NumWorkGroups.x: tile exactly
+    gy = rows / gx;
+  }
+  vk::BufferRange b[3] = {x, w, out};
+  return s.dispatch(pipeline_, b, &push, sizeof(push), gx, gy);
+}
+
+Result<SwiGluF16> SwiGluF16::create(vk::Device& dev) {
+  auto p = dev.pipeline({"swiglu_f16out", {}, 8, 3, kLocal});
+  if (!p.ok()) return p.status();
+  SwiGluF16 op;
+  op.pipeline_ = std::move(*p);
+  return op;
+}
+Status SwiGluF16::record(vk::CommandStream& s, const vk::Buffer& gate, const vk::Buffer& up, const vk::Buffer& out,
+                         uint32_t n) const {
+  if (n % 2 != 0) return Status::InvalidArgument(fmt::format("swiglu f16: {} values; the f16 output needs an even count", n));
+  TROVE_RETURN_IF_ERROR(need("swiglu f16", "gate", gate, uint64_t{n} * 4));
+  TROVE_RETURN_IF_ERROR(need("swiglu f16", "up", up, uint64_t{n} * 4));
+  TROVE_RETURN_IF_ERROR(need("swiglu f16", "out", out, uint64_t{n} * 2));
+  const uint32_t pairs = n / 2;
+  uint32_t gx, gy;
+  grid((pairs + kLocal - 1) / kLocal, &gx, &gy);
+  struct { uint32_t n, row_groups; } push{pairs, gx};
+  vk::BufferRange b[3] = {gate, up, out};
+  return s.dispatch(pipeline_, b, &push, sizeof(push), gx, gy);
+}
+
 }  // namespace trove::ops

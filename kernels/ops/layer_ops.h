@@ -71,4 +71,25 @@ class GetRows {
   quant::GgmlType type_{};
 };
 
+// f16-output variants for prefill (the large-batch matmuls read f16 activations as they are; see
+// kernels/ops/matmul.h). Same math in f32, rounded to f16 on the store; `out` holds rows·ncols (n)
+// halves. ncols (n) must be even. Added by the prefill GEMM work as separate classes.
+class RmsNormF16 {
+ public:
+  static Result<RmsNormF16> create(vk::Device& dev);
+  Status record(vk::CommandStream& s, const vk::Buffer& x, const vk::Buffer& w, const vk::Buffer& out,
+                uint32_t rows, uint32_t ncols, float eps) const;
+ private:
+  vk::Pipeline pipeline_;
+};
+
+class SwiGluF16 {
+ public:
+  static Result<SwiGluF16> create(vk::Device& dev);
+  Status record(vk::CommandStream& s, const vk::Buffer& gate, const vk::Buffer& up, const vk::Buffer& out,
+                uint32_t n) const;
+ private:
+  vk::Pipeline pipeline_;
+};
+
 }  // namespace trove::ops

@@ -85,6 +85,8 @@ struct Ops {
   ops::Argmax argmax;
   ops::ResidualAdd add;
   ops::Matmul matmul;
+  ops::RmsNormF16 rms_f16;      // prefill: f16 activations for the matrix-unit matmuls
+  ops::SwiGluF16 swiglu_f16;
   ops::PagedAttention attention;
   ops::MoeRoute route;
   ops::KvWrite kv_write;
@@ -106,6 +108,8 @@ Result<Ops> make_ops(vk::Device& dev) {
   TROVE_OP(argmax, ops::Argmax::create(dev));
   TROVE_OP(add, ops::ResidualAdd::create(dev));
   TROVE_OP(matmul, ops::Matmul::create(dev));
+  TROVE_OP(rms_f16, ops::RmsNormF16::create(dev));
+  TROVE_OP(swiglu_f16, ops::SwiGluF16::create(dev));
   TROVE_OP(attention, ops::PagedAttention::create(dev));
   TROVE_OP(route, ops::MoeRoute::create(dev));
   TROVE_OP(kv_write, ops::KvWrite::create(dev));
@@ -187,7 +191,7 @@ class VulkanEngine final : public Engine {
   Result<Weight> upload(const gguf::GgufFile& f, const std::string& name, bool to_f32, Progress& bar);
   Status alloc_scratch();
   Status record_matmul(vk::CommandStream& s, const Weight& w, uint64_t expert, uint32_t batch,
-                       vk::BufferRange x, vk::BufferRange y);
+                       vk::BufferRange x, vk::BufferRange y, bool x_f16 = false);
   Status record_moe(vk::CommandStream& s, const Layer& L, uint32_t T);
   void embed(int32_t token, float* out) const;
   // Newly registered blocks the store does not hold yet go to to_store_ (exported after the step).
@@ -222,6 +226,7 @@ class VulkanEngine final : public Engine {
 
   // Scratch, sized for max_tokens_ rows (and max_sequences_ output rows).
   vk::Buffer x_in_, x_, xn_, q_, k_, v_, attn_, o_, gate_, up_, h_, router_, route_ids_, route_w_;
+  vk::Buffer xnh_, hh_;  // f16 copies of xn_ / h_ that large-batch (matrix-unit) matmuls read
   vk::Buffer positions_, slots_, tables_, hs_, logits_, tokens_out_, logits_host_, tokens_host_, ids_host_,
       w_host_;
   // MoE gathers: rows of xn_ per (token, k) pair sorted by expert.
@@ -535,6 +540,7 @@ Status VulkanEngine::alloc_scratch() {
   const auto dl = vk::Memory::kDeviceLocal, hv = vk::Memory::kHostVisible;
   std::vector<Want> want = {
       {&x_in_, T * c.n_embd * 4, hv}, {&x_, T * c.n_embd * 4, dl}, {&xn_, T * c.n_embd * 4, dl},
+      {&xnh_, T * c.n_embd * 2, dl},
       {&q_, T * qw * 4, dl}, {&k_, T * kw * 4, dl}, {&v_, T * kw * 4, dl}, {&attn_, T * qw * 4, dl},
       {&o_, T * c.n_embd * 4, dl}, {&positions_, T * 4, hv}, {&slots_, T * 4, hv},
       {&tables_, seqs_.size() * table_stride_ * 4, hv}, {&hs_, S * c.n_embd * 4, dl}, {&logits_, S * c.n_vocab * 4ull, dl},
@@ -547,7 +553,7 @@ Status VulkanEngine::alloc_scratch() {
                              {&moe_d_, pairs * c.n_embd * 4, dl}, {&moe_tok_, pairs * 4, hv},
                              {&moe_wt_, pairs * 4, hv}});
   } else {
-    want.insert(want.end(), {{&gate_, T * ff * 4, dl}, {&up_, T * ff * 4, dl}, {&h_, T * ff * 4, dl}});
+    want.insert(want.end(), {{&gate_, T * ff * 4, dl}, {&up_, T * ff * 4, dl}, {&h_, T * ff * 4, dl}, {&hh_, T * ff * 2, dl}});
   }
   for (auto& w : want) {
     auto b = dev_->buffer(std::max<uint64_t>(w.bytes, 16), w.mem);
@@ -849,13 +855,14 @@ void VulkanEngine::embed(int32_t token, float* out) const {
 }
 
 Status VulkanEngine::record_matmul(vk::CommandStream& s, const Weight& w, uint64_t expert, uint32_t batch,
-                                   vk::BufferRange x, vk::BufferRange y) {
+                                   vk::BufferRange x, vk::BufferRange y, bool x_f16) {
   const uint64_t g0 = expert * w.rows;  // first global row of this expert
   for (const auto& p : w.pieces) {
     if (g0 >= p.first_row && g0 + w.rows <= p.first_row + p.rows && w.rows <= kMaxMatmulRows) {
       vk::BufferRange wr(p.buf, (g0 - p.first_row) * w.row_bytes, 0);
       wr.size = std::min<uint64_t>((w.expert_bytes() + 3) / 4 * 4, p.buf.size() - wr.offset);
-      return ops_.matmul.record(s, w.type, static_cast<uint32_t>(w.rows), static_cast<uint32_t>(w.cols), batch, wr, x, y);
+      return ops_.matmul.record(s, w.type, static_cast<uint32_t>(w.rows), static_cast<uint32_t>(w.cols), batch, wr, x, y, 0,
+                                x_f16);
     }
   }
   // Row-split (the vocabulary head, or a matrix spread over several buffers): one dispatch per row
@@ -871,7 +878,7 @@ Status VulkanEngine::record_matmul(vk::CommandStream& s, const Weight& w, uint64
       yr.offset += (r0 - g0) * 4;
       yr.size = (uint64_t{batch - 1} * w.rows + n) * 4;
       TROVE_RETURN_IF_ERROR(ops_.matmul.record(s, w.type, static_cast<uint32_t>(n), static_cast<uint32_t>(w.cols), batch,
-                                               wr, x, yr, static_cast<uint32_t>(w.rows)));
+                                               wr, x, yr, static_cast<uint32_t>(w.rows), x_f16));
     }
   }
   return Status::Ok();
@@ -1038,13 +1045,22 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     if (profile_) s.timestamp();
     kernels::ref::PagedKvShape shape{blocks_->total(), layout_.block_tokens, KVH, D};
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+    // Prefill on the matrix units: the norms and SwiGLU before a matmul emit f16 once, which the
+    // matmul reads as it is (it rounds its operands to f16 anyway: the same numbers, no re-conversion
+    // per row tile). Decode and the tiled path keep f32.
+    const bool f16_acts = T >= ops::Matmul::kCoopmatMinBatch && ops_.matmul.uses_coopmat() && E % 2 == 0 && c.n_ff % 2 == 0;
     for (uint32_t l = 0; l < c.n_layer; ++l) {
       const Layer& L = layers_[l];
-      TROVE_RETURN_IF_ERROR(ops_.rms.record(s, x_, L.attn_norm.whole(), xn_, T, E, c.rms_eps));
+      if (f16_acts) {
+        TROVE_RETURN_IF_ERROR(ops_.rms_f16.record(s, x_, L.attn_norm.whole(), xnh_, T, E, c.rms_eps));
+      } else {
+        TROVE_RETURN_IF_ERROR(ops_.rms.record(s, x_, L.attn_norm.whole(), xn_, T, E, c.rms_eps));
+      }
       s.barrier();
-      TROVE_RETURN_IF_ERROR(record_matmul(s, L.q, 0, T, xn_, attn_));
-      TROVE_RETURN_IF_ERROR(record_matmul(s, L.k, 0, T, xn_, o_));
-      TROVE_RETURN_IF_ERROR(record_matmul(s, L.v, 0, T, xn_, v_));
+      const vk::Buffer& xin = f16_acts ? xnh_ : xn_;
+      TROVE_RETURN_IF_ERROR(record_matmul(s, L.q, 0, T, xin, attn_, f16_acts));
+      TROVE_RETURN_IF_ERROR(record_matmul(s, L.k, 0, T, xin, o_, f16_acts));
+      TROVE_RETURN_IF_ERROR(record_matmul(s, L.v, 0, T, xin, v_, f16_acts));
       s.barrier();
       TROVE_RETURN_IF_ERROR(ops_.rms.record(s, attn_, L.q_norm.whole(), q_, T * H, D, c.rms_eps));
       TROVE_RETURN_IF_ERROR(ops_.rms.record(s, o_, L.k_norm.whole(), k_, T * KVH, D, c.rms_eps));
@@ -1067,17 +1083,26 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       s.barrier();
       TROVE_RETURN_IF_ERROR(ops_.add.record(s, x_, o_, x_, T * E));
       s.barrier();
-      TROVE_RETURN_IF_ERROR(ops_.rms.record(s, x_, L.ffn_norm.whole(), xn_, T, E, c.rms_eps));
+      const bool ffn_f16 = f16_acts && !c.is_moe();  // the MoE path gathers f32 rows
+      if (ffn_f16) {
+        TROVE_RETURN_IF_ERROR(ops_.rms_f16.record(s, x_, L.ffn_norm.whole(), xnh_, T, E, c.rms_eps));
+      } else {
+        TROVE_RETURN_IF_ERROR(ops_.rms.record(s, x_, L.ffn_norm.whole(), xn_, T, E, c.rms_eps));
+      }
       s.barrier();
       if (c.is_moe()) {
         TROVE_RETURN_IF_ERROR(record_moe(s, L, T));
       } else {
-        TROVE_RETURN_IF_ERROR(record_matmul(s, L.gate, 0, T, xn_, gate_));
-        TROVE_RETURN_IF_ERROR(record_matmul(s, L.up, 0, T, xn_, up_));
+        TROVE_RETURN_IF_ERROR(record_matmul(s, L.gate, 0, T, ffn_f16 ? xnh_ : xn_, gate_, ffn_f16));
+        TROVE_RETURN_IF_ERROR(record_matmul(s, L.up, 0, T, ffn_f16 ? xnh_ : xn_, up_, ffn_f16));
         s.barrier();
-        TROVE_RETURN_IF_ERROR(ops_.swiglu.record(s, gate_, up_, h_, T * c.n_ff));
+        if (ffn_f16) {
+          TROVE_RETURN_IF_ERROR(ops_.swiglu_f16.record(s, gate_, up_, hh_, T * c.n_ff));
+        } else {
+          TROVE_RETURN_IF_ERROR(ops_.swiglu.record(s, gate_, up_, h_, T * c.n_ff));
+        }
         s.barrier();
-        TROVE_RETURN_IF_ERROR(record_matmul(s, L.down, 0, T, h_, o_));
+        TROVE_RETURN_IF_ERROR(record_matmul(s, L.down, 0, T, ffn_f16 ? hh_ : h_, o_, ffn_f16));
         s.barrier();
         TROVE_RETURN_IF_ERROR(ops_.add.record(s, x_, o_, x_, T * E));
         s.barrier();

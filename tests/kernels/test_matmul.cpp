@@ -8,7 +8,9 @@
 // Bounds: 1e-5 of the output norm on the tiled path (f32 math), 2e-3 on the matrix paths (f16
 // operands: ~5e-4 per product, f32 sums). Shapes are small for lavapipe (the file < 10 s on 2 cores):
 // row counts, batches and K not multiples of any tile; TROVE_KERNEL_FULL=1 adds the Qwen3-8B and
-// 30B-A3B shapes at batch 512 (reference on a sample of batch columns, to keep the CPU side short).
+// 30B-A3B shapes at batch 512 and 2048 (reference on a sample of batch columns, to keep the CPU side
+// short; the 151936-row head is left to the benchmark: quantizing its random weights alone takes
+// minutes on the CPU).
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -199,7 +201,7 @@ TEST(Matmul, MatrixPathsMatchReference) {
     if (full()) {
       struct Shape { GgmlType type; uint32_t rows, cols; };
       const Shape shapes[] = {{GgmlType::Q4_K, 4096, 4096},  {GgmlType::Q4_K, 1024, 4096}, {GgmlType::Q4_K, 12288, 4096},
-                              {GgmlType::Q6_K, 4096, 12288}, {GgmlType::Q6_K, 151936, 4096}, {GgmlType::Q4_K, 4096, 2048},
+                              {GgmlType::Q6_K, 4096, 12288}, {GgmlType::Q4_K, 4096, 2048},
                               {GgmlType::Q8_0, 4096, 4096}};
       for (const auto& sh : shapes) {
         for (uint32_t batch : {512u, 2048u}) check(*dev, *op, sh.type, sh.rows, sh.cols, batch, seed++, 2e-3, true, 24);
@@ -346,12 +348,11 @@ TEST(GroupedMatmul, MatchesReferenceForAdversarialRoutings) {
     check_grouped(*dev, *op, GgmlType::Q5_K, 130, 512, {17, 3, 64, 0, 9, 1, 70, 12}, 64, seed++, bound, false);  // f32 x
     check_grouped(*dev, *op, GgmlType::BF16, 64, 96, {2, 0, 7}, 5, seed++, bound);
     if (full()) {
-      // Qwen3-30B-A3B prefill at 512 tokens × 8 experts: gate/up 768 × 2048, down 2048 × 768.
+      // Qwen3-30B-A3B prefill at 512 tokens × 8 experts, skewed: the gate/up shape, 128 × [768 × 2048].
       std::mt19937 rng(7);
       std::vector<uint32_t> counts(128, 0);
       for (uint32_t i = 0; i < 512 * 8; ++i) ++counts[std::min<uint32_t>(127, static_cast<uint32_t>(std::abs(std::normal_distribution<float>(0, 40)(rng))))];
       check_grouped(*dev, *op, GgmlType::Q4_K, 768, 2048, counts, 512, seed++, path == MatmulPath::kTiled ? 1e-5 : 2e-3, true, 64);
-      check_grouped(*dev, *op, GgmlType::Q6_K, 2048, 768, counts, 4096, seed++, path == MatmulPath::kTiled ? 1e-5 : 2e-3, true, 64);
     }
   }
 }

@@ -288,8 +288,22 @@ Status Matmul::record_grouped(vk::CommandStream& s, const GroupedMatmulCall& c, 
     }
     return s.dispatch(**p, bufs, &push, sizeof(push), div_up(c.rows, 64), div_up(c.slots, kGroupedSlots));
   }
-  // Matrix units (the KHR kernel also on cm2 devices until a cm2 grouped form exists): workgroup y
-  // index j = the j-th (expert, slot tile) pair; ceil(slots / BN) + n_expert bounds their number.
+  // Matrix units: workgroup y index j = the j-th (expert, slot tile) pair; ceil(slots / BN) + n_expert
+  // bounds their number. cm2 needs per-element operations (results scattered to their slots) and an
+  // expert stride that is a whole number of the format's elements (blocks); otherwise the KHR form.
+  static constexpr uint32_t kElemBytes[] = {4, 2, 0, 0, 0, 0, 0, 0, 34, 0, 0, 0, 144, 176, 210};
+  const uint32_t elem = ty < 15 ? kElemBytes[ty] : 2;  // BF16 (30): 2
+  if (path_ == MatmulPath::kCm2 && dev_->features().coopmat2_per_element && c.expert_bytes % elem == 0) {
+    const uint32_t bk = c.cols % 64 == 0 ? 64 : 32;
+    auto p = pipeline("matmul_cm2_grouped", {ty, xh, kCm2Small.bm, kCm2Small.bn, 256, bk}, 5, 256);
+    if (!p.ok()) return p.status();
+    const uint64_t gy = div_up(c.slots, kCm2Small.bn) + uint64_t{c.n_expert};
+    if (div_up(c.rows, kCm2Small.bm) > kMaxGroups || gy > kMaxGroups) {
+      return Status::InvalidArgument(fmt::format("grouped matmul: rows {} or slots {} need more than {} workgroups (split the call)",
+                                                 c.rows, c.slots, kMaxGroups));
+    }
+    return s.dispatch(**p, bufs, &push, sizeof(push), div_up(c.rows, kCm2Small.bm), static_cast<uint32_t>(gy));
+  }
   const KhrTile k = tile_for(c.rows, c.slots, true) == MatmulTile::kSmall ? kKhrSmall : kKhrLarge;
   auto p = pipeline("matmul_coopmat_grouped", {ty, xh, k.bm, k.bn, k.wg, k.sgm}, 5, k.wg);
   if (!p.ok()) return p.status();

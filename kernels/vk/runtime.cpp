@@ -342,6 +342,7 @@ Result<std::unique_ptr<Device>> Device::open(const DeviceOptions& opts) {
     en12.bufferDeviceAddress = VK_TRUE;
     dexts.push_back(VK_NV_COOPERATIVE_MATRIX_2_EXTENSION_NAME);
     f.cooperative_matrix2 = true;
+    f.coopmat2_per_element = cm2f.cooperativeMatrixPerElementOperations;
   }
 #endif
   VkDeviceCreateInfo dci{VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO};

@@ -72,6 +72,7 @@ struct DeviceFeatures {
   // validated run takes the KHR path (docs/kernels.md). TROVE_VK_NO_CM2=1 also leaves it off.
   bool cooperative_matrix2 = false;
   bool cooperative_matrix2_offered = false;  // the extension is listed (whether or not enabled)
+  bool coopmat2_per_element = false;         // cooperativeMatrixPerElementOperations enabled too
   struct FlexShape {  // VkCooperativeMatrixFlexibleDimensionsPropertiesNV, as integers
     uint32_t m_granularity, n_granularity, k_granularity;
     uint32_t a, b, c, result, scope, invocations;

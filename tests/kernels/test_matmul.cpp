@@ -181,6 +181,21 @@ TEST(Matmul, MatrixPathsMatchReference) {
   std::printf("matrix-unit matmul paths on '%s':", dev->features().name.c_str());
   for (MatmulPath p : paths) std::printf(" %s", std::string(ops::matmul_path_name(p)).c_str());
   std::printf("%s\n", paths.empty() ? " none (the tiled path covers batches here)" : "");
+  {
+    const auto& f = dev->features();
+    std::string why_khr, why_cm2;
+    ops::Matmul::available(*dev, MatmulPath::kKhr, &why_khr);
+    ops::Matmul::available(*dev, MatmulPath::kCm2, &why_cm2);
+    std::printf("  KHR coopmat shapes %zu%s%s; NV cm2 offered %d enabled %d per-element %d, %zu flexible shapes, max dim %u, "
+                "reserved shared %u of %u bytes%s%s\n",
+                f.coopmat_shapes.size(), why_khr.empty() ? "" : ": ", why_khr.c_str(), f.cooperative_matrix2_offered,
+                f.cooperative_matrix2, f.coopmat2_per_element, f.coopmat2_flexible.size(), f.coopmat2_max_dimension,
+                f.coopmat2_reserved_shared, f.max_compute_shared_memory, why_cm2.empty() ? "" : "; cm2: ", why_cm2.c_str());
+    for (const auto& fl : f.coopmat2_flexible) {
+      std::printf("  cm2 flexible: granularity %ux%ux%u types %u,%u,%u,%u scope %u invocations %u\n", fl.m_granularity,
+                  fl.n_granularity, fl.k_granularity, fl.a, fl.b, fl.c, fl.result, fl.scope, fl.invocations);
+    }
+  }
   uint64_t seed = 300;
   for (MatmulPath path : paths) {
     auto op = ops::Matmul::create(*dev, path);

@@ -2,7 +2,11 @@
 //   trove serve --model MODEL [--ctx N] [--parallel N] [--host H] [--port P] [--api-key KEY] [--store DIR | --no-store]
 // Prints "trove: listening on http://HOST:PORT" on stdout once it accepts connections (tests read it).
 #include <pthread.h>
+#include <signal.h>
 
+#include <atomic>
+#include <cerrno>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -40,7 +44,42 @@ struct ServeArgs {
   int keepalive_ms = 3000;
   uint32_t max_batch_tokens = 512;
   uint32_t default_max_tokens = 32768;
+  std::string lease_dir;
+  uint32_t idle_exit = 300;
 };
+
+// `trove launch` starts the server with --lease-dir: every launched client holds a file there named
+// after its launcher's pid. A lease whose process is gone is removed; once no lease has existed for
+// `idle_seconds`, the server stops (the last client is gone). Checked every second.
+void watch_leases(const std::string& dir, uint32_t idle_seconds, server::HttpServer& srv, const std::atomic<bool>& done) {
+  namespace fs = std::filesystem;
+  auto last_held = std::chrono::steady_clock::now();
+  while (true) {
+    for (int i = 0; i < 10; ++i) {
+      if (done.load()) return;  // the server stopped otherwise (a signal): srv is about to go
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    bool held = false;
+    std::error_code ec;
+    for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+      const std::string name = it->path().filename().string();
+      const long pid = std::strtol(name.c_str(), nullptr, 10);
+      if (pid > 0 && (::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM)) {
+        held = true;
+      } else if (pid > 0) {
+        fs::remove(it->path(), ec);  // its launcher is gone (killed without cleaning up)
+      }
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (held) last_held = now;
+    if (!held && now - last_held >= std::chrono::seconds(idle_seconds)) {
+      std::fprintf(stderr, "trove serve: no launched client for %u s (leases in %s); stopping\n", idle_seconds,
+                   dir.c_str());
+      srv.stop();
+      return;
+    }
+  }
+}
 
 bool is_loopback(const std::string& host) {
   return host == "127.0.0.1" || host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
@@ -119,6 +158,13 @@ void serve(ServeArgs a) {
     std::fprintf(stderr, "trove serve: stopping (signal %d)\n", sig);
     srv.stop();
   }).detach();  // at exit it is either done or still waiting for a signal that will not come
+  std::atomic<bool> served{false};
+  std::thread lease_watcher;
+  if (!a.lease_dir.empty()) {
+    lease_watcher = std::thread([&srv, &served, dir = a.lease_dir, idle = a.idle_exit] {
+      watch_leases(dir, idle, srv, served);
+    });
+  }
   if (e.config().synthetic) {
     std::fprintf(stderr, "*** SYNTHETIC MODEL: random weights — its output is noise (/v1/models marks it synthetic) ***\n");
   }
@@ -146,6 +192,8 @@ void serve(ServeArgs a) {
   std::printf("trove: listening on http://%s:%d\n", a.host.c_str(), *port);
   std::fflush(stdout);
   srv.run();
+  served.store(true);
+  if (lease_watcher.joinable()) lease_watcher.join();
 }
 
 void add_serve(CLI::App& sub) {
@@ -166,6 +214,11 @@ void add_serve(CLI::App& sub) {
       ->capture_default_str();
   sub.add_option("--default-max-tokens", a->default_max_tokens,
                  "Most tokens generated for a request that sets no limit (the context end stops earlier)")
+      ->capture_default_str();
+  sub.add_option("--lease-dir", a->lease_dir,
+                 "Stop once no process holds a lease file (named by its pid) in DIR for --idle-exit seconds "
+                 "(trove launch uses it)");
+  sub.add_option("--idle-exit", a->idle_exit, "Seconds without a lease before --lease-dir stops the server")
       ->capture_default_str();
   sub.add_flag("--log-prompts", a->log_prompts, "Log prompts and outputs (off: only token counts and timings)");
   sub.add_flag("--test-force-output", a->test_force_output,

@@ -1,0 +1,114 @@
+// How each coding agent is pointed at trove (tools/clients.h; docs/agents.md has the same per client).
+#include "tools/clients.h"
+
+#include <nlohmann/json.hpp>
+
+#include <fmt/format.h>
+
+namespace trove::clients {
+
+using nlohmann::json;
+
+const std::vector<std::string>& client_names() {
+  static const std::vector<std::string> v = {"pi", "claude", "codex", "opencode", "qwen"};
+  return v;
+}
+
+Result<ClientSetup> client_setup(const std::string& client, const ServedModel& m, const std::string& config_dir) {
+  ClientSetup s;
+  s.client = client;
+  const std::string v1 = m.url + "/v1";
+  // Clients insist on some key; trove without --api-key accepts any.
+  const std::string key = m.api_key.empty() ? "trove" : m.api_key;
+  const uint32_t out = std::min(m.max_output, m.n_ctx);
+  if (client == "pi") {
+    // Pi reads custom providers from models.json in its agent directory; trove's own directory keeps
+    // the user's ~/.pi/agent untouched.
+    s.program = "pi";
+    s.npm_package = "@mariozechner/pi-coding-agent";
+    json models = {{"providers",
+                    {{"trove",
+                      {{"baseUrl", v1},
+                       {"api", "openai-completions"},
+                       {"apiKey", key},
+                       {"models", json::array({{{"id", m.id},
+                                                {"name", m.id + " (trove)"},
+                                                {"reasoning", m.reasoning},
+                                                {"input", json::array({"text"})},
+                                                {"cost", {{"input", 0}, {"output", 0}, {"cacheRead", 0}, {"cacheWrite", 0}}},
+                                                {"contextWindow", m.n_ctx},
+                                                {"maxTokens", out}}})}}}}}};
+    json settings = {{"defaultProvider", "trove"}, {"defaultModel", m.id}};
+    s.files.push_back({config_dir + "/models.json", models.dump(2) + "\n"});
+    s.files.push_back({config_dir + "/settings.json", settings.dump(2) + "\n"});
+    s.env.emplace_back("PI_CODING_AGENT_DIR", config_dir);
+    s.args = {"--provider", "trove", "--model", m.id};
+    s.note = "to use trove from your own Pi setup instead, add the \"trove\" provider of models.json above to "
+             "~/.pi/agent/models.json and run: pi --provider trove --model " + m.id;
+  } else if (client == "claude") {
+    s.program = "claude";
+    s.npm_package = "@anthropic-ai/claude-code";
+    s.env = {{"ANTHROPIC_BASE_URL", m.url},
+             {"ANTHROPIC_AUTH_TOKEN", key},
+             {"ANTHROPIC_MODEL", m.id},
+             {"ANTHROPIC_SMALL_FAST_MODEL", m.id},
+             {"ANTHROPIC_DEFAULT_HAIKU_MODEL", m.id},
+             {"ANTHROPIC_DEFAULT_SONNET_MODEL", m.id},
+             {"ANTHROPIC_DEFAULT_OPUS_MODEL", m.id},
+             {"CLAUDE_CODE_MAX_OUTPUT_TOKENS", std::to_string(std::min<uint32_t>(out, 32000))},
+             {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"}};
+    s.note = fmt::format("Claude Code has no setting for a model's context window; when a conversation outgrows "
+                         "trove's {} tokens, trove answers \"prompt is too long\" and Claude Code compacts",
+                         m.n_ctx);
+  } else if (client == "codex") {
+    // `-c` overrides layer over ~/.codex/config.toml without touching it.
+    s.program = "codex";
+    s.npm_package = "@openai/codex";
+    s.env = {{"TROVE_CLIENT_KEY", key}};
+    s.args = {"-c", "model_provider=\"trove\"",
+              "-c", "model_providers.trove.name=\"trove\"",
+              "-c", fmt::format("model_providers.trove.base_url=\"{}\"", v1),
+              "-c", "model_providers.trove.wire_api=\"responses\"",
+              "-c", "model_providers.trove.env_key=\"TROVE_CLIENT_KEY\"",
+              "-c", fmt::format("model=\"{}\"", m.id),
+              "-c", fmt::format("model_context_window={}", m.n_ctx),
+              "-c", fmt::format("model_max_output_tokens={}", out),
+              "-c", fmt::format("model_auto_compact_token_limit={}", m.n_ctx / 10 * 8),
+              "-c", fmt::format("model_reasoning_summary=\"{}\"", m.reasoning ? "auto" : "none"),
+              "-c", fmt::format("model_supports_reasoning_summaries={}", m.reasoning ? "true" : "false")};
+    s.note = "the same settings can go in ~/.codex/config.toml as a [model_providers.trove] table";
+  } else if (client == "opencode") {
+    // OPENCODE_CONFIG names a config file merged over the user's own.
+    s.program = "opencode";
+    s.npm_package = "opencode-ai";
+    json cfg = {{"$schema", "https://opencode.ai/config.json"},
+                {"provider",
+                 {{"trove",
+                   {{"npm", "@ai-sdk/openai-compatible"},
+                    {"name", "trove"},
+                    {"options", {{"baseURL", v1}, {"apiKey", key}}},
+                    {"models",
+                     {{m.id,
+                       {{"name", m.id + " (trove)"},
+                        {"limit", {{"context", m.n_ctx}, {"output", out}}},
+                        {"reasoning", m.reasoning},
+                        {"tool_call", true}}}}}}}}},
+                {"model", "trove/" + m.id},
+                {"small_model", "trove/" + m.id}};
+    s.files.push_back({config_dir + "/opencode.json", cfg.dump(2) + "\n"});
+    s.env.emplace_back("OPENCODE_CONFIG", config_dir + "/opencode.json");
+    s.note = "or merge the \"provider\" entry of opencode.json above into your opencode.json";
+  } else if (client == "qwen") {
+    s.program = "qwen";
+    s.npm_package = "@qwen-code/qwen-code";
+    s.env = {{"OPENAI_BASE_URL", v1}, {"OPENAI_API_KEY", key}, {"OPENAI_MODEL", m.id}};
+    s.note = "Qwen Code speaks OpenAI Chat Completions; these three variables are all it needs";
+  } else {
+    std::string names;
+    for (const auto& n : client_names()) names += (names.empty() ? "" : ", ") + n;
+    return Status::InvalidArgument(fmt::format("unknown client \"{}\"; trove knows: {}", client, names));
+  }
+  return s;
+}
+
+}  // namespace trove::clients

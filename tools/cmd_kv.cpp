@@ -3,17 +3,20 @@
 // lock and say who holds it when they cannot get it.
 #include <algorithm>
 #include <chrono>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
+#include <functional>
 #include <map>
-#include <unordered_map>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "engine/gguf/gguf.h"
 #include "engine/tokenizer/tokenizer.h"
+#include "kvstore/prefix_tree.h"
 #include "kvstore/store.h"
 #include "tools/command.h"
 #include "tools/paths.h"
@@ -23,7 +26,6 @@ namespace {
 
 using trove::kv::BlockEntry;
 using trove::kv::BlockKey;
-using trove::kv::BlockKeyHash;
 using trove::kv::Store;
 using json = nlohmann::json;
 using trove::cli::human_bytes;
@@ -181,70 +183,78 @@ std::string first_words(Store& s, const trove::tokenizer::Tokenizer* tok, const 
   return out;
 }
 
-void cmd_tree(const KvArgs& a, const std::string& ns, int max_depth, const std::string& model) {
+struct TreeArgs {
+  std::string name_space = "default";
+  int depth = 16;
+  std::string model;       // GGUF whose tokenizer shows each node's first words
+  std::string format;      // text, json, dot, svg (empty: text, or json with --json)
+  std::string out;         // write to this file instead of stdout
+  size_t max_nodes = 0;    // 0: every node
+};
+
+// `trove kv tree`: the namespace's prefix tree (kvstore/prefix_tree.h folds chains of single children
+// into one node), as text, JSON (the same document as GET /v1/trove/tree), Graphviz DOT or an SVG icicle.
+void cmd_tree(const KvArgs& a, const TreeArgs& t) {
+  const std::string format = !t.format.empty() ? t.format : a.json ? "json" : "text";
   std::unique_ptr<trove::gguf::GgufFile> gguf;
   std::unique_ptr<trove::tokenizer::Tokenizer> tok;
-  if (!model.empty()) {
-    auto f = trove::gguf::GgufFile::open(model);
+  if (!t.model.empty()) {
+    auto f = trove::gguf::GgufFile::open(t.model);
     if (!f.ok()) trove::cli::fail(f.status().message());
-    auto t = trove::tokenizer::Tokenizer::from_gguf(**f);
-    if (!t.ok()) trove::cli::fail(t.status().message());
+    auto k = trove::tokenizer::Tokenizer::from_gguf(**f);
+    if (!k.ok()) trove::cli::fail(k.status().message());
     gguf = std::move(*f);
-    tok = std::move(*t);
+    tok = std::move(*k);
   }
   auto s = open_store(a, false);
-  std::unordered_map<BlockKey, std::vector<BlockEntry>, BlockKeyHash> children;
-  std::vector<BlockEntry> roots;
-  std::unordered_map<BlockKey, bool, BlockKeyHash> present;
-  auto entries = all_entries(*s);
-  for (const auto& e : entries) {
-    if (e.name_space == ns) present[e.ref.key] = true;
+  const auto entries = all_entries(*s);
+  trove::kv::PrefixTreeOptions o;
+  o.max_depth = t.depth;
+  o.max_nodes = t.max_nodes;
+  trove::kv::PrefixTree tree = trove::kv::build_prefix_tree(entries, t.name_space, s->block_tokens(), o);
+  if (tok) {
+    for (auto& n : tree.nodes) n.text = first_words(*s, tok.get(), n.first);
   }
-  for (const auto& e : entries) {
-    if (e.name_space != ns) continue;
-    if (e.ref.parent.is_zero() || !present.count(e.ref.parent)) roots.push_back(e);
-    else children[e.ref.parent].push_back(e);
+  const int64_t now = now_seconds();
+  std::string doc;
+  if (format == "json") {
+    doc = trove::kv::prefix_tree_json(tree, now, 2) + "\n";
+  } else if (format == "dot") {
+    doc = trove::kv::prefix_tree_dot(tree, now);
+  } else if (format == "svg") {
+    doc = trove::kv::prefix_tree_svg(tree, now);
+  } else {
+    doc = fmt::format("namespace {}: {} root{}\n", t.name_space, tree.roots.size() + tree.omitted.nodes,
+                      tree.roots.size() + tree.omitted.nodes == 1 ? "" : "s");
+    std::function<void(size_t, const std::string&)> walk = [&](size_t i, const std::string& indent) {
+      const auto& n = tree.nodes[i];
+      doc += fmt::format("{}{}… {} block{}, {} tokens, {}, {} hits{}{}\n", indent, n.first.hex().substr(0, 12), n.blocks,
+                         n.blocks == 1 ? "" : "s", n.tokens, human_bytes(n.stored_bytes), n.hits,
+                         n.branches ? fmt::format(" → {} branches", n.branches) : "",
+                         tok ? fmt::format("  \"{}…\"", n.text) : "");
+      for (size_t c : n.children) walk(c, indent + "  ");
+      if (n.omitted.nodes && n.children.size() < n.branches) {
+        doc += fmt::format("{}  … {} more nodes ({} blocks) not shown\n", indent, n.omitted.nodes, n.omitted.blocks);
+      }
+    };
+    for (size_t r : tree.roots) walk(r, "  ");
+    if (tree.omitted.nodes) {
+      doc += fmt::format("  … {} more nodes ({} blocks) not shown (--max-nodes)\n", tree.omitted.nodes, tree.omitted.blocks);
+    }
   }
-  std::sort(roots.begin(), roots.end(), [](const auto& x, const auto& y) { return x.created < y.created; });
-  json out = json::array();
-  // Prints a node, folding chains of single children into one line ("3 blocks, 192 tokens").
-  std::function<json(const BlockEntry&, const std::string&, int)> walk = [&](const BlockEntry& start,
-                                                                            const std::string& indent, int depth) {
-    std::vector<BlockEntry> chain{start};
-    while (true) {
-      auto it = children.find(chain.back().ref.key);
-      if (it == children.end() || it->second.size() != 1) break;
-      chain.push_back(it->second[0]);
-    }
-    uint64_t tokens = 0, bytes = 0, hits = 0;
-    for (const auto& e : chain) {
-      tokens += e.ref.tokens;
-      bytes += e.ref.length;
-      hits += e.hits;
-    }
-    const auto& last = chain.back();
-    auto it = children.find(last.ref.key);
-    const size_t branches = it == children.end() ? 0 : it->second.size();
-    const std::string words = first_words(*s, tok.get(), start.ref.key);
-    json node = {{"first", start.ref.key.hex()}, {"last", last.ref.key.hex()}, {"blocks", chain.size()},
-                 {"tokens", tokens},             {"stored_bytes", bytes},       {"hits", hits},
-                 {"model", start.fingerprint},   {"children", json::array()}};
-    if (tok) node["text"] = words;
-    if (!a.json) {
-      std::printf("%s%s… %zu block%s, %llu tokens, %s, %llu hits%s%s\n", indent.c_str(),
-                  start.ref.key.hex().substr(0, 12).c_str(), chain.size(), chain.size() == 1 ? "" : "s",
-                  static_cast<unsigned long long>(tokens), human_bytes(bytes).c_str(),
-                  static_cast<unsigned long long>(hits), branches ? fmt::format(" → {} branches", branches).c_str() : "",
-                  tok ? fmt::format("  \"{}…\"", words).c_str() : "");
-    }
-    if (branches && depth < max_depth) {
-      for (const auto& c : it->second) node["children"].push_back(walk(c, indent + "  ", depth + 1));
-    }
-    return node;
-  };
-  if (!a.json) std::printf("namespace %s: %zu root%s\n", ns.c_str(), roots.size(), roots.size() == 1 ? "" : "s");
-  for (const auto& r : roots) out.push_back(walk(r, "  ", 0));
-  if (a.json) print_json({{"namespace", ns}, {"roots", out}});
+  if (t.out.empty()) {
+    std::fwrite(doc.data(), 1, doc.size(), stdout);
+    return;
+  }
+  FILE* f = std::fopen(t.out.c_str(), "wb");
+  if (!f) trove::cli::fail(fmt::format("cannot write {}: {}; pick another --out path", t.out, std::strerror(errno)));
+  const bool ok = std::fwrite(doc.data(), 1, doc.size(), f) == doc.size();
+  if (std::fclose(f) != 0 || !ok) {
+    trove::cli::fail(fmt::format("writing {} failed: {} (disk full?)", t.out, std::strerror(errno)));
+  }
+  std::fprintf(stderr, "wrote %s (%s, %zu of %llu nodes, %llu blocks)\n", t.out.c_str(), format.c_str(),
+               tree.nodes.size(), static_cast<unsigned long long>(tree.total_nodes),
+               static_cast<unsigned long long>(tree.blocks));
 }
 
 void cmd_inspect(const KvArgs& a, const std::string& hex) {
@@ -312,14 +322,16 @@ void add_kv(CLI::App& kv) {
   ls->add_option("--sort", *sort, "newest or largest")->check(CLI::IsMember({"newest", "largest"}));
   ls->callback([a, sort] { cmd_ls(*a, *sort); });
 
-  auto tree = kv.add_subcommand("tree", "A namespace's prefix tree (chains of single children folded)");
-  auto ns = std::make_shared<std::string>("default");
-  auto depth = std::make_shared<int>(16);
-  auto model = std::make_shared<std::string>();
-  tree->add_option("--namespace,-n", *ns, "Namespace")->default_str("default");
-  tree->add_option("--depth", *depth, "Deepest branch level to print");
-  tree->add_option("--model,-m", *model, "GGUF model whose tokenizer shows each branch's first words");
-  tree->callback([a, ns, depth, model] { cmd_tree(*a, *ns, *depth, *model); });
+  auto tree = kv.add_subcommand("tree", "A namespace's prefix tree (chains of single children folded) as text, JSON, DOT or SVG");
+  auto t = std::make_shared<TreeArgs>();
+  tree->add_option("--namespace,-n", t->name_space, "Namespace")->default_str("default");
+  tree->add_option("--depth", t->depth, "Deepest branch level to expand")->capture_default_str();
+  tree->add_option("--model,-m", t->model, "GGUF model whose tokenizer shows each branch's first words");
+  tree->add_option("--format,-f", t->format, "text, json (as GET /v1/trove/tree), dot (Graphviz) or svg (an icicle picture)")
+      ->check(CLI::IsMember({"text", "json", "dot", "svg"}));
+  tree->add_option("--out,-o", t->out, "Write to this file instead of stdout");
+  tree->add_option("--max-nodes", t->max_nodes, "Show at most this many nodes, the largest subtrees first (0: all)");
+  tree->callback([a, t] { cmd_tree(*a, *t); });
 
   auto inspect = kv.add_subcommand("inspect", "One block: index entry, location, checksum");
   auto key = std::make_shared<std::string>();

@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <iterator>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
@@ -90,6 +91,57 @@ TEST_F(KvCli, TreeFoldsChainsAndShowsTheBranch) {
   EXPECT_EQ(root["children"][1]["blocks"], 3);
   auto human = run_trove("kv " + store_arg() + " tree --namespace alice");
   EXPECT_NE(human.out.find("→ 2 branches"), std::string::npos) << human.out;
+}
+
+TEST_F(KvCli, TreeWritesJsonDotAndSvgFiles) {
+  const std::string json_path = dir_.sub("tree.json"), dot_path = dir_.sub("tree.dot"), svg_path = dir_.sub("tree.svg");
+  auto slurp = [](const std::string& p) {
+    std::ifstream f(p);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  };
+  ASSERT_EQ(run_trove("kv " + store_arg() + " tree -n alice --format json --out " + json_path).code, 0);
+  auto j = json::parse(slurp(json_path));
+  EXPECT_EQ(j["namespace"], "alice");
+  EXPECT_EQ(j["blocks"], 8);
+  EXPECT_EQ(j["nodes"], 3);
+  ASSERT_EQ(j["roots"].size(), 1u);
+  EXPECT_EQ(j["roots"][0]["blocks"], 2);
+  EXPECT_EQ(j["roots"][0]["branches"], 2);
+  EXPECT_EQ(j["roots"][0]["leaves"], 2);
+  EXPECT_EQ(j["roots"][0]["children"][0]["start_tokens"], 128);
+  // --json and --format json print the same document.
+  auto printed = run_trove("kv " + store_arg() + " --json tree -n alice");
+  ASSERT_EQ(printed.code, 0) << printed.out;
+  auto p = json::parse(printed.out);
+  p.erase("now");
+  j.erase("now");
+  EXPECT_EQ(p, j);
+
+  ASSERT_EQ(run_trove("kv " + store_arg() + " tree -n alice --format dot -o " + dot_path).code, 0);
+  const std::string dot = slurp(dot_path);
+  EXPECT_NE(dot.find("digraph prefix_tree {"), std::string::npos) << dot;
+  EXPECT_NE(dot.find("n0 -> n1;"), std::string::npos) << dot;
+  EXPECT_NE(dot.find("n0 -> n2;"), std::string::npos) << dot;
+
+  auto r = run_trove("kv " + store_arg() + " tree -n alice --format svg -o " + svg_path);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("wrote " + svg_path + " (svg, 3 of 3 nodes, 8 blocks)"), std::string::npos) << r.out;
+  const std::string svg = slurp(svg_path);
+  EXPECT_EQ(svg.rfind("<svg xmlns=", 0), 0u);
+  EXPECT_NE(svg.find("prefix tree of namespace \"alice\""), std::string::npos);
+
+  auto bad = run_trove("kv " + store_arg() + " tree --format png");
+  EXPECT_NE(bad.code, 0);
+  auto unwritable = run_trove("kv " + store_arg() + " tree -n alice --format svg -o /nonexistent/dir/t.svg");
+  EXPECT_NE(unwritable.code, 0);
+  EXPECT_NE(unwritable.out.find("cannot write /nonexistent/dir/t.svg"), std::string::npos) << unwritable.out;
+}
+
+TEST_F(KvCli, TreeMaxNodesSaysWhatIsLeftOut) {
+  auto r = run_trove("kv " + store_arg() + " tree -n alice --max-nodes 2");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("→ 2 branches"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("1 more nodes (3 blocks) not shown"), std::string::npos) << r.out;
 }
 
 TEST_F(KvCli, TreeWithAModelShowsEachBranchsFirstWords) {

@@ -1,8 +1,10 @@
 #include "common/log.h"
+#include "common/log_problems.h"
 
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <deque>
 #include <ctime>
 #include <mutex>
 #include <string>
@@ -24,6 +26,7 @@ struct Sink {
   std::mutex mu;
   bool capturing = false;
   std::vector<Record> captured;
+  std::deque<TimedRecord> problems;  // the last kRecentProblems warnings and errors
 };
 
 Sink& sink() {
@@ -61,11 +64,21 @@ void write(Level level, std::string_view component, std::string_view message) {
   Sink& s = sink();
   std::lock_guard lock(s.mu);
   if (s.capturing) s.captured.push_back({level, std::string(component), std::string(message)});
+  if (level >= Level::kWarn) {
+    s.problems.push_back({duration_cast<milliseconds>(now.time_since_epoch()).count(), level, std::string(component),
+                          std::string(message)});
+    if (s.problems.size() > kRecentProblems) s.problems.pop_front();
+  }
   if (level >= threshold) {
     std::fprintf(stderr, "%s.%03dZ %c %.*s: %.*s\n", ts, static_cast<int>(ms), level_letter(level),
                  static_cast<int>(component.size()), component.data(), static_cast<int>(message.size()),
                  message.data());
   }
+}
+
+std::vector<TimedRecord> recent_problems() {
+  std::lock_guard lock(sink().mu);
+  return {sink().problems.begin(), sink().problems.end()};
 }
 
 ScopedLogCapture::ScopedLogCapture() {

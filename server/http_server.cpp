@@ -17,6 +17,7 @@
 #include "server/request_body.h"
 #include "server/scheduler.h"
 #include "server/sse.h"
+#include "server/ui.h"
 
 namespace trove::server {
 
@@ -32,7 +33,8 @@ bool anthropic_path(const std::string& path) { return path.rfind("/v1/messages",
 // arbitrary path would let any client grow /metrics without bound).
 std::string endpoint_label(const std::string& path) {
   static const char* const kRoutes[] = {"/v1/chat/completions", "/v1/messages", "/v1/messages/count_tokens",
-                                        "/v1/responses", "/v1/models", "/health", "/metrics"};
+                                        "/v1/responses", "/v1/models", "/health", "/metrics", "/ui",
+                                        "/v1/trove/status", "/v1/trove/tree", "/v1/trove/events"};
   for (const char* r : kRoutes) {
     if (path == r) return path;
   }
@@ -61,13 +63,18 @@ struct HttpServer::Impl {
   ServerOptions opt;
   Metrics metrics;
   std::unique_ptr<Scheduler> scheduler;
+  std::unique_ptr<Dashboard> dashboard;  // reads the scheduler: declared after it, destroyed before it
   httplib::Server http;
 
   Impl(engine::Engine& e, ServerOptions o) : engine(e), opt(std::move(o)) {
     SchedulerObserver obs;
-    obs.time_to_first_token = [this](double s) { metrics.observe_ttft(s); };
+    obs.time_to_first_token = [this](double s) {
+      metrics.observe_ttft(s);
+      if (dashboard) dashboard->observe_ttft(s);
+    };
     obs.inter_token = [this](double s) { metrics.observe_inter_token(s); };
     scheduler = std::make_unique<Scheduler>(engine, obs);
+    dashboard = std::make_unique<Dashboard>(engine, *scheduler, opt);
     const int threads = opt.http_threads;
     http.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
     http.set_payload_max_length(opt.max_body_bytes);
@@ -82,6 +89,12 @@ struct HttpServer::Impl {
       if (opt.api_key.empty() || req.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
       if (api_key_matches(opt.api_key, req.get_header_value("Authorization"), req.get_header_value("x-api-key"))) {
         return httplib::Server::HandlerResponse::Unhandled;
+      }
+      // The dashboard's session cookie and login form (a browser cannot send the key as a header).
+      if (dashboard->admits(req)) return httplib::Server::HandlerResponse::Unhandled;
+      if (dashboard->refuse(req, res)) {
+        metrics.count_request(endpoint_label(req.path), 401);
+        return httplib::Server::HandlerResponse::Handled;
       }
       ApiError e;
       e.status = 401;
@@ -170,6 +183,7 @@ struct HttpServer::Impl {
     http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
       res.set_content(metrics.render(scheduler->stats()), "text/plain; version=0.0.4");
     });
+    dashboard->install(http);
   }
 
   // The model as /v1/models describes it, under `id`: OpenAI's fields, Anthropic's (type,
@@ -315,6 +329,9 @@ struct HttpServer::Impl {
     ctx.prompt_tokens = static_cast<uint32_t>(prompt.size());
     ctx.n_ctx = engine.n_ctx();
     ctx.namespaced_tools = job.namespaced_tools;
+    g.label.id = ctx.id;
+    g.label.dialect = d == Dialect::kOpenAiChat ? "chat.completions" : d == Dialect::kAnthropic ? "messages" : "responses";
+    g.label.user_agent = req.get_header_value("User-Agent").substr(0, 200);
     std::shared_ptr<DialectWriter> writer = d == Dialect::kOpenAiChat ? make_openai_chat_writer(ctx, job.include_usage)
                                             : d == Dialect::kAnthropic ? make_anthropic_writer(ctx)
                                                                        : make_responses_writer(ctx);
@@ -472,6 +489,7 @@ void HttpServer::run() { impl_->http.listen_after_bind(); }
 void HttpServer::stop() {
   // Running requests would keep their connections (and run()) alive until they finish: end them.
   impl_->scheduler->cancel_all();
+  impl_->dashboard->stop();  // ends the dashboards' event streams
   if (impl_->http.is_running()) impl_->http.stop();
 }
 

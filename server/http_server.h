@@ -3,7 +3,8 @@
 // Contract:
 //  - HttpServer serves one loaded Engine through one Scheduler. Routes: POST /v1/chat/completions,
 //    POST /v1/messages, POST /v1/messages/count_tokens, POST /v1/responses, GET /v1/models,
-//    GET /health, GET /metrics (docs/api.md lists every field).
+//    GET /health, GET /metrics (docs/api.md lists every field), and the dashboard: GET /ui and
+//    GET /v1/trove/{status,tree,events} (server/ui.h).
 //  - bind() listens on options.host:options.port (port 0 = a free port) and returns the port; run()
 //    serves until stop() (from any thread).
 //  - With an API key set, every route but /health needs `Authorization: Bearer KEY` or `x-api-key: KEY`
@@ -29,6 +30,7 @@
 
 #include "common/status.h"
 #include "engine/runtime/engine.h"
+#include "kvstore/store.h"
 
 namespace trove::server {
 
@@ -48,6 +50,10 @@ struct ServerOptions {
   // A connection whose client sends nothing for this long while the server waits for its request
   // (header or body bytes) is closed. Bounds what a stalled or slowloris client holds (docs/api.md).
   int read_timeout_s = 30;
+  // The KV store the engine writes (null with --no-store): the dashboard shows its health and trees.
+  std::shared_ptr<kv::Store> store;
+  uint64_t store_budget = 0;                // its --store-size, bytes
+  int ui_sample_ms = 1000;                  // the dashboard's time-series period
 };
 
 class HttpServer {

@@ -22,6 +22,17 @@ const char* finish_reason_name(FinishReason f) {
   return "?";
 }
 
+const char* sequence_state_name(SequenceInfo::State s) {
+  switch (s) {
+    case SequenceInfo::State::kQueued: return "queued";
+    case SequenceInfo::State::kRestoring: return "restoring";
+    case SequenceInfo::State::kPrefilling: return "prefilling";
+    case SequenceInfo::State::kDecoding: return "decoding";
+    case SequenceInfo::State::kFinished: return "finished";
+  }
+  return "?";
+}
+
 bool GenerationStream::wait(std::vector<GenerationEvent>& out, std::chrono::milliseconds timeout) {
   std::unique_lock<std::mutex> lock(mu_);
   if (!cv_.wait_for(lock, timeout, [&] { return !events_.empty(); })) return false;
@@ -48,8 +59,9 @@ void GenerationStream::push(GenerationEvent ev) {
 struct Scheduler::Active {
   GenerationRequest request;
   std::shared_ptr<GenerationStream> stream;
-  Clock::time_point submitted, last_token;
+  Clock::time_point submitted, admitted, first_token, last_token;
   engine::SeqId seq = 0;
+  uint32_t gpu_cached = 0;    // prompt tokens attached from GPU-resident blocks (the rest of cached_tokens came from the store)
   size_t prefilled = 0;       // prompt tokens already in the sequence
   bool decoding = false;      // prompt fully prefilled; `next` is the token to feed
   bool restoring = false;     // the engine is still reading its cached prefix from the KV store
@@ -59,6 +71,26 @@ struct Scheduler::Active {
   std::optional<tokenizer::Detokenizer> detok;
   std::optional<StopStringMatcher> stops;
   GenerationResult result;
+
+  SequenceInfo info() const {
+    SequenceInfo i;
+    i.label = request.label;
+    i.cache_namespace = request.cache_namespace;
+    i.state = done ? SequenceInfo::State::kFinished
+              : restoring ? SequenceInfo::State::kRestoring
+              : decoding ? SequenceInfo::State::kDecoding
+                         : SequenceInfo::State::kPrefilling;
+    i.finish = result.finish;
+    i.prompt_tokens = result.prompt_tokens;
+    i.gpu_cached_tokens = gpu_cached;
+    i.store_cached_tokens = result.cached_tokens > gpu_cached ? result.cached_tokens - gpu_cached : 0;
+    i.prefilled_tokens = static_cast<uint32_t>(prefilled);
+    i.generated_tokens = result.generated_tokens;
+    i.submitted = submitted;
+    i.admitted = admitted;
+    i.first_token = first_token;
+    return i;
+  }
 };
 
 Scheduler::Scheduler(engine::Engine& engine, SchedulerObserver observer)
@@ -103,6 +135,36 @@ SchedulerStats Scheduler::stats() const {
   return stats_;
 }
 
+std::vector<SequenceInfo> Scheduler::sequences() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<SequenceInfo> out;
+  out.reserve(queue_.size() + running_.size() + recent_.size());
+  for (const auto& q : queue_) {
+    SequenceInfo i;
+    i.label = q.request.label;
+    i.cache_namespace = q.request.cache_namespace;
+    i.prompt_tokens = static_cast<uint32_t>(q.request.prompt.size());
+    i.submitted = q.submitted;
+    out.push_back(std::move(i));
+  }
+  out.insert(out.end(), running_.begin(), running_.end());
+  out.insert(out.end(), recent_.begin(), recent_.end());
+  return out;
+}
+
+void Scheduler::publish_locked(const std::vector<std::unique_ptr<Active>>& active) {
+  stats_.active = static_cast<uint32_t>(active.size());
+  stats_.pool = engine_.pool_stats();
+  stats_.cache = engine_.cache_stats();
+  running_.clear();
+  for (const auto& a : active) {
+    if (!a->done) running_.push_back(a->info());
+  }
+  for (auto& f : just_finished_) recent_.push_front(std::move(f));
+  just_finished_.clear();
+  while (recent_.size() > kRecentFinished) recent_.pop_back();
+}
+
 // Called with mu_ held (open_sequence is the engine's; only this thread calls it).
 void Scheduler::admit(std::vector<std::unique_ptr<Active>>& active) {
   // Drop cancelled requests wherever they are in the queue (they may wait behind full slots).
@@ -114,6 +176,15 @@ void Scheduler::admit(std::vector<std::unique_ptr<Active>>& active) {
       ev.result.finish = FinishReason::kCancelled;
       it->stream->push(std::move(ev));
       ++stats_.cancelled;
+      SequenceInfo gone;
+      gone.label = it->request.label;
+      gone.cache_namespace = it->request.cache_namespace;
+      gone.state = SequenceInfo::State::kFinished;
+      gone.finish = FinishReason::kCancelled;
+      gone.prompt_tokens = static_cast<uint32_t>(it->request.prompt.size());
+      gone.submitted = it->submitted;
+      gone.ended = Clock::now();
+      just_finished_.push_back(std::move(gone));
       it = queue_.erase(it);
     } else {
       ++it;
@@ -135,6 +206,7 @@ void Scheduler::admit(std::vector<std::unique_ptr<Active>>& active) {
     a->request = std::move(q.request);
     a->stream = std::move(q.stream);
     a->submitted = q.submitted;
+    a->admitted = Clock::now();
     a->result.prompt_tokens = static_cast<uint32_t>(a->request.prompt.size());
     a->result.queue_seconds = std::chrono::duration<double>(Clock::now() - q.submitted).count();
     queue_.pop_front();
@@ -196,6 +268,7 @@ void Scheduler::admit(std::vector<std::unique_ptr<Active>>& active) {
       if (got.ok()) {
         a->prefilled = *got;
         a->result.cached_tokens = *got;
+        a->gpu_cached = *got;
         a->restoring = engine_.restoring(a->seq);
       } else {
         log::warn("scheduler", "prefix cache not used for this request: {}", got.status().ToString());
@@ -237,6 +310,9 @@ void Scheduler::finish(Active& a, FinishReason reason, std::string error) {
   ev.kind = GenerationEvent::Kind::kDone;
   ev.result = a.result;
   a.stream->push(std::move(ev));
+  SequenceInfo info = a.info();
+  info.ended = Clock::now();
+  just_finished_.push_back(std::move(info));
 }
 
 void Scheduler::on_token(Active& a, int32_t token) {
@@ -248,6 +324,7 @@ void Scheduler::on_token(Active& a, int32_t token) {
     return finish(a, FinishReason::kStop);
   }
   if (a.result.generated_tokens == 0) {
+    a.first_token = now;
     a.result.ttft_seconds = std::chrono::duration<double>(now - a.submitted).count();
     if (observer_.time_to_first_token) observer_.time_to_first_token(a.result.ttft_seconds);
     a.stream->decoding_.store(true);
@@ -307,9 +384,7 @@ void Scheduler::loop() {
     retire();
     {
       std::lock_guard<std::mutex> lock(mu_);
-      stats_.active = static_cast<uint32_t>(active.size());
-      stats_.pool = engine_.pool_stats();
-      stats_.cache = engine_.cache_stats();
+      publish_locked(active);
     }
 
     // Restores from the KV store that finished since the last step: those prompts go on from there.
@@ -385,6 +460,7 @@ void Scheduler::loop() {
       continue;
     }
     auto out = engine_.step(inputs);
+    uint64_t prefill_tokens = 0, decode_tokens = 0, generated_tokens = 0;
     if (!out.ok() && out.status().code() == StatusCode::kResourceExhausted) {
       // The pool filled up while sequences grew. The engine left every sequence as it was: end the
       // youngest one (freeing its blocks) and let the others retry in the next step.
@@ -402,12 +478,16 @@ void Scheduler::loop() {
     } else {
       for (size_t i = 0; i < owners.size(); ++i) {
         Active& a = *owners[i];
+        const uint32_t generated_before = a.result.generated_tokens;
         if (a.decoding) {
+          ++decode_tokens;
           on_token(a, (*out)[i].token);
         } else {
+          prefill_tokens += chunk_sizes[i];
           a.prefilled += chunk_sizes[i];
           if (a.prefilled == a.request.prompt.size()) on_token(a, (*out)[i].token);
         }
+        generated_tokens += a.result.generated_tokens - generated_before;
       }
     }
     uint64_t newly_done = 0;
@@ -417,9 +497,10 @@ void Scheduler::loop() {
       std::lock_guard<std::mutex> lock(mu_);
       ++stats_.steps;
       stats_.completed += newly_done;
-      stats_.active = static_cast<uint32_t>(active.size());
-      stats_.pool = engine_.pool_stats();
-      stats_.cache = engine_.cache_stats();
+      stats_.prefill_tokens += prefill_tokens;
+      stats_.decode_tokens += decode_tokens;
+      stats_.generated_tokens += generated_tokens;
+      publish_locked(active);
     }
   }
   for (auto& a : active) {

@@ -58,6 +58,13 @@
 
 namespace trove::server {
 
+// Who sent a request, for the dashboard's sequence table (GET /v1/trove/status); nothing else reads it.
+struct RequestLabel {
+  std::string id;          // the response id the client sees (chatcmpl-…, msg_…, resp_…)
+  std::string dialect;     // "chat.completions", "messages" or "responses"
+  std::string user_agent;  // the client's User-Agent header
+};
+
 struct GenerationRequest {
   std::vector<int32_t> prompt;
   uint32_t max_tokens = 256;
@@ -70,6 +77,7 @@ struct GenerationRequest {
   // requests. use_cache = false (the opt-out) neither reads nor adds cached blocks.
   bool use_cache = true;
   std::string cache_namespace;
+  RequestLabel label;
 };
 
 enum class FinishReason { kStop, kLength, kCancelled, kError };
@@ -120,10 +128,30 @@ class GenerationStream {
   std::function<void()> wake_scheduler_;
 };
 
+// One request as the dashboard shows it (Scheduler::sequences()): queued, running, or finished lately.
+struct SequenceInfo {
+  enum class State { kQueued, kRestoring, kPrefilling, kDecoding, kFinished };
+  using TimePoint = std::chrono::steady_clock::time_point;
+  RequestLabel label;
+  std::string cache_namespace;
+  State state = State::kQueued;
+  FinishReason finish = FinishReason::kStop;  // kFinished only
+  uint32_t prompt_tokens = 0;
+  uint32_t gpu_cached_tokens = 0;    // attached from GPU-resident blocks
+  uint32_t store_cached_tokens = 0;  // restored from the KV store
+  uint32_t prefilled_tokens = 0;     // prompt tokens the sequence holds so far (cached + computed)
+  uint32_t generated_tokens = 0;
+  TimePoint submitted, admitted, first_token, ended;  // a default TimePoint: not yet
+};
+const char* sequence_state_name(SequenceInfo::State s);
+
 struct SchedulerStats {
   uint32_t queued = 0;
   uint32_t active = 0;
   uint64_t steps = 0;
+  uint64_t prefill_tokens = 0;  // prompt tokens computed by steps (not taken from the prefix cache)
+  uint64_t decode_tokens = 0;   // generated tokens fed back by decode steps
+  uint64_t generated_tokens = 0;  // tokens generated (the first of each request comes from its last prefill step)
   uint64_t cancelled = 0;     // requests ended by cancel()
   uint64_t completed = 0;     // requests ended any other way
   engine::PoolStats pool;     // snapshot after the last step
@@ -147,6 +175,10 @@ class Scheduler {
   // Cancels every queued and running request (server shutdown); they end with kCancelled.
   void cancel_all();
   SchedulerStats stats() const;
+  // Queued requests (oldest first), then running sequences (admission order, as of the end of the
+  // last loop iteration), then the last kRecentFinished finished requests (newest first).
+  std::vector<SequenceInfo> sequences() const;
+  static constexpr size_t kRecentFinished = 32;
   const engine::Engine& engine() const { return engine_; }
 
  private:
@@ -161,6 +193,8 @@ class Scheduler {
   void on_token(Active& a, int32_t token);
   void report_cached(Active& a);
   void finish(Active& a, FinishReason reason, std::string error = {});
+  // With mu_ held: stats_ and the sequence snapshot from the scheduler thread's view.
+  void publish_locked(const std::vector<std::unique_ptr<Active>>& active);
 
   engine::Engine& engine_;
   SchedulerObserver observer_;
@@ -170,6 +204,9 @@ class Scheduler {
   bool stopping_ = false;
   std::atomic<bool> cancel_all_{false};
   SchedulerStats stats_;
+  std::vector<SequenceInfo> running_;        // guarded by mu_
+  std::deque<SequenceInfo> recent_;          // guarded by mu_, newest first
+  std::vector<SequenceInfo> just_finished_;  // scheduler thread only; moved to recent_ when published
   std::thread thread_;
 };
 

@@ -149,6 +149,8 @@ void serve(ServeArgs a) {
   so.default_max_tokens = a.default_max_tokens;
   so.model_id = std::filesystem::path(model).stem().string();
   so.http_threads = static_cast<int>(std::max<uint32_t>(64, a.parallel * 4));
+  so.store = store;
+  so.store_budget = store_budget;
   server::HttpServer srv(e, so);
   auto port = srv.bind();
   if (!port.ok()) cli::fail(port.status().message());
@@ -189,6 +191,8 @@ void serve(ServeArgs a) {
   } else {
     std::fprintf(stderr, "KV store off (--no-store): prefixes are cached on the GPU only and lost on restart\n");
   }
+  std::fprintf(stderr, "dashboard: http://%s:%d/ui%s\n", a.host.c_str(), *port,
+               a.api_key.empty() ? "" : " (log in with the API key)");
   std::printf("trove: listening on http://%s:%d\n", a.host.c_str(), *port);
   std::fflush(stdout);
   srv.run();

@@ -62,6 +62,11 @@ if(TROVE_TESTS)
   if(NOT GTest_FOUND)
     trove_missing(libgtest-dev "GoogleTest")
   endif()
+  # Only the dashboard's browser test (tests/ui) needs it, so its absence is a warning, not an error.
+  if(NOT EXISTS /usr/bin/chromium)
+    message(WARNING "trove: /usr/bin/chromium not found; the test ui_dashboard_browser will fail. Install it with:\n"
+                    "  sudo apt-get install -y chromium\n(scripts/setup.sh test installs it)")
+  endif()
 endif()
 if(TROVE_BENCH)
   find_package(benchmark QUIET)

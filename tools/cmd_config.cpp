@@ -2,8 +2,6 @@
 // trove server, for people who set things up by hand — the same ones `trove launch` applies
 // (tools/clients.h). The model's id, context window and reasoning come from the running server
 // (--url), or, when none answers, from the model `trove serve` would load.
-#include <httplib.h>
-
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
@@ -12,8 +10,6 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "engine/gguf/gguf.h"
-#include "engine/gguf/model_info.h"
 #include "tools/clients.h"
 #include "tools/command.h"
 #include "tools/paths.h"
@@ -40,53 +36,12 @@ struct ConfigArgs {
 
 }  // namespace
 
-namespace trove::cli {
-
-// The model a client should be told about: from the server at `url` when it answers, else from the
-// GGUF `model_path` (default: the one trove serve would pick). `running` says which.
-Result<clients::ServedModel> describe_served_model(const std::string& url, const std::string& model_path, bool& running) {
-  clients::ServedModel m;
-  m.url = url;
-  while (!m.url.empty() && m.url.back() == '/') m.url.pop_back();
-  running = false;
-  {
-    httplib::Client c(m.url);
-    c.set_connection_timeout(1, 0);
-    c.set_read_timeout(5, 0);
-    if (const char* k = std::getenv("TROVE_API_KEY"); k && *k) c.set_bearer_token_auth(k);
-    if (auto r = c.Get("/v1/models"); r && r->status == 200) {
-      try {
-        auto j = nlohmann::json::parse(r->body)["data"][0];
-        m.id = j.value("id", "");
-        m.n_ctx = j.value("context_window", j.value("context_length", 0u));
-        m.max_output = j.value("max_output_tokens", m.n_ctx);
-        m.reasoning = j.value("reasoning", false);
-        running = !m.id.empty() && m.n_ctx > 0;
-      } catch (const nlohmann::json::exception&) {
-      }
-      if (running) return m;
-    }
-  }
-  const std::string path = model_path.empty() ? default_model_path() : model_path;
-  if (path.empty()) return Status::NotFound(no_model_message());
-  auto f = gguf::GgufFile::open(path);
-  if (!f.ok()) return f.status();
-  auto info = gguf::describe_model(**f);
-  if (!info.ok()) return info.status();
-  m.id = std::filesystem::path(path).stem().string();
-  m.n_ctx = std::min<uint32_t>(info->n_ctx ? info->n_ctx : 32768, 32768);  // trove serve's default --ctx
-  m.max_output = std::min<uint32_t>(32768, m.n_ctx);
-  m.reasoning = info->template_family == gguf::TemplateFamily::kQwen3;
-  return m;
-}
-
-}  // namespace trove::cli
 
 namespace {
 
 void config(const ConfigArgs& a) {
   bool running = false;
-  auto m = cli::describe_served_model(a.url, a.model, running);
+  auto m = clients::describe_served_model(a.url, a.model.empty() ? cli::default_model_path() : a.model, running);
   if (!m.ok()) cli::fail(m.status().message());
   if (const char* k = std::getenv("TROVE_API_KEY"); k && *k) m->api_key = k;
   const std::string dir = cli::trove_home() + "/clients/" + a.client;

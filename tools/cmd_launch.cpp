@@ -41,10 +41,6 @@
 #include "tools/command.h"
 #include "tools/paths.h"
 
-namespace trove::cli {
-Result<clients::ServedModel> describe_served_model(const std::string& url, const std::string& model_path, bool& running);
-}
-
 namespace {
 
 using namespace trove;
@@ -216,7 +212,7 @@ void launch(LaunchArgs a) {
     // For integrations that hold their own lease (a file named by their pid in run/leases), such as
     // the Pi package in integrations/pi.
     bool running = false;
-    auto m = cli::describe_served_model(*url, "", running);
+    auto m = clients::describe_served_model(*url, cli::default_model_path(), running);
     if (!m.ok()) cli::fail(m.status().message());
     json out = {{"url", *url}, {"model", m->id}, {"context_window", m->n_ctx}, {"max_output_tokens", m->max_output},
                 {"reasoning", m->reasoning}, {"leases", run_dir() + "/leases"}, {"log", run_dir() + "/serve.log"}};
@@ -225,7 +221,7 @@ void launch(LaunchArgs a) {
   }
 
   bool running = false;
-  auto model = cli::describe_served_model(*url, "", running);
+  auto model = clients::describe_served_model(*url, cli::default_model_path(), running);
   if (!model.ok()) {
     std::remove(lease.c_str());
     cli::fail(model.status().message());

@@ -40,8 +40,9 @@ inline std::string default_model_path() {
 // What to tell a user who has no model.
 inline std::string no_model_message() {
   return "no model given and none in " + default_model_dir() +
-         ". Put a Qwen3 GGUF there (e.g. Qwen3-Coder-30B-A3B-Instruct-Q4_K_M.gguf) or pass --model PATH; "
-         "for a synthetic demo model run: trove mkmodel --preset qwen3-0.6b --type Q8_0 --out " +
+         ". Download one with `trove pull` (Qwen3-Coder-30B-A3B; `trove pull --list` shows others), put a "
+         "Qwen3 GGUF there or pass --model PATH; for a synthetic demo model run: trove mkmodel --preset "
+         "qwen3-0.6b --type Q8_0 --out " +
          default_model_dir() + "/demo-qwen3-0.6b.gguf";
 }
 

@@ -36,7 +36,20 @@ before(() => {
   execFileSync(trove, ["mkmodel", "--preset", "tiny", "--type", "F32", "--seed", "5", "--out",
                        path.join(troveHome, "models", "tiny.gguf")], { stdio: ["ignore", "ignore", "inherit"] });
 });
-after(() => fs.rmSync(work, { recursive: true, force: true }));
+// The server writes its pipeline cache under TROVE_HOME as it exits: wait for it to be gone before the
+// work directory is removed, or the directory comes back.
+async function serverGone(troveHome) {
+  let pid = 0;
+  try { pid = JSON.parse(fs.readFileSync(path.join(troveHome, "run", "server.json"), "utf8")).pid; } catch { return; }
+  for (let i = 0; i < 300; i++) {
+    try { process.kill(pid, 0); } catch { return; }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+after(async () => {
+  await serverGone(troveHome);
+  fs.rmSync(work, { recursive: true, force: true });
+});
 
 describe("trove launch", () => {
   it("starts a background server, a second launch reuses it, and it stops after the last client", async () => {

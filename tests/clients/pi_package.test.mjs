@@ -25,9 +25,19 @@ function fakePi() {
 }
 const load = async () => (await import(`../../integrations/pi/index.js?${Math.random()}`)).default;
 
+// The server writes its pipeline cache under TROVE_HOME as it exits: wait for it to be gone before the
+// work directory is removed, or the directory comes back.
+async function serverGone(troveHome) {
+  let pid = 0;
+  try { pid = JSON.parse(fs.readFileSync(path.join(troveHome, "run", "server.json"), "utf8")).pid; } catch { return; }
+  for (let i = 0; i < 300; i++) {
+    try { process.kill(pid, 0); } catch { return; }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
 after(async () => {
   // Leave no server behind: the lease is gone, so it stops after TROVE_IDLE_EXIT=2 s.
-  await new Promise((r) => setTimeout(r, 100));
+  await serverGone(path.join(work, "home"));
   fs.rmSync(work, { recursive: true, force: true });
 });
 

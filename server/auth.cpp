@@ -3,10 +3,14 @@
 namespace trove::server {
 namespace {
 
-bool equal_constant_time(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  unsigned char diff = 0;
-  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+// True when `given` equals `expected`. The time depends only on given.size(), which the client chose:
+// neither the position of the first differing byte nor the key's length shows in it (an early return
+// on a length mismatch would let a client find the length by timing). REQUIRES: !expected.empty().
+bool equal_constant_time(std::string_view expected, std::string_view given) {
+  size_t diff = expected.size() ^ given.size();
+  for (size_t i = 0; i < given.size(); ++i) {
+    diff |= static_cast<unsigned char>(expected[i % expected.size()] ^ given[i]);
+  }
   return diff == 0;
 }
 

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <string>
+
 using trove::server::api_key_matches;
 
 TEST(Auth, NoKeyConfiguredAllowsEverything) {
@@ -23,4 +25,15 @@ TEST(Auth, XApiKeyHeader) {
   EXPECT_TRUE(api_key_matches("sk-1", "", "sk-1"));
   EXPECT_FALSE(api_key_matches("sk-1", "", "sk-"));
   EXPECT_TRUE(api_key_matches("sk-1", "Bearer wrong", "sk-1"));
+}
+
+TEST(Auth, KeysThatArePrefixesOrRepetitionsDoNotMatch) {
+  // The comparison walks the client's value and wraps around the key: a repetition of the key must
+  // still fail on the length.
+  EXPECT_FALSE(api_key_matches("ab", "", "abab"));
+  EXPECT_FALSE(api_key_matches("ab", "", "a"));
+  EXPECT_FALSE(api_key_matches("ab", "Bearer abab", ""));
+  EXPECT_FALSE(api_key_matches("abab", "", "ab"));
+  EXPECT_TRUE(api_key_matches("k\xFF", "", "k\xFF"));
+  EXPECT_FALSE(api_key_matches("k", "", std::string("k\0", 2)));
 }

@@ -35,7 +35,7 @@ Json anthropic_error_body(const ApiError& e) {
   if (e.status == 401) type = "authentication_error";
   if (e.status == 413) type = "request_too_large";
   if (e.status == 404) type = "not_found_error";
-  if (e.status >= 500) type = "api_error";
+  if (e.status >= 500) type = e.status == 503 ? "overloaded_error" : "api_error";
   return {{"type", "error"}, {"error", {{"type", type}, {"message", e.message}}}};
 }
 

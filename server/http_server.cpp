@@ -337,10 +337,23 @@ struct HttpServer::Impl {
                                                                        : make_responses_writer(ctx);
     auto parser = std::make_shared<chat::OutputParser>(po);
     auto prefix_events = std::make_shared<std::vector<chat::OutputEvent>>(parser->feed(reply_prefix));
-    auto stream = scheduler->submit(std::move(g));
+    auto stream = scheduler->try_submit(std::move(g), opt.max_queue);
+    if (!stream) {
+      ApiError e;
+      e.status = 503;
+      e.type = "server_error";
+      e.message = fmt::format("the server is busy: {} requests are generating and {} are waiting, the most it "
+                              "queues (--max-queue); retry after {} s",
+                              engine.max_sequences(), opt.max_queue, opt.retry_after_s);
+      res.set_header("Retry-After", std::to_string(opt.retry_after_s));
+      send_error(res, anthropic, e);
+      metrics.count_request(endpoint, 503);
+      return;
+    }
 
     auto record = [this, endpoint](const GenerationResult& r, int status) {
       metrics.count_request(endpoint, status);
+      metrics.observe_queue_wait(r.queue_seconds);
       metrics.add_tokens(r.prompt_tokens, r.cached_tokens, r.generated_tokens);
       log::info("serve", "{} {}: {} prompt tokens ({} cached), {} generated, finish {}, ttft {:.2f} s, total {:.2f} s",
                 endpoint, status, r.prompt_tokens, r.cached_tokens, r.generated_tokens, finish_reason_name(r.finish),

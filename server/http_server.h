@@ -20,6 +20,9 @@
 //  - Streaming responses are SSE over chunked HTTP. While nothing is generated for keepalive_ms
 //    (a long prefill) an SSE comment is written; a failed write means the client left: its request is
 //    cancelled and the scheduler frees its sequence within one step.
+//  - Overload: at most max_queue requests wait for a sequence slot; beyond that a generation request
+//    gets 503 (OpenAI type server_error, Anthropic overloaded_error) with a Retry-After header, before
+//    anything is streamed. /health and /metrics are never queued.
 //  - Nothing from prompts or outputs is logged unless log_prompts.
 //  - The force-output test hook (`trove_force_output` body field) is only honoured with
 //    test_force_output; otherwise the field is rejected with 400.
@@ -54,6 +57,10 @@ struct ServerOptions {
   std::shared_ptr<kv::Store> store;
   uint64_t store_budget = 0;                // its --store-size, bytes
   int ui_sample_ms = 1000;                  // the dashboard's time-series period
+  // Requests that may wait behind the running sequences (--parallel); one more gets 503 with
+  // Retry-After: retry_after_s (overload is answered at once instead of by a growing wait).
+  size_t max_queue = 64;
+  int retry_after_s = 2;
 };
 
 class HttpServer {

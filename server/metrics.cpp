@@ -26,7 +26,8 @@ std::string Histogram::render(const std::string& name, const std::string& help) 
 
 Metrics::Metrics()
     : ttft_({0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120}),
-      inter_token_({0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5}) {}
+      inter_token_({0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5}),
+      queue_wait_({0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120}) {}
 
 void Metrics::count_request(const std::string& endpoint, int status) {
   std::lock_guard<std::mutex> lock(mu_);
@@ -43,6 +44,11 @@ void Metrics::add_tokens(uint32_t prompt, uint32_t cached, uint32_t generated) {
 void Metrics::observe_ttft(double seconds) {
   std::lock_guard<std::mutex> lock(mu_);
   ttft_.observe(seconds);
+}
+
+void Metrics::observe_queue_wait(double seconds) {
+  std::lock_guard<std::mutex> lock(mu_);
+  queue_wait_.observe(seconds);
 }
 
 void Metrics::observe_inter_token(double seconds) {
@@ -70,6 +76,7 @@ std::string Metrics::render(const SchedulerStats& s) const {
   counter("trove_scheduler_steps_total", "Engine steps run by the scheduler.", s.steps);
   out += ttft_.render("trove_time_to_first_token_seconds", "Time from request to first generated token.");
   out += inter_token_.render("trove_inter_token_latency_seconds", "Time between consecutive generated tokens of one request.");
+  out += queue_wait_.render("trove_queue_wait_seconds", "Time a generation request waited for a sequence slot.");
   gauge("trove_queue_depth", "Requests waiting for a sequence slot.", s.queued);
   gauge("trove_active_sequences", "Sequences being prefilled or decoded.", s.active);
   gauge("trove_kv_pool_blocks_used", "KV pool blocks in use.", s.pool.used_blocks);

@@ -37,6 +37,7 @@ class Metrics {
   void count_request(const std::string& endpoint, int status);
   void add_tokens(uint32_t prompt, uint32_t cached, uint32_t generated);
   void observe_ttft(double seconds);
+  void observe_queue_wait(double seconds);  // submit → admitted, per finished generation request
   void observe_inter_token(double seconds);
   std::string render(const SchedulerStats& scheduler) const;
 
@@ -44,7 +45,7 @@ class Metrics {
   mutable std::mutex mu_;
   std::map<std::pair<std::string, int>, uint64_t> requests_;
   uint64_t prompt_tokens_ = 0, cached_tokens_ = 0, generated_tokens_ = 0;
-  Histogram ttft_, inter_token_;
+  Histogram ttft_, inter_token_, queue_wait_;
 };
 
 }  // namespace trove::server

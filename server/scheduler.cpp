@@ -1,6 +1,7 @@
 #include "server/scheduler.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <optional>
 
 #include <fmt/format.h>
@@ -110,10 +111,15 @@ Scheduler::~Scheduler() {
 }
 
 std::shared_ptr<GenerationStream> Scheduler::submit(GenerationRequest request) {
+  return try_submit(std::move(request), SIZE_MAX);
+}
+
+std::shared_ptr<GenerationStream> Scheduler::try_submit(GenerationRequest request, size_t max_queued) {
   auto stream = std::make_shared<GenerationStream>();
   stream->wake_scheduler_ = [this] { cv_.notify_all(); };
   {
     std::lock_guard<std::mutex> lock(mu_);
+    if (queue_.size() >= max_queued) return nullptr;
     queue_.push_back({std::move(request), stream, Clock::now()});
     stats_.queued = static_cast<uint32_t>(queue_.size());
   }

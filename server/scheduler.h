@@ -4,7 +4,8 @@
 //  - Scheduler owns a thread that owns the Engine's mutable side (open/close sequences, step()). Other
 //    threads only call submit(), stats(), sequences() and GenerationStream methods; the engine's const accessors
 //    (tokenizer, renderer, config) stay usable from any thread.
-//  - submit() queues a request and returns its GenerationStream at once. Requests are admitted in
+//  - submit() queues a request and returns its GenerationStream at once (try_submit() refuses it when
+//    the queue is at a bound: the server answers 503). Requests are admitted in
 //    arrival order while a sequence slot is free (engine.max_sequences()) and the KV pool has room for
 //    the prompt beside what admitted prompts still have to prefill; the rest wait in the queue. A
 //    prompt larger than the whole pool ends with kError naming both sizes.
@@ -172,6 +173,10 @@ class Scheduler {
   Scheduler& operator=(const Scheduler&) = delete;
 
   std::shared_ptr<GenerationStream> submit(GenerationRequest request);
+  // Like submit(), but refuses the request (returns nullptr; it never runs) when `max_queued` requests
+  // already wait for admission: the bound on the queue behind the running sequences, checked and
+  // taken under the scheduler's lock (concurrent callers cannot overshoot it).
+  std::shared_ptr<GenerationStream> try_submit(GenerationRequest request, size_t max_queued);
   // Cancels every queued and running request (server shutdown); they end with kCancelled.
   void cancel_all();
   SchedulerStats stats() const;

@@ -39,6 +39,7 @@ struct ServeArgs {
   std::string store_size = "64G";
   bool no_store = false;
   size_t max_body = 32u << 20;
+  size_t max_queue = 64;
   bool log_prompts = false;
   bool test_force_output = false;
   int keepalive_ms = 3000;
@@ -143,14 +144,17 @@ void serve(ServeArgs a) {
   so.port = a.port;
   so.api_key = a.api_key;
   so.max_body_bytes = a.max_body;
+  so.max_queue = a.max_queue;
   so.log_prompts = a.log_prompts;
   so.test_force_output = a.test_force_output;
   so.keepalive_ms = a.keepalive_ms;
   so.default_max_tokens = a.default_max_tokens;
   so.model_id = std::filesystem::path(model).stem().string();
-  so.http_threads = static_cast<int>(std::max<uint32_t>(64, a.parallel * 4));
   so.store = store;
   so.store_budget = store_budget;
+  // Every running and queued request holds an HTTP thread (a stream, or a reply being waited for); the
+  // rest serve /health, /metrics and quick refusals (503, 4xx) while the queue is full.
+  so.http_threads = static_cast<int>(std::max<size_t>(64, a.parallel + a.max_queue + 16));
   server::HttpServer srv(e, so);
   auto port = srv.bind();
   if (!port.ok()) cli::fail(port.status().message());
@@ -214,6 +218,8 @@ void add_serve(CLI::App& sub) {
       ->capture_default_str();
   sub.add_flag("--no-store", a->no_store, "Serve without the KV store (prefix cache on the GPU only)");
   sub.add_option("--max-body", a->max_body, "Largest request body in bytes (413 beyond)")->capture_default_str();
+  sub.add_option("--max-queue", a->max_queue, "Requests that may wait for a free sequence (503 with Retry-After beyond)")
+      ->capture_default_str();
   sub.add_option("--max-batch-tokens", a->max_batch_tokens, "Most tokens per engine step (prefill chunk bound)")
       ->capture_default_str();
   sub.add_option("--default-max-tokens", a->default_max_tokens,

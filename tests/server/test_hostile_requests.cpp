@@ -405,4 +405,50 @@ TEST_F(HostileRequests, HalfClosedSockets) {
   EXPECT_EQ(post(s.port, kDialects[0].path, kDialects[0].body("hi")).status, 200);
 }
 
+// More requests than --parallel runs and --max-queue holds: the rest get 503 with Retry-After in the
+// dialect's shape at once (before anything is streamed); the queued ones still complete, the KV pool
+// returns to empty, and /metrics counts the 503s and the queue wait.
+TEST_F(HostileRequests, OverloadIsAnswered503WithRetryAfter) {
+  FakeEngine e(/*max_sequences=*/1, 64);
+  e.script.assign(6, e.tokenizer().encode(" tick", false)[0]);
+  e.step_delay = 30ms;
+  ServerOptions o;
+  o.max_queue = 2;
+  o.retry_after_s = 3;
+  Served s(e, o);
+  // One running, two queued: streaming requests, read at the end.
+  std::vector<int> held;
+  for (int i = 0; i < 3; ++i) {
+    held.push_back(connect_to(s.port));
+    send_request(held.back(), "POST", "/v1/chat/completions",
+                 R"({"stream":true,"max_tokens":6,"messages":[{"role":"user","content":"hi"}]})");
+    for (int k = 0; k < 200 && (i == 0 ? e.open_count() == 0 : false); ++k) std::this_thread::sleep_for(5ms);
+  }
+  std::this_thread::sleep_for(50ms);  // the two behind the first are queued by now
+  for (const Dialect& d : kDialects) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const Reply r = post(s.port, d.path, d.body("one too many"));
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 1s) << "the refusal waited";
+    expect_error_shape(r, d.anthropic, 503, d.anthropic ? "overloaded_error" : "server_error");
+    EXPECT_NE(r.head.find("Retry-After: 3"), std::string::npos) << r.head;
+    EXPECT_NE(r.body.find("--max-queue"), std::string::npos) << r.body;
+  }
+  // /health is not queued behind generation.
+  EXPECT_NE(request(s.port, "GET", "/health", "").find("200 OK"), std::string::npos);
+  for (int fd : held) {
+    const std::string got = read_until(fd, "[DONE]");
+    ::close(fd);
+    EXPECT_NE(got.find("[DONE]"), std::string::npos) << got;
+  }
+  for (int i = 0; i < 200 && e.open_count() != 0; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(e.pool_stats().used_blocks, 0u);
+  e.script = e.tokenizer().encode("ok", false);
+  EXPECT_EQ(post(s.port, kDialects[0].path, kDialects[0].body("after the rush")).status, 200);
+  const std::string m = request(s.port, "GET", "/metrics", "");
+  EXPECT_NE(m.find(R"(trove_requests_total{endpoint="/v1/chat/completions",status="503"} 1)"), std::string::npos) << m;
+  EXPECT_NE(m.find(R"(trove_requests_total{endpoint="/v1/messages",status="503"} 1)"), std::string::npos) << m;
+  EXPECT_NE(m.find("trove_queue_wait_seconds_count 4"), std::string::npos) << m;
+  EXPECT_NE(m.find("trove_kv_pool_blocks_used 0"), std::string::npos) << m;
+}
+
 }  // namespace

@@ -4,7 +4,9 @@
 //   sampling with a seed is reproducible;
 //   chat with -p: streams a reply and ends with the prefill/decode tok/s line and the synthetic banner;
 //   interactive chat on stdin: the second turn reuses the first turn's KV ("N reused");
-//   a missing model file is a clear error and exit status 1.
+//   a missing model file is a clear error and exit status 1;
+//   `trove version --device` prints the Vulkan device on one line, and a TROVE_VK_DEVICE that matches
+//     none is an error listing the devices (what scripts/device-run.sh relies on).
 import { execFileSync, spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -56,6 +58,14 @@ try {
 
   const missing = spawnSync(trove, ["run", "-m", join(work, "nope.gguf"), "-p", "x"], { encoding: "utf8" });
   check(missing.status === 1 && /cannot open model file .*nope\.gguf/.test(missing.stderr), "a missing model is a clear error");
+
+  const version = spawnSync(trove, ["version", "--device"], { encoding: "utf8" });
+  check(version.status === 0 && /^vulkan: .+; driver .+; API 1\.\d+\.\d+; .*KHR cooperative matrix: /m.test(version.stdout),
+        `version --device prints the device line (${version.stdout.trim().split("\n").pop()})`);
+  const nodev = spawnSync(trove, ["version", "--device"], {
+    encoding: "utf8", env: { ...process.env, TROVE_VK_DEVICE: "no-such-device" } });
+  check(nodev.status === 1 && /TROVE_VK_DEVICE='no-such-device' matches no Vulkan device/.test(nodev.stderr),
+        "version --device with an unknown TROVE_VK_DEVICE is a clear error");
 } finally {
   rmSync(work, { recursive: true, force: true });
 }

@@ -2,6 +2,7 @@
 // beside llama.cpp's numbers and the decode bandwidth limit from ../shared/docs/TARGETS.md (H100).
 //
 //   build/bench/engine/bench_engine --model M.gguf [--model M2.gguf ...] [--depth 16384] [--reps 3]
+//                                   [--json FILE]
 //
 //   pp512     one step of 512 prompt tokens on an empty sequence (best of --reps)
 //   pp4096    4096 prompt tokens in steps of 512 (chunked prefill), tokens / total time
@@ -9,15 +10,19 @@
 //   tg64@16k  64 decode steps after --depth prompt tokens (attention over a long KV)
 // Tokens are random ids (speed does not depend on them). bench/engine/run.sh writes the synthetic
 // Qwen3-8B and Qwen3-30B-A3B Q4_K_M models and runs this; docs/performance.md records the table.
+// --json FILE also writes the rows as JSON, which bench/peer/compare.mjs sets beside llama.cpp's
+// (bench/peer/bench_peer.mjs) measured on the same files.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <random>
 #include <string>
 #include <vector>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "engine/runtime/engine.h"
 
@@ -27,7 +32,7 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 struct Row {
-  std::string model;
+  std::string model, file;
   double pp512 = 0, pp4096 = 0, tg128 = 0, tg16k = 0, pp16k = 0;
 };
 
@@ -95,6 +100,7 @@ Result<Row> bench(const std::string& path, uint32_t depth, int reps) {
   engine::Engine& e = **loaded;
   Row row;
   row.model = e.config().name;
+  row.file = path;
   std::mt19937 rng(7);
   auto fresh = [&]() -> Result<engine::SeqId> { return e.open_sequence(); };
   int32_t next = 0;
@@ -150,6 +156,22 @@ Result<Row> bench(const std::string& path, uint32_t depth, int reps) {
 
 std::string num(double v) { return v > 0 ? fmt::format("{:.0f}", v) : "—"; }
 
+// The rows in bench/peer/compare.mjs's terms: tok/s per llama-bench-style column, 0s left out.
+bool write_json(const std::string& path, const std::vector<Row>& rows, uint32_t depth, int reps) {
+  nlohmann::ordered_json doc = {
+      {"engine", "trove"}, {"depth", depth}, {"reps", reps}, {"results", nlohmann::ordered_json::array()}};
+  for (const auto& r : rows) {
+    nlohmann::ordered_json j = {{"model", r.model}, {"file", r.file}, {"pp512", r.pp512}, {"pp4096", r.pp4096},
+                        {"tg128", r.tg128}};
+    if (r.tg16k > 0) j[fmt::format("tg64@{}", depth)] = r.tg16k;
+    if (r.pp16k > 0) j[fmt::format("pp@{}", depth)] = r.pp16k;
+    doc["results"].push_back(j);
+  }
+  std::ofstream out(path);
+  out << doc.dump(2) << "\n";
+  return static_cast<bool>(out);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -157,9 +179,11 @@ int main(int argc, char** argv) {
   std::vector<std::string> models;
   uint32_t depth = 16384;
   int reps = 3;
+  std::string json_path;
   app.add_option("--model", models, "GGUF model(s) to measure")->required();
   app.add_option("--depth", depth, "Prompt depth for the long-context decode (0: skip)");
   app.add_option("--reps", reps, "Repetitions of pp512 (best kept)");
+  app.add_option("--json", json_path, "Also write the rows as JSON to this file (for bench/peer/compare.mjs)");
   CLI11_PARSE(app, argc, argv);
 
   std::vector<Row> rows;
@@ -188,6 +212,10 @@ int main(int argc, char** argv) {
   }
   for (const auto& r : rows) {
     if (r.pp16k > 0) std::printf("\n%s: prefill to depth %u ran at %.0f tok/s\n", r.model.c_str(), depth, r.pp16k);
+  }
+  if (!json_path.empty() && !write_json(json_path, rows, depth, reps)) {
+    std::fprintf(stderr, "bench_engine: could not write --json file '%s'\n", json_path.c_str());
+    return 1;
   }
   return 0;
 }

@@ -255,9 +255,31 @@ async function benchModel(path) {
   return { ...row, wall, timer, runs: all };
 }
 
+// The JSON is rewritten after each model, so a run cut short (a device call's time limit) keeps the
+// models it finished.
 const results = [];
+function writeJson() {
+  if (!opt.json) return;
+  const doc = {
+    engine: "llama.cpp",
+    via: `node-llama-cpp ${nlcVersion}`,
+    llama_cpp: llama.llamaCppRelease.release,
+    backend,
+    devices,
+    batch,
+    threads: threads ?? null,
+    reps,
+    depth,
+    measured_at: new Date().toISOString(),
+    results,
+  };
+  writeFileSync(opt.json, JSON.stringify(doc, null, 2) + "\n");
+}
 try {
-  for (const m of models) results.push(await benchModel(m));
+  for (const m of models) {
+    results.push(await benchModel(m));
+    writeJson();
+  }
 } catch (e) {
   process.stderr.write(`bench_peer: ${e.message}\n`);
   process.exit(1);
@@ -277,20 +299,4 @@ for (const r of results) {
   if (depth > 0) console.log(`\n${r.model}: prefill to depth ${depth} ran at ${fmtRate(r.wall[`pp@${depth}`])} tok/s`);
 }
 
-if (opt.json) {
-  const doc = {
-    engine: "llama.cpp",
-    via: `node-llama-cpp ${nlcVersion}`,
-    llama_cpp: llama.llamaCppRelease.release,
-    backend,
-    devices,
-    batch,
-    threads: threads ?? null,
-    reps,
-    depth,
-    measured_at: new Date().toISOString(),
-    results,
-  };
-  writeFileSync(opt.json, JSON.stringify(doc, null, 2) + "\n");
-  process.stderr.write(`bench_peer: wrote ${opt.json}\n`);
-}
+if (opt.json) process.stderr.write(`bench_peer: wrote ${opt.json}\n`);

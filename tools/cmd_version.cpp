@@ -20,12 +20,15 @@ std::string device_line(const trove::vk::DeviceFeatures& f) {
   std::string coopmat = f.coopmat_shapes.empty()
                             ? (f.cooperative_matrix ? "offered, not usable with this build" : "no")
                             : fmt::format("{} shapes", f.coopmat_shapes.size());
+  const char* cm2 = f.cooperative_matrix2           ? "yes"
+                    : f.cooperative_matrix2_offered ? "offered, not enabled (validation or TROVE_VK_NO_CM2)"
+                                                    : "no";
   return fmt::format(
       "vulkan: {}; driver {}; API {}.{}.{}; {}; {:.1f} GiB device-local; subgroup {}; fp16 {}; "
-      "int8 {}; KHR cooperative matrix: {}",
+      "int8 {}; KHR cooperative matrix: {}; NV cooperative matrix 2: {}",
       f.name, f.driver, VK_API_VERSION_MAJOR(f.api_version), VK_API_VERSION_MINOR(f.api_version),
       VK_API_VERSION_PATCH(f.api_version), kind, static_cast<double>(f.device_local_bytes) / (1ull << 30),
-      f.subgroup_size, f.fp16_arithmetic ? "yes" : "no", f.int8_arithmetic ? "yes" : "no", coopmat);
+      f.subgroup_size, f.fp16_arithmetic ? "yes" : "no", f.int8_arithmetic ? "yes" : "no", coopmat, cm2);
 }
 
 void add_version(CLI::App& sub) {

@@ -161,8 +161,8 @@ bool write_json(const std::string& path, const std::vector<Row>& rows, uint32_t 
   nlohmann::ordered_json doc = {
       {"engine", "trove"}, {"depth", depth}, {"reps", reps}, {"results", nlohmann::ordered_json::array()}};
   for (const auto& r : rows) {
-    nlohmann::ordered_json j = {{"model", r.model}, {"file", r.file}, {"pp512", r.pp512}, {"pp4096", r.pp4096},
-                        {"tg128", r.tg128}};
+    nlohmann::ordered_json j = {
+        {"model", r.model}, {"file", r.file}, {"pp512", r.pp512}, {"pp4096", r.pp4096}, {"tg128", r.tg128}};
     if (r.tg16k > 0) j[fmt::format("tg64@{}", depth)] = r.tg16k;
     if (r.pp16k > 0) j[fmt::format("pp@{}", depth)] = r.pp16k;
     doc["results"].push_back(j);

@@ -6,8 +6,9 @@
 #
 #   scripts/device-bundle.sh [--without-peer | --peer-only] [BUILD_DIR=build] [OUT_DIR=.dev]
 #
-# Writes, in OUT_DIR (ignored by git; carry it; --without-peer and --peer-only leave only their own
-# archive there, for calls that carry one part each if the whole ever outgrows the limit):
+# Writes, in OUT_DIR (ignored by git; carry it; --without-peer and --peer-only pack one part and leave
+# the other's archive in OUT_DIR as it is — the fast way to refresh trove after a rebuild (~1 CPU-minute,
+# the peer takes ~4) — so to carry one part alone, delete the other or give another OUT_DIR):
 #   trove.tar.xz  libexec/ trove, bench_engine, bench_kernels, bench_prefix_cache, bench_kvstore and
 #                 the kernel and engine test binaries found in BUILD_DIR, stripped; lib/ every shared
 #                 library they load except glibc's, libstdc++, libgcc_s and the Vulkan loader (ldd);
@@ -145,8 +146,8 @@ bundle_gl() {
 
 case "$mode" in
   all) bundle_trove; bundle_peer ;;
-  trove) bundle_trove; rm -f "$out/peer.tar.xz" ;;
-  peer) bundle_peer; rm -f "$out/trove.tar.xz" ;;
+  trove) bundle_trove ;;
+  peer) bundle_peer ;;
 esac
 bundle_gl
 

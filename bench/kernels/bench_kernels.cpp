@@ -5,7 +5,7 @@
 //
 //   build/bench/kernels/bench_kernels [--reps N] [--quick] [--only TEXT] [--sweep]
 //
-// --only TEXT runs the sections (matmul, matvec, gemm, grouped, attention, elementwise) whose name contains TEXT or
+// --only TEXT runs the sections (matmul, matvec, gemm, grouped, attention, elementwise, moe) whose name contains TEXT or
 // that TEXT starts with, and of those only the rows whose "op shape" contains what follows the section
 // name: `--only matvec`, `--only "matvec head"`, `--only "matvec Q6_K 8B"`. The copy row always runs.
 // --sweep adds matvec rows for every work split (rows per group × workgroup size, bench_matvec.cpp).
@@ -37,6 +37,7 @@
 #include <fmt/format.h>
 
 #include "bench/kernels/bench_matvec.h"
+#include "bench/kernels/bench_moe.h"
 #include "kernels/ops/attention.h"
 #include "kernels/ops/layer_ops.h"
 #include "kernels/ops/matmul.h"
@@ -96,7 +97,7 @@ int main(int argc, char** argv) {
   app.add_option("--reps", reps, "Dispatches per measurement");
   app.add_flag("--quick", quick, "Small shapes only (a smoke run on a CPU device)");
   std::string only;
-  app.add_option("--only", only, "Sections (matmul, matvec, gemm, grouped, attention, elementwise) by name or prefix, then rows by "
+  app.add_option("--only", only, "Sections (matmul, matvec, gemm, grouped, attention, elementwise, moe) by name or prefix, then rows by "
                                  "substring: 'matvec', 'matvec head', 'matvec Q6_K 8B'");
   bool sweep = false;
   app.add_flag("--sweep", sweep, "Also time every matvec work split (rows per group x workgroup size)");
@@ -359,6 +360,17 @@ int main(int argc, char** argv) {
     mo.wanted = row_filter("matvec");
     if (auto st = bench::bench_matvec(dev, mo, mv); !st.ok()) return fail(st);
     for (auto& r : mv) rows.push_back({std::move(r.op), std::move(r.shape), r.us, r.gbs, r.tflops});
+  }
+
+  // ---- MoE FFN rows (bench_moe.cpp)
+  if (section("moe")) {
+    std::vector<bench::KernelRow> moe;
+    bench::MoeBenchOptions mo;
+    mo.reps = reps;
+    mo.quick = quick;
+    mo.wanted = row_filter("moe");
+    if (auto st = bench::bench_moe(dev, mo, moe); !st.ok()) return fail(st);
+    for (auto& r : moe) rows.push_back({std::move(r.op), std::move(r.shape), r.us, r.gbs, r.tflops});
   }
 
   // ---- the ceiling: device-to-device copy in this run (bytes read + written)

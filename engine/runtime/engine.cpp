@@ -4,8 +4,8 @@
 // from a host copy of token_embd: a handful of rows per step), then per layer RMSNorm → Q/K/V →
 // QK-norm → RoPE → KV write → paged attention per sequence → output projection + residual → RMSNorm →
 // SwiGLU FFN or routed experts + residual, then the final norm and the head for the rows that need a
-// next token. MoE layers submit once to read the router's choice (ids and weights) back to the host,
-// then record only the chosen experts' matmuls on gathered rows; dense layers never wait.
+// next token. MoE layers record their routed experts into the same stream (engine/runtime/moe_layer.h:
+// routing, grouping and expert matvecs on the GPU), so a step is one submission for every model.
 #include "engine/runtime/engine.h"
 
 #include <algorithm>
@@ -26,6 +26,7 @@
 #include "common/log.h"
 #include "engine/gguf/gguf.h"
 #include "engine/runtime/block_pool.h"
+#include "engine/runtime/moe_layer.h"
 #include "kernels/ops/add.h"
 #include "kernels/ops/attention.h"
 #include "kernels/ops/layer_ops.h"
@@ -67,6 +68,7 @@ struct Layer {
   Weight attn_norm, q, k, v, o, q_norm, k_norm, ffn_norm;
   Weight gate, up, down;                            // dense FFN
   Weight router, gate_exps, up_exps, down_exps;     // MoE
+  MoeLayerWeights moe;                              // views of the four above for MoeLayer
 };
 
 struct Sequence {
@@ -88,10 +90,8 @@ struct Ops {
   ops::RmsNormF16 rms_f16;      // prefill: f16 activations for the matrix-unit matmuls
   ops::SwiGluF16 swiglu_f16;
   ops::PagedAttention attention;
-  ops::MoeRoute route;
   ops::KvWrite kv_write;
   ops::Sampler sampler;
-  vk::Pipeline moe_combine;
 };
 
 Result<Ops> make_ops(vk::Device& dev) {
@@ -111,10 +111,8 @@ Result<Ops> make_ops(vk::Device& dev) {
   TROVE_OP(rms_f16, ops::RmsNormF16::create(dev));
   TROVE_OP(swiglu_f16, ops::SwiGluF16::create(dev));
   TROVE_OP(attention, ops::PagedAttention::create(dev));
-  TROVE_OP(route, ops::MoeRoute::create(dev));
   TROVE_OP(kv_write, ops::KvWrite::create(dev));
   TROVE_OP(sampler, ops::Sampler::create(dev));
-  TROVE_OP(moe_combine, dev.pipeline({"moe_combine", {}, 8, 4, 256}));
 #undef TROVE_OP
   return o;
 }
@@ -192,7 +190,6 @@ class VulkanEngine final : public Engine {
   Status alloc_scratch();
   Status record_matmul(vk::CommandStream& s, const Weight& w, uint64_t expert, uint32_t batch,
                        vk::BufferRange x, vk::BufferRange y, bool x_f16 = false);
-  Status record_moe(vk::CommandStream& s, const Layer& L, uint32_t T);
   void embed(int32_t token, float* out) const;
   // Newly registered blocks the store does not hold yet go to to_store_ (exported after the step).
   void register_full_blocks(Sequence& sq);
@@ -225,12 +222,10 @@ class VulkanEngine final : public Engine {
   std::vector<Sequence> seqs_;
 
   // Scratch, sized for max_tokens_ rows (and max_sequences_ output rows).
-  vk::Buffer x_in_, x_, xn_, q_, k_, v_, attn_, o_, gate_, up_, h_, router_, route_ids_, route_w_;
+  vk::Buffer x_in_, x_, xn_, q_, k_, v_, attn_, o_, gate_, up_, h_;
   vk::Buffer xnh_, hh_;  // f16 copies of xn_ / h_ that large-batch (matrix-unit) matmuls read
-  vk::Buffer positions_, slots_, tables_, hs_, logits_, tokens_out_, logits_host_, tokens_host_, ids_host_,
-      w_host_;
-  // MoE gathers: rows of xn_ per (token, k) pair sorted by expert.
-  vk::Buffer moe_x_, moe_g_, moe_u_, moe_h_, moe_d_, moe_tok_, moe_wt_;
+  vk::Buffer positions_, slots_, tables_, hs_, logits_, tokens_out_, logits_host_, tokens_host_;
+  std::optional<MoeLayer> moe_;  // MoE models: the routed-expert FFN and its scratch (shared by all layers)
   uint32_t table_stride_ = 0;  // int32 entries per sequence in tables_ (aligned)
   XXH3_state_t* weights_hash_ = nullptr;  // live only while loading
   std::string fingerprint_;
@@ -487,9 +482,26 @@ Status VulkanEngine::load_weights(gguf::GgufFile& f, bool progress) {
       TROVE_RETURN_IF_ERROR(get(b + "ffn_gate_exps.weight", false, L.gate_exps));
       TROVE_RETURN_IF_ERROR(get(b + "ffn_up_exps.weight", false, L.up_exps));
       TROVE_RETURN_IF_ERROR(get(b + "ffn_down_exps.weight", false, L.down_exps));
-      if (L.gate_exps.experts != c.n_expert || L.gate_exps.rows != c.n_ff_exp || L.down_exps.rows != c.n_embd) {
+      if (L.gate_exps.experts != c.n_expert || L.gate_exps.rows != c.n_ff_exp || L.down_exps.rows != c.n_embd ||
+          L.up_exps.experts != c.n_expert || L.up_exps.rows != c.n_ff_exp || L.down_exps.experts != c.n_expert ||
+          L.router.rows != c.n_expert || L.router.cols != c.n_embd) {
         return Status::InvalidArgument(fmt::format("{}: {}ffn_*_exps shapes disagree with the metadata", f.path(), b));
       }
+      // The MoE kernels read a layer's experts by expert id from one buffer each.
+      for (const auto& [w, name] : {std::pair{&L.gate_exps, "ffn_gate_exps"}, std::pair{&L.up_exps, "ffn_up_exps"},
+                                    std::pair{&L.down_exps, "ffn_down_exps"}, std::pair{&L.router, "ffn_gate_inp"}}) {
+        if (w->pieces.size() != 1) {
+          return Status::Unsupported(fmt::format(
+              "{}: {}{}.weight takes {} bytes, more than the largest buffer {} allows ({} bytes); trove's MoE kernels "
+              "need each layer's experts in one buffer. Use a smaller quantization of the model.",
+              f.path(), b, name, w->expert_bytes() * w->experts, dev_->features().name, dev_->max_buffer_bytes()));
+        }
+      }
+      auto stacked = [](const Weight& w) {
+        return ops::StackedExperts{w.type, w.whole(), static_cast<uint32_t>(w.rows), static_cast<uint32_t>(w.cols),
+                                   static_cast<uint32_t>(w.experts)};
+      };
+      L.moe = {stacked(L.gate_exps), stacked(L.up_exps), stacked(L.down_exps), L.router.type, L.router.whole()};
     } else {
       TROVE_RETURN_IF_ERROR(get(b + "ffn_gate.weight", false, L.gate));
       TROVE_RETURN_IF_ERROR(get(b + "ffn_up.weight", false, L.up));
@@ -530,7 +542,6 @@ Status VulkanEngine::alloc_scratch() {
   const uint64_t T = max_tokens_, S = logit_rows_ = std::max<uint32_t>(static_cast<uint32_t>(seqs_.size()), std::min<uint32_t>(64, max_tokens_));
   const uint64_t qw = uint64_t{c.n_head} * c.head_dim, kw = uint64_t{c.n_head_kv} * c.head_dim;
   const uint64_t ff = c.is_moe() ? c.n_ff_exp : c.n_ff;
-  const uint64_t pairs = T * std::max<uint32_t>(1, c.n_expert_used);
   table_stride_ = static_cast<uint32_t>(((n_ctx_ + layout_.block_tokens - 1) / layout_.block_tokens + 63) / 64 * 64);
   struct Want {
     vk::Buffer* b;
@@ -546,12 +557,9 @@ Status VulkanEngine::alloc_scratch() {
       {&tables_, seqs_.size() * table_stride_ * 4, hv}, {&hs_, S * c.n_embd * 4, dl}, {&logits_, S * c.n_vocab * 4ull, dl},
       {&tokens_out_, S * 4, dl}, {&tokens_host_, S * 4, hv}, {&logits_host_, S * c.n_vocab * 4ull, hv}};
   if (c.is_moe()) {
-    want.insert(want.end(), {{&router_, T * c.n_expert * 4, dl}, {&route_ids_, pairs * 4, dl},
-                             {&route_w_, pairs * 4, dl}, {&ids_host_, pairs * 4, hv}, {&w_host_, pairs * 4, hv},
-                             {&moe_x_, pairs * c.n_embd * 4, dl}, {&moe_g_, pairs * ff * 4, dl},
-                             {&moe_u_, pairs * ff * 4, dl}, {&moe_h_, pairs * ff * 4, dl},
-                             {&moe_d_, pairs * c.n_embd * 4, dl}, {&moe_tok_, pairs * 4, hv},
-                             {&moe_wt_, pairs * 4, hv}});
+    auto moe = MoeLayer::create(*dev_, {c.n_embd, c.n_ff_exp, c.n_expert, c.n_expert_used}, max_tokens_);
+    if (!moe.ok()) return moe.status();
+    moe_.emplace(std::move(*moe));
   } else {
     want.insert(want.end(), {{&gate_, T * ff * 4, dl}, {&up_, T * ff * 4, dl}, {&h_, T * ff * 4, dl}, {&hh_, T * ff * 2, dl}});
   }
@@ -884,70 +892,6 @@ Status VulkanEngine::record_matmul(vk::CommandStream& s, const Weight& w, uint64
   return Status::Ok();
 }
 
-// Routed experts for T tokens: the router's top-k choice is read back (one submit), rows of xn_ are
-// gathered per expert, each chosen expert runs gate/up → SwiGLU → down on its rows, and the combine
-// shader adds weight × output into the residual stream x_.
-Status VulkanEngine::record_moe(vk::CommandStream& s, const Layer& L, uint32_t T) {
-  const ModelConfig& c = cfg_;
-  const uint32_t K = c.n_expert_used, E = c.n_embd, F = c.n_ff_exp;
-  TROVE_RETURN_IF_ERROR(record_matmul(s, L.router, 0, T, xn_, router_));
-  s.barrier();
-  TROVE_RETURN_IF_ERROR(ops_.route.record(s, router_, route_ids_, route_w_, T, c.n_expert, K));
-  s.barrier();
-  s.copy(route_ids_, 0, ids_host_, 0, uint64_t{T} * K * 4);
-  s.copy(route_w_, 0, w_host_, 0, uint64_t{T} * K * 4);
-  TROVE_RETURN_IF_ERROR(s.submit_and_wait());
-  const auto* ids = static_cast<const uint32_t*>(ids_host_.mapped());
-  const auto* wts = static_cast<const float*>(w_host_.mapped());
-  // Sort the (token, k) pairs by expert so each expert's rows are contiguous.
-  std::vector<std::vector<uint32_t>> by_expert(c.n_expert);
-  for (uint32_t i = 0; i < T * K; ++i) {
-    if (ids[i] >= c.n_expert) return Status::Internal(fmt::format("MoE router chose expert {} of {}", ids[i], c.n_expert));
-    by_expert[ids[i]].push_back(i);
-  }
-  auto* tok = static_cast<uint32_t*>(moe_tok_.mapped());
-  auto* wt = static_cast<float*>(moe_wt_.mapped());
-  uint32_t row = 0;
-  const uint64_t erow = uint64_t{E} * 4, frow = uint64_t{F} * 4;
-  struct Span { uint32_t expert, first, n; };
-  std::vector<Span> spans;
-  for (uint32_t e = 0; e < c.n_expert; ++e) {
-    if (by_expert[e].empty()) continue;
-    spans.push_back({e, row, static_cast<uint32_t>(by_expert[e].size())});
-    for (uint32_t pair : by_expert[e]) {
-      tok[row] = pair / K;
-      wt[row] = wts[pair];
-      s.copy(xn_, uint64_t{pair / K} * erow, moe_x_, uint64_t{row} * erow, erow);
-      ++row;
-    }
-  }
-  s.barrier();
-  for (const Span& sp : spans) {
-    vk::BufferRange xr(moe_x_, sp.first * erow, sp.n * erow);
-    TROVE_RETURN_IF_ERROR(record_matmul(s, L.gate_exps, sp.expert, sp.n, xr, vk::BufferRange(moe_g_, sp.first * frow, sp.n * frow)));
-    TROVE_RETURN_IF_ERROR(record_matmul(s, L.up_exps, sp.expert, sp.n, xr, vk::BufferRange(moe_u_, sp.first * frow, sp.n * frow)));
-  }
-  s.barrier();
-  TROVE_RETURN_IF_ERROR(ops_.swiglu.record(s, moe_g_, moe_u_, moe_h_, row * F));
-  s.barrier();
-  for (const Span& sp : spans) {
-    TROVE_RETURN_IF_ERROR(record_matmul(s, L.down_exps, sp.expert, sp.n, vk::BufferRange(moe_h_, sp.first * frow, sp.n * frow),
-                                        vk::BufferRange(moe_d_, sp.first * erow, sp.n * erow)));
-  }
-  s.barrier();
-  // Combine one expert at a time: within an expert a token appears once, so no two invocations of a
-  // dispatch add into the same element of x_.
-  for (const Span& sp : spans) {
-    struct { uint32_t n, hidden; } push{sp.n, E};
-    vk::BufferRange bufs[4] = {vk::BufferRange(moe_d_, sp.first * erow, sp.n * erow),
-                               vk::BufferRange(moe_tok_, sp.first * 4ull, sp.n * 4ull),
-                               vk::BufferRange(moe_wt_, sp.first * 4ull, sp.n * 4ull), x_};
-    TROVE_RETURN_IF_ERROR(s.dispatch(ops_.moe_combine, bufs, &push, sizeof(push), (E + 255) / 256, sp.n));
-    s.barrier();
-  }
-  return Status::Ok();
-}
-
 Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> inputs) {
   const ModelConfig& c = cfg_;
   // Validate everything before touching any state.
@@ -1091,7 +1035,8 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       }
       s.barrier();
       if (c.is_moe()) {
-        TROVE_RETURN_IF_ERROR(record_moe(s, L, T));
+        TROVE_RETURN_IF_ERROR(moe_->record(s, ops_.matmul, L.moe, xn_, x_, T));
+        s.barrier();
       } else {
         TROVE_RETURN_IF_ERROR(record_matmul(s, L.gate, 0, T, ffn_f16 ? xnh_ : xn_, gate_, ffn_f16));
         TROVE_RETURN_IF_ERROR(record_matmul(s, L.up, 0, T, ffn_f16 ? xnh_ : xn_, up_, ffn_f16));
@@ -1157,8 +1102,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     if (profile_) s.timestamp();
     TROVE_RETURN_IF_ERROR(s.submit_and_wait());
     if (profile_) {
-      // TROVE_PROFILE=1: GPU time of the last submission's phases (MoE models submit once per layer,
-      // so there "layers" covers only the last layer's tail).
+      // TROVE_PROFILE=1: GPU time of the step's phases.
       auto ts = s.timestamps_ns();
       if (ts.size() == 4) {
         log::info("engine", "step {} tokens, {} rows: layers {:.2f} ms, head {:.2f} ms, sampling+copy {:.2f} ms", T, R,

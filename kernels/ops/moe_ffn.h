@@ -1,39 +1,135 @@
-// kernels/ops/moe_ffn.h — mixture-of-experts FFN on the GPU for a batch of tokens, computing only
-// the selected experts: out[t] = sum_k w[t][k] * down_e(silu(gate_e x[t]) * up_e x[t]), e = ids[t][k].
+// kernels/ops/moe_ffn.h — the mixture-of-experts FFN of a Qwen3-MoE layer on the GPU, with no host
+// round trip: routing, the per-expert grouping of tokens, the expert matvecs and the weighted combine
+// are all recorded into the caller's command stream and read their inputs from device buffers.
 //
-// Contract: x and out are f32 [tokens][hidden] device buffers; each expert's gate/up ([ffn][hidden])
-// and down ([hidden][ffn]) are GGUF weight matrices in their own device buffers (any kernels/quant
-// type the Matmul op takes). Routing (ids, weights: [tokens][top_k]) is given on the host: tokens are
-// gathered per expert with buffer copies, each used expert runs gate/up matmuls, SwiGLU (the layer
-// op) and the down matmul on its gathered rows, and a combine shader adds the weighted rows into out.
-// run() records, submits and waits (it owns the per-call scratch buffers). Checked against
-// kernels/ref/matmul_ref.h moe_ffn.
+//   x[t] += sum_j w[t][j] * down_e( silu(gate_e xn[t]) * up_e xn[t] ),   e = ids[t][j], j < k
+//
+// Two ops, recorded one after the other (the caller puts a barrier between them, as between any two
+// recorded steps):
+//   MoeRoute  router logits [T][E] → ids [T][k], w [T][k] (top-k, ties → smaller index, softmax over
+//             the k chosen) and the routing PLAN (below). One dispatch for T <= kFusedRouteTokens,
+//             else routing (many tokens per dispatch) + one plan dispatch. record_plan() builds the
+//             plan from ids the caller supplies (tests give adversarial routings this way).
+//   MoeFfn    gate/up of every selected expert of every token in ONE expert-indexed dispatch with
+//             SwiGLU in its epilogue → h [slot][ffn]; then
+//               T <= kDecodeMaxTokens: ONE dispatch computing down for all (token, j), multiplying by
+//                 w, summing over j and adding into x (a subgroup owns an output row for all k);
+//               larger T: the same expert-indexed kernel for down → d [slot][hidden], then a
+//                 scatter-combine adding sum_j w × d into x (one invocation per element of x).
+//             Every sum has a fixed order: results do not depend on scheduling.
+//
+// The routing plan (MoePlanLayout, one uint buffer): the T*k (token, j) pairs (pair = t*k + j) sorted
+// by expert into SLOTS, stably (an expert's slots in increasing token order):
+//   offsets[E+1]       slots of expert e are offsets[e] .. offsets[e+1]-1        ("expert_offsets")
+//   row_ids[slot]      the token of a slot (the activation row a grouped GEMM gathers)
+//   slot_ids[slot]     = slot (the rows to gather when the input is already in slot order: down)
+//   slot_pair[slot]    the pair of a slot;  pair_slot[pair] its inverse
+//   entries, n_entries work items of up to kSlotsPerEntry slots of one expert (uvec2(expert,
+//                      first | count << 24)), experts in order; the expert kernels' grid runs over them
+// This is the contract of ops::Matmul's grouped GEMM (expert_offsets + row_ids over slots sorted by
+// expert); every array starts 256-byte aligned, so each can be bound as its own buffer range.
+//
+// Weights: each of gate/up/down is the layer's stacked expert tensor [E][rows][cols] (GGUF
+// ffn_*_exps: expert e's rows start at e*rows*row_bytes) in ONE buffer range, any kernels/quant type
+// (gate and up may differ). Activations f32. Limits: E <= 256, k <= 32, k distinct experts per token,
+// cols a multiple of 64 (256 for K-quants), T*k < 2^24, each stacked tensor < 4 GiB (32-bit
+// offsets). Pipelines are created on first use per weight type (kernels/shaders/moe_*.comp).
+// Checked against kernels/ref (layer_ref.h moe_route, moe_ref.h moe_plan, matmul_ref.h moe_ffn).
+// Thread-safety: record() may be called from one thread at a time per op (pipeline cache).
 #pragma once
 
+#include <algorithm>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <tuple>
 #include <vector>
 
-#include "kernels/ops/layer_ops.h"
-#include "kernels/ops/matmul.h"
+#include "kernels/quant/quant.h"
+#include "kernels/vk/runtime.h"
 
 namespace trove::ops {
 
-struct ExpertBuffers {
+// Offsets (in uint words) of the routing plan's arrays in its buffer, for steps of up to max_pairs
+// (= max tokens × k) pairs. The same layout serves every smaller step.
+struct MoePlanLayout {
+  static constexpr uint32_t kSlotsPerEntry = 8;  // = kCols in moe_experts.comp
+  uint32_t max_pairs = 0, n_expert = 0;
+  uint32_t n_entries = 0, offsets = 0, entries = 0, slot_pair = 0, pair_slot = 0, row_ids = 0, slot_ids = 0;
+  uint32_t words = 0;
+  static MoePlanLayout make(uint32_t max_pairs, uint32_t n_expert);
+  uint64_t bytes() const { return uint64_t{words} * 4; }
+  // Work entries a step of `pairs` pairs can produce at most: sum_e ceil(n_e / 8) <= pairs/8 + active experts.
+  static uint32_t max_entries(uint32_t pairs, uint32_t n_expert) {
+    return pairs / kSlotsPerEntry + std::min(pairs, n_expert) + 1;
+  }
+};
+
+class MoeRoute {
+ public:
+  static constexpr uint32_t kFusedRouteTokens = 16;  // routing + plan in one workgroup up to here
+  static Result<MoeRoute> create(vk::Device& dev);
+  // logits f32 [tokens][n_experts] → ids uint [tokens][k], weights f32 [tokens][k], plan.
+  Status record(vk::CommandStream& s, vk::BufferRange logits, vk::BufferRange ids, vk::BufferRange weights,
+                vk::BufferRange plan, const MoePlanLayout& layout, uint32_t tokens, uint32_t k) const;
+  // The plan alone, from ids already in a device buffer (distinct per token, each < n_experts).
+  Status record_plan(vk::CommandStream& s, vk::BufferRange ids, vk::BufferRange plan, const MoePlanLayout& layout,
+                     uint32_t tokens, uint32_t k) const;
+
+ private:
+  Status check(const MoePlanLayout& layout, uint32_t tokens, uint32_t k, vk::BufferRange plan) const;
+  vk::Pipeline route_, plan_;
+  uint32_t subgroup_ = 32;
+};
+
+// One layer's stacked experts of one kind: [n_expert][rows][cols] GGUF rows of `type`.
+struct StackedExperts {
   quant::GgmlType type = quant::GgmlType::F32;
-  const vk::Buffer* gate = nullptr;
-  const vk::Buffer* up = nullptr;
-  const vk::Buffer* down = nullptr;
+  vk::BufferRange w;
+  uint32_t rows = 0, cols = 0, n_expert = 0;
+};
+
+struct MoeFfnCall {
+  StackedExperts gate, up, down;  // gate/up [E][ffn][hidden], down [E][hidden][ffn]
+  uint32_t tokens = 0, k = 0;
+  vk::BufferRange xn;             // f32 [tokens][hidden]: the FFN input (after the FFN RMSNorm)
+  vk::BufferRange ids, weights;   // MoeRoute's outputs
+  vk::BufferRange plan;           // MoeRoute's plan, laid out by `layout`
+  MoePlanLayout layout;
+  vk::BufferRange h;              // scratch f32 [tokens*k][ffn]
+  vk::BufferRange d;              // scratch f32 [tokens*k][hidden]; used only when tokens > kDecodeMaxTokens
+  vk::BufferRange x;              // f32 [tokens][hidden], the residual stream: x += MoE(xn)
 };
 
 class MoeFfn {
  public:
-  static Result<MoeFfn> create(vk::Device& dev);
-  Status run(vk::Device& dev, const std::vector<ExpertBuffers>& experts, uint32_t hidden, uint32_t ffn,
-             uint32_t tokens, uint32_t top_k, const std::vector<int32_t>& ids, const std::vector<float>& weights,
-             const vk::Buffer& x, vk::Buffer& out) const;
+  static constexpr uint32_t kDecodeMaxTokens = 8;  // fused down + combine up to here
+  // slots_per_pass: slots of a plan entry multiplied per pass over an expert's weights (1, 2, 4 or
+  // 8). 0 = 8 on GPUs, 1 on CPU devices (lavapipe), where LLVM takes most of a minute to compile the
+  // 8-column code; tests force 2 to cover the multi-column code there.
+  static Result<MoeFfn> create(vk::Device& dev, uint32_t slots_per_pass = 0);
+  // Records 2 dispatches (tokens <= kDecodeMaxTokens) or 4, with barriers between them, none before
+  // the first or after the last.
+  Status record(vk::CommandStream& s, const MoeFfnCall& call) const;
+  // The two halves of record() (benchmarks time them apart; a barrier must separate them):
+  // gate/up + SwiGLU → h, and down → (weighted sum, residual add) into x.
+  Status record_gate_up(vk::CommandStream& s, const MoeFfnCall& call) const;
+  Status record_down(vk::CommandStream& s, const MoeFfnCall& call) const;
+  uint32_t rows_per_workgroup() const { return rows_per_wg_; }
 
  private:
-  Matmul matmul_;
-  SwiGlu swiglu_;
+  Status check(const MoeFfnCall& call) const;
+  Result<const vk::Pipeline*> pipeline(const char* shader, std::vector<uint32_t> spec, uint32_t push_bytes,
+                                       uint32_t bindings, uint32_t local) const;
+  struct Cache {
+    std::mutex mu;
+    std::map<std::tuple<std::string, std::vector<uint32_t>>, std::unique_ptr<vk::Pipeline>> pipelines;
+  };
+  vk::Device* dev_ = nullptr;
+  uint32_t rows_per_wg_ = 4, slots_per_pass_ = 8;
+  std::unique_ptr<Cache> cache_;
   vk::Pipeline combine_;
 };
 

@@ -12,26 +12,6 @@ Status need(const char* op, const char* what, const vk::Buffer& b, uint64_t byte
 }
 }  // namespace
 
-Result<MoeRoute> MoeRoute::create(vk::Device& dev) {
-  auto p = dev.pipeline({"moe_route_f32", {}, 12, 3, 64});
-  if (!p.ok()) return p.status();
-  MoeRoute op;
-  op.pipeline_ = std::move(*p);
-  return op;
-}
-
-Status MoeRoute::record(vk::CommandStream& s, const vk::Buffer& logits, const vk::Buffer& ids, const vk::Buffer& weights,
-                        uint32_t tokens, uint32_t n_experts, uint32_t k) const {
-  if (k == 0 || k > 32 || k > n_experts)
-    return Status::InvalidArgument(fmt::format("moe_route: top-k {} must be in 1..min(32, experts={})", k, n_experts));
-  TROVE_RETURN_IF_ERROR(need("moe_route", "logits", logits, uint64_t{tokens} * n_experts * 4));
-  TROVE_RETURN_IF_ERROR(need("moe_route", "ids", ids, uint64_t{tokens} * k * 4));
-  TROVE_RETURN_IF_ERROR(need("moe_route", "weights", weights, uint64_t{tokens} * k * 4));
-  struct { uint32_t n_experts, k, tokens; } push{n_experts, k, tokens};
-  vk::BufferRange b[3] = {logits, ids, weights};
-  return s.dispatch(pipeline_, b, &push, sizeof(push), (tokens + 63) / 64);
-}
-
 Result<KvWrite> KvWrite::create(vk::Device& dev) {
   auto p = dev.pipeline({"kv_write", {}, 16, 4, 256});
   if (!p.ok()) return p.status();

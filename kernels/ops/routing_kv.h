@@ -1,6 +1,4 @@
-// kernels/ops/routing_kv.h — MoE routing and the KV-cache write on the GPU.
-//   MoeRoute  per token: top-k experts of the router logits (ties → smaller index) and their
-//             softmax weights renormalised over the k chosen (sum 1). k ≤ 32.
+// kernels/ops/routing_kv.h — the KV-cache write on the GPU (MoE routing is kernels/ops/moe_ffn.h).
 //   KvWrite   stores new K/V rows (f32 [tokens, kv_heads, head_dim]) as f16 into a layer's paged
 //             pool (layout: kernels/kv_layout.h) at per-token slots (uint32 block*block_tokens+offset).
 // Block copies pool <-> host go through vk::CommandStream::copy / Buffer::upload/download with
@@ -11,15 +9,6 @@
 #include "kernels/vk/runtime.h"
 
 namespace trove::ops {
-
-class MoeRoute {
- public:
-  static Result<MoeRoute> create(vk::Device& dev);
-  Status record(vk::CommandStream& s, const vk::Buffer& logits, const vk::Buffer& ids, const vk::Buffer& weights,
-                uint32_t tokens, uint32_t n_experts, uint32_t k) const;
- private:
-  vk::Pipeline pipeline_;
-};
 
 class KvWrite {
  public:

@@ -1,11 +1,25 @@
-// GPU MoE expert FFN (kernels/ops/moe_ffn.h) against the float64 reference (kernels/ref/matmul_ref.h
-// moe_ffn): random Q4_K experts, random routing with an unused expert, output NaN-poisoned before
-// (run() zeroes it, so a skipped token would show as a mismatch, not as a NaN). Bound 1e-4 relative
-// to the output norm (two f32 matmuls and SwiGLU in a row). lavapipe < 5 s.
+// The GPU MoE expert FFN (kernels/ops/moe_ffn.h MoeFfn, over a plan built on the GPU by MoeRoute)
+// against the float64 reference (kernels/ref/matmul_ref.h moe_ffn): x_out = x_in + MoE(xn) for fresh
+// random stacked experts of every weight type (gate, up and down of different types too), through
+// both paths — decode (<= 8 tokens: fused down + weighted sum + residual add) and prefill (grouped
+// down + scatter-combine) — with routings from the GPU router and adversarial ones given as ids:
+// every token to the same experts, uniform, most experts without tokens, k = 1 and k = 8, batches of
+// 1, 7, 64 and 512 tokens. Scratch (h, d) is NaN-poisoned and the plan filled with garbage before
+// every run; the prefill path must also give bit-identical results when run twice. Bound: 1e-4 of
+// the MoE output's norm (three f32 matvecs and SwiGLU in a row against float64).
+// lavapipe: ~10 s (pipelines for 7 weight types). TROVE_KERNEL_FULL=1 adds the Qwen3-30B-A3B layer
+// (hidden 2048, expert FFN 768, 128 experts, top-8; Q4_K gate/up, Q6_K or Q4_K down) at 1, 7, 64 and
+// 512 tokens — meant for a real GPU (the reference takes a few seconds on 16 cores).
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <future>
+#include <numeric>
 #include <random>
+#include <thread>
 #include <vector>
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include "kernels/ops/moe_ffn.h"
@@ -13,63 +27,250 @@
 
 using namespace trove;
 using quant::GgmlType;
+namespace kref = trove::kernels::ref;
 
-TEST(MoeFfn, MatchesReference) {
+namespace {
+
+std::unique_ptr<vk::Device> open_device() {
   auto d = vk::Device::open();
-  ASSERT_TRUE(d.ok()) << d.status().ToString();
-  vk::Device& dev = **d;
-  auto op = ops::MoeFfn::create(dev);
-  ASSERT_TRUE(op.ok()) << op.status().ToString();
-  const uint32_t hidden = 256, ffn = 512, n_experts = 5, top_k = 2, tokens = 6;
-  std::vector<std::vector<uint8_t>> host;
-  std::vector<vk::Buffer> dev_bufs;
-  dev_bufs.reserve(3 * n_experts);
-  std::vector<kernels::ref::ExpertWeights> ref_experts;
-  std::vector<ops::ExpertBuffers> gpu_experts;
-  for (uint32_t e = 0; e < n_experts; ++e) {
-    host.push_back(kernels::ref::random_weights(GgmlType::Q4_K, ffn, hidden, 0.2f, 10 + e));
-    host.push_back(kernels::ref::random_weights(GgmlType::Q4_K, ffn, hidden, 0.2f, 20 + e));
-    host.push_back(kernels::ref::random_weights(GgmlType::Q4_K, hidden, ffn, 0.2f, 30 + e));
+  if (!d.ok()) {
+    ADD_FAILURE() << d.status().ToString();
+    return nullptr;
   }
-  for (uint32_t e = 0; e < n_experts; ++e) {
-    ref_experts.push_back({{GgmlType::Q4_K, ffn, hidden, host[3 * e]},
-                           {GgmlType::Q4_K, ffn, hidden, host[3 * e + 1]},
-                           {GgmlType::Q4_K, hidden, ffn, host[3 * e + 2]}});
-    for (int m = 0; m < 3; ++m) {
-      auto b = dev.buffer(host[3 * e + m].size());
-      ASSERT_TRUE(b.ok());
-      ASSERT_TRUE(b->upload(host[3 * e + m].data(), host[3 * e + m].size()).ok());
-      dev_bufs.push_back(std::move(*b));
+  return std::move(*d);
+}
+
+template <class T>
+vk::Buffer upload(vk::Device& d, const std::vector<T>& v) {
+  auto b = d.buffer(std::max<size_t>(16, (v.size() * sizeof(T) + 3) / 4 * 4));
+  EXPECT_TRUE(b.ok()) << b.status().ToString();
+  EXPECT_TRUE(b->upload(v.data(), v.size() * sizeof(T)).ok());
+  return std::move(*b);
+}
+
+// One layer's stacked experts [E][rows][cols] per kind, on the host (for the reference) and the GPU.
+struct Experts {
+  GgmlType type;
+  uint32_t rows, cols, n;
+  std::vector<uint8_t> bytes;
+  vk::Buffer buf;
+  kref::WeightMatrix matrix(uint32_t e) const {
+    const size_t eb = bytes.size() / n;
+    return {type, rows, cols, std::span<const uint8_t>(bytes.data() + e * eb, eb)};
+  }
+  ops::StackedExperts gpu() const { return {type, buf, rows, cols, n}; }
+};
+
+Experts make_experts(vk::Device& d, GgmlType type, uint32_t n, uint32_t rows, uint32_t cols, uint64_t seed) {
+  Experts x{type, rows, cols, n, {}, {}};
+  const float scale = 1.7f / std::sqrt(static_cast<float>(cols));  // outputs of about unit size
+  std::vector<std::future<std::vector<uint8_t>>> parts;
+  for (uint32_t e = 0; e < n; ++e) {
+    parts.push_back(std::async(n > 16 ? std::launch::async : std::launch::deferred,
+                               [=] { return kref::random_weights(type, rows, cols, scale, seed * 1000 + e); }));
+  }
+  for (auto& p : parts) {
+    auto b = p.get();
+    x.bytes.insert(x.bytes.end(), b.begin(), b.end());
+  }
+  x.buf = upload(d, x.bytes);
+  return x;
+}
+
+struct Case {
+  std::string name;
+  uint32_t tokens, n_expert, k, hidden, ffn;
+  GgmlType gate, up, down;
+  enum Routing { kRouter, kRandom, kAllSame, kUniform, kFewExperts } routing;
+};
+
+std::string type_name(GgmlType t) { return std::string(quant::traits(t)->name); }
+
+class MoeFfnTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dev_ = open_device();
+    ASSERT_TRUE(dev_);
+    auto r = ops::MoeRoute::create(*dev_);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    route_ = std::make_unique<ops::MoeRoute>(std::move(*r));
+    auto f = ops::MoeFfn::create(*dev_);
+    ASSERT_TRUE(f.ok()) << f.status().ToString();
+    ffn_ = std::make_unique<ops::MoeFfn>(std::move(*f));
+  }
+  // An op multiplying 2 slots per pass over the weights (GPUs use 8, lavapipe 1 by default).
+  void use_two_slots_per_pass() {
+    auto f = ops::MoeFfn::create(*dev_, 2);
+    ASSERT_TRUE(f.ok()) << f.status().ToString();
+    ffn_ = std::make_unique<ops::MoeFfn>(std::move(*f));
+  }
+
+  void run(const Case& c) {
+    SCOPED_TRACE(fmt::format("{}: {} tokens, {} experts, k {}, {}x{}, {}/{}/{}", c.name, c.tokens, c.n_expert, c.k,
+                             c.hidden, c.ffn, type_name(c.gate), type_name(c.up), type_name(c.down)));
+    vk::Device& d = *dev_;
+    std::mt19937 rng(std::random_device{}());
+    std::normal_distribution<float> nd(0.f, 1.f);
+    const uint32_t T = c.tokens, E = c.n_expert, K = c.k, P = T * K;
+    Experts gate = make_experts(d, c.gate, E, c.ffn, c.hidden, rng());
+    Experts up = make_experts(d, c.up, E, c.ffn, c.hidden, rng());
+    Experts down = make_experts(d, c.down, E, c.hidden, c.ffn, rng());
+    std::vector<float> xn(size_t{T} * c.hidden), x(xn.size());
+    for (auto& v : xn) v = nd(rng);
+    for (auto& v : x) v = nd(rng);
+
+    const auto L = ops::MoePlanLayout::make(P + 3, E);
+    auto bxn = upload(d, xn);
+    auto bids = d.buffer(P * 4ull), bw = d.buffer(P * 4ull), bplan = d.buffer(L.bytes());
+    auto bh = d.buffer(uint64_t{P} * c.ffn * 4), bd = d.buffer(uint64_t{P} * c.hidden * 4);
+    ASSERT_TRUE(bids.ok() && bw.ok() && bplan.ok() && bh.ok() && bd.ok());
+    std::vector<uint32_t> ids(P);
+    std::vector<float> wts(P);
+    std::vector<float> logits(size_t{T} * E);
+    for (auto& v : logits) v = 2.f * nd(rng);
+    auto bl = upload(d, logits);
+    if (c.routing == Case::kRouter) {
+      auto s = d.stream();
+      ASSERT_TRUE(route_->record(*s, bl, *bids, *bw, *bplan, L, T, K).ok());
+      ASSERT_TRUE(s->submit_and_wait().ok());
+      ASSERT_TRUE(bids->download(ids.data(), P * 4ull).ok());
+      ASSERT_TRUE(bw->download(wts.data(), P * 4ull).ok());
+    } else {
+      std::uniform_real_distribution<float> uw(0.05f, 1.f);
+      for (uint32_t t = 0; t < T; ++t) {
+        std::vector<uint32_t> all(E);
+        std::iota(all.begin(), all.end(), 0u);
+        std::shuffle(all.begin(), all.end(), rng);
+        for (uint32_t j = 0; j < K; ++j) {
+          uint32_t e = all[j];
+          if (c.routing == Case::kAllSame) e = j == 0 ? E - 1 : j;
+          if (c.routing == Case::kUniform) e = (t * K + j) % E;
+          if (c.routing == Case::kFewExperts) e = (3 + 7 * ((t + j) % (K + 1))) % E;  // K+1 experts in use
+          ids[t * K + j] = e;
+          wts[t * K + j] = uw(rng);
+        }
+      }
+      ASSERT_TRUE(bids->upload(ids.data(), P * 4ull).ok());
+      ASSERT_TRUE(bw->upload(wts.data(), P * 4ull).ok());
     }
-    gpu_experts.push_back({GgmlType::Q4_K, &dev_bufs[3 * e], &dev_bufs[3 * e + 1], &dev_bufs[3 * e + 2]});
-  }
-  std::mt19937 rng(3);
-  std::normal_distribution<float> nd(0.0f, 1.0f);
-  std::vector<float> x(size_t{tokens} * hidden);
-  for (auto& v : x) v = nd(rng);
-  std::vector<int32_t> ids = {0, 3, 3, 1, 2, 0, 1, 3, 0, 2, 3, 1};  // expert 4 unused
-  std::vector<float> wts = {0.7f, 0.3f, 0.5f, 0.5f, 0.9f, 0.1f, 0.6f, 0.4f, 0.2f, 0.8f, 0.55f, 0.45f};
-  std::vector<float> expect(x.size());
-  ASSERT_TRUE(kernels::ref::moe_ffn(ref_experts, x, tokens, ids, wts, top_k, expect).ok());
+    // The reference: x + MoE(xn), tokens in parallel pieces (each piece gathers per expert itself).
+    std::vector<kref::ExpertWeights> rex;
+    for (uint32_t e = 0; e < E; ++e) rex.push_back({gate.matrix(e), up.matrix(e), down.matrix(e)});
+    std::vector<int32_t> ids_i(ids.begin(), ids.end());
+    std::vector<float> moe(xn.size());
+    {
+      const uint32_t pieces = std::min<uint32_t>(T, std::max(1u, std::thread::hardware_concurrency()));
+      std::vector<std::future<Status>> work;
+      for (uint32_t p = 0; p < pieces; ++p) {
+        const uint32_t t0 = T * p / pieces, t1 = T * (p + 1) / pieces;
+        if (t0 == t1) continue;
+        work.push_back(std::async(std::launch::async, [&, t0, t1] {
+          const size_t h = c.hidden;
+          return kref::moe_ffn(rex, std::span<const float>(xn).subspan(t0 * h, (t1 - t0) * h), t1 - t0,
+                              std::span<const int32_t>(ids_i).subspan(size_t{t0} * K, size_t{t1 - t0} * K),
+                              std::span<const float>(wts).subspan(size_t{t0} * K, size_t{t1 - t0} * K), K,
+                              std::span<float>(moe).subspan(t0 * h, (t1 - t0) * h));
+        }));
+      }
+      for (auto& w : work) ASSERT_TRUE(w.get().ok());
+    }
 
-  auto xb = dev.buffer(x.size() * 4), ob = dev.buffer(x.size() * 4);
-  ASSERT_TRUE(xb.ok() && ob.ok());
-  ASSERT_TRUE(xb->upload(x.data(), x.size() * 4).ok());
-  ASSERT_TRUE(ob->fill(0x7fc00000u).ok());
-  Status st = op->run(dev, gpu_experts, hidden, ffn, tokens, top_k, ids, wts, *xb, *ob);
-  ASSERT_TRUE(st.ok()) << st.ToString();
-  std::vector<float> got(x.size());
-  ASSERT_TRUE(ob->download(got.data(), got.size() * 4).ok());
-  double err2 = 0, ref2 = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    ASSERT_TRUE(std::isfinite(got[i])) << i;
-    err2 += double(got[i] - expect[i]) * (got[i] - expect[i]);
-    ref2 += double(expect[i]) * expect[i];
+    std::vector<float> first;
+    for (int rep = 0; rep < (T > ops::MoeFfn::kDecodeMaxTokens ? 2 : 1); ++rep) {
+      auto bx = upload(d, x);
+      ASSERT_TRUE(bh->fill(0x7fc00000u).ok() && bd->fill(0x7fc00000u).ok());
+      ASSERT_TRUE(bplan->fill(0x00ffff00u).ok());
+      auto s = d.stream();
+      // Routing and plan in the same command stream as the experts, as the engine records them.
+      if (c.routing == Case::kRouter) {
+        ASSERT_TRUE(route_->record(*s, bl, *bids, *bw, *bplan, L, T, K).ok());
+      } else {
+        ASSERT_TRUE(route_->record_plan(*s, *bids, *bplan, L, T, K).ok());
+      }
+      s->barrier();
+      ops::MoeFfnCall call{gate.gpu(), up.gpu(), down.gpu(), T, K, bxn, *bids, *bw, *bplan, L, *bh, *bd, bx};
+      Status st = ffn_->record(*s, call);
+      ASSERT_TRUE(st.ok()) << st.ToString();
+      ASSERT_TRUE(s->submit_and_wait().ok());
+      std::vector<float> got(x.size());
+      ASSERT_TRUE(bx.download(got.data(), got.size() * 4).ok());
+      double err2 = 0, ref2 = 0;
+      for (size_t i = 0; i < got.size(); ++i) {
+        ASSERT_TRUE(std::isfinite(got[i])) << "element " << i << " (token " << i / c.hidden << ")";
+        const double want = double(x[i]) + moe[i];
+        err2 += (got[i] - want) * (got[i] - want);
+        ref2 += double(moe[i]) * moe[i];
+      }
+      EXPECT_LT(std::sqrt(err2), 1e-4 * std::sqrt(ref2)) << "error norm " << std::sqrt(err2) << " of " << std::sqrt(ref2);
+      if (rep == 0) first = got;
+      else EXPECT_EQ(0, std::memcmp(first.data(), got.data(), got.size() * 4)) << "two runs differ";
+    }
   }
-  EXPECT_LT(std::sqrt(err2), 1e-4 * std::sqrt(ref2));
 
-  std::vector<int32_t> bad = ids;
-  bad[3] = 7;
-  st = op->run(dev, gpu_experts, hidden, ffn, tokens, top_k, bad, wts, *xb, *ob);
-  EXPECT_NE(st.message().find("selects expert 7"), std::string::npos) << st.message();
+  std::unique_ptr<vk::Device> dev_;
+  std::unique_ptr<ops::MoeRoute> route_;
+  std::unique_ptr<ops::MoeFfn> ffn_;
+};
+
+constexpr auto F32 = GgmlType::F32, F16 = GgmlType::F16, BF16 = GgmlType::BF16, Q8_0 = GgmlType::Q8_0,
+               Q4_K = GgmlType::Q4_K, Q5_K = GgmlType::Q5_K, Q6_K = GgmlType::Q6_K;
+
+}  // namespace
+
+TEST_F(MoeFfnTest, DecodeMatchesReference) {
+  run({"router", 1, 16, 8, 256, 256, Q4_K, Q4_K, Q4_K, Case::kRouter});
+  run({"random, mixed types", 7, 8, 2, 256, 256, Q4_K, Q5_K, Q6_K, Case::kRandom});
+  run({"most experts idle", 7, 64, 4, 256, 256, Q6_K, Q6_K, Q4_K, Case::kFewExperts});
+  run({"k=1", 5, 8, 1, 128, 192, BF16, BF16, BF16, Case::kRandom});
+  run({"all to one set", 8, 8, 8, 192, 128, Q8_0, Q8_0, Q8_0, Case::kAllSame});
+  run({"router", 3, 8, 2, 128, 64, F32, F32, F32, Case::kRouter});
+  run({"router", 2, 8, 2, 64, 128, F16, F16, F16, Case::kRouter});
+}
+
+TEST_F(MoeFfnTest, PrefillMatchesReference) {
+  run({"all to one set", 64, 8, 2, 192, 128, Q8_0, Q8_0, Q8_0, Case::kAllSame});
+  run({"uniform k=1", 512, 8, 1, 64, 64, F16, F16, F16, Case::kUniform});
+  run({"router", 33, 16, 8, 256, 256, Q4_K, Q4_K, Q4_K, Case::kRouter});
+  run({"random, mixed types", 40, 8, 2, 256, 256, Q6_K, Q4_K, Q5_K, Case::kRandom});
+  run({"most experts idle", 20, 64, 4, 256, 256, Q5_K, Q5_K, Q6_K, Case::kFewExperts});
+  run({"router", 12, 8, 2, 128, 64, F32, F32, F32, Case::kRouter});
+  run({"k=1", 9, 8, 1, 128, 192, BF16, BF16, BF16, Case::kRandom});
+}
+
+TEST_F(MoeFfnTest, SeveralSlotsPerPass) {
+  use_two_slots_per_pass();
+  run({"all to one set", 5, 8, 3, 256, 256, Q4_K, Q4_K, Q4_K, Case::kAllSame});
+  run({"all to one set", 11, 8, 3, 256, 256, Q4_K, Q4_K, Q4_K, Case::kAllSame});
+}
+
+TEST_F(MoeFfnTest, RealShapes) {
+  if (!std::getenv("TROVE_KERNEL_FULL")) GTEST_SKIP() << "TROVE_KERNEL_FULL=1 runs the Qwen3-30B-A3B layer (GPU)";
+  for (uint32_t T : {1u, 7u, 64u, 512u}) {
+    run({"30B-A3B, Q6_K down", T, 128, 8, 2048, 768, Q4_K, Q4_K, Q6_K, Case::kRouter});
+  }
+  run({"30B-A3B, Q4_K down", 8, 128, 8, 2048, 768, Q4_K, Q4_K, Q4_K, Case::kRouter});
+}
+
+TEST_F(MoeFfnTest, RefusesBadShapes) {
+  auto b = dev_->buffer(1 << 20);
+  ASSERT_TRUE(b.ok());
+  const auto L = ops::MoePlanLayout::make(64, 8);
+  ops::StackedExperts g{Q4_K, *b, 256, 256, 8}, dn{Q4_K, *b, 256, 256, 8};
+  auto s = dev_->stream();
+  ops::MoeFfnCall call{g, g, dn, 4, 2, *b, *b, *b, *b, L, *b, *b, *b};
+  EXPECT_TRUE(ffn_->record(*s, call).ok());
+  call.down.rows = 128;
+  EXPECT_NE(ffn_->record(*s, call).message().find("down experts are 8×[128×256]; the layer needs 8×[256×256]"),
+            std::string::npos);
+  call.down.rows = 256;
+  call.gate.w = vk::BufferRange(*b, 0, 4096);
+  EXPECT_NE(ffn_->record(*s, call).message().find("buffer 'gate' has 4096 bytes"), std::string::npos);
+  call.gate = g;
+  call.tokens = 40;
+  EXPECT_NE(ffn_->record(*s, call).message().find("40 tokens"), std::string::npos);
+  call.tokens = 4;
+  ops::StackedExperts odd{F32, *b, 96, 96, 8};
+  call.gate = call.up = odd;
+  call.down = odd;
+  EXPECT_NE(ffn_->record(*s, call).message().find("multiple of 64"), std::string::npos);
 }

@@ -1,6 +1,5 @@
-// MoE routing (Qwen3-30B-A3B: 128 experts, top-8) and KV write into the paged pool + block copies,
-// against kernels/ref. Expert ids exact; weights 1e-5 relative; KV f16 bits exact (f32→f16 round to
-// nearest even on both sides). Runs in ~2 s on lavapipe.
+// KV write into the paged pool + block copies, against kernels/ref: f16 bits exact (f32→f16 round to
+// nearest even on both sides). Runs in ~2 s on lavapipe. (MoE routing: test_moe_route.cpp.)
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -27,42 +26,6 @@ vk::Buffer upload(vk::Device& d, const std::vector<T>& v) {
   return std::move(*b);
 }
 }  // namespace
-
-TEST(MoeRoute, TopKAndRenormalisedWeights) {
-  auto d = open_device();
-  ASSERT_TRUE(d);
-  auto op = ops::MoeRoute::create(*d);
-  ASSERT_TRUE(op.ok()) << op.status().ToString();
-  std::mt19937 rng(std::random_device{}());
-  struct Shape { uint32_t tokens, experts, k; };
-  for (auto sh : {Shape{1, 128, 8}, Shape{37, 128, 8}, Shape{5, 64, 4}, Shape{3, 8, 8}}) {
-    std::normal_distribution<float> nd(0.f, 2.f);
-    std::vector<float> l(size_t(sh.tokens) * sh.experts);
-    for (auto& x : l) x = nd(rng);
-    l[3] = l[5] = 50.f;  // a tie at the top of token 0: expert 3 before 5
-    std::vector<uint32_t> want_ids(size_t(sh.tokens) * sh.k);
-    std::vector<float> want_w(want_ids.size());
-    ref::moe_route(l.data(), want_ids.data(), want_w.data(), sh.tokens, sh.experts, sh.k);
-    auto bl = upload(*d, l);
-    auto bi = d->buffer(want_ids.size() * 4), bw = d->buffer(want_w.size() * 4);
-    ASSERT_TRUE(bi.ok() && bw.ok());
-    ASSERT_TRUE(bi->fill(0xffffffffu).ok() && bw->fill(0x7fc00000u).ok());
-    auto s = d->stream();
-    ASSERT_TRUE(op->record(*s, bl, *bi, *bw, sh.tokens, sh.experts, sh.k).ok());
-    ASSERT_TRUE(s->submit_and_wait().ok());
-    std::vector<uint32_t> ids(want_ids.size());
-    std::vector<float> w(want_w.size());
-    ASSERT_TRUE(bi->download(ids.data(), ids.size() * 4).ok());
-    ASSERT_TRUE(bw->download(w.data(), w.size() * 4).ok());
-    EXPECT_EQ(ids, want_ids);
-    for (size_t i = 0; i < w.size(); ++i) ASSERT_NEAR(w[i], want_w[i], 1e-5 * want_w[i] + 1e-7) << i;
-    for (uint32_t t = 0; t < sh.tokens; ++t)
-      EXPECT_NEAR(std::accumulate(w.begin() + t * sh.k, w.begin() + (t + 1) * sh.k, 0.0), 1.0, 1e-5);
-  }
-  auto bl = d->buffer(4096), bi = d->buffer(4096), bw = d->buffer(4096);
-  auto s = d->stream();
-  EXPECT_FALSE(op->record(*s, *bl, *bi, *bw, 1, 8, 9).ok());  // k > experts
-}
 
 TEST(KvWrite, StoresF16IntoBlocksAndCopiesBlocks) {
   auto d = open_device();

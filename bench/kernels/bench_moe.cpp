@@ -1,0 +1,146 @@
+#include "bench/kernels/bench_moe.h"
+
+#include <algorithm>
+#include <chrono>
+#include <numeric>
+#include <random>
+#include <set>
+
+#include <fmt/format.h>
+
+#include "kernels/ops/moe_ffn.h"
+
+namespace trove::bench {
+namespace {
+
+using quant::GgmlType;
+
+// GPU microseconds per repetition, reps repetitions in one submission with a barrier after each; wall
+// clock where the queue has no timestamps. One warm-up submission first (pipelines, caches).
+Result<double> time_reps(vk::Device& dev, int reps, const std::function<Status(vk::CommandStream&)>& record) {
+  {
+    auto s = dev.stream();
+    if (!s.ok()) return s.status();
+    TROVE_RETURN_IF_ERROR(record(*s));
+    TROVE_RETURN_IF_ERROR(s->submit_and_wait());
+  }
+  auto s = dev.stream();
+  if (!s.ok()) return s.status();
+  const bool ts = dev.features().timestamp_period_ns > 0;
+  if (ts) s->timestamp();
+  for (int i = 0; i < reps; ++i) {
+    TROVE_RETURN_IF_ERROR(record(*s));
+    s->barrier();
+  }
+  if (ts) s->timestamp();
+  const auto t0 = std::chrono::steady_clock::now();
+  TROVE_RETURN_IF_ERROR(s->submit_and_wait());
+  const double wall = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+  if (ts) {
+    auto t = s->timestamps_ns();
+    if (t.size() >= 2) return (t[1] - t[0]) / 1e3 / reps;
+  }
+  return wall / reps;
+}
+
+Result<vk::Buffer> filled(vk::Device& dev, uint64_t bytes, uint32_t word = 0x3c003c00u) {
+  auto b = dev.buffer((std::max<uint64_t>(bytes, 16) + 3) / 4 * 4);
+  if (!b.ok()) return b.status();
+  TROVE_RETURN_IF_ERROR(b->fill(word));
+  return b;
+}
+
+}  // namespace
+
+Status bench_moe(vk::Device& dev, const MoeBenchOptions& o, std::vector<KernelRow>& rows) {
+  const uint32_t H = o.quick ? 256 : 2048, F = o.quick ? 256 : 768, E = o.quick ? 16 : 128, K = o.quick ? 4 : 8;
+  constexpr uint32_t kRoutings = 16;
+  auto route = ops::MoeRoute::create(dev);
+  if (!route.ok()) return route.status();
+  auto ffn = ops::MoeFfn::create(dev);
+  if (!ffn.ok()) return ffn.status();
+  const uint64_t rb_gu = quant::row_bytes(GgmlType::Q4_K, H);
+  auto gate = filled(dev, rb_gu * F * E), up = filled(dev, rb_gu * F * E);
+  if (!gate.ok()) return gate.status();
+  if (!up.ok()) return up.status();
+  for (GgmlType down_type : {GgmlType::Q6_K, GgmlType::Q4_K}) {
+    const uint64_t rb_dn = quant::row_bytes(down_type, F);
+    auto down = filled(dev, rb_dn * H * E);
+    if (!down.ok()) return down.status();
+    const char* dname = down_type == GgmlType::Q6_K ? "Q6_K" : "Q4_K";
+    for (uint32_t T : {1u, 2u, 4u, 8u, o.quick ? 16u : 512u}) {
+      const std::string shape = fmt::format("{} {} tokens, down {}", o.quick ? "tiny" : "30B-A3B", T, dname);
+      auto want = [&](const std::string& op) { return !o.wanted || o.wanted(op + " " + shape); };
+      const uint32_t P = T * K;
+      const auto L = ops::MoePlanLayout::make(P, E);
+      auto xn = filled(dev, uint64_t{T} * H * 4, 0x3c23d70au), x = filled(dev, uint64_t{T} * H * 4, 0);
+      auto logits = filled(dev, uint64_t{T} * E * 4, 0);
+      auto h = filled(dev, uint64_t{P} * F * 4), d = filled(dev, uint64_t{P} * H * 4);
+      for (auto* b : {&xn, &x, &logits, &h, &d}) {
+        if (!b->ok()) return b->status();
+      }
+      std::mt19937 rng(T);
+      std::normal_distribution<float> nd(0.f, 2.f);
+      std::vector<float> lg(size_t{T} * E);
+      for (auto& v : lg) v = nd(rng);
+      TROVE_RETURN_IF_ERROR(logits->upload(lg.data(), lg.size() * 4));
+      struct Routing {
+        vk::Buffer ids, w, plan;
+      };
+      std::vector<Routing> rts;
+      double distinct = 0;
+      auto s0 = dev.stream();
+      if (!s0.ok()) return s0.status();
+      for (uint32_t r = 0; r < kRoutings; ++r) {
+        std::vector<uint32_t> ids(P);
+        std::vector<float> w(P, 1.0f / K);
+        std::set<uint32_t> used;
+        for (uint32_t t = 0; t < T; ++t) {
+          std::vector<uint32_t> all(E);
+          std::iota(all.begin(), all.end(), 0u);
+          std::shuffle(all.begin(), all.end(), rng);
+          for (uint32_t j = 0; j < K; ++j) used.insert(ids[t * K + j] = all[j]);
+        }
+        distinct += double(used.size()) / kRoutings;
+        auto bi = filled(dev, P * 4ull), bw = filled(dev, P * 4ull), bp = filled(dev, L.bytes());
+        for (auto* b : {&bi, &bw, &bp}) {
+          if (!b->ok()) return b->status();
+        }
+        TROVE_RETURN_IF_ERROR(bi->upload(ids.data(), P * 4ull));
+        TROVE_RETURN_IF_ERROR(bw->upload(w.data(), P * 4ull));
+        TROVE_RETURN_IF_ERROR(route->record_plan(*s0, *bi, *bp, L, T, K));
+        rts.push_back({std::move(*bi), std::move(*bw), std::move(*bp)});
+      }
+      TROVE_RETURN_IF_ERROR(s0->submit_and_wait());
+      uint32_t next = 0;
+      auto call = [&]() {
+        const Routing& r = rts[next++ % kRoutings];
+        return ops::MoeFfnCall{{GgmlType::Q4_K, *gate, F, H, E}, {GgmlType::Q4_K, *up, F, H, E},
+                               {down_type, *down, H, F, E}, T, K, *xn, r.ids, r.w, r.plan, L, *h, *d, *x};
+      };
+      const double gu_bytes = distinct * 2.0 * F * rb_gu, dn_bytes = distinct * double(H) * rb_dn;
+      auto add = [&](const std::string& op, double bytes, const std::function<Status(vk::CommandStream&)>& f) -> Status {
+        if (!want(op)) return Status::Ok();
+        auto t = time_reps(dev, o.reps, f);
+        if (!t.ok()) return t.status();
+        rows.push_back({op, shape, *t, bytes / *t / 1e3, 0});
+        return Status::Ok();
+      };
+      if (down_type == GgmlType::Q6_K) {
+        Routing& r0 = rts[0];
+        TROVE_RETURN_IF_ERROR(add("moe route+plan", 4.0 * T * E, [&](vk::CommandStream& s) {
+          return route->record(s, *logits, r0.ids, r0.w, r0.plan, L, T, K);
+        }));
+        TROVE_RETURN_IF_ERROR(add("moe gate/up+SwiGLU (expert-indexed)", gu_bytes,
+                                  [&](vk::CommandStream& s) { return ffn->record_gate_up(s, call()); }));
+      }
+      TROVE_RETURN_IF_ERROR(add(T <= ops::MoeFfn::kDecodeMaxTokens ? "moe down+weighted sum+residual" : "moe down (grouped)+combine",
+                                dn_bytes, [&](vk::CommandStream& s) { return ffn->record_down(s, call()); }));
+      TROVE_RETURN_IF_ERROR(add("moe experts (gate/up, down)", gu_bytes + dn_bytes,
+                                [&](vk::CommandStream& s) { return ffn->record(s, call()); }));
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace trove::bench

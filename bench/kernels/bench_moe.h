@@ -1,0 +1,28 @@
+// bench/kernels/bench_moe.h — the MoE FFN rows of bench_kernels: kernels/ops/moe_ffn.h at the
+// Qwen3-30B-A3B layer (hidden 2048, expert FFN 768, 128 experts, top-8; Q4_K gate/up, Q6_K or Q4_K
+// down) for 1, 2, 4, 8 and 512 tokens: routing + plan from router logits, the expert-indexed gate/up +
+// SwiGLU dispatch, down (+ weighted sum + residual add at <= 8 tokens; grouped down + scatter-combine
+// above) and the two expert dispatches together.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "bench/kernels/bench_matvec.h"
+
+namespace trove::bench {
+
+struct MoeBenchOptions {
+  int reps = 20;
+  bool quick = false;  // tiny shapes (a CPU device)
+  std::function<bool(const std::string& label)> wanted;  // label = "<op> <shape>"; null = all
+};
+
+// Appends one row per (dispatch group, tokens, down type): µs per call (GPU timestamps). 16 routings
+// (random distinct experts per token) cycle through the reps, so a rep's experts are not the previous
+// rep's (the L2 holds ~20 experts' gate/up). GB/s = bytes of the distinct experts' rows the step needs
+// / time (routing rows: the logits read).
+Status bench_moe(vk::Device& dev, const MoeBenchOptions& opts, std::vector<KernelRow>& rows);
+
+}  // namespace trove::bench

@@ -1,0 +1,59 @@
+#include "engine/runtime/moe_layer.h"
+
+#include <fmt/format.h>
+
+namespace trove::engine {
+
+uint64_t MoeLayer::scratch_bytes(const MoeShape& m, uint32_t max_tokens) {
+  const uint64_t pairs = uint64_t{max_tokens} * m.k;
+  const auto layout = ops::MoePlanLayout::make(static_cast<uint32_t>(pairs), m.n_expert);
+  return 4 * (uint64_t{max_tokens} * m.n_expert + 2 * pairs + pairs * m.ffn + pairs * m.hidden) + layout.bytes();
+}
+
+Result<MoeLayer> MoeLayer::create(vk::Device& dev, const MoeShape& m, uint32_t max_tokens) {
+  if (m.hidden == 0 || m.ffn == 0 || m.n_expert == 0 || m.k == 0 || max_tokens == 0) {
+    return Status::InvalidArgument(fmt::format("MoE layer: hidden {}, expert FFN {}, {} experts, top-k {}, {} tokens; "
+                                               "all must be positive", m.hidden, m.ffn, m.n_expert, m.k, max_tokens));
+  }
+  auto route = ops::MoeRoute::create(dev);
+  if (!route.ok()) return route.status();
+  auto ffn = ops::MoeFfn::create(dev);
+  if (!ffn.ok()) return ffn.status();
+  MoeLayer l;
+  l.shape_ = m;
+  l.max_tokens_ = max_tokens;
+  const uint64_t pairs = uint64_t{max_tokens} * m.k;
+  l.layout_ = ops::MoePlanLayout::make(static_cast<uint32_t>(pairs), m.n_expert);
+  l.route_ = std::move(*route);
+  l.ffn_ = std::move(*ffn);
+  struct Want {
+    vk::Buffer* b;
+    uint64_t bytes;
+  };
+  const Want want[] = {{&l.logits_, uint64_t{max_tokens} * m.n_expert * 4}, {&l.ids_, pairs * 4},
+                       {&l.weights_, pairs * 4}, {&l.plan_, l.layout_.bytes()},
+                       {&l.h_, pairs * m.ffn * 4}, {&l.d_, pairs * m.hidden * 4}};
+  for (const Want& w : want) {
+    auto b = dev.buffer(std::max<uint64_t>(w.bytes, 16));
+    if (!b.ok()) return b.status();
+    *w.b = std::move(*b);
+  }
+  return l;
+}
+
+Status MoeLayer::record(vk::CommandStream& s, const ops::Matmul& matmul, const MoeLayerWeights& w,
+                        vk::BufferRange xn, vk::BufferRange x, uint32_t T) const {
+  if (T == 0 || T > max_tokens_) {
+    return Status::InvalidArgument(fmt::format("MoE layer: a step of {} tokens; this layer holds scratch for 1..{}", T,
+                                               max_tokens_));
+  }
+  const MoeShape& m = shape_;
+  TROVE_RETURN_IF_ERROR(matmul.record(s, w.router_type, m.n_expert, m.hidden, T, w.router, xn, logits_));
+  s.barrier();
+  TROVE_RETURN_IF_ERROR(route_.record(s, logits_, ids_, weights_, plan_, layout_, T, m.k));
+  s.barrier();
+  const ops::MoeFfnCall call{w.gate, w.up, w.down, T, m.k, xn, ids_, weights_, plan_, layout_, h_, d_, x};
+  return ffn_.record(s, call);
+}
+
+}  // namespace trove::engine

@@ -1,0 +1,55 @@
+// engine/runtime/moe_layer.h — the FFN half of a Qwen3-MoE layer, recorded into the step's command
+// stream with no host round trip (docs/engine.md, "MoE layers"):
+//
+//   logits = router · xn  →  top-k ids, renormalised weights and the routing plan (on the GPU)
+//          →  gate/up of every chosen expert + SwiGLU  →  down, weighted sum over k, x += …
+//
+// xn is the FFN input after its RMSNorm ([T][hidden] f32), x the residual stream it adds into. The
+// dispatches are kernels/ops/moe_ffn.h's (MoeRoute, MoeFfn) after one router matmul: 4 dispatches
+// for steps of up to 8 tokens (decode), 7 above. record() puts barriers between its own dispatches,
+// none before the first (the caller's barrier orders xn) or after the last (the caller's orders x).
+//
+// A MoeLayer owns the scratch of one layer at a time (router logits, ids, weights, plan, expert
+// activations) for steps of up to max_tokens tokens; the engine creates one and records every MoE
+// layer through it (layers run in order, separated by barriers, so they can share it).
+// Requirements: each stacked expert tensor in ONE device buffer (kernels/ops/moe_ffn.h limits).
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/ops/matmul.h"
+#include "kernels/ops/moe_ffn.h"
+#include "kernels/vk/runtime.h"
+
+namespace trove::engine {
+
+// One layer's MoE weights on the GPU.
+struct MoeLayerWeights {
+  ops::StackedExperts gate, up, down;       // ffn_gate_exps, ffn_up_exps, ffn_down_exps
+  quant::GgmlType router_type = quant::GgmlType::F32;
+  vk::BufferRange router;                   // ffn_gate_inp: [n_expert][hidden]
+};
+
+struct MoeShape {
+  uint32_t hidden = 0, ffn = 0, n_expert = 0, k = 0;
+};
+
+class MoeLayer {
+ public:
+  static Result<MoeLayer> create(vk::Device& dev, const MoeShape& shape, uint32_t max_tokens);
+  // Device bytes of the scratch create() allocates (for the engine's memory plan).
+  static uint64_t scratch_bytes(const MoeShape& shape, uint32_t max_tokens);
+  // x += MoE(xn) for T <= max_tokens tokens. matmul: the engine's op, for the router.
+  Status record(vk::CommandStream& s, const ops::Matmul& matmul, const MoeLayerWeights& w, vk::BufferRange xn,
+                vk::BufferRange x, uint32_t T) const;
+
+ private:
+  MoeShape shape_;
+  uint32_t max_tokens_ = 0;
+  ops::MoePlanLayout layout_;
+  ops::MoeRoute route_;
+  ops::MoeFfn ffn_;
+  vk::Buffer logits_, ids_, weights_, plan_, h_, d_;
+};
+
+}  // namespace trove::engine

@@ -7,14 +7,20 @@ namespace {
 
 constexpr uint32_t kMaxExperts = 256;  // moe_plan.glsl: one invocation per expert, 256 per workgroup
 constexpr uint32_t kMaxTopK = 32;      // moe_route.comp: unrolled rounds
-constexpr uint32_t kWorkgroup = 128;   // moe_experts.comp / moe_down.comp local size
+constexpr uint32_t kGpuWorkgroup = 256;  // moe_experts / moe_down workgroups: 8 row groups of 32 lanes
+constexpr uint32_t kCpuWorkgroup = 128;  // lavapipe: a smaller reduction area
+constexpr uint32_t kGroupLanes = 32;     // kG in moe_experts_body.glsl / moe_down_body.glsl
+// Bytes of shared memory per staged value and column: the f32 value + 1/8 of its 8-value sum.
+constexpr double kStagedBytesPerValue = 4.5;
 
 struct RoutePush {
   uint32_t tokens, k, n_experts, build_plan;
   uint32_t n_entries_off, offsets_off, entries_off, slot_pair_off, pair_slot_off, row_ids_off, slot_ids_off;
 };
-struct ExpertsPush { uint32_t rows, cols, rb_a, rb_b, k, x_by_slot, n_entries_off, entries_off, slot_pair_off; };
-struct DownPush { uint32_t rows, cols, rb, k, pair_slot_off; };
+struct ExpertsPush {
+  uint32_t rows, cols, rb0, rb1, k, x_by_slot, n_entries_off, entries_off, slot_pair_off, ntiles, tile_vals, pad;
+};
+struct DownPush { uint32_t rows, cols, rb, k, pair_slot_off, ntiles, tile_vals, pad; };
 struct CombinePush { uint32_t hidden, k, pair_slot_off; };
 
 Status need(const char* op, const char* what, vk::BufferRange b, uint64_t bytes) {
@@ -107,20 +113,30 @@ Status MoeRoute::record_plan(vk::CommandStream& s, vk::BufferRange ids, vk::Buff
   return s.dispatch(plan_, pb, &push, sizeof(push), 1);
 }
 
-Result<MoeFfn> MoeFfn::create(vk::Device& dev, uint32_t slots_per_pass) {
-  if (slots_per_pass != 0 && (slots_per_pass > MoePlanLayout::kSlotsPerEntry || (slots_per_pass & (slots_per_pass - 1)))) {
-    return Status::InvalidArgument(fmt::format("moe_ffn: {} slots per pass; use 1, 2, 4 or 8", slots_per_pass));
+Result<MoeFfn> MoeFfn::create(vk::Device& dev, uint32_t slots_per_pass, bool gpu_form) {
+  if (slots_per_pass > MoePlanLayout::kSlotsPerEntry) {
+    return Status::InvalidArgument(fmt::format("moe_ffn: {} slots per pass; use 1..{}", slots_per_pass,
+                                               MoePlanLayout::kSlotsPerEntry));
   }
-  if (!dev.features().subgroup_arithmetic) {
-    return Status::Unsupported(fmt::format("moe_ffn: device {} lacks subgroup arithmetic in compute shaders, which "
-                                           "the MoE expert kernels need", dev.features().name));
+  for (const char* sh : {"moe_experts", "moe_experts_nosg", "moe_down", "moe_down_nosg"}) {
+    if (!vk::find_shader(sh).words) {
+      return Status::NotFound(fmt::format("moe_ffn: shader {} is not embedded in this build (rebuild trove_kernels)", sh));
+    }
   }
   auto cb = dev.pipeline({"moe_combine", {}, sizeof(CombinePush), 4, 256});
   if (!cb.ok()) return cb.status();
   MoeFfn op;
   op.dev_ = &dev;
-  op.rows_per_wg_ = std::max<uint32_t>(1, kWorkgroup / std::max<uint32_t>(1, dev.features().subgroup_size));
-  op.slots_per_pass_ = slots_per_pass ? slots_per_pass : dev.features().is_cpu ? 1 : MoePlanLayout::kSlotsPerEntry;
+  VkPhysicalDeviceProperties props;
+  vkGetPhysicalDeviceProperties(dev.physical(), &props);
+  op.shared_bytes_ = props.limits.maxComputeSharedMemorySize;
+  const auto& f = dev.features();
+  op.cpu_ = f.is_cpu && !gpu_form;
+  // The first reduction stage adds within a subgroup, which must tile a 32-lane row group; lavapipe
+  // takes the shared-memory form (subgroup operations cost it seconds of compile per pipeline).
+  const uint32_t sg = f.subgroup_size;
+  if (!op.cpu_ && f.subgroup_arithmetic && sg >= 4 && sg <= kGroupLanes && (sg & (sg - 1)) == 0) op.subgroup_ = sg;
+  op.slots_per_pass_ = slots_per_pass ? slots_per_pass : (op.cpu_ ? 1 : 0);
   op.cache_ = std::make_unique<Cache>();
   op.combine_ = std::move(*cb);
   return op;
@@ -151,8 +167,8 @@ Status check_experts(const char* what, const StackedExperts& m, uint32_t rows, u
     return Status::InvalidArgument(fmt::format("moe_ffn: {} experts are {}×[{}×{}]; the layer needs {}×[{}×{}]", what,
                                                m.n_expert, m.rows, m.cols, n_expert, rows, cols));
   }
-  if (cols % 64 != 0 || cols % static_cast<uint32_t>(t->block_values) != 0) {
-    return Status::InvalidArgument(fmt::format("moe_ffn: {} experts have {} columns; the kernels need a multiple of 64 "
+  if (cols % 32 != 0 || cols % static_cast<uint32_t>(t->block_values) != 0) {
+    return Status::InvalidArgument(fmt::format("moe_ffn: {} experts have {} columns; the kernels need a multiple of 32 "
                                                "(and of {} for {})", what, cols, t->block_values, t->name));
   }
   const uint64_t bytes = uint64_t{n_expert} * rows * quant::row_bytes(m.type, cols);
@@ -183,8 +199,14 @@ Status MoeFfn::check(const MoeFfnCall& c) const {
   TROVE_RETURN_IF_ERROR(need("moe_ffn", "weights", c.weights, P * 4));
   TROVE_RETURN_IF_ERROR(need("moe_ffn", "plan", c.plan, c.layout.bytes()));
   TROVE_RETURN_IF_ERROR(need("moe_ffn", "h", c.h, P * ffn * 4));
-  if (T > kDecodeMaxTokens) TROVE_RETURN_IF_ERROR(need("moe_ffn", "d", c.d, P * hidden * 4));
+  if (!fused_down(T, k)) TROVE_RETURN_IF_ERROR(need("moe_ffn", "d", c.d, P * hidden * 4));
   return Status::Ok();
+}
+
+bool MoeFfn::fused_down(uint32_t tokens, uint32_t k) const {
+  // moe_down stages the k SwiGLU rows of a token, at least 256 values each, in shared memory.
+  const uint32_t wg = cpu_ ? kCpuWorkgroup : kGpuWorkgroup;
+  return tokens <= kDecodeMaxTokens && k * 256 * kStagedBytesPerValue + wg / subgroup_ * 4 <= shared_bytes_;
 }
 
 Status MoeFfn::record(vk::CommandStream& s, const MoeFfnCall& c) const {
@@ -193,41 +215,72 @@ Status MoeFfn::record(vk::CommandStream& s, const MoeFfnCall& c) const {
   return record_down(s, c);
 }
 
+namespace {
+// The largest tile (a multiple of 256 values, at most cols rounded up to 256) whose `columns` staged
+// columns fit in `shared` bytes beside `reserved` (the reduction area).
+uint32_t tile_for(uint32_t cols, uint32_t columns, uint32_t shared, uint32_t reserved) {
+  const double room = shared > reserved ? shared - reserved : 0;
+  uint32_t tile = static_cast<uint32_t>(room / (kStagedBytesPerValue * columns)) / 256 * 256;
+  return std::clamp<uint32_t>(tile, 256, (cols + 255) / 256 * 256);
+}
+}  // namespace
+
 Status MoeFfn::record_gate_up(vk::CommandStream& s, const MoeFfnCall& c) const {
   TROVE_RETURN_IF_ERROR(check(c));
-  const uint32_t ffn = c.gate.rows, hidden = c.gate.cols, rpw = rows_per_wg_;
+  const uint32_t ffn = c.gate.rows, hidden = c.gate.cols;
+  const uint32_t wg = cpu_ ? kCpuWorkgroup : kGpuWorkgroup, rows_per_group = 1;  // 2 slots: gate and up rows
+  const uint32_t nb = slots_per_pass_ ? slots_per_pass_ : std::min(c.tokens, MoePlanLayout::kSlotsPerEntry);
+  const uint32_t red = wg / subgroup_ * (2 * rows_per_group * nb) * 4;
+  const uint32_t tile = tile_for(hidden, nb, shared_bytes_, red);
   const uint32_t entries = MoePlanLayout::max_entries(c.tokens * c.k, c.gate.n_expert);
-  const uint32_t rb_gate = static_cast<uint32_t>(quant::row_bytes(c.gate.type, hidden)),
-                 rb_up = static_cast<uint32_t>(quant::row_bytes(c.up.type, hidden));
-  auto gu = pipeline("moe_experts", {static_cast<uint32_t>(c.gate.type), static_cast<uint32_t>(c.up.type), 1, rpw,
-                                     slots_per_pass_}, sizeof(ExpertsPush), 5, kWorkgroup);
-  if (!gu.ok()) return gu.status();
+  auto p = pipeline(subgroup_ > 1 ? "moe_experts" : "moe_experts_nosg",
+                    {wg, kGroupLanes, nb, rows_per_group, 1, tile, static_cast<uint32_t>(c.gate.type),
+                     static_cast<uint32_t>(c.up.type), cpu_ ? 0u : 1u, subgroup_},
+                    sizeof(ExpertsPush), 5, wg);
+  if (!p.ok()) return p.status();
   const auto& L = c.layout;
-  const ExpertsPush push{ffn, hidden, rb_gate, rb_up, c.k, 0, L.n_entries, L.entries, L.slot_pair};
-  vk::BufferRange b[5] = {c.gate.w, c.up.w, c.xn, c.plan, c.h};
-  return s.dispatch(**gu, b, &push, sizeof(push), (ffn + rpw - 1) / rpw, entries);
+  const ExpertsPush push{ffn, hidden, static_cast<uint32_t>(quant::row_bytes(c.gate.type, hidden)),
+                         static_cast<uint32_t>(quant::row_bytes(c.up.type, hidden)), c.k, 0, L.n_entries, L.entries,
+                         L.slot_pair, (hidden + tile - 1) / tile, tile, 0};
+  vk::BufferRange b[5] = {c.xn, c.gate.w, c.up.w, c.plan, c.h};
+  const uint32_t rows_per_wg = wg / kGroupLanes * rows_per_group;
+  return s.dispatch(**p, b, &push, sizeof(push), (ffn + rows_per_wg - 1) / rows_per_wg, entries);
 }
 
 Status MoeFfn::record_down(vk::CommandStream& s, const MoeFfnCall& c) const {
   TROVE_RETURN_IF_ERROR(check(c));
-  const uint32_t ffn = c.gate.rows, hidden = c.gate.cols, T = c.tokens, k = c.k, rpw = rows_per_wg_;
+  const uint32_t ffn = c.gate.rows, hidden = c.gate.cols, T = c.tokens, k = c.k;
   const uint32_t td = static_cast<uint32_t>(c.down.type);
   const uint32_t rb_down = static_cast<uint32_t>(quant::row_bytes(c.down.type, ffn));
+  const uint32_t wg = cpu_ ? kCpuWorkgroup : kGpuWorkgroup;
   const auto& L = c.layout;
-  if (T <= kDecodeMaxTokens) {
-    auto dn = pipeline("moe_down", {td, rpw}, sizeof(DownPush), 6, kWorkgroup);
-    if (!dn.ok()) return dn.status();
-    const DownPush push{hidden, ffn, rb_down, k, L.pair_slot};
-    vk::BufferRange b[6] = {c.down.w, c.h, c.ids, c.weights, c.plan, c.x};
-    return s.dispatch(**dn, b, &push, sizeof(push), (hidden + rpw - 1) / rpw, T);
+  if (fused_down(T, k)) {
+    const uint32_t rows_per_group = 1;
+    const uint32_t red = wg / subgroup_ * rows_per_group * 4;
+    const uint32_t tile = tile_for(ffn, k, shared_bytes_, red);
+    auto p = pipeline(subgroup_ > 1 ? "moe_down" : "moe_down_nosg",
+                      {wg, kGroupLanes, rows_per_group, tile, td, cpu_ ? 0u : 1u, subgroup_, k}, sizeof(DownPush), 6, wg);
+    if (!p.ok()) return p.status();
+    const DownPush push{hidden, ffn, rb_down, k, L.pair_slot, (ffn + tile - 1) / tile, tile, 0};
+    vk::BufferRange b[6] = {c.h, c.down.w, c.ids, c.weights, c.plan, c.x};
+    const uint32_t rows_per_wg = wg / kGroupLanes * rows_per_group;
+    return s.dispatch(**p, b, &push, sizeof(push), (hidden + rows_per_wg - 1) / rows_per_wg, T);
   }
-  auto dn = pipeline("moe_experts", {td, td, 0, rpw, slots_per_pass_}, sizeof(ExpertsPush), 5, kWorkgroup);
-  if (!dn.ok()) return dn.status();
   {
-    const ExpertsPush push{hidden, ffn, rb_down, rb_down, k, 1, L.n_entries, L.entries, L.slot_pair};
-    vk::BufferRange b[5] = {c.down.w, c.down.w, c.h, c.plan, c.d};
+    const uint32_t rows_per_group = 2;
+    const uint32_t nb = slots_per_pass_ ? slots_per_pass_ : MoePlanLayout::kSlotsPerEntry;
+    const uint32_t red = wg / subgroup_ * (rows_per_group * nb) * 4;
+    const uint32_t tile = tile_for(ffn, nb, shared_bytes_, red);
+    auto p = pipeline(subgroup_ > 1 ? "moe_experts" : "moe_experts_nosg",
+                      {wg, kGroupLanes, nb, rows_per_group, 0, tile, td, td, cpu_ ? 0u : 1u, subgroup_},
+                      sizeof(ExpertsPush), 5, wg);
+    if (!p.ok()) return p.status();
+    const ExpertsPush push{hidden, ffn, rb_down, rb_down, k, 1, L.n_entries, L.entries, L.slot_pair,
+                           (ffn + tile - 1) / tile, tile, 0};
+    vk::BufferRange b[5] = {c.h, c.down.w, c.down.w, c.plan, c.d};
     const uint32_t entries = MoePlanLayout::max_entries(T * k, c.gate.n_expert);
-    TROVE_RETURN_IF_ERROR(s.dispatch(**dn, b, &push, sizeof(push), (hidden + rpw - 1) / rpw, entries));
+    const uint32_t rows_per_wg = wg / kGroupLanes * rows_per_group;
+    TROVE_RETURN_IF_ERROR(s.dispatch(**p, b, &push, sizeof(push), (hidden + rows_per_wg - 1) / rows_per_wg, entries));
   }
   s.barrier();
   const CombinePush push{hidden, k, L.pair_slot};

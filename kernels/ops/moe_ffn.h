@@ -11,9 +11,10 @@
 //             else routing (many tokens per dispatch) + one plan dispatch. record_plan() builds the
 //             plan from ids the caller supplies (tests give adversarial routings this way).
 //   MoeFfn    gate/up of every selected expert of every token in ONE expert-indexed dispatch with
-//             SwiGLU in its epilogue → h [slot][ffn]; then
+//             SwiGLU in its epilogue → h [slot][ffn] (the decode matvec's per-type code,
+//             kernels/shaders/matvec_core.glsl, over the plan's entries); then
 //               T <= kDecodeMaxTokens: ONE dispatch computing down for all (token, j), multiplying by
-//                 w, summing over j and adding into x (a subgroup owns an output row for all k);
+//                 w, summing over j and adding into x (a row group owns an output row for all k);
 //               larger T: the same expert-indexed kernel for down → d [slot][hidden], then a
 //                 scatter-combine adding sum_j w × d into x (one invocation per element of x).
 //             Every sum has a fixed order: results do not depend on scheduling.
@@ -32,8 +33,8 @@
 // Weights: each of gate/up/down is the layer's stacked expert tensor [E][rows][cols] (GGUF
 // ffn_*_exps: expert e's rows start at e*rows*row_bytes) in ONE buffer range, any kernels/quant type
 // (gate and up may differ). Activations f32. Limits: E <= 256, k <= 32, k distinct experts per token,
-// cols a multiple of 64 (256 for K-quants), T*k < 2^24, each stacked tensor < 4 GiB (32-bit
-// offsets). Pipelines are created on first use per weight type (kernels/shaders/moe_*.comp).
+// cols a multiple of 32 (256 for K-quants), T*k < 2^24, each stacked tensor < 4 GiB (32-bit
+// offsets). Pipelines are created on first use per shape and weight type (kernels/shaders/moe_*.comp).
 // Checked against kernels/ref (layer_ref.h moe_route, moe_ref.h moe_plan, matmul_ref.h moe_ffn).
 // Thread-safety: record() may be called from one thread at a time per op (pipeline cache).
 #pragma once
@@ -99,17 +100,19 @@ struct MoeFfnCall {
   vk::BufferRange plan;           // MoeRoute's plan, laid out by `layout`
   MoePlanLayout layout;
   vk::BufferRange h;              // scratch f32 [tokens*k][ffn]
-  vk::BufferRange d;              // scratch f32 [tokens*k][hidden]; used only when tokens > kDecodeMaxTokens
+  vk::BufferRange d;              // scratch f32 [tokens*k][hidden]; used when tokens > kDecodeMaxTokens
   vk::BufferRange x;              // f32 [tokens][hidden], the residual stream: x += MoE(xn)
 };
 
 class MoeFfn {
  public:
   static constexpr uint32_t kDecodeMaxTokens = 8;  // fused down + combine up to here
-  // slots_per_pass: slots of a plan entry multiplied per pass over an expert's weights (1, 2, 4 or
-  // 8). 0 = 8 on GPUs, 1 on CPU devices (lavapipe), where LLVM takes most of a minute to compile the
-  // 8-column code; tests force 2 to cover the multi-column code there.
-  static Result<MoeFfn> create(vk::Device& dev, uint32_t slots_per_pass = 0);
+  // slots_per_pass: slots of a plan entry multiplied per pass over an expert's weights (1..8; the
+  // gate/up kernel's batch columns). 0 = min(8, tokens) on GPUs, 1 on CPU devices (lavapipe: fewer
+  // pipelines to compile); tests force 2 to cover several columns there.
+  // gpu_form: on a CPU device, compile what GPUs run (subgroup reduction stage, unrolled column
+  // loops) — slow to compile there; a test runs it once.
+  static Result<MoeFfn> create(vk::Device& dev, uint32_t slots_per_pass = 0, bool gpu_form = false);
   // Records 2 dispatches (tokens <= kDecodeMaxTokens) or 4, with barriers between them, none before
   // the first or after the last.
   Status record(vk::CommandStream& s, const MoeFfnCall& call) const;
@@ -117,10 +120,11 @@ class MoeFfn {
   // gate/up + SwiGLU → h, and down → (weighted sum, residual add) into x.
   Status record_gate_up(vk::CommandStream& s, const MoeFfnCall& call) const;
   Status record_down(vk::CommandStream& s, const MoeFfnCall& call) const;
-  uint32_t rows_per_workgroup() const { return rows_per_wg_; }
 
  private:
   Status check(const MoeFfnCall& call) const;
+  // Whether down runs as the fused decode kernel (<= 8 tokens and k staged rows fit shared memory).
+  bool fused_down(uint32_t tokens, uint32_t k) const;
   Result<const vk::Pipeline*> pipeline(const char* shader, std::vector<uint32_t> spec, uint32_t push_bytes,
                                        uint32_t bindings, uint32_t local) const;
   struct Cache {
@@ -128,7 +132,10 @@ class MoeFfn {
     std::map<std::tuple<std::string, std::vector<uint32_t>>, std::unique_ptr<vk::Pipeline>> pipelines;
   };
   vk::Device* dev_ = nullptr;
-  uint32_t rows_per_wg_ = 4, slots_per_pass_ = 8;
+  uint32_t shared_bytes_ = 0;    // maxComputeSharedMemorySize
+  bool cpu_ = false;             // CPU device: no unrolled column loops, no subgroup operations
+  uint32_t subgroup_ = 1;        // subgroup size of the first reduction stage (1: shared memory only)
+  uint32_t slots_per_pass_ = 0;  // 0: min(8, tokens)
   std::unique_ptr<Cache> cache_;
   vk::Pipeline combine_;
 };

@@ -98,9 +98,10 @@ class MoeFfnTest : public ::testing::Test {
     ASSERT_TRUE(f.ok()) << f.status().ToString();
     ffn_ = std::make_unique<ops::MoeFfn>(std::move(*f));
   }
-  // An op multiplying 2 slots per pass over the weights (GPUs use 8, lavapipe 1 by default).
-  void use_two_slots_per_pass() {
-    auto f = ops::MoeFfn::create(*dev_, 2);
+  // An op multiplying 2 slots per pass over the weights (GPUs use up to 8, lavapipe 1 by default),
+  // optionally in the form GPUs compile (subgroup reduction stage, unrolled column loops).
+  void use_two_slots_per_pass(bool gpu_form = false) {
+    auto f = ops::MoeFfn::create(*dev_, 2, gpu_form);
     ASSERT_TRUE(f.ok()) << f.status().ToString();
     ffn_ = std::make_unique<ops::MoeFfn>(std::move(*f));
   }
@@ -223,17 +224,17 @@ TEST_F(MoeFfnTest, DecodeMatchesReference) {
   run({"most experts idle", 7, 64, 4, 256, 256, Q6_K, Q6_K, Q4_K, Case::kFewExperts});
   run({"k=1", 5, 8, 1, 128, 192, BF16, BF16, BF16, Case::kRandom});
   run({"all to one set", 8, 8, 8, 192, 128, Q8_0, Q8_0, Q8_0, Case::kAllSame});
-  run({"router", 3, 8, 2, 128, 64, F32, F32, F32, Case::kRouter});
+  run({"router, rows of 32 mod 64", 3, 8, 2, 96, 160, F32, F32, F32, Case::kRouter});
   run({"router", 2, 8, 2, 64, 128, F16, F16, F16, Case::kRouter});
 }
 
 TEST_F(MoeFfnTest, PrefillMatchesReference) {
-  run({"all to one set", 64, 8, 2, 192, 128, Q8_0, Q8_0, Q8_0, Case::kAllSame});
+  run({"all to one set", 64, 8, 2, 224, 96, Q8_0, Q8_0, Q8_0, Case::kAllSame});
   run({"uniform k=1", 512, 8, 1, 64, 64, F16, F16, F16, Case::kUniform});
   run({"router", 33, 16, 8, 256, 256, Q4_K, Q4_K, Q4_K, Case::kRouter});
   run({"random, mixed types", 40, 8, 2, 256, 256, Q6_K, Q4_K, Q5_K, Case::kRandom});
   run({"most experts idle", 20, 64, 4, 256, 256, Q5_K, Q5_K, Q6_K, Case::kFewExperts});
-  run({"router", 12, 8, 2, 128, 64, F32, F32, F32, Case::kRouter});
+  run({"router, rows of 32 mod 64", 12, 8, 2, 160, 96, F32, F32, F32, Case::kRouter});
   run({"k=1", 9, 8, 1, 128, 192, BF16, BF16, BF16, Case::kRandom});
 }
 
@@ -241,6 +242,12 @@ TEST_F(MoeFfnTest, SeveralSlotsPerPass) {
   use_two_slots_per_pass();
   run({"all to one set", 5, 8, 3, 256, 256, Q4_K, Q4_K, Q4_K, Case::kAllSame});
   run({"all to one set", 11, 8, 3, 256, 256, Q4_K, Q4_K, Q4_K, Case::kAllSame});
+}
+
+TEST_F(MoeFfnTest, GpuFormOnThisDevice) {
+  use_two_slots_per_pass(true);
+  run({"gpu form", 3, 8, 2, 256, 256, Q4_K, Q4_K, Q6_K, Case::kRouter});
+  run({"gpu form", 9, 8, 2, 256, 256, Q4_K, Q4_K, Q6_K, Case::kRouter});
 }
 
 TEST_F(MoeFfnTest, RealShapes) {
@@ -269,8 +276,8 @@ TEST_F(MoeFfnTest, RefusesBadShapes) {
   call.tokens = 40;
   EXPECT_NE(ffn_->record(*s, call).message().find("40 tokens"), std::string::npos);
   call.tokens = 4;
-  ops::StackedExperts odd{F32, *b, 96, 96, 8};
+  ops::StackedExperts odd{F32, *b, 72, 72, 8};
   call.gate = call.up = odd;
   call.down = odd;
-  EXPECT_NE(ffn_->record(*s, call).message().find("multiple of 64"), std::string::npos);
+  EXPECT_NE(ffn_->record(*s, call).message().find("multiple of 32"), std::string::npos);
 }

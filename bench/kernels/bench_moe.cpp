@@ -59,6 +59,8 @@ Status bench_moe(vk::Device& dev, const MoeBenchOptions& o, std::vector<KernelRo
   if (!route.ok()) return route.status();
   auto ffn = ops::MoeFfn::create(dev);
   if (!ffn.ok()) return ffn.status();
+  auto mm = ops::Matmul::create(dev);
+  if (!mm.ok()) return mm.status();
   const uint64_t rb_gu = quant::row_bytes(GgmlType::Q4_K, H);
   auto gate = filled(dev, rb_gu * F * E), up = filled(dev, rb_gu * F * E);
   if (!gate.ok()) return gate.status();
@@ -76,7 +78,8 @@ Status bench_moe(vk::Device& dev, const MoeBenchOptions& o, std::vector<KernelRo
       auto xn = filled(dev, uint64_t{T} * H * 4, 0x3c23d70au), x = filled(dev, uint64_t{T} * H * 4, 0);
       auto logits = filled(dev, uint64_t{T} * E * 4, 0);
       auto h = filled(dev, uint64_t{P} * F * 4), d = filled(dev, uint64_t{P} * H * 4);
-      for (auto* b : {&xn, &x, &logits, &h, &d}) {
+      auto g = filled(dev, uint64_t{P} * F * 4), u = filled(dev, uint64_t{P} * F * 4);
+      for (auto* b : {&xn, &x, &logits, &h, &d, &g, &u}) {
         if (!b->ok()) return b->status();
       }
       std::mt19937 rng(T);
@@ -113,10 +116,11 @@ Status bench_moe(vk::Device& dev, const MoeBenchOptions& o, std::vector<KernelRo
       }
       TROVE_RETURN_IF_ERROR(s0->submit_and_wait());
       uint32_t next = 0;
-      auto call = [&]() {
+      auto call = [&](ops::MoePrefill prefill = ops::MoePrefill::kExpertMatvec) {
         const Routing& r = rts[next++ % kRoutings];
         return ops::MoeFfnCall{{GgmlType::Q4_K, *gate, F, H, E}, {GgmlType::Q4_K, *up, F, H, E},
-                               {down_type, *down, H, F, E}, T, K, *xn, r.ids, r.w, r.plan, L, *h, *d, *x};
+                               {down_type, *down, H, F, E}, T, K, *xn, r.ids, r.w, r.plan, L, *h, *d, *x,
+                               &*mm, prefill, *g, *u};
       };
       const double gu_bytes = distinct * 2.0 * F * rb_gu, dn_bytes = distinct * double(H) * rb_dn;
       auto add = [&](const std::string& op, double bytes, const std::function<Status(vk::CommandStream&)>& f) -> Status {
@@ -138,6 +142,15 @@ Status bench_moe(vk::Device& dev, const MoeBenchOptions& o, std::vector<KernelRo
                                 dn_bytes, [&](vk::CommandStream& s) { return ffn->record_down(s, call()); }));
       TROVE_RETURN_IF_ERROR(add("moe experts (gate/up, down)", gu_bytes + dn_bytes,
                                 [&](vk::CommandStream& s) { return ffn->record(s, call()); }));
+      if (T > ops::MoeFfn::kDecodeMaxTokens) {  // the grouped GEMMs on the device's matmul path
+        const std::string op = fmt::format("moe experts grouped GEMM ({})", ops::matmul_path_name(mm->path()));
+        const double flops = 2.0 * P * (3.0 * F * H);
+        if (want(op)) {
+          auto t = time_reps(dev, o.reps, [&](vk::CommandStream& s) { return ffn->record(s, call(ops::MoePrefill::kGroupedGemm)); });
+          if (!t.ok()) return t.status();
+          rows.push_back({op, shape, *t, (gu_bytes + dn_bytes) / *t / 1e3, flops / *t / 1e6});
+        }
+      }
     }
   }
   return Status::Ok();

@@ -2,7 +2,8 @@
 // Qwen3-30B-A3B layer (hidden 2048, expert FFN 768, 128 experts, top-8; Q4_K gate/up, Q6_K or Q4_K
 // down) for 1, 2, 4, 8 and 512 tokens: routing + plan from router logits, the expert-indexed gate/up +
 // SwiGLU dispatch, down (+ weighted sum + residual add at <= 8 tokens; grouped down + scatter-combine
-// above) and the two expert dispatches together.
+// above) and the two expert dispatches together; at 512 tokens also the grouped-GEMM prefill on the
+// device's matmul path (cm2 / khr / tiled, TROVE_MATMUL forces one) with its TFLOP/s.
 #pragma once
 
 #include <functional>

@@ -7,7 +7,7 @@ namespace trove::engine {
 uint64_t MoeLayer::scratch_bytes(const MoeShape& m, uint32_t max_tokens) {
   const uint64_t pairs = uint64_t{max_tokens} * m.k;
   const auto layout = ops::MoePlanLayout::make(static_cast<uint32_t>(pairs), m.n_expert);
-  return 4 * (uint64_t{max_tokens} * m.n_expert + 2 * pairs + pairs * m.ffn + pairs * m.hidden) + layout.bytes();
+  return 4 * (uint64_t{max_tokens} * m.n_expert + 2 * pairs + 3 * pairs * m.ffn + pairs * m.hidden) + layout.bytes();
 }
 
 Result<MoeLayer> MoeLayer::create(vk::Device& dev, const MoeShape& m, uint32_t max_tokens) {
@@ -32,7 +32,8 @@ Result<MoeLayer> MoeLayer::create(vk::Device& dev, const MoeShape& m, uint32_t m
   };
   const Want want[] = {{&l.logits_, uint64_t{max_tokens} * m.n_expert * 4}, {&l.ids_, pairs * 4},
                        {&l.weights_, pairs * 4}, {&l.plan_, l.layout_.bytes()},
-                       {&l.h_, pairs * m.ffn * 4}, {&l.d_, pairs * m.hidden * 4}};
+                       {&l.h_, pairs * m.ffn * 4}, {&l.d_, pairs * m.hidden * 4},
+                       {&l.g_, pairs * m.ffn * 4}, {&l.u_, pairs * m.ffn * 4}};
   for (const Want& w : want) {
     auto b = dev.buffer(std::max<uint64_t>(w.bytes, 16));
     if (!b.ok()) return b.status();
@@ -52,7 +53,8 @@ Status MoeLayer::record(vk::CommandStream& s, const ops::Matmul& matmul, const M
   s.barrier();
   TROVE_RETURN_IF_ERROR(route_.record(s, logits_, ids_, weights_, plan_, layout_, T, m.k));
   s.barrier();
-  const ops::MoeFfnCall call{w.gate, w.up, w.down, T, m.k, xn, ids_, weights_, plan_, layout_, h_, d_, x};
+  const ops::MoeFfnCall call{w.gate, w.up,   w.down, T,  m.k, xn, ids_, weights_, plan_, layout_, h_, d_, x,
+                             &matmul, ops::MoePrefill::kAuto, g_, u_};
   return ffn_.record(s, call);
 }
 

@@ -6,12 +6,14 @@
 //
 // xn is the FFN input after its RMSNorm ([T][hidden] f32), x the residual stream it adds into. The
 // dispatches are kernels/ops/moe_ffn.h's (MoeRoute, MoeFfn) after one router matmul: 4 dispatches
-// for steps of up to 8 tokens (decode), 7 above. record() puts barriers between its own dispatches,
+// for steps of up to 8 tokens (decode), 7 above (9 with the grouped GEMMs of the matrix-unit path:
+// steps of >= 32 tokens where the engine's Matmul uses cooperative matrices). record() puts barriers between its own dispatches,
 // none before the first (the caller's barrier orders xn) or after the last (the caller's orders x).
 //
 // A MoeLayer owns the scratch of one layer at a time (router logits, ids, weights, plan, expert
-// activations) for steps of up to max_tokens tokens; the engine creates one and records every MoE
-// layer through it (layers run in order, separated by barriers, so they can share it).
+// activations, the grouped-GEMM prefill's gate/up outputs) for steps of up to max_tokens tokens; the
+// engine creates one and records every MoE layer through it (layers run in order, separated by
+// barriers, so they can share it).
 // Requirements: each stacked expert tensor in ONE device buffer (kernels/ops/moe_ffn.h limits).
 #pragma once
 
@@ -49,7 +51,7 @@ class MoeLayer {
   ops::MoePlanLayout layout_;
   ops::MoeRoute route_;
   ops::MoeFfn ffn_;
-  vk::Buffer logits_, ids_, weights_, plan_, h_, d_;
+  vk::Buffer logits_, ids_, weights_, plan_, h_, d_, g_, u_;
 };
 
 }  // namespace trove::engine

@@ -22,6 +22,7 @@ struct ExpertsPush {
 };
 struct DownPush { uint32_t rows, cols, rb, k, pair_slot_off, ntiles, tile_vals, pad; };
 struct CombinePush { uint32_t hidden, k, pair_slot_off; };
+struct SwiGluPush { uint32_t pairs, groups_x; };
 
 Status need(const char* op, const char* what, vk::BufferRange b, uint64_t bytes) {
   if (b.buffer == VK_NULL_HANDLE) return Status::InvalidArgument(fmt::format("{}: buffer '{}' is missing", op, what));
@@ -126,6 +127,11 @@ Result<MoeFfn> MoeFfn::create(vk::Device& dev, uint32_t slots_per_pass, bool gpu
   auto cb = dev.pipeline({"moe_combine", {}, sizeof(CombinePush), 4, 256});
   if (!cb.ok()) return cb.status();
   MoeFfn op;
+  for (uint32_t h = 0; h < 2; ++h) {
+    auto sw = dev.pipeline({"moe_swiglu", {h}, sizeof(SwiGluPush), 3, 256});
+    if (!sw.ok()) return sw.status();
+    op.swiglu_[h] = std::move(*sw);
+  }
   op.dev_ = &dev;
   VkPhysicalDeviceProperties props;
   vkGetPhysicalDeviceProperties(dev.physical(), &props);
@@ -200,7 +206,58 @@ Status MoeFfn::check(const MoeFfnCall& c) const {
   TROVE_RETURN_IF_ERROR(need("moe_ffn", "plan", c.plan, c.layout.bytes()));
   TROVE_RETURN_IF_ERROR(need("moe_ffn", "h", c.h, P * ffn * 4));
   if (!fused_down(T, k)) TROVE_RETURN_IF_ERROR(need("moe_ffn", "d", c.d, P * hidden * 4));
+  if (T > kDecodeMaxTokens && c.prefill == MoePrefill::kGroupedGemm && !c.matmul) {
+    return Status::InvalidArgument("moe_ffn: the grouped-GEMM prefill was asked for without a Matmul op");
+  }
+  if (grouped(c)) {
+    TROVE_RETURN_IF_ERROR(need("moe_ffn", "g", c.g, P * ffn * 4));
+    TROVE_RETURN_IF_ERROR(need("moe_ffn", "u", c.u, P * ffn * 4));
+  }
   return Status::Ok();
+}
+
+bool MoeFfn::grouped(const MoeFfnCall& c) const {
+  if (c.tokens <= kDecodeMaxTokens || !c.matmul || c.prefill == MoePrefill::kExpertMatvec) return false;
+  if (c.prefill == MoePrefill::kGroupedGemm) return true;
+  // The grouped GEMM addresses experts at multiples of 16 bytes.
+  const bool aligned = uint64_t{c.gate.rows} * quant::row_bytes(c.gate.type, c.gate.cols) % 16 == 0 &&
+                       uint64_t{c.up.rows} * quant::row_bytes(c.up.type, c.up.cols) % 16 == 0 &&
+                       uint64_t{c.down.rows} * quant::row_bytes(c.down.type, c.down.cols) % 16 == 0;
+  return aligned && c.matmul->uses_coopmat() && c.tokens >= Matmul::kCoopmatMinBatch;
+}
+
+Status MoeFfn::record_grouped(vk::CommandStream& s, const MoeFfnCall& c) const {
+  const uint32_t E = c.gate.n_expert, ffn = c.gate.rows, hidden = c.gate.cols, T = c.tokens, P = T * c.k;
+  const auto& L = c.layout;
+  auto part = [&](uint32_t word_off, uint64_t bytes) {
+    vk::BufferRange r = c.plan;
+    r.offset += uint64_t{word_off} * 4;  // 256-byte aligned in the plan (MoePlanLayout)
+    r.size = bytes;
+    return r;
+  };
+  const vk::BufferRange offsets = part(L.offsets, (E + 1) * 4ull), rows = part(L.row_ids, P * 4ull),
+                        slots = part(L.slot_ids, P * 4ull);
+  auto call = [&](const StackedExperts& m, uint32_t x_rows, bool x_f16) {
+    return GroupedMatmulCall{m.type, m.rows, m.cols, m.n_expert, uint64_t{m.rows} * quant::row_bytes(m.type, m.cols), P,
+                             x_rows, 0, x_f16};
+  };
+  TROVE_RETURN_IF_ERROR(c.matmul->record_grouped(s, call(c.gate, T, false), c.gate.w, c.xn, offsets, rows, c.g));
+  TROVE_RETURN_IF_ERROR(c.matmul->record_grouped(s, call(c.up, T, false), c.up.w, c.xn, offsets, rows, c.u));
+  s.barrier();
+  // Matrix units read f16 activations (rounded once here rather than per tile); the tiled path f32.
+  const bool f16 = c.matmul->uses_coopmat();
+  {
+    const uint32_t pairs = P * ffn / 2, groups = (pairs + 255) / 256, gx = std::min<uint32_t>(groups, 65535);
+    const SwiGluPush push{pairs, gx};
+    vk::BufferRange b[3] = {c.g, c.u, c.h};
+    TROVE_RETURN_IF_ERROR(s.dispatch(swiglu_[f16 ? 1 : 0], b, &push, sizeof(push), gx, (groups + gx - 1) / gx));
+  }
+  s.barrier();
+  TROVE_RETURN_IF_ERROR(c.matmul->record_grouped(s, call(c.down, P, f16), c.down.w, c.h, offsets, slots, c.d));
+  s.barrier();
+  const CombinePush push{hidden, c.k, L.pair_slot};
+  vk::BufferRange b[4] = {c.d, c.weights, c.plan, c.x};
+  return s.dispatch(combine_, b, &push, sizeof(push), (hidden + 255) / 256, T);
 }
 
 bool MoeFfn::fused_down(uint32_t tokens, uint32_t k) const {
@@ -210,6 +267,8 @@ bool MoeFfn::fused_down(uint32_t tokens, uint32_t k) const {
 }
 
 Status MoeFfn::record(vk::CommandStream& s, const MoeFfnCall& c) const {
+  TROVE_RETURN_IF_ERROR(check(c));
+  if (grouped(c)) return record_grouped(s, c);
   TROVE_RETURN_IF_ERROR(record_gate_up(s, c));
   s.barrier();
   return record_down(s, c);

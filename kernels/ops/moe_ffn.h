@@ -17,6 +17,10 @@
 //                 w, summing over j and adding into x (a row group owns an output row for all k);
 //               larger T: the same expert-indexed kernel for down → d [slot][hidden], then a
 //                 scatter-combine adding sum_j w × d into x (one invocation per element of x).
+//             Prefill on matrix units (T >= 32 and the caller's Matmul uses cooperative matrices):
+//             gate and up as grouped GEMMs (ops::Matmul::record_grouped over the plan's
+//             expert_offsets / row_ids) → g, u; SwiGLU → h (f16); down as a grouped GEMM over the
+//             slots (row ids = slot_ids) → d; the same scatter-combine. 6 dispatches.
 //             Every sum has a fixed order: results do not depend on scheduling.
 //
 // The routing plan (MoePlanLayout, one uint buffer): the T*k (token, j) pairs (pair = t*k + j) sorted
@@ -48,6 +52,7 @@
 #include <tuple>
 #include <vector>
 
+#include "kernels/ops/matmul.h"
 #include "kernels/quant/quant.h"
 #include "kernels/vk/runtime.h"
 
@@ -92,6 +97,13 @@ struct StackedExperts {
   uint32_t rows = 0, cols = 0, n_expert = 0;
 };
 
+// How steps of more than kDecodeMaxTokens tokens run their experts.
+enum class MoePrefill : uint8_t {
+  kAuto,          // grouped GEMMs when `matmul` is given, uses cooperative matrices and T >= 32
+  kExpertMatvec,  // the expert-indexed matvec kernels (8 slots per pass over an expert's weights)
+  kGroupedGemm,   // ops::Matmul::record_grouped on whatever path `matmul` has (tests: its tiled form)
+};
+
 struct MoeFfnCall {
   StackedExperts gate, up, down;  // gate/up [E][ffn][hidden], down [E][hidden][ffn]
   uint32_t tokens = 0, k = 0;
@@ -102,6 +114,9 @@ struct MoeFfnCall {
   vk::BufferRange h;              // scratch f32 [tokens*k][ffn]
   vk::BufferRange d;              // scratch f32 [tokens*k][hidden]; used when tokens > kDecodeMaxTokens
   vk::BufferRange x;              // f32 [tokens][hidden], the residual stream: x += MoE(xn)
+  const Matmul* matmul = nullptr; // for the grouped-GEMM prefill (null: expert matvec kernels only)
+  MoePrefill prefill = MoePrefill::kAuto;
+  vk::BufferRange g, u;           // scratch f32 [tokens*k][ffn] each; the grouped-GEMM prefill only
 };
 
 class MoeFfn {
@@ -116,8 +131,8 @@ class MoeFfn {
   // Records 2 dispatches (tokens <= kDecodeMaxTokens) or 4, with barriers between them, none before
   // the first or after the last.
   Status record(vk::CommandStream& s, const MoeFfnCall& call) const;
-  // The two halves of record() (benchmarks time them apart; a barrier must separate them):
-  // gate/up + SwiGLU → h, and down → (weighted sum, residual add) into x.
+  // The two halves of record() on the expert-matvec kernels (benchmarks time them apart; a barrier
+  // must separate them): gate/up + SwiGLU → h, and down → (weighted sum, residual add) into x.
   Status record_gate_up(vk::CommandStream& s, const MoeFfnCall& call) const;
   Status record_down(vk::CommandStream& s, const MoeFfnCall& call) const;
 
@@ -125,6 +140,9 @@ class MoeFfn {
   Status check(const MoeFfnCall& call) const;
   // Whether down runs as the fused decode kernel (<= 8 tokens and k staged rows fit shared memory).
   bool fused_down(uint32_t tokens, uint32_t k) const;
+  // Whether the step's experts run as grouped GEMMs (MoePrefill).
+  bool grouped(const MoeFfnCall& call) const;
+  Status record_grouped(vk::CommandStream& s, const MoeFfnCall& call) const;
   Result<const vk::Pipeline*> pipeline(const char* shader, std::vector<uint32_t> spec, uint32_t push_bytes,
                                        uint32_t bindings, uint32_t local) const;
   struct Cache {
@@ -138,6 +156,7 @@ class MoeFfn {
   uint32_t slots_per_pass_ = 0;  // 0: min(8, tokens)
   std::unique_ptr<Cache> cache_;
   vk::Pipeline combine_;
+  vk::Pipeline swiglu_[2];  // moe_swiglu.comp: [f32, f16] output
 };
 
 }  // namespace trove::ops

@@ -82,6 +82,7 @@ struct Case {
   uint32_t tokens, n_expert, k, hidden, ffn;
   GgmlType gate, up, down;
   enum Routing { kRouter, kRandom, kAllSame, kUniform, kFewExperts } routing;
+  ops::MoePrefill prefill = ops::MoePrefill::kAuto;
 };
 
 std::string type_name(GgmlType t) { return std::string(quant::traits(t)->name); }
@@ -97,6 +98,9 @@ class MoeFfnTest : public ::testing::Test {
     auto f = ops::MoeFfn::create(*dev_);
     ASSERT_TRUE(f.ok()) << f.status().ToString();
     ffn_ = std::make_unique<ops::MoeFfn>(std::move(*f));
+    auto m = ops::Matmul::create(*dev_);
+    ASSERT_TRUE(m.ok()) << m.status().ToString();
+    matmul_ = std::make_unique<ops::Matmul>(std::move(*m));
   }
   // An op multiplying 2 slots per pass over the weights (GPUs use up to 8, lavapipe 1 by default),
   // optionally in the form GPUs compile (subgroup reduction stage, unrolled column loops).
@@ -124,7 +128,8 @@ class MoeFfnTest : public ::testing::Test {
     auto bxn = upload(d, xn);
     auto bids = d.buffer(P * 4ull), bw = d.buffer(P * 4ull), bplan = d.buffer(L.bytes());
     auto bh = d.buffer(uint64_t{P} * c.ffn * 4), bd = d.buffer(uint64_t{P} * c.hidden * 4);
-    ASSERT_TRUE(bids.ok() && bw.ok() && bplan.ok() && bh.ok() && bd.ok());
+    auto bg = d.buffer(uint64_t{P} * c.ffn * 4), bu = d.buffer(uint64_t{P} * c.ffn * 4);
+    ASSERT_TRUE(bids.ok() && bw.ok() && bplan.ok() && bh.ok() && bd.ok() && bg.ok() && bu.ok());
     std::vector<uint32_t> ids(P);
     std::vector<float> wts(P);
     std::vector<float> logits(size_t{T} * E);
@@ -179,7 +184,8 @@ class MoeFfnTest : public ::testing::Test {
     std::vector<float> first;
     for (int rep = 0; rep < (T > ops::MoeFfn::kDecodeMaxTokens ? 2 : 1); ++rep) {
       auto bx = upload(d, x);
-      ASSERT_TRUE(bh->fill(0x7fc00000u).ok() && bd->fill(0x7fc00000u).ok());
+      ASSERT_TRUE(bh->fill(0x7fc00000u).ok() && bd->fill(0x7fc00000u).ok() && bg->fill(0x7fc00000u).ok() &&
+                  bu->fill(0x7fc00000u).ok());
       ASSERT_TRUE(bplan->fill(0x00ffff00u).ok());
       auto s = d.stream();
       // Routing and plan in the same command stream as the experts, as the engine records them.
@@ -189,7 +195,8 @@ class MoeFfnTest : public ::testing::Test {
         ASSERT_TRUE(route_->record_plan(*s, *bids, *bplan, L, T, K).ok());
       }
       s->barrier();
-      ops::MoeFfnCall call{gate.gpu(), up.gpu(), down.gpu(), T, K, bxn, *bids, *bw, *bplan, L, *bh, *bd, bx};
+      ops::MoeFfnCall call{gate.gpu(), up.gpu(), down.gpu(), T, K, bxn, *bids, *bw, *bplan, L, *bh, *bd, bx,
+                           matmul_.get(), c.prefill, *bg, *bu};
       Status st = ffn_->record(*s, call);
       ASSERT_TRUE(st.ok()) << st.ToString();
       ASSERT_TRUE(s->submit_and_wait().ok());
@@ -202,7 +209,11 @@ class MoeFfnTest : public ::testing::Test {
         err2 += (got[i] - want) * (got[i] - want);
         ref2 += double(moe[i]) * moe[i];
       }
-      EXPECT_LT(std::sqrt(err2), 1e-4 * std::sqrt(ref2)) << "error norm " << std::sqrt(err2) << " of " << std::sqrt(ref2);
+      // Grouped GEMMs on matrix units round activations to f16 (ops::Matmul's bound: 2e-3 of the norm).
+      const bool lossy = T > ops::MoeFfn::kDecodeMaxTokens && matmul_->uses_coopmat() &&
+                         (c.prefill == ops::MoePrefill::kGroupedGemm || (c.prefill == ops::MoePrefill::kAuto && T >= 32));
+      const double bound = lossy ? 3e-3 : 1e-4;
+      EXPECT_LT(std::sqrt(err2), bound * std::sqrt(ref2)) << "error norm " << std::sqrt(err2) << " of " << std::sqrt(ref2);
       if (rep == 0) first = got;
       else EXPECT_EQ(0, std::memcmp(first.data(), got.data(), got.size() * 4)) << "two runs differ";
     }
@@ -211,6 +222,7 @@ class MoeFfnTest : public ::testing::Test {
   std::unique_ptr<vk::Device> dev_;
   std::unique_ptr<ops::MoeRoute> route_;
   std::unique_ptr<ops::MoeFfn> ffn_;
+  std::unique_ptr<ops::Matmul> matmul_;
 };
 
 constexpr auto F32 = GgmlType::F32, F16 = GgmlType::F16, BF16 = GgmlType::BF16, Q8_0 = GgmlType::Q8_0,
@@ -238,6 +250,13 @@ TEST_F(MoeFfnTest, PrefillMatchesReference) {
   run({"k=1", 9, 8, 1, 128, 192, BF16, BF16, BF16, Case::kRandom});
 }
 
+TEST_F(MoeFfnTest, PrefillThroughGroupedGemmMatchesReference) {
+  const auto G = ops::MoePrefill::kGroupedGemm;
+  run({"grouped, router", 40, 16, 8, 256, 256, Q4_K, Q4_K, Q6_K, Case::kRouter, G});
+  run({"grouped, all to one set", 64, 8, 2, 224, 96, Q8_0, Q8_0, Q8_0, Case::kAllSame, G});
+  run({"grouped, most experts idle", 20, 64, 4, 256, 256, Q5_K, Q5_K, Q4_K, Case::kFewExperts, G});
+}
+
 TEST_F(MoeFfnTest, SeveralSlotsPerPass) {
   use_two_slots_per_pass();
   run({"all to one set", 5, 8, 3, 256, 256, Q4_K, Q4_K, Q4_K, Case::kAllSame});
@@ -255,6 +274,8 @@ TEST_F(MoeFfnTest, RealShapes) {
   for (uint32_t T : {1u, 7u, 64u, 512u}) {
     run({"30B-A3B, Q6_K down", T, 128, 8, 2048, 768, Q4_K, Q4_K, Q6_K, Case::kRouter});
   }
+  run({"30B-A3B, expert matvec prefill", 512, 128, 8, 2048, 768, Q4_K, Q4_K, Q6_K, Case::kRouter,
+       ops::MoePrefill::kExpertMatvec});
   run({"30B-A3B, Q4_K down", 8, 128, 8, 2048, 768, Q4_K, Q4_K, Q4_K, Case::kRouter});
 }
 
@@ -264,7 +285,7 @@ TEST_F(MoeFfnTest, RefusesBadShapes) {
   const auto L = ops::MoePlanLayout::make(64, 8);
   ops::StackedExperts g{Q4_K, *b, 256, 256, 8}, dn{Q4_K, *b, 256, 256, 8};
   auto s = dev_->stream();
-  ops::MoeFfnCall call{g, g, dn, 4, 2, *b, *b, *b, *b, L, *b, *b, *b};
+  ops::MoeFfnCall call{g, g, dn, 4, 2, *b, *b, *b, *b, L, *b, *b, *b, nullptr, ops::MoePrefill::kAuto, *b, *b};
   EXPECT_TRUE(ffn_->record(*s, call).ok());
   call.down.rows = 128;
   EXPECT_NE(ffn_->record(*s, call).message().find("down experts are 8×[128×256]; the layer needs 8×[256×256]"),

@@ -17,7 +17,8 @@ build_pkgs=(
   libgtest-dev libgmock-dev libbenchmark-dev
 )
 # chromium: the dashboard test (tests/ui) drives Debian's headless Chromium through npm playwright-core.
-test_pkgs=(python3 python3-jinja2 python3-xxhash chromium)
+# python3-numpy: tests/train (the fixture models' GGUF exporter, tools/train/gguf_export.py).
+test_pkgs=(python3 python3-jinja2 python3-xxhash python3-numpy chromium)
 # The build fetches the source of Debian 13's glslang (see cmake/Glslang.cmake); that needs these.
 build_pkgs+=(python3)
 

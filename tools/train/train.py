@@ -265,6 +265,8 @@ def train_one(name, hp, budget, a, data, torch):
         tokens += w[:, 1:].numel()
         lv = loss.item() if step % 10 == 0 or step < 10 else None
         if lv is not None:
+            if not math.isfinite(lv):
+                raise RuntimeError(f"{name}: the loss is {lv} at step {step}: lower --lr and run again")
             ema = lv if ema is None else 0.9 * ema + 0.1 * lv
         if step == 1 or (time.time() - t0) - last_eval >= a.eval_every:
             last_eval = time.time() - t0

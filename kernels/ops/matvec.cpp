@@ -1,6 +1,7 @@
 #include "kernels/ops/matvec.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -94,6 +95,8 @@ struct Matvec::State {
   bool cpu = false;               // lavapipe & co: no unrolled column loops, no subgroup operations
   uint32_t subgroup = 1;          // subgroup size usable for the first reduction stage (1: none)
   uint32_t sms = 0;               // streaming multiprocessors / compute units (0: the driver does not say)
+  uint32_t waves = 2;             // workgroups of 512 invocations per SM when x fits one tile
+                                  // (TROVE_MATVEC_WAVES overrides: 0 = one workgroup per row block)
   MatvecTuning tuning;
   std::mutex mu;                  // guards pipelines
   std::map<Key, vk::Pipeline> pipelines;
@@ -127,6 +130,17 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
   const uint32_t sg = f.subgroup_size;
   if (f.subgroup_arithmetic && sg >= 4 && sg <= kGroupLanes && (sg & (sg - 1)) == 0) op.st_->subgroup = sg;
   op.st_->sms = sm_count(dev.physical());
+  // Measured on the H200 (2026-12-02): with two 512-invocation workgroups per SM walking all row
+  // blocks, too few loads are in flight to fill HBM3e; TROVE_MATVEC_WAVES sets that number for the
+  // benchmarks (0: one workgroup per row block, as when x needs several tiles).
+  if (const char* w = std::getenv("TROVE_MATVEC_WAVES"); w && *w) {
+    char* end = nullptr;
+    const unsigned long v = std::strtoul(w, &end, 10);
+    if (*end != '\0' || v > 1024) {
+      return Status::InvalidArgument(fmt::format("TROVE_MATVEC_WAVES='{}' is not a number of workgroups per SM (0..1024)", w));
+    }
+    op.st_->waves = static_cast<uint32_t>(v);
+  }
   if (!vk::find_shader("matvec").words || !vk::find_shader("matvec_nosg").words) {
     return Status::NotFound("matvec: shaders matvec/matvec_nosg are not embedded in this build (rebuild trove_kernels)");
   }
@@ -292,8 +306,8 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
   if (push.ntiles == 1) {
     if (tn.workgroups) {
       grid = std::min<uint64_t>(wgs, tn.workgroups);
-    } else if (!st_->cpu) {
-      grid = std::min<uint64_t>(wgs, uint64_t{2} * sms * std::max<uint32_t>(1, 512 / wg));
+    } else if (!st_->cpu && st_->waves != 0) {
+      grid = std::min<uint64_t>(wgs, uint64_t{st_->waves} * sms * std::max<uint32_t>(1, 512 / wg));
     }
   }
   const uint32_t gx = static_cast<uint32_t>(std::min<uint64_t>(grid, kMaxGroupsX));

@@ -6,12 +6,17 @@
 // SwiGLU FFN or routed experts + residual, then the final norm and the head for the rows that need a
 // next token. MoE layers record their routed experts into the same stream (engine/runtime/moe_layer.h:
 // routing, grouping and expert matvecs on the GPU), so a step is one submission for every model.
+// Steps of at most ops::Matvec::kMaxBatch tokens (decode of 1..8 sequences, short prompts) run the
+// dense products through ops::Matvec with the RMSNorms, residual adds and SwiGLU fused into them (QKV,
+// O+residual, gate/up+SwiGLU, down+residual: 4 dispatches instead of 12 per dense layer; the head with
+// the final norm). Longer steps use ops::Matmul. TROVE_DECODE=matmul sends every step through Matmul.
 #include "engine/runtime/engine.h"
 
 #include <algorithm>
 #include <chrono>
 #include <deque>
 #include <future>
+#include <initializer_list>
 #include <cstdlib>
 #include <cmath>
 #include <cstdio>
@@ -31,6 +36,7 @@
 #include "kernels/ops/attention.h"
 #include "kernels/ops/layer_ops.h"
 #include "kernels/ops/matmul.h"
+#include "kernels/ops/matvec.h"
 #include "kernels/ops/routing_kv.h"
 #include "kernels/ops/sample.h"
 #include "kernels/vk/runtime.h"
@@ -46,6 +52,7 @@ namespace {
 using quant::GgmlType;
 
 constexpr uint32_t kMaxMatmulRows = 32768;  // per dispatch; the head (vocab rows) is split
+constexpr uint64_t kMaxMatvecBytes = 0xF0000000ull;  // weight bytes per Matvec call (it takes < 4 GiB)
 
 struct Weight {
   GgmlType type = GgmlType::F32;
@@ -71,6 +78,12 @@ struct Layer {
   MoeLayerWeights moe;                              // views of the four above for MoeLayer
 };
 
+// One weight of a Matvec call and where its rows go (y[b * rows + r]).
+struct MatvecOut {
+  const Weight* w;
+  vk::BufferRange y;
+};
+
 struct Sequence {
   bool open = false;
   std::vector<int32_t> tokens;
@@ -87,6 +100,7 @@ struct Ops {
   ops::Argmax argmax;
   ops::ResidualAdd add;
   ops::Matmul matmul;
+  std::optional<ops::Matvec> matvec;  // steps of <= Matvec::kMaxBatch tokens (decode), see step()
   ops::RmsNormF16 rms_f16;      // prefill: f16 activations for the matrix-unit matmuls
   ops::SwiGluF16 swiglu_f16;
   ops::PagedAttention attention;
@@ -108,6 +122,7 @@ Result<Ops> make_ops(vk::Device& dev) {
   TROVE_OP(argmax, ops::Argmax::create(dev));
   TROVE_OP(add, ops::ResidualAdd::create(dev));
   TROVE_OP(matmul, ops::Matmul::create(dev));
+  TROVE_OP(matvec, ops::Matvec::create(dev));
   TROVE_OP(rms_f16, ops::RmsNormF16::create(dev));
   TROVE_OP(swiglu_f16, ops::SwiGluF16::create(dev));
   TROVE_OP(attention, ops::PagedAttention::create(dev));
@@ -190,6 +205,8 @@ class VulkanEngine final : public Engine {
   Status alloc_scratch();
   Status record_matmul(vk::CommandStream& s, const Weight& w, uint64_t expert, uint32_t batch,
                        vk::BufferRange x, vk::BufferRange y, bool x_f16 = false);
+  Status record_matvec(vk::CommandStream& s, std::initializer_list<MatvecOut> outs, uint32_t batch, vk::BufferRange x,
+                       vk::BufferRange norm_w, ops::MatvecEpilogue epilogue);
   void embed(int32_t token, float* out) const;
   // Newly registered blocks the store does not hold yet go to to_store_ (exported after the step).
   void register_full_blocks(Sequence& sq);
@@ -209,6 +226,9 @@ class VulkanEngine final : public Engine {
   std::string renderer_error_;
   uint32_t n_ctx_ = 0, max_tokens_ = 0, logit_rows_ = 0;
   bool profile_ = std::getenv("TROVE_PROFILE") != nullptr;  // per-step GPU phase times in the log
+  // Steps of <= Matvec::kMaxBatch tokens (decode) run their dense products through ops::Matvec with the
+  // norms, residual adds and SwiGLU fused in; TROVE_DECODE=matmul keeps them on the Matmul path (A/B).
+  bool matvec_decode_ = true;
 
   std::vector<Layer> layers_;
   Weight output_norm_, head_;
@@ -336,6 +356,16 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
   e->store_ = opts.store;
   e->restore_group_blocks_ = opts.restore_group_blocks;
 
+  if (const char* d = std::getenv("TROVE_DECODE"); d && *d) {
+    const std::string v = d;
+    if (v != "matmul" && v != "matvec") {
+      return Status::InvalidArgument(fmt::format(
+          "TROVE_DECODE={} is not a decode path: use matvec (the default: steps of <= {} tokens through the fused "
+          "decode matvec) or matmul (every step through the tiled matmul, for A/B comparisons)", v,
+          ops::Matvec::kMaxBatch));
+    }
+    e->matvec_decode_ = v == "matvec";
+  }
   auto dev = vk::Device::open();
   if (!dev.ok()) return dev.status();
   e->dev_ = std::move(*dev);
@@ -892,6 +922,71 @@ Status VulkanEngine::record_matmul(vk::CommandStream& s, const Weight& w, uint64
   return Status::Ok();
 }
 
+// W·x̂ for 1..3 weights sharing x through ops::Matvec (batch <= Matvec::kMaxBatch; norm_w empty = no
+// RMSNorm prologue). One dispatch when every weight lies in one buffer; a weight spread over several
+// buffers (the vocabulary head of a large model) goes one row range at a time, each call writing its
+// slice of the full-width output (y stride = the weight's rows). kSwiGlu's gate and up (equal rows) are
+// cut at the same rows; other epilogues cut each weight on its own.
+Status VulkanEngine::record_matvec(vk::CommandStream& s, std::initializer_list<MatvecOut> outs, uint32_t batch,
+                                   vk::BufferRange x, vk::BufferRange norm_w, ops::MatvecEpilogue epilogue) {
+  ops::MatvecCall call;
+  call.cols = static_cast<uint32_t>(outs.begin()->w->cols);
+  call.batch = batch;
+  call.x = x;
+  call.norm_w = norm_w;
+  call.eps = cfg_.rms_eps;
+  call.epilogue = epilogue;
+  bool whole = true;
+  for (const MatvecOut& o : outs) whole &= o.w->pieces.size() == 1 && o.w->rows * o.w->row_bytes <= kMaxMatvecBytes;
+  if (whole) {
+    uint32_t m = 0;
+    for (const MatvecOut& o : outs) {
+      const vk::Buffer& b = o.w->whole();
+      call.mats[m++] = {o.w->type, static_cast<uint32_t>(o.w->rows),
+                        vk::BufferRange(b, 0, std::min<uint64_t>((o.w->expert_bytes() + 3) / 4 * 4, b.size())), o.y, 0};
+    }
+    call.n_mats = m;
+    return ops_.matvec->record(s, call);
+  }
+  // Row ranges [r0, r1): inside one piece of every weight of the group, below kMaxMatvecBytes, starting
+  // at multiples of 64 rows (piece starts are), so the output offsets stay 256-byte aligned.
+  auto group = [&](std::span<const MatvecOut> g) -> Status {
+    const uint64_t rows = g.front().w->rows;
+    for (uint64_t r0 = 0; r0 < rows;) {
+      uint64_t r1 = rows;
+      const Weight::Piece* at[2] = {nullptr, nullptr};
+      for (size_t m = 0; m < g.size(); ++m) {
+        const Weight& w = *g[m].w;
+        for (const auto& p : w.pieces) {
+          if (r0 >= p.first_row && r0 < p.first_row + p.rows) at[m] = &p;
+        }
+        if (!at[m]) return Status::Internal(fmt::format("matvec: row {} of a {}-row weight is in none of its buffers", r0, rows));
+        r1 = std::min({r1, at[m]->first_row + at[m]->rows, r0 + std::max<uint64_t>(64, kMaxMatvecBytes / w.row_bytes / 64 * 64)});
+      }
+      const uint64_t n = r1 - r0;
+      for (size_t m = 0; m < g.size(); ++m) {
+        const Weight& w = *g[m].w;
+        vk::BufferRange wr(at[m]->buf, (r0 - at[m]->first_row) * w.row_bytes, 0);
+        wr.size = std::min<uint64_t>((n * w.row_bytes + 3) / 4 * 4, at[m]->buf.size() - wr.offset);
+        vk::BufferRange yr = g[m].y;
+        if (yr.buffer != VK_NULL_HANDLE) {
+          yr.offset += r0 * 4;
+          yr.size = (uint64_t{batch - 1} * rows + n) * 4;
+        }
+        call.mats[m] = {w.type, static_cast<uint32_t>(n), wr, yr, static_cast<uint32_t>(rows)};
+      }
+      call.n_mats = static_cast<uint32_t>(g.size());
+      TROVE_RETURN_IF_ERROR(ops_.matvec->record(s, call));
+      r0 = r1;
+    }
+    return Status::Ok();
+  };
+  const std::vector<MatvecOut> all(outs);
+  if (epilogue == ops::MatvecEpilogue::kSwiGlu) return group(all);
+  for (size_t m = 0; m < all.size(); ++m) TROVE_RETURN_IF_ERROR(group(std::span(all).subspan(m, 1)));
+  return Status::Ok();
+}
+
 Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> inputs) {
   const ModelConfig& c = cfg_;
   // Validate everything before touching any state.
@@ -993,18 +1088,28 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     // matmul reads as it is (it rounds its operands to f16 anyway: the same numbers, no re-conversion
     // per row tile). Decode and the tiled path keep f32.
     const bool f16_acts = T >= ops::Matmul::kCoopmatMinBatch && ops_.matmul.uses_coopmat() && E % 2 == 0 && c.n_ff % 2 == 0;
+    // Decode (and prompts of a few tokens): the dense products through ops::Matvec, which reads each
+    // weight once for all T columns, with the RMSNorms as its prologue and the residual adds and SwiGLU
+    // as its epilogues: QKV, O (+x), gate/up (SwiGLU), down (+x) — 4 dispatches where the matmul path
+    // records 12. Its inputs are never its outputs (x_ → attn_/o_/v_, attn_ → x_, x_ → h_, h_ → x_).
+    const bool mv = matvec_decode_ && T <= ops::Matvec::kMaxBatch;
+    using Ep = ops::MatvecEpilogue;
     for (uint32_t l = 0; l < c.n_layer; ++l) {
       const Layer& L = layers_[l];
-      if (f16_acts) {
-        TROVE_RETURN_IF_ERROR(ops_.rms_f16.record(s, x_, L.attn_norm.whole(), xnh_, T, E, c.rms_eps));
+      if (mv) {
+        TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.q, attn_}, {&L.k, o_}, {&L.v, v_}}, T, x_, L.attn_norm.whole(), Ep::kStore));
       } else {
-        TROVE_RETURN_IF_ERROR(ops_.rms.record(s, x_, L.attn_norm.whole(), xn_, T, E, c.rms_eps));
+        if (f16_acts) {
+          TROVE_RETURN_IF_ERROR(ops_.rms_f16.record(s, x_, L.attn_norm.whole(), xnh_, T, E, c.rms_eps));
+        } else {
+          TROVE_RETURN_IF_ERROR(ops_.rms.record(s, x_, L.attn_norm.whole(), xn_, T, E, c.rms_eps));
+        }
+        s.barrier();
+        const vk::Buffer& xin = f16_acts ? xnh_ : xn_;
+        TROVE_RETURN_IF_ERROR(record_matmul(s, L.q, 0, T, xin, attn_, f16_acts));
+        TROVE_RETURN_IF_ERROR(record_matmul(s, L.k, 0, T, xin, o_, f16_acts));
+        TROVE_RETURN_IF_ERROR(record_matmul(s, L.v, 0, T, xin, v_, f16_acts));
       }
-      s.barrier();
-      const vk::Buffer& xin = f16_acts ? xnh_ : xn_;
-      TROVE_RETURN_IF_ERROR(record_matmul(s, L.q, 0, T, xin, attn_, f16_acts));
-      TROVE_RETURN_IF_ERROR(record_matmul(s, L.k, 0, T, xin, o_, f16_acts));
-      TROVE_RETURN_IF_ERROR(record_matmul(s, L.v, 0, T, xin, v_, f16_acts));
       s.barrier();
       TROVE_RETURN_IF_ERROR(ops_.rms.record(s, attn_, L.q_norm.whole(), q_, T * H, D, c.rms_eps));
       TROVE_RETURN_IF_ERROR(ops_.rms.record(s, o_, L.k_norm.whole(), k_, T * KVH, D, c.rms_eps));
@@ -1023,10 +1128,21 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
                                                     vk::BufferRange(attn_, placed[i].first * qrow, placed[i].n * qrow)));
       }
       s.barrier();
-      TROVE_RETURN_IF_ERROR(record_matmul(s, L.o, 0, T, attn_, o_));
+      if (mv) {
+        TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.o, x_}}, T, attn_, {}, Ep::kAdd));
+      } else {
+        TROVE_RETURN_IF_ERROR(record_matmul(s, L.o, 0, T, attn_, o_));
+        s.barrier();
+        TROVE_RETURN_IF_ERROR(ops_.add.record(s, x_, o_, x_, T * E));
+      }
       s.barrier();
-      TROVE_RETURN_IF_ERROR(ops_.add.record(s, x_, o_, x_, T * E));
-      s.barrier();
+      if (mv && !c.is_moe()) {
+        TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.gate, h_}, {&L.up, {}}}, T, x_, L.ffn_norm.whole(), Ep::kSwiGlu));
+        s.barrier();
+        TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.down, x_}}, T, h_, {}, Ep::kAdd));
+        s.barrier();
+        continue;
+      }
       const bool ffn_f16 = f16_acts && !c.is_moe();  // the MoE path gathers f32 rows
       if (ffn_f16) {
         TROVE_RETURN_IF_ERROR(ops_.rms_f16.record(s, x_, L.ffn_norm.whole(), xnh_, T, E, c.rms_eps));
@@ -1068,9 +1184,13 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     const uint32_t R = static_cast<uint32_t>(out_rows.size());
     s.barrier();
     if (profile_) s.timestamp();
-    TROVE_RETURN_IF_ERROR(ops_.rms.record(s, hs_, output_norm_.whole(), xn_, R, E, c.rms_eps));
-    s.barrier();
-    TROVE_RETURN_IF_ERROR(record_matmul(s, head_, 0, R, xn_, logits_));
+    if (matvec_decode_ && R <= ops::Matvec::kMaxBatch) {
+      TROVE_RETURN_IF_ERROR(record_matvec(s, {{&head_, logits_}}, R, hs_, output_norm_.whole(), Ep::kStore));
+    } else {
+      TROVE_RETURN_IF_ERROR(ops_.rms.record(s, hs_, output_norm_.whole(), xn_, R, E, c.rms_eps));
+      s.barrier();
+      TROVE_RETURN_IF_ERROR(record_matmul(s, head_, 0, R, xn_, logits_));
+    }
     s.barrier();
     if (profile_) s.timestamp();
     const uint64_t vrow = uint64_t{c.n_vocab} * 4;

@@ -1,10 +1,13 @@
 // The engine's own behaviour on lavapipe with the tiny synthetic model (F32): a batched step computes
 // what separate steps compute, chunked prefill equals one-shot prefill, truncate + recompute restores
 // the same logits, and every refused step (context, batch limit, pool, unknown or repeated sequence,
-// bad token) is a clear error that leaves every sequence as it was. ~20 s on 2 cores (each logits row
-// is a 152k × 256 product on the CPU's Vulkan).
+// bad token) is a clear error that leaves every sequence as it was, and decode through the fused
+// matvec (ops::Matvec) computes what the matmul path computes (on a 2-layer Q4_K_M model). ~35 s on 2
+// cores (each logits row is a 152k × 256 product on the CPU's Vulkan).
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -48,10 +51,29 @@ std::string model_path() {
   return path;
 }
 
+// The tiny preset in Q4_K_M (Q4_K and Q6_K weights) with 2 layers: decode through the quantized
+// matvecs, and a head 7x smaller than F32's (each step's head is most of its time on lavapipe).
+std::string quantized_model_path() {
+  static const std::string path = [] {
+    const auto& dir = work_dir();
+    std::filesystem::create_directories(dir);
+    gguf::MkModelOptions o;
+    o.preset = "tiny";
+    o.type = "Q4_K_M";
+    o.layers = 2;
+    o.out = (dir / "tiny-q4_k_m.gguf").string();
+    o.seed = 6;
+    auto r = gguf::write_synthetic_model(o);
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    return o.out;
+  }();
+  return path;
+}
+
 std::unique_ptr<engine::Engine> load(uint32_t n_ctx = 256, uint32_t seqs = 3, uint64_t pool_bytes = 0,
-                                     uint32_t max_batch = 64) {
+                                     uint32_t max_batch = 64, const std::string& path = model_path()) {
   engine::EngineOptions o;
-  o.model_path = model_path();
+  o.model_path = path;
   o.n_ctx = n_ctx;
   o.max_sequences = seqs;
   o.kv_pool_bytes = pool_bytes;
@@ -98,7 +120,9 @@ float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
 TEST(Engine, BatchedStepEqualsSeparateSteps) {
   auto e = load();
   ASSERT_TRUE(e);
-  const auto pa = prompt(11, 1), pb = prompt(5, 2);
+  // Both prompts longer than ops::Matvec::kMaxBatch, so that the separate steps take the same (Matmul)
+  // path as the batched one; the matvec path against the matmul path is DecodeThroughMatvecEqualsMatmul.
+  const auto pa = prompt(11, 1), pb = prompt(9, 2);
   auto a = e->open_sequence(), b = e->open_sequence();
   ASSERT_TRUE(a.ok() && b.ok());
   auto sa = e->step(std::vector<StepInput>{logits_of(*a, pa)});
@@ -116,6 +140,70 @@ TEST(Engine, BatchedStepEqualsSeparateSteps) {
   EXPECT_EQ((*sb)[0].token, (*both)[1].token);
   EXPECT_EQ(e->length(*c), pa.size());
   EXPECT_EQ(e->length(*d), pb.size());
+}
+
+// Steps of <= 8 tokens run the dense products through ops::Matvec (norms, residual adds and SwiGLU
+// fused in); TROVE_DECODE=matmul keeps them on ops::Matmul. Both sum in f32 (in other orders), so they
+// must agree to rounding: the same greedy tokens and logits within 1e-4 relative L2 (measured: below
+// 4e-5; a wrong row, column or epilogue is off by order 1) for a 3-token prompt (prefilled through the
+// matvec), one sequence decoding alone (batch 1) and three decoding together (batch 3), on the 2-layer
+// Q4_K_M model (Q4_K and Q6_K matrices). ~13 s on lavapipe, most of it compiling matvec pipelines.
+TEST(Engine, DecodeThroughMatvecEqualsMatmul) {
+  engine::EngineOptions bad_opts;
+  bad_opts.model_path = quantized_model_path();
+  ::setenv("TROVE_DECODE", "fast", 1);
+  auto bad = engine::Engine::load(bad_opts);
+  ::setenv("TROVE_DECODE", "matmul", 1);
+  auto ref = load(256, 3, 0, 64, quantized_model_path());
+  ::unsetenv("TROVE_DECODE");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("TROVE_DECODE=fast"), std::string::npos) << bad.status().message();
+  auto mv = load(256, 3, 0, 64, quantized_model_path());
+  ASSERT_TRUE(ref && mv);
+
+  const std::vector<std::vector<int32_t>> prompts = {prompt(3, 12), prompt(12, 13), prompt(9, 14)};
+  std::vector<engine::SeqId> seqs;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    auto a = ref->open_sequence(), b = mv->open_sequence();
+    ASSERT_TRUE(a.ok() && b.ok());
+    ASSERT_EQ(*a, *b);
+    seqs.push_back(*a);
+  }
+  double worst = 0;
+  // Runs the same step on both engines; returns the reference's tokens (fed to both next).
+  auto both = [&](const std::vector<StepInput>& in, const std::string& what) {
+    auto r = ref->step(in), m = mv->step(in);
+    EXPECT_TRUE(r.ok() && m.ok()) << what << ": " << r.status().ToString() << " / " << m.status().ToString();
+    std::vector<int32_t> next;
+    if (!r.ok() || !m.ok()) return next;
+    for (size_t i = 0; i < in.size(); ++i) {
+      next.push_back((*r)[i].token);
+      if (!in[i].want_logits) continue;
+      EXPECT_EQ((*r)[i].token, (*m)[i].token) << what << ", input " << i;
+      const double d = rel_diff((*m)[i].logits, (*r)[i].logits);
+      EXPECT_LT(d, 1e-4) << what << ", input " << i;
+      worst = std::max(worst, d);
+    }
+    return next;
+  };
+  std::vector<std::vector<int32_t>> last(prompts.size());
+  last[0] = both({logits_of(seqs[0], prompts[0])}, "prefill of 3 tokens");  // matvec
+  // The other two prompts in one step of 21 tokens (the Matmul path in both engines); one head row, so
+  // that the steps use no more batch sizes (each one more set of matvec pipelines to compile) than needed.
+  StepInput quiet = logits_of(seqs[2], prompts[2]);
+  quiet.sample = quiet.want_logits = false;
+  const auto rest = both({logits_of(seqs[1], prompts[1]), quiet}, "prefill of 21 tokens");
+  ASSERT_EQ(last[0].size(), 1u);
+  ASSERT_EQ(rest.size(), 2u);
+  last[1] = {rest[0]};
+  last[2] = {prompts[2].front()};
+  last[0] = both({logits_of(seqs[0], last[0])}, "decode of one sequence");
+  ASSERT_EQ(last[0].size(), 1u);
+  std::vector<StepInput> in;
+  for (size_t i = 0; i < seqs.size(); ++i) in.push_back(logits_of(seqs[i], last[i]));
+  EXPECT_EQ(both(in, "decode of three sequences").size(), seqs.size());
+  for (size_t i = 0; i < seqs.size(); ++i) EXPECT_EQ(ref->tokens(seqs[i]), mv->tokens(seqs[i]));
+  std::printf("matvec vs matmul: largest relative logits difference %.3g\n", worst);
 }
 
 TEST(Engine, ChunkedPrefillAndTruncateRecomputeTheSameLogits) {

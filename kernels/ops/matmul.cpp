@@ -138,6 +138,7 @@ Result<Matmul> Matmul::create(vk::Device& dev, MatmulPath path) {
   op.dev_ = &dev;
   op.path_ = path;
   op.cache_ = std::make_shared<Cache>();
+  op.cm2_grouped_ = path == MatmulPath::kKhr && cm2_available(dev, nullptr);
   // Specialization of the tiled shader: [rows per invocation, f16 activations].
   for (uint32_t h = 0; h < 2; ++h) {
     auto p1 = dev.pipeline({"matmul_tiled", {1, h}, sizeof(Push), 3, 64});
@@ -284,10 +285,18 @@ Status Matmul::record_grouped(vk::CommandStream& s, const GroupedMatmulCall& c, 
   TilePush push{c.rows, c.cols, c.slots, static_cast<uint32_t>(rb), y_stride, c.n_expert,
                 static_cast<uint32_t>(c.expert_bytes), c.x_rows};
   const uint32_t ty = static_cast<uint32_t>(c.type), xh = c.x_f16 ? 1 : 0;
-  // The KHR grouped kernel gave wrong results on the H200 (matmul.h): tiled unless asked for.
+  // cm2 needs per-element operations (results scattered to their slots) and an expert stride that is
+  // a whole number of the format's elements (blocks).
+  static constexpr uint32_t kElemBytes[] = {4, 2, 0, 0, 0, 0, 0, 0, 34, 0, 0, 0, 144, 176, 210};
+  const uint32_t elem = ty < 15 ? kElemBytes[ty] : 2;  // BF16 (30): 2
+  const bool cm2_fits = dev_->features().coopmat2_per_element && elem != 0 && c.expert_bytes % elem == 0;
+  // The KHR grouped kernel gave wrong results on the H200 (matmul.h): on the KHR path grouped calls
+  // take the cm2 grouped kernel where the device has NV cooperative matrix 2, else the tiled one,
+  // unless TROVE_GROUPED_KHR=1 asks for the KHR kernel.
   const char* khr_env = std::getenv("TROVE_GROUPED_KHR");
   const bool khr_grouped = khr_env && std::string_view(khr_env) == "1";
-  if (path_ == MatmulPath::kTiled || (path_ == MatmulPath::kKhr && !khr_grouped)) {
+  const bool use_cm2 = cm2_fits && (path_ == MatmulPath::kCm2 || (path_ == MatmulPath::kKhr && !khr_grouped && cm2_grouped_));
+  if (path_ == MatmulPath::kTiled || (path_ == MatmulPath::kKhr && !khr_grouped && !use_cm2)) {
     auto p = pipeline("matmul_grouped_tiled", {ty, xh}, 5, 64);
     if (!p.ok()) return p.status();
     if (div_up(c.rows, 64) > kMaxGroups || div_up(c.slots, kGroupedSlots) > kMaxGroups) {
@@ -297,11 +306,8 @@ Status Matmul::record_grouped(vk::CommandStream& s, const GroupedMatmulCall& c, 
     return s.dispatch(**p, bufs, &push, sizeof(push), div_up(c.rows, 64), div_up(c.slots, kGroupedSlots));
   }
   // Matrix units: workgroup y index j = the j-th (expert, slot tile) pair; ceil(slots / BN) + n_expert
-  // bounds their number. cm2 needs per-element operations (results scattered to their slots) and an
-  // expert stride that is a whole number of the format's elements (blocks); otherwise the KHR form.
-  static constexpr uint32_t kElemBytes[] = {4, 2, 0, 0, 0, 0, 0, 0, 34, 0, 0, 0, 144, 176, 210};
-  const uint32_t elem = ty < 15 ? kElemBytes[ty] : 2;  // BF16 (30): 2
-  if (path_ == MatmulPath::kCm2 && dev_->features().coopmat2_per_element && c.expert_bytes % elem == 0) {
+  // bounds their number. On the cm2 path a call cm2 cannot take goes to the KHR form.
+  if (use_cm2) {
     const uint32_t bk = c.cols % 64 == 0 ? 64 : 32;
     auto p = pipeline("matmul_cm2_grouped", {ty, xh, kCm2Small.bm, kCm2Small.bn, 256, bk}, 5, 256);
     if (!p.ok()) return p.status();

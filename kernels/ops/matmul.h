@@ -30,10 +30,11 @@
 // Both lists live on the GPU (written by the routing pass); the host passes only `slots`, which it
 // knows without reading anything back (tokens × experts per token). Experts with no slots cost
 // (almost) nothing: their workgroups return at once.
-// On the KHR path the grouped call runs the tiled grouped kernel: the KHR grouped kernel
-// (matmul_coopmat_grouped.comp) failed GroupedMatmul.MatchesReferenceForAdversarialRoutings on the
-// H200 (2026-12-02: relative error 0.34-0.39 on every type; the dense KHR kernel passed) and stays
-// off until that is found. TROVE_GROUPED_KHR=1 runs it anyway (to debug it on a GPU).
+// On the KHR path a grouped call runs the cm2 grouped kernel where the device has NV cooperative
+// matrix 2 (it passed the grouped reference test on the H200), else the tiled grouped kernel: the KHR
+// grouped kernel (matmul_coopmat_grouped.comp) failed GroupedMatmul.MatchesReferenceForAdversarialRoutings
+// on the H200 (2026-12-02: relative error 0.34-0.39 on every type; the dense KHR kernel passed) and
+// stays off until that is found. TROVE_GROUPED_KHR=1 runs it anyway (to debug it on a GPU).
 #pragma once
 
 #include <memory>
@@ -90,6 +91,7 @@ class Matmul {
   vk::Device* dev_ = nullptr;
   MatmulPath path_ = MatmulPath::kTiled;
   MatmulTile forced_tile_ = MatmulTile::kAuto;
+  bool cm2_grouped_ = false;  // KHR path on a cm2 device: grouped calls take the cm2 grouped kernel
   vk::Pipeline tiled_row_[2];    // one row per invocation (decode); [f32, f16 activations]
   vk::Pipeline tiled_rows4_[2];  // four rows per invocation (batches)
   std::shared_ptr<Cache> cache_;

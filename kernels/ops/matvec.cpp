@@ -95,7 +95,7 @@ struct Matvec::State {
   bool cpu = false;               // lavapipe & co: no unrolled column loops, no subgroup operations
   uint32_t subgroup = 1;          // subgroup size usable for the first reduction stage (1: none)
   uint32_t sms = 0;               // streaming multiprocessors / compute units (0: the driver does not say)
-  uint32_t waves = 2;             // workgroups of 512 invocations per SM when x fits one tile
+  uint32_t waves = 8;             // workgroups of 512 invocations per SM when x fits one tile
                                   // (TROVE_MATVEC_WAVES overrides: 0 = one workgroup per row block)
   MatvecTuning tuning;
   std::mutex mu;                  // guards pipelines
@@ -130,9 +130,10 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
   const uint32_t sg = f.subgroup_size;
   if (f.subgroup_arithmetic && sg >= 4 && sg <= kGroupLanes && (sg & (sg - 1)) == 0) op.st_->subgroup = sg;
   op.st_->sms = sm_count(dev.physical());
-  // Measured on the H200 (2026-12-02): with two 512-invocation workgroups per SM walking all row
-  // blocks, too few loads are in flight to fill HBM3e; TROVE_MATVEC_WAVES sets that number for the
-  // benchmarks (0: one workgroup per row block, as when x needs several tiles).
+  // Measured on the H200 (2026-12-02, bench_engine, Qwen3-8B Q4_K_M tg128): two 512-invocation
+  // workgroups per SM walking all row blocks left too few loads in flight (decode below the old
+  // matmul's 60.6 tok/s); 4, 8 and 16 gave 94.8, 89.9 and 96.0 tok/s. TROVE_MATVEC_WAVES sets the
+  // number (0: one workgroup per row block, as when x needs several tiles).
   if (const char* w = std::getenv("TROVE_MATVEC_WAVES"); w && *w) {
     char* end = nullptr;
     const unsigned long v = std::strtoul(w, &end, 10);
@@ -300,7 +301,7 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
   push.ntiles = (call.cols + tile - 1) / tile;
   push.tile_vals = tile;
 
-  // Workgroups: with x in one tile, about two per SM walk all row blocks (x staged once each);
+  // Workgroups: with x in one tile, `waves` (8) per SM walk all row blocks (x staged once each);
   // otherwise one per block.
   uint64_t grid = wgs;
   if (push.ntiles == 1) {

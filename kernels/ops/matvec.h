@@ -77,7 +77,7 @@ struct MatvecTuning {
   uint32_t tile_values = 0;      // at most this many staged values per batch column and tile (rounded
                                  // down to a multiple of 256; default: what shared memory holds)
   uint32_t workgroups = 0;       // when x fits one tile: at most this many workgroups walk the row
-                                 // blocks (default: two per SM of 512 invocations; CPU: one per block)
+                                 // blocks (default: 8 per SM of 512 invocations, TROVE_MATVEC_WAVES; CPU: one per block)
   bool gpu_form = false;         // on a CPU device, compile the GPUs' form: unrolled loops over batch
                                  // columns and subgroupAdd (lavapipe spends seconds per pipeline on it)
 };

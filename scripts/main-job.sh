@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # trove's main job, started by `make run`. Finds the model to use — a real GGUF in the model
-# directory, else a synthetic demo model generated on first run (said loudly: its output is noise) —
-# and serves it: `trove serve` on 127.0.0.1 (port $TROVE_PORT, default 8080). The server's banner and
-# /v1/models mark a synthetic model as such.
+# directory, else the repository's tiny trained test model (tests/fixtures/models/tiny-coder.gguf,
+# docs/fixture-models.md; said plainly: it writes well-formed turns and tool calls, nothing useful),
+# else a synthetic demo model generated on first run (said loudly: its output is noise) — and serves
+# it: `trove serve` on 127.0.0.1 (port $TROVE_PORT, default 8080). The server's banner and /v1/models
+# mark a synthetic model as such.
 set -euo pipefail
 trove=${1:-build/trove}
 home=${TROVE_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/trove}
@@ -16,6 +18,22 @@ for f in "$models"/*.gguf; do
   model=$f
   break
 done
+
+fixture=$(cd "$(dirname "$0")/.." && pwd)/tests/fixtures/models/tiny-coder.gguf
+if [ -z "$model" ] && [ -f "$fixture" ]; then
+  model=$fixture
+  cat <<MSG
+################################################################################
+#  No model found in $models
+#  Using trove's TINY TEST MODEL ($(basename "$fixture"), docs/fixture-models.md):
+#  a 6-layer Qwen3 with hidden size 256, trained for minutes on generated
+#  coding-agent conversations. It answers in the chat format and writes
+#  well-formed tool calls, but it is NOT a useful assistant.
+#  For real output, put a Qwen3 GGUF (e.g. Qwen3-Coder-30B-A3B-Instruct
+#  Q4_K_M) into $models
+################################################################################
+MSG
+fi
 
 if [ -z "$model" ]; then
   model=$models/synthetic-qwen3-0.6b-q8_0.gguf

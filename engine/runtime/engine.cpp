@@ -1,7 +1,8 @@
 // The Qwen3 / Qwen3-MoE forward pass on the Vulkan ops of kernels/.
 //
-// One step() records the whole batch into one command stream: embedding rows (dequantized on the host
-// from a host copy of token_embd: a handful of rows per step), then per layer RMSNorm → Q/K/V →
+// One step() records the whole batch into the engine's command stream (made once, reused by every
+// step): embedding rows (dequantized on the host from a host copy of token_embd: a handful of rows per
+// step), then per layer RMSNorm → Q/K/V →
 // QK-norm → RoPE → KV write → paged attention per sequence → output projection + residual → RMSNorm →
 // SwiGLU FFN or routed experts + residual, then the final norm and the head for the rows that need a
 // next token. MoE layers record their routed experts into the same stream (engine/runtime/moe_layer.h:
@@ -212,12 +213,17 @@ class VulkanEngine final : public Engine {
   void register_full_blocks(Sequence& sq);
   uint64_t block_all_layers() const { return layout_.block_bytes() * cfg_.n_layer; }
   Status ensure_staging();
+  // The engine's command stream (its pool, fence, query pool and descriptor pool live as long as the
+  // engine): step(), restores and exports record into it and submit_and_wait() before returning. After
+  // a failure it is dropped (it may hold half a recording) and the next call makes a fresh one.
+  Result<vk::CommandStream*> stream();
   struct Restore;
   void start_group(Restore& r);
   void finish_restore();
   void export_to_store();
 
   std::unique_ptr<vk::Device> dev_;
+  std::optional<vk::CommandStream> stream_;  // see stream(); destroyed before dev_
   Ops ops_;
   ModelConfig cfg_;
   gguf::ModelInfo info_;
@@ -668,6 +674,15 @@ bool VulkanEngine::restoring(SeqId seq) const {
   return false;
 }
 
+Result<vk::CommandStream*> VulkanEngine::stream() {
+  if (!stream_) {
+    auto s = dev_->stream();
+    if (!s.ok()) return s.status();
+    stream_.emplace(std::move(*s));
+  }
+  return &*stream_;
+}
+
 Status VulkanEngine::ensure_staging() {
   if (staging_blocks_) return Status::Ok();
   // About 128 MiB per half, at least one block, never more than the pool.
@@ -759,18 +774,19 @@ void VulkanEngine::pump_restores(bool wait) {
       placed.push_back(*b);
     }
     const uint64_t per_block = block_all_layers();
-    auto stream = dev_->stream();
+    auto stream = this->stream();
     Status st = stream.ok() ? Status::Ok() : stream.status();
     if (st.ok()) {
       for (size_t j = 0; j < placed.size(); ++j) {
         for (uint32_t l = 0; l < cfg_.n_layer; ++l) {
-          stream->copy(staging_, ((group % 2) * G + j) * per_block + l * layout_.block_bytes(), kv_[l],
-                       placed[j] * layout_.block_bytes(), layout_.block_bytes());
+          (*stream)->copy(staging_, ((group % 2) * G + j) * per_block + l * layout_.block_bytes(), kv_[l],
+                          placed[j] * layout_.block_bytes(), layout_.block_bytes());
         }
       }
-      st = stream->submit_and_wait();
+      st = (*stream)->submit_and_wait();
     }
     if (!st.ok()) {
+      stream_.reset();
       log::warn("engine", "KV store restore: copying blocks into the pool failed: {}", st.message());
       for (uint32_t b : placed) blocks_->release(b);
       placed.clear();
@@ -807,18 +823,19 @@ void VulkanEngine::export_to_store() {
   const auto* host = static_cast<const uint8_t*>(staging_.mapped());
   for (size_t first = 0; first < pending.size(); first += G) {
     const size_t cnt = std::min(G, pending.size() - first);
-    auto stream = dev_->stream();
+    auto stream = this->stream();
     Status st = stream.ok() ? Status::Ok() : stream.status();
     if (st.ok()) {
       for (size_t j = 0; j < cnt; ++j) {
         for (uint32_t l = 0; l < cfg_.n_layer; ++l) {
-          stream->copy(kv_[l], pending[first + j].block * layout_.block_bytes(), staging_,
-                       j * per_block + l * layout_.block_bytes(), layout_.block_bytes());
+          (*stream)->copy(kv_[l], pending[first + j].block * layout_.block_bytes(), staging_,
+                          j * per_block + l * layout_.block_bytes(), layout_.block_bytes());
         }
       }
-      st = stream->submit_and_wait();
+      st = (*stream)->submit_and_wait();
     }
     if (!st.ok()) {
+      stream_.reset();
       log::warn("engine", "KV store write: copying blocks from the pool failed: {}", st.message());
       return;
     }
@@ -1034,9 +1051,9 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
                                                  blocks_->available(), blocks_->total()));
   }
 
-  auto stream = dev_->stream();
+  auto stream = this->stream();
   if (!stream.ok()) return stream.status();
-  vk::CommandStream& s = *stream;
+  vk::CommandStream& s = **stream;
 
   // Host inputs: embeddings, positions, KV slots, block tables.
   auto* xin = static_cast<float*>(x_in_.mapped());
@@ -1233,6 +1250,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
   };
   Status st = run();
   if (!st.ok()) {
+    stream_.reset();
     undo();
     return st;
   }

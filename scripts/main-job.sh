@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # trove's main job, started by `make run`. Finds the model to use — a real GGUF in the model
-# directory, else the repository's tiny trained test model (tests/fixtures/models/tiny-coder.gguf,
+# directory, else the repository's tiny trained test model (build/fixtures/models/tiny-coder.gguf,
 # docs/fixture-models.md; said plainly: it writes well-formed turns and tool calls, nothing useful),
 # else a synthetic demo model generated on first run (said loudly: its output is noise) — and serves
 # it: `trove serve` on 127.0.0.1 (port $TROVE_PORT, default 8080). The server's banner and /v1/models
@@ -19,7 +19,8 @@ for f in "$models"/*.gguf; do
   break
 done
 
-fixture=$(cd "$(dirname "$0")/.." && pwd)/tests/fixtures/models/tiny-coder.gguf
+# The build unpacks the fixture (kept xz-compressed in tests/fixtures/models) beside the binary.
+fixture=$(dirname "$trove")/fixtures/models/tiny-coder.gguf
 if [ -z "$model" ] && [ -f "$fixture" ]; then
   model=$fixture
   cat <<MSG

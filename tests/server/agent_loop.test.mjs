@@ -1,5 +1,5 @@
 // Agent-loop test: a coding-agent conversation replayed against the real `trove serve` the way an agent
-// sends it — a ~10k-token system prompt (agent instructions + the project's docs, as Claude Code puts
+// sends it — a ~5k-token system prompt (agent instructions + the project's docs, as Claude Code puts
 // CLAUDE.md there) with 20 tool schemas, 10 requests, each the whole history again: assistant turns with
 // reasoning and tool calls, tool results, and a second user message half-way. Qwen3 with thinking
 // re-renders history: once a new user message arrives the template drops the earlier turns' reasoning,
@@ -27,7 +27,7 @@ const SERVE_ARGS = ["--ctx", String(CTX), "--parallel", "2", "--max-body", "4000
 let server = null;
 
 // Two layers instead of the tiny preset's four: the test is about which tokens are computed, and
-// lavapipe's prefill of the 11k-token first turn is mostly attention, which grows with the layers.
+// lavapipe's prefill of the 5.5k-token first turn is mostly attention, which grows with the layers.
 before(async () => {
   server = await startServer({ modelArgs: ["--ctx", String(CTX), "--layers", "2"], args: SERVE_ARGS });
 });
@@ -49,9 +49,10 @@ run commands that need the network. Keep answers short; the user reads diffs, no
 `;
 // The project's own docs stand in for the CLAUDE.md / AGENTS.md an agent puts in its system prompt.
 const DOCS = ["docs/architecture.md", "docs/api.md", "docs/engine.md", "docs/kv-store-format.md"].map((p) => `## ${p}\n\n${file(p)}`).join("\n\n");
-// Cut to a fixed token count (reference tokenizer), so the first request stays ~10.5k tokens however the
-// docs change.
-const SYSTEM_TOKENS = 9000;
+// Cut to a fixed token count (reference tokenizer), so the first request stays ~5.5k tokens however the
+// docs change (real agents send 10-25k; 4k keeps lavapipe's prefill of it inside CI's time budget and
+// still spans 60+ blocks).
+const SYSTEM_TOKENS = 4000;
 const tok = fromPreTrained();
 function firstTokens(text, n) {
   let lo = 0, hi = text.length;
@@ -224,7 +225,7 @@ describe("agent loop against trove serve (Qwen3, thinking, 10 turns, restart)", 
     }
     const sys = ids[0].length;
     console.log(`system prompt + tools + first user message: ${sys} tokens`);
-    assert.ok(sys >= 9000 && sys <= 12000, `the first request should be ~10k tokens, is ${sys}`);
+    assert.ok(sys >= 4500 && sys <= 7500, `the first request should be ~5.5k tokens, is ${sys}`);
     for (const r of rows) {
       assert.equal(r.prompt, ids[r.turn - 1].length, `turn ${r.turn}: prompt_tokens = the reference rendering's token count`);
       assert.equal(r.cached, r.expected, `turn ${r.turn}: cached_tokens`);

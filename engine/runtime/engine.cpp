@@ -1,8 +1,8 @@
 // The Qwen3 / Qwen3-MoE forward pass on the Vulkan ops of kernels/.
 //
 // One step() records the whole batch into the engine's command stream (made once, reused by every
-// step): embedding rows (dequantized on the host from a host copy of token_embd: a handful of rows per
-// step), then per layer RMSNorm → Q/K/V →
+// step): embedding rows (ops::GetRows from token_embd on the GPU; dequantized on the host only when the
+// table cannot be one GPU buffer of a type GetRows reads), then per layer RMSNorm → Q/K/V →
 // QK-norm → RoPE → KV write → paged attention per sequence → output projection + residual → RMSNorm →
 // SwiGLU FFN or routed experts + residual, then the final norm and the head for the rows that need a
 // next token. MoE layers record their routed experts into the same stream (engine/runtime/moe_layer.h:
@@ -24,6 +24,7 @@
 #include <cstring>
 #include <filesystem>
 #include <optional>
+#include <utility>
 #include <unistd.h>
 
 #include <fmt/format.h>
@@ -240,7 +241,13 @@ class VulkanEngine final : public Engine {
   Weight output_norm_, head_;
   GgmlType embd_type_ = GgmlType::F32;
   uint64_t embd_row_bytes_ = 0;
-  std::vector<uint8_t> embd_host_;  // token_embd as stored in the file (rows dequantized per step)
+  // Embedding rows on the GPU (ops::GetRows from token_embd as stored: the head's buffer when tied,
+  // embd_gpu_ otherwise) when its type is one GetRows reads and it fits one buffer; else dequantized on
+  // the host from embd_host_ (the file's bytes) and copied in through x_in_.
+  bool embd_on_gpu_ = false;
+  Weight embd_gpu_;
+  std::optional<ops::GetRows> get_rows_;
+  std::vector<uint8_t> embd_host_;
 
   kv::KvLayout layout_;
   std::vector<vk::Buffer> kv_;  // one pool buffer per layer
@@ -250,6 +257,7 @@ class VulkanEngine final : public Engine {
   // Scratch, sized for max_tokens_ rows (and max_sequences_ output rows).
   vk::Buffer x_in_, x_, xn_, q_, k_, v_, attn_, o_, gate_, up_, h_;
   vk::Buffer xnh_, hh_;  // f16 copies of xn_ / h_ that large-batch (matrix-unit) matmuls read
+  vk::Buffer ids_;  // int32 token ids of the step (GPU embedding rows)
   vk::Buffer positions_, slots_, tables_, hs_, logits_, tokens_out_, logits_host_, tokens_host_;
   std::optional<MoeLayer> moe_;  // MoE models: the routed-expert FFN and its scratch (shared by all layers)
   uint32_t table_stride_ = 0;  // int32 entries per sequence in tables_ (aligned)
@@ -382,8 +390,18 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
   // Memory plan: weights + KV pool + scratch must fit the device.
   uint64_t weight_bytes = 0;
   for (const auto& t : (*file)->tensors()) weight_bytes += t.n_bytes;
-  if (!c.tied_embeddings) {
-    if (const auto* t = (*file)->find_tensor("token_embd.weight")) weight_bytes -= t->n_bytes;  // kept on the host
+  if (const auto* t = (*file)->find_tensor("token_embd.weight"); t && t->n_dims >= 2) {
+    // Rows on the GPU when GetRows reads the type and the table fits one buffer (as upload() cuts it);
+    // otherwise an untied table stays on the host.
+    const uint64_t rb = quant::row_bytes(t->type, static_cast<int64_t>(t->ne[0]));
+    const uint64_t piece_rows = std::max<uint64_t>(64, (e->dev_->max_buffer_bytes() - 4) / std::max<uint64_t>(rb, 1) / 64 * 64);
+    if (t->ne[1] <= piece_rows) {
+      if (auto g = ops::GetRows::create(*e->dev_, t->type); g.ok()) {
+        e->get_rows_.emplace(std::move(*g));
+        e->embd_on_gpu_ = true;
+      }
+    }
+    if (!c.tied_embeddings && !e->embd_on_gpu_) weight_bytes -= t->n_bytes;  // kept on the host
   }
   const uint64_t blocks_per_seq = (e->n_ctx_ + opts.block_tokens - 1) / opts.block_tokens;
   const uint64_t block_all_layers = e->layout_.block_bytes() * c.n_layer;
@@ -557,14 +575,26 @@ Status VulkanEngine::load_weights(gguf::GgufFile& f, bool progress) {
   cfg_.n_vocab = static_cast<uint32_t>(embd->ne[1]);
   embd_type_ = embd->type;
   embd_row_bytes_ = quant::row_bytes(embd->type, static_cast<int64_t>(c.n_embd));
-  embd_host_.assign(embd->data, embd->data + embd->n_bytes);
+  if (!embd_on_gpu_) embd_host_.assign(embd->data, embd->data + embd->n_bytes);
   if (!c.tied_embeddings) {
-    bar.add(embd->n_bytes);
+    if (embd_on_gpu_) {
+      // Not hashed here: the fingerprint takes token_embd's bytes last, below, whichever way it is kept.
+      XXH3_state_t* hash = std::exchange(weights_hash_, nullptr);
+      auto w = upload(f, "token_embd.weight", false, bar);
+      weights_hash_ = hash;
+      if (!w.ok()) return w.status();
+      embd_gpu_ = std::move(*w);
+    } else {
+      bar.add(embd->n_bytes);
+    }
     TROVE_RETURN_IF_ERROR(get("output.weight", false, head_));
   } else {
     TROVE_RETURN_IF_ERROR(get("token_embd.weight", false, head_));
   }
-  XXH3_128bits_update(weights_hash_, embd_host_.data(), embd_host_.size());
+  if (embd_on_gpu_ && (c.tied_embeddings ? head_ : embd_gpu_).pieces.size() != 1) {
+    return Status::Internal("token_embd.weight was planned into one buffer but upload() split it");
+  }
+  XXH3_128bits_update(weights_hash_, embd->data, embd->n_bytes);
   // Why the KV dtype and layout are in it too: the same weights with another block size or KV type
   // produce blocks of another shape, which must never be mistaken for these.
   const XXH128_hash_t h = XXH3_128bits_digest(weights_hash_);
@@ -586,7 +616,7 @@ Status VulkanEngine::alloc_scratch() {
   };
   const auto dl = vk::Memory::kDeviceLocal, hv = vk::Memory::kHostVisible;
   std::vector<Want> want = {
-      {&x_in_, T * c.n_embd * 4, hv}, {&x_, T * c.n_embd * 4, dl}, {&xn_, T * c.n_embd * 4, dl},
+      {&x_in_, embd_on_gpu_ ? 16 : T * c.n_embd * 4, hv}, {&ids_, T * 4, hv}, {&x_, T * c.n_embd * 4, dl}, {&xn_, T * c.n_embd * 4, dl},
       {&xnh_, T * c.n_embd * 2, dl},
       {&q_, T * qw * 4, dl}, {&k_, T * kw * 4, dl}, {&v_, T * kw * 4, dl}, {&attn_, T * qw * 4, dl},
       {&o_, T * c.n_embd * 4, dl}, {&positions_, T * 4, hv}, {&slots_, T * 4, hv},
@@ -1055,8 +1085,9 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
   if (!stream.ok()) return stream.status();
   vk::CommandStream& s = **stream;
 
-  // Host inputs: embeddings, positions, KV slots, block tables.
+  // Host inputs: token ids (or embedding rows), positions, KV slots, block tables.
   auto* xin = static_cast<float*>(x_in_.mapped());
+  auto* ids = static_cast<int32_t*>(ids_.mapped());
   auto* pos = static_cast<int32_t*>(positions_.mapped());
   auto* slot = static_cast<uint32_t*>(slots_.mapped());
   auto* table = static_cast<int32_t*>(tables_.mapped());
@@ -1079,7 +1110,11 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     while (sq.blocks.size() * layout_.block_tokens < start + in.tokens.size()) sq.blocks.push_back(*blocks_->allocate());
     for (uint32_t j = 0; j < in.tokens.size(); ++j) {
       const uint32_t p = start + j;
-      embed(in.tokens[j], xin + uint64_t{t + j} * c.n_embd);
+      if (embd_on_gpu_) {
+        ids[t + j] = in.tokens[j];
+      } else {
+        embed(in.tokens[j], xin + uint64_t{t + j} * c.n_embd);
+      }
       pos[t + j] = static_cast<int32_t>(p);
       slot[t + j] = sq.blocks[p / layout_.block_tokens] * layout_.block_tokens + p % layout_.block_tokens;
     }
@@ -1096,7 +1131,12 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
   auto run = [&]() -> Status {
     const uint32_t H = c.n_head, KVH = c.n_head_kv, D = c.head_dim, E = c.n_embd;
     const uint64_t erow = uint64_t{E} * 4;
-    s.copy(x_in_, 0, x_, 0, uint64_t{T} * erow);
+    if (embd_on_gpu_) {
+      const Weight& table = c.tied_embeddings ? head_ : embd_gpu_;
+      TROVE_RETURN_IF_ERROR(get_rows_->record(s, table.whole(), ids_, x_, c.n_vocab, E, T));
+    } else {
+      s.copy(x_in_, 0, x_, 0, uint64_t{T} * erow);
+    }
     s.barrier();
     if (profile_) s.timestamp();
     kernels::ref::PagedKvShape shape{blocks_->total(), layout_.block_tokens, KVH, D};

@@ -186,10 +186,13 @@ std::optional<fs::path> find_upward(const fs::path& relative) {
 Result<std::string> find_coder_template(const std::string& explicit_file) {
   if (!explicit_file.empty()) return read_file(explicit_file);
   if (const char* env = std::getenv("TROVE_QWEN3_CODER_TEMPLATE")) return read_file(env);
+  // The repository's copy (tests/fixtures/qwen3-coder, with its source noted there), found from a
+  // build inside the checkout; then the shared fixtures beside the repository.
+  if (auto p = find_upward("tests/fixtures/qwen3-coder/chat_template.jinja")) return read_file(*p);
   if (auto p = find_upward("shared/fixtures/qwen3-coder/chat_template.jinja")) return read_file(*p);
   return Status::NotFound(
       "the Qwen3-Coder chat template was not found: pass --template FILE or set TROVE_QWEN3_CODER_TEMPLATE "
-      "(the project's copy is shared/fixtures/qwen3-coder/chat_template.jinja beside the repository)");
+      "(the repository's copy is tests/fixtures/qwen3-coder/chat_template.jinja)");
 }
 
 struct TokenizerData {

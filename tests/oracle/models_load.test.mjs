@@ -26,9 +26,10 @@ function check(cond, what) {
 }
 
 const allTypes = ["F32", "F16", "BF16", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "Q4_K_M"];
-// Every type is written and loaded on the tiny dense preset, the block-quant ones on tiny-moe; the bigger presets (whose 151,936-row
-// embeddings make each file slow to write on CI's 2 cores) check the shapes with two types — the
-// writer's per-type code is the same for every preset. --all-types runs every type everywhere.
+// Every type is written and loaded on the tiny dense preset, the block-quantized ones on tiny-moe; the
+// bigger presets (whose 151,936-row embeddings make each file slow to write on CI's 2 cores) check the
+// shapes with two types — the writer's per-type code is the same for every preset. --all-types runs
+// every type everywhere.
 const few = ["F16", "Q4_K_M"];
 const allPresets = [
   { preset: "tiny", extra: [], types: allTypes },

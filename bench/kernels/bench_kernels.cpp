@@ -38,12 +38,15 @@
 
 #include "bench/kernels/bench_matvec.h"
 #include "bench/kernels/bench_moe.h"
+#include "bench/kernels/bench_timing.h"
 #include "kernels/ops/attention.h"
 #include "kernels/ops/layer_ops.h"
 #include "kernels/ops/matmul.h"
 
 using namespace trove;
 using quant::GgmlType;
+using bench::filled;
+using bench::time_reps;
 
 namespace {
 
@@ -54,39 +57,7 @@ struct Result_ {
   double us = 0, gbs = 0, tflops = 0;
 };
 
-// Runs `record` reps times in one submission; GPU microseconds per run.
-Result<double> time_op(vk::Device& dev, int reps, const std::function<Status(vk::CommandStream&)>& record) {
-  {  // warm-up
-    auto s = dev.stream();
-    if (!s.ok()) return s.status();
-    TROVE_RETURN_IF_ERROR(record(*s));
-    TROVE_RETURN_IF_ERROR(s->submit_and_wait());
-  }
-  auto s = dev.stream();
-  if (!s.ok()) return s.status();
-  const bool ts = dev.features().timestamp_period_ns > 0;
-  if (ts) s->timestamp();
-  for (int i = 0; i < reps; ++i) {
-    TROVE_RETURN_IF_ERROR(record(*s));
-    s->barrier();
-  }
-  if (ts) s->timestamp();
-  const auto t0 = std::chrono::steady_clock::now();
-  TROVE_RETURN_IF_ERROR(s->submit_and_wait());
-  const double wall = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
-  if (ts) {
-    auto t = s->timestamps_ns();
-    if (t.size() >= 2) return (t[1] - t[0]) / 1e3 / reps;
-  }
-  return wall / reps;
-}
 
-Result<vk::Buffer> filled(vk::Device& dev, uint64_t bytes, uint32_t word = 0x3c003c00u) {
-  auto b = dev.buffer((bytes + 3) / 4 * 4);
-  if (!b.ok()) return b.status();
-  TROVE_RETURN_IF_ERROR(b->fill(word));
-  return b;
-}
 
 }  // namespace
 
@@ -146,7 +117,7 @@ int main(int argc, char** argv) {
         auto w = filled(dev, wbytes), x = filled(dev, uint64_t{batch} * m.cols * 4, 0x3f800000u),
              y = filled(dev, uint64_t{batch} * m.rows * 4);
         if (!w.ok() || !x.ok() || !y.ok()) return fail(Status::ResourceExhausted("buffers for " + std::string(m.name)));
-        auto t = time_op(dev, reps, [&](vk::CommandStream& s) -> Status {
+        auto t = time_reps(dev, reps, [&](vk::CommandStream& s) -> Status {
           const uint64_t rb = quant::row_bytes(type, m.cols);
           for (uint32_t r0 = 0; r0 < m.rows; r0 += rows_per_call) {
             const uint32_t n = std::min(rows_per_call, m.rows - r0);
@@ -204,7 +175,7 @@ int main(int argc, char** argv) {
           auto w = filled(dev, wbytes, 0x11111111u), x = filled(dev, uint64_t{batch} * g.cols * 2, 0x3c003c00u),
                y = filled(dev, uint64_t{batch} * g.rows * 4);
           if (!w.ok() || !x.ok() || !y.ok()) return fail(Status::ResourceExhausted("buffers for gemm " + std::string(g.name)));
-          auto t = time_op(dev, reps, [&](vk::CommandStream& s) -> Status {
+          auto t = time_reps(dev, reps, [&](vk::CommandStream& s) -> Status {
             for (uint32_t r0 = 0; r0 < g.rows; r0 += rows_per_call) {
               const uint32_t n = std::min(rows_per_call, g.rows - r0);
               vk::BufferRange wr(*w, uint64_t{r0} * rb, (n * rb + 3) / 4 * 4);
@@ -254,7 +225,7 @@ int main(int argc, char** argv) {
         if (auto st = ob->upload(offsets.data(), offsets.size() * 4); !st.ok()) return fail(st);
         if (auto st = ib->upload(ids.data(), ids.size() * 4); !st.ok()) return fail(st);
         ops::GroupedMatmulCall call{g.type, g.rows, g.cols, n_expert, eb, slots, tokens, 0, true};
-        auto t = time_op(dev, reps, [&](vk::CommandStream& s) { return op->record_grouped(s, call, *w, *x, *ob, *ib, *y); });
+        auto t = time_reps(dev, reps, [&](vk::CommandStream& s) { return op->record_grouped(s, call, *w, *x, *ob, *ib, *y); });
         if (!t.ok()) return fail(t.status());
         const double bytes = double(eb) * n_expert + 2.0 * tokens * g.cols + 4.0 * slots * g.rows;
         rows.push_back({fmt::format("grouped {} {} x f16", pname, quant::traits(g.type)->name),
@@ -306,7 +277,7 @@ int main(int argc, char** argv) {
     for (uint32_t i = 0; i < nb; ++i) ids[i] = static_cast<int32_t>(i);
     if (auto st = table->upload(ids.data(), ids.size() * 4); !st.ok()) return fail(st);
     ops::AttentionCall call{shape, a.heads, a.depth, a.tokens, 0.088f, a.path};
-    auto t = time_op(dev, reps, [&](vk::CommandStream& s) { return att->record(s, call, *pool, *table, *q, *o); });
+    auto t = time_reps(dev, reps, [&](vk::CommandStream& s) { return att->record(s, call, *pool, *table, *q, *o); });
     if (!t.ok()) return fail(t.status());
     // K and V read once per query token group: kv bytes of the depth (decode) + q/out.
     const double kv = 2.0 * total * a.kv_heads * D * 2;
@@ -331,7 +302,7 @@ int main(int argc, char** argv) {
     if (!x.ok() || !w.ok() || !out.ok() || !up.ok() || !pos.ok() || !table.ok() || !ids.ok())
       return fail(Status::ResourceExhausted("element-wise buffers"));
     auto add = [&](const char* op, std::string shape, double bytes, const std::function<Status(vk::CommandStream&)>& f) -> bool {
-      auto t = time_op(dev, reps, f);
+      auto t = time_reps(dev, reps, f);
       if (!t.ok()) { fail(t.status()); return false; }
       rows.push_back({op, std::move(shape), *t, bytes / *t / 1e3, 0});
       return true;

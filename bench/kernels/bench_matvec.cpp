@@ -1,4 +1,5 @@
 #include "bench/kernels/bench_matvec.h"
+#include "bench/kernels/bench_timing.h"
 
 #include <algorithm>
 #include <chrono>
@@ -15,34 +16,6 @@ namespace {
 using ops::MatvecEpilogue;
 using quant::GgmlType;
 
-// GPU microseconds per repetition of `record(s, rep)`, reps repetitions in one submission with a
-// barrier after each (as dependent decode steps run); wall clock where the queue has no timestamps.
-Result<double> time_reps(vk::Device& dev, int reps, const std::function<Status(vk::CommandStream&, int)>& record) {
-  auto s = dev.stream();
-  if (!s.ok()) return s.status();
-  const bool ts = dev.features().timestamp_period_ns > 0;
-  if (ts) s->timestamp();
-  for (int i = 0; i < reps; ++i) {
-    TROVE_RETURN_IF_ERROR(record(*s, i));
-    s->barrier();
-  }
-  if (ts) s->timestamp();
-  const auto t0 = std::chrono::steady_clock::now();
-  TROVE_RETURN_IF_ERROR(s->submit_and_wait());
-  const double wall = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
-  if (ts) {
-    auto t = s->timestamps_ns();
-    if (t.size() >= 2) return (t[1] - t[0]) / 1e3 / reps;
-  }
-  return wall / reps;
-}
-
-Result<vk::Buffer> filled(vk::Device& dev, uint64_t bytes, uint32_t word) {
-  auto b = dev.buffer((bytes + 3) / 4 * 4);
-  if (!b.ok()) return b.status();
-  TROVE_RETURN_IF_ERROR(b->fill(word));
-  return b;
-}
 
 struct Shape {
   const char* model;

@@ -30,7 +30,9 @@
 // up row); lanes walk the rows in 16- or 8-byte parts with the super-block scales decoded once per
 // part; each workgroup stages x·norm_w and the sums of each 8 values in shared memory (once, then
 // walks several row blocks, when batch · cols fits; else tile by tile for one block) and reduces the
-// rows with subgroupAdd then shared memory. Shaders: kernels/shaders/matvec.comp and matvec_nosg.comp
+// rows with subgroupAdd then shared memory. On CPU devices a row group is one invocation (it walks
+// every part of its rows; nothing to reduce across lanes) and 8 workgroups per thread walk the row
+// blocks: lavapipe pays per workgroup and per barrier. Shaders: kernels/shaders/matvec.comp and matvec_nosg.comp
 // (no subgroup operations: devices without them, lavapipe) around matvec_body.glsl; the per-type
 // code, shared with other matvec-shaped kernels, is matvec_core.glsl. Weights are read as stored in
 // the GGUF (no repacking at load).
@@ -77,7 +79,7 @@ struct MatvecTuning {
   uint32_t tile_values = 0;      // at most this many staged values per batch column and tile (rounded
                                  // down to a multiple of 256; default: what shared memory holds)
   uint32_t workgroups = 0;       // when x fits one tile: at most this many workgroups walk the row
-                                 // blocks (default: 8 per SM of 512 invocations, TROVE_MATVEC_WAVES; CPU: one per block)
+                                 // blocks (default: 8 per SM of 512 invocations, TROVE_MATVEC_WAVES; CPU: 8 per thread)
   bool gpu_form = false;         // on a CPU device, compile the GPUs' form: unrolled loops over batch
                                  // columns and subgroupAdd (lavapipe spends seconds per pipeline on it)
 };

@@ -209,7 +209,9 @@ void main() {
     MV_COLS(store_partials(b, group, lane))
     barrier();
     const uint red2 = 4u * kStage + kWG / kSG * kNV;  // float index of the per-group Σ x²
-    if (norm && lane < kNB) sm_set(red2 + group * kNB + lane, partial_sum(group, kNS * kNB + lane));
+    if (norm) {
+      for (uint b = lane; b < kNB; b += kG) sm_set(red2 + group * kNB + b, partial_sum(group, kNS * kNB + b));
+    }
     barrier();
     for (uint task = lane; task < kR * kNB; task += kG) {  // output (s, b), s < kR: one lane each
       const uint s = task / kNB, b = task % kNB, r = r0 + s;

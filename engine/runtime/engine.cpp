@@ -232,7 +232,22 @@ class VulkanEngine final : public Engine {
   std::unique_ptr<chat::ChatRenderer> renderer_;
   std::string renderer_error_;
   uint32_t n_ctx_ = 0, max_tokens_ = 0, logit_rows_ = 0;
-  bool profile_ = std::getenv("TROVE_PROFILE") != nullptr;  // per-step GPU phase times in the log
+  // TROVE_PROFILE=1: per-step GPU phase times in the log. TROVE_PROFILE=ops: GPU time per op kind,
+  // summed over the engine's life separately for decode steps (<= Matvec::kMaxBatch tokens) and longer
+  // steps, logged as a table when the engine closes (bench_engine prints it).
+  enum OpKind : uint8_t { kOpEmbed, kOpQkv, kOpQkNorm, kOpRope, kOpKvWrite, kOpAttention, kOpO, kOpFfnNorm,
+                          kOpFfn, kOpMoe, kOpHead, kOpSample, kOpKinds };
+  static constexpr const char* kOpNames[kOpKinds] = {"embed", "qkv (+norm)", "q/k norm", "rope", "kv write",
+                                                     "attention", "o (+add)", "ffn norm", "dense ffn",
+                                                     "moe ffn", "head", "argmax/sample+copy"};
+  struct OpProfile {
+    double ns[kOpKinds] = {};
+    uint64_t steps = 0, tokens = 0;
+  };
+  bool profile_ = std::getenv("TROVE_PROFILE") != nullptr && std::string_view(std::getenv("TROVE_PROFILE")) != "ops";
+  bool profile_ops_ = std::getenv("TROVE_PROFILE") != nullptr && std::string_view(std::getenv("TROVE_PROFILE")) == "ops";
+  OpProfile op_profile_[2];  // [0] decode steps, [1] longer steps
+  void log_op_profile() const;
   // Steps of <= Matvec::kMaxBatch tokens (decode) run their dense products through ops::Matvec with the
   // norms, residual adds and SwiGLU fused in; TROVE_DECODE=matmul keeps them on the Matmul path (A/B).
   bool matvec_decode_ = true;
@@ -292,8 +307,25 @@ class VulkanEngine final : public Engine {
 };
 
 VulkanEngine::~VulkanEngine() {
+  if (profile_ops_) log_op_profile();
   if (store_) {
     if (Status st = store_->flush(); !st.ok()) log::warn("engine", "KV store flush: {}", st.message());
+  }
+}
+
+void VulkanEngine::log_op_profile() const {
+  for (int k = 0; k < 2; ++k) {
+    const OpProfile& p = op_profile_[k];
+    if (p.steps == 0) continue;
+    double total = 0;
+    for (double v : p.ns) total += v;
+    std::string table;
+    for (int i = 0; i < kOpKinds; ++i) {
+      if (p.ns[i] == 0) continue;
+      table += fmt::format("\n  {:<20} {:9.1f} us/step {:5.1f}%", kOpNames[i], p.ns[i] / 1e3 / p.steps, 100 * p.ns[i] / total);
+    }
+    log::info("engine", "TROVE_PROFILE=ops, {} steps ({} steps, {} tokens): {:.1f} us GPU per step{}",
+              k == 0 ? "decode" : "prefill", p.steps, p.tokens, total / 1e3 / p.steps, table);
   }
 }
 
@@ -1128,7 +1160,14 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     for (size_t i = 0; i < inputs.size(); ++i) (void)truncate(inputs[i].seq, placed[i].start);
   };
 
+  std::vector<uint8_t> marks;  // TROVE_PROFILE=ops: the op kind that ends at each timestamp
   auto run = [&]() -> Status {
+    auto mark = [&](OpKind k) {
+      if (!profile_ops_) return;
+      s.timestamp();
+      marks.push_back(k);
+    };
+    mark(kOpEmbed);
     const uint32_t H = c.n_head, KVH = c.n_head_kv, D = c.head_dim, E = c.n_embd;
     const uint64_t erow = uint64_t{E} * 4;
     if (embd_on_gpu_) {
@@ -1139,6 +1178,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     }
     s.barrier();
     if (profile_) s.timestamp();
+    mark(kOpEmbed);
     kernels::ref::PagedKvShape shape{blocks_->total(), layout_.block_tokens, KVH, D};
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
     // Prefill on the matrix units: the norms and SwiGLU before a matmul emit f16 once, which the
@@ -1168,14 +1208,18 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
         TROVE_RETURN_IF_ERROR(record_matmul(s, L.v, 0, T, xin, v_, f16_acts));
       }
       s.barrier();
+      mark(kOpQkv);
       TROVE_RETURN_IF_ERROR(ops_.rms.record(s, attn_, L.q_norm.whole(), q_, T * H, D, c.rms_eps));
       TROVE_RETURN_IF_ERROR(ops_.rms.record(s, o_, L.k_norm.whole(), k_, T * KVH, D, c.rms_eps));
       s.barrier();
+      mark(kOpQkNorm);
       TROVE_RETURN_IF_ERROR(ops_.rope.record(s, q_, positions_, T, H, D, c.rope_base));
       TROVE_RETURN_IF_ERROR(ops_.rope.record(s, k_, positions_, T, KVH, D, c.rope_base));
       s.barrier();
+      mark(kOpRope);
       TROVE_RETURN_IF_ERROR(ops_.kv_write.record(s, layout_, k_, v_, slots_, kv_[l], T, blocks_->total()));
       s.barrier();
+      mark(kOpKvWrite);
       for (size_t i = 0; i < inputs.size(); ++i) {
         const uint64_t qrow = uint64_t{H} * D * 4;
         ops::AttentionCall call{shape, H, placed[i].start, placed[i].n, scale};
@@ -1185,6 +1229,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
                                                     vk::BufferRange(attn_, placed[i].first * qrow, placed[i].n * qrow)));
       }
       s.barrier();
+      mark(kOpAttention);
       if (mv) {
         TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.o, x_}}, T, attn_, {}, Ep::kAdd));
       } else {
@@ -1193,11 +1238,13 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
         TROVE_RETURN_IF_ERROR(ops_.add.record(s, x_, o_, x_, T * E));
       }
       s.barrier();
+      mark(kOpO);
       if (mv && !c.is_moe()) {
         TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.gate, h_}, {&L.up, {}}}, T, x_, L.ffn_norm.whole(), Ep::kSwiGlu));
         s.barrier();
         TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.down, x_}}, T, h_, {}, Ep::kAdd));
         s.barrier();
+        mark(kOpFfn);
         continue;
       }
       const bool ffn_f16 = f16_acts && !c.is_moe();  // the MoE path gathers f32 rows
@@ -1207,9 +1254,11 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
         TROVE_RETURN_IF_ERROR(ops_.rms.record(s, x_, L.ffn_norm.whole(), xn_, T, E, c.rms_eps));
       }
       s.barrier();
+      mark(kOpFfnNorm);
       if (c.is_moe()) {
         TROVE_RETURN_IF_ERROR(moe_->record(s, ops_.matmul, L.moe, xn_, x_, T));
         s.barrier();
+        mark(kOpMoe);
       } else {
         TROVE_RETURN_IF_ERROR(record_matmul(s, L.gate, 0, T, ffn_f16 ? xnh_ : xn_, gate_, ffn_f16));
         TROVE_RETURN_IF_ERROR(record_matmul(s, L.up, 0, T, ffn_f16 ? xnh_ : xn_, up_, ffn_f16));
@@ -1224,6 +1273,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
         s.barrier();
         TROVE_RETURN_IF_ERROR(ops_.add.record(s, x_, o_, x_, T * E));
         s.barrier();
+        mark(kOpFfn);
       }
     }
     // Head: only the last row of each input that needs a token or logits.
@@ -1237,48 +1287,60 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
         }
       }
     }
-    if (out_rows.empty()) return s.submit_and_wait();
     const uint32_t R = static_cast<uint32_t>(out_rows.size());
-    s.barrier();
-    if (profile_) s.timestamp();
-    if (matvec_decode_ && R <= ops::Matvec::kMaxBatch) {
-      TROVE_RETURN_IF_ERROR(record_matvec(s, {{&head_, logits_}}, R, hs_, output_norm_.whole(), Ep::kStore));
-    } else {
-      TROVE_RETURN_IF_ERROR(ops_.rms.record(s, hs_, output_norm_.whole(), xn_, R, E, c.rms_eps));
+    if (R > 0) {
       s.barrier();
-      TROVE_RETURN_IF_ERROR(record_matmul(s, head_, 0, R, xn_, logits_));
-    }
-    s.barrier();
-    if (profile_) s.timestamp();
-    const uint64_t vrow = uint64_t{c.n_vocab} * 4;
-    TROVE_RETURN_IF_ERROR(ops_.argmax.record(s, logits_, tokens_out_, R, c.n_vocab));
-    for (uint32_t r = 0; r < R; ++r) {
-      const StepInput& in = inputs[out_rows[r]];
-      const bool last_of_input = r + 1 == R || out_rows[r + 1] != out_rows[r];
-      if (!last_of_input || !in.sample || !(in.sampling.temperature > 0)) continue;
-      ops::SamplingParams p;
-      p.temperature = in.sampling.temperature;
-      p.top_k = std::clamp<uint32_t>(in.sampling.top_k == 0 ? 64 : in.sampling.top_k, 1, 64);
-      p.top_p = in.sampling.top_p;
-      p.min_p = in.sampling.min_p;
-      // A fresh draw per position: the seed mixed with the position of the token being chosen.
-      const uint64_t mix = (in.sampling.seed ^ 0x9E3779B97F4A7C15ull) * 0xBF58476D1CE4E5B9ull +
-                           seqs_[in.seq].tokens.size() * 0x94D049BB133111EBull;
-      p.seed = static_cast<uint32_t>(mix ^ (mix >> 31) ^ (mix >> 17));
-      // Overwrites argmax's answer for this row (same element, recorded later: ordered by a barrier).
+      if (profile_) s.timestamp();
+      if (matvec_decode_ && R <= ops::Matvec::kMaxBatch) {
+        TROVE_RETURN_IF_ERROR(record_matvec(s, {{&head_, logits_}}, R, hs_, output_norm_.whole(), Ep::kStore));
+      } else {
+        TROVE_RETURN_IF_ERROR(ops_.rms.record(s, hs_, output_norm_.whole(), xn_, R, E, c.rms_eps));
+        s.barrier();
+        TROVE_RETURN_IF_ERROR(record_matmul(s, head_, 0, R, xn_, logits_));
+      }
       s.barrier();
-      TROVE_RETURN_IF_ERROR(ops_.sampler.record(s, vk::BufferRange(logits_, r * vrow, vrow),
-                                                vk::BufferRange(tokens_out_, r * 4ull, 4), 1, c.n_vocab, p));
+      if (profile_) s.timestamp();
+      mark(kOpHead);
+      const uint64_t vrow = uint64_t{c.n_vocab} * 4;
+      TROVE_RETURN_IF_ERROR(ops_.argmax.record(s, logits_, tokens_out_, R, c.n_vocab));
+      for (uint32_t r = 0; r < R; ++r) {
+        const StepInput& in = inputs[out_rows[r]];
+        const bool last_of_input = r + 1 == R || out_rows[r + 1] != out_rows[r];
+        if (!last_of_input || !in.sample || !(in.sampling.temperature > 0)) continue;
+        ops::SamplingParams p;
+        p.temperature = in.sampling.temperature;
+        p.top_k = std::clamp<uint32_t>(in.sampling.top_k == 0 ? 64 : in.sampling.top_k, 1, 64);
+        p.top_p = in.sampling.top_p;
+        p.min_p = in.sampling.min_p;
+        // A fresh draw per position: the seed mixed with the position of the token being chosen.
+        const uint64_t mix = (in.sampling.seed ^ 0x9E3779B97F4A7C15ull) * 0xBF58476D1CE4E5B9ull +
+                             seqs_[in.seq].tokens.size() * 0x94D049BB133111EBull;
+        p.seed = static_cast<uint32_t>(mix ^ (mix >> 31) ^ (mix >> 17));
+        // Overwrites argmax's answer for this row (same element, recorded later: ordered by a barrier).
+        s.barrier();
+        TROVE_RETURN_IF_ERROR(ops_.sampler.record(s, vk::BufferRange(logits_, r * vrow, vrow),
+                                                  vk::BufferRange(tokens_out_, r * 4ull, 4), 1, c.n_vocab, p));
+      }
+      s.barrier();
+      s.copy(tokens_out_, 0, tokens_host_, 0, R * 4ull);
+      bool any_logits = false;
+      for (uint32_t i : out_rows) any_logits |= inputs[i].want_logits;
+      if (any_logits) s.copy(logits_, 0, logits_host_, 0, R * vrow);
+      s.barrier();
+      if (profile_) s.timestamp();
+      mark(kOpSample);
     }
-    s.barrier();
-    s.copy(tokens_out_, 0, tokens_host_, 0, R * 4ull);
-    bool any_logits = false;
-    for (uint32_t i : out_rows) any_logits |= inputs[i].want_logits;
-    if (any_logits) s.copy(logits_, 0, logits_host_, 0, R * vrow);
-    s.barrier();
-    if (profile_) s.timestamp();
     TROVE_RETURN_IF_ERROR(s.submit_and_wait());
-    if (profile_) {
+    if (profile_ops_) {
+      const std::vector<double> ts = s.timestamps_ns();
+      OpProfile& p = op_profile_[T <= ops::Matvec::kMaxBatch ? 0 : 1];
+      if (ts.size() == marks.size()) {  // else the query pool ran out: the step is not counted
+        for (size_t i = 1; i < ts.size(); ++i) p.ns[marks[i]] += ts[i] - ts[i - 1];
+        p.steps += 1;
+        p.tokens += T;
+      }
+    }
+    if (profile_ && R > 0) {
       // TROVE_PROFILE=1: GPU time of the step's phases.
       auto ts = s.timestamps_ns();
       if (ts.size() == 4) {

@@ -33,13 +33,14 @@ constexpr uint32_t kUnknownSmCount = 256; // GPUs that do not say: rather too ma
 constexpr double kStagedBytesPerValue = 4.5;
 
 constexpr uint32_t kGroupLanes = 32;  // kG in matvec.comp
-constexpr uint32_t kCpuGroupLanes = 1;  // kG on CPU devices: one invocation per row group
+constexpr uint32_t kCpuGroupLanes = 1;
+constexpr uint32_t kDirectWorkgroup = 128;  // direct form: 4 row groups (subgroups) per workgroup  // kG on CPU devices: one invocation per row group
 
 // One pipeline per distinct specialization: matvec_body.glsl's constant ids 0..11, in this order (kG,
 // id 1, is `lanes`: kGroupLanes, or kCpuGroupLanes on CPU devices); sg > 1 selects matvec.comp (subgroupAdd), 1 matvec_nosg.comp.
 struct Key {
-  uint32_t wg, nb, rows, swiglu, tile, mats, type0, type1, type2, unroll, sg, lanes;
-  auto tie() const { return std::tie(wg, nb, rows, swiglu, tile, mats, type0, type1, type2, unroll, sg, lanes); }
+  uint32_t wg, nb, rows, swiglu, tile, mats, type0, type1, type2, unroll, sg, lanes, direct;
+  auto tie() const { return std::tie(wg, nb, rows, swiglu, tile, mats, type0, type1, type2, unroll, sg, lanes, direct); }
   bool operator<(const Key& o) const { return tie() < o.tie(); }
 };
 
@@ -97,6 +98,8 @@ struct Matvec::State {
   bool cpu = false;               // lavapipe & co: no unrolled column loops, no subgroup operations
   uint32_t subgroup = 1;          // subgroup size usable for the first reduction stage (1: none)
   uint32_t sms = 0;               // streaming multiprocessors / compute units (0: the driver does not say)
+  uint32_t direct_lanes = 0;      // the direct form's row group: the subgroup size (0: no subgroup arithmetic)
+  bool direct = false;            // the direct form by default (GPUs with subgroup arithmetic; TROVE_MATVEC)
   uint32_t waves = 8;             // workgroups of 512 invocations per SM when x fits one tile
                                   // (TROVE_MATVEC_WAVES overrides: 0 = one workgroup per row block)
   MatvecTuning tuning;
@@ -107,7 +110,7 @@ struct Matvec::State {
     std::lock_guard<std::mutex> lock(mu);
     auto it = pipelines.find(k);
     if (it != pipelines.end()) return &it->second;
-    auto p = dev->pipeline({k.sg > 1 ? "matvec" : "matvec_nosg",
+    auto p = dev->pipeline({k.direct ? "matvec_direct" : k.sg > 1 ? "matvec" : "matvec_nosg",
                             {k.wg, k.lanes, k.nb, k.rows, k.swiglu, k.tile, k.mats, k.type0, k.type1, k.type2, k.unroll, k.sg},
                             sizeof(Push), 8, k.wg});
     if (!p.ok()) return p.status();
@@ -144,8 +147,24 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
     }
     op.st_->waves = static_cast<uint32_t>(v);
   }
-  if (!vk::find_shader("matvec").words || !vk::find_shader("matvec_nosg").words) {
-    return Status::NotFound("matvec: shaders matvec/matvec_nosg are not embedded in this build (rebuild trove_kernels)");
+  if (f.subgroup_arithmetic && sg >= 4 && sg <= 64 && (sg & (sg - 1)) == 0) op.st_->direct_lanes = sg;
+  op.st_->direct = !f.is_cpu && op.st_->direct_lanes != 0;
+  if (const char* v = std::getenv("TROVE_MATVEC"); v && *v) {
+    const std::string_view form(v);
+    if (form == "staged") {
+      op.st_->direct = false;
+    } else if (form == "direct") {
+      if (op.st_->direct_lanes == 0) {
+        return Status::Unsupported("TROVE_MATVEC=direct needs subgroup arithmetic (subgroups of 4..64 lanes), which this "
+                                   "device lacks; unset TROVE_MATVEC");
+      }
+      op.st_->direct = true;
+    } else {
+      return Status::InvalidArgument(fmt::format("TROVE_MATVEC='{}' is not a matvec form (staged or direct)", v));
+    }
+  }
+  if (!vk::find_shader("matvec").words || !vk::find_shader("matvec_nosg").words || !vk::find_shader("matvec_direct").words) {
+    return Status::NotFound("matvec: shaders matvec/matvec_nosg/matvec_direct are not embedded in this build (rebuild trove_kernels)");
   }
   return op;
 }
@@ -186,9 +205,15 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
   // no partial sums to reduce across lanes, and a workgroup covers 32x the rows, so the barriers and
   // the staging of x (run per workgroup and block, costly there) are paid 32x less often. Measured on
   // lavapipe (2 cores, tiny-coder decode, 2026-12-02): the 151,936-row head 1.3-1.8 s -> 0.13-0.23 s.
-  const uint32_t g = st_->cpu && !tn.gpu_form ? kCpuGroupLanes : kGroupLanes;
+  bool direct = st_->direct;
+  if (tn.form != MatvecTuning::Form::kAuto) direct = tn.form == MatvecTuning::Form::kDirect;
+  if (direct && st_->direct_lanes == 0) {
+    return Status::Unsupported("matvec: the direct form needs subgroup arithmetic (use the staged form)");
+  }
+  // Lanes per row group: the subgroup (direct form), one invocation (CPU devices, staged), else 32.
+  const uint32_t g = direct ? st_->direct_lanes : st_->cpu && !tn.gpu_form ? kCpuGroupLanes : kGroupLanes;
   const bool gpu_form = !st_->cpu || tn.gpu_form;
-  const uint32_t sg = gpu_form ? st_->subgroup : 1;
+  const uint32_t sg = direct ? st_->direct_lanes : gpu_form ? st_->subgroup : 1;
   const uint32_t sms = st_->sms ? st_->sms : kUnknownSmCount;
   const uint32_t rows_per_group = tn.rows_per_group ? tn.rows_per_group : (swiglu ? 1 : kDefaultRows);
   // Shared memory: a tile of staged activations, and the reduction area — each subgroup's partial
@@ -203,9 +228,9 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
   if (wg == 0) {
     // 256 invocations (128 on a CPU device); 512 — twice the rows per staged copy of x, which every
     // workgroup reads from L2 — when that still gives every SM a workgroup.
-    wg = st_->cpu ? kCpuWorkgroup : kDefaultWorkgroup;
+    wg = st_->cpu ? kCpuWorkgroup : direct ? kDirectWorkgroup : kDefaultWorkgroup;
     const uint64_t rows_512 = 2 * kDefaultWorkgroup / g * rows_per_group;
-    if (!st_->cpu && (total_rows + rows_512 - 1) / rows_512 >= sms &&
+    if (!st_->cpu && !direct && (total_rows + rows_512 - 1) / rows_512 >= sms &&
         red_bytes(2 * kDefaultWorkgroup) + 1024 * kStagedBytesPerValue * call.batch <= st_->shared_bytes) {
       wg = 2 * kDefaultWorkgroup;
     }
@@ -286,6 +311,21 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
   for (uint32_t m = n_work; m < 4; ++m) push.wg_end[m] = static_cast<uint32_t>(wgs);
   push.n_mats = n_work;
 
+  if (direct) {
+    // One tile (x read through the caches), one block per workgroup.
+    push.ntiles = 1;
+    push.tile_vals = call.cols;
+    const uint32_t gx = static_cast<uint32_t>(std::min<uint64_t>(wgs, kMaxGroupsX));
+    const uint32_t gy = static_cast<uint32_t>((wgs + gx - 1) / gx);
+    if (gy > kMaxGroupsX) return Status::InvalidArgument("matvec: too many rows for one dispatch; split the call");
+    push.groups_x = gx;
+    push.grid = static_cast<uint32_t>(wgs);
+    auto p = st_->pipeline({wg, call.batch, rows_per_group, swiglu ? 1u : 0u, 0u, call.n_mats, push.type[0],
+                            call.n_mats > 1 ? push.type[1] : push.type[0], call.n_mats > 2 ? push.type[2] : push.type[0],
+                            gpu_form ? 1u : 0u, sg, g, 1u});
+    if (!p.ok()) return p.status();
+    return s.dispatch(**p, bufs, &push, sizeof(push), gx, gy);
+  }
   const uint64_t red = red_bytes(wg);
   const uint32_t tile_max =
       red >= st_->shared_bytes ? 0 : static_cast<uint32_t>((st_->shared_bytes - red) / (kStagedBytesPerValue * call.batch)) / 256 * 256;
@@ -330,7 +370,7 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
   // Types of unused matrices repeat matrix 0's, so that they add no code.
   auto p = st_->pipeline({wg, call.batch, rows_per_group, swiglu ? 1u : 0u, tile, call.n_mats, push.type[0],
                           call.n_mats > 1 ? push.type[1] : push.type[0], call.n_mats > 2 ? push.type[2] : push.type[0],
-                          gpu_form ? 1u : 0u, sg, g});
+                          gpu_form ? 1u : 0u, sg, g, 0u});
   if (!p.ok()) return p.status();
   return s.dispatch(**p, bufs, &push, sizeof(push), gx, gy);
 }

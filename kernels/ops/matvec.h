@@ -30,7 +30,9 @@
 // up row); lanes walk the rows in 16- or 8-byte parts with the super-block scales decoded once per
 // part; each workgroup stages x·norm_w and the sums of each 8 values in shared memory (once, then
 // walks several row blocks, when batch · cols fits; else tile by tile for one block) and reduces the
-// rows with subgroupAdd then shared memory. On CPU devices a row group is one invocation (it walks
+// rows with subgroupAdd then shared memory (the "staged" form). GPUs with 32-lane subgroups use the
+// "direct" form instead (matvec_direct.comp): one subgroup per row group reading x through the caches,
+// subgroupAdd only, no shared memory or barriers, one row block per workgroup. On CPU devices a row group is one invocation (it walks
 // every part of its rows; nothing to reduce across lanes) and 8 workgroups per thread walk the row
 // blocks: lavapipe pays per workgroup and per barrier. Shaders: kernels/shaders/matvec.comp and matvec_nosg.comp
 // (no subgroup operations: devices without them, lavapipe) around matvec_body.glsl; the per-type
@@ -82,6 +84,9 @@ struct MatvecTuning {
                                  // blocks (default: 8 per SM of 512 invocations, TROVE_MATVEC_WAVES; CPU: 8 per thread)
   bool gpu_form = false;         // on a CPU device, compile the GPUs' form: unrolled loops over batch
                                  // columns and subgroupAdd (lavapipe spends seconds per pipeline on it)
+  enum class Form { kAuto, kStaged, kDirect };
+  Form form = Form::kAuto;       // kDirect needs 32-lane subgroups (refused otherwise); kAuto: direct
+                                 // where the device has them (not on CPUs), TROVE_MATVEC=staged|direct
 };
 
 class Matvec {

@@ -26,6 +26,14 @@
 // one lane per output (row, batch column) then adds its row group's per-subgroup partials and writes
 // y — two barriers, no log-step tree. Without subgroups every lane's partials go to shared memory.
 //
+// Direct form (matvec_direct.comp, MV_DIRECT; GPUs with 32-lane subgroups): the row group is one
+// subgroup; every lane reads the activations of its parts from x (and norm_w) through the caches —
+// x is a few KiB to 48 KiB per column, L1-resident after the first row group touches it — and adds
+// their squares for the RMSNorm as it goes (a row group's parts cover every column exactly once, so
+// its lanes together see all of x); the Σ x corrections come from the same loaded values. Row sums
+// and Σ x² are reduced with subgroupAdd and written by the lanes directly: no shared memory, no
+// barrier, so small workgroups keep many loads in flight per SM and one workgroup takes one block.
+//
 // Specialization on the matrices' types and count: a pipeline carries only the code its call needs
 // (every type path and every choice between weight bindings costs registers on GPUs and compile
 // time on lavapipe).
@@ -34,6 +42,9 @@
 // (and as much of norm_w) from L2 + batch · rows · 4 per output (twice for kAdd).
 #extension GL_GOOGLE_include_directive : require
 #extension GL_EXT_control_flow_attributes : require
+#if defined(MV_DIRECT) && defined(MV_NO_SUBGROUP)
+#error "the direct form reduces with subgroupAdd"
+#endif
 #ifndef MV_NO_SUBGROUP
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
@@ -81,10 +92,12 @@ layout(push_constant) uniform P {
 // Shared memory, as vec4: [0, kStage) the staged values (column b at b·kTileVals/4) and then the
 // 8-value sums (column b at float 4·kXs + b·kTileVals/8); [kStage, ..) the reduction: partials at
 // float 4·kStage + (group·kNV + v)·kSubs + sub, then each row group's Σ x² at red2 + group·kNB + b.
+#ifndef MV_DIRECT
 const uint kXs = kNB * kTileVals / 4u;
 const uint kStage = kXs + kNB * kTileVals / 32u;
 const uint kRed = (kWG / kSG * kNV + kGroups * kNB + 3u) / 4u;
 shared vec4 sm[kStage + kRed];
+#endif
 
 float mv_acc[kNB][kNS];
 uint mv_row[kNS];
@@ -101,15 +114,102 @@ uint mv_ww(uint m, uint i) {
   if (kMats == 2u || m == 1u) return w1w[i];
   return w2w[i];
 }
+float mv_ssq[kNB];  // this invocation's share of Σ x² per batch column
+
+#ifdef MV_DIRECT
+bool mv_norm = false;  // x̂ = x · norm_w (the RMSNorm prologue's weight; inv_rms is applied at the end)
+// Values 4v .. 4v+3 of column b, straight from x (the direct form has one tile: all of cols). Each
+// value is loaded once per row group, so its square goes into Σ x² here.
+vec4 mv_x4(uint b, uint v) {
+  vec4 a = x4[b * (pc.cols >> 2u) + v];
+  mv_ssq[b] += dot(a, a);
+  if (mv_norm) a *= nw4[v];
+  return a;
+}
+#else
 vec4 mv_x4(uint b, uint v) { return sm[b * (kTileVals / 4u) + v]; }
 float sm_f(uint i) { return sm[i >> 2u][i & 3u]; }
 void sm_set(uint i, float v) { sm[i >> 2u][i & 3u] = v; }
 float mv_xs(uint b, uint e) { return sm_f(4u * kXs + b * (kTileVals / 8u) + e); }
+#endif
 
 #include "matvec_core.glsl"
 
-float mv_ssq[kNB];  // this invocation's share of Σ x² per batch column
-
+#ifdef MV_DIRECT
+// One block of rows per workgroup; see "Direct form" above.
+void main() {
+  const uint blocks = pc.wg_end[pc.n_mats - 1u];
+  const uint blk = gl_WorkGroupID.x + gl_WorkGroupID.y * pc.groups_x;
+  if (blk >= blocks) return;
+  const uint lid = gl_LocalInvocationID.x, group = lid / kG, lane = lid % kG;
+  mv_norm = (pc.flags & 1u) != 0u;
+  const bool add = (pc.flags & 2u) != 0u;
+  const uint m = blk < pc.wg_end.x ? 0u : (blk < pc.wg_end.y ? 1u : 2u);
+  const uint blk0 = m == 0u ? 0u : pc.wg_end[m - 1u];
+  const uint r0 = ((blk - blk0) * kGroups + group) * kR;
+  [[unroll]] for (uint b = 0u; b < kNB; ++b) mv_ssq[b] = 0.0;
+  [[unroll]] for (uint s = 0u; s < kNS; ++s) {
+    const uint mat = kSwiGlu != 0u ? s / kR : m;
+    const uint r = r0 + s % kR;
+    mv_live[s] = r < pc.rows[mat];
+    mv_row[s] = mv_live[s] ? r * pc.row_bytes[mat] : 0u;
+    [[unroll]] for (uint b = 0u; b < kNB; ++b) mv_acc[b][s] = 0.0;
+  }
+  if (kSwiGlu == 0u) {
+    if (kMats == 1u || m == 0u) {
+      [[unroll]] for (uint s = 0u; s < kNS; ++s) mv_mat[s] = 0u;
+      mv_tile(kType0, 0u, pc.cols, lane);
+    } else if (kMats == 2u || m == 1u) {
+      [[unroll]] for (uint s = 0u; s < kNS; ++s) mv_mat[s] = 1u;
+      mv_tile(kType1, 0u, pc.cols, lane);
+    } else {
+      [[unroll]] for (uint s = 0u; s < kNS; ++s) mv_mat[s] = 2u;
+      mv_tile(kType2, 0u, pc.cols, lane);
+    }
+  } else {
+    [[unroll]] for (uint s = 0u; s < kNS; ++s) mv_mat[s] = s / kR;
+    if (kType0 == kType1) {
+      mv_tile(kType0, 0u, pc.cols, lane);
+    } else {  // gate and up of different types: one pass each; Σ x² from the first pass only
+      bool live[kNS];
+      [[unroll]] for (uint s = 0u; s < kNS; ++s) {
+        live[s] = mv_live[s];
+        mv_live[s] = live[s] && s < kR;
+      }
+      mv_tile(kType0, 0u, pc.cols, lane);
+      float ssq[kNB];
+      [[unroll]] for (uint b = 0u; b < kNB; ++b) ssq[b] = mv_ssq[b];
+      [[unroll]] for (uint s = 0u; s < kNS; ++s) mv_live[s] = live[s] && s >= kR;
+      mv_tile(kType1, 0u, pc.cols, lane);
+      [[unroll]] for (uint b = 0u; b < kNB; ++b) mv_ssq[b] = ssq[b];
+    }
+  }
+  // Every lane gets every total; lane t writes outputs t, t + 32, ... (slot-major over batch columns).
+  float inv[kNB];
+  [[unroll]] for (uint b = 0u; b < kNB; ++b) {
+    inv[b] = 1.0;
+    if (mv_norm) inv[b] = inversesqrt(subgroupAdd(mv_ssq[b]) / float(pc.cols) + pc.eps);
+  }
+  [[unroll]] for (uint s = 0u; s < kR; ++s) {
+    [[unroll]] for (uint b = 0u; b < kNB; ++b) {
+      const float v = subgroupAdd(mv_acc[b][s]) * inv[b];
+      const float u = kSwiGlu != 0u ? subgroupAdd(mv_acc[b][s + kR]) * inv[b] : 0.0;
+      const uint r = r0 + s;
+      if (lane != (s * kNB + b) % kG || r >= pc.rows[m]) continue;
+      const uint i = b * pc.y_stride[m] + r;
+      if (kSwiGlu != 0u) {
+        y0[i] = v / (1.0 + exp(-v)) * u;
+      } else if (kMats == 1u || m == 0u) {
+        y0[i] = add ? y0[i] + v : v;
+      } else if (kMats == 2u || m == 1u) {
+        y1[i] = add ? y1[i] + v : v;
+      } else {
+        y2[i] = add ? y2[i] + v : v;
+      }
+    }
+  }
+}
+#else
 // Stages x·norm_w of column b for tile values first .. first+nvals, 8 per invocation, and their sums.
 void stage_column(uint b, uint first, uint nvals, bool norm) {
   const uint lid = gl_LocalInvocationID.x;
@@ -238,3 +338,4 @@ void main() {
     barrier();  // the reduction area is read before the next block writes it
   }
 }
+#endif  // MV_DIRECT

@@ -34,7 +34,8 @@
 //   uvec4 mv_wq(uint mat, uint i)   16-byte word i (byte 16 i) of matrix `mat`'s weights
 //   uint  mv_ww(uint mat, uint i)   4-byte word i of the same bytes
 //   vec4  mv_x4(uint b, uint v)     staged activations of column b: tile values 4v .. 4v+3
-//   float mv_xs(uint b, uint e)     Σ of staged values 8e .. 8e+7 of column b
+//   float mv_xs(uint b, uint e)     Σ of staged values 8e .. 8e+7 of column b (not with MV_DIRECT
+//                                   defined: the sums are then taken from the values mv_x4 returned)
 //   globals: float mv_acc[kNB][kNS] (accumulators), uint mv_row[kNS] (byte offset of each slot's
 //   row in its matrix), uint mv_mat[kNS] (the slot's matrix), bool mv_live[kNS] (slot in use).
 // Entry point: mv_tile(type, first, nvals, lane) adds W[slot][first .. first+nvals) · x̂ (tile) to
@@ -116,8 +117,13 @@ void mv_col_k45(uint b, uint v, uint j) {
     xl[i] = mv_x4(b, v + ((i + j) & 3u));
     xh[i] = mv_x4(b, v + 8u + ((i + j) & 3u));
   }
+#ifdef MV_DIRECT  // the includer has no precomputed sums: Σ x of the values just loaded (a permutation of the run)
+  const float xlo = dot((xl[0] + xl[1]) + (xl[2] + xl[3]), vec4(1.0));
+  const float xhi = dot((xh[0] + xh[1]) + (xh[2] + xh[3]), vec4(1.0));
+#else
   const float xlo = mv_xs(b, v >> 1u) + mv_xs(b, (v >> 1u) + 1u);
   const float xhi = mv_xs(b, (v >> 1u) + 4u) + mv_xs(b, (v >> 1u) + 5u);
+#endif
   [[unroll]] for (uint s = 0u; s < kNS; ++s) {
     if (!mv_live[s]) continue;
     float slo = 0.0, shi = 0.0;
@@ -177,7 +183,11 @@ void mv_col_q6k(uint b, uint v, uint rot) {
     xl[i] = mv_x4(b, v + (i ^ rot));
     xh[i] = mv_x4(b, v + 16u + (i ^ rot));
   }
+#ifdef MV_DIRECT
+  const float xlo = dot(xl[0] + xl[1], vec4(1.0)), xhi = dot(xh[0] + xh[1], vec4(1.0));
+#else
   const float xlo = mv_xs(b, v >> 1u), xhi = mv_xs(b, (v >> 1u) + 8u);
+#endif
   [[unroll]] for (uint s = 0u; s < kNS; ++s) {
     if (!mv_live[s]) continue;
     const float slo = dot(mv_f[s][0], xl[0]) + dot(mv_f[s][1], xl[1]);
@@ -220,7 +230,11 @@ void mv_tile_q6k(uint first, uint nvals, uint lane) {
 // ---- Q8_0: part q of a 34-byte block = its int8 values 8q .. 8q+7. mv_f[s][0..1].
 void mv_col_q8(uint b, uint v, uint rot) {
   const vec4 x0 = mv_x4(b, v + rot), x1 = mv_x4(b, v + (rot ^ 1u));
+#ifdef MV_DIRECT
+  const float xs = dot(x0 + x1, vec4(1.0));
+#else
   const float xs = mv_xs(b, v >> 1u);
+#endif
   [[unroll]] for (uint s = 0u; s < kNS; ++s) {
     if (mv_live[s]) mv_acc[b][s] += mv_c[s][0] * (dot(mv_f[s][0], x0) + dot(mv_f[s][1], x1)) - mv_c[s][2] * xs;
   }

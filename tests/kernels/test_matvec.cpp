@@ -277,6 +277,38 @@ TEST_F(Matvec, GpuFormOfTheKernel) {
   ASSERT_TRUE(run({512, 3, true, MatvecEpilogue::kSwiGlu, {{G::Q5_K, 45}, {G::Q6_K, 45}}}));
 }
 
+// The direct form (GPUs' default where subgroups have arithmetic: the row group is one subgroup, x read
+// through the caches, subgroupAdd only): every weight type under each epilogue, batches 1, 3 and 8,
+// SwiGLU with one and two types, the residual equal to x, and another work split (batch 8 once: lavapipe
+// compiles the unrolled form for seconds). On lavapipe the
+// subgroup is 8 lanes wide (4 or 16 with other vector widths): the same code with a narrower group.
+TEST_F(Matvec, DirectForm) {
+  ops::MatvecTuning t;
+  t.form = ops::MatvecTuning::Form::kDirect;
+  op_->set_tuning(t);
+  for (uint32_t batch : {1u, 3u}) {
+    const uint32_t gap = batch > 1 ? 4 : 0;
+    for (const auto& mats : {set_a(gap), set_b(gap), set_c(gap)}) {
+      ASSERT_TRUE(run({512, batch, batch == 1, batch == 1 ? MatvecEpilogue::kAdd : MatvecEpilogue::kStore, mats}));
+    }
+    ASSERT_TRUE(run({512, batch, true, MatvecEpilogue::kSwiGlu, {{G::Q4_K, 45, 45 + gap}, {G::Q4_K, 45}}}));
+    ASSERT_TRUE(run({512, batch, true, MatvecEpilogue::kSwiGlu, {{G::Q5_K, 45}, {G::Q6_K, 45}}}));
+  }
+  t.gpu_form = true;  // unrolled column loops, batch 8
+  op_->set_tuning(t);
+  ASSERT_TRUE(run({512, 8, true, MatvecEpilogue::kStore, set_c(4)}));
+  t.gpu_form = false;
+  op_->set_tuning(t);
+  Case c{768, 3, true, MatvecEpilogue::kAdd, set_c(0, 768)};
+  c.residual_is_x = true;
+  ASSERT_TRUE(run(c));
+  t.rows_per_group = 4;
+  t.workgroup_size = 64;
+  op_->set_tuning(t);
+  ASSERT_TRUE(run({1024, 2, true, MatvecEpilogue::kStore, set_c(4, 300)}));
+  ASSERT_TRUE(run({1024, 1, true, MatvecEpilogue::kSwiGlu, {{G::BF16, 21}, {G::Q8_0, 21}}}));
+}
+
 // x staged once, then each workgroup walks several row blocks (the GPUs' default when x fits one
 // tile: about two workgroups per SM); blocks of all three matrices land on the same workgroups.
 TEST_F(Matvec, WorkgroupsWalkingSeveralRowBlocks) {

@@ -1,12 +1,12 @@
 #include "bench/kernels/bench_matvec.h"
-#include "bench/kernels/bench_timing.h"
+
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <chrono>
 #include <numeric>
 
-#include <fmt/format.h>
-
+#include "bench/kernels/bench_timing.h"
 #include "kernels/ops/matvec.h"
 #include "kernels/quant/quant.h"
 
@@ -15,7 +15,6 @@ namespace {
 
 using ops::MatvecEpilogue;
 using quant::GgmlType;
-
 
 struct Shape {
   const char* model;
@@ -34,8 +33,9 @@ std::string rows_label(const Shape& sh) {
 
 // One (shape, type, batch, tuning) measurement: allocates enough copies of the weights that the L2
 // cannot hold them, records one call per copy in turn.
-Status measure(vk::Device& dev, ops::Matvec& op, const Shape& sh, GgmlType type, uint32_t batch, const MatvecBenchOptions& o,
-               const std::string& op_label, const std::string& shape_label, std::vector<KernelRow>& rows) {
+Status measure(vk::Device& dev, ops::Matvec& op, const Shape& sh, GgmlType type, uint32_t batch,
+               const MatvecBenchOptions& o, const std::string& op_label, const std::string& shape_label,
+               std::vector<KernelRow>& rows) {
   const uint64_t rb = quant::row_bytes(type, sh.cols);
   uint64_t weight_bytes = 0;
   for (uint32_t r : sh.rows) weight_bytes += r * rb;
@@ -43,9 +43,10 @@ Status measure(vk::Device& dev, ops::Matvec& op, const Shape& sh, GgmlType type,
   // same way), at multiples of 64 rows.
   const uint64_t max_piece_rows = std::max<uint64_t>(64, dev.max_buffer_bytes() / rb / 64 * 64);
   const uint64_t l2_defeat = o.quick ? (8ull << 20) : (256ull << 20);
-  const uint32_t copies = static_cast<uint32_t>(std::clamp<uint64_t>((l2_defeat + weight_bytes - 1) / weight_bytes, 1, 32));
+  const uint32_t copies =
+      static_cast<uint32_t>(std::clamp<uint64_t>((l2_defeat + weight_bytes - 1) / weight_bytes, 1, 32));
 
-  auto x = filled(dev, uint64_t{batch} * sh.cols * 4, 0x3f800000u);   // 1.0
+  auto x = filled(dev, uint64_t{batch} * sh.cols * 4, 0x3f800000u);  // 1.0
   auto nw = filled(dev, uint64_t{sh.cols} * 4, 0x3f800000u);
   if (!x.ok() || !nw.ok()) return Status::ResourceExhausted("matvec bench: activations");
   std::vector<vk::Buffer> ys;
@@ -93,7 +94,8 @@ Status measure(vk::Device& dev, ops::Matvec& op, const Shape& sh, GgmlType type,
     calls[c].push_back(call);
   }
   auto record = [&](vk::CommandStream& s, int rep) -> Status {
-    for (const auto& call : calls[static_cast<uint32_t>(rep) % copies]) TROVE_RETURN_IF_ERROR(op.record(s, call));
+    for (const auto& call : calls[static_cast<uint32_t>(rep) % copies])
+      TROVE_RETURN_IF_ERROR(op.record(s, call));
     return Status::Ok();
   };
   auto warm = time_reps(dev, static_cast<int>(copies), record);  // pipelines, first touch of every copy
@@ -102,7 +104,8 @@ Status measure(vk::Device& dev, ops::Matvec& op, const Shape& sh, GgmlType type,
   if (!t.ok()) return t.status();
   uint64_t out_rows = 0;
   for (size_t m = 0; m < sh.rows.size(); ++m) out_rows += sh.rows[m];
-  rows.push_back({op_label, shape_label, *t, weight_bytes / *t / 1e3, 2.0 * out_rows * sh.cols * batch / *t / 1e6});
+  rows.push_back(
+      {op_label, shape_label, *t, weight_bytes / *t / 1e3, 2.0 * out_rows * sh.cols * batch / *t / 1e6});
   return Status::Ok();
 }
 
@@ -112,7 +115,8 @@ Result<double> measure_copy_gbs(vk::Device& dev, uint64_t bytes, int reps) {
   bytes = std::min<uint64_t>(bytes, dev.max_buffer_bytes()) / 256 * 256;
   auto a = filled(dev, bytes, 0x3f800000u);
   auto b = filled(dev, bytes, 0);
-  if (!a.ok() || !b.ok()) return Status::ResourceExhausted("copy bench: two buffers of " + std::to_string(bytes) + " bytes");
+  if (!a.ok() || !b.ok())
+    return Status::ResourceExhausted("copy bench: two buffers of " + std::to_string(bytes) + " bytes");
   auto t = time_reps(dev, 1, [&](vk::CommandStream& s, int) {
     s.copy(*a, 0, *b, 0, bytes);
     return Status::Ok();
@@ -152,7 +156,8 @@ Status bench_matvec(vk::Device& dev, const MatvecBenchOptions& o, std::vector<Ke
   }
   auto label = [](const Shape& sh, uint32_t batch) {
     const char* epi = sh.epilogue == kSwiGlu ? " swiglu" : sh.epilogue == kAdd ? " add" : "";
-    return fmt::format("{} {} {}x{}{}{} b{}", sh.model, sh.name, rows_label(sh), sh.cols, sh.norm ? " +norm" : "", epi, batch);
+    return fmt::format("{} {} {}x{}{}{} b{}", sh.model, sh.name, rows_label(sh), sh.cols,
+                       sh.norm ? " +norm" : "", epi, batch);
   };
   for (const auto& sh : shapes) {
     for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q6_K}) {
@@ -161,6 +166,16 @@ Status bench_matvec(vk::Device& dev, const MatvecBenchOptions& o, std::vector<Ke
         if (o.wanted && !o.wanted(opl + " " + shl)) continue;
         op.set_tuning({});
         TROVE_RETURN_IF_ERROR(measure(dev, op, sh, type, batch, o, opl, shl, rows));
+        if (o.sweep) {  // the other form at its defaults
+          for (auto form : {ops::MatvecTuning::Form::kStaged, ops::MatvecTuning::Form::kDirect}) {
+            ops::MatvecTuning t;
+            t.form = form;
+            op.set_tuning(t);
+            const std::string fl = shl + (form == ops::MatvecTuning::Form::kDirect ? " direct" : " staged");
+            if (Status st = measure(dev, op, sh, type, batch, o, opl, fl, rows); !st.ok())
+              rows.push_back({opl + " (refused: " + st.message() + ")", fl, 0, 0, 0});
+          }
+        }
       }
     }
   }
@@ -174,16 +189,22 @@ Status bench_matvec(vk::Device& dev, const MatvecBenchOptions& o, std::vector<Ke
     for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q6_K}) {
       for (uint32_t batch : {1u, 8u}) {
         for (uint32_t r : {1u, 2u, 4u}) {
-          for (uint32_t wg : {128u, 256u, 512u}) {
-            const std::string opl = fmt::format("matvec {}", quant::traits(type)->name),
-                              shl = fmt::format("{} split R{} wg{}", label(sh, batch), r, wg);
-            if (o.wanted && !o.wanted(opl + " " + shl)) continue;
-            ops::MatvecTuning t;
-            t.rows_per_group = r;
-            t.workgroup_size = wg;
-            op.set_tuning(t);
-            Status st = measure(dev, op, sh, type, batch, o, opl, shl, rows);
-            if (!st.ok()) rows.push_back({opl + " (refused: " + st.message() + ")", shl, 0, 0, 0});
+          for (uint32_t wg : {64u, 128u, 256u, 512u}) {
+            for (auto form : {ops::MatvecTuning::Form::kStaged, ops::MatvecTuning::Form::kDirect}) {
+              const bool direct = form == ops::MatvecTuning::Form::kDirect;
+              if (!direct && wg == 64) continue;
+              const std::string opl = fmt::format("matvec {}", quant::traits(type)->name),
+                                shl = fmt::format("{} split {} R{} wg{}", label(sh, batch),
+                                                  direct ? "direct" : "staged", r, wg);
+              if (o.wanted && !o.wanted(opl + " " + shl)) continue;
+              ops::MatvecTuning t;
+              t.form = form;
+              t.rows_per_group = r;
+              t.workgroup_size = wg;
+              op.set_tuning(t);
+              Status st = measure(dev, op, sh, type, batch, o, opl, shl, rows);
+              if (!st.ok()) rows.push_back({opl + " (refused: " + st.message() + ")", shl, 0, 0, 0});
+            }
           }
         }
       }

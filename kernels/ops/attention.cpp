@@ -51,6 +51,7 @@ const char* path_name(AttentionPath p) {
     case AttentionPath::kPerToken: return "per-token";
     case AttentionPath::kPrefillTiled: return "prefill tiled";
     case AttentionPath::kPrefillCoopmat: return "prefill cooperative-matrix";
+    case AttentionPath::kDecode: return "decode";
   }
   return "?";
 }
@@ -68,6 +69,9 @@ Result<PagedAttention> PagedAttention::create(vk::Device& dev) {
   op.pipeline_ = std::move(*p);
   op.combine_ = std::move(*c);
   op.scratch_ = std::move(*scratch);
+  op.decode_ = std::make_unique<DecodePipelines>();
+  op.decode_->dev = &dev;
+  if (!vk::find_shader("attention_decode").words) return Status::NotFound("attention: shader attention_decode is not embedded (rebuild trove_kernels)");
   if (max_shared_bytes(dev) >= kTiledShared) {
     auto t = dev.pipeline({"attention_prefill_tiled", {}, sizeof(PrefillPush), 5, 64});
     if (!t.ok()) return t.status();
@@ -83,7 +87,25 @@ Result<PagedAttention> PagedAttention::create(vk::Device& dev) {
   return op;
 }
 
+bool PagedAttention::decode_usable(const AttentionCall& c) const {
+  const uint32_t d = static_cast<uint32_t>(c.shape.head_dim);
+  const uint32_t g = c.shape.n_kv_heads > 0 ? c.n_heads / static_cast<uint32_t>(c.shape.n_kv_heads) : 0;
+  return (g == 1 || g == 2 || g == 4 || g == 8 || g == 16) && d >= 8 && d <= 256 && (d & (d - 1)) == 0 &&
+         g * d <= kDecodeScores && g * kDecodeMinSplitKeys <= kDecodeScores;
+}
+
+Result<const vk::Pipeline*> PagedAttention::decode_pipeline(uint32_t group, uint32_t head_dim) const {
+  std::lock_guard<std::mutex> lock(decode_->mu);
+  auto it = decode_->by_shape.find({group, head_dim});
+  if (it != decode_->by_shape.end()) return &it->second;
+  auto p = decode_->dev->pipeline({"attention_decode", {group, head_dim}, sizeof(Push), 5, 128});
+  if (!p.ok()) return p.status();
+  return &decode_->by_shape.emplace(std::make_pair(group, head_dim), std::move(*p)).first->second;
+}
+
 AttentionPath PagedAttention::choose(const AttentionCall& c) const {
+  const bool few = c.n_tokens < (has_prefill_coopmat_ ? kPrefillMinTokens : kPrefillTiledMinTokens);
+  if (few && decode_usable(c)) return AttentionPath::kDecode;
   if (c.shape.head_dim != kPrefillDim) return AttentionPath::kPerToken;
   if (has_prefill_coopmat_ && c.shape.block_size % 16 == 0 && c.n_tokens >= kPrefillMinTokens) {
     return AttentionPath::kPrefillCoopmat;
@@ -157,6 +179,40 @@ Status PagedAttention::record(vk::CommandStream& s, const AttentionCall& c, vk::
     if (n_splits == 1) return Status::Ok();
     s.barrier();
     CombinePush cp{kPrefillDim, c.n_heads, n_splits};
+    vk::BufferRange cb[2] = {scratch_, out};
+    TROVE_RETURN_IF_ERROR(s.dispatch(combine_, cb, &cp, sizeof(cp), c.n_heads, c.n_tokens));
+    s.barrier();  // the next record() reuses the scratch
+    return Status::Ok();
+  }
+  if (path == AttentionPath::kDecode) {
+    if (!decode_usable(c)) {
+      return Status::InvalidArgument(fmt::format(
+          "attention: the decode path needs n_heads / n_kv_heads in 1, 2, 4, 8, 16 and head_dim a power of two "
+          "from 8 to 256 with group x head_dim <= {} (got {} / {}, head_dim {}); leave AttentionCall::path at kAuto",
+          kDecodeScores, c.n_heads, sh.n_kv_heads, sh.head_dim));
+    }
+    const uint32_t group = c.n_heads / static_cast<uint32_t>(sh.n_kv_heads), d = static_cast<uint32_t>(sh.head_dim);
+    const uint32_t kvh = static_cast<uint32_t>(sh.n_kv_heads), keys = c.start_pos + c.n_tokens;
+    const uint32_t max_len = kDecodeScores / group / kDecodeMinSplitKeys * kDecodeMinSplitKeys;
+    const uint32_t want = std::max<uint32_t>(1, (kDecodeTargetGroups + kvh * c.n_tokens - 1) / (kvh * c.n_tokens));
+    uint32_t split_len = (keys + want - 1) / want;
+    split_len = std::clamp<uint32_t>((split_len + kDecodeMinSplitKeys - 1) / kDecodeMinSplitKeys * kDecodeMinSplitKeys,
+                                     kDecodeMinSplitKeys, max_len);
+    const uint32_t n_splits = (keys + split_len - 1) / split_len;
+    const uint64_t part_bytes = uint64_t{c.n_tokens} * c.n_heads * n_splits * (d + 2) * 4;
+    if (n_splits > 65535 || (n_splits > 1 && part_bytes > scratch_.size())) {
+      return Status::InvalidArgument(fmt::format("attention: {} tokens over {} keys need {} key slices, more than the "
+                                                 "decode path's scratch holds; record fewer tokens per call", c.n_tokens,
+                                                 keys, n_splits));
+    }
+    auto pipe = decode_pipeline(group, d);
+    if (!pipe.ok()) return pipe.status();
+    Push push{static_cast<uint32_t>(sh.block_size), kvh, d, c.n_heads, c.start_pos, c.n_tokens, c.scale, n_splits, split_len};
+    vk::BufferRange bufs[5] = {pool, block_table, q, out, scratch_};
+    TROVE_RETURN_IF_ERROR(s.dispatch(**pipe, bufs, &push, sizeof(push), n_splits, kvh, c.n_tokens));
+    if (n_splits == 1) return Status::Ok();
+    s.barrier();
+    CombinePush cp{d, c.n_heads, n_splits};
     vk::BufferRange cb[2] = {scratch_, out};
     TROVE_RETURN_IF_ERROR(s.dispatch(combine_, cb, &cp, sizeof(cp), c.n_heads, c.n_tokens));
     s.barrier();  // the next record() reuses the scratch

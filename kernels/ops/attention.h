@@ -18,7 +18,16 @@
 // block size is a multiple of 16 and TROVE_NO_COOPMAT is unset; otherwise the tiled f32 kernel
 // (attention_prefill_tiled.comp). Other head dims keep the per-token kernel. Long prefill walks with few workgroups are split over key slices like decode (the same scratch and
 // combine pass, and then the same closing barrier).
+// Decode (n_tokens below the prefill kernels' threshold) goes through attention_decode.comp when the
+// shape allows (G = n_heads / n_kv_heads in 1, 2, 4, 8, 16; head_dim a power of two from 8 to 256;
+// G · head_dim <= 2048): one workgroup per (key slice, KV head, token) serving the G query heads of
+// the KV head, the keys cut into as many slices as bring the grid to kDecodeTargetGroups, merged by
+// the combine pass. Other shapes keep the per-token kernel.
 #pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
 
 #include "kernels/ref/attention_ref.h"
 #include "kernels/vk/runtime.h"
@@ -27,7 +36,7 @@ namespace trove::ops {
 
 // Which kernel runs a call: kAuto picks as described above; the others force one (tests and the
 // benchmark compare them), and record() fails naming the path when the shape or device cannot take it.
-enum class AttentionPath { kAuto, kPerToken, kPrefillTiled, kPrefillCoopmat };
+enum class AttentionPath { kAuto, kPerToken, kPrefillTiled, kPrefillCoopmat, kDecode };
 
 struct AttentionCall {
   kernels::ref::PagedKvShape shape;
@@ -56,6 +65,9 @@ class PagedAttention {
   // runs 7x faster over 9 slices.
   static constexpr uint32_t kPrefillMaxSplits = 16, kPrefillMinSplitKeys = 512, kPrefillTargetGroups = 256;
   static constexpr uint64_t kPrefillScratchBytes = 40ull << 20;
+  // Decode kernel: key slices of 32..2048/G keys, as many as bring the grid to this many workgroups
+  // (two per SM of an H200-class GPU).
+  static constexpr uint32_t kDecodeTargetGroups = 264, kDecodeMinSplitKeys = 32, kDecodeScores = 2048;
   // Whether prefill runs on the cooperative-matrix kernel (device support, TROVE_NO_COOPMAT unset).
   bool prefill_uses_coopmat() const { return has_prefill_coopmat_; }
   // The kernel kAuto picks for this call (never kAuto).
@@ -67,6 +79,14 @@ class PagedAttention {
   vk::Pipeline prefill_coopmat_;
   bool has_prefill_tiled_ = false;
   bool has_prefill_coopmat_ = false;
+  bool decode_usable(const AttentionCall& c) const;
+  Result<const vk::Pipeline*> decode_pipeline(uint32_t group, uint32_t head_dim) const;
+  struct DecodePipelines {
+    vk::Device* dev = nullptr;
+    std::mutex mu;
+    std::map<std::pair<uint32_t, uint32_t>, vk::Pipeline> by_shape;  // (G, head_dim) -> pipeline
+  };
+  std::unique_ptr<DecodePipelines> decode_;
   vk::Pipeline combine_;
   vk::Buffer scratch_;  // split partials: [token][head][split][head_dim + 2] f32 (decode and prefill)
 };

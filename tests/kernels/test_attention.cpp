@@ -110,6 +110,33 @@ TEST(PagedAttention, DecodeAndPrefillMatchReference) {
   check(*dev, *op, 4, 2, 64, 16, 2000, 3, 8);  // split-K, 3 tokens: the last slice is past token 0's end
 }
 
+// The decode kernel (one workgroup per key slice × KV head × token, serving the G query heads of the KV
+// head): GQA ratios 1, 2, 4, 8, 16; head_dim 8..256; 1..7 tokens (causal within the call); one slice,
+// many slices, slices past a token's last key; blocks of 16 and 64 keys; what kAuto picks.
+TEST(PagedAttention, DecodeKernelMatchesReference) {
+  auto dev = open_device();
+  ASSERT_TRUE(dev);
+  auto op = ops::PagedAttention::create(*dev);
+  ASSERT_TRUE(op.ok()) << op.status().ToString();
+  const auto kD = ops::AttentionPath::kDecode;
+  check(*dev, *op, 32, 8, 128, 64, 0, 1, 31, kD);     // Qwen3-8B heads, first token: one slice of one key
+  check(*dev, *op, 32, 8, 128, 64, 150, 1, 32, kD);   // 5 slices of 32 keys, the last partial
+  check(*dev, *op, 32, 4, 128, 64, 3000, 1, 33, kD);  // Qwen3-30B-A3B heads (G 8): slices of 256 keys
+  check(*dev, *op, 16, 1, 64, 16, 700, 2, 34, kD);    // G 16
+  check(*dev, *op, 4, 4, 256, 64, 90, 3, 35, kD);     // G 1, head_dim 256
+  check(*dev, *op, 8, 4, 8, 16, 33, 7, 36, kD);       // head_dim 8, 7 tokens: token 0's last slices are empty
+  check(*dev, *op, 8, 2, 128, 64, 63, 5, 37, kD);     // tokens across a block boundary
+  EXPECT_EQ(op->choose({{4, 64, 8, 128}, 32, 100, 1, 1.0f}), ops::AttentionPath::kDecode);
+  EXPECT_EQ(op->choose({{4, 64, 2, 128}, 6, 100, 1, 1.0f}), ops::AttentionPath::kPerToken);  // G 3
+  EXPECT_EQ(op->choose({{4, 64, 2, 96}, 8, 100, 1, 1.0f}), ops::AttentionPath::kPerToken);   // head_dim 96
+  auto b = dev->buffer(1 << 20);
+  ASSERT_TRUE(b.ok());
+  auto s = dev->stream();
+  ASSERT_TRUE(s.ok());
+  Status st = op->record(*s, {{4, 64, 2, 128}, 6, 0, 1, 1.0f, kD}, *b, *b, *b, *b);
+  EXPECT_NE(st.message().find("decode path"), std::string::npos) << st.message();
+}
+
 // The prefill kernels (tiles of query rows = token × the query heads of one KV head) on shapes that
 // stress the tiling: GQA ratios 1, 2, 3, 4, 8; start_pos inside a block; token counts that leave a
 // partial row tile; a 16-token block; a walk over several 64-key tiles of a cached prefix.

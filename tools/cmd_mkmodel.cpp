@@ -13,7 +13,7 @@ struct Args {
   std::string preset, type, out, tokenizer_dir, template_file;
   bool dequantized = false;
   uint64_t seed = 42;
-  std::optional<uint32_t> layers, hidden, ctx;
+  std::optional<uint32_t> layers, hidden, heads, ctx;
   unsigned threads = 0;
 };
 
@@ -28,6 +28,9 @@ void add_mkmodel(CLI::App& sub) {
   sub.add_option("--seed", args->seed, "Random seed (same seed, same bytes)");
   sub.add_option("--layers", args->layers, "Override the number of layers");
   sub.add_option("--hidden", args->hidden, "Override the hidden size (a multiple of 256)");
+  sub.add_option("--heads", args->heads,
+                 "Override the attention heads: N query heads over N KV heads, head_dim kept (a cheap long-context "
+                 "test model: attention cost grows with heads x context^2)");
   sub.add_option("--ctx", args->ctx, "Override the training context length (e.g. a tiny model with a long context)");
   sub.add_option("--threads", args->threads, "Worker threads (default: all cores)");
   sub.add_option("--tokenizer-dir", args->tokenizer_dir,
@@ -43,6 +46,7 @@ void add_mkmodel(CLI::App& sub) {
     o.seed = args->seed;
     o.layers = args->layers;
     o.hidden = args->hidden;
+    o.heads = args->heads;
     o.n_ctx = args->ctx;
     o.threads = args->threads;
     o.tokenizer_dir = args->tokenizer_dir;

@@ -365,6 +365,10 @@ Result<MkModelReport> write_synthetic_model(const MkModelOptions& o) {
     }
     s.n_embd = *o.hidden;
   }
+  if (o.heads) {
+    if (*o.heads == 0) return Status::InvalidArgument("--heads must be at least 1");
+    s.n_head = s.n_head_kv = *o.heads;
+  }
   if (o.n_ctx) {
     if (*o.n_ctx < 16) return Status::InvalidArgument(fmt::format("--ctx {} must be at least 16 tokens", *o.n_ctx));
     s.n_ctx = *o.n_ctx;

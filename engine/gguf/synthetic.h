@@ -67,6 +67,7 @@ struct MkModelOptions {
   uint64_t seed = 42;
   std::optional<uint32_t> layers;
   std::optional<uint32_t> hidden;
+  std::optional<uint32_t> heads;   // override the attention heads: N query heads over N KV heads (head_dim kept)
   std::optional<uint32_t> n_ctx;   // override the training context (qwen3.context_length)
   std::string tokenizer_dir;   // empty: search (see find_tokenizer_dir)
   std::string template_file;   // empty: the family's template from the tokenizer package / fixtures

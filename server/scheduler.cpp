@@ -416,6 +416,8 @@ void Scheduler::loop() {
       engine::StepInput in;
       in.seq = a->seq;
       in.tokens = std::span<const int32_t>(&a->next, 1);
+      // A forced reply (test hook) ignores the sampled token: no head, no sampling for it.
+      in.sample = !a->request.force_output;
       in.sampling = a->request.sampling;
       inputs.push_back(in);
       owners.push_back(a.get());
@@ -454,7 +456,7 @@ void Scheduler::loop() {
       engine::StepInput in;
       in.seq = a->seq;
       in.tokens = std::span<const int32_t>(a->request.prompt).subspan(a->prefilled, n);
-      in.sample = a->prefilled + n == a->request.prompt.size();
+      in.sample = a->prefilled + n == a->request.prompt.size() && !a->request.force_output;
       in.sampling = a->request.sampling;
       inputs.push_back(in);
       owners.push_back(a);

@@ -237,6 +237,7 @@ struct HttpServer::Impl {
       e.message = "trove_force_output: is a test hook; start trove serve with --test-force-output to use it";
       return fail(e);
     }
+    if (!job.force_output && !opt.force_script.empty()) job.force_output = pick_forced_output(opt.force_script, job.conversation);
     auto renderer = engine.renderer();
     if (!renderer.ok()) {
       ApiError e;

@@ -25,15 +25,18 @@
 //    anything is streamed. /health and /metrics are never queued.
 //  - Nothing from prompts or outputs is logged unless log_prompts.
 //  - The force-output test hook (`trove_force_output` body field) is only honoured with
-//    test_force_output; otherwise the field is rejected with 400.
+//    test_force_output; otherwise the field is rejected with 400. With force_script (test hook too),
+//    a request without the field gets the output of the script's first matching rule.
 #pragma once
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "common/status.h"
 #include "engine/runtime/engine.h"
 #include "kvstore/store.h"
+#include "server/force_script.h"
 
 namespace trove::server {
 
@@ -44,6 +47,8 @@ struct ServerOptions {
   size_t max_body_bytes = 32u << 20;
   bool log_prompts = false;
   bool test_force_output = false;
+  // Test hook (server/force_script.h): replies forced by what a request carries, for real clients.
+  std::vector<ForceRule> force_script;
   int keepalive_ms = 3000;
   std::string model_id;                     // what /v1/models calls the model
   // Most tokens generated for a request that sets no limit (Codex sends none): Qwen3's recommended

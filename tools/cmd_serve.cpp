@@ -42,6 +42,7 @@ struct ServeArgs {
   size_t max_queue = 64;
   bool log_prompts = false;
   bool test_force_output = false;
+  std::string test_force_script;
   int keepalive_ms = 3000;
   uint32_t max_batch_tokens = 512;
   uint32_t default_max_tokens = 32768;
@@ -147,6 +148,11 @@ void serve(ServeArgs a) {
   so.max_queue = a.max_queue;
   so.log_prompts = a.log_prompts;
   so.test_force_output = a.test_force_output;
+  if (!a.test_force_script.empty()) {
+    auto rules = server::load_force_script(a.test_force_script);
+    if (!rules.ok()) cli::fail(rules.status().message());
+    so.force_script = std::move(*rules);
+  }
   so.keepalive_ms = a.keepalive_ms;
   so.default_max_tokens = a.default_max_tokens;
   so.model_id = std::filesystem::path(model).stem().string();
@@ -176,7 +182,9 @@ void serve(ServeArgs a) {
   }
   std::fprintf(stderr, "model %s on %s: context %u tokens, %u parallel sequences%s%s\n", so.model_id.c_str(),
                e.device_name().c_str(), e.n_ctx(), e.max_sequences(), a.api_key.empty() ? "" : ", API key required",
-               a.test_force_output ? ", TEST HOOK --test-force-output ON" : "");
+               a.test_force_output              ? ", TEST HOOK --test-force-output ON"
+               : !a.test_force_script.empty() ? ", TEST HOOK --test-force-script ON"
+                                              : "");
   if (store) {
     // How much of the store this model can use: blocks stored under its fingerprint (any namespace).
     const std::string fp = e.fingerprint();
@@ -233,6 +241,9 @@ void add_serve(CLI::App& sub) {
   sub.add_flag("--log-prompts", a->log_prompts, "Log prompts and outputs (off: only token counts and timings)");
   sub.add_flag("--test-force-output", a->test_force_output,
                "TEST HOOK: honour the `trove_force_output` body field (generated tokens forced to that text)");
+  sub.add_option("--test-force-script", a->test_force_script,
+                 "TEST HOOK: force replies from a script chosen by what each request carries (server/force_script.h; "
+                 "for tests with real clients)");
   sub.add_option("--keepalive-ms", a->keepalive_ms, "SSE keepalive comment interval while nothing is generated")
       ->capture_default_str();
   sub.callback([a] { serve(*a); });

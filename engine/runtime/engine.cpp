@@ -107,6 +107,7 @@ struct Ops {
   ops::SwiGluF16 swiglu_f16;
   ops::PagedAttention attention;
   ops::KvWrite kv_write;
+  ops::QkNormRopeKv qk_rope_kv;  // q/k norm + RoPE + KV write in one dispatch (TROVE_ROPE_KV=separate: the three ops)
   ops::Sampler sampler;
 };
 
@@ -121,6 +122,7 @@ Result<Ops> make_ops(vk::Device& dev) {
   TROVE_OP(rms, ops::RmsNorm::create(dev));
   TROVE_OP(swiglu, ops::SwiGlu::create(dev));
   TROVE_OP(rope, ops::RopeNeox::create(dev));
+  TROVE_OP(qk_rope_kv, ops::QkNormRopeKv::create(dev));
   TROVE_OP(argmax, ops::Argmax::create(dev));
   TROVE_OP(add, ops::ResidualAdd::create(dev));
   TROVE_OP(matmul, ops::Matmul::create(dev));
@@ -237,7 +239,7 @@ class VulkanEngine final : public Engine {
   // steps, logged as a table when the engine closes (bench_engine prints it).
   enum OpKind : uint8_t { kOpEmbed, kOpQkv, kOpQkNorm, kOpRope, kOpKvWrite, kOpAttention, kOpO, kOpFfnNorm,
                           kOpFfn, kOpMoe, kOpHead, kOpSample, kOpKinds };
-  static constexpr const char* kOpNames[kOpKinds] = {"embed", "qkv (+norm)", "q/k norm", "rope", "kv write",
+  static constexpr const char* kOpNames[kOpKinds] = {"embed", "qkv (+norm)", "q/k norm", "rope", "(q/k norm+rope+) kv write",
                                                      "attention", "o (+add)", "ffn norm", "dense ffn",
                                                      "moe ffn", "head", "argmax/sample+copy"};
   struct OpProfile {
@@ -251,6 +253,9 @@ class VulkanEngine final : public Engine {
   // Steps of <= Matvec::kMaxBatch tokens (decode) run their dense products through ops::Matvec with the
   // norms, residual adds and SwiGLU fused in; TROVE_DECODE=matmul keeps them on the Matmul path (A/B).
   bool matvec_decode_ = true;
+  // q/k norm, RoPE and the KV write as one dispatch per layer; TROVE_ROPE_KV=separate records the three
+  // ops (A/B, and test_engine's check that both give the same tokens).
+  bool fused_rope_kv_ = true;
 
   std::vector<Layer> layers_;
   Weight output_norm_, head_;
@@ -411,6 +416,15 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
           ops::Matvec::kMaxBatch));
     }
     e->matvec_decode_ = v == "matvec";
+  }
+  if (const char* r = std::getenv("TROVE_ROPE_KV"); r && *r) {
+    const std::string v = r;
+    if (v != "fused" && v != "separate") {
+      return Status::InvalidArgument(fmt::format(
+          "TROVE_ROPE_KV={} is not a choice: use fused (the default: q/k norm, RoPE and the KV write in one dispatch "
+          "per layer) or separate (three ops, for A/B comparisons)", v));
+    }
+    e->fused_rope_kv_ = v == "fused";
   }
   auto dev = vk::Device::open();
   if (!dev.ok()) return dev.status();
@@ -1209,17 +1223,30 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       }
       s.barrier();
       mark(kOpQkv);
-      TROVE_RETURN_IF_ERROR(ops_.rms.record(s, attn_, L.q_norm.whole(), q_, T * H, D, c.rms_eps));
-      TROVE_RETURN_IF_ERROR(ops_.rms.record(s, o_, L.k_norm.whole(), k_, T * KVH, D, c.rms_eps));
-      s.barrier();
-      mark(kOpQkNorm);
-      TROVE_RETURN_IF_ERROR(ops_.rope.record(s, q_, positions_, T, H, D, c.rope_base));
-      TROVE_RETURN_IF_ERROR(ops_.rope.record(s, k_, positions_, T, KVH, D, c.rope_base));
-      s.barrier();
-      mark(kOpRope);
-      TROVE_RETURN_IF_ERROR(ops_.kv_write.record(s, layout_, k_, v_, slots_, kv_[l], T, blocks_->total()));
-      s.barrier();
-      mark(kOpKvWrite);
+      if (fused_rope_kv_) {
+        ops::QkNormRopeKv::Call call{&attn_, &o_, &v_, &L.q_norm.whole(), &L.k_norm.whole(), &positions_, &slots_, &kv_[l], &q_};
+        call.tokens = T;
+        call.n_heads = H;
+        call.pool_blocks = blocks_->total();
+        call.layout = layout_;
+        call.eps = c.rms_eps;
+        call.rope_base = c.rope_base;
+        TROVE_RETURN_IF_ERROR(ops_.qk_rope_kv.record(s, call));
+        s.barrier();
+        mark(kOpKvWrite);
+      } else {
+        TROVE_RETURN_IF_ERROR(ops_.rms.record(s, attn_, L.q_norm.whole(), q_, T * H, D, c.rms_eps));
+        TROVE_RETURN_IF_ERROR(ops_.rms.record(s, o_, L.k_norm.whole(), k_, T * KVH, D, c.rms_eps));
+        s.barrier();
+        mark(kOpQkNorm);
+        TROVE_RETURN_IF_ERROR(ops_.rope.record(s, q_, positions_, T, H, D, c.rope_base));
+        TROVE_RETURN_IF_ERROR(ops_.rope.record(s, k_, positions_, T, KVH, D, c.rope_base));
+        s.barrier();
+        mark(kOpRope);
+        TROVE_RETURN_IF_ERROR(ops_.kv_write.record(s, layout_, k_, v_, slots_, kv_[l], T, blocks_->total()));
+        s.barrier();
+        mark(kOpKvWrite);
+      }
       for (size_t i = 0; i < inputs.size(); ++i) {
         const uint64_t qrow = uint64_t{H} * D * 4;
         ops::AttentionCall call{shape, H, placed[i].start, placed[i].n, scale};

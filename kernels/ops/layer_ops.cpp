@@ -22,7 +22,69 @@ Status need(const char* op, const char* what, const vk::Buffer& b, uint64_t byte
   return Status::InvalidArgument(fmt::format("{}: buffer '{}' has {} bytes; the shape needs {}", op, what, b.size(), bytes));
 }
 
+// turns_i = base^(-2i/d) / 2π as a 64-bit fraction {lo, hi} per RoPE pair, made once per (head_dim,
+// base) and kept in `cache`: the shaders' angle is then frac(pos × turns_i) × 2π, exact whatever the
+// position (a float32 pos × freq is off by ~pos × 6e-8 rad).
+Result<const vk::Buffer*> rope_turns(vk::Device& dev, std::map<std::pair<uint32_t, float>, vk::Buffer>& cache,
+                                     uint32_t head_dim, float base) {
+  auto key = std::make_pair(head_dim, base);
+  auto it = cache.find(key);
+  if (it == cache.end()) {
+    const uint32_t half = head_dim / 2;
+    std::vector<uint32_t> words(2 * half);
+    for (uint32_t i = 0; i < half; ++i) {
+      const long double f = std::pow(static_cast<long double>(base), -2.0L * i / head_dim) /
+                            (2.0L * 3.141592653589793238462643383279502884L);
+      const long double scaled = std::ldexp(f - std::floor(f), 32);
+      const long double hi = std::floor(scaled);
+      words[2 * i + 1] = static_cast<uint32_t>(hi);
+      words[2 * i] = static_cast<uint32_t>(std::floor(std::ldexp(scaled - hi, 32)));
+    }
+    auto buf = dev.buffer(words.size() * 4);
+    if (!buf.ok()) return buf.status();
+    TROVE_RETURN_IF_ERROR(buf->upload(words.data(), words.size() * 4));
+    it = cache.emplace(key, std::move(*buf)).first;
+  }
+  return &it->second;
+}
+
 }  // namespace
+
+// ---- QkNormRopeKv
+Result<QkNormRopeKv> QkNormRopeKv::create(vk::Device& dev) {
+  auto p = dev.pipeline({"qk_rope_kv", {}, 20, 10, 128});
+  if (!p.ok()) return p.status();
+  QkNormRopeKv op;
+  op.dev_ = &dev;
+  op.pipeline_ = std::move(*p);
+  return op;
+}
+Status QkNormRopeKv::record(vk::CommandStream& s, const Call& c) const {
+  const kv::KvLayout& L = c.layout;
+  if (L.head_dim % 2 || L.head_dim > 256 || L.head_dim == 0) {
+    return Status::InvalidArgument(fmt::format("qk_rope_kv: head_dim {} must be even and at most 256", L.head_dim));
+  }
+  if (c.n_heads == 0 || L.kv_heads == 0 || c.n_heads + L.kv_heads > kMaxGroupsX || c.tokens == 0 || c.tokens > kMaxGroupsX) {
+    return Status::InvalidArgument(fmt::format("qk_rope_kv: {} query + {} KV heads x {} tokens is outside the grid",
+                                               c.n_heads, L.kv_heads, c.tokens));
+  }
+  const uint64_t D = L.head_dim;
+  TROVE_RETURN_IF_ERROR(need("qk_rope_kv", "q_raw", *c.q_raw, c.tokens * c.n_heads * D * 4));
+  TROVE_RETURN_IF_ERROR(need("qk_rope_kv", "q_out", *c.q_out, c.tokens * c.n_heads * D * 4));
+  TROVE_RETURN_IF_ERROR(need("qk_rope_kv", "k_raw", *c.k_raw, c.tokens * L.kv_heads * D * 4));
+  TROVE_RETURN_IF_ERROR(need("qk_rope_kv", "v_raw", *c.v_raw, c.tokens * L.kv_heads * D * 4));
+  TROVE_RETURN_IF_ERROR(need("qk_rope_kv", "q_norm", *c.q_w, D * 4));
+  TROVE_RETURN_IF_ERROR(need("qk_rope_kv", "k_norm", *c.k_w, D * 4));
+  TROVE_RETURN_IF_ERROR(need("qk_rope_kv", "positions", *c.positions, uint64_t{c.tokens} * 4));
+  TROVE_RETURN_IF_ERROR(need("qk_rope_kv", "slots", *c.slots, uint64_t{c.tokens} * 4));
+  TROVE_RETURN_IF_ERROR(need("qk_rope_kv", "pool", *c.pool, uint64_t{c.pool_blocks} * L.block_bytes()));
+  auto turns = rope_turns(*dev_, turns_, L.head_dim, c.rope_base);
+  if (!turns.ok()) return turns.status();
+  struct { uint32_t head_dim, n_heads, n_kv_heads, block_tokens; float eps; } push{L.head_dim, c.n_heads, L.kv_heads,
+                                                                                  L.block_tokens, c.eps};
+  vk::BufferRange b[10] = {*c.q_raw, *c.k_raw, *c.v_raw, *c.q_w, *c.k_w, *c.positions, **turns, *c.slots, *c.pool, *c.q_out};
+  return s.dispatch(pipeline_, b, &push, sizeof(push), c.n_heads + L.kv_heads, c.tokens);
+}
 
 // ---- RmsNorm
 Result<RmsNorm> RmsNorm::create(vk::Device& dev) {
@@ -87,28 +149,10 @@ Status RopeNeox::record(vk::CommandStream& s, const vk::Buffer& x, const vk::Buf
   uint64_t pairs = uint64_t{tokens} * heads * (head_dim / 2);
   uint32_t gx, gy;
   grid(static_cast<uint32_t>((pairs + kLocal - 1) / kLocal), &gx, &gy);
-  auto key = std::make_pair(head_dim, base);
-  auto it = turns_.find(key);
-  if (it == turns_.end()) {
-    // turns_i = base^(-2i/d) / 2π as a 64-bit fraction {lo, hi}: the shader's angle is then
-    // frac(pos × turns_i) × 2π, exact whatever the position (a float32 pos × freq is off by ~pos × 6e-8 rad).
-    const uint32_t half = head_dim / 2;
-    std::vector<uint32_t> words(2 * half);
-    for (uint32_t i = 0; i < half; ++i) {
-      const long double f = std::pow(static_cast<long double>(base), -2.0L * i / head_dim) /
-                            (2.0L * 3.141592653589793238462643383279502884L);
-      const long double scaled = std::ldexp(f - std::floor(f), 32);
-      const long double hi = std::floor(scaled);
-      words[2 * i + 1] = static_cast<uint32_t>(hi);
-      words[2 * i] = static_cast<uint32_t>(std::floor(std::ldexp(scaled - hi, 32)));
-    }
-    auto buf = dev_->buffer(words.size() * 4);
-    if (!buf.ok()) return buf.status();
-    TROVE_RETURN_IF_ERROR(buf->upload(words.data(), words.size() * 4));
-    it = turns_.emplace(key, std::move(*buf)).first;
-  }
+  auto turns = rope_turns(*dev_, turns_, head_dim, base);
+  if (!turns.ok()) return turns.status();
   struct { uint32_t head_dim, heads, tokens; float base; uint32_t row_groups; } push{head_dim, heads, tokens, base, gx};
-  vk::BufferRange b[3] = {x, positions, it->second};
+  vk::BufferRange b[3] = {x, positions, **turns};
   return s.dispatch(pipeline_, b, &push, sizeof(push), gx, gy);
 }
 

@@ -4,6 +4,8 @@
 //   SwiGlu    out = silu(gate) * up
 //   RopeNeox  in-place NEOX rotary embedding of x[tokens, heads, head_dim] at int32 positions >= 0;
 //             angles are exact to ~4e-7 rad at any position (64-bit fixed-point turns, see the shader)
+//   QkNormRopeKv  the attention prologue in one dispatch: per-head RMSNorm of q and k, RoPE NEOX on
+//             both, q out in f32, k and v into the paged KV pool in f16 (= RmsNorm → RopeNeox → KvWrite)
 //   Argmax    out[r] = argmax of logits row r (uint32; ties → smallest index)
 //   GetRows   out[t,:] = table[ids[t],:] for F32 and F16 tables (int32 ids)
 // Contract: each op owns its pipeline; record() validates buffer sizes and records one dispatch into
@@ -14,6 +16,7 @@
 #include <map>
 #include <utility>
 
+#include "kernels/kv_layout.h"
 #include "kernels/quant/quant.h"
 #include "kernels/vk/runtime.h"
 
@@ -48,6 +51,26 @@ class RopeNeox {
   // Per (head_dim, base): each pair's frequency in turns per position as a 64-bit binary fraction,
   // computed once on the host in long double and uploaded.
   mutable std::map<std::pair<uint32_t, float>, vk::Buffer> turns_;
+};
+
+// q_raw f32 [tokens][n_heads][head_dim], k_raw and v_raw f32 [tokens][kv_heads][head_dim] (the QKV
+// products), q_w / k_w f32 [head_dim], positions int32 [tokens], slots uint32 [tokens] (pool slot =
+// block · block_tokens + offset), pool: one layer's blocks (kernels/kv_layout.h), q_out f32 like q_raw.
+// head_dim even and <= 256.
+class QkNormRopeKv {
+ public:
+  static Result<QkNormRopeKv> create(vk::Device& dev);
+  struct Call {
+    const vk::Buffer *q_raw, *k_raw, *v_raw, *q_w, *k_w, *positions, *slots, *pool, *q_out;
+    uint32_t tokens = 0, n_heads = 0, pool_blocks = 0;
+    kv::KvLayout layout;
+    float eps = 1e-6f, rope_base = 10000.0f;
+  };
+  Status record(vk::CommandStream& s, const Call& c) const;
+ private:
+  vk::Device* dev_ = nullptr;
+  vk::Pipeline pipeline_;
+  mutable std::map<std::pair<uint32_t, float>, vk::Buffer> turns_;  // as RopeNeox's
 };
 
 class Argmax {

@@ -143,7 +143,8 @@ TEST(Engine, BatchedStepEqualsSeparateSteps) {
 }
 
 // Steps of <= 8 tokens run the dense products through ops::Matvec (norms, residual adds and SwiGLU
-// fused in); TROVE_DECODE=matmul keeps them on ops::Matmul. Both sum in f32 (in other orders), so they
+// fused in); TROVE_DECODE=matmul keeps them on ops::Matmul. The reference engine also records q/k
+// norm, RoPE and the KV write as three ops (TROVE_ROPE_KV=separate) where the other fuses them. Both sum in f32 (in other orders), so they
 // must agree to rounding: the same greedy tokens and logits within 1e-4 relative L2 (measured: below
 // 4e-5; a wrong row, column or epilogue is off by order 1) for a 3-token prompt (prefilled through the
 // matvec), one sequence decoding alone (batch 1) and three decoding together (batch 3), on the 2-layer
@@ -154,10 +155,16 @@ TEST(Engine, DecodeThroughMatvecEqualsMatmul) {
   ::setenv("TROVE_DECODE", "fast", 1);
   auto bad = engine::Engine::load(bad_opts);
   ::setenv("TROVE_DECODE", "matmul", 1);
+  ::setenv("TROVE_ROPE_KV", "split", 1);
+  auto bad_rope = engine::Engine::load(bad_opts);
+  ::setenv("TROVE_ROPE_KV", "separate", 1);
   auto ref = load(256, 3, 0, 64, quantized_model_path());
   ::unsetenv("TROVE_DECODE");
+  ::unsetenv("TROVE_ROPE_KV");
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("TROVE_DECODE=fast"), std::string::npos) << bad.status().message();
+  ASSERT_FALSE(bad_rope.ok());
+  EXPECT_NE(bad_rope.status().message().find("TROVE_ROPE_KV=split"), std::string::npos) << bad_rope.status().message();
   auto mv = load(256, 3, 0, 64, quantized_model_path());
   ASSERT_TRUE(ref && mv);
 

@@ -8,7 +8,8 @@
 //   2. per head: the slice's max M and Σ e^(s − M), one (max, sum) pair tree in shared memory; the
 //      scores become weights p = e^(s − M) in place.
 //   3. outputs: invocation t owns dims 2 (t % (D/2)) .. +1 of heads t / (D/2), + 128/(D/2), ...: one
-//      32-bit V load (two halves, coalesced across the invocations) per key, weights from shared memory.
+//      32-bit V load (two halves, coalesced across the invocations) per key, weights from shared memory;
+//      8 keys' loads in flight at once (their row offsets were kept in shared memory by phase 1).
 // n_splits == 1: o = acc / l. Otherwise the unnormalised acc, M and l go to `part` (same layout as
 // attention_paged.comp; a slice past the last key writes l = 0, m = -inf).
 // Specialized on G and head_dim (constant ids 0 and 1), so the per-head loops unroll and the
@@ -34,6 +35,7 @@ const uint kQ = 2048u;   // staged query values: G · head_dim
 const uint kS = 2048u;   // scores: G · split_len
 shared vec4 qs[kQ / 4u];
 shared float sc[kS];
+shared uint voff[kS];  // per key of the slice: the word offset of its V row (phase 1 computes it)
 shared vec2 red[kWG];
 
 // Offset in halves of K[p] for KV head kvh; V[p] is half a block further.
@@ -62,7 +64,9 @@ void main() {
   barrier();
   // 1. Scores.
   for (uint j = t; j < n; j += kWG) {
-    const uint off = k_offset(k0 + j, kvh) >> 3u;  // in uvec4 (8 halves)
+    const uint ko = k_offset(k0 + j, kvh);
+    voff[j] = (ko + pc.block_size * pc.n_kv_heads * pc.head_dim) >> 1u;
+    const uint off = ko >> 3u;  // in uvec4 (8 halves)
     float s[kG];
     [[unroll]] for (uint g = 0u; g < kG; ++g) s[g] = 0.0;
     [[unroll]] for (uint i = 0u; i < kD / 8u; ++i) {
@@ -101,15 +105,19 @@ void main() {
     a1[i] = 0.0;
   }
   {
-    const uint half_block = pc.block_size * pc.n_kv_heads * pc.head_dim;
-    for (uint j = 0u; j < n; ++j) {
-      const vec2 v = unpackHalf2x16(kv[(k_offset(k0 + j, kvh) + half_block) / 2u + dp]);
-      [[unroll]] for (uint i = 0u; i < kNH; ++i) {
-        const uint g = g0 + i * gs;
-        if (g >= kG) break;
-        const float p = sc[g * pc.split_len + j];
-        a0[i] += p * v.x;
-        a1[i] += p * v.y;
+    // 8 keys per round: their V loads are issued together (offsets from shared memory), then used.
+    for (uint j0 = 0u; j0 < n; j0 += 8u) {
+      vec2 v[8];
+      [[unroll]] for (uint u = 0u; u < 8u; ++u) v[u] = j0 + u < n ? unpackHalf2x16(kv[voff[j0 + u] + dp]) : vec2(0.0);
+      [[unroll]] for (uint u = 0u; u < 8u; ++u) {
+        if (j0 + u >= n) break;
+        [[unroll]] for (uint i = 0u; i < kNH; ++i) {
+          const uint g = g0 + i * gs;
+          if (g >= kG) break;
+          const float p = sc[g * pc.split_len + j0 + u];
+          a0[i] += p * v[u].x;
+          a1[i] += p * v[u].y;
+        }
       }
     }
     [[unroll]] for (uint i = 0u; i < kNH; ++i) {

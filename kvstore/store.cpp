@@ -70,6 +70,15 @@ int64_t now_seconds() {
 
 std::string errno_text() { return std::strerror(errno); }
 
+// fsyncs a directory, so the names created or renamed in it survive a power cut.
+bool sync_dir(const std::string& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return false;
+  const bool ok = ::fsync(fd) == 0;
+  ::close(fd);
+  return ok;
+}
+
 // An owned file descriptor.
 class Fd {
  public:
@@ -273,7 +282,12 @@ class StoreImpl final : public Store {
  private:
   Status take_lock();
   Status load_manifest();
+  rocksdb::Options rocks_options() const;
+  Status open_index();
   Status load_index();
+  bool reopen_index_locked();
+  void note_write_failure(uint64_t blocks, const std::string& what);
+  void note_write_success();
   Status scan_segments();
   Status start_segment();
   // The segment's read fd, O_DIRECT when `direct` and the filesystem allows it (one of each, opened once).
@@ -304,6 +318,10 @@ class StoreImpl final : public Store {
   // in this process after a write error (its WAL is in an unknown state); inserts then fail softly and
   // reads go on from the in-memory index. The next open() recovers the WAL.
   bool index_failed_ = false;
+  std::chrono::steady_clock::time_point last_reopen_try_{};
+  bool reopen_failure_logged_ = false;
+  bool write_failing_ = false;     // in a run of failed writes (logged at its start and end)
+  uint64_t failed_in_run_ = 0;
   uint32_t cur_seg_ = 0;
   int cur_fd_ = -1;
   uint64_t cur_off_ = 0;
@@ -324,7 +342,7 @@ class StoreImpl final : public Store {
   std::atomic<uint64_t> failed_reported_{0};  // failed_ as of the last flush()
   std::atomic<uint64_t> page_cache_reads_{0}, direct_reads_{0};
   std::atomic<uint64_t> hits_{0}, misses_{0}, lookups_{0}, inserts_{0}, dups_{0}, dropped_{0}, failed_{0},
-      corrupt_{0}, evictions_{0}, compactions_{0};
+      corrupt_{0}, evictions_{0}, compactions_{0}, index_reopens_{0};
 };
 
 StoreImpl::~StoreImpl() {
@@ -380,16 +398,18 @@ Status StoreImpl::load_manifest() {
     }
     block_tokens_ = opt_.block_tokens;
     if (block_tokens_ == 0) return Status::InvalidArgument("block_tokens must be positive");
+    // Written, fsynced, renamed, and the directory fsynced: after a power cut the MANIFEST is either
+    // absent (a new store is made) or whole, never an empty file that refuses every later open.
     const std::string tmp = path + ".tmp";
-    {
-      std::ofstream out(tmp, std::ios::trunc);
-      out << "trove kv store\nformat " << kFormatVersion << "\nblock_tokens " << block_tokens_ << "\n";
-      if (!out.flush()) return Status::IoError(fmt::format("cannot write '{}'", tmp));
-    }
-    ::chmod(tmp.c_str(), 0600);
+    const std::string text = fmt::format("trove kv store\nformat {}\nblock_tokens {}\n", kFormatVersion, block_tokens_);
+    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    bool ok = fd >= 0 && ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) && ::fsync(fd) == 0;
+    if (fd >= 0) ::close(fd);
+    if (!ok) return Status::IoError(fmt::format("cannot write '{}': {}", tmp, errno_text()));
     if (::rename(tmp.c_str(), path.c_str()) != 0) {
       return Status::IoError(fmt::format("cannot create '{}': {}", path, errno_text()));
     }
+    sync_dir(dir_);
     return Status::Ok();
   }
   std::string title, key;
@@ -412,6 +432,104 @@ Status StoreImpl::load_manifest() {
   return Status::Ok();
 }
 
+rocksdb::Options StoreImpl::rocks_options() const {
+  rocksdb::Options ro;
+  ro.create_if_missing = !opt_.read_only;
+  ro.max_open_files = 256;
+  ro.keep_log_file_num = 2;
+  ro.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
+  ro.info_log = std::make_shared<RocksLogger>();
+  // Replaying the WAL without flushing it needs no new SST file, so a store on a full disk reopens.
+  ro.avoid_flush_during_recovery = true;
+  return ro;
+}
+
+Status StoreImpl::open_index() {
+  rocksdb::DB* db = nullptr;
+  const rocksdb::Options ro = rocks_options();
+  rocksdb::Status s = opt_.read_only ? rocksdb::DB::OpenForReadOnly(ro, dir_ + "/index", &db)
+                                     : rocksdb::DB::Open(ro, dir_ + "/index", &db);
+  if (!s.ok()) {
+    const std::string m = fmt::format("cannot open the index of KV store '{}': {}", dir_, s.ToString());
+    return s.IsCorruption() ? Status::Corruption(m) : Status::IoError(m);
+  }
+  db_.reset(db);
+  return Status::Ok();
+}
+
+// After a failed index write: reopen RocksDB (its recovery replays the WAL) and take the durable index
+// as the truth again, so writing resumes once the cause (a full disk) is gone. At most once a second.
+bool StoreImpl::reopen_index_locked() {
+  if (!index_failed_) return true;
+  const auto now = std::chrono::steady_clock::now();
+  if (now - last_reopen_try_ < std::chrono::seconds(1)) return false;
+  last_reopen_try_ = now;
+  db_.reset();
+  if (Status st = open_index(); !st.ok()) {
+    if (!reopen_failure_logged_) {
+      log::warn(kComponent, "{}; index writes stay off, retrying every second", st.message());
+      reopen_failure_logged_ = true;
+    }
+    return false;
+  }
+  std::unordered_map<BlockKey, BlockEntry, BlockKeyHash> fresh;
+  uint64_t stored = 0, logical = 0;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  for (it->Seek("b"); it->Valid() && it->key().starts_with("b"); it->Next()) {
+    auto key = detail::parse_index_key(it->key().ToStringView());
+    if (!key) continue;
+    auto e = detail::decode_entry(*key, it->value().ToStringView());
+    if (!e) continue;
+    stored += e->ref.length;
+    logical += e->ref.raw_size;
+    fresh.emplace(*key, std::move(*e));
+  }
+  if (!it->status().ok()) {
+    it.reset();
+    db_.reset();
+    return false;
+  }
+  it.reset();
+  {
+    std::unique_lock l(map_mu_);
+    // Access counts kept in memory survive; the durable index decides which blocks exist.
+    for (auto& [k, e] : fresh) {
+      if (auto old = map_.find(k); old != map_.end()) {
+        e.last_access = std::max(e.last_access, old->second.last_access);
+        e.hits = std::max(e.hits, old->second.hits);
+      }
+    }
+    map_ = std::move(fresh);
+    stored_bytes_ = stored;
+    logical_bytes_ = logical;
+    for (auto& [id, seg] : segments_) seg.live_bytes = 0;
+    for (const auto& [k, e] : map_) {
+      if (auto sg = segments_.find(e.ref.segment); sg != segments_.end()) sg->second.live_bytes += e.ref.length;
+    }
+  }
+  index_failed_ = false;
+  reopen_failure_logged_ = false;
+  ++index_reopens_;
+  log::info(kComponent, "reopened the index of '{}' after a failed write; writing resumes", dir_);
+  return true;
+}
+
+void StoreImpl::note_write_failure(uint64_t blocks, const std::string& what) {
+  failed_ += blocks;
+  failed_in_run_ += blocks;
+  if (write_failing_) return;
+  write_failing_ = true;
+  log::warn(kComponent, "{}; {} blocks not stored (the disk may be full). Further write failures are counted "
+            "(trove_store_write_failures_total) and not logged until a write succeeds", what, blocks);
+}
+
+void StoreImpl::note_write_success() {
+  if (!write_failing_) return;
+  log::info(kComponent, "writing to '{}' resumed; {} blocks were not stored meanwhile", dir_, failed_in_run_);
+  write_failing_ = false;
+  failed_in_run_ = 0;
+}
+
 Status StoreImpl::load_index() {
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
   for (it->Seek("b"); it->Valid() && it->key().starts_with("b"); it->Next()) {
@@ -426,7 +544,10 @@ Status StoreImpl::load_index() {
     logical_bytes_ += e->ref.raw_size;
     map_.emplace(*key, std::move(*e));
   }
-  if (!it->status().ok()) return Status::IoError(fmt::format("reading the index of '{}': {}", dir_, it->status().ToString()));
+  if (!it->status().ok()) {
+    const std::string m = fmt::format("reading the index of '{}': {}", dir_, it->status().ToString());
+    return it->status().IsCorruption() ? Status::Corruption(m) : Status::IoError(m);
+  }
   return Status::Ok();
 }
 
@@ -462,6 +583,14 @@ Status StoreImpl::start_segment() {
   const std::string path = fmt::format("{}/segments/{}", dir_, segment_name(cur_seg_));
   cur_fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (cur_fd_ < 0) return Status::IoError(fmt::format("cannot create segment '{}': {}", path, errno_text()));
+  // The new name must be durable before an index entry can point into the file.
+  if (!sync_dir(dir_ + "/segments")) {
+    const std::string why = errno_text();
+    ::close(cur_fd_);
+    cur_fd_ = -1;
+    ::unlink(path.c_str());
+    return Status::IoError(fmt::format("cannot fsync '{}/segments' after creating a segment: {}", dir_, why));
+  }
   cur_off_ = 0;
   std::unique_lock l(map_mu_);
   segments_[cur_seg_] = Segment{path, 0, 0, nullptr, nullptr};
@@ -505,20 +634,24 @@ Status StoreImpl::open() {
   if (!opt_.read_only) TROVE_RETURN_IF_ERROR(take_lock());
   TROVE_RETURN_IF_ERROR(load_manifest());
 
-  rocksdb::Options ro;
-  ro.create_if_missing = !opt_.read_only;
-  ro.max_open_files = 256;
-  ro.keep_log_file_num = 2;
-  ro.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
-  ro.info_log = std::make_shared<RocksLogger>();
-  // Replaying the WAL without flushing it needs no new SST file, so a store on a full disk reopens.
-  ro.avoid_flush_during_recovery = true;
-  rocksdb::DB* db = nullptr;
-  rocksdb::Status s = opt_.read_only ? rocksdb::DB::OpenForReadOnly(ro, dir_ + "/index", &db)
-                                     : rocksdb::DB::Open(ro, dir_ + "/index", &db);
-  if (!s.ok()) return Status::IoError(fmt::format("cannot open the index of KV store '{}': {}", dir_, s.ToString()));
-  db_.reset(db);
-  TROVE_RETURN_IF_ERROR(load_index());
+  Status st = open_index();
+  if (st.ok()) st = load_index();
+  if (!st.ok() && st.code() == StatusCode::kCorruption && !opt_.read_only) {
+    // The store is a cache: a damaged index costs its blocks (misses), not the server's start.
+    db_.reset();
+    map_.clear();
+    stored_bytes_ = logical_bytes_ = 0;
+    const std::string aside = fmt::format("{}/index.corrupt-{}", dir_, now_seconds());
+    if (::rename((dir_ + "/index").c_str(), aside.c_str()) != 0) {
+      return Status::IoError(fmt::format("the index of KV store '{}' is corrupt ({}) and cannot be moved aside: {}; "
+                                         "move the store aside (it is a cache)", dir_, st.message(), errno_text()));
+    }
+    log::warn(kComponent, "the index of '{}' is corrupt ({}); moved it to '{}' and starting an empty one (its blocks "
+              "are misses; their segments are reclaimed by compaction)", dir_, st.message(), aside);
+    st = open_index();
+    if (st.ok()) st = load_index();
+  }
+  TROVE_RETURN_IF_ERROR(st);
   TROVE_RETURN_IF_ERROR(scan_segments());
 
   if (opt_.io == Options::Io::kIoUring ||
@@ -882,8 +1015,8 @@ void StoreImpl::writer_loop() {
 }
 
 void StoreImpl::write_batch(std::vector<Pending>& batch) {
-  if (index_failed_) {
-    failed_ += batch.size();
+  if (!reopen_index_locked()) {
+    note_write_failure(batch.size(), "the index cannot be written (it failed earlier and does not reopen yet)");
     return;
   }
   const int64_t now = now_seconds();
@@ -894,9 +1027,7 @@ void StoreImpl::write_batch(std::vector<Pending>& batch) {
                                      opt_.shuffle_f16, p.token_ids);
     if (cur_off_ > 0 && cur_off_ + rec.bytes.size() > opt_.segment_bytes) {
       if (Status st = start_segment(); !st.ok()) {
-        failed_ += batch.size() - written.size();
-        log::warn(kComponent, "cannot roll to a new segment: {}; {} blocks not stored", st.message(),
-                  batch.size() - written.size());
+        note_write_failure(batch.size() - written.size(), fmt::format("cannot roll to a new segment: {}", st.message()));
         break;
       }
       // Entries already written went to the previous segment, which start_segment() fsynced.
@@ -914,9 +1045,8 @@ void StoreImpl::write_batch(std::vector<Pending>& batch) {
       done += static_cast<size_t>(w);
     }
     if (!ok) {
-      ++failed_;
-      log::warn(kComponent, "writing block {} failed: {}; not stored (the disk may be full)", p.entry.ref.key.hex(),
-                errno_text());
+      note_write_failure(1, fmt::format("writing block {} to segment {} failed: {}", p.entry.ref.key.hex(), cur_seg_,
+                                        errno_text()));
       // Give back what the partial record took, so a full disk still has room for the index (and a
       // reopen); cur_off_ is not advanced, so the next record starts where this one did.
       (void)::ftruncate(cur_fd_, static_cast<off_t>(cur_off_));
@@ -934,8 +1064,7 @@ void StoreImpl::write_batch(std::vector<Pending>& batch) {
   if (written.empty()) return;
   // Durability order: the segment bytes first, then the index that points at them.
   if (::fdatasync(cur_fd_) != 0) {
-    failed_ += written.size();
-    log::warn(kComponent, "fsync of segment {} failed: {}; {} blocks not stored", cur_seg_, errno_text(), written.size());
+    note_write_failure(written.size(), fmt::format("fsync of segment {} failed: {}", cur_seg_, errno_text()));
     return;
   }
   rocksdb::WriteBatch wb;
@@ -966,12 +1095,9 @@ void StoreImpl::write_batch(std::vector<Pending>& batch) {
   wo.sync = true;
   rocksdb::Status s = db_->Write(wo, &wb);
   if (!s.ok()) {
-    failed_ += written.size();
     index_failed_ = true;
-    log::warn(kComponent,
-              "index write failed: {}; {} blocks not stored, and no more will be until the store is reopened "
-              "(reads continue)",
-              s.ToString(), written.size());
+    note_write_failure(written.size(), fmt::format("index write failed: {} (index writes pause until it reopens; "
+                                                   "reads continue)", s.ToString()));
     return;
   }
   std::unique_lock l(map_mu_);
@@ -988,6 +1114,8 @@ void StoreImpl::write_batch(std::vector<Pending>& batch) {
   }
   segments_[cur_seg_].total_bytes = cur_off_;
   inserts_ += written.size();
+  l.unlock();
+  note_write_success();
 }
 
 void StoreImpl::persist_access_locked() {
@@ -1279,6 +1407,12 @@ Stats StoreImpl::stats() {
   s.direct_reads = direct_reads_;
   s.lookups = lookups_;
   s.inserts = inserts_;
+  {
+    std::lock_guard q(q_mu_);
+    s.enqueued = enqueued_;
+    s.processed = processed_;
+  }
+  s.index_reopens = index_reopens_;
   s.duplicate_inserts = dups_;
   s.dropped_inserts = dropped_;
   s.failed_inserts = failed_;

@@ -16,6 +16,17 @@
 // (with a synced RocksDB write). A crash at any point leaves an index whose every entry points at
 // fsynced, checksummed bytes; records written but not indexed are garbage that compaction reclaims.
 //
+// I/O errors while running (a full disk, EIO): a block that cannot be written is counted
+// (failed_inserts) and the store goes on; the first failure of a run of them is logged, and so is the
+// first success after it. A failed index write stops index writes until the writer has reopened the
+// index (it tries before each later batch, at most once a second), so writing resumes by itself once
+// the disk has room again. A read error is a miss (the block stays indexed: the error may pass).
+//
+// Opening: a MANIFEST and new segment files are fsynced with their directory before anything points
+// at them, so a power cut cannot leave an index entry naming a file that is gone. An index that
+// RocksDB cannot open or read (corrupt) is moved aside to index.corrupt-UNIXTIME (logged) and an
+// empty one started: the store is a cache, so losing the index costs misses, never a refused start.
+//
 // Corruption: every read verifies the record's checksum. A block that fails is a miss: it is logged
 // (trove::log::warn, component "kvstore"), removed from the index (when the store is writable) and
 // never returned.
@@ -106,9 +117,16 @@ struct Stats {
   uint64_t direct_reads = 0;      // blocks read O_DIRECT
   uint64_t lookups = 0;
   uint64_t inserts = 0;        // blocks made durable since open
+  // The write-behind queue's tickets: every insert() that returned kQueued takes the next one
+  // (enqueued), and the writer finishes them in that order (processed: durable or failed). So a block
+  // queued while `enqueued` was N is durable — or counted in failed_inserts — once `processed` ≥ N.
+  // The server shows both in /metrics; docs/reliability.md defines "acknowledged durable" with them.
+  uint64_t enqueued = 0;
+  uint64_t processed = 0;
   uint64_t duplicate_inserts = 0;
   uint64_t dropped_inserts = 0;  // the queue was full
   uint64_t failed_inserts = 0;   // I/O errors, e.g. disk full
+  uint64_t index_reopens = 0;    // the index reopened after a failed write, so writing resumed
   uint64_t corrupt_blocks = 0;
   uint64_t evictions = 0;
   uint64_t compactions = 0;

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <ctime>
+#include <optional>
 
 #include <fmt/format.h>
 
@@ -181,7 +182,9 @@ struct HttpServer::Impl {
                       "application/json");
     });
     http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
-      res.set_content(metrics.render(scheduler->stats()), "text/plain; version=0.0.4");
+      std::optional<kv::Stats> st;
+      if (opt.store) st = opt.store->stats();
+      res.set_content(metrics.render(scheduler->stats(), st ? &*st : nullptr), "text/plain; version=0.0.4");
     });
     dashboard->install(http);
   }

@@ -56,7 +56,7 @@ void Metrics::observe_inter_token(double seconds) {
   inter_token_.observe(seconds);
 }
 
-std::string Metrics::render(const SchedulerStats& s) const {
+std::string Metrics::render(const SchedulerStats& s, const kv::Stats* store) const {
   std::lock_guard<std::mutex> lock(mu_);
   std::string out;
   out += "# HELP trove_requests_total HTTP requests by endpoint and status code.\n# TYPE trove_requests_total counter\n";
@@ -96,6 +96,26 @@ std::string Metrics::render(const SchedulerStats& s) const {
   counter("trove_store_blocks_written_total", "Completed KV blocks queued for the store (write-behind).", s.cache.store_blocks_queued);
   counter("trove_store_blocks_dropped_total", "Completed KV blocks the store's write queue had no room for.",
           s.cache.store_blocks_dropped);
+  if (store) {
+    // The store's write-behind tickets (kv::Stats): a block queued while enqueued was N is durable, or
+    // counted in trove_store_write_failures_total, once processed reaches N (docs/reliability.md).
+    counter("trove_store_write_enqueued_total", "Blocks the KV store's write-behind queue accepted (its ticket counter).",
+            store->enqueued);
+    counter("trove_store_write_processed_total",
+            "Queued blocks the store's writer has finished, in queue order: durable, or failed and counted.",
+            store->processed);
+    counter("trove_store_blocks_durable_total", "Blocks made durable (segment and index fsynced) since the store opened.",
+            store->inserts);
+    counter("trove_store_write_failures_total", "Blocks the store could not write (disk full, I/O error): cache misses later.",
+            store->failed_inserts);
+    counter("trove_store_index_reopens_total", "Times the store reopened its index after a failed write (writing resumed).",
+            store->index_reopens);
+    counter("trove_store_corrupt_blocks_total", "Stored blocks that failed verification (served as misses, removed).",
+            store->corrupt_blocks);
+    counter("trove_store_evictions_total", "Blocks the store evicted to stay within --store-size.", store->evictions);
+    counter("trove_store_compactions_total", "Segment files the store compacted away.", store->compactions);
+    gauge("trove_store_blocks", "Blocks in the KV store's index.", store->blocks);
+  }
   return out;
 }
 

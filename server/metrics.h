@@ -4,7 +4,8 @@
 // record). render() writes the text exposition: requests by endpoint and status, prompt / cached /
 // generated token totals, time-to-first-token and inter-token latency histograms, and the gauges the
 // caller passes in (queue depth, active sequences, KV pool blocks, prefix cache hits by tier and KV
-// store traffic from the engine's CacheStats).
+// store traffic from the engine's CacheStats), and, when the server has a KV store, the store's own
+// counters (its write-behind tickets, durable blocks, write failures, corrupt blocks, evictions).
 #pragma once
 
 #include <cstdint>
@@ -14,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "kvstore/store.h"
 #include "server/scheduler.h"
 
 namespace trove::server {
@@ -39,7 +41,8 @@ class Metrics {
   void observe_ttft(double seconds);
   void observe_queue_wait(double seconds);  // submit → admitted, per finished generation request
   void observe_inter_token(double seconds);
-  std::string render(const SchedulerStats& scheduler) const;
+  // store: the KV store's stats, or null without a store.
+  std::string render(const SchedulerStats& scheduler, const kv::Stats* store = nullptr) const;
 
  private:
   mutable std::mutex mu_;

@@ -309,6 +309,7 @@ class VulkanEngine final : public Engine {
   uint32_t staging_blocks_ = 0;   // blocks per half (reads fill one half while the GPU copies the other)
   uint32_t restore_group_blocks_ = 0;  // EngineOptions::restore_group_blocks
   CacheStats cache_stats_;
+  bool store_reads_failing_ = false;  // the last store read failed (logged once until one succeeds)
 };
 
 VulkanEngine::~VulkanEngine() {
@@ -839,8 +840,16 @@ void VulkanEngine::pump_restores(bool wait) {
     while (ok < got.size() && got[ok].ok()) ++ok;
     if (ok < got.size()) {
       ++cache_stats_.store_read_failures;
-      log::warn("engine", "KV store block {} unreadable ({}); prefix restored up to it", r.want[group * G + ok].key.hex(),
-                got[ok].message());
+      // Once per run of failures (a failing disk would log on every request); /metrics counts them all.
+      if (!store_reads_failing_) {
+        log::warn("engine", "KV store block {} unreadable ({}); prefix restored up to it. Further unreadable blocks are "
+                  "counted (trove_store_read_failures_total) and not logged until a read succeeds",
+                  r.want[group * G + ok].key.hex(), got[ok].message());
+      }
+      store_reads_failing_ = true;
+    } else if (store_reads_failing_ && ok > 0) {
+      log::info("engine", "KV store reads succeed again");
+      store_reads_failing_ = false;
     }
     Sequence& sq = seqs_[r.seq];
     std::vector<uint32_t> placed;

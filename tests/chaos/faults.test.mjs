@@ -10,10 +10,10 @@
 //  - bit flips in every segment record while serving: misses (counted as corrupt), answers equal the
 //    cold ones — never wrong KV;
 //  - the store directory deleted, then replaced by a damaged copy, while serving: requests keep
-//    succeeding with cold-equal answers, and a restart opens what is there.
-// One server at a time, 4 starts; ~35 s on an idle 2-core machine.
+//    succeeding with cold-equal answers, and a restart opens what is there (its blocks miss).
+// One server at a time, 3 starts.
 import assert from "node:assert/strict";
-import { cpSync, openSync, readdirSync, readSync, renameSync, rmSync, writeFileSync, writeSync, closeSync, fstatSync } from "node:fs";
+import { closeSync, cpSync, fstatSync, openSync, readdirSync, readSync, renameSync, rmSync, writeFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { ask, cacheable, faultShim, makeModel, metrics, serve, workDir } from "./chaos_harness.mjs";
@@ -40,8 +40,9 @@ async function settled(url) {
 const q = (url, n, extra = {}) => ask(url, { kind: "openai", namespace: `ns-${n}`, content: text(n), maxTokens: 1, ...extra });
 const count = (hay, re) => (hay.match(re) ?? []).length;
 
-// Flips one payload byte of every record (4 KiB aligned "TRVKVBLK" headers) in every segment file.
-function flipSegments(dir) {
+// Flips one payload byte (at `at` in the record) of every record (4 KiB aligned "TRVKVBLK" headers) in
+// every segment file.
+function flipSegments(dir, at = 2000) {
   let flipped = 0;
   for (const f of readdirSync(join(dir, "segments"))) {
     const fd = openSync(join(dir, "segments", f), "r+");
@@ -50,9 +51,9 @@ function flipSegments(dir) {
     for (let off = 0; off + 4096 <= size; off += 4096) {
       readSync(fd, head, 0, 8, off);
       if (head.toString() !== "TRVKVBLK") continue;
-      readSync(fd, b, 0, 1, off + 2000);
+      readSync(fd, b, 0, 1, off + at);
       b[0] ^= 0x5a;
-      writeSync(fd, b, 0, 1, off + 2000);
+      writeSync(fd, b, 0, 1, off + at);
       flipped += 1;
     }
     closeSync(fd);
@@ -139,30 +140,26 @@ describe("faults while serving", () => {
       m = await metrics(s.url);
       assert.ok(m.trove_store_corrupt_blocks_total >= corrupt0 + 2, JSON.stringify(m));
 
-      // The store directory deleted while serving: answers go on.
+      // The store directory deleted while serving: answers go on (the writer still holds its files).
+      const copy = join(work, "copy");
+      cpSync(store, copy, { recursive: true });
+      assert.ok(flipSegments(copy, 3000) > 0);
       rmSync(store, { recursive: true, force: true });
       const same = async (n) => assert.equal((await q(s.url, n)).text, (await q(s.url, n, { cache: false })).text);
       await Promise.all([1, 12].map(same));
       await settled(s.url);
-      await s.kill("SIGKILL");
-      // A restart recreates it.
-      s = await serve({ model, store, args, env });
-      await q(s.url, 13);
-      m = await settled(s.url);
-      assert.ok(m.trove_store_blocks_durable_total >= 1);
-      // Replaced while serving by a damaged copy of itself: new reads see other bytes → misses.
-      const copy = join(work, "copy");
-      cpSync(store, copy, { recursive: true });
-      flipSegments(copy);
-      renameSync(store, join(work, "old"));
+      // Then replaced by a damaged copy of itself: reads through new descriptors see other bytes.
       renameSync(copy, store);
-      await Promise.all([13, 14].map(same));
+      await Promise.all([11, 13].map(same));
+      await settled(s.url);
       await s.kill("SIGKILL");
+      // A restart opens what is there; its damaged blocks (ns-11 was stored before the copy) miss.
       s = await serve({ model, store, args, env });
-      const r13 = await q(s.url, 13);
-      assert.equal(r13.cached, 0, "a block of the damaged replacement was attached");
+      const r11b = await q(s.url, 11);
+      assert.equal(r11b.cached, 0, "a block of the damaged replacement was attached");
+      assert.equal(r11b.text, r11.text);
       m = await metrics(s.url);
-      console.log(`faults: corrupt ${m.trove_store_corrupt_blocks_total} after the restart on the damaged copy; ok`);
+      assert.ok(m.trove_store_corrupt_blocks_total >= 1, "the damaged replacement's block was not detected");
     } finally {
       await s.kill("SIGKILL");
     }

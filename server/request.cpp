@@ -186,8 +186,13 @@ std::optional<ApiError> apply_tool_choice(Json& conv, const std::string& name_or
   }
   Json kept = Json::array();
   for (const auto& t : conv["tools"]) {
-    const Json& fn = t.contains("function") ? t["function"] : t;
-    if (fn.value("name", std::string()) == name_or_mode) kept.push_back(t);
+    // Any shape may arrive here (a tool that is not an object, a name that is not a string): the
+    // tools' own validation reports those; value() would throw on them (found by fuzz_request_path).
+    const Json& fn = t.is_object() && t.contains("function") ? t["function"] : t;
+    const auto name = fn.is_object() ? fn.find("name") : fn.end();
+    if (fn.is_object() && name != fn.end() && name->is_string() && name->get<std::string>() == name_or_mode) {
+      kept.push_back(t);
+    }
   }
   if (kept.empty()) {
     ApiError e;

@@ -23,13 +23,22 @@ const SYSTEM = "You are a coding agent. Use the tools to read files, run tests a
   "Tools: read_file(path), run(cmd), edit(path, old, new). Never guess file contents; read them first. ";
 const pct = (xs, p) => (xs.length ? [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(p * xs.length))] : 0);
 
-// p-quantile of a Prometheus histogram's cumulative buckets (upper bound of the bucket that reaches it).
+// p-quantile of a Prometheus histogram's cumulative buckets, interpolated linearly inside the bucket
+// that reaches it (as Prometheus' histogram_quantile does).
 function histQuantile(m, name, p) {
   const b = Object.entries(m).filter(([k]) => k.startsWith(`${name}_bucket{`))
     .map(([k, v]) => [k.includes('"+Inf"') ? Infinity : Number(k.match(/le="([^"]+)"/)[1]), v]).sort((a, b) => a[0] - b[0]);
   const total = m[`${name}_count`] ?? 0;
-  for (const [le, n] of b) if (n >= p * total) return le;
-  return Infinity;
+  let lo = 0, below = 0;
+  for (const [le, n] of b) {
+    if (n >= p * total && total > 0) {
+      if (le === Infinity) return lo;
+      return Number((lo + ((le - lo) * (p * total - below)) / Math.max(1, n - below)).toFixed(3));
+    }
+    lo = le;
+    below = n;
+  }
+  return 0;
 }
 
 describe("overload and soak", () => {

@@ -93,6 +93,7 @@ struct Sequence {
   bool caching = false;          // attach_prefix() was called: completed blocks get registered
   std::string name_space;
   std::vector<kv::BlockKey> keys;  // keys of the first keys.size() (full) blocks
+  size_t accepted = SIZE_MAX;      // tokens from here on are provisional drafts: not registered yet
 };
 
 struct Ops {
@@ -190,6 +191,7 @@ class VulkanEngine final : public Engine {
   }
   Status truncate(SeqId seq, uint32_t n) override;
   Result<std::vector<StepOutput>> step(std::span<const StepInput> inputs) override;
+  bool verifies_drafts() const override { return true; }
   PoolStats pool_stats() const override {
     return {blocks_->total(), blocks_->used(), layout_.block_tokens,
             layout_.block_bytes() * blocks_->total() * cfg_.n_layer, blocks_->cached_count(),
@@ -214,6 +216,7 @@ class VulkanEngine final : public Engine {
   void embed(int32_t token, float* out) const;
   // Newly registered blocks the store does not hold yet go to to_store_ (exported after the step).
   void register_full_blocks(Sequence& sq);
+  void drop_after(Sequence& s, uint32_t n);  // truncate() without accepting or registering
   uint64_t block_all_layers() const { return layout_.block_bytes() * cfg_.n_layer; }
   Status ensure_staging();
   // The engine's command stream (its pool, fence, query pool and descriptor pool live as long as the
@@ -938,11 +941,12 @@ void VulkanEngine::export_to_store() {
 
 // Registers the blocks the sequence has filled since the last call (a block is final once full: later
 // tokens go to later blocks, and truncate() into it copies before writing, see BlockPool::must_copy).
+// Tokens at sq.accepted and after (drafts, StepInput::provisional) wait for truncate() to keep them.
 void VulkanEngine::register_full_blocks(Sequence& sq) {
   if (!sq.caching) return;
   const uint32_t bt = layout_.block_tokens;
   const std::span<const int32_t> toks(sq.tokens);
-  while (sq.keys.size() < sq.tokens.size() / bt) {
+  while (sq.keys.size() < std::min(sq.tokens.size(), sq.accepted) / bt) {
     const size_t i = sq.keys.size();
     const kv::BlockKey parent = i == 0 ? kv::BlockKey{} : sq.keys.back();
     const kv::BlockKey key = kv::block_key(parent, fingerprint_, sq.name_space, toks.subspan(i * bt, bt));
@@ -979,6 +983,13 @@ Status VulkanEngine::truncate(SeqId seq, uint32_t n) {
   if (n > s.tokens.size()) {
     return Status::InvalidArgument(fmt::format("truncate to {} tokens: sequence {} has only {}", n, seq, s.tokens.size()));
   }
+  drop_after(s, n);
+  s.accepted = SIZE_MAX;  // what is kept is accepted
+  register_full_blocks(s);
+  return Status::Ok();
+}
+
+void VulkanEngine::drop_after(Sequence& s, uint32_t n) {
   s.tokens.resize(n);
   if (s.keys.size() > n / layout_.block_tokens) s.keys.resize(n / layout_.block_tokens);
   const size_t keep = (n + layout_.block_tokens - 1) / layout_.block_tokens;
@@ -986,7 +997,6 @@ Status VulkanEngine::truncate(SeqId seq, uint32_t n) {
     blocks_->release(s.blocks.back());
     s.blocks.pop_back();
   }
-  return Status::Ok();
 }
 
 void VulkanEngine::embed(int32_t token, float* out) const {
@@ -1089,6 +1099,11 @@ Status VulkanEngine::record_matvec(vk::CommandStream& s, std::initializer_list<M
   return Status::Ok();
 }
 
+// Head rows (logits, argmax) an input asks for: every token's with all_tokens or all_logits, else the last.
+static uint32_t head_rows(const StepInput& in, uint32_t n) {
+  return in.all_tokens || (in.want_logits && in.all_logits) ? n : 1;
+}
+
 Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> inputs) {
   const ModelConfig& c = cfg_;
   // Validate everything before touching any state.
@@ -1120,7 +1135,13 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       }
     }
     T += static_cast<uint32_t>(in.tokens.size());
-    if (in.want_logits || in.sample) rows += in.want_logits && in.all_logits ? static_cast<uint32_t>(in.tokens.size()) : 1;
+    if (in.provisional > in.tokens.size()) {
+      return Status::InvalidArgument(fmt::format("sequence {}: {} provisional tokens in a step of {}", in.seq,
+                                                 in.provisional, in.tokens.size()));
+    }
+    if (in.want_logits || in.sample || in.all_tokens) {
+      rows += (in.want_logits && in.all_logits) || in.all_tokens ? static_cast<uint32_t>(in.tokens.size()) : 1;
+    }
     const uint64_t have = s.blocks.size() * uint64_t{layout_.block_tokens};
     if (end > have) need_blocks += static_cast<uint32_t>((end - have + layout_.block_tokens - 1) / layout_.block_tokens);
     // Copy-on-write of a shared, partially filled last block.
@@ -1180,7 +1201,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
   }
   // From here on a failure must undo the appends.
   auto undo = [&]() {
-    for (size_t i = 0; i < inputs.size(); ++i) (void)truncate(inputs[i].seq, placed[i].start);
+    for (size_t i = 0; i < inputs.size(); ++i) drop_after(seqs_[inputs[i].seq], placed[i].start);
   };
 
   std::vector<uint8_t> marks;  // TROVE_PROFILE=ops: the op kind that ends at each timestamp
@@ -1315,8 +1336,8 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     // Head: only the last row of each input that needs a token or logits.
     std::vector<uint32_t> out_rows;  // input index per output row (the input's last row samples)
     for (size_t i = 0; i < inputs.size(); ++i) {
-      if (inputs[i].sample || inputs[i].want_logits) {
-        const uint32_t n = inputs[i].want_logits && inputs[i].all_logits ? placed[i].n : 1;
+      if (inputs[i].sample || inputs[i].want_logits || inputs[i].all_tokens) {
+        const uint32_t n = head_rows(inputs[i], placed[i].n);
         for (uint32_t j = placed[i].first + placed[i].n - n; j < placed[i].first + placed[i].n; ++j) {
           s.copy(x_, uint64_t{j} * erow, hs_, out_rows.size() * erow, erow);
           out_rows.push_back(static_cast<uint32_t>(i));
@@ -1392,7 +1413,11 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     undo();
     return st;
   }
-  for (const StepInput& in : inputs) register_full_blocks(seqs_[in.seq]);
+  for (const StepInput& in : inputs) {
+    Sequence& sq = seqs_[in.seq];
+    if (in.provisional > 0) sq.accepted = std::min(sq.accepted, sq.tokens.size() - in.provisional);
+    register_full_blocks(sq);
+  }
   std::vector<StepOutput> out(inputs.size());
   // Outputs are read from host buffers below before export_to_store() submits again (it does not touch
   // them, but keeping the step's results first keeps that obvious).
@@ -1400,10 +1425,15 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
   const auto* lg = static_cast<const float*>(logits_host_.mapped());
   uint32_t r = 0;
   for (size_t i = 0; i < inputs.size(); ++i) {
-    if (!inputs[i].sample && !inputs[i].want_logits) continue;
-    const uint32_t n = inputs[i].want_logits && inputs[i].all_logits ? placed[i].n : 1;
+    if (!inputs[i].sample && !inputs[i].want_logits && !inputs[i].all_tokens) continue;
+    const uint32_t n = head_rows(inputs[i], placed[i].n);
     if (inputs[i].sample) out[i].token = static_cast<int32_t>(toks[r + n - 1]);
-    if (inputs[i].want_logits) out[i].logits.assign(lg + uint64_t{r} * c.n_vocab, lg + uint64_t{r + n} * c.n_vocab);
+    if (inputs[i].all_tokens) out[i].tokens.assign(toks + r, toks + r + n);
+    if (inputs[i].want_logits) {
+      // With all_tokens but not all_logits, only the last row's logits.
+      const uint32_t first = inputs[i].all_logits ? r : r + n - 1;
+      out[i].logits.assign(lg + uint64_t{first} * c.n_vocab, lg + uint64_t{r + n} * c.n_vocab);
+    }
     r += n;
   }
   export_to_store();

@@ -96,12 +96,21 @@ struct StepInput {
   bool want_logits = false;         // return the full logits row after the last token
   bool all_logits = false;          // with want_logits: rows after EVERY token (tests; at most
                                     // max_logit_rows() rows per step in total)
+  // Verification of drafted tokens (speculative decoding): StepOutput::tokens gets the greedy (argmax)
+  // token after EVERY token of `tokens`, chosen on the GPU (4 bytes per position come back, not the
+  // logits). Counts tokens.size() rows against max_logit_rows().
+  bool all_tokens = false;
+  // The last `provisional` tokens are drafts that may be rolled back: the KV blocks they complete are
+  // not registered in the prefix cache (nor queued for the KV store) until truncate() keeps them.
+  uint32_t provisional = 0;
   Sampling sampling;
 };
 
 struct StepOutput {
   int32_t token = -1;          // chosen next token (-1 when !sample)
   std::vector<float> logits;   // n_vocab floats when want_logits (tokens.size() * n_vocab with all_logits)
+  std::vector<int32_t> tokens; // with all_tokens: the argmax after each input token (the last one is
+                               // `token` instead when sample with temperature > 0)
 };
 
 struct PoolStats {
@@ -149,9 +158,14 @@ class Engine {
   virtual uint32_t length(SeqId seq) const = 0;
   // The token ids the sequence holds (its KV), in order.
   virtual std::vector<int32_t> tokens(SeqId seq) const { (void)seq; return {}; }
-  // Drops tokens after the first n (n <= length): the next step continues from position n.
+  // Drops tokens after the first n (n <= length): the next step continues from position n. The kept
+  // tokens count as accepted: full blocks among them that a step held back as provisional (drafts)
+  // are registered in the prefix cache now (truncate(seq, length(seq)) keeps every draft).
   virtual Status truncate(SeqId seq, uint32_t n) = 0;
 
+  // True when step() honours StepInput::all_tokens and provisional (verification of drafted tokens);
+  // speculative decoding drafts nothing for an engine that does not.
+  virtual bool verifies_drafts() const { return false; }
   // One forward pass. outputs[i] belongs to inputs[i]. Total tokens <= max_batch_tokens(); each
   // sequence at most once per call.
   virtual Result<std::vector<StepOutput>> step(std::span<const StepInput> inputs) = 0;

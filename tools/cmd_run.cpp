@@ -8,6 +8,7 @@
 
 #include <cstdio>
 #include <iostream>
+#include <memory>
 #include <string>
 
 #include <fmt/format.h>
@@ -33,19 +34,57 @@ struct RunArgs {
   bool no_think = false;
   uint32_t ctx = 0;
   bool json = false;
+  std::string speculative = "auto";
+  std::string draft_model;
 };
+
+// The speculation the flags ask for, and the draft engine (--draft-model) the Speculator drives.
+struct Speculation {
+  engine::SpecMethod method = engine::SpecMethod::kOff;
+  std::unique_ptr<engine::Engine> draft;
+  std::unique_ptr<engine::Speculator> speculator;
+};
+
+Speculation load_speculation(const RunArgs& a, engine::Engine& e) {
+  Speculation sp;
+  const auto m = engine::parse_spec_method(a.speculative);
+  if (!m) cli::fail(fmt::format("--speculative {}: write off, lookup, draft or auto", a.speculative));
+  sp.method = *m;
+  if (!a.draft_model.empty()) {
+    engine::EngineOptions d;
+    d.model_path = a.draft_model;
+    d.n_ctx = e.n_ctx();
+    d.max_sequences = e.max_sequences();
+    auto loaded = engine::Engine::load(d);
+    if (!loaded.ok()) cli::fail(fmt::format("--draft-model {}: {}", a.draft_model, loaded.status().message()));
+    if (Status st = engine::Speculator::check_draft_model(e, **loaded); !st.ok()) cli::fail(st.message());
+    sp.draft = std::move(*loaded);
+  } else if (sp.method == engine::SpecMethod::kDraft) {
+    cli::fail("--speculative draft needs --draft-model PATH (a smaller model with the same tokenizer)");
+  }
+  sp.speculator = std::make_unique<engine::Speculator>(e, sp.draft.get());
+  return sp;
+}
 
 void print_speed(const engine::GenerateResult& r) {
   const uint32_t prefilled = r.prompt_tokens - r.reused_tokens;
-  std::fprintf(stderr, "\n[prefill %u tokens (%u reused) in %.2f s: %.1f tok/s | decode %u tokens in %.2f s: %.1f tok/s]\n",
+  std::fprintf(stderr, "\n[prefill %u tokens (%u reused) in %.2f s: %.1f tok/s | decode %u tokens in %.2f s: %.1f tok/s",
                prefilled, r.reused_tokens, r.prefill_seconds, r.prefill_seconds > 0 ? prefilled / r.prefill_seconds : 0.0,
                r.generated_tokens, r.decode_seconds,
                r.decode_seconds > 0 ? r.generated_tokens / r.decode_seconds : 0.0);
+  const auto& l = r.spec.lookup;
+  const auto& d = r.spec.draft;
+  if (l.drafted + d.drafted > 0) {
+    std::fprintf(stderr, ", %u steps | speculative: lookup %llu/%llu accepted, draft model %llu/%llu", r.decode_steps,
+                 static_cast<unsigned long long>(l.accepted), static_cast<unsigned long long>(l.drafted),
+                 static_cast<unsigned long long>(d.accepted), static_cast<unsigned long long>(d.drafted));
+  }
+  std::fputs("]\n", stderr);
 }
 
 // Streams one assistant turn, reasoning dimmed on a terminal; returns the parsed message.
 Result<chat::ParsedMessage> chat_turn(engine::Engine& e, engine::SeqId seq, const std::string& rendered,
-                                      const RunArgs& a, bool starts_in_reasoning) {
+                                      const RunArgs& a, bool starts_in_reasoning, Speculation& spec) {
   const bool tty = isatty(1);
   chat::OutputParserOptions po;
   const auto* r = *e.renderer();
@@ -81,6 +120,8 @@ Result<chat::ParsedMessage> chat_turn(engine::Engine& e, engine::SeqId seq, cons
   go.sampling.seed = a.seed;
   go.sampling.top_k = 20;
   go.sampling.top_p = 0.95f;
+  go.speculative = spec.method;
+  go.speculator = spec.speculator.get();
   auto res = engine::generate(e, seq, ids, go, [&](std::string_view text) {
     show(parser.feed(text));
     return true;
@@ -109,6 +150,7 @@ void run(const RunArgs& a) {
   }
   auto seq = e.open_sequence();
   if (!seq.ok()) cli::fail(seq.status().message());
+  Speculation spec = load_speculation(a, e);
 
   if (a.raw) {
     if (a.prompt.empty()) cli::fail("--raw needs a prompt (-p TEXT)");
@@ -117,6 +159,8 @@ void run(const RunArgs& a) {
     go.max_tokens = a.max_tokens;
     go.sampling.temperature = a.temp;
     go.sampling.seed = a.seed;
+    go.speculative = spec.method;
+    go.speculator = spec.speculator.get();
     if (!a.json) std::fputs(a.prompt.c_str(), stdout);
     auto res = engine::generate(e, *seq, ids, go, [&](std::string_view text) {
       if (!a.json) {
@@ -155,7 +199,7 @@ void run(const RunArgs& a) {
     // The Qwen3 generation prompt is "<|im_start|>assistant\n" (plus an empty think block when thinking
     // is off); the reply starts inside reasoning only if the prompt itself opened <think>.
     const bool opened_think = rendered->size() >= 8 && rendered->rfind("<think>\n") == rendered->size() - 8;
-    auto msg = chat_turn(e, *seq, *rendered, a, opened_think);
+    auto msg = chat_turn(e, *seq, *rendered, a, opened_think, spec);
     if (!msg.ok()) cli::fail(msg.status().message());
     chat::Message reply;
     reply.role = chat::Role::kAssistant;
@@ -191,6 +235,11 @@ void add_run(CLI::App& sub) {
   sub.add_flag("--no-think", a->no_think, "Turn Qwen3's thinking off (enable_thinking=false)");
   sub.add_option("--ctx", a->ctx, "Context length (default: the model's, at most 32768)");
   sub.add_flag("--json", a->json, "With --raw: print prompt and generated token ids as JSON");
+  sub.add_option("--speculative", a->speculative,
+                 "Speculative decoding: off, lookup (prompt lookup), draft (--draft-model), auto (lookup, and the "
+                 "draft model where lookup finds nothing)")
+      ->capture_default_str();
+  sub.add_option("--draft-model", a->draft_model, "Draft model for speculative decoding (same tokenizer, smaller)");
   sub.callback([a] { run(*a); });
 }
 

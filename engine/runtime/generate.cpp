@@ -67,6 +67,22 @@ Result<GenerateResult> generate(Engine& engine, SeqId seq, std::span<const int32
   };
   r.finish = FinishReason::kLength;
   bool stopped = false;
+  Speculator lookup_only(engine, nullptr);
+  Speculator& sp = opts.speculator ? *opts.speculator : lookup_only;
+  SpecSequence ss;
+  std::vector<int32_t> queued;  // accepted drafts and the token after them, not handled yet
+  size_t queued_at = 0;
+  const bool spec = opts.speculative != SpecMethod::kOff;
+  if (spec) {
+    ss.history = engine.tokens(seq);
+    ss.history.push_back(next);
+    sp.start(ss, opts.speculative, opts.sampling);
+  }
+  struct StopSpec {
+    Speculator& sp;
+    SpecSequence& ss;
+    ~StopSpec() { sp.stop(ss); }
+  } stop_spec{sp, ss};
   while (!stopped) {
     if (is_eos(engine.config(), next)) {
       r.finish = FinishReason::kStop;
@@ -96,7 +112,30 @@ Result<GenerateResult> generate(Engine& engine, SeqId seq, std::span<const int32
       break;
     }
     pending.erase(0, pending.size() - hold);
-    if (r.generated_tokens >= opts.max_tokens || engine.length(seq) + 1 >= engine.n_ctx()) break;
+    if (r.generated_tokens >= opts.max_tokens) break;
+    if (queued_at < queued.size()) {  // already in the sequence (an accepted draft) or chosen after them
+      next = queued[queued_at++];
+      continue;
+    }
+    if (engine.length(seq) + 1 >= engine.n_ctx()) break;
+    ++r.decode_steps;
+    if (spec) {
+      // Drafts that could still be emitted: within max_tokens and the context (the step feeds 1 + k).
+      ss.cap = std::min<uint32_t>({opts.max_draft, opts.max_tokens - r.generated_tokens - 1,
+                                   engine.n_ctx() - engine.length(seq) - 2});
+      SpecSequence* one = &ss;
+      sp.propose(std::span<SpecSequence* const>(&one, 1), kMaxDraftTokens);
+      StepInput in;
+      sp.fill(ss, seq, in);
+      auto out = engine.step(std::span<const StepInput>(&in, 1));
+      if (!out.ok()) return out.status();
+      auto got = sp.accept(ss, seq, (*out)[0], r.spec);
+      if (!got.ok()) return got.status();
+      queued = std::move(*got);
+      next = queued[0];
+      queued_at = 1;
+      continue;
+    }
     StepInput in;
     in.seq = seq;
     in.tokens = std::span<const int32_t>(&r.tokens.back(), 1);

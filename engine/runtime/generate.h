@@ -6,6 +6,8 @@
 // engine.max_batch_tokens(), then decodes until an EOS token of the model (not emitted), a stop string
 // (not emitted; text is held back while it could still be the start of one), max_tokens, the context
 // end, or on_text returning false. on_text receives UTF-8-complete text pieces in order.
+// With GenerateOptions::speculative (and a Speculator, for a draft model) each decode step verifies the
+// drafted tokens (engine/runtime/speculative.h): greedy output is the same token for token.
 #pragma once
 
 #include <functional>
@@ -15,6 +17,7 @@
 #include <vector>
 
 #include "engine/runtime/engine.h"
+#include "engine/runtime/speculative.h"
 
 namespace trove::engine {
 
@@ -22,6 +25,9 @@ struct GenerateOptions {
   uint32_t max_tokens = 256;
   Sampling sampling;
   std::vector<std::string> stop;
+  SpecMethod speculative = SpecMethod::kOff;
+  Speculator* speculator = nullptr;  // null: prompt lookup only (kDraft drafts nothing)
+  uint32_t max_draft = kMaxDraftTokens;  // drafts per step at most
 };
 
 enum class FinishReason { kStop, kLength, kCancelled };
@@ -34,6 +40,8 @@ struct GenerateResult {
   std::string text;             // emitted text (stop string excluded)
   FinishReason finish = FinishReason::kStop;
   double prefill_seconds = 0, decode_seconds = 0;
+  uint32_t decode_steps = 0;    // target steps after the prefill (fewer than tokens with speculation)
+  SpecStats spec;
 };
 
 // Longest n such that s's last n bytes are a proper prefix of one of `stops` (text to hold back).

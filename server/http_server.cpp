@@ -74,7 +74,10 @@ struct HttpServer::Impl {
       if (dashboard) dashboard->observe_ttft(s);
     };
     obs.inter_token = [this](double s) { metrics.observe_inter_token(s); };
-    scheduler = std::make_unique<Scheduler>(engine, obs);
+    SchedulerOptions so;
+    so.speculative = opt.speculative;
+    so.draft = opt.draft;
+    scheduler = std::make_unique<Scheduler>(engine, obs, so);
     dashboard = std::make_unique<Dashboard>(engine, *scheduler, opt);
     const int threads = opt.http_threads;
     http.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
@@ -241,6 +244,18 @@ struct HttpServer::Impl {
       return fail(e);
     }
     if (!job.force_output && !opt.force_script.empty()) job.force_output = pick_forced_output(opt.force_script, job.conversation);
+    // Speculative decoding (docs/api.md): `x-trove-speculative: off|lookup|draft|auto`.
+    std::optional<engine::SpecMethod> speculative;
+    if (req.has_header("x-trove-speculative")) {
+      const std::string v = req.get_header_value("x-trove-speculative");
+      speculative = engine::parse_spec_method(v);
+      if (!speculative) {
+        ApiError e;
+        e.param = "x-trove-speculative";
+        e.message = fmt::format("x-trove-speculative: '{}' is not one of off, lookup, draft, auto", v.substr(0, 40));
+        return fail(e);
+      }
+    }
     auto renderer = engine.renderer();
     if (!renderer.ok()) {
       ApiError e;
@@ -317,6 +332,7 @@ struct HttpServer::Impl {
     if (const std::string c = req.get_header_value("x-trove-cache"); c == "off" || c == "0" || c == "false") {
       g.use_cache = false;
     }
+    g.speculative = speculative;
     if (job.force_output) {
       g.force_output = true;
       g.forced_tokens = engine.tokenizer().encode(*job.force_output, /*parse_special=*/true);

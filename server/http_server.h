@@ -35,6 +35,7 @@
 
 #include "common/status.h"
 #include "engine/runtime/engine.h"
+#include "engine/runtime/speculative.h"
 #include "kvstore/store.h"
 #include "server/force_script.h"
 
@@ -66,6 +67,10 @@ struct ServerOptions {
   // Retry-After: retry_after_s (overload is answered at once instead of by a growing wait).
   size_t max_queue = 64;
   int retry_after_s = 2;
+  // Speculative decoding for requests without an x-trove-speculative header (--speculative), and the
+  // draft model (--draft-model; null: none), which the scheduler's thread drives beside the engine.
+  engine::SpecMethod speculative = engine::SpecMethod::kAuto;
+  engine::Engine* draft = nullptr;
 };
 
 class HttpServer {

@@ -116,6 +116,20 @@ std::string Metrics::render(const SchedulerStats& s, const kv::Stats* store) con
     counter("trove_store_compactions_total", "Segment files the store compacted away.", store->compactions);
     gauge("trove_store_blocks", "Blocks in the KV store's index.", store->blocks);
   }
+  // Speculative decoding, by how the drafts were made: lookup (prompt lookup) or draft (draft model).
+  const std::pair<const char*, const engine::SpecCounters*> methods[] = {{"lookup", &s.spec.lookup}, {"draft", &s.spec.draft}};
+  auto by_method = [&](const char* name, const char* type, const char* help, auto value) {
+    out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
+    for (const auto& [m, c] : methods) out += fmt::format("{}{{method=\"{}\"}} {}\n", name, m, value(*c));
+  };
+  by_method("trove_speculative_drafted_tokens_total", "counter", "Draft tokens the target model verified, by method.",
+            [](const engine::SpecCounters& c) { return c.drafted; });
+  by_method("trove_speculative_accepted_tokens_total", "counter", "Draft tokens the target model accepted, by method.",
+            [](const engine::SpecCounters& c) { return c.accepted; });
+  by_method("trove_speculative_steps_total", "counter", "Engine steps that verified drafts, by method (one per sequence).",
+            [](const engine::SpecCounters& c) { return c.steps; });
+  by_method("trove_speculative_acceptance_rate", "gauge", "Accepted / drafted tokens since start, by method (0 before any draft).",
+            [](const engine::SpecCounters& c) { return c.drafted ? double(c.accepted) / double(c.drafted) : 0.0; });
   return out;
 }
 

@@ -72,6 +72,8 @@ struct Scheduler::Active {
   std::optional<tokenizer::Detokenizer> detok;
   std::optional<StopStringMatcher> stops;
   GenerationResult result;
+  bool speculating = false;   // decodes through the Speculator (spec.history is the sequence + next)
+  engine::SpecSequence spec;
 
   SequenceInfo info() const {
     SequenceInfo i;
@@ -94,8 +96,8 @@ struct Scheduler::Active {
   }
 };
 
-Scheduler::Scheduler(engine::Engine& engine, SchedulerObserver observer)
-    : engine_(engine), observer_(std::move(observer)) {
+Scheduler::Scheduler(engine::Engine& engine, SchedulerObserver observer, SchedulerOptions options)
+    : engine_(engine), observer_(std::move(observer)), options_(options), speculator_(engine, options.draft) {
   stats_.pool = engine_.pool_stats();
   stats_.cache = engine_.cache_stats();  // before the thread starts: safe on this thread
   thread_ = std::thread([this] { loop(); });
@@ -382,7 +384,9 @@ void Scheduler::loop() {
     }
     auto retire = [&] {
       for (auto& a : active) {
-        if (a->done) engine_.close_sequence(a->seq);
+        if (!a->done) continue;
+        engine_.close_sequence(a->seq);
+        speculator_.stop(a->spec);
       }
       active.erase(std::remove_if(active.begin(), active.end(), [](const auto& a) { return a->done; }),
                    active.end());
@@ -411,18 +415,61 @@ void Scheduler::loop() {
     std::vector<Active*> owners;
     std::vector<size_t> chunk_sizes;
     uint32_t budget = engine_.max_batch_tokens();
+    // Speculation first: which decoding sequences draft, and how many drafts the step can take.
+    std::vector<engine::SpecSequence*> speculating;
+    uint32_t n_decoding = 0, n_prefilling = 0;
     for (auto& a : active) {
-      if (!a->decoding || budget == 0) continue;
+      if (a->done || a->restoring) continue;
+      if (!a->decoding) {
+        ++n_prefilling;
+        continue;
+      }
+      ++n_decoding;
+      const engine::SpecMethod m = a->request.speculative.value_or(options_.speculative);
+      if (m == engine::SpecMethod::kOff || a->request.force_output) continue;
+      if (!a->speculating) {
+        a->speculating = true;
+        a->spec.history = a->request.prompt;
+        a->spec.history.push_back(a->next);
+        speculator_.start(a->spec, m, a->request.sampling, a->request.use_cache ? a->request.cache_namespace : "");
+      }
+      // Drafts that could still be emitted: within max_tokens and the context (the step feeds 1 + k).
+      const uint32_t len = engine_.length(a->seq);
+      a->spec.cap = std::min<uint32_t>({options_.max_draft,
+                                        a->request.max_tokens - std::min(a->request.max_tokens, a->result.generated_tokens + 1),
+                                        engine_.n_ctx() - std::min(engine_.n_ctx(), len + 2)});
+      speculating.push_back(&a->spec);
+    }
+    if (!speculating.empty()) {
+      // Decode-only steps stay within kCheapStepTokens; a step that prefills anyway takes up to 16 drafts.
+      // Either way the head rows (1 + drafts per decoding sequence, 1 per prompt ending) must fit.
+      uint32_t spec_budget = n_prefilling > 0 ? 16u
+                             : n_decoding < engine::kCheapStepTokens ? engine::kCheapStepTokens - n_decoding
+                                                                      : 0u;
+      const uint32_t rows_used = n_decoding + n_prefilling;
+      spec_budget = std::min(spec_budget, engine_.max_logit_rows() > rows_used ? engine_.max_logit_rows() - rows_used : 0u);
+      spec_budget = std::min(spec_budget, budget > n_decoding ? budget - n_decoding : 0u);
+      if (spec_pool_full_) spec_budget = 0;  // the last step ran out of KV blocks: decode plainly once
+      spec_pool_full_ = false;
+      speculator_.propose(speculating, spec_budget);
+    }
+    for (auto& a : active) {
+      if (!a->decoding || a->done || budget == 0) continue;
       engine::StepInput in;
-      in.seq = a->seq;
-      in.tokens = std::span<const int32_t>(&a->next, 1);
-      // A forced reply (test hook) ignores the sampled token: no head, no sampling for it.
-      in.sample = !a->request.force_output;
-      in.sampling = a->request.sampling;
+      if (a->speculating) {
+        speculator_.fill(a->spec, a->seq, in);
+        if (in.tokens.size() > budget) continue;  // cannot happen: the budget above keeps room
+      } else {
+        in.seq = a->seq;
+        in.tokens = std::span<const int32_t>(&a->next, 1);
+        // A forced reply (test hook) ignores the sampled token: no head, no sampling for it.
+        in.sample = !a->request.force_output;
+        in.sampling = a->request.sampling;
+      }
       inputs.push_back(in);
       owners.push_back(a.get());
-      chunk_sizes.push_back(1);
-      --budget;
+      chunk_sizes.push_back(in.tokens.size());
+      budget -= static_cast<uint32_t>(in.tokens.size());
     }
     // Prefill: the budget left is shared fairly among the prompts still prefilling (water-filling:
     // the smallest needs are met first, each at most an equal share of what is left; what integer
@@ -469,7 +516,14 @@ void Scheduler::loop() {
     }
     auto out = engine_.step(inputs);
     uint64_t prefill_tokens = 0, decode_tokens = 0, generated_tokens = 0;
-    if (!out.ok() && out.status().code() == StatusCode::kResourceExhausted) {
+    engine::SpecStats spec_round;
+    uint32_t drafts_in_step = 0;
+    for (Active* a : owners) drafts_in_step += a->decoding && a->speculating ? a->spec.drafts() : 0;
+    if (!out.ok() && out.status().code() == StatusCode::kResourceExhausted && drafts_in_step > 0) {
+      // The drafts' KV did not fit: the engine left every sequence as it was; the next step runs
+      // without drafts before anyone is ended for it.
+      spec_pool_full_ = true;
+    } else if (!out.ok() && out.status().code() == StatusCode::kResourceExhausted) {
       // The pool filled up while sequences grew. The engine left every sequence as it was: end the
       // youngest one (freeing its blocks) and let the others retry in the next step.
       Active* youngest = owners.back();
@@ -487,7 +541,25 @@ void Scheduler::loop() {
       for (size_t i = 0; i < owners.size(); ++i) {
         Active& a = *owners[i];
         const uint32_t generated_before = a.result.generated_tokens;
-        if (a.decoding) {
+        if (a.decoding && a.speculating) {
+          engine::SpecStats round;
+          auto emitted = speculator_.accept(a.spec, a.seq, (*out)[i], round);
+          decode_tokens += 1 + round.lookup.accepted + round.draft.accepted;  // fed and kept
+          spec_round.lookup.drafted += round.lookup.drafted;
+          spec_round.lookup.accepted += round.lookup.accepted;
+          spec_round.lookup.steps += round.lookup.steps;
+          spec_round.draft.drafted += round.draft.drafted;
+          spec_round.draft.accepted += round.draft.accepted;
+          spec_round.draft.steps += round.draft.steps;
+          if (!emitted.ok()) {
+            finish(a, FinishReason::kError, "speculative decoding failed: " + emitted.status().message());
+          } else {
+            for (int32_t t : *emitted) {
+              if (a.done) break;
+              on_token(a, t);
+            }
+          }
+        } else if (a.decoding) {
           ++decode_tokens;
           on_token(a, (*out)[i].token);
         } else {
@@ -508,12 +580,18 @@ void Scheduler::loop() {
       stats_.prefill_tokens += prefill_tokens;
       stats_.decode_tokens += decode_tokens;
       stats_.generated_tokens += generated_tokens;
+      for (auto [to, from] : {std::pair{&stats_.spec.lookup, &spec_round.lookup}, std::pair{&stats_.spec.draft, &spec_round.draft}}) {
+        to->drafted += from->drafted;
+        to->accepted += from->accepted;
+        to->steps += from->steps;
+      }
       publish_locked(active);
     }
   }
   for (auto& a : active) {
     finish(*a, FinishReason::kCancelled);
     engine_.close_sequence(a->seq);
+    speculator_.stop(a->spec);
   }
   std::lock_guard<std::mutex> lock(mu_);
   for (auto& q : queue_) {

@@ -38,6 +38,14 @@
 //    and the request's prefill starts when its blocks are in the pool.
 //  - Every stream ends with exactly one kDone event carrying a GenerationResult (token counts,
 //    finish reason, an error message for kError).
+//  - Speculative decoding (engine/runtime/speculative.h, docs/speculative.md): a decoding request whose
+//    method (GenerationRequest::speculative, else SchedulerOptions::speculative) is not off feeds, in its
+//    decode input, the next token and up to kMaxDraftTokens drafts (prompt lookup or the draft model),
+//    verified in the same step; every accepted token then goes through the stop conditions one by one,
+//    exactly as if decoded alone. Drafts share a budget per step: while only decode inputs run, the step
+//    stays within kCheapStepTokens (8: the fused matvec path, whose cost hardly grows with the columns),
+//    so drafts stop once 8 sequences decode; a step that also prefills takes up to 16 more tokens.
+//    Force-output requests never speculate.
 //  - Test hook: a request with `forced_tokens` has each sampled token replaced by the next forced one
 //    (the forced token is what the sequence holds); after the last forced token generation stops as if
 //    EOS had been sampled. The HTTP layer only fills it when the server runs with --test-force-output.
@@ -51,11 +59,13 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "engine/runtime/engine.h"
+#include "engine/runtime/speculative.h"
 
 namespace trove::server {
 
@@ -79,6 +89,8 @@ struct GenerationRequest {
   bool use_cache = true;
   std::string cache_namespace;
   RequestLabel label;
+  // Speculative decoding for this request (the x-trove-speculative header); nullopt: the scheduler's.
+  std::optional<engine::SpecMethod> speculative;
 };
 
 enum class FinishReason { kStop, kLength, kCancelled, kError };
@@ -157,6 +169,7 @@ struct SchedulerStats {
   uint64_t completed = 0;     // requests ended any other way
   engine::PoolStats pool;     // snapshot after the last step
   engine::CacheStats cache;   // prefix cache counters (GPU and store tiers), same moment
+  engine::SpecStats spec;     // speculative decoding: drafted / accepted tokens by method
 };
 
 // Latency observations, called on the scheduler thread (the server feeds its metrics with them).
@@ -165,9 +178,15 @@ struct SchedulerObserver {
   std::function<void(double seconds)> inter_token;
 };
 
+struct SchedulerOptions {
+  engine::SpecMethod speculative = engine::SpecMethod::kOff;  // for requests that do not say
+  engine::Engine* draft = nullptr;  // the draft model (same tokenizer), driven by the scheduler's thread
+  uint32_t max_draft = engine::kMaxDraftTokens;  // drafts per sequence and step at most
+};
+
 class Scheduler {
  public:
-  explicit Scheduler(engine::Engine& engine, SchedulerObserver observer = {});
+  explicit Scheduler(engine::Engine& engine, SchedulerObserver observer = {}, SchedulerOptions options = {});
   ~Scheduler();  // stops the thread; unfinished requests end with kCancelled
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
@@ -203,6 +222,8 @@ class Scheduler {
 
   engine::Engine& engine_;
   SchedulerObserver observer_;
+  SchedulerOptions options_;
+  engine::Speculator speculator_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Queued> queue_;
@@ -212,6 +233,7 @@ class Scheduler {
   std::vector<SequenceInfo> running_;        // guarded by mu_
   std::deque<SequenceInfo> recent_;          // guarded by mu_, newest first
   std::vector<SequenceInfo> just_finished_;  // scheduler thread only; moved to recent_ when published
+  bool spec_pool_full_ = false;              // scheduler thread only: the last step's drafts did not fit
   std::thread thread_;
 };
 

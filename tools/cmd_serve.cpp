@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <thread>
 
@@ -18,6 +19,7 @@
 
 #include "common/log.h"
 #include "engine/runtime/engine.h"
+#include "engine/runtime/speculative.h"
 #include "server/http_server.h"
 #include "tools/command.h"
 #include "tools/paths.h"
@@ -48,6 +50,8 @@ struct ServeArgs {
   uint32_t default_max_tokens = 32768;
   std::string lease_dir;
   uint32_t idle_exit = 300;
+  std::string speculative = "auto";
+  std::string draft_model;
 };
 
 // `trove launch` starts the server with --lease-dir: every launched client holds a file there named
@@ -139,6 +143,23 @@ void serve(ServeArgs a) {
   if (!loaded.ok()) cli::fail(loaded.status().message());
   engine::Engine& e = **loaded;
   if (auto r = e.renderer(); !r.ok()) cli::fail(r.status().message());
+  const auto spec = engine::parse_spec_method(a.speculative);
+  if (!spec) cli::fail(fmt::format("--speculative {}: write off, lookup, draft or auto", a.speculative));
+  std::unique_ptr<engine::Engine> draft;
+  if (!a.draft_model.empty()) {
+    engine::EngineOptions d;
+    d.model_path = a.draft_model;
+    d.n_ctx = e.n_ctx();
+    d.max_sequences = e.max_sequences();
+    d.max_batch_tokens = a.max_batch_tokens;
+    d.block_tokens = eo.block_tokens;
+    auto dl = engine::Engine::load(d);
+    if (!dl.ok()) cli::fail(fmt::format("--draft-model {}: {}", a.draft_model, dl.status().message()));
+    if (Status st = engine::Speculator::check_draft_model(e, **dl); !st.ok()) cli::fail(st.message());
+    draft = std::move(*dl);
+  } else if (*spec == engine::SpecMethod::kDraft) {
+    cli::fail("--speculative draft needs --draft-model PATH (a smaller model with the same tokenizer)");
+  }
 
   server::ServerOptions so;
   so.host = a.host;
@@ -158,6 +179,8 @@ void serve(ServeArgs a) {
   so.model_id = std::filesystem::path(model).stem().string();
   so.store = store;
   so.store_budget = store_budget;
+  so.speculative = *spec;
+  so.draft = draft.get();
   // Every running and queued request holds an HTTP thread (a stream, or a reply being waited for); the
   // rest serve /health, /metrics and quick refusals (503, 4xx) while the queue is full.
   so.http_threads = static_cast<int>(std::max<size_t>(64, a.parallel + a.max_queue + 16));
@@ -185,6 +208,8 @@ void serve(ServeArgs a) {
                a.test_force_output              ? ", TEST HOOK --test-force-output ON"
                : !a.test_force_script.empty() ? ", TEST HOOK --test-force-script ON"
                                               : "");
+  std::fprintf(stderr, "speculative decoding: %s%s%s\n", engine::spec_method_name(*spec), draft ? ", draft model " : "",
+               draft ? draft->config().name.c_str() : "");
   if (store) {
     // How much of the store this model can use: blocks stored under its fingerprint (any namespace).
     const std::string fp = e.fingerprint();
@@ -238,6 +263,12 @@ void add_serve(CLI::App& sub) {
                  "(trove launch uses it)");
   sub.add_option("--idle-exit", a->idle_exit, "Seconds without a lease before --lease-dir stops the server")
       ->capture_default_str();
+  sub.add_option("--speculative", a->speculative,
+                 "Speculative decoding for requests without an x-trove-speculative header: off, lookup (prompt "
+                 "lookup), draft (--draft-model), auto (lookup, and the draft model where lookup finds nothing)")
+      ->capture_default_str();
+  sub.add_option("--draft-model", a->draft_model,
+                 "Draft model for speculative decoding: a smaller model with the same tokenizer (own small KV pool)");
   sub.add_flag("--log-prompts", a->log_prompts, "Log prompts and outputs (off: only token counts and timings)");
   sub.add_flag("--test-force-output", a->test_force_output,
                "TEST HOOK: honour the `trove_force_output` body field (generated tokens forced to that text)");

@@ -1,0 +1,310 @@
+// Speculative decoding benchmark (issue 20, docs/speculative.md). Two modes:
+//
+//   bench_spec --model T.gguf [--draft D.gguf] [--heldout tools/train/data/heldout.u32.xz | --docs F.json]
+//              [--conversations 6] [--turns 2] [--max-tokens 96] [--methods off,lookup,draft,auto]
+//     Agent transcripts: every conversation is cut at its first --turns assistant turns; each cut (the
+//     conversation up to "<|im_start|>assistant\n") is a prompt that the target continues greedily with
+//     each method. Per method: draft tokens verified and accepted (acceptance rate), generated tokens per
+//     target decode step, decode tok/s on this machine, and whether the output equals --methods' first
+//     (greedy speculation must not change a token). --docs reads {"docs": [[ids...], ...]} (what
+//     bench/spec/agent_loop.mjs writes for the agent-loop conversation of tests/server).
+//     Also, teacher-forced: prompt lookup's acceptance when the model writes exactly the transcript's
+//     assistant turns (the draft against the reference tokens; no model needed) — how much of an agent
+//     transcript is copied from its own context.
+//
+//   bench_spec --verify-cost --model M.gguf [--depth 1024] [--reps 5]
+//     Target step time for 1..8 tokens of one sequence with per-position argmax (a verification step
+//     of k - 1 drafts) at --depth tokens of context, and the decode speed-up that acceptance rates
+//     would give (expected tokens per step of i.i.d. acceptance a with k - 1 drafts, over the step time
+//     ratio). For the H200: `trove mkmodel --preset qwen3-8b|qwen3-30b-a3b --type Q4_K_M` files.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "engine/runtime/engine.h"
+#include "engine/runtime/generate.h"
+#include "engine/runtime/speculative.h"
+
+using namespace trove;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double secs(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+[[noreturn]] void die(const std::string& msg) {
+  std::fprintf(stderr, "bench_spec: %s\n", msg.c_str());
+  std::exit(1);
+}
+
+// heldout.u32.xz (tools/train/make_corpus.py pack()): uint32 document lengths, then every token. The
+// number of documents is the n with lengths[0..n) summing to (values - n).
+std::vector<std::vector<int32_t>> read_u32_docs(const std::string& path) {
+  const bool xz = path.size() > 3 && path.substr(path.size() - 3) == ".xz";
+  std::string raw;
+  if (xz) {
+    FILE* p = ::popen(fmt::format("xz -dc '{}'", path).c_str(), "r");
+    if (!p) die("cannot run xz -dc " + path);
+    char buf[1 << 16];
+    for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) raw.append(buf, n);
+    if (::pclose(p) != 0) die("xz -dc " + path + " failed (is xz installed and the file there?)");
+  } else {
+    std::ifstream f(path, std::ios::binary);
+    if (!f) die("cannot open " + path);
+    raw.assign(std::istreambuf_iterator<char>(f), {});
+  }
+  const size_t total = raw.size() / 4;
+  std::vector<uint32_t> v(total);
+  std::memcpy(v.data(), raw.data(), total * 4);
+  uint64_t sum = 0;
+  size_t n = 0;
+  for (; n < total; ++n) {
+    if (sum == total - n) break;
+    sum += v[n];
+  }
+  if (n == 0 || sum != total - n) die(path + ": not a token file (document lengths then tokens)");
+  std::vector<std::vector<int32_t>> docs;
+  size_t at = n;
+  for (size_t i = 0; i < n; ++i) {
+    docs.emplace_back(v.begin() + static_cast<ptrdiff_t>(at), v.begin() + static_cast<ptrdiff_t>(at + v[i]));
+    at += v[i];
+  }
+  return docs;
+}
+
+std::vector<std::vector<int32_t>> read_json_docs(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) die("cannot open " + path);
+  const auto j = nlohmann::json::parse(f, nullptr, false);
+  if (j.is_discarded() || !j.contains("docs")) die(path + ": expected {\"docs\": [[token ids], ...]}");
+  return j["docs"].get<std::vector<std::vector<int32_t>>>();
+}
+
+std::unique_ptr<engine::Engine> load(const std::string& path, uint32_t n_ctx) {
+  engine::EngineOptions o;
+  o.model_path = path;
+  o.n_ctx = n_ctx;
+  o.max_sequences = 1;
+  o.max_batch_tokens = 512;
+  auto e = engine::Engine::load(o);
+  if (!e.ok()) die(path + ": " + e.status().message());
+  return std::move(*e);
+}
+
+// Positions just after "<|im_start|>assistant\n" and the matching "<|im_end|>" (exclusive).
+struct Turn {
+  size_t start, end;
+};
+std::vector<Turn> assistant_turns(const std::vector<int32_t>& d, const engine::Engine& e) {
+  const auto& tk = e.tokenizer();
+  const int32_t im_start = tk.find("<|im_start|>"), im_end = tk.find("<|im_end|>");
+  const auto assistant = tk.encode("assistant\n", false);
+  std::vector<Turn> turns;
+  for (size_t i = 0; i + 1 + assistant.size() < d.size(); ++i) {
+    if (d[i] != im_start || !std::equal(assistant.begin(), assistant.end(), d.begin() + static_cast<ptrdiff_t>(i + 1))) continue;
+    const size_t s = i + 1 + assistant.size();
+    size_t t = s;
+    while (t < d.size() && d[t] != im_end) ++t;
+    turns.push_back({s, t});
+  }
+  return turns;
+}
+
+struct MethodRow {
+  uint64_t generated = 0, steps = 0, drafted = 0, accepted = 0, same = 0, cuts = 0;
+  double decode_s = 0;
+};
+
+void acceptance(const std::string& model, const std::string& draft_path, std::vector<std::vector<int32_t>> docs,
+                const std::string& what, uint32_t conversations, uint32_t turns, uint32_t max_tokens,
+                const std::vector<std::string>& methods) {
+  uint32_t longest = 0;
+  if (docs.size() > conversations) docs.resize(conversations);
+  for (const auto& d : docs) longest = std::max<uint32_t>(longest, static_cast<uint32_t>(d.size()));
+  const uint32_t n_ctx = (longest + max_tokens + 64 + 63) / 64 * 64;
+  auto target = load(model, n_ctx);
+  std::unique_ptr<engine::Engine> draft;
+  if (!draft_path.empty()) {
+    draft = load(draft_path, n_ctx);
+    if (Status st = engine::Speculator::check_draft_model(*target, *draft); !st.ok()) die(st.message());
+  }
+  engine::Speculator sp(*target, draft.get());
+  auto seq = target->open_sequence();
+  if (!seq.ok()) die(seq.status().message());
+  std::map<std::string, MethodRow> rows;
+  // Teacher-forced prompt lookup over the assistant turns' reference tokens.
+  uint64_t tf_tokens = 0, tf_steps = 0, tf_drafted = 0, tf_accepted = 0;
+  for (size_t di = 0; di < docs.size(); ++di) {
+    const auto& d = docs[di];
+    auto ts = assistant_turns(d, *target);
+    for (const Turn& t : ts) {
+      engine::AdaptiveK k;
+      for (size_t p = t.start; p < t.end;) {
+        const auto h = std::span<const int32_t>(d).first(p);
+        const auto l = engine::lookup_draft(h, k.k);
+        uint32_t acc = 0;
+        while (acc < l.tokens.size() && p + acc < t.end && l.tokens[acc] == d[p + acc]) ++acc;
+        k.update(static_cast<uint32_t>(l.tokens.size()), acc);
+        tf_drafted += l.tokens.size();
+        tf_accepted += acc;
+        const size_t adv = std::min<size_t>(acc + 1, t.end - p);
+        tf_tokens += adv;
+        ++tf_steps;
+        p += adv;
+      }
+    }
+    if (ts.size() > turns) ts.resize(turns);
+    for (const Turn& t : ts) {
+      const std::span<const int32_t> prompt = std::span<const int32_t>(d).first(t.start);
+      std::vector<int32_t> first_tokens;
+      for (size_t mi = 0; mi < methods.size(); ++mi) {
+        const auto m = engine::parse_spec_method(methods[mi]);
+        if (!m) die("--methods: " + methods[mi] + " is not off, lookup, draft or auto");
+        engine::GenerateOptions go;
+        go.max_tokens = max_tokens;
+        go.speculative = *m;
+        go.speculator = &sp;
+        auto r = engine::generate(*target, *seq, prompt, go, nullptr);
+        if (!r.ok()) die(r.status().message());
+        MethodRow& row = rows[methods[mi]];
+        ++row.cuts;
+        row.generated += r->generated_tokens;
+        row.steps += r->decode_steps;
+        row.drafted += r->spec.lookup.drafted + r->spec.draft.drafted;
+        row.accepted += r->spec.lookup.accepted + r->spec.draft.accepted;
+        row.decode_s += r->decode_seconds;
+        if (mi == 0) first_tokens = r->tokens;
+        row.same += r->tokens == first_tokens ? 1 : 0;
+        std::fprintf(stderr, "  %s doc %zu turn at %zu: %-6s %u tokens in %u steps, %llu/%llu drafts accepted\n",
+                     what.c_str(), di, t.start, methods[mi].c_str(), r->generated_tokens, r->decode_steps,
+                     static_cast<unsigned long long>(r->spec.lookup.accepted + r->spec.draft.accepted),
+                     static_cast<unsigned long long>(r->spec.lookup.drafted + r->spec.draft.drafted));
+      }
+    }
+  }
+  std::printf("\n%s: %zu conversations, first %u assistant turns each, greedy, <= %u tokens per turn\n", what.c_str(),
+              docs.size(), turns, max_tokens);
+  std::printf("| method | turns | generated | target decode steps | tokens / step | drafted | accepted | acceptance | "
+              "decode tok/s here | output = %s |\n|---|---|---|---|---|---|---|---|---|---|\n",
+              methods.front().c_str());
+  for (const auto& name : methods) {
+    const MethodRow& r = rows[name];
+    // The first token of a turn comes from the prefill step; decode steps make the rest.
+    const double per_step = r.steps ? double(r.generated - std::min(r.generated, r.cuts)) / r.steps : 0;
+    std::printf("| %s | %llu | %llu | %llu | %.2f | %llu | %llu | %s | %.1f | %llu/%llu |\n", name.c_str(),
+                static_cast<unsigned long long>(r.cuts), static_cast<unsigned long long>(r.generated),
+                static_cast<unsigned long long>(r.steps), per_step, static_cast<unsigned long long>(r.drafted),
+                static_cast<unsigned long long>(r.accepted),
+                r.drafted ? fmt::format("{:.1f}%", 100.0 * r.accepted / r.drafted).c_str() : "-",
+                r.decode_s > 0 ? r.generated / r.decode_s : 0.0, static_cast<unsigned long long>(r.same),
+                static_cast<unsigned long long>(r.cuts));
+  }
+  std::printf("\nteacher-forced prompt lookup over every assistant turn of the %zu conversations (the model writes the "
+              "transcript): %llu tokens in %llu steps = %.2f tokens/step, %llu/%llu drafts accepted (%.1f%%)\n",
+              docs.size(), static_cast<unsigned long long>(tf_tokens), static_cast<unsigned long long>(tf_steps),
+              tf_steps ? double(tf_tokens) / tf_steps : 0.0, static_cast<unsigned long long>(tf_accepted),
+              static_cast<unsigned long long>(tf_drafted), tf_drafted ? 100.0 * tf_accepted / tf_drafted : 0.0);
+}
+
+void verify_cost(const std::string& model, uint32_t depth, int reps) {
+  auto e = load(model, std::max<uint32_t>(4096, depth + 64));
+  auto seq = e->open_sequence();
+  if (!seq.ok()) die(seq.status().message());
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(std::min<uint32_t>(e->config().n_vocab, 150000)) - 1);
+  std::vector<int32_t> ctx(depth);
+  for (auto& t : ctx) t = tok(rng);
+  for (uint32_t at = 0; at < depth; at += 512) {
+    engine::StepInput in;
+    in.seq = *seq;
+    in.tokens = std::span<const int32_t>(ctx).subspan(at, std::min<uint32_t>(512, depth - at));
+    in.sample = false;
+    auto out = e->step(std::span<const engine::StepInput>(&in, 1));
+    if (!out.ok()) die(out.status().message());
+  }
+  std::vector<double> ms(9, 0);
+  for (uint32_t k = 1; k <= engine::kCheapStepTokens; ++k) {
+    std::vector<int32_t> fed(k);
+    for (auto& t : fed) t = tok(rng);
+    std::vector<double> times;
+    for (int r = 0; r < reps + 1; ++r) {  // the first one compiles pipelines
+      engine::StepInput in;
+      in.seq = *seq;
+      in.tokens = fed;
+      in.all_tokens = k > 1;
+      in.provisional = k - 1;
+      const auto t0 = Clock::now();
+      auto out = e->step(std::span<const engine::StepInput>(&in, 1));
+      const double t = secs(t0);
+      if (!out.ok()) die(out.status().message());
+      if (Status st = e->truncate(*seq, depth); !st.ok()) die(st.message());
+      if (r > 0) times.push_back(t);
+    }
+    std::sort(times.begin(), times.end());
+    ms[k] = times[times.size() / 2] * 1e3;
+  }
+  std::printf("\n%s on %s, %u tokens of context: target step time for k tokens (k - 1 drafts verified), median of %d\n",
+              e->config().name.c_str(), e->device_name().c_str(), depth, reps);
+  const double alphas[] = {0.5, 0.6, 0.7, 0.8, 0.9};
+  std::printf("| k | step ms | vs k=1 |");
+  for (double a : alphas) std::printf(" speed-up at %.0f%% |", a * 100);
+  std::printf("\n|---|---|---|---|---|---|---|---|\n");
+  for (uint32_t k = 1; k <= engine::kCheapStepTokens; ++k) {
+    std::printf("| %u | %.2f | %.2f |", k, ms[k], ms[k] / ms[1]);
+    for (double a : alphas) {
+      // Expected tokens per step with k - 1 drafts, each accepted with probability a independently.
+      const double tokens = (1 - std::pow(a, k)) / (1 - a);
+      std::printf(" %.2f |", tokens * ms[1] / ms[k]);
+    }
+    std::printf("\n");
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Speculative decoding: acceptance on agent transcripts, and the cost of verifying k tokens"};
+  std::string model, draft, heldout, docs_json;
+  uint32_t conversations = 6, turns = 2, max_tokens = 96, depth = 1024;
+  int reps = 5;
+  bool cost = false;
+  std::string methods = "off,lookup,draft,auto";
+  app.add_option("--model", model, "Target model (GGUF)")->required();
+  app.add_option("--draft", draft, "Draft model (GGUF, same tokenizer)");
+  app.add_option("--heldout", heldout, "Token file (tools/train/data/heldout.u32.xz)");
+  app.add_option("--docs", docs_json, "JSON {\"docs\": [[ids...]]} (bench/spec/agent_loop.mjs)");
+  app.add_option("--conversations", conversations, "Conversations to use")->capture_default_str();
+  app.add_option("--turns", turns, "Assistant turns per conversation to generate")->capture_default_str();
+  app.add_option("--max-tokens", max_tokens, "Tokens per generated turn")->capture_default_str();
+  app.add_option("--methods", methods, "Methods, the first is the reference output")->capture_default_str();
+  app.add_flag("--verify-cost", cost, "Measure the target step time for 1..8 tokens instead");
+  app.add_option("--depth", depth, "--verify-cost: context tokens before the measured steps")->capture_default_str();
+  app.add_option("--reps", reps, "--verify-cost: repetitions per k (median)")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  if (cost) {
+    verify_cost(model, depth, std::max(1, reps));
+    return 0;
+  }
+  std::vector<std::string> ms;
+  std::stringstream ss(methods);
+  for (std::string m; std::getline(ss, m, ',');) {
+    if ((m == "draft") && draft.empty()) continue;  // nothing to draft with
+    ms.push_back(m);
+  }
+  if (ms.empty()) die("--methods: nothing to run");
+  if (heldout.empty() == docs_json.empty()) die("give one of --heldout FILE or --docs FILE");
+  auto docs = heldout.empty() ? read_json_docs(docs_json) : read_u32_docs(heldout);
+  acceptance(model, draft, std::move(docs), heldout.empty() ? docs_json : heldout, conversations, turns, max_tokens, ms);
+  return 0;
+}

@@ -34,7 +34,7 @@ struct RunArgs {
   bool no_think = false;
   uint32_t ctx = 0;
   bool json = false;
-  std::string speculative = "auto";
+  std::string speculative;  // empty: engine::default_spec_method()
   std::string draft_model;
 };
 
@@ -47,7 +47,7 @@ struct Speculation {
 
 Speculation load_speculation(const RunArgs& a, engine::Engine& e) {
   Speculation sp;
-  const auto m = engine::parse_spec_method(a.speculative);
+  const auto m = a.speculative.empty() ? (a.draft_model.empty() ? engine::default_spec_method(e) : engine::SpecMethod::kAuto) : engine::parse_spec_method(a.speculative);
   if (!m) cli::fail(fmt::format("--speculative {}: write off, lookup, draft or auto", a.speculative));
   sp.method = *m;
   if (!a.draft_model.empty()) {
@@ -237,8 +237,7 @@ void add_run(CLI::App& sub) {
   sub.add_flag("--json", a->json, "With --raw: print prompt and generated token ids as JSON");
   sub.add_option("--speculative", a->speculative,
                  "Speculative decoding: off, lookup (prompt lookup), draft (--draft-model), auto (lookup, and the "
-                 "draft model where lookup finds nothing)")
-      ->capture_default_str();
+                 "draft model where lookup finds nothing); default: auto on a GPU or with --draft-model, off on a CPU Vulkan device");
   sub.add_option("--draft-model", a->draft_model, "Draft model for speculative decoding (same tokenizer, smaller)");
   sub.callback([a] { run(*a); });
 }

@@ -50,7 +50,7 @@ struct ServeArgs {
   uint32_t default_max_tokens = 32768;
   std::string lease_dir;
   uint32_t idle_exit = 300;
-  std::string speculative = "auto";
+  std::string speculative;  // empty: engine::default_spec_method()
   std::string draft_model;
 };
 
@@ -143,7 +143,7 @@ void serve(ServeArgs a) {
   if (!loaded.ok()) cli::fail(loaded.status().message());
   engine::Engine& e = **loaded;
   if (auto r = e.renderer(); !r.ok()) cli::fail(r.status().message());
-  const auto spec = engine::parse_spec_method(a.speculative);
+  const auto spec = a.speculative.empty() ? (a.draft_model.empty() ? engine::default_spec_method(e) : engine::SpecMethod::kAuto) : engine::parse_spec_method(a.speculative);
   if (!spec) cli::fail(fmt::format("--speculative {}: write off, lookup, draft or auto", a.speculative));
   std::unique_ptr<engine::Engine> draft;
   if (!a.draft_model.empty()) {
@@ -265,8 +265,8 @@ void add_serve(CLI::App& sub) {
       ->capture_default_str();
   sub.add_option("--speculative", a->speculative,
                  "Speculative decoding for requests without an x-trove-speculative header: off, lookup (prompt "
-                 "lookup), draft (--draft-model), auto (lookup, and the draft model where lookup finds nothing)")
-      ->capture_default_str();
+                 "lookup), draft (--draft-model), auto (lookup, and the draft model where lookup finds nothing); "
+                 "default: auto on a GPU or with --draft-model, off on a CPU Vulkan device");
   sub.add_option("--draft-model", a->draft_model,
                  "Draft model for speculative decoding: a smaller model with the same tokenizer (own small KV pool)");
   sub.add_flag("--log-prompts", a->log_prompts, "Log prompts and outputs (off: only token counts and timings)");

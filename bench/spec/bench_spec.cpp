@@ -8,9 +8,10 @@
 //     target decode step, decode tok/s on this machine, and whether the output equals --methods' first
 //     (greedy speculation must not change a token). --docs reads {"docs": [[ids...], ...]} (what
 //     bench/spec/agent_loop.mjs writes for the agent-loop conversation of tests/server).
-//     Also, teacher-forced: prompt lookup's acceptance when the model writes exactly the transcript's
-//     assistant turns (the draft against the reference tokens; no model needed) — how much of an agent
-//     transcript is copied from its own context.
+//     Also, teacher-forced over EVERY document given: prompt lookup's acceptance when the model writes
+//     exactly the transcript's assistant turns (the draft against the reference tokens; no model runs)
+//     — how much of an agent transcript is copied from its own context. Prompts longer than the model's
+//     context keep their last tokens.
 //
 //   bench_spec --verify-cost --model M.gguf [--depth 1024] [--reps 5]
 //     Target step time for 1..8 tokens of one sequence with per-position argmax (a verification step
@@ -20,6 +21,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -83,11 +85,14 @@ std::vector<std::vector<int32_t>> read_u32_docs(const std::string& path) {
   return docs;
 }
 
-std::vector<std::vector<int32_t>> read_json_docs(const std::string& path) {
+// {"docs": [[ids...], ...], "last_turn_only": bool}: with last_turn_only each document is one request
+// of an agent loop and its reply, so only its last assistant turn is new.
+std::vector<std::vector<int32_t>> read_json_docs(const std::string& path, bool& last_turn_only) {
   std::ifstream f(path);
   if (!f) die("cannot open " + path);
   const auto j = nlohmann::json::parse(f, nullptr, false);
   if (j.is_discarded() || !j.contains("docs")) die(path + ": expected {\"docs\": [[token ids], ...]}");
+  last_turn_only = j.value("last_turn_only", false);
   return j["docs"].get<std::vector<std::vector<int32_t>>>();
 }
 
@@ -126,13 +131,19 @@ struct MethodRow {
   double decode_s = 0;
 };
 
-void acceptance(const std::string& model, const std::string& draft_path, std::vector<std::vector<int32_t>> docs,
-                const std::string& what, uint32_t conversations, uint32_t turns, uint32_t max_tokens,
-                const std::vector<std::string>& methods) {
+void acceptance(const std::string& model, const std::string& draft_path, const std::vector<std::vector<int32_t>>& all,
+                bool last_turn_only, const std::string& what, uint32_t conversations, uint32_t turns,
+                uint32_t max_tokens, const std::vector<std::string>& methods) {
   uint32_t longest = 0;
-  if (docs.size() > conversations) docs.resize(conversations);
-  for (const auto& d : docs) longest = std::max<uint32_t>(longest, static_cast<uint32_t>(d.size()));
-  const uint32_t n_ctx = (longest + max_tokens + 64 + 63) / 64 * 64;
+  for (size_t i = 0; i < all.size() && i < conversations; ++i) {
+    longest = std::max<uint32_t>(longest, static_cast<uint32_t>(all[i].size()));
+  }
+  // The model's training context bounds the engine's; longer prompts keep their last tokens.
+  uint32_t n_ctx = (longest + max_tokens + 64 + 63) / 64 * 64;
+  {
+    auto probe = load(model, 0);
+    n_ctx = std::min(n_ctx, probe->n_ctx());
+  }
   auto target = load(model, n_ctx);
   std::unique_ptr<engine::Engine> draft;
   if (!draft_path.empty()) {
@@ -143,12 +154,13 @@ void acceptance(const std::string& model, const std::string& draft_path, std::ve
   auto seq = target->open_sequence();
   if (!seq.ok()) die(seq.status().message());
   std::map<std::string, MethodRow> rows;
-  // Teacher-forced prompt lookup over the assistant turns' reference tokens.
-  uint64_t tf_tokens = 0, tf_steps = 0, tf_drafted = 0, tf_accepted = 0;
-  for (size_t di = 0; di < docs.size(); ++di) {
-    const auto& d = docs[di];
+  // Teacher-forced prompt lookup over the assistant turns' reference tokens, every document.
+  uint64_t tf_tokens = 0, tf_steps = 0, tf_drafted = 0, tf_accepted = 0, tf_turns = 0;
+  for (const auto& d : all) {
     auto ts = assistant_turns(d, *target);
+    if (last_turn_only && ts.size() > 1) ts.erase(ts.begin(), ts.end() - 1);
     for (const Turn& t : ts) {
+      ++tf_turns;
       engine::AdaptiveK k;
       for (size_t p = t.start; p < t.end;) {
         const auto h = std::span<const int32_t>(d).first(p);
@@ -164,9 +176,17 @@ void acceptance(const std::string& model, const std::string& draft_path, std::ve
         p += adv;
       }
     }
+  }
+  const size_t n_docs = std::min<size_t>(all.size(), conversations);
+  for (size_t di = 0; di < n_docs; ++di) {
+    const auto& d = all[di];
+    auto ts = assistant_turns(d, *target);
+    if (last_turn_only && ts.size() > 1) ts.erase(ts.begin(), ts.end() - 1);
     if (ts.size() > turns) ts.resize(turns);
     for (const Turn& t : ts) {
-      const std::span<const int32_t> prompt = std::span<const int32_t>(d).first(t.start);
+      std::span<const int32_t> prompt = std::span<const int32_t>(d).first(t.start);
+      const size_t room = n_ctx - max_tokens - 1;
+      if (prompt.size() > room) prompt = prompt.last(room);  // the context's tail (a note is printed below)
       std::vector<int32_t> first_tokens;
       for (size_t mi = 0; mi < methods.size(); ++mi) {
         const auto m = engine::parse_spec_method(methods[mi]);
@@ -193,8 +213,9 @@ void acceptance(const std::string& model, const std::string& draft_path, std::ve
       }
     }
   }
-  std::printf("\n%s: %zu conversations, first %u assistant turns each, greedy, <= %u tokens per turn\n", what.c_str(),
-              docs.size(), turns, max_tokens);
+  std::printf("\n%s: %zu conversations, first %u assistant turns each%s, greedy, <= %u tokens per turn, context %u "
+              "(longer prompts keep their last tokens)\n",
+              what.c_str(), n_docs, turns, last_turn_only ? " (last turn of each request)" : "", max_tokens, n_ctx);
   std::printf("| method | turns | generated | target decode steps | tokens / step | drafted | accepted | acceptance | "
               "decode tok/s here | output = %s |\n|---|---|---|---|---|---|---|---|---|---|\n",
               methods.front().c_str());
@@ -210,9 +231,10 @@ void acceptance(const std::string& model, const std::string& draft_path, std::ve
                 r.decode_s > 0 ? r.generated / r.decode_s : 0.0, static_cast<unsigned long long>(r.same),
                 static_cast<unsigned long long>(r.cuts));
   }
-  std::printf("\nteacher-forced prompt lookup over every assistant turn of the %zu conversations (the model writes the "
+  std::printf("\nteacher-forced prompt lookup over %llu assistant turns of %zu conversations (a model that writes the "
               "transcript): %llu tokens in %llu steps = %.2f tokens/step, %llu/%llu drafts accepted (%.1f%%)\n",
-              docs.size(), static_cast<unsigned long long>(tf_tokens), static_cast<unsigned long long>(tf_steps),
+              static_cast<unsigned long long>(tf_turns), all.size(), static_cast<unsigned long long>(tf_tokens),
+              static_cast<unsigned long long>(tf_steps),
               tf_steps ? double(tf_tokens) / tf_steps : 0.0, static_cast<unsigned long long>(tf_accepted),
               static_cast<unsigned long long>(tf_drafted), tf_drafted ? 100.0 * tf_accepted / tf_drafted : 0.0);
 }
@@ -304,7 +326,8 @@ int main(int argc, char** argv) {
   }
   if (ms.empty()) die("--methods: nothing to run");
   if (heldout.empty() == docs_json.empty()) die("give one of --heldout FILE or --docs FILE");
-  auto docs = heldout.empty() ? read_json_docs(docs_json) : read_u32_docs(heldout);
-  acceptance(model, draft, std::move(docs), heldout.empty() ? docs_json : heldout, conversations, turns, max_tokens, ms);
+  bool last_turn_only = false;
+  auto docs = heldout.empty() ? read_json_docs(docs_json, last_turn_only) : read_u32_docs(heldout);
+  acceptance(model, draft, docs, last_turn_only, heldout.empty() ? docs_json : heldout, conversations, turns, max_tokens, ms);
   return 0;
 }

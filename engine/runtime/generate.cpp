@@ -121,8 +121,10 @@ Result<GenerateResult> generate(Engine& engine, SeqId seq, std::span<const int32
     ++r.decode_steps;
     if (spec) {
       // Drafts that could still be emitted: within max_tokens and the context (the step feeds 1 + k).
+      // Also within one step's tokens and head rows (1 + k each).
       ss.cap = std::min<uint32_t>({opts.max_draft, opts.max_tokens - r.generated_tokens - 1,
-                                   engine.n_ctx() - engine.length(seq) - 2});
+                                   engine.n_ctx() - engine.length(seq) - 2, engine.max_batch_tokens() - 1,
+                                   engine.max_logit_rows() - 1});
       SpecSequence* one = &ss;
       sp.propose(std::span<SpecSequence* const>(&one, 1), kMaxDraftTokens);
       StepInput in;

@@ -27,6 +27,13 @@ std::optional<SpecMethod> parse_spec_method(std::string_view s) {
   return std::nullopt;
 }
 
+SpecMethod default_spec_method(const Engine& target) {
+  const std::string d = target.device_name();
+  const bool cpu = d.find("llvmpipe") != std::string::npos || d.find("lavapipe") != std::string::npos ||
+                   d.find("SwiftShader") != std::string::npos;
+  return cpu ? SpecMethod::kOff : SpecMethod::kAuto;
+}
+
 // One pass over the history: every earlier position whose token equals the last one is a candidate;
 // its match length is counted backwards (up to max_ngram). The longest wins, the most recent among
 // equals (recent text is what an agent is most likely to be copying). O(history * max_ngram) at worst,

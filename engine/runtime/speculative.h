@@ -43,6 +43,11 @@ const char* spec_method_name(SpecMethod m);
 // "off" | "lookup" | "draft" | "auto" (also "0"/"false" for off); nullopt otherwise.
 std::optional<SpecMethod> parse_spec_method(std::string_view s);
 
+// What `--speculative` means when not given: auto on a GPU, off on a CPU Vulkan device (lavapipe,
+// SwiftShader), where a step's time grows with its tokens, so verifying drafts costs more than it saves
+// (docs/speculative.md has the measurements).
+SpecMethod default_spec_method(const Engine& target);
+
 // At most this many drafts per sequence and step: with the fed token, 8 = ops::Matvec::kMaxBatch, the
 // widest step whose weights are read once for all columns (verifying costs close to one decode step).
 constexpr uint32_t kMaxDraftTokens = 7;

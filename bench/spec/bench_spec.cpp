@@ -15,8 +15,8 @@
 //
 //   bench_spec --verify-cost --model M.gguf [--depth 1024] [--reps 5]
 //     Target step time for 1..8 tokens of one sequence with per-position argmax (a verification step
-//     of k - 1 drafts) at --depth tokens of context, and the decode speed-up that acceptance rates
-//     would give (expected tokens per step of i.i.d. acceptance a with k - 1 drafts, over the step time
+//     of k - 1 drafts) at --depth tokens of context, whether its per-position argmax equals greedy
+//     decoding one token per step (it must), and the decode speed-up that acceptance rates would give (expected tokens per step of i.i.d. acceptance a with k - 1 drafts, over the step time
 //     ratio). For the H200: `trove mkmodel --preset qwen3-8b|qwen3-30b-a3b --type Q4_K_M` files.
 #include <algorithm>
 #include <chrono>
@@ -133,7 +133,7 @@ struct MethodRow {
 
 void acceptance(const std::string& model, const std::string& draft_path, const std::vector<std::vector<int32_t>>& all,
                 bool last_turn_only, const std::string& what, uint32_t conversations, uint32_t turns,
-                uint32_t max_tokens, const std::vector<std::string>& methods) {
+                uint32_t max_tokens, uint32_t max_draft, const std::vector<std::string>& methods) {
   uint32_t longest = 0;
   for (size_t i = 0; i < all.size() && i < conversations; ++i) {
     longest = std::max<uint32_t>(longest, static_cast<uint32_t>(all[i].size()));
@@ -195,6 +195,7 @@ void acceptance(const std::string& model, const std::string& draft_path, const s
         go.max_tokens = max_tokens;
         go.speculative = *m;
         go.speculator = &sp;
+        go.max_draft = max_draft;
         auto r = engine::generate(*target, *seq, prompt, go, nullptr);
         if (!r.ok()) die(r.status().message());
         MethodRow& row = rows[methods[mi]];
@@ -206,6 +207,12 @@ void acceptance(const std::string& model, const std::string& draft_path, const s
         row.decode_s += r->decode_seconds;
         if (mi == 0) first_tokens = r->tokens;
         row.same += r->tokens == first_tokens ? 1 : 0;
+        if (r->tokens != first_tokens) {
+          size_t at = 0;
+          while (at < r->tokens.size() && at < first_tokens.size() && r->tokens[at] == first_tokens[at]) ++at;
+          std::fprintf(stderr, "  output differs from %s's at generated token %zu: %d vs %d\n", methods[0].c_str(), at,
+                       at < r->tokens.size() ? r->tokens[at] : -1, at < first_tokens.size() ? first_tokens[at] : -1);
+        }
         std::fprintf(stderr, "  %s doc %zu turn at %zu: %-6s %u tokens in %u steps, %llu/%llu drafts accepted\n",
                      what.c_str(), di, t.start, methods[mi].c_str(), r->generated_tokens, r->decode_steps,
                      static_cast<unsigned long long>(r->spec.lookup.accepted + r->spec.draft.accepted),
@@ -213,9 +220,10 @@ void acceptance(const std::string& model, const std::string& draft_path, const s
       }
     }
   }
-  std::printf("\n%s: %zu conversations, first %u assistant turns each%s, greedy, <= %u tokens per turn, context %u "
-              "(longer prompts keep their last tokens)\n",
-              what.c_str(), n_docs, turns, last_turn_only ? " (last turn of each request)" : "", max_tokens, n_ctx);
+  std::printf("\n%s: %zu conversations, first %u assistant turns each%s, greedy, <= %u tokens per turn, <= %u drafts "
+              "per step, context %u (longer prompts keep their last tokens)\n",
+              what.c_str(), n_docs, turns, last_turn_only ? " (last turn of each request)" : "", max_tokens, max_draft,
+              n_ctx);
   std::printf("| method | turns | generated | target decode steps | tokens / step | drafted | accepted | acceptance | "
               "decode tok/s here | output = %s |\n|---|---|---|---|---|---|---|---|---|---|\n",
               methods.front().c_str());
@@ -245,20 +253,35 @@ void verify_cost(const std::string& model, uint32_t depth, int reps) {
   if (!seq.ok()) die(seq.status().message());
   std::mt19937 rng(7);
   std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(std::min<uint32_t>(e->config().n_vocab, 150000)) - 1);
+  depth = std::max<uint32_t>(depth, 1);
   std::vector<int32_t> ctx(depth);
   for (auto& t : ctx) t = tok(rng);
+  // g: greedy decoding one token per step after the context (g[0] from the last prefill step). A
+  // verification step of k tokens g[0..k) must give g[1..k] back: checked for every k (a kernel that
+  // is wrong at some batch width shows here).
+  std::vector<int32_t> g;
   for (uint32_t at = 0; at < depth; at += 512) {
     engine::StepInput in;
     in.seq = *seq;
     in.tokens = std::span<const int32_t>(ctx).subspan(at, std::min<uint32_t>(512, depth - at));
-    in.sample = false;
+    in.sample = at + 512 >= depth;
     auto out = e->step(std::span<const engine::StepInput>(&in, 1));
     if (!out.ok()) die(out.status().message());
+    if (in.sample) g.push_back((*out)[0].token);
   }
+  while (g.size() <= engine::kCheapStepTokens) {
+    engine::StepInput in;
+    in.seq = *seq;
+    in.tokens = std::span<const int32_t>(&g.back(), 1);
+    auto out = e->step(std::span<const engine::StepInput>(&in, 1));
+    if (!out.ok()) die(out.status().message());
+    g.push_back((*out)[0].token);
+  }
+  if (Status st = e->truncate(*seq, depth); !st.ok()) die(st.message());
   std::vector<double> ms(9, 0);
+  std::vector<bool> exact(9, true);
   for (uint32_t k = 1; k <= engine::kCheapStepTokens; ++k) {
-    std::vector<int32_t> fed(k);
-    for (auto& t : fed) t = tok(rng);
+    const std::vector<int32_t> fed(g.begin(), g.begin() + k);
     std::vector<double> times;
     for (int r = 0; r < reps + 1; ++r) {  // the first one compiles pipelines
       engine::StepInput in;
@@ -270,6 +293,8 @@ void verify_cost(const std::string& model, uint32_t depth, int reps) {
       auto out = e->step(std::span<const engine::StepInput>(&in, 1));
       const double t = secs(t0);
       if (!out.ok()) die(out.status().message());
+      const auto& got = k > 1 ? (*out)[0].tokens : std::vector<int32_t>{(*out)[0].token};
+      if (got != std::vector<int32_t>(g.begin() + 1, g.begin() + 1 + k)) exact[k] = false;
       if (Status st = e->truncate(*seq, depth); !st.ok()) die(st.message());
       if (r > 0) times.push_back(t);
     }
@@ -279,11 +304,11 @@ void verify_cost(const std::string& model, uint32_t depth, int reps) {
   std::printf("\n%s on %s, %u tokens of context: target step time for k tokens (k - 1 drafts verified), median of %d\n",
               e->config().name.c_str(), e->device_name().c_str(), depth, reps);
   const double alphas[] = {0.5, 0.6, 0.7, 0.8, 0.9};
-  std::printf("| k | step ms | vs k=1 |");
+  std::printf("| k | step ms | vs k=1 | argmax = one at a time |");
   for (double a : alphas) std::printf(" speed-up at %.0f%% |", a * 100);
-  std::printf("\n|---|---|---|---|---|---|---|---|\n");
+  std::printf("\n|---|---|---|---|---|---|---|---|---|\n");
   for (uint32_t k = 1; k <= engine::kCheapStepTokens; ++k) {
-    std::printf("| %u | %.2f | %.2f |", k, ms[k], ms[k] / ms[1]);
+    std::printf("| %u | %.2f | %.2f | %s |", k, ms[k], ms[k] / ms[1], exact[k] ? "yes" : "NO");
     for (double a : alphas) {
       // Expected tokens per step with k - 1 drafts, each accepted with probability a independently.
       const double tokens = (1 - std::pow(a, k)) / (1 - a);
@@ -298,7 +323,7 @@ void verify_cost(const std::string& model, uint32_t depth, int reps) {
 int main(int argc, char** argv) {
   CLI::App app{"Speculative decoding: acceptance on agent transcripts, and the cost of verifying k tokens"};
   std::string model, draft, heldout, docs_json;
-  uint32_t conversations = 6, turns = 2, max_tokens = 96, depth = 1024;
+  uint32_t conversations = 6, turns = 2, max_tokens = 96, depth = 1024, max_draft = engine::kMaxDraftTokens;
   int reps = 5;
   bool cost = false;
   std::string methods = "off,lookup,draft,auto";
@@ -310,6 +335,7 @@ int main(int argc, char** argv) {
   app.add_option("--turns", turns, "Assistant turns per conversation to generate")->capture_default_str();
   app.add_option("--max-tokens", max_tokens, "Tokens per generated turn")->capture_default_str();
   app.add_option("--methods", methods, "Methods, the first is the reference output")->capture_default_str();
+  app.add_option("--max-draft", max_draft, "Drafts per step at most (1..7)")->capture_default_str();
   app.add_flag("--verify-cost", cost, "Measure the target step time for 1..8 tokens instead");
   app.add_option("--depth", depth, "--verify-cost: context tokens before the measured steps")->capture_default_str();
   app.add_option("--reps", reps, "--verify-cost: repetitions per k (median)")->capture_default_str();
@@ -328,6 +354,7 @@ int main(int argc, char** argv) {
   if (heldout.empty() == docs_json.empty()) die("give one of --heldout FILE or --docs FILE");
   bool last_turn_only = false;
   auto docs = heldout.empty() ? read_json_docs(docs_json, last_turn_only) : read_u32_docs(heldout);
-  acceptance(model, draft, docs, last_turn_only, heldout.empty() ? docs_json : heldout, conversations, turns, max_tokens, ms);
+  acceptance(model, draft, docs, last_turn_only, heldout.empty() ? docs_json : heldout, conversations, turns, max_tokens,
+             std::clamp<uint32_t>(max_draft, 1, engine::kMaxDraftTokens), ms);
   return 0;
 }

@@ -135,6 +135,25 @@ TEST(HttpServer, ForceOutputNeedsTheServerFlag) {
   EXPECT_NE(r.find("--test-force-output"), std::string::npos) << r;
 }
 
+// x-trove-speculative takes off|lookup|draft|auto; anything else is a 400 naming the header. /metrics
+// always lists the speculative counters of both methods.
+TEST(HttpServer, SpeculativeHeaderIsCheckedAndMetricsNameBothMethods) {
+  FakeEngine e(1, 64);
+  Served s(e, ServerOptions{});
+  const std::string body = R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":2})";
+  std::string r = request(s.port, "POST", "/v1/chat/completions", body, "x-trove-speculative: sometimes\r\n");
+  EXPECT_NE(r.find("400"), std::string::npos) << r;
+  EXPECT_NE(r.find("x-trove-speculative"), std::string::npos) << r;
+  r = request(s.port, "POST", "/v1/chat/completions", body, "x-trove-speculative: lookup\r\n");
+  EXPECT_NE(r.find("200 OK"), std::string::npos) << r;
+  const std::string m = request(s.port, "GET", "/metrics", "");
+  for (const char* line : {"trove_speculative_drafted_tokens_total{method=\"lookup\"} 0",
+                           "trove_speculative_accepted_tokens_total{method=\"draft\"} 0",
+                           "trove_speculative_acceptance_rate{method=\"lookup\"} 0"}) {
+    EXPECT_NE(m.find(line), std::string::npos) << line << "\n" << m;
+  }
+}
+
 // tool_choice required / named: the prompt ends inside a tool call, so the (forced) continuation only
 // parses as the intended call if the server fed the parser the same opening.
 TEST(HttpServer, ToolChoiceRequiredAndNamedStartTheReplyInsideACall) {

@@ -229,8 +229,9 @@ void acceptance(const std::string& model, const std::string& draft_path, const s
               methods.front().c_str());
   for (const auto& name : methods) {
     const MethodRow& r = rows[name];
-    // The first token of a turn comes from the prefill step; decode steps make the rest.
-    const double per_step = r.steps ? double(r.generated - std::min(r.generated, r.cuts)) / r.steps : 0;
+    // Generated tokens per decode step (the first token of a turn comes from the prefill step, and
+    // the last step may yield only the stop token: without speculation this is ~1).
+    const double per_step = r.steps ? double(r.generated) / r.steps : 0;
     std::printf("| %s | %llu | %llu | %llu | %.2f | %llu | %llu | %s | %.1f | %llu/%llu |\n", name.c_str(),
                 static_cast<unsigned long long>(r.cuts), static_cast<unsigned long long>(r.generated),
                 static_cast<unsigned long long>(r.steps), per_step, static_cast<unsigned long long>(r.drafted),

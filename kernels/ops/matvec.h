@@ -33,8 +33,7 @@
 // rows with subgroupAdd then shared memory (the "staged" form). GPUs with 32-lane subgroups use the
 // "direct" form instead (matvec_direct.comp): one subgroup per row group reading x through the caches,
 // subgroupAdd only, no shared memory or barriers, one row block per workgroup. On CPU devices a row group is one invocation (it walks
-// every part of its rows; nothing to reduce across lanes) and 8 workgroups per thread walk the row
-// blocks: lavapipe pays per workgroup and per barrier. Shaders: kernels/shaders/matvec.comp and matvec_nosg.comp
+// every part of its rows; nothing to reduce across lanes), one row block per workgroup. Shaders: kernels/shaders/matvec.comp and matvec_nosg.comp
 // (no subgroup operations: devices without them, lavapipe) around matvec_body.glsl; the per-type
 // code, shared with other matvec-shaped kernels, is matvec_core.glsl. Weights are read as stored in
 // the GGUF (no repacking at load).
@@ -81,7 +80,7 @@ struct MatvecTuning {
   uint32_t tile_values = 0;      // at most this many staged values per batch column and tile (rounded
                                  // down to a multiple of 256; default: what shared memory holds)
   uint32_t workgroups = 0;       // when x fits one tile: at most this many workgroups walk the row
-                                 // blocks (default: 8 per SM of 512 invocations, TROVE_MATVEC_WAVES; CPU: 8 per thread)
+                                 // blocks (default: 8 per SM of 512 invocations, TROVE_MATVEC_WAVES; CPU: one per block)
   bool gpu_form = false;         // on a CPU device, compile the GPUs' form: unrolled loops over batch
                                  // columns and subgroupAdd (lavapipe spends seconds per pipeline on it)
   enum class Form { kAuto, kStaged, kDirect };

@@ -324,6 +324,20 @@ TEST_F(Matvec, WorkgroupsWalkingSeveralRowBlocks) {
   ASSERT_TRUE(run({512, 3, true, MatvecEpilogue::kAdd, set_c(4, 300)}));
 }
 
+// The tiny-coder fixture's shapes at 7 and 8 columns on a CPU device (speculative verification found
+// steps of 7-8 tokens wrong there): Q8_0 down (768 columns: several tiles), O (512), gate/up, QKV, and
+// the tied 151,936-row Q4_K head — which came back with rows unwritten while 16 workgroups walked all
+// its row blocks on lavapipe (now one block per workgroup there; 100 workgroups walking were right).
+TEST_F(Matvec, TinyCoderShapesAtSevenAndEightColumns) {
+  for (uint32_t batch : {7u, 8u}) {
+    ASSERT_TRUE(run({768, batch, false, MatvecEpilogue::kAdd, {{G::Q8_0, 256}}}));
+    ASSERT_TRUE(run({512, batch, false, MatvecEpilogue::kAdd, {{G::Q8_0, 256}}}));
+    ASSERT_TRUE(run({256, batch, true, MatvecEpilogue::kSwiGlu, {{G::Q8_0, 768}, {G::Q8_0, 768}}}));
+    ASSERT_TRUE(run({256, batch, true, MatvecEpilogue::kStore, {{G::Q8_0, 512}, {G::Q8_0, 256}, {G::Q8_0, 256}}}));
+  }
+  ASSERT_TRUE(run({256, 8, true, MatvecEpilogue::kStore, {{G::Q4_K, 151936}}}));
+}
+
 // Other work splits: 1 and 4 rows per row group, 64 and 128 invocations per workgroup.
 TEST_F(Matvec, OtherWorkSplits) {
   for (auto [rows, wg, batch] : {std::tuple<uint32_t, uint32_t, uint32_t>{1, 64, 3}, {4, 256, 1}}) {

@@ -187,9 +187,8 @@ Result<std::string> find_coder_template(const std::string& explicit_file) {
   if (!explicit_file.empty()) return read_file(explicit_file);
   if (const char* env = std::getenv("TROVE_QWEN3_CODER_TEMPLATE")) return read_file(env);
   // The repository's copy (tests/fixtures/qwen3-coder, with its source noted there), found from a
-  // build inside the checkout; then the shared fixtures beside the repository.
+  // build inside the checkout (nothing outside the repository is read).
   if (auto p = find_upward("tests/fixtures/qwen3-coder/chat_template.jinja")) return read_file(*p);
-  if (auto p = find_upward("shared/fixtures/qwen3-coder/chat_template.jinja")) return read_file(*p);
   return Status::NotFound(
       "the Qwen3-Coder chat template was not found: pass --template FILE or set TROVE_QWEN3_CODER_TEMPLATE "
       "(the repository's copy is tests/fixtures/qwen3-coder/chat_template.jinja)");

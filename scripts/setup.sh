@@ -66,11 +66,15 @@ fi
 # are most of it; optional dependencies stay on, they carry those binaries). `npm install`, which follows
 # the lockfile, not `npm ci`: npm 11 rejects this lockfile as out of sync over the other platforms'
 # optional packages of Qwen Code's clipboard module that it never records. Only for `setup.sh test`.
+# Installed into .clients/ (ignored), not beside the manifest: 1.5 GB of third-party packages under
+# tests/ would pass for trove's own test files to every search of tests/.
 if [ "$mode" = test ]; then
-  stamp=tests/clients/real/node_modules/.trove-installed
-  if [ ! -f "$stamp" ] || [ tests/clients/real/package-lock.json -nt "$stamp" ]; then
-    echo "setup: npm install in tests/clients/real (the coding agents the client tests run)"
-    npm install --prefix tests/clients/real --no-audit --no-fund --loglevel=error
+  stamp=.clients/node_modules/.trove-installed
+  if [ ! -f "$stamp" ] || [ tests/clients/real/package-lock.json -nt "$stamp" ] || [ tests/clients/real/package.json -nt "$stamp" ]; then
+    echo "setup: npm install in .clients (the coding agents the client tests run, tests/clients/real/package.json)"
+    mkdir -p .clients
+    cp tests/clients/real/package.json tests/clients/real/package-lock.json .clients/
+    npm install --prefix .clients --no-audit --no-fund --loglevel=error
     touch "$stamp"
   fi
 fi

@@ -1,4 +1,4 @@
-// One real coding agent (installed from npm by scripts/setup.sh test into tests/clients/real/node_modules,
+// One real coding agent (installed from npm by scripts/setup.sh test into .clients/node_modules,
 // pinned in package.json + package-lock.json) run non-interactively through `trove launch CLIENT` against
 // a `trove serve` it starts, in a throwaway HOME and a temporary project. The server runs a script of
 // forced replies (`--test-force-script`, server/force_script.h): while the client offers its file-writing
@@ -23,7 +23,7 @@ import path from "node:path";
 const client = process.argv[2];
 const src = process.env.TROVE_SOURCE_DIR ?? process.cwd();
 const trove = path.resolve(process.env.TROVE_EXE ?? "build/trove");
-const bin = path.join(src, "tests/clients/real/node_modules/.bin");
+const bin = path.join(src, ".clients/node_modules/.bin");
 const t0 = Date.now();
 const say = (m) => console.log(`[${client} ${((Date.now() - t0) / 1000).toFixed(1)} s] ${m}`);
 
@@ -111,8 +111,8 @@ async function serverGone() {
 let failed = false;
 try {
   if (!fs.existsSync(path.join(bin, client === "claude" ? "claude" : client))) {
-    throw new Error(`${client} is not installed in tests/clients/real/node_modules: run scripts/setup.sh test ` +
-                    "(or: npm install --prefix tests/clients/real)");
+    throw new Error(`${client} is not installed in .clients/node_modules: run scripts/setup.sh test ` +
+                    "(it installs tests/clients/real/package.json there)");
   }
   const spec = clientSpec(project);
   spec.prepare?.();

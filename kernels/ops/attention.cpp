@@ -103,6 +103,19 @@ Result<const vk::Pipeline*> PagedAttention::decode_pipeline(uint32_t group, uint
   return &decode_->by_shape.emplace(std::make_pair(group, head_dim), std::move(*p)).first->second;
 }
 
+// After a split walk: merges the n_splits partials in the scratch into out (nothing to do for one
+// slice, whose kernel wrote out itself), then a barrier, because the next record() reuses the scratch.
+Status PagedAttention::combine(vk::CommandStream& s, uint32_t head_dim, const AttentionCall& c, uint32_t n_splits,
+                               vk::BufferRange out) const {
+  if (n_splits == 1) return Status::Ok();
+  s.barrier();
+  CombinePush cp{head_dim, c.n_heads, n_splits};
+  vk::BufferRange cb[2] = {scratch_, out};
+  TROVE_RETURN_IF_ERROR(s.dispatch(combine_, cb, &cp, sizeof(cp), c.n_heads, c.n_tokens));
+  s.barrier();
+  return Status::Ok();
+}
+
 AttentionPath PagedAttention::choose(const AttentionCall& c) const {
   const bool few = c.n_tokens < (has_prefill_coopmat_ ? kPrefillMinTokens : kPrefillTiledMinTokens);
   if (few && decode_usable(c)) return AttentionPath::kDecode;
@@ -176,13 +189,7 @@ Status PagedAttention::record(vk::CommandStream& s, const AttentionCall& c, vk::
     vk::BufferRange bufs[5] = {pool, block_table, q, out, scratch_};
     TROVE_RETURN_IF_ERROR(s.dispatch(coop ? prefill_coopmat_ : prefill_tiled_, bufs, &push, sizeof(push), tiles, kvh,
                                      n_splits));
-    if (n_splits == 1) return Status::Ok();
-    s.barrier();
-    CombinePush cp{kPrefillDim, c.n_heads, n_splits};
-    vk::BufferRange cb[2] = {scratch_, out};
-    TROVE_RETURN_IF_ERROR(s.dispatch(combine_, cb, &cp, sizeof(cp), c.n_heads, c.n_tokens));
-    s.barrier();  // the next record() reuses the scratch
-    return Status::Ok();
+    return combine(s, kPrefillDim, c, n_splits, out);
   }
   if (path == AttentionPath::kDecode) {
     if (!decode_usable(c)) {
@@ -210,13 +217,7 @@ Status PagedAttention::record(vk::CommandStream& s, const AttentionCall& c, vk::
     Push push{static_cast<uint32_t>(sh.block_size), kvh, d, c.n_heads, c.start_pos, c.n_tokens, c.scale, n_splits, split_len};
     vk::BufferRange bufs[5] = {pool, block_table, q, out, scratch_};
     TROVE_RETURN_IF_ERROR(s.dispatch(**pipe, bufs, &push, sizeof(push), n_splits, kvh, c.n_tokens));
-    if (n_splits == 1) return Status::Ok();
-    s.barrier();
-    CombinePush cp{d, c.n_heads, n_splits};
-    vk::BufferRange cb[2] = {scratch_, out};
-    TROVE_RETURN_IF_ERROR(s.dispatch(combine_, cb, &cp, sizeof(cp), c.n_heads, c.n_tokens));
-    s.barrier();  // the next record() reuses the scratch
-    return Status::Ok();
+    return combine(s, d, c, n_splits, out);
   }
   // Split-K for short queries over a long KV: slices of >= 256 keys (multiples of the 64-key tile).
   const uint32_t keys = c.start_pos + c.n_tokens;
@@ -229,13 +230,7 @@ Status PagedAttention::record(vk::CommandStream& s, const AttentionCall& c, vk::
             static_cast<uint32_t>(sh.head_dim), c.n_heads, c.start_pos, c.n_tokens, c.scale, n_splits, split_len};
   vk::BufferRange bufs[5] = {pool, block_table, q, out, scratch_};
   TROVE_RETURN_IF_ERROR(s.dispatch(pipeline_, bufs, &push, sizeof(push), c.n_heads, c.n_tokens, n_splits));
-  if (n_splits == 1) return Status::Ok();
-  s.barrier();
-  CombinePush cp{static_cast<uint32_t>(sh.head_dim), c.n_heads, n_splits};
-  vk::BufferRange cb[2] = {scratch_, out};
-  TROVE_RETURN_IF_ERROR(s.dispatch(combine_, cb, &cp, sizeof(cp), c.n_heads, c.n_tokens));
-  s.barrier();  // the next record() reuses the scratch
-  return Status::Ok();
+  return combine(s, static_cast<uint32_t>(sh.head_dim), c, n_splits, out);
 }
 
 }  // namespace trove::ops

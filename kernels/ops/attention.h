@@ -80,6 +80,8 @@ class PagedAttention {
   bool has_prefill_tiled_ = false;
   bool has_prefill_coopmat_ = false;
   bool decode_usable(const AttentionCall& c) const;
+  Status combine(vk::CommandStream& s, uint32_t head_dim, const AttentionCall& c, uint32_t n_splits,
+                 vk::BufferRange out) const;
   Result<const vk::Pipeline*> decode_pipeline(uint32_t group, uint32_t head_dim) const;
   struct DecodePipelines {
     vk::Device* dev = nullptr;

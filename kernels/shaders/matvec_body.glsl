@@ -116,6 +116,20 @@ uint mv_ww(uint m, uint i) {
 }
 float mv_ssq[kNB];  // this invocation's share of Σ x² per batch column
 
+// The epilogue for output element i of matrix m: SwiGLU of the gate sum v and up sum u into y0, or v
+// stored into / added to (kAdd) the matrix's output.
+void mv_write(uint m, uint i, float v, float u, bool add) {
+  if (kSwiGlu != 0u) {
+    y0[i] = v / (1.0 + exp(-v)) * u;
+  } else if (kMats == 1u || m == 0u) {
+    y0[i] = add ? y0[i] + v : v;
+  } else if (kMats == 2u || m == 1u) {
+    y1[i] = add ? y1[i] + v : v;
+  } else {
+    y2[i] = add ? y2[i] + v : v;
+  }
+}
+
 #ifdef MV_DIRECT
 bool mv_norm = false;  // x̂ = x · norm_w (the RMSNorm prologue's weight; inv_rms is applied at the end)
 // Values 4v .. 4v+3 of column b, straight from x (the direct form has one tile: all of cols). Each
@@ -196,16 +210,7 @@ void main() {
       const float u = kSwiGlu != 0u ? subgroupAdd(mv_acc[b][s + kR]) * inv[b] : 0.0;
       const uint r = r0 + s;
       if (lane != (s * kNB + b) % kG || r >= pc.rows[m]) continue;
-      const uint i = b * pc.y_stride[m] + r;
-      if (kSwiGlu != 0u) {
-        y0[i] = v / (1.0 + exp(-v)) * u;
-      } else if (kMats == 1u || m == 0u) {
-        y0[i] = add ? y0[i] + v : v;
-      } else if (kMats == 2u || m == 1u) {
-        y1[i] = add ? y1[i] + v : v;
-      } else {
-        y2[i] = add ? y2[i] + v : v;
-      }
+      mv_write(m, b * pc.y_stride[m] + r, v, u, add);
     }
   }
 }
@@ -323,17 +328,8 @@ void main() {
         inv = inversesqrt(total / float(pc.cols) + pc.eps);
       }
       const float v = partial_sum(group, task) * inv;
-      const uint i = b * pc.y_stride[m] + r;
-      if (kSwiGlu != 0u) {
-        const float u = partial_sum(group, task + kR * kNB) * inv;
-        y0[i] = v / (1.0 + exp(-v)) * u;
-      } else if (kMats == 1u || m == 0u) {
-        y0[i] = add ? y0[i] + v : v;
-      } else if (kMats == 2u || m == 1u) {
-        y1[i] = add ? y1[i] + v : v;
-      } else {
-        y2[i] = add ? y2[i] + v : v;
-      }
+      const float u = kSwiGlu != 0u ? partial_sum(group, task + kR * kNB) * inv : 0.0;
+      mv_write(m, b * pc.y_stride[m] + r, v, u, add);
     }
     barrier();  // the reduction area is read before the next block writes it
   }

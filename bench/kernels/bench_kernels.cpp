@@ -8,7 +8,8 @@
 // --only TEXT runs the sections (matmul, matvec, gemm, grouped, attention, elementwise, moe) whose name contains TEXT or
 // that TEXT starts with, and of those only the rows whose "op shape" contains what follows the section
 // name: `--only matvec`, `--only "matvec head"`, `--only "matvec Q6_K 8B"`. The copy row always runs.
-// --sweep adds matvec rows for every work split (rows per group × workgroup size, bench_matvec.cpp).
+// --sweep adds matvec rows for every work split (rows per group × workgroup size, bench_matvec.cpp) and
+// MoE rows for the direct expert kernels' work splits (bench_moe.cpp).
 //
 // Matvec rows (decode, batch 1..8, bench_matvec.cpp): ops::Matvec with the fusions the engine uses
 // (fused QKV with the attention norm, gate+up with SwiGLU, down added into the residual), weights
@@ -71,7 +72,7 @@ int main(int argc, char** argv) {
   app.add_option("--only", only, "Sections (matmul, matvec, gemm, grouped, attention, elementwise, moe) by name or prefix, then rows by "
                                  "substring: 'matvec', 'matvec head', 'matvec Q6_K 8B'");
   bool sweep = false;
-  app.add_flag("--sweep", sweep, "Also time every matvec work split (rows per group x workgroup size)");
+  app.add_flag("--sweep", sweep, "Also time every matvec and direct MoE work split (rows per group x workgroup size)");
   CLI11_PARSE(app, argc, argv);
   // Section `name` runs when --only is empty, a substring of the name, or starts with the name; the
   // rest of --only (after the name) filters that section's rows by substring.
@@ -338,6 +339,7 @@ int main(int argc, char** argv) {
     std::vector<bench::KernelRow> moe;
     bench::MoeBenchOptions mo;
     mo.reps = reps;
+    mo.sweep = sweep;
     mo.quick = quick;
     mo.wanted = row_filter("moe");
     if (auto st = bench::bench_moe(dev, mo, moe); !st.ok()) return fail(st);

@@ -103,13 +103,37 @@ Status bench_moe(vk::Device& dev, const MoeBenchOptions& o, std::vector<KernelRo
         TROVE_RETURN_IF_ERROR(add("moe route+plan", 4.0 * T * E, [&](vk::CommandStream& s) {
           return route->record(s, *logits, r0.ids, r0.w, r0.plan, L, T, K);
         }));
-        TROVE_RETURN_IF_ERROR(add("moe gate/up+SwiGLU (expert-indexed)", gu_bytes,
-                                  [&](vk::CommandStream& s) { return ffn->record_gate_up(s, call()); }));
       }
-      TROVE_RETURN_IF_ERROR(add(T <= ops::MoeFfn::kDecodeMaxTokens ? "moe down+weighted sum+residual" : "moe down (grouped)+combine",
-                                dn_bytes, [&](vk::CommandStream& s) { return ffn->record_down(s, call()); }));
-      TROVE_RETURN_IF_ERROR(add("moe experts (gate/up, down)", gu_bytes + dn_bytes,
-                                [&](vk::CommandStream& s) { return ffn->record(s, call()); }));
+      // The expert dispatches in each kernel form (and, with --sweep, the direct form's work splits).
+      struct Form {
+        std::string name;
+        ops::MoeTuning tuning;
+      };
+      std::vector<Form> forms = {{"staged", {ops::MoeTuning::Form::kStaged}}};
+      if (dev.features().subgroup_arithmetic) {
+        forms.push_back({"direct", {ops::MoeTuning::Form::kDirect}});
+        if (o.sweep && (T == 1 || T == 8)) {
+          for (uint32_t rows : {1u, 2u, 4u}) {
+            for (uint32_t wg : {64u, 128u, 256u}) {
+              if (rows == 1 && wg == 128) continue;  // the default: the "direct" row
+              forms.push_back({fmt::format("direct r{} wg{}", rows, wg), {ops::MoeTuning::Form::kDirect, rows, rows, wg}});
+            }
+          }
+        }
+      }
+      for (const Form& f : forms) {
+        ffn->set_tuning(f.tuning);
+        if (down_type == GgmlType::Q6_K) {
+          TROVE_RETURN_IF_ERROR(add(fmt::format("moe gate/up+SwiGLU (expert-indexed, {})", f.name), gu_bytes,
+                                    [&](vk::CommandStream& s) { return ffn->record_gate_up(s, call()); }));
+        }
+        TROVE_RETURN_IF_ERROR(add(fmt::format("{} ({})", T <= ops::MoeFfn::kDecodeMaxTokens ? "moe down+weighted sum+residual"
+                                                                                             : "moe down (expert-indexed)+combine", f.name),
+                                  dn_bytes, [&](vk::CommandStream& s) { return ffn->record_down(s, call()); }));
+        TROVE_RETURN_IF_ERROR(add(fmt::format("moe experts (gate/up, down; {})", f.name), gu_bytes + dn_bytes,
+                                  [&](vk::CommandStream& s) { return ffn->record(s, call()); }));
+      }
+      ffn->set_tuning({});
       if (T > ops::MoeFfn::kDecodeMaxTokens) {  // the grouped GEMMs on the device's matmul path
         const std::string op = fmt::format("moe experts grouped GEMM ({})", ops::matmul_path_name(mm->path()));
         const double flops = 2.0 * P * (3.0 * F * H);

@@ -3,7 +3,9 @@
 // down) for 1, 2, 4, 8 and 512 tokens: routing + plan from router logits, the expert-indexed gate/up +
 // SwiGLU dispatch, down (+ weighted sum + residual add at <= 8 tokens; grouped down + scatter-combine
 // above) and the two expert dispatches together; at 512 tokens also the grouped-GEMM prefill on the
-// device's matmul path (cm2 / khr / tiled, TROVE_MATMUL forces one) with its TFLOP/s.
+// device's matmul path (cm2 / khr / tiled, TROVE_MATMUL forces one) with its TFLOP/s. The expert
+// dispatches are timed in both kernel forms (MoeTuning: "staged" and, where the device has subgroup
+// arithmetic, "direct"), the op name says which.
 #pragma once
 
 #include <functional>
@@ -17,6 +19,7 @@ namespace trove::bench {
 struct MoeBenchOptions {
   int reps = 20;
   bool quick = false;  // tiny shapes (a CPU device)
+  bool sweep = false;  // also the direct form's work splits (rows per row group × workgroup), at 1 and 8 tokens
   std::function<bool(const std::string& label)> wanted;  // label = "<op> <shape>"; null = all
 };
 

@@ -1,5 +1,8 @@
 #include "kernels/ops/moe_ffn.h"
 
+#include <cstdlib>
+#include <string_view>
+
 #include <fmt/format.h>
 
 namespace trove::ops {
@@ -9,7 +12,8 @@ constexpr uint32_t kMaxExperts = 256;  // moe_plan.glsl: one invocation per expe
 constexpr uint32_t kMaxTopK = 32;      // moe_route.comp: unrolled rounds
 constexpr uint32_t kGpuWorkgroup = 256;  // moe_experts / moe_down workgroups: 8 row groups of 32 lanes
 constexpr uint32_t kCpuWorkgroup = 128;  // lavapipe: a smaller reduction area
-constexpr uint32_t kGroupLanes = 32;     // kG in moe_experts_body.glsl / moe_down_body.glsl
+constexpr uint32_t kGroupLanes = 32;     // kG in moe_experts_body.glsl / moe_down_body.glsl (staged forms)
+constexpr uint32_t kDirectWorkgroup = 128;  // direct forms: 4 row groups (subgroups) per workgroup
 // Bytes of shared memory per staged value and column: the f32 value + 1/8 of its 8-value sum.
 constexpr double kStagedBytesPerValue = 4.5;
 
@@ -119,7 +123,7 @@ Result<MoeFfn> MoeFfn::create(vk::Device& dev, uint32_t slots_per_pass, bool gpu
     return Status::InvalidArgument(fmt::format("moe_ffn: {} slots per pass; use 1..{}", slots_per_pass,
                                                MoePlanLayout::kSlotsPerEntry));
   }
-  for (const char* sh : {"moe_experts", "moe_experts_nosg", "moe_down", "moe_down_nosg"}) {
+  for (const char* sh : {"moe_experts", "moe_experts_nosg", "moe_experts_direct", "moe_down", "moe_down_nosg", "moe_down_direct"}) {
     if (!vk::find_shader(sh).words) {
       return Status::NotFound(fmt::format("moe_ffn: shader {} is not embedded in this build (rebuild trove_kernels)", sh));
     }
@@ -143,6 +147,22 @@ Result<MoeFfn> MoeFfn::create(vk::Device& dev, uint32_t slots_per_pass, bool gpu
   const uint32_t sg = f.subgroup_size;
   if (!op.cpu_ && f.subgroup_arithmetic && sg >= 4 && sg <= kGroupLanes && (sg & (sg - 1)) == 0) op.subgroup_ = sg;
   op.slots_per_pass_ = slots_per_pass ? slots_per_pass : (op.cpu_ ? 1 : 0);
+  if (f.subgroup_arithmetic && sg >= 4 && sg <= 64 && (sg & (sg - 1)) == 0) op.direct_lanes_ = sg;
+  op.direct_default_ = !f.is_cpu && op.direct_lanes_ != 0;
+  if (const char* v = std::getenv("TROVE_MOE"); v && *v) {
+    const std::string_view form(v);
+    if (form == "staged") {
+      op.direct_default_ = false;
+    } else if (form == "direct") {
+      if (op.direct_lanes_ == 0) {
+        return Status::Unsupported(fmt::format("TROVE_MOE=direct needs subgroup arithmetic (subgroups of 4..64 lanes), "
+                                               "which device {} lacks; use TROVE_MOE=staged", f.name));
+      }
+      op.direct_default_ = true;
+    } else {
+      return Status::InvalidArgument(fmt::format("TROVE_MOE='{}' is not an expert kernel form (staged or direct)", v));
+    }
+  }
   op.cache_ = std::make_unique<Cache>();
   op.combine_ = std::move(*cb);
   return op;
@@ -183,6 +203,26 @@ Status check_experts(const char* what, const StackedExperts& m, uint32_t rows, u
                                            "stacked tensor", what, bytes));
   }
   return need("moe_ffn", what, m.w, bytes);
+}
+}  // namespace
+
+bool MoeFfn::direct() const {
+  return tuning_.form == MoeTuning::Form::kAuto ? direct_default_ : tuning_.form == MoeTuning::Form::kDirect;
+}
+
+namespace {
+Status check_direct_tuning(const MoeTuning& t, uint32_t lanes) {
+  if (lanes == 0) return Status::Unsupported("moe_ffn: the direct form needs subgroup arithmetic (use the staged form)");
+  for (uint32_t r : {t.gate_up_rows, t.down_rows}) {
+    if (r != 0 && r != 1 && r != 2 && r != 4) {
+      return Status::InvalidArgument(fmt::format("moe_ffn: {} rows per row group; use 1, 2 or 4", r));
+    }
+  }
+  if (t.workgroup != 0 && (t.workgroup % lanes != 0 || t.workgroup > 1024)) {
+    return Status::InvalidArgument(fmt::format("moe_ffn: workgroup of {} invocations; use a multiple of the subgroup ({}) up "
+                                               "to 1024", t.workgroup, lanes));
+  }
+  return Status::Ok();
 }
 }  // namespace
 
@@ -261,6 +301,7 @@ Status MoeFfn::record_grouped(vk::CommandStream& s, const MoeFfnCall& c) const {
 }
 
 bool MoeFfn::fused_down(uint32_t tokens, uint32_t k) const {
+  if (tokens <= kDecodeMaxTokens && direct()) return true;  // moe_down_direct: no shared memory
   // moe_down stages the k SwiGLU rows of a token, at least 256 values each, in shared memory.
   const uint32_t wg = cpu_ ? kCpuWorkgroup : kGpuWorkgroup;
   return tokens <= kDecodeMaxTokens && k * 256 * kStagedBytesPerValue + wg / subgroup_ * 4 <= shared_bytes_;
@@ -287,17 +328,33 @@ uint32_t tile_for(uint32_t cols, uint32_t columns, uint32_t shared, uint32_t res
 Status MoeFfn::record_gate_up(vk::CommandStream& s, const MoeFfnCall& c) const {
   TROVE_RETURN_IF_ERROR(check(c));
   const uint32_t ffn = c.gate.rows, hidden = c.gate.cols;
-  const uint32_t wg = cpu_ ? kCpuWorkgroup : kGpuWorkgroup, rows_per_group = 1;  // 2 slots: gate and up rows
   const uint32_t nb = slots_per_pass_ ? slots_per_pass_ : std::min(c.tokens, MoePlanLayout::kSlotsPerEntry);
+  const auto& L = c.layout;
+  const uint32_t entries = MoePlanLayout::max_entries(c.tokens * c.k, c.gate.n_expert);
+  if (direct()) {
+    TROVE_RETURN_IF_ERROR(check_direct_tuning(tuning_, direct_lanes_));
+    const uint32_t g = direct_lanes_, rows = tuning_.gate_up_rows ? tuning_.gate_up_rows : 1;
+    const uint32_t wg = tuning_.workgroup ? tuning_.workgroup : std::max(kDirectWorkgroup, g);
+    auto p = pipeline("moe_experts_direct",
+                      {wg, g, nb, rows, 1, 256, static_cast<uint32_t>(c.gate.type), static_cast<uint32_t>(c.up.type),
+                       cpu_ ? 0u : 1u, g},
+                      sizeof(ExpertsPush), 5, wg);
+    if (!p.ok()) return p.status();
+    const ExpertsPush push{ffn, hidden, static_cast<uint32_t>(quant::row_bytes(c.gate.type, hidden)),
+                           static_cast<uint32_t>(quant::row_bytes(c.up.type, hidden)), c.k, 0, L.n_entries, L.entries,
+                           L.slot_pair, 1, hidden, 0};
+    vk::BufferRange b[5] = {c.xn, c.gate.w, c.up.w, c.plan, c.h};
+    const uint32_t rows_per_wg = wg / g * rows;
+    return s.dispatch(**p, b, &push, sizeof(push), (ffn + rows_per_wg - 1) / rows_per_wg, entries);
+  }
+  const uint32_t wg = cpu_ ? kCpuWorkgroup : kGpuWorkgroup, rows_per_group = 1;  // 2 slots: gate and up rows
   const uint32_t red = wg / subgroup_ * (2 * rows_per_group * nb) * 4;
   const uint32_t tile = tile_for(hidden, nb, shared_bytes_, red);
-  const uint32_t entries = MoePlanLayout::max_entries(c.tokens * c.k, c.gate.n_expert);
   auto p = pipeline(subgroup_ > 1 ? "moe_experts" : "moe_experts_nosg",
                     {wg, kGroupLanes, nb, rows_per_group, 1, tile, static_cast<uint32_t>(c.gate.type),
                      static_cast<uint32_t>(c.up.type), cpu_ ? 0u : 1u, subgroup_},
                     sizeof(ExpertsPush), 5, wg);
   if (!p.ok()) return p.status();
-  const auto& L = c.layout;
   const ExpertsPush push{ffn, hidden, static_cast<uint32_t>(quant::row_bytes(c.gate.type, hidden)),
                          static_cast<uint32_t>(quant::row_bytes(c.up.type, hidden)), c.k, 0, L.n_entries, L.entries,
                          L.slot_pair, (hidden + tile - 1) / tile, tile, 0};
@@ -313,6 +370,34 @@ Status MoeFfn::record_down(vk::CommandStream& s, const MoeFfnCall& c) const {
   const uint32_t rb_down = static_cast<uint32_t>(quant::row_bytes(c.down.type, ffn));
   const uint32_t wg = cpu_ ? kCpuWorkgroup : kGpuWorkgroup;
   const auto& L = c.layout;
+  const bool dir = direct();
+  if (dir) TROVE_RETURN_IF_ERROR(check_direct_tuning(tuning_, direct_lanes_));
+  const uint32_t g = direct_lanes_, wg_direct = tuning_.workgroup ? tuning_.workgroup : std::max(kDirectWorkgroup, g);
+  if (dir && fused_down(T, k)) {
+    const uint32_t rows = tuning_.down_rows ? tuning_.down_rows : 1;
+    auto p = pipeline("moe_down_direct", {wg_direct, g, rows, 256, td, cpu_ ? 0u : 1u, g, k}, sizeof(DownPush), 6, wg_direct);
+    if (!p.ok()) return p.status();
+    const DownPush push{hidden, ffn, rb_down, k, L.pair_slot, 1, ffn, 0};
+    vk::BufferRange b[6] = {c.h, c.down.w, c.ids, c.weights, c.plan, c.x};
+    const uint32_t rows_per_wg = wg_direct / g * rows;
+    return s.dispatch(**p, b, &push, sizeof(push), (hidden + rows_per_wg - 1) / rows_per_wg, T);
+  }
+  if (dir) {  // more than kDecodeMaxTokens: the expert-indexed kernel for down, then the combine
+    const uint32_t rows = tuning_.down_rows ? tuning_.down_rows : 1;
+    const uint32_t nb = slots_per_pass_ ? slots_per_pass_ : MoePlanLayout::kSlotsPerEntry;
+    auto p = pipeline("moe_experts_direct", {wg_direct, g, nb, rows, 0, 256, td, td, cpu_ ? 0u : 1u, g},
+                      sizeof(ExpertsPush), 5, wg_direct);
+    if (!p.ok()) return p.status();
+    const ExpertsPush push{hidden, ffn, rb_down, rb_down, k, 1, L.n_entries, L.entries, L.slot_pair, 1, ffn, 0};
+    vk::BufferRange b[5] = {c.h, c.down.w, c.down.w, c.plan, c.d};
+    const uint32_t entries = MoePlanLayout::max_entries(T * k, c.gate.n_expert);
+    const uint32_t rows_per_wg = wg_direct / g * rows;
+    TROVE_RETURN_IF_ERROR(s.dispatch(**p, b, &push, sizeof(push), (hidden + rows_per_wg - 1) / rows_per_wg, entries));
+    s.barrier();
+    const CombinePush cpush{hidden, k, L.pair_slot};
+    vk::BufferRange cb[4] = {c.d, c.weights, c.plan, c.x};
+    return s.dispatch(combine_, cb, &cpush, sizeof(cpush), (hidden + 255) / 256, T);
+  }
   if (fused_down(T, k)) {
     const uint32_t rows_per_group = 1;
     const uint32_t red = wg / subgroup_ * rows_per_group * 4;

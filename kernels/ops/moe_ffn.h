@@ -119,6 +119,19 @@ struct MoeFfnCall {
   vk::BufferRange g, u;           // scratch f32 [tokens*k][ffn] each; the grouped-GEMM prefill only
 };
 
+// How the expert-matvec kernels run (tests and benchmarks force one; the defaults are measured).
+struct MoeTuning {
+  // kStaged: moe_experts / moe_down (inputs staged in shared memory, 32-lane row groups); kDirect:
+  // moe_experts_direct / moe_down_direct (one subgroup per row group, inputs through the caches, the
+  // down kernel spreading the k experts' row parts over the lanes). kAuto: direct on GPUs with subgroup
+  // arithmetic (subgroups of 4..64 lanes), staged otherwise; TROVE_MOE=staged|direct overrides.
+  enum class Form { kAuto, kStaged, kDirect };
+  Form form = Form::kAuto;
+  uint32_t gate_up_rows = 0;  // direct form: rows per row group (1, 2 or 4; 0 = 1) of gate/up
+  uint32_t down_rows = 0;     // direct form: rows per row group of down (1, 2 or 4; 0 = 1)
+  uint32_t workgroup = 0;     // direct form: invocations per workgroup (a multiple of the subgroup, <= 1024; 0 = 128)
+};
+
 class MoeFfn {
  public:
   static constexpr uint32_t kDecodeMaxTokens = 8;  // fused down + combine up to here
@@ -128,6 +141,11 @@ class MoeFfn {
   // gpu_form: on a CPU device, compile what GPUs run (subgroup reduction stage, unrolled column
   // loops) — slow to compile there; a test runs it once.
   static Result<MoeFfn> create(vk::Device& dev, uint32_t slots_per_pass = 0, bool gpu_form = false);
+  // Forces a form or work split (MoeTuning); a direct form the device cannot run is refused by record().
+  void set_tuning(const MoeTuning& t) { tuning_ = t; }
+  const MoeTuning& tuning() const { return tuning_; }
+  // Whether record() runs the direct form with the current tuning.
+  bool direct() const;
   // Records 2 dispatches (tokens <= kDecodeMaxTokens) or 4, with barriers between them, none before
   // the first or after the last.
   Status record(vk::CommandStream& s, const MoeFfnCall& call) const;
@@ -154,6 +172,9 @@ class MoeFfn {
   bool cpu_ = false;             // CPU device: no unrolled column loops, no subgroup operations
   uint32_t subgroup_ = 1;        // subgroup size of the first reduction stage (1: shared memory only)
   uint32_t slots_per_pass_ = 0;  // 0: min(8, tokens)
+  uint32_t direct_lanes_ = 0;    // the direct form's row group: the subgroup size (0: no subgroup arithmetic)
+  bool direct_default_ = false;  // MoeTuning::Form::kAuto means direct (GPU with subgroups; TROVE_MOE)
+  MoeTuning tuning_;
   std::unique_ptr<Cache> cache_;
   vk::Pipeline combine_;
   vk::Pipeline swiglu_[2];  // moe_swiglu.comp: [f32, f16] output

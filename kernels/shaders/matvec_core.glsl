@@ -135,41 +135,45 @@ void mv_col_k45(uint b, uint v, uint j) {
   }
 }
 
-void mv_tile_k45(bool q5, uint first, uint nvals, uint lane) {
+// Part m (0..7) of super-block sb of every live slot's row; sbl: the super-block's index in the tile
+// (where its activations are).
+void mv_part_k45(bool q5, uint sb, uint sbl, uint m) {
   const uint units = q5 ? 11u : 9u;  // block size in 16-byte units
-  const uint sb0 = first >> 8u, nparts = (nvals >> 8u) * 8u;
-  for (uint item = lane; item < nparts; item += kG) {
-    const uint sbl = item >> 3u, m = item & 7u, j = m >> 1u, h = m & 1u;
-    [[unroll]] for (uint s = 0u; s < kNS; ++s) {
-      if (!mv_live[s]) continue;
-      const uint blk = (mv_row[s] >> 4u) + (sb0 + sbl) * units;
-      const uvec4 hd = mv_wq(mv_mat[s], blk);
-      const uvec4 q = mv_rot4(mv_wq(mv_mat[s], blk + (q5 ? 3u : 1u) + m), j);
-      uint sc, mn;
-      mv_k4_scales(hd, j, sc, mn);
-      const vec2 dm = unpackHalf2x16(hd.x);
-      const float scale = q5 ? 32.0 : 16.0;  // Σ q x = 2^b (Σ f x − Σ x)
-      mv_c[s][0] = scale * dm.x * float(sc & 0xFFu);
-      mv_c[s][1] = scale * dm.x * float(sc >> 8u);
-      mv_c[s][2] = mv_c[s][0] + dm.y * float(mn & 0xFFu);
-      mv_c[s][3] = mv_c[s][1] + dm.y * float(mn >> 8u);
-      if (q5) {
-        // Fifth bit of value l of sub-block k: bit k of qh[l]; this part's qh bytes are 16h .. 16h+15.
-        const uvec4 qh = mv_rot4(mv_wq(mv_mat[s], blk + 1u + h), j);
-        [[unroll]] for (uint i = 0u; i < 4u; ++i) {
-          mv_f[s][i] = mv_q5((q[i] & 0x0F0F0F0Fu) | (((qh[i] >> (2u * j)) & 0x01010101u) << 4u));
-          mv_f[s][4u + i] = mv_q5(((q[i] >> 4u) & 0x0F0F0F0Fu) | (((qh[i] >> (2u * j + 1u)) & 0x01010101u) << 4u));
-        }
-      } else {
-        [[unroll]] for (uint i = 0u; i < 4u; ++i) {
-          mv_f[s][i] = mv_nib_lo(q[i]);
-          mv_f[s][4u + i] = mv_nib_hi(q[i]);
-        }
+  const uint j = m >> 1u, h = m & 1u;
+  [[unroll]] for (uint s = 0u; s < kNS; ++s) {
+    if (!mv_live[s]) continue;
+    const uint blk = (mv_row[s] >> 4u) + sb * units;
+    const uvec4 hd = mv_wq(mv_mat[s], blk);
+    const uvec4 q = mv_rot4(mv_wq(mv_mat[s], blk + (q5 ? 3u : 1u) + m), j);
+    uint sc, mn;
+    mv_k4_scales(hd, j, sc, mn);
+    const vec2 dm = unpackHalf2x16(hd.x);
+    const float scale = q5 ? 32.0 : 16.0;  // Σ q x = 2^b (Σ f x − Σ x)
+    mv_c[s][0] = scale * dm.x * float(sc & 0xFFu);
+    mv_c[s][1] = scale * dm.x * float(sc >> 8u);
+    mv_c[s][2] = mv_c[s][0] + dm.y * float(mn & 0xFFu);
+    mv_c[s][3] = mv_c[s][1] + dm.y * float(mn >> 8u);
+    if (q5) {
+      // Fifth bit of value l of sub-block k: bit k of qh[l]; this part's qh bytes are 16h .. 16h+15.
+      const uvec4 qh = mv_rot4(mv_wq(mv_mat[s], blk + 1u + h), j);
+      [[unroll]] for (uint i = 0u; i < 4u; ++i) {
+        mv_f[s][i] = mv_q5((q[i] & 0x0F0F0F0Fu) | (((qh[i] >> (2u * j)) & 0x01010101u) << 4u));
+        mv_f[s][4u + i] = mv_q5(((q[i] >> 4u) & 0x0F0F0F0Fu) | (((qh[i] >> (2u * j + 1u)) & 0x01010101u) << 4u));
+      }
+    } else {
+      [[unroll]] for (uint i = 0u; i < 4u; ++i) {
+        mv_f[s][i] = mv_nib_lo(q[i]);
+        mv_f[s][4u + i] = mv_nib_hi(q[i]);
       }
     }
-    const uint v = sbl * 64u + 16u * j + 4u * h;
-    MV_COLS(mv_col_k45(b, v, j))
   }
+  const uint v = sbl * 64u + 16u * j + 4u * h;
+  MV_COLS(mv_col_k45(b, v, j))
+}
+
+void mv_tile_k45(bool q5, uint first, uint nvals, uint lane) {
+  const uint sb0 = first >> 8u, nparts = (nvals >> 8u) * 8u;
+  for (uint item = lane; item < nparts; item += kG) mv_part_k45(q5, sb0 + (item >> 3u), item >> 3u, item & 7u);
 }
 
 // ---- Q6_K: part p of a super-block = ql bytes 8p .. 8p+7. With n = p/8 (half), l0 = 8 (p%4),
@@ -196,35 +200,38 @@ void mv_col_q6k(uint b, uint v, uint rot) {
   }
 }
 
+// Part p (0..15) of super-block sb of every live slot's row; sbl: its index in the tile.
+void mv_part_q6k(uint sb, uint sbl, uint p) {
+  const uint n = p >> 3u, r = (p >> 2u) & 1u, lq = p & 3u;
+  const uint rot = r ^ n;  // swap the two words of each run: spreads the lanes over the banks
+  [[unroll]] for (uint s = 0u; s < kNS; ++s) {
+    if (!mv_live[s]) continue;
+    const uint blk = mv_row[s] + sb * 210u;
+    uvec2 ql = mv_u64(mv_mat[s], blk + 8u * p);
+    uvec2 qh = mv_u64(mv_mat[s], blk + 128u + 32u * n + 8u * lq) >> (2u * r);
+    if (rot != 0u) {
+      ql = ql.yx;
+      qh = qh.yx;
+    }
+    const uint so = blk + 192u + 8u * n + (lq >> 1u) + 2u * r;
+    const float d = mv_f16(mv_mat[s], blk + 208u);
+    const float slo = d * mv_i8(mv_mat[s], so), shi = d * mv_i8(mv_mat[s], so + 4u);
+    mv_c[s][0] = 64.0 * slo;  // Σ (q − 32) x = 64 Σ f x − 96 Σ x
+    mv_c[s][1] = 64.0 * shi;
+    mv_c[s][2] = 96.0 * slo;
+    mv_c[s][3] = 96.0 * shi;
+    [[unroll]] for (uint i = 0u; i < 2u; ++i) {
+      mv_f[s][i] = mv_q6((ql[i] & 0x0F0F0F0Fu) | ((qh[i] & 0x03030303u) << 4u));
+      mv_f[s][2u + i] = mv_q6(((ql[i] >> 4u) & 0x0F0F0F0Fu) | (((qh[i] >> 4u) & 0x03030303u) << 4u));
+    }
+  }
+  const uint v = sbl * 64u + 32u * n + 8u * r + 2u * lq;  // vec4 index of the low run; high: +16
+  MV_COLS(mv_col_q6k(b, v, rot))
+}
+
 void mv_tile_q6k(uint first, uint nvals, uint lane) {
   const uint sb0 = first >> 8u, nparts = (nvals >> 8u) * 16u;
-  for (uint item = lane; item < nparts; item += kG) {
-    const uint sbl = item >> 4u, p = item & 15u, n = p >> 3u, r = (p >> 2u) & 1u, lq = p & 3u;
-    const uint rot = r ^ n;  // swap the two words of each run: spreads the lanes over the banks
-    [[unroll]] for (uint s = 0u; s < kNS; ++s) {
-      if (!mv_live[s]) continue;
-      const uint blk = mv_row[s] + (sb0 + sbl) * 210u;
-      uvec2 ql = mv_u64(mv_mat[s], blk + 8u * p);
-      uvec2 qh = mv_u64(mv_mat[s], blk + 128u + 32u * n + 8u * lq) >> (2u * r);
-      if (rot != 0u) {
-        ql = ql.yx;
-        qh = qh.yx;
-      }
-      const uint so = blk + 192u + 8u * n + (lq >> 1u) + 2u * r;
-      const float d = mv_f16(mv_mat[s], blk + 208u);
-      const float slo = d * mv_i8(mv_mat[s], so), shi = d * mv_i8(mv_mat[s], so + 4u);
-      mv_c[s][0] = 64.0 * slo;  // Σ (q − 32) x = 64 Σ f x − 96 Σ x
-      mv_c[s][1] = 64.0 * shi;
-      mv_c[s][2] = 96.0 * slo;
-      mv_c[s][3] = 96.0 * shi;
-      [[unroll]] for (uint i = 0u; i < 2u; ++i) {
-        mv_f[s][i] = mv_q6((ql[i] & 0x0F0F0F0Fu) | ((qh[i] & 0x03030303u) << 4u));
-        mv_f[s][2u + i] = mv_q6(((ql[i] >> 4u) & 0x0F0F0F0Fu) | (((qh[i] >> 4u) & 0x03030303u) << 4u));
-      }
-    }
-    const uint v = sbl * 64u + 32u * n + 8u * r + 2u * lq;  // vec4 index of the low run; high: +16
-    MV_COLS(mv_col_q6k(b, v, rot))
-  }
+  for (uint item = lane; item < nparts; item += kG) mv_part_q6k(sb0 + (item >> 4u), item >> 4u, item & 15u);
 }
 
 // ---- Q8_0: part q of a 34-byte block = its int8 values 8q .. 8q+7. mv_f[s][0..1].
@@ -240,23 +247,26 @@ void mv_col_q8(uint b, uint v, uint rot) {
   }
 }
 
+// Part q (0..3) of block bl of every live slot's row; bll: its index in the tile.
+void mv_part_q8(uint bl, uint bll, uint q) {
+  const uint rot = bll & 1u;
+  [[unroll]] for (uint s = 0u; s < kNS; ++s) {
+    if (!mv_live[s]) continue;
+    const uint blk = mv_row[s] + bl * 34u;
+    uvec2 w = mv_u64(mv_mat[s], blk + 2u + 8u * q) ^ 0x80808080u;  // int8 → q + 128 in 0..255
+    if (rot != 0u) w = w.yx;
+    const float d = mv_f16(mv_mat[s], blk);
+    mv_c[s][0] = 256.0 * d;  // Σ q x = 256 Σ f x − 384 Σ x
+    mv_c[s][2] = 384.0 * d;
+    mv_f[s][0] = mv_q8(w.x);
+    mv_f[s][1] = mv_q8(w.y);
+  }
+  MV_COLS(mv_col_q8(b, bll * 8u + 2u * q, rot))
+}
+
 void mv_tile_q8(uint first, uint nvals, uint lane) {
   const uint blk0 = first >> 5u, nparts = (nvals >> 5u) * 4u;
-  for (uint item = lane; item < nparts; item += kG) {
-    const uint bl = item >> 2u, q = item & 3u, rot = bl & 1u;
-    [[unroll]] for (uint s = 0u; s < kNS; ++s) {
-      if (!mv_live[s]) continue;
-      const uint blk = mv_row[s] + (blk0 + bl) * 34u;
-      uvec2 w = mv_u64(mv_mat[s], blk + 2u + 8u * q) ^ 0x80808080u;  // int8 → q + 128 in 0..255
-      if (rot != 0u) w = w.yx;
-      const float d = mv_f16(mv_mat[s], blk);
-      mv_c[s][0] = 256.0 * d;  // Σ q x = 256 Σ f x − 384 Σ x
-      mv_c[s][2] = 384.0 * d;
-      mv_f[s][0] = mv_q8(w.x);
-      mv_f[s][1] = mv_q8(w.y);
-    }
-    MV_COLS(mv_col_q8(b, bl * 8u + 2u * q, rot))
-  }
+  for (uint item = lane; item < nparts; item += kG) mv_part_q8(blk0 + (item >> 2u), item >> 2u, item & 3u);
 }
 
 // ---- F32, F16, BF16: part v = values 4v .. 4v+3 of the tile. mv_f[s][0].
@@ -267,21 +277,24 @@ void mv_col_float(uint b, uint v) {
   }
 }
 
-void mv_tile_float(uint type, uint first, uint nvals, uint lane) {
-  for (uint v = lane; v < (nvals >> 2u); v += kG) {
-    [[unroll]] for (uint s = 0u; s < kNS; ++s) {
-      if (!mv_live[s]) continue;
-      if (mv_has(kMvF32) && type == kMvF32) {
-        mv_f[s][0] = uintBitsToFloat(mv_wq(mv_mat[s], (mv_row[s] >> 4u) + (first >> 2u) + v));
-      } else {
-        const uint i = (mv_row[s] >> 2u) + (first >> 1u) + 2u * v;
-        const uint a = mv_ww(mv_mat[s], i), c = mv_ww(mv_mat[s], i + 1u);
-        mv_f[s][0] = mv_has(kMvF16) && type == kMvF16 ? vec4(unpackHalf2x16(a), unpackHalf2x16(c))
-                                                      : uintBitsToFloat(uvec4(a << 16u, a & 0xFFFF0000u, c << 16u, c & 0xFFFF0000u));
-      }
+// Part v (values 4v .. 4v+3 of the tile) of every live slot's row; first: the tile's first value.
+void mv_part_float(uint type, uint first, uint v) {
+  [[unroll]] for (uint s = 0u; s < kNS; ++s) {
+    if (!mv_live[s]) continue;
+    if (mv_has(kMvF32) && type == kMvF32) {
+      mv_f[s][0] = uintBitsToFloat(mv_wq(mv_mat[s], (mv_row[s] >> 4u) + (first >> 2u) + v));
+    } else {
+      const uint i = (mv_row[s] >> 2u) + (first >> 1u) + 2u * v;
+      const uint a = mv_ww(mv_mat[s], i), c = mv_ww(mv_mat[s], i + 1u);
+      mv_f[s][0] = mv_has(kMvF16) && type == kMvF16 ? vec4(unpackHalf2x16(a), unpackHalf2x16(c))
+                                                    : uintBitsToFloat(uvec4(a << 16u, a & 0xFFFF0000u, c << 16u, c & 0xFFFF0000u));
     }
-    MV_COLS(mv_col_float(b, v))
   }
+  MV_COLS(mv_col_float(b, v))
+}
+
+void mv_tile_float(uint type, uint first, uint nvals, uint lane) {
+  for (uint v = lane; v < (nvals >> 2u); v += kG) mv_part_float(type, first, v);
 }
 
 void mv_tile(uint type, uint first, uint nvals, uint lane) {
@@ -295,5 +308,29 @@ void mv_tile(uint type, uint first, uint nvals, uint lane) {
     mv_tile_q8(first, nvals, lane);
   } else if ((mv_has(kMvF32) && type == kMvF32) || (mv_has(kMvF16) && type == kMvF16) || (mv_has(kMvBF16) && type == kMvBF16)) {
     mv_tile_float(type, first, nvals, lane);
+  }
+}
+
+// Parts of a row of `cols` values of `type` (cols a multiple of the type's block): the units a lane
+// takes one at a time (see "Work split" above).
+uint mv_parts(uint type, uint cols) {
+  if (type == kMvQ4_K || type == kMvQ5_K) return cols >> 5u;
+  if (type == kMvQ6_K) return cols >> 4u;
+  if (type == kMvQ8_0) return cols >> 3u;
+  return cols >> 2u;
+}
+// Part p of every live slot's row, for a tile holding the whole row (first = 0): for callers that
+// spread the parts of several rows' sets over the lanes themselves (moe_down_body.glsl's direct form).
+void mv_part(uint type, uint p) {
+  if (mv_has(kMvQ4_K) && type == kMvQ4_K) {
+    mv_part_k45(false, p >> 3u, p >> 3u, p & 7u);
+  } else if (mv_has(kMvQ6_K) && type == kMvQ6_K) {
+    mv_part_q6k(p >> 4u, p >> 4u, p & 15u);
+  } else if (mv_has(kMvQ5_K) && type == kMvQ5_K) {
+    mv_part_k45(true, p >> 3u, p >> 3u, p & 7u);
+  } else if (mv_has(kMvQ8_0) && type == kMvQ8_0) {
+    mv_part_q8(p >> 2u, p >> 2u, p & 3u);
+  } else if ((mv_has(kMvF32) && type == kMvF32) || (mv_has(kMvF16) && type == kMvF16) || (mv_has(kMvBF16) && type == kMvBF16)) {
+    mv_part_float(type, 0u, p);
   }
 }

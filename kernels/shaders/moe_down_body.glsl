@@ -1,8 +1,8 @@
 // moe_down_body.glsl — decode MoE down projection fused with the routing-weighted sum and the
 // residual add (kernels/ops/moe_ffn.h, steps of <= 8 tokens):
 //   x[t][row] += sum_j w[t][j] * (down_e · h[slot(t, j)]),   e = ids[t][j], j < k (in that order)
-// Compiled twice: moe_down.comp (first reduction stage with subgroupAdd) and moe_down_nosg.comp.
-// Per-type inner loops: matvec_core.glsl.
+// Compiled three times: moe_down.comp (first reduction stage with subgroupAdd), moe_down_nosg.comp and
+// moe_down_direct.comp (MV_DIRECT, below). Per-type inner loops: matvec_core.glsl.
 //
 // Grid: x = row blocks of kWG/32 · kR rows of the hidden size, y = tokens. A workgroup stages the k
 // SwiGLU rows h[slot(t, j)] of its token (tile by tile of the expert FFN width), then its row groups
@@ -12,8 +12,18 @@
 // invocation adds it into x: no atomics, a fixed order of the sum (bit-identical runs).
 // Bytes: k expert rows of the down type per output row (the weights), k · ffn · 4 staged from L2 per
 // workgroup, 4 read + 4 written per output.
+//
+// Direct form (MV_DIRECT; GPUs with subgroup arithmetic): a row group is one subgroup (kG = its
+// size) and its lanes take the PARTS of all k experts' rows as one list (item = j · parts + part), so
+// an expert row of 768 values — 24 Q4_K parts, fewer than a subgroup's lanes — does not leave lanes
+// idle, and each lane has k times more independent loads in flight. A lane reads its part's inputs
+// h[slot(t, j)] straight from memory (L1/L2) scaled by w_j, so the accumulators hold Σ_j w_j (down_e·h)
+// directly; subgroupAdd and one lane per row add it into x. No shared memory, no barriers.
 #extension GL_GOOGLE_include_directive : require
 #extension GL_EXT_control_flow_attributes : require
+#if defined(MV_DIRECT) && defined(MV_NO_SUBGROUP)
+#error "the direct form reduces with subgroupAdd"
+#endif
 #ifndef MV_NO_SUBGROUP
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
@@ -47,26 +57,59 @@ layout(push_constant) uniform P {
   uint pair_slot_off; uint ntiles; uint tile_vals; uint pad;
 } pc;
 
-const uint kXs = kK * kTileVals / 4u;
-const uint kStage = kXs + kK * kTileVals / 32u;
-const uint kRed = (kWG / kSG * kNV + 3u) / 4u;
-shared vec4 sm[kStage + kRed];
-
 float mv_acc[kNB][kNS];
 uint mv_row[kNS];
 uint mv_mat[kNS];
 bool mv_live[kNS];
-uint g_col;  // the staged column (expert j of the token) matvec_core reads as column 0
-
 uvec4 mv_wq(uint m, uint i) { return wq[i]; }
 uint mv_ww(uint m, uint i) { return ww[i]; }
+
+#ifdef MV_DIRECT
+uint g_hrow;  // vec4 index of the current item's input row h[slot(t, j)]
+float g_w;    // and its routing weight w_j
+vec4 mv_x4(uint b, uint v) { return h4[g_hrow + v] * g_w; }
+#else
+const uint kXs = kK * kTileVals / 4u;
+const uint kStage = kXs + kK * kTileVals / 32u;
+const uint kRed = (kWG / kSG * kNV + 3u) / 4u;
+shared vec4 sm[kStage + kRed];
+uint g_col;  // the staged column (expert j of the token) matvec_core reads as column 0
 vec4 mv_x4(uint b, uint v) { return sm[g_col * (kTileVals / 4u) + v]; }
 float sm_f(uint i) { return sm[i >> 2u][i & 3u]; }
 void sm_set(uint i, float v) { sm[i >> 2u][i & 3u] = v; }
 float mv_xs(uint b, uint e) { return sm_f(4u * kXs + g_col * (kTileVals / 8u) + e); }
+#endif
 
 #include "matvec_core.glsl"
 
+#ifdef MV_DIRECT
+void main() {
+  const uint t = gl_WorkGroupID.y;
+  const uint lid = gl_LocalInvocationID.x, group = lid / kG, lane = lid % kG;
+  const uint r0 = (gl_WorkGroupID.x * kGroups + group) * kR;
+  [[unroll]] for (uint s = 0u; s < kNS; ++s) {
+    mv_acc[0][s] = 0.0;
+    mv_mat[s] = 0u;
+  }
+  const uint parts = mv_parts(kType0, pc.cols);
+  for (uint it = lane; it < pc.k * parts; it += kG) {
+    const uint j = it / parts, p = it - j * parts, pair = t * pc.k + j, e = ids[pair];
+    g_w = wt[pair];
+    g_hrow = plan[pc.pair_slot_off + pair] * (pc.cols >> 2u);
+    [[unroll]] for (uint s = 0u; s < kNS; ++s) {
+      const uint r = r0 + s;
+      mv_live[s] = r < pc.rows;
+      mv_row[s] = mv_live[s] ? (e * pc.rows + r) * pc.rb : 0u;
+    }
+    mv_part(kType0, p);
+  }
+  [[unroll]] for (uint s = 0u; s < kNS; ++s) {
+    const float v = subgroupAdd(mv_acc[0][s]);
+    const uint r = r0 + s;
+    if (lane == s % kG && r < pc.rows) x[t * pc.rows + r] += v;
+  }
+}
+#else
 void store_partial(uint group, uint lane, uint v_index, float v) {
 #ifndef MV_NO_SUBGROUP
   if (kSG > 1u) v = subgroupAdd(v);
@@ -124,3 +167,4 @@ void main() {
     if (r < pc.rows) x[t * pc.rows + r] += partial_sum(group, s);
   }
 }
+#endif  // MV_DIRECT

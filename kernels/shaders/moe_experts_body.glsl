@@ -1,9 +1,10 @@
 // moe_experts_body.glsl — the expert-indexed matvec over a routing plan (kernels/ops/moe_ffn.h):
 // every selected expert of every token of a step in ONE dispatch, the expert ids read from the plan
-// that moe_route.comp / moe_plan.comp wrote on the GPU (no host round trip). Compiled twice:
-// moe_experts.comp (first reduction stage with subgroupAdd) and moe_experts_nosg.comp (shared memory
-// only: lavapipe, devices without subgroup arithmetic). The per-type inner loops are the decode
-// matvec's (matvec_core.glsl), so both run at the same bytes per clock.
+// that moe_route.comp / moe_plan.comp wrote on the GPU (no host round trip). Compiled three times:
+// moe_experts.comp (first reduction stage with subgroupAdd), moe_experts_nosg.comp (shared memory
+// only: lavapipe, devices without subgroup arithmetic) and moe_experts_direct.comp (MV_DIRECT, below).
+// The per-type inner loops are the decode matvec's (matvec_core.glsl), so both run at the same bytes
+// per clock.
 //
 // Grid: x = row blocks of kWG/32 · kR rows, y = plan work entries. An entry is (expert e, slots
 // first .. first+count-1), count <= 8, all routed to e, so an expert's rows are read once per entry —
@@ -22,8 +23,17 @@
 // Reduction as in matvec_body.glsl: per-lane partials (subgroupAdd first where kSG > 1) to shared
 // memory, one lane per output (row, column) adds its row group's partials. Fixed order: bit-identical
 // results run to run.
+//
+// Direct form (MV_DIRECT; GPUs with subgroup arithmetic, the decode matvec's matvec_direct.comp
+// design): a row group is one subgroup (kG = the subgroup size), every lane reads its parts' inputs
+// from x through the caches (an input row is 8 KiB at the 30B-A3B's hidden 2048: L1-resident after
+// the first row group), the row sums are reduced with subgroupAdd and written by the lanes — no shared
+// memory, no barriers, one tile (the whole row).
 #extension GL_GOOGLE_include_directive : require
 #extension GL_EXT_control_flow_attributes : require
+#if defined(MV_DIRECT) && defined(MV_NO_SUBGROUP)
+#error "the direct form reduces with subgroupAdd"
+#endif
 #ifndef MV_NO_SUBGROUP
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
@@ -63,6 +73,18 @@ layout(push_constant) uniform P {
   uint ntiles; uint tile_vals; uint pad;
 } pc;
 
+float mv_acc[kNB][kNS];
+uint mv_row[kNS];
+uint mv_mat[kNS];
+bool mv_live[kNS];
+uint g_xrow[kNB];  // vec4 index of each column's input row (valid columns only)
+uint g_ncols;      // valid columns of the current pass
+
+uvec4 mv_wq(uint m, uint i) { return kMats == 1u || m == 0u ? w0q[i] : w1q[i]; }
+uint mv_ww(uint m, uint i) { return kMats == 1u || m == 0u ? w0w[i] : w1w[i]; }
+#ifdef MV_DIRECT
+vec4 mv_x4(uint b, uint v) { return x4[g_xrow[b] + v]; }
+#else
 // Shared memory, as vec4: [0, kStage) staged values (column b at b·kTileVals/4) and their 8-value
 // sums (column b at float 4·kXs + b·kTileVals/8); [kStage, ..) the partials at float
 // 4·kStage + (group·kNV + v)·kSubs + sub.
@@ -70,24 +92,30 @@ const uint kXs = kNB * kTileVals / 4u;
 const uint kStage = kXs + kNB * kTileVals / 32u;
 const uint kRed = (kWG / kSG * kNV + 3u) / 4u;
 shared vec4 sm[kStage + kRed];
-
-float mv_acc[kNB][kNS];
-uint mv_row[kNS];
-uint mv_mat[kNS];
-bool mv_live[kNS];
-
-uvec4 mv_wq(uint m, uint i) { return kMats == 1u || m == 0u ? w0q[i] : w1q[i]; }
-uint mv_ww(uint m, uint i) { return kMats == 1u || m == 0u ? w0w[i] : w1w[i]; }
 vec4 mv_x4(uint b, uint v) { return sm[b * (kTileVals / 4u) + v]; }
 float sm_f(uint i) { return sm[i >> 2u][i & 3u]; }
 void sm_set(uint i, float v) { sm[i >> 2u][i & 3u] = v; }
 float mv_xs(uint b, uint e) { return sm_f(4u * kXs + b * (kTileVals / 8u) + e); }
+#endif
 
 #include "matvec_core.glsl"
 
-uint g_xrow[kNB];  // vec4 index of each column's input row (valid columns only)
-uint g_ncols;      // valid columns of the current pass
+// The gate/up (or single) pass over the tile, with the matrix of every slot set to a constant right
+// before mv_tile, so that each weight load compiles to one binding (as matvec_body.glsl does).
+void experts_tile(uint first, uint nvals, uint lane, bool live[kNS]) {
+  [[unroll]] for (uint s = 0u; s < kNS; ++s) mv_mat[s] = kSwiGlu != 0u ? s / kR : 0u;
+  if (kSwiGlu == 0u || kType0 == kType1) {
+    mv_tile(kType0, first, nvals, lane);
+  } else {  // gate and up of different types: one pass each
+    [[unroll]] for (uint s = 0u; s < kNS; ++s) mv_live[s] = live[s] && s < kR;
+    mv_tile(kType0, first, nvals, lane);
+    [[unroll]] for (uint s = 0u; s < kNS; ++s) mv_live[s] = live[s] && s >= kR;
+    mv_tile(kType1, first, nvals, lane);
+    [[unroll]] for (uint s = 0u; s < kNS; ++s) mv_live[s] = live[s];
+  }
+}
 
+#ifndef MV_DIRECT
 // Stages column b's tile values first .. first+nvals (zeros past the pass's valid columns), 8 per
 // invocation, and their sums.
 void stage_column(uint b, uint first, uint nvals) {
@@ -150,18 +178,7 @@ void main() {
       if (t > 0u || j0 > 0u) barrier();  // every row group is done with the previous tile / pass
       MV_COLS(stage_column(b, first, nvals))
       barrier();
-      // The matrix of every slot set to a constant right before mv_tile, so that each weight load
-      // compiles to one binding (as matvec_body.glsl does).
-      [[unroll]] for (uint s = 0u; s < kNS; ++s) mv_mat[s] = kSwiGlu != 0u ? s / kR : 0u;
-      if (kSwiGlu == 0u || kType0 == kType1) {
-        mv_tile(kType0, first, nvals, lane);
-      } else {  // gate and up of different types: one pass each
-        [[unroll]] for (uint s = 0u; s < kNS; ++s) mv_live[s] = live[s] && s < kR;
-        mv_tile(kType0, first, nvals, lane);
-        [[unroll]] for (uint s = 0u; s < kNS; ++s) mv_live[s] = live[s] && s >= kR;
-        mv_tile(kType1, first, nvals, lane);
-        [[unroll]] for (uint s = 0u; s < kNS; ++s) mv_live[s] = live[s];
-      }
+      experts_tile(first, nvals, lane, live);
     }
     MV_COLS(store_partials(b, group, lane))
     barrier();
@@ -178,3 +195,41 @@ void main() {
     }
   }
 }
+#else  // MV_DIRECT
+void main() {
+  const uint entry = gl_WorkGroupID.y;
+  if (entry >= plan[pc.n_entries_off]) return;
+  const uint expert = plan[pc.entries_off + 2u * entry], packed = plan[pc.entries_off + 2u * entry + 1u];
+  const uint first_slot = packed & 0xffffffu, count = packed >> 24;
+  const uint lid = gl_LocalInvocationID.x, group = lid / kG, lane = lid % kG;
+  const uint r0 = (gl_WorkGroupID.x * kGroups + group) * kR;
+  bool live[kNS];
+  [[unroll]] for (uint s = 0u; s < kNS; ++s) {
+    const uint mat = kSwiGlu != 0u ? s / kR : 0u;
+    const uint r = r0 + s % kR;
+    live[s] = r < pc.rows;
+    mv_live[s] = live[s];
+    mv_row[s] = live[s] ? (expert * pc.rows + r) * (mat == 0u ? pc.rb0 : pc.rb1) : 0u;
+  }
+  for (uint j0 = 0u; j0 < count; j0 += kNB) {
+    g_ncols = min(kNB, count - j0);
+    [[unroll]] for (uint b = 0u; b < kNB; ++b) {
+      const uint s = first_slot + j0 + min(b, g_ncols - 1u);
+      g_xrow[b] = (pc.x_by_slot != 0u ? s : plan[pc.slot_pair_off + s] / pc.k) * (pc.cols >> 2u);
+      [[unroll]] for (uint q = 0u; q < kNS; ++q) mv_acc[b][q] = 0.0;
+    }
+    experts_tile(0u, pc.cols, lane, live);
+    // Every lane gets every total; lane (s·kNB + b) % kG writes output (s, b).
+    [[unroll]] for (uint s = 0u; s < kR; ++s) {
+      [[unroll]] for (uint b = 0u; b < kNB; ++b) {
+        const float v = subgroupAdd(mv_acc[b][s]);
+        const float u = kSwiGlu != 0u ? subgroupAdd(mv_acc[b][s + kR]) : 0.0;
+        const uint r = r0 + s;
+        if (lane != (s * kNB + b) % kG || r >= pc.rows || b >= g_ncols) continue;
+        const uint i = (first_slot + j0 + b) * pc.rows + r;
+        y[i] = kSwiGlu != 0u ? v / (1.0 + exp(-v)) * u : v;
+      }
+    }
+  }
+}
+#endif  // MV_DIRECT

@@ -269,6 +269,27 @@ TEST_F(MoeFfnTest, GpuFormOnThisDevice) {
   run({"gpu form", 9, 8, 2, 256, 256, Q4_K, Q4_K, Q6_K, Case::kRouter});
 }
 
+// The direct form (moe_experts_direct / moe_down_direct: a subgroup per row group, inputs through the
+// caches; the GPUs' default) on this device, whatever its default: decode steps (the fused down kernel
+// spreading the k experts' row parts over the lanes — 24 Q4_K parts per 768-value row, fewer than
+// some subgroups' lanes), an expert-matvec prefill, and other work splits.
+TEST_F(MoeFfnTest, DirectForm) {
+  ops::MoeTuning t;
+  t.form = ops::MoeTuning::Form::kDirect;
+  ffn_->set_tuning(t);
+  ASSERT_TRUE(ffn_->direct());
+  run({"direct, router", 1, 16, 8, 256, 768, Q4_K, Q4_K, Q4_K, Case::kRouter});
+  run({"direct, random, mixed types", 7, 8, 2, 256, 256, Q4_K, Q5_K, Q6_K, Case::kRandom});
+  run({"direct, k=1, float types", 3, 8, 1, 96, 160, BF16, F16, F32, Case::kRandom});
+  run({"direct, all to one set", 8, 8, 8, 192, 128, Q8_0, Q8_0, Q8_0, Case::kAllSame});
+  run({"direct, expert matvec prefill", 20, 64, 4, 256, 256, Q4_K, Q4_K, Q6_K, Case::kFewExperts,
+       ops::MoePrefill::kExpertMatvec});
+  t.gate_up_rows = 2;
+  t.down_rows = 4;
+  ffn_->set_tuning(t);
+  run({"direct, rows 2 / 4", 5, 8, 3, 256, 768, Q4_K, Q4_K, Q6_K, Case::kRouter});
+}
+
 TEST_F(MoeFfnTest, RealShapes) {
   if (!std::getenv("TROVE_KERNEL_FULL")) GTEST_SKIP() << "TROVE_KERNEL_FULL=1 runs the Qwen3-30B-A3B layer (GPU)";
   for (uint32_t T : {1u, 7u, 64u, 512u}) {

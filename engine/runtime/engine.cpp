@@ -1304,6 +1304,12 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
         mark(kOpFfn);
         continue;
       }
+      if (mv && c.is_moe() && moe_->fuses_norm(T)) {  // decode: the FFN norm folded into router and gate/up
+        TROVE_RETURN_IF_ERROR(moe_->record_fused_norm(s, *ops_.matvec, L.moe, L.ffn_norm.whole(), c.rms_eps, x_, T));
+        s.barrier();
+        mark(kOpMoe);
+        continue;
+      }
       const bool ffn_f16 = f16_acts && !c.is_moe();  // the MoE path gathers f32 rows
       if (ffn_f16) {
         TROVE_RETURN_IF_ERROR(ops_.rms_f16.record(s, x_, L.ffn_norm.whole(), xnh_, T, E, c.rms_eps));

@@ -58,4 +58,30 @@ Status MoeLayer::record(vk::CommandStream& s, const ops::Matmul& matmul, const M
   return ffn_.record(s, call);
 }
 
+Status MoeLayer::record_fused_norm(vk::CommandStream& s, const ops::Matvec& matvec, const MoeLayerWeights& w,
+                                   vk::BufferRange norm_w, float eps, vk::BufferRange x, uint32_t T) const {
+  if (!fuses_norm(T)) {
+    return Status::InvalidArgument(fmt::format("MoE layer: a step of {} tokens cannot fold the FFN norm (needs <= {} tokens "
+                                               "and the direct expert kernels); use record()", T, ops::Matvec::kMaxBatch));
+  }
+  const MoeShape& m = shape_;
+  ops::MatvecCall router;
+  router.cols = m.hidden;
+  router.batch = T;
+  router.x = x;
+  router.norm_w = norm_w;
+  router.eps = eps;
+  router.mats[0] = {w.router_type, m.n_expert, w.router, logits_, 0};
+  router.n_mats = 1;
+  TROVE_RETURN_IF_ERROR(matvec.record(s, router));
+  s.barrier();
+  TROVE_RETURN_IF_ERROR(route_.record(s, logits_, ids_, weights_, plan_, layout_, T, m.k));
+  s.barrier();
+  ops::MoeFfnCall call{w.gate, w.up,   w.down, T,  m.k, x, ids_, weights_, plan_, layout_, h_, d_, x,
+                       nullptr, ops::MoePrefill::kExpertMatvec, g_, u_};
+  call.norm_w = norm_w;
+  call.eps = eps;
+  return ffn_.record(s, call);
+}
+
 }  // namespace trove::engine

@@ -20,6 +20,7 @@
 #include <cstdint>
 
 #include "kernels/ops/matmul.h"
+#include "kernels/ops/matvec.h"
 #include "kernels/ops/moe_ffn.h"
 #include "kernels/vk/runtime.h"
 
@@ -44,6 +45,14 @@ class MoeLayer {
   // x += MoE(xn) for T <= max_tokens tokens. matmul: the engine's op, for the router.
   Status record(vk::CommandStream& s, const ops::Matmul& matmul, const MoeLayerWeights& w, vk::BufferRange xn,
                 vk::BufferRange x, uint32_t T) const;
+  // Whether record_fused_norm() takes a step of T tokens: decode-sized steps (<= Matvec::kMaxBatch) on
+  // the direct expert kernels (ops::MoeFfn::direct()).
+  bool fuses_norm(uint32_t T) const { return T <= ops::Matvec::kMaxBatch && T <= max_tokens_ && ffn_.direct(); }
+  // x += MoE(rmsnorm(x) · norm_w) with the FFN norm folded into its consumers: the router as an
+  // ops::Matvec with the RMSNorm prologue, gate/up as the direct expert kernel with the same prologue —
+  // 4 dispatches and no separate norm (fuses_norm(T) must hold).
+  Status record_fused_norm(vk::CommandStream& s, const ops::Matvec& matvec, const MoeLayerWeights& w,
+                           vk::BufferRange norm_w, float eps, vk::BufferRange x, uint32_t T) const;
 
  private:
   MoeShape shape_;

@@ -22,7 +22,9 @@ struct RoutePush {
   uint32_t n_entries_off, offsets_off, entries_off, slot_pair_off, pair_slot_off, row_ids_off, slot_ids_off;
 };
 struct ExpertsPush {
-  uint32_t rows, cols, rb0, rb1, k, x_by_slot, n_entries_off, entries_off, slot_pair_off, ntiles, tile_vals, pad;
+  uint32_t rows, cols, rb0, rb1, k, x_by_slot, n_entries_off, entries_off, slot_pair_off, ntiles, tile_vals;
+  uint32_t norm;  // direct form: RMSNorm of x (binding 5: its weights) applied in the kernel
+  float eps;
 };
 struct DownPush { uint32_t rows, cols, rb, k, pair_slot_off, ntiles, tile_vals, pad; };
 struct CombinePush { uint32_t hidden, k, pair_slot_off; };
@@ -240,6 +242,13 @@ Status MoeFfn::check(const MoeFfnCall& c) const {
   }
   const uint64_t P = uint64_t{T} * k;
   TROVE_RETURN_IF_ERROR(need("moe_ffn", "xn", c.xn, uint64_t{T} * hidden * 4));
+  if (c.norm_w.buffer != VK_NULL_HANDLE) {
+    if (!direct() || grouped(c)) {
+      return Status::InvalidArgument("moe_ffn: the RMSNorm prologue (norm_w) needs the direct expert kernels and no "
+                                     "grouped-GEMM prefill; normalise xn before the call instead");
+    }
+    TROVE_RETURN_IF_ERROR(need("moe_ffn", "norm_w", c.norm_w, uint64_t{hidden} * 4));
+  }
   TROVE_RETURN_IF_ERROR(need("moe_ffn", "x", c.x, uint64_t{T} * hidden * 4));
   TROVE_RETURN_IF_ERROR(need("moe_ffn", "ids", c.ids, P * 4));
   TROVE_RETURN_IF_ERROR(need("moe_ffn", "weights", c.weights, P * 4));
@@ -338,12 +347,12 @@ Status MoeFfn::record_gate_up(vk::CommandStream& s, const MoeFfnCall& c) const {
     auto p = pipeline("moe_experts_direct",
                       {wg, g, nb, rows, 1, 256, static_cast<uint32_t>(c.gate.type), static_cast<uint32_t>(c.up.type),
                        cpu_ ? 0u : 1u, g},
-                      sizeof(ExpertsPush), 5, wg);
+                      sizeof(ExpertsPush), 6, wg);
     if (!p.ok()) return p.status();
     const ExpertsPush push{ffn, hidden, static_cast<uint32_t>(quant::row_bytes(c.gate.type, hidden)),
                            static_cast<uint32_t>(quant::row_bytes(c.up.type, hidden)), c.k, 0, L.n_entries, L.entries,
-                           L.slot_pair, 1, hidden, 0};
-    vk::BufferRange b[5] = {c.xn, c.gate.w, c.up.w, c.plan, c.h};
+                           L.slot_pair, 1, hidden, c.norm_w.buffer != VK_NULL_HANDLE ? 1u : 0u, c.eps};
+    vk::BufferRange b[6] = {c.xn, c.gate.w, c.up.w, c.plan, c.h, c.norm_w.buffer != VK_NULL_HANDLE ? c.norm_w : c.xn};
     const uint32_t rows_per_wg = wg / g * rows;
     return s.dispatch(**p, b, &push, sizeof(push), (ffn + rows_per_wg - 1) / rows_per_wg, entries);
   }
@@ -353,12 +362,12 @@ Status MoeFfn::record_gate_up(vk::CommandStream& s, const MoeFfnCall& c) const {
   auto p = pipeline(subgroup_ > 1 ? "moe_experts" : "moe_experts_nosg",
                     {wg, kGroupLanes, nb, rows_per_group, 1, tile, static_cast<uint32_t>(c.gate.type),
                      static_cast<uint32_t>(c.up.type), cpu_ ? 0u : 1u, subgroup_},
-                    sizeof(ExpertsPush), 5, wg);
+                    sizeof(ExpertsPush), 6, wg);
   if (!p.ok()) return p.status();
   const ExpertsPush push{ffn, hidden, static_cast<uint32_t>(quant::row_bytes(c.gate.type, hidden)),
                          static_cast<uint32_t>(quant::row_bytes(c.up.type, hidden)), c.k, 0, L.n_entries, L.entries,
-                         L.slot_pair, (hidden + tile - 1) / tile, tile, 0};
-  vk::BufferRange b[5] = {c.xn, c.gate.w, c.up.w, c.plan, c.h};
+                         L.slot_pair, (hidden + tile - 1) / tile, tile, 0, 0.f};
+  vk::BufferRange b[6] = {c.xn, c.gate.w, c.up.w, c.plan, c.h, c.xn};
   const uint32_t rows_per_wg = wg / kGroupLanes * rows_per_group;
   return s.dispatch(**p, b, &push, sizeof(push), (ffn + rows_per_wg - 1) / rows_per_wg, entries);
 }
@@ -386,10 +395,10 @@ Status MoeFfn::record_down(vk::CommandStream& s, const MoeFfnCall& c) const {
     const uint32_t rows = tuning_.down_rows ? tuning_.down_rows : 1;
     const uint32_t nb = slots_per_pass_ ? slots_per_pass_ : MoePlanLayout::kSlotsPerEntry;
     auto p = pipeline("moe_experts_direct", {wg_direct, g, nb, rows, 0, 256, td, td, cpu_ ? 0u : 1u, g},
-                      sizeof(ExpertsPush), 5, wg_direct);
+                      sizeof(ExpertsPush), 6, wg_direct);
     if (!p.ok()) return p.status();
-    const ExpertsPush push{hidden, ffn, rb_down, rb_down, k, 1, L.n_entries, L.entries, L.slot_pair, 1, ffn, 0};
-    vk::BufferRange b[5] = {c.h, c.down.w, c.down.w, c.plan, c.d};
+    const ExpertsPush push{hidden, ffn, rb_down, rb_down, k, 1, L.n_entries, L.entries, L.slot_pair, 1, ffn, 0, 0.f};
+    vk::BufferRange b[6] = {c.h, c.down.w, c.down.w, c.plan, c.d, c.h};
     const uint32_t entries = MoePlanLayout::max_entries(T * k, c.gate.n_expert);
     const uint32_t rows_per_wg = wg_direct / g * rows;
     TROVE_RETURN_IF_ERROR(s.dispatch(**p, b, &push, sizeof(push), (hidden + rows_per_wg - 1) / rows_per_wg, entries));
@@ -417,11 +426,11 @@ Status MoeFfn::record_down(vk::CommandStream& s, const MoeFfnCall& c) const {
     const uint32_t tile = tile_for(ffn, nb, shared_bytes_, red);
     auto p = pipeline(subgroup_ > 1 ? "moe_experts" : "moe_experts_nosg",
                       {wg, kGroupLanes, nb, rows_per_group, 0, tile, td, td, cpu_ ? 0u : 1u, subgroup_},
-                      sizeof(ExpertsPush), 5, wg);
+                      sizeof(ExpertsPush), 6, wg);
     if (!p.ok()) return p.status();
     const ExpertsPush push{hidden, ffn, rb_down, rb_down, k, 1, L.n_entries, L.entries, L.slot_pair,
-                           (ffn + tile - 1) / tile, tile, 0};
-    vk::BufferRange b[5] = {c.h, c.down.w, c.down.w, c.plan, c.d};
+                           (ffn + tile - 1) / tile, tile, 0, 0.f};
+    vk::BufferRange b[6] = {c.h, c.down.w, c.down.w, c.plan, c.d, c.h};
     const uint32_t entries = MoePlanLayout::max_entries(T * k, c.gate.n_expert);
     const uint32_t rows_per_wg = wg / kGroupLanes * rows_per_group;
     TROVE_RETURN_IF_ERROR(s.dispatch(**p, b, &push, sizeof(push), (hidden + rows_per_wg - 1) / rows_per_wg, entries));

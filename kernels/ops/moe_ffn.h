@@ -117,6 +117,11 @@ struct MoeFfnCall {
   const Matmul* matmul = nullptr; // for the grouped-GEMM prefill (null: expert matvec kernels only)
   MoePrefill prefill = MoePrefill::kAuto;
   vk::BufferRange g, u;           // scratch f32 [tokens*k][ffn] each; the grouped-GEMM prefill only
+  // RMSNorm prologue (direct form only, MoeFfn::direct(); not with the grouped GEMMs): when norm_w is
+  // given, xn is the residual stream itself and gate/up read xn · norm_w / rms(xn) — the FFN norm's
+  // own dispatch disappears (decode). x may then be the same buffer as xn: down runs after gate/up.
+  vk::BufferRange norm_w;         // f32 [hidden]
+  float eps = 0;
 };
 
 // How the expert-matvec kernels run (tests and benchmarks force one; the defaults are measured).

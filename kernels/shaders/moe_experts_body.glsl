@@ -64,13 +64,15 @@ layout(std430, set = 0, binding = 2) readonly buffer W1q { uvec4 w1q[]; };
 layout(std430, set = 0, binding = 2) readonly buffer W1w { uint w1w[]; };
 layout(std430, set = 0, binding = 3) readonly buffer Plan { uint plan[]; };
 layout(std430, set = 0, binding = 4) writeonly buffer Y { float y[]; };
+layout(std430, set = 0, binding = 5) readonly buffer NW { vec4 nw4[]; };  // pc.norm: the RMSNorm weights
 
 layout(push_constant) uniform P {
   uint rows; uint cols; uint rb0; uint rb1;  // output rows per expert, input columns, row bytes of W0 / W1
   uint k;                                    // top-k (pair p = token * k + j)
   uint x_by_slot;                            // 0: x row = token of the slot, 1: x row = the slot
   uint n_entries_off; uint entries_off; uint slot_pair_off;  // plan offsets (uint words)
-  uint ntiles; uint tile_vals; uint pad;
+  uint ntiles; uint tile_vals;
+  uint norm; float eps;  // direct form: x is the residual stream, RMSNorm with weights nw4 applied here
 } pc;
 
 float mv_acc[kNB][kNS];
@@ -83,7 +85,18 @@ uint g_ncols;      // valid columns of the current pass
 uvec4 mv_wq(uint m, uint i) { return kMats == 1u || m == 0u ? w0q[i] : w1q[i]; }
 uint mv_ww(uint m, uint i) { return kMats == 1u || m == 0u ? w0w[i] : w1w[i]; }
 #ifdef MV_DIRECT
-vec4 mv_x4(uint b, uint v) { return x4[g_xrow[b] + v]; }
+// With pc.norm the input is the residual stream: x̂ = x · norm_w here, Σ x² per column on the way (each
+// value is loaded once per pass of a row group, which covers every column), inv_rms applied at the end.
+bool g_norm = false;
+float g_ssq[kNB];
+vec4 mv_x4(uint b, uint v) {
+  vec4 a = x4[g_xrow[b] + v];
+  if (g_norm) {
+    g_ssq[b] += dot(a, a);
+    a *= nw4[v];
+  }
+  return a;
+}
 #else
 // Shared memory, as vec4: [0, kStage) staged values (column b at b·kTileVals/4) and their 8-value
 // sums (column b at float 4·kXs + b·kTileVals/8); [kStage, ..) the partials at float
@@ -109,9 +122,16 @@ void experts_tile(uint first, uint nvals, uint lane, bool live[kNS]) {
   } else {  // gate and up of different types: one pass each
     [[unroll]] for (uint s = 0u; s < kNS; ++s) mv_live[s] = live[s] && s < kR;
     mv_tile(kType0, first, nvals, lane);
+#ifdef MV_DIRECT
+    float ssq[kNB];  // Σ x² from the first pass only
+    [[unroll]] for (uint b = 0u; b < kNB; ++b) ssq[b] = g_ssq[b];
+#endif
     [[unroll]] for (uint s = 0u; s < kNS; ++s) mv_live[s] = live[s] && s >= kR;
     mv_tile(kType1, first, nvals, lane);
     [[unroll]] for (uint s = 0u; s < kNS; ++s) mv_live[s] = live[s];
+#ifdef MV_DIRECT
+    [[unroll]] for (uint b = 0u; b < kNB; ++b) g_ssq[b] = ssq[b];
+#endif
   }
 }
 
@@ -203,6 +223,7 @@ void main() {
   const uint first_slot = packed & 0xffffffu, count = packed >> 24;
   const uint lid = gl_LocalInvocationID.x, group = lid / kG, lane = lid % kG;
   const uint r0 = (gl_WorkGroupID.x * kGroups + group) * kR;
+  g_norm = pc.norm != 0u;
   bool live[kNS];
   [[unroll]] for (uint s = 0u; s < kNS; ++s) {
     const uint mat = kSwiGlu != 0u ? s / kR : 0u;
@@ -216,14 +237,20 @@ void main() {
     [[unroll]] for (uint b = 0u; b < kNB; ++b) {
       const uint s = first_slot + j0 + min(b, g_ncols - 1u);
       g_xrow[b] = (pc.x_by_slot != 0u ? s : plan[pc.slot_pair_off + s] / pc.k) * (pc.cols >> 2u);
+      g_ssq[b] = 0.0;
       [[unroll]] for (uint q = 0u; q < kNS; ++q) mv_acc[b][q] = 0.0;
     }
     experts_tile(0u, pc.cols, lane, live);
+    float inv[kNB];
+    [[unroll]] for (uint b = 0u; b < kNB; ++b) {
+      inv[b] = 1.0;
+      if (g_norm) inv[b] = inversesqrt(subgroupAdd(g_ssq[b]) / float(pc.cols) + pc.eps);
+    }
     // Every lane gets every total; lane (s·kNB + b) % kG writes output (s, b).
     [[unroll]] for (uint s = 0u; s < kR; ++s) {
       [[unroll]] for (uint b = 0u; b < kNB; ++b) {
-        const float v = subgroupAdd(mv_acc[b][s]);
-        const float u = kSwiGlu != 0u ? subgroupAdd(mv_acc[b][s + kR]) : 0.0;
+        const float v = subgroupAdd(mv_acc[b][s]) * inv[b];
+        const float u = kSwiGlu != 0u ? subgroupAdd(mv_acc[b][s + kR]) * inv[b] : 0.0;
         const uint r = r0 + s;
         if (lane != (s * kNB + b) % kG || r >= pc.rows || b >= g_ncols) continue;
         const uint i = (first_slot + j0 + b) * pc.rows + r;

@@ -83,6 +83,7 @@ struct Case {
   GgmlType gate, up, down;
   enum Routing { kRouter, kRandom, kAllSame, kUniform, kFewExperts } routing;
   ops::MoePrefill prefill = ops::MoePrefill::kAuto;
+  bool norm = false;  // the RMSNorm prologue: the kernel gets the raw rows and the norm weights
 };
 
 std::string type_name(GgmlType t) { return std::string(quant::traits(t)->name); }
@@ -123,9 +124,30 @@ class MoeFfnTest : public ::testing::Test {
     std::vector<float> xn(size_t{T} * c.hidden), x(xn.size());
     for (auto& v : xn) v = nd(rng);
     for (auto& v : x) v = nd(rng);
+    // With the norm prologue the kernel reads raw rows (here: xn scaled per token) and the norm weights;
+    // the reference gets the normalised rows, computed in double.
+    std::vector<float> raw = xn, norm_w(c.hidden, 1.f);
+    const float eps = 1e-6f;
+    if (c.norm) {
+      std::uniform_real_distribution<float> us(0.5f, 1.5f);
+      for (auto& v : norm_w) v = us(rng);
+      for (uint32_t t = 0; t < T; ++t) {
+        const float scale = 0.1f + 3.f * us(rng);
+        double ss = 0;
+        for (uint32_t i = 0; i < c.hidden; ++i) {
+          raw[size_t{t} * c.hidden + i] *= scale;
+          ss += double(raw[size_t{t} * c.hidden + i]) * raw[size_t{t} * c.hidden + i];
+        }
+        const double inv = 1.0 / std::sqrt(ss / c.hidden + eps);
+        for (uint32_t i = 0; i < c.hidden; ++i) {
+          xn[size_t{t} * c.hidden + i] = static_cast<float>(raw[size_t{t} * c.hidden + i] * inv * norm_w[i]);
+        }
+      }
+    }
 
     const auto L = ops::MoePlanLayout::make(P + 3, E);
-    auto bxn = upload(d, xn);
+    auto bxn = upload(d, c.norm ? raw : xn);
+    auto bnorm = upload(d, norm_w);
     auto bids = d.buffer(P * 4ull), bw = d.buffer(P * 4ull), bplan = d.buffer(L.bytes());
     auto bh = d.buffer(uint64_t{P} * c.ffn * 4), bd = d.buffer(uint64_t{P} * c.hidden * 4);
     auto bg = d.buffer(uint64_t{P} * c.ffn * 4), bu = d.buffer(uint64_t{P} * c.ffn * 4);
@@ -197,6 +219,10 @@ class MoeFfnTest : public ::testing::Test {
       s->barrier();
       ops::MoeFfnCall call{gate.gpu(), up.gpu(), down.gpu(), T, K, bxn, *bids, *bw, *bplan, L, *bh, *bd, bx,
                            matmul_.get(), c.prefill, *bg, *bu};
+      if (c.norm) {
+        call.norm_w = bnorm;
+        call.eps = eps;
+      }
       Status st = ffn_->record(*s, call);
       ASSERT_TRUE(st.ok()) << st.ToString();
       ASSERT_TRUE(s->submit_and_wait().ok());
@@ -288,6 +314,13 @@ TEST_F(MoeFfnTest, DirectForm) {
   t.down_rows = 4;
   ffn_->set_tuning(t);
   run({"direct, rows 2 / 4", 5, 8, 3, 256, 768, Q4_K, Q4_K, Q6_K, Case::kRouter});
+  // The RMSNorm prologue (the engine's decode: no separate FFN norm dispatch), one and two passes over x.
+  Case n{"direct, norm prologue", 3, 16, 4, 256, 768, Q4_K, Q4_K, Q6_K, Case::kRouter};
+  n.norm = true;
+  run(n);
+  n = {"direct, norm prologue, gate and up of different types", 2, 8, 2, 256, 256, Q4_K, Q6_K, Q4_K, Case::kRandom};
+  n.norm = true;
+  run(n);
 }
 
 TEST_F(MoeFfnTest, RealShapes) {

@@ -2,6 +2,9 @@
 #include "kernels/vk/runtime.h"
 
 #include <algorithm>
+#include <array>
+#include <chrono>
+#include <unordered_map>
 #include <cctype>
 #include <cstdlib>
 #include <cstring>
@@ -54,6 +57,16 @@ std::string cache_dir() {
 }
 
 }  // namespace
+
+const char* descriptors_name(Descriptors d) {
+  switch (d) {
+    case Descriptors::kAuto: return "auto";
+    case Descriptors::kCached: return "cached";
+    case Descriptors::kPush: return "push";
+    case Descriptors::kPerDispatch: return "pool";
+  }
+  return "?";
+}
 
 // ---------------------------------------------------------------- Device
 
@@ -219,6 +232,34 @@ Result<std::unique_ptr<Device>> Device::open(const DeviceOptions& opts) {
   f.storage_8bit = f12.storageBuffer8BitAccess;
   f.storage_16bit = f11.storageBuffer16BitAccess;
 
+  f.push_descriptors = has_ext(VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME);
+  if (f.push_descriptors) {
+    VkPhysicalDevicePushDescriptorPropertiesKHR pdp{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PUSH_DESCRIPTOR_PROPERTIES_KHR};
+    VkPhysicalDeviceProperties2 pp{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2};
+    pp.pNext = &pdp;
+    vkGetPhysicalDeviceProperties2(d->physical_, &pp);
+    f.max_push_descriptors = pdp.maxPushDescriptors;
+  }
+  // The descriptor mode (runtime.h): the options, else TROVE_VK_DESCRIPTORS, else kCached.
+  Descriptors mode = opts.descriptors;
+  if (mode == Descriptors::kAuto) {
+    mode = Descriptors::kCached;
+    if (const char* v = std::getenv("TROVE_VK_DESCRIPTORS"); v && *v) {
+      const std::string m = lower(v);
+      if (m == "cached") mode = Descriptors::kCached;
+      else if (m == "push") mode = Descriptors::kPush;
+      else if (m == "pool") mode = Descriptors::kPerDispatch;
+      else return Status::InvalidArgument(fmt::format("TROVE_VK_DESCRIPTORS='{}' is not a descriptor mode; use cached, "
+                                                      "push or pool (or unset it)", v));
+    }
+  }
+  if (mode == Descriptors::kPush && !f.push_descriptors) {
+    return Status::Unsupported(fmt::format("push descriptors were asked for (TROVE_VK_DESCRIPTORS=push or "
+                                           "DeviceOptions) but Vulkan device '{}' lacks VK_KHR_push_descriptor; "
+                                           "use cached or pool", f.name));
+  }
+  d->descriptors_ = mode;
+
   f.integer_dot_product = has_ext("VK_KHR_shader_integer_dot_product");
   f.cooperative_matrix = has_ext("VK_KHR_cooperative_matrix");
 #ifdef VK_KHR_cooperative_matrix
@@ -307,6 +348,7 @@ Result<std::unique_ptr<Device>> Device::open(const DeviceOptions& opts) {
   en.pNext = &en11;
   std::vector<const char*> dexts;
   if (f.integer_dot_product) dexts.push_back("VK_KHR_shader_integer_dot_product");
+  if (f.push_descriptors) dexts.push_back(VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME);
 #ifdef VK_KHR_cooperative_matrix
   // Cooperative matrices (tensor cores) need the extension, its feature and the Vulkan memory model.
   VkPhysicalDeviceCooperativeMatrixFeaturesKHR cmf{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_KHR};
@@ -353,6 +395,17 @@ Result<std::unique_ptr<Device>> Device::open(const DeviceOptions& opts) {
   dci.ppEnabledExtensionNames = dexts.data();
   TROVE_VK(vkCreateDevice(d->physical_, &dci, nullptr, &d->device_), "vkCreateDevice");
   vkGetDeviceQueue(d->device_, d->queue_family_, 0, &d->queue_);
+  if (f.push_descriptors) {
+    d->push_descriptor_set_ = reinterpret_cast<PFN_vkCmdPushDescriptorSetKHR>(
+        vkGetDeviceProcAddr(d->device_, "vkCmdPushDescriptorSetKHR"));
+    if (!d->push_descriptor_set_) {
+      f.push_descriptors = false;
+      if (d->descriptors_ == Descriptors::kPush) {
+        return Status::Unsupported(fmt::format("Vulkan device '{}' offers VK_KHR_push_descriptor but not "
+                                               "vkCmdPushDescriptorSetKHR; use TROVE_VK_DESCRIPTORS=cached", f.name));
+      }
+    }
+  }
 
   d->max_buffer_bytes_ = std::min<uint64_t>(f.max_storage_buffer_range,
                                             f.max_memory_allocation_size ? f.max_memory_allocation_size : UINT64_MAX);
@@ -434,6 +487,7 @@ Result<Buffer> Device::buffer(uint64_t bytes, Memory kind) {
   }
   Buffer b;
   b.device_ = this;
+  b.serial_ = next_serial_.fetch_add(1, std::memory_order_relaxed);
   b.size_ = bytes;
   b.kind_ = kind;
   VkBufferCreateInfo bci{VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO};
@@ -516,8 +570,10 @@ Buffer::Buffer(Buffer&& o) noexcept { *this = std::move(o); }
 Buffer& Buffer::operator=(Buffer&& o) noexcept {
   if (this != &o) {
     this->~Buffer();
-    device_ = o.device_; buffer_ = o.buffer_; mem_ = o.mem_; size_ = o.size_; kind_ = o.kind_; mapped_ = o.mapped_;
-    o.device_ = nullptr; o.buffer_ = VK_NULL_HANDLE; o.mem_ = VK_NULL_HANDLE; o.size_ = 0; o.mapped_ = nullptr;
+    device_ = o.device_; buffer_ = o.buffer_; mem_ = o.mem_; serial_ = o.serial_; size_ = o.size_; kind_ = o.kind_;
+    mapped_ = o.mapped_;
+    o.device_ = nullptr; o.buffer_ = VK_NULL_HANDLE; o.mem_ = VK_NULL_HANDLE; o.serial_ = 0; o.size_ = 0;
+    o.mapped_ = nullptr;
   }
   return *this;
 }
@@ -527,6 +583,7 @@ Buffer::~Buffer() {
   if (mem_) vkFreeMemory(device_->handle(), mem_, nullptr);
   buffer_ = VK_NULL_HANDLE;
   mem_ = VK_NULL_HANDLE;
+  serial_ = 0;
   device_ = nullptr;
 }
 
@@ -629,9 +686,9 @@ Pipeline::Pipeline(Pipeline&& o) noexcept { *this = std::move(o); }
 Pipeline& Pipeline::operator=(Pipeline&& o) noexcept {
   if (this != &o) {
     this->~Pipeline();
-    device_ = o.device_; desc_ = std::move(o.desc_); module_ = o.module_; set_layout_ = o.set_layout_;
-    layout_ = o.layout_; pipeline_ = o.pipeline_;
-    o.device_ = nullptr; o.module_ = VK_NULL_HANDLE; o.set_layout_ = VK_NULL_HANDLE; o.layout_ = VK_NULL_HANDLE;
+    device_ = o.device_; serial_ = o.serial_; desc_ = std::move(o.desc_); module_ = o.module_;
+    set_layout_ = o.set_layout_; layout_ = o.layout_; pipeline_ = o.pipeline_;
+    o.device_ = nullptr; o.serial_ = 0; o.module_ = VK_NULL_HANDLE; o.set_layout_ = VK_NULL_HANDLE; o.layout_ = VK_NULL_HANDLE;
     o.pipeline_ = VK_NULL_HANDLE;
   }
   return *this;
@@ -656,8 +713,14 @@ Result<Pipeline> Device::pipeline(const PipelineDesc& desc) {
   if (desc.push_constant_bytes > features_.max_push_constants_size)
     return Status::InvalidArgument(fmt::format("shader '{}' wants {} push-constant bytes; device allows {}", desc.shader,
                                                desc.push_constant_bytes, features_.max_push_constants_size));
+  if (descriptors_ == Descriptors::kPush && desc.bindings > features_.max_push_descriptors) {
+    return Status::InvalidArgument(fmt::format("shader '{}' has {} bindings; push descriptors allow {} on '{}' "
+                                               "(use TROVE_VK_DESCRIPTORS=cached)", desc.shader, desc.bindings,
+                                               features_.max_push_descriptors, features_.name));
+  }
   Pipeline p;
   p.device_ = this;
+  p.serial_ = next_serial_.fetch_add(1, std::memory_order_relaxed);
   p.desc_ = desc;
   VkShaderModuleCreateInfo smi{VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO};
   smi.codeSize = blob.word_count * 4;
@@ -669,6 +732,7 @@ Result<Pipeline> Device::pipeline(const PipelineDesc& desc) {
   VkDescriptorSetLayoutCreateInfo dli{VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO};
   dli.bindingCount = desc.bindings;
   dli.pBindings = binds.data();
+  if (descriptors_ == Descriptors::kPush) dli.flags = VK_DESCRIPTOR_SET_LAYOUT_CREATE_PUSH_DESCRIPTOR_BIT_KHR;
   TROVE_VK(vkCreateDescriptorSetLayout(device_, &dli, nullptr, &p.set_layout_), "vkCreateDescriptorSetLayout");
   VkPushConstantRange pcr{VK_SHADER_STAGE_COMPUTE_BIT, 0, desc.push_constant_bytes};
   VkPipelineLayoutCreateInfo pli{VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO};
@@ -695,59 +759,180 @@ Result<Pipeline> Device::pipeline(const PipelineDesc& desc) {
 // ---------------------------------------------------------------- CommandStream
 
 namespace {
-constexpr uint32_t kSetsPerPool = 256;
-constexpr uint32_t kMaxTimestamps = 1024;  // TROVE_PROFILE=ops marks ~9 per layer
-}
+constexpr uint32_t kSetsPerPool = 256;         // pools of the per-dispatch sets (kPerDispatch, uncachable)
+constexpr uint32_t kCachedSetsPerPool = 1024;  // pools of the cached sets
+constexpr uint32_t kDescriptorsPerSet = 8;     // pool sizing: storage buffers per set on average
+constexpr uint32_t kMaxTimestamps = 1024;      // TROVE_PROFILE=ops marks ~9 per layer
+constexpr uint32_t kMaxKeyBindings = 12;       // dispatches with more bindings are not cached
 
-CommandStream::CommandStream(Device* d) : device_(d) {}
-CommandStream::CommandStream(CommandStream&& o) noexcept
-    : device_(o.device_), pool_(o.pool_), cmd_(o.cmd_), fence_(o.fence_), queries_(o.queries_),
-      descriptor_pools_(std::move(o.descriptor_pools_)), sets_in_current_pool_(o.sets_in_current_pool_),
-      query_count_(o.query_count_), last_timestamps_(std::move(o.last_timestamps_)), recording_(o.recording_) {
-  o.device_ = nullptr;
-  o.pool_ = VK_NULL_HANDLE; o.cmd_ = VK_NULL_HANDLE; o.fence_ = VK_NULL_HANDLE; o.queries_ = VK_NULL_HANDLE;
-  o.descriptor_pools_.clear();
+using Clock = std::chrono::steady_clock;
+
+double ns_since(Clock::time_point t) { return std::chrono::duration<double, std::nano>(Clock::now() - t).count(); }
+
+// The descriptor cache's key: the pipeline and, per binding, (buffer serial, offset, size). Serials
+// are never reused, so a set that names a destroyed buffer is never found again (it stays in the
+// cache, unbound, until the cache is emptied).
+struct SetKey {
+  uint64_t pipeline = 0;
+  uint32_t n = 0;
+  std::array<uint64_t, 3 * kMaxKeyBindings> r{};
+  bool operator==(const SetKey& o) const {
+    return pipeline == o.pipeline && n == o.n && std::equal(r.begin(), r.begin() + 3 * n, o.r.begin());
+  }
+};
+struct SetKeyHash {
+  size_t operator()(const SetKey& k) const {
+    uint64_t h = k.pipeline * 0x9E3779B97F4A7C15ull;
+    for (uint32_t i = 0; i < 3 * k.n; ++i) h = (h ^ (k.r[i] + 0x9E3779B97F4A7C15ull + (h << 6) + (h >> 2))) * 0xBF58476D1CE4E5B9ull;
+    return static_cast<size_t>(h ^ (h >> 31));
+  }
+};
+
+// Descriptor pools that grow by one pool when the last one is full.
+struct SetPools {
+  uint32_t sets_per_pool;
+  std::vector<VkDescriptorPool> pools;
+  uint32_t sets_in_last = 0;
+
+  Result<VkDescriptorSet> allocate(VkDevice d, VkDescriptorSetLayout layout, uint32_t bindings) {
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      if (pools.empty() || sets_in_last >= sets_per_pool || attempt > 0) {
+        VkDescriptorPoolSize ps{VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, sets_per_pool * std::max(kDescriptorsPerSet, bindings)};
+        VkDescriptorPoolCreateInfo dpi{VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO};
+        dpi.maxSets = sets_per_pool;
+        dpi.poolSizeCount = 1;
+        dpi.pPoolSizes = &ps;
+        VkDescriptorPool pool;
+        TROVE_VK(vkCreateDescriptorPool(d, &dpi, nullptr, &pool), "vkCreateDescriptorPool");
+        pools.push_back(pool);
+        sets_in_last = 0;
+      }
+      VkDescriptorSetAllocateInfo dai{VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO};
+      dai.descriptorPool = pools.back();
+      dai.descriptorSetCount = 1;
+      dai.pSetLayouts = &layout;
+      VkDescriptorSet set;
+      VkResult r = vkAllocateDescriptorSets(d, &dai, &set);
+      if (r == VK_SUCCESS) {
+        ++sets_in_last;
+        return set;
+      }
+      // The pool may run out of descriptors before sets (many bindings): a fresh pool, once.
+      if (r != VK_ERROR_OUT_OF_POOL_MEMORY && r != VK_ERROR_FRAGMENTED_POOL) return Status::Internal(vk_err("vkAllocateDescriptorSets", r));
+    }
+    return Status::Internal(fmt::format("Vulkan: a descriptor set of {} bindings does not fit a fresh pool", bindings));
+  }
+  // Frees every set; keeps one pool.
+  void reset(VkDevice d) {
+    for (auto p : pools) vkResetDescriptorPool(d, p, 0);
+    for (size_t i = 1; i < pools.size(); ++i) vkDestroyDescriptorPool(d, pools[i], nullptr);
+    if (pools.size() > 1) pools.resize(1);
+    sets_in_last = 0;
+  }
+  void destroy(VkDevice d) {
+    for (auto p : pools) vkDestroyDescriptorPool(d, p, nullptr);
+    pools.clear();
+  }
+};
+}  // namespace
+
+// Everything a stream owns (behind a pointer: the stream moves cheaply and its header stays small).
+struct CommandStream::State {
+  StreamOptions opts;
+  VkCommandPool pool = VK_NULL_HANDLE;
+  std::vector<VkCommandBuffer> cmds;  // one per piece of a submission; reset (and reused) after each wait
+  size_t piece = 0;                   // cmds[piece] records the current piece
+  VkCommandBuffer cmd = VK_NULL_HANDLE;
+  bool recording = false;             // cmd is begun and not ended
+  bool open = false;                  // a submission is being built (earlier pieces may be in flight)
+  bool in_flight = false;             // pieces submitted and not waited for
+  bool ends_with_barrier = false;     // the last command recorded was a full barrier
+  uint32_t piece_dispatches = 0;      // dispatches in the current piece
+  uint32_t piece_limit = 0;           // barrier() submits the piece once it holds this many
+  Clock::time_point opened;           // first command of the submission
+  Status failed = Status::Ok();       // a piece's submit failed in barrier(): returned by submit_and_wait()
+  VkPipeline bound_pipeline = VK_NULL_HANDLE;
+  VkDescriptorSet bound_set = VK_NULL_HANDLE;
+  VkFence fence = VK_NULL_HANDLE;
+  VkQueryPool queries = VK_NULL_HANDLE;
+  uint32_t query_count = 0;
+  std::vector<uint64_t> last_timestamps;
+  SetPools transient{kSetsPerPool};   // sets written for one submission
+  SetPools cached{kCachedSetsPerPool};
+  std::unordered_map<SetKey, VkDescriptorSet, SetKeyHash> cache;
+  std::vector<VkDescriptorBufferInfo> infos;  // reused by every dispatch
+  std::vector<VkWriteDescriptorSet> writes;
+  StreamCounters counters;
+};
+
+CommandStream::CommandStream(Device* d, const StreamOptions& o) : device_(d), st_(std::make_unique<State>()) {
+  st_->opts = o;
+  if (o.chunk_dispatches > 0 && st_->opts.max_chunk_dispatches < o.chunk_dispatches) st_->opts.max_chunk_dispatches = o.chunk_dispatches;
 }
+CommandStream::CommandStream(CommandStream&& o) noexcept : device_(o.device_), st_(std::move(o.st_)) { o.device_ = nullptr; }
 CommandStream::~CommandStream() {
-  if (!device_) return;
+  if (!device_ || !st_) return;
   VkDevice d = device_->handle();
-  if (recording_) { vkEndCommandBuffer(cmd_); }
-  for (auto p : descriptor_pools_) vkDestroyDescriptorPool(d, p, nullptr);
-  if (queries_) vkDestroyQueryPool(d, queries_, nullptr);
-  if (fence_) vkDestroyFence(d, fence_, nullptr);
-  if (pool_) vkDestroyCommandPool(d, pool_, nullptr);
+  State& s = *st_;
+  if (s.recording) vkEndCommandBuffer(s.cmd);
+  // Pieces still running (a recording abandoned after a failure) must finish before their command
+  // buffers, sets and pools go.
+  if (s.in_flight) vkQueueWaitIdle(device_->queue());
+  s.transient.destroy(d);
+  s.cached.destroy(d);
+  if (s.queries) vkDestroyQueryPool(d, s.queries, nullptr);
+  if (s.fence) vkDestroyFence(d, s.fence, nullptr);
+  if (s.pool) vkDestroyCommandPool(d, s.pool, nullptr);
 }
 
-Result<CommandStream> Device::stream() {
-  CommandStream s(this);
+Result<CommandStream> Device::stream(const StreamOptions& opts) {
+  CommandStream cs(this, opts);
+  CommandStream::State& s = *cs.st_;
   VkCommandPoolCreateInfo cpi{VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO};
-  cpi.flags = VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT;
   cpi.queueFamilyIndex = queue_family_;
-  TROVE_VK(vkCreateCommandPool(device_, &cpi, nullptr, &s.pool_), "vkCreateCommandPool");
-  VkCommandBufferAllocateInfo ai{VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO};
-  ai.commandPool = s.pool_;
-  ai.level = VK_COMMAND_BUFFER_LEVEL_PRIMARY;
-  ai.commandBufferCount = 1;
-  TROVE_VK(vkAllocateCommandBuffers(device_, &ai, &s.cmd_), "vkAllocateCommandBuffers");
+  TROVE_VK(vkCreateCommandPool(device_, &cpi, nullptr, &s.pool), "vkCreateCommandPool");
   VkFenceCreateInfo fci{VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
-  TROVE_VK(vkCreateFence(device_, &fci, nullptr, &s.fence_), "vkCreateFence");
+  TROVE_VK(vkCreateFence(device_, &fci, nullptr, &s.fence), "vkCreateFence");
   if (features_.timestamp_period_ns > 0) {
     VkQueryPoolCreateInfo qpi{VK_STRUCTURE_TYPE_QUERY_POOL_CREATE_INFO};
     qpi.queryType = VK_QUERY_TYPE_TIMESTAMP;
     qpi.queryCount = kMaxTimestamps;
-    TROVE_VK(vkCreateQueryPool(device_, &qpi, nullptr, &s.queries_), "vkCreateQueryPool");
+    TROVE_VK(vkCreateQueryPool(device_, &qpi, nullptr, &s.queries), "vkCreateQueryPool");
   }
-  return s;
+  return cs;
 }
 
 Status CommandStream::begin_if_needed() {
-  if (recording_) return Status::Ok();
+  State& s = *st_;
+  if (s.recording) return Status::Ok();
+  if (!s.open) {
+    s.open = true;
+    s.opened = Clock::now();
+    s.query_count = 0;
+    s.piece = 0;
+    s.piece_limit = s.opts.chunk_dispatches;
+  }
+  if (s.piece == s.cmds.size()) {
+    VkCommandBufferAllocateInfo ai{VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO};
+    ai.commandPool = s.pool;
+    ai.level = VK_COMMAND_BUFFER_LEVEL_PRIMARY;
+    ai.commandBufferCount = 1;
+    VkCommandBuffer cb;
+    TROVE_VK(vkAllocateCommandBuffers(device_->handle(), &ai, &cb), "vkAllocateCommandBuffers");
+    s.cmds.push_back(cb);
+  }
+  s.cmd = s.cmds[s.piece];
   VkCommandBufferBeginInfo bi{VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO};
   bi.flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT;
-  TROVE_VK(vkBeginCommandBuffer(cmd_, &bi), "vkBeginCommandBuffer");
-  if (queries_) vkCmdResetQueryPool(cmd_, queries_, 0, kMaxTimestamps);
-  query_count_ = 0;
-  recording_ = true;
+  TROVE_VK(vkBeginCommandBuffer(s.cmd, &bi), "vkBeginCommandBuffer");
+  // Resetting the queries in the first piece covers the later ones: a query reset is ordered with
+  // every later command on the same queries in submission order.
+  if (s.piece == 0 && s.queries) vkCmdResetQueryPool(s.cmd, s.queries, 0, kMaxTimestamps);
+  s.recording = true;
+  s.piece_dispatches = 0;
+  s.ends_with_barrier = false;
+  s.bound_pipeline = VK_NULL_HANDLE;
+  s.bound_set = VK_NULL_HANDLE;
   return Status::Ok();
 }
 
@@ -763,104 +948,212 @@ Status CommandStream::dispatch(const Pipeline& p, std::span<const BufferRange> b
   if (gx > f.max_compute_workgroup_count[0] || gy > f.max_compute_workgroup_count[1] || gz > f.max_compute_workgroup_count[2])
     return Status::InvalidArgument(fmt::format("dispatch of '{}' with {}x{}x{} workgroups exceeds the device limit {}x{}x{}", desc.shader,
                                                gx, gy, gz, f.max_compute_workgroup_count[0], f.max_compute_workgroup_count[1], f.max_compute_workgroup_count[2]));
+  State& s = *st_;
+  if (!s.failed.ok()) return s.failed;
   TROVE_RETURN_IF_ERROR(begin_if_needed());
   VkDevice d = device_->handle();
-  if (descriptor_pools_.empty() || sets_in_current_pool_ == kSetsPerPool) {
-    VkDescriptorPoolSize ps{VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, kSetsPerPool * 8};
-    VkDescriptorPoolCreateInfo dpi{VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO};
-    dpi.maxSets = kSetsPerPool;
-    dpi.poolSizeCount = 1;
-    dpi.pPoolSizes = &ps;
-    VkDescriptorPool pool;
-    TROVE_VK(vkCreateDescriptorPool(d, &dpi, nullptr, &pool), "vkCreateDescriptorPool");
-    descriptor_pools_.push_back(pool);
-    sets_in_current_pool_ = 0;
+  const uint32_t n = static_cast<uint32_t>(buffers.size());
+  s.infos.resize(n);
+  s.writes.resize(n);
+  for (uint32_t i = 0; i < n; ++i) {
+    s.infos[i] = {buffers[i].buffer, buffers[i].offset, buffers[i].size};
+    s.writes[i] = {VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET};
+    s.writes[i].dstBinding = i;
+    s.writes[i].descriptorCount = 1;
+    s.writes[i].descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER;
+    s.writes[i].pBufferInfo = &s.infos[i];
   }
-  VkDescriptorSetLayout sl = p.set_layout();
-  VkDescriptorSetAllocateInfo dai{VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO};
-  dai.descriptorPool = descriptor_pools_.back();
-  dai.descriptorSetCount = 1;
-  dai.pSetLayouts = &sl;
-  VkDescriptorSet set;
-  VkResult r = vkAllocateDescriptorSets(d, &dai, &set);
-  if (r != VK_SUCCESS) {
-    // The pool may run out of descriptors before sets (bindings > 8): start a new pool and retry.
-    sets_in_current_pool_ = kSetsPerPool;
-    return dispatch(p, buffers, push, push_bytes, gx, gy, gz);
+  if (s.bound_pipeline != p.handle()) {
+    vkCmdBindPipeline(s.cmd, VK_PIPELINE_BIND_POINT_COMPUTE, p.handle());
+    s.bound_pipeline = p.handle();
   }
-  ++sets_in_current_pool_;
-  std::vector<VkDescriptorBufferInfo> infos(buffers.size());
-  std::vector<VkWriteDescriptorSet> writes(buffers.size());
-  for (size_t i = 0; i < buffers.size(); ++i) {
-    infos[i] = {buffers[i].buffer, buffers[i].offset, buffers[i].size};
-    writes[i] = {VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET};
-    writes[i].dstSet = set;
-    writes[i].dstBinding = static_cast<uint32_t>(i);
-    writes[i].descriptorCount = 1;
-    writes[i].descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER;
-    writes[i].pBufferInfo = &infos[i];
+  const Descriptors mode = device_->descriptors();
+  if (mode == Descriptors::kPush) {
+    if (n > 0) device_->push_descriptor_set_(s.cmd, VK_PIPELINE_BIND_POINT_COMPUTE, p.layout(), 0, n, s.writes.data());
+  } else {
+    // kCached: the set for (pipeline, ranges) if the stream made one before; else one is written.
+    SetKey key;
+    bool cachable = mode == Descriptors::kCached && n <= kMaxKeyBindings;
+    if (cachable) {
+      key.pipeline = p.serial();
+      key.n = n;
+      for (uint32_t i = 0; i < n; ++i) {
+        cachable &= buffers[i].serial != 0;
+        key.r[3 * i] = buffers[i].serial;
+        key.r[3 * i + 1] = buffers[i].offset;
+        key.r[3 * i + 2] = buffers[i].size;
+      }
+    }
+    VkDescriptorSet set = VK_NULL_HANDLE;
+    if (cachable) {
+      if (auto it = s.cache.find(key); it != s.cache.end()) set = it->second;
+    }
+    if (set == VK_NULL_HANDLE) {
+      auto made = (cachable ? s.cached : s.transient).allocate(d, p.set_layout(), n);
+      if (!made.ok()) return made.status();
+      set = *made;
+      for (uint32_t i = 0; i < n; ++i) s.writes[i].dstSet = set;
+      vkUpdateDescriptorSets(d, n, s.writes.data(), 0, nullptr);
+      ++s.counters.sets_written;
+      if (cachable) s.cache.emplace(key, set);
+    }
+    if (set != s.bound_set) {
+      vkCmdBindDescriptorSets(s.cmd, VK_PIPELINE_BIND_POINT_COMPUTE, p.layout(), 0, 1, &set, 0, nullptr);
+      s.bound_set = set;
+    }
   }
-  vkUpdateDescriptorSets(d, static_cast<uint32_t>(writes.size()), writes.data(), 0, nullptr);
-  vkCmdBindPipeline(cmd_, VK_PIPELINE_BIND_POINT_COMPUTE, p.handle());
-  vkCmdBindDescriptorSets(cmd_, VK_PIPELINE_BIND_POINT_COMPUTE, p.layout(), 0, 1, &set, 0, nullptr);
-  if (push_bytes) vkCmdPushConstants(cmd_, p.layout(), VK_SHADER_STAGE_COMPUTE_BIT, 0, push_bytes, push);
-  vkCmdDispatch(cmd_, gx, gy, gz);
+  if (push_bytes) vkCmdPushConstants(s.cmd, p.layout(), VK_SHADER_STAGE_COMPUTE_BIT, 0, push_bytes, push);
+  vkCmdDispatch(s.cmd, gx, gy, gz);
+  ++s.counters.dispatches;
+  ++s.piece_dispatches;
+  s.ends_with_barrier = false;
   return Status::Ok();
 }
 
-void CommandStream::barrier() {
-  if (!begin_if_needed().ok()) return;
+namespace {
+void record_full_barrier(VkCommandBuffer cmd) {
   VkMemoryBarrier mb{VK_STRUCTURE_TYPE_MEMORY_BARRIER};
   mb.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT;
   mb.dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_READ_BIT | VK_ACCESS_TRANSFER_WRITE_BIT;
   VkPipelineStageFlags st = VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT;
-  vkCmdPipelineBarrier(cmd_, st, st, 0, 1, &mb, 0, nullptr, 0, nullptr);
+  vkCmdPipelineBarrier(cmd, st, st, 0, 1, &mb, 0, nullptr, 0, nullptr);
+}
+}  // namespace
+
+void CommandStream::barrier() {
+  State& s = *st_;
+  if (!s.failed.ok()) return;
+  if (Status b = begin_if_needed(); !b.ok()) {
+    s.failed = b;
+    return;
+  }
+  record_full_barrier(s.cmd);
+  ++s.counters.barriers;
+  s.ends_with_barrier = true;
+  // A piece is cut only here, right after a full barrier (runtime.h says why that is enough).
+  if (s.opts.chunk_dispatches > 0 && s.piece_dispatches >= s.piece_limit) {
+    if (Status f = submit_piece(); !f.ok()) s.failed = f;
+  }
+}
+
+Status CommandStream::submit_piece() {
+  State& s = *st_;
+  if (!s.recording) return Status::Ok();
+  s.recording = false;
+  TROVE_VK(vkEndCommandBuffer(s.cmd), "vkEndCommandBuffer");
+  VkSubmitInfo si{VK_STRUCTURE_TYPE_SUBMIT_INFO};
+  si.commandBufferCount = 1;
+  si.pCommandBuffers = &s.cmd;
+  ++s.counters.submits;
+  if (s.piece == 0) s.counters.lead_ns += ns_since(s.opened);
+  s.in_flight = true;  // before the call: if it fails, the destructor still waits for the queue
+  TROVE_VK(vkQueueSubmit(device_->queue(), 1, &si, VK_NULL_HANDLE), "vkQueueSubmit");
+  ++s.piece;
+  s.piece_limit = std::min(s.piece_limit * 2, s.opts.max_chunk_dispatches);
+  return Status::Ok();
+}
+
+Status CommandStream::flush() {
+  State& s = *st_;
+  if (!s.failed.ok()) return s.failed;
+  if (!s.recording) return Status::Ok();
+  if (!s.ends_with_barrier) {
+    record_full_barrier(s.cmd);
+    ++s.counters.barriers;
+    s.ends_with_barrier = true;
+  }
+  return submit_piece();
 }
 
 void CommandStream::copy(const Buffer& src, uint64_t src_off, const Buffer& dst, uint64_t dst_off, uint64_t bytes) {
-  if (!begin_if_needed().ok() || bytes == 0) return;
+  State& s = *st_;
+  if (!s.failed.ok() || bytes == 0) return;
+  if (Status b = begin_if_needed(); !b.ok()) {
+    s.failed = b;
+    return;
+  }
   VkBufferCopy c{src_off, dst_off, bytes};
-  vkCmdCopyBuffer(cmd_, src.handle(), dst.handle(), 1, &c);
+  vkCmdCopyBuffer(s.cmd, src.handle(), dst.handle(), 1, &c);
+  ++s.counters.copies;
+  s.ends_with_barrier = false;
 }
 
 uint32_t CommandStream::timestamp() {
-  if (!begin_if_needed().ok() || !queries_ || query_count_ >= kMaxTimestamps) return query_count_;
-  vkCmdWriteTimestamp(cmd_, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, queries_, query_count_);
-  return query_count_++;
+  State& s = *st_;
+  if (!s.failed.ok()) return s.query_count;
+  if (Status b = begin_if_needed(); !b.ok()) {
+    s.failed = b;
+    return s.query_count;
+  }
+  if (!s.queries || s.query_count >= kMaxTimestamps) return s.query_count;
+  // Timestamps of all pieces share one query pool and one timebase (one queue): they compare as in
+  // one command buffer. A timestamp writes no memory, so a barrier before it still ends the piece.
+  vkCmdWriteTimestamp(s.cmd, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, s.queries, s.query_count);
+  return s.query_count++;
 }
 
 Status CommandStream::submit_and_wait() {
-  if (!recording_) return Status::Ok();
-  recording_ = false;
-  TROVE_VK(vkEndCommandBuffer(cmd_), "vkEndCommandBuffer");
+  State& s = *st_;
+  VkDevice d = device_->handle();
+  Status result = s.failed;
+  s.failed = Status::Ok();
+  if (!s.open) return result;
+  s.open = false;
+  const bool last = s.recording;
+  if (last) {
+    s.recording = false;
+    if (VkResult r = vkEndCommandBuffer(s.cmd); r != VK_SUCCESS && result.ok()) result = Status::Internal(vk_err("vkEndCommandBuffer", r));
+  }
+  s.counters.record_ns += ns_since(s.opened);
+  if (s.piece == 0) s.counters.lead_ns += ns_since(s.opened);
+  const auto t0 = Clock::now();
+  // The fence of the last submit also covers the pieces before it (a fence signal's first scope is
+  // every command submitted earlier to the queue); with no last piece it is submitted alone.
   VkSubmitInfo si{VK_STRUCTURE_TYPE_SUBMIT_INFO};
   si.commandBufferCount = 1;
-  si.pCommandBuffers = &cmd_;
-  VkDevice d = device_->handle();
-  TROVE_VK(vkQueueSubmit(device_->queue(), 1, &si, fence_), "vkQueueSubmit");
-  TROVE_VK(vkWaitForFences(d, 1, &fence_, VK_TRUE, UINT64_MAX), "vkWaitForFences");
-  vkResetFences(d, 1, &fence_);
-  last_timestamps_.assign(query_count_, 0);
-  if (query_count_ && queries_) {
-    TROVE_VK(vkGetQueryPoolResults(d, queries_, 0, query_count_, query_count_ * 8, last_timestamps_.data(), 8,
-                                   VK_QUERY_RESULT_64_BIT | VK_QUERY_RESULT_WAIT_BIT), "vkGetQueryPoolResults");
+  si.pCommandBuffers = &s.cmd;
+  bool waited = false;
+  if (result.ok() || s.in_flight) {
+    VkResult r = vkQueueSubmit(device_->queue(), last && result.ok() ? 1 : 0, last && result.ok() ? &si : nullptr, s.fence);
+    ++s.counters.submits;
+    if (r == VK_SUCCESS) r = vkWaitForFences(d, 1, &s.fence, VK_TRUE, UINT64_MAX);
+    else if (s.in_flight) vkQueueWaitIdle(device_->queue());
+    if (r != VK_SUCCESS && result.ok()) result = Status::Internal(vk_err("vkQueueSubmit/vkWaitForFences", r));
+    waited = r == VK_SUCCESS;
+    vkResetFences(d, 1, &s.fence);
   }
-  vkResetCommandBuffer(cmd_, 0);
-  for (auto p : descriptor_pools_) vkResetDescriptorPool(d, p, 0);
-  sets_in_current_pool_ = 0;
-  if (descriptor_pools_.size() > 1) {
-    for (size_t i = 1; i < descriptor_pools_.size(); ++i) vkDestroyDescriptorPool(d, descriptor_pools_[i], nullptr);
-    descriptor_pools_.resize(1);
+  s.in_flight = false;
+  s.counters.wait_ns += ns_since(t0);
+  ++s.counters.waits;
+  s.last_timestamps.assign(s.query_count, 0);
+  if (waited && result.ok() && s.query_count && s.queries) {
+    if (VkResult r = vkGetQueryPoolResults(d, s.queries, 0, s.query_count, s.query_count * 8, s.last_timestamps.data(), 8,
+                                           VK_QUERY_RESULT_64_BIT | VK_QUERY_RESULT_WAIT_BIT);
+        r != VK_SUCCESS) {
+      result = Status::Internal(vk_err("vkGetQueryPoolResults", r));
+    }
   }
-  return Status::Ok();
+  vkResetCommandPool(d, s.pool, 0);
+  s.piece = 0;
+  s.transient.reset(d);
+  // The cache's bound: nothing of this stream is in flight now, so its sets may all go.
+  if (s.cache.size() > kMaxCachedSets) {
+    s.cache.clear();
+    s.cached.reset(d);
+  }
+  return result;
 }
 
 std::vector<double> CommandStream::timestamps_ns() const {
   std::vector<double> out;
-  if (last_timestamps_.empty()) return out;
+  const State& s = *st_;
+  if (s.last_timestamps.empty()) return out;
   double period = device_->features().timestamp_period_ns;
-  for (uint64_t t : last_timestamps_) out.push_back(static_cast<double>(t - last_timestamps_[0]) * period);
+  for (uint64_t t : s.last_timestamps) out.push_back(static_cast<double>(t - s.last_timestamps[0]) * period);
   return out;
 }
+
+const StreamCounters& CommandStream::counters() const { return st_->counters; }
+size_t CommandStream::cached_sets() const { return st_->cache.size(); }
 
 }  // namespace trove::vk

@@ -19,12 +19,31 @@
 //    shader table), specialization constants (uint32 each, ids 0..n-1), a push-constant size and N
 //    storage-buffer bindings (set 0, bindings 0..N-1). Pipelines share one VkPipelineCache that is
 //    loaded from and saved to ${TROVE_HOME:-~/.cache/trove}/vk-pipeline-cache/<vendor>-<device>.bin.
-//  - CommandStream: records dispatches (binding buffers via pooled descriptor sets), inserts a
-//    compute→compute memory barrier when asked (barrier()), writes timestamps, then submit_and_wait().
-//    One stream is used by one thread at a time. After submit_and_wait() the stream can be reused.
+//  - CommandStream: records dispatches, inserts a compute→compute memory barrier when asked
+//    (barrier()), writes timestamps, then submit_and_wait(). One stream is used by one thread at a
+//    time. After submit_and_wait() the stream can be reused; its command pool, command buffers, fence,
+//    query pool and descriptor sets live as long as the stream (make one and keep it).
+//    Descriptors (how a dispatch's buffers reach the shader), one mode per device (Descriptors):
+//      kCached: a descriptor set per (pipeline, buffer ranges) is allocated and written the first
+//        time the pair is dispatched and bound again on every later dispatch of the same pair; the
+//        key names buffers by Buffer::serial(), a number never reused, so a destroyed buffer's set can
+//        never be bound for a new buffer that got the same VkBuffer handle. Bounded: past
+//        kMaxCachedSets sets the stream drops them all after its next wait (a step's worth is rebuilt
+//        the next time).
+//      kPush: VK_KHR_push_descriptor — the descriptors are written into the command buffer.
+//      kPerDispatch: a set allocated and written for every dispatch (the old path; A/B).
+//    Submission in pieces (StreamOptions::chunk_dispatches > 0): barrier() submits what was recorded
+//    so far without waiting once the piece holds enough dispatches, so the GPU runs the first layers
+//    while the host records the next ones; submit_and_wait() submits the last piece and waits for all.
+//    Pieces are cut only right after a full barrier, whose second scope reaches every later command
+//    in submission order (also in later submissions), so the pieces see each other's writes exactly
+//    as one command buffer would. CAUTION with pieces: host writes to mapped memory must be done before
+//    recording starts — a piece may run before submit_and_wait() is called.
+//    counters() says what the stream recorded and how long the host spent (TROVE_PROFILE reads it).
 // Thread-safety: Device is safe to share for creating objects; the queue is used from one thread.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -87,15 +106,23 @@ struct DeviceFeatures {
   uint32_t max_push_constants_size = 0;
   uint32_t max_compute_workgroup_count[3] = {0, 0, 0};
   uint32_t max_compute_workgroup_invocations = 0;
+  bool push_descriptors = false;     // VK_KHR_push_descriptor offered (and enabled)
+  uint32_t max_push_descriptors = 0;
   float timestamp_period_ns = 0;     // 0: no timestamp support on the compute queue
   uint64_t device_local_bytes = 0;
 };
+
+// How a dispatch's buffers are bound (see the contract above). kAuto: TROVE_VK_DESCRIPTORS
+// (cached|push|pool) if set, else kCached.
+enum class Descriptors { kAuto, kCached, kPush, kPerDispatch };
+const char* descriptors_name(Descriptors d);
 
 struct DeviceOptions {
   // Overrides for testing the chunking logic on small devices; 0 = use the device's limit.
   uint64_t max_buffer_bytes_override = 0;
   bool validation = false;           // in addition to TROVE_VK_VALIDATION=1 / Debug
   bool pipeline_cache_on_disk = true;
+  Descriptors descriptors = Descriptors::kAuto;  // kPush on a device without the extension: an error
 };
 
 class Device;
@@ -115,6 +142,9 @@ class Buffer {
   ~Buffer();
 
   VkBuffer handle() const { return buffer_; }
+  // A number unique among the device's buffers for the device's life (never reused, unlike a
+  // destroyed buffer's VkBuffer handle); 0 for an empty Buffer. Descriptor caches key on it.
+  uint64_t serial() const { return serial_; }
   uint64_t size() const { return size_; }
   Memory memory() const { return kind_; }
   // Host-visible buffers only: persistently mapped pointer (nullptr for device-local).
@@ -131,6 +161,7 @@ class Buffer {
   Device* device_ = nullptr;
   VkBuffer buffer_ = VK_NULL_HANDLE;
   VkDeviceMemory mem_ = VK_NULL_HANDLE;
+  uint64_t serial_ = 0;
   uint64_t size_ = 0;
   Memory kind_ = Memory::kDeviceLocal;
   void* mapped_ = nullptr;
@@ -184,10 +215,12 @@ class Pipeline {
   VkPipeline handle() const { return pipeline_; }
   VkPipelineLayout layout() const { return layout_; }
   VkDescriptorSetLayout set_layout() const { return set_layout_; }
+  uint64_t serial() const { return serial_; }  // unique for the device's life (descriptor cache key)
 
  private:
   friend class Device;
   Device* device_ = nullptr;
+  uint64_t serial_ = 0;
   PipelineDesc desc_;
   VkShaderModule module_ = VK_NULL_HANDLE;
   VkDescriptorSetLayout set_layout_ = VK_NULL_HANDLE;
@@ -195,14 +228,40 @@ class Pipeline {
   VkPipeline pipeline_ = VK_NULL_HANDLE;
 };
 
-// A view of a buffer range bound to one binding.
+// A view of a buffer range bound to one binding. `serial` is the buffer's Buffer::serial() (0 for a
+// range not made from a Buffer: such a dispatch is never served from the descriptor cache).
 struct BufferRange {
   VkBuffer buffer = VK_NULL_HANDLE;
   uint64_t offset = 0;
   uint64_t size = VK_WHOLE_SIZE;
+  uint64_t serial = 0;
   BufferRange() = default;
-  BufferRange(const Buffer& b) : buffer(b.handle()), offset(0), size(b.size()) {}  // NOLINT
-  BufferRange(const Buffer& b, uint64_t off, uint64_t sz) : buffer(b.handle()), offset(off), size(sz) {}
+  BufferRange(const Buffer& b) : buffer(b.handle()), offset(0), size(b.size()), serial(b.serial()) {}  // NOLINT
+  BufferRange(const Buffer& b, uint64_t off, uint64_t sz)
+      : buffer(b.handle()), offset(off), size(sz), serial(b.serial()) {}
+};
+
+struct StreamOptions {
+  // Submission in pieces: once the piece being recorded holds at least this many dispatches, the next
+  // barrier() submits it (no wait) and recording goes on in a fresh command buffer. The threshold
+  // doubles after each piece, up to max_chunk_dispatches (0: no growth): a small first piece starts
+  // the GPU early, larger later ones keep the submits few. 0: one submission per submit_and_wait().
+  uint32_t chunk_dispatches = 0;
+  uint32_t max_chunk_dispatches = 0;
+};
+
+// What a stream recorded and how long the host spent, summed over the stream's life (subtract two
+// readings for one step). A "submission" is everything between two submit_and_wait() calls.
+struct StreamCounters {
+  uint64_t dispatches = 0;
+  uint64_t barriers = 0;
+  uint64_t copies = 0;
+  uint64_t submits = 0;        // vkQueueSubmit calls: the pieces and the final one
+  uint64_t waits = 0;          // submit_and_wait() calls that had something to wait for
+  uint64_t sets_written = 0;   // descriptor sets allocated and written (kCached: cache misses)
+  double record_ns = 0;        // host: first command of a submission recorded → its final vkQueueSubmit
+  double lead_ns = 0;          // host: first command → first vkQueueSubmit (the GPU has nothing to do yet)
+  double wait_ns = 0;          // host: the final vkQueueSubmit + waiting for the fence
 };
 
 class CommandStream {
@@ -210,35 +269,38 @@ class CommandStream {
   CommandStream(CommandStream&&) noexcept;
   CommandStream& operator=(CommandStream&&) = delete;
   CommandStream(const CommandStream&) = delete;
-  ~CommandStream();
+  ~CommandStream();  // waits for pieces still in flight
 
   // Records a dispatch of (gx, gy, gz) workgroups with `push` (size must equal the pipeline's
   // push_constant_bytes) and `buffers` bound to bindings 0..n-1.
   Status dispatch(const Pipeline& p, std::span<const BufferRange> buffers, const void* push,
                   uint32_t push_bytes, uint32_t gx, uint32_t gy = 1, uint32_t gz = 1);
-  // Compute/transfer writes before → compute/transfer reads after.
+  // Compute/transfer writes before → compute/transfer reads after. With StreamOptions::chunk_dispatches
+  // it may submit the piece recorded so far (see the contract).
   void barrier();
   void copy(const Buffer& src, uint64_t src_off, const Buffer& dst, uint64_t dst_off, uint64_t bytes);
   // Writes a timestamp; returns its index (read with timestamps_ns() after submit_and_wait()).
   uint32_t timestamp();
+  // Submits what is recorded so far without waiting; later commands see everything before it (the
+  // piece ends with a full barrier unless the last command recorded was one).
+  Status flush();
   Status submit_and_wait();
   // Nanoseconds since the first timestamp of the last submission, one per timestamp() call.
   std::vector<double> timestamps_ns() const;
+  const StreamCounters& counters() const;
+  // Descriptor sets the stream's cache holds now (kCached).
+  size_t cached_sets() const;
+  // Past this many cached sets, the cache is emptied after the next wait.
+  static constexpr size_t kMaxCachedSets = 8192;
 
  private:
   friend class Device;
-  explicit CommandStream(Device* d);
+  struct State;
+  explicit CommandStream(Device* d, const StreamOptions& o);
   Status begin_if_needed();
+  Status submit_piece();
   Device* device_;
-  VkCommandPool pool_ = VK_NULL_HANDLE;
-  VkCommandBuffer cmd_ = VK_NULL_HANDLE;
-  VkFence fence_ = VK_NULL_HANDLE;
-  VkQueryPool queries_ = VK_NULL_HANDLE;
-  std::vector<VkDescriptorPool> descriptor_pools_;
-  uint32_t sets_in_current_pool_ = 0;
-  uint32_t query_count_ = 0;
-  std::vector<uint64_t> last_timestamps_;
-  bool recording_ = false;
+  std::unique_ptr<State> st_;
 };
 
 class Device {
@@ -256,7 +318,9 @@ class Device {
   Result<Buffer> buffer(uint64_t bytes, Memory kind = Memory::kDeviceLocal);
   Result<BufferSet> buffer_set(uint64_t bytes, uint64_t align);
   Result<Pipeline> pipeline(const PipelineDesc& desc);
-  Result<CommandStream> stream();
+  Result<CommandStream> stream(const StreamOptions& opts = {});
+  // The descriptor mode every pipeline and stream of this device uses (never kAuto).
+  Descriptors descriptors() const { return descriptors_; }
   Status save_pipeline_cache();
 
   VkDevice handle() const { return device_; }
@@ -284,6 +348,9 @@ class Device {
   VkPhysicalDeviceMemoryProperties mem_props_{};
   uint64_t max_buffer_bytes_ = 0;
   uint64_t validation_errors_ = 0;
+  Descriptors descriptors_ = Descriptors::kCached;
+  PFN_vkCmdPushDescriptorSetKHR push_descriptor_set_ = nullptr;
+  std::atomic<uint64_t> next_serial_{1};  // Buffer and Pipeline serials
  public:
   // Called from the debug messenger callback.
   void count_validation_error() { ++validation_errors_; }

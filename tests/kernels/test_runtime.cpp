@@ -215,3 +215,177 @@ TEST(ResidualAdd, RejectsShortBuffers) {
   ASSERT_FALSE(st.ok());
   EXPECT_NE(st.ToString().find("residual add"), std::string::npos);
 }
+
+// ---- Descriptor modes and submission in pieces (issue 15: the host's share of a decode step).
+
+class DescriptorModeTest : public ::testing::TestWithParam<vk::Descriptors> {};
+
+// The same dispatch twice, then a buffer destroyed and a new one of the same size allocated (drivers
+// hand the freed VkBuffer handle out again; the cache keys on Buffer::serial(), which is never reused):
+// the third dispatch must write into the new buffer, and the cache writes a set only for new ranges.
+TEST_P(DescriptorModeTest, RepeatedDispatchHitsTheCacheAndANewBufferIsBoundNotTheOldOne) {
+  vk::DeviceOptions o;
+  o.descriptors = GetParam();
+  auto d = open_device(o);
+  ASSERT_TRUE(d);
+  ASSERT_EQ(d->descriptors(), GetParam());
+  auto op = ops::ResidualAdd::create(*d);
+  ASSERT_TRUE(op.ok()) << op.status().ToString();
+  constexpr uint32_t n = 1000;
+  std::vector<float> a(n), b(n), got(n);
+  for (uint32_t i = 0; i < n; ++i) {
+    a[i] = static_cast<float>(i);
+    b[i] = 0.5f * static_cast<float>(i) + 1;
+  }
+  auto ba = d->buffer(n * 4ull), bb = d->buffer(n * 4ull);
+  auto out = d->buffer(n * 4ull);
+  ASSERT_TRUE(ba.ok() && bb.ok() && out.ok());
+  ASSERT_TRUE(ba->upload(a.data(), n * 4ull).ok());
+  ASSERT_TRUE(bb->upload(b.data(), n * 4ull).ok());
+  auto s = d->stream();
+  ASSERT_TRUE(s.ok());
+  const bool cached = GetParam() == vk::Descriptors::kCached;
+  for (int round = 0; round < 2; ++round) {
+    ASSERT_TRUE(out->fill(kNaN).ok());
+    const uint64_t sets_before = s->counters().sets_written;
+    ASSERT_TRUE(op->record(*s, *ba, *bb, *out, n).ok());
+    ASSERT_TRUE(s->submit_and_wait().ok());
+    ASSERT_TRUE(out->download(got.data(), n * 4ull).ok());
+    for (uint32_t i = 0; i < n; ++i) ASSERT_EQ(got[i], a[i] + b[i]) << "round " << round << " element " << i;
+    const uint64_t written = s->counters().sets_written - sets_before;
+    if (cached) EXPECT_EQ(written, round == 0 ? 1u : 0u) << "round " << round;
+    if (GetParam() == vk::Descriptors::kPerDispatch) EXPECT_EQ(written, 1u);
+    if (GetParam() == vk::Descriptors::kPush) EXPECT_EQ(written, 0u);
+  }
+  if (cached) EXPECT_EQ(s->cached_sets(), 1u);
+  // Replace the output buffer; a stale set would write the old (freed) one and leave the poison.
+  const VkBuffer old_handle = out->handle();
+  const uint64_t old_serial = out->serial();
+  *out = vk::Buffer();
+  auto fresh = d->buffer(n * 4ull);
+  ASSERT_TRUE(fresh.ok());
+  EXPECT_NE(fresh->serial(), old_serial);
+  if (fresh->handle() != old_handle) std::printf("note: the driver gave the new buffer a new handle\n");
+  ASSERT_TRUE(fresh->fill(kNaN).ok());
+  const uint64_t sets_before = s->counters().sets_written;
+  ASSERT_TRUE(op->record(*s, *ba, *bb, *fresh, n).ok());
+  ASSERT_TRUE(s->submit_and_wait().ok());
+  ASSERT_TRUE(fresh->download(got.data(), n * 4ull).ok());
+  for (uint32_t i = 0; i < n; ++i) ASSERT_EQ(got[i], a[i] + b[i]) << "new buffer, element " << i;
+  if (cached) {
+    EXPECT_EQ(s->counters().sets_written - sets_before, 1u);
+    EXPECT_EQ(s->cached_sets(), 2u);  // the stale set stays (unbound) until the cache is emptied
+  }
+  EXPECT_EQ(d->validation_errors(), 0u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, DescriptorModeTest,
+                         ::testing::Values(vk::Descriptors::kCached, vk::Descriptors::kPush, vk::Descriptors::kPerDispatch),
+                         [](const auto& info) { return std::string(vk::descriptors_name(info.param)); });
+
+TEST(VkRuntime, UnknownDescriptorModeInTheEnvironmentIsANamedError) {
+  setenv("TROVE_VK_DESCRIPTORS", "bindless", 1);
+  auto d = vk::Device::open();
+  unsetenv("TROVE_VK_DESCRIPTORS");
+  ASSERT_FALSE(d.ok());
+  EXPECT_NE(d.status().ToString().find("TROVE_VK_DESCRIPTORS='bindless'"), std::string::npos) << d.status().ToString();
+  EXPECT_NE(d.status().ToString().find("cached, push or pool"), std::string::npos) << d.status().ToString();
+}
+
+// x += b, 40 times, a barrier after each: with pieces of 3 then 5 dispatches the chain crosses seven
+// piece boundaries, and every step must see the one before (x = 40 b). Timestamps after every add
+// come from all pieces on one timebase: 40 of them, in order.
+TEST(VkRuntimePieces, ChainOfDependentDispatchesAcrossPiecesIsExact) {
+  auto d = open_device();
+  ASSERT_TRUE(d);
+  auto op = ops::ResidualAdd::create(*d);
+  ASSERT_TRUE(op.ok());
+  constexpr uint32_t n = 4096, kSteps = 40;
+  std::vector<float> b(n), got(n);
+  for (uint32_t i = 0; i < n; ++i) b[i] = static_cast<float>(i % 7 + 1);
+  auto bx = d->buffer(n * 4ull), bb = d->buffer(n * 4ull);
+  ASSERT_TRUE(bx.ok() && bb.ok());
+  ASSERT_TRUE(bb->upload(b.data(), n * 4ull).ok());
+  auto s = d->stream({3, 5});
+  ASSERT_TRUE(s.ok());
+  for (int round = 0; round < 2; ++round) {  // the second round reuses the command buffers and sets
+    ASSERT_TRUE(bx->fill(0).ok());
+    const vk::StreamCounters before = s->counters();
+    for (uint32_t k = 0; k < kSteps; ++k) {
+      ASSERT_TRUE(op->record(*s, *bx, *bb, *bx, n).ok());
+      s->barrier();
+      s->timestamp();
+    }
+    ASSERT_TRUE(s->submit_and_wait().ok());
+    ASSERT_TRUE(bx->download(got.data(), n * 4ull).ok());
+    for (uint32_t i = 0; i < n; ++i) ASSERT_EQ(got[i], kSteps * b[i]) << "round " << round << " element " << i;
+    const vk::StreamCounters& now = s->counters();
+    // Pieces end after dispatches 3, 8, 13, ..., 38; the last two dispatches go with the final submit.
+    EXPECT_EQ(now.submits - before.submits, 9u);
+    EXPECT_EQ(now.dispatches - before.dispatches, kSteps);
+    EXPECT_EQ(now.barriers - before.barriers, kSteps);
+    EXPECT_GT(now.record_ns, before.record_ns);
+    EXPECT_LT(now.lead_ns - before.lead_ns, now.record_ns - before.record_ns);
+    if (d->features().timestamp_period_ns > 0) {
+      const auto ts = s->timestamps_ns();
+      ASSERT_EQ(ts.size(), kSteps);
+      for (uint32_t k = 1; k < kSteps; ++k) EXPECT_GE(ts[k], ts[k - 1]) << "timestamp " << k;
+    }
+  }
+  EXPECT_EQ(d->validation_errors(), 0u);
+}
+
+// flush() between two dependent dispatches that have no barrier between them: it ends the piece
+// with one, so the second add sees the first.
+TEST(VkRuntimePieces, FlushOrdersWhatFollowsAfterWhatCameBefore) {
+  auto d = open_device();
+  ASSERT_TRUE(d);
+  auto op = ops::ResidualAdd::create(*d);
+  ASSERT_TRUE(op.ok());
+  constexpr uint32_t n = 2048;
+  std::vector<float> b(n, 2.0f), got(n);
+  auto bx = d->buffer(n * 4ull), bb = d->buffer(n * 4ull);
+  ASSERT_TRUE(bx.ok() && bb.ok());
+  ASSERT_TRUE(bb->upload(b.data(), n * 4ull).ok());
+  ASSERT_TRUE(bx->fill(0).ok());
+  auto s = d->stream();  // no automatic pieces: flush() alone cuts
+  ASSERT_TRUE(s.ok());
+  ASSERT_TRUE(op->record(*s, *bx, *bb, *bx, n).ok());
+  ASSERT_TRUE(s->flush().ok());
+  ASSERT_TRUE(op->record(*s, *bx, *bb, *bx, n).ok());
+  ASSERT_TRUE(s->flush().ok());
+  ASSERT_TRUE(s->flush().ok());  // nothing recorded since: no submit
+  ASSERT_TRUE(s->submit_and_wait().ok());  // nothing left but the fence
+  ASSERT_TRUE(bx->download(got.data(), n * 4ull).ok());
+  for (uint32_t i = 0; i < n; ++i) ASSERT_EQ(got[i], 4.0f) << "element " << i;
+  EXPECT_EQ(s->counters().barriers, 2u);
+  EXPECT_EQ(s->counters().submits, 3u);
+  EXPECT_EQ(d->validation_errors(), 0u);
+}
+
+// A stream dropped with pieces in flight (an engine step that failed half-way) waits for them before
+// its command buffers go (the validation run would flag a pending command buffer freed); the pieces
+// submitted ran, the unsubmitted rest did not.
+TEST(VkRuntimePieces, AbandonedStreamWaitsForItsPieces) {
+  auto d = open_device();
+  ASSERT_TRUE(d);
+  auto op = ops::ResidualAdd::create(*d);
+  ASSERT_TRUE(op.ok());
+  constexpr uint32_t n = 4096;
+  std::vector<float> b(n, 1.0f), got(n);
+  auto bx = d->buffer(n * 4ull), bb = d->buffer(n * 4ull);
+  ASSERT_TRUE(bx.ok() && bb.ok());
+  ASSERT_TRUE(bb->upload(b.data(), n * 4ull).ok());
+  ASSERT_TRUE(bx->fill(0).ok());
+  {
+    auto s = d->stream({3, 5});
+    ASSERT_TRUE(s.ok());
+    for (int k = 0; k < 10; ++k) {
+      ASSERT_TRUE(op->record(*s, *bx, *bb, *bx, n).ok());
+      s->barrier();
+    }
+  }  // pieces after dispatches 3 and 8 were submitted; 9 and 10 were not
+  ASSERT_TRUE(bx->download(got.data(), n * 4ull).ok());
+  for (uint32_t i = 0; i < n; ++i) ASSERT_EQ(got[i], 8.0f) << "element " << i;
+  EXPECT_EQ(d->validation_errors(), 0u);
+}

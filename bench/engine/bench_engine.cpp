@@ -2,7 +2,7 @@
 // beside llama.cpp's numbers and the decode bandwidth limit from ../shared/docs/TARGETS.md (H100).
 //
 //   build/bench/engine/bench_engine --model M.gguf [--model M2.gguf ...] [--depth 16384] [--reps 3]
-//                                   [--json FILE]
+//                                   [--json FILE] [--profile] [--decode-only] [--tg 128]
 //
 //   pp512     one step of 512 prompt tokens on an empty sequence (best of --reps)
 //   pp4096    4096 prompt tokens in steps of 512 (chunked prefill), tokens / total time
@@ -12,11 +12,18 @@
 // Qwen3-8B and Qwen3-30B-A3B Q4_K_M models and runs this; docs/performance.md records the table.
 // --json FILE also writes the rows as JSON, which bench/peer/compare.mjs sets beside llama.cpp's
 // (bench/peer/bench_peer.mjs) measured on the same files.
+// --profile sets TROVE_PROFILE=steps (unless TROVE_PROFILE is set: =ops adds GPU time per op kind):
+// when each model's engine closes it logs, per decode step and per prefill step, the dispatches,
+// barriers, submits and descriptor sets written, the host's time (step, recording, the head start
+// before the GPU gets its first piece, last submit + wait) and the GPU time (timestamps). The decode
+// line covers the warm-up's 4 steps, tg128 and tg64 at depth. --decode-only skips pp512 and pp4096
+// (warm-up: a 16-token prompt), --tg N sets the decode steps of the tg row (e.g. on lavapipe).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <random>
+#include <stdlib.h>
 #include <string>
 #include <vector>
 
@@ -88,7 +95,7 @@ Result<double> decode(engine::Engine& e, engine::SeqId seq, int32_t first, uint3
   return secs(t0);
 }
 
-Result<Row> bench(const std::string& path, uint32_t depth, int reps) {
+Result<Row> bench(const std::string& path, uint32_t depth, int reps, bool decode_only, uint32_t tg) {
   engine::EngineOptions o;
   o.model_path = path;
   o.n_ctx = std::max<uint32_t>(4096, depth + 128);
@@ -107,23 +114,25 @@ Result<Row> bench(const std::string& path, uint32_t depth, int reps) {
   {  // warm-up: pipelines (prefill and decode: the driver compiles each on first use), first-touch allocations
     auto s = fresh();
     if (!s.ok()) return s.status();
-    auto t = prefill(e, *s, random_tokens(512, rng), 512, &next);
+    auto t = prefill(e, *s, random_tokens(decode_only ? 16 : 512, rng), 512, &next);
     if (!t.ok()) return t.status();
     auto d = decode(e, *s, next, 4);
     if (!d.ok()) return d.status();
     e.close_sequence(*s);
   }
   double best = 1e30;
-  for (int r = 0; r < reps; ++r) {
+  for (int r = 0; r < (decode_only ? 0 : reps); ++r) {
     auto s = fresh();
     auto t = prefill(e, *s, random_tokens(512, rng), 512, &next);
     if (!t.ok()) return t.status();
     best = std::min(best, *t);
     e.close_sequence(*s);
   }
-  row.pp512 = 512 / best;
-  std::fprintf(stderr, "%s: pp512 %.0f tok/s\n", row.model.c_str(), row.pp512);
-  {
+  if (!decode_only) {
+    row.pp512 = 512 / best;
+    std::fprintf(stderr, "%s: pp512 %.0f tok/s\n", row.model.c_str(), row.pp512);
+  }
+  if (!decode_only) {
     auto s = fresh();
     auto t = prefill(e, *s, random_tokens(4096, rng), 512, &next);
     if (!t.ok()) return t.status();
@@ -135,11 +144,11 @@ Result<Row> bench(const std::string& path, uint32_t depth, int reps) {
     auto s = fresh();
     auto p = prefill(e, *s, random_tokens(16, rng), 512, &next);
     if (!p.ok()) return p.status();
-    auto t = decode(e, *s, next, 128);
+    auto t = decode(e, *s, next, tg);
     if (!t.ok()) return t.status();
-    row.tg128 = 128 / *t;
+    row.tg128 = tg / *t;
     e.close_sequence(*s);
-    std::fprintf(stderr, "%s: tg128 %.1f tok/s\n", row.model.c_str(), row.tg128);
+    std::fprintf(stderr, "%s: tg%u %.1f tok/s\n", row.model.c_str(), tg, row.tg128);
   }
   if (depth > 0) {
     auto s = fresh();
@@ -182,23 +191,29 @@ int main(int argc, char** argv) {
   uint32_t depth = 16384;
   int reps = 3;
   std::string json_path;
+  bool profile = false, decode_only = false;
+  uint32_t tg = 128;
   app.add_option("--model", models, "GGUF model(s) to measure")->required();
   app.add_option("--depth", depth, "Prompt depth for the long-context decode (0: skip)");
   app.add_option("--reps", reps, "Repetitions of pp512 (best kept)");
   app.add_option("--json", json_path, "Also write the rows as JSON to this file (for bench/peer/compare.mjs)");
+  app.add_flag("--profile", profile, "Log host and GPU counters per step when each engine closes (TROVE_PROFILE=steps)");
+  app.add_flag("--decode-only", decode_only, "Skip pp512 and pp4096");
+  app.add_option("--tg", tg, "Decode steps of the tg row (default 128)")->check(CLI::Range(1u, 100000u));
   CLI11_PARSE(app, argc, argv);
+  if (profile) setenv("TROVE_PROFILE", "steps", /*overwrite=*/0);
 
   std::vector<Row> rows;
   std::string device;
   for (const auto& m : models) {
-    auto r = bench(m, depth, reps);
+    auto r = bench(m, depth, reps, decode_only, tg);
     if (!r.ok()) {
       std::fprintf(stderr, "bench_engine: %s: %s\n", m.c_str(), r.status().ToString().c_str());
       return 1;
     }
     rows.push_back(*r);
   }
-  std::printf("| model | engine | pp512 | pp4096 | tg128 | tg64 @ %u | decode limit (bandwidth) |\n", depth);
+  std::printf("| model | engine | pp512 | pp4096 | tg%u | tg64 @ %u | decode limit (bandwidth) |\n", tg, depth);
   std::printf("|---|---|---|---|---|---|---|\n");
   for (const auto& r : rows) {
     std::printf("| %s | trove (Vulkan) | %s | %s | %.1f | %.1f | |\n", r.model.c_str(), num(r.pp512).c_str(),

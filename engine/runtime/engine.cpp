@@ -6,7 +6,9 @@
 // QK-norm → RoPE → KV write → paged attention per sequence → output projection + residual → RMSNorm →
 // SwiGLU FFN or routed experts + residual, then the final norm and the head for the rows that need a
 // next token. MoE layers record their routed experts into the same stream (engine/runtime/moe_layer.h:
-// routing, grouping and expert matvecs on the GPU), so a step is one submission for every model.
+// routing, grouping and expert matvecs on the GPU), so a step is one submission for every model —
+// cut into pieces on a GPU (vk::StreamOptions, TROVE_VK_CHUNK): the GPU runs the first layers while the
+// host records the next ones.
 // Steps of at most ops::Matvec::kMaxBatch tokens (decode of 1..8 sequences, short prompts) run the
 // dense products through ops::Matvec with the RMSNorms, residual adds and SwiGLU fused into them (QKV,
 // O+residual, gate/up+SwiGLU, down+residual: 4 dispatches instead of 12 per dense layer; the head with
@@ -14,6 +16,7 @@
 #include "engine/runtime/engine.h"
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <deque>
 #include <future>
@@ -219,10 +222,14 @@ class VulkanEngine final : public Engine {
   void drop_after(Sequence& s, uint32_t n);  // truncate() without accepting or registering
   uint64_t block_all_layers() const { return layout_.block_bytes() * cfg_.n_layer; }
   Status ensure_staging();
-  // The engine's command stream (its pool, fence, query pool and descriptor pool live as long as the
-  // engine): step(), restores and exports record into it and submit_and_wait() before returning. After
-  // a failure it is dropped (it may hold half a recording) and the next call makes a fresh one.
+  // The engine's command stream (its pool, fence, query pool and descriptor sets live as long as the
+  // engine: a decode step binds the same buffers every time, so after the first step no descriptor set
+  // is written): step(), restores and exports record into it and submit_and_wait() before returning.
+  // After a failure it is dropped (it may hold half a recording; its destructor waits for pieces in
+  // flight) and the next call makes a fresh one. Host inputs of a step (mapped buffers) are written
+  // before its first command is recorded: a piece may run before the step's last command is recorded.
   Result<vk::CommandStream*> stream();
+  vk::StreamOptions stream_options_;  // pieces: TROVE_VK_CHUNK, else by device (see create())
   struct Restore;
   void start_group(Restore& r);
   void finish_restore();
@@ -249,10 +256,28 @@ class VulkanEngine final : public Engine {
     double ns[kOpKinds] = {};
     uint64_t steps = 0, tokens = 0;
   };
-  bool profile_ = std::getenv("TROVE_PROFILE") != nullptr && std::string_view(std::getenv("TROVE_PROFILE")) != "ops";
-  bool profile_ops_ = std::getenv("TROVE_PROFILE") != nullptr && std::string_view(std::getenv("TROVE_PROFILE")) == "ops";
+  static std::string_view profile_env() {
+    const char* v = std::getenv("TROVE_PROFILE");
+    return v ? std::string_view(v) : std::string_view();
+  }
+  bool profile_ = !profile_env().empty() && profile_env() != "ops" && profile_env() != "steps";
+  bool profile_ops_ = profile_env() == "ops";
   OpProfile op_profile_[2];  // [0] decode steps, [1] longer steps
   void log_op_profile() const;
+  // TROVE_PROFILE (any value; "steps" for these alone): per step, what the stream recorded and where
+  // the host's time went (vk::StreamCounters), and the GPU time from the step's first to its last
+  // timestamp; summed like op_profile_ and logged when the engine closes (bench_engine --profile).
+  struct HostProfile {
+    uint64_t steps = 0, tokens = 0;
+    vk::StreamCounters sum;   // differences of the stream's counters across each step, summed
+    // Per step (medians are logged: the first steps compile pipelines and write descriptor sets).
+    std::vector<double> step_ns, record_ns, lead_ns, wait_ns;  // step(): entry → return; the rest as in sum
+    std::vector<double> gpu_ns;  // steps whose timestamps came back
+  };
+  bool profile_host_ = !profile_env().empty();
+  bool profile_steps_ = profile_env() == "steps";
+  HostProfile host_profile_[2];
+  void log_host_profile() const;
   // Steps of <= Matvec::kMaxBatch tokens (decode) run their dense products through ops::Matvec with the
   // norms, residual adds and SwiGLU fused in; TROVE_DECODE=matmul keeps them on the Matmul path (A/B).
   bool matvec_decode_ = true;
@@ -317,6 +342,7 @@ class VulkanEngine final : public Engine {
 
 VulkanEngine::~VulkanEngine() {
   if (profile_ops_) log_op_profile();
+  if (profile_host_) log_host_profile();
   if (store_) {
     if (Status st = store_->flush(); !st.ok()) log::warn("engine", "KV store flush: {}", st.message());
   }
@@ -335,6 +361,31 @@ void VulkanEngine::log_op_profile() const {
     }
     log::info("engine", "TROVE_PROFILE=ops, {} steps ({} steps, {} tokens): {:.1f} us GPU per step{}",
               k == 0 ? "decode" : "prefill", p.steps, p.tokens, total / 1e3 / p.steps, table);
+  }
+}
+
+void VulkanEngine::log_host_profile() const {
+  auto median_us = [](std::vector<double> v) {
+    if (v.empty()) return 0.0;
+    std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+    return v[v.size() / 2] / 1e3;
+  };
+  for (int k = 0; k < 2; ++k) {
+    const HostProfile& p = host_profile_[k];
+    if (p.steps == 0) continue;
+    const double n = static_cast<double>(p.steps);
+    const vk::StreamCounters& c = p.sum;
+    log::info("engine",
+              "TROVE_PROFILE: {} steps ({} steps, {} tokens), per step (mean): {:.1f} dispatches, {:.1f} barriers, "
+              "{:.1f} copies, {:.2f} submits, {:.2f} descriptor sets written ({} descriptors, pieces {}:{}); host "
+              "(median) {:.1f} us a step: {:.1f} us recording (first command → last submit; the GPU gets its first "
+              "piece after {:.1f} us), {:.1f} us last submit + wait; GPU (median) {}",
+              k == 0 ? "decode" : "prefill", p.steps, p.tokens, c.dispatches / n, c.barriers / n, c.copies / n,
+              c.submits / n, c.sets_written / n, vk::descriptors_name(dev_->descriptors()),
+              stream_options_.chunk_dispatches, stream_options_.max_chunk_dispatches, median_us(p.step_ns),
+              median_us(p.record_ns), median_us(p.lead_ns), median_us(p.wait_ns),
+              p.gpu_ns.empty() ? std::string("not measured (TROVE_PROFILE=steps or ops)")
+                               : fmt::format("{:.1f} us (first → last timestamp)", median_us(p.gpu_ns)));
   }
 }
 
@@ -433,6 +484,26 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
   auto dev = vk::Device::open();
   if (!dev.ok()) return dev.status();
   e->dev_ = std::move(*dev);
+  // A step in pieces (vk::StreamOptions): the first piece goes to the GPU after kFirstPiece
+  // dispatches, later ones after twice as many as the one before, up to kMaxPiece — the GPU starts on
+  // the first layers while the host records the rest, and a decode step costs a handful of submits.
+  // TROVE_VK_CHUNK=N[:M] sets first and largest piece, 0 records a step in one piece (A/B).
+  constexpr uint32_t kFirstPiece = 16, kMaxPiece = 128;
+  e->stream_options_ = {kFirstPiece, kMaxPiece};
+  if (const char* v = std::getenv("TROVE_VK_CHUNK"); v && *v) {
+    const std::string_view text(v);
+    const size_t colon = text.find(':');
+    auto number = [](std::string_view t, uint32_t* out) {
+      auto [end, ec] = std::from_chars(t.data(), t.data() + t.size(), *out);
+      return ec == std::errc() && end == t.data() + t.size() && !t.empty();
+    };
+    uint32_t first = 0, most = 0;
+    if (!number(text.substr(0, colon), &first) || (colon != std::string_view::npos && !number(text.substr(colon + 1), &most))) {
+      return Status::InvalidArgument(fmt::format("TROVE_VK_CHUNK='{}' is not N or N:M (dispatches in the first and "
+                                                 "the largest piece of a step; 0: a step in one piece)", v));
+    }
+    e->stream_options_ = {first, colon == std::string_view::npos ? first : most};
+  }
   auto ops = make_ops(*e->dev_);
   if (!ops.ok()) return ops.status();
   e->ops_ = std::move(*ops);
@@ -756,7 +827,7 @@ bool VulkanEngine::restoring(SeqId seq) const {
 
 Result<vk::CommandStream*> VulkanEngine::stream() {
   if (!stream_) {
-    auto s = dev_->stream();
+    auto s = dev_->stream(stream_options_);
     if (!s.ok()) return s.status();
     stream_.emplace(std::move(*s));
   }
@@ -1105,6 +1176,7 @@ static uint32_t head_rows(const StepInput& in, uint32_t n) {
 }
 
 Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> inputs) {
+  const auto step_start = std::chrono::steady_clock::now();
   const ModelConfig& c = cfg_;
   // Validate everything before touching any state.
   uint32_t T = 0;
@@ -1160,6 +1232,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
   auto stream = this->stream();
   if (!stream.ok()) return stream.status();
   vk::CommandStream& s = **stream;
+  const vk::StreamCounters counters_before = s.counters();
 
   // Host inputs: token ids (or embedding rows), positions, KV slots, block tables.
   auto* xin = static_cast<float*>(x_in_.mapped());
@@ -1211,6 +1284,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       s.timestamp();
       marks.push_back(k);
     };
+    if (profile_steps_) s.timestamp();
     mark(kOpEmbed);
     const uint32_t H = c.n_head, KVH = c.n_head_kv, D = c.head_dim, E = c.n_embd;
     const uint64_t erow = uint64_t{E} * 4;
@@ -1393,7 +1467,26 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       if (profile_) s.timestamp();
       mark(kOpSample);
     }
+    if (profile_steps_) s.timestamp();
     TROVE_RETURN_IF_ERROR(s.submit_and_wait());
+    if (profile_host_) {
+      const vk::StreamCounters& now = s.counters();
+      HostProfile& p = host_profile_[T <= ops::Matvec::kMaxBatch ? 0 : 1];
+      p.sum.dispatches += now.dispatches - counters_before.dispatches;
+      p.sum.barriers += now.barriers - counters_before.barriers;
+      p.sum.copies += now.copies - counters_before.copies;
+      p.sum.submits += now.submits - counters_before.submits;
+      p.sum.waits += now.waits - counters_before.waits;
+      p.sum.sets_written += now.sets_written - counters_before.sets_written;
+      p.record_ns.push_back(now.record_ns - counters_before.record_ns);
+      p.lead_ns.push_back(now.lead_ns - counters_before.lead_ns);
+      p.wait_ns.push_back(now.wait_ns - counters_before.wait_ns);
+      p.steps += 1;
+      p.tokens += T;
+      if (const std::vector<double> ts = s.timestamps_ns(); ts.size() >= 2 && (profile_steps_ || profile_ops_)) {
+        p.gpu_ns.push_back(ts.back() - ts.front());
+      }
+    }
     if (profile_ops_) {
       const std::vector<double> ts = s.timestamps_ns();
       OpProfile& p = op_profile_[T <= ops::Matvec::kMaxBatch ? 0 : 1];
@@ -1443,6 +1536,10 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     r += n;
   }
   export_to_store();
+  if (profile_host_) {
+    host_profile_[T <= ops::Matvec::kMaxBatch ? 0 : 1].step_ns.push_back(
+        std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - step_start).count());
+  }
   return out;
 }
 

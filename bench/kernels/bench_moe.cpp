@@ -84,11 +84,14 @@ Status bench_moe(vk::Device& dev, const MoeBenchOptions& o, std::vector<KernelRo
       }
       TROVE_RETURN_IF_ERROR(s0->submit_and_wait());
       uint32_t next = 0;
+      bool by_pair = false;
       auto call = [&](ops::MoePrefill prefill = ops::MoePrefill::kExpertMatvec) {
         const Routing& r = rts[next++ % kRoutings];
-        return ops::MoeFfnCall{{GgmlType::Q4_K, *gate, F, H, E}, {GgmlType::Q4_K, *up, F, H, E},
-                               {down_type, *down, H, F, E}, T, K, *xn, r.ids, r.w, r.plan, L, *h, *d, *x,
-                               &*mm, prefill, *g, *u};
+        ops::MoeFfnCall c{{GgmlType::Q4_K, *gate, F, H, E}, {GgmlType::Q4_K, *up, F, H, E},
+                          {down_type, *down, H, F, E}, T, K, *xn, r.ids, r.w, r.plan, L, *h, *d, *x,
+                          &*mm, prefill, *g, *u};
+        c.by_pair = by_pair;
+        return c;
       };
       const double gu_bytes = distinct * 2.0 * F * rb_gu, dn_bytes = distinct * double(H) * rb_dn;
       auto add = [&](const std::string& op, double bytes, const std::function<Status(vk::CommandStream&)>& f) -> Status {
@@ -103,15 +106,20 @@ Status bench_moe(vk::Device& dev, const MoeBenchOptions& o, std::vector<KernelRo
         TROVE_RETURN_IF_ERROR(add("moe route+plan", 4.0 * T * E, [&](vk::CommandStream& s) {
           return route->record(s, *logits, r0.ids, r0.w, r0.plan, L, T, K);
         }));
+        TROVE_RETURN_IF_ERROR(add("moe route (ids only)", 4.0 * T * E, [&](vk::CommandStream& s) {
+          return route->record_ids(s, *logits, r0.ids, r0.w, E, T, K);
+        }));
       }
       // The expert dispatches in each kernel form (and, with --sweep, the direct form's work splits).
       struct Form {
         std::string name;
         ops::MoeTuning tuning;
+        bool by_pair = false;  // MoeFfnCall::by_pair: no plan (the engine's decode)
       };
       std::vector<Form> forms = {{"staged", {ops::MoeTuning::Form::kStaged}}};
       if (dev.features().subgroup_arithmetic) {
         forms.push_back({"direct", {ops::MoeTuning::Form::kDirect}});
+        if (T <= ops::MoeFfn::kDecodeMaxTokens) forms.push_back({"direct, by pair", {ops::MoeTuning::Form::kDirect}, true});
         if (o.sweep && (T == 1 || T == 8)) {
           for (uint32_t rows : {1u, 2u, 4u}) {
             for (uint32_t wg : {64u, 128u, 256u}) {
@@ -123,6 +131,7 @@ Status bench_moe(vk::Device& dev, const MoeBenchOptions& o, std::vector<KernelRo
       }
       for (const Form& f : forms) {
         ffn->set_tuning(f.tuning);
+        by_pair = f.by_pair;
         if (down_type == GgmlType::Q6_K) {
           TROVE_RETURN_IF_ERROR(add(fmt::format("moe gate/up+SwiGLU (expert-indexed, {})", f.name), gu_bytes,
                                     [&](vk::CommandStream& s) { return ffn->record_gate_up(s, call()); }));
@@ -134,6 +143,7 @@ Status bench_moe(vk::Device& dev, const MoeBenchOptions& o, std::vector<KernelRo
                                   [&](vk::CommandStream& s) { return ffn->record(s, call()); }));
       }
       ffn->set_tuning({});
+      by_pair = false;
       if (T > ops::MoeFfn::kDecodeMaxTokens) {  // the grouped GEMMs on the device's matmul path
         const std::string op = fmt::format("moe experts grouped GEMM ({})", ops::matmul_path_name(mm->path()));
         const double flops = 2.0 * P * (3.0 * F * H);

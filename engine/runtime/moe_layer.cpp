@@ -75,12 +75,14 @@ Status MoeLayer::record_fused_norm(vk::CommandStream& s, const ops::Matvec& matv
   router.n_mats = 1;
   TROVE_RETURN_IF_ERROR(matvec.record(s, router));
   s.barrier();
-  TROVE_RETURN_IF_ERROR(route_.record(s, logits_, ids_, weights_, plan_, layout_, T, m.k));
+  // Routing without a plan: the expert kernels index by (token, j) pair (MoeFfnCall::by_pair).
+  TROVE_RETURN_IF_ERROR(route_.record_ids(s, logits_, ids_, weights_, m.n_expert, T, m.k));
   s.barrier();
   ops::MoeFfnCall call{w.gate, w.up,   w.down, T,  m.k, x, ids_, weights_, plan_, layout_, h_, d_, x,
                        nullptr, ops::MoePrefill::kExpertMatvec, g_, u_};
   call.norm_w = norm_w;
   call.eps = eps;
+  call.by_pair = true;
   return ffn_.record(s, call);
 }
 

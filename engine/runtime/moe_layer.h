@@ -49,7 +49,8 @@ class MoeLayer {
   // the direct expert kernels (ops::MoeFfn::direct()).
   bool fuses_norm(uint32_t T) const { return T <= ops::Matvec::kMaxBatch && T <= max_tokens_ && ffn_.direct(); }
   // x += MoE(rmsnorm(x) · norm_w) with the FFN norm folded into its consumers: the router as an
-  // ops::Matvec with the RMSNorm prologue, gate/up as the direct expert kernel with the same prologue —
+  // ops::Matvec with the RMSNorm prologue, routing without a plan (MoeRoute::record_ids), gate/up as
+  // the direct expert kernel with the same prologue indexed by (token, j) pair, down by pair —
   // 4 dispatches and no separate norm (fuses_norm(T) must hold).
   Status record_fused_norm(vk::CommandStream& s, const ops::Matvec& matvec, const MoeLayerWeights& w,
                            vk::BufferRange norm_w, float eps, vk::BufferRange x, uint32_t T) const;

@@ -26,7 +26,7 @@ struct ExpertsPush {
   uint32_t norm;  // direct form: RMSNorm of x (binding 5: its weights) applied in the kernel
   float eps;
 };
-struct DownPush { uint32_t rows, cols, rb, k, pair_slot_off, ntiles, tile_vals, pad; };
+struct DownPush { uint32_t rows, cols, rb, k, pair_slot_off, ntiles, tile_vals, by_pair; };
 struct CombinePush { uint32_t hidden, k, pair_slot_off; };
 struct SwiGluPush { uint32_t pairs, groups_x; };
 
@@ -109,6 +109,23 @@ Status MoeRoute::record(vk::CommandStream& s, vk::BufferRange logits, vk::Buffer
   s.barrier();
   vk::BufferRange pb[2] = {ids, plan};
   return s.dispatch(plan_, pb, &push, sizeof(push), 1);
+}
+
+Status MoeRoute::record_ids(vk::CommandStream& s, vk::BufferRange logits, vk::BufferRange ids, vk::BufferRange weights,
+                            uint32_t n_experts, uint32_t tokens, uint32_t k) const {
+  if (n_experts == 0 || n_experts > kMaxExperts || k == 0 || k > std::min(kMaxTopK, n_experts) || tokens == 0) {
+    return Status::InvalidArgument(fmt::format("moe_route: {} experts, top-k {}, {} tokens: need 1..{} experts, k in "
+                                               "1..min({}, experts) and tokens > 0", n_experts, k, tokens, kMaxExperts, kMaxTopK));
+  }
+  TROVE_RETURN_IF_ERROR(need("moe_route", "logits", logits, uint64_t{tokens} * n_experts * 4));
+  TROVE_RETURN_IF_ERROR(need("moe_route", "ids", ids, uint64_t{tokens} * k * 4));
+  TROVE_RETURN_IF_ERROR(need("moe_route", "weights", weights, uint64_t{tokens} * k * 4));
+  MoePlanLayout L;
+  L.n_expert = n_experts;
+  const RoutePush push = route_push(L, tokens, k, false);
+  vk::BufferRange b[4] = {logits, ids, weights, ids};  // no plan: binding 3 is never written without build_plan
+  const uint32_t per_group = std::max<uint32_t>(1, 256 / subgroup_);
+  return s.dispatch(route_, b, &push, sizeof(push), std::min<uint32_t>(65535, (tokens + per_group - 1) / per_group));
 }
 
 Status MoeRoute::record_plan(vk::CommandStream& s, vk::BufferRange ids, vk::BufferRange plan, const MoePlanLayout& L,
@@ -234,7 +251,7 @@ Status MoeFfn::check(const MoeFfnCall& c) const {
   TROVE_RETURN_IF_ERROR(check_experts("up", c.up, ffn, hidden, E));
   TROVE_RETURN_IF_ERROR(check_experts("down", c.down, hidden, ffn, E));
   if (E != c.layout.n_expert || E > kMaxExperts || k == 0 || k > std::min(kMaxTopK, E) || T == 0 ||
-      uint64_t{T} * k > c.layout.max_pairs) {
+      (!c.by_pair && uint64_t{T} * k > c.layout.max_pairs)) {
     return Status::InvalidArgument(fmt::format(
         "moe_ffn: {} experts, top-k {}, {} tokens with a plan for {} experts and {} pairs (need experts <= {}, "
         "k in 1..min({}, experts), tokens × k <= the plan's pairs)", E, k, T, c.layout.n_expert, c.layout.max_pairs,
@@ -252,7 +269,14 @@ Status MoeFfn::check(const MoeFfnCall& c) const {
   TROVE_RETURN_IF_ERROR(need("moe_ffn", "x", c.x, uint64_t{T} * hidden * 4));
   TROVE_RETURN_IF_ERROR(need("moe_ffn", "ids", c.ids, P * 4));
   TROVE_RETURN_IF_ERROR(need("moe_ffn", "weights", c.weights, P * 4));
-  TROVE_RETURN_IF_ERROR(need("moe_ffn", "plan", c.plan, c.layout.bytes()));
+  if (c.by_pair) {
+    if (!direct() || T > kDecodeMaxTokens) {
+      return Status::InvalidArgument(fmt::format("moe_ffn: pair-indexed experts (by_pair) need the direct kernels and at "
+                                                 "most {} tokens (a step of {})", kDecodeMaxTokens, T));
+    }
+  } else {
+    TROVE_RETURN_IF_ERROR(need("moe_ffn", "plan", c.plan, c.layout.bytes()));
+  }
   TROVE_RETURN_IF_ERROR(need("moe_ffn", "h", c.h, P * ffn * 4));
   if (!fused_down(T, k)) TROVE_RETURN_IF_ERROR(need("moe_ffn", "d", c.d, P * hidden * 4));
   if (T > kDecodeMaxTokens && c.prefill == MoePrefill::kGroupedGemm && !c.matmul) {
@@ -345,15 +369,21 @@ Status MoeFfn::record_gate_up(vk::CommandStream& s, const MoeFfnCall& c) const {
     const uint32_t g = direct_lanes_, rows = tuning_.gate_up_rows ? tuning_.gate_up_rows : 1;
     const uint32_t wg = tuning_.workgroup ? tuning_.workgroup : std::max(kDirectWorkgroup, g);
     auto p = pipeline("moe_experts_direct",
-                      {wg, g, nb, rows, 1, 256, static_cast<uint32_t>(c.gate.type), static_cast<uint32_t>(c.up.type),
+                      {wg, g, c.by_pair ? 1u : nb, rows, 1, 256, static_cast<uint32_t>(c.gate.type), static_cast<uint32_t>(c.up.type),
                        cpu_ ? 0u : 1u, g},
                       sizeof(ExpertsPush), 6, wg);
     if (!p.ok()) return p.status();
-    const ExpertsPush push{ffn, hidden, static_cast<uint32_t>(quant::row_bytes(c.gate.type, hidden)),
+    ExpertsPush push{ffn, hidden, static_cast<uint32_t>(quant::row_bytes(c.gate.type, hidden)),
                            static_cast<uint32_t>(quant::row_bytes(c.up.type, hidden)), c.k, 0, L.n_entries, L.entries,
                            L.slot_pair, 1, hidden, c.norm_w.buffer != VK_NULL_HANDLE ? 1u : 0u, c.eps};
     vk::BufferRange b[6] = {c.xn, c.gate.w, c.up.w, c.plan, c.h, c.norm_w.buffer != VK_NULL_HANDLE ? c.norm_w : c.xn};
     const uint32_t rows_per_wg = wg / g * rows;
+    if (c.by_pair) {  // grid rows = pairs; binding 3 = the ids; x_by_slot = 2 (see moe_experts_body.glsl)
+      push.x_by_slot = 2;
+      push.n_entries_off = c.tokens * c.k;
+      b[3] = c.ids;
+      return s.dispatch(**p, b, &push, sizeof(push), (ffn + rows_per_wg - 1) / rows_per_wg, c.tokens * c.k);
+    }
     return s.dispatch(**p, b, &push, sizeof(push), (ffn + rows_per_wg - 1) / rows_per_wg, entries);
   }
   const uint32_t wg = cpu_ ? kCpuWorkgroup : kGpuWorkgroup, rows_per_group = 1;  // 2 slots: gate and up rows
@@ -386,8 +416,8 @@ Status MoeFfn::record_down(vk::CommandStream& s, const MoeFfnCall& c) const {
     const uint32_t rows = tuning_.down_rows ? tuning_.down_rows : 1;
     auto p = pipeline("moe_down_direct", {wg_direct, g, rows, 256, td, cpu_ ? 0u : 1u, g, k}, sizeof(DownPush), 6, wg_direct);
     if (!p.ok()) return p.status();
-    const DownPush push{hidden, ffn, rb_down, k, L.pair_slot, 1, ffn, 0};
-    vk::BufferRange b[6] = {c.h, c.down.w, c.ids, c.weights, c.plan, c.x};
+    const DownPush push{hidden, ffn, rb_down, k, L.pair_slot, 1, ffn, c.by_pair ? 1u : 0u};
+    vk::BufferRange b[6] = {c.h, c.down.w, c.ids, c.weights, c.by_pair ? c.ids : c.plan, c.x};
     const uint32_t rows_per_wg = wg_direct / g * rows;
     return s.dispatch(**p, b, &push, sizeof(push), (hidden + rows_per_wg - 1) / rows_per_wg, T);
   }

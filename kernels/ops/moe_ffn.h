@@ -80,6 +80,10 @@ class MoeRoute {
   // logits f32 [tokens][n_experts] → ids uint [tokens][k], weights f32 [tokens][k], plan.
   Status record(vk::CommandStream& s, vk::BufferRange logits, vk::BufferRange ids, vk::BufferRange weights,
                 vk::BufferRange plan, const MoePlanLayout& layout, uint32_t tokens, uint32_t k) const;
+  // Routing alone (ids and weights, no plan), for the pair-indexed decode kernels (MoeFfnCall::by_pair):
+  // one subgroup per token, tokens spread over ceil(tokens / subgroups-per-workgroup) workgroups.
+  Status record_ids(vk::CommandStream& s, vk::BufferRange logits, vk::BufferRange ids, vk::BufferRange weights,
+                    uint32_t n_experts, uint32_t tokens, uint32_t k) const;
   // The plan alone, from ids already in a device buffer (distinct per token, each < n_experts).
   Status record_plan(vk::CommandStream& s, vk::BufferRange ids, vk::BufferRange plan, const MoePlanLayout& layout,
                      uint32_t tokens, uint32_t k) const;
@@ -122,6 +126,12 @@ struct MoeFfnCall {
   // own dispatch disappears (decode). x may then be the same buffer as xn: down runs after gate/up.
   vk::BufferRange norm_w;         // f32 [hidden]
   float eps = 0;
+  // Pair-indexed decode (direct form, tokens <= kDecodeMaxTokens): no plan is read — gate/up runs one
+  // grid row per (token, j) pair, expert ids[pair], input row xn[token], output h[pair]; down reads
+  // h[pair]. An expert two tokens share is read twice (from L2 the second time), which costs less at
+  // decode sizes than building a plan (one workgroup's serial chain, ~12 µs a layer on the H200).
+  // `plan` and `layout` are then unused (layout.n_expert must still equal the experts' count).
+  bool by_pair = false;
 };
 
 // How the expert-matvec kernels run (tests and benchmarks force one; the defaults are measured).

@@ -54,7 +54,8 @@ layout(std430, set = 0, binding = 4) readonly buffer Plan { uint plan[]; };
 layout(std430, set = 0, binding = 5) buffer Xr { float x[]; };
 layout(push_constant) uniform P {
   uint rows; uint cols; uint rb; uint k;  // hidden, expert FFN width, row bytes of down, top-k (<= kK)
-  uint pair_slot_off; uint ntiles; uint tile_vals; uint pad;
+  uint pair_slot_off; uint ntiles; uint tile_vals;
+  uint by_pair;  // direct form: h row = the pair (no plan; MoeFfnCall::by_pair)
 } pc;
 
 float mv_acc[kNB][kNS];
@@ -95,7 +96,7 @@ void main() {
   for (uint it = lane; it < pc.k * parts; it += kG) {
     const uint j = it / parts, p = it - j * parts, pair = t * pc.k + j, e = ids[pair];
     g_w = wt[pair];
-    g_hrow = plan[pc.pair_slot_off + pair] * (pc.cols >> 2u);
+    g_hrow = (pc.by_pair != 0u ? pair : plan[pc.pair_slot_off + pair]) * (pc.cols >> 2u);
     [[unroll]] for (uint s = 0u; s < kNS; ++s) {
       const uint r = r0 + s;
       mv_live[s] = r < pc.rows;

@@ -216,11 +216,24 @@ void main() {
   }
 }
 #else  // MV_DIRECT
+// pc.x_by_slot == 2 (MoeFfnCall::by_pair, decode): no plan — grid row `entry` is the (token, j) pair,
+// binding 3 holds the ids (expert = plan[pair]), the input row is the token (pair / k), the output row
+// the pair; pc.n_entries_off carries the number of pairs.
 void main() {
   const uint entry = gl_WorkGroupID.y;
-  if (entry >= plan[pc.n_entries_off]) return;
-  const uint expert = plan[pc.entries_off + 2u * entry], packed = plan[pc.entries_off + 2u * entry + 1u];
-  const uint first_slot = packed & 0xffffffu, count = packed >> 24;
+  const bool by_pair = pc.x_by_slot == 2u;
+  if (entry >= (by_pair ? pc.n_entries_off : plan[pc.n_entries_off])) return;
+  uint expert, first_slot, count;
+  if (by_pair) {
+    expert = plan[entry];
+    first_slot = entry;
+    count = 1u;
+  } else {
+    expert = plan[pc.entries_off + 2u * entry];
+    const uint packed = plan[pc.entries_off + 2u * entry + 1u];
+    first_slot = packed & 0xffffffu;
+    count = packed >> 24;
+  }
   const uint lid = gl_LocalInvocationID.x, group = lid / kG, lane = lid % kG;
   const uint r0 = (gl_WorkGroupID.x * kGroups + group) * kR;
   g_norm = pc.norm != 0u;
@@ -236,7 +249,7 @@ void main() {
     g_ncols = min(kNB, count - j0);
     [[unroll]] for (uint b = 0u; b < kNB; ++b) {
       const uint s = first_slot + j0 + min(b, g_ncols - 1u);
-      g_xrow[b] = (pc.x_by_slot != 0u ? s : plan[pc.slot_pair_off + s] / pc.k) * (pc.cols >> 2u);
+      g_xrow[b] = (by_pair ? s / pc.k : pc.x_by_slot != 0u ? s : plan[pc.slot_pair_off + s] / pc.k) * (pc.cols >> 2u);
       g_ssq[b] = 0.0;
       [[unroll]] for (uint q = 0u; q < kNS; ++q) mv_acc[b][q] = 0.0;
     }

@@ -84,6 +84,7 @@ struct Case {
   enum Routing { kRouter, kRandom, kAllSame, kUniform, kFewExperts } routing;
   ops::MoePrefill prefill = ops::MoePrefill::kAuto;
   bool norm = false;  // the RMSNorm prologue: the kernel gets the raw rows and the norm weights
+  bool by_pair = false;  // pair-indexed decode: routing without a plan (MoeRoute::record_ids), the plan poisoned
 };
 
 std::string type_name(GgmlType t) { return std::string(quant::traits(t)->name); }
@@ -211,7 +212,9 @@ class MoeFfnTest : public ::testing::Test {
       ASSERT_TRUE(bplan->fill(0x00ffff00u).ok());
       auto s = d.stream();
       // Routing and plan in the same command stream as the experts, as the engine records them.
-      if (c.routing == Case::kRouter) {
+      if (c.by_pair) {
+        if (c.routing == Case::kRouter) ASSERT_TRUE(route_->record_ids(*s, bl, *bids, *bw, E, T, K).ok());
+      } else if (c.routing == Case::kRouter) {
         ASSERT_TRUE(route_->record(*s, bl, *bids, *bw, *bplan, L, T, K).ok());
       } else {
         ASSERT_TRUE(route_->record_plan(*s, *bids, *bplan, L, T, K).ok());
@@ -223,6 +226,7 @@ class MoeFfnTest : public ::testing::Test {
         call.norm_w = bnorm;
         call.eps = eps;
       }
+      call.by_pair = c.by_pair;
       Status st = ffn_->record(*s, call);
       ASSERT_TRUE(st.ok()) << st.ToString();
       ASSERT_TRUE(s->submit_and_wait().ok());
@@ -321,6 +325,19 @@ TEST_F(MoeFfnTest, DirectForm) {
   n = {"direct, norm prologue, gate and up of different types", 2, 8, 2, 256, 256, Q4_K, Q6_K, Q4_K, Case::kRandom};
   n.norm = true;
   run(n);
+  // Pair-indexed decode (the engine's decode: routing without a plan, experts read per (token, j)).
+  t = {};
+  t.form = ops::MoeTuning::Form::kDirect;
+  ffn_->set_tuning(t);
+  Case b{"direct, by pair, router", 1, 16, 8, 256, 768, Q4_K, Q4_K, Q6_K, Case::kRouter};
+  b.by_pair = true;
+  run(b);
+  b = {"direct, by pair, norm prologue, shared experts", 8, 8, 4, 256, 256, Q4_K, Q5_K, Q4_K, Case::kFewExperts};
+  b.by_pair = b.norm = true;
+  run(b);
+  b = {"direct, by pair, router, 5 tokens", 5, 16, 2, 192, 256, Q8_0, Q8_0, Q6_K, Case::kRouter};
+  b.by_pair = true;
+  run(b);
 }
 
 TEST_F(MoeFfnTest, RealShapes) {

@@ -99,7 +99,6 @@ struct Matvec::State {
   uint32_t sms = 0;               // streaming multiprocessors / compute units (0: the driver does not say)
   uint32_t direct_lanes = 0;      // the direct form's row group: the subgroup size (0: no subgroup arithmetic)
   bool direct = false;            // the direct form by default (GPUs with subgroup arithmetic; TROVE_MATVEC)
-  bool direct2 = false;           // ... as matvec_direct2.comp (two parts in flight per lane; TROVE_MATVEC=direct2)
   uint32_t waves = 8;             // workgroups of 512 invocations per SM when x fits one tile
                                   // (TROVE_MATVEC_WAVES overrides: 0 = one workgroup per row block)
   MatvecTuning tuning;
@@ -110,7 +109,7 @@ struct Matvec::State {
     std::lock_guard<std::mutex> lock(mu);
     auto it = pipelines.find(k);
     if (it != pipelines.end()) return &it->second;
-    auto p = dev->pipeline({k.direct == 2 ? "matvec_direct2" : k.direct ? "matvec_direct" : k.sg > 1 ? "matvec" : "matvec_nosg",
+    auto p = dev->pipeline({k.direct ? "matvec_direct" : k.sg > 1 ? "matvec" : "matvec_nosg",
                             {k.wg, k.lanes, k.nb, k.rows, k.swiglu, k.tile, k.mats, k.type0, k.type1, k.type2, k.unroll, k.sg},
                             sizeof(Push), 8, k.wg});
     if (!p.ok()) return p.status();
@@ -159,14 +158,8 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
                                    "device lacks; unset TROVE_MATVEC");
       }
       op.st_->direct = true;
-    } else if (form == "direct2") {  // the direct form with two parts in flight per lane (being measured)
-      if (op.st_->direct_lanes == 0) {
-        return Status::Unsupported("TROVE_MATVEC=direct2 needs subgroup arithmetic; unset TROVE_MATVEC");
-      }
-      op.st_->direct = true;
-      op.st_->direct2 = true;
     } else {
-      return Status::InvalidArgument(fmt::format("TROVE_MATVEC='{}' is not a matvec form (staged, direct or direct2)", v));
+      return Status::InvalidArgument(fmt::format("TROVE_MATVEC='{}' is not a matvec form (staged or direct)", v));
     }
   }
   if (!vk::find_shader("matvec").words || !vk::find_shader("matvec_nosg").words || !vk::find_shader("matvec_direct").words) {
@@ -328,7 +321,7 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
     push.grid = static_cast<uint32_t>(wgs);
     auto p = st_->pipeline({wg, call.batch, rows_per_group, swiglu ? 1u : 0u, 0u, call.n_mats, push.type[0],
                             call.n_mats > 1 ? push.type[1] : push.type[0], call.n_mats > 2 ? push.type[2] : push.type[0],
-                            gpu_form ? 1u : 0u, sg, g, st_->direct2 ? 2u : 1u});
+                            gpu_form ? 1u : 0u, sg, g, 1u});
     if (!p.ok()) return p.status();
     return s.dispatch(**p, bufs, &push, sizeof(push), gx, gy);
   }

@@ -136,27 +136,27 @@ void mv_col_k45(uint b, uint v, uint j) {
 }
 
 // The raw words of part m (0..7) of super-block sb of every live slot's row: the header, the 16 bytes
-// of qs and (Q5_K) the 16 bytes of qh. Loads only, so that a caller can issue the loads of the next
-// part before the arithmetic of this one (MV_ITEMS_IN_FLIGHT).
-// Two buffers (r = 0, 1; always a constant at the call) so that one can fill while the other is used.
-uvec4 mv_raw_hd[2][kNS], mv_raw_q[2][kNS], mv_raw_qh[2][kNS];
-void mv_load_k45(bool q5, uint sb, uint m, uint r) {
+// of qs and (Q5_K) the 16 bytes of qh — the loads, apart from the arithmetic (mv_use_k45). Measured on
+// the H200 (2026-12-02): issuing the next part's loads before decoding the current one (two sets of
+// these registers) was slower, 134 → 117 tok/s on the 8B (more registers, fewer warps in flight).
+uvec4 mv_raw_hd[kNS], mv_raw_q[kNS], mv_raw_qh[kNS];
+void mv_load_k45(bool q5, uint sb, uint m) {
   const uint units = q5 ? 11u : 9u;  // block size in 16-byte units
   [[unroll]] for (uint s = 0u; s < kNS; ++s) {
     if (!mv_live[s]) continue;
     const uint blk = (mv_row[s] >> 4u) + sb * units;
-    mv_raw_hd[r][s] = mv_wq(mv_mat[s], blk);
-    mv_raw_q[r][s] = mv_wq(mv_mat[s], blk + (q5 ? 3u : 1u) + m);
-    if (q5) mv_raw_qh[r][s] = mv_wq(mv_mat[s], blk + 1u + (m & 1u));
+    mv_raw_hd[s] = mv_wq(mv_mat[s], blk);
+    mv_raw_q[s] = mv_wq(mv_mat[s], blk + (q5 ? 3u : 1u) + m);
+    if (q5) mv_raw_qh[s] = mv_wq(mv_mat[s], blk + 1u + (m & 1u));
   }
 }
 // Decodes the raw words of part m and adds its dot products; sbl: the super-block's index in the tile
 // (where its activations are).
-void mv_use_k45(bool q5, uint sbl, uint m, uint r) {
+void mv_use_k45(bool q5, uint sbl, uint m) {
   const uint j = m >> 1u, h = m & 1u;
   [[unroll]] for (uint s = 0u; s < kNS; ++s) {
     if (!mv_live[s]) continue;
-    const uvec4 hd = mv_raw_hd[r][s], q = mv_rot4(mv_raw_q[r][s], j);
+    const uvec4 hd = mv_raw_hd[s], q = mv_rot4(mv_raw_q[s], j);
     uint sc, mn;
     mv_k4_scales(hd, j, sc, mn);
     const vec2 dm = unpackHalf2x16(hd.x);
@@ -167,7 +167,7 @@ void mv_use_k45(bool q5, uint sbl, uint m, uint r) {
     mv_c[s][3] = mv_c[s][1] + dm.y * float(mn >> 8u);
     if (q5) {
       // Fifth bit of value l of sub-block k: bit k of qh[l]; this part's qh bytes are 16h .. 16h+15.
-      const uvec4 qh = mv_rot4(mv_raw_qh[r][s], j);
+      const uvec4 qh = mv_rot4(mv_raw_qh[s], j);
       [[unroll]] for (uint i = 0u; i < 4u; ++i) {
         mv_f[s][i] = mv_q5((q[i] & 0x0F0F0F0Fu) | (((qh[i] >> (2u * j)) & 0x01010101u) << 4u));
         mv_f[s][4u + i] = mv_q5(((q[i] >> 4u) & 0x0F0F0F0Fu) | (((qh[i] >> (2u * j + 1u)) & 0x01010101u) << 4u));
@@ -184,32 +184,13 @@ void mv_use_k45(bool q5, uint sbl, uint m, uint r) {
 }
 // Part m of super-block sb (sbl: its index in the tile) of every live slot's row.
 void mv_part_k45(bool q5, uint sb, uint sbl, uint m) {
-  mv_load_k45(q5, sb, m, 0u);
-  mv_use_k45(q5, sbl, m, 0u);
+  mv_load_k45(q5, sb, m);
+  mv_use_k45(q5, sbl, m);
 }
 
-// MV_ITEMS_IN_FLIGHT 2 (an includer's choice, before the include): a lane loads the words of its next
-// part before it decodes the current one, twice the bytes in flight per lane (for matvecs whose rows
-// are too few to fill the GPU's memory pipeline with one part per lane at a time).
-#ifndef MV_ITEMS_IN_FLIGHT
-#define MV_ITEMS_IN_FLIGHT 1
-#endif
 void mv_tile_k45(bool q5, uint first, uint nvals, uint lane) {
   const uint sb0 = first >> 8u, nparts = (nvals >> 8u) * 8u;
-#if MV_ITEMS_IN_FLIGHT >= 2
-  if (lane >= nparts) return;
-  mv_load_k45(q5, sb0 + (lane >> 3u), lane & 7u, 0u);
-  for (uint item = lane; item < nparts; item += 2u * kG) {
-    const uint n1 = item + kG, n2 = n1 + kG;
-    if (n1 < nparts) mv_load_k45(q5, sb0 + (n1 >> 3u), n1 & 7u, 1u);
-    mv_use_k45(q5, item >> 3u, item & 7u, 0u);
-    if (n1 >= nparts) break;
-    if (n2 < nparts) mv_load_k45(q5, sb0 + (n2 >> 3u), n2 & 7u, 0u);
-    mv_use_k45(q5, n1 >> 3u, n1 & 7u, 1u);
-  }
-#else
   for (uint item = lane; item < nparts; item += kG) mv_part_k45(q5, sb0 + (item >> 3u), item >> 3u, item & 7u);
-#endif
 }
 
 // ---- Q6_K: part p of a super-block = ql bytes 8p .. 8p+7. With n = p/8 (half), l0 = 8 (p%4),

@@ -144,10 +144,14 @@ int main(int argc, char** argv) {
                              {"8B", "head", 151936, 4096, GgmlType::Q6_K},       {"30B-A3B", "attn_q", 4096, 2048, GgmlType::Q4_K}};
   std::vector<uint32_t> gemm_batches = {512, 2048};
   if (quick) {
-    gemms = {{"tiny", "q", 512, 256, GgmlType::Q4_K}};
-    gemm_batches = {64};
+    // The tiny preset's prefill shapes (fused QKV, FFN down), batch 64 and a 512-token chunk.
+    gemms = {{"tiny", "qkv", 1024, 256, GgmlType::F32}, {"tiny", "q", 512, 256, GgmlType::Q4_K},
+             {"tiny", "ffn_down", 256, 512, GgmlType::Q6_K}};
+    gemm_batches = {64, 512};
   }
-  std::vector<ops::MatmulPath> gemm_paths = {ops::MatmulPath::kTiled};
+  // f16 activations (what prefill feeds on matrix units); --quick: f32 (what the engine feeds on lavapipe).
+  const bool gemm_x_f16 = !quick;
+  std::vector<ops::MatmulPath> gemm_paths = {ops::MatmulPath::kTiled, ops::MatmulPath::kCpu};
   for (auto p : {ops::MatmulPath::kKhr, ops::MatmulPath::kCm2})
     if (ops::Matmul::available(dev, p)) gemm_paths.push_back(p);
   const char* tile_names[] = {"auto", "small", "medium", "large"};
@@ -162,18 +166,25 @@ int main(int argc, char** argv) {
     if (path == ops::MatmulPath::kCm2) {
       tiles = {ops::MatmulTile::kAuto, ops::MatmulTile::kSmall, ops::MatmulTile::kMedium, ops::MatmulTile::kLarge};
     }
+    // The CPU form's tiles (rows per invocation x batch columns; 0 x 0 = automatic), the others with --sweep.
+    std::vector<std::pair<uint32_t, uint32_t>> cpu_tiles = {{0, 0}};
+    if (path == ops::MatmulPath::kCpu && sweep) cpu_tiles = {{0, 0}, {4, 16}, {8, 8}, {8, 16}};
     const std::string pname(ops::matmul_path_name(path));
     for (const auto& g : gemms) {
       for (uint32_t batch : gemm_batches) {
         for (ops::MatmulTile tile : tiles) {
+         for (auto [cpu_r, cpu_c] : cpu_tiles) {
           op->force_tile(tile);
+          op->force_cpu_tile(cpu_r, cpu_c);
           const ops::MatmulTile used = op->tile_for(std::min<uint32_t>(g.rows, 32768), batch);
-          const std::string label = fmt::format("{} {} {} {} {}", pname, tile_names[static_cast<int>(tile)],
-                                                quant::traits(g.type)->name, g.model, g.name);
+          const std::string tname = path == ops::MatmulPath::kCpu
+                                        ? (cpu_r ? fmt::format("{}x{}", cpu_r, cpu_c) : std::string("auto"))
+                                        : std::string(tile_names[static_cast<int>(tile)]);
+          const std::string label = fmt::format("{} {} {} {} {}", pname, tname, quant::traits(g.type)->name, g.model, g.name);
           if (!section("gemm") || !keep_gemm(label)) continue;
           const uint32_t rows_per_call = std::min<uint32_t>(g.rows, 32768);
           const uint64_t rb = quant::row_bytes(g.type, g.cols), wbytes = rb * uint64_t{g.rows};
-          auto w = filled(dev, wbytes, 0x11111111u), x = filled(dev, uint64_t{batch} * g.cols * 2, 0x3c003c00u),
+          auto w = filled(dev, wbytes, 0x11111111u), x = filled(dev, uint64_t{batch} * g.cols * (gemm_x_f16 ? 2 : 4), 0x3c003c00u),
                y = filled(dev, uint64_t{batch} * g.rows * 4);
           if (!w.ok() || !x.ok() || !y.ok()) return fail(Status::ResourceExhausted("buffers for gemm " + std::string(g.name)));
           auto t = time_reps(dev, reps, [&](vk::CommandStream& s) -> Status {
@@ -181,23 +192,24 @@ int main(int argc, char** argv) {
               const uint32_t n = std::min(rows_per_call, g.rows - r0);
               vk::BufferRange wr(*w, uint64_t{r0} * rb, (n * rb + 3) / 4 * 4);
               vk::BufferRange yr(*y, uint64_t{r0} * 4, (uint64_t{batch - 1} * g.rows + n) * 4);
-              TROVE_RETURN_IF_ERROR(op->record(s, g.type, n, g.cols, batch, wr, *x, yr, g.rows, true));
+              TROVE_RETURN_IF_ERROR(op->record(s, g.type, n, g.cols, batch, wr, *x, yr, g.rows, gemm_x_f16));
             }
             return Status::Ok();
           });
           if (!t.ok()) return fail(t.status());
-          const double bytes = wbytes + 2.0 * batch * g.cols + 4.0 * batch * g.rows;
-          rows.push_back({fmt::format("gemm {} {} (tile {}{}) x f16", pname, quant::traits(g.type)->name,
-                                      tile_names[static_cast<int>(tile)],
-                                      tile == ops::MatmulTile::kAuto && path != ops::MatmulPath::kTiled
+          const double bytes = wbytes + (gemm_x_f16 ? 2.0 : 4.0) * batch * g.cols + 4.0 * batch * g.rows;
+          rows.push_back({fmt::format("gemm {} {} (tile {}{}) x {}", pname, quant::traits(g.type)->name, tname,
+                                      tile == ops::MatmulTile::kAuto && op->uses_coopmat()
                                           ? fmt::format(" = {}", tile_names[static_cast<int>(used)])
-                                          : ""),
+                                          : "", gemm_x_f16 ? "f16" : "f32"),
                           fmt::format("{} {} {}x{} b{}", g.model, g.name, g.rows, g.cols, batch), *t, bytes / *t / 1e3,
                           2.0 * g.rows * g.cols * batch / *t / 1e6});
+         }
         }
       }
     }
     op->force_tile(ops::MatmulTile::kAuto);
+    op->force_cpu_tile(0, 0);
 
     // ---- grouped: the 30B-A3B experts of one layer (128 × [768 × 2048] gate or up, 128 × [2048 × 768]
     // down), tokens × 8 slots spread evenly (the balanced case; the tests cover skewed ones).
@@ -210,6 +222,7 @@ int main(int argc, char** argv) {
       n_expert = 8;
       token_counts = {16};
     }
+    if (path == ops::MatmulPath::kCpu) groups.clear();  // grouped calls take the tiled kernel there
     for (const auto& g : groups) {
       for (uint32_t tokens : token_counts) {
         const std::string label = fmt::format("{} {} 30B-A3B {}", pname, quant::traits(g.type)->name, g.name);

@@ -16,6 +16,8 @@ struct TilePush { uint32_t rows, cols, batch, row_bytes, y_stride, n_expert, exp
 constexpr uint32_t kMaxGroups = 65535;  // minimum maxComputeWorkGroupCount Vulkan guarantees
 constexpr uint32_t kBatchCols = 8;      // batch columns per workgroup (kCols in matmul_tiled.comp)
 constexpr uint32_t kGroupedSlots = 4;   // slots per workgroup in matmul_grouped_tiled.comp
+// matmul_cpu.comp's tile: rows per invocation, batch columns per workgroup (measured, docs/kernels.md).
+constexpr uint32_t kCpuRows = 4, kCpuCols = 16;
 
 // Invocations per row: the largest power of two <= min(64, chunks / 4), so that each invocation
 // dequantizes at least 4 chunks of 32 values between reductions (short rows: more rows per group).
@@ -91,6 +93,7 @@ std::string_view matmul_path_name(MatmulPath p) {
     case MatmulPath::kTiled: return "tiled";
     case MatmulPath::kKhr: return "khr";
     case MatmulPath::kCm2: return "cm2";
+    case MatmulPath::kCpu: return "cpu";
   }
   return "?";
 }
@@ -103,7 +106,8 @@ struct Matmul::Cache {
 bool Matmul::available(const vk::Device& dev, MatmulPath path, std::string* why) {
   switch (path) {
     case MatmulPath::kAuto:
-    case MatmulPath::kTiled: return true;
+    case MatmulPath::kTiled:
+    case MatmulPath::kCpu: return true;
     case MatmulPath::kKhr: return khr_available(dev, why);
     case MatmulPath::kCm2: return cm2_available(dev, why);
   }
@@ -117,8 +121,9 @@ Result<Matmul> Matmul::create(vk::Device& dev, MatmulPath path) {
       if (v == "cm2") path = MatmulPath::kCm2;
       else if (v == "khr") path = MatmulPath::kKhr;
       else if (v == "tiled") path = MatmulPath::kTiled;
-      else return Status::InvalidArgument(fmt::format("TROVE_MATMUL='{}' is not a matmul path; use cm2, khr or tiled (or unset it)", v));
-    } else if (const char* off = std::getenv("TROVE_NO_COOPMAT"); off && std::string_view(off) == "1") {
+      else if (v == "cpu") path = MatmulPath::kCpu;
+      else return Status::InvalidArgument(fmt::format("TROVE_MATMUL='{}' is not a matmul path; use cm2, khr, tiled or cpu (or unset it)", v));
+    } else if (const char* off = std::getenv("TROVE_NO_COOPMAT"); off && std::string_view(off) == "1" && !dev.features().is_cpu) {
       path = MatmulPath::kTiled;
     }
   }
@@ -126,7 +131,8 @@ Result<Matmul> Matmul::create(vk::Device& dev, MatmulPath path) {
     // KHR first: on the H200 (2026-12-02, bench_kernels and bench_engine in one call) the KHR GEMM ran
     // the 8B's prefill at 4,978 tok/s (pp512) and the cm2 GEMM at 3,255; cm2 stays for TROVE_MATMUL=cm2
     // until its tiles are tuned (docs/performance.md).
-    path = khr_available(dev, nullptr) ? MatmulPath::kKhr : MatmulPath::kTiled;
+    // A CPU device (lavapipe) takes the CPU form (matmul.h; measured in docs/kernels.md).
+    path = khr_available(dev, nullptr) ? MatmulPath::kKhr : dev.features().is_cpu ? MatmulPath::kCpu : MatmulPath::kTiled;
   }
   std::string why;
   if (!available(dev, path, &why)) {
@@ -167,7 +173,7 @@ Result<const vk::Pipeline*> Matmul::pipeline(const char* shader, std::vector<uin
 }
 
 MatmulTile Matmul::tile_for(uint32_t rows, uint32_t batch, bool grouped) const {
-  if (path_ == MatmulPath::kTiled) return MatmulTile::kAuto;
+  if (path_ == MatmulPath::kTiled || path_ == MatmulPath::kCpu) return MatmulTile::kAuto;
   const auto& f = dev_->features();
   if (path_ == MatmulPath::kKhr) {
     const bool large_fits = f.max_compute_shared_memory >= kKhrLargeShared;
@@ -219,7 +225,23 @@ Status Matmul::record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows,
   }
   vk::BufferRange bufs[3] = {w, x, y};
   const uint32_t ty = static_cast<uint32_t>(type), xh = x_f16 ? 1 : 0;
-  if (batch >= kCoopmatMinBatch && path_ != MatmulPath::kTiled) {
+  if (path_ == MatmulPath::kCpu) {
+    // Rows per invocation and batch columns per workgroup (matmul_cpu.comp): kCpuRows x kCpuCols,
+    // 4 columns for batches up to 4 (columns past the batch are computed and dropped). Two column
+    // counts only: each variant is a pipeline that lavapipe compiles for ~1 s.
+    const uint32_t r = cpu_rows_ ? cpu_rows_ : kCpuRows, c = cpu_cols_ ? cpu_cols_ : batch <= 4 ? 4 : kCpuCols;
+    if (r < 1 || r > 8 || c < 1 || c > 16) {
+      return Status::InvalidArgument(fmt::format("matmul: CPU tile {} rows x {} columns is invalid (1..8 rows, 1..16 columns)", r, c));
+    }
+    auto p = pipeline("matmul_cpu", {ty, xh, r, c}, 3, 64);
+    if (!p.ok()) return p.status();
+    if (div_up(rows, 64 * r) > kMaxGroups || div_up(batch, c) > kMaxGroups) {
+      return Status::InvalidArgument(fmt::format("matmul: rows {} or batch {} need more than {} workgroups (split the call)", rows, batch, kMaxGroups));
+    }
+    TilePush push{rows, cols, batch, static_cast<uint32_t>(rb), y_stride, 0, 0, 0};
+    return s.dispatch(**p, bufs, &push, sizeof(push), div_up(rows, 64 * r), div_up(batch, c));
+  }
+  if (batch >= kCoopmatMinBatch && uses_coopmat()) {
     TilePush push{rows, cols, batch, static_cast<uint32_t>(rb), y_stride, 1, 0, batch};
     const MatmulTile tile = tile_for(rows, batch);
     if (path_ == MatmulPath::kKhr) {
@@ -296,7 +318,7 @@ Status Matmul::record_grouped(vk::CommandStream& s, const GroupedMatmulCall& c, 
   const char* khr_env = std::getenv("TROVE_GROUPED_KHR");
   const bool khr_grouped = khr_env && std::string_view(khr_env) == "1";
   const bool use_cm2 = cm2_fits && (path_ == MatmulPath::kCm2 || (path_ == MatmulPath::kKhr && !khr_grouped && cm2_grouped_));
-  if (path_ == MatmulPath::kTiled || (path_ == MatmulPath::kKhr && !khr_grouped && !use_cm2)) {
+  if (path_ == MatmulPath::kTiled || path_ == MatmulPath::kCpu || (path_ == MatmulPath::kKhr && !khr_grouped && !use_cm2)) {
     auto p = pipeline("matmul_grouped_tiled", {ty, xh}, 5, 64);
     if (!p.ok()) return p.status();
     if (div_up(c.rows, 64) > kMaxGroups || div_up(c.slots, kGroupedSlots) > kMaxGroups) {

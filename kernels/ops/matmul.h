@@ -13,8 +13,13 @@
 // with a 16×16×16 f16 shape and 32-wide subgroups), else tiled. NV cooperative matrix 2
 // (matmul_cm2.comp, NVIDIA) runs only when asked for (TROVE_MATMUL=cm2): on the H200 it is still
 // slower than the KHR kernel (docs/performance.md). The matrix paths round activations and dequantized weights to f16 and
-// accumulate in f32 (bound: 2e-3 of the output norm). TROVE_MATMUL=cm2|khr|tiled forces a path (for
-// tests and benchmarks); a forced path the device lacks makes create() fail with the reason.
+// accumulate in f32 (bound: 2e-3 of the output norm). On a CPU device (lavapipe, features().is_cpu)
+// the automatic path is kCpu: matmul_cpu.comp for every batch, f32 math like the tiled kernel but
+// one invocation per (rows, batch columns) tile walking K alone — no shared memory, no barriers,
+// activation loads uniform across the SIMD lanes (docs/kernels.md; any device can run it, only CPU
+// devices are fast on it). TROVE_MATMUL=cm2|khr|tiled|cpu forces a path (for tests and benchmarks;
+// tiled keeps CI testing matmul_tiled.comp on lavapipe); a forced path the device lacks makes
+// create() fail with the reason.
 // Matrix-unit pipelines are built on first use (one per weight type, activation type and tile), so
 // record() may create a pipeline; a Matmul is used from one thread at a time.
 //
@@ -46,8 +51,8 @@
 
 namespace trove::ops {
 
-enum class MatmulPath : uint8_t { kAuto, kTiled, kKhr, kCm2 };
-std::string_view matmul_path_name(MatmulPath p);  // "auto" "tiled" "khr" "cm2"
+enum class MatmulPath : uint8_t { kAuto, kTiled, kKhr, kCm2, kCpu };
+std::string_view matmul_path_name(MatmulPath p);  // "auto" "tiled" "khr" "cm2" "cpu"
 
 // Tile of the matrix-unit paths; kAuto picks per shape. KHR: small 64×64, large 128×128 (medium
 // means large). cm2: small 64×64, medium 128×128, large 128×256. Forcible for benchmarks.
@@ -66,8 +71,8 @@ struct GroupedMatmulCall {
 
 class Matmul {
  public:
-  // path kAuto: TROVE_MATMUL if set (cm2, khr or tiled; TROVE_NO_COOPMAT=1 means tiled), else the
-  // best path the device has. A path the device lacks is an Unsupported error naming what is missing.
+  // path kAuto: TROVE_MATMUL if set (cm2, khr, tiled or cpu; TROVE_NO_COOPMAT=1 means tiled on a
+  // GPU), else the best path the device has (kCpu on a CPU device). A path the device lacks is an Unsupported error naming what is missing.
   static Result<Matmul> create(vk::Device& dev, MatmulPath path = MatmulPath::kAuto);
   // Whether `path` can run on `dev`; when not, `why` says what is missing.
   static bool available(const vk::Device& dev, MatmulPath path, std::string* why = nullptr);
@@ -84,6 +89,9 @@ class Matmul {
   // The tile record() would use for this shape on the matrix path (kAuto on the tiled path).
   MatmulTile tile_for(uint32_t rows, uint32_t batch, bool grouped = false) const;
   void force_tile(MatmulTile t) { forced_tile_ = t; }  // benchmarks
+  // The CPU form's tile: rows per invocation (1..8) and batch columns per workgroup (1..16); 0 =
+  // automatic. For benchmarks; an invalid tile makes record() fail.
+  void force_cpu_tile(uint32_t rows, uint32_t cols) { cpu_rows_ = rows, cpu_cols_ = cols; }
   static constexpr uint32_t kCoopmatMinBatch = 32;
 
  private:
@@ -91,6 +99,7 @@ class Matmul {
   vk::Device* dev_ = nullptr;
   MatmulPath path_ = MatmulPath::kTiled;
   MatmulTile forced_tile_ = MatmulTile::kAuto;
+  uint32_t cpu_rows_ = 0, cpu_cols_ = 0;
   bool cm2_grouped_ = false;  // KHR path on a cm2 device: grouped calls take the cm2 grouped kernel
   vk::Pipeline tiled_row_[2];    // one row per invocation (decode); [f32, f16 activations]
   vk::Pipeline tiled_rows4_[2];  // four rows per invocation (batches)

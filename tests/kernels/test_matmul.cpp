@@ -140,35 +140,64 @@ void check(vk::Device& dev, const ops::Matmul& op, GgmlType type, uint32_t rows,
 }
 }  // namespace
 
+// The f32 forms: the tiled kernel (GPUs without matrix units; TROVE_MATMUL=tiled) and the CPU form
+// (matmul_cpu.comp, the automatic choice on lavapipe). Both run the same cases on every device.
+const MatmulPath kF32Paths[] = {MatmulPath::kTiled, MatmulPath::kCpu};
+
 TEST(Matmul, MatchesReferenceForEachSupportedType) {
   auto dev = open_device();
   ASSERT_TRUE(dev);
-  auto op = ops::Matmul::create(*dev, MatmulPath::kTiled);
-  ASSERT_TRUE(op.ok()) << op.status().ToString();
-  uint64_t seed = 1;
-  for (GgmlType type : kAllTypes) {
-    check(*dev, *op, type, 33, 256, 1, seed++, 1e-5);   // decode matvec, odd row count
-    check(*dev, *op, type, 17, 1024, 3, seed++, 1e-5);  // small batch, longer rows
-    check(*dev, *op, type, 70, 512, 11, seed++, 1e-5);  // batch across two column tiles, partial row group
-    if (quant::traits(type)->block_values <= 32) check(*dev, *op, type, 9, 96, 2, seed++, 1e-5);  // one invocation per row
-  }
-  if (full()) {
-    check(*dev, *op, GgmlType::Q4_K, 4096, 4096, 1, seed++, 1e-5);
-    check(*dev, *op, GgmlType::Q6_K, 4096, 4096, 1, seed++, 1e-5);
+  for (MatmulPath path : kF32Paths) {
+    auto op = ops::Matmul::create(*dev, path);
+    ASSERT_TRUE(op.ok()) << op.status().ToString();
+    uint64_t seed = 1;
+    for (GgmlType type : kAllTypes) {
+      check(*dev, *op, type, 33, 256, 1, seed++, 1e-5);   // decode matvec, odd row count
+      check(*dev, *op, type, 17, 1024, 3, seed++, 1e-5);  // small batch, longer rows
+      check(*dev, *op, type, 70, 512, 11, seed++, 1e-5);  // batch across two column tiles, partial row group
+      if (quant::traits(type)->block_values <= 32) check(*dev, *op, type, 9, 96, 2, seed++, 1e-5);  // one invocation per row
+    }
+    if (full()) {
+      check(*dev, *op, GgmlType::Q4_K, 4096, 4096, 1, seed++, 1e-5);
+      check(*dev, *op, GgmlType::Q6_K, 4096, 4096, 1, seed++, 1e-5);
+    }
   }
 }
 
-// Batches >= 32 on the tiled path (lavapipe, or TROVE_MATMUL=tiled): f32 math.
-TEST(Matmul, LargeBatchesOnTheTiledPathMatchReference) {
+// Batches >= 32 on the f32 forms (lavapipe, or TROVE_MATMUL=tiled|cpu): f32 math.
+TEST(Matmul, LargeBatchesOnTheF32FormsMatchReference) {
   auto dev = open_device();
   ASSERT_TRUE(dev);
-  auto op = ops::Matmul::create(*dev, MatmulPath::kTiled);
-  ASSERT_TRUE(op.ok()) << op.status().ToString();
-  uint64_t seed = 100;
-  for (GgmlType type : {GgmlType::F32, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K}) {
-    check(*dev, *op, type, 100, 512, 37, seed++, 1e-5);
-    check(*dev, *op, type, 100, 512, 37, seed++, 1e-5, true);
+  for (MatmulPath path : kF32Paths) {
+    auto op = ops::Matmul::create(*dev, path);
+    ASSERT_TRUE(op.ok()) << op.status().ToString();
+    uint64_t seed = 100;
+    for (GgmlType type : {GgmlType::F32, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K}) {
+      check(*dev, *op, type, 100, 512, 37, seed++, 1e-5);
+      check(*dev, *op, type, 100, 512, 37, seed++, 1e-5, true);
+    }
+    if (path == MatmulPath::kCpu) {
+      // The remaining types at a prefill batch, and rows spanning several workgroups (64 x 4 rows).
+      for (GgmlType type : {GgmlType::F16, GgmlType::BF16, GgmlType::Q5_K}) check(*dev, *op, type, 300, 256, 41, seed++, 1e-5, type == GgmlType::F16);
+    }
   }
+}
+
+// On a CPU device the automatic path is the CPU form; TROVE_MATMUL=tiled still forces the tiled
+// kernel (CI keeps testing it on lavapipe) and TROVE_MATMUL=cpu forces the CPU form anywhere.
+TEST(Matmul, CpuDevicesTakeTheCpuFormUnlessForced) {
+  auto dev = open_device();
+  ASSERT_TRUE(dev);
+  auto op = ops::Matmul::create(*dev);
+  ASSERT_TRUE(op.ok()) << op.status().ToString();
+  const char* env = std::getenv("TROVE_MATMUL");
+  const std::string forced = env ? env : "";
+  if (forced == "tiled") EXPECT_EQ(op->path(), MatmulPath::kTiled);
+  else if (forced == "cpu") EXPECT_EQ(op->path(), MatmulPath::kCpu);
+  else if (forced.empty() && dev->features().is_cpu) EXPECT_EQ(op->path(), MatmulPath::kCpu);
+  else if (forced.empty()) EXPECT_NE(op->path(), MatmulPath::kCpu);
+  std::printf("automatic matmul path on '%s': %s\n", dev->features().name.c_str(),
+              std::string(ops::matmul_path_name(op->path())).c_str());
 }
 
 // Every matrix-unit path the device has (or the one TROVE_MATMUL forces), every weight type, every

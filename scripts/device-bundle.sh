@@ -9,7 +9,7 @@
 # Writes, in OUT_DIR (ignored by git; carry it; --without-peer and --peer-only pack one part and leave
 # the other's archive in OUT_DIR as it is — the fast way to refresh trove after a rebuild (~1 CPU-minute,
 # the peer takes ~4) — so to carry one part alone, delete the other or give another OUT_DIR):
-#   trove.tar.xz  libexec/ trove, bench_engine, bench_kernels, bench_prefix_cache, bench_kvstore, bench_spec and
+#   trove.tar.xz  libexec/ trove, bench_engine, bench_record, bench_kernels, bench_prefix_cache, bench_kvstore, bench_spec and
 #                 the kernel and engine test binaries found in BUILD_DIR, stripped; lib/ every shared
 #                 library they load except glibc's, libstdc++, libgcc_s and the Vulkan loader (ldd);
 #                 bin/ one wrapper per binary that puts lib/ on LD_LIBRARY_PATH for that binary only
@@ -62,7 +62,7 @@ bundle_trove() {
   local s="$stage/trove"
   mkdir -p "$s/bin" "$s/libexec" "$s/lib" "$s/tokenizer"
   local bins=("$build/trove")
-  for b in bench/engine/bench_engine bench/kernels/bench_kernels bench/cache/bench_prefix_cache \
+  for b in bench/engine/bench_engine bench/engine/bench_record bench/kernels/bench_kernels bench/cache/bench_prefix_cache \
            bench/kvstore/bench_kvstore bench/spec/bench_spec; do
     [ -x "$build/$b" ] && bins+=("$build/$b")
   done

@@ -52,6 +52,7 @@ const char* path_name(AttentionPath p) {
     case AttentionPath::kPrefillTiled: return "prefill tiled";
     case AttentionPath::kPrefillCoopmat: return "prefill cooperative-matrix";
     case AttentionPath::kDecode: return "decode";
+    case AttentionPath::kPrefillCpu: return "prefill CPU";
   }
   return "?";
 }
@@ -78,6 +79,8 @@ Result<PagedAttention> PagedAttention::create(vk::Device& dev) {
     op.prefill_tiled_ = std::move(*t);
     op.has_prefill_tiled_ = true;
   }
+  op.is_cpu_ = dev.features().is_cpu;
+  if (const uint32_t sg = dev.features().subgroup_size; sg >= 4 && sg <= 64 && (sg & (sg - 1)) == 0) op.cpu_lanes_ = sg;
   if (prefill_coopmat_usable(dev) && !std::getenv("TROVE_NO_COOPMAT")) {
     auto m = dev.pipeline({"attention_prefill_coopmat", {}, sizeof(PrefillPush), 5, 128});
     if (!m.ok()) return m.status();
@@ -92,6 +95,22 @@ bool PagedAttention::decode_usable(const AttentionCall& c) const {
   const uint32_t g = c.shape.n_kv_heads > 0 ? c.n_heads / static_cast<uint32_t>(c.shape.n_kv_heads) : 0;
   return (g == 1 || g == 2 || g == 4 || g == 8 || g == 16) && d >= 8 && d <= 256 && (d & (d - 1)) == 0 &&
          g * d <= kDecodeScores && g * kDecodeMinSplitKeys <= kDecodeScores;
+}
+
+bool PagedAttention::prefill_cpu_usable(const AttentionCall& c) const {
+  const uint32_t d = static_cast<uint32_t>(c.shape.head_dim);
+  const uint32_t g = c.shape.n_kv_heads > 0 ? c.n_heads / static_cast<uint32_t>(c.shape.n_kv_heads) : 0;
+  return d % 16 == 0 && d >= 16 && d <= 256 && g >= 1;
+}
+
+Result<const vk::Pipeline*> PagedAttention::prefill_cpu_pipeline(uint32_t head_dim, uint32_t group, uint32_t tokens) const {
+  std::lock_guard<std::mutex> lock(decode_->mu);
+  const std::array<uint32_t, 3> key{head_dim, group, tokens};
+  auto it = decode_->cpu.find(key);
+  if (it != decode_->cpu.end()) return &it->second;
+  auto p = decode_->dev->pipeline({"attention_prefill_cpu", {head_dim, group, tokens, cpu_lanes_}, sizeof(PrefillPush), 5, cpu_lanes_});
+  if (!p.ok()) return p.status();
+  return &decode_->cpu.emplace(key, std::move(*p)).first->second;
 }
 
 Result<const vk::Pipeline*> PagedAttention::decode_pipeline(uint32_t group, uint32_t head_dim) const {
@@ -119,6 +138,7 @@ Status PagedAttention::combine(vk::CommandStream& s, uint32_t head_dim, const At
 AttentionPath PagedAttention::choose(const AttentionCall& c) const {
   const bool few = c.n_tokens < (has_prefill_coopmat_ ? kPrefillMinTokens : kPrefillTiledMinTokens);
   if (few && decode_usable(c)) return AttentionPath::kDecode;
+  if (is_cpu_ && c.n_tokens >= kPrefillTiledMinTokens && prefill_cpu_usable(c)) return AttentionPath::kPrefillCpu;
   if (c.shape.head_dim != kPrefillDim) return AttentionPath::kPerToken;
   if (has_prefill_coopmat_ && c.shape.block_size % 16 == 0 && c.n_tokens >= kPrefillMinTokens) {
     return AttentionPath::kPrefillCoopmat;
@@ -190,6 +210,24 @@ Status PagedAttention::record(vk::CommandStream& s, const AttentionCall& c, vk::
     TROVE_RETURN_IF_ERROR(s.dispatch(coop ? prefill_coopmat_ : prefill_tiled_, bufs, &push, sizeof(push), tiles, kvh,
                                      n_splits));
     return combine(s, kPrefillDim, c, n_splits, out);
+  }
+  if (path == AttentionPath::kPrefillCpu) {
+    if (!prefill_cpu_usable(c)) {
+      return Status::InvalidArgument(fmt::format(
+          "attention: the prefill CPU path needs head_dim a multiple of 16 from 16 to 256 (got {}); leave "
+          "AttentionCall::path at kAuto", sh.head_dim));
+    }
+    // Queries per invocation: kH heads (2 when G is even, else 1) x kT tokens, kCpuQueries in all:
+    // each K/V row loaded serves them all, but the state is unrolled code (compile time, docs/kernels.md).
+    const uint32_t group = c.n_heads / static_cast<uint32_t>(sh.n_kv_heads), d = static_cast<uint32_t>(sh.head_dim);
+    const uint32_t heads = group % 2 == 0 ? 2 : 1, tokens = std::max<uint32_t>(1, kCpuQueries / heads);
+    const uint32_t groups_x = (c.n_tokens + cpu_lanes_ * tokens - 1) / (cpu_lanes_ * tokens);
+    auto pipe = prefill_cpu_pipeline(d, heads, tokens);
+    if (!pipe.ok()) return pipe.status();
+    PrefillPush push{static_cast<uint32_t>(sh.block_size), static_cast<uint32_t>(sh.n_kv_heads), c.n_heads, c.start_pos,
+                     c.n_tokens, c.scale, group, 1, 0};
+    vk::BufferRange bufs[5] = {pool, block_table, q, out, scratch_};
+    return s.dispatch(**pipe, bufs, &push, sizeof(push), groups_x, c.n_heads / heads);
   }
   if (path == AttentionPath::kDecode) {
     if (!decode_usable(c)) {

@@ -18,6 +18,11 @@
 // block size is a multiple of 16 and TROVE_NO_COOPMAT is unset; otherwise the tiled f32 kernel
 // (attention_prefill_tiled.comp). Other head dims keep the per-token kernel. Long prefill walks with few workgroups are split over key slices like decode (the same scratch and
 // combine pass, and then the same closing barrier).
+// On a CPU device (lavapipe, features().is_cpu) prefill from kPrefillTiledMinTokens tokens takes
+// attention_prefill_cpu.comp instead when head_dim is a multiple of 16 up to 256: one invocation per
+// (a token or two, one or two heads of a KV head) walking the keys alone
+// with an online softmax, no shared memory or barriers, never split (docs/kernels.md). Forcing
+// kPrefillTiled / kPerToken still runs those kernels there (the tests do).
 // Decode (n_tokens below the prefill kernels' threshold) goes through attention_decode.comp when the
 // shape allows (G = n_heads / n_kv_heads in 1, 2, 4, 8, 16; head_dim a power of two from 8 to 256;
 // G · head_dim <= 2048): one workgroup per (key slice, KV head, token) serving the G query heads of
@@ -25,6 +30,7 @@
 // the combine pass. Other shapes keep the per-token kernel.
 #pragma once
 
+#include <array>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -36,7 +42,7 @@ namespace trove::ops {
 
 // Which kernel runs a call: kAuto picks as described above; the others force one (tests and the
 // benchmark compare them), and record() fails naming the path when the shape or device cannot take it.
-enum class AttentionPath { kAuto, kPerToken, kPrefillTiled, kPrefillCoopmat, kDecode };
+enum class AttentionPath { kAuto, kPerToken, kPrefillTiled, kPrefillCoopmat, kDecode, kPrefillCpu };
 
 struct AttentionCall {
   kernels::ref::PagedKvShape shape;
@@ -68,6 +74,8 @@ class PagedAttention {
   // Decode kernel: key slices of 32..2048/G keys, as many as bring the grid to this many workgroups
   // (two per SM of an H200-class GPU).
   static constexpr uint32_t kDecodeTargetGroups = 264, kDecodeMinSplitKeys = 32, kDecodeScores = 2048;
+  // The CPU form: queries (tokens x heads of one KV head) per invocation.
+  static constexpr uint32_t kCpuQueries = 2;
   // Whether prefill runs on the cooperative-matrix kernel (device support, TROVE_NO_COOPMAT unset).
   bool prefill_uses_coopmat() const { return has_prefill_coopmat_; }
   // The kernel kAuto picks for this call (never kAuto).
@@ -80,6 +88,10 @@ class PagedAttention {
   bool has_prefill_tiled_ = false;
   bool has_prefill_coopmat_ = false;
   bool decode_usable(const AttentionCall& c) const;
+  bool prefill_cpu_usable(const AttentionCall& c) const;
+  Result<const vk::Pipeline*> prefill_cpu_pipeline(uint32_t head_dim, uint32_t heads, uint32_t tokens) const;
+  bool is_cpu_ = false;
+  uint32_t cpu_lanes_ = 8;  // invocations per workgroup of the CPU form (the SIMD width)
   Status combine(vk::CommandStream& s, uint32_t head_dim, const AttentionCall& c, uint32_t n_splits,
                  vk::BufferRange out) const;
   Result<const vk::Pipeline*> decode_pipeline(uint32_t group, uint32_t head_dim) const;
@@ -87,6 +99,7 @@ class PagedAttention {
     vk::Device* dev = nullptr;
     std::mutex mu;
     std::map<std::pair<uint32_t, uint32_t>, vk::Pipeline> by_shape;  // (G, head_dim) -> pipeline
+    std::map<std::array<uint32_t, 3>, vk::Pipeline> cpu;              // (head_dim, heads, tokens) -> CPU form
   };
   std::unique_ptr<DecodePipelines> decode_;
   vk::Pipeline combine_;

@@ -168,6 +168,30 @@ TEST(PagedAttention, PrefillTiledMatchesReference) {
   check(*dev, *op, 6, 2, 128, 64, 5, 33, 15, ops::AttentionPath::kPerToken);
 }
 
+// The CPU form (attention_prefill_cpu.comp, chosen on lavapipe): the prefill shapes (GQA 1, 2, 3, 4,
+// 8), other head dims (it takes multiples of 16), what kAuto picks on a CPU device, and a head_dim
+// it refuses.
+TEST(PagedAttention, PrefillCpuMatchesReference) {
+  auto dev = open_device();
+  ASSERT_TRUE(dev);
+  auto op = ops::PagedAttention::create(*dev);
+  ASSERT_TRUE(op.ok()) << op.status().ToString();
+  const auto kC = ops::AttentionPath::kPrefillCpu;
+  check_prefill(*dev, *op, kC);
+  check(*dev, *op, 4, 4, 32, 8, 0, 13, 41, kC);     // head_dim 32, 8-key blocks
+  check(*dev, *op, 2, 1, 256, 32, 40, 20, 42, kC);  // head_dim 256
+  check(*dev, *op, 8, 2, 64, 16, 3, 1, 43, kC);     // one token
+  const ops::AttentionCall prefill{{4, 64, 2, 128}, 8, 0, 64, 1.0f};
+  if (dev->features().is_cpu) EXPECT_EQ(op->choose(prefill), kC);
+  else EXPECT_NE(op->choose(prefill), kC);
+  auto b = dev->buffer(1 << 20);
+  ASSERT_TRUE(b.ok());
+  auto s = dev->stream();
+  ASSERT_TRUE(s.ok());
+  Status st = op->record(*s, {{4, 64, 2, 120}, 8, 0, 8, 1.0f, kC}, *b, *b, *b, *b);  // head_dim not a multiple of 16
+  EXPECT_NE(st.message().find("prefill CPU path"), std::string::npos) << st.message();
+}
+
 // On a device with f16 subgroup matrices the cooperative-matrix kernel must match the reference;
 // on one without (lavapipe), forcing it must fail with an error that names the path.
 TEST(PagedAttention, PrefillCoopmatMatchesReferenceOrIsRefused) {

@@ -4,6 +4,7 @@
 //   o.info                                    // llama.cpp's view: parameters, size, context, vocab
 //   o.tokenize(text, {special})               // llama.cpp's token ids
 //   await o.nextTokenProbs(ids, {positions, top})  // next-token probabilities at chosen positions
+//   await o.logProbs(ids, targets)           // log p(targets[i] | ids[0..i]) for every i (perplexity)
 //   await o.close()
 //
 // Nothing here knows trove's code: this is llama.cpp's answer, to compare trove's against.
@@ -65,6 +66,26 @@ export async function openModel(path, { contextSize = 512 } = {}) {
         const entries = topEntries(r.next.probabilities, top);
         out.push({ position: i, top: entries });
       });
+      await seq.clearHistory();
+      seq.dispose();
+      return out;
+    },
+    // Natural-log probability of targets[i] after ids[0..i], for every i, from an empty sequence (one
+    // perplexity window: targets = ids shifted by one). Evaluated in pieces of `piece` tokens, because
+    // each position's distribution comes back as a Map of the whole vocabulary (~6 MB at 152k ids).
+    async logProbs(ids, targets, { piece = 32 } = {}) {
+      if (targets.length !== ids.length) throw new Error(`logProbs: ${ids.length} ids but ${targets.length} targets`);
+      if (!context) context = await model.createContext({ contextSize, batchSize: contextSize, sequences: 1 });
+      const seq = context.getSequence();
+      const out = [];
+      for (let at = 0; at < ids.length; at += piece) {
+        const part = ids.slice(at, at + piece).map((id) => [id, { generateNext: { probabilities: true } }]);
+        const res = await seq.controlledEvaluate(part);
+        res.forEach((r, j) => {
+          const p = r?.next?.probabilities?.get(targets[at + j]);
+          out.push(p > 0 ? Math.log(p) : -Infinity);
+        });
+      }
       await seq.clearHistory();
       seq.dispose();
       return out;

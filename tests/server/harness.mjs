@@ -48,7 +48,9 @@ export async function startServer({ template = null, args = [], modelArgs = [], 
       if (proc.exitCode === null) {
         const exited = new Promise((r) => proc.on("exit", r));
         proc.kill("SIGTERM");
-        await Promise.race([exited, new Promise((r) => setTimeout(r, 30000))]);
+        let timer;  // cleared once the server exits: a pending 30 s timer keeps the test process alive
+        await Promise.race([exited, new Promise((r) => { timer = setTimeout(r, 30000); })]);
+        clearTimeout(timer);
         if (proc.exitCode === null) proc.kill("SIGKILL");
       }
       if (!keep) rmSync(work, { recursive: true, force: true });

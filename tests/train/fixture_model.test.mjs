@@ -26,14 +26,18 @@ import { metrics, startServer } from "../server/harness.mjs";
 
 const build = process.env.TROVE_BINARY_DIR ?? "build";
 const fixture = resolve(build, "fixtures/models/tiny-coder.gguf");
-let server, openai, anthropic;
+let server, openai, anthropic, t0;
+const since = () => `${((Date.now() - t0) / 1000).toFixed(1)} s`;
 
 before(async () => {
+  const started = Date.now();
   const work = mkdtempSync(join(process.env.TROVE_BINARY_DIR ?? tmpdir(), "fixture-model-"));
   symlinkSync(fixture, join(work, "tiny.gguf"));  // the harness serves work/tiny.gguf as it is
   server = await startServer({ work, args: ["--parallel", "3", "--ctx", "2048"] });
   openai = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "none", maxRetries: 0, timeout: 240000 });
   anthropic = new Anthropic({ baseURL: server.url, apiKey: "none", maxRetries: 0, timeout: 240000 });
+  t0 = Date.now();
+  console.log(`server up in ${((t0 - started) / 1000).toFixed(1)} s`);
 });
 after(async () => {
   if (server) {  // what the run cost: decode steps dominate on lavapipe
@@ -113,7 +117,7 @@ function checkCall(dialect, turn, name, args) {
   assert.ok(NAMES.has(name), `${dialect} turn ${turn}: the model called ${name}, not one of the request's tools`);
   assert.equal(typeof args, "object", `${dialect} turn ${turn}: arguments ${JSON.stringify(args)} are not an object`);
   assert.ok(args !== null && !Array.isArray(args));
-  console.log(`${dialect} turn ${turn}: ${name}(${JSON.stringify(args)})`);
+  console.log(`${dialect} turn ${turn} (${since()}): ${name}(${JSON.stringify(args)})`);
 }
 // A text answer: ended by the model or cut at the token limit (`ends`: the dialect's two finishes),
 // non-empty, with no tool-call markup the parser should have turned into a call.
@@ -122,7 +126,7 @@ function checkText(dialect, turn, text, end, ends) {
   assert.equal(typeof text, "string");
   assert.ok(text.trim().length > 0, `${dialect} turn ${turn}: an empty answer`);
   assert.doesNotMatch(text, /<tool_call>|<function=|<parameter=/, `${dialect} turn ${turn}: tool-call markup in the text`);
-  console.log(`${dialect} turn ${turn}: text ${JSON.stringify(text.slice(0, 200))}`);
+  console.log(`${dialect} turn ${turn} (${since()}): text ${JSON.stringify(text.slice(0, 200))}`);
 }
 
 // --- OpenAI Chat Completions, streamed -------------------------------------------------------------

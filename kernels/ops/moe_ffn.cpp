@@ -300,7 +300,7 @@ bool MoeFfn::grouped(const MoeFfnCall& c) const {
 }
 
 Status MoeFfn::record_grouped(vk::CommandStream& s, const MoeFfnCall& c) const {
-  const uint32_t E = c.gate.n_expert, ffn = c.gate.rows, hidden = c.gate.cols, T = c.tokens, P = T * c.k;
+  const uint32_t E = c.gate.n_expert, ffn = c.gate.rows, T = c.tokens, P = T * c.k;
   const auto& L = c.layout;
   auto part = [&](uint32_t word_off, uint64_t bytes) {
     vk::BufferRange r = c.plan;
@@ -328,9 +328,7 @@ Status MoeFfn::record_grouped(vk::CommandStream& s, const MoeFfnCall& c) const {
   s.barrier();
   TROVE_RETURN_IF_ERROR(c.matmul->record_grouped(s, call(c.down, P, f16), c.down.w, c.h, offsets, slots, c.d));
   s.barrier();
-  const CombinePush push{hidden, c.k, L.pair_slot};
-  vk::BufferRange b[4] = {c.d, c.weights, c.plan, c.x};
-  return s.dispatch(combine_, b, &push, sizeof(push), (hidden + 255) / 256, T);
+  return record_combine(s, c);
 }
 
 bool MoeFfn::fused_down(uint32_t tokens, uint32_t k) const {
@@ -421,22 +419,6 @@ Status MoeFfn::record_down(vk::CommandStream& s, const MoeFfnCall& c) const {
     const uint32_t rows_per_wg = wg_direct / g * rows;
     return s.dispatch(**p, b, &push, sizeof(push), (hidden + rows_per_wg - 1) / rows_per_wg, T);
   }
-  if (dir) {  // more than kDecodeMaxTokens: the expert-indexed kernel for down, then the combine
-    const uint32_t rows = tuning_.down_rows ? tuning_.down_rows : 1;
-    const uint32_t nb = slots_per_pass_ ? slots_per_pass_ : MoePlanLayout::kSlotsPerEntry;
-    auto p = pipeline("moe_experts_direct", {wg_direct, g, nb, rows, 0, 256, td, td, cpu_ ? 0u : 1u, g},
-                      sizeof(ExpertsPush), 6, wg_direct);
-    if (!p.ok()) return p.status();
-    const ExpertsPush push{hidden, ffn, rb_down, rb_down, k, 1, L.n_entries, L.entries, L.slot_pair, 1, ffn, 0, 0.f};
-    vk::BufferRange b[6] = {c.h, c.down.w, c.down.w, c.plan, c.d, c.h};
-    const uint32_t entries = MoePlanLayout::max_entries(T * k, c.gate.n_expert);
-    const uint32_t rows_per_wg = wg_direct / g * rows;
-    TROVE_RETURN_IF_ERROR(s.dispatch(**p, b, &push, sizeof(push), (hidden + rows_per_wg - 1) / rows_per_wg, entries));
-    s.barrier();
-    const CombinePush cpush{hidden, k, L.pair_slot};
-    vk::BufferRange cb[4] = {c.d, c.weights, c.plan, c.x};
-    return s.dispatch(combine_, cb, &cpush, sizeof(cpush), (hidden + 255) / 256, T);
-  }
   if (fused_down(T, k)) {
     const uint32_t rows_per_group = 1;
     const uint32_t red = wg / subgroup_ * rows_per_group * 4;
@@ -449,26 +431,39 @@ Status MoeFfn::record_down(vk::CommandStream& s, const MoeFfnCall& c) const {
     const uint32_t rows_per_wg = wg / kGroupLanes * rows_per_group;
     return s.dispatch(**p, b, &push, sizeof(push), (hidden + rows_per_wg - 1) / rows_per_wg, T);
   }
-  {
+  // The expert-indexed kernel computes down per slot into d; the combine adds Σ_j w × d into x.
+  const uint32_t nb = slots_per_pass_ ? slots_per_pass_ : MoePlanLayout::kSlotsPerEntry;
+  ExpertsPush push{hidden, ffn, rb_down, rb_down, k, 1, L.n_entries, L.entries, L.slot_pair, 1, ffn, 0, 0.f};
+  Result<const vk::Pipeline*> p = Status::Internal("moe_ffn: no down pipeline");
+  uint32_t rows_per_wg = 0;
+  if (dir) {
+    const uint32_t rows = tuning_.down_rows ? tuning_.down_rows : 1;
+    p = pipeline("moe_experts_direct", {wg_direct, g, nb, rows, 0, 256, td, td, cpu_ ? 0u : 1u, g}, sizeof(ExpertsPush), 6,
+                 wg_direct);
+    rows_per_wg = wg_direct / g * rows;
+  } else {
     const uint32_t rows_per_group = 2;
-    const uint32_t nb = slots_per_pass_ ? slots_per_pass_ : MoePlanLayout::kSlotsPerEntry;
     const uint32_t red = wg / subgroup_ * (rows_per_group * nb) * 4;
     const uint32_t tile = tile_for(ffn, nb, shared_bytes_, red);
-    auto p = pipeline(subgroup_ > 1 ? "moe_experts" : "moe_experts_nosg",
-                      {wg, kGroupLanes, nb, rows_per_group, 0, tile, td, td, cpu_ ? 0u : 1u, subgroup_},
-                      sizeof(ExpertsPush), 6, wg);
-    if (!p.ok()) return p.status();
-    const ExpertsPush push{hidden, ffn, rb_down, rb_down, k, 1, L.n_entries, L.entries, L.slot_pair,
-                           (ffn + tile - 1) / tile, tile, 0, 0.f};
-    vk::BufferRange b[6] = {c.h, c.down.w, c.down.w, c.plan, c.d, c.h};
-    const uint32_t entries = MoePlanLayout::max_entries(T * k, c.gate.n_expert);
-    const uint32_t rows_per_wg = wg / kGroupLanes * rows_per_group;
-    TROVE_RETURN_IF_ERROR(s.dispatch(**p, b, &push, sizeof(push), (hidden + rows_per_wg - 1) / rows_per_wg, entries));
+    p = pipeline(subgroup_ > 1 ? "moe_experts" : "moe_experts_nosg",
+                 {wg, kGroupLanes, nb, rows_per_group, 0, tile, td, td, cpu_ ? 0u : 1u, subgroup_}, sizeof(ExpertsPush), 6, wg);
+    push.ntiles = (ffn + tile - 1) / tile;
+    push.tile_vals = tile;
+    rows_per_wg = wg / kGroupLanes * rows_per_group;
   }
+  if (!p.ok()) return p.status();
+  vk::BufferRange b[6] = {c.h, c.down.w, c.down.w, c.plan, c.d, c.h};
+  const uint32_t entries = MoePlanLayout::max_entries(T * k, c.gate.n_expert);
+  TROVE_RETURN_IF_ERROR(s.dispatch(**p, b, &push, sizeof(push), (hidden + rows_per_wg - 1) / rows_per_wg, entries));
   s.barrier();
-  const CombinePush push{hidden, k, L.pair_slot};
+  return record_combine(s, c);
+}
+
+Status MoeFfn::record_combine(vk::CommandStream& s, const MoeFfnCall& c) const {
+  const uint32_t hidden = c.gate.cols;
+  const CombinePush push{hidden, c.k, c.layout.pair_slot};
   vk::BufferRange b[4] = {c.d, c.weights, c.plan, c.x};
-  return s.dispatch(combine_, b, &push, sizeof(push), (hidden + 255) / 256, T);
+  return s.dispatch(combine_, b, &push, sizeof(push), (hidden + 255) / 256, c.tokens);
 }
 
 }  // namespace trove::ops

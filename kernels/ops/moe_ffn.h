@@ -176,6 +176,8 @@ class MoeFfn {
   // Whether the step's experts run as grouped GEMMs (MoePrefill).
   bool grouped(const MoeFfnCall& call) const;
   Status record_grouped(vk::CommandStream& s, const MoeFfnCall& call) const;
+  // x[t] += Σ_j w[t][j] · d[pair_slot(t, j)] (moe_combine.comp), after a down that wrote d per slot.
+  Status record_combine(vk::CommandStream& s, const MoeFfnCall& call) const;
   Result<const vk::Pipeline*> pipeline(const char* shader, std::vector<uint32_t> spec, uint32_t push_bytes,
                                        uint32_t bindings, uint32_t local) const;
   struct Cache {

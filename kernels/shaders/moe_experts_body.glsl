@@ -113,22 +113,35 @@ float mv_xs(uint b, uint e) { return sm_f(4u * kXs + b * (kTileVals / 8u) + e); 
 
 #include "matvec_core.glsl"
 
+bool g_live[kNS];  // the row group's slots whose row exists (mv_live narrows it per pass)
+// The byte offsets of the row group's rows r0 .. r0+kR-1 in expert `expert` (gate rows, then up rows
+// with SwiGLU), and which of them exist.
+void expert_rows(uint expert, uint r0) {
+  [[unroll]] for (uint s = 0u; s < kNS; ++s) {
+    const uint mat = kSwiGlu != 0u ? s / kR : 0u;
+    const uint r = r0 + s % kR;
+    g_live[s] = r < pc.rows;
+    mv_live[s] = g_live[s];
+    mv_row[s] = g_live[s] ? (expert * pc.rows + r) * (mat == 0u ? pc.rb0 : pc.rb1) : 0u;
+  }
+}
+
 // The gate/up (or single) pass over the tile, with the matrix of every slot set to a constant right
 // before mv_tile, so that each weight load compiles to one binding (as matvec_body.glsl does).
-void experts_tile(uint first, uint nvals, uint lane, bool live[kNS]) {
+void experts_tile(uint first, uint nvals, uint lane) {
   [[unroll]] for (uint s = 0u; s < kNS; ++s) mv_mat[s] = kSwiGlu != 0u ? s / kR : 0u;
   if (kSwiGlu == 0u || kType0 == kType1) {
     mv_tile(kType0, first, nvals, lane);
   } else {  // gate and up of different types: one pass each
-    [[unroll]] for (uint s = 0u; s < kNS; ++s) mv_live[s] = live[s] && s < kR;
+    [[unroll]] for (uint s = 0u; s < kNS; ++s) mv_live[s] = g_live[s] && s < kR;
     mv_tile(kType0, first, nvals, lane);
 #ifdef MV_DIRECT
     float ssq[kNB];  // Σ x² from the first pass only
     [[unroll]] for (uint b = 0u; b < kNB; ++b) ssq[b] = g_ssq[b];
 #endif
-    [[unroll]] for (uint s = 0u; s < kNS; ++s) mv_live[s] = live[s] && s >= kR;
+    [[unroll]] for (uint s = 0u; s < kNS; ++s) mv_live[s] = g_live[s] && s >= kR;
     mv_tile(kType1, first, nvals, lane);
-    [[unroll]] for (uint s = 0u; s < kNS; ++s) mv_live[s] = live[s];
+    [[unroll]] for (uint s = 0u; s < kNS; ++s) mv_live[s] = g_live[s];
 #ifdef MV_DIRECT
     [[unroll]] for (uint b = 0u; b < kNB; ++b) g_ssq[b] = ssq[b];
 #endif
@@ -178,14 +191,7 @@ void main() {
   const uint first_slot = packed & 0xffffffu, count = packed >> 24;
   const uint lid = gl_LocalInvocationID.x, group = lid / kG, lane = lid % kG;
   const uint r0 = (gl_WorkGroupID.x * kGroups + group) * kR;
-  bool live[kNS];
-  [[unroll]] for (uint s = 0u; s < kNS; ++s) {
-    const uint mat = kSwiGlu != 0u ? s / kR : 0u;
-    const uint r = r0 + s % kR;
-    live[s] = r < pc.rows;
-    mv_live[s] = live[s];
-    mv_row[s] = live[s] ? (expert * pc.rows + r) * (mat == 0u ? pc.rb0 : pc.rb1) : 0u;
-  }
+  expert_rows(expert, r0);
   for (uint j0 = 0u; j0 < count; j0 += kNB) {
     g_ncols = min(kNB, count - j0);
     [[unroll]] for (uint b = 0u; b < kNB; ++b) {
@@ -198,7 +204,7 @@ void main() {
       if (t > 0u || j0 > 0u) barrier();  // every row group is done with the previous tile / pass
       MV_COLS(stage_column(b, first, nvals))
       barrier();
-      experts_tile(first, nvals, lane, live);
+      experts_tile(first, nvals, lane);
     }
     MV_COLS(store_partials(b, group, lane))
     barrier();
@@ -237,14 +243,7 @@ void main() {
   const uint lid = gl_LocalInvocationID.x, group = lid / kG, lane = lid % kG;
   const uint r0 = (gl_WorkGroupID.x * kGroups + group) * kR;
   g_norm = pc.norm != 0u;
-  bool live[kNS];
-  [[unroll]] for (uint s = 0u; s < kNS; ++s) {
-    const uint mat = kSwiGlu != 0u ? s / kR : 0u;
-    const uint r = r0 + s % kR;
-    live[s] = r < pc.rows;
-    mv_live[s] = live[s];
-    mv_row[s] = live[s] ? (expert * pc.rows + r) * (mat == 0u ? pc.rb0 : pc.rb1) : 0u;
-  }
+  expert_rows(expert, r0);
   for (uint j0 = 0u; j0 < count; j0 += kNB) {
     g_ncols = min(kNB, count - j0);
     [[unroll]] for (uint b = 0u; b < kNB; ++b) {
@@ -253,7 +252,7 @@ void main() {
       g_ssq[b] = 0.0;
       [[unroll]] for (uint q = 0u; q < kNS; ++q) mv_acc[b][q] = 0.0;
     }
-    experts_tile(0u, pc.cols, lane, live);
+    experts_tile(0u, pc.cols, lane);
     float inv[kNB];
     [[unroll]] for (uint b = 0u; b < kNB; ++b) {
       inv[b] = 1.0;

@@ -35,56 +35,36 @@ struct RemoveWorkDir : testing::Environment {
 };
 [[maybe_unused]] testing::Environment* const kCleanup = testing::AddGlobalTestEnvironment(new RemoveWorkDir);
 
+// A synthetic model written once into the work directory (layers 0: the preset's).
+std::string write_model(const char* preset, const char* type, uint32_t layers, const char* file, uint64_t seed) {
+  const auto& dir = work_dir();
+  std::filesystem::create_directories(dir);
+  gguf::MkModelOptions o;
+  o.preset = preset;
+  o.type = type;
+  if (layers) o.layers = layers;
+  o.out = (dir / file).string();
+  o.seed = seed;
+  auto r = gguf::write_synthetic_model(o);
+  EXPECT_TRUE(r.ok()) << r.status().ToString();
+  return o.out;
+}
+
 std::string model_path() {
-  static const std::string path = [] {
-    const auto& dir = work_dir();
-    std::filesystem::create_directories(dir);
-    gguf::MkModelOptions o;
-    o.preset = "tiny";
-    o.type = "F32";
-    o.out = (dir / "tiny.gguf").string();
-    o.seed = 5;
-    auto r = gguf::write_synthetic_model(o);
-    EXPECT_TRUE(r.ok()) << r.status().ToString();
-    return o.out;
-  }();
+  static const std::string path = write_model("tiny", "F32", 0, "tiny.gguf", 5);
   return path;
 }
 
 // The tiny preset in Q4_K_M (Q4_K and Q6_K weights) with 2 layers: decode through the quantized
 // matvecs, and a head 7x smaller than F32's (each step's head is most of its time on lavapipe).
 std::string quantized_model_path() {
-  static const std::string path = [] {
-    const auto& dir = work_dir();
-    std::filesystem::create_directories(dir);
-    gguf::MkModelOptions o;
-    o.preset = "tiny";
-    o.type = "Q4_K_M";
-    o.layers = 2;
-    o.out = (dir / "tiny-q4_k_m.gguf").string();
-    o.seed = 6;
-    auto r = gguf::write_synthetic_model(o);
-    EXPECT_TRUE(r.ok()) << r.status().ToString();
-    return o.out;
-  }();
+  static const std::string path = write_model("tiny", "Q4_K_M", 2, "tiny-q4_k_m.gguf", 6);
   return path;
 }
 
 // The tiny-moe preset in Q4_K_M with 2 layers (8 experts, top-2): the MoE decode paths.
 std::string moe_model_path() {
-  static const std::string path = [] {
-    const auto& dir = work_dir();
-    std::filesystem::create_directories(dir);
-    gguf::MkModelOptions o;
-    o.preset = "tiny-moe";
-    o.type = "Q4_K_M";
-    o.layers = 2;
-    o.out = (dir / "tiny-moe-q4_k_m.gguf").string();
-    o.seed = 7;
-    auto r = gguf::write_synthetic_model(o);
-    EXPECT_TRUE(r.ok()) << r.status().ToString();
-    return o.out;
-  }();
+  static const std::string path = write_model("tiny-moe", "Q4_K_M", 2, "tiny-moe-q4_k_m.gguf", 7);
   return path;
 }
 

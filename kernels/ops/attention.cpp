@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <string>
+#include <string_view>
 
 #include <fmt/format.h>
 
@@ -19,7 +21,8 @@ struct PrefillPush {
   uint32_t group, n_splits, split_len;
 };
 constexpr uint32_t kPrefillDim = 128;            // the head_dim both prefill kernels are written for
-constexpr uint32_t kTiledRows = 32, kCoopmatRows = 64;  // query rows per workgroup (BQ in the shaders)
+constexpr uint32_t kTiledRows = 32, kCoopmatRows = 64, kCm2Rows = 64;  // query rows per workgroup (BQ in the shaders)
+constexpr uint32_t kCm2Keys = 64;  // the cm2 kernel's key tile: block sizes must be a multiple of it
 constexpr uint32_t kTiledShared = 29 * 1024 + 512, kCoopmatShared = 44032;  // their shared memory, bytes
 
 uint32_t max_shared_bytes(const vk::Device& dev) {
@@ -45,6 +48,33 @@ bool prefill_coopmat_usable(const vk::Device& dev) {
   return false;
 }
 
+// The NV cooperative matrix 2 kernel: the extension with the features it uses (reductions for the row
+// max, conversions for P to an A matrix, per-element operations for exp, the mask and the stores), a
+// 128-invocation workgroup-scope f16 x f16 -> f32 shape whose granularities divide 64 (VkScopeKHR
+// WORKGROUP = 2), flexible dimensions up to 128 and the shader (glslang >= 15 builds it).
+bool prefill_cm2_usable(const vk::Device& dev, std::string* why) {
+  const auto& f = dev.features();
+  auto no = [&](const char* s) {
+    if (why) *why = s;
+    return false;
+  };
+  if (!vk::find_shader("attention_prefill_cm2").words) return no("this build has no NV cooperative matrix 2 shaders (glslang < 15)");
+  if (!f.cooperative_matrix2) return no("VK_NV_cooperative_matrix2 is not enabled on this device (not offered, validation on or TROVE_VK_NO_CM2=1)");
+  if (!f.coopmat2_per_element || !f.coopmat2_reductions || !f.coopmat2_conversions) {
+    return no("VK_NV_cooperative_matrix2 lacks per-element operations, reductions or conversions here");
+  }
+  if (f.coopmat2_max_dimension < 128) return no("VK_NV_cooperative_matrix2's flexible dimensions stop below 128");
+  if (f.coopmat2_reserved_shared > f.max_compute_shared_memory) return no("the driver reserves more shared memory than there is");
+  for (const auto& sh : f.coopmat2_flexible) {
+    if (sh.scope == 2 && sh.a == 0 && sh.b == 0 && sh.c == 1 && sh.result == 1 && sh.invocations == 128 &&
+        sh.m_granularity && sh.n_granularity && sh.k_granularity && 64 % sh.m_granularity == 0 &&
+        64 % sh.n_granularity == 0 && 64 % sh.k_granularity == 0) {
+      return true;
+    }
+  }
+  return no("VK_NV_cooperative_matrix2 offers no 128-invocation f16 x f16 -> f32 workgroup shape with 64-divisible granularity");
+}
+
 const char* path_name(AttentionPath p) {
   switch (p) {
     case AttentionPath::kAuto: return "auto";
@@ -53,6 +83,7 @@ const char* path_name(AttentionPath p) {
     case AttentionPath::kPrefillCoopmat: return "prefill cooperative-matrix";
     case AttentionPath::kDecode: return "decode";
     case AttentionPath::kPrefillCpu: return "prefill CPU";
+    case AttentionPath::kPrefillCm2: return "prefill cm2";
   }
   return "?";
 }
@@ -86,6 +117,40 @@ Result<PagedAttention> PagedAttention::create(vk::Device& dev) {
     if (!m.ok()) return m.status();
     op.prefill_coopmat_ = std::move(*m);
     op.has_prefill_coopmat_ = true;
+  }
+  std::string why;
+  if (prefill_cm2_usable(dev, &why)) {
+    auto m = dev.pipeline({"attention_prefill_cm2", {}, sizeof(PrefillPush), 5, 128});
+    if (!m.ok()) return m.status();
+    op.prefill_cm2_ = std::move(*m);
+    op.has_prefill_cm2_ = true;
+  }
+  // TROVE_ATTENTION: the prefill kernel kAuto takes (where the call fits it).
+  if (const char* v = std::getenv("TROVE_ATTENTION"); v && *v) {
+    const std::string_view want(v);
+    if (want == "cm2") {
+      if (!op.has_prefill_cm2_) {
+        return Status::Unsupported(fmt::format("TROVE_ATTENTION=cm2 but this device cannot run the cm2 prefill kernel: "
+                                               "{}; use khr or tiled, or unset TROVE_ATTENTION", why));
+      }
+      op.prefill_pick_ = AttentionPath::kPrefillCm2;
+    } else if (want == "khr") {
+      if (!op.has_prefill_coopmat_) {
+        return Status::Unsupported("TROVE_ATTENTION=khr but this device has no usable KHR cooperative-matrix prefill "
+                                   "kernel (16x16x16 f16 subgroup matrices, subgroups of 32, 44 KiB shared memory; "
+                                   "TROVE_NO_COOPMAT unset); use tiled, or unset TROVE_ATTENTION");
+      }
+      op.prefill_pick_ = AttentionPath::kPrefillCoopmat;
+    } else if (want == "tiled") {
+      if (!op.has_prefill_tiled_) {
+        return Status::Unsupported("TROVE_ATTENTION=tiled but the device's shared memory is below the tiled kernel's "
+                                   "30 KiB; unset TROVE_ATTENTION");
+      }
+      op.prefill_pick_ = AttentionPath::kPrefillTiled;
+    } else {
+      return Status::InvalidArgument(fmt::format("TROVE_ATTENTION='{}' is not a prefill attention path; use cm2, khr or "
+                                                 "tiled (or unset it)", v));
+    }
   }
   return op;
 }
@@ -136,10 +201,21 @@ Status PagedAttention::combine(vk::CommandStream& s, uint32_t head_dim, const At
 }
 
 AttentionPath PagedAttention::choose(const AttentionCall& c) const {
-  const bool few = c.n_tokens < (has_prefill_coopmat_ ? kPrefillMinTokens : kPrefillTiledMinTokens);
+  const bool matrix = prefill_pick_ == AttentionPath::kAuto ? has_prefill_coopmat_ || (kPrefillCm2Auto && has_prefill_cm2_)
+                                                              : prefill_pick_ != AttentionPath::kPrefillTiled;
+  const bool few = c.n_tokens < (matrix ? kPrefillMinTokens : kPrefillTiledMinTokens);
   if (few && decode_usable(c)) return AttentionPath::kDecode;
-  if (is_cpu_ && c.n_tokens >= kPrefillTiledMinTokens && prefill_cpu_usable(c)) return AttentionPath::kPrefillCpu;
+  if (is_cpu_ && prefill_pick_ == AttentionPath::kAuto && c.n_tokens >= kPrefillTiledMinTokens && prefill_cpu_usable(c)) {
+    return AttentionPath::kPrefillCpu;
+  }
   if (c.shape.head_dim != kPrefillDim) return AttentionPath::kPerToken;
+  if (has_prefill_cm2_ && (prefill_pick_ == AttentionPath::kPrefillCm2 || (kPrefillCm2Auto && prefill_pick_ == AttentionPath::kAuto)) &&
+      c.shape.block_size % kCm2Keys == 0 && c.n_tokens >= kPrefillMinTokens) {
+    return AttentionPath::kPrefillCm2;
+  }
+  if (prefill_pick_ == AttentionPath::kPrefillTiled) {
+    return c.n_tokens >= kPrefillTiledMinTokens ? AttentionPath::kPrefillTiled : AttentionPath::kPerToken;
+  }
   if (has_prefill_coopmat_ && c.shape.block_size % 16 == 0 && c.n_tokens >= kPrefillMinTokens) {
     return AttentionPath::kPrefillCoopmat;
   }
@@ -173,18 +249,19 @@ Status PagedAttention::record(vk::CommandStream& s, const AttentionCall& c, vk::
         out.size, qbytes));
   }
   const AttentionPath path = c.path == AttentionPath::kAuto ? choose(c) : c.path;
-  if (path == AttentionPath::kPrefillTiled || path == AttentionPath::kPrefillCoopmat) {
-    const bool coop = path == AttentionPath::kPrefillCoopmat;
-    if (sh.head_dim != kPrefillDim || (coop && sh.block_size % 16 != 0) ||
-        !(coop ? has_prefill_coopmat_ : has_prefill_tiled_)) {
+  if (path == AttentionPath::kPrefillTiled || path == AttentionPath::kPrefillCoopmat || path == AttentionPath::kPrefillCm2) {
+    const bool coop = path == AttentionPath::kPrefillCoopmat, cm2 = path == AttentionPath::kPrefillCm2;
+    const uint32_t block_multiple = cm2 ? kCm2Keys : coop ? 16 : 1;
+    const bool runs = cm2 ? has_prefill_cm2_ : coop ? has_prefill_coopmat_ : has_prefill_tiled_;
+    if (sh.head_dim != kPrefillDim || sh.block_size % block_multiple != 0 || !runs) {
       return Status::InvalidArgument(fmt::format(
           "attention: the {} path needs head_dim 128 (got {}){} and a device that runs it (this one {}); "
           "leave AttentionCall::path at kAuto to get a kernel that fits", path_name(path), sh.head_dim,
-          coop ? fmt::format(", a block size that is a multiple of 16 (got {})", sh.block_size) : "",
-          (coop ? has_prefill_coopmat_ : has_prefill_tiled_) ? "does" : "does not"));
+          block_multiple > 1 ? fmt::format(", a block size that is a multiple of {} (got {})", block_multiple, sh.block_size) : "",
+          runs ? "does" : "does not"));
     }
     const uint32_t group = c.n_heads / static_cast<uint32_t>(sh.n_kv_heads);
-    const uint64_t rows = uint64_t{c.n_tokens} * group, per = coop ? kCoopmatRows : kTiledRows;
+    const uint64_t rows = uint64_t{c.n_tokens} * group, per = cm2 ? kCm2Rows : coop ? kCoopmatRows : kTiledRows;
     if ((rows + per - 1) / per > 65535) {
       return Status::InvalidArgument(fmt::format(
           "attention: {} tokens × {} query heads per KV head is more than the prefill grid holds; record "
@@ -207,8 +284,8 @@ Status PagedAttention::record(vk::CommandStream& s, const AttentionCall& c, vk::
     PrefillPush push{static_cast<uint32_t>(sh.block_size), kvh, c.n_heads, c.start_pos, c.n_tokens, c.scale, group,
                      n_splits, split_len};
     vk::BufferRange bufs[5] = {pool, block_table, q, out, scratch_};
-    TROVE_RETURN_IF_ERROR(s.dispatch(coop ? prefill_coopmat_ : prefill_tiled_, bufs, &push, sizeof(push), tiles, kvh,
-                                     n_splits));
+    TROVE_RETURN_IF_ERROR(s.dispatch(cm2 ? prefill_cm2_ : coop ? prefill_coopmat_ : prefill_tiled_, bufs, &push,
+                                     sizeof(push), tiles, kvh, n_splits));
     return combine(s, kPrefillDim, c, n_splits, out);
   }
   if (path == AttentionPath::kPrefillCpu) {

@@ -16,7 +16,14 @@
 // on the matrix units (attention_prefill_coopmat.comp: f16 Q and P, f32 scores and accumulation) when
 // the device offers 16×16×16 f16 subgroup matrices, 32-wide subgroups and 44 KiB of shared memory, the
 // block size is a multiple of 16 and TROVE_NO_COOPMAT is unset; otherwise the tiled f32 kernel
-// (attention_prefill_tiled.comp). Other head dims keep the per-token kernel. Long prefill walks with few workgroups are split over key slices like decode (the same scratch and
+// (attention_prefill_tiled.comp). Other head dims keep the per-token kernel.
+// A third prefill kernel runs on NV cooperative matrix 2 (attention_prefill_cm2.comp: workgroup-scope
+// matrices, the online softmax in matrix registers, 64-row query tiles against 64-key tiles) where
+// the device has VK_NV_cooperative_matrix2 with reductions, conversions and per-element operations
+// and a 128-invocation f16 workgroup shape, for head_dim 128 and block sizes that are a multiple of
+// 64. kAuto takes it only when kPrefillCm2Auto is true (off until measured on the device) or
+// TROVE_ATTENTION=cm2; TROVE_ATTENTION=cm2|khr|tiled forces the prefill kernel kAuto picks (create()
+// fails naming the reason when the device cannot run the one asked for). Long prefill walks with few workgroups are split over key slices like decode (the same scratch and
 // combine pass, and then the same closing barrier).
 // On a CPU device (lavapipe, features().is_cpu) prefill from kPrefillTiledMinTokens tokens takes
 // attention_prefill_cpu.comp instead when head_dim is a multiple of 16 up to 256: one invocation per
@@ -42,7 +49,7 @@ namespace trove::ops {
 
 // Which kernel runs a call: kAuto picks as described above; the others force one (tests and the
 // benchmark compare them), and record() fails naming the path when the shape or device cannot take it.
-enum class AttentionPath { kAuto, kPerToken, kPrefillTiled, kPrefillCoopmat, kDecode, kPrefillCpu };
+enum class AttentionPath { kAuto, kPerToken, kPrefillTiled, kPrefillCoopmat, kDecode, kPrefillCpu, kPrefillCm2 };
 
 struct AttentionCall {
   kernels::ref::PagedKvShape shape;
@@ -76,8 +83,14 @@ class PagedAttention {
   static constexpr uint32_t kDecodeTargetGroups = 264, kDecodeMinSplitKeys = 32, kDecodeScores = 2048;
   // The CPU form: queries (tokens x heads of one KV head) per invocation.
   static constexpr uint32_t kCpuQueries = 2;
+  // Whether kAuto takes the NV cooperative matrix 2 prefill kernel where a call fits it (block size a
+  // multiple of 64, head_dim 128): off until the kernel is measured on the device (TROVE_ATTENTION=cm2
+  // turns it on for a run).
+  static constexpr bool kPrefillCm2Auto = false;
   // Whether prefill runs on the cooperative-matrix kernel (device support, TROVE_NO_COOPMAT unset).
   bool prefill_uses_coopmat() const { return has_prefill_coopmat_; }
+  // Whether the device runs the NV cooperative matrix 2 prefill kernel (kPrefillCm2 can be forced).
+  bool has_prefill_cm2() const { return has_prefill_cm2_; }
   // The kernel kAuto picks for this call (never kAuto).
   AttentionPath choose(const AttentionCall& call) const;
 
@@ -87,6 +100,9 @@ class PagedAttention {
   vk::Pipeline prefill_coopmat_;
   bool has_prefill_tiled_ = false;
   bool has_prefill_coopmat_ = false;
+  vk::Pipeline prefill_cm2_;
+  bool has_prefill_cm2_ = false;
+  AttentionPath prefill_pick_ = AttentionPath::kAuto;  // TROVE_ATTENTION's prefill kernel (kAuto: unset)
   bool decode_usable(const AttentionCall& c) const;
   bool prefill_cpu_usable(const AttentionCall& c) const;
   Result<const vk::Pipeline*> prefill_cpu_pipeline(uint32_t head_dim, uint32_t heads, uint32_t tokens) const;

@@ -385,6 +385,8 @@ Result<std::unique_ptr<Device>> Device::open(const DeviceOptions& opts) {
     dexts.push_back(VK_NV_COOPERATIVE_MATRIX_2_EXTENSION_NAME);
     f.cooperative_matrix2 = true;
     f.coopmat2_per_element = cm2f.cooperativeMatrixPerElementOperations;
+    f.coopmat2_reductions = cm2f.cooperativeMatrixReductions;
+    f.coopmat2_conversions = cm2f.cooperativeMatrixConversions;
   }
 #endif
   VkDeviceCreateInfo dci{VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO};

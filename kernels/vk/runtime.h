@@ -92,6 +92,8 @@ struct DeviceFeatures {
   bool cooperative_matrix2 = false;
   bool cooperative_matrix2_offered = false;  // the extension is listed (whether or not enabled)
   bool coopmat2_per_element = false;         // cooperativeMatrixPerElementOperations enabled too
+  bool coopmat2_reductions = false;          // cooperativeMatrixReductions enabled too (coopMatReduceNV)
+  bool coopmat2_conversions = false;         // cooperativeMatrixConversions enabled too (accumulator -> A)
   struct FlexShape {  // VkCooperativeMatrixFlexibleDimensionsPropertiesNV, as integers
     uint32_t m_granularity, n_granularity, k_granularity;
     uint32_t a, b, c, result, scope, invocations;

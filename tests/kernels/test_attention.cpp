@@ -10,9 +10,11 @@
 // block, token counts not a multiple of the row tile; lavapipe < 10 s.
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <numeric>
 #include <random>
+#include <string_view>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -70,7 +72,8 @@ void check(vk::Device& dev, const ops::PagedAttention& op, uint32_t n_heads, int
   ASSERT_TRUE(s.ok());
   const ops::AttentionCall call{shape, n_heads, start_pos, n_tokens, scale, path};
   const auto ran = path == ops::AttentionPath::kAuto ? op.choose(call) : path;
-  const double bound = ran == ops::AttentionPath::kPrefillCoopmat ? 3e-3 : 1e-5;
+  const double bound =
+      ran == ops::AttentionPath::kPrefillCoopmat || ran == ops::AttentionPath::kPrefillCm2 ? 3e-3 : 1e-5;
   Status st = op.record(*s, call, *kb, *tb, *qb, *ob);
   ASSERT_TRUE(st.ok()) << st.ToString();
   ASSERT_TRUE(s->submit_and_wait().ok());
@@ -201,7 +204,9 @@ TEST(PagedAttention, PrefillCoopmatMatchesReferenceOrIsRefused) {
   ASSERT_TRUE(op.ok()) << op.status().ToString();
   if (op->prefill_uses_coopmat()) {
     check_prefill(*dev, *op, ops::AttentionPath::kPrefillCoopmat);
-    EXPECT_EQ(op->choose({{4, 64, 2, 128}, 8, 0, 64, 1.0f}), ops::AttentionPath::kPrefillCoopmat);
+    if (!std::getenv("TROVE_ATTENTION") && !(ops::PagedAttention::kPrefillCm2Auto && op->has_prefill_cm2())) {
+      EXPECT_EQ(op->choose({{4, 64, 2, 128}, 8, 0, 64, 1.0f}), ops::AttentionPath::kPrefillCoopmat);
+    }
     return;
   }
   auto b = dev->buffer(1 << 20);
@@ -211,6 +216,80 @@ TEST(PagedAttention, PrefillCoopmatMatchesReferenceOrIsRefused) {
   Status st = op->record(*s, {{4, 64, 2, 128}, 8, 0, 64, 1.0f, ops::AttentionPath::kPrefillCoopmat}, *b, *b, *b, *b);
   EXPECT_NE(st.message().find("cooperative-matrix"), std::string::npos) << st.message();
   EXPECT_NE(op->choose({{4, 64, 2, 128}, 8, 0, 64, 1.0f}), ops::AttentionPath::kPrefillCoopmat);
+}
+
+// The NV cooperative matrix 2 kernel (attention_prefill_cm2.comp) where the device runs it: depth 0,
+// chunks that leave a partial 64-row tile, GQA 1, 3, 4, 8, 64- and 128-key blocks (its key tile is 64,
+// so smaller blocks are refused), NaN in the unwritten slots of the last block, a walk over many key
+// tiles, split-K with slices past early rows' keys. Where the device lacks it (lavapipe, validated
+// runs) forcing it must fail naming the path, kAuto must never pick it, and the test is then skipped
+// with the reason (it has checked only the refusal). Logs the prefill paths the device has.
+TEST(PagedAttention, PrefillCm2MatchesReferenceOrIsRefused) {
+  auto dev = open_device();
+  ASSERT_TRUE(dev);
+  auto op = ops::PagedAttention::create(*dev);
+  ASSERT_TRUE(op.ok()) << op.status().ToString();
+  std::printf("prefill attention paths on %s: tiled%s%s%s\n", dev->features().name.c_str(),
+              op->prefill_uses_coopmat() ? ", khr cooperative matrix" : "", op->has_prefill_cm2() ? ", cm2" : "",
+              dev->features().is_cpu ? ", cpu" : "");
+  const auto kM = ops::AttentionPath::kPrefillCm2;
+  auto b = dev->buffer(1 << 20);
+  ASSERT_TRUE(b.ok());
+  auto s = dev->stream();
+  ASSERT_TRUE(s.ok());
+  // A 16-key block never fits the kernel's 64-key tile.
+  Status st = op->record(*s, {{64, 16, 2, 128}, 8, 0, 64, 1.0f, kM}, *b, *b, *b, *b);
+  EXPECT_NE(st.message().find("prefill cm2"), std::string::npos) << st.message();
+  EXPECT_NE(op->choose({{64, 16, 2, 128}, 8, 0, 64, 1.0f}), kM);
+  if (!op->has_prefill_cm2()) {
+    st = op->record(*s, {{4, 64, 2, 128}, 8, 0, 64, 1.0f, kM}, *b, *b, *b, *b);
+    EXPECT_NE(st.message().find("prefill cm2"), std::string::npos) << st.message();
+    EXPECT_NE(op->choose({{4, 64, 2, 128}, 8, 0, 64, 1.0f}), kM);
+    GTEST_SKIP() << "this device has no NV cooperative matrix 2 prefill kernel (VK_NV_cooperative_matrix2 with "
+                    "reductions, conversions and per-element operations): only the refusal was checked";
+  }
+  check(*dev, *op, 8, 2, 128, 64, 0, 70, 51, kM);     // depth 0, 280 rows (a partial tile), G 4
+  check(*dev, *op, 8, 2, 128, 64, 100, 37, 52, kM);   // prefix ends mid-block
+  check(*dev, *op, 8, 1, 128, 64, 64, 9, 53, kM);     // G 8, prefix of exactly one block
+  check(*dev, *op, 4, 4, 128, 128, 130, 50, 54, kM);  // G 1, 128-key blocks (two tiles per block)
+  check(*dev, *op, 6, 2, 128, 64, 5, 33, 55, kM);     // G 3: a row tile splits a token's heads
+  check(*dev, *op, 8, 2, 128, 64, 1000, 64, 56, kM);  // 17 key tiles, the last one partial
+  check(*dev, *op, 2, 1, 128, 64, 3, 4, 57, kM);      // 4 tokens (the smallest prefill chunk)
+  check(*dev, *op, 8, 2, 128, 64, 2990, 8, 58, kM);   // split-K: 6 slices, the last partial
+  check(*dev, *op, 2, 2, 128, 64, 0, 600, 59, kM);    // split-K: early row tiles end before slice 2
+  check(*dev, *op, 8, 2, 128, 128, 0, 200, 60, kM);   // depth 0, 128-key blocks, NaN past token 200
+  check(*dev, *op, 32, 8, 128, 64, 1536, 64, 61, kM); // Qwen3-8B heads, a prefill chunk at depth
+  check(*dev, *op, 32, 4, 128, 64, 4000, 32, 62, kM); // Qwen3-30B-A3B heads (G 8)
+  check(*dev, *op, 32, 8, 128, 64, 0, 512, 63, kM);   // Qwen3-8B heads, a 512-token chunk at depth 0
+  const auto pick = op->choose({{4, 64, 2, 128}, 8, 0, 64, 1.0f});
+  const char* env = std::getenv("TROVE_ATTENTION");
+  if (env && std::string_view(env) == "cm2") EXPECT_EQ(pick, kM);
+  else if (!env) EXPECT_EQ(pick == kM, ops::PagedAttention::kPrefillCm2Auto);
+}
+
+// TROVE_ATTENTION: tiled makes kAuto take the tiled kernel (even on a CPU device), a path the device
+// cannot run and an unknown name fail create() with the reason. Restores the variable.
+TEST(PagedAttention, TroveAttentionPicksThePrefillKernel) {
+  auto dev = open_device();
+  ASSERT_TRUE(dev);
+  const char* old = std::getenv("TROVE_ATTENTION");
+  const std::string saved = old ? old : "";
+  const ops::AttentionCall prefill{{4, 64, 2, 128}, 8, 0, 64, 1.0f};
+  setenv("TROVE_ATTENTION", "tiled", 1);
+  auto op = ops::PagedAttention::create(*dev);
+  ASSERT_TRUE(op.ok()) << op.status().ToString();
+  EXPECT_EQ(op->choose(prefill), ops::AttentionPath::kPrefillTiled);
+  EXPECT_EQ(op->choose({{4, 64, 2, 128}, 8, 100, 1, 1.0f}), ops::AttentionPath::kDecode);
+  setenv("TROVE_ATTENTION", "cm2", 1);
+  op = ops::PagedAttention::create(*dev);
+  if (op.ok()) EXPECT_EQ(op->choose(prefill), ops::AttentionPath::kPrefillCm2);
+  else EXPECT_NE(op.status().message().find("TROVE_ATTENTION=cm2"), std::string::npos) << op.status().message();
+  setenv("TROVE_ATTENTION", "flash", 1);
+  op = ops::PagedAttention::create(*dev);
+  EXPECT_FALSE(op.ok());
+  if (!op.ok()) EXPECT_NE(op.status().message().find("cm2, khr or tiled"), std::string::npos) << op.status().message();
+  if (old) setenv("TROVE_ATTENTION", saved.c_str(), 1);
+  else unsetenv("TROVE_ATTENTION");
 }
 
 TEST(PagedAttention, BadShapesAreNamed) {

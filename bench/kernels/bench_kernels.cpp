@@ -258,6 +258,7 @@ int main(int argc, char** argv) {
                            {"30B-A3B", 32, 4, 1, 16384, Path::kAuto}};
   std::vector<Path> prefill_paths = {Path::kPerToken, Path::kPrefillTiled};
   if (att->prefill_uses_coopmat()) prefill_paths.push_back(Path::kPrefillCoopmat);
+  if (att->has_prefill_cm2()) prefill_paths.push_back(Path::kPrefillCm2);  // NV cooperative matrix 2
   if (dev.features().is_cpu) prefill_paths.push_back(Path::kPrefillCpu);  // slow on GPUs: only where it is chosen
   for (const auto& [model, kvh] : {std::pair<const char*, uint32_t>{"8B", 8}, {"30B-A3B", 4}}) {
     for (uint32_t depth : {512u, 4096u, 16384u}) {
@@ -281,11 +282,16 @@ int main(int argc, char** argv) {
       case Path::kPrefillTiled: return "attention f16 KV, prefill tiled";
       case Path::kPrefillCoopmat: return "attention f16 KV, prefill coopmat";
       case Path::kPrefillCpu: return "attention f16 KV, prefill CPU";
+      case Path::kPrefillCm2: return "attention f16 KV, prefill cm2";
       case Path::kDecode: return "attention f16 KV, decode";
     }
     return "?";
   };
+  const auto keep_att = row_filter("attention");  // --only 'attention prefill cm2': rows by label and shape
   for (const auto& a : atts) {
+    const std::string att_shape =
+        fmt::format("{} {}q/{}kv heads, {} tokens at depth {}", a.model, a.heads, a.kv_heads, a.tokens, a.depth);
+    if (!keep_att(std::string(path_label(a.path)) + " " + att_shape)) continue;
     const uint32_t D = 128, B = 64, total = a.depth + a.tokens, nb = (total + B - 1) / B;
     kernels::ref::PagedKvShape shape{nb, B, a.kv_heads, D};
     auto pool = filled(dev, shape.elements() * 2);
@@ -301,8 +307,7 @@ int main(int argc, char** argv) {
     // K and V read once per query token group: kv bytes of the depth (decode) + q/out.
     const double kv = 2.0 * total * a.kv_heads * D * 2;
     const double flops = 4.0 * a.heads * D * (a.tokens * double(a.depth) + a.tokens * (a.tokens + 1) / 2.0);
-    rows.push_back({path_label(a.path), fmt::format("{} {}q/{}kv heads, {} tokens at depth {}", a.model, a.heads, a.kv_heads, a.tokens, a.depth),
-                    *t, kv / *t / 1e3, flops / *t / 1e6});
+    rows.push_back({path_label(a.path), att_shape, *t, kv / *t / 1e3, flops / *t / 1e6});
   }
 
   // ---- element-wise and norms at batch 1 and 512 (8B widths)

@@ -118,13 +118,10 @@ Result<PagedAttention> PagedAttention::create(vk::Device& dev) {
     op.prefill_coopmat_ = std::move(*m);
     op.has_prefill_coopmat_ = true;
   }
+  // The cm2 pipeline is built on first use (or now, when TROVE_ATTENTION asks for it), so that runs
+  // which never take it do not compile it.
   std::string why;
-  if (prefill_cm2_usable(dev, &why)) {
-    auto m = dev.pipeline({"attention_prefill_cm2", {}, sizeof(PrefillPush), 5, 128});
-    if (!m.ok()) return m.status();
-    op.prefill_cm2_ = std::move(*m);
-    op.has_prefill_cm2_ = true;
-  }
+  op.has_prefill_cm2_ = prefill_cm2_usable(dev, &why);
   // TROVE_ATTENTION: the prefill kernel kAuto takes (where the call fits it).
   if (const char* v = std::getenv("TROVE_ATTENTION"); v && *v) {
     const std::string_view want(v);
@@ -134,6 +131,7 @@ Result<PagedAttention> PagedAttention::create(vk::Device& dev) {
                                                "{}; use khr or tiled, or unset TROVE_ATTENTION", why));
       }
       op.prefill_pick_ = AttentionPath::kPrefillCm2;
+      if (auto m = op.prefill_cm2_pipeline(); !m.ok()) return m.status();
     } else if (want == "khr") {
       if (!op.has_prefill_coopmat_) {
         return Status::Unsupported("TROVE_ATTENTION=khr but this device has no usable KHR cooperative-matrix prefill "
@@ -176,6 +174,15 @@ Result<const vk::Pipeline*> PagedAttention::prefill_cpu_pipeline(uint32_t head_d
   auto p = decode_->dev->pipeline({"attention_prefill_cpu", {head_dim, group, tokens, cpu_lanes_}, sizeof(PrefillPush), 5, cpu_lanes_});
   if (!p.ok()) return p.status();
   return &decode_->cpu.emplace(key, std::move(*p)).first->second;
+}
+
+Result<const vk::Pipeline*> PagedAttention::prefill_cm2_pipeline() const {
+  std::lock_guard<std::mutex> lock(decode_->mu);
+  if (decode_->cm2) return decode_->cm2.get();
+  auto p = decode_->dev->pipeline({"attention_prefill_cm2", {}, sizeof(PrefillPush), 5, 128});
+  if (!p.ok()) return p.status();
+  decode_->cm2 = std::make_unique<vk::Pipeline>(std::move(*p));
+  return decode_->cm2.get();
 }
 
 Result<const vk::Pipeline*> PagedAttention::decode_pipeline(uint32_t group, uint32_t head_dim) const {
@@ -284,8 +291,13 @@ Status PagedAttention::record(vk::CommandStream& s, const AttentionCall& c, vk::
     PrefillPush push{static_cast<uint32_t>(sh.block_size), kvh, c.n_heads, c.start_pos, c.n_tokens, c.scale, group,
                      n_splits, split_len};
     vk::BufferRange bufs[5] = {pool, block_table, q, out, scratch_};
-    TROVE_RETURN_IF_ERROR(s.dispatch(cm2 ? prefill_cm2_ : coop ? prefill_coopmat_ : prefill_tiled_, bufs, &push,
-                                     sizeof(push), tiles, kvh, n_splits));
+    const vk::Pipeline* pipe = coop ? &prefill_coopmat_ : &prefill_tiled_;
+    if (cm2) {
+      auto m = prefill_cm2_pipeline();
+      if (!m.ok()) return m.status();
+      pipe = *m;
+    }
+    TROVE_RETURN_IF_ERROR(s.dispatch(*pipe, bufs, &push, sizeof(push), tiles, kvh, n_splits));
     return combine(s, kPrefillDim, c, n_splits, out);
   }
   if (path == AttentionPath::kPrefillCpu) {

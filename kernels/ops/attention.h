@@ -100,8 +100,8 @@ class PagedAttention {
   vk::Pipeline prefill_coopmat_;
   bool has_prefill_tiled_ = false;
   bool has_prefill_coopmat_ = false;
-  vk::Pipeline prefill_cm2_;
-  bool has_prefill_cm2_ = false;
+  bool has_prefill_cm2_ = false;  // the device runs it; its pipeline is built on first use
+  Result<const vk::Pipeline*> prefill_cm2_pipeline() const;
   AttentionPath prefill_pick_ = AttentionPath::kAuto;  // TROVE_ATTENTION's prefill kernel (kAuto: unset)
   bool decode_usable(const AttentionCall& c) const;
   bool prefill_cpu_usable(const AttentionCall& c) const;
@@ -116,6 +116,7 @@ class PagedAttention {
     std::mutex mu;
     std::map<std::pair<uint32_t, uint32_t>, vk::Pipeline> by_shape;  // (G, head_dim) -> pipeline
     std::map<std::array<uint32_t, 3>, vk::Pipeline> cpu;              // (head_dim, heads, tokens) -> CPU form
+    std::unique_ptr<vk::Pipeline> cm2;                                // the cm2 prefill kernel, once built
   };
   std::unique_ptr<DecodePipelines> decode_;
   vk::Pipeline combine_;

@@ -99,6 +99,9 @@ struct Matvec::State {
   uint32_t sms = 0;               // streaming multiprocessors / compute units (0: the driver does not say)
   uint32_t direct_lanes = 0;      // the direct form's row group: the subgroup size (0: no subgroup arithmetic)
   bool direct = false;            // the direct form by default (GPUs with subgroup arithmetic; TROVE_MATVEC)
+  bool q8_ok = false;             // the q8 form can run: integer dot products + subgroup arithmetic
+  bool q8 = false;                // the q8 form by default (TROVE_MATVEC=q8)
+  uint32_t q8_waves = 4;          // q8 form: workgroups per SM walking the row blocks (TROVE_MATVEC_Q8_WAVES)
   uint32_t waves = 8;             // workgroups of 512 invocations per SM when x fits one tile
                                   // (TROVE_MATVEC_WAVES overrides: 0 = one workgroup per row block)
   MatvecTuning tuning;
@@ -109,6 +112,12 @@ struct Matvec::State {
     std::lock_guard<std::mutex> lock(mu);
     auto it = pipelines.find(k);
     if (it != pipelines.end()) return &it->second;
+    if (k.direct == 2) {  // q8 form: constant ids 0..9 of matvec_q8.comp
+      auto p = dev->pipeline({"matvec_q8", {k.wg, k.lanes, k.nb, k.rows, k.swiglu, k.tile, k.mats, k.type0, k.type1, k.type2},
+                              sizeof(Push), 8, k.wg});
+      if (!p.ok()) return p.status();
+      return &pipelines.emplace(k, std::move(*p)).first->second;
+    }
     auto p = dev->pipeline({k.direct ? "matvec_direct" : k.sg > 1 ? "matvec" : "matvec_nosg",
                             {k.wg, k.lanes, k.nb, k.rows, k.swiglu, k.tile, k.mats, k.type0, k.type1, k.type2, k.unroll, k.sg},
                             sizeof(Push), 8, k.wg});
@@ -148,6 +157,15 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
   }
   if (f.subgroup_arithmetic && sg >= 4 && sg <= 64 && (sg & (sg - 1)) == 0) op.st_->direct_lanes = sg;
   op.st_->direct = !f.is_cpu && op.st_->direct_lanes != 0;
+  op.st_->q8_ok = f.integer_dot_product && op.st_->direct_lanes != 0;
+  if (const char* w = std::getenv("TROVE_MATVEC_Q8_WAVES"); w && *w) {
+    char* end = nullptr;
+    const unsigned long v = std::strtoul(w, &end, 10);
+    if (*end != '\0' || v < 1 || v > 64) {
+      return Status::InvalidArgument(fmt::format("TROVE_MATVEC_Q8_WAVES='{}' is not a number of workgroups per SM (1..64)", w));
+    }
+    op.st_->q8_waves = static_cast<uint32_t>(v);
+  }
   if (const char* v = std::getenv("TROVE_MATVEC"); v && *v) {
     const std::string_view form(v);
     if (form == "staged") {
@@ -158,12 +176,20 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
                                    "device lacks; unset TROVE_MATVEC");
       }
       op.st_->direct = true;
+    } else if (form == "q8") {
+      if (!op.st_->q8_ok) {
+        return Status::Unsupported("TROVE_MATVEC=q8 needs integer dot products (VK_KHR_shader_integer_dot_product) and "
+                                   "subgroup arithmetic, which this device lacks; unset TROVE_MATVEC");
+      }
+      op.st_->q8 = true;
     } else {
-      return Status::InvalidArgument(fmt::format("TROVE_MATVEC='{}' is not a matvec form (staged or direct)", v));
+      return Status::InvalidArgument(fmt::format("TROVE_MATVEC='{}' is not a matvec form (staged, direct or q8)", v));
     }
   }
-  if (!vk::find_shader("matvec").words || !vk::find_shader("matvec_nosg").words || !vk::find_shader("matvec_direct").words) {
-    return Status::NotFound("matvec: shaders matvec/matvec_nosg/matvec_direct are not embedded in this build (rebuild trove_kernels)");
+  if (!vk::find_shader("matvec").words || !vk::find_shader("matvec_nosg").words || !vk::find_shader("matvec_direct").words ||
+      !vk::find_shader("matvec_q8").words) {
+    return Status::NotFound("matvec: shaders matvec/matvec_nosg/matvec_direct/matvec_q8 are not embedded in this build "
+                            "(rebuild trove_kernels)");
   }
   return op;
 }
@@ -205,14 +231,37 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
   // the staging of x (run per workgroup and block, costly there) are paid 32x less often. Measured on
   // lavapipe (2 cores, tiny-coder decode, 2026-12-02): the 151,936-row head 1.3-1.8 s -> ~0.33 s.
   bool direct = st_->direct;
-  if (tn.form != MatvecTuning::Form::kAuto) direct = tn.form == MatvecTuning::Form::kDirect;
+  bool q8 = st_->q8;
+  if (tn.form != MatvecTuning::Form::kAuto) {
+    direct = tn.form == MatvecTuning::Form::kDirect;
+    q8 = tn.form == MatvecTuning::Form::kQ8;
+  }
+  if (q8 && !st_->q8_ok) {
+    return Status::Unsupported("matvec: the q8 form needs integer dot products and subgroup arithmetic (use direct or staged)");
+  }
+  // The q8 form takes Q4_K/Q5_K/Q6_K/Q8_0 weights with batch · cols int8 (+ scales) in shared memory;
+  // other calls run the direct form.
+  const uint32_t q8_tile = (call.cols + 255) / 256 * 256;
+  const uint32_t q8_wg = tn.workgroup_size ? tn.workgroup_size : kDefaultWorkgroup;
+  if (q8) {
+    const uint64_t q8_bytes = uint64_t{call.batch} * q8_tile * 11 / 8 + uint64_t{q8_wg / st_->direct_lanes} * call.batch * 4;
+    bool fits = q8_bytes <= st_->shared_bytes;
+    for (uint32_t m = 0; m < call.n_mats; ++m) {
+      const GgmlType t = call.mats[m].type;
+      if (t != GgmlType::Q4_K && t != GgmlType::Q5_K && t != GgmlType::Q6_K && t != GgmlType::Q8_0) fits = false;
+    }
+    if (!fits) {
+      q8 = false;
+      direct = true;
+    }
+  }
   if (direct && st_->direct_lanes == 0) {
     return Status::Unsupported("matvec: the direct form needs subgroup arithmetic (use the staged form)");
   }
   // Lanes per row group: the subgroup (direct form), one invocation (CPU devices, staged), else 32.
-  const uint32_t g = direct ? st_->direct_lanes : st_->cpu && !tn.gpu_form ? kCpuGroupLanes : kGroupLanes;
+  const uint32_t g = direct || q8 ? st_->direct_lanes : st_->cpu && !tn.gpu_form ? kCpuGroupLanes : kGroupLanes;
   const bool gpu_form = !st_->cpu || tn.gpu_form;
-  const uint32_t sg = direct ? st_->direct_lanes : gpu_form ? st_->subgroup : 1;
+  const uint32_t sg = direct || q8 ? st_->direct_lanes : gpu_form ? st_->subgroup : 1;
   const uint32_t sms = st_->sms ? st_->sms : kUnknownSmCount;
   const uint32_t rows_per_group = tn.rows_per_group ? tn.rows_per_group : (swiglu ? 1 : kDefaultRows);
   // Shared memory: a tile of staged activations, and the reduction area — each subgroup's partial
@@ -227,7 +276,7 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
   if (wg == 0) {
     // 256 invocations (128 on a CPU device); 512 — twice the rows per staged copy of x, which every
     // workgroup reads from L2 — when that still gives every SM a workgroup.
-    wg = st_->cpu ? kCpuWorkgroup : direct ? kDirectWorkgroup : kDefaultWorkgroup;
+    wg = q8 ? q8_wg : st_->cpu ? kCpuWorkgroup : direct ? kDirectWorkgroup : kDefaultWorkgroup;
     const uint64_t rows_512 = 2 * kDefaultWorkgroup / g * rows_per_group;
     if (!st_->cpu && !direct && (total_rows + rows_512 - 1) / rows_512 >= sms &&
         red_bytes(2 * kDefaultWorkgroup) + 1024 * kStagedBytesPerValue * call.batch <= st_->shared_bytes) {
@@ -310,6 +359,28 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
   for (uint32_t m = n_work; m < 4; ++m) push.wg_end[m] = static_cast<uint32_t>(wgs);
   push.n_mats = n_work;
 
+  if (q8) {
+    // x staged once per workgroup; `q8_waves` workgroups per SM walk the row blocks (CPU devices:
+    // one block per workgroup, see the staged form's note below).
+    push.ntiles = 1;
+    push.tile_vals = q8_tile;
+    uint64_t grid = wgs;
+    if (tn.workgroups) {
+      grid = std::min<uint64_t>(wgs, tn.workgroups);
+    } else if (!st_->cpu) {
+      grid = std::min<uint64_t>(wgs, uint64_t{st_->q8_waves} * sms);
+    }
+    const uint32_t gx = static_cast<uint32_t>(std::min<uint64_t>(grid, kMaxGroupsX));
+    const uint32_t gy = static_cast<uint32_t>((grid + gx - 1) / gx);
+    if (gy > kMaxGroupsX) return Status::InvalidArgument("matvec: too many rows for one dispatch; split the call");
+    push.groups_x = gx;
+    push.grid = static_cast<uint32_t>(grid);
+    auto p = st_->pipeline({wg, call.batch, rows_per_group, swiglu ? 1u : 0u, q8_tile, call.n_mats, push.type[0],
+                            call.n_mats > 1 ? push.type[1] : push.type[0], call.n_mats > 2 ? push.type[2] : push.type[0],
+                            1u, sg, g, 2u});
+    if (!p.ok()) return p.status();
+    return s.dispatch(**p, bufs, &push, sizeof(push), gx, gy);
+  }
   if (direct) {
     // One tile (x read through the caches), one block per workgroup.
     push.ntiles = 1;

@@ -21,7 +21,9 @@
 //    (kAdd's "in place" is y holding the residual, e.g. the residual stream; x is another buffer.)
 //  - kSwiGlu takes exactly 2 matrices with equal rows; mats[1].y is not used (may be empty).
 //  - Precision: f32 activations and accumulation throughout (no f16/q8 rounding of x); the result is
-//    within 1e-5 of the output norm of the float64 reference (kernels/ref/matvec_ref.h).
+//    within 1e-5 of the output norm of the float64 reference (kernels/ref/matvec_ref.h). The q8 form
+//    (TROVE_MATVEC=q8, off by default) rounds x̂ to int8 with a scale per 32 values (as llama.cpp's
+//    q8_1 activations on GPUs): within 1e-2 of the output norm.
 //  - Thread-safety: record() may be called from several threads. Pipelines are created on first use
 //    (under a mutex) and live as long as the op: one per batch size, SwiGLU or not, tile size, set of
 //    weight types and matrix count of the calls seen (a decode layer needs about five).
@@ -37,6 +39,12 @@
 // (no subgroup operations: devices without them, lavapipe) around matvec_body.glsl; the per-type
 // code, shared with other matvec-shaped kernels, is matvec_core.glsl. Weights are read as stored in
 // the GGUF (no repacking at load).
+//
+// q8 form (matvec_q8.comp, TROVE_MATVEC=q8 on devices with integer dot products and subgroup
+// arithmetic): each workgroup quantizes x̂ once into shared memory (int8, a scale per 32 values, d·Σq
+// per 16 for the K-quant min term), then walks row blocks (a few workgroups per SM); a row group is
+// one subgroup; weight codes meet the int8 activations in dotPacked4x8EXT (4 MACs per instruction,
+// a quarter of the f32 form's activation bytes per row and batch column). Q4_K, Q5_K, Q6_K, Q8_0.
 #pragma once
 
 #include <cstdint>
@@ -83,9 +91,12 @@ struct MatvecTuning {
                                  // blocks (default: 8 per SM of 512 invocations, TROVE_MATVEC_WAVES; CPU: one per block)
   bool gpu_form = false;         // on a CPU device, compile the GPUs' form: unrolled loops over batch
                                  // columns and subgroupAdd (lavapipe spends seconds per pipeline on it)
-  enum class Form { kAuto, kStaged, kDirect };
+  enum class Form { kAuto, kStaged, kDirect, kQ8 };
   Form form = Form::kAuto;       // kDirect needs 32-lane subgroups (refused otherwise); kAuto: direct
-                                 // where the device has them (not on CPUs), TROVE_MATVEC=staged|direct
+                                 // where the device has them (not on CPUs), TROVE_MATVEC=staged|direct|q8.
+                                 // kQ8 needs subgroup arithmetic and integer dot products (refused
+                                 // otherwise); calls it cannot take (a matrix not Q4_K/Q5_K/Q6_K/Q8_0,
+                                 // or batch · cols int8 not fitting shared memory) run the direct form
 };
 
 class Matvec {

@@ -226,6 +226,13 @@ Result<std::unique_ptr<Device>> Device::open(const DeviceOptions& opts) {
     fe2.pNext = &cm2f;
   }
 #endif
+  // Integer dot products (matvec's q8 form): the extension and its feature bit, queried where offered.
+  VkPhysicalDeviceShaderIntegerDotProductFeaturesKHR idpf{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_INTEGER_DOT_PRODUCT_FEATURES_KHR};
+  const bool idp_offered = has_ext("VK_KHR_shader_integer_dot_product");
+  if (idp_offered) {
+    idpf.pNext = fe2.pNext;
+    fe2.pNext = &idpf;
+  }
   vkGetPhysicalDeviceFeatures2(d->physical_, &fe2);
   f.fp16_arithmetic = f12.shaderFloat16;
   f.int8_arithmetic = f12.shaderInt8;
@@ -260,7 +267,7 @@ Result<std::unique_ptr<Device>> Device::open(const DeviceOptions& opts) {
   }
   d->descriptors_ = mode;
 
-  f.integer_dot_product = has_ext("VK_KHR_shader_integer_dot_product");
+  f.integer_dot_product = idp_offered && idpf.shaderIntegerDotProduct;
   f.cooperative_matrix = has_ext("VK_KHR_cooperative_matrix");
 #ifdef VK_KHR_cooperative_matrix
   // The shapes and component types the device multiplies on its matrix units (headers from
@@ -347,7 +354,13 @@ Result<std::unique_ptr<Device>> Device::open(const DeviceOptions& opts) {
   en.features.shaderInt64 = fe2.features.shaderInt64;
   en.pNext = &en11;
   std::vector<const char*> dexts;
-  if (f.integer_dot_product) dexts.push_back("VK_KHR_shader_integer_dot_product");
+  VkPhysicalDeviceShaderIntegerDotProductFeaturesKHR idpen{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_INTEGER_DOT_PRODUCT_FEATURES_KHR};
+  if (f.integer_dot_product) {
+    dexts.push_back("VK_KHR_shader_integer_dot_product");
+    idpen.shaderIntegerDotProduct = VK_TRUE;
+    idpen.pNext = en.pNext;
+    en.pNext = &idpen;
+  }
   if (f.push_descriptors) dexts.push_back(VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME);
 #ifdef VK_KHR_cooperative_matrix
   // Cooperative matrices (tensor cores) need the extension, its feature and the Vulkan memory model.

@@ -309,6 +309,43 @@ TEST_F(Matvec, DirectForm) {
   ASSERT_TRUE(run({1024, 1, true, MatvecEpilogue::kSwiGlu, {{G::BF16, 21}, {G::Q8_0, 21}}}));
 }
 
+// The q8 form (TROVE_MATVEC=q8: x̂ rounded to int8 with a scale per 32 values, integer dot products):
+// Q4_K, Q5_K, Q6_K, Q8_0 under each epilogue at batch 1, 2, 3 and 8, SwiGLU with one and two types,
+// strided outputs, the residual equal to x, workgroups walking several row blocks, and a call with an
+// F32 matrix (runs the direct form). Bound 2e-2 of the output norm: the int8 rounding of x̂ costs
+// ~0.6% for Gaussian activations (llama.cpp's q8_1 activations on GPUs do the same).
+TEST_F(Matvec, Q8Form) {
+  if (!dev_->features().integer_dot_product || !dev_->features().subgroup_arithmetic) {
+    GTEST_SKIP() << "the device lacks integer dot products or subgroup arithmetic (the q8 form is refused there)";
+  }
+  ops::MatvecTuning t;
+  t.form = ops::MatvecTuning::Form::kQ8;
+  op_->set_tuning(t);
+  auto q8 = [](Case c) {
+    c.bound = 2e-2;
+    return c;
+  };
+  for (uint32_t batch : {1u, 2u, 3u, 8u}) {
+    const uint32_t gap = batch > 1 ? 4 : 0;
+    const std::vector<Mat> set_q{{G::Q8_0, 37}, {G::Q4_K, 70, 70 + gap}, {G::Q5_K, 19}};
+    ASSERT_TRUE(run(q8({512, batch, batch != 2, MatvecEpilogue::kStore, set_q})));
+    ASSERT_TRUE(run(q8({512, batch, true, MatvecEpilogue::kAdd, set_c(gap)})));
+    ASSERT_TRUE(run(q8({512, batch, true, MatvecEpilogue::kSwiGlu, {{G::Q4_K, 45, 45 + gap}, {G::Q4_K, 45}}})));
+    if (batch != 8) ASSERT_TRUE(run(q8({512, batch, true, MatvecEpilogue::kSwiGlu, {{G::Q5_K, 45}, {G::Q6_K, 45}}})));
+  }
+  Case c = q8({768, 3, true, MatvecEpilogue::kAdd, {{G::Q6_K, 768}}});
+  c.residual_is_x = true;
+  ASSERT_TRUE(run(c));
+  t.workgroups = 3;  // three workgroups walk all row blocks of the three matrices
+  op_->set_tuning(t);
+  ASSERT_TRUE(run(q8({512, 3, true, MatvecEpilogue::kAdd, set_c(4, 300)})));
+  t.workgroups = 0;
+  t.rows_per_group = 4;
+  op_->set_tuning(t);
+  ASSERT_TRUE(run(q8({1024, 2, true, MatvecEpilogue::kStore, {{G::Q8_0, 131}, {G::Q6_K, 67}}})));
+  ASSERT_TRUE(run({512, 1, true, MatvecEpilogue::kStore, set_a(0)}));  // F32/F16/BF16: the direct form, 1e-5
+}
+
 // x staged once, then each workgroup walks several row blocks (the GPUs' default when x fits one
 // tile: about two workgroups per SM); blocks of all three matrices land on the same workgroups.
 TEST_F(Matvec, WorkgroupsWalkingSeveralRowBlocks) {

@@ -163,18 +163,25 @@ Status bench_matvec(vk::Device& dev, const MatvecBenchOptions& o, std::vector<Ke
     for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q6_K}) {
       for (uint32_t batch : batches) {
         const std::string opl = fmt::format("matvec {}", quant::traits(type)->name), shl = label(sh, batch);
-        if (o.wanted && !o.wanted(opl + " " + shl)) continue;
-        op.set_tuning({});
-        TROVE_RETURN_IF_ERROR(measure(dev, op, sh, type, batch, o, opl, shl, rows));
-        if (o.sweep) {  // the other form at its defaults
-          for (auto form : {ops::MatvecTuning::Form::kStaged, ops::MatvecTuning::Form::kDirect}) {
-            ops::MatvecTuning t;
-            t.form = form;
-            op.set_tuning(t);
-            const std::string fl = shl + (form == ops::MatvecTuning::Form::kDirect ? " direct" : " staged");
-            if (Status st = measure(dev, op, sh, type, batch, o, opl, fl, rows); !st.ok())
-              rows.push_back({opl + " (refused: " + st.message() + ")", fl, 0, 0, 0});
-          }
+        if (!o.wanted || o.wanted(opl + " " + shl)) {
+          op.set_tuning({});
+          TROVE_RETURN_IF_ERROR(measure(dev, op, sh, type, batch, o, opl, shl, rows));
+        }
+        // The other forms at their defaults: the q8 form always (TROVE_MATVEC=q8 candidate; a
+        // "refused" row where the device lacks integer dot products), staged and direct with --sweep.
+        using Form = ops::MatvecTuning::Form;
+        std::vector<Form> forms = {Form::kQ8};
+        if (o.sweep) forms = {Form::kStaged, Form::kDirect, Form::kQ8};
+        // (q8 rows of calls the q8 form cannot take — batch · cols int8 beyond shared memory, e.g. the
+        // 8B's ffn_down at batch >= 3 with 48 KiB — time the direct form it falls back to.)
+        for (Form form : forms) {
+          const std::string fl = shl + (form == Form::kDirect ? " direct" : form == Form::kQ8 ? " q8" : " staged");
+          if (o.wanted && !o.wanted(opl + " " + fl)) continue;
+          ops::MatvecTuning t;
+          t.form = form;
+          op.set_tuning(t);
+          if (Status st = measure(dev, op, sh, type, batch, o, opl, fl, rows); !st.ok())
+            rows.push_back({opl + " (refused: " + st.message() + ")", fl, 0, 0, 0});
         }
       }
     }
@@ -190,12 +197,12 @@ Status bench_matvec(vk::Device& dev, const MatvecBenchOptions& o, std::vector<Ke
       for (uint32_t batch : {1u, 8u}) {
         for (uint32_t r : {1u, 2u, 4u}) {
           for (uint32_t wg : {64u, 128u, 256u, 512u}) {
-            for (auto form : {ops::MatvecTuning::Form::kStaged, ops::MatvecTuning::Form::kDirect}) {
-              const bool direct = form == ops::MatvecTuning::Form::kDirect;
-              if (!direct && wg == 64) continue;
+            for (auto form : {ops::MatvecTuning::Form::kStaged, ops::MatvecTuning::Form::kDirect, ops::MatvecTuning::Form::kQ8}) {
+              const bool direct = form == ops::MatvecTuning::Form::kDirect, q8 = form == ops::MatvecTuning::Form::kQ8;
+              if (!direct && !q8 && wg == 64) continue;
               const std::string opl = fmt::format("matvec {}", quant::traits(type)->name),
                                 shl = fmt::format("{} split {} R{} wg{}", label(sh, batch),
-                                                  direct ? "direct" : "staged", r, wg);
+                                                  direct ? "direct" : q8 ? "q8" : "staged", r, wg);
               if (o.wanted && !o.wanted(opl + " " + shl)) continue;
               ops::MatvecTuning t;
               t.form = form;

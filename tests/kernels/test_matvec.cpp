@@ -346,6 +346,29 @@ TEST_F(Matvec, Q8Form) {
   ASSERT_TRUE(run({512, 1, true, MatvecEpilogue::kStore, set_a(0)}));  // F32/F16/BF16: the direct form, 1e-5
 }
 
+// The q8 form at the Qwen3-8B shapes, batch 1..8 (a GPU run: TROVE_KERNEL_FULL=1); ffn_down (12288
+// columns) falls back to the direct form where batch · 12288 int8 exceed shared memory.
+TEST_F(Matvec, Q8FormQwenShapesOnAGpu) {
+  if (!full_shapes()) GTEST_SKIP() << "set TROVE_KERNEL_FULL=1 (a real GPU) for the Qwen3 shapes";
+  if (!dev_->features().integer_dot_product || !dev_->features().subgroup_arithmetic) {
+    GTEST_SKIP() << "the device lacks integer dot products or subgroup arithmetic (the q8 form is refused there)";
+  }
+  ops::MatvecTuning t;
+  t.form = ops::MatvecTuning::Form::kQ8;
+  op_->set_tuning(t);
+  for (uint32_t batch = 1; batch <= 8; ++batch) {
+    Case qkv{4096, batch, true, MatvecEpilogue::kStore, {{G::Q4_K, 4096}, {G::Q4_K, 1024}, {G::Q6_K, 1024}}};
+    Case ffn{4096, batch, true, MatvecEpilogue::kSwiGlu, {{G::Q4_K, 12288}, {G::Q4_K, 12288}}};
+    Case down{12288, batch, false, MatvecEpilogue::kAdd, {{G::Q6_K, 4096}}};
+    Case o{4096, batch, false, MatvecEpilogue::kAdd, {{G::Q4_K, 4096}}};
+    Case head{4096, batch, true, MatvecEpilogue::kStore, {{G::Q6_K, 32768}}};
+    for (Case* c : {&qkv, &ffn, &down, &o, &head}) {
+      c->bound = 2e-2;
+      ASSERT_TRUE(run(*c));
+    }
+  }
+}
+
 // x staged once, then each workgroup walks several row blocks (the GPUs' default when x fits one
 // tile: about two workgroups per SM); blocks of all three matrices land on the same workgroups.
 TEST_F(Matvec, WorkgroupsWalkingSeveralRowBlocks) {

@@ -275,14 +275,15 @@ int main(int argc, char** argv) {
     for (Path p : prefill_paths) atts.push_back({"tiny", 4, 2, 512, 4096, p});
   }
   if (!section("attention")) atts.clear();
-  auto path_label = [](Path p) {
+  const bool cm2_128 = att->prefill_cm2_rows() == 128;  // TROVE_ATTENTION_CM2_ROWS=128
+  auto path_label = [cm2_128](Path p) {
     switch (p) {
       case Path::kAuto: return "attention f16 KV";
       case Path::kPerToken: return "attention f16 KV, per-token";
       case Path::kPrefillTiled: return "attention f16 KV, prefill tiled";
       case Path::kPrefillCoopmat: return "attention f16 KV, prefill coopmat";
       case Path::kPrefillCpu: return "attention f16 KV, prefill CPU";
-      case Path::kPrefillCm2: return "attention f16 KV, prefill cm2";
+      case Path::kPrefillCm2: return cm2_128 ? "attention f16 KV, prefill cm2 128-row" : "attention f16 KV, prefill cm2";
       case Path::kDecode: return "attention f16 KV, decode";
     }
     return "?";

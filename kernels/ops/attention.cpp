@@ -21,7 +21,7 @@ struct PrefillPush {
   uint32_t group, n_splits, split_len;
 };
 constexpr uint32_t kPrefillDim = 128;            // the head_dim both prefill kernels are written for
-constexpr uint32_t kTiledRows = 32, kCoopmatRows = 64, kCm2Rows = 64;  // query rows per workgroup (BQ in the shaders)
+constexpr uint32_t kTiledRows = 32, kCoopmatRows = 64;  // query rows per workgroup (BQ in the shaders)
 constexpr uint32_t kCm2Keys = 64;  // the cm2 kernel's key tile: block sizes must be a multiple of it
 constexpr uint32_t kTiledShared = 29 * 1024 + 512, kCoopmatShared = 44032;  // their shared memory, bytes
 
@@ -50,15 +50,19 @@ bool prefill_coopmat_usable(const vk::Device& dev) {
 
 // The NV cooperative matrix 2 kernel: the extension with the features it uses (reductions for the row
 // max, conversions for P to an A matrix, per-element operations for exp, the mask and the stores), a
-// 128-invocation workgroup-scope f16 x f16 -> f32 shape whose granularities divide 64 (VkScopeKHR
-// WORKGROUP = 2), flexible dimensions up to 128 and the shader (glslang >= 15 builds it).
-bool prefill_cm2_usable(const vk::Device& dev, std::string* why) {
+// workgroup-scope f16 x f16 -> f32 shape for its invocations (128 for 64-row tiles, 256 for 128) whose
+// granularities divide 64 (VkScopeKHR WORKGROUP = 2), flexible dimensions up to 128 and the shader
+// (glslang >= 15 builds it).
+bool prefill_cm2_usable(const vk::Device& dev, uint32_t rows, std::string* why) {
   const auto& f = dev.features();
   auto no = [&](const char* s) {
     if (why) *why = s;
     return false;
   };
-  if (!vk::find_shader("attention_prefill_cm2").words) return no("this build has no NV cooperative matrix 2 shaders (glslang < 15)");
+  if (!vk::find_shader(rows == 128 ? "attention_prefill_cm2_r128" : "attention_prefill_cm2").words) {
+    return no("this build has no NV cooperative matrix 2 shaders (glslang < 15)");
+  }
+  const uint32_t invocations = rows == 128 ? 256 : 128;
   if (!f.cooperative_matrix2) return no("VK_NV_cooperative_matrix2 is not enabled on this device (not offered, validation on or TROVE_VK_NO_CM2=1)");
   if (!f.coopmat2_per_element || !f.coopmat2_reductions || !f.coopmat2_conversions) {
     return no("VK_NV_cooperative_matrix2 lacks per-element operations, reductions or conversions here");
@@ -66,13 +70,14 @@ bool prefill_cm2_usable(const vk::Device& dev, std::string* why) {
   if (f.coopmat2_max_dimension < 128) return no("VK_NV_cooperative_matrix2's flexible dimensions stop below 128");
   if (f.coopmat2_reserved_shared > f.max_compute_shared_memory) return no("the driver reserves more shared memory than there is");
   for (const auto& sh : f.coopmat2_flexible) {
-    if (sh.scope == 2 && sh.a == 0 && sh.b == 0 && sh.c == 1 && sh.result == 1 && sh.invocations == 128 &&
+    if (sh.scope == 2 && sh.a == 0 && sh.b == 0 && sh.c == 1 && sh.result == 1 && sh.invocations == invocations &&
         sh.m_granularity && sh.n_granularity && sh.k_granularity && 64 % sh.m_granularity == 0 &&
         64 % sh.n_granularity == 0 && 64 % sh.k_granularity == 0) {
       return true;
     }
   }
-  return no("VK_NV_cooperative_matrix2 offers no 128-invocation f16 x f16 -> f32 workgroup shape with 64-divisible granularity");
+  return no(rows == 128 ? "VK_NV_cooperative_matrix2 offers no 256-invocation f16 x f16 -> f32 workgroup shape with 64-divisible granularity"
+                        : "VK_NV_cooperative_matrix2 offers no 128-invocation f16 x f16 -> f32 workgroup shape with 64-divisible granularity");
 }
 
 const char* path_name(AttentionPath p) {
@@ -120,8 +125,17 @@ Result<PagedAttention> PagedAttention::create(vk::Device& dev) {
   }
   // The cm2 pipeline is built on first use (or now, when TROVE_ATTENTION asks for it), so that runs
   // which never take it do not compile it.
+  // TROVE_ATTENTION_CM2_ROWS=128: 128-row tiles (256 invocations) instead of 64 (an A/B until measured).
+  if (const char* v = std::getenv("TROVE_ATTENTION_CM2_ROWS"); v && *v) {
+    const std::string_view r(v);
+    if (r != "64" && r != "128") {
+      return Status::InvalidArgument(fmt::format("TROVE_ATTENTION_CM2_ROWS='{}' is not a cm2 query tile; use 64 or 128 "
+                                                 "(or unset it)", v));
+    }
+    op.cm2_rows_ = r == "128" ? 128 : 64;
+  }
   std::string why;
-  op.has_prefill_cm2_ = prefill_cm2_usable(dev, &why);
+  op.has_prefill_cm2_ = prefill_cm2_usable(dev, op.cm2_rows_, &why);
   // TROVE_ATTENTION: the prefill kernel kAuto takes (where the call fits it).
   if (const char* v = std::getenv("TROVE_ATTENTION"); v && *v) {
     const std::string_view want(v);
@@ -179,7 +193,8 @@ Result<const vk::Pipeline*> PagedAttention::prefill_cpu_pipeline(uint32_t head_d
 Result<const vk::Pipeline*> PagedAttention::prefill_cm2_pipeline() const {
   std::lock_guard<std::mutex> lock(decode_->mu);
   if (decode_->cm2) return decode_->cm2.get();
-  auto p = decode_->dev->pipeline({"attention_prefill_cm2", {}, sizeof(PrefillPush), 5, 128});
+  auto p = decode_->dev->pipeline({cm2_rows_ == 128 ? "attention_prefill_cm2_r128" : "attention_prefill_cm2", {},
+                                   sizeof(PrefillPush), 5, cm2_rows_ * 2});
   if (!p.ok()) return p.status();
   decode_->cm2 = std::make_unique<vk::Pipeline>(std::move(*p));
   return decode_->cm2.get();
@@ -268,7 +283,7 @@ Status PagedAttention::record(vk::CommandStream& s, const AttentionCall& c, vk::
           runs ? "does" : "does not"));
     }
     const uint32_t group = c.n_heads / static_cast<uint32_t>(sh.n_kv_heads);
-    const uint64_t rows = uint64_t{c.n_tokens} * group, per = cm2 ? kCm2Rows : coop ? kCoopmatRows : kTiledRows;
+    const uint64_t rows = uint64_t{c.n_tokens} * group, per = cm2 ? cm2_rows_ : coop ? kCoopmatRows : kTiledRows;
     if ((rows + per - 1) / per > 65535) {
       return Status::InvalidArgument(fmt::format(
           "attention: {} tokens × {} query heads per KV head is more than the prefill grid holds; record "

@@ -16,15 +16,17 @@
 // on the matrix units (attention_prefill_coopmat.comp: f16 Q and P, f32 scores and accumulation) when
 // the device offers 16×16×16 f16 subgroup matrices, 32-wide subgroups and 44 KiB of shared memory, the
 // block size is a multiple of 16 and TROVE_NO_COOPMAT is unset; otherwise the tiled f32 kernel
-// (attention_prefill_tiled.comp). Other head dims keep the per-token kernel.
+// (attention_prefill_tiled.comp). Other head dims keep the per-token kernel. Long prefill walks with
+// few workgroups are split over key slices like decode (the same scratch and combine pass, and then
+// the same closing barrier).
 // A third prefill kernel runs on NV cooperative matrix 2 (attention_prefill_cm2.comp: workgroup-scope
 // matrices, the online softmax in matrix registers, 64-row query tiles against 64-key tiles) where
 // the device has VK_NV_cooperative_matrix2 with reductions, conversions and per-element operations
 // and a 128-invocation f16 workgroup shape, for head_dim 128 and block sizes that are a multiple of
-// 64. kAuto takes it only when kPrefillCm2Auto is true (off until measured on the device) or
-// TROVE_ATTENTION=cm2; TROVE_ATTENTION=cm2|khr|tiled forces the prefill kernel kAuto picks (create()
-// fails naming the reason when the device cannot run the one asked for). Long prefill walks with few workgroups are split over key slices like decode (the same scratch and
-// combine pass, and then the same closing barrier).
+// 64 (TROVE_ATTENTION_CM2_ROWS=128 takes 128-row tiles over 256 invocations instead). kAuto takes it
+// only when kPrefillCm2Auto is true (off until measured on the device) or TROVE_ATTENTION=cm2;
+// TROVE_ATTENTION=cm2|khr|tiled forces the prefill kernel kAuto picks where a call fits it (create()
+// fails naming the reason when the device cannot run the one asked for).
 // On a CPU device (lavapipe, features().is_cpu) prefill from kPrefillTiledMinTokens tokens takes
 // attention_prefill_cpu.comp instead when head_dim is a multiple of 16 up to 256: one invocation per
 // (a token or two, one or two heads of a KV head) walking the keys alone
@@ -89,8 +91,10 @@ class PagedAttention {
   static constexpr bool kPrefillCm2Auto = false;
   // Whether prefill runs on the cooperative-matrix kernel (device support, TROVE_NO_COOPMAT unset).
   bool prefill_uses_coopmat() const { return has_prefill_coopmat_; }
-  // Whether the device runs the NV cooperative matrix 2 prefill kernel (kPrefillCm2 can be forced).
+  // Whether the device runs the NV cooperative matrix 2 prefill kernel (kPrefillCm2 can be forced),
+  // and its query rows per workgroup (64, or 128 with TROVE_ATTENTION_CM2_ROWS=128).
   bool has_prefill_cm2() const { return has_prefill_cm2_; }
+  uint32_t prefill_cm2_rows() const { return cm2_rows_; }
   // The kernel kAuto picks for this call (never kAuto).
   AttentionPath choose(const AttentionCall& call) const;
 
@@ -101,6 +105,7 @@ class PagedAttention {
   bool has_prefill_tiled_ = false;
   bool has_prefill_coopmat_ = false;
   bool has_prefill_cm2_ = false;  // the device runs it; its pipeline is built on first use
+  uint32_t cm2_rows_ = 64;        // its query tile: 64 rows (128 invocations) or 128 (256), TROVE_ATTENTION_CM2_ROWS
   Result<const vk::Pipeline*> prefill_cm2_pipeline() const;
   AttentionPath prefill_pick_ = AttentionPath::kAuto;  // TROVE_ATTENTION's prefill kernel (kAuto: unset)
   bool decode_usable(const AttentionCall& c) const;

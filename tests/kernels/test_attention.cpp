@@ -221,7 +221,8 @@ TEST(PagedAttention, PrefillCoopmatMatchesReferenceOrIsRefused) {
 // The NV cooperative matrix 2 kernel (attention_prefill_cm2.comp) where the device runs it: depth 0,
 // chunks that leave a partial 64-row tile, GQA 1, 3, 4, 8, 64- and 128-key blocks (its key tile is 64,
 // so smaller blocks are refused), NaN in the unwritten slots of the last block, a walk over many key
-// tiles, split-K with slices past early rows' keys. Where the device lacks it (lavapipe, validated
+// tiles, split-K with slices past early rows' keys; both query tiles (64 and 128 rows, the latter
+// where the device offers a 256-invocation shape). Where the device lacks it (lavapipe, validated
 // runs) forcing it must fail naming the path, kAuto must never pick it, and the test is then skipped
 // with the reason (it has checked only the refusal). Logs the prefill paths the device has.
 TEST(PagedAttention, PrefillCm2MatchesReferenceOrIsRefused) {
@@ -248,19 +249,32 @@ TEST(PagedAttention, PrefillCm2MatchesReferenceOrIsRefused) {
     GTEST_SKIP() << "this device has no NV cooperative matrix 2 prefill kernel (VK_NV_cooperative_matrix2 with "
                     "reductions, conversions and per-element operations): only the refusal was checked";
   }
-  check(*dev, *op, 8, 2, 128, 64, 0, 70, 51, kM);     // depth 0, 280 rows (a partial tile), G 4
-  check(*dev, *op, 8, 2, 128, 64, 100, 37, 52, kM);   // prefix ends mid-block
-  check(*dev, *op, 8, 1, 128, 64, 64, 9, 53, kM);     // G 8, prefix of exactly one block
-  check(*dev, *op, 4, 4, 128, 128, 130, 50, 54, kM);  // G 1, 128-key blocks (two tiles per block)
-  check(*dev, *op, 6, 2, 128, 64, 5, 33, 55, kM);     // G 3: a row tile splits a token's heads
-  check(*dev, *op, 8, 2, 128, 64, 1000, 64, 56, kM);  // 17 key tiles, the last one partial
-  check(*dev, *op, 2, 1, 128, 64, 3, 4, 57, kM);      // 4 tokens (the smallest prefill chunk)
-  check(*dev, *op, 8, 2, 128, 64, 2990, 8, 58, kM);   // split-K: 6 slices, the last partial
-  check(*dev, *op, 2, 2, 128, 64, 0, 600, 59, kM);    // split-K: early row tiles end before slice 2
-  check(*dev, *op, 8, 2, 128, 128, 0, 200, 60, kM);   // depth 0, 128-key blocks, NaN past token 200
-  check(*dev, *op, 32, 8, 128, 64, 1536, 64, 61, kM); // Qwen3-8B heads, a prefill chunk at depth
-  check(*dev, *op, 32, 4, 128, 64, 4000, 32, 62, kM); // Qwen3-30B-A3B heads (G 8)
-  check(*dev, *op, 32, 8, 128, 64, 0, 512, 63, kM);   // Qwen3-8B heads, a 512-token chunk at depth 0
+  auto shapes = [&](const ops::PagedAttention& a) {
+    SCOPED_TRACE(testing::Message() << "cm2 query tile " << a.prefill_cm2_rows() << " rows");
+    check(*dev, a, 8, 2, 128, 64, 0, 70, 51, kM);     // depth 0, 280 rows (a partial tile), G 4
+    check(*dev, a, 8, 2, 128, 64, 100, 37, 52, kM);   // prefix ends mid-block
+    check(*dev, a, 8, 1, 128, 64, 64, 9, 53, kM);     // G 8, prefix of exactly one block
+    check(*dev, a, 4, 4, 128, 128, 130, 50, 54, kM);  // G 1, 128-key blocks (two tiles per block)
+    check(*dev, a, 6, 2, 128, 64, 5, 33, 55, kM);     // G 3: a row tile splits a token's heads
+    check(*dev, a, 8, 2, 128, 64, 1000, 64, 56, kM);  // 17 key tiles, the last one partial
+    check(*dev, a, 2, 1, 128, 64, 3, 4, 57, kM);      // 4 tokens (the smallest prefill chunk)
+    check(*dev, a, 8, 2, 128, 64, 2990, 8, 58, kM);   // split-K: 6 slices, the last partial
+    check(*dev, a, 2, 2, 128, 64, 0, 600, 59, kM);    // split-K: early row tiles end before slice 2
+    check(*dev, a, 8, 2, 128, 128, 0, 200, 60, kM);   // depth 0, 128-key blocks, NaN past token 200
+    check(*dev, a, 32, 8, 128, 64, 1536, 64, 61, kM); // Qwen3-8B heads, a prefill chunk at depth
+    check(*dev, a, 32, 4, 128, 64, 4000, 32, 62, kM); // Qwen3-30B-A3B heads (G 8)
+    check(*dev, a, 32, 8, 128, 64, 0, 512, 63, kM);   // Qwen3-8B heads, a 512-token chunk at depth 0
+  };
+  shapes(*op);
+  // The 128-row variant (256 invocations) too, unless the run fixed one with TROVE_ATTENTION_CM2_ROWS.
+  if (!std::getenv("TROVE_ATTENTION_CM2_ROWS")) {
+    setenv("TROVE_ATTENTION_CM2_ROWS", op->prefill_cm2_rows() == 64 ? "128" : "64", 1);
+    auto other = ops::PagedAttention::create(*dev);
+    unsetenv("TROVE_ATTENTION_CM2_ROWS");
+    ASSERT_TRUE(other.ok()) << other.status().ToString();
+    if (other->has_prefill_cm2()) shapes(*other);
+    else std::printf("cm2 with %u-row tiles is not offered here (no workgroup shape for it)\n", other->prefill_cm2_rows());
+  }
   const auto pick = op->choose({{4, 64, 2, 128}, 8, 0, 64, 1.0f});
   const char* env = std::getenv("TROVE_ATTENTION");
   if (env && std::string_view(env) == "cm2") EXPECT_EQ(pick, kM);
@@ -268,7 +282,8 @@ TEST(PagedAttention, PrefillCm2MatchesReferenceOrIsRefused) {
 }
 
 // TROVE_ATTENTION: tiled makes kAuto take the tiled kernel (even on a CPU device), a path the device
-// cannot run and an unknown name fail create() with the reason. Restores the variable.
+// cannot run and an unknown name fail create() with the reason; TROVE_ATTENTION_CM2_ROWS other than 64
+// or 128 fails too. Restores the variables.
 TEST(PagedAttention, TroveAttentionPicksThePrefillKernel) {
   auto dev = open_device();
   ASSERT_TRUE(dev);
@@ -288,6 +303,15 @@ TEST(PagedAttention, TroveAttentionPicksThePrefillKernel) {
   op = ops::PagedAttention::create(*dev);
   EXPECT_FALSE(op.ok());
   if (!op.ok()) EXPECT_NE(op.status().message().find("cm2, khr or tiled"), std::string::npos) << op.status().message();
+  unsetenv("TROVE_ATTENTION");
+  const char* old_rows = std::getenv("TROVE_ATTENTION_CM2_ROWS");
+  const std::string saved_rows = old_rows ? old_rows : "";
+  setenv("TROVE_ATTENTION_CM2_ROWS", "96", 1);
+  op = ops::PagedAttention::create(*dev);
+  EXPECT_FALSE(op.ok());
+  if (!op.ok()) EXPECT_NE(op.status().message().find("64 or 128"), std::string::npos) << op.status().message();
+  if (old_rows) setenv("TROVE_ATTENTION_CM2_ROWS", saved_rows.c_str(), 1);
+  else unsetenv("TROVE_ATTENTION_CM2_ROWS");
   if (old) setenv("TROVE_ATTENTION", saved.c_str(), 1);
   else unsetenv("TROVE_ATTENTION");
 }

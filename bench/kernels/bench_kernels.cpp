@@ -170,17 +170,23 @@ int main(int argc, char** argv) {
     std::vector<std::pair<uint32_t, uint32_t>> cpu_tiles = {{0, 0}};
     if (path == ops::MatmulPath::kCpu && sweep) cpu_tiles = {{0, 0}, {4, 16}, {8, 8}, {8, 16}};
     const std::string pname(ops::matmul_path_name(path));
+    // cm2 variants (matmul.h, TROVE_CM2_VARIANT): both on the cm2 path, for A/B in one run.
+    std::vector<uint32_t> variants = {0};
+    if (path == ops::MatmulPath::kCm2) variants = {0, 1};
     for (const auto& g : gemms) {
       for (uint32_t batch : gemm_batches) {
         for (ops::MatmulTile tile : tiles) {
+         for (uint32_t variant : variants) {
          for (auto [cpu_r, cpu_c] : cpu_tiles) {
           op->force_tile(tile);
+          op->force_cm2_variant(variant);
           op->force_cpu_tile(cpu_r, cpu_c);
           const ops::MatmulTile used = op->tile_for(std::min<uint32_t>(g.rows, 32768), batch);
           const std::string tname = path == ops::MatmulPath::kCpu
                                         ? (cpu_r ? fmt::format("{}x{}", cpu_r, cpu_c) : std::string("auto"))
                                         : std::string(tile_names[static_cast<int>(tile)]);
-          const std::string label = fmt::format("{} {} {} {} {}", pname, tname, quant::traits(g.type)->name, g.model, g.name);
+          const std::string vname = path == ops::MatmulPath::kCm2 ? fmt::format(" v{}", variant) : std::string();
+          const std::string label = fmt::format("{} {}{} {} {} {}", pname, tname, vname, quant::traits(g.type)->name, g.model, g.name);
           if (!section("gemm") || !keep_gemm(label)) continue;
           const uint32_t rows_per_call = std::min<uint32_t>(g.rows, 32768);
           const uint64_t rb = quant::row_bytes(g.type, g.cols), wbytes = rb * uint64_t{g.rows};
@@ -198,18 +204,20 @@ int main(int argc, char** argv) {
           });
           if (!t.ok()) return fail(t.status());
           const double bytes = wbytes + (gemm_x_f16 ? 2.0 : 4.0) * batch * g.cols + 4.0 * batch * g.rows;
-          rows.push_back({fmt::format("gemm {} {} (tile {}{}) x {}", pname, quant::traits(g.type)->name, tname,
+          rows.push_back({fmt::format("gemm {}{} {} (tile {}{}) x {}", pname, vname, quant::traits(g.type)->name, tname,
                                       tile == ops::MatmulTile::kAuto && op->uses_coopmat()
                                           ? fmt::format(" = {}", tile_names[static_cast<int>(used)])
                                           : "", gemm_x_f16 ? "f16" : "f32"),
                           fmt::format("{} {} {}x{} b{}", g.model, g.name, g.rows, g.cols, batch), *t, bytes / *t / 1e3,
                           2.0 * g.rows * g.cols * batch / *t / 1e6});
          }
+         }
         }
       }
     }
     op->force_tile(ops::MatmulTile::kAuto);
     op->force_cpu_tile(0, 0);
+    op->force_cm2_variant(0);
 
     // ---- grouped: the 30B-A3B experts of one layer (128 × [768 × 2048] gate or up, 128 × [2048 × 768]
     // down), tokens × 8 slots spread evenly (the balanced case; the tests cover skewed ones).
@@ -223,9 +231,17 @@ int main(int argc, char** argv) {
       token_counts = {16};
     }
     if (path == ops::MatmulPath::kCpu) groups.clear();  // grouped calls take the tiled kernel there
+    // cm2 grouped tiles × variants (matmul.h: TROVE_GROUPED_TILE, TROVE_CM2_VARIANT), on the cm2 path.
+    struct GroupedCfg { uint32_t bm, bn, variant; };
+    std::vector<GroupedCfg> gcfgs = {{64, 64, 0}};
+    if (path == ops::MatmulPath::kCm2) {
+      gcfgs = {{64, 64, 0}, {64, 64, 1}, {64, 32, 0}, {64, 32, 1}, {128, 32, 1}, {128, 64, 1}, {128, 128, 1}};
+    }
     for (const auto& g : groups) {
       for (uint32_t tokens : token_counts) {
-        const std::string label = fmt::format("{} {} 30B-A3B {}", pname, quant::traits(g.type)->name, g.name);
+       for (const auto& gc : gcfgs) {
+        const std::string cfg = path == ops::MatmulPath::kCm2 ? fmt::format(" {}x{} v{}", gc.bm, gc.bn, gc.variant) : std::string();
+        const std::string label = fmt::format("{}{} {} 30B-A3B {}", pname, cfg, quant::traits(g.type)->name, g.name);
         if (!section("grouped") || !keep_grouped(label)) continue;
         const uint32_t slots = tokens * top_k;
         const uint64_t rb = quant::row_bytes(g.type, g.cols), eb = (rb * g.rows + 15) / 16 * 16;
@@ -239,12 +255,17 @@ int main(int argc, char** argv) {
         if (auto st = ob->upload(offsets.data(), offsets.size() * 4); !st.ok()) return fail(st);
         if (auto st = ib->upload(ids.data(), ids.size() * 4); !st.ok()) return fail(st);
         ops::GroupedMatmulCall call{g.type, g.rows, g.cols, n_expert, eb, slots, tokens, 0, true};
+        op->force_grouped_tile(gc.bm, gc.bn);
+        op->force_cm2_variant(gc.variant);
         auto t = time_reps(dev, reps, [&](vk::CommandStream& s) { return op->record_grouped(s, call, *w, *x, *ob, *ib, *y); });
+        op->force_grouped_tile(64, 64);
+        op->force_cm2_variant(0);
         if (!t.ok()) return fail(t.status());
         const double bytes = double(eb) * n_expert + 2.0 * tokens * g.cols + 4.0 * slots * g.rows;
-        rows.push_back({fmt::format("grouped {} {} x f16", pname, quant::traits(g.type)->name),
+        rows.push_back({fmt::format("grouped {}{} {} x f16", pname, cfg, quant::traits(g.type)->name),
                         fmt::format("30B-A3B {} {}x{}, {} experts, {} tokens x {}", g.name, g.rows, g.cols, n_expert, tokens, top_k),
                         *t, bytes / *t / 1e3, 2.0 * g.rows * g.cols * slots / *t / 1e6});
+       }
       }
     }
   }

@@ -1,5 +1,6 @@
 #include "kernels/ops/matmul.h"
 
+#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -145,6 +146,21 @@ Result<Matmul> Matmul::create(vk::Device& dev, MatmulPath path) {
   op.path_ = path;
   op.cache_ = std::make_shared<Cache>();
   op.cm2_grouped_ = path == MatmulPath::kKhr && cm2_available(dev, nullptr);
+  if (const char* v = std::getenv("TROVE_CM2_VARIANT"); v && *v) {
+    if (std::string_view(v) != "0" && std::string_view(v) != "1") {
+      return Status::InvalidArgument(fmt::format("TROVE_CM2_VARIANT='{}' is not a cm2 variant; use 0 or 1 (or unset it)", v));
+    }
+    op.cm2_variant_ = static_cast<uint32_t>(v[0] - '0');
+  }
+  if (const char* v = std::getenv("TROVE_GROUPED_TILE"); v && *v) {
+    unsigned bm = 0, bn = 0;
+    char tail = 0;
+    if (std::sscanf(v, "%ux%u%c", &bm, &bn, &tail) != 2 || (bm != 64 && bm != 128) || (bn != 32 && bn != 64 && bn != 128)) {
+      return Status::InvalidArgument(fmt::format(
+          "TROVE_GROUPED_TILE='{}' is not a grouped cm2 tile; use BMxBN with BM 64 or 128 and BN 32, 64 or 128 (e.g. 128x32)", v));
+    }
+    op.grouped_bm_ = bm, op.grouped_bn_ = bn;
+  }
   // Specialization of the tiled shader: [rows per invocation, f16 activations].
   for (uint32_t h = 0; h < 2; ++h) {
     auto p1 = dev.pipeline({"matmul_tiled", {1, h}, sizeof(Push), 3, 64});
@@ -255,7 +271,8 @@ Status Matmul::record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows,
     }
     const Cm2Tile c = tile == MatmulTile::kSmall ? kCm2Small : tile == MatmulTile::kMedium ? kCm2Medium : kCm2Large;
     const uint32_t bk = cols % 64 == 0 ? 64 : 32;
-    auto p = pipeline("matmul_cm2", {ty, xh, c.bm, c.bn, 256, bk}, 3, 256);
+    if (cm2_variant_ > 1) return Status::InvalidArgument(fmt::format("matmul: cm2 variant {} is not 0 or 1", cm2_variant_));
+    auto p = pipeline("matmul_cm2", {ty, xh, c.bm, c.bn, 256, bk, cm2_variant_}, 3, 256);
     if (!p.ok()) return p.status();
     if (div_up(rows, c.bm) > kMaxGroups || div_up(batch, c.bn) > kMaxGroups) {
       return Status::InvalidArgument(fmt::format("matmul: rows {} or batch {} need more than {} workgroups (split the call)", rows, batch, kMaxGroups));
@@ -330,15 +347,23 @@ Status Matmul::record_grouped(vk::CommandStream& s, const GroupedMatmulCall& c, 
   // Matrix units: workgroup y index j = the j-th (expert, slot tile) pair; ceil(slots / BN) + n_expert
   // bounds their number. On the cm2 path a call cm2 cannot take goes to the KHR form.
   if (use_cm2) {
-    const uint32_t bk = c.cols % 64 == 0 ? 64 : 32;
-    auto p = pipeline("matmul_cm2_grouped", {ty, xh, kCm2Small.bm, kCm2Small.bn, 256, bk}, 5, 256);
+    const uint32_t bk = c.cols % 64 == 0 ? 64 : 32, bm = grouped_bm_, bn = grouped_bn_;
+    const auto* shape = cm2_shape(dev_->features());
+    if ((bm != 64 && bm != 128) || (bn != 32 && bn != 64 && bn != 128) || cm2_variant_ > 1 || !shape ||
+        bm % shape->m_granularity != 0 || bn % shape->n_granularity != 0 || bn > dev_->features().coopmat2_max_dimension) {
+      return Status::InvalidArgument(fmt::format(
+          "grouped matmul: cm2 tile {}x{} variant {} is not usable here (BM 64 or 128, BN 32, 64 or 128 and multiples of "
+          "the device's granularity {}x{}, variant 0 or 1); change TROVE_GROUPED_TILE / TROVE_CM2_VARIANT",
+          bm, bn, cm2_variant_, shape ? shape->m_granularity : 0, shape ? shape->n_granularity : 0));
+    }
+    auto p = pipeline("matmul_cm2_grouped", {ty, xh, bm, bn, 256, bk, cm2_variant_}, 5, 256);
     if (!p.ok()) return p.status();
-    const uint64_t gy = div_up(c.slots, kCm2Small.bn) + uint64_t{c.n_expert};
-    if (div_up(c.rows, kCm2Small.bm) > kMaxGroups || gy > kMaxGroups) {
+    const uint64_t gy = div_up(c.slots, bn) + uint64_t{c.n_expert};
+    if (div_up(c.rows, bm) > kMaxGroups || gy > kMaxGroups) {
       return Status::InvalidArgument(fmt::format("grouped matmul: rows {} or slots {} need more than {} workgroups (split the call)",
                                                  c.rows, c.slots, kMaxGroups));
     }
-    return s.dispatch(**p, bufs, &push, sizeof(push), div_up(c.rows, kCm2Small.bm), static_cast<uint32_t>(gy));
+    return s.dispatch(**p, bufs, &push, sizeof(push), div_up(c.rows, bm), static_cast<uint32_t>(gy));
   }
   const KhrTile k = tile_for(c.rows, c.slots, true) == MatmulTile::kSmall ? kKhrSmall : kKhrLarge;
   auto p = pipeline("matmul_coopmat_grouped", {ty, xh, k.bm, k.bn, k.wg, k.sgm}, 5, k.wg);

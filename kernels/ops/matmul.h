@@ -40,6 +40,13 @@
 // grouped kernel (matmul_coopmat_grouped.comp) failed GroupedMatmul.MatchesReferenceForAdversarialRoutings
 // on the H200 (2026-12-02: relative error 0.34-0.39 on every type; the dense KHR kernel passed) and
 // stays off until that is found. TROVE_GROUPED_KHR=1 runs it anyway (to debug it on a GPU).
+//
+// cm2 variants (for A/B on the GPU; defaults are the measured ones):
+//  - TROVE_CM2_VARIANT=0|1 (force_cm2_variant): 0 = K-quant scales fetched into shared memory at each
+//    256-value block; 1 = Q4_K/Q5_K scales prefetched a block ahead, Q6_K scales read in the decode
+//    function and its quants as 16-bit words (matmul_cm2_tile.glsl). Dense and grouped cm2 calls.
+//  - TROVE_GROUPED_TILE=BMxBN (force_grouped_tile): the cm2 grouped tile, BM 64 or 128 weight rows ×
+//    BN 32, 64 or 128 slots (default 64x64); a tile the device's granularity refuses is an error.
 #pragma once
 
 #include <memory>
@@ -89,6 +96,10 @@ class Matmul {
   // The tile record() would use for this shape on the matrix path (kAuto on the tiled path).
   MatmulTile tile_for(uint32_t rows, uint32_t batch, bool grouped = false) const;
   void force_tile(MatmulTile t) { forced_tile_ = t; }  // benchmarks
+  // cm2 variant (0 or 1) and grouped tile (bm 64|128, bn 32|64|128); see the contract above. Set from
+  // TROVE_CM2_VARIANT / TROVE_GROUPED_TILE at create(); for benchmarks and tests.
+  void force_cm2_variant(uint32_t v) { cm2_variant_ = v; }
+  void force_grouped_tile(uint32_t bm, uint32_t bn) { grouped_bm_ = bm, grouped_bn_ = bn; }
   // The CPU form's tile: rows per invocation (1..8) and batch columns per workgroup (1..16); 0 =
   // automatic. For benchmarks; an invalid tile makes record() fail.
   void force_cpu_tile(uint32_t rows, uint32_t cols) { cpu_rows_ = rows, cpu_cols_ = cols; }
@@ -100,6 +111,7 @@ class Matmul {
   MatmulPath path_ = MatmulPath::kTiled;
   MatmulTile forced_tile_ = MatmulTile::kAuto;
   uint32_t cpu_rows_ = 0, cpu_cols_ = 0;
+  uint32_t cm2_variant_ = 0, grouped_bm_ = 64, grouped_bn_ = 64;
   bool cm2_grouped_ = false;  // KHR path on a cm2 device: grouped calls take the cm2 grouped kernel
   vk::Pipeline tiled_row_[2];    // one row per invocation (decode); [f32, f16 activations]
   vk::Pipeline tiled_rows4_[2];  // four rows per invocation (batches)

@@ -29,6 +29,13 @@ layout(constant_id = 2) const uint BM = 128u;
 layout(constant_id = 3) const uint BN = 128u;
 const uint WG = 256u;
 layout(constant_id = 5) const uint BK = 32u;   // 32 or 64; cols is a multiple of it (host)
+// Variant (TROVE_CM2_VARIANT, kernels/ops/matmul.h): 0 = K-quant scales fetched into shared memory at
+// each 256-value block (global load, then two barriers, nothing overlapping the latency); 1 = Q4_K/Q5_K
+// block headers (16 bytes: d, dmin, scales) loaded one block ahead into registers and decoded into
+// shared memory at the block boundary (the load's latency hidden behind the previous block's
+// products), Q6_K with no shared scales at all (d × int8 scale read in the decode function, the
+// quants read as 16-bit words so the two values of a pair share the loads) and no barriers.
+layout(constant_id = 6) const uint kVariant = 0u;
 
 const uint kF32 = 0u, kF16 = 1u, kQ8_0 = 8u, kQ4_K = 12u, kQ5_K = 13u, kQ6_K = 14u, kBF16 = 30u;
 
@@ -45,6 +52,7 @@ layout(std430, set = 0, binding = 0) readonly buffer WQ8_0 { BlockQ8_0 wq8_0[]; 
 layout(std430, set = 0, binding = 0) readonly buffer WQ4_K { BlockQ4_K wq4_k[]; };
 layout(std430, set = 0, binding = 0) readonly buffer WQ5_K { BlockQ5_K wq5_k[]; };
 layout(std430, set = 0, binding = 0) readonly buffer WQ6_K { BlockQ6_K wq6_k[]; };
+layout(std430, set = 0, binding = 0) readonly buffer WU4 { uvec4 wu4[]; };  // Q4_K/Q5_K headers (variant 1)
 layout(std430, set = 0, binding = 1) readonly buffer XF16 { float16_t xf16[]; };
 layout(std430, set = 0, binding = 1) readonly buffer XF32 { float xf32[]; };
 layout(std430, set = 0, binding = 2) writeonly buffer Y { float y[]; };
@@ -62,6 +70,9 @@ layout(buffer_reference, std430, buffer_reference_align = 2) buffer RefQ8_0 { Bl
 layout(buffer_reference, std430, buffer_reference_align = 16) buffer RefQ4_K { BlockQ4_K b; };
 layout(buffer_reference, std430, buffer_reference_align = 16) buffer RefQ5_K { BlockQ5_K b; };
 layout(buffer_reference, std430, buffer_reference_align = 2) buffer RefQ6_K { BlockQ6_K b; };
+// Q6_K as 16-bit words (variant 1): ql[128] bytes = 64 words, qh[64] = 32, scales[16] = 8, d.
+struct BlockQ6_K16 { uint16_t ql[64]; uint16_t qh[32]; uint16_t scales[8]; float16_t d; };
+layout(buffer_reference, std430, buffer_reference_align = 2) buffer RefQ6_K16 { BlockQ6_K16 b; };
 layout(buffer_reference, std430, buffer_reference_align = 2) buffer RefF16 { float16_t v; };
 
 // Per-row scales of the current 256-value block: [sub-block of 32][row in tile]. Q4_K/Q5_K:
@@ -93,6 +104,16 @@ float16_t decode_q6_k(const in RefQ6_K p, const in uint bc[2], const in uint ib[
   float s = (i & 16u) != 0u ? s2.y : s2.x;
   uint lo = (uint(p.b.ql[64u * n + 32u * (g & 1u) + l]) >> (g < 2u ? 0u : 4u)) & 15u;
   uint hi = (uint(p.b.qh[32u * n + l]) >> (2u * g)) & 3u;
+  return float16_t(s * (float(lo | (hi << 4)) - 32.0));
+}
+// Variant 1: value i of the block from 16-bit words; scale d × scales[i / 16] from the block itself.
+float16_t decode_q6_k16(const in RefQ6_K p, const in uint bc[2], const in uint ib[2]) {
+  RefQ6_K16 w = RefQ6_K16(p);
+  uint i = ib[1], n = i >> 7, g = (i >> 5) & 3u, l = i & 31u, odd = 8u * (l & 1u);
+  uint sw = uint(w.b.scales[i >> 5]);  // scales 2(i/32) and 2(i/32)+1
+  float s = float(w.b.d) * float(bitfieldExtract(int(sw), (i & 16u) != 0u ? 8 : 0, 8));
+  uint lo = (uint(w.b.ql[32u * n + 16u * (g & 1u) + (l >> 1)]) >> (odd + (g < 2u ? 0u : 4u))) & 15u;
+  uint hi = (uint(w.b.qh[16u * n + (l >> 1)]) >> (odd + 2u * g)) & 3u;
   return float16_t(s * (float(lo | (hi << 4)) - 32.0));
 }
 float16_t decode_x32(const in RefF32 p, const in uint bc[2], const in uint ib[2]) { return float16_t(p.v); }
@@ -162,7 +183,40 @@ void fetch_scales(uint r0, uint kb, uint wblk) {
   barrier();
 }
 
+// Variant 1 (Q4_K/Q5_K): this invocation's row's 16-byte block header for the next 256-value block,
+// loaded by prefetch_scales one block ahead and decoded by store_scales at the block boundary.
+uvec4 scale_raw;
+void prefetch_scales(uint r0, uint kb, uint wblk) {
+  const uint row = gl_LocalInvocationID.x / (WG / BM), r = r0 + row;
+  if (row < BM && r < pc.rows) scale_raw = wu4[(wblk + r * (pc.cols / 256u) + kb) * (kType == kQ4_K ? 9u : 11u)];
+}
+void store_scales(uint r0) {
+  barrier();  // the previous block's decodes are done
+  const uint per_row = WG / BM, row = gl_LocalInvocationID.x / per_row, part = gl_LocalInvocationID.x % per_row;
+  if (row < BM && r0 + row < pc.rows) {
+    const uvec4 hd = scale_raw;  // d, dmin | scales 0-3 | scales 4-7 | scales 8-11
+    const vec2 dm = unpackHalf2x16(hd.x);
+    for (uint s = part; s < 8u; s += per_row) {
+      const uint j4 = 8u * (s & 3u);
+      uint sc, mn;
+      if (s < 4u) {
+        sc = bitfieldExtract(hd.y, int(j4), 6);
+        mn = bitfieldExtract(hd.z, int(j4), 6);
+      } else {
+        uint a = bitfieldExtract(hd.w, int(j4), 8);
+        sc = (a & 15u) | (bitfieldExtract(hd.y, int(j4 + 6u), 2) << 4);
+        mn = (a >> 4) | (bitfieldExtract(hd.z, int(j4 + 6u), 2) << 4);
+      }
+      sh_scale[s * BM + row] = vec2(dm.x * float(sc), dm.y * float(mn));
+    }
+  }
+  barrier();
+}
+
 const bool kKQuant = kType == kQ4_K || kType == kQ5_K || kType == kQ6_K;
+// Which scale scheme runs (kVariant above): shared scales fetched at each block, prefetched, or none.
+const bool kScalesFetch = kKQuant && (kVariant == 0u);
+const bool kScalesPrefetch = (kType == kQ4_K || kType == kQ5_K) && kVariant != 0u;
 const uint kBlockK = kKQuant ? 256u : (kType == kQ8_0 ? 32u : 1u);  // values per block along K
 
 // A and B loads for one K step, for a layout type La (clamped or not) and Lb.
@@ -179,6 +233,7 @@ const uint kElemBytes = kType == kF32 ? 4u : (kType == kF16 || kType == kBF16) ?
   else if (kType == kQ8_0) coopMatLoadTensorNV(mat, wq8_0, ao, la, decode_q8_0);                            \
   else if (kType == kQ4_K) coopMatLoadTensorNV(mat, wq4_k, ao, la, decode_q4_k);                            \
   else if (kType == kQ5_K) coopMatLoadTensorNV(mat, wq5_k, ao, la, decode_q5_k);                            \
+  else if (kVariant != 0u) coopMatLoadTensorNV(mat, wq6_k, ao, la, decode_q6_k16);                         \
   else coopMatLoadTensorNV(mat, wq6_k, ao, la, decode_q6_k);
 #define LOAD_B(mat, lb)                                                                                      \
   if (kXF16 != 0u) coopMatLoadTensorNV(mat, xf16, 0u, lb, transposed);                                      \
@@ -262,8 +317,13 @@ void main() {
 #else
   const bool inside = r0 + BM <= pc.rows && b0 + BN <= pc.batch;  // uniform per workgroup
 #endif
+  if (kScalesPrefetch) prefetch_scales(r0, 0u, wblk);
   for (uint k0 = 0u; k0 < K; k0 += BK) {
-    if (kKQuant && k0 % 256u == 0u) fetch_scales(r0, k0 / 256u, wblk);
+    if (kScalesFetch && k0 % 256u == 0u) fetch_scales(r0, k0 / 256u, wblk);
+    if (kScalesPrefetch && k0 % 256u == 0u) {
+      store_scales(r0);
+      if (k0 + 256u < K) prefetch_scales(r0, k0 / 256u + 1u, wblk);
+    }
     coopmat<float16_t, gl_ScopeWorkgroup, BM, BK, gl_MatrixUseA> a;
     coopmat<float16_t, gl_ScopeWorkgroup, BK, BN, gl_MatrixUseB> b;
     if (inside) {

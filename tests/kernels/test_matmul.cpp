@@ -62,7 +62,15 @@ std::vector<MatmulPath> matrix_paths(const vk::Device& dev) {
   return out;
 }
 
+// Every tile of the path, or the one TROVE_TEST_TILE names (small, medium or large): on the H200 each
+// cm2 tile × type × activation type is a pipeline of ~2 s to build, so one tile keeps a run short.
 std::vector<MatmulTile> tiles(MatmulPath p) {
+  if (const char* env = std::getenv("TROVE_TEST_TILE"); env && *env) {
+    const std::string v(env);
+    const MatmulTile t = v == "small" ? MatmulTile::kSmall : v == "medium" ? MatmulTile::kMedium : MatmulTile::kLarge;
+    if (p == MatmulPath::kKhr && t == MatmulTile::kMedium) return {MatmulTile::kLarge};
+    return {t};
+  }
   if (p == MatmulPath::kCm2) return {MatmulTile::kSmall, MatmulTile::kMedium, MatmulTile::kLarge};
   return {MatmulTile::kSmall, MatmulTile::kLarge};
 }
@@ -254,6 +262,33 @@ TEST(Matmul, MatrixPathsMatchReference) {
   }
 }
 
+// cm2 variant 1 (prefetched K-quant scales, Q6_K decoded from 16-bit words with its scales read in
+// the decode function; matmul.h, TROVE_CM2_VARIANT) against the reference: the K-quants and Q8_0,
+// partial tiles both ways, f16 and f32 activations, K of one and of several 256-value blocks.
+// Skipped where the device has no NV cooperative matrix 2 (lavapipe): run on the H200.
+TEST(Matmul, Cm2VariantOneMatchesReference) {
+  auto dev = open_device();
+  ASSERT_TRUE(dev);
+  std::string why;
+  if (!ops::Matmul::available(*dev, MatmulPath::kCm2, &why)) GTEST_SKIP() << "no cm2 here: " << why;
+  auto op = ops::Matmul::create(*dev, MatmulPath::kCm2);
+  ASSERT_TRUE(op.ok()) << op.status().ToString();
+  op->force_cm2_variant(1);
+  uint64_t seed = 700;
+  for (MatmulTile tile : {MatmulTile::kMedium, MatmulTile::kSmall}) {
+    SCOPED_TRACE(testing::Message() << "tile " << tile_name(tile));
+    op->force_tile(tile);
+    for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K}) {
+      check(*dev, *op, type, 100, 768, 37, seed++, 2e-3, true);   // 3 blocks: prefetch over several
+      check(*dev, *op, type, 130, 256, 200, seed++, 2e-3, true);  // one block, > one 128 tile
+    }
+    if (tile == MatmulTile::kMedium) {
+      check(*dev, *op, GgmlType::Q6_K, 70, 512, 45, seed++, 2e-3, false);  // f32 activations
+      check(*dev, *op, GgmlType::Q8_0, 100, 512, 37, seed++, 2e-3, true);   // untouched by the variant
+    }
+  }
+}
+
 // A matrix path the device lacks is refused with the reason, never silently replaced.
 TEST(Matmul, MissingMatrixPathIsRefused) {
   auto dev = open_device();
@@ -399,6 +434,34 @@ TEST(GroupedMatmul, MatchesReferenceForAdversarialRoutings) {
       check_grouped(*dev, *op, GgmlType::Q4_K, 768, 2048, counts, 512, seed++, path == MatmulPath::kTiled ? 1e-5 : 2e-3, true, 64);
     }
   }
+}
+
+// The cm2 grouped kernel's other tiles and variant 1 (matmul.h: TROVE_GROUPED_TILE, TROVE_CM2_VARIANT)
+// on the adversarial routings: every slot to one expert (several slot tiles), empty experts, one
+// slot, K of three blocks. Skipped where the device has no NV cooperative matrix 2 (lavapipe).
+TEST(GroupedMatmul, Cm2TilesAndVariantsMatchReference) {
+  auto dev = open_device();
+  ASSERT_TRUE(dev);
+  std::string why;
+  if (!ops::Matmul::available(*dev, MatmulPath::kCm2, &why)) GTEST_SKIP() << "no cm2 here: " << why;
+  if (!dev->features().coopmat2_per_element) GTEST_SKIP() << "no cm2 per-element operations here";
+  auto op = ops::Matmul::create(*dev, MatmulPath::kCm2);
+  ASSERT_TRUE(op.ok()) << op.status().ToString();
+  struct Cfg { uint32_t bm, bn, variant; };
+  uint64_t seed = 800;
+  for (const Cfg& c : {Cfg{64, 64, 1}, Cfg{128, 32, 1}, Cfg{64, 32, 0}}) {
+    SCOPED_TRACE(testing::Message() << "tile " << c.bm << "x" << c.bn << " variant " << c.variant);
+    op->force_grouped_tile(c.bm, c.bn);
+    op->force_cm2_variant(c.variant);
+    for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q6_K}) {
+      check_grouped(*dev, *op, type, 160, 768, {0, 0, 0, 0, 0, 0, 0, 70}, 40, seed++, 2e-3);  // all to one expert
+      check_grouped(*dev, *op, type, 96, 256, {5, 0, 0, 1, 0, 33, 0, 2}, 30, seed++, 2e-3);   // empty experts between
+      check_grouped(*dev, *op, type, 80, 512, {0, 1, 0, 0, 0, 0, 0, 0}, 1, seed++, 2e-3);     // one slot
+    }
+  }
+  op->force_grouped_tile(128, 32);
+  op->force_cm2_variant(1);
+  check_grouped(*dev, *op, GgmlType::Q5_K, 130, 512, {17, 3, 64, 0, 9, 1, 70, 12}, 64, seed++, 2e-3, false);  // f32 x
 }
 
 TEST(GroupedMatmul, NoSlotsIsANoOpAndBadShapesAreNamed) {

@@ -39,12 +39,15 @@
 // matrix 2 (it passed the grouped reference test on the H200), else the tiled grouped kernel: the KHR
 // grouped kernel (matmul_coopmat_grouped.comp) failed GroupedMatmul.MatchesReferenceForAdversarialRoutings
 // on the H200 (2026-12-02: relative error 0.34-0.39 on every type; the dense KHR kernel passed) and
-// stays off until that is found. TROVE_GROUPED_KHR=1 runs it anyway (to debug it on a GPU).
+// stays off until that is found. TROVE_GROUPED_KHR=1 runs it anyway (to debug it on a GPU); =2 runs
+// it with no early return for the surplus workgroups (they stay through the barriers, doing nothing):
+// if 2 passes where 1 fails, the fault is the return before the barriers, not the data path.
 //
 // cm2 variants (for A/B on the GPU; defaults are the measured ones):
 //  - TROVE_CM2_VARIANT=0|1 (force_cm2_variant): 0 = K-quant scales fetched into shared memory at each
 //    256-value block; 1 = Q4_K/Q5_K scales prefetched a block ahead, Q6_K scales read in the decode
-//    function and its quants as 16-bit words (matmul_cm2_tile.glsl). Dense and grouped cm2 calls.
+//    function and its quants as 16-bit words, K steps unrolled per 256-value block, activation rows
+//    declared 16-byte aligned (matmul_cm2_tile.glsl). Dense and grouped cm2 calls.
 //  - TROVE_GROUPED_TILE=BMxBN (force_grouped_tile): the cm2 grouped tile, BM 64 or 128 weight rows ×
 //    BN 32, 64 or 128 slots (default 64x64); a tile the device's granularity refuses is an error.
 #pragma once

@@ -34,7 +34,8 @@ layout(constant_id = 5) const uint BK = 32u;   // 32 or 64; cols is a multiple o
 // block headers (16 bytes: d, dmin, scales) loaded one block ahead into registers and decoded into
 // shared memory at the block boundary (the load's latency hidden behind the previous block's
 // products), Q6_K with no shared scales at all (d × int8 scale read in the decode function, the
-// quants read as 16-bit words so the two values of a pair share the loads) and no barriers.
+// quants read as 16-bit words so the two values of a pair share the loads) and no barriers; the BK
+// steps of a 256-value block unrolled; the activation row stride given as a multiple of 8 (alignment).
 layout(constant_id = 6) const uint kVariant = 0u;
 
 const uint kF32 = 0u, kF16 = 1u, kQ8_0 = 8u, kQ4_K = 12u, kQ5_K = 13u, kQ6_K = 14u, kBF16 = 30u;
@@ -305,6 +306,10 @@ void main() {
   lb = setTensorLayoutDimensionNV(lb, pc.batch, K);
 #endif
   lbc = setTensorLayoutDimensionNV(lbc, pc.batch, K);
+  if (kVariant != 0u) {  // the row stride as a multiple of 8 values: 16-byte aligned f16 rows (as llama.cpp hints)
+    lb = setTensorLayoutStrideNV(lb, K & ~7u, 1);
+    lbc = setTensorLayoutStrideNV(lbc, K & ~7u, 1);
+  }
   tensorLayoutNV<2, gl_CooperativeMatrixClampModeConstantNV> ld = createTensorLayoutNV(2, gl_CooperativeMatrixClampModeConstantNV);
   ld = setTensorLayoutDimensionNV(ld, pc.batch, pc.rows);
   ld = setTensorLayoutStrideNV(ld, pc.y_stride, 1);
@@ -317,13 +322,18 @@ void main() {
 #else
   const bool inside = r0 + BM <= pc.rows && b0 + BN <= pc.batch;  // uniform per workgroup
 #endif
+  // Outer steps of KB values: variant 1 on K-quants walks whole 256-value blocks with the BK steps
+  // inside unrolled (scales once per outer step); otherwise one BK step per outer step.
+  const uint KB = (kVariant != 0u && kKQuant) ? 256u : BK;
   if (kScalesPrefetch) prefetch_scales(r0, 0u, wblk);
-  for (uint k0 = 0u; k0 < K; k0 += BK) {
-    if (kScalesFetch && k0 % 256u == 0u) fetch_scales(r0, k0 / 256u, wblk);
-    if (kScalesPrefetch && k0 % 256u == 0u) {
+  for (uint kb0 = 0u; kb0 < K; kb0 += KB) {
+    if (kScalesFetch && kb0 % 256u == 0u) fetch_scales(r0, kb0 / 256u, wblk);
+    if (kScalesPrefetch) {
       store_scales(r0);
-      if (k0 + 256u < K) prefetch_scales(r0, k0 / 256u + 1u, wblk);
+      if (kb0 + 256u < K) prefetch_scales(r0, kb0 / 256u + 1u, wblk);
     }
+   [[unroll]] for (uint kj = 0u; kj < KB / BK; ++kj) {
+    const uint k0 = kb0 + kj * BK;
     coopmat<float16_t, gl_ScopeWorkgroup, BM, BK, gl_MatrixUseA> a;
     coopmat<float16_t, gl_ScopeWorkgroup, BK, BN, gl_MatrixUseB> b;
     if (inside) {
@@ -341,6 +351,7 @@ void main() {
     }
 #endif
     acc = coopMatMulAdd(a, b, acc);
+   }
   }
 #ifdef MATMUL_GROUPED
   coopMatPerElementNV(acc, acc, store_slot, r0, slot0, slot_end);

@@ -45,6 +45,10 @@ layout(constant_id = 2) const uint BM = 128u;    // weight rows per workgroup
 layout(constant_id = 3) const uint BN = 128u;    // batch columns (slots) per workgroup
 layout(constant_id = 4) const uint WG = 256u;    // invocations (32 per subgroup)
 layout(constant_id = 5) const uint SGM = 2u;     // subgroups along the rows
+// Grouped only, a debugging switch (TROVE_GROUPED_KHR=2, matmul.h): 0 = workgroups past the last
+// (expert, slot tile) pair return at once; 1 = they stay, run no K step and store nothing (no return
+// before the barriers, to tell a control-flow problem from the data path on the H200).
+layout(constant_id = 6) const uint kStayAll = 0u;
 
 const uint BK = 32u;
 const uint SK = 10u;  // shared row stride in f16vec4: 32 halves + 8 of padding (80 bytes, no bank conflicts)
@@ -230,10 +234,13 @@ void main() {
   }
   barrier();
   const uint expert = s_expert;
-  if (expert == none) return;  // beyond the last tile: the whole workgroup leaves
-  col0 = expert_offsets[expert] + s_tile * BN;
-  col_end = expert_offsets[expert + 1u];
-  w_base = expert * pc.expert_bytes;
+  if (kStayAll == 0u && expert == none) return;  // beyond the last tile: the whole workgroup leaves
+  const bool idle = expert == none;
+  col0 = idle ? 0u : expert_offsets[expert] + s_tile * BN;
+  col_end = idle ? 0u : expert_offsets[expert + 1u];
+  w_base = idle ? 0u : expert * pc.expert_bytes;
+#else
+  const bool idle = false;
 #endif
 
   // The x row of each activation piece, fixed for the whole K loop.
@@ -253,7 +260,7 @@ void main() {
   coopmat<float, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator> acc[FM * FN];
   [[unroll]] for (uint f = 0u; f < FM * FN; ++f) acc[f] = coopmat<float, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator>(0.0);
 
-  const uint nk = pc.cols / BK;
+  const uint nk = idle ? 0u : pc.cols / BK;
   for (uint i = 0u; i < PA; ++i) load_a(i, r0, 0u);
   for (uint i = 0u; i < PB; ++i) load_b(i, 0u, xrow[i], xvalid[i]);
   for (uint i = 0u; i < PA; ++i) store_a(i, 0u, 0u);

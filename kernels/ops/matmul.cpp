@@ -153,13 +153,15 @@ Result<Matmul> Matmul::create(vk::Device& dev, MatmulPath path) {
     op.cm2_variant_ = static_cast<uint32_t>(v[0] - '0');
   }
   if (const char* v = std::getenv("TROVE_GROUPED_TILE"); v && *v) {
-    unsigned bm = 0, bn = 0;
+    unsigned bm = 0, bn = 0, bk = 0;
     char tail = 0;
-    if (std::sscanf(v, "%ux%u%c", &bm, &bn, &tail) != 2 || (bm != 64 && bm != 128) || (bn != 32 && bn != 64 && bn != 128)) {
+    const int n = std::sscanf(v, "%ux%ux%u%c", &bm, &bn, &bk, &tail);
+    if ((n != 2 && n != 3) || (bm != 64 && bm != 128) || (bn != 32 && bn != 64 && bn != 128) || (n == 3 && bk != 32 && bk != 64)) {
       return Status::InvalidArgument(fmt::format(
-          "TROVE_GROUPED_TILE='{}' is not a grouped cm2 tile; use BMxBN with BM 64 or 128 and BN 32, 64 or 128 (e.g. 128x32)", v));
+          "TROVE_GROUPED_TILE='{}' is not a grouped cm2 tile; use BMxBN or BMxBNxBK with BM 64 or 128, BN 32, 64 or 128 and "
+          "BK 32 or 64 (e.g. 128x32 or 128x64x32)", v));
     }
-    op.grouped_bm_ = bm, op.grouped_bn_ = bn;
+    op.grouped_bm_ = bm, op.grouped_bn_ = bn, op.grouped_bk_ = n == 3 ? bk : 0;
   }
   // Specialization of the tiled shader: [rows per invocation, f16 activations].
   for (uint32_t h = 0; h < 2; ++h) {
@@ -348,7 +350,7 @@ Status Matmul::record_grouped(vk::CommandStream& s, const GroupedMatmulCall& c, 
   // Matrix units: workgroup y index j = the j-th (expert, slot tile) pair; ceil(slots / BN) + n_expert
   // bounds their number. On the cm2 path a call cm2 cannot take goes to the KHR form.
   if (use_cm2) {
-    const uint32_t bk = c.cols % 64 == 0 ? 64 : 32, bm = grouped_bm_, bn = grouped_bn_;
+    const uint32_t bk = grouped_bk_ == 32 || c.cols % 64 != 0 ? 32 : 64, bm = grouped_bm_, bn = grouped_bn_;
     const auto* shape = cm2_shape(dev_->features());
     if ((bm != 64 && bm != 128) || (bn != 32 && bn != 64 && bn != 128) || cm2_variant_ > 1 || !shape ||
         bm % shape->m_granularity != 0 || bn % shape->n_granularity != 0 || bn > dev_->features().coopmat2_max_dimension) {

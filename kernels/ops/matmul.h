@@ -48,8 +48,9 @@
 //    256-value block; 1 = Q4_K/Q5_K scales prefetched a block ahead, Q6_K scales read in the decode
 //    function and its quants as 16-bit words, K steps unrolled per 256-value block, activation rows
 //    declared 16-byte aligned (matmul_cm2_tile.glsl). Dense and grouped cm2 calls.
-//  - TROVE_GROUPED_TILE=BMxBN (force_grouped_tile): the cm2 grouped tile, BM 64 or 128 weight rows ×
-//    BN 32, 64 or 128 slots (default 64x64); a tile the device's granularity refuses is an error.
+//  - TROVE_GROUPED_TILE=BMxBN[xBK] (force_grouped_tile): the cm2 grouped tile, BM 64 or 128 weight
+//    rows × BN 32, 64 or 128 slots (default 64x64), K step BK 32 or 64 (default 64 where cols allows);
+//    a tile the device's granularity refuses is an error.
 #pragma once
 
 #include <memory>
@@ -102,7 +103,7 @@ class Matmul {
   // cm2 variant (0 or 1) and grouped tile (bm 64|128, bn 32|64|128); see the contract above. Set from
   // TROVE_CM2_VARIANT / TROVE_GROUPED_TILE at create(); for benchmarks and tests.
   void force_cm2_variant(uint32_t v) { cm2_variant_ = v; }
-  void force_grouped_tile(uint32_t bm, uint32_t bn) { grouped_bm_ = bm, grouped_bn_ = bn; }
+  void force_grouped_tile(uint32_t bm, uint32_t bn, uint32_t bk = 0) { grouped_bm_ = bm, grouped_bn_ = bn, grouped_bk_ = bk; }
   // The CPU form's tile: rows per invocation (1..8) and batch columns per workgroup (1..16); 0 =
   // automatic. For benchmarks; an invalid tile makes record() fail.
   void force_cpu_tile(uint32_t rows, uint32_t cols) { cpu_rows_ = rows, cpu_cols_ = cols; }
@@ -114,7 +115,7 @@ class Matmul {
   MatmulPath path_ = MatmulPath::kTiled;
   MatmulTile forced_tile_ = MatmulTile::kAuto;
   uint32_t cpu_rows_ = 0, cpu_cols_ = 0;
-  uint32_t cm2_variant_ = 0, grouped_bm_ = 64, grouped_bn_ = 64;
+  uint32_t cm2_variant_ = 0, grouped_bm_ = 64, grouped_bn_ = 64, grouped_bk_ = 0;  // bk 0: automatic
   bool cm2_grouped_ = false;  // KHR path on a cm2 device: grouped calls take the cm2 grouped kernel
   vk::Pipeline tiled_row_[2];    // one row per invocation (decode); [f32, f16 activations]
   vk::Pipeline tiled_rows4_[2];  // four rows per invocation (batches)

@@ -459,7 +459,7 @@ TEST(GroupedMatmul, Cm2TilesAndVariantsMatchReference) {
       check_grouped(*dev, *op, type, 80, 512, {0, 1, 0, 0, 0, 0, 0, 0}, 1, seed++, 2e-3);     // one slot
     }
   }
-  op->force_grouped_tile(128, 32);
+  op->force_grouped_tile(128, 64, 32);  // BK 32
   op->force_cm2_variant(1);
   check_grouped(*dev, *op, GgmlType::Q5_K, 130, 512, {17, 3, 64, 0, 9, 1, 70, 12}, 64, seed++, 2e-3, false);  // f32 x
 }

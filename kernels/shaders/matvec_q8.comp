@@ -62,11 +62,13 @@ layout(push_constant) uniform P {
   uvec4 type; uvec4 rows; uvec4 y_stride; uvec4 row_bytes; uvec4 wg_end;
 } pc;
 
-// Column b's int8 values (16 per uvec4) at sq[b·kTileVals/16 ..], its scales per 32 values at
-// sd[b·kTileVals/32 ..], d·Σq per 16 values at ss[b·kTileVals/16 ..], per-subgroup Σ x² at ssq.
+// Column b's int8 values (16 per uvec4) at sq[sqi(b·kTileVals/16 + i)], its scales per 32 values at
+// sd[b·kTileVals/64 ..] (two per vec2: a Q4_K/Q5_K part's two sub-blocks in one load), d·Σq per 16
+// values at ss[b·kTileVals/64 ..] (four per vec4: both halves of both sub-blocks), per-subgroup Σ x²
+// at sssq.
 shared uvec4 sq[kNB * kTileVals / 16u];
-shared float sd[kNB * kTileVals / 32u];
-shared float ss[kNB * kTileVals / 16u];
+shared vec2 sd[kNB * kTileVals / 64u];
+shared vec4 ss[kNB * kTileVals / 64u];
 shared float sssq[kGroups * kNB];
 
 float acc[kNB][kNS];
@@ -95,9 +97,13 @@ float wf16(uint mat, uint o) { return unpackHalf2x16(ww(mat, o >> 2u) >> ((o & 2
 float wi8(uint mat, uint o) { return float(bitfieldExtract(int(ww(mat, o >> 2u)), int((o & 3u) * 8u), 8)); }
 
 int dp(uint a, uint b) { return dotPacked4x8EXT(int(a), int(b)); }
+// Swizzled uvec4 index of the int8 values: bit 3 into bit 1, so that the 8 lanes of one 128-bit load
+// phase (Q4_K/Q5_K parts 0..7: uvec4s 0,1,4,5,8,9,12,13, or +2) hit 8 different bank groups.
+uint sqi(uint i) { return i ^ ((i >> 2u) & 2u); }
+float sd_at(uint i) { return sd[i >> 1u][i & 1u]; }
 // The 8 int8 values of column b starting at tile value v (a multiple of 8).
 uvec2 x8(uint b, uint v) {
-  const uvec4 q = sq[b * (kTileVals / 16u) + (v >> 4u)];
+  const uvec4 q = sq[sqi(b * (kTileVals / 16u) + (v >> 4u))];
   return (v & 8u) != 0u ? q.zw : q.xy;
 }
 
@@ -140,9 +146,10 @@ void part_k45(bool q5, uint sb, uint m) {
   const uint vl = sb * 256u + 64u * j + 16u * h;  // first value of the low run; the high run is 32 on
   const uint kl = vl >> 5u;                        // its 32-value block; the high run's is kl + 1
   [[unroll]] for (uint b = 0u; b < kNB; ++b) {
-    const uvec4 xl = sq[b * (kTileVals / 16u) + (vl >> 4u)], xh = sq[b * (kTileVals / 16u) + (vl >> 4u) + 2u];
-    const float dl = sd[b * (kTileVals / 32u) + kl], dh = sd[b * (kTileVals / 32u) + kl + 1u];
-    const float sl = ss[b * (kTileVals / 16u) + 2u * kl + h], sh = ss[b * (kTileVals / 16u) + 2u * kl + 2u + h];
+    const uvec4 xl = sq[sqi(b * (kTileVals / 16u) + (vl >> 4u))], xh = sq[sqi(b * (kTileVals / 16u) + (vl >> 4u) + 2u)];
+    const vec2 dx = sd[b * (kTileVals / 64u) + (kl >> 1u)];  // kl is even: (kl, kl + 1)
+    const vec4 sx = ss[b * (kTileVals / 64u) + (kl >> 1u)];  // halves of kl, then of kl + 1
+    const float dl = dx.x, dh = dx.y, sl = sx[h], sh = sx[2u + h];
     [[unroll]] for (uint s = 0u; s < kNS; ++s) {
       if (!live[s]) continue;
       const int il = dp(lo[s].x, xl.x) + dp(lo[s].y, xl.y) + dp(lo[s].z, xl.z) + dp(lo[s].w, xl.w);
@@ -179,7 +186,7 @@ void part_q6k(uint sb, uint p) {
   const uint vl = sb * 256u + 128u * n + 32u * r + 8u * lq;  // low run; the high run is 64 on
   [[unroll]] for (uint b = 0u; b < kNB; ++b) {
     const uvec2 xl = x8(b, vl), xh = x8(b, vl + 64u);
-    const float dl = sd[b * (kTileVals / 32u) + (vl >> 5u)], dh = sd[b * (kTileVals / 32u) + (vl >> 5u) + 2u];
+    const float dl = sd_at(b * (kTileVals / 32u) + (vl >> 5u)), dh = sd_at(b * (kTileVals / 32u) + (vl >> 5u) + 2u);
     [[unroll]] for (uint s = 0u; s < kNS; ++s) {
       if (!live[s]) continue;
       const int il = dp(lo[s].x, xl.x) + dp(lo[s].y, xl.y);
@@ -202,7 +209,7 @@ void part_q8(uint bl, uint q) {
   const uint v = bl * 32u + 8u * q;
   [[unroll]] for (uint b = 0u; b < kNB; ++b) {
     const uvec2 x = x8(b, v);
-    const float dx = sd[b * (kTileVals / 32u) + bl];
+    const float dx = sd_at(b * (kTileVals / 32u) + bl);
     [[unroll]] for (uint s = 0u; s < kNS; ++s) {
       if (live[s]) acc[b][s] += c[s] * dx * float(dp(w[s].x, x.x) + dp(w[s].y, x.y));
     }
@@ -242,11 +249,12 @@ float stage_block(uint b, uint k, bool norm) {
     words[i] = (uint(q.x) & 0xFFu) | ((uint(q.y) & 0xFFu) << 8u) | ((uint(q.z) & 0xFFu) << 16u) | (uint(q.w) << 24u);
   }
   const uint base = b * (kTileVals / 16u) + 2u * k;
-  sq[base] = uvec4(words[0], words[1], words[2], words[3]);
-  sq[base + 1u] = uvec4(words[4], words[5], words[6], words[7]);
-  sd[b * (kTileVals / 32u) + k] = d;
-  ss[base] = d * float(sum[0]);
-  ss[base + 1u] = d * float(sum[1]);
+  sq[sqi(base)] = uvec4(words[0], words[1], words[2], words[3]);
+  sq[sqi(base + 1u)] = uvec4(words[4], words[5], words[6], words[7]);
+  const uint kb = b * (kTileVals / 32u) + k;
+  sd[kb >> 1u][kb & 1u] = d;
+  ss[kb >> 1u][2u * (kb & 1u)] = d * float(sum[0]);
+  ss[kb >> 1u][2u * (kb & 1u) + 1u] = d * float(sum[1]);
   return ssq;
 }
 

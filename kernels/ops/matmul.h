@@ -47,7 +47,8 @@
 //  - TROVE_CM2_VARIANT=0|1 (force_cm2_variant): 0 = K-quant scales fetched into shared memory at each
 //    256-value block; 1 = Q4_K/Q5_K scales prefetched a block ahead, Q6_K scales read in the decode
 //    function and its quants as 16-bit words, K steps unrolled per 256-value block, activation rows
-//    declared 16-byte aligned (matmul_cm2_tile.glsl). Dense and grouped cm2 calls.
+//    declared 16-byte aligned; grouped: slot tiles with at most BN/2 slots on a BN/2-wide accumulator
+//    (matmul_cm2_tile.glsl). Dense and grouped cm2 calls.
 //  - TROVE_GROUPED_TILE=BMxBN[xBK] (force_grouped_tile): the cm2 grouped tile, BM 64 or 128 weight
 //    rows × BN 32, 64 or 128 slots (default 64x64), K step BK 32 or 64 (default 64 where cols allows);
 //    a tile the device's granularity refuses is an error.

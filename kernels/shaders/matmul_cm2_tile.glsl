@@ -35,8 +35,10 @@ layout(constant_id = 5) const uint BK = 32u;   // 32 or 64; cols is a multiple o
 // shared memory at the block boundary (the load's latency hidden behind the previous block's
 // products), Q6_K with no shared scales at all (d × int8 scale read in the decode function, the
 // quants read as 16-bit words so the two values of a pair share the loads) and no barriers; the BK
-// steps of a 256-value block unrolled; the activation row stride given as a multiple of 8 (alignment).
+// steps of a 256-value block unrolled; the activation row stride given as a multiple of 8 (alignment);
+// grouped: slot tiles with at most BN/2 slots on a BM × BN/2 accumulator.
 layout(constant_id = 6) const uint kVariant = 0u;
+const uint BNH = BN >= 64u ? BN / 2u : BN;  // the narrow grouped accumulator (variant 1)
 
 const uint kF32 = 0u, kF16 = 1u, kQ8_0 = 8u, kQ4_K = 12u, kQ5_K = 13u, kQ6_K = 14u, kBF16 = 30u;
 
@@ -315,47 +317,60 @@ void main() {
   ld = setTensorLayoutStrideNV(ld, pc.y_stride, 1);
   tensorViewNV<2, false, 1, 0> transposed = createTensorViewNV(2, false, 1, 0);
 
-  coopmat<float, gl_ScopeWorkgroup, BM, BN, gl_MatrixUseAccumulator> acc =
-      coopmat<float, gl_ScopeWorkgroup, BM, BN, gl_MatrixUseAccumulator>(0.0);
 #ifdef MATMUL_GROUPED
   const bool inside = r0 + BM <= pc.rows;  // gathered columns are always loadable
+#define LOAD_B_TILE(mat, k0, NB) LOAD_B_GATHER(mat, sliceTensorLayoutNV(lb, 0, NB, k0, BK))
+#define STORE_TILE(acc) coopMatPerElementNV(acc, acc, store_slot, r0, slot0, slot_end);
 #else
   const bool inside = r0 + BM <= pc.rows && b0 + BN <= pc.batch;  // uniform per workgroup
+#define LOAD_B_TILE(mat, k0, NB)                                                                             \
+  if (b0 + NB <= pc.batch) {                                                                                 \
+    LOAD_B(mat, sliceTensorLayoutNV(lb, b0, NB, k0, BK))                                                     \
+  } else {                                                                                                   \
+    LOAD_B(mat, sliceTensorLayoutNV(lbc, b0, NB, k0, BK))                                                    \
+  }
+#define STORE_TILE(acc) coopMatStoreTensorNV(acc, y, 0u, sliceTensorLayoutNV(ld, b0, BN, r0, BM), transposed);
 #endif
   // Outer steps of KB values: variant 1 on K-quants walks whole 256-value blocks with the BK steps
   // inside unrolled (scales once per outer step); otherwise one BK step per outer step.
   const uint KB = (kVariant != 0u && kKQuant) ? 256u : BK;
-  if (kScalesPrefetch) prefetch_scales(r0, 0u, wblk);
-  for (uint kb0 = 0u; kb0 < K; kb0 += KB) {
-    if (kScalesFetch && kb0 % 256u == 0u) fetch_scales(r0, kb0 / 256u, wblk);
-    if (kScalesPrefetch) {
-      store_scales(r0);
-      if (kb0 + 256u < K) prefetch_scales(r0, kb0 / 256u + 1u, wblk);
-    }
-   [[unroll]] for (uint kj = 0u; kj < KB / BK; ++kj) {
-    const uint k0 = kb0 + kj * BK;
-    coopmat<float16_t, gl_ScopeWorkgroup, BM, BK, gl_MatrixUseA> a;
-    coopmat<float16_t, gl_ScopeWorkgroup, BK, BN, gl_MatrixUseB> b;
-    if (inside) {
-      LOAD_A(a, w_elem, sliceTensorLayoutNV(la, r0, BM, k0, BK))
-    } else {
-      LOAD_A(a, w_elem, sliceTensorLayoutNV(lac, r0, BM, k0, BK))
-    }
-#ifdef MATMUL_GROUPED
-    LOAD_B_GATHER(b, sliceTensorLayoutNV(lb, 0, BN, k0, BK))
-#else
-    if (b0 + BN <= pc.batch) {
-      LOAD_B(b, sliceTensorLayoutNV(lb, b0, BN, k0, BK))
-    } else {
-      LOAD_B(b, sliceTensorLayoutNV(lbc, b0, BN, k0, BK))
-    }
-#endif
-    acc = coopMatMulAdd(a, b, acc);
-   }
+  // The K loop and the store for an accumulator NB columns wide.
+#define K_LOOP_AND_STORE(NB)                                                                                 \
+  {                                                                                                          \
+    coopmat<float, gl_ScopeWorkgroup, BM, NB, gl_MatrixUseAccumulator> acc =                                 \
+        coopmat<float, gl_ScopeWorkgroup, BM, NB, gl_MatrixUseAccumulator>(0.0);                             \
+    if (kScalesPrefetch) prefetch_scales(r0, 0u, wblk);                                                      \
+    for (uint kb0 = 0u; kb0 < K; kb0 += KB) {                                                                \
+      if (kScalesFetch && kb0 % 256u == 0u) fetch_scales(r0, kb0 / 256u, wblk);                              \
+      if (kScalesPrefetch) {                                                                                 \
+        store_scales(r0);                                                                                    \
+        if (kb0 + 256u < K) prefetch_scales(r0, kb0 / 256u + 1u, wblk);                                      \
+      }                                                                                                      \
+      [[unroll]] for (uint kj = 0u; kj < KB / BK; ++kj) {                                                    \
+        const uint k0 = kb0 + kj * BK;                                                                       \
+        coopmat<float16_t, gl_ScopeWorkgroup, BM, BK, gl_MatrixUseA> a;                                      \
+        coopmat<float16_t, gl_ScopeWorkgroup, BK, NB, gl_MatrixUseB> b;                                      \
+        if (inside) {                                                                                        \
+          LOAD_A(a, w_elem, sliceTensorLayoutNV(la, r0, BM, k0, BK))                                         \
+        } else {                                                                                             \
+          LOAD_A(a, w_elem, sliceTensorLayoutNV(lac, r0, BM, k0, BK))                                        \
+        }                                                                                                    \
+        LOAD_B_TILE(b, k0, NB)                                                                               \
+        acc = coopMatMulAdd(a, b, acc);                                                                      \
+      }                                                                                                      \
+    }                                                                                                        \
+    STORE_TILE(acc)                                                                                          \
   }
 #ifdef MATMUL_GROUPED
-  coopMatPerElementNV(acc, acc, store_slot, r0, slot0, slot_end);
+  // Variant 1: a slot tile with at most BN/2 slots (an expert's last or only tile: ~32 slots at 512
+  // tokens × 8 of 128 experts) multiplies a BM × BN/2 accumulator, half the products (as llama.cpp's
+  // grouped kernel does). BN/2 only from BN = 64 (granularity).
+  if (kVariant != 0u && BN >= 64u && slot_end - slot0 <= BNH) {
+    K_LOOP_AND_STORE(BNH)
+  } else {
+    K_LOOP_AND_STORE(BN)
+  }
 #else
-  coopMatStoreTensorNV(acc, y, 0u, sliceTensorLayoutNV(ld, b0, BN, r0, BM), transposed);
+  K_LOOP_AND_STORE(BN)
 #endif
 }

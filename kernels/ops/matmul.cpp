@@ -335,8 +335,11 @@ Status Matmul::record_grouped(vk::CommandStream& s, const GroupedMatmulCall& c, 
   // take the cm2 grouped kernel where the device has NV cooperative matrix 2, else the tiled one,
   // unless TROVE_GROUPED_KHR=1 asks for the KHR kernel.
   const char* khr_env = std::getenv("TROVE_GROUPED_KHR");
-  const bool khr_grouped = khr_env && (std::string_view(khr_env) == "1" || std::string_view(khr_env) == "2");
-  const uint32_t khr_stay = khr_env && std::string_view(khr_env) == "2" ? 1 : 0;  // no early return (debugging)
+  const std::string_view khr_mode = khr_env ? khr_env : "";
+  const bool khr_grouped = khr_mode == "1" || khr_mode == "2" || khr_mode == "3";
+  // Debugging switches of the KHR grouped kernel (matmul_coopmat_tile.glsl kDebug): 2 = no early
+  // return, 3 = serial (expert, tile) search without subgroup operations.
+  const uint32_t khr_debug = khr_mode == "2" ? 1 : khr_mode == "3" ? 2 : 0;
   const bool use_cm2 = cm2_fits && (path_ == MatmulPath::kCm2 || (path_ == MatmulPath::kKhr && !khr_grouped && cm2_grouped_));
   if (path_ == MatmulPath::kTiled || path_ == MatmulPath::kCpu || (path_ == MatmulPath::kKhr && !khr_grouped && !use_cm2)) {
     auto p = pipeline("matmul_grouped_tiled", {ty, xh}, 5, 64);
@@ -369,7 +372,7 @@ Status Matmul::record_grouped(vk::CommandStream& s, const GroupedMatmulCall& c, 
     return s.dispatch(**p, bufs, &push, sizeof(push), div_up(c.rows, bm), static_cast<uint32_t>(gy));
   }
   const KhrTile k = tile_for(c.rows, c.slots, true) == MatmulTile::kSmall ? kKhrSmall : kKhrLarge;
-  auto p = pipeline("matmul_coopmat_grouped", {ty, xh, k.bm, k.bn, k.wg, k.sgm, khr_stay}, 5, k.wg);
+  auto p = pipeline("matmul_coopmat_grouped", {ty, xh, k.bm, k.bn, k.wg, k.sgm, khr_debug}, 5, k.wg);
   if (!p.ok()) return p.status();
   const uint64_t gy = div_up(c.slots, k.bn) + uint64_t{c.n_expert};
   if (div_up(c.rows, k.bm) > kMaxGroups || gy > kMaxGroups) {

@@ -41,7 +41,8 @@
 // on the H200 (2026-12-02: relative error 0.34-0.39 on every type; the dense KHR kernel passed) and
 // stays off until that is found. TROVE_GROUPED_KHR=1 runs it anyway (to debug it on a GPU); =2 runs
 // it with no early return for the surplus workgroups (they stay through the barriers, doing nothing):
-// if 2 passes where 1 fails, the fault is the return before the barriers, not the data path.
+// if 2 passes where 1 fails, the fault is the return before the barriers, not the data path; =3 finds
+// each workgroup's (expert, tile) by a serial walk in one invocation (no subgroup operations).
 //
 // cm2 variants (for A/B on the GPU; defaults are the measured ones):
 //  - TROVE_CM2_VARIANT=0|1 (force_cm2_variant): 0 = K-quant scales fetched into shared memory at each

@@ -45,10 +45,12 @@ layout(constant_id = 2) const uint BM = 128u;    // weight rows per workgroup
 layout(constant_id = 3) const uint BN = 128u;    // batch columns (slots) per workgroup
 layout(constant_id = 4) const uint WG = 256u;    // invocations (32 per subgroup)
 layout(constant_id = 5) const uint SGM = 2u;     // subgroups along the rows
-// Grouped only, a debugging switch (TROVE_GROUPED_KHR=2, matmul.h): 0 = workgroups past the last
-// (expert, slot tile) pair return at once; 1 = they stay, run no K step and store nothing (no return
-// before the barriers, to tell a control-flow problem from the data path on the H200).
-layout(constant_id = 6) const uint kStayAll = 0u;
+// Grouped only, debugging switches (TROVE_GROUPED_KHR=2|3, matmul.h), bits: 1 = workgroups past the
+// last (expert, slot tile) pair stay, run no K step and store nothing (no return before the
+// barriers); 2 = invocation 0 finds the (expert, tile) by a serial walk (no subgroup operations).
+// To tell a control-flow or subgroup problem from the data path on the H200.
+layout(constant_id = 6) const uint kDebug = 0u;
+const uint kStayAll = kDebug & 1u, kSerialSearch = kDebug & 2u;
 
 const uint BK = 32u;
 const uint SK = 10u;  // shared row stride in f16vec4: 32 halves + 8 of padding (80 bytes, no bank conflicts)
@@ -211,7 +213,21 @@ void main() {
   // Which (expert, slot tile) is workgroup j? Subgroup 0 counts tiles per expert, each lane over a
   // contiguous run of experts, and the lane whose run holds j walks it.
   const uint j = gl_WorkGroupID.y, none = 0xffffffffu;
-  if (sg == 0u) {
+  if (kSerialSearch != 0u) {
+    if (t == 0u) {
+      s_expert = none;
+      uint acc = 0u;
+      for (uint e = 0u; e < pc.n_expert; ++e) {
+        uint tl = tiles_of(e);
+        if (j < acc + tl) {
+          s_expert = e;
+          s_tile = j - acc;
+          break;
+        }
+        acc += tl;
+      }
+    }
+  } else if (sg == 0u) {
     if (lane == 0u) s_expert = none;
     subgroupMemoryBarrierShared();
     subgroupBarrier();

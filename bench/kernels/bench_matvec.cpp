@@ -167,15 +167,16 @@ Status bench_matvec(vk::Device& dev, const MatvecBenchOptions& o, std::vector<Ke
           op.set_tuning({});
           TROVE_RETURN_IF_ERROR(measure(dev, op, sh, type, batch, o, opl, shl, rows));
         }
-        // The other forms at their defaults: the q8 form always (TROVE_MATVEC=q8 candidate; a
-        // "refused" row where the device lacks integer dot products), staged and direct with --sweep.
+        // The other forms at their defaults: the q8 and q8p forms always (TROVE_MATVEC=q8|q8p
+        // candidates; "refused" rows where the device lacks integer dot products), staged and direct
+        // with --sweep. q8p rows include its activation pass (two dispatches and a barrier a call).
         using Form = ops::MatvecTuning::Form;
-        std::vector<Form> forms = {Form::kQ8};
-        if (o.sweep) forms = {Form::kStaged, Form::kDirect, Form::kQ8};
+        std::vector<Form> forms = {Form::kQ8, Form::kQ8P};
+        if (o.sweep) forms = {Form::kStaged, Form::kDirect, Form::kQ8, Form::kQ8P};
         // (q8 rows of calls the q8 form cannot take — batch · cols int8 beyond shared memory, e.g. the
         // 8B's ffn_down at batch >= 3 with 48 KiB — time the direct form it falls back to.)
         for (Form form : forms) {
-          const std::string fl = shl + (form == Form::kDirect ? " direct" : form == Form::kQ8 ? " q8" : " staged");
+          const std::string fl = shl + (form == Form::kDirect ? " direct" : form == Form::kQ8 ? " q8" : form == Form::kQ8P ? " q8p" : " staged");
           if (o.wanted && !o.wanted(opl + " " + fl)) continue;
           ops::MatvecTuning t;
           t.form = form;
@@ -197,12 +198,14 @@ Status bench_matvec(vk::Device& dev, const MatvecBenchOptions& o, std::vector<Ke
       for (uint32_t batch : {1u, 8u}) {
         for (uint32_t r : {1u, 2u, 4u}) {
           for (uint32_t wg : {64u, 128u, 256u, 512u}) {
-            for (auto form : {ops::MatvecTuning::Form::kStaged, ops::MatvecTuning::Form::kDirect, ops::MatvecTuning::Form::kQ8}) {
-              const bool direct = form == ops::MatvecTuning::Form::kDirect, q8 = form == ops::MatvecTuning::Form::kQ8;
-              if (!direct && !q8 && wg == 64) continue;
+            for (auto form : {ops::MatvecTuning::Form::kStaged, ops::MatvecTuning::Form::kDirect, ops::MatvecTuning::Form::kQ8,
+                              ops::MatvecTuning::Form::kQ8P}) {
+              const bool direct = form == ops::MatvecTuning::Form::kDirect, q8 = form == ops::MatvecTuning::Form::kQ8,
+                         q8p = form == ops::MatvecTuning::Form::kQ8P;
+              if (!direct && !q8 && !q8p && wg == 64) continue;
               const std::string opl = fmt::format("matvec {}", quant::traits(type)->name),
                                 shl = fmt::format("{} split {} R{} wg{}", label(sh, batch),
-                                                  direct ? "direct" : q8 ? "q8" : "staged", r, wg);
+                                                  direct ? "direct" : q8 ? "q8" : q8p ? "q8p" : "staged", r, wg);
               if (o.wanted && !o.wanted(opl + " " + shl)) continue;
               ops::MatvecTuning t;
               t.form = form;

@@ -1,6 +1,6 @@
 // bench/kernels/bench_matvec.h — the decode matvec rows of bench_kernels (ops::Matvec at the Qwen3-8B
 // and Qwen3-30B-A3B decode shapes, batch 1/2/4/8, Q4_K and Q6_K; each row followed by the same call
-// in the q8 form, label suffix " q8") and the bandwidth ceiling every
+// in the q8 and q8p forms, label suffixes " q8" and " q8p") and the bandwidth ceiling every
 // percentage of the table is taken against (a large device-to-device copy, measured in the same run).
 #pragma once
 

@@ -1,6 +1,7 @@
 #include "kernels/ops/matvec.h"
 
 #include <algorithm>
+#include <bit>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -101,6 +102,14 @@ struct Matvec::State {
   bool direct = false;            // the direct form by default (GPUs with subgroup arithmetic; TROVE_MATVEC)
   bool q8_ok = false;             // the q8 form can run: integer dot products + subgroup arithmetic
   bool q8 = false;                // the q8 form by default (TROVE_MATVEC=q8)
+  bool q8p = false;               // the q8p form by default (TROVE_MATVEC=q8p)
+  // q8p scratch: per slot size, a ring of kRingSlots slots taken in turn by the calls (matvec.h).
+  static constexpr uint32_t kRingSlots = 64;
+  struct Ring {
+    vk::Buffer buf;
+    uint32_t next = 0;
+  };
+  std::map<uint64_t, Ring> rings;  // guarded by mu
   uint32_t q8_waves = 4;          // q8 form: workgroups per SM walking the row blocks (TROVE_MATVEC_Q8_WAVES)
   uint32_t waves = 8;             // workgroups of 512 invocations per SM when x fits one tile
                                   // (TROVE_MATVEC_WAVES overrides: 0 = one workgroup per row block)
@@ -108,12 +117,32 @@ struct Matvec::State {
   std::mutex mu;                  // guards pipelines
   std::map<Key, vk::Pipeline> pipelines;
 
+  // The next scratch slot of `bytes` (a multiple of 256) for a q8p call.
+  Result<vk::BufferRange> slot(uint64_t bytes) {
+    std::lock_guard<std::mutex> lock(mu);
+    Ring& r = rings[bytes];
+    if (r.buf.size() == 0) {
+      auto b = dev->buffer(bytes * kRingSlots);
+      if (!b.ok()) return b.status();
+      r.buf = std::move(*b);
+    }
+    const uint32_t i = r.next;
+    r.next = (r.next + 1) % kRingSlots;
+    return vk::BufferRange(r.buf, uint64_t{i} * bytes, bytes);
+  }
+
   Result<const vk::Pipeline*> pipeline(const Key& k) {
     std::lock_guard<std::mutex> lock(mu);
     auto it = pipelines.find(k);
     if (it != pipelines.end()) return &it->second;
-    if (k.direct == 2) {  // q8 form: constant ids 0..9 of matvec_q8.comp
-      auto p = dev->pipeline({"matvec_q8", {k.wg, k.lanes, k.nb, k.rows, k.swiglu, k.tile, k.mats, k.type0, k.type1, k.type2},
+    if (k.direct == 4) {  // the q8p form's activation pass
+      auto p = dev->pipeline({"matvec_q8_quant", {k.wg}, 5 * 4, 3, k.wg});
+      if (!p.ok()) return p.status();
+      return &pipelines.emplace(k, std::move(*p)).first->second;
+    }
+    if (k.direct >= 2) {  // q8 (2) and q8p (3) forms: constant ids 0..9 of matvec_q8.glsl
+      auto p = dev->pipeline({k.direct == 3 ? "matvec_q8p" : "matvec_q8",
+                              {k.wg, k.lanes, k.nb, k.rows, k.swiglu, k.tile, k.mats, k.type0, k.type1, k.type2},
                               sizeof(Push), 8, k.wg});
       if (!p.ok()) return p.status();
       return &pipelines.emplace(k, std::move(*p)).first->second;
@@ -182,12 +211,19 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
                                    "subgroup arithmetic, which this device lacks; unset TROVE_MATVEC");
       }
       op.st_->q8 = true;
+    } else if (form == "q8p") {
+      if (!op.st_->q8_ok) {
+        return Status::Unsupported("TROVE_MATVEC=q8p needs integer dot products (VK_KHR_shader_integer_dot_product) and "
+                                   "subgroup arithmetic, which this device lacks; unset TROVE_MATVEC");
+      }
+      op.st_->q8p = true;
     } else {
-      return Status::InvalidArgument(fmt::format("TROVE_MATVEC='{}' is not a matvec form (staged, direct or q8)", v));
+      return Status::InvalidArgument(fmt::format("TROVE_MATVEC='{}' is not a matvec form (staged, direct, q8 or q8p)", v));
     }
   }
   if (!vk::find_shader("matvec").words || !vk::find_shader("matvec_nosg").words || !vk::find_shader("matvec_direct").words ||
-      !vk::find_shader("matvec_q8").words) {
+      !vk::find_shader("matvec_q8").words || !vk::find_shader("matvec_q8p").words ||
+      !vk::find_shader("matvec_q8_quant").words) {
     return Status::NotFound("matvec: shaders matvec/matvec_nosg/matvec_direct/matvec_q8 are not embedded in this build "
                             "(rebuild trove_kernels)");
   }
@@ -231,10 +267,14 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
   // the staging of x (run per workgroup and block, costly there) are paid 32x less often. Measured on
   // lavapipe (2 cores, tiny-coder decode, 2026-12-02): the 151,936-row head 1.3-1.8 s -> ~0.33 s.
   bool direct = st_->direct;
-  bool q8 = st_->q8;
+  bool q8 = st_->q8, q8p = st_->q8p;
   if (tn.form != MatvecTuning::Form::kAuto) {
     direct = tn.form == MatvecTuning::Form::kDirect;
     q8 = tn.form == MatvecTuning::Form::kQ8;
+    q8p = tn.form == MatvecTuning::Form::kQ8P;
+  }
+  if (q8p) {  // the same kernel reading x̂ from a scratch slot: no shared-memory limit
+    q8 = true;
   }
   if (q8 && !st_->q8_ok) {
     return Status::Unsupported("matvec: the q8 form needs integer dot products and subgroup arithmetic (use direct or staged)");
@@ -245,13 +285,13 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
   const uint32_t q8_wg = tn.workgroup_size ? tn.workgroup_size : kDefaultWorkgroup;
   if (q8) {
     const uint64_t q8_bytes = uint64_t{call.batch} * q8_tile * 11 / 8 + uint64_t{q8_wg / st_->direct_lanes} * call.batch * 4;
-    bool fits = q8_bytes <= st_->shared_bytes;
+    bool fits = q8p || q8_bytes <= st_->shared_bytes;
     for (uint32_t m = 0; m < call.n_mats; ++m) {
       const GgmlType t = call.mats[m].type;
       if (t != GgmlType::Q4_K && t != GgmlType::Q5_K && t != GgmlType::Q6_K && t != GgmlType::Q8_0) fits = false;
     }
     if (!fits) {
-      q8 = false;
+      q8 = q8p = false;
       direct = true;
     }
   }
@@ -359,6 +399,33 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
   for (uint32_t m = n_work; m < 4; ++m) push.wg_end[m] = static_cast<uint32_t>(wgs);
   push.n_mats = n_work;
 
+  if (q8p) {
+    // The activation pass into the next scratch slot, a barrier, then one row block per workgroup.
+    const uint64_t T = q8_tile, B = call.batch;
+    const uint64_t slot_bytes = ((B * T * 13 / 32 + B) * 4 + 255) / 256 * 256;
+    auto sl = st_->slot(slot_bytes);
+    if (!sl.ok()) return sl.status();
+    auto qp = st_->pipeline({256u, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4u});
+    if (!qp.ok()) return qp.status();
+    auto p = st_->pipeline({wg, call.batch, rows_per_group, swiglu ? 1u : 0u, q8_tile, call.n_mats, push.type[0],
+                            call.n_mats > 1 ? push.type[1] : push.type[0], call.n_mats > 2 ? push.type[2] : push.type[0],
+                            1u, sg, g, 3u});
+    if (!p.ok()) return p.status();
+    const uint32_t qpush[5] = {call.cols, push.flags, std::bit_cast<uint32_t>(call.eps), call.batch, q8_tile};
+    const vk::BufferRange qbufs[3] = {call.x, bufs[1], *sl};
+    TROVE_RETURN_IF_ERROR(s.dispatch(**qp, qbufs, qpush, sizeof(qpush), call.batch, 1));
+    s.barrier();
+    push.ntiles = 1;
+    push.tile_vals = q8_tile;
+    const uint32_t gx = static_cast<uint32_t>(std::min<uint64_t>(wgs, kMaxGroupsX));
+    const uint32_t gy = static_cast<uint32_t>((wgs + gx - 1) / gx);
+    if (gy > kMaxGroupsX) return Status::InvalidArgument("matvec: too many rows for one dispatch; split the call");
+    push.groups_x = gx;
+    push.grid = static_cast<uint32_t>(wgs);
+    bufs[0] = *sl;
+    bufs[1] = *sl;
+    return s.dispatch(**p, bufs, &push, sizeof(push), gx, gy);
+  }
   if (q8) {
     // x staged once per workgroup; `q8_waves` workgroups per SM walk the row blocks (CPU devices:
     // one block per workgroup, see the staged form's note below).

@@ -45,6 +45,12 @@
 // per 16 for the K-quant min term), then walks row blocks (a few workgroups per SM); a row group is
 // one subgroup; weight codes meet the int8 activations in dotPacked4x8EXT (4 MACs per instruction,
 // a quarter of the f32 form's activation bytes per row and batch column). Q4_K, Q5_K, Q6_K, Q8_0.
+// q8p form (matvec_q8p.comp, TROVE_MATVEC=q8p): the same kernel without the staging — record()
+// records TWO dispatches with a barrier between: matvec_q8_quant.comp (one workgroup per batch column)
+// quantizes x̂ into a scratch slot the op owns, then one row block per workgroup reads it through the
+// caches (any cols). Scratch: a ring of 64 slots per slot size, taken in turn by the calls, so a call's
+// slot is reused by the 64th later q8p call of the same size, which must be ordered after it (a barrier
+// or a wait between them: a decode step has several per layer). Measurement candidate, off by default.
 #pragma once
 
 #include <cstdint>
@@ -91,12 +97,12 @@ struct MatvecTuning {
                                  // blocks (default: 8 per SM of 512 invocations, TROVE_MATVEC_WAVES; CPU: one per block)
   bool gpu_form = false;         // on a CPU device, compile the GPUs' form: unrolled loops over batch
                                  // columns and subgroupAdd (lavapipe spends seconds per pipeline on it)
-  enum class Form { kAuto, kStaged, kDirect, kQ8 };
+  enum class Form { kAuto, kStaged, kDirect, kQ8, kQ8P };
   Form form = Form::kAuto;       // kDirect needs 32-lane subgroups (refused otherwise); kAuto: direct
-                                 // where the device has them (not on CPUs), TROVE_MATVEC=staged|direct|q8.
-                                 // kQ8 needs subgroup arithmetic and integer dot products (refused
+                                 // where the device has them (not on CPUs), TROVE_MATVEC=staged|direct|q8|q8p.
+                                 // kQ8/kQ8P need subgroup arithmetic and integer dot products (refused
                                  // otherwise); calls it cannot take (a matrix not Q4_K/Q5_K/Q6_K/Q8_0,
-                                 // or batch · cols int8 not fitting shared memory) run the direct form
+                                 // or, kQ8 only, batch · cols int8 not fitting shared memory) run the direct form
 };
 
 class Matvec {

@@ -346,25 +346,95 @@ TEST_F(Matvec, Q8Form) {
   ASSERT_TRUE(run({512, 1, true, MatvecEpilogue::kStore, set_a(0)}));  // F32/F16/BF16: the direct form, 1e-5
 }
 
-// The q8 form at the Qwen3-8B shapes, batch 1..8 (a GPU run: TROVE_KERNEL_FULL=1); ffn_down (12288
-// columns) falls back to the direct form where batch · 12288 int8 exceed shared memory.
+// The q8p form (TROVE_MATVEC=q8p: x̂ quantized by a pass into the op's scratch ring, then the q8
+// kernel reading it through the caches, one row block per workgroup): the four types under each
+// epilogue at batch 1, 3 and 8, SwiGLU with two types, cols beyond one tile (2048 x 8 int8 would not
+// fit lavapipe's shared memory), several calls in one stream (different ring slots), and the F32
+// fallback to the direct form. Bound 2e-2 as for the q8 form.
+TEST_F(Matvec, Q8PassForm) {
+  if (!dev_->features().integer_dot_product || !dev_->features().subgroup_arithmetic) {
+    GTEST_SKIP() << "the device lacks integer dot products or subgroup arithmetic (the q8p form is refused there)";
+  }
+  ops::MatvecTuning t;
+  t.form = ops::MatvecTuning::Form::kQ8P;
+  op_->set_tuning(t);
+  auto q8 = [](Case c) {
+    c.bound = 2e-2;
+    return c;
+  };
+  for (uint32_t batch : {1u, 3u, 8u}) {
+    const uint32_t gap = batch > 1 ? 4 : 0;
+    ASSERT_TRUE(run(q8({512, batch, true, MatvecEpilogue::kStore, {{G::Q8_0, 37}, {G::Q4_K, 70, 70 + gap}, {G::Q5_K, 19}}})));
+    ASSERT_TRUE(run(q8({512, batch, true, MatvecEpilogue::kAdd, set_c(gap)})));
+    ASSERT_TRUE(run(q8({512, batch, false, MatvecEpilogue::kSwiGlu, {{G::Q5_K, 45}, {G::Q6_K, 45}}})));
+  }
+  Case c = q8({2048, 8, true, MatvecEpilogue::kAdd, {{G::Q6_K, 2048}}});
+  c.residual_is_x = true;
+  ASSERT_TRUE(run(c));
+  // Two calls in one stream, the second reading the first's output (a barrier between): two slots.
+  auto x = dev_->buffer(512 * 4), nw = dev_->buffer(512 * 4), y1 = dev_->buffer(512 * 4), y2 = dev_->buffer(64 * 4);
+  std::vector<float> xv(512), nv(512, 1.0f);
+  std::mt19937_64 r(rng_());
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (auto& v : xv) v = nd(r);
+  auto w1 = kernels::ref::random_weights(G::Q4_K, 512, 512, 0.5f, r()), w2 = kernels::ref::random_weights(G::Q6_K, 64, 512, 0.5f, r());
+  auto w1b = upload(*dev_, w1.data(), w1.size()), w2b = upload(*dev_, w2.data(), w2.size());
+  ASSERT_TRUE(x.ok() && nw.ok() && y1.ok() && y2.ok() && w1b.ok() && w2b.ok());
+  ASSERT_TRUE(x->upload(xv.data(), 512 * 4).ok() && nw->upload(nv.data(), 512 * 4).ok());
+  auto s = dev_->stream();
+  ASSERT_TRUE(s.ok());
+  ops::MatvecCall a;
+  a.cols = 512;
+  a.x = *x;
+  a.norm_w = *nw;
+  a.mats[0] = {G::Q4_K, 512, vk::BufferRange(*w1b), vk::BufferRange(*y1), 0};
+  ASSERT_TRUE(op_->record(*s, a).ok());
+  s->barrier();
+  ops::MatvecCall b = a;
+  b.x = *y1;
+  b.mats[0] = {G::Q6_K, 64, vk::BufferRange(*w2b), vk::BufferRange(*y2), 0};
+  ASSERT_TRUE(op_->record(*s, b).ok());
+  ASSERT_TRUE(s->submit_and_wait().ok());
+  auto xh = kernels::ref::matvec_prologue(xv, 1, 512, nv, 1e-6);
+  ASSERT_TRUE(xh.ok());
+  std::vector<float> e1(512), e2(64), g2(64);
+  ASSERT_TRUE(kernels::ref::matvec({G::Q4_K, 512, 512, w1}, *xh, 1, e1, 512, false).ok());
+  auto xh2 = kernels::ref::matvec_prologue(e1, 1, 512, nv, 1e-6);
+  ASSERT_TRUE(xh2.ok());
+  ASSERT_TRUE(kernels::ref::matvec({G::Q6_K, 64, 512, w2}, *xh2, 1, e2, 64, false).ok());
+  ASSERT_TRUE(y2->download(g2.data(), 64 * 4).ok());
+  double err2 = 0, ref2 = 0;
+  for (int i = 0; i < 64; ++i) {
+    err2 += (double(g2[i]) - e2[i]) * (double(g2[i]) - e2[i]);
+    ref2 += double(e2[i]) * e2[i];
+  }
+  EXPECT_LT(std::sqrt(err2 / ref2), 4e-2) << "two chained q8p calls";
+  ASSERT_TRUE(run({512, 1, true, MatvecEpilogue::kStore, set_a(0)}));  // F32/F16/BF16: the direct form, 1e-5
+}
+
+// The q8 and q8p forms at the Qwen3-8B shapes, batch 1..8 (a GPU run: TROVE_KERNEL_FULL=1); in the
+// q8 form ffn_down (12288 columns) falls back to the direct form where batch · 12288 int8 exceed
+// shared memory.
 TEST_F(Matvec, Q8FormQwenShapesOnAGpu) {
   if (!full_shapes()) GTEST_SKIP() << "set TROVE_KERNEL_FULL=1 (a real GPU) for the Qwen3 shapes";
   if (!dev_->features().integer_dot_product || !dev_->features().subgroup_arithmetic) {
     GTEST_SKIP() << "the device lacks integer dot products or subgroup arithmetic (the q8 form is refused there)";
   }
-  ops::MatvecTuning t;
-  t.form = ops::MatvecTuning::Form::kQ8;
-  op_->set_tuning(t);
-  for (uint32_t batch = 1; batch <= 8; ++batch) {
-    Case qkv{4096, batch, true, MatvecEpilogue::kStore, {{G::Q4_K, 4096}, {G::Q4_K, 1024}, {G::Q6_K, 1024}}};
-    Case ffn{4096, batch, true, MatvecEpilogue::kSwiGlu, {{G::Q4_K, 12288}, {G::Q4_K, 12288}}};
-    Case down{12288, batch, false, MatvecEpilogue::kAdd, {{G::Q6_K, 4096}}};
-    Case o{4096, batch, false, MatvecEpilogue::kAdd, {{G::Q4_K, 4096}}};
-    Case head{4096, batch, true, MatvecEpilogue::kStore, {{G::Q6_K, 32768}}};
-    for (Case* c : {&qkv, &ffn, &down, &o, &head}) {
-      c->bound = 2e-2;
-      ASSERT_TRUE(run(*c));
+  for (auto form : {ops::MatvecTuning::Form::kQ8, ops::MatvecTuning::Form::kQ8P}) {
+    for (uint32_t batch = 1; batch <= 8; ++batch) {
+      ops::MatvecTuning t;
+      t.form = form;
+      op_->set_tuning(t);
+      SCOPED_TRACE(form == ops::MatvecTuning::Form::kQ8 ? "q8" : "q8p");
+      Case qkv{4096, batch, true, MatvecEpilogue::kStore, {{G::Q4_K, 4096}, {G::Q4_K, 1024}, {G::Q6_K, 1024}}};
+      Case ffn{4096, batch, true, MatvecEpilogue::kSwiGlu, {{G::Q4_K, 12288}, {G::Q4_K, 12288}}};
+      Case down{12288, batch, false, MatvecEpilogue::kAdd, {{G::Q6_K, 4096}}};
+      Case o{4096, batch, false, MatvecEpilogue::kAdd, {{G::Q4_K, 4096}}};
+      Case head{4096, batch, true, MatvecEpilogue::kStore, {{G::Q6_K, 32768}}};
+      for (Case* c : {&qkv, &ffn, &down, &o, &head}) {
+        c->bound = 2e-2;
+        ASSERT_TRUE(run(*c));
+      }
     }
   }
 }

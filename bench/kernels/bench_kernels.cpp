@@ -301,8 +301,20 @@ int main(int argc, char** argv) {
   for (uint32_t tokens : {4u, 8u, 16u, 32u, 64u}) {
     for (Path p : prefill_paths) atts.push_back({"8B", 32, 8, tokens, 4096, p});
   }
+  // Decode kernels side by side (v1 and v2, TROVE_ATTENTION_DECODE): one token at depth 512..32768 on
+  // both models' heads, and 2..8 tokens (batched decode, speculative verification) at depth 4096.
+  const bool has_v2 = dev.features().subgroup_shuffle;
+  for (Path p : {Path::kDecode, Path::kDecodeV2}) {
+    if (p == Path::kDecodeV2 && !has_v2) continue;
+    for (const auto& [model, kvh] : {std::pair<const char*, uint32_t>{"8B", 8}, {"30B-A3B", 4}}) {
+      for (uint32_t depth : {512u, 4096u, 16384u, 32768u}) atts.push_back({model, 32, kvh, 1, depth, p});
+    }
+    for (uint32_t tokens : {2u, 4u, 8u}) atts.push_back({"8B", 32, 8, tokens, 4096, p});
+    atts.push_back({"8B", 32, 8, 4, 16384, p});
+  }
   if (quick) {
     atts = {{"tiny", 4, 2, 1, 256, Path::kAuto}};
+    if (has_v2) atts.push_back({"tiny", 4, 2, 1, 1024, Path::kDecodeV2});
     for (Path p : prefill_paths) atts.push_back({"tiny", 8, 2, 64, 64, p});
     // The tiny preset's prefill chunk deep in the context (what dominates CI's engine tests on lavapipe).
     for (Path p : prefill_paths) atts.push_back({"tiny", 4, 2, 512, 4096, p});
@@ -318,6 +330,7 @@ int main(int argc, char** argv) {
       case Path::kPrefillCpu: return "attention f16 KV, prefill CPU";
       case Path::kPrefillCm2: return cm2_128 ? "attention f16 KV, prefill cm2 128-row" : "attention f16 KV, prefill cm2";
       case Path::kDecode: return "attention f16 KV, decode";
+      case Path::kDecodeV2: return "attention f16 KV, decode v2";
     }
     return "?";
   };

@@ -89,6 +89,7 @@ const char* path_name(AttentionPath p) {
     case AttentionPath::kDecode: return "decode";
     case AttentionPath::kPrefillCpu: return "prefill CPU";
     case AttentionPath::kPrefillCm2: return "prefill cm2";
+    case AttentionPath::kDecodeV2: return "decode v2";
   }
   return "?";
 }
@@ -99,12 +100,24 @@ Result<PagedAttention> PagedAttention::create(vk::Device& dev) {
   if (!p.ok()) return p.status();
   auto c = dev.pipeline({"attention_combine", {}, sizeof(CombinePush), 2, 64});
   if (!c.ok()) return c.status();
+  auto c2 = dev.pipeline({"attention_combine_v2", {}, sizeof(CombinePush), 2, 128});
+  if (!c2.ok()) return c2.status();
   auto scratch = dev.buffer(std::max<uint64_t>(uint64_t{kMaxSplitTokens} * kMaxSplitHeads * kMaxSplits * (256 + 2) * 4,
                                                 kPrefillScratchBytes));
   if (!scratch.ok()) return scratch.status();
   PagedAttention op;
   op.pipeline_ = std::move(*p);
   op.combine_ = std::move(*c);
+  op.combine_v2_ = std::move(*c2);
+  op.has_shuffle_ = dev.features().subgroup_shuffle;
+  op.subgroup_size_ = dev.features().subgroup_size;
+  if (const char* e = std::getenv("TROVE_ATTENTION_DECODE")) {
+    const std::string v = e;
+    if (v == "v2") op.decode_v2_default_ = true;
+    else if (v != "v1" && !v.empty()) {
+      return Status::InvalidArgument(fmt::format("attention: TROVE_ATTENTION_DECODE={} is not v1 or v2 (docs/kernels.md)", v));
+    }
+  }
   op.scratch_ = std::move(*scratch);
   op.decode_ = std::make_unique<DecodePipelines>();
   op.decode_->dev = &dev;
@@ -174,6 +187,19 @@ bool PagedAttention::decode_usable(const AttentionCall& c) const {
          g * d <= kDecodeScores && g * kDecodeMinSplitKeys <= kDecodeScores;
 }
 
+uint32_t PagedAttention::decode_v2_lanes(uint32_t head_dim) const {
+  return std::min<uint32_t>({head_dim / 8, subgroup_size_, 16});
+}
+
+bool PagedAttention::decode_v2_usable(const AttentionCall& c) const {
+  const uint32_t d = static_cast<uint32_t>(c.shape.head_dim);
+  const uint32_t g = c.shape.n_kv_heads > 0 ? c.n_heads / static_cast<uint32_t>(c.shape.n_kv_heads) : 0;
+  const uint32_t sg = subgroup_size_;
+  if (!has_shuffle_ || sg == 0 || (sg & (sg - 1)) != 0 || sg > 128) return false;
+  if (!(g == 1 || g == 2 || g == 4 || g == 8 || g == 16) || d < 8 || d > 256 || (d & (d - 1)) != 0) return false;
+  return g * d / decode_v2_lanes(d) <= 128;
+}
+
 bool PagedAttention::prefill_cpu_usable(const AttentionCall& c) const {
   const uint32_t d = static_cast<uint32_t>(c.shape.head_dim);
   const uint32_t g = c.shape.n_kv_heads > 0 ? c.n_heads / static_cast<uint32_t>(c.shape.n_kv_heads) : 0;
@@ -226,6 +252,7 @@ AttentionPath PagedAttention::choose(const AttentionCall& c) const {
   const bool matrix = prefill_pick_ == AttentionPath::kAuto ? has_prefill_coopmat_ || (kPrefillCm2Auto && has_prefill_cm2_)
                                                               : prefill_pick_ != AttentionPath::kPrefillTiled;
   const bool few = c.n_tokens < (matrix ? kPrefillMinTokens : kPrefillTiledMinTokens);
+  if (few && decode_v2_default_ && decode_v2_usable(c)) return AttentionPath::kDecodeV2;
   if (few && decode_usable(c)) return AttentionPath::kDecode;
   if (is_cpu_ && prefill_pick_ == AttentionPath::kAuto && c.n_tokens >= kPrefillTiledMinTokens && prefill_cpu_usable(c)) {
     return AttentionPath::kPrefillCpu;
@@ -333,6 +360,16 @@ Status PagedAttention::record(vk::CommandStream& s, const AttentionCall& c, vk::
     vk::BufferRange bufs[5] = {pool, block_table, q, out, scratch_};
     return s.dispatch(**pipe, bufs, &push, sizeof(push), groups_x, c.n_heads / heads);
   }
+  if (path == AttentionPath::kDecodeV2) {
+    if (!decode_v2_usable(c)) {
+      return Status::InvalidArgument(fmt::format(
+          "attention: the decode v2 path needs subgroup shuffles (this device {}), n_heads / n_kv_heads in 1, 2, 4, "
+          "8, 16 and head_dim a power of two from 8 to 256 with group x head_dim / {} <= 128 (got {} / {}, "
+          "head_dim {}); leave AttentionCall::path at kAuto", has_shuffle_ ? "has them" : "has none",
+          sh.head_dim >= 8 ? decode_v2_lanes(static_cast<uint32_t>(sh.head_dim)) : 1, c.n_heads, sh.n_kv_heads, sh.head_dim));
+    }
+    return record_decode_v2(s, c, pool, block_table, q, out);
+  }
   if (path == AttentionPath::kDecode) {
     if (!decode_usable(c)) {
       return Status::InvalidArgument(fmt::format(
@@ -373,6 +410,51 @@ Status PagedAttention::record(vk::CommandStream& s, const AttentionCall& c, vk::
   vk::BufferRange bufs[5] = {pool, block_table, q, out, scratch_};
   TROVE_RETURN_IF_ERROR(s.dispatch(pipeline_, bufs, &push, sizeof(push), c.n_heads, c.n_tokens, n_splits));
   return combine(s, static_cast<uint32_t>(sh.head_dim), c, n_splits, out);
+}
+
+Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCall& c, vk::BufferRange pool,
+                                        vk::BufferRange block_table, vk::BufferRange q, vk::BufferRange out) const {
+  const auto& sh = c.shape;
+  const uint32_t group = c.n_heads / static_cast<uint32_t>(sh.n_kv_heads), d = static_cast<uint32_t>(sh.head_dim);
+  const uint32_t kvh = static_cast<uint32_t>(sh.n_kv_heads), keys = c.start_pos + c.n_tokens;
+  const uint32_t lanes = decode_v2_lanes(d), unroll = group * d / lanes <= 64 ? 4 : 2;
+  // Slices: one for a short context, else as many as bring the grid to kDecodeV2TargetGroups.
+  uint32_t n_splits = 1, split_len = keys;
+  if (keys > kDecodeV2OneSplitKeys) {
+    const uint64_t row_bytes = uint64_t{c.n_tokens} * c.n_heads * (d + 2) * 4;
+    const uint64_t want = std::min<uint64_t>({(kDecodeV2TargetGroups + kvh * c.n_tokens - 1) / (kvh * c.n_tokens),
+                                              (keys + kDecodeV2MinSplitKeys - 1) / kDecodeV2MinSplitKeys,
+                                              kDecodeV2MaxSplits, scratch_.size() / row_bytes});
+    split_len = (keys + std::max<uint64_t>(want, 1) - 1) / std::max<uint64_t>(want, 1);
+    split_len = (split_len + 31) / 32 * 32;
+    n_splits = (keys + split_len - 1) / split_len;
+    if (n_splits > 1 && uint64_t{n_splits} * row_bytes > scratch_.size()) {
+      return Status::InvalidArgument(fmt::format("attention: {} tokens over {} keys need {} key slices, more than the "
+                                                 "decode v2 scratch holds; record fewer tokens per call",
+                                                 c.n_tokens, keys, n_splits));
+    }
+  }
+  const vk::Pipeline* pipe = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(decode_->mu);
+    auto it = decode_->v2.find({group, d});
+    if (it == decode_->v2.end()) {
+      auto p = decode_->dev->pipeline({"attention_decode_v2", {group, d, lanes, unroll}, sizeof(Push), 5, 128});
+      if (!p.ok()) return p.status();
+      it = decode_->v2.emplace(std::make_pair(group, d), std::move(*p)).first;
+    }
+    pipe = &it->second;
+  }
+  Push push{static_cast<uint32_t>(sh.block_size), kvh, d, c.n_heads, c.start_pos, c.n_tokens, c.scale, n_splits, split_len};
+  vk::BufferRange bufs[5] = {pool, block_table, q, out, scratch_};
+  TROVE_RETURN_IF_ERROR(s.dispatch(*pipe, bufs, &push, sizeof(push), n_splits, kvh, c.n_tokens));
+  if (n_splits == 1) return Status::Ok();
+  s.barrier();
+  CombinePush cp{d, c.n_heads, n_splits};
+  vk::BufferRange cb[2] = {scratch_, out};
+  TROVE_RETURN_IF_ERROR(s.dispatch(combine_v2_, cb, &cp, sizeof(cp), c.n_heads, c.n_tokens));
+  s.barrier();
+  return Status::Ok();
 }
 
 }  // namespace trove::ops

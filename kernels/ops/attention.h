@@ -37,6 +37,13 @@
 // G · head_dim <= 2048): one workgroup per (key slice, KV head, token) serving the G query heads of
 // the KV head, the keys cut into as many slices as bring the grid to kDecodeTargetGroups, merged by
 // the combine pass. Other shapes keep the per-token kernel.
+// Decode v2 (attention_decode_v2.comp, kAuto's decode kernel when TROVE_ATTENTION_DECODE=v2; v1, the
+// above, by default): one pass with an online softmax, kL lanes reading a K/V row together with
+// 16-byte loads, several keys in flight per lane, Q·K summed by subgroup shuffles; one slice (no
+// combine dispatch) up to kDecodeV2OneSplitKeys keys, else slices of >= kDecodeV2MinSplitKeys keys
+// bringing the grid to kDecodeV2TargetGroups, merged by attention_combine_v2.comp (the splits spread
+// over the workgroup). Needs subgroup shuffles; same G / head_dim limits as v1 with
+// G · head_dim / kL <= 128 (the accumulators live in registers).
 #pragma once
 
 #include <array>
@@ -51,7 +58,8 @@ namespace trove::ops {
 
 // Which kernel runs a call: kAuto picks as described above; the others force one (tests and the
 // benchmark compare them), and record() fails naming the path when the shape or device cannot take it.
-enum class AttentionPath { kAuto, kPerToken, kPrefillTiled, kPrefillCoopmat, kDecode, kPrefillCpu, kPrefillCm2 };
+enum class AttentionPath { kAuto, kPerToken, kPrefillTiled, kPrefillCoopmat, kDecode, kPrefillCpu, kPrefillCm2,
+                           kDecodeV2 };
 
 struct AttentionCall {
   kernels::ref::PagedKvShape shape;
@@ -83,6 +91,13 @@ class PagedAttention {
   // Decode kernel: key slices of 32..2048/G keys, as many as bring the grid to this many workgroups
   // (two per SM of an H200-class GPU).
   static constexpr uint32_t kDecodeTargetGroups = 264, kDecodeMinSplitKeys = 32, kDecodeScores = 2048;
+  // Decode v2: one slice up to this many keys (no combine dispatch); else slices of at least
+  // kDecodeV2MinSplitKeys keys (a multiple of 32), as many as bring the grid to kDecodeV2TargetGroups
+  // workgroups (4 per SM of an H200), at most kDecodeV2MaxSplits (the combine's shared memory).
+  static constexpr uint32_t kDecodeV2OneSplitKeys = 256, kDecodeV2MinSplitKeys = 128, kDecodeV2TargetGroups = 528,
+                            kDecodeV2MaxSplits = 1024;
+  // Whether kAuto's decode kernel is v2 (TROVE_ATTENTION_DECODE=v2 at create()).
+  bool decode_v2_default() const { return decode_v2_default_; }
   // The CPU form: queries (tokens x heads of one KV head) per invocation.
   static constexpr uint32_t kCpuQueries = 2;
   // Whether kAuto takes the NV cooperative matrix 2 prefill kernel where a call fits it (block size a
@@ -109,6 +124,13 @@ class PagedAttention {
   Result<const vk::Pipeline*> prefill_cm2_pipeline() const;
   AttentionPath prefill_pick_ = AttentionPath::kAuto;  // TROVE_ATTENTION's prefill kernel (kAuto: unset)
   bool decode_usable(const AttentionCall& c) const;
+  bool decode_v2_usable(const AttentionCall& c) const;
+  uint32_t decode_v2_lanes(uint32_t head_dim) const;  // kL: lanes per key row
+  Status record_decode_v2(vk::CommandStream& s, const AttentionCall& c, vk::BufferRange pool, vk::BufferRange block_table,
+                          vk::BufferRange q, vk::BufferRange out) const;
+  bool decode_v2_default_ = false;
+  bool has_shuffle_ = false;
+  uint32_t subgroup_size_ = 0;
   bool prefill_cpu_usable(const AttentionCall& c) const;
   Result<const vk::Pipeline*> prefill_cpu_pipeline(uint32_t head_dim, uint32_t heads, uint32_t tokens) const;
   bool is_cpu_ = false;
@@ -120,11 +142,13 @@ class PagedAttention {
     vk::Device* dev = nullptr;
     std::mutex mu;
     std::map<std::pair<uint32_t, uint32_t>, vk::Pipeline> by_shape;  // (G, head_dim) -> pipeline
+    std::map<std::pair<uint32_t, uint32_t>, vk::Pipeline> v2;        // (G, head_dim) -> decode v2
     std::map<std::array<uint32_t, 3>, vk::Pipeline> cpu;              // (head_dim, heads, tokens) -> CPU form
     std::unique_ptr<vk::Pipeline> cm2;                                // the cm2 prefill kernel, once built
   };
   std::unique_ptr<DecodePipelines> decode_;
   vk::Pipeline combine_;
+  vk::Pipeline combine_v2_;
   vk::Buffer scratch_;  // split partials: [token][head][split][head_dim + 2] f32 (decode and prefill)
 };
 

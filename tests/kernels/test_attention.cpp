@@ -129,7 +129,8 @@ TEST(PagedAttention, DecodeKernelMatchesReference) {
   check(*dev, *op, 4, 4, 256, 64, 90, 3, 35, kD);     // G 1, head_dim 256
   check(*dev, *op, 8, 4, 8, 16, 33, 7, 36, kD);       // head_dim 8, 7 tokens: token 0's last slices are empty
   check(*dev, *op, 8, 2, 128, 64, 63, 5, 37, kD);     // tokens across a block boundary
-  EXPECT_EQ(op->choose({{4, 64, 8, 128}, 32, 100, 1, 1.0f}), ops::AttentionPath::kDecode);
+  EXPECT_EQ(op->choose({{4, 64, 8, 128}, 32, 100, 1, 1.0f}),
+            op->decode_v2_default() ? ops::AttentionPath::kDecodeV2 : ops::AttentionPath::kDecode);
   EXPECT_EQ(op->choose({{4, 64, 2, 128}, 6, 100, 1, 1.0f}), ops::AttentionPath::kPerToken);  // G 3
   EXPECT_EQ(op->choose({{4, 64, 2, 96}, 8, 100, 1, 1.0f}), ops::AttentionPath::kPerToken);   // head_dim 96
   auto b = dev->buffer(1 << 20);
@@ -138,6 +139,44 @@ TEST(PagedAttention, DecodeKernelMatchesReference) {
   ASSERT_TRUE(s.ok());
   Status st = op->record(*s, {{4, 64, 2, 128}, 6, 0, 1, 1.0f, kD}, *b, *b, *b, *b);
   EXPECT_NE(st.message().find("decode path"), std::string::npos) << st.message();
+}
+
+// Decode v2 (attention_decode_v2.comp + attention_combine_v2.comp, TROVE_ATTENTION_DECODE=v2): one
+// slice without the combine (<= 256 keys), slices of 128 keys with the last one partial, slices
+// past a token's last key (keys 385: four slices of 128, token 0 ends at 378), 1..8 tokens, G 1, 4,
+// 8, 16, head_dim 8..256, blocks of 16 and 64 in shuffled order, NaN in the slots past the sequence.
+TEST(PagedAttention, DecodeV2MatchesReference) {
+  auto dev = open_device();
+  ASSERT_TRUE(dev);
+  auto op = ops::PagedAttention::create(*dev);
+  ASSERT_TRUE(op.ok()) << op.status().ToString();
+  const auto kV = ops::AttentionPath::kDecodeV2;
+  if (!dev->features().subgroup_shuffle) {
+    auto b = dev->buffer(1 << 20);
+    ASSERT_TRUE(b.ok());
+    auto s = dev->stream();
+    ASSERT_TRUE(s.ok());
+    Status st = op->record(*s, {{4, 64, 2, 128}, 8, 0, 1, 1.0f, kV}, *b, *b, *b, *b);
+    EXPECT_NE(st.message().find("decode v2 path"), std::string::npos) << st.message();
+    return;
+  }
+  check(*dev, *op, 32, 8, 128, 64, 0, 1, 51, kV);      // Qwen3-8B heads, first token
+  check(*dev, *op, 32, 8, 128, 64, 150, 1, 52, kV);    // one slice, the last block partial
+  check(*dev, *op, 32, 8, 128, 64, 1500, 1, 53, kV);   // 12 slices of 128, the last partial
+  check(*dev, *op, 32, 4, 128, 16, 1000, 1, 54, kV);   // Qwen3-30B-A3B heads (G 8), 16-key blocks
+  for (uint32_t tokens = 1; tokens <= 8; ++tokens) {   // 4 slices; from 8 tokens token 0's last is empty
+    check(*dev, *op, tokens % 2 ? 8 : 16, 2, 128, 64, 385 - tokens, tokens, 60 + tokens, kV);
+  }
+  check(*dev, *op, 16, 1, 64, 16, 700, 2, 55, kV);     // G 16, head_dim 64
+  check(*dev, *op, 4, 4, 256, 64, 290, 3, 56, kV);     // G 1, head_dim 256, 2 slices
+  check(*dev, *op, 8, 4, 8, 16, 33, 7, 57, kV);        // head_dim 8 (one lane a row)
+  check(*dev, *op, 8, 2, 128, 64, 63, 5, 58, kV);      // tokens across a block boundary
+  auto b = dev->buffer(1 << 20);
+  ASSERT_TRUE(b.ok());
+  auto s = dev->stream();
+  ASSERT_TRUE(s.ok());
+  Status st = op->record(*s, {{4, 64, 2, 128}, 6, 0, 1, 1.0f, kV}, *b, *b, *b, *b);  // G 3
+  EXPECT_NE(st.message().find("decode v2 path"), std::string::npos) << st.message();
 }
 
 // The prefill kernels (tiles of query rows = token × the query heads of one KV head) on shapes that

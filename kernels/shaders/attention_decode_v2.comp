@@ -1,0 +1,196 @@
+#version 460
+// Paged causal grouped-query attention for a few query tokens (decode), the bandwidth form
+// (TROVE_ATTENTION_DECODE=v2, attention.cpp): one workgroup of 128 per (key slice, KV head, query
+// token) serves the G query heads of the KV head with an online softmax, so K and V are read once, in
+// one pass, with many rows in flight:
+//   - kL lanes read one K row together (16-byte loads, lane i takes 8-dim chunks i, i + kL, ...), so a
+//     workgroup walks 128 / kL keys ("slots") at once, kU keys per slot per round: 2·kU·kC 16-byte
+//     loads (K and V) issued before any is used.
+//   - q·k: each lane's partial dot for the G heads, summed over the kL lanes by subgroup shuffles
+//     (kL <= the subgroup size; attention.cpp picks kL = min(head_dim / 8, subgroup size, 16)).
+//   - each slot keeps per head the running max m, the sum l of e^(s − m) and its lanes' share of
+//     Σ e^(s − m) v; keys past the slice are masked before their rows are read (no NaN from
+//     unwritten slots reaches a sum).
+//   - the slots merge at the end: a common max per head, the slots of one subgroup summed by
+//     shuffles, the subgroups one after the other into shared memory.
+// n_splits == 1: o = acc / l (no combine pass). Otherwise the unnormalised acc, M and l go to `part`
+// ([token][head][split][head_dim + 2], what attention_combine*.comp merge; a slice past the last key
+// writes l = 0, m = -inf). q is pre-multiplied by the scale.
+// Specialized on G (0), head_dim (1), kL (2) and kU (3). Limits (attention.cpp checks): G in 1, 2, 4,
+// 8, 16; head_dim a power of two from 8 to 256; kL a power of two dividing head_dim / 8 and at most
+// the subgroup size, whose invocations are consecutive local ids (true of NVIDIA and lavapipe).
+#extension GL_EXT_control_flow_attributes : require
+#extension GL_KHR_shader_subgroup_basic : require
+#extension GL_KHR_shader_subgroup_shuffle : require
+layout(local_size_x = 128) in;
+layout(constant_id = 0) const uint kG = 4u;    // query heads per KV head
+layout(constant_id = 1) const uint kD = 128u;  // head_dim
+layout(constant_id = 2) const uint kL = 16u;   // lanes per key row
+layout(constant_id = 3) const uint kU = 4u;    // keys per slot per round
+layout(std430, set = 0, binding = 0) readonly buffer KVq { uvec4 kv4[]; };
+layout(std430, set = 0, binding = 1) readonly buffer T { int table[]; };
+layout(std430, set = 0, binding = 2) readonly buffer Q { vec4 q4[]; };
+layout(std430, set = 0, binding = 3) writeonly buffer O { float o[]; };
+layout(std430, set = 0, binding = 4) writeonly buffer Part { float part[]; };
+layout(push_constant) uniform P {
+  uint block_size; uint n_kv_heads; uint head_dim; uint n_heads; uint start_pos; uint n_tokens; float scale;
+  uint n_splits; uint split_len;
+} pc;
+
+const uint kWG = 128u;
+const uint kC = kD / 8u / kL;     // 16-byte chunks per lane per row
+const uint kSlots = kWG / kL;     // keys walked at once
+shared vec2 sml[kSlots * kG];     // per slot and head: (m, l)
+shared float sacc[kG * kD];       // the merged accumulators
+shared vec2 sfin[kG];             // per head: (M, L) of the slice
+
+// Offset in 16-byte units of K[p] for KV head kvh (head_dim is a multiple of 8).
+uint k_offset4(uint p, uint kvh) {
+  const uint blk = uint(table[p / pc.block_size]);
+  const uint half_block = pc.block_size * pc.n_kv_heads * kD;
+  return (blk * 2u * half_block + (kvh * pc.block_size + p % pc.block_size) * kD) >> 3u;
+}
+
+void main() {
+  const uint split = gl_WorkGroupID.x, kvh = gl_WorkGroupID.y, tok = gl_WorkGroupID.z, t = gl_LocalInvocationID.x;
+  const uint keys = pc.start_pos + tok + 1u;  // causal: keys 0 .. start_pos + tok
+  const uint k0 = split * pc.split_len, k1 = min(keys, k0 + pc.split_len);
+  const uint n = k1 > k0 ? k1 - k0 : 0u;
+  const uint h0 = kvh * kG;
+  const uint slot = t / kL, li = t % kL;
+  const uint hb4 = (pc.block_size * pc.n_kv_heads * kD) >> 3u;  // K -> V of the same row, 16-byte units
+  const float NEG_INF = -1.0 / 0.0;
+
+  vec4 qa[kG * kC], qb[kG * kC], aa[kG * kC], ab[kG * kC];
+  float m[kG], l[kG];
+  [[unroll]] for (uint g = 0u; g < kG; ++g) {
+    m[g] = NEG_INF;
+    l[g] = 0.0;
+    [[unroll]] for (uint c = 0u; c < kC; ++c) {
+      const uint qi = (tok * pc.n_heads + h0 + g) * (kD / 4u) + 2u * (li + c * kL);
+      qa[g * kC + c] = q4[qi] * pc.scale;
+      qb[g * kC + c] = q4[qi + 1u] * pc.scale;
+      aa[g * kC + c] = vec4(0.0);
+      ab[g * kC + c] = vec4(0.0);
+    }
+  }
+
+  // Rounds are uniform over the workgroup (the shuffles below need every lane of a slot active).
+  for (uint base = 0u; base < n; base += kSlots * kU) {
+    const uint j0 = base + slot * kU;
+    uvec4 kw[kU * kC], vw[kU * kC];
+    [[unroll]] for (uint u = 0u; u < kU; ++u) {
+      const bool ok = j0 + u < n;
+      const uint off = ok ? k_offset4(k0 + j0 + u, kvh) : 0u;
+      [[unroll]] for (uint c = 0u; c < kC; ++c) {
+        kw[u * kC + c] = ok ? kv4[off + li + c * kL] : uvec4(0u);
+        vw[u * kC + c] = ok ? kv4[off + hb4 + li + c * kL] : uvec4(0u);
+      }
+    }
+    float s[kU * kG];
+    [[unroll]] for (uint u = 0u; u < kU; ++u) {
+      [[unroll]] for (uint g = 0u; g < kG; ++g) {
+        float a = 0.0;
+        [[unroll]] for (uint c = 0u; c < kC; ++c) {
+          const uvec4 w = kw[u * kC + c];
+          a += dot(qa[g * kC + c], vec4(unpackHalf2x16(w.x), unpackHalf2x16(w.y))) +
+               dot(qb[g * kC + c], vec4(unpackHalf2x16(w.z), unpackHalf2x16(w.w)));
+        }
+        s[u * kG + g] = a;
+      }
+    }
+    [[unroll]] for (uint mask = kL / 2u; mask > 0u; mask >>= 1u) {
+      [[unroll]] for (uint i = 0u; i < kU * kG; ++i) s[i] += subgroupShuffleXor(s[i], mask);
+    }
+    [[unroll]] for (uint u = 0u; u < kU; ++u) {
+      if (j0 + u >= n) {
+        [[unroll]] for (uint g = 0u; g < kG; ++g) s[u * kG + g] = NEG_INF;
+      }
+    }
+    [[unroll]] for (uint g = 0u; g < kG; ++g) {
+      float mx = m[g];
+      [[unroll]] for (uint u = 0u; u < kU; ++u) mx = max(mx, s[u * kG + g]);
+      const float ms = mx == NEG_INF ? 0.0 : mx;  // no key yet: every weight below is e^-inf = 0
+      const float corr = exp(m[g] - ms);
+      l[g] *= corr;
+      [[unroll]] for (uint c = 0u; c < kC; ++c) {
+        aa[g * kC + c] *= corr;
+        ab[g * kC + c] *= corr;
+      }
+      [[unroll]] for (uint u = 0u; u < kU; ++u) {
+        const float p = exp(s[u * kG + g] - ms);
+        l[g] += p;
+        [[unroll]] for (uint c = 0u; c < kC; ++c) {
+          const uvec4 w = vw[u * kC + c];
+          aa[g * kC + c] += p * vec4(unpackHalf2x16(w.x), unpackHalf2x16(w.y));
+          ab[g * kC + c] += p * vec4(unpackHalf2x16(w.z), unpackHalf2x16(w.w));
+        }
+      }
+      m[g] = mx;
+    }
+  }
+
+  // Merge the slots: the slice's max per head, each slot rescaled to it.
+  if (li == 0u) {
+    [[unroll]] for (uint g = 0u; g < kG; ++g) sml[slot * kG + g] = vec2(m[g], l[g]);
+  }
+  barrier();
+  [[unroll]] for (uint g = 0u; g < kG; ++g) {
+    float M = NEG_INF;
+    for (uint s2 = 0u; s2 < kSlots; ++s2) M = max(M, sml[s2 * kG + g].x);
+    const float f = M == NEG_INF ? 0.0 : exp(m[g] - M);
+    [[unroll]] for (uint c = 0u; c < kC; ++c) {
+      aa[g * kC + c] *= f;
+      ab[g * kC + c] *= f;
+    }
+    if (t == g) {
+      float L = 0.0;
+      for (uint s2 = 0u; s2 < kSlots; ++s2) {
+        const vec2 x = sml[s2 * kG + g];
+        if (x.y > 0.0) L += x.y * exp(x.x - M);
+      }
+      sfin[g] = vec2(M, L);
+    }
+  }
+  // The slots of one subgroup by shuffles (lanes li of slots slot ^ 1, ^ 2, ...), into its first slot.
+  for (uint mask = kL; mask < gl_SubgroupSize; mask <<= 1u) {
+    [[unroll]] for (uint i = 0u; i < kG * kC; ++i) {
+      aa[i] += subgroupShuffleXor(aa[i], mask);
+      ab[i] += subgroupShuffleXor(ab[i], mask);
+    }
+  }
+  // The subgroups one after the other.
+  const bool leader = gl_SubgroupInvocationID < kL;
+  for (uint sg = 0u; sg < gl_NumSubgroups; ++sg) {
+    if (gl_SubgroupID == sg && leader) {
+      [[unroll]] for (uint g = 0u; g < kG; ++g) {
+        [[unroll]] for (uint c = 0u; c < kC; ++c) {
+          const uint i = g * kD + 8u * (li + c * kL);
+          const vec4 x = aa[g * kC + c], y = ab[g * kC + c];
+          if (sg == 0u) {
+            sacc[i] = x.x; sacc[i + 1u] = x.y; sacc[i + 2u] = x.z; sacc[i + 3u] = x.w;
+            sacc[i + 4u] = y.x; sacc[i + 5u] = y.y; sacc[i + 6u] = y.z; sacc[i + 7u] = y.w;
+          } else {
+            sacc[i] += x.x; sacc[i + 1u] += x.y; sacc[i + 2u] += x.z; sacc[i + 3u] += x.w;
+            sacc[i + 4u] += y.x; sacc[i + 5u] += y.y; sacc[i + 6u] += y.z; sacc[i + 7u] += y.w;
+          }
+        }
+      }
+    }
+    barrier();
+  }
+  for (uint i = t; i < kG * kD; i += kWG) {
+    const uint g = i / kD, d = i % kD, h = h0 + g;
+    const vec2 ML = sfin[g];
+    if (pc.n_splits == 1u) {
+      o[(tok * pc.n_heads + h) * kD + d] = sacc[i] / ML.y;
+    } else {
+      const uint pbase = ((tok * pc.n_heads + h) * pc.n_splits + split) * (kD + 2u);
+      part[pbase + d] = sacc[i];
+      if (d == 0u) {
+        part[pbase + kD] = ML.x;  // -inf for a slice past the last key (l = 0)
+        part[pbase + kD + 1u] = ML.y;
+      }
+    }
+  }
+}

@@ -390,6 +390,14 @@ int main(int argc, char** argv) {
     if (!add("get_rows Q4_K", fmt::format("{} tokens x {}", T, E), (quant::row_bytes(GgmlType::Q4_K, E) + 4.0 * E) * T,
              [&](vk::CommandStream& s) { return gr->record(s, *table, *ids, *out, 1024, E, T); }))
       return 1;
+    // Greedy sampling over the Qwen3 head (151,936 logits a row; smaller in quick): 1 and 8 rows.
+    const uint32_t V = quick ? 4096 : 151936, AR = std::min(T, 8u);
+    auto am = ops::Argmax::create(dev);
+    auto logits = filled(dev, uint64_t{AR} * V * 4, 0x3f800000u), picks = filled(dev, uint64_t{AR} * 4);
+    if (!am.ok() || !logits.ok() || !picks.ok()) return fail(Status::ResourceExhausted("argmax buffers"));
+    if (!add("argmax f32", fmt::format("{} rows x {}", AR, V), 4.0 * AR * V,
+             [&](vk::CommandStream& s) { return am->record(s, *logits, *picks, AR, V); }))
+      return 1;
   }
 
   // ---- decode matvec rows (bench_matvec.cpp)

@@ -417,7 +417,7 @@ Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCal
   const auto& sh = c.shape;
   const uint32_t group = c.n_heads / static_cast<uint32_t>(sh.n_kv_heads), d = static_cast<uint32_t>(sh.head_dim);
   const uint32_t kvh = static_cast<uint32_t>(sh.n_kv_heads), keys = c.start_pos + c.n_tokens;
-  const uint32_t lanes = decode_v2_lanes(d), unroll = group * d / lanes <= 64 ? 4 : 2;
+  const uint32_t lanes = decode_v2_lanes(d), unroll = group * d / lanes <= 32 ? 4 : 2;
   // Slices: one for a short context, else as many as bring the grid to kDecodeV2TargetGroups.
   uint32_t n_splits = 1, split_len = keys;
   if (keys > kDecodeV2OneSplitKeys) {

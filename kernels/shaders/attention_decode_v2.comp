@@ -60,6 +60,7 @@ void main() {
   const uint slot = t / kL, li = t % kL;
   const uint hb4 = (pc.block_size * pc.n_kv_heads * kD) >> 3u;  // K -> V of the same row, 16-byte units
   const float NEG_INF = -1.0 / 0.0;
+  const bool same_block = pc.block_size % kU == 0u;
 
   vec4 qa[kG * kC], qb[kG * kC], aa[kG * kC], ab[kG * kC];
   float m[kG], l[kG];
@@ -79,9 +80,12 @@ void main() {
   for (uint base = 0u; base < n; base += kSlots * kU) {
     const uint j0 = base + slot * kU;
     uvec4 kw[kU * kC], vw[kU * kC];
+    // A slot's kU keys start at a multiple of kU (split_len is a multiple of 32): with blocks a multiple
+    // of kU they share one block, so one table lookup serves them.
+    const uint off0 = same_block && j0 < n ? k_offset4(k0 + j0, kvh) : 0u;
     [[unroll]] for (uint u = 0u; u < kU; ++u) {
       const bool ok = j0 + u < n;
-      const uint off = ok ? k_offset4(k0 + j0 + u, kvh) : 0u;
+      const uint off = !ok ? 0u : same_block ? off0 + u * (kD / 8u) : k_offset4(k0 + j0 + u, kvh);
       [[unroll]] for (uint c = 0u; c < kC; ++c) {
         kw[u * kC + c] = ok ? kv4[off + li + c * kL] : uvec4(0u);
         vw[u * kC + c] = ok ? kv4[off + hb4 + li + c * kL] : uvec4(0u);

@@ -144,7 +144,7 @@ TEST(PagedAttention, DecodeKernelMatchesReference) {
 // Decode v2 (attention_decode_v2.comp + attention_combine_v2.comp, TROVE_ATTENTION_DECODE=v2): one
 // slice without the combine (<= 256 keys), slices of 128 keys with the last one partial, slices
 // past a token's last key (keys 385: four slices of 128, token 0 ends at 378), 1..8 tokens, G 1, 4,
-// 8, 16, head_dim 8..256, blocks of 16 and 64 in shuffled order, NaN in the slots past the sequence.
+// 8, 16, head_dim 8..256, blocks of 2, 16 and 64 in shuffled order, NaN in the slots past the sequence.
 TEST(PagedAttention, DecodeV2MatchesReference) {
   auto dev = open_device();
   ASSERT_TRUE(dev);
@@ -171,6 +171,7 @@ TEST(PagedAttention, DecodeV2MatchesReference) {
   check(*dev, *op, 4, 4, 256, 64, 290, 3, 56, kV);     // G 1, head_dim 256, 2 slices
   check(*dev, *op, 8, 4, 8, 16, 33, 7, 57, kV);        // head_dim 8 (one lane a row)
   check(*dev, *op, 8, 2, 128, 64, 63, 5, 58, kV);      // tokens across a block boundary
+  check(*dev, *op, 16, 1, 64, 2, 299, 2, 59, kV);      // 2-key blocks: a slot's keys span blocks, 2 slices
   auto b = dev->buffer(1 << 20);
   ASSERT_TRUE(b.ok());
   auto s = dev->stream();

@@ -167,11 +167,17 @@ Status bench_matvec(vk::Device& dev, const MatvecBenchOptions& o, std::vector<Ke
           op.set_tuning({});
           TROVE_RETURN_IF_ERROR(measure(dev, op, sh, type, batch, o, opl, shl, rows));
         }
-        // The other forms at their defaults: the q8 and q8p forms always (TROVE_MATVEC=q8|q8p
-        // candidates; "refused" rows where the device lacks integer dot products), staged and direct
-        // with --sweep. q8p rows include its activation pass (two dispatches and a barrier a call).
+        // The other forms at their defaults: the q8 and q8p forms (TROVE_MATVEC=q8|q8p candidates;
+        // "refused" rows where the device lacks integer dot products), staged and direct with --sweep. q8p rows include its activation pass (two dispatches and a barrier a call).
         using Form = ops::MatvecTuning::Form;
-        std::vector<Form> forms = {Form::kQ8, Form::kQ8P};
+        // Without --sweep only at the 8B shapes with Q4_K_M's types (qkv and gate+up Q4_K, down and
+        // head Q6_K), to keep the section's device time: 32 rows.
+        const std::string nm = sh.name;
+        const bool q4km = std::string(sh.model) != "30B-A3B" &&
+                          (((nm == "attn_qkv" || nm == "ffn_gate+up") && type == GgmlType::Q4_K) ||
+                           ((nm == "ffn_down" || nm == "head") && type == GgmlType::Q6_K));
+        std::vector<Form> forms;
+        if (q4km) forms = {Form::kQ8, Form::kQ8P};
         if (o.sweep) forms = {Form::kStaged, Form::kDirect, Form::kQ8, Form::kQ8P};
         // (q8 rows of calls the q8 form cannot take — batch · cols int8 beyond shared memory, e.g. the
         // 8B's ffn_down at batch >= 3 with 48 KiB — time the direct form it falls back to.)

@@ -1,6 +1,7 @@
 // bench/kernels/bench_matvec.h — the decode matvec rows of bench_kernels (ops::Matvec at the Qwen3-8B
-// and Qwen3-30B-A3B decode shapes, batch 1/2/4/8, Q4_K and Q6_K; each row followed by the same call
-// in the q8 and q8p forms, label suffixes " q8" and " q8p") and the bandwidth ceiling every
+// and Qwen3-30B-A3B decode shapes, batch 1/2/4/8, Q4_K and Q6_K; the 8B's qkv and gate+up Q4_K, down
+// and head Q6_K rows each followed by the same call in the q8 and q8p forms, label suffixes " q8" and
+// " q8p") and the bandwidth ceiling every
 // percentage of the table is taken against (a large device-to-device copy, measured in the same run).
 #pragma once
 

@@ -313,8 +313,9 @@ TEST_F(Matvec, DirectForm) {
 // Q4_K, Q5_K, Q6_K, Q8_0 under each epilogue (batch 1), batches 3 and 8, SwiGLU with one and two
 // types, strided outputs, the residual equal to x, workgroups walking several row blocks, 4 rows per
 // group, and a call with an F32 matrix (runs the direct form). Few batch sizes × type sets: each is a
-// pipeline lavapipe compiles for ~1 s (Q8FormQwenShapesOnAGpu takes every batch 1..8 on a GPU). Bound 2e-2 of the output norm: the int8 rounding of x̂ costs
-// ~0.6% for Gaussian activations (llama.cpp's q8_1 activations on GPUs do the same).
+// pipeline lavapipe compiles for ~1 s (Q8FormQwenShapesOnAGpu takes batches 1, 2, 3, 5, 8 on a
+// GPU). Bound 2e-2 of the output norm: the int8 rounding of x̂ costs ~0.6% for Gaussian activations
+// (llama.cpp's q8_1 activations on GPUs do the same).
 TEST_F(Matvec, Q8Form) {
   if (!dev_->features().integer_dot_product || !dev_->features().subgroup_arithmetic) {
     GTEST_SKIP() << "the device lacks integer dot products or subgroup arithmetic (the q8 form is refused there)";
@@ -411,7 +412,8 @@ TEST_F(Matvec, Q8PassForm) {
   ASSERT_TRUE(run({512, 1, true, MatvecEpilogue::kStore, set_a(0)}));  // F32/F16/BF16: the direct form, 1e-5
 }
 
-// The q8 and q8p forms at the Qwen3-8B shapes, batch 1..8 (a GPU run: TROVE_KERNEL_FULL=1); in the
+// The q8 and q8p forms at the Qwen3-8B shapes, batch 1, 2, 3, 5, 8 (a GPU run: TROVE_KERNEL_FULL=1;
+// every case builds its weights and float64 reference on the CPU, ~1-2 s each at these sizes); in the
 // q8 form ffn_down (12288 columns) falls back to the direct form where batch · 12288 int8 exceed
 // shared memory.
 TEST_F(Matvec, Q8FormQwenShapesOnAGpu) {
@@ -420,7 +422,7 @@ TEST_F(Matvec, Q8FormQwenShapesOnAGpu) {
     GTEST_SKIP() << "the device lacks integer dot products or subgroup arithmetic (the q8 form is refused there)";
   }
   for (auto form : {ops::MatvecTuning::Form::kQ8, ops::MatvecTuning::Form::kQ8P}) {
-    for (uint32_t batch = 1; batch <= 8; ++batch) {
+    for (uint32_t batch : {1u, 2u, 3u, 5u, 8u}) {
       ops::MatvecTuning t;
       t.form = form;
       op_->set_tuning(t);

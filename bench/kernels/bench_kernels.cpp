@@ -41,6 +41,7 @@
 #include "bench/kernels/bench_moe.h"
 #include "bench/kernels/bench_timing.h"
 #include "kernels/ops/attention.h"
+#include "kernels/ops/sample.h"
 #include "kernels/ops/layer_ops.h"
 #include "kernels/ops/matmul.h"
 
@@ -397,6 +398,13 @@ int main(int argc, char** argv) {
     if (!am.ok() || !logits.ok() || !picks.ok()) return fail(Status::ResourceExhausted("argmax buffers"));
     if (!add("argmax f32", fmt::format("{} rows x {}", AR, V), 4.0 * AR * V,
              [&](vk::CommandStream& s) { return am->record(s, *logits, *picks, AR, V); }))
+      return 1;
+    // Stochastic sampling (top-k 40, the engine's default form for a vocabulary-sized row).
+    auto sm = ops::Sampler::create(dev);
+    if (!sm.ok()) return fail(sm.status());
+    const ops::SamplingParams sp{0.7f, 40, 0.95f, 0.0f, 1};
+    if (!add("sample f32 top-k 40", fmt::format("{} rows x {}", AR, V), 4.0 * AR * V * 40,
+             [&](vk::CommandStream& s) { return sm->record(s, *logits, *picks, AR, V, sp); }))
       return 1;
   }
 

@@ -1,5 +1,8 @@
 #include "kernels/ops/sample.h"
 
+#include <cstdlib>
+#include <string>
+
 #include <fmt/format.h>
 
 namespace trove::ops {
@@ -7,13 +10,23 @@ namespace trove::ops {
 Result<Sampler> Sampler::create(vk::Device& dev) {
   auto p = dev.pipeline({"sample_f32", {}, 28, 2, 64});
   if (!p.ok()) return p.status();
+  auto w = dev.pipeline({"sample_wg_f32", {kWorkgroupLocal}, 28, 2, kWorkgroupLocal});
+  if (!w.ok()) return w.status();
   Sampler op;
   op.pipeline_ = std::move(*p);
+  op.workgroup_ = std::move(*w);
+  if (const char* e = std::getenv("TROVE_SAMPLE")) {
+    const std::string v = e;
+    if (v == "rows") op.per_row_only_ = true;
+    else if (v != "auto" && !v.empty()) {
+      return Status::InvalidArgument(fmt::format("sampling: TROVE_SAMPLE={} is not auto or rows (docs/kernels.md)", v));
+    }
+  }
   return op;
 }
 
 Status Sampler::record(vk::CommandStream& s, vk::BufferRange logits, vk::BufferRange out, uint32_t rows,
-                       uint32_t ncols, const SamplingParams& p) const {
+                       uint32_t ncols, const SamplingParams& p, SamplerForm form) const {
   if (!(p.temperature > 0)) return Status::InvalidArgument(fmt::format("sampling: temperature {} must be > 0 (use argmax for greedy)", p.temperature));
   if (p.top_k < 1 || p.top_k > 64) return Status::InvalidArgument(fmt::format("sampling: top_k {} must be in 1..64", p.top_k));
   if (!(p.top_p > 0 && p.top_p <= 1)) return Status::InvalidArgument(fmt::format("sampling: top_p {} must be in (0, 1]", p.top_p));
@@ -23,7 +36,12 @@ Status Sampler::record(vk::CommandStream& s, vk::BufferRange logits, vk::BufferR
   struct { uint32_t ncols, rows, top_k; float temperature, top_p, min_p; uint32_t seed; } push{
       ncols, rows, p.top_k, p.temperature, p.top_p, p.min_p, p.seed};
   vk::BufferRange b[2] = {logits, out};
-  return s.dispatch(pipeline_, b, &push, sizeof(push), (rows + 63) / 64);
+  if (form == SamplerForm::kAuto) {
+    form = ncols >= kWorkgroupMinCols && !per_row_only_ ? SamplerForm::kWorkgroup : SamplerForm::kPerRow;
+  }
+  if (form == SamplerForm::kPerRow) return s.dispatch(pipeline_, b, &push, sizeof(push), (rows + 63) / 64);
+  if (rows > 65535) return Status::InvalidArgument(fmt::format("sampling: {} rows in one call, at most 65535 (record fewer)", rows));
+  return s.dispatch(workgroup_, b, &push, sizeof(push), rows);
 }
 
 }  // namespace trove::ops

@@ -70,3 +70,65 @@ TEST(Sampler, DistributionMatchesReference) {
   EXPECT_FALSE(op->record(*s, *bl, *bo, 1, 10, {0.0f, 10, 1.0f, 0.0f, 1}).ok());
   EXPECT_FALSE(op->record(*s, *bl, *bo, 1, 10, {1.0f, 100, 1.0f, 0.0f, 1}).ok());
 }
+
+// The workgroup form (sample_wg_f32.comp, what vocabulary-sized rows take): rows of 4100 (scalar
+// loads) and 8192 logits (vec4 loads) with two tied maxima, ties further down and a NaN; the draws of
+// 1000 rows against ref::sampling_probs (chi-square as above, support), top-k 1 takes the first of the
+// tied maxima, a seed reproduces its draws. ~2 s on lavapipe.
+TEST(Sampler, WorkgroupFormMatchesReference) {
+  auto d = vk::Device::open();
+  ASSERT_TRUE(d.ok()) << d.status().ToString();
+  auto op = ops::Sampler::create(**d);
+  ASSERT_TRUE(op.ok()) << op.status().ToString();
+  std::mt19937 rng(std::random_device{}());
+  const uint32_t rows = 1000;
+  for (uint32_t ncols : {4100u, 8192u}) {
+    std::normal_distribution<float> nd(0.f, 1.f);
+    std::vector<float> row(ncols);
+    for (auto& x : row) x = nd(rng);
+    row[ncols / 3] = row[ncols - 2] = 5.f;           // tied maxima
+    row[7] = row[ncols / 2] = row[ncols - 1] = 4.5f;  // ties further down the candidates
+    row[5] = NAN;                                     // never a candidate
+    std::vector<float> l;
+    for (uint32_t r = 0; r < rows; ++r) l.insert(l.end(), row.begin(), row.end());
+    auto bl = (*d)->buffer(l.size() * 4), bo = (*d)->buffer(rows * 4);
+    ASSERT_TRUE(bl.ok() && bo.ok());
+    ASSERT_TRUE(bl->upload(l.data(), l.size() * 4).ok());
+    std::vector<float> clean = row;
+    clean[5] = -1e30f;  // the reference takes no NaN
+    for (const ops::SamplingParams& p : {ops::SamplingParams{1.0f, 6, 1.0f, 0.0f, uint32_t(rng())},
+                                         ops::SamplingParams{1.5f, 4, 0.9f, 0.02f, uint32_t(rng())},
+                                         ops::SamplingParams{1.0f, 1, 1.0f, 0.0f, uint32_t(rng())}}) {
+      SCOPED_TRACE(testing::Message() << "ncols " << ncols << " k " << p.top_k);
+      ASSERT_TRUE(bo->fill(0xffffffffu).ok());
+      auto s = (*d)->stream();
+      ASSERT_TRUE(s.ok());
+      ASSERT_TRUE(op->record(*s, *bl, *bo, rows, ncols, p, ops::SamplerForm::kWorkgroup).ok());
+      ASSERT_TRUE(s->submit_and_wait().ok());
+      std::vector<uint32_t> got(rows);
+      ASSERT_TRUE(bo->download(got.data(), rows * 4).ok());
+      auto want = ref::sampling_probs(clean.data(), ncols, p.temperature, p.top_k, p.top_p, p.min_p);
+      std::vector<double> count(ncols, 0);
+      for (uint32_t t : got) {
+        ASSERT_LT(t, ncols);
+        ASSERT_GT(want[t], 0.0) << "token " << t << " was excluded by the filters but drawn";
+        count[t] += 1;
+      }
+      double chi2 = 0;
+      int df = -1;
+      for (uint32_t i = 0; i < ncols; ++i) {
+        if (want[i] == 0) continue;
+        const double e = want[i] * rows;
+        chi2 += (count[i] - e) * (count[i] - e) / e;
+        ++df;
+      }
+      EXPECT_LT(chi2, df + 8 * std::sqrt(2.0 * std::max(df, 1)) + 10);
+      if (p.top_k == 1) EXPECT_EQ(count[ncols / 3], rows);  // the first of the tied maxima
+      ASSERT_TRUE(op->record(*s, *bl, *bo, rows, ncols, p, ops::SamplerForm::kWorkgroup).ok());
+      ASSERT_TRUE(s->submit_and_wait().ok());
+      std::vector<uint32_t> again(rows);
+      ASSERT_TRUE(bo->download(again.data(), rows * 4).ok());
+      EXPECT_EQ(got, again);
+    }
+  }
+}

@@ -172,6 +172,11 @@ TEST(PagedAttention, DecodeV2MatchesReference) {
   check(*dev, *op, 8, 4, 8, 16, 33, 7, 57, kV);        // head_dim 8 (one lane a row)
   check(*dev, *op, 8, 2, 128, 64, 63, 5, 58, kV);      // tokens across a block boundary
   check(*dev, *op, 16, 1, 64, 2, 299, 2, 59, kV);      // 2-key blocks: a slot's keys span blocks, 2 slices
+  if (std::getenv("TROVE_KERNEL_FULL")) {  // the benchmark's depths: 64 and 128 slices, 4 tokens
+    check(*dev, *op, 32, 8, 128, 64, 16383, 1, 70, kV);
+    check(*dev, *op, 32, 4, 128, 64, 16383, 1, 71, kV);
+    check(*dev, *op, 32, 8, 128, 64, 16380, 4, 72, kV);
+  }
   auto b = dev->buffer(1 << 20);
   ASSERT_TRUE(b.ok());
   auto s = dev->stream();

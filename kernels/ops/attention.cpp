@@ -111,9 +111,13 @@ Result<PagedAttention> PagedAttention::create(vk::Device& dev) {
   op.combine_v2_ = std::move(*c2);
   op.has_shuffle_ = dev.features().subgroup_shuffle;
   op.subgroup_size_ = dev.features().subgroup_size;
+  // v2 by default on GPUs: measured on the H200 (2026-12-02, bench_kernels) 126 -> 35 us for one token at
+  // depth 16384 (8B), and bench_engine tg64 at depth 16384 93.6 -> 133.9 tok/s. CPU devices keep v1.
+  op.decode_v2_default_ = !dev.features().is_cpu;
   if (const char* e = std::getenv("TROVE_ATTENTION_DECODE")) {
     const std::string v = e;
     if (v == "v2") op.decode_v2_default_ = true;
+    else if (v == "v1") op.decode_v2_default_ = false;
     else if (v != "v1" && !v.empty()) {
       return Status::InvalidArgument(fmt::format("attention: TROVE_ATTENTION_DECODE={} is not v1 or v2 (docs/kernels.md)", v));
     }

@@ -78,19 +78,7 @@ vec4 mv_q5(uint w) { return mv_codes(w, ivec4(18, 10, 2, -6), 0x007C0000u); }
 vec4 mv_q6(uint w) { return mv_codes(w, ivec4(17, 9, 1, -7), 0x007E0000u); }
 vec4 mv_q8(uint w) { return mv_codes(w, ivec4(15, 7, -1, -9), 0x007F8000u); }
 
-// Scale and min of the sub-block pair (2j, 2j+1) of a Q4_K/Q5_K header, as two bytes each (low =
-// sub-block 2j). Same unpacking as quant::unpack_scale_min_k4.
-void mv_k4_scales(uvec4 hd, uint j, out uint sc, out uint mn) {
-  const uint sh = 16u * (j & 1u);
-  const uint y16 = (hd.y >> sh) & 0xFFFFu, z16 = (hd.z >> sh) & 0xFFFFu, w16 = (hd.w >> sh) & 0xFFFFu;
-  if (j < 2u) {
-    sc = y16 & 0x3F3Fu;
-    mn = z16 & 0x3F3Fu;
-  } else {
-    sc = (w16 & 0x0F0Fu) | ((y16 >> 2u) & 0x3030u);
-    mn = ((w16 >> 4u) & 0x0F0Fu) | ((z16 >> 2u) & 0x3030u);
-  }
-}
+#include "k4_scales.glsl"
 
 // Decoded weights of the current part, per slot (module scope, so that the per-column functions below
 // see them; registers on a GPU): mv_f = the 1 + q/2^b values, mv_c = the scale coefficients.
@@ -158,7 +146,7 @@ void mv_use_k45(bool q5, uint sbl, uint m) {
     if (!mv_live[s]) continue;
     const uvec4 hd = mv_raw_hd[s], q = mv_rot4(mv_raw_q[s], j);
     uint sc, mn;
-    mv_k4_scales(hd, j, sc, mn);
+    k4_scales(hd, j, sc, mn);
     const vec2 dm = unpackHalf2x16(hd.x);
     const float scale = q5 ? 32.0 : 16.0;  // Σ q x = 2^b (Σ f x − Σ x)
     mv_c[s][0] = scale * dm.x * float(sc & 0xFFu);

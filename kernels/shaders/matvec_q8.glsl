@@ -125,18 +125,7 @@ uvec2 x8(uint b, uint v) {
   return (v & 8u) != 0u ? q.zw : q.xy;
 }
 
-// Scale and min of the sub-block pair (2j, 2j+1) of a Q4_K/Q5_K header (quant::unpack_scale_min_k4).
-void k4_scales(uvec4 hd, uint j, out uint sc, out uint mn) {
-  const uint sh = 16u * (j & 1u);
-  const uint y16 = (hd.y >> sh) & 0xFFFFu, z16 = (hd.z >> sh) & 0xFFFFu, w16 = (hd.w >> sh) & 0xFFFFu;
-  if (j < 2u) {
-    sc = y16 & 0x3F3Fu;
-    mn = z16 & 0x3F3Fu;
-  } else {
-    sc = (w16 & 0x0F0Fu) | ((y16 >> 2u) & 0x3030u);
-    mn = ((w16 >> 4u) & 0x0F0Fu) | ((z16 >> 2u) & 0x3030u);
-  }
-}
+#include "k4_scales.glsl"
 
 // ---- Q4_K / Q5_K, part m of super-block sb.
 void part_k45(bool q5, uint sb, uint m) {

@@ -584,7 +584,7 @@ Result<BufferSet> Device::buffer_set(uint64_t bytes, uint64_t align) {
 Buffer::Buffer(Buffer&& o) noexcept { *this = std::move(o); }
 Buffer& Buffer::operator=(Buffer&& o) noexcept {
   if (this != &o) {
-    this->~Buffer();
+    release();
     device_ = o.device_; buffer_ = o.buffer_; mem_ = o.mem_; serial_ = o.serial_; size_ = o.size_; kind_ = o.kind_;
     mapped_ = o.mapped_;
     o.device_ = nullptr; o.buffer_ = VK_NULL_HANDLE; o.mem_ = VK_NULL_HANDLE; o.serial_ = 0; o.size_ = 0;
@@ -592,7 +592,8 @@ Buffer& Buffer::operator=(Buffer&& o) noexcept {
   }
   return *this;
 }
-Buffer::~Buffer() {
+Buffer::~Buffer() { release(); }
+void Buffer::release() {
   if (!device_) return;
   if (buffer_) vkDestroyBuffer(device_->handle(), buffer_, nullptr);
   if (mem_) vkFreeMemory(device_->handle(), mem_, nullptr);
@@ -700,7 +701,7 @@ Status BufferSet::download(void* dst, uint64_t bytes, uint64_t offset) const {
 Pipeline::Pipeline(Pipeline&& o) noexcept { *this = std::move(o); }
 Pipeline& Pipeline::operator=(Pipeline&& o) noexcept {
   if (this != &o) {
-    this->~Pipeline();
+    release();
     device_ = o.device_; serial_ = o.serial_; desc_ = std::move(o.desc_); module_ = o.module_;
     set_layout_ = o.set_layout_; layout_ = o.layout_; pipeline_ = o.pipeline_;
     o.device_ = nullptr; o.serial_ = 0; o.module_ = VK_NULL_HANDLE; o.set_layout_ = VK_NULL_HANDLE; o.layout_ = VK_NULL_HANDLE;
@@ -708,7 +709,8 @@ Pipeline& Pipeline::operator=(Pipeline&& o) noexcept {
   }
   return *this;
 }
-Pipeline::~Pipeline() {
+Pipeline::~Pipeline() { release(); }
+void Pipeline::release() {
   if (!device_) return;
   VkDevice d = device_->handle();
   if (pipeline_) vkDestroyPipeline(d, pipeline_, nullptr);

@@ -160,6 +160,7 @@ class Buffer {
 
  private:
   friend class Device;
+  void release();  // frees the Vulkan objects (the destructor and the move assignment)
   Device* device_ = nullptr;
   VkBuffer buffer_ = VK_NULL_HANDLE;
   VkDeviceMemory mem_ = VK_NULL_HANDLE;
@@ -221,6 +222,7 @@ class Pipeline {
 
  private:
   friend class Device;
+  void release();  // frees the Vulkan objects (the destructor and the move assignment)
   Device* device_ = nullptr;
   uint64_t serial_ = 0;
   PipelineDesc desc_;

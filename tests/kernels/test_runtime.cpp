@@ -138,6 +138,29 @@ TEST(VkRuntime, UnknownShaderIsANamedError) {
   EXPECT_NE(p.status().ToString().find("add_f32"), std::string::npos);
 }
 
+// Moving a pipeline onto one that holds Vulkan objects frees those once and keeps the moved one's
+// description: it used to run the destructor on itself and then assign into the destroyed members (a
+// double free of the description's heap storage, "malloc(): unaligned tcache chunk" on the H200 when
+// ops::PagedAttention was re-created over a live one). The spec-constant lists here live on the heap.
+TEST(VkRuntime, PipelineMovedOntoALiveOneFreesItOnce) {
+  auto d = open_device();
+  ASSERT_TRUE(d);
+  const uint32_t push_bytes = 8, bindings = 3, local = 256;  // as ops::ResidualAdd creates add_f32
+  for (int round = 0; round < 8; ++round) {
+    auto a = d->pipeline({"add_f32", std::vector<uint32_t>(32 + round, 1u), push_bytes, bindings, local});
+    auto b = d->pipeline({"add_f32", std::vector<uint32_t>(64 + round, 2u), push_bytes, bindings, local});
+    ASSERT_TRUE(a.ok() && b.ok()) << a.status().ToString() << b.status().ToString();
+    const VkPipeline moved = b->handle();
+    *a = std::move(*b);
+    EXPECT_EQ(a->handle(), moved);
+    EXPECT_EQ(a->desc().spec_constants.size(), 64u + round);
+    EXPECT_EQ(b->handle(), VK_NULL_HANDLE);
+    vk::Pipeline c(std::move(*a));
+    EXPECT_EQ(c.handle(), moved);
+    EXPECT_EQ(c.desc().spec_constants, std::vector<uint32_t>(64 + round, 2u));
+  }
+}
+
 TEST(VkRuntime, PipelineCacheIsWrittenToTroveHome) {
   auto dir = std::filesystem::temp_directory_path() / ("trove-vk-test-" + std::to_string(getpid()));
   setenv("TROVE_HOME", dir.c_str(), 1);

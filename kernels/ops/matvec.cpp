@@ -102,6 +102,7 @@ struct Matvec::State {
   bool direct = false;            // the direct form by default (GPUs with subgroup arithmetic; TROVE_MATVEC)
   bool q8_ok = false;             // the q8 form can run: integer dot products + subgroup arithmetic
   bool q8 = false;                // the q8 form by default (TROVE_MATVEC=q8)
+  bool q8_batch1 = false;         // the q8 form for batch-1 calls (GPUs with q8_ok, TROVE_MATVEC unset)
   bool q8p = false;               // the q8p form by default (TROVE_MATVEC=q8p)
   // q8p scratch: per slot size, a ring of kRingSlots slots taken in turn by the calls (matvec.h).
   static constexpr uint32_t kRingSlots = 64;
@@ -187,6 +188,10 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
   if (f.subgroup_arithmetic && sg >= 4 && sg <= 64 && (sg & (sg - 1)) == 0) op.st_->direct_lanes = sg;
   op.st_->direct = !f.is_cpu && op.st_->direct_lanes != 0;
   op.st_->q8_ok = f.integer_dot_product && op.st_->direct_lanes != 0;
+  // One decode stream on a GPU: the q8 form (H200, 8B tg128 154 -> 212 tok/s). Batches of 2..8 keep
+  // the direct form: on the H200 the q8 form at batch 3..8 was slower than direct and its batched
+  // argmax differed from one-at-a-time decoding at k >= 6 (bench_spec --verify-cost, 2026-12-03).
+  op.st_->q8_batch1 = !f.is_cpu && op.st_->q8_ok;
   if (const char* w = std::getenv("TROVE_MATVEC_Q8_WAVES"); w && *w) {
     char* end = nullptr;
     const unsigned long v = std::strtoul(w, &end, 10);
@@ -197,7 +202,10 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
   }
   if (const char* v = std::getenv("TROVE_MATVEC"); v && *v) {
     const std::string_view form(v);
-    if (form == "staged") {
+    op.st_->q8_batch1 = false;
+    if (form == "f32") {
+      // the device's f32 form (direct on GPUs, staged elsewhere): no q8 at any batch
+    } else if (form == "staged") {
       op.st_->direct = false;
     } else if (form == "direct") {
       if (op.st_->direct_lanes == 0) {
@@ -218,7 +226,7 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
       }
       op.st_->q8p = true;
     } else {
-      return Status::InvalidArgument(fmt::format("TROVE_MATVEC='{}' is not a matvec form (staged, direct, q8 or q8p)", v));
+      return Status::InvalidArgument(fmt::format("TROVE_MATVEC='{}' is not a matvec form (f32, staged, direct, q8 or q8p)", v));
     }
   }
   if (!vk::find_shader("matvec").words || !vk::find_shader("matvec_nosg").words || !vk::find_shader("matvec_direct").words ||
@@ -267,7 +275,7 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
   // the staging of x (run per workgroup and block, costly there) are paid 32x less often. Measured on
   // lavapipe (2 cores, tiny-coder decode, 2026-12-02): the 151,936-row head 1.3-1.8 s -> ~0.33 s.
   bool direct = st_->direct;
-  bool q8 = st_->q8, q8p = st_->q8p;
+  bool q8 = st_->q8 || (st_->q8_batch1 && call.batch == 1), q8p = st_->q8p;
   if (tn.form != MatvecTuning::Form::kAuto) {
     direct = tn.form == MatvecTuning::Form::kDirect;
     q8 = tn.form == MatvecTuning::Form::kQ8;

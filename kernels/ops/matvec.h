@@ -22,8 +22,9 @@
 //  - kSwiGlu takes exactly 2 matrices with equal rows; mats[1].y is not used (may be empty).
 //  - Precision: f32 activations and accumulation throughout (no f16/q8 rounding of x); the result is
 //    within 1e-5 of the output norm of the float64 reference (kernels/ref/matvec_ref.h). The q8 form
-//    (TROVE_MATVEC=q8, off by default) rounds x̂ to int8 with a scale per 32 values (as llama.cpp's
-//    q8_1 activations on GPUs): within 1e-2 of the output norm.
+//    (batch-1 calls on GPUs with integer dot products by default; TROVE_MATVEC=q8 for every batch,
+//    TROVE_MATVEC=f32 never) rounds x̂ to int8 with a scale per 32 values (as llama.cpp's q8_1
+//    activations on GPUs): within 1e-2 of the output norm.
 //  - Thread-safety: record() may be called from several threads. Pipelines are created on first use
 //    (under a mutex) and live as long as the op: one per batch size, SwiGLU or not, tile size, set of
 //    weight types and matrix count of the calls seen (a decode layer needs about five).
@@ -99,7 +100,8 @@ struct MatvecTuning {
                                  // columns and subgroupAdd (lavapipe spends seconds per pipeline on it)
   enum class Form { kAuto, kStaged, kDirect, kQ8, kQ8P };
   Form form = Form::kAuto;       // kDirect needs 32-lane subgroups (refused otherwise); kAuto: direct
-                                 // where the device has them (not on CPUs), TROVE_MATVEC=staged|direct|q8|q8p.
+                                 // where the device has them (not on CPUs), q8 for batch-1 calls on GPUs
+                                 // with integer dot products, TROVE_MATVEC=f32|staged|direct|q8|q8p.
                                  // kQ8/kQ8P need subgroup arithmetic and integer dot products (refused
                                  // otherwise); calls it cannot take (a matrix not Q4_K/Q5_K/Q6_K/Q8_0,
                                  // or, kQ8 only, batch · cols int8 not fitting shared memory) run the direct form

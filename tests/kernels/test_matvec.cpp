@@ -484,6 +484,22 @@ TEST_F(Matvec, OtherWorkSplits) {
   ASSERT_TRUE(run({512, 1, true, MatvecEpilogue::kSwiGlu, {{G::Q5_K, 45}, {G::Q6_K, 45}}}));
 }
 
+// TROVE_MATVEC names the form: f32 (the device's f32 form, no q8 at any batch; the H200's engine test
+// compares f32 paths with it) is accepted everywhere, an unknown name is refused with the list.
+TEST_F(Matvec, TroveMatvecNamesTheForms) {
+  const char* old = std::getenv("TROVE_MATVEC");
+  const std::string saved = old ? old : "";
+  ::setenv("TROVE_MATVEC", "f32", 1);
+  auto f32 = ops::Matvec::create(*dev_);
+  ::setenv("TROVE_MATVEC", "int4", 1);
+  auto bad = ops::Matvec::create(*dev_);
+  if (old) ::setenv("TROVE_MATVEC", saved.c_str(), 1);
+  else ::unsetenv("TROVE_MATVEC");
+  EXPECT_TRUE(f32.ok()) << f32.status().ToString();
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("f32, staged, direct, q8 or q8p"), std::string::npos) << bad.status().message();
+}
+
 TEST_F(Matvec, BadCallsAreNamedAndRecordNothing) {
   auto b = dev_->buffer(1 << 20);
   auto y = dev_->buffer(1 << 16);

@@ -24,7 +24,7 @@
 // the device has VK_NV_cooperative_matrix2 with reductions, conversions and per-element operations
 // and a 128-invocation f16 workgroup shape, for head_dim 128 and block sizes that are a multiple of
 // 64 (TROVE_ATTENTION_CM2_ROWS=128 takes 128-row tiles over 256 invocations instead). kAuto takes it
-// only when kPrefillCm2Auto is true (off until measured on the device) or TROVE_ATTENTION=cm2;
+// when kPrefillCm2Auto is true (the default since it was measured on the H200) or TROVE_ATTENTION=cm2;
 // TROVE_ATTENTION=cm2|khr|tiled forces the prefill kernel kAuto picks where a call fits it (create()
 // fails naming the reason when the device cannot run the one asked for).
 // On a CPU device (lavapipe, features().is_cpu) prefill from kPrefillTiledMinTokens tokens takes
@@ -101,9 +101,9 @@ class PagedAttention {
   // The CPU form: queries (tokens x heads of one KV head) per invocation.
   static constexpr uint32_t kCpuQueries = 2;
   // Whether kAuto takes the NV cooperative matrix 2 prefill kernel where a call fits it (block size a
-  // multiple of 64, head_dim 128): off until the kernel is measured on the device (TROVE_ATTENTION=cm2
-  // turns it on for a run).
-  static constexpr bool kPrefillCm2Auto = false;
+  // multiple of 64, head_dim 128): on since 2026-12-03 (H200: 83-144 TFLOP/s against the KHR kernel's
+  // 17-20; 8B prefill to 16k 2561 -> 5472 tok/s; its tests pass there); TROVE_ATTENTION=khr turns it off.
+  static constexpr bool kPrefillCm2Auto = true;
   // Whether prefill runs on the cooperative-matrix kernel (device support, TROVE_NO_COOPMAT unset).
   bool prefill_uses_coopmat() const { return has_prefill_coopmat_; }
   // Whether the device runs the NV cooperative matrix 2 prefill kernel (kPrefillCm2 can be forced),

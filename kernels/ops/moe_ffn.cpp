@@ -28,6 +28,11 @@ struct ExpertsPush {
 };
 struct DownPush { uint32_t rows, cols, rb, k, pair_slot_off, ntiles, tile_vals, by_pair; };
 struct CombinePush { uint32_t hidden, k, pair_slot_off; };
+struct ExpertsQ8Push {
+  uint32_t rows, cols, rb0, rb1, k, pairs, blocks, grid_x, norm;
+  float eps;
+};
+struct DownQ8Push { uint32_t rows, cols, rb, k, blocks, grid_x; };
 struct SwiGluPush { uint32_t pairs, groups_x; };
 
 Status need(const char* op, const char* what, vk::BufferRange b, uint64_t bytes) {
@@ -142,7 +147,8 @@ Result<MoeFfn> MoeFfn::create(vk::Device& dev, uint32_t slots_per_pass, bool gpu
     return Status::InvalidArgument(fmt::format("moe_ffn: {} slots per pass; use 1..{}", slots_per_pass,
                                                MoePlanLayout::kSlotsPerEntry));
   }
-  for (const char* sh : {"moe_experts", "moe_experts_nosg", "moe_experts_direct", "moe_down", "moe_down_nosg", "moe_down_direct"}) {
+  for (const char* sh : {"moe_experts", "moe_experts_nosg", "moe_experts_direct", "moe_down", "moe_down_nosg", "moe_down_direct",
+                         "moe_experts_q8", "moe_down_q8"}) {
     if (!vk::find_shader(sh).words) {
       return Status::NotFound(fmt::format("moe_ffn: shader {} is not embedded in this build (rebuild trove_kernels)", sh));
     }
@@ -168,9 +174,25 @@ Result<MoeFfn> MoeFfn::create(vk::Device& dev, uint32_t slots_per_pass, bool gpu
   op.slots_per_pass_ = slots_per_pass ? slots_per_pass : (op.cpu_ ? 1 : 0);
   if (f.subgroup_arithmetic && sg >= 4 && sg <= 64 && (sg & (sg - 1)) == 0) op.direct_lanes_ = sg;
   op.direct_default_ = !f.is_cpu && op.direct_lanes_ != 0;
+  op.q8_ok_ = f.integer_dot_product && op.direct_lanes_ != 0;
+  if (const char* v = std::getenv("TROVE_MOE_Q8_WORKGROUPS"); v && *v) {
+    char* end = nullptr;
+    const unsigned long n = std::strtoul(v, &end, 10);
+    if (*end != '\0' || n == 0 || n > 65535) {
+      return Status::InvalidArgument(fmt::format("TROVE_MOE_Q8_WORKGROUPS='{}' is not a number of workgroups (1..65535)", v));
+    }
+    op.q8_workgroups_ = static_cast<uint32_t>(n);
+  }
   if (const char* v = std::getenv("TROVE_MOE"); v && *v) {
     const std::string_view form(v);
-    if (form == "staged") {
+    if (form == "q8") {
+      if (!op.q8_ok_) {
+        return Status::Unsupported(fmt::format("TROVE_MOE=q8 needs integer dot products (VK_KHR_shader_integer_dot_product) "
+                                               "and subgroup arithmetic, which device {} lacks; use TROVE_MOE=direct or "
+                                               "staged", f.name));
+      }
+      op.direct_default_ = op.q8_default_ = true;
+    } else if (form == "staged") {
       op.direct_default_ = false;
     } else if (form == "direct") {
       if (op.direct_lanes_ == 0) {
@@ -179,7 +201,7 @@ Result<MoeFfn> MoeFfn::create(vk::Device& dev, uint32_t slots_per_pass, bool gpu
       }
       op.direct_default_ = true;
     } else {
-      return Status::InvalidArgument(fmt::format("TROVE_MOE='{}' is not an expert kernel form (staged or direct)", v));
+      return Status::InvalidArgument(fmt::format("TROVE_MOE='{}' is not an expert kernel form (staged, direct or q8)", v));
     }
   }
   op.cache_ = std::make_unique<Cache>();
@@ -226,7 +248,12 @@ Status check_experts(const char* what, const StackedExperts& m, uint32_t rows, u
 }  // namespace
 
 bool MoeFfn::direct() const {
-  return tuning_.form == MoeTuning::Form::kAuto ? direct_default_ : tuning_.form == MoeTuning::Form::kDirect;
+  if (tuning_.form == MoeTuning::Form::kAuto) return direct_default_;
+  return tuning_.form == MoeTuning::Form::kDirect || tuning_.form == MoeTuning::Form::kQ8;
+}
+
+bool MoeFfn::q8() const {
+  return tuning_.form == MoeTuning::Form::kAuto ? q8_default_ : tuning_.form == MoeTuning::Form::kQ8;
 }
 
 namespace {
@@ -364,6 +391,9 @@ Status MoeFfn::record_gate_up(vk::CommandStream& s, const MoeFfnCall& c) const {
   const uint32_t entries = MoePlanLayout::max_entries(c.tokens * c.k, c.gate.n_expert);
   if (direct()) {
     TROVE_RETURN_IF_ERROR(check_direct_tuning(tuning_, direct_lanes_));
+    auto q8 = record_gate_up_q8(s, c);
+    if (!q8.ok()) return q8.status();
+    if (*q8) return Status::Ok();
     const uint32_t g = direct_lanes_, rows = tuning_.gate_up_rows ? tuning_.gate_up_rows : 1;
     const uint32_t wg = tuning_.workgroup ? tuning_.workgroup : std::max(kDirectWorkgroup, g);
     auto p = pipeline("moe_experts_direct",
@@ -411,6 +441,9 @@ Status MoeFfn::record_down(vk::CommandStream& s, const MoeFfnCall& c) const {
   if (dir) TROVE_RETURN_IF_ERROR(check_direct_tuning(tuning_, direct_lanes_));
   const uint32_t g = direct_lanes_, wg_direct = tuning_.workgroup ? tuning_.workgroup : std::max(kDirectWorkgroup, g);
   if (dir && fused_down(T, k)) {
+    auto q8 = record_down_q8(s, c);
+    if (!q8.ok()) return q8.status();
+    if (*q8) return Status::Ok();
     const uint32_t rows = tuning_.down_rows ? tuning_.down_rows : 1;
     auto p = pipeline("moe_down_direct", {wg_direct, g, rows, 256, td, cpu_ ? 0u : 1u, g, k}, sizeof(DownPush), 6, wg_direct);
     if (!p.ok()) return p.status();
@@ -457,6 +490,63 @@ Status MoeFfn::record_down(vk::CommandStream& s, const MoeFfnCall& c) const {
   TROVE_RETURN_IF_ERROR(s.dispatch(**p, b, &push, sizeof(push), (hidden + rows_per_wg - 1) / rows_per_wg, entries));
   s.barrier();
   return record_combine(s, c);
+}
+
+namespace {
+bool q8_type(quant::GgmlType t) {
+  return t == quant::GgmlType::Q4_K || t == quant::GgmlType::Q5_K || t == quant::GgmlType::Q6_K || t == quant::GgmlType::Q8_0;
+}
+// Bytes of shared memory a q8 column of `cols` values takes (moe_*_q8.comp, matvec_q8_parts.glsl): the
+// int8 values, a scale per 32 and two sums per 32 (f32), cols rounded up to 256.
+uint64_t q8_column_bytes(uint32_t cols) { return uint64_t{(cols + 255) / 256 * 256} * 11 / 8; }
+
+// The grid of a q8 kernel: `blocks` row blocks per grid row, `rows_y` grid rows; every workgroup
+// stages its inputs once, so few enough that each walks several blocks, enough to fill the GPU.
+uint32_t q8_grid_x(uint32_t blocks, uint32_t rows_y, uint32_t forced, uint32_t target, bool cpu) {
+  if (forced) return std::min(blocks, forced);
+  if (cpu) return blocks;  // CPU devices: one block per workgroup (more parallel workgroups for lavapipe's threads)
+  return std::clamp<uint32_t>((target + rows_y - 1) / rows_y, 1, blocks);
+}
+}  // namespace
+
+Result<bool> MoeFfn::record_gate_up_q8(vk::CommandStream& s, const MoeFfnCall& c) const {
+  if (!q8() || !c.by_pair || !q8_type(c.gate.type) || !q8_type(c.up.type)) return false;
+  if (!q8_ok_) return Status::Unsupported("moe_ffn: the q8 form needs integer dot products and subgroup arithmetic (use direct)");
+  const uint32_t g = direct_lanes_, rows = tuning_.gate_up_rows ? tuning_.gate_up_rows : 1;
+  const uint32_t wg = tuning_.workgroup ? tuning_.workgroup : std::max(kDirectWorkgroup, g);
+  const uint32_t ffn = c.gate.rows, hidden = c.gate.cols, pairs = c.tokens * c.k;
+  if (q8_column_bytes(hidden) + wg / g * 4 > shared_bytes_) return false;
+  auto p = pipeline("moe_experts_q8",
+                    {wg, g, rows, (hidden + 255) / 256 * 256, static_cast<uint32_t>(c.gate.type), static_cast<uint32_t>(c.up.type)},
+                    sizeof(ExpertsQ8Push), 6, wg);
+  if (!p.ok()) return p.status();
+  const uint32_t rows_per_wg = wg / g * rows, blocks = (ffn + rows_per_wg - 1) / rows_per_wg;
+  const uint32_t gx = q8_grid_x(blocks, pairs, tuning_.q8_workgroups, q8_workgroups_, cpu_);
+  const bool norm = c.norm_w.buffer != VK_NULL_HANDLE;
+  const ExpertsQ8Push push{ffn, hidden, static_cast<uint32_t>(quant::row_bytes(c.gate.type, hidden)),
+                           static_cast<uint32_t>(quant::row_bytes(c.up.type, hidden)), c.k, pairs, blocks, gx,
+                           norm ? 1u : 0u, c.eps};
+  vk::BufferRange b[6] = {c.xn, c.gate.w, c.up.w, c.ids, c.h, norm ? c.norm_w : c.xn};
+  TROVE_RETURN_IF_ERROR(s.dispatch(**p, b, &push, sizeof(push), gx, pairs));
+  return true;
+}
+
+Result<bool> MoeFfn::record_down_q8(vk::CommandStream& s, const MoeFfnCall& c) const {
+  if (!q8() || !c.by_pair || !q8_type(c.down.type)) return false;
+  if (!q8_ok_) return Status::Unsupported("moe_ffn: the q8 form needs integer dot products and subgroup arithmetic (use direct)");
+  const uint32_t g = direct_lanes_, rows = tuning_.down_rows ? tuning_.down_rows : 1;
+  const uint32_t wg = tuning_.workgroup ? tuning_.workgroup : std::max(kDirectWorkgroup, g);
+  const uint32_t ffn = c.gate.rows, hidden = c.gate.cols, T = c.tokens;
+  if (c.k * q8_column_bytes(ffn) > shared_bytes_) return false;
+  auto p = pipeline("moe_down_q8", {wg, g, rows, (ffn + 255) / 256 * 256, static_cast<uint32_t>(c.down.type), c.k},
+                    sizeof(DownQ8Push), 5, wg);
+  if (!p.ok()) return p.status();
+  const uint32_t rows_per_wg = wg / g * rows, blocks = (hidden + rows_per_wg - 1) / rows_per_wg;
+  const uint32_t gx = q8_grid_x(blocks, T, tuning_.q8_workgroups, q8_workgroups_, cpu_);
+  const DownQ8Push push{hidden, ffn, static_cast<uint32_t>(quant::row_bytes(c.down.type, ffn)), c.k, blocks, gx};
+  vk::BufferRange b[5] = {c.h, c.down.w, c.ids, c.weights, c.x};
+  TROVE_RETURN_IF_ERROR(s.dispatch(**p, b, &push, sizeof(push), gx, T));
+  return true;
 }
 
 Status MoeFfn::record_combine(vk::CommandStream& s, const MoeFfnCall& c) const {

@@ -139,12 +139,20 @@ struct MoeTuning {
   // kStaged: moe_experts / moe_down (inputs staged in shared memory, 32-lane row groups); kDirect:
   // moe_experts_direct / moe_down_direct (one subgroup per row group, inputs through the caches, the
   // down kernel spreading the k experts' row parts over the lanes). kAuto: direct on GPUs with subgroup
-  // arithmetic (subgroups of 4..64 lanes), staged otherwise; TROVE_MOE=staged|direct overrides.
-  enum class Form { kAuto, kStaged, kDirect };
+  // arithmetic (subgroups of 4..64 lanes), staged otherwise; TROVE_MOE=staged|direct|q8 overrides.
+  // kQ8: the direct form, except that pair-indexed decode steps (MoeFfnCall::by_pair) with Q4_K, Q5_K,
+  // Q6_K or Q8_0 experts run moe_experts_q8 / moe_down_q8 — activations rounded to int8 (a scale per
+  // 32 values) in shared memory, integer dot products (the dense q8 matvec's code); needs integer dot
+  // products (VK_KHR_shader_integer_dot_product). Each kind (gate/up, down) takes it on its own types.
+  enum class Form { kAuto, kStaged, kDirect, kQ8 };
   Form form = Form::kAuto;
   uint32_t gate_up_rows = 0;  // direct form: rows per row group (1, 2 or 4; 0 = 1) of gate/up
   uint32_t down_rows = 0;     // direct form: rows per row group of down (1, 2 or 4; 0 = 1)
   uint32_t workgroup = 0;     // direct form: invocations per workgroup (a multiple of the subgroup, <= 1024; 0 = 128)
+  // q8 form: workgroups per (token, j) pair (gate/up) or per token (down), each staging its inputs once
+  // and walking the row blocks; 0 = about kQ8Workgroups in all (TROVE_MOE_Q8_WORKGROUPS), one block
+  // each on CPU devices.
+  uint32_t q8_workgroups = 0;
 };
 
 class MoeFfn {
@@ -159,8 +167,14 @@ class MoeFfn {
   // Forces a form or work split (MoeTuning); a direct form the device cannot run is refused by record().
   void set_tuning(const MoeTuning& t) { tuning_ = t; }
   const MoeTuning& tuning() const { return tuning_; }
-  // Whether record() runs the direct form with the current tuning.
+  // Whether record() runs the direct form with the current tuning (the q8 form counts: it is the direct
+  // form with int8 activations where the step and types allow).
   bool direct() const;
+  // Whether the q8 form is selected (MoeTuning::Form::kQ8, or TROVE_MOE=q8 with kAuto).
+  bool q8() const;
+  // Whether the device can run the q8 form (integer dot products, subgroup arithmetic).
+  bool q8_supported() const { return q8_ok_; }
+  static constexpr uint32_t kQ8Workgroups = 512;  // q8 form: the grid aimed at (~4 per SM on the H200)
   // Records 2 dispatches (tokens <= kDecodeMaxTokens) or 4, with barriers between them, none before
   // the first or after the last.
   Status record(vk::CommandStream& s, const MoeFfnCall& call) const;
@@ -191,6 +205,12 @@ class MoeFfn {
   uint32_t slots_per_pass_ = 0;  // 0: min(8, tokens)
   uint32_t direct_lanes_ = 0;    // the direct form's row group: the subgroup size (0: no subgroup arithmetic)
   bool direct_default_ = false;  // MoeTuning::Form::kAuto means direct (GPU with subgroups; TROVE_MOE)
+  bool q8_ok_ = false;           // integer dot products + subgroup arithmetic: the q8 form can run
+  bool q8_default_ = false;      // MoeTuning::Form::kAuto means q8 (TROVE_MOE=q8)
+  uint32_t q8_workgroups_ = kQ8Workgroups;  // TROVE_MOE_Q8_WORKGROUPS
+  // The q8 form's dispatches, when the call can take them (false: the caller runs the direct form).
+  Result<bool> record_gate_up_q8(vk::CommandStream& s, const MoeFfnCall& call) const;
+  Result<bool> record_down_q8(vk::CommandStream& s, const MoeFfnCall& call) const;
   MoeTuning tuning_;
   std::unique_ptr<Cache> cache_;
   vk::Pipeline combine_;

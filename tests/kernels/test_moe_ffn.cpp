@@ -85,6 +85,8 @@ struct Case {
   ops::MoePrefill prefill = ops::MoePrefill::kAuto;
   bool norm = false;  // the RMSNorm prologue: the kernel gets the raw rows and the norm weights
   bool by_pair = false;  // pair-indexed decode: routing without a plan (MoeRoute::record_ids), the plan poisoned
+  double bound = 0;      // error bound relative to the MoE output's norm (0: the f32 kernels' 1e-4 / 3e-3)
+  double min_err = 0;    // and a floor: the int8 rounding of the q8 form must show (it ran, not the direct form)
 };
 
 std::string type_name(GgmlType t) { return std::string(quant::traits(t)->name); }
@@ -242,13 +244,16 @@ class MoeFfnTest : public ::testing::Test {
       // Grouped GEMMs on matrix units round activations to f16 (ops::Matmul's bound: 2e-3 of the norm).
       const bool lossy = T > ops::MoeFfn::kDecodeMaxTokens && matmul_->uses_coopmat() &&
                          (c.prefill == ops::MoePrefill::kGroupedGemm || (c.prefill == ops::MoePrefill::kAuto && T >= 32));
-      const double bound = lossy ? 3e-3 : 1e-4;
+      const double bound = c.bound ? c.bound : lossy ? 3e-3 : 1e-4;
       EXPECT_LT(std::sqrt(err2), bound * std::sqrt(ref2)) << "error norm " << std::sqrt(err2) << " of " << std::sqrt(ref2);
+      EXPECT_GE(std::sqrt(err2), c.min_err * std::sqrt(ref2)) << "error norm " << std::sqrt(err2) << " of " << std::sqrt(ref2);
+      worst_ = std::max(worst_, std::sqrt(err2 / ref2));
       if (rep == 0) first = got;
       else EXPECT_EQ(0, std::memcmp(first.data(), got.data(), got.size() * 4)) << "two runs differ";
     }
   }
 
+  double worst_ = 0;  // the largest relative error norm of the runs so far
   std::unique_ptr<vk::Device> dev_;
   std::unique_ptr<ops::MoeRoute> route_;
   std::unique_ptr<ops::MoeFfn> ffn_;
@@ -340,6 +345,50 @@ TEST_F(MoeFfnTest, DirectForm) {
   run(b);
 }
 
+// The q8 form (TROVE_MOE=q8: moe_experts_q8 / moe_down_q8, x̂ and the SwiGLU rows h rounded to int8
+// with a scale per 32 values, integer dot products) on pair-indexed decode steps of 1 and 7 tokens:
+// Q4_K, Q5_K, Q6_K, Q8_0 as gate, up and down (gate and up of different types: two passes), the norm
+// prologue, adversarial routings (one set for all tokens, few experts, k = 1), rows of 224 (a staged
+// tile past the row), workgroups walking several row blocks (q8_workgroups) and 2 / 4 rows per row
+// group; float experts and a plan-indexed step run the direct form (1e-4). Bound 3e-2 of the output's
+// norm with a floor of 1e-4 (the rounding must show: the q8 kernels ran): each int8 rounding costs
+// ~0.6% for Gaussian activations (the dense q8 test's 2e-2 for one), and a step rounds twice — x̂
+// before gate/up (both, through SwiGLU) and h before down. lavapipe: ~10 s (a pipeline per shape).
+TEST_F(MoeFfnTest, Q8Form) {
+  if (!ffn_->q8_supported()) {
+    GTEST_SKIP() << "the device lacks integer dot products or subgroup arithmetic (the q8 form is refused there)";
+  }
+  ops::MoeTuning t;
+  t.form = ops::MoeTuning::Form::kQ8;
+  ffn_->set_tuning(t);
+  ASSERT_TRUE(ffn_->direct() && ffn_->q8());
+  auto q8 = [](Case c, bool norm) {
+    c.by_pair = true;
+    c.norm = norm;
+    c.bound = 3e-2;
+    c.min_err = 1e-4;
+    return c;
+  };
+  run(q8({"q8, router", 1, 16, 8, 256, 768, Q4_K, Q4_K, Q6_K, Case::kRouter}, true));
+  run(q8({"q8, all to one set", 7, 8, 4, 256, 256, Q5_K, Q6_K, Q8_0, Case::kAllSame}, true));
+  run(q8({"q8, few experts, rows of 224", 7, 16, 2, 224, 256, Q8_0, Q8_0, Q5_K, Case::kFewExperts}, false));
+  run(q8({"q8, k=1", 1, 8, 1, 256, 512, Q6_K, Q6_K, Q4_K, Case::kRandom}, true));
+  t.q8_workgroups = 2;  // two workgroups per pair / token walk all row blocks
+  t.gate_up_rows = 2;
+  t.down_rows = 4;
+  ffn_->set_tuning(t);
+  run(q8({"q8, 2 workgroups walking, rows 2 / 4", 7, 16, 4, 256, 768, Q4_K, Q4_K, Q6_K, Case::kRouter}, true));
+  t = {};
+  t.form = ops::MoeTuning::Form::kQ8;
+  ffn_->set_tuning(t);
+  // Float gate/up run the direct form, the Q4_K down the q8 form; a plan-indexed step the direct form.
+  Case f = q8({"q8, float gate/up", 3, 8, 2, 256, 256, F16, BF16, Q4_K, Case::kRandom}, true);
+  f.min_err = 0;
+  run(f);
+  run({"q8 form, plan-indexed (direct kernels)", 3, 8, 2, 256, 256, Q4_K, Q4_K, Q6_K, Case::kRouter});
+  std::printf("q8 form: largest relative error norm %.3g\n", worst_);
+}
+
 TEST_F(MoeFfnTest, RealShapes) {
   if (!std::getenv("TROVE_KERNEL_FULL")) GTEST_SKIP() << "TROVE_KERNEL_FULL=1 runs the Qwen3-30B-A3B layer (GPU)";
   for (uint32_t T : {1u, 7u, 64u, 512u}) {
@@ -348,6 +397,20 @@ TEST_F(MoeFfnTest, RealShapes) {
   run({"30B-A3B, expert matvec prefill", 512, 128, 8, 2048, 768, Q4_K, Q4_K, Q6_K, Case::kRouter,
        ops::MoePrefill::kExpertMatvec});
   run({"30B-A3B, Q4_K down", 8, 128, 8, 2048, 768, Q4_K, Q4_K, Q4_K, Case::kRouter});
+  if (!ffn_->q8_supported()) return;
+  ops::MoeTuning t;
+  t.form = ops::MoeTuning::Form::kQ8;  // the q8 form at the engine's decode (by pair, norm prologue)
+  ffn_->set_tuning(t);
+  for (uint32_t T : {1u, 8u}) {
+    for (GgmlType dn : {Q6_K, Q4_K}) {
+      Case c{"30B-A3B, q8 form", T, 128, 8, 2048, 768, Q4_K, Q4_K, dn, Case::kRouter};
+      c.by_pair = c.norm = true;
+      c.bound = 3e-2;
+      c.min_err = 1e-4;
+      run(c);
+    }
+  }
+  std::printf("largest relative error norm %.3g\n", worst_);
 }
 
 TEST_F(MoeFfnTest, RefusesBadShapes) {

@@ -1,0 +1,234 @@
+// matvec_q8_parts.glsl — the int8 dot products of the q8 matvec forms, shared by the dense decode
+// matvec (matvec_q8.glsl: matvec_q8.comp, matvec_q8p.comp) and the MoE expert kernels' q8 form
+// (moe_experts_q8.comp, moe_down_q8.comp): the staged activations' layout, x̂ quantized into it
+// (stage_block), and per weight type the "part" functions combining weight codes with it by
+// dotPacked4x8EXT (the parts and their value ranges: matvec_q8.glsl's header).
+//
+// Interface the including shader provides before `#include "matvec_q8_parts.glsl"`:
+//   constants  kG (lanes per row group), kNB (batch columns the parts multiply), kNS (row slots),
+//              kTileVals (staged values per column, a multiple of 256), kQ8Cols (staged columns),
+//              kTypeMask (bit t set = code for weight type id t is compiled in)
+//   uint  q8_col(uint b)          the staged column batch column b reads (the identity, or a column
+//                                 the caller selects per part: moe_down_q8.comp's expert j)
+//   uvec4 wq(uint mat, uint i)    16-byte word i of matrix `mat`'s weights;  uint ww(mat, i): 4-byte
+//   buffers x4 (vec4 activations) and nw4 (vec4 RMSNorm weights) for stage_block, unless MV_Q8_GLOBAL
+// and sets, before calling a part: row_off[s] (byte offset of slot s's row), slot_mat[s] (its matrix),
+// live[s]; the parts add into acc[b][s].
+#extension GL_EXT_control_flow_attributes : require
+#extension GL_EXT_integer_dot_product : require
+
+const uint kQ8_0 = 8u, kQ4_K = 12u, kQ5_K = 13u, kQ6_K = 14u;
+bool has_type(uint t) { return (kTypeMask & (1u << t)) != 0u; }
+
+// Column b's int8 values (16 per uvec4) at SQ(sqi(b·kTileVals/16 + i)), its scales per 32 values at
+// SD(b·kTileVals/64 ..) (two per vec2: a Q4_K/Q5_K part's two sub-blocks in one load), d·Σq per 16
+// values at SS(b·kTileVals/64 ..) (four per vec4: both halves of both sub-blocks); b < kQ8Cols.
+// MV_Q8_GLOBAL: the same arrays one after the other in the scratch slot (in floats: q at 0,
+// d at kQ8Cols·T/4, sums at ·9/32, then inv_rms of each column at ·13/32; T = kTileVals; the
+// includer reads the last).
+#ifdef MV_Q8_GLOBAL
+layout(std430, set = 0, binding = 0) readonly buffer GQ { uvec4 gq4[]; };
+layout(std430, set = 0, binding = 0) readonly buffer GD { vec2 gd2[]; };
+layout(std430, set = 0, binding = 0) readonly buffer GS { vec4 gs4[]; };
+layout(std430, set = 0, binding = 0) readonly buffer GI { float gi[]; };
+#define SQ(i) gq4[i]
+#define SD(i) gd2[kQ8Cols * kTileVals / 8u + (i)]
+#define SS(i) gs4[kQ8Cols * kTileVals * 9u / 128u + (i)]
+uint sqi(uint i) { return i; }
+#else
+shared uvec4 sq[kQ8Cols * kTileVals / 16u];
+shared vec2 sd[kQ8Cols * kTileVals / 64u];
+shared vec4 ss[kQ8Cols * kTileVals / 64u];
+#define SQ(i) sq[i]
+#define SD(i) sd[i]
+#define SS(i) ss[i]
+// Swizzled uvec4 index of the int8 values: bit 3 into bit 1, so that the 8 lanes of one 128-bit load
+// phase (Q4_K/Q5_K parts 0..7: uvec4s 0,1,4,5,8,9,12,13, or +2) hit 8 different bank groups.
+uint sqi(uint i) { return i ^ ((i >> 2u) & 2u); }
+#endif
+
+float acc[kNB][kNS];
+uint row_off[kNS];   // byte offset of each slot's row in its matrix
+uint slot_mat[kNS];  // the slot's matrix
+bool live[kNS];
+
+// The 8 bytes at 2-byte-aligned offset o.
+uvec2 wu64(uint mat, uint o) {
+  const uint i = o >> 2u, odd = (o >> 1u) & 1u;
+  const uint a = ww(mat, i), b = ww(mat, i + 1u);
+  const uint c = ww(mat, i + 1u + odd);
+  return odd == 0u ? uvec2(a, b) : uvec2((a >> 16u) | (b << 16u), (b >> 16u) | (c << 16u));
+}
+float wf16(uint mat, uint o) { return unpackHalf2x16(ww(mat, o >> 2u) >> ((o & 2u) * 8u)).x; }
+float wi8(uint mat, uint o) { return float(bitfieldExtract(int(ww(mat, o >> 2u)), int((o & 3u) * 8u), 8)); }
+
+int dp(uint a, uint b) { return dotPacked4x8EXT(int(a), int(b)); }
+float sd_at(uint i) { return SD(i >> 1u)[i & 1u]; }
+// The 8 int8 values of batch column b starting at tile value v (a multiple of 8).
+uvec2 x8(uint b, uint v) {
+  const uvec4 q = SQ(sqi(q8_col(b) * (kTileVals / 16u) + (v >> 4u)));
+  return (v & 8u) != 0u ? q.zw : q.xy;
+}
+
+#include "k4_scales.glsl"
+
+// ---- Q4_K / Q5_K, part m of super-block sb.
+void part_k45(bool q5, uint sb, uint m) {
+  const uint j = m >> 1u, h = m & 1u;
+  const uint units = q5 ? 11u : 9u;
+  uvec4 lo[kNS], hi[kNS];
+  vec4 c[kNS];  // d·sc (low, high), dmin·mn (low, high)
+  [[unroll]] for (uint s = 0u; s < kNS; ++s) {
+    if (!live[s]) continue;
+    const uint blk = (row_off[s] >> 4u) + sb * units;
+    const uvec4 hd = wq(slot_mat[s], blk);
+    const uvec4 q = wq(slot_mat[s], blk + (q5 ? 3u : 1u) + m);
+    uint sc, mn;
+    k4_scales(hd, j, sc, mn);
+    const vec2 dm = unpackHalf2x16(hd.x);
+    c[s] = vec4(dm.x * float(sc & 0xFFu), dm.x * float(sc >> 8u), dm.y * float(mn & 0xFFu), dm.y * float(mn >> 8u));
+    lo[s] = q & 0x0F0F0F0Fu;
+    hi[s] = (q >> 4u) & 0x0F0F0F0Fu;
+    if (q5) {
+      const uvec4 qh = wq(slot_mat[s], blk + 1u + h);
+      lo[s] |= ((qh >> (2u * j)) & 0x01010101u) << 4u;
+      hi[s] |= ((qh >> (2u * j + 1u)) & 0x01010101u) << 4u;
+    }
+  }
+  const uint vl = sb * 256u + 64u * j + 16u * h;  // first value of the low run; the high run is 32 on
+  const uint kl = vl >> 5u;                        // its 32-value block; the high run's is kl + 1
+  [[unroll]] for (uint b = 0u; b < kNB; ++b) {
+    const uvec4 xl = SQ(sqi(q8_col(b) * (kTileVals / 16u) + (vl >> 4u))), xh = SQ(sqi(q8_col(b) * (kTileVals / 16u) + (vl >> 4u) + 2u));
+    const vec2 dx = SD(q8_col(b) * (kTileVals / 64u) + (kl >> 1u));  // kl is even: (kl, kl + 1)
+    const vec4 sx = SS(q8_col(b) * (kTileVals / 64u) + (kl >> 1u));  // halves of kl, then of kl + 1
+    const float dl = dx.x, dh = dx.y, sl = sx[h], sh = sx[2u + h];
+    [[unroll]] for (uint s = 0u; s < kNS; ++s) {
+      if (!live[s]) continue;
+      const int il = dp(lo[s].x, xl.x) + dp(lo[s].y, xl.y) + dp(lo[s].z, xl.z) + dp(lo[s].w, xl.w);
+      const int ih = dp(hi[s].x, xh.x) + dp(hi[s].y, xh.y) + dp(hi[s].z, xh.z) + dp(hi[s].w, xh.w);
+      acc[b][s] += (c[s].x * dl * float(il) - c[s].z * sl) + (c[s].y * dh * float(ih) - c[s].w * sh);
+    }
+  }
+}
+
+// Signed bytes q − 32 of four 6-bit codes (one per byte).
+uint q6_signed(uint q) {
+  const uint t = q ^ 0x20202020u;           // bit 5 is now the sign of q − 32
+  return t | ((t & 0x20202020u) * 6u);       // extend it into bits 6 and 7 (0x20 · 6 = 0xC0, no carry)
+}
+
+// ---- Q6_K, part p of super-block sb.
+void part_q6k(uint sb, uint p) {
+  const uint n = p >> 3u, r = (p >> 2u) & 1u, lq = p & 3u;
+  uvec2 lo[kNS], hi[kNS];
+  vec2 c[kNS];  // d·scale (low run, high run)
+  [[unroll]] for (uint s = 0u; s < kNS; ++s) {
+    if (!live[s]) continue;
+    const uint blk = row_off[s] + sb * 210u;
+    const uvec2 ql = wu64(slot_mat[s], blk + 8u * p);
+    const uvec2 qh = wu64(slot_mat[s], blk + 128u + 32u * n + 8u * lq) >> (2u * r);
+    const uint so = blk + 192u + 8u * n + (lq >> 1u) + 2u * r;
+    const float d = wf16(slot_mat[s], blk + 208u);
+    c[s] = vec2(d * wi8(slot_mat[s], so), d * wi8(slot_mat[s], so + 4u));
+    [[unroll]] for (uint i = 0u; i < 2u; ++i) {
+      lo[s][i] = q6_signed((ql[i] & 0x0F0F0F0Fu) | ((qh[i] & 0x03030303u) << 4u));
+      hi[s][i] = q6_signed(((ql[i] >> 4u) & 0x0F0F0F0Fu) | (((qh[i] >> 4u) & 0x03030303u) << 4u));
+    }
+  }
+  const uint vl = sb * 256u + 128u * n + 32u * r + 8u * lq;  // low run; the high run is 64 on
+  [[unroll]] for (uint b = 0u; b < kNB; ++b) {
+    const uvec2 xl = x8(b, vl), xh = x8(b, vl + 64u);
+    const float dl = sd_at(q8_col(b) * (kTileVals / 32u) + (vl >> 5u)), dh = sd_at(q8_col(b) * (kTileVals / 32u) + (vl >> 5u) + 2u);
+    [[unroll]] for (uint s = 0u; s < kNS; ++s) {
+      if (!live[s]) continue;
+      const int il = dp(lo[s].x, xl.x) + dp(lo[s].y, xl.y);
+      const int ih = dp(hi[s].x, xh.x) + dp(hi[s].y, xh.y);
+      acc[b][s] += c[s].x * dl * float(il) + c[s].y * dh * float(ih);
+    }
+  }
+}
+
+// ---- Q8_0, part q of block bl.
+void part_q8(uint bl, uint q) {
+  uvec2 w[kNS];
+  float c[kNS];
+  [[unroll]] for (uint s = 0u; s < kNS; ++s) {
+    if (!live[s]) continue;
+    const uint blk = row_off[s] + bl * 34u;
+    w[s] = wu64(slot_mat[s], blk + 2u + 8u * q);
+    c[s] = wf16(slot_mat[s], blk);
+  }
+  const uint v = bl * 32u + 8u * q;
+  [[unroll]] for (uint b = 0u; b < kNB; ++b) {
+    const uvec2 x = x8(b, v);
+    const float dx = sd_at(q8_col(b) * (kTileVals / 32u) + bl);
+    [[unroll]] for (uint s = 0u; s < kNS; ++s) {
+      if (live[s]) acc[b][s] += c[s] * dx * float(dp(w[s].x, x.x) + dp(w[s].y, x.y));
+    }
+  }
+}
+
+// Every part of the live slots' rows (of `type`, `cols` values), strided over the lanes.
+void walk(uint type, uint lane, uint cols) {
+  if (has_type(kQ4_K) && type == kQ4_K) {
+    for (uint it = lane; it < (cols >> 5u); it += kG) part_k45(false, it >> 3u, it & 7u);
+  } else if (has_type(kQ5_K) && type == kQ5_K) {
+    for (uint it = lane; it < (cols >> 5u); it += kG) part_k45(true, it >> 3u, it & 7u);
+  } else if (has_type(kQ6_K) && type == kQ6_K) {
+    for (uint it = lane; it < (cols >> 4u); it += kG) part_q6k(it >> 4u, it & 15u);
+  } else if (has_type(kQ8_0) && type == kQ8_0) {
+    for (uint it = lane; it < (cols >> 3u); it += kG) part_q8(it >> 2u, it & 3u);
+  }
+}
+
+// Parts of a row of `cols` values of `type`, and part p of the live slots' rows (for callers that
+// spread the parts of several rows' sets over the lanes themselves: moe_down_q8.comp).
+uint q8_parts(uint type, uint cols) {
+  if (type == kQ4_K || type == kQ5_K) return cols >> 5u;
+  if (type == kQ6_K) return cols >> 4u;
+  return cols >> 3u;
+}
+void q8_part(uint type, uint p) {
+  if (has_type(kQ4_K) && type == kQ4_K) {
+    part_k45(false, p >> 3u, p & 7u);
+  } else if (has_type(kQ5_K) && type == kQ5_K) {
+    part_k45(true, p >> 3u, p & 7u);
+  } else if (has_type(kQ6_K) && type == kQ6_K) {
+    part_q6k(p >> 4u, p & 15u);
+  } else if (has_type(kQ8_0) && type == kQ8_0) {
+    part_q8(p >> 2u, p & 3u);
+  }
+}
+
+#ifndef MV_Q8_GLOBAL
+// Quantizes values 32k .. 32k+31 of the row at vec4 index xrow of x4 (times nw4 with `norm`) into
+// staged column b, its scales multiplied by dscale (moe_down_q8.comp: the routing weight); returns
+// their Σ x² (before nw4).
+float stage_block(uint b, uint xrow, uint k, bool norm, float dscale) {
+  vec4 v[8];
+  float ssq = 0.0, amax = 0.0;
+  [[unroll]] for (uint i = 0u; i < 8u; ++i) {
+    v[i] = x4[xrow + 8u * k + i];
+    ssq += dot(v[i], v[i]);
+    if (norm) v[i] *= nw4[8u * k + i];
+    const vec4 a = abs(v[i]);
+    amax = max(amax, max(max(a.x, a.y), max(a.z, a.w)));
+  }
+  const float d = amax / 127.0 * dscale, id = amax > 0.0 ? 127.0 / amax : 0.0;
+  int sum[2] = int[2](0, 0);
+  uint words[8];
+  [[unroll]] for (uint i = 0u; i < 8u; ++i) {
+    const ivec4 q = ivec4(round(v[i] * id));
+    sum[i >> 2u] += (q.x + q.y) + (q.z + q.w);
+    words[i] = (uint(q.x) & 0xFFu) | ((uint(q.y) & 0xFFu) << 8u) | ((uint(q.z) & 0xFFu) << 16u) | (uint(q.w) << 24u);
+  }
+  const uint base = b * (kTileVals / 16u) + 2u * k;
+  sq[sqi(base)] = uvec4(words[0], words[1], words[2], words[3]);
+  sq[sqi(base + 1u)] = uvec4(words[4], words[5], words[6], words[7]);
+  const uint kb = b * (kTileVals / 32u) + k;
+  sd[kb >> 1u][kb & 1u] = d;
+  ss[kb >> 1u][2u * (kb & 1u)] = d * float(sum[0]);
+  ss[kb >> 1u][2u * (kb & 1u) + 1u] = d * float(sum[1]);
+  return ssq;
+}
+#endif

@@ -1,0 +1,103 @@
+#version 460
+// MoE gate/up + SwiGLU, the q8 form (kernels/ops/moe_ffn.h, TROVE_MOE=q8 / MoeTuning::Form::kQ8):
+// pair-indexed decode (MoeFfnCall::by_pair, <= 8 tokens) with the RMSNorm prologue optional,
+//   h[pair][r] = silu(gate_e · x̂) · (up_e · x̂),   e = ids[pair], x̂ = x[pair / k] · norm_w / rms
+// as moe_experts_direct.comp computes it, but with x̂ rounded to int8 (a scale per 32 values) and the
+// weight codes combined with it by integer dot products — matvec_q8_parts.glsl, the dense q8 matvec's
+// code (4 multiply-adds per instruction, no per-value conversions, 4x fewer activation bytes).
+//
+// Grid: y = the (token, j) pairs, x = workgroups of that pair. A workgroup stages its token's x̂ once
+// in shared memory (Σ x² on the way, reduced over the workgroup: inv_rms factors out of the dot
+// products and is applied to the row sums), then walks the row blocks blk, blk + grid_x, ... (a block
+// = kWG/kG subgroups × kR gate rows + the same kR up rows). A row group is one subgroup; its lanes
+// stride over the parts of the rows; rows reduced with subgroupAdd. One barrier (after the staging).
+// Weight types Q4_K, Q5_K, Q6_K, Q8_0 (gate and up may differ: then one pass each).
+#extension GL_GOOGLE_include_directive : require
+#extension GL_EXT_control_flow_attributes : require
+#extension GL_KHR_shader_subgroup_basic : require
+#extension GL_KHR_shader_subgroup_arithmetic : require
+
+layout(local_size_x_id = 0) in;
+layout(constant_id = 1) const uint kG = 32u;           // lanes per row group (the subgroup size)
+layout(constant_id = 2) const uint kR = 1u;            // gate rows (and up rows) per row group
+layout(constant_id = 3) const uint kTileVals = 2048u;  // staged values (cols rounded up to 256)
+layout(constant_id = 4) const uint kType0 = 12u;       // gate and up weight type ids (ggml)
+layout(constant_id = 5) const uint kType1 = 12u;
+const uint kWG = gl_WorkGroupSize.x;
+const uint kGroups = kWG / kG;
+const uint kNB = 1u;  // one token per pair
+const uint kNS = 2u * kR;
+const uint kQ8Cols = 1u;
+const uint kTypeMask = (1u << kType0) | (1u << kType1);
+
+layout(std430, set = 0, binding = 0) readonly buffer X { vec4 x4[]; };
+layout(std430, set = 0, binding = 1) readonly buffer W0q { uvec4 w0q[]; };
+layout(std430, set = 0, binding = 1) readonly buffer W0w { uint w0w[]; };
+layout(std430, set = 0, binding = 2) readonly buffer W1q { uvec4 w1q[]; };
+layout(std430, set = 0, binding = 2) readonly buffer W1w { uint w1w[]; };
+layout(std430, set = 0, binding = 3) readonly buffer Ids { uint ids[]; };
+layout(std430, set = 0, binding = 4) writeonly buffer Y { float y[]; };
+layout(std430, set = 0, binding = 5) readonly buffer NW { vec4 nw4[]; };
+
+layout(push_constant) uniform P {
+  uint rows; uint cols; uint rb0; uint rb1;  // rows per expert (ffn), columns (hidden), row bytes of gate / up
+  uint k; uint pairs;                        // top-k; tokens · k
+  uint blocks; uint grid_x;                  // row blocks per pair; workgroups per pair walking them
+  uint norm; float eps;                      // 1: x is the residual stream, RMSNorm with nw4 applied here
+} pc;
+
+uint q8_col(uint b) { return 0u; }
+uvec4 wq(uint m, uint i) { return m == 0u ? w0q[i] : w1q[i]; }
+uint ww(uint m, uint i) { return m == 0u ? w0w[i] : w1w[i]; }
+
+#include "matvec_q8_parts.glsl"
+
+shared float sssq[kGroups];
+
+void main() {
+  const uint pair = gl_WorkGroupID.y;
+  if (pair >= pc.pairs) return;
+  const uint lid = gl_LocalInvocationID.x, group = lid / kG, lane = lid % kG;
+  const uint expert = ids[pair];
+  const bool norm = pc.norm != 0u;
+
+  float ssq = 0.0;
+  const uint xrow = (pair / pc.k) * (pc.cols >> 2u);
+  for (uint kb = lid; kb < (pc.cols >> 5u); kb += kWG) ssq += stage_block(0u, xrow, kb, norm, 1.0);
+  ssq = subgroupAdd(ssq);
+  if (lane == 0u) sssq[group] = ssq;
+  barrier();
+  float inv = 1.0;
+  if (norm) {
+    float t = 0.0;
+    for (uint g = 0u; g < kGroups; ++g) t += sssq[g];
+    inv = inversesqrt(t / float(pc.cols) + pc.eps);
+  }
+
+  for (uint blk = gl_WorkGroupID.x; blk < pc.blocks; blk += pc.grid_x) {
+    const uint r0 = (blk * kGroups + group) * kR;
+    bool lv[kNS];
+    [[unroll]] for (uint s = 0u; s < kNS; ++s) {
+      const uint mat = s / kR, r = r0 + s % kR;
+      lv[s] = r < pc.rows;
+      live[s] = lv[s];
+      slot_mat[s] = mat;
+      row_off[s] = lv[s] ? (expert * pc.rows + r) * (mat == 0u ? pc.rb0 : pc.rb1) : 0u;
+      acc[0][s] = 0.0;
+    }
+    if (kType0 == kType1) {
+      walk(kType0, lane, pc.cols);
+    } else {  // gate and up of different types: one pass each
+      [[unroll]] for (uint s = 0u; s < kNS; ++s) live[s] = lv[s] && s < kR;
+      walk(kType0, lane, pc.cols);
+      [[unroll]] for (uint s = 0u; s < kNS; ++s) live[s] = lv[s] && s >= kR;
+      walk(kType1, lane, pc.cols);
+    }
+    // Every lane gets every total; lane s % kG writes row r0 + s.
+    [[unroll]] for (uint s = 0u; s < kR; ++s) {
+      const float v = subgroupAdd(acc[0][s]) * inv, u = subgroupAdd(acc[0][s + kR]) * inv;
+      const uint r = r0 + s;
+      if (lane == s % kG && r < pc.rows) y[pair * pc.rows + r] = v / (1.0 + exp(-v)) * u;
+    }
+  }
+}

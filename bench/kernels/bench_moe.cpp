@@ -121,14 +121,18 @@ Status bench_moe(vk::Device& dev, const MoeBenchOptions& o, std::vector<KernelRo
         forms.push_back({"direct", {ops::MoeTuning::Form::kDirect}});
         if (T <= ops::MoeFfn::kDecodeMaxTokens) forms.push_back({"direct, by pair", {ops::MoeTuning::Form::kDirect}, true});
         // The q8 form (int8 activations, integer dot products; pair-indexed decode only): the default
-        // split, and at 1 and 8 tokens 2 rows per row group, 256-invocation workgroups, and one row
-        // block per workgroup (every workgroup stages its inputs: the grid trades staging for width).
+        // split (2 rows per row group, 128 invocations, ~512 workgroups walking the row blocks), and at
+        // 1 and 8 tokens 1 or 4 rows, 256 invocations, 256 or 1024 workgroups, one row block per
+        // workgroup (every workgroup stages its inputs: the grid trades staging for width).
         if (T <= ops::MoeFfn::kDecodeMaxTokens && ffn->q8_supported()) {
           const auto Q8 = ops::MoeTuning::Form::kQ8;
           forms.push_back({"q8, by pair", {Q8}, true});
           if (T == 1 || T == 8) {
-            forms.push_back({"q8 r2, by pair", {Q8, 2, 2, 0}, true});
+            forms.push_back({"q8 r1, by pair", {Q8, 1, 1, 0}, true});
+            forms.push_back({"q8 r4, by pair", {Q8, 4, 4, 0}, true});
             forms.push_back({"q8 wg256, by pair", {Q8, 0, 0, 256}, true});
+            forms.push_back({"q8 256 wgs, by pair", {Q8, 0, 0, 0, 256}, true});
+            forms.push_back({"q8 1024 wgs, by pair", {Q8, 0, 0, 0, 1024}, true});
             forms.push_back({"q8 block per wg, by pair", {Q8, 0, 0, 0, 65535}, true});
           }
         }

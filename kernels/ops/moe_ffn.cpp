@@ -14,6 +14,11 @@ constexpr uint32_t kGpuWorkgroup = 256;  // moe_experts / moe_down workgroups: 8
 constexpr uint32_t kCpuWorkgroup = 128;  // lavapipe: a smaller reduction area
 constexpr uint32_t kGroupLanes = 32;     // kG in moe_experts_body.glsl / moe_down_body.glsl (staged forms)
 constexpr uint32_t kDirectWorkgroup = 128;  // direct forms: 4 row groups (subgroups) per workgroup
+// q8 forms: rows per row group. Every workgroup stages its inputs (gate/up: 16 KiB of x and norm_w read
+// from L2 at hidden 2048; down: 24 KiB of h at k = 8, ffn 768), so a block of 4 row groups should read
+// a comparable amount of weights: 2 rows give 8 gate + 8 up rows (18 KiB of Q4_K) / 8 down rows of 8
+// experts (28–40 KiB). Not yet measured on a GPU (bench_kernels --only moe has r1 / r4 rows).
+constexpr uint32_t kQ8Rows = 2;
 // Bytes of shared memory per staged value and column: the f32 value + 1/8 of its 8-value sum.
 constexpr double kStagedBytesPerValue = 4.5;
 
@@ -503,21 +508,21 @@ uint64_t q8_column_bytes(uint32_t cols) { return uint64_t{(cols + 255) / 256 * 2
 // The grid of a q8 kernel: `blocks` row blocks per grid row, `rows_y` grid rows; every workgroup
 // stages its inputs once, so few enough that each walks several blocks, enough to fill the GPU.
 uint32_t q8_grid_x(uint32_t blocks, uint32_t rows_y, uint32_t forced, uint32_t target, bool cpu) {
-  if (forced) return std::min(blocks, forced);
-  if (cpu) return blocks;  // CPU devices: one block per workgroup (more parallel workgroups for lavapipe's threads)
-  return std::clamp<uint32_t>((target + rows_y - 1) / rows_y, 1, blocks);
+  if (!forced && cpu) return blocks;  // CPU devices: one block per workgroup
+  const uint32_t want = forced ? forced : target;
+  return std::clamp<uint32_t>((want + rows_y - 1) / rows_y, 1, blocks);
 }
 }  // namespace
 
 Result<bool> MoeFfn::record_gate_up_q8(vk::CommandStream& s, const MoeFfnCall& c) const {
   if (!q8() || !c.by_pair || !q8_type(c.gate.type) || !q8_type(c.up.type)) return false;
   if (!q8_ok_) return Status::Unsupported("moe_ffn: the q8 form needs integer dot products and subgroup arithmetic (use direct)");
-  const uint32_t g = direct_lanes_, rows = tuning_.gate_up_rows ? tuning_.gate_up_rows : 1;
+  const uint32_t g = direct_lanes_, rows = tuning_.gate_up_rows ? tuning_.gate_up_rows : kQ8Rows;
   const uint32_t wg = tuning_.workgroup ? tuning_.workgroup : std::max(kDirectWorkgroup, g);
   const uint32_t ffn = c.gate.rows, hidden = c.gate.cols, pairs = c.tokens * c.k;
   if (q8_column_bytes(hidden) + wg / g * 4 > shared_bytes_) return false;
   auto p = pipeline("moe_experts_q8",
-                    {wg, g, rows, (hidden + 255) / 256 * 256, static_cast<uint32_t>(c.gate.type), static_cast<uint32_t>(c.up.type)},
+                    {wg, g, rows, (hidden + 255) / 256 * 256, static_cast<uint32_t>(c.gate.type), static_cast<uint32_t>(c.up.type), hidden},
                     sizeof(ExpertsQ8Push), 6, wg);
   if (!p.ok()) return p.status();
   const uint32_t rows_per_wg = wg / g * rows, blocks = (ffn + rows_per_wg - 1) / rows_per_wg;
@@ -534,11 +539,11 @@ Result<bool> MoeFfn::record_gate_up_q8(vk::CommandStream& s, const MoeFfnCall& c
 Result<bool> MoeFfn::record_down_q8(vk::CommandStream& s, const MoeFfnCall& c) const {
   if (!q8() || !c.by_pair || !q8_type(c.down.type)) return false;
   if (!q8_ok_) return Status::Unsupported("moe_ffn: the q8 form needs integer dot products and subgroup arithmetic (use direct)");
-  const uint32_t g = direct_lanes_, rows = tuning_.down_rows ? tuning_.down_rows : 1;
+  const uint32_t g = direct_lanes_, rows = tuning_.down_rows ? tuning_.down_rows : kQ8Rows;
   const uint32_t wg = tuning_.workgroup ? tuning_.workgroup : std::max(kDirectWorkgroup, g);
   const uint32_t ffn = c.gate.rows, hidden = c.gate.cols, T = c.tokens;
-  if (c.k * q8_column_bytes(ffn) > shared_bytes_) return false;
-  auto p = pipeline("moe_down_q8", {wg, g, rows, (ffn + 255) / 256 * 256, static_cast<uint32_t>(c.down.type), c.k},
+  if (c.k * (q8_column_bytes(ffn) + 4) > shared_bytes_) return false;
+  auto p = pipeline("moe_down_q8", {wg, g, rows, (ffn + 255) / 256 * 256, static_cast<uint32_t>(c.down.type), c.k, ffn},
                     sizeof(DownQ8Push), 5, wg);
   if (!p.ok()) return p.status();
   const uint32_t rows_per_wg = wg / g * rows, blocks = (hidden + rows_per_wg - 1) / rows_per_wg;

@@ -146,12 +146,12 @@ struct MoeTuning {
   // products (VK_KHR_shader_integer_dot_product). Each kind (gate/up, down) takes it on its own types.
   enum class Form { kAuto, kStaged, kDirect, kQ8 };
   Form form = Form::kAuto;
-  uint32_t gate_up_rows = 0;  // direct form: rows per row group (1, 2 or 4; 0 = 1) of gate/up
-  uint32_t down_rows = 0;     // direct form: rows per row group of down (1, 2 or 4; 0 = 1)
+  uint32_t gate_up_rows = 0;  // direct and q8 forms: rows per row group (1, 2 or 4; 0 = 1, q8: 2) of gate/up
+  uint32_t down_rows = 0;     // direct and q8 forms: rows per row group of down (1, 2 or 4; 0 = 1, q8: 2)
   uint32_t workgroup = 0;     // direct form: invocations per workgroup (a multiple of the subgroup, <= 1024; 0 = 128)
-  // q8 form: workgroups per (token, j) pair (gate/up) or per token (down), each staging its inputs once
-  // and walking the row blocks; 0 = about kQ8Workgroups in all (TROVE_MOE_Q8_WORKGROUPS), one block
-  // each on CPU devices.
+  // q8 form: the workgroups aimed at in all (each stages its inputs once and walks row blocks; at
+  // least one per (token, j) pair for gate/up, per token for down; at most one per row block);
+  // 0 = kQ8Workgroups or TROVE_MOE_Q8_WORKGROUPS on GPUs, one row block per workgroup on CPU devices.
   uint32_t q8_workgroups = 0;
 };
 

@@ -23,6 +23,7 @@ layout(constant_id = 2) const uint kR = 1u;           // rows per row group
 layout(constant_id = 3) const uint kTileVals = 768u;  // staged values per column (cols rounded up to 256)
 layout(constant_id = 4) const uint kType0 = 14u;      // the down weights' type id
 layout(constant_id = 5) const uint kK = 8u;           // staged columns: the top-k
+layout(constant_id = 6) const uint kCols = 768u;      // = pc.cols: the parts loop gets a trip count known when compiled
 const uint kWG = gl_WorkGroupSize.x;
 const uint kGroups = kWG / kG;
 const uint kNB = 1u;  // the parts multiply one column: the current item's expert (g_col)
@@ -50,16 +51,19 @@ uint ww(uint m, uint i) { return w0w[i]; }
 
 #include "matvec_q8_parts.glsl"
 
+shared uint s_ids[kK];  // the token's k expert ids: read once, not per part (no load chained before the weights')
+
 void main() {
   const uint t = gl_WorkGroupID.y;
   const uint lid = gl_LocalInvocationID.x, group = lid / kG, lane = lid % kG;
   const uint nblk = pc.cols >> 5u;
+  for (uint i = lid; i < kK; i += kWG) s_ids[i] = ids[t * kK + i];
   for (uint i = lid; i < kK * nblk; i += kWG) {
     const uint j = i / nblk, kb = i - j * nblk, pair = t * kK + j;
     stage_block(j, pair * (pc.cols >> 2u), kb, false, wt[pair]);
   }
   barrier();
-  const uint parts = q8_parts(kType0, pc.cols);
+  const uint parts = q8_parts(kType0, kCols);
   for (uint blk = gl_WorkGroupID.x; blk < pc.blocks; blk += pc.grid_x) {
     const uint r0 = (blk * kGroups + group) * kR;
     [[unroll]] for (uint s = 0u; s < kNS; ++s) {
@@ -67,7 +71,7 @@ void main() {
       slot_mat[s] = 0u;
     }
     for (uint it = lane; it < kK * parts; it += kG) {
-      const uint j = it / parts, p = it - j * parts, e = ids[t * kK + j];
+      const uint j = it / parts, p = it - j * parts, e = s_ids[j];
       g_col = j;
       [[unroll]] for (uint s = 0u; s < kNS; ++s) {
         const uint r = r0 + s;

@@ -23,6 +23,7 @@ layout(constant_id = 2) const uint kR = 1u;            // gate rows (and up rows
 layout(constant_id = 3) const uint kTileVals = 2048u;  // staged values (cols rounded up to 256)
 layout(constant_id = 4) const uint kType0 = 12u;       // gate and up weight type ids (ggml)
 layout(constant_id = 5) const uint kType1 = 12u;
+layout(constant_id = 6) const uint kCols = 2048u;      // = pc.cols: the parts loops get a trip count known when compiled
 const uint kWG = gl_WorkGroupSize.x;
 const uint kGroups = kWG / kG;
 const uint kNB = 1u;  // one token per pair
@@ -86,12 +87,12 @@ void main() {
       acc[0][s] = 0.0;
     }
     if (kType0 == kType1) {
-      walk(kType0, lane, pc.cols);
+      walk(kType0, lane, kCols);
     } else {  // gate and up of different types: one pass each
       [[unroll]] for (uint s = 0u; s < kNS; ++s) live[s] = lv[s] && s < kR;
-      walk(kType0, lane, pc.cols);
+      walk(kType0, lane, kCols);
       [[unroll]] for (uint s = 0u; s < kNS; ++s) live[s] = lv[s] && s >= kR;
-      walk(kType1, lane, pc.cols);
+      walk(kType1, lane, kCols);
     }
     // Every lane gets every total; lane s % kG writes row r0 + s.
     [[unroll]] for (uint s = 0u; s < kR; ++s) {

@@ -276,7 +276,9 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
   // lavapipe (2 cores, tiny-coder decode, 2026-12-02): the 151,936-row head 1.3-1.8 s -> ~0.33 s.
   bool direct = st_->direct;
   bool q8 = st_->q8 || (st_->q8_batch1 && call.batch == 1), q8p = st_->q8p;
-  if (tn.form != MatvecTuning::Form::kAuto) {
+  if (tn.form == MatvecTuning::Form::kF32) {
+    q8 = q8p = false;
+  } else if (tn.form != MatvecTuning::Form::kAuto) {
     direct = tn.form == MatvecTuning::Form::kDirect;
     q8 = tn.form == MatvecTuning::Form::kQ8;
     q8p = tn.form == MatvecTuning::Form::kQ8P;

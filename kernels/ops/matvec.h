@@ -98,7 +98,7 @@ struct MatvecTuning {
                                  // blocks (default: 8 per SM of 512 invocations, TROVE_MATVEC_WAVES; CPU: one per block)
   bool gpu_form = false;         // on a CPU device, compile the GPUs' form: unrolled loops over batch
                                  // columns and subgroupAdd (lavapipe spends seconds per pipeline on it)
-  enum class Form { kAuto, kStaged, kDirect, kQ8, kQ8P };
+  enum class Form { kAuto, kF32, kStaged, kDirect, kQ8, kQ8P };  // kF32: kAuto without q8 (TROVE_MATVEC=f32)
   Form form = Form::kAuto;       // kDirect needs 32-lane subgroups (refused otherwise); kAuto: direct
                                  // where the device has them (not on CPUs), q8 for batch-1 calls on GPUs
                                  // with integer dot products, TROVE_MATVEC=f32|staged|direct|q8|q8p.

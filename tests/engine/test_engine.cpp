@@ -96,6 +96,28 @@ StepInput logits_of(engine::SeqId seq, const std::vector<int32_t>& toks) {
 }
 
 // ||a - b|| / ||b||.
+// Sets an environment variable for a scope and restores what was there (or its absence) after.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    const char* old = std::getenv(name);
+    had_ = old != nullptr;
+    if (had_) old_ = old;
+    ::setenv(name, value, 1);
+  }
+  ~ScopedEnv() {
+    if (had_) ::setenv(name_, old_.c_str(), 1);
+    else ::unsetenv(name_);
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+  bool had_ = false;
+  std::string old_;
+};
+
 double rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
   EXPECT_EQ(a.size(), b.size());
   double e = 0, n = 0;
@@ -163,13 +185,11 @@ TEST(Engine, DecodeThroughMatvecEqualsMatmul) {
   EXPECT_NE(bad.status().message().find("TROVE_DECODE=fast"), std::string::npos) << bad.status().message();
   ASSERT_FALSE(bad_rope.ok());
   EXPECT_NE(bad_rope.status().message().find("TROVE_ROPE_KV=split"), std::string::npos) << bad_rope.status().message();
-  // The f32 matvec forms (GPUs decode one stream through the q8 form by default: ~1% of the logits).
-  const char* old_form = std::getenv("TROVE_MATVEC");
-  const std::string saved_form = old_form ? old_form : "";
-  ::setenv("TROVE_MATVEC", "f32", 1);
-  auto mv = load(256, 3, 0, 64, quantized_model_path());
-  if (old_form) ::setenv("TROVE_MATVEC", saved_form.c_str(), 1);
-  else ::unsetenv("TROVE_MATVEC");
+  std::unique_ptr<engine::Engine> mv;
+  {  // the f32 matvec forms (GPUs decode one stream through the q8 form by default: ~1% of the logits)
+    ScopedEnv f32("TROVE_MATVEC", "f32");
+    mv = load(256, 3, 0, 64, quantized_model_path());
+  }
   ASSERT_TRUE(ref && mv);
 
   const std::vector<std::vector<int32_t>> prompts = {prompt(3, 12), prompt(12, 13), prompt(9, 14)};
@@ -369,6 +389,7 @@ TEST(Engine, GenerateStopsAtMaxTokensAndReusesThePrefix) {
 // expert kernels apart. Same greedy tokens and logits within 1e-4 relative L2, for a prefill of 3
 // tokens (a decode-sized step), one sequence decoding and two decoding together.
 TEST(Engine, MoeDecodeWithTheNormFoldedEqualsTheSeparateNorm) {
+  ScopedEnv f32("TROVE_MATVEC", "f32");  // both engines' dense matvecs and router in f32 (no q8 on GPUs)
   ::setenv("TROVE_MOE", "staged", 1);
   auto ref = load(256, 2, 0, 64, moe_model_path());
   ::setenv("TROVE_MOE", "direct", 1);

@@ -189,6 +189,14 @@ bool check(vk::Device& dev, const ops::Matvec& op, const Case& c, std::mt19937_6
 
 }  // namespace
 
+// The device's f32 form (kAuto without q8: GPUs take the q8 form for batch-1 calls by default), the
+// tuning of the tests held to the f32 bounds; the q8 tests set their form themselves.
+static ops::MatvecTuning f32() {
+  ops::MatvecTuning t;
+  t.form = ops::MatvecTuning::Form::kF32;
+  return t;
+}
+
 // One device and one op for the whole suite, so that a pipeline compiled for one test is reused by
 // the others (lavapipe compiles each in ~0.7 s of CPU); each test starts from the default tuning.
 class Matvec : public ::testing::Test {
@@ -209,7 +217,7 @@ class Matvec : public ::testing::Test {
   void SetUp() override {
     ASSERT_NE(dev_, nullptr) << "no Vulkan device";
     ASSERT_NE(op_, nullptr) << "ops::Matvec::create failed";
-    op_->set_tuning({});
+    op_->set_tuning(f32());
   }
   bool run(const Case& c) { return check(*dev_, *op_, c, rng_); }
   static vk::Device* dev_;
@@ -257,12 +265,12 @@ TEST_F(Matvec, AddsIntoAResidualEqualToX) {
 
 // x larger than one tile of shared memory: staged in pieces, partial sums carried across tiles.
 TEST_F(Matvec, ActivationsInSeveralTiles) {
-  ops::MatvecTuning t;
+  ops::MatvecTuning t = f32();
   t.tile_values = 256;  // 8 and 7 tiles
   op_->set_tuning(t);
   ASSERT_TRUE(run({2048, 1, true, MatvecEpilogue::kAdd, set_c(0, 29)}));
   ASSERT_TRUE(run({1792, 3, true, MatvecEpilogue::kSwiGlu, {{G::Q5_K, 17}, {G::Q6_K, 17}}}));
-  op_->set_tuning({});
+  op_->set_tuning(f32());
   // Batch 8 x 2048 columns fits neither lavapipe's 32 KiB nor 48 KiB: tiles by themselves.
   ASSERT_TRUE(run({2048, 8, true, MatvecEpilogue::kStore, set_c(4, 40)}));
 }
@@ -270,7 +278,7 @@ TEST_F(Matvec, ActivationsInSeveralTiles) {
 // On lavapipe the loops over batch columns are not unrolled and rows are reduced without subgroup
 // operations (compile time); this is the GPUs' form: unrolled loops, subgroupAdd first.
 TEST_F(Matvec, GpuFormOfTheKernel) {
-  ops::MatvecTuning t;
+  ops::MatvecTuning t = f32();
   t.gpu_form = true;
   op_->set_tuning(t);
   ASSERT_TRUE(run({512, 3, true, MatvecEpilogue::kAdd, set_c(4)}));
@@ -283,7 +291,7 @@ TEST_F(Matvec, GpuFormOfTheKernel) {
 // compiles the unrolled form for seconds). On lavapipe the
 // subgroup is 8 lanes wide (4 or 16 with other vector widths): the same code with a narrower group.
 TEST_F(Matvec, DirectForm) {
-  ops::MatvecTuning t;
+  ops::MatvecTuning t = f32();
   t.form = ops::MatvecTuning::Form::kDirect;
   op_->set_tuning(t);
   for (uint32_t batch : {1u, 3u}) {
@@ -320,7 +328,7 @@ TEST_F(Matvec, Q8Form) {
   if (!dev_->features().integer_dot_product || !dev_->features().subgroup_arithmetic) {
     GTEST_SKIP() << "the device lacks integer dot products or subgroup arithmetic (the q8 form is refused there)";
   }
-  ops::MatvecTuning t;
+  ops::MatvecTuning t = f32();
   t.form = ops::MatvecTuning::Form::kQ8;
   op_->set_tuning(t);
   auto q8 = [](Case c) {
@@ -358,7 +366,7 @@ TEST_F(Matvec, Q8PassForm) {
   if (!dev_->features().integer_dot_product || !dev_->features().subgroup_arithmetic) {
     GTEST_SKIP() << "the device lacks integer dot products or subgroup arithmetic (the q8p form is refused there)";
   }
-  ops::MatvecTuning t;
+  ops::MatvecTuning t = f32();
   t.form = ops::MatvecTuning::Form::kQ8P;
   op_->set_tuning(t);
   auto q8 = [](Case c) {
@@ -423,7 +431,7 @@ TEST_F(Matvec, Q8FormQwenShapesOnAGpu) {
   }
   for (auto form : {ops::MatvecTuning::Form::kQ8, ops::MatvecTuning::Form::kQ8P}) {
     for (uint32_t batch : {1u, 2u, 3u, 5u, 8u}) {
-      ops::MatvecTuning t;
+      ops::MatvecTuning t = f32();
       t.form = form;
       op_->set_tuning(t);
       SCOPED_TRACE(form == ops::MatvecTuning::Form::kQ8 ? "q8" : "q8p");
@@ -443,7 +451,7 @@ TEST_F(Matvec, Q8FormQwenShapesOnAGpu) {
 // x staged once, then each workgroup walks several row blocks (the GPUs' default when x fits one
 // tile: about two workgroups per SM); blocks of all three matrices land on the same workgroups.
 TEST_F(Matvec, WorkgroupsWalkingSeveralRowBlocks) {
-  ops::MatvecTuning t;
+  ops::MatvecTuning t = f32();
   t.workgroups = 3;
   op_->set_tuning(t);
   for (uint32_t batch : {1u, 3u}) {
@@ -472,13 +480,13 @@ TEST_F(Matvec, TinyCoderShapesAtSevenAndEightColumns) {
 // Other work splits: 1 and 4 rows per row group, 64 and 128 invocations per workgroup.
 TEST_F(Matvec, OtherWorkSplits) {
   for (auto [rows, wg, batch] : {std::tuple<uint32_t, uint32_t, uint32_t>{1, 64, 3}, {4, 256, 1}}) {
-    ops::MatvecTuning t;
+    ops::MatvecTuning t = f32();
     t.rows_per_group = rows;
     t.workgroup_size = wg;
     op_->set_tuning(t);
     ASSERT_TRUE(run({512, batch, true, MatvecEpilogue::kStore, set_c(batch > 1 ? 4 : 0)}));
   }
-  ops::MatvecTuning t;
+  ops::MatvecTuning t = f32();
   t.rows_per_group = 4;
   op_->set_tuning(t);
   ASSERT_TRUE(run({512, 1, true, MatvecEpilogue::kSwiGlu, {{G::Q5_K, 45}, {G::Q6_K, 45}}}));
@@ -547,7 +555,7 @@ TEST_F(Matvec, BadCallsAreNamedAndRecordNothing) {
   c = base();
   c.norm_w = vk::BufferRange(*b, 0, 16);
   expect_error(c, "norm_w");
-  ops::MatvecTuning t;
+  ops::MatvecTuning t = f32();
   t.rows_per_group = 3;
   op_->set_tuning(t);
   expect_error(base(), "rows_per_group 3");

@@ -104,6 +104,10 @@ struct Matvec::State {
   bool q8 = false;                // the q8 form by default (TROVE_MATVEC=q8)
   bool q8_batch1 = false;         // the q8 form for batch-1 calls (GPUs with q8_ok, TROVE_MATVEC unset)
   bool q8p = false;               // the q8p form by default (TROVE_MATVEC=q8p)
+  // The form of calls with 2..8 batch columns, when TROVE_MATVEC_BATCHED names one (else the rules
+  // above: the direct form on GPUs, beside q8 at batch 1).
+  enum class Batched { kSame, kF32, kQ8, kQ8P };
+  Batched batched = Batched::kSame;
   // q8p scratch: per slot size, a ring of kRingSlots slots taken in turn by the calls (matvec.h).
   static constexpr uint32_t kRingSlots = 64;
   struct Ring {
@@ -200,6 +204,27 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
     }
     op.st_->q8_waves = static_cast<uint32_t>(v);
   }
+  // TROVE_MATVEC_BATCHED=f32|q8|q8p: the form of calls with 2..8 batch columns (speculative
+  // verification, several streams), whatever TROVE_MATVEC says for the rest. With q8 at batch 1 (the
+  // GPU default) only q8 or q8p give each column the numbers of a one-token step, which greedy
+  // speculative decoding needs to be token-for-token exact (docs/kernels.md, "q8 form").
+  if (const char* v = std::getenv("TROVE_MATVEC_BATCHED"); v && *v) {
+    const std::string_view form(v);
+    using B = State::Batched;
+    if (form == "f32") {
+      op.st_->batched = B::kF32;
+    } else if (form == "q8" || form == "q8p") {
+      if (!op.st_->q8_ok) {
+        return Status::Unsupported(fmt::format("TROVE_MATVEC_BATCHED={} needs integer dot products "
+                                               "(VK_KHR_shader_integer_dot_product) and subgroup arithmetic, which "
+                                               "this device lacks; unset TROVE_MATVEC_BATCHED", v));
+      }
+      op.st_->batched = form == "q8" ? B::kQ8 : B::kQ8P;
+    } else {
+      return Status::InvalidArgument(
+          fmt::format("TROVE_MATVEC_BATCHED='{}' is not a form for batches of 2..8 (f32, q8 or q8p)", v));
+    }
+  }
   if (const char* v = std::getenv("TROVE_MATVEC"); v && *v) {
     const std::string_view form(v);
     op.st_->q8_batch1 = false;
@@ -276,6 +301,10 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
   // lavapipe (2 cores, tiny-coder decode, 2026-12-02): the 151,936-row head 1.3-1.8 s -> ~0.33 s.
   bool direct = st_->direct;
   bool q8 = st_->q8 || (st_->q8_batch1 && call.batch == 1), q8p = st_->q8p;
+  if (call.batch > 1 && st_->batched != State::Batched::kSame) {  // TROVE_MATVEC_BATCHED
+    q8 = st_->batched == State::Batched::kQ8;
+    q8p = st_->batched == State::Batched::kQ8P;
+  }
   if (tn.form == MatvecTuning::Form::kF32) {
     q8 = q8p = false;
   } else if (tn.form != MatvecTuning::Form::kAuto) {
@@ -294,15 +323,20 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
   const uint32_t q8_tile = (call.cols + 255) / 256 * 256;
   const uint32_t q8_wg = tn.workgroup_size ? tn.workgroup_size : kDefaultWorkgroup;
   if (q8) {
-    const uint64_t q8_bytes = uint64_t{call.batch} * q8_tile * 11 / 8 + uint64_t{q8_wg / st_->direct_lanes} * call.batch * 4;
-    bool fits = q8p || q8_bytes <= st_->shared_bytes;
+    bool types = true;
     for (uint32_t m = 0; m < call.n_mats; ++m) {
       const GgmlType t = call.mats[m].type;
-      if (t != GgmlType::Q4_K && t != GgmlType::Q5_K && t != GgmlType::Q6_K && t != GgmlType::Q8_0) fits = false;
+      if (t != GgmlType::Q4_K && t != GgmlType::Q5_K && t != GgmlType::Q6_K && t != GgmlType::Q8_0) types = false;
     }
-    if (!fits) {
+    const uint64_t q8_bytes = uint64_t{call.batch} * q8_tile * 11 / 8 + uint64_t{q8_wg / st_->direct_lanes} * call.batch * 4;
+    if (!types) {
       q8 = q8p = false;
       direct = true;
+    } else if (q8_bytes > st_->shared_bytes) {
+      // x̂ does not fit shared memory at this batch (the 8B's ffn_down from batch 3): the q8p form —
+      // the same int8 numbers, so each column gets what a batch-1 call gives it. (The f32 direct form
+      // here made batched steps differ from one-token steps: test Q8FormColumnsEqualBatchOne.)
+      q8p = true;
     }
   }
   if (direct && st_->direct_lanes == 0) {

@@ -23,8 +23,11 @@
 //  - Precision: f32 activations and accumulation throughout (no f16/q8 rounding of x); the result is
 //    within 1e-5 of the output norm of the float64 reference (kernels/ref/matvec_ref.h). The q8 form
 //    (batch-1 calls on GPUs with integer dot products by default; TROVE_MATVEC=q8 for every batch,
-//    TROVE_MATVEC=f32 never) rounds x̂ to int8 with a scale per 32 values (as llama.cpp's q8_1
-//    activations on GPUs): within 1e-2 of the output norm.
+//    TROVE_MATVEC=f32 never; TROVE_MATVEC_BATCHED=f32|q8|q8p sets the form of batch 2..8 calls alone)
+//    rounds x̂ to int8 with a scale per 32 values (as llama.cpp's q8_1 activations on GPUs): within
+//    1e-2 of the output norm. The q8 and q8p forms give a column the same numbers at every batch (to
+//    ~3e-7: Σ x² summed in another order), so do not mix them with the f32 forms across batch sizes
+//    where a batched step must equal one-token steps (greedy speculative verification).
 //  - Thread-safety: record() may be called from several threads. Pipelines are created on first use
 //    (under a mutex) and live as long as the op: one per batch size, SwiGLU or not, tile size, set of
 //    weight types and matrix count of the calls seen (a decode layer needs about five).
@@ -103,8 +106,9 @@ struct MatvecTuning {
                                  // where the device has them (not on CPUs), q8 for batch-1 calls on GPUs
                                  // with integer dot products, TROVE_MATVEC=f32|staged|direct|q8|q8p.
                                  // kQ8/kQ8P need subgroup arithmetic and integer dot products (refused
-                                 // otherwise); calls it cannot take (a matrix not Q4_K/Q5_K/Q6_K/Q8_0,
-                                 // or, kQ8 only, batch · cols int8 not fitting shared memory) run the direct form
+                                 // otherwise); calls with a matrix not Q4_K/Q5_K/Q6_K/Q8_0 run the direct
+                                 // form; kQ8 calls whose batch · cols int8 do not fit shared memory run kQ8P
+                                 // (the same numbers)
 };
 
 class Matvec {

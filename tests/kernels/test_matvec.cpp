@@ -650,6 +650,36 @@ TEST_F(Matvec, TroveMatvecNamesTheForms) {
   EXPECT_NE(bad.status().message().find("f32, staged, direct, q8 or q8p"), std::string::npos) << bad.status().message();
 }
 
+// TROVE_MATVEC_BATCHED sets the form of batch 2..8 calls alone: with q8 at batch 1 (TROVE_MATVEC=q8)
+// and q8p for batches, a batch-8 call gives every column the numbers of a batch-1 call (the same
+// pipelines as Q8FormColumnsEqualBatchOne: cached by then); an unknown name is refused with the list.
+TEST_F(Matvec, TroveMatvecBatchedNamesTheBatchForm) {
+  auto make = [&](const char* form, const char* batched) {
+    const char* old[2] = {std::getenv("TROVE_MATVEC"), std::getenv("TROVE_MATVEC_BATCHED")};
+    const std::string saved[2] = {old[0] ? old[0] : "", old[1] ? old[1] : ""};
+    ::setenv("TROVE_MATVEC", form, 1);
+    ::setenv("TROVE_MATVEC_BATCHED", batched, 1);
+    auto op = ops::Matvec::create(*dev_);
+    const char* names[2] = {"TROVE_MATVEC", "TROVE_MATVEC_BATCHED"};
+    for (int i = 0; i < 2; ++i) {
+      if (old[i]) ::setenv(names[i], saved[i].c_str(), 1);
+      else ::unsetenv(names[i]);
+    }
+    return op;
+  };
+  auto bad = make("f32", "int4");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("f32, q8 or q8p"), std::string::npos) << bad.status().message();
+  auto f32 = make("f32", "f32");
+  EXPECT_TRUE(f32.ok()) << f32.status().ToString();
+  if (!dev_->features().integer_dot_product || !dev_->features().subgroup_arithmetic) {
+    GTEST_SKIP() << "the device lacks integer dot products or subgroup arithmetic (no q8 forms to name)";
+  }
+  auto op = make("q8", "q8p");
+  ASSERT_TRUE(op.ok()) << op.status().ToString();
+  ASSERT_TRUE(check_columns(*dev_, *op, {12288, 8, false, MatvecEpilogue::kAdd, {{G::Q6_K, 64}}, false, 2e-2}, rng_));
+}
+
 TEST_F(Matvec, BadCallsAreNamedAndRecordNothing) {
   auto b = dev_->buffer(1 << 20);
   auto y = dev_->buffer(1 << 16);

@@ -13,11 +13,12 @@
 //     — how much of an agent transcript is copied from its own context. Prompts longer than the model's
 //     context keep their last tokens.
 //
-//   bench_spec --verify-cost --model M.gguf [--depth 1024] [--reps 5]
+//   bench_spec --verify-cost --model M.gguf [--depth 1024] [--reps 5] [--k 1,4]
 //     Target step time for 1..8 tokens of one sequence with per-position argmax (a verification step
 //     of k - 1 drafts) at --depth tokens of context, whether its per-position argmax equals greedy
 //     decoding one token per step (it must), and the decode speed-up that acceptance rates would give (expected tokens per step of i.i.d. acceptance a with k - 1 drafts, over the step time
-//     ratio). For the H200: `trove mkmodel --preset qwen3-8b|qwen3-30b-a3b --type Q4_K_M` files.
+//     ratio). A k whose argmax differs names the positions, with the one-token step's top-2 logit
+//     margin there (a near tie that a different rounding flips, or a real difference). For the H200: `trove mkmodel --preset qwen3-8b|qwen3-30b-a3b --type Q4_K_M` files.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -248,7 +249,7 @@ void acceptance(const std::string& model, const std::string& draft_path, const s
               static_cast<unsigned long long>(tf_drafted), tf_drafted ? 100.0 * tf_accepted / tf_drafted : 0.0);
 }
 
-void verify_cost(const std::string& model, uint32_t depth, int reps) {
+void verify_cost(const std::string& model, uint32_t depth, int reps, const std::vector<uint32_t>& only_k) {
   auto e = load(model, std::max<uint32_t>(4096, depth + 64));
   auto seq = e->open_sequence();
   if (!seq.ok()) die(seq.status().message());
@@ -270,18 +271,36 @@ void verify_cost(const std::string& model, uint32_t depth, int reps) {
     if (!out.ok()) die(out.status().message());
     if (in.sample) g.push_back((*out)[0].token);
   }
+  // margin[j]: the one-token step's top-1 minus top-2 logit at position j (how close a tie a batched
+  // step's rounding could flip), and the logits' standard deviation for scale.
+  std::vector<double> margin(engine::kCheapStepTokens + 1, 0), spread(engine::kCheapStepTokens + 1, 0);
   while (g.size() <= engine::kCheapStepTokens) {
     engine::StepInput in;
     in.seq = *seq;
     in.tokens = std::span<const int32_t>(&g.back(), 1);
+    in.want_logits = true;
     auto out = e->step(std::span<const engine::StepInput>(&in, 1));
     if (!out.ok()) die(out.status().message());
+    const std::vector<float>& lg = (*out)[0].logits;
+    double top[2] = {-1e30, -1e30}, sum = 0, sum2 = 0;
+    for (float v : lg) {
+      if (v > top[0]) top[1] = top[0], top[0] = v;
+      else if (v > top[1]) top[1] = v;
+      sum += v;
+      sum2 += double(v) * v;
+    }
+    const double n = std::max<double>(1, lg.size());
+    margin[g.size()] = top[0] - top[1];
+    spread[g.size()] = std::sqrt(std::max(0.0, sum2 / n - (sum / n) * (sum / n)));
     g.push_back((*out)[0].token);
   }
   if (Status st = e->truncate(*seq, depth); !st.ok()) die(st.message());
   std::vector<double> ms(9, 0);
   std::vector<bool> exact(9, true);
+  std::vector<std::string> differ(9);  // the positions whose argmax differed, per k
+  auto wanted = [&](uint32_t k) { return only_k.empty() || std::find(only_k.begin(), only_k.end(), k) != only_k.end(); };
   for (uint32_t k = 1; k <= engine::kCheapStepTokens; ++k) {
+    if (!wanted(k)) continue;
     const std::vector<int32_t> fed(g.begin(), g.begin() + k);
     std::vector<double> times;
     for (int r = 0; r < reps + 1; ++r) {  // the first one compiles pipelines
@@ -295,7 +314,13 @@ void verify_cost(const std::string& model, uint32_t depth, int reps) {
       const double t = secs(t0);
       if (!out.ok()) die(out.status().message());
       const auto& got = k > 1 ? (*out)[0].tokens : std::vector<int32_t>{(*out)[0].token};
-      if (got != std::vector<int32_t>(g.begin() + 1, g.begin() + 1 + k)) exact[k] = false;
+      if (got != std::vector<int32_t>(g.begin() + 1, g.begin() + 1 + k) && exact[k]) {
+        exact[k] = false;
+        for (uint32_t j = 1; j <= k; ++j) {
+          if (j - 1 < got.size() && got[j - 1] == g[j]) continue;
+          differ[k] += fmt::format(" {} (one-token top-2 margin {:.4g}, logits sd {:.3g})", j, margin[j], spread[j]);
+        }
+      }
       if (Status st = e->truncate(*seq, depth); !st.ok()) die(st.message());
       if (r > 0) times.push_back(t);
     }
@@ -309,13 +334,18 @@ void verify_cost(const std::string& model, uint32_t depth, int reps) {
   for (double a : alphas) std::printf(" speed-up at %.0f%% |", a * 100);
   std::printf("\n|---|---|---|---|---|---|---|---|---|\n");
   for (uint32_t k = 1; k <= engine::kCheapStepTokens; ++k) {
-    std::printf("| %u | %.2f | %.2f | %s |", k, ms[k], ms[k] / ms[1], exact[k] ? "yes" : "NO");
+    if (!wanted(k)) continue;
+    const double t1 = ms[1] > 0 ? ms[1] : NAN;  // nan without k = 1 (--k)
+    std::printf("| %u | %.2f | %.2f | %s |", k, ms[k], ms[k] / t1, exact[k] ? "yes" : "NO");
     for (double a : alphas) {
       // Expected tokens per step with k - 1 drafts, each accepted with probability a independently.
       const double tokens = (1 - std::pow(a, k)) / (1 - a);
-      std::printf(" %.2f |", tokens * ms[1] / ms[k]);
+      std::printf(" %.2f |", tokens * t1 / ms[k]);
     }
     std::printf("\n");
+  }
+  for (uint32_t k = 1; k <= engine::kCheapStepTokens; ++k) {
+    if (!differ[k].empty()) std::printf("k = %u: argmax differs at position(s)%s\n", k, differ[k].c_str());
   }
 }
 
@@ -340,9 +370,14 @@ int main(int argc, char** argv) {
   app.add_flag("--verify-cost", cost, "Measure the target step time for 1..8 tokens instead");
   app.add_option("--depth", depth, "--verify-cost: context tokens before the measured steps")->capture_default_str();
   app.add_option("--reps", reps, "--verify-cost: repetitions per k (median)")->capture_default_str();
+  std::vector<uint32_t> only_k;
+  app.add_option("--k", only_k, "--verify-cost: only these k (e.g. --k 4 with TROVE_PROFILE=ops: the op times of "
+                                "k-token steps, beside the 8 one-token steps every run makes first)")
+      ->delimiter(',')
+      ->check(CLI::Range(1u, engine::kCheapStepTokens));
   CLI11_PARSE(app, argc, argv);
   if (cost) {
-    verify_cost(model, depth, std::max(1, reps));
+    verify_cost(model, depth, std::max(1, reps), only_k);
     return 0;
   }
   std::vector<std::string> ms;

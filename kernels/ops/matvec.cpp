@@ -193,8 +193,11 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
   op.st_->direct = !f.is_cpu && op.st_->direct_lanes != 0;
   op.st_->q8_ok = f.integer_dot_product && op.st_->direct_lanes != 0;
   // One decode stream on a GPU: the q8 form (H200, 8B tg128 154 -> 212 tok/s). Batches of 2..8 keep
-  // the direct form: on the H200 the q8 form at batch 3..8 was slower than direct and its batched
-  // argmax differed from one-at-a-time decoding at k >= 6 (bench_spec --verify-cost, 2026-12-03).
+  // the direct form: on the H200 the q8 form at batch 3..8 was slower than direct (bench_spec
+  // --verify-cost, 2026-12-03). Its batched argmax differing from one-at-a-time decoding at k >= 6 was
+  // the f32 fallback of ffn_down (from batch 3) beside q8 at batch 1 flipping a near tie at position
+  // 6 (now q8p there). The same holds for direct beside q8: TROVE_MATVEC_BATCHED=q8|q8p keeps batches
+  // in the q8 numbers.
   op.st_->q8_batch1 = !f.is_cpu && op.st_->q8_ok;
   if (const char* w = std::getenv("TROVE_MATVEC_Q8_WAVES"); w && *w) {
     char* end = nullptr;

@@ -104,8 +104,8 @@ struct Matvec::State {
   bool q8 = false;                // the q8 form by default (TROVE_MATVEC=q8)
   bool q8_batch1 = false;         // the q8 form for batch-1 calls (GPUs with q8_ok, TROVE_MATVEC unset)
   bool q8p = false;               // the q8p form by default (TROVE_MATVEC=q8p)
-  // The form of calls with 2..8 batch columns, when TROVE_MATVEC_BATCHED names one (else the rules
-  // above: the direct form on GPUs, beside q8 at batch 1).
+  // The form of calls with 2..8 batch columns: TROVE_MATVEC_BATCHED, else q8p where batch 1 runs q8
+  // by default (GPUs, TROVE_MATVEC unset), else kSame (the rules above).
   enum class Batched { kSame, kF32, kQ8, kQ8P };
   Batched batched = Batched::kSame;
   // q8p scratch: per slot size, a ring of kRingSlots slots taken in turn by the calls (matvec.h).
@@ -192,12 +192,14 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
   if (f.subgroup_arithmetic && sg >= 4 && sg <= 64 && (sg & (sg - 1)) == 0) op.st_->direct_lanes = sg;
   op.st_->direct = !f.is_cpu && op.st_->direct_lanes != 0;
   op.st_->q8_ok = f.integer_dot_product && op.st_->direct_lanes != 0;
-  // One decode stream on a GPU: the q8 form (H200, 8B tg128 154 -> 212 tok/s). Batches of 2..8 keep
-  // the direct form: on the H200 the q8 form at batch 3..8 was slower than direct (bench_spec
-  // --verify-cost, 2026-12-03). Its batched argmax differing from one-at-a-time decoding at k >= 6 was
-  // the f32 fallback of ffn_down (from batch 3) beside q8 at batch 1 flipping a near tie at position
-  // 6 (now q8p there). The same holds for direct beside q8: TROVE_MATVEC_BATCHED=q8|q8p keeps batches
-  // in the q8 numbers.
+  // One decode stream on a GPU: the q8 form (H200, 8B tg128 154 -> 212 tok/s), and the q8p form for
+  // batches of 2..8 (below): the same int8 numbers at every batch. With the f32 direct form for
+  // batches (7636d29) a verification step's argmax differed from one-token steps (H200 30B-A3B at
+  // every k >= 2: the router's input ~1% apart flips experts; with TROVE_MATVEC=q8 the 8B from k = 6
+  // on, where ffn_down fell back to f32: a near tie at position 6), which greedy speculation forbids.
+  // q8p rather than q8 for batches: bench_kernels on the H200 (2026-12-03, µs, direct / q8 / q8p)
+  // qkv b4 40.4 / 26.8 / 22.2, b8 72.4 / 220.9 / 150.9, gate+up b8 830.9 / 667.7 / 366.0, down b8
+  // 640 / (f32) / 400.7, head b8 3330 / 2053 / 1620; the q8 form stages x in every workgroup.
   op.st_->q8_batch1 = !f.is_cpu && op.st_->q8_ok;
   if (const char* w = std::getenv("TROVE_MATVEC_Q8_WAVES"); w && *w) {
     char* end = nullptr;
@@ -257,6 +259,7 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
       return Status::InvalidArgument(fmt::format("TROVE_MATVEC='{}' is not a matvec form (f32, staged, direct, q8 or q8p)", v));
     }
   }
+  if (op.st_->q8_batch1 && op.st_->batched == State::Batched::kSame) op.st_->batched = State::Batched::kQ8P;
   if (!vk::find_shader("matvec").words || !vk::find_shader("matvec_nosg").words || !vk::find_shader("matvec_direct").words ||
       !vk::find_shader("matvec_q8").words || !vk::find_shader("matvec_q8p").words ||
       !vk::find_shader("matvec_q8_quant").words) {

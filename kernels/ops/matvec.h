@@ -22,8 +22,9 @@
 //  - kSwiGlu takes exactly 2 matrices with equal rows; mats[1].y is not used (may be empty).
 //  - Precision: f32 activations and accumulation throughout (no f16/q8 rounding of x); the result is
 //    within 1e-5 of the output norm of the float64 reference (kernels/ref/matvec_ref.h). The q8 form
-//    (batch-1 calls on GPUs with integer dot products by default; TROVE_MATVEC=q8 for every batch,
-//    TROVE_MATVEC=f32 never; TROVE_MATVEC_BATCHED=f32|q8|q8p sets the form of batch 2..8 calls alone)
+//    (batch-1 calls on GPUs with integer dot products by default, batches of 2..8 there in the q8p
+//    form; TROVE_MATVEC=q8 for every batch, TROVE_MATVEC=f32 never; TROVE_MATVEC_BATCHED=f32|q8|q8p
+//    sets the form of batch 2..8 calls alone)
 //    rounds x̂ to int8 with a scale per 32 values (as llama.cpp's q8_1 activations on GPUs): within
 //    1e-2 of the output norm. The q8 and q8p forms give a column the same numbers at every batch (to
 //    ~3e-7: Σ x² summed in another order), so do not mix them with the f32 forms across batch sizes
@@ -54,7 +55,7 @@
 // quantizes x̂ into a scratch slot the op owns, then one row block per workgroup reads it through the
 // caches (any cols). Scratch: a ring of 64 slots per slot size, taken in turn by the calls, so a call's
 // slot is reused by the 64th later q8p call of the same size, which must be ordered after it (a barrier
-// or a wait between them: a decode step has several per layer). Measurement candidate, off by default.
+// or a wait between them: a decode step has several per layer). The GPUs' default for batches of 2..8.
 #pragma once
 
 #include <cstdint>
@@ -104,7 +105,8 @@ struct MatvecTuning {
   enum class Form { kAuto, kF32, kStaged, kDirect, kQ8, kQ8P };  // kF32: kAuto without q8 (TROVE_MATVEC=f32)
   Form form = Form::kAuto;       // kDirect needs 32-lane subgroups (refused otherwise); kAuto: direct
                                  // where the device has them (not on CPUs), q8 for batch-1 calls on GPUs
-                                 // with integer dot products, TROVE_MATVEC=f32|staged|direct|q8|q8p.
+                                 // with integer dot products and q8p for their batches of 2..8,
+                                 // TROVE_MATVEC=f32|staged|direct|q8|q8p, TROVE_MATVEC_BATCHED.
                                  // kQ8/kQ8P need subgroup arithmetic and integer dot products (refused
                                  // otherwise); calls with a matrix not Q4_K/Q5_K/Q6_K/Q8_0 run the direct
                                  // form; kQ8 calls whose batch · cols int8 do not fit shared memory run kQ8P

@@ -116,6 +116,7 @@ struct Matvec::State {
   };
   std::map<uint64_t, Ring> rings;  // guarded by mu
   uint32_t q8_waves = 4;          // q8 form: workgroups per SM walking the row blocks (TROVE_MATVEC_Q8_WAVES)
+  uint32_t batched_rows = 0;      // rows per row group of batch 2..8 q8/q8p calls (TROVE_MATVEC_BATCHED_ROWS; 0: default)
   uint32_t waves = 8;             // workgroups of 512 invocations per SM when x fits one tile
                                   // (TROVE_MATVEC_WAVES overrides: 0 = one workgroup per row block)
   MatvecTuning tuning;
@@ -201,6 +202,16 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
   // qkv b4 40.4 / 26.8 / 22.2, b8 72.4 / 220.9 / 150.9, gate+up b8 830.9 / 667.7 / 366.0, down b8
   // 640 / (f32) / 400.7, head b8 3330 / 2053 / 1620; the q8 form stages x in every workgroup.
   op.st_->q8_batch1 = !f.is_cpu && op.st_->q8_ok;
+  // TROVE_MATVEC_BATCHED_ROWS=1|2|4: rows per row group (per matrix; SwiGLU: gate rows) of batch 2..8
+  // calls in the q8 and q8p forms, for A/B in the engine: each row a lane holds costs registers for its
+  // codes, scales and batch sums (at batch 8 and 2 rows the q8 forms were slower than direct for qkv).
+  if (const char* w = std::getenv("TROVE_MATVEC_BATCHED_ROWS"); w && *w) {
+    const std::string_view v(w);
+    if (v != "1" && v != "2" && v != "4") {
+      return Status::InvalidArgument(fmt::format("TROVE_MATVEC_BATCHED_ROWS='{}' is not 1, 2 or 4 (rows per row group)", w));
+    }
+    op.st_->batched_rows = static_cast<uint32_t>(v[0] - '0');
+  }
   if (const char* w = std::getenv("TROVE_MATVEC_Q8_WAVES"); w && *w) {
     char* end = nullptr;
     const unsigned long v = std::strtoul(w, &end, 10);
@@ -353,7 +364,10 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
   const bool gpu_form = !st_->cpu || tn.gpu_form;
   const uint32_t sg = direct || q8 ? st_->direct_lanes : gpu_form ? st_->subgroup : 1;
   const uint32_t sms = st_->sms ? st_->sms : kUnknownSmCount;
-  const uint32_t rows_per_group = tn.rows_per_group ? tn.rows_per_group : (swiglu ? 1 : kDefaultRows);
+  const uint32_t rows_per_group = tn.rows_per_group                                 ? tn.rows_per_group
+                                  : call.batch > 1 && q8 && st_->batched_rows != 0 ? st_->batched_rows
+                                  : swiglu                                         ? 1
+                                                                                   : kDefaultRows;
   // Shared memory: a tile of staged activations, and the reduction area — each subgroup's partial
   // sums (every slot and batch column, and Σ x²) and each row group's Σ x² (matvec_body.glsl).
   const uint32_t slots = rows_per_group * (swiglu ? 2 : 1);

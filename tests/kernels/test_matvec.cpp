@@ -652,32 +652,44 @@ TEST_F(Matvec, TroveMatvecNamesTheForms) {
 
 // TROVE_MATVEC_BATCHED sets the form of batch 2..8 calls alone: with q8 at batch 1 (TROVE_MATVEC=q8)
 // and q8p for batches, a batch-8 call gives every column the numbers of a batch-1 call (the same
-// pipelines as Q8FormColumnsEqualBatchOne: cached by then); an unknown name is refused with the list.
+// pipelines as Q8FormColumnsEqualBatchOne: cached by then), also with TROVE_MATVEC_BATCHED_ROWS=1 (one
+// row per row group in batches); unknown values are refused with the list.
 TEST_F(Matvec, TroveMatvecBatchedNamesTheBatchForm) {
-  auto make = [&](const char* form, const char* batched) {
-    const char* old[2] = {std::getenv("TROVE_MATVEC"), std::getenv("TROVE_MATVEC_BATCHED")};
-    const std::string saved[2] = {old[0] ? old[0] : "", old[1] ? old[1] : ""};
-    ::setenv("TROVE_MATVEC", form, 1);
-    ::setenv("TROVE_MATVEC_BATCHED", batched, 1);
+  auto make = [&](const char* form, const char* batched, const char* rows) {
+    const char* names[3] = {"TROVE_MATVEC", "TROVE_MATVEC_BATCHED", "TROVE_MATVEC_BATCHED_ROWS"};
+    const char* values[3] = {form, batched, rows};
+    std::string saved[3];
+    bool had[3];
+    for (int i = 0; i < 3; ++i) {
+      const char* old = std::getenv(names[i]);
+      had[i] = old != nullptr;
+      saved[i] = old ? old : "";
+      ::setenv(names[i], values[i], 1);
+    }
     auto op = ops::Matvec::create(*dev_);
-    const char* names[2] = {"TROVE_MATVEC", "TROVE_MATVEC_BATCHED"};
-    for (int i = 0; i < 2; ++i) {
-      if (old[i]) ::setenv(names[i], saved[i].c_str(), 1);
+    for (int i = 0; i < 3; ++i) {
+      if (had[i]) ::setenv(names[i], saved[i].c_str(), 1);
       else ::unsetenv(names[i]);
     }
     return op;
   };
-  auto bad = make("f32", "int4");
+  auto bad = make("f32", "int4", "");
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("f32, q8 or q8p"), std::string::npos) << bad.status().message();
-  auto f32 = make("f32", "f32");
+  auto bad_rows = make("f32", "f32", "3");
+  ASSERT_FALSE(bad_rows.ok());
+  EXPECT_NE(bad_rows.status().message().find("not 1, 2 or 4"), std::string::npos) << bad_rows.status().message();
+  auto f32 = make("f32", "f32", "");
   EXPECT_TRUE(f32.ok()) << f32.status().ToString();
   if (!dev_->features().integer_dot_product || !dev_->features().subgroup_arithmetic) {
     GTEST_SKIP() << "the device lacks integer dot products or subgroup arithmetic (no q8 forms to name)";
   }
-  auto op = make("q8", "q8p");
-  ASSERT_TRUE(op.ok()) << op.status().ToString();
-  ASSERT_TRUE(check_columns(*dev_, *op, {12288, 8, false, MatvecEpilogue::kAdd, {{G::Q6_K, 64}}, false, 2e-2}, rng_));
+  for (const char* rows : {"", "1"}) {
+    SCOPED_TRACE(std::string("TROVE_MATVEC_BATCHED_ROWS=") + rows);
+    auto op = make("q8", "q8p", rows);
+    ASSERT_TRUE(op.ok()) << op.status().ToString();
+    ASSERT_TRUE(check_columns(*dev_, *op, {12288, 8, false, MatvecEpilogue::kAdd, {{G::Q6_K, 64}}, false, 2e-2}, rng_));
+  }
 }
 
 TEST_F(Matvec, BadCallsAreNamedAndRecordNothing) {

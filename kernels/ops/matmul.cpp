@@ -163,6 +163,20 @@ Result<Matmul> Matmul::create(vk::Device& dev, MatmulPath path) {
     }
     op.grouped_bm_ = bm, op.grouped_bn_ = bn, op.grouped_bk_ = n == 3 ? bk : 0;
   }
+  if (const char* v = std::getenv("TROVE_KHR_LARGE"); v && *v) {
+    unsigned wg = 0, sgm = 0;
+    char tail = 0;
+    const int n = std::sscanf(v, "%ux%u%c", &wg, &sgm, &tail);
+    // 128 rows over SGM subgroups and 128 columns over the other WG/32/SGM, each a multiple of 16.
+    const bool ok = n == 2 && (wg == 128 || wg == 256) && (sgm == 1 || sgm == 2 || sgm == 4 || sgm == 8) &&
+                    sgm <= wg / 32 && wg / 32 / sgm <= 8;
+    if (!ok) {
+      return Status::InvalidArgument(fmt::format(
+          "TROVE_KHR_LARGE='{}' is not a KHR large tile; use WGxSGM with WG 128 or 256 and SGM 1, 2, 4 or 8 "
+          "subgroups along the rows, at most WG/32 (e.g. 128x2 or 256x4)", v));
+    }
+    op.khr_large_wg_ = wg, op.khr_large_sgm_ = sgm;
+  }
   // Specialization of the tiled shader: [rows per invocation, f16 activations].
   for (uint32_t h = 0; h < 2; ++h) {
     auto p1 = dev.pipeline({"matmul_tiled", {1, h}, sizeof(Push), 3, 64});
@@ -263,7 +277,7 @@ Status Matmul::record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows,
     TilePush push{rows, cols, batch, static_cast<uint32_t>(rb), y_stride, 1, 0, batch};
     const MatmulTile tile = tile_for(rows, batch);
     if (path_ == MatmulPath::kKhr) {
-      const KhrTile k = tile == MatmulTile::kSmall ? kKhrSmall : kKhrLarge;
+      const KhrTile k = tile == MatmulTile::kSmall ? kKhrSmall : KhrTile{128, 128, khr_large_wg_, khr_large_sgm_};
       auto p = pipeline("matmul_coopmat", {ty, xh, k.bm, k.bn, k.wg, k.sgm}, 3, k.wg);
       if (!p.ok()) return p.status();
       if (div_up(rows, k.bm) > kMaxGroups || div_up(batch, k.bn) > kMaxGroups) {

@@ -53,6 +53,9 @@
 //  - TROVE_GROUPED_TILE=BMxBN[xBK] (force_grouped_tile): the cm2 grouped tile, BM 64 or 128 weight
 //    rows × BN 32, 64 or 128 slots (default 64x64), K step BK 32 or 64 (default 64 where cols allows);
 //    a tile the device's granularity refuses is an error.
+//  - TROVE_KHR_LARGE=WGxSGM: the KHR dense kernel's 128×128 tile over WG invocations (128 or 256) with
+//    SGM subgroups along the rows (default 256x2: 8 subgroups of 64×32 each); e.g. 128x2 gives 4
+//    subgroups of 64×64 (16 accumulators each: more products per shared-memory fragment load).
 #pragma once
 
 #include <memory>
@@ -118,6 +121,7 @@ class Matmul {
   MatmulTile forced_tile_ = MatmulTile::kAuto;
   uint32_t cpu_rows_ = 0, cpu_cols_ = 0;
   uint32_t cm2_variant_ = 0, grouped_bm_ = 64, grouped_bn_ = 64, grouped_bk_ = 0;  // bk 0: automatic
+  uint32_t khr_large_wg_ = 256, khr_large_sgm_ = 2;  // TROVE_KHR_LARGE
   bool cm2_grouped_ = false;  // KHR path on a cm2 device: grouped calls take the cm2 grouped kernel
   vk::Pipeline tiled_row_[2];    // one row per invocation (decode); [f32, f16 activations]
   vk::Pipeline tiled_rows4_[2];  // four rows per invocation (batches)

@@ -289,6 +289,24 @@ TEST(Matmul, Cm2VariantOneMatchesReference) {
   }
 }
 
+// TROVE_KHR_LARGE (matmul.h) names a KHR 128x128 tile shape for A/B on a GPU: a shape the kernel
+// cannot take is refused with the valid ones, whatever the path; a valid one is accepted.
+TEST(Matmul, TroveKhrLargeIsChecked) {
+  auto dev = open_device();
+  ASSERT_TRUE(dev);
+  const char* old = std::getenv("TROVE_KHR_LARGE");
+  const std::string saved = old ? old : "";
+  setenv("TROVE_KHR_LARGE", "128x8", 1);  // 8 subgroups along the rows, but 128 invocations have 4
+  auto bad = ops::Matmul::create(*dev, MatmulPath::kTiled);
+  setenv("TROVE_KHR_LARGE", "128x2", 1);
+  auto good = ops::Matmul::create(*dev, MatmulPath::kTiled);
+  if (old) setenv("TROVE_KHR_LARGE", saved.c_str(), 1);
+  else unsetenv("TROVE_KHR_LARGE");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("WG 128 or 256"), std::string::npos) << bad.status().message();
+  EXPECT_TRUE(good.ok()) << good.status().ToString();
+}
+
 // A matrix path the device lacks is refused with the reason, never silently replaced.
 TEST(Matmul, MissingMatrixPathIsRefused) {
   auto dev = open_device();

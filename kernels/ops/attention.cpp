@@ -122,6 +122,17 @@ Result<PagedAttention> PagedAttention::create(vk::Device& dev) {
       return Status::InvalidArgument(fmt::format("attention: TROVE_ATTENTION_DECODE={} is not v1 or v2 (docs/kernels.md)", v));
     }
   }
+  if (const char* e = std::getenv("TROVE_ATTENTION_DECODE_TOKENS"); e && *e) {
+    char* end = nullptr;
+    const unsigned long n = std::strtoul(e, &end, 10);
+    if (*end != '\0' || n < 1 || n > 64) {
+      return Status::InvalidArgument(fmt::format(
+          "attention: TROVE_ATTENTION_DECODE_TOKENS={} is not a number of tokens in 1..64 (steps of at most that many "
+          "tokens take the decode kernel where a matrix-unit prefill kernel would run; default {})", e,
+          kPrefillMinTokens - 1));
+    }
+    op.decode_max_tokens_ = static_cast<uint32_t>(n);
+  }
   op.scratch_ = std::move(*scratch);
   op.decode_ = std::make_unique<DecodePipelines>();
   op.decode_->dev = &dev;
@@ -255,7 +266,7 @@ Status PagedAttention::combine(vk::CommandStream& s, uint32_t head_dim, const At
 AttentionPath PagedAttention::choose(const AttentionCall& c) const {
   const bool matrix = prefill_pick_ == AttentionPath::kAuto ? has_prefill_coopmat_ || (kPrefillCm2Auto && has_prefill_cm2_)
                                                               : prefill_pick_ != AttentionPath::kPrefillTiled;
-  const bool few = c.n_tokens < (matrix ? kPrefillMinTokens : kPrefillTiledMinTokens);
+  const bool few = matrix ? c.n_tokens <= decode_max_tokens_ : c.n_tokens < kPrefillTiledMinTokens;
   if (few && decode_v2_default_ && decode_v2_usable(c)) return AttentionPath::kDecodeV2;
   if (few && decode_usable(c)) return AttentionPath::kDecode;
   if (is_cpu_ && prefill_pick_ == AttentionPath::kAuto && c.n_tokens >= kPrefillTiledMinTokens && prefill_cpu_usable(c)) {

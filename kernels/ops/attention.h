@@ -129,6 +129,9 @@ class PagedAttention {
   Status record_decode_v2(vk::CommandStream& s, const AttentionCall& c, vk::BufferRange pool, vk::BufferRange block_table,
                           vk::BufferRange q, vk::BufferRange out) const;
   bool decode_v2_default_ = false;
+  // Steps of at most this many tokens take the decode kernel where a matrix-unit prefill kernel would
+  // run (TROVE_ATTENTION_DECODE_TOKENS; default kPrefillMinTokens - 1).
+  uint32_t decode_max_tokens_ = kPrefillMinTokens - 1;
   bool has_shuffle_ = false;
   uint32_t subgroup_size_ = 0;
   bool prefill_cpu_usable(const AttentionCall& c) const;

@@ -326,6 +326,29 @@ TEST(PagedAttention, PrefillCm2MatchesReferenceOrIsRefused) {
   else if (!env) EXPECT_EQ(pick == kM, ops::PagedAttention::kPrefillCm2Auto);
 }
 
+// TROVE_ATTENTION_DECODE_TOKENS: steps of at most N tokens take the decode kernel where a matrix-unit
+// prefill kernel would run (1..64; anything else is refused naming the range); with 8, an 8-token step
+// decodes on a device with a matrix-unit prefill kernel (elsewhere the tiled threshold decides).
+TEST(PagedAttention, TroveAttentionDecodeTokensIsChecked) {
+  auto dev = open_device();
+  ASSERT_TRUE(dev);
+  const char* old = std::getenv("TROVE_ATTENTION_DECODE_TOKENS");
+  const std::string saved = old ? old : "";
+  setenv("TROVE_ATTENTION_DECODE_TOKENS", "0", 1);
+  auto bad = ops::PagedAttention::create(*dev);
+  setenv("TROVE_ATTENTION_DECODE_TOKENS", "8", 1);
+  auto eight = ops::PagedAttention::create(*dev);
+  if (old) setenv("TROVE_ATTENTION_DECODE_TOKENS", saved.c_str(), 1);
+  else unsetenv("TROVE_ATTENTION_DECODE_TOKENS");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("1..64"), std::string::npos) << bad.status().message();
+  ASSERT_TRUE(eight.ok()) << eight.status().ToString();
+  if (eight->prefill_uses_coopmat() || eight->has_prefill_cm2()) {
+    const auto pick = eight->choose({{4, 64, 2, 128}, 8, 100, 8, 1.0f});
+    EXPECT_TRUE(pick == ops::AttentionPath::kDecode || pick == ops::AttentionPath::kDecodeV2);
+  }
+}
+
 // TROVE_ATTENTION: tiled makes kAuto take the tiled kernel (even on a CPU device), a path the device
 // cannot run and an unknown name fail create() with the reason; TROVE_ATTENTION_CM2_ROWS other than 64
 // or 128 fails too. Restores the variables.

@@ -17,8 +17,8 @@ constexpr uint32_t kDirectWorkgroup = 128;  // direct forms: 4 row groups (subgr
 // q8 forms: rows per row group. Every workgroup stages its inputs (gate/up: 16 KiB of x and norm_w read
 // from L2 at hidden 2048; down: 24 KiB of h at k = 8, ffn 768), so a block of 4 row groups should read
 // a comparable amount of weights: 2 rows give 8 gate + 8 up rows (18 KiB of Q4_K) / 8 down rows of 8
-// experts (28–40 KiB). Not yet measured on a GPU (bench_kernels --only moe has r1 / r4 rows).
-constexpr uint32_t kQ8Rows = 2;
+// experts (28–40 KiB). H200 (bench_kernels --only moe, 2026-12-03): 1 token, gate/up 15.4 µs at 2
+// rows, 12.8 at 1; down 18.6 / 15.5; TROVE_MOE_Q8_ROWS=1|2|4 for the engine A/B (MoeFfn::q8_rows_).
 // Bytes of shared memory per staged value and column: the f32 value + 1/8 of its 8-value sum.
 constexpr double kStagedBytesPerValue = 4.5;
 
@@ -187,6 +187,13 @@ Result<MoeFfn> MoeFfn::create(vk::Device& dev, uint32_t slots_per_pass, bool gpu
       return Status::InvalidArgument(fmt::format("TROVE_MOE_Q8_WORKGROUPS='{}' is not a number of workgroups (1..65535)", v));
     }
     op.q8_workgroups_ = static_cast<uint32_t>(n);
+  }
+  if (const char* v = std::getenv("TROVE_MOE_Q8_ROWS"); v && *v) {
+    const std::string_view r(v);
+    if (r != "1" && r != "2" && r != "4") {
+      return Status::InvalidArgument(fmt::format("TROVE_MOE_Q8_ROWS='{}' is not a number of rows per row group (1, 2 or 4)", v));
+    }
+    op.q8_rows_ = static_cast<uint32_t>(r[0] - '0');
   }
   if (const char* v = std::getenv("TROVE_MOE"); v && *v) {
     const std::string_view form(v);
@@ -517,7 +524,7 @@ uint32_t q8_grid_x(uint32_t blocks, uint32_t rows_y, uint32_t forced, uint32_t t
 Result<bool> MoeFfn::record_gate_up_q8(vk::CommandStream& s, const MoeFfnCall& c) const {
   if (!q8() || !c.by_pair || !q8_type(c.gate.type) || !q8_type(c.up.type)) return false;
   if (!q8_ok_) return Status::Unsupported("moe_ffn: the q8 form needs integer dot products and subgroup arithmetic (use direct)");
-  const uint32_t g = direct_lanes_, rows = tuning_.gate_up_rows ? tuning_.gate_up_rows : kQ8Rows;
+  const uint32_t g = direct_lanes_, rows = tuning_.gate_up_rows ? tuning_.gate_up_rows : q8_rows_;
   const uint32_t wg = tuning_.workgroup ? tuning_.workgroup : std::max(kDirectWorkgroup, g);
   const uint32_t ffn = c.gate.rows, hidden = c.gate.cols, pairs = c.tokens * c.k;
   if (q8_column_bytes(hidden) + wg / g * 4 > shared_bytes_) return false;
@@ -539,7 +546,7 @@ Result<bool> MoeFfn::record_gate_up_q8(vk::CommandStream& s, const MoeFfnCall& c
 Result<bool> MoeFfn::record_down_q8(vk::CommandStream& s, const MoeFfnCall& c) const {
   if (!q8() || !c.by_pair || !q8_type(c.down.type)) return false;
   if (!q8_ok_) return Status::Unsupported("moe_ffn: the q8 form needs integer dot products and subgroup arithmetic (use direct)");
-  const uint32_t g = direct_lanes_, rows = tuning_.down_rows ? tuning_.down_rows : kQ8Rows;
+  const uint32_t g = direct_lanes_, rows = tuning_.down_rows ? tuning_.down_rows : q8_rows_;
   const uint32_t wg = tuning_.workgroup ? tuning_.workgroup : std::max(kDirectWorkgroup, g);
   const uint32_t ffn = c.gate.rows, hidden = c.gate.cols, T = c.tokens;
   if (c.k * (q8_column_bytes(ffn) + 4) > shared_bytes_) return false;

@@ -208,6 +208,7 @@ class MoeFfn {
   bool q8_ok_ = false;           // integer dot products + subgroup arithmetic: the q8 form can run
   bool q8_default_ = false;      // MoeTuning::Form::kAuto means q8 (TROVE_MOE=q8)
   uint32_t q8_workgroups_ = kQ8Workgroups;  // TROVE_MOE_Q8_WORKGROUPS
+  uint32_t q8_rows_ = 2;                     // q8 form: rows per row group (TROVE_MOE_Q8_ROWS; moe_ffn.cpp)
   // The q8 form's dispatches, when the call can take them (false: the caller runs the direct form).
   Result<bool> record_gate_up_q8(vk::CommandStream& s, const MoeFfnCall& call) const;
   Result<bool> record_down_q8(vk::CommandStream& s, const MoeFfnCall& call) const;

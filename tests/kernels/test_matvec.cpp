@@ -68,23 +68,36 @@ Result<vk::Buffer> upload(vk::Device& dev, const void* data, size_t bytes) {
   return b;
 }
 
+// Gaussian activations x [batch][cols], norm weights in [0.5, 1.5) when the case has the norm
+// prologue, and the reference's x̂ (x · norm_w / rms, kernels/ref). False (a gtest failure recorded)
+// when the reference refuses.
+bool random_inputs(const Case& c, std::mt19937_64& r, std::vector<float>& x, std::vector<float>& norm_w,
+                   std::vector<double>& xhat) {
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::uniform_real_distribution<float> uw(0.5f, 1.5f);
+  x.assign(size_t{c.batch} * c.cols, 0.0f);
+  norm_w.assign(c.norm ? c.cols : 0, 0.0f);
+  for (auto& v : x) v = nd(r);
+  for (auto& v : norm_w) v = uw(r);
+  auto h = kernels::ref::matvec_prologue(x, c.batch, c.cols, norm_w, 1e-6);
+  EXPECT_TRUE(h.ok()) << h.status().ToString();
+  if (!h.ok()) return false;
+  xhat = std::move(*h);
+  return true;
+}
+
 // Runs one call on the GPU and the reference, checks the outputs. Returns false on a failure (gtest
 // failures are recorded too), so that loops can stop at the first broken case.
 bool check(vk::Device& dev, const ops::Matvec& op, const Case& c, std::mt19937_64& rng) {
   const uint64_t seed = rng();
   SCOPED_TRACE(describe(c) + " seed " + std::to_string(seed));
   std::mt19937_64 r(seed);
-  std::normal_distribution<float> nd(0.0f, 1.0f);
-  std::uniform_real_distribution<float> uw(0.5f, 1.5f);
   const uint32_t B = c.batch, C = c.cols;
   const bool swiglu = c.epilogue == MatvecEpilogue::kSwiGlu, add = c.epilogue == MatvecEpilogue::kAdd;
-
-  std::vector<float> x(size_t{B} * C), norm_w(c.norm ? C : 0);
-  for (auto& v : x) v = nd(r);
-  for (auto& v : norm_w) v = uw(r);
-  auto xhat = kernels::ref::matvec_prologue(x, B, C, norm_w, 1e-6);
-  EXPECT_TRUE(xhat.ok());
-  if (!xhat.ok()) return false;
+  std::vector<float> x, norm_w;
+  std::vector<double> xhat;
+  if (!random_inputs(c, r, x, norm_w, xhat)) return false;
+  std::normal_distribution<float> nd(0.0f, 1.0f);  // residuals
 
   ops::MatvecCall call;
   call.cols = C;
@@ -147,11 +160,11 @@ bool check(vk::Device& dev, const ops::Matvec& op, const Case& c, std::mt19937_6
   };
   if (swiglu) {
     const uint32_t stride = c.mats[0].y_stride ? c.mats[0].y_stride : c.mats[0].rows;
-    EXPECT_TRUE(kernels::ref::matvec_swiglu(wm(0), wm(1), *xhat, B, expect[0], stride).ok());
+    EXPECT_TRUE(kernels::ref::matvec_swiglu(wm(0), wm(1), xhat, B, expect[0], stride).ok());
   } else {
     for (size_t m = 0; m < c.mats.size(); ++m) {
       const uint32_t stride = c.mats[m].y_stride ? c.mats[m].y_stride : c.mats[m].rows;
-      EXPECT_TRUE(kernels::ref::matvec(wm(m), *xhat, B, expect[m], stride, add).ok());
+      EXPECT_TRUE(kernels::ref::matvec(wm(m), xhat, B, expect[m], stride, add).ok());
     }
   }
 
@@ -238,17 +251,13 @@ bool check_columns(vk::Device& dev, const ops::Matvec& op, const Case& c, std::m
   const uint64_t seed = rng();
   SCOPED_TRACE(describe(c) + " against batch-1 calls, seed " + std::to_string(seed));
   std::mt19937_64 r(seed);
-  std::normal_distribution<float> nd(0.0f, 1.0f);
-  std::uniform_real_distribution<float> uw(0.5f, 1.5f);
   const uint32_t B = c.batch, C = c.cols;
   const bool swiglu = c.epilogue == MatvecEpilogue::kSwiGlu, add = c.epilogue == MatvecEpilogue::kAdd;
   const size_t n_out = swiglu ? 1 : c.mats.size();
-  std::vector<float> x(size_t{B} * C), norm_w(c.norm ? C : 0);
-  for (auto& v : x) v = nd(r);
-  for (auto& v : norm_w) v = uw(r);
-  auto xhat = kernels::ref::matvec_prologue(x, B, C, norm_w, 1e-6);
-  EXPECT_TRUE(xhat.ok());
-  if (!xhat.ok()) return false;
+  std::vector<float> x, norm_w;
+  std::vector<double> xhat;
+  if (!random_inputs(c, r, x, norm_w, xhat)) return false;
+  std::normal_distribution<float> nd(0.0f, 1.0f);  // residuals
   auto xb = upload(dev, x.data(), x.size() * 4);
   EXPECT_TRUE(xb.ok());
   if (!xb.ok()) return false;
@@ -312,9 +321,9 @@ bool check_columns(vk::Device& dev, const ops::Matvec& op, const Case& c, std::m
     const uint32_t rows = c.mats[m].rows;
     std::vector<float> expect = start[m], got(expect.size()), one(expect.size());
     if (swiglu) {
-      EXPECT_TRUE(kernels::ref::matvec_swiglu(wm(0), wm(1), *xhat, B, expect, rows).ok());
+      EXPECT_TRUE(kernels::ref::matvec_swiglu(wm(0), wm(1), xhat, B, expect, rows).ok());
     } else {
-      EXPECT_TRUE(kernels::ref::matvec(wm(m), *xhat, B, expect, rows, add).ok());
+      EXPECT_TRUE(kernels::ref::matvec(wm(m), xhat, B, expect, rows, add).ok());
     }
     EXPECT_TRUE(ybatch[m].download(got.data(), got.size() * 4).ok() && yone[m].download(one.data(), one.size() * 4).ok());
     double err2 = 0, ref2 = 0;

@@ -181,12 +181,9 @@ struct SchedulerObserver {
 struct SchedulerOptions {
   engine::SpecMethod speculative = engine::SpecMethod::kOff;  // for requests that do not say
   engine::Engine* draft = nullptr;  // the draft model (same tokenizer), driven by the scheduler's thread
-  // Drafts per sequence and step at most (1..engine::kMaxDraftTokens). 3 by default: on the H200
-  // (docs/performance.md, 2026-12-02 17:01) verifying k tokens costs 1.40 / 1.81 / 2.24 / 3.57× one
-  // step for k = 2 / 3 / 4 / 8 (8B; 1.27 / 1.58 / 2.23 / 3.17× on the 30B-A3B), so at the 60–70%
-  // acceptance agent text gives, 2–3 drafts gain (1.1–1.4×) and 4 or more lose.
-  uint32_t max_draft = kDefaultMaxDraft;
-  static constexpr uint32_t kDefaultMaxDraft = 3;
+  // Drafts per sequence and step at most (1..engine::kMaxDraftTokens); engine::kDefaultMaxDraft (1)
+  // by default — why: engine/runtime/speculative.h.
+  uint32_t max_draft = engine::kDefaultMaxDraft;
 };
 
 class Scheduler {

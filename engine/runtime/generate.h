@@ -27,7 +27,7 @@ struct GenerateOptions {
   std::vector<std::string> stop;
   SpecMethod speculative = SpecMethod::kOff;
   Speculator* speculator = nullptr;  // null: prompt lookup only (kDraft drafts nothing)
-  uint32_t max_draft = kMaxDraftTokens;  // drafts per step at most
+  uint32_t max_draft = kDefaultMaxDraft;  // drafts per step at most (1..kMaxDraftTokens)
 };
 
 enum class FinishReason { kStop, kLength, kCancelled };

@@ -52,6 +52,12 @@ SpecMethod default_spec_method(const Engine& target);
 // widest step whose weights are read once for all columns (verifying costs close to one decode step).
 constexpr uint32_t kMaxDraftTokens = 7;
 constexpr uint32_t kCheapStepTokens = 8;
+// Drafts per step that trove run and trove serve allow by default: 1. On the H200 (2026-12-03,
+// bench_spec --verify-cost --depth 4096, docs/performance.md) a step of k = 2 tokens costs 1.14x one
+// token on the 8B and 1.30x on the 30B-A3B, worth 1.2-1.4x at the 60-70% acceptance of agent text;
+// k = 3..8 cost 2.2-9x (the 8B's batched matvecs at batch 3-8 are not understood yet), a loss at any
+// acceptance agent text gives.
+constexpr uint32_t kDefaultMaxDraft = 1;
 
 // Prompt lookup: the tokens that followed the most recent earlier occurrence of the longest suffix of
 // `history` (min_ngram..max_ngram tokens), at most k of them. Empty when nothing matches.

@@ -770,6 +770,7 @@ Result<Pipeline> Device::pipeline(const PipelineDesc& desc) {
   cpi.stage.pSpecializationInfo = entries.empty() ? nullptr : &spec;
   cpi.layout = p.layout_;
   TROVE_VK(vkCreateComputePipelines(device_, cache_, 1, &cpi, nullptr, &p.pipeline_), "vkCreateComputePipelines");
+  pipelines_created_.fetch_add(1, std::memory_order_relaxed);
   return p;
 }
 

@@ -322,6 +322,9 @@ class Device {
   Result<Buffer> buffer(uint64_t bytes, Memory kind = Memory::kDeviceLocal);
   Result<BufferSet> buffer_set(uint64_t bytes, uint64_t align);
   Result<Pipeline> pipeline(const PipelineDesc& desc);
+  // Pipelines created so far (each a driver compile unless the pipeline cache had it): a step that
+  // created some paid for them on the host, which TROVE_PROFILE=ops leaves out of its per-op times.
+  uint64_t pipelines_created() const { return pipelines_created_.load(std::memory_order_relaxed); }
   Result<CommandStream> stream(const StreamOptions& opts = {});
   // The descriptor mode every pipeline and stream of this device uses (never kAuto).
   Descriptors descriptors() const { return descriptors_; }
@@ -352,6 +355,7 @@ class Device {
   VkPhysicalDeviceMemoryProperties mem_props_{};
   uint64_t max_buffer_bytes_ = 0;
   uint64_t validation_errors_ = 0;
+  std::atomic<uint64_t> pipelines_created_{0};
   Descriptors descriptors_ = Descriptors::kCached;
   PFN_vkCmdPushDescriptorSetKHR push_descriptor_set_ = nullptr;
   std::atomic<uint64_t> next_serial_{1};  // Buffer and Pipeline serials

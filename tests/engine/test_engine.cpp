@@ -16,6 +16,7 @@
 
 #include <gtest/gtest.h>
 
+#include "common/log.h"
 #include "engine/gguf/synthetic.h"
 #include "engine/runtime/engine.h"
 #include "engine/runtime/generate.h"
@@ -95,7 +96,6 @@ StepInput logits_of(engine::SeqId seq, const std::vector<int32_t>& toks) {
   return in;
 }
 
-// ||a - b|| / ||b||.
 // Sets an environment variable for a scope and restores what was there (or its absence) after.
 class ScopedEnv {
  public:
@@ -118,6 +118,7 @@ class ScopedEnv {
   std::string old_;
 };
 
+// ||a - b|| / ||b||.
 double rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
   EXPECT_EQ(a.size(), b.size());
   double e = 0, n = 0;
@@ -350,6 +351,37 @@ TEST(Engine, ModelThatDoesNotFitIsRefusedWithTheSizes) {
   EXPECT_NE(m.find("weights"), std::string::npos) << m;
   EXPECT_NE(m.find("KV pool"), std::string::npos) << m;
   EXPECT_NE(m.find("shorter --ctx"), std::string::npos) << m;
+}
+
+// TROVE_PROFILE=ops leaves out of its per-op GPU times the steps in which the host compiled pipelines
+// (the GPU waits for the pieces behind the compile, and that wait would land on whichever op follows):
+// the first decode step of a fresh engine compiles the matvec pipelines, later ones reuse them, so the
+// log counts it apart and the rest as profiled steps.
+TEST(Engine, OpProfileLeavesOutStepsThatCompiledPipelines) {
+  log::ScopedLogCapture logs;
+  {
+    ScopedEnv ops("TROVE_PROFILE", "ops");
+    auto e = load(256, 1, 0, 64, quantized_model_path());
+    ASSERT_TRUE(e);
+    auto seq = e->open_sequence();
+    ASSERT_TRUE(seq.ok());
+    std::vector<int32_t> tok = prompt(1, 5);
+    for (int i = 0; i < 4; ++i) {
+      StepInput in;
+      in.seq = *seq;
+      in.tokens = tok;
+      auto out = e->step(std::vector<StepInput>{in});
+      ASSERT_TRUE(out.ok()) << out.status().ToString();
+      tok = {(*out)[0].token};
+    }
+  }  // the profile is logged when the engine closes
+  std::string line;
+  for (const auto& r : logs.records()) {
+    if (r.message.find("TROVE_PROFILE=ops, decode steps") != std::string::npos) line = r.message;
+  }
+  ASSERT_FALSE(line.empty()) << "no decode op profile was logged";
+  EXPECT_NE(line.find("steps that compiled pipelines left out"), std::string::npos) << line;
+  EXPECT_NE(line.find("(3 steps, 3 tokens"), std::string::npos) << line;
 }
 
 TEST(Engine, GenerateStopsAtMaxTokensAndReusesThePrefix) {

@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <random>
 #include <string>
 #include <tuple>
@@ -68,22 +69,30 @@ Result<vk::Buffer> upload(vk::Device& dev, const void* data, size_t bytes) {
   return b;
 }
 
-// Gaussian activations x [batch][cols], norm weights in [0.5, 1.5) when the case has the norm
-// prologue, and the reference's x̂ (x · norm_w / rms, kernels/ref). False (a gtest failure recorded)
-// when the reference refuses.
-bool random_inputs(const Case& c, std::mt19937_64& r, std::vector<float>& x, std::vector<float>& norm_w,
-                   std::vector<double>& xhat) {
-  std::normal_distribution<float> nd(0.0f, 1.0f);
+// One case's random draw from `seed`: Gaussian activations x [batch][cols], norm weights in
+// [0.5, 1.5) when the case has the norm prologue, the reference's x̂ (x · norm_w / rms, kernels/ref),
+// and the generator and normal distribution the caller goes on drawing weights and residuals from.
+struct Draw {
+  std::mt19937_64 r;
+  std::normal_distribution<float> nd{0.0f, 1.0f};
+  std::vector<float> x, norm_w;
+  std::vector<double> xhat;
+};
+
+// Nullopt (a gtest failure recorded) when the reference refuses.
+std::optional<Draw> draw(const Case& c, uint64_t seed) {
+  Draw d;
+  d.r.seed(seed);
   std::uniform_real_distribution<float> uw(0.5f, 1.5f);
-  x.assign(size_t{c.batch} * c.cols, 0.0f);
-  norm_w.assign(c.norm ? c.cols : 0, 0.0f);
-  for (auto& v : x) v = nd(r);
-  for (auto& v : norm_w) v = uw(r);
-  auto h = kernels::ref::matvec_prologue(x, c.batch, c.cols, norm_w, 1e-6);
+  d.x.resize(size_t{c.batch} * c.cols);
+  d.norm_w.resize(c.norm ? c.cols : 0);
+  for (auto& v : d.x) v = d.nd(d.r);
+  for (auto& v : d.norm_w) v = uw(d.r);
+  auto h = kernels::ref::matvec_prologue(d.x, c.batch, c.cols, d.norm_w, 1e-6);
   EXPECT_TRUE(h.ok()) << h.status().ToString();
-  if (!h.ok()) return false;
-  xhat = std::move(*h);
-  return true;
+  if (!h.ok()) return std::nullopt;
+  d.xhat = std::move(*h);
+  return d;
 }
 
 // Runs one call on the GPU and the reference, checks the outputs. Returns false on a failure (gtest
@@ -91,13 +100,11 @@ bool random_inputs(const Case& c, std::mt19937_64& r, std::vector<float>& x, std
 bool check(vk::Device& dev, const ops::Matvec& op, const Case& c, std::mt19937_64& rng) {
   const uint64_t seed = rng();
   SCOPED_TRACE(describe(c) + " seed " + std::to_string(seed));
-  std::mt19937_64 r(seed);
+  auto d = draw(c, seed);
+  if (!d) return false;
+  auto& [r, nd, x, norm_w, xhat] = *d;
   const uint32_t B = c.batch, C = c.cols;
   const bool swiglu = c.epilogue == MatvecEpilogue::kSwiGlu, add = c.epilogue == MatvecEpilogue::kAdd;
-  std::vector<float> x, norm_w;
-  std::vector<double> xhat;
-  if (!random_inputs(c, r, x, norm_w, xhat)) return false;
-  std::normal_distribution<float> nd(0.0f, 1.0f);  // residuals
 
   ops::MatvecCall call;
   call.cols = C;
@@ -250,14 +257,12 @@ namespace {
 bool check_columns(vk::Device& dev, const ops::Matvec& op, const Case& c, std::mt19937_64& rng) {
   const uint64_t seed = rng();
   SCOPED_TRACE(describe(c) + " against batch-1 calls, seed " + std::to_string(seed));
-  std::mt19937_64 r(seed);
+  auto d = draw(c, seed);
+  if (!d) return false;
+  auto& [r, nd, x, norm_w, xhat] = *d;
   const uint32_t B = c.batch, C = c.cols;
   const bool swiglu = c.epilogue == MatvecEpilogue::kSwiGlu, add = c.epilogue == MatvecEpilogue::kAdd;
   const size_t n_out = swiglu ? 1 : c.mats.size();
-  std::vector<float> x, norm_w;
-  std::vector<double> xhat;
-  if (!random_inputs(c, r, x, norm_w, xhat)) return false;
-  std::normal_distribution<float> nd(0.0f, 1.0f);  // residuals
   auto xb = upload(dev, x.data(), x.size() * 4);
   EXPECT_TRUE(xb.ok());
   if (!xb.ok()) return false;

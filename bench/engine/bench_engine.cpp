@@ -2,7 +2,7 @@
 // beside llama.cpp's numbers and the decode bandwidth limit from ../shared/docs/TARGETS.md (H100).
 //
 //   build/bench/engine/bench_engine --model M.gguf [--model M2.gguf ...] [--depth 16384] [--reps 3]
-//                                   [--json FILE] [--profile] [--decode-only] [--tg 128]
+//                                   [--json FILE] [--profile] [--decode-only] [--tg 128] [--streams 1,2,4,8]
 //
 //   pp512     one step of 512 prompt tokens on an empty sequence (best of --reps)
 //   pp4096    4096 prompt tokens in steps of 512 (chunked prefill), tokens / total time
@@ -18,6 +18,9 @@
 // before the GPU gets its first piece, last submit + wait) and the GPU time (timestamps). The decode
 // line covers the warm-up's 4 steps, tg128 and tg64 at depth. --decode-only skips pp512 and pp4096
 // (warm-up: a 16-token prompt), --tg N sets the decode steps of the tg row (e.g. on lavapipe).
+// --streams LIST adds a table of concurrent decode: for each N, N sequences (16-token prompts) decode
+// --tg steps together, one token each per step (one engine step of N tokens, as the scheduler runs
+// them), and the row gives the aggregate tok/s, tok/s per stream and the aggregate over one stream's.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -41,6 +44,7 @@ namespace {
 struct Row {
   std::string model, file;
   double pp512 = 0, pp4096 = 0, tg128 = 0, tg16k = 0, pp16k = 0;
+  std::vector<std::pair<uint32_t, double>> streams;  // (concurrent sequences, aggregate decode tok/s)
 };
 
 // llama.cpp on the same H100 and the same synthetic files (TARGETS.md, 2026-11-22), and the decode
@@ -95,11 +99,50 @@ Result<double> decode(engine::Engine& e, engine::SeqId seq, int32_t first, uint3
   return secs(t0);
 }
 
-Result<Row> bench(const std::string& path, uint32_t depth, int reps, bool decode_only, uint32_t tg) {
+// n sequences decode `steps` tokens each, all in one engine step per token; returns seconds.
+Result<double> decode_together(engine::Engine& e, uint32_t n, uint32_t steps, std::mt19937& rng) {
+  std::vector<engine::SeqId> seqs;
+  std::vector<int32_t> next(n);
+  auto close_all = [&] {
+    for (auto s : seqs) e.close_sequence(s);
+  };
+  for (uint32_t i = 0; i < n; ++i) {
+    auto s = e.open_sequence();
+    if (!s.ok()) {
+      close_all();
+      return s.status();
+    }
+    seqs.push_back(*s);
+    auto p = prefill(e, *s, random_tokens(16, rng), 512, &next[i]);
+    if (!p.ok()) {
+      close_all();
+      return p.status();
+    }
+  }
+  std::vector<engine::StepInput> in(n);
+  for (uint32_t i = 0; i < n; ++i) in[i].seq = seqs[i];
+  auto one_step = [&]() -> Status {
+    for (uint32_t i = 0; i < n; ++i) in[i].tokens = std::span<const int32_t>(&next[i], 1);
+    auto out = e.step(in);
+    if (!out.ok()) return out.status();
+    for (uint32_t i = 0; i < n; ++i) next[i] = (*out)[i].token;
+    return Status::Ok();
+  };
+  Status st = one_step();  // warm-up: the pipelines of this batch shape
+  const auto t0 = Clock::now();
+  for (uint32_t k = 0; st.ok() && k < steps; ++k) st = one_step();
+  const double t = secs(t0);
+  close_all();
+  if (!st.ok()) return st;
+  return t;
+}
+
+Result<Row> bench(const std::string& path, uint32_t depth, int reps, bool decode_only, uint32_t tg,
+                  const std::vector<uint32_t>& streams) {
   engine::EngineOptions o;
   o.model_path = path;
   o.n_ctx = std::max<uint32_t>(4096, depth + 128);
-  o.max_sequences = 1;
+  o.max_sequences = std::max<uint32_t>(1, streams.empty() ? 1 : *std::max_element(streams.begin(), streams.end()));
   o.max_batch_tokens = 512;
   o.progress = true;
   auto loaded = engine::Engine::load(o);
@@ -162,6 +205,12 @@ Result<Row> bench(const std::string& path, uint32_t depth, int reps, bool decode
     std::fprintf(stderr, "%s: prefill to %u %.0f tok/s, tg64 there %.1f tok/s\n", row.model.c_str(), depth, row.pp16k,
                  row.tg16k);
   }
+  for (uint32_t n : streams) {
+    auto t = decode_together(e, n, tg, rng);
+    if (!t.ok()) return t.status();
+    row.streams.emplace_back(n, double(n) * tg / *t);
+    std::fprintf(stderr, "%s: %u streams %.1f tok/s together\n", row.model.c_str(), n, row.streams.back().second);
+  }
   return row;
 }
 
@@ -176,6 +225,7 @@ bool write_json(const std::string& path, const std::vector<Row>& rows, uint32_t 
         {"model", r.model}, {"file", r.file}, {"pp512", r.pp512}, {"pp4096", r.pp4096}, {"tg128", r.tg128}};
     if (r.tg16k > 0) j[fmt::format("tg64@{}", depth)] = r.tg16k;
     if (r.pp16k > 0) j[fmt::format("pp@{}", depth)] = r.pp16k;
+    for (const auto& [n, tps] : r.streams) j["streams"][std::to_string(n)] = tps;  // aggregate tok/s
     doc["results"].push_back(j);
   }
   std::ofstream out(path);
@@ -193,6 +243,7 @@ int main(int argc, char** argv) {
   std::string json_path;
   bool profile = false, decode_only = false;
   uint32_t tg = 128;
+  std::vector<uint32_t> streams;
   app.add_option("--model", models, "GGUF model(s) to measure")->required();
   app.add_option("--depth", depth, "Prompt depth for the long-context decode (0: skip)");
   app.add_option("--reps", reps, "Repetitions of pp512 (best kept)");
@@ -200,13 +251,16 @@ int main(int argc, char** argv) {
   app.add_flag("--profile", profile, "Log host and GPU counters per step when each engine closes (TROVE_PROFILE=steps)");
   app.add_flag("--decode-only", decode_only, "Skip pp512 and pp4096");
   app.add_option("--tg", tg, "Decode steps of the tg row (default 128)")->check(CLI::Range(1u, 100000u));
+  app.add_option("--streams", streams, "Concurrent decode: sequences decoding together (e.g. 1,2,4,8)")
+      ->delimiter(',')
+      ->check(CLI::Range(1u, 64u));
   CLI11_PARSE(app, argc, argv);
   if (profile) setenv("TROVE_PROFILE", "steps", /*overwrite=*/0);
 
   std::vector<Row> rows;
   std::string device;
   for (const auto& m : models) {
-    auto r = bench(m, depth, reps, decode_only, tg);
+    auto r = bench(m, depth, reps, decode_only, tg, streams);
     if (!r.ok()) {
       std::fprintf(stderr, "bench_engine: %s: %s\n", m.c_str(), r.status().ToString().c_str());
       return 1;
@@ -229,6 +283,14 @@ int main(int argc, char** argv) {
   }
   for (const auto& r : rows) {
     if (r.pp16k > 0) std::printf("\n%s: prefill to depth %u ran at %.0f tok/s\n", r.model.c_str(), depth, r.pp16k);
+  }
+  for (const auto& r : rows) {
+    if (r.streams.empty()) continue;
+    const double one = r.streams.front().first == 1 ? r.streams.front().second : r.tg128;
+    std::printf("\n| %s | streams | aggregate tok/s | tok/s per stream | aggregate / one stream |\n", r.model.c_str());
+    std::printf("|---|---|---|---|---|\n");
+    for (const auto& [n, tps] : r.streams)
+      std::printf("| | %u | %.1f | %.1f | %.2f× |\n", n, tps, tps / n, one > 0 ? tps / one : 0.0);
   }
   if (!json_path.empty() && !write_json(json_path, rows, depth, reps)) {
     std::fprintf(stderr, "bench_engine: could not write --json file '%s'\n", json_path.c_str());

@@ -245,8 +245,9 @@ class VulkanEngine final : public Engine {
   std::string renderer_error_;
   uint32_t n_ctx_ = 0, max_tokens_ = 0, logit_rows_ = 0;
   // TROVE_PROFILE=1: per-step GPU phase times in the log. TROVE_PROFILE=ops: GPU time per op kind,
-  // summed over the engine's life separately for decode steps (<= Matvec::kMaxBatch tokens) and longer
-  // steps, logged as a table when the engine closes (bench_engine prints it).
+  // summed over the engine's life separately for decode steps of each size (1..Matvec::kMaxBatch
+  // tokens: a batched step's cost is what speculative verification and concurrent streams pay) and
+  // for longer steps, logged as tables when the engine closes (bench_engine prints them).
   enum OpKind : uint8_t { kOpEmbed, kOpQkv, kOpQkNorm, kOpRope, kOpKvWrite, kOpAttention, kOpO, kOpFfnNorm,
                           kOpFfn, kOpMoe, kOpHead, kOpSample, kOpKinds };
   static constexpr const char* kOpNames[kOpKinds] = {"embed", "qkv (+norm)", "q/k norm", "rope", "(q/k norm+rope+) kv write",
@@ -263,7 +264,7 @@ class VulkanEngine final : public Engine {
   }
   bool profile_ = !profile_env().empty() && profile_env() != "ops" && profile_env() != "steps";
   bool profile_ops_ = profile_env() == "ops";
-  OpProfile op_profile_[2];  // [0] decode steps, [1] longer steps
+  OpProfile op_profile_[ops::Matvec::kMaxBatch + 1];  // [T] decode steps of T tokens, [0] longer steps
   void log_op_profile() const;
   // TROVE_PROFILE (any value; "steps" for these alone): per step, what the stream recorded and where
   // the host's time went (vk::StreamCounters), and the GPU time from the step's first to its last
@@ -350,16 +351,17 @@ VulkanEngine::~VulkanEngine() {
 }
 
 void VulkanEngine::log_op_profile() const {
-  for (int k = 0; k < 2; ++k) {
-    const OpProfile& p = op_profile_[k];
+  for (uint32_t k = 1; k <= ops::Matvec::kMaxBatch + 1; ++k) {  // decode steps by size, then the longer ones
+    const OpProfile& p = op_profile_[k % (ops::Matvec::kMaxBatch + 1)];
+    const std::string kind = k <= ops::Matvec::kMaxBatch ? fmt::format("decode steps of {} token{}", k, k == 1 ? "" : "s")
+                                                         : std::string("prefill steps");
     if (p.steps == 0 && p.compile_steps == 0) continue;
     double total = 0;
     for (double v : p.ns) total += v;
     const std::string left_out =
         p.compile_steps ? fmt::format(" ({} steps that compiled pipelines left out)", p.compile_steps) : std::string();
     if (p.steps == 0) {
-      log::info("engine", "TROVE_PROFILE=ops, {} steps: every one compiled pipelines{}", k == 0 ? "decode" : "prefill",
-                left_out);
+      log::info("engine", "TROVE_PROFILE=ops, {}: every one compiled pipelines{}", kind, left_out);
       continue;
     }
     std::string table;
@@ -367,8 +369,8 @@ void VulkanEngine::log_op_profile() const {
       if (p.ns[i] == 0) continue;
       table += fmt::format("\n  {:<20} {:9.1f} us/step {:5.1f}%", kOpNames[i], p.ns[i] / 1e3 / p.steps, 100 * p.ns[i] / total);
     }
-    log::info("engine", "TROVE_PROFILE=ops, {} steps ({} steps, {} tokens{}): {:.1f} us GPU per step{}",
-              k == 0 ? "decode" : "prefill", p.steps, p.tokens, left_out, total / 1e3 / p.steps, table);
+    log::info("engine", "TROVE_PROFILE=ops, {} ({} steps, {} tokens{}): {:.1f} us GPU per step{}", kind, p.steps,
+              p.tokens, left_out, total / 1e3 / p.steps, table);
   }
 }
 
@@ -1498,7 +1500,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     }
     if (profile_ops_) {
       const std::vector<double> ts = s.timestamps_ns();
-      OpProfile& p = op_profile_[T <= ops::Matvec::kMaxBatch ? 0 : 1];
+      OpProfile& p = op_profile_[T <= ops::Matvec::kMaxBatch ? T : 0];
       if (dev_->pipelines_created() != pipelines_before) {
         // The host compiled pipelines mid-step and the GPU waited for the pieces behind them: that
         // wait would land on whichever op follows (e.g. 2.8 ms a step of "kv write" on the 30B-A3B).

@@ -366,7 +366,8 @@ TEST(Engine, OpProfileLeavesOutStepsThatCompiledPipelines) {
     auto seq = e->open_sequence();
     ASSERT_TRUE(seq.ok());
     std::vector<int32_t> tok = prompt(1, 5);
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < 5; ++i) {
+      if (i == 4) tok = prompt(5, 6);  // then one step of 5 tokens: its own table
       StepInput in;
       in.seq = *seq;
       in.tokens = tok;
@@ -375,13 +376,19 @@ TEST(Engine, OpProfileLeavesOutStepsThatCompiledPipelines) {
       tok = {(*out)[0].token};
     }
   }  // the profile is logged when the engine closes
-  std::string line;
+  // One table per decode step size: of the one-token steps the first compiled pipelines (left out) and
+  // three were measured; the 5-token step is in a table of its own.
+  std::string one, five;
   for (const auto& r : logs.records()) {
-    if (r.message.find("TROVE_PROFILE=ops, decode steps") != std::string::npos) line = r.message;
+    if (r.message.find("TROVE_PROFILE=ops, decode steps of 1 token ") != std::string::npos) one = r.message;
+    if (r.message.find("TROVE_PROFILE=ops, decode steps of 5 tokens") != std::string::npos) five = r.message;
   }
-  ASSERT_FALSE(line.empty()) << "no decode op profile was logged";
-  EXPECT_NE(line.find("steps that compiled pipelines left out"), std::string::npos) << line;
-  EXPECT_NE(line.find("(3 steps, 3 tokens"), std::string::npos) << line;
+  ASSERT_FALSE(one.empty()) << "no op profile of one-token decode steps was logged";
+  EXPECT_NE(one.find("(3 steps, 3 tokens (1 steps that compiled pipelines left out)"), std::string::npos) << one;
+  ASSERT_FALSE(five.empty()) << "no op profile of 5-token steps was logged";
+  EXPECT_TRUE(five.find("(1 steps, 5 tokens") != std::string::npos ||
+              five.find("every one compiled pipelines (1 steps") != std::string::npos)
+      << five;
 }
 
 TEST(Engine, GenerateStopsAtMaxTokensAndReusesThePrefix) {

@@ -427,27 +427,38 @@ Status PagedAttention::record(vk::CommandStream& s, const AttentionCall& c, vk::
   return combine(s, static_cast<uint32_t>(sh.head_dim), c, n_splits, out);
 }
 
+uint32_t PagedAttention::decode_v2_split_keys(const kernels::ref::PagedKvShape& sh) {
+  const uint64_t pool_tokens = uint64_t(std::max<int64_t>(sh.n_blocks, 0)) * uint64_t(std::max<int64_t>(sh.block_size, 0));
+  const uint64_t need = (pool_tokens + kDecodeV2MaxSplits - 1) / kDecodeV2MaxSplits;  // slices of the whole pool
+  return static_cast<uint32_t>(std::max<uint64_t>(kDecodeV2SplitKeys, (need + 31) / 32 * 32));
+}
+
 Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCall& c, vk::BufferRange pool,
                                         vk::BufferRange block_table, vk::BufferRange q, vk::BufferRange out) const {
   const auto& sh = c.shape;
   const uint32_t group = c.n_heads / static_cast<uint32_t>(sh.n_kv_heads), d = static_cast<uint32_t>(sh.head_dim);
   const uint32_t kvh = static_cast<uint32_t>(sh.n_kv_heads), keys = c.start_pos + c.n_tokens;
   const uint32_t lanes = decode_v2_lanes(d), unroll = group * d / lanes <= 32 ? 4 : 2;
-  // Slices: one for a short context, else as many as bring the grid to kDecodeV2TargetGroups.
-  uint32_t n_splits = 1, split_len = keys;
-  if (keys > kDecodeV2OneSplitKeys) {
-    const uint64_t row_bytes = uint64_t{c.n_tokens} * c.n_heads * (d + 2) * 4;
-    const uint64_t want = std::min<uint64_t>({(kDecodeV2TargetGroups + kvh * c.n_tokens - 1) / (kvh * c.n_tokens),
-                                              (keys + kDecodeV2MinSplitKeys - 1) / kDecodeV2MinSplitKeys,
-                                              kDecodeV2MaxSplits, scratch_.size() / row_bytes});
-    split_len = (keys + std::max<uint64_t>(want, 1) - 1) / std::max<uint64_t>(want, 1);
-    split_len = (split_len + 31) / 32 * 32;
-    n_splits = (keys + split_len - 1) / split_len;
-    if (n_splits > 1 && uint64_t{n_splits} * row_bytes > scratch_.size()) {
-      return Status::InvalidArgument(fmt::format("attention: {} tokens over {} keys need {} key slices, more than the "
-                                                 "decode v2 scratch holds; record fewer tokens per call",
-                                                 c.n_tokens, keys, n_splits));
-    }
+  // Key slices of a fixed length (a function of the pool's size alone): slice j is keys
+  // [j·L, (j+1)·L) whatever the step, so a token's partial sums, and the combine's order over them,
+  // do not depend on how many tokens share its step or where the step starts. A verification step of
+  // k tokens gives each token the numbers of a one-token step (greedy speculative decoding is exact;
+  // a slice count chosen from the step's tokens made 6- and 7-token steps differ on the H200).
+  const uint32_t split_len = decode_v2_split_keys(sh);
+  const uint32_t n_splits = (keys + split_len - 1) / split_len;
+  // Tokens per pass: as many as the scratch holds the partials of (all of them, but for very long
+  // pools with many heads).
+  const uint64_t row_bytes = uint64_t{c.n_heads} * n_splits * (d + 2) * 4;
+  const uint32_t per_pass =
+      n_splits == 1 ? c.n_tokens : static_cast<uint32_t>(std::min<uint64_t>(c.n_tokens, scratch_.size() / row_bytes));
+  if (per_pass == 0) {
+    return Status::InvalidArgument(fmt::format("attention: one token over {} keys needs {} key slices of {} keys, more "
+                                               "than the decode v2 scratch ({} bytes) holds",
+                                               keys, n_splits, split_len, scratch_.size()));
+  }
+  if (n_splits > kDecodeV2MaxSplits) {
+    return Status::InvalidArgument(fmt::format("attention: {} keys need {} slices of {} keys, more than the combine's {}",
+                                               keys, n_splits, split_len, kDecodeV2MaxSplits));
   }
   const vk::Pipeline* pipe = nullptr;
   {
@@ -460,15 +471,26 @@ Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCal
     }
     pipe = &it->second;
   }
-  Push push{static_cast<uint32_t>(sh.block_size), kvh, d, c.n_heads, c.start_pos, c.n_tokens, c.scale, n_splits, split_len};
-  vk::BufferRange bufs[5] = {pool, block_table, q, out, scratch_};
-  TROVE_RETURN_IF_ERROR(s.dispatch(*pipe, bufs, &push, sizeof(push), n_splits, kvh, c.n_tokens));
-  if (n_splits == 1) return Status::Ok();
-  s.barrier();
-  CombinePush cp{d, c.n_heads, n_splits};
-  vk::BufferRange cb[2] = {scratch_, out};
-  TROVE_RETURN_IF_ERROR(s.dispatch(combine_v2_, cb, &cp, sizeof(cp), c.n_heads, c.n_tokens));
-  s.barrier();
+  const uint64_t tok_bytes = uint64_t{c.n_heads} * d * 4;  // one token's rows of q and out
+  for (uint32_t t0 = 0; t0 < c.n_tokens; t0 += per_pass) {
+    // A pass over tokens t0 .. t0 + n: their q and out rows, and the causal window from start_pos + t0.
+    const uint32_t n = std::min(per_pass, c.n_tokens - t0);
+    vk::BufferRange qp = q, op = out;
+    qp.offset += t0 * tok_bytes;
+    qp.size = n * tok_bytes;
+    op.offset += t0 * tok_bytes;
+    op.size = n * tok_bytes;
+    Push push{static_cast<uint32_t>(sh.block_size), kvh, d, c.n_heads, c.start_pos + t0, n, c.scale, n_splits,
+              split_len};
+    vk::BufferRange bufs[5] = {pool, block_table, qp, op, scratch_};
+    TROVE_RETURN_IF_ERROR(s.dispatch(*pipe, bufs, &push, sizeof(push), n_splits, kvh, n));
+    if (n_splits == 1) continue;
+    s.barrier();
+    CombinePush cp{d, c.n_heads, n_splits};
+    vk::BufferRange cb[2] = {scratch_, op};
+    TROVE_RETURN_IF_ERROR(s.dispatch(combine_v2_, cb, &cp, sizeof(cp), c.n_heads, n));
+    s.barrier();
+  }
   return Status::Ok();
 }
 

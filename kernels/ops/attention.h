@@ -39,10 +39,10 @@
 // the combine pass. Other shapes keep the per-token kernel.
 // Decode v2 (attention_decode_v2.comp, kAuto's decode kernel when TROVE_ATTENTION_DECODE=v2; v1, the
 // above, by default): one pass with an online softmax, kL lanes reading a K/V row together with
-// 16-byte loads, several keys in flight per lane, Q·K summed by subgroup shuffles; one slice (no
-// combine dispatch) up to kDecodeV2OneSplitKeys keys, else slices of >= kDecodeV2MinSplitKeys keys
-// bringing the grid to kDecodeV2TargetGroups, merged by attention_combine_v2.comp (the splits spread
-// over the workgroup). Needs subgroup shuffles; same G / head_dim limits as v1 with
+// 16-byte loads, several keys in flight per lane, Q·K summed by subgroup shuffles; key slices of a
+// fixed length (kDecodeV2SplitKeys; one slice, no combine dispatch, up to that many keys) merged by
+// attention_combine_v2.comp (the splits spread over the workgroup): each token gets the same numbers
+// whatever the number of tokens in its step. Needs subgroup shuffles; same G / head_dim limits as v1 with
 // G · head_dim / kL <= 128 (the accumulators live in registers).
 #pragma once
 
@@ -91,11 +91,13 @@ class PagedAttention {
   // Decode kernel: key slices of 32..2048/G keys, as many as bring the grid to this many workgroups
   // (two per SM of an H200-class GPU).
   static constexpr uint32_t kDecodeTargetGroups = 264, kDecodeMinSplitKeys = 32, kDecodeScores = 2048;
-  // Decode v2: one slice up to this many keys (no combine dispatch); else slices of at least
-  // kDecodeV2MinSplitKeys keys (a multiple of 32), as many as bring the grid to kDecodeV2TargetGroups
-  // workgroups (4 per SM of an H200), at most kDecodeV2MaxSplits (the combine's shared memory).
-  static constexpr uint32_t kDecodeV2OneSplitKeys = 256, kDecodeV2MinSplitKeys = 128, kDecodeV2TargetGroups = 528,
-                            kDecodeV2MaxSplits = 1024;
+  // Decode v2: key slices of kDecodeV2SplitKeys keys (more where the pool holds more than
+  // kDecodeV2MaxSplits of them, the combine's shared memory): a fixed length, so that a token's
+  // result does not depend on the other tokens of its step (decode_v2_split_keys). At depth 4096 that
+  // is 33 slices (264 workgroups for 8 KV heads), at 16384 129 (1032).
+  static constexpr uint32_t kDecodeV2SplitKeys = 128, kDecodeV2MaxSplits = 1024;
+  // The slice length of decode v2 for a pool of this shape (a multiple of 32).
+  static uint32_t decode_v2_split_keys(const kernels::ref::PagedKvShape& shape);
   // Whether kAuto's decode kernel is v2 (TROVE_ATTENTION_DECODE=v2 at create()).
   bool decode_v2_default() const { return decode_v2_default_; }
   // The CPU form: queries (tokens x heads of one KV head) per invocation.

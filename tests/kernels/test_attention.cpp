@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <string_view>
@@ -183,6 +184,62 @@ TEST(PagedAttention, DecodeV2MatchesReference) {
   ASSERT_TRUE(s.ok());
   Status st = op->record(*s, {{4, 64, 2, 128}, 6, 0, 1, 1.0f, kV}, *b, *b, *b, *b);  // G 3
   EXPECT_NE(st.message().find("decode v2 path"), std::string::npos) << st.message();
+}
+
+// Decode v2 slices the keys at fixed positions, so a token gets the same bits whether it is the only
+// token of its step or one of k (a speculative verification step must give each drafted position
+// exactly what one-token decoding gives it, or greedy output changes; on the H200 a slice count chosen
+// from the step's token count made 6- and 7-token steps differ). Each token of an 8-token step at
+// depth 1500 (12 slices), against the same token alone at its own position; then at 300 (3 slices, the
+// first tokens with 2) and 60 (one slice).
+TEST(PagedAttention, DecodeV2TokenGetsTheBitsOfAOneTokenStep) {
+  auto dev = open_device();
+  ASSERT_TRUE(dev);
+  auto op = ops::PagedAttention::create(*dev);
+  ASSERT_TRUE(op.ok()) << op.status().ToString();
+  if (!dev->features().subgroup_shuffle) GTEST_SKIP() << "decode v2 needs subgroup shuffles";
+  for (uint32_t start : {1500u, 250u, 60u}) {
+    SCOPED_TRACE(testing::Message() << "start " << start);
+    const uint32_t heads = 32, kvh = 8, dim = 128, bs = 64, T = 8;
+    std::mt19937 rng(start);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    const int64_t used = (start + T + bs - 1) / bs;
+    PagedKvShape shape{used + 2, bs, kvh, dim};
+    std::vector<int32_t> table(used);
+    std::iota(table.begin(), table.end(), 1);
+    std::shuffle(table.begin(), table.end(), rng);
+    std::vector<quant::f16_bits> pool(shape.elements());
+    for (auto& v : pool) v = quant::f32_to_f16(nd(rng));
+    std::vector<float> q(size_t{T} * heads * dim);
+    for (auto& v : q) v = nd(rng);
+    auto kb = dev->buffer(pool.size() * 2), tb = dev->buffer(table.size() * 4), qb = dev->buffer(q.size() * 4),
+         ob = dev->buffer(q.size() * 4);
+    ASSERT_TRUE(kb.ok() && tb.ok() && qb.ok() && ob.ok());
+    ASSERT_TRUE(kb->upload(pool.data(), pool.size() * 2).ok());
+    ASSERT_TRUE(tb->upload(table.data(), table.size() * 4).ok());
+    ASSERT_TRUE(qb->upload(q.data(), q.size() * 4).ok());
+    const uint64_t row = uint64_t{heads} * dim * 4;
+    auto run = [&](uint32_t pos, uint32_t n, uint32_t first) -> std::vector<float> {
+      EXPECT_TRUE(ob->fill(kNaN).ok());
+      auto s = dev->stream();
+      EXPECT_TRUE(s.ok());
+      const ops::AttentionCall call{shape, heads, pos, n, 0.088f, ops::AttentionPath::kDecodeV2};
+      Status st = op->record(*s, call, *kb, *tb, vk::BufferRange(*qb, first * row, n * row),
+                             vk::BufferRange(*ob, 0, n * row));
+      EXPECT_TRUE(st.ok()) << st.ToString();
+      EXPECT_TRUE(s->submit_and_wait().ok());
+      std::vector<float> got(size_t{n} * heads * dim);
+      EXPECT_TRUE(ob->download(got.data(), got.size() * 4).ok());
+      return got;
+    };
+    const std::vector<float> together = run(start, T, 0);
+    for (uint32_t t = 0; t < T; ++t) {
+      const std::vector<float> alone = run(start + t, 1, t);
+      ASSERT_EQ(alone.size(), size_t{heads} * dim);
+      EXPECT_EQ(0, std::memcmp(alone.data(), together.data() + size_t{t} * heads * dim, alone.size() * 4))
+          << "token " << t << " of the 8-token step differs from the same token decoded alone";
+    }
+  }
 }
 
 // The prefill kernels (tiles of query rows = token × the query heads of one KV head) on shapes that

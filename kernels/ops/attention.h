@@ -37,8 +37,8 @@
 // G · head_dim <= 2048): one workgroup per (key slice, KV head, token) serving the G query heads of
 // the KV head, the keys cut into as many slices as bring the grid to kDecodeTargetGroups, merged by
 // the combine pass. Other shapes keep the per-token kernel.
-// Decode v2 (attention_decode_v2.comp, kAuto's decode kernel when TROVE_ATTENTION_DECODE=v2; v1, the
-// above, by default): one pass with an online softmax, kL lanes reading a K/V row together with
+// Decode v2 (attention_decode_v2.comp, kAuto's decode kernel on GPUs; v1, the above, on CPU devices and
+// with TROVE_ATTENTION_DECODE=v1): one pass with an online softmax, kL lanes reading a K/V row together with
 // 16-byte loads, several keys in flight per lane, Q·K summed by subgroup shuffles; key slices of a
 // fixed length (kDecodeV2SplitKeys; one slice, no combine dispatch, up to that many keys) merged by
 // attention_combine_v2.comp (the splits spread over the workgroup): each token gets the same numbers

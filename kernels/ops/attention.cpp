@@ -129,7 +129,7 @@ Result<PagedAttention> PagedAttention::create(vk::Device& dev) {
       return Status::InvalidArgument(fmt::format(
           "attention: TROVE_ATTENTION_DECODE_TOKENS={} is not a number of tokens in 1..64 (steps of at most that many "
           "tokens take the decode kernel where a matrix-unit prefill kernel would run; default {})", e,
-          kPrefillMinTokens - 1));
+          kDecodeMaxTokens));
     }
     op.decode_max_tokens_ = static_cast<uint32_t>(n);
   }

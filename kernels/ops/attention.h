@@ -81,6 +81,12 @@ class PagedAttention {
   // docs/performance.md): the cooperative-matrix one is 2x faster than the per-token split-K kernel
   // from 4 tokens (2 and 3 not measured), the tiled f32 one equal at 4 tokens and 5x faster at 8.
   static constexpr uint32_t kPrefillMinTokens = 4, kPrefillTiledMinTokens = 8;
+  // Steps of up to this many tokens (a speculative verification of up to 7 drafts) take the decode
+  // kernel even where a matrix-unit prefill kernel could run from kPrefillMinTokens: the decode kernels
+  // give each token the numbers of a one-token step (v2: bit for bit), so greedy verification is exact,
+  // and on the H200 (2026-12-03, bench_spec --verify-cost at depth 4096, 8B) a 4-token step took 7.7 ms
+  // against 24.0 through the cm2 prefill kernel. TROVE_ATTENTION_DECODE_TOKENS=N changes it.
+  static constexpr uint32_t kDecodeMaxTokens = 8;
   // Prefill split-K: at most kPrefillMaxSplits key slices of >= kPrefillMinSplitKeys keys, as many as
   // bring the grid to kPrefillTargetGroups workgroups; partials share the scratch (its size bounds the
   // slices). A 512-token chunk (256 workgroups for 32 heads) is not split: splitting it in 2-4 was
@@ -132,8 +138,8 @@ class PagedAttention {
                           vk::BufferRange q, vk::BufferRange out) const;
   bool decode_v2_default_ = false;
   // Steps of at most this many tokens take the decode kernel where a matrix-unit prefill kernel would
-  // run (TROVE_ATTENTION_DECODE_TOKENS; default kPrefillMinTokens - 1).
-  uint32_t decode_max_tokens_ = kPrefillMinTokens - 1;
+  // run (TROVE_ATTENTION_DECODE_TOKENS; default kDecodeMaxTokens).
+  uint32_t decode_max_tokens_ = kDecodeMaxTokens;
   bool has_shuffle_ = false;
   uint32_t subgroup_size_ = 0;
   bool prefill_cpu_usable(const AttentionCall& c) const;

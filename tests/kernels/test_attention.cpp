@@ -384,25 +384,37 @@ TEST(PagedAttention, PrefillCm2MatchesReferenceOrIsRefused) {
 }
 
 // TROVE_ATTENTION_DECODE_TOKENS: steps of at most N tokens take the decode kernel where a matrix-unit
-// prefill kernel would run (1..64; anything else is refused naming the range); with 8, an 8-token step
-// decodes on a device with a matrix-unit prefill kernel (elsewhere the tiled threshold decides).
+// prefill kernel would run (1..64; anything else is refused naming the range). By default 8
+// (kDecodeMaxTokens): an 8-token step decodes; with 2, a 3-token step takes the prefill kernel on a
+// device with a matrix-unit prefill kernel (elsewhere the tiled threshold decides).
 TEST(PagedAttention, TroveAttentionDecodeTokensIsChecked) {
   auto dev = open_device();
   ASSERT_TRUE(dev);
   const char* old = std::getenv("TROVE_ATTENTION_DECODE_TOKENS");
   const std::string saved = old ? old : "";
+  unsetenv("TROVE_ATTENTION_DECODE_TOKENS");
+  auto deflt = ops::PagedAttention::create(*dev);
   setenv("TROVE_ATTENTION_DECODE_TOKENS", "0", 1);
   auto bad = ops::PagedAttention::create(*dev);
-  setenv("TROVE_ATTENTION_DECODE_TOKENS", "8", 1);
-  auto eight = ops::PagedAttention::create(*dev);
+  setenv("TROVE_ATTENTION_DECODE_TOKENS", "2", 1);
+  auto two = ops::PagedAttention::create(*dev);
   if (old) setenv("TROVE_ATTENTION_DECODE_TOKENS", saved.c_str(), 1);
   else unsetenv("TROVE_ATTENTION_DECODE_TOKENS");
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("1..64"), std::string::npos) << bad.status().message();
-  ASSERT_TRUE(eight.ok()) << eight.status().ToString();
-  if (eight->prefill_uses_coopmat() || eight->has_prefill_cm2()) {
-    const auto pick = eight->choose({{4, 64, 2, 128}, 8, 100, 8, 1.0f});
-    EXPECT_TRUE(pick == ops::AttentionPath::kDecode || pick == ops::AttentionPath::kDecodeV2);
+  ASSERT_TRUE(deflt.ok()) << deflt.status().ToString();
+  ASSERT_TRUE(two.ok()) << two.status().ToString();
+  auto decodes = [](ops::AttentionPath p) { return p == ops::AttentionPath::kDecode || p == ops::AttentionPath::kDecodeV2; };
+  EXPECT_EQ(ops::PagedAttention::kDecodeMaxTokens, 8u);
+  if (deflt->prefill_uses_coopmat() || deflt->has_prefill_cm2()) {
+    EXPECT_TRUE(decodes(deflt->choose({{4, 64, 2, 128}, 8, 100, 8, 1.0f})));
+    EXPECT_FALSE(decodes(deflt->choose({{4, 64, 2, 128}, 8, 100, 9, 1.0f})));
+  } else {  // the tiled prefill kernel from kPrefillTiledMinTokens
+    EXPECT_TRUE(decodes(deflt->choose({{4, 64, 2, 128}, 8, 100, 7, 1.0f})));
+  }
+  if (two->prefill_uses_coopmat() || two->has_prefill_cm2()) {
+    EXPECT_TRUE(decodes(two->choose({{4, 64, 2, 128}, 8, 100, 2, 1.0f})));
+    EXPECT_FALSE(decodes(two->choose({{4, 64, 2, 128}, 8, 100, 3, 1.0f})));
   }
 }
 

@@ -138,16 +138,17 @@ struct MoeFfnCall {
 struct MoeTuning {
   // kStaged: moe_experts / moe_down (inputs staged in shared memory, 32-lane row groups); kDirect:
   // moe_experts_direct / moe_down_direct (one subgroup per row group, inputs through the caches, the
-  // down kernel spreading the k experts' row parts over the lanes). kAuto: direct on GPUs with subgroup
-  // arithmetic (subgroups of 4..64 lanes), staged otherwise; TROVE_MOE=staged|direct|q8 overrides.
+  // down kernel spreading the k experts' row parts over the lanes). kAuto: the q8 form (below) on GPUs
+  // with integer dot products, else direct on GPUs with subgroup arithmetic (subgroups of 4..64 lanes),
+  // staged otherwise; TROVE_MOE=staged|direct|q8 overrides.
   // kQ8: the direct form, except that pair-indexed decode steps (MoeFfnCall::by_pair) with Q4_K, Q5_K,
   // Q6_K or Q8_0 experts run moe_experts_q8 / moe_down_q8 — activations rounded to int8 (a scale per
   // 32 values) in shared memory, integer dot products (the dense q8 matvec's code); needs integer dot
   // products (VK_KHR_shader_integer_dot_product). Each kind (gate/up, down) takes it on its own types.
   enum class Form { kAuto, kStaged, kDirect, kQ8 };
   Form form = Form::kAuto;
-  uint32_t gate_up_rows = 0;  // direct and q8 forms: rows per row group (1, 2 or 4; 0 = 1, q8: 2) of gate/up
-  uint32_t down_rows = 0;     // direct and q8 forms: rows per row group of down (1, 2 or 4; 0 = 1, q8: 2)
+  uint32_t gate_up_rows = 0;  // direct and q8 forms: rows per row group (1, 2 or 4; 0 = 1, q8: TROVE_MOE_Q8_ROWS or 1) of gate/up
+  uint32_t down_rows = 0;     // direct and q8 forms: rows per row group of down (1, 2 or 4; 0 = 1, q8: as gate/up)
   uint32_t workgroup = 0;     // direct form: invocations per workgroup (a multiple of the subgroup, <= 1024; 0 = 128)
   // q8 form: the workgroups aimed at in all (each stages its inputs once and walks row blocks; at
   // least one per (token, j) pair for gate/up, per token for down; at most one per row block);
@@ -174,7 +175,9 @@ class MoeFfn {
   bool q8() const;
   // Whether the device can run the q8 form (integer dot products, subgroup arithmetic).
   bool q8_supported() const { return q8_ok_; }
-  static constexpr uint32_t kQ8Workgroups = 512;  // q8 form: the grid aimed at (~4 per SM on the H200)
+  // q8 form: the grid aimed at (~8 per SM on the H200; at 8 tokens 1024 workgroups took the kernels
+  // from 337 to 183 µs a layer against 512, bench_kernels 2026-12-03).
+  static constexpr uint32_t kQ8Workgroups = 1024;
   // Records 2 dispatches (tokens <= kDecodeMaxTokens) or 4, with barriers between them, none before
   // the first or after the last.
   Status record(vk::CommandStream& s, const MoeFfnCall& call) const;
@@ -206,9 +209,9 @@ class MoeFfn {
   uint32_t direct_lanes_ = 0;    // the direct form's row group: the subgroup size (0: no subgroup arithmetic)
   bool direct_default_ = false;  // MoeTuning::Form::kAuto means direct (GPU with subgroups; TROVE_MOE)
   bool q8_ok_ = false;           // integer dot products + subgroup arithmetic: the q8 form can run
-  bool q8_default_ = false;      // MoeTuning::Form::kAuto means q8 (TROVE_MOE=q8)
+  bool q8_default_ = false;      // MoeTuning::Form::kAuto means q8 (GPUs with q8_ok_; TROVE_MOE)
   uint32_t q8_workgroups_ = kQ8Workgroups;  // TROVE_MOE_Q8_WORKGROUPS
-  uint32_t q8_rows_ = 2;                     // q8 form: rows per row group (TROVE_MOE_Q8_ROWS; moe_ffn.cpp)
+  uint32_t q8_rows_ = 1;                     // q8 form: rows per row group (TROVE_MOE_Q8_ROWS; moe_ffn.cpp)
   // The q8 form's dispatches, when the call can take them (false: the caller runs the direct form).
   Result<bool> record_gate_up_q8(vk::CommandStream& s, const MoeFfnCall& call) const;
   Result<bool> record_down_q8(vk::CommandStream& s, const MoeFfnCall& call) const;

@@ -299,33 +299,46 @@ void verify_cost(const std::string& model, uint32_t depth, int reps, const std::
   std::vector<bool> exact(9, true);
   std::vector<std::string> differ(9);  // the positions whose argmax differed, per k
   auto wanted = [&](uint32_t k) { return only_k.empty() || std::find(only_k.begin(), only_k.end(), k) != only_k.end(); };
-  for (uint32_t k = 1; k <= engine::kCheapStepTokens; ++k) {
-    if (!wanted(k)) continue;
+  // One step of k tokens g[0..k) after the context, checked against g[1..k], then rolled back; seconds.
+  auto verify = [&](uint32_t k) -> double {
     const std::vector<int32_t> fed(g.begin(), g.begin() + k);
-    std::vector<double> times;
-    for (int r = 0; r < reps + 1; ++r) {  // the first one compiles pipelines
-      engine::StepInput in;
-      in.seq = *seq;
-      in.tokens = fed;
-      in.all_tokens = k > 1;
-      in.provisional = k - 1;
-      const auto t0 = Clock::now();
-      auto out = e->step(std::span<const engine::StepInput>(&in, 1));
-      const double t = secs(t0);
-      if (!out.ok()) die(out.status().message());
-      const auto& got = k > 1 ? (*out)[0].tokens : std::vector<int32_t>{(*out)[0].token};
-      if (got != std::vector<int32_t>(g.begin() + 1, g.begin() + 1 + k) && exact[k]) {
-        exact[k] = false;
-        for (uint32_t j = 1; j <= k; ++j) {
-          if (j - 1 < got.size() && got[j - 1] == g[j]) continue;
-          differ[k] += fmt::format(" {} (one-token top-2 margin {:.4g}, logits sd {:.3g})", j, margin[j], spread[j]);
-        }
+    engine::StepInput in;
+    in.seq = *seq;
+    in.tokens = fed;
+    in.all_tokens = k > 1;
+    in.provisional = k - 1;
+    const auto t0 = Clock::now();
+    auto out = e->step(std::span<const engine::StepInput>(&in, 1));
+    const double t = secs(t0);
+    if (!out.ok()) die(out.status().message());
+    const auto& got = k > 1 ? (*out)[0].tokens : std::vector<int32_t>{(*out)[0].token};
+    if (got != std::vector<int32_t>(g.begin() + 1, g.begin() + 1 + k) && exact[k]) {
+      exact[k] = false;
+      for (uint32_t j = 1; j <= k; ++j) {
+        if (j - 1 < got.size() && got[j - 1] == g[j]) continue;
+        differ[k] += fmt::format(" {} (one-token top-2 margin {:.4g}, logits sd {:.3g})", j, margin[j], spread[j]);
       }
-      if (Status st = e->truncate(*seq, depth); !st.ok()) die(st.message());
-      if (r > 0) times.push_back(t);
     }
-    std::sort(times.begin(), times.end());
-    ms[k] = times[times.size() / 2] * 1e3;
+    if (Status st = e->truncate(*seq, depth); !st.ok()) die(st.message());
+    return t;
+  };
+  std::vector<uint32_t> ks;
+  for (uint32_t k = 1; k <= engine::kCheapStepTokens; ++k) {
+    if (wanted(k)) ks.push_back(k);
+  }
+  // A first round compiles every k's pipelines; then ~1 s of steps brings the GPU to its working
+  // clocks, and the measured rounds take the k in turn, so a change of clocks or of anything else
+  // on the machine during the run falls on every k alike (one k after the other, the H200's medians
+  // swung 2-5x between runs).
+  for (uint32_t k : ks) verify(k);
+  for (const auto warm = Clock::now(); secs(warm) < 1.0;) verify(1);
+  std::vector<std::vector<double>> times(engine::kCheapStepTokens + 1);
+  for (int r = 0; r < reps; ++r) {
+    for (uint32_t k : ks) times[k].push_back(verify(k));
+  }
+  for (uint32_t k : ks) {
+    std::sort(times[k].begin(), times[k].end());
+    ms[k] = times[k][times[k].size() / 2] * 1e3;
   }
   std::printf("\n%s on %s, %u tokens of context: target step time for k tokens (k - 1 drafts verified), median of %d\n",
               e->config().name.c_str(), e->device_name().c_str(), depth, reps);

@@ -181,7 +181,7 @@ struct SchedulerObserver {
 struct SchedulerOptions {
   engine::SpecMethod speculative = engine::SpecMethod::kOff;  // for requests that do not say
   engine::Engine* draft = nullptr;  // the draft model (same tokenizer), driven by the scheduler's thread
-  // Drafts per sequence and step at most (1..engine::kMaxDraftTokens); engine::kDefaultMaxDraft (1)
+  // Drafts per sequence and step at most (1..engine::kMaxDraftTokens); engine::kDefaultMaxDraft (3)
   // by default — why: engine/runtime/speculative.h.
   uint32_t max_draft = engine::kDefaultMaxDraft;
 };

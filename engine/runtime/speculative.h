@@ -52,12 +52,14 @@ SpecMethod default_spec_method(const Engine& target);
 // widest step whose weights are read once for all columns (verifying costs close to one decode step).
 constexpr uint32_t kMaxDraftTokens = 7;
 constexpr uint32_t kCheapStepTokens = 8;
-// Drafts per step that trove run and trove serve allow by default: 1. On the H200 (2026-12-03,
-// bench_spec --verify-cost --depth 4096, docs/performance.md) a step of k = 2 tokens costs 1.14x one
-// token on the 8B and 1.30x on the 30B-A3B, worth 1.2-1.4x at the 60-70% acceptance of agent text;
-// k = 3..8 cost 2.2-9x (the 8B's batched matvecs at batch 3-8 are not understood yet), a loss at any
-// acceptance agent text gives.
-constexpr uint32_t kDefaultMaxDraft = 1;
+// Drafts per step that trove run and trove serve allow by default: 3 (adaptive k, capped by it,
+// drops on a rejection). On the H200 (2026-12-03, bench_spec --verify-cost --depth 4096, with the decode
+// attention kernel up to 8 tokens and the MoE q8 form; docs/performance.md) a step of k = 4 tokens costs
+// 1.50x one token on the 8B and 1.66x on the 30B-A3B (k = 2: 1.11x / 1.23x), every k's argmax equal to
+// one-token decoding: at 60% acceptance per draft k = 4 is worth as much as k = 2 (1.45x / 1.31x), at
+// 70-80% more (1.5-2.0x against 1.4-1.6x). Larger k pays only at higher acceptance (30B-A3B k = 8: 2.44x
+// a token).
+constexpr uint32_t kDefaultMaxDraft = 3;
 
 // Prompt lookup: the tokens that followed the most recent earlier occurrence of the longest suffix of
 // `history` (min_ngram..max_ngram tokens), at most k of them. Empty when nothing matches.

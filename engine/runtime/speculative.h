@@ -53,12 +53,12 @@ SpecMethod default_spec_method(const Engine& target);
 constexpr uint32_t kMaxDraftTokens = 7;
 constexpr uint32_t kCheapStepTokens = 8;
 // Drafts per step that trove run and trove serve allow by default: 3 (adaptive k, capped by it,
-// drops on a rejection). On the H200 (2026-12-03, bench_spec --verify-cost --depth 4096, with the decode
-// attention kernel up to 8 tokens and the MoE q8 form; docs/performance.md) a step of k = 4 tokens costs
-// 1.50x one token on the 8B and 1.66x on the 30B-A3B (k = 2: 1.11x / 1.23x), every k's argmax equal to
-// one-token decoding: at 60% acceptance per draft k = 4 is worth as much as k = 2 (1.45x / 1.31x), at
-// 70-80% more (1.5-2.0x against 1.4-1.6x). Larger k pays only at higher acceptance (30B-A3B k = 8: 2.44x
-// a token).
+// drops on a rejection). On the H200 (2026-12-03 07:07, bench_spec --verify-cost --depth 4096, with the
+// decode attention kernel up to 8 tokens and the MoE q8 form; docs/performance.md) a step of k = 4
+// tokens costs 1.52x one token on the 8B and 1.62x on the 30B-A3B (k = 2: 1.13x / 1.20x), every k's
+// argmax equal to one-token decoding: at 60% acceptance per draft k = 4 is worth as much as k = 2
+// (1.44x / 1.35x against 1.41x / 1.34x), at 70-80% more (1.6-1.95x against 1.4-1.6x). Larger k pays
+// only at higher acceptance (k = 8: 2.2-2.4x a token).
 constexpr uint32_t kDefaultMaxDraft = 3;
 
 // Prompt lookup: the tokens that followed the most recent earlier occurrence of the longest suffix of

@@ -185,7 +185,6 @@ Result<MoeFfn> MoeFfn::create(vk::Device& dev, uint32_t slots_per_pass, bool gpu
   // together 659.9 against 498.7; verifying 8 tokens at depth 4096 14.5 ms (argmax equal to one-token
   // decoding at every k).
   op.q8_default_ = op.q8_ok_ && !f.is_cpu;
-  op.direct_default_ = op.direct_default_ || op.q8_default_;
   if (const char* v = std::getenv("TROVE_MOE_Q8_WORKGROUPS"); v && *v) {
     char* end = nullptr;
     const unsigned long n = std::strtoul(v, &end, 10);

@@ -133,6 +133,18 @@ Result<PagedAttention> PagedAttention::create(vk::Device& dev) {
     }
     op.decode_max_tokens_ = static_cast<uint32_t>(n);
   }
+  // TROVE_ATTENTION_SPLIT_KEYS=N: decode v2's slice length (a multiple of 32 in 32..4096; default
+  // kDecodeV2SplitKeys), for A/B. Any fixed length keeps a token's numbers independent of its step.
+  if (const char* e = std::getenv("TROVE_ATTENTION_SPLIT_KEYS"); e && *e) {
+    char* end = nullptr;
+    const unsigned long n = std::strtoul(e, &end, 10);
+    if (*end != '\0' || n < 32 || n > 4096 || n % 32 != 0) {
+      return Status::InvalidArgument(fmt::format(
+          "attention: TROVE_ATTENTION_SPLIT_KEYS={} is not a multiple of 32 in 32..4096 (keys per decode v2 slice; "
+          "default {})", e, kDecodeV2SplitKeys));
+    }
+    op.decode_v2_min_keys_ = static_cast<uint32_t>(n);
+  }
   op.scratch_ = std::move(*scratch);
   op.decode_ = std::make_unique<DecodePipelines>();
   op.decode_->dev = &dev;
@@ -427,10 +439,10 @@ Status PagedAttention::record(vk::CommandStream& s, const AttentionCall& c, vk::
   return combine(s, static_cast<uint32_t>(sh.head_dim), c, n_splits, out);
 }
 
-uint32_t PagedAttention::decode_v2_split_keys(const kernels::ref::PagedKvShape& sh) {
+uint32_t PagedAttention::decode_v2_split_keys(const kernels::ref::PagedKvShape& sh, uint32_t min_keys) {
   const uint64_t pool_tokens = uint64_t(std::max<int64_t>(sh.n_blocks, 0)) * uint64_t(std::max<int64_t>(sh.block_size, 0));
   const uint64_t need = (pool_tokens + kDecodeV2MaxSplits - 1) / kDecodeV2MaxSplits;  // slices of the whole pool
-  return static_cast<uint32_t>(std::max<uint64_t>(kDecodeV2SplitKeys, (need + 31) / 32 * 32));
+  return static_cast<uint32_t>(std::max<uint64_t>(min_keys, (need + 31) / 32 * 32));
 }
 
 Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCall& c, vk::BufferRange pool,
@@ -444,7 +456,7 @@ Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCal
   // do not depend on how many tokens share its step or where the step starts. A verification step of
   // k tokens gives each token the numbers of a one-token step (greedy speculative decoding is exact;
   // a slice count chosen from the step's tokens made 6- and 7-token steps differ on the H200).
-  const uint32_t split_len = decode_v2_split_keys(sh);
+  const uint32_t split_len = decode_v2_split_keys(sh, decode_v2_min_keys_);
   const uint32_t n_splits = (keys + split_len - 1) / split_len;
   // Tokens per pass: as many as the scratch holds the partials of (all of them, but for very long
   // pools with many heads).

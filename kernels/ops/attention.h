@@ -102,8 +102,9 @@ class PagedAttention {
   // result does not depend on the other tokens of its step (decode_v2_split_keys). At depth 4096 that
   // is 33 slices (264 workgroups for 8 KV heads), at 16384 129 (1032).
   static constexpr uint32_t kDecodeV2SplitKeys = 128, kDecodeV2MaxSplits = 1024;
-  // The slice length of decode v2 for a pool of this shape (a multiple of 32).
-  static uint32_t decode_v2_split_keys(const kernels::ref::PagedKvShape& shape);
+  // The slice length of decode v2 for a pool of this shape (a multiple of 32): min_keys, more where
+  // the pool holds more than kDecodeV2MaxSplits slices of it.
+  static uint32_t decode_v2_split_keys(const kernels::ref::PagedKvShape& shape, uint32_t min_keys = kDecodeV2SplitKeys);
   // Whether kAuto's decode kernel is v2 (TROVE_ATTENTION_DECODE=v2 at create()).
   bool decode_v2_default() const { return decode_v2_default_; }
   // The CPU form: queries (tokens x heads of one KV head) per invocation.
@@ -140,6 +141,7 @@ class PagedAttention {
   // Steps of at most this many tokens take the decode kernel where a matrix-unit prefill kernel would
   // run (TROVE_ATTENTION_DECODE_TOKENS; default kDecodeMaxTokens).
   uint32_t decode_max_tokens_ = kDecodeMaxTokens;
+  uint32_t decode_v2_min_keys_ = kDecodeV2SplitKeys;  // TROVE_ATTENTION_SPLIT_KEYS
   bool has_shuffle_ = false;
   uint32_t subgroup_size_ = 0;
   bool prefill_cpu_usable(const AttentionCall& c) const;

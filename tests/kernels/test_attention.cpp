@@ -387,6 +387,28 @@ TEST(PagedAttention, PrefillCm2MatchesReferenceOrIsRefused) {
 // prefill kernel would run (1..64; anything else is refused naming the range). By default 8
 // (kDecodeMaxTokens): an 8-token step decodes; with 2, a 3-token step takes the prefill kernel on a
 // device with a matrix-unit prefill kernel (elsewhere the tiled threshold decides).
+// TROVE_ATTENTION_SPLIT_KEYS (decode v2's slice length, for A/B) takes multiples of 32 in 32..4096;
+// the pool rule still lengthens the slices of pools beyond kDecodeV2MaxSplits of them.
+TEST(PagedAttention, TroveAttentionSplitKeysIsChecked) {
+  auto dev = open_device();
+  ASSERT_TRUE(dev);
+  const char* old = std::getenv("TROVE_ATTENTION_SPLIT_KEYS");
+  const std::string saved = old ? old : "";
+  setenv("TROVE_ATTENTION_SPLIT_KEYS", "100", 1);
+  auto bad = ops::PagedAttention::create(*dev);
+  setenv("TROVE_ATTENTION_SPLIT_KEYS", "256", 1);
+  auto good = ops::PagedAttention::create(*dev);
+  if (old) setenv("TROVE_ATTENTION_SPLIT_KEYS", saved.c_str(), 1);
+  else unsetenv("TROVE_ATTENTION_SPLIT_KEYS");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("multiple of 32 in 32..4096"), std::string::npos) << bad.status().message();
+  ASSERT_TRUE(good.ok()) << good.status().ToString();
+  kernels::ref::PagedKvShape small{64, 16, 8, 128}, huge{65536, 16, 8, 128};  // 1,024 and 1,048,576 tokens
+  EXPECT_EQ(ops::PagedAttention::decode_v2_split_keys(small), 128u);
+  EXPECT_EQ(ops::PagedAttention::decode_v2_split_keys(small, 256), 256u);
+  EXPECT_EQ(ops::PagedAttention::decode_v2_split_keys(huge, 256), 1024u);
+}
+
 TEST(PagedAttention, TroveAttentionDecodeTokensIsChecked) {
   auto dev = open_device();
   ASSERT_TRUE(dev);

@@ -116,7 +116,6 @@ struct Matvec::State {
   };
   std::map<uint64_t, Ring> rings;  // guarded by mu
   uint32_t q8_waves = 4;          // q8 form: workgroups per SM walking the row blocks (TROVE_MATVEC_Q8_WAVES)
-  uint32_t q8_unroll = 1;         // q8/q8p forms: parts per lane in flight (TROVE_MATVEC_Q8_UNROLL)
   uint32_t batched_rows = 0;      // rows per row group of batch 2..8 q8/q8p calls (TROVE_MATVEC_BATCHED_ROWS; 0: default)
   uint32_t waves = 8;             // workgroups of 512 invocations per SM when x fits one tile
                                   // (TROVE_MATVEC_WAVES overrides: 0 = one workgroup per row block)
@@ -149,7 +148,7 @@ struct Matvec::State {
     }
     if (k.direct >= 2) {  // q8 (2) and q8p (3) forms: constant ids 0..9 of matvec_q8.glsl
       auto p = dev->pipeline({k.direct == 3 ? "matvec_q8p" : "matvec_q8",
-                              {k.wg, k.lanes, k.nb, k.rows, k.swiglu, k.tile, k.mats, k.type0, k.type1, k.type2, k.unroll},
+                              {k.wg, k.lanes, k.nb, k.rows, k.swiglu, k.tile, k.mats, k.type0, k.type1, k.type2},
                               sizeof(Push), 8, k.wg});
       if (!p.ok()) return p.status();
       return &pipelines.emplace(k, std::move(*p)).first->second;
@@ -220,15 +219,6 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
       return Status::InvalidArgument(fmt::format("TROVE_MATVEC_Q8_WAVES='{}' is not a number of workgroups per SM (1..64)", w));
     }
     op.st_->q8_waves = static_cast<uint32_t>(v);
-  }
-  // TROVE_MATVEC_Q8_UNROLL=1|2|4|8: parts of a row each lane loads before it multiplies the first
-  // (matvec_q8_parts.glsl, walk_u): more bytes in flight per lane at the cost of registers.
-  if (const char* w = std::getenv("TROVE_MATVEC_Q8_UNROLL"); w && *w) {
-    const std::string_view v(w);
-    if (v != "1" && v != "2" && v != "4" && v != "8") {
-      return Status::InvalidArgument(fmt::format("TROVE_MATVEC_Q8_UNROLL='{}' is not 1, 2, 4 or 8 (parts in flight per lane)", w));
-    }
-    op.st_->q8_unroll = static_cast<uint32_t>(v[0] - '0');
   }
   // TROVE_MATVEC_BATCHED=f32|q8|q8p: the form of calls with 2..8 batch columns (speculative
   // verification, several streams), whatever TROVE_MATVEC says for the rest. With q8 at batch 1 (the
@@ -404,10 +394,6 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
                                                rows_per_group, wg, g));
   }
   const uint32_t rows_per_wg = wg / g * rows_per_group;
-  const uint32_t q8_unroll = tn.q8_unroll ? tn.q8_unroll : st_->q8_unroll;
-  if (q8_unroll != 1 && q8_unroll != 2 && q8_unroll != 4 && q8_unroll != 8) {
-    return Status::InvalidArgument(fmt::format("matvec: tuning q8_unroll {} is not 1, 2, 4 or 8", q8_unroll));
-  }
 
   Push push{};
   push.cols = call.cols;
@@ -487,7 +473,7 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
     if (!qp.ok()) return qp.status();
     auto p = st_->pipeline({wg, call.batch, rows_per_group, swiglu ? 1u : 0u, q8_tile, call.n_mats, push.type[0],
                             call.n_mats > 1 ? push.type[1] : push.type[0], call.n_mats > 2 ? push.type[2] : push.type[0],
-                            q8_unroll, sg, g, 3u});
+                            1u, sg, g, 3u});
     if (!p.ok()) return p.status();
     const uint32_t qpush[5] = {call.cols, push.flags, std::bit_cast<uint32_t>(call.eps), call.batch, q8_tile};
     const vk::BufferRange qbufs[3] = {call.x, bufs[1], *sl};
@@ -522,7 +508,7 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
     push.grid = static_cast<uint32_t>(grid);
     auto p = st_->pipeline({wg, call.batch, rows_per_group, swiglu ? 1u : 0u, q8_tile, call.n_mats, push.type[0],
                             call.n_mats > 1 ? push.type[1] : push.type[0], call.n_mats > 2 ? push.type[2] : push.type[0],
-                            q8_unroll, sg, g, 2u});
+                            1u, sg, g, 2u});
     if (!p.ok()) return p.status();
     return s.dispatch(**p, bufs, &push, sizeof(push), gx, gy);
   }

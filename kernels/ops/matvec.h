@@ -100,8 +100,6 @@ struct MatvecTuning {
                                  // down to a multiple of 256; default: what shared memory holds)
   uint32_t workgroups = 0;       // when x fits one tile: at most this many workgroups walk the row
                                  // blocks (default: 8 per SM of 512 invocations, TROVE_MATVEC_WAVES; CPU: one per block)
-  uint32_t q8_unroll = 0;        // q8/q8p forms: parts of a row each lane loads before multiplying: 1, 2,
-                                 // 4 or 8 (default TROVE_MATVEC_Q8_UNROLL, else 1)
   bool gpu_form = false;         // on a CPU device, compile the GPUs' form: unrolled loops over batch
                                  // columns and subgroupAdd (lavapipe spends seconds per pipeline on it)
   enum class Form { kAuto, kF32, kStaged, kDirect, kQ8, kQ8P };  // kF32: kAuto without q8 (TROVE_MATVEC=f32)

@@ -40,8 +40,6 @@ layout(constant_id = 6) const uint kMats = 3u;         // weight bindings in use
 layout(constant_id = 7) const uint kType0 = 12u;       // weight type id of each matrix (ggml ids)
 layout(constant_id = 8) const uint kType1 = 12u;
 layout(constant_id = 9) const uint kType2 = 12u;
-layout(constant_id = 10) const uint kQ8Unroll = 1u;     // parts per lane in flight (walk_u); 1: walk
-#define MV_Q8_UNROLL
 const uint kWG = gl_WorkGroupSize.x;
 const uint kGroups = kWG / kG;
 const uint kNS = kR * (kSwiGlu + 1u);
@@ -84,16 +82,6 @@ uint ww(uint m, uint i) {
 }
 
 #include "matvec_q8_parts.glsl"
-
-// The walk of one matrix type: walk_u where the host asked for several parts in flight (it sets
-// kQ8Unroll only where every slot of a call has one type), else walk.
-void walk_any(uint type, uint lane, uint cols) {
-  if (kQ8Unroll > 1u) {
-    walk_u(type, lane, cols);
-  } else {
-    walk(type, lane, cols);
-  }
-}
 
 void write_out(uint m, uint i, float v, float u, bool add) {
   if (kSwiGlu != 0u) {
@@ -153,18 +141,18 @@ void main() {
     if (kSwiGlu == 0u) {
       if (kMats == 1u || m == 0u) {
         [[unroll]] for (uint s = 0u; s < kNS; ++s) slot_mat[s] = 0u;
-        walk_any(kType0, lane, pc.cols);
+        walk(kType0, lane, pc.cols);
       } else if (kMats == 2u || m == 1u) {
         [[unroll]] for (uint s = 0u; s < kNS; ++s) slot_mat[s] = 1u;
-        walk_any(kType1, lane, pc.cols);
+        walk(kType1, lane, pc.cols);
       } else {
         [[unroll]] for (uint s = 0u; s < kNS; ++s) slot_mat[s] = 2u;
-        walk_any(kType2, lane, pc.cols);
+        walk(kType2, lane, pc.cols);
       }
     } else {
       [[unroll]] for (uint s = 0u; s < kNS; ++s) slot_mat[s] = s / kR;
       if (kType0 == kType1) {
-        walk_any(kType0, lane, pc.cols);
+        walk(kType0, lane, pc.cols);
       } else {  // gate and up of different types: one pass each
         [[unroll]] for (uint s = 0u; s < kNS; ++s) live[s] = lv[s] && s < kR;
         walk(kType0, lane, pc.cols);

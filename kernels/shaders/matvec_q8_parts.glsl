@@ -19,9 +19,6 @@
 
 const uint kQ8_0 = 8u, kQ4_K = 12u, kQ5_K = 13u, kQ6_K = 14u;
 bool has_type(uint t) { return (kTypeMask & (1u << t)) != 0u; }
-#ifndef MV_Q8_UNROLL
-const uint kQ8Unroll = 1u;  // parts per lane in flight in walk_u (matvec_q8.glsl: a constant id)
-#endif
 
 // Column b's int8 values (16 per uvec4) at SQ(sqi(b·kTileVals/16 + i)), its scales per 32 values at
 // SD(b·kTileVals/64 ..) (two per vec2: a Q4_K/Q5_K part's two sub-blocks in one load), d·Σq per 16
@@ -55,6 +52,16 @@ uint row_off[kNS];   // byte offset of each slot's row in its matrix
 uint slot_mat[kNS];  // the slot's matrix
 bool live[kNS];
 
+// The 8 bytes at 2-byte-aligned offset o.
+uvec2 wu64(uint mat, uint o) {
+  const uint i = o >> 2u, odd = (o >> 1u) & 1u;
+  const uint a = ww(mat, i), b = ww(mat, i + 1u);
+  const uint c = ww(mat, i + 1u + odd);
+  return odd == 0u ? uvec2(a, b) : uvec2((a >> 16u) | (b << 16u), (b >> 16u) | (c << 16u));
+}
+float wf16(uint mat, uint o) { return unpackHalf2x16(ww(mat, o >> 2u) >> ((o & 2u) * 8u)).x; }
+float wi8(uint mat, uint o) { return float(bitfieldExtract(int(ww(mat, o >> 2u)), int((o & 3u) * 8u), 8)); }
+
 int dp(uint a, uint b) { return dotPacked4x8EXT(int(a), int(b)); }
 float sd_at(uint i) { return SD(i >> 1u)[i & 1u]; }
 // The 8 int8 values of batch column b starting at tile value v (a multiple of 8).
@@ -65,29 +72,27 @@ uvec2 x8(uint b, uint v) {
 
 #include "k4_scales.glsl"
 
-// ---- Q4_K / Q5_K, part m of super-block sb: the loads of one slot (its header, the part's 16 code
-// bytes and with q5 the high bits), then the arithmetic of all live slots on what was loaded.
-void load_k45(bool q5, uint sb, uint m, uint s, out uvec4 hd, out uvec4 q, out uvec4 qh) {
-  const uint blk = (row_off[s] >> 4u) + sb * (q5 ? 11u : 9u);
-  hd = wq(slot_mat[s], blk);
-  q = wq(slot_mat[s], blk + (q5 ? 3u : 1u) + m);
-  qh = q5 ? wq(slot_mat[s], blk + 1u + (m & 1u)) : uvec4(0u);
-}
-void use_k45(bool q5, uint sb, uint m, uvec4 hd[kNS], uvec4 q[kNS], uvec4 qh[kNS]) {
+// ---- Q4_K / Q5_K, part m of super-block sb.
+void part_k45(bool q5, uint sb, uint m) {
   const uint j = m >> 1u, h = m & 1u;
+  const uint units = q5 ? 11u : 9u;
   uvec4 lo[kNS], hi[kNS];
   vec4 c[kNS];  // d·sc (low, high), dmin·mn (low, high)
   [[unroll]] for (uint s = 0u; s < kNS; ++s) {
     if (!live[s]) continue;
+    const uint blk = (row_off[s] >> 4u) + sb * units;
+    const uvec4 hd = wq(slot_mat[s], blk);
+    const uvec4 q = wq(slot_mat[s], blk + (q5 ? 3u : 1u) + m);
     uint sc, mn;
-    k4_scales(hd[s], j, sc, mn);
-    const vec2 dm = unpackHalf2x16(hd[s].x);
+    k4_scales(hd, j, sc, mn);
+    const vec2 dm = unpackHalf2x16(hd.x);
     c[s] = vec4(dm.x * float(sc & 0xFFu), dm.x * float(sc >> 8u), dm.y * float(mn & 0xFFu), dm.y * float(mn >> 8u));
-    lo[s] = q[s] & 0x0F0F0F0Fu;
-    hi[s] = (q[s] >> 4u) & 0x0F0F0F0Fu;
+    lo[s] = q & 0x0F0F0F0Fu;
+    hi[s] = (q >> 4u) & 0x0F0F0F0Fu;
     if (q5) {
-      lo[s] |= ((qh[s] >> (2u * j)) & 0x01010101u) << 4u;
-      hi[s] |= ((qh[s] >> (2u * j + 1u)) & 0x01010101u) << 4u;
+      const uvec4 qh = wq(slot_mat[s], blk + 1u + h);
+      lo[s] |= ((qh >> (2u * j)) & 0x01010101u) << 4u;
+      hi[s] |= ((qh >> (2u * j + 1u)) & 0x01010101u) << 4u;
     }
   }
   const uint vl = sb * 256u + 64u * j + 16u * h;  // first value of the low run; the high run is 32 on
@@ -105,13 +110,6 @@ void use_k45(bool q5, uint sb, uint m, uvec4 hd[kNS], uvec4 q[kNS], uvec4 qh[kNS
     }
   }
 }
-void part_k45(bool q5, uint sb, uint m) {
-  uvec4 hd[kNS], q[kNS], qh[kNS];
-  [[unroll]] for (uint s = 0u; s < kNS; ++s) {
-    if (live[s]) load_k45(q5, sb, m, s, hd[s], q[s], qh[s]);
-  }
-  use_k45(q5, sb, m, hd, q, qh);
-}
 
 // Signed bytes q − 32 of four 6-bit codes (one per byte).
 uint q6_signed(uint q) {
@@ -119,39 +117,19 @@ uint q6_signed(uint q) {
   return t | ((t & 0x20202020u) * 6u);       // extend it into bits 6 and 7 (0x20 · 6 = 0xC0, no carry)
 }
 
-// ---- Q6_K, part p of super-block sb: the words one slot's part needs (its rows are only 2-byte
-// aligned: 8 bytes at a 2-byte offset span three words), then the arithmetic of all live slots.
-// Raw words: ql.xyz and qh.xyz (wu64's three), d.x the word of the f16 scale, d.y and d.z the words of
-// the two sub-block scales.
-uvec3 w3(uint mat, uint o) {
-  const uint i = o >> 2u;
-  return uvec3(ww(mat, i), ww(mat, i + 1u), ww(mat, i + 1u + ((o >> 1u) & 1u)));  // no word past the 8 bytes
-}
-uvec2 w64of(uvec3 w, uint o) {
-  return ((o >> 1u) & 1u) == 0u ? w.xy : uvec2((w.x >> 16u) | (w.y << 16u), (w.y >> 16u) | (w.z << 16u));
-}
-void load_q6k(uint sb, uint p, uint s, out uvec3 ql, out uvec3 qh, out uvec3 d) {
-  const uint n = p >> 3u, r = (p >> 2u) & 1u, lq = p & 3u;
-  const uint blk = row_off[s] + sb * 210u;
-  ql = w3(slot_mat[s], blk + 8u * p);
-  qh = w3(slot_mat[s], blk + 128u + 32u * n + 8u * lq);
-  const uint so = blk + 192u + 8u * n + (lq >> 1u) + 2u * r;
-  d = uvec3(ww(slot_mat[s], (blk + 208u) >> 2u), ww(slot_mat[s], so >> 2u), ww(slot_mat[s], (so + 4u) >> 2u));
-}
-void use_q6k(uint sb, uint p, uvec3 rql[kNS], uvec3 rqh[kNS], uvec3 rd[kNS]) {
+// ---- Q6_K, part p of super-block sb.
+void part_q6k(uint sb, uint p) {
   const uint n = p >> 3u, r = (p >> 2u) & 1u, lq = p & 3u;
   uvec2 lo[kNS], hi[kNS];
   vec2 c[kNS];  // d·scale (low run, high run)
   [[unroll]] for (uint s = 0u; s < kNS; ++s) {
     if (!live[s]) continue;
     const uint blk = row_off[s] + sb * 210u;
-    const uvec2 ql = w64of(rql[s], blk + 8u * p);
-    const uvec2 qh = w64of(rqh[s], blk + 128u + 32u * n + 8u * lq) >> (2u * r);
+    const uvec2 ql = wu64(slot_mat[s], blk + 8u * p);
+    const uvec2 qh = wu64(slot_mat[s], blk + 128u + 32u * n + 8u * lq) >> (2u * r);
     const uint so = blk + 192u + 8u * n + (lq >> 1u) + 2u * r;
-    const float d = unpackHalf2x16(rd[s].x >> (((blk + 208u) & 2u) * 8u)).x;
-    const float s0 = float(bitfieldExtract(int(rd[s].y), int((so & 3u) * 8u), 8));
-    const float s1 = float(bitfieldExtract(int(rd[s].z), int(((so + 4u) & 3u) * 8u), 8));
-    c[s] = vec2(d * s0, d * s1);
+    const float d = wf16(slot_mat[s], blk + 208u);
+    c[s] = vec2(d * wi8(slot_mat[s], so), d * wi8(slot_mat[s], so + 4u));
     [[unroll]] for (uint i = 0u; i < 2u; ++i) {
       lo[s][i] = q6_signed((ql[i] & 0x0F0F0F0Fu) | ((qh[i] & 0x03030303u) << 4u));
       hi[s][i] = q6_signed(((ql[i] >> 4u) & 0x0F0F0F0Fu) | (((qh[i] >> 4u) & 0x03030303u) << 4u));
@@ -169,29 +147,16 @@ void use_q6k(uint sb, uint p, uvec3 rql[kNS], uvec3 rqh[kNS], uvec3 rd[kNS]) {
     }
   }
 }
-void part_q6k(uint sb, uint p) {
-  uvec3 ql[kNS], qh[kNS], d[kNS];
-  [[unroll]] for (uint s = 0u; s < kNS; ++s) {
-    if (live[s]) load_q6k(sb, p, s, ql[s], qh[s], d[s]);
-  }
-  use_q6k(sb, p, ql, qh, d);
-}
 
-// ---- Q8_0, part q of block bl: raw words w.xyz (the 8 code bytes at a 2-byte offset) and the f16
-// scale's word d, then the arithmetic.
-void load_q8(uint bl, uint q, uint s, out uvec3 w, out uint d) {
-  const uint blk = row_off[s] + bl * 34u;
-  w = w3(slot_mat[s], blk + 2u + 8u * q);
-  d = ww(slot_mat[s], blk >> 2u);
-}
-void use_q8(uint bl, uint q, uvec3 rw[kNS], uint rd[kNS]) {
+// ---- Q8_0, part q of block bl.
+void part_q8(uint bl, uint q) {
   uvec2 w[kNS];
   float c[kNS];
   [[unroll]] for (uint s = 0u; s < kNS; ++s) {
     if (!live[s]) continue;
     const uint blk = row_off[s] + bl * 34u;
-    w[s] = w64of(rw[s], blk + 2u + 8u * q);
-    c[s] = unpackHalf2x16(rd[s] >> ((blk & 2u) * 8u)).x;
+    w[s] = wu64(slot_mat[s], blk + 2u + 8u * q);
+    c[s] = wf16(slot_mat[s], blk);
   }
   const uint v = bl * 32u + 8u * q;
   [[unroll]] for (uint b = 0u; b < kNB; ++b) {
@@ -201,14 +166,6 @@ void use_q8(uint bl, uint q, uvec3 rw[kNS], uint rd[kNS]) {
       if (live[s]) acc[b][s] += c[s] * dx * float(dp(w[s].x, x.x) + dp(w[s].y, x.y));
     }
   }
-}
-void part_q8(uint bl, uint q) {
-  uvec3 w[kNS];
-  uint d[kNS];
-  [[unroll]] for (uint s = 0u; s < kNS; ++s) {
-    if (live[s]) load_q8(bl, q, s, w[s], d[s]);
-  }
-  use_q8(bl, q, w, d);
 }
 
 // Every part of the live slots' rows (of `type`, `cols` values), strided over the lanes.
@@ -224,87 +181,13 @@ void walk(uint type, uint lane, uint cols) {
   }
 }
 
-uint q8_parts_of(uint type, uint cols) {
+// Parts of a row of `cols` values of `type`, and part p of the live slots' rows (for callers that
+// spread the parts of several rows' sets over the lanes themselves: moe_down_q8.comp).
+uint q8_parts(uint type, uint cols) {
   if (type == kQ4_K || type == kQ5_K) return cols >> 5u;
   if (type == kQ6_K) return cols >> 4u;
   return cols >> 3u;
 }
-// walk() with kQ8Unroll parts per lane in flight: the loads of kQ8Unroll parts (every slot, dead
-// ones included) are issued before the arithmetic of the first, so a lane keeps kQ8Unroll times the
-// bytes in flight (the decode matvec is bound by the loads' latency, not by their bandwidth). Dead
-// slots must point at a readable row of the walked type (row_off 0 of a matrix of that type): the
-// includer runs it only where every slot's matrix has `type`. Lanes of one subgroup run the same
-// number of iterations (the subgroupAdd after the walk needs them all).
-uvec4 u_a[kQ8Unroll][kNS], u_b[kQ8Unroll][kNS], u_c[kQ8Unroll][kNS];
-void walk_u(uint type, uint lane, uint cols) {
-  const uint n = q8_parts_of(type, cols), step = kQ8Unroll * kG;
-  uint it = lane;
-  if (has_type(kQ4_K) && type == kQ4_K || has_type(kQ5_K) && type == kQ5_K) {
-    const bool q5 = type == kQ5_K;
-    for (; it + (kQ8Unroll - 1u) * kG < n; it += step) {
-      [[unroll]] for (uint u = 0u; u < kQ8Unroll; ++u) {
-        const uint p = it + u * kG;
-        [[unroll]] for (uint s = 0u; s < kNS; ++s) load_k45(q5, p >> 3u, p & 7u, s, u_a[u][s], u_b[u][s], u_c[u][s]);
-      }
-      [[unroll]] for (uint u = 0u; u < kQ8Unroll; ++u) {
-        const uint p = it + u * kG;
-        use_k45(q5, p >> 3u, p & 7u, u_a[u], u_b[u], u_c[u]);
-      }
-    }
-    for (; it < n; it += kG) part_k45(q5, it >> 3u, it & 7u);
-  } else if (has_type(kQ6_K) && type == kQ6_K) {
-    for (; it + (kQ8Unroll - 1u) * kG < n; it += step) {
-      [[unroll]] for (uint u = 0u; u < kQ8Unroll; ++u) {
-        const uint p = it + u * kG;
-        [[unroll]] for (uint s = 0u; s < kNS; ++s) {
-          uvec3 ql, qh, d;
-          load_q6k(p >> 4u, p & 15u, s, ql, qh, d);
-          u_a[u][s] = uvec4(ql, 0u);
-          u_b[u][s] = uvec4(qh, 0u);
-          u_c[u][s] = uvec4(d, 0u);
-        }
-      }
-      [[unroll]] for (uint u = 0u; u < kQ8Unroll; ++u) {
-        const uint p = it + u * kG;
-        uvec3 ql[kNS], qh[kNS], d[kNS];
-        [[unroll]] for (uint s = 0u; s < kNS; ++s) {
-          ql[s] = u_a[u][s].xyz;
-          qh[s] = u_b[u][s].xyz;
-          d[s] = u_c[u][s].xyz;
-        }
-        use_q6k(p >> 4u, p & 15u, ql, qh, d);
-      }
-    }
-    for (; it < n; it += kG) part_q6k(it >> 4u, it & 15u);
-  } else if (has_type(kQ8_0) && type == kQ8_0) {
-    for (; it + (kQ8Unroll - 1u) * kG < n; it += step) {
-      [[unroll]] for (uint u = 0u; u < kQ8Unroll; ++u) {
-        const uint p = it + u * kG;
-        [[unroll]] for (uint s = 0u; s < kNS; ++s) {
-          uvec3 w;
-          uint d;
-          load_q8(p >> 2u, p & 3u, s, w, d);
-          u_a[u][s] = uvec4(w, d);
-        }
-      }
-      [[unroll]] for (uint u = 0u; u < kQ8Unroll; ++u) {
-        const uint p = it + u * kG;
-        uvec3 w[kNS];
-        uint d[kNS];
-        [[unroll]] for (uint s = 0u; s < kNS; ++s) {
-          w[s] = u_a[u][s].xyz;
-          d[s] = u_a[u][s].w;
-        }
-        use_q8(p >> 2u, p & 3u, w, d);
-      }
-    }
-    for (; it < n; it += kG) part_q8(it >> 2u, it & 3u);
-  }
-}
-
-// Parts of a row of `cols` values of `type`, and part p of the live slots' rows (for callers that
-// spread the parts of several rows' sets over the lanes themselves: moe_down_q8.comp).
-uint q8_parts(uint type, uint cols) { return q8_parts_of(type, cols); }
 void q8_part(uint type, uint p) {
   if (has_type(kQ4_K) && type == kQ4_K) {
     part_k45(false, p >> 3u, p & 7u);

@@ -553,55 +553,6 @@ TEST_F(Matvec, Q8PassForm) {
   ASSERT_TRUE(run({512, 1, true, MatvecEpilogue::kStore, set_a(0)}));  // F32/F16/BF16: the direct form, 1e-5
 }
 
-// Several parts in flight per lane (MatvecTuning::q8_unroll, TROVE_MATVEC_Q8_UNROLL: walk_u in
-// matvec_q8_parts.glsl loads 2, 4 or 8 parts before the arithmetic of the first) in the q8 and q8p
-// forms. 2560 columns: the unrolled loop runs and leaves a remainder for the plain one (80 Q4_K/Q5_K
-// parts, 160 Q6_K, 320 Q8_0 over 32 lanes); rows past the end of a matrix (dead slots) load row 0;
-// gate and up of different types take the plain walk. Against the float64 reference, bound 2e-2.
-TEST_F(Matvec, Q8PartsInFlight) {
-  if (!dev_->features().integer_dot_product || !dev_->features().subgroup_arithmetic) {
-    GTEST_SKIP() << "the device lacks integer dot products or subgroup arithmetic (the q8 form is refused there)";
-  }
-  auto q8 = [](Case c) {
-    c.bound = 2e-2;
-    return c;
-  };
-  // Two (unroll, form) pairs: every case is a pipeline lavapipe compiles for seconds.
-  using F = ops::MatvecTuning::Form;
-  for (auto [u, form] : {std::pair{8u, F::kQ8}, std::pair{2u, F::kQ8P}}) {
-    {
-      SCOPED_TRACE(fmt::format("{} parts in flight, {}", u, form == ops::MatvecTuning::Form::kQ8 ? "q8" : "q8p"));
-      ops::MatvecTuning t = f32();
-      t.form = form;
-      t.q8_unroll = u;
-      op_->set_tuning(t);
-      ASSERT_TRUE(run(q8({2560, 1, true, MatvecEpilogue::kStore, {{G::Q8_0, 37}, {G::Q4_K, 70}, {G::Q5_K, 19}}})));
-      ASSERT_TRUE(run(q8({2560, 1, false, MatvecEpilogue::kAdd, {{G::Q6_K, 45}}})));
-      ASSERT_TRUE(run(q8({2560, 2, true, MatvecEpilogue::kSwiGlu, {{G::Q4_K, 45}, {G::Q4_K, 45}}})));
-      ASSERT_TRUE(run(q8({2560, 1, true, MatvecEpilogue::kSwiGlu, {{G::Q5_K, 45}, {G::Q6_K, 45}}})));
-      ASSERT_TRUE(run(q8({2560, 3, true, MatvecEpilogue::kAdd, set_c(4)})));
-    }
-  }
-}
-
-// A q8_unroll other than 1, 2, 4, 8 is refused by name on every device (before the form is chosen).
-TEST_F(Matvec, Q8PartsInFlightOutsideTheChoicesAreRefused) {
-  ops::MatvecTuning bad = f32();
-  bad.q8_unroll = 3;
-  op_->set_tuning(bad);
-  auto x = dev_->buffer(512 * 4), y = dev_->buffer(64 * 4), w = dev_->buffer(64 * 288);
-  ASSERT_TRUE(x.ok() && y.ok() && w.ok());
-  auto s = dev_->stream();
-  ASSERT_TRUE(s.ok());
-  ops::MatvecCall c;
-  c.cols = 512;
-  c.x = *x;
-  c.mats[0] = {G::Q4_K, 64, vk::BufferRange(*w), vk::BufferRange(*y), 0};
-  Status st = op_->record(*s, c);
-  ASSERT_FALSE(st.ok());
-  EXPECT_NE(st.message().find("q8_unroll 3"), std::string::npos) << st.message();
-}
-
 // The q8 form at batch 6-8 gives every column the numbers a batch-1 call gives it (H200, 2026-12-03:
 // bench_spec --verify-cost with TROVE_MATVEC=q8 found the batched argmax different from one token
 // per step at k >= 6). Shapes whose batch · cols int8 exceed shared memory at that batch but not at

@@ -133,17 +133,19 @@ Result<PagedAttention> PagedAttention::create(vk::Device& dev) {
     }
     op.decode_max_tokens_ = static_cast<uint32_t>(n);
   }
-  // TROVE_ATTENTION_SPLIT_KEYS=N: decode v2's slice length (a multiple of 32 in 32..4096; default
-  // kDecodeV2SplitKeys), for A/B. Any fixed length keeps a token's numbers independent of its step.
+  // TROVE_ATTENTION_SPLIT_KEYS=N: decode v2's slices N keys long at every depth (a multiple of 32 in
+  // 32..4096; longer where the pool needs it), for A/B against the default lengths that grow with the
+  // depth (decode_v2_slice_keys). Either keeps a token's numbers independent of its step.
   if (const char* e = std::getenv("TROVE_ATTENTION_SPLIT_KEYS"); e && *e) {
     char* end = nullptr;
     const unsigned long n = std::strtoul(e, &end, 10);
     if (*end != '\0' || n < 32 || n > 4096 || n % 32 != 0) {
       return Status::InvalidArgument(fmt::format(
-          "attention: TROVE_ATTENTION_SPLIT_KEYS={} is not a multiple of 32 in 32..4096 (keys per decode v2 slice; "
-          "default {})", e, kDecodeV2SplitKeys));
+          "attention: TROVE_ATTENTION_SPLIT_KEYS={} is not a multiple of 32 in 32..4096 (keys per decode v2 slice at "
+          "every depth; unset: {} keys, doubled until a token's keys are at most {} slices)", e, kDecodeV2SplitKeys,
+          kDecodeV2TargetSlices));
     }
-    op.decode_v2_min_keys_ = static_cast<uint32_t>(n);
+    op.decode_v2_fixed_keys_ = static_cast<uint32_t>(n);
   }
   op.scratch_ = std::move(*scratch);
   op.decode_ = std::make_unique<DecodePipelines>();
@@ -445,33 +447,30 @@ uint32_t PagedAttention::decode_v2_split_keys(const kernels::ref::PagedKvShape& 
   return static_cast<uint32_t>(std::max<uint64_t>(min_keys, (need + 31) / 32 * 32));
 }
 
+uint32_t PagedAttention::decode_v2_slice_keys(const kernels::ref::PagedKvShape& sh, uint32_t keys, uint32_t min_keys) {
+  uint32_t len = decode_v2_split_keys(sh, min_keys);
+  // Powers of two from the floor up until the token's keys are at most kDecodeV2TargetSlices slices.
+  while (uint64_t{len} * kDecodeV2TargetSlices < keys && len < (1u << 30)) len *= 2;
+  return len;
+}
+
 Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCall& c, vk::BufferRange pool,
                                         vk::BufferRange block_table, vk::BufferRange q, vk::BufferRange out) const {
   const auto& sh = c.shape;
   const uint32_t group = c.n_heads / static_cast<uint32_t>(sh.n_kv_heads), d = static_cast<uint32_t>(sh.head_dim);
-  const uint32_t kvh = static_cast<uint32_t>(sh.n_kv_heads), keys = c.start_pos + c.n_tokens;
+  const uint32_t kvh = static_cast<uint32_t>(sh.n_kv_heads);
   const uint32_t lanes = decode_v2_lanes(d), unroll = group * d / lanes <= 32 ? 4 : 2;
-  // Key slices of a fixed length (a function of the pool's size alone): slice j is keys
-  // [j·L, (j+1)·L) whatever the step, so a token's partial sums, and the combine's order over them,
-  // do not depend on how many tokens share its step or where the step starts. A verification step of
-  // k tokens gives each token the numbers of a one-token step (greedy speculative decoding is exact;
-  // a slice count chosen from the step's tokens made 6- and 7-token steps differ on the H200).
-  const uint32_t split_len = decode_v2_split_keys(sh, decode_v2_min_keys_);
-  const uint32_t n_splits = (keys + split_len - 1) / split_len;
-  // Tokens per pass: as many as the scratch holds the partials of (all of them, but for very long
-  // pools with many heads).
-  const uint64_t row_bytes = uint64_t{c.n_heads} * n_splits * (d + 2) * 4;
-  const uint32_t per_pass =
-      n_splits == 1 ? c.n_tokens : static_cast<uint32_t>(std::min<uint64_t>(c.n_tokens, scratch_.size() / row_bytes));
-  if (per_pass == 0) {
-    return Status::InvalidArgument(fmt::format("attention: one token over {} keys needs {} key slices of {} keys, more "
-                                               "than the decode v2 scratch ({} bytes) holds",
-                                               keys, n_splits, split_len, scratch_.size()));
-  }
-  if (n_splits > kDecodeV2MaxSplits) {
-    return Status::InvalidArgument(fmt::format("attention: {} keys need {} slices of {} keys, more than the combine's {}",
-                                               keys, n_splits, split_len, kDecodeV2MaxSplits));
-  }
+  // Key slices of a length that is a function of the pool's size and of the token's own key count
+  // alone (decode_v2_slice_keys; TROVE_ATTENTION_SPLIT_KEYS fixes it): slice j is keys [j·L, (j+1)·L)
+  // whatever the step, so a token's partial sums, and the combine's order over them, do not depend on
+  // how many tokens share its step or where the step starts. A verification step of k tokens gives each
+  // token the numbers of a one-token step (greedy speculative decoding is exact; a slice count chosen
+  // from the step's tokens made 6- and 7-token steps differ on the H200). Tokens of a step whose
+  // lengths differ (the step crosses a power-of-two boundary) run in separate passes.
+  auto slice_len = [&](uint32_t t) {  // token t of the step has start_pos + t + 1 keys
+    return decode_v2_fixed_keys_ ? decode_v2_split_keys(sh, decode_v2_fixed_keys_)
+                                 : decode_v2_slice_keys(sh, c.start_pos + t + 1);
+  };
   const vk::Pipeline* pipe = nullptr;
   {
     std::lock_guard<std::mutex> lock(decode_->mu);
@@ -484,24 +483,47 @@ Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCal
     pipe = &it->second;
   }
   const uint64_t tok_bytes = uint64_t{c.n_heads} * d * 4;  // one token's rows of q and out
-  for (uint32_t t0 = 0; t0 < c.n_tokens; t0 += per_pass) {
-    // A pass over tokens t0 .. t0 + n: their q and out rows, and the causal window from start_pos + t0.
-    const uint32_t n = std::min(per_pass, c.n_tokens - t0);
-    vk::BufferRange qp = q, op = out;
-    qp.offset += t0 * tok_bytes;
-    qp.size = n * tok_bytes;
-    op.offset += t0 * tok_bytes;
-    op.size = n * tok_bytes;
-    Push push{static_cast<uint32_t>(sh.block_size), kvh, d, c.n_heads, c.start_pos + t0, n, c.scale, n_splits,
-              split_len};
-    vk::BufferRange bufs[5] = {pool, block_table, qp, op, scratch_};
-    TROVE_RETURN_IF_ERROR(s.dispatch(*pipe, bufs, &push, sizeof(push), n_splits, kvh, n));
-    if (n_splits == 1) continue;
-    s.barrier();
-    CombinePush cp{d, c.n_heads, n_splits};
-    vk::BufferRange cb[2] = {scratch_, op};
-    TROVE_RETURN_IF_ERROR(s.dispatch(combine_v2_, cb, &cp, sizeof(cp), c.n_heads, n));
-    s.barrier();
+  for (uint32_t g0 = 0; g0 < c.n_tokens;) {
+    // Tokens g0 .. g1 - 1 share a slice length; their last one has the most keys.
+    const uint32_t split_len = slice_len(g0);
+    uint32_t g1 = g0 + 1;
+    while (g1 < c.n_tokens && slice_len(g1) == split_len) ++g1;
+    const uint32_t keys = c.start_pos + g1;
+    const uint32_t n_splits = (keys + split_len - 1) / split_len;
+    if (n_splits > kDecodeV2MaxSplits) {
+      return Status::InvalidArgument(fmt::format("attention: {} keys need {} slices of {} keys, more than the combine's {}",
+                                                 keys, n_splits, split_len, kDecodeV2MaxSplits));
+    }
+    // Tokens per pass: as many as the scratch holds the partials of (all of them, but for very long
+    // pools with many heads).
+    const uint64_t row_bytes = uint64_t{c.n_heads} * n_splits * (d + 2) * 4;
+    const uint32_t per_pass =
+        n_splits == 1 ? g1 - g0 : static_cast<uint32_t>(std::min<uint64_t>(g1 - g0, scratch_.size() / row_bytes));
+    if (per_pass == 0) {
+      return Status::InvalidArgument(fmt::format("attention: one token over {} keys needs {} key slices of {} keys, more "
+                                                 "than the decode v2 scratch ({} bytes) holds",
+                                                 keys, n_splits, split_len, scratch_.size()));
+    }
+    for (uint32_t t0 = g0; t0 < g1; t0 += per_pass) {
+      // A pass over tokens t0 .. t0 + n: their q and out rows, and the causal window from start_pos + t0.
+      const uint32_t n = std::min(per_pass, g1 - t0);
+      vk::BufferRange qp = q, op = out;
+      qp.offset += t0 * tok_bytes;
+      qp.size = n * tok_bytes;
+      op.offset += t0 * tok_bytes;
+      op.size = n * tok_bytes;
+      Push push{static_cast<uint32_t>(sh.block_size), kvh, d, c.n_heads, c.start_pos + t0, n, c.scale, n_splits,
+                split_len};
+      vk::BufferRange bufs[5] = {pool, block_table, qp, op, scratch_};
+      TROVE_RETURN_IF_ERROR(s.dispatch(*pipe, bufs, &push, sizeof(push), n_splits, kvh, n));
+      if (n_splits == 1) continue;
+      s.barrier();
+      CombinePush cp{d, c.n_heads, n_splits};
+      vk::BufferRange cb[2] = {scratch_, op};
+      TROVE_RETURN_IF_ERROR(s.dispatch(combine_v2_, cb, &cp, sizeof(cp), c.n_heads, n));
+      s.barrier();
+    }
+    g0 = g1;
   }
   return Status::Ok();
 }

@@ -40,8 +40,8 @@
 // Decode v2 (attention_decode_v2.comp, kAuto's decode kernel on GPUs; v1, the above, on CPU devices and
 // with TROVE_ATTENTION_DECODE=v1): one pass with an online softmax, kL lanes reading a K/V row together with
 // 16-byte loads, several keys in flight per lane, Q·K summed by subgroup shuffles; key slices of a
-// fixed length (kDecodeV2SplitKeys; one slice, no combine dispatch, up to that many keys) merged by
-// attention_combine_v2.comp (the splits spread over the workgroup): each token gets the same numbers
+// length fixed by the token's key count (kDecodeV2SplitKeys, doubled at depth: decode_v2_slice_keys;
+// one slice, no combine dispatch, up to that many keys) merged by attention_combine_v2.comp (the splits spread over the workgroup): each token gets the same numbers
 // whatever the number of tokens in its step. Needs subgroup shuffles; same G / head_dim limits as v1 with
 // G · head_dim / kL <= 128 (the accumulators live in registers).
 #pragma once
@@ -97,14 +97,19 @@ class PagedAttention {
   // Decode kernel: key slices of 32..2048/G keys, as many as bring the grid to this many workgroups
   // (two per SM of an H200-class GPU).
   static constexpr uint32_t kDecodeTargetGroups = 264, kDecodeMinSplitKeys = 32, kDecodeScores = 2048;
-  // Decode v2: key slices of kDecodeV2SplitKeys keys (more where the pool holds more than
-  // kDecodeV2MaxSplits of them, the combine's shared memory): a fixed length, so that a token's
-  // result does not depend on the other tokens of its step (decode_v2_split_keys). At depth 4096 that
-  // is 33 slices (264 workgroups for 8 KV heads), at 16384 129 (1032).
-  static constexpr uint32_t kDecodeV2SplitKeys = 128, kDecodeV2MaxSplits = 1024;
-  // The slice length of decode v2 for a pool of this shape (a multiple of 32): min_keys, more where
+  // Decode v2: key slices of kDecodeV2SplitKeys keys, doubled until the token's keys are at most
+  // kDecodeV2TargetSlices slices (and longer where the pool holds more than kDecodeV2MaxSplits of
+  // them, the combine's shared memory). The length depends on the pool and on the token's own key
+  // count, never on the other tokens of its step, so a token's result is the same alone and in a
+  // step (decode_v2_slice_keys). The 8B on the H200 (2026-12-03, tg64): 128 keys best at depth 4096,
+  // 256 at 16384, 512 at 32768 — 32 to 64 slices (256 to 512 workgroups for 8 KV heads).
+  static constexpr uint32_t kDecodeV2SplitKeys = 128, kDecodeV2MaxSplits = 1024, kDecodeV2TargetSlices = 64;
+  // The shortest slice decode v2 uses in a pool of this shape (a multiple of 32): min_keys, more where
   // the pool holds more than kDecodeV2MaxSplits slices of it.
   static uint32_t decode_v2_split_keys(const kernels::ref::PagedKvShape& shape, uint32_t min_keys = kDecodeV2SplitKeys);
+  // The slice length of a token with `keys` keys (its position + 1) in a pool of this shape, by default.
+  static uint32_t decode_v2_slice_keys(const kernels::ref::PagedKvShape& shape, uint32_t keys,
+                                       uint32_t min_keys = kDecodeV2SplitKeys);
   // Whether kAuto's decode kernel is v2 (TROVE_ATTENTION_DECODE=v2 at create()).
   bool decode_v2_default() const { return decode_v2_default_; }
   // The CPU form: queries (tokens x heads of one KV head) per invocation.
@@ -141,7 +146,7 @@ class PagedAttention {
   // Steps of at most this many tokens take the decode kernel where a matrix-unit prefill kernel would
   // run (TROVE_ATTENTION_DECODE_TOKENS; default kDecodeMaxTokens).
   uint32_t decode_max_tokens_ = kDecodeMaxTokens;
-  uint32_t decode_v2_min_keys_ = kDecodeV2SplitKeys;  // TROVE_ATTENTION_SPLIT_KEYS
+  uint32_t decode_v2_fixed_keys_ = 0;  // TROVE_ATTENTION_SPLIT_KEYS: one slice length at every depth (0: by depth)
   bool has_shuffle_ = false;
   uint32_t subgroup_size_ = 0;
   bool prefill_cpu_usable(const AttentionCall& c) const;

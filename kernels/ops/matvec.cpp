@@ -142,7 +142,7 @@ struct Matvec::State {
     auto it = pipelines.find(k);
     if (it != pipelines.end()) return &it->second;
     if (k.direct == 4) {  // the q8p form's activation pass
-      auto p = dev->pipeline({"matvec_q8_quant", {k.wg}, 5 * 4, 3, k.wg});
+      auto p = dev->pipeline({"matvec_q8_quant", {k.wg, k.lanes}, 5 * 4, 3, k.wg});
       if (!p.ok()) return p.status();
       return &pipelines.emplace(k, std::move(*p)).first->second;
     }
@@ -469,7 +469,9 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
     const uint64_t slot_bytes = ((B * T * 13 / 32 + B) * 4 + 255) / 256 * 256;
     auto sl = st_->slot(slot_bytes);
     if (!sl.ok()) return sl.status();
-    auto qp = st_->pipeline({256u, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4u});
+    // The pass takes the q8 kernel's workgroup size and subgroup lanes: its Σ x² is then summed in the
+    // staged kernel's order, and a column's numbers equal a batch-1 call's bit for bit.
+    auto qp = st_->pipeline({wg, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, g, 4u});
     if (!qp.ok()) return qp.status();
     auto p = st_->pipeline({wg, call.batch, rows_per_group, swiglu ? 1u : 0u, q8_tile, call.n_mats, push.type[0],
                             call.n_mats > 1 ? push.type[1] : push.type[0], call.n_mats > 2 ? push.type[2] : push.type[0],

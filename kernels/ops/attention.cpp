@@ -142,8 +142,8 @@ Result<PagedAttention> PagedAttention::create(vk::Device& dev) {
     if (*end != '\0' || n < 32 || n > 4096 || n % 32 != 0) {
       return Status::InvalidArgument(fmt::format(
           "attention: TROVE_ATTENTION_SPLIT_KEYS={} is not a multiple of 32 in 32..4096 (keys per decode v2 slice at "
-          "every depth; unset: {} keys, doubled until a token's keys are at most {} slices)", e, kDecodeV2SplitKeys,
-          kDecodeV2TargetSlices));
+          "every depth; unset: {} keys, doubled while a token's keys make more than {} slices)", e, kDecodeV2SplitKeys,
+          kDecodeV2MostSlices));
     }
     op.decode_v2_fixed_keys_ = static_cast<uint32_t>(n);
   }
@@ -449,8 +449,8 @@ uint32_t PagedAttention::decode_v2_split_keys(const kernels::ref::PagedKvShape& 
 
 uint32_t PagedAttention::decode_v2_slice_keys(const kernels::ref::PagedKvShape& sh, uint32_t keys, uint32_t min_keys) {
   uint32_t len = decode_v2_split_keys(sh, min_keys);
-  // Powers of two from the floor up until the token's keys are at most kDecodeV2TargetSlices slices.
-  while (uint64_t{len} * kDecodeV2TargetSlices < keys && len < (1u << 30)) len *= 2;
+  // Powers of two from the floor up while the token's keys make more than kDecodeV2MostSlices slices.
+  while (uint64_t{len} * kDecodeV2MostSlices < keys && len < (1u << 30)) len *= 2;
   return len;
 }
 

@@ -97,13 +97,13 @@ class PagedAttention {
   // Decode kernel: key slices of 32..2048/G keys, as many as bring the grid to this many workgroups
   // (two per SM of an H200-class GPU).
   static constexpr uint32_t kDecodeTargetGroups = 264, kDecodeMinSplitKeys = 32, kDecodeScores = 2048;
-  // Decode v2: key slices of kDecodeV2SplitKeys keys, doubled until the token's keys are at most
-  // kDecodeV2TargetSlices slices (and longer where the pool holds more than kDecodeV2MaxSplits of
-  // them, the combine's shared memory). The length depends on the pool and on the token's own key
-  // count, never on the other tokens of its step, so a token's result is the same alone and in a
-  // step (decode_v2_slice_keys). The 8B on the H200 (2026-12-03, tg64): 128 keys best at depth 4096,
-  // 256 at 16384, 512 at 32768 — 32 to 64 slices (256 to 512 workgroups for 8 KV heads).
-  static constexpr uint32_t kDecodeV2SplitKeys = 128, kDecodeV2MaxSplits = 1024, kDecodeV2TargetSlices = 64;
+  // Decode v2: key slices of kDecodeV2SplitKeys keys, doubled while the token's keys make more than
+  // kDecodeV2MostSlices slices (and longer where the pool holds more than kDecodeV2MaxSplits of them,
+  // the combine's shared memory): 48 to 96 slices from 6,144 keys on. The length depends on the pool
+  // and on the token's own key count, never on the other tokens of its step, so a token's result is
+  // the same alone and in a step (decode_v2_slice_keys). The 8B on the H200 (2026-12-03, tg64 with one
+  // length at every depth): 128 keys best at depth 4096 (32 slices), 256 at 16384, 512 at 32768 (64).
+  static constexpr uint32_t kDecodeV2SplitKeys = 128, kDecodeV2MaxSplits = 1024, kDecodeV2MostSlices = 96;
   // The shortest slice decode v2 uses in a pool of this shape (a multiple of 32): min_keys, more where
   // the pool holds more than kDecodeV2MaxSplits slices of it.
   static uint32_t decode_v2_split_keys(const kernels::ref::PagedKvShape& shape, uint32_t min_keys = kDecodeV2SplitKeys);

@@ -191,16 +191,16 @@ TEST(PagedAttention, DecodeV2MatchesReference) {
 // exactly what one-token decoding gives it, or greedy output changes; on the H200 a slice count chosen
 // from the step's token count made 6- and 7-token steps differ). Each token of an 8-token step at
 // depth 1500 (12 slices), against the same token alone at its own position; then at 300 (3 slices, the
-// first tokens with 2), 60 (one slice) and 8188, where the slice length doubles inside the step (tokens
-// with up to 8192 keys take 64 slices of 128, later ones 33 of 256: two passes; fewer heads there, to
-// keep lavapipe's time).
+// first tokens with 2), 60 (one slice) and 12284, where the slice length doubles inside the step
+// (tokens with up to 12288 keys take 96 slices of 128, later ones 49 of 256: two passes; fewer heads
+// there, to keep lavapipe's time).
 TEST(PagedAttention, DecodeV2TokenGetsTheBitsOfAOneTokenStep) {
   auto dev = open_device();
   ASSERT_TRUE(dev);
   auto op = ops::PagedAttention::create(*dev);
   ASSERT_TRUE(op.ok()) << op.status().ToString();
   if (!dev->features().subgroup_shuffle) GTEST_SKIP() << "decode v2 needs subgroup shuffles";
-  for (uint32_t start : {1500u, 250u, 60u, 8188u}) {
+  for (uint32_t start : {1500u, 250u, 60u, 12284u}) {
     SCOPED_TRACE(testing::Message() << "start " << start);
     const uint32_t heads = start > 8000 ? 8 : 32, kvh = heads / 4, dim = 128, bs = 64, T = 8;
     std::mt19937 rng(start);
@@ -409,10 +409,10 @@ TEST(PagedAttention, TroveAttentionSplitKeysIsChecked) {
   EXPECT_EQ(ops::PagedAttention::decode_v2_split_keys(small), 128u);
   EXPECT_EQ(ops::PagedAttention::decode_v2_split_keys(small, 256), 256u);
   EXPECT_EQ(ops::PagedAttention::decode_v2_split_keys(huge, 256), 1024u);
-  // By default the length doubles with the token's keys: at most kDecodeV2TargetSlices (64) slices.
-  EXPECT_EQ(ops::PagedAttention::kDecodeV2TargetSlices, 64u);
-  for (auto [keys, len] : {std::pair{1u, 128u}, {4096u, 128u}, {8192u, 128u}, {8193u, 256u}, {16384u, 256u},
-                           {16385u, 512u}, {32768u, 512u}, {40000u, 1024u}}) {
+  // By default the length doubles with the token's keys: at most kDecodeV2MostSlices (96) slices.
+  EXPECT_EQ(ops::PagedAttention::kDecodeV2MostSlices, 96u);
+  for (auto [keys, len] : {std::pair{1u, 128u}, {4096u, 128u}, {12288u, 128u}, {12289u, 256u}, {16384u, 256u},
+                           {24576u, 256u}, {24577u, 512u}, {32768u, 512u}, {40000u, 512u}, {49153u, 1024u}}) {
     EXPECT_EQ(ops::PagedAttention::decode_v2_slice_keys(small, keys), len) << keys << " keys";
   }
   EXPECT_EQ(ops::PagedAttention::decode_v2_slice_keys(huge, 100), 1024u) << "the pool's floor";

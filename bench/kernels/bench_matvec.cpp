@@ -31,11 +31,49 @@ std::string rows_label(const Shape& sh) {
   return sh.rows.size() > 1 ? "(" + r + ")" : r;
 }
 
-// One (shape, type, batch, tuning) measurement: allocates enough copies of the weights that the L2
+// Weight bytes for the measurements: buffers allocated and filled once, their ranges handed out again
+// from the start for every measurement. (Each row used to allocate and free its own ~256 MB of weight
+// copies; on the H200 a whole section's rows then ran 4-6x slower than the same shape measured
+// alone — docs/performance.md, 2026-12-03 — and allocation churn is the suspect.)
+class WeightArena {
+ public:
+  WeightArena(vk::Device& dev, uint64_t chunk) : dev_(dev), chunk_(chunk) {}
+  void rewind() { cur_ = 0, off_ = 0; }
+  Result<vk::BufferRange> take(uint64_t bytes) {
+    const uint64_t need = (bytes + 255) / 256 * 256;
+    for (;;) {
+      if (cur_ < bufs_.size() && off_ + need <= bufs_[cur_].size()) {
+        vk::BufferRange r(bufs_[cur_], off_, (bytes + 3) / 4 * 4);
+        off_ += need;
+        return r;
+      }
+      if (cur_ < bufs_.size() && off_ > 0) {  // the rest of this buffer is too small: the next one
+        ++cur_, off_ = 0;
+        continue;
+      }
+      // A new buffer here (or a larger one in place of an unused one that is too small).
+      auto b = filled(dev_, std::min(dev_.max_buffer_bytes(), std::max(need, chunk_)), 0x3c003c00u);
+      if (!b.ok()) return b.status();
+      if (b->size() < need) return Status::ResourceExhausted("matvec bench: a weight range beyond one buffer");
+      if (cur_ < bufs_.size()) bufs_[cur_] = std::move(*b);
+      else bufs_.push_back(std::move(*b));
+    }
+  }
+
+ private:
+  vk::Device& dev_;
+  uint64_t chunk_;
+  std::vector<vk::Buffer> bufs_;
+  size_t cur_ = 0;
+  uint64_t off_ = 0;
+};
+
+// One (shape, type, batch, tuning) measurement: takes enough copies of the weights from the arena that the L2
 // cannot hold them, records one call per copy in turn.
-Status measure(vk::Device& dev, ops::Matvec& op, const Shape& sh, GgmlType type, uint32_t batch,
+Status measure(vk::Device& dev, ops::Matvec& op, WeightArena& arena, const Shape& sh, GgmlType type, uint32_t batch,
                const MatvecBenchOptions& o, const std::string& op_label, const std::string& shape_label,
                std::vector<KernelRow>& rows) {
+  arena.rewind();
   const uint64_t rb = quant::row_bytes(type, sh.cols);
   uint64_t weight_bytes = 0;
   for (uint32_t r : sh.rows) weight_bytes += r * rb;
@@ -56,14 +94,13 @@ Status measure(vk::Device& dev, ops::Matvec& op, const Shape& sh, GgmlType type,
     ys.push_back(std::move(*y));
   }
   // calls[c] = the calls of weight copy c (one, or one per row piece).
-  std::vector<vk::Buffer> weights;
   std::vector<std::vector<ops::MatvecCall>> calls(copies);
   for (uint32_t c = 0; c < copies; ++c) {
     if (sh.rows.size() == 1 && sh.rows[0] > max_piece_rows) {
       const uint32_t n_rows = sh.rows[0];
       for (uint64_t r0 = 0; r0 < n_rows; r0 += max_piece_rows) {
         const uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(max_piece_rows, n_rows - r0));
-        auto w = filled(dev, n * rb, 0x3c003c00u);
+        auto w = arena.take(n * rb);
         if (!w.ok()) return w.status();
         ops::MatvecCall call;
         call.cols = sh.cols;
@@ -71,9 +108,7 @@ Status measure(vk::Device& dev, ops::Matvec& op, const Shape& sh, GgmlType type,
         call.x = *x;
         if (sh.norm) call.norm_w = *nw;
         call.epilogue = sh.epilogue;
-        call.mats[0] = {type, n, vk::BufferRange(*w),
-                        vk::BufferRange(ys[0], r0 * 4, (uint64_t{batch - 1} * n_rows + n) * 4), n_rows};
-        weights.push_back(std::move(*w));
+        call.mats[0] = {type, n, *w, vk::BufferRange(ys[0], r0 * 4, (uint64_t{batch - 1} * n_rows + n) * 4), n_rows};
         calls[c].push_back(call);
       }
       continue;
@@ -86,10 +121,9 @@ Status measure(vk::Device& dev, ops::Matvec& op, const Shape& sh, GgmlType type,
     call.epilogue = sh.epilogue;
     call.n_mats = static_cast<uint32_t>(sh.rows.size());
     for (size_t m = 0; m < sh.rows.size(); ++m) {
-      auto w = filled(dev, sh.rows[m] * rb, 0x3c003c00u);
+      auto w = arena.take(sh.rows[m] * rb);
       if (!w.ok()) return w.status();
-      call.mats[m] = {type, sh.rows[m], vk::BufferRange(*w), vk::BufferRange(ys[m]), 0};
-      weights.push_back(std::move(*w));
+      call.mats[m] = {type, sh.rows[m], *w, vk::BufferRange(ys[m]), 0};
     }
     calls[c].push_back(call);
   }
@@ -134,6 +168,7 @@ Status bench_matvec(vk::Device& dev, const MatvecBenchOptions& o, std::vector<Ke
   auto opr = ops::Matvec::create(dev);
   if (!opr.ok()) return opr.status();
   ops::Matvec& op = *opr;
+  WeightArena arena(dev, o.quick ? (16ull << 20) : (512ull << 20));
   const auto kStore = MatvecEpilogue::kStore, kAdd = MatvecEpilogue::kAdd, kSwiGlu = MatvecEpilogue::kSwiGlu;
   std::vector<Shape> shapes = {
       {"8B", "attn_q", {4096}, 4096, kStore, true},
@@ -165,7 +200,7 @@ Status bench_matvec(vk::Device& dev, const MatvecBenchOptions& o, std::vector<Ke
         const std::string opl = fmt::format("matvec {}", quant::traits(type)->name), shl = label(sh, batch);
         if (!o.wanted || o.wanted(opl + " " + shl)) {
           op.set_tuning({});
-          TROVE_RETURN_IF_ERROR(measure(dev, op, sh, type, batch, o, opl, shl, rows));
+          TROVE_RETURN_IF_ERROR(measure(dev, op, arena, sh, type, batch, o, opl, shl, rows));
         }
         // The other forms at their defaults: the q8 and q8p forms (TROVE_MATVEC=q8|q8p candidates;
         // "refused" rows where the device lacks integer dot products), staged and direct with --sweep. q8p rows include its activation pass (two dispatches and a barrier a call).
@@ -187,7 +222,7 @@ Status bench_matvec(vk::Device& dev, const MatvecBenchOptions& o, std::vector<Ke
           ops::MatvecTuning t;
           t.form = form;
           op.set_tuning(t);
-          if (Status st = measure(dev, op, sh, type, batch, o, opl, fl, rows); !st.ok())
+          if (Status st = measure(dev, op, arena, sh, type, batch, o, opl, fl, rows); !st.ok())
             rows.push_back({opl + " (refused: " + st.message() + ")", fl, 0, 0, 0});
         }
       }
@@ -218,7 +253,7 @@ Status bench_matvec(vk::Device& dev, const MatvecBenchOptions& o, std::vector<Ke
               t.rows_per_group = r;
               t.workgroup_size = wg;
               op.set_tuning(t);
-              Status st = measure(dev, op, sh, type, batch, o, opl, shl, rows);
+              Status st = measure(dev, op, arena, sh, type, batch, o, opl, shl, rows);
               if (!st.ok()) rows.push_back({opl + " (refused: " + st.message() + ")", shl, 0, 0, 0});
             }
           }

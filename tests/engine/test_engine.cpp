@@ -20,6 +20,7 @@
 #include "engine/gguf/synthetic.h"
 #include "engine/runtime/engine.h"
 #include "engine/runtime/generate.h"
+#include "tests/scoped_env.h"
 
 using namespace trove;
 using engine::StepInput;
@@ -96,27 +97,7 @@ StepInput logits_of(engine::SeqId seq, const std::vector<int32_t>& toks) {
   return in;
 }
 
-// Sets an environment variable for a scope and restores what was there (or its absence) after.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) {
-    const char* old = std::getenv(name);
-    had_ = old != nullptr;
-    if (had_) old_ = old;
-    ::setenv(name, value, 1);
-  }
-  ~ScopedEnv() {
-    if (had_) ::setenv(name_, old_.c_str(), 1);
-    else ::unsetenv(name_);
-  }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  const char* name_;
-  bool had_ = false;
-  std::string old_;
-};
+using trove::tests::ScopedEnv;
 
 // ||a - b|| / ||b||.
 double rel_diff(const std::vector<float>& a, const std::vector<float>& b) {

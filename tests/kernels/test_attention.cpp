@@ -21,6 +21,7 @@
 #include <gtest/gtest.h>
 
 #include "kernels/ops/attention.h"
+#include "tests/scoped_env.h"
 
 using namespace trove;
 using kernels::ref::PagedKvShape;
@@ -394,14 +395,12 @@ TEST(PagedAttention, PrefillCm2MatchesReferenceOrIsRefused) {
 TEST(PagedAttention, TroveAttentionSplitKeysIsChecked) {
   auto dev = open_device();
   ASSERT_TRUE(dev);
-  const char* old = std::getenv("TROVE_ATTENTION_SPLIT_KEYS");
-  const std::string saved = old ? old : "";
-  setenv("TROVE_ATTENTION_SPLIT_KEYS", "100", 1);
-  auto bad = ops::PagedAttention::create(*dev);
-  setenv("TROVE_ATTENTION_SPLIT_KEYS", "256", 1);
-  auto good = ops::PagedAttention::create(*dev);
-  if (old) setenv("TROVE_ATTENTION_SPLIT_KEYS", saved.c_str(), 1);
-  else unsetenv("TROVE_ATTENTION_SPLIT_KEYS");
+  auto create_with = [&](const char* keys) {
+    tests::ScopedEnv env("TROVE_ATTENTION_SPLIT_KEYS", keys);
+    return ops::PagedAttention::create(*dev);
+  };
+  auto bad = create_with("100");
+  auto good = create_with("256");
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("multiple of 32 in 32..4096"), std::string::npos) << bad.status().message();
   ASSERT_TRUE(good.ok()) << good.status().ToString();
@@ -421,16 +420,13 @@ TEST(PagedAttention, TroveAttentionSplitKeysIsChecked) {
 TEST(PagedAttention, TroveAttentionDecodeTokensIsChecked) {
   auto dev = open_device();
   ASSERT_TRUE(dev);
-  const char* old = std::getenv("TROVE_ATTENTION_DECODE_TOKENS");
-  const std::string saved = old ? old : "";
-  unsetenv("TROVE_ATTENTION_DECODE_TOKENS");
-  auto deflt = ops::PagedAttention::create(*dev);
-  setenv("TROVE_ATTENTION_DECODE_TOKENS", "0", 1);
-  auto bad = ops::PagedAttention::create(*dev);
-  setenv("TROVE_ATTENTION_DECODE_TOKENS", "2", 1);
-  auto two = ops::PagedAttention::create(*dev);
-  if (old) setenv("TROVE_ATTENTION_DECODE_TOKENS", saved.c_str(), 1);
-  else unsetenv("TROVE_ATTENTION_DECODE_TOKENS");
+  auto create_with = [&](const char* tokens) {
+    tests::ScopedEnv env("TROVE_ATTENTION_DECODE_TOKENS", tokens);
+    return ops::PagedAttention::create(*dev);
+  };
+  auto deflt = create_with(nullptr);
+  auto bad = create_with("0");
+  auto two = create_with("2");
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("1..64"), std::string::npos) << bad.status().message();
   ASSERT_TRUE(deflt.ok()) << deflt.status().ToString();

@@ -39,8 +39,8 @@ constexpr uint32_t kDirectWorkgroup = 128;  // direct form: 4 row groups (subgro
 // One pipeline per distinct specialization: matvec_body.glsl's constant ids 0..11, in this order (kG,
 // id 1, is `lanes`: kGroupLanes, or kCpuGroupLanes on CPU devices); sg > 1 selects matvec.comp (subgroupAdd), 1 matvec_nosg.comp.
 struct Key {
-  uint32_t wg, nb, rows, swiglu, tile, mats, type0, type1, type2, unroll, sg, lanes, direct;
-  auto tie() const { return std::tie(wg, nb, rows, swiglu, tile, mats, type0, type1, type2, unroll, sg, lanes, direct); }
+  uint32_t wg, nb, rows, swiglu, tile, mats, type0, type1, type2, unroll, sg, lanes, direct, q6wide = 0;
+  auto tie() const { return std::tie(wg, nb, rows, swiglu, tile, mats, type0, type1, type2, unroll, sg, lanes, direct, q6wide); }
   bool operator<(const Key& o) const { return tie() < o.tie(); }
 };
 
@@ -116,6 +116,7 @@ struct Matvec::State {
   };
   std::map<uint64_t, Ring> rings;  // guarded by mu
   uint32_t q8_waves = 4;          // q8 form: workgroups per SM walking the row blocks (TROVE_MATVEC_Q8_WAVES)
+  bool q6_wide = false;           // q8 forms: Q6_K rows in 32-value parts (TROVE_MATVEC_Q6_WIDE)
   uint32_t batched_rows = 0;      // rows per row group of batch 2..8 q8/q8p calls (TROVE_MATVEC_BATCHED_ROWS; 0: default)
   uint32_t waves = 8;             // workgroups of 512 invocations per SM when x fits one tile
                                   // (TROVE_MATVEC_WAVES overrides: 0 = one workgroup per row block)
@@ -148,7 +149,7 @@ struct Matvec::State {
     }
     if (k.direct >= 2) {  // q8 (2) and q8p (3) forms: constant ids 0..9 of matvec_q8.glsl
       auto p = dev->pipeline({k.direct == 3 ? "matvec_q8p" : "matvec_q8",
-                              {k.wg, k.lanes, k.nb, k.rows, k.swiglu, k.tile, k.mats, k.type0, k.type1, k.type2},
+                              {k.wg, k.lanes, k.nb, k.rows, k.swiglu, k.tile, k.mats, k.type0, k.type1, k.type2, k.q6wide},
                               sizeof(Push), 8, k.wg});
       if (!p.ok()) return p.status();
       return &pipelines.emplace(k, std::move(*p)).first->second;
@@ -219,6 +220,15 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
       return Status::InvalidArgument(fmt::format("TROVE_MATVEC_Q8_WAVES='{}' is not a number of workgroups per SM (1..64)", w));
     }
     op.st_->q8_waves = static_cast<uint32_t>(v);
+  }
+  // TROVE_MATVEC_Q6_WIDE=0|1: the q8 forms walk Q6_K rows in 32-value parts (16-byte runs of the
+  // codes, half the parts) instead of 16-value ones. Off by default until measured on a GPU.
+  if (const char* w = std::getenv("TROVE_MATVEC_Q6_WIDE"); w && *w) {
+    const std::string_view v(w);
+    if (v != "0" && v != "1") {
+      return Status::InvalidArgument(fmt::format("TROVE_MATVEC_Q6_WIDE='{}' is not 0 or 1", w));
+    }
+    op.st_->q6_wide = v == "1";
   }
   // TROVE_MATVEC_BATCHED=f32|q8|q8p: the form of calls with 2..8 batch columns (speculative
   // verification, several streams), whatever TROVE_MATVEC says for the rest. With q8 at batch 1 (the
@@ -394,6 +404,10 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
                                                rows_per_group, wg, g));
   }
   const uint32_t rows_per_wg = wg / g * rows_per_group;
+  const uint32_t q6_wide = (tn.q6_parts == MatvecTuning::Q6Parts::kDefault ? st_->q6_wide
+                                                                        : tn.q6_parts == MatvecTuning::Q6Parts::kWide)
+                               ? 1u
+                               : 0u;
 
   Push push{};
   push.cols = call.cols;
@@ -475,7 +489,7 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
     if (!qp.ok()) return qp.status();
     auto p = st_->pipeline({wg, call.batch, rows_per_group, swiglu ? 1u : 0u, q8_tile, call.n_mats, push.type[0],
                             call.n_mats > 1 ? push.type[1] : push.type[0], call.n_mats > 2 ? push.type[2] : push.type[0],
-                            1u, sg, g, 3u});
+                            1u, sg, g, 3u, q6_wide});
     if (!p.ok()) return p.status();
     const uint32_t qpush[5] = {call.cols, push.flags, std::bit_cast<uint32_t>(call.eps), call.batch, q8_tile};
     const vk::BufferRange qbufs[3] = {call.x, bufs[1], *sl};
@@ -510,7 +524,7 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
     push.grid = static_cast<uint32_t>(grid);
     auto p = st_->pipeline({wg, call.batch, rows_per_group, swiglu ? 1u : 0u, q8_tile, call.n_mats, push.type[0],
                             call.n_mats > 1 ? push.type[1] : push.type[0], call.n_mats > 2 ? push.type[2] : push.type[0],
-                            1u, sg, g, 2u});
+                            1u, sg, g, 2u, q6_wide});
     if (!p.ok()) return p.status();
     return s.dispatch(**p, bufs, &push, sizeof(push), gx, gy);
   }

@@ -16,7 +16,8 @@
 //   Q4_K/Q5_K  part m (0..7) of a super-block: qs bytes 16m..16m+15 = values 64j+16h+i (low nibbles,
 //              sub-block 2j) and 64j+32+16h+i (high nibbles, sub-block 2j+1), j = m/2, h = m%2, i < 16.
 //   Q6_K       part p (0..15): ql bytes 8p.. = values 128n+32r+8l+i and +64 (n = p/8, r = p/4%2,
-//              l = p%4, i < 8); codes q−32 made signed bytes, so no min term.
+//              l = p%4, i < 8); codes q−32 made signed bytes, so no min term. With kQ6Wide (opt-in,
+//              TROVE_MATVEC_Q6_WIDE=1) part w (0..7) of 32 values, 16-byte runs (part_q6k_wide).
 //   Q8_0       part q (0..3) of a 34-byte block: its int8 values 8q..8q+7.
 // Rows are reduced with subgroupAdd; no barrier after the staging.
 //
@@ -40,6 +41,8 @@ layout(constant_id = 6) const uint kMats = 3u;         // weight bindings in use
 layout(constant_id = 7) const uint kType0 = 12u;       // weight type id of each matrix (ggml ids)
 layout(constant_id = 8) const uint kType1 = 12u;
 layout(constant_id = 9) const uint kType2 = 12u;
+layout(constant_id = 10) const uint kQ6Wide = 0u;       // 1: Q6_K rows in 32-value parts (part_q6k_wide)
+#define MV_Q6_WIDE
 const uint kWG = gl_WorkGroupSize.x;
 const uint kGroups = kWG / kG;
 const uint kNS = kR * (kSwiGlu + 1u);

@@ -19,6 +19,9 @@
 
 const uint kQ8_0 = 8u, kQ4_K = 12u, kQ5_K = 13u, kQ6_K = 14u;
 bool has_type(uint t) { return (kTypeMask & (1u << t)) != 0u; }
+#ifndef MV_Q6_WIDE
+const uint kQ6Wide = 0u;  // 1: walk() takes Q6_K in 32-value parts (part_q6k_wide); matvec_q8.glsl: a constant id
+#endif
 
 // Column b's int8 values (16 per uvec4) at SQ(sqi(b·kTileVals/16 + i)), its scales per 32 values at
 // SD(b·kTileVals/64 ..) (two per vec2: a Q4_K/Q5_K part's two sub-blocks in one load), d·Σq per 16
@@ -148,6 +151,51 @@ void part_q6k(uint sb, uint p) {
   }
 }
 
+// The 16 bytes at 2-byte-aligned offset o (five words when o is not 4-aligned, no word past them).
+uvec4 wu128(uint mat, uint o) {
+  const uint i = o >> 2u;
+  const uint a = ww(mat, i), b = ww(mat, i + 1u), c = ww(mat, i + 2u), d = ww(mat, i + 3u);
+  if (((o >> 1u) & 1u) == 0u) return uvec4(a, b, c, d);
+  const uint e = ww(mat, i + 4u);
+  return uvec4((a >> 16u) | (b << 16u), (b >> 16u) | (c << 16u), (c >> 16u) | (d << 16u), (d >> 16u) | (e << 16u));
+}
+
+// ---- Q6_K, wide part w (0..7) of super-block sb: 32 values, as a Q4_K part — ql bytes
+// 64n + 32r + l0 + j (j < 16; n = w/4, r = w/2 % 2, l0 = 16·(w % 2)) hold values 128n + 32r + l0 + j
+// (low nibbles, with qh bits 2r..2r+1 of byte 32n + l0 + j) and those + 64 (high nibbles, qh bits
+// 2r+4..2r+5); their scales are bytes 8n + w%2 + 2r and that + 4. Half the parts of part_q6k and 16-byte
+// runs of ql and qh (five word loads each at most) instead of 8-byte ones.
+void part_q6k_wide(uint sb, uint w) {
+  const uint n = w >> 2u, r = (w >> 1u) & 1u, l0 = 16u * (w & 1u);
+  uvec4 lo[kNS], hi[kNS];
+  vec2 c[kNS];  // d·scale (low run, high run)
+  [[unroll]] for (uint s = 0u; s < kNS; ++s) {
+    if (!live[s]) continue;
+    const uint blk = row_off[s] + sb * 210u;
+    const uvec4 ql = wu128(slot_mat[s], blk + 64u * n + 32u * r + l0);
+    const uvec4 qh = wu128(slot_mat[s], blk + 128u + 32u * n + l0) >> (2u * r);
+    const uint so = blk + 192u + 8u * n + (w & 1u) + 2u * r;
+    const float d = wf16(slot_mat[s], blk + 208u);
+    c[s] = vec2(d * wi8(slot_mat[s], so), d * wi8(slot_mat[s], so + 4u));
+    [[unroll]] for (uint i = 0u; i < 4u; ++i) {
+      lo[s][i] = q6_signed((ql[i] & 0x0F0F0F0Fu) | ((qh[i] & 0x03030303u) << 4u));
+      hi[s][i] = q6_signed(((ql[i] >> 4u) & 0x0F0F0F0Fu) | (((qh[i] >> 4u) & 0x03030303u) << 4u));
+    }
+  }
+  const uint vl = sb * 256u + 128u * n + 32u * r + l0;  // low run (16 values); the high run is 64 on
+  [[unroll]] for (uint b = 0u; b < kNB; ++b) {
+    const uvec4 xl = SQ(sqi(q8_col(b) * (kTileVals / 16u) + (vl >> 4u)));
+    const uvec4 xh = SQ(sqi(q8_col(b) * (kTileVals / 16u) + (vl >> 4u) + 4u));
+    const float dl = sd_at(q8_col(b) * (kTileVals / 32u) + (vl >> 5u)), dh = sd_at(q8_col(b) * (kTileVals / 32u) + (vl >> 5u) + 2u);
+    [[unroll]] for (uint s = 0u; s < kNS; ++s) {
+      if (!live[s]) continue;
+      const int il = dp(lo[s].x, xl.x) + dp(lo[s].y, xl.y) + dp(lo[s].z, xl.z) + dp(lo[s].w, xl.w);
+      const int ih = dp(hi[s].x, xh.x) + dp(hi[s].y, xh.y) + dp(hi[s].z, xh.z) + dp(hi[s].w, xh.w);
+      acc[b][s] += c[s].x * dl * float(il) + c[s].y * dh * float(ih);
+    }
+  }
+}
+
 // ---- Q8_0, part q of block bl.
 void part_q8(uint bl, uint q) {
   uvec2 w[kNS];
@@ -174,6 +222,8 @@ void walk(uint type, uint lane, uint cols) {
     for (uint it = lane; it < (cols >> 5u); it += kG) part_k45(false, it >> 3u, it & 7u);
   } else if (has_type(kQ5_K) && type == kQ5_K) {
     for (uint it = lane; it < (cols >> 5u); it += kG) part_k45(true, it >> 3u, it & 7u);
+  } else if (has_type(kQ6_K) && type == kQ6_K && kQ6Wide != 0u) {
+    for (uint it = lane; it < (cols >> 5u); it += kG) part_q6k_wide(it >> 3u, it & 7u);
   } else if (has_type(kQ6_K) && type == kQ6_K) {
     for (uint it = lane; it < (cols >> 4u); it += kG) part_q6k(it >> 4u, it & 15u);
   } else if (has_type(kQ8_0) && type == kQ8_0) {

@@ -24,6 +24,7 @@
 
 #include "kernels/ops/matvec.h"
 #include "kernels/ref/matvec_ref.h"
+#include "tests/scoped_env.h"
 
 using namespace trove;
 using quant::GgmlType;
@@ -559,6 +560,41 @@ TEST_F(Matvec, Q8PassForm) {
   ASSERT_TRUE(run({512, 1, true, MatvecEpilogue::kStore, set_a(0)}));  // F32/F16/BF16: the direct form, 1e-5
 }
 
+// Q6_K rows in 32-value parts (MatvecTuning::Q6Parts::kWide, TROVE_MATVEC_Q6_WIDE=1) in the q8 and
+// q8p forms: row lengths of 1, 3 and 48 super-blocks (fewer parts than lanes, and several per lane),
+// rows past the end of a row group, Q6_K beside Q4_K in one call and in a SwiGLU, the RMSNorm
+// prologue and the residual add; then batched columns against batch-1 calls bit for bit (the wide
+// parts on both sides). Against the float64 reference, bound 2e-2.
+TEST_F(Matvec, Q6WideParts) {
+  if (!dev_->features().integer_dot_product || !dev_->features().subgroup_arithmetic) {
+    GTEST_SKIP() << "the device lacks integer dot products or subgroup arithmetic (the q8 form is refused there)";
+  }
+  auto q8 = [](Case c) {
+    c.bound = 2e-2;
+    return c;
+  };
+  for (auto form : {ops::MatvecTuning::Form::kQ8, ops::MatvecTuning::Form::kQ8P}) {
+    SCOPED_TRACE(form == ops::MatvecTuning::Form::kQ8 ? "q8" : "q8p");
+    ops::MatvecTuning t = f32();
+    t.form = form;
+    t.q6_parts = ops::MatvecTuning::Q6Parts::kWide;
+    op_->set_tuning(t);
+    ASSERT_TRUE(run(q8({256, 1, true, MatvecEpilogue::kStore, {{G::Q6_K, 37}}})));
+    ASSERT_TRUE(run(q8({768, 3, false, MatvecEpilogue::kAdd, {{G::Q6_K, 45}}})));
+    ASSERT_TRUE(run(q8({768, 1, true, MatvecEpilogue::kStore, set_c(4)})));
+    ASSERT_TRUE(run(q8({768, 2, true, MatvecEpilogue::kSwiGlu, {{G::Q4_K, 45}, {G::Q6_K, 45}}})));
+    ASSERT_TRUE(run(q8({12288, 1, false, MatvecEpilogue::kAdd, {{G::Q6_K, 64}}})));
+  }
+  ops::MatvecTuning t = f32();
+  t.form = ops::MatvecTuning::Form::kQ8;
+  t.q6_parts = ops::MatvecTuning::Q6Parts::kWide;
+  op_->set_tuning(t);
+  Case c{12288, 3, true, MatvecEpilogue::kStore, {{G::Q6_K, 64}}};
+  c.bound = 2e-2;
+  c.exact = true;
+  ASSERT_TRUE(check_columns(*dev_, *op_, c, rng_));
+}
+
 // The q8 form at batch 6-8 gives every column the numbers a batch-1 call gives it (H200, 2026-12-03:
 // bench_spec --verify-cost with TROVE_MATVEC=q8 found the batched argmax different from one token
 // per step at k >= 6). Shapes whose batch · cols int8 exceed shared memory at that batch but not at
@@ -674,6 +710,15 @@ TEST_F(Matvec, TroveMatvecNamesTheForms) {
   EXPECT_TRUE(f32.ok()) << f32.status().ToString();
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("f32, staged, direct, q8 or q8p"), std::string::npos) << bad.status().message();
+  auto with_q6 = [&](const char* v) {
+    tests::ScopedEnv env("TROVE_MATVEC_Q6_WIDE", v);
+    return ops::Matvec::create(*dev_);
+  };
+  EXPECT_TRUE(with_q6("1").ok());
+  auto bad_q6 = with_q6("yes");
+  ASSERT_FALSE(bad_q6.ok());
+  EXPECT_NE(bad_q6.status().message().find("TROVE_MATVEC_Q6_WIDE='yes' is not 0 or 1"), std::string::npos)
+      << bad_q6.status().message();
 }
 
 // TROVE_MATVEC_BATCHED sets the form of batch 2..8 calls alone: with q8 at batch 1 (TROVE_MATVEC=q8)

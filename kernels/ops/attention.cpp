@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -482,13 +483,17 @@ Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCal
     }
     pipe = &it->second;
   }
-  const uint64_t tok_bytes = uint64_t{c.n_heads} * d * 4;  // one token's rows of q and out
+  // Groups of tokens sharing a slice length (one, or two where the step crosses a doubling), all
+  // checked before anything is recorded.
+  struct Group {
+    uint32_t t0, t1, split_len, n_splits, per_pass;
+  };
+  std::vector<Group> groups;
   for (uint32_t g0 = 0; g0 < c.n_tokens;) {
-    // Tokens g0 .. g1 - 1 share a slice length; their last one has the most keys.
     const uint32_t split_len = slice_len(g0);
     uint32_t g1 = g0 + 1;
     while (g1 < c.n_tokens && slice_len(g1) == split_len) ++g1;
-    const uint32_t keys = c.start_pos + g1;
+    const uint32_t keys = c.start_pos + g1;  // the group's last token has the most keys
     const uint32_t n_splits = (keys + split_len - 1) / split_len;
     if (n_splits > kDecodeV2MaxSplits) {
       return Status::InvalidArgument(fmt::format("attention: {} keys need {} slices of {} keys, more than the combine's {}",
@@ -504,26 +509,30 @@ Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCal
                                                  "than the decode v2 scratch ({} bytes) holds",
                                                  keys, n_splits, split_len, scratch_.size()));
     }
-    for (uint32_t t0 = g0; t0 < g1; t0 += per_pass) {
+    groups.push_back({g0, g1, split_len, n_splits, per_pass});
+    g0 = g1;
+  }
+  const uint64_t tok_bytes = uint64_t{c.n_heads} * d * 4;  // one token's rows of q and out
+  for (const Group& g : groups) {
+    for (uint32_t t0 = g.t0; t0 < g.t1; t0 += g.per_pass) {
       // A pass over tokens t0 .. t0 + n: their q and out rows, and the causal window from start_pos + t0.
-      const uint32_t n = std::min(per_pass, g1 - t0);
+      const uint32_t n = std::min(g.per_pass, g.t1 - t0);
       vk::BufferRange qp = q, op = out;
       qp.offset += t0 * tok_bytes;
       qp.size = n * tok_bytes;
       op.offset += t0 * tok_bytes;
       op.size = n * tok_bytes;
-      Push push{static_cast<uint32_t>(sh.block_size), kvh, d, c.n_heads, c.start_pos + t0, n, c.scale, n_splits,
-                split_len};
+      Push push{static_cast<uint32_t>(sh.block_size), kvh, d, c.n_heads, c.start_pos + t0, n, c.scale, g.n_splits,
+                g.split_len};
       vk::BufferRange bufs[5] = {pool, block_table, qp, op, scratch_};
-      TROVE_RETURN_IF_ERROR(s.dispatch(*pipe, bufs, &push, sizeof(push), n_splits, kvh, n));
-      if (n_splits == 1) continue;
+      TROVE_RETURN_IF_ERROR(s.dispatch(*pipe, bufs, &push, sizeof(push), g.n_splits, kvh, n));
+      if (g.n_splits == 1) continue;
       s.barrier();
-      CombinePush cp{d, c.n_heads, n_splits};
+      CombinePush cp{d, c.n_heads, g.n_splits};
       vk::BufferRange cb[2] = {scratch_, op};
       TROVE_RETURN_IF_ERROR(s.dispatch(combine_v2_, cb, &cp, sizeof(cp), c.n_heads, n));
       s.barrier();
     }
-    g0 = g1;
   }
   return Status::Ok();
 }

@@ -98,6 +98,13 @@ std::unique_ptr<vk::Device> open_device() {
   }
   return std::move(*d);
 }
+
+// PagedAttention::create with the environment variable `name` set to `value` (nullptr: unset) for
+// the call alone: the TROVE_ATTENTION_* switches are read at create().
+Result<ops::PagedAttention> create_with(vk::Device& dev, const char* name, const char* value) {
+  tests::ScopedEnv env(name, value);
+  return ops::PagedAttention::create(dev);
+}
 }  // namespace
 
 TEST(PagedAttention, DecodeAndPrefillMatchReference) {
@@ -373,9 +380,7 @@ TEST(PagedAttention, PrefillCm2MatchesReferenceOrIsRefused) {
   shapes(*op);
   // The 128-row variant (256 invocations) too, unless the run fixed one with TROVE_ATTENTION_CM2_ROWS.
   if (!std::getenv("TROVE_ATTENTION_CM2_ROWS")) {
-    setenv("TROVE_ATTENTION_CM2_ROWS", op->prefill_cm2_rows() == 64 ? "128" : "64", 1);
-    auto other = ops::PagedAttention::create(*dev);
-    unsetenv("TROVE_ATTENTION_CM2_ROWS");
+    auto other = create_with(*dev, "TROVE_ATTENTION_CM2_ROWS", op->prefill_cm2_rows() == 64 ? "128" : "64");
     ASSERT_TRUE(other.ok()) << other.status().ToString();
     if (other->has_prefill_cm2()) shapes(*other);
     else std::printf("cm2 with %u-row tiles is not offered here (no workgroup shape for it)\n", other->prefill_cm2_rows());
@@ -386,21 +391,13 @@ TEST(PagedAttention, PrefillCm2MatchesReferenceOrIsRefused) {
   else if (!env) EXPECT_EQ(pick == kM, ops::PagedAttention::kPrefillCm2Auto);
 }
 
-// TROVE_ATTENTION_DECODE_TOKENS: steps of at most N tokens take the decode kernel where a matrix-unit
-// prefill kernel would run (1..64; anything else is refused naming the range). By default 8
-// (kDecodeMaxTokens): an 8-token step decodes; with 2, a 3-token step takes the prefill kernel on a
-// device with a matrix-unit prefill kernel (elsewhere the tiled threshold decides).
 // TROVE_ATTENTION_SPLIT_KEYS (decode v2's slice length, for A/B) takes multiples of 32 in 32..4096;
 // the pool rule still lengthens the slices of pools beyond kDecodeV2MaxSplits of them.
 TEST(PagedAttention, TroveAttentionSplitKeysIsChecked) {
   auto dev = open_device();
   ASSERT_TRUE(dev);
-  auto create_with = [&](const char* keys) {
-    tests::ScopedEnv env("TROVE_ATTENTION_SPLIT_KEYS", keys);
-    return ops::PagedAttention::create(*dev);
-  };
-  auto bad = create_with("100");
-  auto good = create_with("256");
+  auto bad = create_with(*dev, "TROVE_ATTENTION_SPLIT_KEYS", "100");
+  auto good = create_with(*dev, "TROVE_ATTENTION_SPLIT_KEYS", "256");
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("multiple of 32 in 32..4096"), std::string::npos) << bad.status().message();
   ASSERT_TRUE(good.ok()) << good.status().ToString();
@@ -417,16 +414,16 @@ TEST(PagedAttention, TroveAttentionSplitKeysIsChecked) {
   EXPECT_EQ(ops::PagedAttention::decode_v2_slice_keys(huge, 100), 1024u) << "the pool's floor";
 }
 
+// TROVE_ATTENTION_DECODE_TOKENS: steps of at most N tokens take the decode kernel where a matrix-unit
+// prefill kernel would run (1..64; anything else is refused naming the range). By default 8
+// (kDecodeMaxTokens): an 8-token step decodes; with 2, a 3-token step takes the prefill kernel on a
+// device with a matrix-unit prefill kernel (elsewhere the tiled threshold decides).
 TEST(PagedAttention, TroveAttentionDecodeTokensIsChecked) {
   auto dev = open_device();
   ASSERT_TRUE(dev);
-  auto create_with = [&](const char* tokens) {
-    tests::ScopedEnv env("TROVE_ATTENTION_DECODE_TOKENS", tokens);
-    return ops::PagedAttention::create(*dev);
-  };
-  auto deflt = create_with(nullptr);
-  auto bad = create_with("0");
-  auto two = create_with("2");
+  auto deflt = create_with(*dev, "TROVE_ATTENTION_DECODE_TOKENS", nullptr);
+  auto bad = create_with(*dev, "TROVE_ATTENTION_DECODE_TOKENS", "0");
+  auto two = create_with(*dev, "TROVE_ATTENTION_DECODE_TOKENS", "2");
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("1..64"), std::string::npos) << bad.status().message();
   ASSERT_TRUE(deflt.ok()) << deflt.status().ToString();
@@ -447,39 +444,27 @@ TEST(PagedAttention, TroveAttentionDecodeTokensIsChecked) {
 
 // TROVE_ATTENTION: tiled makes kAuto take the tiled kernel (even on a CPU device), a path the device
 // cannot run and an unknown name fail create() with the reason; TROVE_ATTENTION_CM2_ROWS other than 64
-// or 128 fails too. Restores the variables.
+// or 128 fails too. The variables are set for each create() alone (create_with).
 TEST(PagedAttention, TroveAttentionPicksThePrefillKernel) {
   auto dev = open_device();
   ASSERT_TRUE(dev);
-  const char* old = std::getenv("TROVE_ATTENTION");
-  const std::string saved = old ? old : "";
   const ops::AttentionCall prefill{{4, 64, 2, 128}, 8, 0, 64, 1.0f};
-  setenv("TROVE_ATTENTION", "tiled", 1);
-  auto op = ops::PagedAttention::create(*dev);
+  auto op = create_with(*dev, "TROVE_ATTENTION", "tiled");
   ASSERT_TRUE(op.ok()) << op.status().ToString();
   EXPECT_EQ(op->choose(prefill), ops::AttentionPath::kPrefillTiled);
   // TROVE_ATTENTION names the prefill kernel only: one token still decodes (v2 where it is the default).
   EXPECT_EQ(op->choose({{4, 64, 2, 128}, 8, 100, 1, 1.0f}),
             op->decode_v2_default() ? ops::AttentionPath::kDecodeV2 : ops::AttentionPath::kDecode);
-  setenv("TROVE_ATTENTION", "cm2", 1);
-  op = ops::PagedAttention::create(*dev);
+  op = create_with(*dev, "TROVE_ATTENTION", "cm2");
   if (op.ok()) EXPECT_EQ(op->choose(prefill), ops::AttentionPath::kPrefillCm2);
   else EXPECT_NE(op.status().message().find("TROVE_ATTENTION=cm2"), std::string::npos) << op.status().message();
-  setenv("TROVE_ATTENTION", "flash", 1);
-  op = ops::PagedAttention::create(*dev);
+  op = create_with(*dev, "TROVE_ATTENTION", "flash");
   EXPECT_FALSE(op.ok());
   if (!op.ok()) EXPECT_NE(op.status().message().find("cm2, khr or tiled"), std::string::npos) << op.status().message();
-  unsetenv("TROVE_ATTENTION");
-  const char* old_rows = std::getenv("TROVE_ATTENTION_CM2_ROWS");
-  const std::string saved_rows = old_rows ? old_rows : "";
-  setenv("TROVE_ATTENTION_CM2_ROWS", "96", 1);
-  op = ops::PagedAttention::create(*dev);
+  tests::ScopedEnv no_path("TROVE_ATTENTION", nullptr);
+  op = create_with(*dev, "TROVE_ATTENTION_CM2_ROWS", "96");
   EXPECT_FALSE(op.ok());
   if (!op.ok()) EXPECT_NE(op.status().message().find("64 or 128"), std::string::npos) << op.status().message();
-  if (old_rows) setenv("TROVE_ATTENTION_CM2_ROWS", saved_rows.c_str(), 1);
-  else unsetenv("TROVE_ATTENTION_CM2_ROWS");
-  if (old) setenv("TROVE_ATTENTION", saved.c_str(), 1);
-  else unsetenv("TROVE_ATTENTION");
 }
 
 TEST(PagedAttention, BadShapesAreNamed) {

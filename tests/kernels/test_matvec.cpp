@@ -699,23 +699,17 @@ TEST_F(Matvec, OtherWorkSplits) {
 // TROVE_MATVEC names the form: f32 (the device's f32 form, no q8 at any batch; the H200's engine test
 // compares f32 paths with it) is accepted everywhere, an unknown name is refused with the list.
 TEST_F(Matvec, TroveMatvecNamesTheForms) {
-  const char* old = std::getenv("TROVE_MATVEC");
-  const std::string saved = old ? old : "";
-  ::setenv("TROVE_MATVEC", "f32", 1);
-  auto f32 = ops::Matvec::create(*dev_);
-  ::setenv("TROVE_MATVEC", "int4", 1);
-  auto bad = ops::Matvec::create(*dev_);
-  if (old) ::setenv("TROVE_MATVEC", saved.c_str(), 1);
-  else ::unsetenv("TROVE_MATVEC");
+  auto with = [&](const char* name, const char* v) {
+    tests::ScopedEnv env(name, v);
+    return ops::Matvec::create(*dev_);
+  };
+  auto f32 = with("TROVE_MATVEC", "f32");
+  auto bad = with("TROVE_MATVEC", "int4");
   EXPECT_TRUE(f32.ok()) << f32.status().ToString();
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("f32, staged, direct, q8 or q8p"), std::string::npos) << bad.status().message();
-  auto with_q6 = [&](const char* v) {
-    tests::ScopedEnv env("TROVE_MATVEC_Q6_WIDE", v);
-    return ops::Matvec::create(*dev_);
-  };
-  EXPECT_TRUE(with_q6("1").ok());
-  auto bad_q6 = with_q6("yes");
+  EXPECT_TRUE(with("TROVE_MATVEC_Q6_WIDE", "1").ok());
+  auto bad_q6 = with("TROVE_MATVEC_Q6_WIDE", "yes");
   ASSERT_FALSE(bad_q6.ok());
   EXPECT_NE(bad_q6.status().message().find("TROVE_MATVEC_Q6_WIDE='yes' is not 0 or 1"), std::string::npos)
       << bad_q6.status().message();
@@ -727,22 +721,8 @@ TEST_F(Matvec, TroveMatvecNamesTheForms) {
 // row per row group in batches); unknown values are refused with the list.
 TEST_F(Matvec, TroveMatvecBatchedNamesTheBatchForm) {
   auto make = [&](const char* form, const char* batched, const char* rows) {
-    const char* names[3] = {"TROVE_MATVEC", "TROVE_MATVEC_BATCHED", "TROVE_MATVEC_BATCHED_ROWS"};
-    const char* values[3] = {form, batched, rows};
-    std::string saved[3];
-    bool had[3];
-    for (int i = 0; i < 3; ++i) {
-      const char* old = std::getenv(names[i]);
-      had[i] = old != nullptr;
-      saved[i] = old ? old : "";
-      ::setenv(names[i], values[i], 1);
-    }
-    auto op = ops::Matvec::create(*dev_);
-    for (int i = 0; i < 3; ++i) {
-      if (had[i]) ::setenv(names[i], saved[i].c_str(), 1);
-      else ::unsetenv(names[i]);
-    }
-    return op;
+    tests::ScopedEnv f("TROVE_MATVEC", form), b("TROVE_MATVEC_BATCHED", batched), r("TROVE_MATVEC_BATCHED_ROWS", rows);
+    return ops::Matvec::create(*dev_);
   };
   auto bad = make("f32", "int4", "");
   ASSERT_FALSE(bad.ok());

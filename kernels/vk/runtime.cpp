@@ -362,6 +362,22 @@ Result<std::unique_ptr<Device>> Device::open(const DeviceOptions& opts) {
     en.pNext = &idpen;
   }
   if (f.push_descriptors) dexts.push_back(VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME);
+  // TROVE_PIPELINE_STATS=1: the driver's statistics of each compiled pipeline (registers, shared and
+  // local memory on NVIDIA), for occupancy questions no timer answers.
+  VkPhysicalDevicePipelineExecutablePropertiesFeaturesKHR pepf{
+      VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PIPELINE_EXECUTABLE_PROPERTIES_FEATURES_KHR};
+  if (env_true("TROVE_PIPELINE_STATS")) {
+    if (has_ext(VK_KHR_PIPELINE_EXECUTABLE_PROPERTIES_EXTENSION_NAME)) {
+      dexts.push_back(VK_KHR_PIPELINE_EXECUTABLE_PROPERTIES_EXTENSION_NAME);
+      pepf.pipelineExecutableInfo = VK_TRUE;
+      pepf.pNext = en.pNext;
+      en.pNext = &pepf;
+      d->pipeline_stats_ = true;
+    } else {
+      trove::log::warn("vulkan", "TROVE_PIPELINE_STATS=1 but '{}' lacks VK_KHR_pipeline_executable_properties: no "
+                       "pipeline statistics", f.name);
+    }
+  }
 #ifdef VK_KHR_cooperative_matrix
   // Cooperative matrices (tensor cores) need the extension, its feature and the Vulkan memory model.
   VkPhysicalDeviceCooperativeMatrixFeaturesKHR cmf{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_KHR};
@@ -410,6 +426,13 @@ Result<std::unique_ptr<Device>> Device::open(const DeviceOptions& opts) {
   dci.ppEnabledExtensionNames = dexts.data();
   TROVE_VK(vkCreateDevice(d->physical_, &dci, nullptr, &d->device_), "vkCreateDevice");
   vkGetDeviceQueue(d->device_, d->queue_family_, 0, &d->queue_);
+  if (d->pipeline_stats_) {
+    d->exec_props_ = reinterpret_cast<PFN_vkGetPipelineExecutablePropertiesKHR>(
+        vkGetDeviceProcAddr(d->device_, "vkGetPipelineExecutablePropertiesKHR"));
+    d->exec_stats_ = reinterpret_cast<PFN_vkGetPipelineExecutableStatisticsKHR>(
+        vkGetDeviceProcAddr(d->device_, "vkGetPipelineExecutableStatisticsKHR"));
+    d->pipeline_stats_ = d->exec_props_ && d->exec_stats_;
+  }
   if (f.push_descriptors) {
     d->push_descriptor_set_ = reinterpret_cast<PFN_vkCmdPushDescriptorSetKHR>(
         vkGetDeviceProcAddr(d->device_, "vkCmdPushDescriptorSetKHR"));
@@ -703,7 +726,7 @@ Pipeline& Pipeline::operator=(Pipeline&& o) noexcept {
   if (this != &o) {
     release();
     device_ = o.device_; serial_ = o.serial_; desc_ = std::move(o.desc_); module_ = o.module_;
-    set_layout_ = o.set_layout_; layout_ = o.layout_; pipeline_ = o.pipeline_;
+    set_layout_ = o.set_layout_; layout_ = o.layout_; pipeline_ = o.pipeline_; statistics_ = std::move(o.statistics_);
     o.device_ = nullptr; o.serial_ = 0; o.module_ = VK_NULL_HANDLE; o.set_layout_ = VK_NULL_HANDLE; o.layout_ = VK_NULL_HANDLE;
     o.pipeline_ = VK_NULL_HANDLE;
   }
@@ -769,9 +792,50 @@ Result<Pipeline> Device::pipeline(const PipelineDesc& desc) {
   cpi.stage.pName = "main";
   cpi.stage.pSpecializationInfo = entries.empty() ? nullptr : &spec;
   cpi.layout = p.layout_;
+  if (pipeline_stats_) cpi.flags |= VK_PIPELINE_CREATE_CAPTURE_STATISTICS_BIT_KHR;
   TROVE_VK(vkCreateComputePipelines(device_, cache_, 1, &cpi, nullptr, &p.pipeline_), "vkCreateComputePipelines");
   pipelines_created_.fetch_add(1, std::memory_order_relaxed);
+  if (pipeline_stats_) {
+    p.statistics_ = executable_statistics(p.pipeline_);
+    std::string spec;
+    for (uint32_t v : desc.spec_constants) spec += fmt::format("{}{}", spec.empty() ? "" : ",", v);
+    std::string all;
+    for (const std::string& st : p.statistics_) all += (all.empty() ? "" : "; ") + st;
+    trove::log::info("vulkan", "pipeline {} [{}]: {}", desc.shader, spec, all);
+  }
   return p;
+}
+
+std::vector<std::string> Device::executable_statistics(VkPipeline pipeline) const {
+  std::vector<std::string> out;
+  VkPipelineInfoKHR pi{VK_STRUCTURE_TYPE_PIPELINE_INFO_KHR};
+  pi.pipeline = pipeline;
+  uint32_t n = 0;
+  if (exec_props_(device_, &pi, &n, nullptr) != VK_SUCCESS) return out;
+  std::vector<VkPipelineExecutablePropertiesKHR> props(n, {VK_STRUCTURE_TYPE_PIPELINE_EXECUTABLE_PROPERTIES_KHR});
+  if (exec_props_(device_, &pi, &n, props.data()) != VK_SUCCESS) return out;
+  for (uint32_t e = 0; e < n; ++e) {
+    VkPipelineExecutableInfoKHR ei{VK_STRUCTURE_TYPE_PIPELINE_EXECUTABLE_INFO_KHR};
+    ei.pipeline = pipeline;
+    ei.executableIndex = e;
+    uint32_t m = 0;
+    if (exec_stats_(device_, &ei, &m, nullptr) != VK_SUCCESS) continue;
+    std::vector<VkPipelineExecutableStatisticKHR> st(m, {VK_STRUCTURE_TYPE_PIPELINE_EXECUTABLE_STATISTIC_KHR});
+    if (exec_stats_(device_, &ei, &m, st.data()) != VK_SUCCESS) continue;
+    const std::string prefix = n > 1 ? fmt::format("{}: ", props[e].name) : std::string();
+    for (const auto& s : st) {
+      std::string v;
+      switch (s.format) {
+        case VK_PIPELINE_EXECUTABLE_STATISTIC_FORMAT_BOOL32_KHR: v = s.value.b32 ? "true" : "false"; break;
+        case VK_PIPELINE_EXECUTABLE_STATISTIC_FORMAT_INT64_KHR: v = fmt::format("{}", s.value.i64); break;
+        case VK_PIPELINE_EXECUTABLE_STATISTIC_FORMAT_UINT64_KHR: v = fmt::format("{}", s.value.u64); break;
+        case VK_PIPELINE_EXECUTABLE_STATISTIC_FORMAT_FLOAT64_KHR: v = fmt::format("{}", s.value.f64); break;
+        default: v = "?";
+      }
+      out.push_back(fmt::format("{}{} = {}", prefix, s.name, v));
+    }
+  }
+  return out;
 }
 
 // ---------------------------------------------------------------- CommandStream

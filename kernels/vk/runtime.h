@@ -219,6 +219,10 @@ class Pipeline {
   VkPipelineLayout layout() const { return layout_; }
   VkDescriptorSetLayout set_layout() const { return set_layout_; }
   uint64_t serial() const { return serial_; }  // unique for the device's life (descriptor cache key)
+  // The driver's statistics of the compiled pipeline ("name = value", e.g. NVIDIA's register count,
+  // shared memory and local memory bytes; lavapipe's instruction counts), captured when the device
+  // was opened with TROVE_PIPELINE_STATS=1 (VK_KHR_pipeline_executable_properties); empty otherwise.
+  const std::vector<std::string>& statistics() const { return statistics_; }
 
  private:
   friend class Device;
@@ -226,6 +230,7 @@ class Pipeline {
   Device* device_ = nullptr;
   uint64_t serial_ = 0;
   PipelineDesc desc_;
+  std::vector<std::string> statistics_;
   VkShaderModule module_ = VK_NULL_HANDLE;
   VkDescriptorSetLayout set_layout_ = VK_NULL_HANDLE;
   VkPipelineLayout layout_ = VK_NULL_HANDLE;
@@ -328,6 +333,9 @@ class Device {
   Result<CommandStream> stream(const StreamOptions& opts = {});
   // The descriptor mode every pipeline and stream of this device uses (never kAuto).
   Descriptors descriptors() const { return descriptors_; }
+  // TROVE_PIPELINE_STATS=1 and the device has VK_KHR_pipeline_executable_properties: every pipeline is
+  // created with its statistics captured (Pipeline::statistics) and logged once at info level.
+  bool pipeline_statistics() const { return pipeline_stats_; }
   Status save_pipeline_cache();
 
   VkDevice handle() const { return device_; }
@@ -341,6 +349,7 @@ class Device {
   friend class CommandStream;
   Result<uint32_t> memory_type(uint32_t type_bits, VkMemoryPropertyFlags want) const;
   Status one_shot(const std::function<void(VkCommandBuffer)>& record);
+  std::vector<std::string> executable_statistics(VkPipeline pipeline) const;  // pipeline_stats_ only
 
   VkInstance instance_ = VK_NULL_HANDLE;
   VkDebugUtilsMessengerEXT messenger_ = VK_NULL_HANDLE;
@@ -358,6 +367,9 @@ class Device {
   std::atomic<uint64_t> pipelines_created_{0};
   Descriptors descriptors_ = Descriptors::kCached;
   PFN_vkCmdPushDescriptorSetKHR push_descriptor_set_ = nullptr;
+  bool pipeline_stats_ = false;
+  PFN_vkGetPipelineExecutablePropertiesKHR exec_props_ = nullptr;
+  PFN_vkGetPipelineExecutableStatisticsKHR exec_stats_ = nullptr;
   std::atomic<uint64_t> next_serial_{1};  // Buffer and Pipeline serials
  public:
   // Called from the debug messenger callback.

@@ -412,3 +412,28 @@ TEST(VkRuntimePieces, AbandonedStreamWaitsForItsPieces) {
   for (uint32_t i = 0; i < n; ++i) ASSERT_EQ(got[i], 8.0f) << "element " << i;
   EXPECT_EQ(d->validation_errors(), 0u);
 }
+
+// TROVE_PIPELINE_STATS=1: pipelines carry the driver's statistics ("name = value"); without it they
+// carry none. Lavapipe has VK_KHR_pipeline_executable_properties; a device without it logs a warning
+// and the statistics stay empty (then the first half is skipped).
+TEST(VkRuntime, PipelineStatisticsWhenAsked) {
+  {
+    auto d = open_device();
+    ASSERT_TRUE(d);
+    EXPECT_FALSE(d->pipeline_statistics());
+    auto p = d->pipeline({"add_f32", {}, 8, 3, 256});
+    ASSERT_TRUE(p.ok()) << p.status().ToString();
+    EXPECT_TRUE(p->statistics().empty());
+  }
+  ::setenv("TROVE_PIPELINE_STATS", "1", 1);
+  auto d = open_device();
+  ::unsetenv("TROVE_PIPELINE_STATS");
+  ASSERT_TRUE(d);
+  if (!d->pipeline_statistics()) GTEST_SKIP() << "no VK_KHR_pipeline_executable_properties on " << d->features().name;
+  auto p = d->pipeline({"add_f32", {}, 8, 3, 256});
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  ASSERT_FALSE(p->statistics().empty());
+  for (const std::string& s : p->statistics()) EXPECT_NE(s.find(" = "), std::string::npos) << s;
+  auto q = vk::Pipeline(std::move(*p));
+  EXPECT_FALSE(q.statistics().empty());  // moves keep them
+}

@@ -181,22 +181,27 @@ int main(int argc, char** argv) {
     std::vector<std::pair<uint32_t, uint32_t>> cpu_tiles = {{0, 0}};
     if (path == ops::MatmulPath::kCpu && sweep) cpu_tiles = {{0, 0}, {4, 16}, {8, 8}, {8, 16}};
     const std::string pname(ops::matmul_path_name(path));
-    // cm2 variants (matmul.h, TROVE_CM2_VARIANT): both on the cm2 path, for A/B in one run.
+    // cm2 variants (matmul.h, TROVE_CM2_VARIANT) on the cm2 path, the KHR kernel's prefetch distances
+    // (TROVE_KHR_PREFETCH: 1 or 2 steps) on the KHR path: both of each, for A/B in one run.
     std::vector<uint32_t> variants = {0};
     if (path == ops::MatmulPath::kCm2) variants = {0, 1};
+    if (path == ops::MatmulPath::kKhr) variants = {1, 2};
     for (const auto& g : gemms) {
       for (uint32_t batch : gemm_batches) {
         for (ops::MatmulTile tile : tiles) {
          for (uint32_t variant : variants) {
          for (auto [cpu_r, cpu_c] : cpu_tiles) {
           op->force_tile(tile);
-          op->force_cm2_variant(variant);
+          op->force_cm2_variant(path == ops::MatmulPath::kCm2 ? variant : 0);
+          op->force_khr_prefetch(path == ops::MatmulPath::kKhr ? variant : 1);
           op->force_cpu_tile(cpu_r, cpu_c);
           const ops::MatmulTile used = op->tile_for(std::min<uint32_t>(g.rows, 32768), batch);
           const std::string tname = path == ops::MatmulPath::kCpu
                                         ? (cpu_r ? fmt::format("{}x{}", cpu_r, cpu_c) : std::string("auto"))
                                         : std::string(tile_names[static_cast<int>(tile)]);
-          const std::string vname = path == ops::MatmulPath::kCm2 ? fmt::format(" v{}", variant) : std::string();
+          const std::string vname = path == ops::MatmulPath::kCm2   ? fmt::format(" v{}", variant)
+                                    : path == ops::MatmulPath::kKhr ? fmt::format(" p{}", variant)
+                                                                    : std::string();
           const std::string label = fmt::format("{} {}{} {} {} {}", pname, tname, vname, quant::traits(g.type)->name, g.model, g.name);
           if (!section("gemm") || !keep_gemm(label)) continue;
           const uint32_t rows_per_call = std::min<uint32_t>(g.rows, 32768);
@@ -229,6 +234,7 @@ int main(int argc, char** argv) {
     op->force_tile(ops::MatmulTile::kAuto);
     op->force_cpu_tile(0, 0);
     op->force_cm2_variant(0);
+    op->force_khr_prefetch(1);
 
     // ---- grouped: the 30B-A3B experts of one layer (128 × [768 × 2048] gate or up, 128 × [2048 × 768]
     // down), tokens × 8 slots spread evenly (the balanced case; the tests cover skewed ones).

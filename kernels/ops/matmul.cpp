@@ -177,6 +177,14 @@ Result<Matmul> Matmul::create(vk::Device& dev, MatmulPath path) {
     }
     op.khr_large_wg_ = wg, op.khr_large_sgm_ = sgm;
   }
+  if (const char* v = std::getenv("TROVE_KHR_PREFETCH"); v && *v) {
+    if (std::string_view(v) != "1" && std::string_view(v) != "2") {
+      return Status::InvalidArgument(fmt::format(
+          "TROVE_KHR_PREFETCH='{}' is not a prefetch distance of the KHR GEMM; use 1 or 2 (steps between a load and "
+          "its store into shared memory), or unset it", v));
+    }
+    op.khr_prefetch_ = static_cast<uint32_t>(v[0] - '0');
+  }
   // Specialization of the tiled shader: [rows per invocation, f16 activations].
   for (uint32_t h = 0; h < 2; ++h) {
     auto p1 = dev.pipeline({"matmul_tiled", {1, h}, sizeof(Push), 3, 64});
@@ -278,7 +286,10 @@ Status Matmul::record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows,
     const MatmulTile tile = tile_for(rows, batch);
     if (path_ == MatmulPath::kKhr) {
       const KhrTile k = tile == MatmulTile::kSmall ? kKhrSmall : KhrTile{128, 128, khr_large_wg_, khr_large_sgm_};
-      auto p = pipeline("matmul_coopmat", {ty, xh, k.bm, k.bn, k.wg, k.sgm}, 3, k.wg);
+      if (khr_prefetch_ != 1 && khr_prefetch_ != 2) {
+        return Status::InvalidArgument(fmt::format("matmul: KHR prefetch distance {} is not 1 or 2", khr_prefetch_));
+      }
+      auto p = pipeline("matmul_coopmat", {ty, xh, k.bm, k.bn, k.wg, k.sgm, 0, khr_prefetch_}, 3, k.wg);
       if (!p.ok()) return p.status();
       if (div_up(rows, k.bm) > kMaxGroups || div_up(batch, k.bn) > kMaxGroups) {
         return Status::InvalidArgument(fmt::format("matmul: rows {} or batch {} need more than {} workgroups (split the call)", rows, batch, kMaxGroups));

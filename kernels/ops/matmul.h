@@ -108,6 +108,9 @@ class Matmul {
   // cm2 variant (0 or 1) and grouped tile (bm 64|128, bn 32|64|128); see the contract above. Set from
   // TROVE_CM2_VARIANT / TROVE_GROUPED_TILE at create(); for benchmarks and tests.
   void force_cm2_variant(uint32_t v) { cm2_variant_ = v; }
+  // The dense KHR kernel's prefetch distance (1 or 2 steps; matmul_coopmat_tile.glsl kPrefetch). For
+  // benchmarks and tests; anything else makes record() fail.
+  void force_khr_prefetch(uint32_t steps) { khr_prefetch_ = steps; }
   void force_grouped_tile(uint32_t bm, uint32_t bn, uint32_t bk = 0) { grouped_bm_ = bm, grouped_bn_ = bn, grouped_bk_ = bk; }
   // The CPU form's tile: rows per invocation (1..8) and batch columns per workgroup (1..16); 0 =
   // automatic. For benchmarks; an invalid tile makes record() fail.
@@ -122,6 +125,9 @@ class Matmul {
   uint32_t cpu_rows_ = 0, cpu_cols_ = 0;
   uint32_t cm2_variant_ = 0, grouped_bm_ = 64, grouped_bn_ = 64, grouped_bk_ = 0;  // bk 0: automatic
   uint32_t khr_large_wg_ = 256, khr_large_sgm_ = 2;  // TROVE_KHR_LARGE
+  // TROVE_KHR_PREFETCH: steps between a piece's load and its store (dense KHR). 2 since 2026-12-03: on the
+  // H200 the 8B's prefill went 6528 → 7455 tok/s (pp512), 6280 → 7085 (pp4096), 5443 → 6053 (to 16384).
+  uint32_t khr_prefetch_ = 2;
   bool cm2_grouped_ = false;  // KHR path on a cm2 device: grouped calls take the cm2 grouped kernel
   vk::Pipeline tiled_row_[2];    // one row per invocation (decode); [f32, f16 activations]
   vk::Pipeline tiled_rows4_[2];  // four rows per invocation (batches)

@@ -12,9 +12,10 @@
 //    bytes, so word loads), dequantizes them and stores f16 into shared memory.
 //  - B (activations): 2·BN pieces of 16 values, 32 bytes (f16, read as they are) or 64 bytes (f32,
 //    rounded to f16 here) each, one or more per invocation.
-//  - Double buffering: the loads of step k+1 are issued before the products of step k and land in
-//    the other shared buffer after them, so one barrier per step suffices (a buffer is rewritten only
-//    after every subgroup has passed the barrier that ends the step that read it).
+//  - Double buffering: the loads of step k+kPrefetch are issued before the products of step k and land
+//    in the other shared buffer after the products of step k+kPrefetch−1, so one barrier per step
+//    suffices (a buffer is rewritten only after every subgroup has passed the barrier that ends the
+//    step that read it). kPrefetch = 2 (dense default) keeps two register sets in flight.
 //  - Subgroup (sgm, sgn) of an SGM × (WG/32/SGM) grid multiplies its WM × WN block as FM × FN
 //    16×16×16 f16 products accumulated in f32.
 // Output: each 16×16 accumulator goes through a per-subgroup shared staging square, then lanes write
@@ -51,6 +52,12 @@ layout(constant_id = 5) const uint SGM = 2u;     // subgroups along the rows
 // To tell a control-flow or subgroup problem from the data path on the H200.
 layout(constant_id = 6) const uint kDebug = 0u;
 const uint kStayAll = kDebug & 1u, kSerialSearch = kDebug & 2u;
+// Steps between a piece's global load and its store into shared memory (TROVE_KHR_PREFETCH, dense
+// only): 1 = the loads of step k+1 fly during step k's products; 2 = the loads of step k+2 are issued
+// at the start of step k and stored at the end of step k+1 (two register sets), so two steps of
+// products, a store and a barrier cover their latency — with one workgroup per SM (the 8B's
+// 4096-row products at 512 tokens: 128 workgroups) nothing else does.
+layout(constant_id = 7) const uint kPrefetch = 1u;  // the host sends 2 for dense calls (matmul.h)
 
 const uint BK = 32u;
 const uint SK = 10u;  // shared row stride in f16vec4: 32 halves + 8 of padding (80 bytes, no bank conflicts)
@@ -79,41 +86,42 @@ shared f16vec4 As[2u * BM * SK];  // [buffer][row][k/4]
 shared f16vec4 Bs[2u * BN * SK];  // [buffer][batch column][k/4]: B (k × n) column-major
 shared float Cs[NSG * 256u];      // per-subgroup 16×16 output staging, column-major
 
-// Raw bytes of one piece, held in registers from the load to the store (see raw layouts in load_a).
-uvec4 ra[PA][4];
-bool va[PA];
-uvec4 rb[PB][4];
-bool vb[PB];
+// Raw bytes of one piece, held in registers from the load to the store (see raw layouts in load_a);
+// set 1 only with kPrefetch = 2 (the set index is a constant at every call: registers, not memory).
+uvec4 ra[2][PA][4];
+bool va[2][PA];
+uvec4 rb[2][PB][4];
+bool vb[2][PB];
 uint w_base = 0u;   // byte offset of this workgroup's expert in W (grouped), else 0
 
 // Piece i of this invocation for step k: row (t + i·WG)/2, values 16·h .. 16·h+15 of the chunk.
-void load_a(uint i, uint r0, uint k) {
+void load_a(uint set, uint i, uint r0, uint k) {
   uint p = gl_LocalInvocationID.x + i * WG, r = r0 + (p >> 1), h = p & 1u;
-  va[i] = r < pc.rows;
-  if (!va[i]) return;
+  va[set][i] = r < pc.rows;
+  if (!va[set][i]) return;
   uint base = w_base + r * pc.row_bytes;
   if (kType == kF32) {  // rows of 4·cols bytes: 16-byte aligned
     uint q = (base >> 4) + 8u * k + 4u * h;
-    ra[i][0] = w4[q]; ra[i][1] = w4[q + 1u]; ra[i][2] = w4[q + 2u]; ra[i][3] = w4[q + 3u];
+    ra[set][i][0] = w4[q]; ra[set][i][1] = w4[q + 1u]; ra[set][i][2] = w4[q + 2u]; ra[set][i][3] = w4[q + 3u];
   } else if (kType == kF16 || kType == kBF16) {
     uint q = (base >> 4) + 4u * k + 2u * h;
-    ra[i][0] = w4[q]; ra[i][1] = w4[q + 1u];
+    ra[set][i][0] = w4[q]; ra[set][i][1] = w4[q + 1u];
   } else if (kType == kQ8_0) {  // 34-byte blocks: word loads at any alignment
     uint blk = base + k * 34u, o = blk + 2u + 16u * h;
-    ra[i][0] = uvec4(u32at(o), u32at(o + 4u), u32at(o + 8u), u32at(o + 12u));
-    ra[i][1].x = u32at(blk);  // d in the low half
+    ra[set][i][0] = uvec4(u32at(o), u32at(o + 4u), u32at(o + 8u), u32at(o + 12u));
+    ra[set][i][1].x = u32at(blk);  // d in the low half
   } else if (kType == kQ4_K || kType == kQ5_K) {  // 144 / 176-byte blocks: 16-byte aligned
     uint blk = base + (k >> 3) * (kType == kQ4_K ? 144u : 176u), sb = k & 7u;
-    ra[i][1] = w4[blk >> 4];  // d, dmin, scales[12]
-    ra[i][0] = w4[(blk + (kType == kQ4_K ? 16u : 48u) + 32u * (sb >> 1) + 16u * h) >> 4];  // qs
-    if (kType == kQ5_K) ra[i][2] = w4[(blk + 16u + 16u * h) >> 4];                        // qh
+    ra[set][i][1] = w4[blk >> 4];  // d, dmin, scales[12]
+    ra[set][i][0] = w4[(blk + (kType == kQ4_K ? 16u : 48u) + 32u * (sb >> 1) + 16u * h) >> 4];  // qs
+    if (kType == kQ5_K) ra[set][i][2] = w4[(blk + 16u + 16u * h) >> 4];                        // qh
   } else {  // Q6_K, 210-byte blocks
     uint blk = base + (k >> 3) * 210u, sb = k & 7u, n = sb >> 2, g = sb & 3u;
     uint ql = blk + n * 64u + ((g & 1u) << 5) + 16u * h, qh = blk + 128u + n * 32u + 16u * h;
-    ra[i][0] = uvec4(u32at(ql), u32at(ql + 4u), u32at(ql + 8u), u32at(ql + 12u));
-    ra[i][1] = uvec4(u32at(qh), u32at(qh + 4u), u32at(qh + 8u), u32at(qh + 12u));
-    ra[i][2].x = u32at(blk + 192u + n * 8u + 2u * g + h);  // this half's int8 scale in the low byte
-    ra[i][2].y = u32at(blk + 208u);                        // d in the low half
+    ra[set][i][0] = uvec4(u32at(ql), u32at(ql + 4u), u32at(ql + 8u), u32at(ql + 12u));
+    ra[set][i][1] = uvec4(u32at(qh), u32at(qh + 4u), u32at(qh + 8u), u32at(qh + 12u));
+    ra[set][i][2].x = u32at(blk + 192u + n * 8u + 2u * g + h);  // this half's int8 scale in the low byte
+    ra[set][i][2].y = u32at(blk + 208u);                        // d in the low half
   }
 }
 
@@ -122,25 +130,25 @@ f16vec4 bf16x4(uint a, uint b) {
   return f16vec4(uintBitsToFloat(uvec4(a << 16u, a & 0xffff0000u, b << 16u, b & 0xffff0000u)));
 }
 
-void store_a(uint i, uint k, uint buf) {
+void store_a(uint set, uint i, uint k, uint buf) {
   uint p = gl_LocalInvocationID.x + i * WG, row = p >> 1, h = p & 1u;
   uint s = (buf * BM + row) * SK + 4u * h;
   f16vec4 v[4];
-  if (!va[i]) {
+  if (!va[set][i]) {
     for (uint j = 0u; j < 4u; ++j) v[j] = f16vec4(0.0);
   } else if (kType == kF32) {
-    for (uint j = 0u; j < 4u; ++j) v[j] = f16vec4(uintBitsToFloat(ra[i][j]));
+    for (uint j = 0u; j < 4u; ++j) v[j] = f16vec4(uintBitsToFloat(ra[set][i][j]));
   } else if (kType == kF16) {
-    v[0] = f16x4(ra[i][0].x, ra[i][0].y); v[1] = f16x4(ra[i][0].z, ra[i][0].w);
-    v[2] = f16x4(ra[i][1].x, ra[i][1].y); v[3] = f16x4(ra[i][1].z, ra[i][1].w);
+    v[0] = f16x4(ra[set][i][0].x, ra[set][i][0].y); v[1] = f16x4(ra[set][i][0].z, ra[set][i][0].w);
+    v[2] = f16x4(ra[set][i][1].x, ra[set][i][1].y); v[3] = f16x4(ra[set][i][1].z, ra[set][i][1].w);
   } else if (kType == kBF16) {
-    v[0] = bf16x4(ra[i][0].x, ra[i][0].y); v[1] = bf16x4(ra[i][0].z, ra[i][0].w);
-    v[2] = bf16x4(ra[i][1].x, ra[i][1].y); v[3] = bf16x4(ra[i][1].z, ra[i][1].w);
+    v[0] = bf16x4(ra[set][i][0].x, ra[set][i][0].y); v[1] = bf16x4(ra[set][i][0].z, ra[set][i][0].w);
+    v[2] = bf16x4(ra[set][i][1].x, ra[set][i][1].y); v[3] = bf16x4(ra[set][i][1].z, ra[set][i][1].w);
   } else if (kType == kQ8_0) {
-    float d = unpackHalf2x16(ra[i][1].x).x;
-    for (uint j = 0u; j < 4u; ++j) v[j] = f16vec4(d * sbytes4(ra[i][0][j]));
+    float d = unpackHalf2x16(ra[set][i][1].x).x;
+    for (uint j = 0u; j < 4u; ++j) v[j] = f16vec4(d * sbytes4(ra[set][i][0][j]));
   } else if (kType == kQ4_K || kType == kQ5_K) {
-    uvec4 hd = ra[i][1];
+    uvec4 hd = ra[set][i][1];
     uint sb = k & 7u, j4 = sb & 3u, sc, mn;
     vec2 dm = unpackHalf2x16(hd.x);
     if (sb < 4u) {
@@ -154,15 +162,15 @@ void store_a(uint i, uint k, uint buf) {
     float scale = dm.x * float(sc), mins = dm.y * float(mn);
     uint shift = 4u * (sb & 1u);
     for (uint j = 0u; j < 4u; ++j) {
-      uint q = (ra[i][0][j] >> shift) & 0x0f0f0f0fu;
-      if (kType == kQ5_K) q |= ((ra[i][2][j] >> sb) & 0x01010101u) << 4;
+      uint q = (ra[set][i][0][j] >> shift) & 0x0f0f0f0fu;
+      if (kType == kQ5_K) q |= ((ra[set][i][2][j] >> sb) & 0x01010101u) << 4;
       v[j] = f16vec4(scale * bytes4(q) - mins);
     }
   } else {  // Q6_K
     uint sb = k & 7u, g = sb & 3u, lshift = g < 2u ? 0u : 4u, hshift = 2u * g;
-    float scale = unpackHalf2x16(ra[i][2].y).x * float(bitfieldExtract(int(ra[i][2].x), 0, 8));
+    float scale = unpackHalf2x16(ra[set][i][2].y).x * float(bitfieldExtract(int(ra[set][i][2].x), 0, 8));
     for (uint j = 0u; j < 4u; ++j) {
-      uint q = ((ra[i][0][j] >> lshift) & 0x0f0f0f0fu) | (((ra[i][1][j] >> hshift) & 0x03030303u) << 4);
+      uint q = ((ra[set][i][0][j] >> lshift) & 0x0f0f0f0fu) | (((ra[set][i][1][j] >> hshift) & 0x03030303u) << 4);
       v[j] = f16vec4(scale * (bytes4(q) - 32.0));
     }
   }
@@ -171,34 +179,48 @@ void store_a(uint i, uint k, uint buf) {
 
 // Activation piece i for step k: batch column (t + i·WG)/2 of this tile, values 16·h .. 16·h+15.
 // `xrow` maps the column to a row of x (and says whether it exists).
-void load_b(uint i, uint k, uint xrow, bool valid) {
+void load_b(uint set, uint i, uint k, uint xrow, bool valid) {
   uint h = (gl_LocalInvocationID.x + i * WG) & 1u;
-  vb[i] = valid;
+  vb[set][i] = valid;
   if (!valid) return;
   uint e = xrow * pc.cols + 32u * k + 16u * h;  // first value
   if (kXF16 != 0u) {
     uint q = e >> 3;
-    rb[i][0] = x4[q]; rb[i][1] = x4[q + 1u];
+    rb[set][i][0] = x4[q]; rb[set][i][1] = x4[q + 1u];
   } else {
     uint q = e >> 2;
-    rb[i][0] = x4[q]; rb[i][1] = x4[q + 1u]; rb[i][2] = x4[q + 2u]; rb[i][3] = x4[q + 3u];
+    rb[set][i][0] = x4[q]; rb[set][i][1] = x4[q + 1u]; rb[set][i][2] = x4[q + 2u]; rb[set][i][3] = x4[q + 3u];
   }
 }
 
-void store_b(uint i, uint buf) {
+void store_b(uint set, uint i, uint buf) {
   uint p = gl_LocalInvocationID.x + i * WG, n = p >> 1, h = p & 1u;
   uint s = (buf * BN + n) * SK + 4u * h;
   f16vec4 v[4];
-  if (!vb[i]) {
+  if (!vb[set][i]) {
     for (uint j = 0u; j < 4u; ++j) v[j] = f16vec4(0.0);
   } else if (kXF16 != 0u) {
-    v[0] = f16x4(rb[i][0].x, rb[i][0].y); v[1] = f16x4(rb[i][0].z, rb[i][0].w);
-    v[2] = f16x4(rb[i][1].x, rb[i][1].y); v[3] = f16x4(rb[i][1].z, rb[i][1].w);
+    v[0] = f16x4(rb[set][i][0].x, rb[set][i][0].y); v[1] = f16x4(rb[set][i][0].z, rb[set][i][0].w);
+    v[2] = f16x4(rb[set][i][1].x, rb[set][i][1].y); v[3] = f16x4(rb[set][i][1].z, rb[set][i][1].w);
   } else {
-    for (uint j = 0u; j < 4u; ++j) v[j] = f16vec4(uintBitsToFloat(rb[i][j]));
+    for (uint j = 0u; j < 4u; ++j) v[j] = f16vec4(uintBitsToFloat(rb[set][i][j]));
   }
   for (uint j = 0u; j < 4u; ++j) Bs[s + j] = v[j];
 }
+
+// The products of one K step from shared buffer CUR into this subgroup's accumulators `acc` (a macro:
+// arrays of cooperative matrices do not pass as function arguments).
+#define MMA_STEP(CUR)                                                                                          \
+  [[unroll]] for (uint kk = 0u; kk < BK / 4u; kk += 4u) { /* two 16-deep products (in f16vec4 units) */        \
+    coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseA> a[FM];                                         \
+    coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseB> b[FN];                                         \
+    [[unroll]] for (uint fm = 0u; fm < FM; ++fm)                                                               \
+      coopMatLoad(a[fm], As, ((CUR) * BM + sgm * WM + 16u * fm) * SK + kk, SK, gl_CooperativeMatrixLayoutRowMajor);     \
+    [[unroll]] for (uint fn = 0u; fn < FN; ++fn)                                                               \
+      coopMatLoad(b[fn], Bs, ((CUR) * BN + sgn * WN + 16u * fn) * SK + kk, SK, gl_CooperativeMatrixLayoutColumnMajor); \
+    [[unroll]] for (uint fm = 0u; fm < FM; ++fm)                                                               \
+      [[unroll]] for (uint fn = 0u; fn < FN; ++fn) acc[fm * FN + fn] = coopMatMulAdd(a[fm], b[fn], acc[fm * FN + fn]); \
+  }
 
 #ifdef MATMUL_GROUPED
 shared uint s_expert, s_tile;
@@ -277,33 +299,57 @@ void main() {
   [[unroll]] for (uint f = 0u; f < FM * FN; ++f) acc[f] = coopmat<float, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator>(0.0);
 
   const uint nk = idle ? 0u : pc.cols / BK;
-  for (uint i = 0u; i < PA; ++i) load_a(i, r0, 0u);
-  for (uint i = 0u; i < PB; ++i) load_b(i, 0u, xrow[i], xvalid[i]);
-  for (uint i = 0u; i < PA; ++i) store_a(i, 0u, 0u);
-  for (uint i = 0u; i < PB; ++i) store_b(i, 0u);
+  for (uint i = 0u; i < PA; ++i) load_a(0u, i, r0, 0u);
+  for (uint i = 0u; i < PB; ++i) load_b(0u, i, 0u, xrow[i], xvalid[i]);
+  for (uint i = 0u; i < PA; ++i) store_a(0u, i, 0u, 0u);
+  for (uint i = 0u; i < PB; ++i) store_b(0u, i, 0u);
+  if (kPrefetch == 2u && nk > 1u) {
+    for (uint i = 0u; i < PA; ++i) load_a(1u, i, r0, 1u);
+    for (uint i = 0u; i < PB; ++i) load_b(1u, i, 1u, xrow[i], xvalid[i]);
+  }
   barrier();
-  for (uint k = 0u; k < nk; ++k) {
-    const uint cur = k & 1u;
-    const bool more = k + 1u < nk;
-    if (more) {
-      for (uint i = 0u; i < PA; ++i) load_a(i, r0, k + 1u);
-      for (uint i = 0u; i < PB; ++i) load_b(i, k + 1u, xrow[i], xvalid[i]);
+  if (kPrefetch == 2u) {
+    // Two steps per iteration: buffer 0 and register set 0 serve the even steps, buffer 1 and set 1
+    // the odd ones. Step k issues the loads of step k+2 into its own set (stored at the end of step
+    // k+1) and stores set k+1 (loaded at the start of step k−1) into the other buffer.
+    for (uint k = 0u; k < nk; k += 2u) {
+      if (k + 2u < nk) {
+        for (uint i = 0u; i < PA; ++i) load_a(0u, i, r0, k + 2u);
+        for (uint i = 0u; i < PB; ++i) load_b(0u, i, k + 2u, xrow[i], xvalid[i]);
+      }
+      MMA_STEP(0u)
+      if (k + 1u < nk) {
+        for (uint i = 0u; i < PA; ++i) store_a(1u, i, k + 1u, 1u);
+        for (uint i = 0u; i < PB; ++i) store_b(1u, i, 1u);
+      }
+      barrier();
+      if (k + 1u >= nk) break;
+      if (k + 3u < nk) {
+        for (uint i = 0u; i < PA; ++i) load_a(1u, i, r0, k + 3u);
+        for (uint i = 0u; i < PB; ++i) load_b(1u, i, k + 3u, xrow[i], xvalid[i]);
+      }
+      MMA_STEP(1u)
+      if (k + 2u < nk) {
+        for (uint i = 0u; i < PA; ++i) store_a(0u, i, k + 2u, 0u);
+        for (uint i = 0u; i < PB; ++i) store_b(0u, i, 0u);
+      }
+      barrier();
     }
-    [[unroll]] for (uint kk = 0u; kk < BK / 4u; kk += 4u) {  // two 16-deep products (in f16vec4 units)
-      coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseA> a[FM];
-      coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseB> b[FN];
-      [[unroll]] for (uint fm = 0u; fm < FM; ++fm)
-        coopMatLoad(a[fm], As, (cur * BM + sgm * WM + 16u * fm) * SK + kk, SK, gl_CooperativeMatrixLayoutRowMajor);
-      [[unroll]] for (uint fn = 0u; fn < FN; ++fn)
-        coopMatLoad(b[fn], Bs, (cur * BN + sgn * WN + 16u * fn) * SK + kk, SK, gl_CooperativeMatrixLayoutColumnMajor);
-      [[unroll]] for (uint fm = 0u; fm < FM; ++fm)
-        [[unroll]] for (uint fn = 0u; fn < FN; ++fn) acc[fm * FN + fn] = coopMatMulAdd(a[fm], b[fn], acc[fm * FN + fn]);
+  } else {
+    for (uint k = 0u; k < nk; ++k) {
+      const uint cur = k & 1u;
+      const bool more = k + 1u < nk;
+      if (more) {
+        for (uint i = 0u; i < PA; ++i) load_a(0u, i, r0, k + 1u);
+        for (uint i = 0u; i < PB; ++i) load_b(0u, i, k + 1u, xrow[i], xvalid[i]);
+      }
+      MMA_STEP(cur)
+      if (more) {
+        for (uint i = 0u; i < PA; ++i) store_a(0u, i, k + 1u, cur ^ 1u);
+        for (uint i = 0u; i < PB; ++i) store_b(0u, i, cur ^ 1u);
+      }
+      barrier();
     }
-    if (more) {
-      for (uint i = 0u; i < PA; ++i) store_a(i, k + 1u, cur ^ 1u);
-      for (uint i = 0u; i < PB; ++i) store_b(i, cur ^ 1u);
-    }
-    barrier();
   }
 
   // Out through this subgroup's staging square: 16 lanes per column write 16 consecutive rows.

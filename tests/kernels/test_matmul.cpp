@@ -23,6 +23,7 @@
 
 #include "kernels/ops/matmul.h"
 #include "kernels/ref/matmul_ref.h"
+#include "tests/scoped_env.h"
 
 using namespace trove;
 using ops::MatmulPath;
@@ -287,6 +288,58 @@ TEST(Matmul, Cm2VariantOneMatchesReference) {
       check(*dev, *op, GgmlType::Q8_0, 100, 512, 37, seed++, 2e-3, true);   // untouched by the variant
     }
   }
+}
+
+// The KHR kernel at both prefetch distances (matmul_coopmat_tile.glsl kPrefetch; TROVE_KHR_PREFETCH; 2 is
+// the default) against the reference: every type, both tiles, K of 1, 2, 3, 5 and 24 steps of 32 (odd
+// and even step counts end the two-step loop in each of its halves), partial tiles both ways, f16
+// and f32 activations. Skipped where the device has no KHR cooperative matrix (lavapipe): run on the H200.
+TEST(Matmul, KhrPrefetchDistancesMatchReference) {
+  auto dev = open_device();
+  ASSERT_TRUE(dev);
+  std::string why;
+  if (!ops::Matmul::available(*dev, MatmulPath::kKhr, &why)) GTEST_SKIP() << "no KHR cooperative matrix here: " << why;
+  auto op = ops::Matmul::create(*dev, MatmulPath::kKhr);
+  ASSERT_TRUE(op.ok()) << op.status().ToString();
+  uint64_t seed = 900;
+  for (uint32_t distance : {1u, 2u}) {
+    op->force_khr_prefetch(distance);
+    for (MatmulTile tile : {MatmulTile::kSmall, MatmulTile::kLarge}) {
+      SCOPED_TRACE(testing::Message() << "prefetch " << distance << " tile " << tile_name(tile));
+      op->force_tile(tile);
+      for (GgmlType type : kAllTypes) {
+        const bool small_blocks = quant::traits(type)->block_values <= 32;
+        check(*dev, *op, type, 100, small_blocks ? 512 : 768, 37, seed++, 2e-3, true);
+        check(*dev, *op, type, 130, 256, 200, seed++, 2e-3, false);
+        if (small_blocks) {
+          for (uint32_t k : {32u, 64u, 96u, 160u}) check(*dev, *op, type, 257, k, 64, seed++, 2e-3, true);
+        }
+      }
+    }
+  }
+  op->force_khr_prefetch(3);
+  auto b = dev->buffer(1 << 20);
+  ASSERT_TRUE(b.ok());
+  auto s = dev->stream();
+  ASSERT_TRUE(s.ok());
+  const Status st = op->record(*s, GgmlType::Q8_0, 64, 256, 64, *b, *b, *b);
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("prefetch distance 3"), std::string::npos) << st.message();
+}
+
+// TROVE_KHR_PREFETCH takes 1 or 2; anything else is refused with what it means, whatever the path.
+TEST(Matmul, TroveKhrPrefetchIsChecked) {
+  auto dev = open_device();
+  ASSERT_TRUE(dev);
+  {
+    trove::tests::ScopedEnv env("TROVE_KHR_PREFETCH", "4");
+    auto bad = ops::Matmul::create(*dev, MatmulPath::kTiled);
+    ASSERT_FALSE(bad.ok());
+    EXPECT_NE(bad.status().message().find("use 1 or 2"), std::string::npos) << bad.status().message();
+  }
+  trove::tests::ScopedEnv env("TROVE_KHR_PREFETCH", "2");
+  auto good = ops::Matmul::create(*dev, MatmulPath::kTiled);
+  EXPECT_TRUE(good.ok()) << good.status().ToString();
 }
 
 // TROVE_KHR_LARGE (matmul.h) names a KHR 128x128 tile shape for A/B on a GPU: a shape the kernel

@@ -3,6 +3,7 @@
 //
 //   build/bench/engine/bench_engine --model M.gguf [--model M2.gguf ...] [--depth 16384] [--reps 3]
 //                                   [--json FILE] [--profile] [--decode-only] [--tg 128] [--streams 1,2,4,8]
+//                                   [--chunk 512]
 //
 //   pp512     one step of 512 prompt tokens on an empty sequence (best of --reps)
 //   pp4096    4096 prompt tokens in steps of 512 (chunked prefill), tokens / total time
@@ -21,6 +22,8 @@
 // --streams LIST adds a table of concurrent decode: for each N, N sequences (16-token prompts) decode
 // --tg steps together, one token each per step (one engine step of N tokens, as the scheduler runs
 // them), and the row gives the aggregate tok/s, tok/s per stream and the aggregate over one stream's.
+// --chunk N (default 512, `trove serve --max-batch-tokens`' default) is the engine's largest step and the
+// prefill step of pp4096 and of the depth prompt; pp512 stays one step of 512 when N >= 512.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -138,13 +141,14 @@ Result<double> decode_together(engine::Engine& e, uint32_t n, uint32_t steps, st
 }
 
 Result<Row> bench(const std::string& path, uint32_t depth, int reps, bool decode_only, uint32_t tg,
-                  const std::vector<uint32_t>& streams) {
+                  const std::vector<uint32_t>& streams, uint32_t chunk) {
   engine::EngineOptions o;
   o.model_path = path;
   o.n_ctx = std::max<uint32_t>(4096, depth + 128);
   o.max_sequences = std::max<uint32_t>(1, streams.empty() ? 1 : *std::max_element(streams.begin(), streams.end()));
-  o.max_batch_tokens = 512;
+  o.max_batch_tokens = chunk;
   o.progress = true;
+  const uint32_t first = std::min<uint32_t>(chunk, 512);  // pp512's step (and the warm-up's)
   auto loaded = engine::Engine::load(o);
   if (!loaded.ok()) return loaded.status();
   engine::Engine& e = **loaded;
@@ -157,7 +161,7 @@ Result<Row> bench(const std::string& path, uint32_t depth, int reps, bool decode
   {  // warm-up: pipelines (prefill and decode: the driver compiles each on first use), first-touch allocations
     auto s = fresh();
     if (!s.ok()) return s.status();
-    auto t = prefill(e, *s, random_tokens(decode_only ? 16 : 512, rng), 512, &next);
+    auto t = prefill(e, *s, random_tokens(decode_only ? 16 : std::max<uint32_t>(512, chunk), rng), chunk, &next);
     if (!t.ok()) return t.status();
     auto d = decode(e, *s, next, 4);
     if (!d.ok()) return d.status();
@@ -166,7 +170,7 @@ Result<Row> bench(const std::string& path, uint32_t depth, int reps, bool decode
   double best = 1e30;
   for (int r = 0; r < (decode_only ? 0 : reps); ++r) {
     auto s = fresh();
-    auto t = prefill(e, *s, random_tokens(512, rng), 512, &next);
+    auto t = prefill(e, *s, random_tokens(512, rng), first, &next);
     if (!t.ok()) return t.status();
     best = std::min(best, *t);
     e.close_sequence(*s);
@@ -177,7 +181,7 @@ Result<Row> bench(const std::string& path, uint32_t depth, int reps, bool decode
   }
   if (!decode_only) {
     auto s = fresh();
-    auto t = prefill(e, *s, random_tokens(4096, rng), 512, &next);
+    auto t = prefill(e, *s, random_tokens(4096, rng), chunk, &next);
     if (!t.ok()) return t.status();
     row.pp4096 = 4096 / *t;
     e.close_sequence(*s);
@@ -195,7 +199,7 @@ Result<Row> bench(const std::string& path, uint32_t depth, int reps, bool decode
   }
   if (depth > 0) {
     auto s = fresh();
-    auto p = prefill(e, *s, random_tokens(depth, rng), 512, &next);
+    auto p = prefill(e, *s, random_tokens(depth, rng), chunk, &next);
     if (!p.ok()) return p.status();
     row.pp16k = depth / *p;
     auto t = decode(e, *s, next, 64);
@@ -242,7 +246,7 @@ int main(int argc, char** argv) {
   int reps = 3;
   std::string json_path;
   bool profile = false, decode_only = false;
-  uint32_t tg = 128;
+  uint32_t tg = 128, chunk = 512;
   std::vector<uint32_t> streams;
   app.add_option("--model", models, "GGUF model(s) to measure")->required();
   app.add_option("--depth", depth, "Prompt depth for the long-context decode (0: skip)");
@@ -254,13 +258,15 @@ int main(int argc, char** argv) {
   app.add_option("--streams", streams, "Concurrent decode: sequences decoding together (e.g. 1,2,4,8)")
       ->delimiter(',')
       ->check(CLI::Range(1u, 64u));
+  app.add_option("--chunk", chunk, "Largest engine step: the prefill step of pp4096 and of the depth prompt (default 512)")
+      ->check(CLI::Range(16u, 8192u));
   CLI11_PARSE(app, argc, argv);
   if (profile) setenv("TROVE_PROFILE", "steps", /*overwrite=*/0);
 
   std::vector<Row> rows;
   std::string device;
   for (const auto& m : models) {
-    auto r = bench(m, depth, reps, decode_only, tg, streams);
+    auto r = bench(m, depth, reps, decode_only, tg, streams, chunk);
     if (!r.ok()) {
       std::fprintf(stderr, "bench_engine: %s: %s\n", m.c_str(), r.status().ToString().c_str());
       return 1;

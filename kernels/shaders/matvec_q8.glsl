@@ -16,8 +16,8 @@
 //   Q4_K/Q5_K  part m (0..7) of a super-block: qs bytes 16m..16m+15 = values 64j+16h+i (low nibbles,
 //              sub-block 2j) and 64j+32+16h+i (high nibbles, sub-block 2j+1), j = m/2, h = m%2, i < 16.
 //   Q6_K       part p (0..15): ql bytes 8p.. = values 128n+32r+8l+i and +64 (n = p/8, r = p/4%2,
-//              l = p%4, i < 8); codes q−32 made signed bytes, so no min term. With kQ6Wide (opt-in,
-//              TROVE_MATVEC_Q6_WIDE=1) part w (0..7) of 32 values, 16-byte runs (part_q6k_wide).
+//              l = p%4, i < 8); codes q−32 made signed bytes, so no min term. With kQ6Wide (the host's default;
+//              TROVE_MATVEC_Q6_WIDE=0 turns it off) part w (0..7) of 32 values, 16-byte runs (part_q6k_wide).
 //   Q8_0       part q (0..3) of a 34-byte block: its int8 values 8q..8q+7.
 // Rows are reduced with subgroupAdd; no barrier after the staging.
 //

@@ -440,6 +440,10 @@ void Scheduler::loop() {
                                         engine_.n_ctx() - std::min(engine_.n_ctx(), len + 2)});
       speculating.push_back(&a->spec);
     }
+    if (n_decoding > 0) {
+      // Decoding streams wait for the whole step: prefill beside them in smaller steps.
+      budget = std::min(budget, std::max(options_.step_tokens_while_decoding, n_decoding));
+    }
     if (!speculating.empty()) {
       // Decode-only steps stay within kCheapStepTokens; a step that prefills anyway takes up to 16 drafts.
       // Either way the head rows (1 + drafts per decoding sequence, 1 per prompt ending) must fit.

@@ -14,6 +14,7 @@ using trove::server::GenerationEvent;
 using trove::server::GenerationRequest;
 using trove::server::GenerationResult;
 using trove::server::GenerationStream;
+using trove::server::SchedulerOptions;
 using trove::server::Scheduler;
 using trove::server::testing::FakeEngine;
 
@@ -315,3 +316,55 @@ TEST(Scheduler, PoolFullWhileDecodingEndsTheYoungestAndTheOthersGoOn) {
 }
 
 }  // namespace
+
+// A prompt alone prefills in the engine's largest steps; beside a decoding stream the steps stay
+// within step_tokens_while_decoding (decode tokens included), so that stream is not stalled.
+TEST(Scheduler, PrefillStepsShrinkWhileAnotherSequenceDecodes) {
+  FakeEngine e(2, 64);
+  e.script = encode(e, "a b c d e f g h i j k l m n o p q r s t u v w x y z");
+  e.step_delay = 1ms;
+  SchedulerOptions o;
+  o.step_tokens_while_decoding = 16;
+  Scheduler s(e, {}, o);
+  std::string long_prompt;
+  for (int i = 0; i < 100; ++i) long_prompt += " word" + std::to_string(i);
+  auto first = request(e, long_prompt, 1);
+  const size_t first_tokens = first.prompt.size();
+  ASSERT_GT(first_tokens, 128u);
+  auto s_first = s.submit(std::move(first));
+  auto c_first = collect(*s_first);  // alone: 64-token steps
+  auto s_dec = s.submit(request(e, "go"));
+  // Wait until the short request decodes, then submit another (different) long prompt beside it.
+  for (int i = 0; i < 2000; ++i) {
+    const auto st = e.steps();
+    bool decoding = false;
+    for (auto [seq, n] : st.back().inputs) decoding |= n == 1;
+    if (decoding) break;
+    std::this_thread::sleep_for(1ms);
+  }
+  std::string other_prompt;
+  for (int i = 0; i < 100; ++i) other_prompt += " other" + std::to_string(i);
+  auto s_second = s.submit(request(e, other_prompt, 1));
+  auto c_dec = collect(*s_dec);
+  auto c_second = collect(*s_second);
+  EXPECT_EQ(c_dec.text, "a b c d e f g h i j k l m n o p q r s t u v w x y z");
+  const auto steps = e.steps();
+  size_t alone_max = 0, beside_max = 0, beside_steps = 0;
+  for (const auto& st : steps) {
+    size_t total = 0;
+    bool decode = false, prefill = false;
+    for (auto [seq, n] : st.inputs) {
+      total += n;
+      decode |= n == 1;
+      prefill |= n > 1;
+    }
+    if (prefill && !decode) alone_max = std::max(alone_max, total);
+    if (prefill && decode) {
+      beside_max = std::max(beside_max, total);
+      ++beside_steps;
+    }
+  }
+  EXPECT_EQ(alone_max, 64u) << "a prompt alone did not take the engine's largest step";
+  EXPECT_GT(beside_steps, 2u) << "the second prompt was never prefilled beside the decoding stream";
+  EXPECT_LE(beside_max, 16u);
+}

@@ -85,6 +85,7 @@ constexpr uint32_t kKhrLargeShared = 49152;  // (128 + 128) * 40 halves * 2 buff
 
 struct Cm2Tile { uint32_t bm, bn; };
 constexpr Cm2Tile kCm2Small{64, 64}, kCm2Medium{128, 128}, kCm2Large{128, 256};
+constexpr uint64_t kCm2LargeTiles = 132;  // large cm2 tiles a call needs for that tile (H100/H200: one per SM)
 
 }  // namespace
 
@@ -128,10 +129,12 @@ Result<Matmul> Matmul::create(vk::Device& dev, MatmulPath path) {
       path = MatmulPath::kTiled;
     }
   }
+  const bool automatic = path == MatmulPath::kAuto;
   if (path == MatmulPath::kAuto) {
     // KHR first: on the H200 (2026-12-02, bench_kernels and bench_engine in one call) the KHR GEMM ran
-    // the 8B's prefill at 4,978 tok/s (pp512) and the cm2 GEMM at 3,255; cm2 stays for TROVE_MATMUL=cm2
-    // until its tiles are tuned (docs/performance.md).
+    // the 8B's prefill at 4,978 tok/s (pp512) and the cm2 GEMM at 3,255; at 512 tokens it still does
+    // (2026-12-03: 7516 against 6477 pp512). From kCm2MinBatch tokens the automatic path hands calls
+    // whose cm2 tile is the large one to cm2 (cm2_large_ below).
     // A CPU device (lavapipe) takes the CPU form (matmul.h; measured in docs/kernels.md).
     path = khr_available(dev, nullptr) ? MatmulPath::kKhr : dev.features().is_cpu ? MatmulPath::kCpu : MatmulPath::kTiled;
   }
@@ -146,6 +149,12 @@ Result<Matmul> Matmul::create(vk::Device& dev, MatmulPath path) {
   op.path_ = path;
   op.cache_ = std::make_shared<Cache>();
   op.cm2_grouped_ = path == MatmulPath::kKhr && cm2_available(dev, nullptr);
+  // The automatic path on a device with both: batches of kCm2MinBatch+ whose cm2 tile is the large one
+  // (128 × 256, enough tiles for every SM) run the cm2 kernel, variant 1. H200, 8B shapes at 2048
+  // tokens (2026-12-03, TFLOP/s, KHR prefetch 2 → cm2 v1 large): attn_q/o 122 → 149, ffn_gate/up 126 →
+  // 147, ffn_down (Q6_K) 104 → 139; at 512 tokens KHR won (gate/up 123.5 against 111.9). bench_engine
+  // in 2048-token steps: pp4096 7366 → 8547, prefill to 16384 6239 → 7081 tok/s.
+  op.cm2_large_ = automatic && op.cm2_grouped_;
   if (const char* v = std::getenv("TROVE_CM2_VARIANT"); v && *v) {
     if (std::string_view(v) != "0" && std::string_view(v) != "1") {
       return Status::InvalidArgument(fmt::format("TROVE_CM2_VARIANT='{}' is not a cm2 variant; use 0 or 1 (or unset it)", v));
@@ -212,6 +221,13 @@ Result<const vk::Pipeline*> Matmul::pipeline(const char* shader, std::vector<uin
   return raw;
 }
 
+bool Matmul::takes_cm2(uint32_t rows, uint32_t batch) const {
+  if (path_ != MatmulPath::kKhr || !cm2_large_ || forced_tile_ != MatmulTile::kAuto || batch < kCm2MinBatch) return false;
+  const auto& f = dev_->features();
+  return f.coopmat2_reserved_shared + 8 * kCm2Large.bm * 8 <= f.max_compute_shared_memory &&
+         kCm2Large.bn <= f.coopmat2_max_dimension && div_up(rows, 128) * div_up(batch, 256) >= kCm2LargeTiles;
+}
+
 MatmulTile Matmul::tile_for(uint32_t rows, uint32_t batch, bool grouped) const {
   if (path_ == MatmulPath::kTiled || path_ == MatmulPath::kCpu) return MatmulTile::kAuto;
   const auto& f = dev_->features();
@@ -235,7 +251,7 @@ MatmulTile Matmul::tile_for(uint32_t rows, uint32_t batch, bool grouped) const {
     return t;
   }
   if (grouped) return MatmulTile::kSmall;
-  if (batch >= 256 && fits(kCm2Large) && div_up(rows, 128) * div_up(batch, 256) >= 132) return MatmulTile::kLarge;
+  if (batch >= 256 && fits(kCm2Large) && div_up(rows, 128) * div_up(batch, 256) >= kCm2LargeTiles) return MatmulTile::kLarge;
   if (fits(kCm2Medium) && div_up(rows, 128) * div_up(batch, 128) >= 132) return MatmulTile::kMedium;
   return MatmulTile::kSmall;
 }
@@ -284,6 +300,17 @@ Status Matmul::record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows,
   if (batch >= kCoopmatMinBatch && uses_coopmat()) {
     TilePush push{rows, cols, batch, static_cast<uint32_t>(rb), y_stride, 1, 0, batch};
     const MatmulTile tile = tile_for(rows, batch);
+    auto record_cm2 = [&](Cm2Tile c, uint32_t variant) -> Status {
+      const uint32_t bk = cols % 64 == 0 ? 64 : 32;
+      if (variant > 1) return Status::InvalidArgument(fmt::format("matmul: cm2 variant {} is not 0 or 1", variant));
+      auto p = pipeline("matmul_cm2", {ty, xh, c.bm, c.bn, 256, bk, variant}, 3, 256);
+      if (!p.ok()) return p.status();
+      if (div_up(rows, c.bm) > kMaxGroups || div_up(batch, c.bn) > kMaxGroups) {
+        return Status::InvalidArgument(fmt::format("matmul: rows {} or batch {} need more than {} workgroups (split the call)", rows, batch, kMaxGroups));
+      }
+      return s.dispatch(**p, bufs, &push, sizeof(push), div_up(rows, c.bm), div_up(batch, c.bn));
+    };
+    if (takes_cm2(rows, batch)) return record_cm2(kCm2Large, 1);
     if (path_ == MatmulPath::kKhr) {
       const KhrTile k = tile == MatmulTile::kSmall ? kKhrSmall : KhrTile{128, 128, khr_large_wg_, khr_large_sgm_};
       if (khr_prefetch_ != 1 && khr_prefetch_ != 2) {
@@ -296,15 +323,8 @@ Status Matmul::record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows,
       }
       return s.dispatch(**p, bufs, &push, sizeof(push), div_up(rows, k.bm), div_up(batch, k.bn));
     }
-    const Cm2Tile c = tile == MatmulTile::kSmall ? kCm2Small : tile == MatmulTile::kMedium ? kCm2Medium : kCm2Large;
-    const uint32_t bk = cols % 64 == 0 ? 64 : 32;
-    if (cm2_variant_ > 1) return Status::InvalidArgument(fmt::format("matmul: cm2 variant {} is not 0 or 1", cm2_variant_));
-    auto p = pipeline("matmul_cm2", {ty, xh, c.bm, c.bn, 256, bk, cm2_variant_}, 3, 256);
-    if (!p.ok()) return p.status();
-    if (div_up(rows, c.bm) > kMaxGroups || div_up(batch, c.bn) > kMaxGroups) {
-      return Status::InvalidArgument(fmt::format("matmul: rows {} or batch {} need more than {} workgroups (split the call)", rows, batch, kMaxGroups));
-    }
-    return s.dispatch(**p, bufs, &push, sizeof(push), div_up(rows, c.bm), div_up(batch, c.bn));
+    return record_cm2(tile == MatmulTile::kSmall ? kCm2Small : tile == MatmulTile::kMedium ? kCm2Medium : kCm2Large,
+                      cm2_variant_);
   }
   // Rows per invocation: 4 for batches (each activation chunk loaded once serves 4 rows), 1 for decode.
   const uint32_t rpt = batch > 1 ? 4 : 1;

@@ -116,6 +116,11 @@ class Matmul {
   // automatic. For benchmarks; an invalid tile makes record() fail.
   void force_cpu_tile(uint32_t rows, uint32_t cols) { cpu_rows_ = rows, cpu_cols_ = cols; }
   static constexpr uint32_t kCoopmatMinBatch = 32;
+  // The automatic path on a device with KHR and NV cm2 cooperative matrices runs batches of this many
+  // columns or more on cm2 (variant 1, large tile) where that tile covers the SMs (matmul.cpp).
+  static constexpr uint32_t kCm2MinBatch = 2048;
+  // Whether a dense call of `rows` × `batch` runs there (never with a forced tile or path).
+  bool takes_cm2(uint32_t rows, uint32_t batch) const;
 
  private:
   struct Cache;  // lazily built matrix-unit pipelines
@@ -129,6 +134,7 @@ class Matmul {
   // H200 the 8B's prefill went 6528 → 7455 tok/s (pp512), 6280 → 7085 (pp4096), 5443 → 6053 (to 16384).
   uint32_t khr_prefetch_ = 2;
   bool cm2_grouped_ = false;  // KHR path on a cm2 device: grouped calls take the cm2 grouped kernel
+  bool cm2_large_ = false;    // automatic KHR path on a cm2 device: large batches take cm2 (kCm2MinBatch)
   vk::Pipeline tiled_row_[2];    // one row per invocation (decode); [f32, f16 activations]
   vk::Pipeline tiled_rows4_[2];  // four rows per invocation (batches)
   std::shared_ptr<Cache> cache_;

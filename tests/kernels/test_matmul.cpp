@@ -327,6 +327,38 @@ TEST(Matmul, KhrPrefetchDistancesMatchReference) {
   EXPECT_NE(st.message().find("prefetch distance 3"), std::string::npos) << st.message();
 }
 
+// The automatic path on a device with KHR and NV cm2 cooperative matrices hands dense calls of
+// Matmul::kCm2MinBatch+ columns whose large cm2 tiles cover the SMs to cm2 (variant 1), and they
+// match the reference; smaller calls, forced tiles and a forced path stay on KHR. Skipped without
+// both (lavapipe): run on the H200.
+TEST(Matmul, AutomaticPathTakesCm2ForLargeBatches) {
+  auto dev = open_device();
+  ASSERT_TRUE(dev);
+  if (!ops::Matmul::available(*dev, MatmulPath::kKhr) || !ops::Matmul::available(*dev, MatmulPath::kCm2)) {
+    GTEST_SKIP() << "needs KHR and NV cm2 cooperative matrices";
+  }
+  trove::tests::ScopedEnv env("TROVE_MATMUL", nullptr);
+  auto op = ops::Matmul::create(*dev);
+  ASSERT_TRUE(op.ok()) << op.status().ToString();
+  ASSERT_EQ(op->path(), MatmulPath::kKhr);
+  const uint32_t B = ops::Matmul::kCm2MinBatch;
+  EXPECT_TRUE(op->takes_cm2(4096, B));
+  EXPECT_TRUE(op->takes_cm2(12288, B));
+  EXPECT_FALSE(op->takes_cm2(4096, B - 1));
+  EXPECT_FALSE(op->takes_cm2(4096, 512));
+  EXPECT_FALSE(op->takes_cm2(1024, B));  // 8 × 8 large tiles: too few for the SMs
+  uint64_t seed = 1100;
+  for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0}) {
+    check(*dev, *op, type, 4096, 1024, B, seed++, 2e-3, true, 24);
+  }
+  check(*dev, *op, GgmlType::Q4_K, 4100, 512, B + 37, seed++, 2e-3, false, 24);  // partial tiles, f32 x
+  op->force_tile(MatmulTile::kLarge);
+  EXPECT_FALSE(op->takes_cm2(4096, B));
+  auto khr = ops::Matmul::create(*dev, MatmulPath::kKhr);
+  ASSERT_TRUE(khr.ok());
+  EXPECT_FALSE(khr->takes_cm2(4096, B));
+}
+
 // TROVE_KHR_PREFETCH takes 1 or 2; anything else is refused with what it means, whatever the path.
 TEST(Matmul, TroveKhrPrefetchIsChecked) {
   auto dev = open_device();

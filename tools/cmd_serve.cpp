@@ -46,7 +46,7 @@ struct ServeArgs {
   bool test_force_output = false;
   std::string test_force_script;
   int keepalive_ms = 3000;
-  uint32_t max_batch_tokens = 512;
+  uint32_t max_batch_tokens = 2048;
   uint32_t default_max_tokens = 32768;
   std::string lease_dir;
   uint32_t idle_exit = 300;
@@ -253,7 +253,7 @@ void add_serve(CLI::App& sub) {
   sub.add_option("--max-body", a->max_body, "Largest request body in bytes (413 beyond)")->capture_default_str();
   sub.add_option("--max-queue", a->max_queue, "Requests that may wait for a free sequence (503 with Retry-After beyond)")
       ->capture_default_str();
-  sub.add_option("--max-batch-tokens", a->max_batch_tokens, "Most tokens per engine step (prefill chunk bound)")
+  sub.add_option("--max-batch-tokens", a->max_batch_tokens, "Most tokens per engine step: the prefill chunk of a prompt alone (512 beside decoding streams)")
       ->capture_default_str();
   sub.add_option("--default-max-tokens", a->default_max_tokens,
                  "Most tokens generated for a request that sets no limit (the context end stops earlier)")

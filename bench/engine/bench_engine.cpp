@@ -6,7 +6,7 @@
 //                                   [--chunk 512]
 //
 //   pp512     one step of 512 prompt tokens on an empty sequence (best of --reps)
-//   pp4096    4096 prompt tokens in steps of 512 (chunked prefill), tokens / total time
+//   pp4096    4096 prompt tokens in steps of --chunk (chunked prefill), tokens / total time
 //   tg128     128 greedy decode steps after a 16-token prompt, one token per step
 //   tg64@16k  64 decode steps after --depth prompt tokens (attention over a long KV)
 // Tokens are random ids (speed does not depend on them). bench/engine/run.sh writes the synthetic
@@ -22,8 +22,9 @@
 // --streams LIST adds a table of concurrent decode: for each N, N sequences (16-token prompts) decode
 // --tg steps together, one token each per step (one engine step of N tokens, as the scheduler runs
 // them), and the row gives the aggregate tok/s, tok/s per stream and the aggregate over one stream's.
-// --chunk N (default 512, `trove serve --max-batch-tokens`' default) is the engine's largest step and the
-// prefill step of pp4096 and of the depth prompt; pp512 stays one step of 512 when N >= 512.
+// --chunk N (default 2048, the engine's and `trove serve --max-batch-tokens`' default) is the engine's
+// largest step and the prefill step of pp4096 and of the depth prompt; pp512 stays one step of 512
+// when N >= 512. (llama-bench's pp rows run in ubatches of 512.)
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -246,7 +247,7 @@ int main(int argc, char** argv) {
   int reps = 3;
   std::string json_path;
   bool profile = false, decode_only = false;
-  uint32_t tg = 128, chunk = 512;
+  uint32_t tg = 128, chunk = 2048;
   std::vector<uint32_t> streams;
   app.add_option("--model", models, "GGUF model(s) to measure")->required();
   app.add_option("--depth", depth, "Prompt depth for the long-context decode (0: skip)");
@@ -258,7 +259,7 @@ int main(int argc, char** argv) {
   app.add_option("--streams", streams, "Concurrent decode: sequences decoding together (e.g. 1,2,4,8)")
       ->delimiter(',')
       ->check(CLI::Range(1u, 64u));
-  app.add_option("--chunk", chunk, "Largest engine step: the prefill step of pp4096 and of the depth prompt (default 512)")
+  app.add_option("--chunk", chunk, "Largest engine step: the prefill step of pp4096 and of the depth prompt (default 2048, the engine's)")
       ->check(CLI::Range(16u, 8192u));
   CLI11_PARSE(app, argc, argv);
   if (profile) setenv("TROVE_PROFILE", "steps", /*overwrite=*/0);

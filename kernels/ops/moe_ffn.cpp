@@ -193,6 +193,12 @@ Result<MoeFfn> MoeFfn::create(vk::Device& dev, uint32_t slots_per_pass, bool gpu
     }
     op.q8_workgroups_ = static_cast<uint32_t>(n);
   }
+  if (const char* v = std::getenv("TROVE_MOE_Q6_WIDE"); v && *v) {
+    if (std::string_view(v) != "0" && std::string_view(v) != "1") {
+      return Status::InvalidArgument(fmt::format("TROVE_MOE_Q6_WIDE='{}' is not 0 or 1 (Q6_K experts in 16- or 32-value parts)", v));
+    }
+    op.q6_wide_ = v[0] == '1';
+  }
   if (const char* v = std::getenv("TROVE_MOE_Q8_ROWS"); v && *v) {
     const std::string_view r(v);
     if (r != "1" && r != "2" && r != "4") {
@@ -535,7 +541,8 @@ Result<bool> MoeFfn::record_gate_up_q8(vk::CommandStream& s, const MoeFfnCall& c
   const uint32_t ffn = c.gate.rows, hidden = c.gate.cols, pairs = c.tokens * c.k;
   if (q8_column_bytes(hidden) + wg / g * 4 > shared_bytes_) return false;
   auto p = pipeline("moe_experts_q8",
-                    {wg, g, rows, (hidden + 255) / 256 * 256, static_cast<uint32_t>(c.gate.type), static_cast<uint32_t>(c.up.type), hidden},
+                    {wg, g, rows, (hidden + 255) / 256 * 256, static_cast<uint32_t>(c.gate.type), static_cast<uint32_t>(c.up.type), hidden,
+                     q6_wide()},
                     sizeof(ExpertsQ8Push), 6, wg);
   if (!p.ok()) return p.status();
   const uint32_t rows_per_wg = wg / g * rows, blocks = (ffn + rows_per_wg - 1) / rows_per_wg;
@@ -556,7 +563,7 @@ Result<bool> MoeFfn::record_down_q8(vk::CommandStream& s, const MoeFfnCall& c) c
   const uint32_t wg = tuning_.workgroup ? tuning_.workgroup : std::max(kDirectWorkgroup, g);
   const uint32_t ffn = c.gate.rows, hidden = c.gate.cols, T = c.tokens;
   if (c.k * (q8_column_bytes(ffn) + 4) > shared_bytes_) return false;
-  auto p = pipeline("moe_down_q8", {wg, g, rows, (ffn + 255) / 256 * 256, static_cast<uint32_t>(c.down.type), c.k, ffn},
+  auto p = pipeline("moe_down_q8", {wg, g, rows, (ffn + 255) / 256 * 256, static_cast<uint32_t>(c.down.type), c.k, ffn, q6_wide()},
                     sizeof(DownQ8Push), 5, wg);
   if (!p.ok()) return p.status();
   const uint32_t rows_per_wg = wg / g * rows, blocks = (hidden + rows_per_wg - 1) / rows_per_wg;

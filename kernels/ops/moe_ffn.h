@@ -154,6 +154,10 @@ struct MoeTuning {
   // least one per (token, j) pair for gate/up, per token for down; at most one per row block);
   // 0 = kQ8Workgroups or TROVE_MOE_Q8_WORKGROUPS on GPUs, one row block per workgroup on CPU devices.
   uint32_t q8_workgroups = 0;
+  // q8 form: Q6_K experts in 32-value parts (16-byte runs of the codes, as the dense q8 matvec's
+  // default) or 16-value ones; kDefault = wide unless TROVE_MOE_Q6_WIDE=0.
+  enum class Q6Parts { kDefault, kNarrow, kWide };
+  Q6Parts q6_parts = Q6Parts::kDefault;
 };
 
 class MoeFfn {
@@ -212,6 +216,10 @@ class MoeFfn {
   bool q8_default_ = false;      // MoeTuning::Form::kAuto means q8 (GPUs with q8_ok_; TROVE_MOE)
   uint32_t q8_workgroups_ = kQ8Workgroups;  // TROVE_MOE_Q8_WORKGROUPS
   uint32_t q8_rows_ = 1;                     // q8 form: rows per row group (TROVE_MOE_Q8_ROWS; moe_ffn.cpp)
+  bool q6_wide_ = true;                      // q8 form: Q6_K experts in 32-value parts (TROVE_MOE_Q6_WIDE)
+  uint32_t q6_wide() const {
+    return (tuning_.q6_parts == MoeTuning::Q6Parts::kDefault ? q6_wide_ : tuning_.q6_parts == MoeTuning::Q6Parts::kWide) ? 1 : 0;
+  }
   // The q8 form's dispatches, when the call can take them (false: the caller runs the direct form).
   Result<bool> record_gate_up_q8(vk::CommandStream& s, const MoeFfnCall& call) const;
   Result<bool> record_down_q8(vk::CommandStream& s, const MoeFfnCall& call) const;

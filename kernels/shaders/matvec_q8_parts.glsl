@@ -235,7 +235,7 @@ void walk(uint type, uint lane, uint cols) {
 // spread the parts of several rows' sets over the lanes themselves: moe_down_q8.comp).
 uint q8_parts(uint type, uint cols) {
   if (type == kQ4_K || type == kQ5_K) return cols >> 5u;
-  if (type == kQ6_K) return cols >> 4u;
+  if (type == kQ6_K) return kQ6Wide != 0u ? cols >> 5u : cols >> 4u;
   return cols >> 3u;
 }
 void q8_part(uint type, uint p) {
@@ -243,6 +243,8 @@ void q8_part(uint type, uint p) {
     part_k45(false, p >> 3u, p & 7u);
   } else if (has_type(kQ5_K) && type == kQ5_K) {
     part_k45(true, p >> 3u, p & 7u);
+  } else if (has_type(kQ6_K) && type == kQ6_K && kQ6Wide != 0u) {
+    part_q6k_wide(p >> 3u, p & 7u);
   } else if (has_type(kQ6_K) && type == kQ6_K) {
     part_q6k(p >> 4u, p & 15u);
   } else if (has_type(kQ8_0) && type == kQ8_0) {

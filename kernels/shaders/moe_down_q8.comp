@@ -24,6 +24,8 @@ layout(constant_id = 3) const uint kTileVals = 768u;  // staged values per colum
 layout(constant_id = 4) const uint kType0 = 14u;      // the down weights' type id
 layout(constant_id = 5) const uint kK = 8u;           // staged columns: the top-k
 layout(constant_id = 6) const uint kCols = 768u;      // = pc.cols: the parts loop gets a trip count known when compiled
+layout(constant_id = 7) const uint kQ6Wide = 0u;        // 1: Q6_K rows in 32-value parts (part_q6k_wide)
+#define MV_Q6_WIDE
 const uint kWG = gl_WorkGroupSize.x;
 const uint kGroups = kWG / kG;
 const uint kNB = 1u;  // the parts multiply one column: the current item's expert (g_col)

@@ -24,6 +24,8 @@ layout(constant_id = 3) const uint kTileVals = 2048u;  // staged values (cols ro
 layout(constant_id = 4) const uint kType0 = 12u;       // gate and up weight type ids (ggml)
 layout(constant_id = 5) const uint kType1 = 12u;
 layout(constant_id = 6) const uint kCols = 2048u;      // = pc.cols: the parts loops get a trip count known when compiled
+layout(constant_id = 7) const uint kQ6Wide = 0u;        // 1: Q6_K rows in 32-value parts (part_q6k_wide)
+#define MV_Q6_WIDE
 const uint kWG = gl_WorkGroupSize.x;
 const uint kGroups = kWG / kG;
 const uint kNB = 1u;  // one token per pair

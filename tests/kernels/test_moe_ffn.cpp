@@ -386,6 +386,17 @@ TEST_F(MoeFfnTest, Q8Form) {
   f.min_err = 0;
   run(f);
   run({"q8 form, plan-indexed (direct kernels)", 3, 8, 2, 256, 256, Q4_K, Q4_K, Q6_K, Case::kRouter});
+  // Q6_K experts in both part widths (wide: 32 values from 16-byte runs, the default; narrow: 16).
+  for (auto parts : {ops::MoeTuning::Q6Parts::kNarrow, ops::MoeTuning::Q6Parts::kWide}) {
+    t = {};
+    t.form = ops::MoeTuning::Form::kQ8;
+    t.q6_parts = parts;
+    ffn_->set_tuning(t);
+    const bool wide = parts == ops::MoeTuning::Q6Parts::kWide;
+    run(q8({wide ? "q8, Q6_K wide parts" : "q8, Q6_K narrow parts", 5, 16, 4, 256, 768, Q6_K, Q6_K, Q6_K, Case::kRouter}, true));
+    run(q8({wide ? "q8, Q6_K wide, k=1, no norm" : "q8, Q6_K narrow, k=1, no norm", 1, 8, 1, 256, 512, Q6_K, Q4_K, Q6_K,
+            Case::kRandom}, false));
+  }
   std::printf("q8 form: largest relative error norm %.3g\n", worst_);
 }
 

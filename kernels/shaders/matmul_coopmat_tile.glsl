@@ -222,6 +222,21 @@ void store_b(uint set, uint i, uint buf) {
       [[unroll]] for (uint fn = 0u; fn < FN; ++fn) acc[fm * FN + fn] = coopMatMulAdd(a[fm], b[fn], acc[fm * FN + fn]); \
   }
 
+// One step K of the two-steps-ahead loop (kPrefetch = 2) on buffer and register set SET (OTHER = the
+// other one): the loads of step K+2 into set SET, the products of step K, set OTHER (step K+1, loaded
+// a step earlier) stored into buffer OTHER, the barrier. A macro, so the sets are constants (registers).
+#define PREFETCH2_STEP(SET, OTHER, K)                                                                          \
+  if ((K) + 2u < nk) {                                                                                         \
+    for (uint i = 0u; i < PA; ++i) load_a(SET, i, r0, (K) + 2u);                                               \
+    for (uint i = 0u; i < PB; ++i) load_b(SET, i, (K) + 2u, xrow[i], xvalid[i]);                               \
+  }                                                                                                            \
+  MMA_STEP(SET)                                                                                                \
+  if ((K) + 1u < nk) {                                                                                         \
+    for (uint i = 0u; i < PA; ++i) store_a(OTHER, i, (K) + 1u, OTHER);                                         \
+    for (uint i = 0u; i < PB; ++i) store_b(OTHER, i, OTHER);                                                   \
+  }                                                                                                            \
+  barrier();
+
 #ifdef MATMUL_GROUPED
 shared uint s_expert, s_tile;
 uint tiles_of(uint e) { return (expert_offsets[e + 1u] - expert_offsets[e] + BN - 1u) / BN; }
@@ -313,27 +328,9 @@ void main() {
     // the odd ones. Step k issues the loads of step k+2 into its own set (stored at the end of step
     // k+1) and stores set k+1 (loaded at the start of step k−1) into the other buffer.
     for (uint k = 0u; k < nk; k += 2u) {
-      if (k + 2u < nk) {
-        for (uint i = 0u; i < PA; ++i) load_a(0u, i, r0, k + 2u);
-        for (uint i = 0u; i < PB; ++i) load_b(0u, i, k + 2u, xrow[i], xvalid[i]);
-      }
-      MMA_STEP(0u)
-      if (k + 1u < nk) {
-        for (uint i = 0u; i < PA; ++i) store_a(1u, i, k + 1u, 1u);
-        for (uint i = 0u; i < PB; ++i) store_b(1u, i, 1u);
-      }
-      barrier();
+      PREFETCH2_STEP(0u, 1u, k)
       if (k + 1u >= nk) break;
-      if (k + 3u < nk) {
-        for (uint i = 0u; i < PA; ++i) load_a(1u, i, r0, k + 3u);
-        for (uint i = 0u; i < PB; ++i) load_b(1u, i, k + 3u, xrow[i], xvalid[i]);
-      }
-      MMA_STEP(1u)
-      if (k + 2u < nk) {
-        for (uint i = 0u; i < PA; ++i) store_a(0u, i, k + 2u, 0u);
-        for (uint i = 0u; i < PB; ++i) store_b(0u, i, 0u);
-      }
-      barrier();
+      PREFETCH2_STEP(1u, 0u, k + 1u)
     }
   } else {
     for (uint k = 0u; k < nk; ++k) {

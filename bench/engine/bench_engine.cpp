@@ -222,9 +222,9 @@ Result<Row> bench(const std::string& path, uint32_t depth, int reps, bool decode
 std::string num(double v) { return v > 0 ? fmt::format("{:.0f}", v) : "—"; }
 
 // The rows in bench/peer/compare.mjs's terms: tok/s per llama-bench-style column, 0s left out.
-bool write_json(const std::string& path, const std::vector<Row>& rows, uint32_t depth, int reps) {
-  nlohmann::ordered_json doc = {
-      {"engine", "trove"}, {"depth", depth}, {"reps", reps}, {"results", nlohmann::ordered_json::array()}};
+bool write_json(const std::string& path, const std::vector<Row>& rows, uint32_t depth, int reps, uint32_t chunk) {
+  nlohmann::ordered_json doc = {{"engine", "trove"}, {"depth", depth},   {"reps", reps},
+                                {"chunk", chunk},    {"results", nlohmann::ordered_json::array()}};
   for (const auto& r : rows) {
     nlohmann::ordered_json j = {
         {"model", r.model}, {"file", r.file}, {"pp512", r.pp512}, {"pp4096", r.pp4096}, {"tg128", r.tg128}};
@@ -288,6 +288,8 @@ int main(int argc, char** argv) {
                   num(p.vulkan[3]).c_str());
     }
   }
+  std::printf("\ntrove's prefill steps: %u tokens (--chunk; pp512 is one step of %u)\n",
+              chunk, std::min<uint32_t>(chunk, 512));
   for (const auto& r : rows) {
     if (r.pp16k > 0) std::printf("\n%s: prefill to depth %u ran at %.0f tok/s\n", r.model.c_str(), depth, r.pp16k);
   }
@@ -299,7 +301,7 @@ int main(int argc, char** argv) {
     for (const auto& [n, tps] : r.streams)
       std::printf("| | %u | %.1f | %.1f | %.2f× |\n", n, tps, tps / n, one > 0 ? tps / one : 0.0);
   }
-  if (!json_path.empty() && !write_json(json_path, rows, depth, reps)) {
+  if (!json_path.empty() && !write_json(json_path, rows, depth, reps, chunk)) {
     std::fprintf(stderr, "bench_engine: could not write --json file '%s'\n", json_path.c_str());
     return 1;
   }

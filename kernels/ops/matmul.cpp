@@ -221,11 +221,17 @@ Result<const vk::Pipeline*> Matmul::pipeline(const char* shader, std::vector<uin
   return raw;
 }
 
+namespace {
+// Whether the device holds a cm2 tile: the driver's reserved shared memory plus the tile's scales (8
+// sub-blocks × BM rows × vec2), and BN within the largest cooperative-matrix dimension.
+bool cm2_fits(const vk::DeviceFeatures& f, Cm2Tile t) {
+  return f.coopmat2_reserved_shared + 8 * t.bm * 8 <= f.max_compute_shared_memory && t.bn <= f.coopmat2_max_dimension;
+}
+}  // namespace
+
 bool Matmul::takes_cm2(uint32_t rows, uint32_t batch) const {
   if (path_ != MatmulPath::kKhr || !cm2_large_ || forced_tile_ != MatmulTile::kAuto || batch < kCm2MinBatch) return false;
-  const auto& f = dev_->features();
-  return f.coopmat2_reserved_shared + 8 * kCm2Large.bm * 8 <= f.max_compute_shared_memory &&
-         kCm2Large.bn <= f.coopmat2_max_dimension && div_up(rows, 128) * div_up(batch, 256) >= kCm2LargeTiles;
+  return cm2_fits(dev_->features(), kCm2Large) && div_up(rows, 128) * div_up(batch, 256) >= kCm2LargeTiles;
 }
 
 MatmulTile Matmul::tile_for(uint32_t rows, uint32_t batch, bool grouped) const {
@@ -241,9 +247,7 @@ MatmulTile Matmul::tile_for(uint32_t rows, uint32_t batch, bool grouped) const {
     return large_fits && div_up(rows, 128) * div_up(batch, 128) >= 96 ? MatmulTile::kLarge : MatmulTile::kSmall;
   }
   // cm2
-  auto fits = [&](Cm2Tile t) {
-    return f.coopmat2_reserved_shared + 8 * t.bm * 8 <= f.max_compute_shared_memory && t.bn <= f.coopmat2_max_dimension;
-  };
+  auto fits = [&](Cm2Tile t) { return cm2_fits(f, t); };
   if (forced_tile_ != MatmulTile::kAuto) {
     MatmulTile t = forced_tile_;
     if (t == MatmulTile::kLarge && !fits(kCm2Large)) t = MatmulTile::kMedium;

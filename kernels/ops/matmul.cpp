@@ -85,7 +85,7 @@ constexpr uint32_t kKhrLargeShared = 49152;  // (128 + 128) * 40 halves * 2 buff
 
 struct Cm2Tile { uint32_t bm, bn; };
 constexpr Cm2Tile kCm2Small{64, 64}, kCm2Medium{128, 128}, kCm2Large{128, 256};
-constexpr uint64_t kCm2LargeTiles = 132;  // large cm2 tiles a call needs for that tile (H100/H200: one per SM)
+constexpr uint64_t kCm2TilesToFill = 132;  // cm2 tiles a call needs for the larger tile (H100/H200: one per SM)
 
 }  // namespace
 
@@ -231,7 +231,7 @@ bool cm2_fits(const vk::DeviceFeatures& f, Cm2Tile t) {
 
 bool Matmul::takes_cm2(uint32_t rows, uint32_t batch) const {
   if (path_ != MatmulPath::kKhr || !cm2_large_ || forced_tile_ != MatmulTile::kAuto || batch < kCm2MinBatch) return false;
-  return cm2_fits(dev_->features(), kCm2Large) && div_up(rows, 128) * div_up(batch, 256) >= kCm2LargeTiles;
+  return cm2_fits(dev_->features(), kCm2Large) && div_up(rows, 128) * div_up(batch, 256) >= kCm2TilesToFill;
 }
 
 MatmulTile Matmul::tile_for(uint32_t rows, uint32_t batch, bool grouped) const {
@@ -255,8 +255,8 @@ MatmulTile Matmul::tile_for(uint32_t rows, uint32_t batch, bool grouped) const {
     return t;
   }
   if (grouped) return MatmulTile::kSmall;
-  if (batch >= 256 && fits(kCm2Large) && div_up(rows, 128) * div_up(batch, 256) >= kCm2LargeTiles) return MatmulTile::kLarge;
-  if (fits(kCm2Medium) && div_up(rows, 128) * div_up(batch, 128) >= 132) return MatmulTile::kMedium;
+  if (batch >= 256 && fits(kCm2Large) && div_up(rows, 128) * div_up(batch, 256) >= kCm2TilesToFill) return MatmulTile::kLarge;
+  if (fits(kCm2Medium) && div_up(rows, 128) * div_up(batch, 128) >= kCm2TilesToFill) return MatmulTile::kMedium;
   return MatmulTile::kSmall;
 }
 

@@ -102,7 +102,7 @@ struct MatvecTuning {
                                  // blocks (default: 8 per SM of 512 invocations, TROVE_MATVEC_WAVES; CPU: one per block)
   enum class Q6Parts { kDefault, kNarrow, kWide };
   Q6Parts q6_parts = Q6Parts::kDefault;  // q8 forms: Q6_K rows in 16-value parts (narrow) or 32-value ones
-                                 // (wide: 16-byte code runs, half the parts); default TROVE_MATVEC_Q6_WIDE, else narrow
+                                 // (wide: 16-byte code runs, half the parts); default: wide unless TROVE_MATVEC_Q6_WIDE=0
   bool gpu_form = false;         // on a CPU device, compile the GPUs' form: unrolled loops over batch
                                  // columns and subgroupAdd (lavapipe spends seconds per pipeline on it)
   enum class Form { kAuto, kF32, kStaged, kDirect, kQ8, kQ8P };  // kF32: kAuto without q8 (TROVE_MATVEC=f32)

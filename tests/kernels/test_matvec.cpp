@@ -471,8 +471,10 @@ TEST_F(Matvec, Q8Form) {
   ops::MatvecTuning t = f32();
   t.form = ops::MatvecTuning::Form::kQ8;
   op_->set_tuning(t);
+  // SwiGLU multiplies two rounded products (gate and up): 3e-2, as the MoE q8 test. One random draw of
+  // the 45-row Q4_K SwiGLU case came to 2.01e-2 (seed 7788605605174537710, 2026-12-03).
   auto q8 = [](Case c) {
-    c.bound = 2e-2;
+    c.bound = c.epilogue == MatvecEpilogue::kSwiGlu ? 3e-2 : 2e-2;
     return c;
   };
   const std::vector<Mat> set_q{{G::Q8_0, 37}, {G::Q4_K, 70}, {G::Q5_K, 19}};

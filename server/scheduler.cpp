@@ -314,6 +314,9 @@ void Scheduler::finish(Active& a, FinishReason reason, std::string error) {
   a.result.finish = reason;
   a.result.error = std::move(error);
   a.result.total_seconds = std::chrono::duration<double>(Clock::now() - a.submitted).count();
+  // The blocks this request completed are in the store's write queue before its end is sent
+  // (docs/reliability.md, "acknowledged durable"): the write-behind worker queues them after the steps.
+  engine_.wait_for_store_writes();
   GenerationEvent ev;
   ev.kind = GenerationEvent::Kind::kDone;
   ev.result = a.result;
@@ -364,9 +367,11 @@ void Scheduler::loop() {
   while (true) {
     {
       std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] {
-        return stopping_ || !active.empty() || !queue_.empty();
-      });
+      // Idle: the store counters go on moving while the write-behind worker queues the last step's blocks.
+      while (!cv_.wait_for(lock, std::chrono::milliseconds(250),
+                           [&] { return stopping_ || !active.empty() || !queue_.empty(); })) {
+        stats_.cache = engine_.cache_stats();
+      }
       if (stopping_) break;
       admit(active);
       stats_.queued = static_cast<uint32_t>(queue_.size());

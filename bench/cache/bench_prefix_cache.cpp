@@ -4,10 +4,10 @@
 // and llama.cpp's (TARGETS.md: its prompt cache lives in RAM, so after a restart it prefills again).
 //
 //   build/bench/cache/bench_prefix_cache --model M.gguf [--model M2.gguf] [--prefix 25000] [--sessions 8]
-//       [--store-dir DIR]
+//       [--store-dir DIR] [--batch 2048]
 //
 // Engine level, as the scheduler drives it: attach_prefix() (GPU match, then the store), prefill the
-// rest in 512-token steps, the first token sampled from the last step. Times include attach (lookup,
+// rest in steps of --batch tokens (the engine's and `trove serve`'s default, 2048), the first token sampled from the last step. Times include attach (lookup,
 // reads, upload) and exclude model loading (printed separately). The request's own tail (--suffix
 // tokens after the prefix) differs per measurement, as a new user turn would. "restart" destroys the
 // engine and the store (flushed) and opens both again; "cold disk" additionally drops the store's
@@ -42,6 +42,7 @@ struct Args {
   uint32_t prefix = 25000;
   uint32_t suffix = 64;
   uint32_t sessions = 8;
+  uint32_t batch = engine::EngineOptions{}.max_batch_tokens;
   std::string store_dir;
 };
 
@@ -144,7 +145,9 @@ struct Result_ {
   double load = 0, cold = 0, gpu = 0, restart = 0, disk = 0, sessions = 0, sessions_mean = 0;
   uint32_t attached_gpu = 0, attached_restart = 0, attached_disk = 0;
   double restored_gb = 0, restore_s_cached = 0, restore_s_disk = 0;
-  double export_s = 0;  // of the cold request: copying its completed blocks back and queueing them
+  double export_s = 0;         // of the cold request: the steps' time copying completed blocks back
+  double export_worker_s = 0;  // the write-behind worker's time for them (off the steps, see block_export.h)
+  double export_after_s = 0;   // how long after the first token the worker had queued the last of them
   kv::Stats store;
   std::string drop_how;
 };
@@ -156,7 +159,7 @@ Status bench_model(const Args& a, const std::string& model, Result_& r) {
   o.model_path = model;
   o.n_ctx = (a.prefix + a.suffix + 64 + 63) / 64 * 64;
   o.max_sequences = a.sessions;
-  o.max_batch_tokens = 512;
+  o.max_batch_tokens = a.batch;
   const auto prefix = random_tokens(a.prefix, 1);
   auto load = [&](std::shared_ptr<kv::Store> store) -> Result<std::unique_ptr<engine::Engine>> {
     o.store = std::move(store);
@@ -182,6 +185,10 @@ Status bench_model(const Args& a, const std::string& model, Result_& r) {
     if (!cold.ok()) return cold.status();
     r.cold = cold->ttft;
     r.export_s = (*e)->cache_stats().store_export_seconds;
+    const auto t_drain = Clock::now();
+    (*e)->wait_for_store_writes();
+    r.export_after_s = secs(t_drain);
+    r.export_worker_s = (*e)->cache_stats().store_export_worker_seconds;
     auto warm = one(**e, 101);
     if (!warm.ok()) return warm.status();
     r.gpu = warm->ttft;
@@ -240,6 +247,7 @@ int main(int argc, char** argv) {
   app.add_option("--prefix", a.prefix, "Shared prefix tokens")->capture_default_str();
   app.add_option("--suffix", a.suffix, "Each request's own tokens after the prefix")->capture_default_str();
   app.add_option("--sessions", a.sessions, "Concurrent sessions sharing the prefix")->capture_default_str();
+  app.add_option("--batch", a.batch, "Tokens per engine step (EngineOptions::max_batch_tokens)")->capture_default_str();
   app.add_option("--store-dir", a.store_dir, "Where the benchmark's KV stores go (emptied per model)");
   CLI11_PARSE(app, argc, argv);
   if (a.store_dir.empty()) a.store_dir = (std::filesystem::temp_directory_path() / "trove-bench-store").string();
@@ -253,8 +261,8 @@ int main(int argc, char** argv) {
     }
     rows.push_back(r);
   }
-  std::printf("\nTime to first token, %u-token shared prefix + %u own tokens (seconds; %% = of cold)\n\n", a.prefix,
-              a.suffix);
+  std::printf("\nTime to first token, %u-token shared prefix + %u own tokens, steps of %u tokens (seconds; %% = of cold)\n\n",
+              a.prefix, a.suffix, a.batch);
   std::printf("| model | cold | warm GPU | restart, store in page cache | restart, cold disk | %u sessions (last / mean) | llama.cpp after restart |\n",
               a.sessions);
   std::printf("|---|---|---|---|---|---|---|\n");
@@ -263,14 +271,14 @@ int main(int argc, char** argv) {
                 r.model.c_str(), r.cold, r.gpu, 100 * r.gpu / r.cold, r.restart, 100 * r.restart / r.cold, r.disk,
                 100 * r.disk / r.cold, r.sessions, r.sessions_mean);
   }
-  std::printf("\n| model | cached tokens (GPU / restart / disk) | KV restored | restore time page cache / disk | store on disk (compression) | write-behind in the cold TTFT | load | page cache drop |\n");
+  std::printf("\n| model | cached tokens (GPU / restart / disk) | KV restored | restore time page cache / disk | store on disk (compression) | write-behind: in the cold TTFT / worker / done after the first token | load | page cache drop |\n");
   std::printf("|---|---|---|---|---|---|---|---|\n");
   for (const auto& r : rows) {
-    std::printf("| %s | %u / %u / %u | %.2f GB | %.3f s (%.1f GB/s) / %.3f s (%.1f GB/s) | %.2f GB (%.2fx) | %.2f s | %.1f s | %s |\n",
+    std::printf("| %s | %u / %u / %u | %.2f GB | %.3f s (%.1f GB/s) / %.3f s (%.1f GB/s) | %.2f GB (%.2fx) | %.2f / %.2f / %.2f s | %.1f s | %s |\n",
                 r.model.c_str(), r.attached_gpu, r.attached_restart, r.attached_disk, r.restored_gb, r.restore_s_cached,
                 r.restored_gb / std::max(1e-9, r.restore_s_cached), r.restore_s_disk,
                 r.restored_gb / std::max(1e-9, r.restore_s_disk), r.store.stored_bytes / 1e9,
-                r.store.compression_ratio(), r.export_s, r.load, r.drop_how.c_str());
+                r.store.compression_ratio(), r.export_s, r.export_worker_s, r.export_after_s, r.load, r.drop_how.c_str());
   }
   return 0;
 }

@@ -35,6 +35,7 @@
 
 #include "common/log.h"
 #include "engine/gguf/gguf.h"
+#include "engine/runtime/block_export.h"
 #include "engine/runtime/block_pool.h"
 #include "engine/runtime/moe_layer.h"
 #include "kernels/ops/add.h"
@@ -205,7 +206,10 @@ class VulkanEngine final : public Engine {
   Result<uint32_t> begin_attach(SeqId seq, std::span<const int32_t> tokens, std::string_view name_space) override;
   bool restoring(SeqId seq) const override;
   void pump_restores(bool wait) override;
-  CacheStats cache_stats() const override { return cache_stats_; }
+  CacheStats cache_stats() const override;
+  void wait_for_store_writes() override {
+    if (exporter_) exporter_->drain();
+  }
   ~VulkanEngine() override;
 
  private:
@@ -323,6 +327,7 @@ class VulkanEngine final : public Engine {
     std::vector<int32_t> tokens;
   };
   std::vector<Export> to_store_;  // registered during the current step, copied back at its end
+  Status ensure_exporter();
   // A sequence's blocks being read from the store (front: the one in progress).
   struct Restore {
     SeqId seq = 0;
@@ -338,6 +343,10 @@ class VulkanEngine final : public Engine {
   vk::Buffer staging_;            // host-cached, 2 * staging_blocks_ pool blocks (all layers)
   uint32_t staging_blocks_ = 0;   // blocks per half (reads fill one half while the GPU copies the other)
   uint32_t restore_group_blocks_ = 0;  // EngineOptions::restore_group_blocks
+  // The write-behind: export_to_store() copies completed blocks into slots of export_staging_ (host-cached,
+  // its own so that restores never wait for it) and exporter_'s worker queues them in the store.
+  vk::Buffer export_staging_;
+  std::unique_ptr<BlockExporter> exporter_;  // after export_staging_: stops (drained) before it is freed
   CacheStats cache_stats_;
   bool store_reads_failing_ = false;  // the last store read failed (logged once until one succeeds)
 };
@@ -345,6 +354,7 @@ class VulkanEngine final : public Engine {
 VulkanEngine::~VulkanEngine() {
   if (profile_ops_) log_op_profile();
   if (profile_host_) log_host_profile();
+  exporter_.reset();  // every completed block handed to the store before its flush
   if (store_) {
     if (Status st = store_->flush(); !st.ok()) log::warn("engine", "KV store flush: {}", st.message());
   }
@@ -972,7 +982,40 @@ void VulkanEngine::pump_restores(bool wait) {
   }
 }
 
-// Copies the blocks registered during this step back to the host and queues them for the store.
+CacheStats VulkanEngine::cache_stats() const {
+  CacheStats s = cache_stats_;
+  if (exporter_) {
+    const BlockExporter::Counters c = exporter_->counters();
+    s.store_blocks_queued = c.queued;
+    s.store_blocks_dropped = c.dropped;
+    s.store_export_worker_seconds = c.seconds;
+  }
+  return s;
+}
+
+Status VulkanEngine::ensure_exporter() {
+  if (exporter_) return Status::Ok();
+  // The blocks of a quarter more than one full step (the 8B's 2048-token step: 128 blocks, ~300 MB;
+  // 160 slots), so that a step waits for the worker only when it is still behind with the step before;
+  // never more than the pool. With EngineOptions::restore_group_blocks (tests), twice that many.
+  const uint64_t per_block = block_all_layers();
+  const uint64_t step_blocks = (max_tokens_ + layout_.block_tokens - 1) / layout_.block_tokens;
+  uint64_t n = std::clamp<uint64_t>(restore_group_blocks_ ? 2ull * restore_group_blocks_ : step_blocks * 5 / 4 + 1, 1,
+                                    std::max<uint32_t>(1, blocks_->total()));
+  n = std::min<uint64_t>(n, dev_->max_buffer_bytes() / per_block);
+  if (n == 0) return Status::ResourceExhausted("one KV block of every layer exceeds the device's largest buffer");
+  auto b = dev_->buffer(n * per_block, vk::Memory::kHostCached);
+  if (!b.ok()) return b.status();
+  export_staging_ = std::move(*b);
+  exporter_ = std::make_unique<BlockExporter>(
+      store_, BlockExporter::Format{fingerprint_, layout_.block_tokens, static_cast<uint16_t>(cfg_.n_layer)},
+      static_cast<const uint8_t*>(export_staging_.mapped()), per_block, static_cast<uint32_t>(n));
+  return Status::Ok();
+}
+
+// Copies the blocks registered during this step into export slots and hands them to the exporter's
+// worker, which queues them for the store after the step has returned. Waits only for the GPU copies,
+// and for free slots when the worker still holds all of them.
 void VulkanEngine::export_to_store() {
   if (to_store_.empty()) return;
   const auto t0 = std::chrono::steady_clock::now();
@@ -983,40 +1026,38 @@ void VulkanEngine::export_to_store() {
   } add_time{t0, cache_stats_.store_export_seconds};
   std::vector<Export> pending = std::move(to_store_);
   to_store_.clear();
-  if (Status st = ensure_staging(); !st.ok()) {
+  if (Status st = ensure_exporter(); !st.ok()) {
     log::warn("engine", "KV store write skipped: {}", st.message());
     return;
   }
   const uint64_t per_block = block_all_layers();
-  const size_t G = 2 * size_t{staging_blocks_};
-  const auto* host = static_cast<const uint8_t*>(staging_.mapped());
-  for (size_t first = 0; first < pending.size(); first += G) {
-    const size_t cnt = std::min(G, pending.size() - first);
+  for (size_t first = 0; first < pending.size();) {
+    const std::vector<uint32_t> slots = exporter_->acquire(pending.size() - first);
     auto stream = this->stream();
     Status st = stream.ok() ? Status::Ok() : stream.status();
     if (st.ok()) {
-      for (size_t j = 0; j < cnt; ++j) {
+      for (size_t j = 0; j < slots.size(); ++j) {
         for (uint32_t l = 0; l < cfg_.n_layer; ++l) {
-          (*stream)->copy(kv_[l], pending[first + j].block * layout_.block_bytes(), staging_,
-                          j * per_block + l * layout_.block_bytes(), layout_.block_bytes());
+          (*stream)->copy(kv_[l], pending[first + j].block * layout_.block_bytes(), export_staging_,
+                          slots[j] * per_block + l * layout_.block_bytes(), layout_.block_bytes());
         }
       }
       st = (*stream)->submit_and_wait();
     }
     if (!st.ok()) {
+      exporter_->release(slots);
       stream_.reset();
       log::warn("engine", "KV store write: copying blocks from the pool failed: {}", st.message());
       return;
     }
-    for (size_t j = 0; j < cnt; ++j) {
-      const Export& e = pending[first + j];
-      std::vector<uint8_t> payload(host + j * per_block, host + (j + 1) * per_block);
-      const kv::InsertResult r = store_->insert(e.key, e.parent, e.name_space, fingerprint_, layout_.block_tokens,
-                                                kv::PayloadDtype::kF16, static_cast<uint16_t>(cfg_.n_layer),
-                                                std::move(payload), e.tokens);
-      if (r == kv::InsertResult::kQueued) ++cache_stats_.store_blocks_queued;
-      if (r == kv::InsertResult::kDropped) ++cache_stats_.store_blocks_dropped;
+    std::vector<BlockExporter::Block> blocks;
+    blocks.reserve(slots.size());
+    for (size_t j = 0; j < slots.size(); ++j) {
+      Export& e = pending[first + j];
+      blocks.push_back({slots[j], e.key, e.parent, std::move(e.name_space), std::move(e.tokens)});
     }
+    exporter_->hand_over(std::move(blocks));
+    first += slots.size();
   }
 }
 

@@ -131,12 +131,13 @@ struct CacheStats {
   uint64_t store_hit_tokens = 0;      // tokens attached from blocks restored from the KV store
   uint64_t store_restored_bytes = 0;  // payload bytes read from the store into the pool
   uint64_t store_read_failures = 0;   // stored blocks that could not be read (corrupt, I/O): a miss
-  uint64_t store_blocks_queued = 0;   // completed blocks copied back and queued for the store
+  uint64_t store_blocks_queued = 0;   // completed blocks copied back and queued for the store (write-behind)
   uint64_t store_blocks_dropped = 0;  // ... that the store refused (write-behind queue full)
   uint64_t store_page_cache_reads = 0;  // store blocks read buffered, the page cache holding them (the store's count)
   uint64_t store_direct_reads = 0;      // store blocks read O_DIRECT from the disk (the store's count)
   double store_restore_seconds = 0;   // time spent in lookup + read + upload
-  double store_export_seconds = 0;    // time steps spent copying completed blocks back and queueing them
+  double store_export_seconds = 0;    // time steps spent copying completed blocks back (GPU → host slots)
+  double store_export_worker_seconds = 0;  // the write-behind worker's time: slots → store queue, off the steps
 };
 
 class Engine {
@@ -197,7 +198,11 @@ class Engine {
   }
   virtual bool restoring(SeqId seq) const { (void)seq; return false; }
   virtual void pump_restores(bool wait) { (void)wait; }
+  // store_blocks_queued / _dropped count the blocks the write-behind has handed to the store so far: a
+  // worker thread does that after the step that completed them returned. wait_for_store_writes()
+  // returns once it has handed over every block completed by the steps before the call.
   virtual CacheStats cache_stats() const { return {}; }
+  virtual void wait_for_store_writes() {}
 };
 
 // True when `token` ends generation for this model (one of config().eos_ids).

@@ -176,6 +176,7 @@ TEST_P(KvStoreTier, RestoredPrefixGivesTheColdLogitsInProcessAfterRestartAndPast
     cold = run(*e);
     ASSERT_EQ(cold.attached, 0u);
     ASSERT_EQ(cold.generated.size(), kGenerate);
+    e->wait_for_store_writes();  // the write-behind worker queues the last step's blocks after it returned
     const auto cs = e->cache_stats();
     EXPECT_EQ(cs.store_blocks_queued, (kPrompt + kGenerate) / kBlock) << "every completed block is written once";
     EXPECT_EQ(cs.store_blocks_dropped, 0u);

@@ -524,6 +524,11 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
     }
     e->stream_options_ = {first, colon == std::string_view::npos ? first : most};
   }
+  // TROVE_VK_SKIP_BARRIERS=1: measurement only, wrong results (vk::StreamOptions::skip_barriers).
+  if (const char* v = std::getenv("TROVE_VK_SKIP_BARRIERS"); v && std::string_view(v) == "1") {
+    log::warn("engine", "TROVE_VK_SKIP_BARRIERS=1: steps record no barriers; every result is wrong (a measurement)");
+    e->stream_options_.skip_barriers = true;
+  }
   auto ops = make_ops(*e->dev_);
   if (!ops.ok()) return ops.status();
   e->ops_ = std::move(*ops);

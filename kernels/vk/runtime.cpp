@@ -1109,9 +1109,11 @@ void CommandStream::barrier() {
     s.failed = b;
     return;
   }
-  record_full_barrier(s.cmd);
-  ++s.counters.barriers;
-  s.ends_with_barrier = true;
+  if (!s.opts.skip_barriers) {  // skipped: flush() still records the one before the submit
+    record_full_barrier(s.cmd);
+    ++s.counters.barriers;
+    s.ends_with_barrier = true;
+  }
   // A piece is cut only here, right after a full barrier (runtime.h says why that is enough).
   if (s.opts.chunk_dispatches > 0 && s.piece_dispatches >= s.piece_limit) {
     if (Status f = submit_piece(); !f.ok()) s.failed = f;

@@ -257,6 +257,10 @@ struct StreamOptions {
   // the GPU early, larger later ones keep the submits few. 0: one submission per submit_and_wait().
   uint32_t chunk_dispatches = 0;
   uint32_t max_chunk_dispatches = 0;
+  // Measurement only (TROVE_VK_SKIP_BARRIERS=1 in the engine): barrier() records nothing (pieces are
+  // still cut there), so dispatches overlap and read what earlier ones have not finished writing.
+  // The results are wrong; the time saved is what the barriers cost (bench_engine, docs/performance.md).
+  bool skip_barriers = false;
 };
 
 // What a stream recorded and how long the host spent, summed over the stream's life (subtract two

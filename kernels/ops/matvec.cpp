@@ -118,6 +118,8 @@ struct Matvec::State {
   uint32_t q8_waves = 4;          // q8 form: workgroups per SM walking the row blocks (TROVE_MATVEC_Q8_WAVES)
   bool q6_wide = true;            // q8 forms: Q6_K rows in 32-value parts (TROVE_MATVEC_Q6_WIDE=0: 16-value ones)
   uint32_t batched_rows = 0;      // rows per row group of batch 2..8 q8/q8p calls (TROVE_MATVEC_BATCHED_ROWS; 0: default)
+  uint32_t q8_rows = 0;           // ... of batch-1 q8 calls without SwiGLU (TROVE_MATVEC_ROWS; 0: kDefaultRows)
+  uint32_t q8_swiglu_rows = 0;    // ... of batch-1 q8 SwiGLU calls, gate rows (TROVE_MATVEC_SWIGLU_ROWS; 0: 1)
   uint32_t waves = 8;             // workgroups of 512 invocations per SM when x fits one tile
                                   // (TROVE_MATVEC_WAVES overrides: 0 = one workgroup per row block)
   MatvecTuning tuning;
@@ -212,6 +214,19 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
       return Status::InvalidArgument(fmt::format("TROVE_MATVEC_BATCHED_ROWS='{}' is not 1, 2 or 4 (rows per row group)", w));
     }
     op.st_->batched_rows = static_cast<uint32_t>(v[0] - '0');
+  }
+  // TROVE_MATVEC_ROWS / TROVE_MATVEC_SWIGLU_ROWS=1|2|4: the same for batch-1 calls in the q8 form
+  // (without / with the SwiGLU epilogue), for A/B in the engine: more rows a lane holds means more
+  // weight loads in flight per lane and fewer workgroups staging x.
+  for (auto [name, to] : {std::pair{"TROVE_MATVEC_ROWS", &op.st_->q8_rows},
+                          std::pair{"TROVE_MATVEC_SWIGLU_ROWS", &op.st_->q8_swiglu_rows}}) {
+    if (const char* w = std::getenv(name); w && *w) {
+      const std::string_view v(w);
+      if (v != "1" && v != "2" && v != "4") {
+        return Status::InvalidArgument(fmt::format("{}='{}' is not 1, 2 or 4 (rows per row group)", name, w));
+      }
+      *to = static_cast<uint32_t>(v[0] - '0');
+    }
   }
   if (const char* w = std::getenv("TROVE_MATVEC_Q8_WAVES"); w && *w) {
     char* end = nullptr;
@@ -378,6 +393,8 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
   const uint32_t sms = st_->sms ? st_->sms : kUnknownSmCount;
   const uint32_t rows_per_group = tn.rows_per_group                                 ? tn.rows_per_group
                                   : call.batch > 1 && q8 && st_->batched_rows != 0 ? st_->batched_rows
+                                  : call.batch == 1 && q8 && swiglu && st_->q8_swiglu_rows != 0 ? st_->q8_swiglu_rows
+                                  : call.batch == 1 && q8 && !swiglu && st_->q8_rows != 0 ? st_->q8_rows
                                   : swiglu                                         ? 1
                                                                                    : kDefaultRows;
   // Shared memory: a tile of staged activations, and the reduction area — each subgroup's partial

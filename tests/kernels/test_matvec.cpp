@@ -496,7 +496,34 @@ TEST_F(Matvec, Q8Form) {
   t.rows_per_group = 4;
   op_->set_tuning(t);
   ASSERT_TRUE(run(q8({1024, 1, true, MatvecEpilogue::kStore, set_q})));
+  ASSERT_TRUE(run(q8({512, 1, true, MatvecEpilogue::kSwiGlu, {{G::Q4_K, 45}, {G::Q6_K, 45}}})));  // 8 row slots
   ASSERT_TRUE(run({512, 1, true, MatvecEpilogue::kStore, set_a(0)}));  // F32/F16/BF16: the direct form, 1e-5
+}
+
+// TROVE_MATVEC_ROWS / TROVE_MATVEC_SWIGLU_ROWS set the rows per row group of batch-1 q8 calls (A/B
+// knobs): 4 rows each gives the reference's numbers; other values than 1, 2 and 4 are refused.
+TEST_F(Matvec, TroveMatvecRowsSetsBatchOneRows) {
+  auto make = [&](const char* rows, const char* swiglu_rows) {
+    tests::ScopedEnv r("TROVE_MATVEC_ROWS", rows), w("TROVE_MATVEC_SWIGLU_ROWS", swiglu_rows);
+    return ops::Matvec::create(*dev_);
+  };
+  for (auto [rows, swiglu_rows, name] : {std::tuple{"3", "", "TROVE_MATVEC_ROWS='3'"},
+                                          std::tuple{"", "8", "TROVE_MATVEC_SWIGLU_ROWS='8'"}}) {
+    auto bad = make(rows, swiglu_rows);
+    ASSERT_FALSE(bad.ok()) << name;
+    EXPECT_NE(bad.status().message().find(std::string(name) + " is not 1, 2 or 4"), std::string::npos)
+        << bad.status().message();
+  }
+  if (!dev_->features().integer_dot_product || !dev_->features().subgroup_arithmetic) {
+    GTEST_SKIP() << "the device lacks integer dot products or subgroup arithmetic (the q8 form is refused there)";
+  }
+  auto op = make("4", "4");
+  ASSERT_TRUE(op.ok()) << op.status().ToString();
+  ops::MatvecTuning t = f32();
+  t.form = ops::MatvecTuning::Form::kQ8;
+  op->set_tuning(t);
+  ASSERT_TRUE(check(*dev_, *op, {512, 1, true, MatvecEpilogue::kStore, {{G::Q4_K, 70}, {G::Q6_K, 19}}, false, 2e-2}, rng_));
+  ASSERT_TRUE(check(*dev_, *op, {512, 1, true, MatvecEpilogue::kSwiGlu, {{G::Q4_K, 45}, {G::Q4_K, 45}}, false, 3e-2}, rng_));
 }
 
 // The q8p form (TROVE_MATVEC=q8p: x̂ quantized by a pass into the op's scratch ring, then the q8

@@ -35,6 +35,7 @@
 // it read-only at the same time and see the index as of their open().
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <future>
@@ -191,6 +192,10 @@ class Store {
   virtual InsertResult insert(const BlockKey& key, const BlockKey& parent, std::string_view name_space,
                               std::string_view fingerprint, uint32_t tokens, PayloadDtype dtype, uint16_t layers,
                               std::vector<uint8_t> payload, std::span<const int32_t> token_ids = {}) = 0;
+  // Waits until an insert of `bytes` would fit the write-behind queue (true) or `timeout` passes
+  // (false), for a producer that would rather wait for the disk than have blocks dropped (the engine's
+  // write-behind worker). Never true for a read-only store or a payload larger than the whole queue.
+  virtual bool wait_for_room(size_t bytes, std::chrono::milliseconds timeout) = 0;
   // Waits until every block queued before the call is durable (or failed and counted). The sync point.
   // Returns IoError when blocks failed to be stored since the previous flush() returned.
   virtual Status flush() = 0;

@@ -66,6 +66,13 @@ BlockExporter::Counters BlockExporter::counters() const {
 }
 
 void BlockExporter::run() {
+  // Backpressure: a prefill can complete blocks faster than the disk takes them (the 8B on the H200:
+  // ~1.2 GB/s of KV in 2048-token steps against a store writing ~1 GB/s), and a full store queue
+  // drops blocks — a prefix the next session or a restart would then compute again. So the worker
+  // waits for room (holding its slot, so the steps wait for slots in turn) up to kRoomWait per block;
+  // after a wait that timed out (a stalled disk) it stops waiting until a block fits at once again.
+  constexpr std::chrono::milliseconds kRoomWait{1000};
+  bool stalled = false;
   std::unique_lock l(mu_);
   for (;;) {
     cv_.wait(l, [&] { return stop_ || !work_.empty(); });
@@ -75,16 +82,24 @@ void BlockExporter::run() {
     busy_ = true;
     l.unlock();
     const auto t0 = std::chrono::steady_clock::now();
+    if (store_->wait_for_room(slot_bytes_, std::chrono::milliseconds{0})) {
+      stalled = false;
+    } else if (!stalled && !store_->wait_for_room(slot_bytes_, kRoomWait)) {
+      stalled = true;
+    }
+    const auto t1 = std::chrono::steady_clock::now();
     const uint8_t* src = host_ + uint64_t{b.slot} * slot_bytes_;
     std::vector<uint8_t> payload(src, src + slot_bytes_);
     const kv::InsertResult r =
         store_->insert(b.key, b.parent, b.name_space, format_.fingerprint, format_.block_tokens, kv::PayloadDtype::kF16,
                        format_.layers, std::move(payload), b.tokens);
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+    const double w = std::chrono::duration<double>(t1 - t0).count();
     l.lock();
     if (r == kv::InsertResult::kQueued) ++counters_.queued;
     if (r == kv::InsertResult::kDropped) ++counters_.dropped;
     counters_.seconds += s;
+    counters_.wait_seconds += w;
     free_.push_back(b.slot);
     busy_ = false;
     cv_.notify_all();

@@ -7,6 +7,8 @@
 // worker thread: the engine acquires free slots, records and waits for the GPU copies, hands the
 // filled slots over and returns from the step; the worker copies each slot out, inserts it into the
 // store and frees the slot. The engine waits only when every slot is still in the worker's hands.
+// When the store's write queue is full the worker waits for room (up to a second a block, none while
+// the store is stalled) rather than have the block dropped: the steps are then paced by the disk.
 #pragma once
 
 #include <condition_variable>
@@ -34,7 +36,8 @@ class BlockExporter {
   struct Counters {
     uint64_t queued = 0;   // blocks the store accepted into its write queue
     uint64_t dropped = 0;  // blocks the store refused (its queue full)
-    double seconds = 0;    // worker time: slot → payload copies and inserts
+    double seconds = 0;       // worker time: slot → payload copies and inserts
+    double wait_seconds = 0;  // worker time waiting for room in the store's write queue
   };
   struct Format {
     std::string fingerprint;

@@ -993,7 +993,8 @@ CacheStats VulkanEngine::cache_stats() const {
     const BlockExporter::Counters c = exporter_->counters();
     s.store_blocks_queued = c.queued;
     s.store_blocks_dropped = c.dropped;
-    s.store_export_worker_seconds = c.seconds;
+    s.store_export_worker_seconds = c.seconds + c.wait_seconds;
+    s.store_export_wait_seconds = c.wait_seconds;
   }
   return s;
 }

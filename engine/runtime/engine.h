@@ -138,6 +138,7 @@ struct CacheStats {
   double store_restore_seconds = 0;   // time spent in lookup + read + upload
   double store_export_seconds = 0;    // time steps spent copying completed blocks back (GPU → host slots)
   double store_export_worker_seconds = 0;  // the write-behind worker's time: slots → store queue, off the steps
+  double store_export_wait_seconds = 0;    // ... of which waiting for room in the store's queue (disk slower)
 };
 
 class Engine {

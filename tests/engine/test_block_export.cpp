@@ -1,6 +1,7 @@
 // The KV store's write-behind worker (engine/runtime/block_export.h) against a real store in a temporary
 // directory: slots cycle through the worker and every block handed over reaches the store with its
-// bytes (read back after a flush); acquire() waits while the worker holds every slot; destroying the
+// bytes (read back after a flush); a full store queue is waited for, not dropped into; acquire()
+// waits while the worker holds every slot; destroying the
 // exporter hands over what it still holds; released slots are free again. No GPU: the "staging buffer"
 // is host memory that the test fills the way the engine's GPU copies would.
 #include <chrono>
@@ -35,11 +36,12 @@ struct Fixture {
   std::vector<kv::BlockKey> keys;     // its block keys
   std::vector<uint8_t> host;          // the staging "buffer"
 
-  Fixture(const std::string& name, uint32_t blocks, uint32_t slots) {
+  Fixture(const std::string& name, uint32_t blocks, uint32_t slots, size_t queue_bytes = 0) {
     dir = std::filesystem::temp_directory_path() / fmt_dir(name);
     std::filesystem::remove_all(dir);
     kv::Options o;
     o.block_tokens = kBlockTokens;
+    if (queue_bytes) o.insert_queue_bytes = queue_bytes;
     auto s = kv::Store::open(dir.string(), o);
     EXPECT_TRUE(s.ok()) << s.status().ToString();
     if (s.ok()) store = std::move(*s);
@@ -112,6 +114,28 @@ TEST(BlockExport, SlotsCycleThroughTheWorkerAndEveryBlockReachesTheStore) {
   EXPECT_EQ(c.queued, kBlocks);
   EXPECT_EQ(c.dropped, 0u);
   EXPECT_EQ(x->acquire(kSlots).size(), kSlots) << "after drain() every slot is free";
+  EXPECT_EQ(f.stored_and_intact(), kBlocks);
+}
+
+// A store whose write queue holds two blocks: the worker waits for the writer instead of having
+// blocks dropped, so all 60 reach the disk (without the wait most would be refused).
+TEST(BlockExport, AFullStoreQueueIsWaitedForNotDropped) {
+  constexpr uint32_t kBlocks = 60, kSlots = 8;
+  Fixture f("full-queue", kBlocks, kSlots, 2 * kSlotBytes);
+  ASSERT_TRUE(f.store);
+  EXPECT_FALSE(f.store->wait_for_room(3 * kSlotBytes, std::chrono::milliseconds(1)))
+      << "a payload larger than the whole queue never fits";
+  auto x = f.exporter(kSlots);
+  for (size_t next = 0; next < kBlocks;) {
+    const std::vector<uint32_t> slots = x->acquire(kBlocks - next);
+    std::vector<BlockExporter::Block> blocks;
+    for (uint32_t s : slots) blocks.push_back(f.fill(*x, s, next++));
+    x->hand_over(std::move(blocks));
+  }
+  x->drain();
+  const BlockExporter::Counters c = x->counters();
+  EXPECT_EQ(c.dropped, 0u);
+  EXPECT_EQ(c.queued, kBlocks);
   EXPECT_EQ(f.stored_and_intact(), kBlocks);
 }
 

@@ -314,16 +314,38 @@ void Scheduler::finish(Active& a, FinishReason reason, std::string error) {
   a.result.finish = reason;
   a.result.error = std::move(error);
   a.result.total_seconds = std::chrono::duration<double>(Clock::now() - a.submitted).count();
-  // The blocks this request completed are in the store's write queue before its end is sent
-  // (docs/reliability.md, "acknowledged durable"): the write-behind worker queues them after the steps.
-  engine_.wait_for_store_writes();
   GenerationEvent ev;
   ev.kind = GenerationEvent::Kind::kDone;
   ev.result = a.result;
-  a.stream->push(std::move(ev));
+  // The blocks this request completed are in the store's write queue before its end is sent
+  // (docs/reliability.md, "acknowledged durable"): the write-behind worker queues them after the
+  // steps, so the end waits for the worker to reach today's hand-over count (send_ready_ends).
+  const engine::Engine::StoreWriteProgress p = engine_.store_write_progress();
+  if (p.done >= p.handed) {
+    a.stream->push(std::move(ev));
+  } else {
+    pending_ends_.push_back({a.stream, std::move(ev), p.handed});
+  }
   SequenceInfo info = a.info();
   info.ended = Clock::now();
   just_finished_.push_back(std::move(info));
+}
+
+bool Scheduler::ends_ready() const {
+  if (pending_ends_.empty()) return false;
+  return engine_.store_write_progress().done >= pending_ends_.front().ticket;  // tickets never decrease
+}
+
+void Scheduler::send_ready_ends(bool wait) {
+  if (pending_ends_.empty()) return;
+  if (wait) engine_.wait_for_store_writes();
+  const uint64_t done = engine_.store_write_progress().done;
+  size_t n = 0;
+  while (n < pending_ends_.size() && pending_ends_[n].ticket <= done) {
+    pending_ends_[n].stream->push(std::move(pending_ends_[n].done));
+    ++n;
+  }
+  pending_ends_.erase(pending_ends_.begin(), pending_ends_.begin() + static_cast<std::ptrdiff_t>(n));
 }
 
 void Scheduler::on_token(Active& a, int32_t token) {
@@ -365,11 +387,13 @@ void Scheduler::on_token(Active& a, int32_t token) {
 void Scheduler::loop() {
   std::vector<std::unique_ptr<Active>> active;
   while (true) {
+    send_ready_ends(/*wait=*/false);
     {
       std::unique_lock<std::mutex> lock(mu_);
-      // Idle: the store counters go on moving while the write-behind worker queues the last step's blocks.
-      while (!cv_.wait_for(lock, std::chrono::milliseconds(250),
-                           [&] { return stopping_ || !active.empty() || !queue_.empty(); })) {
+      // Idle: the store counters go on moving while the write-behind worker queues the last steps'
+      // blocks, and ends held for it are sent once it has (polled every 2 ms while there are any).
+      while (!cv_.wait_for(lock, std::chrono::milliseconds(pending_ends_.empty() ? 250 : 2),
+                           [&] { return stopping_ || !active.empty() || !queue_.empty() || ends_ready(); })) {
         stats_.cache = engine_.cache_stats();
       }
       if (stopping_) break;
@@ -602,6 +626,7 @@ void Scheduler::loop() {
     engine_.close_sequence(a->seq);
     speculator_.stop(a->spec);
   }
+  send_ready_ends(/*wait=*/true);
   std::lock_guard<std::mutex> lock(mu_);
   for (auto& q : queue_) {
     GenerationEvent ev;

@@ -224,6 +224,17 @@ class Scheduler {
   void on_token(Active& a, int32_t token);
   void report_cached(Active& a);
   void finish(Active& a, FinishReason reason, std::string error = {});
+  // Request ends held until the write-behind has queued the blocks of the steps before them
+  // (Engine::store_write_progress): the kDone event and the hand-over count it waits for. Scheduler
+  // thread only, in finishing order.
+  struct PendingEnd {
+    std::shared_ptr<GenerationStream> stream;
+    GenerationEvent done;
+    uint64_t ticket = 0;
+  };
+  std::vector<PendingEnd> pending_ends_;
+  bool ends_ready() const;
+  void send_ready_ends(bool wait);
   // With mu_ held: stats_ and the sequence snapshot from the scheduler thread's view.
   void publish_locked(const std::vector<std::unique_ptr<Active>>& active);
 

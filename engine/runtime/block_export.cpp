@@ -50,6 +50,7 @@ void BlockExporter::release(const std::vector<uint32_t>& slots) {
 void BlockExporter::hand_over(std::vector<Block> blocks) {
   {
     std::lock_guard l(mu_);
+    counters_.handed += blocks.size();
     for (Block& b : blocks) work_.push_back(std::move(b));
   }
   cv_.notify_all();
@@ -100,6 +101,7 @@ void BlockExporter::run() {
     if (r == kv::InsertResult::kDropped) ++counters_.dropped;
     counters_.seconds += s;
     counters_.wait_seconds += w;
+    ++counters_.done;
     free_.push_back(b.slot);
     busy_ = false;
     cv_.notify_all();

@@ -34,6 +34,8 @@ class BlockExporter {
     std::vector<int32_t> tokens;
   };
   struct Counters {
+    uint64_t handed = 0;   // blocks handed over so far
+    uint64_t done = 0;     // ... of them finished (queued, refused or duplicate), in hand-over order
     uint64_t queued = 0;   // blocks the store accepted into its write queue
     uint64_t dropped = 0;  // blocks the store refused (its queue full)
     double seconds = 0;       // worker time: slot → payload copies and inserts

@@ -210,6 +210,11 @@ class VulkanEngine final : public Engine {
   void wait_for_store_writes() override {
     if (exporter_) exporter_->drain();
   }
+  StoreWriteProgress store_write_progress() const override {
+    if (!exporter_) return {};
+    const BlockExporter::Counters c = exporter_->counters();
+    return {c.handed, c.done};
+  }
   ~VulkanEngine() override;
 
  private:

@@ -204,6 +204,14 @@ class Engine {
   // returns once it has handed over every block completed by the steps before the call.
   virtual CacheStats cache_stats() const { return {}; }
   virtual void wait_for_store_writes() {}
+  // The write-behind's progress in blocks: handed to the worker by the steps so far, and finished
+  // (queued in the store or refused by it) in that order — the blocks of the steps before a reading
+  // of `handed` are all in the store's queue once `done` reaches it (the scheduler holds a request's
+  // end until then).
+  struct StoreWriteProgress {
+    uint64_t handed = 0, done = 0;
+  };
+  virtual StoreWriteProgress store_write_progress() const { return {}; }
 };
 
 // True when `token` ends generation for this model (one of config().eos_ids).

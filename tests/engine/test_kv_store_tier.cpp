@@ -282,6 +282,11 @@ TEST(KvStoreTierScheduler, ARequestRestoredInTheBackgroundReportsItsCachedTokens
     const auto r = complete(sched, prompt(), &cold_text);
     ASSERT_NE(r.finish, server::FinishReason::kError) << r.error;
     EXPECT_EQ(r.cached_tokens, 0u);
+    // The request's end was held until the write-behind worker had queued every block it completed
+    // (docs/reliability.md, "acknowledged durable"): read as soon as the end arrived.
+    const uint64_t enqueued = store->stats().enqueued;
+    EXPECT_EQ(enqueued, e->store_write_progress().handed);
+    EXPECT_GE(enqueued, kPrompt / kBlock);
   }
   auto e = load(model, store);  // a restart: empty GPU cache, the store on disk
   ASSERT_TRUE(e);

@@ -1031,8 +1031,8 @@ void StoreImpl::write_batch(std::vector<Pending>& batch) {
   std::vector<BlockEntry> written;
   written.reserve(batch.size());
   // The records (byte shuffle, LZ4, checksum) are encoded on the worker pool, then written in queue
-  // order: one thread encoding was the store's write limit (~0.9 GB/s on the H200 machine, slower
-  // than the 8B's prefill produces KV; docs/performance.md).
+  // order: with one thread encoding, the store took KV at ~0.9 GB/s on the H200 machine, slower than
+  // the 8B's prefill produces it (docs/performance.md); the encoding is the suspected limit.
   std::vector<detail::EncodedRecord> recs(batch.size());
   {
     Latch latch(batch.size());

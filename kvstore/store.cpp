@@ -1032,7 +1032,8 @@ void StoreImpl::write_batch(std::vector<Pending>& batch) {
   written.reserve(batch.size());
   // The records (byte shuffle, LZ4, checksum) are encoded on the worker pool, then written in queue
   // order: with one thread encoding, the store took KV at ~0.9 GB/s on the H200 machine, slower than
-  // the 8B's prefill produces it (docs/performance.md); the encoding is the suspected limit.
+  // the 8B's prefill produces it; encoded in parallel, the write-behind no longer waits for the store
+  // there (docs/performance.md, 2026-12-03 17:05).
   std::vector<detail::EncodedRecord> recs(batch.size());
   {
     Latch latch(batch.size());

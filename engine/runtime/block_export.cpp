@@ -58,7 +58,7 @@ void BlockExporter::hand_over(std::vector<Block> blocks) {
 
 void BlockExporter::drain() {
   std::unique_lock l(mu_);
-  cv_.wait(l, [&] { return work_.empty() && !busy_; });
+  cv_.wait(l, [&] { return counters_.done == counters_.handed; });
 }
 
 BlockExporter::Counters BlockExporter::counters() const {
@@ -67,9 +67,9 @@ BlockExporter::Counters BlockExporter::counters() const {
 }
 
 void BlockExporter::run() {
-  // Backpressure: a prefill can complete blocks faster than the disk takes them (the 8B on the H200:
-  // ~1.2 GB/s of KV in 2048-token steps against a store writing ~1 GB/s), and a full store queue
-  // drops blocks — a prefix the next session or a restart would then compute again. So the worker
+  // Backpressure: a prefill can complete blocks faster than the store takes them (the 8B on the H200
+  // makes ~1.2 GB/s of KV in 2048-token steps; the store took ~0.9 GB/s until it encoded in parallel,
+  // and a slower disk still may), and a full store queue drops blocks — a prefix the next session or a restart would then compute again. So the worker
   // waits for room (holding its slot, so the steps wait for slots in turn) up to kRoomWait per block;
   // after a wait that timed out (a stalled disk) it stops waiting until a block fits at once again.
   constexpr std::chrono::milliseconds kRoomWait{1000};
@@ -80,7 +80,6 @@ void BlockExporter::run() {
     if (work_.empty()) return;  // stopping, nothing left
     Block b = std::move(work_.front());
     work_.pop_front();
-    busy_ = true;
     l.unlock();
     const auto t0 = std::chrono::steady_clock::now();
     if (store_->wait_for_room(slot_bytes_, std::chrono::milliseconds{0})) {
@@ -103,7 +102,6 @@ void BlockExporter::run() {
     counters_.wait_seconds += w;
     ++counters_.done;
     free_.push_back(b.slot);
-    busy_ = false;
     cv_.notify_all();
   }
 }

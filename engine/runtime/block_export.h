@@ -79,7 +79,6 @@ class BlockExporter {
   std::condition_variable cv_;  // free slots, work, idle, stop: one variable, every waiter re-checks
   std::vector<uint32_t> free_;
   std::deque<Block> work_;
-  bool busy_ = false;  // the worker holds a block taken from work_
   bool stop_ = false;
   Counters counters_;
   std::thread worker_;

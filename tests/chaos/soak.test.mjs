@@ -1,5 +1,5 @@
 // Overload and soak (issue 21, item 4): 64 concurrent agent loops against one `trove serve` (tiny model,
-// --parallel 8, --max-queue 24) for TROVE_SOAK_SECONDS (60 here; 600 in the long run of
+// --parallel 8, --max-queue 24) for TROVE_SOAK_SECONDS (40 here; 600 in the long run of
 // docs/reliability.md). Each loop is an agent conversation: a shared system prompt (cached prefix), a
 // task, then turns of a 2-token reply and a tool result appended, restarting when it grows past ~10
 // blocks; 8 namespaces. Requests beyond --parallel + --max-queue get 503 with Retry-After; the loop
@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { makeModel, metrics, serve, workDir } from "./chaos_harness.mjs";
 
-const SECONDS = Number(process.env.TROVE_SOAK_SECONDS ?? 60);
+const SECONDS = Number(process.env.TROVE_SOAK_SECONDS ?? 40);
 const LOOPS = 64;
 const work = workDir("chaos-soak");
 after(() => { if (!process.env.TROVE_CHAOS_KEEP) rmSync(work, { recursive: true, force: true }); });

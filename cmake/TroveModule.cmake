@@ -51,6 +51,28 @@ function(trove_library name)
   endif()
 endfunction()
 
+# One precompiled header for every unsanitized test (they share their compile options): GoogleTest, fmt
+# and the standard headers the tests use, parsed once instead of in each test source (gtest alone is
+# ~2.7 s a source on the 2-core dev machine). TROVE_TEST_PCH=OFF turns it off.
+option(TROVE_TEST_PCH "Share a precompiled header among the unsanitized tests" ON)
+function(_trove_test_pch)
+  if(TARGET trove_test_pch)
+    return()
+  endif()
+  # An executable, so that its flags are the tests' (clang refuses a PCH built without their -fPIE).
+  set(src ${PROJECT_BINARY_DIR}/generated/trove_test_pch.cpp)
+  if(NOT EXISTS ${src})
+    file(WRITE ${src} "// Hosts the precompiled header the unsanitized tests reuse (cmake/TroveModule.cmake).\n"
+                      "int main() { return 0; }\n")
+  endif()
+  add_executable(trove_test_pch ${src})
+  target_link_libraries(trove_test_pch PRIVATE GTest::gtest fmt::fmt)
+  target_compile_options(trove_test_pch PRIVATE ${TROVE_WARNINGS})
+  target_precompile_headers(trove_test_pch PRIVATE
+    <gtest/gtest.h> <fmt/format.h> <algorithm> <cmath> <cstdint> <cstring> <filesystem> <functional>
+    <map> <memory> <random> <string> <string_view> <thread> <vector>)
+endfunction()
+
 function(trove_test name)
   cmake_parse_arguments(A "SANITIZED" "TIMEOUT" "SOURCES;LIBS;LABELS" ${ARGN})
   add_executable(${name} ${A_SOURCES})
@@ -62,6 +84,10 @@ function(trove_test name)
   else()
     set(libs ${A_LIBS})
     target_compile_options(${name} PRIVATE ${TROVE_WARNINGS})
+    if(TROVE_TEST_PCH)
+      _trove_test_pch()
+      target_precompile_headers(${name} REUSE_FROM trove_test_pch)
+    endif()
   endif()
   target_link_libraries(${name} PRIVATE ${libs} GTest::gtest GTest::gtest_main Threads::Threads)
   target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR})

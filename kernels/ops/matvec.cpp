@@ -116,6 +116,7 @@ struct Matvec::State {
   };
   std::map<uint64_t, Ring> rings;  // guarded by mu
   uint32_t q8_waves = 4;          // q8 form: workgroups per SM walking the row blocks (TROVE_MATVEC_Q8_WAVES)
+  uint32_t q8_stage_flags = 0;    // q8 form: push flags 4 (stage without loads) or 8 (no staging), TROVE_MATVEC_Q8_STAGE
   bool q6_wide = true;            // q8 forms: Q6_K rows in 32-value parts (TROVE_MATVEC_Q6_WIDE=0: 16-value ones)
   uint32_t batched_rows = 0;      // rows per row group of batch 2..8 q8/q8p calls (TROVE_MATVEC_BATCHED_ROWS; 0: default)
   uint32_t q8_rows = 0;           // ... of batch-1 q8 calls without SwiGLU (TROVE_MATVEC_ROWS; 0: kDefaultRows)
@@ -235,6 +236,18 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
       return Status::InvalidArgument(fmt::format("TROVE_MATVEC_Q8_WAVES='{}' is not a number of workgroups per SM (1..64)", w));
     }
     op.st_->q8_waves = static_cast<uint32_t>(v);
+  }
+  // TROVE_MATVEC_Q8_STAGE=noloads|skip — a measurement of what the q8 form's staging of x̂ costs, with
+  // WRONG RESULTS (like TROVE_VK_SKIP_BARRIERS): noloads stages constants instead of reading x and the
+  // norm weights, skip leaves the staging out. On the H200 (2026-12-03, 8B, depth 4096) tg128 238 / 240
+  // → 258 / 257 (noloads) → 274 / 275 (skip), GPU 4015 → 3716 → 3497 µs a step: the staging is ~13%.
+  if (const char* w = std::getenv("TROVE_MATVEC_Q8_STAGE"); w && *w) {
+    const std::string_view v(w);
+    if (v != "noloads" && v != "skip") {
+      return Status::InvalidArgument(fmt::format(
+          "TROVE_MATVEC_Q8_STAGE='{}' is not noloads or skip (a measurement with wrong results; unset it to decode)", w));
+    }
+    op.st_->q8_stage_flags = v == "noloads" ? 4u : 8u;
   }
   // TROVE_MATVEC_Q6_WIDE=0|1: the q8 forms walk Q6_K rows in 32-value parts (16-byte runs of the
   // codes, half the parts; the default) or in 16-value ones (0). On the H200 (2026-12-03, 8B Q4_K_M,
@@ -526,6 +539,7 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
     return s.dispatch(**p, bufs, &push, sizeof(push), gx, gy);
   }
   if (q8) {
+    push.flags |= st_->q8_stage_flags;  // TROVE_MATVEC_Q8_STAGE: a measurement, wrong results
     // x staged once per workgroup; `q8_waves` workgroups per SM walk the row blocks (CPU devices:
     // one block per workgroup, see the staged form's note below).
     push.ntiles = 1;

@@ -84,6 +84,10 @@ uint ww(uint m, uint i) {
   return w2w[i];
 }
 
+#ifndef MV_Q8_GLOBAL
+#define MV_STAGE_KNOBS
+bool g_no_loads = false;  // flags & 4 (TROVE_MATVEC_Q8_STAGE=noloads, a measurement): stage constants, read no x
+#endif
 #include "matvec_q8_parts.glsl"
 
 void write_out(uint m, uint i, float v, float u, bool add) {
@@ -110,7 +114,9 @@ void main() {
   [[unroll]] for (uint b = 0u; b < kNB; ++b) inv[b] = norm ? gi[kNB * kTileVals * 13u / 32u + b] : 1.0;
 #else
   // Stage x̂ once for all the blocks this workgroup walks.
-  const uint nblk = pc.cols >> 5u;
+  // flags & 8 (TROVE_MATVEC_Q8_STAGE=skip, a measurement with wrong results): no staging at all.
+  const uint nblk = (pc.flags & 8u) != 0u ? 0u : pc.cols >> 5u;
+  g_no_loads = (pc.flags & 4u) != 0u;
   [[unroll]] for (uint b = 0u; b < kNB; ++b) {
     float ssq = 0.0;
     for (uint k = lid; k < nblk; k += kWG) ssq += stage_block(b, b * (pc.cols >> 2u), k, norm, 1.0);

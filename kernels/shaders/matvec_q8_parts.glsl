@@ -256,13 +256,21 @@ void q8_part(uint type, uint p) {
 // Quantizes values 32k .. 32k+31 of the row at vec4 index xrow of x4 (times nw4 with `norm`) into
 // staged column b, its scales multiplied by dscale (moe_down_q8.comp: the routing weight); returns
 // their Σ x² (before nw4).
+// MV_STAGE_KNOBS (matvec_q8.glsl only): the includer's g_no_loads stages constants instead of x̂
+// (TROVE_MATVEC_Q8_STAGE=noloads, a measurement with wrong results).
 float stage_block(uint b, uint xrow, uint k, bool norm, float dscale) {
   vec4 v[8];
   float ssq = 0.0, amax = 0.0;
   [[unroll]] for (uint i = 0u; i < 8u; ++i) {
+#ifdef MV_STAGE_KNOBS
+    v[i] = g_no_loads ? vec4(1.0) : x4[xrow + 8u * k + i];
+    ssq += dot(v[i], v[i]);
+    if (norm && !g_no_loads) v[i] *= nw4[8u * k + i];
+#else
     v[i] = x4[xrow + 8u * k + i];
     ssq += dot(v[i], v[i]);
     if (norm) v[i] *= nw4[8u * k + i];
+#endif
     const vec4 a = abs(v[i]);
     amax = max(amax, max(max(a.x, a.y), max(a.z, a.w)));
   }

@@ -526,6 +526,66 @@ TEST_F(Matvec, TroveMatvecRowsSetsBatchOneRows) {
   ASSERT_TRUE(check(*dev_, *op, {512, 1, true, MatvecEpilogue::kSwiGlu, {{G::Q4_K, 45}, {G::Q4_K, 45}}, false, 3e-2}, rng_));
 }
 
+// TROVE_MATVEC_Q8_STAGE=noloads|skip (a measurement of what the q8 form's staging of x̂ costs, with
+// wrong results; docs/performance.md): another value is refused, and each of the two changes what the
+// kernel computes — staging constants, or nothing — so the speed it gives is that of a kernel that did
+// not stage x. One Q4_K matrix with the norm prologue, the default against each.
+TEST_F(Matvec, TroveMatvecQ8StageIsAMeasurementThatChangesTheResult) {
+  {
+    tests::ScopedEnv e("TROVE_MATVEC_Q8_STAGE", "none");
+    auto bad = ops::Matvec::create(*dev_);
+    ASSERT_FALSE(bad.ok());
+    EXPECT_NE(bad.status().message().find("TROVE_MATVEC_Q8_STAGE='none' is not noloads or skip"), std::string::npos)
+        << bad.status().message();
+  }
+  if (!dev_->features().integer_dot_product || !dev_->features().subgroup_arithmetic) {
+    GTEST_SKIP() << "the device lacks integer dot products or subgroup arithmetic (the q8 form is refused there)";
+  }
+  const uint32_t rows = 64, cols = 512;
+  const auto w = kernels::ref::random_weights(G::Q4_K, rows, cols, 0.5f, 7);
+  std::mt19937 r(8);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> x(cols), nw(cols);
+  for (auto& v : x) v = nd(r);
+  for (auto& v : nw) v = 1.0f + 0.2f * nd(r);
+  auto wb = upload(*dev_, w.data(), w.size());
+  auto xb = upload(*dev_, x.data(), x.size() * 4);
+  auto nb = upload(*dev_, nw.data(), nw.size() * 4);
+  auto yb = dev_->buffer(rows * 4);
+  ASSERT_TRUE(wb.ok() && xb.ok() && nb.ok() && yb.ok());
+  auto run_with = [&](const char* stage) -> std::vector<float> {
+    tests::ScopedEnv e("TROVE_MATVEC_Q8_STAGE", stage);
+    auto op = ops::Matvec::create(*dev_);
+    EXPECT_TRUE(op.ok()) << op.status().ToString();
+    if (!op.ok()) return {};
+    ops::MatvecTuning t = f32();
+    t.form = ops::MatvecTuning::Form::kQ8;
+    op->set_tuning(t);
+    ops::MatvecCall call;
+    call.cols = cols;
+    call.batch = 1;
+    call.x = *xb;
+    call.norm_w = *nb;
+    call.eps = 1e-6f;
+    call.n_mats = 1;
+    call.mats[0] = {G::Q4_K, rows, vk::BufferRange(*wb), vk::BufferRange(*yb), 0};
+    EXPECT_TRUE(yb->fill(kNaN).ok());
+    auto s = dev_->stream();
+    EXPECT_TRUE(s.ok());
+    const Status st = op->record(*s, call);
+    EXPECT_TRUE(st.ok()) << st.ToString();
+    EXPECT_TRUE(s->submit_and_wait().ok());
+    std::vector<float> y(rows);
+    EXPECT_TRUE(yb->download(y.data(), rows * 4).ok());
+    return y;
+  };
+  const std::vector<float> normal = run_with(nullptr), noloads = run_with("noloads"), skip = run_with("skip");
+  ASSERT_EQ(normal.size(), rows);
+  for (float v : normal) ASSERT_TRUE(std::isfinite(v));
+  EXPECT_NE(0, std::memcmp(normal.data(), noloads.data(), rows * 4)) << "noloads gave the staged result";
+  EXPECT_NE(0, std::memcmp(normal.data(), skip.data(), rows * 4)) << "skip gave the staged result";
+}
+
 // The q8p form (TROVE_MATVEC=q8p: x̂ quantized by a pass into the op's scratch ring, then the q8
 // kernel reading it through the caches, one row block per workgroup): the four types at batch 1 and
 // 8, SwiGLU with two types, cols beyond one tile (2048 x 8 int8 would not fit lavapipe's shared

@@ -60,7 +60,8 @@ export async function openModel(path, { contextSize = 512 } = {}) {
       // The sampler keeps the `top` most likely tokens (topK; temperature 1, no top-p / min-p cut), so
       // each position returns `top` probabilities instead of a Map of the whole 152k vocabulary, which
       // took ~120 ms a position to build. They are llama.cpp's probabilities of those tokens over the
-      // whole vocabulary, as before (checked: identical to the full Map's on the synthetic models).
+      // whole vocabulary, as before: on the tiny F16 model every position's top 5 equalled the full
+      // Map's exactly, and engine_oracle's printed maxima did not change.
       const next = { probabilities: true, options: { topK: top, topP: 1, minP: 0, temperature: 1 } };
       const input = ids.map((id, i) => (want.has(i) ? [id, { generateNext: next }] : id));
       const res = await seq.controlledEvaluate(input);

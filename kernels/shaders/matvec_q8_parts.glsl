@@ -27,8 +27,8 @@ const uint kQ6Wide = 0u;  // 1: walk() takes Q6_K in 32-value parts (part_q6k_wi
 // SD(b·kTileVals/64 ..) (two per vec2: a Q4_K/Q5_K part's two sub-blocks in one load), d·Σq per 16
 // values at SS(b·kTileVals/64 ..) (four per vec4: both halves of both sub-blocks); b < kQ8Cols.
 // MV_Q8_GLOBAL: the same arrays one after the other in the scratch slot (in floats: q at 0,
-// d at kQ8Cols·T/4, sums at ·9/32, then inv_rms of each column at ·13/32; T = kTileVals; the
-// includer reads the last).
+// d at kQ8Cols·T/4, sums at ·9/32, then each block's Σ x² at ·13/32, T/32 per column; T =
+// kTileVals; the includer reduces the last).
 #ifdef MV_Q8_GLOBAL
 layout(std430, set = 0, binding = 0) readonly buffer GQ { uvec4 gq4[]; };
 layout(std430, set = 0, binding = 0) readonly buffer GD { vec2 gd2[]; };
@@ -74,6 +74,7 @@ uvec2 x8(uint b, uint v) {
 }
 
 #include "k4_scales.glsl"
+#include "matvec_q8_block.glsl"
 
 // ---- Q4_K / Q5_K, part m of super-block sb.
 void part_k45(bool q5, uint sb, uint m) {
@@ -259,36 +260,28 @@ void q8_part(uint type, uint p) {
 // MV_STAGE_KNOBS (matvec_q8.glsl only): the includer's g_no_loads stages constants instead of x̂
 // (TROVE_MATVEC_Q8_STAGE=noloads, a measurement with wrong results).
 float stage_block(uint b, uint xrow, uint k, bool norm, float dscale) {
-  vec4 v[8];
-  float ssq = 0.0, amax = 0.0;
+  vec4 v[8], n[8];
   [[unroll]] for (uint i = 0u; i < 8u; ++i) {
 #ifdef MV_STAGE_KNOBS
     v[i] = g_no_loads ? vec4(1.0) : x4[xrow + 8u * k + i];
-    ssq += dot(v[i], v[i]);
-    if (norm && !g_no_loads) v[i] *= nw4[8u * k + i];
+    n[i] = norm && !g_no_loads ? nw4[8u * k + i] : vec4(1.0);
 #else
     v[i] = x4[xrow + 8u * k + i];
-    ssq += dot(v[i], v[i]);
-    if (norm) v[i] *= nw4[8u * k + i];
+    n[i] = norm ? nw4[8u * k + i] : vec4(1.0);
 #endif
-    const vec4 a = abs(v[i]);
-    amax = max(amax, max(max(a.x, a.y), max(a.z, a.w)));
   }
-  const float d = amax / 127.0 * dscale, id = amax > 0.0 ? 127.0 / amax : 0.0;
-  int sum[2] = int[2](0, 0);
-  uint words[8];
-  [[unroll]] for (uint i = 0u; i < 8u; ++i) {
-    const ivec4 q = ivec4(round(v[i] * id));
-    sum[i >> 2u] += (q.x + q.y) + (q.z + q.w);
-    words[i] = (uint(q.x) & 0xFFu) | ((uint(q.y) & 0xFFu) << 8u) | ((uint(q.z) & 0xFFu) << 16u) | (uint(q.w) << 24u);
-  }
+#ifdef MV_STAGE_KNOBS
+  const Q8Block o = q8_block(v, n, norm && !g_no_loads, dscale);
+#else
+  const Q8Block o = q8_block(v, n, norm, dscale);
+#endif
   const uint base = b * (kTileVals / 16u) + 2u * k;
-  sq[sqi(base)] = uvec4(words[0], words[1], words[2], words[3]);
-  sq[sqi(base + 1u)] = uvec4(words[4], words[5], words[6], words[7]);
+  sq[sqi(base)] = uvec4(o.w[0], o.w[1], o.w[2], o.w[3]);
+  sq[sqi(base + 1u)] = uvec4(o.w[4], o.w[5], o.w[6], o.w[7]);
   const uint kb = b * (kTileVals / 32u) + k;
-  sd[kb >> 1u][kb & 1u] = d;
-  ss[kb >> 1u][2u * (kb & 1u)] = d * float(sum[0]);
-  ss[kb >> 1u][2u * (kb & 1u) + 1u] = d * float(sum[1]);
-  return ssq;
+  sd[kb >> 1u][kb & 1u] = o.d;
+  ss[kb >> 1u][2u * (kb & 1u)] = o.s0;
+  ss[kb >> 1u][2u * (kb & 1u) + 1u] = o.s1;
+  return o.ssq;
 }
 #endif

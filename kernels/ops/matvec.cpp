@@ -100,7 +100,7 @@ struct Matvec::State {
   uint32_t sms = 0;               // streaming multiprocessors / compute units (0: the driver does not say)
   uint32_t direct_lanes = 0;      // the direct form's row group: the subgroup size (0: no subgroup arithmetic)
   bool direct = false;            // the direct form by default (GPUs with subgroup arithmetic; TROVE_MATVEC)
-  bool q8_ok = false;             // the q8 form can run: integer dot products + subgroup arithmetic
+  bool q8_ok = false;             // the q8 form can run: integer dot products + subgroup arithmetic and shuffles
   bool q8 = false;                // the q8 form by default (TROVE_MATVEC=q8)
   bool q8_batch1 = false;         // the q8 form for batch-1 calls (GPUs with q8_ok, TROVE_MATVEC unset)
   bool q8p = false;               // the q8p form by default (TROVE_MATVEC=q8p)
@@ -196,7 +196,7 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
   }
   if (f.subgroup_arithmetic && sg >= 4 && sg <= 64 && (sg & (sg - 1)) == 0) op.st_->direct_lanes = sg;
   op.st_->direct = !f.is_cpu && op.st_->direct_lanes != 0;
-  op.st_->q8_ok = f.integer_dot_product && op.st_->direct_lanes != 0;
+  op.st_->q8_ok = f.integer_dot_product && f.subgroup_shuffle && op.st_->direct_lanes != 0;
   // One decode stream on a GPU: the q8 form (H200, 8B tg128 154 -> 212 tok/s), and the q8p form for
   // batches of 2..8 (below): the same int8 numbers at every batch. With the f32 direct form for
   // batches (7636d29) a verification step's argmax differed from one-token steps (H200 30B-A3B at
@@ -272,7 +272,7 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
     } else if (form == "q8" || form == "q8p") {
       if (!op.st_->q8_ok) {
         return Status::Unsupported(fmt::format("TROVE_MATVEC_BATCHED={} needs integer dot products "
-                                               "(VK_KHR_shader_integer_dot_product) and subgroup arithmetic, which "
+                                               "(VK_KHR_shader_integer_dot_product), subgroup arithmetic and subgroup shuffles, which "
                                                "this device lacks; unset TROVE_MATVEC_BATCHED", v));
       }
       op.st_->batched = form == "q8" ? B::kQ8 : B::kQ8P;
@@ -297,13 +297,13 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
     } else if (form == "q8") {
       if (!op.st_->q8_ok) {
         return Status::Unsupported("TROVE_MATVEC=q8 needs integer dot products (VK_KHR_shader_integer_dot_product) and "
-                                   "subgroup arithmetic, which this device lacks; unset TROVE_MATVEC");
+                                   "subgroup arithmetic and shuffles, which this device lacks; unset TROVE_MATVEC");
       }
       op.st_->q8 = true;
     } else if (form == "q8p") {
       if (!op.st_->q8_ok) {
         return Status::Unsupported("TROVE_MATVEC=q8p needs integer dot products (VK_KHR_shader_integer_dot_product) and "
-                                   "subgroup arithmetic, which this device lacks; unset TROVE_MATVEC");
+                                   "subgroup arithmetic and shuffles, which this device lacks; unset TROVE_MATVEC");
       }
       op.st_->q8p = true;
     } else {
@@ -373,7 +373,7 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
     q8 = true;
   }
   if (q8 && !st_->q8_ok) {
-    return Status::Unsupported("matvec: the q8 form needs integer dot products and subgroup arithmetic (use direct or staged)");
+    return Status::Unsupported("matvec: the q8 form needs integer dot products and subgroup arithmetic and shuffles (use direct or staged)");
   }
   // The q8 form takes Q4_K/Q5_K/Q6_K/Q8_0 weights with batch · cols int8 (+ scales) in shared memory;
   // other calls run the direct form.

@@ -110,7 +110,7 @@ struct MatvecTuning {
                                  // where the device has them (not on CPUs), q8 for batch-1 calls on GPUs
                                  // with integer dot products and q8p for their batches of 2..8,
                                  // TROVE_MATVEC=f32|staged|direct|q8|q8p, TROVE_MATVEC_BATCHED.
-                                 // kQ8/kQ8P need subgroup arithmetic and integer dot products (refused
+                                 // kQ8/kQ8P need subgroup arithmetic and shuffles and integer dot products (refused
                                  // otherwise); calls with a matrix not Q4_K/Q5_K/Q6_K/Q8_0 run the direct
                                  // form; kQ8 calls whose batch · cols int8 do not fit shared memory run kQ8P
                                  // (the same numbers)

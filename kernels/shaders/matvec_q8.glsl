@@ -30,6 +30,8 @@
 #extension GL_EXT_integer_dot_product : require
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
+#extension GL_KHR_shader_subgroup_shuffle : require
+#define Q8_HALF_PAIRS
 
 layout(local_size_x_id = 0) in;
 layout(constant_id = 1) const uint kG = 32u;           // lanes per row group (the subgroup size)
@@ -119,7 +121,9 @@ void main() {
   g_no_loads = (pc.flags & 4u) != 0u;
   [[unroll]] for (uint b = 0u; b < kNB; ++b) {
     float ssq = 0.0;
-    for (uint k = lid; k < nblk; k += kWG) ssq += stage_block(b, b * (pc.cols >> 2u), k, norm, 1.0);
+    // Half a block per invocation, pairs of adjacent invocations per block (stage_half): at 4096
+    // columns every invocation works, where one per block left half of them idle.
+    for (uint h = lid; h < 2u * nblk; h += kWG) ssq += stage_half(b, b * (pc.cols >> 2u), h, norm, 1.0);
     ssq = subgroupAdd(ssq);
     if (lane == 0u) sssq[group * kNB + b] = ssq;
   }

@@ -284,4 +284,33 @@ float stage_block(uint b, uint xrow, uint k, bool norm, float dscale) {
   ss[kb >> 1u][2u * (kb & 1u) + 1u] = o.s1;
   return o.ssq;
 }
+
+#ifdef Q8_HALF_PAIRS
+// Half h of a block (h = 2k + half: values 32k + 16·half .. +15), staged by a pair of adjacent
+// invocations (q8_half: both of the pair must call it, with h and h ^ 1). Returns the block's Σ x²
+// on the even invocation, 0 on the odd one, so that each block counts once in a running sum.
+float stage_half(uint b, uint xrow, uint h, bool norm, float dscale) {
+  const uint k = h >> 1u, half_ = h & 1u, at = 8u * k + 4u * half_;
+  vec4 v[4], n[4];
+  [[unroll]] for (uint i = 0u; i < 4u; ++i) {
+#ifdef MV_STAGE_KNOBS
+    v[i] = g_no_loads ? vec4(1.0) : x4[xrow + at + i];
+    n[i] = norm && !g_no_loads ? nw4[at + i] : vec4(1.0);
+#else
+    v[i] = x4[xrow + at + i];
+    n[i] = norm ? nw4[at + i] : vec4(1.0);
+#endif
+  }
+#ifdef MV_STAGE_KNOBS
+  const Q8Half o = q8_half(v, n, norm && !g_no_loads, dscale);
+#else
+  const Q8Half o = q8_half(v, n, norm, dscale);
+#endif
+  sq[sqi(b * (kTileVals / 16u) + 2u * k + half_)] = uvec4(o.w[0], o.w[1], o.w[2], o.w[3]);
+  const uint kb = b * (kTileVals / 32u) + k;
+  if (half_ == 0u) sd[kb >> 1u][kb & 1u] = o.d;
+  ss[kb >> 1u][2u * (kb & 1u) + half_] = o.s;
+  return half_ == 0u ? o.ssq : 0.0;
+}
+#endif
 #endif

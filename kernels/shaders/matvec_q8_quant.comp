@@ -6,15 +6,17 @@
 // (column b at b·T/4), scales at B·T/4 + b·T/32, sums at B·T·9/32 + b·T/16, inv_rms at B·T·13/32 + b.
 //
 // Every number is the one the staged q8 kernel (matvec_q8.glsl, stage_block) computes for the same
-// column, bit for bit: both quantize a block with q8_block (matvec_q8_block.glsl), and this pass has
-// the same workgroup size and lanes per subgroup (the host passes the q8 kernel's), the same blocks
-// per invocation, Σ x² summed per 32-value block, then over an invocation's blocks, then by
-// subgroupAdd, then over the subgroups in order. Speculative
+// column, bit for bit: both quantize a block with q8_half (matvec_q8_block.glsl), half a block per
+// invocation, and this pass has the same workgroup size and lanes per subgroup (the host passes the
+// q8 kernel's), the same half-blocks per invocation, Σ x² summed per 32-value block, then over the
+// blocks of an even invocation, then by subgroupAdd, then over the subgroups in order. Speculative
 // verification runs batches through this pass and one-token steps through the staged kernel, and
 // greedy decoding must not change with it (H200, 8B at depth 8188: a tree reduction here put Σ x²
 // ~1e-7 apart and flipped an argmax two tokens on).
 #extension GL_GOOGLE_include_directive : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
+#extension GL_KHR_shader_subgroup_shuffle : require
+#define Q8_HALF_PAIRS
 #include "matvec_q8_block.glsl"
 
 layout(local_size_x_id = 0) in;
@@ -35,20 +37,19 @@ void main() {
   const bool norm = (pc.flags & 1u) != 0u;
   const uint T = pc.tile, B = pc.batch;
   float ssq = 0.0;
-  for (uint k = lid; k < (pc.cols >> 5u); k += kWG) {
-    vec4 v[8], n[8];
-    for (uint i = 0u; i < 8u; ++i) {
-      v[i] = x4[b * (pc.cols >> 2u) + 8u * k + i];
-      n[i] = norm ? nw4[8u * k + i] : vec4(1.0);
+  // Half a block per invocation, as the staged kernel's stage_half (matvec_q8_parts.glsl).
+  for (uint h = lid; h < 2u * (pc.cols >> 5u); h += kWG) {
+    const uint k = h >> 1u, half_ = h & 1u, at = 8u * k + 4u * half_;
+    vec4 v[4], n[4];
+    for (uint i = 0u; i < 4u; ++i) {
+      v[i] = x4[b * (pc.cols >> 2u) + at + i];
+      n[i] = norm ? nw4[at + i] : vec4(1.0);
     }
-    const Q8Block o = q8_block(v, n, norm, 1.0);
-    const uint base = b * (T / 16u) + 2u * k;
-    q4[base] = uvec4(o.w[0], o.w[1], o.w[2], o.w[3]);
-    q4[base + 1u] = uvec4(o.w[4], o.w[5], o.w[6], o.w[7]);
-    qf[B * T / 4u + b * (T / 32u) + k] = o.d;
-    qf[B * T * 9u / 32u + b * (T / 16u) + 2u * k] = o.s0;
-    qf[B * T * 9u / 32u + b * (T / 16u) + 2u * k + 1u] = o.s1;
-    ssq += o.ssq;
+    const Q8Half o = q8_half(v, n, norm, 1.0);
+    q4[b * (T / 16u) + 2u * k + half_] = uvec4(o.w[0], o.w[1], o.w[2], o.w[3]);
+    if (half_ == 0u) qf[B * T / 4u + b * (T / 32u) + k] = o.d;
+    qf[B * T * 9u / 32u + b * (T / 16u) + 2u * k + half_] = o.s;
+    ssq += half_ == 0u ? o.ssq : 0.0;
   }
   ssq = subgroupAdd(ssq);
   if (lid % kG == 0u) red[lid / kG] = ssq;

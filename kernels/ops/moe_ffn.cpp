@@ -179,7 +179,7 @@ Result<MoeFfn> MoeFfn::create(vk::Device& dev, uint32_t slots_per_pass, bool gpu
   op.slots_per_pass_ = slots_per_pass ? slots_per_pass : (op.cpu_ ? 1 : 0);
   if (f.subgroup_arithmetic && sg >= 4 && sg <= 64 && (sg & (sg - 1)) == 0) op.direct_lanes_ = sg;
   op.direct_default_ = !f.is_cpu && op.direct_lanes_ != 0;
-  op.q8_ok_ = f.integer_dot_product && op.direct_lanes_ != 0;
+  op.q8_ok_ = f.integer_dot_product && f.subgroup_shuffle && op.direct_lanes_ != 0;  // shuffles: the half-block staging
   // The q8 form by default on GPUs that can run it, 1 row per row group over ~1024 workgroups. H200
   // (2026-12-03, same call, 30B-A3B): tg64 191.8 tok/s against 185.7 for the direct form; 8 streams
   // together 659.9 against 498.7; verifying 8 tokens at depth 4096 14.5 ms (argmax equal to one-token
@@ -211,7 +211,7 @@ Result<MoeFfn> MoeFfn::create(vk::Device& dev, uint32_t slots_per_pass, bool gpu
     if (form == "q8") {
       if (!op.q8_ok_) {
         return Status::Unsupported(fmt::format("TROVE_MOE=q8 needs integer dot products (VK_KHR_shader_integer_dot_product) "
-                                               "and subgroup arithmetic, which device {} lacks; use TROVE_MOE=direct or "
+                                               "and subgroup arithmetic and shuffles, which device {} lacks; use TROVE_MOE=direct or "
                                                "staged", f.name));
       }
       op.direct_default_ = op.q8_default_ = true;
@@ -535,7 +535,7 @@ uint32_t q8_grid_x(uint32_t blocks, uint32_t rows_y, uint32_t forced, uint32_t t
 
 Result<bool> MoeFfn::record_gate_up_q8(vk::CommandStream& s, const MoeFfnCall& c) const {
   if (!q8() || !c.by_pair || !q8_type(c.gate.type) || !q8_type(c.up.type)) return false;
-  if (!q8_ok_) return Status::Unsupported("moe_ffn: the q8 form needs integer dot products and subgroup arithmetic (use direct)");
+  if (!q8_ok_) return Status::Unsupported("moe_ffn: the q8 form needs integer dot products and subgroup arithmetic and shuffles (use direct)");
   const uint32_t g = direct_lanes_, rows = tuning_.gate_up_rows ? tuning_.gate_up_rows : q8_rows_;
   const uint32_t wg = tuning_.workgroup ? tuning_.workgroup : std::max(kDirectWorkgroup, g);
   const uint32_t ffn = c.gate.rows, hidden = c.gate.cols, pairs = c.tokens * c.k;
@@ -558,7 +558,7 @@ Result<bool> MoeFfn::record_gate_up_q8(vk::CommandStream& s, const MoeFfnCall& c
 
 Result<bool> MoeFfn::record_down_q8(vk::CommandStream& s, const MoeFfnCall& c) const {
   if (!q8() || !c.by_pair || !q8_type(c.down.type)) return false;
-  if (!q8_ok_) return Status::Unsupported("moe_ffn: the q8 form needs integer dot products and subgroup arithmetic (use direct)");
+  if (!q8_ok_) return Status::Unsupported("moe_ffn: the q8 form needs integer dot products and subgroup arithmetic and shuffles (use direct)");
   const uint32_t g = direct_lanes_, rows = tuning_.down_rows ? tuning_.down_rows : q8_rows_;
   const uint32_t wg = tuning_.workgroup ? tuning_.workgroup : std::max(kDirectWorkgroup, g);
   const uint32_t ffn = c.gate.rows, hidden = c.gate.cols, T = c.tokens;

@@ -16,6 +16,8 @@
 #extension GL_EXT_control_flow_attributes : require
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
+#extension GL_KHR_shader_subgroup_shuffle : require
+#define Q8_HALF_PAIRS
 
 layout(local_size_x_id = 0) in;
 layout(constant_id = 1) const uint kG = 32u;          // lanes per row group (the subgroup size)
@@ -60,9 +62,9 @@ void main() {
   const uint lid = gl_LocalInvocationID.x, group = lid / kG, lane = lid % kG;
   const uint nblk = pc.cols >> 5u;
   for (uint i = lid; i < kK; i += kWG) s_ids[i] = ids[t * kK + i];
-  for (uint i = lid; i < kK * nblk; i += kWG) {
-    const uint j = i / nblk, kb = i - j * nblk, pair = t * kK + j;
-    stage_block(j, pair * (pc.cols >> 2u), kb, false, wt[pair]);
+  for (uint i = lid; i < 2u * kK * nblk; i += kWG) {  // half a block per invocation (stage_half: adjacent pairs)
+    const uint j = (i >> 1u) / nblk, kb = (i >> 1u) - j * nblk, pair = t * kK + j;
+    stage_half(j, pair * (pc.cols >> 2u), 2u * kb + (i & 1u), false, wt[pair]);
   }
   barrier();
   const uint parts = q8_parts(kType0, kCols);

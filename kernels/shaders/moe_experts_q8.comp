@@ -16,6 +16,8 @@
 #extension GL_EXT_control_flow_attributes : require
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
+#extension GL_KHR_shader_subgroup_shuffle : require
+#define Q8_HALF_PAIRS
 
 layout(local_size_x_id = 0) in;
 layout(constant_id = 1) const uint kG = 32u;           // lanes per row group (the subgroup size)
@@ -66,7 +68,8 @@ void main() {
 
   float ssq = 0.0;
   const uint xrow = (pair / pc.k) * (pc.cols >> 2u);
-  for (uint kb = lid; kb < (pc.cols >> 5u); kb += kWG) ssq += stage_block(0u, xrow, kb, norm, 1.0);
+  // Half a block per invocation (stage_half: adjacent pairs): at 2048 columns 128 invocations work, not 64.
+  for (uint h = lid; h < 2u * (pc.cols >> 5u); h += kWG) ssq += stage_half(0u, xrow, h, norm, 1.0);
   ssq = subgroupAdd(ssq);
   if (lane == 0u) sssq[group] = ssq;
   barrier();

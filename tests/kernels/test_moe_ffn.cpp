@@ -356,7 +356,7 @@ TEST_F(MoeFfnTest, DirectForm) {
 // before gate/up (both, through SwiGLU) and h before down. lavapipe: ~10 s (a pipeline per shape).
 TEST_F(MoeFfnTest, Q8Form) {
   if (!ffn_->q8_supported()) {
-    GTEST_SKIP() << "the device lacks integer dot products or subgroup arithmetic (the q8 form is refused there)";
+    GTEST_SKIP() << "the device lacks integer dot products, subgroup arithmetic or subgroup shuffles (the q8 form is refused there)";
   }
   ops::MoeTuning t;
   t.form = ops::MoeTuning::Form::kQ8;

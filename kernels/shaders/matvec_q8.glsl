@@ -30,8 +30,6 @@
 #extension GL_EXT_integer_dot_product : require
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
-#extension GL_KHR_shader_subgroup_shuffle : require
-#define Q8_HALF_PAIRS
 
 layout(local_size_x_id = 0) in;
 layout(constant_id = 1) const uint kG = 32u;           // lanes per row group (the subgroup size)

@@ -1,7 +1,7 @@
 // matvec_q8_parts.glsl — the int8 dot products of the q8 matvec forms, shared by the dense decode
 // matvec (matvec_q8.glsl: matvec_q8.comp, matvec_q8p.comp) and the MoE expert kernels' q8 form
 // (moe_experts_q8.comp, moe_down_q8.comp): the staged activations' layout, x̂ quantized into it
-// (stage_block), and per weight type the "part" functions combining weight codes with it by
+// (stage_half), and per weight type the "part" functions combining weight codes with it by
 // dotPacked4x8EXT (the parts and their value ranges: matvec_q8.glsl's header).
 //
 // Interface the including shader provides before `#include "matvec_q8_parts.glsl"`:
@@ -11,7 +11,7 @@
 //   uint  q8_col(uint b)          the staged column batch column b reads (the identity, or a column
 //                                 the caller selects per part: moe_down_q8.comp's expert j)
 //   uvec4 wq(uint mat, uint i)    16-byte word i of matrix `mat`'s weights;  uint ww(mat, i): 4-byte
-//   buffers x4 (vec4 activations) and nw4 (vec4 RMSNorm weights) for stage_block, unless MV_Q8_GLOBAL
+//   buffers x4 (vec4 activations) and nw4 (vec4 RMSNorm weights) for stage_half, unless MV_Q8_GLOBAL
 // and sets, before calling a part: row_off[s] (byte offset of slot s's row), slot_mat[s] (its matrix),
 // live[s]; the parts add into acc[b][s].
 #extension GL_EXT_control_flow_attributes : require
@@ -254,38 +254,6 @@ void q8_part(uint type, uint p) {
 }
 
 #ifndef MV_Q8_GLOBAL
-// Quantizes values 32k .. 32k+31 of the row at vec4 index xrow of x4 (times nw4 with `norm`) into
-// staged column b, its scales multiplied by dscale (moe_down_q8.comp: the routing weight); returns
-// their Σ x² (before nw4).
-// MV_STAGE_KNOBS (matvec_q8.glsl only): the includer's g_no_loads stages constants instead of x̂
-// (TROVE_MATVEC_Q8_STAGE=noloads, a measurement with wrong results).
-float stage_block(uint b, uint xrow, uint k, bool norm, float dscale) {
-  vec4 v[8], n[8];
-  [[unroll]] for (uint i = 0u; i < 8u; ++i) {
-#ifdef MV_STAGE_KNOBS
-    v[i] = g_no_loads ? vec4(1.0) : x4[xrow + 8u * k + i];
-    n[i] = norm && !g_no_loads ? nw4[8u * k + i] : vec4(1.0);
-#else
-    v[i] = x4[xrow + 8u * k + i];
-    n[i] = norm ? nw4[8u * k + i] : vec4(1.0);
-#endif
-  }
-#ifdef MV_STAGE_KNOBS
-  const Q8Block o = q8_block(v, n, norm && !g_no_loads, dscale);
-#else
-  const Q8Block o = q8_block(v, n, norm, dscale);
-#endif
-  const uint base = b * (kTileVals / 16u) + 2u * k;
-  sq[sqi(base)] = uvec4(o.w[0], o.w[1], o.w[2], o.w[3]);
-  sq[sqi(base + 1u)] = uvec4(o.w[4], o.w[5], o.w[6], o.w[7]);
-  const uint kb = b * (kTileVals / 32u) + k;
-  sd[kb >> 1u][kb & 1u] = o.d;
-  ss[kb >> 1u][2u * (kb & 1u)] = o.s0;
-  ss[kb >> 1u][2u * (kb & 1u) + 1u] = o.s1;
-  return o.ssq;
-}
-
-#ifdef Q8_HALF_PAIRS
 // Half h of a block (h = 2k + half: values 32k + 16·half .. +15), staged by a pair of adjacent
 // invocations (q8_half: both of the pair must call it, with h and h ^ 1). Returns the block's Σ x²
 // on the even invocation, 0 on the odd one, so that each block counts once in a running sum.
@@ -312,5 +280,4 @@ float stage_half(uint b, uint xrow, uint h, bool norm, float dscale) {
   ss[kb >> 1u][2u * (kb & 1u) + half_] = o.s;
   return half_ == 0u ? o.ssq : 0.0;
 }
-#endif
 #endif

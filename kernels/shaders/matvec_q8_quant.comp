@@ -5,7 +5,7 @@
 // without it). Slot layout in floats, T = tile (cols rounded up to 256), B = batch: int8 values at 0
 // (column b at b·T/4), scales at B·T/4 + b·T/32, sums at B·T·9/32 + b·T/16, inv_rms at B·T·13/32 + b.
 //
-// Every number is the one the staged q8 kernel (matvec_q8.glsl, stage_block) computes for the same
+// Every number is the one the staged q8 kernel (matvec_q8_parts.glsl, stage_half) computes for the same
 // column, bit for bit: both quantize a block with q8_half (matvec_q8_block.glsl), half a block per
 // invocation, and this pass has the same workgroup size and lanes per subgroup (the host passes the
 // q8 kernel's), the same half-blocks per invocation, Σ x² summed per 32-value block, then over the
@@ -15,8 +15,6 @@
 // ~1e-7 apart and flipped an argmax two tokens on).
 #extension GL_GOOGLE_include_directive : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
-#extension GL_KHR_shader_subgroup_shuffle : require
-#define Q8_HALF_PAIRS
 #include "matvec_q8_block.glsl"
 
 layout(local_size_x_id = 0) in;

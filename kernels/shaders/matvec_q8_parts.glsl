@@ -27,8 +27,8 @@ const uint kQ6Wide = 0u;  // 1: walk() takes Q6_K in 32-value parts (part_q6k_wi
 // SD(b·kTileVals/64 ..) (two per vec2: a Q4_K/Q5_K part's two sub-blocks in one load), d·Σq per 16
 // values at SS(b·kTileVals/64 ..) (four per vec4: both halves of both sub-blocks); b < kQ8Cols.
 // MV_Q8_GLOBAL: the same arrays one after the other in the scratch slot (in floats: q at 0,
-// d at kQ8Cols·T/4, sums at ·9/32, then each block's Σ x² at ·13/32, T/32 per column; T =
-// kTileVals; the includer reduces the last).
+// d at kQ8Cols·T/4, sums at ·9/32, then inv_rms of each column at ·13/32; T = kTileVals; the
+// includer reads the last).
 #ifdef MV_Q8_GLOBAL
 layout(std430, set = 0, binding = 0) readonly buffer GQ { uvec4 gq4[]; };
 layout(std430, set = 0, binding = 0) readonly buffer GD { vec2 gd2[]; };

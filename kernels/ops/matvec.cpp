@@ -322,6 +322,8 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
 
 void Matvec::set_tuning(const MatvecTuning& t) { st_->tuning = t; }
 
+bool Matvec::q8_supported() const { return st_->q8_ok; }
+
 Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
   using quant::GgmlType;
   const bool swiglu = call.epilogue == MatvecEpilogue::kSwiGlu;

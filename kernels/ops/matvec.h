@@ -121,6 +121,8 @@ class Matvec {
   static Result<Matvec> create(vk::Device& dev);
   Status record(vk::CommandStream& s, const MatvecCall& call) const;  // ONE dispatch
   static constexpr uint32_t kMaxBatch = 8;
+  // The device can run the q8 forms (integer dot products, subgroup arithmetic and shuffles).
+  bool q8_supported() const;
 
   // Overrides the work split for later record() calls (bench, tests). Not thread-safe against
   // concurrent record().

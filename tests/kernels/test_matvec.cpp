@@ -465,7 +465,7 @@ TEST_F(Matvec, DirectForm) {
 // GPU). Bound 2e-2 of the output norm: the int8 rounding of x̂ costs ~0.6% for Gaussian activations
 // (llama.cpp's q8_1 activations on GPUs do the same).
 TEST_F(Matvec, Q8Form) {
-  if (!dev_->features().integer_dot_product || !dev_->features().subgroup_arithmetic || !dev_->features().subgroup_shuffle) {
+  if (!op_->q8_supported()) {
     GTEST_SKIP() << "the device lacks integer dot products, subgroup arithmetic or subgroup shuffles (the q8 form is refused there)";
   }
   ops::MatvecTuning t = f32();
@@ -514,7 +514,7 @@ TEST_F(Matvec, TroveMatvecRowsSetsBatchOneRows) {
     EXPECT_NE(bad.status().message().find(std::string(name) + " is not 1, 2 or 4"), std::string::npos)
         << bad.status().message();
   }
-  if (!dev_->features().integer_dot_product || !dev_->features().subgroup_arithmetic || !dev_->features().subgroup_shuffle) {
+  if (!op_->q8_supported()) {
     GTEST_SKIP() << "the device lacks integer dot products, subgroup arithmetic or subgroup shuffles (the q8 form is refused there)";
   }
   auto op = make("4", "4");
@@ -538,7 +538,7 @@ TEST_F(Matvec, TroveMatvecQ8StageIsAMeasurementThatChangesTheResult) {
     EXPECT_NE(bad.status().message().find("TROVE_MATVEC_Q8_STAGE='none' is not noloads or skip"), std::string::npos)
         << bad.status().message();
   }
-  if (!dev_->features().integer_dot_product || !dev_->features().subgroup_arithmetic || !dev_->features().subgroup_shuffle) {
+  if (!op_->q8_supported()) {
     GTEST_SKIP() << "the device lacks integer dot products, subgroup arithmetic or subgroup shuffles (the q8 form is refused there)";
   }
   const uint32_t rows = 64, cols = 512;
@@ -592,7 +592,7 @@ TEST_F(Matvec, TroveMatvecQ8StageIsAMeasurementThatChangesTheResult) {
 // memory), two chained calls in one stream (different ring slots), and the F32 fallback to the direct
 // form. Bound 2e-2 as for the q8 form.
 TEST_F(Matvec, Q8PassForm) {
-  if (!dev_->features().integer_dot_product || !dev_->features().subgroup_arithmetic || !dev_->features().subgroup_shuffle) {
+  if (!op_->q8_supported()) {
     GTEST_SKIP() << "the device lacks integer dot products, subgroup arithmetic or subgroup shuffles (the q8p form is refused there)";
   }
   ops::MatvecTuning t = f32();
@@ -655,7 +655,7 @@ TEST_F(Matvec, Q8PassForm) {
 // prologue and the residual add; then batched columns against batch-1 calls bit for bit (the wide
 // parts on both sides). Against the float64 reference, bound 2e-2.
 TEST_F(Matvec, Q6WideParts) {
-  if (!dev_->features().integer_dot_product || !dev_->features().subgroup_arithmetic || !dev_->features().subgroup_shuffle) {
+  if (!op_->q8_supported()) {
     GTEST_SKIP() << "the device lacks integer dot products, subgroup arithmetic or subgroup shuffles (the q8 form is refused there)";
   }
   auto q8 = [](Case c) {
@@ -694,7 +694,7 @@ TEST_F(Matvec, Q6WideParts) {
 // the q8p pass summed Σ x² in another order, ~1e-7 apart, and at depth 8188 the 8B's verification of 2
 // tokens took another argmax than one-token decoding); the default batched form (q8p) too.
 TEST_F(Matvec, Q8FormColumnsEqualBatchOne) {
-  if (!dev_->features().integer_dot_product || !dev_->features().subgroup_arithmetic || !dev_->features().subgroup_shuffle) {
+  if (!op_->q8_supported()) {
     GTEST_SKIP() << "the device lacks integer dot products, subgroup arithmetic or subgroup shuffles (the q8 form is refused there)";
   }
   ops::MatvecTuning t;
@@ -719,7 +719,7 @@ TEST_F(Matvec, Q8FormColumnsEqualBatchOne) {
 // shared memory.
 TEST_F(Matvec, Q8FormQwenShapesOnAGpu) {
   if (!full_shapes()) GTEST_SKIP() << "set TROVE_KERNEL_FULL=1 (a real GPU) for the Qwen3 shapes";
-  if (!dev_->features().integer_dot_product || !dev_->features().subgroup_arithmetic || !dev_->features().subgroup_shuffle) {
+  if (!op_->q8_supported()) {
     GTEST_SKIP() << "the device lacks integer dot products, subgroup arithmetic or subgroup shuffles (the q8 form is refused there)";
   }
   for (auto form : {ops::MatvecTuning::Form::kQ8, ops::MatvecTuning::Form::kQ8P}) {
@@ -821,7 +821,7 @@ TEST_F(Matvec, TroveMatvecBatchedNamesTheBatchForm) {
   EXPECT_NE(bad_rows.status().message().find("not 1, 2 or 4"), std::string::npos) << bad_rows.status().message();
   auto f32 = make("f32", "f32", "");
   EXPECT_TRUE(f32.ok()) << f32.status().ToString();
-  if (!dev_->features().integer_dot_product || !dev_->features().subgroup_arithmetic || !dev_->features().subgroup_shuffle) {
+  if (!op_->q8_supported()) {
     GTEST_SKIP() << "the device lacks integer dot products, subgroup arithmetic or subgroup shuffles (no q8 forms to name)";
   }
   for (const char* rows : {"", "1"}) {

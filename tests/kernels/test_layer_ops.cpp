@@ -11,6 +11,7 @@
 #include <cstring>
 #include <random>
 
+#include "kernels/ops/l2_warm.h"
 #include "kernels/ops/layer_ops.h"
 #include "kernels/ref/layer_ref.h"
 
@@ -89,6 +90,36 @@ TEST(RmsNorm, MatchesReferenceOnQwenShapes) {
     ASSERT_TRUE(s->submit_and_wait().ok());
     expect_close(g.down<float>(bo, x.size()), want, 2e-5, 1e-6, sh.what);
   }
+}
+
+// The L2 warm-up has no result of its own; what proves it reads every word of its range (and nothing
+// else) is the XOR its workgroups leave behind: the XOR of out[0..grid) must be the XOR of the range.
+TEST(L2Warm, ReadsExactlyItsRange) {
+  Gpu g;
+  ASSERT_TRUE(g.dev);
+  auto op = ops::L2Warm::create(*g.dev);
+  ASSERT_TRUE(op.ok()) << op.status().ToString();
+  std::mt19937 rng(std::random_device{}());
+  std::vector<uint32_t> data(4 * 70001);
+  for (auto& w : data) w = rng();
+  auto buf = g.up(data);
+  struct Case { uint64_t first, n; };
+  for (Case c : {Case{0, 1}, Case{0, 70001}, Case{3, 2048}, Case{1000, 69001}, Case{17, 4097}}) {
+    uint32_t want = 0;
+    for (uint64_t i = 4 * c.first; i < 4 * (c.first + c.n); ++i) want ^= data[i];
+    const uint32_t grid = ops::L2Warm::grid(c.n);
+    auto out = g.poisoned(uint64_t{grid} * 4);
+    auto s = g.dev->stream();
+    ASSERT_TRUE(op->record(*s, buf, c.first, c.n, out).ok());
+    ASSERT_TRUE(s->submit_and_wait().ok());
+    uint32_t got = 0;
+    for (uint32_t w : g.down<uint32_t>(out, grid)) got ^= w;
+    EXPECT_EQ(got, want) << "words [" << c.first << ", " << c.first + c.n << ")";
+  }
+  auto out = g.poisoned(4);
+  auto s = g.dev->stream();
+  EXPECT_FALSE(op->record(*s, buf, 70000, 2, out).ok()) << "a range past the buffer must be refused";
+  EXPECT_FALSE(op->record(*s, buf, 0, 70001, out).ok()) << "an out smaller than the grid must be refused";
 }
 
 TEST(SwiGlu, MatchesReference) {

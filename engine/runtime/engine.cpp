@@ -40,6 +40,7 @@
 #include "engine/runtime/moe_layer.h"
 #include "kernels/ops/add.h"
 #include "kernels/ops/attention.h"
+#include "kernels/ops/l2_warm.h"
 #include "kernels/ops/layer_ops.h"
 #include "kernels/ops/matmul.h"
 #include "kernels/ops/matvec.h"
@@ -295,6 +296,24 @@ class VulkanEngine final : public Engine {
   // q/k norm, RoPE and the KV write as one dispatch per layer; TROVE_ROPE_KV=separate records the three
   // ops (A/B, and test_engine's check that both give the same tokens).
   bool fused_rope_kv_ = true;
+  // L2 warm-ups in decode steps (matvec path): an ops::L2Warm of a weight recorded beside the dispatch
+  // AT of each layer — rope (the q/k norm + RoPE + KV write), attn, o, gu (gate/up or the MoE FFN),
+  // down — reading WHAT: o, gu (gate and up, half each), down, or qkv (the next layer's); MB megabytes
+  // of it (whole if absent), continuing where an earlier item of the layer stopped.
+  // TROVE_L2_WARM=AT:WHAT[MB],... or none sets them (parse_l2_warm()); unset: attn:o on MoE models on
+  // GPUs, else none (create()).
+  enum WarmAt : uint8_t { kWarmRope, kWarmAttn, kWarmO, kWarmGu, kWarmDown, kWarmAts };
+  enum WarmWhat : uint8_t { kWarmWo, kWarmWgu, kWarmWdown, kWarmWqkv };
+  struct L2WarmItem {
+    WarmAt at;
+    WarmWhat what;
+    uint64_t bytes;  // 0: the whole weight (what is left of it)
+  };
+  std::vector<L2WarmItem> l2_warm_;
+  std::optional<ops::L2Warm> l2_warm_op_;
+  vk::Buffer l2_warm_out_;
+  static Result<std::vector<L2WarmItem>> parse_l2_warm(std::string_view spec);
+  Status record_l2_warm(vk::CommandStream& s, WarmAt at, uint32_t layer, uint64_t (&done)[4]);
 
   std::vector<Layer> layers_;
   Weight output_norm_, head_;
@@ -506,9 +525,31 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
     }
     e->fused_rope_kv_ = v == "fused";
   }
+  std::optional<std::vector<L2WarmItem>> warm_env;
+  if (const char* v = std::getenv("TROVE_L2_WARM"); v && *v) {
+    auto items = std::string_view(v) == "none" ? Result<std::vector<L2WarmItem>>(std::vector<L2WarmItem>{}) : parse_l2_warm(v);
+    if (!items.ok()) return items.status();
+    warm_env = std::move(*items);
+  }
   auto dev = vk::Device::open();
   if (!dev.ok()) return dev.status();
   e->dev_ = std::move(*dev);
+  // By default, on GPUs, MoE models warm the o projection's weights beside decode attention: on the
+  // H200 the 30B-A3B's decode step took 4.52 ms against 4.75 without (docs/performance.md, 2026-12-04);
+  // the 8B gained nothing, and on a CPU device the warm-up would be a real read.
+  if (warm_env) {
+    e->l2_warm_ = std::move(*warm_env);
+  } else if (c.is_moe() && !e->dev_->features().is_cpu) {
+    e->l2_warm_ = {{kWarmAttn, kWarmWo, 0}};
+  }
+  if (!e->l2_warm_.empty()) {
+    auto op = ops::L2Warm::create(*e->dev_);
+    if (!op.ok()) return op.status();
+    e->l2_warm_op_ = std::move(*op);
+    auto out = e->dev_->buffer(uint64_t{65536} * 4);
+    if (!out.ok()) return out.status();
+    e->l2_warm_out_ = std::move(*out);
+  }
   // A step in pieces (vk::StreamOptions): the first piece goes to the GPU after kFirstPiece
   // dispatches, later ones after twice as many as the one before, up to kMaxPiece — the GPU starts on
   // the first layers while the host records the rest, and a decode step costs a handful of submits.
@@ -1172,6 +1213,74 @@ Status VulkanEngine::record_matmul(vk::CommandStream& s, const Weight& w, uint64
 // buffers (the vocabulary head of a large model) goes one row range at a time, each call writing its
 // slice of the full-width output (y stride = the weight's rows). kSwiGlu's gate and up (equal rows) are
 // cut at the same rows; other epilogues cut each weight on its own.
+Result<std::vector<VulkanEngine::L2WarmItem>> VulkanEngine::parse_l2_warm(std::string_view spec) {
+  static constexpr std::pair<std::string_view, WarmAt> kAts[] = {
+      {"rope", kWarmRope}, {"attn", kWarmAttn}, {"o", kWarmO}, {"gu", kWarmGu}, {"down", kWarmDown}};
+  static constexpr std::pair<std::string_view, WarmWhat> kWhats[] = {
+      {"qkv", kWarmWqkv}, {"o", kWarmWo}, {"gu", kWarmWgu}, {"down", kWarmWdown}};
+  auto bad = [&](std::string_view item) {
+    return Status::InvalidArgument(fmt::format(
+        "TROVE_L2_WARM='{}': '{}' is not AT:WHAT[MB] (AT: rope, attn, o, gu or down; WHAT: o, gu, down or qkv; "
+        "MB: megabytes, the whole weight if absent), e.g. attn:o,o:gu24", spec, item));
+  };
+  std::vector<L2WarmItem> items;
+  size_t pos = 0;
+  while (pos <= spec.size()) {
+    const size_t comma = std::min(spec.find(',', pos), spec.size());
+    const std::string_view item = spec.substr(pos, comma - pos);
+    pos = comma + 1;
+    const size_t colon = item.find(':');
+    if (colon == std::string_view::npos) return bad(item);
+    const std::string_view at = item.substr(0, colon), rest = item.substr(colon + 1);
+    L2WarmItem it{};
+    auto a = std::find_if(std::begin(kAts), std::end(kAts), [&](const auto& p) { return p.first == at; });
+    auto w = std::find_if(std::begin(kWhats), std::end(kWhats), [&](const auto& p) { return rest.starts_with(p.first); });
+    if (a == std::end(kAts) || w == std::end(kWhats)) return bad(item);
+    it.at = a->second;
+    it.what = w->second;
+    const std::string_view mb = rest.substr(w->first.size());
+    if (!mb.empty()) {
+      uint64_t n = 0;
+      auto [end, ec] = std::from_chars(mb.data(), mb.data() + mb.size(), n);
+      if (ec != std::errc() || end != mb.data() + mb.size() || n == 0) return bad(item);
+      it.bytes = n << 20;
+    }
+    items.push_back(it);
+  }
+  return items;
+}
+
+Status VulkanEngine::record_l2_warm(vk::CommandStream& s, WarmAt at, uint32_t layer, uint64_t (&done)[4]) {
+  for (const L2WarmItem& it : l2_warm_) {
+    if (it.at != at) continue;
+    const bool next = it.what == kWarmWqkv;
+    if (next && layer + 1 >= layers_.size()) continue;
+    const Layer& L = layers_[next ? layer + 1 : layer];
+    std::vector<const Weight*> ws;
+    switch (it.what) {
+      case kWarmWo: ws = {&L.o}; break;
+      case kWarmWgu: ws = {&L.gate, &L.up}; break;
+      case kWarmWdown: ws = {&L.down}; break;
+      case kWarmWqkv: ws = {&L.q, &L.k, &L.v}; break;
+    }
+    // The same share of each weight (gate and up are read side by side), from where the layer's
+    // earlier items stopped.
+    uint64_t total = 0;
+    for (const Weight* w : ws) total += w->pieces.empty() ? 0 : w->whole().size() / 16;
+    if (total == 0) continue;
+    uint64_t& from = done[it.what];
+    const uint64_t want = it.bytes == 0 ? total : std::min<uint64_t>(total, from + it.bytes / 16);
+    for (const Weight* w : ws) {
+      if (w->pieces.empty()) continue;
+      const uint64_t words = w->whole().size() / 16;
+      const uint64_t a = from * words / total, b = want * words / total;
+      if (b > a) TROVE_RETURN_IF_ERROR(l2_warm_op_->record(s, w->whole(), a, b - a, l2_warm_out_));
+    }
+    from = want;
+  }
+  return Status::Ok();
+}
+
 Status VulkanEngine::record_matvec(vk::CommandStream& s, std::initializer_list<MatvecOut> outs, uint32_t batch,
                                    vk::BufferRange x, vk::BufferRange norm_w, ops::MatvecEpilogue epilogue) {
   ops::MatvecCall call;
@@ -1372,8 +1481,11 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     // records 12. Its inputs are never its outputs (x_ → attn_/o_/v_, attn_ → x_, x_ → h_, h_ → x_).
     const bool mv = matvec_decode_ && T <= ops::Matvec::kMaxBatch;
     using Ep = ops::MatvecEpilogue;
+    const bool warm = mv && !l2_warm_.empty();
     for (uint32_t l = 0; l < c.n_layer; ++l) {
       const Layer& L = layers_[l];
+      uint64_t warmed[4] = {};  // words of each WarmWhat read into L2 so far in this layer
+      auto warm_at = [&](WarmAt at) { return warm ? record_l2_warm(s, at, l, warmed) : Status::Ok(); };
       if (mv) {
         TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.q, attn_}, {&L.k, o_}, {&L.v, v_}}, T, x_, L.attn_norm.whole(), Ep::kStore));
       } else {
@@ -1398,6 +1510,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
         call.layout = layout_;
         call.eps = c.rms_eps;
         call.rope_base = c.rope_base;
+        TROVE_RETURN_IF_ERROR(warm_at(kWarmRope));
         TROVE_RETURN_IF_ERROR(ops_.qk_rope_kv.record(s, call));
         s.barrier();
         mark(kOpKvWrite);
@@ -1414,6 +1527,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
         s.barrier();
         mark(kOpKvWrite);
       }
+      TROVE_RETURN_IF_ERROR(warm_at(kWarmAttn));
       for (size_t i = 0; i < inputs.size(); ++i) {
         const uint64_t qrow = uint64_t{H} * D * 4;
         ops::AttentionCall call{shape, H, placed[i].start, placed[i].n, scale};
@@ -1425,6 +1539,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       s.barrier();
       mark(kOpAttention);
       if (mv) {
+        TROVE_RETURN_IF_ERROR(warm_at(kWarmO));
         TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.o, x_}}, T, attn_, {}, Ep::kAdd));
       } else {
         TROVE_RETURN_IF_ERROR(record_matmul(s, L.o, 0, T, attn_, o_));
@@ -1434,14 +1549,17 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       s.barrier();
       mark(kOpO);
       if (mv && !c.is_moe()) {
+        TROVE_RETURN_IF_ERROR(warm_at(kWarmGu));
         TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.gate, h_}, {&L.up, {}}}, T, x_, L.ffn_norm.whole(), Ep::kSwiGlu));
         s.barrier();
+        TROVE_RETURN_IF_ERROR(warm_at(kWarmDown));
         TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.down, x_}}, T, h_, {}, Ep::kAdd));
         s.barrier();
         mark(kOpFfn);
         continue;
       }
       if (mv && c.is_moe() && moe_->fuses_norm(T)) {  // decode: the FFN norm folded into router and gate/up
+        TROVE_RETURN_IF_ERROR(warm_at(kWarmGu));  // beside the MoE FFN (its first dispatch)
         TROVE_RETURN_IF_ERROR(moe_->record_fused_norm(s, *ops_.matvec, L.moe, L.ffn_norm.whole(), c.rms_eps, x_, T));
         s.barrier();
         mark(kOpMoe);

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -338,6 +339,61 @@ TEST(Engine, ModelThatDoesNotFitIsRefusedWithTheSizes) {
 // (the GPU waits for the pieces behind the compile, and that wait would land on whichever op follows):
 // the first decode step of a fresh engine compiles the matvec pipelines, later ones reuse them, so the
 // log counts it apart and the rest as profiled steps.
+// L2 warm-ups (TROVE_L2_WARM) only read weights: decode with one beside every dispatch they can sit
+// beside, reading every weight they can read, computes the very bits it computes without (memcmp of
+// the logits), and records more dispatches (the host profile's count: the warm-ups did run). A bad
+// spec is refused by name.
+TEST(Engine, L2WarmUpsChangeNoResult) {
+  engine::EngineOptions bad_opts;
+  bad_opts.model_path = quantized_model_path();
+  {
+    ScopedEnv bad_env("TROVE_L2_WARM", "attn:everything");
+    auto bad = engine::Engine::load(bad_opts);
+    ASSERT_FALSE(bad.ok());
+    EXPECT_NE(bad.status().message().find("'attn:everything' is not AT:WHAT"), std::string::npos) << bad.status().message();
+  }
+  // Runs a 3-token prompt and 3 one-token decode steps; returns the logits of every step and the
+  // mean dispatches per decode step from the host profile logged when the engine closes.
+  auto run = [&](const char* spec, std::vector<std::vector<float>>* logits) -> double {
+    log::ScopedLogCapture logs;
+    {
+      ScopedEnv warm("TROVE_L2_WARM", spec);
+      ScopedEnv prof("TROVE_PROFILE", "steps");
+      auto e = load(256, 1, 0, 64, quantized_model_path());
+      if (!e) return -1;
+      auto seq = e->open_sequence();
+      EXPECT_TRUE(seq.ok());
+      std::vector<int32_t> tok = prompt(3, 21);
+      for (int i = 0; i < 4; ++i) {
+        auto out = e->step(std::vector<StepInput>{logits_of(*seq, tok)});
+        EXPECT_TRUE(out.ok()) << spec << ": " << out.status().ToString();
+        if (!out.ok()) return -1;
+        logits->push_back((*out)[0].logits);
+        tok = {(*out)[0].token};
+      }
+    }
+    for (const auto& r : logs.records()) {
+      const size_t at = r.message.find("decode steps (");
+      const size_t mean = r.message.find("per step (mean): ");
+      if (at != std::string::npos && mean != std::string::npos) return std::stod(r.message.substr(mean + 17));
+    }
+    ADD_FAILURE() << spec << ": no host profile of decode steps was logged";
+    return -1;
+  };
+  std::vector<std::vector<float>> plain, warmed;
+  const double d_plain = run("none", &plain);
+  const double d_warm = run("rope:o,attn:o,attn:gu1,o:gu,gu:down,down:qkv", &warmed);
+  ASSERT_EQ(plain.size(), 4u);
+  ASSERT_EQ(warmed.size(), 4u);
+  for (size_t i = 0; i < plain.size(); ++i) {
+    ASSERT_EQ(plain[i].size(), warmed[i].size());
+    EXPECT_EQ(std::memcmp(plain[i].data(), warmed[i].data(), plain[i].size() * sizeof(float)), 0) << "step " << i;
+  }
+  // Per layer: rope:o, attn:o, attn:gu1 and o:gu (two weights each), gu:down, down:qkv (three, the
+  // last layer none): at least 6 more dispatches a layer but the last.
+  EXPECT_GE(d_warm, d_plain + 6) << "dispatches per decode step: " << d_warm << " with the warm-ups, " << d_plain << " without";
+}
+
 TEST(Engine, OpProfileLeavesOutStepsThatCompiledPipelines) {
   log::ScopedLogCapture logs;
   {

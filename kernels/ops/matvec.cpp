@@ -115,7 +115,10 @@ struct Matvec::State {
     uint32_t next = 0;
   };
   std::map<uint64_t, Ring> rings;  // guarded by mu
-  uint32_t q8_waves = 4;          // q8 form: workgroups per SM walking the row blocks (TROVE_MATVEC_Q8_WAVES)
+  uint32_t q8_waves = 4;          // q8 form: workgroups of 256 per SM walking the row blocks, fewer of
+                                  // larger ones (TROVE_MATVEC_Q8_WAVES)
+  uint32_t q8_wg = 0;             // q8 calls' workgroup size (TROVE_MATVEC_Q8_WG; 0: automatic)
+  uint32_t q8p_cols = 0;          // batch-1 q8 calls of >= this many columns run q8p (TROVE_MATVEC_Q8P_COLS; 0: none)
   uint32_t q8_stage_flags = 0;    // q8 form: push flags 4 (stage without loads) or 8 (no staging), TROVE_MATVEC_Q8_STAGE
   bool q6_wide = true;            // q8 forms: Q6_K rows in 32-value parts (TROVE_MATVEC_Q6_WIDE=0: 16-value ones)
   uint32_t batched_rows = 0;      // rows per row group of batch 2..8 q8/q8p calls (TROVE_MATVEC_BATCHED_ROWS; 0: default)
@@ -236,6 +239,26 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
       return Status::InvalidArgument(fmt::format("TROVE_MATVEC_Q8_WAVES='{}' is not a number of workgroups per SM (1..64)", w));
     }
     op.st_->q8_waves = static_cast<uint32_t>(v);
+  }
+  // TROVE_MATVEC_Q8_WG=256|512|1024: invocations per workgroup of q8 calls (a measurement; unset: 256,
+  // or 512 where that still gives every SM a workgroup). Changes Σ x²'s order, so not bit-equal to q8p.
+  if (const char* w = std::getenv("TROVE_MATVEC_Q8_WG"); w && *w) {
+    const std::string_view v(w);
+    if (v != "256" && v != "512" && v != "1024") {
+      return Status::InvalidArgument(fmt::format("TROVE_MATVEC_Q8_WG='{}' is not 256, 512 or 1024", w));
+    }
+    op.st_->q8_wg = static_cast<uint32_t>(std::stoul(std::string(v)));
+  }
+  // TROVE_MATVEC_Q8P_COLS=N: batch-1 q8 calls of N or more columns take the q8p form (x̂ quantized once
+  // by the activation pass instead of by every workgroup; the same numbers). A measurement: unset,
+  // only TROVE_MATVEC chooses q8p.
+  if (const char* w = std::getenv("TROVE_MATVEC_Q8P_COLS"); w && *w) {
+    char* end = nullptr;
+    const unsigned long v = std::strtoul(w, &end, 10);
+    if (*end != '\0' || v < 32 || v > (1ul << 20)) {
+      return Status::InvalidArgument(fmt::format("TROVE_MATVEC_Q8P_COLS='{}' is not a number of columns (32..1048576)", w));
+    }
+    op.st_->q8p_cols = static_cast<uint32_t>(v);
   }
   // TROVE_MATVEC_Q8_STAGE=noloads|skip — a measurement of what the q8 form's staging of x̂ costs, with
   // WRONG RESULTS (like TROVE_VK_SKIP_BARRIERS): noloads stages constants instead of reading x and the
@@ -371,6 +394,7 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
     q8 = tn.form == MatvecTuning::Form::kQ8;
     q8p = tn.form == MatvecTuning::Form::kQ8P;
   }
+  if (q8 && st_->q8p_cols != 0 && call.batch == 1 && call.cols >= st_->q8p_cols) q8p = true;  // TROVE_MATVEC_Q8P_COLS
   if (q8p) {  // the same kernel reading x̂ from a scratch slot: no shared-memory limit
     q8 = true;
   }
@@ -380,7 +404,7 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
   // The q8 form takes Q4_K/Q5_K/Q6_K/Q8_0 weights with batch · cols int8 (+ scales) in shared memory;
   // other calls run the direct form.
   const uint32_t q8_tile = (call.cols + 255) / 256 * 256;
-  const uint32_t q8_wg = tn.workgroup_size ? tn.workgroup_size : kDefaultWorkgroup;
+  const uint32_t q8_wg = tn.workgroup_size ? tn.workgroup_size : st_->q8_wg ? st_->q8_wg : kDefaultWorkgroup;
   if (q8) {
     bool types = true;
     for (uint32_t m = 0; m < call.n_mats; ++m) {
@@ -426,7 +450,7 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
     // workgroup reads from L2 — when that still gives every SM a workgroup.
     wg = q8 ? q8_wg : st_->cpu ? kCpuWorkgroup : direct ? kDirectWorkgroup : kDefaultWorkgroup;
     const uint64_t rows_512 = 2 * kDefaultWorkgroup / g * rows_per_group;
-    if (!st_->cpu && !direct && (total_rows + rows_512 - 1) / rows_512 >= sms &&
+    if (!st_->cpu && !direct && !(q8 && st_->q8_wg) && (total_rows + rows_512 - 1) / rows_512 >= sms &&
         red_bytes(2 * kDefaultWorkgroup) + 1024 * kStagedBytesPerValue * call.batch <= st_->shared_bytes) {
       wg = 2 * kDefaultWorkgroup;
     }
@@ -542,15 +566,18 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
   }
   if (q8) {
     push.flags |= st_->q8_stage_flags;  // TROVE_MATVEC_Q8_STAGE: a measurement, wrong results
-    // x staged once per workgroup; `q8_waves` workgroups per SM walk the row blocks (CPU devices:
-    // one block per workgroup, see the staged form's note below).
+    // x staged once per workgroup; workgroups of `q8_waves` × 256 invocations per SM walk the row
+    // blocks — 4 of 256 or 2 of 512: what stays resident at the kernel's 48–84 registers, so that
+    // no workgroup waits for a second wave (and stages x̂ again). On the H200 (2026-12-04, 8B): 4 of
+    // 512 for the gate/up, QKV and head calls gave 3818 µs a decode step, 2 of 512 3740 (CPU
+    // devices: one block per workgroup, see the staged form's note below).
     push.ntiles = 1;
     push.tile_vals = q8_tile;
     uint64_t grid = wgs;
     if (tn.workgroups) {
       grid = std::min<uint64_t>(wgs, tn.workgroups);
     } else if (!st_->cpu) {
-      grid = std::min<uint64_t>(wgs, uint64_t{st_->q8_waves} * sms);
+      grid = std::min<uint64_t>(wgs, std::max<uint64_t>(1, uint64_t{st_->q8_waves} * 256 / wg) * sms);
     }
     const uint32_t gx = static_cast<uint32_t>(std::min<uint64_t>(grid, kMaxGroupsX));
     const uint32_t gy = static_cast<uint32_t>((grid + gx - 1) / gx);

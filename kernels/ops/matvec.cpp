@@ -25,6 +25,10 @@ static_assert(sizeof(Push) == 112);
 
 constexpr uint32_t kMaxGroupsX = 65535;  // minimum maxComputeWorkGroupCount Vulkan guarantees
 constexpr uint32_t kDefaultWorkgroup = 256;
+// q8 forms on GPUs: 512 invocations, two workgroups per SM (State::q8_waves). On the H200 (2026-12-04,
+// 8B, three interleaved runs) 3717 / 3712 / 3718 µs a decode step against 3792 / 3790 / 3788 with 256
+// for the o and down calls (which have too few rows for the older rule below to pick 512).
+constexpr uint32_t kQ8Workgroup = 512;
 constexpr uint32_t kCpuWorkgroup = 128;   // lavapipe: keeps the shared-memory reduction area small
 constexpr uint32_t kDefaultRows = 2;
 constexpr uint32_t kUnknownSmCount = 256; // GPUs that do not say: rather too many workgroups than too few
@@ -240,8 +244,9 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
     }
     op.st_->q8_waves = static_cast<uint32_t>(v);
   }
-  // TROVE_MATVEC_Q8_WG=256|512|1024: invocations per workgroup of q8 calls (a measurement; unset: 256,
-  // or 512 where that still gives every SM a workgroup). Changes Σ x²'s order, so not bit-equal to q8p.
+  // TROVE_MATVEC_Q8_WG=256|512|1024: invocations per workgroup of q8 and q8p calls (a measurement;
+  // unset: kQ8Workgroup, 256 on CPU devices). The activation pass of q8p takes the same size, so batched
+  // and batch-1 calls stay bit-equal under any of them.
   if (const char* w = std::getenv("TROVE_MATVEC_Q8_WG"); w && *w) {
     const std::string_view v(w);
     if (v != "256" && v != "512" && v != "1024") {
@@ -404,7 +409,10 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
   // The q8 form takes Q4_K/Q5_K/Q6_K/Q8_0 weights with batch · cols int8 (+ scales) in shared memory;
   // other calls run the direct form.
   const uint32_t q8_tile = (call.cols + 255) / 256 * 256;
-  const uint32_t q8_wg = tn.workgroup_size ? tn.workgroup_size : st_->q8_wg ? st_->q8_wg : kDefaultWorkgroup;
+  const uint32_t q8_wg = tn.workgroup_size ? tn.workgroup_size
+                         : st_->q8_wg     ? st_->q8_wg
+                         : st_->cpu       ? kDefaultWorkgroup
+                                          : kQ8Workgroup;
   if (q8) {
     bool types = true;
     for (uint32_t m = 0; m < call.n_mats; ++m) {
@@ -450,7 +458,7 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
     // workgroup reads from L2 — when that still gives every SM a workgroup.
     wg = q8 ? q8_wg : st_->cpu ? kCpuWorkgroup : direct ? kDirectWorkgroup : kDefaultWorkgroup;
     const uint64_t rows_512 = 2 * kDefaultWorkgroup / g * rows_per_group;
-    if (!st_->cpu && !direct && !(q8 && st_->q8_wg) && (total_rows + rows_512 - 1) / rows_512 >= sms &&
+    if (!st_->cpu && !direct && !q8 && (total_rows + rows_512 - 1) / rows_512 >= sms &&
         red_bytes(2 * kDefaultWorkgroup) + 1024 * kStagedBytesPerValue * call.batch <= st_->shared_bytes) {
       wg = 2 * kDefaultWorkgroup;
     }
@@ -567,10 +575,10 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
   if (q8) {
     push.flags |= st_->q8_stage_flags;  // TROVE_MATVEC_Q8_STAGE: a measurement, wrong results
     // x staged once per workgroup; workgroups of `q8_waves` × 256 invocations per SM walk the row
-    // blocks — 4 of 256 or 2 of 512: what stays resident at the kernel's 48–84 registers, so that
-    // no workgroup waits for a second wave (and stages x̂ again). On the H200 (2026-12-04, 8B): 4 of
-    // 512 for the gate/up, QKV and head calls gave 3818 µs a decode step, 2 of 512 3740 (CPU
-    // devices: one block per workgroup, see the staged form's note below).
+    // blocks — 2 of 512 by default: what stays resident at the kernel's 48–84 registers, so that no
+    // workgroup waits for a second wave (and stages x̂ again). On the H200 (2026-12-04, 8B) 4 of 512
+    // for the gate/up, QKV and head calls gave 3818 µs a decode step, 2 of 512 3792 (CPU devices:
+    // one block per workgroup, see the staged form's note below).
     push.ntiles = 1;
     push.tile_vals = q8_tile;
     uint64_t grid = wgs;

@@ -95,7 +95,8 @@ struct MatvecCall {
 // tests. Zero fields keep the op's choice.
 struct MatvecTuning {
   uint32_t rows_per_group = 0;   // rows per 32-lane row group and matrix: 1, 2 or 4 (default 2; SwiGLU 1)
-  uint32_t workgroup_size = 0;   // invocations per workgroup: a power of two, 32..1024 (default 256)
+  uint32_t workgroup_size = 0;   // invocations per workgroup: a power of two, 32..1024 (default 256; q8
+                                 // forms on GPUs 512)
   uint32_t tile_values = 0;      // at most this many staged values per batch column and tile (rounded
                                  // down to a multiple of 256; default: what shared memory holds)
   uint32_t workgroups = 0;       // when x fits one tile: at most this many workgroups walk the row

@@ -832,6 +832,42 @@ TEST_F(Matvec, TroveMatvecBatchedNamesTheBatchForm) {
   }
 }
 
+// TROVE_MATVEC_Q8_WG sets the workgroup size of both q8 forms (GPUs: 512 by default, 256 on CPU
+// devices): the q8p activation pass takes the same size, so with any of them a batched q8p call gives
+// each column the bits of a batch-1 q8 call (Σ x² summed over the same invocations and subgroups).
+// TROVE_MATVEC_Q8P_COLS sends batch-1 calls through q8p: again the same bits as the staged kernel's
+// batched call. Bad values are refused by name. (lavapipe happens to give the same Σ x² bits for
+// these columns even with the pass at another size — checked by breaking it — so there this test
+// holds the knobs' plumbing; the H200 runs Q8FormColumnsEqualBatchOne with TROVE_MATVEC_Q8_WG=512,
+// docs/performance.md 2026-12-04.)
+TEST_F(Matvec, TroveMatvecQ8WgKeepsBothQ8FormsEqual) {
+  auto make = [&](const char* batched, const char* wg, const char* q8p_cols) {
+    tests::ScopedEnv f("TROVE_MATVEC", "q8"), b("TROVE_MATVEC_BATCHED", batched), w("TROVE_MATVEC_Q8_WG", wg),
+        p("TROVE_MATVEC_Q8P_COLS", q8p_cols);
+    return ops::Matvec::create(*dev_);
+  };
+  auto bad_wg = make("", "384", "");
+  ASSERT_FALSE(bad_wg.ok());
+  EXPECT_NE(bad_wg.status().message().find("TROVE_MATVEC_Q8_WG='384' is not 256, 512 or 1024"), std::string::npos)
+      << bad_wg.status().message();
+  auto bad_cols = make("", "", "7");
+  ASSERT_FALSE(bad_cols.ok());
+  EXPECT_NE(bad_cols.status().message().find("TROVE_MATVEC_Q8P_COLS='7'"), std::string::npos) << bad_cols.status().message();
+  if (!op_->q8_supported()) {
+    GTEST_SKIP() << "the device lacks integer dot products, subgroup arithmetic or subgroup shuffles (the q8 form is refused there)";
+  }
+  Case c{4096, 3, true, MatvecEpilogue::kStore, {{G::Q4_K, 64}, {G::Q6_K, 64}}};
+  c.bound = 2e-2;
+  c.exact = true;
+  for (auto [batched, wg, q8p_cols] : {std::tuple{"q8p", "512", ""}, std::tuple{"q8p", "1024", ""},
+                                       std::tuple{"q8", "", "32"}}) {
+    SCOPED_TRACE(fmt::format("TROVE_MATVEC_BATCHED={} TROVE_MATVEC_Q8_WG={} TROVE_MATVEC_Q8P_COLS={}", batched, wg, q8p_cols));
+    auto op = make(batched, wg, q8p_cols);
+    ASSERT_TRUE(op.ok()) << op.status().ToString();
+    ASSERT_TRUE(check_columns(*dev_, *op, c, rng_));
+  }
+}
+
 TEST_F(Matvec, BadCallsAreNamedAndRecordNothing) {
   auto b = dev_->buffer(1 << 20);
   auto y = dev_->buffer(1 << 16);

@@ -300,8 +300,7 @@ class VulkanEngine final : public Engine {
   // AT of each layer — rope (the q/k norm + RoPE + KV write), attn, o, gu (gate/up or the MoE FFN),
   // down — reading WHAT: o, gu (gate and up, half each), down, or qkv (the next layer's); MB megabytes
   // of it (whole if absent), continuing where an earlier item of the layer stopped.
-  // TROVE_L2_WARM=AT:WHAT[MB],... or none sets them (parse_l2_warm()); unset: attn:o on MoE models on
-  // GPUs, else none (create()).
+  // TROVE_L2_WARM=AT:WHAT[MB],... sets them (parse_l2_warm()); unset or none: none (create()).
   enum WarmAt : uint8_t { kWarmRope, kWarmAttn, kWarmO, kWarmGu, kWarmDown, kWarmAts };
   enum WarmWhat : uint8_t { kWarmWo, kWarmWgu, kWarmWdown, kWarmWqkv };
   struct L2WarmItem {
@@ -310,6 +309,9 @@ class VulkanEngine final : public Engine {
     uint64_t bytes;  // 0: the whole weight (what is left of it)
   };
   std::vector<L2WarmItem> l2_warm_;
+  // How decode steps wait for the GPU (vk::CommandStream::Wait): spin on GPUs, block on CPU devices;
+  // TROVE_VK_WAIT=spin|block.
+  vk::CommandStream::Wait decode_wait_ = vk::CommandStream::Wait::kBlock;
   std::optional<ops::L2Warm> l2_warm_op_;
   vk::Buffer l2_warm_out_;
   static Result<std::vector<L2WarmItem>> parse_l2_warm(std::string_view spec);
@@ -534,13 +536,19 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
   auto dev = vk::Device::open();
   if (!dev.ok()) return dev.status();
   e->dev_ = std::move(*dev);
-  // By default, on GPUs, MoE models warm the o projection's weights beside decode attention: on the
-  // H200 the 30B-A3B's decode step took 4.52 ms against 4.75 without (docs/performance.md, 2026-12-04);
-  // the 8B gained nothing, and on a CPU device the warm-up would be a real read.
-  if (warm_env) {
-    e->l2_warm_ = std::move(*warm_env);
-  } else if (c.is_moe() && !e->dev_->features().is_cpu) {
-    e->l2_warm_ = {{kWarmAttn, kWarmWo, 0}};
+  // None by default: on the H200 (docs/performance.md, 2026-12-04) no placement paid on the 8B, and
+  // the 30B-A3B's o projection warmed beside decode attention gained 5% near depth 0 but lost 3% at
+  // depth 4096 (the warm-up competes with attention's KV reads), where coding agents decode.
+  if (warm_env) e->l2_warm_ = std::move(*warm_env);
+  // Decode steps poll the fence on GPUs (a step is a few ms; the host is back ~130 µs sooner than
+  // from a sleeping wait: H200, 8B tg128 251 → 261 tok/s); a CPU device needs the core.
+  if (!e->dev_->features().is_cpu) e->decode_wait_ = vk::CommandStream::Wait::kSpin;
+  if (const char* v = std::getenv("TROVE_VK_WAIT"); v && *v) {
+    const std::string_view w(v);
+    if (w != "spin" && w != "block") {
+      return Status::InvalidArgument(fmt::format("TROVE_VK_WAIT='{}' is not spin or block (how decode steps wait for the GPU)", v));
+    }
+    e->decode_wait_ = w == "spin" ? vk::CommandStream::Wait::kSpin : vk::CommandStream::Wait::kBlock;
   }
   if (!e->l2_warm_.empty()) {
     auto op = ops::L2Warm::create(*e->dev_);
@@ -1649,7 +1657,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       mark(kOpSample);
     }
     if (profile_steps_) s.timestamp();
-    TROVE_RETURN_IF_ERROR(s.submit_and_wait());
+    TROVE_RETURN_IF_ERROR(s.submit_and_wait(T <= ops::Matvec::kMaxBatch ? decode_wait_ : vk::CommandStream::Wait::kBlock));
     if (profile_host_) {
       const vk::StreamCounters& now = s.counters();
       HostProfile& p = host_profile_[T <= ops::Matvec::kMaxBatch ? 0 : 1];

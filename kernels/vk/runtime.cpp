@@ -1176,7 +1176,7 @@ uint32_t CommandStream::timestamp() {
   return s.query_count++;
 }
 
-Status CommandStream::submit_and_wait() {
+Status CommandStream::submit_and_wait(Wait wait) {
   State& s = *st_;
   VkDevice d = device_->handle();
   Status result = s.failed;
@@ -1200,6 +1200,13 @@ Status CommandStream::submit_and_wait() {
   if (result.ok() || s.in_flight) {
     VkResult r = vkQueueSubmit(device_->queue(), last && result.ok() ? 1 : 0, last && result.ok() ? &si : nullptr, s.fence);
     ++s.counters.submits;
+    if (r == VK_SUCCESS && wait == Wait::kSpin) {
+      const auto spin_end = Clock::now() + std::chrono::milliseconds(kMaxSpinMs);
+      do {
+        r = vkGetFenceStatus(d, s.fence);
+      } while (r == VK_NOT_READY && Clock::now() < spin_end);
+      if (r == VK_NOT_READY) r = VK_SUCCESS;  // still running: block below
+    }
     if (r == VK_SUCCESS) r = vkWaitForFences(d, 1, &s.fence, VK_TRUE, UINT64_MAX);
     else if (s.in_flight) vkQueueWaitIdle(device_->queue());
     if (r != VK_SUCCESS && result.ok()) result = Status::Internal(vk_err("vkQueueSubmit/vkWaitForFences", r));

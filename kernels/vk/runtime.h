@@ -297,7 +297,12 @@ class CommandStream {
   // Submits what is recorded so far without waiting; later commands see everything before it (the
   // piece ends with a full barrier unless the last command recorded was one).
   Status flush();
-  Status submit_and_wait();
+  // How submit_and_wait() waits for the fence: kBlock sleeps in vkWaitForFences; kSpin polls
+  // vkGetFenceStatus (a core busy for the wait, the host back within a poll of the GPU's end instead of
+  // a wake-up), falling back to vkWaitForFences after kMaxSpinMs.
+  enum class Wait { kBlock, kSpin };
+  static constexpr int kMaxSpinMs = 100;
+  Status submit_and_wait(Wait wait = Wait::kBlock);
   // Nanoseconds since the first timestamp of the last submission, one per timestamp() call.
   std::vector<double> timestamps_ns() const;
   const StreamCounters& counters() const;

@@ -37,6 +37,7 @@
 #include "engine/gguf/gguf.h"
 #include "engine/runtime/block_export.h"
 #include "engine/runtime/block_pool.h"
+#include "engine/runtime/l2_warm_plan.h"
 #include "engine/runtime/moe_layer.h"
 #include "kernels/ops/add.h"
 #include "kernels/ops/attention.h"
@@ -296,26 +297,16 @@ class VulkanEngine final : public Engine {
   // q/k norm, RoPE and the KV write as one dispatch per layer; TROVE_ROPE_KV=separate records the three
   // ops (A/B, and test_engine's check that both give the same tokens).
   bool fused_rope_kv_ = true;
-  // L2 warm-ups in decode steps (matvec path): an ops::L2Warm of a weight recorded beside the dispatch
-  // AT of each layer — rope (the q/k norm + RoPE + KV write), attn, o, gu (gate/up or the MoE FFN),
-  // down — reading WHAT: o, gu (gate and up, half each), down, or qkv (the next layer's); MB megabytes
-  // of it (whole if absent), continuing where an earlier item of the layer stopped.
-  // TROVE_L2_WARM=AT:WHAT[MB],... sets them (parse_l2_warm()); unset or none: none (create()).
-  enum WarmAt : uint8_t { kWarmRope, kWarmAttn, kWarmO, kWarmGu, kWarmDown, kWarmAts };
-  enum WarmWhat : uint8_t { kWarmWo, kWarmWgu, kWarmWdown, kWarmWqkv };
-  struct L2WarmItem {
-    WarmAt at;
-    WarmWhat what;
-    uint64_t bytes;  // 0: the whole weight (what is left of it)
-  };
+  // L2 warm-ups in decode steps (matvec path; engine/runtime/l2_warm_plan.h): none unless TROVE_L2_WARM
+  // sets a plan. record_l2_warm() records the plan's items for dispatch `at` of `layer`; `done` holds
+  // the words of each weight read so far in the layer.
   std::vector<L2WarmItem> l2_warm_;
+  std::optional<ops::L2Warm> l2_warm_op_;
+  vk::Buffer l2_warm_out_;
+  Status record_l2_warm(vk::CommandStream& s, WarmAt at, uint32_t layer, uint64_t (&done)[kWarmWhats]);
   // How decode steps wait for the GPU (vk::CommandStream::Wait): spin on GPUs, block on CPU devices;
   // TROVE_VK_WAIT=spin|block.
   vk::CommandStream::Wait decode_wait_ = vk::CommandStream::Wait::kBlock;
-  std::optional<ops::L2Warm> l2_warm_op_;
-  vk::Buffer l2_warm_out_;
-  static Result<std::vector<L2WarmItem>> parse_l2_warm(std::string_view spec);
-  Status record_l2_warm(vk::CommandStream& s, WarmAt at, uint32_t layer, uint64_t (&done)[4]);
 
   std::vector<Layer> layers_;
   Weight output_norm_, head_;
@@ -529,7 +520,7 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
   }
   std::optional<std::vector<L2WarmItem>> warm_env;
   if (const char* v = std::getenv("TROVE_L2_WARM"); v && *v) {
-    auto items = std::string_view(v) == "none" ? Result<std::vector<L2WarmItem>>(std::vector<L2WarmItem>{}) : parse_l2_warm(v);
+    auto items = parse_l2_warm(v);
     if (!items.ok()) return items.status();
     warm_env = std::move(*items);
   }
@@ -1216,49 +1207,7 @@ Status VulkanEngine::record_matmul(vk::CommandStream& s, const Weight& w, uint64
   return Status::Ok();
 }
 
-// W·x̂ for 1..3 weights sharing x through ops::Matvec (batch <= Matvec::kMaxBatch; norm_w empty = no
-// RMSNorm prologue). One dispatch when every weight lies in one buffer; a weight spread over several
-// buffers (the vocabulary head of a large model) goes one row range at a time, each call writing its
-// slice of the full-width output (y stride = the weight's rows). kSwiGlu's gate and up (equal rows) are
-// cut at the same rows; other epilogues cut each weight on its own.
-Result<std::vector<VulkanEngine::L2WarmItem>> VulkanEngine::parse_l2_warm(std::string_view spec) {
-  static constexpr std::pair<std::string_view, WarmAt> kAts[] = {
-      {"rope", kWarmRope}, {"attn", kWarmAttn}, {"o", kWarmO}, {"gu", kWarmGu}, {"down", kWarmDown}};
-  static constexpr std::pair<std::string_view, WarmWhat> kWhats[] = {
-      {"qkv", kWarmWqkv}, {"o", kWarmWo}, {"gu", kWarmWgu}, {"down", kWarmWdown}};
-  auto bad = [&](std::string_view item) {
-    return Status::InvalidArgument(fmt::format(
-        "TROVE_L2_WARM='{}': '{}' is not AT:WHAT[MB] (AT: rope, attn, o, gu or down; WHAT: o, gu, down or qkv; "
-        "MB: megabytes, the whole weight if absent), e.g. attn:o,o:gu24", spec, item));
-  };
-  std::vector<L2WarmItem> items;
-  size_t pos = 0;
-  while (pos <= spec.size()) {
-    const size_t comma = std::min(spec.find(',', pos), spec.size());
-    const std::string_view item = spec.substr(pos, comma - pos);
-    pos = comma + 1;
-    const size_t colon = item.find(':');
-    if (colon == std::string_view::npos) return bad(item);
-    const std::string_view at = item.substr(0, colon), rest = item.substr(colon + 1);
-    L2WarmItem it{};
-    auto a = std::find_if(std::begin(kAts), std::end(kAts), [&](const auto& p) { return p.first == at; });
-    auto w = std::find_if(std::begin(kWhats), std::end(kWhats), [&](const auto& p) { return rest.starts_with(p.first); });
-    if (a == std::end(kAts) || w == std::end(kWhats)) return bad(item);
-    it.at = a->second;
-    it.what = w->second;
-    const std::string_view mb = rest.substr(w->first.size());
-    if (!mb.empty()) {
-      uint64_t n = 0;
-      auto [end, ec] = std::from_chars(mb.data(), mb.data() + mb.size(), n);
-      if (ec != std::errc() || end != mb.data() + mb.size() || n == 0) return bad(item);
-      it.bytes = n << 20;
-    }
-    items.push_back(it);
-  }
-  return items;
-}
-
-Status VulkanEngine::record_l2_warm(vk::CommandStream& s, WarmAt at, uint32_t layer, uint64_t (&done)[4]) {
+Status VulkanEngine::record_l2_warm(vk::CommandStream& s, WarmAt at, uint32_t layer, uint64_t (&done)[kWarmWhats]) {
   for (const L2WarmItem& it : l2_warm_) {
     if (it.at != at) continue;
     const bool next = it.what == kWarmWqkv;
@@ -1270,6 +1219,7 @@ Status VulkanEngine::record_l2_warm(vk::CommandStream& s, WarmAt at, uint32_t la
       case kWarmWgu: ws = {&L.gate, &L.up}; break;
       case kWarmWdown: ws = {&L.down}; break;
       case kWarmWqkv: ws = {&L.q, &L.k, &L.v}; break;
+      case kWarmWhats: break;
     }
     // The same share of each weight (gate and up are read side by side), from where the layer's
     // earlier items stopped.
@@ -1289,6 +1239,11 @@ Status VulkanEngine::record_l2_warm(vk::CommandStream& s, WarmAt at, uint32_t la
   return Status::Ok();
 }
 
+// W·x̂ for 1..3 weights sharing x through ops::Matvec (batch <= Matvec::kMaxBatch; norm_w empty = no
+// RMSNorm prologue). One dispatch when every weight lies in one buffer; a weight spread over several
+// buffers (the vocabulary head of a large model) goes one row range at a time, each call writing its
+// slice of the full-width output (y stride = the weight's rows). kSwiGlu's gate and up (equal rows) are
+// cut at the same rows; other epilogues cut each weight on its own.
 Status VulkanEngine::record_matvec(vk::CommandStream& s, std::initializer_list<MatvecOut> outs, uint32_t batch,
                                    vk::BufferRange x, vk::BufferRange norm_w, ops::MatvecEpilogue epilogue) {
   ops::MatvecCall call;
@@ -1492,7 +1447,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     const bool warm = mv && !l2_warm_.empty();
     for (uint32_t l = 0; l < c.n_layer; ++l) {
       const Layer& L = layers_[l];
-      uint64_t warmed[4] = {};  // words of each WarmWhat read into L2 so far in this layer
+      uint64_t warmed[kWarmWhats] = {};  // words of each WarmWhat read into L2 so far in this layer
       auto warm_at = [&](WarmAt at) { return warm ? record_l2_warm(s, at, l, warmed) : Status::Ok(); };
       if (mv) {
         TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.q, attn_}, {&L.k, o_}, {&L.v, v_}}, T, x_, L.attn_norm.whole(), Ep::kStore));

@@ -454,8 +454,8 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
   for (uint32_t m = 0; m < (swiglu ? 1u : call.n_mats); ++m) total_rows += call.mats[m].rows;
   uint32_t wg = tn.workgroup_size;
   if (wg == 0) {
-    // 256 invocations (128 on a CPU device); 512 — twice the rows per staged copy of x, which every
-    // workgroup reads from L2 — when that still gives every SM a workgroup.
+    // q8 forms: q8_wg (above). Others: 256 invocations (128 on a CPU device); 512 — twice the rows per
+    // staged copy of x, which every workgroup reads from L2 — when that still gives every SM a workgroup.
     wg = q8 ? q8_wg : st_->cpu ? kCpuWorkgroup : direct ? kDirectWorkgroup : kDefaultWorkgroup;
     const uint64_t rows_512 = 2 * kDefaultWorkgroup / g * rows_per_group;
     if (!st_->cpu && !direct && !q8 && (total_rows + rows_512 - 1) / rows_512 >= sms &&

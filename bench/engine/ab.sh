@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# A/B of engine settings in one run, interleaved (the tables of docs/performance.md):
+#
+#   bench/engine/ab.sh --model M [--rounds N] [--depth D] [--tg N] VARIANT...
+#
+# VARIANT is LABEL or LABEL:VAR=value[,VAR=value...]: the environment of that variant's runs (LABEL
+# alone: the defaults), e.g. `base spin:TROVE_VK_WAIT=spin wg1k:TROVE_MATVEC_Q8_WG=1024,TROVE_MATVEC_Q8_WAVES=4`.
+# The variants run in turn, N rounds (default 2), each one `bench_engine --decode-only --reps 1
+# --profile` (depth D, default 4096), so that a drift of the machine's speed falls on every variant
+# alike. Prints a markdown table: variant, round, tg (tok/s), tg at depth D, GPU and host µs per decode
+# step (medians over all decode steps) and dispatches per step. bench_engine is taken from
+# $BENCH_ENGINE, else PATH (the device bundle's wrappers), else build/bench/engine/.
+set -euo pipefail
+
+usage() { sed -n '2,/^set -e/{/^set -e/d; s/^# \{0,1\}//; p}' "$0"; }
+model= rounds=2 depth=4096 tg=
+variants=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --model) model=$2; shift 2 ;;
+    --rounds) rounds=$2; shift 2 ;;
+    --depth) depth=$2; shift 2 ;;
+    --tg) tg=$2; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    -*) echo "ab.sh: unknown option '$1'" >&2; usage >&2; exit 2 ;;
+    *) variants+=("$1"); shift ;;
+  esac
+done
+if [ -z "$model" ] || [ ${#variants[@]} -eq 0 ]; then
+  echo "ab.sh: needs --model and at least one variant" >&2
+  usage >&2
+  exit 2
+fi
+bench=${BENCH_ENGINE:-$(command -v bench_engine || echo build/bench/engine/bench_engine)}
+[ -x "$bench" ] || { echo "ab.sh: no bench_engine at '$bench' (build it or set BENCH_ENGINE)" >&2; exit 2; }
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+
+echo "| variant | round | tg | tg at depth $depth | GPU µs / step | host µs / step | dispatches / step |"
+echo "|---|---|---|---|---|---|---|"
+for ((r = 1; r <= rounds; r++)); do
+  for v in "${variants[@]}"; do
+    label=${v%%:*}
+    envs=()
+    if [[ $v == *:* ]]; then IFS=, read -ra envs <<< "${v#*:}"; fi
+    args=(--model "$model" --decode-only --reps 1 --profile --depth "$depth")
+    [ -n "$tg" ] && args+=(--tg "$tg")
+    if ! env ${envs[@]+"${envs[@]}"} "$bench" "${args[@]}" > "$out" 2>&1; then
+      echo "| $label | $r | failed: $(grep -m1 -iE 'error|invalid|bench_engine:' "$out" | cut -c1-120) | | | | |"
+      continue
+    fi
+    # The trove row: | model | engine | pp512 | pp4096 | tg | tg at depth | ... |
+    IFS='|' read -r _ _ _ _ _ t td _ <<< "$(grep -m1 'trove (Vulkan)' "$out")"
+    prof=$(grep -m1 'TROVE_PROFILE: decode steps' "$out" || true)
+    gpu=$(grep -oE 'GPU \(median\) [0-9.]+' <<< "$prof" | grep -oE '[0-9.]+$' || true)
+    host=$(grep -oE 'host \(median\) [0-9.]+' <<< "$prof" | grep -oE '[0-9.]+$' || true)
+    disp=$(grep -oE '[0-9.]+ dispatches' <<< "$prof" | grep -oE '^[0-9.]+' || true)
+    echo "| $label | $r | ${t// /} | ${td// /} | ${gpu:-?} | ${host:-?} | ${disp:-?} |"
+  done
+done

@@ -13,7 +13,7 @@
 set -euo pipefail
 
 usage() { sed -n '2,/^set -e/{/^set -e/d; s/^# \{0,1\}//; p}' "$0"; }
-model= rounds=2 depth=4096 tg=
+model='' rounds=2 depth=4096 tg=''
 variants=()
 while [ $# -gt 0 ]; do
   case "$1" in

@@ -43,8 +43,10 @@ constexpr uint32_t kDirectWorkgroup = 128;  // direct form: 4 row groups (subgro
 // One pipeline per distinct specialization: matvec_body.glsl's constant ids 0..11, in this order (kG,
 // id 1, is `lanes`: kGroupLanes, or kCpuGroupLanes on CPU devices); sg > 1 selects matvec.comp (subgroupAdd), 1 matvec_nosg.comp.
 struct Key {
-  uint32_t wg, nb, rows, swiglu, tile, mats, type0, type1, type2, unroll, sg, lanes, direct, q6wide = 0;
-  auto tie() const { return std::tie(wg, nb, rows, swiglu, tile, mats, type0, type1, type2, unroll, sg, lanes, direct, q6wide); }
+  uint32_t wg, nb, rows, swiglu, tile, mats, type0, type1, type2, unroll, sg, lanes, direct, q6wide = 0, split = 1;
+  auto tie() const {
+    return std::tie(wg, nb, rows, swiglu, tile, mats, type0, type1, type2, unroll, sg, lanes, direct, q6wide, split);
+  }
   bool operator<(const Key& o) const { return tie() < o.tie(); }
 };
 
@@ -128,6 +130,7 @@ struct Matvec::State {
   uint32_t batched_rows = 0;      // rows per row group of batch 2..8 q8/q8p calls (TROVE_MATVEC_BATCHED_ROWS; 0: default)
   uint32_t q8_rows = 0;           // ... of batch-1 q8 calls without SwiGLU (TROVE_MATVEC_ROWS; 0: kDefaultRows)
   uint32_t q8_swiglu_rows = 0;    // ... of batch-1 q8 SwiGLU calls, gate rows (TROVE_MATVEC_SWIGLU_ROWS; 0: 1)
+  uint32_t q8_split = 0;          // q8 forms: subgroups sharing a row group's rows (TROVE_MATVEC_Q8_SPLIT; 0: automatic)
   uint32_t waves = 8;             // workgroups of 512 invocations per SM when x fits one tile
                                   // (TROVE_MATVEC_WAVES overrides: 0 = one workgroup per row block)
   MatvecTuning tuning;
@@ -157,9 +160,10 @@ struct Matvec::State {
       if (!p.ok()) return p.status();
       return &pipelines.emplace(k, std::move(*p)).first->second;
     }
-    if (k.direct >= 2) {  // q8 (2) and q8p (3) forms: constant ids 0..9 of matvec_q8.glsl
+    if (k.direct >= 2) {  // q8 (2) and q8p (3) forms: constant ids 0..11 of matvec_q8.glsl
       auto p = dev->pipeline({k.direct == 3 ? "matvec_q8p" : "matvec_q8",
-                              {k.wg, k.lanes, k.nb, k.rows, k.swiglu, k.tile, k.mats, k.type0, k.type1, k.type2, k.q6wide},
+                              {k.wg, k.lanes, k.nb, k.rows, k.swiglu, k.tile, k.mats, k.type0, k.type1, k.type2, k.q6wide,
+                               k.split},
                               sizeof(Push), 8, k.wg});
       if (!p.ok()) return p.status();
       return &pipelines.emplace(k, std::move(*p)).first->second;
@@ -235,6 +239,20 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
       }
       *to = static_cast<uint32_t>(v[0] - '0');
     }
+  }
+  // TROVE_MATVEC_Q8_SPLIT=1|2|4|8|auto: subgroups of a q8 / q8p workgroup that share one row group's
+  // rows, each walking a kSplit-th of its parts (matvec_q8.glsl). auto (the default): the fewest that
+  // give a call as many row blocks as the q8 grid has workgroups — on the H200 the 8B's QKV 2, o and
+  // ffn_down 4, the rest 1: 8B tg128 264 / 267 -> 281 / 278 tok/s (GPU 3709 -> 3549 us a step), 30B-A3B
+  // 213 -> 216 (2026-12-04, docs/performance.md); 2 everywhere 277 / 280, 4 everywhere 241 / 260.
+  // CPU devices: 1 (one row block per workgroup there already). From the call's rows, not its batch,
+  // so that batched calls keep batch-1 numbers.
+  if (const char* w = std::getenv("TROVE_MATVEC_Q8_SPLIT"); w && *w) {
+    const std::string_view v(w);
+    if (v != "1" && v != "2" && v != "4" && v != "8" && v != "auto") {
+      return Status::InvalidArgument(fmt::format("TROVE_MATVEC_Q8_SPLIT='{}' is not 1, 2, 4, 8 or auto", w));
+    }
+    op.st_->q8_split = v == "auto" ? 0u : static_cast<uint32_t>(v[0] - '0');
   }
   if (const char* w = std::getenv("TROVE_MATVEC_Q8_WAVES"); w && *w) {
     char* end = nullptr;
@@ -419,7 +437,10 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
       const GgmlType t = call.mats[m].type;
       if (t != GgmlType::Q4_K && t != GgmlType::Q5_K && t != GgmlType::Q6_K && t != GgmlType::Q8_0) types = false;
     }
-    const uint64_t q8_bytes = uint64_t{call.batch} * q8_tile * 11 / 8 + uint64_t{q8_wg / st_->direct_lanes} * call.batch * 4;
+    // Staged x̂ and Σ x² per subgroup; with split rows (possibly) the subgroups' sums of up to 4 rows.
+    const bool may_split = (tn.split ? tn.split : st_->q8_split) != 1;
+    const uint64_t q8_bytes = uint64_t{call.batch} * q8_tile * 11 / 8 + uint64_t{q8_wg / st_->direct_lanes} * call.batch * 4 +
+                              (may_split ? uint64_t{q8_wg / st_->direct_lanes} * 4 * call.batch * 2 * 4 : 0);
     if (!types) {
       q8 = q8p = false;
       direct = true;
@@ -469,7 +490,23 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
                                                "(1, 2 or 4 rows; a power of two from the row group width {} to 1024)",
                                                rows_per_group, wg, g));
   }
-  const uint32_t rows_per_wg = wg / g * rows_per_group;
+  // q8 forms: subgroups per row group (tuning, TROVE_MATVEC_Q8_SPLIT, else automatic). From the rows a
+  // batch-1 call takes per row group, so that batched calls split as batch-1 calls do (same bits).
+  uint32_t split = 1;
+  if (q8) {
+    split = tn.split ? tn.split : st_->q8_split;
+    if (split == 0) {
+      const uint64_t target = st_->cpu ? 1 : std::max<uint64_t>(1, uint64_t{st_->q8_waves} * 256 / wg) * sms;
+      const uint64_t rows1 = uint64_t{wg / g} * (swiglu ? 1 : kDefaultRows);
+      split = 1;
+      while (split < 8 && split * 2 <= wg / g && (total_rows * split + rows1 - 1) / rows1 < target) split *= 2;
+    }
+    if ((split & (split - 1)) != 0 || split > 8 || split > wg / g) {
+      return Status::InvalidArgument(fmt::format("matvec: q8 split {} is invalid (1, 2, 4 or 8, at most the {} subgroups "
+                                                 "of a workgroup)", split, wg / g));
+    }
+  }
+  const uint32_t rows_per_wg = wg / g / split * rows_per_group;
   const uint32_t q6_wide = (tn.q6_parts == MatvecTuning::Q6Parts::kDefault ? st_->q6_wide
                                                                         : tn.q6_parts == MatvecTuning::Q6Parts::kWide)
                                ? 1u
@@ -555,7 +592,7 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
     if (!qp.ok()) return qp.status();
     auto p = st_->pipeline({wg, call.batch, rows_per_group, swiglu ? 1u : 0u, q8_tile, call.n_mats, push.type[0],
                             call.n_mats > 1 ? push.type[1] : push.type[0], call.n_mats > 2 ? push.type[2] : push.type[0],
-                            1u, sg, g, 3u, q6_wide});
+                            1u, sg, g, 3u, q6_wide, split});
     if (!p.ok()) return p.status();
     const uint32_t qpush[5] = {call.cols, push.flags, std::bit_cast<uint32_t>(call.eps), call.batch, q8_tile};
     const vk::BufferRange qbufs[3] = {call.x, bufs[1], *sl};
@@ -594,7 +631,7 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
     push.grid = static_cast<uint32_t>(grid);
     auto p = st_->pipeline({wg, call.batch, rows_per_group, swiglu ? 1u : 0u, q8_tile, call.n_mats, push.type[0],
                             call.n_mats > 1 ? push.type[1] : push.type[0], call.n_mats > 2 ? push.type[2] : push.type[0],
-                            1u, sg, g, 2u, q6_wide});
+                            1u, sg, g, 2u, q6_wide, split});
     if (!p.ok()) return p.status();
     return s.dispatch(**p, bufs, &push, sizeof(push), gx, gy);
   }

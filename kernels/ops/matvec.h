@@ -104,6 +104,8 @@ struct MatvecTuning {
   enum class Q6Parts { kDefault, kNarrow, kWide };
   Q6Parts q6_parts = Q6Parts::kDefault;  // q8 forms: Q6_K rows in 16-value parts (narrow) or 32-value ones
                                  // (wide: 16-byte code runs, half the parts); default: wide unless TROVE_MATVEC_Q6_WIDE=0
+  uint32_t split = 0;            // q8 forms: subgroups sharing one row group's rows, 1, 2, 4 or 8 (0:
+                                 // TROVE_MATVEC_Q8_SPLIT, else automatic: enough row blocks for the grid)
   bool gpu_form = false;         // on a CPU device, compile the GPUs' form: unrolled loops over batch
                                  // columns and subgroupAdd (lavapipe spends seconds per pipeline on it)
   enum class Form { kAuto, kF32, kStaged, kDirect, kQ8, kQ8P };  // kF32: kAuto without q8 (TROVE_MATVEC=f32)

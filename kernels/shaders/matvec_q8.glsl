@@ -21,6 +21,12 @@
 //   Q8_0       part q (0..3) of a 34-byte block: its int8 values 8q..8q+7.
 // Rows are reduced with subgroupAdd; no barrier after the staging.
 //
+// Split rows (kSplit > 1, TROVE_MATVEC_Q8_SPLIT): kSplit subgroups share a row group's rows, subgroup
+// sp walking parts sp·kG + lane, + kSplit·kG, ...; their subgroup sums meet in shared memory (one
+// barrier) and are added in sp order. A workgroup then owns kSplit times fewer rows, so calls of
+// few rows (the 8B's o and ffn_down: 128 blocks of 32 rows for 264 workgroups) fill the GPU, and each
+// lane walks kSplit times fewer parts of a row one after the other.
+//
 // MV_Q8_GLOBAL (matvec_q8p.comp, TROVE_MATVEC=q8p): the same kernel reading x̂ already quantized by
 // matvec_q8_quant.comp into a scratch slot (binding 0) through the caches instead of
 // staging it: no shared memory, no barrier, one row block per workgroup — for any cols. The staged
@@ -42,9 +48,11 @@ layout(constant_id = 7) const uint kType0 = 12u;       // weight type id of each
 layout(constant_id = 8) const uint kType1 = 12u;
 layout(constant_id = 9) const uint kType2 = 12u;
 layout(constant_id = 10) const uint kQ6Wide = 0u;       // 1: Q6_K rows in 32-value parts (part_q6k_wide)
+layout(constant_id = 11) const uint kSplit = 1u;        // subgroups sharing one row group's rows (1, 2, 4, 8)
 #define MV_Q6_WIDE
 const uint kWG = gl_WorkGroupSize.x;
 const uint kGroups = kWG / kG;
+const uint kRG = kGroups / kSplit;  // row groups per workgroup
 const uint kNS = kR * (kSwiGlu + 1u);
 const uint kTypeMask = (1u << kType0) | (1u << kType1) | (1u << kType2);
 
@@ -72,6 +80,7 @@ uint q8_col(uint b) { return b; }
 #ifndef MV_Q8_GLOBAL
 shared float sssq[kGroups * kNB];  // per-subgroup Σ x² of each column
 #endif
+shared float ssplit[kSplit > 1u ? kGroups * kR * kNB * 2u : 1u];  // kSplit > 1: each subgroup's sums (gate, then up)
 
 uvec4 wq(uint m, uint i) {
   if (kMats == 1u || m == 0u) return w0q[i];
@@ -107,6 +116,7 @@ void main() {
   const uint wg = gl_WorkGroupID.x + gl_WorkGroupID.y * pc.groups_x;
   if (wg >= blocks) return;  // grid padding: whole workgroups, before the barrier
   const uint lid = gl_LocalInvocationID.x, group = lid / kG, lane = lid % kG;
+  const uint rg = group % kRG, sp = group / kRG;  // row group, and which share of its parts
   const bool norm = (pc.flags & 1u) != 0u, add = (pc.flags & 2u) != 0u;
 
   float inv[kNB];
@@ -139,7 +149,7 @@ void main() {
   for (uint blk = wg; blk < blocks; blk += pc.grid) {
     const uint m = blk < pc.wg_end.x ? 0u : (blk < pc.wg_end.y ? 1u : 2u);
     const uint blk0 = m == 0u ? 0u : pc.wg_end[m - 1u];
-    const uint r0 = ((blk - blk0) * kGroups + group) * kR;
+    const uint r0 = ((blk - blk0) * kRG + rg) * kR;
     bool lv[kNS];
     [[unroll]] for (uint s = 0u; s < kNS; ++s) {
       const uint mat = kSwiGlu != 0u ? s / kR : m;
@@ -152,34 +162,67 @@ void main() {
     if (kSwiGlu == 0u) {
       if (kMats == 1u || m == 0u) {
         [[unroll]] for (uint s = 0u; s < kNS; ++s) slot_mat[s] = 0u;
-        walk(kType0, lane, pc.cols);
+        walk_from(kType0, sp * kG + lane, kSplit * kG, pc.cols);
       } else if (kMats == 2u || m == 1u) {
         [[unroll]] for (uint s = 0u; s < kNS; ++s) slot_mat[s] = 1u;
-        walk(kType1, lane, pc.cols);
+        walk_from(kType1, sp * kG + lane, kSplit * kG, pc.cols);
       } else {
         [[unroll]] for (uint s = 0u; s < kNS; ++s) slot_mat[s] = 2u;
-        walk(kType2, lane, pc.cols);
+        walk_from(kType2, sp * kG + lane, kSplit * kG, pc.cols);
       }
     } else {
       [[unroll]] for (uint s = 0u; s < kNS; ++s) slot_mat[s] = s / kR;
       if (kType0 == kType1) {
-        walk(kType0, lane, pc.cols);
+        walk_from(kType0, sp * kG + lane, kSplit * kG, pc.cols);
       } else {  // gate and up of different types: one pass each
         [[unroll]] for (uint s = 0u; s < kNS; ++s) live[s] = lv[s] && s < kR;
-        walk(kType0, lane, pc.cols);
+        walk_from(kType0, sp * kG + lane, kSplit * kG, pc.cols);
         [[unroll]] for (uint s = 0u; s < kNS; ++s) live[s] = lv[s] && s >= kR;
-        walk(kType1, lane, pc.cols);
+        walk_from(kType1, sp * kG + lane, kSplit * kG, pc.cols);
       }
     }
     // Every lane gets every total; lane t writes outputs t, t + kG, ... (slot-major over columns).
-    [[unroll]] for (uint s = 0u; s < kR; ++s) {
-      [[unroll]] for (uint b = 0u; b < kNB; ++b) {
-        const float v = subgroupAdd(acc[b][s]) * inv[b];
-        const float u = kSwiGlu != 0u ? subgroupAdd(acc[b][s + kR]) * inv[b] : 0.0;
-        const uint r = r0 + s;
-        if (lane != (s * kNB + b) % kG || r >= pc.rows[m]) continue;
-        write_out(m, b * pc.y_stride[m] + r, v, u, add);
+    if (kSplit == 1u) {
+      [[unroll]] for (uint s = 0u; s < kR; ++s) {
+        [[unroll]] for (uint b = 0u; b < kNB; ++b) {
+          const float v = subgroupAdd(acc[b][s]) * inv[b];
+          const float u = kSwiGlu != 0u ? subgroupAdd(acc[b][s + kR]) * inv[b] : 0.0;
+          const uint r = r0 + s;
+          if (lane != (s * kNB + b) % kG || r >= pc.rows[m]) continue;
+          write_out(m, b * pc.y_stride[m] + r, v, u, add);
+        }
       }
+    } else {
+      // Subgroup sums to shared memory; share 0 of each row group adds them in share order.
+      const uint kU = kGroups * kR * kNB;  // offset of the up sums
+      [[unroll]] for (uint s = 0u; s < kR; ++s) {
+        [[unroll]] for (uint b = 0u; b < kNB; ++b) {
+          const float v = subgroupAdd(acc[b][s]);
+          const float u = kSwiGlu != 0u ? subgroupAdd(acc[b][s + kR]) : 0.0;
+          const uint i = ((sp * kRG + rg) * kR + s) * kNB + b;
+          if (lane == 0u) {
+            ssplit[i] = v;
+            if (kSwiGlu != 0u) ssplit[kU + i] = u;
+          }
+        }
+      }
+      barrier();
+      if (sp == 0u) {
+        [[unroll]] for (uint s = 0u; s < kR; ++s) {
+          [[unroll]] for (uint b = 0u; b < kNB; ++b) {
+            const uint r = r0 + s;
+            if (lane != (s * kNB + b) % kG || r >= pc.rows[m]) continue;
+            float v = 0.0, u = 0.0;
+            for (uint q = 0u; q < kSplit; ++q) {
+              const uint i = ((q * kRG + rg) * kR + s) * kNB + b;
+              v += ssplit[i];
+              if (kSwiGlu != 0u) u += ssplit[kU + i];
+            }
+            write_out(m, b * pc.y_stride[m] + r, v * inv[b], u * inv[b], add);
+          }
+        }
+      }
+      barrier();  // before the next block's sums overwrite these
     }
   }
 }

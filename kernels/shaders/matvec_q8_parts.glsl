@@ -217,20 +217,22 @@ void part_q8(uint bl, uint q) {
   }
 }
 
-// Every part of the live slots' rows (of `type`, `cols` values), strided over the lanes.
-void walk(uint type, uint lane, uint cols) {
+// Parts first, first + step, ... of the live slots' rows (of `type`, `cols` values).
+void walk_from(uint type, uint first, uint step, uint cols) {
   if (has_type(kQ4_K) && type == kQ4_K) {
-    for (uint it = lane; it < (cols >> 5u); it += kG) part_k45(false, it >> 3u, it & 7u);
+    for (uint it = first; it < (cols >> 5u); it += step) part_k45(false, it >> 3u, it & 7u);
   } else if (has_type(kQ5_K) && type == kQ5_K) {
-    for (uint it = lane; it < (cols >> 5u); it += kG) part_k45(true, it >> 3u, it & 7u);
+    for (uint it = first; it < (cols >> 5u); it += step) part_k45(true, it >> 3u, it & 7u);
   } else if (has_type(kQ6_K) && type == kQ6_K && kQ6Wide != 0u) {
-    for (uint it = lane; it < (cols >> 5u); it += kG) part_q6k_wide(it >> 3u, it & 7u);
+    for (uint it = first; it < (cols >> 5u); it += step) part_q6k_wide(it >> 3u, it & 7u);
   } else if (has_type(kQ6_K) && type == kQ6_K) {
-    for (uint it = lane; it < (cols >> 4u); it += kG) part_q6k(it >> 4u, it & 15u);
+    for (uint it = first; it < (cols >> 4u); it += step) part_q6k(it >> 4u, it & 15u);
   } else if (has_type(kQ8_0) && type == kQ8_0) {
-    for (uint it = lane; it < (cols >> 3u); it += kG) part_q8(it >> 2u, it & 3u);
+    for (uint it = first; it < (cols >> 3u); it += step) part_q8(it >> 2u, it & 3u);
   }
 }
+// Every part of the live slots' rows, strided over the lanes of one row group.
+void walk(uint type, uint lane, uint cols) { walk_from(type, lane, kG, cols); }
 
 // Parts of a row of `cols` values of `type`, and part p of the live slots' rows (for callers that
 // spread the parts of several rows' sets over the lanes themselves: moe_down_q8.comp).

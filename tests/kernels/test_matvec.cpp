@@ -868,6 +868,37 @@ TEST_F(Matvec, TroveMatvecQ8WgKeepsBothQ8FormsEqual) {
   }
 }
 
+// TROVE_MATVEC_Q8_SPLIT: 2, 4 or 8 subgroups share a row group's rows and add their sums in
+// shared memory. Against the reference, and batched calls (q8p, and q8 where x̂ fits) equal to
+// batch-1 calls bit for bit at every split, with the norm prologue, the residual add, SwiGLU and
+// matrices of several row blocks each. Bad values are refused by name.
+TEST_F(Matvec, Q8SplitRowsMatchReferenceAndBatchOne) {
+  auto make = [&](const char* split, const char* batched) {
+    tests::ScopedEnv f("TROVE_MATVEC", "q8"), b("TROVE_MATVEC_BATCHED", batched), sp("TROVE_MATVEC_Q8_SPLIT", split);
+    return ops::Matvec::create(*dev_);
+  };
+  auto bad = make("3", "");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("TROVE_MATVEC_Q8_SPLIT='3' is not 1, 2, 4, 8 or auto"), std::string::npos)
+      << bad.status().message();
+  if (!op_->q8_supported()) {
+    GTEST_SKIP() << "the device lacks integer dot products, subgroup arithmetic or subgroup shuffles (the q8 form is refused there)";
+  }
+  Case add{1024, 3, true, MatvecEpilogue::kAdd, {{G::Q4_K, 192}, {G::Q6_K, 64}, {G::Q8_0, 64}}};
+  Case swiglu{768, 2, true, MatvecEpilogue::kSwiGlu, {{G::Q5_K, 128}, {G::Q4_K, 128}}};
+  for (Case* c : {&add, &swiglu}) {
+    c->bound = 2e-2;
+    c->exact = true;
+  }
+  for (auto [split, batched] : {std::pair{"2", "q8p"}, std::pair{"4", "q8"}, std::pair{"8", "q8p"}}) {
+    SCOPED_TRACE(fmt::format("TROVE_MATVEC_Q8_SPLIT={} TROVE_MATVEC_BATCHED={}", split, batched));
+    auto op = make(split, batched);
+    ASSERT_TRUE(op.ok()) << op.status().ToString();
+    ASSERT_TRUE(check_columns(*dev_, *op, add, rng_));
+    ASSERT_TRUE(check_columns(*dev_, *op, swiglu, rng_));
+  }
+}
+
 TEST_F(Matvec, BadCallsAreNamedAndRecordNothing) {
   auto b = dev_->buffer(1 << 20);
   auto y = dev_->buffer(1 << 16);

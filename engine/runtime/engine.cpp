@@ -260,9 +260,10 @@ class VulkanEngine final : public Engine {
   // tokens: a batched step's cost is what speculative verification and concurrent streams pay) and
   // for longer steps, logged as tables when the engine closes (bench_engine prints them).
   enum OpKind : uint8_t { kOpEmbed, kOpQkv, kOpQkNorm, kOpRope, kOpKvWrite, kOpAttention, kOpO, kOpFfnNorm,
-                          kOpFfn, kOpMoe, kOpHead, kOpSample, kOpKinds };
+                          kOpFfnGateUp, kOpFfn, kOpMoe, kOpHead, kOpSample, kOpKinds };
   static constexpr const char* kOpNames[kOpKinds] = {"embed", "qkv (+norm)", "q/k norm", "rope", "(q/k norm+rope+) kv write",
-                                                     "attention", "o (+add)", "ffn norm", "dense ffn",
+                                                     "attention", "o (+add)", "ffn norm", "ffn gate/up (+norm)",
+                                                     "ffn down (+add) | dense ffn",
                                                      "moe ffn", "head", "argmax/sample+copy"};
   struct OpProfile {
     double ns[kOpKinds] = {};
@@ -1515,6 +1516,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
         TROVE_RETURN_IF_ERROR(warm_at(kWarmGu));
         TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.gate, h_}, {&L.up, {}}}, T, x_, L.ffn_norm.whole(), Ep::kSwiGlu));
         s.barrier();
+        mark(kOpFfnGateUp);
         TROVE_RETURN_IF_ERROR(warm_at(kWarmDown));
         TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.down, x_}}, T, h_, {}, Ep::kAdd));
         s.barrier();

@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # A/B of engine settings in one run, interleaved (the tables of docs/performance.md):
 #
-#   bench/engine/ab.sh --model M [--rounds N] [--depth D] [--tg N] VARIANT...
+#   bench/engine/ab.sh --model M [--rounds N] [--depth D] [--tg N] [--ops] VARIANT...
 #
 # VARIANT is LABEL or LABEL:VAR=value[,VAR=value...]: the environment of that variant's runs (LABEL
 # alone: the defaults), e.g. `base spin:TROVE_VK_WAIT=spin wg1k:TROVE_MATVEC_Q8_WG=1024,TROVE_MATVEC_Q8_WAVES=4`.
 # The variants run in turn, N rounds (default 2), each one `bench_engine --decode-only --reps 1
 # --profile` (depth D, default 4096), so that a drift of the machine's speed falls on every variant
 # alike. Prints a markdown table: variant, round, tg (tok/s), tg at depth D, GPU and host µs per decode
-# step (medians over all decode steps) and dispatches per step. bench_engine is taken from
-# $BENCH_ENGINE, else PATH (the device bundle's wrappers), else build/bench/engine/.
+# step (medians over all decode steps) and dispatches per step. --ops runs every variant with
+# TROVE_PROFILE=ops (a timestamp after each op: tg drops by ~5-10%, alike for all) and prints a second
+# table, µs per one-token decode step of each op kind (engine.cpp's kOpNames), per variant and round.
+# bench_engine is taken from $BENCH_ENGINE, else PATH (the device bundle's wrappers), else
+# build/bench/engine/.
 set -euo pipefail
 
 usage() { sed -n '2,/^set -e/{/^set -e/d; s/^# \{0,1\}//; p}' "$0"; }
-model='' rounds=2 depth=4096 tg=''
+model='' rounds=2 depth=4096 tg='' ops=0
 variants=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -21,6 +24,7 @@ while [ $# -gt 0 ]; do
     --rounds) rounds=$2; shift 2 ;;
     --depth) depth=$2; shift 2 ;;
     --tg) tg=$2; shift 2 ;;
+    --ops) ops=1; shift ;;
     -h|--help) usage; exit 0 ;;
     -*) echo "ab.sh: unknown option '$1'" >&2; usage >&2; exit 2 ;;
     *) variants+=("$1"); shift ;;
@@ -34,7 +38,8 @@ fi
 bench=${BENCH_ENGINE:-$(command -v bench_engine || echo build/bench/engine/bench_engine)}
 [ -x "$bench" ] || { echo "ab.sh: no bench_engine at '$bench' (build it or set BENCH_ENGINE)" >&2; exit 2; }
 out=$(mktemp)
-trap 'rm -f "$out"' EXIT
+opsdir=$(mktemp -d)
+trap 'rm -rf "$out" "$opsdir"' EXIT
 
 echo "| variant | round | tg | tg at depth $depth | GPU µs / step | host µs / step | dispatches / step |"
 echo "|---|---|---|---|---|---|---|"
@@ -43,6 +48,7 @@ for ((r = 1; r <= rounds; r++)); do
     label=${v%%:*}
     envs=()
     if [[ $v == *:* ]]; then IFS=, read -ra envs <<< "${v#*:}"; fi
+    [ "$ops" = 1 ] && envs=(TROVE_PROFILE=ops ${envs[@]+"${envs[@]}"})
     args=(--model "$model" --decode-only --reps 1 --profile --depth "$depth")
     [ -n "$tg" ] && args+=(--tg "$tg")
     if ! env ${envs[@]+"${envs[@]}"} "$bench" "${args[@]}" > "$out" 2>&1; then
@@ -56,5 +62,35 @@ for ((r = 1; r <= rounds; r++)); do
     host=$(grep -oE 'host \(median\) [0-9.]+' <<< "$prof" | grep -oE '[0-9.]+$' || true)
     disp=$(grep -oE '[0-9.]+ dispatches' <<< "$prof" | grep -oE '^[0-9.]+' || true)
     echo "| $label | $r | ${t// /} | ${td// /} | ${gpu:-?} | ${host:-?} | ${disp:-?} |"
+    # The op table of one-token decode steps: "  <kind>  <µs> us/step  <share>%" lines after its header.
+    if [ "$ops" = 1 ]; then
+      awk '/TROVE_PROFILE=ops, decode steps of 1 token /{on=1; next} on && / us\/step /{sub(/^ +/, ""); \
+           n=split($0, f, / +/); us=f[n-2]; name=$0; sub(/ +[0-9.]+ us\/step.*$/, "", name); print name "\t" us; next} on{exit}' \
+        "$out" > "$opsdir/$r.$label"
+    fi
   done
 done
+if [ "$ops" = 1 ]; then
+  # Columns: the op kinds in the order of the first file that has any.
+  first=$(find "$opsdir" -type f -size +0 | sort | head -n1)
+  if [ -z "$first" ]; then
+    echo; echo "(--ops: no run printed an op profile of one-token decode steps)"
+    exit 0
+  fi
+  mapfile -t kinds < <(cut -f1 "$first")
+  echo
+  header="| variant | round |" rule="|---|---|"
+  for k in "${kinds[@]}"; do header+=" $k |"; rule+="---|"; done
+  echo "$header"; echo "$rule"
+  for ((r = 1; r <= rounds; r++)); do
+    for v in "${variants[@]}"; do
+      label=${v%%:*}
+      row="| $label | $r |"
+      for k in "${kinds[@]}"; do
+        us=$(awk -F'\t' -v k="$k" '$1 == k {print $2}' "$opsdir/$r.$label" 2>/dev/null)
+        row+=" ${us:-?} |"
+      done
+      echo "$row"
+    done
+  done
+fi

@@ -263,7 +263,7 @@ class VulkanEngine final : public Engine {
                           kOpFfnGateUp, kOpFfn, kOpMoe, kOpHead, kOpSample, kOpKinds };
   static constexpr const char* kOpNames[kOpKinds] = {"embed", "qkv (+norm)", "q/k norm", "rope", "(q/k norm+rope+) kv write",
                                                      "attention", "o (+add)", "ffn norm", "ffn gate/up (+norm)",
-                                                     "ffn down (+add) | dense ffn",
+                                                     "ffn down (+add) / dense ffn",
                                                      "moe ffn", "head", "argmax/sample+copy"};
   struct OpProfile {
     double ns[kOpKinds] = {};

@@ -870,6 +870,20 @@ TEST_F(Matvec, TroveMatvecQ8WgKeepsBothQ8FormsEqual) {
   }
 }
 
+// Two calls for the q8 knobs' tests, compared with check_columns (bit for bit): the norm prologue and
+// the residual add over Q4_K (3 row blocks), Q6_K and Q8_0; SwiGLU over Q5_K gate and Q4_K up.
+namespace {
+std::pair<Case, Case> mixed_q8_cases() {
+  Case add{1024, 3, true, MatvecEpilogue::kAdd, {{G::Q4_K, 192}, {G::Q6_K, 64}, {G::Q8_0, 64}}};
+  Case swiglu{768, 2, true, MatvecEpilogue::kSwiGlu, {{G::Q5_K, 128}, {G::Q4_K, 128}}};
+  for (Case* c : {&add, &swiglu}) {
+    c->bound = 2e-2;
+    c->exact = true;
+  }
+  return {add, swiglu};
+}
+}  // namespace
+
 // TROVE_MATVEC_Q8_SPLIT: 2, 4 or 8 subgroups share a row group's rows and add their sums in
 // shared memory. Against the reference, and batched calls (q8p, and q8 where x̂ fits) equal to
 // batch-1 calls bit for bit at every split, with the norm prologue, the residual add, SwiGLU and
@@ -886,12 +900,7 @@ TEST_F(Matvec, Q8SplitRowsMatchReferenceAndBatchOne) {
   if (!op_->q8_supported()) {
     GTEST_SKIP() << "the device lacks integer dot products, subgroup arithmetic or subgroup shuffles (the q8 form is refused there)";
   }
-  Case add{1024, 3, true, MatvecEpilogue::kAdd, {{G::Q4_K, 192}, {G::Q6_K, 64}, {G::Q8_0, 64}}};
-  Case swiglu{768, 2, true, MatvecEpilogue::kSwiGlu, {{G::Q5_K, 128}, {G::Q4_K, 128}}};
-  for (Case* c : {&add, &swiglu}) {
-    c->bound = 2e-2;
-    c->exact = true;
-  }
+  auto [add, swiglu] = mixed_q8_cases();
   for (auto [split, batched] : {std::pair{"2", "q8p"}, std::pair{"4", "q8"}, std::pair{"8", "q8p"}}) {
     SCOPED_TRACE(fmt::format("TROVE_MATVEC_Q8_SPLIT={} TROVE_MATVEC_BATCHED={}", split, batched));
     auto op = make(split, batched);
@@ -918,12 +927,7 @@ TEST_F(Matvec, Q8PrefetchKeepsTheNumbers) {
   if (!op_->q8_supported()) {
     GTEST_SKIP() << "the device lacks integer dot products, subgroup arithmetic or subgroup shuffles (the q8 form is refused there)";
   }
-  Case add{1024, 3, true, MatvecEpilogue::kAdd, {{G::Q4_K, 192}, {G::Q6_K, 64}, {G::Q8_0, 64}}};
-  Case swiglu{768, 2, true, MatvecEpilogue::kSwiGlu, {{G::Q5_K, 128}, {G::Q4_K, 128}}};
-  for (Case* c : {&add, &swiglu}) {
-    c->bound = 2e-2;
-    c->exact = true;
-  }
+  auto [add, swiglu] = mixed_q8_cases();
   for (auto [split, q6wide] : {std::pair{"1", "1"}, std::pair{"2", "0"}}) {
     SCOPED_TRACE(fmt::format("TROVE_MATVEC_Q8_SPLIT={} TROVE_MATVEC_Q6_WIDE={}", split, q6wide));
     auto without = make("0", split, q6wide), with = make("1", split, q6wide);

@@ -260,11 +260,12 @@ class VulkanEngine final : public Engine {
   // tokens: a batched step's cost is what speculative verification and concurrent streams pay) and
   // for longer steps, logged as tables when the engine closes (bench_engine prints them).
   enum OpKind : uint8_t { kOpEmbed, kOpQkv, kOpQkNorm, kOpRope, kOpKvWrite, kOpAttention, kOpO, kOpFfnNorm,
-                          kOpFfnGateUp, kOpFfn, kOpMoe, kOpHead, kOpSample, kOpKinds };
+                          kOpFfnGateUp, kOpFfn, kOpMoeRouter, kOpMoeRoute, kOpMoeGateUp, kOpMoe, kOpHead, kOpSample,
+                          kOpKinds };
   static constexpr const char* kOpNames[kOpKinds] = {"embed", "qkv (+norm)", "q/k norm", "rope", "(q/k norm+rope+) kv write",
                                                      "attention", "o (+add)", "ffn norm", "ffn gate/up (+norm)",
-                                                     "ffn down (+add) / dense ffn",
-                                                     "moe ffn", "head", "argmax/sample+copy"};
+                                                     "ffn down (+add) / dense ffn", "moe router (+norm)",
+                                                     "moe routing", "moe gate/up (+norm)", "moe down (+add) / moe ffn", "head", "argmax/sample+copy"};
   struct OpProfile {
     double ns[kOpKinds] = {};
     uint64_t steps = 0, tokens = 0;
@@ -1525,7 +1526,12 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       }
       if (mv && c.is_moe() && moe_->fuses_norm(T)) {  // decode: the FFN norm folded into router and gate/up
         TROVE_RETURN_IF_ERROR(warm_at(kWarmGu));  // beside the MoE FFN (its first dispatch)
-        TROVE_RETURN_IF_ERROR(moe_->record_fused_norm(s, *ops_.matvec, L.moe, L.ffn_norm.whole(), c.rms_eps, x_, T));
+        TROVE_RETURN_IF_ERROR(moe_->record_fused_norm(s, *ops_.matvec, L.moe, L.ffn_norm.whole(), c.rms_eps, x_, T,
+                                                      [&](MoeStage st) {
+                                                        mark(st == MoeStage::kRouter ? kOpMoeRouter
+                                                             : st == MoeStage::kRoute ? kOpMoeRoute
+                                                                                      : kOpMoeGateUp);
+                                                      }));
         s.barrier();
         mark(kOpMoe);
         continue;

@@ -59,7 +59,8 @@ Status MoeLayer::record(vk::CommandStream& s, const ops::Matmul& matmul, const M
 }
 
 Status MoeLayer::record_fused_norm(vk::CommandStream& s, const ops::Matvec& matvec, const MoeLayerWeights& w,
-                                   vk::BufferRange norm_w, float eps, vk::BufferRange x, uint32_t T) const {
+                                   vk::BufferRange norm_w, float eps, vk::BufferRange x, uint32_t T,
+                                   const std::function<void(MoeStage)>& after) const {
   if (!fuses_norm(T)) {
     return Status::InvalidArgument(fmt::format("MoE layer: a step of {} tokens cannot fold the FFN norm (needs <= {} tokens "
                                                "and the direct expert kernels); use record()", T, ops::Matvec::kMaxBatch));
@@ -73,17 +74,23 @@ Status MoeLayer::record_fused_norm(vk::CommandStream& s, const ops::Matvec& matv
   router.eps = eps;
   router.mats[0] = {w.router_type, m.n_expert, w.router, logits_, 0};
   router.n_mats = 1;
+  auto done = [&](MoeStage st) {
+    s.barrier();
+    if (after) after(st);
+  };
   TROVE_RETURN_IF_ERROR(matvec.record(s, router));
-  s.barrier();
+  done(MoeStage::kRouter);
   // Routing without a plan: the expert kernels index by (token, j) pair (MoeFfnCall::by_pair).
   TROVE_RETURN_IF_ERROR(route_.record_ids(s, logits_, ids_, weights_, m.n_expert, T, m.k));
-  s.barrier();
+  done(MoeStage::kRoute);
   ops::MoeFfnCall call{w.gate, w.up,   w.down, T,  m.k, x, ids_, weights_, plan_, layout_, h_, d_, x,
                        nullptr, ops::MoePrefill::kExpertMatvec, g_, u_};
   call.norm_w = norm_w;
   call.eps = eps;
   call.by_pair = true;
-  return ffn_.record(s, call);
+  TROVE_RETURN_IF_ERROR(ffn_.record_gate_up(s, call));  // ffn_.record() in two halves, for `after`
+  done(MoeStage::kGateUp);
+  return ffn_.record_down(s, call);
 }
 
 }  // namespace trove::engine

@@ -18,6 +18,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 
 #include "kernels/ops/matmul.h"
 #include "kernels/ops/matvec.h"
@@ -32,6 +33,10 @@ struct MoeLayerWeights {
   quant::GgmlType router_type = quant::GgmlType::F32;
   vk::BufferRange router;                   // ffn_gate_inp: [n_expert][hidden]
 };
+
+// The dispatches of record_fused_norm(), in order; its `after` hook hears each but the last (down),
+// after the barrier that ends it (TROVE_PROFILE=ops puts a timestamp there).
+enum class MoeStage : uint8_t { kRouter, kRoute, kGateUp };
 
 struct MoeShape {
   uint32_t hidden = 0, ffn = 0, n_expert = 0, k = 0;
@@ -53,7 +58,8 @@ class MoeLayer {
   // the direct expert kernel with the same prologue indexed by (token, j) pair, down by pair —
   // 4 dispatches and no separate norm (fuses_norm(T) must hold).
   Status record_fused_norm(vk::CommandStream& s, const ops::Matvec& matvec, const MoeLayerWeights& w,
-                           vk::BufferRange norm_w, float eps, vk::BufferRange x, uint32_t T) const;
+                           vk::BufferRange norm_w, float eps, vk::BufferRange x, uint32_t T,
+                           const std::function<void(MoeStage)>& after = {}) const;
 
  private:
   MoeShape shape_;

@@ -459,6 +459,33 @@ TEST(Engine, GenerateStopsAtMaxTokensAndReusesThePrefix) {
   EXPECT_GE(r2->reused_tokens, next.size() - 1) << "the held prefix must not be prefilled again";
 }
 
+// TROVE_PROFILE=ops times the four dispatches of an MoE decode layer apart (router, routing, gate/up,
+// down: MoeLayer::record_fused_norm's `after` hook), in the table of one-token decode steps.
+TEST(Engine, OpProfileTimesTheMoeStagesApart) {
+  log::ScopedLogCapture logs;
+  {
+    ScopedEnv direct("TROVE_MOE", "direct"), ops("TROVE_PROFILE", "ops");
+    auto e = load(256, 1, 0, 64, moe_model_path());
+    ASSERT_TRUE(e);
+    auto seq = e->open_sequence();
+    ASSERT_TRUE(seq.ok());
+    std::vector<int32_t> tok = prompt(1, 9);
+    for (int i = 0; i < 3; ++i) {  // the first compiles pipelines (left out), two are timed
+      auto out = e->step(std::vector<StepInput>{logits_of(*seq, tok)});
+      ASSERT_TRUE(out.ok()) << out.status().ToString();
+      tok = {(*out)[0].token};
+    }
+  }  // the profile is logged when the engine closes
+  std::string one;
+  for (const auto& r : logs.records()) {
+    if (r.message.find("TROVE_PROFILE=ops, decode steps of 1 token ") != std::string::npos) one = r.message;
+  }
+  ASSERT_FALSE(one.empty()) << "no op profile of one-token decode steps was logged";
+  for (const char* kind : {"moe router (+norm)", "moe routing", "moe gate/up (+norm)", "moe down (+add) / moe ffn"}) {
+    EXPECT_NE(one.find(kind), std::string::npos) << kind << " missing from:\n" << one;
+  }
+}
+
 // MoE decode on the direct expert kernels (TROVE_MOE=direct, the GPUs' default) folds the FFN RMSNorm
 // into the router matvec and the gate/up kernel (MoeLayer::record_fused_norm: no norm dispatch); the
 // staged kernels (TROVE_MOE=staged, lavapipe's default) keep the norm, the router matmul and the

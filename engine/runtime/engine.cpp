@@ -39,6 +39,7 @@
 #include "engine/runtime/block_pool.h"
 #include "engine/runtime/l2_warm_plan.h"
 #include "engine/runtime/moe_layer.h"
+#include "engine/runtime/step_profile.h"
 #include "kernels/ops/add.h"
 #include "kernels/ops/attention.h"
 #include "kernels/ops/l2_warm.h"
@@ -255,44 +256,7 @@ class VulkanEngine final : public Engine {
   std::unique_ptr<chat::ChatRenderer> renderer_;
   std::string renderer_error_;
   uint32_t n_ctx_ = 0, max_tokens_ = 0, logit_rows_ = 0;
-  // TROVE_PROFILE=1: per-step GPU phase times in the log. TROVE_PROFILE=ops: GPU time per op kind,
-  // summed over the engine's life separately for decode steps of each size (1..Matvec::kMaxBatch
-  // tokens: a batched step's cost is what speculative verification and concurrent streams pay) and
-  // for longer steps, logged as tables when the engine closes (bench_engine prints them).
-  enum OpKind : uint8_t { kOpEmbed, kOpQkv, kOpQkNorm, kOpRope, kOpKvWrite, kOpAttention, kOpO, kOpFfnNorm,
-                          kOpFfnGateUp, kOpFfn, kOpMoeRouter, kOpMoeRoute, kOpMoeGateUp, kOpMoe, kOpHead, kOpSample,
-                          kOpKinds };
-  static constexpr const char* kOpNames[kOpKinds] = {"embed", "qkv (+norm)", "q/k norm", "rope", "(q/k norm+rope+) kv write",
-                                                     "attention", "o (+add)", "ffn norm", "ffn gate/up (+norm)",
-                                                     "ffn down (+add) / dense ffn", "moe router (+norm)",
-                                                     "moe routing", "moe gate/up (+norm)", "moe down (+add) / moe ffn", "head", "argmax/sample+copy"};
-  struct OpProfile {
-    double ns[kOpKinds] = {};
-    uint64_t steps = 0, tokens = 0;
-    uint64_t compile_steps = 0;  // steps that created pipelines: left out of ns
-  };
-  static std::string_view profile_env() {
-    const char* v = std::getenv("TROVE_PROFILE");
-    return v ? std::string_view(v) : std::string_view();
-  }
-  bool profile_ = !profile_env().empty() && profile_env() != "ops" && profile_env() != "steps";
-  bool profile_ops_ = profile_env() == "ops";
-  OpProfile op_profile_[ops::Matvec::kMaxBatch + 1];  // [T] decode steps of T tokens, [0] longer steps
-  void log_op_profile() const;
-  // TROVE_PROFILE (any value; "steps" for these alone): per step, what the stream recorded and where
-  // the host's time went (vk::StreamCounters), and the GPU time from the step's first to its last
-  // timestamp; summed like op_profile_ and logged when the engine closes (bench_engine --profile).
-  struct HostProfile {
-    uint64_t steps = 0, tokens = 0;
-    vk::StreamCounters sum;   // differences of the stream's counters across each step, summed
-    // Per step (medians are logged: the first steps compile pipelines and write descriptor sets).
-    std::vector<double> step_ns, record_ns, lead_ns, wait_ns;  // step(): entry → return; the rest as in sum
-    std::vector<double> gpu_ns;  // steps whose timestamps came back
-  };
-  bool profile_host_ = !profile_env().empty();
-  bool profile_steps_ = profile_env() == "steps";
-  HostProfile host_profile_[2];
-  void log_host_profile() const;
+  StepProfile profile_;  // TROVE_PROFILE (engine/runtime/step_profile.h)
   // Steps of <= Matvec::kMaxBatch tokens (decode) run their dense products through ops::Matvec with the
   // norms, residual adds and SwiGLU fused in; TROVE_DECODE=matmul keeps them on the Matmul path (A/B).
   bool matvec_decode_ = true;
@@ -371,60 +335,10 @@ class VulkanEngine final : public Engine {
 };
 
 VulkanEngine::~VulkanEngine() {
-  if (profile_ops_) log_op_profile();
-  if (profile_host_) log_host_profile();
+  if (dev_) profile_.log(vk::descriptors_name(dev_->descriptors()), stream_options_);  // none if create() failed early
   exporter_.reset();  // every completed block handed to the store before its flush
   if (store_) {
     if (Status st = store_->flush(); !st.ok()) log::warn("engine", "KV store flush: {}", st.message());
-  }
-}
-
-void VulkanEngine::log_op_profile() const {
-  for (uint32_t k = 1; k <= ops::Matvec::kMaxBatch + 1; ++k) {  // decode steps by size, then the longer ones
-    const OpProfile& p = op_profile_[k % (ops::Matvec::kMaxBatch + 1)];
-    const std::string kind = k <= ops::Matvec::kMaxBatch ? fmt::format("decode steps of {} token{}", k, k == 1 ? "" : "s")
-                                                         : std::string("prefill steps");
-    if (p.steps == 0 && p.compile_steps == 0) continue;
-    double total = 0;
-    for (double v : p.ns) total += v;
-    const std::string left_out =
-        p.compile_steps ? fmt::format(" ({} steps that compiled pipelines left out)", p.compile_steps) : std::string();
-    if (p.steps == 0) {
-      log::info("engine", "TROVE_PROFILE=ops, {}: every one compiled pipelines{}", kind, left_out);
-      continue;
-    }
-    std::string table;
-    for (int i = 0; i < kOpKinds; ++i) {
-      if (p.ns[i] == 0) continue;
-      table += fmt::format("\n  {:<20} {:9.1f} us/step {:5.1f}%", kOpNames[i], p.ns[i] / 1e3 / p.steps, 100 * p.ns[i] / total);
-    }
-    log::info("engine", "TROVE_PROFILE=ops, {} ({} steps, {} tokens{}): {:.1f} us GPU per step{}", kind, p.steps,
-              p.tokens, left_out, total / 1e3 / p.steps, table);
-  }
-}
-
-void VulkanEngine::log_host_profile() const {
-  auto median_us = [](std::vector<double> v) {
-    if (v.empty()) return 0.0;
-    std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
-    return v[v.size() / 2] / 1e3;
-  };
-  for (int k = 0; k < 2; ++k) {
-    const HostProfile& p = host_profile_[k];
-    if (p.steps == 0) continue;
-    const double n = static_cast<double>(p.steps);
-    const vk::StreamCounters& c = p.sum;
-    log::info("engine",
-              "TROVE_PROFILE: {} steps ({} steps, {} tokens), per step (mean): {:.1f} dispatches, {:.1f} barriers, "
-              "{:.1f} copies, {:.2f} submits, {:.2f} descriptor sets written ({} descriptors, pieces {}:{}); host "
-              "(median) {:.1f} us a step: {:.1f} us recording (first command → last submit; the GPU gets its first "
-              "piece after {:.1f} us), {:.1f} us last submit + wait; GPU (median) {}",
-              k == 0 ? "decode" : "prefill", p.steps, p.tokens, c.dispatches / n, c.barriers / n, c.copies / n,
-              c.submits / n, c.sets_written / n, vk::descriptors_name(dev_->descriptors()),
-              stream_options_.chunk_dispatches, stream_options_.max_chunk_dispatches, median_us(p.step_ns),
-              median_us(p.record_ns), median_us(p.lead_ns), median_us(p.wait_ns),
-              p.gpu_ns.empty() ? std::string("not measured (TROVE_PROFILE=steps or ops)")
-                               : fmt::format("{:.1f} us (first → last timestamp)", median_us(p.gpu_ns)));
   }
 }
 
@@ -1417,11 +1331,11 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
   std::vector<uint8_t> marks;  // TROVE_PROFILE=ops: the op kind that ends at each timestamp
   auto run = [&]() -> Status {
     auto mark = [&](OpKind k) {
-      if (!profile_ops_) return;
+      if (!profile_.ops()) return;
       s.timestamp();
       marks.push_back(k);
     };
-    if (profile_steps_) s.timestamp();
+    if (profile_.steps()) s.timestamp();
     mark(kOpEmbed);
     const uint32_t H = c.n_head, KVH = c.n_head_kv, D = c.head_dim, E = c.n_embd;
     const uint64_t erow = uint64_t{E} * 4;
@@ -1432,7 +1346,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       s.copy(x_in_, 0, x_, 0, uint64_t{T} * erow);
     }
     s.barrier();
-    if (profile_) s.timestamp();
+    if (profile_.phases()) s.timestamp();
     mark(kOpEmbed);
     kernels::ref::PagedKvShape shape{blocks_->total(), layout_.block_tokens, KVH, D};
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
@@ -1579,7 +1493,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     const uint32_t R = static_cast<uint32_t>(out_rows.size());
     if (R > 0) {
       s.barrier();
-      if (profile_) s.timestamp();
+      if (profile_.phases()) s.timestamp();
       if (matvec_decode_ && R <= ops::Matvec::kMaxBatch) {
         TROVE_RETURN_IF_ERROR(record_matvec(s, {{&head_, logits_}}, R, hs_, output_norm_.whole(), Ep::kStore));
       } else {
@@ -1588,7 +1502,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
         TROVE_RETURN_IF_ERROR(record_matmul(s, head_, 0, R, xn_, logits_));
       }
       s.barrier();
-      if (profile_) s.timestamp();
+      if (profile_.phases()) s.timestamp();
       mark(kOpHead);
       const uint64_t vrow = uint64_t{c.n_vocab} * 4;
       TROVE_RETURN_IF_ERROR(ops_.argmax.record(s, logits_, tokens_out_, R, c.n_vocab));
@@ -1616,43 +1530,13 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       for (uint32_t i : out_rows) any_logits |= inputs[i].want_logits;
       if (any_logits) s.copy(logits_, 0, logits_host_, 0, R * vrow);
       s.barrier();
-      if (profile_) s.timestamp();
+      if (profile_.phases()) s.timestamp();
       mark(kOpSample);
     }
-    if (profile_steps_) s.timestamp();
+    if (profile_.steps()) s.timestamp();
     TROVE_RETURN_IF_ERROR(s.submit_and_wait(T <= ops::Matvec::kMaxBatch ? decode_wait_ : vk::CommandStream::Wait::kBlock));
-    if (profile_host_) {
-      const vk::StreamCounters& now = s.counters();
-      HostProfile& p = host_profile_[T <= ops::Matvec::kMaxBatch ? 0 : 1];
-      p.sum.dispatches += now.dispatches - counters_before.dispatches;
-      p.sum.barriers += now.barriers - counters_before.barriers;
-      p.sum.copies += now.copies - counters_before.copies;
-      p.sum.submits += now.submits - counters_before.submits;
-      p.sum.waits += now.waits - counters_before.waits;
-      p.sum.sets_written += now.sets_written - counters_before.sets_written;
-      p.record_ns.push_back(now.record_ns - counters_before.record_ns);
-      p.lead_ns.push_back(now.lead_ns - counters_before.lead_ns);
-      p.wait_ns.push_back(now.wait_ns - counters_before.wait_ns);
-      p.steps += 1;
-      p.tokens += T;
-      if (const std::vector<double> ts = s.timestamps_ns(); ts.size() >= 2 && (profile_steps_ || profile_ops_)) {
-        p.gpu_ns.push_back(ts.back() - ts.front());
-      }
-    }
-    if (profile_ops_) {
-      const std::vector<double> ts = s.timestamps_ns();
-      OpProfile& p = op_profile_[T <= ops::Matvec::kMaxBatch ? T : 0];
-      if (dev_->pipelines_created() != pipelines_before) {
-        // The host compiled pipelines mid-step and the GPU waited for the pieces behind them: that
-        // wait would land on whichever op follows (e.g. 2.8 ms a step of "kv write" on the 30B-A3B).
-        p.compile_steps += 1;
-      } else if (ts.size() == marks.size()) {  // else the query pool ran out: the step is not counted
-        for (size_t i = 1; i < ts.size(); ++i) p.ns[marks[i]] += ts[i] - ts[i - 1];
-        p.steps += 1;
-        p.tokens += T;
-      }
-    }
-    if (profile_ && R > 0) {
+    profile_.add_step(s, counters_before, T, dev_->pipelines_created() != pipelines_before, marks);
+    if (profile_.phases() && R > 0) {
       // TROVE_PROFILE=1: GPU time of the step's phases.
       auto ts = s.timestamps_ns();
       if (ts.size() == 4) {
@@ -1692,10 +1576,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     r += n;
   }
   export_to_store();
-  if (profile_host_) {
-    host_profile_[T <= ops::Matvec::kMaxBatch ? 0 : 1].step_ns.push_back(
-        std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - step_start).count());
-  }
+  profile_.add_step_time(T, std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - step_start).count());
   return out;
 }
 

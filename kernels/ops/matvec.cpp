@@ -450,8 +450,10 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
       const GgmlType t = call.mats[m].type;
       if (t != GgmlType::Q4_K && t != GgmlType::Q5_K && t != GgmlType::Q6_K && t != GgmlType::Q8_0) types = false;
     }
-    // Staged x̂ and Σ x² per subgroup; with split rows (possibly) the subgroups' sums of up to 4 rows.
-    const bool may_split = (tn.split ? tn.split : st_->q8_split) != 1;
+    // Staged x̂ and Σ x² per subgroup; with split rows (possibly: automatic splits only on GPUs) the
+    // subgroups' sums of up to 4 rows.
+    const uint32_t want_split = tn.split ? tn.split : st_->q8_split;
+    const bool may_split = want_split > 1 || (want_split == 0 && !st_->cpu);
     const uint64_t q8_bytes = uint64_t{call.batch} * q8_tile * 11 / 8 + uint64_t{q8_wg / st_->direct_lanes} * call.batch * 4 +
                               (may_split ? uint64_t{q8_wg / st_->direct_lanes} * 4 * call.batch * 2 * 4 : 0);
     if (!types) {

@@ -206,6 +206,16 @@ Result<MoeFfn> MoeFfn::create(vk::Device& dev, uint32_t slots_per_pass, bool gpu
     }
     op.q8_rows_ = static_cast<uint32_t>(r[0] - '0');
   }
+  // TROVE_MOE_Q8_DOWN_SPLIT=1|2|4: subgroups of a moe_down_q8 workgroup sharing one row group's rows
+  // (the dense q8 matvec's split rows; at one token each lane walks 6 items of a 30B-A3B row one after
+  // another). Default 1: not measured on a GPU yet (docs/kernels.md).
+  if (const char* v = std::getenv("TROVE_MOE_Q8_DOWN_SPLIT"); v && *v) {
+    const std::string_view r(v);
+    if (r != "1" && r != "2" && r != "4") {
+      return Status::InvalidArgument(fmt::format("TROVE_MOE_Q8_DOWN_SPLIT='{}' is not 1, 2 or 4 (subgroups per row group)", v));
+    }
+    op.q8_down_split_ = static_cast<uint32_t>(r[0] - '0');
+  }
   if (const char* v = std::getenv("TROVE_MOE"); v && *v) {
     const std::string_view form(v);
     if (form == "q8") {
@@ -562,11 +572,17 @@ Result<bool> MoeFfn::record_down_q8(vk::CommandStream& s, const MoeFfnCall& c) c
   const uint32_t g = direct_lanes_, rows = tuning_.down_rows ? tuning_.down_rows : q8_rows_;
   const uint32_t wg = tuning_.workgroup ? tuning_.workgroup : std::max(kDirectWorkgroup, g);
   const uint32_t ffn = c.gate.rows, hidden = c.gate.cols, T = c.tokens;
-  if (c.k * (q8_column_bytes(ffn) + 4) > shared_bytes_) return false;
-  auto p = pipeline("moe_down_q8", {wg, g, rows, (ffn + 255) / 256 * 256, static_cast<uint32_t>(c.down.type), c.k, ffn, q6_wide()},
+  const uint32_t split = tuning_.down_split ? tuning_.down_split : q8_down_split_;
+  if ((split != 1 && split != 2 && split != 4) || split > wg / g) {
+    return Status::InvalidArgument(fmt::format("moe_ffn: q8 down split {} (1, 2 or 4, at most the {} subgroups of a "
+                                               "workgroup)", split, wg / g));
+  }
+  if (c.k * (q8_column_bytes(ffn) + 4) + (split > 1 ? wg / g * rows * 4 : 0) > shared_bytes_) return false;
+  auto p = pipeline("moe_down_q8",
+                    {wg, g, rows, (ffn + 255) / 256 * 256, static_cast<uint32_t>(c.down.type), c.k, ffn, q6_wide(), split},
                     sizeof(DownQ8Push), 5, wg);
   if (!p.ok()) return p.status();
-  const uint32_t rows_per_wg = wg / g * rows, blocks = (hidden + rows_per_wg - 1) / rows_per_wg;
+  const uint32_t rows_per_wg = wg / g / split * rows, blocks = (hidden + rows_per_wg - 1) / rows_per_wg;
   const uint32_t gx = q8_grid_x(blocks, T, tuning_.q8_workgroups, q8_workgroups_, cpu_);
   const DownQ8Push push{hidden, ffn, static_cast<uint32_t>(quant::row_bytes(c.down.type, ffn)), c.k, blocks, gx};
   vk::BufferRange b[5] = {c.h, c.down.w, c.ids, c.weights, c.x};

@@ -149,6 +149,8 @@ struct MoeTuning {
   Form form = Form::kAuto;
   uint32_t gate_up_rows = 0;  // direct and q8 forms: rows per row group (1, 2 or 4; 0 = 1, q8: TROVE_MOE_Q8_ROWS or 1) of gate/up
   uint32_t down_rows = 0;     // direct and q8 forms: rows per row group of down (1, 2 or 4; 0 = 1, q8: as gate/up)
+  uint32_t down_split = 0;    // q8 form: subgroups sharing a row group's rows in down (1, 2 or 4; 0 =
+                              // TROVE_MOE_Q8_DOWN_SPLIT or 1; moe_down_q8.comp)
   uint32_t workgroup = 0;     // direct form: invocations per workgroup (a multiple of the subgroup, <= 1024; 0 = 128)
   // q8 form: the workgroups aimed at in all (each stages its inputs once and walks row blocks; at
   // least one per (token, j) pair for gate/up, per token for down; at most one per row block);
@@ -216,6 +218,7 @@ class MoeFfn {
   bool q8_default_ = false;      // MoeTuning::Form::kAuto means q8 (GPUs with q8_ok_; TROVE_MOE)
   uint32_t q8_workgroups_ = kQ8Workgroups;  // TROVE_MOE_Q8_WORKGROUPS
   uint32_t q8_rows_ = 1;                     // q8 form: rows per row group (TROVE_MOE_Q8_ROWS; moe_ffn.cpp)
+  uint32_t q8_down_split_ = 1;               // q8 form: down's split rows (TROVE_MOE_Q8_DOWN_SPLIT; moe_ffn.cpp)
   bool q6_wide_ = true;                      // q8 form: Q6_K experts in 32-value parts (TROVE_MOE_Q6_WIDE)
   uint32_t q6_wide() const {
     return (tuning_.q6_parts == MoeTuning::Q6Parts::kDefault ? q6_wide_ : tuning_.q6_parts == MoeTuning::Q6Parts::kWide) ? 1 : 0;

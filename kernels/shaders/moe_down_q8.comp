@@ -12,6 +12,11 @@
 // rows as one list (item = j · parts + part, as in the direct form: a 768-value row is 24 Q4_K parts,
 // fewer than a subgroup's lanes), selecting staged column j per item; subgroupAdd and one lane per row
 // add the sum into x. One barrier (after the staging); a fixed order of every sum.
+//
+// kSplit > 1 (TROVE_MOE_Q8_DOWN_SPLIT, MoeTuning::down_split): kSplit subgroups share a row group's
+// rows, subgroup sp taking items sp·kG + lane, + kSplit·kG, ...; their sums meet in shared memory
+// (a barrier per row block) and are added in sp order — the dense q8 matvec's split rows
+// (matvec_q8.glsl): at one token a row's 192 items (8 experts × 24 Q4_K parts) are 6 per lane.
 #extension GL_GOOGLE_include_directive : require
 #extension GL_EXT_control_flow_attributes : require
 #extension GL_KHR_shader_subgroup_basic : require
@@ -25,9 +30,11 @@ layout(constant_id = 4) const uint kType0 = 14u;      // the down weights' type 
 layout(constant_id = 5) const uint kK = 8u;           // staged columns: the top-k
 layout(constant_id = 6) const uint kCols = 768u;      // = pc.cols: the parts loop gets a trip count known when compiled
 layout(constant_id = 7) const uint kQ6Wide = 0u;        // 1: Q6_K rows in 32-value parts (part_q6k_wide)
+layout(constant_id = 8) const uint kSplit = 1u;         // subgroups sharing one row group's rows (1, 2, 4)
 #define MV_Q6_WIDE
 const uint kWG = gl_WorkGroupSize.x;
 const uint kGroups = kWG / kG;
+const uint kRG = kGroups / kSplit;  // row groups per workgroup
 const uint kNB = 1u;  // the parts multiply one column: the current item's expert (g_col)
 const uint kNS = kR;
 const uint kQ8Cols = kK;
@@ -54,10 +61,12 @@ uint ww(uint m, uint i) { return w0w[i]; }
 #include "matvec_q8_parts.glsl"
 
 shared uint s_ids[kK];  // the token's k expert ids: read once, not per part (no load chained before the weights')
+shared float ssplit[kSplit > 1u ? kGroups * kR : 1u];  // kSplit > 1: each subgroup's row sums
 
 void main() {
   const uint t = gl_WorkGroupID.y;
   const uint lid = gl_LocalInvocationID.x, group = lid / kG, lane = lid % kG;
+  const uint rg = group % kRG, sp = group / kRG;  // row group, and which share of its items
   const uint nblk = pc.cols >> 5u;
   for (uint i = lid; i < kK; i += kWG) s_ids[i] = ids[t * kK + i];
   for (uint i = lid; i < 2u * kK * nblk; i += kWG) {  // half a block per invocation (stage_half: adjacent pairs)
@@ -67,12 +76,12 @@ void main() {
   barrier();
   const uint parts = q8_parts(kType0, kCols);
   for (uint blk = gl_WorkGroupID.x; blk < pc.blocks; blk += pc.grid_x) {
-    const uint r0 = (blk * kGroups + group) * kR;
+    const uint r0 = (blk * kRG + rg) * kR;
     [[unroll]] for (uint s = 0u; s < kNS; ++s) {
       acc[0][s] = 0.0;
       slot_mat[s] = 0u;
     }
-    for (uint it = lane; it < kK * parts; it += kG) {
+    for (uint it = sp * kG + lane; it < kK * parts; it += kSplit * kG) {
       const uint j = it / parts, p = it - j * parts, e = s_ids[j];
       g_col = j;
       [[unroll]] for (uint s = 0u; s < kNS; ++s) {
@@ -82,10 +91,28 @@ void main() {
       }
       q8_part(kType0, p);
     }
-    [[unroll]] for (uint s = 0u; s < kNS; ++s) {
-      const float v = subgroupAdd(acc[0][s]);
-      const uint r = r0 + s;
-      if (lane == s % kG && r < pc.rows) x[t * pc.rows + r] += v;
+    if (kSplit == 1u) {
+      [[unroll]] for (uint s = 0u; s < kNS; ++s) {
+        const float v = subgroupAdd(acc[0][s]);
+        const uint r = r0 + s;
+        if (lane == s % kG && r < pc.rows) x[t * pc.rows + r] += v;
+      }
+    } else {
+      [[unroll]] for (uint s = 0u; s < kNS; ++s) {
+        const float v = subgroupAdd(acc[0][s]);
+        if (lane == 0u) ssplit[(sp * kRG + rg) * kR + s] = v;
+      }
+      barrier();
+      if (sp == 0u) {
+        [[unroll]] for (uint s = 0u; s < kNS; ++s) {
+          const uint r = r0 + s;
+          if (lane != s % kG || r >= pc.rows) continue;
+          float v = 0.0;
+          for (uint q = 0u; q < kSplit; ++q) v += ssplit[(q * kRG + rg) * kR + s];
+          x[t * pc.rows + r] += v;
+        }
+      }
+      barrier();  // before the next block's sums overwrite these
     }
   }
 }

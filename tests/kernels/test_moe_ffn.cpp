@@ -24,6 +24,7 @@
 
 #include "kernels/ops/moe_ffn.h"
 #include "kernels/ref/matmul_ref.h"
+#include "tests/scoped_env.h"
 
 using namespace trove;
 using quant::GgmlType;
@@ -350,7 +351,8 @@ TEST_F(MoeFfnTest, DirectForm) {
 // Q4_K, Q5_K, Q6_K, Q8_0 as gate, up and down (gate and up of different types: two passes), the norm
 // prologue, adversarial routings (one set for all tokens, few experts, k = 1), rows of 224 (a staged
 // tile past the row), workgroups walking several row blocks (q8_workgroups) and 2 / 4 rows per row
-// group (the default: 2); float experts and a plan-indexed step run the direct form (1e-4). Bound 3e-2 of the output's
+// group (the default: 2), split rows in down (2 and 4 subgroups a row group); float experts and a
+// plan-indexed step run the direct form (1e-4). Bound 3e-2 of the output's
 // norm with a floor of 1e-4 (the rounding must show: the q8 kernels ran): each int8 rounding costs
 // ~0.6% for Gaussian activations (the dense q8 test's 2e-2 for one), and a step rounds twice — x̂
 // before gate/up (both, through SwiGLU) and h before down. lavapipe: ~10 s (a pipeline per shape).
@@ -378,6 +380,24 @@ TEST_F(MoeFfnTest, Q8Form) {
   t.down_rows = 4;
   ffn_->set_tuning(t);
   run(q8({"q8, workgroups walking, rows 1 / 4", 7, 16, 4, 256, 768, Q4_K, Q4_K, Q6_K, Case::kRouter}, true));
+  // Split rows in down (MoeTuning::down_split, TROVE_MOE_Q8_DOWN_SPLIT): 2 with a block per
+  // workgroup, 4 with workgroups walking several blocks and 2 rows per row group.
+  t = {};
+  t.form = ops::MoeTuning::Form::kQ8;
+  t.down_split = 2;
+  ffn_->set_tuning(t);
+  run(q8({"q8, down split 2", 7, 16, 4, 256, 768, Q4_K, Q4_K, Q6_K, Case::kRouter}, true));
+  t.down_split = 4;
+  t.down_rows = 2;
+  t.q8_workgroups = 2;
+  ffn_->set_tuning(t);
+  run(q8({"q8, down split 4, rows 2, walking", 3, 8, 8, 256, 512, Q4_K, Q5_K, Q4_K, Case::kRouter}, true));
+  {
+    tests::ScopedEnv bad("TROVE_MOE_Q8_DOWN_SPLIT", "3");
+    auto f = ops::MoeFfn::create(*dev_);
+    ASSERT_FALSE(f.ok());
+    EXPECT_NE(f.status().message().find("TROVE_MOE_Q8_DOWN_SPLIT='3'"), std::string::npos) << f.status().message();
+  }
   t = {};
   t.form = ops::MoeTuning::Form::kQ8;
   ffn_->set_tuning(t);

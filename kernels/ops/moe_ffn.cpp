@@ -216,6 +216,16 @@ Result<MoeFfn> MoeFfn::create(vk::Device& dev, uint32_t slots_per_pass, bool gpu
     }
     op.q8_down_split_ = static_cast<uint32_t>(r[0] - '0');
   }
+  // TROVE_MOE_Q8_WG=128|256|512|1024: invocations per workgroup of the q8 expert kernels (a
+  // measurement: each workgroup stages its inputs once, so larger ones stage less per row; default
+  // 128, kDirectWorkgroup). MoeTuning::workgroup overrides it.
+  if (const char* v = std::getenv("TROVE_MOE_Q8_WG"); v && *v) {
+    const std::string_view w(v);
+    if (w != "128" && w != "256" && w != "512" && w != "1024") {
+      return Status::InvalidArgument(fmt::format("TROVE_MOE_Q8_WG='{}' is not 128, 256, 512 or 1024 (invocations per workgroup)", v));
+    }
+    op.q8_wg_ = static_cast<uint32_t>(std::stoul(std::string(w)));
+  }
   if (const char* v = std::getenv("TROVE_MOE"); v && *v) {
     const std::string_view form(v);
     if (form == "q8") {
@@ -547,7 +557,7 @@ Result<bool> MoeFfn::record_gate_up_q8(vk::CommandStream& s, const MoeFfnCall& c
   if (!q8() || !c.by_pair || !q8_type(c.gate.type) || !q8_type(c.up.type)) return false;
   if (!q8_ok_) return Status::Unsupported("moe_ffn: the q8 form needs integer dot products and subgroup arithmetic and shuffles (use direct)");
   const uint32_t g = direct_lanes_, rows = tuning_.gate_up_rows ? tuning_.gate_up_rows : q8_rows_;
-  const uint32_t wg = tuning_.workgroup ? tuning_.workgroup : std::max(kDirectWorkgroup, g);
+  const uint32_t wg = tuning_.workgroup ? tuning_.workgroup : q8_wg_ ? q8_wg_ : std::max(kDirectWorkgroup, g);
   const uint32_t ffn = c.gate.rows, hidden = c.gate.cols, pairs = c.tokens * c.k;
   if (q8_column_bytes(hidden) + wg / g * 4 > shared_bytes_) return false;
   auto p = pipeline("moe_experts_q8",
@@ -570,7 +580,7 @@ Result<bool> MoeFfn::record_down_q8(vk::CommandStream& s, const MoeFfnCall& c) c
   if (!q8() || !c.by_pair || !q8_type(c.down.type)) return false;
   if (!q8_ok_) return Status::Unsupported("moe_ffn: the q8 form needs integer dot products and subgroup arithmetic and shuffles (use direct)");
   const uint32_t g = direct_lanes_, rows = tuning_.down_rows ? tuning_.down_rows : q8_rows_;
-  const uint32_t wg = tuning_.workgroup ? tuning_.workgroup : std::max(kDirectWorkgroup, g);
+  const uint32_t wg = tuning_.workgroup ? tuning_.workgroup : q8_wg_ ? q8_wg_ : std::max(kDirectWorkgroup, g);
   const uint32_t ffn = c.gate.rows, hidden = c.gate.cols, T = c.tokens;
   const uint32_t split = tuning_.down_split ? tuning_.down_split : q8_down_split_;
   if ((split != 1 && split != 2 && split != 4) || split > wg / g) {

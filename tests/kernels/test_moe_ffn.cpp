@@ -392,11 +392,26 @@ TEST_F(MoeFfnTest, Q8Form) {
   t.q8_workgroups = 2;
   ffn_->set_tuning(t);
   run(q8({"q8, down split 4, rows 2, walking", 3, 8, 8, 256, 512, Q4_K, Q5_K, Q4_K, Case::kRouter}, true));
-  {
-    tests::ScopedEnv bad("TROVE_MOE_Q8_DOWN_SPLIT", "3");
+  for (auto [name, value] : {std::pair{"TROVE_MOE_Q8_DOWN_SPLIT", "3"}, std::pair{"TROVE_MOE_Q8_WG", "96"}}) {
+    tests::ScopedEnv bad(name, value);
     auto f = ops::MoeFfn::create(*dev_);
-    ASSERT_FALSE(f.ok());
-    EXPECT_NE(f.status().message().find("TROVE_MOE_Q8_DOWN_SPLIT='3'"), std::string::npos) << f.status().message();
+    ASSERT_FALSE(f.ok()) << name;
+    EXPECT_NE(f.status().message().find(fmt::format("{}='{}'", name, value)), std::string::npos) << f.status().message();
+  }
+  {  // TROVE_MOE_Q8_WG: workgroups of 256 (more row groups per staging), with down split in 2
+    tests::ScopedEnv wg("TROVE_MOE_Q8_WG", "256"), split("TROVE_MOE_Q8_DOWN_SPLIT", "2");
+    auto f = ops::MoeFfn::create(*dev_);
+    ASSERT_TRUE(f.ok()) << f.status().ToString();
+    ffn_ = std::make_unique<ops::MoeFfn>(std::move(*f));
+  }
+  t = {};
+  t.form = ops::MoeTuning::Form::kQ8;
+  ffn_->set_tuning(t);
+  run(q8({"q8, workgroups of 256, down split 2", 7, 16, 4, 256, 768, Q4_K, Q4_K, Q6_K, Case::kRouter}, true));
+  {  // the rest with the defaults again
+    auto f = ops::MoeFfn::create(*dev_);
+    ASSERT_TRUE(f.ok()) << f.status().ToString();
+    ffn_ = std::make_unique<ops::MoeFfn>(std::move(*f));
   }
   t = {};
   t.form = ops::MoeTuning::Form::kQ8;

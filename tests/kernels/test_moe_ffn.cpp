@@ -398,24 +398,21 @@ TEST_F(MoeFfnTest, Q8Form) {
     ASSERT_FALSE(f.ok()) << name;
     EXPECT_NE(f.status().message().find(fmt::format("{}='{}'", name, value)), std::string::npos) << f.status().message();
   }
+  // A fresh op in the q8 form, reading the environment as it is now.
+  auto fresh_q8_op = [&] {
+    auto f = ops::MoeFfn::create(*dev_);
+    ASSERT_TRUE(f.ok()) << f.status().ToString();
+    ffn_ = std::make_unique<ops::MoeFfn>(std::move(*f));
+    t = {};
+    t.form = ops::MoeTuning::Form::kQ8;
+    ffn_->set_tuning(t);
+  };
   {  // TROVE_MOE_Q8_WG: workgroups of 256 (more row groups per staging), with down split in 2
     tests::ScopedEnv wg("TROVE_MOE_Q8_WG", "256"), split("TROVE_MOE_Q8_DOWN_SPLIT", "2");
-    auto f = ops::MoeFfn::create(*dev_);
-    ASSERT_TRUE(f.ok()) << f.status().ToString();
-    ffn_ = std::make_unique<ops::MoeFfn>(std::move(*f));
+    fresh_q8_op();
   }
-  t = {};
-  t.form = ops::MoeTuning::Form::kQ8;
-  ffn_->set_tuning(t);
   run(q8({"q8, workgroups of 256, down split 2", 7, 16, 4, 256, 768, Q4_K, Q4_K, Q6_K, Case::kRouter}, true));
-  {  // the rest with the defaults again
-    auto f = ops::MoeFfn::create(*dev_);
-    ASSERT_TRUE(f.ok()) << f.status().ToString();
-    ffn_ = std::make_unique<ops::MoeFfn>(std::move(*f));
-  }
-  t = {};
-  t.form = ops::MoeTuning::Form::kQ8;
-  ffn_->set_tuning(t);
+  fresh_q8_op();  // the rest with the defaults again
   // Float gate/up run the direct form, the Q4_K down the q8 form; a plan-indexed step the direct form.
   Case f = q8({"q8, float gate/up", 3, 8, 2, 256, 256, F16, BF16, Q4_K, Case::kRandom}, true);
   f.min_err = 0;

@@ -43,11 +43,9 @@ constexpr uint32_t kDirectWorkgroup = 128;  // direct form: 4 row groups (subgro
 // One pipeline per distinct specialization: matvec_body.glsl's constant ids 0..11, in this order (kG,
 // id 1, is `lanes`: kGroupLanes, or kCpuGroupLanes on CPU devices); sg > 1 selects matvec.comp (subgroupAdd), 1 matvec_nosg.comp.
 struct Key {
-  uint32_t wg, nb, rows, swiglu, tile, mats, type0, type1, type2, unroll, sg, lanes, direct, q6wide = 0, split = 1,
-      prefetch = 0;
+  uint32_t wg, nb, rows, swiglu, tile, mats, type0, type1, type2, unroll, sg, lanes, direct, q6wide = 0, split = 1;
   auto tie() const {
-    return std::tie(wg, nb, rows, swiglu, tile, mats, type0, type1, type2, unroll, sg, lanes, direct, q6wide, split,
-                    prefetch);
+    return std::tie(wg, nb, rows, swiglu, tile, mats, type0, type1, type2, unroll, sg, lanes, direct, q6wide, split);
   }
   bool operator<(const Key& o) const { return tie() < o.tie(); }
 };
@@ -128,7 +126,6 @@ struct Matvec::State {
   uint32_t q8_wg = 0;             // q8 calls' workgroup size (TROVE_MATVEC_Q8_WG; 0: automatic)
   uint32_t q8p_cols = 0;          // batch-1 q8 calls of >= this many columns run q8p (TROVE_MATVEC_Q8P_COLS; 0: none)
   uint32_t q8_stage_flags = 0;    // q8 form: push flags 4 (stage without loads) or 8 (no staging), TROVE_MATVEC_Q8_STAGE
-  bool q8_prefetch = false;       // q8 form: the first part's loads before the staging (TROVE_MATVEC_Q8_PREFETCH)
   bool q6_wide = true;            // q8 forms: Q6_K rows in 32-value parts (TROVE_MATVEC_Q6_WIDE=0: 16-value ones)
   uint32_t batched_rows = 0;      // rows per row group of batch 2..8 q8/q8p calls (TROVE_MATVEC_BATCHED_ROWS; 0: default)
   uint32_t q8_rows = 0;           // ... of batch-1 q8 calls without SwiGLU (TROVE_MATVEC_ROWS; 0: kDefaultRows)
@@ -163,10 +160,10 @@ struct Matvec::State {
       if (!p.ok()) return p.status();
       return &pipelines.emplace(k, std::move(*p)).first->second;
     }
-    if (k.direct >= 2) {  // q8 (2) and q8p (3) forms: constant ids 0..12 of matvec_q8.glsl
+    if (k.direct >= 2) {  // q8 (2) and q8p (3) forms: constant ids 0..11 of matvec_q8.glsl
       auto p = dev->pipeline({k.direct == 3 ? "matvec_q8p" : "matvec_q8",
                               {k.wg, k.lanes, k.nb, k.rows, k.swiglu, k.tile, k.mats, k.type0, k.type1, k.type2, k.q6wide,
-                               k.split, k.prefetch},
+                               k.split},
                               sizeof(Push), 8, k.wg});
       if (!p.ok()) return p.status();
       return &pipelines.emplace(k, std::move(*p)).first->second;
@@ -242,16 +239,6 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
       }
       *to = static_cast<uint32_t>(v[0] - '0');
     }
-  }
-  // TROVE_MATVEC_Q8_PREFETCH=0|1: the staged q8 kernel issues each lane's first weight loads before it
-  // stages x̂, so that the staging hides their trip from memory (matvec_q8.glsl). Same numbers. Off:
-  // not measured on a GPU yet (docs/kernels.md).
-  if (const char* w = std::getenv("TROVE_MATVEC_Q8_PREFETCH"); w && *w) {
-    const std::string_view v(w);
-    if (v != "0" && v != "1") {
-      return Status::InvalidArgument(fmt::format("TROVE_MATVEC_Q8_PREFETCH='{}' is not 0 or 1", w));
-    }
-    op.st_->q8_prefetch = v == "1";
   }
   // TROVE_MATVEC_Q8_SPLIT=1|2|4|8|auto: subgroups of a q8 / q8p workgroup that share one row group's
   // rows, each walking a kSplit-th of its parts (matvec_q8.glsl). auto (the default): the fewest that
@@ -646,7 +633,7 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
     push.grid = static_cast<uint32_t>(grid);
     auto p = st_->pipeline({wg, call.batch, rows_per_group, swiglu ? 1u : 0u, q8_tile, call.n_mats, push.type[0],
                             call.n_mats > 1 ? push.type[1] : push.type[0], call.n_mats > 2 ? push.type[2] : push.type[0],
-                            1u, sg, g, 2u, q6_wide, split, st_->q8_prefetch ? 1u : 0u});
+                            1u, sg, g, 2u, q6_wide, split});
     if (!p.ok()) return p.status();
     return s.dispatch(**p, bufs, &push, sizeof(push), gx, gy);
   }

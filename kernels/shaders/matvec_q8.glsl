@@ -49,7 +49,6 @@ layout(constant_id = 8) const uint kType1 = 12u;
 layout(constant_id = 9) const uint kType2 = 12u;
 layout(constant_id = 10) const uint kQ6Wide = 0u;       // 1: Q6_K rows in 32-value parts (part_q6k_wide)
 layout(constant_id = 11) const uint kSplit = 1u;        // subgroups sharing one row group's rows (1, 2, 4, 8)
-layout(constant_id = 12) const uint kPrefetch = 0u;     // 1: the first part's loads before the staging (main)
 #define MV_Q6_WIDE
 const uint kWG = gl_WorkGroupSize.x;
 const uint kGroups = kWG / kG;
@@ -112,24 +111,6 @@ void write_out(uint m, uint i, float v, float u, bool add) {
   }
 }
 
-// Row block blk's matrix (returned), its first row r0 for row group rg, and the slots' rows: lv, live,
-// row_off, slot_mat.
-bool lv[kNS];
-uint block_rows(uint blk, uint rg, out uint r0) {
-  const uint m = blk < pc.wg_end.x ? 0u : (blk < pc.wg_end.y ? 1u : 2u);
-  const uint blk0 = m == 0u ? 0u : pc.wg_end[m - 1u];
-  r0 = ((blk - blk0) * kRG + rg) * kR;
-  [[unroll]] for (uint s = 0u; s < kNS; ++s) {
-    const uint mat = kSwiGlu != 0u ? s / kR : m;
-    const uint r = r0 + s % kR;
-    lv[s] = r < pc.rows[mat];
-    live[s] = lv[s];
-    row_off[s] = lv[s] ? r * pc.row_bytes[mat] : 0u;
-    slot_mat[s] = kSwiGlu != 0u ? s / kR : m;
-  }
-  return m;
-}
-
 void main() {
   const uint blocks = pc.wg_end[pc.n_mats - 1u];
   const uint wg = gl_WorkGroupID.x + gl_WorkGroupID.y * pc.groups_x;
@@ -137,18 +118,6 @@ void main() {
   const uint lid = gl_LocalInvocationID.x, group = lid / kG, lane = lid % kG;
   const uint rg = group % kRG, sp = group / kRG;  // row group, and which share of its parts
   const bool norm = (pc.flags & 1u) != 0u, add = (pc.flags & 2u) != 0u;
-
-  // kPrefetch (TROVE_MATVEC_Q8_PREFETCH): the first block's first part loads are issued before the
-  // staging, so that its weights come from L1/L2 after it (prefetch_part). The first block's row
-  // offsets then depend on those words through push bit 31, which the host never sets: the compiler
-  // can neither drop the loads nor move them below the staging.
-  uint pref = 0u;
-  if (kPrefetch != 0u) {
-    uint r0;
-    block_rows(wg, rg, r0);
-    const uint first = sp * kG + lane;
-    pref = prefetch_part(uvec3(kType0, kType1, kType2), first, pc.cols);
-  }
 
   float inv[kNB];
 #ifdef MV_Q8_GLOBAL
@@ -178,21 +147,31 @@ void main() {
 #endif
 
   for (uint blk = wg; blk < blocks; blk += pc.grid) {
-    uint r0;
-    const uint m = block_rows(blk, rg, r0);
+    const uint m = blk < pc.wg_end.x ? 0u : (blk < pc.wg_end.y ? 1u : 2u);
+    const uint blk0 = m == 0u ? 0u : pc.wg_end[m - 1u];
+    const uint r0 = ((blk - blk0) * kRG + rg) * kR;
+    bool lv[kNS];
     [[unroll]] for (uint s = 0u; s < kNS; ++s) {
-      if (kPrefetch != 0u && blk == wg) row_off[s] += (pref & pc.flags) >> 31u;  // 0 (see the prefetch above)
+      const uint mat = kSwiGlu != 0u ? s / kR : m;
+      const uint r = r0 + s % kR;
+      lv[s] = r < pc.rows[mat];
+      live[s] = lv[s];
+      row_off[s] = lv[s] ? r * pc.row_bytes[mat] : 0u;
       [[unroll]] for (uint b = 0u; b < kNB; ++b) acc[b][s] = 0.0;
     }
     if (kSwiGlu == 0u) {
       if (kMats == 1u || m == 0u) {
+        [[unroll]] for (uint s = 0u; s < kNS; ++s) slot_mat[s] = 0u;
         walk_from(kType0, sp * kG + lane, kSplit * kG, pc.cols);
       } else if (kMats == 2u || m == 1u) {
+        [[unroll]] for (uint s = 0u; s < kNS; ++s) slot_mat[s] = 1u;
         walk_from(kType1, sp * kG + lane, kSplit * kG, pc.cols);
       } else {
+        [[unroll]] for (uint s = 0u; s < kNS; ++s) slot_mat[s] = 2u;
         walk_from(kType2, sp * kG + lane, kSplit * kG, pc.cols);
       }
     } else {
+      [[unroll]] for (uint s = 0u; s < kNS; ++s) slot_mat[s] = s / kR;
       if (kType0 == kType1) {
         walk_from(kType0, sp * kG + lane, kSplit * kG, pc.cols);
       } else {  // gate and up of different types: one pass each

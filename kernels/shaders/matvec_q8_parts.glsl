@@ -255,30 +255,6 @@ void q8_part(uint type, uint p) {
   }
 }
 
-// The first words part `it` of each live slot's row reads (slot s's type: types[slot_mat[s]]), XORed:
-// the q8 matvec's prefetch (matvec_q8.glsl, TROVE_MATVEC_Q8_PREFETCH) issues them before its staging.
-// 0 when `it` is past the row's parts.
-uint prefetch_part(uvec3 types, uint it, uint cols) {
-  uint r = 0u;
-  [[unroll]] for (uint s = 0u; s < kNS; ++s) {
-    const uint mat = slot_mat[s], type = types[mat];
-    if (!live[s] || it >= q8_parts(type, cols)) continue;
-    if (type == kQ4_K || type == kQ5_K) {  // the header and the part's code run (part_k45)
-      const uint blk = (row_off[s] >> 4u) + (it >> 3u) * (type == kQ5_K ? 11u : 9u);
-      r ^= wq(mat, blk).x ^ wq(mat, blk + (type == kQ5_K ? 3u : 1u) + (it & 7u)).x;
-    } else if (type == kQ6_K && kQ6Wide != 0u) {  // ql and qh runs of part_q6k_wide
-      const uint w = it & 7u, blk = row_off[s] + (it >> 3u) * 210u, n = w >> 2u, l0 = 16u * (w & 1u);
-      r ^= ww(mat, (blk + 64u * n + 32u * ((w >> 1u) & 1u) + l0) >> 2u) ^ ww(mat, (blk + 128u + 32u * n + l0) >> 2u);
-    } else if (type == kQ6_K) {  // part_q6k: ql and qh
-      const uint p = it & 15u, blk = row_off[s] + (it >> 4u) * 210u;
-      r ^= ww(mat, (blk + 8u * p) >> 2u) ^ ww(mat, (blk + 128u + 32u * (p >> 3u) + 8u * (p & 3u)) >> 2u);
-    } else {  // Q8_0: the part's values (part_q8)
-      r ^= ww(mat, (row_off[s] + (it >> 2u) * 34u + 2u + 8u * (it & 3u)) >> 2u);
-    }
-  }
-  return r;
-}
-
 #ifndef MV_Q8_GLOBAL
 // Half h of a block (h = 2k + half: values 32k + 16·half .. +15), staged by a pair of adjacent
 // invocations (q8_half: both of the pair must call it, with h and h ^ 1). Returns the block's Σ x²

@@ -1,5 +1,8 @@
 #include "engine/runtime/moe_layer.h"
 
+#include <cstdlib>
+#include <string_view>
+
 #include <fmt/format.h>
 
 namespace trove::engine {
@@ -15,6 +18,16 @@ Result<MoeLayer> MoeLayer::create(vk::Device& dev, const MoeShape& m, uint32_t m
     return Status::InvalidArgument(fmt::format("MoE layer: hidden {}, expert FFN {}, {} experts, top-k {}, {} tokens; "
                                                "all must be positive", m.hidden, m.ffn, m.n_expert, m.k, max_tokens));
   }
+  bool fused_router = true;
+  if (const char* v = std::getenv("TROVE_MOE_ROUTER"); v && *v) {
+    const std::string_view r = v;
+    if (r != "fused" && r != "split") {
+      return Status::InvalidArgument(fmt::format(
+          "TROVE_MOE_ROUTER={} is not a choice: use fused (the default: at decode the FFN norm, the router and the "
+          "routing in one dispatch) or split (the router as a matvec, then the routing: two dispatches, for A/B)", r));
+    }
+    fused_router = r == "fused";
+  }
   auto route = ops::MoeRoute::create(dev);
   if (!route.ok()) return route.status();
   auto ffn = ops::MoeFfn::create(dev);
@@ -22,6 +35,7 @@ Result<MoeLayer> MoeLayer::create(vk::Device& dev, const MoeShape& m, uint32_t m
   MoeLayer l;
   l.shape_ = m;
   l.max_tokens_ = max_tokens;
+  l.fused_router_ = fused_router;
   const uint64_t pairs = uint64_t{max_tokens} * m.k;
   l.layout_ = ops::MoePlanLayout::make(static_cast<uint32_t>(pairs), m.n_expert);
   l.route_ = std::move(*route);
@@ -66,23 +80,19 @@ Status MoeLayer::record_fused_norm(vk::CommandStream& s, const ops::Matvec& matv
                                                "and the direct expert kernels); use record()", T, ops::Matvec::kMaxBatch));
   }
   const MoeShape& m = shape_;
-  ops::MatvecCall router;
-  router.cols = m.hidden;
-  router.batch = T;
-  router.x = x;
-  router.norm_w = norm_w;
-  router.eps = eps;
-  router.mats[0] = {w.router_type, m.n_expert, w.router, logits_, 0};
-  router.n_mats = 1;
   auto done = [&](MoeStage st) {
     s.barrier();
     if (after) after(st);
   };
-  TROVE_RETURN_IF_ERROR(matvec.record(s, router));
-  done(MoeStage::kRouter);
-  // Routing without a plan: the expert kernels index by (token, j) pair (MoeFfnCall::by_pair).
-  TROVE_RETURN_IF_ERROR(route_.record_ids(s, logits_, ids_, weights_, m.n_expert, T, m.k));
-  done(MoeStage::kRoute);
+  if (fused_router_ && w.router_type == quant::GgmlType::F32 && T <= ops::MoeRoute::kRouterMaxTokens &&
+      m.hidden % 4 == 0) {
+    // Router and routing in one dispatch (the profile's "moe router" then holds both).
+    const ops::MoeRouterCall rc{x, norm_w, eps, w.router, logits_, ids_, weights_, m.hidden, m.n_expert, T, m.k};
+    TROVE_RETURN_IF_ERROR(route_.record_router(s, rc));
+    done(MoeStage::kRouter);
+  } else {
+    TROVE_RETURN_IF_ERROR(record_router_split(s, matvec, w, norm_w, eps, x, T, done));
+  }
   ops::MoeFfnCall call{w.gate, w.up,   w.down, T,  m.k, x, ids_, weights_, plan_, layout_, h_, d_, x,
                        nullptr, ops::MoePrefill::kExpertMatvec, g_, u_};
   call.norm_w = norm_w;
@@ -91,6 +101,26 @@ Status MoeLayer::record_fused_norm(vk::CommandStream& s, const ops::Matvec& matv
   TROVE_RETURN_IF_ERROR(ffn_.record_gate_up(s, call));  // ffn_.record() in two halves, for `after`
   done(MoeStage::kGateUp);
   return ffn_.record_down(s, call);
+}
+
+Status MoeLayer::record_router_split(vk::CommandStream& s, const ops::Matvec& matvec, const MoeLayerWeights& w,
+                                     vk::BufferRange norm_w, float eps, vk::BufferRange x, uint32_t T,
+                                     const std::function<void(MoeStage)>& done) const {
+  const MoeShape& m = shape_;
+  ops::MatvecCall router;
+  router.cols = m.hidden;
+  router.batch = T;
+  router.x = x;
+  router.norm_w = norm_w;
+  router.eps = eps;
+  router.mats[0] = {w.router_type, m.n_expert, w.router, logits_, 0};
+  router.n_mats = 1;
+  TROVE_RETURN_IF_ERROR(matvec.record(s, router));
+  done(MoeStage::kRouter);
+  // Routing without a plan: the expert kernels index by (token, j) pair (MoeFfnCall::by_pair).
+  TROVE_RETURN_IF_ERROR(route_.record_ids(s, logits_, ids_, weights_, m.n_expert, T, m.k));
+  done(MoeStage::kRoute);
+  return Status::Ok();
 }
 
 }  // namespace trove::engine

@@ -53,16 +53,23 @@ class MoeLayer {
   // Whether record_fused_norm() takes a step of T tokens: decode-sized steps (<= Matvec::kMaxBatch) on
   // the direct expert kernels (ops::MoeFfn::direct()).
   bool fuses_norm(uint32_t T) const { return T <= ops::Matvec::kMaxBatch && T <= max_tokens_ && ffn_.direct(); }
-  // x += MoE(rmsnorm(x) · norm_w) with the FFN norm folded into its consumers: the router as an
-  // ops::Matvec with the RMSNorm prologue, routing without a plan (MoeRoute::record_ids), gate/up as
-  // the direct expert kernel with the same prologue indexed by (token, j) pair, down by pair —
-  // 4 dispatches and no separate norm (fuses_norm(T) must hold).
+  // x += MoE(rmsnorm(x) · norm_w) with the FFN norm folded into its consumers: the router and the
+  // routing in one dispatch (MoeRoute::record_router; f32 router weights and TROVE_MOE_ROUTER=fused, the
+  // default — else the router as an ops::Matvec with the RMSNorm prologue, then MoeRoute::record_ids),
+  // gate/up as the direct expert kernel with the same prologue indexed by (token, j) pair, down by
+  // pair — 3 dispatches (4 split) and no separate norm (fuses_norm(T) must hold).
   Status record_fused_norm(vk::CommandStream& s, const ops::Matvec& matvec, const MoeLayerWeights& w,
                            vk::BufferRange norm_w, float eps, vk::BufferRange x, uint32_t T,
                            const std::function<void(MoeStage)>& after = {}) const;
 
  private:
+  // The router as an ops::Matvec with the norm prologue, then MoeRoute::record_ids (TROVE_MOE_ROUTER=split,
+  // and router weights that are not f32); `done` puts the barrier after each.
+  Status record_router_split(vk::CommandStream& s, const ops::Matvec& matvec, const MoeLayerWeights& w,
+                             vk::BufferRange norm_w, float eps, vk::BufferRange x, uint32_t T,
+                             const std::function<void(MoeStage)>& done) const;
   MoeShape shape_;
+  bool fused_router_ = true;  // TROVE_MOE_ROUTER: router + routing in one dispatch at decode (f32 routers)
   uint32_t max_tokens_ = 0;
   ops::MoePlanLayout layout_;
   ops::MoeRoute route_;

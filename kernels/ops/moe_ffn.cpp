@@ -26,6 +26,10 @@ struct RoutePush {
   uint32_t tokens, k, n_experts, build_plan;
   uint32_t n_entries_off, offsets_off, entries_off, slot_pair_off, pair_slot_off, row_ids_off, slot_ids_off;
 };
+struct RouterPush {
+  uint32_t cols, tokens, n_experts, k;
+  float eps;
+};
 struct ExpertsPush {
   uint32_t rows, cols, rb0, rb1, k, x_by_slot, n_entries_off, entries_off, slot_pair_off, ntiles, tile_vals;
   uint32_t norm;  // direct form: RMSNorm of x (binding 5: its weights) applied in the kernel
@@ -83,9 +87,16 @@ Result<MoeRoute> MoeRoute::create(vk::Device& dev) {
   if (!r.ok()) return r.status();
   auto p = dev.pipeline({"moe_plan", {}, sizeof(RoutePush), 2, 256});
   if (!p.ok()) return p.status();
+  auto rt = dev.pipeline({"moe_router", {}, sizeof(RouterPush), 7, 128});
+  if (!rt.ok()) return rt.status();
+  auto count = dev.buffer(16);
+  if (!count.ok()) return count.status();
+  TROVE_RETURN_IF_ERROR(count->fill(0));
   MoeRoute op;
   op.route_ = std::move(*r);
   op.plan_ = std::move(*p);
+  op.router_ = std::move(*rt);
+  op.count_ = std::move(*count);
   op.subgroup_ = std::max<uint32_t>(1, dev.features().subgroup_size);
   return op;
 }
@@ -136,6 +147,25 @@ Status MoeRoute::record_ids(vk::CommandStream& s, vk::BufferRange logits, vk::Bu
   vk::BufferRange b[4] = {logits, ids, weights, ids};  // no plan: binding 3 is never written without build_plan
   const uint32_t per_group = std::max<uint32_t>(1, 256 / subgroup_);
   return s.dispatch(route_, b, &push, sizeof(push), std::min<uint32_t>(65535, (tokens + per_group - 1) / per_group));
+}
+
+Status MoeRoute::record_router(vk::CommandStream& s, const MoeRouterCall& c) const {
+  if (c.n_experts == 0 || c.n_experts > kMaxExperts || c.k == 0 || c.k > std::min(kMaxTopK, c.n_experts) ||
+      c.tokens == 0 || c.tokens > kRouterMaxTokens || c.cols == 0 || c.cols % 4 != 0) {
+    return Status::InvalidArgument(fmt::format("moe_router: {} experts, top-k {}, {} tokens, {} columns: need 1..{} experts, "
+                                               "k in 1..min({}, experts), 1..{} tokens and a positive multiple of 4 columns",
+                                               c.n_experts, c.k, c.tokens, c.cols, kMaxExperts, kMaxTopK, kRouterMaxTokens));
+  }
+  TROVE_RETURN_IF_ERROR(need("moe_router", "x", c.x, uint64_t{c.tokens} * c.cols * 4));
+  TROVE_RETURN_IF_ERROR(need("moe_router", "norm_w", c.norm_w, uint64_t{c.cols} * 4));
+  TROVE_RETURN_IF_ERROR(need("moe_router", "router", c.router, uint64_t{c.n_experts} * c.cols * 4));
+  TROVE_RETURN_IF_ERROR(need("moe_router", "logits", c.logits, uint64_t{c.tokens} * c.n_experts * 4));
+  TROVE_RETURN_IF_ERROR(need("moe_router", "ids", c.ids, uint64_t{c.tokens} * c.k * 4));
+  TROVE_RETURN_IF_ERROR(need("moe_router", "weights", c.weights, uint64_t{c.tokens} * c.k * 4));
+  const RouterPush push{c.cols, c.tokens, c.n_experts, c.k, c.eps};
+  vk::BufferRange b[7] = {c.x, c.norm_w, c.router, c.logits, c.ids, c.weights, count_};
+  const uint32_t rows_per_group = std::max<uint32_t>(1, 128 / subgroup_);  // one subgroup per expert row
+  return s.dispatch(router_, b, &push, sizeof(push), (c.n_experts + rows_per_group - 1) / rows_per_group);
 }
 
 Status MoeRoute::record_plan(vk::CommandStream& s, vk::BufferRange ids, vk::BufferRange plan, const MoePlanLayout& L,

@@ -73,8 +73,21 @@ struct MoePlanLayout {
   }
 };
 
+// The router and the routing of a decode-sized step in one dispatch (MoeRoute::record_router): the
+// FFN RMSNorm, the router's f32 matvec and the top-k, with the last workgroup of the router routing.
+struct MoeRouterCall {
+  vk::BufferRange x;        // f32 [tokens][cols]: the residual stream (the norm is applied inside)
+  vk::BufferRange norm_w;   // f32 [cols]: the FFN norm's weights
+  float eps = 1e-6f;
+  vk::BufferRange router;   // f32 [n_experts][cols] (ffn_gate_inp)
+  vk::BufferRange logits;   // f32 [tokens][n_experts]: written (the routing reads them)
+  vk::BufferRange ids, weights;  // MoeRoute::record's outputs: uint / f32 [tokens][k]
+  uint32_t cols = 0, n_experts = 0, tokens = 0, k = 0;
+};
+
 class MoeRoute {
  public:
+  static constexpr uint32_t kRouterMaxTokens = 8;  // record_router: tokens per call (moe_router.comp kMaxT)
   static constexpr uint32_t kFusedRouteTokens = 16;  // routing + plan in one workgroup up to here
   static Result<MoeRoute> create(vk::Device& dev);
   // logits f32 [tokens][n_experts] → ids uint [tokens][k], weights f32 [tokens][k], plan.
@@ -84,13 +97,18 @@ class MoeRoute {
   // one subgroup per token, tokens spread over ceil(tokens / subgroups-per-workgroup) workgroups.
   Status record_ids(vk::CommandStream& s, vk::BufferRange logits, vk::BufferRange ids, vk::BufferRange weights,
                     uint32_t n_experts, uint32_t tokens, uint32_t k) const;
+  // Router (f32 weights, the FFN norm folded in) and routing in one dispatch: the logits, then ids and
+  // weights as record_ids() writes them. Two calls must be separated by a barrier (they share a
+  // completion counter; any later reader of the outputs needs one anyway).
+  Status record_router(vk::CommandStream& s, const MoeRouterCall& c) const;
   // The plan alone, from ids already in a device buffer (distinct per token, each < n_experts).
   Status record_plan(vk::CommandStream& s, vk::BufferRange ids, vk::BufferRange plan, const MoePlanLayout& layout,
                      uint32_t tokens, uint32_t k) const;
 
  private:
   Status check(const MoePlanLayout& layout, uint32_t tokens, uint32_t k, vk::BufferRange plan) const;
-  vk::Pipeline route_, plan_;
+  vk::Pipeline route_, plan_, router_;
+  vk::Buffer count_;  // moe_router.comp's count of finished workgroups, 0 between calls
   uint32_t subgroup_ = 32;
 };
 

@@ -32,50 +32,11 @@ layout(push_constant) uniform P {
 uint plan_id(uint pair) { return ids[pair]; }
 #include "moe_plan.glsl"
 
-const float kInf = 1.0 / 0.0;
-const uint kNone = 0xffffffffu;
-
-void route_token(uint t) {
-  uint base = t * pc.n_experts;
-  float pv = kInf;  // the previous round's pick: value, index (none yet: every expert ranks below)
-  uint pe = kNone;
-  float top = 0.0, sum = 0.0;
-  float cv[32];
-  uint ce[32];
-  [[unroll]] for (uint j = 0u; j < 32u; ++j) {
-    if (j >= pc.k) break;
-    float bv = -kInf;
-    uint be = kNone;
-    for (uint e = gl_SubgroupInvocationID; e < pc.n_experts; e += gl_SubgroupSize) {
-      float v = lg[base + e];
-      if (isnan(v)) v = -kInf;
-      bool below_prev = pe == kNone || v < pv || (v == pv && e > pe);
-      if (below_prev && (be == kNone || v > bv)) {
-        bv = v;
-        be = e;
-      }
-    }
-    float m = subgroupMax(bv);
-    uint pick = subgroupMin(be != kNone && bv == m ? be : kNone);
-    pv = m;
-    pe = pick;
-    if (j == 0u) top = m;
-    cv[j] = m;
-    ce[j] = pick;
-    sum += exp(m - top);
-  }
-  if (subgroupElect()) {
-    [[unroll]] for (uint j = 0u; j < 32u; ++j) {
-      if (j >= pc.k) break;
-      ids[t * pc.k + j] = ce[j];
-      wt[t * pc.k + j] = exp(cv[j] - top) / sum;
-    }
-  }
-}
+#include "moe_topk.glsl"
 
 void main() {
   uint stride = gl_NumWorkGroups.x * gl_NumSubgroups;
-  for (uint t = gl_WorkGroupID.x * gl_NumSubgroups + gl_SubgroupID; t < pc.tokens; t += stride) route_token(t);
+  for (uint t = gl_WorkGroupID.x * gl_NumSubgroups + gl_SubgroupID; t < pc.tokens; t += stride) route_token(t, pc.k, pc.n_experts);
   if (pc.build_plan != 0u) {
     memoryBarrierBuffer();
     barrier();

@@ -17,6 +17,8 @@
 
 #include <gtest/gtest.h>
 
+#include <fmt/format.h>
+
 #include "common/log.h"
 #include "engine/gguf/synthetic.h"
 #include "engine/runtime/engine.h"
@@ -462,28 +464,44 @@ TEST(Engine, GenerateStopsAtMaxTokensAndReusesThePrefix) {
 // TROVE_PROFILE=ops times the four dispatches of an MoE decode layer apart (router, routing, gate/up,
 // down: MoeLayer::record_fused_norm's `after` hook), in the table of one-token decode steps.
 TEST(Engine, OpProfileTimesTheMoeStagesApart) {
-  log::ScopedLogCapture logs;
-  {
-    ScopedEnv direct("TROVE_MOE", "direct"), ops("TROVE_PROFILE", "ops");
-    auto e = load(256, 1, 0, 64, moe_model_path());
-    ASSERT_TRUE(e);
-    auto seq = e->open_sequence();
-    ASSERT_TRUE(seq.ok());
-    std::vector<int32_t> tok = prompt(1, 9);
-    for (int i = 0; i < 3; ++i) {  // the first compiles pipelines (left out), two are timed
-      auto out = e->step(std::vector<StepInput>{logits_of(*seq, tok)});
-      ASSERT_TRUE(out.ok()) << out.status().ToString();
-      tok = {(*out)[0].token};
+  // Fused (the default): router and routing in one dispatch, so no routing of its own; split: four.
+  for (const char* router : {"fused", "split"}) {
+    SCOPED_TRACE(fmt::format("TROVE_MOE_ROUTER={}", router));
+    log::ScopedLogCapture logs;
+    {
+      ScopedEnv direct("TROVE_MOE", "direct"), ops("TROVE_PROFILE", "ops"), r("TROVE_MOE_ROUTER", router);
+      auto e = load(256, 1, 0, 64, moe_model_path());
+      ASSERT_TRUE(e);
+      auto seq = e->open_sequence();
+      ASSERT_TRUE(seq.ok());
+      std::vector<int32_t> tok = prompt(1, 9);
+      for (int i = 0; i < 3; ++i) {  // the first compiles pipelines (left out), two are timed
+        auto out = e->step(std::vector<StepInput>{logits_of(*seq, tok)});
+        ASSERT_TRUE(out.ok()) << out.status().ToString();
+        tok = {(*out)[0].token};
+      }
+    }  // the profile is logged when the engine closes
+    std::string one;
+    for (const auto& rec : logs.records()) {
+      if (rec.message.find("TROVE_PROFILE=ops, decode steps of 1 token ") != std::string::npos) one = rec.message;
     }
-  }  // the profile is logged when the engine closes
-  std::string one;
-  for (const auto& r : logs.records()) {
-    if (r.message.find("TROVE_PROFILE=ops, decode steps of 1 token ") != std::string::npos) one = r.message;
+    ASSERT_FALSE(one.empty()) << "no op profile of one-token decode steps was logged";
+    for (const char* kind : {"moe router (+norm, +routing)", "moe gate/up (+norm)", "moe down (+add) / moe ffn"}) {
+      EXPECT_NE(one.find(kind), std::string::npos) << kind << " missing from:\n" << one;
+    }
+    const bool split = std::string_view(router) == "split";
+    EXPECT_EQ(one.find("moe routing") != std::string::npos, split) << one;
   }
-  ASSERT_FALSE(one.empty()) << "no op profile of one-token decode steps was logged";
-  for (const char* kind : {"moe router (+norm)", "moe routing", "moe gate/up (+norm)", "moe down (+add) / moe ffn"}) {
-    EXPECT_NE(one.find(kind), std::string::npos) << kind << " missing from:\n" << one;
-  }
+}
+
+TEST(Engine, BadMoeRouterSettingIsNamed) {
+  ScopedEnv r("TROVE_MOE_ROUTER", "both");
+  engine::EngineOptions o;
+  o.model_path = moe_model_path();
+  o.n_ctx = 256;
+  auto e = engine::Engine::load(o);
+  ASSERT_FALSE(e.ok());
+  EXPECT_NE(e.status().message().find("TROVE_MOE_ROUTER=both is not a choice"), std::string::npos) << e.status().ToString();
 }
 
 // MoE decode on the direct expert kernels (TROVE_MOE=direct, the GPUs' default) folds the FFN RMSNorm
@@ -492,42 +510,48 @@ TEST(Engine, OpProfileTimesTheMoeStagesApart) {
 // expert kernels apart. Same greedy tokens and logits within 1e-4 relative L2, for a prefill of 3
 // tokens (a decode-sized step), one sequence decoding and two decoding together.
 TEST(Engine, MoeDecodeWithTheNormFoldedEqualsTheSeparateNorm) {
-  ScopedEnv f32("TROVE_MATVEC", "f32");  // both engines' dense matvecs and router in f32 (no q8 on GPUs)
-  ::setenv("TROVE_MOE", "staged", 1);
-  auto ref = load(256, 2, 0, 64, moe_model_path());
-  ::setenv("TROVE_MOE", "direct", 1);
-  auto fused = load(256, 2, 0, 64, moe_model_path());
-  ::unsetenv("TROVE_MOE");
-  ASSERT_TRUE(ref && fused);
-  std::vector<engine::SeqId> seqs;
-  for (int i = 0; i < 2; ++i) {
-    auto a = ref->open_sequence(), b = fused->open_sequence();
-    ASSERT_TRUE(a.ok() && b.ok());
-    ASSERT_EQ(*a, *b);
-    seqs.push_back(*a);
-  }
-  double worst = 0;
-  auto both = [&](const std::vector<StepInput>& in, const std::string& what) {
-    auto r = ref->step(in), m = fused->step(in);
-    EXPECT_TRUE(r.ok() && m.ok()) << what << ": " << r.status().ToString() << " / " << m.status().ToString();
-    std::vector<int32_t> next;
-    if (!r.ok() || !m.ok()) return next;
-    for (size_t i = 0; i < in.size(); ++i) {
-      next.push_back((*r)[i].token);
-      EXPECT_EQ((*r)[i].token, (*m)[i].token) << what << ", input " << i;
-      const double d = rel_diff((*m)[i].logits, (*r)[i].logits);
-      EXPECT_LT(d, 1e-4) << what << ", input " << i;
-      worst = std::max(worst, d);
+  // The router and routing in one dispatch (fused, the default) and as a matvec + routing (split).
+  for (const char* router : {"fused", "split"}) {
+    SCOPED_TRACE(fmt::format("TROVE_MOE_ROUTER={}", router));
+    ScopedEnv f32("TROVE_MATVEC", "f32");  // both engines' dense matvecs and router in f32 (no q8 on GPUs)
+    ::setenv("TROVE_MOE", "staged", 1);
+    auto ref = load(256, 2, 0, 64, moe_model_path());
+    ::setenv("TROVE_MOE", "direct", 1);
+    ::setenv("TROVE_MOE_ROUTER", router, 1);
+    auto fused = load(256, 2, 0, 64, moe_model_path());
+    ::unsetenv("TROVE_MOE");
+    ::unsetenv("TROVE_MOE_ROUTER");
+    ASSERT_TRUE(ref && fused);
+    std::vector<engine::SeqId> seqs;
+    for (int i = 0; i < 2; ++i) {
+      auto a = ref->open_sequence(), b = fused->open_sequence();
+      ASSERT_TRUE(a.ok() && b.ok());
+      ASSERT_EQ(*a, *b);
+      seqs.push_back(*a);
     }
-    return next;
-  };
-  auto t0 = both({logits_of(seqs[0], prompt(3, 21))}, "prefill of 3 tokens");
-  auto t1 = both({logits_of(seqs[1], prompt(5, 22))}, "prefill of 5 tokens");
-  ASSERT_EQ(t0.size(), 1u);
-  ASSERT_EQ(t1.size(), 1u);
-  t0 = both({logits_of(seqs[0], t0)}, "decode of one sequence");
-  ASSERT_EQ(t0.size(), 1u);
-  EXPECT_EQ(both({logits_of(seqs[0], t0), logits_of(seqs[1], t1)}, "decode of two sequences").size(), 2u);
-  for (auto s : seqs) EXPECT_EQ(ref->tokens(s), fused->tokens(s));
-  std::printf("MoE folded norm vs separate: largest relative logits difference %.3g\n", worst);
+    double worst = 0;
+    auto both = [&](const std::vector<StepInput>& in, const std::string& what) {
+      auto r = ref->step(in), m = fused->step(in);
+      EXPECT_TRUE(r.ok() && m.ok()) << what << ": " << r.status().ToString() << " / " << m.status().ToString();
+      std::vector<int32_t> next;
+      if (!r.ok() || !m.ok()) return next;
+      for (size_t i = 0; i < in.size(); ++i) {
+        next.push_back((*r)[i].token);
+        EXPECT_EQ((*r)[i].token, (*m)[i].token) << what << ", input " << i;
+        const double d = rel_diff((*m)[i].logits, (*r)[i].logits);
+        EXPECT_LT(d, 1e-4) << what << ", input " << i;
+        worst = std::max(worst, d);
+      }
+      return next;
+    };
+    auto t0 = both({logits_of(seqs[0], prompt(3, 21))}, "prefill of 3 tokens");
+    auto t1 = both({logits_of(seqs[1], prompt(5, 22))}, "prefill of 5 tokens");
+    ASSERT_EQ(t0.size(), 1u);
+    ASSERT_EQ(t1.size(), 1u);
+    t0 = both({logits_of(seqs[0], t0)}, "decode of one sequence");
+    ASSERT_EQ(t0.size(), 1u);
+    EXPECT_EQ(both({logits_of(seqs[0], t0), logits_of(seqs[1], t1)}, "decode of two sequences").size(), 2u);
+    for (auto s : seqs) EXPECT_EQ(ref->tokens(s), fused->tokens(s));
+    std::printf("MoE folded norm (router %s) vs separate: largest relative logits difference %.3g\n", router, worst);
+  }
 }

@@ -1,7 +1,6 @@
 #include "kernels/ops/attention.h"
 
 #include <algorithm>
-#include <array>
 #include <cstdlib>
 #include <string>
 #include <string_view>
@@ -149,22 +148,6 @@ Result<PagedAttention> PagedAttention::create(vk::Device& dev) {
     }
     op.decode_v2_fixed_keys_ = static_cast<uint32_t>(n);
   }
-  // TROVE_ATTENTION_COMBINE=fused|separate: decode v2's slices merged by the last one's workgroup, or
-  // by attention_combine_v2.comp's dispatch after a barrier.
-  op.fused_combine_ = dev.features().subgroup_arithmetic;
-  if (const char* e = std::getenv("TROVE_ATTENTION_COMBINE"); e && *e) {
-    const std::string_view v = e;
-    if (v != "fused" && v != "separate") {
-      return Status::InvalidArgument(fmt::format(
-          "attention: TROVE_ATTENTION_COMBINE={} is not fused (decode v2's last slice merges the slices, the default "
-          "with subgroup arithmetic) or separate (a combine dispatch after a barrier)", v));
-    }
-    op.fused_combine_ = v == "fused" && dev.features().subgroup_arithmetic;
-  }
-  auto counts = dev.buffer(uint64_t{kCombineCounts} * 4);
-  if (!counts.ok()) return counts.status();
-  TROVE_RETURN_IF_ERROR(counts->fill(0));
-  op.combine_counts_ = std::move(*counts);
   op.scratch_ = std::move(*scratch);
   op.decode_ = std::make_unique<DecodePipelines>();
   op.decode_->dev = &dev;
@@ -489,18 +472,17 @@ Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCal
     return decode_v2_fixed_keys_ ? decode_v2_split_keys(sh, decode_v2_fixed_keys_)
                                  : decode_v2_slice_keys(sh, c.start_pos + t + 1);
   };
-  auto pipeline = [&](bool fused) -> Result<const vk::Pipeline*> {
+  const vk::Pipeline* pipe = nullptr;
+  {
     std::lock_guard<std::mutex> lock(decode_->mu);
-    const std::array<uint32_t, 3> key{group, d, fused ? 1u : 0u};
-    auto it = decode_->v2.find(key);
+    auto it = decode_->v2.find({group, d});
     if (it == decode_->v2.end()) {
-      const uint32_t fuse_s = fused ? kFusedCombineMaxSplits : 0;
-      auto p = decode_->dev->pipeline({"attention_decode_v2", {group, d, lanes, unroll, fuse_s}, sizeof(Push), 6, 128});
+      auto p = decode_->dev->pipeline({"attention_decode_v2", {group, d, lanes, unroll}, sizeof(Push), 5, 128});
       if (!p.ok()) return p.status();
-      it = decode_->v2.emplace(key, std::move(*p)).first;
+      it = decode_->v2.emplace(std::make_pair(group, d), std::move(*p)).first;
     }
-    return &it->second;
-  };
+    pipe = &it->second;
+  }
   // Groups of tokens sharing a slice length (one, or two where the step crosses a doubling), all
   // checked before anything is recorded.
   struct Group {
@@ -542,18 +524,9 @@ Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCal
       op.size = n * tok_bytes;
       Push push{static_cast<uint32_t>(sh.block_size), kvh, d, c.n_heads, c.start_pos + t0, n, c.scale, g.n_splits,
                 g.split_len};
-      vk::BufferRange bufs[6] = {pool, block_table, qp, op, scratch_, combine_counts_};
-      const bool fused = fused_combine_ && g.n_splits > 1 && g.n_splits <= kFusedCombineMaxSplits &&
-                         uint64_t{n} * kvh <= kCombineCounts;
-      auto pipe = pipeline(fused);
-      if (!pipe.ok()) return pipe.status();
-      TROVE_RETURN_IF_ERROR(s.dispatch(**pipe, bufs, &push, sizeof(push), g.n_splits, kvh, n));
+      vk::BufferRange bufs[5] = {pool, block_table, qp, op, scratch_};
+      TROVE_RETURN_IF_ERROR(s.dispatch(*pipe, bufs, &push, sizeof(push), g.n_splits, kvh, n));
       if (g.n_splits == 1) continue;
-      if (fused) {  // merged in the kernel; a later pass reuses the scratch and the counters
-        const bool last_pass = t0 + g.per_pass >= g.t1 && &g == &groups.back();
-        if (!last_pass) s.barrier();
-        continue;
-      }
       s.barrier();
       CombinePush cp{d, c.n_heads, g.n_splits};
       vk::BufferRange cb[2] = {scratch_, op};

@@ -110,11 +110,6 @@ class PagedAttention {
   // The slice length of a token with `keys` keys (its position + 1) in a pool of this shape, by default.
   static uint32_t decode_v2_slice_keys(const kernels::ref::PagedKvShape& shape, uint32_t keys,
                                        uint32_t min_keys = kDecodeV2SplitKeys);
-  // Decode v2's merge of the slices in the last slice's workgroup (TROVE_ATTENTION_COMBINE=fused, the
-  // default where the device has subgroup arithmetic) for calls of at most this many slices and
-  // kCombineCounts (token, KV head) pairs per pass; otherwise attention_combine_v2.comp's dispatch.
-  static constexpr uint32_t kFusedCombineMaxSplits = 128, kCombineCounts = 4096;
-  bool decode_v2_fused_combine() const { return fused_combine_; }
   // Whether kAuto's decode kernel is v2 (TROVE_ATTENTION_DECODE=v2 at create()).
   bool decode_v2_default() const { return decode_v2_default_; }
   // The CPU form: queries (tokens x heads of one KV head) per invocation.
@@ -165,7 +160,7 @@ class PagedAttention {
     vk::Device* dev = nullptr;
     std::mutex mu;
     std::map<std::pair<uint32_t, uint32_t>, vk::Pipeline> by_shape;  // (G, head_dim) -> pipeline
-    std::map<std::array<uint32_t, 3>, vk::Pipeline> v2;               // (G, head_dim, fused) -> decode v2
+    std::map<std::pair<uint32_t, uint32_t>, vk::Pipeline> v2;        // (G, head_dim) -> decode v2
     std::map<std::array<uint32_t, 3>, vk::Pipeline> cpu;              // (head_dim, heads, tokens) -> CPU form
     std::unique_ptr<vk::Pipeline> cm2;                                // the cm2 prefill kernel, once built
   };
@@ -173,8 +168,6 @@ class PagedAttention {
   vk::Pipeline combine_;
   vk::Pipeline combine_v2_;
   vk::Buffer scratch_;  // split partials: [token][head][split][head_dim + 2] f32 (decode and prefill)
-  vk::Buffer combine_counts_;  // fused merge: finished slices per (token, KV head), 0 between calls
-  bool fused_combine_ = false;
 };
 
 }  // namespace trove::ops

@@ -16,31 +16,22 @@
 // n_splits == 1: o = acc / l (no combine pass). Otherwise the unnormalised acc, M and l go to `part`
 // ([token][head][split][head_dim + 2], what attention_combine*.comp merge; a slice past the last key
 // writes l = 0, m = -inf). q is pre-multiplied by the scale.
-// kFuseS > 0 (TROVE_ATTENTION_COMBINE=fused, attention.cpp): the slices' last workgroup of each (KV
-// head, token) merges them itself — every workgroup writes its partials and makes them visible, one
-// invocation counts the workgroup done (atomicAdd on cnt[token][KV head]); the one that reads
-// n_splits − 1 resets the counter to 0 and runs attention_combine_v2.comp's merge for the G heads
-// (a subgroup a head for M, L and the slices' weights, then the weighted sums). No combine dispatch
-// and no barrier before it; n_splits <= kFuseS. Calls must be separated by a barrier (the counters).
-// Specialized on G (0), head_dim (1), kL (2), kU (3) and kFuseS (4). Limits (attention.cpp checks): G in 1, 2, 4,
+// Specialized on G (0), head_dim (1), kL (2) and kU (3). Limits (attention.cpp checks): G in 1, 2, 4,
 // 8, 16; head_dim a power of two from 8 to 256; kL a power of two dividing head_dim / 8 and at most
 // the subgroup size, whose invocations are consecutive local ids (true of NVIDIA and lavapipe).
 #extension GL_EXT_control_flow_attributes : require
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_shuffle : require
-#extension GL_KHR_shader_subgroup_arithmetic : require
 layout(local_size_x = 128) in;
 layout(constant_id = 0) const uint kG = 4u;    // query heads per KV head
 layout(constant_id = 1) const uint kD = 128u;  // head_dim
 layout(constant_id = 2) const uint kL = 16u;   // lanes per key row
 layout(constant_id = 3) const uint kU = 4u;    // keys per slot per round
-layout(constant_id = 4) const uint kFuseS = 0u;  // > 0: the last slice merges (at most this many slices)
 layout(std430, set = 0, binding = 0) readonly buffer KVq { uvec4 kv4[]; };
 layout(std430, set = 0, binding = 1) readonly buffer T { int table[]; };
 layout(std430, set = 0, binding = 2) readonly buffer Q { vec4 q4[]; };
 layout(std430, set = 0, binding = 3) writeonly buffer O { float o[]; };
-layout(std430, set = 0, binding = 4) coherent buffer Part { float part[]; };
-layout(std430, set = 0, binding = 5) coherent buffer Cnt { uint cnt[]; };  // [token][KV head], 0 between calls
+layout(std430, set = 0, binding = 4) writeonly buffer Part { float part[]; };
 layout(push_constant) uniform P {
   uint block_size; uint n_kv_heads; uint head_dim; uint n_heads; uint start_pos; uint n_tokens; float scale;
   uint n_splits; uint split_len;
@@ -51,9 +42,7 @@ const uint kC = kD / 8u / kL;     // 16-byte chunks per lane per row
 const uint kSlots = kWG / kL;     // keys walked at once
 shared vec2 sml[kSlots * kG];     // per slot and head: (m, l)
 shared float sacc[kG * kD];       // the merged accumulators
-shared vec2 sfin[kG];             // per head: (M, L) of the slice (fused merge: of all slices)
-shared float cw[kG * kFuseS + 1u];  // fused merge: per head and slice, e^(m_s − M) (0: an empty slice)
-shared bool s_last;
+shared vec2 sfin[kG];             // per head: (M, L) of the slice
 
 // Offset in 16-byte units of K[p] for KV head kvh (head_dim is a multiple of 8).
 uint k_offset4(uint p, uint kvh) {
@@ -207,53 +196,5 @@ void main() {
         part[pbase + kD + 1u] = ML.y;
       }
     }
-  }
-  if (kFuseS == 0u || pc.n_splits == 1u) return;
-  // The last slice of this (KV head, token) to finish merges them all.
-  memoryBarrierBuffer();
-  barrier();
-  const uint ci = tok * pc.n_kv_heads + kvh;
-  if (t == 0u) s_last = atomicAdd(cnt[ci], 1u) == pc.n_splits - 1u;
-  barrier();
-  if (!s_last) return;
-  memoryBarrierBuffer();
-  if (t == 0u) cnt[ci] = 0u;
-  const uint S = pc.n_splits, stride = kD + 2u;
-  // Per head: M = max m_s over the slices with l_s > 0, L = Σ l_s e^(m_s − M), the weights e^(m_s − M).
-  for (uint g = gl_SubgroupID; g < kG; g += gl_NumSubgroups) {
-    const uint base = (tok * pc.n_heads + h0 + g) * S * stride;
-    float mt = NEG_INF;
-    for (uint s2 = gl_SubgroupInvocationID; s2 < S; s2 += gl_SubgroupSize) {
-      if (part[base + s2 * stride + kD + 1u] > 0.0) mt = max(mt, part[base + s2 * stride + kD]);
-    }
-    const float M = subgroupMax(mt);
-    float lt = 0.0;
-    for (uint s2 = gl_SubgroupInvocationID; s2 < S; s2 += gl_SubgroupSize) {
-      const float l = part[base + s2 * stride + kD + 1u];
-      const float e = l > 0.0 ? exp(part[base + s2 * stride + kD] - M) : 0.0;
-      cw[g * kFuseS + s2] = e;
-      lt += l * e;
-    }
-    const float L = subgroupAdd(lt);
-    if (subgroupElect()) sfin[g] = vec2(M, L);
-  }
-  barrier();
-  // o = Σ_s acc_s w_s / L, the slices in order, 8 loads in flight.
-  for (uint i = t; i < kG * kD; i += kWG) {
-    const uint g = i / kD, d = i % kD, h = h0 + g;
-    const uint base = (tok * pc.n_heads + h) * S * stride + d;
-    float a = 0.0;
-    for (uint s0 = 0u; s0 < S; s0 += 8u) {
-      float v[8];
-      [[unroll]] for (uint u = 0u; u < 8u; ++u) {
-        const uint s2 = s0 + u;
-        v[u] = s2 < S && cw[g * kFuseS + min(s2, S - 1u)] > 0.0 ? part[base + s2 * stride] : 0.0;
-      }
-      [[unroll]] for (uint u = 0u; u < 8u; ++u) {
-        const uint s2 = s0 + u;
-        if (s2 < S) a += v[u] * cw[g * kFuseS + min(s2, S - 1u)];
-      }
-    }
-    o[(tok * pc.n_heads + h) * kD + d] = a / sfin[g].y;
   }
 }

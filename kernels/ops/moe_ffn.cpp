@@ -236,9 +236,17 @@ Result<MoeFfn> MoeFfn::create(vk::Device& dev, uint32_t slots_per_pass, bool gpu
     }
     op.q8_rows_ = static_cast<uint32_t>(r[0] - '0');
   }
+  // GPUs: workgroups of 256 and down's rows split over 2 subgroups. H200, 30B-A3B, bench/engine/ab.sh in
+  // two calls (2026-12-04 14:50 and 15:10): GPU per decode step 5062 / 5075 against 5132 / 5117 µs, and
+  // 4656 / 4634 against 4749 / 4706 (the fused router); either alone is no better (256 alone 5322 /
+  // 5105, split 2 alone 5297 / 5319).
+  if (!op.cpu_) {
+    op.q8_wg_ = 256;
+    op.q8_down_split_ = 2;
+  }
   // TROVE_MOE_Q8_DOWN_SPLIT=1|2|4: subgroups of a moe_down_q8 workgroup sharing one row group's rows
   // (the dense q8 matvec's split rows; at one token each lane walks 6 items of a 30B-A3B row one after
-  // another). Default 1: not measured on a GPU yet (docs/kernels.md).
+  // another).
   if (const char* v = std::getenv("TROVE_MOE_Q8_DOWN_SPLIT"); v && *v) {
     const std::string_view r(v);
     if (r != "1" && r != "2" && r != "4") {
@@ -246,9 +254,9 @@ Result<MoeFfn> MoeFfn::create(vk::Device& dev, uint32_t slots_per_pass, bool gpu
     }
     op.q8_down_split_ = static_cast<uint32_t>(r[0] - '0');
   }
-  // TROVE_MOE_Q8_WG=128|256|512|1024: invocations per workgroup of the q8 expert kernels (a
-  // measurement: each workgroup stages its inputs once, so larger ones stage less per row; default
-  // 128, kDirectWorkgroup). MoeTuning::workgroup overrides it.
+  // TROVE_MOE_Q8_WG=128|256|512|1024: invocations per workgroup of the q8 expert kernels (each
+  // workgroup stages its inputs once, so larger ones stage less per row; default 256 on GPUs, else
+  // kDirectWorkgroup). MoeTuning::workgroup overrides it.
   if (const char* v = std::getenv("TROVE_MOE_Q8_WG"); v && *v) {
     const std::string_view w(v);
     if (w != "128" && w != "256" && w != "512" && w != "1024") {

@@ -236,8 +236,8 @@ class MoeFfn {
   bool q8_default_ = false;      // MoeTuning::Form::kAuto means q8 (GPUs with q8_ok_; TROVE_MOE)
   uint32_t q8_workgroups_ = kQ8Workgroups;  // TROVE_MOE_Q8_WORKGROUPS
   uint32_t q8_rows_ = 1;                     // q8 form: rows per row group (TROVE_MOE_Q8_ROWS; moe_ffn.cpp)
-  uint32_t q8_down_split_ = 1;               // q8 form: down's split rows (TROVE_MOE_Q8_DOWN_SPLIT; moe_ffn.cpp)
-  uint32_t q8_wg_ = 0;                       // q8 form: workgroup size (TROVE_MOE_Q8_WG; 0: kDirectWorkgroup)
+  uint32_t q8_down_split_ = 1;               // q8 form: down's split rows (TROVE_MOE_Q8_DOWN_SPLIT; GPUs 2; moe_ffn.cpp)
+  uint32_t q8_wg_ = 0;                       // q8 form: workgroup size (TROVE_MOE_Q8_WG; GPUs 256; 0: kDirectWorkgroup)
   bool q6_wide_ = true;                      // q8 form: Q6_K experts in 32-value parts (TROVE_MOE_Q6_WIDE)
   uint32_t q6_wide() const {
     return (tuning_.q6_parts == MoeTuning::Q6Parts::kDefault ? q6_wide_ : tuning_.q6_parts == MoeTuning::Q6Parts::kWide) ? 1 : 0;

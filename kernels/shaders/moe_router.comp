@@ -30,7 +30,7 @@ layout(std430, set = 0, binding = 6) coherent buffer C { uint count[]; };  // [1
 layout(push_constant) uniform P { uint cols; uint tokens; uint n_experts; uint k; float eps; } pc;
 
 const uint kMaxT = 8u;  // tokens per call
-const uint kU = 4u;     // 16-byte loads per lane in flight per round
+const uint kU = 16u;    // 16-byte loads per lane in flight per round (a whole 2048-column row)
 shared bool s_last;
 
 #include "moe_topk.glsl"

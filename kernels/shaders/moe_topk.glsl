@@ -6,8 +6,28 @@
 const float kInf = 1.0 / 0.0;
 const uint kNone = 0xffffffffu;
 
+const uint kPerLane = 8u;  // logits a lane holds in registers (all of them when n_experts <= 8 · subgroup)
+
+// Expert e with logit v (NaN already -inf) ranks below the previous pick (pv, pe) and above the lane's
+// best so far (bv, be): it becomes the lane's best.
+void consider(float v, uint e, float pv, uint pe, inout float bv, inout uint be) {
+  const bool below_prev = pe == kNone || v < pv || (v == pv && e > pe);
+  if (below_prev && (be == kNone || v > bv)) {
+    bv = v;
+    be = e;
+  }
+}
+
 void route_token(uint t, uint k, uint n_experts) {
-  uint base = t * n_experts;
+  const uint base = t * n_experts, lane = gl_SubgroupInvocationID, S = gl_SubgroupSize;
+  // The logits are read once into registers (k rounds re-reading them cost k memory round trips).
+  const bool held = n_experts <= kPerLane * S;
+  float r[kPerLane];
+  [[unroll]] for (uint i = 0u; i < kPerLane; ++i) {
+    const uint e = lane + i * S;
+    const float v = held && e < n_experts ? lg[base + e] : -kInf;
+    r[i] = isnan(v) ? -kInf : v;
+  }
   float pv = kInf;  // the previous round's pick: value, index (none yet: every expert ranks below)
   uint pe = kNone;
   float top = 0.0, sum = 0.0;
@@ -17,13 +37,16 @@ void route_token(uint t, uint k, uint n_experts) {
     if (j >= k) break;
     float bv = -kInf;
     uint be = kNone;
-    for (uint e = gl_SubgroupInvocationID; e < n_experts; e += gl_SubgroupSize) {
-      float v = lg[base + e];
-      if (isnan(v)) v = -kInf;
-      bool below_prev = pe == kNone || v < pv || (v == pv && e > pe);
-      if (below_prev && (be == kNone || v > bv)) {
-        bv = v;
-        be = e;
+    if (held) {
+      [[unroll]] for (uint i = 0u; i < kPerLane; ++i) {
+        const uint e = lane + i * S;
+        if (e < n_experts) consider(r[i], e, pv, pe, bv, be);
+      }
+    } else {
+      for (uint e = lane; e < n_experts; e += S) {
+        float v = lg[base + e];
+        if (isnan(v)) v = -kInf;
+        consider(v, e, pv, pe, bv, be);
       }
     }
     float m = subgroupMax(bv);
@@ -43,4 +66,3 @@ void route_token(uint t, uint k, uint n_experts) {
     }
   }
 }
-

@@ -148,6 +148,16 @@ Result<PagedAttention> PagedAttention::create(vk::Device& dev) {
     }
     op.decode_v2_fixed_keys_ = static_cast<uint32_t>(n);
   }
+  // TROVE_ATTENTION_PIPELINE=0|1: decode v2 issues a round's K/V loads during the round before (1, the
+  // default) or at the round's start (0).
+  if (const char* e = std::getenv("TROVE_ATTENTION_PIPELINE"); e && *e) {
+    const std::string_view v = e;
+    if (v != "0" && v != "1") {
+      return Status::InvalidArgument(fmt::format(
+          "attention: TROVE_ATTENTION_PIPELINE={} is not 0 or 1 (decode v2's K/V loads a round ahead: 1, the default)", v));
+    }
+    op.decode_v2_pipeline_ = v == "1";
+  }
   op.scratch_ = std::move(*scratch);
   op.decode_ = std::make_unique<DecodePipelines>();
   op.decode_->dev = &dev;
@@ -477,7 +487,8 @@ Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCal
     std::lock_guard<std::mutex> lock(decode_->mu);
     auto it = decode_->v2.find({group, d});
     if (it == decode_->v2.end()) {
-      auto p = decode_->dev->pipeline({"attention_decode_v2", {group, d, lanes, unroll}, sizeof(Push), 5, 128});
+      auto p = decode_->dev->pipeline(
+          {"attention_decode_v2", {group, d, lanes, unroll, decode_v2_pipeline_ ? 1u : 0u}, sizeof(Push), 5, 128});
       if (!p.ok()) return p.status();
       it = decode_->v2.emplace(std::make_pair(group, d), std::move(*p)).first;
     }

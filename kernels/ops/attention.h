@@ -110,6 +110,8 @@ class PagedAttention {
   // The slice length of a token with `keys` keys (its position + 1) in a pool of this shape, by default.
   static uint32_t decode_v2_slice_keys(const kernels::ref::PagedKvShape& shape, uint32_t keys,
                                        uint32_t min_keys = kDecodeV2SplitKeys);
+  // Whether decode v2 issues each round's K/V loads during the round before (TROVE_ATTENTION_PIPELINE).
+  bool decode_v2_pipeline() const { return decode_v2_pipeline_; }
   // Whether kAuto's decode kernel is v2 (TROVE_ATTENTION_DECODE=v2 at create()).
   bool decode_v2_default() const { return decode_v2_default_; }
   // The CPU form: queries (tokens x heads of one KV head) per invocation.
@@ -146,6 +148,7 @@ class PagedAttention {
   // Steps of at most this many tokens take the decode kernel where a matrix-unit prefill kernel would
   // run (TROVE_ATTENTION_DECODE_TOKENS; default kDecodeMaxTokens).
   uint32_t decode_max_tokens_ = kDecodeMaxTokens;
+  bool decode_v2_pipeline_ = true;     // TROVE_ATTENTION_PIPELINE: K/V loads a round ahead
   uint32_t decode_v2_fixed_keys_ = 0;  // TROVE_ATTENTION_SPLIT_KEYS: one slice length at every depth (0: by depth)
   bool has_shuffle_ = false;
   uint32_t subgroup_size_ = 0;

@@ -16,8 +16,11 @@
 // n_splits == 1: o = acc / l (no combine pass). Otherwise the unnormalised acc, M and l go to `part`
 // ([token][head][split][head_dim + 2], what attention_combine*.comp merge; a slice past the last key
 // writes l = 0, m = -inf). q is pre-multiplied by the scale.
-// Specialized on G (0), head_dim (1), kL (2) and kU (3). Limits (attention.cpp checks): G in 1, 2, 4,
-// 8, 16; head_dim a power of two from 8 to 256; kL a power of two dividing head_dim / 8 and at most
+// kPipe (TROVE_ATTENTION_PIPELINE=1, attention.cpp): a round's K and V loads are issued during the
+// round before, so the rows' trip from memory overlaps the previous round's math instead of following
+// it (a slice of 128 keys is 4–8 rounds).
+// Specialized on G (0), head_dim (1), kL (2), kU (3) and kPipe (4). Limits (attention.cpp checks): G in
+// 1, 2, 4, 8, 16; head_dim a power of two from 8 to 256; kL a power of two dividing head_dim / 8 and at most
 // the subgroup size, whose invocations are consecutive local ids (true of NVIDIA and lavapipe).
 #extension GL_EXT_control_flow_attributes : require
 #extension GL_KHR_shader_subgroup_basic : require
@@ -27,6 +30,7 @@ layout(constant_id = 0) const uint kG = 4u;    // query heads per KV head
 layout(constant_id = 1) const uint kD = 128u;  // head_dim
 layout(constant_id = 2) const uint kL = 16u;   // lanes per key row
 layout(constant_id = 3) const uint kU = 4u;    // keys per slot per round
+layout(constant_id = 4) const bool kPipe = true;  // the next round's loads issued before this round's math
 layout(std430, set = 0, binding = 0) readonly buffer KVq { uvec4 kv4[]; };
 layout(std430, set = 0, binding = 1) readonly buffer T { int table[]; };
 layout(std430, set = 0, binding = 2) readonly buffer Q { vec4 q4[]; };
@@ -49,6 +53,24 @@ uint k_offset4(uint p, uint kvh) {
   const uint blk = uint(table[p / pc.block_size]);
   const uint half_block = pc.block_size * pc.n_kv_heads * kD;
   return (blk * 2u * half_block + (kvh * pc.block_size + p % pc.block_size) * kD) >> 3u;
+}
+
+// One round's K and V rows of this lane's slot (keys base + slot·kU .. + kU of the slice starting at
+// k0), into ld_k / ld_v; keys at or past n read nothing (zeros).
+uvec4 ld_k[kU * kC], ld_v[kU * kC];
+void load_round(uint base, uint k0, uint n, uint kvh, uint slot, uint li, uint hb4, bool same_block) {
+  const uint j0 = base + slot * kU;
+  // A slot's kU keys start at a multiple of kU (split_len is a multiple of 32): with blocks a multiple
+  // of kU they share one block, so one table lookup serves them.
+  const uint off0 = same_block && j0 < n ? k_offset4(k0 + j0, kvh) : 0u;
+  [[unroll]] for (uint u = 0u; u < kU; ++u) {
+    const bool ok = j0 + u < n;
+    const uint off = !ok ? 0u : same_block ? off0 + u * (kD / 8u) : k_offset4(k0 + j0 + u, kvh);
+    [[unroll]] for (uint c = 0u; c < kC; ++c) {
+      ld_k[u * kC + c] = ok ? kv4[off + li + c * kL] : uvec4(0u);
+      ld_v[u * kC + c] = ok ? kv4[off + hb4 + li + c * kL] : uvec4(0u);
+    }
+  }
 }
 
 void main() {
@@ -77,20 +99,17 @@ void main() {
   }
 
   // Rounds are uniform over the workgroup (the shuffles below need every lane of a slot active).
+  if (kPipe && n > 0u) load_round(0u, k0, n, kvh, slot, li, hb4, same_block);
   for (uint base = 0u; base < n; base += kSlots * kU) {
     const uint j0 = base + slot * kU;
+    if (!kPipe) load_round(base, k0, n, kvh, slot, li, hb4, same_block);
     uvec4 kw[kU * kC], vw[kU * kC];
-    // A slot's kU keys start at a multiple of kU (split_len is a multiple of 32): with blocks a multiple
-    // of kU they share one block, so one table lookup serves them.
-    const uint off0 = same_block && j0 < n ? k_offset4(k0 + j0, kvh) : 0u;
-    [[unroll]] for (uint u = 0u; u < kU; ++u) {
-      const bool ok = j0 + u < n;
-      const uint off = !ok ? 0u : same_block ? off0 + u * (kD / 8u) : k_offset4(k0 + j0 + u, kvh);
-      [[unroll]] for (uint c = 0u; c < kC; ++c) {
-        kw[u * kC + c] = ok ? kv4[off + li + c * kL] : uvec4(0u);
-        vw[u * kC + c] = ok ? kv4[off + hb4 + li + c * kL] : uvec4(0u);
-      }
+    [[unroll]] for (uint i = 0u; i < kU * kC; ++i) {
+      kw[i] = ld_k[i];
+      vw[i] = ld_v[i];
     }
+    // kPipe: the next round's rows are requested now and arrive while this round computes.
+    if (kPipe && base + kSlots * kU < n) load_round(base + kSlots * kU, k0, n, kvh, slot, li, hb4, same_block);
     float s[kU * kG];
     [[unroll]] for (uint u = 0u; u < kU; ++u) {
       [[unroll]] for (uint g = 0u; g < kG; ++g) {

@@ -157,41 +157,51 @@ TEST(PagedAttention, DecodeKernelMatchesReference) {
 TEST(PagedAttention, DecodeV2MatchesReference) {
   auto dev = open_device();
   ASSERT_TRUE(dev);
-  auto op = ops::PagedAttention::create(*dev);
-  ASSERT_TRUE(op.ok()) << op.status().ToString();
-  const auto kV = ops::AttentionPath::kDecodeV2;
-  if (!dev->features().subgroup_shuffle) {
+  // K/V loads a round ahead (1, the default) and at each round's start (0).
+  for (const char* pipeline : {"1", "0"}) {
+    SCOPED_TRACE(testing::Message() << "TROVE_ATTENTION_PIPELINE=" << pipeline);
+    auto op = create_with(*dev, "TROVE_ATTENTION_PIPELINE", pipeline);
+    ASSERT_TRUE(op.ok()) << op.status().ToString();
+    EXPECT_EQ(op->decode_v2_pipeline(), pipeline[0] == '1');
+    const auto kV = ops::AttentionPath::kDecodeV2;
+    if (!dev->features().subgroup_shuffle) {
+      auto b = dev->buffer(1 << 20);
+      ASSERT_TRUE(b.ok());
+      auto s = dev->stream();
+      ASSERT_TRUE(s.ok());
+      Status st = op->record(*s, {{4, 64, 2, 128}, 8, 0, 1, 1.0f, kV}, *b, *b, *b, *b);
+      EXPECT_NE(st.message().find("decode v2 path"), std::string::npos) << st.message();
+      return;
+    }
+    check(*dev, *op, 32, 8, 128, 64, 1500, 1, 53, kV);   // 12 slices of 128, the last partial
+    check(*dev, *op, 32, 4, 128, 16, 1000, 1, 54, kV);   // Qwen3-30B-A3B heads (G 8), 16-key blocks
+    check(*dev, *op, 16, 1, 64, 2, 299, 2, 59, kV);      // 2-key blocks: a slot's keys span blocks, 2 slices
+    if (pipeline[0] == '0') continue;  // lavapipe's time: the loads at each round's start on these alone
+    check(*dev, *op, 32, 8, 128, 64, 0, 1, 51, kV);      // Qwen3-8B heads, first token
+    check(*dev, *op, 32, 8, 128, 64, 150, 1, 52, kV);    // one slice, the last block partial
+    for (uint32_t tokens = 1; tokens <= 8; ++tokens) {   // 4 slices; from 8 tokens token 0's last is empty
+      check(*dev, *op, tokens % 2 ? 8 : 16, 2, 128, 64, 385 - tokens, tokens, 60 + tokens, kV);
+    }
+    check(*dev, *op, 16, 1, 64, 16, 700, 2, 55, kV);     // G 16, head_dim 64
+    check(*dev, *op, 4, 4, 256, 64, 290, 3, 56, kV);     // G 1, head_dim 256, 2 slices
+    check(*dev, *op, 8, 4, 8, 16, 33, 7, 57, kV);        // head_dim 8 (one lane a row)
+    check(*dev, *op, 8, 2, 128, 64, 63, 5, 58, kV);      // tokens across a block boundary
+    if (std::getenv("TROVE_KERNEL_FULL")) {  // the benchmark's depths: 64 and 128 slices, 4 tokens
+      check(*dev, *op, 32, 8, 128, 64, 16383, 1, 70, kV);
+      check(*dev, *op, 32, 4, 128, 64, 16383, 1, 71, kV);
+      check(*dev, *op, 32, 8, 128, 64, 16380, 4, 72, kV);
+    }
     auto b = dev->buffer(1 << 20);
     ASSERT_TRUE(b.ok());
     auto s = dev->stream();
     ASSERT_TRUE(s.ok());
-    Status st = op->record(*s, {{4, 64, 2, 128}, 8, 0, 1, 1.0f, kV}, *b, *b, *b, *b);
+    Status st = op->record(*s, {{4, 64, 2, 128}, 6, 0, 1, 1.0f, kV}, *b, *b, *b, *b);  // G 3
     EXPECT_NE(st.message().find("decode v2 path"), std::string::npos) << st.message();
-    return;
   }
-  check(*dev, *op, 32, 8, 128, 64, 0, 1, 51, kV);      // Qwen3-8B heads, first token
-  check(*dev, *op, 32, 8, 128, 64, 150, 1, 52, kV);    // one slice, the last block partial
-  check(*dev, *op, 32, 8, 128, 64, 1500, 1, 53, kV);   // 12 slices of 128, the last partial
-  check(*dev, *op, 32, 4, 128, 16, 1000, 1, 54, kV);   // Qwen3-30B-A3B heads (G 8), 16-key blocks
-  for (uint32_t tokens = 1; tokens <= 8; ++tokens) {   // 4 slices; from 8 tokens token 0's last is empty
-    check(*dev, *op, tokens % 2 ? 8 : 16, 2, 128, 64, 385 - tokens, tokens, 60 + tokens, kV);
-  }
-  check(*dev, *op, 16, 1, 64, 16, 700, 2, 55, kV);     // G 16, head_dim 64
-  check(*dev, *op, 4, 4, 256, 64, 290, 3, 56, kV);     // G 1, head_dim 256, 2 slices
-  check(*dev, *op, 8, 4, 8, 16, 33, 7, 57, kV);        // head_dim 8 (one lane a row)
-  check(*dev, *op, 8, 2, 128, 64, 63, 5, 58, kV);      // tokens across a block boundary
-  check(*dev, *op, 16, 1, 64, 2, 299, 2, 59, kV);      // 2-key blocks: a slot's keys span blocks, 2 slices
-  if (std::getenv("TROVE_KERNEL_FULL")) {  // the benchmark's depths: 64 and 128 slices, 4 tokens
-    check(*dev, *op, 32, 8, 128, 64, 16383, 1, 70, kV);
-    check(*dev, *op, 32, 4, 128, 64, 16383, 1, 71, kV);
-    check(*dev, *op, 32, 8, 128, 64, 16380, 4, 72, kV);
-  }
-  auto b = dev->buffer(1 << 20);
-  ASSERT_TRUE(b.ok());
-  auto s = dev->stream();
-  ASSERT_TRUE(s.ok());
-  Status st = op->record(*s, {{4, 64, 2, 128}, 6, 0, 1, 1.0f, kV}, *b, *b, *b, *b);  // G 3
-  EXPECT_NE(st.message().find("decode v2 path"), std::string::npos) << st.message();
+  auto bad = create_with(*dev, "TROVE_ATTENTION_PIPELINE", "yes");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("TROVE_ATTENTION_PIPELINE=yes is not 0 or 1"), std::string::npos)
+      << bad.status().ToString();
 }
 
 // Decode v2 slices the keys at fixed positions, so a token gets the same bits whether it is the only

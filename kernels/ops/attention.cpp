@@ -148,15 +148,16 @@ Result<PagedAttention> PagedAttention::create(vk::Device& dev) {
     }
     op.decode_v2_fixed_keys_ = static_cast<uint32_t>(n);
   }
-  // TROVE_ATTENTION_PIPELINE=0|1: decode v2 issues a round's K/V loads during the round before (1, the
-  // default) or at the round's start (0).
+  // TROVE_ATTENTION_PIPELINE=0|1|auto: decode v2 issues a round's K/V loads during the round before
+  // (1), at the round's start (0), or the first where a token's grid is small (auto, the default).
   if (const char* e = std::getenv("TROVE_ATTENTION_PIPELINE"); e && *e) {
     const std::string_view v = e;
-    if (v != "0" && v != "1") {
+    if (v != "0" && v != "1" && v != "auto") {
       return Status::InvalidArgument(fmt::format(
-          "attention: TROVE_ATTENTION_PIPELINE={} is not 0 or 1 (decode v2's K/V loads a round ahead: 1, the default)", v));
+          "attention: TROVE_ATTENTION_PIPELINE={} is not 0, 1 or auto (decode v2's K/V loads a round ahead: never, "
+          "always, or where a token's grid has at most {} workgroups, the default)", v, kDecodeV2PipelineGroups));
     }
-    op.decode_v2_pipeline_ = v == "1";
+    op.decode_v2_pipeline_ = v == "0" ? Pipelining::kNever : v == "1" ? Pipelining::kAlways : Pipelining::kAuto;
   }
   op.scratch_ = std::move(*scratch);
   op.decode_ = std::make_unique<DecodePipelines>();
@@ -482,28 +483,35 @@ Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCal
     return decode_v2_fixed_keys_ ? decode_v2_split_keys(sh, decode_v2_fixed_keys_)
                                  : decode_v2_slice_keys(sh, c.start_pos + t + 1);
   };
-  const vk::Pipeline* pipe = nullptr;
-  {
+  // K/V loads a round ahead (kPipe) where the token's grid is small (latency-bound), by the token's own
+  // key count, so a token takes the same kernel alone and in a step (decode_v2_pipelined).
+  auto pipelined = [&](uint32_t t) {
+    const uint32_t keys = c.start_pos + t + 1, len = slice_len(t);
+    return decode_v2_pipelined((keys + len - 1) / len * kvh);
+  };
+  auto pipeline = [&](bool pipe) -> Result<const vk::Pipeline*> {
     std::lock_guard<std::mutex> lock(decode_->mu);
-    auto it = decode_->v2.find({group, d});
+    const std::array<uint32_t, 3> key{group, d, pipe ? 1u : 0u};
+    auto it = decode_->v2.find(key);
     if (it == decode_->v2.end()) {
-      auto p = decode_->dev->pipeline(
-          {"attention_decode_v2", {group, d, lanes, unroll, decode_v2_pipeline_ ? 1u : 0u}, sizeof(Push), 5, 128});
+      auto p = decode_->dev->pipeline({"attention_decode_v2", {group, d, lanes, unroll, pipe ? 1u : 0u}, sizeof(Push), 5, 128});
       if (!p.ok()) return p.status();
-      it = decode_->v2.emplace(std::make_pair(group, d), std::move(*p)).first;
+      it = decode_->v2.emplace(key, std::move(*p)).first;
     }
-    pipe = &it->second;
-  }
+    return &it->second;
+  };
   // Groups of tokens sharing a slice length (one, or two where the step crosses a doubling), all
   // checked before anything is recorded.
   struct Group {
     uint32_t t0, t1, split_len, n_splits, per_pass;
+    bool pipe;
   };
   std::vector<Group> groups;
   for (uint32_t g0 = 0; g0 < c.n_tokens;) {
     const uint32_t split_len = slice_len(g0);
+    const bool pipe = pipelined(g0);
     uint32_t g1 = g0 + 1;
-    while (g1 < c.n_tokens && slice_len(g1) == split_len) ++g1;
+    while (g1 < c.n_tokens && slice_len(g1) == split_len && pipelined(g1) == pipe) ++g1;
     const uint32_t keys = c.start_pos + g1;  // the group's last token has the most keys
     const uint32_t n_splits = (keys + split_len - 1) / split_len;
     if (n_splits > kDecodeV2MaxSplits) {
@@ -520,7 +528,7 @@ Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCal
                                                  "than the decode v2 scratch ({} bytes) holds",
                                                  keys, n_splits, split_len, scratch_.size()));
     }
-    groups.push_back({g0, g1, split_len, n_splits, per_pass});
+    groups.push_back({g0, g1, split_len, n_splits, per_pass, pipe});
     g0 = g1;
   }
   const uint64_t tok_bytes = uint64_t{c.n_heads} * d * 4;  // one token's rows of q and out
@@ -536,7 +544,9 @@ Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCal
       Push push{static_cast<uint32_t>(sh.block_size), kvh, d, c.n_heads, c.start_pos + t0, n, c.scale, g.n_splits,
                 g.split_len};
       vk::BufferRange bufs[5] = {pool, block_table, qp, op, scratch_};
-      TROVE_RETURN_IF_ERROR(s.dispatch(*pipe, bufs, &push, sizeof(push), g.n_splits, kvh, n));
+      auto pipe = pipeline(g.pipe);
+      if (!pipe.ok()) return pipe.status();
+      TROVE_RETURN_IF_ERROR(s.dispatch(**pipe, bufs, &push, sizeof(push), g.n_splits, kvh, n));
       if (g.n_splits == 1) continue;
       s.barrier();
       CombinePush cp{d, c.n_heads, g.n_splits};

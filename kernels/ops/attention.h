@@ -110,8 +110,18 @@ class PagedAttention {
   // The slice length of a token with `keys` keys (its position + 1) in a pool of this shape, by default.
   static uint32_t decode_v2_slice_keys(const kernels::ref::PagedKvShape& shape, uint32_t keys,
                                        uint32_t min_keys = kDecodeV2SplitKeys);
-  // Whether decode v2 issues each round's K/V loads during the round before (TROVE_ATTENTION_PIPELINE).
-  bool decode_v2_pipeline() const { return decode_v2_pipeline_; }
+  // Decode v2 issues each round's K/V loads during the round before (attention_decode_v2.comp kPipe) for
+  // a token whose grid (its slices × KV heads) has at most kDecodeV2PipelineGroups workgroups:
+  // latency-bound calls gain, bandwidth-bound ones lose (registers). H200, 2026-12-04, bench/engine/ab.sh:
+  // 30B-A3B at depth 4096 (128 workgroups) tg64 204.8 / 204.5 against 201.8 / 201.6 tok/s, the 8B's
+  // tg128 (8 workgroups) 281.0 / 278.6 against 277.7 / 274.0; the 8B at depth 16384 (512) 201.1 /
+  // 200.7 against 216.5 / 214.9. TROVE_ATTENTION_PIPELINE=0|1 forces it off or on.
+  static constexpr uint32_t kDecodeV2PipelineGroups = 128;
+  enum class Pipelining { kAuto, kNever, kAlways };
+  bool decode_v2_pipelined(uint32_t groups) const {
+    return decode_v2_pipeline_ == Pipelining::kAlways ||
+           (decode_v2_pipeline_ == Pipelining::kAuto && groups <= kDecodeV2PipelineGroups);
+  }
   // Whether kAuto's decode kernel is v2 (TROVE_ATTENTION_DECODE=v2 at create()).
   bool decode_v2_default() const { return decode_v2_default_; }
   // The CPU form: queries (tokens x heads of one KV head) per invocation.
@@ -148,7 +158,7 @@ class PagedAttention {
   // Steps of at most this many tokens take the decode kernel where a matrix-unit prefill kernel would
   // run (TROVE_ATTENTION_DECODE_TOKENS; default kDecodeMaxTokens).
   uint32_t decode_max_tokens_ = kDecodeMaxTokens;
-  bool decode_v2_pipeline_ = true;     // TROVE_ATTENTION_PIPELINE: K/V loads a round ahead
+  Pipelining decode_v2_pipeline_ = Pipelining::kAuto;  // TROVE_ATTENTION_PIPELINE
   uint32_t decode_v2_fixed_keys_ = 0;  // TROVE_ATTENTION_SPLIT_KEYS: one slice length at every depth (0: by depth)
   bool has_shuffle_ = false;
   uint32_t subgroup_size_ = 0;
@@ -163,7 +173,7 @@ class PagedAttention {
     vk::Device* dev = nullptr;
     std::mutex mu;
     std::map<std::pair<uint32_t, uint32_t>, vk::Pipeline> by_shape;  // (G, head_dim) -> pipeline
-    std::map<std::pair<uint32_t, uint32_t>, vk::Pipeline> v2;        // (G, head_dim) -> decode v2
+    std::map<std::array<uint32_t, 3>, vk::Pipeline> v2;               // (G, head_dim, kPipe) -> decode v2
     std::map<std::array<uint32_t, 3>, vk::Pipeline> cpu;              // (head_dim, heads, tokens) -> CPU form
     std::unique_ptr<vk::Pipeline> cm2;                                // the cm2 prefill kernel, once built
   };

@@ -157,12 +157,12 @@ TEST(PagedAttention, DecodeKernelMatchesReference) {
 TEST(PagedAttention, DecodeV2MatchesReference) {
   auto dev = open_device();
   ASSERT_TRUE(dev);
-  // K/V loads a round ahead (1, the default) and at each round's start (0).
+  // K/V loads a round ahead (1) and at each round's start (0); auto picks one of them per token.
   for (const char* pipeline : {"1", "0"}) {
     SCOPED_TRACE(testing::Message() << "TROVE_ATTENTION_PIPELINE=" << pipeline);
     auto op = create_with(*dev, "TROVE_ATTENTION_PIPELINE", pipeline);
     ASSERT_TRUE(op.ok()) << op.status().ToString();
-    EXPECT_EQ(op->decode_v2_pipeline(), pipeline[0] == '1');
+    EXPECT_EQ(op->decode_v2_pipelined(100000), pipeline[0] == '1');
     const auto kV = ops::AttentionPath::kDecodeV2;
     if (!dev->features().subgroup_shuffle) {
       auto b = dev->buffer(1 << 20);
@@ -200,8 +200,12 @@ TEST(PagedAttention, DecodeV2MatchesReference) {
   }
   auto bad = create_with(*dev, "TROVE_ATTENTION_PIPELINE", "yes");
   ASSERT_FALSE(bad.ok());
-  EXPECT_NE(bad.status().message().find("TROVE_ATTENTION_PIPELINE=yes is not 0 or 1"), std::string::npos)
+  EXPECT_NE(bad.status().message().find("TROVE_ATTENTION_PIPELINE=yes is not 0, 1 or auto"), std::string::npos)
       << bad.status().ToString();
+  auto autop = create_with(*dev, "TROVE_ATTENTION_PIPELINE", "auto");
+  ASSERT_TRUE(autop.ok());
+  EXPECT_TRUE(autop->decode_v2_pipelined(ops::PagedAttention::kDecodeV2PipelineGroups));
+  EXPECT_FALSE(autop->decode_v2_pipelined(ops::PagedAttention::kDecodeV2PipelineGroups + 1));
 }
 
 // Decode v2 slices the keys at fixed positions, so a token gets the same bits whether it is the only

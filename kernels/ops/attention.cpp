@@ -489,22 +489,25 @@ Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCal
     const uint32_t keys = c.start_pos + t + 1, len = slice_len(t);
     return decode_v2_pipelined((keys + len - 1) / len * kvh);
   };
+  // Both kPipe forms are built together (auto), so the first step past the bound does not compile one
+  // mid-decode (a pipeline build cost a 64-token decode at depth 16384 40% of its speed on the H200).
   auto pipeline = [&](bool pipe) -> Result<const vk::Pipeline*> {
     std::lock_guard<std::mutex> lock(decode_->mu);
-    const std::array<uint32_t, 3> key{group, d, pipe ? 1u : 0u};
-    auto it = decode_->v2.find(key);
-    if (it == decode_->v2.end()) {
-      auto p = decode_->dev->pipeline({"attention_decode_v2", {group, d, lanes, unroll, pipe ? 1u : 0u}, sizeof(Push), 5, 128});
+    const bool both = decode_v2_pipeline_ == Pipelining::kAuto;
+    for (uint32_t form : {0u, 1u}) {
+      const std::array<uint32_t, 3> key{group, d, form};
+      if ((!both && form != (pipe ? 1u : 0u)) || decode_->v2.count(key)) continue;
+      auto p = decode_->dev->pipeline({"attention_decode_v2", {group, d, lanes, unroll, form}, sizeof(Push), 5, 128});
       if (!p.ok()) return p.status();
-      it = decode_->v2.emplace(key, std::move(*p)).first;
+      decode_->v2.emplace(key, std::move(*p));
     }
-    return &it->second;
+    return &decode_->v2.at({group, d, pipe ? 1u : 0u});
   };
-  // Groups of tokens sharing a slice length (one, or two where the step crosses a doubling), all
-  // checked before anything is recorded.
+  // Groups of tokens sharing a slice length and kPipe (one, or two where the step crosses a doubling
+  // or the pipelining bound), all checked and their pipelines built before anything is recorded.
   struct Group {
     uint32_t t0, t1, split_len, n_splits, per_pass;
-    bool pipe;
+    const vk::Pipeline* pipeline;
   };
   std::vector<Group> groups;
   for (uint32_t g0 = 0; g0 < c.n_tokens;) {
@@ -528,7 +531,9 @@ Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCal
                                                  "than the decode v2 scratch ({} bytes) holds",
                                                  keys, n_splits, split_len, scratch_.size()));
     }
-    groups.push_back({g0, g1, split_len, n_splits, per_pass, pipe});
+    auto pipe_of_group = pipeline(pipe);
+    if (!pipe_of_group.ok()) return pipe_of_group.status();
+    groups.push_back({g0, g1, split_len, n_splits, per_pass, *pipe_of_group});
     g0 = g1;
   }
   const uint64_t tok_bytes = uint64_t{c.n_heads} * d * 4;  // one token's rows of q and out
@@ -544,9 +549,7 @@ Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCal
       Push push{static_cast<uint32_t>(sh.block_size), kvh, d, c.n_heads, c.start_pos + t0, n, c.scale, g.n_splits,
                 g.split_len};
       vk::BufferRange bufs[5] = {pool, block_table, qp, op, scratch_};
-      auto pipe = pipeline(g.pipe);
-      if (!pipe.ok()) return pipe.status();
-      TROVE_RETURN_IF_ERROR(s.dispatch(**pipe, bufs, &push, sizeof(push), g.n_splits, kvh, n));
+      TROVE_RETURN_IF_ERROR(s.dispatch(*g.pipeline, bufs, &push, sizeof(push), g.n_splits, kvh, n));
       if (g.n_splits == 1) continue;
       s.barrier();
       CombinePush cp{d, c.n_heads, g.n_splits};

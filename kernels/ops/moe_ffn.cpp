@@ -237,9 +237,9 @@ Result<MoeFfn> MoeFfn::create(vk::Device& dev, uint32_t slots_per_pass, bool gpu
     op.q8_rows_ = static_cast<uint32_t>(r[0] - '0');
   }
   // GPUs: workgroups of 256 and down's rows split over 2 subgroups. H200, 30B-A3B, bench/engine/ab.sh in
-  // two calls (2026-12-04 14:50 and 15:10): GPU per decode step 5062 / 5075 against 5132 / 5117 µs, and
-  // 4656 / 4634 against 4749 / 4706 (the fused router); either alone is no better (256 alone 5322 /
-  // 5105, split 2 alone 5297 / 5319).
+  // three calls (2026-12-04 14:50–15:20): GPU per decode step 5062 / 5075 against 5132 / 5117 µs, 4656 /
+  // 4634 against 4749 / 4706, 4664 / 4684 against 4755 / 4725; either alone is no better (256 alone
+  // 5322 / 5105, split 2 alone 5297 / 5319).
   if (!op.cpu_) {
     op.q8_wg_ = 256;
     op.q8_down_split_ = 2;

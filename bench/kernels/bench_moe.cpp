@@ -9,6 +9,7 @@
 
 #include <fmt/format.h>
 
+#include "kernels/ops/matvec.h"
 #include "kernels/ops/moe_ffn.h"
 
 namespace trove::bench {
@@ -109,6 +110,44 @@ Status bench_moe(vk::Device& dev, const MoeBenchOptions& o, std::vector<KernelRo
         TROVE_RETURN_IF_ERROR(add("moe route (ids only)", 4.0 * T * E, [&](vk::CommandStream& s) {
           return route->record_ids(s, *logits, r0.ids, r0.w, E, T, K);
         }));
+        // The decode router from the residual stream (the FFN norm folded in; f32 weights, 16 copies so
+        // that each rep reads its router from memory, as each layer's does): one dispatch (the
+        // engine's default) against the norm + matvec, a barrier, and the routing (TROVE_MOE_ROUTER=split).
+        if (T <= ops::MoeRoute::kRouterMaxTokens) {
+          std::vector<vk::Buffer> routers;
+          for (uint32_t i = 0; i < kRoutings; ++i) {
+            auto b = filled(dev, uint64_t{E} * H * 4, 0x3c23d70au);  // 0.01f
+            if (!b.ok()) return b.status();
+            routers.push_back(std::move(*b));
+          }
+          auto norm_w = filled(dev, uint64_t{H} * 4, 0x3f800000u);  // 1.0f
+          if (!norm_w.ok()) return norm_w.status();
+          const double router_bytes = 4.0 * E * H;
+          auto timed = [&](const std::string& op, const std::function<Status(vk::CommandStream&, int)>& f) -> Status {
+            if (!want(op)) return Status::Ok();
+            auto t = time_reps(dev, o.reps, f);
+            if (!t.ok()) return t.status();
+            rows.push_back({op, shape, *t, router_bytes / *t / 1e3, 0});
+            return Status::Ok();
+          };
+          TROVE_RETURN_IF_ERROR(timed("moe router+route (one dispatch)", [&](vk::CommandStream& s, int rep) {
+            const ops::MoeRouterCall c{*xn, *norm_w, 1e-6f, routers[rep % kRoutings], *logits, r0.ids, r0.w, H, E, T, K};
+            return route->record_router(s, c);
+          }));
+          auto mv = ops::Matvec::create(dev);
+          if (!mv.ok()) return mv.status();
+          TROVE_RETURN_IF_ERROR(timed("moe router matvec (+norm), route (ids)", [&](vk::CommandStream& s, int rep) {
+            ops::MatvecCall c;
+            c.cols = H;
+            c.batch = T;
+            c.x = *xn;
+            c.norm_w = *norm_w;
+            c.mats[0] = {GgmlType::F32, E, routers[rep % kRoutings], *logits, 0};
+            TROVE_RETURN_IF_ERROR(mv->record(s, c));
+            s.barrier();
+            return route->record_ids(s, *logits, r0.ids, r0.w, E, T, K);
+          }));
+        }
       }
       // The expert dispatches in each kernel form (and, with --sweep, the direct form's work splits).
       struct Form {

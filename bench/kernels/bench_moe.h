@@ -1,6 +1,8 @@
 // bench/kernels/bench_moe.h — the MoE FFN rows of bench_kernels: kernels/ops/moe_ffn.h at the
 // Qwen3-30B-A3B layer (hidden 2048, expert FFN 768, 128 experts, top-8; Q4_K gate/up, Q6_K or Q4_K
-// down) for 1, 2, 4, 8 and 512 tokens: routing + plan from router logits, the expert-indexed gate/up +
+// down) for 1, 2, 4, 8 and 512 tokens: routing + plan from router logits, at <= 8 tokens the decode
+// router from the residual stream (one dispatch, and the matvec + routing it replaced; GB/s of the f32
+// router's 1 MiB), the expert-indexed gate/up +
 // SwiGLU dispatch, down (+ weighted sum + residual add at <= 8 tokens; grouped down + scatter-combine
 // above) and the two expert dispatches together; at 512 tokens also the grouped-GEMM prefill on the
 // device's matmul path (cm2 / khr / tiled, TROVE_MATMUL forces one) with its TFLOP/s. The expert

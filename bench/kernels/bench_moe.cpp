@@ -125,6 +125,7 @@ Status bench_moe(vk::Device& dev, const MoeBenchOptions& o, std::vector<KernelRo
           const double router_bytes = 4.0 * E * H;
           auto timed = [&](const std::string& op, const std::function<Status(vk::CommandStream&, int)>& f) -> Status {
             if (!want(op)) return Status::Ok();
+            if (auto w = time_reps(dev, 1, f); !w.ok()) return w.status();  // warm-up: pipelines, first use
             auto t = time_reps(dev, o.reps, f);
             if (!t.ok()) return t.status();
             rows.push_back({op, shape, *t, router_bytes / *t / 1e3, 0});

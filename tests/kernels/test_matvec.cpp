@@ -9,6 +9,7 @@
 // shader cache, ~10 s with a warm one, nearly all of it compiling ~30 pipelines (one per batch size ×
 // set of types; the suite shares one op so tests reuse them). TROVE_KERNEL_FULL=1 adds the real Qwen3
 // shapes (8B fused q/k/v, gate+up, down, 30B-A3B q/k/v, the 151936-row head in 32768-row pieces).
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -1019,4 +1020,219 @@ TEST_F(Matvec, QwenShapesOnAGpu) {
     }
     EXPECT_LT(std::sqrt(err2 / ref2), 1e-5);
   }
+}
+
+namespace {
+// One Q, K, V call with the attention prologue (ops::MatvecRopeKv) run twice (the per-head counts must
+// be back at 0 for the second), each time from poisoned outputs. Checked against a float64 reference
+// applied to the call's own raw q, k, v rows (which it also writes): q_out = rope(rmsnorm(q) · q_norm),
+// the pool's K = f16(rope(rmsnorm(k) · k_norm)) and V = f16(v) at each column's slot, every other pool
+// word still the poison. `fused` says whether the prologue must run in the matvec's epilogue (the
+// stream records no QkNormRopeKv dispatch) or as its own dispatch after a barrier.
+struct RopeCase {
+  uint32_t batch = 1, heads = 4, kv_heads = 2, head_dim = 128, cols = 512;
+  bool fused = true;
+  uint32_t matvec_dispatches = 1;  // the q8p form records its activation pass too
+};
+
+bool check_rope_kv(vk::Device& dev, const ops::Matvec& op, const RopeCase& c, std::mt19937_64& rng) {
+  const uint64_t seed = rng();
+  SCOPED_TRACE(fmt::format("batch {} heads {}+{} head_dim {} {} seed {}", c.batch, c.heads, c.kv_heads, c.head_dim,
+                           c.fused ? "in the epilogue" : "own dispatch", seed));
+  std::mt19937_64 r(seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::uniform_real_distribution<float> uw(0.5f, 1.5f);
+  const uint32_t B = c.batch, C = c.cols, D = c.head_dim, half = D / 2;
+  const uint32_t rows[3] = {c.heads * D, c.kv_heads * D, c.kv_heads * D};
+  const GgmlType types[3] = {G::Q4_K, G::Q4_K, G::Q6_K};  // Q4_K_M's attention
+  kv::KvLayout layout;
+  layout.block_tokens = 16;
+  layout.kv_heads = c.kv_heads;
+  layout.head_dim = D;
+  const uint32_t pool_blocks = 3, pool_words = static_cast<uint32_t>(pool_blocks * layout.block_bytes() / 4);
+  constexpr uint32_t kPoison = 0xDEADBEEFu;
+  const float rope_base = 1000000.0f, eps = 1e-6f;
+
+  std::vector<float> x(size_t{B} * C), norm_w(C), qn(D), kn(D);
+  for (auto& v : x) v = nd(r);
+  for (auto* w : {&norm_w, &qn, &kn})
+    for (auto& v : *w) v = uw(r);
+  std::vector<int32_t> pos(B);
+  std::vector<uint32_t> slots(B);
+  std::vector<uint32_t> free_slots(pool_blocks * layout.block_tokens);
+  for (uint32_t i = 0; i < free_slots.size(); ++i) free_slots[i] = i;
+  std::shuffle(free_slots.begin(), free_slots.end(), r);
+  for (uint32_t b = 0; b < B; ++b) {
+    pos[b] = static_cast<int32_t>(r() % 40000);
+    slots[b] = free_slots[b];
+  }
+  std::vector<vk::Buffer> keep;
+  auto up = [&](const void* p, size_t bytes) -> vk::BufferRange {
+    auto b = upload(dev, p, bytes);
+    EXPECT_TRUE(b.ok());
+    if (!b.ok()) return {};
+    keep.push_back(std::move(*b));
+    return keep.back();
+  };
+  ops::MatvecCall call;
+  call.cols = C;
+  call.batch = B;
+  call.x = up(x.data(), x.size() * 4);
+  call.norm_w = up(norm_w.data(), norm_w.size() * 4);
+  call.n_mats = 3;
+  std::vector<std::vector<uint8_t>> wbytes(3);
+  std::vector<vk::Buffer> ybuf;
+  for (uint32_t m = 0; m < 3; ++m) {
+    wbytes[m] = kernels::ref::random_weights(types[m], rows[m], C, 0.5f, r());
+    auto yb = dev.buffer(uint64_t{B} * rows[m] * 4);
+    EXPECT_TRUE(yb.ok());
+    if (!yb.ok()) return false;
+    ybuf.push_back(std::move(*yb));
+    call.mats[m] = {types[m], rows[m], up(wbytes[m].data(), wbytes[m].size()), ybuf.back(), 0};
+  }
+  auto qo = dev.buffer(uint64_t{B} * rows[0] * 4);
+  auto pool = dev.buffer(uint64_t{pool_words} * 4);
+  EXPECT_TRUE(qo.ok() && pool.ok());
+  if (!qo.ok() || !pool.ok()) return false;
+  ops::MatvecRopeKv rope;
+  rope.n_heads = c.heads;
+  rope.layout = layout;
+  rope.pool_blocks = pool_blocks;
+  rope.q_norm = up(qn.data(), D * 4);
+  rope.k_norm = up(kn.data(), D * 4);
+  rope.positions = up(pos.data(), B * 4);
+  rope.slots = up(slots.data(), B * 4);
+  rope.pool = *pool;
+  rope.q_out = *qo;
+  rope.eps = eps;
+  rope.rope_base = rope_base;
+  call.rope_kv = &rope;
+
+  for (int run = 0; run < 2; ++run) {
+    SCOPED_TRACE(fmt::format("call {}", run + 1));
+    EXPECT_TRUE(qo->fill(kNaN).ok() && pool->fill(kPoison).ok());
+    for (auto& yb : ybuf) EXPECT_TRUE(yb.fill(kNaN).ok());
+    auto s = dev.stream();
+    EXPECT_TRUE(s.ok());
+    if (!s.ok()) return false;
+    Status st = op.record(*s, call);
+    EXPECT_TRUE(st.ok()) << st.ToString();
+    if (!st.ok()) return false;
+    const uint64_t dispatches = s->counters().dispatches;
+    EXPECT_TRUE(s->submit_and_wait().ok());
+    EXPECT_EQ(dispatches, c.matvec_dispatches + (c.fused ? 0u : 1u))
+        << (c.fused ? "the prologue did not run in the matvec's epilogue" : "expected the prologue's own dispatch");
+
+    std::vector<float> y[3], got_q(size_t{B} * rows[0]);
+    for (uint32_t m = 0; m < 3; ++m) {
+      y[m].resize(size_t{B} * rows[m]);
+      EXPECT_TRUE(ybuf[m].download(y[m].data(), y[m].size() * 4).ok());
+    }
+    std::vector<uint32_t> got_pool(pool_words);
+    EXPECT_TRUE(qo->download(got_q.data(), got_q.size() * 4).ok() && pool->download(got_pool.data(), pool_words * 4).ok());
+    // Reference from the call's raw rows.
+    std::vector<double> want_q(got_q.size());
+    std::vector<double> want_pool(pool_words * 2, std::nan(""));  // f16 elements; NaN = untouched
+    auto normed_roped = [&](const float* v, const std::vector<float>& w, int32_t p, double* out) {
+      double ss = 0;
+      for (uint32_t i = 0; i < D; ++i) ss += double(v[i]) * v[i];
+      const double inv = 1.0 / std::sqrt(ss / D + eps);
+      for (uint32_t i = 0; i < half; ++i) {
+        const double a = double(v[i]) * inv * w[i], b = double(v[i + half]) * inv * w[i + half];
+        const double ang = p * std::pow(double(rope_base), -2.0 * i / D);
+        out[i] = a * std::cos(ang) - b * std::sin(ang);
+        out[i + half] = a * std::sin(ang) + b * std::cos(ang);
+      }
+    };
+    for (uint32_t b = 0; b < B; ++b) {
+      for (uint32_t h = 0; h < c.heads; ++h) {
+        normed_roped(&y[0][(size_t{b} * c.heads + h) * D], qn, pos[b], &want_q[(size_t{b} * c.heads + h) * D]);
+      }
+      const uint32_t blk = slots[b] / layout.block_tokens, off = slots[b] % layout.block_tokens;
+      for (uint32_t h = 0; h < c.kv_heads; ++h) {
+        normed_roped(&y[1][(size_t{b} * c.kv_heads + h) * D], kn, pos[b], &want_pool[layout.k_index(blk, h, off, 0)]);
+        for (uint32_t i = 0; i < D; ++i) want_pool[layout.v_index(blk, h, off, i)] = y[2][(size_t{b} * c.kv_heads + h) * D + i];
+      }
+    }
+    double e2 = 0, r2 = 0;
+    for (size_t i = 0; i < got_q.size(); ++i) {
+      if (!std::isfinite(got_q[i])) {
+        ADD_FAILURE() << "q_out " << i << " not written: " << got_q[i];
+        return false;
+      }
+      e2 += (got_q[i] - want_q[i]) * (got_q[i] - want_q[i]);
+      r2 += want_q[i] * want_q[i];
+    }
+    EXPECT_LT(std::sqrt(e2 / r2), 1e-5) << "q_out against the float64 reference";
+    double ek = 0, rk2 = 0;
+    for (uint32_t w = 0; w < pool_words; ++w) {
+      const bool touched = !std::isnan(want_pool[2 * w]);
+      if (!touched) {
+        if (got_pool[w] != kPoison) {
+          ADD_FAILURE() << "pool word " << w << " written outside the columns' slots";
+          return false;
+        }
+        continue;
+      }
+      for (uint32_t k = 0; k < 2; ++k) {
+        const float g = quant::f16_to_f32(static_cast<quant::f16_bits>(k == 0 ? got_pool[w] & 0xFFFFu : got_pool[w] >> 16));
+        if (got_pool[w] == kPoison || !std::isfinite(g)) {
+          ADD_FAILURE() << "pool word " << w << " not written";
+          return false;
+        }
+        ek += (g - want_pool[2 * w + k]) * (g - want_pool[2 * w + k]);
+        rk2 += want_pool[2 * w + k] * want_pool[2 * w + k];
+      }
+    }
+    EXPECT_LT(std::sqrt(ek / rk2), 1e-3) << "pool K and V (f16) against the float64 reference";
+    if (::testing::Test::HasFailure()) return false;
+  }
+  return true;
+}
+}  // namespace
+
+// The attention prologue in the Q, K, V call's epilogue (matvec_q8_rope.glsl): the q8 form at batch 1
+// and 3 and the q8p form at 3 and 8, with 2 to 16 row blocks per head (the split), two calls each, and
+// the same call through the prologue's own dispatch (tuning rope_separate, and the f32 forms, which have
+// no such epilogue). A call with the wrong matrices is refused by name.
+TEST_F(Matvec, RopeKvInTheEpilogueMatchesReference) {
+  {
+    ops::MatvecRopeKv rope;
+    rope.n_heads = 4;
+    ops::MatvecCall bad;
+    bad.cols = 512;
+    bad.rope_kv = &rope;
+    auto xb = dev_->buffer(512 * 4);
+    ASSERT_TRUE(xb.ok());
+    bad.x = *xb;
+    auto s = dev_->stream();
+    ASSERT_TRUE(s.ok());
+    Status st = op_->record(*s, bad);
+    ASSERT_FALSE(st.ok());
+    EXPECT_NE(st.message().find("rope_kv needs a Q, K, V call"), std::string::npos) << st.message();
+  }
+  ops::MatvecTuning t = f32();
+  op_->set_tuning(t);
+  ASSERT_TRUE(check_rope_kv(*dev_, *op_, {1, 4, 2, 128, 512, false}, rng_));
+  if (!op_->q8_supported()) {
+    GTEST_SKIP() << "the device lacks integer dot products, subgroup arithmetic or subgroup shuffles (the q8 form, "
+                    "whose epilogue this is, is refused there)";
+  }
+  for (uint32_t split : {1u, 2u, 4u, 8u}) {
+    SCOPED_TRACE(fmt::format("split {}", split));
+    t.form = ops::MatvecTuning::Form::kQ8;
+    t.split = split;
+    op_->set_tuning(t);
+    ASSERT_TRUE(check_rope_kv(*dev_, *op_, {1, 4, 2, 128, 512, true}, rng_));
+  }
+  t.split = 2;
+  ASSERT_TRUE(check_rope_kv(*dev_, *op_, {3, 4, 2, 128, 512, true}, rng_));
+  ASSERT_TRUE(check_rope_kv(*dev_, *op_, {3, 2, 1, 64, 256, true}, rng_));  // head_dim 64
+  t.form = ops::MatvecTuning::Form::kQ8P;
+  op_->set_tuning(t);
+  ASSERT_TRUE(check_rope_kv(*dev_, *op_, {3, 4, 2, 128, 512, true, 2}, rng_));
+  ASSERT_TRUE(check_rope_kv(*dev_, *op_, {8, 4, 2, 128, 512, true, 2}, rng_));
+  t.rope_separate = true;
+  op_->set_tuning(t);
+  ASSERT_TRUE(check_rope_kv(*dev_, *op_, {3, 4, 2, 128, 512, false, 2}, rng_));
 }

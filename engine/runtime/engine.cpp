@@ -172,13 +172,12 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
   }
   if (const char* r = std::getenv("TROVE_ROPE_KV"); r && *r) {
     const std::string v = r;
-    if (v != "matvec" && v != "fused" && v != "separate") {
+    if (v != "fused" && v != "separate") {
       return Status::InvalidArgument(fmt::format(
-          "TROVE_ROPE_KV={} is not a choice: use matvec (the default: q/k norm, RoPE and the KV write in the epilogue "
-          "of the Q, K, V matvec in decode steps, else one dispatch), fused (one dispatch per layer) or separate "
-          "(three ops), the last two for A/B comparisons", v));
+          "TROVE_ROPE_KV={} is not a choice: use fused (the default: q/k norm, RoPE and the KV write in one dispatch "
+          "per layer) or separate (three ops, for A/B comparisons)", v));
     }
-    e->rope_kv_ = v == "matvec" ? RopeKv::kMatvec : v == "fused" ? RopeKv::kFused : RopeKv::kSeparate;
+    e->fused_rope_kv_ = v == "fused";
   }
   std::optional<std::vector<L2WarmItem>> warm_env;
   if (const char* v = std::getenv("TROVE_L2_WARM"); v && *v) {

@@ -93,8 +93,7 @@ Status VulkanEngine::record_l2_warm(vk::CommandStream& s, WarmAt at, uint32_t la
 // slice of the full-width output (y stride = the weight's rows). kSwiGlu's gate and up (equal rows) are
 // cut at the same rows; other epilogues cut each weight on its own.
 Status VulkanEngine::record_matvec(vk::CommandStream& s, std::initializer_list<MatvecOut> outs, uint32_t batch,
-                                   vk::BufferRange x, vk::BufferRange norm_w, ops::MatvecEpilogue epilogue,
-                                   const ops::MatvecRopeKv* rope) {
+                                   vk::BufferRange x, vk::BufferRange norm_w, ops::MatvecEpilogue epilogue) {
   ops::MatvecCall call;
   call.cols = static_cast<uint32_t>(outs.begin()->w->cols);
   call.batch = batch;
@@ -102,10 +101,8 @@ Status VulkanEngine::record_matvec(vk::CommandStream& s, std::initializer_list<M
   call.norm_w = norm_w;
   call.eps = cfg_.rms_eps;
   call.epilogue = epilogue;
-  call.rope_kv = rope;
   bool whole = true;
-  for (const MatvecOut& o : outs) whole &= matvec_whole(*o.w);
-  if (rope && !whole) return Status::Internal("record_matvec: the attention prologue needs whole Q, K, V weights");
+  for (const MatvecOut& o : outs) whole &= o.w->pieces.size() == 1 && o.w->rows * o.w->row_bytes <= kMaxMatvecBytes;
   if (whole) {
     uint32_t m = 0;
     for (const MatvecOut& o : outs) {
@@ -304,24 +301,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       const Layer& L = layers_[l];
       uint64_t warmed[kWarmWhats] = {};  // words of each WarmWhat read into L2 so far in this layer
       auto warm_at = [&](WarmAt at) { return warm ? record_l2_warm(s, at, l, warmed) : Status::Ok(); };
-      // Decode: q/k norm, RoPE and the KV write in the Q, K, V matvec's epilogue (TROVE_ROPE_KV=matvec).
-      const bool rope_in_mv = mv && rope_kv_ == RopeKv::kMatvec && matvec_whole(L.q) && matvec_whole(L.k) && matvec_whole(L.v);
-      if (rope_in_mv) {
-        ops::MatvecRopeKv rope;
-        rope.n_heads = H;
-        rope.layout = layout_;
-        rope.pool_blocks = blocks_->total();
-        rope.q_norm = L.q_norm.whole();
-        rope.k_norm = L.k_norm.whole();
-        rope.positions = positions_;
-        rope.slots = slots_;
-        rope.pool = kv_[l];
-        rope.q_out = q_;
-        rope.eps = c.rms_eps;
-        rope.rope_base = c.rope_base;
-        TROVE_RETURN_IF_ERROR(
-            record_matvec(s, {{&L.q, attn_}, {&L.k, o_}, {&L.v, v_}}, T, x_, L.attn_norm.whole(), Ep::kStore, &rope));
-      } else if (mv) {
+      if (mv) {
         TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.q, attn_}, {&L.k, o_}, {&L.v, v_}}, T, x_, L.attn_norm.whole(), Ep::kStore));
       } else {
         if (f16_acts) {
@@ -337,10 +317,8 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       }
       s.barrier();
       mark(kOpQkv);
-      if (rope_in_mv) {  // done in the matvec (its time is the qkv row's)
-        TROVE_RETURN_IF_ERROR(warm_at(kWarmRope));
-      } else if (rope_kv_ != RopeKv::kSeparate) {
-        ops::QkNormRopeKv::Call call{attn_, o_, v_, L.q_norm.whole(), L.k_norm.whole(), positions_, slots_, kv_[l], q_};
+      if (fused_rope_kv_) {
+        ops::QkNormRopeKv::Call call{&attn_, &o_, &v_, &L.q_norm.whole(), &L.k_norm.whole(), &positions_, &slots_, &kv_[l], &q_};
         call.tokens = T;
         call.n_heads = H;
         call.pool_blocks = blocks_->total();

@@ -13,7 +13,7 @@ namespace trove::engine {
 namespace {
 
 constexpr const char* kOpNames[kOpKinds] = {"embed",
-                                            "qkv (+norm, +q/k norm+rope+kv write)",
+                                            "qkv (+norm)",
                                             "q/k norm",
                                             "rope",
                                             "(q/k norm+rope+) kv write",

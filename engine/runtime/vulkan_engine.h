@@ -174,11 +174,8 @@ class VulkanEngine final : public Engine {
   Status alloc_scratch();
   Status record_matmul(vk::CommandStream& s, const Weight& w, uint64_t expert, uint32_t batch,
                        vk::BufferRange x, vk::BufferRange y, bool x_f16 = false);
-  // rope: the attention prologue in a Q, K, V call (ops::MatvecRopeKv); its weights must be whole
-  // (matvec_whole), not split into row ranges.
   Status record_matvec(vk::CommandStream& s, std::initializer_list<MatvecOut> outs, uint32_t batch, vk::BufferRange x,
-                       vk::BufferRange norm_w, ops::MatvecEpilogue epilogue, const ops::MatvecRopeKv* rope = nullptr);
-  static bool matvec_whole(const Weight& w) { return w.pieces.size() == 1 && w.rows * w.row_bytes <= kMaxMatvecBytes; }
+                       vk::BufferRange norm_w, ops::MatvecEpilogue epilogue);
   void embed(int32_t token, float* out) const;
   // Newly registered blocks the store does not hold yet go to to_store_ (exported after the step).
   void register_full_blocks(Sequence& sq);
@@ -211,12 +208,9 @@ class VulkanEngine final : public Engine {
   // Steps of <= Matvec::kMaxBatch tokens (decode) run their dense products through ops::Matvec with the
   // norms, residual adds and SwiGLU fused in; TROVE_DECODE=matmul keeps them on the Matmul path (A/B).
   bool matvec_decode_ = true;
-  // Where q/k norm, RoPE and the KV write run (TROVE_ROPE_KV): in the epilogue of the Q, K, V matvec
-  // (kMatvec, the default: ops::MatvecRopeKv, in decode steps), as one dispatch of their own (kFused; what
-  // kMatvec does in prefill steps) or as three ops (kSeparate; A/B, and test_engine's check that all
-  // give the same tokens).
-  enum class RopeKv { kMatvec, kFused, kSeparate };
-  RopeKv rope_kv_ = RopeKv::kMatvec;
+  // q/k norm, RoPE and the KV write as one dispatch per layer; TROVE_ROPE_KV=separate records the three
+  // ops (A/B, and test_engine's check that both give the same tokens).
+  bool fused_rope_kv_ = true;
   // L2 warm-ups in decode steps (matvec path; engine/runtime/l2_warm_plan.h): none unless TROVE_L2_WARM
   // sets a plan. record_l2_warm() records the plan's items for dispatch `at` of `layer`; `done` holds
   // the words of each weight read so far in the layer.

@@ -21,11 +21,6 @@ Status need(const char* op, const char* what, const vk::Buffer& b, uint64_t byte
   if (b.size() >= bytes) return Status::Ok();
   return Status::InvalidArgument(fmt::format("{}: buffer '{}' has {} bytes; the shape needs {}", op, what, b.size(), bytes));
 }
-Status need(const char* op, const char* what, const vk::BufferRange& b, uint64_t bytes) {
-  if (b.buffer != VK_NULL_HANDLE && b.size >= bytes) return Status::Ok();
-  if (b.buffer == VK_NULL_HANDLE) return Status::InvalidArgument(fmt::format("{}: buffer '{}' is missing", op, what));
-  return Status::InvalidArgument(fmt::format("{}: buffer '{}' has {} bytes; the shape needs {}", op, what, b.size, bytes));
-}
 
 // turns_i = base^(-2i/d) / 2π as a 64-bit fraction {lo, hi} per RoPE pair, made once per (head_dim,
 // base) and kept in `cache`: the shaders' angle is then frac(pos × turns_i) × 2π, exact whatever the
@@ -74,27 +69,21 @@ Status QkNormRopeKv::record(vk::CommandStream& s, const Call& c) const {
                                                c.n_heads, L.kv_heads, c.tokens));
   }
   const uint64_t D = L.head_dim;
-  TROVE_RETURN_IF_ERROR(need("qk_rope_kv", "q_raw", c.q_raw, c.tokens * c.n_heads * D * 4));
-  TROVE_RETURN_IF_ERROR(need("qk_rope_kv", "q_out", c.q_out, c.tokens * c.n_heads * D * 4));
-  TROVE_RETURN_IF_ERROR(need("qk_rope_kv", "k_raw", c.k_raw, c.tokens * L.kv_heads * D * 4));
-  TROVE_RETURN_IF_ERROR(need("qk_rope_kv", "v_raw", c.v_raw, c.tokens * L.kv_heads * D * 4));
-  TROVE_RETURN_IF_ERROR(need("qk_rope_kv", "q_norm", c.q_w, D * 4));
-  TROVE_RETURN_IF_ERROR(need("qk_rope_kv", "k_norm", c.k_w, D * 4));
-  TROVE_RETURN_IF_ERROR(need("qk_rope_kv", "positions", c.positions, uint64_t{c.tokens} * 4));
-  TROVE_RETURN_IF_ERROR(need("qk_rope_kv", "slots", c.slots, uint64_t{c.tokens} * 4));
-  TROVE_RETURN_IF_ERROR(need("qk_rope_kv", "pool", c.pool, uint64_t{c.pool_blocks} * L.block_bytes()));
+  TROVE_RETURN_IF_ERROR(need("qk_rope_kv", "q_raw", *c.q_raw, c.tokens * c.n_heads * D * 4));
+  TROVE_RETURN_IF_ERROR(need("qk_rope_kv", "q_out", *c.q_out, c.tokens * c.n_heads * D * 4));
+  TROVE_RETURN_IF_ERROR(need("qk_rope_kv", "k_raw", *c.k_raw, c.tokens * L.kv_heads * D * 4));
+  TROVE_RETURN_IF_ERROR(need("qk_rope_kv", "v_raw", *c.v_raw, c.tokens * L.kv_heads * D * 4));
+  TROVE_RETURN_IF_ERROR(need("qk_rope_kv", "q_norm", *c.q_w, D * 4));
+  TROVE_RETURN_IF_ERROR(need("qk_rope_kv", "k_norm", *c.k_w, D * 4));
+  TROVE_RETURN_IF_ERROR(need("qk_rope_kv", "positions", *c.positions, uint64_t{c.tokens} * 4));
+  TROVE_RETURN_IF_ERROR(need("qk_rope_kv", "slots", *c.slots, uint64_t{c.tokens} * 4));
+  TROVE_RETURN_IF_ERROR(need("qk_rope_kv", "pool", *c.pool, uint64_t{c.pool_blocks} * L.block_bytes()));
   auto turns = rope_turns(*dev_, turns_, L.head_dim, c.rope_base);
   if (!turns.ok()) return turns.status();
   struct { uint32_t head_dim, n_heads, n_kv_heads, block_tokens; float eps; } push{L.head_dim, c.n_heads, L.kv_heads,
                                                                                   L.block_tokens, c.eps};
-  vk::BufferRange b[10] = {c.q_raw, c.k_raw, c.v_raw, c.q_w, c.k_w, c.positions, **turns, c.slots, c.pool, c.q_out};
+  vk::BufferRange b[10] = {*c.q_raw, *c.k_raw, *c.v_raw, *c.q_w, *c.k_w, *c.positions, **turns, *c.slots, *c.pool, *c.q_out};
   return s.dispatch(pipeline_, b, &push, sizeof(push), c.n_heads + L.kv_heads, c.tokens);
-}
-
-Result<vk::BufferRange> QkNormRopeKv::turns(uint32_t head_dim, float base) const {
-  auto t = rope_turns(*dev_, turns_, head_dim, base);
-  if (!t.ok()) return t.status();
-  return vk::BufferRange(**t);
 }
 
 // ---- RmsNorm

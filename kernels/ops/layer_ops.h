@@ -61,15 +61,12 @@ class QkNormRopeKv {
  public:
   static Result<QkNormRopeKv> create(vk::Device& dev);
   struct Call {
-    vk::BufferRange q_raw, k_raw, v_raw, q_w, k_w, positions, slots, pool, q_out;
+    const vk::Buffer *q_raw, *k_raw, *v_raw, *q_w, *k_w, *positions, *slots, *pool, *q_out;
     uint32_t tokens = 0, n_heads = 0, pool_blocks = 0;
     kv::KvLayout layout;
     float eps = 1e-6f, rope_base = 10000.0f;
   };
   Status record(vk::CommandStream& s, const Call& c) const;
-  // The RoPE table the shader reads (binding 6: {lo, hi} of base^(-2i/d) / 2π per pair i), made once
-  // per (head_dim, base); the matvec's prologue epilogue (ops::MatvecRopeKv) reads the same one.
-  Result<vk::BufferRange> turns(uint32_t head_dim, float base) const;
  private:
   vk::Device* dev_ = nullptr;
   vk::Pipeline pipeline_;

@@ -5,29 +5,23 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
-#include <iterator>
 #include <mutex>
-#include <span>
 #include <tuple>
 #include <vector>
 
 #include <fmt/format.h>
 
-#include "kernels/ops/layer_ops.h"
-
 namespace trove::ops {
 namespace {
 
-// Mirrors the push-constant block of kernels/shaders/matvec_body.glsl, and matvec_q8.glsl's, which
-// adds `rope` (MatvecRopeKv: head_dim, block_tokens, eps as bits).
+// Mirrors the push-constant block of kernels/shaders/matvec_body.glsl.
 struct Push {
   uint32_t cols, flags;
   float eps;
   uint32_t n_mats, ntiles, tile_vals, groups_x, grid;
   uint32_t type[4], rows[4], y_stride[4], row_bytes[4], wg_end[4];
-  uint32_t rope[4];
 };
-static_assert(sizeof(Push) == 128);
+static_assert(sizeof(Push) == 112);
 
 constexpr uint32_t kMaxGroupsX = 65535;  // minimum maxComputeWorkGroupCount Vulkan guarantees
 constexpr uint32_t kDefaultWorkgroup = 256;
@@ -38,7 +32,6 @@ constexpr uint32_t kQ8Workgroup = 512;
 constexpr uint32_t kCpuWorkgroup = 128;   // lavapipe: keeps the shared-memory reduction area small
 constexpr uint32_t kDefaultRows = 2;
 constexpr uint32_t kUnknownSmCount = 256; // GPUs that do not say: rather too many workgroups than too few
-constexpr uint32_t kRopeCounters = 1024;   // MatvecRopeKv in the epilogue: query + 2 × KV heads at most
 
 // Bytes of shared memory per staged value and batch column: the f32 value + 1/8 of its 8-value sum.
 constexpr double kStagedBytesPerValue = 4.5;
@@ -50,9 +43,9 @@ constexpr uint32_t kDirectWorkgroup = 128;  // direct form: 4 row groups (subgro
 // One pipeline per distinct specialization: matvec_body.glsl's constant ids 0..11, in this order (kG,
 // id 1, is `lanes`: kGroupLanes, or kCpuGroupLanes on CPU devices); sg > 1 selects matvec.comp (subgroupAdd), 1 matvec_nosg.comp.
 struct Key {
-  uint32_t wg, nb, rows, swiglu, tile, mats, type0, type1, type2, unroll, sg, lanes, direct, q6wide = 0, split = 1, rope = 0;
+  uint32_t wg, nb, rows, swiglu, tile, mats, type0, type1, type2, unroll, sg, lanes, direct, q6wide = 0, split = 1;
   auto tie() const {
-    return std::tie(wg, nb, rows, swiglu, tile, mats, type0, type1, type2, unroll, sg, lanes, direct, q6wide, split, rope);
+    return std::tie(wg, nb, rows, swiglu, tile, mats, type0, type1, type2, unroll, sg, lanes, direct, q6wide, split);
   }
   bool operator<(const Key& o) const { return tie() < o.tie(); }
 };
@@ -141,10 +134,8 @@ struct Matvec::State {
   uint32_t waves = 8;             // workgroups of 512 invocations per SM when x fits one tile
                                   // (TROVE_MATVEC_WAVES overrides: 0 = one workgroup per row block)
   MatvecTuning tuning;
-  std::mutex mu;                  // guards pipelines, rings and qk_rope's tables
+  std::mutex mu;                  // guards pipelines
   std::map<Key, vk::Pipeline> pipelines;
-  QkNormRopeKv qk_rope;           // MatvecRopeKv where the epilogue cannot run it
-  vk::Buffer rope_count;          // kRopeCounters per-head counts of the epilogue, 0 between calls
 
   // The next scratch slot of `bytes` (a multiple of 256) for a q8p call.
   Result<vk::BufferRange> slot(uint64_t bytes) {
@@ -170,11 +161,10 @@ struct Matvec::State {
       return &pipelines.emplace(k, std::move(*p)).first->second;
     }
     if (k.direct >= 2) {  // q8 (2) and q8p (3) forms: constant ids 0..11 of matvec_q8.glsl
-      const char* name = k.direct == 3 ? (k.rope ? "matvec_q8p_rope" : "matvec_q8p") : (k.rope ? "matvec_q8_rope" : "matvec_q8");
-      auto p = dev->pipeline({name,
+      auto p = dev->pipeline({k.direct == 3 ? "matvec_q8p" : "matvec_q8",
                               {k.wg, k.lanes, k.nb, k.rows, k.swiglu, k.tile, k.mats, k.type0, k.type1, k.type2, k.q6wide,
                                k.split},
-                              sizeof(Push), k.rope ? 16u : 8u, k.wg});
+                              sizeof(Push), 8, k.wg});
       if (!p.ok()) return p.status();
       return &pipelines.emplace(k, std::move(*p)).first->second;
     }
@@ -369,19 +359,10 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
   if (op.st_->q8_batch1 && op.st_->batched == State::Batched::kSame) op.st_->batched = State::Batched::kQ8P;
   if (!vk::find_shader("matvec").words || !vk::find_shader("matvec_nosg").words || !vk::find_shader("matvec_direct").words ||
       !vk::find_shader("matvec_q8").words || !vk::find_shader("matvec_q8p").words ||
-      !vk::find_shader("matvec_q8_quant").words || !vk::find_shader("matvec_q8_rope").words ||
-      !vk::find_shader("matvec_q8p_rope").words) {
+      !vk::find_shader("matvec_q8_quant").words) {
     return Status::NotFound("matvec: shaders matvec/matvec_nosg/matvec_direct/matvec_q8 are not embedded in this build "
                             "(rebuild trove_kernels)");
   }
-  auto qk = QkNormRopeKv::create(dev);
-  if (!qk.ok()) return qk.status();
-  op.st_->qk_rope = std::move(*qk);
-  auto counts = dev.buffer(kRopeCounters * 4);
-  if (!counts.ok()) return counts.status();
-  const std::vector<uint32_t> zeros(kRopeCounters, 0);
-  TROVE_RETURN_IF_ERROR(counts->upload(zeros.data(), zeros.size() * 4));
-  op.st_->rope_count = std::move(*counts);
   return op;
 }
 
@@ -416,38 +397,6 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
   if (norm && call.norm_w.size < uint64_t{call.cols} * 4) {
     return Status::InvalidArgument(fmt::format("matvec: norm_w has {} bytes, cols {} f32 need {}", call.norm_w.size,
                                                call.cols, uint64_t{call.cols} * 4));
-  }
-
-  const MatvecRopeKv* rk = call.rope_kv;
-  if (rk) {
-    const kv::KvLayout& L = rk->layout;
-    const uint64_t D = L.head_dim;
-    if (call.epilogue != MatvecEpilogue::kStore || call.n_mats != 3) {
-      return Status::InvalidArgument(fmt::format("matvec: rope_kv needs a Q, K, V call (kStore, 3 matrices); got {} with {} "
-                                                 "matrices", epilogue_name(call.epilogue), call.n_mats));
-    }
-    if (D == 0 || D % 2 != 0 || D > 256 || rk->n_heads == 0 || L.kv_heads == 0 || L.block_tokens == 0) {
-      return Status::InvalidArgument(fmt::format("matvec: rope_kv has head_dim {} (even, at most 256), {} query heads and {} "
-                                                 "KV heads, {} tokens a block (all > 0)", D, rk->n_heads, L.kv_heads,
-                                                 L.block_tokens));
-    }
-    if (call.mats[0].rows != rk->n_heads * D || call.mats[1].rows != L.kv_heads * D || call.mats[2].rows != L.kv_heads * D) {
-      return Status::InvalidArgument(fmt::format(
-          "matvec: rope_kv's {} query and {} KV heads of {} need q, k, v rows {}, {}, {}; the matrices have {}, {}, {}",
-          rk->n_heads, L.kv_heads, D, rk->n_heads * D, L.kv_heads * D, L.kv_heads * D, call.mats[0].rows,
-          call.mats[1].rows, call.mats[2].rows));
-    }
-    struct Need { const char* what; const vk::BufferRange& b; uint64_t bytes; };
-    for (const Need& n : {Need{"q_norm", rk->q_norm, D * 4}, Need{"k_norm", rk->k_norm, D * 4},
-                          Need{"positions", rk->positions, uint64_t{call.batch} * 4},
-                          Need{"slots", rk->slots, uint64_t{call.batch} * 4},
-                          Need{"pool", rk->pool, uint64_t{rk->pool_blocks} * L.block_bytes()},
-                          Need{"q_out", rk->q_out, uint64_t{call.batch} * rk->n_heads * D * 4}}) {
-      if (n.b.buffer == VK_NULL_HANDLE || n.b.size < n.bytes) {
-        return Status::InvalidArgument(fmt::format("matvec: rope_kv's {} has {} bytes; the shape needs {}", n.what,
-                                                   n.b.buffer == VK_NULL_HANDLE ? 0 : n.b.size, n.bytes));
-      }
-    }
   }
 
   const MatvecTuning& tn = st_->tuning;
@@ -493,8 +442,7 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
     const uint32_t want_split = tn.split ? tn.split : st_->q8_split;
     const bool may_split = want_split > 1 || (want_split == 0 && !st_->cpu);
     const uint64_t q8_bytes = uint64_t{call.batch} * q8_tile * 11 / 8 + uint64_t{q8_wg / st_->direct_lanes} * call.batch * 4 +
-                              (may_split ? uint64_t{q8_wg / st_->direct_lanes} * 4 * call.batch * 2 * 4 : 0) +
-                              (rk ? uint64_t{q8_wg / st_->direct_lanes + 1} * 4 : 0);
+                              (may_split ? uint64_t{q8_wg / st_->direct_lanes} * 4 * call.batch * 2 * 4 : 0);
     if (!types) {
       q8 = q8p = false;
       direct = true;
@@ -565,35 +513,13 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
                                                                         : tn.q6_parts == MatvecTuning::Q6Parts::kWide)
                                ? 1u
                                : 0u;
-  // rope_kv in the q8 forms' epilogue (matvec_q8_rope.glsl) where a head is whole row blocks and its
-  // RoPE pairs fill whole subgroups; else the QkNormRopeKv dispatch after a barrier (rope_after).
-  bool rope_fused = false;
-  if (rk) {
-    const uint32_t D = rk->layout.head_dim, half = D / 2;
-    rope_fused = q8 && !tn.rope_separate && D % 4 == 0 && D % rows_per_wg == 0 && half % g == 0 && wg % half == 0 &&
-                 rk->n_heads + 2 * rk->layout.kv_heads <= kRopeCounters;
-  }
-  auto rope_after = [&]() -> Status {
-    if (!rk || rope_fused) return Status::Ok();
-    s.barrier();
-    QkNormRopeKv::Call c{call.mats[0].y, call.mats[1].y, call.mats[2].y, rk->q_norm, rk->k_norm, rk->positions,
-                         rk->slots, rk->pool, rk->q_out};
-    c.tokens = call.batch;
-    c.n_heads = rk->n_heads;
-    c.pool_blocks = rk->pool_blocks;
-    c.layout = rk->layout;
-    c.eps = rk->eps;
-    c.rope_base = rk->rope_base;
-    std::lock_guard<std::mutex> lock(st_->mu);  // its RoPE tables
-    return st_->qk_rope.record(s, c);
-  };
 
   Push push{};
   push.cols = call.cols;
   push.flags = (norm ? 1u : 0u) | (call.epilogue == MatvecEpilogue::kAdd ? 2u : 0u);
   push.eps = call.eps;
   push.n_mats = call.n_mats;
-  vk::BufferRange bufs[16];
+  vk::BufferRange bufs[8];
   bufs[0] = call.x;
   bufs[1] = norm ? call.norm_w : call.x;
   uint64_t wgs = 0;
@@ -655,21 +581,6 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
   }
   for (uint32_t m = n_work; m < 4; ++m) push.wg_end[m] = static_cast<uint32_t>(wgs);
   push.n_mats = n_work;
-  if (rope_fused) {
-    const kv::KvLayout& L = rk->layout;
-    Result<vk::BufferRange> turns = [&] {
-      std::lock_guard<std::mutex> lock(st_->mu);
-      return st_->qk_rope.turns(L.head_dim, rk->rope_base);
-    }();
-    if (!turns.ok()) return turns.status();
-    push.rope[0] = L.head_dim;
-    push.rope[1] = L.block_tokens;
-    push.rope[2] = std::bit_cast<uint32_t>(rk->eps);
-    const vk::BufferRange extra[8] = {st_->rope_count, rk->q_norm, rk->k_norm, rk->positions, *turns, rk->slots, rk->pool,
-                                      rk->q_out};
-    std::copy(std::begin(extra), std::end(extra), bufs + 8);
-  }
-  const std::span<const vk::BufferRange> bound(bufs, rope_fused ? 16 : 8);
 
   if (q8p) {
     // The activation pass into the next scratch slot, a barrier, then one row block per workgroup.
@@ -683,7 +594,7 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
     if (!qp.ok()) return qp.status();
     auto p = st_->pipeline({wg, call.batch, rows_per_group, swiglu ? 1u : 0u, q8_tile, call.n_mats, push.type[0],
                             call.n_mats > 1 ? push.type[1] : push.type[0], call.n_mats > 2 ? push.type[2] : push.type[0],
-                            1u, sg, g, 3u, q6_wide, split, rope_fused ? 1u : 0u});
+                            1u, sg, g, 3u, q6_wide, split});
     if (!p.ok()) return p.status();
     const uint32_t qpush[5] = {call.cols, push.flags, std::bit_cast<uint32_t>(call.eps), call.batch, q8_tile};
     const vk::BufferRange qbufs[3] = {call.x, bufs[1], *sl};
@@ -698,8 +609,7 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
     push.grid = static_cast<uint32_t>(wgs);
     bufs[0] = *sl;
     bufs[1] = *sl;
-    TROVE_RETURN_IF_ERROR(s.dispatch(**p, bound, &push, sizeof(push), gx, gy));
-    return rope_after();
+    return s.dispatch(**p, bufs, &push, sizeof(push), gx, gy);
   }
   if (q8) {
     push.flags |= st_->q8_stage_flags;  // TROVE_MATVEC_Q8_STAGE: a measurement, wrong results
@@ -723,10 +633,9 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
     push.grid = static_cast<uint32_t>(grid);
     auto p = st_->pipeline({wg, call.batch, rows_per_group, swiglu ? 1u : 0u, q8_tile, call.n_mats, push.type[0],
                             call.n_mats > 1 ? push.type[1] : push.type[0], call.n_mats > 2 ? push.type[2] : push.type[0],
-                            1u, sg, g, 2u, q6_wide, split, rope_fused ? 1u : 0u});
+                            1u, sg, g, 2u, q6_wide, split});
     if (!p.ok()) return p.status();
-    TROVE_RETURN_IF_ERROR(s.dispatch(**p, bound, &push, sizeof(push), gx, gy));
-    return rope_after();
+    return s.dispatch(**p, bufs, &push, sizeof(push), gx, gy);
   }
   if (direct) {
     // One tile (x read through the caches), one block per workgroup.
@@ -741,8 +650,7 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
                             call.n_mats > 1 ? push.type[1] : push.type[0], call.n_mats > 2 ? push.type[2] : push.type[0],
                             gpu_form ? 1u : 0u, sg, g, 1u});
     if (!p.ok()) return p.status();
-    TROVE_RETURN_IF_ERROR(s.dispatch(**p, bound, &push, sizeof(push), gx, gy));
-    return rope_after();
+    return s.dispatch(**p, bufs, &push, sizeof(push), gx, gy);
   }
   const uint64_t red = red_bytes(wg);
   const uint32_t tile_max =
@@ -789,8 +697,7 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
                           call.n_mats > 1 ? push.type[1] : push.type[0], call.n_mats > 2 ? push.type[2] : push.type[0],
                           gpu_form ? 1u : 0u, sg, g, 0u});
   if (!p.ok()) return p.status();
-  TROVE_RETURN_IF_ERROR(s.dispatch(**p, bound, &push, sizeof(push), gx, gy));
-  return rope_after();
+  return s.dispatch(**p, bufs, &push, sizeof(push), gx, gy);
 }
 
 }  // namespace trove::ops

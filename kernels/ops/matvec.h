@@ -61,7 +61,6 @@
 #include <cstdint>
 #include <memory>
 
-#include "kernels/kv_layout.h"
 #include "kernels/quant/quant.h"
 #include "kernels/vk/runtime.h"
 
@@ -82,27 +81,6 @@ enum class MatvecEpilogue {
              //   mats[0].y = silu(gate·x̂) * (up·x̂); mats[1].y unused
 };
 
-// The attention prologue of a Q, K, V call (MatvecCall::rope_kv), the same arithmetic as
-// ops::QkNormRopeKv: per head and batch column b, q_out[b] = rope(rmsnorm(q) · q_norm), the pool's K
-// of slot[b] = f16(rope(rmsnorm(k) · k_norm)) and its V = f16(v), RoPE NEOX at positions[b]. The call
-// still writes its raw q, k, v rows to mats[0..2].y. Where the q8 forms run and the shape allows it
-// (head_dim a multiple of the rows a workgroup owns, head_dim/2 a multiple of the subgroup size) this
-// runs in the matvec's own epilogue: the last workgroup to finish a head's rows does the head
-// (matvec_q8_rope.glsl) — one dispatch where two ran behind a barrier. Elsewhere record() records
-// the matvec, a barrier and the QkNormRopeKv dispatch: the same result to rounding (Σ x² summed in
-// another order). Calls with rope_kv share the op's per-head counters: order them (a barrier or a
-// wait between two such calls, as between a decode step's layers).
-struct MatvecRopeKv {
-  uint32_t n_heads = 0;              // q rows = n_heads · layout.head_dim; k and v rows = layout.kv_heads · head_dim
-  kv::KvLayout layout;               // the paged pool's (kernels/kv_layout.h)
-  uint32_t pool_blocks = 0;          // blocks in `pool`
-  vk::BufferRange q_norm, k_norm;    // f32 [head_dim] each
-  vk::BufferRange positions, slots;  // int32 / uint32 [batch]: RoPE position and pool slot of each column
-  vk::BufferRange pool;              // the layer's KV pool (f16)
-  vk::BufferRange q_out;             // f32 [batch][n_heads][head_dim]
-  float eps = 1e-6f, rope_base = 10000.0f;
-};
-
 struct MatvecCall {
   uint32_t cols = 0, batch = 1;            // batch 1..8 (columns of x)
   vk::BufferRange x;                        // f32 [batch][cols]
@@ -111,7 +89,6 @@ struct MatvecCall {
   vk::BufferRange norm_w{}; float eps = 1e-6f;
   MatvecMatrix mats[3]; uint32_t n_mats = 1; // 1..3 matrices sharing x (Q, K, V in one dispatch)
   MatvecEpilogue epilogue = MatvecEpilogue::kStore;
-  const MatvecRopeKv* rope_kv = nullptr;    // kStore with 3 matrices (Q, K, V) only: see MatvecRopeKv
 };
 
 // Extension (not needed by callers): the kernel's work split, for the benchmark's sweeps and the
@@ -140,14 +117,12 @@ struct MatvecTuning {
                                  // otherwise); calls with a matrix not Q4_K/Q5_K/Q6_K/Q8_0 run the direct
                                  // form; kQ8 calls whose batch · cols int8 do not fit shared memory run kQ8P
                                  // (the same numbers)
-  bool rope_separate = false;    // calls with rope_kv: record the matvec, a barrier and QkNormRopeKv even
-                                 // where the epilogue could do it (tests compare the two)
 };
 
 class Matvec {
  public:
   static Result<Matvec> create(vk::Device& dev);
-  Status record(vk::CommandStream& s, const MatvecCall& call) const;  // ONE dispatch (see q8p and rope_kv)
+  Status record(vk::CommandStream& s, const MatvecCall& call) const;  // ONE dispatch
   static constexpr uint32_t kMaxBatch = 8;
   // The device can run the q8 forms (integer dot products, subgroup arithmetic and shuffles).
   bool q8_supported() const;

@@ -64,22 +64,15 @@ layout(std430, set = 0, binding = 3) readonly buffer W1q { uvec4 w1q[]; };
 layout(std430, set = 0, binding = 3) readonly buffer W1w { uint w1w[]; };
 layout(std430, set = 0, binding = 4) readonly buffer W2q { uvec4 w2q[]; };
 layout(std430, set = 0, binding = 4) readonly buffer W2w { uint w2w[]; };
-#ifdef MV_ROPE_KV
-#define MV_Y coherent buffer  // the finisher of a head reads rows other workgroups wrote
-#else
-#define MV_Y buffer
-#endif
-layout(std430, set = 0, binding = 5) MV_Y Y0 { float y0[]; };
-layout(std430, set = 0, binding = 6) MV_Y Y1 { float y1[]; };
-layout(std430, set = 0, binding = 7) MV_Y Y2 { float y2[]; };
+layout(std430, set = 0, binding = 5) buffer Y0 { float y0[]; };
+layout(std430, set = 0, binding = 6) buffer Y1 { float y1[]; };
+layout(std430, set = 0, binding = 7) buffer Y2 { float y2[]; };
 
-// The block of matvec_body.glsl (the host shares the struct) and `rope` (MV_ROPE_KV: head_dim,
-// block_tokens, the q/k norms' eps as bits).
+// Same block as matvec_body.glsl (the host shares the struct).
 layout(push_constant) uniform P {
   uint cols; uint flags; float eps; uint n_mats;
   uint ntiles; uint tile_vals; uint groups_x; uint grid;
   uvec4 type; uvec4 rows; uvec4 y_stride; uvec4 row_bytes; uvec4 wg_end;
-  uvec4 rope;
 } pc;
 
 const uint kQ8Cols = kNB;  // matvec_q8_parts.glsl: one staged column per batch column
@@ -117,10 +110,6 @@ void write_out(uint m, uint i, float v, float u, bool add) {
     y2[i] = add ? y2[i] + v : v;
   }
 }
-
-#ifdef MV_ROPE_KV
-#include "matvec_q8_rope.glsl"
-#endif
 
 void main() {
   const uint blocks = pc.wg_end[pc.n_mats - 1u];
@@ -235,8 +224,5 @@ void main() {
       }
       barrier();  // before the next block's sums overwrite these
     }
-#ifdef MV_ROPE_KV
-    rope_kv_after_block(m, blk - blk0);
-#endif
   }
 }

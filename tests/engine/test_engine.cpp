@@ -396,50 +396,6 @@ TEST(Engine, L2WarmUpsChangeNoResult) {
   EXPECT_GE(d_warm, d_plain + 6) << "dispatches per decode step: " << d_warm << " with the warm-ups, " << d_plain << " without";
 }
 
-// TROVE_ROPE_KV=matvec (the default) runs q/k norm, RoPE and the KV write in the epilogue of the Q, K, V
-// matvec where its q8 forms run (ops::MatvecRopeKv); =fused records them as one dispatch of their own.
-// On the 2-layer Q4_K_M model with the q8 forms (a 3-token prompt through q8p, then one-token steps
-// through q8): the same greedy tokens, logits within 1e-5 relative L2 (the q/k RMS sums in another
-// order), and exactly one dispatch fewer per layer in a decode step (the host profile's count).
-TEST(Engine, AttentionPrologueInTheMatvecEqualsItsOwnDispatch) {
-  auto run = [&](const char* where, std::vector<std::vector<float>>* logits, std::vector<int32_t>* tokens) -> double {
-    log::ScopedLogCapture logs;
-    {
-      ScopedEnv rope("TROVE_ROPE_KV", where), q8("TROVE_MATVEC", "q8"), q8p("TROVE_MATVEC_BATCHED", "q8p");
-      ScopedEnv prof("TROVE_PROFILE", "steps");
-      auto e = load(256, 1, 0, 64, quantized_model_path());
-      if (!e) return -1;
-      auto seq = e->open_sequence();
-      EXPECT_TRUE(seq.ok());
-      std::vector<int32_t> tok = prompt(3, 23);
-      for (int i = 0; i < 5; ++i) {
-        auto out = e->step(std::vector<StepInput>{logits_of(*seq, tok)});
-        EXPECT_TRUE(out.ok()) << where << ": " << out.status().ToString();
-        if (!out.ok()) return -1;
-        logits->push_back((*out)[0].logits);
-        tok = {(*out)[0].token};
-        tokens->push_back(tok[0]);
-      }
-    }
-    for (const auto& r : logs.records()) {
-      const size_t at = r.message.find("decode steps (");
-      const size_t mean = r.message.find("per step (mean): ");
-      if (at != std::string::npos && mean != std::string::npos) return std::stod(r.message.substr(mean + 17));
-    }
-    ADD_FAILURE() << where << ": no host profile of decode steps was logged";
-    return -1;
-  };
-  std::vector<std::vector<float>> own, in_mv;
-  std::vector<int32_t> own_tok, in_mv_tok;
-  const double d_own = run("fused", &own, &own_tok);
-  const double d_mv = run("matvec", &in_mv, &in_mv_tok);
-  ASSERT_EQ(own.size(), 5u);
-  ASSERT_EQ(in_mv.size(), 5u);
-  EXPECT_EQ(own_tok, in_mv_tok);
-  for (size_t i = 0; i < own.size(); ++i) EXPECT_LT(rel_diff(in_mv[i], own[i]), 1e-5) << "step " << i;
-  EXPECT_NEAR(d_mv, d_own - 2, 1e-6) << "dispatches per decode step: " << d_mv << " in the matvec, " << d_own << " on their own";
-}
-
 TEST(Engine, OpProfileLeavesOutStepsThatCompiledPipelines) {
   log::ScopedLogCapture logs;
   {

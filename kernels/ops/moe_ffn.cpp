@@ -1,6 +1,9 @@
 #include "kernels/ops/moe_ffn.h"
 
+#include <algorithm>
 #include <cstdlib>
+#include <string>
+#include <tuple>
 #include <string_view>
 
 #include <fmt/format.h>
@@ -87,7 +90,25 @@ Result<MoeRoute> MoeRoute::create(vk::Device& dev) {
   if (!r.ok()) return r.status();
   auto p = dev.pipeline({"moe_plan", {}, sizeof(RoutePush), 2, 256});
   if (!p.ok()) return p.status();
-  auto rt = dev.pipeline({"moe_router", {}, sizeof(RouterPush), 7, 128});
+  // The router's workgroup size and 16-byte loads per lane in flight per round: 128 and 8 unless
+  // TROVE_MOE_ROUTER_WG=32|64|128|256 / TROVE_MOE_ROUTER_LOADS=4|8|16 (measurements). H200, 30B-A3B,
+  // bench/engine/ab.sh --rounds 2 --depth 4096 (2026-12-04 17:30): GPU per decode step 4153 / 4146 µs
+  // with 8 loads against 4226 / 4223 with 16 (a whole 2048-column row per round; tg128 236 -> 240);
+  // workgroups of 32 4192 / 4174, of 256 no better than 128, 32 with 8 loads 4154 / 4161.
+  uint32_t router_wg = 128, router_loads = 8;
+  for (auto [name, to, ok] : {std::tuple{"TROVE_MOE_ROUTER_WG", &router_wg, "32, 64, 128 or 256"},
+                              std::tuple{"TROVE_MOE_ROUTER_LOADS", &router_loads, "4, 8 or 16"}}) {
+    const char* v = std::getenv(name);
+    if (!v || !*v) continue;
+    const std::string_view w(v);
+    const bool wg = to == &router_wg;
+    if (wg ? (w != "32" && w != "64" && w != "128" && w != "256") : (w != "4" && w != "8" && w != "16")) {
+      return Status::InvalidArgument(fmt::format("{}='{}' is not {}", name, v, ok));
+    }
+    *to = static_cast<uint32_t>(std::stoul(std::string(w)));
+  }
+  router_wg = std::max(router_wg, dev.features().subgroup_size);
+  auto rt = dev.pipeline({"moe_router", {router_wg, router_loads}, sizeof(RouterPush), 7, router_wg});
   if (!rt.ok()) return rt.status();
   auto count = dev.buffer(16);
   if (!count.ok()) return count.status();
@@ -98,6 +119,7 @@ Result<MoeRoute> MoeRoute::create(vk::Device& dev) {
   op.router_ = std::move(*rt);
   op.count_ = std::move(*count);
   op.subgroup_ = std::max<uint32_t>(1, dev.features().subgroup_size);
+  op.router_wg_ = router_wg;
   return op;
 }
 
@@ -164,7 +186,7 @@ Status MoeRoute::record_router(vk::CommandStream& s, const MoeRouterCall& c) con
   TROVE_RETURN_IF_ERROR(need("moe_router", "weights", c.weights, uint64_t{c.tokens} * c.k * 4));
   const RouterPush push{c.cols, c.tokens, c.n_experts, c.k, c.eps};
   vk::BufferRange b[7] = {c.x, c.norm_w, c.router, c.logits, c.ids, c.weights, count_};
-  const uint32_t rows_per_group = std::max<uint32_t>(1, 128 / subgroup_);  // one subgroup per expert row
+  const uint32_t rows_per_group = std::max<uint32_t>(1, router_wg_ / subgroup_);  // one subgroup per expert row
   return s.dispatch(router_, b, &push, sizeof(push), (c.n_experts + rows_per_group - 1) / rows_per_group);
 }
 

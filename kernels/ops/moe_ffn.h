@@ -110,6 +110,7 @@ class MoeRoute {
   vk::Pipeline route_, plan_, router_;
   vk::Buffer count_;  // moe_router.comp's count of finished workgroups, 0 between calls
   uint32_t subgroup_ = 32;
+  uint32_t router_wg_ = 128;  // moe_router.comp's workgroup (TROVE_MOE_ROUTER_WG)
 };
 
 // One layer's stacked experts of one kind: [n_expert][rows][cols] GGUF rows of `type`.

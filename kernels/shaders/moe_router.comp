@@ -19,7 +19,7 @@
 // (they share the counter; a decode layer's next call is).
 //
 // Limits (the op checks): cols a multiple of 4, tokens 1..kMaxT, n_experts <= 256, k <= 32.
-layout(local_size_x = 128) in;
+layout(local_size_x_id = 0) in;  // 128 unless TROVE_MOE_ROUTER_WG (kernels/ops/moe_ffn.cpp)
 layout(std430, set = 0, binding = 0) readonly buffer X { vec4 x4[]; };     // [tokens][cols / 4]
 layout(std430, set = 0, binding = 1) readonly buffer N { vec4 nw4[]; };    // [cols / 4]
 layout(std430, set = 0, binding = 2) readonly buffer R { vec4 w4[]; };     // [n_experts][cols / 4]
@@ -30,7 +30,8 @@ layout(std430, set = 0, binding = 6) coherent buffer C { uint count[]; };  // [1
 layout(push_constant) uniform P { uint cols; uint tokens; uint n_experts; uint k; float eps; } pc;
 
 const uint kMaxT = 8u;  // tokens per call
-const uint kU = 16u;    // 16-byte loads per lane in flight per round (a whole 2048-column row)
+layout(constant_id = 1) const uint kU = 8u;  // 16-byte loads per lane in flight per round (8: half a
+                                             // 2048-column row; TROVE_MOE_ROUTER_LOADS)
 shared bool s_last;
 
 #include "moe_topk.glsl"

@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <numeric>
+#include <optional>
 #include <random>
 
 #include <fmt/format.h>
@@ -15,6 +16,7 @@
 #include "kernels/ops/moe_ffn.h"
 #include "kernels/ref/layer_ref.h"
 #include "kernels/ref/moe_ref.h"
+#include "tests/scoped_env.h"
 
 using namespace trove;
 
@@ -200,88 +202,116 @@ TEST(MoeRoute, RefusesShapesItCannotRoute) {
 // top of token 0 (the smaller index first). Every shape records two calls behind a barrier, and the
 // shapes share one op with different grids, so the completion counter must come back to 0 after each
 // call: a counter left behind skips the next call's routing and leaves its poisoned ids.
+// Also with other workgroup sizes and loads in flight (TROVE_MOE_ROUTER_WG / _LOADS, read at create):
+// 32 invocations with 4 loads a lane, 256 with 16; bad values are refused by name.
 TEST(MoeRoute, RouterAndRoutingInOneDispatchMatchReference) {
   auto d = open_device();
   ASSERT_TRUE(d);
-  auto op = ops::MoeRoute::create(*d);
-  ASSERT_TRUE(op.ok()) << op.status().ToString();
-  std::mt19937 rng(std::random_device{}());
-  struct Shape { uint32_t tokens, experts, k, cols; };
-  for (auto sh : {Shape{1, 128, 8, 2048}, Shape{3, 128, 8, 2048}, Shape{8, 128, 8, 512}, Shape{5, 64, 4, 256},
-                  Shape{2, 8, 8, 64}, Shape{1, 256, 32, 128}, Shape{7, 16, 1, 132}, Shape{4, 100, 6, 1000}}) {
-    const std::string what = fmt::format("{} tokens, {} experts, k {}, {} columns", sh.tokens, sh.experts, sh.k, sh.cols);
-    std::normal_distribution<float> nd(0.f, 1.f);
-    std::vector<float> nw(sh.cols), router(size_t(sh.experts) * sh.cols);
-    for (auto& v : nw) v = 1.f + 0.2f * nd(rng);
-    for (auto& v : router) v = 0.05f * nd(rng);
-    const float eps = 1e-6f;
-    struct Run {
-      std::vector<float> x;
-      vk::Buffer bx, bl, bi, bw;
+  for (auto [name, value] :
+       {std::pair{"TROVE_MOE_ROUTER_WG", "48"}, std::pair{"TROVE_MOE_ROUTER_LOADS", "32"}}) {
+    tests::ScopedEnv bad(name, value);
+    auto op = ops::MoeRoute::create(*d);
+    ASSERT_FALSE(op.ok()) << name << "=" << value;
+    EXPECT_NE(op.status().message().find(fmt::format("{}='{}' is not", name, value)), std::string::npos)
+        << op.status().message();
+  }
+  struct Setting {
+    const char *wg, *loads;
+  };
+  for (const Setting set : {Setting{nullptr, nullptr}, Setting{"32", "4"}, Setting{"256", "16"}}) {
+    SCOPED_TRACE(fmt::format("TROVE_MOE_ROUTER_WG={} TROVE_MOE_ROUTER_LOADS={}", set.wg ? set.wg : "(unset)",
+                             set.loads ? set.loads : "(unset)"));
+    std::optional<ops::MoeRoute> op;
+    {
+      tests::ScopedEnv wg("TROVE_MOE_ROUTER_WG", set.wg), loads("TROVE_MOE_ROUTER_LOADS", set.loads);
+      auto o = ops::MoeRoute::create(*d);
+      ASSERT_TRUE(o.ok()) << o.status().ToString();
+      op.emplace(std::move(*o));
+    }
+    std::mt19937 rng(std::random_device{}());
+    struct Shape {
+      uint32_t tokens, experts, k, cols;
     };
-    Run runs[2];
-    for (Run& r : runs) {
-      r.x.resize(size_t(sh.tokens) * sh.cols);
-      for (uint32_t t = 0; t < sh.tokens; ++t) {
-        const float scale = 0.1f + 3.f * float(t);  // the norm must undo each token's scale
-        for (uint32_t c = 0; c < sh.cols; ++c) r.x[size_t(t) * sh.cols + c] = scale * nd(rng);
-      }
-    }
-    // Experts 3 and 5: one row, pointing along token 0 of the first run (its top two, tied).
-    for (uint32_t c = 0; c < sh.cols; ++c) {
-      const float v = 0.5f * (runs[0].x[c] * nw[c] >= 0 ? 1.f : -1.f);
-      router[3 * size_t(sh.cols) + c] = router[5 * size_t(sh.cols) + c] = v;
-    }
-    auto bn = upload(*d, nw), brt = upload(*d, router);
-    for (Run& r : runs) {
-      r.bx = upload(*d, r.x);
-      auto bl = d->buffer(size_t(sh.tokens) * sh.experts * 4), bi = d->buffer(size_t(sh.tokens) * sh.k * 4),
-           bw = d->buffer(size_t(sh.tokens) * sh.k * 4);
-      ASSERT_TRUE(bl.ok() && bi.ok() && bw.ok());
-      ASSERT_TRUE(bl->fill(0x7fc00000u).ok() && bi->fill(0xffffffffu).ok() && bw->fill(0x7fc00000u).ok());
-      r.bl = std::move(*bl);
-      r.bi = std::move(*bi);
-      r.bw = std::move(*bw);
-    }
-    auto s = d->stream();
-    ASSERT_TRUE(s.ok());
-    for (Run& r : runs) {
-      ops::MoeRouterCall c{r.bx, bn, eps, brt, r.bl, r.bi, r.bw, sh.cols, sh.experts, sh.tokens, sh.k};
-      Status st = op->record_router(*s, c);
-      ASSERT_TRUE(st.ok()) << st.ToString();
-      s->barrier();
-    }
-    ASSERT_TRUE(s->submit_and_wait().ok());
-    for (int ri = 0; ri < 2; ++ri) {
-      const Run& r = runs[ri];
-      const std::string run_what = fmt::format("{}, call {}", what, ri + 1);
-      auto logits = download<float>(r.bl, size_t(sh.tokens) * sh.experts);
-      for (uint32_t t = 0; t < sh.tokens; ++t) {
-        const float* x = r.x.data() + size_t(t) * sh.cols;
-        double ss = 0;
-        for (uint32_t c = 0; c < sh.cols; ++c) ss += double(x[c]) * x[c];
-        const double rs = 1.0 / std::sqrt(ss / sh.cols + eps);
-        for (uint32_t e = 0; e < sh.experts; ++e) {
-          double dot = 0, mag = 0;
-          for (uint32_t c = 0; c < sh.cols; ++c) {
-            const double p = double(router[size_t(e) * sh.cols + c]) * nw[c] * x[c] * rs;
-            dot += p;
-            mag += std::abs(p);
-          }
-          ASSERT_NEAR(logits[size_t(t) * sh.experts + e], dot, 1e-5 * mag + 1e-6) << run_what << " token " << t << " expert " << e;
+    for (auto sh :
+         {Shape{1, 128, 8, 2048}, Shape{3, 128, 8, 2048}, Shape{8, 128, 8, 512}, Shape{5, 64, 4, 256},
+          Shape{2, 8, 8, 64}, Shape{1, 256, 32, 128}, Shape{7, 16, 1, 132}, Shape{4, 100, 6, 1000}}) {
+      const std::string what =
+          fmt::format("{} tokens, {} experts, k {}, {} columns", sh.tokens, sh.experts, sh.k, sh.cols);
+      std::normal_distribution<float> nd(0.f, 1.f);
+      std::vector<float> nw(sh.cols), router(size_t(sh.experts) * sh.cols);
+      for (auto& v : nw) v = 1.f + 0.2f * nd(rng);
+      for (auto& v : router) v = 0.05f * nd(rng);
+      const float eps = 1e-6f;
+      struct Run {
+        std::vector<float> x;
+        vk::Buffer bx, bl, bi, bw;
+      };
+      Run runs[2];
+      for (Run& r : runs) {
+        r.x.resize(size_t(sh.tokens) * sh.cols);
+        for (uint32_t t = 0; t < sh.tokens; ++t) {
+          const float scale = 0.1f + 3.f * float(t);  // the norm must undo each token's scale
+          for (uint32_t c = 0; c < sh.cols; ++c) r.x[size_t(t) * sh.cols + c] = scale * nd(rng);
         }
       }
-      std::vector<uint32_t> want_ids(size_t(sh.tokens) * sh.k);
-      std::vector<float> want_w(want_ids.size());
-      ref::moe_route(logits.data(), want_ids.data(), want_w.data(), sh.tokens, sh.experts, sh.k);
-      auto ids = download<uint32_t>(r.bi, want_ids.size());
-      auto w = download<float>(r.bw, want_w.size());
-      EXPECT_EQ(ids, want_ids) << run_what;
-      for (size_t i = 0; i < w.size(); ++i) ASSERT_NEAR(w[i], want_w[i], 1e-5 * want_w[i] + 1e-7) << run_what << " " << i;
-      if (ri == 0) {
-        EXPECT_EQ(logits[3], logits[5]) << run_what;
-        EXPECT_EQ(ids[0], 3u) << run_what;
-        if (sh.k > 1) EXPECT_EQ(ids[1], 5u) << run_what;
+      // Experts 3 and 5: one row, pointing along token 0 of the first run (its top two, tied).
+      for (uint32_t c = 0; c < sh.cols; ++c) {
+        const float v = 0.5f * (runs[0].x[c] * nw[c] >= 0 ? 1.f : -1.f);
+        router[3 * size_t(sh.cols) + c] = router[5 * size_t(sh.cols) + c] = v;
+      }
+      auto bn = upload(*d, nw), brt = upload(*d, router);
+      for (Run& r : runs) {
+        r.bx = upload(*d, r.x);
+        auto bl = d->buffer(size_t(sh.tokens) * sh.experts * 4), bi = d->buffer(size_t(sh.tokens) * sh.k * 4),
+             bw = d->buffer(size_t(sh.tokens) * sh.k * 4);
+        ASSERT_TRUE(bl.ok() && bi.ok() && bw.ok());
+        ASSERT_TRUE(bl->fill(0x7fc00000u).ok() && bi->fill(0xffffffffu).ok() && bw->fill(0x7fc00000u).ok());
+        r.bl = std::move(*bl);
+        r.bi = std::move(*bi);
+        r.bw = std::move(*bw);
+      }
+      auto s = d->stream();
+      ASSERT_TRUE(s.ok());
+      for (Run& r : runs) {
+        ops::MoeRouterCall c{r.bx, bn, eps, brt, r.bl, r.bi, r.bw, sh.cols, sh.experts, sh.tokens, sh.k};
+        Status st = op->record_router(*s, c);
+        ASSERT_TRUE(st.ok()) << st.ToString();
+        s->barrier();
+      }
+      ASSERT_TRUE(s->submit_and_wait().ok());
+      for (int ri = 0; ri < 2; ++ri) {
+        const Run& r = runs[ri];
+        const std::string run_what = fmt::format("{}, call {}", what, ri + 1);
+        auto logits = download<float>(r.bl, size_t(sh.tokens) * sh.experts);
+        for (uint32_t t = 0; t < sh.tokens; ++t) {
+          const float* x = r.x.data() + size_t(t) * sh.cols;
+          double ss = 0;
+          for (uint32_t c = 0; c < sh.cols; ++c) ss += double(x[c]) * x[c];
+          const double rs = 1.0 / std::sqrt(ss / sh.cols + eps);
+          for (uint32_t e = 0; e < sh.experts; ++e) {
+            double dot = 0, mag = 0;
+            for (uint32_t c = 0; c < sh.cols; ++c) {
+              const double p = double(router[size_t(e) * sh.cols + c]) * nw[c] * x[c] * rs;
+              dot += p;
+              mag += std::abs(p);
+            }
+            ASSERT_NEAR(logits[size_t(t) * sh.experts + e], dot, 1e-5 * mag + 1e-6)
+                << run_what << " token " << t << " expert " << e;
+          }
+        }
+        std::vector<uint32_t> want_ids(size_t(sh.tokens) * sh.k);
+        std::vector<float> want_w(want_ids.size());
+        ref::moe_route(logits.data(), want_ids.data(), want_w.data(), sh.tokens, sh.experts, sh.k);
+        auto ids = download<uint32_t>(r.bi, want_ids.size());
+        auto w = download<float>(r.bw, want_w.size());
+        EXPECT_EQ(ids, want_ids) << run_what;
+        for (size_t i = 0; i < w.size(); ++i)
+          ASSERT_NEAR(w[i], want_w[i], 1e-5 * want_w[i] + 1e-7) << run_what << " " << i;
+        if (ri == 0) {
+          EXPECT_EQ(logits[3], logits[5]) << run_what;
+          EXPECT_EQ(ids[0], 3u) << run_what;
+          if (sh.k > 1) EXPECT_EQ(ids[1], 5u) << run_what;
+        }
       }
     }
   }

@@ -1,4 +1,4 @@
-// GPU layer ops (RMSNorm incl. per-head QK-norm, SwiGLU, RoPE NEOX, argmax, get_rows of every weight type) against
+// GPU layer ops (RMSNorm incl. per-head QK-norm, SwiGLU, RoPE NEOX, the q/k norm + RoPE + KV write prologue, argmax, get_rows of every weight type) against
 // the C++ references in kernels/ref/layer_ref.h, on fresh random inputs with NaN-poisoned outputs.
 // Error bounds: fp32 norms/activations 2e-5 relative (+1e-6 absolute); RoPE 1e-5 absolute for
 // |x| ~ N(0,1) at positions up to 131071 (angles from 64-bit fixed-point turns: ~4e-7 rad, then fp32
@@ -9,10 +9,14 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
 #include <random>
+
+#include <fmt/format.h>
 
 #include "kernels/ops/l2_warm.h"
 #include "kernels/ops/layer_ops.h"
+#include "kernels/quant/quant.h"
 #include "kernels/ref/layer_ref.h"
 
 using namespace trove;
@@ -240,4 +244,100 @@ TEST(GetRows, EveryWeightType) {
   auto q = ops::GetRows::create(*g.dev, static_cast<GgmlType>(2));  // Q4_0: not a trove type
   ASSERT_FALSE(q.ok());
   EXPECT_NE(q.status().ToString().find("get_rows"), std::string::npos);
+}
+
+// QkNormRopeKv (qk_rope_kv.comp), the decode prologue the engine runs by default: per head and token,
+// q_out = rope(rmsnorm(q) · q_norm) in f32, the pool's K at the token's slot = f16(rope(rmsnorm(k) ·
+// k_norm)) and V = f16(v). Against ref::rms_norm → ref::rope_neox → ref::kv_write: q within 2e-5
+// relative + 1e-5 absolute (RoPE's angles as in RopeNeox above); K within 1.5e-3 relative of the f16
+// the reference writes (f32 differences of ~1e-6 can move a value across an f16 rounding boundary: one
+// ulp, 9.8e-4 relative); V bit-exact (both sides round to nearest even). Every other pool element must
+// still hold the poison (f16 NaN 0x7e01) and q_out starts as f32 NaN. Qwen3-8B and 30B-A3B head counts,
+// head_dim 64, and bad shapes are refused.
+TEST(QkNormRopeKv, MatchesReference) {
+  Gpu g;
+  ASSERT_TRUE(g.dev);
+  auto op = ops::QkNormRopeKv::create(*g.dev);
+  ASSERT_TRUE(op.ok()) << op.status().ToString();
+  std::mt19937 rng(std::random_device{}());
+  struct Shape { uint32_t tokens, heads, kv_heads, head_dim; };
+  std::vector<Shape> shapes = {{1, 32, 8, 128}, {3, 32, 4, 128}, {8, 4, 2, 64}, {2, 2, 1, 256}};
+  if (full()) shapes.push_back({64, 32, 8, 128});
+  constexpr uint16_t kPoison = 0x7e01;
+  const float eps = 1e-6f, base = 1e6f;
+  for (const Shape sh : shapes) {
+    SCOPED_TRACE(fmt::format("{} tokens, {} + {} heads of {}", sh.tokens, sh.heads, sh.kv_heads, sh.head_dim));
+    const uint32_t T = sh.tokens, D = sh.head_dim;
+    kv::KvLayout L{16, sh.kv_heads, D};
+    const uint32_t blocks = (T + L.block_tokens - 1) / L.block_tokens + 2;
+    auto q = randn(size_t(T) * sh.heads * D, rng, 2.f), k = randn(size_t(T) * sh.kv_heads * D, rng, 2.f),
+         v = randn(size_t(T) * sh.kv_heads * D, rng, 2.f);
+    std::uniform_real_distribution<float> uw(0.5f, 1.5f);
+    std::vector<float> qw(D), kw(D);
+    for (auto& x : qw) x = uw(rng);
+    for (auto& x : kw) x = uw(rng);
+    std::vector<int32_t> pos(T);
+    std::uniform_int_distribution<int32_t> pd(0, 131071);
+    for (auto& p : pos) p = pd(rng);
+    std::vector<uint32_t> all(blocks * L.block_tokens);
+    for (uint32_t i = 0; i < all.size(); ++i) all[i] = i;
+    std::shuffle(all.begin(), all.end(), rng);
+    const std::vector<uint32_t> slots(all.begin(), all.begin() + T);
+
+    std::vector<float> want_q(q.size()), want_k(k.size());
+    ref::rms_norm(q.data(), qw.data(), want_q.data(), size_t(T) * sh.heads, D, eps);
+    ref::rope_neox(want_q.data(), pos.data(), T, sh.heads, D, base);
+    ref::rms_norm(k.data(), kw.data(), want_k.data(), size_t(T) * sh.kv_heads, D, eps);
+    ref::rope_neox(want_k.data(), pos.data(), T, sh.kv_heads, D, base);
+    std::vector<uint16_t> want_pool(blocks * L.block_bytes() / 2, kPoison);
+    ref::kv_write(L, want_k.data(), v.data(), slots.data(), want_pool.data(), T);
+
+    auto bq = g.up(q), bk = g.up(k), bv = g.up(v), bqw = g.up(qw), bkw = g.up(kw), bp = g.up(pos), bs = g.up(slots);
+    auto pool = g.up(std::vector<uint16_t>(want_pool.size(), kPoison));
+    auto qo = g.poisoned(q.size() * 4);
+    ops::QkNormRopeKv::Call c{&bq, &bk, &bv, &bqw, &bkw, &bp, &bs, &pool, &qo};
+    c.tokens = T;
+    c.n_heads = sh.heads;
+    c.pool_blocks = blocks;
+    c.layout = L;
+    c.eps = eps;
+    c.rope_base = base;
+    auto s = g.dev->stream();
+    ASSERT_TRUE(s.ok());
+    Status st = op->record(*s, c);
+    ASSERT_TRUE(st.ok()) << st.ToString();
+    ASSERT_TRUE(s->submit_and_wait().ok());
+    expect_close(g.down<float>(qo, q.size()), want_q, 2e-5, 1e-5, "q_out");
+    auto got = g.down<uint16_t>(pool, want_pool.size());
+    for (uint32_t t = 0; t < T; ++t) {
+      const uint32_t blk = slots[t] / L.block_tokens, off = slots[t] % L.block_tokens;
+      for (uint32_t h = 0; h < sh.kv_heads; ++h) {
+        for (uint32_t i = 0; i < D; ++i) {
+          const size_t ki = L.k_index(blk, h, off, i), vi = L.v_index(blk, h, off, i);
+          const float gk = quant::f16_to_f32(got[ki]), wk = quant::f16_to_f32(want_pool[ki]);
+          ASSERT_LE(std::fabs(gk - wk), 1.5e-3 * std::fabs(wk) + 1e-6) << "K of token " << t << " head " << h << " dim " << i;
+          ASSERT_EQ(got[vi], want_pool[vi]) << "V of token " << t << " head " << h << " dim " << i;
+          got[ki] = got[vi] = kPoison;  // checked; the rest must be the poison
+        }
+      }
+    }
+    for (size_t i = 0; i < got.size(); ++i) ASSERT_EQ(got[i], kPoison) << "pool element " << i << " written outside the slots";
+  }
+  // A head_dim the kernel cannot take, and a pool too small for its blocks.
+  auto small = g.up(std::vector<float>(1024));
+  ops::QkNormRopeKv::Call bad{&small, &small, &small, &small, &small, &small, &small, &small, &small};
+  bad.tokens = 1;
+  bad.n_heads = 2;
+  bad.pool_blocks = 1;
+  bad.layout = kv::KvLayout{16, 1, 300};
+  auto s = g.dev->stream();
+  ASSERT_TRUE(s.ok());
+  Status st = op->record(*s, bad);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("head_dim 300 must be even and at most 256"), std::string::npos) << st.message();
+  bad.layout = kv::KvLayout{16, 1, 64};
+  bad.pool_blocks = 1000;
+  st = op->record(*s, bad);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("'pool'"), std::string::npos) << st.message();
 }

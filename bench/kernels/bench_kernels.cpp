@@ -1,9 +1,12 @@
 // Kernel benchmark: GPU time per op at the real shapes of Qwen3-8B and Qwen3-30B-A3B layers (batch 1
 // = decode, 512 = a prefill chunk), with the achieved GB/s and TFLOP/s beside the ceilings: the
-// device-to-device copy bandwidth measured first in the same run (bytes read + written; the H100's
+// device-to-device copy bandwidth measured in the same run, after the rows (bytes read + written; the H100's
 // was 3025 GB/s, ../shared/docs/TARGETS.md) and 792 TFLOP/s bf16 tensor cores (H100).
 //
-//   build/bench/kernels/bench_kernels [--reps N] [--quick] [--only TEXT] [--sweep]
+//   build/bench/kernels/bench_kernels [--reps N] [--quick] [--only TEXT] [--sweep] [--warm-ms MS]
+//
+// On a GPU the run starts with --warm-ms (500) of copies, so that the first rows are timed at the
+// clocks of a busy GPU (bench_timing.h, warm_clocks).
 //
 // --only TEXT runs the sections (matmul, matvec, gemm, grouped, attention, elementwise, moe) whose name contains TEXT or
 // that TEXT starts with, and of those only the rows whose "op shape" contains what follows the section
@@ -74,6 +77,9 @@ int main(int argc, char** argv) {
                                  "substring: 'matvec', 'matvec head', 'matvec Q6_K 8B'");
   bool sweep = false;
   app.add_flag("--sweep", sweep, "Also time every matvec and direct MoE work split (rows per group x workgroup size)");
+  double warm_ms = 500;
+  app.add_option("--warm-ms", warm_ms, "Milliseconds of copies before the first row, so it runs at a busy GPU's clocks "
+                                       "(0: none; CPU devices and --quick: none)");
   CLI11_PARSE(app, argc, argv);
   // Section `name` runs when --only is empty, a substring of the name, or starts with the name; the
   // rest of --only (after the name) filters that section's rows by substring.
@@ -97,6 +103,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "bench_kernels: %s\n", st.ToString().c_str());
     return 1;
   };
+  if (!quick && !dev.features().is_cpu) {
+    if (auto st = bench::warm_clocks(dev, warm_ms); !st.ok()) return fail(st);
+  }
 
   // ---- matmul: (model, name, rows, cols) × type × batch
   struct Mat { const char* model; const char* name; uint32_t rows, cols; };

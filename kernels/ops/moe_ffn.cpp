@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <cstdlib>
 #include <string>
-#include <tuple>
 #include <string_view>
+#include <tuple>
 
 #include <fmt/format.h>
 

@@ -396,6 +396,86 @@ TEST(Engine, L2WarmUpsChangeNoResult) {
   EXPECT_GE(d_warm, d_plain + 6) << "dispatches per decode step: " << d_warm << " with the warm-ups, " << d_plain << " without";
 }
 
+// Chained decode (TROVE_DECODE_CHAIN=1, ops::MatvecChain): o, gate/up, down and the next layer's QKV
+// recorded without barriers, each q8 matvec waiting in its kernel for the one before. Lavapipe runs
+// dispatches one after another, so this checks the plumbing the H200 relies on: the slots and epochs
+// line up (a wait on a slot nobody signals gives up and fails the step), the chain is really used
+// (fewer barriers a step) and the numbers are the barrier path's, bit for bit, over steps that reuse
+// the slots with new epochs.
+TEST(Engine, ChainedDecodeEqualsTheBarrierPath) {
+  ScopedEnv q8("TROVE_MATVEC", "q8");  // the form that chains (lavapipe's default is f32)
+  {
+    ScopedEnv bad_env("TROVE_DECODE_CHAIN", "yes");
+    engine::EngineOptions o;
+    o.model_path = quantized_model_path();
+    auto bad = engine::Engine::load(o);
+    ASSERT_FALSE(bad.ok());
+    EXPECT_NE(bad.status().message().find("TROVE_DECODE_CHAIN='yes' is not 0 or 1"), std::string::npos) << bad.status().message();
+  }
+  // A 3-token prompt and 4 one-token decode steps: the logits of each, and the mean barriers and
+  // dispatches per decode step from the host profile.
+  struct Run {
+    std::vector<std::vector<float>> logits;
+    double barriers = -1, dispatches = -1;
+    bool reran = false;  // the engine warned that it ran a step again without the chain
+  };
+  auto run = [&](const char* chain) {
+    Run r;
+    log::ScopedLogCapture logs;
+    {
+      ScopedEnv env("TROVE_DECODE_CHAIN", chain);
+      ScopedEnv prof("TROVE_PROFILE", "steps");
+      auto e = load(256, 1, 0, 64, quantized_model_path());
+      if (!e) return r;
+      auto seq = e->open_sequence();
+      EXPECT_TRUE(seq.ok());
+      std::vector<int32_t> tok = prompt(3, 23);
+      for (int i = 0; i < 5; ++i) {
+        auto out = e->step(std::vector<StepInput>{logits_of(*seq, tok)});
+        EXPECT_TRUE(out.ok()) << "chain " << chain << ": " << out.status().ToString();
+        if (!out.ok()) return r;
+        r.logits.push_back((*out)[0].logits);
+        tok = {(*out)[0].token};
+      }
+    }
+    for (const auto& rec : logs.records()) {
+      r.reran |= rec.message.find("running the step again without it") != std::string::npos;
+      const size_t at = rec.message.find("decode steps (");
+      const size_t mean = rec.message.find("per step (mean): ");
+      const size_t bar = rec.message.find(" dispatches, ");
+      if (at != std::string::npos && mean != std::string::npos && bar != std::string::npos) {
+        r.dispatches = std::stod(rec.message.substr(mean + 17));
+        r.barriers = std::stod(rec.message.substr(bar + 13));
+      }
+    }
+    return r;
+  };
+  const Run plain = run("0"), chained = run("1");
+  ASSERT_EQ(plain.logits.size(), 5u);
+  ASSERT_EQ(chained.logits.size(), 5u);
+  for (size_t i = 0; i < plain.logits.size(); ++i) {
+    ASSERT_EQ(plain.logits[i].size(), chained.logits[i].size());
+    EXPECT_EQ(std::memcmp(plain.logits[i].data(), chained.logits[i].data(), plain.logits[i].size() * sizeof(float)), 0)
+        << "step " << i;
+  }
+  // A wait that gives up (TROVE_DECODE_CHAIN=stall: gate/up waits for its own slot) fails no step: the
+  // engine warns, turns the chain off and runs the step again with barriers — the same logits.
+  const Run stalled = run("stall");
+  ASSERT_EQ(stalled.logits.size(), 5u);
+  for (size_t i = 0; i < plain.logits.size(); ++i) {
+    EXPECT_EQ(std::memcmp(plain.logits[i].data(), stalled.logits[i].data(), plain.logits[i].size() * sizeof(float)), 0)
+        << "step " << i;
+  }
+  EXPECT_EQ(stalled.barriers, plain.barriers);
+  EXPECT_TRUE(stalled.reran);
+  EXPECT_FALSE(chained.reran);
+  // The profile's "decode steps" are the 5 steps of <= 8 tokens, the prompt's included; the 4 one-token
+  // steps chain, 5 barriers fewer each (after o and gate/up of both layers, after the first down).
+  EXPECT_EQ(chained.dispatches, plain.dispatches);
+  EXPECT_NEAR(chained.barriers, plain.barriers - 4.0, 1e-6) << "barriers per decode step: " << chained.barriers << " chained, "
+                                                 << plain.barriers << " without";
+}
+
 TEST(Engine, OpProfileLeavesOutStepsThatCompiledPipelines) {
   log::ScopedLogCapture logs;
   {

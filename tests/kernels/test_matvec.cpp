@@ -500,6 +500,117 @@ TEST_F(Matvec, Q8Form) {
   ASSERT_TRUE(run({512, 1, true, MatvecEpilogue::kStore, set_a(0)}));  // F32/F16/BF16: the direct form, 1e-5
 }
 
+// Chained calls (ops::MatvecChain): o → gate/up → down as a decode layer records them, without
+// barriers: each waits in its kernel for the slot the one before signals. The outputs equal the same
+// calls with barriers bit for bit, every slot's count is back to 0 with the epoch published, the
+// give-up flag is clear; a chained call in a form that does not chain and bad slots are refused.
+TEST_F(Matvec, ChainedCallsEqualBarriersAndLeaveTheSlotsClean) {
+  if (!op_->q8_supported()) {
+    GTEST_SKIP() << "the device lacks integer dot products, subgroup arithmetic or subgroup shuffles (only the q8 form chains)";
+  }
+  ops::MatvecTuning t = f32();
+  t.form = ops::MatvecTuning::Form::kQ8;
+  op_->set_tuning(t);
+  std::mt19937_64 r(rng_());
+  const uint32_t E = 512, F = 768;
+  std::normal_distribution<float> nd;
+  std::vector<float> a(E), x0(E), nw(E);
+  for (auto& v : a) v = nd(r);
+  for (auto& v : x0) v = nd(r);
+  for (auto& v : nw) v = 1.0f + 0.25f * nd(r);
+  const auto wo = kernels::ref::random_weights(G::Q4_K, E, E, 0.5f, r());
+  const auto wg = kernels::ref::random_weights(G::Q4_K, F, E, 0.5f, r());
+  const auto wu = kernels::ref::random_weights(G::Q6_K, F, E, 0.5f, r());
+  const auto wd = kernels::ref::random_weights(G::Q6_K, E, F, 0.5f, r());
+  auto bo = upload(*dev_, wo.data(), wo.size()), bg = upload(*dev_, wg.data(), wg.size());
+  auto bu = upload(*dev_, wu.data(), wu.size()), bd = upload(*dev_, wd.data(), wd.size());
+  auto ba = upload(*dev_, a.data(), E * 4), bn = upload(*dev_, nw.data(), E * 4);
+  ASSERT_TRUE(bo.ok() && bg.ok() && bu.ok() && bd.ok() && ba.ok() && bn.ok());
+  auto chain = dev_->buffer(ops::Matvec::chain_bytes(8));
+  ASSERT_TRUE(chain.ok() && chain->fill(0).ok());
+  // The three calls; x (the residual stream) and h start poisoned / as x0.
+  auto layer = [&](bool chained, uint32_t epoch, std::vector<float>* x_out) {
+    auto x = upload(*dev_, x0.data(), E * 4);
+    auto h = dev_->buffer(F * 4);
+    ASSERT_TRUE(x.ok() && h.ok() && h->fill(kNaN).ok());
+    auto s = dev_->stream();
+    ASSERT_TRUE(s.ok());
+    ops::MatvecChain ch;
+    if (chained) {
+      ch.buf = *chain;
+      ch.epoch = epoch;
+    }
+    ops::MatvecCall o;
+    o.cols = E;
+    o.x = *ba;
+    o.epilogue = MatvecEpilogue::kAdd;
+    o.mats[0] = {G::Q4_K, E, *bo, *x, 0};
+    o.chain = ch;
+    if (chained) o.chain.signal = 1;
+    ops::MatvecCall gu;
+    gu.cols = E;
+    gu.x = *x;
+    gu.norm_w = *bn;
+    gu.epilogue = MatvecEpilogue::kSwiGlu;
+    gu.n_mats = 2;
+    gu.mats[0] = {G::Q4_K, F, *bg, *h, 0};
+    gu.mats[1] = {G::Q6_K, F, *bu, {}, 0};
+    gu.chain = ch;
+    if (chained) gu.chain.wait = 1, gu.chain.signal = 2;
+    ops::MatvecCall down;
+    down.cols = F;
+    down.x = *h;
+    down.epilogue = MatvecEpilogue::kAdd;
+    down.mats[0] = {G::Q6_K, E, *bd, *x, 0};
+    down.chain = ch;
+    if (chained) down.chain.wait = 2, down.chain.signal = 3;
+    for (const ops::MatvecCall* c : {&o, &gu, &down}) {
+      EXPECT_EQ(op_->chainable(*c), true);
+      ASSERT_TRUE(op_->record(*s, *c).ok());
+      if (!chained) s->barrier();
+    }
+    ASSERT_TRUE(s->submit_and_wait().ok());
+    x_out->resize(E);
+    ASSERT_TRUE(x->download(x_out->data(), E * 4).ok());
+  };
+  std::vector<float> plain, chained, again;
+  layer(false, 0, &plain);
+  layer(true, 5, &chained);
+  layer(true, 6, &again);  // the slots reused with the next epoch
+  ASSERT_EQ(plain.size(), size_t{E});
+  ASSERT_EQ(chained.size(), size_t{E});
+  EXPECT_EQ(std::memcmp(plain.data(), chained.data(), E * 4), 0);
+  EXPECT_EQ(std::memcmp(plain.data(), again.data(), E * 4), 0);
+  uint32_t words[10] = {};
+  ASSERT_TRUE(chain->download(words, sizeof(words)).ok());
+  EXPECT_EQ(words[1], 0u) << "a wait gave up";
+  for (uint32_t slot = 1; slot <= 3; ++slot) {
+    EXPECT_EQ(words[2 * slot], 0u) << "slot " << slot << ": count not reset";
+    EXPECT_EQ(words[2 * slot + 1], 6u) << "slot " << slot << ": epoch not published";
+  }
+  // Refusals: the f32 form does not chain; slot 0 is the op's; a slot past the buffer.
+  auto refused = [&](ops::MatvecTuning::Form form, uint32_t wait, uint32_t signal, const char* what) {
+    ops::MatvecTuning tf = f32();
+    tf.form = form;
+    op_->set_tuning(tf);
+    ops::MatvecCall c;
+    c.cols = E;
+    c.x = *ba;
+    c.mats[0] = {G::Q4_K, E, *bo, *bn, 0};
+    c.chain.buf = *chain;
+    c.chain.wait = wait;
+    c.chain.signal = signal;
+    auto s = dev_->stream();
+    ASSERT_TRUE(s.ok());
+    Status st = op_->record(*s, c);
+    ASSERT_FALSE(st.ok()) << what;
+    EXPECT_NE(st.message().find(what), std::string::npos) << st.message();
+  };
+  refused(ops::MatvecTuning::Form::kF32, 1, 2, "needs the q8 form at batch 1");
+  refused(ops::MatvecTuning::Form::kQ8, 0, 2, "do not fit");
+  refused(ops::MatvecTuning::Form::kQ8, 1, 9, "do not fit");
+}
+
 // TROVE_MATVEC_ROWS / TROVE_MATVEC_SWIGLU_ROWS set the rows per row group of batch-1 q8 calls (A/B
 // knobs): 4 rows each gives the reference's numbers; other values than 1, 2 and 4 are refused.
 TEST_F(Matvec, TroveMatvecRowsSetsBatchOneRows) {

@@ -500,8 +500,8 @@ Status VulkanEngine::alloc_scratch() {
   } else {
     want.insert(want.end(), {{&gate_, T * ff * 4, dl}, {&up_, T * ff * 4, dl}, {&h_, T * ff * 4, dl}, {&hh_, T * ff * 2, dl}});
   }
-  // Chain slots: 3 a layer (o, gate/up, down), and the op's words (kernels/ops/chain.h).
-  want.insert(want.end(), {{&chain_, ops::ChainLink::bytes(3 * c.n_layer + 8), dl}, {&chain_flag_, 16, hv}});
+  // Chain slots: 5 a layer at most, and the words the op keeps (ops::Matvec::chain_bytes).
+  want.insert(want.end(), {{&chain_, ops::Matvec::chain_bytes(5 * c.n_layer + 8), dl}, {&chain_flag_, 16, hv}});
   for (auto& w : want) {
     auto b = dev_->buffer(std::max<uint64_t>(w.bytes, 16), w.mem);
     if (!b.ok()) return b.status();

@@ -481,7 +481,14 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
           "{} form — record a barrier before it instead (Matvec::chainable)", call.batch, call.cols,
           q8p ? "q8p" : q8 ? "q8" : direct ? "direct" : "staged"));
     }
-    TROVE_RETURN_IF_ERROR(call.chain.check("matvec"));
+    if (call.chain.buf.size < chain_bytes(1) || call.chain.epoch == 0 ||
+        (call.chain.wait != MatvecChain::kNone && (call.chain.wait == 0 || call.chain.buf.size < chain_bytes(call.chain.wait))) ||
+        (call.chain.signal != MatvecChain::kNone && (call.chain.signal == 0 || call.chain.buf.size < chain_bytes(call.chain.signal)))) {
+      return Status::InvalidArgument(fmt::format(
+          "matvec: chain slots wait {} / signal {} and epoch {} do not fit a {}-byte chain buffer (slots from 1, {} "
+          "bytes for slot n, a nonzero epoch)", call.chain.wait, call.chain.signal, call.chain.epoch, call.chain.buf.size,
+          "chain_bytes(n)"));
+    }
   }
   if (direct && st_->direct_lanes == 0) {
     return Status::Unsupported("matvec: the direct form needs subgroup arithmetic (use the staged form)");

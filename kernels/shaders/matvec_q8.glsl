@@ -74,7 +74,7 @@ layout(std430, set = 0, binding = 5) coherent buffer Y0 { float y0[]; };
 layout(std430, set = 0, binding = 6) coherent buffer Y1 { float y1[]; };
 layout(std430, set = 0, binding = 7) coherent buffer Y2 { float y2[]; };
 #ifndef MV_Q8_GLOBAL
-// The chain (kernels/ops/chain.h, chain.glsl): per slot a count of finished workgroups and the epoch
+// The chain (kernels/ops/matvec.h, MatvecChain): per slot a count of finished workgroups and the epoch
 // of the call that finished last with it.
 layout(std430, set = 0, binding = 8) coherent buffer Chain { uint chain[]; };
 #endif
@@ -124,7 +124,38 @@ void write_out(uint m, uint i, float v, float u, bool add) {
 }
 
 #ifndef MV_Q8_GLOBAL
-#include "chain.glsl"
+const uint kNoSlot = 0xffffffffu;
+// Chain wait: one invocation polls the slot until the call before this one (recorded without a
+// barrier between) has marked it with this step's epoch; the others wait at the barrier. A bounded
+// poll: after 2^20 reads (~0.5 s on the H200) it gives up and flags chain[1] (the engine checks it and reports the step
+// as failed) rather than hang the GPU.
+void chain_wait() {
+  if (pc.chain_wait == kNoSlot) return;
+  if (gl_LocalInvocationIndex == 0u) {
+    const uint at = 2u * pc.chain_wait + 1u;
+    for (uint n = 0u; n < (1u << 20) && atomicOr(chain[at], 0u) != pc.chain_epoch; ++n) {
+    }
+    // Left without the epoch (the bound, or a compiler's own loop limit: llvmpipe stops loops after
+    // 65535 rounds): flag it.
+    if (atomicOr(chain[at], 0u) != pc.chain_epoch) atomicOr(chain[1], 1u);
+  }
+  barrier();
+}
+// Chain signal: every invocation's writes made visible, then one invocation counts the workgroup
+// done; the last one resets the count and publishes the epoch.
+void chain_signal() {
+  if (pc.chain_signal == kNoSlot) return;
+  memoryBarrierBuffer();
+  barrier();
+  if (gl_LocalInvocationIndex == 0u) {
+    const uint total = gl_NumWorkGroups.x * gl_NumWorkGroups.y;
+    if (atomicAdd(chain[2u * pc.chain_signal], 1u) == total - 1u) {
+      chain[2u * pc.chain_signal] = 0u;
+      memoryBarrierBuffer();
+      atomicExchange(chain[2u * pc.chain_signal + 1u], pc.chain_epoch);
+    }
+  }
+}
 #endif
 
 void main_body();

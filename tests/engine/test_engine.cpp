@@ -396,7 +396,7 @@ TEST(Engine, L2WarmUpsChangeNoResult) {
   EXPECT_GE(d_warm, d_plain + 6) << "dispatches per decode step: " << d_warm << " with the warm-ups, " << d_plain << " without";
 }
 
-// Chained decode (TROVE_DECODE_CHAIN=1, kernels/ops/chain.h): o, gate/up, down and the next layer's QKV
+// Chained decode (TROVE_DECODE_CHAIN=1, ops::MatvecChain): o, gate/up, down and the next layer's QKV
 // recorded without barriers, each q8 matvec waiting in its kernel for the one before. Lavapipe runs
 // dispatches one after another, so this checks the plumbing the H200 relies on: the slots and epochs
 // line up (a wait on a slot nobody signals gives up and fails the step), the chain is really used

@@ -607,7 +607,7 @@ TEST_F(Matvec, ChainedCallsEqualBarriersAndLeaveTheSlotsClean) {
     EXPECT_NE(st.message().find(what), std::string::npos) << st.message();
   };
   refused(ops::MatvecTuning::Form::kF32, 1, 2, "needs the q8 form at batch 1");
-  refused(ops::MatvecTuning::Form::kQ8, 0, 2, "do not fit a");
+  refused(ops::MatvecTuning::Form::kQ8, 0, 2, "do not fit");
   refused(ops::MatvecTuning::Form::kQ8, 1, 9, "do not fit");
 }
 

@@ -179,18 +179,6 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
     }
     e->fused_rope_kv_ = v == "fused";
   }
-  const char* chain_env = std::getenv("TROVE_DECODE_CHAIN");
-  if (chain_env && !*chain_env) chain_env = nullptr;
-  if (const char* v = chain_env) {
-    const std::string_view w(v);
-    if (w != "0" && w != "1" && w != "stall") {
-      return Status::InvalidArgument(fmt::format(
-          "TROVE_DECODE_CHAIN='{}' is not 0 or 1 (1: one-token steps run o, gate/up, down and the next QKV without "
-          "barriers, each kernel waiting for the one before)", v));
-    }
-    e->decode_chain_ = w == "0" ? VulkanEngine::Chain::kOff : VulkanEngine::Chain::kUnknown;
-    e->chain_stall_ = w == "stall";  // tests: a wait that gives up
-  }
   std::optional<std::vector<L2WarmItem>> warm_env;
   if (const char* v = std::getenv("TROVE_L2_WARM"); v && *v) {
     auto items = parse_l2_warm(v);
@@ -207,13 +195,6 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
   // Decode steps poll the fence on GPUs (a step is a few ms; the host is back ~130 µs sooner than
   // from a sleeping wait: H200, 8B tg128 251 → 261 tok/s); a CPU device needs the core.
   if (!e->dev_->features().is_cpu) e->decode_wait_ = vk::CommandStream::Wait::kSpin;
-  // Chained decode matvecs by default on NVIDIA GPUs (measured there: H200, 8B, docs/performance.md
-  // 2026-12-04 19:3x); elsewhere only with TROVE_DECODE_CHAIN=1 (the chain relies on the GPU starting a
-  // dispatch's workgroups only after every workgroup of the dispatch before it has started).
-  constexpr uint32_t kNvidia = 0x10DE;
-  if (!chain_env && e->dev_->features().vendor_id == kNvidia && !e->dev_->features().is_cpu) {
-    e->decode_chain_ = VulkanEngine::Chain::kUnknown;
-  }
   if (const char* v = std::getenv("TROVE_VK_WAIT"); v && *v) {
     const std::string_view w(v);
     if (w != "spin" && w != "block") {
@@ -500,14 +481,12 @@ Status VulkanEngine::alloc_scratch() {
   } else {
     want.insert(want.end(), {{&gate_, T * ff * 4, dl}, {&up_, T * ff * 4, dl}, {&h_, T * ff * 4, dl}, {&hh_, T * ff * 2, dl}});
   }
-  // Chain slots: 5 a layer at most, and the words the op keeps (ops::Matvec::chain_bytes).
-  want.insert(want.end(), {{&chain_, ops::Matvec::chain_bytes(5 * c.n_layer + 8), dl}, {&chain_flag_, 16, hv}});
   for (auto& w : want) {
     auto b = dev_->buffer(std::max<uint64_t>(w.bytes, 16), w.mem);
     if (!b.ok()) return b.status();
     *w.b = std::move(*b);
   }
-  return chain_.fill(0);
+  return Status::Ok();
 }
 
 Result<SeqId> VulkanEngine::open_sequence() {

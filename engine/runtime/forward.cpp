@@ -93,10 +93,8 @@ Status VulkanEngine::record_l2_warm(vk::CommandStream& s, WarmAt at, uint32_t la
 // slice of the full-width output (y stride = the weight's rows). kSwiGlu's gate and up (equal rows) are
 // cut at the same rows; other epilogues cut each weight on its own.
 Status VulkanEngine::record_matvec(vk::CommandStream& s, std::initializer_list<MatvecOut> outs, uint32_t batch,
-                                   vk::BufferRange x, vk::BufferRange norm_w, ops::MatvecEpilogue epilogue,
-                                   const ops::MatvecChain& chain) {
+                                   vk::BufferRange x, vk::BufferRange norm_w, ops::MatvecEpilogue epilogue) {
   ops::MatvecCall call;
-  call.chain = chain;
   call.cols = static_cast<uint32_t>(outs.begin()->w->cols);
   call.batch = batch;
   call.x = x;
@@ -114,9 +112,6 @@ Status VulkanEngine::record_matvec(vk::CommandStream& s, std::initializer_list<M
     }
     call.n_mats = m;
     return ops_.matvec->record(s, call);
-  }
-  if (chain.buf.buffer != VK_NULL_HANDLE) {
-    return Status::Internal("matvec: a chained call over a weight in several buffers (chain_usable() should have said no)");
   }
   // Row ranges [r0, r1): inside one piece of every weight of the group, below kMaxMatvecBytes, starting
   // at multiples of 64 rows (piece starts are), so the output offsets stay 256-byte aligned.
@@ -155,39 +150,6 @@ Status VulkanEngine::record_matvec(vk::CommandStream& s, std::initializer_list<M
   if (epilogue == ops::MatvecEpilogue::kSwiGlu) return group(all);
   for (size_t m = 0; m < all.size(); ++m) TROVE_RETURN_IF_ERROR(group(std::span(all).subspan(m, 1)));
   return Status::Ok();
-}
-
-bool VulkanEngine::chain_usable() {
-  if (decode_chain_ != Chain::kUnknown) return decode_chain_ == Chain::kOn;
-  // The calls of layer 0 as a one-token step records them (every layer has the same shapes and
-  // types up to Q4_K/Q6_K mixes, which all chain; a weight in several buffers does not).
-  decode_chain_ = Chain::kOff;
-  if (cfg_.is_moe() || !matvec_decode_ || layers_.empty()) return false;
-  const Layer& L = layers_[0];
-  auto probe = [&](std::initializer_list<const Weight*> ws, vk::BufferRange x, uint32_t cols, bool norm, ops::MatvecEpilogue ep) {
-    ops::MatvecCall call;
-    call.cols = cols;
-    call.x = x;
-    if (norm) call.norm_w = L.attn_norm.whole();
-    call.epilogue = ep;
-    uint32_t m = 0;
-    for (const Weight* w : ws) {
-      if (w->pieces.size() != 1 || w->rows * w->row_bytes > kMaxMatvecBytes) return false;
-      call.mats[m++] = {w->type, static_cast<uint32_t>(w->rows), w->whole(), x, 0};
-    }
-    call.n_mats = m;
-    call.chain.buf = chain_;
-    return ops_.matvec->chainable(call);
-  };
-  using Ep = ops::MatvecEpilogue;
-  const uint32_t E = cfg_.n_embd, F = cfg_.n_ff;
-  if (probe({&L.q, &L.k, &L.v}, x_, E, true, Ep::kStore) && probe({&L.o}, attn_, static_cast<uint32_t>(L.o.cols), false, Ep::kAdd) &&
-      probe({&L.gate, &L.up}, x_, E, true, Ep::kSwiGlu) && probe({&L.down}, h_, F, false, Ep::kAdd)) {
-    decode_chain_ = Chain::kOn;
-  } else {
-    log::info("engine", "TROVE_DECODE_CHAIN=1: this model's decode matvecs do not run in the q8 form here; no chain");
-  }
-  return decode_chain_ == Chain::kOn;
 }
 
 namespace {
@@ -303,7 +265,6 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
   };
 
   std::vector<uint8_t> marks;  // TROVE_PROFILE=ops: the op kind that ends at each timestamp
-  bool chain_failed = false;   // a chained wait gave up: the step runs again without the chain
   auto run = [&]() -> Status {
     auto mark = [&](OpKind k) {
       if (!profile_.ops()) return;
@@ -336,35 +297,12 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     const bool mv = matvec_decode_ && T <= ops::Matvec::kMaxBatch;
     using Ep = ops::MatvecEpilogue;
     const bool warm = mv && !l2_warm_.empty();
-    // Chained one-token steps (decode_chain_): o → gate/up → down → next QKV without barriers. Not
-    // with the op profile (its timestamps need the barriers) or L2 warm-ups (dispatches between).
-    const bool chain = mv && T == 1 && !warm && !profile_.ops() && chain_usable();
-    uint32_t chain_slot = 0;  // the last slot handed out this step (slots from 1)
-    ops::MatvecChain link;    // the chain of the next matvec: wait for the slot of the one before
-    if (chain) {
-      if (++chain_epoch_ == 0) chain_epoch_ = 1;
-      link.buf = chain_;
-      link.epoch = chain_epoch_;
-    }
-    // The chain for a call that signals a fresh slot, waiting for `wait`.
-    auto chained = [&](uint32_t wait) {
-      ops::MatvecChain ch = link;
-      ch.wait = wait;
-      ch.signal = ++chain_slot;
-      return ch;
-    };
-    uint32_t qkv_wait = ops::MatvecChain::kNone;  // the previous layer's down slot
     for (uint32_t l = 0; l < c.n_layer; ++l) {
       const Layer& L = layers_[l];
       uint64_t warmed[kWarmWhats] = {};  // words of each WarmWhat read into L2 so far in this layer
       auto warm_at = [&](WarmAt at) { return warm ? record_l2_warm(s, at, l, warmed) : Status::Ok(); };
       if (mv) {
-        ops::MatvecChain ch;
-        if (chain && qkv_wait != ops::MatvecChain::kNone) {
-          ch = link;
-          ch.wait = qkv_wait;
-        }
-        TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.q, attn_}, {&L.k, o_}, {&L.v, v_}}, T, x_, L.attn_norm.whole(), Ep::kStore, ch));
+        TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.q, attn_}, {&L.k, o_}, {&L.v, v_}}, T, x_, L.attn_norm.whole(), Ep::kStore));
       } else {
         if (f16_acts) {
           TROVE_RETURN_IF_ERROR(ops_.rms_f16.record(s, x_, L.attn_norm.whole(), xnh_, T, E, c.rms_eps));
@@ -415,20 +353,6 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       }
       s.barrier();
       mark(kOpAttention);
-      if (chain) {  // o, gate/up and down chained; the next layer's QKV waits for down
-        const ops::MatvecChain o_ch = chained(ops::MatvecChain::kNone);
-        TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.o, x_}}, T, attn_, {}, Ep::kAdd, o_ch));
-        ops::MatvecChain gu_ch = chained(o_ch.signal);
-        if (chain_stall_) gu_ch.wait = gu_ch.signal;  // TROVE_DECODE_CHAIN=stall: never signalled before it waits
-        TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.gate, h_}, {&L.up, {}}}, T, x_, L.ffn_norm.whole(), Ep::kSwiGlu, gu_ch));
-        ops::MatvecChain down_ch = link;
-        down_ch.wait = gu_ch.signal;
-        if (l + 1 < c.n_layer) down_ch.signal = ++chain_slot;
-        TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.down, x_}}, T, h_, {}, Ep::kAdd, down_ch));
-        qkv_wait = down_ch.signal;
-        if (l + 1 == c.n_layer) s.barrier();
-        continue;
-      }
       if (mv) {
         TROVE_RETURN_IF_ERROR(warm_at(kWarmO));
         TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.o, x_}}, T, attn_, {}, Ep::kAdd));
@@ -538,7 +462,6 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       }
       s.barrier();
       s.copy(tokens_out_, 0, tokens_host_, 0, R * 4ull);
-      if (chain) s.copy(chain_, 4, chain_flag_, 0, 4);  // the give-up flag (ops::MatvecChain)
       bool any_logits = false;
       for (uint32_t i : out_rows) any_logits |= inputs[i].want_logits;
       if (any_logits) s.copy(logits_, 0, logits_host_, 0, R * vrow);
@@ -547,24 +470,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       mark(kOpSample);
     }
     if (profile_.steps()) s.timestamp();
-    if (chain && R == 0) {
-      s.barrier();
-      s.copy(chain_, 4, chain_flag_, 0, 4);
-    }
     TROVE_RETURN_IF_ERROR(s.submit_and_wait(T <= ops::Matvec::kMaxBatch ? decode_wait_ : vk::CommandStream::Wait::kBlock));
-    if (chain) {
-      auto* flag = static_cast<uint32_t*>(chain_flag_.mapped());
-      if (*flag != 0) {
-        *flag = 0;
-        const uint32_t zero = 0;
-        TROVE_RETURN_IF_ERROR(chain_.upload(&zero, 4, 4));
-        decode_chain_ = Chain::kOff;
-        chain_failed = true;
-        return Status::Internal(
-            "decode chain: a matvec waited too long for the one before it (the GPU ran the dispatches out of order?); "
-            "this step's results are wrong, chaining is now off for this engine (TROVE_DECODE_CHAIN=0 keeps it off)");
-      }
-    }
     profile_.add_step(s, counters_before, T, dev_->pipelines_created() != pipelines_before, marks);
     if (profile_.phases() && R > 0) {
       // TROVE_PROFILE=1: GPU time of the step's phases.
@@ -580,10 +486,6 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
   if (!st.ok()) {
     stream_.reset();
     undo();
-    if (chain_failed) {  // nothing of the step is kept: run it again with barriers (decode_chain_ is off now)
-      log::warn("engine", "{}; running the step again without it", st.message());
-      return step(inputs);
-    }
     return st;
   }
   for (const StepInput& in : inputs) {

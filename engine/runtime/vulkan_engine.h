@@ -175,10 +175,7 @@ class VulkanEngine final : public Engine {
   Status record_matmul(vk::CommandStream& s, const Weight& w, uint64_t expert, uint32_t batch,
                        vk::BufferRange x, vk::BufferRange y, bool x_f16 = false);
   Status record_matvec(vk::CommandStream& s, std::initializer_list<MatvecOut> outs, uint32_t batch, vk::BufferRange x,
-                       vk::BufferRange norm_w, ops::MatvecEpilogue epilogue, const ops::MatvecChain& chain = {});
-  // Whether one-token steps of this model chain their dense matvecs (decode_chain_, and every call of
-  // layer 0 in a form that chains).
-  bool chain_usable();
+                       vk::BufferRange norm_w, ops::MatvecEpilogue epilogue);
   void embed(int32_t token, float* out) const;
   // Newly registered blocks the store does not hold yet go to to_store_ (exported after the step).
   void register_full_blocks(Sequence& sq);
@@ -224,15 +221,6 @@ class VulkanEngine final : public Engine {
   // How decode steps wait for the GPU (vk::CommandStream::Wait): spin on GPUs, block on CPU devices;
   // TROVE_VK_WAIT=spin|block.
   vk::CommandStream::Wait decode_wait_ = vk::CommandStream::Wait::kBlock;
-  // Chained decode (ops::MatvecChain): in one-token steps of a dense model, o → gate/up → down → the
-  // next layer's QKV run without a barrier between them, each kernel waiting for the one before
-  // (TROVE_DECODE_CHAIN=0|1). chain_ holds the slots, chain_flag_ the give-up flag copied back after
-  // each chained step.
-  enum class Chain { kOff, kUnknown, kOn };
-  Chain decode_chain_ = Chain::kOff;
-  vk::Buffer chain_, chain_flag_;
-  uint32_t chain_epoch_ = 0;
-  bool chain_stall_ = false;  // TROVE_DECODE_CHAIN=stall (tests): gate/up waits for its own slot, so the wait gives up
 
   std::vector<Layer> layers_;
   Weight output_norm_, head_;

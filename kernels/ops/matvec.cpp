@@ -20,9 +20,8 @@ struct Push {
   float eps;
   uint32_t n_mats, ntiles, tile_vals, groups_x, grid;
   uint32_t type[4], rows[4], y_stride[4], row_bytes[4], wg_end[4];
-  uint32_t chain_wait = MatvecChain::kNone, chain_signal = MatvecChain::kNone, chain_epoch = 0, chain_pad = 0;  // q8 form
 };
-static_assert(sizeof(Push) == 128);
+static_assert(sizeof(Push) == 112);
 
 constexpr uint32_t kMaxGroupsX = 65535;  // minimum maxComputeWorkGroupCount Vulkan guarantees
 constexpr uint32_t kDefaultWorkgroup = 256;
@@ -152,69 +151,6 @@ struct Matvec::State {
     return vk::BufferRange(r.buf, uint64_t{i} * bytes, bytes);
   }
 
-  // The form a call runs in (record() and chainable() agree by both asking here).
-  struct Form {
-    bool direct = false, q8 = false, q8p = false;
-    uint32_t q8_tile = 0, q8_wg = 0;
-    bool chains() const { return q8 && !q8p; }
-  };
-  Result<Form> form(const MatvecCall& call) const {
-    using quant::GgmlType;
-    const MatvecTuning& tn = tuning;
-    Form f;
-    // On a CPU device (lavapipe) one invocation owns a row group's rows and walks every part itself:
-    // no partial sums to reduce across lanes, and a workgroup covers 32x the rows, so the barriers and
-    // the staging of x (run per workgroup and block, costly there) are paid 32x less often. Measured on
-    // lavapipe (2 cores, tiny-coder decode, 2026-12-02): the 151,936-row head 1.3-1.8 s -> ~0.33 s.
-    f.direct = direct;
-    f.q8 = q8 || (q8_batch1 && call.batch == 1);
-    f.q8p = q8p;
-    if (call.batch > 1 && batched != Batched::kSame) {  // TROVE_MATVEC_BATCHED
-      f.q8 = batched == Batched::kQ8;
-      f.q8p = batched == Batched::kQ8P;
-    }
-    if (tn.form == MatvecTuning::Form::kF32) {
-      f.q8 = f.q8p = false;
-    } else if (tn.form != MatvecTuning::Form::kAuto) {
-      f.direct = tn.form == MatvecTuning::Form::kDirect;
-      f.q8 = tn.form == MatvecTuning::Form::kQ8;
-      f.q8p = tn.form == MatvecTuning::Form::kQ8P;
-    }
-    if (f.q8 && q8p_cols != 0 && call.batch == 1 && call.cols >= q8p_cols) f.q8p = true;  // TROVE_MATVEC_Q8P_COLS
-    if (f.q8p) f.q8 = true;  // the same kernel reading x̂ from a scratch slot: no shared-memory limit
-    if (f.q8 && !q8_ok) {
-      return Status::Unsupported("matvec: the q8 form needs integer dot products and subgroup arithmetic and shuffles (use direct or staged)");
-    }
-    // The q8 form takes Q4_K/Q5_K/Q6_K/Q8_0 weights with batch · cols int8 (+ scales) in shared memory;
-    // other calls run the direct form.
-    f.q8_tile = (call.cols + 255) / 256 * 256;
-    f.q8_wg = tn.workgroup_size ? tn.workgroup_size : q8_wg ? q8_wg : cpu ? kDefaultWorkgroup : kQ8Workgroup;
-    if (f.q8) {
-      bool types = true;
-      for (uint32_t m = 0; m < call.n_mats && m < 3; ++m) {
-        const GgmlType t = call.mats[m].type;
-        if (t != GgmlType::Q4_K && t != GgmlType::Q5_K && t != GgmlType::Q6_K && t != GgmlType::Q8_0) types = false;
-      }
-      // Staged x̂ and Σ x² per subgroup; with split rows (possibly: automatic splits only on GPUs) the
-      // subgroups' sums of up to 4 rows.
-      const uint32_t want_split = tn.split ? tn.split : q8_split;
-      const bool may_split = want_split > 1 || (want_split == 0 && !cpu);
-      const uint32_t lanes = std::max<uint32_t>(1, direct_lanes);
-      const uint64_t q8_bytes = uint64_t{call.batch} * f.q8_tile * 11 / 8 + uint64_t{f.q8_wg / lanes} * call.batch * 4 +
-                                (may_split ? uint64_t{f.q8_wg / lanes} * 4 * call.batch * 2 * 4 : 0);
-      if (!types) {
-        f.q8 = f.q8p = false;
-        f.direct = true;
-      } else if (q8_bytes > shared_bytes) {
-        // x̂ does not fit shared memory at this batch (the 8B's ffn_down from batch 3): the q8p form —
-        // the same int8 numbers, so each column gets what a batch-1 call gives it. (The f32 direct form
-        // here made batched steps differ from one-token steps: test Q8FormColumnsEqualBatchOne.)
-        f.q8p = true;
-      }
-    }
-    return f;
-  }
-
   Result<const vk::Pipeline*> pipeline(const Key& k) {
     std::lock_guard<std::mutex> lock(mu);
     auto it = pipelines.find(k);
@@ -224,11 +160,11 @@ struct Matvec::State {
       if (!p.ok()) return p.status();
       return &pipelines.emplace(k, std::move(*p)).first->second;
     }
-    if (k.direct >= 2) {  // q8 (2) and q8p (3) forms: constant ids 0..11 of matvec_q8.glsl; q8 has the chain binding
+    if (k.direct >= 2) {  // q8 (2) and q8p (3) forms: constant ids 0..11 of matvec_q8.glsl
       auto p = dev->pipeline({k.direct == 3 ? "matvec_q8p" : "matvec_q8",
                               {k.wg, k.lanes, k.nb, k.rows, k.swiglu, k.tile, k.mats, k.type0, k.type1, k.type2, k.q6wide,
                                k.split},
-                              sizeof(Push), k.direct == 3 ? 8u : 9u, k.wg});
+                              sizeof(Push), 8, k.wg});
       if (!p.ok()) return p.status();
       return &pipelines.emplace(k, std::move(*p)).first->second;
     }
@@ -434,11 +370,6 @@ void Matvec::set_tuning(const MatvecTuning& t) { st_->tuning = t; }
 
 bool Matvec::q8_supported() const { return st_->q8_ok; }
 
-bool Matvec::chainable(const MatvecCall& call) const {
-  auto f = st_->form(call);
-  return f.ok() && f->chains();
-}
-
 Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
   using quant::GgmlType;
   const bool swiglu = call.epilogue == MatvecEpilogue::kSwiGlu;
@@ -469,25 +400,57 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
   }
 
   const MatvecTuning& tn = st_->tuning;
-  auto form = st_->form(call);
-  if (!form.ok()) return form.status();
-  bool direct = form->direct, q8 = form->q8, q8p = form->q8p;
-  const uint32_t q8_tile = form->q8_tile, q8_wg = form->q8_wg;
-  const bool chained = call.chain.buf.buffer != VK_NULL_HANDLE;
-  if (chained) {
-    if (!form->chains()) {
-      return Status::InvalidArgument(fmt::format(
-          "matvec: a chained call (MatvecChain) needs the q8 form at batch 1; this call (batch {}, {} columns) runs the "
-          "{} form — record a barrier before it instead (Matvec::chainable)", call.batch, call.cols,
-          q8p ? "q8p" : q8 ? "q8" : direct ? "direct" : "staged"));
+  // On a CPU device (lavapipe) one invocation owns a row group's rows and walks every part itself:
+  // no partial sums to reduce across lanes, and a workgroup covers 32x the rows, so the barriers and
+  // the staging of x (run per workgroup and block, costly there) are paid 32x less often. Measured on
+  // lavapipe (2 cores, tiny-coder decode, 2026-12-02): the 151,936-row head 1.3-1.8 s -> ~0.33 s.
+  bool direct = st_->direct;
+  bool q8 = st_->q8 || (st_->q8_batch1 && call.batch == 1), q8p = st_->q8p;
+  if (call.batch > 1 && st_->batched != State::Batched::kSame) {  // TROVE_MATVEC_BATCHED
+    q8 = st_->batched == State::Batched::kQ8;
+    q8p = st_->batched == State::Batched::kQ8P;
+  }
+  if (tn.form == MatvecTuning::Form::kF32) {
+    q8 = q8p = false;
+  } else if (tn.form != MatvecTuning::Form::kAuto) {
+    direct = tn.form == MatvecTuning::Form::kDirect;
+    q8 = tn.form == MatvecTuning::Form::kQ8;
+    q8p = tn.form == MatvecTuning::Form::kQ8P;
+  }
+  if (q8 && st_->q8p_cols != 0 && call.batch == 1 && call.cols >= st_->q8p_cols) q8p = true;  // TROVE_MATVEC_Q8P_COLS
+  if (q8p) {  // the same kernel reading x̂ from a scratch slot: no shared-memory limit
+    q8 = true;
+  }
+  if (q8 && !st_->q8_ok) {
+    return Status::Unsupported("matvec: the q8 form needs integer dot products and subgroup arithmetic and shuffles (use direct or staged)");
+  }
+  // The q8 form takes Q4_K/Q5_K/Q6_K/Q8_0 weights with batch · cols int8 (+ scales) in shared memory;
+  // other calls run the direct form.
+  const uint32_t q8_tile = (call.cols + 255) / 256 * 256;
+  const uint32_t q8_wg = tn.workgroup_size ? tn.workgroup_size
+                         : st_->q8_wg     ? st_->q8_wg
+                         : st_->cpu       ? kDefaultWorkgroup
+                                          : kQ8Workgroup;
+  if (q8) {
+    bool types = true;
+    for (uint32_t m = 0; m < call.n_mats; ++m) {
+      const GgmlType t = call.mats[m].type;
+      if (t != GgmlType::Q4_K && t != GgmlType::Q5_K && t != GgmlType::Q6_K && t != GgmlType::Q8_0) types = false;
     }
-    if (call.chain.buf.size < chain_bytes(1) || call.chain.epoch == 0 ||
-        (call.chain.wait != MatvecChain::kNone && (call.chain.wait == 0 || call.chain.buf.size < chain_bytes(call.chain.wait))) ||
-        (call.chain.signal != MatvecChain::kNone && (call.chain.signal == 0 || call.chain.buf.size < chain_bytes(call.chain.signal)))) {
-      return Status::InvalidArgument(fmt::format(
-          "matvec: chain slots wait {} / signal {} and epoch {} do not fit a {}-byte chain buffer (slots from 1, {} "
-          "bytes for slot n, a nonzero epoch)", call.chain.wait, call.chain.signal, call.chain.epoch, call.chain.buf.size,
-          "chain_bytes(n)"));
+    // Staged x̂ and Σ x² per subgroup; with split rows (possibly: automatic splits only on GPUs) the
+    // subgroups' sums of up to 4 rows.
+    const uint32_t want_split = tn.split ? tn.split : st_->q8_split;
+    const bool may_split = want_split > 1 || (want_split == 0 && !st_->cpu);
+    const uint64_t q8_bytes = uint64_t{call.batch} * q8_tile * 11 / 8 + uint64_t{q8_wg / st_->direct_lanes} * call.batch * 4 +
+                              (may_split ? uint64_t{q8_wg / st_->direct_lanes} * 4 * call.batch * 2 * 4 : 0);
+    if (!types) {
+      q8 = q8p = false;
+      direct = true;
+    } else if (q8_bytes > st_->shared_bytes) {
+      // x̂ does not fit shared memory at this batch (the 8B's ffn_down from batch 3): the q8p form —
+      // the same int8 numbers, so each column gets what a batch-1 call gives it. (The f32 direct form
+      // here made batched steps differ from one-token steps: test Q8FormColumnsEqualBatchOne.)
+      q8p = true;
     }
   }
   if (direct && st_->direct_lanes == 0) {
@@ -672,15 +635,7 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
                             call.n_mats > 1 ? push.type[1] : push.type[0], call.n_mats > 2 ? push.type[2] : push.type[0],
                             1u, sg, g, 2u, q6_wide, split});
     if (!p.ok()) return p.status();
-    vk::BufferRange qbufs[9];
-    std::copy(std::begin(bufs), std::end(bufs), qbufs);
-    qbufs[8] = chained ? call.chain.buf : bufs[5];  // unchained: any buffer, never read (both slots kNone)
-    if (chained) {
-      push.chain_wait = call.chain.wait;
-      push.chain_signal = call.chain.signal;
-      push.chain_epoch = call.chain.epoch;
-    }
-    return s.dispatch(**p, qbufs, &push, sizeof(push), gx, gy);
+    return s.dispatch(**p, bufs, &push, sizeof(push), gx, gy);
   }
   if (direct) {
     // One tile (x read through the caches), one block per workgroup.

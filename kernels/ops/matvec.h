@@ -81,22 +81,6 @@ enum class MatvecEpilogue {
              //   mats[0].y = silu(gate·x̂) * (up·x̂); mats[1].y unused
 };
 
-// Chained calls (decode): a call recorded right after another WITHOUT a barrier between them waits, in
-// its kernel, until the earlier call has finished (every workgroup of it counted in `slot`), instead
-// of the GPU draining between the two dispatches. Only the q8 form at batch 1 chains (chainable());
-// the calls of one chain are consecutive dispatches with nothing else between them, each slot is
-// signalled by one call per epoch, and calls of different epochs (steps) are separated by a barrier
-// or a wait. buf: kMinChainBytes or more, zero when first used (the counts return to zero by
-// themselves). Word 1 is set when a wait gave up (a bug or a driver that runs dispatches out of
-// order): the results of that submission are wrong, and the caller must check it after the wait.
-struct MatvecChain {
-  static constexpr uint32_t kNone = 0xffffffffu;
-  vk::BufferRange buf{};   // empty: no chain
-  uint32_t wait = kNone;   // slot the previous call signals (kNone: a barrier came before this call)
-  uint32_t signal = kNone; // slot this call signals (kNone: a barrier comes after it)
-  uint32_t epoch = 1;      // nonzero, different for every submission that reuses the slots
-};
-
 struct MatvecCall {
   uint32_t cols = 0, batch = 1;            // batch 1..8 (columns of x)
   vk::BufferRange x;                        // f32 [batch][cols]
@@ -105,7 +89,6 @@ struct MatvecCall {
   vk::BufferRange norm_w{}; float eps = 1e-6f;
   MatvecMatrix mats[3]; uint32_t n_mats = 1; // 1..3 matrices sharing x (Q, K, V in one dispatch)
   MatvecEpilogue epilogue = MatvecEpilogue::kStore;
-  MatvecChain chain{};
 };
 
 // Extension (not needed by callers): the kernel's work split, for the benchmark's sweeps and the
@@ -141,10 +124,6 @@ class Matvec {
   static Result<Matvec> create(vk::Device& dev);
   Status record(vk::CommandStream& s, const MatvecCall& call) const;  // ONE dispatch
   static constexpr uint32_t kMaxBatch = 8;
-  // Whether record() would run `call` in a form that chains (MatvecChain); a chained call that does
-  // not is refused. Slots are numbered from 1 (word 0 and 1 of the buffer are the op's).
-  bool chainable(const MatvecCall& call) const;
-  static constexpr uint64_t chain_bytes(uint32_t slots) { return (uint64_t{slots} + 1) * 8; }
   // The device can run the q8 forms (integer dot products, subgroup arithmetic and shuffles).
   bool q8_supported() const;
 

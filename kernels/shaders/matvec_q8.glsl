@@ -56,13 +56,7 @@ const uint kRG = kGroups / kSplit;  // row groups per workgroup
 const uint kNS = kR * (kSwiGlu + 1u);
 const uint kTypeMask = (1u << kType0) | (1u << kType1) | (1u << kType2);
 
-#ifdef MV_Q8_GLOBAL
 layout(std430, set = 0, binding = 0) readonly buffer X { vec4 x4[]; };
-#else
-// coherent: with a chain (below) x may come from a dispatch that ran without a barrier before this
-// one, so its loads must not hit lines an earlier dispatch left in this SM's L1.
-layout(std430, set = 0, binding = 0) coherent readonly buffer X { vec4 x4[]; };
-#endif
 layout(std430, set = 0, binding = 1) readonly buffer NW { vec4 nw4[]; };
 layout(std430, set = 0, binding = 2) readonly buffer W0q { uvec4 w0q[]; };
 layout(std430, set = 0, binding = 2) readonly buffer W0w { uint w0w[]; };
@@ -70,21 +64,15 @@ layout(std430, set = 0, binding = 3) readonly buffer W1q { uvec4 w1q[]; };
 layout(std430, set = 0, binding = 3) readonly buffer W1w { uint w1w[]; };
 layout(std430, set = 0, binding = 4) readonly buffer W2q { uvec4 w2q[]; };
 layout(std430, set = 0, binding = 4) readonly buffer W2w { uint w2w[]; };
-layout(std430, set = 0, binding = 5) coherent buffer Y0 { float y0[]; };
-layout(std430, set = 0, binding = 6) coherent buffer Y1 { float y1[]; };
-layout(std430, set = 0, binding = 7) coherent buffer Y2 { float y2[]; };
-#ifndef MV_Q8_GLOBAL
-// The chain (kernels/ops/matvec.h, MatvecChain): per slot a count of finished workgroups and the epoch
-// of the call that finished last with it.
-layout(std430, set = 0, binding = 8) coherent buffer Chain { uint chain[]; };
-#endif
+layout(std430, set = 0, binding = 5) buffer Y0 { float y0[]; };
+layout(std430, set = 0, binding = 6) buffer Y1 { float y1[]; };
+layout(std430, set = 0, binding = 7) buffer Y2 { float y2[]; };
 
 // Same block as matvec_body.glsl (the host shares the struct).
 layout(push_constant) uniform P {
   uint cols; uint flags; float eps; uint n_mats;
   uint ntiles; uint tile_vals; uint groups_x; uint grid;
   uvec4 type; uvec4 rows; uvec4 y_stride; uvec4 row_bytes; uvec4 wg_end;
-  uint chain_wait; uint chain_signal; uint chain_epoch; uint chain_pad;
 } pc;
 
 const uint kQ8Cols = kNB;  // matvec_q8_parts.glsl: one staged column per batch column
@@ -123,56 +111,10 @@ void write_out(uint m, uint i, float v, float u, bool add) {
   }
 }
 
-#ifndef MV_Q8_GLOBAL
-const uint kNoSlot = 0xffffffffu;
-// Chain wait: one invocation polls the slot until the call before this one (recorded without a
-// barrier between) has marked it with this step's epoch; the others wait at the barrier. A bounded
-// poll: after 2^20 reads (~0.5 s on the H200) it gives up and flags chain[1] (the engine checks it and reports the step
-// as failed) rather than hang the GPU.
-void chain_wait() {
-  if (pc.chain_wait == kNoSlot) return;
-  if (gl_LocalInvocationIndex == 0u) {
-    const uint at = 2u * pc.chain_wait + 1u;
-    for (uint n = 0u; n < (1u << 20) && atomicOr(chain[at], 0u) != pc.chain_epoch; ++n) {
-    }
-    // Left without the epoch (the bound, or a compiler's own loop limit: llvmpipe stops loops after
-    // 65535 rounds): flag it.
-    if (atomicOr(chain[at], 0u) != pc.chain_epoch) atomicOr(chain[1], 1u);
-  }
-  barrier();
-}
-// Chain signal: every invocation's writes made visible, then one invocation counts the workgroup
-// done; the last one resets the count and publishes the epoch.
-void chain_signal() {
-  if (pc.chain_signal == kNoSlot) return;
-  memoryBarrierBuffer();
-  barrier();
-  if (gl_LocalInvocationIndex == 0u) {
-    const uint total = gl_NumWorkGroups.x * gl_NumWorkGroups.y;
-    if (atomicAdd(chain[2u * pc.chain_signal], 1u) == total - 1u) {
-      chain[2u * pc.chain_signal] = 0u;
-      memoryBarrierBuffer();
-      atomicExchange(chain[2u * pc.chain_signal + 1u], pc.chain_epoch);
-    }
-  }
-}
-#endif
-
-void main_body();
 void main() {
-#ifndef MV_Q8_GLOBAL
-  chain_wait();
-#endif
-  main_body();
-#ifndef MV_Q8_GLOBAL
-  chain_signal();
-#endif
-}
-
-void main_body() {
   const uint blocks = pc.wg_end[pc.n_mats - 1u];
   const uint wg = gl_WorkGroupID.x + gl_WorkGroupID.y * pc.groups_x;
-  if (wg >= blocks) return;  // grid padding: whole workgroups (they still count in the chain)
+  if (wg >= blocks) return;  // grid padding: whole workgroups, before the barrier
   const uint lid = gl_LocalInvocationID.x, group = lid / kG, lane = lid % kG;
   const uint rg = group % kRG, sp = group / kRG;  // row group, and which share of its parts
   const bool norm = (pc.flags & 1u) != 0u, add = (pc.flags & 2u) != 0u;

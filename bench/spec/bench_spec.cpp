@@ -127,6 +127,40 @@ std::vector<Turn> assistant_turns(const std::vector<int32_t>& d, const engine::E
   return turns;
 }
 
+// Teacher-forced prompt lookup over assistant turns (the reference tokens are what the model writes):
+// each step drafts lookup_draft(history, min(adaptive k, cap), min_ngram), accepts the matching
+// prefix, advances by accepted + 1. speedup: tokens over Σ step_ms[drafted] against one token per
+// step_ms[0] — the decode speed-up if verification costs what step_ms says and acceptance is this.
+struct TeacherForced {
+  uint64_t tokens = 0, steps = 0, drafted = 0, accepted = 0;
+  double speedup = 0;
+};
+TeacherForced teacher_forced(const std::vector<std::pair<const std::vector<int32_t>*, Turn>>& turns, uint32_t cap,
+                             uint32_t min_ngram, const std::vector<double>& step_ms) {
+  TeacherForced r;
+  double ms = 0;
+  for (const auto& [doc, t] : turns) {
+    const std::vector<int32_t>& d = *doc;
+    engine::AdaptiveK k;
+    for (size_t p = t.start; p < t.end;) {
+      const auto h = std::span<const int32_t>(d).first(p);
+      const auto l = engine::lookup_draft(h, std::min(k.k, cap), min_ngram);
+      uint32_t acc = 0;
+      while (acc < l.tokens.size() && p + acc < t.end && l.tokens[acc] == d[p + acc]) ++acc;
+      k.update(static_cast<uint32_t>(l.tokens.size()), acc);
+      r.drafted += l.tokens.size();
+      r.accepted += acc;
+      const size_t adv = std::min<size_t>(acc + 1, t.end - p);
+      r.tokens += adv;
+      ++r.steps;
+      ms += step_ms[std::min(l.tokens.size(), step_ms.size() - 1)];
+      p += adv;
+    }
+  }
+  r.speedup = ms > 0 ? double(r.tokens) * step_ms[0] / ms : 0;
+  return r;
+}
+
 struct MethodRow {
   uint64_t generated = 0, steps = 0, drafted = 0, accepted = 0, same = 0, cuts = 0;
   double decode_s = 0;
@@ -134,7 +168,8 @@ struct MethodRow {
 
 void acceptance(const std::string& model, const std::string& draft_path, const std::vector<std::vector<int32_t>>& all,
                 bool last_turn_only, const std::string& what, uint32_t conversations, uint32_t turns,
-                uint32_t max_tokens, uint32_t max_draft, const std::vector<std::string>& methods) {
+                uint32_t max_tokens, uint32_t max_draft, const std::vector<std::string>& methods,
+                const std::vector<double>& step_ms) {
   uint32_t longest = 0;
   for (size_t i = 0; i < all.size() && i < conversations; ++i) {
     longest = std::max<uint32_t>(longest, static_cast<uint32_t>(all[i].size()));
@@ -155,29 +190,18 @@ void acceptance(const std::string& model, const std::string& draft_path, const s
   auto seq = target->open_sequence();
   if (!seq.ok()) die(seq.status().message());
   std::map<std::string, MethodRow> rows;
-  // Teacher-forced prompt lookup over the assistant turns' reference tokens, every document.
-  uint64_t tf_tokens = 0, tf_steps = 0, tf_drafted = 0, tf_accepted = 0, tf_turns = 0;
+  // Teacher-forced prompt lookup over the assistant turns' reference tokens, every document: the
+  // engine's policy (at most max_draft drafts, adaptive k, n-grams of kLookupMinNgram+), and the
+  // sweep of caps and shortest n-grams with the decode speed-up the step costs (step_ms) give.
+  std::vector<std::pair<const std::vector<int32_t>*, Turn>> tf_all;
   for (const auto& d : all) {
     auto ts = assistant_turns(d, *target);
     if (last_turn_only && ts.size() > 1) ts.erase(ts.begin(), ts.end() - 1);
-    for (const Turn& t : ts) {
-      ++tf_turns;
-      engine::AdaptiveK k;
-      for (size_t p = t.start; p < t.end;) {
-        const auto h = std::span<const int32_t>(d).first(p);
-        const auto l = engine::lookup_draft(h, k.k);
-        uint32_t acc = 0;
-        while (acc < l.tokens.size() && p + acc < t.end && l.tokens[acc] == d[p + acc]) ++acc;
-        k.update(static_cast<uint32_t>(l.tokens.size()), acc);
-        tf_drafted += l.tokens.size();
-        tf_accepted += acc;
-        const size_t adv = std::min<size_t>(acc + 1, t.end - p);
-        tf_tokens += adv;
-        ++tf_steps;
-        p += adv;
-      }
-    }
+    for (const Turn& t : ts) tf_all.emplace_back(&d, t);
   }
+  const TeacherForced tf = teacher_forced(tf_all, max_draft, engine::kLookupMinNgram, step_ms);
+  const uint64_t tf_tokens = tf.tokens, tf_steps = tf.steps, tf_drafted = tf.drafted, tf_accepted = tf.accepted,
+                 tf_turns = tf_all.size();
   const size_t n_docs = std::min<size_t>(all.size(), conversations);
   for (size_t di = 0; di < n_docs; ++di) {
     const auto& d = all[di];
@@ -242,11 +266,22 @@ void acceptance(const std::string& model, const std::string& draft_path, const s
                 static_cast<unsigned long long>(r.cuts));
   }
   std::printf("\nteacher-forced prompt lookup over %llu assistant turns of %zu conversations (a model that writes the "
-              "transcript): %llu tokens in %llu steps = %.2f tokens/step, %llu/%llu drafts accepted (%.1f%%)\n",
-              static_cast<unsigned long long>(tf_turns), all.size(), static_cast<unsigned long long>(tf_tokens),
-              static_cast<unsigned long long>(tf_steps),
+              "transcript), <= %u drafts a step, n-grams of %u+ tokens: %llu tokens in %llu steps = %.2f tokens/step, "
+              "%llu/%llu drafts accepted (%.1f%%), modelled decode speed-up %.2fx\n",
+              static_cast<unsigned long long>(tf_turns), all.size(), max_draft, engine::kLookupMinNgram,
+              static_cast<unsigned long long>(tf_tokens), static_cast<unsigned long long>(tf_steps),
               tf_steps ? double(tf_tokens) / tf_steps : 0.0, static_cast<unsigned long long>(tf_accepted),
-              static_cast<unsigned long long>(tf_drafted), tf_drafted ? 100.0 * tf_accepted / tf_drafted : 0.0);
+              static_cast<unsigned long long>(tf_drafted), tf_drafted ? 100.0 * tf_accepted / tf_drafted : 0.0, tf.speedup);
+  std::printf("\nthe same, by cap and shortest n-gram; speed-up = tokens / Σ step_ms(drafts + 1) against 1 / step_ms(1), "
+              "step_ms = --step-ms (ms a target step of 1..8 tokens: %s)\n| drafts <= | n-gram >= | tokens / step | "
+              "acceptance | modelled speed-up |\n|---|---|---|---|---|\n", fmt::format("{}", fmt::join(step_ms, ", ")).c_str());
+  for (uint32_t ng = 2; ng <= 4; ++ng) {
+    for (uint32_t cap = 1; cap <= engine::kMaxDraftTokens; ++cap) {
+      const TeacherForced r = teacher_forced(tf_all, cap, ng, step_ms);
+      std::printf("| %u | %u | %.3f | %.1f%% | %.3fx |\n", cap, ng, r.steps ? double(r.tokens) / r.steps : 0.0,
+                  r.drafted ? 100.0 * r.accepted / r.drafted : 0.0, r.speedup);
+    }
+  }
 }
 
 void verify_cost(const std::string& model, uint32_t depth, int reps, const std::vector<uint32_t>& only_k) {
@@ -367,7 +402,7 @@ void verify_cost(const std::string& model, uint32_t depth, int reps, const std::
 int main(int argc, char** argv) {
   CLI::App app{"Speculative decoding: acceptance on agent transcripts, and the cost of verifying k tokens"};
   std::string model, draft, heldout, docs_json;
-  uint32_t conversations = 6, turns = 2, max_tokens = 96, depth = 1024, max_draft = engine::kMaxDraftTokens;
+  uint32_t conversations = 6, turns = 2, max_tokens = 96, depth = 1024, max_draft = engine::kDefaultMaxDraft;
   int reps = 5;
   bool cost = false;
   std::string methods = "off,lookup,draft,auto";
@@ -379,8 +414,14 @@ int main(int argc, char** argv) {
   app.add_option("--turns", turns, "Assistant turns per conversation to generate")->capture_default_str();
   app.add_option("--max-tokens", max_tokens, "Tokens per generated turn")->capture_default_str();
   app.add_option("--methods", methods, "Methods, the first is the reference output")->capture_default_str();
-  app.add_option("--max-draft", max_draft, "Drafts per step at most (1..7)")->capture_default_str();
+  app.add_option("--max-draft", max_draft, "Drafts per step at most (1..7; default: the engine's)")->capture_default_str();
   app.add_flag("--verify-cost", cost, "Measure the target step time for 1..8 tokens instead");
+  // H200, 8B Q4_K_M at depth 1024 (docs/performance.md, 2026-12-04 17:04): 1, 2, 3, 4 and 8 tokens
+  // measured, 5..7 interpolated.
+  std::vector<double> step_ms = {3.74, 4.78, 5.45, 6.23, 7.04, 7.85, 8.67, 9.48};
+  app.add_option("--step-ms", step_ms, "Teacher-forced speed-up: ms a target step of 1..8 tokens takes (8 values)")
+      ->delimiter(',')
+      ->capture_default_str();
   app.add_option("--depth", depth, "--verify-cost: context tokens before the measured steps")->capture_default_str();
   app.add_option("--reps", reps, "--verify-cost: repetitions per k (median)")->capture_default_str();
   std::vector<uint32_t> only_k;
@@ -403,7 +444,11 @@ int main(int argc, char** argv) {
   if (heldout.empty() == docs_json.empty()) die("give one of --heldout FILE or --docs FILE");
   bool last_turn_only = false;
   auto docs = heldout.empty() ? read_json_docs(docs_json, last_turn_only) : read_u32_docs(heldout);
+  if (step_ms.size() != engine::kMaxDraftTokens + 1 || !std::all_of(step_ms.begin(), step_ms.end(), [](double v) { return v > 0; })) {
+    die(fmt::format("--step-ms: give {} positive values (ms a step of 1..{} tokens)", engine::kMaxDraftTokens + 1,
+                    engine::kMaxDraftTokens + 1));
+  }
   acceptance(model, draft, docs, last_turn_only, heldout.empty() ? docs_json : heldout, conversations, turns, max_tokens,
-             std::clamp<uint32_t>(max_draft, 1, engine::kMaxDraftTokens), ms);
+             std::clamp<uint32_t>(max_draft, 1, engine::kMaxDraftTokens), ms, step_ms);
   return 0;
 }

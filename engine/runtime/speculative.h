@@ -67,7 +67,10 @@ struct LookupDraft {
   uint32_t ngram = 0;             // length of the matched suffix
   std::vector<int32_t> tokens;
 };
-LookupDraft lookup_draft(std::span<const int32_t> history, uint32_t k, uint32_t min_ngram = 2, uint32_t max_ngram = 8);
+// The shortest suffix the engine's prompt lookup matches.
+constexpr uint32_t kLookupMinNgram = 2;
+LookupDraft lookup_draft(std::span<const int32_t> history, uint32_t k, uint32_t min_ngram = kLookupMinNgram,
+                         uint32_t max_ngram = 8);
 
 // A sampler's distribution over at most 64 tokens (Sampling::top_k <= 64), probabilities summing to 1.
 struct SparseDist {

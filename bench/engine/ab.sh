@@ -5,6 +5,8 @@
 #
 # VARIANT is LABEL or LABEL:VAR=value[,VAR=value...]: the environment of that variant's runs (LABEL
 # alone: the defaults), e.g. `base spin:TROVE_VK_WAIT=spin wg1k:TROVE_MATVEC_Q8_WG=1024,TROVE_MATVEC_Q8_WAVES=4`.
+# LABEL@PATH runs the bench_engine at PATH instead (another build of the tree, interleaved with this
+# one's), e.g. `base new@/tmp/bench_engine_new:TROVE_VK_WAIT=spin`.
 # The variants run in turn, N rounds (default 2), each one `bench_engine --decode-only --reps 1
 # --profile` (depth D, default 4096), so that a drift of the machine's speed falls on every variant
 # alike. Prints a markdown table: variant, round, tg (tok/s), tg at depth D, GPU and host µs per decode
@@ -48,10 +50,16 @@ for ((r = 1; r <= rounds; r++)); do
     label=${v%%:*}
     envs=()
     if [[ $v == *:* ]]; then IFS=, read -ra envs <<< "${v#*:}"; fi
+    run=$bench
+    if [[ $label == *@* ]]; then
+      run=${label#*@}
+      label=${label%%@*}
+      [ -x "$run" ] || { echo "| $label | $r | failed: no bench_engine at '$run' | | | | |"; continue; }
+    fi
     [ "$ops" = 1 ] && envs=(TROVE_PROFILE=ops ${envs[@]+"${envs[@]}"})
     args=(--model "$model" --decode-only --reps 1 --profile --depth "$depth")
     [ -n "$tg" ] && args+=(--tg "$tg")
-    if ! env ${envs[@]+"${envs[@]}"} "$bench" "${args[@]}" > "$out" 2>&1; then
+    if ! env ${envs[@]+"${envs[@]}"} "$run" "${args[@]}" > "$out" 2>&1; then
       echo "| $label | $r | failed: $(grep -m1 -iE 'error|invalid|bench_engine:' "$out" | cut -c1-120) | | | | |"
       continue
     fi
@@ -85,6 +93,7 @@ if [ "$ops" = 1 ]; then
   for ((r = 1; r <= rounds; r++)); do
     for v in "${variants[@]}"; do
       label=${v%%:*}
+      label=${label%%@*}
       row="| $label | $r |"
       for k in "${kinds[@]}"; do
         us=$(awk -F'\t' -v k="$k" '$1 == k {print $2}' "$opsdir/$r.$label" 2>/dev/null)

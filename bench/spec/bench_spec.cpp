@@ -10,8 +10,10 @@
 //     bench/spec/agent_loop.mjs writes for the agent-loop conversation of tests/server).
 //     Also, teacher-forced over EVERY document given: prompt lookup's acceptance when the model writes
 //     exactly the transcript's assistant turns (the draft against the reference tokens; no model runs)
-//     — how much of an agent transcript is copied from its own context. Prompts longer than the model's
-//     context keep their last tokens.
+//     — how much of an agent transcript is copied from its own context — with the engine's policy and
+//     as a grid of draft caps × shortest n-grams, each with the decode speed-up that --step-ms (ms a
+//     target step of 1..8 tokens; default the H200's 8B) gives. --conversations 0 runs only this (~3 s).
+//     Prompts longer than the model's context keep their last tokens.
 //
 //   bench_spec --verify-cost --model M.gguf [--depth 1024] [--reps 5] [--k 1,4]
 //     Target step time for 1..8 tokens of one sequence with per-position argmax (a verification step

@@ -179,6 +179,15 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
     }
     e->fused_rope_kv_ = v == "fused";
   }
+  if (const char* v = std::getenv("TROVE_MOE_F16"); v && *v) {
+    const std::string_view m = v;
+    if (m != "0" && m != "1") {
+      return Status::InvalidArgument(fmt::format(
+          "TROVE_MOE_F16={} is not a choice: use 1 (the default: the MoE prefill's expert GEMMs read the FFN input "
+          "rounded to f16 once) or 0 (they read it as f32 and round it per tile, for A/B comparisons)", m));
+    }
+    e->moe_f16_ = m == "1";
+  }
   std::optional<std::vector<L2WarmItem>> warm_env;
   if (const char* v = std::getenv("TROVE_L2_WARM"); v && *v) {
     auto items = parse_l2_warm(v);

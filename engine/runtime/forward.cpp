@@ -386,16 +386,23 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
         mark(kOpMoe);
         continue;
       }
-      const bool ffn_f16 = f16_acts && !c.is_moe();  // the MoE path gathers f32 rows
+      // Dense FFN on the matrix units: f16 rows only. MoE: f32 rows for the router, and f16 rows too for
+      // the experts' grouped GEMMs (moe_f16_).
+      const bool ffn_f16 = f16_acts && !c.is_moe();
+      const bool moe_f16 = f16_acts && c.is_moe() && moe_f16_;
       if (ffn_f16) {
         TROVE_RETURN_IF_ERROR(ops_.rms_f16.record(s, x_, L.ffn_norm.whole(), xnh_, T, E, c.rms_eps));
       } else {
         TROVE_RETURN_IF_ERROR(ops_.rms.record(s, x_, L.ffn_norm.whole(), xn_, T, E, c.rms_eps));
+        if (moe_f16) TROVE_RETURN_IF_ERROR(ops_.rms_f16.record(s, x_, L.ffn_norm.whole(), xnh_, T, E, c.rms_eps));
       }
       s.barrier();
       mark(kOpFfnNorm);
       if (c.is_moe()) {
-        TROVE_RETURN_IF_ERROR(moe_->record(s, ops_.matmul, L.moe, xn_, x_, T));
+        TROVE_RETURN_IF_ERROR(moe_->record(s, ops_.matmul, L.moe, xn_, x_, T, [&](MoeStage st) {
+          static constexpr OpKind kind[] = {kOpMoeRouter, kOpMoeRoute, kOpMoeGateUp, kOpMoeSwiglu, kOpMoeDown};
+          mark(kind[static_cast<int>(st)]);
+        }, moe_f16 ? vk::BufferRange(xnh_, 0, uint64_t{T} * E * 2) : vk::BufferRange()));
         s.barrier();
         mark(kOpMoe);
       } else {

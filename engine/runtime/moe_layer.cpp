@@ -1,5 +1,6 @@
 #include "engine/runtime/moe_layer.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <string_view>
 
@@ -57,7 +58,8 @@ Result<MoeLayer> MoeLayer::create(vk::Device& dev, const MoeShape& m, uint32_t m
 }
 
 Status MoeLayer::record(vk::CommandStream& s, const ops::Matmul& matmul, const MoeLayerWeights& w,
-                        vk::BufferRange xn, vk::BufferRange x, uint32_t T) const {
+                        vk::BufferRange xn, vk::BufferRange x, uint32_t T,
+                        const std::function<void(MoeStage)>& after, vk::BufferRange xn_f16) const {
   if (T == 0 || T > max_tokens_) {
     return Status::InvalidArgument(fmt::format("MoE layer: a step of {} tokens; this layer holds scratch for 1..{}", T,
                                                max_tokens_));
@@ -65,10 +67,15 @@ Status MoeLayer::record(vk::CommandStream& s, const ops::Matmul& matmul, const M
   const MoeShape& m = shape_;
   TROVE_RETURN_IF_ERROR(matmul.record(s, w.router_type, m.n_expert, m.hidden, T, w.router, xn, logits_));
   s.barrier();
+  if (after) after(MoeStage::kRouter);
   TROVE_RETURN_IF_ERROR(route_.record(s, logits_, ids_, weights_, plan_, layout_, T, m.k));
   s.barrier();
-  const ops::MoeFfnCall call{w.gate, w.up,   w.down, T,  m.k, xn, ids_, weights_, plan_, layout_, h_, d_, x,
-                             &matmul, ops::MoePrefill::kAuto, g_, u_};
+  if (after) after(MoeStage::kRoute);
+  ops::MoeFfnCall call{w.gate, w.up,   w.down, T,  m.k, xn, ids_, weights_, plan_, layout_, h_, d_, x,
+                       &matmul, ops::MoePrefill::kAuto, g_, u_};
+  call.xn_f16 = xn_f16;
+  static constexpr MoeStage kGrouped[] = {MoeStage::kGateUp, MoeStage::kSwiglu, MoeStage::kDown};
+  if (after) call.after = [&](uint32_t i) { after(kGrouped[std::min<uint32_t>(i, 2)]); };
   return ffn_.record(s, call);
 }
 

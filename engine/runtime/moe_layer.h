@@ -34,9 +34,10 @@ struct MoeLayerWeights {
   vk::BufferRange router;                   // ffn_gate_inp: [n_expert][hidden]
 };
 
-// The dispatches of record_fused_norm(), in order; its `after` hook hears each but the last (down),
-// after the barrier that ends it (TROVE_PROFILE=ops puts a timestamp there).
-enum class MoeStage : uint8_t { kRouter, kRoute, kGateUp };
+// The dispatches of record_fused_norm() and record(), in order; the `after` hook hears each but the
+// last (down at decode, the combine in prefill), after the barrier that ends it (TROVE_PROFILE=ops puts
+// a timestamp there). kSwiglu and kDown: the grouped-GEMM prefill only.
+enum class MoeStage : uint8_t { kRouter, kRoute, kGateUp, kSwiglu, kDown };
 
 struct MoeShape {
   uint32_t hidden = 0, ffn = 0, n_expert = 0, k = 0;
@@ -47,9 +48,11 @@ class MoeLayer {
   static Result<MoeLayer> create(vk::Device& dev, const MoeShape& shape, uint32_t max_tokens);
   // Device bytes of the scratch create() allocates (for the engine's memory plan).
   static uint64_t scratch_bytes(const MoeShape& shape, uint32_t max_tokens);
-  // x += MoE(xn) for T <= max_tokens tokens. matmul: the engine's op, for the router.
+  // x += MoE(xn) for T <= max_tokens tokens. matmul: the engine's op, for the router. xn_f16: xn
+  // rounded to f16, for the experts' grouped GEMMs (ops::MoeFfnCall::xn_f16; empty: they read xn).
   Status record(vk::CommandStream& s, const ops::Matmul& matmul, const MoeLayerWeights& w, vk::BufferRange xn,
-                vk::BufferRange x, uint32_t T) const;
+                vk::BufferRange x, uint32_t T, const std::function<void(MoeStage)>& after = {},
+                vk::BufferRange xn_f16 = {}) const;
   // Whether record_fused_norm() takes a step of T tokens: decode-sized steps (<= Matvec::kMaxBatch) on
   // the direct expert kernels (ops::MoeFfn::direct()).
   bool fuses_norm(uint32_t T) const { return T <= ops::Matvec::kMaxBatch && T <= max_tokens_ && ffn_.direct(); }

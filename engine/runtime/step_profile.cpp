@@ -25,7 +25,9 @@ constexpr const char* kOpNames[kOpKinds] = {"embed",
                                             "moe router (+norm, +routing)",
                                             "moe routing",
                                             "moe gate/up (+norm)",
-                                            "moe down (+add) / moe ffn",
+                                            "moe swiglu (prefill)",
+                                            "moe down (prefill)",
+                                            "moe down (+add) / combine / ffn",
                                             "head",
                                             "argmax/sample+copy"};
 

@@ -35,6 +35,8 @@ enum OpKind : uint8_t {
   kOpMoeRouter,
   kOpMoeRoute,
   kOpMoeGateUp,
+  kOpMoeSwiglu,
+  kOpMoeDown,
   kOpMoe,
   kOpHead,
   kOpSample,

@@ -211,6 +211,9 @@ class VulkanEngine final : public Engine {
   // q/k norm, RoPE and the KV write as one dispatch per layer; TROVE_ROPE_KV=separate records the three
   // ops (A/B, and test_engine's check that both give the same tokens).
   bool fused_rope_kv_ = true;
+  // MoE prefill on the matrix units: the FFN norm also writes f16 rows (xnh_) that the experts' grouped
+  // GEMMs read (the router keeps the f32 rows); TROVE_MOE_F16=0 leaves them on the f32 rows (A/B).
+  bool moe_f16_ = true;
   // L2 warm-ups in decode steps (matvec path; engine/runtime/l2_warm_plan.h): none unless TROVE_L2_WARM
   // sets a plan. record_l2_warm() records the plan's items for dispatch `at` of `layer`; `done` holds
   // the words of each weight read so far in the layer.

@@ -397,6 +397,7 @@ Status MoeFfn::check(const MoeFfnCall& c) const {
     }
     TROVE_RETURN_IF_ERROR(need("moe_ffn", "norm_w", c.norm_w, uint64_t{hidden} * 4));
   }
+  if (c.xn_f16.buffer != VK_NULL_HANDLE) TROVE_RETURN_IF_ERROR(need("moe_ffn", "xn_f16", c.xn_f16, uint64_t{T} * hidden * 2));
   TROVE_RETURN_IF_ERROR(need("moe_ffn", "x", c.x, uint64_t{T} * hidden * 4));
   TROVE_RETURN_IF_ERROR(need("moe_ffn", "ids", c.ids, P * 4));
   TROVE_RETURN_IF_ERROR(need("moe_ffn", "weights", c.weights, P * 4));
@@ -445,9 +446,12 @@ Status MoeFfn::record_grouped(vk::CommandStream& s, const MoeFfnCall& c) const {
     return GroupedMatmulCall{m.type, m.rows, m.cols, m.n_expert, uint64_t{m.rows} * quant::row_bytes(m.type, m.cols), P,
                              x_rows, 0, x_f16};
   };
-  TROVE_RETURN_IF_ERROR(c.matmul->record_grouped(s, call(c.gate, T, false), c.gate.w, c.xn, offsets, rows, c.g));
-  TROVE_RETURN_IF_ERROR(c.matmul->record_grouped(s, call(c.up, T, false), c.up.w, c.xn, offsets, rows, c.u));
+  const bool xh = c.xn_f16.buffer != VK_NULL_HANDLE;
+  const vk::BufferRange xin = xh ? c.xn_f16 : c.xn;
+  TROVE_RETURN_IF_ERROR(c.matmul->record_grouped(s, call(c.gate, T, xh), c.gate.w, xin, offsets, rows, c.g));
+  TROVE_RETURN_IF_ERROR(c.matmul->record_grouped(s, call(c.up, T, xh), c.up.w, xin, offsets, rows, c.u));
   s.barrier();
+  if (c.after) c.after(0);
   // Matrix units read f16 activations (rounded once here rather than per tile); the tiled path f32.
   const bool f16 = c.matmul->uses_coopmat();
   {
@@ -457,8 +461,10 @@ Status MoeFfn::record_grouped(vk::CommandStream& s, const MoeFfnCall& c) const {
     TROVE_RETURN_IF_ERROR(s.dispatch(swiglu_[f16 ? 1 : 0], b, &push, sizeof(push), gx, (groups + gx - 1) / gx));
   }
   s.barrier();
+  if (c.after) c.after(1);
   TROVE_RETURN_IF_ERROR(c.matmul->record_grouped(s, call(c.down, P, f16), c.down.w, c.h, offsets, slots, c.d));
   s.barrier();
+  if (c.after) c.after(2);
   return record_combine(s, c);
 }
 

@@ -45,6 +45,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -151,6 +152,13 @@ struct MoeFfnCall {
   // decode sizes than building a plan (one workgroup's serial chain, ~12 µs a layer on the H200).
   // `plan` and `layout` are then unused (layout.n_expert must still equal the experts' count).
   bool by_pair = false;
+  // Heard after each barrier inside the grouped-GEMM prefill (0: gate and up, 1: SwiGLU, 2: down; not
+  // after the combine, the call's last dispatch): TROVE_PROFILE=ops's timestamps. Empty: nothing.
+  std::function<void(uint32_t)> after;
+  // The grouped-GEMM prefill on the matrix units: xn already rounded to f16 ([tokens][hidden], the
+  // same values the GEMMs would round it to), which gate and up read instead of xn. Empty: they read
+  // xn (f32) and round it per tile. The other forms ignore it.
+  vk::BufferRange xn_f16;
 };
 
 // How the expert-matvec kernels run (tests and benchmarks force one; the defaults are measured).

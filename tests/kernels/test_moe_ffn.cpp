@@ -88,6 +88,7 @@ struct Case {
   bool by_pair = false;  // pair-indexed decode: routing without a plan (MoeRoute::record_ids), the plan poisoned
   double bound = 0;      // error bound relative to the MoE output's norm (0: the f32 kernels' 1e-4 / 3e-3)
   double min_err = 0;    // and a floor: the int8 rounding of the q8 form must show (it ran, not the direct form)
+  bool f16_in = false;   // the grouped GEMMs read xn rounded to f16 (MoeFfnCall::xn_f16); xn itself is poisoned
 };
 
 std::string type_name(GgmlType t) { return std::string(quant::traits(t)->name); }
@@ -151,6 +152,10 @@ class MoeFfnTest : public ::testing::Test {
 
     const auto L = ops::MoePlanLayout::make(P + 3, E);
     auto bxn = upload(d, c.norm ? raw : xn);
+    std::vector<quant::f16_bits> xh(xn.size());
+    for (size_t i = 0; i < xn.size(); ++i) xh[i] = quant::f32_to_f16(xn[i]);
+    auto bxh = upload(d, xh);
+    if (c.f16_in) ASSERT_TRUE(bxn.fill(0x7fc00000u).ok());  // only the f16 rows may be read
     auto bnorm = upload(d, norm_w);
     auto bids = d.buffer(P * 4ull), bw = d.buffer(P * 4ull), bplan = d.buffer(L.bytes());
     auto bh = d.buffer(uint64_t{P} * c.ffn * 4), bd = d.buffer(uint64_t{P} * c.hidden * 4);
@@ -230,6 +235,7 @@ class MoeFfnTest : public ::testing::Test {
         call.eps = eps;
       }
       call.by_pair = c.by_pair;
+      if (c.f16_in) call.xn_f16 = bxh;
       Status st = ffn_->record(*s, call);
       ASSERT_TRUE(st.ok()) << st.ToString();
       ASSERT_TRUE(s->submit_and_wait().ok());
@@ -243,8 +249,8 @@ class MoeFfnTest : public ::testing::Test {
         ref2 += double(moe[i]) * moe[i];
       }
       // Grouped GEMMs on matrix units round activations to f16 (ops::Matmul's bound: 2e-3 of the norm).
-      const bool lossy = T > ops::MoeFfn::kDecodeMaxTokens && matmul_->uses_coopmat() &&
-                         (c.prefill == ops::MoePrefill::kGroupedGemm || (c.prefill == ops::MoePrefill::kAuto && T >= 32));
+      const bool lossy = c.f16_in || (T > ops::MoeFfn::kDecodeMaxTokens && matmul_->uses_coopmat() &&
+                                       (c.prefill == ops::MoePrefill::kGroupedGemm || (c.prefill == ops::MoePrefill::kAuto && T >= 32)));
       const double bound = c.bound ? c.bound : lossy ? 3e-3 : 1e-4;
       EXPECT_LT(std::sqrt(err2), bound * std::sqrt(ref2)) << "error norm " << std::sqrt(err2) << " of " << std::sqrt(ref2);
       EXPECT_GE(std::sqrt(err2), c.min_err * std::sqrt(ref2)) << "error norm " << std::sqrt(err2) << " of " << std::sqrt(ref2);
@@ -291,6 +297,18 @@ TEST_F(MoeFfnTest, PrefillThroughGroupedGemmMatchesReference) {
   run({"grouped, router", 40, 16, 8, 256, 256, Q4_K, Q4_K, Q6_K, Case::kRouter, G});
   run({"grouped, all to one set", 64, 8, 2, 224, 96, Q8_0, Q8_0, Q8_0, Case::kAllSame, G});
   run({"grouped, most experts idle", 20, 64, 4, 256, 256, Q5_K, Q5_K, Q4_K, Case::kFewExperts, G});
+}
+
+// The engine's MoE prefill on the matrix units: gate and up read the FFN input as f16 rows (xn_f16);
+// xn is poisoned with NaN, so a GEMM that read it would fail the check.
+TEST_F(MoeFfnTest, GroupedGemmReadsF16Rows) {
+  const auto G = ops::MoePrefill::kGroupedGemm;
+  Case a{"grouped, f16 rows", 40, 16, 8, 256, 256, Q4_K, Q4_K, Q6_K, Case::kRouter, G};
+  a.f16_in = true;
+  run(a);
+  Case b{"grouped, f16 rows, most experts idle", 20, 64, 4, 256, 256, Q5_K, Q5_K, Q4_K, Case::kFewExperts, G};
+  b.f16_in = true;
+  run(b);
 }
 
 TEST_F(MoeFfnTest, SeveralSlotsPerPass) {

@@ -161,6 +161,24 @@ Result<Matmul> Matmul::create(vk::Device& dev, MatmulPath path) {
     }
     op.cm2_variant_ = static_cast<uint32_t>(v[0] - '0');
   }
+  if (const char* v = std::getenv("TROVE_CM2_MIN_TILES"); v && *v) {
+    char* end = nullptr;
+    const unsigned long n = std::strtoul(v, &end, 10);
+    if (end == v || *end != 0 || n == 0 || n > 100000) {
+      return Status::InvalidArgument(fmt::format(
+          "TROVE_CM2_MIN_TILES='{}' is not a tile count; give the large cm2 tiles (128 x 256) a dense call of 2048+ "
+          "columns needs to run on cm2 (default {})", v, kCm2TilesToFill));
+    }
+    op.cm2_min_tiles_ = n;
+  }
+  if (const char* v = std::getenv("TROVE_GROUPED_BY_SLOT"); v && *v) {
+    if (std::string_view(v) != "0" && std::string_view(v) != "1") {
+      return Status::InvalidArgument(fmt::format(
+          "TROVE_GROUPED_BY_SLOT='{}' is not a choice; use 1 (cm2 loads slot-ordered x as it lies, for A/B) or 0 "
+          "(the default: it gathers every row through row_ids)", v));
+    }
+    op.by_slot_ = v[0] == '1';
+  }
   if (const char* v = std::getenv("TROVE_GROUPED_TILE"); v && *v) {
     unsigned bm = 0, bn = 0, bk = 0;
     char tail = 0;
@@ -231,7 +249,7 @@ bool cm2_fits(const vk::DeviceFeatures& f, Cm2Tile t) {
 
 bool Matmul::takes_cm2(uint32_t rows, uint32_t batch) const {
   if (path_ != MatmulPath::kKhr || !cm2_large_ || forced_tile_ != MatmulTile::kAuto || batch < kCm2MinBatch) return false;
-  return cm2_fits(dev_->features(), kCm2Large) && div_up(rows, 128) * div_up(batch, 256) >= kCm2TilesToFill;
+  return cm2_fits(dev_->features(), kCm2Large) && div_up(rows, 128) * div_up(batch, 256) >= cm2_min_tiles_;
 }
 
 MatmulTile Matmul::tile_for(uint32_t rows, uint32_t batch, bool grouped) const {
@@ -361,6 +379,10 @@ Status Matmul::record_grouped(vk::CommandStream& s, const GroupedMatmulCall& c, 
         "all experts within 4 GiB, y stride >= rows)",
         c.rows, c.cols, c.n_expert, c.x_rows, c.expert_bytes, y_stride, t->name, t->block_values));
   }
+  if (c.x_by_slot && c.x_rows < c.slots) {
+    return Status::InvalidArgument(fmt::format("grouped matmul: x in slot order (x_by_slot) needs a row per slot: {} rows "
+                                               "for {} slots", c.x_rows, c.slots));
+  }
   if (c.slots == 0) return Status::Ok();
   const uint64_t need_w = (c.expert_bytes * (c.n_expert - 1) + rb * c.rows + 3) / 4 * 4,
                  need_x = uint64_t{c.x_rows} * c.cols * (c.x_f16 ? 2 : 4), need_y = (uint64_t{c.slots - 1} * y_stride + c.rows) * 4;
@@ -411,7 +433,7 @@ Status Matmul::record_grouped(vk::CommandStream& s, const GroupedMatmulCall& c, 
           "the device's granularity {}x{}, variant 0 or 1); change TROVE_GROUPED_TILE / TROVE_CM2_VARIANT",
           bm, bn, cm2_variant_, shape ? shape->m_granularity : 0, shape ? shape->n_granularity : 0));
     }
-    auto p = pipeline("matmul_cm2_grouped", {ty, xh, bm, bn, 256, bk, cm2_variant_}, 5, 256);
+    auto p = pipeline("matmul_cm2_grouped", {ty, xh, bm, bn, 256, bk, cm2_variant_, c.x_by_slot && by_slot_ ? 1u : 0u}, 5, 256);
     if (!p.ok()) return p.status();
     const uint64_t gy = div_up(c.slots, bn) + uint64_t{c.n_expert};
     if (div_up(c.rows, bm) > kMaxGroups || gy > kMaxGroups) {

@@ -83,6 +83,11 @@ struct GroupedMatmulCall {
   uint32_t x_rows = 0;             // rows of x (row_ids are below it)
   uint32_t y_stride = 0;           // 0 = rows
   bool x_f16 = true;
+  // x is in slot order: row_ids[s] == s for every slot (the caller's row_ids must still say so; MoE
+  // down reads the SwiGLU rows it wrote per slot). The cm2 kernel can then load x rows as they lie,
+  // without the per-element gather (when TROVE_GROUPED_BY_SLOT=1 or force_by_slot(true): off by
+  // default); the other kernels read row_ids as always. Needs x_rows >= slots.
+  bool x_by_slot = false;
 };
 
 class Matmul {
@@ -112,6 +117,8 @@ class Matmul {
   // benchmarks and tests; anything else makes record() fail.
   void force_khr_prefetch(uint32_t steps) { khr_prefetch_ = steps; }
   void force_grouped_tile(uint32_t bm, uint32_t bn, uint32_t bk = 0) { grouped_bm_ = bm, grouped_bn_ = bn, grouped_bk_ = bk; }
+  // Whether the cm2 grouped kernel loads slot-ordered x as it lies (GroupedMatmulCall::x_by_slot).
+  void force_by_slot(bool on) { by_slot_ = on; }
   // The CPU form's tile: rows per invocation (1..8) and batch columns per workgroup (1..16); 0 =
   // automatic. For benchmarks; an invalid tile makes record() fail.
   void force_cpu_tile(uint32_t rows, uint32_t cols) { cpu_rows_ = rows, cpu_cols_ = cols; }
@@ -134,6 +141,11 @@ class Matmul {
   // H200 the 8B's prefill went 6528 → 7455 tok/s (pp512), 6280 → 7085 (pp4096), 5443 → 6053 (to 16384).
   uint32_t khr_prefetch_ = 2;
   bool cm2_grouped_ = false;  // KHR path on a cm2 device: grouped calls take the cm2 grouped kernel
+  uint64_t cm2_min_tiles_ = 132;  // takes_cm2(): large cm2 tiles a call needs (TROVE_CM2_MIN_TILES)
+  // GroupedMatmulCall::x_by_slot honoured by the cm2 kernel (TROVE_GROUPED_BY_SLOT=1, force_by_slot);
+  // off by default: on the H200 (2026-12-04) its first form, every tile through a clamped layout, made
+  // the 30B-A3B's prefill 0.8% slower than the gather; the unclamped interior tiles have not run on a GPU yet.
+  bool by_slot_ = false;
   bool cm2_large_ = false;    // automatic KHR path on a cm2 device: large batches take cm2 (kCm2MinBatch)
   vk::Pipeline tiled_row_[2];    // one row per invocation (decode); [f32, f16 activations]
   vk::Pipeline tiled_rows4_[2];  // four rows per invocation (batches)

@@ -442,9 +442,9 @@ Status MoeFfn::record_grouped(vk::CommandStream& s, const MoeFfnCall& c) const {
   };
   const vk::BufferRange offsets = part(L.offsets, (E + 1) * 4ull), rows = part(L.row_ids, P * 4ull),
                         slots = part(L.slot_ids, P * 4ull);
-  auto call = [&](const StackedExperts& m, uint32_t x_rows, bool x_f16) {
+  auto call = [&](const StackedExperts& m, uint32_t x_rows, bool x_f16, bool by_slot = false) {
     return GroupedMatmulCall{m.type, m.rows, m.cols, m.n_expert, uint64_t{m.rows} * quant::row_bytes(m.type, m.cols), P,
-                             x_rows, 0, x_f16};
+                             x_rows, 0, x_f16, by_slot};
   };
   const bool xh = c.xn_f16.buffer != VK_NULL_HANDLE;
   const vk::BufferRange xin = xh ? c.xn_f16 : c.xn;
@@ -462,7 +462,7 @@ Status MoeFfn::record_grouped(vk::CommandStream& s, const MoeFfnCall& c) const {
   }
   s.barrier();
   if (c.after) c.after(1);
-  TROVE_RETURN_IF_ERROR(c.matmul->record_grouped(s, call(c.down, P, f16), c.down.w, c.h, offsets, slots, c.d));
+  TROVE_RETURN_IF_ERROR(c.matmul->record_grouped(s, call(c.down, P, f16, true), c.down.w, c.h, offsets, slots, c.d));
   s.barrier();
   if (c.after) c.after(2);
   return record_combine(s, c);

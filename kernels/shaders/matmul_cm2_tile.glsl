@@ -38,6 +38,10 @@ layout(constant_id = 5) const uint BK = 32u;   // 32 or 64; cols is a multiple o
 // steps of a 256-value block unrolled; the activation row stride given as a multiple of 8 (alignment);
 // grouped: slot tiles with at most BN/2 slots on a BM × BN/2 accumulator.
 layout(constant_id = 6) const uint kVariant = 0u;
+// Grouped only: 1 = x is already in slot order (x row of slot s is s, as for down, whose input the
+// SwiGLU wrote per slot): B is a plain tensor load of rows slot0 .. slot0+BN (clamped at x_rows), no
+// per-element gather through row_ids. 0 = rows gathered by row_ids (decode_xg16 / decode_xg32).
+layout(constant_id = 7) const uint kXBySlot = 0u;
 const uint BNH = BN >= 64u ? BN / 2u : BN;  // the narrow grouped accumulator (variant 1)
 
 const uint kF32 = 0u, kF16 = 1u, kQ8_0 = 8u, kQ4_K = 12u, kQ5_K = 13u, kQ6_K = 14u, kBF16 = 30u;
@@ -307,10 +311,21 @@ void main() {
 #else
   lb = setTensorLayoutDimensionNV(lb, pc.batch, K);
 #endif
+#ifdef MATMUL_GROUPED
+  lbc = setTensorLayoutDimensionNV(lbc, pc.x_rows, K);  // kXBySlot: the slot-ordered rows
+#else
   lbc = setTensorLayoutDimensionNV(lbc, pc.batch, K);
+#endif
+#ifdef MATMUL_GROUPED
+  tensorLayoutNV<2> lbs = createTensorLayoutNV(2);  // kXBySlot, interior tiles: unclamped
+  lbs = setTensorLayoutDimensionNV(lbs, pc.x_rows, K);
+#endif
   if (kVariant != 0u) {  // the row stride as a multiple of 8 values: 16-byte aligned f16 rows (as llama.cpp hints)
     lb = setTensorLayoutStrideNV(lb, K & ~7u, 1);
     lbc = setTensorLayoutStrideNV(lbc, K & ~7u, 1);
+#ifdef MATMUL_GROUPED
+    lbs = setTensorLayoutStrideNV(lbs, K & ~7u, 1);
+#endif
   }
   tensorLayoutNV<2, gl_CooperativeMatrixClampModeConstantNV> ld = createTensorLayoutNV(2, gl_CooperativeMatrixClampModeConstantNV);
   ld = setTensorLayoutDimensionNV(ld, pc.batch, pc.rows);
@@ -319,7 +334,14 @@ void main() {
 
 #ifdef MATMUL_GROUPED
   const bool inside = r0 + BM <= pc.rows;  // gathered columns are always loadable
-#define LOAD_B_TILE(mat, k0, NB) LOAD_B_GATHER(mat, sliceTensorLayoutNV(lb, 0, NB, k0, BK))
+#define LOAD_B_TILE(mat, k0, NB)                                                                             \
+  if (kXBySlot != 0u && slot0 + NB <= pc.x_rows) {                                                          \
+    LOAD_B(mat, sliceTensorLayoutNV(lbs, slot0, NB, k0, BK))                                                 \
+  } else if (kXBySlot != 0u) {                                                                               \
+    LOAD_B(mat, sliceTensorLayoutNV(lbc, slot0, NB, k0, BK))                                                 \
+  } else {                                                                                                   \
+    LOAD_B_GATHER(mat, sliceTensorLayoutNV(lb, 0, NB, k0, BK))                                               \
+  }
 #define STORE_TILE(acc) coopMatPerElementNV(acc, acc, store_slot, r0, slot0, slot_end);
 #else
   const bool inside = r0 + BM <= pc.rows && b0 + BN <= pc.batch;  // uniform per workgroup

@@ -432,10 +432,12 @@ TEST(Matmul, UnsupportedTypeAndBadShapeAreNamed) {
 
 namespace {
 // Runs the grouped GEMM for slot counts per expert `counts` (row_ids a random gather of x rows) and
-// compares every slot with the reference applied to its expert's matrix.
+// compares every slot with the reference applied to its expert's matrix. by_slot: x in slot order
+// (row_ids[s] = s, GroupedMatmulCall::x_by_slot; x_rows is then the slot count plus `x_rows`, rows past
+// the last slot that no one may read).
 void check_grouped(vk::Device& dev, const ops::Matmul& op, GgmlType type, uint32_t rows, uint32_t cols,
                    const std::vector<uint32_t>& counts, uint32_t x_rows, uint64_t seed, double bound, bool x_f16 = true,
-                   uint32_t sample = 0) {
+                   uint32_t sample = 0, bool by_slot = false) {
   const uint32_t E = static_cast<uint32_t>(counts.size());
   SCOPED_TRACE(testing::Message() << "grouped path " << ops::matmul_path_name(op.path()) << " type "
                                   << quant::traits(type)->name << " " << rows << "x" << cols << " experts " << E);
@@ -448,6 +450,9 @@ void check_grouped(vk::Device& dev, const ops::Matmul& op, GgmlType type, uint32
   }
   std::mt19937 rng(static_cast<uint32_t>(seed));
   std::normal_distribution<float> nd(0.0f, 1.0f);
+  uint32_t n_slots = 0;
+  for (uint32_t c : counts) n_slots += c;
+  if (by_slot) x_rows += n_slots;
   std::vector<float> x(size_t{x_rows} * cols);
   std::vector<uint16_t> xh;
   for (auto& v : x) {
@@ -461,7 +466,7 @@ void check_grouped(vk::Device& dev, const ops::Matmul& op, GgmlType type, uint32
   for (uint32_t e = 0; e < E; ++e) offsets[e + 1] = offsets[e] + counts[e];
   const uint32_t slots = offsets[E];
   std::uniform_int_distribution<uint32_t> pick(0, x_rows - 1);
-  for (uint32_t s = 0; s < slots; ++s) ids.push_back(pick(rng));
+  for (uint32_t s = 0; s < slots; ++s) ids.push_back(by_slot ? s : pick(rng));
 
   auto wb = dev.buffer(w.size()), xb = dev.buffer(x_f16 ? (xh.size() * 2 + 3) / 4 * 4 : x.size() * 4),
        ob = dev.buffer(offsets.size() * 4), ib = dev.buffer(std::max<size_t>(ids.size(), 1) * 4),
@@ -474,7 +479,7 @@ void check_grouped(vk::Device& dev, const ops::Matmul& op, GgmlType type, uint32
   ASSERT_TRUE(yb->fill(kNaN).ok());
   auto s = dev.stream();
   ASSERT_TRUE(s.ok());
-  ops::GroupedMatmulCall call{type, rows, cols, E, eb, slots, x_rows, 0, x_f16};
+  ops::GroupedMatmulCall call{type, rows, cols, E, eb, slots, x_rows, 0, x_f16, by_slot};
   Status st = op.record_grouped(*s, call, *wb, *xb, *ob, *ib, *yb);
   ASSERT_TRUE(st.ok()) << st.ToString();
   ASSERT_TRUE(s->submit_and_wait().ok());
@@ -565,6 +570,39 @@ TEST(GroupedMatmul, Cm2TilesAndVariantsMatchReference) {
   op->force_grouped_tile(128, 64, 32);  // BK 32
   op->force_cm2_variant(1);
   check_grouped(*dev, *op, GgmlType::Q5_K, 130, 512, {17, 3, 64, 0, 9, 1, 70, 12}, 64, seed++, 2e-3, false);  // f32 x
+}
+
+// x in slot order (GroupedMatmulCall::x_by_slot, MoE down): the cm2 kernel loads the rows as they lie
+// (the last slot tile reads past the last slot into rows that must not matter); the other kernels
+// gather through the identity row_ids. Every path the device has, default and 128-wide cm2 tiles.
+TEST(GroupedMatmul, SlotOrderedInputMatchesReference) {
+  auto dev = open_device();
+  ASSERT_TRUE(dev);
+  uint64_t seed = 900;
+  for (MatmulPath path : grouped_paths(*dev)) {
+    auto op = ops::Matmul::create(*dev, path);
+    ASSERT_TRUE(op.ok()) << op.status().ToString();
+    op->force_by_slot(true);
+    const double bound = path == MatmulPath::kTiled ? 1e-5 : 2e-3;
+    for (int tile = 0; tile < (path == MatmulPath::kCm2 ? 2 : 1); ++tile) {
+      if (tile == 1) op->force_grouped_tile(128, 128);
+      for (GgmlType type : {GgmlType::Q6_K, GgmlType::Q4_K}) {
+        check_grouped(*dev, *op, type, 96, 256, {5, 0, 0, 1, 0, 33, 0, 2}, 7, seed++, bound, true, 0, true);
+        check_grouped(*dev, *op, type, 160, 768, {0, 0, 0, 0, 0, 0, 0, 70}, 0, seed++, bound, true, 0, true);
+      }
+      check_grouped(*dev, *op, GgmlType::Q5_K, 130, 512, {17, 3, 64, 0, 9, 1, 70, 12}, 3, seed++, bound, false, 0, true);
+    }
+  }
+  auto op = ops::Matmul::create(*dev, MatmulPath::kTiled);
+  ASSERT_TRUE(op.ok());
+  auto b = dev->buffer(1 << 16);
+  ASSERT_TRUE(b.ok());
+  auto s = dev->stream();
+  ASSERT_TRUE(s.ok());
+  ops::GroupedMatmulCall call{GgmlType::Q4_K, 64, 256, 4, 64 * 144, 16, 8, 0, true, true};
+  Status st = op->record_grouped(*s, call, *b, *b, *b, *b, *b);  // 8 x rows for 16 slots in slot order
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("x_by_slot"), std::string::npos) << st.message();
 }
 
 TEST(GroupedMatmul, NoSlotsIsANoOpAndBadShapesAreNamed) {

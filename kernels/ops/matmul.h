@@ -144,7 +144,8 @@ class Matmul {
   uint64_t cm2_min_tiles_ = 132;  // takes_cm2(): large cm2 tiles a call needs (TROVE_CM2_MIN_TILES)
   // GroupedMatmulCall::x_by_slot honoured by the cm2 kernel (TROVE_GROUPED_BY_SLOT=1, force_by_slot);
   // off by default: on the H200 (2026-12-04) its first form, every tile through a clamped layout, made
-  // the 30B-A3B's prefill 0.8% slower than the gather; the unclamped interior tiles have not run on a GPU yet.
+  // the 30B-A3B's prefill 0.8% slower than the gather; the unclamped interior tiles have not run on a
+  // GPU yet.
   bool by_slot_ = false;
   bool cm2_large_ = false;    // automatic KHR path on a cm2 device: large batches take cm2 (kCm2MinBatch)
   vk::Pipeline tiled_row_[2];    // one row per invocation (decode); [f32, f16 activations]

@@ -212,7 +212,18 @@ Result<MoeFfn> MoeFfn::create(vk::Device& dev, uint32_t slots_per_pass, bool gpu
   }
   auto cb = dev.pipeline({"moe_combine", {}, sizeof(CombinePush), 4, 256});
   if (!cb.ok()) return cb.status();
+  auto ga = dev.pipeline({"moe_gather_f16", {}, 8, 3, 256});
+  if (!ga.ok()) return ga.status();
   MoeFfn op;
+  op.gather_ = std::move(*ga);
+  if (const char* v = std::getenv("TROVE_MOE_GATHER"); v && *v) {
+    if (std::string_view(v) != "0" && std::string_view(v) != "1") {
+      return Status::InvalidArgument(fmt::format(
+          "TROVE_MOE_GATHER='{}' is not a choice; use 1 (the MoE prefill puts the f16 rows in slot order first, for "
+          "A/B) or 0 (the default: the grouped GEMMs gather them per element)", v));
+    }
+    op.gather_rows_ = v[0] == '1';
+  }
   for (uint32_t h = 0; h < 2; ++h) {
     auto sw = dev.pipeline({"moe_swiglu", {h}, sizeof(SwiGluPush), 3, 256});
     if (!sw.ok()) return sw.status();
@@ -447,9 +458,22 @@ Status MoeFfn::record_grouped(vk::CommandStream& s, const MoeFfnCall& c) const {
                              x_rows, 0, x_f16, by_slot};
   };
   const bool xh = c.xn_f16.buffer != VK_NULL_HANDLE;
-  const vk::BufferRange xin = xh ? c.xn_f16 : c.xn;
-  TROVE_RETURN_IF_ERROR(c.matmul->record_grouped(s, call(c.gate, T, xh), c.gate.w, xin, offsets, rows, c.g));
-  TROVE_RETURN_IF_ERROR(c.matmul->record_grouped(s, call(c.up, T, xh), c.up.w, xin, offsets, rows, c.u));
+  const uint32_t hidden = c.gate.cols;
+  if (xh && gather_rows_ && hidden % 8 == 0) {
+    // The f16 rows in slot order into d (f32 [P][hidden], unused until down), then plain tile loads.
+    vk::BufferRange xg = c.d;
+    xg.size = uint64_t{P} * hidden * 2;
+    const uint32_t words = hidden / 8, push[2] = {words, P};
+    vk::BufferRange gb[3] = {c.xn_f16, rows, xg};
+    TROVE_RETURN_IF_ERROR(s.dispatch(gather_, gb, push, sizeof(push), (words + 255) / 256, P));
+    s.barrier();
+    TROVE_RETURN_IF_ERROR(c.matmul->record_grouped(s, call(c.gate, P, true, true), c.gate.w, xg, offsets, slots, c.g));
+    TROVE_RETURN_IF_ERROR(c.matmul->record_grouped(s, call(c.up, P, true, true), c.up.w, xg, offsets, slots, c.u));
+  } else {
+    const vk::BufferRange xin = xh ? c.xn_f16 : c.xn;
+    TROVE_RETURN_IF_ERROR(c.matmul->record_grouped(s, call(c.gate, T, xh), c.gate.w, xin, offsets, rows, c.g));
+    TROVE_RETURN_IF_ERROR(c.matmul->record_grouped(s, call(c.up, T, xh), c.up.w, xin, offsets, rows, c.u));
+  }
   s.barrier();
   if (c.after) c.after(0);
   // Matrix units read f16 activations (rounded once here rather than per tile); the tiled path f32.

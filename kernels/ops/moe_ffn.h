@@ -198,6 +198,8 @@ class MoeFfn {
   // gpu_form: on a CPU device, compile what GPUs run (subgroup reduction stage, unrolled column
   // loops) — slow to compile there; a test runs it once.
   static Result<MoeFfn> create(vk::Device& dev, uint32_t slots_per_pass = 0, bool gpu_form = false);
+  // Whether the grouped-GEMM prefill gathers the f16 rows into slot order first (gather_rows_ above).
+  void force_gather(bool on) { gather_rows_ = on; }
   // Forces a form or work split (MoeTuning); a direct form the device cannot run is refused by record().
   void set_tuning(const MoeTuning& t) { tuning_ = t; }
   const MoeTuning& tuning() const { return tuning_; }
@@ -258,6 +260,11 @@ class MoeFfn {
   std::unique_ptr<Cache> cache_;
   vk::Pipeline combine_;
   vk::Pipeline swiglu_[2];  // moe_swiglu.comp: [f32, f16] output
+  vk::Pipeline gather_;     // moe_gather_f16.comp
+  // Grouped-GEMM prefill with xn_f16: gate/up read the rows put in slot order by one gather dispatch
+  // (into the d scratch, free until down) through plain tile loads, instead of gathering per element
+  // (TROVE_MOE_GATHER=1, force_gather; off by default until measured on a GPU).
+  bool gather_rows_ = false;
 };
 
 }  // namespace trove::ops

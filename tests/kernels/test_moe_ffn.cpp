@@ -309,6 +309,13 @@ TEST_F(MoeFfnTest, GroupedGemmReadsF16Rows) {
   Case b{"grouped, f16 rows, most experts idle", 20, 64, 4, 256, 256, Q5_K, Q5_K, Q4_K, Case::kFewExperts, G};
   b.f16_in = true;
   run(b);
+  // The rows put in slot order first (moe_gather_f16 into the d scratch, poisoned before each run),
+  // then read as slot-ordered x (TROVE_MOE_GATHER).
+  ffn_->force_gather(true);
+  a.name = "grouped, f16 rows gathered first";
+  run(a);
+  b.name = "grouped, f16 rows gathered first, most experts idle";
+  run(b);
 }
 
 TEST_F(MoeFfnTest, SeveralSlotsPerPass) {

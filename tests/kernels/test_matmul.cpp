@@ -575,6 +575,7 @@ TEST(GroupedMatmul, Cm2TilesAndVariantsMatchReference) {
 // x in slot order (GroupedMatmulCall::x_by_slot, MoE down): the cm2 kernel loads the rows as they lie
 // (the last slot tile reads past the last slot into rows that must not matter); the other kernels
 // gather through the identity row_ids. Every path the device has, default and 128-wide cm2 tiles.
+// (NoSlotsIsANoOpAndBadShapesAreNamed checks the refusal of fewer x rows than slots.)
 TEST(GroupedMatmul, SlotOrderedInputMatchesReference) {
   auto dev = open_device();
   ASSERT_TRUE(dev);
@@ -593,16 +594,6 @@ TEST(GroupedMatmul, SlotOrderedInputMatchesReference) {
       check_grouped(*dev, *op, GgmlType::Q5_K, 130, 512, {17, 3, 64, 0, 9, 1, 70, 12}, 3, seed++, bound, false, 0, true);
     }
   }
-  auto op = ops::Matmul::create(*dev, MatmulPath::kTiled);
-  ASSERT_TRUE(op.ok());
-  auto b = dev->buffer(1 << 16);
-  ASSERT_TRUE(b.ok());
-  auto s = dev->stream();
-  ASSERT_TRUE(s.ok());
-  ops::GroupedMatmulCall call{GgmlType::Q4_K, 64, 256, 4, 64 * 144, 16, 8, 0, true, true};
-  Status st = op->record_grouped(*s, call, *b, *b, *b, *b, *b);  // 8 x rows for 16 slots in slot order
-  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(st.message().find("x_by_slot"), std::string::npos) << st.message();
 }
 
 TEST(GroupedMatmul, NoSlotsIsANoOpAndBadShapesAreNamed) {
@@ -621,4 +612,9 @@ TEST(GroupedMatmul, NoSlotsIsANoOpAndBadShapesAreNamed) {
   Status st = op->record_grouped(*s, call, *b, *b, *b, *b, *b);
   EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(st.message().find("expert bytes"), std::string::npos) << st.message();
+  call.expert_bytes = 64 * 144;
+  call.x_by_slot = true;  // 8 x rows for 16 slots in slot order
+  st = op->record_grouped(*s, call, *b, *b, *b, *b, *b);
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("x_by_slot"), std::string::npos) << st.message();
 }

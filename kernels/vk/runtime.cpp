@@ -945,6 +945,19 @@ struct CommandStream::State {
   std::vector<VkDescriptorBufferInfo> infos;  // reused by every dispatch
   std::vector<VkWriteDescriptorSet> writes;
   StreamCounters counters;
+  // Replay (CommandStream::begin_capture): captured submissions, their pool, and the cache's
+  // generation (bumped when the cache is emptied, which frees the sets captures refer to).
+  struct Captured {
+    VkCommandBuffer cmd = VK_NULL_HANDLE;
+    uint64_t generation = 0;
+    uint32_t query_count = 0;
+    uint64_t dispatches = 0, barriers = 0, copies = 0;
+  };
+  VkCommandPool capture_pool = VK_NULL_HANDLE;
+  std::vector<Captured> captures;
+  bool capturing = false;          // the open (or next) submission records into a capture
+  StreamCounters capture_start;    // counters when the capture's first command was recorded
+  uint64_t generation = 0;
 };
 
 CommandStream::CommandStream(Device* d, const StreamOptions& o) : device_(d), st_(std::make_unique<State>()) {
@@ -962,6 +975,7 @@ CommandStream::~CommandStream() {
   if (s.in_flight) vkQueueWaitIdle(device_->queue());
   s.transient.destroy(d);
   s.cached.destroy(d);
+  if (s.capture_pool) vkDestroyCommandPool(d, s.capture_pool, nullptr);
   if (s.queries) vkDestroyQueryPool(d, s.queries, nullptr);
   if (s.fence) vkDestroyFence(d, s.fence, nullptr);
   if (s.pool) vkDestroyCommandPool(d, s.pool, nullptr);
@@ -993,6 +1007,28 @@ Status CommandStream::begin_if_needed() {
     s.query_count = 0;
     s.piece = 0;
     s.piece_limit = s.opts.chunk_dispatches;
+  }
+  if (s.capturing) {  // one piece, in a command buffer that outlives the submission
+    if (!s.capture_pool) {
+      VkCommandPoolCreateInfo cpi{VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO};
+      cpi.queueFamilyIndex = device_->queue_family();
+      TROVE_VK(vkCreateCommandPool(device_->handle(), &cpi, nullptr, &s.capture_pool), "vkCreateCommandPool");
+    }
+    VkCommandBufferAllocateInfo ai{VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO};
+    ai.commandPool = s.capture_pool;
+    ai.level = VK_COMMAND_BUFFER_LEVEL_PRIMARY;
+    ai.commandBufferCount = 1;
+    TROVE_VK(vkAllocateCommandBuffers(device_->handle(), &ai, &s.cmd), "vkAllocateCommandBuffers");
+    s.capture_start = s.counters;
+    VkCommandBufferBeginInfo bi{VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO};  // submitted again: not one-time
+    TROVE_VK(vkBeginCommandBuffer(s.cmd, &bi), "vkBeginCommandBuffer");
+    if (s.queries) vkCmdResetQueryPool(s.cmd, s.queries, 0, kMaxTimestamps);
+    s.recording = true;
+    s.piece_dispatches = 0;
+    s.ends_with_barrier = false;
+    s.bound_pipeline = VK_NULL_HANDLE;
+    s.bound_set = VK_NULL_HANDLE;
+    return Status::Ok();
   }
   if (s.piece == s.cmds.size()) {
     VkCommandBufferAllocateInfo ai{VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO};
@@ -1070,6 +1106,12 @@ Status CommandStream::dispatch(const Pipeline& p, std::span<const BufferRange> b
     if (cachable) {
       if (auto it = s.cache.find(key); it != s.cache.end()) set = it->second;
     }
+    if (set == VK_NULL_HANDLE && !cachable && s.capturing) {
+      return Status::FailedPrecondition(fmt::format(
+          "dispatch of '{}' in a captured submission needs a cached descriptor set (descriptor mode {}, every "
+          "buffer with a serial, at most {} bindings): its set would be freed after the first run",
+          desc.shader, descriptors_name(mode), kMaxKeyBindings));
+    }
     if (set == VK_NULL_HANDLE) {
       auto made = (cachable ? s.cached : s.transient).allocate(d, p.set_layout(), n);
       if (!made.ok()) return made.status();
@@ -1115,7 +1157,7 @@ void CommandStream::barrier() {
     s.ends_with_barrier = true;
   }
   // A piece is cut only here, right after a full barrier (runtime.h says why that is enough).
-  if (s.opts.chunk_dispatches > 0 && s.piece_dispatches >= s.piece_limit) {
+  if (s.opts.chunk_dispatches > 0 && !s.capturing && s.piece_dispatches >= s.piece_limit) {
     if (Status f = submit_piece(); !f.ok()) s.failed = f;
   }
 }
@@ -1141,6 +1183,14 @@ Status CommandStream::flush() {
   State& s = *st_;
   if (!s.failed.ok()) return s.failed;
   if (!s.recording) return Status::Ok();
+  if (s.capturing) {  // one piece: the barrier orders what follows, the submit waits for the end
+    if (!s.ends_with_barrier) {
+      record_full_barrier(s.cmd);
+      ++s.counters.barriers;
+      s.ends_with_barrier = true;
+    }
+    return Status::Ok();
+  }
   if (!s.ends_with_barrier) {
     record_full_barrier(s.cmd);
     ++s.counters.barriers;
@@ -1190,15 +1240,43 @@ Status CommandStream::submit_and_wait(Wait wait) {
   }
   s.counters.record_ns += ns_since(s.opened);
   if (s.piece == 0) s.counters.lead_ns += ns_since(s.opened);
+  bool waited = false;
+  result = submit_with_fence(last && result.ok() ? s.cmd : VK_NULL_HANDLE, wait, result, waited);
+  if (s.capturing) {
+    s.capturing = false;
+    if (last && result.ok()) {
+      const StreamCounters& c = s.counters;
+      s.captures.push_back({s.cmd, s.generation, s.query_count, c.dispatches - s.capture_start.dispatches,
+                            c.barriers - s.capture_start.barriers, c.copies - s.capture_start.copies});
+    } else if (s.cmd != VK_NULL_HANDLE && last) {
+      vkFreeCommandBuffers(d, s.capture_pool, 1, &s.cmd);  // a failed capture is not kept
+    }
+  }
+  vkResetCommandPool(d, s.pool, 0);
+  s.piece = 0;
+  s.transient.reset(d);
+  // The cache's bound: nothing of this stream is in flight now, so its sets may all go (and with
+  // them every capture: the generation moves on).
+  if (s.cache.size() > kMaxCachedSets) {
+    s.cache.clear();
+    s.cached.reset(d);
+    ++s.generation;
+  }
+  return result;
+}
+
+Status CommandStream::submit_with_fence(VkCommandBuffer cmd, Wait wait, Status result, bool& waited) {
+  State& s = *st_;
+  VkDevice d = device_->handle();
   const auto t0 = Clock::now();
   // The fence of the last submit also covers the pieces before it (a fence signal's first scope is
   // every command submitted earlier to the queue); with no last piece it is submitted alone.
   VkSubmitInfo si{VK_STRUCTURE_TYPE_SUBMIT_INFO};
   si.commandBufferCount = 1;
-  si.pCommandBuffers = &s.cmd;
-  bool waited = false;
+  si.pCommandBuffers = &cmd;
+  waited = false;
   if (result.ok() || s.in_flight) {
-    VkResult r = vkQueueSubmit(device_->queue(), last && result.ok() ? 1 : 0, last && result.ok() ? &si : nullptr, s.fence);
+    VkResult r = vkQueueSubmit(device_->queue(), cmd != VK_NULL_HANDLE ? 1 : 0, cmd != VK_NULL_HANDLE ? &si : nullptr, s.fence);
     ++s.counters.submits;
     if (r == VK_SUCCESS && wait == Wait::kSpin) {
       const auto spin_end = Clock::now() + std::chrono::milliseconds(kMaxSpinMs);
@@ -1224,15 +1302,55 @@ Status CommandStream::submit_and_wait(Wait wait) {
       result = Status::Internal(vk_err("vkGetQueryPoolResults", r));
     }
   }
-  vkResetCommandPool(d, s.pool, 0);
-  s.piece = 0;
-  s.transient.reset(d);
-  // The cache's bound: nothing of this stream is in flight now, so its sets may all go.
-  if (s.cache.size() > kMaxCachedSets) {
-    s.cache.clear();
-    s.cached.reset(d);
-  }
   return result;
+}
+
+Status CommandStream::begin_capture() {
+  State& s = *st_;
+  if (s.open) {
+    return Status::FailedPrecondition("begin_capture: a submission is being recorded; call it before the submission's "
+                                      "first command (after submit_and_wait)");
+  }
+  if (device_->descriptors() == Descriptors::kPerDispatch) {
+    return Status::FailedPrecondition("begin_capture: descriptor mode pool writes a set per dispatch and frees them after "
+                                      "each submission; a captured submission needs cached or pushed descriptors");
+  }
+  s.capturing = true;
+  return Status::Ok();
+}
+
+uint32_t CommandStream::last_capture() const {
+  return st_->captures.empty() ? kNoCapture : static_cast<uint32_t>(st_->captures.size() - 1);
+}
+
+bool CommandStream::capture_valid(uint32_t id) const {
+  const State& s = *st_;
+  return id < s.captures.size() && s.captures[id].cmd != VK_NULL_HANDLE && s.captures[id].generation == s.generation;
+}
+
+Status CommandStream::replay(uint32_t id, Wait wait) {
+  State& s = *st_;
+  if (s.open) return Status::FailedPrecondition("replay: a submission is being recorded; submit it first");
+  if (!capture_valid(id)) {
+    return Status::FailedPrecondition(fmt::format(
+        "replay: capture {} is not valid here ({} captures; the descriptor cache was emptied since, or they were "
+        "dropped): record the submission again", id, s.captures.size()));
+  }
+  const State::Captured& c = s.captures[id];
+  s.query_count = c.query_count;
+  s.counters.dispatches += c.dispatches;
+  s.counters.barriers += c.barriers;
+  s.counters.copies += c.copies;
+  bool waited = false;
+  return submit_with_fence(c.cmd, wait, Status::Ok(), waited);
+}
+
+void CommandStream::drop_captures() {
+  State& s = *st_;
+  for (auto& c : s.captures) {
+    if (c.cmd != VK_NULL_HANDLE) vkFreeCommandBuffers(device_->handle(), s.capture_pool, 1, &c.cmd);
+  }
+  s.captures.clear();
 }
 
 std::vector<double> CommandStream::timestamps_ns() const {

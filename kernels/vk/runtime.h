@@ -303,6 +303,22 @@ class CommandStream {
   enum class Wait { kBlock, kSpin };
   static constexpr int kMaxSpinMs = 100;
   Status submit_and_wait(Wait wait = Wait::kBlock);
+
+  // Replay: a submission recorded once and submitted again as it is (the groundwork of one submit per
+  // decode token, issue 15). begin_capture(), before the first command of a submission, records it
+  // into a command buffer of its own, as one piece (no chunking); its submit_and_wait() runs it as
+  // usual and keeps it under the id last_capture() returns. replay(id) submits it again and waits:
+  // the same pipelines, buffer ranges, push constants and grid sizes, so whatever must change between
+  // submissions has to be read from buffers. Descriptor sets must come from the cache (kCached: every
+  // range's buffer has a serial) or be pushed (kPush); kPerDispatch sets are refused at capture. A
+  // capture lives until drop_captures() or the stream's end, and is valid while the cache keeps its
+  // sets (it is emptied past kMaxCachedSets) and while its buffers and pipelines live (the caller's part).
+  Status begin_capture();
+  static constexpr uint32_t kNoCapture = 0xffffffffu;
+  uint32_t last_capture() const;  // kNoCapture before the first captured submission
+  bool capture_valid(uint32_t id) const;
+  Status replay(uint32_t id, Wait wait = Wait::kBlock);
+  void drop_captures();
   // Nanoseconds since the first timestamp of the last submission, one per timestamp() call.
   std::vector<double> timestamps_ns() const;
   const StreamCounters& counters() const;
@@ -317,6 +333,8 @@ class CommandStream {
   explicit CommandStream(Device* d, const StreamOptions& o);
   Status begin_if_needed();
   Status submit_piece();
+  // Submits `cmd` (if any) with the fence and waits as submit_and_wait() does; sets `waited`.
+  Status submit_with_fence(VkCommandBuffer cmd, Wait wait, Status result, bool& waited);
   Device* device_;
   std::unique_ptr<State> st_;
 };

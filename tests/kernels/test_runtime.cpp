@@ -360,6 +360,76 @@ TEST(VkRuntimePieces, ChainOfDependentDispatchesAcrossPiecesIsExact) {
   EXPECT_EQ(d->validation_errors(), 0u);
 }
 
+// Replay: x += b five times (barriers between), captured once in a stream that cuts pieces of 2
+// dispatches (a capture is one piece), then submitted again with new contents of b: every replay
+// computes from what the buffers hold then, counts its dispatches and one submit, writes no sets.
+TEST(VkRuntimeReplay, ReplayRunsTheCapturedSubmissionOnTheBuffersAsTheyAreNow) {
+  auto d = open_device();
+  ASSERT_TRUE(d);
+  auto op = ops::ResidualAdd::create(*d);
+  ASSERT_TRUE(op.ok());
+  constexpr uint32_t n = 2048, kSteps = 5;
+  auto bx = d->buffer(n * 4ull), bb = d->buffer(n * 4ull);
+  ASSERT_TRUE(bx.ok() && bb.ok());
+  std::vector<float> b(n), got(n);
+  auto s = d->stream({2, 2});
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(s->last_capture(), vk::CommandStream::kNoCapture);
+  EXPECT_EQ(s->replay(0).code(), StatusCode::kFailedPrecondition);  // nothing captured yet
+  for (uint32_t i = 0; i < n; ++i) b[i] = static_cast<float>(i % 5 + 1);
+  ASSERT_TRUE(bb->upload(b.data(), n * 4ull).ok());
+  ASSERT_TRUE(bx->fill(0).ok());
+  const vk::StreamCounters c0 = s->counters();
+  ASSERT_TRUE(s->begin_capture().ok());
+  for (uint32_t k = 0; k < kSteps; ++k) {
+    ASSERT_TRUE(op->record(*s, *bx, *bb, *bx, n).ok());
+    s->barrier();
+  }
+  ASSERT_TRUE(s->submit_and_wait().ok());
+  const vk::StreamCounters c1 = s->counters();
+  EXPECT_EQ(c1.submits - c0.submits, 1u) << "a captured submission is one piece";
+  const uint32_t id = s->last_capture();
+  ASSERT_NE(id, vk::CommandStream::kNoCapture);
+  EXPECT_TRUE(s->capture_valid(id));
+  ASSERT_TRUE(bx->download(got.data(), n * 4ull).ok());
+  for (uint32_t i = 0; i < n; ++i) ASSERT_EQ(got[i], kSteps * b[i]) << "captured run, element " << i;
+  for (int round = 1; round <= 3; ++round) {
+    for (uint32_t i = 0; i < n; ++i) b[i] = static_cast<float>((i + round) % 9) - 3.0f;
+    ASSERT_TRUE(bb->upload(b.data(), n * 4ull).ok());
+    ASSERT_TRUE(bx->fill(0).ok());
+    const vk::StreamCounters before = s->counters();
+    ASSERT_TRUE(s->replay(id, round == 2 ? vk::CommandStream::Wait::kSpin : vk::CommandStream::Wait::kBlock).ok());
+    ASSERT_TRUE(bx->download(got.data(), n * 4ull).ok());
+    for (uint32_t i = 0; i < n; ++i) ASSERT_EQ(got[i], kSteps * b[i]) << "replay " << round << ", element " << i;
+    const vk::StreamCounters& now = s->counters();
+    EXPECT_EQ(now.submits - before.submits, 1u);
+    EXPECT_EQ(now.dispatches - before.dispatches, kSteps);
+    EXPECT_EQ(now.barriers - before.barriers, kSteps);
+    EXPECT_EQ(now.sets_written, before.sets_written);
+  }
+  // An ordinary submission after it still cuts pieces; replaying while one is open is refused.
+  ASSERT_TRUE(op->record(*s, *bx, *bb, *bx, n).ok());
+  EXPECT_EQ(s->replay(id).code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(s->begin_capture().code(), StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(s->submit_and_wait().ok());
+  s->drop_captures();
+  EXPECT_FALSE(s->capture_valid(id));
+  EXPECT_EQ(s->replay(id).code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(d->validation_errors(), 0u);
+}
+
+TEST(VkRuntimeReplay, PerDispatchDescriptorsCannotBeCaptured) {
+  vk::DeviceOptions o;
+  o.descriptors = vk::Descriptors::kPerDispatch;
+  auto d = open_device(o);
+  ASSERT_TRUE(d);
+  auto s = d->stream();
+  ASSERT_TRUE(s.ok());
+  const Status st = s->begin_capture();
+  EXPECT_EQ(st.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(st.message().find("cached or pushed"), std::string::npos) << st.message();
+}
+
 // flush() between two dependent dispatches that have no barrier between them: it ends the piece
 // with one, so the second add sees the first.
 TEST(VkRuntimePieces, FlushOrdersWhatFollowsAfterWhatCameBefore) {

@@ -267,13 +267,14 @@ Result<const vk::Pipeline*> PagedAttention::prefill_cm2_pipeline() const {
   return decode_->cm2.get();
 }
 
-Result<const vk::Pipeline*> PagedAttention::decode_pipeline(uint32_t group, uint32_t head_dim) const {
+Result<const vk::Pipeline*> PagedAttention::decode_pipeline(uint32_t group, uint32_t head_dim, bool from_buffer) const {
   std::lock_guard<std::mutex> lock(decode_->mu);
-  auto it = decode_->by_shape.find({group, head_dim});
+  const std::array<uint32_t, 3> key{group, head_dim, from_buffer ? 1u : 0u};
+  auto it = decode_->by_shape.find(key);
   if (it != decode_->by_shape.end()) return &it->second;
-  auto p = decode_->dev->pipeline({"attention_decode", {group, head_dim}, sizeof(Push), 5, 128});
+  auto p = decode_->dev->pipeline({"attention_decode", {group, head_dim, key[2]}, sizeof(Push), 6, 128});
   if (!p.ok()) return p.status();
-  return &decode_->by_shape.emplace(std::make_pair(group, head_dim), std::move(*p)).first->second;
+  return &decode_->by_shape.emplace(key, std::move(*p)).first->second;
 }
 
 // After a split walk: merges the n_splits partials in the scratch into out (nothing to do for one
@@ -339,6 +340,18 @@ Status PagedAttention::record(vk::CommandStream& s, const AttentionCall& c, vk::
         out.size, qbytes));
   }
   const AttentionPath path = c.path == AttentionPath::kAuto ? choose(c) : c.path;
+  const bool from_buffer = c.positions.buffer != VK_NULL_HANDLE;
+  if (from_buffer) {
+    if (path != AttentionPath::kDecode && path != AttentionPath::kDecodeV2) {
+      return Status::InvalidArgument(fmt::format(
+          "attention: positions from a buffer (AttentionCall::positions) are read by the decode kernels only; this call "
+          "takes the {} path (ask replay_key() first, or leave positions empty)", path_name(path)));
+    }
+    if (c.positions.size < (uint64_t{c.position_index} + c.n_tokens) * 4) {
+      return Status::InvalidArgument(fmt::format("attention: positions buffer of {} bytes has no entry {} (+{} tokens)",
+                                                 c.positions.size, c.position_index, c.n_tokens));
+    }
+  }
   if (path == AttentionPath::kPrefillTiled || path == AttentionPath::kPrefillCoopmat || path == AttentionPath::kPrefillCm2) {
     const bool coop = path == AttentionPath::kPrefillCoopmat, cm2 = path == AttentionPath::kPrefillCm2;
     const uint32_t block_multiple = cm2 ? kCm2Keys : coop ? 16 : 1;
@@ -432,10 +445,11 @@ Status PagedAttention::record(vk::CommandStream& s, const AttentionCall& c, vk::
                                                  "decode path's scratch holds; record fewer tokens per call", c.n_tokens,
                                                  keys, n_splits));
     }
-    auto pipe = decode_pipeline(group, d);
+    auto pipe = decode_pipeline(group, d, from_buffer);
     if (!pipe.ok()) return pipe.status();
-    Push push{static_cast<uint32_t>(sh.block_size), kvh, d, c.n_heads, c.start_pos, c.n_tokens, c.scale, n_splits, split_len};
-    vk::BufferRange bufs[5] = {pool, block_table, q, out, scratch_};
+    Push push{static_cast<uint32_t>(sh.block_size), kvh, d, c.n_heads, from_buffer ? c.position_index : c.start_pos,
+              c.n_tokens, c.scale, n_splits, split_len};
+    vk::BufferRange bufs[6] = {pool, block_table, q, out, scratch_, from_buffer ? c.positions : vk::BufferRange(scratch_)};
     TROVE_RETURN_IF_ERROR(s.dispatch(**pipe, bufs, &push, sizeof(push), n_splits, kvh, c.n_tokens));
     return combine(s, d, c, n_splits, out);
   }
@@ -451,6 +465,37 @@ Status PagedAttention::record(vk::CommandStream& s, const AttentionCall& c, vk::
   vk::BufferRange bufs[5] = {pool, block_table, q, out, scratch_};
   TROVE_RETURN_IF_ERROR(s.dispatch(pipeline_, bufs, &push, sizeof(push), c.n_heads, c.n_tokens, n_splits));
   return combine(s, static_cast<uint32_t>(sh.head_dim), c, n_splits, out);
+}
+
+std::optional<uint64_t> PagedAttention::replay_key(const AttentionCall& c) const {
+  const AttentionPath path = c.path == AttentionPath::kAuto ? choose(c) : c.path;
+  if (path != AttentionPath::kDecode && path != AttentionPath::kDecodeV2) return std::nullopt;
+  uint64_t h = 0xcbf29ce484222325ull;
+  auto mix = [&h](uint64_t v) { h = (h ^ v) * 0x100000001b3ull; };
+  mix(static_cast<uint64_t>(path));
+  mix(c.n_tokens);
+  const auto& sh = c.shape;
+  const uint32_t kvh = static_cast<uint32_t>(sh.n_kv_heads);
+  if (path == AttentionPath::kDecode) {  // the split rule of record()'s kDecode branch
+    const uint32_t group = c.n_heads / kvh, keys = c.start_pos + c.n_tokens;
+    const uint32_t max_len = kDecodeScores / group / kDecodeMinSplitKeys * kDecodeMinSplitKeys;
+    const uint32_t want = std::max<uint32_t>(1, (kDecodeTargetGroups + kvh * c.n_tokens - 1) / (kvh * c.n_tokens));
+    uint32_t split_len = (keys + want - 1) / want;
+    split_len = std::clamp<uint32_t>((split_len + kDecodeMinSplitKeys - 1) / kDecodeMinSplitKeys * kDecodeMinSplitKeys,
+                                     kDecodeMinSplitKeys, max_len);
+    mix(split_len);
+    mix((keys + split_len - 1) / split_len);
+    return h;
+  }
+  for (uint32_t t = 0; t < c.n_tokens; ++t) {  // record_decode_v2's slice length, slices and form per token
+    const uint32_t keys = c.start_pos + t + 1;
+    const uint32_t len = decode_v2_fixed_keys_ ? decode_v2_split_keys(sh, decode_v2_fixed_keys_) : decode_v2_slice_keys(sh, keys);
+    const uint32_t n_splits = (keys + len - 1) / len;
+    mix(len);
+    mix(n_splits);
+    mix(decode_v2_pipelined(n_splits * kvh) ? 1 : 0);
+  }
+  return h;
 }
 
 uint32_t PagedAttention::decode_v2_split_keys(const kernels::ref::PagedKvShape& sh, uint32_t min_keys) {
@@ -491,17 +536,19 @@ Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCal
   };
   // Both kPipe forms are built together (auto), so the first step past the bound does not compile one
   // mid-decode (a pipeline build cost a 64-token decode at depth 16384 40% of its speed on the H200).
+  const bool from_buffer = c.positions.buffer != VK_NULL_HANDLE;
+  const uint32_t fb = from_buffer ? 1u : 0u;
   auto pipeline = [&](bool pipe) -> Result<const vk::Pipeline*> {
     std::lock_guard<std::mutex> lock(decode_->mu);
     const bool both = decode_v2_pipeline_ == Pipelining::kAuto;
     for (uint32_t form : {0u, 1u}) {
-      const std::array<uint32_t, 3> key{group, d, form};
+      const std::array<uint32_t, 4> key{group, d, form, fb};
       if ((!both && form != (pipe ? 1u : 0u)) || decode_->v2.count(key)) continue;
-      auto p = decode_->dev->pipeline({"attention_decode_v2", {group, d, lanes, unroll, form}, sizeof(Push), 5, 128});
+      auto p = decode_->dev->pipeline({"attention_decode_v2", {group, d, lanes, unroll, form, fb}, sizeof(Push), 6, 128});
       if (!p.ok()) return p.status();
       decode_->v2.emplace(key, std::move(*p));
     }
-    return &decode_->v2.at({group, d, pipe ? 1u : 0u});
+    return &decode_->v2.at({group, d, pipe ? 1u : 0u, fb});
   };
   // Groups of tokens sharing a slice length and kPipe (one, or two where the step crosses a doubling
   // or the pipelining bound), all checked and their pipelines built before anything is recorded.
@@ -546,9 +593,9 @@ Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCal
       qp.size = n * tok_bytes;
       op.offset += t0 * tok_bytes;
       op.size = n * tok_bytes;
-      Push push{static_cast<uint32_t>(sh.block_size), kvh, d, c.n_heads, c.start_pos + t0, n, c.scale, g.n_splits,
-                g.split_len};
-      vk::BufferRange bufs[5] = {pool, block_table, qp, op, scratch_};
+      Push push{static_cast<uint32_t>(sh.block_size), kvh, d, c.n_heads, (from_buffer ? c.position_index : c.start_pos) + t0,
+                n, c.scale, g.n_splits, g.split_len};
+      vk::BufferRange bufs[6] = {pool, block_table, qp, op, scratch_, from_buffer ? c.positions : vk::BufferRange(scratch_)};
       TROVE_RETURN_IF_ERROR(s.dispatch(*g.pipeline, bufs, &push, sizeof(push), g.n_splits, kvh, n));
       if (g.n_splits == 1) continue;
       s.barrier();

@@ -50,6 +50,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 
 #include "kernels/ref/attention_ref.h"
 #include "kernels/vk/runtime.h"
@@ -68,6 +69,13 @@ struct AttentionCall {
   uint32_t n_tokens = 0;
   float scale = 1.0f;
   AttentionPath path = AttentionPath::kAuto;
+  // Decode replay (engine/runtime: a decode step recorded once and submitted again): the decode kernels
+  // (kDecode, kDecodeV2) read the first query's position from positions[position_index] (int32, the
+  // engine's per-token positions) instead of baking start_pos into the recording. start_pos must still
+  // be the position now: it sizes the grid (slices), which a replay keeps — replay_key() says when
+  // two calls may share a recording. Other paths refuse it.
+  vk::BufferRange positions;
+  uint32_t position_index = 0;
 };
 
 class PagedAttention {
@@ -75,6 +83,12 @@ class PagedAttention {
   static Result<PagedAttention> create(vk::Device& dev);
   Status record(vk::CommandStream& s, const AttentionCall& call, vk::BufferRange pool,
                 vk::BufferRange block_table, vk::BufferRange q, vk::BufferRange out) const;
+  // For a call that record() would take through a decode kernel reading its position from a buffer
+  // (AttentionCall::positions): what its recording fixes besides the buffers — the path, the slice
+  // length and count of each pass, the pipelined form — as one number; equal numbers (and equal
+  // buffers, heads, tokens) mean a recording of one call serves the other. nullopt: the call would take
+  // another path (a prefill kernel, the per-token one), which has no position-from-buffer form.
+  std::optional<uint64_t> replay_key(const AttentionCall& call) const;
 
   static constexpr uint32_t kMaxSplits = 32, kMaxSplitTokens = 4, kMaxSplitHeads = 64;
   // Token counts from which kAuto takes a prefill kernel (measured on the H100 at depth 4096,
@@ -168,12 +182,12 @@ class PagedAttention {
   uint32_t cpu_lanes_ = 8;  // invocations per workgroup of the CPU form (the SIMD width)
   Status combine(vk::CommandStream& s, uint32_t head_dim, const AttentionCall& c, uint32_t n_splits,
                  vk::BufferRange out) const;
-  Result<const vk::Pipeline*> decode_pipeline(uint32_t group, uint32_t head_dim) const;
+  Result<const vk::Pipeline*> decode_pipeline(uint32_t group, uint32_t head_dim, bool from_buffer = false) const;
   struct DecodePipelines {
     vk::Device* dev = nullptr;
     std::mutex mu;
-    std::map<std::pair<uint32_t, uint32_t>, vk::Pipeline> by_shape;  // (G, head_dim) -> pipeline
-    std::map<std::array<uint32_t, 3>, vk::Pipeline> v2;               // (G, head_dim, kPipe) -> decode v2
+    std::map<std::array<uint32_t, 3>, vk::Pipeline> by_shape;  // (G, head_dim, from buffer) -> pipeline
+    std::map<std::array<uint32_t, 4>, vk::Pipeline> v2;        // (G, head_dim, kPipe, from buffer) -> decode v2
     std::map<std::array<uint32_t, 3>, vk::Pipeline> cpu;              // (head_dim, heads, tokens) -> CPU form
     std::unique_ptr<vk::Pipeline> cm2;                                // the cm2 prefill kernel, once built
   };

@@ -31,11 +31,15 @@ layout(constant_id = 1) const uint kD = 128u;  // head_dim
 layout(constant_id = 2) const uint kL = 16u;   // lanes per key row
 layout(constant_id = 3) const uint kU = 4u;    // keys per slot per round
 layout(constant_id = 4) const bool kPipe = true;  // the next round's loads issued before this round's math
+// Replay (engine decode steps recorded once): the first query's position is positions[start_pos]
+// (binding 5, the engine's per-token positions), not start_pos itself.
+layout(constant_id = 5) const bool kStartFromBuffer = false;
 layout(std430, set = 0, binding = 0) readonly buffer KVq { uvec4 kv4[]; };
 layout(std430, set = 0, binding = 1) readonly buffer T { int table[]; };
 layout(std430, set = 0, binding = 2) readonly buffer Q { vec4 q4[]; };
 layout(std430, set = 0, binding = 3) writeonly buffer O { float o[]; };
 layout(std430, set = 0, binding = 4) writeonly buffer Part { float part[]; };
+layout(std430, set = 0, binding = 5) readonly buffer Pos { int positions[]; };
 layout(push_constant) uniform P {
   uint block_size; uint n_kv_heads; uint head_dim; uint n_heads; uint start_pos; uint n_tokens; float scale;
   uint n_splits; uint split_len;
@@ -75,7 +79,8 @@ void load_round(uint base, uint k0, uint n, uint kvh, uint slot, uint li, uint h
 
 void main() {
   const uint split = gl_WorkGroupID.x, kvh = gl_WorkGroupID.y, tok = gl_WorkGroupID.z, t = gl_LocalInvocationID.x;
-  const uint keys = pc.start_pos + tok + 1u;  // causal: keys 0 .. start_pos + tok
+  const uint start = kStartFromBuffer ? uint(positions[pc.start_pos]) : pc.start_pos;
+  const uint keys = start + tok + 1u;  // causal: keys 0 .. start + tok
   const uint k0 = split * pc.split_len, k1 = min(keys, k0 + pc.split_len);
   const uint n = k1 > k0 ? k1 - k0 : 0u;
   const uint h0 = kvh * kG;

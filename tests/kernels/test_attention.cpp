@@ -266,6 +266,83 @@ TEST(PagedAttention, DecodeV2TokenGetsTheBitsOfAOneTokenStep) {
   }
 }
 
+// Decode replay: the decode kernels reading the first query's position from a buffer
+// (AttentionCall::positions) compute the bits of the same call with the position pushed; a different
+// position in the buffer changes the result (it is read, not the pushed one); replay_key() equals for
+// calls that record the same grid and is empty where no decode kernel would run; other paths refuse
+// a positions buffer.
+TEST(PagedAttention, DecodeKernelsReadThePositionFromABuffer) {
+  auto dev = open_device();
+  ASSERT_TRUE(dev);
+  auto op = ops::PagedAttention::create(*dev);
+  ASSERT_TRUE(op.ok()) << op.status().ToString();
+  std::vector<ops::AttentionPath> paths = {ops::AttentionPath::kDecode};
+  if (dev->features().subgroup_shuffle) paths.push_back(ops::AttentionPath::kDecodeV2);
+  const uint32_t heads = 16, kvh = 4, dim = 128, bs = 64;
+  for (ops::AttentionPath path : paths) {
+    for (uint32_t start : {60u, 1500u}) {
+      SCOPED_TRACE(testing::Message() << "path " << static_cast<int>(path) << " start " << start);
+      std::mt19937 rng(start + 7);
+      std::normal_distribution<float> nd(0.0f, 1.0f);
+      const int64_t used = (start + 1 + bs - 1) / bs;
+      PagedKvShape shape{used + 2, bs, kvh, dim};
+      std::vector<int32_t> table(used);
+      std::iota(table.begin(), table.end(), 1);
+      std::shuffle(table.begin(), table.end(), rng);
+      std::vector<quant::f16_bits> pool(shape.elements());
+      for (auto& v : pool) v = quant::f32_to_f16(nd(rng));
+      std::vector<float> q(size_t{heads} * dim);
+      for (auto& v : q) v = nd(rng);
+      std::vector<int32_t> positions = {-1, -1, -1, static_cast<int32_t>(start)};
+      auto kb = dev->buffer(pool.size() * 2), tb = dev->buffer(table.size() * 4), qb = dev->buffer(q.size() * 4),
+           ob = dev->buffer(q.size() * 4), pb = dev->buffer(positions.size() * 4);
+      ASSERT_TRUE(kb.ok() && tb.ok() && qb.ok() && ob.ok() && pb.ok());
+      ASSERT_TRUE(kb->upload(pool.data(), pool.size() * 2).ok());
+      ASSERT_TRUE(tb->upload(table.data(), table.size() * 4).ok());
+      ASSERT_TRUE(qb->upload(q.data(), q.size() * 4).ok());
+      auto run = [&](bool from_buffer, int32_t in_buffer) -> std::vector<float> {
+        positions[3] = in_buffer;
+        EXPECT_TRUE(pb->upload(positions.data(), positions.size() * 4).ok());
+        EXPECT_TRUE(ob->fill(kNaN).ok());
+        auto s = dev->stream();
+        EXPECT_TRUE(s.ok());
+        ops::AttentionCall call{shape, heads, start, 1, 0.088f, path};
+        if (from_buffer) {
+          call.positions = *pb;
+          call.position_index = 3;
+        }
+        Status st = op->record(*s, call, *kb, *tb, *qb, *ob);
+        EXPECT_TRUE(st.ok()) << st.ToString();
+        EXPECT_TRUE(s->submit_and_wait().ok());
+        std::vector<float> got(q.size());
+        EXPECT_TRUE(ob->download(got.data(), got.size() * 4).ok());
+        return got;
+      };
+      const std::vector<float> pushed = run(false, -1), read = run(true, static_cast<int32_t>(start));
+      EXPECT_EQ(0, std::memcmp(pushed.data(), read.data(), pushed.size() * 4)) << "position from the buffer";
+      const std::vector<float> earlier = run(true, static_cast<int32_t>(start) - 7);
+      EXPECT_NE(0, std::memcmp(pushed.data(), earlier.data(), pushed.size() * 4)) << "the buffer's position is not read";
+      for (float v : earlier) ASSERT_TRUE(std::isfinite(v));
+      // The key: equal for the next position inside the same slices, present for decode calls.
+      const ops::AttentionCall a{shape, heads, start, 1, 0.088f, path}, b{shape, heads, start + 1, 1, 0.088f, path};
+      ASSERT_TRUE(op->replay_key(a).has_value());
+      if (start == 60u) EXPECT_EQ(*op->replay_key(a), *op->replay_key(b));
+    }
+  }
+  // A prefill-sized call has no key and refuses a positions buffer.
+  PagedKvShape shape{8, 64, 4, 128};
+  ops::AttentionCall prefill{shape, 16, 0, 64, 0.088f, ops::AttentionPath::kPrefillTiled};
+  EXPECT_FALSE(op->replay_key(prefill).has_value());
+  auto b = dev->buffer(1 << 20);
+  ASSERT_TRUE(b.ok());
+  prefill.positions = *b;
+  auto s = dev->stream();
+  ASSERT_TRUE(s.ok());
+  const Status st = op->record(*s, prefill, *b, *b, *b, *b);
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("decode kernels only"), std::string::npos) << st.message();
+}
+
 // The prefill kernels (tiles of query rows = token × the query heads of one KV head) on shapes that
 // stress the tiling: GQA ratios 1, 2, 3, 4, 8; start_pos inside a block; token counts that leave a
 // partial row tile; a 16-token block; a walk over several 64-key tiles of a cached prefix.

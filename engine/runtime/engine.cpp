@@ -179,6 +179,15 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
     }
     e->fused_rope_kv_ = v == "fused";
   }
+  if (const char* v = std::getenv("TROVE_DECODE_REPLAY"); v && *v) {
+    const std::string_view m = v;
+    if (m != "0" && m != "1") {
+      return Status::InvalidArgument(fmt::format(
+          "TROVE_DECODE_REPLAY={} is not a choice: use 1 (one-token greedy decode steps are recorded once per "
+          "sequence and attention slicing and submitted again) or 0 (the default: every step is recorded)", m));
+    }
+    e->decode_replay_ = m == "1";
+  }
   if (const char* v = std::getenv("TROVE_MOE_F16"); v && *v) {
     const std::string_view m = v;
     if (m != "0" && m != "1") {
@@ -567,6 +576,7 @@ bool VulkanEngine::restoring(SeqId seq) const {
 
 Result<vk::CommandStream*> VulkanEngine::stream() {
   if (!stream_) {
+    replays_.clear();  // captured steps belong to the stream they were captured in
     auto s = dev_->stream(stream_options_);
     if (!s.ok()) return s.status();
     stream_.emplace(std::move(*s));

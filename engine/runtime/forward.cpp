@@ -218,6 +218,24 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
   auto stream = this->stream();
   if (!stream.ok()) return stream.status();
   vk::CommandStream& s = **stream;
+  // Decode replay (decode_replay_): a one-token step of one sequence that records nothing host-chosen
+  // but the attention's slicing (its position comes from positions_) — greedy or logits only, no
+  // per-op profile, no KV block to copy first — runs a captured step again when one has its key.
+  std::optional<std::array<uint64_t, 3>> replay_key;
+  if (decode_replay_ && inputs.size() == 1 && T == 1 && matvec_decode_ && embd_on_gpu_ && !profile_.ops() &&
+      !profile_.phases() && l2_warm_.empty() && !(inputs[0].sample && inputs[0].sampling.temperature > 0)) {
+    const StepInput& in = inputs[0];
+    const Sequence& sq = seqs_[in.seq];
+    const uint32_t start = static_cast<uint32_t>(sq.tokens.size());
+    const bool cow = start % layout_.block_tokens != 0 && !sq.blocks.empty() && blocks_->must_copy(sq.blocks.back());
+    const kernels::ref::PagedKvShape shape{blocks_->total(), layout_.block_tokens, c.n_head_kv, c.head_dim};
+    const auto attn = ops_.attention.replay_key(ops::AttentionCall{shape, c.n_head, start, 1, 1.0f, ops::AttentionPath::kAuto});
+    if (!cow && attn) {
+      const uint64_t asks = (in.sample ? 1u : 0u) | (in.want_logits ? 2u : 0u) | (in.all_tokens ? 4u : 0u) |
+                            (in.all_logits ? 8u : 0u);
+      replay_key = std::array<uint64_t, 3>{in.seq, asks, *attn};
+    }
+  }
   const vk::StreamCounters counters_before = s.counters();
   const uint64_t pipelines_before = dev_->pipelines_created();
 
@@ -271,6 +289,22 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       s.timestamp();
       marks.push_back(k);
     };
+    bool capturing = false;
+    uint32_t capture_before = vk::CommandStream::kNoCapture;
+    if (replay_key) {
+      if (auto it = replays_.find(*replay_key); it != replays_.end() && s.capture_valid(it->second)) {
+        TROVE_RETURN_IF_ERROR(s.replay(it->second, decode_wait_));
+        profile_.add_step(s, counters_before, T, false, marks);
+        return Status::Ok();
+      }
+      if (replays_.size() >= kMaxReplays) {
+        s.drop_captures();
+        replays_.clear();
+      }
+      capture_before = s.last_capture();
+      capturing = s.begin_capture().ok();  // refused (pool descriptors): recorded as usual
+      replays_.erase(*replay_key);
+    }
     if (profile_.steps()) s.timestamp();
     mark(kOpEmbed);
     const uint32_t H = c.n_head, KVH = c.n_head_kv, D = c.head_dim, E = c.n_embd;
@@ -346,10 +380,12 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       for (size_t i = 0; i < inputs.size(); ++i) {
         const uint64_t qrow = uint64_t{H} * D * 4;
         ops::AttentionCall call{shape, H, placed[i].start, placed[i].n, scale};
+        ops::AttentionPositions at;  // captured: the position is read at run time, so the capture serves later tokens
+        if (replay_key) at = {positions_, placed[i].first};
         vk::BufferRange tb(tables_, uint64_t{inputs[i].seq} * table_stride_ * 4, uint64_t{table_stride_} * 4);
         TROVE_RETURN_IF_ERROR(ops_.attention.record(s, call, kv_[l], tb,
                                                     vk::BufferRange(q_, placed[i].first * qrow, placed[i].n * qrow),
-                                                    vk::BufferRange(attn_, placed[i].first * qrow, placed[i].n * qrow)));
+                                                    vk::BufferRange(attn_, placed[i].first * qrow, placed[i].n * qrow), at));
       }
       s.barrier();
       mark(kOpAttention);
@@ -478,6 +514,10 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     }
     if (profile_.steps()) s.timestamp();
     TROVE_RETURN_IF_ERROR(s.submit_and_wait(T <= ops::Matvec::kMaxBatch ? decode_wait_ : vk::CommandStream::Wait::kBlock));
+    if (capturing && s.last_capture() != vk::CommandStream::kNoCapture && s.capture_valid(s.last_capture()) &&
+        s.last_capture() != capture_before) {
+      replays_[*replay_key] = s.last_capture();
+    }
     profile_.add_step(s, counters_before, T, dev_->pipelines_created() != pipelines_before, marks);
     if (profile_.phases() && R > 0) {
       // TROVE_PROFILE=1: GPU time of the step's phases.

@@ -5,12 +5,14 @@
 
 #include "engine/runtime/engine.h"
 
+#include <array>
 #include <cstdint>
 #include <cstdio>
 #include <deque>
 #include <future>
 #include <initializer_list>
 #include <memory>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -214,6 +216,15 @@ class VulkanEngine final : public Engine {
   // MoE prefill on the matrix units: the FFN norm also writes f16 rows (xnh_) that the experts' grouped
   // GEMMs read (the router keeps the f32 rows); TROVE_MOE_F16=0 leaves them on the f32 rows (A/B).
   bool moe_f16_ = true;
+  // Decode replay (TROVE_DECODE_REPLAY=1; off by default until measured on a GPU): a one-token decode
+  // step of one sequence, greedy or asking only for logits, no profile of its ops, no KV block to copy,
+  // is captured once (vk::CommandStream::begin_capture) under a key of what the recording fixes — the
+  // sequence, what the step asks for, and the attention's slicing (PagedAttention::replay_key, with its
+  // position read from positions_) — and later steps with the same key are submitted again as they
+  // are (one submit, nothing recorded). replays_ maps keys to capture ids of stream_ (cleared with it).
+  bool decode_replay_ = false;
+  std::map<std::array<uint64_t, 3>, uint32_t> replays_;
+  static constexpr size_t kMaxReplays = 64;  // past this many keys the captures are dropped and made anew
   // L2 warm-ups in decode steps (matvec path; engine/runtime/l2_warm_plan.h): none unless TROVE_L2_WARM
   // sets a plan. record_l2_warm() records the plan's items for dispatch `at` of `layer`; `done` holds
   // the words of each weight read so far in the layer.

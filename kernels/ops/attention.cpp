@@ -315,7 +315,8 @@ AttentionPath PagedAttention::choose(const AttentionCall& c) const {
 }
 
 Status PagedAttention::record(vk::CommandStream& s, const AttentionCall& c, vk::BufferRange pool,
-                              vk::BufferRange block_table, vk::BufferRange q, vk::BufferRange out) const {
+                              vk::BufferRange block_table, vk::BufferRange q, vk::BufferRange out,
+                              const AttentionPositions& positions) const {
   const auto& sh = c.shape;
   if (sh.n_blocks <= 0 || sh.block_size <= 0 || sh.n_kv_heads <= 0 || sh.head_dim <= 0 ||
       sh.head_dim % 2 != 0 || sh.head_dim > 256) {
@@ -340,16 +341,16 @@ Status PagedAttention::record(vk::CommandStream& s, const AttentionCall& c, vk::
         out.size, qbytes));
   }
   const AttentionPath path = c.path == AttentionPath::kAuto ? choose(c) : c.path;
-  const bool from_buffer = c.positions.buffer != VK_NULL_HANDLE;
+  const bool from_buffer = positions.buffer.buffer != VK_NULL_HANDLE;
   if (from_buffer) {
     if (path != AttentionPath::kDecode && path != AttentionPath::kDecodeV2) {
       return Status::InvalidArgument(fmt::format(
-          "attention: positions from a buffer (AttentionCall::positions) are read by the decode kernels only; this call "
-          "takes the {} path (ask replay_key() first, or leave positions empty)", path_name(path)));
+          "attention: positions from a buffer (AttentionPositions) are read by the decode kernels only; this call "
+          "takes the {} path (ask replay_key() first, or pass no positions buffer)", path_name(path)));
     }
-    if (c.positions.size < (uint64_t{c.position_index} + c.n_tokens) * 4) {
+    if (positions.buffer.size < (uint64_t{positions.index} + c.n_tokens) * 4) {
       return Status::InvalidArgument(fmt::format("attention: positions buffer of {} bytes has no entry {} (+{} tokens)",
-                                                 c.positions.size, c.position_index, c.n_tokens));
+                                                 positions.buffer.size, positions.index, c.n_tokens));
     }
   }
   if (path == AttentionPath::kPrefillTiled || path == AttentionPath::kPrefillCoopmat || path == AttentionPath::kPrefillCm2) {
@@ -422,7 +423,7 @@ Status PagedAttention::record(vk::CommandStream& s, const AttentionCall& c, vk::
           "head_dim {}); leave AttentionCall::path at kAuto", has_shuffle_ ? "has them" : "has none",
           sh.head_dim >= 8 ? decode_v2_lanes(static_cast<uint32_t>(sh.head_dim)) : 1, c.n_heads, sh.n_kv_heads, sh.head_dim));
     }
-    return record_decode_v2(s, c, pool, block_table, q, out);
+    return record_decode_v2(s, c, pool, block_table, q, out, positions);
   }
   if (path == AttentionPath::kDecode) {
     if (!decode_usable(c)) {
@@ -447,9 +448,9 @@ Status PagedAttention::record(vk::CommandStream& s, const AttentionCall& c, vk::
     }
     auto pipe = decode_pipeline(group, d, from_buffer);
     if (!pipe.ok()) return pipe.status();
-    Push push{static_cast<uint32_t>(sh.block_size), kvh, d, c.n_heads, from_buffer ? c.position_index : c.start_pos,
+    Push push{static_cast<uint32_t>(sh.block_size), kvh, d, c.n_heads, from_buffer ? positions.index : c.start_pos,
               c.n_tokens, c.scale, n_splits, split_len};
-    vk::BufferRange bufs[6] = {pool, block_table, q, out, scratch_, from_buffer ? c.positions : vk::BufferRange(scratch_)};
+    vk::BufferRange bufs[6] = {pool, block_table, q, out, scratch_, from_buffer ? positions.buffer : vk::BufferRange(scratch_)};
     TROVE_RETURN_IF_ERROR(s.dispatch(**pipe, bufs, &push, sizeof(push), n_splits, kvh, c.n_tokens));
     return combine(s, d, c, n_splits, out);
   }
@@ -512,7 +513,8 @@ uint32_t PagedAttention::decode_v2_slice_keys(const kernels::ref::PagedKvShape& 
 }
 
 Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCall& c, vk::BufferRange pool,
-                                        vk::BufferRange block_table, vk::BufferRange q, vk::BufferRange out) const {
+                                        vk::BufferRange block_table, vk::BufferRange q, vk::BufferRange out,
+                                        const AttentionPositions& positions) const {
   const auto& sh = c.shape;
   const uint32_t group = c.n_heads / static_cast<uint32_t>(sh.n_kv_heads), d = static_cast<uint32_t>(sh.head_dim);
   const uint32_t kvh = static_cast<uint32_t>(sh.n_kv_heads);
@@ -536,7 +538,7 @@ Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCal
   };
   // Both kPipe forms are built together (auto), so the first step past the bound does not compile one
   // mid-decode (a pipeline build cost a 64-token decode at depth 16384 40% of its speed on the H200).
-  const bool from_buffer = c.positions.buffer != VK_NULL_HANDLE;
+  const bool from_buffer = positions.buffer.buffer != VK_NULL_HANDLE;
   const uint32_t fb = from_buffer ? 1u : 0u;
   auto pipeline = [&](bool pipe) -> Result<const vk::Pipeline*> {
     std::lock_guard<std::mutex> lock(decode_->mu);
@@ -593,9 +595,9 @@ Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCal
       qp.size = n * tok_bytes;
       op.offset += t0 * tok_bytes;
       op.size = n * tok_bytes;
-      Push push{static_cast<uint32_t>(sh.block_size), kvh, d, c.n_heads, (from_buffer ? c.position_index : c.start_pos) + t0,
+      Push push{static_cast<uint32_t>(sh.block_size), kvh, d, c.n_heads, (from_buffer ? positions.index : c.start_pos) + t0,
                 n, c.scale, g.n_splits, g.split_len};
-      vk::BufferRange bufs[6] = {pool, block_table, qp, op, scratch_, from_buffer ? c.positions : vk::BufferRange(scratch_)};
+      vk::BufferRange bufs[6] = {pool, block_table, qp, op, scratch_, from_buffer ? positions.buffer : vk::BufferRange(scratch_)};
       TROVE_RETURN_IF_ERROR(s.dispatch(*g.pipeline, bufs, &push, sizeof(push), g.n_splits, kvh, n));
       if (g.n_splits == 1) continue;
       s.barrier();

@@ -69,22 +69,26 @@ struct AttentionCall {
   uint32_t n_tokens = 0;
   float scale = 1.0f;
   AttentionPath path = AttentionPath::kAuto;
-  // Decode replay (engine/runtime: a decode step recorded once and submitted again): the decode kernels
-  // (kDecode, kDecodeV2) read the first query's position from positions[position_index] (int32, the
-  // engine's per-token positions) instead of baking start_pos into the recording. start_pos must still
-  // be the position now: it sizes the grid (slices), which a replay keeps — replay_key() says when
-  // two calls may share a recording. Other paths refuse it.
-  vk::BufferRange positions;
-  uint32_t position_index = 0;
+};
+
+// Decode replay (engine/runtime: a decode step recorded once and submitted again): the decode kernels
+// (kDecode, kDecodeV2) read the first query's position from buffer[index] (int32, the engine's
+// per-token positions) instead of baking AttentionCall::start_pos into the recording. start_pos must
+// still be the position now: it sizes the grid (slices), which a replay keeps — replay_key() says
+// when two calls may share a recording. Other paths refuse a buffer.
+struct AttentionPositions {
+  vk::BufferRange buffer;
+  uint32_t index = 0;
 };
 
 class PagedAttention {
  public:
   static Result<PagedAttention> create(vk::Device& dev);
   Status record(vk::CommandStream& s, const AttentionCall& call, vk::BufferRange pool,
-                vk::BufferRange block_table, vk::BufferRange q, vk::BufferRange out) const;
+                vk::BufferRange block_table, vk::BufferRange q, vk::BufferRange out,
+                const AttentionPositions& positions = {}) const;
   // For a call that record() would take through a decode kernel reading its position from a buffer
-  // (AttentionCall::positions): what its recording fixes besides the buffers — the path, the slice
+  // (AttentionPositions): what its recording fixes besides the buffers — the path, the slice
   // length and count of each pass, the pipelined form — as one number; equal numbers (and equal
   // buffers, heads, tokens) mean a recording of one call serves the other. nullopt: the call would take
   // another path (a prefill kernel, the per-token one), which has no position-from-buffer form.
@@ -167,7 +171,7 @@ class PagedAttention {
   bool decode_v2_usable(const AttentionCall& c) const;
   uint32_t decode_v2_lanes(uint32_t head_dim) const;  // kL: lanes per key row
   Status record_decode_v2(vk::CommandStream& s, const AttentionCall& c, vk::BufferRange pool, vk::BufferRange block_table,
-                          vk::BufferRange q, vk::BufferRange out) const;
+                          vk::BufferRange q, vk::BufferRange out, const AttentionPositions& positions) const;
   bool decode_v2_default_ = false;
   // Steps of at most this many tokens take the decode kernel where a matrix-unit prefill kernel would
   // run (TROVE_ATTENTION_DECODE_TOKENS; default kDecodeMaxTokens).

@@ -956,6 +956,7 @@ struct CommandStream::State {
   VkCommandPool capture_pool = VK_NULL_HANDLE;
   std::vector<Captured> captures;
   bool capturing = false;          // the open (or next) submission records into a capture
+  bool capture_spoiled = false;    // it used a set that does not outlive the submission: not kept
   StreamCounters capture_start;    // counters when the capture's first command was recorded
   uint64_t generation = 0;
 };
@@ -1106,12 +1107,9 @@ Status CommandStream::dispatch(const Pipeline& p, std::span<const BufferRange> b
     if (cachable) {
       if (auto it = s.cache.find(key); it != s.cache.end()) set = it->second;
     }
-    if (set == VK_NULL_HANDLE && !cachable && s.capturing) {
-      return Status::FailedPrecondition(fmt::format(
-          "dispatch of '{}' in a captured submission needs a cached descriptor set (descriptor mode {}, every "
-          "buffer with a serial, at most {} bindings): its set would be freed after the first run",
-          desc.shader, descriptors_name(mode), kMaxKeyBindings));
-    }
+    // A transient set in a captured submission is freed after its first run: the capture runs once
+    // and is not kept.
+    if (set == VK_NULL_HANDLE && !cachable && s.capturing) s.capture_spoiled = true;
     if (set == VK_NULL_HANDLE) {
       auto made = (cachable ? s.cached : s.transient).allocate(d, p.set_layout(), n);
       if (!made.ok()) return made.status();
@@ -1244,7 +1242,7 @@ Status CommandStream::submit_and_wait(Wait wait) {
   result = submit_with_fence(last && result.ok() ? s.cmd : VK_NULL_HANDLE, wait, result, waited);
   if (s.capturing) {
     s.capturing = false;
-    if (last && result.ok()) {
+    if (last && result.ok() && !s.capture_spoiled) {
       const StreamCounters& c = s.counters;
       s.captures.push_back({s.cmd, s.generation, s.query_count, c.dispatches - s.capture_start.dispatches,
                             c.barriers - s.capture_start.barriers, c.copies - s.capture_start.copies});
@@ -1316,6 +1314,7 @@ Status CommandStream::begin_capture() {
                                       "each submission; a captured submission needs cached or pushed descriptors");
   }
   s.capturing = true;
+  s.capture_spoiled = false;
   return Status::Ok();
 }
 

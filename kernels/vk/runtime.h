@@ -310,7 +310,8 @@ class CommandStream {
   // usual and keeps it under the id last_capture() returns. replay(id) submits it again and waits:
   // the same pipelines, buffer ranges, push constants and grid sizes, so whatever must change between
   // submissions has to be read from buffers. Descriptor sets must come from the cache (kCached: every
-  // range's buffer has a serial) or be pushed (kPush); kPerDispatch sets are refused at capture. A
+  // range's buffer has a serial) or be pushed (kPush): a submission that needed another set runs once
+  // and is not kept (last_capture() stays as it was); kPerDispatch is refused by begin_capture(). A
   // capture lives until drop_captures() or the stream's end, and is valid while the cache keeps its
   // sets (it is emptied past kMaxCachedSets) and while its buffers and pipelines live (the caller's part).
   Status begin_capture();

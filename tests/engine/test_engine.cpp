@@ -396,6 +396,73 @@ TEST(Engine, L2WarmUpsChangeNoResult) {
   EXPECT_GE(d_warm, d_plain + 6) << "dispatches per decode step: " << d_warm << " with the warm-ups, " << d_plain << " without";
 }
 
+// Decode replay (TROVE_DECODE_REPLAY=1): two sequences decoding greedily in turns, 40 steps each (across a KV block),
+// some steps asking for logits and some only for the token, give the tokens and the logits (bit for
+// bit) of engines that record every step, on the dense and the MoE model; and the steps were replayed:
+// one submit a decode step and no host recording in the median step (the host profile's numbers).
+TEST(Engine, DecodeReplayGivesTheBitsOfRecordedSteps) {
+  struct Run {
+    std::vector<int32_t> tokens;
+    std::vector<std::vector<float>> logits;
+    double submits = -1, record_us = -1;
+  };
+  auto run = [&](const std::string& path, bool replay) {
+    Run r;
+    log::ScopedLogCapture logs;
+    {
+      ScopedEnv rep("TROVE_DECODE_REPLAY", replay ? "1" : "0");
+      ScopedEnv prof("TROVE_PROFILE", "steps");
+      auto e = load(256, 2, 0, 64, path);
+      if (!e) return r;
+      engine::SeqId seq[2];
+      std::vector<int32_t> next[2];
+      for (int i = 0; i < 2; ++i) {
+        auto sq = e->open_sequence();
+        EXPECT_TRUE(sq.ok());
+        if (!sq.ok()) return r;
+        seq[i] = *sq;
+        next[i] = prompt(40 + 3 * i, 31 + i);
+      }
+      for (int step = 0; step < 40; ++step) {
+        for (int i = 0; i < 2; ++i) {
+          StepInput in = logits_of(seq[i], next[i]);
+          in.sample = true;  // greedy (temperature 0): argmax
+          in.want_logits = step % 3 != 1;
+          auto out = e->step(std::vector<StepInput>{in});
+          EXPECT_TRUE(out.ok()) << out.status().ToString();
+          if (!out.ok()) return r;
+          r.tokens.push_back((*out)[0].token);
+          if (in.want_logits) r.logits.push_back((*out)[0].logits);
+          next[i] = {(*out)[0].token};
+        }
+      }
+    }
+    for (const auto& rec : logs.records()) {
+      const std::string& m = rec.message;
+      if (m.find("decode steps (") == std::string::npos) continue;
+      const size_t sub = m.find(" submits"), rec_at = m.find(" us recording");
+      if (sub == std::string::npos || rec_at == std::string::npos) continue;
+      r.submits = std::stod(m.substr(m.rfind(", ", sub) + 2));
+      r.record_us = std::stod(m.substr(m.rfind(": ", rec_at) + 2));
+    }
+    return r;
+  };
+  for (const std::string& path : {quantized_model_path(), moe_model_path()}) {
+    SCOPED_TRACE(path);
+    const Run plain = run(path, false), replayed = run(path, true);
+    ASSERT_EQ(plain.tokens.size(), 80u);
+    ASSERT_EQ(replayed.tokens, plain.tokens);
+    ASSERT_EQ(replayed.logits.size(), plain.logits.size());
+    for (size_t i = 0; i < plain.logits.size(); ++i) {
+      ASSERT_EQ(replayed.logits[i].size(), plain.logits[i].size());
+      EXPECT_EQ(0, std::memcmp(replayed.logits[i].data(), plain.logits[i].data(), plain.logits[i].size() * 4)) << "logits " << i;
+    }
+    EXPECT_DOUBLE_EQ(replayed.submits, 1.0) << "submits per decode step with replay (" << plain.submits << " without)";
+    EXPECT_GT(plain.submits, 1.0);
+    EXPECT_EQ(replayed.record_us, 0.0) << "median host recording per decode step (" << plain.record_us << " us without)";
+  }
+}
+
 TEST(Engine, OpProfileLeavesOutStepsThatCompiledPipelines) {
   log::ScopedLogCapture logs;
   {

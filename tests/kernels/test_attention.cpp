@@ -267,7 +267,7 @@ TEST(PagedAttention, DecodeV2TokenGetsTheBitsOfAOneTokenStep) {
 }
 
 // Decode replay: the decode kernels reading the first query's position from a buffer
-// (AttentionCall::positions) compute the bits of the same call with the position pushed; a different
+// (AttentionPositions) compute the bits of the same call with the position pushed; a different
 // position in the buffer changes the result (it is read, not the pushed one); replay_key() equals for
 // calls that record the same grid and is empty where no decode kernel would run; other paths refuse
 // a positions buffer.
@@ -306,12 +306,10 @@ TEST(PagedAttention, DecodeKernelsReadThePositionFromABuffer) {
         EXPECT_TRUE(ob->fill(kNaN).ok());
         auto s = dev->stream();
         EXPECT_TRUE(s.ok());
-        ops::AttentionCall call{shape, heads, start, 1, 0.088f, path};
-        if (from_buffer) {
-          call.positions = *pb;
-          call.position_index = 3;
-        }
-        Status st = op->record(*s, call, *kb, *tb, *qb, *ob);
+        const ops::AttentionCall call{shape, heads, start, 1, 0.088f, path};
+        ops::AttentionPositions at;
+        if (from_buffer) at = {*pb, 3};
+        Status st = op->record(*s, call, *kb, *tb, *qb, *ob, at);
         EXPECT_TRUE(st.ok()) << st.ToString();
         EXPECT_TRUE(s->submit_and_wait().ok());
         std::vector<float> got(q.size());
@@ -331,14 +329,13 @@ TEST(PagedAttention, DecodeKernelsReadThePositionFromABuffer) {
   }
   // A prefill-sized call has no key and refuses a positions buffer.
   PagedKvShape shape{8, 64, 4, 128};
-  ops::AttentionCall prefill{shape, 16, 0, 64, 0.088f, ops::AttentionPath::kPrefillTiled};
+  const ops::AttentionCall prefill{shape, 16, 0, 64, 0.088f, ops::AttentionPath::kPrefillTiled};
   EXPECT_FALSE(op->replay_key(prefill).has_value());
   auto b = dev->buffer(1 << 20);
   ASSERT_TRUE(b.ok());
-  prefill.positions = *b;
   auto s = dev->stream();
   ASSERT_TRUE(s.ok());
-  const Status st = op->record(*s, prefill, *b, *b, *b, *b);
+  const Status st = op->record(*s, prefill, *b, *b, *b, *b, ops::AttentionPositions{*b, 0});
   EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(st.message().find("decode kernels only"), std::string::npos) << st.message();
 }

@@ -209,6 +209,126 @@ void by_turn_acceptance(const std::vector<std::pair<const std::vector<int32_t>*,
   }
 }
 
+// Teacher-forced draft model: pred[i] = the draft's greedy token for position i of a document given
+// the reference tokens before it (one pass per document; only the assistant turns' positions are
+// asked for, in steps of at most 64 rows). When the model writes the transcript, the draft model's k
+// drafts at position p are pred[p], pred[p + 1], ... as long as each equals the reference, so a
+// round's accepted drafts are the run of correct predictions from p.
+using Preds = std::map<const std::vector<int32_t>*, std::vector<int32_t>>;
+Preds draft_predictions(const std::string& draft_path, const std::vector<std::pair<const std::vector<int32_t>*, Turn>>& turns) {
+  uint32_t longest = 0;
+  for (const auto& [d, t] : turns) longest = std::max<uint32_t>(longest, static_cast<uint32_t>(d->size()));
+  auto draft = load(draft_path, (longest + 63) / 64 * 64);
+  std::map<const std::vector<int32_t>*, std::vector<Turn>> by_doc;
+  for (const auto& [d, t] : turns) by_doc[d].push_back(t);
+  Preds out;
+  for (const auto& [doc, ts] : by_doc) {
+    const std::vector<int32_t>& d = *doc;
+    if (d.size() > draft->n_ctx()) continue;  // past the draft's context: left out (counted below)
+    auto seq = draft->open_sequence();
+    if (!seq.ok()) die(seq.status().message());
+    std::vector<int32_t>& pred = out[doc];
+    pred.assign(d.size(), -1);
+    size_t fed = 0;
+    auto feed = [&](size_t upto, bool want) {  // tokens fed .. upto; want: the argmax after each
+      while (fed < upto) {
+        const size_t n = std::min<size_t>(upto - fed, want ? 64 : 512);
+        engine::StepInput in;
+        in.seq = *seq;
+        in.tokens = std::span<const int32_t>(d).subspan(fed, n);
+        in.all_tokens = want;
+        auto r = draft->step(std::span<const engine::StepInput>(&in, 1));
+        if (!r.ok()) die("draft model pass: " + r.status().message());
+        if (want) {
+          for (size_t j = 0; j < n && fed + j + 1 < d.size(); ++j) pred[fed + j + 1] = (*r)[0].tokens[j];
+        }
+        fed += n;
+      }
+    };
+    for (const Turn& t : ts) {
+      if (t.start == 0 || t.end <= t.start) continue;
+      feed(t.start - 1, false);
+      feed(t.end - 1, true);  // predictions for t.start .. t.end - 1
+    }
+    draft->close_sequence(*seq);
+  }
+  return out;
+}
+
+// The draft model teacher-forced (pred from draft_predictions) with at most `cap` drafts a round and
+// the engine's adaptive k: a round costs k draft decode steps of draft_ms and one target step of k + 1
+// tokens (step_ms[k]); the speed-up is against one token per step_ms[0].
+TeacherForced teacher_forced_draft(const std::vector<std::pair<const std::vector<int32_t>*, Turn>>& turns,
+                                   const Preds& preds, uint32_t cap, const std::vector<double>& step_ms, double draft_ms) {
+  TeacherForced r;
+  double ms = 0;
+  for (const auto& [doc, t] : turns) {
+    auto it = preds.find(doc);
+    if (it == preds.end()) continue;
+    const std::vector<int32_t>& d = *doc;
+    const std::vector<int32_t>& pred = it->second;
+    engine::AdaptiveK k;
+    for (size_t p = t.start; p < t.end;) {
+      const uint32_t n = std::min(k.k, cap);
+      uint32_t acc = 0;
+      while (acc < n && p + acc < t.end && pred[p + acc] == d[p + acc]) ++acc;
+      k.update(n, acc);
+      r.drafted += n;
+      r.accepted += acc;
+      const size_t adv = std::min<size_t>(acc + 1, t.end - p);
+      r.tokens += adv;
+      ++r.steps;
+      ms += n * draft_ms + step_ms[std::min<size_t>(n, step_ms.size() - 1)];
+      p += adv;
+    }
+  }
+  r.speedup = ms > 0 ? double(r.tokens) * step_ms[0] / ms : 0;
+  return r;
+}
+
+// The draft model's table: all turns and the goal's turns (lookup accepting >= 60% under the engine's
+// policy), tokens a step and acceptance, and the modelled speed-up for draft steps costing a fraction
+// of the target's one-token step (a Qwen3-0.6B drafting for the 8B: its step cost on the H200 is
+// still to be measured; dispatch latency, not its 13x fewer weights, will set it).
+void draft_model_table(const std::string& draft_path, const std::vector<std::pair<const std::vector<int32_t>*, Turn>>& turns,
+                       uint32_t max_draft, const std::vector<double>& step_ms) {
+  const auto t0 = Clock::now();
+  const Preds preds = draft_predictions(draft_path, turns);
+  std::vector<std::pair<const std::vector<int32_t>*, Turn>> goal, covered;
+  for (const auto& t : turns) {
+    if (!preds.count(t.first)) continue;
+    covered.push_back(t);
+    const TeacherForced r = teacher_forced({t}, max_draft, engine::kLookupMinNgram, step_ms);
+    if (r.drafted && double(r.accepted) / r.drafted >= 0.6) goal.push_back(t);
+  }
+  const double fractions[] = {0.05, 0.1, 0.2, 0.3};
+  std::printf("\nteacher-forced draft model (%s; its predictions for %zu of %zu turns in %.0f s), at most %u drafts, "
+              "adaptive k; a round costs k draft steps + one target step of k + 1 tokens (--step-ms); speed-up for "
+              "draft steps costing a fraction of the target's one-token step (in brackets: the best cap 1..7 where it "
+              "beats the policy's)\n| turns | turns | tokens / step | acceptance |",
+              draft_path.c_str(), covered.size(), turns.size(), secs(t0), max_draft);
+  for (double f : fractions) std::printf(" draft step %.2fx |", f);
+  std::printf(" lookup (same turns) |\n|---|---|---|---|---|---|---|---|---|\n");
+  for (int g = 0; g < 2; ++g) {
+    const auto& ts = g == 0 ? covered : goal;
+    const TeacherForced base = teacher_forced_draft(ts, preds, max_draft, step_ms, 0);
+    std::printf("| %s | %zu | %.3f | %s |", g == 0 ? "all" : "lookup accepts >= 60%", ts.size(),
+                base.steps ? double(base.tokens) / base.steps : 0.0,
+                base.drafted ? fmt::format("{:.1f}%", 100.0 * base.accepted / base.drafted).c_str() : "-");
+    for (double f : fractions) {
+      const double at = teacher_forced_draft(ts, preds, max_draft, step_ms, f * step_ms[0]).speedup;
+      double best = at;
+      uint32_t best_cap = max_draft;
+      for (uint32_t cap = 1; cap <= engine::kMaxDraftTokens; ++cap) {
+        const double v = teacher_forced_draft(ts, preds, cap, step_ms, f * step_ms[0]).speedup;
+        if (v > best) best = v, best_cap = cap;
+      }
+      std::printf(" %.3fx%s |", at, best_cap == max_draft ? "" : fmt::format(" ({:.3f}x, cap {})", best, best_cap).c_str());
+    }
+    std::printf(" %.3fx |\n", teacher_forced(ts, max_draft, engine::kLookupMinNgram, step_ms).speedup);
+  }
+}
+
 struct MethodRow {
   uint64_t generated = 0, steps = 0, drafted = 0, accepted = 0, same = 0, cuts = 0;
   double decode_s = 0;
@@ -217,7 +337,7 @@ struct MethodRow {
 void acceptance(const std::string& model, const std::string& draft_path, const std::vector<std::vector<int32_t>>& all,
                 bool last_turn_only, const std::string& what, uint32_t conversations, uint32_t turns,
                 uint32_t max_tokens, uint32_t max_draft, const std::vector<std::string>& methods,
-                const std::vector<double>& step_ms) {
+                const std::vector<double>& step_ms, uint32_t tf_draft) {
   uint32_t longest = 0;
   for (size_t i = 0; i < all.size() && i < conversations; ++i) {
     longest = std::max<uint32_t>(longest, static_cast<uint32_t>(all[i].size()));
@@ -331,6 +451,13 @@ void acceptance(const std::string& model, const std::string& draft_path, const s
     }
   }
   by_turn_acceptance(tf_all, max_draft, step_ms);
+  if (!draft_path.empty() && tf_draft > 0) {
+    std::vector<std::pair<const std::vector<int32_t>*, Turn>> first;
+    for (const auto& t : tf_all) {
+      if (t.first < all.data() + std::min<size_t>(tf_draft, all.size())) first.push_back(t);
+    }
+    draft_model_table(draft_path, first, max_draft, step_ms);
+  }
 }
 
 void verify_cost(const std::string& model, uint32_t depth, int reps, const std::vector<uint32_t>& only_k) {
@@ -454,6 +581,7 @@ int main(int argc, char** argv) {
   uint32_t conversations = 6, turns = 2, max_tokens = 96, depth = 1024, max_draft = engine::kDefaultMaxDraft;
   int reps = 5;
   bool cost = false;
+  uint32_t tf_draft = 0;
   std::string methods = "off,lookup,draft,auto";
   app.add_option("--model", model, "Target model (GGUF)")->required();
   app.add_option("--draft", draft, "Draft model (GGUF, same tokenizer)");
@@ -465,6 +593,9 @@ int main(int argc, char** argv) {
   app.add_option("--methods", methods, "Methods, the first is the reference output")->capture_default_str();
   app.add_option("--max-draft", max_draft, "Drafts per step at most (1..7; default: the engine's)")->capture_default_str();
   app.add_flag("--verify-cost", cost, "Measure the target step time for 1..8 tokens instead");
+  app.add_option("--tf-draft", tf_draft, "With --draft: also the draft model teacher-forced over the turns of the first N "
+                                         "documents (one pass of the draft over each; ~3 s a document on the dev machine)")
+      ->capture_default_str();
   // H200, 8B Q4_K_M at depth 1024 (docs/performance.md, 2026-12-04 17:04): 1, 2, 3, 4 and 8 tokens
   // measured, 5..7 interpolated.
   std::vector<double> step_ms = {3.74, 4.78, 5.45, 6.23, 7.04, 7.85, 8.67, 9.48};
@@ -498,6 +629,6 @@ int main(int argc, char** argv) {
                     engine::kMaxDraftTokens + 1));
   }
   acceptance(model, draft, docs, last_turn_only, heldout.empty() ? docs_json : heldout, conversations, turns, max_tokens,
-             std::clamp<uint32_t>(max_draft, 1, engine::kMaxDraftTokens), ms, step_ms);
+             std::clamp<uint32_t>(max_draft, 1, engine::kMaxDraftTokens), ms, step_ms, tf_draft);
   return 0;
 }

@@ -491,7 +491,8 @@ Status VulkanEngine::alloc_scratch() {
       {&q_, T * qw * 4, dl}, {&k_, T * kw * 4, dl}, {&v_, T * kw * 4, dl}, {&attn_, T * qw * 4, dl},
       {&o_, T * c.n_embd * 4, dl}, {&positions_, T * 4, hv}, {&slots_, T * 4, hv},
       {&tables_, seqs_.size() * table_stride_ * 4, hv}, {&hs_, S * c.n_embd * 4, dl}, {&logits_, S * c.n_vocab * 4ull, dl},
-      {&tokens_out_, S * 4, dl}, {&tokens_host_, S * 4, hv}, {&logits_host_, S * c.n_vocab * 4ull, hv}};
+      {&tokens_out_, S * 4, dl}, {&tokens_host_, S * 4, hv}, {&logits_host_, S * c.n_vocab * 4ull, hv},
+      {&seeds_, S * 4, hv}};
   if (c.is_moe()) {
     auto moe = MoeLayer::create(*dev_, {c.n_embd, c.n_ff_exp, c.n_expert, c.n_expert_used}, max_tokens_);
     if (!moe.ok()) return moe.status();

@@ -14,6 +14,7 @@
 // O+residual, gate/up+SwiGLU, down+residual: 4 dispatches instead of 12 per dense layer; the head with
 // the final norm). Longer steps use ops::Matmul. TROVE_DECODE=matmul sends every step through Matmul.
 #include <algorithm>
+#include <bit>
 #include <chrono>
 #include <cmath>
 #include <vector>
@@ -223,7 +224,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
   // per-op profile, no KV block to copy first — runs a captured step again when one has its key.
   std::optional<std::array<uint64_t, 3>> replay_key;
   if (decode_replay_ && inputs.size() == 1 && T == 1 && matvec_decode_ && embd_on_gpu_ && !profile_.ops() &&
-      !profile_.phases() && l2_warm_.empty() && !(inputs[0].sample && inputs[0].sampling.temperature > 0)) {
+      !profile_.phases() && l2_warm_.empty()) {
     const StepInput& in = inputs[0];
     const Sequence& sq = seqs_[in.seq];
     const uint32_t start = static_cast<uint32_t>(sq.tokens.size());
@@ -231,8 +232,14 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     const kernels::ref::PagedKvShape shape{blocks_->total(), layout_.block_tokens, c.n_head_kv, c.head_dim};
     const auto attn = ops_.attention.replay_key(ops::AttentionCall{shape, c.n_head, start, 1, 1.0f, ops::AttentionPath::kAuto});
     if (!cow && attn) {
-      const uint64_t asks = (in.sample ? 1u : 0u) | (in.want_logits ? 2u : 0u) | (in.all_tokens ? 4u : 0u) |
-                            (in.all_logits ? 8u : 0u);
+      uint64_t asks = (in.sample ? 1u : 0u) | (in.want_logits ? 2u : 0u) | (in.all_tokens ? 4u : 0u) |
+                      (in.all_logits ? 8u : 0u);
+      if (in.sample && in.sampling.temperature > 0) {  // the sampler's push constants but the seed
+        const Sampling& p = in.sampling;
+        const float f[4] = {p.temperature, p.top_p, p.min_p, static_cast<float>(p.top_k)};
+        for (float v : f) asks = (asks ^ std::bit_cast<uint32_t>(v)) * 0x100000001b3ull;
+        asks |= 1;
+      }
       replay_key = std::array<uint64_t, 3>{in.seq, asks, *attn};
     }
   }
@@ -282,6 +289,12 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     for (size_t i = 0; i < inputs.size(); ++i) drop_after(seqs_[inputs[i].seq], placed[i].start);
   };
 
+  // A fresh draw per position: the sampling seed mixed with the position of the token being chosen.
+  auto draw_seed = [&](const StepInput& in) {
+    const uint64_t mix = (in.sampling.seed ^ 0x9E3779B97F4A7C15ull) * 0xBF58476D1CE4E5B9ull +
+                         seqs_[in.seq].tokens.size() * 0x94D049BB133111EBull;
+    return static_cast<uint32_t>(mix ^ (mix >> 31) ^ (mix >> 17));
+  };
   std::vector<uint8_t> marks;  // TROVE_PROFILE=ops: the op kind that ends at each timestamp
   auto run = [&]() -> Status {
     auto mark = [&](OpKind k) {
@@ -293,6 +306,8 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     uint32_t capture_before = vk::CommandStream::kNoCapture;
     if (replay_key) {
       if (auto it = replays_.find(*replay_key); it != replays_.end() && s.capture_valid(it->second)) {
+        const StepInput& in = inputs[0];
+        if (in.sample && in.sampling.temperature > 0) static_cast<uint32_t*>(seeds_.mapped())[0] = draw_seed(in);
         TROVE_RETURN_IF_ERROR(s.replay(it->second, decode_wait_));
         profile_.add_step(s, counters_before, T, false, marks);
         return Status::Ok();
@@ -494,14 +509,17 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
         p.top_k = std::clamp<uint32_t>(in.sampling.top_k == 0 ? 64 : in.sampling.top_k, 1, 64);
         p.top_p = in.sampling.top_p;
         p.min_p = in.sampling.min_p;
-        // A fresh draw per position: the seed mixed with the position of the token being chosen.
-        const uint64_t mix = (in.sampling.seed ^ 0x9E3779B97F4A7C15ull) * 0xBF58476D1CE4E5B9ull +
-                             seqs_[in.seq].tokens.size() * 0x94D049BB133111EBull;
-        p.seed = static_cast<uint32_t>(mix ^ (mix >> 31) ^ (mix >> 17));
+        p.seed = draw_seed(in);
         // Overwrites argmax's answer for this row (same element, recorded later: ordered by a barrier).
         s.barrier();
+        ops::SamplerSeed seed;  // a captured step reads its seed from seeds_, written now and before each replay
+        if (replay_key) {
+          static_cast<uint32_t*>(seeds_.mapped())[r] = p.seed;
+          seed = {seeds_, r};
+        }
         TROVE_RETURN_IF_ERROR(ops_.sampler.record(s, vk::BufferRange(logits_, r * vrow, vrow),
-                                                  vk::BufferRange(tokens_out_, r * 4ull, 4), 1, c.n_vocab, p));
+                                                  vk::BufferRange(tokens_out_, r * 4ull, 4), 1, c.n_vocab, p,
+                                                  ops::SamplerForm::kAuto, seed));
       }
       s.barrier();
       s.copy(tokens_out_, 0, tokens_host_, 0, R * 4ull);

@@ -217,11 +217,12 @@ class VulkanEngine final : public Engine {
   // GEMMs read (the router keeps the f32 rows); TROVE_MOE_F16=0 leaves them on the f32 rows (A/B).
   bool moe_f16_ = true;
   // Decode replay (TROVE_DECODE_REPLAY=1; off by default until measured on a GPU): a one-token decode
-  // step of one sequence, greedy or asking only for logits, no profile of its ops, no KV block to copy,
-  // is captured once (vk::CommandStream::begin_capture) under a key of what the recording fixes — the
-  // sequence, what the step asks for, and the attention's slicing (PagedAttention::replay_key, with its
-  // position read from positions_) — and later steps with the same key are submitted again as they
-  // are (one submit, nothing recorded). replays_ maps keys to capture ids of stream_ (cleared with it).
+  // step of one sequence, no profile of its ops, no KV block to copy, is captured once
+  // (vk::CommandStream::begin_capture) under a key of what the recording fixes — the sequence, what
+  // the step asks for and its sampling parameters, and the attention's slicing
+  // (PagedAttention::replay_key, with its position read from positions_; the sampler's seed from
+  // seeds_) — and later steps with the same key are submitted again as they are (one submit, nothing
+  // recorded). replays_ maps keys to capture ids of stream_ (cleared with it).
   bool decode_replay_ = false;
   std::map<std::array<uint64_t, 3>, uint32_t> replays_;
   static constexpr size_t kMaxReplays = 64;  // past this many keys the captures are dropped and made anew
@@ -258,6 +259,7 @@ class VulkanEngine final : public Engine {
   vk::Buffer xnh_, hh_;  // f16 copies of xn_ / h_ that large-batch (matrix-unit) matmuls read
   vk::Buffer ids_;  // int32 token ids of the step (GPU embedding rows)
   vk::Buffer positions_, slots_, tables_, hs_, logits_, tokens_out_, logits_host_, tokens_host_;
+  vk::Buffer seeds_;  // decode replay: the sampler's seed per output row, written before each step
   std::optional<MoeLayer> moe_;  // MoE models: the routed-expert FFN and its scratch (shared by all layers)
   uint32_t table_stride_ = 0;  // int32 entries per sequence in tables_ (aligned)
   XXH3_state_t* weights_hash_ = nullptr;  // live only while loading

@@ -8,13 +8,15 @@
 namespace trove::ops {
 
 Result<Sampler> Sampler::create(vk::Device& dev) {
-  auto p = dev.pipeline({"sample_f32", {}, 28, 2, 64});
-  if (!p.ok()) return p.status();
-  auto w = dev.pipeline({"sample_wg_f32", {kWorkgroupLocal}, 28, 2, kWorkgroupLocal});
-  if (!w.ok()) return w.status();
   Sampler op;
-  op.pipeline_ = std::move(*p);
-  op.workgroup_ = std::move(*w);
+  for (uint32_t from_buffer = 0; from_buffer < 2; ++from_buffer) {
+    auto p = dev.pipeline({"sample_f32", {from_buffer}, 28, 3, 64});
+    if (!p.ok()) return p.status();
+    auto w = dev.pipeline({"sample_wg_f32", {kWorkgroupLocal, from_buffer}, 28, 3, kWorkgroupLocal});
+    if (!w.ok()) return w.status();
+    op.pipeline_[from_buffer] = std::move(*p);
+    op.workgroup_[from_buffer] = std::move(*w);
+  }
   if (const char* e = std::getenv("TROVE_SAMPLE")) {
     const std::string v = e;
     if (v == "rows") op.per_row_only_ = true;
@@ -26,22 +28,26 @@ Result<Sampler> Sampler::create(vk::Device& dev) {
 }
 
 Status Sampler::record(vk::CommandStream& s, vk::BufferRange logits, vk::BufferRange out, uint32_t rows,
-                       uint32_t ncols, const SamplingParams& p, SamplerForm form) const {
+                       uint32_t ncols, const SamplingParams& p, SamplerForm form, const SamplerSeed& seed) const {
   if (!(p.temperature > 0)) return Status::InvalidArgument(fmt::format("sampling: temperature {} must be > 0 (use argmax for greedy)", p.temperature));
   if (p.top_k < 1 || p.top_k > 64) return Status::InvalidArgument(fmt::format("sampling: top_k {} must be in 1..64", p.top_k));
   if (!(p.top_p > 0 && p.top_p <= 1)) return Status::InvalidArgument(fmt::format("sampling: top_p {} must be in (0, 1]", p.top_p));
   if (!(p.min_p >= 0 && p.min_p < 1)) return Status::InvalidArgument(fmt::format("sampling: min_p {} must be in [0, 1)", p.min_p));
   if (logits.size < uint64_t{rows} * ncols * 4 || out.size < uint64_t{rows} * 4)
     return Status::InvalidArgument(fmt::format("sampling: buffers too small for {} rows of {} logits", rows, ncols));
+  const bool from_buffer = seed.buffer.buffer != VK_NULL_HANDLE;
+  if (from_buffer && seed.buffer.size < (uint64_t{seed.index} + 1) * 4) {
+    return Status::InvalidArgument(fmt::format("sampling: seed buffer of {} bytes has no entry {}", seed.buffer.size, seed.index));
+  }
   struct { uint32_t ncols, rows, top_k; float temperature, top_p, min_p; uint32_t seed; } push{
-      ncols, rows, p.top_k, p.temperature, p.top_p, p.min_p, p.seed};
-  vk::BufferRange b[2] = {logits, out};
+      ncols, rows, p.top_k, p.temperature, p.top_p, p.min_p, from_buffer ? seed.index : p.seed};
+  vk::BufferRange b[3] = {logits, out, from_buffer ? seed.buffer : out};
   if (form == SamplerForm::kAuto) {
     form = ncols >= kWorkgroupMinCols && !per_row_only_ ? SamplerForm::kWorkgroup : SamplerForm::kPerRow;
   }
-  if (form == SamplerForm::kPerRow) return s.dispatch(pipeline_, b, &push, sizeof(push), (rows + 63) / 64);
+  if (form == SamplerForm::kPerRow) return s.dispatch(pipeline_[from_buffer], b, &push, sizeof(push), (rows + 63) / 64);
   if (rows > 65535) return Status::InvalidArgument(fmt::format("sampling: {} rows in one call, at most 65535 (record fewer)", rows));
-  return s.dispatch(workgroup_, b, &push, sizeof(push), rows);
+  return s.dispatch(workgroup_[from_buffer], b, &push, sizeof(push), rows);
 }
 
 }  // namespace trove::ops

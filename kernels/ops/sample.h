@@ -22,16 +22,23 @@ struct SamplingParams {
 
 enum class SamplerForm { kAuto, kPerRow, kWorkgroup };  // kAuto: by row length (tests force one)
 
+// Decode replay: the draw's seed read from buffer[index] (uint32, written by the host before each
+// submission) instead of SamplingParams::seed, so that a recorded step serves later tokens.
+struct SamplerSeed {
+  vk::BufferRange buffer;
+  uint32_t index = 0;
+};
+
 class Sampler {
  public:
   static Result<Sampler> create(vk::Device& dev);
   Status record(vk::CommandStream& s, vk::BufferRange logits, vk::BufferRange out, uint32_t rows, uint32_t ncols,
-                const SamplingParams& p, SamplerForm form = SamplerForm::kAuto) const;
+                const SamplingParams& p, SamplerForm form = SamplerForm::kAuto, const SamplerSeed& seed = {}) const;
   static constexpr uint32_t kWorkgroupLocal = 256, kWorkgroupMinCols = 4096;
 
  private:
-  vk::Pipeline pipeline_;   // sample_f32: one invocation a row
-  vk::Pipeline workgroup_;  // sample_wg_f32: kWorkgroupLocal invocations a row
+  vk::Pipeline pipeline_[2];   // sample_f32: one invocation a row [seed pushed, seed from a buffer]
+  vk::Pipeline workgroup_[2];  // sample_wg_f32: kWorkgroupLocal invocations a row
   bool per_row_only_ = false;  // TROVE_SAMPLE=rows: kAuto always takes the per-row form (A/B runs)
 };
 

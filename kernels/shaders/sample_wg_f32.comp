@@ -19,6 +19,10 @@ layout(constant_id = 0) const uint kWG = 256u;
 layout(std430, binding = 0) readonly buffer L { float l[]; };
 layout(std430, binding = 0) readonly buffer L4 { vec4 l4[]; };
 layout(std430, binding = 1) writeonly buffer O { uint o[]; };
+// Decode replay (engine steps recorded once): the seed is seeds[pc.seed], written by the host before
+// each step, instead of the push constant itself.
+layout(constant_id = 1) const bool kSeedFromBuffer = false;
+layout(std430, binding = 2) readonly buffer S { uint seeds[]; };
 layout(push_constant) uniform P { uint ncols; uint rows; uint top_k; float temperature; float top_p; float min_p; uint seed; } pc;
 const uint kNone = 0xffffffffu, kU = 8u;
 shared float bv[kWG];
@@ -99,7 +103,8 @@ void main() {
   }
   float tot = 0.0;
   for (uint j = 0u; j < keep; ++j) tot += p[j];
-  const float u = float(pcg(pc.seed ^ pcg(row)) >> 8) * (1.0 / 16777216.0) * tot;
+  const uint seed = kSeedFromBuffer ? seeds[pc.seed] : pc.seed;
+  const float u = float(pcg(seed ^ pcg(row)) >> 8) * (1.0 / 16777216.0) * tot;
   uint pick = cand[keep - 1u];
   float acc = 0.0;
   for (uint j = 0u; j < keep; ++j) { acc += p[j]; if (u < acc) { pick = cand[j]; break; } }

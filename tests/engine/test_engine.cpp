@@ -396,8 +396,9 @@ TEST(Engine, L2WarmUpsChangeNoResult) {
   EXPECT_GE(d_warm, d_plain + 6) << "dispatches per decode step: " << d_warm << " with the warm-ups, " << d_plain << " without";
 }
 
-// Decode replay (TROVE_DECODE_REPLAY=1): two sequences decoding greedily in turns, 40 steps each (across a KV block),
-// some steps asking for logits and some only for the token, give the tokens and the logits (bit for
+// Decode replay (TROVE_DECODE_REPLAY=1): two sequences decoding in turns, one greedy and one sampled
+// (temperature 0.9, top-k 40, a fixed seed), 40 steps each (across a KV block), some steps asking for
+// logits and some only for the token, give the tokens and the logits (bit for
 // bit) of engines that record every step, on the dense and the MoE model; and the steps were replayed:
 // one submit a decode step and no host recording in the median step (the host profile's numbers).
 TEST(Engine, DecodeReplayGivesTheBitsOfRecordedSteps) {
@@ -426,7 +427,12 @@ TEST(Engine, DecodeReplayGivesTheBitsOfRecordedSteps) {
       for (int step = 0; step < 40; ++step) {
         for (int i = 0; i < 2; ++i) {
           StepInput in = logits_of(seq[i], next[i]);
-          in.sample = true;  // greedy (temperature 0): argmax
+          in.sample = true;  // sequence 0 greedy (argmax), sequence 1 sampled (the seed read from a buffer)
+          if (i == 1) {
+            in.sampling.temperature = 0.9f;
+            in.sampling.top_k = 40;
+            in.sampling.seed = 7;
+          }
           in.want_logits = step % 3 != 1;
           auto out = e->step(std::vector<StepInput>{in});
           EXPECT_TRUE(out.ok()) << out.status().ToString();

@@ -183,8 +183,8 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
     const std::string_view m = v;
     if (m != "0" && m != "1") {
       return Status::InvalidArgument(fmt::format(
-          "TROVE_DECODE_REPLAY={} is not a choice: use 1 (one-token greedy decode steps are recorded once per "
-          "sequence and attention slicing and submitted again) or 0 (the default: every step is recorded)", m));
+          "TROVE_DECODE_REPLAY={} is not a choice: use 1 (decode steps of one token a sequence are recorded once per "
+          "sequences, sampling and attention slicing, and submitted again) or 0 (the default: every step is recorded)", m));
     }
     e->decode_replay_ = m == "1";
   }

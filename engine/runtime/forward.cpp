@@ -223,25 +223,32 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
   // but the attention's slicing (its position comes from positions_) — greedy or logits only, no
   // per-op profile, no KV block to copy first — runs a captured step again when one has its key.
   std::optional<std::array<uint64_t, 3>> replay_key;
-  if (decode_replay_ && inputs.size() == 1 && T == 1 && matvec_decode_ && embd_on_gpu_ && !profile_.ops() &&
-      !profile_.phases() && l2_warm_.empty()) {
-    const StepInput& in = inputs[0];
-    const Sequence& sq = seqs_[in.seq];
-    const uint32_t start = static_cast<uint32_t>(sq.tokens.size());
-    const bool cow = start % layout_.block_tokens != 0 && !sq.blocks.empty() && blocks_->must_copy(sq.blocks.back());
+  if (decode_replay_ && T == inputs.size() && T <= ops::Matvec::kMaxBatch && matvec_decode_ && embd_on_gpu_ &&
+      !profile_.ops() && !profile_.phases() && l2_warm_.empty()) {
+    // One token per sequence (batched decode of up to Matvec::kMaxBatch). The key: the sequences in
+    // order, what each asks for with its sampling parameters, and each attention call's slicing.
     const kernels::ref::PagedKvShape shape{blocks_->total(), layout_.block_tokens, c.n_head_kv, c.head_dim};
-    const auto attn = ops_.attention.replay_key(ops::AttentionCall{shape, c.n_head, start, 1, 1.0f, ops::AttentionPath::kAuto});
-    if (!cow && attn) {
-      uint64_t asks = (in.sample ? 1u : 0u) | (in.want_logits ? 2u : 0u) | (in.all_tokens ? 4u : 0u) |
-                      (in.all_logits ? 8u : 0u);
+    auto mix = [](uint64_t& h, uint64_t v) { h = (h ^ v) * 0x100000001b3ull; };
+    std::array<uint64_t, 3> key{0xcbf29ce484222325ull, 0xcbf29ce484222325ull, 0xcbf29ce484222325ull};
+    bool ok = true;
+    for (const StepInput& in : inputs) {
+      const Sequence& sq = seqs_[in.seq];
+      const uint32_t start = static_cast<uint32_t>(sq.tokens.size());
+      const bool cow = start % layout_.block_tokens != 0 && !sq.blocks.empty() && blocks_->must_copy(sq.blocks.back());
+      const auto attn = ops_.attention.replay_key(ops::AttentionCall{shape, c.n_head, start, 1, 1.0f, ops::AttentionPath::kAuto});
+      if (cow || !attn) {
+        ok = false;
+        break;
+      }
+      mix(key[0], in.seq);
+      mix(key[1], (in.sample ? 1u : 0u) | (in.want_logits ? 2u : 0u) | (in.all_tokens ? 4u : 0u) | (in.all_logits ? 8u : 0u));
       if (in.sample && in.sampling.temperature > 0) {  // the sampler's push constants but the seed
         const Sampling& p = in.sampling;
-        const float f[4] = {p.temperature, p.top_p, p.min_p, static_cast<float>(p.top_k)};
-        for (float v : f) asks = (asks ^ std::bit_cast<uint32_t>(v)) * 0x100000001b3ull;
-        asks |= 1;
+        for (float v : {p.temperature, p.top_p, p.min_p, static_cast<float>(p.top_k)}) mix(key[1], std::bit_cast<uint32_t>(v));
       }
-      replay_key = std::array<uint64_t, 3>{in.seq, asks, *attn};
+      mix(key[2], *attn);
     }
+    if (ok) replay_key = key;
   }
   const vk::StreamCounters counters_before = s.counters();
   const uint64_t pipelines_before = dev_->pipelines_created();
@@ -306,8 +313,12 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     uint32_t capture_before = vk::CommandStream::kNoCapture;
     if (replay_key) {
       if (auto it = replays_.find(*replay_key); it != replays_.end() && s.capture_valid(it->second)) {
-        const StepInput& in = inputs[0];
-        if (in.sample && in.sampling.temperature > 0) static_cast<uint32_t*>(seeds_.mapped())[0] = draw_seed(in);
+        uint32_t row = 0;  // each input's head row, in order (one token each)
+        for (const StepInput& in : inputs) {
+          if (!in.sample && !in.want_logits && !in.all_tokens) continue;
+          if (in.sample && in.sampling.temperature > 0) static_cast<uint32_t*>(seeds_.mapped())[row] = draw_seed(in);
+          ++row;
+        }
         TROVE_RETURN_IF_ERROR(s.replay(it->second, decode_wait_));
         profile_.add_step(s, counters_before, T, false, marks);
         return Status::Ok();

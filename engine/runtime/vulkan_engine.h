@@ -216,10 +216,10 @@ class VulkanEngine final : public Engine {
   // MoE prefill on the matrix units: the FFN norm also writes f16 rows (xnh_) that the experts' grouped
   // GEMMs read (the router keeps the f32 rows); TROVE_MOE_F16=0 leaves them on the f32 rows (A/B).
   bool moe_f16_ = true;
-  // Decode replay (TROVE_DECODE_REPLAY=1; off by default until measured on a GPU): a one-token decode
-  // step of one sequence, no profile of its ops, no KV block to copy, is captured once
-  // (vk::CommandStream::begin_capture) under a key of what the recording fixes — the sequence, what
-  // the step asks for and its sampling parameters, and the attention's slicing
+  // Decode replay (TROVE_DECODE_REPLAY=1; off by default until measured on a GPU): a decode step of
+  // one token for each of 1..8 sequences, no profile of its ops, no KV block to copy, is captured once
+  // (vk::CommandStream::begin_capture) under a key of what the recording fixes — the sequences, what
+  // each asks for and its sampling parameters, and each attention call's slicing
   // (PagedAttention::replay_key, with its position read from positions_; the sampler's seed from
   // seeds_) — and later steps with the same key are submitted again as they are (one submit, nothing
   // recorded). replays_ maps keys to capture ids of stream_ (cleared with it).

@@ -398,7 +398,7 @@ TEST(Engine, L2WarmUpsChangeNoResult) {
 
 // Decode replay (TROVE_DECODE_REPLAY=1): two sequences decoding in turns, one greedy and one sampled
 // (temperature 0.9, top-k 40, a fixed seed), 40 steps each (across a KV block), some steps asking for
-// logits and some only for the token, give the tokens and the logits (bit for
+// logits and some only for the token, then 12 steps of both together, give the tokens and the logits (bit for
 // bit) of engines that record every step, on the dense and the MoE model; and the steps were replayed:
 // one submit a decode step and no host recording in the median step (the host profile's numbers).
 TEST(Engine, DecodeReplayGivesTheBitsOfRecordedSteps) {
@@ -442,6 +442,29 @@ TEST(Engine, DecodeReplayGivesTheBitsOfRecordedSteps) {
           next[i] = {(*out)[0].token};
         }
       }
+      // Then both sequences in each step (batched decode), the sampled one asking only for its token.
+      for (int step = 0; step < 12; ++step) {
+        std::vector<StepInput> ins;
+        for (int i = 0; i < 2; ++i) {
+          StepInput in = logits_of(seq[i], next[i]);
+          in.sample = true;
+          in.want_logits = i == 0;
+          if (i == 1) {
+            in.sampling.temperature = 0.9f;
+            in.sampling.top_k = 40;
+            in.sampling.seed = 7;
+          }
+          ins.push_back(in);
+        }
+        auto out = e->step(ins);
+        EXPECT_TRUE(out.ok()) << out.status().ToString();
+        if (!out.ok()) return r;
+        for (int i = 0; i < 2; ++i) {
+          r.tokens.push_back((*out)[i].token);
+          if (ins[i].want_logits) r.logits.push_back((*out)[i].logits);
+          next[i] = {(*out)[i].token};
+        }
+      }
     }
     for (const auto& rec : logs.records()) {
       const std::string& m = rec.message;
@@ -456,7 +479,7 @@ TEST(Engine, DecodeReplayGivesTheBitsOfRecordedSteps) {
   for (const std::string& path : {quantized_model_path(), moe_model_path()}) {
     SCOPED_TRACE(path);
     const Run plain = run(path, false), replayed = run(path, true);
-    ASSERT_EQ(plain.tokens.size(), 80u);
+    ASSERT_EQ(plain.tokens.size(), 104u);
     ASSERT_EQ(replayed.tokens, plain.tokens);
     ASSERT_EQ(replayed.logits.size(), plain.logits.size());
     for (size_t i = 0; i < plain.logits.size(); ++i) {

@@ -476,6 +476,14 @@ TEST(Engine, DecodeReplayGivesTheBitsOfRecordedSteps) {
     }
     return r;
   };
+  {
+    ScopedEnv bad("TROVE_DECODE_REPLAY", "yes");
+    engine::EngineOptions o;
+    o.model_path = quantized_model_path();
+    auto e = engine::Engine::load(o);
+    ASSERT_FALSE(e.ok());
+    EXPECT_NE(e.status().message().find("TROVE_DECODE_REPLAY=yes is not a choice"), std::string::npos) << e.status().message();
+  }
   for (const std::string& path : {quantized_model_path(), moe_model_path()}) {
     SCOPED_TRACE(path);
     const Run plain = run(path, false), replayed = run(path, true);

@@ -1009,40 +1009,31 @@ Status CommandStream::begin_if_needed() {
     s.piece = 0;
     s.piece_limit = s.opts.chunk_dispatches;
   }
-  if (s.capturing) {  // one piece, in a command buffer that outlives the submission
+  auto allocate = [&](VkCommandPool pool, VkCommandBuffer* cb) {
+    VkCommandBufferAllocateInfo ai{VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO};
+    ai.commandPool = pool;
+    ai.level = VK_COMMAND_BUFFER_LEVEL_PRIMARY;
+    ai.commandBufferCount = 1;
+    return vkAllocateCommandBuffers(device_->handle(), &ai, cb);
+  };
+  VkCommandBufferBeginInfo bi{VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO};
+  if (s.capturing) {  // one piece, in a command buffer that outlives the submission (submitted again)
     if (!s.capture_pool) {
       VkCommandPoolCreateInfo cpi{VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO};
       cpi.queueFamilyIndex = device_->queue_family();
       TROVE_VK(vkCreateCommandPool(device_->handle(), &cpi, nullptr, &s.capture_pool), "vkCreateCommandPool");
     }
-    VkCommandBufferAllocateInfo ai{VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO};
-    ai.commandPool = s.capture_pool;
-    ai.level = VK_COMMAND_BUFFER_LEVEL_PRIMARY;
-    ai.commandBufferCount = 1;
-    TROVE_VK(vkAllocateCommandBuffers(device_->handle(), &ai, &s.cmd), "vkAllocateCommandBuffers");
+    TROVE_VK(allocate(s.capture_pool, &s.cmd), "vkAllocateCommandBuffers");
     s.capture_start = s.counters;
-    VkCommandBufferBeginInfo bi{VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO};  // submitted again: not one-time
-    TROVE_VK(vkBeginCommandBuffer(s.cmd, &bi), "vkBeginCommandBuffer");
-    if (s.queries) vkCmdResetQueryPool(s.cmd, s.queries, 0, kMaxTimestamps);
-    s.recording = true;
-    s.piece_dispatches = 0;
-    s.ends_with_barrier = false;
-    s.bound_pipeline = VK_NULL_HANDLE;
-    s.bound_set = VK_NULL_HANDLE;
-    return Status::Ok();
+  } else {
+    if (s.piece == s.cmds.size()) {
+      VkCommandBuffer cb;
+      TROVE_VK(allocate(s.pool, &cb), "vkAllocateCommandBuffers");
+      s.cmds.push_back(cb);
+    }
+    s.cmd = s.cmds[s.piece];
+    bi.flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT;
   }
-  if (s.piece == s.cmds.size()) {
-    VkCommandBufferAllocateInfo ai{VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO};
-    ai.commandPool = s.pool;
-    ai.level = VK_COMMAND_BUFFER_LEVEL_PRIMARY;
-    ai.commandBufferCount = 1;
-    VkCommandBuffer cb;
-    TROVE_VK(vkAllocateCommandBuffers(device_->handle(), &ai, &cb), "vkAllocateCommandBuffers");
-    s.cmds.push_back(cb);
-  }
-  s.cmd = s.cmds[s.piece];
-  VkCommandBufferBeginInfo bi{VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO};
-  bi.flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT;
   TROVE_VK(vkBeginCommandBuffer(s.cmd, &bi), "vkBeginCommandBuffer");
   // Resetting the queries in the first piece covers the later ones: a query reset is ordered with
   // every later command on the same queries in submission order.

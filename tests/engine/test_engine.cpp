@@ -590,7 +590,7 @@ TEST(Engine, OpProfileTimesTheMoeStagesApart) {
       if (rec.message.find("TROVE_PROFILE=ops, decode steps of 1 token ") != std::string::npos) one = rec.message;
     }
     ASSERT_FALSE(one.empty()) << "no op profile of one-token decode steps was logged";
-    for (const char* kind : {"moe router (+norm, +routing)", "moe gate/up (+norm)", "moe down (+add) / moe ffn"}) {
+    for (const char* kind : {"moe router (+norm, +routing)", "moe gate/up (+norm)", "moe down (+add) / combine / ffn"}) {
       EXPECT_NE(one.find(kind), std::string::npos) << kind << " missing from:\n" << one;
     }
     const bool split = std::string_view(router) == "split";

@@ -312,7 +312,10 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     bool capturing = false;
     uint32_t capture_before = vk::CommandStream::kNoCapture;
     if (replay_key) {
-      if (auto it = replays_.find(*replay_key); it != replays_.end() && s.capture_valid(it->second)) {
+      if (auto it = replays_.find(*replay_key); it != replays_.end() && !s.capture_valid(it->second)) {
+        s.drop_captures();  // the stream's descriptor cache was emptied: every capture went with it
+        replays_.clear();
+      } else if (it != replays_.end()) {
         uint32_t row = 0;  // each input's head row, in order (one token each)
         for (const StepInput& in : inputs) {
           if (!in.sample && !in.want_logits && !in.all_tokens) continue;

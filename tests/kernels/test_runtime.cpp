@@ -418,6 +418,39 @@ TEST(VkRuntimeReplay, ReplayRunsTheCapturedSubmissionOnTheBuffersAsTheyAreNow) {
   EXPECT_EQ(d->validation_errors(), 0u);
 }
 
+// A capture refers to cached descriptor sets: when the cache is emptied (past kMaxCachedSets sets),
+// the capture is no longer valid and replay() refuses it instead of binding freed sets.
+TEST(VkRuntimeReplay, EmptyingTheDescriptorCacheInvalidatesCaptures) {
+  auto d = open_device();
+  ASSERT_TRUE(d);
+  if (d->descriptors() != vk::Descriptors::kCached) GTEST_SKIP() << "descriptor mode " << vk::descriptors_name(d->descriptors());
+  auto p = d->pipeline({"add_f32", {}, 8, 3, 256});  // out = a + b over n floats (add.cpp's push: n, row groups)
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  constexpr uint32_t n = 64, kRanges = vk::CommandStream::kMaxCachedSets + 8;
+  const uint32_t push[2] = {n, 1};
+  auto add = [&](vk::CommandStream& st, vk::BufferRange r, vk::BufferRange b) {
+    const vk::BufferRange bufs[3] = {r, b, r};
+    return st.dispatch(*p, bufs, push, sizeof(push), 1);
+  };
+  auto big = d->buffer(uint64_t{kRanges} * 256), bb = d->buffer(n * 4ull);
+  ASSERT_TRUE(big.ok() && bb.ok());
+  ASSERT_TRUE(big->fill(0).ok() && bb->fill(0).ok());
+  auto s = d->stream();
+  ASSERT_TRUE(s.ok());
+  ASSERT_TRUE(s->begin_capture().ok());
+  ASSERT_TRUE(add(*s, vk::BufferRange(*big, 0, n * 4), *bb).ok());
+  ASSERT_TRUE(s->submit_and_wait().ok());
+  const uint32_t id = s->last_capture();
+  ASSERT_TRUE(s->capture_valid(id));
+  for (uint32_t i = 0; i < kRanges; ++i) {  // a set per range: the cache passes its bound
+    const vk::BufferRange r(*big, uint64_t{i} * 256, n * 4);
+    ASSERT_TRUE(add(*s, r, *bb).ok());
+  }
+  ASSERT_TRUE(s->submit_and_wait().ok());
+  EXPECT_FALSE(s->capture_valid(id));
+  EXPECT_EQ(s->replay(id).code(), StatusCode::kFailedPrecondition);
+}
+
 TEST(VkRuntimeReplay, PerDispatchDescriptorsCannotBeCaptured) {
   vk::DeviceOptions o;
   o.descriptors = vk::Descriptors::kPerDispatch;

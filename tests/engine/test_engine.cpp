@@ -476,13 +476,13 @@ TEST(Engine, DecodeReplayGivesTheBitsOfRecordedSteps) {
     }
     return r;
   };
-  {
-    ScopedEnv bad("TROVE_DECODE_REPLAY", "yes");
+  for (const char* knob : {"TROVE_DECODE_REPLAY", "TROVE_MOE_F16"}) {  // 0 or 1 only
+    ScopedEnv bad(knob, "yes");
     engine::EngineOptions o;
     o.model_path = quantized_model_path();
     auto e = engine::Engine::load(o);
-    ASSERT_FALSE(e.ok());
-    EXPECT_NE(e.status().message().find("TROVE_DECODE_REPLAY=yes is not a choice"), std::string::npos) << e.status().message();
+    ASSERT_FALSE(e.ok()) << knob;
+    EXPECT_NE(e.status().message().find(fmt::format("{}=yes is not a choice", knob)), std::string::npos) << e.status().message();
   }
   for (const std::string& path : {quantized_model_path(), moe_model_path()}) {
     SCOPED_TRACE(path);

@@ -338,6 +338,11 @@ TEST(PagedAttention, DecodeKernelsReadThePositionFromABuffer) {
   const Status st = op->record(*s, prefill, *b, *b, *b, *b, ops::AttentionPositions{*b, 0});
   EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(st.message().find("decode kernels only"), std::string::npos) << st.message();
+  // A decode call whose positions buffer has no entry at the index is refused too.
+  const ops::AttentionCall one{shape, 16, 10, 1, 0.088f, ops::AttentionPath::kDecode};
+  const Status short_buffer = op->record(*s, one, *b, *b, *b, *b, ops::AttentionPositions{vk::BufferRange(*b, 0, 8), 2});
+  EXPECT_EQ(short_buffer.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(short_buffer.message().find("has no entry 2"), std::string::npos) << short_buffer.message();
 }
 
 // The prefill kernels (tiles of query rows = token × the query heads of one KV head) on shapes that

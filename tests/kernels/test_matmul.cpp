@@ -17,8 +17,10 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include "kernels/ops/matmul.h"
@@ -372,6 +374,25 @@ TEST(Matmul, TroveKhrPrefetchIsChecked) {
   trove::tests::ScopedEnv env("TROVE_KHR_PREFETCH", "2");
   auto good = ops::Matmul::create(*dev, MatmulPath::kTiled);
   EXPECT_TRUE(good.ok()) << good.status().ToString();
+}
+
+// The A/B knobs of 2026-12-04 (matmul.h): TROVE_GROUPED_BY_SLOT takes 0 or 1, TROVE_CM2_MIN_TILES a
+// positive count; anything else is refused by name, whatever the path.
+TEST(Matmul, GroupedBySlotAndCm2MinTilesAreChecked) {
+  auto dev = open_device();
+  ASSERT_TRUE(dev);
+  for (auto [name, bad, good] : {std::tuple{"TROVE_GROUPED_BY_SLOT", "yes", "1"}, std::tuple{"TROVE_CM2_MIN_TILES", "0", "128"},
+                                 std::tuple{"TROVE_CM2_MIN_TILES", "12x", "64"}}) {
+    {
+      trove::tests::ScopedEnv env(name, bad);
+      auto op = ops::Matmul::create(*dev, MatmulPath::kTiled);
+      ASSERT_FALSE(op.ok()) << name << "=" << bad;
+      EXPECT_NE(op.status().message().find(fmt::format("{}='{}'", name, bad)), std::string::npos) << op.status().message();
+    }
+    trove::tests::ScopedEnv env(name, good);
+    auto op = ops::Matmul::create(*dev, MatmulPath::kTiled);
+    EXPECT_TRUE(op.ok()) << op.status().ToString();
+  }
 }
 
 // TROVE_KHR_LARGE (matmul.h) names a KHR 128x128 tile shape for A/B on a GPU: a shape the kernel

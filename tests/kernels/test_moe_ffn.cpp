@@ -311,6 +311,12 @@ TEST_F(MoeFfnTest, GroupedGemmReadsF16Rows) {
   run(b);
   // The rows put in slot order first (moe_gather_f16 into the d scratch, poisoned before each run),
   // then read as slot-ordered x (TROVE_MOE_GATHER).
+  {
+    tests::ScopedEnv bad("TROVE_MOE_GATHER", "on");
+    auto f = ops::MoeFfn::create(*dev_);
+    ASSERT_FALSE(f.ok());
+    EXPECT_NE(f.status().message().find("TROVE_MOE_GATHER='on'"), std::string::npos) << f.status().message();
+  }
   ffn_->force_gather(true);
   a.name = "grouped, f16 rows gathered first";
   run(a);

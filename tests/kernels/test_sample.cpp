@@ -7,6 +7,8 @@
 
 #include <cmath>
 #include <random>
+#include <utility>
+#include <vector>
 
 #include "kernels/ops/sample.h"
 #include "kernels/ref/sample_ref.h"
@@ -130,5 +132,50 @@ TEST(Sampler, WorkgroupFormMatchesReference) {
       ASSERT_TRUE(bo->download(again.data(), rows * 4).ok());
       EXPECT_EQ(got, again);
     }
+  }
+}
+
+// Decode replay reads the draw's seed from a buffer (ops::SamplerSeed): both forms draw exactly what
+// the same seed pushed draws; another value in the buffer draws otherwise (it is read); a buffer
+// without the entry is refused.
+TEST(Sampler, SeedFromABufferDrawsAsThePushedSeed) {
+  auto d = vk::Device::open();
+  ASSERT_TRUE(d.ok()) << d.status().ToString();
+  auto op = ops::Sampler::create(**d);
+  ASSERT_TRUE(op.ok()) << op.status().ToString();
+  std::mt19937 rng(11);
+  const uint32_t rows = 64;
+  for (const auto& shape : {std::pair{40u, ops::SamplerForm::kPerRow}, std::pair{4100u, ops::SamplerForm::kWorkgroup}}) {
+    const uint32_t ncols = shape.first;
+    const ops::SamplerForm form = shape.second;
+    SCOPED_TRACE(testing::Message() << ncols << " logits a row");
+    std::normal_distribution<float> nd(0.f, 1.f);
+    std::vector<float> l(size_t{rows} * ncols);
+    for (auto& x : l) x = nd(rng);
+    auto bl = (*d)->buffer(l.size() * 4), bo = (*d)->buffer(rows * 4), bs = (*d)->buffer(16, vk::Memory::kHostVisible);
+    ASSERT_TRUE(bl.ok() && bo.ok() && bs.ok());
+    ASSERT_TRUE(bl->upload(l.data(), l.size() * 4).ok());
+    const ops::SamplingParams p{1.2f, 40, 1.0f, 0.0f, 12345u};
+    auto draw = [&](const ops::SamplerSeed& seed, uint32_t in_buffer) {
+      const uint32_t seeds[4] = {0, 0, in_buffer, 0};
+      EXPECT_TRUE(bs->upload(seeds, sizeof(seeds)).ok());
+      EXPECT_TRUE(bo->fill(0xffffffffu).ok());
+      auto s = (*d)->stream();
+      EXPECT_TRUE(s.ok());
+      Status st = op->record(*s, *bl, *bo, rows, ncols, p, form, seed);
+      EXPECT_TRUE(st.ok()) << st.ToString();
+      EXPECT_TRUE(s->submit_and_wait().ok());
+      std::vector<uint32_t> got(rows);
+      EXPECT_TRUE(bo->download(got.data(), rows * 4).ok());
+      return got;
+    };
+    const std::vector<uint32_t> pushed = draw({}, 0), read = draw({*bs, 2}, p.seed), other = draw({*bs, 2}, p.seed + 1);
+    EXPECT_EQ(pushed, read);
+    EXPECT_NE(pushed, other) << "the buffer's seed is not read";
+    auto s = (*d)->stream();
+    ASSERT_TRUE(s.ok());
+    const Status st = op->record(*s, *bl, *bo, rows, ncols, p, form, {vk::BufferRange(*bs, 0, 8), 2});
+    EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(st.message().find("has no entry 2"), std::string::npos) << st.message();
   }
 }

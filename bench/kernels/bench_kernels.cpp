@@ -8,7 +8,7 @@
 // On a GPU the run starts with --warm-ms (500) of copies, so that the first rows are timed at the
 // clocks of a busy GPU (bench_timing.h, warm_clocks).
 //
-// --only TEXT runs the sections (matmul, matvec, gemm, grouped, attention, elementwise, moe) whose name contains TEXT or
+// --only TEXT runs the sections (matmul, matvec, gemm, grouped, attention, elementwise, moe, chain) whose name contains TEXT or
 // that TEXT starts with, and of those only the rows whose "op shape" contains what follows the section
 // name: `--only matvec`, `--only "matvec head"`, `--only "matvec Q6_K 8B"`. The copy row always runs.
 // --sweep adds matvec rows for every work split (rows per group × workgroup size, bench_matvec.cpp) and
@@ -27,6 +27,11 @@
 // each kernel (per-token, prefill tiled, prefill cooperative-matrix where the device has it), plus
 // 8..64-token chunks at depth 4096 (where the automatic choice switches to the prefill kernels).
 //
+// Chain rows (bench_chain.cpp): a chain of 36 dependent steps (each reads all of the step before's
+// vector and streams 0 / 9.4 / 14.2 / 56.6 MB of weights) as one dispatch per step behind pipeline
+// barriers, or as one dispatch with grid barriers between steps (split: the next step's weights read
+// while waiting); µs per step, --chain-grid workgroups (default 132,264: the H200's SMs, once and twice).
+//
 // Times come from GPU timestamps around N back-to-back dispatches (wall clock when the queue has no
 // timestamps). Inputs are constant-filled buffers: speed does not depend on the values.
 // docs/performance.md records the table.
@@ -40,6 +45,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include "bench/kernels/bench_chain.h"
 #include "bench/kernels/bench_matvec.h"
 #include "bench/kernels/bench_moe.h"
 #include "bench/kernels/bench_timing.h"
@@ -73,13 +79,16 @@ int main(int argc, char** argv) {
   app.add_option("--reps", reps, "Dispatches per measurement");
   app.add_flag("--quick", quick, "Small shapes only (a smoke run on a CPU device)");
   std::string only;
-  app.add_option("--only", only, "Sections (matmul, matvec, gemm, grouped, attention, elementwise, moe) by name or prefix, then rows by "
+  app.add_option("--only", only, "Sections (matmul, matvec, gemm, grouped, attention, elementwise, moe, chain) by name or prefix, then rows by "
                                  "substring: 'matvec', 'matvec head', 'matvec Q6_K 8B'");
   bool sweep = false;
   app.add_flag("--sweep", sweep, "Also time every matvec and direct MoE work split (rows per group x workgroup size)");
   double warm_ms = 500;
   app.add_option("--warm-ms", warm_ms, "Milliseconds of copies before the first row, so it runs at a busy GPU's clocks "
                                        "(0: none; CPU devices and --quick: none)");
+  std::vector<uint32_t> chain_grids = {132, 264};
+  app.add_option("--chain-grid", chain_grids, "Workgroups of the chain rows (all must be resident at once: a few per SM)")
+      ->delimiter(',');
   CLI11_PARSE(app, argc, argv);
   // Section `name` runs when --only is empty, a substring of the name, or starts with the name; the
   // rest of --only (after the name) filters that section's rows by substring.
@@ -445,6 +454,18 @@ int main(int argc, char** argv) {
     mo.wanted = row_filter("moe");
     if (auto st = bench::bench_moe(dev, mo, moe); !st.ok()) return fail(st);
     for (auto& r : moe) rows.push_back({std::move(r.op), std::move(r.shape), r.us, r.gbs, r.tflops});
+  }
+
+  // ---- dependent steps: one dispatch each, or one dispatch with grid barriers (bench_chain.cpp)
+  if (section("chain")) {
+    std::vector<bench::KernelRow> ch;
+    bench::ChainBenchOptions co;
+    co.reps = reps;
+    co.quick = quick || dev.features().is_cpu;
+    co.grids = chain_grids;
+    co.wanted = row_filter("chain");
+    if (auto st = bench::bench_chain(dev, co, ch); !st.ok()) return fail(st);
+    for (auto& r : ch) rows.push_back({std::move(r.op), std::move(r.shape), r.us, r.gbs, r.tflops});
   }
 
   // ---- the ceiling: device-to-device copy in this run (bytes read + written)

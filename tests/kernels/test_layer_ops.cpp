@@ -14,6 +14,7 @@
 
 #include <fmt/format.h>
 
+#include "kernels/ops/chain_probe.h"
 #include "kernels/ops/l2_warm.h"
 #include "kernels/ops/layer_ops.h"
 #include "kernels/quant/quant.h"
@@ -340,4 +341,63 @@ TEST(QkNormRopeKv, MatchesReference) {
   st = op->record(*s, bad);
   ASSERT_FALSE(st.ok());
   EXPECT_NE(st.message().find("'pool'"), std::string::npos) << st.message();
+}
+
+// The chain probe (bench_kernels --only chain) measures; what makes its numbers mean anything is that
+// every mode computes the same chain: vector p + 1 from all of vector p and phase p's weights, checked
+// against the C++ reference. The grid-barrier modes run with grids whose workgroups can all be
+// resident at once (1 on any device; more on a GPU), and report waits that gave up.
+TEST(ChainProbe, EveryModeComputesTheSameChain) {
+  Gpu g;
+  ASSERT_TRUE(g.dev);
+  auto op = ops::ChainProbe::create(*g.dev);
+  ASSERT_TRUE(op.ok()) << op.status().ToString();
+  std::mt19937 rng(std::random_device{}());
+  const bool cpu = g.dev->features().is_cpu;
+  struct Case { uint32_t n, phases; uint64_t words; uint32_t grid; };
+  std::vector<Case> cases = {{1, 1, 0, 1}, {4096, 5, 3000, 1}, {777, 4, 1, 3}, {4096, 6, 5000, 7}, {100, 3, 64, 130}};
+  int exact = 0, gave_up = 0;
+  for (Case c : cases) {
+    std::vector<uint32_t> y0(c.n), w(std::max<uint64_t>(4, 4 * c.phases * c.words));
+    for (auto& v : y0) v = rng();
+    for (auto& v : w) v = rng();
+    const auto want = ops::ChainProbe::reference(y0, w, c.phases, c.words, c.grid);
+    for (auto mode : {ops::ChainMode::kDispatchPerPhase, ops::ChainMode::kGridBarrier, ops::ChainMode::kSplitBarrier}) {
+      const std::string what = fmt::format("{}, n {}, {} phases, {} words a phase, grid {}", ops::chain_mode_name(mode),
+                                           c.n, c.phases, c.words, c.grid);
+      auto by = g.up(y0);
+      auto y = g.poisoned((uint64_t{c.phases} + 1) * c.n * 4);
+      auto ctl = g.up(std::vector<uint32_t>{0, 0, 0});
+      auto wb = g.up(w);
+      auto s = g.dev->stream();
+      ASSERT_TRUE(s.ok());
+      s->copy(by, 0, y, 0, uint64_t{c.n} * 4);
+      s->barrier();
+      ASSERT_TRUE(op->record(*s, {mode, &wb, &y, &ctl, c.n, c.phases, c.words, c.grid, 1u << 20}).ok()) << what;
+      ASSERT_TRUE(s->submit_and_wait().ok()) << what;
+      auto got = g.down<uint32_t>(y, (uint64_t{c.phases} + 1) * c.n);
+      got.erase(got.begin(), got.begin() + c.n);
+      const auto left = g.down<uint32_t>(ctl, 3);
+      EXPECT_EQ(left[0], 0u) << what << ": the last workgroup out must reset the arrivals";
+      EXPECT_EQ(left[1], 0u) << what << ": ... and the exits";
+      if (left[2] > 0) {
+        // Workgroups that were not resident together: the probe must say so rather than time a wrong
+        // chain. A CPU device (lavapipe runs a dispatch's workgroups on a few threads) gets here with
+        // grids over 1; a GPU must not at these grids of at most 130 workgroups of 256.
+        EXPECT_TRUE(cpu && mode != ops::ChainMode::kDispatchPerPhase) << what << ": " << left[2] << " waits gave up";
+        ++gave_up;
+        continue;
+      }
+      ASSERT_EQ(got, want) << what;
+      ++exact;
+    }
+  }
+  EXPECT_GE(exact, 3 * 2 + 3) << "every mode must run the grid-1 cases, and per-phase dispatches every case";
+  std::printf("chain probe: %d runs exact, %d reported waits that gave up\n", exact, gave_up);
+  auto y = g.poisoned(8), w = g.poisoned(16), ctl = g.poisoned(12);
+  auto s = g.dev->stream();
+  EXPECT_FALSE(op->record(*s, {ops::ChainMode::kGridBarrier, &w, &y, &ctl, 4, 1, 0, 1}).ok())
+      << "a y too small for its phases must be refused";
+  EXPECT_FALSE(op->record(*s, {ops::ChainMode::kGridBarrier, &w, &y, &ctl, 1, 1, 2, 1}).ok())
+      << "weights past w must be refused";
 }

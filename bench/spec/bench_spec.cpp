@@ -257,9 +257,12 @@ Preds draft_predictions(const std::string& draft_path, const std::vector<std::pa
 
 // The draft model teacher-forced (pred from draft_predictions) with at most `cap` drafts a round and
 // the engine's adaptive k: a round costs k draft decode steps of draft_ms and one target step of k + 1
-// tokens (step_ms[k]); the speed-up is against one token per step_ms[0].
+// tokens (step_ms[k]); the speed-up is against one token per step_ms[0]. With `with_lookup` (the
+// engine's auto, SpeculativeDecoder): a round whose prompt lookup finds a match of 3+ tokens drafts
+// by lookup (no draft steps, its own adaptive k), the others by the draft model.
 TeacherForced teacher_forced_draft(const std::vector<std::pair<const std::vector<int32_t>*, Turn>>& turns,
-                                   const Preds& preds, uint32_t cap, const std::vector<double>& step_ms, double draft_ms) {
+                                   const Preds& preds, uint32_t cap, const std::vector<double>& step_ms, double draft_ms,
+                                   bool with_lookup = false) {
   TeacherForced r;
   double ms = 0;
   for (const auto& [doc, t] : turns) {
@@ -267,18 +270,21 @@ TeacherForced teacher_forced_draft(const std::vector<std::pair<const std::vector
     if (it == preds.end()) continue;
     const std::vector<int32_t>& d = *doc;
     const std::vector<int32_t>& pred = it->second;
-    engine::AdaptiveK k;
+    engine::AdaptiveK k, k_lookup;
     for (size_t p = t.start; p < t.end;) {
-      const uint32_t n = std::min(k.k, cap);
+      engine::LookupDraft l;
+      if (with_lookup) l = engine::lookup_draft(std::span<const int32_t>(d).first(p), std::min(k_lookup.k, cap));
+      const bool lookup = !l.tokens.empty() && l.ngram >= 3;
+      const uint32_t n = lookup ? static_cast<uint32_t>(l.tokens.size()) : std::min(k.k, cap);
       uint32_t acc = 0;
-      while (acc < n && p + acc < t.end && pred[p + acc] == d[p + acc]) ++acc;
-      k.update(n, acc);
+      while (acc < n && p + acc < t.end && (lookup ? l.tokens[acc] : pred[p + acc]) == d[p + acc]) ++acc;
+      (lookup ? k_lookup : k).update(n, acc);
       r.drafted += n;
       r.accepted += acc;
       const size_t adv = std::min<size_t>(acc + 1, t.end - p);
       r.tokens += adv;
       ++r.steps;
-      ms += n * draft_ms + step_ms[std::min<size_t>(n, step_ms.size() - 1)];
+      ms += (lookup ? 0 : n * draft_ms) + step_ms[std::min<size_t>(n, step_ms.size() - 1)];
       p += adv;
     }
   }
@@ -305,22 +311,24 @@ void draft_model_table(const std::string& draft_path, const std::vector<std::pai
   std::printf("\nteacher-forced draft model (%s; its predictions for %zu of %zu turns in %.0f s), at most %u drafts, "
               "adaptive k; a round costs k draft steps + one target step of k + 1 tokens (--step-ms); speed-up for "
               "draft steps costing a fraction of the target's one-token step (in brackets: the best cap 1..7 where it "
-              "beats the policy's)\n| turns | turns | tokens / step | acceptance |",
+              "beats the policy's); auto: the engine's auto method, lookup for rounds whose match is 3+ tokens\n"
+              "| method | turns | turns | tokens / step | acceptance |",
               draft_path.c_str(), covered.size(), turns.size(), secs(t0), max_draft);
   for (double f : fractions) std::printf(" draft step %.2fx |", f);
-  std::printf(" lookup (same turns) |\n|---|---|---|---|---|---|---|---|---|\n");
-  for (int g = 0; g < 2; ++g) {
-    const auto& ts = g == 0 ? covered : goal;
-    const TeacherForced base = teacher_forced_draft(ts, preds, max_draft, step_ms, 0);
-    std::printf("| %s | %zu | %.3f | %s |", g == 0 ? "all" : "lookup accepts >= 60%", ts.size(),
-                base.steps ? double(base.tokens) / base.steps : 0.0,
+  std::printf(" lookup (same turns) |\n|---|---|---|---|---|---|---|---|---|---|\n");
+  for (int row = 0; row < 4; ++row) {
+    const bool goal_turns = row % 2 == 1, with_lookup = row >= 2;
+    const auto& ts = goal_turns ? goal : covered;
+    const TeacherForced base = teacher_forced_draft(ts, preds, max_draft, step_ms, 0, with_lookup);
+    std::printf("| %s | %s | %zu | %.3f | %s |", with_lookup ? "auto (lookup at 3+ tokens, else draft)" : "draft model",
+                goal_turns ? "lookup accepts >= 60%" : "all", ts.size(), base.steps ? double(base.tokens) / base.steps : 0.0,
                 base.drafted ? fmt::format("{:.1f}%", 100.0 * base.accepted / base.drafted).c_str() : "-");
     for (double f : fractions) {
-      const double at = teacher_forced_draft(ts, preds, max_draft, step_ms, f * step_ms[0]).speedup;
+      const double at = teacher_forced_draft(ts, preds, max_draft, step_ms, f * step_ms[0], with_lookup).speedup;
       double best = at;
       uint32_t best_cap = max_draft;
       for (uint32_t cap = 1; cap <= engine::kMaxDraftTokens; ++cap) {
-        const double v = teacher_forced_draft(ts, preds, cap, step_ms, f * step_ms[0]).speedup;
+        const double v = teacher_forced_draft(ts, preds, cap, step_ms, f * step_ms[0], with_lookup).speedup;
         if (v > best) best = v, best_cap = cap;
       }
       std::printf(" %.3fx%s |", at, best_cap == max_draft ? "" : fmt::format(" ({:.3f}x, cap {})", best, best_cap).c_str());

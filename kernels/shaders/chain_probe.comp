@@ -74,11 +74,9 @@ void vector_step(uint p, uint s) {
 }
 
 void arrive() {
-  barrier();  // every invocation's writes of this phase issued
-  if (gl_LocalInvocationID.x == 0u) {
-    memoryBarrierBuffer();
-    atomicAdd(ctl[0], 1u);
-  }
+  memoryBarrierBuffer();  // each invocation's writes of this phase made visible before ...
+  barrier();              // ... the workgroup's arrival is counted
+  if (gl_LocalInvocationID.x == 0u) atomicAdd(ctl[0], 1u);
 }
 
 void wait_for(uint arrivals) {

@@ -370,6 +370,21 @@ void Matvec::set_tuning(const MatvecTuning& t) { st_->tuning = t; }
 
 bool Matvec::q8_supported() const { return st_->q8_ok; }
 
+Matvec::Q8Config Matvec::q8_config() const {
+  const MatvecTuning& tn = st_->tuning;
+  Q8Config c;
+  c.supported = st_->q8_ok;
+  c.cpu = st_->cpu;
+  c.workgroup = tn.workgroup_size ? tn.workgroup_size : st_->q8_wg ? st_->q8_wg : st_->cpu ? kDefaultWorkgroup : kQ8Workgroup;
+  c.lanes = st_->direct_lanes;
+  c.rows = tn.rows_per_group ? tn.rows_per_group : st_->q8_rows ? st_->q8_rows : kDefaultRows;
+  c.swiglu_rows = tn.rows_per_group ? tn.rows_per_group : st_->q8_swiglu_rows ? st_->q8_swiglu_rows : 1;
+  c.q6_wide = tn.q6_parts == MatvecTuning::Q6Parts::kDefault ? st_->q6_wide : tn.q6_parts == MatvecTuning::Q6Parts::kWide;
+  c.sms = st_->sms;
+  c.shared_bytes = st_->shared_bytes;
+  return c;
+}
+
 Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
   using quant::GgmlType;
   const bool swiglu = call.epilogue == MatvecEpilogue::kSwiGlu;

@@ -12,6 +12,7 @@
 //                                 the caller selects per part: moe_down_q8.comp's expert j)
 //   uvec4 wq(uint mat, uint i)    16-byte word i of matrix `mat`'s weights;  uint ww(mat, i): 4-byte
 //   buffers x4 (vec4 activations) and nw4 (vec4 RMSNorm weights) for stage_half, unless MV_Q8_GLOBAL
+//              (or macros MV_X4(i) / MV_NW4(i) returning their vec4 i)
 // and sets, before calling a part: row_off[s] (byte offset of slot s's row), slot_mat[s] (its matrix),
 // live[s]; the parts add into acc[b][s].
 #extension GL_EXT_control_flow_attributes : require
@@ -256,6 +257,14 @@ void q8_part(uint type, uint p) {
 }
 
 #ifndef MV_Q8_GLOBAL
+// Where stage_half reads x and norm_w (vec4 index): the includer's buffers x4 and nw4 unless it
+// defines MV_X4 / MV_NW4 (matvec_chain.comp: the step's own vectors).
+#ifndef MV_X4
+#define MV_X4(i) x4[i]
+#endif
+#ifndef MV_NW4
+#define MV_NW4(i) nw4[i]
+#endif
 // Half h of a block (h = 2k + half: values 32k + 16·half .. +15), staged by a pair of adjacent
 // invocations (q8_half: both of the pair must call it, with h and h ^ 1). Returns the block's Σ x²
 // on the even invocation, 0 on the odd one, so that each block counts once in a running sum.
@@ -264,11 +273,11 @@ float stage_half(uint b, uint xrow, uint h, bool norm, float dscale) {
   vec4 v[4], n[4];
   [[unroll]] for (uint i = 0u; i < 4u; ++i) {
 #ifdef MV_STAGE_KNOBS
-    v[i] = g_no_loads ? vec4(1.0) : x4[xrow + at + i];
-    n[i] = norm && !g_no_loads ? nw4[at + i] : vec4(1.0);
+    v[i] = g_no_loads ? vec4(1.0) : MV_X4(xrow + at + i);
+    n[i] = norm && !g_no_loads ? MV_NW4(at + i) : vec4(1.0);
 #else
-    v[i] = x4[xrow + at + i];
-    n[i] = norm ? nw4[at + i] : vec4(1.0);
+    v[i] = MV_X4(xrow + at + i);
+    n[i] = norm ? MV_NW4(at + i) : vec4(1.0);
 #endif
   }
 #ifdef MV_STAGE_KNOBS

@@ -1,0 +1,256 @@
+// The decode matvec chain (kernels/ops/matvec_chain.h): a dense layer's attention output (+ residual),
+// FFN gate/up (RMSNorm, SwiGLU) and FFN down (+ residual) in one dispatch with grid barriers must give
+// the bits of the same three calls through ops::Matvec in the q8 form (split 1) with barriers between
+// them — an op tested against the float64 reference in test_matvec.cpp. Fresh random weights and
+// vectors each run (seed printed on failure), outputs poisoned with NaN. Also: mixed gate/up types
+// (two passes over a row), one row per row group, chains of one and two steps, bad calls refused by
+// name, and a grid whose workgroups cannot all be resident reported by timeouts() (on lavapipe).
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include "kernels/ops/matvec.h"
+#include "kernels/ops/matvec_chain.h"
+#include "kernels/ref/matmul_ref.h"
+#include "tests/scoped_env.h"
+
+using namespace trove;
+using quant::GgmlType;
+using ops::MatvecEpilogue;
+
+namespace {
+constexpr uint32_t kNaN = 0x7fc00000u;
+
+struct Layer {
+  uint32_t E = 512, F = 1024;
+  GgmlType o = GgmlType::Q4_K, gate = GgmlType::Q4_K, up = GgmlType::Q4_K, down = GgmlType::Q6_K;
+  uint32_t steps = 3;  // o; o, gate/up; o, gate/up, down
+};
+
+std::string describe(const Layer& l) {
+  return fmt::format("E {} F {} o {} gate {} up {} down {}, {} steps", l.E, l.F, quant::traits(l.o)->name,
+                     quant::traits(l.gate)->name, quant::traits(l.up)->name, quant::traits(l.down)->name, l.steps);
+}
+
+class MatvecChainTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto d = vk::Device::open();
+    ASSERT_TRUE(d.ok()) << d.status().ToString();
+    dev_ = std::move(*d);
+    auto m = ops::Matvec::create(*dev_);
+    ASSERT_TRUE(m.ok()) << m.status().ToString();
+    mv_ = std::make_unique<ops::Matvec>(std::move(*m));
+    if (!mv_->q8_supported()) GTEST_SKIP() << "the device has no q8 matvec form (integer dot products)";
+    ops::MatvecTuning t;
+    t.form = ops::MatvecTuning::Form::kQ8;
+    t.split = 1;
+    mv_->set_tuning(t);
+  }
+
+  vk::Buffer buf(const std::vector<float>& v) {
+    auto b = dev_->buffer(v.size() * 4);
+    EXPECT_TRUE(b.ok() && b->upload(v.data(), v.size() * 4).ok());
+    return std::move(*b);
+  }
+  vk::Buffer bytes(const std::vector<uint8_t>& v) {
+    auto b = dev_->buffer((v.size() + 3) / 4 * 4);
+    EXPECT_TRUE(b.ok() && b->upload(v.data(), v.size()).ok());
+    return std::move(*b);
+  }
+  std::vector<float> down(const vk::Buffer& b, size_t n) {
+    std::vector<float> v(n);
+    EXPECT_TRUE(b.download(v.data(), n * 4).ok());
+    return v;
+  }
+
+  // Runs the layer both ways from the same draw; false (with failures recorded) when they differ.
+  bool same_bits(const ops::MatvecChain& chain, const Layer& l, uint64_t seed, bool expect_timeouts = false) {
+    SCOPED_TRACE(describe(l) + " seed " + std::to_string(seed));
+    std::mt19937_64 r(seed);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    std::uniform_real_distribution<float> uw(0.5f, 1.5f);
+    std::vector<float> a(l.E), x(l.E), nw(l.E), poison(l.F);
+    for (auto& v : a) v = nd(r);
+    for (auto& v : x) v = nd(r);
+    for (auto& v : nw) v = uw(r);
+    std::memcpy(poison.data(), std::vector<uint32_t>(l.F, kNaN).data(), l.F * 4);
+    const auto wo = kernels::ref::random_weights(l.o, l.E, l.E, 0.5f, r());
+    const auto wg = kernels::ref::random_weights(l.gate, l.F, l.E, 0.5f, r());
+    const auto wu = kernels::ref::random_weights(l.up, l.F, l.E, 0.5f, r());
+    const auto wd = kernels::ref::random_weights(l.down, l.E, l.F, 0.5f, r());
+    vk::Buffer bo = bytes(wo), bg = bytes(wg), bu = bytes(wu), bd = bytes(wd), ba = buf(a), bnw = buf(nw);
+
+    // Separate dispatches.
+    vk::Buffer x1 = buf(x), h1 = buf(poison);
+    {
+      auto s = dev_->stream();
+      EXPECT_TRUE(s.ok());
+      ops::MatvecCall c;
+      c.cols = l.E;
+      c.x = ba;
+      c.mats[0] = {l.o, l.E, vk::BufferRange(bo), vk::BufferRange(x1), 0};
+      c.epilogue = MatvecEpilogue::kAdd;
+      EXPECT_TRUE(mv_->record(*s, c).ok());
+      if (l.steps >= 2) {
+        s->barrier();
+        ops::MatvecCall g;
+        g.cols = l.E;
+        g.x = x1;
+        g.norm_w = bnw;
+        g.n_mats = 2;
+        g.mats[0] = {l.gate, l.F, vk::BufferRange(bg), vk::BufferRange(h1), 0};
+        g.mats[1] = {l.up, l.F, vk::BufferRange(bu), {}, 0};
+        g.epilogue = MatvecEpilogue::kSwiGlu;
+        EXPECT_TRUE(mv_->record(*s, g).ok());
+      }
+      if (l.steps >= 3) {
+        s->barrier();
+        ops::MatvecCall d;
+        d.cols = l.F;
+        d.x = h1;
+        d.mats[0] = {l.down, l.E, vk::BufferRange(bd), vk::BufferRange(x1), 0};
+        d.epilogue = MatvecEpilogue::kAdd;
+        EXPECT_TRUE(mv_->record(*s, d).ok());
+      }
+      EXPECT_TRUE(s->submit_and_wait().ok());
+    }
+    // One chain: vectors 0 a, 1 x, 2 norm_w, 3 h; weights 0 o, 1 gate, 2 up, 3 down.
+    vk::Buffer x2 = buf(x), h2 = buf(poison);
+    ops::MatvecChainCall call;
+    call.vectors[0] = ba;
+    call.vectors[1] = x2;
+    call.vectors[2] = bnw;
+    call.vectors[3] = h2;
+    call.weights[0] = bo;
+    call.weights[1] = bg;
+    call.weights[2] = bu;
+    call.weights[3] = bd;
+    call.n_steps = l.steps;
+    call.steps[0] = {l.E, l.E, 0, 1, -1, MatvecEpilogue::kAdd, 0, 0, l.o, l.o};
+    call.steps[1] = {l.E, l.F, 1, 3, 2, MatvecEpilogue::kSwiGlu, 1, 2, l.gate, l.up};
+    call.steps[2] = {l.F, l.E, 3, 1, -1, MatvecEpilogue::kAdd, 3, 3, l.down, l.down};
+    const uint32_t before = chain.timeouts();
+    {
+      auto s = dev_->stream();
+      EXPECT_TRUE(s.ok());
+      const Status st = chain.record(*s, call);
+      EXPECT_TRUE(st.ok()) << st.ToString();
+      if (!st.ok()) return false;
+      EXPECT_TRUE(s->submit_and_wait().ok());
+    }
+    if (expect_timeouts) {
+      EXPECT_GT(chain.timeouts(), before) << "a grid of workgroups that cannot all be resident must be reported";
+      return true;
+    }
+    EXPECT_EQ(chain.timeouts(), before) << "grid-barrier waits gave up";
+    const auto xa = down(x1, l.E), xb = down(x2, l.E);
+    const auto ha = down(h1, l.F), hb = down(h2, l.F);
+    bool ok = true;
+    for (uint32_t i = 0; i < l.E && ok; ++i) {
+      ok = std::isfinite(xa[i]) && std::memcmp(&xa[i], &xb[i], 4) == 0 && xa[i] != x[i];
+      EXPECT_TRUE(ok) << "residual " << i << ": chain " << xb[i] << ", dispatches " << xa[i] << ", before " << x[i];
+    }
+    for (uint32_t i = 0; i < l.F && ok; ++i) {
+      const bool written = l.steps >= 2;
+      ok = written ? std::isfinite(ha[i]) && std::memcmp(&ha[i], &hb[i], 4) == 0 : std::isnan(hb[i]);
+      EXPECT_TRUE(ok) << "h " << i << ": chain " << hb[i] << ", dispatches " << ha[i];
+    }
+    return ok;
+  }
+
+  std::unique_ptr<vk::Device> dev_;
+  std::unique_ptr<ops::Matvec> mv_;
+};
+
+TEST_F(MatvecChainTest, LayerGivesTheBitsOfSeparateDispatches) {
+  auto chain = ops::MatvecChain::create(*dev_, *mv_);
+  ASSERT_TRUE(chain.ok()) << chain.status().ToString();
+  std::mt19937_64 seeds(std::random_device{}());
+  for (const Layer& l : {Layer{}, Layer{512, 768, GgmlType::Q5_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q8_0, 3},
+                         Layer{256, 512, GgmlType::Q6_K, GgmlType::Q8_0, GgmlType::Q8_0, GgmlType::Q4_K, 3},
+                         Layer{512, 1024, GgmlType::Q4_K, GgmlType::Q4_K, GgmlType::Q4_K, GgmlType::Q6_K, 1},
+                         Layer{512, 1024, GgmlType::Q4_K, GgmlType::Q4_K, GgmlType::Q4_K, GgmlType::Q6_K, 2}}) {
+    if (!same_bits(*chain, l, seeds())) break;
+  }
+}
+
+TEST_F(MatvecChainTest, OneRowPerRowGroup) {
+  tests::ScopedEnv rows("TROVE_MATVEC_ROWS", "1");
+  auto m = ops::Matvec::create(*dev_);
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  mv_ = std::make_unique<ops::Matvec>(std::move(*m));
+  ops::MatvecTuning t;
+  t.form = ops::MatvecTuning::Form::kQ8;
+  t.split = 1;
+  mv_->set_tuning(t);
+  ASSERT_EQ(mv_->q8_config().rows, 1u);
+  auto chain = ops::MatvecChain::create(*dev_, *mv_);
+  ASSERT_TRUE(chain.ok()) << chain.status().ToString();
+  same_bits(*chain, Layer{}, std::random_device{}());
+}
+
+// Lavapipe runs a dispatch's workgroups on a few threads, one after another on each: a grid of 3
+// cannot meet at a barrier there, and the op must say so rather than leave wrong numbers unnoticed.
+// On a GPU the same grid is resident and must give the bits of the dispatches.
+TEST_F(MatvecChainTest, GridThatCannotMeetIsReported) {
+  tests::ScopedEnv grid("TROVE_MATVEC_CHAIN_GRID", "3");
+  auto chain = ops::MatvecChain::create(*dev_, *mv_);
+  ASSERT_TRUE(chain.ok()) << chain.status().ToString();
+  ASSERT_EQ(chain->grid(), 3u);
+  same_bits(*chain, Layer{}, std::random_device{}(), dev_->features().is_cpu);
+}
+
+TEST_F(MatvecChainTest, BadCallsAreNamed) {
+  auto chain = ops::MatvecChain::create(*dev_, *mv_);
+  ASSERT_TRUE(chain.ok()) << chain.status().ToString();
+  {
+    tests::ScopedEnv grid("TROVE_MATVEC_CHAIN_GRID", "lots");
+    EXPECT_FALSE(ops::MatvecChain::create(*dev_, *mv_).ok());
+  }
+  auto v = dev_->buffer(4096 * 4), w = dev_->buffer(4 << 20);
+  ASSERT_TRUE(v.ok() && w.ok());
+  ops::MatvecChainCall ok;
+  for (auto& r : ok.vectors) r = *v;
+  for (auto& r : ok.weights) r = *w;
+  ok.n_steps = 1;
+  ok.steps[0] = {512, 512, 0, 1, -1, MatvecEpilogue::kStore, 0, 0, GgmlType::Q4_K, GgmlType::Q4_K};
+  auto s = dev_->stream();
+  ASSERT_TRUE(s.ok());
+  ASSERT_TRUE(chain->record(*s, ok).ok());
+  auto refused = [&](ops::MatvecChainCall c, const char* want, const char* what) {
+    const Status st = chain->record(*s, c);
+    EXPECT_FALSE(st.ok()) << what;
+    EXPECT_NE(st.message().find(want), std::string::npos) << what << ": " << st.message();
+  };
+  auto c = ok;
+  c.steps[0].output = 0;
+  refused(c, "input is the output", "input == output");
+  c = ok;
+  c.steps[0].type0 = GgmlType::F16;
+  refused(c, "weight type F16", "F16 weights");
+  c = ok;
+  c.steps[0].cols = 300;
+  refused(c, "multiple of 256", "cols 300");
+  c = ok;
+  c.steps[0].rows = 5000;
+  refused(c, "vector 1 (output)", "an output vector too small");
+  c = ok;
+  c.steps[0].rows = 4096;
+  c.weights[0] = vk::BufferRange(*w, 0, 1024);
+  refused(c, "weight 0 holds 1024 bytes", "weights too small");
+  c = ok;
+  c.n_steps = 4;
+  refused(c, "4 steps", "too many steps");
+  c = ok;
+  c.steps[0].norm = 7;
+  refused(c, "indices are 0..3", "a vector index out of range");
+  ASSERT_TRUE(s->submit_and_wait().ok());
+}
+
+}  // namespace

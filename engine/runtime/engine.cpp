@@ -256,6 +256,22 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
   auto ops = make_ops(*e->dev_);
   if (!ops.ok()) return ops.status();
   e->ops_ = std::move(*ops);
+  if (const char* v = std::getenv("TROVE_DECODE_CHAIN"); v && *v) {
+    const std::string_view m = v;
+    if (m != "0" && m != "1") {
+      return Status::InvalidArgument(fmt::format(
+          "TROVE_DECODE_CHAIN={} is not a choice: use 1 (one-token decode steps run each dense layer's attention output, "
+          "FFN gate/up and FFN down as one dispatch with grid barriers, ops::MatvecChain) or 0 (the default: three "
+          "dispatches)", m));
+    }
+    if (m == "1") {
+      auto chain = ops::MatvecChain::create(*e->dev_, *e->ops_.matvec);
+      if (!chain.ok()) {
+        return Status::Unsupported(fmt::format("TROVE_DECODE_CHAIN=1: {}; unset it on this device", chain.status().message()));
+      }
+      e->chain_.emplace(std::move(*chain));
+    }
+  }
 
   // Memory plan: weights + KV pool + scratch must fit the device.
   uint64_t weight_bytes = 0;

@@ -93,6 +93,55 @@ Status VulkanEngine::record_l2_warm(vk::CommandStream& s, WarmAt at, uint32_t la
 // buffers (the vocabulary head of a large model) goes one row range at a time, each call writing its
 // slice of the full-width output (y stride = the weight's rows). kSwiGlu's gate and up (equal rows) are
 // cut at the same rows; other epilogues cut each weight on its own.
+// The decode chain takes a dense layer whose o, gate, up and down are each one buffer of a q8 type
+// (Q4_K, Q5_K, Q6_K, Q8_0) with widths that are multiples of 256; other layers keep three dispatches.
+bool VulkanEngine::chains(const Layer& L) const {
+  for (const Weight* w : {&L.o, &L.gate, &L.up, &L.down}) {
+    const GgmlType t = w->type;
+    if (w->pieces.size() != 1 || w->rows * w->row_bytes > kMaxMatvecBytes || w->cols % 256 != 0 ||
+        (t != GgmlType::Q4_K && t != GgmlType::Q5_K && t != GgmlType::Q6_K && t != GgmlType::Q8_0)) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// o (+x: heads × head_dim columns), gate/up (FFN norm, SwiGLU) into h_, down (+x): vectors 0 attn_, 1 x_, 2 the FFN norm's
+// weights, 3 h_; weights 0 o, 1 gate, 2 up, 3 down.
+Status VulkanEngine::record_chain(vk::CommandStream& s, const Layer& L) {
+  const uint32_t E = cfg_.n_embd, F = static_cast<uint32_t>(L.gate.rows), Q = static_cast<uint32_t>(L.o.cols);
+  auto wr = [](const Weight& w) { return vk::BufferRange(w.whole(), 0, std::min<uint64_t>((w.expert_bytes() + 3) / 4 * 4, w.whole().size())); };
+  ops::MatvecChainCall call;
+  call.vectors[0] = vk::BufferRange(attn_, 0, uint64_t{Q} * 4);
+  call.vectors[1] = vk::BufferRange(x_, 0, uint64_t{E} * 4);
+  call.vectors[2] = L.ffn_norm.whole();
+  call.vectors[3] = vk::BufferRange(h_, 0, uint64_t{F} * 4);
+  call.weights[0] = wr(L.o);
+  call.weights[1] = wr(L.gate);
+  call.weights[2] = wr(L.up);
+  call.weights[3] = wr(L.down);
+  call.eps = cfg_.rms_eps;
+  call.n_steps = 3;
+  call.steps[0] = {Q, E, 0, 1, -1, ops::MatvecEpilogue::kAdd, 0, 0, L.o.type, L.o.type};
+  call.steps[1] = {E, F, 1, 3, 2, ops::MatvecEpilogue::kSwiGlu, 1, 2, L.gate.type, L.up.type};
+  call.steps[2] = {F, E, 3, 1, -1, ops::MatvecEpilogue::kAdd, 3, 3, L.down.type, L.down.type};
+  return chain_->record(s, call);
+}
+
+// After a step's wait: a grid barrier of the decode chain that gave up means the step's numbers are
+// wrong (the chain's workgroups were not all resident together).
+Status VulkanEngine::check_chain() {
+  if (!chain_) return Status::Ok();
+  const uint32_t t = chain_->timeouts();
+  if (t == chain_timeouts_) return Status::Ok();
+  const uint32_t n = t - chain_timeouts_;
+  chain_timeouts_ = t;
+  return Status::Internal(fmt::format(
+      "decode chain: {} grid-barrier waits gave up in this step, so its results are wrong: the chain's {} workgroups "
+      "were not all resident on the GPU at once; set TROVE_MATVEC_CHAIN_GRID lower or unset TROVE_DECODE_CHAIN", n,
+      chain_->grid()));
+}
+
 Status VulkanEngine::record_matvec(vk::CommandStream& s, std::initializer_list<MatvecOut> outs, uint32_t batch,
                                    vk::BufferRange x, vk::BufferRange norm_w, ops::MatvecEpilogue epilogue) {
   ops::MatvecCall call;
@@ -323,6 +372,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
           ++row;
         }
         TROVE_RETURN_IF_ERROR(s.replay(it->second, decode_wait_));
+        TROVE_RETURN_IF_ERROR(check_chain());
         profile_.add_step(s, counters_before, T, false, marks);
         return Status::Ok();
       }
@@ -418,6 +468,12 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       }
       s.barrier();
       mark(kOpAttention);
+      if (mv && T == 1 && chain_ && !c.is_moe() && chains(L)) {  // TROVE_DECODE_CHAIN=1: o, gate/up, down in one dispatch
+        TROVE_RETURN_IF_ERROR(record_chain(s, L));
+        s.barrier();
+        mark(kOpChain);
+        continue;
+      }
       if (mv) {
         TROVE_RETURN_IF_ERROR(warm_at(kWarmO));
         TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.o, x_}}, T, attn_, {}, Ep::kAdd));
@@ -546,6 +602,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     }
     if (profile_.steps()) s.timestamp();
     TROVE_RETURN_IF_ERROR(s.submit_and_wait(T <= ops::Matvec::kMaxBatch ? decode_wait_ : vk::CommandStream::Wait::kBlock));
+    TROVE_RETURN_IF_ERROR(check_chain());
     if (capturing && s.last_capture() != vk::CommandStream::kNoCapture && s.capture_valid(s.last_capture()) &&
         s.last_capture() != capture_before) {
       replays_[*replay_key] = s.last_capture();

@@ -32,6 +32,7 @@ enum OpKind : uint8_t {
   kOpFfnNorm,
   kOpFfnGateUp,
   kOpFfn,
+  kOpChain,
   kOpMoeRouter,
   kOpMoeRoute,
   kOpMoeGateUp,

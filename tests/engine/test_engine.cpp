@@ -500,6 +500,68 @@ TEST(Engine, DecodeReplayGivesTheBitsOfRecordedSteps) {
   }
 }
 
+// The decode chain (TROVE_DECODE_CHAIN=1): each dense layer's o, gate/up and down in one dispatch
+// with grid barriers. With the q8 matvec form for both (TROVE_MATVEC=q8; on lavapipe its rows are not
+// split across subgroups, as in the chain), a prompt and its one-token steps give the logits of the
+// three dispatches bit for bit, with replay too, and 2 dispatches fewer a layer; the MoE model (no dense
+// FFN) is unchanged; a bad value is refused by name. (8 one-token steps after the prompt.)
+TEST(Engine, DecodeChainGivesTheBitsOfThreeDispatches) {
+  {
+    ScopedEnv bad("TROVE_DECODE_CHAIN", "yes");
+    engine::EngineOptions o;
+    o.model_path = quantized_model_path();
+    auto e = engine::Engine::load(o);
+    ASSERT_FALSE(e.ok());
+    EXPECT_NE(e.status().message().find("TROVE_DECODE_CHAIN=yes is not a choice"), std::string::npos) << e.status().message();
+  }
+  ScopedEnv q8("TROVE_MATVEC", "q8");
+  auto run = [&](const std::string& path, const char* chain, const char* replay, std::vector<std::vector<float>>* logits) {
+    log::ScopedLogCapture logs;
+    {
+      ScopedEnv ch("TROVE_DECODE_CHAIN", chain);
+      ScopedEnv rep("TROVE_DECODE_REPLAY", replay);
+      ScopedEnv prof("TROVE_PROFILE", "steps");
+      auto e = load(256, 1, 0, 64, path);
+      if (!e) return -1.0;
+      auto seq = e->open_sequence();
+      EXPECT_TRUE(seq.ok());
+      std::vector<int32_t> tok = prompt(5, 23);
+      for (int i = 0; i < 9; ++i) {
+        auto out = e->step(std::vector<StepInput>{logits_of(*seq, tok)});
+        EXPECT_TRUE(out.ok()) << out.status().ToString();
+        if (!out.ok()) return -1.0;
+        logits->push_back((*out)[0].logits);
+        tok = {(*out)[0].token};
+      }
+    }
+    for (const auto& r : logs.records()) {
+      const size_t at = r.message.find("decode steps (");
+      const size_t mean = r.message.find("per step (mean): ");
+      if (at != std::string::npos && mean != std::string::npos) return std::stod(r.message.substr(mean + 17));
+    }
+    ADD_FAILURE() << "no host profile of decode steps was logged";
+    return -1.0;
+  };
+  for (const std::string& path : {quantized_model_path(), moe_model_path()}) {
+    SCOPED_TRACE(path);
+    const bool dense = path == quantized_model_path();
+    std::vector<std::vector<float>> plain, chained, replayed;
+    const double d_plain = run(path, "0", "0", &plain), d_chain = run(path, "1", "0", &chained);
+    run(path, "1", "1", &replayed);
+    ASSERT_EQ(plain.size(), 9u);
+    ASSERT_EQ(chained.size(), plain.size());
+    ASSERT_EQ(replayed.size(), plain.size());
+    for (size_t i = 0; i < plain.size(); ++i) {
+      EXPECT_EQ(std::memcmp(plain[i].data(), chained[i].data(), plain[i].size() * 4), 0) << "step " << i;
+      EXPECT_EQ(std::memcmp(plain[i].data(), replayed[i].data(), plain[i].size() * 4), 0) << "step " << i << ", replayed";
+    }
+    // The tiny models have 2 layers: 2 dispatches fewer each in the 8 one-token steps of the 9 (the
+    // first, the prompt, keeps its dispatches) on the dense model, none fewer on the MoE one.
+    EXPECT_NEAR(d_chain, dense ? d_plain - 4.0 * 8 / 9 : d_plain, 0.051)  // the log rounds to 0.1
+        << "dispatches per decode step: " << d_chain << " chained, " << d_plain << " without";
+  }
+}
+
 TEST(Engine, OpProfileLeavesOutStepsThatCompiledPipelines) {
   log::ScopedLogCapture logs;
   {

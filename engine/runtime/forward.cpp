@@ -94,37 +94,60 @@ Status VulkanEngine::record_l2_warm(vk::CommandStream& s, WarmAt at, uint32_t la
 // slice of the full-width output (y stride = the weight's rows). kSwiGlu's gate and up (equal rows) are
 // cut at the same rows; other epilogues cut each weight on its own.
 // The decode chain takes a dense layer whose o, gate, up and down are each one buffer of a q8 type
-// (Q4_K, Q5_K, Q6_K, Q8_0) with widths that are multiples of 256; other layers keep three dispatches.
+// (Q4_K, Q5_K, Q6_K, Q8_0) with widths that are multiples of 256 (and, for the layer before, its q, k
+// and v); other layers keep their dispatches.
+namespace {
+bool chain_weight(const Weight& w) {
+  const GgmlType t = w.type;
+  return w.pieces.size() == 1 && w.rows * w.row_bytes <= kMaxMatvecBytes && w.cols % 256 == 0 &&
+         (t == GgmlType::Q4_K || t == GgmlType::Q5_K || t == GgmlType::Q6_K || t == GgmlType::Q8_0);
+}
+vk::BufferRange chain_range(const Weight& w) {
+  return vk::BufferRange(w.whole(), 0, std::min<uint64_t>((w.expert_bytes() + 3) / 4 * 4, w.whole().size()));
+}
+}  // namespace
+
 bool VulkanEngine::chains(const Layer& L) const {
-  for (const Weight* w : {&L.o, &L.gate, &L.up, &L.down}) {
-    const GgmlType t = w->type;
-    if (w->pieces.size() != 1 || w->rows * w->row_bytes > kMaxMatvecBytes || w->cols % 256 != 0 ||
-        (t != GgmlType::Q4_K && t != GgmlType::Q5_K && t != GgmlType::Q6_K && t != GgmlType::Q8_0)) {
-      return false;
-    }
-  }
-  return true;
+  return chain_weight(L.o) && chain_weight(L.gate) && chain_weight(L.up) && chain_weight(L.down);
+}
+bool VulkanEngine::chains_qkv(const Layer& L) const {
+  return chain_weight(L.q) && chain_weight(L.k) && chain_weight(L.v);
 }
 
-// o (+x: heads × head_dim columns), gate/up (FFN norm, SwiGLU) into h_, down (+x): vectors 0 attn_, 1 x_, 2 the FFN norm's
-// weights, 3 h_; weights 0 o, 1 gate, 2 up, 3 down.
-Status VulkanEngine::record_chain(vk::CommandStream& s, const Layer& L) {
+// o (+x: heads × head_dim columns), gate/up (FFN norm, SwiGLU) into h_, down (+x), and with `next` that
+// layer's q, k, v (its attention norm) into attn_, o_, v_ as record_matvec does. Vectors 0 attn_, 1 x_,
+// 2 the FFN norm's weights, 3 h_, 4 the next attention norm's, 5 o_, 6 v_; weights 0 o, 1 gate, 2 up,
+// 3 down, 4 q, 5 k, 6 v.
+Status VulkanEngine::record_chain(vk::CommandStream& s, const Layer& L, const Layer* next) {
+  using Ep = ops::MatvecEpilogue;
   const uint32_t E = cfg_.n_embd, F = static_cast<uint32_t>(L.gate.rows), Q = static_cast<uint32_t>(L.o.cols);
-  auto wr = [](const Weight& w) { return vk::BufferRange(w.whole(), 0, std::min<uint64_t>((w.expert_bytes() + 3) / 4 * 4, w.whole().size())); };
   ops::MatvecChainCall call;
   call.vectors[0] = vk::BufferRange(attn_, 0, uint64_t{Q} * 4);
   call.vectors[1] = vk::BufferRange(x_, 0, uint64_t{E} * 4);
   call.vectors[2] = L.ffn_norm.whole();
   call.vectors[3] = vk::BufferRange(h_, 0, uint64_t{F} * 4);
-  call.weights[0] = wr(L.o);
-  call.weights[1] = wr(L.gate);
-  call.weights[2] = wr(L.up);
-  call.weights[3] = wr(L.down);
+  call.weights[0] = chain_range(L.o);
+  call.weights[1] = chain_range(L.gate);
+  call.weights[2] = chain_range(L.up);
+  call.weights[3] = chain_range(L.down);
   call.eps = cfg_.rms_eps;
   call.n_steps = 3;
-  call.steps[0] = {Q, E, 0, 1, -1, ops::MatvecEpilogue::kAdd, 0, 0, L.o.type, L.o.type};
-  call.steps[1] = {E, F, 1, 3, 2, ops::MatvecEpilogue::kSwiGlu, 1, 2, L.gate.type, L.up.type};
-  call.steps[2] = {F, E, 3, 1, -1, ops::MatvecEpilogue::kAdd, 3, 3, L.down.type, L.down.type};
+  call.steps[0] = {Q, 0, -1, Ep::kAdd, {{0, 1, E, L.o.type}}, 1};
+  call.steps[1] = {E, 1, 2, Ep::kSwiGlu, {{1, 3, F, L.gate.type}, {2, 3, F, L.up.type}}, 2};
+  call.steps[2] = {F, 3, -1, Ep::kAdd, {{3, 1, E, L.down.type}}, 1};
+  if (next) {
+    const uint32_t kq = static_cast<uint32_t>(next->q.rows), kk = static_cast<uint32_t>(next->k.rows),
+                   kv = static_cast<uint32_t>(next->v.rows);
+    call.vectors[0] = vk::BufferRange(attn_, 0, uint64_t{std::max(Q, kq)} * 4);
+    call.vectors[4] = next->attn_norm.whole();
+    call.vectors[5] = vk::BufferRange(o_, 0, uint64_t{kk} * 4);
+    call.vectors[6] = vk::BufferRange(v_, 0, uint64_t{kv} * 4);
+    call.weights[4] = chain_range(next->q);
+    call.weights[5] = chain_range(next->k);
+    call.weights[6] = chain_range(next->v);
+    call.steps[3] = {E, 1, 4, Ep::kStore, {{4, 0, kq, next->q.type}, {5, 5, kk, next->k.type}, {6, 6, kv, next->v.type}}, 3};
+    call.n_steps = 4;
+  }
   return chain_->record(s, call);
 }
 
@@ -410,11 +433,15 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     const bool mv = matvec_decode_ && T <= ops::Matvec::kMaxBatch;
     using Ep = ops::MatvecEpilogue;
     const bool warm = mv && !l2_warm_.empty();
+    const bool chain = mv && T == 1 && chain_ && !c.is_moe();  // TROVE_DECODE_CHAIN=1 (record_chain)
+    bool qkv_done = false;  // the previous layer's chain computed this layer's q, k and v
     for (uint32_t l = 0; l < c.n_layer; ++l) {
       const Layer& L = layers_[l];
       uint64_t warmed[kWarmWhats] = {};  // words of each WarmWhat read into L2 so far in this layer
       auto warm_at = [&](WarmAt at) { return warm ? record_l2_warm(s, at, l, warmed) : Status::Ok(); };
-      if (mv) {
+      if (qkv_done) {
+        qkv_done = false;
+      } else if (mv) {
         TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.q, attn_}, {&L.k, o_}, {&L.v, v_}}, T, x_, L.attn_norm.whole(), Ep::kStore));
       } else {
         if (f16_acts) {
@@ -468,10 +495,12 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       }
       s.barrier();
       mark(kOpAttention);
-      if (mv && T == 1 && chain_ && !c.is_moe() && chains(L)) {  // TROVE_DECODE_CHAIN=1: o, gate/up, down in one dispatch
-        TROVE_RETURN_IF_ERROR(record_chain(s, L));
+      if (chain && chains(L)) {  // o, gate/up, down (and the next layer's q, k, v) in one dispatch
+        const Layer* next = l + 1 < c.n_layer && chains_qkv(layers_[l + 1]) ? &layers_[l + 1] : nullptr;
+        TROVE_RETURN_IF_ERROR(record_chain(s, L, next));
         s.barrier();
         mark(kOpChain);
+        qkv_done = next != nullptr;
         continue;
       }
       if (mv) {

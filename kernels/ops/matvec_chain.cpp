@@ -4,8 +4,10 @@
 #include <array>
 #include <bit>
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <string>
-#include <tuple>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -14,13 +16,14 @@ namespace {
 using quant::GgmlType;
 
 struct Push {
-  uint32_t n_steps, grid, spin;
+  uint32_t grid, spin;
   float eps;
-  uint32_t step[MatvecChainCall::kMaxSteps][8];
+  uint32_t pad;
 };
-static_assert(sizeof(Push) == 112);
 
 constexpr uint32_t kSpin = 1u << 22;  // polls before a wait gives up (a resident grid needs a few hundred)
+constexpr uint32_t kStepUints = 13;   // matvec_chain.comp's plan layout
+constexpr uint32_t kBindings = 19;    // 8 vectors, 8 weights, ctl, report, plan
 
 bool q8_type(GgmlType t) {
   return t == GgmlType::Q4_K || t == GgmlType::Q5_K || t == GgmlType::Q6_K || t == GgmlType::Q8_0;
@@ -36,9 +39,9 @@ struct MatvecChain::State {
   uint32_t grid = 1;
   vk::Buffer ctl;     // device-local: arrivals, exits (the grid barrier spins on them)
   vk::Buffer report;  // host-visible: waits that gave up
-  mutable std::mutex mu;
-  // (workgroup, lanes, tile values, type mask, q6 wide) -> pipeline
-  mutable std::map<std::array<uint32_t, 5>, vk::Pipeline> pipelines;
+  std::mutex mu;      // guards the two maps
+  std::map<std::array<uint32_t, 5>, vk::Pipeline> pipelines;  // (workgroup, lanes, tile, type mask, q6 wide)
+  std::map<std::vector<uint32_t>, vk::Buffer> plans;            // plan contents -> its device copy
 };
 
 MatvecChain::MatvecChain(MatvecChain&&) noexcept = default;
@@ -87,30 +90,20 @@ Status MatvecChain::record(vk::CommandStream& s, const MatvecChainCall& call) co
     return Status::Unsupported(fmt::format("matvec chain: rows per row group {} (SwiGLU {}); the chain takes 1 or 2 (SwiGLU 1)",
                                            q.rows, q.swiglu_rows));
   }
-  Push push{call.n_steps, st_->grid, kSpin, call.eps, {}};
+  std::vector<uint32_t> plan(1 + kStepUints * call.n_steps, 0);
+  plan[0] = call.n_steps;
   uint32_t tile = 256, mask = 0;
   for (uint32_t k = 0; k < call.n_steps; ++k) {
     const MatvecChainStep& st = call.steps[k];
     const bool swiglu = st.epilogue == MatvecEpilogue::kSwiGlu;
     auto bad = [&](const std::string& what) {
-      return Status::InvalidArgument(fmt::format("matvec chain step {} ({}, {} x {}): {}", k, epilogue_name(st.epilogue),
-                                                 st.rows, st.cols, what));
+      return Status::InvalidArgument(fmt::format("matvec chain step {} ({}, {} columns): {}", k, epilogue_name(st.epilogue),
+                                                 st.cols, what));
     };
-    if (st.cols == 0 || st.cols % 256 != 0 || st.rows == 0) return bad("cols must be a positive multiple of 256, rows positive");
-    if (st.input >= 4 || st.output >= 4 || st.norm >= 4 || st.weight0 >= 4 || st.weight1 >= 4) {
-      return bad("vector and weight indices are 0..3");
-    }
-    if (st.input == st.output) return bad("the input is the output (workgroups write it while others read it)");
-    const int n_w = swiglu ? 2 : 1;
-    for (int m = 0; m < n_w; ++m) {
-      const GgmlType t = m == 0 ? st.type0 : st.type1;
-      const vk::BufferRange& w = call.weights[m == 0 ? st.weight0 : st.weight1];
-      if (!q8_type(t)) return bad(fmt::format("weight type {} (the chain takes Q4_K, Q5_K, Q6_K, Q8_0)", quant::traits(t)->name));
-      const uint64_t rb = quant::row_bytes(t, st.cols);
-      if (w.buffer == VK_NULL_HANDLE || w.size < uint64_t{st.rows} * rb) {
-        return bad(fmt::format("weight {} holds {} bytes, {} rows need {}", m, w.size, st.rows, uint64_t{st.rows} * rb));
-      }
-      mask |= 1u << static_cast<uint32_t>(t);
+    if (st.cols == 0 || st.cols % 256 != 0) return bad("cols must be a positive multiple of 256");
+    if (st.n_mats == 0 || st.n_mats > 3 || (swiglu && st.n_mats != 2)) return bad(fmt::format("{} matrices (1..3; SwiGLU 2)", st.n_mats));
+    if (st.input >= MatvecChainCall::kVectors || st.norm >= static_cast<int32_t>(MatvecChainCall::kVectors)) {
+      return bad("vector indices are 0..7");
     }
     auto vec_ok = [&](uint32_t v, uint64_t values, const char* what) -> Status {
       const vk::BufferRange& r = call.vectors[v];
@@ -121,21 +114,46 @@ Status MatvecChain::record(vk::CommandStream& s, const MatvecChainCall& call) co
       return Status::Ok();
     };
     TROVE_RETURN_IF_ERROR(vec_ok(st.input, st.cols, "input"));
-    TROVE_RETURN_IF_ERROR(vec_ok(st.output, st.rows, "output"));
     if (st.norm >= 0) TROVE_RETURN_IF_ERROR(vec_ok(static_cast<uint32_t>(st.norm), st.cols, "norm weights"));
+    const uint32_t outs = swiglu ? 1 : st.n_mats;
+    for (uint32_t m = 0; m < st.n_mats; ++m) {
+      const MatvecChainMatrix& mat = st.mats[m];
+      if (mat.weight >= MatvecChainCall::kWeights || mat.output >= MatvecChainCall::kVectors) {
+        return bad("weight indices are 0..7, vector indices 0..7");
+      }
+      if (!q8_type(mat.type)) {
+        return bad(fmt::format("matrix {}: weight type {} (the chain takes Q4_K, Q5_K, Q6_K, Q8_0)", m, quant::traits(mat.type)->name));
+      }
+      if (mat.rows == 0 || (swiglu && mat.rows != st.mats[0].rows)) return bad(fmt::format("matrix {}: {} rows", m, mat.rows));
+      const uint64_t rb = quant::row_bytes(mat.type, st.cols);
+      const vk::BufferRange& w = call.weights[mat.weight];
+      if (w.buffer == VK_NULL_HANDLE || w.size < uint64_t{mat.rows} * rb) {
+        return bad(fmt::format("weight {} holds {} bytes, {} rows need {}", mat.weight, w.buffer == VK_NULL_HANDLE ? 0 : w.size,
+                               mat.rows, uint64_t{mat.rows} * rb));
+      }
+      if (m < outs) {
+        if (mat.output == st.input || static_cast<int32_t>(mat.output) == st.norm) {
+          return bad(fmt::format("the output of matrix {} is the step's input or norm vector (workgroups write it while "
+                                 "others read it)", m));
+        }
+        for (uint32_t n = 0; n < m; ++n) {
+          if (st.mats[n].output == mat.output) return bad(fmt::format("matrices {} and {} write one output vector", n, m));
+        }
+        TROVE_RETURN_IF_ERROR(vec_ok(mat.output, mat.rows, "output"));
+      }
+      mask |= 1u << static_cast<uint32_t>(mat.type);
+      uint32_t* p = &plan[1 + kStepUints * k + 4 + 3 * m];
+      p[0] = mat.weight | (mat.output << 4) | (static_cast<uint32_t>(mat.type) << 8);
+      p[1] = mat.rows;
+      p[2] = static_cast<uint32_t>(rb);
+    }
     tile = std::max(tile, st.cols);
     const uint32_t rows_per_group = swiglu ? 1 : q.rows;
-    const uint32_t flags = (st.norm >= 0 ? 1u : 0u) | (st.epilogue == MatvecEpilogue::kAdd ? 2u : 0u) | (swiglu ? 4u : 0u) |
-                           (rows_per_group << 8);
-    const uint32_t vecs = st.input | (static_cast<uint32_t>(std::max(st.norm, 0)) << 4) | (st.output << 8);
-    push.step[k][0] = st.cols;
-    push.step[k][1] = flags;
-    push.step[k][2] = vecs;
-    push.step[k][3] = st.weight0 | (st.weight1 << 4);
-    push.step[k][4] = static_cast<uint32_t>(st.type0) | (static_cast<uint32_t>(swiglu ? st.type1 : st.type0) << 8);
-    push.step[k][5] = st.rows;
-    push.step[k][6] = static_cast<uint32_t>(quant::row_bytes(st.type0, st.cols));
-    push.step[k][7] = static_cast<uint32_t>(quant::row_bytes(swiglu ? st.type1 : st.type0, st.cols));
+    uint32_t* p = &plan[1 + kStepUints * k];
+    p[0] = st.cols;
+    p[1] = (st.norm >= 0 ? 1u : 0u) | (st.epilogue == MatvecEpilogue::kAdd ? 2u : 0u) | (swiglu ? 4u : 0u) | (rows_per_group << 8);
+    p[2] = st.input | (static_cast<uint32_t>(std::max(st.norm, 0)) << 4);
+    p[3] = st.n_mats;
   }
   // Shared memory: the staged tile (11/8 bytes a value) and a float per subgroup.
   if (uint64_t{tile} * 11 / 8 + uint64_t{q.workgroup / q.lanes} * 4 > q.shared_bytes) {
@@ -144,21 +162,34 @@ Status MatvecChain::record(vk::CommandStream& s, const MatvecChainCall& call) co
   }
   const std::array<uint32_t, 5> key = {q.workgroup, q.lanes, tile, mask, q.q6_wide ? 1u : 0u};
   const vk::Pipeline* pipe = nullptr;
+  const vk::Buffer* plan_buf = nullptr;
   {
     std::lock_guard<std::mutex> lock(st_->mu);
     auto it = st_->pipelines.find(key);
     if (it == st_->pipelines.end()) {
-      auto p = st_->dev->pipeline({"matvec_chain", {key[0], key[1], key[2], key[3], key[4]}, sizeof(Push), 10, q.workgroup});
+      auto p = st_->dev->pipeline({"matvec_chain", {key[0], key[1], key[2], key[3], key[4]}, sizeof(Push), kBindings, q.workgroup});
       if (!p.ok()) return p.status();
       it = st_->pipelines.emplace(key, std::move(*p)).first;
     }
     pipe = &it->second;
+    auto pl = st_->plans.find(plan);
+    if (pl == st_->plans.end()) {
+      auto b = st_->dev->buffer(plan.size() * 4);
+      if (!b.ok()) return b.status();
+      TROVE_RETURN_IF_ERROR(b->upload(plan.data(), plan.size() * 4));
+      pl = st_->plans.emplace(plan, std::move(*b)).first;
+    }
+    plan_buf = &pl->second;
   }
-  std::array<vk::BufferRange, 10> bufs;
-  for (uint32_t v = 0; v < 4; ++v) bufs[v] = call.vectors[v].buffer != VK_NULL_HANDLE ? call.vectors[v] : call.vectors[call.steps[0].input];
-  for (uint32_t w = 0; w < 4; ++w) bufs[4 + w] = call.weights[w].buffer != VK_NULL_HANDLE ? call.weights[w] : call.weights[call.steps[0].weight0];
-  bufs[8] = vk::BufferRange(st_->ctl);
-  bufs[9] = vk::BufferRange(st_->report);
+  std::array<vk::BufferRange, kBindings> bufs;
+  const vk::BufferRange& any_vec = call.vectors[call.steps[0].input];
+  const vk::BufferRange& any_w = call.weights[call.steps[0].mats[0].weight];
+  for (uint32_t v = 0; v < MatvecChainCall::kVectors; ++v) bufs[v] = call.vectors[v].buffer != VK_NULL_HANDLE ? call.vectors[v] : any_vec;
+  for (uint32_t w = 0; w < MatvecChainCall::kWeights; ++w) bufs[8 + w] = call.weights[w].buffer != VK_NULL_HANDLE ? call.weights[w] : any_w;
+  bufs[16] = vk::BufferRange(st_->ctl);
+  bufs[17] = vk::BufferRange(st_->report);
+  bufs[18] = vk::BufferRange(*plan_buf);
+  const Push push{st_->grid, kSpin, call.eps, 0};
   return s.dispatch(*pipe, bufs, &push, sizeof(push), st_->grid);
 }
 

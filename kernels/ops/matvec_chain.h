@@ -1,45 +1,52 @@
-// kernels/ops/matvec_chain.h — up to three batch-1 decode matvecs, each reading what the one before
+// kernels/ops/matvec_chain.h — up to four batch-1 decode matvecs, each reading what the ones before
 // wrote, in ONE dispatch: its workgroups (one per SM on a GPU, all resident at once) meet at a grid
 // barrier between steps instead of the GPU draining between dispatches (kernels/shaders/
 // matvec_chain.comp). The engine's use (TROVE_DECODE_CHAIN=1, off by default until measured): a dense
-// layer's attention output (+ residual), FFN gate/up (RMSNorm prologue, SwiGLU) and FFN down (+
-// residual) — two dependent dispatch boundaries fewer per layer.
+// layer's attention output (+ residual), FFN gate/up (RMSNorm prologue, SwiGLU), FFN down (+ residual)
+// and the next layer's fused QKV (RMSNorm prologue) — three dependent dispatch boundaries fewer a layer.
 //
 // Contract:
-//  - Vectors 0..3 and weights 0..3 are buffer ranges the steps refer to by index. A vector is f32,
+//  - Vectors 0..7 and weights 0..7 are buffer ranges the steps refer to by index. A vector is f32,
 //    16-byte aligned, at least the values a step reads or writes; a weight is a GGUF matrix of Q4_K,
-//    Q5_K, Q6_K or Q8_0 rows (row_bytes(type, cols) each). A step's input must not be its output.
+//    Q5_K, Q6_K or Q8_0 rows (row_bytes(type, cols) each). A step's input and norm vectors must not be
+//    its outputs, nor its outputs one another.
 //  - Step k computes what ops::Matvec computes for the same call at batch 1 in the q8 form with split
 //    1 and Matvec::q8_config()'s rows per row group and workgroup size, bit for bit (the same shader
-//    functions on the same lanes; test MatvecChain.*): with rows per row group 1 or 2 only.
-//  - record() records one dispatch (the caller puts barriers before and after it). The grid barrier
-//    needs every workgroup resident at once: the op launches Matvec::q8_config().sms workgroups on a
-//    GPU (TROVE_MATVEC_CHAIN_GRID overrides), 1 on a CPU device. A wait that gives up (workgroups not
-//    resident together) is counted: timeouts() after the submission says the results are wrong.
+//    functions on the same lanes; tests MatvecChainTest.*): with rows per row group 1 or 2 only.
+//  - record() records one dispatch (the caller puts barriers before and after it). The first record()
+//    of a plan (the steps' shapes, types and indices) uploads it (a blocking copy, outside the stream).
+//    The grid barrier needs every workgroup resident at once: the op launches Matvec::q8_config().sms
+//    workgroups on a GPU (TROVE_MATVEC_CHAIN_GRID overrides), 1 on a CPU device. A wait that gives up
+//    (workgroups not resident together) is counted: timeouts() after the submission says the results
+//    are wrong.
 //  - Devices without the q8 form (integer dot products, subgroup arithmetic and shuffles): create()
 //    fails with kUnsupported.
 #pragma once
 
 #include <cstdint>
-#include <map>
 #include <memory>
-#include <mutex>
 
 #include "kernels/ops/matvec.h"
 
 namespace trove::ops {
 
+struct MatvecChainMatrix {
+  uint32_t weight = 0, output = 0;  // weight and output vector indices
+  uint32_t rows = 0;
+  quant::GgmlType type = quant::GgmlType::Q4_K;
+};
+
 struct MatvecChainStep {
-  uint32_t cols = 0, rows = 0;
-  uint32_t input = 0, output = 0;  // vector indices 0..3
-  int32_t norm = -1;               // vector index of the RMSNorm weights (-1: no prologue)
+  uint32_t cols = 0;
+  uint32_t input = 0;   // vector index
+  int32_t norm = -1;    // vector index of the RMSNorm weights (-1: no prologue)
   MatvecEpilogue epilogue = MatvecEpilogue::kStore;
-  uint32_t weight0 = 0, weight1 = 0;  // weight indices (weight1: the up rows of kSwiGlu)
-  quant::GgmlType type0 = quant::GgmlType::Q4_K, type1 = quant::GgmlType::Q4_K;
+  MatvecChainMatrix mats[3];  // kSwiGlu: gate, up (same rows; the output is the gate's)
+  uint32_t n_mats = 1;
 };
 
 struct MatvecChainCall {
-  static constexpr uint32_t kMaxSteps = 3, kVectors = 4, kWeights = 4;
+  static constexpr uint32_t kMaxSteps = 4, kVectors = 8, kWeights = 8;
   vk::BufferRange vectors[kVectors];
   vk::BufferRange weights[kWeights];
   MatvecChainStep steps[kMaxSteps];

@@ -1,16 +1,18 @@
 #version 460
 // Decode matvec chain (kernels/ops/matvec_chain.h): up to kMaxSteps batch-1 q8 matvecs, each reading
-// what the one before wrote, in ONE dispatch whose workgroups meet at a grid barrier between steps —
-// the 8B's attention output, FFN gate/up and FFN down of a layer without two dispatch boundaries.
-// Each step is what matvec_q8.comp computes for the same call with one subgroup per row group
-// (kSplit 1), the same rows per group and workgroup size: the same functions (matvec_q8_parts.glsl)
-// on the same lanes, so the same bits.
+// what the ones before wrote, in ONE dispatch whose workgroups meet at a grid barrier between steps —
+// a dense layer's attention output, FFN gate/up and FFN down, and the next layer's fused QKV, without
+// three dispatch boundaries. Each step is what matvec_q8.comp computes for the same call with one
+// subgroup per row group (kSplit 1), the same rows per group and workgroup size: the same functions
+// (matvec_q8_parts.glsl) on the same lanes, so the same bits.
 //
-// Step k (pc.step[k]): a = (cols, flags, vectors, weights), b = (types, rows, row_bytes 0, row_bytes 1)
-//   flags    bit 0 RMSNorm prologue, bit 1 add into the output, bit 2 SwiGLU (weights 0 = gate, 1 =
-//            up), bits 8..11 rows per row group (1 or 2; SwiGLU: 1)
-//   vectors  input | norm_w << 4 | output << 8: bindings 0..3 (f32 vectors, vec4-aligned)
-//   weights  weight 0 | weight 1 << 4: bindings 4..7;  types: ggml type id of weight 0 | weight 1 << 8
+// The plan (binding 18, uints; plan[0] = steps, step k at 1 + 13k):
+//   [0] cols  [1] flags: bit 0 RMSNorm prologue, bit 1 add into the outputs, bit 2 SwiGLU (matrix 0
+//   = gate, 1 = up, the output matrix 0's), bits 8..11 rows per row group (1 or 2; SwiGLU: 1)
+//   [2] input vector | norm_w vector << 4   [3] matrices (1..3; SwiGLU 2)
+//   [4 + 3m] weight | output vector << 4 | ggml type << 8   [5 + 3m] rows   [6 + 3m] row bytes
+// Vectors are bindings 0..7 (f32, vec4-aligned), weights bindings 8..15. Matrix m's row blocks follow
+// matrix m - 1's (as matvec_q8.glsl's wg_end).
 // The grid barrier (as chain_probe.comp): every workgroup must be resident at once (the op launches
 // one per SM on a GPU, one on a CPU device); ctl[0] arrivals, ctl[1] exits (the last one out resets
 // both), in device memory; report[0], in host-visible memory, counts waits that gave up after pc.spin
@@ -30,7 +32,7 @@ layout(constant_id = 4) const uint kQ6Wide = 0u;         // 1: Q6_K rows in 32-v
 const uint kNB = 1u, kNS = 2u, kQ8Cols = 1u;
 const uint kWG = gl_WorkGroupSize.x;
 const uint kGroups = kWG / kG;
-const uint kMaxSteps = 3u;
+const uint kStepUints = 13u;
 
 layout(std430, set = 0, binding = 0) coherent buffer V0 { vec4 v0_4[]; };
 layout(std430, set = 0, binding = 0) coherent buffer V0f { float v0[]; };
@@ -40,21 +42,35 @@ layout(std430, set = 0, binding = 2) coherent buffer V2 { vec4 v2_4[]; };
 layout(std430, set = 0, binding = 2) coherent buffer V2f { float v2[]; };
 layout(std430, set = 0, binding = 3) coherent buffer V3 { vec4 v3_4[]; };
 layout(std430, set = 0, binding = 3) coherent buffer V3f { float v3[]; };
-layout(std430, set = 0, binding = 4) readonly buffer W0q { uvec4 w0q[]; };
-layout(std430, set = 0, binding = 4) readonly buffer W0w { uint w0w[]; };
-layout(std430, set = 0, binding = 5) readonly buffer W1q { uvec4 w1q[]; };
-layout(std430, set = 0, binding = 5) readonly buffer W1w { uint w1w[]; };
-layout(std430, set = 0, binding = 6) readonly buffer W2q { uvec4 w2q[]; };
-layout(std430, set = 0, binding = 6) readonly buffer W2w { uint w2w[]; };
-layout(std430, set = 0, binding = 7) readonly buffer W3q { uvec4 w3q[]; };
-layout(std430, set = 0, binding = 7) readonly buffer W3w { uint w3w[]; };
-layout(std430, set = 0, binding = 8) volatile coherent buffer C { uint ctl[]; };       // device-local
-layout(std430, set = 0, binding = 9) coherent buffer R { uint report[]; };          // host-visible
+layout(std430, set = 0, binding = 4) coherent buffer V4 { vec4 v4_4[]; };
+layout(std430, set = 0, binding = 4) coherent buffer V4f { float v4[]; };
+layout(std430, set = 0, binding = 5) coherent buffer V5 { vec4 v5_4[]; };
+layout(std430, set = 0, binding = 5) coherent buffer V5f { float v5[]; };
+layout(std430, set = 0, binding = 6) coherent buffer V6 { vec4 v6_4[]; };
+layout(std430, set = 0, binding = 6) coherent buffer V6f { float v6[]; };
+layout(std430, set = 0, binding = 7) coherent buffer V7 { vec4 v7_4[]; };
+layout(std430, set = 0, binding = 7) coherent buffer V7f { float v7[]; };
+layout(std430, set = 0, binding = 8) readonly buffer W0q { uvec4 w0q[]; };
+layout(std430, set = 0, binding = 8) readonly buffer W0w { uint w0w[]; };
+layout(std430, set = 0, binding = 9) readonly buffer W1q { uvec4 w1q[]; };
+layout(std430, set = 0, binding = 9) readonly buffer W1w { uint w1w[]; };
+layout(std430, set = 0, binding = 10) readonly buffer W2q { uvec4 w2q[]; };
+layout(std430, set = 0, binding = 10) readonly buffer W2w { uint w2w[]; };
+layout(std430, set = 0, binding = 11) readonly buffer W3q { uvec4 w3q[]; };
+layout(std430, set = 0, binding = 11) readonly buffer W3w { uint w3w[]; };
+layout(std430, set = 0, binding = 12) readonly buffer W4q { uvec4 w4q[]; };
+layout(std430, set = 0, binding = 12) readonly buffer W4w { uint w4w[]; };
+layout(std430, set = 0, binding = 13) readonly buffer W5q { uvec4 w5q[]; };
+layout(std430, set = 0, binding = 13) readonly buffer W5w { uint w5w[]; };
+layout(std430, set = 0, binding = 14) readonly buffer W6q { uvec4 w6q[]; };
+layout(std430, set = 0, binding = 14) readonly buffer W6w { uint w6w[]; };
+layout(std430, set = 0, binding = 15) readonly buffer W7q { uvec4 w7q[]; };
+layout(std430, set = 0, binding = 15) readonly buffer W7w { uint w7w[]; };
+layout(std430, set = 0, binding = 16) volatile coherent buffer C { uint ctl[]; };  // device-local
+layout(std430, set = 0, binding = 17) coherent buffer R { uint report[]; };       // host-visible
+layout(std430, set = 0, binding = 18) readonly buffer Plan { uint plan[]; };
 
-layout(push_constant) uniform P {
-  uint n_steps; uint grid; uint spin; float eps;
-  uvec4 step[kMaxSteps * 2u];  // step k: [2k] = a, [2k + 1] = b (see the header)
-} pc;
+layout(push_constant) uniform P { uint grid; uint spin; float eps; uint pad; } pc;
 
 uint q8_col(uint b) { return b; }
 shared float sssq[kGroups];  // per-subgroup Σ x²
@@ -63,31 +79,51 @@ uvec4 wq(uint m, uint i) {
   if (m == 0u) return w0q[i];
   if (m == 1u) return w1q[i];
   if (m == 2u) return w2q[i];
-  return w3q[i];
+  if (m == 3u) return w3q[i];
+  if (m == 4u) return w4q[i];
+  if (m == 5u) return w5q[i];
+  if (m == 6u) return w6q[i];
+  return w7q[i];
 }
 uint ww(uint m, uint i) {
   if (m == 0u) return w0w[i];
   if (m == 1u) return w1w[i];
   if (m == 2u) return w2w[i];
-  return w3w[i];
+  if (m == 3u) return w3w[i];
+  if (m == 4u) return w4w[i];
+  if (m == 5u) return w5w[i];
+  if (m == 6u) return w6w[i];
+  return w7w[i];
 }
-vec4 vec_at4(uint v, uint i) {
-  if (v == 0u) return v0_4[i];
-  if (v == 1u) return v1_4[i];
-  if (v == 2u) return v2_4[i];
-  return v3_4[i];
+vec4 vec_at4(uint m, uint i) {
+  if (m == 0u) return v0_4[i];
+  if (m == 1u) return v1_4[i];
+  if (m == 2u) return v2_4[i];
+  if (m == 3u) return v3_4[i];
+  if (m == 4u) return v4_4[i];
+  if (m == 5u) return v5_4[i];
+  if (m == 6u) return v6_4[i];
+  return v7_4[i];
 }
-float vec_at(uint v, uint i) {
-  if (v == 0u) return v0[i];
-  if (v == 1u) return v1[i];
-  if (v == 2u) return v2[i];
-  return v3[i];
+float vec_at(uint m, uint i) {
+  if (m == 0u) return v0[i];
+  if (m == 1u) return v1[i];
+  if (m == 2u) return v2[i];
+  if (m == 3u) return v3[i];
+  if (m == 4u) return v4[i];
+  if (m == 5u) return v5[i];
+  if (m == 6u) return v6[i];
+  return v7[i];
 }
-void vec_set(uint v, uint i, float x) {
-  if (v == 0u) v0[i] = x;
-  else if (v == 1u) v1[i] = x;
-  else if (v == 2u) v2[i] = x;
-  else v3[i] = x;
+void vec_set(uint m, uint i, float x) {
+  if (m == 0u) v0[i] = x;
+  else if (m == 1u) v1[i] = x;
+  else if (m == 2u) v2[i] = x;
+  else if (m == 3u) v3[i] = x;
+  else if (m == 4u) v4[i] = x;
+  else if (m == 5u) v5[i] = x;
+  else if (m == 6u) v6[i] = x;
+  else v7[i] = x;
 }
 
 uint g_in = 0u, g_norm = 0u;  // the step's input and norm_w vectors (stage_half reads them)
@@ -96,16 +132,12 @@ uint g_in = 0u, g_norm = 0u;  // the step's input and norm_w vectors (stage_half
 #include "matvec_q8_parts.glsl"
 
 void run_step(uint k, uint wg, uint group, uint lane) {
-  const uvec4 a = pc.step[2u * k], b = pc.step[2u * k + 1u];
-  const uint cols = a.x;
-  const bool norm = (a.y & 1u) != 0u, add = (a.y & 2u) != 0u, swiglu = (a.y & 4u) != 0u;
-  const uint kR = (a.y >> 8u) & 15u;
-  g_in = a.z & 15u;
-  g_norm = (a.z >> 4u) & 15u;
-  const uint out_v = (a.z >> 8u) & 15u;
-  const uint wi0 = a.w & 15u, wi1 = (a.w >> 4u) & 15u;
-  const uint t0 = b.x & 255u, t1 = (b.x >> 8u) & 255u;
-  const uint rows = b.y;
+  const uint o = 1u + kStepUints * k;
+  const uint cols = plan[o], flags = plan[o + 1u], n_mats = plan[o + 3u];
+  const bool norm = (flags & 1u) != 0u, add = (flags & 2u) != 0u, swiglu = (flags & 4u) != 0u;
+  const uint kR = (flags >> 8u) & 15u;
+  g_in = plan[o + 2u] & 15u;
+  g_norm = (plan[o + 2u] >> 4u) & 15u;
 
   // Stage x̂ (as matvec_q8.glsl: half a block per invocation, Σ x² per subgroup, then in group order).
   const uint nblk = cols >> 5u;
@@ -121,17 +153,28 @@ void run_step(uint k, uint wg, uint group, uint lane) {
     inv = inversesqrt(t / float(cols) + pc.eps);
   }
 
-  const uint blocks = (rows + kGroups * kR - 1u) / (kGroups * kR);
-  for (uint blk = wg; blk < blocks; blk += pc.grid) {
-    const uint r0 = (blk * kGroups + group) * kR;
+  const uint per_block = kGroups * kR;
+  const uint walked = swiglu ? 1u : n_mats;  // matrices whose rows are walked one after another
+  uint end[3];
+  uint total = 0u;
+  [[unroll]] for (uint m = 0u; m < 3u; ++m) {
+    if (m < walked) total += (plan[o + 5u + 3u * m] + per_block - 1u) / per_block;
+    end[m] = total;
+  }
+  const uint md1 = plan[o + 7u], rb1 = plan[o + 9u], t1 = (md1 >> 8u) & 255u;  // SwiGLU: the up rows
+  for (uint blk = wg; blk < total; blk += pc.grid) {
+    const uint m = blk < end[0] ? 0u : (blk < end[1] ? 1u : 2u);
+    const uint blk0 = m == 0u ? 0u : end[m - 1u];
+    const uint md = plan[o + 4u + 3u * m], rows = plan[o + 5u + 3u * m], rb = plan[o + 6u + 3u * m];
+    const uint out_v = (md >> 4u) & 15u, t0 = (md >> 8u) & 255u;
+    const uint r0 = ((blk - blk0) * kGroups + group) * kR;
     bool lv[kNS];
     [[unroll]] for (uint s = 0u; s < kNS; ++s) {
       const uint r = swiglu ? r0 : r0 + s;
       lv[s] = (swiglu || s < kR) && r < rows;
       live[s] = lv[s];
-      const uint rb = swiglu && s == 1u ? b.w : b.z;
-      row_off[s] = lv[s] ? r * rb : 0u;
-      slot_mat[s] = swiglu && s == 1u ? wi1 : wi0;
+      row_off[s] = lv[s] ? r * (swiglu && s == 1u ? rb1 : rb) : 0u;
+      slot_mat[s] = (swiglu && s == 1u ? md1 : md) & 15u;
       acc[0][s] = 0.0;
     }
     if (!swiglu || t0 == t1) {
@@ -161,7 +204,8 @@ void run_step(uint k, uint wg, uint group, uint lane) {
 
 void main() {
   const uint wg = gl_WorkGroupID.x, lid = gl_LocalInvocationID.x, group = lid / kG, lane = lid % kG;
-  for (uint k = 0u; k < pc.n_steps; ++k) {
+  const uint steps = plan[0];
+  for (uint k = 0u; k < steps; ++k) {
     if (k > 0u) {
       // Grid barrier: this workgroup's writes of step k - 1 visible, counted, then wait for all.
       memoryBarrierBuffer();

@@ -29,12 +29,14 @@ constexpr uint32_t kNaN = 0x7fc00000u;
 struct Layer {
   uint32_t E = 512, F = 1024;
   GgmlType o = GgmlType::Q4_K, gate = GgmlType::Q4_K, up = GgmlType::Q4_K, down = GgmlType::Q6_K;
-  uint32_t steps = 3;  // o; o, gate/up; o, gate/up, down
+  uint32_t steps = 4;  // o; o, gate/up; o, gate/up, down; o, gate/up, down, the next layer's q/k/v
+  GgmlType qkv = GgmlType::Q4_K, v = GgmlType::Q6_K;  // q and k, and v, of the next layer (q: E rows, k and v: E / 4)
 };
 
 std::string describe(const Layer& l) {
-  return fmt::format("E {} F {} o {} gate {} up {} down {}, {} steps", l.E, l.F, quant::traits(l.o)->name,
-                     quant::traits(l.gate)->name, quant::traits(l.up)->name, quant::traits(l.down)->name, l.steps);
+  return fmt::format("E {} F {} o {} gate {} up {} down {} qk {} v {}, {} steps", l.E, l.F, quant::traits(l.o)->name,
+                     quant::traits(l.gate)->name, quant::traits(l.up)->name, quant::traits(l.down)->name,
+                     quant::traits(l.qkv)->name, quant::traits(l.v)->name, l.steps);
 }
 
 class MatvecChainTest : public ::testing::Test {
@@ -75,25 +77,31 @@ class MatvecChainTest : public ::testing::Test {
     std::mt19937_64 r(seed);
     std::normal_distribution<float> nd(0.0f, 1.0f);
     std::uniform_real_distribution<float> uw(0.5f, 1.5f);
-    std::vector<float> a(l.E), x(l.E), nw(l.E), poison(l.F);
+    const uint32_t KV = l.E / 4;
+    std::vector<float> a(l.E), x(l.E), nw(l.E), anw(l.E), poison(l.F);
     for (auto& v : a) v = nd(r);
     for (auto& v : x) v = nd(r);
     for (auto& v : nw) v = uw(r);
+    for (auto& v : anw) v = uw(r);
     std::memcpy(poison.data(), std::vector<uint32_t>(l.F, kNaN).data(), l.F * 4);
     const auto wo = kernels::ref::random_weights(l.o, l.E, l.E, 0.5f, r());
     const auto wg = kernels::ref::random_weights(l.gate, l.F, l.E, 0.5f, r());
     const auto wu = kernels::ref::random_weights(l.up, l.F, l.E, 0.5f, r());
     const auto wd = kernels::ref::random_weights(l.down, l.E, l.F, 0.5f, r());
+    const auto wq = kernels::ref::random_weights(l.qkv, l.E, l.E, 0.5f, r());
+    const auto wk = kernels::ref::random_weights(l.qkv, KV, l.E, 0.5f, r());
+    const auto wv = kernels::ref::random_weights(l.v, KV, l.E, 0.5f, r());
     vk::Buffer bo = bytes(wo), bg = bytes(wg), bu = bytes(wu), bd = bytes(wd), ba = buf(a), bnw = buf(nw);
+    vk::Buffer bq = bytes(wq), bk = bytes(wk), bv = bytes(wv), banw = buf(anw);
 
-    // Separate dispatches.
-    vk::Buffer x1 = buf(x), h1 = buf(poison);
+    // Separate dispatches. The next layer's q is written over a (o's input), as the engine does.
+    vk::Buffer x1 = buf(x), h1 = buf(poison), a1 = buf(a), k1 = buf(poison), v1 = buf(poison);
     {
       auto s = dev_->stream();
       EXPECT_TRUE(s.ok());
       ops::MatvecCall c;
       c.cols = l.E;
-      c.x = ba;
+      c.x = a1;
       c.mats[0] = {l.o, l.E, vk::BufferRange(bo), vk::BufferRange(x1), 0};
       c.epilogue = MatvecEpilogue::kAdd;
       EXPECT_TRUE(mv_->record(*s, c).ok());
@@ -118,23 +126,43 @@ class MatvecChainTest : public ::testing::Test {
         d.epilogue = MatvecEpilogue::kAdd;
         EXPECT_TRUE(mv_->record(*s, d).ok());
       }
+      if (l.steps >= 4) {
+        s->barrier();
+        ops::MatvecCall n;
+        n.cols = l.E;
+        n.x = x1;
+        n.norm_w = banw;
+        n.n_mats = 3;
+        n.mats[0] = {l.qkv, l.E, vk::BufferRange(bq), vk::BufferRange(a1), 0};
+        n.mats[1] = {l.qkv, KV, vk::BufferRange(bk), vk::BufferRange(k1), 0};
+        n.mats[2] = {l.v, KV, vk::BufferRange(bv), vk::BufferRange(v1), 0};
+        EXPECT_TRUE(mv_->record(*s, n).ok());
+      }
       EXPECT_TRUE(s->submit_and_wait().ok());
     }
-    // One chain: vectors 0 a, 1 x, 2 norm_w, 3 h; weights 0 o, 1 gate, 2 up, 3 down.
-    vk::Buffer x2 = buf(x), h2 = buf(poison);
+    // One chain: vectors 0 a (then q), 1 x, 2 norm_w, 3 h, 4 the next attention norm, 5 k, 6 v;
+    // weights 0 o, 1 gate, 2 up, 3 down, 4 q, 5 k, 6 v.
+    vk::Buffer x2 = buf(x), h2 = buf(poison), a2 = buf(a), k2 = buf(poison), v2 = buf(poison);
     ops::MatvecChainCall call;
-    call.vectors[0] = ba;
+    call.vectors[0] = a2;
     call.vectors[1] = x2;
     call.vectors[2] = bnw;
     call.vectors[3] = h2;
+    call.vectors[4] = banw;
+    call.vectors[5] = k2;
+    call.vectors[6] = v2;
     call.weights[0] = bo;
     call.weights[1] = bg;
     call.weights[2] = bu;
     call.weights[3] = bd;
+    call.weights[4] = bq;
+    call.weights[5] = bk;
+    call.weights[6] = bv;
     call.n_steps = l.steps;
-    call.steps[0] = {l.E, l.E, 0, 1, -1, MatvecEpilogue::kAdd, 0, 0, l.o, l.o};
-    call.steps[1] = {l.E, l.F, 1, 3, 2, MatvecEpilogue::kSwiGlu, 1, 2, l.gate, l.up};
-    call.steps[2] = {l.F, l.E, 3, 1, -1, MatvecEpilogue::kAdd, 3, 3, l.down, l.down};
+    call.steps[0] = {l.E, 0, -1, MatvecEpilogue::kAdd, {{0, 1, l.E, l.o}}, 1};
+    call.steps[1] = {l.E, 1, 2, MatvecEpilogue::kSwiGlu, {{1, 3, l.F, l.gate}, {2, 3, l.F, l.up}}, 2};
+    call.steps[2] = {l.F, 3, -1, MatvecEpilogue::kAdd, {{3, 1, l.E, l.down}}, 1};
+    call.steps[3] = {l.E, 1, 4, MatvecEpilogue::kStore, {{4, 0, l.E, l.qkv}, {5, 5, KV, l.qkv}, {6, 6, KV, l.v}}, 3};
     const uint32_t before = chain.timeouts();
     {
       auto s = dev_->stream();
@@ -149,18 +177,21 @@ class MatvecChainTest : public ::testing::Test {
       return true;
     }
     EXPECT_EQ(chain.timeouts(), before) << "grid-barrier waits gave up";
-    const auto xa = down(x1, l.E), xb = down(x2, l.E);
-    const auto ha = down(h1, l.F), hb = down(h2, l.F);
     bool ok = true;
-    for (uint32_t i = 0; i < l.E && ok; ++i) {
-      ok = std::isfinite(xa[i]) && std::memcmp(&xa[i], &xb[i], 4) == 0 && xa[i] != x[i];
-      EXPECT_TRUE(ok) << "residual " << i << ": chain " << xb[i] << ", dispatches " << xa[i] << ", before " << x[i];
-    }
-    for (uint32_t i = 0; i < l.F && ok; ++i) {
-      const bool written = l.steps >= 2;
-      ok = written ? std::isfinite(ha[i]) && std::memcmp(&ha[i], &hb[i], 4) == 0 : std::isnan(hb[i]);
-      EXPECT_TRUE(ok) << "h " << i << ": chain " << hb[i] << ", dispatches " << ha[i];
-    }
+    auto same = [&](const vk::Buffer& want, const vk::Buffer& got, size_t n, bool written, const char* what,
+                    const std::vector<float>* before) {
+      const auto w = down(want, n), g = down(got, n);
+      for (size_t i = 0; i < n && ok; ++i) {
+        ok = written ? std::isfinite(w[i]) && std::memcmp(&w[i], &g[i], 4) == 0 && (!before || w[i] != (*before)[i])
+                     : std::memcmp(&w[i], &g[i], 4) == 0;
+        EXPECT_TRUE(ok) << what << " " << i << ": chain " << g[i] << ", dispatches " << w[i];
+      }
+    };
+    same(x1, x2, l.E, true, "residual", &x);
+    same(h1, h2, l.F, l.steps >= 2, "h", nullptr);
+    same(a1, a2, l.E, l.steps >= 4, "q (over a)", l.steps >= 4 ? &a : nullptr);
+    same(k1, k2, KV, l.steps >= 4, "k", nullptr);
+    same(v1, v2, KV, l.steps >= 4, "v", nullptr);
     return ok;
   }
 
@@ -172,7 +203,7 @@ TEST_F(MatvecChainTest, LayerGivesTheBitsOfSeparateDispatches) {
   auto chain = ops::MatvecChain::create(*dev_, *mv_);
   ASSERT_TRUE(chain.ok()) << chain.status().ToString();
   std::mt19937_64 seeds(std::random_device{}());
-  for (const Layer& l : {Layer{}, Layer{512, 768, GgmlType::Q5_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q8_0, 3},
+  for (const Layer& l : {Layer{}, Layer{512, 768, GgmlType::Q5_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q8_0, 4, GgmlType::Q5_K, GgmlType::Q8_0},
                          Layer{256, 512, GgmlType::Q6_K, GgmlType::Q8_0, GgmlType::Q8_0, GgmlType::Q4_K, 3},
                          Layer{512, 1024, GgmlType::Q4_K, GgmlType::Q4_K, GgmlType::Q4_K, GgmlType::Q6_K, 1},
                          Layer{512, 1024, GgmlType::Q4_K, GgmlType::Q4_K, GgmlType::Q4_K, GgmlType::Q6_K, 2}}) {
@@ -219,7 +250,7 @@ TEST_F(MatvecChainTest, BadCallsAreNamed) {
   for (auto& r : ok.vectors) r = *v;
   for (auto& r : ok.weights) r = *w;
   ok.n_steps = 1;
-  ok.steps[0] = {512, 512, 0, 1, -1, MatvecEpilogue::kStore, 0, 0, GgmlType::Q4_K, GgmlType::Q4_K};
+  ok.steps[0] = {512, 0, -1, MatvecEpilogue::kStore, {{0, 1, 512, GgmlType::Q4_K}}, 1};
   auto s = dev_->stream();
   ASSERT_TRUE(s.ok());
   ASSERT_TRUE(chain->record(*s, ok).ok());
@@ -229,27 +260,34 @@ TEST_F(MatvecChainTest, BadCallsAreNamed) {
     EXPECT_NE(st.message().find(want), std::string::npos) << what << ": " << st.message();
   };
   auto c = ok;
-  c.steps[0].output = 0;
-  refused(c, "input is the output", "input == output");
+  c.steps[0].mats[0].output = 0;
+  refused(c, "is the step's input", "input == output");
   c = ok;
-  c.steps[0].type0 = GgmlType::F16;
+  c.steps[0].mats[0].type = GgmlType::F16;
   refused(c, "weight type F16", "F16 weights");
   c = ok;
   c.steps[0].cols = 300;
   refused(c, "multiple of 256", "cols 300");
   c = ok;
-  c.steps[0].rows = 5000;
+  c.steps[0].mats[0].rows = 5000;
   refused(c, "vector 1 (output)", "an output vector too small");
   c = ok;
-  c.steps[0].rows = 4096;
+  c.steps[0].mats[0].rows = 4096;
   c.weights[0] = vk::BufferRange(*w, 0, 1024);
   refused(c, "weight 0 holds 1024 bytes", "weights too small");
   c = ok;
-  c.n_steps = 4;
-  refused(c, "4 steps", "too many steps");
+  c.n_steps = 5;
+  refused(c, "5 steps", "too many steps");
   c = ok;
-  c.steps[0].norm = 7;
-  refused(c, "indices are 0..3", "a vector index out of range");
+  c.steps[0].norm = 9;
+  refused(c, "indices are 0..7", "a vector index out of range");
+  c = ok;
+  c.steps[0].n_mats = 2;
+  c.steps[0].mats[1] = {1, 1, 512, GgmlType::Q4_K};
+  refused(c, "matrices 0 and 1 write one output vector", "two matrices, one output");
+  c = ok;
+  c.steps[0].epilogue = MatvecEpilogue::kSwiGlu;
+  refused(c, "1 matrices (1..3; SwiGLU 2)", "SwiGLU of one matrix");
   ASSERT_TRUE(s->submit_and_wait().ok());
 }
 

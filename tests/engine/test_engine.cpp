@@ -100,6 +100,34 @@ StepInput logits_of(engine::SeqId seq, const std::vector<int32_t>& toks) {
   return in;
 }
 
+// Opens a sequence, feeds `tok` and then each step's token, `steps` steps in all, and appends each
+// step's logits. False (failures recorded) when a step fails.
+bool greedy_logits(engine::Engine& e, std::vector<int32_t> tok, int steps, std::vector<std::vector<float>>* logits) {
+  auto seq = e.open_sequence();
+  EXPECT_TRUE(seq.ok());
+  if (!seq.ok()) return false;
+  for (int i = 0; i < steps; ++i) {
+    auto out = e.step(std::vector<StepInput>{logits_of(*seq, tok)});
+    EXPECT_TRUE(out.ok()) << out.status().ToString();
+    if (!out.ok()) return false;
+    logits->push_back((*out)[0].logits);
+    tok = {(*out)[0].token};
+  }
+  return true;
+}
+
+// The mean dispatches per decode step of the host profile (TROVE_PROFILE set) that an engine logged
+// when it closed; -1 (a failure recorded) when none was.
+double logged_dispatches(const log::ScopedLogCapture& logs) {
+  for (const auto& r : logs.records()) {
+    const size_t at = r.message.find("decode steps (");
+    const size_t mean = r.message.find("per step (mean): ");
+    if (at != std::string::npos && mean != std::string::npos) return std::stod(r.message.substr(mean + 17));
+  }
+  ADD_FAILURE() << "no host profile of decode steps was logged";
+  return -1;
+}
+
 using trove::tests::ScopedEnv;
 
 // ||a - b|| / ||b||.
@@ -362,25 +390,9 @@ TEST(Engine, L2WarmUpsChangeNoResult) {
       ScopedEnv warm("TROVE_L2_WARM", spec);
       ScopedEnv prof("TROVE_PROFILE", "steps");
       auto e = load(256, 1, 0, 64, quantized_model_path());
-      if (!e) return -1;
-      auto seq = e->open_sequence();
-      EXPECT_TRUE(seq.ok());
-      std::vector<int32_t> tok = prompt(3, 21);
-      for (int i = 0; i < 4; ++i) {
-        auto out = e->step(std::vector<StepInput>{logits_of(*seq, tok)});
-        EXPECT_TRUE(out.ok()) << spec << ": " << out.status().ToString();
-        if (!out.ok()) return -1;
-        logits->push_back((*out)[0].logits);
-        tok = {(*out)[0].token};
-      }
+      if (!e || !greedy_logits(*e, prompt(3, 21), 4, logits)) return -1.0;
     }
-    for (const auto& r : logs.records()) {
-      const size_t at = r.message.find("decode steps (");
-      const size_t mean = r.message.find("per step (mean): ");
-      if (at != std::string::npos && mean != std::string::npos) return std::stod(r.message.substr(mean + 17));
-    }
-    ADD_FAILURE() << spec << ": no host profile of decode steps was logged";
-    return -1;
+    return logged_dispatches(logs);
   };
   std::vector<std::vector<float>> plain, warmed;
   const double d_plain = run("none", &plain);
@@ -522,25 +534,9 @@ TEST(Engine, DecodeChainGivesTheBitsOfSeparateDispatches) {
       ScopedEnv rep("TROVE_DECODE_REPLAY", replay);
       ScopedEnv prof("TROVE_PROFILE", "steps");
       auto e = load(256, 1, 0, 64, path);
-      if (!e) return -1.0;
-      auto seq = e->open_sequence();
-      EXPECT_TRUE(seq.ok());
-      std::vector<int32_t> tok = prompt(5, 23);
-      for (int i = 0; i < 9; ++i) {
-        auto out = e->step(std::vector<StepInput>{logits_of(*seq, tok)});
-        EXPECT_TRUE(out.ok()) << out.status().ToString();
-        if (!out.ok()) return -1.0;
-        logits->push_back((*out)[0].logits);
-        tok = {(*out)[0].token};
-      }
+      if (!e || !greedy_logits(*e, prompt(5, 23), 9, logits)) return -1.0;
     }
-    for (const auto& r : logs.records()) {
-      const size_t at = r.message.find("decode steps (");
-      const size_t mean = r.message.find("per step (mean): ");
-      if (at != std::string::npos && mean != std::string::npos) return std::stod(r.message.substr(mean + 17));
-    }
-    ADD_FAILURE() << "no host profile of decode steps was logged";
-    return -1.0;
+    return logged_dispatches(logs);
   };
   for (const std::string& path : {quantized_model_path(), moe_model_path()}) {
     SCOPED_TRACE(path);

@@ -99,45 +99,27 @@ class MatvecChainTest : public ::testing::Test {
     {
       auto s = dev_->stream();
       EXPECT_TRUE(s.ok());
-      ops::MatvecCall c;
-      c.cols = l.E;
-      c.x = a1;
-      c.mats[0] = {l.o, l.E, vk::BufferRange(bo), vk::BufferRange(x1), 0};
-      c.epilogue = MatvecEpilogue::kAdd;
-      EXPECT_TRUE(mv_->record(*s, c).ok());
-      if (l.steps >= 2) {
-        s->barrier();
-        ops::MatvecCall g;
-        g.cols = l.E;
-        g.x = x1;
-        g.norm_w = bnw;
-        g.n_mats = 2;
-        g.mats[0] = {l.gate, l.F, vk::BufferRange(bg), vk::BufferRange(h1), 0};
-        g.mats[1] = {l.up, l.F, vk::BufferRange(bu), {}, 0};
-        g.epilogue = MatvecEpilogue::kSwiGlu;
-        EXPECT_TRUE(mv_->record(*s, g).ok());
-      }
-      if (l.steps >= 3) {
-        s->barrier();
-        ops::MatvecCall d;
-        d.cols = l.F;
-        d.x = h1;
-        d.mats[0] = {l.down, l.E, vk::BufferRange(bd), vk::BufferRange(x1), 0};
-        d.epilogue = MatvecEpilogue::kAdd;
-        EXPECT_TRUE(mv_->record(*s, d).ok());
-      }
-      if (l.steps >= 4) {
-        s->barrier();
-        ops::MatvecCall n;
-        n.cols = l.E;
-        n.x = x1;
-        n.norm_w = banw;
-        n.n_mats = 3;
-        n.mats[0] = {l.qkv, l.E, vk::BufferRange(bq), vk::BufferRange(a1), 0};
-        n.mats[1] = {l.qkv, KV, vk::BufferRange(bk), vk::BufferRange(k1), 0};
-        n.mats[2] = {l.v, KV, vk::BufferRange(bv), vk::BufferRange(v1), 0};
-        EXPECT_TRUE(mv_->record(*s, n).ok());
-      }
+      auto matvec = [&](uint32_t k, uint32_t cols, const vk::Buffer& x, const vk::Buffer* norm, MatvecEpilogue ep,
+                        std::initializer_list<ops::MatvecMatrix> mats) {
+        if (k >= l.steps) return;
+        if (k > 0) s->barrier();
+        ops::MatvecCall c;
+        c.cols = cols;
+        c.x = x;
+        if (norm) c.norm_w = *norm;
+        c.epilogue = ep;
+        uint32_t n = 0;
+        for (const auto& m : mats) c.mats[n++] = m;
+        c.n_mats = n;
+        EXPECT_TRUE(mv_->record(*s, c).ok()) << "step " << k;
+      };
+      matvec(0, l.E, a1, nullptr, MatvecEpilogue::kAdd, {{l.o, l.E, vk::BufferRange(bo), vk::BufferRange(x1), 0}});
+      matvec(1, l.E, x1, &bnw, MatvecEpilogue::kSwiGlu,
+             {{l.gate, l.F, vk::BufferRange(bg), vk::BufferRange(h1), 0}, {l.up, l.F, vk::BufferRange(bu), {}, 0}});
+      matvec(2, l.F, h1, nullptr, MatvecEpilogue::kAdd, {{l.down, l.E, vk::BufferRange(bd), vk::BufferRange(x1), 0}});
+      matvec(3, l.E, x1, &banw, MatvecEpilogue::kStore,
+             {{l.qkv, l.E, vk::BufferRange(bq), vk::BufferRange(a1), 0}, {l.qkv, KV, vk::BufferRange(bk), vk::BufferRange(k1), 0},
+              {l.v, KV, vk::BufferRange(bv), vk::BufferRange(v1), 0}});
       EXPECT_TRUE(s->submit_and_wait().ok());
     }
     // One chain: vectors 0 a (then q), 1 x, 2 norm_w, 3 h, 4 the next attention norm, 5 k, 6 v;

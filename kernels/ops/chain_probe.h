@@ -41,7 +41,7 @@ class ChainProbe {
     uint32_t phases = 0;
     uint64_t words = 0;   // weight words (16 bytes) of each phase; 0: no weights
     uint32_t grid = 1;    // workgroups
-    uint32_t spin = 1u << 24;  // polls before a grid-barrier wait gives up
+    uint32_t spin = 1u << 16;  // polls before a grid-barrier wait gives up (~25 ms of L2 round trips)
   };
   Status record(vk::CommandStream& s, const Call& c) const;
   // Waits that gave up since ctl was zeroed (ctl[2]); after submit_and_wait().

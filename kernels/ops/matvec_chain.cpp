@@ -21,7 +21,10 @@ struct Push {
   uint32_t pad;
 };
 
-constexpr uint32_t kSpin = 1u << 22;  // polls before a wait gives up (a resident grid needs a few hundred)
+// Polls before a wait gives up: ~25 ms of L2 round trips on an H200, where a resident grid waits at
+// most for its slowest workgroup (tens of µs); a grid that is not resident then loses ~25 ms a barrier
+// (not seconds, which could trip the driver's watchdog) before timeouts() reports it.
+constexpr uint32_t kSpin = 1u << 16;
 constexpr uint32_t kStepUints = 13;   // matvec_chain.comp's plan layout
 constexpr uint32_t kBindings = 19;    // 8 vectors, 8 weights, ctl, report, plan
 

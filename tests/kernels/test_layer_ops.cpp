@@ -373,7 +373,7 @@ TEST(ChainProbe, EveryModeComputesTheSameChain) {
       ASSERT_TRUE(s.ok());
       s->copy(by, 0, y, 0, uint64_t{c.n} * 4);
       s->barrier();
-      ASSERT_TRUE(op->record(*s, {mode, &wb, &y, &ctl, c.n, c.phases, c.words, c.grid, 1u << 20}).ok()) << what;
+      ASSERT_TRUE(op->record(*s, {mode, &wb, &y, &ctl, c.n, c.phases, c.words, c.grid}).ok()) << what;
       ASSERT_TRUE(s->submit_and_wait().ok()) << what;
       auto got = g.down<uint32_t>(y, (uint64_t{c.phases} + 1) * c.n);
       got.erase(got.begin(), got.begin() + c.n);

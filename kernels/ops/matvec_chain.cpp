@@ -93,6 +93,7 @@ Status MatvecChain::record(vk::CommandStream& s, const MatvecChainCall& call) co
     return Status::Unsupported(fmt::format("matvec chain: rows per row group {} (SwiGLU {}); the chain takes 1 or 2 (SwiGLU 1)",
                                            q.rows, q.swiglu_rows));
   }
+  const uint32_t groups = q.workgroup / q.lanes;  // row groups per workgroup
   std::vector<uint32_t> plan(1 + kStepUints * call.n_steps, 0);
   plan[0] = call.n_steps;
   uint32_t tile = 256, mask = 0;
@@ -151,7 +152,18 @@ Status MatvecChain::record(vk::CommandStream& s, const MatvecChainCall& call) co
       p[2] = static_cast<uint32_t>(rb);
     }
     tile = std::max(tile, st.cols);
-    const uint32_t rows_per_group = swiglu ? 1 : q.rows;
+    // Rows per row group: a row's sum does not depend on it (each lane walks the same parts of the row
+    // whatever the other slots hold), so the chain may take 1 where 2 would leave the grid's last round
+    // of row blocks mostly idle (the 8B's q/k/v: 192 blocks of 32 rows for 132 workgroups, 384 of 16).
+    uint32_t rows_per_group = swiglu ? 1 : q.rows;
+    if (!swiglu && rows_per_group == 2) {
+      auto work = [&](uint32_t r) {  // rows a workgroup walks in the busiest one: rounds × rows per block
+        uint64_t blocks = 0;
+        for (uint32_t m = 0; m < st.n_mats; ++m) blocks += (st.mats[m].rows + groups * r - 1) / (groups * r);
+        return (blocks + st_->grid - 1) / st_->grid * r;
+      };
+      if (work(1) < work(2)) rows_per_group = 1;
+    }
     uint32_t* p = &plan[1 + kStepUints * k];
     p[0] = st.cols;
     p[1] = (st.norm >= 0 ? 1u : 0u) | (st.epilogue == MatvecEpilogue::kAdd ? 2u : 0u) | (swiglu ? 4u : 0u) | (rows_per_group << 8);

@@ -11,8 +11,9 @@
 //    Q5_K, Q6_K or Q8_0 rows (row_bytes(type, cols) each). A step's input and norm vectors must not be
 //    its outputs, nor its outputs one another.
 //  - Step k computes what ops::Matvec computes for the same call at batch 1 in the q8 form with split
-//    1 and Matvec::q8_config()'s rows per row group and workgroup size, bit for bit (the same shader
-//    functions on the same lanes; tests MatvecChainTest.*): with rows per row group 1 or 2 only.
+//    1 and Matvec::q8_config()'s workgroup size, bit for bit (the same shader functions on the same
+//    lanes; tests MatvecChainTest.*). Rows per row group: q8_config()'s (1 or 2 only), or 1 where 2
+//    would leave the last round of row blocks mostly idle (a row's bits do not depend on it).
 //  - record() records one dispatch (the caller puts barriers before and after it). The first record()
 //    of a plan (the steps' shapes, types and indices) uploads it (a blocking copy, outside the stream).
 //    The grid barrier needs every workgroup resident at once: the op launches Matvec::q8_config().sms

@@ -3,8 +3,9 @@
 // the bits of the same three calls through ops::Matvec in the q8 form (split 1) with barriers between
 // them — an op tested against the float64 reference in test_matvec.cpp. Fresh random weights and
 // vectors each run (seed printed on failure), outputs poisoned with NaN. Also: mixed gate/up types
-// (two passes over a row), one row per row group, chains of one and two steps, bad calls refused by
-// name, and a grid whose workgroups cannot all be resident reported by timeouts() (on lavapipe).
+// (two passes over a row), the next layer's q/k/v as a fourth step, 1 or 2 rows per row group on
+// either side, chains of one and two steps, bad calls refused by name, and a grid whose workgroups
+// cannot all be resident reported by timeouts() (on lavapipe).
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -72,7 +73,10 @@ class MatvecChainTest : public ::testing::Test {
   }
 
   // Runs the layer both ways from the same draw; false (with failures recorded) when they differ.
-  bool same_bits(const ops::MatvecChain& chain, const Layer& l, uint64_t seed, bool expect_timeouts = false) {
+  // `ref`: the Matvec of the separate dispatches (default mv_, whose settings the chain also reads).
+  bool same_bits(const ops::MatvecChain& chain, const Layer& l, uint64_t seed, bool expect_timeouts = false,
+                 const ops::Matvec* ref = nullptr) {
+    if (!ref) ref = mv_.get();
     SCOPED_TRACE(describe(l) + " seed " + std::to_string(seed));
     std::mt19937_64 r(seed);
     std::normal_distribution<float> nd(0.0f, 1.0f);
@@ -111,7 +115,7 @@ class MatvecChainTest : public ::testing::Test {
         uint32_t n = 0;
         for (const auto& m : mats) c.mats[n++] = m;
         c.n_mats = n;
-        EXPECT_TRUE(mv_->record(*s, c).ok()) << "step " << k;
+        EXPECT_TRUE(ref->record(*s, c).ok()) << "step " << k;
       };
       matvec(0, l.E, a1, nullptr, MatvecEpilogue::kAdd, {{l.o, l.E, vk::BufferRange(bo), vk::BufferRange(x1), 0}});
       matvec(1, l.E, x1, &bnw, MatvecEpilogue::kSwiGlu,
@@ -193,19 +197,30 @@ TEST_F(MatvecChainTest, LayerGivesTheBitsOfSeparateDispatches) {
   }
 }
 
-TEST_F(MatvecChainTest, OneRowPerRowGroup) {
-  tests::ScopedEnv rows("TROVE_MATVEC_ROWS", "1");
-  auto m = ops::Matvec::create(*dev_);
-  ASSERT_TRUE(m.ok()) << m.status().ToString();
-  mv_ = std::make_unique<ops::Matvec>(std::move(*m));
+// Rows per row group do not change a row's bits (each lane walks the same parts of the row), which
+// lets the chain take 1 where 2 would leave its grid idle: a chain with one row per group against
+// dispatches with two, and one with two against dispatches with one.
+TEST_F(MatvecChainTest, RowsPerRowGroupDoNotChangeTheBits) {
+  std::unique_ptr<ops::Matvec> one;
+  {
+    tests::ScopedEnv rows("TROVE_MATVEC_ROWS", "1");
+    auto m = ops::Matvec::create(*dev_);
+    ASSERT_TRUE(m.ok()) << m.status().ToString();
+    one = std::make_unique<ops::Matvec>(std::move(*m));
+  }
   ops::MatvecTuning t;
   t.form = ops::MatvecTuning::Form::kQ8;
   t.split = 1;
-  mv_->set_tuning(t);
-  ASSERT_EQ(mv_->q8_config().rows, 1u);
-  auto chain = ops::MatvecChain::create(*dev_, *mv_);
-  ASSERT_TRUE(chain.ok()) << chain.status().ToString();
-  same_bits(*chain, Layer{}, std::random_device{}());
+  one->set_tuning(t);
+  ASSERT_EQ(one->q8_config().rows, 1u);
+  ASSERT_EQ(mv_->q8_config().rows, 2u);
+  auto chain1 = ops::MatvecChain::create(*dev_, *one);
+  ASSERT_TRUE(chain1.ok()) << chain1.status().ToString();
+  auto chain2 = ops::MatvecChain::create(*dev_, *mv_);
+  ASSERT_TRUE(chain2.ok()) << chain2.status().ToString();
+  std::mt19937_64 seeds(std::random_device{}());
+  same_bits(*chain1, Layer{}, seeds(), false, mv_.get());
+  same_bits(*chain2, Layer{}, seeds(), false, one.get());
 }
 
 // Lavapipe runs a dispatch's workgroups on a few threads, one after another on each: a grid of 3

@@ -118,14 +118,15 @@ bool VulkanEngine::chains_qkv(const Layer& L) const {
 // layer's q, k, v (its attention norm) into attn_, o_, v_ as record_matvec does. Vectors 0 attn_, 1 x_,
 // 2 the FFN norm's weights, 3 h_, 4 the next attention norm's, 5 o_, 6 v_; weights 0 o, 1 gate, 2 up,
 // 3 down, 4 q, 5 k, 6 v.
-Status VulkanEngine::record_chain(vk::CommandStream& s, const Layer& L, const Layer* next) {
+Status VulkanEngine::record_chain(vk::CommandStream& s, const Layer& L, const Layer* next, uint32_t T) {
   using Ep = ops::MatvecEpilogue;
   const uint32_t E = cfg_.n_embd, F = static_cast<uint32_t>(L.gate.rows), Q = static_cast<uint32_t>(L.o.cols);
   ops::MatvecChainCall call;
-  call.vectors[0] = vk::BufferRange(attn_, 0, uint64_t{Q} * 4);
-  call.vectors[1] = vk::BufferRange(x_, 0, uint64_t{E} * 4);
+  call.batch = T;  // token t's rows at t·cols (inputs) and t·rows (outputs), as record_matvec's
+  call.vectors[0] = vk::BufferRange(attn_, 0, uint64_t{T} * Q * 4);
+  call.vectors[1] = vk::BufferRange(x_, 0, uint64_t{T} * E * 4);
   call.vectors[2] = L.ffn_norm.whole();
-  call.vectors[3] = vk::BufferRange(h_, 0, uint64_t{F} * 4);
+  call.vectors[3] = vk::BufferRange(h_, 0, uint64_t{T} * F * 4);
   call.weights[0] = chain_range(L.o);
   call.weights[1] = chain_range(L.gate);
   call.weights[2] = chain_range(L.up);
@@ -138,10 +139,10 @@ Status VulkanEngine::record_chain(vk::CommandStream& s, const Layer& L, const La
   if (next) {
     const uint32_t kq = static_cast<uint32_t>(next->q.rows), kk = static_cast<uint32_t>(next->k.rows),
                    kv = static_cast<uint32_t>(next->v.rows);
-    call.vectors[0] = vk::BufferRange(attn_, 0, uint64_t{std::max(Q, kq)} * 4);
+    call.vectors[0] = vk::BufferRange(attn_, 0, uint64_t{T} * std::max(Q, kq) * 4);
     call.vectors[4] = next->attn_norm.whole();
-    call.vectors[5] = vk::BufferRange(o_, 0, uint64_t{kk} * 4);
-    call.vectors[6] = vk::BufferRange(v_, 0, uint64_t{kv} * 4);
+    call.vectors[5] = vk::BufferRange(o_, 0, uint64_t{T} * kk * 4);
+    call.vectors[6] = vk::BufferRange(v_, 0, uint64_t{T} * kv * 4);
     call.weights[4] = chain_range(next->q);
     call.weights[5] = chain_range(next->k);
     call.weights[6] = chain_range(next->v);
@@ -433,7 +434,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     const bool mv = matvec_decode_ && T <= ops::Matvec::kMaxBatch;
     using Ep = ops::MatvecEpilogue;
     const bool warm = mv && !l2_warm_.empty();
-    const bool chain = mv && T == 1 && chain_ && !c.is_moe();  // TROVE_DECODE_CHAIN=1 (record_chain)
+    const bool chain = mv && chain_ && !c.is_moe();  // TROVE_DECODE_CHAIN=1 (record_chain): steps of <= 8 tokens
     bool qkv_done = false;  // the previous layer's chain computed this layer's q, k and v
     for (uint32_t l = 0; l < c.n_layer; ++l) {
       const Layer& L = layers_[l];
@@ -497,7 +498,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       mark(kOpAttention);
       if (chain && chains(L)) {  // o, gate/up, down (and the next layer's q, k, v) in one dispatch
         const Layer* next = l + 1 < c.n_layer && chains_qkv(layers_[l + 1]) ? &layers_[l + 1] : nullptr;
-        TROVE_RETURN_IF_ERROR(record_chain(s, L, next));
+        TROVE_RETURN_IF_ERROR(record_chain(s, L, next, T));
         s.barrier();
         mark(kOpChain);
         qkv_done = next != nullptr;

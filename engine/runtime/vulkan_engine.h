@@ -225,8 +225,8 @@ class VulkanEngine final : public Engine {
   // seeds_) — and later steps with the same key are submitted again as they are (one submit, nothing
   // recorded). replays_ maps keys to capture ids of stream_ (cleared with it).
   bool decode_replay_ = false;
-  // Decode chain (TROVE_DECODE_CHAIN=1; off by default until measured on a GPU): in steps of one token,
-  // a dense layer's o (+x), gate/up (SwiGLU), down (+x) and the next layer's q, k, v run as one
+  // Decode chain (TROVE_DECODE_CHAIN=1; off by default until measured on a GPU): in steps of <= 8
+  // tokens, a dense layer's o (+x), gate/up (SwiGLU), down (+x) and the next layer's q, k, v run as one
   // ops::MatvecChain dispatch with grid barriers (three dispatch boundaries fewer a layer, two in the
   // last). Waits that gave up make the step an error (chain_timeouts_: the op's count after the last step).
   std::optional<ops::MatvecChain> chain_;
@@ -242,7 +242,7 @@ class VulkanEngine final : public Engine {
   Status record_l2_warm(vk::CommandStream& s, WarmAt at, uint32_t layer, uint64_t (&done)[kWarmWhats]);
   bool chains(const Layer& L) const;
   bool chains_qkv(const Layer& L) const;
-  Status record_chain(vk::CommandStream& s, const Layer& L, const Layer* next);
+  Status record_chain(vk::CommandStream& s, const Layer& L, const Layer* next, uint32_t T);
   Status check_chain();
   // How decode steps wait for the GPU (vk::CommandStream::Wait): spin on GPUs, block on CPU devices;
   // TROVE_VK_WAIT=spin|block.

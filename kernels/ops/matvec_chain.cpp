@@ -26,7 +26,10 @@ struct Push {
 // (not seconds, which could trip the driver's watchdog) before timeouts() reports it.
 constexpr uint32_t kSpin = 1u << 16;
 constexpr uint32_t kStepUints = 13;   // matvec_chain.comp's plan layout
-constexpr uint32_t kBindings = 19;    // 8 vectors, 8 weights, ctl, report, plan
+constexpr uint32_t kBindings = 20;    // 8 vectors, 8 weights, ctl, report, plan, scratch (batches)
+// The batches' scratch holds x̂ of 8 columns of up to this many values (matvec_q8_parts.glsl's
+// MV_Q8_GLOBAL layout: B·T·13/32 + B floats, 852 KiB), made once so that recorded steps never see it move.
+constexpr uint32_t kMaxScratchCols = 65536;
 
 bool q8_type(GgmlType t) {
   return t == GgmlType::Q4_K || t == GgmlType::Q5_K || t == GgmlType::Q6_K || t == GgmlType::Q8_0;
@@ -43,8 +46,9 @@ struct MatvecChain::State {
   vk::Buffer ctl;     // device-local: arrivals, exits (the grid barrier spins on them)
   vk::Buffer report;  // host-visible: waits that gave up
   std::mutex mu;      // guards the two maps
-  std::map<std::array<uint32_t, 5>, vk::Pipeline> pipelines;  // (workgroup, lanes, tile, type mask, q6 wide)
+  std::map<std::array<uint32_t, 6>, vk::Pipeline> pipelines;  // (workgroup, lanes, tile, type mask, q6 wide, batch)
   std::map<std::vector<uint32_t>, vk::Buffer> plans;            // plan contents -> its device copy
+  vk::Buffer scratch;  // batches: x̂ of every column of a step (matvec_chain.glsl), kMaxScratchCols a column
 };
 
 MatvecChain::MatvecChain(MatvecChain&&) noexcept = default;
@@ -77,6 +81,9 @@ Result<MatvecChain> MatvecChain::create(vk::Device& dev, const Matvec& mv) {
   if (!report.ok()) return report.status();
   op.st_->report = std::move(*report);
   std::fill_n(static_cast<uint32_t*>(op.st_->report.mapped()), 4, 0u);
+  auto scratch = dev.buffer((uint64_t{Matvec::kMaxBatch} * kMaxScratchCols * 13 / 32 + Matvec::kMaxBatch) * 4);
+  if (!scratch.ok()) return scratch.status();
+  op.st_->scratch = std::move(*scratch);
   return op;
 }
 
@@ -88,6 +95,10 @@ Status MatvecChain::record(vk::CommandStream& s, const MatvecChainCall& call) co
   const Matvec::Q8Config q = st_->mv->q8_config();
   if (call.n_steps == 0 || call.n_steps > MatvecChainCall::kMaxSteps) {
     return Status::InvalidArgument(fmt::format("matvec chain: {} steps (1..{})", call.n_steps, MatvecChainCall::kMaxSteps));
+  }
+  const uint32_t B = call.batch;
+  if (B == 0 || B > Matvec::kMaxBatch) {
+    return Status::InvalidArgument(fmt::format("matvec chain: batch {} (1..{})", B, Matvec::kMaxBatch));
   }
   if (q.rows > 2 || q.swiglu_rows != 1) {
     return Status::Unsupported(fmt::format("matvec chain: rows per row group {} (SwiGLU {}); the chain takes 1 or 2 (SwiGLU 1)",
@@ -117,7 +128,7 @@ Status MatvecChain::record(vk::CommandStream& s, const MatvecChainCall& call) co
       }
       return Status::Ok();
     };
-    TROVE_RETURN_IF_ERROR(vec_ok(st.input, st.cols, "input"));
+    TROVE_RETURN_IF_ERROR(vec_ok(st.input, uint64_t{B} * st.cols, "input"));
     if (st.norm >= 0) TROVE_RETURN_IF_ERROR(vec_ok(static_cast<uint32_t>(st.norm), st.cols, "norm weights"));
     const uint32_t outs = swiglu ? 1 : st.n_mats;
     for (uint32_t m = 0; m < st.n_mats; ++m) {
@@ -143,7 +154,7 @@ Status MatvecChain::record(vk::CommandStream& s, const MatvecChainCall& call) co
         for (uint32_t n = 0; n < m; ++n) {
           if (st.mats[n].output == mat.output) return bad(fmt::format("matrices {} and {} write one output vector", n, m));
         }
-        TROVE_RETURN_IF_ERROR(vec_ok(mat.output, mat.rows, "output"));
+        TROVE_RETURN_IF_ERROR(vec_ok(mat.output, uint64_t{B} * mat.rows, "output"));
       }
       mask |= 1u << static_cast<uint32_t>(mat.type);
       uint32_t* p = &plan[1 + kStepUints * k + 4 + 3 * m];
@@ -170,19 +181,25 @@ Status MatvecChain::record(vk::CommandStream& s, const MatvecChainCall& call) co
     p[2] = st.input | (static_cast<uint32_t>(std::max(st.norm, 0)) << 4);
     p[3] = st.n_mats;
   }
-  // Shared memory: the staged tile (11/8 bytes a value) and a float per subgroup.
-  if (uint64_t{tile} * 11 / 8 + uint64_t{q.workgroup / q.lanes} * 4 > q.shared_bytes) {
+  if (B > 1 && tile > kMaxScratchCols) {
+    return Status::InvalidArgument(fmt::format("matvec chain: batches of steps of {} columns (at most {})", tile, kMaxScratchCols));
+  }
+  // Shared memory: the staged tile (11/8 bytes a value; batches: none) and a float per subgroup.
+  if ((B == 1 ? uint64_t{tile} * 11 / 8 : 0) + uint64_t{q.workgroup / q.lanes} * 4 > q.shared_bytes) {
     return Status::InvalidArgument(fmt::format("matvec chain: {} staged values do not fit {} bytes of shared memory", tile,
                                                q.shared_bytes));
   }
-  const std::array<uint32_t, 5> key = {q.workgroup, q.lanes, tile, mask, q.q6_wide ? 1u : 0u};
+  const std::array<uint32_t, 6> key = {q.workgroup, q.lanes, tile, mask, q.q6_wide ? 1u : 0u, B};
   const vk::Pipeline* pipe = nullptr;
   const vk::Buffer* plan_buf = nullptr;
   {
     std::lock_guard<std::mutex> lock(st_->mu);
     auto it = st_->pipelines.find(key);
     if (it == st_->pipelines.end()) {
-      auto p = st_->dev->pipeline({"matvec_chain", {key[0], key[1], key[2], key[3], key[4]}, sizeof(Push), kBindings, q.workgroup});
+      auto p = B == 1 ? st_->dev->pipeline({"matvec_chain", {key[0], key[1], key[2], key[3], key[4]}, sizeof(Push), kBindings,
+                                            q.workgroup})
+                      : st_->dev->pipeline({"matvec_chain_b", {key[0], key[1], key[2], key[3], key[4], B}, sizeof(Push),
+                                            kBindings, q.workgroup});
       if (!p.ok()) return p.status();
       it = st_->pipelines.emplace(key, std::move(*p)).first;
     }
@@ -204,6 +221,7 @@ Status MatvecChain::record(vk::CommandStream& s, const MatvecChainCall& call) co
   bufs[16] = vk::BufferRange(st_->ctl);
   bufs[17] = vk::BufferRange(st_->report);
   bufs[18] = vk::BufferRange(*plan_buf);
+  bufs[19] = B > 1 ? vk::BufferRange(st_->scratch) : vk::BufferRange(st_->ctl);  // batch 1 reads no scratch
   const Push push{st_->grid, kSpin, call.eps, 0};
   return s.dispatch(*pipe, bufs, &push, sizeof(push), st_->grid);
 }

@@ -1,7 +1,7 @@
-// kernels/ops/matvec_chain.h — up to four batch-1 decode matvecs, each reading what the ones before
+// kernels/ops/matvec_chain.h — up to four decode matvecs (1..8 columns), each reading what the ones before
 // wrote, in ONE dispatch: its workgroups (one per SM on a GPU, all resident at once) meet at a grid
 // barrier between steps instead of the GPU draining between dispatches (kernels/shaders/
-// matvec_chain.comp). The engine's use (TROVE_DECODE_CHAIN=1, off by default until measured): a dense
+// matvec_chain.glsl). The engine's use (TROVE_DECODE_CHAIN=1, off by default until measured): a dense
 // layer's attention output (+ residual), FFN gate/up (RMSNorm prologue, SwiGLU), FFN down (+ residual)
 // and the next layer's fused QKV (RMSNorm prologue) — three dependent dispatch boundaries fewer a layer.
 //
@@ -10,10 +10,13 @@
 //    16-byte aligned, at least the values a step reads or writes; a weight is a GGUF matrix of Q4_K,
 //    Q5_K, Q6_K or Q8_0 rows (row_bytes(type, cols) each). A step's input and norm vectors must not be
 //    its outputs, nor its outputs one another.
-//  - Step k computes what ops::Matvec computes for the same call at batch 1 in the q8 form with split
-//    1 and Matvec::q8_config()'s workgroup size, bit for bit (the same shader functions on the same
-//    lanes; tests MatvecChainTest.*). Rows per row group: q8_config()'s (1 or 2 only), or 1 where 2
-//    would leave the last round of row blocks mostly idle (a row's bits do not depend on it).
+//  - Step k computes what ops::Matvec computes for the same call in the q8 form (batches of 2..8: the
+//    q8p form, which gives a column the same numbers) with split 1 and Matvec::q8_config()'s workgroup
+//    size, bit for bit (the same shader functions on the same lanes; tests MatvecChainTest.*). Batch 1
+//    stages x̂ in shared memory per step; batches quantize each step's input into the op's scratch
+//    first (workgroup b % grid does column b), a grid barrier, then every workgroup reads it. Rows per
+//    row group: q8_config()'s (1 or 2 only), or 1 where 2 would leave the last round of row blocks
+//    mostly idle (a row's bits do not depend on it).
 //  - record() records one dispatch (the caller puts barriers before and after it). The first record()
 //    of a plan (the steps' shapes, types and indices) uploads it (a blocking copy, outside the stream).
 //    The grid barrier needs every workgroup resident at once: the op launches Matvec::q8_config().sms
@@ -52,6 +55,7 @@ struct MatvecChainCall {
   vk::BufferRange weights[kWeights];
   MatvecChainStep steps[kMaxSteps];
   uint32_t n_steps = 0;
+  uint32_t batch = 1;  // columns 1..8: vectors hold column b at b·cols (inputs) and b·rows (outputs)
   float eps = 1e-6f;
 };
 

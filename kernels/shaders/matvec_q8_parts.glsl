@@ -31,10 +31,18 @@ const uint kQ6Wide = 0u;  // 1: walk() takes Q6_K in 32-value parts (part_q6k_wi
 // d at kQ8Cols·T/4, sums at ·9/32, then inv_rms of each column at ·13/32; T = kTileVals; the
 // includer reads the last).
 #ifdef MV_Q8_GLOBAL
-layout(std430, set = 0, binding = 0) readonly buffer GQ { uvec4 gq4[]; };
-layout(std430, set = 0, binding = 0) readonly buffer GD { vec2 gd2[]; };
-layout(std430, set = 0, binding = 0) readonly buffer GS { vec4 gs4[]; };
-layout(std430, set = 0, binding = 0) readonly buffer GI { float gi[]; };
+// The scratch's binding and qualifier: 0 and readonly unless the includer says (matvec_chain_b.comp:
+// its own binding, coherent, as it writes the scratch in the same dispatch).
+#ifndef MV_Q8_GLOBAL_BINDING
+#define MV_Q8_GLOBAL_BINDING 0
+#endif
+#ifndef MV_Q8_GLOBAL_QUALIFIER
+#define MV_Q8_GLOBAL_QUALIFIER readonly
+#endif
+layout(std430, set = 0, binding = MV_Q8_GLOBAL_BINDING) MV_Q8_GLOBAL_QUALIFIER buffer GQ { uvec4 gq4[]; };
+layout(std430, set = 0, binding = MV_Q8_GLOBAL_BINDING) MV_Q8_GLOBAL_QUALIFIER buffer GD { vec2 gd2[]; };
+layout(std430, set = 0, binding = MV_Q8_GLOBAL_BINDING) MV_Q8_GLOBAL_QUALIFIER buffer GS { vec4 gs4[]; };
+layout(std430, set = 0, binding = MV_Q8_GLOBAL_BINDING) MV_Q8_GLOBAL_QUALIFIER buffer GI { float gi[]; };
 #define SQ(i) gq4[i]
 #define SD(i) gd2[kQ8Cols * kTileVals / 8u + (i)]
 #define SS(i) gs4[kQ8Cols * kTileVals * 9u / 128u + (i)]

@@ -514,9 +514,9 @@ TEST(Engine, DecodeReplayGivesTheBitsOfRecordedSteps) {
 
 // The decode chain (TROVE_DECODE_CHAIN=1): each dense layer's o, gate/up, down and the next layer's
 // QKV in one dispatch with grid barriers. With the q8 matvec form for both (TROVE_MATVEC=q8; on lavapipe its rows are not
-// split across subgroups, as in the chain), a prompt and its one-token steps give the logits of the
-// separate dispatches bit for bit, with replay too, and fewer dispatches; the MoE model (no dense
-// FFN) is unchanged; a bad value is refused by name. (8 one-token steps after the prompt.)
+// split across subgroups, as in the chain), a prompt of 2 tokens, 8 one-token steps and 4 steps of two
+// sequences together give the logits of the separate dispatches bit for bit, with replay too, and
+// fewer dispatches; the MoE model (no dense FFN) is unchanged; a bad value is refused by name.
 TEST(Engine, DecodeChainGivesTheBitsOfSeparateDispatches) {
   {
     ScopedEnv bad("TROVE_DECODE_CHAIN", "yes");
@@ -533,8 +533,27 @@ TEST(Engine, DecodeChainGivesTheBitsOfSeparateDispatches) {
       ScopedEnv ch("TROVE_DECODE_CHAIN", chain);
       ScopedEnv rep("TROVE_DECODE_REPLAY", replay);
       ScopedEnv prof("TROVE_PROFILE", "steps");
-      auto e = load(256, 1, 0, 64, path);
-      if (!e || !greedy_logits(*e, prompt(5, 23), 9, logits)) return -1.0;
+      auto e = load(256, 3, 0, 64, path);
+      if (!e || !greedy_logits(*e, prompt(2, 23), 9, logits)) return -1.0;
+      // Then two sequences in each step (steps of 2 tokens: the chain's batched form; batches of 1 and
+      // 2 only, as lavapipe compiles each batch size's pipelines anew).
+      engine::SeqId seq[2];
+      std::vector<int32_t> next[2] = {prompt(1, 41), prompt(1, 43)};
+      for (int i = 0; i < 2; ++i) {
+        auto sq = e->open_sequence();
+        EXPECT_TRUE(sq.ok());
+        if (!sq.ok()) return -1.0;
+        seq[i] = *sq;
+      }
+      for (int step = 0; step < 4; ++step) {
+        auto out = e->step(std::vector<StepInput>{logits_of(seq[0], next[0]), logits_of(seq[1], next[1])});
+        EXPECT_TRUE(out.ok()) << out.status().ToString();
+        if (!out.ok()) return -1.0;
+        for (int i = 0; i < 2; ++i) {
+          logits->push_back((*out)[i].logits);
+          next[i] = {(*out)[i].token};
+        }
+      }
     }
     return logged_dispatches(logs);
   };
@@ -544,7 +563,7 @@ TEST(Engine, DecodeChainGivesTheBitsOfSeparateDispatches) {
     std::vector<std::vector<float>> plain, chained, replayed;
     const double d_plain = run(path, "0", "0", &plain), d_chain = run(path, "1", "0", &chained);
     run(path, "1", "1", &replayed);
-    ASSERT_EQ(plain.size(), 9u);
+    ASSERT_EQ(plain.size(), 17u);
     ASSERT_EQ(chained.size(), plain.size());
     ASSERT_EQ(replayed.size(), plain.size());
     for (size_t i = 0; i < plain.size(); ++i) {
@@ -552,9 +571,9 @@ TEST(Engine, DecodeChainGivesTheBitsOfSeparateDispatches) {
       EXPECT_EQ(std::memcmp(plain[i].data(), replayed[i].data(), plain[i].size() * 4), 0) << "step " << i << ", replayed";
     }
     // The tiny models have 2 layers: 3 dispatches fewer in the first (o, gate/up, down and the second
-    // layer's QKV), 2 in the last, in the 8 one-token steps of the 9 (the first, the prompt, keeps its
-    // dispatches) on the dense model, none fewer on the MoE one.
-    EXPECT_NEAR(d_chain, dense ? d_plain - 5.0 * 8 / 9 : d_plain, 0.051)  // the log rounds to 0.1
+    // layer's QKV), 2 in the last, in every step (all of at most 8 tokens) on the dense model, none
+    // fewer on the MoE one.
+    EXPECT_NEAR(d_chain, dense ? d_plain - 5.0 : d_plain, 0.051)  // the log rounds to 0.1
         << "dispatches per decode step: " << d_chain << " chained, " << d_plain << " without";
   }
 }

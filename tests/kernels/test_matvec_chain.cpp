@@ -32,12 +32,13 @@ struct Layer {
   GgmlType o = GgmlType::Q4_K, gate = GgmlType::Q4_K, up = GgmlType::Q4_K, down = GgmlType::Q6_K;
   uint32_t steps = 4;  // o; o, gate/up; o, gate/up, down; o, gate/up, down, the next layer's q/k/v
   GgmlType qkv = GgmlType::Q4_K, v = GgmlType::Q6_K;  // q and k, and v, of the next layer (q: E rows, k and v: E / 4)
+  uint32_t batch = 1;  // columns (tokens)
 };
 
 std::string describe(const Layer& l) {
-  return fmt::format("E {} F {} o {} gate {} up {} down {} qk {} v {}, {} steps", l.E, l.F, quant::traits(l.o)->name,
-                     quant::traits(l.gate)->name, quant::traits(l.up)->name, quant::traits(l.down)->name,
-                     quant::traits(l.qkv)->name, quant::traits(l.v)->name, l.steps);
+  return fmt::format("E {} F {} o {} gate {} up {} down {} qk {} v {}, {} steps, batch {}", l.E, l.F,
+                     quant::traits(l.o)->name, quant::traits(l.gate)->name, quant::traits(l.up)->name,
+                     quant::traits(l.down)->name, quant::traits(l.qkv)->name, quant::traits(l.v)->name, l.steps, l.batch);
 }
 
 class MatvecChainTest : public ::testing::Test {
@@ -81,13 +82,13 @@ class MatvecChainTest : public ::testing::Test {
     std::mt19937_64 r(seed);
     std::normal_distribution<float> nd(0.0f, 1.0f);
     std::uniform_real_distribution<float> uw(0.5f, 1.5f);
-    const uint32_t KV = l.E / 4;
-    std::vector<float> a(l.E), x(l.E), nw(l.E), anw(l.E), poison(l.F);
+    const uint32_t KV = l.E / 4, B = l.batch;
+    std::vector<float> a(B * l.E), x(B * l.E), nw(l.E), anw(l.E), poison(B * l.F);
     for (auto& v : a) v = nd(r);
     for (auto& v : x) v = nd(r);
     for (auto& v : nw) v = uw(r);
     for (auto& v : anw) v = uw(r);
-    std::memcpy(poison.data(), std::vector<uint32_t>(l.F, kNaN).data(), l.F * 4);
+    std::memcpy(poison.data(), std::vector<uint32_t>(poison.size(), kNaN).data(), poison.size() * 4);
     const auto wo = kernels::ref::random_weights(l.o, l.E, l.E, 0.5f, r());
     const auto wg = kernels::ref::random_weights(l.gate, l.F, l.E, 0.5f, r());
     const auto wu = kernels::ref::random_weights(l.up, l.F, l.E, 0.5f, r());
@@ -99,7 +100,7 @@ class MatvecChainTest : public ::testing::Test {
     vk::Buffer bq = bytes(wq), bk = bytes(wk), bv = bytes(wv), banw = buf(anw);
 
     // Separate dispatches. The next layer's q is written over a (o's input), as the engine does.
-    vk::Buffer x1 = buf(x), h1 = buf(poison), a1 = buf(a), k1 = buf(poison), v1 = buf(poison);
+    vk::Buffer x1 = buf(x), h1 = buf(poison), a1 = buf(a), k1 = buf(poison), v1 = buf(poison);  // k, v: B·F ≥ B·KV
     {
       auto s = dev_->stream();
       EXPECT_TRUE(s.ok());
@@ -109,6 +110,7 @@ class MatvecChainTest : public ::testing::Test {
         if (k > 0) s->barrier();
         ops::MatvecCall c;
         c.cols = cols;
+        c.batch = B;
         c.x = x;
         if (norm) c.norm_w = *norm;
         c.epilogue = ep;
@@ -145,6 +147,7 @@ class MatvecChainTest : public ::testing::Test {
     call.weights[5] = bk;
     call.weights[6] = bv;
     call.n_steps = l.steps;
+    call.batch = B;
     call.steps[0] = {l.E, 0, -1, MatvecEpilogue::kAdd, {{0, 1, l.E, l.o}}, 1};
     call.steps[1] = {l.E, 1, 2, MatvecEpilogue::kSwiGlu, {{1, 3, l.F, l.gate}, {2, 3, l.F, l.up}}, 2};
     call.steps[2] = {l.F, 3, -1, MatvecEpilogue::kAdd, {{3, 1, l.E, l.down}}, 1};
@@ -173,11 +176,11 @@ class MatvecChainTest : public ::testing::Test {
         EXPECT_TRUE(ok) << what << " " << i << ": chain " << g[i] << ", dispatches " << w[i];
       }
     };
-    same(x1, x2, l.E, true, "residual", &x);
-    same(h1, h2, l.F, l.steps >= 2, "h", nullptr);
-    same(a1, a2, l.E, l.steps >= 4, "q (over a)", l.steps >= 4 ? &a : nullptr);
-    same(k1, k2, KV, l.steps >= 4, "k", nullptr);
-    same(v1, v2, KV, l.steps >= 4, "v", nullptr);
+    same(x1, x2, B * l.E, true, "residual", &x);
+    same(h1, h2, B * l.F, l.steps >= 2, "h", nullptr);
+    same(a1, a2, B * l.E, l.steps >= 4, "q (over a)", l.steps >= 4 ? &a : nullptr);
+    same(k1, k2, B * KV, l.steps >= 4, "k", nullptr);
+    same(v1, v2, B * KV, l.steps >= 4, "v", nullptr);
     return ok;
   }
 
@@ -189,12 +192,36 @@ TEST_F(MatvecChainTest, LayerGivesTheBitsOfSeparateDispatches) {
   auto chain = ops::MatvecChain::create(*dev_, *mv_);
   ASSERT_TRUE(chain.ok()) << chain.status().ToString();
   std::mt19937_64 seeds(std::random_device{}());
+  // Lavapipe compiles a pipeline per set of types (~1-2 s each): three layers cover every type in
+  // every step, gate and up of different types, and chains of 4, 3 and 1 steps.
   for (const Layer& l : {Layer{}, Layer{512, 768, GgmlType::Q5_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q8_0, 4, GgmlType::Q5_K, GgmlType::Q8_0},
                          Layer{256, 512, GgmlType::Q6_K, GgmlType::Q8_0, GgmlType::Q8_0, GgmlType::Q4_K, 3},
-                         Layer{512, 1024, GgmlType::Q4_K, GgmlType::Q4_K, GgmlType::Q4_K, GgmlType::Q6_K, 1},
-                         Layer{512, 1024, GgmlType::Q4_K, GgmlType::Q4_K, GgmlType::Q4_K, GgmlType::Q6_K, 2}}) {
+                         Layer{512, 1024, GgmlType::Q4_K, GgmlType::Q4_K, GgmlType::Q4_K, GgmlType::Q6_K, 1}}) {
     if (!same_bits(*chain, l, seeds())) break;
   }
+}
+
+// Batches of 2..8 columns (verification steps, several sequences): each step quantizes its input into
+// the op's scratch, a grid barrier, then the rows — the bits of Matvec's batched calls (the q8p form, or
+// the staged q8 form where x̂ fits shared memory: the same numbers).
+TEST_F(MatvecChainTest, BatchesGiveTheBitsOfSeparateDispatches) {
+  auto chain = ops::MatvecChain::create(*dev_, *mv_);
+  ASSERT_TRUE(chain.ok()) << chain.status().ToString();
+  std::mt19937_64 seeds(std::random_device{}());
+  Layer l{256, 512};  // smaller: each batch size is new pipelines for both sides
+  for (uint32_t b : {2u, 5u}) {
+    l.batch = b;
+    if (!same_bits(*chain, l, seeds())) break;
+  }
+  l.batch = 9;
+  auto s = dev_->stream();
+  ASSERT_TRUE(s.ok());
+  ops::MatvecChainCall c;
+  c.n_steps = 1;
+  c.batch = 9;
+  const Status st = chain->record(*s, c);
+  EXPECT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("batch 9 (1..8)"), std::string::npos) << st.message();
 }
 
 // Rows per row group do not change a row's bits (each lane walks the same parts of the row), which

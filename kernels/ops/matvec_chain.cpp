@@ -7,6 +7,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <fmt/format.h>
@@ -18,7 +19,7 @@ using quant::GgmlType;
 struct Push {
   uint32_t grid, spin;
   float eps;
-  uint32_t pad;
+  uint32_t flags;  // bit 0: prefetch the next step's first row block while waiting
 };
 
 // Polls before a wait gives up: ~25 ms of L2 round trips on an H200, where a resident grid waits at
@@ -43,6 +44,7 @@ struct MatvecChain::State {
   vk::Device* dev = nullptr;
   const Matvec* mv = nullptr;
   uint32_t grid = 1;
+  bool prefetch = false;  // TROVE_MATVEC_CHAIN_PREFETCH=1
   vk::Buffer ctl;     // device-local: arrivals, exits (the grid barrier spins on them)
   vk::Buffer report;  // host-visible: waits that gave up
   std::mutex mu;      // guards the two maps
@@ -72,6 +74,13 @@ Result<MatvecChain> MatvecChain::create(vk::Device& dev, const Matvec& mv) {
       return Status::InvalidArgument(fmt::format("TROVE_MATVEC_CHAIN_GRID='{}' is not a number of workgroups (1..65535)", g));
     }
     op.st_->grid = static_cast<uint32_t>(v);
+  }
+  if (const char* p = std::getenv("TROVE_MATVEC_CHAIN_PREFETCH"); p && *p) {
+    const std::string_view v(p);
+    if (v != "0" && v != "1") {
+      return Status::InvalidArgument(fmt::format("TROVE_MATVEC_CHAIN_PREFETCH='{}' is not 0 or 1", p));
+    }
+    op.st_->prefetch = v == "1";
   }
   auto ctl = dev.buffer(16);
   if (!ctl.ok()) return ctl.status();
@@ -222,7 +231,7 @@ Status MatvecChain::record(vk::CommandStream& s, const MatvecChainCall& call) co
   bufs[17] = vk::BufferRange(st_->report);
   bufs[18] = vk::BufferRange(*plan_buf);
   bufs[19] = B > 1 ? vk::BufferRange(st_->scratch) : vk::BufferRange(st_->ctl);  // batch 1 reads no scratch
-  const Push push{st_->grid, kSpin, call.eps, 0};
+  const Push push{st_->grid, kSpin, call.eps, st_->prefetch ? 1u : 0u};
   return s.dispatch(*pipe, bufs, &push, sizeof(push), st_->grid);
 }
 

@@ -22,7 +22,9 @@
 //    The grid barrier needs every workgroup resident at once: the op launches Matvec::q8_config().sms
 //    workgroups on a GPU (TROVE_MATVEC_CHAIN_GRID overrides), 1 on a CPU device. A wait that gives up
 //    (workgroups not resident together) is counted: timeouts() after the submission says the results
-//    are wrong.
+//    are wrong. TROVE_MATVEC_CHAIN_PREFETCH=1 (a measurement, off by default): between steps, a
+//    workgroup that has arrived at the barrier reads its first row block of the next step into L2
+//    while it waits (no result changes).
 //  - Devices without the q8 form (integer dot products, subgroup arithmetic and shuffles): create()
 //    fails with kUnsupported.
 #pragma once

@@ -89,7 +89,9 @@ layout(std430, set = 0, binding = 19) coherent buffer QQ { uvec4 q4w[]; };  // t
 layout(std430, set = 0, binding = 19) coherent buffer QF { float qfw[]; };
 #endif
 
-layout(push_constant) uniform P { uint grid; uint spin; float eps; uint pad; } pc;
+// flags: bit 0 prefetch (TROVE_MATVEC_CHAIN_PREFETCH: between steps, a workgroup that has arrived reads
+// its first row block of the next step into L2 while it waits); bit 1 is never set (prefetch's sink).
+layout(push_constant) uniform P { uint grid; uint spin; float eps; uint flags; } pc;
 
 uint q8_col(uint b) { return b; }
 shared float sssq[kGroups];  // per-subgroup Σ x²
@@ -151,13 +153,16 @@ uint g_in = 0u, g_norm = 0u;  // the step's input and norm_w vectors (stage_half
 #define MV_NW4(i) vec_at4(g_norm, i)
 #include "matvec_q8_parts.glsl"
 
-// Grid barrier: this workgroup's writes visible, counted, then wait for every workgroup's.
-void grid_barrier() {
+// Grid barrier in two halves: arrive (this workgroup's writes visible, then counted) and wait (for every
+// workgroup's arrival); work that reads nothing the others write may go between them.
+void grid_arrive() {
   ++g_barriers;
   memoryBarrierBuffer();
   barrier();
+  if (gl_LocalInvocationID.x == 0u) atomicAdd(ctl[0], 1u);
+}
+void grid_wait() {
   if (gl_LocalInvocationID.x == 0u) {
-    atomicAdd(ctl[0], 1u);
     const uint want = pc.grid * g_barriers;
     uint polls = 0u;
     while (ctl[0] < want && polls < pc.spin) ++polls;
@@ -165,6 +170,10 @@ void grid_barrier() {
   }
   memoryBarrierBuffer();
   barrier();
+}
+void grid_barrier() {
+  grid_arrive();
+  grid_wait();
 }
 
 #ifdef MV_CHAIN_BATCHED
@@ -283,11 +292,39 @@ void run_step(uint k, uint wg, uint group, uint lane) {
   }
 }
 
+// Reads the weights of this workgroup's first row block of step k (its first matrix's rows; SwiGLU:
+// the up rows too) and drops them, so that they are in L2 when step k starts. Changes no result.
+void prefetch_step(uint k, uint wg) {
+  const uint o = 1u + kStepUints * k;
+  const uint flags = plan[o + 1u], kR = (flags >> 8u) & 15u, per_block = kGroups * kR;
+  const bool swiglu = (flags & 4u) != 0u;
+  const uint walked = swiglu ? 1u : plan[o + 3u];
+  uint blk = wg, m = 0u;
+  for (; m < walked; ++m) {
+    const uint blocks = (plan[o + 5u + 3u * m] + per_block - 1u) / per_block;
+    if (blk < blocks) break;
+    blk -= blocks;
+  }
+  if (m >= walked) return;  // no block for this workgroup in step k
+  uvec4 x = uvec4(0u);
+  for (uint j = 0u; j < (swiglu ? 2u : 1u); ++j) {
+    const uint mm = swiglu ? j : m;
+    const uint md = plan[o + 4u + 3u * mm], rows = plan[o + 5u + 3u * mm], rb = plan[o + 6u + 3u * mm];
+    const uint r0 = blk * per_block, r1 = min(r0 + per_block, rows);
+    for (uint i = (r0 * rb) / 16u + gl_LocalInvocationID.x; i < (r1 * rb + 15u) / 16u; i += kWG) x ^= wq(md & 15u, i);
+  }
+  if ((pc.flags & 2u) != 0u && x.x == 0x9E3779B9u) ctl[3] = x.y;  // never: keeps the loads
+}
+
 void main() {
   const uint wg = gl_WorkGroupID.x, lid = gl_LocalInvocationID.x, group = lid / kG, lane = lid % kG;
   const uint steps = plan[0];
   for (uint k = 0u; k < steps; ++k) {
-    if (k > 0u) grid_barrier();  // step k reads what step k - 1 wrote
+    if (k > 0u) {  // step k reads what step k - 1 wrote
+      grid_arrive();
+      if ((pc.flags & 1u) != 0u) prefetch_step(k, wg);
+      grid_wait();
+    }
     run_step(k, wg, group, lane);
   }
   barrier();

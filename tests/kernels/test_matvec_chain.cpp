@@ -250,6 +250,25 @@ TEST_F(MatvecChainTest, RowsPerRowGroupDoNotChangeTheBits) {
   same_bits(*chain2, Layer{}, seeds(), false, one.get());
 }
 
+// TROVE_MATVEC_CHAIN_PREFETCH=1 only reads weights between steps: the same bits (on lavapipe the one
+// workgroup reads its next block before going on). A bad value is refused.
+TEST_F(MatvecChainTest, PrefetchChangesNoResult) {
+  {
+    tests::ScopedEnv bad("TROVE_MATVEC_CHAIN_PREFETCH", "yes");
+    EXPECT_FALSE(ops::MatvecChain::create(*dev_, *mv_).ok());
+  }
+  tests::ScopedEnv on("TROVE_MATVEC_CHAIN_PREFETCH", "1");
+  auto chain = ops::MatvecChain::create(*dev_, *mv_);
+  ASSERT_TRUE(chain.ok()) << chain.status().ToString();
+  std::mt19937_64 seeds(std::random_device{}());
+  Layer l;
+  if (!same_bits(*chain, l, seeds())) return;
+  l.batch = 2;
+  l.E = 256;
+  l.F = 512;
+  same_bits(*chain, l, seeds());
+}
+
 // Lavapipe runs a dispatch's workgroups on a few threads, one after another on each: a grid of 3
 // cannot meet at a barrier there, and the op must say so rather than leave wrong numbers unnoticed.
 // On a GPU the same grid is resident and must give the bits of the dispatches.

@@ -88,11 +88,6 @@ Status VulkanEngine::record_l2_warm(vk::CommandStream& s, WarmAt at, uint32_t la
   return Status::Ok();
 }
 
-// W·x̂ for 1..3 weights sharing x through ops::Matvec (batch <= Matvec::kMaxBatch; norm_w empty = no
-// RMSNorm prologue). One dispatch when every weight lies in one buffer; a weight spread over several
-// buffers (the vocabulary head of a large model) goes one row range at a time, each call writing its
-// slice of the full-width output (y stride = the weight's rows). kSwiGlu's gate and up (equal rows) are
-// cut at the same rows; other epilogues cut each weight on its own.
 // The decode chain takes a dense layer whose o, gate, up and down are each one buffer of a q8 type
 // (Q4_K, Q5_K, Q6_K, Q8_0) with widths that are multiples of 256 (and, for the layer before, its q, k
 // and v); other layers keep their dispatches.
@@ -166,6 +161,11 @@ Status VulkanEngine::check_chain() {
       chain_->grid()));
 }
 
+// W·x̂ for 1..3 weights sharing x through ops::Matvec (batch <= Matvec::kMaxBatch; norm_w empty = no
+// RMSNorm prologue). One dispatch when every weight lies in one buffer; a weight spread over several
+// buffers (the vocabulary head of a large model) goes one row range at a time, each call writing its
+// slice of the full-width output (y stride = the weight's rows). kSwiGlu's gate and up (equal rows) are
+// cut at the same rows; other epilogues cut each weight on its own.
 Status VulkanEngine::record_matvec(vk::CommandStream& s, std::initializer_list<MatvecOut> outs, uint32_t batch,
                                    vk::BufferRange x, vk::BufferRange norm_w, ops::MatvecEpilogue epilogue) {
   ops::MatvecCall call;
@@ -440,10 +440,12 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       const Layer& L = layers_[l];
       uint64_t warmed[kWarmWhats] = {};  // words of each WarmWhat read into L2 so far in this layer
       auto warm_at = [&](WarmAt at) { return warm ? record_l2_warm(s, at, l, warmed) : Status::Ok(); };
-      if (qkv_done) {
+      if (qkv_done) {  // q, k and v are in attn_, o_, v_ already (and the barrier after them recorded)
         qkv_done = false;
       } else if (mv) {
         TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.q, attn_}, {&L.k, o_}, {&L.v, v_}}, T, x_, L.attn_norm.whole(), Ep::kStore));
+        s.barrier();
+        mark(kOpQkv);
       } else {
         if (f16_acts) {
           TROVE_RETURN_IF_ERROR(ops_.rms_f16.record(s, x_, L.attn_norm.whole(), xnh_, T, E, c.rms_eps));
@@ -455,9 +457,9 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
         TROVE_RETURN_IF_ERROR(record_matmul(s, L.q, 0, T, xin, attn_, f16_acts));
         TROVE_RETURN_IF_ERROR(record_matmul(s, L.k, 0, T, xin, o_, f16_acts));
         TROVE_RETURN_IF_ERROR(record_matmul(s, L.v, 0, T, xin, v_, f16_acts));
+        s.barrier();
+        mark(kOpQkv);
       }
-      s.barrier();
-      mark(kOpQkv);
       if (fused_rope_kv_) {
         ops::QkNormRopeKv::Call call{&attn_, &o_, &v_, &L.q_norm.whole(), &L.k_norm.whole(), &positions_, &slots_, &kv_[l], &q_};
         call.tokens = T;

@@ -202,9 +202,12 @@ TEST(Dashboard, RunningAndQueuedRequestsShowTheirState) {
   send_request(second, "POST", "/v1/messages",
                R"({"stream":true,"max_tokens":5000,"messages":[{"role":"user","content":"hi"}]})", "User-Agent: agent-two\r\n");
   json seqs;
+  // The running rows are the scheduler's snapshot of its last loop, the queued ones are live: under a
+  // loaded machine the first status with the second request queued can still show the first as it
+  // was before its first step, so wait for both (this flaked once in a full -j2 run, 2026-12-05).
   for (int i = 0; i < 200; ++i) {
     seqs = status_of(s.port)["sequences"];
-    if (seqs.size() == 2 && seqs[0]["state"] == "queued") break;
+    if (seqs.size() == 2 && seqs[0]["state"] == "queued" && seqs[1]["state"] == "decoding") break;
     std::this_thread::sleep_for(10ms);
   }
   ASSERT_EQ(seqs.size(), 2u) << seqs.dump();

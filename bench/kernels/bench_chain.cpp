@@ -30,7 +30,8 @@ Status bench_chain(vk::Device& dev, const ChainBenchOptions& opts, std::vector<K
   for (const auto& sz : sizes) {
     const uint64_t words = std::min<uint64_t>(static_cast<uint64_t>(sz.mb * 1e6 / 16), max_words);
     for (uint32_t grid : grids) {
-      for (auto mode : {ops::ChainMode::kDispatchPerPhase, ops::ChainMode::kGridBarrier, ops::ChainMode::kSplitBarrier}) {
+      for (auto mode : {ops::ChainMode::kDispatchPerPhase, ops::ChainMode::kDispatchNoBarrier, ops::ChainMode::kGridBarrier,
+                        ops::ChainMode::kSplitBarrier}) {
         const std::string op_name = fmt::format("chain {}", ops::chain_mode_name(mode));
         const std::string shape = fmt::format("{} steps, {}, grid {}", phases, sz.name, grid);
         if (opts.wanted && !opts.wanted(op_name + " " + shape)) continue;

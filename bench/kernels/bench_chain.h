@@ -1,7 +1,8 @@
 // bench/kernels/bench_chain.h — the "chain" rows of bench_kernels: what one dependent step of a
 // decode-like chain costs (ops::ChainProbe), as one dispatch per step behind pipeline barriers against
 // one dispatch whose workgroups meet at grid barriers, with and without the next step's weights
-// streamed while a workgroup waits. The question it answers: would a persistent decode kernel remove
+// streamed while a workgroup waits; and the dispatches without barriers (wrong results: what the
+// launches cost without the drains). The question it answers: would a persistent decode kernel remove
 // the latency of the ~230 dependent dispatches of a decode step (docs/performance.md)?
 #pragma once
 

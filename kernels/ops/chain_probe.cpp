@@ -15,6 +15,7 @@ const char* chain_mode_name(ChainMode m) {
     case ChainMode::kDispatchPerPhase: return "dispatch per phase";
     case ChainMode::kGridBarrier: return "grid barrier";
     case ChainMode::kSplitBarrier: return "split grid barrier";
+    case ChainMode::kDispatchNoBarrier: return "dispatch per phase, no barriers (wrong results)";
   }
   return "?";
 }
@@ -44,11 +45,12 @@ Status ChainProbe::record(vk::CommandStream& s, const Call& c) const {
   }
   std::array<vk::BufferRange, 3> bufs = {vk::BufferRange(*c.w), vk::BufferRange(*c.y), vk::BufferRange(*c.ctl)};
   Push push{c.n, c.phases, 0, static_cast<uint32_t>(c.words), c.grid, c.spin};
-  const vk::Pipeline& pipe = pipelines_[static_cast<int>(c.mode)];
-  if (c.mode != ChainMode::kDispatchPerPhase) return s.dispatch(pipe, bufs, &push, sizeof(push), c.grid);
+  const bool per_phase = c.mode == ChainMode::kDispatchPerPhase || c.mode == ChainMode::kDispatchNoBarrier;
+  const vk::Pipeline& pipe = pipelines_[per_phase ? 0 : static_cast<int>(c.mode)];
+  if (!per_phase) return s.dispatch(pipe, bufs, &push, sizeof(push), c.grid);
   push.phases = 1;
   for (uint32_t p = 0; p < c.phases; ++p) {
-    if (p > 0) s.barrier();
+    if (p > 0 && c.mode == ChainMode::kDispatchPerPhase) s.barrier();
     push.first = p;
     if (auto st = s.dispatch(pipe, bufs, &push, sizeof(push), c.grid); !st.ok()) return st;
   }

@@ -26,7 +26,10 @@
 
 namespace trove::ops {
 
-enum class ChainMode { kDispatchPerPhase = 0, kGridBarrier = 1, kSplitBarrier = 2 };
+// kDispatchNoBarrier: the dispatches of kDispatchPerPhase without the barriers between them — they
+// overlap and read vectors not yet written, so its results are wrong; its time against
+// kDispatchPerPhase's is what the drains cost, apart from what the launches cost.
+enum class ChainMode { kDispatchPerPhase = 0, kGridBarrier = 1, kSplitBarrier = 2, kDispatchNoBarrier = 3 };
 const char* chain_mode_name(ChainMode m);
 
 class ChainProbe {

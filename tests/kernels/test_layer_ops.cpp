@@ -394,6 +394,20 @@ TEST(ChainProbe, EveryModeComputesTheSameChain) {
   }
   EXPECT_GE(exact, 3 * 2 + 3) << "every mode must run the grid-1 cases, and per-phase dispatches every case";
   std::printf("chain probe: %d runs exact, %d reported waits that gave up\n", exact, gave_up);
+  // The measurement without barriers records the same dispatches and no barrier between them.
+  {
+    auto y = g.poisoned(4 * 4 * 5), w = g.poisoned(16 * 4 * 8), ctl = g.up(std::vector<uint32_t>{0, 0, 0});
+    for (auto mode : {ops::ChainMode::kDispatchPerPhase, ops::ChainMode::kDispatchNoBarrier}) {
+      auto s = g.dev->stream();
+      ASSERT_TRUE(s.ok());
+      const vk::StreamCounters before = s->counters();
+      ASSERT_TRUE(op->record(*s, {mode, &w, &y, &ctl, 4, 4, 8, 1}).ok());
+      EXPECT_EQ(s->counters().dispatches - before.dispatches, 4u) << ops::chain_mode_name(mode);
+      EXPECT_EQ(s->counters().barriers - before.barriers, mode == ops::ChainMode::kDispatchPerPhase ? 3u : 0u)
+          << ops::chain_mode_name(mode);
+      ASSERT_TRUE(s->submit_and_wait().ok());
+    }
+  }
   auto y = g.poisoned(8), w = g.poisoned(16), ctl = g.poisoned(12);
   auto s = g.dev->stream();
   EXPECT_FALSE(op->record(*s, {ops::ChainMode::kGridBarrier, &w, &y, &ctl, 4, 1, 0, 1}).ok())

@@ -50,21 +50,21 @@ const uint kGroups = kWG / kG;
 const uint kStepUints = 13u;
 
 layout(std430, set = 0, binding = 0) coherent buffer V0 { vec4 v0_4[]; };
-layout(std430, set = 0, binding = 0) coherent buffer V0f { float v0[]; };
+layout(std430, set = 0, binding = 0) coherent buffer V0f { float v0f[]; };
 layout(std430, set = 0, binding = 1) coherent buffer V1 { vec4 v1_4[]; };
-layout(std430, set = 0, binding = 1) coherent buffer V1f { float v1[]; };
+layout(std430, set = 0, binding = 1) coherent buffer V1f { float v1f[]; };
 layout(std430, set = 0, binding = 2) coherent buffer V2 { vec4 v2_4[]; };
-layout(std430, set = 0, binding = 2) coherent buffer V2f { float v2[]; };
+layout(std430, set = 0, binding = 2) coherent buffer V2f { float v2f[]; };
 layout(std430, set = 0, binding = 3) coherent buffer V3 { vec4 v3_4[]; };
-layout(std430, set = 0, binding = 3) coherent buffer V3f { float v3[]; };
+layout(std430, set = 0, binding = 3) coherent buffer V3f { float v3f[]; };
 layout(std430, set = 0, binding = 4) coherent buffer V4 { vec4 v4_4[]; };
-layout(std430, set = 0, binding = 4) coherent buffer V4f { float v4[]; };
+layout(std430, set = 0, binding = 4) coherent buffer V4f { float v4f[]; };
 layout(std430, set = 0, binding = 5) coherent buffer V5 { vec4 v5_4[]; };
-layout(std430, set = 0, binding = 5) coherent buffer V5f { float v5[]; };
+layout(std430, set = 0, binding = 5) coherent buffer V5f { float v5f[]; };
 layout(std430, set = 0, binding = 6) coherent buffer V6 { vec4 v6_4[]; };
-layout(std430, set = 0, binding = 6) coherent buffer V6f { float v6[]; };
+layout(std430, set = 0, binding = 6) coherent buffer V6f { float v6f[]; };
 layout(std430, set = 0, binding = 7) coherent buffer V7 { vec4 v7_4[]; };
-layout(std430, set = 0, binding = 7) coherent buffer V7f { float v7[]; };
+layout(std430, set = 0, binding = 7) coherent buffer V7f { float v7f[]; };
 layout(std430, set = 0, binding = 8) readonly buffer W0q { uvec4 w0q[]; };
 layout(std430, set = 0, binding = 8) readonly buffer W0w { uint w0w[]; };
 layout(std430, set = 0, binding = 9) readonly buffer W1q { uvec4 w1q[]; };
@@ -97,55 +97,30 @@ uint q8_col(uint b) { return b; }
 shared float sssq[kGroups];  // per-subgroup Σ x²
 uint g_barriers = 0u;        // grid barriers passed so far in this dispatch
 
-uvec4 wq(uint m, uint i) {
-  if (m == 0u) return w0q[i];
-  if (m == 1u) return w1q[i];
-  if (m == 2u) return w2q[i];
-  if (m == 3u) return w3q[i];
-  if (m == 4u) return w4q[i];
-  if (m == 5u) return w5q[i];
-  if (m == 6u) return w6q[i];
-  return w7q[i];
-}
-uint ww(uint m, uint i) {
-  if (m == 0u) return w0w[i];
-  if (m == 1u) return w1w[i];
-  if (m == 2u) return w2w[i];
-  if (m == 3u) return w3w[i];
-  if (m == 4u) return w4w[i];
-  if (m == 5u) return w5w[i];
-  if (m == 6u) return w6w[i];
-  return w7w[i];
-}
-vec4 vec_at4(uint m, uint i) {
-  if (m == 0u) return v0_4[i];
-  if (m == 1u) return v1_4[i];
-  if (m == 2u) return v2_4[i];
-  if (m == 3u) return v3_4[i];
-  if (m == 4u) return v4_4[i];
-  if (m == 5u) return v5_4[i];
-  if (m == 6u) return v6_4[i];
-  return v7_4[i];
-}
-float vec_at(uint m, uint i) {
-  if (m == 0u) return v0[i];
-  if (m == 1u) return v1[i];
-  if (m == 2u) return v2[i];
-  if (m == 3u) return v3[i];
-  if (m == 4u) return v4[i];
-  if (m == 5u) return v5[i];
-  if (m == 6u) return v6[i];
-  return v7[i];
-}
+// Binding m of eight same-typed views (prefix P, suffix S: w0q .. w7q, v0_4 .. v7_4, v0f .. v7f),
+// chosen by a workgroup-uniform m.
+#define MV_PICK8(P, S) \
+  if (m == 0u) return P##0##S[i]; \
+  if (m == 1u) return P##1##S[i]; \
+  if (m == 2u) return P##2##S[i]; \
+  if (m == 3u) return P##3##S[i]; \
+  if (m == 4u) return P##4##S[i]; \
+  if (m == 5u) return P##5##S[i]; \
+  if (m == 6u) return P##6##S[i]; \
+  return P##7##S[i];
+uvec4 wq(uint m, uint i) { MV_PICK8(w, q) }
+uint ww(uint m, uint i) { MV_PICK8(w, w) }
+vec4 vec_at4(uint m, uint i) { MV_PICK8(v, _4) }
+float vec_at(uint m, uint i) { MV_PICK8(v, f) }
 void vec_set(uint m, uint i, float x) {
-  if (m == 0u) v0[i] = x;
-  else if (m == 1u) v1[i] = x;
-  else if (m == 2u) v2[i] = x;
-  else if (m == 3u) v3[i] = x;
-  else if (m == 4u) v4[i] = x;
-  else if (m == 5u) v5[i] = x;
-  else if (m == 6u) v6[i] = x;
-  else v7[i] = x;
+  if (m == 0u) v0f[i] = x;
+  else if (m == 1u) v1f[i] = x;
+  else if (m == 2u) v2f[i] = x;
+  else if (m == 3u) v3f[i] = x;
+  else if (m == 4u) v4f[i] = x;
+  else if (m == 5u) v5f[i] = x;
+  else if (m == 6u) v6f[i] = x;
+  else v7f[i] = x;
 }
 
 uint g_in = 0u, g_norm = 0u;  // the step's input and norm_w vectors (stage_half, quant_column read them)

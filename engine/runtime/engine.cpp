@@ -72,6 +72,19 @@ Result<Ops> make_ops(vk::Device& dev) {
   return o;
 }
 
+// A TROVE_* switch of 0 or 1 (unset or empty: `out` keeps its default); anything else is refused,
+// naming what each value does.
+Status env_switch(const char* name, bool& out, std::string_view on, std::string_view off) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return Status::Ok();
+  const std::string_view m = v;
+  if (m != "0" && m != "1") {
+    return Status::InvalidArgument(fmt::format("{}={} is not a choice: use 1 ({}) or 0 ({})", name, m, on, off));
+  }
+  out = m == "1";
+  return Status::Ok();
+}
+
 std::string human_bytes(uint64_t b) {
   if (b >= (1ull << 30)) return fmt::format("{:.2f} GiB", static_cast<double>(b) / (1ull << 30));
   return fmt::format("{:.1f} MiB", static_cast<double>(b) / (1ull << 20));
@@ -179,24 +192,13 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
     }
     e->fused_rope_kv_ = v == "fused";
   }
-  if (const char* v = std::getenv("TROVE_DECODE_REPLAY"); v && *v) {
-    const std::string_view m = v;
-    if (m != "0" && m != "1") {
-      return Status::InvalidArgument(fmt::format(
-          "TROVE_DECODE_REPLAY={} is not a choice: use 1 (decode steps of one token a sequence are recorded once per "
-          "sequences, sampling and attention slicing, and submitted again) or 0 (the default: every step is recorded)", m));
-    }
-    e->decode_replay_ = m == "1";
-  }
-  if (const char* v = std::getenv("TROVE_MOE_F16"); v && *v) {
-    const std::string_view m = v;
-    if (m != "0" && m != "1") {
-      return Status::InvalidArgument(fmt::format(
-          "TROVE_MOE_F16={} is not a choice: use 1 (the default: the MoE prefill's expert GEMMs read the FFN input "
-          "rounded to f16 once) or 0 (they read it as f32 and round it per tile, for A/B comparisons)", m));
-    }
-    e->moe_f16_ = m == "1";
-  }
+  TROVE_RETURN_IF_ERROR(env_switch("TROVE_DECODE_REPLAY", e->decode_replay_,
+                                   "decode steps of one token a sequence are recorded once per sequences, sampling and "
+                                   "attention slicing, and submitted again",
+                                   "the default: every step is recorded"));
+  TROVE_RETURN_IF_ERROR(env_switch("TROVE_MOE_F16", e->moe_f16_,
+                                   "the default: the MoE prefill's expert GEMMs read the FFN input rounded to f16 once",
+                                   "they read it as f32 and round it per tile, for A/B comparisons"));
   std::optional<std::vector<L2WarmItem>> warm_env;
   if (const char* v = std::getenv("TROVE_L2_WARM"); v && *v) {
     auto items = parse_l2_warm(v);
@@ -256,21 +258,15 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
   auto ops = make_ops(*e->dev_);
   if (!ops.ok()) return ops.status();
   e->ops_ = std::move(*ops);
-  if (const char* v = std::getenv("TROVE_DECODE_CHAIN"); v && *v) {
-    const std::string_view m = v;
-    if (m != "0" && m != "1") {
-      return Status::InvalidArgument(fmt::format(
-          "TROVE_DECODE_CHAIN={} is not a choice: use 1 (one-token decode steps run each dense layer's attention output, "
-          "FFN gate/up and FFN down as one dispatch with grid barriers, ops::MatvecChain) or 0 (the default: three "
-          "dispatches)", m));
-    }
-    if (m == "1") {
-      auto chain = ops::MatvecChain::create(*e->dev_, *e->ops_.matvec);
-      if (!chain.ok()) {
-        return Status::Unsupported(fmt::format("TROVE_DECODE_CHAIN=1: {}; unset it on this device", chain.status().message()));
-      }
-      e->chain_.emplace(std::move(*chain));
-    }
+  bool chain = false;
+  TROVE_RETURN_IF_ERROR(env_switch("TROVE_DECODE_CHAIN", chain,
+                                   "steps of <= 8 tokens run each dense layer's attention output, FFN gate/up, FFN down "
+                                   "and the next layer's QKV as one dispatch with grid barriers, ops::MatvecChain",
+                                   "the default: separate dispatches"));
+  if (chain) {
+    auto ch = ops::MatvecChain::create(*e->dev_, *e->ops_.matvec);
+    if (!ch.ok()) return Status::Unsupported(fmt::format("TROVE_DECODE_CHAIN=1: {}; unset it on this device", ch.status().message()));
+    e->chain_.emplace(std::move(*ch));
   }
 
   // Memory plan: weights + KV pool + scratch must fit the device.

@@ -193,9 +193,9 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
     e->fused_rope_kv_ = v == "fused";
   }
   TROVE_RETURN_IF_ERROR(env_switch("TROVE_DECODE_REPLAY", e->decode_replay_,
-                                   "decode steps of one token a sequence are recorded once per sequences, sampling and "
-                                   "attention slicing, and submitted again",
-                                   "the default: every step is recorded"));
+                                   "the default: decode steps of one token a sequence are recorded once per sequences, "
+                                   "sampling and attention slicing, and submitted again",
+                                   "every step is recorded"));
   TROVE_RETURN_IF_ERROR(env_switch("TROVE_MOE_F16", e->moe_f16_,
                                    "the default: the MoE prefill's expert GEMMs read the FFN input rounded to f16 once",
                                    "they read it as f32 and round it per tile, for A/B comparisons"));

@@ -217,14 +217,14 @@ class VulkanEngine final : public Engine {
   // MoE prefill on the matrix units: the FFN norm also writes f16 rows (xnh_) that the experts' grouped
   // GEMMs read (the router keeps the f32 rows); TROVE_MOE_F16=0 leaves them on the f32 rows (A/B).
   bool moe_f16_ = true;
-  // Decode replay (TROVE_DECODE_REPLAY=1; off by default until measured on a GPU): a decode step of
+  // Decode replay (on by default since 2026-12-05's H200 A/B; TROVE_DECODE_REPLAY=0 records every step): a decode step of
   // one token for each of 1..8 sequences, no profile of its ops, no KV block to copy, is captured once
   // (vk::CommandStream::begin_capture) under a key of what the recording fixes — the sequences, what
   // each asks for and its sampling parameters, and each attention call's slicing
   // (PagedAttention::replay_key, with its position read from positions_; the sampler's seed from
   // seeds_) — and later steps with the same key are submitted again as they are (one submit, nothing
   // recorded). replays_ maps keys to capture ids of stream_ (cleared with it).
-  bool decode_replay_ = false;
+  bool decode_replay_ = true;
   // Decode chain (TROVE_DECODE_CHAIN=1; off by default until measured on a GPU): in steps of <= 8
   // tokens, a dense layer's o (+x), gate/up (SwiGLU), down (+x) and the next layer's q, k, v run as one
   // ops::MatvecChain dispatch with grid barriers (three dispatch boundaries fewer a layer, two in the

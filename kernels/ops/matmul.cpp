@@ -167,7 +167,7 @@ Result<Matmul> Matmul::create(vk::Device& dev, MatmulPath path) {
     if (end == v || *end != 0 || n == 0 || n > 100000) {
       return Status::InvalidArgument(fmt::format(
           "TROVE_CM2_MIN_TILES='{}' is not a tile count; give the large cm2 tiles (128 x 256) a dense call of 2048+ "
-          "columns needs to run on cm2 (default {})", v, kCm2TilesToFill));
+          "columns needs to run on cm2 (default 128)", v));
     }
     op.cm2_min_tiles_ = n;
   }

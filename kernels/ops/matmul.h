@@ -141,7 +141,10 @@ class Matmul {
   // H200 the 8B's prefill went 6528 → 7455 tok/s (pp512), 6280 → 7085 (pp4096), 5443 → 6053 (to 16384).
   uint32_t khr_prefetch_ = 2;
   bool cm2_grouped_ = false;  // KHR path on a cm2 device: grouped calls take the cm2 grouped kernel
-  uint64_t cm2_min_tiles_ = 132;  // takes_cm2(): large cm2 tiles a call needs (TROVE_CM2_MIN_TILES)
+  // takes_cm2(): large cm2 tiles a call needs (TROVE_CM2_MIN_TILES). 128 since 2026-12-05 (132, one per SM,
+  // before): the 30B-A3B's attention output at 2048 tokens (128 tiles) moved to cm2, pp4096 9813-9829 ->
+  // 10082 tok/s on the H200.
+  uint64_t cm2_min_tiles_ = 128;
   // GroupedMatmulCall::x_by_slot honoured by the cm2 kernel (TROVE_GROUPED_BY_SLOT=1, force_by_slot);
   // off by default: on the H200 (2026-12-04) its first form, every tile through a clamped layout, made
   // the 30B-A3B's prefill 0.8% slower than the gather; the unclamped interior tiles have not run on a

@@ -349,6 +349,7 @@ TEST(Matmul, AutomaticPathTakesCm2ForLargeBatches) {
   EXPECT_FALSE(op->takes_cm2(4096, B - 1));
   EXPECT_FALSE(op->takes_cm2(4096, 512));
   EXPECT_FALSE(op->takes_cm2(1024, B));  // 8 × 8 large tiles: too few for the SMs
+  EXPECT_TRUE(op->takes_cm2(2048, B));   // 16 × 8 = 128: the 30B-A3B's attention output (cm2_min_tiles_)
   uint64_t seed = 1100;
   for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0}) {
     check(*dev, *op, type, 4096, 1024, B, seed++, 2e-3, true, 24);

@@ -258,16 +258,6 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
   auto ops = make_ops(*e->dev_);
   if (!ops.ok()) return ops.status();
   e->ops_ = std::move(*ops);
-  bool chain = false;
-  TROVE_RETURN_IF_ERROR(env_switch("TROVE_DECODE_CHAIN", chain,
-                                   "steps of <= 8 tokens run each dense layer's attention output, FFN gate/up, FFN down "
-                                   "and the next layer's QKV as one dispatch with grid barriers, ops::MatvecChain",
-                                   "the default: separate dispatches"));
-  if (chain) {
-    auto ch = ops::MatvecChain::create(*e->dev_, *e->ops_.matvec);
-    if (!ch.ok()) return Status::Unsupported(fmt::format("TROVE_DECODE_CHAIN=1: {}; unset it on this device", ch.status().message()));
-    e->chain_.emplace(std::move(*ch));
-  }
 
   // Memory plan: weights + KV pool + scratch must fit the device.
   uint64_t weight_bytes = 0;

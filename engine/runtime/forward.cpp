@@ -88,79 +88,6 @@ Status VulkanEngine::record_l2_warm(vk::CommandStream& s, WarmAt at, uint32_t la
   return Status::Ok();
 }
 
-// The decode chain takes a dense layer whose o, gate, up and down are each one buffer of a q8 type
-// (Q4_K, Q5_K, Q6_K, Q8_0) with widths that are multiples of 256 (and, for the layer before, its q, k
-// and v); other layers keep their dispatches.
-namespace {
-bool chain_weight(const Weight& w) {
-  const GgmlType t = w.type;
-  return w.pieces.size() == 1 && w.rows * w.row_bytes <= kMaxMatvecBytes && w.cols % 256 == 0 &&
-         (t == GgmlType::Q4_K || t == GgmlType::Q5_K || t == GgmlType::Q6_K || t == GgmlType::Q8_0);
-}
-vk::BufferRange chain_range(const Weight& w) {
-  return vk::BufferRange(w.whole(), 0, std::min<uint64_t>((w.expert_bytes() + 3) / 4 * 4, w.whole().size()));
-}
-}  // namespace
-
-bool VulkanEngine::chains(const Layer& L) const {
-  return chain_weight(L.o) && chain_weight(L.gate) && chain_weight(L.up) && chain_weight(L.down);
-}
-bool VulkanEngine::chains_qkv(const Layer& L) const {
-  return chain_weight(L.q) && chain_weight(L.k) && chain_weight(L.v);
-}
-
-// o (+x: heads × head_dim columns), gate/up (FFN norm, SwiGLU) into h_, down (+x), and with `next` that
-// layer's q, k, v (its attention norm) into attn_, o_, v_ as record_matvec does. Vectors 0 attn_, 1 x_,
-// 2 the FFN norm's weights, 3 h_, 4 the next attention norm's, 5 o_, 6 v_; weights 0 o, 1 gate, 2 up,
-// 3 down, 4 q, 5 k, 6 v.
-Status VulkanEngine::record_chain(vk::CommandStream& s, const Layer& L, const Layer* next, uint32_t T) {
-  using Ep = ops::MatvecEpilogue;
-  const uint32_t E = cfg_.n_embd, F = static_cast<uint32_t>(L.gate.rows), Q = static_cast<uint32_t>(L.o.cols);
-  ops::MatvecChainCall call;
-  call.batch = T;  // token t's rows at t·cols (inputs) and t·rows (outputs), as record_matvec's
-  call.vectors[0] = vk::BufferRange(attn_, 0, uint64_t{T} * Q * 4);
-  call.vectors[1] = vk::BufferRange(x_, 0, uint64_t{T} * E * 4);
-  call.vectors[2] = L.ffn_norm.whole();
-  call.vectors[3] = vk::BufferRange(h_, 0, uint64_t{T} * F * 4);
-  call.weights[0] = chain_range(L.o);
-  call.weights[1] = chain_range(L.gate);
-  call.weights[2] = chain_range(L.up);
-  call.weights[3] = chain_range(L.down);
-  call.eps = cfg_.rms_eps;
-  call.n_steps = 3;
-  call.steps[0] = {Q, 0, -1, Ep::kAdd, {{0, 1, E, L.o.type}}, 1};
-  call.steps[1] = {E, 1, 2, Ep::kSwiGlu, {{1, 3, F, L.gate.type}, {2, 3, F, L.up.type}}, 2};
-  call.steps[2] = {F, 3, -1, Ep::kAdd, {{3, 1, E, L.down.type}}, 1};
-  if (next) {
-    const uint32_t kq = static_cast<uint32_t>(next->q.rows), kk = static_cast<uint32_t>(next->k.rows),
-                   kv = static_cast<uint32_t>(next->v.rows);
-    call.vectors[0] = vk::BufferRange(attn_, 0, uint64_t{T} * std::max(Q, kq) * 4);
-    call.vectors[4] = next->attn_norm.whole();
-    call.vectors[5] = vk::BufferRange(o_, 0, uint64_t{T} * kk * 4);
-    call.vectors[6] = vk::BufferRange(v_, 0, uint64_t{T} * kv * 4);
-    call.weights[4] = chain_range(next->q);
-    call.weights[5] = chain_range(next->k);
-    call.weights[6] = chain_range(next->v);
-    call.steps[3] = {E, 1, 4, Ep::kStore, {{4, 0, kq, next->q.type}, {5, 5, kk, next->k.type}, {6, 6, kv, next->v.type}}, 3};
-    call.n_steps = 4;
-  }
-  return chain_->record(s, call);
-}
-
-// After a step's wait: a grid barrier of the decode chain that gave up means the step's numbers are
-// wrong (the chain's workgroups were not all resident together).
-Status VulkanEngine::check_chain() {
-  if (!chain_) return Status::Ok();
-  const uint32_t t = chain_->timeouts();
-  if (t == chain_timeouts_) return Status::Ok();
-  const uint32_t n = t - chain_timeouts_;
-  chain_timeouts_ = t;
-  return Status::Internal(fmt::format(
-      "decode chain: {} grid-barrier waits gave up in this step, so its results are wrong: the chain's {} workgroups "
-      "were not all resident on the GPU at once; set TROVE_MATVEC_CHAIN_GRID lower or unset TROVE_DECODE_CHAIN", n,
-      chain_->grid()));
-}
-
 // W·x̂ for 1..3 weights sharing x through ops::Matvec (batch <= Matvec::kMaxBatch; norm_w empty = no
 // RMSNorm prologue). One dispatch when every weight lies in one buffer; a weight spread over several
 // buffers (the vocabulary head of a large model) goes one row range at a time, each call writing its
@@ -396,7 +323,6 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
           ++row;
         }
         TROVE_RETURN_IF_ERROR(s.replay(it->second, decode_wait_));
-        TROVE_RETURN_IF_ERROR(check_chain());
         profile_.add_step(s, counters_before, T, false, marks);
         return Status::Ok();
       }
@@ -434,18 +360,12 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     const bool mv = matvec_decode_ && T <= ops::Matvec::kMaxBatch;
     using Ep = ops::MatvecEpilogue;
     const bool warm = mv && !l2_warm_.empty();
-    const bool chain = mv && chain_ && !c.is_moe();  // TROVE_DECODE_CHAIN=1 (record_chain): steps of <= 8 tokens
-    bool qkv_done = false;  // the previous layer's chain computed this layer's q, k and v
     for (uint32_t l = 0; l < c.n_layer; ++l) {
       const Layer& L = layers_[l];
       uint64_t warmed[kWarmWhats] = {};  // words of each WarmWhat read into L2 so far in this layer
       auto warm_at = [&](WarmAt at) { return warm ? record_l2_warm(s, at, l, warmed) : Status::Ok(); };
-      if (qkv_done) {  // q, k and v are in attn_, o_, v_ already (and the barrier after them recorded)
-        qkv_done = false;
-      } else if (mv) {
+      if (mv) {
         TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.q, attn_}, {&L.k, o_}, {&L.v, v_}}, T, x_, L.attn_norm.whole(), Ep::kStore));
-        s.barrier();
-        mark(kOpQkv);
       } else {
         if (f16_acts) {
           TROVE_RETURN_IF_ERROR(ops_.rms_f16.record(s, x_, L.attn_norm.whole(), xnh_, T, E, c.rms_eps));
@@ -457,9 +377,9 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
         TROVE_RETURN_IF_ERROR(record_matmul(s, L.q, 0, T, xin, attn_, f16_acts));
         TROVE_RETURN_IF_ERROR(record_matmul(s, L.k, 0, T, xin, o_, f16_acts));
         TROVE_RETURN_IF_ERROR(record_matmul(s, L.v, 0, T, xin, v_, f16_acts));
-        s.barrier();
-        mark(kOpQkv);
       }
+      s.barrier();
+      mark(kOpQkv);
       if (fused_rope_kv_) {
         ops::QkNormRopeKv::Call call{&attn_, &o_, &v_, &L.q_norm.whole(), &L.k_norm.whole(), &positions_, &slots_, &kv_[l], &q_};
         call.tokens = T;
@@ -498,14 +418,6 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       }
       s.barrier();
       mark(kOpAttention);
-      if (chain && chains(L)) {  // o, gate/up, down (and the next layer's q, k, v) in one dispatch
-        const Layer* next = l + 1 < c.n_layer && chains_qkv(layers_[l + 1]) ? &layers_[l + 1] : nullptr;
-        TROVE_RETURN_IF_ERROR(record_chain(s, L, next, T));
-        s.barrier();
-        mark(kOpChain);
-        qkv_done = next != nullptr;
-        continue;
-      }
       if (mv) {
         TROVE_RETURN_IF_ERROR(warm_at(kWarmO));
         TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.o, x_}}, T, attn_, {}, Ep::kAdd));
@@ -634,7 +546,6 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     }
     if (profile_.steps()) s.timestamp();
     TROVE_RETURN_IF_ERROR(s.submit_and_wait(T <= ops::Matvec::kMaxBatch ? decode_wait_ : vk::CommandStream::Wait::kBlock));
-    TROVE_RETURN_IF_ERROR(check_chain());
     if (capturing && s.last_capture() != vk::CommandStream::kNoCapture && s.capture_valid(s.last_capture()) &&
         s.last_capture() != capture_before) {
       replays_[*replay_key] = s.last_capture();

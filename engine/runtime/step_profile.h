@@ -32,7 +32,6 @@ enum OpKind : uint8_t {
   kOpFfnNorm,
   kOpFfnGateUp,
   kOpFfn,
-  kOpChain,
   kOpMoeRouter,
   kOpMoeRoute,
   kOpMoeGateUp,

@@ -26,7 +26,6 @@
 #include "engine/runtime/l2_warm_plan.h"
 #include "engine/runtime/moe_layer.h"
 #include "engine/runtime/step_profile.h"
-#include "kernels/ops/matvec_chain.h"
 #include "kernels/ops/add.h"
 #include "kernels/ops/attention.h"
 #include "kernels/ops/l2_warm.h"
@@ -225,12 +224,6 @@ class VulkanEngine final : public Engine {
   // seeds_) — and later steps with the same key are submitted again as they are (one submit, nothing
   // recorded). replays_ maps keys to capture ids of stream_ (cleared with it).
   bool decode_replay_ = true;
-  // Decode chain (TROVE_DECODE_CHAIN=1; off by default until measured on a GPU): in steps of <= 8
-  // tokens, a dense layer's o (+x), gate/up (SwiGLU), down (+x) and the next layer's q, k, v run as one
-  // ops::MatvecChain dispatch with grid barriers (three dispatch boundaries fewer a layer, two in the
-  // last). Waits that gave up make the step an error (chain_timeouts_: the op's count after the last step).
-  std::optional<ops::MatvecChain> chain_;
-  uint32_t chain_timeouts_ = 0;
   std::map<std::array<uint64_t, 3>, uint32_t> replays_;
   static constexpr size_t kMaxReplays = 64;  // past this many keys the captures are dropped and made anew
   // L2 warm-ups in decode steps (matvec path; engine/runtime/l2_warm_plan.h): none unless TROVE_L2_WARM
@@ -240,10 +233,6 @@ class VulkanEngine final : public Engine {
   std::optional<ops::L2Warm> l2_warm_op_;
   vk::Buffer l2_warm_out_;
   Status record_l2_warm(vk::CommandStream& s, WarmAt at, uint32_t layer, uint64_t (&done)[kWarmWhats]);
-  bool chains(const Layer& L) const;
-  bool chains_qkv(const Layer& L) const;
-  Status record_chain(vk::CommandStream& s, const Layer& L, const Layer* next, uint32_t T);
-  Status check_chain();
   // How decode steps wait for the GPU (vk::CommandStream::Wait): spin on GPUs, block on CPU devices;
   // TROVE_VK_WAIT=spin|block.
   vk::CommandStream::Wait decode_wait_ = vk::CommandStream::Wait::kBlock;

@@ -131,22 +131,6 @@ class Matvec {
   // concurrent record().
   void set_tuning(const MatvecTuning& t);
 
-  // What batch-1 q8 calls run with (the tuning and TROVE_MATVEC_* knobs applied): ops::MatvecChain
-  // takes the same settings, so that its steps give the bits of these calls with one subgroup per row
-  // group (split 1).
-  struct Q8Config {
-    bool supported = false;     // q8_supported()
-    bool cpu = false;           // a CPU device
-    uint32_t workgroup = 0;     // invocations per workgroup
-    uint32_t lanes = 0;         // lanes per row group (the subgroup size)
-    uint32_t rows = 0;          // rows per row group, without and with SwiGLU
-    uint32_t swiglu_rows = 0;
-    bool q6_wide = true;        // Q6_K rows in 32-value parts
-    uint32_t sms = 0;           // streaming multiprocessors (0: the driver does not say)
-    uint32_t shared_bytes = 0;  // maxComputeSharedMemorySize
-  };
-  Q8Config q8_config() const;
-
   Matvec(Matvec&&) noexcept;
   Matvec& operator=(Matvec&&) noexcept;
   ~Matvec();

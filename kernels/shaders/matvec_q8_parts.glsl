@@ -12,7 +12,6 @@
 //                                 the caller selects per part: moe_down_q8.comp's expert j)
 //   uvec4 wq(uint mat, uint i)    16-byte word i of matrix `mat`'s weights;  uint ww(mat, i): 4-byte
 //   buffers x4 (vec4 activations) and nw4 (vec4 RMSNorm weights) for stage_half, unless MV_Q8_GLOBAL
-//              (or macros MV_X4(i) / MV_NW4(i) returning their vec4 i)
 // and sets, before calling a part: row_off[s] (byte offset of slot s's row), slot_mat[s] (its matrix),
 // live[s]; the parts add into acc[b][s].
 #extension GL_EXT_control_flow_attributes : require
@@ -31,18 +30,10 @@ const uint kQ6Wide = 0u;  // 1: walk() takes Q6_K in 32-value parts (part_q6k_wi
 // d at kQ8Cols·T/4, sums at ·9/32, then inv_rms of each column at ·13/32; T = kTileVals; the
 // includer reads the last).
 #ifdef MV_Q8_GLOBAL
-// The scratch's binding and qualifier: 0 and readonly unless the includer says (matvec_chain_b.comp:
-// its own binding, coherent, as it writes the scratch in the same dispatch).
-#ifndef MV_Q8_GLOBAL_BINDING
-#define MV_Q8_GLOBAL_BINDING 0
-#endif
-#ifndef MV_Q8_GLOBAL_QUALIFIER
-#define MV_Q8_GLOBAL_QUALIFIER readonly
-#endif
-layout(std430, set = 0, binding = MV_Q8_GLOBAL_BINDING) MV_Q8_GLOBAL_QUALIFIER buffer GQ { uvec4 gq4[]; };
-layout(std430, set = 0, binding = MV_Q8_GLOBAL_BINDING) MV_Q8_GLOBAL_QUALIFIER buffer GD { vec2 gd2[]; };
-layout(std430, set = 0, binding = MV_Q8_GLOBAL_BINDING) MV_Q8_GLOBAL_QUALIFIER buffer GS { vec4 gs4[]; };
-layout(std430, set = 0, binding = MV_Q8_GLOBAL_BINDING) MV_Q8_GLOBAL_QUALIFIER buffer GI { float gi[]; };
+layout(std430, set = 0, binding = 0) readonly buffer GQ { uvec4 gq4[]; };
+layout(std430, set = 0, binding = 0) readonly buffer GD { vec2 gd2[]; };
+layout(std430, set = 0, binding = 0) readonly buffer GS { vec4 gs4[]; };
+layout(std430, set = 0, binding = 0) readonly buffer GI { float gi[]; };
 #define SQ(i) gq4[i]
 #define SD(i) gd2[kQ8Cols * kTileVals / 8u + (i)]
 #define SS(i) gs4[kQ8Cols * kTileVals * 9u / 128u + (i)]
@@ -265,14 +256,6 @@ void q8_part(uint type, uint p) {
 }
 
 #ifndef MV_Q8_GLOBAL
-// Where stage_half reads x and norm_w (vec4 index): the includer's buffers x4 and nw4 unless it
-// defines MV_X4 / MV_NW4 (matvec_chain.comp: the step's own vectors).
-#ifndef MV_X4
-#define MV_X4(i) x4[i]
-#endif
-#ifndef MV_NW4
-#define MV_NW4(i) nw4[i]
-#endif
 // Half h of a block (h = 2k + half: values 32k + 16·half .. +15), staged by a pair of adjacent
 // invocations (q8_half: both of the pair must call it, with h and h ^ 1). Returns the block's Σ x²
 // on the even invocation, 0 on the odd one, so that each block counts once in a running sum.
@@ -281,11 +264,11 @@ float stage_half(uint b, uint xrow, uint h, bool norm, float dscale) {
   vec4 v[4], n[4];
   [[unroll]] for (uint i = 0u; i < 4u; ++i) {
 #ifdef MV_STAGE_KNOBS
-    v[i] = g_no_loads ? vec4(1.0) : MV_X4(xrow + at + i);
-    n[i] = norm && !g_no_loads ? MV_NW4(at + i) : vec4(1.0);
+    v[i] = g_no_loads ? vec4(1.0) : x4[xrow + at + i];
+    n[i] = norm && !g_no_loads ? nw4[at + i] : vec4(1.0);
 #else
-    v[i] = MV_X4(xrow + at + i);
-    n[i] = norm ? MV_NW4(at + i) : vec4(1.0);
+    v[i] = x4[xrow + at + i];
+    n[i] = norm ? nw4[at + i] : vec4(1.0);
 #endif
   }
 #ifdef MV_STAGE_KNOBS

@@ -290,6 +290,16 @@ Result<MoeFfn> MoeFfn::create(vk::Device& dev, uint32_t slots_per_pass, bool gpu
   // TROVE_MOE_Q8_WG=128|256|512|1024: invocations per workgroup of the q8 expert kernels (each
   // workgroup stages its inputs once, so larger ones stage less per row; default 256 on GPUs, else
   // kDirectWorkgroup). MoeTuning::workgroup overrides it.
+  // TROVE_MOE_Q8_TOUCH=N (0..8; 0, the default, until measured on a GPU): each invocation of the q8
+  // gate/up kernel loads a word of N 32-byte sectors of its first row block before staging x̂ and uses
+  // them after it (moe_experts_q8.comp: kTouch; matvec.cpp's TROVE_MATVEC_Q8_TOUCH). Same numbers.
+  if (const char* v = std::getenv("TROVE_MOE_Q8_TOUCH"); v && *v) {
+    const std::string_view n(v);
+    if (n.size() != 1 || n[0] < '0' || n[0] > '8') {
+      return Status::InvalidArgument(fmt::format("TROVE_MOE_Q8_TOUCH='{}' is not a number of weight sectors (0..8)", v));
+    }
+    op.q8_touch_ = static_cast<uint32_t>(n[0] - '0');
+  }
   if (const char* v = std::getenv("TROVE_MOE_Q8_WG"); v && *v) {
     const std::string_view w(v);
     if (w != "128" && w != "256" && w != "512" && w != "1024") {
@@ -652,7 +662,7 @@ Result<bool> MoeFfn::record_gate_up_q8(vk::CommandStream& s, const MoeFfnCall& c
   if (q8_column_bytes(hidden) + wg / g * 4 > shared_bytes_) return false;
   auto p = pipeline("moe_experts_q8",
                     {wg, g, rows, (hidden + 255) / 256 * 256, static_cast<uint32_t>(c.gate.type), static_cast<uint32_t>(c.up.type), hidden,
-                     q6_wide()},
+                     q6_wide(), q8_touch_},
                     sizeof(ExpertsQ8Push), 6, wg);
   if (!p.ok()) return p.status();
   const uint32_t rows_per_wg = wg / g * rows, blocks = (ffn + rows_per_wg - 1) / rows_per_wg;

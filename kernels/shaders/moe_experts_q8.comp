@@ -25,6 +25,7 @@ layout(constant_id = 4) const uint kType0 = 12u;       // gate and up weight typ
 layout(constant_id = 5) const uint kType1 = 12u;
 layout(constant_id = 6) const uint kCols = 2048u;      // = pc.cols: the parts loops get a trip count known when compiled
 layout(constant_id = 7) const uint kQ6Wide = 0u;        // 1: Q6_K rows in 32-value parts (part_q6k_wide)
+layout(constant_id = 8) const uint kTouch = 0u;         // weight sectors each invocation loads before the staging (0..8)
 #define MV_Q6_WIDE
 const uint kWG = gl_WorkGroupSize.x;
 const uint kGroups = kWG / kG;
@@ -63,6 +64,19 @@ void main() {
   const uint lid = gl_LocalInvocationID.x, group = lid / kG, lane = lid % kG;
   const uint expert = ids[pair];
   const bool norm = pc.norm != 0u;
+  // kTouch (TROVE_MOE_Q8_TOUCH), as matvec_q8.glsl's: a word of each of kTouch 32-byte sectors of the
+  // workgroup's first row block (gate and up rows in turn) loaded before the staging and used after it
+  // in `junk` (0 at run time: pc.norm is 0 or 1), so the expert's rows come from memory while x̂ is staged.
+  uint touched[kTouch != 0u ? kTouch : 1u];
+  if (kTouch != 0u) {
+    const uint rstart = gl_WorkGroupID.x * kGroups * kR;
+    const uint nrows = rstart < pc.rows ? min(kGroups * kR, pc.rows - rstart) : 0u;
+    [[unroll]] for (uint k = 0u; k < kTouch; ++k) {
+      const uint mat = k & 1u, rb = mat == 0u ? pc.rb0 : pc.rb1;
+      const uint i = (k >> 1u) * kWG + lid;
+      touched[k] = i < nrows * rb / 32u ? ww(mat, (expert * pc.rows + rstart) * rb / 4u + 8u * i) : 0u;
+    }
+  }
 
   float ssq = 0.0;
   const uint xrow = (pair / pc.k) * (pc.cols >> 2u);
@@ -78,7 +92,10 @@ void main() {
     inv = inversesqrt(t / float(pc.cols) + pc.eps);
   }
 
-  for (uint blk = gl_WorkGroupID.x; blk < pc.blocks; blk += pc.grid_x) {
+  uint junk = 0u;
+  [[unroll]] for (uint k = 0u; k < kTouch; ++k) junk ^= touched[k];
+  junk &= pc.norm >> 1u;
+  for (uint blk = gl_WorkGroupID.x + junk; blk < pc.blocks; blk += pc.grid_x) {
     const uint r0 = (blk * kGroups + group) * kR;
     bool lv[kNS];
     [[unroll]] for (uint s = 0u; s < kNS; ++s) {

@@ -423,7 +423,8 @@ TEST_F(MoeFfnTest, Q8Form) {
   t.q8_workgroups = 2;
   ffn_->set_tuning(t);
   run(q8({"q8, down split 4, rows 2, walking", 3, 8, 8, 256, 512, Q4_K, Q5_K, Q4_K, Case::kRouter}, true));
-  for (auto [name, value] : {std::pair{"TROVE_MOE_Q8_DOWN_SPLIT", "3"}, std::pair{"TROVE_MOE_Q8_WG", "96"}}) {
+  for (auto [name, value] : {std::pair{"TROVE_MOE_Q8_DOWN_SPLIT", "3"}, std::pair{"TROVE_MOE_Q8_WG", "96"},
+                             std::pair{"TROVE_MOE_Q8_TOUCH", "9"}}) {
     tests::ScopedEnv bad(name, value);
     auto f = ops::MoeFfn::create(*dev_);
     ASSERT_FALSE(f.ok()) << name;
@@ -443,6 +444,11 @@ TEST_F(MoeFfnTest, Q8Form) {
     fresh_q8_op();
   }
   run(q8({"q8, workgroups of 256, down split 2", 7, 16, 4, 256, 768, Q4_K, Q4_K, Q6_K, Case::kRouter}, true));
+  {  // TROVE_MOE_Q8_TOUCH: the first row block's sectors loaded before the staging (gate and up in turn)
+    tests::ScopedEnv touch("TROVE_MOE_Q8_TOUCH", "4");
+    fresh_q8_op();
+  }
+  run(q8({"q8, first block touched", 7, 16, 4, 256, 768, Q4_K, Q5_K, Q6_K, Case::kRouter}, true));
   fresh_q8_op();  // the rest with the defaults again
   // Float gate/up run the direct form, the Q4_K down the q8 form; a plan-indexed step the direct form.
   Case f = q8({"q8, float gate/up", 3, 8, 2, 256, 256, F16, BF16, Q4_K, Case::kRandom}, true);

@@ -43,9 +43,9 @@ constexpr uint32_t kDirectWorkgroup = 128;  // direct form: 4 row groups (subgro
 // One pipeline per distinct specialization: matvec_body.glsl's constant ids 0..11, in this order (kG,
 // id 1, is `lanes`: kGroupLanes, or kCpuGroupLanes on CPU devices); sg > 1 selects matvec.comp (subgroupAdd), 1 matvec_nosg.comp.
 struct Key {
-  uint32_t wg, nb, rows, swiglu, tile, mats, type0, type1, type2, unroll, sg, lanes, direct, q6wide = 0, split = 1, touch = 0;
+  uint32_t wg, nb, rows, swiglu, tile, mats, type0, type1, type2, unroll, sg, lanes, direct, q6wide = 0, split = 1;
   auto tie() const {
-    return std::tie(wg, nb, rows, swiglu, tile, mats, type0, type1, type2, unroll, sg, lanes, direct, q6wide, split, touch);
+    return std::tie(wg, nb, rows, swiglu, tile, mats, type0, type1, type2, unroll, sg, lanes, direct, q6wide, split);
   }
   bool operator<(const Key& o) const { return tie() < o.tie(); }
 };
@@ -131,7 +131,6 @@ struct Matvec::State {
   uint32_t q8_rows = 0;           // ... of batch-1 q8 calls without SwiGLU (TROVE_MATVEC_ROWS; 0: kDefaultRows)
   uint32_t q8_swiglu_rows = 0;    // ... of batch-1 q8 SwiGLU calls, gate rows (TROVE_MATVEC_SWIGLU_ROWS; 0: 1)
   uint32_t q8_split = 0;          // q8 forms: subgroups sharing a row group's rows (TROVE_MATVEC_Q8_SPLIT; 0: automatic)
-  uint32_t q8_touch = 0;          // q8 form: weight sectors each invocation loads before the staging (TROVE_MATVEC_Q8_TOUCH)
   uint32_t waves = 8;             // workgroups of 512 invocations per SM when x fits one tile
                                   // (TROVE_MATVEC_WAVES overrides: 0 = one workgroup per row block)
   MatvecTuning tuning;
@@ -164,7 +163,7 @@ struct Matvec::State {
     if (k.direct >= 2) {  // q8 (2) and q8p (3) forms: constant ids 0..11 of matvec_q8.glsl
       auto p = dev->pipeline({k.direct == 3 ? "matvec_q8p" : "matvec_q8",
                               {k.wg, k.lanes, k.nb, k.rows, k.swiglu, k.tile, k.mats, k.type0, k.type1, k.type2, k.q6wide,
-                               k.split, k.touch},
+                               k.split},
                               sizeof(Push), 8, k.wg});
       if (!p.ok()) return p.status();
       return &pipelines.emplace(k, std::move(*p)).first->second;
@@ -295,17 +294,6 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
           "TROVE_MATVEC_Q8_STAGE='{}' is not noloads or skip (a measurement with wrong results; unset it to decode)", w));
     }
     op.st_->q8_stage_flags = v == "noloads" ? 4u : 8u;
-  }
-  // TROVE_MATVEC_Q8_TOUCH=N (0..8; 0, the default, until measured on a GPU): each invocation of a staged
-  // q8 call loads a word of N 32-byte sectors of its workgroup's first row block before staging x̂ and
-  // uses them only after it (matvec_q8.glsl: kTouch), so that the block's weights come from memory
-  // while x̂ is staged. Same bits.
-  if (const char* w = std::getenv("TROVE_MATVEC_Q8_TOUCH"); w && *w) {
-    const std::string_view v(w);
-    if (v.size() != 1 || v[0] < '0' || v[0] > '8') {
-      return Status::InvalidArgument(fmt::format("TROVE_MATVEC_Q8_TOUCH='{}' is not a number of weight sectors (0..8)", w));
-    }
-    op.st_->q8_touch = static_cast<uint32_t>(v[0] - '0');
   }
   // TROVE_MATVEC_Q6_WIDE=0|1: the q8 forms walk Q6_K rows in 32-value parts (16-byte runs of the
   // codes, half the parts; the default) or in 16-value ones (0). On the H200 (2026-12-03, 8B Q4_K_M,
@@ -645,7 +633,7 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
     push.grid = static_cast<uint32_t>(grid);
     auto p = st_->pipeline({wg, call.batch, rows_per_group, swiglu ? 1u : 0u, q8_tile, call.n_mats, push.type[0],
                             call.n_mats > 1 ? push.type[1] : push.type[0], call.n_mats > 2 ? push.type[2] : push.type[0],
-                            1u, sg, g, 2u, q6_wide, split, st_->q8_touch});
+                            1u, sg, g, 2u, q6_wide, split});
     if (!p.ok()) return p.status();
     return s.dispatch(**p, bufs, &push, sizeof(push), gx, gy);
   }

@@ -290,9 +290,11 @@ Result<MoeFfn> MoeFfn::create(vk::Device& dev, uint32_t slots_per_pass, bool gpu
   // TROVE_MOE_Q8_WG=128|256|512|1024: invocations per workgroup of the q8 expert kernels (each
   // workgroup stages its inputs once, so larger ones stage less per row; default 256 on GPUs, else
   // kDirectWorkgroup). MoeTuning::workgroup overrides it.
-  // TROVE_MOE_Q8_TOUCH=N (0..8; 0, the default, until measured on a GPU): each invocation of the q8
-  // gate/up kernel loads a word of N 32-byte sectors of its first row block before staging x̂ and uses
-  // them after it (moe_experts_q8.comp: kTouch; matvec.cpp's TROVE_MATVEC_Q8_TOUCH). Same numbers.
+  // TROVE_MOE_Q8_TOUCH=N (0..8, default 4): each invocation of the q8 gate/up kernel loads a word of N
+  // 32-byte sectors of its first row block (gate and up in turn) before staging x̂ and uses them after
+  // it (moe_experts_q8.comp: kTouch), so the expert's rows come from memory during the staging. Same
+  // numbers. H200, 30B-A3B (2026-12-05): GPU 4070-4081 -> 4013-4027 us a decode step; the same touch in
+  // the dense q8 matvec lost 8% there (3394-3407 -> 3664-3684 us) and was not kept.
   if (const char* v = std::getenv("TROVE_MOE_Q8_TOUCH"); v && *v) {
     const std::string_view n(v);
     if (n.size() != 1 || n[0] < '0' || n[0] > '8') {

@@ -49,7 +49,6 @@ layout(constant_id = 8) const uint kType1 = 12u;
 layout(constant_id = 9) const uint kType2 = 12u;
 layout(constant_id = 10) const uint kQ6Wide = 0u;       // 1: Q6_K rows in 32-value parts (part_q6k_wide)
 layout(constant_id = 11) const uint kSplit = 1u;        // subgroups sharing one row group's rows (1, 2, 4, 8)
-layout(constant_id = 12) const uint kTouch = 0u;        // weight sectors each invocation loads before the staging (0..8)
 #define MV_Q6_WIDE
 const uint kWG = gl_WorkGroupSize.x;
 const uint kGroups = kWG / kG;
@@ -124,24 +123,6 @@ void main() {
 #ifdef MV_Q8_GLOBAL
   [[unroll]] for (uint b = 0u; b < kNB; ++b) inv[b] = norm ? gi[kNB * kTileVals * 13u / 32u + b] : 1.0;
 #else
-  // kTouch (TROVE_MATVEC_Q8_TOUCH): before the staging, each invocation loads one 4-byte word of each
-  // of kTouch 32-byte sectors of the workgroup's first row block (SwiGLU: of the gate and the up rows
-  // in turn) and uses them only after it — `junk`, 0 at run time (the host sets no flag bit from 16
-  // on), offsets the block loop — so the block's weights come from memory into the caches while x̂ is
-  // staged, with one register a word held (the chain probe streamed a step's weights before reading
-  // its vector).
-  uint touched[kTouch != 0u ? kTouch : 1u];
-  if (kTouch != 0u) {
-    const uint m = wg < pc.wg_end.x ? 0u : (wg < pc.wg_end.y ? 1u : 2u);
-    const uint r0 = (wg - (m == 0u ? 0u : pc.wg_end[m - 1u])) * kRG * kR;
-    const uint nrows = min(kRG * kR, pc.rows[m] - r0);
-    const uint first = r0 * pc.row_bytes[m] / 32u, sectors = nrows * pc.row_bytes[m] / 32u;
-    [[unroll]] for (uint k = 0u; k < kTouch; ++k) {
-      const uint mat = kSwiGlu != 0u ? (k & 1u) : m;
-      const uint i = (kSwiGlu != 0u ? k >> 1u : k) * kWG + lid;
-      touched[k] = i < sectors ? ww(mat, (first + i) * 8u) : 0u;
-    }
-  }
   // Stage x̂ once for all the blocks this workgroup walks.
   // flags & 8 (TROVE_MATVEC_Q8_STAGE=skip, a measurement with wrong results): no staging at all.
   const uint nblk = (pc.flags & 8u) != 0u ? 0u : pc.cols >> 5u;
@@ -165,14 +146,7 @@ void main() {
   }
 #endif
 
-#ifndef MV_Q8_GLOBAL
-  uint junk = 0u;
-  [[unroll]] for (uint k = 0u; k < kTouch; ++k) junk ^= touched[k];
-  junk &= pc.flags >> 16u;
-#else
-  const uint junk = 0u;
-#endif
-  for (uint blk = wg + junk; blk < blocks; blk += pc.grid) {
+  for (uint blk = wg; blk < blocks; blk += pc.grid) {
     const uint m = blk < pc.wg_end.x ? 0u : (blk < pc.wg_end.y ? 1u : 2u);
     const uint blk0 = m == 0u ? 0u : pc.wg_end[m - 1u];
     const uint r0 = ((blk - blk0) * kRG + rg) * kR;

@@ -908,35 +908,6 @@ TEST_F(Matvec, Q8SplitRowsMatchReferenceAndBatchOne) {
   }
 }
 
-// TROVE_MATVEC_Q8_TOUCH: the staged q8 kernel loads words of its first row block before staging x̂
-// and folds them into a value that is 0 at run time; the numbers stay the reference's, and batched
-// calls keep batch-1 bits (a touched word leaking into the block loop or a sum fails both), for the
-// norm prologue, the residual add, SwiGLU (gate and up touched in turn) and several row blocks.
-// Bad values are refused by name.
-TEST_F(Matvec, Q8TouchKeepsTheNumbers) {
-  auto make = [&](const char* touch) {
-    tests::ScopedEnv f("TROVE_MATVEC", "q8"), b("TROVE_MATVEC_BATCHED", "q8"), t("TROVE_MATVEC_Q8_TOUCH", touch);
-    return ops::Matvec::create(*dev_);
-  };
-  for (const char* bad : {"9", "x", "12"}) {
-    auto op = make(bad);
-    ASSERT_FALSE(op.ok()) << bad;
-    EXPECT_NE(op.status().message().find(fmt::format("TROVE_MATVEC_Q8_TOUCH='{}' is not", bad)), std::string::npos)
-        << op.status().message();
-  }
-  if (!op_->q8_supported()) {
-    GTEST_SKIP() << "the device lacks integer dot products, subgroup arithmetic or subgroup shuffles (the q8 form is refused there)";
-  }
-  auto [add, swiglu] = mixed_q8_cases();
-  for (const char* touch : {"1", "4", "8"}) {
-    SCOPED_TRACE(fmt::format("TROVE_MATVEC_Q8_TOUCH={}", touch));
-    auto op = make(touch);
-    ASSERT_TRUE(op.ok()) << op.status().ToString();
-    ASSERT_TRUE(check_columns(*dev_, *op, add, rng_));
-    ASSERT_TRUE(check_columns(*dev_, *op, swiglu, rng_));
-  }
-}
-
 TEST_F(Matvec, BadCallsAreNamedAndRecordNothing) {
   auto b = dev_->buffer(1 << 20);
   auto y = dev_->buffer(1 << 16);

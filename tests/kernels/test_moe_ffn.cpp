@@ -444,11 +444,13 @@ TEST_F(MoeFfnTest, Q8Form) {
     fresh_q8_op();
   }
   run(q8({"q8, workgroups of 256, down split 2", 7, 16, 4, 256, 768, Q4_K, Q4_K, Q6_K, Case::kRouter}, true));
-  {  // TROVE_MOE_Q8_TOUCH: the first row block's sectors loaded before the staging (gate and up in turn)
-    tests::ScopedEnv touch("TROVE_MOE_Q8_TOUCH", "4");
-    fresh_q8_op();
+  for (const char* n : {"0", "1", "8"}) {  // TROVE_MOE_Q8_TOUCH (default 4, the runs above): sectors loaded before the staging
+    {
+      tests::ScopedEnv touch("TROVE_MOE_Q8_TOUCH", n);
+      fresh_q8_op();
+    }
+    run(q8({fmt::format("q8, first block touched {}", n), 7, 16, 4, 256, 768, Q4_K, Q5_K, Q6_K, Case::kRouter}, true));
   }
-  run(q8({"q8, first block touched", 7, 16, 4, 256, 768, Q4_K, Q5_K, Q6_K, Case::kRouter}, true));
   fresh_q8_op();  // the rest with the defaults again
   // Float gate/up run the direct form, the Q4_K down the q8 form; a plan-indexed step the direct form.
   Case f = q8({"q8, float gate/up", 3, 8, 2, 256, 256, F16, BF16, Q4_K, Case::kRandom}, true);

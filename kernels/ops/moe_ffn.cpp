@@ -287,9 +287,6 @@ Result<MoeFfn> MoeFfn::create(vk::Device& dev, uint32_t slots_per_pass, bool gpu
     }
     op.q8_down_split_ = static_cast<uint32_t>(r[0] - '0');
   }
-  // TROVE_MOE_Q8_WG=128|256|512|1024: invocations per workgroup of the q8 expert kernels (each
-  // workgroup stages its inputs once, so larger ones stage less per row; default 256 on GPUs, else
-  // kDirectWorkgroup). MoeTuning::workgroup overrides it.
   // TROVE_MOE_Q8_TOUCH=N (0..8, default 4): each invocation of the q8 gate/up kernel loads a word of N
   // 32-byte sectors of its first row block (gate and up in turn) before staging x̂ and uses them after
   // it (moe_experts_q8.comp: kTouch), so the expert's rows come from memory during the staging. Same
@@ -302,6 +299,9 @@ Result<MoeFfn> MoeFfn::create(vk::Device& dev, uint32_t slots_per_pass, bool gpu
     }
     op.q8_touch_ = static_cast<uint32_t>(n[0] - '0');
   }
+  // TROVE_MOE_Q8_WG=128|256|512|1024: invocations per workgroup of the q8 expert kernels (each
+  // workgroup stages its inputs once, so larger ones stage less per row; default 256 on GPUs, else
+  // kDirectWorkgroup). MoeTuning::workgroup overrides it.
   if (const char* v = std::getenv("TROVE_MOE_Q8_WG"); v && *v) {
     const std::string_view w(v);
     if (w != "128" && w != "256" && w != "512" && w != "1024") {

@@ -64,9 +64,10 @@ void main() {
   const uint lid = gl_LocalInvocationID.x, group = lid / kG, lane = lid % kG;
   const uint expert = ids[pair];
   const bool norm = pc.norm != 0u;
-  // kTouch (TROVE_MOE_Q8_TOUCH), as matvec_q8.glsl's: a word of each of kTouch 32-byte sectors of the
-  // workgroup's first row block (gate and up rows in turn) loaded before the staging and used after it
-  // in `junk` (0 at run time: pc.norm is 0 or 1), so the expert's rows come from memory while x̂ is staged.
+  // kTouch (TROVE_MOE_Q8_TOUCH): one word of each of kTouch 32-byte sectors of the workgroup's first row
+  // block (gate and up rows in turn) loaded before the staging, one register a word, and used only after
+  // it, in `junk` (0 at run time: pc.norm is 0 or 1) offsetting the block loop — so the expert's rows
+  // come from memory into the caches while x̂ is staged.
   uint touched[kTouch != 0u ? kTouch : 1u];
   if (kTouch != 0u) {
     const uint rstart = gl_WorkGroupID.x * kGroups * kR;

@@ -63,7 +63,7 @@ class QkNormRopeKv {
   struct Call {
     const vk::Buffer *q_raw, *k_raw, *v_raw, *q_w, *k_w, *positions, *slots, *pool, *q_out;
     uint32_t tokens = 0, n_heads = 0, pool_blocks = 0;
-    kv::KvLayout layout;
+    kv::KvLayout layout{};
     float eps = 1e-6f, rope_base = 10000.0f;
   };
   Status record(vk::CommandStream& s, const Call& c) const;

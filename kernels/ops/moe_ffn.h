@@ -144,7 +144,7 @@ struct MoeFfnCall {
   // RMSNorm prologue (direct form only, MoeFfn::direct(); not with the grouped GEMMs): when norm_w is
   // given, xn is the residual stream itself and gate/up read xn · norm_w / rms(xn) — the FFN norm's
   // own dispatch disappears (decode). x may then be the same buffer as xn: down runs after gate/up.
-  vk::BufferRange norm_w;         // f32 [hidden]
+  vk::BufferRange norm_w{};       // f32 [hidden]
   float eps = 0;
   // Pair-indexed decode (direct form, tokens <= kDecodeMaxTokens): no plan is read — gate/up runs one
   // grid row per (token, j) pair, expert ids[pair], input row xn[token], output h[pair]; down reads
@@ -154,11 +154,11 @@ struct MoeFfnCall {
   bool by_pair = false;
   // Heard after each barrier inside the grouped-GEMM prefill (0: gate and up, 1: SwiGLU, 2: down; not
   // after the combine, the call's last dispatch): TROVE_PROFILE=ops's timestamps. Empty: nothing.
-  std::function<void(uint32_t)> after;
+  std::function<void(uint32_t)> after{};
   // The grouped-GEMM prefill on the matrix units: xn already rounded to f16 ([tokens][hidden], the
   // same values the GEMMs would round it to), which gate and up read instead of xn. Empty: they read
   // xn (f32) and round it per tile. The other forms ignore it.
-  vk::BufferRange xn_f16;
+  vk::BufferRange xn_f16{};
 };
 
 // How the expert-matvec kernels run (tests and benchmarks force one; the defaults are measured).

@@ -46,6 +46,14 @@ bool khr_available(const vk::Device& dev, std::string* why) {
   return no("the device offers no 16x16x16 f16 x f16 -> f32 subgroup matrix shape");
 }
 
+// Whether the KHR kernel can take f16 accumulators: a 16×16×16 f16 × f16 → f16 subgroup shape.
+bool khr_f16_acc(const vk::Device& dev) {
+  for (const auto& c : dev.features().coopmat_shapes) {
+    if (c.m == 16 && c.n == 16 && c.k == 16 && c.a == 0 && c.b == 0 && c.c == 0 && c.result == 0 && c.scope == 3) return true;
+  }
+  return false;
+}
+
 // The workgroup-scope shape entry for 256 invocations of f16 × f16 → f32, if any.
 const vk::DeviceFeatures::FlexShape* cm2_shape(const vk::DeviceFeatures& f) {
   for (const auto& s : f.coopmat2_flexible) {
@@ -159,7 +167,18 @@ Result<Matmul> Matmul::create(vk::Device& dev, MatmulPath path) {
     if (std::string_view(v) != "0" && std::string_view(v) != "1") {
       return Status::InvalidArgument(fmt::format("TROVE_CM2_VARIANT='{}' is not a cm2 variant; use 0 or 1 (or unset it)", v));
     }
-    op.cm2_variant_ = static_cast<uint32_t>(v[0] - '0');
+    op.force_cm2_variant(static_cast<uint32_t>(v[0] - '0'));
+  }
+  if (const char* v = std::getenv("TROVE_MATMUL_ACC"); v && *v) {
+    if (std::string_view(v) != "f16" && std::string_view(v) != "f32") {
+      return Status::InvalidArgument(fmt::format(
+          "TROVE_MATMUL_ACC='{}' is not an accumulator type; use f16 (half the registers, f16 sums) or f32 (the default)", v));
+    }
+    op.acc_f16_ = std::string_view(v) == "f16";
+  }
+  if (op.acc_f16_ && path == MatmulPath::kKhr && !khr_f16_acc(dev)) {
+    return Status::Unsupported(fmt::format("TROVE_MATMUL_ACC=f16: '{}' offers no 16x16x16 f16 x f16 -> f16 subgroup matrix "
+                                           "shape for the KHR kernel; unset it", dev.features().name));
   }
   if (const char* v = std::getenv("TROVE_CM2_MIN_TILES"); v && *v) {
     char* end = nullptr;
@@ -325,20 +344,20 @@ Status Matmul::record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows,
     auto record_cm2 = [&](Cm2Tile c, uint32_t variant) -> Status {
       const uint32_t bk = cols % 64 == 0 ? 64 : 32;
       if (variant > 1) return Status::InvalidArgument(fmt::format("matmul: cm2 variant {} is not 0 or 1", variant));
-      auto p = pipeline("matmul_cm2", {ty, xh, c.bm, c.bn, 256, bk, variant}, 3, 256);
+      auto p = pipeline(acc_f16_ ? "matmul_cm2_f16acc" : "matmul_cm2", {ty, xh, c.bm, c.bn, 256, bk, variant}, 3, 256);
       if (!p.ok()) return p.status();
       if (div_up(rows, c.bm) > kMaxGroups || div_up(batch, c.bn) > kMaxGroups) {
         return Status::InvalidArgument(fmt::format("matmul: rows {} or batch {} need more than {} workgroups (split the call)", rows, batch, kMaxGroups));
       }
       return s.dispatch(**p, bufs, &push, sizeof(push), div_up(rows, c.bm), div_up(batch, c.bn));
     };
-    if (takes_cm2(rows, batch)) return record_cm2(kCm2Large, 1);
+    if (takes_cm2(rows, batch)) return record_cm2(kCm2Large, cm2_auto_variant_);
     if (path_ == MatmulPath::kKhr) {
       const KhrTile k = tile == MatmulTile::kSmall ? kKhrSmall : KhrTile{128, 128, khr_large_wg_, khr_large_sgm_};
       if (khr_prefetch_ != 1 && khr_prefetch_ != 2) {
         return Status::InvalidArgument(fmt::format("matmul: KHR prefetch distance {} is not 1 or 2", khr_prefetch_));
       }
-      auto p = pipeline("matmul_coopmat", {ty, xh, k.bm, k.bn, k.wg, k.sgm, 0, khr_prefetch_}, 3, k.wg);
+      auto p = pipeline(acc_f16_ ? "matmul_coopmat_f16acc" : "matmul_coopmat", {ty, xh, k.bm, k.bn, k.wg, k.sgm, 0, khr_prefetch_}, 3, k.wg);
       if (!p.ok()) return p.status();
       if (div_up(rows, k.bm) > kMaxGroups || div_up(batch, k.bn) > kMaxGroups) {
         return Status::InvalidArgument(fmt::format("matmul: rows {} or batch {} need more than {} workgroups (split the call)", rows, batch, kMaxGroups));
@@ -433,7 +452,8 @@ Status Matmul::record_grouped(vk::CommandStream& s, const GroupedMatmulCall& c, 
           "the device's granularity {}x{}, variant 0 or 1); change TROVE_GROUPED_TILE / TROVE_CM2_VARIANT",
           bm, bn, cm2_variant_, shape ? shape->m_granularity : 0, shape ? shape->n_granularity : 0));
     }
-    auto p = pipeline("matmul_cm2_grouped", {ty, xh, bm, bn, 256, bk, cm2_variant_, c.x_by_slot && by_slot_ ? 1u : 0u}, 5, 256);
+    auto p = pipeline(acc_f16_ ? "matmul_cm2_grouped_f16acc" : "matmul_cm2_grouped",
+                      {ty, xh, bm, bn, 256, bk, cm2_variant_, c.x_by_slot && by_slot_ ? 1u : 0u}, 5, 256);
     if (!p.ok()) return p.status();
     const uint64_t gy = div_up(c.slots, bn) + uint64_t{c.n_expert};
     if (div_up(c.rows, bm) > kMaxGroups || gy > kMaxGroups) {

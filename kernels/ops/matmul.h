@@ -49,7 +49,13 @@
 //    256-value block; 1 = Q4_K/Q5_K scales prefetched a block ahead, Q6_K scales read in the decode
 //    function and its quants as 16-bit words, K steps unrolled per 256-value block, activation rows
 //    declared 16-byte aligned; grouped: slot tiles with at most BN/2 slots on a BN/2-wide accumulator
-//    (matmul_cm2_tile.glsl). Dense and grouped cm2 calls.
+//    (matmul_cm2_tile.glsl). Dense and grouped cm2 calls: unset, the automatic path's large dense
+//    calls take 1 and grouped calls 0; set, every cm2 call takes it.
+//  - TROVE_MATMUL_ACC=f16|f32 (force_acc_f16): the accumulators of the cm2 kernels (dense and grouped)
+//    and of the dense KHR kernel (default f32). f16 halves their registers (a 128×256 f32 cm2 tile is
+//    128 registers a lane over 256 lanes), as llama.cpp's matrix-unit kernels do by default, at f16
+//    precision of the sums (clamped to ±65504 before the f32 store). On the KHR path it needs a
+//    16×16×16 f16 × f16 → f16 subgroup shape (create() refuses it otherwise).
 //  - TROVE_GROUPED_TILE=BMxBN[xBK] (force_grouped_tile): the cm2 grouped tile, BM 64 or 128 weight
 //    rows × BN 32, 64 or 128 slots (default 64x64), K step BK 32 or 64 (default 64 where cols allows);
 //    a tile the device's granularity refuses is an error.
@@ -112,7 +118,9 @@ class Matmul {
   void force_tile(MatmulTile t) { forced_tile_ = t; }  // benchmarks
   // cm2 variant (0 or 1) and grouped tile (bm 64|128, bn 32|64|128); see the contract above. Set from
   // TROVE_CM2_VARIANT / TROVE_GROUPED_TILE at create(); for benchmarks and tests.
-  void force_cm2_variant(uint32_t v) { cm2_variant_ = v; }
+  void force_cm2_variant(uint32_t v) { cm2_variant_ = cm2_auto_variant_ = v; }
+  // f16 accumulators in the matrix-unit kernels (TROVE_MATMUL_ACC=f16; see the contract above).
+  void force_acc_f16(bool on) { acc_f16_ = on; }
   // The dense KHR kernel's prefetch distance (1 or 2 steps; matmul_coopmat_tile.glsl kPrefetch). For
   // benchmarks and tests; anything else makes record() fail.
   void force_khr_prefetch(uint32_t steps) { khr_prefetch_ = steps; }
@@ -136,6 +144,8 @@ class Matmul {
   MatmulTile forced_tile_ = MatmulTile::kAuto;
   uint32_t cpu_rows_ = 0, cpu_cols_ = 0;
   uint32_t cm2_variant_ = 0, grouped_bm_ = 64, grouped_bn_ = 64, grouped_bk_ = 0;  // bk 0: automatic
+  uint32_t cm2_auto_variant_ = 1;  // the automatic path's large dense cm2 calls (force_cm2_variant sets it too)
+  bool acc_f16_ = false;           // TROVE_MATMUL_ACC=f16 / force_acc_f16
   uint32_t khr_large_wg_ = 256, khr_large_sgm_ = 2;  // TROVE_KHR_LARGE
   // TROVE_KHR_PREFETCH: steps between a piece's load and its store (dense KHR). 2 since 2026-12-03: on the
   // H200 the 8B's prefill went 6528 → 7455 tok/s (pp512), 6280 → 7085 (pp4096), 5443 → 6053 (to 16384).

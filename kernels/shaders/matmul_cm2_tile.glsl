@@ -43,6 +43,14 @@ layout(constant_id = 6) const uint kVariant = 0u;
 // per-element gather through row_ids. 0 = rows gathered by row_ids (decode_xg16 / decode_xg32).
 layout(constant_id = 7) const uint kXBySlot = 0u;
 const uint BNH = BN >= 64u ? BN / 2u : BN;  // the narrow grouped accumulator (variant 1)
+// The accumulators' type: f32, or f16 where the including shader defines CM2_ACC_F16
+// (matmul_cm2_f16acc.comp, matmul_cm2_grouped_f16acc.comp; TROVE_MATMUL_ACC=f16, kernels/ops/matmul.h):
+// half the registers per accumulator element, what llama.cpp's cm2 kernels use by default.
+#ifdef CM2_ACC_F16
+#define ACC_T float16_t
+#else
+#define ACC_T float
+#endif
 
 const uint kF32 = 0u, kF16 = 1u, kQ8_0 = 8u, kQ4_K = 12u, kQ5_K = 13u, kQ6_K = 14u, kBF16 = 30u;
 
@@ -123,6 +131,21 @@ float16_t decode_q6_k16(const in RefQ6_K p, const in uint bc[2], const in uint i
   uint hi = (uint(w.b.qh[16u * n + (l >> 1)]) >> (odd + 2u * g)) & 3u;
   return float16_t(s * (float(lo | (hi << 4)) - 32.0));
 }
+// Sub-block sb's (d·scale, dmin·min) of a Q4_K/Q5_K block from its 16-byte header hd.
+vec2 k4_scale_min(const uvec4 hd, const uint sb) {
+  const uint j4 = 8u * (sb & 3u);
+  uint sc, mn;
+  if (sb < 4u) {
+    sc = bitfieldExtract(hd.y, int(j4), 6);
+    mn = bitfieldExtract(hd.z, int(j4), 6);
+  } else {
+    const uint a = bitfieldExtract(hd.w, int(j4), 8);
+    sc = (a & 15u) | (bitfieldExtract(hd.y, int(j4 + 6u), 2) << 4);
+    mn = (a >> 4) | (bitfieldExtract(hd.z, int(j4 + 6u), 2) << 4);
+  }
+  const vec2 dm = unpackHalf2x16(hd.x);
+  return vec2(dm.x * float(sc), dm.y * float(mn));
+}
 float16_t decode_x32(const in RefF32 p, const in uint bc[2], const in uint ib[2]) { return float16_t(p.v); }
 
 #ifdef MATMUL_GROUPED
@@ -201,27 +224,14 @@ void store_scales(uint r0) {
   barrier();  // the previous block's decodes are done
   const uint per_row = WG / BM, row = gl_LocalInvocationID.x / per_row, part = gl_LocalInvocationID.x % per_row;
   if (row < BM && r0 + row < pc.rows) {
-    const uvec4 hd = scale_raw;  // d, dmin | scales 0-3 | scales 4-7 | scales 8-11
-    const vec2 dm = unpackHalf2x16(hd.x);
-    for (uint s = part; s < 8u; s += per_row) {
-      const uint j4 = 8u * (s & 3u);
-      uint sc, mn;
-      if (s < 4u) {
-        sc = bitfieldExtract(hd.y, int(j4), 6);
-        mn = bitfieldExtract(hd.z, int(j4), 6);
-      } else {
-        uint a = bitfieldExtract(hd.w, int(j4), 8);
-        sc = (a & 15u) | (bitfieldExtract(hd.y, int(j4 + 6u), 2) << 4);
-        mn = (a >> 4) | (bitfieldExtract(hd.z, int(j4 + 6u), 2) << 4);
-      }
-      sh_scale[s * BM + row] = vec2(dm.x * float(sc), dm.y * float(mn));
-    }
+    for (uint s = part; s < 8u; s += per_row) sh_scale[s * BM + row] = k4_scale_min(scale_raw, s);
   }
   barrier();
 }
 
 const bool kKQuant = kType == kQ4_K || kType == kQ5_K || kType == kQ6_K;
-// Which scale scheme runs (kVariant above): shared scales fetched at each block, prefetched, or none.
+// Which scale scheme runs (kVariant above): shared scales fetched at each block, prefetched, or none
+// (variant 1's Q6_K).
 const bool kScalesFetch = kKQuant && (kVariant == 0u);
 const bool kScalesPrefetch = (kType == kQ4_K || kType == kQ5_K) && kVariant != 0u;
 const uint kBlockK = kKQuant ? 256u : (kType == kQ8_0 ? 32u : 1u);  // values per block along K
@@ -353,14 +363,27 @@ void main() {
   }
 #define STORE_TILE(acc) coopMatStoreTensorNV(acc, y, 0u, sliceTensorLayoutNV(ld, b0, BN, r0, BM), transposed);
 #endif
+  // The accumulator to y: f16 accumulators (CM2_ACC_F16) clamped to the f16 range, as llama.cpp does,
+  // and converted to f32 first.
+#ifdef CM2_ACC_F16
+#define STORE_ACC(acc, NB)                                                                                   \
+  {                                                                                                          \
+    [[unroll]] for (uint i = 0u; i < acc.length(); ++i) acc[i] = clamp(acc[i], float16_t(-65504.0), float16_t(65504.0)); \
+    coopmat<float, gl_ScopeWorkgroup, BM, NB, gl_MatrixUseAccumulator> accf =                                \
+        coopmat<float, gl_ScopeWorkgroup, BM, NB, gl_MatrixUseAccumulator>(acc);                             \
+    STORE_TILE(accf)                                                                                         \
+  }
+#else
+#define STORE_ACC(acc, NB) STORE_TILE(acc)
+#endif
   // Outer steps of KB values: variant 1 on K-quants walks whole 256-value blocks with the BK steps
   // inside unrolled (scales once per outer step); otherwise one BK step per outer step.
   const uint KB = (kVariant != 0u && kKQuant) ? 256u : BK;
   // The K loop and the store for an accumulator NB columns wide.
 #define K_LOOP_AND_STORE(NB)                                                                                 \
   {                                                                                                          \
-    coopmat<float, gl_ScopeWorkgroup, BM, NB, gl_MatrixUseAccumulator> acc =                                 \
-        coopmat<float, gl_ScopeWorkgroup, BM, NB, gl_MatrixUseAccumulator>(0.0);                             \
+    coopmat<ACC_T, gl_ScopeWorkgroup, BM, NB, gl_MatrixUseAccumulator> acc =                                 \
+        coopmat<ACC_T, gl_ScopeWorkgroup, BM, NB, gl_MatrixUseAccumulator>(0.0);                             \
     if (kScalesPrefetch) prefetch_scales(r0, 0u, wblk);                                                      \
     for (uint kb0 = 0u; kb0 < K; kb0 += KB) {                                                                \
       if (kScalesFetch && kb0 % 256u == 0u) fetch_scales(r0, kb0 / 256u, wblk);                              \
@@ -381,7 +404,7 @@ void main() {
         acc = coopMatMulAdd(a, b, acc);                                                                      \
       }                                                                                                      \
     }                                                                                                        \
-    STORE_TILE(acc)                                                                                          \
+    STORE_ACC(acc, NB)                                                                                       \
   }
 #ifdef MATMUL_GROUPED
   // Variant 1: a slot tile with at most BN/2 slots (an expert's last or only tile: ~32 slots at 512

@@ -310,8 +310,15 @@ void main() {
   }
 
   const uint sgm = sg % SGM, sgn = sg / SGM;
-  coopmat<float, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator> acc[FM * FN];
-  [[unroll]] for (uint f = 0u; f < FM * FN; ++f) acc[f] = coopmat<float, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator>(0.0);
+  // f32 accumulators, or f16 where the including shader defines KHR_ACC_F16 (matmul_coopmat_f16acc.comp,
+  // TROVE_MATMUL_ACC=f16: half the registers, f16 sums; kernels/ops/matmul.h).
+#ifdef KHR_ACC_F16
+#define KHR_ACC_T float16_t
+#else
+#define KHR_ACC_T float
+#endif
+  coopmat<KHR_ACC_T, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator> acc[FM * FN];
+  [[unroll]] for (uint f = 0u; f < FM * FN; ++f) acc[f] = coopmat<KHR_ACC_T, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator>(0.0);
 
   const uint nk = idle ? 0u : pc.cols / BK;
   for (uint i = 0u; i < PA; ++i) load_a(0u, i, r0, 0u);
@@ -353,7 +360,14 @@ void main() {
   const uint cs = sg * 256u;
   [[unroll]] for (uint fm = 0u; fm < FM; ++fm) {
     [[unroll]] for (uint fn = 0u; fn < FN; ++fn) {
+#ifdef KHR_ACC_F16
+      coopmat<KHR_ACC_T, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator> ah = acc[fm * FN + fn];
+      [[unroll]] for (uint i = 0u; i < ah.length(); ++i) ah[i] = clamp(ah[i], float16_t(-65504.0), float16_t(65504.0));
+      coopMatStore(coopmat<float, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator>(ah), Cs, cs, 16u,
+                   gl_CooperativeMatrixLayoutColumnMajor);
+#else
       coopMatStore(acc[fm * FN + fn], Cs, cs, 16u, gl_CooperativeMatrixLayoutColumnMajor);
+#endif
       subgroupMemoryBarrierShared();
       subgroupBarrier();
       const uint rbase = r0 + sgm * WM + 16u * fm, cbase = col0 + sgn * WN + 16u * fn;

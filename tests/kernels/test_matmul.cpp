@@ -267,7 +267,8 @@ TEST(Matmul, MatrixPathsMatchReference) {
 
 // cm2 variant 1 (prefetched K-quant scales, Q6_K decoded from 16-bit words with its scales read in
 // the decode function; matmul.h, TROVE_CM2_VARIANT) against the reference: the K-quants and Q8_0,
-// partial tiles both ways, f16 and f32 activations, K of one and of several 256-value blocks.
+// partial tiles both ways, f16 and f32 activations, K of one and of several 256-value blocks; then
+// f16 accumulators (TROVE_MATMUL_ACC=f16) on variants 0 and 1.
 // Skipped where the device has no NV cooperative matrix 2 (lavapipe): run on the H200.
 TEST(Matmul, Cm2VariantOneMatchesReference) {
   auto dev = open_device();
@@ -276,8 +277,8 @@ TEST(Matmul, Cm2VariantOneMatchesReference) {
   if (!ops::Matmul::available(*dev, MatmulPath::kCm2, &why)) GTEST_SKIP() << "no cm2 here: " << why;
   auto op = ops::Matmul::create(*dev, MatmulPath::kCm2);
   ASSERT_TRUE(op.ok()) << op.status().ToString();
-  op->force_cm2_variant(1);
   uint64_t seed = 700;
+  op->force_cm2_variant(1);
   for (MatmulTile tile : {MatmulTile::kMedium, MatmulTile::kSmall}) {
     SCOPED_TRACE(testing::Message() << "tile " << tile_name(tile));
     op->force_tile(tile);
@@ -288,6 +289,16 @@ TEST(Matmul, Cm2VariantOneMatchesReference) {
     if (tile == MatmulTile::kMedium) {
       check(*dev, *op, GgmlType::Q6_K, 70, 512, 45, seed++, 2e-3, false);  // f32 activations
       check(*dev, *op, GgmlType::Q8_0, 100, 512, 37, seed++, 2e-3, true);   // untouched by the variant
+    }
+  }
+  // f16 accumulators (TROVE_MATMUL_ACC=f16): sums rounded to f16 at every step, so a wider bound.
+  op->force_acc_f16(true);
+  op->force_tile(MatmulTile::kMedium);
+  for (uint32_t variant : {0u, 1u}) {
+    SCOPED_TRACE(testing::Message() << "f16 accumulators, variant " << variant);
+    op->force_cm2_variant(variant);
+    for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0}) {
+      check(*dev, *op, type, 130, 768, 200, seed++, 2e-2, true);
     }
   }
 }
@@ -327,6 +338,19 @@ TEST(Matmul, KhrPrefetchDistancesMatchReference) {
   const Status st = op->record(*s, GgmlType::Q8_0, 64, 256, 64, *b, *b, *b);
   EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(st.message().find("prefetch distance 3"), std::string::npos) << st.message();
+  // f16 accumulators (TROVE_MATMUL_ACC=f16), where the device has the f16-accumulating shape (create()
+  // refuses it otherwise, naming the shape): a wider bound, both tiles.
+  trove::tests::ScopedEnv env("TROVE_MATMUL_ACC", "f16");
+  auto h = ops::Matmul::create(*dev, MatmulPath::kKhr);
+  if (!h.ok()) {
+    EXPECT_NE(h.status().message().find("f16 x f16 -> f16"), std::string::npos) << h.status().message();
+    return;
+  }
+  for (MatmulTile tile : {MatmulTile::kSmall, MatmulTile::kLarge}) {
+    SCOPED_TRACE(testing::Message() << "f16 accumulators, tile " << tile_name(tile));
+    h->force_tile(tile);
+    for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0}) check(*dev, *h, type, 130, 768, 200, seed++, 2e-2, true);
+  }
 }
 
 // The automatic path on a device with KHR and NV cm2 cooperative matrices hands dense calls of
@@ -377,13 +401,15 @@ TEST(Matmul, TroveKhrPrefetchIsChecked) {
   EXPECT_TRUE(good.ok()) << good.status().ToString();
 }
 
-// The A/B knobs of 2026-12-04 (matmul.h): TROVE_GROUPED_BY_SLOT takes 0 or 1, TROVE_CM2_MIN_TILES a
-// positive count; anything else is refused by name, whatever the path.
+// The A/B knobs (matmul.h): TROVE_GROUPED_BY_SLOT takes 0 or 1, TROVE_CM2_MIN_TILES a positive
+// count, TROVE_CM2_VARIANT 0 or 1, TROVE_GROUPED_TILE BMxBN[xBK], TROVE_MATMUL_ACC f16 or f32; anything
+// else is refused by name, whatever the path.
 TEST(Matmul, GroupedBySlotAndCm2MinTilesAreChecked) {
   auto dev = open_device();
   ASSERT_TRUE(dev);
   for (auto [name, bad, good] : {std::tuple{"TROVE_GROUPED_BY_SLOT", "yes", "1"}, std::tuple{"TROVE_CM2_MIN_TILES", "0", "128"},
-                                 std::tuple{"TROVE_CM2_MIN_TILES", "12x", "64"}}) {
+                                 std::tuple{"TROVE_CM2_MIN_TILES", "12x", "64"}, std::tuple{"TROVE_CM2_VARIANT", "2", "1"},
+                                 std::tuple{"TROVE_GROUPED_TILE", "64x48", "64x32"}, std::tuple{"TROVE_MATMUL_ACC", "half", "f16"}}) {
     {
       trove::tests::ScopedEnv env(name, bad);
       auto op = ops::Matmul::create(*dev, MatmulPath::kTiled);
@@ -592,6 +618,13 @@ TEST(GroupedMatmul, Cm2TilesAndVariantsMatchReference) {
   op->force_grouped_tile(128, 64, 32);  // BK 32
   op->force_cm2_variant(1);
   check_grouped(*dev, *op, GgmlType::Q5_K, 130, 512, {17, 3, 64, 0, 9, 1, 70, 12}, 64, seed++, 2e-3, false);  // f32 x
+  op->force_grouped_tile(64, 64);  // f16 accumulators (TROVE_MATMUL_ACC=f16): a wider bound
+  op->force_acc_f16(true);
+  for (uint32_t variant : {0u, 1u}) {
+    op->force_cm2_variant(variant);
+    check_grouped(*dev, *op, GgmlType::Q4_K, 160, 768, {0, 0, 0, 0, 0, 0, 0, 70}, 40, seed++, 2e-2);
+    check_grouped(*dev, *op, GgmlType::Q6_K, 96, 256, {5, 0, 0, 1, 0, 33, 0, 2}, 30, seed++, 2e-2);
+  }
 }
 
 // x in slot order (GroupedMatmulCall::x_by_slot, MoE down): the cm2 kernel loads the rows as they lie

@@ -2,6 +2,7 @@
 # A/B of engine settings in one run, interleaved (the tables of docs/performance.md):
 #
 #   bench/engine/ab.sh --model M [--rounds N] [--depth D] [--tg N] [--ops] VARIANT...
+#   bench/engine/ab.sh --model M --prefill [--rounds N] VARIANT...
 #
 # VARIANT is LABEL or LABEL:VAR=value[,VAR=value...]: the environment of that variant's runs (LABEL
 # alone: the defaults), e.g. `base spin:TROVE_VK_WAIT=spin wg1k:TROVE_MATVEC_Q8_WG=1024,TROVE_MATVEC_Q8_WAVES=4`.
@@ -13,12 +14,14 @@
 # step (medians over all decode steps) and dispatches per step. --ops runs every variant with
 # TROVE_PROFILE=ops (a timestamp after each op: tg drops by ~5-10%, alike for all) and prints a second
 # table, µs per one-token decode step of each op kind (engine.cpp's kOpNames), per variant and round.
+# --prefill measures prefill instead: each run is `bench_engine --depth 0 --tg 4 --reps 2` and the
+# table has pp512 and pp4096 (tok/s, the better of two pp512 steps; pp4096 in the engine's steps).
 # bench_engine is taken from $BENCH_ENGINE, else PATH (the device bundle's wrappers), else
 # build/bench/engine/.
 set -euo pipefail
 
 usage() { sed -n '2,/^set -e/{/^set -e/d; s/^# \{0,1\}//; p}' "$0"; }
-model='' rounds=2 depth=4096 tg='' ops=0
+model='' rounds=2 depth=4096 tg='' ops=0 prefill=0
 variants=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -27,6 +30,7 @@ while [ $# -gt 0 ]; do
     --depth) depth=$2; shift 2 ;;
     --tg) tg=$2; shift 2 ;;
     --ops) ops=1; shift ;;
+    --prefill) prefill=1; shift ;;
     -h|--help) usage; exit 0 ;;
     -*) echo "ab.sh: unknown option '$1'" >&2; usage >&2; exit 2 ;;
     *) variants+=("$1"); shift ;;
@@ -37,14 +41,23 @@ if [ -z "$model" ] || [ ${#variants[@]} -eq 0 ]; then
   usage >&2
   exit 2
 fi
+if [ "$prefill" = 1 ] && { [ "$ops" = 1 ] || [ -n "$tg" ]; }; then
+  echo "ab.sh: --prefill measures pp512 and pp4096 only (no --ops, no --tg)" >&2
+  exit 2
+fi
 bench=${BENCH_ENGINE:-$(command -v bench_engine || echo build/bench/engine/bench_engine)}
 [ -x "$bench" ] || { echo "ab.sh: no bench_engine at '$bench' (build it or set BENCH_ENGINE)" >&2; exit 2; }
 out=$(mktemp)
 opsdir=$(mktemp -d)
 trap 'rm -rf "$out" "$opsdir"' EXIT
 
-echo "| variant | round | tg | tg at depth $depth | GPU µs / step | host µs / step | dispatches / step |"
-echo "|---|---|---|---|---|---|---|"
+if [ "$prefill" = 1 ]; then
+  echo "| variant | round | pp512 | pp4096 |"
+  echo "|---|---|---|---|"
+else
+  echo "| variant | round | tg | tg at depth $depth | GPU µs / step | host µs / step | dispatches / step |"
+  echo "|---|---|---|---|---|---|---|"
+fi
 for ((r = 1; r <= rounds; r++)); do
   for v in "${variants[@]}"; do
     label=${v%%:*}
@@ -59,12 +72,18 @@ for ((r = 1; r <= rounds; r++)); do
     [ "$ops" = 1 ] && envs=(TROVE_PROFILE=ops ${envs[@]+"${envs[@]}"})
     args=(--model "$model" --decode-only --reps 1 --profile --depth "$depth")
     [ -n "$tg" ] && args+=(--tg "$tg")
+    [ "$prefill" = 1 ] && args=(--model "$model" --depth 0 --tg 4 --reps 2)
     if ! env ${envs[@]+"${envs[@]}"} "$run" "${args[@]}" > "$out" 2>&1; then
       echo "| $label | $r | failed: $(grep -m1 -iE 'error|invalid|bench_engine:' "$out" | cut -c1-120) | | | | |"
       continue
     fi
     # The trove row: | model | engine | pp512 | pp4096 | tg | tg at depth | ... |
-    IFS='|' read -r _ _ _ _ _ t td _ <<< "$(grep -m1 'trove (Vulkan)' "$out")"
+    IFS='|' read -r _ _ _ pp pp4 t td _ <<< "$(grep -m1 'trove (Vulkan)' "$out")"
+    if [ "$prefill" = 1 ]; then
+      pp=${pp// /} pp4=${pp4// /}
+      echo "| $label | $r | ${pp:-?} | ${pp4:-?} |"
+      continue
+    fi
     prof=$(grep -m1 'TROVE_PROFILE: decode steps' "$out" || true)
     gpu=$(grep -oE 'GPU \(median\) [0-9.]+' <<< "$prof" | grep -oE '[0-9.]+$' || true)
     host=$(grep -oE 'host \(median\) [0-9.]+' <<< "$prof" | grep -oE '[0-9.]+$' || true)

@@ -351,7 +351,7 @@ Status Matmul::record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows,
       }
       return s.dispatch(**p, bufs, &push, sizeof(push), div_up(rows, c.bm), div_up(batch, c.bn));
     };
-    if (takes_cm2(rows, batch)) return record_cm2(kCm2Large, cm2_auto_variant_);
+    if (takes_cm2(rows, batch)) return record_cm2(kCm2Large, forced_cm2_variant_.value_or(1));
     if (path_ == MatmulPath::kKhr) {
       const KhrTile k = tile == MatmulTile::kSmall ? kKhrSmall : KhrTile{128, 128, khr_large_wg_, khr_large_sgm_};
       if (khr_prefetch_ != 1 && khr_prefetch_ != 2) {
@@ -365,7 +365,7 @@ Status Matmul::record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows,
       return s.dispatch(**p, bufs, &push, sizeof(push), div_up(rows, k.bm), div_up(batch, k.bn));
     }
     return record_cm2(tile == MatmulTile::kSmall ? kCm2Small : tile == MatmulTile::kMedium ? kCm2Medium : kCm2Large,
-                      cm2_variant_);
+                      forced_cm2_variant_.value_or(0));
   }
   // Rows per invocation: 4 for batches (each activation chunk loaded once serves 4 rows), 1 for decode.
   const uint32_t rpt = batch > 1 ? 4 : 1;
@@ -445,15 +445,16 @@ Status Matmul::record_grouped(vk::CommandStream& s, const GroupedMatmulCall& c, 
   if (use_cm2) {
     const uint32_t bk = grouped_bk_ == 32 || c.cols % 64 != 0 ? 32 : 64, bm = grouped_bm_, bn = grouped_bn_;
     const auto* shape = cm2_shape(dev_->features());
-    if ((bm != 64 && bm != 128) || (bn != 32 && bn != 64 && bn != 128) || cm2_variant_ > 1 || !shape ||
+    const uint32_t variant = forced_cm2_variant_.value_or(0);
+    if ((bm != 64 && bm != 128) || (bn != 32 && bn != 64 && bn != 128) || variant > 1 || !shape ||
         bm % shape->m_granularity != 0 || bn % shape->n_granularity != 0 || bn > dev_->features().coopmat2_max_dimension) {
       return Status::InvalidArgument(fmt::format(
           "grouped matmul: cm2 tile {}x{} variant {} is not usable here (BM 64 or 128, BN 32, 64 or 128 and multiples of "
           "the device's granularity {}x{}, variant 0 or 1); change TROVE_GROUPED_TILE / TROVE_CM2_VARIANT",
-          bm, bn, cm2_variant_, shape ? shape->m_granularity : 0, shape ? shape->n_granularity : 0));
+          bm, bn, variant, shape ? shape->m_granularity : 0, shape ? shape->n_granularity : 0));
     }
     auto p = pipeline(acc_f16_ ? "matmul_cm2_grouped_f16acc" : "matmul_cm2_grouped",
-                      {ty, xh, bm, bn, 256, bk, cm2_variant_, c.x_by_slot && by_slot_ ? 1u : 0u}, 5, 256);
+                      {ty, xh, bm, bn, 256, bk, variant, c.x_by_slot && by_slot_ ? 1u : 0u}, 5, 256);
     if (!p.ok()) return p.status();
     const uint64_t gy = div_up(c.slots, bn) + uint64_t{c.n_expert};
     if (div_up(c.rows, bm) > kMaxGroups || gy > kMaxGroups) {

@@ -65,6 +65,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string_view>
 #include <vector>
 
@@ -118,7 +119,7 @@ class Matmul {
   void force_tile(MatmulTile t) { forced_tile_ = t; }  // benchmarks
   // cm2 variant (0 or 1) and grouped tile (bm 64|128, bn 32|64|128); see the contract above. Set from
   // TROVE_CM2_VARIANT / TROVE_GROUPED_TILE at create(); for benchmarks and tests.
-  void force_cm2_variant(uint32_t v) { cm2_variant_ = cm2_auto_variant_ = v; }
+  void force_cm2_variant(uint32_t v) { forced_cm2_variant_ = v; }
   // f16 accumulators in the matrix-unit kernels (TROVE_MATMUL_ACC=f16; see the contract above).
   void force_acc_f16(bool on) { acc_f16_ = on; }
   // The dense KHR kernel's prefetch distance (1 or 2 steps; matmul_coopmat_tile.glsl kPrefetch). For
@@ -143,8 +144,10 @@ class Matmul {
   MatmulPath path_ = MatmulPath::kTiled;
   MatmulTile forced_tile_ = MatmulTile::kAuto;
   uint32_t cpu_rows_ = 0, cpu_cols_ = 0;
-  uint32_t cm2_variant_ = 0, grouped_bm_ = 64, grouped_bn_ = 64, grouped_bk_ = 0;  // bk 0: automatic
-  uint32_t cm2_auto_variant_ = 1;  // the automatic path's large dense cm2 calls (force_cm2_variant sets it too)
+  // The cm2 variant every cm2 call takes when forced; unset, the automatic path's large dense calls
+  // take 1, the forced cm2 path and grouped calls 0.
+  std::optional<uint32_t> forced_cm2_variant_;
+  uint32_t grouped_bm_ = 64, grouped_bn_ = 64, grouped_bk_ = 0;  // bk 0: automatic
   bool acc_f16_ = false;           // TROVE_MATMUL_ACC=f16 / force_acc_f16
   uint32_t khr_large_wg_ = 256, khr_large_sgm_ = 2;  // TROVE_KHR_LARGE
   // TROVE_KHR_PREFETCH: steps between a piece's load and its store (dense KHR). 2 since 2026-12-03: on the

@@ -277,8 +277,8 @@ TEST(Matmul, Cm2VariantOneMatchesReference) {
   if (!ops::Matmul::available(*dev, MatmulPath::kCm2, &why)) GTEST_SKIP() << "no cm2 here: " << why;
   auto op = ops::Matmul::create(*dev, MatmulPath::kCm2);
   ASSERT_TRUE(op.ok()) << op.status().ToString();
-  uint64_t seed = 700;
   op->force_cm2_variant(1);
+  uint64_t seed = 700;
   for (MatmulTile tile : {MatmulTile::kMedium, MatmulTile::kSmall}) {
     SCOPED_TRACE(testing::Message() << "tile " << tile_name(tile));
     op->force_tile(tile);

@@ -1,5 +1,6 @@
 #include "kernels/ops/matmul.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -190,6 +191,16 @@ Result<Matmul> Matmul::create(vk::Device& dev, MatmulPath path) {
     }
     op.cm2_min_tiles_ = n;
   }
+  if (const char* v = std::getenv("TROVE_CM2_MIN_BATCH"); v && *v) {
+    char* end = nullptr;
+    const unsigned long n = std::strtoul(v, &end, 10);
+    if (end == v || *end != 0 || n < kCoopmatMinBatch || n > (1ul << 20)) {
+      return Status::InvalidArgument(fmt::format(
+          "TROVE_CM2_MIN_BATCH='{}' is not a column count; give the fewest columns ({} or more) of a dense call that the "
+          "automatic path runs on cm2 (default {})", v, kCoopmatMinBatch, kCm2MinBatch));
+    }
+    op.cm2_min_batch_ = static_cast<uint32_t>(n);
+  }
   if (const char* v = std::getenv("TROVE_GROUPED_BY_SLOT"); v && *v) {
     if (std::string_view(v) != "0" && std::string_view(v) != "1") {
       return Status::InvalidArgument(fmt::format(
@@ -266,9 +277,19 @@ bool cm2_fits(const vk::DeviceFeatures& f, Cm2Tile t) {
 }
 }  // namespace
 
-bool Matmul::takes_cm2(uint32_t rows, uint32_t batch) const {
-  if (path_ != MatmulPath::kKhr || !cm2_large_ || forced_tile_ != MatmulTile::kAuto || batch < kCm2MinBatch) return false;
-  return cm2_fits(dev_->features(), kCm2Large) && div_up(rows, 128) * div_up(batch, 256) >= cm2_min_tiles_;
+MatmulTile Matmul::auto_cm2_tile(uint32_t rows, uint32_t batch) const {
+  const uint32_t min_batch = std::max(cm2_min_batch_, kCoopmatMinBatch);
+  if (path_ != MatmulPath::kKhr || !cm2_large_ || forced_tile_ != MatmulTile::kAuto || batch < min_batch) {
+    return MatmulTile::kAuto;
+  }
+  const auto& f = dev_->features();
+  if (cm2_fits(f, kCm2Large) && div_up(rows, 128) * div_up(batch, 256) >= cm2_min_tiles_) return MatmulTile::kLarge;
+  // Below kCm2MinBatch (only with TROVE_CM2_MIN_BATCH): the medium tile where it fills the SMs, as
+  // llama.cpp's cm2 path picks at 512 tokens (the 8B's attention output and ffn_down: 128 medium tiles).
+  if (batch < kCm2MinBatch && cm2_fits(f, kCm2Medium) && div_up(rows, 128) * div_up(batch, 128) >= cm2_min_tiles_) {
+    return MatmulTile::kMedium;
+  }
+  return MatmulTile::kAuto;
 }
 
 MatmulTile Matmul::tile_for(uint32_t rows, uint32_t batch, bool grouped) const {
@@ -351,7 +372,9 @@ Status Matmul::record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows,
       }
       return s.dispatch(**p, bufs, &push, sizeof(push), div_up(rows, c.bm), div_up(batch, c.bn));
     };
-    if (takes_cm2(rows, batch)) return record_cm2(kCm2Large, forced_cm2_variant_.value_or(1));
+    if (const MatmulTile t = auto_cm2_tile(rows, batch); t != MatmulTile::kAuto) {
+      return record_cm2(t == MatmulTile::kLarge ? kCm2Large : kCm2Medium, forced_cm2_variant_.value_or(1));
+    }
     if (path_ == MatmulPath::kKhr) {
       const KhrTile k = tile == MatmulTile::kSmall ? kKhrSmall : KhrTile{128, 128, khr_large_wg_, khr_large_sgm_};
       if (khr_prefetch_ != 1 && khr_prefetch_ != 2) {

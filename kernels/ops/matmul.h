@@ -59,6 +59,10 @@
 //  - TROVE_GROUPED_TILE=BMxBN[xBK] (force_grouped_tile): the cm2 grouped tile, BM 64 or 128 weight
 //    rows × BN 32, 64 or 128 slots (default 64x64), K step BK 32 or 64 (default 64 where cols allows);
 //    a tile the device's granularity refuses is an error.
+//  - TROVE_CM2_MIN_BATCH=N (force_cm2_min_batch): dense calls of N+ columns (default 2048) on the
+//    automatic path of a device with both kinds go to cm2 (variant 1): the large tile where
+//    TROVE_CM2_MIN_TILES of it fill the SMs, and below 2048 columns also the medium tile where that
+//    fills them (auto_cm2_tile). For A/B at 512 tokens, where llama.cpp runs cm2 medium tiles.
 //  - TROVE_KHR_LARGE=WGxSGM: the KHR dense kernel's 128×128 tile over WG invocations (128 or 256) with
 //    SGM subgroups along the rows (default 256x2: 8 subgroups of 64×32 each); e.g. 128x2 gives 4
 //    subgroups of 64×64 (16 accumulators each: more products per shared-memory fragment load).
@@ -135,8 +139,16 @@ class Matmul {
   // The automatic path on a device with KHR and NV cm2 cooperative matrices runs batches of this many
   // columns or more on cm2 (variant 1, large tile) where that tile covers the SMs (matmul.cpp).
   static constexpr uint32_t kCm2MinBatch = 2048;
-  // Whether a dense call of `rows` × `batch` runs there (never with a forced tile or path).
-  bool takes_cm2(uint32_t rows, uint32_t batch) const;
+  // Whether a dense call of `rows` × `batch` runs there (never with a forced tile or path), and on
+  // which cm2 tile (kLarge or kMedium; kAuto: not on cm2). From kCm2MinBatch columns the large tile
+  // where at least TROVE_CM2_MIN_TILES of it fill the SMs (measured); below kCm2MinBatch, down to
+  // TROVE_CM2_MIN_BATCH (force_cm2_min_batch), also the medium tile where the large one does not fill —
+  // llama.cpp's cm2 choice at 512 tokens (medium tiles, f16 sums), for A/B; unmeasured, so off.
+  bool takes_cm2(uint32_t rows, uint32_t batch) const { return auto_cm2_tile(rows, batch) != MatmulTile::kAuto; }
+  MatmulTile auto_cm2_tile(uint32_t rows, uint32_t batch) const;
+  // The fewest columns of a dense call the automatic path hands to cm2 (TROVE_CM2_MIN_BATCH, default
+  // kCm2MinBatch; at least kCoopmatMinBatch). For benchmarks and tests.
+  void force_cm2_min_batch(uint32_t n) { cm2_min_batch_ = n; }
 
  private:
   struct Cache;  // lazily built matrix-unit pipelines
@@ -158,6 +170,7 @@ class Matmul {
   // before): the 30B-A3B's attention output at 2048 tokens (128 tiles) moved to cm2, pp4096 9813-9829 ->
   // 10082 tok/s on the H200.
   uint64_t cm2_min_tiles_ = 128;
+  uint32_t cm2_min_batch_ = kCm2MinBatch;  // TROVE_CM2_MIN_BATCH
   // GroupedMatmulCall::x_by_slot honoured by the cm2 kernel (TROVE_GROUPED_BY_SLOT=1, force_by_slot);
   // off by default: on the H200 (2026-12-04) its first form, every tile through a clamped layout, made
   // the 30B-A3B's prefill 0.8% slower than the gather; the unclamped interior tiles have not run on a

@@ -379,6 +379,21 @@ TEST(Matmul, AutomaticPathTakesCm2ForLargeBatches) {
     check(*dev, *op, type, 4096, 1024, B, seed++, 2e-3, true, 24);
   }
   check(*dev, *op, GgmlType::Q4_K, 4100, 512, B + 37, seed++, 2e-3, false, 24);  // partial tiles, f32 x
+  // TROVE_CM2_MIN_BATCH=512 (force_cm2_min_batch): the 8B's shapes at 512 tokens take the medium
+  // tile where the large one does not fill the SMs, the large one where it does; too few of either
+  // stays on KHR. From 2048 columns the rule is the large tile's alone (1024 rows: KHR still).
+  EXPECT_EQ(op->auto_cm2_tile(4096, 512), MatmulTile::kAuto);
+  op->force_cm2_min_batch(512);
+  EXPECT_EQ(op->auto_cm2_tile(4096, 512), MatmulTile::kMedium);   // attention output, ffn_down: 128 medium tiles
+  EXPECT_EQ(op->auto_cm2_tile(6144, 512), MatmulTile::kMedium);   // QKV: 96 large, 192 medium
+  EXPECT_EQ(op->auto_cm2_tile(24576, 512), MatmulTile::kLarge);   // gate/up: 384 large
+  EXPECT_EQ(op->auto_cm2_tile(1024, 512), MatmulTile::kAuto);     // 32 medium tiles
+  EXPECT_EQ(op->auto_cm2_tile(4096, 511), MatmulTile::kAuto);
+  EXPECT_EQ(op->auto_cm2_tile(1024, B), MatmulTile::kAuto);
+  EXPECT_EQ(op->auto_cm2_tile(4096, B), MatmulTile::kLarge);
+  check(*dev, *op, GgmlType::Q4_K, 4096, 512, 512, seed++, 2e-3, true, 24);      // medium, variant 1
+  check(*dev, *op, GgmlType::Q6_K, 4100, 256, 512 + 19, seed++, 2e-3, false, 24);  // partial medium tiles, f32 x
+  op->force_cm2_min_batch(B);
   op->force_tile(MatmulTile::kLarge);
   EXPECT_FALSE(op->takes_cm2(4096, B));
   auto khr = ops::Matmul::create(*dev, MatmulPath::kKhr);
@@ -402,13 +417,14 @@ TEST(Matmul, TroveKhrPrefetchIsChecked) {
 }
 
 // The A/B knobs (matmul.h): TROVE_GROUPED_BY_SLOT takes 0 or 1, TROVE_CM2_MIN_TILES a positive
-// count, TROVE_CM2_VARIANT 0 or 1, TROVE_GROUPED_TILE BMxBN[xBK], TROVE_MATMUL_ACC f16 or f32; anything
+// count, TROVE_CM2_MIN_BATCH a column count of 32 or more, TROVE_CM2_VARIANT 0 or 1, TROVE_GROUPED_TILE BMxBN[xBK], TROVE_MATMUL_ACC f16 or f32; anything
 // else is refused by name, whatever the path.
 TEST(Matmul, GroupedBySlotAndCm2MinTilesAreChecked) {
   auto dev = open_device();
   ASSERT_TRUE(dev);
   for (auto [name, bad, good] : {std::tuple{"TROVE_GROUPED_BY_SLOT", "yes", "1"}, std::tuple{"TROVE_CM2_MIN_TILES", "0", "128"},
                                  std::tuple{"TROVE_CM2_MIN_TILES", "12x", "64"}, std::tuple{"TROVE_CM2_VARIANT", "2", "1"},
+                                 std::tuple{"TROVE_CM2_MIN_BATCH", "16", "512"}, std::tuple{"TROVE_CM2_MIN_BATCH", "5l2", "2048"},
                                  std::tuple{"TROVE_GROUPED_TILE", "64x48", "64x32"}, std::tuple{"TROVE_MATMUL_ACC", "half", "f16"}}) {
     {
       trove::tests::ScopedEnv env(name, bad);

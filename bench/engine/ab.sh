@@ -2,7 +2,7 @@
 # A/B of engine settings in one run, interleaved (the tables of docs/performance.md):
 #
 #   bench/engine/ab.sh --model M [--rounds N] [--depth D] [--tg N] [--ops] VARIANT...
-#   bench/engine/ab.sh --model M --prefill [--rounds N] VARIANT...
+#   bench/engine/ab.sh --model M --prefill [--rounds N] [--depth D] VARIANT...
 #
 # VARIANT is LABEL or LABEL:VAR=value[,VAR=value...]: the environment of that variant's runs (LABEL
 # alone: the defaults), e.g. `base spin:TROVE_VK_WAIT=spin wg1k:TROVE_MATVEC_Q8_WG=1024,TROVE_MATVEC_Q8_WAVES=4`.
@@ -15,19 +15,20 @@
 # TROVE_PROFILE=ops (a timestamp after each op: tg drops by ~5-10%, alike for all) and prints a second
 # table, µs per one-token decode step of each op kind (engine.cpp's kOpNames), per variant and round.
 # --prefill measures prefill instead: each run is `bench_engine --depth 0 --tg 4 --reps 2` and the
-# table has pp512 and pp4096 (tok/s, the better of two pp512 steps; pp4096 in the engine's steps).
+# table has pp512 and pp4096 (tok/s, the better of two pp512 steps; pp4096 in the engine's steps);
+# with --depth D also the prompt of D tokens (`--depth D`, prefill to D in the engine's steps, tok/s).
 # bench_engine is taken from $BENCH_ENGINE, else PATH (the device bundle's wrappers), else
 # build/bench/engine/.
 set -euo pipefail
 
 usage() { sed -n '2,/^set -e/{/^set -e/d; s/^# \{0,1\}//; p}' "$0"; }
-model='' rounds=2 depth=4096 tg='' ops=0 prefill=0
+model='' rounds=2 depth=4096 depth_set=0 tg='' ops=0 prefill=0
 variants=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --model) model=$2; shift 2 ;;
     --rounds) rounds=$2; shift 2 ;;
-    --depth) depth=$2; shift 2 ;;
+    --depth) depth=$2; depth_set=1; shift 2 ;;
     --tg) tg=$2; shift 2 ;;
     --ops) ops=1; shift ;;
     --prefill) prefill=1; shift ;;
@@ -42,7 +43,7 @@ if [ -z "$model" ] || [ ${#variants[@]} -eq 0 ]; then
   exit 2
 fi
 if [ "$prefill" = 1 ] && { [ "$ops" = 1 ] || [ -n "$tg" ]; }; then
-  echo "ab.sh: --prefill measures pp512 and pp4096 only (no --ops, no --tg)" >&2
+  echo "ab.sh: --prefill measures pp512, pp4096 and prefill to --depth only (no --ops, no --tg)" >&2
   exit 2
 fi
 bench=${BENCH_ENGINE:-$(command -v bench_engine || echo build/bench/engine/bench_engine)}
@@ -51,7 +52,12 @@ out=$(mktemp)
 opsdir=$(mktemp -d)
 trap 'rm -rf "$out" "$opsdir"' EXIT
 
-if [ "$prefill" = 1 ]; then
+pdepth=0
+[ "$prefill" = 1 ] && [ "$depth_set" = 1 ] && pdepth=$depth
+if [ "$prefill" = 1 ] && [ "$pdepth" != 0 ]; then
+  echo "| variant | round | pp512 | pp4096 | prefill to $pdepth |"
+  echo "|---|---|---|---|---|"
+elif [ "$prefill" = 1 ]; then
   echo "| variant | round | pp512 | pp4096 |"
   echo "|---|---|---|---|"
 else
@@ -72,7 +78,7 @@ for ((r = 1; r <= rounds; r++)); do
     [ "$ops" = 1 ] && envs=(TROVE_PROFILE=ops ${envs[@]+"${envs[@]}"})
     args=(--model "$model" --decode-only --reps 1 --profile --depth "$depth")
     [ -n "$tg" ] && args+=(--tg "$tg")
-    [ "$prefill" = 1 ] && args=(--model "$model" --depth 0 --tg 4 --reps 2)
+    [ "$prefill" = 1 ] && args=(--model "$model" --depth "$pdepth" --tg 4 --reps 2)
     if ! env ${envs[@]+"${envs[@]}"} "$run" "${args[@]}" > "$out" 2>&1; then
       echo "| $label | $r | failed: $(grep -m1 -iE 'error|invalid|bench_engine:' "$out" | cut -c1-120) | | | | |"
       continue
@@ -81,7 +87,12 @@ for ((r = 1; r <= rounds; r++)); do
     IFS='|' read -r _ _ _ pp pp4 t td _ <<< "$(grep -m1 'trove (Vulkan)' "$out")"
     if [ "$prefill" = 1 ]; then
       pp=${pp// /} pp4=${pp4// /}
-      echo "| $label | $r | ${pp:-?} | ${pp4:-?} |"
+      if [ "$pdepth" != 0 ]; then
+        pd=$(grep -m1 -oE "prefill to depth $pdepth ran at [0-9.]+" "$out" | grep -oE '[0-9.]+$' || true)
+        echo "| $label | $r | ${pp:-?} | ${pp4:-?} | ${pd:-?} |"
+      else
+        echo "| $label | $r | ${pp:-?} | ${pp4:-?} |"
+      fi
       continue
     fi
     prof=$(grep -m1 'TROVE_PROFILE: decode steps' "$out" || true)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Drives bench/engine/ab.sh with BENCH_ENGINE pointing at a stand-in that prints bench_engine's trove
 # row and the engine's TROVE_PROFILE line (copied from an H200 run, 2026-12-04) with numbers taken
-# from the variant's environment, then checks every table row ab.sh prints: decode mode, --prefill,
-# a failing variant, and the refused option combination.
+# from the variant's environment, then checks every table row ab.sh prints: decode mode, --prefill
+# (with and without --depth), a failing variant, and the refused option combination.
 set -euo pipefail
 ab=$1
 dir=$(mktemp -d)
@@ -16,6 +16,7 @@ echo "| model | engine | pp512 | pp4096 | tg128 | tg64 @ 4096 | decode limit (ba
 echo "|---|---|---|---|---|---|---|"
 echo "| synthetic qwen3-8b | trove (Vulkan) | $pp | 9497 | ${STUB_TG:-287.4} | 223.5 | |"
 echo "| qwen3-8b | llama.cpp CUDA (TARGETS.md) | 8907 | 9956 | 252 | — | 615 |"
+[ -n "${STUB_DEPTH:-}" ] && printf '\nsynthetic qwen3-8b: prefill to depth %s ran at %s tok/s\n' "$STUB_DEPTH" "${STUB_PD:-7697}"
 echo "2026-12-04T19:37:30.796Z I engine: TROVE_PROFILE: decode steps (36 steps, 36 tokens), per step (mean): 219.0 dispatches, 6.0 barriers, 3.0 copies, 4.00 submits, 6.00 descriptor sets written (cached descriptors, pieces 16:128); host (median) 3832.5 us a step: 418.3 us recording (first command → last submit; the GPU gets its first piece after 53.3 us), 3458.5 us last submit + wait; GPU (median) 3722.4 us (first → last timestamp)"
 STUB
 chmod +x "$dir/bench_engine"
@@ -42,7 +43,15 @@ grep -q "^| broken | 1 | failed: bench_engine: TROVE_X='y' is invalid" "$dir/out
 grep -q -- "--model m.gguf --depth 0 --tg 4 --reps 2" "$dir/args" || fail "prefill: bench_engine arguments: $(cat "$dir/args")"
 if grep -q -- "--decode-only" "$dir/args"; then fail "prefill: ran decode-only"; fi
 
+# --prefill --depth D: the prompt of D tokens as a third column.
+: > "$dir/args"
+STUB_DEPTH=16384 bash "$ab" --model m.gguf --prefill --depth 16384 --rounds 1 base r128:STUB_PD=8012 > "$dir/out"
+expect "| variant | round | pp512 | pp4096 | prefill to 16384 |"
+expect "| base | 1 | 7545 | 9497 | 7697 |"
+expect "| r128 | 1 | 7545 | 9497 | 8012 |"
+grep -q -- "--model m.gguf --depth 16384 --tg 4 --reps 2" "$dir/args" || fail "prefill at depth: bench_engine arguments: $(cat "$dir/args")"
+
 # --prefill with --ops is refused with the reason.
 if bash "$ab" --model m.gguf --prefill --ops base > "$dir/out" 2>&1; then fail "--prefill --ops was accepted"; fi
-grep -q "measures pp512 and pp4096 only" "$dir/out" || fail "--prefill --ops: no reason given"
+grep -q "measures pp512, pp4096 and prefill to --depth only" "$dir/out" || fail "--prefill --ops: no reason given"
 echo "ab.sh: all checks passed"

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -128,6 +129,8 @@ struct Matvec::State {
   uint32_t q8_stage_flags = 0;    // q8 form: push flags 4 (stage without loads) or 8 (no staging), TROVE_MATVEC_Q8_STAGE
   bool q6_wide = true;            // q8 forms: Q6_K rows in 32-value parts (TROVE_MATVEC_Q6_WIDE=0: 16-value ones)
   uint32_t batched_rows = 0;      // rows per row group of batch 2..8 q8/q8p calls (TROVE_MATVEC_BATCHED_ROWS; 0: default)
+  uint32_t batched_swiglu_rows = 0;  // ... of those with SwiGLU, gate rows (TROVE_MATVEC_BATCHED_SWIGLU_ROWS; 0: as above)
+  uint32_t batched_wg = 0;        // the q8p kernel's workgroup size at batch 2..8 (TROVE_MATVEC_BATCHED_WG; 0: q8_wg)
   uint32_t q8_rows = 0;           // ... of batch-1 q8 calls without SwiGLU (TROVE_MATVEC_ROWS; 0: kDefaultRows)
   uint32_t q8_swiglu_rows = 0;    // ... of batch-1 q8 SwiGLU calls, gate rows (TROVE_MATVEC_SWIGLU_ROWS; 0: 1)
   uint32_t q8_split = 0;          // q8 forms: subgroups sharing a row group's rows (TROVE_MATVEC_Q8_SPLIT; 0: automatic)
@@ -226,6 +229,27 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
       return Status::InvalidArgument(fmt::format("TROVE_MATVEC_BATCHED_ROWS='{}' is not 1, 2 or 4 (rows per row group)", w));
     }
     op.st_->batched_rows = static_cast<uint32_t>(v[0] - '0');
+  }
+  // TROVE_MATVEC_BATCHED_SWIGLU_ROWS=1|2|4: the gate rows of batched SwiGLU calls alone (unset: as
+  // TROVE_MATVEC_BATCHED_ROWS): their lanes hold gate and up rows, twice the slots of the others.
+  if (const char* w = std::getenv("TROVE_MATVEC_BATCHED_SWIGLU_ROWS"); w && *w) {
+    const std::string_view v(w);
+    if (v != "1" && v != "2" && v != "4") {
+      return Status::InvalidArgument(fmt::format("TROVE_MATVEC_BATCHED_SWIGLU_ROWS='{}' is not 1, 2 or 4 (gate rows per row group)", w));
+    }
+    op.st_->batched_swiglu_rows = static_cast<uint32_t>(v[0] - '0');
+  }
+  // TROVE_MATVEC_BATCHED_WG=128|256|512|1024: the workgroup size of the q8p kernel at batch 2..8 (its
+  // activation pass keeps the q8 size, and the split of a row group's parts is the batch-1 call's,
+  // so each column keeps a batch-1 call's bits). With more rows a lane (TROVE_MATVEC_BATCHED_ROWS=4)
+  // and half the workgroup, a workgroup keeps its rows and the grid its size while each activation
+  // load serves twice the rows: an A/B for the per-column cost of wide steps (unmeasured).
+  if (const char* w = std::getenv("TROVE_MATVEC_BATCHED_WG"); w && *w) {
+    const std::string_view v(w);
+    if (v != "128" && v != "256" && v != "512" && v != "1024") {
+      return Status::InvalidArgument(fmt::format("TROVE_MATVEC_BATCHED_WG='{}' is not 128, 256, 512 or 1024 (invocations)", w));
+    }
+    op.st_->batched_wg = static_cast<uint32_t>(std::stoul(std::string(v)));
   }
   // TROVE_MATVEC_ROWS / TROVE_MATVEC_SWIGLU_ROWS=1|2|4: the same for batch-1 calls in the q8 form
   // (without / with the SwiGLU epilogue), for A/B in the engine: more rows a lane holds means more
@@ -462,6 +486,7 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
   const uint32_t sg = direct || q8 ? st_->direct_lanes : gpu_form ? st_->subgroup : 1;
   const uint32_t sms = st_->sms ? st_->sms : kUnknownSmCount;
   const uint32_t rows_per_group = tn.rows_per_group                                 ? tn.rows_per_group
+                                  : call.batch > 1 && q8 && swiglu && st_->batched_swiglu_rows != 0 ? st_->batched_swiglu_rows
                                   : call.batch > 1 && q8 && st_->batched_rows != 0 ? st_->batched_rows
                                   : call.batch == 1 && q8 && swiglu && st_->q8_swiglu_rows != 0 ? st_->q8_swiglu_rows
                                   : call.batch == 1 && q8 && !swiglu && st_->q8_rows != 0 ? st_->q8_rows
@@ -508,7 +533,17 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
                                                  "of a workgroup)", split, wg / g));
     }
   }
-  const uint32_t rows_per_wg = wg / g / split * rows_per_group;
+  // TROVE_MATVEC_BATCHED_WG: the q8p kernel of a batched call in workgroups of its own size, with the
+  // split above (from the batch-1 size) and the pass at the batch-1 size: the same bits per column.
+  uint32_t kernel_wg = wg;
+  if (q8p && call.batch > 1 && st_->batched_wg != 0 && !tn.workgroup_size) {
+    kernel_wg = st_->batched_wg;
+    if (kernel_wg < g || split > kernel_wg / g) {
+      return Status::InvalidArgument(fmt::format("matvec: TROVE_MATVEC_BATCHED_WG {} holds fewer than the {} subgroups of {} "
+                                                 "lanes that share a row group here; use a larger size", kernel_wg, split, g));
+    }
+  }
+  const uint32_t rows_per_wg = kernel_wg / g / split * rows_per_group;
   const uint32_t q6_wide = (tn.q6_parts == MatvecTuning::Q6Parts::kDefault ? st_->q6_wide
                                                                         : tn.q6_parts == MatvecTuning::Q6Parts::kWide)
                                ? 1u
@@ -592,7 +627,7 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
     // staged kernel's order, and a column's numbers equal a batch-1 call's bit for bit.
     auto qp = st_->pipeline({wg, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, g, 4u});
     if (!qp.ok()) return qp.status();
-    auto p = st_->pipeline({wg, call.batch, rows_per_group, swiglu ? 1u : 0u, q8_tile, call.n_mats, push.type[0],
+    auto p = st_->pipeline({kernel_wg, call.batch, rows_per_group, swiglu ? 1u : 0u, q8_tile, call.n_mats, push.type[0],
                             call.n_mats > 1 ? push.type[1] : push.type[0], call.n_mats > 2 ? push.type[2] : push.type[0],
                             1u, sg, g, 3u, q6_wide, split});
     if (!p.ok()) return p.status();

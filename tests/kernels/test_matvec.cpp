@@ -832,6 +832,40 @@ TEST_F(Matvec, TroveMatvecBatchedNamesTheBatchForm) {
   }
 }
 
+// TROVE_MATVEC_BATCHED_WG runs the batched q8p kernel in workgroups of another size (its activation
+// pass and the split of a row group's parts stay the batch-1 call's), here with 4 rows a lane
+// (TROVE_MATVEC_BATCHED_ROWS) and 2 gate rows for SwiGLU (TROVE_MATVEC_BATCHED_SWIGLU_ROWS): every
+// column keeps the bits of a batch-1 call. Bad values are refused by name.
+TEST_F(Matvec, TroveMatvecBatchedWgKeepsColumnsExact) {
+  auto make = [&](const char* wg, const char* rows, const char* swiglu_rows) {
+    tests::ScopedEnv f("TROVE_MATVEC", op_->q8_supported() ? "q8" : "f32"), b("TROVE_MATVEC_BATCHED", op_->q8_supported() ? "q8p" : "f32"),
+        w("TROVE_MATVEC_BATCHED_WG", wg), r("TROVE_MATVEC_BATCHED_ROWS", rows), s("TROVE_MATVEC_BATCHED_SWIGLU_ROWS", swiglu_rows);
+    return ops::Matvec::create(*dev_);
+  };
+  for (auto [wg, rows, sw, what] : {std::tuple{"384", "", "", "TROVE_MATVEC_BATCHED_WG='384'"},
+                                    std::tuple{"256", "", "3", "TROVE_MATVEC_BATCHED_SWIGLU_ROWS='3'"}}) {
+    auto bad = make(wg, rows, sw);
+    ASSERT_FALSE(bad.ok()) << what;
+    EXPECT_NE(bad.status().message().find(what), std::string::npos) << bad.status().message();
+  }
+  if (!op_->q8_supported()) {
+    GTEST_SKIP() << "the device lacks integer dot products, subgroup arithmetic or subgroup shuffles (no q8p form)";
+  }
+  for (const char* wg : {"128", "512"}) {
+    SCOPED_TRACE(std::string("TROVE_MATVEC_BATCHED_WG=") + wg);
+    auto op = make(wg, "4", "2");
+    ASSERT_TRUE(op.ok()) << op.status().ToString();
+    auto cols = [&](Case c) {
+      c.bound = 2e-2;
+      c.exact = true;
+      return check_columns(*dev_, *op, c, rng_);
+    };
+    ASSERT_TRUE(cols({4096, 8, true, MatvecEpilogue::kStore, {{G::Q4_K, 128}, {G::Q6_K, 64}, {G::Q8_0, 64}}}));
+    ASSERT_TRUE(cols({4096, 5, true, MatvecEpilogue::kSwiGlu, {{G::Q4_K, 64}, {G::Q4_K, 64}}}));
+    ASSERT_TRUE(cols({12288, 3, false, MatvecEpilogue::kAdd, {{G::Q6_K, 128}}}));
+  }
+}
+
 // TROVE_MATVEC_Q8_WG sets the workgroup size of both q8 forms (GPUs: 512 by default, 256 on CPU
 // devices): the q8p activation pass takes the same size, so with any of them a batched q8p call gives
 // each column the bits of a batch-1 q8 call (Σ x² summed over the same invocations and subgroups).

@@ -188,6 +188,14 @@ Result<PagedAttention> PagedAttention::create(vk::Device& dev) {
     }
     op.cm2_rows_ = r == "128" ? 128 : 64;
   }
+  if (const char* v = std::getenv("TROVE_ATTENTION_HEAD_GROUPS"); v && *v) {
+    const std::string_view r(v);
+    if (r != "1" && r != "2" && r != "4") {
+      return Status::InvalidArgument(fmt::format("TROVE_ATTENTION_HEAD_GROUPS='{}' is not a number of decode workgroups per KV "
+                                                 "head; use 1, 2 or 4 (or unset it)", v));
+    }
+    op.decode_v2_head_groups_ = static_cast<uint32_t>(r[0] - '0');
+  }
   std::string why;
   op.has_prefill_cm2_ = prefill_cm2_usable(dev, op.cm2_rows_, &why);
   // TROVE_ATTENTION: the prefill kernel kAuto takes (where the call fits it).
@@ -519,6 +527,9 @@ Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCal
   const uint32_t group = c.n_heads / static_cast<uint32_t>(sh.n_kv_heads), d = static_cast<uint32_t>(sh.head_dim);
   const uint32_t kvh = static_cast<uint32_t>(sh.n_kv_heads);
   const uint32_t lanes = decode_v2_lanes(d), unroll = group * d / lanes <= 32 ? 4 : 2;
+  // Head groups (TROVE_ATTENTION_HEAD_GROUPS): kU stays the whole group's (above), so a head's
+  // arithmetic — and its bits — are those of one workgroup per KV head.
+  const uint32_t hg = std::min(decode_v2_head_groups_, group), wg_heads = group / hg;
   // Key slices of a length that is a function of the pool's size and of the token's own key count
   // alone (decode_v2_slice_keys; TROVE_ATTENTION_SPLIT_KEYS fixes it): slice j is keys [j·L, (j+1)·L)
   // whatever the step, so a token's partial sums, and the combine's order over them, do not depend on
@@ -544,13 +555,13 @@ Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCal
     std::lock_guard<std::mutex> lock(decode_->mu);
     const bool both = decode_v2_pipeline_ == Pipelining::kAuto;
     for (uint32_t form : {0u, 1u}) {
-      const std::array<uint32_t, 4> key{group, d, form, fb};
+      const std::array<uint32_t, 5> key{group, d, form, fb, hg};
       if ((!both && form != (pipe ? 1u : 0u)) || decode_->v2.count(key)) continue;
-      auto p = decode_->dev->pipeline({"attention_decode_v2", {group, d, lanes, unroll, form, fb}, sizeof(Push), 6, 128});
+      auto p = decode_->dev->pipeline({"attention_decode_v2", {wg_heads, d, lanes, unroll, form, fb, hg}, sizeof(Push), 6, 128});
       if (!p.ok()) return p.status();
       decode_->v2.emplace(key, std::move(*p));
     }
-    return &decode_->v2.at({group, d, pipe ? 1u : 0u, fb});
+    return &decode_->v2.at({group, d, pipe ? 1u : 0u, fb, hg});
   };
   // Groups of tokens sharing a slice length and kPipe (one, or two where the step crosses a doubling
   // or the pipelining bound), all checked and their pipelines built before anything is recorded.
@@ -598,7 +609,7 @@ Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCal
       Push push{static_cast<uint32_t>(sh.block_size), kvh, d, c.n_heads, (from_buffer ? positions.index : c.start_pos) + t0,
                 n, c.scale, g.n_splits, g.split_len};
       vk::BufferRange bufs[6] = {pool, block_table, qp, op, scratch_, from_buffer ? positions.buffer : vk::BufferRange(scratch_)};
-      TROVE_RETURN_IF_ERROR(s.dispatch(*g.pipeline, bufs, &push, sizeof(push), g.n_splits, kvh, n));
+      TROVE_RETURN_IF_ERROR(s.dispatch(*g.pipeline, bufs, &push, sizeof(push), g.n_splits, kvh * hg, n));
       if (g.n_splits == 1) continue;
       s.barrier();
       CombinePush cp{d, c.n_heads, g.n_splits};

@@ -177,6 +177,10 @@ class PagedAttention {
   // run (TROVE_ATTENTION_DECODE_TOKENS; default kDecodeMaxTokens).
   uint32_t decode_max_tokens_ = kDecodeMaxTokens;
   Pipelining decode_v2_pipeline_ = Pipelining::kAuto;  // TROVE_ATTENTION_PIPELINE
+  // TROVE_ATTENTION_HEAD_GROUPS: decode v2 splits the query heads of a KV head over this many
+  // workgroups (1, 2 or 4; at most the heads a KV head has): twice the grid at half the registers for
+  // the heads' sums, each workgroup reading the KV head's rows itself. The same bits for any value.
+  uint32_t decode_v2_head_groups_ = 1;
   uint32_t decode_v2_fixed_keys_ = 0;  // TROVE_ATTENTION_SPLIT_KEYS: one slice length at every depth (0: by depth)
   bool has_shuffle_ = false;
   uint32_t subgroup_size_ = 0;
@@ -191,7 +195,7 @@ class PagedAttention {
     vk::Device* dev = nullptr;
     std::mutex mu;
     std::map<std::array<uint32_t, 3>, vk::Pipeline> by_shape;  // (G, head_dim, from buffer) -> pipeline
-    std::map<std::array<uint32_t, 4>, vk::Pipeline> v2;        // (G, head_dim, kPipe, from buffer) -> decode v2
+    std::map<std::array<uint32_t, 5>, vk::Pipeline> v2;        // (G, head_dim, kPipe, from buffer, head groups) -> decode v2
     std::map<std::array<uint32_t, 3>, vk::Pipeline> cpu;              // (head_dim, heads, tokens) -> CPU form
     std::unique_ptr<vk::Pipeline> cm2;                                // the cm2 prefill kernel, once built
   };

@@ -19,7 +19,7 @@
 // kPipe (TROVE_ATTENTION_PIPELINE=1, attention.cpp): a round's K and V loads are issued during the
 // round before, so the rows' trip from memory overlaps the previous round's math instead of following
 // it (a slice of 128 keys is 4–8 rounds).
-// Specialized on G (0), head_dim (1), kL (2), kU (3) and kPipe (4). Limits (attention.cpp checks): G in
+// Specialized on G (0, query heads per workgroup), head_dim (1), kL (2), kU (3), kPipe (4) and kHG (6). Limits (attention.cpp checks): G in
 // 1, 2, 4, 8, 16; head_dim a power of two from 8 to 256; kL a power of two dividing head_dim / 8 and at most
 // the subgroup size, whose invocations are consecutive local ids (true of NVIDIA and lavapipe).
 #extension GL_EXT_control_flow_attributes : require
@@ -34,6 +34,10 @@ layout(constant_id = 4) const bool kPipe = true;  // the next round's loads issu
 // Replay (engine decode steps recorded once): the first query's position is positions[start_pos]
 // (binding 5, the engine's per-token positions), not start_pos itself.
 layout(constant_id = 5) const bool kStartFromBuffer = false;
+// Head groups (TROVE_ATTENTION_HEAD_GROUPS, attention.cpp): the query heads of a KV head split over kHG
+// workgroups of kG heads each (grid y = KV heads × kHG); each reads the KV head's rows itself. A head's
+// arithmetic does not depend on the other heads of its workgroup, so its bits are the same for any kHG.
+layout(constant_id = 6) const uint kHG = 1u;
 layout(std430, set = 0, binding = 0) readonly buffer KVq { uvec4 kv4[]; };
 layout(std430, set = 0, binding = 1) readonly buffer T { int table[]; };
 layout(std430, set = 0, binding = 2) readonly buffer Q { vec4 q4[]; };
@@ -78,12 +82,12 @@ void load_round(uint base, uint k0, uint n, uint kvh, uint slot, uint li, uint h
 }
 
 void main() {
-  const uint split = gl_WorkGroupID.x, kvh = gl_WorkGroupID.y, tok = gl_WorkGroupID.z, t = gl_LocalInvocationID.x;
+  const uint split = gl_WorkGroupID.x, kvh = gl_WorkGroupID.y / kHG, tok = gl_WorkGroupID.z, t = gl_LocalInvocationID.x;
   const uint start = kStartFromBuffer ? uint(positions[pc.start_pos]) : pc.start_pos;
   const uint keys = start + tok + 1u;  // causal: keys 0 .. start + tok
   const uint k0 = split * pc.split_len, k1 = min(keys, k0 + pc.split_len);
   const uint n = k1 > k0 ? k1 - k0 : 0u;
-  const uint h0 = kvh * kG;
+  const uint h0 = (kvh * kHG + gl_WorkGroupID.y % kHG) * kG;  // this workgroup's first query head
   const uint slot = t / kL, li = t % kL;
   const uint hb4 = (pc.block_size * pc.n_kv_heads * kD) >> 3u;  // K -> V of the same row, 16-byte units
   const float NEG_INF = -1.0 / 0.0;

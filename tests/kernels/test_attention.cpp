@@ -266,6 +266,63 @@ TEST(PagedAttention, DecodeV2TokenGetsTheBitsOfAOneTokenStep) {
   }
 }
 
+// TROVE_ATTENTION_HEAD_GROUPS=2|4: decode v2 with the query heads of a KV head over 2 or 4
+// workgroups gives every head the bits of one workgroup per KV head (G = 4 and 8, one token and a
+// 5-token step, one slice and several); other values are refused by name.
+TEST(PagedAttention, DecodeV2HeadGroupsKeepTheBits) {
+  auto dev = open_device();
+  ASSERT_TRUE(dev);
+  auto bad = create_with(*dev, "TROVE_ATTENTION_HEAD_GROUPS", "3");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("TROVE_ATTENTION_HEAD_GROUPS='3'"), std::string::npos) << bad.status().message();
+  if (!dev->features().subgroup_shuffle) GTEST_SKIP() << "decode v2 needs subgroup shuffles";
+  auto one = create_with(*dev, "TROVE_ATTENTION_HEAD_GROUPS", "1");
+  ASSERT_TRUE(one.ok()) << one.status().ToString();
+  for (auto [heads_, kvh] : {std::pair{16u, 4u}, std::pair{16u, 2u}}) {
+    for (auto [start_, n_] : {std::pair{40u, 1u}, std::pair{700u, 5u}}) {
+      const uint32_t heads = heads_, start = start_, n = n_;  // captured below
+      SCOPED_TRACE(testing::Message() << heads << " heads over " << kvh << " KV heads, start " << start << ", " << n << " tokens");
+      const uint32_t dim = 128, bs = 64;
+      std::mt19937 rng(start + heads + kvh);
+      std::normal_distribution<float> nd(0.0f, 1.0f);
+      const int64_t used = (start + n + bs - 1) / bs;
+      PagedKvShape shape{used + 1, bs, kvh, dim};
+      std::vector<int32_t> table(used);
+      std::iota(table.begin(), table.end(), 1);
+      std::shuffle(table.begin(), table.end(), rng);
+      std::vector<quant::f16_bits> pool(shape.elements());
+      for (auto& v : pool) v = quant::f32_to_f16(nd(rng));
+      std::vector<float> q(size_t{n} * heads * dim);
+      for (auto& v : q) v = nd(rng);
+      auto kb = dev->buffer(pool.size() * 2), tb = dev->buffer(table.size() * 4), qb = dev->buffer(q.size() * 4),
+           ob = dev->buffer(q.size() * 4);
+      ASSERT_TRUE(kb.ok() && tb.ok() && qb.ok() && ob.ok());
+      ASSERT_TRUE(kb->upload(pool.data(), pool.size() * 2).ok());
+      ASSERT_TRUE(tb->upload(table.data(), table.size() * 4).ok());
+      ASSERT_TRUE(qb->upload(q.data(), q.size() * 4).ok());
+      auto run = [&](const ops::PagedAttention& op) {
+        EXPECT_TRUE(ob->fill(kNaN).ok());
+        auto st = dev->stream();
+        EXPECT_TRUE(st.ok());
+        const ops::AttentionCall call{shape, heads, start, n, 0.088f, ops::AttentionPath::kDecodeV2};
+        EXPECT_TRUE(op.record(*st, call, *kb, *tb, *qb, *ob).ok());
+        EXPECT_TRUE(st->submit_and_wait().ok());
+        std::vector<float> got(q.size());
+        EXPECT_TRUE(ob->download(got.data(), got.size() * 4).ok());
+        return got;
+      };
+      const std::vector<float> want = run(*one);
+      for (const char* hg : {"2", "4"}) {
+        auto op = create_with(*dev, "TROVE_ATTENTION_HEAD_GROUPS", hg);
+        ASSERT_TRUE(op.ok()) << op.status().ToString();
+        const std::vector<float> got = run(*op);
+        EXPECT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * 4)) << "head groups " << hg;
+        EXPECT_FALSE(std::isnan(got[0]) || std::isnan(got.back())) << "head groups " << hg;
+      }
+    }
+  }
+}
+
 // Decode replay: the decode kernels reading the first query's position from a buffer
 // (AttentionPositions) compute the bits of the same call with the position pushed; a different
 // position in the buffer changes the result (it is read, not the pushed one); replay_key() equals for

@@ -93,7 +93,7 @@ constexpr KhrTile kKhrSmall{64, 64, 128, 2}, kKhrLarge{128, 128, 256, 2};
 constexpr uint32_t kKhrLargeShared = 49152;  // (128 + 128) * 40 halves * 2 buffers + 8 KiB staging
 
 struct Cm2Tile { uint32_t bm, bn; };
-constexpr Cm2Tile kCm2Small{64, 64}, kCm2Medium{128, 128}, kCm2Large{128, 256};
+constexpr Cm2Tile kCm2Small{64, 64}, kCm2Medium{128, 128};  // large: Matmul::cm2_large_bm_ × cm2_large_bn_ (128 × 256)
 constexpr uint64_t kCm2TilesToFill = 132;  // cm2 tiles a call needs for the larger tile (H100/H200: one per SM)
 
 }  // namespace
@@ -201,6 +201,16 @@ Result<Matmul> Matmul::create(vk::Device& dev, MatmulPath path) {
     }
     op.cm2_min_batch_ = static_cast<uint32_t>(n);
   }
+  if (const char* v = std::getenv("TROVE_CM2_LARGE"); v && *v) {
+    unsigned bm = 0, bn = 0;
+    char tail = 0;
+    const int n = std::sscanf(v, "%ux%u%c", &bm, &bn, &tail);
+    if (n != 2 || (bm != 64 && bm != 128 && bm != 256) || (bn != 64 && bn != 128 && bn != 256)) {
+      return Status::InvalidArgument(fmt::format(
+          "TROVE_CM2_LARGE='{}' is not a cm2 tile; use BMxBN with BM and BN each 64, 128 or 256 (default 128x256)", v));
+    }
+    op.force_cm2_large(bm, bn);
+  }
   if (const char* v = std::getenv("TROVE_GROUPED_BY_SLOT"); v && *v) {
     if (std::string_view(v) != "0" && std::string_view(v) != "1") {
       return Status::InvalidArgument(fmt::format(
@@ -283,7 +293,8 @@ MatmulTile Matmul::auto_cm2_tile(uint32_t rows, uint32_t batch) const {
     return MatmulTile::kAuto;
   }
   const auto& f = dev_->features();
-  if (cm2_fits(f, kCm2Large) && div_up(rows, 128) * div_up(batch, 256) >= cm2_min_tiles_) return MatmulTile::kLarge;
+  const Cm2Tile large{cm2_large_bm_, cm2_large_bn_};
+  if (cm2_fits(f, large) && div_up(rows, large.bm) * div_up(batch, large.bn) >= cm2_min_tiles_) return MatmulTile::kLarge;
   // Below kCm2MinBatch (only with TROVE_CM2_MIN_BATCH): the medium tile where it fills the SMs, as
   // llama.cpp's cm2 path picks at 512 tokens (the 8B's attention output and ffn_down: 128 medium tiles).
   if (batch < kCm2MinBatch && cm2_fits(f, kCm2Medium) && div_up(rows, 128) * div_up(batch, 128) >= cm2_min_tiles_) {
@@ -308,12 +319,15 @@ MatmulTile Matmul::tile_for(uint32_t rows, uint32_t batch, bool grouped) const {
   auto fits = [&](Cm2Tile t) { return cm2_fits(f, t); };
   if (forced_tile_ != MatmulTile::kAuto) {
     MatmulTile t = forced_tile_;
-    if (t == MatmulTile::kLarge && !fits(kCm2Large)) t = MatmulTile::kMedium;
+    if (t == MatmulTile::kLarge && !fits({cm2_large_bm_, cm2_large_bn_})) t = MatmulTile::kMedium;
     if (t == MatmulTile::kMedium && !fits(kCm2Medium)) t = MatmulTile::kSmall;
     return t;
   }
   if (grouped) return MatmulTile::kSmall;
-  if (batch >= 256 && fits(kCm2Large) && div_up(rows, 128) * div_up(batch, 256) >= kCm2TilesToFill) return MatmulTile::kLarge;
+  if (batch >= cm2_large_bn_ && fits({cm2_large_bm_, cm2_large_bn_}) &&
+      div_up(rows, cm2_large_bm_) * div_up(batch, cm2_large_bn_) >= kCm2TilesToFill) {
+    return MatmulTile::kLarge;
+  }
   if (fits(kCm2Medium) && div_up(rows, 128) * div_up(batch, 128) >= kCm2TilesToFill) return MatmulTile::kMedium;
   return MatmulTile::kSmall;
 }
@@ -373,7 +387,7 @@ Status Matmul::record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows,
       return s.dispatch(**p, bufs, &push, sizeof(push), div_up(rows, c.bm), div_up(batch, c.bn));
     };
     if (const MatmulTile t = auto_cm2_tile(rows, batch); t != MatmulTile::kAuto) {
-      return record_cm2(t == MatmulTile::kLarge ? kCm2Large : kCm2Medium, forced_cm2_variant_.value_or(1));
+      return record_cm2(t == MatmulTile::kLarge ? Cm2Tile{cm2_large_bm_, cm2_large_bn_} : kCm2Medium, forced_cm2_variant_.value_or(1));
     }
     if (path_ == MatmulPath::kKhr) {
       const KhrTile k = tile == MatmulTile::kSmall ? kKhrSmall : KhrTile{128, 128, khr_large_wg_, khr_large_sgm_};
@@ -387,7 +401,7 @@ Status Matmul::record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows,
       }
       return s.dispatch(**p, bufs, &push, sizeof(push), div_up(rows, k.bm), div_up(batch, k.bn));
     }
-    return record_cm2(tile == MatmulTile::kSmall ? kCm2Small : tile == MatmulTile::kMedium ? kCm2Medium : kCm2Large,
+    return record_cm2(tile == MatmulTile::kSmall ? kCm2Small : tile == MatmulTile::kMedium ? kCm2Medium : Cm2Tile{cm2_large_bm_, cm2_large_bn_},
                       forced_cm2_variant_.value_or(0));
   }
   // Rows per invocation: 4 for batches (each activation chunk loaded once serves 4 rows), 1 for decode.

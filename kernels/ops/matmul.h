@@ -63,6 +63,7 @@
 //    automatic path of a device with both kinds go to cm2 (variant 1): the large tile where
 //    TROVE_CM2_MIN_TILES of it fill the SMs, and below 2048 columns also the medium tile where that
 //    fills them (auto_cm2_tile). For A/B at 512 tokens, where llama.cpp runs cm2 medium tiles.
+//  - TROVE_CM2_LARGE=BMxBN (force_cm2_large): the cm2 large tile (default 128x256), for A/B.
 //  - TROVE_KHR_LARGE=WGxSGM: the KHR dense kernel's 128×128 tile over WG invocations (128 or 256) with
 //    SGM subgroups along the rows (default 256x2: 8 subgroups of 64×32 each); e.g. 128x2 gives 4
 //    subgroups of 64×64 (16 accumulators each: more products per shared-memory fragment load).
@@ -149,6 +150,10 @@ class Matmul {
   // The fewest columns of a dense call the automatic path hands to cm2 (TROVE_CM2_MIN_BATCH, default
   // kCm2MinBatch; at least kCoopmatMinBatch). For benchmarks and tests.
   void force_cm2_min_batch(uint32_t n) { cm2_min_batch_ = n; }
+  // The cm2 large tile (TROVE_CM2_LARGE=BMxBN, default 128 × 256; BM and BN 64, 128 or 256): what
+  // the automatic path's large calls and a forced large tile take. For A/B: with f16 accumulators a
+  // 256 × 256 tile holds as many accumulator registers as the default in f32.
+  void force_cm2_large(uint32_t bm, uint32_t bn) { cm2_large_bm_ = bm, cm2_large_bn_ = bn; }
 
  private:
   struct Cache;  // lazily built matrix-unit pipelines
@@ -171,6 +176,7 @@ class Matmul {
   // 10082 tok/s on the H200.
   uint64_t cm2_min_tiles_ = 128;
   uint32_t cm2_min_batch_ = kCm2MinBatch;  // TROVE_CM2_MIN_BATCH
+  uint32_t cm2_large_bm_ = 128, cm2_large_bn_ = 256;  // TROVE_CM2_LARGE
   // GroupedMatmulCall::x_by_slot honoured by the cm2 kernel (TROVE_GROUPED_BY_SLOT=1, force_by_slot);
   // off by default: on the H200 (2026-12-04) its first form, every tile through a clamped layout, made
   // the 30B-A3B's prefill 0.8% slower than the gather; the unclamped interior tiles have not run on a

@@ -291,6 +291,18 @@ TEST(Matmul, Cm2VariantOneMatchesReference) {
       check(*dev, *op, GgmlType::Q8_0, 100, 512, 37, seed++, 2e-3, true);   // untouched by the variant
     }
   }
+  // Other large tiles (TROVE_CM2_LARGE): 256 rows, with and without f16 accumulators; partial tiles.
+  for (auto [bm, bn] : {std::pair{256u, 256u}, std::pair{256u, 128u}}) {
+    SCOPED_TRACE(testing::Message() << "large tile " << bm << "x" << bn);
+    op->force_cm2_large(bm, bn);
+    op->force_tile(MatmulTile::kLarge);
+    for (bool f16 : {false, true}) {
+      op->force_acc_f16(f16);
+      check(*dev, *op, GgmlType::Q4_K, 300, 512, 300, seed++, f16 ? 2e-2 : 2e-3, true);
+      check(*dev, *op, GgmlType::Q6_K, 260, 256, 270, seed++, f16 ? 2e-2 : 2e-3, true);
+    }
+  }
+  op->force_cm2_large(128, 256);
   // f16 accumulators (TROVE_MATMUL_ACC=f16): sums rounded to f16 at every step, so a wider bound.
   op->force_acc_f16(true);
   op->force_tile(MatmulTile::kMedium);
@@ -417,7 +429,7 @@ TEST(Matmul, TroveKhrPrefetchIsChecked) {
 }
 
 // The A/B knobs (matmul.h): TROVE_GROUPED_BY_SLOT takes 0 or 1, TROVE_CM2_MIN_TILES a positive
-// count, TROVE_CM2_MIN_BATCH a column count of 32 or more, TROVE_CM2_VARIANT 0 or 1, TROVE_GROUPED_TILE BMxBN[xBK], TROVE_MATMUL_ACC f16 or f32; anything
+// count, TROVE_CM2_MIN_BATCH a column count of 32 or more, TROVE_CM2_LARGE BMxBN of 64/128/256, TROVE_CM2_VARIANT 0 or 1, TROVE_GROUPED_TILE BMxBN[xBK], TROVE_MATMUL_ACC f16 or f32; anything
 // else is refused by name, whatever the path.
 TEST(Matmul, GroupedBySlotAndCm2MinTilesAreChecked) {
   auto dev = open_device();
@@ -425,6 +437,7 @@ TEST(Matmul, GroupedBySlotAndCm2MinTilesAreChecked) {
   for (auto [name, bad, good] : {std::tuple{"TROVE_GROUPED_BY_SLOT", "yes", "1"}, std::tuple{"TROVE_CM2_MIN_TILES", "0", "128"},
                                  std::tuple{"TROVE_CM2_MIN_TILES", "12x", "64"}, std::tuple{"TROVE_CM2_VARIANT", "2", "1"},
                                  std::tuple{"TROVE_CM2_MIN_BATCH", "16", "512"}, std::tuple{"TROVE_CM2_MIN_BATCH", "5l2", "2048"},
+                                 std::tuple{"TROVE_CM2_LARGE", "128x512", "256x256"}, std::tuple{"TROVE_CM2_LARGE", "256", "256x128"},
                                  std::tuple{"TROVE_GROUPED_TILE", "64x48", "64x32"}, std::tuple{"TROVE_MATMUL_ACC", "half", "f16"}}) {
     {
       trove::tests::ScopedEnv env(name, bad);

@@ -17,6 +17,9 @@
 # --prefill measures prefill instead: each run is `bench_engine --depth 0 --tg 4 --reps 2` and the
 # table has pp512 and pp4096 (tok/s, the better of two pp512 steps; pp4096 in the engine's steps);
 # with --depth D also the prompt of D tokens (`--depth D`, prefill to D in the engine's steps, tok/s).
+# --prefill --ops adds two op tables (TROVE_PROFILE=ops): µs per step of each op kind in pp512's
+# 512-token steps and in the 2048-token steps (the engine's "prefill steps of 257-512 / 1025-2048
+# tokens" tables).
 # bench_engine is taken from $BENCH_ENGINE, else PATH (the device bundle's wrappers), else
 # build/bench/engine/.
 set -euo pipefail
@@ -42,9 +45,17 @@ if [ -z "$model" ] || [ ${#variants[@]} -eq 0 ]; then
   usage >&2
   exit 2
 fi
-if [ "$prefill" = 1 ] && { [ "$ops" = 1 ] || [ -n "$tg" ]; }; then
-  echo "ab.sh: --prefill measures pp512, pp4096 and prefill to --depth only (no --ops, no --tg)" >&2
+if [ "$prefill" = 1 ] && [ -n "$tg" ]; then
+  echo "ab.sh: --prefill measures pp512, pp4096 and prefill to --depth only (no --tg)" >&2
   exit 2
+fi
+# The op tables --ops collects: the engine's TROVE_PROFILE=ops table headers, and a title for each.
+if [ "$prefill" = 1 ]; then
+  op_heads=("prefill steps of 257-512 tokens " "prefill steps of 1025-2048 tokens ")
+  op_titles=("µs per 512-token prefill step" "µs per 2048-token prefill step")
+else
+  op_heads=("decode steps of 1 token ")
+  op_titles=("µs per one-token decode step")
 fi
 bench=${BENCH_ENGINE:-$(command -v bench_engine || echo build/bench/engine/bench_engine)}
 [ -x "$bench" ] || { echo "ab.sh: no bench_engine at '$bench' (build it or set BENCH_ENGINE)" >&2; exit 2; }
@@ -93,29 +104,35 @@ for ((r = 1; r <= rounds; r++)); do
       else
         echo "| $label | $r | ${pp:-?} | ${pp4:-?} |"
       fi
-      continue
     fi
+    # Each op table: "  <kind>  <µs> us/step  <share>%" lines after its header.
+    if [ "$ops" = 1 ]; then
+      for i in "${!op_heads[@]}"; do
+        mkdir -p "$opsdir/$i"
+        awk -v h="TROVE_PROFILE=ops, ${op_heads[$i]}" 'index($0, h){on=1; next} on && / us\/step /{sub(/^ +/, ""); \
+             n=split($0, f, / +/); us=f[n-2]; name=$0; sub(/ +[0-9.]+ us\/step.*$/, "", name); print name "\t" us; next} on{exit}' \
+          "$out" > "$opsdir/$i/$r.$label"
+      done
+    fi
+    [ "$prefill" = 1 ] && continue
     prof=$(grep -m1 'TROVE_PROFILE: decode steps' "$out" || true)
     gpu=$(grep -oE 'GPU \(median\) [0-9.]+' <<< "$prof" | grep -oE '[0-9.]+$' || true)
     host=$(grep -oE 'host \(median\) [0-9.]+' <<< "$prof" | grep -oE '[0-9.]+$' || true)
     disp=$(grep -oE '[0-9.]+ dispatches' <<< "$prof" | grep -oE '^[0-9.]+' || true)
     echo "| $label | $r | ${t// /} | ${td// /} | ${gpu:-?} | ${host:-?} | ${disp:-?} |"
-    # The op table of one-token decode steps: "  <kind>  <µs> us/step  <share>%" lines after its header.
-    if [ "$ops" = 1 ]; then
-      awk '/TROVE_PROFILE=ops, decode steps of 1 token /{on=1; next} on && / us\/step /{sub(/^ +/, ""); \
-           n=split($0, f, / +/); us=f[n-2]; name=$0; sub(/ +[0-9.]+ us\/step.*$/, "", name); print name "\t" us; next} on{exit}' \
-        "$out" > "$opsdir/$r.$label"
-    fi
   done
 done
-if [ "$ops" = 1 ]; then
+[ "$ops" = 1 ] || exit 0
+for i in "${!op_heads[@]}"; do
   # Columns: the op kinds in the order of the first file that has any.
-  first=$(find "$opsdir" -type f -size +0 | sort | head -n1)
+  first=$(find "$opsdir/$i" -type f -size +0 2>/dev/null | sort | head -n1)
+  echo
   if [ -z "$first" ]; then
-    echo; echo "(--ops: no run printed an op profile of one-token decode steps)"
-    exit 0
+    echo "(--ops: no run printed an op profile of ${op_heads[$i]% })"
+    continue
   fi
   mapfile -t kinds < <(cut -f1 "$first")
+  echo "${op_titles[$i]}:"
   echo
   header="| variant | round |" rule="|---|---|"
   for k in "${kinds[@]}"; do header+=" $k |"; rule+="---|"; done
@@ -126,10 +143,10 @@ if [ "$ops" = 1 ]; then
       label=${label%%@*}
       row="| $label | $r |"
       for k in "${kinds[@]}"; do
-        us=$(awk -F'\t' -v k="$k" '$1 == k {print $2}' "$opsdir/$r.$label" 2>/dev/null)
+        us=$(awk -F'\t' -v k="$k" '$1 == k {print $2}' "$opsdir/$i/$r.$label" 2>/dev/null)
         row+=" ${us:-?} |"
       done
       echo "$row"
     done
   done
-fi
+done

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <bit>
 #include <cstdlib>
 #include <string>
 
@@ -71,7 +72,7 @@ void StepProfile::add_step(const vk::CommandStream& s, const vk::StreamCounters&
   }
   if (ops_) {
     const std::vector<double> ts = s.timestamps_ns();
-    Ops& p = ops_by_size_[decode ? T : 0];
+    Ops& p = decode ? ops_by_size_[T] : ops_prefill_[std::bit_ceil(T)];
     if (compiled) {
       // The host compiled pipelines mid-step and the GPU waited for the pieces behind them: that
       // wait would land on whichever op follows (e.g. 2.8 ms a step of "kv write" on the 30B-A3B).
@@ -94,11 +95,18 @@ void StepProfile::log(std::string_view descriptors, const vk::StreamOptions& pie
 }
 
 void StepProfile::log_ops() const {
-  for (uint32_t k = 1; k <= ops::Matvec::kMaxBatch + 1; ++k) {  // decode steps by size, then the longer ones
-    const Ops& p = ops_by_size_[k % (ops::Matvec::kMaxBatch + 1)];
-    const std::string kind = k <= ops::Matvec::kMaxBatch
-                                 ? fmt::format("decode steps of {} token{}", k, k == 1 ? "" : "s")
-                                 : std::string("prefill steps");
+  // Decode steps by size, then the longer ones by power-of-two class (pp512's 512-token step apart
+  // from the 2048-token steps of a long prompt).
+  std::vector<std::pair<std::string, const Ops*>> tables;
+  for (uint32_t k = 1; k <= ops::Matvec::kMaxBatch; ++k) {
+    tables.emplace_back(fmt::format("decode steps of {} token{}", k, k == 1 ? "" : "s"), &ops_by_size_[k]);
+  }
+  for (const auto& [hi, p] : ops_prefill_) {
+    const uint32_t lo = std::max(hi / 2 + 1, ops::Matvec::kMaxBatch + 1);
+    tables.emplace_back(fmt::format("prefill steps of {}-{} tokens", lo, hi), &p);
+  }
+  for (const auto& [kind, pp] : tables) {
+    const Ops& p = *pp;
     if (p.steps == 0 && p.compile_steps == 0) continue;
     double total = 0;
     for (double v : p.ns) total += v;

@@ -3,8 +3,9 @@
 //
 //   TROVE_PROFILE=ops    GPU time per op kind (a timestamp after each, OpKind), one table per decode
 //                        step size (1..Matvec::kMaxBatch tokens: what a verification of k tokens or k
-//                        streams cost) and one for longer steps; steps that compiled pipelines are
-//                        counted apart (the GPU waited for the host there).
+//                        streams cost) and one per power-of-two class of longer steps ("prefill steps
+//                        of 257-512 tokens": pp512's step apart from the 2048-token ones); steps that
+//                        compiled pipelines are counted apart (the GPU waited for the host there).
 //   any value            per decode and per prefill step: what the stream recorded (vk::StreamCounters,
 //                        means) and the host's times (medians); with =steps or =ops also the GPU time
 //                        from the step's first to its last timestamp.
@@ -12,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string_view>
 #include <vector>
 
@@ -81,7 +83,8 @@ class StepProfile {
   void log_host(std::string_view descriptors, const vk::StreamOptions& pieces) const;
 
   bool phases_ = false, ops_ = false, steps_ = false, host_ = false;
-  Ops ops_by_size_[ops::Matvec::kMaxBatch + 1];  // [T] decode steps of T tokens, [0] longer steps
+  Ops ops_by_size_[ops::Matvec::kMaxBatch + 1];  // [T] decode steps of T tokens ([0] unused)
+  std::map<uint32_t, Ops> ops_prefill_;           // longer steps by the power of two at or above T
   Host host_by_kind_[2];                         // [0] decode steps (<= kMaxBatch tokens), [1] longer
 };
 

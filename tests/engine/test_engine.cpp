@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -544,6 +545,47 @@ TEST(Engine, OpProfileLeavesOutStepsThatCompiledPipelines) {
   EXPECT_TRUE(five.find("(1 steps, 5 tokens") != std::string::npos ||
               five.find("every one compiled pipelines (1 steps") != std::string::npos)
       << five;
+}
+
+// TROVE_PROFILE=ops tables longer steps by power-of-two class: steps of 12, 20 and 40 tokens land in
+// "9-16", "17-32" and "33-64", each with its own step count (the first step of a class may compile
+// pipelines and is then left out, as in the decode tables).
+TEST(Engine, OpProfileTablesPrefillStepsBySize) {
+  log::ScopedLogCapture logs;
+  {
+    ScopedEnv ops("TROVE_PROFILE", "ops");
+    auto e = load(256, 1, 0, 64, quantized_model_path());
+    ASSERT_TRUE(e);
+    for (uint32_t n : {12u, 20u, 40u, 40u, 20u, 40u}) {
+      auto seq = e->open_sequence();
+      ASSERT_TRUE(seq.ok());
+      StepInput in;
+      in.seq = *seq;
+      const std::vector<int32_t> tok = prompt(n, static_cast<int32_t>(n));
+      in.tokens = tok;
+      auto out = e->step(std::vector<StepInput>{in});
+      ASSERT_TRUE(out.ok()) << out.status().ToString();
+      e->close_sequence(*seq);
+    }
+  }  // the profile is logged when the engine closes
+  std::map<std::string, std::string> tables;
+  for (const auto& r : logs.records()) {
+    for (const char* kind : {"9-16", "17-32", "33-64"}) {
+      if (r.message.find(std::string("TROVE_PROFILE=ops, prefill steps of ") + kind + " tokens") != std::string::npos) {
+        tables[kind] = r.message;
+      }
+    }
+    EXPECT_EQ(r.message.find("TROVE_PROFILE=ops, prefill steps ("), std::string::npos) << "a table of all prefill steps: " << r.message;
+  }
+  ASSERT_EQ(tables.size(), 3u) << "expected one table per class of 12-, 20- and 40-token steps";
+  auto counted = [](const std::string& t, int steps, int tokens) {
+    return t.find(fmt::format("({} steps, {} tokens", steps, tokens)) != std::string::npos;
+  };
+  // Each class: all its steps measured, or the first left out for compiling pipelines.
+  EXPECT_TRUE(counted(tables["9-16"], 1, 12) || tables["9-16"].find("every one compiled pipelines") != std::string::npos) << tables["9-16"];
+  EXPECT_TRUE(counted(tables["17-32"], 2, 40) || counted(tables["17-32"], 1, 20)) << tables["17-32"];
+  EXPECT_TRUE(counted(tables["33-64"], 3, 120) || counted(tables["33-64"], 2, 80)) << tables["33-64"];
+  EXPECT_NE(tables["33-64"].find("us/step"), std::string::npos) << tables["33-64"];
 }
 
 TEST(Engine, GenerateStopsAtMaxTokensAndReusesThePrefix) {

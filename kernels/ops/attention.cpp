@@ -188,6 +188,14 @@ Result<PagedAttention> PagedAttention::create(vk::Device& dev) {
     }
     op.cm2_rows_ = r == "128" ? 128 : 64;
   }
+  if (const char* v = std::getenv("TROVE_ATTENTION_SCATTER"); v && *v) {
+    const std::string_view r(v);
+    if (r != "0" && r != "1") {
+      return Status::InvalidArgument(fmt::format("TROVE_ATTENTION_SCATTER='{}' is not 0 or 1 (decode v2's q·k sums over a key row's "
+                                                 "lanes by reduce-scatter and broadcast, or by all-reduce)", v));
+    }
+    op.decode_v2_scatter_ = r == "1";
+  }
   if (const char* v = std::getenv("TROVE_ATTENTION_HEAD_GROUPS"); v && *v) {
     const std::string_view r(v);
     if (r != "1" && r != "2" && r != "4") {
@@ -557,7 +565,8 @@ Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCal
     for (uint32_t form : {0u, 1u}) {
       const std::array<uint32_t, 5> key{group, d, form, fb, hg};
       if ((!both && form != (pipe ? 1u : 0u)) || decode_->v2.count(key)) continue;
-      auto p = decode_->dev->pipeline({"attention_decode_v2", {wg_heads, d, lanes, unroll, form, fb, hg}, sizeof(Push), 6, 128});
+      auto p = decode_->dev->pipeline({"attention_decode_v2", {wg_heads, d, lanes, unroll, form, fb, hg, decode_v2_scatter_ ? 1u : 0u},
+                                       sizeof(Push), 6, 128});
       if (!p.ok()) return p.status();
       decode_->v2.emplace(key, std::move(*p));
     }

@@ -181,6 +181,9 @@ class PagedAttention {
   // workgroups (1, 2 or 4; at most the heads a KV head has): twice the grid at half the registers for
   // the heads' sums, each workgroup reading the KV head's rows itself. The same bits for any value.
   uint32_t decode_v2_head_groups_ = 1;
+  // TROVE_ATTENTION_SCATTER=1: decode v2 sums q·k over a key row's lanes by reduce-scatter and
+  // broadcast (~2N shuffles for N values a round instead of N·log2 kL); the same bits.
+  bool decode_v2_scatter_ = false;
   uint32_t decode_v2_fixed_keys_ = 0;  // TROVE_ATTENTION_SPLIT_KEYS: one slice length at every depth (0: by depth)
   bool has_shuffle_ = false;
   uint32_t subgroup_size_ = 0;

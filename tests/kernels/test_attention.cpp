@@ -267,18 +267,23 @@ TEST(PagedAttention, DecodeV2TokenGetsTheBitsOfAOneTokenStep) {
 }
 
 // TROVE_ATTENTION_HEAD_GROUPS=2|4: decode v2 with the query heads of a KV head over 2 or 4
-// workgroups gives every head the bits of one workgroup per KV head (G = 4 and 8, one token and a
-// 5-token step, one slice and several); other values are refused by name.
-TEST(PagedAttention, DecodeV2HeadGroupsKeepTheBits) {
+// workgroups gives every head the bits of one workgroup per KV head, and TROVE_ATTENTION_SCATTER=1
+// (q·k summed by reduce-scatter and broadcast) the bits of the all-reduce (G = 1, 4 and 8: kU·G values
+// of 4 and 16 over the key row's kL lanes, fewer and more than kL on lavapipe; one token and a 5-token
+// step, one slice and several);
+// other values are refused by name.
+TEST(PagedAttention, DecodeV2HeadGroupsAndScatterKeepTheBits) {
   auto dev = open_device();
   ASSERT_TRUE(dev);
-  auto bad = create_with(*dev, "TROVE_ATTENTION_HEAD_GROUPS", "3");
-  ASSERT_FALSE(bad.ok());
-  EXPECT_NE(bad.status().message().find("TROVE_ATTENTION_HEAD_GROUPS='3'"), std::string::npos) << bad.status().message();
+  for (auto [name, value] : {std::pair{"TROVE_ATTENTION_HEAD_GROUPS", "3"}, std::pair{"TROVE_ATTENTION_SCATTER", "yes"}}) {
+    auto bad = create_with(*dev, name, value);
+    ASSERT_FALSE(bad.ok()) << name;
+    EXPECT_NE(bad.status().message().find(fmt::format("{}='{}'", name, value)), std::string::npos) << bad.status().message();
+  }
   if (!dev->features().subgroup_shuffle) GTEST_SKIP() << "decode v2 needs subgroup shuffles";
   auto one = create_with(*dev, "TROVE_ATTENTION_HEAD_GROUPS", "1");
   ASSERT_TRUE(one.ok()) << one.status().ToString();
-  for (auto [heads_, kvh] : {std::pair{16u, 4u}, std::pair{16u, 2u}}) {
+  for (auto [heads_, kvh] : {std::pair{16u, 4u}, std::pair{16u, 2u}, std::pair{16u, 16u}}) {
     for (auto [start_, n_] : {std::pair{40u, 1u}, std::pair{700u, 5u}}) {
       const uint32_t heads = heads_, start = start_, n = n_;  // captured below
       SCOPED_TRACE(testing::Message() << heads << " heads over " << kvh << " KV heads, start " << start << ", " << n << " tokens");
@@ -305,7 +310,8 @@ TEST(PagedAttention, DecodeV2HeadGroupsKeepTheBits) {
         auto st = dev->stream();
         EXPECT_TRUE(st.ok());
         const ops::AttentionCall call{shape, heads, start, n, 0.088f, ops::AttentionPath::kDecodeV2};
-        EXPECT_TRUE(op.record(*st, call, *kb, *tb, *qb, *ob).ok());
+        const Status rs = op.record(*st, call, *kb, *tb, *qb, *ob);
+        EXPECT_TRUE(rs.ok()) << rs.ToString();
         EXPECT_TRUE(st->submit_and_wait().ok());
         std::vector<float> got(q.size());
         EXPECT_TRUE(ob->download(got.data(), got.size() * 4).ok());
@@ -318,6 +324,13 @@ TEST(PagedAttention, DecodeV2HeadGroupsKeepTheBits) {
         const std::vector<float> got = run(*op);
         EXPECT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * 4)) << "head groups " << hg;
         EXPECT_FALSE(std::isnan(got[0]) || std::isnan(got.back())) << "head groups " << hg;
+      }
+      for (const char* hg : {"1", "2"}) {  // the reduce-scatter of q·k (TROVE_ATTENTION_SCATTER=1)
+        tests::ScopedEnv sc("TROVE_ATTENTION_SCATTER", "1");
+        auto op = create_with(*dev, "TROVE_ATTENTION_HEAD_GROUPS", hg);
+        ASSERT_TRUE(op.ok()) << op.status().ToString();
+        const std::vector<float> got = run(*op);
+        EXPECT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * 4)) << "scatter, head groups " << hg;
       }
     }
   }

@@ -25,23 +25,24 @@ const uint kQ6Wide = 0u;  // 1: walk() takes Q6_K in 32-value parts (part_q6k_wi
 
 // Column b's int8 values (16 per uvec4) at SQ(sqi(b·kTileVals/16 + i)), its scales per 32 values at
 // SD(b·kTileVals/64 ..) (two per vec2: a Q4_K/Q5_K part's two sub-blocks in one load), d·Σq per 16
-// values at SS(b·kTileVals/64 ..) (four per vec4: both halves of both sub-blocks); b < kQ8Cols.
+// values at SS(b·kTileVals/32 ..) (two per vec2: SS(2j + h) holds half h of 32-value blocks 2j and
+// 2j + 1 — the two a Q4_K/Q5_K part of half h reads, in one 8-byte load); b < kQ8Cols.
 // MV_Q8_GLOBAL: the same arrays one after the other in the scratch slot (in floats: q at 0,
 // d at kQ8Cols·T/4, sums at ·9/32, then inv_rms of each column at ·13/32; T = kTileVals; the
 // includer reads the last).
 #ifdef MV_Q8_GLOBAL
 layout(std430, set = 0, binding = 0) readonly buffer GQ { uvec4 gq4[]; };
 layout(std430, set = 0, binding = 0) readonly buffer GD { vec2 gd2[]; };
-layout(std430, set = 0, binding = 0) readonly buffer GS { vec4 gs4[]; };
+layout(std430, set = 0, binding = 0) readonly buffer GS { vec2 gs2[]; };
 layout(std430, set = 0, binding = 0) readonly buffer GI { float gi[]; };
 #define SQ(i) gq4[i]
 #define SD(i) gd2[kQ8Cols * kTileVals / 8u + (i)]
-#define SS(i) gs4[kQ8Cols * kTileVals * 9u / 128u + (i)]
+#define SS(i) gs2[kQ8Cols * kTileVals * 9u / 64u + (i)]
 uint sqi(uint i) { return i; }
 #else
 shared uvec4 sq[kQ8Cols * kTileVals / 16u];
 shared vec2 sd[kQ8Cols * kTileVals / 64u];
-shared vec4 ss[kQ8Cols * kTileVals / 64u];
+shared vec2 ss[kQ8Cols * kTileVals / 32u];
 #define SQ(i) sq[i]
 #define SD(i) sd[i]
 #define SS(i) ss[i]
@@ -104,8 +105,8 @@ void part_k45(bool q5, uint sb, uint m) {
   [[unroll]] for (uint b = 0u; b < kNB; ++b) {
     const uvec4 xl = SQ(sqi(q8_col(b) * (kTileVals / 16u) + (vl >> 4u))), xh = SQ(sqi(q8_col(b) * (kTileVals / 16u) + (vl >> 4u) + 2u));
     const vec2 dx = SD(q8_col(b) * (kTileVals / 64u) + (kl >> 1u));  // kl is even: (kl, kl + 1)
-    const vec4 sx = SS(q8_col(b) * (kTileVals / 64u) + (kl >> 1u));  // halves of kl, then of kl + 1
-    const float dl = dx.x, dh = dx.y, sl = sx[h], sh = sx[2u + h];
+    const vec2 sx = SS(q8_col(b) * (kTileVals / 32u) + kl + h);  // half h of kl, then of kl + 1 (kl even)
+    const float dl = dx.x, dh = dx.y, sl = sx.x, sh = sx.y;
     [[unroll]] for (uint s = 0u; s < kNS; ++s) {
       if (!live[s]) continue;
       const int il = dp(lo[s].x, xl.x) + dp(lo[s].y, xl.y) + dp(lo[s].z, xl.z) + dp(lo[s].w, xl.w);
@@ -279,7 +280,7 @@ float stage_half(uint b, uint xrow, uint h, bool norm, float dscale) {
   sq[sqi(b * (kTileVals / 16u) + 2u * k + half_)] = uvec4(o.w[0], o.w[1], o.w[2], o.w[3]);
   const uint kb = b * (kTileVals / 32u) + k;
   if (half_ == 0u) sd[kb >> 1u][kb & 1u] = o.d;
-  ss[kb >> 1u][2u * (kb & 1u) + half_] = o.s;
+  ss[(kb & ~1u) + half_][kb & 1u] = o.s;  // SS(2j + h): half h of blocks 2j, 2j + 1
   return half_ == 0u ? o.ssq : 0.0;
 }
 #endif

@@ -3,7 +3,8 @@
 // column quantizes x̂ = x·norm_w into the scratch slot matvec_q8p.comp reads — int8 with a scale per
 // 32 values (d = max|x̂|/127), d·Σq per 16 values, and the column's inv_rms (RMSNorm prologue; 1
 // without it). Slot layout in floats, T = tile (cols rounded up to 256), B = batch: int8 values at 0
-// (column b at b·T/4), scales at B·T/4 + b·T/32, sums at B·T·9/32 + b·T/16, inv_rms at B·T·13/32 + b.
+// (column b at b·T/4), scales at B·T/4 + b·T/32, sums at B·T·9/32 + b·T/16 (half h of 32-value blocks 2j
+// and 2j + 1 side by side at 4j + 2h: matvec_q8_parts.glsl's SS), inv_rms at B·T·13/32 + b.
 //
 // Every number is the one the staged q8 kernel (matvec_q8_parts.glsl, stage_half) computes for the same
 // column, bit for bit: both quantize a block with q8_half (matvec_q8_block.glsl), half a block per
@@ -46,7 +47,7 @@ void main() {
     const Q8Half o = q8_half(v, n, norm, 1.0);
     q4[b * (T / 16u) + 2u * k + half_] = uvec4(o.w[0], o.w[1], o.w[2], o.w[3]);
     if (half_ == 0u) qf[B * T / 4u + b * (T / 32u) + k] = o.d;
-    qf[B * T * 9u / 32u + b * (T / 16u) + 2u * k + half_] = o.s;
+    qf[B * T * 9u / 32u + b * (T / 16u) + 4u * (k >> 1u) + 2u * half_ + (k & 1u)] = o.s;  // SS(2j + h)[k & 1]
     ssq += half_ == 0u ? o.ssq : 0.0;
   }
   ssq = subgroupAdd(ssq);

@@ -188,6 +188,14 @@ Result<PagedAttention> PagedAttention::create(vk::Device& dev) {
     }
     op.cm2_rows_ = r == "128" ? 128 : 64;
   }
+  if (const char* v = std::getenv("TROVE_ATTENTION_MERGE"); v && *v) {
+    const std::string_view r(v);
+    if (r != "serial" && r != "parallel") {
+      return Status::InvalidArgument(fmt::format("TROVE_ATTENTION_MERGE='{}' is not serial or parallel (how decode v2's subgroups "
+                                                 "merge their sums: in turn, a barrier each, or each into its own copy)", v));
+    }
+    op.decode_v2_merge_parallel_ = r == "parallel";
+  }
   if (const char* v = std::getenv("TROVE_ATTENTION_SCATTER"); v && *v) {
     const std::string_view r(v);
     if (r != "0" && r != "1") {
@@ -538,6 +546,14 @@ Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCal
   // Head groups (TROVE_ATTENTION_HEAD_GROUPS): kU stays the whole group's (above), so a head's
   // arithmetic — and its bits — are those of one workgroup per KV head.
   const uint32_t hg = std::min(decode_v2_head_groups_, group), wg_heads = group / hg;
+  // TROVE_ATTENTION_MERGE=parallel: one copy of the sums per subgroup where shared memory holds them
+  // (the same bits either way, so the serial merge is a safe fallback).
+  uint32_t merge_sg = 0;
+  if (decode_v2_merge_parallel_ && subgroup_size_ > 0) {
+    const uint32_t sgs = 128 / std::min<uint32_t>(subgroup_size_, 128);
+    const uint64_t bytes = uint64_t{128 / lanes} * wg_heads * 8 + uint64_t{sgs} * wg_heads * d * 4 + wg_heads * 8;
+    if (bytes <= max_shared_bytes(*decode_->dev)) merge_sg = sgs;
+  }
   // Key slices of a length that is a function of the pool's size and of the token's own key count
   // alone (decode_v2_slice_keys; TROVE_ATTENTION_SPLIT_KEYS fixes it): slice j is keys [j·L, (j+1)·L)
   // whatever the step, so a token's partial sums, and the combine's order over them, do not depend on
@@ -565,8 +581,8 @@ Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCal
     for (uint32_t form : {0u, 1u}) {
       const std::array<uint32_t, 5> key{group, d, form, fb, hg};
       if ((!both && form != (pipe ? 1u : 0u)) || decode_->v2.count(key)) continue;
-      auto p = decode_->dev->pipeline({"attention_decode_v2", {wg_heads, d, lanes, unroll, form, fb, hg, decode_v2_scatter_ ? 1u : 0u},
-                                       sizeof(Push), 6, 128});
+      auto p = decode_->dev->pipeline(
+          {"attention_decode_v2", {wg_heads, d, lanes, unroll, form, fb, hg, decode_v2_scatter_ ? 1u : 0u, merge_sg}, sizeof(Push), 6, 128});
       if (!p.ok()) return p.status();
       decode_->v2.emplace(key, std::move(*p));
     }

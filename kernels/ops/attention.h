@@ -184,6 +184,9 @@ class PagedAttention {
   // TROVE_ATTENTION_SCATTER=1: decode v2 sums q·k over a key row's lanes by reduce-scatter and
   // broadcast (~2N shuffles for N values a round instead of N·log2 kL); the same bits.
   bool decode_v2_scatter_ = false;
+  // TROVE_ATTENTION_MERGE=parallel: decode v2's subgroups write their sums to copies of their own and
+  // add them after one barrier (the serial merge: in turn, a barrier each); the same bits.
+  bool decode_v2_merge_parallel_ = false;
   uint32_t decode_v2_fixed_keys_ = 0;  // TROVE_ATTENTION_SPLIT_KEYS: one slice length at every depth (0: by depth)
   bool has_shuffle_ = false;
   uint32_t subgroup_size_ = 0;

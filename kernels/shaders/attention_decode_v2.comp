@@ -19,8 +19,8 @@
 // kPipe (TROVE_ATTENTION_PIPELINE=1, attention.cpp): a round's K and V loads are issued during the
 // round before, so the rows' trip from memory overlaps the previous round's math instead of following
 // it (a slice of 128 keys is 4–8 rounds).
-// Specialized on G (0, query heads per workgroup), head_dim (1), kL (2), kU (3), kPipe (4), kHG (6) and
-// kScatter (7). Limits (attention.cpp checks): G in
+// Specialized on G (0, query heads per workgroup), head_dim (1), kL (2), kU (3), kPipe (4), kHG (6),
+// kScatter (7) and kMergeSG (8). Limits (attention.cpp checks): G in
 // 1, 2, 4, 8, 16; head_dim a power of two from 8 to 256; kL a power of two dividing head_dim / 8 and at most
 // the subgroup size, whose invocations are consecutive local ids (true of NVIDIA and lavapipe).
 #extension GL_EXT_control_flow_attributes : require
@@ -46,6 +46,11 @@ layout(constant_id = 6) const uint kHG = 1u;
 // same partials in the same tree (own + partner's at every level; + commutes exactly), so the bits
 // equal the all-reduce's.
 layout(constant_id = 7) const bool kScatter = false;
+// kMergeSG (TROVE_ATTENTION_MERGE=parallel, attention.cpp): 0 = the subgroups add their sums into
+// shared memory one after the other (a barrier each); else the workgroup's subgroup count: each
+// writes its own copy, one barrier, and the output loop adds the copies in subgroup order — the same
+// additions in the same order, so the same bits.
+layout(constant_id = 8) const uint kMergeSG = 0u;
 layout(std430, set = 0, binding = 0) readonly buffer KVq { uvec4 kv4[]; };
 layout(std430, set = 0, binding = 1) readonly buffer T { int table[]; };
 layout(std430, set = 0, binding = 2) readonly buffer Q { vec4 q4[]; };
@@ -61,7 +66,7 @@ const uint kWG = 128u;
 const uint kC = kD / 8u / kL;     // 16-byte chunks per lane per row
 const uint kSlots = kWG / kL;     // keys walked at once
 shared vec2 sml[kSlots * kG];     // per slot and head: (m, l)
-shared float sacc[kG * kD];       // the merged accumulators
+shared float sacc[(kMergeSG == 0u ? 1u : kMergeSG) * kG * kD];  // the merged accumulators (kMergeSG: per subgroup)
 shared vec2 sfin[kG];             // per head: (M, L) of the slice
 
 // Offset in 16-byte units of K[p] for KV head kvh (head_dim is a multiple of 8).
@@ -233,9 +238,22 @@ void main() {
       ab[i] += subgroupShuffleXor(ab[i], mask);
     }
   }
-  // The subgroups one after the other.
+  // The subgroups one after the other, or (kMergeSG) each into its own copy.
   const bool leader = gl_SubgroupInvocationID < kL;
-  for (uint sg = 0u; sg < gl_NumSubgroups; ++sg) {
+  if (kMergeSG != 0u) {
+    if (leader) {
+      [[unroll]] for (uint g = 0u; g < kG; ++g) {
+        [[unroll]] for (uint c = 0u; c < kC; ++c) {
+          const uint i = gl_SubgroupID * (kG * kD) + g * kD + 8u * (li + c * kL);
+          const vec4 x = aa[g * kC + c], y = ab[g * kC + c];
+          sacc[i] = x.x; sacc[i + 1u] = x.y; sacc[i + 2u] = x.z; sacc[i + 3u] = x.w;
+          sacc[i + 4u] = y.x; sacc[i + 5u] = y.y; sacc[i + 6u] = y.z; sacc[i + 7u] = y.w;
+        }
+      }
+    }
+    barrier();
+  }
+  for (uint sg = 0u; kMergeSG == 0u && sg < gl_NumSubgroups; ++sg) {
     if (gl_SubgroupID == sg && leader) {
       [[unroll]] for (uint g = 0u; g < kG; ++g) {
         [[unroll]] for (uint c = 0u; c < kC; ++c) {
@@ -256,11 +274,13 @@ void main() {
   for (uint i = t; i < kG * kD; i += kWG) {
     const uint g = i / kD, d = i % kD, h = h0 + g;
     const vec2 ML = sfin[g];
+    float v = sacc[i];
+    for (uint sg = 1u; sg < kMergeSG; ++sg) v += sacc[sg * (kG * kD) + i];
     if (pc.n_splits == 1u) {
-      o[(tok * pc.n_heads + h) * kD + d] = sacc[i] / ML.y;
+      o[(tok * pc.n_heads + h) * kD + d] = v / ML.y;
     } else {
       const uint pbase = ((tok * pc.n_heads + h) * pc.n_splits + split) * (kD + 2u);
-      part[pbase + d] = sacc[i];
+      part[pbase + d] = v;
       if (d == 0u) {
         part[pbase + kD] = ML.x;  // -inf for a slice past the last key (l = 0)
         part[pbase + kD + 1u] = ML.y;

@@ -267,15 +267,17 @@ TEST(PagedAttention, DecodeV2TokenGetsTheBitsOfAOneTokenStep) {
 }
 
 // TROVE_ATTENTION_HEAD_GROUPS=2|4: decode v2 with the query heads of a KV head over 2 or 4
-// workgroups gives every head the bits of one workgroup per KV head, and TROVE_ATTENTION_SCATTER=1
-// (q·k summed by reduce-scatter and broadcast) the bits of the all-reduce (G = 1, 4 and 8: kU·G values
+// workgroups gives every head the bits of one workgroup per KV head, TROVE_ATTENTION_SCATTER=1
+// (q·k summed by reduce-scatter and broadcast) the bits of the all-reduce, TROVE_ATTENTION_MERGE=parallel
+// (the subgroups' sums in copies of their own, added after one barrier) those of the serial merge (G = 1, 4 and 8: kU·G values
 // of 4 and 16 over the key row's kL lanes, fewer and more than kL on lavapipe; one token and a 5-token
 // step, one slice and several);
 // other values are refused by name.
-TEST(PagedAttention, DecodeV2HeadGroupsAndScatterKeepTheBits) {
+TEST(PagedAttention, DecodeV2VariantsKeepTheBits) {
   auto dev = open_device();
   ASSERT_TRUE(dev);
-  for (auto [name, value] : {std::pair{"TROVE_ATTENTION_HEAD_GROUPS", "3"}, std::pair{"TROVE_ATTENTION_SCATTER", "yes"}}) {
+  for (auto [name, value] : {std::pair{"TROVE_ATTENTION_HEAD_GROUPS", "3"}, std::pair{"TROVE_ATTENTION_SCATTER", "yes"},
+                             std::pair{"TROVE_ATTENTION_MERGE", "tree"}}) {
     auto bad = create_with(*dev, name, value);
     ASSERT_FALSE(bad.ok()) << name;
     EXPECT_NE(bad.status().message().find(fmt::format("{}='{}'", name, value)), std::string::npos) << bad.status().message();
@@ -325,12 +327,17 @@ TEST(PagedAttention, DecodeV2HeadGroupsAndScatterKeepTheBits) {
         EXPECT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * 4)) << "head groups " << hg;
         EXPECT_FALSE(std::isnan(got[0]) || std::isnan(got.back())) << "head groups " << hg;
       }
-      for (const char* hg : {"1", "2"}) {  // the reduce-scatter of q·k (TROVE_ATTENTION_SCATTER=1)
-        tests::ScopedEnv sc("TROVE_ATTENTION_SCATTER", "1");
-        auto op = create_with(*dev, "TROVE_ATTENTION_HEAD_GROUPS", hg);
-        ASSERT_TRUE(op.ok()) << op.status().ToString();
-        const std::vector<float> got = run(*op);
-        EXPECT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * 4)) << "scatter, head groups " << hg;
+      // The reduce-scatter of q·k (TROVE_ATTENTION_SCATTER=1) and the parallel merge of the subgroups'
+      // sums (TROVE_ATTENTION_MERGE=parallel), alone and together, with 1 and 2 head groups.
+      for (auto [scatter, merge] : {std::pair{"1", "serial"}, std::pair{"0", "parallel"}, std::pair{"1", "parallel"}}) {
+        for (const char* hg : {"1", "2"}) {
+          tests::ScopedEnv sc("TROVE_ATTENTION_SCATTER", scatter), mg("TROVE_ATTENTION_MERGE", merge);
+          auto op = create_with(*dev, "TROVE_ATTENTION_HEAD_GROUPS", hg);
+          ASSERT_TRUE(op.ok()) << op.status().ToString();
+          const std::vector<float> got = run(*op);
+          EXPECT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * 4))
+              << "scatter " << scatter << ", merge " << merge << ", head groups " << hg;
+        }
       }
     }
   }

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <initializer_list>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -25,6 +27,19 @@ constexpr uint32_t kPrefillDim = 128;            // the head_dim both prefill ke
 constexpr uint32_t kTiledRows = 32, kCoopmatRows = 64;  // query rows per workgroup (BQ in the shaders)
 constexpr uint32_t kCm2Keys = 64;  // the cm2 kernel's key tile: block sizes must be a multiple of it
 constexpr uint32_t kTiledShared = 29 * 1024 + 512, kCoopmatShared = 44032;  // their shared memory, bytes
+
+// TROVE_ATTENTION_* switches that take one of a few words: the value when `name` is set and in
+// `allowed`, nothing when unset, else an error naming the variable, its value and `what` it takes.
+Result<std::optional<std::string_view>> env_choice(const char* name, std::initializer_list<std::string_view> allowed,
+                                                   std::string_view what) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return std::optional<std::string_view>();
+  const std::string_view r(v);
+  if (std::find(allowed.begin(), allowed.end(), r) == allowed.end()) {
+    return Status::InvalidArgument(fmt::format("{}='{}' is not {}", name, r, what));
+  }
+  return std::optional<std::string_view>(r);
+}
 
 uint32_t max_shared_bytes(const vk::Device& dev) {
   VkPhysicalDeviceProperties props{};
@@ -179,39 +194,24 @@ Result<PagedAttention> PagedAttention::create(vk::Device& dev) {
   }
   // The cm2 pipeline is built on first use (or now, when TROVE_ATTENTION asks for it), so that runs
   // which never take it do not compile it.
-  // TROVE_ATTENTION_CM2_ROWS=128: 128-row tiles (256 invocations) instead of 64 (an A/B until measured).
-  if (const char* v = std::getenv("TROVE_ATTENTION_CM2_ROWS"); v && *v) {
-    const std::string_view r(v);
-    if (r != "64" && r != "128") {
-      return Status::InvalidArgument(fmt::format("TROVE_ATTENTION_CM2_ROWS='{}' is not a cm2 query tile; use 64 or 128 "
-                                                 "(or unset it)", v));
-    }
-    op.cm2_rows_ = r == "128" ? 128 : 64;
+  // A/B switches (docs/kernels.md): TROVE_ATTENTION_CM2_ROWS=128, 128-row cm2 prefill tiles (256
+  // invocations) instead of 64; decode v2's TROVE_ATTENTION_MERGE, _SCATTER and _HEAD_GROUPS (attention.h).
+  auto rows = env_choice("TROVE_ATTENTION_CM2_ROWS", {"64", "128"}, "a cm2 query tile; use 64 or 128 (or unset it)");
+  auto merge = env_choice("TROVE_ATTENTION_MERGE", {"serial", "parallel"},
+                          "serial or parallel (how decode v2's subgroups merge their sums: in turn, a barrier each, or each "
+                          "into its own copy)");
+  auto scatter = env_choice("TROVE_ATTENTION_SCATTER", {"0", "1"},
+                            "0 or 1 (decode v2's q·k sums over a key row's lanes by reduce-scatter and broadcast, or by "
+                            "all-reduce)");
+  auto groups = env_choice("TROVE_ATTENTION_HEAD_GROUPS", {"1", "2", "4"},
+                           "a number of decode workgroups per KV head; use 1, 2 or 4 (or unset it)");
+  for (const auto* r : {&rows, &merge, &scatter, &groups}) {
+    if (!r->ok()) return r->status();
   }
-  if (const char* v = std::getenv("TROVE_ATTENTION_MERGE"); v && *v) {
-    const std::string_view r(v);
-    if (r != "serial" && r != "parallel") {
-      return Status::InvalidArgument(fmt::format("TROVE_ATTENTION_MERGE='{}' is not serial or parallel (how decode v2's subgroups "
-                                                 "merge their sums: in turn, a barrier each, or each into its own copy)", v));
-    }
-    op.decode_v2_merge_parallel_ = r == "parallel";
-  }
-  if (const char* v = std::getenv("TROVE_ATTENTION_SCATTER"); v && *v) {
-    const std::string_view r(v);
-    if (r != "0" && r != "1") {
-      return Status::InvalidArgument(fmt::format("TROVE_ATTENTION_SCATTER='{}' is not 0 or 1 (decode v2's q·k sums over a key row's "
-                                                 "lanes by reduce-scatter and broadcast, or by all-reduce)", v));
-    }
-    op.decode_v2_scatter_ = r == "1";
-  }
-  if (const char* v = std::getenv("TROVE_ATTENTION_HEAD_GROUPS"); v && *v) {
-    const std::string_view r(v);
-    if (r != "1" && r != "2" && r != "4") {
-      return Status::InvalidArgument(fmt::format("TROVE_ATTENTION_HEAD_GROUPS='{}' is not a number of decode workgroups per KV "
-                                                 "head; use 1, 2 or 4 (or unset it)", v));
-    }
-    op.decode_v2_head_groups_ = static_cast<uint32_t>(r[0] - '0');
-  }
+  if (*rows) op.cm2_rows_ = **rows == "128" ? 128 : 64;
+  if (*merge) op.decode_v2_merge_parallel_ = **merge == "parallel";
+  if (*scatter) op.decode_v2_scatter_ = **scatter == "1";
+  if (*groups) op.decode_v2_head_groups_ = static_cast<uint32_t>((**groups)[0] - '0');
   std::string why;
   op.has_prefill_cm2_ = prefill_cm2_usable(dev, op.cm2_rows_, &why);
   // TROVE_ATTENTION: the prefill kernel kAuto takes (where the call fits it).

@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <string_view>
@@ -104,6 +105,43 @@ std::unique_ptr<vk::Device> open_device() {
 Result<ops::PagedAttention> create_with(vk::Device& dev, const char* name, const char* value) {
   tests::ScopedEnv env(name, value);
   return ops::PagedAttention::create(dev);
+}
+
+// A paged KV pool of `keys` + `tokens` positions (head_dim 128, blocks of 64 in shuffled order, `spare`
+// blocks unused) and `tokens` query rows, random, on the device, with an output buffer as large as q:
+// what the decode tests run their calls on.
+struct DecodeData {
+  PagedKvShape shape;
+  std::vector<float> q;
+  std::unique_ptr<vk::Buffer> kv, table, qb, out;
+};
+std::unique_ptr<DecodeData> decode_data(vk::Device& dev, uint32_t heads, uint32_t kvh, uint32_t keys, uint32_t tokens,
+                                        int64_t spare, uint32_t seed) {
+  const uint32_t dim = 128, bs = 64;
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const int64_t used = (keys + tokens + bs - 1) / bs;
+  auto d = std::make_unique<DecodeData>();
+  d->shape = PagedKvShape{used + spare, bs, kvh, dim};
+  std::vector<int32_t> table(used);
+  std::iota(table.begin(), table.end(), 1);
+  std::shuffle(table.begin(), table.end(), rng);
+  std::vector<quant::f16_bits> pool(d->shape.elements());
+  for (auto& v : pool) v = quant::f32_to_f16(nd(rng));
+  d->q.resize(size_t{tokens} * heads * dim);
+  for (auto& v : d->q) v = nd(rng);
+  auto kb = dev.buffer(pool.size() * 2), tb = dev.buffer(table.size() * 4), qb = dev.buffer(d->q.size() * 4),
+       ob = dev.buffer(d->q.size() * 4);
+  if (!kb.ok() || !tb.ok() || !qb.ok() || !ob.ok() || !kb->upload(pool.data(), pool.size() * 2).ok() ||
+      !tb->upload(table.data(), table.size() * 4).ok() || !qb->upload(d->q.data(), d->q.size() * 4).ok()) {
+    ADD_FAILURE() << "could not allocate or fill the decode test's buffers";
+    return nullptr;
+  }
+  d->kv = std::make_unique<vk::Buffer>(std::move(*kb));
+  d->table = std::make_unique<vk::Buffer>(std::move(*tb));
+  d->qb = std::make_unique<vk::Buffer>(std::move(*qb));
+  d->out = std::make_unique<vk::Buffer>(std::move(*ob));
+  return d;
 }
 }  // namespace
 
@@ -224,36 +262,23 @@ TEST(PagedAttention, DecodeV2TokenGetsTheBitsOfAOneTokenStep) {
   if (!dev->features().subgroup_shuffle) GTEST_SKIP() << "decode v2 needs subgroup shuffles";
   for (uint32_t start : {1500u, 250u, 60u, 12284u}) {
     SCOPED_TRACE(testing::Message() << "start " << start);
-    const uint32_t heads = start > 8000 ? 8 : 32, kvh = heads / 4, dim = 128, bs = 64, T = 8;
-    std::mt19937 rng(start);
-    std::normal_distribution<float> nd(0.0f, 1.0f);
-    const int64_t used = (start + T + bs - 1) / bs;
-    PagedKvShape shape{used + 2, bs, kvh, dim};
-    std::vector<int32_t> table(used);
-    std::iota(table.begin(), table.end(), 1);
-    std::shuffle(table.begin(), table.end(), rng);
-    std::vector<quant::f16_bits> pool(shape.elements());
-    for (auto& v : pool) v = quant::f32_to_f16(nd(rng));
-    std::vector<float> q(size_t{T} * heads * dim);
-    for (auto& v : q) v = nd(rng);
-    auto kb = dev->buffer(pool.size() * 2), tb = dev->buffer(table.size() * 4), qb = dev->buffer(q.size() * 4),
-         ob = dev->buffer(q.size() * 4);
-    ASSERT_TRUE(kb.ok() && tb.ok() && qb.ok() && ob.ok());
-    ASSERT_TRUE(kb->upload(pool.data(), pool.size() * 2).ok());
-    ASSERT_TRUE(tb->upload(table.data(), table.size() * 4).ok());
-    ASSERT_TRUE(qb->upload(q.data(), q.size() * 4).ok());
+    const uint32_t heads = start > 8000 ? 8 : 32, kvh = heads / 4, dim = 128, T = 8;
+    auto data = decode_data(*dev, heads, kvh, start, T, 2, start);
+    ASSERT_TRUE(data);
+    const PagedKvShape shape = data->shape;
+    vk::Buffer &kb = *data->kv, &tb = *data->table, &qb = *data->qb, &ob = *data->out;
     const uint64_t row = uint64_t{heads} * dim * 4;
     auto run = [&](uint32_t pos, uint32_t n, uint32_t first) -> std::vector<float> {
-      EXPECT_TRUE(ob->fill(kNaN).ok());
+      EXPECT_TRUE(ob.fill(kNaN).ok());
       auto s = dev->stream();
       EXPECT_TRUE(s.ok());
       const ops::AttentionCall call{shape, heads, pos, n, 0.088f, ops::AttentionPath::kDecodeV2};
-      Status st = op->record(*s, call, *kb, *tb, vk::BufferRange(*qb, first * row, n * row),
-                             vk::BufferRange(*ob, 0, n * row));
+      Status st = op->record(*s, call, kb, tb, vk::BufferRange(qb, first * row, n * row),
+                             vk::BufferRange(ob, 0, n * row));
       EXPECT_TRUE(st.ok()) << st.ToString();
       EXPECT_TRUE(s->submit_and_wait().ok());
       std::vector<float> got(size_t{n} * heads * dim);
-      EXPECT_TRUE(ob->download(got.data(), got.size() * 4).ok());
+      EXPECT_TRUE(ob.download(got.data(), got.size() * 4).ok());
       return got;
     };
     const std::vector<float> together = run(start, T, 0);
@@ -303,34 +328,18 @@ TEST(PagedAttention, DecodeV2VariantsKeepTheBits) {
     for (auto [start_, n_] : {std::pair{40u, 1u}, std::pair{300u, 5u}}) {
       const uint32_t heads = heads_, start = start_, n = n_;  // captured below
       SCOPED_TRACE(testing::Message() << heads << " heads over " << kvh << " KV heads, start " << start << ", " << n << " tokens");
-      const uint32_t dim = 128, bs = 64;
-      std::mt19937 rng(start + heads + kvh);
-      std::normal_distribution<float> nd(0.0f, 1.0f);
-      const int64_t used = (start + n + bs - 1) / bs;
-      PagedKvShape shape{used + 1, bs, kvh, dim};
-      std::vector<int32_t> table(used);
-      std::iota(table.begin(), table.end(), 1);
-      std::shuffle(table.begin(), table.end(), rng);
-      std::vector<quant::f16_bits> pool(shape.elements());
-      for (auto& v : pool) v = quant::f32_to_f16(nd(rng));
-      std::vector<float> q(size_t{n} * heads * dim);
-      for (auto& v : q) v = nd(rng);
-      auto kb = dev->buffer(pool.size() * 2), tb = dev->buffer(table.size() * 4), qb = dev->buffer(q.size() * 4),
-           ob = dev->buffer(q.size() * 4);
-      ASSERT_TRUE(kb.ok() && tb.ok() && qb.ok() && ob.ok());
-      ASSERT_TRUE(kb->upload(pool.data(), pool.size() * 2).ok());
-      ASSERT_TRUE(tb->upload(table.data(), table.size() * 4).ok());
-      ASSERT_TRUE(qb->upload(q.data(), q.size() * 4).ok());
+      auto data = decode_data(*dev, heads, kvh, start, n, 1, start + heads + kvh);
+      ASSERT_TRUE(data);
       auto run = [&](const ops::PagedAttention& op) {
-        EXPECT_TRUE(ob->fill(kNaN).ok());
+        EXPECT_TRUE(data->out->fill(kNaN).ok());
         auto st = dev->stream();
         EXPECT_TRUE(st.ok());
-        const ops::AttentionCall call{shape, heads, start, n, 0.088f, ops::AttentionPath::kDecodeV2};
-        const Status rs = op.record(*st, call, *kb, *tb, *qb, *ob);
+        const ops::AttentionCall call{data->shape, heads, start, n, 0.088f, ops::AttentionPath::kDecodeV2};
+        const Status rs = op.record(*st, call, *data->kv, *data->table, *data->qb, *data->out);
         EXPECT_TRUE(rs.ok()) << rs.ToString();
         EXPECT_TRUE(st->submit_and_wait().ok());
-        std::vector<float> got(q.size());
-        EXPECT_TRUE(ob->download(got.data(), got.size() * 4).ok());
+        std::vector<float> got(data->q.size());
+        EXPECT_TRUE(data->out->download(got.data(), got.size() * 4).ok());
         return got;
       };
       const std::vector<float> want = run(*one);

@@ -552,7 +552,7 @@ Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCal
   if (decode_v2_merge_parallel_ && subgroup_size_ > 0) {
     const uint32_t sgs = 128 / std::min<uint32_t>(subgroup_size_, 128);
     const uint64_t bytes = uint64_t{128 / lanes} * wg_heads * 8 + uint64_t{sgs} * wg_heads * d * 4 + wg_heads * 8;
-    if (bytes <= max_shared_bytes(*decode_->dev)) merge_sg = sgs;
+    if (bytes <= decode_->dev->features().max_compute_shared_memory) merge_sg = sgs;
   }
   // Key slices of a length that is a function of the pool's size and of the token's own key count
   // alone (decode_v2_slice_keys; TROVE_ATTENTION_SPLIT_KEYS fixes it): slice j is keys [j·L, (j+1)·L)

@@ -3,7 +3,7 @@
 //   trove eval -m MODEL --tokens '[151644, 872, ...]' [--chunk N] [--copies C] [--top K] [--generate G]
 // The prompt is fed in chunks of N tokens (1: one decode step per token; the prompt length: one
 // prefill), and the distribution after every token is printed (rows per step are bounded by the
-// engine's logit rows, 64). --tokens may hold several prompts ([[...], [...]]): each gets its own
+// engine's logit rows, 64; a step longer than that prints the one after its last token). --tokens may hold several prompts ([[...], [...]]): each gets its own
 // sequence and all go through the same steps (sequence i in chunks of N+i) — batched steps. --copies C
 // repeats the prompt list C times. --generate G appends G greedy tokens after the first prompt.
 //
@@ -237,7 +237,9 @@ void eval(const EvalArgs& a) {
       s.seq = seqs[c];
       s.tokens = std::span<const int32_t>(ids).subspan(at[c], n);
       s.want_logits = true;
-      s.all_logits = true;
+      // A step longer than the engine's logit rows (a long prefill, --chunk 2048) prints the
+      // distribution after its last token only.
+      s.all_logits = n <= e.max_logit_rows();
       in.push_back(s);
       who.push_back(c);
     }
@@ -248,10 +250,11 @@ void eval(const EvalArgs& a) {
       const uint32_t c = who[i];
       const size_t n = in[i].tokens.size();
       const auto& lg = (*out)[i].logits;
-      for (size_t j = 0; j < n; ++j) {
-        std::vector<float> row(lg.begin() + static_cast<long>(j * e.config().n_vocab),
-                               lg.begin() + static_cast<long>((j + 1) * e.config().n_vocab));
-        copies[c].push_back({{"position", at[c] + j}, {"top", top_probs(row, a.top)}});
+      const size_t rows = in[i].all_logits ? n : 1;
+      for (size_t r = 0; r < rows; ++r) {
+        std::vector<float> row(lg.begin() + static_cast<long>(r * e.config().n_vocab),
+                               lg.begin() + static_cast<long>((r + 1) * e.config().n_vocab));
+        copies[c].push_back({{"position", at[c] + n - rows + r}, {"top", top_probs(row, a.top)}});
       }
       at[c] += n;
       if (c == 0 && at[c] == feeds[0].size()) next = (*out)[i].token;

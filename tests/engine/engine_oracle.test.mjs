@@ -23,7 +23,9 @@
 //       and top-1 identical wherever llama(Q) and llama(D) agree with margins >= 0.1.
 // For F32, D is Q and A is the whole check. On the F32 models trove then generates 64 greedy tokens
 // (decode steps over the KV pool) and llama.cpp, fed the prompt plus those tokens, must choose each of
-// them as its own argmax — the two greedy continuations are identical.
+// them as its own argmax — the two greedy continuations are identical; then the prompt plus those
+// tokens (over 64) go through `trove eval` as ONE step, which prints only the last position's
+// distribution (a step holds at most 64 logit rows), checked against llama.cpp's by A's bound.
 //
 // Usage: node tests/engine/engine_oracle.test.mjs [--presets tiny,tiny-moe] [--types F32,Q8_0]
 import { execFileSync } from "node:child_process";
@@ -142,6 +144,19 @@ for (const preset of presets) {
       let same = 0;
       ref.forEach((r, i) => { if (r.top[0][0] === g[i]) same++; });
       check(same === g.length, `${tag}: llama.cpp's greedy choice equals trove's for ${same} of ${g.length} generated tokens`);
+      // One step longer than the engine's logit rows (64): trove eval prints the distribution after
+      // its last token only, and it is llama.cpp's there.
+      const long = JSON.parse(execFileSync(trove, ["eval", "-m", file, "--tokens", JSON.stringify(all), "--chunk", String(all.length),
+                                                   "--top", String(TOP)], { stdio: ["ignore", "pipe", "inherit"] }).toString());
+      const row = long.positions;
+      check(all.length > 64 && row.length === 1 && row[0].position === all.length - 1,
+            `${tag}: one ${all.length}-token step printed ${row.length} rows (${row.map((r) => r.position)}), expected position ${all.length - 1} alone`);
+      const [lastRef] = await Q.o.nextTokenProbs(all, { positions: [all.length - 1], top: TOP });
+      for (const [id, p] of lastRef.top.slice(0, 5)) {
+        if (!row[0]) break;
+        check(Math.abs(pOf(row[0].top, id) - p) <= EXACT,
+              `${tag}: after one ${all.length}-token step, token ${id} p llama ${p.toFixed(4)} vs trove ${pOf(row[0].top, id).toFixed(4)}`);
+      }
     }
     await Q.o.close();
     rmSync(file, { force: true });

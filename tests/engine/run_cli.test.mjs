@@ -5,8 +5,9 @@
 //   chat with -p: streams a reply and ends with the prefill/decode tok/s line and the synthetic banner;
 //   interactive chat on stdin: the second turn reuses the first turn's KV ("N reused");
 //   a missing model file is a clear error and exit status 1;
-//   `trove version --device` prints the Vulkan device on one line, and a TROVE_VK_DEVICE that matches
-//     none is an error listing the devices (what scripts/device-run.sh relies on).
+//   `trove version --device` prints the Vulkan device on one line (--matrix: and its matrix-unit
+//     shapes), and a TROVE_VK_DEVICE that matches none is an error listing the devices (what
+//     scripts/device-run.sh relies on).
 import { execFileSync, spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -62,6 +63,16 @@ try {
   const version = spawnSync(trove, ["version", "--device"], { encoding: "utf8" });
   check(version.status === 0 && /^vulkan: .+; driver .+; API 1\.\d+\.\d+; .*KHR cooperative matrix: /m.test(version.stdout),
         `version --device prints the device line (${version.stdout.trim().split("\n").pop()})`);
+  // --matrix: one line per matrix-unit shape, as many as the device line counts ("N shapes"), or
+  // "no usable shapes" (lavapipe).
+  const matrix = spawnSync(trove, ["version", "--device", "--matrix"], { encoding: "utf8" });
+  const mlines = matrix.stdout.trim().split("\n").slice(2);
+  const khr = mlines.filter((l) => /^KHR cooperative matrix: \d+x\d+x\d+  A \S+  B \S+  C \S+  result \S+  \(\w+\)$/.test(l));
+  const counted = Number((matrix.stdout.match(/KHR cooperative matrix: (\d+) shapes/) ?? [0, 0])[1]);
+  check(matrix.status === 0 && mlines.length > 0 &&
+        mlines.every((l) => /^(KHR cooperative matrix: |NV cooperative matrix 2: )/.test(l)) &&
+        (counted ? khr.length === counted : mlines[0] === "KHR cooperative matrix: no usable shapes"),
+        `version --device --matrix lists the matrix shapes (${mlines.length} lines, ${khr.length} KHR shapes, device line says ${counted})`);
   const nodev = spawnSync(trove, ["version", "--device"], {
     encoding: "utf8", env: { ...process.env, TROVE_VK_DEVICE: "no-such-device" } });
   check(nodev.status === 1 && /TROVE_VK_DEVICE='no-such-device' matches no Vulkan device/.test(nodev.stderr),

@@ -36,6 +36,7 @@
 #extension GL_EXT_integer_dot_product : require
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
+#extension GL_KHR_shader_subgroup_shuffle : require
 
 layout(local_size_x_id = 0) in;
 layout(constant_id = 1) const uint kG = 32u;           // lanes per row group (the subgroup size)
@@ -49,6 +50,7 @@ layout(constant_id = 8) const uint kType1 = 12u;
 layout(constant_id = 9) const uint kType2 = 12u;
 layout(constant_id = 10) const uint kQ6Wide = 0u;       // 1: Q6_K rows in 32-value parts (part_q6k_wide)
 layout(constant_id = 11) const uint kSplit = 1u;        // subgroups sharing one row group's rows (1, 2, 4, 8)
+layout(constant_id = 12) const uint kScatter = 0u;      // 1: row sums by a reduce-scatter (TROVE_MATVEC_REDUCE=scatter)
 #define MV_Q6_WIDE
 const uint kWG = gl_WorkGroupSize.x;
 const uint kGroups = kWG / kG;
@@ -98,6 +100,43 @@ uint ww(uint m, uint i) {
 bool g_no_loads = false;  // flags & 4 (TROVE_MATVEC_Q8_STAGE=noloads, a measurement): stage constants, read no x
 #endif
 #include "matvec_q8_parts.glsl"
+
+// kScatter: the kNS·kNB row sums acc[b][s] (value v = s·kNB + b, padded with zeros to kNP, a power of
+// two) summed over the kG lanes of the row group by a reduce-scatter: at the level of mask kG/2, kG/4,
+// … a lane holding c >= 2 values keeps the lower half (mask bit clear) or the upper half (set) and
+// adds its partner's copy of that half; once it holds one value the remaining levels add it to its
+// partner's. That is kNP/2 + kNP/4 + … shuffles where subgroupAdd of each value takes kNP·log2(kG)
+// (at batch 8, 2 rows: 16 + 0 against 80), and every value is the xor-butterfly sum of the same
+// partials in the same tree whatever kNB is, so a column keeps the same bits at every batch (both
+// forms of the call use the same reduction). Value v ends in lanes (v / kRV)·(kG / kScat) + …, slot
+// v % kRV of red[].
+const uint kNV = kNS * kNB;
+const uint kNP = kNV <= 1u ? 1u : kNV <= 2u ? 2u : kNV <= 4u ? 4u : kNV <= 8u ? 8u : kNV <= 16u ? 16u : kNV <= 32u ? 32u : 64u;
+const uint kScat = kNP < kG ? kNP : kG;  // lanes that end with distinct values
+const uint kRV = kNP / kScat;            // values a lane holds after the scatter
+float red[kNP];
+void reduce_scatter_sums() {
+  const uint lane = gl_SubgroupInvocationID;
+  [[unroll]] for (uint v = 0u; v < kNP; ++v) red[v] = v < kNV ? acc[v % kNB][v / kNB] : 0.0;
+  uint c = kNP;
+  [[unroll]] for (uint mask = kG / 2u; mask > 0u; mask >>= 1u) {
+    if (c >= 2u) {
+      const bool upper = (lane & mask) != 0u;
+      const uint h = c / 2u;
+      [[unroll]] for (uint i = 0u; i < kNP / 2u; ++i) {
+        if (i >= h) break;
+        const float keep = upper ? red[i + h] : red[i], send = upper ? red[i] : red[i + h];
+        red[i] = keep + subgroupShuffleXor(send, mask);
+      }
+      c = h;
+    } else {
+      red[0] += subgroupShuffleXor(red[0], mask);
+    }
+  }
+}
+uint scatter_lane(uint v) { return (v / kRV) * (kG / kScat); }
+// Value v's sum from the lane that holds it, on every lane (a shuffle; v is a compile-time index).
+float scatter_value(uint v) { return subgroupShuffle(red[v % kRV], scatter_lane(v)); }
 
 void write_out(uint m, uint i, float v, float u, bool add) {
   if (kSwiGlu != 0u) {
@@ -181,8 +220,20 @@ void main() {
         walk_from(kType1, sp * kG + lane, kSplit * kG, pc.cols);
       }
     }
+    if (kScatter != 0u) reduce_scatter_sums();
     // Every lane gets every total; lane t writes outputs t, t + kG, ... (slot-major over columns).
-    if (kSplit == 1u) {
+    // kScatter: the lane holding a gate or output sum writes it (the up sum shuffled to it).
+    if (kScatter != 0u && kSplit == 1u) {
+      [[unroll]] for (uint s = 0u; s < kR; ++s) {
+        [[unroll]] for (uint b = 0u; b < kNB; ++b) {
+          const uint v = s * kNB + b;
+          const float u = kSwiGlu != 0u ? scatter_value(v + kR * kNB) * inv[b] : 0.0;
+          const uint r = r0 + s;
+          if (gl_SubgroupInvocationID != scatter_lane(v) || r >= pc.rows[m]) continue;
+          write_out(m, b * pc.y_stride[m] + r, red[v % kRV] * inv[b], u, add);
+        }
+      }
+    } else if (kSplit == 1u) {
       [[unroll]] for (uint s = 0u; s < kR; ++s) {
         [[unroll]] for (uint b = 0u; b < kNB; ++b) {
           const float v = subgroupAdd(acc[b][s]) * inv[b];
@@ -195,14 +246,22 @@ void main() {
     } else {
       // Subgroup sums to shared memory; share 0 of each row group adds them in share order.
       const uint kU = kGroups * kR * kNB;  // offset of the up sums
-      [[unroll]] for (uint s = 0u; s < kR; ++s) {
-        [[unroll]] for (uint b = 0u; b < kNB; ++b) {
-          const float v = subgroupAdd(acc[b][s]);
-          const float u = kSwiGlu != 0u ? subgroupAdd(acc[b][s + kR]) : 0.0;
-          const uint i = ((sp * kRG + rg) * kR + s) * kNB + b;
-          if (lane == 0u) {
-            ssplit[i] = v;
-            if (kSwiGlu != 0u) ssplit[kU + i] = u;
+      if (kScatter != 0u) {
+        [[unroll]] for (uint v = 0u; v < kNV; ++v) {  // slot v / kNB (up slots kR..), column v % kNB
+          const uint s = v / kNB, b = v % kNB;
+          const uint i = ((sp * kRG + rg) * kR + s % kR) * kNB + b;
+          if (gl_SubgroupInvocationID == scatter_lane(v)) ssplit[(s >= kR ? kU : 0u) + i] = red[v % kRV];
+        }
+      } else {
+        [[unroll]] for (uint s = 0u; s < kR; ++s) {
+          [[unroll]] for (uint b = 0u; b < kNB; ++b) {
+            const float v = subgroupAdd(acc[b][s]);
+            const float u = kSwiGlu != 0u ? subgroupAdd(acc[b][s + kR]) : 0.0;
+            const uint i = ((sp * kRG + rg) * kR + s) * kNB + b;
+            if (lane == 0u) {
+              ssplit[i] = v;
+              if (kSwiGlu != 0u) ssplit[kU + i] = u;
+            }
           }
         }
       }

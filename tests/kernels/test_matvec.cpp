@@ -866,6 +866,43 @@ TEST_F(Matvec, TroveMatvecBatchedWgKeepsColumnsExact) {
   }
 }
 
+// TROVE_MATVEC_REDUCE=scatter: the q8 forms sum a row group's lanes by one reduce-scatter of all its
+// row sums instead of a subgroupAdd each. Both forms take it, and each value's tree is the same at
+// every batch, so a batched call's columns still equal batch-1 calls bit for bit: at batch 8 (16 and,
+// with 4 rows a group, 64 values a lane), SwiGLU at batch 5 (10 values, padded to 16: the up sums
+// shuffled to the gate's lane), the residual add at batch 3 (6, padded to 8), and with split rows
+// (subgroup sums meeting in shared memory). The batched outputs stay within the q8 bound of the
+// float64 reference. A bad value is refused by name.
+TEST_F(Matvec, TroveMatvecReduceScatterKeepsColumnsExact) {
+  auto make = [&](const char* reduce, const char* split, const char* rows, const char* swiglu_rows) {
+    tests::ScopedEnv f("TROVE_MATVEC", op_->q8_supported() ? "q8" : "f32"), b("TROVE_MATVEC_BATCHED", op_->q8_supported() ? "q8p" : "f32"),
+        r("TROVE_MATVEC_REDUCE", reduce), sp("TROVE_MATVEC_Q8_SPLIT", split), br("TROVE_MATVEC_BATCHED_ROWS", rows),
+        sr("TROVE_MATVEC_BATCHED_SWIGLU_ROWS", swiglu_rows);
+    return ops::Matvec::create(*dev_);
+  };
+  auto bad = make("tree", "", "", "");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("TROVE_MATVEC_REDUCE='tree' is not add or scatter"), std::string::npos)
+      << bad.status().message();
+  if (!op_->q8_supported()) {
+    GTEST_SKIP() << "the device lacks integer dot products, subgroup arithmetic or subgroup shuffles (no q8 forms)";
+  }
+  for (auto [split, rows, swiglu_rows] : {std::tuple{"1", "", ""}, std::tuple{"2", "", ""}, std::tuple{"1", "4", "2"}}) {
+    SCOPED_TRACE(fmt::format("TROVE_MATVEC_REDUCE=scatter TROVE_MATVEC_Q8_SPLIT={} TROVE_MATVEC_BATCHED_ROWS={} "
+                             "TROVE_MATVEC_BATCHED_SWIGLU_ROWS={}", split, rows, swiglu_rows));
+    auto op = make("scatter", split, rows, swiglu_rows);
+    ASSERT_TRUE(op.ok()) << op.status().ToString();
+    auto cols = [&](Case c) {
+      c.bound = 2e-2;
+      c.exact = true;
+      return check_columns(*dev_, *op, c, rng_);
+    };
+    ASSERT_TRUE(cols({1024, 8, true, MatvecEpilogue::kStore, {{G::Q4_K, 128}, {G::Q6_K, 64}, {G::Q8_0, 64}}}));
+    ASSERT_TRUE(cols({1024, 5, true, MatvecEpilogue::kSwiGlu, {{G::Q5_K, 64}, {G::Q4_K, 64}}}));
+    ASSERT_TRUE(cols({2048, 3, false, MatvecEpilogue::kAdd, {{G::Q6_K, 128}}}));
+  }
+}
+
 // TROVE_MATVEC_Q8_WG sets the workgroup size of both q8 forms (GPUs: 512 by default, 256 on CPU
 // devices): the q8p activation pass takes the same size, so with any of them a batched q8p call gives
 // each column the bits of a batch-1 q8 call (Σ x² summed over the same invocations and subgroups).

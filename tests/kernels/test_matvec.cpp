@@ -832,6 +832,15 @@ TEST_F(Matvec, TroveMatvecBatchedNamesTheBatchForm) {
   }
 }
 
+namespace {
+// check_columns at the q8 forms' bound (2e-2 of the output norm), the columns bit-equal to batch-1 calls.
+bool check_q8_columns(vk::Device& dev, const ops::Matvec& op, Case c, std::mt19937_64& rng) {
+  c.bound = 2e-2;
+  c.exact = true;
+  return check_columns(dev, op, c, rng);
+}
+}  // namespace
+
 // TROVE_MATVEC_BATCHED_WG runs the batched q8p kernel in workgroups of another size (its activation
 // pass and the split of a row group's parts stay the batch-1 call's), here with 4 rows a lane
 // (TROVE_MATVEC_BATCHED_ROWS) and 2 gate rows for SwiGLU (TROVE_MATVEC_BATCHED_SWIGLU_ROWS): every
@@ -855,11 +864,7 @@ TEST_F(Matvec, TroveMatvecBatchedWgKeepsColumnsExact) {
     SCOPED_TRACE(std::string("TROVE_MATVEC_BATCHED_WG=") + wg);
     auto op = make(wg, "4", "2");
     ASSERT_TRUE(op.ok()) << op.status().ToString();
-    auto cols = [&](Case c) {
-      c.bound = 2e-2;
-      c.exact = true;
-      return check_columns(*dev_, *op, c, rng_);
-    };
+    auto cols = [&](const Case& c) { return check_q8_columns(*dev_, *op, c, rng_); };
     ASSERT_TRUE(cols({4096, 8, true, MatvecEpilogue::kStore, {{G::Q4_K, 128}, {G::Q6_K, 64}, {G::Q8_0, 64}}}));
     ASSERT_TRUE(cols({4096, 5, true, MatvecEpilogue::kSwiGlu, {{G::Q4_K, 64}, {G::Q4_K, 64}}}));
     ASSERT_TRUE(cols({12288, 3, false, MatvecEpilogue::kAdd, {{G::Q6_K, 128}}}));
@@ -892,11 +897,7 @@ TEST_F(Matvec, TroveMatvecReduceScatterKeepsColumnsExact) {
                              "TROVE_MATVEC_BATCHED_SWIGLU_ROWS={}", split, rows, swiglu_rows));
     auto op = make("scatter", split, rows, swiglu_rows);
     ASSERT_TRUE(op.ok()) << op.status().ToString();
-    auto cols = [&](Case c) {
-      c.bound = 2e-2;
-      c.exact = true;
-      return check_columns(*dev_, *op, c, rng_);
-    };
+    auto cols = [&](const Case& c) { return check_q8_columns(*dev_, *op, c, rng_); };
     ASSERT_TRUE(cols({1024, 8, true, MatvecEpilogue::kStore, {{G::Q4_K, 128}, {G::Q6_K, 64}, {G::Q8_0, 64}}}));
     ASSERT_TRUE(cols({1024, 5, true, MatvecEpilogue::kSwiGlu, {{G::Q5_K, 64}, {G::Q4_K, 64}}}));
     ASSERT_TRUE(cols({2048, 3, false, MatvecEpilogue::kAdd, {{G::Q6_K, 128}}}));

@@ -874,7 +874,7 @@ TEST_F(Matvec, TroveMatvecBatchedWgKeepsColumnsExact) {
 // TROVE_MATVEC_REDUCE=scatter: the q8 forms sum a row group's lanes by one reduce-scatter of all its
 // row sums instead of a subgroupAdd each. Both forms take it, and each value's tree is the same at
 // every batch, so a batched call's columns still equal batch-1 calls bit for bit: at batch 8 (16 and,
-// with 4 rows a group, 64 values a lane), SwiGLU at batch 5 (10 values, padded to 16: the up sums
+// with 4 rows a group, 32 values a lane), SwiGLU at batch 5 (10 values, padded to 16: the up sums
 // shuffled to the gate's lane), the residual add at batch 3 (6, padded to 8), and with split rows
 // (subgroup sums meeting in shared memory). The batched outputs stay within the q8 bound of the
 // float64 reference. A bad value is refused by name.

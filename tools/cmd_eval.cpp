@@ -3,8 +3,9 @@
 //   trove eval -m MODEL --tokens '[151644, 872, ...]' [--chunk N] [--copies C] [--top K] [--generate G]
 // The prompt is fed in chunks of N tokens (1: one decode step per token; the prompt length: one
 // prefill), and the distribution after every token is printed (rows per step are bounded by the
-// engine's logit rows, 64; a step longer than that prints the one after its last token). --tokens may hold several prompts ([[...], [...]]): each gets its own
-// sequence and all go through the same steps (sequence i in chunks of N+i) — batched steps. --copies C
+// engine's logit rows, 64; a step longer than that prints the one after its last token). --tokens
+// may hold several prompts ([[...], [...]]): each gets its own sequence and all go through the same
+// steps (sequence i in chunks of N+i) — batched steps. --copies C
 // repeats the prompt list C times. --generate G appends G greedy tokens after the first prompt.
 //
 //   trove eval -m MODEL --perplexity FILE [--ctx N] [--offset O] [--count C] [--per-token]

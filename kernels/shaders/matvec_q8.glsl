@@ -221,9 +221,8 @@ void main() {
       }
     }
     if (kScatter != 0u) reduce_scatter_sums();
-    // Every lane gets every total; lane t writes outputs t, t + kG, ... (slot-major over columns).
-    // kScatter: the lane holding a gate or output sum writes it (the up sum shuffled to it).
     if (kScatter != 0u && kSplit == 1u) {
+      // The lane holding a gate or output sum writes it (the up sum shuffled to it).
       [[unroll]] for (uint s = 0u; s < kR; ++s) {
         [[unroll]] for (uint b = 0u; b < kNB; ++b) {
           const uint v = s * kNB + b;
@@ -234,6 +233,7 @@ void main() {
         }
       }
     } else if (kSplit == 1u) {
+      // Every lane gets every total; lane t writes outputs t, t + kG, ... (slot-major over columns).
       [[unroll]] for (uint s = 0u; s < kR; ++s) {
         [[unroll]] for (uint b = 0u; b < kNB; ++b) {
           const float v = subgroupAdd(acc[b][s]) * inv[b];

@@ -203,15 +203,15 @@ Result<PagedAttention> PagedAttention::create(vk::Device& dev) {
   auto scatter = env_choice("TROVE_ATTENTION_SCATTER", {"0", "1"},
                             "0 or 1 (decode v2's q·k sums over a key row's lanes by reduce-scatter and broadcast, or by "
                             "all-reduce)");
-  auto groups = env_choice("TROVE_ATTENTION_HEAD_GROUPS", {"1", "2", "4"},
-                           "a number of decode workgroups per KV head; use 1, 2 or 4 (or unset it)");
+  auto groups = env_choice("TROVE_ATTENTION_HEAD_GROUPS", {"auto", "1", "2", "4"},
+                           "a number of decode workgroups per KV head; use 1, 2, 4 or auto (or unset it)");
   for (const auto* r : {&rows, &merge, &scatter, &groups}) {
     if (!r->ok()) return r->status();
   }
   if (*rows) op.cm2_rows_ = **rows == "128" ? 128 : 64;
   if (*merge) op.decode_v2_merge_parallel_ = **merge == "parallel";
   if (*scatter) op.decode_v2_scatter_ = **scatter == "1";
-  if (*groups) op.decode_v2_head_groups_ = static_cast<uint32_t>((**groups)[0] - '0');
+  if (*groups) op.decode_v2_head_groups_ = **groups == "auto" ? 0 : static_cast<uint32_t>((**groups)[0] - '0');
   std::string why;
   op.has_prefill_cm2_ = prefill_cm2_usable(dev, op.cm2_rows_, &why);
   // TROVE_ATTENTION: the prefill kernel kAuto takes (where the call fits it).
@@ -523,6 +523,14 @@ std::optional<uint64_t> PagedAttention::replay_key(const AttentionCall& c) const
   return h;
 }
 
+uint32_t PagedAttention::decode_v2_head_groups(uint32_t group) const {
+  // auto: at most 4 query heads a workgroup (H100, 2026-12-05: the 30B-A3B's G 8 in 2 groups +11% tg128,
+  // +6% tg64 at 16384; the 8B's G 4 in 2 groups −9% at 16384). At least 2 heads a workgroup where the
+  // KV head has 2+: NVIDIA's compiler gave a one-head workgroup other bits (G 4 in 4 groups, H100).
+  const uint32_t want = decode_v2_head_groups_ != 0 ? decode_v2_head_groups_ : std::max<uint32_t>(1, group / 4);
+  return std::clamp<uint32_t>(want, 1, std::max<uint32_t>(1, group / 2));
+}
+
 uint32_t PagedAttention::decode_v2_split_keys(const kernels::ref::PagedKvShape& sh, uint32_t min_keys) {
   const uint64_t pool_tokens = uint64_t(std::max<int64_t>(sh.n_blocks, 0)) * uint64_t(std::max<int64_t>(sh.block_size, 0));
   const uint64_t need = (pool_tokens + kDecodeV2MaxSplits - 1) / kDecodeV2MaxSplits;  // slices of the whole pool
@@ -545,7 +553,7 @@ Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCal
   const uint32_t lanes = decode_v2_lanes(d), unroll = group * d / lanes <= 32 ? 4 : 2;
   // Head groups (TROVE_ATTENTION_HEAD_GROUPS): kU stays the whole group's (above), so a head's
   // arithmetic — and its bits — are those of one workgroup per KV head.
-  const uint32_t hg = std::min(decode_v2_head_groups_, group), wg_heads = group / hg;
+  const uint32_t hg = decode_v2_head_groups(group), wg_heads = group / hg;
   // TROVE_ATTENTION_MERGE=parallel: one copy of the sums per subgroup where shared memory holds them
   // (the same bits either way, so the serial merge is a safe fallback).
   uint32_t merge_sg = 0;

@@ -291,8 +291,9 @@ TEST(PagedAttention, DecodeV2TokenGetsTheBitsOfAOneTokenStep) {
   }
 }
 
-// TROVE_ATTENTION_HEAD_GROUPS=2|4: decode v2 with the query heads of a KV head over 2 or 4
-// workgroups gives every head the bits of one workgroup per KV head, TROVE_ATTENTION_SCATTER=1
+// TROVE_ATTENTION_HEAD_GROUPS=2|4|auto: decode v2 with the query heads of a KV head over 2 or 4
+// workgroups (never fewer than 2 heads a workgroup: 4 at G 4 runs 2) gives every head the bits of one
+// workgroup per KV head, TROVE_ATTENTION_SCATTER=1
 // (q·k summed by reduce-scatter and broadcast) the bits of the all-reduce, TROVE_ATTENTION_MERGE=parallel
 // (the subgroups' sums in copies of their own, added after one barrier) those of the serial merge (G = 1, 4 and 8: kU·G values
 // of 4 and 16 over the key row's kL lanes, fewer and more than kL on lavapipe; one token and a 5-token
@@ -318,7 +319,7 @@ TEST(PagedAttention, DecodeV2VariantsKeepTheBits) {
   };
   std::vector<std::pair<std::string, ops::PagedAttention>> variants;
   for (const Variant& v : {Variant{"2", "0", "serial"}, Variant{"4", "0", "serial"}, Variant{"1", "1", "serial"},
-                           Variant{"1", "0", "parallel"}, Variant{"2", "1", "parallel"}}) {
+                           Variant{"1", "0", "parallel"}, Variant{"2", "1", "parallel"}, Variant{"auto", "0", "parallel"}}) {
     tests::ScopedEnv sc("TROVE_ATTENTION_SCATTER", v.scatter), mg("TROVE_ATTENTION_MERGE", v.merge);
     auto op = create_with(*dev, "TROVE_ATTENTION_HEAD_GROUPS", v.hg);
     ASSERT_TRUE(op.ok()) << op.status().ToString();

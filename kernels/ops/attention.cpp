@@ -195,22 +195,18 @@ Result<PagedAttention> PagedAttention::create(vk::Device& dev) {
   // The cm2 pipeline is built on first use (or now, when TROVE_ATTENTION asks for it), so that runs
   // which never take it do not compile it.
   // A/B switches (docs/kernels.md): TROVE_ATTENTION_CM2_ROWS=128, 128-row cm2 prefill tiles (256
-  // invocations) instead of 64; decode v2's TROVE_ATTENTION_MERGE, _SCATTER and _HEAD_GROUPS (attention.h).
+  // invocations) instead of 64; decode v2's TROVE_ATTENTION_MERGE and _HEAD_GROUPS (attention.h).
   auto rows = env_choice("TROVE_ATTENTION_CM2_ROWS", {"64", "128"}, "a cm2 query tile; use 64 or 128 (or unset it)");
   auto merge = env_choice("TROVE_ATTENTION_MERGE", {"serial", "parallel"},
                           "serial or parallel (how decode v2's subgroups merge their sums: in turn, a barrier each, or each "
                           "into its own copy)");
-  auto scatter = env_choice("TROVE_ATTENTION_SCATTER", {"0", "1"},
-                            "0 or 1 (decode v2's q·k sums over a key row's lanes by reduce-scatter and broadcast, or by "
-                            "all-reduce)");
   auto groups = env_choice("TROVE_ATTENTION_HEAD_GROUPS", {"auto", "1", "2", "4"},
                            "a number of decode workgroups per KV head; use 1, 2, 4 or auto (or unset it)");
-  for (const auto* r : {&rows, &merge, &scatter, &groups}) {
+  for (const auto* r : {&rows, &merge, &groups}) {
     if (!r->ok()) return r->status();
   }
   if (*rows) op.cm2_rows_ = **rows == "128" ? 128 : 64;
   if (*merge) op.decode_v2_merge_parallel_ = **merge == "parallel";
-  if (*scatter) op.decode_v2_scatter_ = **scatter == "1";
   if (*groups) op.decode_v2_head_groups_ = **groups == "auto" ? 0 : static_cast<uint32_t>((**groups)[0] - '0');
   std::string why;
   op.has_prefill_cm2_ = prefill_cm2_usable(dev, op.cm2_rows_, &why);
@@ -590,7 +586,7 @@ Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCal
       const std::array<uint32_t, 5> key{group, d, form, fb, hg};
       if ((!both && form != (pipe ? 1u : 0u)) || decode_->v2.count(key)) continue;
       auto p = decode_->dev->pipeline(
-          {"attention_decode_v2", {wg_heads, d, lanes, unroll, form, fb, hg, decode_v2_scatter_ ? 1u : 0u, merge_sg}, sizeof(Push), 6, 128});
+          {"attention_decode_v2", {wg_heads, d, lanes, unroll, form, fb, hg, merge_sg}, sizeof(Push), 6, 128});
       if (!p.ok()) return p.status();
       decode_->v2.emplace(key, std::move(*p));
     }

@@ -183,9 +183,6 @@ class PagedAttention {
   // workgroup keeps 2+ heads where the KV head has 2+ (decode_v2_head_groups). The same bits for any value.
   uint32_t decode_v2_head_groups_ = 0;
   uint32_t decode_v2_head_groups(uint32_t group) const;  // workgroups per KV head of G = group
-  // TROVE_ATTENTION_SCATTER=1: decode v2 sums q·k over a key row's lanes by reduce-scatter and
-  // broadcast (~2N shuffles for N values a round instead of N·log2 kL); the same bits.
-  bool decode_v2_scatter_ = false;
   // TROVE_ATTENTION_MERGE=parallel (the default since 2026-12-05: +1% tg on the 8B and the 30B-A3B,
   // H100): decode v2's subgroups write their sums to copies of their own and add them after one
   // barrier (serial: in turn, a barrier each); the same bits.

@@ -19,8 +19,8 @@
 // kPipe (TROVE_ATTENTION_PIPELINE=1, attention.cpp): a round's K and V loads are issued during the
 // round before, so the rows' trip from memory overlaps the previous round's math instead of following
 // it (a slice of 128 keys is 4–8 rounds).
-// Specialized on G (0, query heads per workgroup), head_dim (1), kL (2), kU (3), kPipe (4), kHG (6),
-// kScatter (7) and kMergeSG (8). Limits (attention.cpp checks): G in
+// Specialized on G (0, query heads per workgroup), head_dim (1), kL (2), kU (3), kPipe (4), kHG (6)
+// and kMergeSG (7). Limits (attention.cpp checks): G in
 // 1, 2, 4, 8, 16; head_dim a power of two from 8 to 256; kL a power of two dividing head_dim / 8 and at most
 // the subgroup size, whose invocations are consecutive local ids (true of NVIDIA and lavapipe).
 #extension GL_EXT_control_flow_attributes : require
@@ -39,18 +39,11 @@ layout(constant_id = 5) const bool kStartFromBuffer = false;
 // workgroups of kG heads each (grid y = KV heads × kHG); each reads the KV head's rows itself. A head's
 // arithmetic does not depend on the other heads of its workgroup, so its bits are the same for any kHG.
 layout(constant_id = 6) const uint kHG = 1u;
-// kScatter (TROVE_ATTENTION_SCATTER=1, attention.cpp): the kU·kG partial q·k of a round summed over
-// a key row's kL lanes by a reduce-scatter (each level sends the half of the values its partner
-// keeps: N/2 + N/4 + … shuffles) and a broadcast from each value's owner lane (N shuffles), where
-// the all-reduce sends every value at every level (N·log2 kL). Each value is the same sum of the
-// same partials in the same tree (own + partner's at every level; + commutes exactly), so the bits
-// equal the all-reduce's.
-layout(constant_id = 7) const bool kScatter = false;
 // kMergeSG (TROVE_ATTENTION_MERGE=parallel, attention.cpp): 0 = the subgroups add their sums into
 // shared memory one after the other (a barrier each); else the workgroup's subgroup count: each
 // writes its own copy, one barrier, and the output loop adds the copies in subgroup order — the same
 // additions in the same order, so the same bits.
-layout(constant_id = 8) const uint kMergeSG = 0u;
+layout(constant_id = 7) const uint kMergeSG = 0u;
 layout(std430, set = 0, binding = 0) readonly buffer KVq { uvec4 kv4[]; };
 layout(std430, set = 0, binding = 1) readonly buffer T { int table[]; };
 layout(std430, set = 0, binding = 2) readonly buffer Q { vec4 q4[]; };
@@ -94,36 +87,6 @@ void load_round(uint base, uint k0, uint n, uint kvh, uint slot, uint li, uint h
   }
 }
 
-// kScatter: s[0 .. kN) summed over the kL lanes of a key row, as the all-reduce sums them. Levels with
-// mask kL/2, kL/4, …: while a lane holds c >= 2 values it keeps the lower half (mask bit clear) or the
-// upper half (set) and adds its partner's copy of that half; once it holds one value the remaining
-// levels add it to its partner's (all-reduce). Value v then lives in the kScat lanes whose offset in
-// the row is (v / kR)·(kL / kScat) + anything below, slot v % kR; the broadcast reads it from there.
-const uint kN = kU * kG;
-const uint kScat = kN < kL ? kN : kL;  // lanes that end with distinct values
-const uint kR = kN / kScat;            // values a lane holds after the scatter
-void reduce_scatter(inout float s[kN]) {
-  const uint lane = gl_SubgroupInvocationID, row0 = lane / kL * kL;
-  float t[kN];
-  [[unroll]] for (uint i = 0u; i < kN; ++i) t[i] = s[i];
-  uint c = kN;
-  [[unroll]] for (uint mask = kL / 2u; mask > 0u; mask >>= 1u) {
-    if (c >= 2u) {
-      const bool upper = (lane & mask) != 0u;
-      const uint h = c / 2u;
-      [[unroll]] for (uint i = 0u; i < kN / 2u; ++i) {
-        if (i >= h) break;
-        const float keep = upper ? t[i + h] : t[i], send = upper ? t[i] : t[i + h];
-        t[i] = keep + subgroupShuffleXor(send, mask);
-      }
-      c = h;
-    } else {
-      t[0] += subgroupShuffleXor(t[0], mask);
-    }
-  }
-  [[unroll]] for (uint v = 0u; v < kN; ++v) s[v] = subgroupShuffle(t[v % kR], row0 + (v / kR) * (kL / kScat));
-}
-
 void main() {
   const uint split = gl_WorkGroupID.x, kvh = gl_WorkGroupID.y / kHG, tok = gl_WorkGroupID.z, t = gl_LocalInvocationID.x;
   const uint start = kStartFromBuffer ? uint(positions[pc.start_pos]) : pc.start_pos;
@@ -162,7 +125,7 @@ void main() {
     }
     // kPipe: the next round's rows are requested now and arrive while this round computes.
     if (kPipe && base + kSlots * kU < n) load_round(base + kSlots * kU, k0, n, kvh, slot, li, hb4, same_block);
-    float s[kN];
+    float s[kU * kG];
     [[unroll]] for (uint u = 0u; u < kU; ++u) {
       [[unroll]] for (uint g = 0u; g < kG; ++g) {
         float a = 0.0;
@@ -174,12 +137,8 @@ void main() {
         s[u * kG + g] = a;
       }
     }
-    if (!kScatter) {
-      [[unroll]] for (uint mask = kL / 2u; mask > 0u; mask >>= 1u) {
-        [[unroll]] for (uint i = 0u; i < kU * kG; ++i) s[i] += subgroupShuffleXor(s[i], mask);
-      }
-    } else {
-      reduce_scatter(s);
+    [[unroll]] for (uint mask = kL / 2u; mask > 0u; mask >>= 1u) {
+      [[unroll]] for (uint i = 0u; i < kU * kG; ++i) s[i] += subgroupShuffleXor(s[i], mask);
     }
     [[unroll]] for (uint u = 0u; u < kU; ++u) {
       if (j0 + u >= n) {

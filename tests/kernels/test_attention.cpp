@@ -293,37 +293,36 @@ TEST(PagedAttention, DecodeV2TokenGetsTheBitsOfAOneTokenStep) {
 
 // TROVE_ATTENTION_HEAD_GROUPS=2|4|auto: decode v2 with the query heads of a KV head over 2 or 4
 // workgroups (never fewer than 2 heads a workgroup: 4 at G 4 runs 2) gives every head the bits of one
-// workgroup per KV head, TROVE_ATTENTION_SCATTER=1
-// (q·k summed by reduce-scatter and broadcast) the bits of the all-reduce, TROVE_ATTENTION_MERGE=parallel
-// (the subgroups' sums in copies of their own, added after one barrier) those of the serial merge (G = 1, 4 and 8: kU·G values
-// of 4 and 16 over the key row's kL lanes, fewer and more than kL on lavapipe; one token and a 5-token
-// step, one slice and several);
-// other values are refused by name.
+// workgroup per KV head, and TROVE_ATTENTION_MERGE=parallel (the subgroups' sums in copies of their own,
+// added after one barrier; the default) those of the serial merge (G = 1, 4 and 8; one token and a
+// 5-token step, one slice and several); other values are refused by name.
 TEST(PagedAttention, DecodeV2VariantsKeepTheBits) {
   auto dev = open_device();
   ASSERT_TRUE(dev);
-  for (auto [name, value] : {std::pair{"TROVE_ATTENTION_HEAD_GROUPS", "3"}, std::pair{"TROVE_ATTENTION_SCATTER", "yes"},
-                             std::pair{"TROVE_ATTENTION_MERGE", "tree"}}) {
+  for (auto [name, value] : {std::pair{"TROVE_ATTENTION_HEAD_GROUPS", "3"}, std::pair{"TROVE_ATTENTION_MERGE", "tree"}}) {
     auto bad = create_with(*dev, name, value);
     ASSERT_FALSE(bad.ok()) << name;
     EXPECT_NE(bad.status().message().find(fmt::format("{}='{}'", name, value)), std::string::npos) << bad.status().message();
   }
   if (!dev->features().subgroup_shuffle) GTEST_SKIP() << "decode v2 needs subgroup shuffles";
-  auto one = create_with(*dev, "TROVE_ATTENTION_HEAD_GROUPS", "1");
+  // One workgroup per KV head, the serial merge: the reference bits.
+  auto one = [&] {
+    tests::ScopedEnv mg("TROVE_ATTENTION_MERGE", "serial");
+    return create_with(*dev, "TROVE_ATTENTION_HEAD_GROUPS", "1");
+  }();
   ASSERT_TRUE(one.ok()) << one.status().ToString();
   // The variants, each created once (their pipelines are built per shape on first use): 2 and 4 head
-  // groups; the reduce-scatter of q·k (TROVE_ATTENTION_SCATTER=1) and the parallel merge of the
-  // subgroups' sums (TROVE_ATTENTION_MERGE=parallel) alone; all three together.
+  // groups, the parallel merge alone and with 2 groups, and the defaults (auto groups, parallel merge).
   struct Variant {
-    const char *hg, *scatter, *merge;
+    const char *hg, *merge;
   };
   std::vector<std::pair<std::string, ops::PagedAttention>> variants;
-  for (const Variant& v : {Variant{"2", "0", "serial"}, Variant{"4", "0", "serial"}, Variant{"1", "1", "serial"},
-                           Variant{"1", "0", "parallel"}, Variant{"2", "1", "parallel"}, Variant{"auto", "0", "parallel"}}) {
-    tests::ScopedEnv sc("TROVE_ATTENTION_SCATTER", v.scatter), mg("TROVE_ATTENTION_MERGE", v.merge);
+  for (const Variant& v : {Variant{"2", "serial"}, Variant{"4", "serial"}, Variant{"1", "parallel"}, Variant{"2", "parallel"},
+                           Variant{"auto", nullptr}}) {
+    tests::ScopedEnv mg("TROVE_ATTENTION_MERGE", v.merge);
     auto op = create_with(*dev, "TROVE_ATTENTION_HEAD_GROUPS", v.hg);
     ASSERT_TRUE(op.ok()) << op.status().ToString();
-    variants.emplace_back(fmt::format("head groups {}, scatter {}, merge {}", v.hg, v.scatter, v.merge), std::move(*op));
+    variants.emplace_back(fmt::format("head groups {}, merge {}", v.hg, v.merge ? v.merge : "(default)"), std::move(*op));
   }
   for (auto [heads_, kvh] : {std::pair{16u, 4u}, std::pair{16u, 2u}, std::pair{16u, 16u}}) {
     for (auto [start_, n_] : {std::pair{40u, 1u}, std::pair{300u, 5u}}) {

@@ -12,7 +12,8 @@
 //     Σ e^(s − m) v; keys past the slice are masked before their rows are read (no NaN from
 //     unwritten slots reaches a sum).
 //   - the slots merge at the end: a common max per head, the slots of one subgroup summed by
-//     shuffles, the subgroups one after the other into shared memory.
+//     shuffles, the subgroups into shared memory (kMergeSG, attention.cpp's default: each into a copy
+//     of its own, added in subgroup order after one barrier; else one after the other).
 // n_splits == 1: o = acc / l (no combine pass). Otherwise the unnormalised acc, M and l go to `part`
 // ([token][head][split][head_dim + 2], what attention_combine*.comp merge; a slice past the last key
 // writes l = 0, m = -inf). q is pre-multiplied by the scale.

@@ -38,7 +38,9 @@ layout(constant_id = 4) const bool kPipe = true;  // the next round's loads issu
 layout(constant_id = 5) const bool kStartFromBuffer = false;
 // Head groups (TROVE_ATTENTION_HEAD_GROUPS, attention.cpp): the query heads of a KV head split over kHG
 // workgroups of kG heads each (grid y = KV heads × kHG); each reads the KV head's rows itself. A head's
-// arithmetic does not depend on the other heads of its workgroup, so its bits are the same for any kHG.
+// arithmetic does not depend on the other heads of its workgroup, so its bits are the same for any kHG
+// (with 2+ heads a workgroup: a one-head workgroup compiled to other bits on the H100, and the host
+// never makes one where the KV head has more).
 layout(constant_id = 6) const uint kHG = 1u;
 // kMergeSG (TROVE_ATTENTION_MERGE=parallel, attention.cpp): 0 = the subgroups add their sums into
 // shared memory one after the other (a barrier each); else the workgroup's subgroup count: each

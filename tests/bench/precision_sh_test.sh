@@ -44,6 +44,10 @@ grep -q "variant 'bad' failed: error: TROVE_X='y' is invalid" "$dir/err" || fail
 [ "$(grep -c -- '--chunk 2048 --batch 2048 --top 8 --generate 48' "$dir/args")" = 6 ] || fail "arguments: $(cat "$dir/args")"
 [ "$(grep -oE 'tokens @[^ ]+' "$dir/args" | sort -u | wc -l)" = 1 ] || fail "the variants read different prompts"
 
+# A reference that fails leaves nothing to compare against: an error, not a table.
+if TROVE="$dir/trove" bash "$script" --model m.gguf ref:STUB_FAIL=1 other > "$dir/out" 2> "$dir/err"; then fail "a failed reference passed"; fi
+grep -q "the reference 'ref' printed no result" "$dir/err" || fail "no message for the failed reference: $(cat "$dir/err")"
+
 # Refusals: one variant, a bad number, an unknown option.
 for args in "--model m.gguf f32" "--model m.gguf --chunk x a b" "--model m.gguf --bogus a b"; do
   # shellcheck disable=SC2086

@@ -55,7 +55,8 @@
 //    and of the dense KHR kernel (default f32). f16 halves their registers (a 128×256 f32 cm2 tile is
 //    128 registers a lane over 256 lanes), as llama.cpp's matrix-unit kernels do by default, at f16
 //    precision of the sums (clamped to ±65504 before the f32 store). On the KHR path it needs a
-//    16×16×16 f16 × f16 → f16 subgroup shape (create() refuses it otherwise).
+//    16×16×16 f16 × f16 → f16 subgroup shape (create() refuses it otherwise). Off by default: on the
+//    H100 (2026-12-05) the 8B's greedy output after a 4096-token prompt left f32's after 7 tokens.
 //  - TROVE_GROUPED_TILE=BMxBN[xBK] (force_grouped_tile): the cm2 grouped tile, BM 64 or 128 weight
 //    rows × BN 32, 64 or 128 slots (default 64x64), K step BK 32 or 64 (default 64 where cols allows);
 //    a tile the device's granularity refuses is an error.
@@ -144,7 +145,8 @@ class Matmul {
   // which cm2 tile (kLarge or kMedium; kAuto: not on cm2). From kCm2MinBatch columns the large tile
   // where at least TROVE_CM2_MIN_TILES of it fill the SMs (measured); below kCm2MinBatch, down to
   // TROVE_CM2_MIN_BATCH (force_cm2_min_batch), also the medium tile where the large one does not fill —
-  // llama.cpp's cm2 choice at 512 tokens (medium tiles, f16 sums), for A/B; unmeasured, so off.
+  // llama.cpp's cm2 choice at 512 tokens (medium tiles, f16 sums), for A/B (H100, 2026-12-05: pp512
+  // +2.4% in one clean round, inside the spread; off).
   bool takes_cm2(uint32_t rows, uint32_t batch) const { return auto_cm2_tile(rows, batch) != MatmulTile::kAuto; }
   MatmulTile auto_cm2_tile(uint32_t rows, uint32_t batch) const;
   // The fewest columns of a dense call the automatic path hands to cm2 (TROVE_CM2_MIN_BATCH, default

@@ -244,7 +244,8 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
   // activation pass keeps the q8 size, and the split of a row group's parts is the batch-1 call's,
   // so each column keeps a batch-1 call's bits). With more rows a lane (TROVE_MATVEC_BATCHED_ROWS=4)
   // and half the workgroup, a workgroup keeps its rows and the grid its size while each activation
-  // load serves twice the rows: an A/B for the per-column cost of wide steps (unmeasured).
+  // load serves twice the rows: an A/B for the per-column cost of wide steps (H100, 2026-12-05: with
+  // 4 rows, 20-50% slower wide steps; docs/performance.md).
   if (const char* w = std::getenv("TROVE_MATVEC_BATCHED_WG"); w && *w) {
     const std::string_view v(w);
     if (v != "128" && v != "256" && v != "512" && v != "1024") {
@@ -282,7 +283,9 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
   // TROVE_MATVEC_REDUCE=add|scatter: how the q8 forms sum a row group's lanes — subgroupAdd of each
   // row and column (add, the default) or one reduce-scatter of all of them (matvec_q8.glsl): at batch 8
   // and 2 rows 16 shuffles instead of 80, the same tree for every value at every batch, so batched and
-  // batch-1 calls still agree bit for bit (both take it). An A/B for the cost of wide steps (unmeasured).
+  // batch-1 calls still agree bit for bit (both take it). An A/B for the cost of wide steps (H100,
+  // 2026-12-05: batch 1 0 to -5%, verification 3-9% slower, one rep of 8 streams +8.6%: off, to be
+  // measured again).
   if (const char* w = std::getenv("TROVE_MATVEC_REDUCE"); w && *w) {
     const std::string_view v(w);
     if (v != "add" && v != "scatter") {

@@ -93,6 +93,9 @@ class PagedAttention {
   // buffers, heads, tokens) mean a recording of one call serves the other. nullopt: the call would take
   // another path (a prefill kernel, the per-token one), which has no position-from-buffer form.
   std::optional<uint64_t> replay_key(const AttentionCall& call) const;
+  // Decode v2 workgroups per KV head for G = `group` query heads per KV head: TROVE_ATTENTION_HEAD_GROUPS,
+  // or auto (at most 4 heads a workgroup), never under 2 heads a workgroup where G has 2+.
+  uint32_t decode_v2_head_groups(uint32_t group) const;
 
   static constexpr uint32_t kMaxSplits = 32, kMaxSplitTokens = 4, kMaxSplitHeads = 64;
   // Token counts from which kAuto takes a prefill kernel (measured on the H100 at depth 4096,
@@ -182,7 +185,6 @@ class PagedAttention {
   // the registers for the heads' sums, each workgroup reading the KV head's rows itself. Each
   // workgroup keeps 2+ heads where the KV head has 2+ (decode_v2_head_groups). The same bits for any value.
   uint32_t decode_v2_head_groups_ = 0;
-  uint32_t decode_v2_head_groups(uint32_t group) const;  // workgroups per KV head of G = group
   // TROVE_ATTENTION_MERGE=parallel (the default since 2026-12-05: +1% tg on the 8B and the 30B-A3B,
   // H100): decode v2's subgroups write their sums to copies of their own and add them after one
   // barrier (serial: in turn, a barrier each); the same bits.

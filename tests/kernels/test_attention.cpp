@@ -17,6 +17,7 @@
 #include <numeric>
 #include <random>
 #include <string_view>
+#include <tuple>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -311,6 +312,19 @@ TEST(PagedAttention, DecodeV2VariantsKeepTheBits) {
     return create_with(*dev, "TROVE_ATTENTION_HEAD_GROUPS", "1");
   }();
   ASSERT_TRUE(one.ok()) << one.status().ToString();
+  // The workgroups per KV head each setting gives: auto at most 4 heads a workgroup (G 8 in 2, G 16
+  // in 4), a forced count never under 2 heads a workgroup (4 at G 4 runs as 2) nor over G.
+  {
+    auto automatic = create_with(*dev, "TROVE_ATTENTION_HEAD_GROUPS", nullptr);
+    auto four = create_with(*dev, "TROVE_ATTENTION_HEAD_GROUPS", "4");
+    ASSERT_TRUE(automatic.ok() && four.ok());
+    for (auto [g, want_auto, want_four] : {std::tuple{1u, 1u, 1u}, std::tuple{2u, 1u, 1u}, std::tuple{4u, 1u, 2u},
+                                          std::tuple{8u, 2u, 4u}, std::tuple{16u, 4u, 4u}}) {
+      EXPECT_EQ(automatic->decode_v2_head_groups(g), want_auto) << "auto, G " << g;
+      EXPECT_EQ(four->decode_v2_head_groups(g), want_four) << "4 groups, G " << g;
+      EXPECT_EQ(one->decode_v2_head_groups(g), 1u) << "1 group, G " << g;
+    }
+  }
   // The variants, each created once (their pipelines are built per shape on first use): 2 and 4 head
   // groups, the parallel merge alone and with 2 groups, and the defaults (auto groups, parallel merge).
   struct Variant {

@@ -17,7 +17,15 @@ struct Push {
   float scale;
   uint32_t n_splits, split_len;
 };
+// Decode v2's push block: Push and the kRows form's index of the rows' block table offsets in binding 5.
+struct PushV2 {
+  Push p;
+  uint32_t rows_at;
+};
 struct CombinePush { uint32_t head_dim, n_heads, n_splits; };
+// record_decode_rows places each pass's partials at an offset of the scratch that is a multiple of this
+// (the most minStorageBufferOffsetAlignment may be).
+constexpr uint64_t kScratchAlign = 256;
 struct PrefillPush {
   uint32_t block_size, n_kv_heads, n_heads, start_pos, n_tokens;
   float scale;
@@ -111,15 +119,16 @@ const char* path_name(AttentionPath p) {
 }
 }  // namespace
 
-Result<PagedAttention> PagedAttention::create(vk::Device& dev) {
+Result<PagedAttention> PagedAttention::create(vk::Device& dev, uint64_t scratch_bytes) {
   auto p = dev.pipeline({"attention_paged", {}, sizeof(Push), 5, 64});
   if (!p.ok()) return p.status();
   auto c = dev.pipeline({"attention_combine", {}, sizeof(CombinePush), 2, 64});
   if (!c.ok()) return c.status();
   auto c2 = dev.pipeline({"attention_combine_v2", {}, sizeof(CombinePush), 2, 128});
   if (!c2.ok()) return c2.status();
-  auto scratch = dev.buffer(std::max<uint64_t>(uint64_t{kMaxSplitTokens} * kMaxSplitHeads * kMaxSplits * (256 + 2) * 4,
-                                                kPrefillScratchBytes));
+  auto scratch = dev.buffer(scratch_bytes ? scratch_bytes
+                                          : std::max<uint64_t>(uint64_t{kMaxSplitTokens} * kMaxSplitHeads * kMaxSplits * (256 + 2) * 4,
+                                                               kPrefillScratchBytes));
   if (!scratch.ok()) return scratch.status();
   PagedAttention op;
   op.pipeline_ = std::move(*p);
@@ -540,12 +549,17 @@ uint32_t PagedAttention::decode_v2_slice_keys(const kernels::ref::PagedKvShape& 
   return len;
 }
 
-Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCall& c, vk::BufferRange pool,
-                                        vk::BufferRange block_table, vk::BufferRange q, vk::BufferRange out,
-                                        const AttentionPositions& positions) const {
-  const auto& sh = c.shape;
-  const uint32_t group = c.n_heads / static_cast<uint32_t>(sh.n_kv_heads), d = static_cast<uint32_t>(sh.head_dim);
-  const uint32_t kvh = static_cast<uint32_t>(sh.n_kv_heads);
+uint32_t PagedAttention::decode_v2_token_slice(const kernels::ref::PagedKvShape& sh, uint32_t keys) const {
+  return decode_v2_fixed_keys_ ? decode_v2_split_keys(sh, decode_v2_fixed_keys_) : decode_v2_slice_keys(sh, keys);
+}
+
+bool PagedAttention::decode_v2_token_pipelined(const kernels::ref::PagedKvShape& sh, uint32_t keys) const {
+  const uint32_t len = decode_v2_token_slice(sh, keys);
+  return decode_v2_pipelined((keys + len - 1) / len * static_cast<uint32_t>(sh.n_kv_heads));
+}
+
+Result<const vk::Pipeline*> PagedAttention::decode_v2_pipeline(uint32_t group, uint32_t d, bool pipe, bool from_buffer,
+                                                              bool rows) const {
   const uint32_t lanes = decode_v2_lanes(d), unroll = group * d / lanes <= 32 ? 4 : 2;
   // Head groups (TROVE_ATTENTION_HEAD_GROUPS): kU stays the whole group's (above), so a head's
   // arithmetic — and its bits — are those of one workgroup per KV head.
@@ -558,6 +572,28 @@ Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCal
     const uint64_t bytes = uint64_t{128 / lanes} * wg_heads * 8 + uint64_t{sgs} * wg_heads * d * 4 + wg_heads * 8;
     if (bytes <= decode_->dev->features().max_compute_shared_memory) merge_sg = sgs;
   }
+  // Both kPipe forms are built together (auto), so the first step past the bound does not compile one
+  // mid-decode (a pipeline build cost a 64-token decode at depth 16384 40% of its speed on the H200).
+  const uint32_t fb = from_buffer ? 1u : 0u, rw = rows ? 1u : 0u;
+  std::lock_guard<std::mutex> lock(decode_->mu);
+  const bool both = decode_v2_pipeline_ == Pipelining::kAuto;
+  for (uint32_t form : {0u, 1u}) {
+    const std::array<uint32_t, 6> key{group, d, form, fb, hg, rw};
+    if ((!both && form != (pipe ? 1u : 0u)) || decode_->v2.count(key)) continue;
+    auto p = decode_->dev->pipeline(
+        {"attention_decode_v2", {wg_heads, d, lanes, unroll, form, fb, hg, merge_sg, rw}, sizeof(PushV2), 6, 128});
+    if (!p.ok()) return p.status();
+    decode_->v2.emplace(key, std::move(*p));
+  }
+  return &decode_->v2.at({group, d, pipe ? 1u : 0u, fb, hg, rw});
+}
+
+Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCall& c, vk::BufferRange pool,
+                                        vk::BufferRange block_table, vk::BufferRange q, vk::BufferRange out,
+                                        const AttentionPositions& positions) const {
+  const auto& sh = c.shape;
+  const uint32_t group = c.n_heads / static_cast<uint32_t>(sh.n_kv_heads), d = static_cast<uint32_t>(sh.head_dim);
+  const uint32_t kvh = static_cast<uint32_t>(sh.n_kv_heads), hg = decode_v2_head_groups(group);
   // Key slices of a length that is a function of the pool's size and of the token's own key count
   // alone (decode_v2_slice_keys; TROVE_ATTENTION_SPLIT_KEYS fixes it): slice j is keys [j·L, (j+1)·L)
   // whatever the step, so a token's partial sums, and the combine's order over them, do not depend on
@@ -565,33 +601,11 @@ Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCal
   // token the numbers of a one-token step (greedy speculative decoding is exact; a slice count chosen
   // from the step's tokens made 6- and 7-token steps differ on the H200). Tokens of a step whose
   // lengths differ (the step crosses a power-of-two boundary) run in separate passes.
-  auto slice_len = [&](uint32_t t) {  // token t of the step has start_pos + t + 1 keys
-    return decode_v2_fixed_keys_ ? decode_v2_split_keys(sh, decode_v2_fixed_keys_)
-                                 : decode_v2_slice_keys(sh, c.start_pos + t + 1);
-  };
   // K/V loads a round ahead (kPipe) where the token's grid is small (latency-bound), by the token's own
-  // key count, so a token takes the same kernel alone and in a step (decode_v2_pipelined).
-  auto pipelined = [&](uint32_t t) {
-    const uint32_t keys = c.start_pos + t + 1, len = slice_len(t);
-    return decode_v2_pipelined((keys + len - 1) / len * kvh);
-  };
-  // Both kPipe forms are built together (auto), so the first step past the bound does not compile one
-  // mid-decode (a pipeline build cost a 64-token decode at depth 16384 40% of its speed on the H200).
+  // key count, so a token takes the same kernel alone and in a step.
+  auto slice_len = [&](uint32_t t) { return decode_v2_token_slice(sh, c.start_pos + t + 1); };
+  auto pipelined = [&](uint32_t t) { return decode_v2_token_pipelined(sh, c.start_pos + t + 1); };
   const bool from_buffer = positions.buffer.buffer != VK_NULL_HANDLE;
-  const uint32_t fb = from_buffer ? 1u : 0u;
-  auto pipeline = [&](bool pipe) -> Result<const vk::Pipeline*> {
-    std::lock_guard<std::mutex> lock(decode_->mu);
-    const bool both = decode_v2_pipeline_ == Pipelining::kAuto;
-    for (uint32_t form : {0u, 1u}) {
-      const std::array<uint32_t, 5> key{group, d, form, fb, hg};
-      if ((!both && form != (pipe ? 1u : 0u)) || decode_->v2.count(key)) continue;
-      auto p = decode_->dev->pipeline(
-          {"attention_decode_v2", {wg_heads, d, lanes, unroll, form, fb, hg, merge_sg}, sizeof(Push), 6, 128});
-      if (!p.ok()) return p.status();
-      decode_->v2.emplace(key, std::move(*p));
-    }
-    return &decode_->v2.at({group, d, pipe ? 1u : 0u, fb, hg});
-  };
   // Groups of tokens sharing a slice length and kPipe (one, or two where the step crosses a doubling
   // or the pipelining bound), all checked and their pipelines built before anything is recorded.
   struct Group {
@@ -620,7 +634,7 @@ Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCal
                                                  "than the decode v2 scratch ({} bytes) holds",
                                                  keys, n_splits, split_len, scratch_.size()));
     }
-    auto pipe_of_group = pipeline(pipe);
+    auto pipe_of_group = decode_v2_pipeline(group, d, pipe, from_buffer, false);
     if (!pipe_of_group.ok()) return pipe_of_group.status();
     groups.push_back({g0, g1, split_len, n_splits, per_pass, *pipe_of_group});
     g0 = g1;
@@ -635,8 +649,8 @@ Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCal
       qp.size = n * tok_bytes;
       op.offset += t0 * tok_bytes;
       op.size = n * tok_bytes;
-      Push push{static_cast<uint32_t>(sh.block_size), kvh, d, c.n_heads, (from_buffer ? positions.index : c.start_pos) + t0,
-                n, c.scale, g.n_splits, g.split_len};
+      PushV2 push{{static_cast<uint32_t>(sh.block_size), kvh, d, c.n_heads, (from_buffer ? positions.index : c.start_pos) + t0,
+                   n, c.scale, g.n_splits, g.split_len}, 0};
       vk::BufferRange bufs[6] = {pool, block_table, qp, op, scratch_, from_buffer ? positions.buffer : vk::BufferRange(scratch_)};
       TROVE_RETURN_IF_ERROR(s.dispatch(*g.pipeline, bufs, &push, sizeof(push), g.n_splits, kvh * hg, n));
       if (g.n_splits == 1) continue;
@@ -648,6 +662,117 @@ Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCal
     }
   }
   return Status::Ok();
+}
+
+Status PagedAttention::record_decode_rows(vk::CommandStream& s, const kernels::ref::PagedKvShape& sh, uint32_t n_heads,
+                                          float scale, std::span<const AttentionSeq> seqs, vk::BufferRange pool,
+                                          vk::BufferRange tables, vk::BufferRange q, vk::BufferRange out,
+                                          const AttentionRows& rows) const {
+  if (seqs.empty()) return Status::InvalidArgument("attention: record_decode_rows needs at least one sequence");
+  uint32_t n_rows = 0;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const AttentionCall c{sh, n_heads, seqs[i].start_pos, seqs[i].n_tokens, scale, AttentionPath::kDecodeV2};
+    if (seqs[i].n_tokens == 0 || seqs[i].first_row != n_rows) {
+      return Status::InvalidArgument(fmt::format(
+          "attention: record_decode_rows takes sequences of 1+ tokens whose rows follow each other from row 0 "
+          "(sequence {} has {} tokens from row {}, where row {} was next)", i, seqs[i].n_tokens, seqs[i].first_row, n_rows));
+    }
+    if (!decode_v2_usable(c)) {
+      return Status::InvalidArgument(fmt::format(
+          "attention: record_decode_rows runs decode v2, which this call does not fit (subgroup shuffles: {}; "
+          "{} query heads over {} KV heads, head_dim {}); record each sequence with record() instead",
+          has_shuffle_ ? "yes" : "no", n_heads, sh.n_kv_heads, sh.head_dim));
+    }
+    n_rows += seqs[i].n_tokens;
+  }
+  const uint32_t group = n_heads / static_cast<uint32_t>(sh.n_kv_heads), d = static_cast<uint32_t>(sh.head_dim);
+  const uint32_t kvh = static_cast<uint32_t>(sh.n_kv_heads), hg = decode_v2_head_groups(group);
+  const uint64_t tok_bytes = uint64_t{n_heads} * d * 4;  // one row of q and out
+  const uint64_t pool_bytes = static_cast<uint64_t>(sh.elements()) * 2;
+  if (pool.size < pool_bytes || q.size < n_rows * tok_bytes || out.size < n_rows * tok_bytes ||
+      rows.buffer.size < (uint64_t{std::max(rows.positions_at, rows.tables_at)} + n_rows) * 4) {
+    return Status::InvalidArgument(fmt::format(
+        "attention: buffers too small for {} rows: KV pool {} (need {}), q {} out {} (need {}), rows {} (need entries "
+        "{}.. and {}.. for {} rows)", n_rows, pool.size, pool_bytes, q.size, out.size, n_rows * tok_bytes,
+        rows.buffer.size, rows.positions_at, rows.tables_at, n_rows));
+  }
+  // Runs of rows sharing a slice length and kPipe (by each token's own key count), split in passes where
+  // the scratch cannot hold a run's partials; every pipeline built before anything is recorded.
+  struct Pass {
+    uint32_t r0, n, split_len, n_splits;
+    const vk::Pipeline* pipeline;
+  };
+  std::vector<Pass> passes;
+  std::vector<uint32_t> keys_of(n_rows);
+  for (const AttentionSeq& q_seq : seqs) {
+    for (uint32_t t = 0; t < q_seq.n_tokens; ++t) keys_of[q_seq.first_row + t] = q_seq.start_pos + t + 1;
+  }
+  for (uint32_t r0 = 0; r0 < n_rows;) {
+    const uint32_t len = decode_v2_token_slice(sh, keys_of[r0]);
+    const bool pipe = decode_v2_token_pipelined(sh, keys_of[r0]);
+    uint32_t r1 = r0 + 1, most = keys_of[r0];
+    while (r1 < n_rows && decode_v2_token_slice(sh, keys_of[r1]) == len && decode_v2_token_pipelined(sh, keys_of[r1]) == pipe) {
+      most = std::max(most, keys_of[r1++]);
+    }
+    const uint32_t n_splits = (most + len - 1) / len;  // the run's most keys; other rows' last slices are empty
+    if (n_splits > kDecodeV2MaxSplits) {
+      return Status::InvalidArgument(fmt::format("attention: {} keys need {} slices of {} keys, more than the combine's {}",
+                                                 most, n_splits, len, kDecodeV2MaxSplits));
+    }
+    const uint64_t row_bytes = uint64_t{n_heads} * n_splits * (d + 2) * 4;
+    const uint32_t per_pass = n_splits == 1 ? r1 - r0
+                                            : static_cast<uint32_t>(std::min<uint64_t>(r1 - r0, scratch_.size() / row_bytes));
+    if (per_pass == 0) {
+      return Status::InvalidArgument(fmt::format("attention: one token over {} keys needs {} key slices of {} keys, more "
+                                                 "than the decode v2 scratch ({} bytes) holds", most, n_splits, len,
+                                                 scratch_.size()));
+    }
+    auto pipeline = decode_v2_pipeline(group, d, pipe, false, true);
+    if (!pipeline.ok()) return pipeline.status();
+    for (uint32_t p0 = r0; p0 < r1; p0 += per_pass) passes.push_back({p0, std::min(per_pass, r1 - p0), len, n_splits, *pipeline});
+    r0 = r1;
+  }
+  // The passes' slices, each pass with several slices writing its partials to a scratch range of its
+  // own; when the scratch is full (or at the end) one barrier, their combines, one barrier.
+  struct Pending {
+    vk::BufferRange part, out;
+    uint32_t n, n_splits;
+  };
+  std::vector<Pending> pending;
+  uint64_t used = 0;
+  auto flush = [&]() -> Status {
+    if (pending.empty()) return Status::Ok();
+    s.barrier();
+    for (const Pending& p : pending) {
+      CombinePush cp{d, n_heads, p.n_splits};
+      vk::BufferRange cb[2] = {p.part, p.out};
+      TROVE_RETURN_IF_ERROR(s.dispatch(combine_v2_, cb, &cp, sizeof(cp), n_heads, p.n));
+    }
+    s.barrier();
+    pending.clear();
+    used = 0;
+    return Status::Ok();
+  };
+  for (const Pass& p : passes) {
+    vk::BufferRange qp = q, op = out, part = scratch_;
+    qp.offset += p.r0 * tok_bytes;
+    qp.size = p.n * tok_bytes;
+    op.offset += p.r0 * tok_bytes;
+    op.size = p.n * tok_bytes;
+    if (p.n_splits > 1) {
+      const uint64_t bytes = uint64_t{p.n} * n_heads * p.n_splits * (d + 2) * 4;
+      if (used + bytes > scratch_.size()) TROVE_RETURN_IF_ERROR(flush());
+      part.offset += used;
+      part.size = bytes;
+      used = (used + bytes + kScratchAlign - 1) / kScratchAlign * kScratchAlign;  // the next range's offset, aligned
+    }
+    PushV2 push{{static_cast<uint32_t>(sh.block_size), kvh, d, n_heads, rows.positions_at + p.r0, p.n, scale, p.n_splits,
+                 p.split_len}, rows.tables_at + p.r0};
+    vk::BufferRange bufs[6] = {pool, tables, qp, op, part, rows.buffer};
+    TROVE_RETURN_IF_ERROR(s.dispatch(*p.pipeline, bufs, &push, sizeof(push), p.n_splits, kvh * hg, p.n));
+    if (p.n_splits > 1) pending.push_back({part, op, p.n, p.n_splits});
+  }
+  return flush();
 }
 
 }  // namespace trove::ops

@@ -51,6 +51,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 
 #include "kernels/ref/attention_ref.h"
 #include "kernels/vk/runtime.h"
@@ -81,9 +82,28 @@ struct AttentionPositions {
   uint32_t index = 0;
 };
 
+// record_decode_rows(): a step's sequences, in row order — sequence i's tokens are the step's rows
+// first_row .. first_row + n_tokens (of q and out), its token t at position start_pos + t; each
+// sequence's rows follow the previous one's.
+struct AttentionSeq {
+  uint32_t start_pos = 0;
+  uint32_t n_tokens = 0;
+  uint32_t first_row = 0;
+};
+// What the kernel reads per row, int32, written by the caller before the recording runs (and before
+// each replay of it): the row's position at buffer[positions_at + row] and the offset, in entries, of
+// its sequence's block table in the tables binding at buffer[tables_at + row].
+struct AttentionRows {
+  vk::BufferRange buffer;
+  uint32_t positions_at = 0;
+  uint32_t tables_at = 0;
+};
+
 class PagedAttention {
  public:
-  static Result<PagedAttention> create(vk::Device& dev);
+  // scratch_bytes: the split partials' buffer (0: the default, kPrefillScratchBytes; tests pass a small
+  // one to reach the paths that fill it).
+  static Result<PagedAttention> create(vk::Device& dev, uint64_t scratch_bytes = 0);
   Status record(vk::CommandStream& s, const AttentionCall& call, vk::BufferRange pool,
                 vk::BufferRange block_table, vk::BufferRange q, vk::BufferRange out,
                 const AttentionPositions& positions = {}) const;
@@ -96,6 +116,17 @@ class PagedAttention {
   // Decode v2 workgroups per KV head for G = `group` query heads per KV head: TROVE_ATTENTION_HEAD_GROUPS,
   // or auto (at most 4 heads a workgroup), never under 2 heads a workgroup where G has 2+.
   uint32_t decode_v2_head_groups(uint32_t group) const;
+  // Decode attention of a step's sequences in one dispatch (TROVE_ATTENTION_STEP=batched in the engine):
+  // decode v2's kRows form over every row of the step, one slices dispatch per run of rows that share a
+  // slice length and form (one run where the sequences' depths are alike), their combines after one
+  // barrier, then a barrier — where record() per sequence records a dispatch, and with several slices a
+  // barrier, a combine and a barrier, for each. Each token gets the bits record() gives it on its
+  // sequence alone (kDecodeV2): the same slices, the same kernel form; slices past its keys are empty.
+  // Refused (InvalidArgument, naming why) where a sequence would not fit kDecodeV2 or the rows are not
+  // contiguous. `tables` is bound whole: AttentionRows gives each row's table offset in it.
+  Status record_decode_rows(vk::CommandStream& s, const kernels::ref::PagedKvShape& shape, uint32_t n_heads, float scale,
+                            std::span<const AttentionSeq> seqs, vk::BufferRange pool, vk::BufferRange tables,
+                            vk::BufferRange q, vk::BufferRange out, const AttentionRows& rows) const;
 
   static constexpr uint32_t kMaxSplits = 32, kMaxSplitTokens = 4, kMaxSplitHeads = 64;
   // Token counts from which kAuto takes a prefill kernel (measured on the H100 at depth 4096,
@@ -175,6 +206,14 @@ class PagedAttention {
   uint32_t decode_v2_lanes(uint32_t head_dim) const;  // kL: lanes per key row
   Status record_decode_v2(vk::CommandStream& s, const AttentionCall& c, vk::BufferRange pool, vk::BufferRange block_table,
                           vk::BufferRange q, vk::BufferRange out, const AttentionPositions& positions) const;
+  // Decode v2's slice length and K/V-loads-ahead form for a token with `keys` keys: functions of the
+  // pool and of the token's key count alone, so a token takes the same kernel in any step.
+  uint32_t decode_v2_token_slice(const kernels::ref::PagedKvShape& shape, uint32_t keys) const;
+  bool decode_v2_token_pipelined(const kernels::ref::PagedKvShape& shape, uint32_t keys) const;
+  // The decode v2 pipeline for G `group`, head_dim `d`, form `pipe`, the first position from a buffer
+  // (`from_buffer`) or every row's position and table from one (`rows`); built on first use, with its
+  // other kPipe form where the form is automatic.
+  Result<const vk::Pipeline*> decode_v2_pipeline(uint32_t group, uint32_t d, bool pipe, bool from_buffer, bool rows) const;
   bool decode_v2_default_ = false;
   // Steps of at most this many tokens take the decode kernel where a matrix-unit prefill kernel would
   // run (TROVE_ATTENTION_DECODE_TOKENS; default kDecodeMaxTokens).
@@ -203,7 +242,7 @@ class PagedAttention {
     vk::Device* dev = nullptr;
     std::mutex mu;
     std::map<std::array<uint32_t, 3>, vk::Pipeline> by_shape;  // (G, head_dim, from buffer) -> pipeline
-    std::map<std::array<uint32_t, 5>, vk::Pipeline> v2;        // (G, head_dim, kPipe, from buffer, head groups) -> decode v2
+    std::map<std::array<uint32_t, 6>, vk::Pipeline> v2;  // (G, head_dim, kPipe, from buffer, head groups, rows) -> decode v2
     std::map<std::array<uint32_t, 3>, vk::Pipeline> cpu;              // (head_dim, heads, tokens) -> CPU form
     std::unique_ptr<vk::Pipeline> cm2;                                // the cm2 prefill kernel, once built
   };

@@ -20,8 +20,13 @@
 // kPipe (TROVE_ATTENTION_PIPELINE=1, attention.cpp): a round's K and V loads are issued during the
 // round before, so the rows' trip from memory overlaps the previous round's math instead of following
 // it (a slice of 128 keys is 4–8 rounds).
-// Specialized on G (0, query heads per workgroup), head_dim (1), kL (2), kU (3), kPipe (4), kHG (6)
-// and kMergeSG (7). Limits (attention.cpp checks): G in
+// kRows (8; TROVE_ATTENTION_STEP=batched, attention.cpp record_decode_rows): the tokens of several
+// sequences in one dispatch — grid z is a row of the step, whose position (keys = position + 1) and
+// block table (an offset into the step's tables, binding 1) binding 5 gives per row:
+// positions[pc.start_pos + z] and positions[pc.rows_at + z]. A token's arithmetic is that of a
+// one-sequence call (same slice length, same slices; slices past its keys are empty).
+// Specialized on G (0, query heads per workgroup), head_dim (1), kL (2), kU (3), kPipe (4), kHG (6),
+// kMergeSG (7) and kRows (8). Limits (attention.cpp checks): G in
 // 1, 2, 4, 8, 16; head_dim a power of two from 8 to 256; kL a power of two dividing head_dim / 8 and at most
 // the subgroup size, whose invocations are consecutive local ids (true of NVIDIA and lavapipe).
 #extension GL_EXT_control_flow_attributes : require
@@ -47,6 +52,7 @@ layout(constant_id = 6) const uint kHG = 1u;
 // writes its own copy, one barrier, and the output loop adds the copies in subgroup order — the same
 // additions in the same order, so the same bits.
 layout(constant_id = 7) const uint kMergeSG = 0u;
+layout(constant_id = 8) const bool kRows = false;
 layout(std430, set = 0, binding = 0) readonly buffer KVq { uvec4 kv4[]; };
 layout(std430, set = 0, binding = 1) readonly buffer T { int table[]; };
 layout(std430, set = 0, binding = 2) readonly buffer Q { vec4 q4[]; };
@@ -55,7 +61,7 @@ layout(std430, set = 0, binding = 4) writeonly buffer Part { float part[]; };
 layout(std430, set = 0, binding = 5) readonly buffer Pos { int positions[]; };
 layout(push_constant) uniform P {
   uint block_size; uint n_kv_heads; uint head_dim; uint n_heads; uint start_pos; uint n_tokens; float scale;
-  uint n_splits; uint split_len;
+  uint n_splits; uint split_len; uint rows_at;
 } pc;
 
 const uint kWG = 128u;
@@ -65,9 +71,11 @@ shared vec2 sml[kSlots * kG];     // per slot and head: (m, l)
 shared float sacc[(kMergeSG == 0u ? 1u : kMergeSG) * kG * kD];  // the merged accumulators (kMergeSG: per subgroup)
 shared vec2 sfin[kG];             // per head: (M, L) of the slice
 
+uint g_table0 = 0u;  // this token's block table in binding 1 (kRows: its row's; else the binding's start)
+
 // Offset in 16-byte units of K[p] for KV head kvh (head_dim is a multiple of 8).
 uint k_offset4(uint p, uint kvh) {
-  const uint blk = uint(table[p / pc.block_size]);
+  const uint blk = uint(table[g_table0 + p / pc.block_size]);
   const uint half_block = pc.block_size * pc.n_kv_heads * kD;
   return (blk * 2u * half_block + (kvh * pc.block_size + p % pc.block_size) * kD) >> 3u;
 }
@@ -93,7 +101,9 @@ void load_round(uint base, uint k0, uint n, uint kvh, uint slot, uint li, uint h
 void main() {
   const uint split = gl_WorkGroupID.x, kvh = gl_WorkGroupID.y / kHG, tok = gl_WorkGroupID.z, t = gl_LocalInvocationID.x;
   const uint start = kStartFromBuffer ? uint(positions[pc.start_pos]) : pc.start_pos;
-  const uint keys = start + tok + 1u;  // causal: keys 0 .. start + tok
+  // causal: keys 0 .. start + tok (kRows: 0 .. the row's own position)
+  const uint keys = kRows ? uint(positions[pc.start_pos + tok]) + 1u : start + tok + 1u;
+  if (kRows) g_table0 = uint(positions[pc.rows_at + tok]);
   const uint k0 = split * pc.split_len, k1 = min(keys, k0 + pc.split_len);
   const uint n = k1 > k0 ? k1 - k0 : 0u;
   const uint h0 = (kvh * kHG + gl_WorkGroupID.y % kHG) * kG;  // this workgroup's first query head

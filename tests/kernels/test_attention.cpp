@@ -292,6 +292,147 @@ TEST(PagedAttention, DecodeV2TokenGetsTheBitsOfAOneTokenStep) {
   }
 }
 
+// record_decode_rows (the engine's TROVE_ATTENTION_STEP=batched): the decode tokens of several
+// sequences in one dispatch per run of rows sharing a slice length. Each row must get the bits
+// record() gives its sequence alone on the decode v2 path, and the float64 reference's numbers: 8
+// sequences in one pool, each with its own shuffled blocks and its table at its own offset of one tables
+// buffer — one slice (40 keys), several (1500, 381–383: a 3-token sequence whose last token's slice is
+// past the others' keys), a doubled slice length (12301 keys: 256-key slices, a run of its own), two
+// alike sequences in one run, and the first token of a sequence; outputs NaN-poisoned. Then 12 rows
+// sharing one KV (a prefix) whose partials overflow a small scratch (flushed mid-step), and the
+// refusals (rows not contiguous, a sequence of no tokens, G 3).
+TEST(PagedAttention, DecodeRowsGiveEachSequenceItsOwnBits) {
+  auto dev = open_device();
+  ASSERT_TRUE(dev);
+  auto op = ops::PagedAttention::create(*dev);
+  ASSERT_TRUE(op.ok()) << op.status().ToString();
+  if (!dev->features().subgroup_shuffle) GTEST_SKIP() << "decode v2 needs subgroup shuffles";
+  const uint32_t heads = 32, kvh = 8, dim = 128, bs = 64;
+  const float scale = 0.088f;
+  const uint64_t row = uint64_t{heads} * dim * 4;
+  struct Seq { uint32_t start, tokens; };
+  auto run_case = [&](const ops::PagedAttention& a, const std::vector<Seq>& want, bool shared_kv, uint32_t seed) {
+    SCOPED_TRACE(testing::Message() << want.size() << " sequences" << (shared_kv ? ", one shared KV" : ""));
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    // Blocks: each sequence its own (or all the first sequence's), shuffled over the pool.
+    std::vector<int64_t> used(want.size());
+    int64_t total = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+      used[i] = (want[i].start + want[i].tokens + bs - 1) / bs;
+      total += shared_kv && i > 0 ? 0 : used[i];
+    }
+    const PagedKvShape shape{total + 2, bs, kvh, dim};
+    std::vector<int32_t> perm(shape.n_blocks);
+    std::iota(perm.begin(), perm.end(), 0);
+    std::shuffle(perm.begin(), perm.end(), rng);
+    std::vector<std::vector<int32_t>> tables(want.size());
+    for (size_t i = 0, next = 0; i < want.size(); ++i) {
+      if (shared_kv && i > 0) {
+        tables[i].assign(tables[0].begin(), tables[0].begin() + used[i]);
+        continue;
+      }
+      tables[i].assign(perm.begin() + next, perm.begin() + next + used[i]);
+      next += used[i];
+    }
+    std::vector<quant::f16_bits> pool(shape.elements());
+    for (auto& v : pool) v = quant::f32_to_f16(nd(rng));
+    // One tables buffer (each table at the first multiple of 64 entries at least 3 past the previous
+    // one's end: record() binds each as a range, whose offset must meet the device's alignment, 256
+    // bytes at most) and the rows buffer: positions from entry 5, table offsets from entry 5 + rows + 7.
+    std::vector<int32_t> all_tables;
+    std::vector<uint32_t> table_at(want.size());
+    std::vector<ops::AttentionSeq> seqs;
+    uint32_t rows = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+      all_tables.resize((all_tables.size() + 3 + 63) / 64 * 64, -1);
+      table_at[i] = static_cast<uint32_t>(all_tables.size());
+      all_tables.insert(all_tables.end(), tables[i].begin(), tables[i].end());
+      seqs.push_back({want[i].start, want[i].tokens, rows});
+      rows += want[i].tokens;
+    }
+    const uint32_t pos_at = 5, tab_at = 5 + rows + 7;
+    std::vector<int32_t> rowbuf(tab_at + rows, -1);
+    for (size_t i = 0; i < want.size(); ++i) {
+      for (uint32_t t = 0; t < want[i].tokens; ++t) {
+        rowbuf[pos_at + seqs[i].first_row + t] = static_cast<int32_t>(want[i].start + t);
+        rowbuf[tab_at + seqs[i].first_row + t] = static_cast<int32_t>(table_at[i]);
+      }
+    }
+    std::vector<float> q(size_t{rows} * heads * dim), expect(q.size());
+    for (auto& v : q) v = nd(rng);
+    std::vector<kernels::ref::AttentionSequence> ref;
+    for (size_t i = 0; i < want.size(); ++i) {
+      const size_t off = size_t{seqs[i].first_row} * heads * dim, n = size_t{want[i].tokens} * heads * dim;
+      ref.push_back({tables[i], want[i].start, want[i].tokens, std::span<const float>(q).subspan(off, n),
+                     std::span<float>(expect).subspan(off, n)});
+    }
+    ASSERT_TRUE(kernels::ref::paged_attention(shape, pool, heads, scale, ref).ok());
+    auto kb = dev->buffer(pool.size() * 2), tb = dev->buffer(all_tables.size() * 4), rb = dev->buffer(rowbuf.size() * 4),
+         qb = dev->buffer(q.size() * 4), ob = dev->buffer(q.size() * 4);
+    ASSERT_TRUE(kb.ok() && tb.ok() && rb.ok() && qb.ok() && ob.ok());
+    ASSERT_TRUE(kb->upload(pool.data(), pool.size() * 2).ok() && tb->upload(all_tables.data(), all_tables.size() * 4).ok() &&
+                rb->upload(rowbuf.data(), rowbuf.size() * 4).ok() && qb->upload(q.data(), q.size() * 4).ok());
+    // Each sequence alone through record() (kDecodeV2), then all rows in one record_decode_rows.
+    std::vector<float> alone(q.size()), together(q.size());
+    ASSERT_TRUE(ob->fill(kNaN).ok());
+    for (size_t i = 0; i < want.size(); ++i) {
+      auto s = dev->stream();
+      ASSERT_TRUE(s.ok());
+      const ops::AttentionCall call{shape, heads, want[i].start, want[i].tokens, scale, ops::AttentionPath::kDecodeV2};
+      const vk::BufferRange qr(*qb, seqs[i].first_row * row, want[i].tokens * row), orr(*ob, seqs[i].first_row * row, want[i].tokens * row);
+      Status st = a.record(*s, call, *kb, vk::BufferRange(*tb, table_at[i] * 4ull, tables[i].size() * 4ull), qr, orr);
+      ASSERT_TRUE(st.ok()) << st.ToString();
+      ASSERT_TRUE(s->submit_and_wait().ok());
+    }
+    ASSERT_TRUE(ob->download(alone.data(), alone.size() * 4).ok());
+    ASSERT_TRUE(ob->fill(kNaN).ok());
+    {
+      auto s = dev->stream();
+      ASSERT_TRUE(s.ok());
+      Status st = a.record_decode_rows(*s, shape, heads, scale, seqs, *kb, *tb, *qb, *ob, {*rb, pos_at, tab_at});
+      ASSERT_TRUE(st.ok()) << st.ToString();
+      ASSERT_TRUE(s->submit_and_wait().ok());
+    }
+    ASSERT_TRUE(ob->download(together.data(), together.size() * 4).ok());
+    for (size_t i = 0; i < want.size(); ++i) {
+      for (uint32_t t = 0; t < want[i].tokens; ++t) {
+        const size_t off = size_t{seqs[i].first_row + t} * heads * dim;
+        EXPECT_EQ(0, std::memcmp(alone.data() + off, together.data() + off, row))
+            << "sequence " << i << " (start " << want[i].start << ") token " << t
+            << ": other bits in one dispatch than alone";
+        double err2 = 0, ref2 = 0;
+        for (size_t j = off; j < off + size_t{heads} * dim; ++j) {
+          ASSERT_TRUE(std::isfinite(together[j])) << "sequence " << i << " token " << t << " output " << j - off;
+          err2 += double(together[j] - expect[j]) * (together[j] - expect[j]);
+          ref2 += double(expect[j]) * expect[j];
+        }
+        EXPECT_LT(std::sqrt(err2), 1e-5 * std::sqrt(ref2)) << "sequence " << i << " token " << t;
+      }
+    }
+  };
+  run_case(*op, {{1500, 1}, {40, 1}, {381, 3}, {1499, 1}, {12300, 1}, {0, 1}, {700, 1}, {1501, 1}}, false, 81);
+  // 12 rows of 12 slices (200 KiB of partials each) through a 1 MiB scratch: passes of 5 rows, the
+  // scratch flushed (barrier, combines, barrier) twice mid-step.
+  auto small_scratch = ops::PagedAttention::create(*dev, 1 << 20);
+  ASSERT_TRUE(small_scratch.ok()) << small_scratch.status().ToString();
+  run_case(*small_scratch, std::vector<Seq>(12, Seq{1490, 1}), true, 82);
+
+  // Refusals, by name.
+  auto b = dev->buffer(1 << 20);
+  ASSERT_TRUE(b.ok());
+  auto s = dev->stream();
+  ASSERT_TRUE(s.ok());
+  const PagedKvShape small{4, 64, 2, 128};
+  const std::vector<ops::AttentionSeq> gap{{10, 1, 0}, {20, 1, 2}}, empty{{10, 0, 0}}, one{{10, 1, 0}};
+  Status st = op->record_decode_rows(*s, small, 8, 1.0f, gap, *b, *b, *b, *b, {*b, 0, 8});
+  EXPECT_NE(st.message().find("whose rows follow each other"), std::string::npos) << st.message();
+  st = op->record_decode_rows(*s, small, 8, 1.0f, empty, *b, *b, *b, *b, {*b, 0, 8});
+  EXPECT_NE(st.message().find("sequences of 1+ tokens"), std::string::npos) << st.message();
+  st = op->record_decode_rows(*s, small, 6, 1.0f, one, *b, *b, *b, *b, {*b, 0, 8});  // G 3
+  EXPECT_NE(st.message().find("runs decode v2, which this call does not fit"), std::string::npos) << st.message();
+}
+
 // TROVE_ATTENTION_HEAD_GROUPS=2|4|auto: decode v2 with the query heads of a KV head over 2 or 4
 // workgroups (never fewer than 2 heads a workgroup: 4 at G 4 runs 2) gives every head the bits of one
 // workgroup per KV head, and TROVE_ATTENTION_MERGE=parallel (the subgroups' sums in copies of their own,

@@ -196,6 +196,16 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
                                    "the default: decode steps of one token a sequence are recorded once per sequences, "
                                    "sampling and attention slicing, and submitted again",
                                    "every step is recorded"));
+  if (const char* v = std::getenv("TROVE_ATTENTION_STEP"); v && *v) {
+    const std::string_view m = v;
+    if (m != "batched" && m != "each") {
+      return Status::InvalidArgument(fmt::format(
+          "TROVE_ATTENTION_STEP={} is not a choice: use each (the default: a decode step's attention recorded per "
+          "sequence) or batched (the decode tokens of all the step's sequences in one dispatch per slice length, "
+          "PagedAttention::record_decode_rows)", m));
+    }
+    e->attention_step_batched_ = m == "batched";
+  }
   TROVE_RETURN_IF_ERROR(env_switch("TROVE_MOE_F16", e->moe_f16_,
                                    "the default: the MoE prefill's expert GEMMs read the FFN input rounded to f16 once",
                                    "they read it as f32 and round it per tile, for A/B comparisons"));
@@ -491,7 +501,7 @@ Status VulkanEngine::alloc_scratch() {
       {&x_in_, embd_on_gpu_ ? 16 : T * c.n_embd * 4, hv}, {&ids_, T * 4, hv}, {&x_, T * c.n_embd * 4, dl}, {&xn_, T * c.n_embd * 4, dl},
       {&xnh_, T * c.n_embd * 2, dl},
       {&q_, T * qw * 4, dl}, {&k_, T * kw * 4, dl}, {&v_, T * kw * 4, dl}, {&attn_, T * qw * 4, dl},
-      {&o_, T * c.n_embd * 4, dl}, {&positions_, T * 4, hv}, {&slots_, T * 4, hv},
+      {&o_, T * c.n_embd * 4, dl}, {&positions_, 2 * T * 4, hv}, {&slots_, T * 4, hv},
       {&tables_, seqs_.size() * table_stride_ * 4, hv}, {&hs_, S * c.n_embd * 4, dl}, {&logits_, S * c.n_vocab * 4ull, dl},
       {&tokens_out_, S * 4, dl}, {&tokens_host_, S * 4, hv}, {&logits_host_, S * c.n_vocab * 4ull, hv},
       {&seeds_, S * 4, hv}};

@@ -284,6 +284,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
         embed(in.tokens[j], xin + uint64_t{t + j} * c.n_embd);
       }
       pos[t + j] = static_cast<int32_t>(p);
+      pos[max_tokens_ + t + j] = static_cast<int32_t>(in.seq * table_stride_);  // record_decode_rows' table offsets
       slot[t + j] = sq.blocks[p / layout_.block_tokens] * layout_.block_tokens + p % layout_.block_tokens;
     }
     for (size_t b = 0; b < sq.blocks.size(); ++b) table[in.seq * table_stride_ + b] = static_cast<int32_t>(sq.blocks[b]);
@@ -360,6 +361,19 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     const bool mv = matvec_decode_ && T <= ops::Matvec::kMaxBatch;
     using Ep = ops::MatvecEpilogue;
     const bool warm = mv && !l2_warm_.empty();
+    // TROVE_ATTENTION_STEP=batched: the attention of a step of several sequences, each of which takes
+    // decode v2, in one record_decode_rows per layer.
+    std::vector<ops::AttentionSeq> attn_rows;
+    if (attention_step_batched_ && inputs.size() > 1) {
+      for (size_t i = 0; i < inputs.size(); ++i) {
+        const ops::AttentionCall call{shape, H, placed[i].start, placed[i].n, scale};
+        if (ops_.attention.choose(call) != ops::AttentionPath::kDecodeV2) {
+          attn_rows.clear();
+          break;
+        }
+        attn_rows.push_back({placed[i].start, placed[i].n, placed[i].first});
+      }
+    }
     for (uint32_t l = 0; l < c.n_layer; ++l) {
       const Layer& L = layers_[l];
       uint64_t warmed[kWarmWhats] = {};  // words of each WarmWhat read into L2 so far in this layer
@@ -406,7 +420,13 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
         mark(kOpKvWrite);
       }
       TROVE_RETURN_IF_ERROR(warm_at(kWarmAttn));
-      for (size_t i = 0; i < inputs.size(); ++i) {
+      if (!attn_rows.empty()) {
+        TROVE_RETURN_IF_ERROR(ops_.attention.record_decode_rows(s, shape, H, scale, attn_rows, kv_[l], tables_,
+                                                                vk::BufferRange(q_, 0, uint64_t{T} * H * D * 4),
+                                                                vk::BufferRange(attn_, 0, uint64_t{T} * H * D * 4),
+                                                                {positions_, 0, max_tokens_}));
+      }
+      for (size_t i = 0; attn_rows.empty() && i < inputs.size(); ++i) {
         const uint64_t qrow = uint64_t{H} * D * 4;
         ops::AttentionCall call{shape, H, placed[i].start, placed[i].n, scale};
         ops::AttentionPositions at;  // captured: the position is read at run time, so the capture serves later tokens

@@ -3,6 +3,7 @@
 //
 //   build/bench/engine/bench_engine --model M.gguf [--model M2.gguf ...] [--depth 16384] [--reps 3]
 //                                   [--json FILE] [--profile] [--decode-only] [--tg 128] [--streams 1,2,4,8]
+//                                   [--streams-depth 16]
 //                                   [--chunk 512]
 //
 //   pp512     one step of 512 prompt tokens on an empty sequence (best of --reps)
@@ -20,7 +21,8 @@
 // before the GPU gets its first piece, last submit + wait) and the GPU time (timestamps). The decode
 // line covers the warm-up's 4 steps, tg128 and tg64 at depth. --decode-only skips pp512 and pp4096
 // (warm-up: a 16-token prompt), --tg N sets the decode steps of the tg row (e.g. on lavapipe).
-// --streams LIST adds a table of concurrent decode: for each N, N sequences (16-token prompts) decode
+// --streams LIST adds a table of concurrent decode: for each N, N sequences (prompts of --streams-depth
+// tokens, default 16) decode
 // --tg steps together, one token each per step (one engine step of N tokens, as the scheduler runs
 // them), and the row gives the aggregate tok/s, tok/s per stream and the aggregate over one stream's.
 // --chunk N (default 2048, the engine's and `trove serve --max-batch-tokens`' default) is the engine's
@@ -105,8 +107,10 @@ Result<double> decode(engine::Engine& e, engine::SeqId seq, int32_t first, uint3
   return secs(t0);
 }
 
-// n sequences decode `steps` tokens each, all in one engine step per token; returns seconds.
-Result<double> decode_together(engine::Engine& e, uint32_t n, uint32_t steps, std::mt19937& rng) {
+// n sequences (prompts of `prompt_len` random tokens, prefilled in steps of `chunk`) decode `steps`
+// tokens each, all in one engine step per token; returns seconds.
+Result<double> decode_together(engine::Engine& e, uint32_t n, uint32_t steps, uint32_t prompt_len, uint32_t chunk,
+                               std::mt19937& rng) {
   std::vector<engine::SeqId> seqs;
   std::vector<int32_t> next(n);
   auto close_all = [&] {
@@ -119,7 +123,7 @@ Result<double> decode_together(engine::Engine& e, uint32_t n, uint32_t steps, st
       return s.status();
     }
     seqs.push_back(*s);
-    auto p = prefill(e, *s, random_tokens(16, rng), 512, &next[i]);
+    auto p = prefill(e, *s, random_tokens(prompt_len, rng), chunk, &next[i]);
     if (!p.ok()) {
       close_all();
       return p.status();
@@ -144,10 +148,10 @@ Result<double> decode_together(engine::Engine& e, uint32_t n, uint32_t steps, st
 }
 
 Result<Row> bench(const std::string& path, uint32_t depth, int reps, bool decode_only, uint32_t tg,
-                  const std::vector<uint32_t>& streams, uint32_t chunk) {
+                  const std::vector<uint32_t>& streams, uint32_t streams_depth, uint32_t chunk) {
   engine::EngineOptions o;
   o.model_path = path;
-  o.n_ctx = std::max<uint32_t>(4096, depth + 128);
+  o.n_ctx = std::max<uint32_t>({4096, depth + 128, streams.empty() ? 0 : streams_depth + tg + 8});
   o.max_sequences = std::max<uint32_t>(1, streams.empty() ? 1 : *std::max_element(streams.begin(), streams.end()));
   o.max_batch_tokens = chunk;
   o.progress = true;
@@ -217,10 +221,11 @@ Result<Row> bench(const std::string& path, uint32_t depth, int reps, bool decode
                  row.tg16k);
   }
   for (uint32_t n : streams) {
-    auto t = decode_together(e, n, tg, rng);
+    auto t = decode_together(e, n, tg, streams_depth, chunk, rng);
     if (!t.ok()) return t.status();
     row.streams.emplace_back(n, double(n) * tg / *t);
-    std::fprintf(stderr, "%s: %u streams %.1f tok/s together\n", row.model.c_str(), n, row.streams.back().second);
+    std::fprintf(stderr, "%s: %u streams %.1f tok/s together (prompts of %u tokens)\n", row.model.c_str(), n,
+                 row.streams.back().second, streams_depth);
   }
   return row;
 }
@@ -255,6 +260,7 @@ int main(int argc, char** argv) {
   bool profile = false, decode_only = false;
   uint32_t tg = 128, chunk = 2048;
   std::vector<uint32_t> streams;
+  uint32_t streams_depth = 16;
   app.add_option("--model", models, "GGUF model(s) to measure")->required();
   app.add_option("--depth", depth, "Prompt depth for the long-context decode (0: skip)");
   app.add_option("--reps", reps, "Repetitions of pp512 (best kept)");
@@ -265,6 +271,8 @@ int main(int argc, char** argv) {
   app.add_option("--streams", streams, "Concurrent decode: sequences decoding together (e.g. 1,2,4,8)")
       ->delimiter(',')
       ->check(CLI::Range(1u, 64u));
+  app.add_option("--streams-depth", streams_depth, "Concurrent decode: each sequence's prompt, in tokens (default 16)")
+      ->check(CLI::Range(1u, 1u << 20));
   app.add_option("--chunk", chunk, "Largest engine step: the prefill step of pp4096 and of the depth prompt (default 2048, the engine's)")
       ->check(CLI::Range(16u, 8192u));
   CLI11_PARSE(app, argc, argv);
@@ -273,7 +281,7 @@ int main(int argc, char** argv) {
   std::vector<Row> rows;
   std::string device;
   for (const auto& m : models) {
-    auto r = bench(m, depth, reps, decode_only, tg, streams, chunk);
+    auto r = bench(m, depth, reps, decode_only, tg, streams, streams_depth, chunk);
     if (!r.ok()) {
       std::fprintf(stderr, "bench_engine: %s: %s\n", m.c_str(), r.status().ToString().c_str());
       return 1;
@@ -302,6 +310,8 @@ int main(int argc, char** argv) {
   for (const auto& r : rows) {
     if (r.streams.empty()) continue;
     const double one = r.streams.front().first == 1 ? r.streams.front().second : r.tg128;
+    std::printf("\nConcurrent decode, each stream's prompt %u tokens%s:\n", streams_depth,
+                r.streams.front().first == 1 ? "" : " (one stream: the tg row, from a 16-token prompt)");
     std::printf("\n| %s | streams | aggregate tok/s | tok/s per stream | aggregate / one stream |\n", r.model.c_str());
     std::printf("|---|---|---|---|---|\n");
     for (const auto& [n, tps] : r.streams)

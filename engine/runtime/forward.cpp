@@ -534,6 +534,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       mark(kOpHead);
       const uint64_t vrow = uint64_t{c.n_vocab} * 4;
       TROVE_RETURN_IF_ERROR(ops_.argmax.record(s, logits_, tokens_out_, R, c.n_vocab));
+      bool after_argmax = false;  // the barrier that orders the samplers after argmax, recorded once
       for (uint32_t r = 0; r < R; ++r) {
         const StepInput& in = inputs[out_rows[r]];
         const bool last_of_input = r + 1 == R || out_rows[r + 1] != out_rows[r];
@@ -545,7 +546,10 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
         p.min_p = in.sampling.min_p;
         p.seed = draw_seed(in);
         // Overwrites argmax's answer for this row (same element, recorded later: ordered by a barrier).
-        s.barrier();
+        // The samplers read only their own logits row and write only their own token (no scratch), so
+        // one barrier after argmax orders them all; they run side by side.
+        if (!after_argmax) s.barrier();
+        after_argmax = true;
         ops::SamplerSeed seed;  // a captured step reads its seed from seeds_, written now and before each replay
         if (replay_key) {
           static_cast<uint32_t*>(seeds_.mapped())[r] = p.seed;

@@ -10,9 +10,9 @@ namespace trove::ops {
 Result<Sampler> Sampler::create(vk::Device& dev) {
   Sampler op;
   for (uint32_t from_buffer = 0; from_buffer < 2; ++from_buffer) {
-    auto p = dev.pipeline({"sample_f32", {from_buffer}, 28, 3, 64});
+    auto p = dev.pipeline({"sample_f32", {from_buffer}, 32, 3, 64});
     if (!p.ok()) return p.status();
-    auto w = dev.pipeline({"sample_wg_f32", {kWorkgroupLocal, from_buffer}, 28, 3, kWorkgroupLocal});
+    auto w = dev.pipeline({"sample_wg_f32", {kWorkgroupLocal, from_buffer}, 32, 3, kWorkgroupLocal});
     if (!w.ok()) return w.status();
     op.pipeline_[from_buffer] = std::move(*p);
     op.workgroup_[from_buffer] = std::move(*w);
@@ -39,9 +39,18 @@ Status Sampler::record(vk::CommandStream& s, vk::BufferRange logits, vk::BufferR
   if (from_buffer && seed.buffer.size < (uint64_t{seed.index} + 1) * 4) {
     return Status::InvalidArgument(fmt::format("sampling: seed buffer of {} bytes has no entry {}", seed.buffer.size, seed.index));
   }
-  struct { uint32_t ncols, rows, top_k; float temperature, top_p, min_p; uint32_t seed; } push{
-      ncols, rows, p.top_k, p.temperature, p.top_p, p.min_p, from_buffer ? seed.index : p.seed};
-  vk::BufferRange b[3] = {logits, out, from_buffer ? seed.buffer : out};
+  if (out.offset % 4 != 0) return Status::InvalidArgument(fmt::format("sampling: output offset {} is not a multiple of 4", out.offset));
+  // A storage binding's offset must be a multiple of the device's minStorageBufferOffsetAlignment (at
+  // most 256; 16 on NVIDIA and lavapipe, 64 on some Intel GPUs): `out` is bound from the 256-byte
+  // boundary at or below it, and the kernel writes from element out_at (the engine samples row r into
+  // its token r, 4·r bytes in).
+  vk::BufferRange ob = out;
+  ob.offset = out.offset / 256 * 256;
+  ob.size = out.size + (out.offset - ob.offset);
+  struct { uint32_t ncols, rows, top_k; float temperature, top_p, min_p; uint32_t seed, out_at; } push{
+      ncols, rows, p.top_k, p.temperature, p.top_p, p.min_p, from_buffer ? seed.index : p.seed,
+      static_cast<uint32_t>((out.offset - ob.offset) / 4)};
+  vk::BufferRange b[3] = {logits, ob, from_buffer ? seed.buffer : ob};
   if (form == SamplerForm::kAuto) {
     form = ncols >= kWorkgroupMinCols && !per_row_only_ ? SamplerForm::kWorkgroup : SamplerForm::kPerRow;
   }

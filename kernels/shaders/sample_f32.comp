@@ -11,7 +11,8 @@ layout(std430, binding = 1) writeonly buffer O { uint o[]; };
 // each step, instead of the push constant itself.
 layout(constant_id = 0) const bool kSeedFromBuffer = false;
 layout(std430, binding = 2) readonly buffer S { uint seeds[]; };
-layout(push_constant) uniform P { uint ncols; uint rows; uint top_k; float temperature; float top_p; float min_p; uint seed; } pc;
+// out_at: the first row's element of binding 1 (the host binds it from an aligned offset below).
+layout(push_constant) uniform P { uint ncols; uint rows; uint top_k; float temperature; float top_p; float min_p; uint seed; uint out_at; } pc;
 uint pcg(uint v) { uint s = v * 747796405u + 2891336453u; uint w = ((s >> ((s >> 28u) + 4u)) ^ s) * 277803737u; return (w >> 22u) ^ w; }
 void main() {
   uint row = gl_GlobalInvocationID.x;
@@ -47,5 +48,5 @@ void main() {
   uint pick = cand[keep - 1u];
   float acc = 0.0;
   for (uint j = 0u; j < keep; ++j) { acc += p[j]; if (u < acc) { pick = cand[j]; break; } }
-  o[row] = pick;
+  o[pc.out_at + row] = pick;
 }

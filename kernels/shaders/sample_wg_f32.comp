@@ -23,7 +23,8 @@ layout(std430, binding = 1) writeonly buffer O { uint o[]; };
 // each step, instead of the push constant itself.
 layout(constant_id = 1) const bool kSeedFromBuffer = false;
 layout(std430, binding = 2) readonly buffer S { uint seeds[]; };
-layout(push_constant) uniform P { uint ncols; uint rows; uint top_k; float temperature; float top_p; float min_p; uint seed; } pc;
+// out_at: the first row's element of binding 1 (the host binds it from an aligned offset below).
+layout(push_constant) uniform P { uint ncols; uint rows; uint top_k; float temperature; float top_p; float min_p; uint seed; uint out_at; } pc;
 const uint kNone = 0xffffffffu, kU = 8u;
 shared float bv[kWG];
 shared uint bi[kWG];
@@ -87,7 +88,7 @@ void main() {
   barrier();
   if (t != 0u) return;
   if (found == 0u) {  // every logit NaN: nothing to draw from
-    o[row] = 0u;
+    o[pc.out_at + row] = 0u;
     return;
   }
   float p[64];
@@ -108,5 +109,5 @@ void main() {
   uint pick = cand[keep - 1u];
   float acc = 0.0;
   for (uint j = 0u; j < keep; ++j) { acc += p[j]; if (u < acc) { pick = cand[j]; break; } }
-  o[row] = pick;
+  o[pc.out_at + row] = pick;
 }

@@ -509,23 +509,36 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     }
     // Head: only the last row of each input that needs a token or logits.
     std::vector<uint32_t> out_rows;  // input index per output row (the input's last row samples)
+    std::vector<uint32_t> src_rows;  // the row of x_ each output row is
     for (size_t i = 0; i < inputs.size(); ++i) {
       if (inputs[i].sample || inputs[i].want_logits || inputs[i].all_tokens) {
         const uint32_t n = head_rows(inputs[i], placed[i].n);
         for (uint32_t j = placed[i].first + placed[i].n - n; j < placed[i].first + placed[i].n; ++j) {
-          s.copy(x_, uint64_t{j} * erow, hs_, out_rows.size() * erow, erow);
+          src_rows.push_back(j);
           out_rows.push_back(static_cast<uint32_t>(i));
         }
       }
     }
     const uint32_t R = static_cast<uint32_t>(out_rows.size());
+    // Where the output rows are x_'s first R rows (decode: every sequence's one token) the head reads x_
+    // itself — the layers' last barrier already ordered it; else the rows are gathered into hs_, one
+    // copy per run of consecutive rows, then a barrier.
+    bool gathered = false;
+    for (uint32_t r = 0; r < R; ++r) gathered = gathered || src_rows[r] != r;
+    for (uint32_t r = 0; gathered && r < R;) {
+      uint32_t e = r + 1;
+      while (e < R && src_rows[e] == src_rows[e - 1] + 1) ++e;
+      s.copy(x_, uint64_t{src_rows[r]} * erow, hs_, uint64_t{r} * erow, uint64_t{e - r} * erow);
+      r = e;
+    }
+    const vk::Buffer& head_in = gathered ? hs_ : x_;
     if (R > 0) {
-      s.barrier();
+      if (gathered) s.barrier();
       if (profile_.phases()) s.timestamp();
       if (matvec_decode_ && R <= ops::Matvec::kMaxBatch) {
-        TROVE_RETURN_IF_ERROR(record_matvec(s, {{&head_, logits_}}, R, hs_, output_norm_.whole(), Ep::kStore));
+        TROVE_RETURN_IF_ERROR(record_matvec(s, {{&head_, logits_}}, R, head_in, output_norm_.whole(), Ep::kStore));
       } else {
-        TROVE_RETURN_IF_ERROR(ops_.rms.record(s, hs_, output_norm_.whole(), xn_, R, E, c.rms_eps));
+        TROVE_RETURN_IF_ERROR(ops_.rms.record(s, head_in, output_norm_.whole(), xn_, R, E, c.rms_eps));
         s.barrier();
         TROVE_RETURN_IF_ERROR(record_matmul(s, head_, 0, R, xn_, logits_));
       }

@@ -219,14 +219,15 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
   auto stream = this->stream();
   if (!stream.ok()) return stream.status();
   vk::CommandStream& s = **stream;
-  // Decode replay (decode_replay_): a one-token step of one sequence that records nothing host-chosen
-  // but the attention's slicing (its position comes from positions_) — greedy or logits only, no
-  // per-op profile, no KV block to copy first — runs a captured step again when one has its key.
+  // Decode replay (decode_replay_): a decode step (up to Matvec::kMaxBatch tokens: one token for each
+  // of several sequences, or a verification of drafted tokens) that records nothing host-chosen but the
+  // attention's slicing (its positions come from positions_) — no per-op profile, no KV block to copy
+  // first — runs a captured step again when one has its key.
   std::optional<std::array<uint64_t, 3>> replay_key;
-  if (decode_replay_ && T == inputs.size() && T <= ops::Matvec::kMaxBatch && matvec_decode_ && embd_on_gpu_ &&
-      !profile_.ops() && !profile_.phases() && l2_warm_.empty()) {
-    // One token per sequence (batched decode of up to Matvec::kMaxBatch). The key: the sequences in
-    // order, what each asks for with its sampling parameters, and each attention call's slicing.
+  if (decode_replay_ && T <= ops::Matvec::kMaxBatch && matvec_decode_ && embd_on_gpu_ && !profile_.ops() &&
+      !profile_.phases() && l2_warm_.empty()) {
+    // The key: the sequences in order with their token counts, what each asks for with its sampling
+    // parameters, and each attention call's slicing.
     const kernels::ref::PagedKvShape shape{blocks_->total(), layout_.block_tokens, c.n_head_kv, c.head_dim};
     auto mix = [](uint64_t& h, uint64_t v) { h = (h ^ v) * 0x100000001b3ull; };
     std::array<uint64_t, 3> key{0xcbf29ce484222325ull, 0xcbf29ce484222325ull, 0xcbf29ce484222325ull};
@@ -235,12 +236,14 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       const Sequence& sq = seqs_[in.seq];
       const uint32_t start = static_cast<uint32_t>(sq.tokens.size());
       const bool cow = start % layout_.block_tokens != 0 && !sq.blocks.empty() && blocks_->must_copy(sq.blocks.back());
-      const auto attn = ops_.attention.replay_key(ops::AttentionCall{shape, c.n_head, start, 1, 1.0f, ops::AttentionPath::kAuto});
+      const uint32_t n = static_cast<uint32_t>(in.tokens.size());
+      const auto attn = ops_.attention.replay_key(ops::AttentionCall{shape, c.n_head, start, n, 1.0f, ops::AttentionPath::kAuto});
       if (cow || !attn) {
         ok = false;
         break;
       }
       mix(key[0], in.seq);
+      mix(key[0], n);
       mix(key[1], (in.sample ? 1u : 0u) | (in.want_logits ? 2u : 0u) | (in.all_tokens ? 4u : 0u) | (in.all_logits ? 8u : 0u));
       if (in.sample && in.sampling.temperature > 0) {  // the sampler's push constants but the seed
         const Sampling& p = in.sampling;
@@ -317,11 +320,12 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
         s.drop_captures();  // the stream's descriptor cache was emptied: every capture went with it
         replays_.clear();
       } else if (it != replays_.end()) {
-        uint32_t row = 0;  // each input's head row, in order (one token each)
+        uint32_t row = 0;  // each input's first head row, in order; a sampled input samples at its last
         for (const StepInput& in : inputs) {
           if (!in.sample && !in.want_logits && !in.all_tokens) continue;
-          if (in.sample && in.sampling.temperature > 0) static_cast<uint32_t*>(seeds_.mapped())[row] = draw_seed(in);
-          ++row;
+          const uint32_t n = head_rows(in, static_cast<uint32_t>(in.tokens.size()));
+          if (in.sample && in.sampling.temperature > 0) static_cast<uint32_t*>(seeds_.mapped())[row + n - 1] = draw_seed(in);
+          row += n;
         }
         TROVE_RETURN_IF_ERROR(s.replay(it->second, decode_wait_));
         profile_.add_step(s, counters_before, T, false, marks);

@@ -217,7 +217,8 @@ class VulkanEngine final : public Engine {
   // GEMMs read (the router keeps the f32 rows); TROVE_MOE_F16=0 leaves them on the f32 rows (A/B).
   bool moe_f16_ = true;
   // Decode replay (on by default since 2026-12-05's H200 A/B; TROVE_DECODE_REPLAY=0 records every step): a decode step of
-  // one token for each of 1..8 sequences, no profile of its ops, no KV block to copy, is captured once
+  // 1..8 tokens in all (one token for each of several sequences, or a sequence's verification of drafted
+  // tokens), no profile of its ops, no KV block to copy, is captured once
   // (vk::CommandStream::begin_capture) under a key of what the recording fixes — the sequences, what
   // each asks for and its sampling parameters, and each attention call's slicing
   // (PagedAttention::replay_key, with its position read from positions_; the sampler's seed from

@@ -411,9 +411,11 @@ TEST(Engine, L2WarmUpsChangeNoResult) {
 
 // Decode replay (TROVE_DECODE_REPLAY=1): two sequences decoding in turns, one greedy and one sampled
 // (temperature 0.9, top-k 40, a fixed seed), 30 steps each (across a KV block), some steps asking for
-// logits and some only for the token, then 8 steps of both together, give the tokens and the logits (bit for
-// bit) of engines that record every step, on the dense and the MoE model; and the steps were replayed:
-// one submit a decode step and no host recording in the median step (the host profile's numbers).
+// logits and some only for the token, then 8 steps of both together, then 6 verifications of 3 tokens
+// (both sequences or one; every row's argmax, the sampled one drawing at its last row), give the tokens
+// and the logits (bit for bit) of engines that record every step, on the dense and the MoE model; and
+// the steps were replayed: one submit a decode step and no host recording in the median step (the host
+// profile's numbers).
 TEST(Engine, DecodeReplayGivesTheBitsOfRecordedSteps) {
   struct Run {
     std::vector<int32_t> tokens;
@@ -478,6 +480,34 @@ TEST(Engine, DecodeReplayGivesTheBitsOfRecordedSteps) {
           next[i] = {(*out)[i].token};
         }
       }
+      // Then verifications (3 tokens: the next one and two drafts, the argmax after each): both
+      // sequences in even steps (6 tokens), sequence 0 alone in odd ones; sequence 1 samples its last
+      // row (temperature 0.9: the replay writes its seed at that row, the third of its rows).
+      for (int step = 0; step < 6; ++step) {
+        std::vector<int32_t> fed[2];
+        std::vector<StepInput> ins;
+        for (int i = 0; i < (step % 2 == 0 ? 2 : 1); ++i) {
+          fed[i] = {next[i][0], 1000 + step, 2000 + i};
+          StepInput in = logits_of(seq[i], fed[i]);
+          in.want_logits = false;
+          in.all_tokens = true;
+          if (i == 1) {
+            in.sampling.temperature = 0.9f;
+            in.sampling.top_k = 40;
+            in.sampling.seed = 7;
+          }
+          ins.push_back(in);
+        }
+        auto out = e->step(ins);
+        EXPECT_TRUE(out.ok()) << out.status().ToString();
+        if (!out.ok()) return r;
+        for (size_t i = 0; i < ins.size(); ++i) {
+          EXPECT_EQ((*out)[i].tokens.size(), 3u);
+          r.tokens.insert(r.tokens.end(), (*out)[i].tokens.begin(), (*out)[i].tokens.end());
+          r.tokens.push_back((*out)[i].token);
+          next[i] = {(*out)[i].token};
+        }
+      }
     }
     for (const auto& rec : logs.records()) {
       const std::string& m = rec.message;
@@ -500,7 +530,7 @@ TEST(Engine, DecodeReplayGivesTheBitsOfRecordedSteps) {
   for (const std::string& path : {quantized_model_path(), moe_model_path()}) {
     SCOPED_TRACE(path);
     const Run plain = run(path, false), replayed = run(path, true);
-    ASSERT_EQ(plain.tokens.size(), 76u);
+    ASSERT_EQ(plain.tokens.size(), 112u);
     ASSERT_EQ(replayed.tokens, plain.tokens);
     ASSERT_EQ(replayed.logits.size(), plain.logits.size());
     for (size_t i = 0; i < plain.logits.size(); ++i) {

@@ -1140,7 +1140,10 @@ void CommandStream::barrier() {
     s.failed = b;
     return;
   }
-  if (!s.opts.skip_barriers) {  // skipped: flush() still records the one before the submit
+  // A full barrier right after another (nothing but timestamps between) orders nothing more: ops that
+  // end with a barrier of their own (split attention's combine) and the step's barrier after them make
+  // one. skip_barriers: flush() still records the one before the submit.
+  if (!s.opts.skip_barriers && !s.ends_with_barrier) {
     record_full_barrier(s.cmd);
     ++s.counters.barriers;
     s.ends_with_barrier = true;

@@ -289,7 +289,8 @@ class CommandStream {
   Status dispatch(const Pipeline& p, std::span<const BufferRange> buffers, const void* push,
                   uint32_t push_bytes, uint32_t gx, uint32_t gy = 1, uint32_t gz = 1);
   // Compute/transfer writes before → compute/transfer reads after. With StreamOptions::chunk_dispatches
-  // it may submit the piece recorded so far (see the contract).
+  // it may submit the piece recorded so far (see the contract). Recorded only where the piece's last
+  // command (timestamps aside) is not a barrier already: two in a row order no more than one.
   void barrier();
   void copy(const Buffer& src, uint64_t src_off, const Buffer& dst, uint64_t dst_off, uint64_t bytes);
   // Writes a timestamp; returns its index (read with timestamps_ns() after submit_and_wait()).

@@ -491,6 +491,41 @@ TEST(VkRuntimePieces, FlushOrdersWhatFollowsAfterWhatCameBefore) {
   EXPECT_EQ(d->validation_errors(), 0u);
 }
 
+// barrier() right after a barrier (timestamps between or not) records nothing: an op ending with its
+// own barrier and the caller's barrier after it make one. After a dispatch or a copy it records one, and
+// the results are those of every barrier recorded (x += b three times, each add after a barrier).
+TEST(VkRuntime, BarrierAfterABarrierIsRecordedOnce) {
+  auto d = open_device();
+  ASSERT_TRUE(d);
+  auto op = ops::ResidualAdd::create(*d);
+  ASSERT_TRUE(op.ok());
+  constexpr uint32_t n = 1024;
+  std::vector<float> b(n, 1.5f), got(n);
+  auto bx = d->buffer(n * 4ull), bb = d->buffer(n * 4ull), by = d->buffer(n * 4ull);
+  ASSERT_TRUE(bx.ok() && bb.ok() && by.ok());
+  ASSERT_TRUE(bb->upload(b.data(), n * 4ull).ok());
+  ASSERT_TRUE(bx->fill(0).ok());
+  auto s = d->stream();
+  ASSERT_TRUE(s.ok());
+  ASSERT_TRUE(op->record(*s, *bx, *bb, *bx, n).ok());
+  s->barrier();
+  s->barrier();                                     // nothing since the last: not recorded
+  EXPECT_EQ(s->counters().barriers, 1u);
+  ASSERT_TRUE(op->record(*s, *bx, *bb, *bx, n).ok());
+  s->barrier();
+  s->timestamp();
+  s->barrier();                                     // only a timestamp since: not recorded
+  EXPECT_EQ(s->counters().barriers, 2u);
+  s->copy(*bx, 0, *by, 0, n * 4ull);
+  s->barrier();                                     // after a copy: recorded
+  EXPECT_EQ(s->counters().barriers, 3u);
+  ASSERT_TRUE(op->record(*s, *by, *bb, *bx, n).ok());
+  ASSERT_TRUE(s->submit_and_wait().ok());
+  ASSERT_TRUE(bx->download(got.data(), n * 4ull).ok());
+  for (uint32_t i = 0; i < n; ++i) ASSERT_EQ(got[i], 4.5f) << "element " << i;
+  EXPECT_EQ(d->validation_errors(), 0u);
+}
+
 // A stream dropped with pieces in flight (an engine step that failed half-way) waits for them before
 // its command buffers go (the validation run would flag a pending command buffer freed); the pieces
 // submitted ran, the unsubmitted rest did not.

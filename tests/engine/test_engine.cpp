@@ -417,6 +417,12 @@ TEST(Engine, L2WarmUpsChangeNoResult) {
 // the steps were replayed: one submit a decode step and no host recording in the median step (the host
 // profile's numbers).
 TEST(Engine, DecodeReplayGivesTheBitsOfRecordedSteps) {
+  // Sequence 1's sampling in every phase: temperature 0.9, top-k 40, a fixed seed.
+  auto sampled = [](StepInput& in) {
+    in.sampling.temperature = 0.9f;
+    in.sampling.top_k = 40;
+    in.sampling.seed = 7;
+  };
   struct Run {
     std::vector<int32_t> tokens;
     std::vector<std::vector<float>> logits;
@@ -444,9 +450,7 @@ TEST(Engine, DecodeReplayGivesTheBitsOfRecordedSteps) {
           StepInput in = logits_of(seq[i], next[i]);
           in.sample = true;  // sequence 0 greedy (argmax), sequence 1 sampled (the seed read from a buffer)
           if (i == 1) {
-            in.sampling.temperature = 0.9f;
-            in.sampling.top_k = 40;
-            in.sampling.seed = 7;
+            sampled(in);
           }
           in.want_logits = step % 3 != 1;
           auto out = e->step(std::vector<StepInput>{in});
@@ -465,9 +469,7 @@ TEST(Engine, DecodeReplayGivesTheBitsOfRecordedSteps) {
           in.sample = true;
           in.want_logits = i == 0;
           if (i == 1) {
-            in.sampling.temperature = 0.9f;
-            in.sampling.top_k = 40;
-            in.sampling.seed = 7;
+            sampled(in);
           }
           ins.push_back(in);
         }
@@ -492,9 +494,7 @@ TEST(Engine, DecodeReplayGivesTheBitsOfRecordedSteps) {
           in.want_logits = false;
           in.all_tokens = true;
           if (i == 1) {
-            in.sampling.temperature = 0.9f;
-            in.sampling.top_k = 40;
-            in.sampling.seed = 7;
+            sampled(in);
           }
           ins.push_back(in);
         }

@@ -449,9 +449,7 @@ TEST(Engine, DecodeReplayGivesTheBitsOfRecordedSteps) {
         for (int i = 0; i < 2; ++i) {
           StepInput in = logits_of(seq[i], next[i]);
           in.sample = true;  // sequence 0 greedy (argmax), sequence 1 sampled (the seed read from a buffer)
-          if (i == 1) {
-            sampled(in);
-          }
+          if (i == 1) sampled(in);
           in.want_logits = step % 3 != 1;
           auto out = e->step(std::vector<StepInput>{in});
           EXPECT_TRUE(out.ok()) << out.status().ToString();
@@ -468,9 +466,7 @@ TEST(Engine, DecodeReplayGivesTheBitsOfRecordedSteps) {
           StepInput in = logits_of(seq[i], next[i]);
           in.sample = true;
           in.want_logits = i == 0;
-          if (i == 1) {
-            sampled(in);
-          }
+          if (i == 1) sampled(in);
           ins.push_back(in);
         }
         auto out = e->step(ins);
@@ -493,9 +489,7 @@ TEST(Engine, DecodeReplayGivesTheBitsOfRecordedSteps) {
           StepInput in = logits_of(seq[i], fed[i]);
           in.want_logits = false;
           in.all_tokens = true;
-          if (i == 1) {
-            sampled(in);
-          }
+          if (i == 1) sampled(in);
           ins.push_back(in);
         }
         auto out = e->step(ins);

@@ -200,9 +200,9 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
     const std::string_view m = v;
     if (m != "batched" && m != "each") {
       return Status::InvalidArgument(fmt::format(
-          "TROVE_ATTENTION_STEP={} is not a choice: use each (the default: a decode step's attention recorded per "
-          "sequence) or batched (the decode tokens of all the step's sequences in one dispatch per slice length, "
-          "PagedAttention::record_decode_rows)", m));
+          "TROVE_ATTENTION_STEP={} is not a choice: use batched (the default: the decode tokens of all the step's "
+          "sequences in one dispatch per slice length, PagedAttention::record_decode_rows) or each (a decode step's "
+          "attention recorded per sequence, for A/B comparisons)", m));
     }
     e->attention_step_batched_ = m == "batched";
   }

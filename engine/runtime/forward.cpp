@@ -365,8 +365,8 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     const bool mv = matvec_decode_ && T <= ops::Matvec::kMaxBatch;
     using Ep = ops::MatvecEpilogue;
     const bool warm = mv && !l2_warm_.empty();
-    // TROVE_ATTENTION_STEP=batched: the attention of a step of several sequences, each of which takes
-    // decode v2, in one record_decode_rows per layer.
+    // TROVE_ATTENTION_STEP=batched (the default): the attention of a step of several sequences, each of
+    // which takes decode v2, in one record_decode_rows per layer.
     std::vector<ops::AttentionSeq> attn_rows;
     if (attention_step_batched_ && inputs.size() > 1) {
       for (size_t i = 0; i < inputs.size(); ++i) {

@@ -537,12 +537,13 @@ TEST(Engine, DecodeReplayGivesTheBitsOfRecordedSteps) {
   }
 }
 
-// TROVE_ATTENTION_STEP=batched: a decode step's sequences share one attention dispatch per slice
-// length (PagedAttention::record_decode_rows) instead of a call each — on lavapipe with decode v2
-// forced (its default on GPUs). Three sequences at depths of one, two and three 128-key slices decode
-// 6 steps together (step 2 gives the second sequence two tokens, as a verification would), then the
-// first alone: every step's tokens and logits bit-equal to the per-sequence recording (replayed steps
-// and recorded ones), and fewer dispatches a decode step (2 layers: 21.9 → 16.7 on lavapipe). A bad value is refused by name.
+// TROVE_ATTENTION_STEP=batched (the default): a decode step's sequences share one attention dispatch
+// per slice length (PagedAttention::record_decode_rows) instead of a call each (`each`) — on lavapipe
+// with decode v2 forced (its default on GPUs). Three sequences at depths of one, two and three 128-key
+// slices decode 6 steps together (step 2 gives the second sequence two tokens, as a verification
+// would), then the first alone: every step's tokens and logits bit-equal to the per-sequence recording
+// (replayed steps and recorded ones), and fewer dispatches a decode step (2 layers: 21.9 → 16.7 on
+// lavapipe); the default records what batched does. A bad value is refused by name.
 TEST(Engine, BatchedAttentionStepGivesTheBitsOfPerSequenceAttention) {
   struct Run {
     std::vector<int32_t> tokens;
@@ -593,8 +594,10 @@ TEST(Engine, BatchedAttentionStepGivesTheBitsOfPerSequenceAttention) {
   {
     // Decode replay on (the default): the one-token steps captured and replayed; step 2 (a sequence
     // with two tokens) and the last (one sequence) recorded.
-    const Run each = run("each", "1"), batched = run("batched", "1");
+    const Run each = run("each", "1"), batched = run("batched", "1"), by_default = run(nullptr, "1");
     ASSERT_EQ(each.tokens.size(), 19u);
+    EXPECT_EQ(by_default.tokens, batched.tokens);
+    EXPECT_EQ(by_default.dispatches, batched.dispatches) << "the default is batched";
     EXPECT_EQ(batched.tokens, each.tokens);
     ASSERT_EQ(batched.logits.size(), each.logits.size());
     for (size_t i = 0; i < each.logits.size(); ++i) {

@@ -1,6 +1,7 @@
 #include "server/scheduler.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <optional>
 
@@ -547,7 +548,14 @@ void Scheduler::loop() {
       if (any_restoring) engine_.pump_restores(/*wait=*/true);  // nothing else to run: wait for the reads
       continue;
     }
+    const auto step_t0 = std::chrono::steady_clock::now();
     auto out = engine_.step(inputs);
+    if (out.ok() && std::all_of(owners.begin(), owners.end(), [](const Active* a) { return a->decoding; })) {
+      // A decode-only step: its time by its tokens is what auto speculation weighs draft-model rounds against.
+      uint32_t tokens = 0;
+      for (const auto& in : inputs) tokens += static_cast<uint32_t>(in.tokens.size());
+      speculator_.observe_target_step(tokens, std::chrono::duration<double>(std::chrono::steady_clock::now() - step_t0).count());
+    }
     uint64_t prefill_tokens = 0, decode_tokens = 0, generated_tokens = 0;
     engine::SpecStats spec_round;
     uint32_t drafts_in_step = 0;

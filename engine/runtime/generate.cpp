@@ -129,8 +129,11 @@ Result<GenerateResult> generate(Engine& engine, SeqId seq, std::span<const int32
       sp.propose(std::span<SpecSequence* const>(&one, 1), kMaxDraftTokens);
       StepInput in;
       sp.fill(ss, seq, in);
+      const auto step_t0 = std::chrono::steady_clock::now();
       auto out = engine.step(std::span<const StepInput>(&in, 1));
       if (!out.ok()) return out.status();
+      sp.observe_target_step(static_cast<uint32_t>(in.tokens.size()),
+                             std::chrono::duration<double>(std::chrono::steady_clock::now() - step_t0).count());
       auto got = sp.accept(ss, seq, (*out)[0], r.spec);
       if (!got.ok()) return got.status();
       queued = std::move(*got);

@@ -1,6 +1,7 @@
 #include "engine/runtime/speculative.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 #include <fmt/format.h>
@@ -195,6 +196,60 @@ void Speculator::stop(SpecSequence& s) {
   s.draft_seq.reset();
 }
 
+uint32_t best_draft_k(double acceptance, double draft_step_s, std::span<const double> target_step_s, uint32_t k_max) {
+  std::vector<size_t> measured;
+  for (size_t n = 1; n < target_step_s.size(); ++n) {
+    if (target_step_s[n] > 0) measured.push_back(n);
+  }
+  if (measured.empty()) return 0;
+  // The measured widths' mean growth per token (0 with one measured width).
+  const size_t lo = measured.front(), hi = measured.back();
+  const double growth = hi > lo ? std::max(0.0, (target_step_s[hi] - target_step_s[lo]) / double(hi - lo)) : 0.0;
+  auto step_s = [&](size_t n) {
+    if (n < target_step_s.size() && target_step_s[n] > 0) return target_step_s[n];
+    if (n > lo) {  // from the nearest measured narrower width
+      size_t m = std::min(n, target_step_s.size() - 1);
+      while (!(target_step_s[m] > 0)) --m;
+      return target_step_s[m] + growth * double(n - m);
+    }
+    // Narrower than any measured width: back from the narrowest, never below its per-token share.
+    return std::max(target_step_s[lo] - growth * double(lo - n), target_step_s[lo] / double(lo));
+  };
+  const double a = std::clamp(acceptance, 0.0, 1.0);
+  uint32_t best = 0;
+  double best_rate = 1.0 / step_s(1), tokens = 1.0, ak = 1.0;
+  for (uint32_t k = 1; k <= k_max; ++k) {
+    ak *= a;
+    tokens += ak;
+    const double rate = tokens / (step_s(1 + k) + double(k) * draft_step_s);
+    if (rate > best_rate) best = k, best_rate = rate;
+  }
+  return best;
+}
+
+void Speculator::observe_target_step(uint32_t tokens, double seconds) {
+  if (tokens == 0 || tokens >= costs_.target_step_s.size() || !(seconds > 0)) return;
+  double& t = costs_.target_step_s[tokens];
+  t = t > 0 ? 0.9 * t + 0.1 * seconds : seconds;
+}
+
+uint32_t Speculator::auto_draft_k(uint32_t k) {
+  const bool stepped = std::any_of(costs_.target_step_s.begin(), costs_.target_step_s.end(), [](double t) { return t > 0; });
+  if (costs_.drafted < kAutoLearnDrafts || !(costs_.draft_step_s > 0) || !stepped) return k;
+  const double a = double(costs_.accepted) / double(costs_.drafted);
+  const uint32_t best = best_draft_k(a, costs_.draft_step_s, costs_.target_step_s, k);
+  if (best == 0 && !told_unprofitable_) {
+    told_unprofitable_ = true;
+    log::info("speculative",
+              "auto: the draft model's rounds do not pay here (a draft step {:.2f} ms, target steps up to {:.2f} ms, {:.0f}% "
+              "of its drafts accepted): drafting by prompt lookup only while that holds",
+              costs_.draft_step_s * 1e3, *std::max_element(costs_.target_step_s.begin(), costs_.target_step_s.end()) * 1e3, 100.0 * a);
+  } else if (best > 0) {
+    told_unprofitable_ = false;
+  }
+  return best;
+}
+
 void Speculator::propose(std::span<SpecSequence* const> seqs, uint32_t budget) {
   std::vector<uint32_t> want(seqs.size(), 0), alloc(seqs.size(), 0);
   std::vector<LookupDraft> found(seqs.size());
@@ -214,8 +269,9 @@ void Speculator::propose(std::span<SpecSequence* const> seqs, uint32_t budget) {
       s.used = SpecMethod::kLookup;
       want[i] = static_cast<uint32_t>(found[i].tokens.size());
     } else if (draft_ && (s.method == SpecMethod::kDraft || s.method == SpecMethod::kAuto)) {
-      s.used = SpecMethod::kDraft;
-      want[i] = std::min(s.k_draft.k, cap);
+      const uint32_t k = std::min(s.k_draft.k, cap);
+      want[i] = s.method == SpecMethod::kAuto ? auto_draft_k(k) : k;
+      if (want[i] > 0) s.used = SpecMethod::kDraft;
     }
   }
   for (bool more = true; more && budget > 0;) {
@@ -302,7 +358,14 @@ void Speculator::run_draft(std::span<SpecSequence* const> seqs, std::span<const 
     drafting[i] = whole;
   }
   if (in.empty()) return;
-  auto out = draft_->step(in);
+  auto timed_step = [&](std::span<const StepInput> x) {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto r = draft_->step(x);
+    const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (r.ok()) costs_.draft_step_s = costs_.draft_step_s > 0 ? 0.9 * costs_.draft_step_s + 0.1 * sec : sec;
+    return r;
+  };
+  auto out = timed_step(in);
   if (!out.ok()) {
     log::warn("speculative", "draft model step failed, drafting nothing this round: {}", out.status().message());
     for (size_t i : owner) drop(*seqs[i]);
@@ -329,7 +392,7 @@ void Speculator::run_draft(std::span<SpecSequence* const> seqs, std::span<const 
       owner.push_back(i);
     }
     if (in.empty()) break;
-    auto more = draft_->step(in);
+    auto more = timed_step(in);
     if (!more.ok()) {
       // Keep the drafts made so far; the draft sequences are rolled back by accept().
       log::warn("speculative", "draft model step failed: {}", more.status().message());
@@ -394,6 +457,7 @@ Result<std::vector<int32_t>> Speculator::accept(SpecSequence& s, SeqId seq, cons
     c.accepted += v.accepted;
     ++c.steps;
     (s.used == SpecMethod::kDraft ? s.k_draft : s.k_lookup).update(k, v.accepted);
+    if (s.used == SpecMethod::kDraft) costs_.drafted += k, costs_.accepted += v.accepted;
   }
   s.fed.clear();
   s.q.clear();

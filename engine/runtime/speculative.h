@@ -21,9 +21,14 @@
 //    are never registered before that: StepInput::provisional).
 //  - The draft length adapts per sequence and method: +2 after a round that accepted every draft, -1
 //    after one that did not (1..kMaxDraftTokens), and never beyond the budget the caller gives.
+//  - kAuto uses the draft model only where it pays: once its steps, its acceptance and the target's
+//    steps are measured (the caller reports each decode-only target step: observe_target_step), a
+//    round drafts best_draft_k() tokens by the draft model — 0, none, when no length beats decoding
+//    plainly. kDraft always drafts (the request asked for it).
 // Thread-safety: a Speculator is driven by the thread that drives both engines.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <random>
@@ -99,6 +104,25 @@ struct AdaptiveK {
   void update(uint32_t drafted, uint32_t accepted);
 };
 
+// What the draft model's rounds cost and yield, measured while decoding (kAuto's guard).
+struct DraftCosts {
+  double draft_step_s = 0;  // one draft-model step, moving average; 0 = not measured yet
+  // [n]: a decode-only target step of n tokens, moving average; 0 = not measured yet.
+  std::array<double, kCheapStepTokens + 1> target_step_s{};
+  uint64_t drafted = 0, accepted = 0;  // the draft model's drafts the target verified (all sequences)
+};
+// Draft-model drafts verified before kAuto trusts the measured acceptance (until then it drafts as kDraft).
+constexpr uint64_t kAutoLearnDrafts = 16;
+// The draft length 0..k_max with the most expected tokens per second of a round: a round of k drafts
+// yields 1 + a + a^2 + ... + a^k tokens (a: the acceptance of one draft, each draft kept only after
+// the one before it) for k draft steps and one target step of 1 + k tokens. target_step_s[n] is that
+// step's time (index 0 unused, 0 = not measured); a width not measured takes the nearest measured
+// narrower width's time plus, per token, the mean growth between the narrowest and widest measured
+// widths (none with one measured: wider steps taken as free, which favours drafting); one narrower than
+// every measured width goes back from the narrowest (never below its per-token share) — speculation
+// that always drafts never measures a one-token step. 0 when no width is measured.
+uint32_t best_draft_k(double acceptance, double draft_step_s, std::span<const double> target_step_s, uint32_t k_max);
+
 struct SpecCounters {
   uint64_t drafted = 0;   // draft tokens the target verified
   uint64_t accepted = 0;  // ... and accepted
@@ -150,10 +174,19 @@ class Speculator {
   // s.history (the last one as the new next token) and counts them in `stats`.
   Result<std::vector<int32_t>> accept(SpecSequence& s, SeqId target_seq, const StepOutput& out, SpecStats& stats);
 
+  // The caller's report of a target step that only decoded (no prompt tokens): its tokens (drafts
+  // included) and wall seconds. kAuto weighs the draft model's rounds against these.
+  void observe_target_step(uint32_t tokens, double seconds);
+  const DraftCosts& draft_costs() const { return costs_; }
+
  private:
   void run_draft(std::span<SpecSequence* const> seqs, std::span<const uint32_t> want);
+  // kAuto: how many of up to k drafts the draft model makes this round (k while costs are unknown).
+  uint32_t auto_draft_k(uint32_t k);
   Engine& target_;
   Engine* draft_;
+  DraftCosts costs_;
+  bool told_unprofitable_ = false;  // logged once that auto stopped using the draft model
 };
 
 }  // namespace trove::engine

@@ -24,6 +24,7 @@
 
 #include <gtest/gtest.h>
 
+#include "common/log.h"
 #include "engine/gguf/synthetic.h"
 #include "engine/runtime/engine.h"
 #include "engine/runtime/generate.h"
@@ -183,6 +184,43 @@ TEST(Speculative, GreedyVerificationKeepsTheDraftsUpToTheFirstDisagreement) {
 
 // ops::Sampler draws from kernels/ref's sampling_probs; the host's sampling_dist (used for p and q)
 // must be the same distribution, for the settings clients send.
+// kAuto's guard: the draft length with the most expected tokens a second, from the draft model's step
+// time, its acceptance and the target's step time by width. With the H100's measured costs
+// (docs/performance.md, 2026-12-05: the 8B's steps of 1..8 tokens at depth 1024, a Qwen3-0.6B step 1.54 ms)
+// and 70% acceptance: k = 0 yields 1/3.84 = 0.2604 tokens a ms, k = 1 1.7/(4.73 + 1.54) = 0.2711, k = 2
+// 2.19/(5.32 + 3.08) = 0.2607, k = 3 2.533/(6.04 + 4.62) = 0.2376: one draft.
+TEST(Speculative, BestDraftLengthWeighsDraftStepsAgainstTargetSteps) {
+  using engine::best_draft_k;
+  const std::vector<double> h100 = {0, 3.84, 4.73, 5.32, 6.04, 6.73, 7.63, 8.52, 9.38};
+  EXPECT_EQ(best_draft_k(0.7, 1.54, h100, 7), 1u);
+  // A draft step of 0.2 ms: k = 2 2.19/5.72 = 0.3829 beats k = 3 2.533/6.64 = 0.3815 and k = 1 0.3448.
+  EXPECT_EQ(best_draft_k(0.7, 0.2, h100, 7), 2u);
+  EXPECT_EQ(best_draft_k(0.7, 0.2, h100, 1), 1u) << "never beyond k_max";
+  // A draft step as slow as the target's, or drafts never accepted: no drafting.
+  EXPECT_EQ(best_draft_k(0.7, 3.84, h100, 7), 0u);
+  EXPECT_EQ(best_draft_k(0.0, 0.01, h100, 7), 0u);
+  // Free drafts that are always right: the widest step (8 tokens / 9.38 ms beats 7 / 8.52).
+  EXPECT_EQ(best_draft_k(1.0, 0.0, h100, 7), 7u);
+  // Only one-token steps measured: wider steps taken as free. a = 0.5, draft 1 ms: k = 1 1.5/4.84 = 0.310,
+  // k = 2 1.75/5.84 = 0.300, k = 0 0.260.
+  const std::vector<double> one = {0, 3.84, 0, 0, 0, 0, 0, 0, 0};
+  EXPECT_EQ(best_draft_k(0.5, 1.0, one, 7), 1u);
+  // Widths 1 and 4 measured: 2 and 3 grow by (6.04 - 3.84) / 3 per token from width 1, 5.. from width 4.
+  // a = 0.9, draft 0.5 ms: k = 1 1.9/(4.573 + 0.5) = 0.3745, k = 2 2.71/(5.307 + 1) = 0.4297, k = 3
+  // 3.439/(6.04 + 1.5) = 0.4561, k = 4 4.095/(6.773 + 2) = 0.4668, k = 5 4.686/(7.507 + 2.5) = 0.4683,
+  // k = 6 5.217/(8.24 + 3) = 0.4642: five.
+  const std::vector<double> two = {0, 3.84, 0, 0, 6.04, 0, 0, 0, 0};
+  EXPECT_EQ(best_draft_k(0.9, 0.5, two, 7), 5u);
+  EXPECT_EQ(best_draft_k(0.9, 0.5, std::vector<double>(9, 0.0), 7), 0u) << "no target step measured";
+  // No one-token step measured (speculation that always drafts): widths 3 and 5 at 5.32 and 6.73 ms,
+  // 0.705 ms a token, so T(1) = 5.32 - 2 * 0.705 = 3.91, T(2) = 4.615, T(4) = 6.025. a = 0.7, draft
+  // 1.54 ms: k = 0 0.2558, k = 1 1.7/(4.615 + 1.54) = 0.2762, k = 2 2.19/(5.32 + 3.08) = 0.2607: one;
+  // a draft step of 3 ms: k = 1 1.7/7.615 = 0.2232, none.
+  const std::vector<double> wide = {0, 0, 0, 5.32, 0, 6.73, 0, 0, 0};
+  EXPECT_EQ(best_draft_k(0.7, 1.54, wide, 7), 1u);
+  EXPECT_EQ(best_draft_k(0.7, 3.0, wide, 7), 0u);
+}
+
 TEST(Speculative, HostSamplingDistributionIsTheSamplersReference) {
   std::mt19937 rng(3);
   std::normal_distribution<float> n(0, 3);
@@ -466,6 +504,76 @@ TEST_F(FixtureModels, GreedyOutputIsTheSameWithEverySpeculationMethod) {
               static_cast<unsigned long long>(r->spec.draft.drafted));
   target_->close_sequence(*seq);
   EXPECT_EQ(draft_->pool_stats().used_blocks, 0u) << "generate() closes the draft model's sequence";
+}
+
+// kAuto's guard on the fixtures, driven as the scheduler drives it: rounds of propose, one target step,
+// accept, and the step's time reported. Until kAutoLearnDrafts draft-model drafts are verified auto
+// drafts with the draft model wherever lookup finds no 3-token match; then only if that pays against
+// the reported target steps: never when a target step is reported at 0.1 us (the draft's own steps
+// take milliseconds), still when one is reported at 100 s. Greedy output stays what the target writes.
+TEST_F(FixtureModels, AutoDraftsByTheDraftModelOnlyWhereItPays) {
+  ASSERT_TRUE(target_ && draft_);
+  const auto p = chat_prompt();
+  struct Run {
+    uint32_t draft_rounds_learning = 0, draft_rounds_after = 0;
+    std::vector<int32_t> tokens;
+    bool told = false;
+  };
+  auto run = [&](double target_step_s) {
+    Run r;
+    log::ScopedLogCapture logs;
+    engine::Speculator sp(*target_, draft_);
+    engine::SpecStats stats;
+    auto seq = target_->open_sequence();
+    EXPECT_TRUE(seq.ok());
+    if (!seq.ok()) return r;
+    StepInput pre;
+    pre.seq = *seq;
+    pre.tokens = p;
+    auto first = target_->step(std::span<const StepInput>(&pre, 1));
+    EXPECT_TRUE(first.ok());
+    if (!first.ok()) return r;
+    engine::SpecSequence s;
+    s.history = p;
+    s.history.push_back((*first)[0].token);
+    sp.start(s, SpecMethod::kAuto, {});
+    for (int round = 0; round < 24 && target_->length(*seq) + 8 < 512; ++round) {
+      const bool learning = sp.draft_costs().drafted < engine::kAutoLearnDrafts;
+      s.cap = 3;
+      engine::SpecSequence* one = &s;
+      sp.propose(std::span<engine::SpecSequence* const>(&one, 1), engine::kMaxDraftTokens);
+      if (s.used == SpecMethod::kDraft) ++(learning ? r.draft_rounds_learning : r.draft_rounds_after);
+      StepInput in;
+      sp.fill(s, *seq, in);
+      auto out = target_->step(std::span<const StepInput>(&in, 1));
+      EXPECT_TRUE(out.ok()) << out.status().ToString();
+      if (!out.ok()) break;
+      sp.observe_target_step(static_cast<uint32_t>(in.tokens.size()), target_step_s);  // every width alike
+      auto got = sp.accept(s, *seq, (*out)[0], stats);
+      EXPECT_TRUE(got.ok());
+      if (!got.ok()) break;
+    }
+    r.tokens.assign(s.history.begin() + static_cast<std::ptrdiff_t>(p.size()), s.history.end());
+    r.told = logs.contains("auto: the draft model's rounds do not pay here");
+    sp.stop(s);
+    target_->close_sequence(*seq);
+    return r;
+  };
+  const Run slow_draft = run(1e-7), cheap_draft = run(100.0);
+  std::printf("draft-model rounds while learning / after: target steps of 0.1 us %u / %u, of 100 s %u / %u\n",
+              slow_draft.draft_rounds_learning, slow_draft.draft_rounds_after, cheap_draft.draft_rounds_learning,
+              cheap_draft.draft_rounds_after);
+  EXPECT_GT(slow_draft.draft_rounds_learning, 0u);
+  EXPECT_EQ(slow_draft.draft_rounds_after, 0u) << "a draft step that costs more than it saves";
+  EXPECT_TRUE(slow_draft.told);
+  EXPECT_GT(cheap_draft.draft_rounds_after, 0u) << "drafts that pay are kept after the learning phase";
+  EXPECT_FALSE(cheap_draft.told);
+  const size_t n = std::min(slow_draft.tokens.size(), cheap_draft.tokens.size());
+  ASSERT_GT(n, 40u);
+  EXPECT_TRUE(std::equal(slow_draft.tokens.begin(), slow_draft.tokens.begin() + static_cast<std::ptrdiff_t>(n),
+                         cheap_draft.tokens.begin()))
+      << "greedy output does not depend on how it was drafted";
+  EXPECT_EQ(draft_->pool_stats().used_blocks, 0u);
 }
 
 // Speculative sampling with the fixtures' real distributions after a prompt: the target's p and the

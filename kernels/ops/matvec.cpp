@@ -44,10 +44,9 @@ constexpr uint32_t kDirectWorkgroup = 128;  // direct form: 4 row groups (subgro
 // One pipeline per distinct specialization: matvec_body.glsl's constant ids 0..11, in this order (kG,
 // id 1, is `lanes`: kGroupLanes, or kCpuGroupLanes on CPU devices); sg > 1 selects matvec.comp (subgroupAdd), 1 matvec_nosg.comp.
 struct Key {
-  uint32_t wg, nb, rows, swiglu, tile, mats, type0, type1, type2, unroll, sg, lanes, direct, q6wide = 0, split = 1, scatter = 0,
-      i2f = 0;
+  uint32_t wg, nb, rows, swiglu, tile, mats, type0, type1, type2, unroll, sg, lanes, direct, q6wide = 0, split = 1, scatter = 0;
   auto tie() const {
-    return std::tie(wg, nb, rows, swiglu, tile, mats, type0, type1, type2, unroll, sg, lanes, direct, q6wide, split, scatter, i2f);
+    return std::tie(wg, nb, rows, swiglu, tile, mats, type0, type1, type2, unroll, sg, lanes, direct, q6wide, split, scatter);
   }
   bool operator<(const Key& o) const { return tie() < o.tie(); }
 };
@@ -136,7 +135,6 @@ struct Matvec::State {
   uint32_t q8_swiglu_rows = 0;    // ... of batch-1 q8 SwiGLU calls, gate rows (TROVE_MATVEC_SWIGLU_ROWS; 0: 1)
   uint32_t q8_split = 0;          // q8 forms: subgroups sharing a row group's rows (TROVE_MATVEC_Q8_SPLIT; 0: automatic)
   uint32_t q8_scatter = 0;        // q8 forms: 1 = row sums by a reduce-scatter (TROVE_MATVEC_REDUCE=scatter)
-  uint32_t q8_i2f = 0;            // q8 forms: 1 = integers to floats by their bits (TROVE_Q8_I2F=bits)
   uint32_t waves = 8;             // workgroups of 512 invocations per SM when x fits one tile
                                   // (TROVE_MATVEC_WAVES overrides: 0 = one workgroup per row block)
   MatvecTuning tuning;
@@ -166,10 +164,10 @@ struct Matvec::State {
       if (!p.ok()) return p.status();
       return &pipelines.emplace(k, std::move(*p)).first->second;
     }
-    if (k.direct >= 2) {  // q8 (2) and q8p (3) forms: constant ids 0..13 of matvec_q8.glsl
+    if (k.direct >= 2) {  // q8 (2) and q8p (3) forms: constant ids 0..12 of matvec_q8.glsl
       auto p = dev->pipeline({k.direct == 3 ? "matvec_q8p" : "matvec_q8",
                               {k.wg, k.lanes, k.nb, k.rows, k.swiglu, k.tile, k.mats, k.type0, k.type1, k.type2, k.q6wide,
-                               k.split, k.scatter, k.i2f},
+                               k.split, k.scatter},
                               sizeof(Push), 8, k.wg});
       if (!p.ok()) return p.status();
       return &pipelines.emplace(k, std::move(*p)).first->second;
@@ -181,18 +179,6 @@ struct Matvec::State {
     return &pipelines.emplace(k, std::move(*p)).first->second;
   }
 };
-
-Result<uint32_t> q8_i2f_from_env() {
-  const char* w = std::getenv("TROVE_Q8_I2F");
-  if (!w || !*w) return 0u;
-  const std::string_view v(w);
-  if (v != "convert" && v != "bits") {
-    return Status::InvalidArgument(fmt::format(
-        "TROVE_Q8_I2F='{}' is not convert (integers to floats by conversion instructions, the default) or bits "
-        "(by the float's bits: the same numbers, no conversion instruction)", w));
-  }
-  return v == "bits" ? 1u : 0u;
-}
 
 Matvec::Matvec(Matvec&&) noexcept = default;
 Matvec& Matvec::operator=(Matvec&&) noexcept = default;
@@ -306,11 +292,6 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
       return Status::InvalidArgument(fmt::format("TROVE_MATVEC_REDUCE='{}' is not add or scatter", w));
     }
     op.st_->q8_scatter = v == "scatter" ? 1u : 0u;
-  }
-  if (auto v = q8_i2f_from_env(); !v.ok()) {
-    return v.status();
-  } else {
-    op.st_->q8_i2f = *v;
   }
   if (const char* w = std::getenv("TROVE_MATVEC_Q8_WAVES"); w && *w) {
     char* end = nullptr;
@@ -663,7 +644,7 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
     if (!qp.ok()) return qp.status();
     auto p = st_->pipeline({kernel_wg, call.batch, rows_per_group, swiglu ? 1u : 0u, q8_tile, call.n_mats, push.type[0],
                             call.n_mats > 1 ? push.type[1] : push.type[0], call.n_mats > 2 ? push.type[2] : push.type[0],
-                            1u, sg, g, 3u, q6_wide, split, st_->q8_scatter, st_->q8_i2f});
+                            1u, sg, g, 3u, q6_wide, split, st_->q8_scatter});
     if (!p.ok()) return p.status();
     const uint32_t qpush[5] = {call.cols, push.flags, std::bit_cast<uint32_t>(call.eps), call.batch, q8_tile};
     const vk::BufferRange qbufs[3] = {call.x, bufs[1], *sl};
@@ -702,7 +683,7 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
     push.grid = static_cast<uint32_t>(grid);
     auto p = st_->pipeline({wg, call.batch, rows_per_group, swiglu ? 1u : 0u, q8_tile, call.n_mats, push.type[0],
                             call.n_mats > 1 ? push.type[1] : push.type[0], call.n_mats > 2 ? push.type[2] : push.type[0],
-                            1u, sg, g, 2u, q6_wide, split, st_->q8_scatter, st_->q8_i2f});
+                            1u, sg, g, 2u, q6_wide, split, st_->q8_scatter});
     if (!p.ok()) return p.status();
     return s.dispatch(**p, bufs, &push, sizeof(push), gx, gy);
   }

@@ -119,13 +119,6 @@ struct MatvecTuning {
                                  // (the same numbers)
 };
 
-// TROVE_Q8_I2F=convert|bits: how the q8 kernels (the dense q8/q8p forms and the MoE q8 expert
-// kernels, matvec_q8_parts.glsl) turn their integer dot-product sums and K-quant scales into floats —
-// a conversion instruction each (convert, the default until measured on a GPU) or an integer add and
-// a float subtraction on the float's bits (bits: NVIDIA issues conversions at a quarter of the FP32
-// rate). Both give the same bits. Returns 0 (convert) or 1 (bits); a bad value is an error naming it.
-Result<uint32_t> q8_i2f_from_env();
-
 class Matvec {
  public:
   static Result<Matvec> create(vk::Device& dev);

@@ -8,8 +8,6 @@
 
 #include <fmt/format.h>
 
-#include "kernels/ops/matvec.h"
-
 namespace trove::ops {
 namespace {
 
@@ -300,12 +298,6 @@ Result<MoeFfn> MoeFfn::create(vk::Device& dev, uint32_t slots_per_pass, bool gpu
       return Status::InvalidArgument(fmt::format("TROVE_MOE_Q8_TOUCH='{}' is not a number of weight sectors (0..8)", v));
     }
     op.q8_touch_ = static_cast<uint32_t>(n[0] - '0');
-  }
-  // TROVE_Q8_I2F=convert|bits: as for the dense q8 matvec (kernels/ops/matvec.h), the same numbers.
-  if (auto v = q8_i2f_from_env(); !v.ok()) {
-    return v.status();
-  } else {
-    op.q8_i2f_ = *v;
   }
   // TROVE_MOE_Q8_WG=128|256|512|1024: invocations per workgroup of the q8 expert kernels (each
   // workgroup stages its inputs once, so larger ones stage less per row; default 256 on GPUs, else
@@ -672,7 +664,7 @@ Result<bool> MoeFfn::record_gate_up_q8(vk::CommandStream& s, const MoeFfnCall& c
   if (q8_column_bytes(hidden) + wg / g * 4 > shared_bytes_) return false;
   auto p = pipeline("moe_experts_q8",
                     {wg, g, rows, (hidden + 255) / 256 * 256, static_cast<uint32_t>(c.gate.type), static_cast<uint32_t>(c.up.type), hidden,
-                     q6_wide(), q8_touch_, q8_i2f_},
+                     q6_wide(), q8_touch_},
                     sizeof(ExpertsQ8Push), 6, wg);
   if (!p.ok()) return p.status();
   const uint32_t rows_per_wg = wg / g * rows, blocks = (ffn + rows_per_wg - 1) / rows_per_wg;
@@ -699,7 +691,7 @@ Result<bool> MoeFfn::record_down_q8(vk::CommandStream& s, const MoeFfnCall& c) c
   }
   if (c.k * (q8_column_bytes(ffn) + 4) + (split > 1 ? wg / g * rows * 4 : 0) > shared_bytes_) return false;
   auto p = pipeline("moe_down_q8",
-                    {wg, g, rows, (ffn + 255) / 256 * 256, static_cast<uint32_t>(c.down.type), c.k, ffn, q6_wide(), split, q8_i2f_},
+                    {wg, g, rows, (ffn + 255) / 256 * 256, static_cast<uint32_t>(c.down.type), c.k, ffn, q6_wide(), split},
                     sizeof(DownQ8Push), 5, wg);
   if (!p.ok()) return p.status();
   const uint32_t rows_per_wg = wg / g / split * rows, blocks = (hidden + rows_per_wg - 1) / rows_per_wg;

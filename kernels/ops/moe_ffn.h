@@ -250,7 +250,6 @@ class MoeFfn {
   uint32_t q8_down_split_ = 1;               // q8 form: down's split rows (TROVE_MOE_Q8_DOWN_SPLIT; GPUs 2; moe_ffn.cpp)
   uint32_t q8_wg_ = 0;                       // q8 form: workgroup size (TROVE_MOE_Q8_WG; GPUs 256; 0: kDirectWorkgroup)
   uint32_t q8_touch_ = 4;                    // q8 gate/up: weight sectors touched before the staging (TROVE_MOE_Q8_TOUCH)
-  uint32_t q8_i2f_ = 0;                      // q8 kernels: 1 = integers to floats by their bits (TROVE_Q8_I2F=bits)
   bool q6_wide_ = true;                      // q8 form: Q6_K experts in 32-value parts (TROVE_MOE_Q6_WIDE)
   uint32_t q6_wide() const {
     return (tuning_.q6_parts == MoeTuning::Q6Parts::kDefault ? q6_wide_ : tuning_.q6_parts == MoeTuning::Q6Parts::kWide) ? 1 : 0;

@@ -51,7 +51,6 @@ layout(constant_id = 9) const uint kType2 = 12u;
 layout(constant_id = 10) const uint kQ6Wide = 0u;       // 1: Q6_K rows in 32-value parts (part_q6k_wide)
 layout(constant_id = 11) const uint kSplit = 1u;        // subgroups sharing one row group's rows (1, 2, 4, 8)
 layout(constant_id = 12) const uint kScatter = 0u;      // 1: row sums by a reduce-scatter (TROVE_MATVEC_REDUCE=scatter)
-layout(constant_id = 13) const uint kI2f = 0u;          // 1: integers to floats by their bits (TROVE_Q8_I2F=bits; matvec_q8_parts.glsl)
 #define MV_Q6_WIDE
 const uint kWG = gl_WorkGroupSize.x;
 const uint kGroups = kWG / kG;

@@ -12,7 +12,6 @@
 //                                 the caller selects per part: moe_down_q8.comp's expert j)
 //   uvec4 wq(uint mat, uint i)    16-byte word i of matrix `mat`'s weights;  uint ww(mat, i): 4-byte
 //   buffers x4 (vec4 activations) and nw4 (vec4 RMSNorm weights) for stage_half, unless MV_Q8_GLOBAL
-//   constant   kI2f (a specialization constant: 1 = integers to floats by their bits, i2f below)
 // and sets, before calling a part: row_off[s] (byte offset of slot s's row), slot_mat[s] (its matrix),
 // live[s]; the parts add into acc[b][s].
 #extension GL_EXT_control_flow_attributes : require
@@ -57,16 +56,6 @@ uint row_off[kNS];   // byte offset of each slot's row in its matrix
 uint slot_mat[kNS];  // the slot's matrix
 bool live[kNS];
 
-// Integers to floats without a conversion instruction (kI2f = 1; TROVE_Q8_I2F=bits): NVIDIA GPUs
-// issue I2F/U2F at a quarter of the FP32 rate (16 a clock per SM on Hopper), and the parts convert two
-// dot-product sums per row and column and four scales per row of every part. The float with bits
-// bits(1.5·2^23) + v is 1.5·2^23 + v exactly for |v| < 2^22 (one unit in the last place there is 1),
-// so subtracting 1.5·2^23 gives float(v) exactly: an integer add and a float add, the same bits as
-// float(v). u2f: bits(2^23) | v is 2^23 + v for v < 2^23. The parts' sums stay far inside: at most
-// 16 products of 127 by 32 (Q6_K), of 127 by 15 (Q4_K), or 8 of 127 by 127 (Q8_0).
-float i2f(int v) { return kI2f != 0u ? intBitsToFloat(v + 0x4B400000) - 12582912.0 : float(v); }
-float u2f(uint v) { return kI2f != 0u ? uintBitsToFloat(v | 0x4B000000u) - 8388608.0 : float(v); }
-
 // The 8 bytes at 2-byte-aligned offset o.
 uvec2 wu64(uint mat, uint o) {
   const uint i = o >> 2u, odd = (o >> 1u) & 1u;
@@ -75,7 +64,7 @@ uvec2 wu64(uint mat, uint o) {
   return odd == 0u ? uvec2(a, b) : uvec2((a >> 16u) | (b << 16u), (b >> 16u) | (c << 16u));
 }
 float wf16(uint mat, uint o) { return unpackHalf2x16(ww(mat, o >> 2u) >> ((o & 2u) * 8u)).x; }
-float wi8(uint mat, uint o) { return i2f(bitfieldExtract(int(ww(mat, o >> 2u)), int((o & 3u) * 8u), 8)); }
+float wi8(uint mat, uint o) { return float(bitfieldExtract(int(ww(mat, o >> 2u)), int((o & 3u) * 8u), 8)); }
 
 int dp(uint a, uint b) { return dotPacked4x8EXT(int(a), int(b)); }
 float sd_at(uint i) { return SD(i >> 1u)[i & 1u]; }
@@ -102,7 +91,7 @@ void part_k45(bool q5, uint sb, uint m) {
     uint sc, mn;
     k4_scales(hd, j, sc, mn);
     const vec2 dm = unpackHalf2x16(hd.x);
-    c[s] = vec4(dm.x * u2f(sc & 0xFFu), dm.x * u2f(sc >> 8u), dm.y * u2f(mn & 0xFFu), dm.y * u2f(mn >> 8u));
+    c[s] = vec4(dm.x * float(sc & 0xFFu), dm.x * float(sc >> 8u), dm.y * float(mn & 0xFFu), dm.y * float(mn >> 8u));
     lo[s] = q & 0x0F0F0F0Fu;
     hi[s] = (q >> 4u) & 0x0F0F0F0Fu;
     if (q5) {
@@ -122,7 +111,7 @@ void part_k45(bool q5, uint sb, uint m) {
       if (!live[s]) continue;
       const int il = dp(lo[s].x, xl.x) + dp(lo[s].y, xl.y) + dp(lo[s].z, xl.z) + dp(lo[s].w, xl.w);
       const int ih = dp(hi[s].x, xh.x) + dp(hi[s].y, xh.y) + dp(hi[s].z, xh.z) + dp(hi[s].w, xh.w);
-      acc[b][s] += (c[s].x * dl * i2f(il) - c[s].z * sl) + (c[s].y * dh * i2f(ih) - c[s].w * sh);
+      acc[b][s] += (c[s].x * dl * float(il) - c[s].z * sl) + (c[s].y * dh * float(ih) - c[s].w * sh);
     }
   }
 }
@@ -159,7 +148,7 @@ void part_q6k(uint sb, uint p) {
       if (!live[s]) continue;
       const int il = dp(lo[s].x, xl.x) + dp(lo[s].y, xl.y);
       const int ih = dp(hi[s].x, xh.x) + dp(hi[s].y, xh.y);
-      acc[b][s] += c[s].x * dl * i2f(il) + c[s].y * dh * i2f(ih);
+      acc[b][s] += c[s].x * dl * float(il) + c[s].y * dh * float(ih);
     }
   }
 }
@@ -204,7 +193,7 @@ void part_q6k_wide(uint sb, uint w) {
       if (!live[s]) continue;
       const int il = dp(lo[s].x, xl.x) + dp(lo[s].y, xl.y) + dp(lo[s].z, xl.z) + dp(lo[s].w, xl.w);
       const int ih = dp(hi[s].x, xh.x) + dp(hi[s].y, xh.y) + dp(hi[s].z, xh.z) + dp(hi[s].w, xh.w);
-      acc[b][s] += c[s].x * dl * i2f(il) + c[s].y * dh * i2f(ih);
+      acc[b][s] += c[s].x * dl * float(il) + c[s].y * dh * float(ih);
     }
   }
 }
@@ -224,7 +213,7 @@ void part_q8(uint bl, uint q) {
     const uvec2 x = x8(b, v);
     const float dx = sd_at(q8_col(b) * (kTileVals / 32u) + bl);
     [[unroll]] for (uint s = 0u; s < kNS; ++s) {
-      if (live[s]) acc[b][s] += c[s] * dx * i2f(dp(w[s].x, x.x) + dp(w[s].y, x.y));
+      if (live[s]) acc[b][s] += c[s] * dx * float(dp(w[s].x, x.x) + dp(w[s].y, x.y));
     }
   }
 }

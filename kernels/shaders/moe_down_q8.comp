@@ -31,7 +31,6 @@ layout(constant_id = 5) const uint kK = 8u;           // staged columns: the top
 layout(constant_id = 6) const uint kCols = 768u;      // = pc.cols: the parts loop gets a trip count known when compiled
 layout(constant_id = 7) const uint kQ6Wide = 0u;        // 1: Q6_K rows in 32-value parts (part_q6k_wide)
 layout(constant_id = 8) const uint kSplit = 1u;         // subgroups sharing one row group's rows (1, 2, 4)
-layout(constant_id = 9) const uint kI2f = 0u;           // 1: integers to floats by their bits (TROVE_Q8_I2F=bits; matvec_q8_parts.glsl)
 #define MV_Q6_WIDE
 const uint kWG = gl_WorkGroupSize.x;
 const uint kGroups = kWG / kG;

@@ -26,7 +26,6 @@ layout(constant_id = 5) const uint kType1 = 12u;
 layout(constant_id = 6) const uint kCols = 2048u;      // = pc.cols: the parts loops get a trip count known when compiled
 layout(constant_id = 7) const uint kQ6Wide = 0u;        // 1: Q6_K rows in 32-value parts (part_q6k_wide)
 layout(constant_id = 8) const uint kTouch = 0u;         // weight sectors each invocation loads before the staging (0..8)
-layout(constant_id = 9) const uint kI2f = 0u;           // 1: integers to floats by their bits (TROVE_Q8_I2F=bits; matvec_q8_parts.glsl)
 #define MV_Q6_WIDE
 const uint kWG = gl_WorkGroupSize.x;
 const uint kGroups = kWG / kG;

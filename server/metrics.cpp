@@ -66,7 +66,7 @@ std::string Metrics::render(const SchedulerStats& s, const kv::Stats* store) con
   auto counter = [&](const char* name, const char* help, uint64_t v) {
     out += fmt::format("# HELP {} {}\n# TYPE {} counter\n{} {}\n", name, help, name, name, v);
   };
-  auto gauge = [&](const char* name, const char* help, uint64_t v) {
+  auto gauge = [&](const char* name, const char* help, auto v) {
     out += fmt::format("# HELP {} {}\n# TYPE {} gauge\n{} {}\n", name, help, name, name, v);
   };
   counter("trove_prompt_tokens_total", "Prompt tokens of finished requests.", prompt_tokens_);
@@ -130,6 +130,18 @@ std::string Metrics::render(const SchedulerStats& s, const kv::Stats* store) con
             [](const engine::SpecCounters& c) { return c.steps; });
   by_method("trove_speculative_acceptance_rate", "gauge", "Accepted / drafted tokens since start, by method (0 before any draft).",
             [](const engine::SpecCounters& c) { return c.drafted ? double(c.accepted) / double(c.drafted) : 0.0; });
+  // What the auto method weighs draft-model rounds by (docs/speculative.md).
+  gauge("trove_speculative_draft_step_seconds",
+        "One draft-model step, moving average (0: no draft-model step yet).", s.draft_costs.draft_step_s);
+  out += "# HELP trove_speculative_target_step_seconds A decode-only step of the model by its tokens (drafts included), "
+         "moving average (0: no such step yet).\n# TYPE trove_speculative_target_step_seconds gauge\n";
+  for (size_t n = 1; n < s.draft_costs.target_step_s.size(); ++n) {
+    out += fmt::format("trove_speculative_target_step_seconds{{tokens=\"{}\"}} {}\n", n, s.draft_costs.target_step_s[n]);
+  }
+  gauge("trove_speculative_auto_draft_tokens",
+        "Draft-model drafts the auto method makes a round at the costs measured so far (0: prompt lookup only, the draft "
+        "model does not pay; -1: no draft model, or still measuring).",
+        s.auto_draft_tokens);
   return out;
 }
 

@@ -165,6 +165,9 @@ void Scheduler::publish_locked(const std::vector<std::unique_ptr<Active>>& activ
   stats_.active = static_cast<uint32_t>(active.size());
   stats_.pool = engine_.pool_stats();
   stats_.cache = engine_.cache_stats();
+  stats_.draft_model = speculator_.has_draft();
+  stats_.draft_costs = speculator_.draft_costs();
+  stats_.auto_draft_tokens = speculator_.auto_draft_length(options_.max_draft);
   running_.clear();
   for (const auto& a : active) {
     if (!a->done) running_.push_back(a->info());

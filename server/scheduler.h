@@ -170,6 +170,9 @@ struct SchedulerStats {
   engine::PoolStats pool;     // snapshot after the last step
   engine::CacheStats cache;   // prefix cache counters (GPU and store tiers), same moment
   engine::SpecStats spec;     // speculative decoding: drafted / accepted tokens by method
+  bool draft_model = false;        // the scheduler has a draft model (SchedulerOptions::draft)
+  engine::DraftCosts draft_costs;  // what auto weighs draft-model rounds by (Speculator::draft_costs)
+  int32_t auto_draft_tokens = -1;  // Speculator::auto_draft_length(max_draft): -1 measuring / no draft model
 };
 
 // Latency observations, called on the scheduler thread (the server feeds its metrics with them).

@@ -233,11 +233,18 @@ void Speculator::observe_target_step(uint32_t tokens, double seconds) {
   t = t > 0 ? 0.9 * t + 0.1 * seconds : seconds;
 }
 
-uint32_t Speculator::auto_draft_k(uint32_t k) {
+int32_t Speculator::auto_draft_length(uint32_t k_max) const {
   const bool stepped = std::any_of(costs_.target_step_s.begin(), costs_.target_step_s.end(), [](double t) { return t > 0; });
-  if (costs_.drafted < kAutoLearnDrafts || !(costs_.draft_step_s > 0) || !stepped) return k;
+  if (!draft_ || costs_.drafted < kAutoLearnDrafts || !(costs_.draft_step_s > 0) || !stepped) return -1;
   const double a = double(costs_.accepted) / double(costs_.drafted);
-  const uint32_t best = best_draft_k(a, costs_.draft_step_s, costs_.target_step_s, k);
+  return static_cast<int32_t>(best_draft_k(a, costs_.draft_step_s, costs_.target_step_s, k_max));
+}
+
+uint32_t Speculator::auto_draft_k(uint32_t k) {
+  const int32_t length = auto_draft_length(k);
+  if (length < 0) return k;
+  const uint32_t best = static_cast<uint32_t>(length);
+  const double a = double(costs_.accepted) / double(costs_.drafted);
   if (best == 0 && !told_unprofitable_) {
     told_unprofitable_ = true;
     log::info("speculative",

@@ -178,6 +178,10 @@ class Speculator {
   // included) and wall seconds. kAuto weighs the draft model's rounds against these.
   void observe_target_step(uint32_t tokens, double seconds);
   const DraftCosts& draft_costs() const { return costs_; }
+  // The draft-model drafts kAuto makes a round (at most k_max) at the costs measured so far: 0 = it
+  // drafts by prompt lookup only; -1 = no draft model, or still measuring (fewer than
+  // kAutoLearnDrafts verified, or no step timed): then it drafts as kDraft.
+  int32_t auto_draft_length(uint32_t k_max) const;
 
  private:
   void run_draft(std::span<SpecSequence* const> seqs, std::span<const uint32_t> want);

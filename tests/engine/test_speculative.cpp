@@ -476,6 +476,12 @@ TEST_F(FixtureModels, GreedyOutputIsTheSameWithEverySpeculationMethod) {
     const auto st = sched.stats();
     EXPECT_GT(st.spec.draft.accepted, 0u);
     EXPECT_GT(st.spec.lookup.drafted, 0u);
+    // What auto would weigh the draft model by: its steps timed, the decode-only steps reported by width.
+    EXPECT_TRUE(st.draft_model);
+    EXPECT_GT(st.draft_costs.draft_step_s, 0.0);
+    EXPECT_GT(*std::max_element(st.draft_costs.target_step_s.begin(), st.draft_costs.target_step_s.end()), 0.0);
+    EXPECT_EQ(st.draft_costs.drafted, st.spec.draft.drafted);
+    EXPECT_EQ(st.draft_costs.accepted, st.spec.draft.accepted);
     std::printf("scheduler: lookup %llu/%llu, draft %llu/%llu accepted, %llu steps for 3 x %u tokens\n",
                 static_cast<unsigned long long>(st.spec.lookup.accepted), static_cast<unsigned long long>(st.spec.lookup.drafted),
                 static_cast<unsigned long long>(st.spec.draft.accepted), static_cast<unsigned long long>(st.spec.draft.drafted),

@@ -10,6 +10,9 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <cstring>
+#include <string>
 #include <thread>
 
 #include "common/log.h"
@@ -139,6 +142,7 @@ TEST(HttpServer, ForceOutputNeedsTheServerFlag) {
 // always lists the speculative counters of both methods.
 TEST(HttpServer, SpeculativeHeaderIsCheckedAndMetricsNameBothMethods) {
   FakeEngine e(1, 64);
+  e.script = e.tokenizer().encode(" one two three", false);  // two tokens: the second from a decode step
   Served s(e, ServerOptions{});
   const std::string body = R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":2})";
   std::string r = request(s.port, "POST", "/v1/chat/completions", body, "x-trove-speculative: sometimes\r\n");
@@ -149,9 +153,26 @@ TEST(HttpServer, SpeculativeHeaderIsCheckedAndMetricsNameBothMethods) {
   const std::string m = request(s.port, "GET", "/metrics", "");
   for (const char* line : {"trove_speculative_drafted_tokens_total{method=\"lookup\"} 0",
                            "trove_speculative_accepted_tokens_total{method=\"draft\"} 0",
-                           "trove_speculative_acceptance_rate{method=\"lookup\"} 0"}) {
+                           "trove_speculative_acceptance_rate{method=\"lookup\"} 0",
+                           // What auto weighs the draft model by: no draft model here, so no draft step
+                           // and -1; the decode steps of the request were timed.
+                           "trove_speculative_draft_step_seconds 0\n", "trove_speculative_auto_draft_tokens -1\n",
+                           "trove_speculative_target_step_seconds{tokens=\"8\"} "}) {
     EXPECT_NE(m.find(line), std::string::npos) << line << "\n" << m;
   }
+  // The request's one-token decode step is timed (the scheduler publishes its stats after the reply
+  // may have gone out: poll for a while).
+  const char* one_line = "trove_speculative_target_step_seconds{tokens=\"1\"} ";
+  double one_token_step = 0;
+  std::string last;
+  for (int i = 0; i < 100 && !(one_token_step > 0); ++i) {
+    if (i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    last = request(s.port, "GET", "/metrics", "");
+    const size_t at = last.find(one_line);
+    ASSERT_NE(at, std::string::npos) << last;
+    one_token_step = std::stod(last.substr(at + std::strlen(one_line)));
+  }
+  EXPECT_GT(one_token_step, 0.0) << "a one-token decode step was timed\n" << last;
 }
 
 // tool_choice required / named: the prompt ends inside a tool call, so the (forced) continuation only

@@ -237,6 +237,14 @@ StatusJson Dashboard::status_object(int64_t series_after_ms, bool namespaces) co
                {"cached_blocks", s.pool.cached_blocks}, {"block_tokens", s.pool.block_tokens},
                {"bytes", s.pool.bytes},         {"evictions", s.pool.evictions}};
   j["queue"] = {{"queued", s.queued}, {"active", s.active}};
+  auto drafts = [](const engine::SpecCounters& c) {
+    return StatusJson{{"drafted", c.drafted}, {"accepted", c.accepted}, {"steps", c.steps}};
+  };
+  j["speculative"] = {{"lookup", drafts(s.spec.lookup)},
+                      {"draft", drafts(s.spec.draft)},
+                      {"draft_model", s.draft_model},
+                      {"draft_step_seconds", s.draft_costs.draft_step_s},
+                      {"auto_draft_tokens", s.auto_draft_tokens}};
   j["sequences"] = sequences_json(scheduler_.sequences(), Clock::now());
   j["store"] = options_.store ? store_json(*options_.store, options_.store_budget, namespaces) : StatusJson(nullptr);
   j["problems"] = problems_json(log::recent_problems());

@@ -379,7 +379,22 @@
       card("GPU KV pool", `${num(pct(st.pool.used_blocks + st.pool.cached_blocks, st.pool.total_blocks))}%`,
         `${int(st.pool.used_blocks)} held · ${int(st.pool.cached_blocks)} cached · ${int(st.pool.total_blocks)} blocks`, "card-pool"),
       card("KV store", st.store ? bytes(st.store.stored_bytes) : "off",
-        st.store ? `${int(st.store.blocks)} blocks · ${num(pct(st.store.stored_bytes, st.store.budget_bytes))}% of ${bytes(st.store.budget_bytes)}` : "--no-store", "card-store"));
+        st.store ? `${int(st.store.blocks)} blocks · ${num(pct(st.store.stored_bytes, st.store.budget_bytes))}% of ${bytes(st.store.budget_bytes)}` : "--no-store", "card-store"),
+      specCard(st.speculative, card));
+  }
+
+  // Speculative decoding: drafts accepted by method, and what auto does with the draft model.
+  function specCard(sp, card) {
+    const rate = (m) => (m.drafted ? `${num(pct(m.accepted, m.drafted))}% of ${int(m.drafted)}` : "none");
+    const auto = !sp.draft_model ? "no draft model"
+      : sp.auto_draft_tokens < 0 ? "auto: measuring the draft model"
+      : sp.auto_draft_tokens === 0 ? "auto: lookup only (the draft model does not pay)"
+      : `auto: ${sp.auto_draft_tokens} draft-model drafts a round`;
+    const c = card("drafts accepted", int(sp.lookup.accepted + sp.draft.accepted),
+      `lookup ${rate(sp.lookup)} · draft model ${rate(sp.draft)} · ${auto}`, "card-spec");
+    c.dataset.accepted = String(sp.lookup.accepted + sp.draft.accepted);
+    c.dataset.drafted = String(sp.lookup.drafted + sp.draft.drafted);
+    return c;
   }
 
   function renderSequences() {

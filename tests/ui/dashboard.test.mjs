@@ -207,6 +207,19 @@ describe("the dashboard in headless Chromium", { concurrency: true }, () => {
     assert.equal(await page.$$eval("#tree-svg g.node", (gs) => gs.length), 1);
     await page.click("#tree-crumbs a");
 
+    // The "drafts accepted" card shows what /v1/trove/status says about speculation: none here (the
+    // server's default is off on lavapipe, and the synthetic model's text gives prompt lookup nothing
+    // to copy) and no draft model.
+    const sp = (await (await fetch(`${server.url}/v1/trove/status?series=0`)).json()).speculative;
+    assert.equal(sp.draft_model, false);
+    assert.equal(sp.auto_draft_tokens, -1);
+    const rate = (m) => (m.drafted ? `${((100 * m.accepted) / m.drafted).toFixed(m.accepted === m.drafted ? 0 : 1)}% of ${m.drafted}` : "none");
+    await eventually(async () => {
+      assert.equal(await page.$eval("#card-spec", (e) => e.dataset.drafted), String(sp.lookup.drafted + sp.draft.drafted));
+      assert.equal(await page.$eval("#card-spec", (e) => e.dataset.accepted), String(sp.lookup.accepted + sp.draft.accepted));
+      assert.equal(await page.textContent("#card-spec .s"), `lookup ${rate(sp.lookup)} · draft model ${rate(sp.draft)} · no draft model`);
+    });
+
     // Store health: the namespace is listed, nothing is corrupt.
     await eventually(async () => {
       assert.ok(await page.$(`#store-namespaces tr[data-namespace="${NS}"]`));

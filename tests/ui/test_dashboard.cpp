@@ -157,6 +157,12 @@ TEST(Dashboard, StatusListsAFinishedRequestWithItsLabelsAndTokens) {
   EXPECT_EQ(st["totals"]["decode_tokens"], 2);
   EXPECT_EQ(st["totals"]["generated_tokens"], 3);
   EXPECT_EQ(st["totals"]["completed"], 1);
+  // Speculation: none (the fake engine verifies no drafts), and no draft model.
+  EXPECT_EQ(st["speculative"]["lookup"], (json{{"drafted", 0}, {"accepted", 0}, {"steps", 0}}));
+  EXPECT_EQ(st["speculative"]["draft"], (json{{"drafted", 0}, {"accepted", 0}, {"steps", 0}}));
+  EXPECT_EQ(st["speculative"]["draft_model"], false);
+  EXPECT_EQ(st["speculative"]["draft_step_seconds"], 0.0);
+  EXPECT_EQ(st["speculative"]["auto_draft_tokens"], -1);
 
   // The series catches up within a few samples and adds up to the same totals.
   json series;

@@ -106,6 +106,19 @@ class RmsNormF16 {
   vk::Pipeline pipeline_;
 };
 
+// A weight matrix (rows of `cols` values in a GGUF format: F32, F16, BF16, Q8_0, Q4_K, Q5_K, Q6_K) to
+// f16 rows, out[r · cols + c], for the prefill GEMMs (TROVE_PREFILL_WEIGHTS=f16: the matrix units then
+// read plain f16 weights instead of decoding K-quants per element). The values are the matmul
+// decoders' f32 ones (dequant_chunk.glsl) rounded to f16; cols a multiple of 32 and of the type's block.
+class DequantF16 {
+ public:
+  static Result<DequantF16> create(vk::Device& dev);
+  Status record(vk::CommandStream& s, quant::GgmlType type, vk::BufferRange w, uint32_t rows, uint32_t cols,
+                vk::BufferRange out) const;
+ private:
+  vk::Pipeline pipeline_;
+};
+
 class SwiGluF16 {
  public:
   static Result<SwiGluF16> create(vk::Device& dev);

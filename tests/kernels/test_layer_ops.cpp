@@ -1,4 +1,4 @@
-// GPU layer ops (RMSNorm incl. per-head QK-norm, SwiGLU, RoPE NEOX, the q/k norm + RoPE + KV write prologue, argmax, get_rows of every weight type) against
+// GPU layer ops (RMSNorm incl. per-head QK-norm, SwiGLU, RoPE NEOX, the q/k norm + RoPE + KV write prologue, argmax, get_rows of every weight type, weights to f16 rows) against
 // the C++ references in kernels/ref/layer_ref.h, on fresh random inputs with NaN-poisoned outputs.
 // Error bounds: fp32 norms/activations 2e-5 relative (+1e-6 absolute); RoPE 1e-5 absolute for
 // |x| ~ N(0,1) at positions up to 131071 (angles from 64-bit fixed-point turns: ~4e-7 rad, then fp32
@@ -245,6 +245,69 @@ TEST(GetRows, EveryWeightType) {
   auto q = ops::GetRows::create(*g.dev, static_cast<GgmlType>(2));  // Q4_0: not a trove type
   ASSERT_FALSE(q.ok());
   EXPECT_NE(q.status().ToString().find("get_rows"), std::string::npos);
+}
+
+// DequantF16 (dequant_f16.comp), the prefill GEMMs' f16 weights (TROVE_PREFILL_WEIGHTS=f16): every weight
+// type at the 8B's and 30B-A3B's widths, rows starting inside a buffer (a weight piece's offset) and written
+// at an offset of the output, against the host's dequantize_row rounded to nearest even: exact for the plain
+// types; the K-quants' scale × q − min may be one FMA on the GPU (one rounding less), so those may differ by
+// one f16 ulp, in at most 1% of the values. The output's halves outside the rows keep their poison.
+TEST(DequantF16, EveryWeightTypeToF16Rows) {
+  Gpu g;
+  ASSERT_TRUE(g.dev);
+  auto op = ops::DequantF16::create(*g.dev);
+  ASSERT_TRUE(op.ok()) << op.status().ToString();
+  std::mt19937 rng(std::random_device{}());
+  using quant::GgmlType;
+  constexpr uint16_t kPoison = 0x7e01;
+  constexpr uint64_t kLead = 256;  // bytes before the weight in its buffer, and before the output in its own
+  for (auto type : {GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q5_K,
+                    GgmlType::Q6_K}) {
+    for (uint32_t cols : {4096u, 2048u, 768u, 256u}) {
+      if (cols % quant::traits(type)->block_values != 0) continue;
+      const uint32_t rows = cols == 256 ? 301 : 67;
+      const uint64_t rb = quant::row_bytes(type, cols);
+      auto vals = randn(size_t(rows) * cols, rng, 0.05f);
+      std::vector<uint8_t> w(kLead + rb * rows + 4, 0xab);
+      for (uint32_t r = 0; r < rows; ++r) quant::quantize_row(type, vals.data() + size_t(r) * cols, w.data() + kLead + r * rb, cols);
+      std::vector<uint16_t> want(size_t(rows) * cols);
+      std::vector<float> row(cols);
+      for (uint32_t r = 0; r < rows; ++r) {
+        quant::dequantize_row(type, w.data() + kLead + r * rb, row.data(), cols);
+        for (uint32_t c = 0; c < cols; ++c) want[size_t(r) * cols + c] = quant::f32_to_f16(row[c]);
+      }
+      w.resize((w.size() + 3) / 4 * 4);
+      auto bw = g.up(w);
+      auto bo = g.up(std::vector<uint16_t>(kLead / 2 + want.size() + 64, kPoison));
+      auto s = g.dev->stream();
+      ASSERT_TRUE(op->record(*s, type, vk::BufferRange(bw, kLead, (rb * rows + 3) / 4 * 4), rows, cols,
+                             vk::BufferRange(bo, kLead, want.size() * 2)).ok());
+      ASSERT_TRUE(s->submit_and_wait().ok());
+      auto got = g.down<uint16_t>(bo, kLead / 2 + want.size() + 64);
+      for (size_t i = 0; i < kLead / 2; ++i) ASSERT_EQ(got[i], kPoison) << "half " << i << " before the output";
+      for (size_t i = 0; i < 64; ++i) ASSERT_EQ(got[kLead / 2 + want.size() + i], kPoison) << "half " << i << " after the output";
+      const bool plain = type == GgmlType::F32 || type == GgmlType::F16 || type == GgmlType::BF16;
+      size_t off_by_one = 0;
+      for (size_t i = 0; i < want.size(); ++i) {
+        const uint16_t a = got[kLead / 2 + i], b = want[i];
+        if (a == b) continue;
+        ASSERT_FALSE(plain) << quant::traits(type)->name << " cols " << cols << " value " << i << ": " << a << " vs " << b;
+        ASSERT_LE(std::abs(int(a) - int(b)), 1) << quant::traits(type)->name << " cols " << cols << " value " << i << ": "
+                                                << quant::f16_to_f32(a) << " vs " << quant::f16_to_f32(b);
+        ++off_by_one;
+      }
+      EXPECT_LE(off_by_one, want.size() / 100) << quant::traits(type)->name << " cols " << cols;
+    }
+  }
+  // Refused shapes and types, with what was wrong.
+  auto b = g.poisoned(1 << 16);
+  auto s = g.dev->stream();
+  auto st = op->record(*s, GgmlType::Q4_K, vk::BufferRange(b, 0, 1 << 16), 4, 100, vk::BufferRange(b, 0, 1 << 16));
+  EXPECT_NE(st.ToString().find("multiple of 32"), std::string::npos) << st.ToString();
+  st = op->record(*s, static_cast<GgmlType>(2), vk::BufferRange(b, 0, 1 << 16), 4, 256, vk::BufferRange(b, 0, 1 << 16));
+  EXPECT_NE(st.ToString().find("not supported"), std::string::npos) << st.ToString();
+  st = op->record(*s, GgmlType::F16, vk::BufferRange(b, 0, 1 << 16), 64, 4096, vk::BufferRange(b, 0, 1 << 16));
+  EXPECT_NE(st.ToString().find("too small"), std::string::npos) << st.ToString();
 }
 
 // QkNormRopeKv (qk_rope_kv.comp), the decode prologue the engine runs by default: per head and token,

@@ -160,7 +160,9 @@ int main(int argc, char** argv) {
   struct Gemm { const char* model; const char* name; uint32_t rows, cols; GgmlType type; };
   std::vector<Gemm> gemms = {{"8B", "attn_q/o", 4096, 4096, GgmlType::Q4_K},      {"8B", "attn_kv", 1024, 4096, GgmlType::Q4_K},
                              {"8B", "ffn_gate/up", 12288, 4096, GgmlType::Q4_K}, {"8B", "ffn_down", 4096, 12288, GgmlType::Q6_K},
-                             {"8B", "head", 151936, 4096, GgmlType::Q6_K},       {"30B-A3B", "attn_q", 4096, 2048, GgmlType::Q4_K}};
+                             {"8B", "head", 151936, 4096, GgmlType::Q6_K},       {"30B-A3B", "attn_q", 4096, 2048, GgmlType::Q4_K},
+                             // The FFN's weights as f16 (what dequantizing once per prefill step would feed).
+                             {"8B", "ffn_gate/up", 12288, 4096, GgmlType::F16},  {"8B", "ffn_down", 4096, 12288, GgmlType::F16}};
   std::vector<uint32_t> gemm_batches = {512, 2048};
   if (quick) {
     // The tiny preset's prefill shapes (fused QKV, FFN down), batch 64 and a 512-token chunk.

@@ -312,8 +312,12 @@ void main() {
   }
   la = setTensorLayoutDimensionNV(la, pc.rows, K);
   lac = setTensorLayoutDimensionNV(lac, pc.rows, K);
-  la = setTensorLayoutStrideNV(la, nb, 1);
-  lac = setTensorLayoutStrideNV(lac, nb, 1);
+  // Variant 1, unquantized weights (F16, BF16, F32): the row stride as a multiple of 8 elements, so the
+  // driver may take its aligned load path (the host asks cols % 32 == 0); K-quant and Q8_0 rows are
+  // block arrays.
+  const uint a_stride = kVariant != 0u && kBlockK == 1u ? (nb & ~7u) : nb;
+  la = setTensorLayoutStrideNV(la, a_stride, 1);
+  lac = setTensorLayoutStrideNV(lac, a_stride, 1);
   tensorLayoutNV<2> lb = createTensorLayoutNV(2);
   tensorLayoutNV<2, gl_CooperativeMatrixClampModeConstantNV> lbc = createTensorLayoutNV(2, gl_CooperativeMatrixClampModeConstantNV);
 #ifdef MATMUL_GROUPED

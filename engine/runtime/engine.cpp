@@ -209,6 +209,17 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
   TROVE_RETURN_IF_ERROR(env_switch("TROVE_MOE_F16", e->moe_f16_,
                                    "the default: the MoE prefill's expert GEMMs read the FFN input rounded to f16 once",
                                    "they read it as f32 and round it per tile, for A/B comparisons"));
+  if (const char* v = std::getenv("TROVE_PREFILL_WEIGHTS"); v && *v) {
+    const std::string_view m = v;
+    if (m != "f16" && m != "quant") {
+      return Status::InvalidArgument(fmt::format(
+          "TROVE_PREFILL_WEIGHTS={} is not a choice: use quant (the default: prefill GEMMs decode the weights as "
+          "stored, per element) or f16 (each layer's dense weights dequantized to f16 rows once per prefill step, "
+          "beside other work, and read by the GEMMs as f16; needs their size in f16 of device memory, e.g. ~390 MB "
+          "for Qwen3-8B)", m));
+    }
+    e->prefill_f16_ = m == "f16";
+  }
   std::optional<std::vector<L2WarmItem>> warm_env;
   if (const char* v = std::getenv("TROVE_L2_WARM"); v && *v) {
     auto items = parse_l2_warm(v);
@@ -290,9 +301,10 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
   uint64_t pool_blocks = opts.kv_pool_bytes ? opts.kv_pool_bytes / block_all_layers : blocks_per_seq * nseq;
   const uint64_t T = e->max_tokens_;
   const uint64_t ff = std::max<uint64_t>(c.n_ff, uint64_t{c.n_ff_exp});
-  const uint64_t scratch = 4 * (T * (4ull * c.n_embd + 3ull * c.n_head * c.head_dim + 2ull * c.n_head_kv * c.head_dim +
+  uint64_t scratch = 4 * (T * (4ull * c.n_embd + 3ull * c.n_head * c.head_dim + 2ull * c.n_head_kv * c.head_dim +
                                      3 * ff + 2ull * c.n_expert + 4) +
                                 T * c.n_expert_used * (2ull * c.n_embd + 3 * ff + 2) + 2ull * nseq * c.n_vocab);
+  if (e->prefill_f16_) scratch += e->prefill_f16_bytes();
   const uint64_t have = e->dev_->features().device_local_bytes;
   if (have && weight_bytes + scratch < have && !opts.kv_pool_bytes) {
     // Never plan the pool past 90% of what is left after weights and scratch.
@@ -485,6 +497,13 @@ Status VulkanEngine::load_weights(gguf::GgufFile& f, bool progress) {
   return Status::Ok();
 }
 
+uint64_t VulkanEngine::prefill_f16_bytes() const {
+  const ModelConfig& c = cfg_;
+  const uint64_t E = c.n_embd, q = uint64_t{c.n_head} * c.head_dim, kv = uint64_t{c.n_head_kv} * c.head_dim;
+  const uint64_t ffn = c.is_moe() ? 0 : 3ull * c.n_ff * E;
+  return 2 * ((q + 2 * kv) * E + E * q + ffn) + 4 * 256;
+}
+
 Status VulkanEngine::alloc_scratch() {
   const ModelConfig& c = cfg_;
   const uint64_t T = max_tokens_, S = logit_rows_ = std::max<uint32_t>(static_cast<uint32_t>(seqs_.size()), std::min<uint32_t>(64, max_tokens_));
@@ -511,6 +530,21 @@ Status VulkanEngine::alloc_scratch() {
     moe_.emplace(std::move(*moe));
   } else {
     want.insert(want.end(), {{&gate_, T * ff * 4, dl}, {&up_, T * ff * 4, dl}, {&h_, T * ff * 4, dl}, {&hh_, T * ff * 2, dl}});
+  }
+  if (prefill_f16_) {  // the f16 rows of each slot's largest layer (TROVE_PREFILL_WEIGHTS=f16)
+    uint64_t slot[kPrefillSlots] = {};
+    for (const Layer& L : layers_) {
+      slot[kSlotQkv] = std::max(slot[kSlotQkv], f16_bytes(L.q) + f16_bytes(L.k) + f16_bytes(L.v));
+      slot[kSlotO] = std::max(slot[kSlotO], f16_bytes(L.o));
+      if (!c.is_moe()) {
+        slot[kSlotGateUp] = std::max(slot[kSlotGateUp], f16_bytes(L.gate) + f16_bytes(L.up));
+        slot[kSlotDown] = std::max(slot[kSlotDown], f16_bytes(L.down));
+      }
+    }
+    for (int i = 0; i < kPrefillSlots; ++i) want.push_back({&prefill_f16_slots_[i], slot[i], dl});
+    auto op = ops::DequantF16::create(*dev_);
+    if (!op.ok()) return op.status();
+    dequant_f16_.emplace(std::move(*op));
   }
   for (auto& w : want) {
     auto b = dev_->buffer(std::max<uint64_t>(w.bytes, 16), w.mem);

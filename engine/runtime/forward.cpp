@@ -56,6 +56,33 @@ Status VulkanEngine::record_matmul(vk::CommandStream& s, const Weight& w, uint64
   return Status::Ok();
 }
 
+bool VulkanEngine::prefill_f16_step(uint32_t T) const {
+  return prefill_f16_ && T > ops::Matvec::kMaxBatch && (T >= ops::Matmul::kCoopmatMinBatch || !ops_.matmul.uses_coopmat());
+}
+
+// A dense weight of one piece of at most kMaxMatmulRows rows (every Qwen3 projection and FFN matrix)
+// takes the f16 form; anything else (none today) keeps its own.
+namespace {
+bool f16_eligible(const Weight& w) {
+  return w.experts == 1 && w.rows <= kMaxMatmulRows && w.pieces.size() == 1 && w.cols % 32 == 0;
+}
+}  // namespace
+
+Status VulkanEngine::record_dequant_f16(vk::CommandStream& s, const Weight& w, PrefillSlot slot, uint64_t at) {
+  if (w.type == GgmlType::F16 || !f16_eligible(w)) return Status::Ok();
+  const vk::Buffer& wb = w.whole();
+  return dequant_f16_->record(s, w.type, vk::BufferRange(wb, 0, std::min<uint64_t>((w.expert_bytes() + 3) / 4 * 4, wb.size())),
+                              static_cast<uint32_t>(w.rows), static_cast<uint32_t>(w.cols),
+                              vk::BufferRange(prefill_f16_slots_[slot], at, w.rows * w.cols * 2));
+}
+
+Status VulkanEngine::record_matmul_f16(vk::CommandStream& s, const Weight& w, PrefillSlot slot, uint64_t at, uint32_t batch,
+                                       vk::BufferRange x, vk::BufferRange y, bool x_f16) {
+  if (w.type == GgmlType::F16 || !f16_eligible(w)) return record_matmul(s, w, 0, batch, x, y, x_f16);
+  return ops_.matmul.record(s, GgmlType::F16, static_cast<uint32_t>(w.rows), static_cast<uint32_t>(w.cols), batch,
+                            vk::BufferRange(prefill_f16_slots_[slot], at, w.rows * w.cols * 2), x, y, 0, x_f16);
+}
+
 Status VulkanEngine::record_l2_warm(vk::CommandStream& s, WarmAt at, uint32_t layer, uint64_t (&done)[kWarmWhats]) {
   for (const L2WarmItem& it : l2_warm_) {
     if (it.at != at) continue;
@@ -378,8 +405,18 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
         attn_rows.push_back({placed[i].start, placed[i].n, placed[i].first});
       }
     }
+    // TROVE_PREFILL_WEIGHTS=f16: where each layer's weights are dequantized (prefill_f16_ above). The
+    // Q/K/V of layer l + 1 are written beside the last GEMM of layer l (down; the O projection in MoE
+    // layers), layer 0's beside its attention norm.
+    const bool pf = prefill_f16_step(T);
+    auto dequant_qkv = [&](const Layer& L) -> Status {
+      TROVE_RETURN_IF_ERROR(record_dequant_f16(s, L.q, kSlotQkv, 0));
+      TROVE_RETURN_IF_ERROR(record_dequant_f16(s, L.k, kSlotQkv, f16_bytes(L.q)));
+      return record_dequant_f16(s, L.v, kSlotQkv, f16_bytes(L.q) + f16_bytes(L.k));
+    };
     for (uint32_t l = 0; l < c.n_layer; ++l) {
       const Layer& L = layers_[l];
+      const Layer* next = l + 1 < c.n_layer ? &layers_[l + 1] : nullptr;
       uint64_t warmed[kWarmWhats] = {};  // words of each WarmWhat read into L2 so far in this layer
       auto warm_at = [&](WarmAt at) { return warm ? record_l2_warm(s, at, l, warmed) : Status::Ok(); };
       if (mv) {
@@ -390,11 +427,19 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
         } else {
           TROVE_RETURN_IF_ERROR(ops_.rms.record(s, x_, L.attn_norm.whole(), xn_, T, E, c.rms_eps));
         }
+        if (pf && l == 0) TROVE_RETURN_IF_ERROR(dequant_qkv(L));
         s.barrier();
         const vk::Buffer& xin = f16_acts ? xnh_ : xn_;
-        TROVE_RETURN_IF_ERROR(record_matmul(s, L.q, 0, T, xin, attn_, f16_acts));
-        TROVE_RETURN_IF_ERROR(record_matmul(s, L.k, 0, T, xin, o_, f16_acts));
-        TROVE_RETURN_IF_ERROR(record_matmul(s, L.v, 0, T, xin, v_, f16_acts));
+        if (pf) {
+          TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L.q, kSlotQkv, 0, T, xin, attn_, f16_acts));
+          TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L.k, kSlotQkv, f16_bytes(L.q), T, xin, o_, f16_acts));
+          TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L.v, kSlotQkv, f16_bytes(L.q) + f16_bytes(L.k), T, xin, v_, f16_acts));
+          TROVE_RETURN_IF_ERROR(record_dequant_f16(s, L.o, kSlotO, 0));
+        } else {
+          TROVE_RETURN_IF_ERROR(record_matmul(s, L.q, 0, T, xin, attn_, f16_acts));
+          TROVE_RETURN_IF_ERROR(record_matmul(s, L.k, 0, T, xin, o_, f16_acts));
+          TROVE_RETURN_IF_ERROR(record_matmul(s, L.v, 0, T, xin, v_, f16_acts));
+        }
       }
       s.barrier();
       mark(kOpQkv);
@@ -424,6 +469,10 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
         mark(kOpKvWrite);
       }
       TROVE_RETURN_IF_ERROR(warm_at(kWarmAttn));
+      if (pf && !c.is_moe()) {  // beside attention
+        TROVE_RETURN_IF_ERROR(record_dequant_f16(s, L.gate, kSlotGateUp, 0));
+        TROVE_RETURN_IF_ERROR(record_dequant_f16(s, L.up, kSlotGateUp, f16_bytes(L.gate)));
+      }
       if (!attn_rows.empty()) {
         TROVE_RETURN_IF_ERROR(ops_.attention.record_decode_rows(s, shape, H, scale, attn_rows, kv_[l], tables_,
                                                                 vk::BufferRange(q_, 0, uint64_t{T} * H * D * 4),
@@ -445,6 +494,12 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       if (mv) {
         TROVE_RETURN_IF_ERROR(warm_at(kWarmO));
         TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.o, x_}}, T, attn_, {}, Ep::kAdd));
+      } else if (pf) {
+        TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L.o, kSlotO, 0, T, attn_, o_));
+        if (!c.is_moe()) TROVE_RETURN_IF_ERROR(record_dequant_f16(s, L.down, kSlotDown, 0));
+        if (c.is_moe() && next) TROVE_RETURN_IF_ERROR(dequant_qkv(*next));
+        s.barrier();
+        TROVE_RETURN_IF_ERROR(ops_.add.record(s, x_, o_, x_, T * E));
       } else {
         TROVE_RETURN_IF_ERROR(record_matmul(s, L.o, 0, T, attn_, o_));
         s.barrier();
@@ -495,8 +550,13 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
         s.barrier();
         mark(kOpMoe);
       } else {
-        TROVE_RETURN_IF_ERROR(record_matmul(s, L.gate, 0, T, ffn_f16 ? xnh_ : xn_, gate_, ffn_f16));
-        TROVE_RETURN_IF_ERROR(record_matmul(s, L.up, 0, T, ffn_f16 ? xnh_ : xn_, up_, ffn_f16));
+        if (pf) {
+          TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L.gate, kSlotGateUp, 0, T, ffn_f16 ? xnh_ : xn_, gate_, ffn_f16));
+          TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L.up, kSlotGateUp, f16_bytes(L.gate), T, ffn_f16 ? xnh_ : xn_, up_, ffn_f16));
+        } else {
+          TROVE_RETURN_IF_ERROR(record_matmul(s, L.gate, 0, T, ffn_f16 ? xnh_ : xn_, gate_, ffn_f16));
+          TROVE_RETURN_IF_ERROR(record_matmul(s, L.up, 0, T, ffn_f16 ? xnh_ : xn_, up_, ffn_f16));
+        }
         s.barrier();
         if (ffn_f16) {
           TROVE_RETURN_IF_ERROR(ops_.swiglu_f16.record(s, gate_, up_, hh_, T * c.n_ff));
@@ -504,7 +564,12 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
           TROVE_RETURN_IF_ERROR(ops_.swiglu.record(s, gate_, up_, h_, T * c.n_ff));
         }
         s.barrier();
-        TROVE_RETURN_IF_ERROR(record_matmul(s, L.down, 0, T, ffn_f16 ? hh_ : h_, o_, ffn_f16));
+        if (pf) {
+          TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L.down, kSlotDown, 0, T, ffn_f16 ? hh_ : h_, o_, ffn_f16));
+          if (next) TROVE_RETURN_IF_ERROR(dequant_qkv(*next));
+        } else {
+          TROVE_RETURN_IF_ERROR(record_matmul(s, L.down, 0, T, ffn_f16 ? hh_ : h_, o_, ffn_f16));
+        }
         s.barrier();
         TROVE_RETURN_IF_ERROR(ops_.add.record(s, x_, o_, x_, T * E));
         s.barrier();

@@ -232,6 +232,25 @@ class VulkanEngine final : public Engine {
   // 4096-token prompts on the H100: 8B 548 → 712 tok/s, 30B-A3B 420 → 566 (docs/performance.md). Each
   // row's position is positions_[row] and its block table's offset in tables_ positions_[max_tokens_ + row].
   bool attention_step_batched_ = true;
+  // TROVE_PREFILL_WEIGHTS=f16 (off by default; an A/B knob until measured on a GPU): the matmul steps of
+  // the matrix units (kCoopmatMinBatch+ tokens; every matmul step on a device without them) read the
+  // dense weights as f16 rows (ops::DequantF16) instead of decoding K-quants per element. Each layer's
+  // Q/K/V, O, gate/up and down go to their own f16 buffer (prefill_f16_slots_), each written in the
+  // barrier interval before the one whose GEMM reads it (beside other work: see step()), so the
+  // dequantization overlaps the matrix units' products instead of preceding them.
+  enum PrefillSlot : uint8_t { kSlotQkv, kSlotO, kSlotGateUp, kSlotDown, kPrefillSlots };
+  bool prefill_f16_ = false;
+  std::optional<ops::DequantF16> dequant_f16_;
+  vk::Buffer prefill_f16_slots_[kPrefillSlots];
+  // Whether the step of T tokens (not through the matvec) reads f16 weights; where a weight's f16 rows
+  // lie in its slot (its place among the slot's weights, each 256-byte aligned); the dequantization of
+  // `w` into them (nothing for F16 weights, which the GEMM reads where they are) and the GEMM reading them.
+  bool prefill_f16_step(uint32_t T) const;
+  static uint64_t f16_bytes(const Weight& w) { return (w.rows * w.cols * 2 + 255) / 256 * 256; }
+  uint64_t prefill_f16_bytes() const;  // the slots' size from the model's shapes (the memory plan, before loading)
+  Status record_dequant_f16(vk::CommandStream& s, const Weight& w, PrefillSlot slot, uint64_t at);
+  Status record_matmul_f16(vk::CommandStream& s, const Weight& w, PrefillSlot slot, uint64_t at, uint32_t batch,
+                           vk::BufferRange x, vk::BufferRange y, bool x_f16 = false);
   std::map<std::array<uint64_t, 3>, uint32_t> replays_;
   static constexpr size_t kMaxReplays = 64;  // past this many keys the captures are dropped and made anew
   // L2 warm-ups in decode steps (matvec path; engine/runtime/l2_warm_plan.h): none unless TROVE_L2_WARM

@@ -614,6 +614,50 @@ TEST(Engine, BatchedAttentionStepGivesTheBitsOfPerSequenceAttention) {
   EXPECT_NE(e.status().message().find("TROVE_ATTENTION_STEP=one is not a choice"), std::string::npos) << e.status().message();
 }
 
+// TROVE_PREFILL_WEIGHTS=f16: the matmul steps read each layer's dense weights as f16 rows, dequantized
+// into per-role buffers in the barrier interval before their GEMM (Q/K/V of the next layer beside this
+// layer's down — or its O projection in MoE layers). On lavapipe every matmul step takes it (no matrix
+// units), so two prefill chunks (24 and 20 tokens: layer 0's Q/K/V written at each step's start) and a
+// one-token decode step (the matvec, untouched) must give the quantized engine's greedy tokens and
+// logits within the weights' f16 rounding (2e-3 relative L2, measured up to 3.4e-4; a weight in the wrong slot
+// or read before it is written is off by order 1) — and not its bits on the prefill steps, or the f16
+// rows were not read. Dense (Q4_K / Q6_K) and MoE (its attention weights) models. A bad value is named.
+TEST(Engine, PrefillWeightsInF16GiveTheQuantizedLogits) {
+  for (const std::string& path : {quantized_model_path(), moe_model_path()}) {
+    std::unique_ptr<engine::Engine> q, h;
+    q = load(256, 1, 0, 64, path);
+    {
+      ScopedEnv f16("TROVE_PREFILL_WEIGHTS", "f16");
+      h = load(256, 1, 0, 64, path);
+    }
+    ASSERT_TRUE(q && h);
+    auto a = q->open_sequence(), b = h->open_sequence();
+    ASSERT_TRUE(a.ok() && b.ok());
+    const auto p = prompt(44, 61);
+    const std::vector<std::vector<int32_t>> steps = {{p.begin(), p.begin() + 24}, {p.begin() + 24, p.end()}};
+    std::vector<int32_t> next;
+    for (size_t i = 0; i <= steps.size(); ++i) {
+      const std::vector<int32_t>& in = i < steps.size() ? steps[i] : next;
+      auto rq = q->step(std::vector<StepInput>{logits_of(*a, in)});
+      auto rh = h->step(std::vector<StepInput>{logits_of(*b, in)});
+      ASSERT_TRUE(rq.ok() && rh.ok()) << rq.status().ToString() << " / " << rh.status().ToString();
+      const double d = rel_diff((*rh)[0].logits, (*rq)[0].logits);
+      std::printf("%s, step %zu (%zu tokens): f16 weights vs quantized, relative logits difference %.3g\n",
+                  path.c_str(), i, in.size(), d);
+      EXPECT_EQ((*rh)[0].token, (*rq)[0].token) << path << " step " << i;
+      EXPECT_LT(d, 2e-3) << path << " step " << i;
+      if (i < steps.size()) EXPECT_GT(d, 0.0) << path << " step " << i << ": the prefill step did not read f16 weights";
+      next = {(*rq)[0].token};
+    }
+  }
+  ScopedEnv bad("TROVE_PREFILL_WEIGHTS", "f32");
+  engine::EngineOptions o;
+  o.model_path = quantized_model_path();
+  auto e = engine::Engine::load(o);
+  ASSERT_FALSE(e.ok());
+  EXPECT_NE(e.status().message().find("TROVE_PREFILL_WEIGHTS=f32 is not a choice"), std::string::npos) << e.status().message();
+}
+
 TEST(Engine, OpProfileLeavesOutStepsThatCompiledPipelines) {
   log::ScopedLogCapture logs;
   {

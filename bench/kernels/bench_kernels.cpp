@@ -204,7 +204,7 @@ int main(int argc, char** argv) {
     // cm2 variants (matmul.h, TROVE_CM2_VARIANT) on the cm2 path, the KHR kernel's prefetch distances
     // (TROVE_KHR_PREFETCH: 1 or 2 steps) on the KHR path: both of each, for A/B in one run.
     std::vector<uint32_t> variants = {0};
-    if (path == ops::MatmulPath::kCm2) variants = {0, 1};
+    if (path == ops::MatmulPath::kCm2) variants = {0, 1, 2};
     if (path == ops::MatmulPath::kKhr) variants = {1, 2};
     for (const auto& g : gemms) {
       for (uint32_t batch : gemm_batches) {

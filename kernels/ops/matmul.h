@@ -45,12 +45,16 @@
 // each workgroup's (expert, tile) by a serial walk in one invocation (no subgroup operations).
 //
 // cm2 variants (for A/B on the GPU; defaults are the measured ones):
-//  - TROVE_CM2_VARIANT=0|1 (force_cm2_variant): 0 = K-quant scales fetched into shared memory at each
+//  - TROVE_CM2_VARIANT=0|1|2 (force_cm2_variant): 0 = K-quant scales fetched into shared memory at each
 //    256-value block; 1 = Q4_K/Q5_K scales prefetched a block ahead, Q6_K scales read in the decode
 //    function and its quants as 16-bit words, K steps unrolled per 256-value block, activation rows
-//    declared 16-byte aligned; grouped: slot tiles with at most BN/2 slots on a BN/2-wide accumulator
-//    (matmul_cm2_tile.glsl). Dense and grouped cm2 calls: unset, the automatic path's large dense
-//    calls take 1 and grouped calls 0; set, every cm2 call takes it.
+//    (and plain weights' rows) declared 16-byte aligned; grouped: slot tiles with at most BN/2 slots on
+//    a BN/2-wide accumulator; 2 = 1 plus, for dense calls, interior tiles told apart once per workgroup
+//    (two branch-free K loops instead of a clamp test per K step) and plain / Q8_0 weights 8 K steps an
+//    outer step, and for all calls Q4_K quants read as 16-bit words and the shared scales at a row
+//    stride of BM + 2 — the differences from llama.cpp's cm2 kernel read in its source (2026-12-05),
+//    not measured yet (matmul_cm2_tile.glsl). Dense and grouped cm2 calls: unset, the automatic path's
+//    large dense calls take 1 and grouped calls 0; set, every cm2 call takes it.
 //  - TROVE_MATMUL_ACC=f16|f32 (force_acc_f16): the accumulators of the cm2 kernels (dense and grouped)
 //    and of the dense KHR kernel (default f32). f16 halves their registers (a 128×256 f32 cm2 tile is
 //    128 registers a lane over 256 lanes), as llama.cpp's matrix-unit kernels do by default, at f16

@@ -36,7 +36,11 @@ layout(constant_id = 5) const uint BK = 32u;   // 32 or 64; cols is a multiple o
 // products), Q6_K with no shared scales at all (d × int8 scale read in the decode function, the
 // quants read as 16-bit words so the two values of a pair share the loads) and no barriers; the BK
 // steps of a 256-value block unrolled; the activation row stride given as a multiple of 8 (alignment);
-// grouped: slot tiles with at most BN/2 slots on a BM × BN/2 accumulator.
+// grouped: slot tiles with at most BN/2 slots on a BM × BN/2 accumulator. 2 = variant 1 and (grouped
+// calls: only the last two): whether the tile is interior (no clamped loads) decided once per
+// workgroup, each case with its own K loop free of branches; unquantized and Q8_0 weights unrolled 8 K
+// steps deep (a remainder loop for the rest of K); Q4_K quants read as 16-bit words; the shared scales
+// at a row stride of BM + 2 (kScaleStride).
 layout(constant_id = 6) const uint kVariant = 0u;
 // Grouped only: 1 = x is already in slot order (x row of slot s is s, as for down, whose input the
 // SwiGLU wrote per slot): B is a plain tensor load of rows slot0 .. slot0+BN (clamped at x_rows), no
@@ -92,7 +96,8 @@ layout(buffer_reference, std430, buffer_reference_align = 2) buffer RefF16 { flo
 
 // Per-row scales of the current 256-value block: [sub-block of 32][row in tile]. Q4_K/Q5_K:
 // (d·scale, dmin·min); Q6_K: (d·scale of values 0..15, d·scale of values 16..31). 8 KiB at BM = 128.
-shared vec2 sh_scale[8u * BM];
+const uint kScaleStride = kVariant == 2u ? BM + 2u : BM;
+shared vec2 sh_scale[8u * (BM + 2u)];
 
 float16_t decode_f32(const in RefF32 p, const in uint bc[2], const in uint ib[2]) { return float16_t(p.v); }
 float16_t decode_bf16(const in RefBF16 p, const in uint bc[2], const in uint ib[2]) {
@@ -103,23 +108,33 @@ float16_t decode_q8_0(const in RefQ8_0 p, const in uint bc[2], const in uint ib[
 }
 float16_t decode_q4_k(const in RefQ4_K p, const in uint bc[2], const in uint ib[2]) {
   uint i = ib[1], sb = i >> 5;
-  vec2 s = sh_scale[sb * BM + bc[0] % BM];
+  vec2 s = sh_scale[sb * kScaleStride + bc[0] % BM];
   uint q = (uint(p.b.qs[32u * (sb >> 1) + (i & 31u)]) >> (4u * (sb & 1u))) & 15u;
   return float16_t(s.x * float(q) - s.y);
 }
 float16_t decode_q5_k(const in RefQ5_K p, const in uint bc[2], const in uint ib[2]) {
   uint i = ib[1], sb = i >> 5, l = i & 31u;
-  vec2 s = sh_scale[sb * BM + bc[0] % BM];
+  vec2 s = sh_scale[sb * kScaleStride + bc[0] % BM];
   uint q = ((uint(p.b.qs[32u * (sb >> 1) + l]) >> (4u * (sb & 1u))) & 15u) | (((uint(p.b.qh[l]) >> sb) & 1u) << 4);
   return float16_t(s.x * float(q) - s.y);
 }
 float16_t decode_q6_k(const in RefQ6_K p, const in uint bc[2], const in uint ib[2]) {
   uint i = ib[1], n = i >> 7, g = (i >> 5) & 3u, l = i & 31u;
-  vec2 s2 = sh_scale[(i >> 5) * BM + bc[0] % BM];
+  vec2 s2 = sh_scale[(i >> 5) * kScaleStride + bc[0] % BM];
   float s = (i & 16u) != 0u ? s2.y : s2.x;
   uint lo = (uint(p.b.ql[64u * n + 32u * (g & 1u) + l]) >> (g < 2u ? 0u : 4u)) & 15u;
   uint hi = (uint(p.b.qh[32u * n + l]) >> (2u * g)) & 3u;
   return float16_t(s * (float(lo | (hi << 4)) - 32.0));
+}
+// Variant 2: Q4_K quants as 16-bit words (the two values of a pair share a load); scales as variant 1.
+struct BlockQ4_K16 { f16vec2 dm; uint16_t scales[6]; uint16_t qs[64]; };
+layout(buffer_reference, std430, buffer_reference_align = 16) buffer RefQ4_K16 { BlockQ4_K16 b; };
+float16_t decode_q4_k16(const in RefQ4_K p, const in uint bc[2], const in uint ib[2]) {
+  RefQ4_K16 w = RefQ4_K16(p);
+  uint i = ib[1], sb = i >> 5, l = i & 31u;
+  vec2 s = sh_scale[sb * kScaleStride + bc[0] % BM];
+  uint q = (uint(w.b.qs[16u * (sb >> 1) + (l >> 1)]) >> (4u * (sb & 1u) + 8u * (l & 1u))) & 15u;
+  return float16_t(s.x * float(q) - s.y);
 }
 // Variant 1: value i of the block from 16-bit words; scale d × scales[i / 16] from the block itself.
 float16_t decode_q6_k16(const in RefQ6_K p, const in uint bc[2], const in uint ib[2]) {
@@ -181,7 +196,7 @@ void fetch_scales(uint r0, uint kb, uint wblk) {
     if (kType == kQ6_K) {
       float d = float(wq6_k[blk].d);
       for (uint s = part; s < 8u; s += per_row) {
-        sh_scale[s * BM + row] = d * vec2(float(wq6_k[blk].scales[2u * s]), float(wq6_k[blk].scales[2u * s + 1u]));
+        sh_scale[s * kScaleStride + row] = d * vec2(float(wq6_k[blk].scales[2u * s]), float(wq6_k[blk].scales[2u * s + 1u]));
       }
     } else {
       vec2 dm = kType == kQ4_K ? vec2(wq4_k[blk].dm) : vec2(wq5_k[blk].dm);
@@ -206,7 +221,7 @@ void fetch_scales(uint r0, uint kb, uint wblk) {
             mn = (a >> 4) | ((uint(wq5_k[blk].scales[s]) >> 6) << 4);
           }
         }
-        sh_scale[s * BM + row] = vec2(dm.x * float(sc), dm.y * float(mn));
+        sh_scale[s * kScaleStride + row] = vec2(dm.x * float(sc), dm.y * float(mn));
       }
     }
   }
@@ -224,7 +239,7 @@ void store_scales(uint r0) {
   barrier();  // the previous block's decodes are done
   const uint per_row = WG / BM, row = gl_LocalInvocationID.x / per_row, part = gl_LocalInvocationID.x % per_row;
   if (row < BM && r0 + row < pc.rows) {
-    for (uint s = part; s < 8u; s += per_row) sh_scale[s * BM + row] = k4_scale_min(scale_raw, s);
+    for (uint s = part; s < 8u; s += per_row) sh_scale[s * kScaleStride + row] = k4_scale_min(scale_raw, s);
   }
   barrier();
 }
@@ -248,6 +263,7 @@ const uint kElemBytes = kType == kF32 ? 4u : (kType == kF16 || kType == kBF16) ?
   else if (kType == kF16) coopMatLoadTensorNV(mat, wf16, ao, la);                                           \
   else if (kType == kBF16) coopMatLoadTensorNV(mat, wbf16, ao, la, decode_bf16);                            \
   else if (kType == kQ8_0) coopMatLoadTensorNV(mat, wq8_0, ao, la, decode_q8_0);                            \
+  else if (kType == kQ4_K && kVariant == 2u) coopMatLoadTensorNV(mat, wq4_k, ao, la, decode_q4_k16);      \
   else if (kType == kQ4_K) coopMatLoadTensorNV(mat, wq4_k, ao, la, decode_q4_k);                            \
   else if (kType == kQ5_K) coopMatLoadTensorNV(mat, wq5_k, ao, la, decode_q5_k);                            \
   else if (kVariant != 0u) coopMatLoadTensorNV(mat, wq6_k, ao, la, decode_q6_k16);                         \
@@ -420,6 +436,41 @@ void main() {
     K_LOOP_AND_STORE(BN)
   }
 #else
-  K_LOOP_AND_STORE(BN)
+  if (kVariant == 2u) {
+    // Variant 2: interior or edge decided once; the loop of each has no branches. Outer steps of KB2
+    // values: a 256-value block for K-quants (cols is a multiple of it), else 8 K steps and a remainder.
+    const uint KB2 = kKQuant ? 256u : 8u * BK;
+    coopmat<ACC_T, gl_ScopeWorkgroup, BM, BN, gl_MatrixUseAccumulator> acc =
+        coopmat<ACC_T, gl_ScopeWorkgroup, BM, BN, gl_MatrixUseAccumulator>(0.0);
+    if (kScalesPrefetch) prefetch_scales(r0, 0u, wblk);
+#define K_STEP2(k0, LA, LB)                                                                                  \
+    {                                                                                                        \
+      coopmat<float16_t, gl_ScopeWorkgroup, BM, BK, gl_MatrixUseA> a;                                        \
+      coopmat<float16_t, gl_ScopeWorkgroup, BK, BN, gl_MatrixUseB> b;                                        \
+      LOAD_A(a, w_elem, sliceTensorLayoutNV(LA, r0, BM, k0, BK))                                             \
+      LOAD_B(b, sliceTensorLayoutNV(LB, b0, BN, k0, BK))                                                     \
+      acc = coopMatMulAdd(a, b, acc);                                                                        \
+    }
+#define K_LOOP2(LA, LB)                                                                                      \
+    {                                                                                                        \
+      uint kb0 = 0u;                                                                                         \
+      for (; kb0 + KB2 <= K; kb0 += KB2) {                                                                   \
+        if (kScalesPrefetch) {                                                                               \
+          store_scales(r0);                                                                                  \
+          if (kb0 + 256u < K) prefetch_scales(r0, kb0 / 256u + 1u, wblk);                                    \
+        }                                                                                                    \
+        [[unroll]] for (uint kj = 0u; kj < KB2 / BK; ++kj) K_STEP2(kb0 + kj * BK, LA, LB)                   \
+      }                                                                                                      \
+      for (; !kKQuant && kb0 < K; kb0 += BK) K_STEP2(kb0, LA, LB)                                           \
+    }
+    if (inside) {
+      K_LOOP2(la, lb)
+    } else {
+      K_LOOP2(lac, lbc)
+    }
+    STORE_ACC(acc, BN)
+  } else {
+    K_LOOP_AND_STORE(BN)
+  }
 #endif
 }

@@ -265,10 +265,13 @@ TEST(Matmul, MatrixPathsMatchReference) {
   }
 }
 
-// cm2 variant 1 (prefetched K-quant scales, Q6_K decoded from 16-bit words with its scales read in
-// the decode function; matmul.h, TROVE_CM2_VARIANT) against the reference: the K-quants and Q8_0,
-// partial tiles both ways, f16 and f32 activations, K of one and of several 256-value blocks; then
-// f16 accumulators (TROVE_MATMUL_ACC=f16) on variants 0 and 1.
+// cm2 variants 1 (prefetched K-quant scales, Q6_K decoded from 16-bit words with its scales read in
+// the decode function; matmul.h, TROVE_CM2_VARIANT) and 2 (1 with the interior test once per workgroup,
+// plain and Q8_0 weights 8 K steps an outer step with a remainder, Q4_K from 16-bit words, scales at a
+// stride of BM + 2) against the reference: the K-quants and Q8_0, partial tiles both ways, f16 and f32
+// activations, K of one and of several 256-value blocks; variant 2 also whole tiles (its interior
+// loop) and F16 / Q8_0 weights with K of 3 outer steps and a remainder, and 2 outer steps exactly;
+// then f16 accumulators (TROVE_MATMUL_ACC=f16) on variants 0, 1 and 2.
 // Skipped where the device has no NV cooperative matrix 2 (lavapipe): run on the H200.
 TEST(Matmul, Cm2VariantOneMatchesReference) {
   auto dev = open_device();
@@ -277,10 +280,11 @@ TEST(Matmul, Cm2VariantOneMatchesReference) {
   if (!ops::Matmul::available(*dev, MatmulPath::kCm2, &why)) GTEST_SKIP() << "no cm2 here: " << why;
   auto op = ops::Matmul::create(*dev, MatmulPath::kCm2);
   ASSERT_TRUE(op.ok()) << op.status().ToString();
-  op->force_cm2_variant(1);
   uint64_t seed = 700;
+  for (uint32_t variant : {1u, 2u}) {
+  op->force_cm2_variant(variant);
   for (MatmulTile tile : {MatmulTile::kMedium, MatmulTile::kSmall}) {
-    SCOPED_TRACE(testing::Message() << "tile " << tile_name(tile));
+    SCOPED_TRACE(testing::Message() << "variant " << variant << " tile " << tile_name(tile));
     op->force_tile(tile);
     for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K}) {
       check(*dev, *op, type, 100, 768, 37, seed++, 2e-3, true);   // 3 blocks: prefetch over several
@@ -288,8 +292,18 @@ TEST(Matmul, Cm2VariantOneMatchesReference) {
     }
     if (tile == MatmulTile::kMedium) {
       check(*dev, *op, GgmlType::Q6_K, 70, 512, 45, seed++, 2e-3, false);  // f32 activations
-      check(*dev, *op, GgmlType::Q8_0, 100, 512, 37, seed++, 2e-3, true);   // untouched by the variant
+      check(*dev, *op, GgmlType::Q8_0, 100, 512, 37, seed++, 2e-3, true);   // untouched by variant 1
     }
+    if (variant == 2) {  // whole tiles (the interior loop), and the 8-step outer loop with its remainder
+      const uint32_t bm = tile == MatmulTile::kMedium ? 128 : 64;
+      for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q6_K}) check(*dev, *op, type, 2 * bm, 512, 2 * bm, seed++, 2e-3, true);
+      for (GgmlType type : {GgmlType::F16, GgmlType::Q8_0}) {
+        check(*dev, *op, type, 2 * bm, 800, 2 * bm, seed++, 2e-3, true);  // BK 32: 3 outer steps + 1 step
+        check(*dev, *op, type, bm + 5, 1024, bm - 3, seed++, 2e-3, true);  // BK 64: 2 outer steps, partial tiles
+      }
+      check(*dev, *op, GgmlType::BF16, 2 * bm, 224, 2 * bm, seed++, 2e-3, false);  // 7 steps: the remainder loop only; f32 activations
+    }
+  }
   }
   // Other large tiles (TROVE_CM2_LARGE): 256 rows, with and without f16 accumulators; partial tiles.
   for (auto [bm, bn] : {std::pair{256u, 256u}, std::pair{256u, 128u}}) {
@@ -306,7 +320,7 @@ TEST(Matmul, Cm2VariantOneMatchesReference) {
   // f16 accumulators (TROVE_MATMUL_ACC=f16): sums rounded to f16 at every step, so a wider bound.
   op->force_acc_f16(true);
   op->force_tile(MatmulTile::kMedium);
-  for (uint32_t variant : {0u, 1u}) {
+  for (uint32_t variant : {0u, 1u, 2u}) {
     SCOPED_TRACE(testing::Message() << "f16 accumulators, variant " << variant);
     op->force_cm2_variant(variant);
     for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0}) {
@@ -429,13 +443,13 @@ TEST(Matmul, TroveKhrPrefetchIsChecked) {
 }
 
 // The A/B knobs (matmul.h): TROVE_GROUPED_BY_SLOT takes 0 or 1, TROVE_CM2_MIN_TILES a positive
-// count, TROVE_CM2_MIN_BATCH a column count of 32 or more, TROVE_CM2_LARGE BMxBN of 64/128/256, TROVE_CM2_VARIANT 0 or 1, TROVE_GROUPED_TILE BMxBN[xBK], TROVE_MATMUL_ACC f16 or f32; anything
+// count, TROVE_CM2_MIN_BATCH a column count of 32 or more, TROVE_CM2_LARGE BMxBN of 64/128/256, TROVE_CM2_VARIANT 0, 1 or 2, TROVE_GROUPED_TILE BMxBN[xBK], TROVE_MATMUL_ACC f16 or f32; anything
 // else is refused by name, whatever the path.
 TEST(Matmul, GroupedBySlotAndCm2MinTilesAreChecked) {
   auto dev = open_device();
   ASSERT_TRUE(dev);
   for (auto [name, bad, good] : {std::tuple{"TROVE_GROUPED_BY_SLOT", "yes", "1"}, std::tuple{"TROVE_CM2_MIN_TILES", "0", "128"},
-                                 std::tuple{"TROVE_CM2_MIN_TILES", "12x", "64"}, std::tuple{"TROVE_CM2_VARIANT", "2", "1"},
+                                 std::tuple{"TROVE_CM2_MIN_TILES", "12x", "64"}, std::tuple{"TROVE_CM2_VARIANT", "3", "2"},
                                  std::tuple{"TROVE_CM2_MIN_BATCH", "16", "512"}, std::tuple{"TROVE_CM2_MIN_BATCH", "5l2", "2048"},
                                  std::tuple{"TROVE_CM2_LARGE", "128x512", "256x256"}, std::tuple{"TROVE_CM2_LARGE", "256", "256x128"},
                                  std::tuple{"TROVE_GROUPED_TILE", "64x48", "64x32"}, std::tuple{"TROVE_MATMUL_ACC", "half", "f16"}}) {
@@ -621,7 +635,7 @@ TEST(GroupedMatmul, MatchesReferenceForAdversarialRoutings) {
   }
 }
 
-// The cm2 grouped kernel's other tiles and variant 1 (matmul.h: TROVE_GROUPED_TILE, TROVE_CM2_VARIANT)
+// The cm2 grouped kernel's other tiles and variants 1 and 2 (matmul.h: TROVE_GROUPED_TILE, TROVE_CM2_VARIANT)
 // on the adversarial routings: every slot to one expert (several slot tiles), empty experts, one
 // slot, K of three blocks. Skipped where the device has no NV cooperative matrix 2 (lavapipe).
 TEST(GroupedMatmul, Cm2TilesAndVariantsMatchReference) {
@@ -634,7 +648,7 @@ TEST(GroupedMatmul, Cm2TilesAndVariantsMatchReference) {
   ASSERT_TRUE(op.ok()) << op.status().ToString();
   struct Cfg { uint32_t bm, bn, variant; };
   uint64_t seed = 800;
-  for (const Cfg& c : {Cfg{64, 64, 1}, Cfg{128, 32, 1}, Cfg{64, 32, 0}}) {
+  for (const Cfg& c : {Cfg{64, 64, 1}, Cfg{128, 32, 1}, Cfg{64, 32, 0}, Cfg{64, 64, 2}}) {
     SCOPED_TRACE(testing::Message() << "tile " << c.bm << "x" << c.bn << " variant " << c.variant);
     op->force_grouped_tile(c.bm, c.bn);
     op->force_cm2_variant(c.variant);

@@ -211,14 +211,16 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
                                    "they read it as f32 and round it per tile, for A/B comparisons"));
   if (const char* v = std::getenv("TROVE_PREFILL_WEIGHTS"); v && *v) {
     const std::string_view m = v;
-    if (m != "f16" && m != "quant") {
+    if (m != "f16" && m != "f16-dense" && m != "quant") {
       return Status::InvalidArgument(fmt::format(
           "TROVE_PREFILL_WEIGHTS={} is not a choice: use quant (the default: prefill GEMMs decode the weights as "
-          "stored, per element) or f16 (each layer's dense weights dequantized to f16 rows once per prefill step, "
-          "beside other work, and read by the GEMMs as f16; needs their size in f16 of device memory, e.g. ~390 MB "
-          "for Qwen3-8B)", m));
+          "stored, per element), f16 (each layer's weights dequantized to f16 rows once per prefill step, beside "
+          "other work, and read by the GEMMs as f16; needs one layer's weights in f16 of device memory, e.g. ~390 MB "
+          "for Qwen3-8B, ~1.3 GB for Qwen3-30B-A3B with its experts) or f16-dense (the same but a MoE layer's "
+          "experts stay as stored)", m));
     }
-    e->prefill_f16_ = m == "f16";
+    e->prefill_f16_ = m != "quant";
+    e->prefill_f16_experts_ = m == "f16";
   }
   std::optional<std::vector<L2WarmItem>> warm_env;
   if (const char* v = std::getenv("TROVE_L2_WARM"); v && *v) {
@@ -500,8 +502,8 @@ Status VulkanEngine::load_weights(gguf::GgufFile& f, bool progress) {
 uint64_t VulkanEngine::prefill_f16_bytes() const {
   const ModelConfig& c = cfg_;
   const uint64_t E = c.n_embd, q = uint64_t{c.n_head} * c.head_dim, kv = uint64_t{c.n_head_kv} * c.head_dim;
-  const uint64_t ffn = c.is_moe() ? 0 : 3ull * c.n_ff * E;
-  return 2 * ((q + 2 * kv) * E + E * q + ffn) + 4 * 256;
+  const uint64_t ffn = c.is_moe() ? (prefill_f16_experts_ ? 3ull * c.n_expert * c.n_ff_exp * E : 0) : 3ull * c.n_ff * E;
+  return 2 * ((q + 2 * kv) * E + E * q + ffn) + kPrefillSlots * 256;
 }
 
 Status VulkanEngine::alloc_scratch() {
@@ -539,6 +541,8 @@ Status VulkanEngine::alloc_scratch() {
       if (!c.is_moe()) {
         slot[kSlotGateUp] = std::max(slot[kSlotGateUp], f16_bytes(L.gate) + f16_bytes(L.up));
         slot[kSlotDown] = std::max(slot[kSlotDown], f16_bytes(L.down));
+      } else if (prefill_f16_experts_) {
+        slot[kSlotExperts] = std::max(slot[kSlotExperts], f16_bytes(L.gate_exps) + f16_bytes(L.up_exps) + f16_bytes(L.down_exps));
       }
     }
     for (int i = 0; i < kPrefillSlots; ++i) want.push_back({&prefill_f16_slots_[i], slot[i], dl});

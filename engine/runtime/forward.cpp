@@ -66,14 +66,30 @@ namespace {
 bool f16_eligible(const Weight& w) {
   return w.experts == 1 && w.rows <= kMaxMatmulRows && w.pieces.size() == 1 && w.cols % 32 == 0;
 }
+// A MoE layer's stacked experts (one buffer, as the MoE kernels need) as rows of f16.
+bool experts_f16_eligible(const Weight& w) { return w.pieces.size() == 1 && w.cols % 32 == 0; }
 }  // namespace
 
 Status VulkanEngine::record_dequant_f16(vk::CommandStream& s, const Weight& w, PrefillSlot slot, uint64_t at) {
-  if (w.type == GgmlType::F16 || !f16_eligible(w)) return Status::Ok();
+  if (w.type == GgmlType::F16 || !(slot == kSlotExperts ? experts_f16_eligible(w) : f16_eligible(w))) return Status::Ok();
   const vk::Buffer& wb = w.whole();
-  return dequant_f16_->record(s, w.type, vk::BufferRange(wb, 0, std::min<uint64_t>((w.expert_bytes() + 3) / 4 * 4, wb.size())),
-                              static_cast<uint32_t>(w.rows), static_cast<uint32_t>(w.cols),
-                              vk::BufferRange(prefill_f16_slots_[slot], at, w.rows * w.cols * 2));
+  const uint64_t rows = w.experts * w.rows;
+  return dequant_f16_->record(s, w.type, vk::BufferRange(wb, 0, std::min<uint64_t>((rows * w.row_bytes + 3) / 4 * 4, wb.size())),
+                              static_cast<uint32_t>(rows), static_cast<uint32_t>(w.cols),
+                              vk::BufferRange(prefill_f16_slots_[slot], at, rows * w.cols * 2));
+}
+
+MoeLayerWeights VulkanEngine::experts_f16(const Layer& L) const {
+  MoeLayerWeights m = L.moe;
+  uint64_t at = 0;
+  for (auto [w, e] : {std::pair{&L.gate_exps, &m.gate}, std::pair{&L.up_exps, &m.up}, std::pair{&L.down_exps, &m.down}}) {
+    if (w->type != GgmlType::F16 && experts_f16_eligible(*w)) {
+      e->type = GgmlType::F16;
+      e->w = vk::BufferRange(prefill_f16_slots_[kSlotExperts], at, w->experts * w->rows * w->cols * 2);
+    }
+    at += f16_bytes(*w);
+  }
+  return m;
 }
 
 Status VulkanEngine::record_matmul_f16(vk::CommandStream& s, const Weight& w, PrefillSlot slot, uint64_t at, uint32_t batch,
@@ -473,6 +489,11 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
         TROVE_RETURN_IF_ERROR(record_dequant_f16(s, L.gate, kSlotGateUp, 0));
         TROVE_RETURN_IF_ERROR(record_dequant_f16(s, L.up, kSlotGateUp, f16_bytes(L.gate)));
       }
+      if (pf && c.is_moe() && prefill_f16_experts_) {  // the experts beside attention (the slot is free: layer l − 1's FFN is done)
+        TROVE_RETURN_IF_ERROR(record_dequant_f16(s, L.gate_exps, kSlotExperts, 0));
+        TROVE_RETURN_IF_ERROR(record_dequant_f16(s, L.up_exps, kSlotExperts, f16_bytes(L.gate_exps)));
+        TROVE_RETURN_IF_ERROR(record_dequant_f16(s, L.down_exps, kSlotExperts, f16_bytes(L.gate_exps) + f16_bytes(L.up_exps)));
+      }
       if (!attn_rows.empty()) {
         TROVE_RETURN_IF_ERROR(ops_.attention.record_decode_rows(s, shape, H, scale, attn_rows, kv_[l], tables_,
                                                                 vk::BufferRange(q_, 0, uint64_t{T} * H * D * 4),
@@ -543,7 +564,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       s.barrier();
       mark(kOpFfnNorm);
       if (c.is_moe()) {
-        TROVE_RETURN_IF_ERROR(moe_->record(s, ops_.matmul, L.moe, xn_, x_, T, [&](MoeStage st) {
+        TROVE_RETURN_IF_ERROR(moe_->record(s, ops_.matmul, pf && prefill_f16_experts_ ? experts_f16(L) : L.moe, xn_, x_, T, [&](MoeStage st) {
           static constexpr OpKind kind[] = {kOpMoeRouter, kOpMoeRoute, kOpMoeGateUp, kOpMoeSwiglu, kOpMoeDown};
           mark(kind[static_cast<int>(st)]);
         }, moe_f16 ? vk::BufferRange(xnh_, 0, uint64_t{T} * E * 2) : vk::BufferRange()));

@@ -238,15 +238,19 @@ class VulkanEngine final : public Engine {
   // Q/K/V, O, gate/up and down go to their own f16 buffer (prefill_f16_slots_), each written in the
   // barrier interval before the one whose GEMM reads it (beside other work: see step()), so the
   // dequantization overlaps the matrix units' products instead of preceding them.
-  enum PrefillSlot : uint8_t { kSlotQkv, kSlotO, kSlotGateUp, kSlotDown, kPrefillSlots };
-  bool prefill_f16_ = false;
+  // `f16` also dequantizes MoE layers' stacked experts (gate, up and down of every expert: ~1.2 GB for
+  // Qwen3-30B-A3B) beside attention, for the grouped GEMMs; `f16-dense` leaves the experts as stored.
+  enum PrefillSlot : uint8_t { kSlotQkv, kSlotO, kSlotGateUp, kSlotDown, kSlotExperts, kPrefillSlots };
+  bool prefill_f16_ = false, prefill_f16_experts_ = false;
   std::optional<ops::DequantF16> dequant_f16_;
   vk::Buffer prefill_f16_slots_[kPrefillSlots];
   // Whether the step of T tokens (not through the matvec) reads f16 weights; where a weight's f16 rows
   // lie in its slot (its place among the slot's weights, each 256-byte aligned); the dequantization of
   // `w` into them (nothing for F16 weights, which the GEMM reads where they are) and the GEMM reading them.
   bool prefill_f16_step(uint32_t T) const;
-  static uint64_t f16_bytes(const Weight& w) { return (w.rows * w.cols * 2 + 255) / 256 * 256; }
+  static uint64_t f16_bytes(const Weight& w) { return (w.experts * w.rows * w.cols * 2 + 255) / 256 * 256; }
+  // A MoE layer's experts as the f16 rows in kSlotExperts (gate, up, down one after the other).
+  MoeLayerWeights experts_f16(const Layer& L) const;
   uint64_t prefill_f16_bytes() const;  // the slots' size from the model's shapes (the memory plan, before loading)
   Status record_dequant_f16(vk::CommandStream& s, const Weight& w, PrefillSlot slot, uint64_t at);
   Status record_matmul_f16(vk::CommandStream& s, const Weight& w, PrefillSlot slot, uint64_t at, uint32_t batch,

@@ -621,13 +621,18 @@ TEST(Engine, BatchedAttentionStepGivesTheBitsOfPerSequenceAttention) {
 // one-token decode step (the matvec, untouched) must give the quantized engine's greedy tokens and
 // logits within the weights' f16 rounding (2e-3 relative L2, measured up to 3.4e-4; a weight in the wrong slot
 // or read before it is written is off by order 1) — and not its bits on the prefill steps, or the f16
-// rows were not read. Dense (Q4_K / Q6_K) and MoE (its attention weights) models. A bad value is named.
+// rows were not read. Dense (Q4_K / Q6_K) and MoE models — `f16` with its experts in f16 too (dequantized
+// beside attention; on lavapipe the expert matvec kernels read them), `f16-dense` its attention weights
+// only. A bad value is named.
 TEST(Engine, PrefillWeightsInF16GiveTheQuantizedLogits) {
-  for (const std::string& path : {quantized_model_path(), moe_model_path()}) {
+  std::vector<std::vector<float>> first;  // each run's first prefill step's logits
+  for (auto [path, mode] : {std::pair{quantized_model_path(), "f16"}, std::pair{moe_model_path(), "f16"},
+                            std::pair{moe_model_path(), "f16-dense"}}) {
+    SCOPED_TRACE(mode);
     std::unique_ptr<engine::Engine> q, h;
     q = load(256, 1, 0, 64, path);
     {
-      ScopedEnv f16("TROVE_PREFILL_WEIGHTS", "f16");
+      ScopedEnv f16("TROVE_PREFILL_WEIGHTS", mode);
       h = load(256, 1, 0, 64, path);
     }
     ASSERT_TRUE(q && h);
@@ -642,14 +647,17 @@ TEST(Engine, PrefillWeightsInF16GiveTheQuantizedLogits) {
       auto rh = h->step(std::vector<StepInput>{logits_of(*b, in)});
       ASSERT_TRUE(rq.ok() && rh.ok()) << rq.status().ToString() << " / " << rh.status().ToString();
       const double d = rel_diff((*rh)[0].logits, (*rq)[0].logits);
-      std::printf("%s, step %zu (%zu tokens): f16 weights vs quantized, relative logits difference %.3g\n",
-                  path.c_str(), i, in.size(), d);
+      std::printf("%s, %s, step %zu (%zu tokens): f16 weights vs quantized, relative logits difference %.3g\n",
+                  path.c_str(), mode, i, in.size(), d);
       EXPECT_EQ((*rh)[0].token, (*rq)[0].token) << path << " step " << i;
       EXPECT_LT(d, 2e-3) << path << " step " << i;
       if (i < steps.size()) EXPECT_GT(d, 0.0) << path << " step " << i << ": the prefill step did not read f16 weights";
+      if (i == 0) first.push_back((*rh)[0].logits);
       next = {(*rq)[0].token};
     }
   }
+  ASSERT_EQ(first.size(), 3u);
+  EXPECT_GT(rel_diff(first[1], first[2]), 0.0) << "f16 and f16-dense gave the same bits: the experts were not read as f16";
   ScopedEnv bad("TROVE_PREFILL_WEIGHTS", "f32");
   engine::EngineOptions o;
   o.model_path = quantized_model_path();

@@ -259,7 +259,9 @@ int main(int argc, char** argv) {
     // ---- grouped: the 30B-A3B experts of one layer (128 × [768 × 2048] gate or up, 128 × [2048 × 768]
     // down), tokens × 8 slots spread evenly (the balanced case; the tests cover skewed ones).
     struct Grouped { const char* name; uint32_t rows, cols; GgmlType type; };
-    std::vector<Grouped> groups = {{"expert gate/up", 768, 2048, GgmlType::Q4_K}, {"expert down", 2048, 768, GgmlType::Q6_K}};
+    std::vector<Grouped> groups = {{"expert gate/up", 768, 2048, GgmlType::Q4_K}, {"expert down", 2048, 768, GgmlType::Q6_K},
+                                   // as f16 (TROVE_PREFILL_WEIGHTS=f16 dequantizes them once per step)
+                                   {"expert gate/up", 768, 2048, GgmlType::F16}, {"expert down", 2048, 768, GgmlType::F16}};
     uint32_t n_expert = 128, top_k = 8;
     std::vector<uint32_t> token_counts = {512, 2048};
     if (quick) {
@@ -272,7 +274,7 @@ int main(int argc, char** argv) {
     struct GroupedCfg { uint32_t bm, bn, variant, bk = 0; };
     std::vector<GroupedCfg> gcfgs = {{64, 64, 0}};
     if (path == ops::MatmulPath::kCm2) {
-      gcfgs = {{64, 64, 0}, {64, 64, 1}, {64, 32, 0}, {64, 32, 1}, {128, 32, 1}, {128, 64, 1}, {128, 64, 1, 32}, {128, 128, 1}};
+      gcfgs = {{64, 64, 0}, {64, 64, 1}, {64, 64, 2}, {64, 32, 0}, {64, 32, 1}, {128, 32, 1}, {128, 64, 1}, {128, 64, 1, 32}, {128, 128, 1}};
     }
     for (const auto& g : groups) {
       for (uint32_t tokens : token_counts) {

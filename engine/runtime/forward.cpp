@@ -451,6 +451,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
           TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L.k, kSlotQkv, f16_bytes(L.q), T, xin, o_, f16_acts));
           TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L.v, kSlotQkv, f16_bytes(L.q) + f16_bytes(L.k), T, xin, v_, f16_acts));
           TROVE_RETURN_IF_ERROR(record_dequant_f16(s, L.o, kSlotO, 0));
+          if (c.is_moe() && prefill_f16_experts_) TROVE_RETURN_IF_ERROR(record_dequant_f16(s, L.gate_exps, kSlotExperts, 0));
         } else {
           TROVE_RETURN_IF_ERROR(record_matmul(s, L.q, 0, T, xin, attn_, f16_acts));
           TROVE_RETURN_IF_ERROR(record_matmul(s, L.k, 0, T, xin, o_, f16_acts));
@@ -489,10 +490,10 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
         TROVE_RETURN_IF_ERROR(record_dequant_f16(s, L.gate, kSlotGateUp, 0));
         TROVE_RETURN_IF_ERROR(record_dequant_f16(s, L.up, kSlotGateUp, f16_bytes(L.gate)));
       }
-      if (pf && c.is_moe() && prefill_f16_experts_) {  // the experts beside attention (the slot is free: layer l − 1's FFN is done)
-        TROVE_RETURN_IF_ERROR(record_dequant_f16(s, L.gate_exps, kSlotExperts, 0));
+      // MoE experts (slot free since layer l − 1's FFN ended): gate beside the QKV GEMMs, up beside
+      // attention, down beside the O projection — spread so that no interval carries all ~1.2 GB.
+      if (pf && c.is_moe() && prefill_f16_experts_) {
         TROVE_RETURN_IF_ERROR(record_dequant_f16(s, L.up_exps, kSlotExperts, f16_bytes(L.gate_exps)));
-        TROVE_RETURN_IF_ERROR(record_dequant_f16(s, L.down_exps, kSlotExperts, f16_bytes(L.gate_exps) + f16_bytes(L.up_exps)));
       }
       if (!attn_rows.empty()) {
         TROVE_RETURN_IF_ERROR(ops_.attention.record_decode_rows(s, shape, H, scale, attn_rows, kv_[l], tables_,
@@ -519,6 +520,9 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
         TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L.o, kSlotO, 0, T, attn_, o_));
         if (!c.is_moe()) TROVE_RETURN_IF_ERROR(record_dequant_f16(s, L.down, kSlotDown, 0));
         if (c.is_moe() && next) TROVE_RETURN_IF_ERROR(dequant_qkv(*next));
+        if (c.is_moe() && prefill_f16_experts_) {
+          TROVE_RETURN_IF_ERROR(record_dequant_f16(s, L.down_exps, kSlotExperts, f16_bytes(L.gate_exps) + f16_bytes(L.up_exps)));
+        }
         s.barrier();
         TROVE_RETURN_IF_ERROR(ops_.add.record(s, x_, o_, x_, T * E));
       } else {

@@ -621,8 +621,8 @@ TEST(Engine, BatchedAttentionStepGivesTheBitsOfPerSequenceAttention) {
 // one-token decode step (the matvec, untouched) must give the quantized engine's greedy tokens and
 // logits within the weights' f16 rounding (2e-3 relative L2, measured up to 3.4e-4; a weight in the wrong slot
 // or read before it is written is off by order 1) — and not its bits on the prefill steps, or the f16
-// rows were not read. Dense (Q4_K / Q6_K) and MoE models — `f16` with its experts in f16 too (dequantized
-// beside attention; on lavapipe the expert matvec kernels read them), `f16-dense` its attention weights
+// rows were not read. Dense (Q4_K / Q6_K) and MoE models — `f16` with its experts in f16 too (gate, up and
+// down dequantized beside QKV, attention and O; on lavapipe the expert matvec kernels read them), `f16-dense` its attention weights
 // only. A bad value is named.
 TEST(Engine, PrefillWeightsInF16GiveTheQuantizedLogits) {
   std::vector<std::vector<float>> first;  // each run's first prefill step's logits

@@ -503,7 +503,7 @@ uint64_t VulkanEngine::prefill_f16_bytes() const {
   const ModelConfig& c = cfg_;
   const uint64_t E = c.n_embd, q = uint64_t{c.n_head} * c.head_dim, kv = uint64_t{c.n_head_kv} * c.head_dim;
   const uint64_t ffn = c.is_moe() ? (prefill_f16_experts_ ? 3ull * c.n_expert * c.n_ff_exp * E : 0) : 3ull * c.n_ff * E;
-  return 2 * ((q + 2 * kv) * E + E * q + ffn) + kPrefillSlots * 256;
+  return 2 * ((q + 2 * kv) * E + E * q + ffn) + 8 * 256;  // each of a layer's 7 weights rounded up to 256 bytes
 }
 
 Status VulkanEngine::alloc_scratch() {
@@ -544,6 +544,12 @@ Status VulkanEngine::alloc_scratch() {
       } else if (prefill_f16_experts_) {
         slot[kSlotExperts] = std::max(slot[kSlotExperts], f16_bytes(L.gate_exps) + f16_bytes(L.up_exps) + f16_bytes(L.down_exps));
       }
+    }
+    if (slot[kSlotExperts] > dev_->max_buffer_bytes()) {
+      return Status::Unsupported(fmt::format(
+          "TROVE_PREFILL_WEIGHTS=f16: a layer's experts take {} as f16, more than the largest buffer {} allows ({}); "
+          "use TROVE_PREFILL_WEIGHTS=f16-dense (experts as stored) or leave it unset", human_bytes(slot[kSlotExperts]),
+          dev_->features().name, human_bytes(dev_->max_buffer_bytes())));
     }
     for (int i = 0; i < kPrefillSlots; ++i) want.push_back({&prefill_f16_slots_[i], slot[i], dl});
     auto op = ops::DequantF16::create(*dev_);

@@ -56,8 +56,12 @@ Status VulkanEngine::record_matmul(vk::CommandStream& s, const Weight& w, uint64
   return Status::Ok();
 }
 
+// Every layer's weights are written as f16 each step (16 GB for Qwen3-8B, ~4–5 ms of writes at the
+// H200's bandwidth): only steps long enough for that to be a few percent of their GEMMs (256+ tokens)
+// take it on matrix units; on devices without them every matmul step does (the tests' way in).
 bool VulkanEngine::prefill_f16_step(uint32_t T) const {
-  return prefill_f16_ && T > ops::Matvec::kMaxBatch && (T >= ops::Matmul::kCoopmatMinBatch || !ops_.matmul.uses_coopmat());
+  constexpr uint32_t kMinTokens = 256;
+  return prefill_f16_ && T > ops::Matvec::kMaxBatch && (T >= kMinTokens || !ops_.matmul.uses_coopmat());
 }
 
 // A dense weight of one piece of at most kMaxMatmulRows rows (every Qwen3 projection and FFN matrix)

@@ -272,6 +272,9 @@ Status DequantF16::record(vk::CommandStream& s, quant::GgmlType type, vk::Buffer
   if (rb * rows > 0xFFFFFFFCull || chunks * 4 > 0xFFFFFFFFull) {
     return Status::InvalidArgument(fmt::format("dequant f16: {} rows of {} columns is over 4 GiB for one call; split the rows", rows, cols));
   }
+  if (out.offset % 16 != 0) {
+    return Status::InvalidArgument(fmt::format("dequant f16: the output starts at byte {}, not a multiple of 16 (its stores are 16 bytes)", out.offset));
+  }
   if (w.size < (rb * rows + 3) / 4 * 4 || out.size < uint64_t{rows} * cols * 2) {
     return Status::InvalidArgument(fmt::format("dequant f16: buffers too small: weights {} (need {}), out {} (need {})", w.size,
                                                (rb * rows + 3) / 4 * 4, out.size, uint64_t{rows} * cols * 2));

@@ -308,6 +308,8 @@ TEST(DequantF16, EveryWeightTypeToF16Rows) {
   EXPECT_NE(st.ToString().find("not supported"), std::string::npos) << st.ToString();
   st = op->record(*s, GgmlType::F16, vk::BufferRange(b, 0, 1 << 16), 64, 4096, vk::BufferRange(b, 0, 1 << 16));
   EXPECT_NE(st.ToString().find("too small"), std::string::npos) << st.ToString();
+  st = op->record(*s, GgmlType::F16, vk::BufferRange(b, 0, 1 << 12), 4, 256, vk::BufferRange(b, 8, 1 << 12));
+  EXPECT_NE(st.ToString().find("not a multiple of 16"), std::string::npos) << st.ToString();
 }
 
 // QkNormRopeKv (qk_rope_kv.comp), the decode prologue the engine runs by default: per head and token,

@@ -211,16 +211,18 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
                                    "they read it as f32 and round it per tile, for A/B comparisons"));
   if (const char* v = std::getenv("TROVE_PREFILL_WEIGHTS"); v && *v) {
     const std::string_view m = v;
-    if (m != "f16" && m != "f16-dense" && m != "quant") {
+    if (m != "f16" && m != "f16-dense" && m != "f16-resident" && m != "quant") {
       return Status::InvalidArgument(fmt::format(
           "TROVE_PREFILL_WEIGHTS={} is not a choice: use quant (the default: prefill GEMMs decode the weights as "
           "stored, per element), f16 (each layer's weights dequantized to f16 rows once per prefill step, beside "
           "other work, and read by the GEMMs as f16; needs one layer's weights in f16 of device memory, e.g. ~390 MB "
-          "for Qwen3-8B, ~1.3 GB for Qwen3-30B-A3B with its experts) or f16-dense (the same but a MoE layer's "
-          "experts stay as stored)", m));
+          "for Qwen3-8B, ~1.3 GB for Qwen3-30B-A3B with its experts), f16-dense (the same but a MoE layer's "
+          "experts stay as stored) or f16-resident (every layer's weights, experts too, dequantized once at load "
+          "and kept: the whole model again in f16 of device memory, e.g. 16 GB for Qwen3-8B)", m));
     }
     e->prefill_f16_ = m != "quant";
-    e->prefill_f16_experts_ = m == "f16";
+    e->prefill_f16_experts_ = m == "f16" || m == "f16-resident";
+    e->prefill_f16_resident_ = m == "f16-resident";
   }
   std::optional<std::vector<L2WarmItem>> warm_env;
   if (const char* v = std::getenv("TROVE_L2_WARM"); v && *v) {
@@ -336,6 +338,7 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
     e->kv_.push_back(std::move(*b));
   }
   TROVE_RETURN_IF_ERROR(e->alloc_scratch());
+  if (e->prefill_f16_resident_) TROVE_RETURN_IF_ERROR(e->fill_f16_resident());
   log::info("engine", "{}: {} layers, {} on {}; KV pool {} blocks of {} tokens ({}), context {}", c.name,
             c.n_layer, human_bytes(weight_bytes), e->dev_->features().name, pool_blocks, opts.block_tokens,
             human_bytes(pool_bytes), e->n_ctx_);
@@ -503,7 +506,8 @@ uint64_t VulkanEngine::prefill_f16_bytes() const {
   const ModelConfig& c = cfg_;
   const uint64_t E = c.n_embd, q = uint64_t{c.n_head} * c.head_dim, kv = uint64_t{c.n_head_kv} * c.head_dim;
   const uint64_t ffn = c.is_moe() ? (prefill_f16_experts_ ? 3ull * c.n_expert * c.n_ff_exp * E : 0) : 3ull * c.n_ff * E;
-  return 2 * ((q + 2 * kv) * E + E * q + ffn) + 8 * 256;  // each of a layer's 7 weights rounded up to 256 bytes
+  const uint64_t layer = 2 * ((q + 2 * kv) * E + E * q + ffn) + 8 * 256;  // each of its 7 weights rounded up to 256 bytes
+  return prefill_f16_resident_ ? layer * c.n_layer : layer;
 }
 
 Status VulkanEngine::alloc_scratch() {
@@ -551,7 +555,19 @@ Status VulkanEngine::alloc_scratch() {
           "use TROVE_PREFILL_WEIGHTS=f16-dense (experts as stored) or leave it unset", human_bytes(slot[kSlotExperts]),
           dev_->features().name, human_bytes(dev_->max_buffer_bytes())));
     }
-    for (int i = 0; i < kPrefillSlots; ++i) want.push_back({&prefill_f16_slots_[i], slot[i], dl});
+    if (prefill_f16_resident_) {
+      prefill_f16_layers_.resize(layers_.size());
+      for (size_t l = 0; l < layers_.size(); ++l) {
+        const Layer& L = layers_[l];
+        const uint64_t own[kPrefillSlots] = {
+            f16_bytes(L.q) + f16_bytes(L.k) + f16_bytes(L.v), f16_bytes(L.o),
+            c.is_moe() ? 0 : f16_bytes(L.gate) + f16_bytes(L.up), c.is_moe() ? 0 : f16_bytes(L.down),
+            c.is_moe() ? f16_bytes(L.gate_exps) + f16_bytes(L.up_exps) + f16_bytes(L.down_exps) : 0};
+        for (int i = 0; i < kPrefillSlots; ++i) want.push_back({&prefill_f16_layers_[l][i], own[i], dl});
+      }
+    } else {
+      for (int i = 0; i < kPrefillSlots; ++i) want.push_back({&prefill_f16_slots_[i], slot[i], dl});
+    }
     auto op = ops::DequantF16::create(*dev_);
     if (!op.ok()) return op.status();
     dequant_f16_.emplace(std::move(*op));
@@ -562,6 +578,30 @@ Status VulkanEngine::alloc_scratch() {
     *w.b = std::move(*b);
   }
   return Status::Ok();
+}
+
+Status VulkanEngine::fill_f16_resident() {
+  auto s = stream();
+  if (!s.ok()) return s.status();
+  for (uint32_t l = 0; l < layers_.size(); ++l) {
+    const Layer& L = layers_[l];
+    TROVE_RETURN_IF_ERROR(record_dequant_f16(**s, L.q, l, kSlotQkv, 0));
+    TROVE_RETURN_IF_ERROR(record_dequant_f16(**s, L.k, l, kSlotQkv, f16_bytes(L.q)));
+    TROVE_RETURN_IF_ERROR(record_dequant_f16(**s, L.v, l, kSlotQkv, f16_bytes(L.q) + f16_bytes(L.k)));
+    TROVE_RETURN_IF_ERROR(record_dequant_f16(**s, L.o, l, kSlotO, 0));
+    if (cfg_.is_moe()) {
+      TROVE_RETURN_IF_ERROR(record_dequant_f16(**s, L.gate_exps, l, kSlotExperts, 0));
+      TROVE_RETURN_IF_ERROR(record_dequant_f16(**s, L.up_exps, l, kSlotExperts, f16_bytes(L.gate_exps)));
+      TROVE_RETURN_IF_ERROR(record_dequant_f16(**s, L.down_exps, l, kSlotExperts, f16_bytes(L.gate_exps) + f16_bytes(L.up_exps)));
+    } else {
+      TROVE_RETURN_IF_ERROR(record_dequant_f16(**s, L.gate, l, kSlotGateUp, 0));
+      TROVE_RETURN_IF_ERROR(record_dequant_f16(**s, L.up, l, kSlotGateUp, f16_bytes(L.gate)));
+      TROVE_RETURN_IF_ERROR(record_dequant_f16(**s, L.down, l, kSlotDown, 0));
+    }
+  }
+  Status st = (*s)->submit_and_wait();
+  if (!st.ok()) stream_.reset();
+  return st;
 }
 
 Result<SeqId> VulkanEngine::open_sequence() {

@@ -74,33 +74,33 @@ bool f16_eligible(const Weight& w) {
 bool experts_f16_eligible(const Weight& w) { return w.pieces.size() == 1 && w.cols % 32 == 0; }
 }  // namespace
 
-Status VulkanEngine::record_dequant_f16(vk::CommandStream& s, const Weight& w, PrefillSlot slot, uint64_t at) {
+Status VulkanEngine::record_dequant_f16(vk::CommandStream& s, const Weight& w, uint32_t layer, PrefillSlot slot, uint64_t at) {
   if (w.type == GgmlType::F16 || !(slot == kSlotExperts ? experts_f16_eligible(w) : f16_eligible(w))) return Status::Ok();
   const vk::Buffer& wb = w.whole();
   const uint64_t rows = w.experts * w.rows;
   return dequant_f16_->record(s, w.type, vk::BufferRange(wb, 0, std::min<uint64_t>((rows * w.row_bytes + 3) / 4 * 4, wb.size())),
                               static_cast<uint32_t>(rows), static_cast<uint32_t>(w.cols),
-                              vk::BufferRange(prefill_f16_slots_[slot], at, rows * w.cols * 2));
+                              vk::BufferRange(f16_slot(layer, slot), at, rows * w.cols * 2));
 }
 
-MoeLayerWeights VulkanEngine::experts_f16(const Layer& L) const {
+MoeLayerWeights VulkanEngine::experts_f16(const Layer& L, uint32_t layer) const {
   MoeLayerWeights m = L.moe;
   uint64_t at = 0;
   for (auto [w, e] : {std::pair{&L.gate_exps, &m.gate}, std::pair{&L.up_exps, &m.up}, std::pair{&L.down_exps, &m.down}}) {
     if (w->type != GgmlType::F16 && experts_f16_eligible(*w)) {
       e->type = GgmlType::F16;
-      e->w = vk::BufferRange(prefill_f16_slots_[kSlotExperts], at, w->experts * w->rows * w->cols * 2);
+      e->w = vk::BufferRange(f16_slot(layer, kSlotExperts), at, w->experts * w->rows * w->cols * 2);
     }
     at += f16_bytes(*w);
   }
   return m;
 }
 
-Status VulkanEngine::record_matmul_f16(vk::CommandStream& s, const Weight& w, PrefillSlot slot, uint64_t at, uint32_t batch,
+Status VulkanEngine::record_matmul_f16(vk::CommandStream& s, const Weight& w, uint32_t layer, PrefillSlot slot, uint64_t at, uint32_t batch,
                                        vk::BufferRange x, vk::BufferRange y, bool x_f16) {
   if (w.type == GgmlType::F16 || !f16_eligible(w)) return record_matmul(s, w, 0, batch, x, y, x_f16);
   return ops_.matmul.record(s, GgmlType::F16, static_cast<uint32_t>(w.rows), static_cast<uint32_t>(w.cols), batch,
-                            vk::BufferRange(prefill_f16_slots_[slot], at, w.rows * w.cols * 2), x, y, 0, x_f16);
+                            vk::BufferRange(f16_slot(layer, slot), at, w.rows * w.cols * 2), x, y, 0, x_f16);
 }
 
 Status VulkanEngine::record_l2_warm(vk::CommandStream& s, WarmAt at, uint32_t layer, uint64_t (&done)[kWarmWhats]) {
@@ -429,10 +429,14 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     // Q/K/V of layer l + 1 are written beside the last GEMM of layer l (down; the O projection in MoE
     // layers), layer 0's beside its attention norm.
     const bool pf = prefill_f16_step(T);
-    auto dequant_qkv = [&](const Layer& L) -> Status {
-      TROVE_RETURN_IF_ERROR(record_dequant_f16(s, L.q, kSlotQkv, 0));
-      TROVE_RETURN_IF_ERROR(record_dequant_f16(s, L.k, kSlotQkv, f16_bytes(L.q)));
-      return record_dequant_f16(s, L.v, kSlotQkv, f16_bytes(L.q) + f16_bytes(L.k));
+    // f16-resident: the rows are there since loading; nothing to dequantize.
+    auto dequant = [&](const Weight& w, uint32_t layer, PrefillSlot slot, uint64_t at) {
+      return prefill_f16_resident_ ? Status::Ok() : record_dequant_f16(s, w, layer, slot, at);
+    };
+    auto dequant_qkv = [&](const Layer& L, uint32_t layer) -> Status {
+      TROVE_RETURN_IF_ERROR(dequant(L.q, layer, kSlotQkv, 0));
+      TROVE_RETURN_IF_ERROR(dequant(L.k, layer, kSlotQkv, f16_bytes(L.q)));
+      return dequant(L.v, layer, kSlotQkv, f16_bytes(L.q) + f16_bytes(L.k));
     };
     for (uint32_t l = 0; l < c.n_layer; ++l) {
       const Layer& L = layers_[l];
@@ -447,15 +451,15 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
         } else {
           TROVE_RETURN_IF_ERROR(ops_.rms.record(s, x_, L.attn_norm.whole(), xn_, T, E, c.rms_eps));
         }
-        if (pf && l == 0) TROVE_RETURN_IF_ERROR(dequant_qkv(L));
+        if (pf && l == 0) TROVE_RETURN_IF_ERROR(dequant_qkv(L, l));
         s.barrier();
         const vk::Buffer& xin = f16_acts ? xnh_ : xn_;
         if (pf) {
-          TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L.q, kSlotQkv, 0, T, xin, attn_, f16_acts));
-          TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L.k, kSlotQkv, f16_bytes(L.q), T, xin, o_, f16_acts));
-          TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L.v, kSlotQkv, f16_bytes(L.q) + f16_bytes(L.k), T, xin, v_, f16_acts));
-          TROVE_RETURN_IF_ERROR(record_dequant_f16(s, L.o, kSlotO, 0));
-          if (c.is_moe() && prefill_f16_experts_) TROVE_RETURN_IF_ERROR(record_dequant_f16(s, L.gate_exps, kSlotExperts, 0));
+          TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L.q, l, kSlotQkv, 0, T, xin, attn_, f16_acts));
+          TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L.k, l, kSlotQkv, f16_bytes(L.q), T, xin, o_, f16_acts));
+          TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L.v, l, kSlotQkv, f16_bytes(L.q) + f16_bytes(L.k), T, xin, v_, f16_acts));
+          TROVE_RETURN_IF_ERROR(dequant(L.o, l, kSlotO, 0));
+          if (c.is_moe() && prefill_f16_experts_) TROVE_RETURN_IF_ERROR(dequant(L.gate_exps, l, kSlotExperts, 0));
         } else {
           TROVE_RETURN_IF_ERROR(record_matmul(s, L.q, 0, T, xin, attn_, f16_acts));
           TROVE_RETURN_IF_ERROR(record_matmul(s, L.k, 0, T, xin, o_, f16_acts));
@@ -491,13 +495,13 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       }
       TROVE_RETURN_IF_ERROR(warm_at(kWarmAttn));
       if (pf && !c.is_moe()) {  // beside attention
-        TROVE_RETURN_IF_ERROR(record_dequant_f16(s, L.gate, kSlotGateUp, 0));
-        TROVE_RETURN_IF_ERROR(record_dequant_f16(s, L.up, kSlotGateUp, f16_bytes(L.gate)));
+        TROVE_RETURN_IF_ERROR(dequant(L.gate, l, kSlotGateUp, 0));
+        TROVE_RETURN_IF_ERROR(dequant(L.up, l, kSlotGateUp, f16_bytes(L.gate)));
       }
       // MoE experts (slot free since layer l − 1's FFN ended): gate beside the QKV GEMMs, up beside
       // attention, down beside the O projection — spread so that no interval carries all ~1.2 GB.
       if (pf && c.is_moe() && prefill_f16_experts_) {
-        TROVE_RETURN_IF_ERROR(record_dequant_f16(s, L.up_exps, kSlotExperts, f16_bytes(L.gate_exps)));
+        TROVE_RETURN_IF_ERROR(dequant(L.up_exps, l, kSlotExperts, f16_bytes(L.gate_exps)));
       }
       if (!attn_rows.empty()) {
         TROVE_RETURN_IF_ERROR(ops_.attention.record_decode_rows(s, shape, H, scale, attn_rows, kv_[l], tables_,
@@ -521,11 +525,11 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
         TROVE_RETURN_IF_ERROR(warm_at(kWarmO));
         TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.o, x_}}, T, attn_, {}, Ep::kAdd));
       } else if (pf) {
-        TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L.o, kSlotO, 0, T, attn_, o_));
-        if (!c.is_moe()) TROVE_RETURN_IF_ERROR(record_dequant_f16(s, L.down, kSlotDown, 0));
-        if (c.is_moe() && next) TROVE_RETURN_IF_ERROR(dequant_qkv(*next));
+        TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L.o, l, kSlotO, 0, T, attn_, o_));
+        if (!c.is_moe()) TROVE_RETURN_IF_ERROR(dequant(L.down, l, kSlotDown, 0));
+        if (c.is_moe() && next) TROVE_RETURN_IF_ERROR(dequant_qkv(*next, l + 1));
         if (c.is_moe() && prefill_f16_experts_) {
-          TROVE_RETURN_IF_ERROR(record_dequant_f16(s, L.down_exps, kSlotExperts, f16_bytes(L.gate_exps) + f16_bytes(L.up_exps)));
+          TROVE_RETURN_IF_ERROR(dequant(L.down_exps, l, kSlotExperts, f16_bytes(L.gate_exps) + f16_bytes(L.up_exps)));
         }
         s.barrier();
         TROVE_RETURN_IF_ERROR(ops_.add.record(s, x_, o_, x_, T * E));
@@ -572,7 +576,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       s.barrier();
       mark(kOpFfnNorm);
       if (c.is_moe()) {
-        TROVE_RETURN_IF_ERROR(moe_->record(s, ops_.matmul, pf && prefill_f16_experts_ ? experts_f16(L) : L.moe, xn_, x_, T, [&](MoeStage st) {
+        TROVE_RETURN_IF_ERROR(moe_->record(s, ops_.matmul, pf && prefill_f16_experts_ ? experts_f16(L, l) : L.moe, xn_, x_, T, [&](MoeStage st) {
           static constexpr OpKind kind[] = {kOpMoeRouter, kOpMoeRoute, kOpMoeGateUp, kOpMoeSwiglu, kOpMoeDown};
           mark(kind[static_cast<int>(st)]);
         }, moe_f16 ? vk::BufferRange(xnh_, 0, uint64_t{T} * E * 2) : vk::BufferRange()));
@@ -580,8 +584,8 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
         mark(kOpMoe);
       } else {
         if (pf) {
-          TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L.gate, kSlotGateUp, 0, T, ffn_f16 ? xnh_ : xn_, gate_, ffn_f16));
-          TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L.up, kSlotGateUp, f16_bytes(L.gate), T, ffn_f16 ? xnh_ : xn_, up_, ffn_f16));
+          TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L.gate, l, kSlotGateUp, 0, T, ffn_f16 ? xnh_ : xn_, gate_, ffn_f16));
+          TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L.up, l, kSlotGateUp, f16_bytes(L.gate), T, ffn_f16 ? xnh_ : xn_, up_, ffn_f16));
         } else {
           TROVE_RETURN_IF_ERROR(record_matmul(s, L.gate, 0, T, ffn_f16 ? xnh_ : xn_, gate_, ffn_f16));
           TROVE_RETURN_IF_ERROR(record_matmul(s, L.up, 0, T, ffn_f16 ? xnh_ : xn_, up_, ffn_f16));
@@ -594,8 +598,8 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
         }
         s.barrier();
         if (pf) {
-          TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L.down, kSlotDown, 0, T, ffn_f16 ? hh_ : h_, o_, ffn_f16));
-          if (next) TROVE_RETURN_IF_ERROR(dequant_qkv(*next));
+          TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L.down, l, kSlotDown, 0, T, ffn_f16 ? hh_ : h_, o_, ffn_f16));
+          if (next) TROVE_RETURN_IF_ERROR(dequant_qkv(*next, l + 1));
         } else {
           TROVE_RETURN_IF_ERROR(record_matmul(s, L.down, 0, T, ffn_f16 ? hh_ : h_, o_, ffn_f16));
         }

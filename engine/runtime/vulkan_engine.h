@@ -240,20 +240,28 @@ class VulkanEngine final : public Engine {
   // dequantization overlaps the matrix units' products instead of preceding them.
   // `f16` also dequantizes MoE layers' stacked experts (gate, up and down of every expert: ~1.2 GB for
   // Qwen3-30B-A3B) beside attention, for the grouped GEMMs; `f16-dense` leaves the experts as stored.
+  // `f16-resident`: every layer's weights (experts too) dequantized once, at load, into buffers of their
+  // own (the whole model again in f16: 16 GB for Qwen3-8B) — steps then dequantize nothing; for A/B
+  // against the per-step form and for GPUs with the memory to spare.
   enum PrefillSlot : uint8_t { kSlotQkv, kSlotO, kSlotGateUp, kSlotDown, kSlotExperts, kPrefillSlots };
-  bool prefill_f16_ = false, prefill_f16_experts_ = false;
+  bool prefill_f16_ = false, prefill_f16_experts_ = false, prefill_f16_resident_ = false;
   std::optional<ops::DequantF16> dequant_f16_;
   vk::Buffer prefill_f16_slots_[kPrefillSlots];
+  std::vector<std::array<vk::Buffer, kPrefillSlots>> prefill_f16_layers_;  // f16-resident: per layer
+  const vk::Buffer& f16_slot(uint32_t layer, PrefillSlot slot) const {
+    return prefill_f16_resident_ ? prefill_f16_layers_[layer][slot] : prefill_f16_slots_[slot];
+  }
+  Status fill_f16_resident();  // f16-resident: every layer's f16 rows, once (at load)
   // Whether the step of T tokens (not through the matvec) reads f16 weights; where a weight's f16 rows
   // lie in its slot (its place among the slot's weights, each 256-byte aligned); the dequantization of
   // `w` into them (nothing for F16 weights, which the GEMM reads where they are) and the GEMM reading them.
   bool prefill_f16_step(uint32_t T) const;
   static uint64_t f16_bytes(const Weight& w) { return (w.experts * w.rows * w.cols * 2 + 255) / 256 * 256; }
   // A MoE layer's experts as the f16 rows in kSlotExperts (gate, up, down one after the other).
-  MoeLayerWeights experts_f16(const Layer& L) const;
+  MoeLayerWeights experts_f16(const Layer& L, uint32_t layer) const;
   uint64_t prefill_f16_bytes() const;  // the slots' size from the model's shapes (the memory plan, before loading)
-  Status record_dequant_f16(vk::CommandStream& s, const Weight& w, PrefillSlot slot, uint64_t at);
-  Status record_matmul_f16(vk::CommandStream& s, const Weight& w, PrefillSlot slot, uint64_t at, uint32_t batch,
+  Status record_dequant_f16(vk::CommandStream& s, const Weight& w, uint32_t layer, PrefillSlot slot, uint64_t at);
+  Status record_matmul_f16(vk::CommandStream& s, const Weight& w, uint32_t layer, PrefillSlot slot, uint64_t at, uint32_t batch,
                            vk::BufferRange x, vk::BufferRange y, bool x_f16 = false);
   std::map<std::array<uint64_t, 3>, uint32_t> replays_;
   static constexpr size_t kMaxReplays = 64;  // past this many keys the captures are dropped and made anew

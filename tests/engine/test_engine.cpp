@@ -623,11 +623,13 @@ TEST(Engine, BatchedAttentionStepGivesTheBitsOfPerSequenceAttention) {
 // or read before it is written is off by order 1) — and not its bits on the prefill steps, or the f16
 // rows were not read. Dense (Q4_K / Q6_K) and MoE models — `f16` with its experts in f16 too (gate, up and
 // down dequantized beside QKV, attention and O; on lavapipe the expert matvec kernels read them), `f16-dense` its attention weights
-// only. A bad value is named.
+// only — and `f16-resident` (every layer's rows made once, at load) the per-step form's bits, dense and
+// MoE. A bad value is named.
 TEST(Engine, PrefillWeightsInF16GiveTheQuantizedLogits) {
-  std::vector<std::vector<float>> first;  // each run's first prefill step's logits
+  std::vector<std::vector<std::vector<float>>> runs;  // each run's logits, step by step
   for (auto [path, mode] : {std::pair{quantized_model_path(), "f16"}, std::pair{moe_model_path(), "f16"},
-                            std::pair{moe_model_path(), "f16-dense"}}) {
+                            std::pair{moe_model_path(), "f16-dense"}, std::pair{quantized_model_path(), "f16-resident"},
+                            std::pair{moe_model_path(), "f16-resident"}}) {
     SCOPED_TRACE(mode);
     std::unique_ptr<engine::Engine> q, h;
     q = load(256, 1, 0, 64, path);
@@ -639,6 +641,7 @@ TEST(Engine, PrefillWeightsInF16GiveTheQuantizedLogits) {
     auto a = q->open_sequence(), b = h->open_sequence();
     ASSERT_TRUE(a.ok() && b.ok());
     const auto p = prompt(44, 61);
+    runs.emplace_back();
     const std::vector<std::vector<int32_t>> steps = {{p.begin(), p.begin() + 24}, {p.begin() + 24, p.end()}};
     std::vector<int32_t> next;
     for (size_t i = 0; i <= steps.size(); ++i) {
@@ -652,12 +655,22 @@ TEST(Engine, PrefillWeightsInF16GiveTheQuantizedLogits) {
       EXPECT_EQ((*rh)[0].token, (*rq)[0].token) << path << " step " << i;
       EXPECT_LT(d, 2e-3) << path << " step " << i;
       if (i < steps.size()) EXPECT_GT(d, 0.0) << path << " step " << i << ": the prefill step did not read f16 weights";
-      if (i == 0) first.push_back((*rh)[0].logits);
+      runs.back().push_back((*rh)[0].logits);
       next = {(*rq)[0].token};
     }
   }
-  ASSERT_EQ(first.size(), 3u);
-  EXPECT_GT(rel_diff(first[1], first[2]), 0.0) << "f16 and f16-dense gave the same bits: the experts were not read as f16";
+  ASSERT_EQ(runs.size(), 5u);
+  ASSERT_FALSE(runs[1].empty() || runs[2].empty());
+  EXPECT_GT(rel_diff(runs[1][0], runs[2][0]), 0.0) << "f16 and f16-dense gave the same bits: the experts were not read as f16";
+  // f16-resident: the same f16 rows, made once at load instead of in each step: the same bits.
+  for (auto [resident, per_step] : {std::pair{3, 0}, std::pair{4, 1}}) {
+    ASSERT_EQ(runs[resident].size(), runs[per_step].size());
+    for (size_t i = 0; i < runs[resident].size(); ++i) {
+      ASSERT_EQ(runs[resident][i].size(), runs[per_step][i].size());
+      EXPECT_EQ(0, std::memcmp(runs[resident][i].data(), runs[per_step][i].data(), runs[resident][i].size() * 4))
+          << "f16-resident against f16, run " << per_step << " step " << i;
+    }
+  }
   ScopedEnv bad("TROVE_PREFILL_WEIGHTS", "f32");
   engine::EngineOptions o;
   o.model_path = quantized_model_path();

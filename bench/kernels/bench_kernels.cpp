@@ -158,11 +158,15 @@ int main(int argc, char** argv) {
 
   // ---- gemm: batches of 512 and 2048 per matmul path and tile, f16 activations (what prefill feeds)
   struct Gemm { const char* model; const char* name; uint32_t rows, cols; GgmlType type; };
-  std::vector<Gemm> gemms = {{"8B", "attn_q/o", 4096, 4096, GgmlType::Q4_K},      {"8B", "attn_kv", 1024, 4096, GgmlType::Q4_K},
-                             {"8B", "ffn_gate/up", 12288, 4096, GgmlType::Q4_K}, {"8B", "ffn_down", 4096, 12288, GgmlType::Q6_K},
-                             {"8B", "head", 151936, 4096, GgmlType::Q6_K},       {"30B-A3B", "attn_q", 4096, 2048, GgmlType::Q4_K},
+  std::vector<Gemm> gemms = {{"8B", "attn_q/o", 4096, 4096, GgmlType::Q4_K},
+                             {"8B", "attn_kv", 1024, 4096, GgmlType::Q4_K},
+                             {"8B", "ffn_gate/up", 12288, 4096, GgmlType::Q4_K},
+                             {"8B", "ffn_down", 4096, 12288, GgmlType::Q6_K},
+                             {"8B", "head", 151936, 4096, GgmlType::Q6_K},
+                             {"30B-A3B", "attn_q", 4096, 2048, GgmlType::Q4_K},
                              // The FFN's weights as f16 (what dequantizing once per prefill step would feed).
-                             {"8B", "ffn_gate/up", 12288, 4096, GgmlType::F16},  {"8B", "ffn_down", 4096, 12288, GgmlType::F16}};
+                             {"8B", "ffn_gate/up", 12288, 4096, GgmlType::F16},
+                             {"8B", "ffn_down", 4096, 12288, GgmlType::F16}};
   std::vector<uint32_t> gemm_batches = {512, 2048};
   if (quick) {
     // The tiny preset's prefill shapes (fused QKV, FFN down), batch 64 and a 512-token chunk.
@@ -259,9 +263,11 @@ int main(int argc, char** argv) {
     // ---- grouped: the 30B-A3B experts of one layer (128 × [768 × 2048] gate or up, 128 × [2048 × 768]
     // down), tokens × 8 slots spread evenly (the balanced case; the tests cover skewed ones).
     struct Grouped { const char* name; uint32_t rows, cols; GgmlType type; };
-    std::vector<Grouped> groups = {{"expert gate/up", 768, 2048, GgmlType::Q4_K}, {"expert down", 2048, 768, GgmlType::Q6_K},
+    std::vector<Grouped> groups = {{"expert gate/up", 768, 2048, GgmlType::Q4_K},
+                                   {"expert down", 2048, 768, GgmlType::Q6_K},
                                    // as f16 (TROVE_PREFILL_WEIGHTS=f16 dequantizes them once per step)
-                                   {"expert gate/up", 768, 2048, GgmlType::F16}, {"expert down", 2048, 768, GgmlType::F16}};
+                                   {"expert gate/up", 768, 2048, GgmlType::F16},
+                                   {"expert down", 2048, 768, GgmlType::F16}};
     uint32_t n_expert = 128, top_k = 8;
     std::vector<uint32_t> token_counts = {512, 2048};
     if (quick) {
@@ -274,7 +280,8 @@ int main(int argc, char** argv) {
     struct GroupedCfg { uint32_t bm, bn, variant, bk = 0; };
     std::vector<GroupedCfg> gcfgs = {{64, 64, 0}};
     if (path == ops::MatmulPath::kCm2) {
-      gcfgs = {{64, 64, 0}, {64, 64, 1}, {64, 64, 2}, {64, 32, 0}, {64, 32, 1}, {128, 32, 1}, {128, 64, 1}, {128, 64, 1, 32}, {128, 128, 1}};
+      gcfgs = {{64, 64, 0},  {64, 64, 1},  {64, 64, 2},      {64, 32, 0},  {64, 32, 1},
+               {128, 32, 1}, {128, 64, 1}, {128, 64, 1, 32}, {128, 128, 1}};
     }
     for (const auto& g : groups) {
       for (uint32_t tokens : token_counts) {

@@ -213,12 +213,17 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
     const std::string_view m = v;
     if (m != "f16" && m != "f16-dense" && m != "f16-resident" && m != "quant") {
       return Status::InvalidArgument(fmt::format(
-          "TROVE_PREFILL_WEIGHTS={} is not a choice: use quant (the default: prefill GEMMs decode the weights as "
-          "stored, per element), f16 (each layer's weights dequantized to f16 rows once per prefill step, beside "
-          "other work, and read by the GEMMs as f16; needs one layer's weights in f16 of device memory, e.g. ~390 MB "
+          "TROVE_PREFILL_WEIGHTS={} is not a choice: use quant (the default: prefill GEMMs decode the "
+          "weights as "
+          "stored, per element), f16 (each layer's weights dequantized to f16 rows once per prefill step, "
+          "beside "
+          "other work, and read by the GEMMs as f16; needs one layer's weights in f16 of device memory, e.g. "
+          "~390 MB "
           "for Qwen3-8B, ~1.3 GB for Qwen3-30B-A3B with its experts), f16-dense (the same but a MoE layer's "
-          "experts stay as stored) or f16-resident (every layer's weights, experts too, dequantized once at load "
-          "and kept: the whole model again in f16 of device memory, e.g. 16 GB for Qwen3-8B)", m));
+          "experts stay as stored) or f16-resident (every layer's weights, experts too, dequantized once at "
+          "load "
+          "and kept: the whole model again in f16 of device memory, e.g. 16 GB for Qwen3-8B)",
+          m));
     }
     e->prefill_f16_ = m != "quant";
     e->prefill_f16_experts_ = m == "f16" || m == "f16-resident";
@@ -305,9 +310,9 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
   uint64_t pool_blocks = opts.kv_pool_bytes ? opts.kv_pool_bytes / block_all_layers : blocks_per_seq * nseq;
   const uint64_t T = e->max_tokens_;
   const uint64_t ff = std::max<uint64_t>(c.n_ff, uint64_t{c.n_ff_exp});
-  uint64_t scratch = 4 * (T * (4ull * c.n_embd + 3ull * c.n_head * c.head_dim + 2ull * c.n_head_kv * c.head_dim +
-                                     3 * ff + 2ull * c.n_expert + 4) +
-                                T * c.n_expert_used * (2ull * c.n_embd + 3 * ff + 2) + 2ull * nseq * c.n_vocab);
+  uint64_t scratch = 4 * (T * (4ull * c.n_embd + 3ull * c.n_head * c.head_dim +
+                               2ull * c.n_head_kv * c.head_dim + 3 * ff + 2ull * c.n_expert + 4) +
+                          T * c.n_expert_used * (2ull * c.n_embd + 3 * ff + 2) + 2ull * nseq * c.n_vocab);
   if (e->prefill_f16_) scratch += e->prefill_f16_bytes();
   const uint64_t have = e->dev_->features().device_local_bytes;
   if (have && weight_bytes + scratch < have && !opts.kv_pool_bytes) {
@@ -505,8 +510,10 @@ Status VulkanEngine::load_weights(gguf::GgufFile& f, bool progress) {
 uint64_t VulkanEngine::prefill_f16_bytes() const {
   const ModelConfig& c = cfg_;
   const uint64_t E = c.n_embd, q = uint64_t{c.n_head} * c.head_dim, kv = uint64_t{c.n_head_kv} * c.head_dim;
-  const uint64_t ffn = c.is_moe() ? (prefill_f16_experts_ ? 3ull * c.n_expert * c.n_ff_exp * E : 0) : 3ull * c.n_ff * E;
-  const uint64_t layer = 2 * ((q + 2 * kv) * E + E * q + ffn) + 8 * 256;  // each of its 7 weights rounded up to 256 bytes
+  const uint64_t ffn =
+      c.is_moe() ? (prefill_f16_experts_ ? 3ull * c.n_expert * c.n_ff_exp * E : 0) : 3ull * c.n_ff * E;
+  const uint64_t layer =
+      2 * ((q + 2 * kv) * E + E * q + ffn) + 8 * 256;  // each of its 7 weights rounded up to 256 bytes
   return prefill_f16_resident_ ? layer * c.n_layer : layer;
 }
 
@@ -546,14 +553,16 @@ Status VulkanEngine::alloc_scratch() {
         slot[kSlotGateUp] = std::max(slot[kSlotGateUp], f16_bytes(L.gate) + f16_bytes(L.up));
         slot[kSlotDown] = std::max(slot[kSlotDown], f16_bytes(L.down));
       } else if (prefill_f16_experts_) {
-        slot[kSlotExperts] = std::max(slot[kSlotExperts], f16_bytes(L.gate_exps) + f16_bytes(L.up_exps) + f16_bytes(L.down_exps));
+        slot[kSlotExperts] = std::max(slot[kSlotExperts],
+                                      f16_bytes(L.gate_exps) + f16_bytes(L.up_exps) + f16_bytes(L.down_exps));
       }
     }
     if (slot[kSlotExperts] > dev_->max_buffer_bytes()) {
       return Status::Unsupported(fmt::format(
-          "TROVE_PREFILL_WEIGHTS=f16: a layer's experts take {} as f16, more than the largest buffer {} allows ({}); "
-          "use TROVE_PREFILL_WEIGHTS=f16-dense (experts as stored) or leave it unset", human_bytes(slot[kSlotExperts]),
-          dev_->features().name, human_bytes(dev_->max_buffer_bytes())));
+          "TROVE_PREFILL_WEIGHTS=f16: a layer's experts take {} as f16, more than the largest buffer {} "
+          "allows ({}); "
+          "use TROVE_PREFILL_WEIGHTS=f16-dense (experts as stored) or leave it unset",
+          human_bytes(slot[kSlotExperts]), dev_->features().name, human_bytes(dev_->max_buffer_bytes())));
     }
     if (prefill_f16_resident_) {
       prefill_f16_layers_.resize(layers_.size());
@@ -592,7 +601,8 @@ Status VulkanEngine::fill_f16_resident() {
     if (cfg_.is_moe()) {
       TROVE_RETURN_IF_ERROR(record_dequant_f16(**s, L.gate_exps, l, kSlotExperts, 0));
       TROVE_RETURN_IF_ERROR(record_dequant_f16(**s, L.up_exps, l, kSlotExperts, f16_bytes(L.gate_exps)));
-      TROVE_RETURN_IF_ERROR(record_dequant_f16(**s, L.down_exps, l, kSlotExperts, f16_bytes(L.gate_exps) + f16_bytes(L.up_exps)));
+      TROVE_RETURN_IF_ERROR(record_dequant_f16(**s, L.down_exps, l, kSlotExperts,
+                                               f16_bytes(L.gate_exps) + f16_bytes(L.up_exps)));
     } else {
       TROVE_RETURN_IF_ERROR(record_dequant_f16(**s, L.gate, l, kSlotGateUp, 0));
       TROVE_RETURN_IF_ERROR(record_dequant_f16(**s, L.up, l, kSlotGateUp, f16_bytes(L.gate)));

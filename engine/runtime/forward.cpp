@@ -71,22 +71,28 @@ bool f16_eligible(const Weight& w) {
   return w.experts == 1 && w.rows <= kMaxMatmulRows && w.pieces.size() == 1 && w.cols % 32 == 0;
 }
 // A MoE layer's stacked experts (one buffer, as the MoE kernels need) as rows of f16.
-bool experts_f16_eligible(const Weight& w) { return w.pieces.size() == 1 && w.cols % 32 == 0; }
+bool experts_f16_eligible(const Weight& w) {
+  return w.pieces.size() == 1 && w.cols % 32 == 0;
+}
 }  // namespace
 
-Status VulkanEngine::record_dequant_f16(vk::CommandStream& s, const Weight& w, uint32_t layer, PrefillSlot slot, uint64_t at) {
-  if (w.type == GgmlType::F16 || !(slot == kSlotExperts ? experts_f16_eligible(w) : f16_eligible(w))) return Status::Ok();
+Status VulkanEngine::record_dequant_f16(vk::CommandStream& s, const Weight& w, uint32_t layer,
+                                        PrefillSlot slot, uint64_t at) {
+  if (w.type == GgmlType::F16 || !(slot == kSlotExperts ? experts_f16_eligible(w) : f16_eligible(w)))
+    return Status::Ok();
   const vk::Buffer& wb = w.whole();
   const uint64_t rows = w.experts * w.rows;
-  return dequant_f16_->record(s, w.type, vk::BufferRange(wb, 0, std::min<uint64_t>((rows * w.row_bytes + 3) / 4 * 4, wb.size())),
-                              static_cast<uint32_t>(rows), static_cast<uint32_t>(w.cols),
-                              vk::BufferRange(f16_slot(layer, slot), at, rows * w.cols * 2));
+  return dequant_f16_->record(
+      s, w.type, vk::BufferRange(wb, 0, std::min<uint64_t>((rows * w.row_bytes + 3) / 4 * 4, wb.size())),
+      static_cast<uint32_t>(rows), static_cast<uint32_t>(w.cols),
+      vk::BufferRange(f16_slot(layer, slot), at, rows * w.cols * 2));
 }
 
 MoeLayerWeights VulkanEngine::experts_f16(const Layer& L, uint32_t layer) const {
   MoeLayerWeights m = L.moe;
   uint64_t at = 0;
-  for (auto [w, e] : {std::pair{&L.gate_exps, &m.gate}, std::pair{&L.up_exps, &m.up}, std::pair{&L.down_exps, &m.down}}) {
+  for (auto [w, e] :
+       {std::pair{&L.gate_exps, &m.gate}, std::pair{&L.up_exps, &m.up}, std::pair{&L.down_exps, &m.down}}) {
     if (w->type != GgmlType::F16 && experts_f16_eligible(*w)) {
       e->type = GgmlType::F16;
       e->w = vk::BufferRange(f16_slot(layer, kSlotExperts), at, w->experts * w->rows * w->cols * 2);
@@ -96,11 +102,13 @@ MoeLayerWeights VulkanEngine::experts_f16(const Layer& L, uint32_t layer) const 
   return m;
 }
 
-Status VulkanEngine::record_matmul_f16(vk::CommandStream& s, const Weight& w, uint32_t layer, PrefillSlot slot, uint64_t at, uint32_t batch,
-                                       vk::BufferRange x, vk::BufferRange y, bool x_f16) {
+Status VulkanEngine::record_matmul_f16(vk::CommandStream& s, const Weight& w, uint32_t layer,
+                                       PrefillSlot slot, uint64_t at, uint32_t batch, vk::BufferRange x,
+                                       vk::BufferRange y, bool x_f16) {
   if (w.type == GgmlType::F16 || !f16_eligible(w)) return record_matmul(s, w, 0, batch, x, y, x_f16);
-  return ops_.matmul.record(s, GgmlType::F16, static_cast<uint32_t>(w.rows), static_cast<uint32_t>(w.cols), batch,
-                            vk::BufferRange(f16_slot(layer, slot), at, w.rows * w.cols * 2), x, y, 0, x_f16);
+  return ops_.matmul.record(s, GgmlType::F16, static_cast<uint32_t>(w.rows), static_cast<uint32_t>(w.cols),
+                            batch, vk::BufferRange(f16_slot(layer, slot), at, w.rows * w.cols * 2), x, y, 0,
+                            x_f16);
 }
 
 Status VulkanEngine::record_l2_warm(vk::CommandStream& s, WarmAt at, uint32_t layer, uint64_t (&done)[kWarmWhats]) {
@@ -457,9 +465,11 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
         if (pf) {
           TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L.q, l, kSlotQkv, 0, T, xin, attn_, f16_acts));
           TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L.k, l, kSlotQkv, f16_bytes(L.q), T, xin, o_, f16_acts));
-          TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L.v, l, kSlotQkv, f16_bytes(L.q) + f16_bytes(L.k), T, xin, v_, f16_acts));
+          TROVE_RETURN_IF_ERROR(
+              record_matmul_f16(s, L.v, l, kSlotQkv, f16_bytes(L.q) + f16_bytes(L.k), T, xin, v_, f16_acts));
           TROVE_RETURN_IF_ERROR(dequant(L.o, l, kSlotO, 0));
-          if (c.is_moe() && prefill_f16_experts_) TROVE_RETURN_IF_ERROR(dequant(L.gate_exps, l, kSlotExperts, 0));
+          if (c.is_moe() && prefill_f16_experts_)
+            TROVE_RETURN_IF_ERROR(dequant(L.gate_exps, l, kSlotExperts, 0));
         } else {
           TROVE_RETURN_IF_ERROR(record_matmul(s, L.q, 0, T, xin, attn_, f16_acts));
           TROVE_RETURN_IF_ERROR(record_matmul(s, L.k, 0, T, xin, o_, f16_acts));
@@ -529,7 +539,8 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
         if (!c.is_moe()) TROVE_RETURN_IF_ERROR(dequant(L.down, l, kSlotDown, 0));
         if (c.is_moe() && next) TROVE_RETURN_IF_ERROR(dequant_qkv(*next, l + 1));
         if (c.is_moe() && prefill_f16_experts_) {
-          TROVE_RETURN_IF_ERROR(dequant(L.down_exps, l, kSlotExperts, f16_bytes(L.gate_exps) + f16_bytes(L.up_exps)));
+          TROVE_RETURN_IF_ERROR(
+              dequant(L.down_exps, l, kSlotExperts, f16_bytes(L.gate_exps) + f16_bytes(L.up_exps)));
         }
         s.barrier();
         TROVE_RETURN_IF_ERROR(ops_.add.record(s, x_, o_, x_, T * E));
@@ -576,16 +587,22 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       s.barrier();
       mark(kOpFfnNorm);
       if (c.is_moe()) {
-        TROVE_RETURN_IF_ERROR(moe_->record(s, ops_.matmul, pf && prefill_f16_experts_ ? experts_f16(L, l) : L.moe, xn_, x_, T, [&](MoeStage st) {
-          static constexpr OpKind kind[] = {kOpMoeRouter, kOpMoeRoute, kOpMoeGateUp, kOpMoeSwiglu, kOpMoeDown};
-          mark(kind[static_cast<int>(st)]);
-        }, moe_f16 ? vk::BufferRange(xnh_, 0, uint64_t{T} * E * 2) : vk::BufferRange()));
+        TROVE_RETURN_IF_ERROR(moe_->record(
+            s, ops_.matmul, pf && prefill_f16_experts_ ? experts_f16(L, l) : L.moe, xn_, x_, T,
+            [&](MoeStage st) {
+              static constexpr OpKind kind[] = {kOpMoeRouter, kOpMoeRoute, kOpMoeGateUp, kOpMoeSwiglu,
+                                                kOpMoeDown};
+              mark(kind[static_cast<int>(st)]);
+            },
+            moe_f16 ? vk::BufferRange(xnh_, 0, uint64_t{T} * E * 2) : vk::BufferRange()));
         s.barrier();
         mark(kOpMoe);
       } else {
         if (pf) {
-          TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L.gate, l, kSlotGateUp, 0, T, ffn_f16 ? xnh_ : xn_, gate_, ffn_f16));
-          TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L.up, l, kSlotGateUp, f16_bytes(L.gate), T, ffn_f16 ? xnh_ : xn_, up_, ffn_f16));
+          TROVE_RETURN_IF_ERROR(
+              record_matmul_f16(s, L.gate, l, kSlotGateUp, 0, T, ffn_f16 ? xnh_ : xn_, gate_, ffn_f16));
+          TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L.up, l, kSlotGateUp, f16_bytes(L.gate), T,
+                                                  ffn_f16 ? xnh_ : xn_, up_, ffn_f16));
         } else {
           TROVE_RETURN_IF_ERROR(record_matmul(s, L.gate, 0, T, ffn_f16 ? xnh_ : xn_, gate_, ffn_f16));
           TROVE_RETURN_IF_ERROR(record_matmul(s, L.up, 0, T, ffn_f16 ? xnh_ : xn_, up_, ffn_f16));
@@ -598,7 +615,8 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
         }
         s.barrier();
         if (pf) {
-          TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L.down, l, kSlotDown, 0, T, ffn_f16 ? hh_ : h_, o_, ffn_f16));
+          TROVE_RETURN_IF_ERROR(
+              record_matmul_f16(s, L.down, l, kSlotDown, 0, T, ffn_f16 ? hh_ : h_, o_, ffn_f16));
           if (next) TROVE_RETURN_IF_ERROR(dequant_qkv(*next, l + 1));
         } else {
           TROVE_RETURN_IF_ERROR(record_matmul(s, L.down, 0, T, ffn_f16 ? hh_ : h_, o_, ffn_f16));

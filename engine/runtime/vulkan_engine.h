@@ -259,10 +259,13 @@ class VulkanEngine final : public Engine {
   static uint64_t f16_bytes(const Weight& w) { return (w.experts * w.rows * w.cols * 2 + 255) / 256 * 256; }
   // A MoE layer's experts as the f16 rows in kSlotExperts (gate, up, down one after the other).
   MoeLayerWeights experts_f16(const Layer& L, uint32_t layer) const;
-  uint64_t prefill_f16_bytes() const;  // the slots' size from the model's shapes (the memory plan, before loading)
-  Status record_dequant_f16(vk::CommandStream& s, const Weight& w, uint32_t layer, PrefillSlot slot, uint64_t at);
-  Status record_matmul_f16(vk::CommandStream& s, const Weight& w, uint32_t layer, PrefillSlot slot, uint64_t at, uint32_t batch,
-                           vk::BufferRange x, vk::BufferRange y, bool x_f16 = false);
+  uint64_t prefill_f16_bytes()
+      const;  // the slots' size from the model's shapes (the memory plan, before loading)
+  Status record_dequant_f16(vk::CommandStream& s, const Weight& w, uint32_t layer, PrefillSlot slot,
+                            uint64_t at);
+  Status record_matmul_f16(vk::CommandStream& s, const Weight& w, uint32_t layer, PrefillSlot slot,
+                           uint64_t at, uint32_t batch, vk::BufferRange x, vk::BufferRange y,
+                           bool x_f16 = false);
   std::map<std::array<uint64_t, 3>, uint32_t> replays_;
   static constexpr size_t kMaxReplays = 64;  // past this many keys the captures are dropped and made anew
   // L2 warm-ups in decode steps (matvec path; engine/runtime/l2_warm_plan.h): none unless TROVE_L2_WARM

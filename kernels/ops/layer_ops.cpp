@@ -254,35 +254,46 @@ Result<DequantF16> DequantF16::create(vk::Device& dev) {
   op.pipeline_ = std::move(*p);
   return op;
 }
-Status DequantF16::record(vk::CommandStream& s, quant::GgmlType type, vk::BufferRange w, uint32_t rows, uint32_t cols,
-                          vk::BufferRange out) const {
+Status DequantF16::record(vk::CommandStream& s, quant::GgmlType type, vk::BufferRange w, uint32_t rows,
+                          uint32_t cols, vk::BufferRange out) const {
   const auto t = quant::traits(type);
-  const bool readable = type == quant::GgmlType::F32 || type == quant::GgmlType::F16 || type == quant::GgmlType::BF16 ||
-                        type == quant::GgmlType::Q8_0 || type == quant::GgmlType::Q4_K || type == quant::GgmlType::Q5_K ||
+  const bool readable = type == quant::GgmlType::F32 || type == quant::GgmlType::F16 ||
+                        type == quant::GgmlType::BF16 || type == quant::GgmlType::Q8_0 ||
+                        type == quant::GgmlType::Q4_K || type == quant::GgmlType::Q5_K ||
                         type == quant::GgmlType::Q6_K;
   if (!t || !readable) {
-    return Status::Unsupported(fmt::format("dequant f16: weight type {} is not supported (F32, F16, BF16, Q8_0, Q4_K, Q5_K, Q6_K)",
-                                           quant::ggml_type_name(static_cast<uint32_t>(type))));
+    return Status::Unsupported(
+        fmt::format("dequant f16: weight type {} is not supported (F32, F16, BF16, Q8_0, Q4_K, Q5_K, Q6_K)",
+                    quant::ggml_type_name(static_cast<uint32_t>(type))));
   }
   if (rows == 0 || cols == 0 || cols % 32 != 0 || cols % static_cast<uint32_t>(t->block_values) != 0) {
-    return Status::InvalidArgument(fmt::format("dequant f16: {} rows of {} columns; the columns must be a positive multiple of 32 "
-                                               "and of the {} block ({})", rows, cols, t->name, t->block_values));
+    return Status::InvalidArgument(
+        fmt::format("dequant f16: {} rows of {} columns; the columns must be a positive multiple of 32 "
+                    "and of the {} block ({})",
+                    rows, cols, t->name, t->block_values));
   }
   const uint64_t rb = quant::row_bytes(type, cols), chunks = uint64_t{rows} * (cols / 32);
   if (rb * rows > 0xFFFFFFFCull || chunks * 4 > 0xFFFFFFFFull) {
-    return Status::InvalidArgument(fmt::format("dequant f16: {} rows of {} columns is over 4 GiB for one call; split the rows", rows, cols));
+    return Status::InvalidArgument(fmt::format(
+        "dequant f16: {} rows of {} columns is over 4 GiB for one call; split the rows", rows, cols));
   }
   if (out.offset % 16 != 0) {
-    return Status::InvalidArgument(fmt::format("dequant f16: the output starts at byte {}, not a multiple of 16 (its stores are 16 bytes)", out.offset));
+    return Status::InvalidArgument(fmt::format(
+        "dequant f16: the output starts at byte {}, not a multiple of 16 (its stores are 16 bytes)",
+        out.offset));
   }
   if (w.size < (rb * rows + 3) / 4 * 4 || out.size < uint64_t{rows} * cols * 2) {
-    return Status::InvalidArgument(fmt::format("dequant f16: buffers too small: weights {} (need {}), out {} (need {})", w.size,
-                                               (rb * rows + 3) / 4 * 4, out.size, uint64_t{rows} * cols * 2));
+    return Status::InvalidArgument(
+        fmt::format("dequant f16: buffers too small: weights {} (need {}), out {} (need {})", w.size,
+                    (rb * rows + 3) / 4 * 4, out.size, uint64_t{rows} * cols * 2));
   }
   const uint64_t groups = (chunks + kLocal - 1) / kLocal;
-  const uint32_t gx = static_cast<uint32_t>(std::min<uint64_t>(groups, 32768)), gy = static_cast<uint32_t>((groups + gx - 1) / gx);
-  struct { uint32_t chunks_per_row, chunks, type, row_bytes, groups_x; } push{cols / 32, static_cast<uint32_t>(chunks),
-                                                                                static_cast<uint32_t>(type), static_cast<uint32_t>(rb), gx};
+  const uint32_t gx = static_cast<uint32_t>(std::min<uint64_t>(groups, 32768)),
+                 gy = static_cast<uint32_t>((groups + gx - 1) / gx);
+  struct {
+    uint32_t chunks_per_row, chunks, type, row_bytes, groups_x;
+  } push{cols / 32, static_cast<uint32_t>(chunks), static_cast<uint32_t>(type), static_cast<uint32_t>(rb),
+         gx};
   vk::BufferRange b[2] = {w, out};
   return s.dispatch(pipeline_, b, &push, sizeof(push), gx, gy);
 }

@@ -115,6 +115,7 @@ class DequantF16 {
   static Result<DequantF16> create(vk::Device& dev);
   Status record(vk::CommandStream& s, quant::GgmlType type, vk::BufferRange w, uint32_t rows, uint32_t cols,
                 vk::BufferRange out) const;
+
  private:
   vk::Pipeline pipeline_;
 };

@@ -166,7 +166,8 @@ Result<Matmul> Matmul::create(vk::Device& dev, MatmulPath path) {
   op.cm2_large_ = automatic && op.cm2_grouped_;
   if (const char* v = std::getenv("TROVE_CM2_VARIANT"); v && *v) {
     if (std::string_view(v) != "0" && std::string_view(v) != "1" && std::string_view(v) != "2") {
-      return Status::InvalidArgument(fmt::format("TROVE_CM2_VARIANT='{}' is not a cm2 variant; use 0, 1 or 2 (or unset it)", v));
+      return Status::InvalidArgument(
+          fmt::format("TROVE_CM2_VARIANT='{}' is not a cm2 variant; use 0, 1 or 2 (or unset it)", v));
     }
     op.force_cm2_variant(static_cast<uint32_t>(v[0] - '0'));
   }
@@ -283,7 +284,8 @@ namespace {
 // Whether the device holds a cm2 tile: the driver's reserved shared memory plus the tile's scales (8
 // sub-blocks × BM rows × vec2), and BN within the largest cooperative-matrix dimension.
 bool cm2_fits(const vk::DeviceFeatures& f, Cm2Tile t) {
-  return f.coopmat2_reserved_shared + 8 * (t.bm + 2) * 8 <= f.max_compute_shared_memory && t.bn <= f.coopmat2_max_dimension;
+  return f.coopmat2_reserved_shared + 8 * (t.bm + 2) * 8 <= f.max_compute_shared_memory &&
+         t.bn <= f.coopmat2_max_dimension;
 }
 }  // namespace
 
@@ -378,7 +380,8 @@ Status Matmul::record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows,
     const MatmulTile tile = tile_for(rows, batch);
     auto record_cm2 = [&](Cm2Tile c, uint32_t variant) -> Status {
       const uint32_t bk = cols % 64 == 0 ? 64 : 32;
-      if (variant > 2) return Status::InvalidArgument(fmt::format("matmul: cm2 variant {} is not 0, 1 or 2", variant));
+      if (variant > 2)
+        return Status::InvalidArgument(fmt::format("matmul: cm2 variant {} is not 0, 1 or 2", variant));
       auto p = pipeline(acc_f16_ ? "matmul_cm2_f16acc" : "matmul_cm2", {ty, xh, c.bm, c.bn, 256, bk, variant}, 3, 256);
       if (!p.ok()) return p.status();
       if (div_up(rows, c.bm) > kMaxGroups || div_up(batch, c.bn) > kMaxGroups) {
@@ -484,9 +487,11 @@ Status Matmul::record_grouped(vk::CommandStream& s, const GroupedMatmulCall& c, 
     const auto* shape = cm2_shape(dev_->features());
     const uint32_t variant = forced_cm2_variant_.value_or(0);
     if ((bm != 64 && bm != 128) || (bn != 32 && bn != 64 && bn != 128) || variant > 2 || !shape ||
-        bm % shape->m_granularity != 0 || bn % shape->n_granularity != 0 || bn > dev_->features().coopmat2_max_dimension) {
+        bm % shape->m_granularity != 0 || bn % shape->n_granularity != 0 ||
+        bn > dev_->features().coopmat2_max_dimension) {
       return Status::InvalidArgument(fmt::format(
-          "grouped matmul: cm2 tile {}x{} variant {} is not usable here (BM 64 or 128, BN 32, 64 or 128 and multiples of "
+          "grouped matmul: cm2 tile {}x{} variant {} is not usable here (BM 64 or 128, BN 32, 64 or 128 and "
+          "multiples of "
           "the device's granularity {}x{}, variant 0, 1 or 2); change TROVE_GROUPED_TILE / TROVE_CM2_VARIANT",
           bm, bn, variant, shape ? shape->m_granularity : 0, shape ? shape->n_granularity : 0));
     }

@@ -12,10 +12,10 @@
 // Larger ones take the path chosen at create(): KHR cooperative matrix (matmul_coopmat.comp, any GPU
 // with a 16×16×16 f16 shape and 32-wide subgroups), else tiled. NV cooperative matrix 2
 // (matmul_cm2.comp, NVIDIA) runs only when asked for (TROVE_MATMUL=cm2): on the H200 it is still
-// slower than the KHR kernel (docs/performance.md). The matrix paths round activations and dequantized weights to f16 and
-// accumulate in f32 (bound: 2e-3 of the output norm). On a CPU device (lavapipe, features().is_cpu)
-// the automatic path is kCpu: matmul_cpu.comp for every batch, f32 math like the tiled kernel but
-// one invocation per (rows, batch columns) tile walking K alone — no shared memory, no barriers,
+// slower than the KHR kernel (docs/performance.md). The matrix paths round activations and dequantized
+// weights to f16 and accumulate in f32 (bound: 2e-3 of the output norm). On a CPU device (lavapipe,
+// features().is_cpu) the automatic path is kCpu: matmul_cpu.comp for every batch, f32 math like the tiled
+// kernel but one invocation per (rows, batch columns) tile walking K alone — no shared memory, no barriers,
 // activation loads uniform across the SIMD lanes (docs/kernels.md; any device can run it, only CPU
 // devices are fast on it). TROVE_MATMUL=cm2|khr|tiled|cpu forces a path (for tests and benchmarks;
 // tiled keeps CI testing matmul_tiled.comp on lavapipe); a forced path the device lacks makes

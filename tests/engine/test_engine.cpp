@@ -619,17 +619,18 @@ TEST(Engine, BatchedAttentionStepGivesTheBitsOfPerSequenceAttention) {
 // layer's down — or its O projection in MoE layers). On lavapipe every matmul step takes it (no matrix
 // units), so two prefill chunks (24 and 20 tokens: layer 0's Q/K/V written at each step's start) and a
 // one-token decode step (the matvec, untouched) must give the quantized engine's greedy tokens and
-// logits within the weights' f16 rounding (2e-3 relative L2, measured up to 3.4e-4; a weight in the wrong slot
-// or read before it is written is off by order 1) — and not its bits on the prefill steps, or the f16
+// logits within the weights' f16 rounding (2e-3 relative L2, measured up to 3.4e-4; a weight in the wrong
+// slot or read before it is written is off by order 1) — and not its bits on the prefill steps, or the f16
 // rows were not read. Dense (Q4_K / Q6_K) and MoE models — `f16` with its experts in f16 too (gate, up and
-// down dequantized beside QKV, attention and O; on lavapipe the expert matvec kernels read them), `f16-dense` its attention weights
-// only — and `f16-resident` (every layer's rows made once, at load) the per-step form's bits, dense and
-// MoE. A bad value is named.
+// down dequantized beside QKV, attention and O; on lavapipe the expert matvec kernels read them), `f16-dense`
+// its attention weights only — and `f16-resident` (every layer's rows made once, at load) the per-step form's
+// bits, dense and MoE. A bad value is named.
 TEST(Engine, PrefillWeightsInF16GiveTheQuantizedLogits) {
   std::vector<std::vector<std::vector<float>>> runs;  // each run's logits, step by step
-  for (auto [path, mode] : {std::pair{quantized_model_path(), "f16"}, std::pair{moe_model_path(), "f16"},
-                            std::pair{moe_model_path(), "f16-dense"}, std::pair{quantized_model_path(), "f16-resident"},
-                            std::pair{moe_model_path(), "f16-resident"}}) {
+  for (auto [path, mode] :
+       {std::pair{quantized_model_path(), "f16"}, std::pair{moe_model_path(), "f16"},
+        std::pair{moe_model_path(), "f16-dense"}, std::pair{quantized_model_path(), "f16-resident"},
+        std::pair{moe_model_path(), "f16-resident"}}) {
     SCOPED_TRACE(mode);
     std::unique_ptr<engine::Engine> q, h;
     q = load(256, 1, 0, 64, path);
@@ -650,24 +651,28 @@ TEST(Engine, PrefillWeightsInF16GiveTheQuantizedLogits) {
       auto rh = h->step(std::vector<StepInput>{logits_of(*b, in)});
       ASSERT_TRUE(rq.ok() && rh.ok()) << rq.status().ToString() << " / " << rh.status().ToString();
       const double d = rel_diff((*rh)[0].logits, (*rq)[0].logits);
-      std::printf("%s, %s, step %zu (%zu tokens): f16 weights vs quantized, relative logits difference %.3g\n",
-                  path.c_str(), mode, i, in.size(), d);
+      std::printf(
+          "%s, %s, step %zu (%zu tokens): f16 weights vs quantized, relative logits difference %.3g\n",
+          path.c_str(), mode, i, in.size(), d);
       EXPECT_EQ((*rh)[0].token, (*rq)[0].token) << path << " step " << i;
       EXPECT_LT(d, 2e-3) << path << " step " << i;
-      if (i < steps.size()) EXPECT_GT(d, 0.0) << path << " step " << i << ": the prefill step did not read f16 weights";
+      if (i < steps.size())
+        EXPECT_GT(d, 0.0) << path << " step " << i << ": the prefill step did not read f16 weights";
       runs.back().push_back((*rh)[0].logits);
       next = {(*rq)[0].token};
     }
   }
   ASSERT_EQ(runs.size(), 5u);
   ASSERT_FALSE(runs[1].empty() || runs[2].empty());
-  EXPECT_GT(rel_diff(runs[1][0], runs[2][0]), 0.0) << "f16 and f16-dense gave the same bits: the experts were not read as f16";
+  EXPECT_GT(rel_diff(runs[1][0], runs[2][0]), 0.0)
+      << "f16 and f16-dense gave the same bits: the experts were not read as f16";
   // f16-resident: the same f16 rows, made once at load instead of in each step: the same bits.
   for (auto [resident, per_step] : {std::pair{3, 0}, std::pair{4, 1}}) {
     ASSERT_EQ(runs[resident].size(), runs[per_step].size());
     for (size_t i = 0; i < runs[resident].size(); ++i) {
       ASSERT_EQ(runs[resident][i].size(), runs[per_step][i].size());
-      EXPECT_EQ(0, std::memcmp(runs[resident][i].data(), runs[per_step][i].data(), runs[resident][i].size() * 4))
+      EXPECT_EQ(0,
+                std::memcmp(runs[resident][i].data(), runs[per_step][i].data(), runs[resident][i].size() * 4))
           << "f16-resident against f16, run " << per_step << " step " << i;
     }
   }
@@ -676,7 +681,8 @@ TEST(Engine, PrefillWeightsInF16GiveTheQuantizedLogits) {
   o.model_path = quantized_model_path();
   auto e = engine::Engine::load(o);
   ASSERT_FALSE(e.ok());
-  EXPECT_NE(e.status().message().find("TROVE_PREFILL_WEIGHTS=f32 is not a choice"), std::string::npos) << e.status().message();
+  EXPECT_NE(e.status().message().find("TROVE_PREFILL_WEIGHTS=f32 is not a choice"), std::string::npos)
+      << e.status().message();
 }
 
 TEST(Engine, OpProfileLeavesOutStepsThatCompiledPipelines) {

@@ -1,9 +1,11 @@
-// GPU layer ops (RMSNorm incl. per-head QK-norm, SwiGLU, RoPE NEOX, the q/k norm + RoPE + KV write prologue, argmax, get_rows of every weight type, weights to f16 rows) against
-// the C++ references in kernels/ref/layer_ref.h, on fresh random inputs with NaN-poisoned outputs.
-// Error bounds: fp32 norms/activations 2e-5 relative (+1e-6 absolute); RoPE 1e-5 absolute for
-// |x| ~ N(0,1) at positions up to 131071 (angles from 64-bit fixed-point turns: ~4e-7 rad, then fp32
-// sin/cos); integer/copy ops exact (quantized get_rows: 1e-6 relative, FMA contraction). Shapes include Qwen3-8B (hidden 4096, 32 Q / 8 KV heads of 128) and Qwen3-30B-A3B
-// (hidden 2048, 32 Q / 4 KV heads); big batches only with TROVE_KERNEL_FULL=1. Runs in ~10 s on lavapipe.
+// GPU layer ops (RMSNorm incl. per-head QK-norm, SwiGLU, RoPE NEOX, the q/k norm + RoPE + KV write prologue,
+// argmax, get_rows of every weight type, weights to f16 rows) against the C++ references in
+// kernels/ref/layer_ref.h, on fresh random inputs with NaN-poisoned outputs. Error bounds: fp32
+// norms/activations 2e-5 relative (+1e-6 absolute); RoPE 1e-5 absolute for |x| ~ N(0,1) at positions up to
+// 131071 (angles from 64-bit fixed-point turns: ~4e-7 rad, then fp32 sin/cos); integer/copy ops exact
+// (quantized get_rows: 1e-6 relative, FMA contraction). Shapes include Qwen3-8B (hidden 4096, 32 Q / 8 KV
+// heads of 128) and Qwen3-30B-A3B (hidden 2048, 32 Q / 4 KV heads); big batches only with
+// TROVE_KERNEL_FULL=1. Runs in ~10 s on lavapipe.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -261,15 +263,16 @@ TEST(DequantF16, EveryWeightTypeToF16Rows) {
   using quant::GgmlType;
   constexpr uint16_t kPoison = 0x7e01;
   constexpr uint64_t kLead = 256;  // bytes before the weight in its buffer, and before the output in its own
-  for (auto type : {GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q5_K,
-                    GgmlType::Q6_K}) {
+  for (auto type : {GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_K,
+                    GgmlType::Q5_K, GgmlType::Q6_K}) {
     for (uint32_t cols : {4096u, 2048u, 768u, 256u}) {
       if (cols % quant::traits(type)->block_values != 0) continue;
       const uint32_t rows = cols == 256 ? 301 : 67;
       const uint64_t rb = quant::row_bytes(type, cols);
       auto vals = randn(size_t(rows) * cols, rng, 0.05f);
       std::vector<uint8_t> w(kLead + rb * rows + 4, 0xab);
-      for (uint32_t r = 0; r < rows; ++r) quant::quantize_row(type, vals.data() + size_t(r) * cols, w.data() + kLead + r * rb, cols);
+      for (uint32_t r = 0; r < rows; ++r)
+        quant::quantize_row(type, vals.data() + size_t(r) * cols, w.data() + kLead + r * rb, cols);
       std::vector<uint16_t> want(size_t(rows) * cols);
       std::vector<float> row(cols);
       for (uint32_t r = 0; r < rows; ++r) {
@@ -281,19 +284,24 @@ TEST(DequantF16, EveryWeightTypeToF16Rows) {
       auto bo = g.up(std::vector<uint16_t>(kLead / 2 + want.size() + 64, kPoison));
       auto s = g.dev->stream();
       ASSERT_TRUE(op->record(*s, type, vk::BufferRange(bw, kLead, (rb * rows + 3) / 4 * 4), rows, cols,
-                             vk::BufferRange(bo, kLead, want.size() * 2)).ok());
+                             vk::BufferRange(bo, kLead, want.size() * 2))
+                      .ok());
       ASSERT_TRUE(s->submit_and_wait().ok());
       auto got = g.down<uint16_t>(bo, kLead / 2 + want.size() + 64);
-      for (size_t i = 0; i < kLead / 2; ++i) ASSERT_EQ(got[i], kPoison) << "half " << i << " before the output";
-      for (size_t i = 0; i < 64; ++i) ASSERT_EQ(got[kLead / 2 + want.size() + i], kPoison) << "half " << i << " after the output";
+      for (size_t i = 0; i < kLead / 2; ++i)
+        ASSERT_EQ(got[i], kPoison) << "half " << i << " before the output";
+      for (size_t i = 0; i < 64; ++i)
+        ASSERT_EQ(got[kLead / 2 + want.size() + i], kPoison) << "half " << i << " after the output";
       const bool plain = type == GgmlType::F32 || type == GgmlType::F16 || type == GgmlType::BF16;
       size_t off_by_one = 0;
       for (size_t i = 0; i < want.size(); ++i) {
         const uint16_t a = got[kLead / 2 + i], b = want[i];
         if (a == b) continue;
-        ASSERT_FALSE(plain) << quant::traits(type)->name << " cols " << cols << " value " << i << ": " << a << " vs " << b;
-        ASSERT_LE(std::abs(int(a) - int(b)), 1) << quant::traits(type)->name << " cols " << cols << " value " << i << ": "
-                                                << quant::f16_to_f32(a) << " vs " << quant::f16_to_f32(b);
+        ASSERT_FALSE(plain) << quant::traits(type)->name << " cols " << cols << " value " << i << ": " << a
+                            << " vs " << b;
+        ASSERT_LE(std::abs(int(a) - int(b)), 1)
+            << quant::traits(type)->name << " cols " << cols << " value " << i << ": " << quant::f16_to_f32(a)
+            << " vs " << quant::f16_to_f32(b);
         ++off_by_one;
       }
       EXPECT_LE(off_by_one, want.size() / 100) << quant::traits(type)->name << " cols " << cols;
@@ -302,11 +310,14 @@ TEST(DequantF16, EveryWeightTypeToF16Rows) {
   // Refused shapes and types, with what was wrong.
   auto b = g.poisoned(1 << 16);
   auto s = g.dev->stream();
-  auto st = op->record(*s, GgmlType::Q4_K, vk::BufferRange(b, 0, 1 << 16), 4, 100, vk::BufferRange(b, 0, 1 << 16));
+  auto st =
+      op->record(*s, GgmlType::Q4_K, vk::BufferRange(b, 0, 1 << 16), 4, 100, vk::BufferRange(b, 0, 1 << 16));
   EXPECT_NE(st.ToString().find("multiple of 32"), std::string::npos) << st.ToString();
-  st = op->record(*s, static_cast<GgmlType>(2), vk::BufferRange(b, 0, 1 << 16), 4, 256, vk::BufferRange(b, 0, 1 << 16));
+  st = op->record(*s, static_cast<GgmlType>(2), vk::BufferRange(b, 0, 1 << 16), 4, 256,
+                  vk::BufferRange(b, 0, 1 << 16));
   EXPECT_NE(st.ToString().find("not supported"), std::string::npos) << st.ToString();
-  st = op->record(*s, GgmlType::F16, vk::BufferRange(b, 0, 1 << 16), 64, 4096, vk::BufferRange(b, 0, 1 << 16));
+  st =
+      op->record(*s, GgmlType::F16, vk::BufferRange(b, 0, 1 << 16), 64, 4096, vk::BufferRange(b, 0, 1 << 16));
   EXPECT_NE(st.ToString().find("too small"), std::string::npos) << st.ToString();
   st = op->record(*s, GgmlType::F16, vk::BufferRange(b, 0, 1 << 12), 4, 256, vk::BufferRange(b, 8, 1 << 12));
   EXPECT_NE(st.ToString().find("not a multiple of 16"), std::string::npos) << st.ToString();

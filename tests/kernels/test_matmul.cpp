@@ -282,28 +282,31 @@ TEST(Matmul, Cm2VariantOneMatchesReference) {
   ASSERT_TRUE(op.ok()) << op.status().ToString();
   uint64_t seed = 700;
   for (uint32_t variant : {1u, 2u}) {
-  op->force_cm2_variant(variant);
-  for (MatmulTile tile : {MatmulTile::kMedium, MatmulTile::kSmall}) {
-    SCOPED_TRACE(testing::Message() << "variant " << variant << " tile " << tile_name(tile));
-    op->force_tile(tile);
-    for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K}) {
-      check(*dev, *op, type, 100, 768, 37, seed++, 2e-3, true);   // 3 blocks: prefetch over several
-      check(*dev, *op, type, 130, 256, 200, seed++, 2e-3, true);  // one block, > one 128 tile
-    }
-    if (tile == MatmulTile::kMedium) {
-      check(*dev, *op, GgmlType::Q6_K, 70, 512, 45, seed++, 2e-3, false);  // f32 activations
-      check(*dev, *op, GgmlType::Q8_0, 100, 512, 37, seed++, 2e-3, true);   // untouched by variant 1
-    }
-    if (variant == 2) {  // whole tiles (the interior loop), and the 8-step outer loop with its remainder
-      const uint32_t bm = tile == MatmulTile::kMedium ? 128 : 64;
-      for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q6_K}) check(*dev, *op, type, 2 * bm, 512, 2 * bm, seed++, 2e-3, true);
-      for (GgmlType type : {GgmlType::F16, GgmlType::Q8_0}) {
-        check(*dev, *op, type, 2 * bm, 800, 2 * bm, seed++, 2e-3, true);  // BK 32: 3 outer steps + 1 step
-        check(*dev, *op, type, bm + 5, 1024, bm - 3, seed++, 2e-3, true);  // BK 64: 2 outer steps, partial tiles
+    op->force_cm2_variant(variant);
+    for (MatmulTile tile : {MatmulTile::kMedium, MatmulTile::kSmall}) {
+      SCOPED_TRACE(testing::Message() << "variant " << variant << " tile " << tile_name(tile));
+      op->force_tile(tile);
+      for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K}) {
+        check(*dev, *op, type, 100, 768, 37, seed++, 2e-3, true);   // 3 blocks: prefetch over several
+        check(*dev, *op, type, 130, 256, 200, seed++, 2e-3, true);  // one block, > one 128 tile
       }
-      check(*dev, *op, GgmlType::BF16, 2 * bm, 224, 2 * bm, seed++, 2e-3, false);  // 7 steps: the remainder loop only; f32 activations
+      if (tile == MatmulTile::kMedium) {
+        check(*dev, *op, GgmlType::Q6_K, 70, 512, 45, seed++, 2e-3, false);  // f32 activations
+        check(*dev, *op, GgmlType::Q8_0, 100, 512, 37, seed++, 2e-3, true);  // untouched by variant 1
+      }
+      if (variant == 2) {  // whole tiles (the interior loop), and the 8-step outer loop with its remainder
+        const uint32_t bm = tile == MatmulTile::kMedium ? 128 : 64;
+        for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q6_K})
+          check(*dev, *op, type, 2 * bm, 512, 2 * bm, seed++, 2e-3, true);
+        for (GgmlType type : {GgmlType::F16, GgmlType::Q8_0}) {
+          check(*dev, *op, type, 2 * bm, 800, 2 * bm, seed++, 2e-3, true);  // BK 32: 3 outer steps + 1 step
+          // BK 64: 2 outer steps, partial tiles
+          check(*dev, *op, type, bm + 5, 1024, bm - 3, seed++, 2e-3, true);
+        }
+        // 7 steps of 32: the remainder loop only; f32 activations
+        check(*dev, *op, GgmlType::BF16, 2 * bm, 224, 2 * bm, seed++, 2e-3, false);
+      }
     }
-  }
   }
   // Other large tiles (TROVE_CM2_LARGE): 256 rows, with and without f16 accumulators; partial tiles.
   for (auto [bm, bn] : {std::pair{256u, 256u}, std::pair{256u, 128u}}) {
@@ -443,16 +446,18 @@ TEST(Matmul, TroveKhrPrefetchIsChecked) {
 }
 
 // The A/B knobs (matmul.h): TROVE_GROUPED_BY_SLOT takes 0 or 1, TROVE_CM2_MIN_TILES a positive
-// count, TROVE_CM2_MIN_BATCH a column count of 32 or more, TROVE_CM2_LARGE BMxBN of 64/128/256, TROVE_CM2_VARIANT 0, 1 or 2, TROVE_GROUPED_TILE BMxBN[xBK], TROVE_MATMUL_ACC f16 or f32; anything
-// else is refused by name, whatever the path.
+// count, TROVE_CM2_MIN_BATCH a column count of 32 or more, TROVE_CM2_LARGE BMxBN of 64/128/256,
+// TROVE_CM2_VARIANT 0, 1 or 2, TROVE_GROUPED_TILE BMxBN[xBK], TROVE_MATMUL_ACC f16 or f32; anything else is
+// refused by name, whatever the path.
 TEST(Matmul, GroupedBySlotAndCm2MinTilesAreChecked) {
   auto dev = open_device();
   ASSERT_TRUE(dev);
-  for (auto [name, bad, good] : {std::tuple{"TROVE_GROUPED_BY_SLOT", "yes", "1"}, std::tuple{"TROVE_CM2_MIN_TILES", "0", "128"},
-                                 std::tuple{"TROVE_CM2_MIN_TILES", "12x", "64"}, std::tuple{"TROVE_CM2_VARIANT", "3", "2"},
-                                 std::tuple{"TROVE_CM2_MIN_BATCH", "16", "512"}, std::tuple{"TROVE_CM2_MIN_BATCH", "5l2", "2048"},
-                                 std::tuple{"TROVE_CM2_LARGE", "128x512", "256x256"}, std::tuple{"TROVE_CM2_LARGE", "256", "256x128"},
-                                 std::tuple{"TROVE_GROUPED_TILE", "64x48", "64x32"}, std::tuple{"TROVE_MATMUL_ACC", "half", "f16"}}) {
+  for (auto [name, bad, good] :
+       {std::tuple{"TROVE_GROUPED_BY_SLOT", "yes", "1"}, std::tuple{"TROVE_CM2_MIN_TILES", "0", "128"},
+        std::tuple{"TROVE_CM2_MIN_TILES", "12x", "64"}, std::tuple{"TROVE_CM2_VARIANT", "3", "2"},
+        std::tuple{"TROVE_CM2_MIN_BATCH", "16", "512"}, std::tuple{"TROVE_CM2_MIN_BATCH", "5l2", "2048"},
+        std::tuple{"TROVE_CM2_LARGE", "128x512", "256x256"}, std::tuple{"TROVE_CM2_LARGE", "256", "256x128"},
+        std::tuple{"TROVE_GROUPED_TILE", "64x48", "64x32"}, std::tuple{"TROVE_MATMUL_ACC", "half", "f16"}}) {
     {
       trove::tests::ScopedEnv env(name, bad);
       auto op = ops::Matmul::create(*dev, MatmulPath::kTiled);

@@ -21,6 +21,7 @@ struct Push {
 struct PushV2 {
   Push p;
   uint32_t rows_at;
+  uint32_t row0;  // the call's first row among the combine counters' rows (fused combine)
 };
 struct CombinePush { uint32_t head_dim, n_heads, n_splits; };
 // record_decode_rows places each pass's partials at an offset of the scratch that is a multiple of this
@@ -211,8 +212,18 @@ Result<PagedAttention> PagedAttention::create(vk::Device& dev, uint64_t scratch_
                           "into its own copy)");
   auto groups = env_choice("TROVE_ATTENTION_HEAD_GROUPS", {"auto", "1", "2", "4"},
                            "a number of decode workgroups per KV head; use 1, 2, 4 or auto (or unset it)");
-  for (const auto* r : {&rows, &merge, &groups}) {
+  auto fuse = env_choice("TROVE_ATTENTION_COMBINE", {"separate", "fused"},
+                         "separate or fused (decode v2's slices merged by a combine dispatch, or by each call's last "
+                         "workgroup)");
+  for (const auto* r : {&rows, &merge, &groups, &fuse}) {
     if (!r->ok()) return r->status();
+  }
+  if (*fuse) op.decode_v2_fused_ = **fuse == "fused";
+  {
+    auto counts = dev.buffer(uint64_t{kCombineCounters} * 4);
+    if (!counts.ok()) return counts.status();
+    if (Status st = counts->fill(0); !st.ok()) return st;
+    op.combine_counts_ = std::move(*counts);
   }
   if (*rows) op.cm2_rows_ = **rows == "128" ? 128 : 64;
   if (*merge) op.decode_v2_merge_parallel_ = **merge == "parallel";
@@ -559,7 +570,7 @@ bool PagedAttention::decode_v2_token_pipelined(const kernels::ref::PagedKvShape&
 }
 
 Result<const vk::Pipeline*> PagedAttention::decode_v2_pipeline(uint32_t group, uint32_t d, bool pipe, bool from_buffer,
-                                                              bool rows) const {
+                                                              bool rows, bool fused) const {
   const uint32_t lanes = decode_v2_lanes(d), unroll = group * d / lanes <= 32 ? 4 : 2;
   // Head groups (TROVE_ATTENTION_HEAD_GROUPS): kU stays the whole group's (above), so a head's
   // arithmetic — and its bits — are those of one workgroup per KV head.
@@ -574,18 +585,18 @@ Result<const vk::Pipeline*> PagedAttention::decode_v2_pipeline(uint32_t group, u
   }
   // Both kPipe forms are built together (auto), so the first step past the bound does not compile one
   // mid-decode (a pipeline build cost a 64-token decode at depth 16384 40% of its speed on the H200).
-  const uint32_t fb = from_buffer ? 1u : 0u, rw = rows ? 1u : 0u;
+  const uint32_t fb = from_buffer ? 1u : 0u, rw = rows ? 1u : 0u, fu = fused ? 1u : 0u;
   std::lock_guard<std::mutex> lock(decode_->mu);
   const bool both = decode_v2_pipeline_ == Pipelining::kAuto;
   for (uint32_t form : {0u, 1u}) {
-    const std::array<uint32_t, 6> key{group, d, form, fb, hg, rw};
+    const std::array<uint32_t, 7> key{group, d, form, fb, hg, rw, fu};
     if ((!both && form != (pipe ? 1u : 0u)) || decode_->v2.count(key)) continue;
     auto p = decode_->dev->pipeline(
-        {"attention_decode_v2", {wg_heads, d, lanes, unroll, form, fb, hg, merge_sg, rw}, sizeof(PushV2), 6, 128});
+        {"attention_decode_v2", {wg_heads, d, lanes, unroll, form, fb, hg, merge_sg, rw, fu}, sizeof(PushV2), 7, 128});
     if (!p.ok()) return p.status();
     decode_->v2.emplace(key, std::move(*p));
   }
-  return &decode_->v2.at({group, d, pipe ? 1u : 0u, fb, hg, rw});
+  return &decode_->v2.at({group, d, pipe ? 1u : 0u, fb, hg, rw, fu});
 }
 
 Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCall& c, vk::BufferRange pool,
@@ -611,6 +622,7 @@ Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCal
   struct Group {
     uint32_t t0, t1, split_len, n_splits, per_pass;
     const vk::Pipeline* pipeline;
+    bool fused;  // the slices merged by the call's own last workgroups (TROVE_ATTENTION_COMBINE=fused)
   };
   std::vector<Group> groups;
   for (uint32_t g0 = 0; g0 < c.n_tokens;) {
@@ -634,9 +646,10 @@ Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCal
                                                  "than the decode v2 scratch ({} bytes) holds",
                                                  keys, n_splits, split_len, scratch_.size()));
     }
-    auto pipe_of_group = decode_v2_pipeline(group, d, pipe, from_buffer, false);
+    const bool fused = decode_v2_fused_ && n_splits > 1 && uint64_t{per_pass} * kvh * hg <= kCombineCounters;
+    auto pipe_of_group = decode_v2_pipeline(group, d, pipe, from_buffer, false, fused);
     if (!pipe_of_group.ok()) return pipe_of_group.status();
-    groups.push_back({g0, g1, split_len, n_splits, per_pass, *pipe_of_group});
+    groups.push_back({g0, g1, split_len, n_splits, per_pass, *pipe_of_group, fused});
     g0 = g1;
   }
   const uint64_t tok_bytes = uint64_t{c.n_heads} * d * 4;  // one token's rows of q and out
@@ -650,11 +663,13 @@ Status PagedAttention::record_decode_v2(vk::CommandStream& s, const AttentionCal
       op.offset += t0 * tok_bytes;
       op.size = n * tok_bytes;
       PushV2 push{{static_cast<uint32_t>(sh.block_size), kvh, d, c.n_heads, (from_buffer ? positions.index : c.start_pos) + t0,
-                   n, c.scale, g.n_splits, g.split_len}, 0};
-      vk::BufferRange bufs[6] = {pool, block_table, qp, op, scratch_, from_buffer ? positions.buffer : vk::BufferRange(scratch_)};
+                   n, c.scale, g.n_splits, g.split_len}, 0, 0};
+      vk::BufferRange bufs[7] = {pool, block_table, qp, op, scratch_, from_buffer ? positions.buffer : vk::BufferRange(scratch_),
+                                 combine_counts_};
       TROVE_RETURN_IF_ERROR(s.dispatch(*g.pipeline, bufs, &push, sizeof(push), g.n_splits, kvh * hg, n));
       if (g.n_splits == 1) continue;
-      s.barrier();
+      s.barrier();  // fused: the next pass (or record) reuses the scratch and the counters
+      if (g.fused) continue;
       CombinePush cp{d, c.n_heads, g.n_splits};
       vk::BufferRange cb[2] = {scratch_, op};
       TROVE_RETURN_IF_ERROR(s.dispatch(combine_v2_, cb, &cp, sizeof(cp), c.n_heads, n));
@@ -701,6 +716,7 @@ Status PagedAttention::record_decode_rows(vk::CommandStream& s, const kernels::r
   struct Pass {
     uint32_t r0, n, split_len, n_splits;
     const vk::Pipeline* pipeline;
+    bool fused;  // merged by its own last workgroups (TROVE_ATTENTION_COMBINE=fused; counter rows = the call's rows)
   };
   std::vector<Pass> passes;
   std::vector<uint32_t> keys_of(n_rows);
@@ -727,16 +743,21 @@ Status PagedAttention::record_decode_rows(vk::CommandStream& s, const kernels::r
                                                  "than the decode v2 scratch ({} bytes) holds", most, n_splits, len,
                                                  scratch_.size()));
     }
-    auto pipeline = decode_v2_pipeline(group, d, pipe, false, true);
+    const bool fused = decode_v2_fused_ && n_splits > 1 && uint64_t{n_rows} * kvh * hg <= kCombineCounters;
+    auto pipeline = decode_v2_pipeline(group, d, pipe, false, true, fused);
     if (!pipeline.ok()) return pipeline.status();
-    for (uint32_t p0 = r0; p0 < r1; p0 += per_pass) passes.push_back({p0, std::min(per_pass, r1 - p0), len, n_splits, *pipeline});
+    for (uint32_t p0 = r0; p0 < r1; p0 += per_pass) {
+      passes.push_back({p0, std::min(per_pass, r1 - p0), len, n_splits, *pipeline, fused});
+    }
     r0 = r1;
   }
   // The passes' slices, each pass with several slices writing its partials to a scratch range of its
-  // own; when the scratch is full (or at the end) one barrier, their combines, one barrier.
+  // own; when the scratch is full (or at the end) one barrier, their combines, one barrier (fused passes:
+  // no combine; the barriers order the scratch's reuse and the output's readers).
   struct Pending {
     vk::BufferRange part, out;
     uint32_t n, n_splits;
+    bool fused;
   };
   std::vector<Pending> pending;
   uint64_t used = 0;
@@ -744,6 +765,7 @@ Status PagedAttention::record_decode_rows(vk::CommandStream& s, const kernels::r
     if (pending.empty()) return Status::Ok();
     s.barrier();
     for (const Pending& p : pending) {
+      if (p.fused) continue;
       CombinePush cp{d, n_heads, p.n_splits};
       vk::BufferRange cb[2] = {p.part, p.out};
       TROVE_RETURN_IF_ERROR(s.dispatch(combine_v2_, cb, &cp, sizeof(cp), n_heads, p.n));
@@ -767,10 +789,10 @@ Status PagedAttention::record_decode_rows(vk::CommandStream& s, const kernels::r
       used = (used + bytes + kScratchAlign - 1) / kScratchAlign * kScratchAlign;  // the next range's offset, aligned
     }
     PushV2 push{{static_cast<uint32_t>(sh.block_size), kvh, d, n_heads, rows.positions_at + p.r0, p.n, scale, p.n_splits,
-                 p.split_len}, rows.tables_at + p.r0};
-    vk::BufferRange bufs[6] = {pool, tables, qp, op, part, rows.buffer};
+                 p.split_len}, rows.tables_at + p.r0, p.r0};
+    vk::BufferRange bufs[7] = {pool, tables, qp, op, part, rows.buffer, combine_counts_};
     TROVE_RETURN_IF_ERROR(s.dispatch(*p.pipeline, bufs, &push, sizeof(push), p.n_splits, kvh * hg, p.n));
-    if (p.n_splits > 1) pending.push_back({part, op, p.n, p.n_splits});
+    if (p.n_splits > 1) pending.push_back({part, op, p.n, p.n_splits, p.fused});
   }
   return flush();
 }

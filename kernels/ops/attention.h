@@ -213,7 +213,8 @@ class PagedAttention {
   // The decode v2 pipeline for G `group`, head_dim `d`, form `pipe`, the first position from a buffer
   // (`from_buffer`) or every row's position and table from one (`rows`); built on first use, with its
   // other kPipe form where the form is automatic.
-  Result<const vk::Pipeline*> decode_v2_pipeline(uint32_t group, uint32_t d, bool pipe, bool from_buffer, bool rows) const;
+  Result<const vk::Pipeline*> decode_v2_pipeline(uint32_t group, uint32_t d, bool pipe, bool from_buffer, bool rows,
+                                                 bool fused = false) const;
   bool decode_v2_default_ = false;
   // Steps of at most this many tokens take the decode kernel where a matrix-unit prefill kernel would
   // run (TROVE_ATTENTION_DECODE_TOKENS; default kDecodeMaxTokens).
@@ -228,6 +229,14 @@ class PagedAttention {
   // H100): decode v2's subgroups write their sums to copies of their own and add them after one
   // barrier (serial: in turn, a barrier each); the same bits.
   bool decode_v2_merge_parallel_ = true;
+  // TROVE_ATTENTION_COMBINE=fused (off by default until measured on a GPU; `separate` is the default): a
+  // split decode v2 call merges its slices in its own last workgroup per (row, head group) — counted on
+  // combine_counts_, attention_decode_v2.comp kFuse — instead of a combine dispatch behind a barrier:
+  // one dependent dispatch less a layer at depth. The same bits. Rows × head groups of a call must fit
+  // kCombineCounters (else that call takes the separate combine).
+  bool decode_v2_fused_ = false;
+  static constexpr uint32_t kCombineCounters = 1u << 16;
+  vk::Buffer combine_counts_;
   uint32_t decode_v2_fixed_keys_ = 0;  // TROVE_ATTENTION_SPLIT_KEYS: one slice length at every depth (0: by depth)
   bool has_shuffle_ = false;
   uint32_t subgroup_size_ = 0;
@@ -242,7 +251,7 @@ class PagedAttention {
     vk::Device* dev = nullptr;
     std::mutex mu;
     std::map<std::array<uint32_t, 3>, vk::Pipeline> by_shape;  // (G, head_dim, from buffer) -> pipeline
-    std::map<std::array<uint32_t, 6>, vk::Pipeline> v2;  // (G, head_dim, kPipe, from buffer, head groups, rows) -> decode v2
+    std::map<std::array<uint32_t, 7>, vk::Pipeline> v2;  // (G, head_dim, kPipe, from buffer, head groups, rows, fused) -> decode v2
     std::map<std::array<uint32_t, 3>, vk::Pipeline> cpu;              // (head_dim, heads, tokens) -> CPU form
     std::unique_ptr<vk::Pipeline> cm2;                                // the cm2 prefill kernel, once built
   };

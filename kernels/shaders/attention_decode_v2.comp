@@ -25,11 +25,17 @@
 // block table (an offset into the step's tables, binding 1) binding 5 gives per row:
 // positions[pc.start_pos + z] and positions[pc.rows_at + z]. A token's arithmetic is that of a
 // one-sequence call (same slice length, same slices; slices past its keys are empty).
+// kFuse (9; TROVE_ATTENTION_COMBINE=fused, attention.cpp): no combine dispatch — each workgroup of a split
+// call writes its partials, makes them visible (memoryBarrierBuffer) and counts itself done on the
+// counter of its (row, head group) (binding 6, atomicAdd; row = pc.row0 + tok); the one that reads
+// n_splits − 1 resets the counter to 0 and merges its heads' partials with attention_combine_v2.glsl's
+// code (the same bits as the separate combine). Calls sharing counters must be separated by a barrier.
 // Specialized on G (0, query heads per workgroup), head_dim (1), kL (2), kU (3), kPipe (4), kHG (6),
-// kMergeSG (7) and kRows (8). Limits (attention.cpp checks): G in
+// kMergeSG (7), kRows (8) and kFuse (9). Limits (attention.cpp checks): G in
 // 1, 2, 4, 8, 16; head_dim a power of two from 8 to 256; kL a power of two dividing head_dim / 8 and at most
 // the subgroup size, whose invocations are consecutive local ids (true of NVIDIA and lavapipe).
 #extension GL_EXT_control_flow_attributes : require
+#extension GL_GOOGLE_include_directive : require
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_shuffle : require
 layout(local_size_x = 128) in;
@@ -53,15 +59,18 @@ layout(constant_id = 6) const uint kHG = 1u;
 // additions in the same order, so the same bits.
 layout(constant_id = 7) const uint kMergeSG = 0u;
 layout(constant_id = 8) const bool kRows = false;
+layout(constant_id = 9) const bool kFuse = false;
 layout(std430, set = 0, binding = 0) readonly buffer KVq { uvec4 kv4[]; };
 layout(std430, set = 0, binding = 1) readonly buffer T { int table[]; };
 layout(std430, set = 0, binding = 2) readonly buffer Q { vec4 q4[]; };
 layout(std430, set = 0, binding = 3) writeonly buffer O { float o[]; };
-layout(std430, set = 0, binding = 4) writeonly buffer Part { float part[]; };
+layout(std430, set = 0, binding = 4) coherent buffer Part { float part[]; };  // read back only by kFuse
+layout(std430, set = 0, binding = 4) coherent buffer Part2 { vec2 part2[]; };
 layout(std430, set = 0, binding = 5) readonly buffer Pos { int positions[]; };
+layout(std430, set = 0, binding = 6) coherent buffer Cnt { uint count[]; };  // kFuse: 0 between calls
 layout(push_constant) uniform P {
   uint block_size; uint n_kv_heads; uint head_dim; uint n_heads; uint start_pos; uint n_tokens; float scale;
-  uint n_splits; uint split_len; uint rows_at;
+  uint n_splits; uint split_len; uint rows_at; uint row0;
 } pc;
 
 const uint kWG = 128u;
@@ -70,6 +79,9 @@ const uint kSlots = kWG / kL;     // keys walked at once
 shared vec2 sml[kSlots * kG];     // per slot and head: (m, l)
 shared float sacc[(kMergeSG == 0u ? 1u : kMergeSG) * kG * kD];  // the merged accumulators (kMergeSG: per subgroup)
 shared vec2 sfin[kG];             // per head: (M, L) of the slice
+shared bool s_last;               // kFuse: this workgroup is the last of its (row, head group)
+const uint kCombineMaxS = kFuse ? 1024u : 1u, kCombineRed = kFuse ? 128u : 1u;
+#include "attention_combine_v2.glsl"
 
 uint g_table0 = 0u;  // this token's block table in binding 1 (kRows: its row's; else the binding's start)
 
@@ -257,6 +269,21 @@ void main() {
         part[pbase + kD] = ML.x;  // -inf for a slice past the last key (l = 0)
         part[pbase + kD + 1u] = ML.y;
       }
+    }
+  }
+  // kFuse: the last workgroup of this (row, head group) to finish merges the group's heads.
+  if (kFuse && pc.n_splits > 1u) {
+    memoryBarrierBuffer();
+    barrier();
+    const uint ci = (pc.row0 + tok) * gl_NumWorkGroups.y + gl_WorkGroupID.y;
+    if (t == 0u) s_last = atomicAdd(count[ci], 1u) == gl_NumWorkGroups.x - 1u;
+    barrier();
+    if (!s_last) return;
+    memoryBarrierBuffer();
+    if (t == 0u) count[ci] = 0u;
+    for (uint g = 0u; g < kG; ++g) {
+      const uint row = tok * pc.n_heads + h0 + g;
+      combine_splits(row * pc.n_splits * (kD + 2u), pc.n_splits, kD, row * kD);
     }
   }
 }

@@ -543,7 +543,8 @@ TEST(Engine, DecodeReplayGivesTheBitsOfRecordedSteps) {
 // slices decode 6 steps together (step 2 gives the second sequence two tokens, as a verification
 // would), then the first alone: every step's tokens and logits bit-equal to the per-sequence recording
 // (replayed steps and recorded ones), and fewer dispatches a decode step (2 layers: 21.9 → 16.7 on
-// lavapipe); the default records what batched does. A bad value is refused by name.
+// lavapipe); the default records what batched does; TROVE_ATTENTION_COMBINE=fused (the slices merged
+// by their own last workgroups) the same bits with fewer dispatches. A bad value is refused by name.
 TEST(Engine, BatchedAttentionStepGivesTheBitsOfPerSequenceAttention) {
   struct Run {
     std::vector<int32_t> tokens;
@@ -605,6 +606,16 @@ TEST(Engine, BatchedAttentionStepGivesTheBitsOfPerSequenceAttention) {
       EXPECT_EQ(0, std::memcmp(batched.logits[i].data(), each.logits[i].data(), each.logits[i].size() * 4)) << "logits " << i;
     }
     EXPECT_LT(batched.dispatches, each.dispatches) << "dispatches per decode step";
+    // TROVE_ATTENTION_COMBINE=fused: split attention merged by its own last workgroups — the same bits,
+    // fewer dispatches (no combine) a decode step.
+    ScopedEnv fused("TROVE_ATTENTION_COMBINE", "fused");
+    const Run f = run("batched", "1");
+    EXPECT_EQ(f.tokens, batched.tokens);
+    ASSERT_EQ(f.logits.size(), batched.logits.size());
+    for (size_t i = 0; i < f.logits.size(); ++i) {
+      EXPECT_EQ(0, std::memcmp(f.logits[i].data(), batched.logits[i].data(), f.logits[i].size() * 4)) << "logits " << i;
+    }
+    EXPECT_LT(f.dispatches, batched.dispatches) << "dispatches per decode step with the fused combine";
   }
   ScopedEnv bad("TROVE_ATTENTION_STEP", "one");
   engine::EngineOptions o;

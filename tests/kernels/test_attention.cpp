@@ -311,7 +311,9 @@ TEST(PagedAttention, DecodeRowsGiveEachSequenceItsOwnBits) {
   const float scale = 0.088f;
   const uint64_t row = uint64_t{heads} * dim * 4;
   struct Seq { uint32_t start, tokens; };
-  auto run_case = [&](const ops::PagedAttention& a, const std::vector<Seq>& want, bool shared_kv, uint32_t seed) {
+  // `rows_out` (when given) gets the rows' outputs of record_decode_rows.
+  auto run_case = [&](const ops::PagedAttention& a, const std::vector<Seq>& want, bool shared_kv, uint32_t seed,
+                      std::vector<float>* rows_out = nullptr) {
     SCOPED_TRACE(testing::Message() << want.size() << " sequences" << (shared_kv ? ", one shared KV" : ""));
     std::mt19937 rng(seed);
     std::normal_distribution<float> nd(0.0f, 1.0f);
@@ -395,6 +397,7 @@ TEST(PagedAttention, DecodeRowsGiveEachSequenceItsOwnBits) {
       ASSERT_TRUE(s->submit_and_wait().ok());
     }
     ASSERT_TRUE(ob->download(together.data(), together.size() * 4).ok());
+    if (rows_out) *rows_out = together;
     for (size_t i = 0; i < want.size(); ++i) {
       for (uint32_t t = 0; t < want[i].tokens; ++t) {
         const size_t off = size_t{seqs[i].first_row + t} * heads * dim;
@@ -411,12 +414,30 @@ TEST(PagedAttention, DecodeRowsGiveEachSequenceItsOwnBits) {
       }
     }
   };
-  run_case(*op, {{1500, 1}, {40, 1}, {381, 3}, {1499, 1}, {12300, 1}, {0, 1}, {700, 1}, {1501, 1}}, false, 81);
+  // TROVE_ATTENTION_COMBINE=fused (each split call's last workgroup per row and head group merges its
+  // slices, no combine dispatch): the same checks, and the separate combine's bits.
+  auto fused = [&](uint64_t scratch) {
+    tests::ScopedEnv env("TROVE_ATTENTION_COMBINE", "fused");
+    return ops::PagedAttention::create(*dev, scratch);
+  };
+  auto op_fused = fused(0);
+  ASSERT_TRUE(op_fused.ok()) << op_fused.status().ToString();
+  const std::vector<Seq> mixed = {{1500, 1}, {40, 1}, {381, 3}, {1499, 1}, {12300, 1}, {0, 1}, {700, 1}, {1501, 1}};
+  std::vector<float> separate_rows, fused_rows;
+  run_case(*op, mixed, false, 81, &separate_rows);
+  run_case(*op_fused, mixed, false, 81, &fused_rows);
+  ASSERT_EQ(separate_rows.size(), fused_rows.size());
+  EXPECT_EQ(0, std::memcmp(separate_rows.data(), fused_rows.data(), fused_rows.size() * 4)) << "fused combine: other bits";
   // 12 rows of 12 slices (200 KiB of partials each) through a 1 MiB scratch: passes of 5 rows, the
-  // scratch flushed (barrier, combines, barrier) twice mid-step.
+  // scratch flushed (barrier, combines, barrier) twice mid-step — with both combines.
   auto small_scratch = ops::PagedAttention::create(*dev, 1 << 20);
   ASSERT_TRUE(small_scratch.ok()) << small_scratch.status().ToString();
-  run_case(*small_scratch, std::vector<Seq>(12, Seq{1490, 1}), true, 82);
+  run_case(*small_scratch, std::vector<Seq>(12, Seq{1490, 1}), true, 82, &separate_rows);
+  auto small_fused = fused(1 << 20);
+  ASSERT_TRUE(small_fused.ok()) << small_fused.status().ToString();
+  run_case(*small_fused, std::vector<Seq>(12, Seq{1490, 1}), true, 82, &fused_rows);
+  EXPECT_EQ(0, std::memcmp(separate_rows.data(), fused_rows.data(), fused_rows.size() * 4))
+      << "fused combine through a small scratch: other bits";
 
   // Refusals, by name.
   auto b = dev->buffer(1 << 20);
@@ -436,12 +457,14 @@ TEST(PagedAttention, DecodeRowsGiveEachSequenceItsOwnBits) {
 // TROVE_ATTENTION_HEAD_GROUPS=2|4|auto: decode v2 with the query heads of a KV head over 2 or 4
 // workgroups (never fewer than 2 heads a workgroup: 4 at G 4 runs 2) gives every head the bits of one
 // workgroup per KV head, and TROVE_ATTENTION_MERGE=parallel (the subgroups' sums in copies of their own,
-// added after one barrier; the default) those of the serial merge (G = 1, 4 and 8; one token and a
-// 5-token step, one slice and several); other values are refused by name.
+// added after one barrier; the default) those of the serial merge, and TROVE_ATTENTION_COMBINE=fused (the
+// slices merged by each call's last workgroup) those of the combine dispatch (G = 1, 4 and 8; one token
+// and a 5-token step, one slice and several); other values are refused by name.
 TEST(PagedAttention, DecodeV2VariantsKeepTheBits) {
   auto dev = open_device();
   ASSERT_TRUE(dev);
-  for (auto [name, value] : {std::pair{"TROVE_ATTENTION_HEAD_GROUPS", "3"}, std::pair{"TROVE_ATTENTION_MERGE", "tree"}}) {
+  for (auto [name, value] : {std::pair{"TROVE_ATTENTION_HEAD_GROUPS", "3"}, std::pair{"TROVE_ATTENTION_MERGE", "tree"},
+                             std::pair{"TROVE_ATTENTION_COMBINE", "last"}}) {
     auto bad = create_with(*dev, name, value);
     ASSERT_FALSE(bad.ok()) << name;
     EXPECT_NE(bad.status().message().find(fmt::format("{}='{}'", name, value)), std::string::npos) << bad.status().message();
@@ -469,15 +492,18 @@ TEST(PagedAttention, DecodeV2VariantsKeepTheBits) {
   // The variants, each created once (their pipelines are built per shape on first use): 2 and 4 head
   // groups, the parallel merge alone and with 2 groups, and the defaults (auto groups, parallel merge).
   struct Variant {
-    const char *hg, *merge;
+    const char *hg, *merge, *combine = nullptr;
   };
   std::vector<std::pair<std::string, ops::PagedAttention>> variants;
   for (const Variant& v : {Variant{"2", "serial"}, Variant{"4", "serial"}, Variant{"1", "parallel"}, Variant{"2", "parallel"},
-                           Variant{"auto", nullptr}}) {
+                           Variant{"auto", nullptr}, Variant{"auto", nullptr, "fused"}, Variant{"2", "serial", "fused"}}) {
     tests::ScopedEnv mg("TROVE_ATTENTION_MERGE", v.merge);
+    tests::ScopedEnv cb("TROVE_ATTENTION_COMBINE", v.combine);
     auto op = create_with(*dev, "TROVE_ATTENTION_HEAD_GROUPS", v.hg);
     ASSERT_TRUE(op.ok()) << op.status().ToString();
-    variants.emplace_back(fmt::format("head groups {}, merge {}", v.hg, v.merge ? v.merge : "(default)"), std::move(*op));
+    variants.emplace_back(fmt::format("head groups {}, merge {}, combine {}", v.hg, v.merge ? v.merge : "(default)",
+                                      v.combine ? v.combine : "(default)"),
+                          std::move(*op));
   }
   for (auto [heads_, kvh] : {std::pair{16u, 4u}, std::pair{16u, 2u}, std::pair{16u, 16u}}) {
     for (auto [start_, n_] : {std::pair{40u, 1u}, std::pair{300u, 5u}}) {

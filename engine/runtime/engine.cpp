@@ -545,17 +545,13 @@ Status VulkanEngine::alloc_scratch() {
     want.insert(want.end(), {{&gate_, T * ff * 4, dl}, {&up_, T * ff * 4, dl}, {&h_, T * ff * 4, dl}, {&hh_, T * ff * 2, dl}});
   }
   if (prefill_f16_) {  // the f16 rows of each slot's largest layer (TROVE_PREFILL_WEIGHTS=f16)
+    // What each slot needs for a layer (the experts' only where they are read as f16).
+    auto need = [&](const Layer& L, int i) {
+      return i == kSlotExperts && !prefill_f16_experts_ ? 0 : f16_slot_bytes(L, static_cast<PrefillSlot>(i));
+    };
     uint64_t slot[kPrefillSlots] = {};
     for (const Layer& L : layers_) {
-      slot[kSlotQkv] = std::max(slot[kSlotQkv], f16_bytes(L.q) + f16_bytes(L.k) + f16_bytes(L.v));
-      slot[kSlotO] = std::max(slot[kSlotO], f16_bytes(L.o));
-      if (!c.is_moe()) {
-        slot[kSlotGateUp] = std::max(slot[kSlotGateUp], f16_bytes(L.gate) + f16_bytes(L.up));
-        slot[kSlotDown] = std::max(slot[kSlotDown], f16_bytes(L.down));
-      } else if (prefill_f16_experts_) {
-        slot[kSlotExperts] = std::max(slot[kSlotExperts],
-                                      f16_bytes(L.gate_exps) + f16_bytes(L.up_exps) + f16_bytes(L.down_exps));
-      }
+      for (int i = 0; i < kPrefillSlots; ++i) slot[i] = std::max(slot[i], need(L, i));
     }
     if (slot[kSlotExperts] > dev_->max_buffer_bytes()) {
       return Status::Unsupported(fmt::format(
@@ -567,12 +563,7 @@ Status VulkanEngine::alloc_scratch() {
     if (prefill_f16_resident_) {
       prefill_f16_layers_.resize(layers_.size());
       for (size_t l = 0; l < layers_.size(); ++l) {
-        const Layer& L = layers_[l];
-        const uint64_t own[kPrefillSlots] = {
-            f16_bytes(L.q) + f16_bytes(L.k) + f16_bytes(L.v), f16_bytes(L.o),
-            c.is_moe() ? 0 : f16_bytes(L.gate) + f16_bytes(L.up), c.is_moe() ? 0 : f16_bytes(L.down),
-            c.is_moe() ? f16_bytes(L.gate_exps) + f16_bytes(L.up_exps) + f16_bytes(L.down_exps) : 0};
-        for (int i = 0; i < kPrefillSlots; ++i) want.push_back({&prefill_f16_layers_[l][i], own[i], dl});
+        for (int i = 0; i < kPrefillSlots; ++i) want.push_back({&prefill_f16_layers_[l][i], need(layers_[l], i), dl});
       }
     } else {
       for (int i = 0; i < kPrefillSlots; ++i) want.push_back({&prefill_f16_slots_[i], slot[i], dl});
@@ -594,19 +585,11 @@ Status VulkanEngine::fill_f16_resident() {
   if (!s.ok()) return s.status();
   for (uint32_t l = 0; l < layers_.size(); ++l) {
     const Layer& L = layers_[l];
-    TROVE_RETURN_IF_ERROR(record_dequant_f16(**s, L.q, l, kSlotQkv, 0));
-    TROVE_RETURN_IF_ERROR(record_dequant_f16(**s, L.k, l, kSlotQkv, f16_bytes(L.q)));
-    TROVE_RETURN_IF_ERROR(record_dequant_f16(**s, L.v, l, kSlotQkv, f16_bytes(L.q) + f16_bytes(L.k)));
-    TROVE_RETURN_IF_ERROR(record_dequant_f16(**s, L.o, l, kSlotO, 0));
-    if (cfg_.is_moe()) {
-      TROVE_RETURN_IF_ERROR(record_dequant_f16(**s, L.gate_exps, l, kSlotExperts, 0));
-      TROVE_RETURN_IF_ERROR(record_dequant_f16(**s, L.up_exps, l, kSlotExperts, f16_bytes(L.gate_exps)));
-      TROVE_RETURN_IF_ERROR(record_dequant_f16(**s, L.down_exps, l, kSlotExperts,
-                                               f16_bytes(L.gate_exps) + f16_bytes(L.up_exps)));
-    } else {
-      TROVE_RETURN_IF_ERROR(record_dequant_f16(**s, L.gate, l, kSlotGateUp, 0));
-      TROVE_RETURN_IF_ERROR(record_dequant_f16(**s, L.up, l, kSlotGateUp, f16_bytes(L.gate)));
-      TROVE_RETURN_IF_ERROR(record_dequant_f16(**s, L.down, l, kSlotDown, 0));
+    // Every role the layer has (f16-resident: its experts too).
+    for (int slot = 0; slot < kPrefillSlots; ++slot) {
+      for (const Weight* w : f16_slot_weights(L, static_cast<PrefillSlot>(slot))) {
+        if (w && w->rows) TROVE_RETURN_IF_ERROR(record_dequant_f16(**s, L, l, *w));
+      }
     }
   }
   Status st = (*s)->submit_and_wait();

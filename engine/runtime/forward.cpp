@@ -56,8 +56,8 @@ Status VulkanEngine::record_matmul(vk::CommandStream& s, const Weight& w, uint64
   return Status::Ok();
 }
 
-// Every layer's weights are written as f16 each step (16 GB for Qwen3-8B, ~4–5 ms of writes at the
-// H200's bandwidth): only steps long enough for that to be a few percent of their GEMMs (256+ tokens)
+// Every layer's weights are written as f16 each step (16 GB for Qwen3-8B: ~4–5 ms of writes at the
+// H200's copy bandwidth, an estimate): only steps long enough for that to be a few percent of their GEMMs (256+ tokens)
 // take it on matrix units; on devices without them every matmul step does (the tests' way in).
 bool VulkanEngine::prefill_f16_step(uint32_t T) const {
   constexpr uint32_t kMinTokens = 256;
@@ -76,39 +76,67 @@ bool experts_f16_eligible(const Weight& w) {
 }
 }  // namespace
 
-Status VulkanEngine::record_dequant_f16(vk::CommandStream& s, const Weight& w, uint32_t layer,
-                                        PrefillSlot slot, uint64_t at) {
-  if (w.type == GgmlType::F16 || !(slot == kSlotExperts ? experts_f16_eligible(w) : f16_eligible(w)))
+std::array<const Weight*, 3> VulkanEngine::f16_slot_weights(const Layer& L, PrefillSlot slot) {
+  switch (slot) {
+    case kSlotQkv: return {&L.q, &L.k, &L.v};
+    case kSlotO: return {&L.o, nullptr, nullptr};
+    case kSlotGateUp: return {&L.gate, &L.up, nullptr};
+    case kSlotDown: return {&L.down, nullptr, nullptr};
+    case kSlotExperts: return {&L.gate_exps, &L.up_exps, &L.down_exps};
+    case kPrefillSlots: break;
+  }
+  return {nullptr, nullptr, nullptr};
+}
+
+VulkanEngine::F16Place VulkanEngine::f16_place(const Layer& L, const Weight& w) {
+  for (int slot = 0; slot < kPrefillSlots; ++slot) {
+    uint64_t at = 0;
+    for (const Weight* p : f16_slot_weights(L, static_cast<PrefillSlot>(slot))) {
+      if (p == &w) return {static_cast<PrefillSlot>(slot), at};
+      if (p) at += f16_bytes(*p);
+    }
+  }
+  return {kPrefillSlots, 0};  // not one of the layer's weights (callers pass only theirs)
+}
+
+uint64_t VulkanEngine::f16_slot_bytes(const Layer& L, PrefillSlot slot) {
+  uint64_t n = 0;
+  for (const Weight* p : f16_slot_weights(L, slot)) n += p ? f16_bytes(*p) : 0;
+  return n;
+}
+
+Status VulkanEngine::record_dequant_f16(vk::CommandStream& s, const Layer& L, uint32_t layer, const Weight& w) {
+  const F16Place place = f16_place(L, w);
+  if (w.type == GgmlType::F16 || !(place.slot == kSlotExperts ? experts_f16_eligible(w) : f16_eligible(w))) {
     return Status::Ok();
+  }
   const vk::Buffer& wb = w.whole();
   const uint64_t rows = w.experts * w.rows;
   return dequant_f16_->record(
       s, w.type, vk::BufferRange(wb, 0, std::min<uint64_t>((rows * w.row_bytes + 3) / 4 * 4, wb.size())),
       static_cast<uint32_t>(rows), static_cast<uint32_t>(w.cols),
-      vk::BufferRange(f16_slot(layer, slot), at, rows * w.cols * 2));
+      vk::BufferRange(f16_slot(layer, place.slot), place.at, rows * w.cols * 2));
 }
 
 MoeLayerWeights VulkanEngine::experts_f16(const Layer& L, uint32_t layer) const {
   MoeLayerWeights m = L.moe;
-  uint64_t at = 0;
   for (auto [w, e] :
        {std::pair{&L.gate_exps, &m.gate}, std::pair{&L.up_exps, &m.up}, std::pair{&L.down_exps, &m.down}}) {
     if (w->type != GgmlType::F16 && experts_f16_eligible(*w)) {
       e->type = GgmlType::F16;
-      e->w = vk::BufferRange(f16_slot(layer, kSlotExperts), at, w->experts * w->rows * w->cols * 2);
+      e->w = vk::BufferRange(f16_slot(layer, kSlotExperts), f16_place(L, *w).at, w->experts * w->rows * w->cols * 2);
     }
-    at += f16_bytes(*w);
   }
   return m;
 }
 
-Status VulkanEngine::record_matmul_f16(vk::CommandStream& s, const Weight& w, uint32_t layer,
-                                       PrefillSlot slot, uint64_t at, uint32_t batch, vk::BufferRange x,
-                                       vk::BufferRange y, bool x_f16) {
+Status VulkanEngine::record_matmul_f16(vk::CommandStream& s, const Layer& L, uint32_t layer, const Weight& w,
+                                       uint32_t batch, vk::BufferRange x, vk::BufferRange y, bool x_f16) {
   if (w.type == GgmlType::F16 || !f16_eligible(w)) return record_matmul(s, w, 0, batch, x, y, x_f16);
+  const F16Place place = f16_place(L, w);
   return ops_.matmul.record(s, GgmlType::F16, static_cast<uint32_t>(w.rows), static_cast<uint32_t>(w.cols),
-                            batch, vk::BufferRange(f16_slot(layer, slot), at, w.rows * w.cols * 2), x, y, 0,
-                            x_f16);
+                            batch, vk::BufferRange(f16_slot(layer, place.slot), place.at, w.rows * w.cols * 2), x,
+                            y, 0, x_f16);
 }
 
 Status VulkanEngine::record_l2_warm(vk::CommandStream& s, WarmAt at, uint32_t layer, uint64_t (&done)[kWarmWhats]) {
@@ -438,13 +466,13 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     // layers), layer 0's beside its attention norm.
     const bool pf = prefill_f16_step(T);
     // f16-resident: the rows are there since loading; nothing to dequantize.
-    auto dequant = [&](const Weight& w, uint32_t layer, PrefillSlot slot, uint64_t at) {
-      return prefill_f16_resident_ ? Status::Ok() : record_dequant_f16(s, w, layer, slot, at);
+    auto dequant = [&](const Layer& L, uint32_t layer, const Weight& w) {
+      return prefill_f16_resident_ ? Status::Ok() : record_dequant_f16(s, L, layer, w);
     };
     auto dequant_qkv = [&](const Layer& L, uint32_t layer) -> Status {
-      TROVE_RETURN_IF_ERROR(dequant(L.q, layer, kSlotQkv, 0));
-      TROVE_RETURN_IF_ERROR(dequant(L.k, layer, kSlotQkv, f16_bytes(L.q)));
-      return dequant(L.v, layer, kSlotQkv, f16_bytes(L.q) + f16_bytes(L.k));
+      TROVE_RETURN_IF_ERROR(dequant(L, layer, L.q));
+      TROVE_RETURN_IF_ERROR(dequant(L, layer, L.k));
+      return dequant(L, layer, L.v);
     };
     for (uint32_t l = 0; l < c.n_layer; ++l) {
       const Layer& L = layers_[l];
@@ -463,13 +491,13 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
         s.barrier();
         const vk::Buffer& xin = f16_acts ? xnh_ : xn_;
         if (pf) {
-          TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L.q, l, kSlotQkv, 0, T, xin, attn_, f16_acts));
-          TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L.k, l, kSlotQkv, f16_bytes(L.q), T, xin, o_, f16_acts));
+          TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L, l, L.q, T, xin, attn_, f16_acts));
+          TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L, l, L.k, T, xin, o_, f16_acts));
           TROVE_RETURN_IF_ERROR(
-              record_matmul_f16(s, L.v, l, kSlotQkv, f16_bytes(L.q) + f16_bytes(L.k), T, xin, v_, f16_acts));
-          TROVE_RETURN_IF_ERROR(dequant(L.o, l, kSlotO, 0));
+              record_matmul_f16(s, L, l, L.v, T, xin, v_, f16_acts));
+          TROVE_RETURN_IF_ERROR(dequant(L, l, L.o));
           if (c.is_moe() && prefill_f16_experts_)
-            TROVE_RETURN_IF_ERROR(dequant(L.gate_exps, l, kSlotExperts, 0));
+            TROVE_RETURN_IF_ERROR(dequant(L, l, L.gate_exps));
         } else {
           TROVE_RETURN_IF_ERROR(record_matmul(s, L.q, 0, T, xin, attn_, f16_acts));
           TROVE_RETURN_IF_ERROR(record_matmul(s, L.k, 0, T, xin, o_, f16_acts));
@@ -505,13 +533,13 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       }
       TROVE_RETURN_IF_ERROR(warm_at(kWarmAttn));
       if (pf && !c.is_moe()) {  // beside attention
-        TROVE_RETURN_IF_ERROR(dequant(L.gate, l, kSlotGateUp, 0));
-        TROVE_RETURN_IF_ERROR(dequant(L.up, l, kSlotGateUp, f16_bytes(L.gate)));
+        TROVE_RETURN_IF_ERROR(dequant(L, l, L.gate));
+        TROVE_RETURN_IF_ERROR(dequant(L, l, L.up));
       }
       // MoE experts (slot free since layer l − 1's FFN ended): gate beside the QKV GEMMs, up beside
       // attention, down beside the O projection — spread so that no interval carries all ~1.2 GB.
       if (pf && c.is_moe() && prefill_f16_experts_) {
-        TROVE_RETURN_IF_ERROR(dequant(L.up_exps, l, kSlotExperts, f16_bytes(L.gate_exps)));
+        TROVE_RETURN_IF_ERROR(dequant(L, l, L.up_exps));
       }
       if (!attn_rows.empty()) {
         TROVE_RETURN_IF_ERROR(ops_.attention.record_decode_rows(s, shape, H, scale, attn_rows, kv_[l], tables_,
@@ -535,12 +563,12 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
         TROVE_RETURN_IF_ERROR(warm_at(kWarmO));
         TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.o, x_}}, T, attn_, {}, Ep::kAdd));
       } else if (pf) {
-        TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L.o, l, kSlotO, 0, T, attn_, o_));
-        if (!c.is_moe()) TROVE_RETURN_IF_ERROR(dequant(L.down, l, kSlotDown, 0));
+        TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L, l, L.o, T, attn_, o_));
+        if (!c.is_moe()) TROVE_RETURN_IF_ERROR(dequant(L, l, L.down));
         if (c.is_moe() && next) TROVE_RETURN_IF_ERROR(dequant_qkv(*next, l + 1));
         if (c.is_moe() && prefill_f16_experts_) {
           TROVE_RETURN_IF_ERROR(
-              dequant(L.down_exps, l, kSlotExperts, f16_bytes(L.gate_exps) + f16_bytes(L.up_exps)));
+              dequant(L, l, L.down_exps));
         }
         s.barrier();
         TROVE_RETURN_IF_ERROR(ops_.add.record(s, x_, o_, x_, T * E));
@@ -600,8 +628,8 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       } else {
         if (pf) {
           TROVE_RETURN_IF_ERROR(
-              record_matmul_f16(s, L.gate, l, kSlotGateUp, 0, T, ffn_f16 ? xnh_ : xn_, gate_, ffn_f16));
-          TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L.up, l, kSlotGateUp, f16_bytes(L.gate), T,
+              record_matmul_f16(s, L, l, L.gate, T, ffn_f16 ? xnh_ : xn_, gate_, ffn_f16));
+          TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L, l, L.up, T,
                                                   ffn_f16 ? xnh_ : xn_, up_, ffn_f16));
         } else {
           TROVE_RETURN_IF_ERROR(record_matmul(s, L.gate, 0, T, ffn_f16 ? xnh_ : xn_, gate_, ffn_f16));
@@ -616,7 +644,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
         s.barrier();
         if (pf) {
           TROVE_RETURN_IF_ERROR(
-              record_matmul_f16(s, L.down, l, kSlotDown, 0, T, ffn_f16 ? hh_ : h_, o_, ffn_f16));
+              record_matmul_f16(s, L, l, L.down, T, ffn_f16 ? hh_ : h_, o_, ffn_f16));
           if (next) TROVE_RETURN_IF_ERROR(dequant_qkv(*next, l + 1));
         } else {
           TROVE_RETURN_IF_ERROR(record_matmul(s, L.down, 0, T, ffn_f16 ? hh_ : h_, o_, ffn_f16));

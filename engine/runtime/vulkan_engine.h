@@ -252,20 +252,29 @@ class VulkanEngine final : public Engine {
     return prefill_f16_resident_ ? prefill_f16_layers_[layer][slot] : prefill_f16_slots_[slot];
   }
   Status fill_f16_resident();  // f16-resident: every layer's f16 rows, once (at load)
-  // Whether the step of T tokens (not through the matvec) reads f16 weights; where a weight's f16 rows
-  // lie in its slot (its place among the slot's weights, each 256-byte aligned); the dequantization of
-  // `w` into them (nothing for F16 weights, which the GEMM reads where they are) and the GEMM reading them.
+  // Whether the step of T tokens (not through the matvec) reads f16 weights.
   bool prefill_f16_step(uint32_t T) const;
+  // The f16 layout, defined once (f16_slot_weights): each slot holds a layer's weights of one role one
+  // after the other, each 256-byte aligned — Q, K, V | O | gate, up | down | gate, up, down experts (a
+  // role the layer lacks is an empty Weight: 0 bytes). f16_place: a weight's slot and byte offset;
+  // f16_slot_bytes: what a slot needs for the layer.
+  struct F16Place {
+    PrefillSlot slot;
+    uint64_t at;
+  };
+  static std::array<const Weight*, 3> f16_slot_weights(const Layer& L, PrefillSlot slot);
+  static F16Place f16_place(const Layer& L, const Weight& w);
+  static uint64_t f16_slot_bytes(const Layer& L, PrefillSlot slot);
   static uint64_t f16_bytes(const Weight& w) { return (w.experts * w.rows * w.cols * 2 + 255) / 256 * 256; }
-  // A MoE layer's experts as the f16 rows in kSlotExperts (gate, up, down one after the other).
+  // A MoE layer's experts as their f16 rows in kSlotExperts.
   MoeLayerWeights experts_f16(const Layer& L, uint32_t layer) const;
-  uint64_t prefill_f16_bytes()
-      const;  // the slots' size from the model's shapes (the memory plan, before loading)
-  Status record_dequant_f16(vk::CommandStream& s, const Weight& w, uint32_t layer, PrefillSlot slot,
-                            uint64_t at);
-  Status record_matmul_f16(vk::CommandStream& s, const Weight& w, uint32_t layer, PrefillSlot slot,
-                           uint64_t at, uint32_t batch, vk::BufferRange x, vk::BufferRange y,
-                           bool x_f16 = false);
+  // The slots' size from the model's shapes (the memory plan, before loading).
+  uint64_t prefill_f16_bytes() const;
+  // Layer L's weight `w` dequantized into its place (nothing for F16 weights, which the GEMM reads where
+  // they are), and the GEMM reading it from there.
+  Status record_dequant_f16(vk::CommandStream& s, const Layer& L, uint32_t layer, const Weight& w);
+  Status record_matmul_f16(vk::CommandStream& s, const Layer& L, uint32_t layer, const Weight& w, uint32_t batch,
+                           vk::BufferRange x, vk::BufferRange y, bool x_f16 = false);
   std::map<std::array<uint64_t, 3>, uint32_t> replays_;
   static constexpr size_t kMaxReplays = 64;  // past this many keys the captures are dropped and made anew
   // L2 warm-ups in decode steps (matvec path; engine/runtime/l2_warm_plan.h): none unless TROVE_L2_WARM

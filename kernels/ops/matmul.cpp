@@ -142,8 +142,8 @@ Result<Matmul> Matmul::create(vk::Device& dev, MatmulPath path) {
   if (path == MatmulPath::kAuto) {
     // KHR first: on the H200 (2026-12-02, bench_kernels and bench_engine in one call) the KHR GEMM ran
     // the 8B's prefill at 4,978 tok/s (pp512) and the cm2 GEMM at 3,255; at 512 tokens it still does
-    // (2026-12-03: 7516 against 6477 pp512). From kCm2MinBatch tokens the automatic path hands calls
-    // whose cm2 tile is the large one to cm2 (cm2_large_ below).
+    // (2026-12-03: 7516 against 6477 pp512, cm2 variant 1). From kCm2AutoMinBatch tokens the automatic
+    // path hands calls whose cm2 tiles fill the SMs to cm2 (cm2_large_ below, auto_cm2_tile).
     // A CPU device (lavapipe) takes the CPU form (matmul.h; measured in docs/kernels.md).
     path = khr_available(dev, nullptr) ? MatmulPath::kKhr : dev.features().is_cpu ? MatmulPath::kCpu : MatmulPath::kTiled;
   }
@@ -158,11 +158,12 @@ Result<Matmul> Matmul::create(vk::Device& dev, MatmulPath path) {
   op.path_ = path;
   op.cache_ = std::make_shared<Cache>();
   op.cm2_grouped_ = path == MatmulPath::kKhr && cm2_available(dev, nullptr);
-  // The automatic path on a device with both: batches of kCm2MinBatch+ whose cm2 tile is the large one
-  // (128 × 256, enough tiles for every SM) run the cm2 kernel, variant 1. H200, 8B shapes at 2048
+  // The automatic path on a device with both: batches of kCm2LargeBatch+ whose cm2 tile is the large one
+  // (128 × 256, enough tiles for every SM) run the cm2 kernel (then variant 1). H200, 8B shapes at 2048
   // tokens (2026-12-03, TFLOP/s, KHR prefetch 2 → cm2 v1 large): attn_q/o 122 → 149, ffn_gate/up 126 →
   // 147, ffn_down (Q6_K) 104 → 139; at 512 tokens KHR won (gate/up 123.5 against 111.9). bench_engine
-  // in 2048-token steps: pp4096 7366 → 8547, prefill to 16384 6239 → 7081 tok/s.
+  // in 2048-token steps: pp4096 7366 → 8547, prefill to 16384 6239 → 7081 tok/s. Since 2026-12-05 also
+  // from 512 tokens (medium tiles where the large do not fill), variant 2: H100, 8B pp512 7664 → 9486.
   op.cm2_large_ = automatic && op.cm2_grouped_;
   if (const char* v = std::getenv("TROVE_CM2_VARIANT"); v && *v) {
     if (std::string_view(v) != "0" && std::string_view(v) != "1" && std::string_view(v) != "2") {
@@ -198,7 +199,7 @@ Result<Matmul> Matmul::create(vk::Device& dev, MatmulPath path) {
     if (end == v || *end != 0 || n < kCoopmatMinBatch || n > (1ul << 20)) {
       return Status::InvalidArgument(fmt::format(
           "TROVE_CM2_MIN_BATCH='{}' is not a column count; give the fewest columns ({} or more) of a dense call that the "
-          "automatic path runs on cm2 (default {})", v, kCoopmatMinBatch, kCm2MinBatch));
+          "automatic path runs on cm2 (default {})", v, kCoopmatMinBatch, kCm2AutoMinBatch));
     }
     op.cm2_min_batch_ = static_cast<uint32_t>(n);
   }
@@ -297,9 +298,9 @@ MatmulTile Matmul::auto_cm2_tile(uint32_t rows, uint32_t batch) const {
   const auto& f = dev_->features();
   const Cm2Tile large{cm2_large_bm_, cm2_large_bn_};
   if (cm2_fits(f, large) && div_up(rows, large.bm) * div_up(batch, large.bn) >= cm2_min_tiles_) return MatmulTile::kLarge;
-  // Below kCm2MinBatch (only with TROVE_CM2_MIN_BATCH): the medium tile where it fills the SMs, as
+  // Below kCm2LargeBatch (down to cm2_min_batch_): the medium tile where it fills the SMs, as
   // llama.cpp's cm2 path picks at 512 tokens (the 8B's attention output and ffn_down: 128 medium tiles).
-  if (batch < kCm2MinBatch && cm2_fits(f, kCm2Medium) && div_up(rows, 128) * div_up(batch, 128) >= cm2_min_tiles_) {
+  if (batch < kCm2LargeBatch && cm2_fits(f, kCm2Medium) && div_up(rows, 128) * div_up(batch, 128) >= cm2_min_tiles_) {
     return MatmulTile::kMedium;
   }
   return MatmulTile::kAuto;
@@ -390,7 +391,8 @@ Status Matmul::record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows,
       return s.dispatch(**p, bufs, &push, sizeof(push), div_up(rows, c.bm), div_up(batch, c.bn));
     };
     if (const MatmulTile t = auto_cm2_tile(rows, batch); t != MatmulTile::kAuto) {
-      return record_cm2(t == MatmulTile::kLarge ? Cm2Tile{cm2_large_bm_, cm2_large_bn_} : kCm2Medium, forced_cm2_variant_.value_or(1));
+      return record_cm2(t == MatmulTile::kLarge ? Cm2Tile{cm2_large_bm_, cm2_large_bn_} : kCm2Medium,
+                        forced_cm2_variant_.value_or(kCm2AutoVariant));
     }
     if (path_ == MatmulPath::kKhr) {
       const KhrTile k = tile == MatmulTile::kSmall ? kKhrSmall : KhrTile{128, 128, khr_large_wg_, khr_large_sgm_};

@@ -53,8 +53,9 @@
 //    (two branch-free K loops instead of a clamp test per K step) and plain / Q8_0 weights 8 K steps an
 //    outer step, and for all calls Q4_K quants read as 16-bit words and the shared scales at a row
 //    stride of BM + 2 — the differences from llama.cpp's cm2 kernel read in its source (2026-12-05),
-//    not measured yet (matmul_cm2_tile.glsl). Dense and grouped cm2 calls: unset, the automatic path's
-//    large dense calls take 1 and grouped calls 0; set, every cm2 call takes it.
+//    measured on the H100 2026-12-05: the 8B's pp4096 8886 -> 9965 tok/s, and with f16 weights 9631 ->
+//    13019 (matmul_cm2_tile.glsl). Unset, the automatic path's dense cm2 calls take 2
+//    (kCm2AutoVariant) and grouped calls 0; set, every cm2 call takes it.
 //  - TROVE_MATMUL_ACC=f16|f32 (force_acc_f16): the accumulators of the cm2 kernels (dense and grouped)
 //    and of the dense KHR kernel (default f32). f16 halves their registers (a 128×256 f32 cm2 tile is
 //    128 registers a lane over 256 lanes), as llama.cpp's matrix-unit kernels do by default, at f16
@@ -64,10 +65,10 @@
 //  - TROVE_GROUPED_TILE=BMxBN[xBK] (force_grouped_tile): the cm2 grouped tile, BM 64 or 128 weight
 //    rows × BN 32, 64 or 128 slots (default 64x64), K step BK 32 or 64 (default 64 where cols allows);
 //    a tile the device's granularity refuses is an error.
-//  - TROVE_CM2_MIN_BATCH=N (force_cm2_min_batch): dense calls of N+ columns (default 2048) on the
-//    automatic path of a device with both kinds go to cm2 (variant 1): the large tile where
-//    TROVE_CM2_MIN_TILES of it fill the SMs, and below 2048 columns also the medium tile where that
-//    fills them (auto_cm2_tile). For A/B at 512 tokens, where llama.cpp runs cm2 medium tiles.
+//  - TROVE_CM2_MIN_BATCH=N (force_cm2_min_batch): dense calls of N+ columns (default 512,
+//    kCm2AutoMinBatch; 2048 before 2026-12-05) on the automatic path of a device with both kinds go to
+//    cm2: the large tile where TROVE_CM2_MIN_TILES of it fill the SMs, and below 2048 columns also the
+//    medium tile where that fills them (auto_cm2_tile), as llama.cpp's cm2 path does at 512 tokens.
 //  - TROVE_CM2_LARGE=BMxBN (force_cm2_large): the cm2 large tile (default 128x256), for A/B.
 //  - TROVE_KHR_LARGE=WGxSGM: the KHR dense kernel's 128×128 tile over WG invocations (128 or 256) with
 //    SGM subgroups along the rows (default 256x2: 8 subgroups of 64×32 each); e.g. 128x2 gives 4
@@ -142,19 +143,23 @@ class Matmul {
   // automatic. For benchmarks; an invalid tile makes record() fail.
   void force_cpu_tile(uint32_t rows, uint32_t cols) { cpu_rows_ = rows, cpu_cols_ = cols; }
   static constexpr uint32_t kCoopmatMinBatch = 32;
-  // The automatic path on a device with KHR and NV cm2 cooperative matrices runs batches of this many
-  // columns or more on cm2 (variant 1, large tile) where that tile covers the SMs (matmul.cpp).
-  static constexpr uint32_t kCm2MinBatch = 2048;
+  // The automatic path on a device with KHR and NV cm2 cooperative matrices runs dense calls of
+  // kCm2AutoMinBatch columns or more (TROVE_CM2_MIN_BATCH) on cm2, variant kCm2AutoVariant
+  // (TROVE_CM2_VARIANT), where its tiles cover the SMs: from kCm2LargeBatch columns the large tile
+  // only, below it also the medium one (auto_cm2_tile). H100, 2026-12-05 (docs/performance.md): the
+  // 8B's pp512 7664 -> 9486 tok/s with cm2 from 512 columns and variant 2, 11042 with f16 weights too.
+  static constexpr uint32_t kCm2LargeBatch = 2048;
+  static constexpr uint32_t kCm2AutoMinBatch = 512;
+  static constexpr uint32_t kCm2AutoVariant = 2;
   // Whether a dense call of `rows` × `batch` runs there (never with a forced tile or path), and on
-  // which cm2 tile (kLarge or kMedium; kAuto: not on cm2). From kCm2MinBatch columns the large tile
-  // where at least TROVE_CM2_MIN_TILES of it fill the SMs (measured); below kCm2MinBatch, down to
-  // TROVE_CM2_MIN_BATCH (force_cm2_min_batch), also the medium tile where the large one does not fill —
-  // llama.cpp's cm2 choice at 512 tokens (medium tiles, f16 sums), for A/B (H100, 2026-12-05: pp512
-  // +2.4% in one clean round, inside the spread; off).
+  // which cm2 tile (kLarge or kMedium; kAuto: not on cm2). From kCm2LargeBatch columns the large tile
+  // where at least TROVE_CM2_MIN_TILES of it fill the SMs (measured); below kCm2LargeBatch, down to
+  // TROVE_CM2_MIN_BATCH (force_cm2_min_batch, default kCm2AutoMinBatch), also the medium tile where the
+  // large one does not fill — llama.cpp's cm2 choice at 512 tokens.
   bool takes_cm2(uint32_t rows, uint32_t batch) const { return auto_cm2_tile(rows, batch) != MatmulTile::kAuto; }
   MatmulTile auto_cm2_tile(uint32_t rows, uint32_t batch) const;
   // The fewest columns of a dense call the automatic path hands to cm2 (TROVE_CM2_MIN_BATCH, default
-  // kCm2MinBatch; at least kCoopmatMinBatch). For benchmarks and tests.
+  // kCm2AutoMinBatch; at least kCoopmatMinBatch). For benchmarks and tests.
   void force_cm2_min_batch(uint32_t n) { cm2_min_batch_ = n; }
   // The cm2 large tile (TROVE_CM2_LARGE=BMxBN, default 128 × 256; BM and BN 64, 128 or 256): what
   // the automatic path's large calls and a forced large tile take. For A/B: with f16 accumulators a
@@ -181,14 +186,14 @@ class Matmul {
   // before): the 30B-A3B's attention output at 2048 tokens (128 tiles) moved to cm2, pp4096 9813-9829 ->
   // 10082 tok/s on the H200.
   uint64_t cm2_min_tiles_ = 128;
-  uint32_t cm2_min_batch_ = kCm2MinBatch;  // TROVE_CM2_MIN_BATCH
+  uint32_t cm2_min_batch_ = kCm2AutoMinBatch;  // TROVE_CM2_MIN_BATCH
   uint32_t cm2_large_bm_ = 128, cm2_large_bn_ = 256;  // TROVE_CM2_LARGE
   // GroupedMatmulCall::x_by_slot honoured by the cm2 kernel (TROVE_GROUPED_BY_SLOT=1, force_by_slot);
   // off by default: on the H200 (2026-12-04) its first form, every tile through a clamped layout, made
   // the 30B-A3B's prefill 0.8% slower than the gather; the unclamped interior tiles have not run on a
   // GPU yet.
   bool by_slot_ = false;
-  bool cm2_large_ = false;    // automatic KHR path on a cm2 device: large batches take cm2 (kCm2MinBatch)
+  bool cm2_large_ = false;    // automatic KHR path on a cm2 device: large batches take cm2 (auto_cm2_tile)
   vk::Pipeline tiled_row_[2];    // one row per invocation (decode); [f32, f16 activations]
   vk::Pipeline tiled_rows4_[2];  // four rows per invocation (batches)
   std::shared_ptr<Cache> cache_;

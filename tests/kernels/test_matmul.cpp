@@ -383,9 +383,10 @@ TEST(Matmul, KhrPrefetchDistancesMatchReference) {
 }
 
 // The automatic path on a device with KHR and NV cm2 cooperative matrices hands dense calls of
-// Matmul::kCm2MinBatch+ columns whose large cm2 tiles cover the SMs to cm2 (variant 1), and they
-// match the reference; smaller calls, forced tiles and a forced path stay on KHR. Skipped without
-// both (lavapipe): run on the H200.
+// Matmul::kCm2AutoMinBatch+ columns whose cm2 tiles cover the SMs to cm2 (variant kCm2AutoVariant):
+// from kCm2LargeBatch columns the large tile alone, below it also the medium one; they match the
+// reference; smaller calls, forced tiles and a forced path stay on KHR. Skipped without both
+// (lavapipe): run on the H100/H200.
 TEST(Matmul, AutomaticPathTakesCm2ForLargeBatches) {
   auto dev = open_device();
   ASSERT_TRUE(dev);
@@ -393,36 +394,40 @@ TEST(Matmul, AutomaticPathTakesCm2ForLargeBatches) {
     GTEST_SKIP() << "needs KHR and NV cm2 cooperative matrices";
   }
   trove::tests::ScopedEnv env("TROVE_MATMUL", nullptr);
+  trove::tests::ScopedEnv min_batch("TROVE_CM2_MIN_BATCH", nullptr);
+  trove::tests::ScopedEnv variant("TROVE_CM2_VARIANT", nullptr);
   auto op = ops::Matmul::create(*dev);
   ASSERT_TRUE(op.ok()) << op.status().ToString();
   ASSERT_EQ(op->path(), MatmulPath::kKhr);
-  const uint32_t B = ops::Matmul::kCm2MinBatch;
+  const uint32_t B = ops::Matmul::kCm2LargeBatch;
   EXPECT_TRUE(op->takes_cm2(4096, B));
   EXPECT_TRUE(op->takes_cm2(12288, B));
-  EXPECT_FALSE(op->takes_cm2(4096, B - 1));
-  EXPECT_FALSE(op->takes_cm2(4096, 512));
   EXPECT_FALSE(op->takes_cm2(1024, B));  // 8 × 8 large tiles: too few for the SMs
   EXPECT_TRUE(op->takes_cm2(2048, B));   // 16 × 8 = 128: the 30B-A3B's attention output (cm2_min_tiles_)
-  uint64_t seed = 1100;
-  for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0}) {
-    check(*dev, *op, type, 4096, 1024, B, seed++, 2e-3, true, 24);
-  }
-  check(*dev, *op, GgmlType::Q4_K, 4100, 512, B + 37, seed++, 2e-3, false, 24);  // partial tiles, f32 x
-  // TROVE_CM2_MIN_BATCH=512 (force_cm2_min_batch): the 8B's shapes at 512 tokens take the medium
-  // tile where the large one does not fill the SMs, the large one where it does; too few of either
-  // stays on KHR. From 2048 columns the rule is the large tile's alone (1024 rows: KHR still).
-  EXPECT_EQ(op->auto_cm2_tile(4096, 512), MatmulTile::kAuto);
-  op->force_cm2_min_batch(512);
+  // Below kCm2LargeBatch, down to kCm2AutoMinBatch (512): the 8B's shapes at 512 tokens take the
+  // medium tile where the large one does not fill the SMs, the large one where it does; too few of
+  // either stays on KHR. From 2048 columns the rule is the large tile's alone (1024 rows: KHR still).
+  ASSERT_EQ(ops::Matmul::kCm2AutoMinBatch, 512u);
   EXPECT_EQ(op->auto_cm2_tile(4096, 512), MatmulTile::kMedium);   // attention output, ffn_down: 128 medium tiles
   EXPECT_EQ(op->auto_cm2_tile(6144, 512), MatmulTile::kMedium);   // QKV: 96 large, 192 medium
   EXPECT_EQ(op->auto_cm2_tile(24576, 512), MatmulTile::kLarge);   // gate/up: 384 large
   EXPECT_EQ(op->auto_cm2_tile(1024, 512), MatmulTile::kAuto);     // 32 medium tiles
   EXPECT_EQ(op->auto_cm2_tile(4096, 511), MatmulTile::kAuto);
+  EXPECT_EQ(op->auto_cm2_tile(4096, B - 1), MatmulTile::kMedium);
   EXPECT_EQ(op->auto_cm2_tile(1024, B), MatmulTile::kAuto);
   EXPECT_EQ(op->auto_cm2_tile(4096, B), MatmulTile::kLarge);
-  check(*dev, *op, GgmlType::Q4_K, 4096, 512, 512, seed++, 2e-3, true, 24);      // medium, variant 1
+  uint64_t seed = 1100;
+  for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0, GgmlType::F16}) {
+    check(*dev, *op, type, 4096, 1024, B, seed++, 2e-3, true, 24);  // large, variant 2
+  }
+  check(*dev, *op, GgmlType::Q4_K, 4100, 512, B + 37, seed++, 2e-3, false, 24);  // partial tiles, f32 x
+  check(*dev, *op, GgmlType::Q4_K, 4096, 512, 512, seed++, 2e-3, true, 24);      // medium, variant 2
+  check(*dev, *op, GgmlType::F16, 4096, 512, 512, seed++, 2e-3, true, 24);
   check(*dev, *op, GgmlType::Q6_K, 4100, 256, 512 + 19, seed++, 2e-3, false, 24);  // partial medium tiles, f32 x
+  // TROVE_CM2_MIN_BATCH=2048 (force_cm2_min_batch): the rule before 2026-12-05, 512 columns on KHR.
   op->force_cm2_min_batch(B);
+  EXPECT_FALSE(op->takes_cm2(4096, 512));
+  EXPECT_FALSE(op->takes_cm2(4096, B - 1));
   op->force_tile(MatmulTile::kLarge);
   EXPECT_FALSE(op->takes_cm2(4096, B));
   auto khr = ops::Matmul::create(*dev, MatmulPath::kKhr);

@@ -209,22 +209,23 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
   TROVE_RETURN_IF_ERROR(env_switch("TROVE_MOE_F16", e->moe_f16_,
                                    "the default: the MoE prefill's expert GEMMs read the FFN input rounded to f16 once",
                                    "they read it as f32 and round it per tile, for A/B comparisons"));
-  if (const char* v = std::getenv("TROVE_PREFILL_WEIGHTS"); v && *v) {
+  // TROVE_PREFILL_WEIGHTS: unset or `auto`, f16-dense where the matmul steps run on matrix units
+  // (resolved once the ops exist, below), quant elsewhere.
+  bool prefill_weights_auto = true;
+  if (const char* v = std::getenv("TROVE_PREFILL_WEIGHTS"); v && *v && std::string_view(v) != "auto") {
     const std::string_view m = v;
     if (m != "f16" && m != "f16-dense" && m != "f16-resident" && m != "quant") {
       return Status::InvalidArgument(fmt::format(
-          "TROVE_PREFILL_WEIGHTS={} is not a choice: use quant (the default: prefill GEMMs decode the "
-          "weights as "
-          "stored, per element), f16 (each layer's weights dequantized to f16 rows once per prefill step, "
-          "beside "
-          "other work, and read by the GEMMs as f16; needs one layer's weights in f16 of device memory, e.g. "
-          "~390 MB "
-          "for Qwen3-8B, ~1.3 GB for Qwen3-30B-A3B with its experts), f16-dense (the same but a MoE layer's "
+          "TROVE_PREFILL_WEIGHTS={} is not a choice: use auto (the default: f16-dense on a GPU with matrix "
+          "units, quant elsewhere), quant (prefill GEMMs decode the weights as stored, per element), f16 "
+          "(each layer's weights dequantized to f16 rows once per prefill step, beside other work, and read "
+          "by the GEMMs as f16; needs one layer's weights in f16 of device memory, e.g. ~390 MB for "
+          "Qwen3-8B, ~1.3 GB for Qwen3-30B-A3B with its experts), f16-dense (the same but a MoE layer's "
           "experts stay as stored) or f16-resident (every layer's weights, experts too, dequantized once at "
-          "load "
-          "and kept: the whole model again in f16 of device memory, e.g. 16 GB for Qwen3-8B)",
+          "load and kept: the whole model again in f16 of device memory, e.g. 16 GB for Qwen3-8B)",
           m));
     }
+    prefill_weights_auto = false;
     e->prefill_f16_ = m != "quant";
     e->prefill_f16_experts_ = m == "f16" || m == "f16-resident";
     e->prefill_f16_resident_ = m == "f16-resident";
@@ -288,6 +289,10 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
   auto ops = make_ops(*e->dev_);
   if (!ops.ok()) return ops.status();
   e->ops_ = std::move(*ops);
+  // The default f16-dense (docs/engine.md): on the H100 (2026-12-05) the 8B's pp512 / pp4096 went
+  // 9486 / 9966 -> 11042 / 12914 tok/s with cm2 variant 2 from 512 tokens; the 30B-A3B's experts in
+  // f16 (`f16`) made its prefill 2.5x slower (~1.2 GB written per layer and step), so they stay quantized.
+  if (prefill_weights_auto) e->prefill_f16_ = e->ops_.matmul.uses_coopmat() && e->max_tokens_ >= VulkanEngine::kPrefillF16MinTokens;
 
   // Memory plan: weights + KV pool + scratch must fit the device.
   uint64_t weight_bytes = 0;

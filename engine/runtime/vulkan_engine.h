@@ -232,9 +232,9 @@ class VulkanEngine final : public Engine {
   // 4096-token prompts on the H100: 8B 548 → 712 tok/s, 30B-A3B 420 → 566 (docs/performance.md). Each
   // row's position is positions_[row] and its block table's offset in tables_ positions_[max_tokens_ + row].
   bool attention_step_batched_ = true;
-  // TROVE_PREFILL_WEIGHTS=f16 (off by default; an A/B knob until measured on a GPU): the matmul steps of
-  // the matrix units (kCoopmatMinBatch+ tokens; every matmul step on a device without them) read the
-  // dense weights as f16 rows (ops::DequantF16) instead of decoding K-quants per element. Each layer's
+  // TROVE_PREFILL_WEIGHTS=f16 / f16-dense (f16-dense the default where the matmul steps run on matrix
+  // units, since 2026-12-05; `quant` for A/B): the matmul steps of 256+ tokens on the matrix units
+  // (every matmul step on a device without them) read the dense weights as f16 rows (ops::DequantF16) instead of decoding K-quants per element. Each layer's
   // Q/K/V, O, gate/up and down go to their own f16 buffer (prefill_f16_slots_), each written in the
   // barrier interval before the one whose GEMM reads it (beside other work: see step()), so the
   // dequantization overlaps the matrix units' products instead of preceding them.
@@ -252,7 +252,9 @@ class VulkanEngine final : public Engine {
     return prefill_f16_resident_ ? prefill_f16_layers_[layer][slot] : prefill_f16_slots_[slot];
   }
   Status fill_f16_resident();  // f16-resident: every layer's f16 rows, once (at load)
-  // Whether the step of T tokens (not through the matvec) reads f16 weights.
+  // Whether the step of T tokens (not through the matvec) reads f16 weights: T of kPrefillF16MinTokens
+  // or more on matrix units (the f16 default's steps), every matmul step without them.
+  static constexpr uint32_t kPrefillF16MinTokens = 256;
   bool prefill_f16_step(uint32_t T) const;
   // The f16 layout, defined once (f16_slot_weights): each slot holds a layer's weights of one role one
   // after the other, each 256-byte aligned — Q, K, V | O | gate, up | down | gate, up, down experts (a

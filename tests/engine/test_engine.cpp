@@ -627,8 +627,8 @@ TEST(Engine, BatchedAttentionStepGivesTheBitsOfPerSequenceAttention) {
 
 // TROVE_PREFILL_WEIGHTS=f16: the matmul steps read each layer's dense weights as f16 rows, dequantized
 // into per-role buffers in the barrier interval before their GEMM (Q/K/V of the next layer beside this
-// layer's down — or its O projection in MoE layers). On lavapipe every matmul step takes it (no matrix
-// units), so two prefill chunks (24 and 20 tokens: layer 0's Q/K/V written at each step's start) and a
+// layer's down — or its O projection in MoE layers). On the tiled matmul path (TROVE_MATMUL=tiled here,
+// so that a GPU runs what lavapipe runs) every matmul step takes it (no matrix units), so two prefill chunks (24 and 20 tokens: layer 0's Q/K/V written at each step's start) and a
 // one-token decode step (the matvec, untouched) must give the quantized engine's greedy tokens and
 // logits within the weights' f16 rounding (2e-3 relative L2, measured up to 3.4e-4; a weight in the wrong
 // slot or read before it is written is off by order 1) — and not its bits on the prefill steps, or the f16
@@ -637,6 +637,9 @@ TEST(Engine, BatchedAttentionStepGivesTheBitsOfPerSequenceAttention) {
 // its attention weights only — and `f16-resident` (every layer's rows made once, at load) the per-step form's
 // bits, dense and MoE. A bad value is named.
 TEST(Engine, PrefillWeightsInF16GiveTheQuantizedLogits) {
+  // Matrix units (a GPU) take f16 weights only in steps of 256+ tokens, and decode K-quants to the same
+  // f16 values the rows hold (the same bits, nothing to tell apart); the tiled path decodes them to f32.
+  ScopedEnv tiled("TROVE_MATMUL", "tiled");
   std::vector<std::vector<std::vector<float>>> runs;  // each run's logits, step by step
   const auto p = prompt(44, 61);
   for (const auto& [path, modes] :
@@ -646,6 +649,7 @@ TEST(Engine, PrefillWeightsInF16GiveTheQuantizedLogits) {
     std::vector<std::vector<int32_t>> steps = {{p.begin(), p.begin() + 24}, {p.begin() + 24, p.end()}};
     std::vector<engine::StepOutput> want;
     {
+      ScopedEnv quant("TROVE_PREFILL_WEIGHTS", "quant");
       auto q = load(256, 1, 0, 64, path);
       ASSERT_TRUE(q);
       auto a = q->open_sequence();

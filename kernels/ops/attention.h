@@ -229,7 +229,8 @@ class PagedAttention {
   // H100): decode v2's subgroups write their sums to copies of their own and add them after one
   // barrier (serial: in turn, a barrier each); the same bits.
   bool decode_v2_merge_parallel_ = true;
-  // TROVE_ATTENTION_COMBINE=fused (off by default until measured on a GPU; `separate` is the default): a
+  // TROVE_ATTENTION_COMBINE=fused (off: `separate` is the default; on the H100, 2026-12-05, fused made
+  // the 8B's tg64 at 16384 tokens 213 -> 178 tok/s and the 30B-A3B's 190 -> 149, docs/kernels.md): a
   // split decode v2 call merges its slices in its own last workgroup per (row, head group) — counted on
   // combine_counts_, attention_decode_v2.comp kFuse — instead of a combine dispatch behind a barrier:
   // one dependent dispatch less a layer at depth. The same bits. Rows × head groups of a call must fit

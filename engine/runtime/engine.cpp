@@ -214,7 +214,7 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
   bool prefill_weights_auto = true;
   if (const char* v = std::getenv("TROVE_PREFILL_WEIGHTS"); v && *v && std::string_view(v) != "auto") {
     const std::string_view m = v;
-    if (m != "f16" && m != "f16-dense" && m != "f16-resident" && m != "quant") {
+    if (m != "f16" && m != "f16-dense" && m != "f16-resident" && m != "f16-dense-resident" && m != "quant") {
       return Status::InvalidArgument(fmt::format(
           "TROVE_PREFILL_WEIGHTS={} is not a choice: use auto (the default: f16-dense on a GPU with matrix "
           "units, quant elsewhere), quant (prefill GEMMs decode the weights as stored, per element), f16 "
@@ -222,13 +222,14 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
           "by the GEMMs as f16; needs one layer's weights in f16 of device memory, e.g. ~390 MB for "
           "Qwen3-8B, ~1.3 GB for Qwen3-30B-A3B with its experts), f16-dense (the same but a MoE layer's "
           "experts stay as stored) or f16-resident (every layer's weights, experts too, dequantized once at "
-          "load and kept: the whole model again in f16 of device memory, e.g. 16 GB for Qwen3-8B)",
+          "load and kept: the whole model again in f16 of device memory, e.g. 16 GB for Qwen3-8B) or "
+          "f16-dense-resident (the same without a MoE layer's experts: ~1.8 GB for Qwen3-30B-A3B)",
           m));
     }
     prefill_weights_auto = false;
     e->prefill_f16_ = m != "quant";
     e->prefill_f16_experts_ = m == "f16" || m == "f16-resident";
-    e->prefill_f16_resident_ = m == "f16-resident";
+    e->prefill_f16_resident_ = m == "f16-resident" || m == "f16-dense-resident";
   }
   std::optional<std::vector<L2WarmItem>> warm_env;
   if (const char* v = std::getenv("TROVE_L2_WARM"); v && *v) {
@@ -590,8 +591,9 @@ Status VulkanEngine::fill_f16_resident() {
   if (!s.ok()) return s.status();
   for (uint32_t l = 0; l < layers_.size(); ++l) {
     const Layer& L = layers_[l];
-    // Every role the layer has (f16-resident: its experts too).
+    // Every role the layer has (f16-resident: its experts too; f16-dense-resident: not them).
     for (int slot = 0; slot < kPrefillSlots; ++slot) {
+      if (slot == kSlotExperts && !prefill_f16_experts_) continue;
       for (const Weight* w : f16_slot_weights(L, static_cast<PrefillSlot>(slot))) {
         if (w && w->rows) TROVE_RETURN_IF_ERROR(record_dequant_f16(**s, L, l, *w));
       }

@@ -242,7 +242,8 @@ class VulkanEngine final : public Engine {
   // Qwen3-30B-A3B) beside attention, for the grouped GEMMs; `f16-dense` leaves the experts as stored.
   // `f16-resident`: every layer's weights (experts too) dequantized once, at load, into buffers of their
   // own (the whole model again in f16: 16 GB for Qwen3-8B) — steps then dequantize nothing; for A/B
-  // against the per-step form and for GPUs with the memory to spare.
+  // against the per-step form and for GPUs with the memory to spare; `f16-dense-resident` the same
+  // without a MoE layer's experts (they stay as stored).
   enum PrefillSlot : uint8_t { kSlotQkv, kSlotO, kSlotGateUp, kSlotDown, kSlotExperts, kPrefillSlots };
   bool prefill_f16_ = false, prefill_f16_experts_ = false, prefill_f16_resident_ = false;
   std::optional<ops::DequantF16> dequant_f16_;

@@ -635,7 +635,7 @@ TEST(Engine, BatchedAttentionStepGivesTheBitsOfPerSequenceAttention) {
 // rows were not read. Dense (Q4_K / Q6_K) and MoE models — `f16` with its experts in f16 too (gate, up and
 // down dequantized beside QKV, attention and O; on lavapipe the expert matvec kernels read them), `f16-dense`
 // its attention weights only — and `f16-resident` (every layer's rows made once, at load) the per-step form's
-// bits, dense and MoE. A bad value is named.
+// bits, dense and MoE, `f16-dense-resident` those of `f16-dense`. A bad value is named.
 TEST(Engine, PrefillWeightsInF16GiveTheQuantizedLogits) {
   // Matrix units (a GPU) take f16 weights only in steps of 256+ tokens, and decode K-quants to the same
   // f16 values the rows hold (the same bits, nothing to tell apart); the tiled path decodes them to f32.
@@ -644,7 +644,8 @@ TEST(Engine, PrefillWeightsInF16GiveTheQuantizedLogits) {
   const auto p = prompt(44, 61);
   for (const auto& [path, modes] :
        {std::pair<std::string, std::vector<const char*>>{quantized_model_path(), {"f16", "f16-resident"}},
-        std::pair<std::string, std::vector<const char*>>{moe_model_path(), {"f16", "f16-dense", "f16-resident"}}}) {
+        std::pair<std::string, std::vector<const char*>>{moe_model_path(),
+                                                         {"f16", "f16-dense", "f16-resident", "f16-dense-resident"}}}) {
     // The quantized engine's steps once: two prefill chunks, then its greedy token.
     std::vector<std::vector<int32_t>> steps = {{p.begin(), p.begin() + 24}, {p.begin() + 24, p.end()}};
     std::vector<engine::StepOutput> want;
@@ -686,13 +687,14 @@ TEST(Engine, PrefillWeightsInF16GiveTheQuantizedLogits) {
       }
     }
   }
-  // Runs: 0 dense f16, 1 dense f16-resident, 2 MoE f16, 3 MoE f16-dense, 4 MoE f16-resident.
-  ASSERT_EQ(runs.size(), 5u);
+  // Runs: 0 dense f16, 1 dense f16-resident, 2 MoE f16, 3 MoE f16-dense, 4 MoE f16-resident, 5 MoE
+  // f16-dense-resident.
+  ASSERT_EQ(runs.size(), 6u);
   ASSERT_FALSE(runs[2].empty() || runs[3].empty());
   EXPECT_GT(rel_diff(runs[2][0], runs[3][0]), 0.0)
       << "f16 and f16-dense gave the same bits: the experts were not read as f16";
   // f16-resident: the same f16 rows, made once at load instead of in each step: the same bits.
-  for (auto [resident, per_step] : {std::pair{1, 0}, std::pair{4, 2}}) {
+  for (auto [resident, per_step] : {std::pair{1, 0}, std::pair{4, 2}, std::pair{5, 3}}) {
     ASSERT_EQ(runs[resident].size(), runs[per_step].size());
     for (size_t i = 0; i < runs[resident].size(); ++i) {
       ASSERT_EQ(runs[resident][i].size(), runs[per_step][i].size());

@@ -300,7 +300,8 @@ MatmulTile Matmul::auto_cm2_tile(uint32_t rows, uint32_t batch) const {
   if (cm2_fits(f, large) && div_up(rows, large.bm) * div_up(batch, large.bn) >= cm2_min_tiles_) return MatmulTile::kLarge;
   // Below kCm2LargeBatch (down to cm2_min_batch_): the medium tile where it fills the SMs, as
   // llama.cpp's cm2 path picks at 512 tokens (the 8B's attention output and ffn_down: 128 medium tiles).
-  if (batch < kCm2LargeBatch && cm2_fits(f, kCm2Medium) && div_up(rows, 128) * div_up(batch, 128) >= cm2_min_tiles_) {
+  if (batch < kCm2LargeBatch && cm2_fits(f, kCm2Medium) &&
+      div_up(rows, 128) * div_up(batch, 128) >= cm2_min_tiles_) {
     return MatmulTile::kMedium;
   }
   return MatmulTile::kAuto;
@@ -487,7 +488,13 @@ Status Matmul::record_grouped(vk::CommandStream& s, const GroupedMatmulCall& c, 
   if (use_cm2) {
     const uint32_t bk = grouped_bk_ == 32 || c.cols % 64 != 0 ? 32 : 64, bm = grouped_bm_, bn = grouped_bn_;
     const auto* shape = cm2_shape(dev_->features());
-    const uint32_t variant = forced_cm2_variant_.value_or(0);
+    // Unforced: variant 0 for quantized experts, 1 for plain ones (F16 / BF16 / F32 — the f16 experts
+    // of TROVE_PREFILL_WEIGHTS=f16): H100, 2026-12-05, bench_kernels' 30B-A3B expert rows, F16 gate/up
+    // 1001 -> 229 µs at 512 tokens and 2001 -> 488 at 2048, down 995 -> 248 and 1972 -> 509 (variant 0 ->
+    // 1); Q4_K / Q6_K alike in both (340 / 341 µs gate/up at 512 tokens).
+    using quant::GgmlType;
+    const bool plain = c.type == GgmlType::F16 || c.type == GgmlType::BF16 || c.type == GgmlType::F32;
+    const uint32_t variant = forced_cm2_variant_.value_or(plain ? 1 : 0);
     if ((bm != 64 && bm != 128) || (bn != 32 && bn != 64 && bn != 128) || variant > 2 || !shape ||
         bm % shape->m_granularity != 0 || bn % shape->n_granularity != 0 ||
         bn > dev_->features().coopmat2_max_dimension) {

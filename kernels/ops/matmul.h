@@ -55,7 +55,8 @@
 //    stride of BM + 2 — the differences from llama.cpp's cm2 kernel read in its source (2026-12-05),
 //    measured on the H100 2026-12-05: the 8B's pp4096 8886 -> 9965 tok/s, and with f16 weights 9631 ->
 //    13019 (matmul_cm2_tile.glsl). Unset, the automatic path's dense cm2 calls take 2
-//    (kCm2AutoVariant) and grouped calls 0; set, every cm2 call takes it.
+//    (kCm2AutoVariant) and grouped calls 0 — 1 for plain (F16, BF16, F32) experts, 4x faster there
+//    (H100 2026-12-05); set, every cm2 call takes it.
 //  - TROVE_MATMUL_ACC=f16|f32 (force_acc_f16): the accumulators of the cm2 kernels (dense and grouped)
 //    and of the dense KHR kernel (default f32). f16 halves their registers (a 128×256 f32 cm2 tile is
 //    128 registers a lane over 256 lanes), as llama.cpp's matrix-unit kernels do by default, at f16

@@ -662,7 +662,7 @@ TEST(GroupedMatmul, Cm2TilesAndVariantsMatchReference) {
     SCOPED_TRACE(testing::Message() << "tile " << c.bm << "x" << c.bn << " variant " << c.variant);
     op->force_grouped_tile(c.bm, c.bn);
     op->force_cm2_variant(c.variant);
-    for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q6_K}) {
+    for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::F16}) {  // F16: the f16 experts
       check_grouped(*dev, *op, type, 160, 768, {0, 0, 0, 0, 0, 0, 0, 70}, 40, seed++, 2e-3);  // all to one expert
       check_grouped(*dev, *op, type, 96, 256, {5, 0, 0, 1, 0, 33, 0, 2}, 30, seed++, 2e-3);   // empty experts between
       check_grouped(*dev, *op, type, 80, 512, {0, 1, 0, 0, 0, 0, 0, 0}, 1, seed++, 2e-3);     // one slot

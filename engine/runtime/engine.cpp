@@ -293,7 +293,9 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
   // The default f16-dense (docs/engine.md): on the H100 (2026-12-05) the 8B's pp512 / pp4096 went
   // 9486 / 9966 -> 11042 / 12914 tok/s with cm2 variant 2 from 512 tokens; the 30B-A3B's experts in
   // f16 (`f16`) made its prefill 2.5x slower (~1.2 GB written per layer and step), so they stay quantized.
-  if (prefill_weights_auto) e->prefill_f16_ = e->ops_.matmul.uses_coopmat() && e->max_tokens_ >= VulkanEngine::kPrefillF16MinTokens;
+  if (prefill_weights_auto) {
+    e->prefill_f16_ = e->ops_.matmul.uses_coopmat() && e->max_tokens_ >= VulkanEngine::kPrefillF16MinTokens;
+  }
 
   // Memory plan: weights + KV pool + scratch must fit the device.
   uint64_t weight_bytes = 0;

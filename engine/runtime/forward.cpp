@@ -60,7 +60,8 @@ Status VulkanEngine::record_matmul(vk::CommandStream& s, const Weight& w, uint64
 // H200's copy bandwidth, an estimate): only steps long enough for that to be a few percent of their GEMMs (256+ tokens)
 // take it on matrix units; on devices without them every matmul step does (the tests' way in).
 bool VulkanEngine::prefill_f16_step(uint32_t T) const {
-  return prefill_f16_ && T > ops::Matvec::kMaxBatch && (T >= kPrefillF16MinTokens || !ops_.matmul.uses_coopmat());
+  return prefill_f16_ && T > ops::Matvec::kMaxBatch &&
+         (T >= kPrefillF16MinTokens || !ops_.matmul.uses_coopmat());
 }
 
 // A dense weight of one piece of at most kMaxMatmulRows rows (every Qwen3 projection and FFN matrix)

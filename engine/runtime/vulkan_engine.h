@@ -232,12 +232,13 @@ class VulkanEngine final : public Engine {
   // 4096-token prompts on the H100: 8B 548 → 712 tok/s, 30B-A3B 420 → 566 (docs/performance.md). Each
   // row's position is positions_[row] and its block table's offset in tables_ positions_[max_tokens_ + row].
   bool attention_step_batched_ = true;
-  // TROVE_PREFILL_WEIGHTS=f16 / f16-dense (f16-dense the default where the matmul steps run on matrix
-  // units, since 2026-12-05; `quant` for A/B): the matmul steps of 256+ tokens on the matrix units
-  // (every matmul step on a device without them) read the dense weights as f16 rows (ops::DequantF16) instead of decoding K-quants per element. Each layer's
-  // Q/K/V, O, gate/up and down go to their own f16 buffer (prefill_f16_slots_), each written in the
-  // barrier interval before the one whose GEMM reads it (beside other work: see step()), so the
-  // dequantization overlaps the matrix units' products instead of preceding them.
+  // TROVE_PREFILL_WEIGHTS=f16 / f16-dense (f16-dense the default where the matmul steps run on matrix units,
+  // since 2026-12-05; `quant` for A/B): the matmul steps of 256+ tokens on the matrix units (every matmul
+  // step on a device without them) read the dense weights as f16 rows (ops::DequantF16) instead of decoding
+  // K-quants per element. Each layer's Q/K/V, O, gate/up and down go to their own f16 buffer
+  // (prefill_f16_slots_), each written in the barrier interval before the one whose GEMM reads it (beside
+  // other work: see step()), so the dequantization overlaps the matrix units' products instead of preceding
+  // them.
   // `f16` also dequantizes MoE layers' stacked experts (gate, up and down of every expert: ~1.2 GB for
   // Qwen3-30B-A3B) beside attention, for the grouped GEMMs; `f16-dense` leaves the experts as stored.
   // `f16-resident`: every layer's weights (experts too) dequantized once, at load, into buffers of their

@@ -625,17 +625,18 @@ TEST(Engine, BatchedAttentionStepGivesTheBitsOfPerSequenceAttention) {
   EXPECT_NE(e.status().message().find("TROVE_ATTENTION_STEP=one is not a choice"), std::string::npos) << e.status().message();
 }
 
-// TROVE_PREFILL_WEIGHTS=f16: the matmul steps read each layer's dense weights as f16 rows, dequantized
-// into per-role buffers in the barrier interval before their GEMM (Q/K/V of the next layer beside this
-// layer's down — or its O projection in MoE layers). On the tiled matmul path (TROVE_MATMUL=tiled here,
-// so that a GPU runs what lavapipe runs) every matmul step takes it (no matrix units), so two prefill chunks (24 and 20 tokens: layer 0's Q/K/V written at each step's start) and a
-// one-token decode step (the matvec, untouched) must give the quantized engine's greedy tokens and
-// logits within the weights' f16 rounding (2e-3 relative L2, measured up to 3.4e-4; a weight in the wrong
-// slot or read before it is written is off by order 1) — and not its bits on the prefill steps, or the f16
-// rows were not read. Dense (Q4_K / Q6_K) and MoE models — `f16` with its experts in f16 too (gate, up and
-// down dequantized beside QKV, attention and O; on lavapipe the expert matvec kernels read them), `f16-dense`
-// its attention weights only — and `f16-resident` (every layer's rows made once, at load) the per-step form's
-// bits, dense and MoE, `f16-dense-resident` those of `f16-dense`. A bad value is named.
+// TROVE_PREFILL_WEIGHTS=f16: the matmul steps read each layer's dense weights as f16 rows, dequantized into
+// per-role buffers in the barrier interval before their GEMM (Q/K/V of the next layer beside this layer's
+// down — or its O projection in MoE layers). On the tiled matmul path (TROVE_MATMUL=tiled here, so that a GPU
+// runs what lavapipe runs) every matmul step takes it (no matrix units), so two prefill chunks (24 and 20
+// tokens: layer 0's Q/K/V written at each step's start) and a one-token decode step (the matvec, untouched)
+// must give the quantized engine's greedy tokens and logits within the weights' f16 rounding (2e-3 relative
+// L2, measured up to 3.4e-4; a weight in the wrong slot or read before it is written is off by order 1) — and
+// not its bits on the prefill steps, or the f16 rows were not read. Dense (Q4_K / Q6_K) and MoE models —
+// `f16` with its experts in f16 too (gate, up and down dequantized beside QKV, attention and O; on lavapipe
+// the expert matvec kernels read them), `f16-dense` its attention weights only — and `f16-resident` (every
+// layer's rows made once, at load) the per-step form's bits, dense and MoE, `f16-dense-resident` those of
+// `f16-dense`. A bad value is named.
 TEST(Engine, PrefillWeightsInF16GiveTheQuantizedLogits) {
   // Matrix units (a GPU) take f16 weights only in steps of 256+ tokens, and decode K-quants to the same
   // f16 values the rows hold (the same bits, nothing to tell apart); the tiled path decodes them to f32.
@@ -644,8 +645,8 @@ TEST(Engine, PrefillWeightsInF16GiveTheQuantizedLogits) {
   const auto p = prompt(44, 61);
   for (const auto& [path, modes] :
        {std::pair<std::string, std::vector<const char*>>{quantized_model_path(), {"f16", "f16-resident"}},
-        std::pair<std::string, std::vector<const char*>>{moe_model_path(),
-                                                         {"f16", "f16-dense", "f16-resident", "f16-dense-resident"}}}) {
+        std::pair<std::string, std::vector<const char*>>{
+            moe_model_path(), {"f16", "f16-dense", "f16-resident", "f16-dense-resident"}}}) {
     // The quantized engine's steps once: two prefill chunks, then its greedy token.
     std::vector<std::vector<int32_t>> steps = {{p.begin(), p.begin() + 24}, {p.begin() + 24, p.end()}};
     std::vector<engine::StepOutput> want;

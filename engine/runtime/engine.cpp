@@ -321,8 +321,20 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
   uint64_t scratch = 4 * (T * (4ull * c.n_embd + 3ull * c.n_head * c.head_dim +
                                2ull * c.n_head_kv * c.head_dim + 3 * ff + 2ull * c.n_expert + 4) +
                           T * c.n_expert_used * (2ull * c.n_embd + 3 * ff + 2) + 2ull * nseq * c.n_vocab);
-  if (e->prefill_f16_) scratch += e->prefill_f16_bytes();
   const uint64_t have = e->dev_->features().device_local_bytes;
+  if (e->prefill_f16_) {
+    const uint64_t f16 = e->prefill_f16_bytes();
+    const uint64_t pool_want = pool_blocks * block_all_layers;  // every context asked for, or --kv-pool
+    if (prefill_weights_auto && !pool_fits(have, weight_bytes, scratch + f16, pool_want)) {
+      // The default's f16 rows would cut the KV pool below what was asked for: prefill decodes the
+      // weights as stored instead (the rows are a speed-up, the pool is capacity).
+      e->prefill_f16_ = false;
+      log::info("engine", "prefill weights as stored: their f16 rows ({}) would leave the KV pool less than "
+                "the {} asked for on {}", human_bytes(f16), human_bytes(pool_want), e->dev_->features().name);
+    } else {
+      scratch += f16;
+    }
+  }
   if (have && weight_bytes + scratch < have && !opts.kv_pool_bytes) {
     // Never plan the pool past 90% of what is left after weights and scratch.
     const uint64_t room = (have - weight_bytes - scratch) / 10 * 9;

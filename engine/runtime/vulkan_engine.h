@@ -124,6 +124,13 @@ class Progress {
 class VulkanEngine final : public Engine {
  public:
   static Result<std::unique_ptr<Engine>> create(const EngineOptions& opts);
+  // Whether weights, scratch and a KV pool of `pool` bytes fit `have` bytes of device memory the way the
+  // memory plan fills it (the pool gets at most 90% of what weights and scratch leave). The default
+  // prefill weights (`auto`) keep their f16 rows only where this holds with them: they never take memory
+  // the requested KV pool needs.
+  static bool pool_fits(uint64_t have, uint64_t weights, uint64_t scratch, uint64_t pool) {
+    return have == 0 || (weights + scratch < have && (have - weights - scratch) / 10 * 9 >= pool);
+  }
 
   const ModelConfig& config() const override { return cfg_; }
   const gguf::ModelInfo& info() const override { return info_; }

@@ -24,6 +24,7 @@
 #include "engine/gguf/synthetic.h"
 #include "engine/runtime/engine.h"
 #include "engine/runtime/generate.h"
+#include "engine/runtime/vulkan_engine.h"
 #include "tests/scoped_env.h"
 
 using namespace trove;
@@ -711,6 +712,25 @@ TEST(Engine, PrefillWeightsInF16GiveTheQuantizedLogits) {
   ASSERT_FALSE(e.ok());
   EXPECT_NE(e.status().message().find("TROVE_PREFILL_WEIGHTS=f32 is not a choice"), std::string::npos)
       << e.status().message();
+}
+
+// The memory plan's rule that the default prefill weights (`auto`) keep their f16 rows by: weights,
+// scratch (with the rows) and the requested KV pool must fit as the plan fills the device — the pool
+// at most 90% of what weights and scratch leave. 8B on an 80 GB card: 4.7 GB of weights, 0.4 GB of
+// f16 rows, 1 GB of other scratch; the rows stay with a 60 GB pool and go with a 66.7 GB one (which
+// fits without them: 0.9 x 74.3 GB against 0.9 x 73.9 GB). An unknown device size (0) never drops them.
+TEST(Engine, DefaultF16PrefillRowsNeverTakeTheRequestedPool) {
+  using trove::engine::internal::VulkanEngine;
+  constexpr uint64_t GB = 1000ull * 1000 * 1000;
+  const uint64_t have = 80 * GB, weights = 4700 * GB / 1000, scratch = 1 * GB, rows = 400 * GB / 1000;
+  EXPECT_TRUE(VulkanEngine::pool_fits(have, weights, scratch + rows, 60 * GB));
+  EXPECT_FALSE(VulkanEngine::pool_fits(have, weights, scratch + rows, 66700 * GB / 1000));
+  EXPECT_TRUE(VulkanEngine::pool_fits(have, weights, scratch, 66700 * GB / 1000));
+  // The boundary: 100 - 40 - 10 leaves 50, of which the pool may take 45.
+  EXPECT_TRUE(VulkanEngine::pool_fits(100, 40, 10, 45));
+  EXPECT_FALSE(VulkanEngine::pool_fits(100, 40, 10, 46));
+  EXPECT_FALSE(VulkanEngine::pool_fits(100, 60, 40, 0));  // weights and scratch alone fill the device
+  EXPECT_TRUE(VulkanEngine::pool_fits(0, weights, scratch + rows, 1000 * GB));
 }
 
 TEST(Engine, OpProfileLeavesOutStepsThatCompiledPipelines) {

@@ -364,9 +364,10 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
   }
   TROVE_RETURN_IF_ERROR(e->alloc_scratch());
   if (e->prefill_f16_resident_) TROVE_RETURN_IF_ERROR(e->fill_f16_resident());
-  log::info("engine", "{}: {} layers, {} on {}; KV pool {} blocks of {} tokens ({}), context {}", c.name,
-            c.n_layer, human_bytes(weight_bytes), e->dev_->features().name, pool_blocks, opts.block_tokens,
-            human_bytes(pool_bytes), e->n_ctx_);
+  log::info("engine",
+            "{}: {} layers, {} on {}; KV pool {} blocks of {} tokens ({}), context {}; prefill weights {}",
+            c.name, c.n_layer, human_bytes(weight_bytes), e->dev_->features().name, pool_blocks,
+            opts.block_tokens, human_bytes(pool_bytes), e->n_ctx_, e->prefill_weights_name());
   return std::unique_ptr<Engine>(std::move(e));
 }
 
@@ -525,6 +526,13 @@ Status VulkanEngine::load_weights(gguf::GgufFile& f, bool progress) {
   fingerprint_ = fmt::format("w{:016x}{:016x}/kv-f16/bt{}/kvh{}/hd{}/l{}", h.high64, h.low64, layout_.block_tokens,
                              c.n_head_kv, c.head_dim, c.n_layer);
   return Status::Ok();
+}
+
+std::string VulkanEngine::prefill_weights_name() const {
+  if (!prefill_f16_) return "as stored";
+  const char* mode = prefill_f16_resident_ ? (prefill_f16_experts_ ? "f16-resident" : "f16-dense-resident")
+                                           : (prefill_f16_experts_ ? "f16" : "f16-dense");
+  return fmt::format("{} ({} of f16 rows)", mode, human_bytes(prefill_f16_bytes()));
 }
 
 uint64_t VulkanEngine::prefill_f16_bytes() const {

@@ -261,6 +261,8 @@ class VulkanEngine final : public Engine {
     return prefill_f16_resident_ ? prefill_f16_layers_[layer][slot] : prefill_f16_slots_[slot];
   }
   Status fill_f16_resident();  // f16-resident: every layer's f16 rows, once (at load)
+  // The load log's name of the prefill weights: "as stored", or the f16 mode and its bytes.
+  std::string prefill_weights_name() const;
   // Whether the step of T tokens (not through the matvec) reads f16 weights: T of kPrefillF16MinTokens
   // or more on matrix units (the f16 default's steps), every matmul step without them.
   static constexpr uint32_t kPrefillF16MinTokens = 256;

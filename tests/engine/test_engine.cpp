@@ -652,9 +652,11 @@ TEST(Engine, PrefillWeightsInF16GiveTheQuantizedLogits) {
     std::vector<std::vector<int32_t>> steps = {{p.begin(), p.begin() + 24}, {p.begin() + 24, p.end()}};
     std::vector<engine::StepOutput> want;
     {
+      log::ScopedLogCapture logs;
       ScopedEnv quant("TROVE_PREFILL_WEIGHTS", "quant");
       auto q = load(256, 1, 0, 64, path);
       ASSERT_TRUE(q);
+      EXPECT_TRUE(logs.contains("prefill weights as stored"));
       auto a = q->open_sequence();
       ASSERT_TRUE(a.ok());
       for (size_t i = 0; i < 3; ++i) {
@@ -668,8 +670,10 @@ TEST(Engine, PrefillWeightsInF16GiveTheQuantizedLogits) {
       SCOPED_TRACE(mode);
       std::unique_ptr<engine::Engine> h;
       {
+        log::ScopedLogCapture logs;
         ScopedEnv f16("TROVE_PREFILL_WEIGHTS", mode);
         h = load(256, 1, 0, 64, path);
+        EXPECT_TRUE(logs.contains(fmt::format("prefill weights {} (", mode))) << "the load log names the mode";
       }
       ASSERT_TRUE(h);
       auto b = h->open_sequence();

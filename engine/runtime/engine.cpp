@@ -213,8 +213,11 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
   // (resolved once the ops exist, below), quant elsewhere.
   bool prefill_weights_auto = true;
   if (const char* v = std::getenv("TROVE_PREFILL_WEIGHTS"); v && *v && std::string_view(v) != "auto") {
-    const std::string_view m = v;
-    if (m != "f16" && m != "f16-dense" && m != "f16-resident" && m != "f16-dense-resident" && m != "quant") {
+    const PrefillWeightsMode* mode = nullptr;
+    for (const auto& m : kPrefillWeightsModes) {
+      if (m.name == std::string_view(v)) mode = &m;
+    }
+    if (!mode) {
       return Status::InvalidArgument(fmt::format(
           "TROVE_PREFILL_WEIGHTS={} is not a choice: use auto (the default: f16-dense on a GPU with matrix "
           "units, quant elsewhere), quant (prefill GEMMs decode the weights as stored, per element), f16 "
@@ -224,12 +227,12 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
           "experts stay as stored) or f16-resident (every layer's weights, experts too, dequantized once at "
           "load and kept: the whole model again in f16 of device memory, e.g. 16 GB for Qwen3-8B) or "
           "f16-dense-resident (the same without a MoE layer's experts: ~1.8 GB for Qwen3-30B-A3B)",
-          m));
+          v));
     }
     prefill_weights_auto = false;
-    e->prefill_f16_ = m != "quant";
-    e->prefill_f16_experts_ = m == "f16" || m == "f16-resident";
-    e->prefill_f16_resident_ = m == "f16-resident" || m == "f16-dense-resident";
+    e->prefill_f16_ = mode->f16;
+    e->prefill_f16_experts_ = mode->experts;
+    e->prefill_f16_resident_ = mode->resident;
   }
   std::optional<std::vector<L2WarmItem>> warm_env;
   if (const char* v = std::getenv("TROVE_L2_WARM"); v && *v) {
@@ -292,7 +295,8 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
   e->ops_ = std::move(*ops);
   // The default f16-dense (docs/engine.md): on the H100 (2026-12-05) the 8B's pp512 / pp4096 went
   // 9486 / 9966 -> 11042 / 12914 tok/s with cm2 variant 2 from 512 tokens; the 30B-A3B's experts in
-  // f16 (`f16`) made its prefill 2.5x slower (~1.2 GB written per layer and step), so they stay quantized.
+  // f16 (`f16`, `f16-resident`) made its prefill 2.2-2.7x slower (on grouped variant 0, which ran F16
+  // experts 4x slower than variant 1 in bench_kernels), so they stay quantized.
   if (prefill_weights_auto) {
     e->prefill_f16_ = e->ops_.matmul.uses_coopmat() && e->max_tokens_ >= VulkanEngine::kPrefillF16MinTokens;
   }
@@ -530,9 +534,12 @@ Status VulkanEngine::load_weights(gguf::GgufFile& f, bool progress) {
 
 std::string VulkanEngine::prefill_weights_name() const {
   if (!prefill_f16_) return "as stored";
-  const char* mode = prefill_f16_resident_ ? (prefill_f16_experts_ ? "f16-resident" : "f16-dense-resident")
-                                           : (prefill_f16_experts_ ? "f16" : "f16-dense");
-  return fmt::format("{} ({} of f16 rows)", mode, human_bytes(prefill_f16_bytes()));
+  for (const auto& m : kPrefillWeightsModes) {
+    if (m.f16 && m.experts == prefill_f16_experts_ && m.resident == prefill_f16_resident_) {
+      return fmt::format("{} ({} of f16 rows)", m.name, human_bytes(prefill_f16_bytes()));
+    }
+  }
+  return "f16";  // not reached: every combination the modes set is in the table
 }
 
 uint64_t VulkanEngine::prefill_f16_bytes() const {

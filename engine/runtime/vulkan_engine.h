@@ -15,6 +15,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 #include <unistd.h>
 
@@ -252,6 +253,15 @@ class VulkanEngine final : public Engine {
   // own (the whole model again in f16: 16 GB for Qwen3-8B) — steps then dequantize nothing; for A/B
   // against the per-step form and for GPUs with the memory to spare; `f16-dense-resident` the same
   // without a MoE layer's experts (they stay as stored).
+  // TROVE_PREFILL_WEIGHTS's values besides `auto`, and the flags each sets (parsed and named from here).
+  struct PrefillWeightsMode {
+    std::string_view name;
+    bool f16, experts, resident;
+  };
+  static constexpr PrefillWeightsMode kPrefillWeightsModes[] = {
+      {"quant", false, false, false},       {"f16", true, true, false},
+      {"f16-dense", true, false, false},    {"f16-resident", true, true, true},
+      {"f16-dense-resident", true, false, true}};
   enum PrefillSlot : uint8_t { kSlotQkv, kSlotO, kSlotGateUp, kSlotDown, kSlotExperts, kPrefillSlots };
   bool prefill_f16_ = false, prefill_f16_experts_ = false, prefill_f16_resident_ = false;
   std::optional<ops::DequantF16> dequant_f16_;

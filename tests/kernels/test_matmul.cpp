@@ -413,7 +413,8 @@ TEST(Matmul, AutomaticPathTakesCm2ForLargeBatches) {
   EXPECT_EQ(op->auto_cm2_tile(24576, 512), MatmulTile::kLarge);   // gate/up: 384 large
   EXPECT_EQ(op->auto_cm2_tile(1024, 512), MatmulTile::kAuto);     // 32 medium tiles
   EXPECT_EQ(op->auto_cm2_tile(4096, 511), MatmulTile::kAuto);
-  EXPECT_EQ(op->auto_cm2_tile(4096, B - 1), MatmulTile::kMedium);
+  EXPECT_EQ(op->auto_cm2_tile(4096, B - 1), MatmulTile::kLarge);    // 256 large tiles
+  EXPECT_EQ(op->auto_cm2_tile(1024, B - 1), MatmulTile::kMedium);   // 64 large, 128 medium
   EXPECT_EQ(op->auto_cm2_tile(1024, B), MatmulTile::kAuto);
   EXPECT_EQ(op->auto_cm2_tile(4096, B), MatmulTile::kLarge);
   uint64_t seed = 1100;

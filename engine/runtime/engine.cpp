@@ -209,8 +209,8 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
   TROVE_RETURN_IF_ERROR(env_switch("TROVE_MOE_F16", e->moe_f16_,
                                    "the default: the MoE prefill's expert GEMMs read the FFN input rounded to f16 once",
                                    "they read it as f32 and round it per tile, for A/B comparisons"));
-  // TROVE_PREFILL_WEIGHTS: unset or `auto`, f16-dense where the matmul steps run on matrix units
-  // (resolved once the ops exist, below), quant elsewhere.
+  // TROVE_PREFILL_WEIGHTS: unset or `auto`, f16-dense-resident (else f16-dense) where the matmul steps run
+  // on matrix units and the rows fit beside the KV pool (resolved in the memory plan, below), quant elsewhere.
   bool prefill_weights_auto = true;
   if (const char* v = std::getenv("TROVE_PREFILL_WEIGHTS"); v && *v && std::string_view(v) != "auto") {
     const PrefillWeightsMode* mode = nullptr;
@@ -219,8 +219,8 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
     }
     if (!mode) {
       return Status::InvalidArgument(fmt::format(
-          "TROVE_PREFILL_WEIGHTS={} is not a choice: use auto (the default: f16-dense on a GPU with matrix "
-          "units, quant elsewhere), quant (prefill GEMMs decode the weights as stored, per element), f16 "
+          "TROVE_PREFILL_WEIGHTS={} is not a choice: use auto (the default: on a GPU with matrix units "
+          "f16-dense-resident where its rows fit beside the KV pool, else f16-dense; quant elsewhere), quant (prefill GEMMs decode the weights as stored, per element), f16 "
           "(each layer's weights dequantized to f16 rows once per prefill step, beside other work, and read "
           "by the GEMMs as f16; needs one layer's weights in f16 of device memory, e.g. ~390 MB for "
           "Qwen3-8B, ~1.3 GB for Qwen3-30B-A3B with its experts), f16-dense (the same but a MoE layer's "
@@ -293,13 +293,6 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
   auto ops = make_ops(*e->dev_);
   if (!ops.ok()) return ops.status();
   e->ops_ = std::move(*ops);
-  // The default f16-dense (docs/engine.md): on the H100 (2026-12-05) the 8B's pp512 / pp4096 went
-  // 9486 / 9966 -> 11042 / 12914 tok/s with cm2 variant 2 from 512 tokens; the 30B-A3B's experts in
-  // f16 (`f16`, `f16-resident`) made its prefill 2.2-2.7x slower (on grouped variant 0, which ran F16
-  // experts 4x slower than variant 1 in bench_kernels), so they stay quantized.
-  if (prefill_weights_auto) {
-    e->prefill_f16_ = e->ops_.matmul.uses_coopmat() && e->max_tokens_ >= VulkanEngine::kPrefillF16MinTokens;
-  }
 
   // Memory plan: weights + KV pool + scratch must fit the device.
   uint64_t weight_bytes = 0;
@@ -326,19 +319,32 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
                                2ull * c.n_head_kv * c.head_dim + 3 * ff + 2ull * c.n_expert + 4) +
                           T * c.n_expert_used * (2ull * c.n_embd + 3 * ff + 2) + 2ull * nseq * c.n_vocab);
   const uint64_t have = e->dev_->features().device_local_bytes;
-  if (e->prefill_f16_) {
-    const uint64_t f16 = e->prefill_f16_bytes();
-    const uint64_t pool_want = pool_blocks * block_all_layers;  // every context asked for, or --kv-pool
-    if (prefill_weights_auto && !pool_fits(have, weight_bytes, scratch + f16, pool_want)) {
-      // The default's f16 rows would cut the KV pool below what was asked for: prefill decodes the
-      // weights as stored instead (the rows are a speed-up, the pool is capacity).
-      e->prefill_f16_ = false;
-      log::info("engine", "prefill weights as stored: their f16 rows ({}) would leave the KV pool less than "
-                "the {} asked for on {}", human_bytes(f16), human_bytes(pool_want), e->dev_->features().name);
-    } else {
-      scratch += f16;
+  if (prefill_weights_auto) {
+    // The default (docs/engine.md). H100: with cm2 variant 2 from 512 tokens the 8B's pp512 / pp4096 went
+    // 9486 / 9966 -> 11042 / 12914 tok/s with f16-dense (2026-12-05) and 10924 / 12851 -> 13520 / 13470
+    // resident (2026-12-06); the 30B-A3B's experts in f16 (`f16`, `f16-resident`) made its prefill
+    // 2.2-2.7x slower (on grouped variant 0; 2026-12-06 on variant 1: pp512 5526 vs 6828), so they stay
+    // quantized. The default's f16 rows never cut the KV pool below what was asked for (every context,
+    // or --kv-pool): the rows are a speed-up, the pool is capacity.
+    const uint64_t pool_want = pool_blocks * block_all_layers, resident = e->prefill_f16_bytes(false, true),
+                   step = e->prefill_f16_bytes(false, false);
+    const bool matrix_units = e->ops_.matmul.uses_coopmat();
+    const std::string_view pick = auto_prefill_weights(matrix_units, e->max_tokens_, have, weight_bytes, scratch,
+                                                       resident, step, pool_want);
+    for (const auto& m : kPrefillWeightsModes) {
+      if (m.name == pick) {
+        e->prefill_f16_ = m.f16;
+        e->prefill_f16_experts_ = m.experts;
+        e->prefill_f16_resident_ = m.resident;
+      }
+    }
+    if (matrix_units && e->max_tokens_ >= kPrefillF16MinTokens && pick != "f16-dense-resident") {
+      log::info("engine", "prefill weights {}: f16 rows of {} would leave the KV pool less than the {} asked for on {}",
+                pick == "quant" ? "as stored" : "f16-dense, per step", human_bytes(pick == "quant" ? step : resident),
+                human_bytes(pool_want), e->dev_->features().name);
     }
   }
+  if (e->prefill_f16_) scratch += e->prefill_f16_bytes();
   if (have && weight_bytes + scratch < have && !opts.kv_pool_bytes) {
     // Never plan the pool past 90% of what is left after weights and scratch.
     const uint64_t room = (have - weight_bytes - scratch) / 10 * 9;
@@ -542,14 +548,22 @@ std::string VulkanEngine::prefill_weights_name() const {
   return "f16";  // not reached: every combination the modes set is in the table
 }
 
-uint64_t VulkanEngine::prefill_f16_bytes() const {
+uint64_t VulkanEngine::prefill_f16_bytes(bool experts, bool resident) const {
   const ModelConfig& c = cfg_;
   const uint64_t E = c.n_embd, q = uint64_t{c.n_head} * c.head_dim, kv = uint64_t{c.n_head_kv} * c.head_dim;
-  const uint64_t ffn =
-      c.is_moe() ? (prefill_f16_experts_ ? 3ull * c.n_expert * c.n_ff_exp * E : 0) : 3ull * c.n_ff * E;
+  const uint64_t ffn = c.is_moe() ? (experts ? 3ull * c.n_expert * c.n_ff_exp * E : 0) : 3ull * c.n_ff * E;
   const uint64_t layer =
       2 * ((q + 2 * kv) * E + E * q + ffn) + 8 * 256;  // each of its 7 weights rounded up to 256 bytes
-  return prefill_f16_resident_ ? layer * c.n_layer : layer;
+  return resident ? layer * c.n_layer : layer;
+}
+
+std::string_view VulkanEngine::auto_prefill_weights(bool matrix_units, uint32_t max_tokens, uint64_t have,
+                                                    uint64_t weights, uint64_t scratch, uint64_t resident_rows,
+                                                    uint64_t step_rows, uint64_t pool) {
+  if (!matrix_units || max_tokens < kPrefillF16MinTokens) return "quant";
+  if (pool_fits(have, weights, scratch + resident_rows, pool)) return "f16-dense-resident";
+  if (pool_fits(have, weights, scratch + step_rows, pool)) return "f16-dense";
+  return "quant";
 }
 
 Status VulkanEngine::alloc_scratch() {

@@ -132,6 +132,14 @@ class VulkanEngine final : public Engine {
   static bool pool_fits(uint64_t have, uint64_t weights, uint64_t scratch, uint64_t pool) {
     return have == 0 || (weights + scratch < have && (have - weights - scratch) / 10 * 9 >= pool);
   }
+  // What the default prefill weights (`auto`) resolve to, by name: on matrix units with steps of
+  // kPrefillF16MinTokens or more, `f16-dense-resident` where its rows (resident_rows) fit beside the
+  // requested pool, else `f16-dense` where one layer's rows (step_rows) do, else `quant`; `quant` without
+  // matrix units. H100, 2026-12-06 (docs/performance.md): resident rows took the 8B's pp512 from 10924
+  // to 13520 tok/s; the 30B-A3B's dense rows resident 6828 -> 6936.
+  static std::string_view auto_prefill_weights(bool matrix_units, uint32_t max_tokens, uint64_t have,
+                                               uint64_t weights, uint64_t scratch, uint64_t resident_rows,
+                                               uint64_t step_rows, uint64_t pool);
 
   const ModelConfig& config() const override { return cfg_; }
   const gguf::ModelInfo& info() const override { return info_; }
@@ -291,8 +299,10 @@ class VulkanEngine final : public Engine {
   static uint64_t f16_bytes(const Weight& w) { return (w.experts * w.rows * w.cols * 2 + 255) / 256 * 256; }
   // A MoE layer's experts as their f16 rows in kSlotExperts.
   MoeLayerWeights experts_f16(const Layer& L, uint32_t layer) const;
-  // The slots' size from the model's shapes (the memory plan, before loading).
-  uint64_t prefill_f16_bytes() const;
+  // The f16 rows' size from the model's shapes (the memory plan, before loading): one layer's slots, or
+  // every layer's when resident; experts included or not. Without arguments, for the mode set.
+  uint64_t prefill_f16_bytes(bool experts, bool resident) const;
+  uint64_t prefill_f16_bytes() const { return prefill_f16_bytes(prefill_f16_experts_, prefill_f16_resident_); }
   // Layer L's weight `w` dequantized into its place (nothing for F16 weights, which the GEMM reads where
   // they are), and the GEMM reading it from there.
   Status record_dequant_f16(vk::CommandStream& s, const Layer& L, uint32_t layer, const Weight& w);

@@ -723,6 +723,7 @@ TEST(Engine, PrefillWeightsInF16GiveTheQuantizedLogits) {
 // at most 90% of what weights and scratch leave. 8B on an 80 GB card: 4.7 GB of weights, 0.4 GB of
 // f16 rows, 1 GB of other scratch; the rows stay with a 60 GB pool and go with a 66.7 GB one (which
 // fits without them: 0.9 x 74.3 GB against 0.9 x 73.9 GB). An unknown device size (0) never drops them.
+// The same rule picks between every layer's rows (resident) and one layer's (per step).
 TEST(Engine, DefaultF16PrefillRowsNeverTakeTheRequestedPool) {
   using trove::engine::internal::VulkanEngine;
   constexpr uint64_t GB = 1000ull * 1000 * 1000;
@@ -735,6 +736,21 @@ TEST(Engine, DefaultF16PrefillRowsNeverTakeTheRequestedPool) {
   EXPECT_FALSE(VulkanEngine::pool_fits(100, 40, 10, 46));
   EXPECT_FALSE(VulkanEngine::pool_fits(100, 60, 40, 0));  // weights and scratch alone fill the device
   EXPECT_TRUE(VulkanEngine::pool_fits(0, weights, scratch + rows, 1000 * GB));
+  // The default's pick: the 8B's resident rows (16.4 GB) where they fit beside the pool, one layer's
+  // (0.4 GB) where only they do, none where neither does or without matrix units or 256-token steps.
+  const uint64_t resident = 16400 * GB / 1000;
+  auto pick = [&](bool units, uint32_t max_tokens, uint64_t pool) {
+    return std::string(VulkanEngine::auto_prefill_weights(units, max_tokens, have, weights, scratch, resident, rows, pool));
+  };
+  EXPECT_EQ(pick(true, 2048, 5 * GB), "f16-dense-resident");
+  EXPECT_EQ(pick(true, 2048, 52 * GB), "f16-dense-resident");  // 0.9 x 57.9 GB left: 52.1
+  EXPECT_EQ(pick(true, 2048, 53 * GB), "f16-dense");
+  EXPECT_EQ(pick(true, 2048, 66700 * GB / 1000), "quant");
+  EXPECT_EQ(pick(true, 255, 5 * GB), "quant");
+  EXPECT_EQ(pick(false, 2048, 5 * GB), "quant");
+  EXPECT_EQ(pick(true, 256, 5 * GB), "f16-dense-resident");
+  EXPECT_EQ(VulkanEngine::auto_prefill_weights(true, 2048, 0, weights, scratch, resident, rows, 1000 * GB),
+            "f16-dense-resident");  // a device that names no memory size
 }
 
 TEST(Engine, OpProfileLeavesOutStepsThatCompiledPipelines) {

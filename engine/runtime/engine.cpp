@@ -209,8 +209,9 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
   TROVE_RETURN_IF_ERROR(env_switch("TROVE_MOE_F16", e->moe_f16_,
                                    "the default: the MoE prefill's expert GEMMs read the FFN input rounded to f16 once",
                                    "they read it as f32 and round it per tile, for A/B comparisons"));
-  // TROVE_PREFILL_WEIGHTS: unset or `auto`, f16-dense-resident (else f16-dense) where the matmul steps run
-  // on matrix units and the rows fit beside the KV pool (resolved in the memory plan, below), quant elsewhere.
+  // TROVE_PREFILL_WEIGHTS: unset or `auto`, f16-dense-resident (else f16-dense) where the matmul steps
+  // run on matrix units and the rows fit beside the KV pool (resolved in the memory plan, below), quant
+  // elsewhere.
   bool prefill_weights_auto = true;
   if (const char* v = std::getenv("TROVE_PREFILL_WEIGHTS"); v && *v && std::string_view(v) != "auto") {
     const PrefillWeightsMode* mode = nullptr;
@@ -220,7 +221,8 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
     if (!mode) {
       return Status::InvalidArgument(fmt::format(
           "TROVE_PREFILL_WEIGHTS={} is not a choice: use auto (the default: on a GPU with matrix units "
-          "f16-dense-resident where its rows fit beside the KV pool, else f16-dense; quant elsewhere), quant (prefill GEMMs decode the weights as stored, per element), f16 "
+          "f16-dense-resident where its rows fit beside the KV pool, else f16-dense; quant elsewhere), quant "
+          "(prefill GEMMs decode the weights as stored, per element), f16 "
           "(each layer's weights dequantized to f16 rows once per prefill step, beside other work, and read "
           "by the GEMMs as f16; needs one layer's weights in f16 of device memory, e.g. ~390 MB for "
           "Qwen3-8B, ~1.3 GB for Qwen3-30B-A3B with its experts), f16-dense (the same but a MoE layer's "
@@ -329,8 +331,8 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
     const uint64_t pool_want = pool_blocks * block_all_layers, resident = e->prefill_f16_bytes(false, true),
                    step = e->prefill_f16_bytes(false, false);
     const bool matrix_units = e->ops_.matmul.uses_coopmat();
-    const std::string_view pick = auto_prefill_weights(matrix_units, e->max_tokens_, have, weight_bytes, scratch,
-                                                       resident, step, pool_want);
+    const std::string_view pick = auto_prefill_weights(matrix_units, e->max_tokens_, have, weight_bytes,
+                                                       scratch, resident, step, pool_want);
     for (const auto& m : kPrefillWeightsModes) {
       if (m.name == pick) {
         e->prefill_f16_ = m.f16;
@@ -339,9 +341,10 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
       }
     }
     if (matrix_units && e->max_tokens_ >= kPrefillF16MinTokens && pick != "f16-dense-resident") {
-      log::info("engine", "prefill weights {}: f16 rows of {} would leave the KV pool less than the {} asked for on {}",
-                pick == "quant" ? "as stored" : "f16-dense, per step", human_bytes(pick == "quant" ? step : resident),
-                human_bytes(pool_want), e->dev_->features().name);
+      log::info("engine", "prefill weights {}: f16 rows of {} would leave the KV pool less than the {} asked "
+                "for on {}", pick == "quant" ? "as stored" : "f16-dense, per step",
+                human_bytes(pick == "quant" ? step : resident), human_bytes(pool_want),
+                e->dev_->features().name);
     }
   }
   if (e->prefill_f16_) scratch += e->prefill_f16_bytes();
@@ -558,11 +561,11 @@ uint64_t VulkanEngine::prefill_f16_bytes(bool experts, bool resident) const {
 }
 
 std::string_view VulkanEngine::auto_prefill_weights(bool matrix_units, uint32_t max_tokens, uint64_t have,
-                                                    uint64_t weights, uint64_t scratch, uint64_t resident_rows,
-                                                    uint64_t step_rows, uint64_t pool) {
+                                                    uint64_t weights, uint64_t scratch, uint64_t resident,
+                                                    uint64_t step, uint64_t pool) {
   if (!matrix_units || max_tokens < kPrefillF16MinTokens) return "quant";
-  if (pool_fits(have, weights, scratch + resident_rows, pool)) return "f16-dense-resident";
-  if (pool_fits(have, weights, scratch + step_rows, pool)) return "f16-dense";
+  if (pool_fits(have, weights, scratch + resident, pool)) return "f16-dense-resident";
+  if (pool_fits(have, weights, scratch + step, pool)) return "f16-dense";
   return "quant";
 }
 

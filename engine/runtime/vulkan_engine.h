@@ -302,7 +302,9 @@ class VulkanEngine final : public Engine {
   // The f16 rows' size from the model's shapes (the memory plan, before loading): one layer's slots, or
   // every layer's when resident; experts included or not. Without arguments, for the mode set.
   uint64_t prefill_f16_bytes(bool experts, bool resident) const;
-  uint64_t prefill_f16_bytes() const { return prefill_f16_bytes(prefill_f16_experts_, prefill_f16_resident_); }
+  uint64_t prefill_f16_bytes() const {
+    return prefill_f16_bytes(prefill_f16_experts_, prefill_f16_resident_);
+  }
   // Layer L's weight `w` dequantized into its place (nothing for F16 weights, which the GEMM reads where
   // they are), and the GEMM reading it from there.
   Status record_dequant_f16(vk::CommandStream& s, const Layer& L, uint32_t layer, const Weight& w);

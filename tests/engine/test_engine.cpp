@@ -743,7 +743,8 @@ TEST(Engine, DefaultF16PrefillRowsNeverTakeTheRequestedPool) {
   // (0.4 GB) where only they do, none where neither does or without matrix units or 256-token steps.
   const uint64_t resident = 16400 * GB / 1000;
   auto pick = [&](bool units, uint32_t max_tokens, uint64_t pool) {
-    return std::string(VulkanEngine::auto_prefill_weights(units, max_tokens, have, weights, scratch, resident, rows, pool));
+    return std::string(
+        VulkanEngine::auto_prefill_weights(units, max_tokens, have, weights, scratch, resident, rows, pool));
   };
   EXPECT_EQ(pick(true, 2048, 5 * GB), "f16-dense-resident");
   EXPECT_EQ(pick(true, 2048, 52 * GB), "f16-dense-resident");  // 0.9 x 57.9 GB left: 52.1

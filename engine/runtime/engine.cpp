@@ -227,7 +227,7 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
           "by the GEMMs as f16; needs one layer's weights in f16 of device memory, e.g. ~390 MB for "
           "Qwen3-8B, ~1.3 GB for Qwen3-30B-A3B with its experts), f16-dense (the same but a MoE layer's "
           "experts stay as stored) or f16-resident (every layer's weights, experts too, dequantized once at "
-          "load and kept: the whole model again in f16 of device memory, e.g. 16 GB for Qwen3-8B) or "
+          "load and kept: every layer's matrices again in f16 of device memory, e.g. 13.9 GB for Qwen3-8B) or "
           "f16-dense-resident (the same without a MoE layer's experts: ~1.8 GB for Qwen3-30B-A3B)",
           v));
     }

@@ -56,7 +56,7 @@ Status VulkanEngine::record_matmul(vk::CommandStream& s, const Weight& w, uint64
   return Status::Ok();
 }
 
-// Every layer's weights are written as f16 each step (16 GB for Qwen3-8B: ~4–5 ms of writes at the
+// Every layer's weights are written as f16 each step (13.9 GB for Qwen3-8B: ~4–5 ms of writes at the
 // H200's copy bandwidth, an estimate): only steps long enough for that to be a few percent of their GEMMs (256+ tokens)
 // take it on matrix units; on devices without them every matmul step does (the tests' way in).
 bool VulkanEngine::prefill_f16_step(uint32_t T) const {

@@ -258,7 +258,7 @@ class VulkanEngine final : public Engine {
   // `f16` also dequantizes MoE layers' stacked experts (gate, up and down of every expert: ~1.2 GB for
   // Qwen3-30B-A3B) beside attention, for the grouped GEMMs; `f16-dense` leaves the experts as stored.
   // `f16-resident`: every layer's weights (experts too) dequantized once, at load, into buffers of their
-  // own (the whole model again in f16: 16 GB for Qwen3-8B) — steps then dequantize nothing; for A/B
+  // own (every layer's matrices again in f16: 13.9 GB for Qwen3-8B) — steps then dequantize nothing; for A/B
   // against the per-step form and for GPUs with the memory to spare; `f16-dense-resident` the same
   // without a MoE layer's experts (they stay as stored).
   // TROVE_PREFILL_WEIGHTS's values besides `auto`, and the flags each sets (parsed and named from here).

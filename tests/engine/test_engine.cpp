@@ -739,16 +739,17 @@ TEST(Engine, DefaultF16PrefillRowsNeverTakeTheRequestedPool) {
   EXPECT_FALSE(VulkanEngine::pool_fits(100, 40, 10, 46));
   EXPECT_FALSE(VulkanEngine::pool_fits(100, 60, 40, 0));  // weights and scratch alone fill the device
   EXPECT_TRUE(VulkanEngine::pool_fits(0, weights, scratch + rows, 1000 * GB));
-  // The default's pick: the 8B's resident rows (16.4 GB) where they fit beside the pool, one layer's
-  // (0.4 GB) where only they do, none where neither does or without matrix units or 256-token steps.
-  const uint64_t resident = 16400 * GB / 1000;
+  // The default's pick: the 8B's resident rows (36 layers of 386 MB: 13.9 GB) where they fit beside the
+  // pool, one layer's (0.4 GB) where only they do, none where neither does or without matrix units or
+  // 256-token steps.
+  const uint64_t resident = 13900 * GB / 1000;
   auto pick = [&](bool units, uint32_t max_tokens, uint64_t pool) {
     return std::string(
         VulkanEngine::auto_prefill_weights(units, max_tokens, have, weights, scratch, resident, rows, pool));
   };
   EXPECT_EQ(pick(true, 2048, 5 * GB), "f16-dense-resident");
-  EXPECT_EQ(pick(true, 2048, 52 * GB), "f16-dense-resident");  // 0.9 x 57.9 GB left: 52.1
-  EXPECT_EQ(pick(true, 2048, 53 * GB), "f16-dense");
+  EXPECT_EQ(pick(true, 2048, 54 * GB), "f16-dense-resident");  // 0.9 x 60.4 GB left: 54.36
+  EXPECT_EQ(pick(true, 2048, 55 * GB), "f16-dense");
   EXPECT_EQ(pick(true, 2048, 66700 * GB / 1000), "quant");
   EXPECT_EQ(pick(true, 255, 5 * GB), "quant");
   EXPECT_EQ(pick(false, 2048, 5 * GB), "quant");

@@ -214,10 +214,7 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
   // elsewhere.
   bool prefill_weights_auto = true;
   if (const char* v = std::getenv("TROVE_PREFILL_WEIGHTS"); v && *v && std::string_view(v) != "auto") {
-    const PrefillWeightsMode* mode = nullptr;
-    for (const auto& m : kPrefillWeightsModes) {
-      if (m.name == std::string_view(v)) mode = &m;
-    }
+    const PrefillWeightsMode* mode = prefill_weights_mode(v);
     if (!mode) {
       return Status::InvalidArgument(fmt::format(
           "TROVE_PREFILL_WEIGHTS={} is not a choice: use auto (the default: on a GPU with matrix units "
@@ -227,14 +224,13 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
           "by the GEMMs as f16; needs one layer's weights in f16 of device memory, e.g. ~390 MB for "
           "Qwen3-8B, ~1.3 GB for Qwen3-30B-A3B with its experts), f16-dense (the same but a MoE layer's "
           "experts stay as stored) or f16-resident (every layer's weights, experts too, dequantized once at "
-          "load and kept: every layer's matrices again in f16 of device memory, e.g. 13.9 GB for Qwen3-8B) or "
+          "load and kept: every layer's matrices again in f16 of device memory, e.g. 13.9 GB for Qwen3-8B) "
+          "or "
           "f16-dense-resident (the same without a MoE layer's experts: ~1.8 GB for Qwen3-30B-A3B)",
           v));
     }
     prefill_weights_auto = false;
-    e->prefill_f16_ = mode->f16;
-    e->prefill_f16_experts_ = mode->experts;
-    e->prefill_f16_resident_ = mode->resident;
+    e->set_prefill_weights(*mode);
   }
   std::optional<std::vector<L2WarmItem>> warm_env;
   if (const char* v = std::getenv("TROVE_L2_WARM"); v && *v) {
@@ -331,20 +327,13 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
     const uint64_t pool_want = pool_blocks * block_all_layers, resident = e->prefill_f16_bytes(false, true),
                    step = e->prefill_f16_bytes(false, false);
     const bool matrix_units = e->ops_.matmul.uses_coopmat();
-    const std::string_view pick = auto_prefill_weights(matrix_units, e->max_tokens_, have, weight_bytes,
-                                                       scratch, resident, step, pool_want);
-    for (const auto& m : kPrefillWeightsModes) {
-      if (m.name == pick) {
-        e->prefill_f16_ = m.f16;
-        e->prefill_f16_experts_ = m.experts;
-        e->prefill_f16_resident_ = m.resident;
-      }
-    }
-    if (matrix_units && e->max_tokens_ >= kPrefillF16MinTokens && pick != "f16-dense-resident") {
+    const PrefillWeightsMode& pick = auto_prefill_weights(matrix_units, e->max_tokens_, have, weight_bytes,
+                                                          scratch, resident, step, pool_want);
+    e->set_prefill_weights(pick);
+    if (matrix_units && e->max_tokens_ >= kPrefillF16MinTokens && !pick.resident) {
       log::info("engine", "prefill weights {}: f16 rows of {} would leave the KV pool less than the {} asked "
-                "for on {}", pick == "quant" ? "as stored" : "f16-dense, per step",
-                human_bytes(pick == "quant" ? step : resident), human_bytes(pool_want),
-                e->dev_->features().name);
+                "for on {}", pick.f16 ? "f16-dense, per step" : "as stored",
+                human_bytes(pick.f16 ? resident : step), human_bytes(pool_want), e->dev_->features().name);
     }
   }
   if (e->prefill_f16_) scratch += e->prefill_f16_bytes();
@@ -560,13 +549,25 @@ uint64_t VulkanEngine::prefill_f16_bytes(bool experts, bool resident) const {
   return resident ? layer * c.n_layer : layer;
 }
 
-std::string_view VulkanEngine::auto_prefill_weights(bool matrix_units, uint32_t max_tokens, uint64_t have,
-                                                    uint64_t weights, uint64_t scratch, uint64_t resident,
-                                                    uint64_t step, uint64_t pool) {
-  if (!matrix_units || max_tokens < kPrefillF16MinTokens) return "quant";
-  if (pool_fits(have, weights, scratch + resident, pool)) return "f16-dense-resident";
-  if (pool_fits(have, weights, scratch + step, pool)) return "f16-dense";
-  return "quant";
+const VulkanEngine::PrefillWeightsMode* VulkanEngine::prefill_weights_mode(std::string_view name) {
+  for (const auto& m : kPrefillWeightsModes) {
+    if (m.name == name) return &m;
+  }
+  return nullptr;
+}
+
+const VulkanEngine::PrefillWeightsMode& VulkanEngine::auto_prefill_weights(
+    bool matrix_units, uint32_t max_tokens, uint64_t have, uint64_t weights, uint64_t scratch,
+    uint64_t resident, uint64_t step, uint64_t pool) {
+  const char* name = "quant";
+  if (matrix_units && max_tokens >= kPrefillF16MinTokens) {
+    if (pool_fits(have, weights, scratch + resident, pool)) {
+      name = "f16-dense-resident";
+    } else if (pool_fits(have, weights, scratch + step, pool)) {
+      name = "f16-dense";
+    }
+  }
+  return *prefill_weights_mode(name);  // every name here is in the table
 }
 
 Status VulkanEngine::alloc_scratch() {

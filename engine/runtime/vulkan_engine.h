@@ -132,14 +132,20 @@ class VulkanEngine final : public Engine {
   static bool pool_fits(uint64_t have, uint64_t weights, uint64_t scratch, uint64_t pool) {
     return have == 0 || (weights + scratch < have && (have - weights - scratch) / 10 * 9 >= pool);
   }
-  // What the default prefill weights (`auto`) resolve to, by name: on matrix units with steps of
+  // A value of TROVE_PREFILL_WEIGHTS and the flags it sets (kPrefillWeightsModes).
+  struct PrefillWeightsMode {
+    std::string_view name;
+    bool f16, experts, resident;
+  };
+  // What the default prefill weights (`auto`) resolve to: on matrix units with steps of
   // kPrefillF16MinTokens or more, `f16-dense-resident` where its rows (resident_rows) fit beside the
   // requested pool, else `f16-dense` where one layer's rows (step_rows) do, else `quant`; `quant` without
   // matrix units. H100, 2026-12-06 (docs/performance.md): resident rows took the 8B's pp512 from 10924
   // to 13520 tok/s; the 30B-A3B's dense rows resident 6828 -> 6936.
-  static std::string_view auto_prefill_weights(bool matrix_units, uint32_t max_tokens, uint64_t have,
-                                               uint64_t weights, uint64_t scratch, uint64_t resident_rows,
-                                               uint64_t step_rows, uint64_t pool);
+  static const PrefillWeightsMode& auto_prefill_weights(bool matrix_units, uint32_t max_tokens,
+                                                        uint64_t have, uint64_t weights, uint64_t scratch,
+                                                        uint64_t resident_rows, uint64_t step_rows,
+                                                        uint64_t pool);
 
   const ModelConfig& config() const override { return cfg_; }
   const gguf::ModelInfo& info() const override { return info_; }
@@ -248,8 +254,8 @@ class VulkanEngine final : public Engine {
   // 4096-token prompts on the H100: 8B 548 → 712 tok/s, 30B-A3B 420 → 566 (docs/performance.md). Each
   // row's position is positions_[row] and its block table's offset in tables_ positions_[max_tokens_ + row].
   bool attention_step_batched_ = true;
-  // TROVE_PREFILL_WEIGHTS=f16 / f16-dense (f16-dense the default where the matmul steps run on matrix units,
-  // since 2026-12-05; `quant` for A/B): the matmul steps of 256+ tokens on the matrix units (every matmul
+  // TROVE_PREFILL_WEIGHTS=f16 / f16-dense (`quant` for A/B; the default `auto`: auto_prefill_weights): the
+  // matmul steps of 256+ tokens on the matrix units (every matmul
   // step on a device without them) read the dense weights as f16 rows (ops::DequantF16) instead of decoding
   // K-quants per element. Each layer's Q/K/V, O, gate/up and down go to their own f16 buffer
   // (prefill_f16_slots_), each written in the barrier interval before the one whose GEMM reads it (beside
@@ -258,14 +264,18 @@ class VulkanEngine final : public Engine {
   // `f16` also dequantizes MoE layers' stacked experts (gate, up and down of every expert: ~1.2 GB for
   // Qwen3-30B-A3B) beside attention, for the grouped GEMMs; `f16-dense` leaves the experts as stored.
   // `f16-resident`: every layer's weights (experts too) dequantized once, at load, into buffers of their
-  // own (every layer's matrices again in f16: 13.9 GB for Qwen3-8B) — steps then dequantize nothing; for A/B
-  // against the per-step form and for GPUs with the memory to spare; `f16-dense-resident` the same
-  // without a MoE layer's experts (they stay as stored).
-  // TROVE_PREFILL_WEIGHTS's values besides `auto`, and the flags each sets (parsed and named from here).
-  struct PrefillWeightsMode {
-    std::string_view name;
-    bool f16, experts, resident;
-  };
+  // own (every layer's matrices again in f16: 13.9 GB for Qwen3-8B) — steps then dequantize nothing;
+  // `f16-dense-resident` the same without a MoE layer's experts (they stay as stored): the default where
+  // its rows fit beside the requested KV pool.
+  // TROVE_PREFILL_WEIGHTS's values besides `auto`, and the flags each sets (parsed, picked and named from
+  // here; PrefillWeightsMode, above); prefill_weights_mode: the one of that name (nullptr: none);
+  // set_prefill_weights: its flags.
+  static const PrefillWeightsMode* prefill_weights_mode(std::string_view name);
+  void set_prefill_weights(const PrefillWeightsMode& m) {
+    prefill_f16_ = m.f16;
+    prefill_f16_experts_ = m.experts;
+    prefill_f16_resident_ = m.resident;
+  }
   static constexpr PrefillWeightsMode kPrefillWeightsModes[] = {
       {"quant", false, false, false},       {"f16", true, true, false},
       {"f16-dense", true, false, false},    {"f16-resident", true, true, true},

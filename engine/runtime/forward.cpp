@@ -440,7 +440,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     // Prefill on the matrix units: the norms and SwiGLU before a matmul emit f16 once, which the
     // matmul reads as it is (it rounds its operands to f16 anyway: the same numbers, no re-conversion
     // per row tile). Decode and the tiled path keep f32.
-    const bool f16_acts = T >= ops::Matmul::kCoopmatMinBatch && ops_.matmul.uses_coopmat() && E % 2 == 0 && c.n_ff % 2 == 0;
+    const bool f16_acts = T >= ops_.matmul.matrix_min_batch() && ops_.matmul.uses_coopmat() && E % 2 == 0 && c.n_ff % 2 == 0;
     // Decode (and prompts of a few tokens): the dense products through ops::Matvec, which reads each
     // weight once for all T columns, with the RMSNorms as its prologue and the residual adds and SwiGLU
     // as its epilogues: QKV, O (+x), gate/up (SwiGLU), down (+x) — 4 dispatches where the matmul path

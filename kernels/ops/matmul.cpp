@@ -193,6 +193,16 @@ Result<Matmul> Matmul::create(vk::Device& dev, MatmulPath path) {
     }
     op.cm2_min_tiles_ = n;
   }
+  if (const char* v = std::getenv("TROVE_MATRIX_MIN_BATCH"); v && *v) {
+    char* end = nullptr;
+    const unsigned long n = std::strtoul(v, &end, 10);
+    if (end == v || *end != 0 || n == 0 || n > (1ul << 20)) {
+      return Status::InvalidArgument(fmt::format(
+          "TROVE_MATRIX_MIN_BATCH='{}' is not a column count; give the fewest columns (1 or more) of a call that runs "
+          "on the matrix units (default {}; smaller calls take the tiled kernel)", v, kCoopmatMinBatch));
+    }
+    op.matrix_min_batch_ = static_cast<uint32_t>(n);
+  }
   if (const char* v = std::getenv("TROVE_CM2_MIN_BATCH"); v && *v) {
     char* end = nullptr;
     const unsigned long n = std::strtoul(v, &end, 10);
@@ -291,7 +301,7 @@ bool cm2_fits(const vk::DeviceFeatures& f, Cm2Tile t) {
 }  // namespace
 
 MatmulTile Matmul::auto_cm2_tile(uint32_t rows, uint32_t batch) const {
-  const uint32_t min_batch = std::max(cm2_min_batch_, kCoopmatMinBatch);
+  const uint32_t min_batch = std::max(cm2_min_batch_, matrix_min_batch_);
   if (path_ != MatmulPath::kKhr || !cm2_large_ || forced_tile_ != MatmulTile::kAuto || batch < min_batch) {
     return MatmulTile::kAuto;
   }
@@ -377,7 +387,7 @@ Status Matmul::record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows,
     TilePush push{rows, cols, batch, static_cast<uint32_t>(rb), y_stride, 0, 0, 0};
     return s.dispatch(**p, bufs, &push, sizeof(push), div_up(rows, 64 * r), div_up(batch, c));
   }
-  if (batch >= kCoopmatMinBatch && uses_coopmat()) {
+  if (batch >= matrix_min_batch_ && uses_coopmat()) {
     TilePush push{rows, cols, batch, static_cast<uint32_t>(rb), y_stride, 1, 0, batch};
     const MatmulTile tile = tile_for(rows, batch);
     auto record_cm2 = [&](Cm2Tile c, uint32_t variant) -> Status {

@@ -8,8 +8,8 @@
 // stream; the caller submits. Every kernels/quant type (F32 F16 BF16 Q8_0 Q4_K Q5_K Q6_K); other type
 // ids are a named Unsupported error. Checked against kernels/ref/matmul_ref.h.
 //
-// Paths (docs/kernels.md): batches below kCoopmatMinBatch always take matmul_tiled.comp (f32 math).
-// Larger ones take the path chosen at create(): KHR cooperative matrix (matmul_coopmat.comp, any GPU
+// Paths (docs/kernels.md): batches below matrix_min_batch() (kCoopmatMinBatch, TROVE_MATRIX_MIN_BATCH)
+// always take matmul_tiled.comp (f32 math). Larger ones take the path chosen at create(): KHR cooperative matrix (matmul_coopmat.comp, any GPU
 // with a 16×16×16 f16 shape and 32-wide subgroups), else tiled. NV cooperative matrix 2
 // (matmul_cm2.comp, NVIDIA) runs only when asked for (TROVE_MATMUL=cm2): on the H200 it is still
 // slower than the KHR kernel (docs/performance.md). The matrix paths round activations and dequantized
@@ -123,8 +123,11 @@ class Matmul {
   Status record_grouped(vk::CommandStream& s, const GroupedMatmulCall& call, vk::BufferRange w, vk::BufferRange x,
                         vk::BufferRange expert_offsets, vk::BufferRange row_ids, vk::BufferRange y) const;
 
-  // The path of batches >= kCoopmatMinBatch (and of every grouped call).
+  // The path of batches >= matrix_min_batch() (and of every grouped call).
   MatmulPath path() const { return path_; }
+  // The fewest columns a call needs to take the matrix path (kCoopmatMinBatch, or TROVE_MATRIX_MIN_BATCH
+  // at create(): for A/B and as a way back). On the tiled and CPU paths every batch runs there anyway.
+  uint32_t matrix_min_batch() const { return matrix_min_batch_; }
   bool uses_coopmat() const { return path_ == MatmulPath::kKhr || path_ == MatmulPath::kCm2; }
   // The tile record() would use for this shape on the matrix path (kAuto on the tiled path).
   MatmulTile tile_for(uint32_t rows, uint32_t batch, bool grouped = false) const;
@@ -143,7 +146,11 @@ class Matmul {
   // The CPU form's tile: rows per invocation (1..8) and batch columns per workgroup (1..16); 0 =
   // automatic. For benchmarks; an invalid tile makes record() fail.
   void force_cpu_tile(uint32_t rows, uint32_t cols) { cpu_rows_ = rows, cpu_cols_ = cols; }
-  static constexpr uint32_t kCoopmatMinBatch = 32;
+  // The first batch past the engine's matvecs (ops::Matvec::kMaxBatch = 8). Up to 2026-12-06 it was 32,
+  // and steps of 9-31 tokens (a short follow-up message, a prompt's last piece) ran the tiled kernel's f32
+  // math: 75 ms of GPU for the 8B's 16-token step on the H100 (docs/performance.md, 2026-12-06 04:45),
+  // where a KHR tile of 64 columns mostly reads each weight once.
+  static constexpr uint32_t kCoopmatMinBatch = 9;
   // The automatic path on a device with KHR and NV cm2 cooperative matrices runs dense calls of
   // kCm2AutoMinBatch columns or more (TROVE_CM2_MIN_BATCH) on cm2, variant kCm2AutoVariant
   // (TROVE_CM2_VARIANT), where its tiles cover the SMs: from kCm2LargeBatch columns the large tile
@@ -188,6 +195,7 @@ class Matmul {
   // 10082 tok/s on the H200.
   uint64_t cm2_min_tiles_ = 128;
   uint32_t cm2_min_batch_ = kCm2AutoMinBatch;  // TROVE_CM2_MIN_BATCH
+  uint32_t matrix_min_batch_ = kCoopmatMinBatch;  // TROVE_MATRIX_MIN_BATCH
   uint32_t cm2_large_bm_ = 128, cm2_large_bn_ = 256;  // TROVE_CM2_LARGE
   // GroupedMatmulCall::x_by_slot honoured by the cm2 kernel (TROVE_GROUPED_BY_SLOT=1, force_by_slot);
   // off by default: on the H200 (2026-12-04) its first form, every tile through a clamped layout, made

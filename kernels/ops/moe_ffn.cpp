@@ -309,6 +309,18 @@ Result<MoeFfn> MoeFfn::create(vk::Device& dev, uint32_t slots_per_pass, bool gpu
     }
     op.q8_wg_ = static_cast<uint32_t>(std::stoul(std::string(w)));
   }
+  // TROVE_MOE_GROUPED_MIN=N (9 or more): the fewest tokens whose experts run as grouped GEMMs (default
+  // kGroupedMinTokens); for A/B of the staged expert products against the grouped GEMMs at small steps.
+  if (const char* v = std::getenv("TROVE_MOE_GROUPED_MIN"); v && *v) {
+    char* end = nullptr;
+    const unsigned long n = std::strtoul(v, &end, 10);
+    if (end == v || *end != 0 || n <= kDecodeMaxTokens || n > (1ul << 20)) {
+      return Status::InvalidArgument(fmt::format(
+          "TROVE_MOE_GROUPED_MIN='{}' is not a token count; give the fewest tokens ({} or more) whose experts run as "
+          "grouped GEMMs (default {})", v, kDecodeMaxTokens + 1, kGroupedMinTokens));
+    }
+    op.grouped_min_tokens_ = static_cast<uint32_t>(n);
+  }
   if (const char* v = std::getenv("TROVE_MOE"); v && *v) {
     const std::string_view form(v);
     if (form == "q8") {
@@ -451,7 +463,7 @@ bool MoeFfn::grouped(const MoeFfnCall& c) const {
   const bool aligned = uint64_t{c.gate.rows} * quant::row_bytes(c.gate.type, c.gate.cols) % 16 == 0 &&
                        uint64_t{c.up.rows} * quant::row_bytes(c.up.type, c.up.cols) % 16 == 0 &&
                        uint64_t{c.down.rows} * quant::row_bytes(c.down.type, c.down.cols) % 16 == 0;
-  return aligned && c.matmul->uses_coopmat() && c.tokens >= Matmul::kCoopmatMinBatch;
+  return aligned && c.matmul->uses_coopmat() && c.tokens >= grouped_min_tokens_;
 }
 
 Status MoeFfn::record_grouped(vk::CommandStream& s, const MoeFfnCall& c) const {

@@ -192,6 +192,10 @@ struct MoeTuning {
 class MoeFfn {
  public:
   static constexpr uint32_t kDecodeMaxTokens = 8;  // fused down + combine up to here
+  // The fewest tokens whose experts run as grouped GEMMs on the matrix units (the dense matmuls' matrix
+  // path starts lower, at Matmul::kCoopmatMinBatch): fewer run the staged expert products.
+  // TROVE_MOE_GROUPED_MIN sets it for A/B.
+  static constexpr uint32_t kGroupedMinTokens = 32;
   // slots_per_pass: slots of a plan entry multiplied per pass over an expert's weights (1..8; the
   // gate/up kernel's batch columns). 0 = min(8, tokens) on GPUs, 1 on CPU devices (lavapipe: fewer
   // pipelines to compile); tests force 2 to cover several columns there.
@@ -242,6 +246,7 @@ class MoeFfn {
   uint32_t subgroup_ = 1;        // subgroup size of the first reduction stage (1: shared memory only)
   uint32_t slots_per_pass_ = 0;  // 0: min(8, tokens)
   uint32_t direct_lanes_ = 0;    // the direct form's row group: the subgroup size (0: no subgroup arithmetic)
+  uint32_t grouped_min_tokens_ = kGroupedMinTokens;  // TROVE_MOE_GROUPED_MIN
   bool direct_default_ = false;  // MoeTuning::Form::kAuto means direct (GPU with subgroups; TROVE_MOE)
   bool q8_ok_ = false;           // integer dot products + subgroup arithmetic: the q8 form can run
   bool q8_default_ = false;      // MoeTuning::Form::kAuto means q8 (GPUs with q8_ok_; TROVE_MOE)

@@ -24,6 +24,7 @@
 #include <gtest/gtest.h>
 
 #include "kernels/ops/matmul.h"
+#include "kernels/ops/matvec.h"
 #include "kernels/ref/matmul_ref.h"
 #include "tests/scoped_env.h"
 
@@ -250,6 +251,9 @@ TEST(Matmul, MatrixPathsMatchReference) {
         check(*dev, *op, type, 130, 256, 200, seed++, 2e-3, false);  // f32 activations, > one 128 tile
         if (small_blocks) check(*dev, *op, type, 64, 96, 33, seed++, 2e-3, true);  // K = 96: 3 steps of 32
         if (small_blocks) check(*dev, *op, type, 257, 160, 64, seed++, 2e-3, true);
+        // The smallest batches the engine hands the matrix path (kCoopmatMinBatch = 9 columns up).
+        check(*dev, *op, type, 100, 512, ops::Matmul::kCoopmatMinBatch, seed++, 2e-3, true);
+        check(*dev, *op, type, 70, 256, 16, seed++, 2e-3, false);
       }
     }
     op->force_tile(MatmulTile::kAuto);
@@ -452,7 +456,8 @@ TEST(Matmul, TroveKhrPrefetchIsChecked) {
 }
 
 // The A/B knobs (matmul.h): TROVE_GROUPED_BY_SLOT takes 0 or 1, TROVE_CM2_MIN_TILES a positive
-// count, TROVE_CM2_MIN_BATCH a column count of 32 or more, TROVE_CM2_LARGE BMxBN of 64/128/256,
+// count, TROVE_CM2_MIN_BATCH a column count of 9 or more (kCoopmatMinBatch), TROVE_MATRIX_MIN_BATCH one of
+// 1 or more (read back by matrix_min_batch()), TROVE_CM2_LARGE BMxBN of 64/128/256,
 // TROVE_CM2_VARIANT 0, 1 or 2, TROVE_GROUPED_TILE BMxBN[xBK], TROVE_MATMUL_ACC f16 or f32; anything else is
 // refused by name, whatever the path.
 TEST(Matmul, GroupedBySlotAndCm2MinTilesAreChecked) {
@@ -461,7 +466,8 @@ TEST(Matmul, GroupedBySlotAndCm2MinTilesAreChecked) {
   for (auto [name, bad, good] :
        {std::tuple{"TROVE_GROUPED_BY_SLOT", "yes", "1"}, std::tuple{"TROVE_CM2_MIN_TILES", "0", "128"},
         std::tuple{"TROVE_CM2_MIN_TILES", "12x", "64"}, std::tuple{"TROVE_CM2_VARIANT", "3", "2"},
-        std::tuple{"TROVE_CM2_MIN_BATCH", "16", "512"}, std::tuple{"TROVE_CM2_MIN_BATCH", "5l2", "2048"},
+        std::tuple{"TROVE_CM2_MIN_BATCH", "8", "512"}, std::tuple{"TROVE_CM2_MIN_BATCH", "5l2", "2048"},
+        std::tuple{"TROVE_MATRIX_MIN_BATCH", "0", "32"}, std::tuple{"TROVE_MATRIX_MIN_BATCH", "9x", "16"},
         std::tuple{"TROVE_CM2_LARGE", "128x512", "256x256"}, std::tuple{"TROVE_CM2_LARGE", "256", "256x128"},
         std::tuple{"TROVE_GROUPED_TILE", "64x48", "64x32"}, std::tuple{"TROVE_MATMUL_ACC", "half", "f16"}}) {
     {
@@ -472,8 +478,13 @@ TEST(Matmul, GroupedBySlotAndCm2MinTilesAreChecked) {
     }
     trove::tests::ScopedEnv env(name, good);
     auto op = ops::Matmul::create(*dev, MatmulPath::kTiled);
-    EXPECT_TRUE(op.ok()) << op.status().ToString();
+    ASSERT_TRUE(op.ok()) << op.status().ToString();
+    if (std::string_view(name) == "TROVE_MATRIX_MIN_BATCH") EXPECT_EQ(op->matrix_min_batch(), std::stoul(good));
   }
+  auto op = ops::Matmul::create(*dev, MatmulPath::kTiled);
+  ASSERT_TRUE(op.ok());
+  EXPECT_EQ(op->matrix_min_batch(), ops::Matmul::kCoopmatMinBatch);
+  EXPECT_EQ(ops::Matmul::kCoopmatMinBatch, ops::Matvec::kMaxBatch + 1);  // every step past the matvecs
 }
 
 // TROVE_KHR_LARGE (matmul.h) names a KHR 128x128 tile shape for A/B on a GPU: a shape the kernel

@@ -518,3 +518,17 @@ TEST_F(MoeFfnTest, RefusesBadShapes) {
   call.down = odd;
   EXPECT_NE(ffn_->record(*s, call).message().find("multiple of 32"), std::string::npos);
 }
+
+// TROVE_MOE_GROUPED_MIN (moe_ffn.h, for A/B) takes a token count past the decode kernels' 8; anything
+// else is refused by name, on every device.
+TEST_F(MoeFfnTest, GroupedMinTokensIsChecked) {
+  for (const char* bad : {"8", "16x", "0"}) {
+    tests::ScopedEnv env("TROVE_MOE_GROUPED_MIN", bad);
+    auto f = ops::MoeFfn::create(*dev_);
+    ASSERT_FALSE(f.ok()) << bad;
+    EXPECT_NE(f.status().message().find(fmt::format("TROVE_MOE_GROUPED_MIN='{}'", bad)), std::string::npos)
+        << f.status().message();
+  }
+  tests::ScopedEnv env("TROVE_MOE_GROUPED_MIN", "9");
+  EXPECT_TRUE(ops::MoeFfn::create(*dev_).ok());
+}

@@ -183,6 +183,18 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
     }
     e->matvec_decode_ = v == "matvec";
   }
+  const char* pieces_env = std::getenv("TROVE_STEP_PIECES_MAX");
+  if (const char* v = pieces_env; v && *v) {
+    char* end = nullptr;
+    const unsigned long n = std::strtoul(v, &end, 10);
+    if (end == v || *end != 0 || n > 64) {
+      return Status::InvalidArgument(fmt::format(
+          "TROVE_STEP_PIECES_MAX={} is not a token count: give the largest one-sequence step (0..64) run as pieces "
+          "of <= {} tokens on the decode matvecs (default {} with matrix units, else 0: never)", v, ops::Matvec::kMaxBatch,
+          VulkanEngine::kStepPiecesMax));
+    }
+    e->step_pieces_max_ = static_cast<uint32_t>(n);
+  }
   if (const char* r = std::getenv("TROVE_ROPE_KV"); r && *r) {
     const std::string v = r;
     if (v != "fused" && v != "separate") {
@@ -291,6 +303,9 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
   auto ops = make_ops(*e->dev_);
   if (!ops.ok()) return ops.status();
   e->ops_ = std::move(*ops);
+  // Pieces pay against the matrix units' tiles (measured there); on other devices (lavapipe's CPU matmul)
+  // a step stays whole unless TROVE_STEP_PIECES_MAX says otherwise.
+  if (!pieces_env || !*pieces_env) e->step_pieces_max_ = e->ops_.matmul.uses_coopmat() ? kStepPiecesMax : 0;
 
   // Memory plan: weights + KV pool + scratch must fit the device.
   uint64_t weight_bytes = 0;

@@ -245,6 +245,29 @@ uint32_t head_rows(const StepInput& in, uint32_t n) {
 
 }  // namespace
 
+// The pieces are as even as kMaxBatch allows (16 tokens: 8 + 8; 20: 7 + 7 + 6); only the last samples or
+// returns logits. step() validated the whole step (context, token ids, KV blocks), so a piece fails only
+// on the GPU, and then the sequence is cut back to where it was.
+Result<std::vector<StepOutput>> VulkanEngine::step_in_pieces(const StepInput& in) {
+  const uint32_t n = static_cast<uint32_t>(in.tokens.size()), start = static_cast<uint32_t>(seqs_[in.seq].tokens.size());
+  const uint32_t pieces = (n + ops::Matvec::kMaxBatch - 1) / ops::Matvec::kMaxBatch;
+  StepInput piece = in;
+  for (uint32_t p = 0, off = 0; p < pieces; ++p) {
+    const uint32_t len = (n - off + (pieces - p) - 1) / (pieces - p);
+    const bool last = p + 1 == pieces;
+    piece.tokens = in.tokens.subspan(off, len);
+    piece.sample = last && in.sample;
+    piece.want_logits = last && in.want_logits;
+    auto out = step(std::span<const StepInput>(&piece, 1));
+    if (!out.ok() || last) {
+      if (!out.ok()) drop_after(seqs_[in.seq], start);
+      return out;
+    }
+    off += len;
+  }
+  return Status::Internal("step_in_pieces: no piece ran");  // not reached: n > 0
+}
+
 Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> inputs) {
   const auto step_start = std::chrono::steady_clock::now();
   const ModelConfig& c = cfg_;
@@ -299,6 +322,10 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
                                                  blocks_->available(), blocks_->total()));
   }
 
+  if (inputs.size() == 1 && T > ops::Matvec::kMaxBatch && T <= step_pieces_max_ && matvec_decode_ &&
+      !inputs[0].all_logits && !inputs[0].all_tokens && inputs[0].provisional == 0) {
+    return step_in_pieces(inputs[0]);
+  }
   auto stream = this->stream();
   if (!stream.ok()) return stream.status();
   vk::CommandStream& s = **stream;

@@ -232,6 +232,14 @@ class VulkanEngine final : public Engine {
   // Steps of <= Matvec::kMaxBatch tokens (decode) run their dense products through ops::Matvec with the
   // norms, residual adds and SwiGLU fused in; TROVE_DECODE=matmul keeps them on the Matmul path (A/B).
   bool matvec_decode_ = true;
+  // A step of one sequence with kMaxBatch+1 .. step_pieces_max_ tokens (nothing asked per token) runs as
+  // pieces of at most kMaxBatch tokens on the decode matvecs, which read each weight once for all their
+  // columns, where the matmuls' matrix tiles of 64+ columns mostly wait on their K loops (the 8B's
+  // 16-token step: 31 ms on the KHR tile, H100 2026-12-06). Default kStepPiecesMax with matrix units,
+  // else 0 (never); TROVE_STEP_PIECES_MAX=N sets it.
+  uint32_t step_pieces_max_ = 0;
+  static constexpr uint32_t kStepPiecesMax = 24;
+  Result<std::vector<StepOutput>> step_in_pieces(const StepInput& in);
   // q/k norm, RoPE and the KV write as one dispatch per layer; TROVE_ROPE_KV=separate records the three
   // ops (A/B, and test_engine's check that both give the same tokens).
   bool fused_rope_kv_ = true;

@@ -192,10 +192,11 @@ struct MoeTuning {
 class MoeFfn {
  public:
   static constexpr uint32_t kDecodeMaxTokens = 8;  // fused down + combine up to here
-  // The fewest tokens whose experts run as grouped GEMMs on the matrix units (the dense matmuls' matrix
-  // path starts lower, at Matmul::kCoopmatMinBatch): fewer run the staged expert products.
+  // The fewest tokens whose experts run as grouped GEMMs on the matrix units: fewer run the staged
+  // expert products. 9, as the dense matmuls' matrix path (Matmul::kCoopmatMinBatch): the 30B-A3B's
+  // 16-token step 50.9 ms staged -> 33.3 ms grouped (H100, 2026-12-06; 32 before).
   // TROVE_MOE_GROUPED_MIN sets it for A/B.
-  static constexpr uint32_t kGroupedMinTokens = 32;
+  static constexpr uint32_t kGroupedMinTokens = 9;
   // slots_per_pass: slots of a plan entry multiplied per pass over an expert's weights (1..8; the
   // gate/up kernel's batch columns). 0 = min(8, tokens) on GPUs, 1 on CPU devices (lavapipe: fewer
   // pipelines to compile); tests force 2 to cover several columns there.

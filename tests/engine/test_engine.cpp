@@ -274,10 +274,75 @@ TEST(Engine, ChunkedPrefillAndTruncateRecomputeTheSameLogits) {
   auto again = e->step(std::vector<StepInput>{logits_of(*s, c2)});
   ASSERT_TRUE(again.ok());
   // A 70-token step may run on the matrix units (f16 activations, see kernels/ops/matmul.h) where
-  // the chunks of 13 and 17 do not: the same bound as the matmul test's for that path.
+  // the chunks of 13 and 17 run in pieces on the decode matvecs (GPUs: TROVE_STEP_PIECES_MAX): the
+  // same bound as the matmul test's for that path.
   EXPECT_LT(rel_diff((*again)[0].logits, (*whole)[0].logits), 2e-3);
   EXPECT_EQ((*whole)[0].token, (*again)[0].token);
   EXPECT_EQ(e->tokens(*s), p);
+}
+
+// A one-sequence step of 9..TROVE_STEP_PIECES_MAX tokens runs as pieces of at most 8 on the decode
+// matvecs (the default on GPUs with matrix units; forced here, so lavapipe runs it too): a 20-token
+// step gives the very bits of three steps of 7, 7 and 6 tokens, leaves the same tokens behind, and the
+// next decode step agrees bit for bit too; steps that ask for something per token stay whole. A bad
+// value is refused by name.
+TEST(Engine, SmallStepsRunInPiecesOnTheDecodeMatvecs) {
+  const auto p = prompt(20, 5);
+  std::vector<std::vector<float>> manual, pieces;
+  {
+    ScopedEnv off("TROVE_STEP_PIECES_MAX", "0");
+    auto e = load();
+    ASSERT_TRUE(e);
+    auto s = e->open_sequence();
+    ASSERT_TRUE(s.ok());
+    for (auto [from, to] : {std::pair{0, 7}, std::pair{7, 14}, std::pair{14, 20}}) {
+      const std::vector<int32_t> part(p.begin() + from, p.begin() + to);
+      StepInput in = logits_of(*s, part);
+      in.want_logits = in.sample = to == 20;
+      auto out = e->step(std::vector<StepInput>{in});
+      ASSERT_TRUE(out.ok()) << out.status().ToString();
+      if (to == 20) manual.push_back((*out)[0].logits);
+    }
+    const std::vector<int32_t> one = {p[3]};
+    auto next = e->step(std::vector<StepInput>{logits_of(*s, one)});
+    ASSERT_TRUE(next.ok());
+    manual.push_back((*next)[0].logits);
+  }
+  ScopedEnv on("TROVE_STEP_PIECES_MAX", "24");
+  auto e = load();
+  ASSERT_TRUE(e);
+  auto s = e->open_sequence();
+  ASSERT_TRUE(s.ok());
+  auto out = e->step(std::vector<StepInput>{logits_of(*s, p)});
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  EXPECT_EQ(e->tokens(*s), p);
+  pieces.push_back((*out)[0].logits);
+  const std::vector<int32_t> one = {p[3]};
+  auto next = e->step(std::vector<StepInput>{logits_of(*s, one)});
+  ASSERT_TRUE(next.ok());
+  pieces.push_back((*next)[0].logits);
+  ASSERT_EQ(manual.size(), pieces.size());
+  for (size_t i = 0; i < manual.size(); ++i) {
+    ASSERT_EQ(manual[i].size(), pieces[i].size());
+    EXPECT_EQ(std::memcmp(manual[i].data(), pieces[i].data(), manual[i].size() * sizeof(float)), 0) << "step " << i;
+  }
+  // Logits after every token: one step of 20 (20 rows back, the last the pieces' row within rounding).
+  auto t = e->open_sequence();
+  ASSERT_TRUE(t.ok());
+  StepInput all = logits_of(*t, p);
+  all.all_logits = true;
+  auto rows = e->step(std::vector<StepInput>{all});
+  ASSERT_TRUE(rows.ok()) << rows.status().ToString();
+  ASSERT_EQ((*rows)[0].logits.size(), 20 * manual[0].size());
+  const std::vector<float> last((*rows)[0].logits.end() - manual[0].size(), (*rows)[0].logits.end());
+  EXPECT_LT(rel_diff(last, manual[0]), 2e-3);
+  ScopedEnv bad("TROVE_STEP_PIECES_MAX", "65");
+  engine::EngineOptions o;
+  o.model_path = model_path();
+  o.n_ctx = 256;
+  auto refused = engine::Engine::load(o);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("TROVE_STEP_PIECES_MAX=65"), std::string::npos) << refused.status().ToString();
 }
 
 TEST(Engine, RefusedStepsAreNamedAndChangeNothing) {

@@ -153,10 +153,14 @@ float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
 }  // namespace
 
 TEST(Engine, BatchedStepEqualsSeparateSteps) {
-  auto e = load();
-  ASSERT_TRUE(e);
   // Both prompts longer than ops::Matvec::kMaxBatch, so that the separate steps take the same (Matmul)
   // path as the batched one; the matvec path against the matmul path is DecodeThroughMatvecEqualsMatmul.
+  // Whole steps: on GPUs one sequence's step of 9-24 tokens would run in pieces on the decode matvecs
+  // (int8 activations; 0.1-0.13 of the logits apart on the H100), which SmallStepsRunInPiecesOnTheDecodeMatvecs
+  // covers.
+  ScopedEnv whole("TROVE_STEP_PIECES_MAX", "0");
+  auto e = load();
+  ASSERT_TRUE(e);
   const auto pa = prompt(11, 1), pb = prompt(9, 2);
   auto a = e->open_sequence(), b = e->open_sequence();
   ASSERT_TRUE(a.ok() && b.ok());
@@ -865,7 +869,8 @@ TEST(Engine, OpProfileLeavesOutStepsThatCompiledPipelines) {
 TEST(Engine, OpProfileTablesPrefillStepsBySize) {
   log::ScopedLogCapture logs;
   {
-    ScopedEnv ops("TROVE_PROFILE", "ops");
+    // Whole steps (GPUs run one sequence's 12- and 20-token steps in pieces of <= 8 tokens otherwise).
+    ScopedEnv ops("TROVE_PROFILE", "ops"), whole("TROVE_STEP_PIECES_MAX", "0");
     auto e = load(256, 1, 0, 64, quantized_model_path());
     ASSERT_TRUE(e);
     for (uint32_t n : {12u, 20u, 40u, 40u, 20u, 40u}) {

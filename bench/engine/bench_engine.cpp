@@ -345,7 +345,10 @@ int main(int argc, char** argv) {
     if (r.pp16k > 0) std::printf("\n%s: prefill to depth %u ran at %.0f tok/s\n", r.model.c_str(), depth, r.pp16k);
   }
   for (const auto& r : rows) {
-    if (r.pp16 > 0) std::printf("\n%s: a 16-token prefill step took %.2f ms (%.0f tok/s)\n", r.model.c_str(), 16e3 / r.pp16, r.pp16);
+    if (r.pp16 > 0) {
+      std::printf("\n%s: a 16-token prefill step took %.2f ms (%.0f tok/s)\n", r.model.c_str(), 16e3 / r.pp16,
+                  r.pp16);
+    }
   }
   for (const auto& r : rows) {
     if (r.streams.empty()) continue;

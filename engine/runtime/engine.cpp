@@ -189,9 +189,9 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
     const unsigned long n = std::strtoul(v, &end, 10);
     if (end == v || *end != 0 || n > 64) {
       return Status::InvalidArgument(fmt::format(
-          "TROVE_STEP_PIECES_MAX={} is not a token count: give the largest one-sequence step (0..64) run as pieces "
-          "of <= {} tokens on the decode matvecs (default {} with matrix units, else 0: never)", v, ops::Matvec::kMaxBatch,
-          VulkanEngine::kStepPiecesMax));
+          "TROVE_STEP_PIECES_MAX={} is not a token count: give the largest one-sequence step (0..64) run as "
+          "pieces of <= {} tokens on the decode matvecs (default {} with matrix units, else 0: never)",
+          v, ops::Matvec::kMaxBatch, VulkanEngine::kStepPiecesMax));
     }
     e->step_pieces_max_ = static_cast<uint32_t>(n);
   }

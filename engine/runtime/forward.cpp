@@ -249,7 +249,8 @@ uint32_t head_rows(const StepInput& in, uint32_t n) {
 // returns logits. step() validated the whole step (context, token ids, KV blocks), so a piece fails only
 // on the GPU, and then the sequence is cut back to where it was.
 Result<std::vector<StepOutput>> VulkanEngine::step_in_pieces(const StepInput& in) {
-  const uint32_t n = static_cast<uint32_t>(in.tokens.size()), start = static_cast<uint32_t>(seqs_[in.seq].tokens.size());
+  const uint32_t n = static_cast<uint32_t>(in.tokens.size());
+  const uint32_t start = static_cast<uint32_t>(seqs_[in.seq].tokens.size());
   const uint32_t pieces = (n + ops::Matvec::kMaxBatch - 1) / ops::Matvec::kMaxBatch;
   StepInput piece = in;
   for (uint32_t p = 0, off = 0; p < pieces; ++p) {
@@ -467,7 +468,8 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     // Prefill on the matrix units: the norms and SwiGLU before a matmul emit f16 once, which the
     // matmul reads as it is (it rounds its operands to f16 anyway: the same numbers, no re-conversion
     // per row tile). Decode and the tiled path keep f32.
-    const bool f16_acts = T >= ops_.matmul.matrix_min_batch() && ops_.matmul.uses_coopmat() && E % 2 == 0 && c.n_ff % 2 == 0;
+    const bool f16_acts =
+        T >= ops_.matmul.matrix_min_batch() && ops_.matmul.uses_coopmat() && E % 2 == 0 && c.n_ff % 2 == 0;
     // Decode (and prompts of a few tokens): the dense products through ops::Matvec, which reads each
     // weight once for all T columns, with the RMSNorms as its prologue and the residual adds and SwiGLU
     // as its epilogues: QKV, O (+x), gate/up (SwiGLU), down (+x) — 4 dispatches where the matmul path

@@ -198,8 +198,9 @@ Result<Matmul> Matmul::create(vk::Device& dev, MatmulPath path) {
     const unsigned long n = std::strtoul(v, &end, 10);
     if (end == v || *end != 0 || n == 0 || n > (1ul << 20)) {
       return Status::InvalidArgument(fmt::format(
-          "TROVE_MATRIX_MIN_BATCH='{}' is not a column count; give the fewest columns (1 or more) of a call that runs "
-          "on the matrix units (default {}; smaller calls take the tiled kernel)", v, kCoopmatMinBatch));
+          "TROVE_MATRIX_MIN_BATCH='{}' is not a column count; give the fewest columns (1 or more) of a call "
+          "that runs on the matrix units (default {}; smaller calls take the tiled kernel)",
+          v, kCoopmatMinBatch));
     }
     op.matrix_min_batch_ = static_cast<uint32_t>(n);
   }

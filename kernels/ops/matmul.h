@@ -9,10 +9,11 @@
 // ids are a named Unsupported error. Checked against kernels/ref/matmul_ref.h.
 //
 // Paths (docs/kernels.md): batches below matrix_min_batch() (kCoopmatMinBatch, TROVE_MATRIX_MIN_BATCH)
-// always take matmul_tiled.comp (f32 math). Larger ones take the path chosen at create(): KHR cooperative matrix (matmul_coopmat.comp, any GPU
-// with a 16×16×16 f16 shape and 32-wide subgroups), else tiled. NV cooperative matrix 2
-// (matmul_cm2.comp, NVIDIA) runs only when asked for (TROVE_MATMUL=cm2): on the H200 it is still
-// slower than the KHR kernel (docs/performance.md). The matrix paths round activations and dequantized
+// always take matmul_tiled.comp (f32 math). Larger ones take the path chosen at create(): KHR cooperative
+// matrix (matmul_coopmat.comp, any GPU with a 16×16×16 f16 shape and 32-wide subgroups), else tiled.
+// NV cooperative matrix 2 (matmul_cm2.comp, NVIDIA), where the device has it, takes the automatic path's
+// large dense calls (auto_cm2_tile below) and its grouped calls; TROVE_MATMUL=cm2 forces it for every
+// call (docs/performance.md has the measurements). The matrix paths round activations and dequantized
 // weights to f16 and accumulate in f32 (bound: 2e-3 of the output norm). On a CPU device (lavapipe,
 // features().is_cpu) the automatic path is kCpu: matmul_cpu.comp for every batch, f32 math like the tiled
 // kernel but one invocation per (rows, batch columns) tile walking K alone — no shared memory, no barriers,

@@ -316,8 +316,8 @@ Result<MoeFfn> MoeFfn::create(vk::Device& dev, uint32_t slots_per_pass, bool gpu
     const unsigned long n = std::strtoul(v, &end, 10);
     if (end == v || *end != 0 || n <= kDecodeMaxTokens || n > (1ul << 20)) {
       return Status::InvalidArgument(fmt::format(
-          "TROVE_MOE_GROUPED_MIN='{}' is not a token count; give the fewest tokens ({} or more) whose experts run as "
-          "grouped GEMMs (default {})", v, kDecodeMaxTokens + 1, kGroupedMinTokens));
+          "TROVE_MOE_GROUPED_MIN='{}' is not a token count; give the fewest tokens ({} or more) whose "
+          "experts run as grouped GEMMs (default {})", v, kDecodeMaxTokens + 1, kGroupedMinTokens));
     }
     op.grouped_min_tokens_ = static_cast<uint32_t>(n);
   }

@@ -156,8 +156,8 @@ TEST(Engine, BatchedStepEqualsSeparateSteps) {
   // Both prompts longer than ops::Matvec::kMaxBatch, so that the separate steps take the same (Matmul)
   // path as the batched one; the matvec path against the matmul path is DecodeThroughMatvecEqualsMatmul.
   // Whole steps: on GPUs one sequence's step of 9-24 tokens would run in pieces on the decode matvecs
-  // (int8 activations; 0.1-0.13 of the logits apart on the H100), which SmallStepsRunInPiecesOnTheDecodeMatvecs
-  // covers.
+  // (int8 activations; 0.1-0.13 of the logits apart on the H100), which
+  // SmallStepsRunInPiecesOnTheDecodeMatvecs covers.
   ScopedEnv whole("TROVE_STEP_PIECES_MAX", "0");
   auto e = load();
   ASSERT_TRUE(e);
@@ -328,7 +328,8 @@ TEST(Engine, SmallStepsRunInPiecesOnTheDecodeMatvecs) {
   ASSERT_EQ(manual.size(), pieces.size());
   for (size_t i = 0; i < manual.size(); ++i) {
     ASSERT_EQ(manual[i].size(), pieces[i].size());
-    EXPECT_EQ(std::memcmp(manual[i].data(), pieces[i].data(), manual[i].size() * sizeof(float)), 0) << "step " << i;
+    EXPECT_EQ(std::memcmp(manual[i].data(), pieces[i].data(), manual[i].size() * sizeof(float)), 0)
+        << "step " << i;
   }
   // Logits after every token: one step of 20 (20 rows back, the last the pieces' row within rounding).
   auto t = e->open_sequence();
@@ -346,7 +347,8 @@ TEST(Engine, SmallStepsRunInPiecesOnTheDecodeMatvecs) {
   o.n_ctx = 256;
   auto refused = engine::Engine::load(o);
   ASSERT_FALSE(refused.ok());
-  EXPECT_NE(refused.status().message().find("TROVE_STEP_PIECES_MAX=65"), std::string::npos) << refused.status().ToString();
+  EXPECT_NE(refused.status().message().find("TROVE_STEP_PIECES_MAX=65"), std::string::npos)
+      << refused.status().ToString();
 }
 
 TEST(Engine, RefusedStepsAreNamedAndChangeNothing) {

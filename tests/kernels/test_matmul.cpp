@@ -479,7 +479,9 @@ TEST(Matmul, GroupedBySlotAndCm2MinTilesAreChecked) {
     trove::tests::ScopedEnv env(name, good);
     auto op = ops::Matmul::create(*dev, MatmulPath::kTiled);
     ASSERT_TRUE(op.ok()) << op.status().ToString();
-    if (std::string_view(name) == "TROVE_MATRIX_MIN_BATCH") EXPECT_EQ(op->matrix_min_batch(), std::stoul(good));
+    if (std::string_view(name) == "TROVE_MATRIX_MIN_BATCH") {
+      EXPECT_EQ(op->matrix_min_batch(), std::stoul(good));
+    }
   }
   auto op = ops::Matmul::create(*dev, MatmulPath::kTiled);
   ASSERT_TRUE(op.ok());

@@ -249,8 +249,10 @@ class MoeFfnTest : public ::testing::Test {
         ref2 += double(moe[i]) * moe[i];
       }
       // Grouped GEMMs on matrix units round activations to f16 (ops::Matmul's bound: 2e-3 of the norm).
-      const bool lossy = c.f16_in || (T > ops::MoeFfn::kDecodeMaxTokens && matmul_->uses_coopmat() &&
-                                       (c.prefill == ops::MoePrefill::kGroupedGemm || (c.prefill == ops::MoePrefill::kAuto && T >= ops::MoeFfn::kGroupedMinTokens)));
+      const bool grouped = c.prefill == ops::MoePrefill::kGroupedGemm ||
+                           (c.prefill == ops::MoePrefill::kAuto && T >= ops::MoeFfn::kGroupedMinTokens);
+      const bool lossy =
+          c.f16_in || (T > ops::MoeFfn::kDecodeMaxTokens && matmul_->uses_coopmat() && grouped);
       const double bound = c.bound ? c.bound : lossy ? 3e-3 : 1e-4;
       EXPECT_LT(std::sqrt(err2), bound * std::sqrt(ref2)) << "error norm " << std::sqrt(err2) << " of " << std::sqrt(ref2);
       EXPECT_GE(std::sqrt(err2), c.min_err * std::sqrt(ref2)) << "error norm " << std::sqrt(err2) << " of " << std::sqrt(ref2);

@@ -132,6 +132,16 @@ double logged_dispatches(const log::ScopedLogCapture& logs) {
 
 using trove::tests::ScopedEnv;
 
+// Loading `path` (default options, a 256-token context) is refused with a message that says `what`.
+void expect_load_refused(const std::string& path, const std::string& what) {
+  engine::EngineOptions o;
+  o.model_path = path;
+  o.n_ctx = 256;
+  auto e = engine::Engine::load(o);
+  ASSERT_FALSE(e.ok()) << what;
+  EXPECT_NE(e.status().message().find(what), std::string::npos) << e.status().ToString();
+}
+
 // ||a - b|| / ||b||.
 double rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
   EXPECT_EQ(a.size(), b.size());
@@ -342,13 +352,7 @@ TEST(Engine, SmallStepsRunInPiecesOnTheDecodeMatvecs) {
   const std::vector<float> last((*rows)[0].logits.end() - manual[0].size(), (*rows)[0].logits.end());
   EXPECT_LT(rel_diff(last, manual[0]), 2e-3);
   ScopedEnv bad("TROVE_STEP_PIECES_MAX", "65");
-  engine::EngineOptions o;
-  o.model_path = model_path();
-  o.n_ctx = 256;
-  auto refused = engine::Engine::load(o);
-  ASSERT_FALSE(refused.ok());
-  EXPECT_NE(refused.status().message().find("TROVE_STEP_PIECES_MAX=65"), std::string::npos)
-      << refused.status().ToString();
+  expect_load_refused(model_path(), "TROVE_STEP_PIECES_MAX=65");
 }
 
 TEST(Engine, RefusedStepsAreNamedAndChangeNothing) {
@@ -973,12 +977,7 @@ TEST(Engine, OpProfileTimesTheMoeStagesApart) {
 
 TEST(Engine, BadMoeRouterSettingIsNamed) {
   ScopedEnv r("TROVE_MOE_ROUTER", "both");
-  engine::EngineOptions o;
-  o.model_path = moe_model_path();
-  o.n_ctx = 256;
-  auto e = engine::Engine::load(o);
-  ASSERT_FALSE(e.ok());
-  EXPECT_NE(e.status().message().find("TROVE_MOE_ROUTER=both is not a choice"), std::string::npos) << e.status().ToString();
+  expect_load_refused(moe_model_path(), "TROVE_MOE_ROUTER=both is not a choice");
 }
 
 // MoE decode on the direct expert kernels (TROVE_MOE=direct, the GPUs' default) folds the FFN RMSNorm

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 
 #include <fmt/format.h>
 
@@ -38,6 +39,29 @@ VKAPI_ATTR VkBool32 VKAPI_CALL on_validation(VkDebugUtilsMessageSeverityFlagBits
     trove::log::warn("vulkan", "validation: {}", data->pMessage);
   }
   return VK_FALSE;
+}
+
+// One VkInstance per process for each layer set (plain, validated), made on first use and kept to the
+// end: devices come and go on it. The NVIDIA driver refused vkCreateInstance (VK_ERROR_INCOMPATIBLE_DRIVER)
+// after ~50 instances made and destroyed in one process (test_engine on the H100, 2026-12-06), and a
+// public report (Genesis-Embodied-AI/quadrants#465) has repeated instance cycles corrupting
+// SubgroupLocalInvocationId on that driver. The instances are never destroyed: a device still open at
+// exit would otherwise outlive its instance, and the process's end frees them.
+Result<VkInstance> shared_instance(const VkInstanceCreateInfo& ici, bool validated) {
+  static std::mutex mu;
+  static VkInstance instances[2] = {VK_NULL_HANDLE, VK_NULL_HANDLE};
+  std::lock_guard<std::mutex> lock(mu);
+  VkInstance& slot = instances[validated ? 1 : 0];
+  if (slot == VK_NULL_HANDLE) {
+    const VkResult r = vkCreateInstance(&ici, nullptr, &slot);
+    if (r != VK_SUCCESS) {
+      slot = VK_NULL_HANDLE;  // the next open tries again
+      return Status::Unsupported(fmt::format(
+          "no Vulkan instance (VkResult {}); install a Vulkan driver (for CPU testing: mesa-vulkan-drivers) "
+          "and the loader (libvulkan1)", static_cast<int>(r)));
+    }
+  }
+  return slot;
 }
 
 bool env_true(const char* name) {
@@ -111,13 +135,12 @@ Result<std::unique_ptr<Device>> Device::open(const DeviceOptions& opts) {
   ici.ppEnabledLayerNames = layers.data();
   ici.enabledExtensionCount = static_cast<uint32_t>(exts.size());
   ici.ppEnabledExtensionNames = exts.data();
-  VkResult r = vkCreateInstance(&ici, nullptr, &d->instance_);
-  if (r != VK_SUCCESS) {
-    return Status::Unsupported(fmt::format(
-        "no Vulkan instance (VkResult {}); install a Vulkan driver (for CPU testing: mesa-vulkan-drivers) "
-        "and the loader (libvulkan1)", static_cast<int>(r)));
-  }
+  auto instance = shared_instance(ici, !layers.empty());
+  if (!instance.ok()) return instance.status();
+  d->instance_ = *instance;
   if (!layers.empty()) {
+    // Each device's messenger sees the whole shared instance's messages: an error counts on every
+    // device open under the layer at the time (tests open one at a time, and stop at the first error).
     auto create = reinterpret_cast<PFN_vkCreateDebugUtilsMessengerEXT>(
         vkGetInstanceProcAddr(d->instance_, "vkCreateDebugUtilsMessengerEXT"));
     if (create) {
@@ -508,7 +531,7 @@ Device::~Device() {
         vkGetInstanceProcAddr(instance_, "vkDestroyDebugUtilsMessengerEXT"));
     if (destroy) destroy(instance_, messenger_, nullptr);
   }
-  if (instance_) vkDestroyInstance(instance_, nullptr);
+  // instance_ is the process's shared instance (shared_instance above): it stays.
 }
 
 Result<uint32_t> Device::memory_type(uint32_t bits, VkMemoryPropertyFlags want) const {

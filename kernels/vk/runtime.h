@@ -368,6 +368,8 @@ class Device {
   Status save_pipeline_cache();
 
   VkDevice handle() const { return device_; }
+  // The process's VkInstance for this device's layer set, shared by every device opened with it.
+  VkInstance instance() const { return instance_; }
   VkPhysicalDevice physical() const { return physical_; }
   VkQueue queue() const { return queue_; }
   uint32_t queue_family() const { return queue_family_; }

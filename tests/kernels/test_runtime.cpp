@@ -52,6 +52,24 @@ TEST(VkRuntime, OpensDeviceAndReportsFeatures) {
   if (!f.cooperative_matrix) EXPECT_TRUE(f.coopmat_shapes.empty());
 }
 
+// Devices share the process's one VkInstance (per layer set) and only they come and go: the NVIDIA
+// driver refused a new instance after ~50 made and destroyed in one process (H100, 2026-12-06). Two
+// devices open at once share it, and 64 devices opened and closed in turn all open, on the same one.
+TEST(VkRuntime, DevicesShareOneInstanceAcrossManyOpens) {
+  auto a = open_device(), b = open_device();
+  ASSERT_TRUE(a && b);
+  const VkInstance first = a->instance();
+  EXPECT_NE(first, VK_NULL_HANDLE);
+  EXPECT_EQ(b->instance(), first);
+  a.reset();
+  b.reset();
+  for (int i = 0; i < 64; ++i) {
+    auto d = open_device();
+    ASSERT_TRUE(d) << "open " << i;
+    EXPECT_EQ(d->instance(), first) << "open " << i;
+  }
+}
+
 TEST(VkRuntime, DeviceSelectionByBadNameNamesTheDevices) {
   setenv("TROVE_VK_DEVICE", "no-such-gpu-xyz", 1);
   auto d = vk::Device::open();

@@ -269,6 +269,30 @@ Result<std::vector<StepOutput>> VulkanEngine::step_in_pieces(const StepInput& in
   return Status::Internal("step_in_pieces: no piece ran");  // not reached: n > 0
 }
 
+// Several sequences' inputs of at most kMaxBatch tokens each (concurrent decode streams, verifications)
+// go whole into groups of at most kMaxBatch tokens, in order (16 one-token streams: 8 + 8); each input
+// keeps all it asks for, and the outputs come back in the inputs' order. A group that fails cuts the
+// earlier groups' sequences back to where they were.
+Result<std::vector<StepOutput>> VulkanEngine::step_in_groups(std::span<const StepInput> inputs) {
+  std::vector<uint32_t> starts;
+  for (const StepInput& in : inputs) starts.push_back(static_cast<uint32_t>(seqs_[in.seq].tokens.size()));
+  std::vector<StepOutput> outs;
+  for (size_t i = 0; i < inputs.size();) {
+    size_t j = i;
+    for (size_t n = 0; j < inputs.size() && n + inputs[j].tokens.size() <= ops::Matvec::kMaxBatch; ++j) {
+      n += inputs[j].tokens.size();
+    }
+    auto out = step(inputs.subspan(i, j - i));
+    if (!out.ok()) {
+      for (size_t k = 0; k < i; ++k) drop_after(seqs_[inputs[k].seq], starts[k]);
+      return out;
+    }
+    for (auto& o : *out) outs.push_back(std::move(o));
+    i = j;
+  }
+  return outs;
+}
+
 Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> inputs) {
   const auto step_start = std::chrono::steady_clock::now();
   const ModelConfig& c = cfg_;
@@ -323,9 +347,15 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
                                                  blocks_->available(), blocks_->total()));
   }
 
-  if (inputs.size() == 1 && T > ops::Matvec::kMaxBatch && T <= step_pieces_max_ && matvec_decode_ &&
-      !inputs[0].all_logits && !inputs[0].all_tokens && inputs[0].provisional == 0) {
-    return step_in_pieces(inputs[0]);
+  if (T > ops::Matvec::kMaxBatch && T <= step_pieces_max_ && matvec_decode_) {
+    if (inputs.size() == 1 && !inputs[0].all_logits && !inputs[0].all_tokens && inputs[0].provisional == 0) {
+      return step_in_pieces(inputs[0]);
+    }
+    if (inputs.size() > 1 && std::all_of(inputs.begin(), inputs.end(), [](const StepInput& in) {
+          return in.tokens.size() <= ops::Matvec::kMaxBatch;
+        })) {
+      return step_in_groups(inputs);
+    }
   }
   auto stream = this->stream();
   if (!stream.ok()) return stream.status();

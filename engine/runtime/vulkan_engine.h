@@ -240,6 +240,9 @@ class VulkanEngine final : public Engine {
   uint32_t step_pieces_max_ = 0;
   static constexpr uint32_t kStepPiecesMax = 24;
   Result<std::vector<StepOutput>> step_in_pieces(const StepInput& in);
+  // Likewise a step of several sequences with at most kMaxBatch tokens each (concurrent decode streams):
+  // groups of whole inputs of at most kMaxBatch tokens.
+  Result<std::vector<StepOutput>> step_in_groups(std::span<const StepInput> inputs);
   // q/k norm, RoPE and the KV write as one dispatch per layer; TROVE_ROPE_KV=separate records the three
   // ops (A/B, and test_engine's check that both give the same tokens).
   bool fused_rope_kv_ = true;

@@ -355,6 +355,62 @@ TEST(Engine, SmallStepsRunInPiecesOnTheDecodeMatvecs) {
   expect_load_refused(model_path(), "TROVE_STEP_PIECES_MAX=65");
 }
 
+// A step of several sequences with at most 8 tokens each and 9..TROVE_STEP_PIECES_MAX in all (concurrent
+// decode streams) runs as groups of whole inputs of at most 8 tokens (forced here, as above): inputs of
+// 4, 4 and 3 tokens give the bits of a step of the first two and then one of the third, each input
+// keeps what it asks for (the third's greedy token after every one of its tokens), and the outputs come
+// back in the inputs' order.
+TEST(Engine, ConcurrentStreamsRunInGroupsOnTheDecodeMatvecs) {
+  const std::vector<std::vector<int32_t>> prompts = {prompt(5, 11), prompt(6, 12), prompt(7, 13)};
+  const std::vector<std::vector<int32_t>> more = {prompt(4, 21), prompt(4, 22), prompt(3, 23)};
+  // Each sequence prefilled alone, then the step of `more` as `steps` (index lists into the sequences).
+  auto run = [&](const char* pieces_max, const std::vector<std::vector<size_t>>& steps) {
+    ScopedEnv env("TROVE_STEP_PIECES_MAX", pieces_max);
+    std::vector<engine::StepOutput> outs(3);
+    auto e = load();
+    EXPECT_TRUE(e);
+    if (!e) return outs;
+    std::vector<engine::SeqId> seqs;
+    for (const auto& p : prompts) {
+      auto s = e->open_sequence();
+      EXPECT_TRUE(s.ok());
+      seqs.push_back(*s);
+      StepInput in = logits_of(*s, p);
+      in.want_logits = in.sample = false;
+      EXPECT_TRUE(e->step(std::vector<StepInput>{in}).ok());
+    }
+    for (const auto& group : steps) {
+      std::vector<StepInput> ins;
+      for (size_t k : group) {
+        ins.push_back(logits_of(seqs[k], more[k]));
+        ins.back().all_tokens = k == 2;
+      }
+      auto out = e->step(ins);
+      EXPECT_TRUE(out.ok()) << out.status().ToString();
+      if (!out.ok()) return outs;
+      EXPECT_EQ(out->size(), group.size());
+      for (size_t i = 0; i < group.size() && i < out->size(); ++i) outs[group[i]] = (*out)[i];
+    }
+    for (size_t k = 0; k < 3; ++k) {
+      std::vector<int32_t> want = prompts[k];
+      want.insert(want.end(), more[k].begin(), more[k].end());
+      EXPECT_EQ(e->tokens(seqs[k]), want) << "sequence " << k;
+    }
+    return outs;
+  };
+  const auto manual = run("0", {{0, 1}, {2}});
+  const auto groups = run("24", {{0, 1, 2}});
+  for (size_t k = 0; k < 3; ++k) {
+    ASSERT_EQ(manual[k].logits.size(), groups[k].logits.size()) << "sequence " << k;
+    ASSERT_FALSE(groups[k].logits.empty()) << "sequence " << k;
+    const size_t bytes = manual[k].logits.size() * sizeof(float);
+    EXPECT_EQ(std::memcmp(manual[k].logits.data(), groups[k].logits.data(), bytes), 0) << "sequence " << k;
+    EXPECT_EQ(manual[k].token, groups[k].token) << "sequence " << k;
+  }
+  EXPECT_EQ(groups[2].tokens.size(), 3u);
+  EXPECT_EQ(groups[2].tokens, manual[2].tokens);
+}
+
 TEST(Engine, RefusedStepsAreNamedAndChangeNothing) {
   auto e = load(/*n_ctx=*/100, /*seqs=*/2, /*pool_bytes=*/0, /*max_batch=*/32);
   ASSERT_TRUE(e);

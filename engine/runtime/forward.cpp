@@ -245,52 +245,69 @@ uint32_t head_rows(const StepInput& in, uint32_t n) {
 
 }  // namespace
 
+// Runs `steps` in order, each a step() of its own, and returns each one's outputs. step() validated
+// the whole of them first (context, token ids, KV blocks), so one fails only on the GPU; then every
+// sequence they touch is cut back to its length before the first, and the error returned.
+Result<std::vector<std::vector<StepOutput>>> VulkanEngine::step_in_order(
+    const std::vector<std::vector<StepInput>>& steps) {
+  std::vector<std::pair<SeqId, uint32_t>> starts;
+  for (const auto& st : steps) {
+    for (const StepInput& in : st) starts.emplace_back(in.seq, static_cast<uint32_t>(seqs_[in.seq].tokens.size()));
+  }
+  std::vector<std::vector<StepOutput>> outs;
+  for (const auto& st : steps) {
+    auto out = step(st);
+    if (!out.ok()) {
+      // The first recorded length of a sequence is its length before the first step (reverse order).
+      for (auto it = starts.rbegin(); it != starts.rend(); ++it) drop_after(seqs_[it->first], it->second);
+      return out.status();
+    }
+    outs.push_back(std::move(*out));
+  }
+  return outs;
+}
+
 // The pieces are as even as kMaxBatch allows (16 tokens: 8 + 8; 20: 7 + 7 + 6); only the last samples or
-// returns logits. step() validated the whole step (context, token ids, KV blocks), so a piece fails only
-// on the GPU, and then the sequence is cut back to where it was.
+// returns logits.
 Result<std::vector<StepOutput>> VulkanEngine::step_in_pieces(const StepInput& in) {
   const uint32_t n = static_cast<uint32_t>(in.tokens.size());
-  const uint32_t start = static_cast<uint32_t>(seqs_[in.seq].tokens.size());
   const uint32_t pieces = (n + ops::Matvec::kMaxBatch - 1) / ops::Matvec::kMaxBatch;
-  StepInput piece = in;
+  std::vector<std::vector<StepInput>> steps;
   for (uint32_t p = 0, off = 0; p < pieces; ++p) {
     const uint32_t len = (n - off + (pieces - p) - 1) / (pieces - p);
     const bool last = p + 1 == pieces;
+    StepInput piece = in;
     piece.tokens = in.tokens.subspan(off, len);
     piece.sample = last && in.sample;
     piece.want_logits = last && in.want_logits;
-    auto out = step(std::span<const StepInput>(&piece, 1));
-    if (!out.ok() || last) {
-      if (!out.ok()) drop_after(seqs_[in.seq], start);
-      return out;
-    }
+    steps.push_back({piece});
     off += len;
   }
-  return Status::Internal("step_in_pieces: no piece ran");  // not reached: n > 0
+  auto outs = step_in_order(steps);
+  if (!outs.ok()) return outs.status();
+  return std::move(outs->back());
 }
 
 // Several sequences' inputs of at most kMaxBatch tokens each (concurrent decode streams, verifications)
 // go whole into groups of at most kMaxBatch tokens, in order (16 one-token streams: 8 + 8); each input
-// keeps all it asks for, and the outputs come back in the inputs' order. A group that fails cuts the
-// earlier groups' sequences back to where they were.
+// keeps all it asks for, and the outputs come back in the inputs' order.
 Result<std::vector<StepOutput>> VulkanEngine::step_in_groups(std::span<const StepInput> inputs) {
-  std::vector<uint32_t> starts;
-  for (const StepInput& in : inputs) starts.push_back(static_cast<uint32_t>(seqs_[in.seq].tokens.size()));
-  std::vector<StepOutput> outs;
-  for (size_t i = 0; i < inputs.size();) {
-    size_t j = i;
-    for (size_t n = 0; j < inputs.size() && n + inputs[j].tokens.size() <= ops::Matvec::kMaxBatch; ++j) {
-      n += inputs[j].tokens.size();
+  std::vector<std::vector<StepInput>> steps;
+  for (size_t i = 0, n = ops::Matvec::kMaxBatch; i < inputs.size(); ++i) {
+    if (n + inputs[i].tokens.size() > ops::Matvec::kMaxBatch) {
+      steps.emplace_back();
+      n = 0;
     }
-    auto out = step(inputs.subspan(i, j - i));
-    if (!out.ok()) {
-      for (size_t k = 0; k < i; ++k) drop_after(seqs_[inputs[k].seq], starts[k]);
-      return out;
-    }
-    for (auto& o : *out) outs.push_back(std::move(o));
-    i = j;
+    steps.back().push_back(inputs[i]);
+    n += inputs[i].tokens.size();
   }
-  return outs;
+  auto outs = step_in_order(steps);
+  if (!outs.ok()) return outs.status();
+  std::vector<StepOutput> all;
+  for (auto& group : *outs) {
+    for (auto& o : group) all.push_back(std::move(o));
+  }
+  return all;
 }
 
 Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> inputs) {

@@ -252,7 +252,9 @@ Result<std::vector<std::vector<StepOutput>>> VulkanEngine::step_in_order(
     const std::vector<std::vector<StepInput>>& steps) {
   std::vector<std::pair<SeqId, uint32_t>> starts;
   for (const auto& st : steps) {
-    for (const StepInput& in : st) starts.emplace_back(in.seq, static_cast<uint32_t>(seqs_[in.seq].tokens.size()));
+    for (const StepInput& in : st) {
+      starts.emplace_back(in.seq, static_cast<uint32_t>(seqs_[in.seq].tokens.size()));
+    }
   }
   std::vector<std::vector<StepOutput>> outs;
   for (const auto& st : steps) {

@@ -244,7 +244,8 @@ class VulkanEngine final : public Engine {
   // groups of whole inputs of at most kMaxBatch tokens.
   Result<std::vector<StepOutput>> step_in_groups(std::span<const StepInput> inputs);
   // The pieces' and groups' steps in turn; one that fails cuts every sequence they touch back.
-  Result<std::vector<std::vector<StepOutput>>> step_in_order(const std::vector<std::vector<StepInput>>& steps);
+  Result<std::vector<std::vector<StepOutput>>> step_in_order(
+      const std::vector<std::vector<StepInput>>& steps);
   // q/k norm, RoPE and the KV write as one dispatch per layer; TROVE_ROPE_KV=separate records the three
   // ops (A/B, and test_engine's check that both give the same tokens).
   bool fused_rope_kv_ = true;

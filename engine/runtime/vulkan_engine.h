@@ -239,6 +239,10 @@ class VulkanEngine final : public Engine {
   // else 0 (never); TROVE_STEP_PIECES_MAX=N sets it.
   uint32_t step_pieces_max_ = 0;
   static constexpr uint32_t kStepPiecesMax = 24;
+  // TROVE_TEST_FAIL_STEP=N (tests only): the N-th GPU step since load fails after its inputs were placed
+  // (KV blocks taken, tokens appended), as a lost device would, so that tests reach the paths that undo
+  // a step (step()'s undo, step_in_order's cut back). 0: never. gpu_steps_ counts them.
+  uint32_t fail_step_ = 0, gpu_steps_ = 0;
   Result<std::vector<StepOutput>> step_in_pieces(const StepInput& in);
   // Likewise a step of several sequences with at most kMaxBatch tokens each (concurrent decode streams):
   // groups of whole inputs of at most kMaxBatch tokens.

@@ -411,6 +411,77 @@ TEST(Engine, ConcurrentStreamsRunInGroupsOnTheDecodeMatvecs) {
   EXPECT_EQ(groups[2].tokens, manual[2].tokens);
 }
 
+// A step in pieces or in groups that fails on the GPU part-way (TROVE_TEST_FAIL_STEP=N: the engine's
+// N-th GPU step fails after placing its inputs, as a lost device would) returns the error and leaves
+// every sequence it touched as before the step — its tokens and its KV blocks, including what the
+// pieces or groups before the failing one wrote — and the same step then runs as on an engine that
+// never failed (the same logits, bit for bit).
+TEST(Engine, AFailedPieceOrGroupCutsTheSequencesBack) {
+  ScopedEnv pieces("TROVE_STEP_PIECES_MAX", "24");
+  const auto p = prompt(20, 31);
+  std::vector<float> want;
+  {
+    auto e = load();
+    ASSERT_TRUE(e);
+    auto s = e->open_sequence();
+    ASSERT_TRUE(s.ok());
+    auto out = e->step(std::vector<StepInput>{logits_of(*s, p)});
+    ASSERT_TRUE(out.ok()) << out.status().ToString();
+    want = (*out)[0].logits;
+  }
+  {  // one sequence, 20 tokens: pieces of 7, 7 and 6; the second fails
+    ScopedEnv fail("TROVE_TEST_FAIL_STEP", "2");
+    auto e = load();
+    ASSERT_TRUE(e);
+    auto s = e->open_sequence();
+    ASSERT_TRUE(s.ok());
+    const engine::PoolStats before = e->pool_stats();
+    auto bad = e->step(std::vector<StepInput>{logits_of(*s, p)});
+    ASSERT_FALSE(bad.ok());
+    EXPECT_NE(bad.status().message().find("TROVE_TEST_FAIL_STEP=2"), std::string::npos) << bad.status().message();
+    EXPECT_EQ(e->length(*s), 0u);
+    EXPECT_TRUE(e->tokens(*s).empty());
+    EXPECT_EQ(e->pool_stats().used_blocks, before.used_blocks);
+    auto again = e->step(std::vector<StepInput>{logits_of(*s, p)});
+    ASSERT_TRUE(again.ok()) << again.status().ToString();
+    ASSERT_EQ((*again)[0].logits.size(), want.size());
+    EXPECT_EQ(std::memcmp((*again)[0].logits.data(), want.data(), want.size() * sizeof(float)), 0);
+    EXPECT_EQ(e->tokens(*s), p);
+  }
+  {  // three sequences prefilled (GPU steps 1-3), then 4 + 4 + 3 tokens: groups {0, 1} and {2}; the second
+     // fails after the first took a fresh KV block for sequence 0 (62 + 4 tokens, blocks of 64)
+    ScopedEnv fail("TROVE_TEST_FAIL_STEP", "5");
+    auto e = load();
+    ASSERT_TRUE(e);
+    const std::vector<std::vector<int32_t>> prompts = {prompt(62, 32), prompt(6, 33), prompt(7, 34)};
+    const std::vector<std::vector<int32_t>> more = {prompt(4, 35), prompt(4, 36), prompt(3, 37)};
+    std::vector<engine::SeqId> seqs;
+    for (const auto& pr : prompts) {
+      auto s = e->open_sequence();
+      ASSERT_TRUE(s.ok());
+      seqs.push_back(*s);
+      ASSERT_TRUE(e->step(std::vector<StepInput>{logits_of(*s, pr)}).ok());
+    }
+    const engine::PoolStats before = e->pool_stats();
+    std::vector<StepInput> ins;
+    for (size_t k = 0; k < 3; ++k) ins.push_back(logits_of(seqs[k], more[k]));
+    auto bad = e->step(ins);
+    ASSERT_FALSE(bad.ok());
+    EXPECT_NE(bad.status().message().find("TROVE_TEST_FAIL_STEP=5"), std::string::npos) << bad.status().message();
+    for (size_t k = 0; k < 3; ++k) EXPECT_EQ(e->tokens(seqs[k]), prompts[k]) << "sequence " << k;
+    EXPECT_EQ(e->pool_stats().used_blocks, before.used_blocks);
+    auto again = e->step(ins);
+    ASSERT_TRUE(again.ok()) << again.status().ToString();
+    for (size_t k = 0; k < 3; ++k) {
+      std::vector<int32_t> all = prompts[k];
+      all.insert(all.end(), more[k].begin(), more[k].end());
+      EXPECT_EQ(e->tokens(seqs[k]), all) << "sequence " << k;
+    }
+  }
+  ScopedEnv bad_env("TROVE_TEST_FAIL_STEP", "0");
+  expect_load_refused(model_path(), "TROVE_TEST_FAIL_STEP=0");
+}
+
 TEST(Engine, RefusedStepsAreNamedAndChangeNothing) {
   auto e = load(/*n_ctx=*/100, /*seqs=*/2, /*pool_bytes=*/0, /*max_batch=*/32);
   ASSERT_TRUE(e);

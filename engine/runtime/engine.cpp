@@ -200,8 +200,8 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
     const unsigned long n = std::strtoul(v, &end, 10);
     if (end == v || *end != 0 || n == 0 || n > 1000000) {
       return Status::InvalidArgument(fmt::format(
-          "TROVE_TEST_FAIL_STEP={} is not a step number: give N >= 1 (the engine's N-th GPU step fails on purpose, "
-          "for tests of the error paths), or unset it", v));
+          "TROVE_TEST_FAIL_STEP={} is not a step number: give N >= 1 (the engine's N-th GPU step fails on "
+          "purpose, for tests of the error paths), or unset it", v));
     }
     e->fail_step_ = static_cast<uint32_t>(n);
   }

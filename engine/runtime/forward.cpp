@@ -469,8 +469,8 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
   std::vector<uint8_t> marks;  // TROVE_PROFILE=ops: the op kind that ends at each timestamp
   auto run = [&]() -> Status {
     if (fail_step_ != 0 && ++gpu_steps_ == fail_step_) {
-      return Status::Internal(fmt::format("step {} of {} tokens failed on purpose (TROVE_TEST_FAIL_STEP={})", gpu_steps_,
-                                          T, fail_step_));
+      return Status::Internal(fmt::format("step {} of {} tokens failed on purpose (TROVE_TEST_FAIL_STEP={})",
+                                          gpu_steps_, T, fail_step_));
     }
     auto mark = [&](OpKind k) {
       if (!profile_.ops()) return;

@@ -438,7 +438,8 @@ TEST(Engine, AFailedPieceOrGroupCutsTheSequencesBack) {
     const engine::PoolStats before = e->pool_stats();
     auto bad = e->step(std::vector<StepInput>{logits_of(*s, p)});
     ASSERT_FALSE(bad.ok());
-    EXPECT_NE(bad.status().message().find("TROVE_TEST_FAIL_STEP=2"), std::string::npos) << bad.status().message();
+    const std::string why = bad.status().message();
+    EXPECT_NE(why.find("TROVE_TEST_FAIL_STEP=2"), std::string::npos) << why;
     EXPECT_EQ(e->length(*s), 0u);
     EXPECT_TRUE(e->tokens(*s).empty());
     EXPECT_EQ(e->pool_stats().used_blocks, before.used_blocks);
@@ -467,7 +468,8 @@ TEST(Engine, AFailedPieceOrGroupCutsTheSequencesBack) {
     for (size_t k = 0; k < 3; ++k) ins.push_back(logits_of(seqs[k], more[k]));
     auto bad = e->step(ins);
     ASSERT_FALSE(bad.ok());
-    EXPECT_NE(bad.status().message().find("TROVE_TEST_FAIL_STEP=5"), std::string::npos) << bad.status().message();
+    const std::string why = bad.status().message();
+    EXPECT_NE(why.find("TROVE_TEST_FAIL_STEP=5"), std::string::npos) << why;
     for (size_t k = 0; k < 3; ++k) EXPECT_EQ(e->tokens(seqs[k]), prompts[k]) << "sequence " << k;
     EXPECT_EQ(e->pool_stats().used_blocks, before.used_blocks);
     auto again = e->step(ins);

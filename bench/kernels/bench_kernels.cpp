@@ -164,6 +164,7 @@ int main(int argc, char** argv) {
                              {"8B", "ffn_down", 4096, 12288, GgmlType::Q6_K},
                              {"8B", "head", 151936, 4096, GgmlType::Q6_K},
                              {"30B-A3B", "attn_q", 4096, 2048, GgmlType::Q4_K},
+                             {"30B-A3B", "router", 128, 2048, GgmlType::F32},
                              // The FFN's weights as f16 (what dequantizing once per prefill step would feed).
                              {"8B", "ffn_gate/up", 12288, 4096, GgmlType::F16},
                              {"8B", "ffn_down", 4096, 12288, GgmlType::F16}};

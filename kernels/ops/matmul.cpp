@@ -193,6 +193,27 @@ Result<Matmul> Matmul::create(vk::Device& dev, MatmulPath path) {
     }
     op.cm2_min_tiles_ = n;
   }
+  if (const char* v = std::getenv("TROVE_CM2_SMALL_MAX_ROWS"); v && *v) {
+    char* end = nullptr;
+    const unsigned long n = std::strtoul(v, &end, 10);
+    if (end == v || *end != 0 || n > 1024) {
+      return Status::InvalidArgument(fmt::format(
+          "TROVE_CM2_SMALL_MAX_ROWS='{}' is not a row count; give the most rows (0..1024) of a dense call of "
+          "{}-{} columns that the automatic path runs on the small cm2 tile (default {}; 0: none)", v,
+          kCm2AutoMinBatch, 2 * kCm2AutoMinBatch - 1, kCm2SmallMaxRows));
+    }
+    op.cm2_small_max_rows_ = static_cast<uint32_t>(n);
+  }
+  if (const char* v = std::getenv("TROVE_CM2_MIN_MEDIUM_TILES"); v && *v) {
+    char* end = nullptr;
+    const unsigned long n = std::strtoul(v, &end, 10);
+    if (end == v || *end != 0 || n == 0 || n > 100000) {
+      return Status::InvalidArgument(fmt::format(
+          "TROVE_CM2_MIN_MEDIUM_TILES='{}' is not a tile count; give the medium cm2 tiles (128 x 128) a "
+          "dense call of 512-2047 columns needs to run on cm2 (default 64)", v));
+    }
+    op.cm2_min_medium_tiles_ = n;
+  }
   if (const char* v = std::getenv("TROVE_MATRIX_MIN_BATCH"); v && *v) {
     char* end = nullptr;
     const unsigned long n = std::strtoul(v, &end, 10);
@@ -307,12 +328,19 @@ MatmulTile Matmul::auto_cm2_tile(uint32_t rows, uint32_t batch) const {
     return MatmulTile::kAuto;
   }
   const auto& f = dev_->features();
+  // A few rows (the MoE router: 128 experts) below 1024 columns: the small tile. H100 (bench_kernels
+  // "gemm router", f16 x, 2026-12-06): 128 x 2048 at 512 columns 22.5 µs on cm2 small variant 2 against
+  // 44.0 on KHR small; at 2048 columns 106.8 against 44.6. In the 30B-A3B's 512-token step (H200): the
+  // router 3665 -> 1801 µs, pp512 7261-7268 -> 7445-7472 tok/s.
+  if (rows <= cm2_small_max_rows_ && batch < 2 * kCm2AutoMinBatch && cm2_fits(f, kCm2Small)) {
+    return MatmulTile::kSmall;
+  }
   const Cm2Tile large{cm2_large_bm_, cm2_large_bn_};
   if (cm2_fits(f, large) && div_up(rows, large.bm) * div_up(batch, large.bn) >= cm2_min_tiles_) return MatmulTile::kLarge;
   // Below kCm2LargeBatch (down to cm2_min_batch_): the medium tile where it fills the SMs, as
   // llama.cpp's cm2 path picks at 512 tokens (the 8B's attention output and ffn_down: 128 medium tiles).
   if (batch < kCm2LargeBatch && cm2_fits(f, kCm2Medium) &&
-      div_up(rows, 128) * div_up(batch, 128) >= cm2_min_tiles_) {
+      div_up(rows, 128) * div_up(batch, 128) >= cm2_min_medium_tiles_) {
     return MatmulTile::kMedium;
   }
   return MatmulTile::kAuto;
@@ -403,7 +431,9 @@ Status Matmul::record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows,
       return s.dispatch(**p, bufs, &push, sizeof(push), div_up(rows, c.bm), div_up(batch, c.bn));
     };
     if (const MatmulTile t = auto_cm2_tile(rows, batch); t != MatmulTile::kAuto) {
-      return record_cm2(t == MatmulTile::kLarge ? Cm2Tile{cm2_large_bm_, cm2_large_bn_} : kCm2Medium,
+      return record_cm2(t == MatmulTile::kLarge    ? Cm2Tile{cm2_large_bm_, cm2_large_bn_}
+                        : t == MatmulTile::kMedium ? kCm2Medium
+                                                   : kCm2Small,
                         forced_cm2_variant_.value_or(kCm2AutoVariant));
     }
     if (path_ == MatmulPath::kKhr) {

@@ -400,6 +400,8 @@ TEST(Matmul, AutomaticPathTakesCm2ForLargeBatches) {
   trove::tests::ScopedEnv env("TROVE_MATMUL", nullptr);
   trove::tests::ScopedEnv min_batch("TROVE_CM2_MIN_BATCH", nullptr);
   trove::tests::ScopedEnv variant("TROVE_CM2_VARIANT", nullptr);
+  trove::tests::ScopedEnv medium("TROVE_CM2_MIN_MEDIUM_TILES", nullptr);
+  trove::tests::ScopedEnv small("TROVE_CM2_SMALL_MAX_ROWS", nullptr);
   auto op = ops::Matmul::create(*dev);
   ASSERT_TRUE(op.ok()) << op.status().ToString();
   ASSERT_EQ(op->path(), MatmulPath::kKhr);
@@ -415,7 +417,12 @@ TEST(Matmul, AutomaticPathTakesCm2ForLargeBatches) {
   EXPECT_EQ(op->auto_cm2_tile(4096, 512), MatmulTile::kMedium);   // attention output, ffn_down: 128 medium tiles
   EXPECT_EQ(op->auto_cm2_tile(6144, 512), MatmulTile::kMedium);   // QKV: 96 large, 192 medium
   EXPECT_EQ(op->auto_cm2_tile(24576, 512), MatmulTile::kLarge);   // gate/up: 384 large
+  EXPECT_EQ(op->auto_cm2_tile(2048, 512), MatmulTile::kMedium);   // the 30B-A3B's attention output: 64 medium
   EXPECT_EQ(op->auto_cm2_tile(1024, 512), MatmulTile::kAuto);     // 32 medium tiles
+  EXPECT_EQ(op->auto_cm2_tile(128, 512), MatmulTile::kSmall);     // the MoE router (kCm2SmallMaxRows)
+  EXPECT_EQ(op->auto_cm2_tile(128, 1023), MatmulTile::kSmall);
+  EXPECT_EQ(op->auto_cm2_tile(128, 1024), MatmulTile::kAuto);
+  EXPECT_EQ(op->auto_cm2_tile(129, 512), MatmulTile::kAuto);
   EXPECT_EQ(op->auto_cm2_tile(4096, 511), MatmulTile::kAuto);
   EXPECT_EQ(op->auto_cm2_tile(4096, B - 1), MatmulTile::kLarge);    // 256 large tiles
   EXPECT_EQ(op->auto_cm2_tile(1024, B - 1), MatmulTile::kMedium);   // 64 large, 128 medium
@@ -427,8 +434,23 @@ TEST(Matmul, AutomaticPathTakesCm2ForLargeBatches) {
   }
   check(*dev, *op, GgmlType::Q4_K, 4100, 512, B + 37, seed++, 2e-3, false, 24);  // partial tiles, f32 x
   check(*dev, *op, GgmlType::Q4_K, 4096, 512, 512, seed++, 2e-3, true, 24);      // medium, variant 2
+  check(*dev, *op, GgmlType::F32, 128, 2048, 512, seed++, 2e-3, false, 24);      // small: the router, f32 x
+  check(*dev, *op, GgmlType::F32, 100, 256, 700, seed++, 2e-3, false, 24);       // small, partial tiles
   check(*dev, *op, GgmlType::F16, 4096, 512, 512, seed++, 2e-3, true, 24);
   check(*dev, *op, GgmlType::Q6_K, 4100, 256, 512 + 19, seed++, 2e-3, false, 24);  // partial medium tiles, f32 x
+  {  // TROVE_CM2_MIN_MEDIUM_TILES=128: the rule before 2026-12-06, 64 medium tiles on KHR.
+    trove::tests::ScopedEnv m128("TROVE_CM2_MIN_MEDIUM_TILES", "128");
+    auto old = ops::Matmul::create(*dev);
+    ASSERT_TRUE(old.ok()) << old.status().ToString();
+    EXPECT_EQ(old->auto_cm2_tile(2048, 512), MatmulTile::kAuto);
+    EXPECT_EQ(old->auto_cm2_tile(4096, 512), MatmulTile::kMedium);
+  }
+  {  // TROVE_CM2_SMALL_MAX_ROWS=0: the rule before 2026-12-06, the router on KHR.
+    trove::tests::ScopedEnv none("TROVE_CM2_SMALL_MAX_ROWS", "0");
+    auto old = ops::Matmul::create(*dev);
+    ASSERT_TRUE(old.ok()) << old.status().ToString();
+    EXPECT_EQ(old->auto_cm2_tile(128, 512), MatmulTile::kAuto);
+  }
   // TROVE_CM2_MIN_BATCH=2048 (force_cm2_min_batch): the rule before 2026-12-05, 512 columns on KHR.
   op->force_cm2_min_batch(B);
   EXPECT_FALSE(op->takes_cm2(4096, 512));
@@ -455,11 +477,12 @@ TEST(Matmul, TroveKhrPrefetchIsChecked) {
   EXPECT_TRUE(good.ok()) << good.status().ToString();
 }
 
-// The A/B knobs (matmul.h): TROVE_GROUPED_BY_SLOT takes 0 or 1, TROVE_CM2_MIN_TILES a positive
-// count, TROVE_CM2_MIN_BATCH a column count of 9 or more (kCoopmatMinBatch), TROVE_MATRIX_MIN_BATCH one of
-// 1 or more (read back by matrix_min_batch()), TROVE_CM2_LARGE BMxBN of 64/128/256,
-// TROVE_CM2_VARIANT 0, 1 or 2, TROVE_GROUPED_TILE BMxBN[xBK], TROVE_MATMUL_ACC f16 or f32; anything else is
-// refused by name, whatever the path.
+// The A/B knobs (matmul.h): TROVE_GROUPED_BY_SLOT takes 0 or 1, TROVE_CM2_MIN_TILES and
+// TROVE_CM2_MIN_MEDIUM_TILES a positive count, TROVE_CM2_SMALL_MAX_ROWS a row count up to 1024,
+// TROVE_CM2_MIN_BATCH a column count of 9 or more (kCoopmatMinBatch), TROVE_MATRIX_MIN_BATCH one of 1 or
+// more (read back by matrix_min_batch()), TROVE_CM2_LARGE BMxBN of 64/128/256, TROVE_CM2_VARIANT 0, 1 or
+// 2, TROVE_GROUPED_TILE BMxBN[xBK], TROVE_MATMUL_ACC f16 or f32; anything else is refused by name,
+// whatever the path.
 TEST(Matmul, GroupedBySlotAndCm2MinTilesAreChecked) {
   auto dev = open_device();
   ASSERT_TRUE(dev);
@@ -469,7 +492,11 @@ TEST(Matmul, GroupedBySlotAndCm2MinTilesAreChecked) {
         std::tuple{"TROVE_CM2_MIN_BATCH", "8", "512"}, std::tuple{"TROVE_CM2_MIN_BATCH", "5l2", "2048"},
         std::tuple{"TROVE_MATRIX_MIN_BATCH", "0", "32"}, std::tuple{"TROVE_MATRIX_MIN_BATCH", "9x", "16"},
         std::tuple{"TROVE_CM2_LARGE", "128x512", "256x256"}, std::tuple{"TROVE_CM2_LARGE", "256", "256x128"},
-        std::tuple{"TROVE_GROUPED_TILE", "64x48", "64x32"}, std::tuple{"TROVE_MATMUL_ACC", "half", "f16"}}) {
+        std::tuple{"TROVE_GROUPED_TILE", "64x48", "64x32"}, std::tuple{"TROVE_MATMUL_ACC", "half", "f16"},
+        std::tuple{"TROVE_CM2_MIN_MEDIUM_TILES", "0", "128"},
+        std::tuple{"TROVE_CM2_MIN_MEDIUM_TILES", "6 4", "32"},
+        std::tuple{"TROVE_CM2_SMALL_MAX_ROWS", "2000", "0"},
+        std::tuple{"TROVE_CM2_SMALL_MAX_ROWS", "-1", "64"}}) {
     {
       trove::tests::ScopedEnv env(name, bad);
       auto op = ops::Matmul::create(*dev, MatmulPath::kTiled);

@@ -329,9 +329,9 @@ MatmulTile Matmul::auto_cm2_tile(uint32_t rows, uint32_t batch) const {
   }
   const auto& f = dev_->features();
   // A few rows (the MoE router: 128 experts) below 1024 columns: the small tile. H100 (bench_kernels
-  // "gemm router", f16 x, 2026-12-06): 128 x 2048 at 512 columns 22.5 µs on cm2 small variant 2 against
-  // 44.0 on KHR small; at 2048 columns 106.8 against 44.6. In the 30B-A3B's 512-token step (H200): the
-  // router 3665 -> 1801 µs, pp512 7261-7268 -> 7445-7472 tok/s.
+  // "gemm router", f16 x, 2026-12-06): 128 x 2048 at 512 columns 22.5-60.5 µs on cm2 small variant 2
+  // against 44.0 on KHR small; at 2048 columns 106.8 against 44.6. In the 30B-A3B's 512-token step
+  // (H200): the router 3665 -> 1801 µs, pp512 7261-7268 -> 7445-7472 tok/s.
   if (rows <= cm2_small_max_rows_ && batch < 2 * kCm2AutoMinBatch && cm2_fits(f, kCm2Small)) {
     return MatmulTile::kSmall;
   }

@@ -29,6 +29,21 @@ uint32_t threads_per_row(uint32_t cols) {
   return tpr;
 }
 
+// A whole-number knob from the environment: `out` keeps its value when `name` is unset or empty; a
+// value that is not a number in [lo, hi] is refused as "NAME='value' is not <what>".
+template <class T>
+Status read_count(const char* name, unsigned long lo, unsigned long hi, const std::string& what, T& out) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return Status::Ok();
+  char* end = nullptr;
+  const unsigned long n = std::strtoul(v, &end, 10);
+  if (end == v || *end != 0 || n < lo || n > hi) {
+    return Status::InvalidArgument(fmt::format("{}='{}' is not {}", name, v, what));
+  }
+  out = static_cast<T>(n);
+  return Status::Ok();
+}
+
 uint32_t div_up(uint32_t a, uint32_t b) { return (a + b - 1) / b; }
 
 // VkComponentTypeKHR FLOAT16 = 0, FLOAT32 = 1; VkScopeKHR WORKGROUP = 2, SUBGROUP = 3.
@@ -183,58 +198,30 @@ Result<Matmul> Matmul::create(vk::Device& dev, MatmulPath path) {
     return Status::Unsupported(fmt::format("TROVE_MATMUL_ACC=f16: '{}' offers no 16x16x16 f16 x f16 -> f16 subgroup matrix "
                                            "shape for the KHR kernel; unset it", dev.features().name));
   }
-  if (const char* v = std::getenv("TROVE_CM2_MIN_TILES"); v && *v) {
-    char* end = nullptr;
-    const unsigned long n = std::strtoul(v, &end, 10);
-    if (end == v || *end != 0 || n == 0 || n > 100000) {
-      return Status::InvalidArgument(fmt::format(
-          "TROVE_CM2_MIN_TILES='{}' is not a tile count; give the large cm2 tiles (128 x 256) a dense call of 2048+ "
-          "columns needs to run on cm2 (default 128)", v));
-    }
-    op.cm2_min_tiles_ = n;
-  }
-  if (const char* v = std::getenv("TROVE_CM2_SMALL_MAX_ROWS"); v && *v) {
-    char* end = nullptr;
-    const unsigned long n = std::strtoul(v, &end, 10);
-    if (end == v || *end != 0 || n > 1024) {
-      return Status::InvalidArgument(fmt::format(
-          "TROVE_CM2_SMALL_MAX_ROWS='{}' is not a row count; give the most rows (0..1024) of a dense call of "
-          "{}-{} columns that the automatic path runs on the small cm2 tile (default {}; 0: none)", v,
-          kCm2AutoMinBatch, 2 * kCm2AutoMinBatch - 1, kCm2SmallMaxRows));
-    }
-    op.cm2_small_max_rows_ = static_cast<uint32_t>(n);
-  }
-  if (const char* v = std::getenv("TROVE_CM2_MIN_MEDIUM_TILES"); v && *v) {
-    char* end = nullptr;
-    const unsigned long n = std::strtoul(v, &end, 10);
-    if (end == v || *end != 0 || n == 0 || n > 100000) {
-      return Status::InvalidArgument(fmt::format(
-          "TROVE_CM2_MIN_MEDIUM_TILES='{}' is not a tile count; give the medium cm2 tiles (128 x 128) a "
-          "dense call of 512-2047 columns needs to run on cm2 (default 64)", v));
-    }
-    op.cm2_min_medium_tiles_ = n;
-  }
-  if (const char* v = std::getenv("TROVE_MATRIX_MIN_BATCH"); v && *v) {
-    char* end = nullptr;
-    const unsigned long n = std::strtoul(v, &end, 10);
-    if (end == v || *end != 0 || n == 0 || n > (1ul << 20)) {
-      return Status::InvalidArgument(fmt::format(
-          "TROVE_MATRIX_MIN_BATCH='{}' is not a column count; give the fewest columns (1 or more) of a call "
-          "that runs on the matrix units (default {}; smaller calls take the tiled kernel)",
-          v, kCoopmatMinBatch));
-    }
-    op.matrix_min_batch_ = static_cast<uint32_t>(n);
-  }
-  if (const char* v = std::getenv("TROVE_CM2_MIN_BATCH"); v && *v) {
-    char* end = nullptr;
-    const unsigned long n = std::strtoul(v, &end, 10);
-    if (end == v || *end != 0 || n < kCoopmatMinBatch || n > (1ul << 20)) {
-      return Status::InvalidArgument(fmt::format(
-          "TROVE_CM2_MIN_BATCH='{}' is not a column count; give the fewest columns ({} or more) of a dense call that the "
-          "automatic path runs on cm2 (default {})", v, kCoopmatMinBatch, kCm2AutoMinBatch));
-    }
-    op.cm2_min_batch_ = static_cast<uint32_t>(n);
-  }
+  TROVE_RETURN_IF_ERROR(read_count("TROVE_CM2_MIN_TILES", 1, 100000,
+                                   "a tile count; give the large cm2 tiles (128 x 256) a dense call of 2048+ "
+                                   "columns needs to run on cm2 (default 128)",
+                                   op.cm2_min_tiles_));
+  TROVE_RETURN_IF_ERROR(read_count(
+      "TROVE_CM2_SMALL_MAX_ROWS", 0, 1024,
+      fmt::format("a row count; give the most rows (0..1024) of a dense call of {}-{} columns that the "
+                  "automatic path runs on the small cm2 tile (default {}; 0: none)",
+                  kCm2AutoMinBatch, 2 * kCm2AutoMinBatch - 1, kCm2SmallMaxRows),
+      op.cm2_small_max_rows_));
+  TROVE_RETURN_IF_ERROR(read_count("TROVE_CM2_MIN_MEDIUM_TILES", 1, 100000,
+                                   "a tile count; give the medium cm2 tiles (128 x 128) a dense call of "
+                                   "512-2047 columns needs to run on cm2 (default 64)",
+                                   op.cm2_min_medium_tiles_));
+  TROVE_RETURN_IF_ERROR(read_count(
+      "TROVE_MATRIX_MIN_BATCH", 1, 1ul << 20,
+      fmt::format("a column count; give the fewest columns (1 or more) of a call that runs on the matrix "
+                  "units (default {}; smaller calls take the tiled kernel)", kCoopmatMinBatch),
+      op.matrix_min_batch_));
+  TROVE_RETURN_IF_ERROR(read_count(
+      "TROVE_CM2_MIN_BATCH", kCoopmatMinBatch, 1ul << 20,
+      fmt::format("a column count; give the fewest columns ({} or more) of a dense call that the automatic "
+                  "path runs on cm2 (default {})", kCoopmatMinBatch, kCm2AutoMinBatch),
+      op.cm2_min_batch_));
   if (const char* v = std::getenv("TROVE_CM2_LARGE"); v && *v) {
     unsigned bm = 0, bn = 0;
     char tail = 0;

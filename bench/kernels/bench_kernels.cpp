@@ -278,17 +278,22 @@ int main(int argc, char** argv) {
     }
     if (path == ops::MatmulPath::kCpu) groups.clear();  // grouped calls take the tiled kernel there
     // cm2 grouped tiles × variants (matmul.h: TROVE_GROUPED_TILE, TROVE_CM2_VARIANT), on the cm2 path.
-    struct GroupedCfg { uint32_t bm, bn, variant, bk = 0; };
+    // by_slot: x already in slot order (GroupedMatmulCall::x_by_slot, force_by_slot): B as plain tensor
+    // loads instead of the per-element gather through row_ids — what the gather costs.
+    struct GroupedCfg { uint32_t bm, bn, variant, bk = 0; bool by_slot = false; };
     std::vector<GroupedCfg> gcfgs = {{64, 64, 0}};
     if (path == ops::MatmulPath::kCm2) {
-      gcfgs = {{64, 64, 0},  {64, 64, 1},  {64, 64, 2},      {64, 32, 0},  {64, 32, 1},
-               {128, 32, 1}, {128, 64, 1}, {128, 64, 1, 32}, {128, 128, 1}};
+      gcfgs = {{64, 64, 0},  {64, 64, 1},  {64, 64, 2},      {64, 32, 0},   {64, 32, 1},
+               {128, 32, 1}, {128, 64, 1}, {128, 64, 1, 32}, {128, 128, 1}, {64, 64, 0, 0, true},
+               {64, 64, 2, 0, true}};
     }
     for (const auto& g : groups) {
       for (uint32_t tokens : token_counts) {
        for (const auto& gc : gcfgs) {
+        const std::string bk = gc.bk ? fmt::format("x{}", gc.bk) : "";
         const std::string cfg = path == ops::MatmulPath::kCm2
-                                    ? fmt::format(" {}x{}{} v{}", gc.bm, gc.bn, gc.bk ? fmt::format("x{}", gc.bk) : "", gc.variant)
+                                    ? fmt::format(" {}x{}{} v{}{}", gc.bm, gc.bn, bk, gc.variant,
+                                                  gc.by_slot ? " by-slot x" : "")
                                     : std::string();
         const std::string label = fmt::format("{}{} {} 30B-A3B {}", pname, cfg, quant::traits(g.type)->name, g.name);
         if (!section("grouped") || !keep_grouped(label)) continue;
@@ -296,21 +301,25 @@ int main(int argc, char** argv) {
         const uint64_t rb = quant::row_bytes(g.type, g.cols), eb = (rb * g.rows + 15) / 16 * 16;
         std::vector<uint32_t> offsets(n_expert + 1), ids(slots);
         for (uint32_t e = 0; e <= n_expert; ++e) offsets[e] = static_cast<uint32_t>(uint64_t{slots} * e / n_expert);
-        for (uint32_t s = 0; s < slots; ++s) ids[s] = s / top_k;
-        auto w = filled(dev, eb * n_expert, 0x11111111u), x = filled(dev, uint64_t{tokens} * g.cols * 2, 0x3c003c00u),
+        for (uint32_t s = 0; s < slots; ++s) ids[s] = gc.by_slot ? s : s / top_k;
+        const uint32_t x_rows = gc.by_slot ? slots : tokens;
+        auto w = filled(dev, eb * n_expert, 0x11111111u),
+             x = filled(dev, uint64_t{x_rows} * g.cols * 2, 0x3c003c00u),
              y = filled(dev, uint64_t{slots} * g.rows * 4);
         auto ob = dev.buffer(offsets.size() * 4), ib = dev.buffer(ids.size() * 4);
         if (!w.ok() || !x.ok() || !y.ok() || !ob.ok() || !ib.ok()) return fail(Status::ResourceExhausted("grouped buffers"));
         if (auto st = ob->upload(offsets.data(), offsets.size() * 4); !st.ok()) return fail(st);
         if (auto st = ib->upload(ids.data(), ids.size() * 4); !st.ok()) return fail(st);
-        ops::GroupedMatmulCall call{g.type, g.rows, g.cols, n_expert, eb, slots, tokens, 0, true};
+        ops::GroupedMatmulCall call{g.type, g.rows, g.cols, n_expert, eb, slots, x_rows, 0, true, gc.by_slot};
         op->force_grouped_tile(gc.bm, gc.bn, gc.bk);
         op->force_cm2_variant(gc.variant);
+        op->force_by_slot(gc.by_slot);
         auto t = time_best(op->uses_coopmat(), [&](vk::CommandStream& s) { return op->record_grouped(s, call, *w, *x, *ob, *ib, *y); });
         op->force_grouped_tile(64, 64);
         op->force_cm2_variant(0);
+        op->force_by_slot(false);
         if (!t.ok()) return fail(t.status());
-        const double bytes = double(eb) * n_expert + 2.0 * tokens * g.cols + 4.0 * slots * g.rows;
+        const double bytes = double(eb) * n_expert + 2.0 * x_rows * g.cols + 4.0 * slots * g.rows;
         rows.push_back({fmt::format("grouped {}{} {} x f16", pname, cfg, quant::traits(g.type)->name),
                         fmt::format("30B-A3B {} {}x{}, {} experts, {} tokens x {}", g.name, g.rows, g.cols, n_expert, tokens, top_k),
                         *t, bytes / *t / 1e3, 2.0 * g.rows * g.cols * slots / *t / 1e6});

@@ -71,7 +71,8 @@
 //    kCm2AutoMinBatch; 2048 before 2026-12-05) on the automatic path of a device with both kinds go to
 //    cm2: the large tile where TROVE_CM2_MIN_TILES of it fill the SMs, and below 2048 columns also the
 //    medium tile where TROVE_CM2_MIN_MEDIUM_TILES of it (default 64) fill them (auto_cm2_tile), as
-//    llama.cpp's cm2 path does at 512 tokens.
+//    llama.cpp's cm2 path does at 512 tokens; calls of at most TROVE_CM2_SMALL_MAX_ROWS rows (default
+//    128: the MoE router) and below 1024 columns take the small tile.
 //  - TROVE_CM2_LARGE=BMxBN (force_cm2_large): the cm2 large tile (default 128x256), for A/B.
 //  - TROVE_KHR_LARGE=WGxSGM: the KHR dense kernel's 128×128 tile over WG invocations (128 or 256) with
 //    SGM subgroups along the rows (default 256x2: 8 subgroups of 64×32 each); e.g. 128x2 gives 4
@@ -165,11 +166,12 @@ class Matmul {
   // router's 128) take the small cm2 tile on the automatic path (TROVE_CM2_SMALL_MAX_ROWS; 0: none).
   static constexpr uint32_t kCm2SmallMaxRows = 128;
   // Whether a dense call of `rows` × `batch` runs there (never with a forced tile or path), and on
-  // which cm2 tile (kLarge or kMedium; kAuto: not on cm2). From kCm2LargeBatch columns the large tile
-  // where at least TROVE_CM2_MIN_TILES of it fill the SMs (measured); below kCm2LargeBatch, down to
-  // TROVE_CM2_MIN_BATCH (force_cm2_min_batch, default kCm2AutoMinBatch), also the medium tile where the
-  // large one does not fill and TROVE_CM2_MIN_MEDIUM_TILES of the medium one do — llama.cpp's cm2 choice
-  // at 512 tokens.
+  // which cm2 tile (kLarge, kMedium or kSmall; kAuto: not on cm2). From kCm2LargeBatch columns the
+  // large tile where at least TROVE_CM2_MIN_TILES of it fill the SMs (measured); below kCm2LargeBatch,
+  // down to TROVE_CM2_MIN_BATCH (force_cm2_min_batch, default kCm2AutoMinBatch), also the medium tile
+  // where the large one does not fill and TROVE_CM2_MIN_MEDIUM_TILES of the medium one do — llama.cpp's
+  // cm2 choice at 512 tokens; and below 2·kCm2AutoMinBatch columns calls of at most
+  // TROVE_CM2_SMALL_MAX_ROWS rows on the small tile (first).
   bool takes_cm2(uint32_t rows, uint32_t batch) const { return auto_cm2_tile(rows, batch) != MatmulTile::kAuto; }
   MatmulTile auto_cm2_tile(uint32_t rows, uint32_t batch) const;
   // The fewest columns of a dense call the automatic path hands to cm2 (TROVE_CM2_MIN_BATCH, default
@@ -202,8 +204,8 @@ class Matmul {
   uint64_t cm2_min_tiles_ = 128;
   // auto_cm2_tile(): medium cm2 tiles (128 × 128) a call of kCm2AutoMinBatch to kCm2LargeBatch − 1 columns
   // needs (TROVE_CM2_MIN_MEDIUM_TILES). 64 since 2026-12-06 (cm2_min_tiles_ before): the 30B-A3B's
-  // attention output at 512 tokens (2048 rows: 64 medium tiles) left the KHR small tile, pp512 7001-7032 ->
-  // 7275-7298 tok/s on the H100; no call of the 8B has 64-127 of them.
+  // attention output at 512 tokens (2048 rows: 64 medium tiles) left the KHR small tile, pp512 6974-7039 ->
+  // 7143-7151 tok/s on the H100; no call of the 8B has 64-127 of them.
   uint64_t cm2_min_medium_tiles_ = 64;
   uint32_t cm2_small_max_rows_ = kCm2SmallMaxRows;  // TROVE_CM2_SMALL_MAX_ROWS
   uint32_t cm2_min_batch_ = kCm2AutoMinBatch;  // TROVE_CM2_MIN_BATCH

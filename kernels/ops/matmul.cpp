@@ -46,6 +46,13 @@ Status read_count(const char* name, unsigned long lo, unsigned long hi, const st
 
 uint32_t div_up(uint32_t a, uint32_t b) { return (a + b - 1) / b; }
 
+// TROVE_GROUPED_KHR's mode ("1", "2" or "3": grouped calls on the KHR kernel), else empty.
+std::string_view grouped_khr_mode() {
+  const char* v = std::getenv("TROVE_GROUPED_KHR");
+  const std::string_view m = v ? v : "";
+  return m == "1" || m == "2" || m == "3" ? m : std::string_view();
+}
+
 // VkComponentTypeKHR FLOAT16 = 0, FLOAT32 = 1; VkScopeKHR WORKGROUP = 2, SUBGROUP = 3.
 bool khr_available(const vk::Device& dev, std::string* why) {
   const auto& f = dev.features();
@@ -235,8 +242,8 @@ Result<Matmul> Matmul::create(vk::Device& dev, MatmulPath path) {
   if (const char* v = std::getenv("TROVE_GROUPED_BY_SLOT"); v && *v) {
     if (std::string_view(v) != "0" && std::string_view(v) != "1") {
       return Status::InvalidArgument(fmt::format(
-          "TROVE_GROUPED_BY_SLOT='{}' is not a choice; use 1 (cm2 loads slot-ordered x as it lies, for A/B) or 0 "
-          "(the default: it gathers every row through row_ids)", v));
+          "TROVE_GROUPED_BY_SLOT='{}' is not a choice; use 1 (the default: cm2 loads slot-ordered x as it lies) "
+          "or 0 (it gathers every row through row_ids, for A/B)", v));
     }
     op.by_slot_ = v[0] == '1';
   }
@@ -250,6 +257,13 @@ Result<Matmul> Matmul::create(vk::Device& dev, MatmulPath path) {
           "BK 32 or 64 (e.g. 128x32 or 128x64x32)", v));
     }
     op.grouped_bm_ = bm, op.grouped_bn_ = bn, op.grouped_bk_ = n == 3 ? bk : 0;
+  }
+  if (const char* v = std::getenv("TROVE_GROUPED_VARIANT"); v && *v) {
+    if (std::string_view(v) != "0" && std::string_view(v) != "1" && std::string_view(v) != "2") {
+      return Status::InvalidArgument(
+          fmt::format("TROVE_GROUPED_VARIANT='{}' is not a cm2 variant; use 0, 1 or 2 (or unset it)", v));
+    }
+    op.forced_grouped_variant_ = static_cast<uint32_t>(v[0] - '0');
   }
   if (const char* v = std::getenv("TROVE_KHR_LARGE"); v && *v) {
     unsigned wg = 0, sgm = 0;
@@ -450,6 +464,11 @@ Status Matmul::record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows,
   return s.dispatch(rpt == 1 ? tiled_row_[xh] : tiled_rows4_[xh], bufs, &push, sizeof(push), groups_x, groups_y);
 }
 
+bool Matmul::grouped_loads_slot_order() const {
+  if (!by_slot_ || !dev_->features().coopmat2_per_element) return false;
+  return path_ == MatmulPath::kCm2 || (path_ == MatmulPath::kKhr && cm2_grouped_ && grouped_khr_mode().empty());
+}
+
 Status Matmul::record_grouped(vk::CommandStream& s, const GroupedMatmulCall& c, vk::BufferRange w, vk::BufferRange x,
                               vk::BufferRange expert_offsets, vk::BufferRange row_ids, vk::BufferRange y) const {
   auto t = quant::traits(c.type);
@@ -495,9 +514,8 @@ Status Matmul::record_grouped(vk::CommandStream& s, const GroupedMatmulCall& c, 
   // The KHR grouped kernel gave wrong results on the H200 (matmul.h): on the KHR path grouped calls
   // take the cm2 grouped kernel where the device has NV cooperative matrix 2, else the tiled one,
   // unless TROVE_GROUPED_KHR=1 asks for the KHR kernel.
-  const char* khr_env = std::getenv("TROVE_GROUPED_KHR");
-  const std::string_view khr_mode = khr_env ? khr_env : "";
-  const bool khr_grouped = khr_mode == "1" || khr_mode == "2" || khr_mode == "3";
+  const std::string_view khr_mode = grouped_khr_mode();
+  const bool khr_grouped = !khr_mode.empty();
   // Debugging switches of the KHR grouped kernel (matmul_coopmat_tile.glsl kDebug): 2 = no early
   // return, 3 = serial (expert, tile) search without subgroup operations.
   const uint32_t khr_debug = khr_mode == "2" ? 1 : khr_mode == "3" ? 2 : 0;
@@ -516,13 +534,18 @@ Status Matmul::record_grouped(vk::CommandStream& s, const GroupedMatmulCall& c, 
   if (use_cm2) {
     const uint32_t bk = grouped_bk_ == 32 || c.cols % 64 != 0 ? 32 : 64, bm = grouped_bm_, bn = grouped_bn_;
     const auto* shape = cm2_shape(dev_->features());
-    // Unforced: variant 0 for quantized experts, 1 for plain ones (F16 / BF16 / F32 — the f16 experts
-    // of TROVE_PREFILL_WEIGHTS=f16): H100, 2026-12-05, bench_kernels' 30B-A3B expert rows, F16 gate/up
-    // 1001 -> 229 µs at 512 tokens and 2001 -> 488 at 2048, down 995 -> 248 and 1972 -> 509 (variant 0 ->
-    // 1); Q4_K / Q6_K alike in both (340 / 341 µs gate/up at 512 tokens).
+    // Unforced: variant 2 where x is loaded in slot order (by_slot_ and x_by_slot), else 0 for quantized
+    // experts and 1 for plain ones (F16 / BF16 / F32 — the f16 experts of TROVE_PREFILL_WEIGHTS=f16).
+    // H100, 2026-12-05, bench_kernels' 30B-A3B expert rows, F16 gate/up 1001 -> 229 µs at 512 tokens and
+    // 2001 -> 488 at 2048, down 995 -> 248 and 1972 -> 509 (variant 0 -> 1); Q4_K / Q6_K alike in both.
+    // H100, 2026-12-06 (warm runs): slot-ordered x on variant 0 doubles the time (Q4_K gate/up at 512
+    // tokens 344 -> 634 µs), on variant 2 it saves 4-8% (318 µs; down 396 -> 378); gathered x on variant
+    // 2 loses at 2048 tokens.
     using quant::GgmlType;
     const bool plain = c.type == GgmlType::F16 || c.type == GgmlType::BF16 || c.type == GgmlType::F32;
-    const uint32_t variant = forced_cm2_variant_.value_or(plain ? 1 : 0);
+    const bool slot_loads = c.x_by_slot && by_slot_;
+    const uint32_t variant =
+        forced_grouped_variant_.value_or(forced_cm2_variant_.value_or(slot_loads ? 2 : plain ? 1 : 0));
     if ((bm != 64 && bm != 128) || (bn != 32 && bn != 64 && bn != 128) || variant > 2 || !shape ||
         bm % shape->m_granularity != 0 || bn % shape->n_granularity != 0 ||
         bn > dev_->features().coopmat2_max_dimension) {
@@ -533,7 +556,7 @@ Status Matmul::record_grouped(vk::CommandStream& s, const GroupedMatmulCall& c, 
           bm, bn, variant, shape ? shape->m_granularity : 0, shape ? shape->n_granularity : 0));
     }
     auto p = pipeline(acc_f16_ ? "matmul_cm2_grouped_f16acc" : "matmul_cm2_grouped",
-                      {ty, xh, bm, bn, 256, bk, variant, c.x_by_slot && by_slot_ ? 1u : 0u}, 5, 256);
+                      {ty, xh, bm, bn, 256, bk, variant, slot_loads ? 1u : 0u}, 5, 256);
     if (!p.ok()) return p.status();
     const uint64_t gy = div_up(c.slots, bn) + uint64_t{c.n_expert};
     if (div_up(c.rows, bm) > kMaxGroups || gy > kMaxGroups) {

@@ -106,9 +106,9 @@ struct GroupedMatmulCall {
   uint32_t y_stride = 0;           // 0 = rows
   bool x_f16 = true;
   // x is in slot order: row_ids[s] == s for every slot (the caller's row_ids must still say so; MoE
-  // down reads the SwiGLU rows it wrote per slot). The cm2 kernel can then load x rows as they lie,
-  // without the per-element gather (when TROVE_GROUPED_BY_SLOT=1 or force_by_slot(true): off by
-  // default); the other kernels read row_ids as always. Needs x_rows >= slots.
+  // down reads the SwiGLU rows it wrote per slot). The cm2 kernel then loads x rows as they lie,
+  // without the per-element gather (unless TROVE_GROUPED_BY_SLOT=0 or force_by_slot(false)); the other
+  // kernels read row_ids as always. Needs x_rows >= slots.
   bool x_by_slot = false;
 };
 
@@ -146,6 +146,11 @@ class Matmul {
   void force_grouped_tile(uint32_t bm, uint32_t bn, uint32_t bk = 0) { grouped_bm_ = bm, grouped_bn_ = bn, grouped_bk_ = bk; }
   // Whether the cm2 grouped kernel loads slot-ordered x as it lies (GroupedMatmulCall::x_by_slot).
   void force_by_slot(bool on) { by_slot_ = on; }
+  // Whether grouped calls of slot-ordered x run as plain loads here (the cm2 grouped kernel with
+  // by_slot): then putting x in slot order first pays (MoeFfn's gather of the gate/up rows).
+  bool grouped_loads_slot_order() const;
+  // The variant of grouped cm2 calls (TROVE_GROUPED_VARIANT; unset: TROVE_CM2_VARIANT, else by the call).
+  void force_grouped_variant(uint32_t v) { forced_grouped_variant_ = v; }
   // The CPU form's tile: rows per invocation (1..8) and batch columns per workgroup (1..16); 0 =
   // automatic. For benchmarks; an invalid tile makes record() fail.
   void force_cpu_tile(uint32_t rows, uint32_t cols) { cpu_rows_ = rows, cpu_cols_ = cols; }
@@ -211,11 +216,12 @@ class Matmul {
   uint32_t cm2_min_batch_ = kCm2AutoMinBatch;  // TROVE_CM2_MIN_BATCH
   uint32_t matrix_min_batch_ = kCoopmatMinBatch;  // TROVE_MATRIX_MIN_BATCH
   uint32_t cm2_large_bm_ = 128, cm2_large_bn_ = 256;  // TROVE_CM2_LARGE
-  // GroupedMatmulCall::x_by_slot honoured by the cm2 kernel (TROVE_GROUPED_BY_SLOT=1, force_by_slot);
-  // off by default: on the H200 (2026-12-04) its first form, every tile through a clamped layout, made
-  // the 30B-A3B's prefill 0.8% slower than the gather; the unclamped interior tiles have not run on a
-  // GPU yet.
-  bool by_slot_ = false;
+  // GroupedMatmulCall::x_by_slot honoured by the cm2 kernel (TROVE_GROUPED_BY_SLOT, force_by_slot), on
+  // variant 2 unless forced. On since 2026-12-06: with the MoE gate/up rows gathered first (MoeFfn), the
+  // 30B-A3B's pp512 7413 -> 7567 and pp4096 10634 -> 10787 tok/s on the H100 (its first form, every
+  // tile clamped and on variant 0, had lost 0.8% on the H200 on 2026-12-04).
+  bool by_slot_ = true;
+  std::optional<uint32_t> forced_grouped_variant_;  // TROVE_GROUPED_VARIANT: grouped cm2 calls only
   bool cm2_large_ = false;    // automatic KHR path on a cm2 device: large batches take cm2 (auto_cm2_tile)
   vk::Pipeline tiled_row_[2];    // one row per invocation (decode); [f32, f16 activations]
   vk::Pipeline tiled_rows4_[2];  // four rows per invocation (batches)

@@ -219,8 +219,9 @@ Result<MoeFfn> MoeFfn::create(vk::Device& dev, uint32_t slots_per_pass, bool gpu
   if (const char* v = std::getenv("TROVE_MOE_GATHER"); v && *v) {
     if (std::string_view(v) != "0" && std::string_view(v) != "1") {
       return Status::InvalidArgument(fmt::format(
-          "TROVE_MOE_GATHER='{}' is not a choice; use 1 (the MoE prefill puts the f16 rows in slot order first, for "
-          "A/B) or 0 (the default: the grouped GEMMs gather them per element)", v));
+          "TROVE_MOE_GATHER='{}' is not a choice; use 1 (the MoE prefill puts the f16 rows in slot order first, "
+          "the default where the grouped GEMM loads them as they lie) or 0 (the grouped GEMMs gather them per "
+          "element)", v));
     }
     op.gather_rows_ = v[0] == '1';
   }
@@ -483,7 +484,7 @@ Status MoeFfn::record_grouped(vk::CommandStream& s, const MoeFfnCall& c) const {
   };
   const bool xh = c.xn_f16.buffer != VK_NULL_HANDLE;
   const uint32_t hidden = c.gate.cols;
-  if (xh && gather_rows_ && hidden % 8 == 0) {
+  if (xh && gather_rows_.value_or(c.matmul->grouped_loads_slot_order()) && hidden % 8 == 0) {
     // The f16 rows in slot order into d (f32 [P][hidden], unused until down), then plain tile loads.
     vk::BufferRange xg = c.d;
     xg.size = uint64_t{P} * hidden * 2;

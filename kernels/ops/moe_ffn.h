@@ -49,6 +49,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -270,8 +271,10 @@ class MoeFfn {
   vk::Pipeline gather_;     // moe_gather_f16.comp
   // Grouped-GEMM prefill with xn_f16: gate/up read the rows put in slot order by one gather dispatch
   // (into the d scratch, free until down) through plain tile loads, instead of gathering per element
-  // (TROVE_MOE_GATHER=1, force_gather; off by default until measured on a GPU).
-  bool gather_rows_ = false;
+  // (TROVE_MOE_GATHER, force_gather). Unset: where the matmul loads slot-ordered x as it lies
+  // (Matmul::grouped_loads_slot_order: the cm2 grouped kernel) — H100, 2026-12-06, 30B-A3B pp512 7413
+  // -> 7567, pp4096 10634 -> 10787 tok/s with Matmul's slot-order loads; elsewhere it would only add a copy.
+  std::optional<bool> gather_rows_;
 };
 
 }  // namespace trove::ops

@@ -481,7 +481,8 @@ TEST(Matmul, TroveKhrPrefetchIsChecked) {
 // TROVE_CM2_MIN_MEDIUM_TILES a positive count, TROVE_CM2_SMALL_MAX_ROWS a row count up to 1024,
 // TROVE_CM2_MIN_BATCH a column count of 9 or more (kCoopmatMinBatch), TROVE_MATRIX_MIN_BATCH one of 1 or
 // more (read back by matrix_min_batch()), TROVE_CM2_LARGE BMxBN of 64/128/256, TROVE_CM2_VARIANT 0, 1 or
-// 2, TROVE_GROUPED_TILE BMxBN[xBK], TROVE_MATMUL_ACC f16 or f32; anything else is refused by name,
+// 2, TROVE_GROUPED_VARIANT 0, 1 or 2, TROVE_GROUPED_TILE BMxBN[xBK], TROVE_MATMUL_ACC f16 or f32;
+// anything else is refused by name,
 // whatever the path.
 TEST(Matmul, GroupedBySlotAndCm2MinTilesAreChecked) {
   auto dev = open_device();
@@ -496,7 +497,8 @@ TEST(Matmul, GroupedBySlotAndCm2MinTilesAreChecked) {
         std::tuple{"TROVE_CM2_MIN_MEDIUM_TILES", "0", "128"},
         std::tuple{"TROVE_CM2_MIN_MEDIUM_TILES", "6 4", "32"},
         std::tuple{"TROVE_CM2_SMALL_MAX_ROWS", "2000", "0"},
-        std::tuple{"TROVE_CM2_SMALL_MAX_ROWS", "-1", "64"}}) {
+        std::tuple{"TROVE_CM2_SMALL_MAX_ROWS", "-1", "64"}, std::tuple{"TROVE_GROUPED_VARIANT", "3", "0"},
+        std::tuple{"TROVE_GROUPED_VARIANT", "v2", "2"}}) {
     {
       trove::tests::ScopedEnv env(name, bad);
       auto op = ops::Matmul::create(*dev, MatmulPath::kTiled);
@@ -699,7 +701,7 @@ TEST(GroupedMatmul, Cm2TilesAndVariantsMatchReference) {
   ASSERT_TRUE(op.ok()) << op.status().ToString();
   struct Cfg { uint32_t bm, bn, variant; };
   uint64_t seed = 800;
-  for (const Cfg& c : {Cfg{64, 64, 1}, Cfg{128, 32, 1}, Cfg{64, 32, 0}, Cfg{64, 64, 2}}) {
+  for (const Cfg& c : {Cfg{64, 64, 1}, Cfg{128, 32, 1}, Cfg{64, 32, 0}, Cfg{64, 64, 2}, Cfg{64, 32, 1}, Cfg{128, 128, 1}}) {
     SCOPED_TRACE(testing::Message() << "tile " << c.bm << "x" << c.bn << " variant " << c.variant);
     op->force_grouped_tile(c.bm, c.bn);
     op->force_cm2_variant(c.variant);
@@ -723,7 +725,9 @@ TEST(GroupedMatmul, Cm2TilesAndVariantsMatchReference) {
 
 // x in slot order (GroupedMatmulCall::x_by_slot, MoE down): the cm2 kernel loads the rows as they lie
 // (the last slot tile reads past the last slot into rows that must not matter); the other kernels
-// gather through the identity row_ids. Every path the device has, default and 128-wide cm2 tiles.
+// gather through the identity row_ids. Every path the device has; on cm2 the default tile (variant 2,
+// the default of slot-ordered loads), 128-wide tiles and variant 0. Off the cm2 grouped kernel (the
+// tiled path) grouped_loads_slot_order() says no, and force_by_slot(false) says no everywhere.
 // (NoSlotsIsANoOpAndBadShapesAreNamed checks the refusal of fewer x rows than slots.)
 TEST(GroupedMatmul, SlotOrderedInputMatchesReference) {
   auto dev = open_device();
@@ -733,15 +737,21 @@ TEST(GroupedMatmul, SlotOrderedInputMatchesReference) {
     auto op = ops::Matmul::create(*dev, path);
     ASSERT_TRUE(op.ok()) << op.status().ToString();
     op->force_by_slot(true);
+    if (path == MatmulPath::kTiled) EXPECT_FALSE(op->grouped_loads_slot_order());
+    if (path == MatmulPath::kCm2) EXPECT_EQ(op->grouped_loads_slot_order(), dev->features().coopmat2_per_element);
     const double bound = path == MatmulPath::kTiled ? 1e-5 : 2e-3;
-    for (int tile = 0; tile < (path == MatmulPath::kCm2 ? 2 : 1); ++tile) {
+    for (int tile = 0; tile < (path == MatmulPath::kCm2 ? 3 : 1); ++tile) {
+      SCOPED_TRACE(testing::Message() << "tile form " << tile);
       if (tile == 1) op->force_grouped_tile(128, 128);
+      if (tile == 2) op->force_grouped_tile(64, 64), op->force_grouped_variant(0);
       for (GgmlType type : {GgmlType::Q6_K, GgmlType::Q4_K}) {
         check_grouped(*dev, *op, type, 96, 256, {5, 0, 0, 1, 0, 33, 0, 2}, 7, seed++, bound, true, 0, true);
         check_grouped(*dev, *op, type, 160, 768, {0, 0, 0, 0, 0, 0, 0, 70}, 0, seed++, bound, true, 0, true);
       }
       check_grouped(*dev, *op, GgmlType::Q5_K, 130, 512, {17, 3, 64, 0, 9, 1, 70, 12}, 3, seed++, bound, false, 0, true);
     }
+    op->force_by_slot(false);
+    EXPECT_FALSE(op->grouped_loads_slot_order());
   }
 }
 

@@ -256,7 +256,7 @@ Result<Matmul> Matmul::create(vk::Device& dev, MatmulPath path) {
           "TROVE_GROUPED_TILE='{}' is not a grouped cm2 tile; use BMxBN or BMxBNxBK with BM 64 or 128, BN 32, 64 or 128 and "
           "BK 32 or 64 (e.g. 128x32 or 128x64x32)", v));
     }
-    op.grouped_bm_ = bm, op.grouped_bn_ = bn, op.grouped_bk_ = n == 3 ? bk : 0;
+    op.force_grouped_tile(bm, bn, n == 3 ? bk : 0);
   }
   if (const char* v = std::getenv("TROVE_GROUPED_VARIANT"); v && *v) {
     if (std::string_view(v) != "0" && std::string_view(v) != "1" && std::string_view(v) != "2") {
@@ -464,6 +464,13 @@ Status Matmul::record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows,
   return s.dispatch(rpt == 1 ? tiled_row_[xh] : tiled_rows4_[xh], bufs, &push, sizeof(push), groups_x, groups_y);
 }
 
+std::pair<uint32_t, uint32_t> Matmul::grouped_tile(const GroupedMatmulCall& c) const {
+  if (grouped_tile_forced_) return {grouped_bm_, grouped_bn_};
+  const bool slot_loads = c.x_by_slot && by_slot_;
+  if (slot_loads && c.n_expert > 0 && c.slots >= uint64_t{kGroupedLargeSlotsPerExpert} * c.n_expert) return {128, 128};
+  return {grouped_bm_, grouped_bn_};
+}
+
 bool Matmul::grouped_loads_slot_order() const {
   if (!by_slot_ || !dev_->features().coopmat2_per_element) return false;
   return path_ == MatmulPath::kCm2 || (path_ == MatmulPath::kKhr && cm2_grouped_ && grouped_khr_mode().empty());
@@ -532,7 +539,8 @@ Status Matmul::record_grouped(vk::CommandStream& s, const GroupedMatmulCall& c, 
   // Matrix units: workgroup y index j = the j-th (expert, slot tile) pair; ceil(slots / BN) + n_expert
   // bounds their number. On the cm2 path a call cm2 cannot take goes to the KHR form.
   if (use_cm2) {
-    const uint32_t bk = grouped_bk_ == 32 || c.cols % 64 != 0 ? 32 : 64, bm = grouped_bm_, bn = grouped_bn_;
+    const auto [bm, bn] = grouped_tile(c);
+    const uint32_t bk = grouped_bk_ == 32 || c.cols % 64 != 0 ? 32 : 64;
     const auto* shape = cm2_shape(dev_->features());
     // Unforced: variant 2 where x is loaded in slot order (by_slot_ and x_by_slot), else 0 for quantized
     // experts and 1 for plain ones (F16 / BF16 / F32 — the f16 experts of TROVE_PREFILL_WEIGHTS=f16).

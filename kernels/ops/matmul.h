@@ -65,8 +65,9 @@
 //    16×16×16 f16 × f16 → f16 subgroup shape (create() refuses it otherwise). Off by default: on the
 //    H100 (2026-12-05) the 8B's greedy output after a 4096-token prompt left f32's after 7 tokens.
 //  - TROVE_GROUPED_TILE=BMxBN[xBK] (force_grouped_tile): the cm2 grouped tile, BM 64 or 128 weight
-//    rows × BN 32, 64 or 128 slots (default 64x64), K step BK 32 or 64 (default 64 where cols allows);
-//    a tile the device's granularity refuses is an error.
+//    rows × BN 32, 64 or 128 slots, K step BK 32 or 64 (default 64 where cols allows); a tile the
+//    device's granularity refuses is an error. Unset: 64x64, and 128x128 for slot-ordered calls of at
+//    least kGroupedLargeSlotsPerExpert slots an expert (grouped_tile).
 //  - TROVE_CM2_MIN_BATCH=N (force_cm2_min_batch): dense calls of N+ columns (default 512,
 //    kCm2AutoMinBatch; 2048 before 2026-12-05) on the automatic path of a device with both kinds go to
 //    cm2: the large tile where TROVE_CM2_MIN_TILES of it fill the SMs, and below 2048 columns also the
@@ -82,6 +83,7 @@
 #include <memory>
 #include <optional>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "kernels/quant/quant.h"
@@ -143,7 +145,17 @@ class Matmul {
   // The dense KHR kernel's prefetch distance (1 or 2 steps; matmul_coopmat_tile.glsl kPrefetch). For
   // benchmarks and tests; anything else makes record() fail.
   void force_khr_prefetch(uint32_t steps) { khr_prefetch_ = steps; }
-  void force_grouped_tile(uint32_t bm, uint32_t bn, uint32_t bk = 0) { grouped_bm_ = bm, grouped_bn_ = bn, grouped_bk_ = bk; }
+  void force_grouped_tile(uint32_t bm, uint32_t bn, uint32_t bk = 0) {
+    grouped_bm_ = bm, grouped_bn_ = bn, grouped_bk_ = bk, grouped_tile_forced_ = true;
+  }
+  // Unforced, slot-ordered grouped calls (x_by_slot with force_by_slot on) of at least this many slots
+  // an expert on average take 128 × 128 cm2 tiles, the others 64 × 64: H100, 2026-12-06, 30B-A3B in
+  // 2048-token steps (128 slots an expert), pp4096 10705–10733 -> 11126–11148 tok/s; at 512 tokens (32
+  // an expert) the large tile lost 10% (7447–7535 -> 6739–6750). 64 to 127 an expert: not measured.
+  static constexpr uint32_t kGroupedLargeSlotsPerExpert = 128;
+  // The cm2 grouped tile (BM, BN) of a call: the forced one (TROVE_GROUPED_TILE, force_grouped_tile), else
+  // by the rule above.
+  std::pair<uint32_t, uint32_t> grouped_tile(const GroupedMatmulCall& c) const;
   // Whether the cm2 grouped kernel loads slot-ordered x as it lies (GroupedMatmulCall::x_by_slot).
   void force_by_slot(bool on) { by_slot_ = on; }
   // Whether grouped calls of slot-ordered x run as plain loads here (the cm2 grouped kernel with
@@ -197,6 +209,7 @@ class Matmul {
   // take 1, the forced cm2 path and grouped calls 0.
   std::optional<uint32_t> forced_cm2_variant_;
   uint32_t grouped_bm_ = 64, grouped_bn_ = 64, grouped_bk_ = 0;  // bk 0: automatic
+  bool grouped_tile_forced_ = false;  // TROVE_GROUPED_TILE / force_grouped_tile: no rule by slots
   bool acc_f16_ = false;           // TROVE_MATMUL_ACC=f16 / force_acc_f16
   uint32_t khr_large_wg_ = 256, khr_large_sgm_ = 2;  // TROVE_KHR_LARGE
   // TROVE_KHR_PREFETCH: steps between a piece's load and its store (dense KHR). 2 since 2026-12-03: on the

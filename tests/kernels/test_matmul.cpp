@@ -18,6 +18,7 @@
 #include <random>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include <fmt/format.h>
@@ -752,6 +753,37 @@ TEST(GroupedMatmul, SlotOrderedInputMatchesReference) {
     }
     op->force_by_slot(false);
     EXPECT_FALSE(op->grouped_loads_slot_order());
+  }
+}
+
+// The cm2 grouped tile by slots an expert (Matmul::grouped_tile, kGroupedLargeSlotsPerExpert): 128 x 128
+// for slot-ordered calls from 128 slots an expert on average (a 2048-token step of 128 experts x 8),
+// 64 x 64 below it, for gathered calls and with slot-ordered loads off; a forced tile (TROVE_GROUPED_TILE,
+// force_grouped_tile) wins. The rule alone, on any device (the kernels it picks are tested above).
+TEST(GroupedMatmul, LargeTilesFromManySlotsPerExpert) {
+  auto dev = open_device();
+  ASSERT_TRUE(dev);
+  auto op = ops::Matmul::create(*dev, MatmulPath::kTiled);
+  ASSERT_TRUE(op.ok());
+  const uint32_t E = 128, per = ops::Matmul::kGroupedLargeSlotsPerExpert;
+  auto call = [&](uint32_t slots, bool by_slot) {
+    return ops::GroupedMatmulCall{GgmlType::Q4_K, 768, 2048, E, 768 * 1152, slots, slots, 0, true, by_slot};
+  };
+  using Tile = std::pair<uint32_t, uint32_t>;
+  EXPECT_EQ(op->grouped_tile(call(per * E, true)), Tile(128, 128));
+  EXPECT_EQ(op->grouped_tile(call(per * E - 1, true)), Tile(64, 64));
+  EXPECT_EQ(op->grouped_tile(call(512 * 8, true)), Tile(64, 64));
+  EXPECT_EQ(op->grouped_tile(call(per * E, false)), Tile(64, 64));  // gathered x
+  op->force_by_slot(false);
+  EXPECT_EQ(op->grouped_tile(call(per * E, true)), Tile(64, 64));
+  op->force_by_slot(true);
+  op->force_grouped_tile(64, 32);
+  EXPECT_EQ(op->grouped_tile(call(per * E, true)), Tile(64, 32));
+  {
+    tests::ScopedEnv tile("TROVE_GROUPED_TILE", "64x64");
+    auto forced = ops::Matmul::create(*dev, MatmulPath::kTiled);
+    ASSERT_TRUE(forced.ok());
+    EXPECT_EQ(forced->grouped_tile(call(per * E, true)), Tile(64, 64));
   }
 }
 

@@ -8,9 +8,10 @@
 // On a GPU the run starts with --warm-ms (500) of copies, so that the first rows are timed at the
 // clocks of a busy GPU (bench_timing.h, warm_clocks).
 //
-// --only TEXT runs the sections (matmul, matvec, gemm, grouped, attention, elementwise, moe, chain) whose name contains TEXT or
-// that TEXT starts with, and of those only the rows whose "op shape" contains what follows the section
-// name: `--only matvec`, `--only "matvec head"`, `--only "matvec Q6_K 8B"`. The copy row always runs.
+// --only TEXT runs the sections (matmul, matvec, gemm, grouped, attention, elementwise, moe, chain, alu)
+// whose name contains TEXT or that TEXT starts with, and of those only the rows whose "op shape" contains
+// what follows the section name: `--only matvec`, `--only "matvec head"`, `--only "matvec Q6_K 8B"`.
+// The copy row always runs.
 // --sweep adds matvec rows for every work split (rows per group × workgroup size, bench_matvec.cpp) and
 // MoE rows for the direct expert kernels' work splits (bench_moe.cpp).
 //
@@ -32,6 +33,11 @@
 // barriers, or as one dispatch with grid barriers between steps (split: the next step's weights read
 // while waiting); µs per step, --chain-grid workgroups (default 132,264: the H200's SMs, once and twice).
 //
+// ALU rows (ops::AluProbe): the issue rate of an f32 FMA, a u32 multiply-add, the packed int8 dot
+// product of the q8 matvecs (dotPacked4x8EXT with its sum) and an f16vec2 FMA, each in 8 independent
+// chains per invocation over 4096 workgroups of 256; "G instructions/s", and in the TFLOP/s column their
+// operations (2, 2, 8 and 4 an instruction).
+//
 // Times come from GPU timestamps around N back-to-back dispatches (wall clock when the queue has no
 // timestamps). Inputs are constant-filled buffers: speed does not depend on the values.
 // docs/performance.md records the table.
@@ -46,6 +52,7 @@
 #include <fmt/format.h>
 
 #include "bench/kernels/bench_chain.h"
+#include "kernels/ops/alu_probe.h"
 #include "bench/kernels/bench_matvec.h"
 #include "bench/kernels/bench_moe.h"
 #include "bench/kernels/bench_timing.h"
@@ -79,7 +86,9 @@ int main(int argc, char** argv) {
   app.add_option("--reps", reps, "Dispatches per measurement");
   app.add_flag("--quick", quick, "Small shapes only (a smoke run on a CPU device)");
   std::string only;
-  app.add_option("--only", only, "Sections (matmul, matvec, gemm, grouped, attention, elementwise, moe, chain) by name or prefix, then rows by "
+  app.add_option("--only", only,
+                 "Sections (matmul, matvec, gemm, grouped, attention, elementwise, moe, chain, alu) by "
+                 "name or prefix, then rows by "
                                  "substring: 'matvec', 'matvec head', 'matvec Q6_K 8B'");
   bool sweep = false;
   app.add_flag("--sweep", sweep, "Also time every matvec and direct MoE work split (rows per group x workgroup size)");
@@ -487,6 +496,33 @@ int main(int argc, char** argv) {
     co.wanted = row_filter("chain");
     if (auto st = bench::bench_chain(dev, co, ch); !st.ok()) return fail(st);
     for (auto& r : ch) rows.push_back({std::move(r.op), std::move(r.shape), r.us, r.gbs, r.tflops});
+  }
+
+  // ---- instruction rates: f32 FMA, u32 multiply-add, packed int8 dot product, f16vec2 FMA (ops::AluProbe)
+  if (section("alu")) {
+    auto probe = ops::AluProbe::create(dev);
+    if (!probe.ok()) return fail(probe.status());
+    const bool small = quick || dev.features().is_cpu;
+    const uint32_t groups = small ? 8 : 4096, iters = small ? 64 : 1024;
+    auto out = bench::filled(dev, uint64_t{groups} * ops::AluProbe::kLocal * 4);
+    if (!out.ok()) return fail(out.status());
+    auto keep_alu = row_filter("alu");
+    for (auto op : {ops::AluOp::kFma32, ops::AluOp::kImad, ops::AluOp::kDot4x8, ops::AluOp::kHfma2}) {
+      const std::string label = fmt::format("alu {}", ops::alu_op_name(op));
+      if (!probe->available(op) || !keep_alu(label)) continue;
+      ops::AluProbe::Call c = ops::AluProbe::defaults(op);
+      c.out = &*out, c.groups = groups, c.iters = iters;
+      auto t = bench::time_reps(dev, reps, [&](vk::CommandStream& s) { return probe->record(s, c); });
+      if (!t.ok()) return fail(t.status());
+      // Operations an instruction does (the TFLOP/s column): a multiply-add is 2, a 4 x int8 dot product
+      // with its sum 8, two f16 multiply-adds 4.
+      const double per = op == ops::AluOp::kDot4x8 ? 8 : op == ops::AluOp::kHfma2 ? 4 : 2;
+      const double instr = static_cast<double>(ops::AluProbe::instructions(c));
+      const std::string shape =
+          fmt::format("{} x {} invocations x {} chains x {} steps: {:.0f} G instructions/s", groups,
+                      ops::AluProbe::kLocal, ops::AluProbe::kChains, iters, instr / *t / 1e3);
+      rows.push_back({label, shape, *t, 0, per * instr / *t / 1e6});
+    }
   }
 
   // ---- the ceiling: device-to-device copy in this run (bytes read + written)

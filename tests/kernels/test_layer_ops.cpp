@@ -16,6 +16,7 @@
 
 #include <fmt/format.h>
 
+#include "kernels/ops/alu_probe.h"
 #include "kernels/ops/chain_probe.h"
 #include "kernels/ops/l2_warm.h"
 #include "kernels/ops/layer_ops.h"
@@ -490,4 +491,49 @@ TEST(ChainProbe, EveryModeComputesTheSameChain) {
       << "a y too small for its phases must be refused";
   EXPECT_FALSE(op->record(*s, {ops::ChainMode::kGridBarrier, &w, &y, &ctl, 1, 1, 2, 1}).ok())
       << "weights past w must be refused";
+}
+
+// The ALU probe (a measurement of instruction rates for bench_kernels --only alu) computes what its C++
+// reference says, word for word, for every op the device has, at 0, 1 and many steps; a call the
+// device cannot run or whose output is too small is refused by name.
+TEST(AluProbe, EveryOpComputesItsReference) {
+  Gpu g;
+  ASSERT_TRUE(g.dev);
+  auto probe = ops::AluProbe::create(*g.dev);
+  ASSERT_TRUE(probe.ok()) << probe.status().ToString();
+  EXPECT_TRUE(probe->available(ops::AluOp::kFma32));
+  EXPECT_TRUE(probe->available(ops::AluOp::kImad));
+  const uint32_t groups = 3, words = groups * ops::AluProbe::kLocal;
+  int ran = 0;
+  for (auto op : {ops::AluOp::kFma32, ops::AluOp::kImad, ops::AluOp::kDot4x8, ops::AluOp::kHfma2}) {
+    auto out = g.poisoned(uint64_t{words} * 4);
+    for (uint32_t iters : {0u, 1u, 37u, 200u}) {
+      ops::AluProbe::Call c = ops::AluProbe::defaults(op);
+      c.out = &out, c.groups = groups, c.iters = iters;
+      auto s = g.dev->stream();
+      ASSERT_TRUE(s.ok());
+      Status st = probe->record(*s, c);
+      if (!probe->available(op)) {
+        EXPECT_EQ(st.code(), StatusCode::kUnsupported) << ops::alu_op_name(op);
+        break;
+      }
+      ASSERT_TRUE(st.ok()) << st.ToString();
+      ASSERT_TRUE(s->submit_and_wait().ok());
+      const auto got = g.down<uint32_t>(out, words);
+      for (uint32_t i = 0; i < words; ++i) {
+        ASSERT_EQ(got[i], ops::AluProbe::reference(c, i))
+            << ops::alu_op_name(op) << ", " << iters << " steps, invocation " << i;
+      }
+      ++ran;
+    }
+  }
+  EXPECT_GE(ran, 8);
+  auto tiny = g.poisoned(16);
+  ops::AluProbe::Call c = ops::AluProbe::defaults(ops::AluOp::kFma32);
+  c.out = &tiny, c.groups = 2;
+  auto s = g.dev->stream();
+  ASSERT_TRUE(s.ok());
+  Status st = probe->record(*s, c);
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("alu probe"), std::string::npos) << st.message();
 }

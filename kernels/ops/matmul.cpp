@@ -242,8 +242,8 @@ Result<Matmul> Matmul::create(vk::Device& dev, MatmulPath path) {
   if (const char* v = std::getenv("TROVE_GROUPED_BY_SLOT"); v && *v) {
     if (std::string_view(v) != "0" && std::string_view(v) != "1") {
       return Status::InvalidArgument(fmt::format(
-          "TROVE_GROUPED_BY_SLOT='{}' is not a choice; use 1 (the default: cm2 loads slot-ordered x as it lies) "
-          "or 0 (it gathers every row through row_ids, for A/B)", v));
+          "TROVE_GROUPED_BY_SLOT='{}' is not a choice; use 1 (the default: cm2 loads slot-ordered x as it "
+          "lies) or 0 (it gathers every row through row_ids, for A/B)", v));
     }
     op.by_slot_ = v[0] == '1';
   }
@@ -467,13 +467,16 @@ Status Matmul::record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows,
 std::pair<uint32_t, uint32_t> Matmul::grouped_tile(const GroupedMatmulCall& c) const {
   if (grouped_tile_forced_) return {grouped_bm_, grouped_bn_};
   const bool slot_loads = c.x_by_slot && by_slot_;
-  if (slot_loads && c.n_expert > 0 && c.slots >= uint64_t{kGroupedLargeSlotsPerExpert} * c.n_expert) return {128, 128};
+  if (slot_loads && c.n_expert > 0 && c.slots >= uint64_t{kGroupedLargeSlotsPerExpert} * c.n_expert) {
+    return {128, 128};
+  }
   return {grouped_bm_, grouped_bn_};
 }
 
 bool Matmul::grouped_loads_slot_order() const {
   if (!by_slot_ || !dev_->features().coopmat2_per_element) return false;
-  return path_ == MatmulPath::kCm2 || (path_ == MatmulPath::kKhr && cm2_grouped_ && grouped_khr_mode().empty());
+  return path_ == MatmulPath::kCm2 ||
+         (path_ == MatmulPath::kKhr && cm2_grouped_ && grouped_khr_mode().empty());
 }
 
 Status Matmul::record_grouped(vk::CommandStream& s, const GroupedMatmulCall& c, vk::BufferRange w, vk::BufferRange x,

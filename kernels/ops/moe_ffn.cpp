@@ -219,9 +219,9 @@ Result<MoeFfn> MoeFfn::create(vk::Device& dev, uint32_t slots_per_pass, bool gpu
   if (const char* v = std::getenv("TROVE_MOE_GATHER"); v && *v) {
     if (std::string_view(v) != "0" && std::string_view(v) != "1") {
       return Status::InvalidArgument(fmt::format(
-          "TROVE_MOE_GATHER='{}' is not a choice; use 1 (the MoE prefill puts the f16 rows in slot order first, "
-          "the default where the grouped GEMM loads them as they lie) or 0 (the grouped GEMMs gather them per "
-          "element)", v));
+          "TROVE_MOE_GATHER='{}' is not a choice; use 1 (the MoE prefill puts the f16 rows in slot order "
+          "first, the default where the grouped GEMM loads them as they lie) or 0 (the grouped GEMMs gather "
+          "them per element)", v));
     }
     op.gather_rows_ = v[0] == '1';
   }

@@ -702,7 +702,8 @@ TEST(GroupedMatmul, Cm2TilesAndVariantsMatchReference) {
   ASSERT_TRUE(op.ok()) << op.status().ToString();
   struct Cfg { uint32_t bm, bn, variant; };
   uint64_t seed = 800;
-  for (const Cfg& c : {Cfg{64, 64, 1}, Cfg{128, 32, 1}, Cfg{64, 32, 0}, Cfg{64, 64, 2}, Cfg{64, 32, 1}, Cfg{128, 128, 1}}) {
+  for (const Cfg& c :
+       {Cfg{64, 64, 1}, Cfg{128, 32, 1}, Cfg{64, 32, 0}, Cfg{64, 64, 2}, Cfg{64, 32, 1}, Cfg{128, 128, 1}}) {
     SCOPED_TRACE(testing::Message() << "tile " << c.bm << "x" << c.bn << " variant " << c.variant);
     op->force_grouped_tile(c.bm, c.bn);
     op->force_cm2_variant(c.variant);
@@ -739,7 +740,9 @@ TEST(GroupedMatmul, SlotOrderedInputMatchesReference) {
     ASSERT_TRUE(op.ok()) << op.status().ToString();
     op->force_by_slot(true);
     if (path == MatmulPath::kTiled) EXPECT_FALSE(op->grouped_loads_slot_order());
-    if (path == MatmulPath::kCm2) EXPECT_EQ(op->grouped_loads_slot_order(), dev->features().coopmat2_per_element);
+    if (path == MatmulPath::kCm2) {
+      EXPECT_EQ(op->grouped_loads_slot_order(), dev->features().coopmat2_per_element);
+    }
     const double bound = path == MatmulPath::kTiled ? 1e-5 : 2e-3;
     for (int tile = 0; tile < (path == MatmulPath::kCm2 ? 3 : 1); ++tile) {
       SCOPED_TRACE(testing::Message() << "tile form " << tile);

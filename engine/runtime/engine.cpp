@@ -619,6 +619,7 @@ Status VulkanEngine::alloc_scratch() {
     auto moe = MoeLayer::create(*dev_, {c.n_embd, c.n_ff_exp, c.n_expert, c.n_expert_used}, max_tokens_);
     if (!moe.ok()) return moe.status();
     moe_.emplace(std::move(*moe));
+    if (profile_.routing()) want.push_back({&routing_host_, uint64_t{c.n_layer} * (c.n_expert + 1) * 4, hv});
   } else {
     want.insert(want.end(), {{&gate_, T * ff * 4, dl}, {&up_, T * ff * 4, dl}, {&h_, T * ff * 4, dl}, {&hh_, T * ff * 2, dl}});
   }

@@ -547,6 +547,10 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     // Q/K/V of layer l + 1 are written beside the last GEMM of layer l (down; the O projection in MoE
     // layers), layer 0's beside its attention norm.
     const bool pf = prefill_f16_step(T);
+    // TROVE_PROFILE=routing: each MoE layer's expert offsets into routing_host_ (prefill steps).
+    const bool routing =
+        profile_.routing() && T > ops::Matvec::kMaxBatch && routing_host_.mapped() != nullptr;
+    uint32_t routed_layers = 0;
     // f16-resident: the rows are there since loading; nothing to dequantize.
     auto dequant = [&](const Layer& L, uint32_t layer, const Weight& w) {
       return prefill_f16_resident_ ? Status::Ok() : record_dequant_f16(s, L, layer, w);
@@ -707,6 +711,10 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
             moe_f16 ? vk::BufferRange(xnh_, 0, uint64_t{T} * E * 2) : vk::BufferRange()));
         s.barrier();
         mark(kOpMoe);
+        if (routing) {
+          moe_->record_offsets_copy(s, routing_host_, uint64_t{l} * (moe_->shape().n_expert + 1) * 4);
+          ++routed_layers;
+        }
       } else {
         if (pf) {
           TROVE_RETURN_IF_ERROR(
@@ -818,6 +826,9 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       replays_[*replay_key] = s.last_capture();
     }
     profile_.add_step(s, counters_before, T, dev_->pipelines_created() != pipelines_before, marks);
+    if (routing && routed_layers == c.n_layer) {
+      profile_.add_routing(T, static_cast<const uint32_t*>(routing_host_.mapped()), c.n_layer, c.n_expert);
+    }
     if (profile_.phases() && R > 0) {
       // TROVE_PROFILE=1: GPU time of the step's phases.
       auto ts = s.timestamps_ns();

@@ -64,6 +64,12 @@ class MoeLayer {
   Status record_fused_norm(vk::CommandStream& s, const ops::Matvec& matvec, const MoeLayerWeights& w,
                            vk::BufferRange norm_w, float eps, vk::BufferRange x, uint32_t T,
                            const std::function<void(MoeStage)>& after = {}) const;
+  // Copies the last record()'s expert offsets (n_expert + 1 words: the first slot of each expert, then
+  // the slot count) to dst at dst_off, for TROVE_PROFILE=routing; after record() and a barrier.
+  void record_offsets_copy(vk::CommandStream& s, const vk::Buffer& dst, uint64_t dst_off) const {
+    s.copy(plan_, uint64_t{layout_.offsets} * 4, dst, dst_off, (uint64_t{shape_.n_expert} + 1) * 4);
+  }
+  const MoeShape& shape() const { return shape_; }
 
  private:
   // The router as an ops::Matvec with the norm prologue, then MoeRoute::record_ids (TROVE_MOE_ROUTER=split,

@@ -46,7 +46,8 @@ StepProfile::StepProfile() {
   host_ = !v.empty();
   ops_ = v == "ops";
   steps_ = v == "steps";
-  phases_ = host_ && !ops_ && !steps_;
+  routing_ = v == "routing";
+  phases_ = host_ && !ops_ && !steps_ && !routing_;
 }
 
 void StepProfile::add_step(const vk::CommandStream& s, const vk::StreamCounters& before, uint32_t T,
@@ -89,9 +90,54 @@ void StepProfile::add_step_time(uint32_t T, double ns) {
   if (host_) host_by_kind_[T <= ops::Matvec::kMaxBatch ? 0 : 1].step_ns.push_back(ns);
 }
 
+void StepProfile::add_routing(uint32_t T, const uint32_t* offsets, uint32_t layers, uint32_t n_expert) {
+  Routing& r = routing_by_size_[std::bit_ceil(T)];
+  r.steps += 1;
+  r.tokens += T;
+  for (uint32_t l = 0; l < layers; ++l) {
+    const uint32_t* o = offsets + uint64_t{l} * (n_expert + 1);
+    uint32_t most = 0;
+    for (uint32_t e = 0; e < n_expert; ++e) {
+      const uint32_t n = o[e + 1] - o[e];
+      const int b =
+          n == 0 ? 0 : std::min(kRoutingBuckets - 1, 1 + static_cast<int>(std::bit_width((n - 1) / 16)));
+      r.experts_in[b] += 1;
+      r.slots_in[b] += n;
+      most = std::max(most, n);
+    }
+    r.layers += 1;
+    r.experts += n_expert;
+    r.slots += o[n_expert] - o[0];
+    r.max_sum += most;
+  }
+}
+
 void StepProfile::log(std::string_view descriptors, const vk::StreamOptions& pieces) const {
   if (ops_) log_ops();
+  if (routing_) log_routing();
   if (host_) log_host(descriptors, pieces);
+}
+
+void StepProfile::log_routing() const {
+  static constexpr const char* kBucket[kRoutingBuckets] = {"0",      "1-16",    "17-32", "33-64",
+                                                           "65-128", "129-256", "257+"};
+  for (const auto& [hi, r] : routing_by_size_) {
+    if (r.layers == 0) continue;
+    const uint32_t lo = std::max(hi / 2 + 1, ops::Matvec::kMaxBatch + 1);
+    std::string table;
+    for (int b = 0; b < kRoutingBuckets; ++b) {
+      if (r.experts_in[b] == 0) continue;
+      const double of_slots = r.slots ? 100.0 * r.slots_in[b] / r.slots : 0.0;
+      table += fmt::format("\n  {:>7} slots: {:5.1f}% of experts, {:5.1f}% of slots", kBucket[b],
+                           100.0 * r.experts_in[b] / r.experts, of_slots);
+    }
+    log::info("engine",
+              "TROVE_PROFILE=routing, prefill steps of {}-{} tokens ({} steps, {} tokens, {} step-layers): "
+              "{:.1f} slots a layer, {:.2f} slots an expert (mean), the largest expert {:.1f} (mean over "
+              "step-layers){}",
+              lo, hi, r.steps, r.tokens, r.layers, static_cast<double>(r.slots) / r.layers,
+              static_cast<double>(r.slots) / r.experts, static_cast<double>(r.max_sum) / r.layers, table);
+  }
 }
 
 void StepProfile::log_ops() const {

@@ -373,6 +373,7 @@ class VulkanEngine final : public Engine {
   vk::Buffer xnh_, hh_;  // f16 copies of xn_ / h_ that large-batch (matrix-unit) matmuls read
   vk::Buffer ids_;  // int32 token ids of the step (GPU embedding rows)
   vk::Buffer positions_, slots_, tables_, hs_, logits_, tokens_out_, logits_host_, tokens_host_;
+  vk::Buffer routing_host_;  // TROVE_PROFILE=routing: each MoE layer's expert offsets of the last step
   vk::Buffer seeds_;  // decode replay: the sampler's seed per output row, written before each step
   std::optional<MoeLayer> moe_;  // MoE models: the routed-expert FFN and its scratch (shared by all layers)
   uint32_t table_stride_ = 0;  // int32 entries per sequence in tables_ (aligned)

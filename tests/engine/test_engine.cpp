@@ -1104,6 +1104,65 @@ TEST(Engine, OpProfileTimesTheMoeStagesApart) {
   }
 }
 
+// TROVE_PROFILE=routing tables how each MoE prefill step spread its slots (tokens × k) over the
+// experts, read back from every layer's routing: the tiny-moe model (8 experts, top-2, 2 layers) puts
+// 40 slots a layer in a 20-token step and 80 in a 40-token one, 5 and 10 an expert on average, in the
+// classes of 17-32 and 33-64 tokens; the buckets of experts add up to 100%. Decode steps are not
+// counted, and without the setting nothing is logged.
+TEST(Engine, RoutingProfileCountsEverySlot) {
+  for (const char* setting : {"routing", "steps"}) {
+    SCOPED_TRACE(fmt::format("TROVE_PROFILE={}", setting));
+    log::ScopedLogCapture logs;
+    {
+      ScopedEnv prof("TROVE_PROFILE", setting), whole("TROVE_STEP_PIECES_MAX", "0");
+      auto e = load(256, 1, 0, 64, moe_model_path());
+      ASSERT_TRUE(e);
+      for (uint32_t n : {20u, 40u, 1u}) {
+        auto seq = e->open_sequence();
+        ASSERT_TRUE(seq.ok());
+        StepInput in;
+        in.seq = *seq;
+        const std::vector<int32_t> tok = prompt(n, static_cast<int32_t>(n) + 3);
+        in.tokens = tok;
+        auto out = e->step(std::vector<StepInput>{in});
+        ASSERT_TRUE(out.ok()) << out.status().ToString();
+        e->close_sequence(*seq);
+      }
+    }  // the profile is logged when the engine closes
+    std::map<std::string, std::string> tables;
+    for (const auto& r : logs.records()) {
+      for (const char* kind : {"17-32", "33-64"}) {
+        const std::string head = std::string("TROVE_PROFILE=routing, prefill steps of ") + kind;
+        if (r.message.find(head) != std::string::npos) {
+          tables[kind] = r.message;
+        }
+      }
+      EXPECT_EQ(r.message.find("TROVE_PROFILE=routing, prefill steps of 9-1"), std::string::npos)
+          << r.message;
+    }
+    if (std::string_view(setting) != "routing") {
+      EXPECT_TRUE(tables.empty()) << "a routing table without TROVE_PROFILE=routing";
+      continue;
+    }
+    ASSERT_EQ(tables.size(), 2u) << "expected the 20- and the 40-token step's classes";
+    const std::string twenty = "(1 steps, 20 tokens, 2 step-layers): 40.0 slots a layer, 5.00 slots an expert",
+                      forty = "(1 steps, 40 tokens, 2 step-layers): 80.0 slots a layer, 10.00 slots an expert";
+    EXPECT_NE(tables["17-32"].find(twenty), std::string::npos) << tables["17-32"];
+    EXPECT_NE(tables["33-64"].find(forty), std::string::npos) << tables["33-64"];
+    for (const auto& [kind, t] : tables) {
+      double experts = 0, slots = 0;
+      for (size_t at = t.find("% of experts"); at != std::string::npos; at = t.find("% of experts", at + 1)) {
+        experts += std::stod(t.substr(t.rfind(':', at) + 1, at - t.rfind(':', at) - 1));
+        const size_t s_end = t.find("% of slots", at);
+        const size_t s_begin = t.rfind(',', s_end) + 1;
+        slots += std::stod(t.substr(s_begin, s_end - s_begin));
+      }
+      EXPECT_NEAR(experts, 100.0, 0.5) << t;
+      EXPECT_NEAR(slots, 100.0, 0.5) << t;
+    }
+  }
+}
+
 TEST(Engine, BadMoeRouterSettingIsNamed) {
   ScopedEnv r("TROVE_MOE_ROUTER", "both");
   expect_load_refused(moe_model_path(), "TROVE_MOE_ROUTER=both is not a choice");

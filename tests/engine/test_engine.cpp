@@ -1145,8 +1145,10 @@ TEST(Engine, RoutingProfileCountsEverySlot) {
       continue;
     }
     ASSERT_EQ(tables.size(), 2u) << "expected the 20- and the 40-token step's classes";
-    const std::string twenty = "(1 steps, 20 tokens, 2 step-layers): 40.0 slots a layer, 5.00 slots an expert",
-                      forty = "(1 steps, 40 tokens, 2 step-layers): 80.0 slots a layer, 10.00 slots an expert";
+    const std::string twenty = "(1 steps, 20 tokens, 2 step-layers): 40.0 slots a layer, 5.00 slots an "
+                               "expert",
+                      forty = "(1 steps, 40 tokens, 2 step-layers): 80.0 slots a layer, 10.00 slots an "
+                              "expert";
     EXPECT_NE(tables["17-32"].find(twenty), std::string::npos) << tables["17-32"];
     EXPECT_NE(tables["33-64"].find(forty), std::string::npos) << tables["33-64"];
     for (const auto& [kind, t] : tables) {

@@ -26,12 +26,15 @@ std::string device_line(const trove::vk::DeviceFeatures& f) {
   const char* cm2 = f.cooperative_matrix2           ? "yes"
                     : f.cooperative_matrix2_offered ? "offered, not enabled (validation or TROVE_VK_NO_CM2)"
                                                     : "no";
+  const char* dot = !f.integer_dot_product            ? "no"
+                    : f.integer_dot_4x8_accelerated ? "yes (4x8 packed: accelerated)"
+                                                    : "yes (4x8 packed: not accelerated)";
   return fmt::format(
       "vulkan: {}; driver {}; API {}.{}.{}; {}; {:.1f} GiB device-local; subgroup {}; fp16 {}; "
-      "int8 {}; KHR cooperative matrix: {}; NV cooperative matrix 2: {}",
+      "int8 {}; int8 dot product {}; KHR cooperative matrix: {}; NV cooperative matrix 2: {}",
       f.name, f.driver, VK_API_VERSION_MAJOR(f.api_version), VK_API_VERSION_MINOR(f.api_version),
       VK_API_VERSION_PATCH(f.api_version), kind, static_cast<double>(f.device_local_bytes) / (1ull << 30),
-      f.subgroup_size, f.fp16_arithmetic ? "yes" : "no", f.int8_arithmetic ? "yes" : "no", coopmat, cm2);
+      f.subgroup_size, f.fp16_arithmetic ? "yes" : "no", f.int8_arithmetic ? "yes" : "no", dot, coopmat, cm2);
 }
 
 // VkComponentTypeKHR (and NV's additions) by value; the number itself where this build does not know it.

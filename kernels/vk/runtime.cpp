@@ -291,6 +291,14 @@ Result<std::unique_ptr<Device>> Device::open(const DeviceOptions& opts) {
   d->descriptors_ = mode;
 
   f.integer_dot_product = idp_offered && idpf.shaderIntegerDotProduct;
+  if (f.integer_dot_product) {
+    VkPhysicalDeviceShaderIntegerDotProductPropertiesKHR idpp{
+        VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_INTEGER_DOT_PRODUCT_PROPERTIES_KHR};
+    VkPhysicalDeviceProperties2 pp{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2};
+    pp.pNext = &idpp;
+    vkGetPhysicalDeviceProperties2(d->physical_, &pp);
+    f.integer_dot_4x8_accelerated = idpp.integerDotProduct4x8BitPackedSignedAccelerated;
+  }
   f.cooperative_matrix = has_ext("VK_KHR_cooperative_matrix");
 #ifdef VK_KHR_cooperative_matrix
   // The shapes and component types the device multiplies on its matrix units (headers from

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <map>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <unistd.h>
@@ -1162,6 +1163,44 @@ TEST(Engine, RoutingProfileCountsEverySlot) {
       EXPECT_NEAR(experts, 100.0, 0.5) << t;
       EXPECT_NEAR(slots, 100.0, 0.5) << t;
     }
+  }
+}
+
+// The routing profile's buckets at their edges (StepProfile::add_routing, no device): one layer of 13
+// experts holding 0, 1, 16, 17, 32, 33, 64, 65, 128, 129, 256, 257 and 1000 slots puts 1, 2, 2, 2, 2, 2
+// and 2 experts in the buckets 0, 1-16, ..., 257+, and its 1998 slots in them as summed here.
+TEST(StepProfile, RoutingBucketsAtTheirEdges) {
+  log::ScopedLogCapture logs;
+  {
+    ScopedEnv prof("TROVE_PROFILE", "routing");
+    engine::StepProfile p;
+    ASSERT_TRUE(p.routing());
+    const std::vector<uint32_t> counts = {0, 1, 16, 17, 32, 33, 64, 65, 128, 129, 256, 257, 1000};
+    std::vector<uint32_t> offsets = {0};
+    for (uint32_t n : counts) offsets.push_back(offsets.back() + n);
+    p.add_routing(600, offsets.data(), 1, static_cast<uint32_t>(counts.size()));
+    p.log("cached", {});
+  }
+  std::string t;
+  for (const auto& r : logs.records()) {
+    if (r.message.find("TROVE_PROFILE=routing, prefill steps of 513-1024 tokens") != std::string::npos) {
+      t = r.message;
+    }
+  }
+  ASSERT_FALSE(t.empty()) << "no routing table for the 600-token step's class";
+  EXPECT_NE(t.find("(1 steps, 600 tokens, 1 step-layers): 1998.0 slots a layer, 153.69 slots an expert "
+                   "(mean), the largest expert 1000.0"),
+            std::string::npos)
+      << t;
+  const double e = 100.0 / 13, s = 100.0 / 1998;
+  for (const auto& [bucket, experts, slots] :
+       {std::tuple{"      0 slots:", 1, 0}, std::tuple{"   1-16 slots:", 2, 17},
+        std::tuple{"  17-32 slots:", 2, 49}, std::tuple{"  33-64 slots:", 2, 97},
+        std::tuple{" 65-128 slots:", 2, 193}, std::tuple{"129-256 slots:", 2, 385},
+        std::tuple{"   257+ slots:", 2, 1257}}) {
+    const std::string line =
+        fmt::format("{} {:5.1f}% of experts, {:5.1f}% of slots", bucket, e * experts, s * slots);
+    EXPECT_NE(t.find(line), std::string::npos) << line << " missing from\n" << t;
   }
 }
 

@@ -95,6 +95,20 @@ std::vector<int32_t> prompt(uint32_t n, int32_t salt) {
   return v;
 }
 
+// One step of a new sequence with the n tokens of prompt(n, salt), then the sequence closed: a prefill
+// step of n tokens alone (the profile tests' steps).
+void step_alone(engine::Engine& e, uint32_t n, int32_t salt) {
+  auto seq = e.open_sequence();
+  ASSERT_TRUE(seq.ok());
+  StepInput in;
+  in.seq = *seq;
+  const std::vector<int32_t> tok = prompt(n, salt);
+  in.tokens = tok;
+  auto out = e.step(std::vector<StepInput>{in});
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  e.close_sequence(*seq);
+}
+
 StepInput logits_of(engine::SeqId seq, const std::vector<int32_t>& toks) {
   StepInput in;
   in.seq = seq;
@@ -1009,17 +1023,7 @@ TEST(Engine, OpProfileTablesPrefillStepsBySize) {
     ScopedEnv ops("TROVE_PROFILE", "ops"), whole("TROVE_STEP_PIECES_MAX", "0");
     auto e = load(256, 1, 0, 64, quantized_model_path());
     ASSERT_TRUE(e);
-    for (uint32_t n : {12u, 20u, 40u, 40u, 20u, 40u}) {
-      auto seq = e->open_sequence();
-      ASSERT_TRUE(seq.ok());
-      StepInput in;
-      in.seq = *seq;
-      const std::vector<int32_t> tok = prompt(n, static_cast<int32_t>(n));
-      in.tokens = tok;
-      auto out = e->step(std::vector<StepInput>{in});
-      ASSERT_TRUE(out.ok()) << out.status().ToString();
-      e->close_sequence(*seq);
-    }
+    for (uint32_t n : {12u, 20u, 40u, 40u, 20u, 40u}) step_alone(*e, n, static_cast<int32_t>(n));
   }  // the profile is logged when the engine closes
   std::map<std::string, std::string> tables;
   for (const auto& r : logs.records()) {
@@ -1118,17 +1122,7 @@ TEST(Engine, RoutingProfileCountsEverySlot) {
       ScopedEnv prof("TROVE_PROFILE", setting), whole("TROVE_STEP_PIECES_MAX", "0");
       auto e = load(256, 1, 0, 64, moe_model_path());
       ASSERT_TRUE(e);
-      for (uint32_t n : {20u, 40u, 1u}) {
-        auto seq = e->open_sequence();
-        ASSERT_TRUE(seq.ok());
-        StepInput in;
-        in.seq = *seq;
-        const std::vector<int32_t> tok = prompt(n, static_cast<int32_t>(n) + 3);
-        in.tokens = tok;
-        auto out = e->step(std::vector<StepInput>{in});
-        ASSERT_TRUE(out.ok()) << out.status().ToString();
-        e->close_sequence(*seq);
-      }
+      for (uint32_t n : {20u, 40u, 1u}) step_alone(*e, n, static_cast<int32_t>(n) + 3);
     }  // the profile is logged when the engine closes
     std::map<std::string, std::string> tables;
     for (const auto& r : logs.records()) {

@@ -473,11 +473,15 @@ std::pair<uint32_t, uint32_t> Matmul::grouped_tile(const GroupedMatmulCall& c) c
   return {grouped_bm_, grouped_bn_};
 }
 
-bool Matmul::grouped_loads_slot_order() const {
-  if (!by_slot_ || !dev_->features().coopmat2_per_element) return false;
+// Whether grouped calls go to the cm2 grouped kernel on this path (where their type and expert stride
+// fit it): the cm2 path, or the KHR path on a cm2 device unless TROVE_GROUPED_KHR asks for the KHR kernel.
+bool Matmul::grouped_on_cm2() const {
+  if (!dev_->features().coopmat2_per_element) return false;
   return path_ == MatmulPath::kCm2 ||
          (path_ == MatmulPath::kKhr && cm2_grouped_ && grouped_khr_mode().empty());
 }
+
+bool Matmul::grouped_loads_slot_order() const { return by_slot_ && grouped_on_cm2(); }
 
 Status Matmul::record_grouped(vk::CommandStream& s, const GroupedMatmulCall& c, vk::BufferRange w, vk::BufferRange x,
                               vk::BufferRange expert_offsets, vk::BufferRange row_ids, vk::BufferRange y) const {
@@ -520,7 +524,7 @@ Status Matmul::record_grouped(vk::CommandStream& s, const GroupedMatmulCall& c, 
   // a whole number of the format's elements (blocks).
   static constexpr uint32_t kElemBytes[] = {4, 2, 0, 0, 0, 0, 0, 0, 34, 0, 0, 0, 144, 176, 210};
   const uint32_t elem = ty < 15 ? kElemBytes[ty] : 2;  // BF16 (30): 2
-  const bool cm2_fits = dev_->features().coopmat2_per_element && elem != 0 && c.expert_bytes % elem == 0;
+  const bool cm2_fits = elem != 0 && c.expert_bytes % elem == 0;
   // The KHR grouped kernel gave wrong results on the H200 (matmul.h): on the KHR path grouped calls
   // take the cm2 grouped kernel where the device has NV cooperative matrix 2, else the tiled one,
   // unless TROVE_GROUPED_KHR=1 asks for the KHR kernel.
@@ -529,7 +533,7 @@ Status Matmul::record_grouped(vk::CommandStream& s, const GroupedMatmulCall& c, 
   // Debugging switches of the KHR grouped kernel (matmul_coopmat_tile.glsl kDebug): 2 = no early
   // return, 3 = serial (expert, tile) search without subgroup operations.
   const uint32_t khr_debug = khr_mode == "2" ? 1 : khr_mode == "3" ? 2 : 0;
-  const bool use_cm2 = cm2_fits && (path_ == MatmulPath::kCm2 || (path_ == MatmulPath::kKhr && !khr_grouped && cm2_grouped_));
+  const bool use_cm2 = cm2_fits && grouped_on_cm2();
   if (path_ == MatmulPath::kTiled || path_ == MatmulPath::kCpu || (path_ == MatmulPath::kKhr && !khr_grouped && !use_cm2)) {
     auto p = pipeline("matmul_grouped_tiled", {ty, xh}, 5, 64);
     if (!p.ok()) return p.status();

@@ -161,6 +161,9 @@ class Matmul {
   // Whether grouped calls of slot-ordered x run as plain loads here (the cm2 grouped kernel with
   // by_slot): then putting x in slot order first pays (MoeFfn's gather of the gate/up rows).
   bool grouped_loads_slot_order() const;
+  // Whether grouped calls run the cm2 grouped kernel on this path and device (their type and expert
+  // stride permitting).
+  bool grouped_on_cm2() const;
   // The variant of grouped cm2 calls (TROVE_GROUPED_VARIANT; unset: TROVE_CM2_VARIANT, else by the call).
   void force_grouped_variant(uint32_t v) { forced_grouped_variant_ = v; }
   // The CPU form's tile: rows per invocation (1..8) and batch columns per workgroup (1..16); 0 =

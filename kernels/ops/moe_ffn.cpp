@@ -32,17 +32,20 @@ struct RoutePush {
 struct RouterPush {
   uint32_t cols, tokens, n_experts, k;
   float eps;
+  uint32_t mode;  // MoeRouterCall::Mode
 };
 struct ExpertsPush {
   uint32_t rows, cols, rb0, rb1, k, x_by_slot, n_entries_off, entries_off, slot_pair_off, ntiles, tile_vals;
   uint32_t norm;  // direct form: RMSNorm of x (binding 5: its weights) applied in the kernel
   float eps;
+  uint32_t raw_wt = 0;  // direct form, by pair: binding 6 = raw router logits, scaled here (weights_raw)
 };
 struct DownPush { uint32_t rows, cols, rb, k, pair_slot_off, ntiles, tile_vals, by_pair; };
 struct CombinePush { uint32_t hidden, k, pair_slot_off; };
 struct ExpertsQ8Push {
   uint32_t rows, cols, rb0, rb1, k, pairs, blocks, grid_x, norm;
   float eps;
+  uint32_t raw_wt;  // binding 6 = raw router logits, scaled here (MoeFfnCall::weights_raw)
 };
 struct DownQ8Push { uint32_t rows, cols, rb, k, blocks, grid_x; };
 struct SwiGluPush { uint32_t pairs, groups_x; };
@@ -95,20 +98,24 @@ Result<MoeRoute> MoeRoute::create(vk::Device& dev) {
   // bench/engine/ab.sh --rounds 2 --depth 4096 (2026-12-04 17:30): GPU per decode step 4153 / 4146 µs
   // with 8 loads against 4226 / 4223 with 16 (a whole 2048-column row per round; tg128 236 -> 240);
   // workgroups of 32 4192 / 4174, of 256 no better than 128, 32 with 8 loads 4154 / 4161.
-  uint32_t router_wg = 128, router_loads = 8;
+  uint32_t router_wg = 128, router_loads = 8, router_split = 0;
   for (auto [name, to, ok] : {std::tuple{"TROVE_MOE_ROUTER_WG", &router_wg, "32, 64, 128 or 256"},
-                              std::tuple{"TROVE_MOE_ROUTER_LOADS", &router_loads, "4, 8 or 16"}}) {
+                              std::tuple{"TROVE_MOE_ROUTER_LOADS", &router_loads, "4, 8 or 16"},
+                              std::tuple{"TROVE_MOE_ROUTER_SPLIT", &router_split, "0 or 1"}}) {
     const char* v = std::getenv(name);
     if (!v || !*v) continue;
     const std::string_view w(v);
-    const bool wg = to == &router_wg;
-    if (wg ? (w != "32" && w != "64" && w != "128" && w != "256") : (w != "4" && w != "8" && w != "16")) {
-      return Status::InvalidArgument(fmt::format("{}='{}' is not {}", name, v, ok));
-    }
+    const bool bad = to == &router_wg      ? (w != "32" && w != "64" && w != "128" && w != "256")
+                     : to == &router_loads ? (w != "4" && w != "8" && w != "16")
+                                           : (w != "0" && w != "1");
+    if (bad) return Status::InvalidArgument(fmt::format("{}='{}' is not {}", name, v, ok));
     *to = static_cast<uint32_t>(std::stoul(std::string(w)));
   }
   router_wg = std::max(router_wg, dev.features().subgroup_size);
-  auto rt = dev.pipeline({"moe_router", {router_wg, router_loads}, sizeof(RouterPush), 7, router_wg});
+  // Split rows reduce one partial per subgroup in shared memory (moe_router.comp kMaxSubgroups).
+  if (router_split && router_wg / std::max<uint32_t>(1, dev.features().subgroup_size) > 32) router_split = 0;
+  auto rt =
+      dev.pipeline({"moe_router", {router_wg, router_loads, router_split}, sizeof(RouterPush), 8, router_wg});
   if (!rt.ok()) return rt.status();
   auto count = dev.buffer(16);
   if (!count.ok()) return count.status();
@@ -120,6 +127,7 @@ Result<MoeRoute> MoeRoute::create(vk::Device& dev) {
   op.count_ = std::move(*count);
   op.subgroup_ = std::max<uint32_t>(1, dev.features().subgroup_size);
   op.router_wg_ = router_wg;
+  op.router_split_ = router_split != 0;
   return op;
 }
 
@@ -178,15 +186,40 @@ Status MoeRoute::record_router(vk::CommandStream& s, const MoeRouterCall& c) con
                                                "k in 1..min({}, experts), 1..{} tokens and a positive multiple of 4 columns",
                                                c.n_experts, c.k, c.tokens, c.cols, kMaxExperts, kMaxTopK, kRouterMaxTokens));
   }
+  if (c.mode != MoeRouterCall::kNormRoute && c.mode != MoeRouterCall::kPlain &&
+      c.mode != MoeRouterCall::kBiasRouteRaw) {
+    return Status::InvalidArgument(fmt::format("moe_router: mode {} is not one of MoeRouterCall::Mode",
+                                               static_cast<uint32_t>(c.mode)));
+  }
+  const bool norm = c.mode == MoeRouterCall::kNormRoute, routes = c.mode != MoeRouterCall::kPlain;
   TROVE_RETURN_IF_ERROR(need("moe_router", "x", c.x, uint64_t{c.tokens} * c.cols * 4));
-  TROVE_RETURN_IF_ERROR(need("moe_router", "norm_w", c.norm_w, uint64_t{c.cols} * 4));
+  if (norm) TROVE_RETURN_IF_ERROR(need("moe_router", "norm_w", c.norm_w, uint64_t{c.cols} * 4));
   TROVE_RETURN_IF_ERROR(need("moe_router", "router", c.router, uint64_t{c.n_experts} * c.cols * 4));
   TROVE_RETURN_IF_ERROR(need("moe_router", "logits", c.logits, uint64_t{c.tokens} * c.n_experts * 4));
-  TROVE_RETURN_IF_ERROR(need("moe_router", "ids", c.ids, uint64_t{c.tokens} * c.k * 4));
-  TROVE_RETURN_IF_ERROR(need("moe_router", "weights", c.weights, uint64_t{c.tokens} * c.k * 4));
-  const RouterPush push{c.cols, c.tokens, c.n_experts, c.k, c.eps};
-  vk::BufferRange b[7] = {c.x, c.norm_w, c.router, c.logits, c.ids, c.weights, count_};
-  const uint32_t rows_per_group = std::max<uint32_t>(1, router_wg_ / subgroup_);  // one subgroup per expert row
+  if (routes) {
+    TROVE_RETURN_IF_ERROR(need("moe_router", "ids", c.ids, uint64_t{c.tokens} * c.k * 4));
+    TROVE_RETURN_IF_ERROR(need("moe_router", "weights", c.weights, uint64_t{c.tokens} * c.k * 4));
+  }
+  if (c.mode == MoeRouterCall::kBiasRouteRaw) {
+    TROVE_RETURN_IF_ERROR(need("moe_router", "bias", c.bias, uint64_t{c.tokens} * c.n_experts * 4));
+    if (c.bias.buffer == c.logits.buffer) {
+      return Status::InvalidArgument(
+          "moe_router: the bias must not be the logits' buffer (workgroups write logits "
+          "while others still read the bias); give it its own");
+    }
+  }
+  const RouterPush push{c.cols, c.tokens, c.n_experts, c.k, c.eps, static_cast<uint32_t>(c.mode)};
+  // Unused bindings get a buffer the call has (never read or written in that mode).
+  vk::BufferRange b[8] = {c.x,
+                          norm ? c.norm_w : c.x,
+                          c.router,
+                          c.logits,
+                          routes ? c.ids : c.logits,
+                          routes ? c.weights : c.logits,
+                          count_,
+                          c.mode == MoeRouterCall::kBiasRouteRaw ? c.bias : c.x};
+  // One subgroup per expert row, or one workgroup per row (split).
+  const uint32_t rows_per_group = router_split_ ? 1 : std::max<uint32_t>(1, router_wg_ / subgroup_);
   return s.dispatch(router_, b, &push, sizeof(push), (c.n_experts + rows_per_group - 1) / rows_per_group);
 }
 
@@ -433,6 +466,11 @@ Status MoeFfn::check(const MoeFfnCall& c) const {
     }
     TROVE_RETURN_IF_ERROR(need("moe_ffn", "norm_w", c.norm_w, uint64_t{hidden} * 4));
   }
+  if (c.weights_raw && (!c.by_pair || c.norm_w.buffer == VK_NULL_HANDLE)) {
+    return Status::InvalidArgument(
+        "moe_ffn: raw router logits as weights (weights_raw) need the pair-indexed decode "
+        "(by_pair) with the RMSNorm prologue (norm_w): its 1/rms scales them");
+  }
   if (c.xn_f16.buffer != VK_NULL_HANDLE) TROVE_RETURN_IF_ERROR(need("moe_ffn", "xn_f16", c.xn_f16, uint64_t{T} * hidden * 2));
   TROVE_RETURN_IF_ERROR(need("moe_ffn", "x", c.x, uint64_t{T} * hidden * 4));
   TROVE_RETURN_IF_ERROR(need("moe_ffn", "ids", c.ids, P * 4));
@@ -558,12 +596,29 @@ Status MoeFfn::record_gate_up(vk::CommandStream& s, const MoeFfnCall& c) const {
     auto p = pipeline("moe_experts_direct",
                       {wg, g, c.by_pair ? 1u : nb, rows, 1, 256, static_cast<uint32_t>(c.gate.type), static_cast<uint32_t>(c.up.type),
                        cpu_ ? 0u : 1u, g},
-                      sizeof(ExpertsPush), 6, wg);
+                      sizeof(ExpertsPush), 7, wg);
     if (!p.ok()) return p.status();
-    ExpertsPush push{ffn, hidden, static_cast<uint32_t>(quant::row_bytes(c.gate.type, hidden)),
-                           static_cast<uint32_t>(quant::row_bytes(c.up.type, hidden)), c.k, 0, L.n_entries, L.entries,
-                           L.slot_pair, 1, hidden, c.norm_w.buffer != VK_NULL_HANDLE ? 1u : 0u, c.eps};
-    vk::BufferRange b[6] = {c.xn, c.gate.w, c.up.w, c.plan, c.h, c.norm_w.buffer != VK_NULL_HANDLE ? c.norm_w : c.xn};
+    ExpertsPush push{ffn,
+                     hidden,
+                     static_cast<uint32_t>(quant::row_bytes(c.gate.type, hidden)),
+                     static_cast<uint32_t>(quant::row_bytes(c.up.type, hidden)),
+                     c.k,
+                     0,
+                     L.n_entries,
+                     L.entries,
+                     L.slot_pair,
+                     1,
+                     hidden,
+                     c.norm_w.buffer != VK_NULL_HANDLE ? 1u : 0u,
+                     c.eps,
+                     c.weights_raw ? 1u : 0u};
+    vk::BufferRange b[7] = {c.xn,
+                            c.gate.w,
+                            c.up.w,
+                            c.plan,
+                            c.h,
+                            c.norm_w.buffer != VK_NULL_HANDLE ? c.norm_w : c.xn,
+                            c.weights_raw ? c.weights : c.h};
     const uint32_t rows_per_wg = wg / g * rows;
     if (c.by_pair) {  // grid rows = pairs; binding 3 = the ids; x_by_slot = 2 (see moe_experts_body.glsl)
       push.x_by_slot = 2;
@@ -579,12 +634,12 @@ Status MoeFfn::record_gate_up(vk::CommandStream& s, const MoeFfnCall& c) const {
   auto p = pipeline(subgroup_ > 1 ? "moe_experts" : "moe_experts_nosg",
                     {wg, kGroupLanes, nb, rows_per_group, 1, tile, static_cast<uint32_t>(c.gate.type),
                      static_cast<uint32_t>(c.up.type), cpu_ ? 0u : 1u, subgroup_},
-                    sizeof(ExpertsPush), 6, wg);
+                    sizeof(ExpertsPush), 7, wg);
   if (!p.ok()) return p.status();
   const ExpertsPush push{ffn, hidden, static_cast<uint32_t>(quant::row_bytes(c.gate.type, hidden)),
                          static_cast<uint32_t>(quant::row_bytes(c.up.type, hidden)), c.k, 0, L.n_entries, L.entries,
                          L.slot_pair, (hidden + tile - 1) / tile, tile, 0, 0.f};
-  vk::BufferRange b[6] = {c.xn, c.gate.w, c.up.w, c.plan, c.h, c.xn};
+  vk::BufferRange b[7] = {c.xn, c.gate.w, c.up.w, c.plan, c.h, c.xn, c.h};  // 5, 6: the direct form's, unused
   const uint32_t rows_per_wg = wg / kGroupLanes * rows_per_group;
   return s.dispatch(**p, b, &push, sizeof(push), (ffn + rows_per_wg - 1) / rows_per_wg, entries);
 }
@@ -630,21 +685,23 @@ Status MoeFfn::record_down(vk::CommandStream& s, const MoeFfnCall& c) const {
   uint32_t rows_per_wg = 0;
   if (dir) {
     const uint32_t rows = tuning_.down_rows ? tuning_.down_rows : 1;
-    p = pipeline("moe_experts_direct", {wg_direct, g, nb, rows, 0, 256, td, td, cpu_ ? 0u : 1u, g}, sizeof(ExpertsPush), 6,
-                 wg_direct);
+    p = pipeline("moe_experts_direct", {wg_direct, g, nb, rows, 0, 256, td, td, cpu_ ? 0u : 1u, g},
+                 sizeof(ExpertsPush), 7, wg_direct);
     rows_per_wg = wg_direct / g * rows;
   } else {
     const uint32_t rows_per_group = 2;
     const uint32_t red = wg / subgroup_ * (rows_per_group * nb) * 4;
     const uint32_t tile = tile_for(ffn, nb, shared_bytes_, red);
     p = pipeline(subgroup_ > 1 ? "moe_experts" : "moe_experts_nosg",
-                 {wg, kGroupLanes, nb, rows_per_group, 0, tile, td, td, cpu_ ? 0u : 1u, subgroup_}, sizeof(ExpertsPush), 6, wg);
+                 {wg, kGroupLanes, nb, rows_per_group, 0, tile, td, td, cpu_ ? 0u : 1u, subgroup_},
+                 sizeof(ExpertsPush), 7, wg);
     push.ntiles = (ffn + tile - 1) / tile;
     push.tile_vals = tile;
     rows_per_wg = wg / kGroupLanes * rows_per_group;
   }
   if (!p.ok()) return p.status();
-  vk::BufferRange b[6] = {c.h, c.down.w, c.down.w, c.plan, c.d, c.h};
+  vk::BufferRange b[7] = {c.h, c.down.w, c.down.w, c.plan,
+                          c.d, c.h,      c.h};  // binding 6: the direct form's, unused
   const uint32_t entries = MoePlanLayout::max_entries(T * k, c.gate.n_expert);
   TROVE_RETURN_IF_ERROR(s.dispatch(**p, b, &push, sizeof(push), (hidden + rows_per_wg - 1) / rows_per_wg, entries));
   s.barrier();
@@ -678,15 +735,16 @@ Result<bool> MoeFfn::record_gate_up_q8(vk::CommandStream& s, const MoeFfnCall& c
   auto p = pipeline("moe_experts_q8",
                     {wg, g, rows, (hidden + 255) / 256 * 256, static_cast<uint32_t>(c.gate.type), static_cast<uint32_t>(c.up.type), hidden,
                      q6_wide(), q8_touch_},
-                    sizeof(ExpertsQ8Push), 6, wg);
+                    sizeof(ExpertsQ8Push), 7, wg);
   if (!p.ok()) return p.status();
   const uint32_t rows_per_wg = wg / g * rows, blocks = (ffn + rows_per_wg - 1) / rows_per_wg;
   const uint32_t gx = q8_grid_x(blocks, pairs, tuning_.q8_workgroups, q8_workgroups_, cpu_);
   const bool norm = c.norm_w.buffer != VK_NULL_HANDLE;
   const ExpertsQ8Push push{ffn, hidden, static_cast<uint32_t>(quant::row_bytes(c.gate.type, hidden)),
                            static_cast<uint32_t>(quant::row_bytes(c.up.type, hidden)), c.k, pairs, blocks, gx,
-                           norm ? 1u : 0u, c.eps};
-  vk::BufferRange b[6] = {c.xn, c.gate.w, c.up.w, c.ids, c.h, norm ? c.norm_w : c.xn};
+                           norm ? 1u : 0u, c.eps, c.weights_raw ? 1u : 0u};
+  vk::BufferRange b[7] = {
+      c.xn, c.gate.w, c.up.w, c.ids, c.h, norm ? c.norm_w : c.xn, c.weights_raw ? c.weights : c.h};
   TROVE_RETURN_IF_ERROR(s.dispatch(**p, b, &push, sizeof(push), gx, pairs));
   return true;
 }

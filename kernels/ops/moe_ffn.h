@@ -77,7 +77,18 @@ struct MoePlanLayout {
 
 // The router and the routing of a decode-sized step in one dispatch (MoeRoute::record_router): the
 // FFN RMSNorm, the router's f32 matvec and the top-k, with the last workgroup of the router routing.
+// The other modes split the router around the O projection so that it need not wait for it (the
+// "beside" router, engine/runtime/moe_layer.h): with R̃ = router · diag(norm_w) and M = R̃ · W_o,
+//   R̃ · x_after_o = R̃ · x_before_o + M · attn,
+// so kPlain computes R̃ · x beside the QKV matvec and kBiasRouteRaw adds M · attn beside O and picks
+// the top-k; the 1/rms of the complete x, a positive scale that cannot change the choice, is applied
+// to the chosen logits by the gate/up kernel (MoeFfnCall::weights_raw).
 struct MoeRouterCall {
+  enum Mode : uint32_t {
+    kNormRoute = 0,     // logits = router · (x · norm_w / rms(x)); ids, weights (softmax over the top-k)
+    kPlain = 1,         // logits = router · x; nothing else (norm_w, ids, weights, bias unused)
+    kBiasRouteRaw = 2,  // logits = router · x + bias; ids and the chosen logits (raw) in weights
+  };
   vk::BufferRange x;        // f32 [tokens][cols]: the residual stream (the norm is applied inside)
   vk::BufferRange norm_w;   // f32 [cols]: the FFN norm's weights
   float eps = 1e-6f;
@@ -85,6 +96,9 @@ struct MoeRouterCall {
   vk::BufferRange logits;   // f32 [tokens][n_experts]: written (the routing reads them)
   vk::BufferRange ids, weights;  // MoeRoute::record's outputs: uint / f32 [tokens][k]
   uint32_t cols = 0, n_experts = 0, tokens = 0, k = 0;
+  Mode mode = kNormRoute;
+  vk::BufferRange
+      bias{};  // kBiasRouteRaw: f32 [tokens][n_experts], added to the logits (not `logits` itself)
 };
 
 class MoeRoute {
@@ -113,6 +127,7 @@ class MoeRoute {
   vk::Buffer count_;  // moe_router.comp's count of finished workgroups, 0 between calls
   uint32_t subgroup_ = 32;
   uint32_t router_wg_ = 128;  // moe_router.comp's workgroup (TROVE_MOE_ROUTER_WG)
+  bool router_split_ = false;  // one workgroup per expert row (TROVE_MOE_ROUTER_SPLIT=1)
 };
 
 // One layer's stacked experts of one kind: [n_expert][rows][cols] GGUF rows of `type`.
@@ -153,6 +168,11 @@ struct MoeFfnCall {
   // decode sizes than building a plan (one workgroup's serial chain, ~12 µs a layer on the H200).
   // `plan` and `layout` are then unused (layout.n_expert must still equal the experts' count).
   bool by_pair = false;
+  // `weights` holds, per token, the k chosen router logits before the FFN RMSNorm's 1/rms (MoeRoute's
+  // router beside the O projection, MoeRouterCall::kBiasRouteRaw); gate/up turns them into the routing
+  // weights in place, softmax(z · 1/rms) over the k, from the 1/rms its prologue computes (by_pair and
+  // norm_w required). down reads the weights as usual, after the caller's barrier.
+  bool weights_raw = false;
   // Heard after each barrier inside the grouped-GEMM prefill (0: gate and up, 1: SwiGLU, 2: down; not
   // after the combine, the call's last dispatch): TROVE_PROFILE=ops's timestamps. Empty: nothing.
   std::function<void(uint32_t)> after{};

@@ -73,6 +73,8 @@ layout(push_constant) uniform P {
   uint n_entries_off; uint entries_off; uint slot_pair_off;  // plan offsets (uint words)
   uint ntiles; uint tile_vals;
   uint norm; float eps;  // direct form: x is the residual stream, RMSNorm with weights nw4 applied here
+  uint raw_wt;           // direct form, by pair: binding 6 holds raw router logits to scale
+                         // (moe_scale_weights.glsl)
 } pc;
 
 float mv_acc[kNB][kNS];
@@ -85,6 +87,8 @@ uint g_ncols;      // valid columns of the current pass
 uvec4 mv_wq(uint m, uint i) { return kMats == 1u || m == 0u ? w0q[i] : w1q[i]; }
 uint mv_ww(uint m, uint i) { return kMats == 1u || m == 0u ? w0w[i] : w1w[i]; }
 #ifdef MV_DIRECT
+layout(std430, set = 0, binding = 6) buffer Wt { float wt[]; };  // pc.raw_wt: routing weights, scaled here
+#include "moe_scale_weights.glsl"
 // With pc.norm the input is the residual stream: x̂ = x · norm_w here, Σ x² per column on the way (each
 // value is loaded once per pass of a row group, which covers every column), inv_rms applied at the end.
 bool g_norm = false;
@@ -257,6 +261,11 @@ void main() {
     [[unroll]] for (uint b = 0u; b < kNB; ++b) {
       inv[b] = 1.0;
       if (g_norm) inv[b] = inversesqrt(subgroupAdd(g_ssq[b]) / float(pc.cols) + pc.eps);
+    }
+    // The token's routing weights, once: pair j = 0's first row group (by pair, one column a pass).
+    if (pc.raw_wt != 0u && by_pair && gl_WorkGroupID.x == 0u && group == 0u && lane == 0u &&
+        first_slot % pc.k == 0u) {
+      scale_raw_weights(first_slot / pc.k, pc.k, inv[0]);
     }
     // Every lane gets every total; lane (s·kNB + b) % kG writes output (s, b).
     [[unroll]] for (uint s = 0u; s < kR; ++s) {

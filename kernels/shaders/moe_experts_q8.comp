@@ -42,12 +42,14 @@ layout(std430, set = 0, binding = 2) readonly buffer W1w { uint w1w[]; };
 layout(std430, set = 0, binding = 3) readonly buffer Ids { uint ids[]; };
 layout(std430, set = 0, binding = 4) writeonly buffer Y { float y[]; };
 layout(std430, set = 0, binding = 5) readonly buffer NW { vec4 nw4[]; };
+layout(std430, set = 0, binding = 6) buffer Wt { float wt[]; };  // pc.raw_wt: routing weights scaled here
 
 layout(push_constant) uniform P {
   uint rows; uint cols; uint rb0; uint rb1;  // rows per expert (ffn), columns (hidden), row bytes of gate / up
   uint k; uint pairs;                        // top-k; tokens · k
   uint blocks; uint grid_x;                  // row blocks per pair; workgroups per pair walking them
   uint norm; float eps;                      // 1: x is the residual stream, RMSNorm with nw4 applied here
+  uint raw_wt;                               // 1: binding 6 holds raw router logits (moe_scale_weights.glsl)
 } pc;
 
 uint q8_col(uint b) { return 0u; }
@@ -55,6 +57,7 @@ uvec4 wq(uint m, uint i) { return m == 0u ? w0q[i] : w1q[i]; }
 uint ww(uint m, uint i) { return m == 0u ? w0w[i] : w1w[i]; }
 
 #include "matvec_q8_parts.glsl"
+#include "moe_scale_weights.glsl"
 
 shared float sssq[kGroups];
 
@@ -91,6 +94,10 @@ void main() {
     float t = 0.0;
     for (uint g = 0u; g < kGroups; ++g) t += sssq[g];
     inv = inversesqrt(t / float(pc.cols) + pc.eps);
+  }
+  // The token's routing weights, once: pair j = 0's first workgroup.
+  if (pc.raw_wt != 0u && gl_WorkGroupID.x == 0u && lid == 0u && pair % pc.k == 0u) {
+    scale_raw_weights(pair / pc.k, pc.k, inv);
   }
 
   uint junk = 0u;

@@ -36,7 +36,9 @@ uint plan_id(uint pair) { return ids[pair]; }
 
 void main() {
   uint stride = gl_NumWorkGroups.x * gl_NumSubgroups;
-  for (uint t = gl_WorkGroupID.x * gl_NumSubgroups + gl_SubgroupID; t < pc.tokens; t += stride) route_token(t, pc.k, pc.n_experts);
+  for (uint t = gl_WorkGroupID.x * gl_NumSubgroups + gl_SubgroupID; t < pc.tokens; t += stride) {
+    route_token(t, pc.k, pc.n_experts, false);
+  }
   if (pc.build_plan != 0u) {
     memoryBarrierBuffer();
     barrier();

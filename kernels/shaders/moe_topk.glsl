@@ -1,6 +1,7 @@
 // One token's top-k routing (moe_route.comp, moe_router.comp): the k best of its n_experts logits
 // lg[t * n_experts ..] (ties → the smaller index, NaN below everything) and their softmax weights
-// renormalised over the k chosen, written to ids[t * k + j] and wt[t * k + j]. Run by one whole
+// renormalised over the k chosen, written to ids[t * k + j] and wt[t * k + j] (raw: the chosen
+// logits themselves, for a consumer that scales them first — MoeFfnCall::weights_raw). Run by one whole
 // subgroup (k rounds of subgroupMax / subgroupMin over the lanes' best remaining logit). The includer
 // declares lg, ids and wt. k <= 32.
 const float kInf = 1.0 / 0.0;
@@ -18,7 +19,7 @@ void consider(float v, uint e, float pv, uint pe, inout float bv, inout uint be)
   }
 }
 
-void route_token(uint t, uint k, uint n_experts) {
+void route_token(uint t, uint k, uint n_experts, bool raw) {
   const uint base = t * n_experts, lane = gl_SubgroupInvocationID, S = gl_SubgroupSize;
   // The logits are read once into registers (k rounds re-reading them cost k memory round trips).
   const bool held = n_experts <= kPerLane * S;
@@ -62,7 +63,7 @@ void route_token(uint t, uint k, uint n_experts) {
     [[unroll]] for (uint j = 0u; j < 32u; ++j) {
       if (j >= k) break;
       ids[t * k + j] = ce[j];
-      wt[t * k + j] = exp(cv[j] - top) / sum;
+      wt[t * k + j] = raw ? cv[j] : exp(cv[j] - top) / sum;
     }
   }
 }

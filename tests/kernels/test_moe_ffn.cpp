@@ -10,9 +10,11 @@
 // lavapipe: ~10 s (pipelines for 7 weight types). TROVE_KERNEL_FULL=1 adds the Qwen3-30B-A3B layer
 // (hidden 2048, expert FFN 768, 128 experts, top-8; Q4_K gate/up, Q6_K or Q4_K down) at 1, 7, 64 and
 // 512 tokens — meant for a real GPU (the reference takes a few seconds on 16 cores).
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <future>
 #include <numeric>
 #include <random>
@@ -89,6 +91,10 @@ struct Case {
   double bound = 0;      // error bound relative to the MoE output's norm (0: the f32 kernels' 1e-4 / 3e-3)
   double min_err = 0;    // and a floor: the int8 rounding of the q8 form must show (it ran, not the direct form)
   bool f16_in = false;   // the grouped GEMMs read xn rounded to f16 (MoeFfnCall::xn_f16); xn itself is poisoned
+  // The weights buffer holds each token's k raw router logits, largest first (MoeFfnCall::weights_raw:
+  // the router beside O); gate/up must turn them into softmax(z / rms) over the k in place. By pair,
+  // with the norm prologue, given routings (not kRouter).
+  bool raw_weights = false;
 };
 
 std::string type_name(GgmlType t) { return std::string(quant::traits(t)->name); }
@@ -132,6 +138,7 @@ class MoeFfnTest : public ::testing::Test {
     // With the norm prologue the kernel reads raw rows (here: xn scaled per token) and the norm weights;
     // the reference gets the normalised rows, computed in double.
     std::vector<float> raw = xn, norm_w(c.hidden, 1.f);
+    std::vector<double> inv_rms(T, 1.0);  // each token's 1/rms of its raw row (with the norm prologue)
     const float eps = 1e-6f;
     if (c.norm) {
       std::uniform_real_distribution<float> us(0.5f, 1.5f);
@@ -143,7 +150,7 @@ class MoeFfnTest : public ::testing::Test {
           raw[size_t{t} * c.hidden + i] *= scale;
           ss += double(raw[size_t{t} * c.hidden + i]) * raw[size_t{t} * c.hidden + i];
         }
-        const double inv = 1.0 / std::sqrt(ss / c.hidden + eps);
+        const double inv = inv_rms[t] = 1.0 / std::sqrt(ss / c.hidden + eps);
         for (uint32_t i = 0; i < c.hidden; ++i) {
           xn[size_t{t} * c.hidden + i] = static_cast<float>(raw[size_t{t} * c.hidden + i] * inv * norm_w[i]);
         }
@@ -188,7 +195,26 @@ class MoeFfnTest : public ::testing::Test {
         }
       }
       ASSERT_TRUE(bids->upload(ids.data(), P * 4ull).ok());
-      ASSERT_TRUE(bw->upload(wts.data(), P * 4ull).ok());
+      if (c.raw_weights) {
+        // Raw logits z (largest first, spread over ~4 so the weights differ); the reference's weights
+        // are softmax(z · 1/rms) over the k, in double.
+        ASSERT_TRUE(c.by_pair && c.norm && c.routing != Case::kRouter)
+            << "raw weights: by pair, norm, given ids";
+        std::vector<float> z(P);
+        for (uint32_t t = 0; t < T; ++t) {
+          for (uint32_t j = 0; j < K; ++j) z[t * K + j] = 4.f * nd(rng);
+          std::sort(z.begin() + t * K, z.begin() + (t + 1) * K, std::greater<float>());
+          double sum = 0;
+          for (uint32_t j = 0; j < K; ++j) sum += std::exp(inv_rms[t] * (double(z[t * K + j]) - z[t * K]));
+          for (uint32_t j = 0; j < K; ++j) {
+            wts[t * K + j] =
+                static_cast<float>(std::exp(inv_rms[t] * (double(z[t * K + j]) - z[t * K])) / sum);
+          }
+        }
+        ASSERT_TRUE(bw->upload(z.data(), P * 4ull).ok());
+      } else {
+        ASSERT_TRUE(bw->upload(wts.data(), P * 4ull).ok());
+      }
     }
     // The reference: x + MoE(xn), tokens in parallel pieces (each piece gathers per expert itself).
     std::vector<kref::ExpertWeights> rex;
@@ -235,6 +261,7 @@ class MoeFfnTest : public ::testing::Test {
         call.eps = eps;
       }
       call.by_pair = c.by_pair;
+      call.weights_raw = c.raw_weights;
       if (c.f16_in) call.xn_f16 = bxh;
       Status st = ffn_->record(*s, call);
       ASSERT_TRUE(st.ok()) << st.ToString();
@@ -259,6 +286,12 @@ class MoeFfnTest : public ::testing::Test {
       worst_ = std::max(worst_, std::sqrt(err2 / ref2));
       if (rep == 0) first = got;
       else EXPECT_EQ(0, std::memcmp(first.data(), got.data(), got.size() * 4)) << "two runs differ";
+      if (c.raw_weights) {  // the weights as scaled in place
+        std::vector<float> w(P);
+        ASSERT_TRUE(bw->download(w.data(), P * 4ull).ok());
+        for (uint32_t i = 0; i < P; ++i)
+          ASSERT_NEAR(w[i], wts[i], 2e-6 + 1e-5 * wts[i]) << "weight of pair " << i;
+      }
     }
   }
 
@@ -377,6 +410,13 @@ TEST_F(MoeFfnTest, DirectForm) {
   b = {"direct, by pair, router, 5 tokens", 5, 16, 2, 192, 256, Q8_0, Q8_0, Q6_K, Case::kRouter};
   b.by_pair = true;
   run(b);
+  // Raw router logits as weights (the router beside O): gate/up scales them by its 1/rms.
+  b = {"direct, by pair, raw router logits", 5, 16, 4, 256, 256, Q4_K, Q4_K, Q6_K, Case::kRandom};
+  b.by_pair = b.norm = b.raw_weights = true;
+  run(b);
+  b = {"direct, by pair, raw router logits, k=8 of 8", 1, 8, 8, 256, 256, Q4_K, Q5_K, Q4_K, Case::kAllSame};
+  b.by_pair = b.norm = b.raw_weights = true;
+  run(b);
 }
 
 // The q8 form (TROVE_MOE=q8: moe_experts_q8 / moe_down_q8, x̂ and the SwiGLU rows h rounded to int8
@@ -408,6 +448,9 @@ TEST_F(MoeFfnTest, Q8Form) {
   run(q8({"q8, all to one set", 7, 8, 4, 256, 256, Q5_K, Q6_K, Q8_0, Case::kAllSame}, true));
   run(q8({"q8, few experts, rows of 224", 7, 16, 2, 224, 256, Q8_0, Q8_0, Q5_K, Case::kFewExperts}, false));
   run(q8({"q8, k=1", 1, 8, 1, 256, 512, Q6_K, Q6_K, Q4_K, Case::kRandom}, true));
+  Case raw = q8({"q8, raw router logits", 7, 16, 4, 256, 768, Q4_K, Q4_K, Q6_K, Case::kRandom}, true);
+  raw.raw_weights = true;  // the router beside O: gate/up scales them
+  run(raw);
   t.q8_workgroups = 2;  // one workgroup per pair / token walks all row blocks
   t.gate_up_rows = 1;
   t.down_rows = 4;
@@ -515,6 +558,9 @@ TEST_F(MoeFfnTest, RefusesBadShapes) {
   call.tokens = 40;
   EXPECT_NE(ffn_->record(*s, call).message().find("40 tokens"), std::string::npos);
   call.tokens = 4;
+  call.weights_raw = true;  // raw router logits need the pair-indexed decode with the norm prologue
+  EXPECT_NE(ffn_->record(*s, call).message().find("weights_raw"), std::string::npos);
+  call.weights_raw = false;
   ops::StackedExperts odd{F32, *b, 72, 72, 8};
   call.gate = call.up = odd;
   call.down = odd;

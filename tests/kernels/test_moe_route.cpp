@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <optional>
 #include <random>
@@ -208,7 +209,8 @@ TEST(MoeRoute, RouterAndRoutingInOneDispatchMatchReference) {
   auto d = open_device();
   ASSERT_TRUE(d);
   for (auto [name, value] :
-       {std::pair{"TROVE_MOE_ROUTER_WG", "48"}, std::pair{"TROVE_MOE_ROUTER_LOADS", "32"}}) {
+       {std::pair{"TROVE_MOE_ROUTER_WG", "48"}, std::pair{"TROVE_MOE_ROUTER_LOADS", "32"},
+        std::pair{"TROVE_MOE_ROUTER_SPLIT", "2"}}) {
     tests::ScopedEnv bad(name, value);
     auto op = ops::MoeRoute::create(*d);
     ASSERT_FALSE(op.ok()) << name << "=" << value;
@@ -216,14 +218,18 @@ TEST(MoeRoute, RouterAndRoutingInOneDispatchMatchReference) {
         << op.status().message();
   }
   struct Setting {
-    const char *wg, *loads;
+    const char *wg, *loads, *split;
   };
-  for (const Setting set : {Setting{nullptr, nullptr}, Setting{"32", "4"}, Setting{"256", "16"}}) {
-    SCOPED_TRACE(fmt::format("TROVE_MOE_ROUTER_WG={} TROVE_MOE_ROUTER_LOADS={}", set.wg ? set.wg : "(unset)",
-                             set.loads ? set.loads : "(unset)"));
+  for (const Setting set :
+       {Setting{nullptr, nullptr, nullptr}, Setting{"32", "4", nullptr}, Setting{"256", "16", nullptr},
+        Setting{nullptr, nullptr, "1"}, Setting{"64", "4", "1"}}) {
+    SCOPED_TRACE(fmt::format("TROVE_MOE_ROUTER_WG={} TROVE_MOE_ROUTER_LOADS={} TROVE_MOE_ROUTER_SPLIT={}",
+                             set.wg ? set.wg : "(unset)", set.loads ? set.loads : "(unset)",
+                             set.split ? set.split : "(unset)"));
     std::optional<ops::MoeRoute> op;
     {
-      tests::ScopedEnv wg("TROVE_MOE_ROUTER_WG", set.wg), loads("TROVE_MOE_ROUTER_LOADS", set.loads);
+      tests::ScopedEnv wg("TROVE_MOE_ROUTER_WG", set.wg), loads("TROVE_MOE_ROUTER_LOADS", set.loads),
+          split("TROVE_MOE_ROUTER_SPLIT", set.split);
       auto o = ops::MoeRoute::create(*d);
       ASSERT_TRUE(o.ok()) << o.status().ToString();
       op.emplace(std::move(*o));
@@ -317,6 +323,159 @@ TEST(MoeRoute, RouterAndRoutingInOneDispatchMatchReference) {
   }
 }
 
+void router_beside_o_matches_reference(vk::Device* d, const ops::MoeRoute& op);
+
+// The router beside O (MoeRouterCall::kPlain then kBiasRouteRaw, moe_layer.h): zh = R̃ · x, then
+// logits = M · a + zh, top-k, with the chosen logits themselves as the weights. zh and the logits
+// against float64; ids exactly ref::moe_route's choice on the kernel's own logits and the weights
+// the very logits chosen (bit for bit). Experts 3 and 5 get equal rows in R̃ and M pointing along
+// token 0 (its top two, tied: the smaller index first). Every token's logits equal, bit for bit, what
+// a one-token call computes for it (batched steps must equal one-token ones: speculative
+// verification). Two plain + routed pairs in one stream: the plain mode must leave the routed one's
+// completion counter alone (else the second routing is skipped and its poisoned ids stay).
+TEST(MoeRoute, RouterBesideOMatchesReference) {
+  auto d = open_device();
+  ASSERT_TRUE(d);
+  for (const char* split : {"0", "1"}) {  // a subgroup per expert row, a workgroup per row
+    SCOPED_TRACE(fmt::format("TROVE_MOE_ROUTER_SPLIT={}", split));
+    std::optional<ops::MoeRoute> op;
+    {
+      tests::ScopedEnv env("TROVE_MOE_ROUTER_SPLIT", split);
+      auto o = ops::MoeRoute::create(*d);
+      ASSERT_TRUE(o.ok()) << o.status().ToString();
+      op.emplace(std::move(*o));
+    }
+    router_beside_o_matches_reference(d.get(), *op);
+  }
+}
+
+void router_beside_o_matches_reference(vk::Device* d, const ops::MoeRoute& op_ref) {
+  const ops::MoeRoute* op = &op_ref;
+  std::mt19937 rng(std::random_device{}());
+  std::normal_distribution<float> nd(0.f, 1.f);
+  struct Shape {
+    uint32_t tokens, experts, k, hidden, q_dim;
+  };
+  for (auto sh : {Shape{1, 128, 8, 2048, 4096}, Shape{3, 128, 8, 256, 512}, Shape{8, 16, 4, 64, 132},
+                  Shape{2, 8, 8, 64, 64}, Shape{5, 100, 6, 1000, 252}, Shape{7, 256, 32, 128, 128}}) {
+    const std::string what = fmt::format("{} tokens, {} experts, k {}, hidden {}, q_dim {}", sh.tokens,
+                                         sh.experts, sh.k, sh.hidden, sh.q_dim);
+    const uint32_t T = sh.tokens, E = sh.experts;
+    std::vector<float> rn(size_t(E) * sh.hidden), m(size_t(E) * sh.q_dim);
+    for (auto& v : rn) v = 0.05f * nd(rng);
+    for (auto& v : m) v = 0.05f * nd(rng);
+    struct Run {
+      std::vector<float> x, a;
+      vk::Buffer bx, ba, bz, bl, bi, bw;
+    };
+    Run runs[2];
+    for (Run& r : runs) {
+      r.x.resize(size_t(T) * sh.hidden);
+      r.a.resize(size_t(T) * sh.q_dim);
+      for (auto& v : r.x) v = nd(rng);
+      for (auto& v : r.a) v = nd(rng);
+    }
+    for (uint32_t c = 0; c < sh.hidden; ++c) {
+      rn[3 * size_t(sh.hidden) + c] = rn[5 * size_t(sh.hidden) + c] = runs[0].x[c] >= 0 ? 0.5f : -0.5f;
+    }
+    for (uint32_t c = 0; c < sh.q_dim; ++c) {
+      m[3 * size_t(sh.q_dim) + c] = m[5 * size_t(sh.q_dim) + c] = runs[0].a[c] >= 0 ? 0.5f : -0.5f;
+    }
+    auto brn = upload(*d, rn), bm = upload(*d, m);
+    auto fresh = [&](size_t words, uint32_t poison) {
+      auto b = d->buffer(words * 4);
+      EXPECT_TRUE(b.ok() && b->fill(poison).ok());
+      return std::move(*b);
+    };
+    auto s = d->stream();
+    ASSERT_TRUE(s.ok());
+    // Both modes of one step (x, a: T rows from row `first` of the run's inputs) into r's buffers.
+    auto record = [&](Run& r, vk::BufferRange x, vk::BufferRange a, uint32_t tokens) {
+      ops::MoeRouterCall h{x, {}, 0.f, brn, r.bz, {}, {}, sh.hidden, E, tokens, sh.k};
+      h.mode = ops::MoeRouterCall::kPlain;
+      Status st = op->record_router(*s, h);
+      ASSERT_TRUE(st.ok()) << st.ToString();
+      s->barrier();
+      ops::MoeRouterCall o{a, {}, 0.f, bm, r.bl, r.bi, r.bw, sh.q_dim, E, tokens, sh.k};
+      o.mode = ops::MoeRouterCall::kBiasRouteRaw;
+      o.bias = r.bz;
+      st = op->record_router(*s, o);
+      ASSERT_TRUE(st.ok()) << st.ToString();
+      s->barrier();
+    };
+    for (Run& r : runs) {
+      r.bx = upload(*d, r.x);
+      r.ba = upload(*d, r.a);
+      r.bz = fresh(size_t(T) * E, 0x7fc00000u);
+      r.bl = fresh(size_t(T) * E, 0x7fc00000u);
+      r.bi = fresh(size_t(T) * sh.k, 0xffffffffu);
+      r.bw = fresh(size_t(T) * sh.k, 0x7fc00000u);
+      record(r, r.bx, r.ba, T);
+    }
+    // The last token of the first run alone, as a one-token step.
+    Run one;
+    const uint32_t last = T - 1;
+    one.bz = fresh(E, 0x7fc00000u);
+    one.bl = fresh(E, 0x7fc00000u);
+    one.bi = fresh(sh.k, 0xffffffffu);
+    one.bw = fresh(sh.k, 0x7fc00000u);
+    record(one, vk::BufferRange(runs[0].bx, uint64_t{last} * sh.hidden * 4, uint64_t{sh.hidden} * 4),
+           vk::BufferRange(runs[0].ba, uint64_t{last} * sh.q_dim * 4, uint64_t{sh.q_dim} * 4), 1);
+    ASSERT_TRUE(s->submit_and_wait().ok());
+    for (int ri = 0; ri < 2; ++ri) {
+      const Run& r = runs[ri];
+      const std::string run_what = fmt::format("{}, pair of calls {}", what, ri + 1);
+      auto zh = download<float>(r.bz, size_t(T) * E);
+      auto logits = download<float>(r.bl, size_t(T) * E);
+      for (uint32_t t = 0; t < T; ++t) {
+        for (uint32_t e = 0; e < E; ++e) {
+          double h = 0, hmag = 0, o = 0, omag = 0;
+          for (uint32_t c = 0; c < sh.hidden; ++c) {
+            const double p = double(rn[size_t(e) * sh.hidden + c]) * r.x[size_t(t) * sh.hidden + c];
+            h += p;
+            hmag += std::abs(p);
+          }
+          for (uint32_t c = 0; c < sh.q_dim; ++c) {
+            const double p = double(m[size_t(e) * sh.q_dim + c]) * r.a[size_t(t) * sh.q_dim + c];
+            o += p;
+            omag += std::abs(p);
+          }
+          ASSERT_NEAR(zh[size_t(t) * E + e], h, 1e-5 * hmag + 1e-6)
+              << run_what << " token " << t << " expert " << e;
+          ASSERT_NEAR(logits[size_t(t) * E + e], h + o, 1e-5 * (hmag + omag) + 1e-6)
+              << run_what << " token " << t << " expert " << e;
+        }
+      }
+      std::vector<uint32_t> want_ids(size_t(T) * sh.k);
+      std::vector<float> unused(want_ids.size());
+      ref::moe_route(logits.data(), want_ids.data(), unused.data(), T, E, sh.k);
+      auto ids = download<uint32_t>(r.bi, want_ids.size());
+      auto w = download<float>(r.bw, want_ids.size());
+      EXPECT_EQ(ids, want_ids) << run_what;
+      for (uint32_t t = 0; t < T; ++t) {
+        for (uint32_t j = 0; j < sh.k; ++j) {
+          const float chosen = logits[size_t(t) * E + ids[size_t(t) * sh.k + j]];
+          ASSERT_EQ(std::memcmp(&w[size_t(t) * sh.k + j], &chosen, 4), 0)
+              << run_what << " token " << t << " pick " << j << ": " << w[size_t(t) * sh.k + j] << " vs "
+              << chosen;
+        }
+      }
+      if (ri == 0) {
+        EXPECT_EQ(logits[3], logits[5]) << run_what;
+        EXPECT_EQ(ids[0], 3u) << run_what;
+        if (sh.k > 1) EXPECT_EQ(ids[1], 5u) << run_what;
+        auto alone = download<float>(one.bl, E);
+        EXPECT_EQ(0, std::memcmp(alone.data(), logits.data() + size_t(last) * E, size_t(E) * 4))
+            << run_what << ": token " << last << " alone differs from the same token in the " << T
+            << "-token call";
+        EXPECT_EQ(download<uint32_t>(one.bi, sh.k),
+                  std::vector<uint32_t>(ids.begin() + size_t(last) * sh.k, ids.begin() + size_t(T) * sh.k))
+            << run_what;
+      }
+    }
+  }
+}
+
 TEST(MoeRoute, RouterRefusesShapesItCannotRoute) {
   auto d = open_device();
   ASSERT_TRUE(d);
@@ -334,5 +493,13 @@ TEST(MoeRoute, RouterRefusesShapesItCannotRoute) {
   EXPECT_NE(msg(1, 8, 9, 64, *b).find("top-k 9"), std::string::npos);
   EXPECT_NE(msg(1, 300, 8, 64, *b).find("300 experts"), std::string::npos);
   EXPECT_NE(msg(2, 128, 8, 2048, *small).find("buffer 'x' has 64 bytes"), std::string::npos);
+  // The routed mode of the router beside O needs its bias, in a buffer of its own.
+  ops::MoeRouterCall o{*b, {}, 0.f, *b, *b, *b, *b, 2048, 128, 1, 8};
+  o.mode = ops::MoeRouterCall::kBiasRouteRaw;
+  EXPECT_NE(op->record_router(*s, o).message().find("buffer 'bias' is missing"), std::string::npos);
+  o.bias = *b;
+  EXPECT_NE(op->record_router(*s, o).message().find("must not be the logits' buffer"), std::string::npos);
+  o.mode = static_cast<ops::MoeRouterCall::Mode>(7);
+  EXPECT_NE(op->record_router(*s, o).message().find("mode 7"), std::string::npos);
   EXPECT_EQ(s->counters().dispatches, 0u);
 }

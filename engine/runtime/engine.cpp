@@ -4,6 +4,7 @@
 #include "engine/runtime/vulkan_engine.h"
 
 #include <algorithm>
+#include <atomic>
 #include <charconv>
 #include <chrono>
 #include <deque>
@@ -15,6 +16,7 @@
 #include <cstring>
 #include <filesystem>
 #include <optional>
+#include <thread>
 #include <utility>
 #include <unistd.h>
 
@@ -27,6 +29,7 @@
 #include "engine/runtime/block_pool.h"
 #include "engine/runtime/l2_warm_plan.h"
 #include "engine/runtime/moe_layer.h"
+#include "engine/runtime/router_fold.h"
 #include "engine/runtime/step_profile.h"
 #include "kernels/ops/add.h"
 #include "kernels/ops/attention.h"
@@ -317,9 +320,19 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
   // a step stays whole unless TROVE_STEP_PIECES_MAX says otherwise.
   if (!pieces_env || !*pieces_env) e->step_pieces_max_ = e->ops_.matmul.uses_coopmat() ? kStepPiecesMax : 0;
 
+  // The router beside O needs its weights folded at load (router_fold.h): f32 routers only.
+  if (c.is_moe()) {
+    auto mode = moe_router_mode_from_env();
+    if (!mode.ok()) return mode.status();
+    const auto* router = (*file)->find_tensor("blk.0.ffn_gate_inp.weight");
+    e->fold_router_ = *mode == MoeRouterMode::kBeside && e->ops_.matvec && router &&
+                      router->type == quant::GgmlType::F32;
+  }
   // Memory plan: weights + KV pool + scratch must fit the device.
   uint64_t weight_bytes = 0;
   for (const auto& t : (*file)->tensors()) weight_bytes += t.n_bytes;
+  if (e->fold_router_)
+    weight_bytes += uint64_t{c.n_layer} * c.n_expert * (c.n_embd + uint64_t{c.n_head} * c.head_dim) * 4;
   if (const auto* t = (*file)->find_tensor("token_embd.weight"); t && t->n_dims >= 2) {
     // Rows on the GPU when GetRows reads the type and the table fits one buffer (as upload() cuts it);
     // otherwise an untied table stays on the host.
@@ -339,7 +352,7 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
   const uint64_t T = e->max_tokens_;
   const uint64_t ff = std::max<uint64_t>(c.n_ff, uint64_t{c.n_ff_exp});
   uint64_t scratch = 4 * (T * (4ull * c.n_embd + 3ull * c.n_head * c.head_dim +
-                               2ull * c.n_head_kv * c.head_dim + 3 * ff + 2ull * c.n_expert + 4) +
+                               2ull * c.n_head_kv * c.head_dim + 3 * ff + 3ull * c.n_expert + 4) +
                           T * c.n_expert_used * (2ull * c.n_embd + 3 * ff + 2) + 2ull * nseq * c.n_vocab);
   const uint64_t have = e->dev_->features().device_local_bytes;
   if (prefill_weights_auto) {
@@ -454,6 +467,55 @@ Result<Weight> VulkanEngine::upload(const gguf::GgufFile& f, const std::string& 
   return w;
 }
 
+// The router beside O: every MoE layer's R̃ and M (router_fold.h) computed on the host's cores, a layer
+// per task, then uploaded.
+Status VulkanEngine::fold_routers(gguf::GgufFile& f) {
+  const ModelConfig& c = cfg_;
+  const uint32_t q_dim = c.n_head * c.head_dim;
+  std::vector<RouterFold> folds(c.n_layer);
+  std::vector<Status> errors(c.n_layer, Status::Ok());
+  std::atomic<uint32_t> next{0};
+  auto work = [&] {
+    for (uint32_t l; (l = next.fetch_add(1)) < c.n_layer;) {
+      const std::string b = fmt::format("blk.{}.", l);
+      const auto *r = f.find_tensor(b + "ffn_gate_inp.weight"), *n = f.find_tensor(b + "ffn_norm.weight"),
+                 *o = f.find_tensor(b + "attn_output.weight");
+      if (!r || !n || !o || r->type != quant::GgmlType::F32 || r->ne[0] != c.n_embd ||
+          r->ne[1] != c.n_expert || n->ne[0] != c.n_embd || o->ne[0] != q_dim || o->ne[1] != c.n_embd) {
+        errors[l] =
+            Status::InvalidArgument(fmt::format("{}: {}ffn_gate_inp, ffn_norm or attn_output cannot be "
+                                                "folded for the router beside O (f32 router of "
+                                                "[{}][{}] needed); use TROVE_MOE_ROUTER=fused",
+                                                f.path(), b, c.n_expert, c.n_embd));
+        continue;
+      }
+      std::vector<float> norm(c.n_embd);
+      quant::dequantize_row(n->type, n->data, norm.data(), c.n_embd);
+      folds[l] = fold_router(reinterpret_cast<const float*>(r->data), norm.data(), c.n_expert, c.n_embd,
+                             o->type, o->data, q_dim);
+    }
+  };
+  const uint32_t n_threads = std::clamp<uint32_t>(std::thread::hardware_concurrency(), 1, c.n_layer);
+  std::vector<std::thread> threads;
+  for (uint32_t i = 1; i < n_threads; ++i) threads.emplace_back(work);
+  work();
+  for (auto& t : threads) t.join();
+  for (uint32_t l = 0; l < c.n_layer; ++l) {
+    TROVE_RETURN_IF_ERROR(errors[l]);
+    Layer& L = layers_[l];
+    for (auto [buf, v] : {std::pair{&L.router_n, &folds[l].rn}, std::pair{&L.router_o, &folds[l].m}}) {
+      auto b = dev_->buffer(v->size() * 4);
+      if (!b.ok()) return b.status();
+      TROVE_RETURN_IF_ERROR(b->upload(v->data(), v->size() * 4, 0));
+      *buf = std::move(*b);
+    }
+    L.moe.router_n = L.router_n;
+    L.moe.router_o = L.router_o;
+    L.moe.q_dim = q_dim;
+  }
+  return Status::Ok();
+}
+
 Status VulkanEngine::load_weights(gguf::GgufFile& f, bool progress) {
   uint64_t total = 0;
   for (const auto& t : f.tensors()) total += t.n_bytes;
@@ -507,7 +569,14 @@ Status VulkanEngine::load_weights(gguf::GgufFile& f, bool progress) {
         return ops::StackedExperts{w.type, w.whole(), static_cast<uint32_t>(w.rows), static_cast<uint32_t>(w.cols),
                                    static_cast<uint32_t>(w.experts)};
       };
-      L.moe = {stacked(L.gate_exps), stacked(L.up_exps), stacked(L.down_exps), L.router.type, L.router.whole()};
+      L.moe = {stacked(L.gate_exps),
+               stacked(L.up_exps),
+               stacked(L.down_exps),
+               L.router.type,
+               L.router.whole(),
+               {},
+               {},
+               0};  // router_n / router_o: fold_routers()
     } else {
       TROVE_RETURN_IF_ERROR(get(b + "ffn_gate.weight", false, L.gate));
       TROVE_RETURN_IF_ERROR(get(b + "ffn_up.weight", false, L.up));
@@ -518,6 +587,7 @@ Status VulkanEngine::load_weights(gguf::GgufFile& f, bool progress) {
       return Status::InvalidArgument(fmt::format("{}: {}attn_* shapes disagree with the metadata", f.path(), b));
     }
   }
+  if (fold_router_) TROVE_RETURN_IF_ERROR(fold_routers(f));
   TROVE_RETURN_IF_ERROR(get("output_norm.weight", true, output_norm_));
   const auto* embd = f.find_tensor("token_embd.weight");
   if (!embd) return Status::NotFound(fmt::format("{}: tensor token_embd.weight is missing", f.path()));

@@ -565,7 +565,10 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       const Layer* next = l + 1 < c.n_layer ? &layers_[l + 1] : nullptr;
       uint64_t warmed[kWarmWhats] = {};  // words of each WarmWhat read into L2 so far in this layer
       auto warm_at = [&](WarmAt at) { return warm ? record_l2_warm(s, at, l, warmed) : Status::Ok(); };
+      // MoE decode with the router beside O (MoeLayer::router_beside): R̃ · x here, beside QKV.
+      const bool router_beside = mv && c.is_moe() && moe_->router_beside(T, L.moe);
       if (mv) {
+        if (router_beside) TROVE_RETURN_IF_ERROR(moe_->record_router_h(s, L.moe, x_, T));  // recorded first
         TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.q, attn_}, {&L.k, o_}, {&L.v, v_}}, T, x_, L.attn_norm.whole(), Ep::kStore));
       } else {
         if (f16_acts) {
@@ -647,6 +650,8 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       mark(kOpAttention);
       if (mv) {
         TROVE_RETURN_IF_ERROR(warm_at(kWarmO));
+        if (router_beside)
+          TROVE_RETURN_IF_ERROR(moe_->record_router_o(s, L.moe, attn_, T));  // + M · attn, top-k
         TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.o, x_}}, T, attn_, {}, Ep::kAdd));
       } else if (pf) {
         TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L, l, L.o, T, attn_, o_));
@@ -683,7 +688,8 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
                                                         mark(st == MoeStage::kRouter ? kOpMoeRouter
                                                              : st == MoeStage::kRoute ? kOpMoeRoute
                                                                                       : kOpMoeGateUp);
-                                                      }));
+                                                      },
+                                                      router_beside));
         s.barrier();
         mark(kOpMoe);
         continue;

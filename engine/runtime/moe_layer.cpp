@@ -11,7 +11,25 @@ namespace trove::engine {
 uint64_t MoeLayer::scratch_bytes(const MoeShape& m, uint32_t max_tokens) {
   const uint64_t pairs = uint64_t{max_tokens} * m.k;
   const auto layout = ops::MoePlanLayout::make(static_cast<uint32_t>(pairs), m.n_expert);
-  return 4 * (uint64_t{max_tokens} * m.n_expert + 2 * pairs + 3 * pairs * m.ffn + pairs * m.hidden) + layout.bytes();
+  return 4 * (2 * uint64_t{max_tokens} * m.n_expert + 2 * pairs + 3 * pairs * m.ffn + pairs * m.hidden) +
+         layout.bytes();
+}
+
+Result<MoeRouterMode> moe_router_mode_from_env() {
+  const char* v = std::getenv("TROVE_MOE_ROUTER");
+  if (!v || !*v) return MoeRouterMode::kFused;
+  const std::string_view r = v;
+  if (r == "beside") return MoeRouterMode::kBeside;
+  if (r == "fused") return MoeRouterMode::kFused;
+  if (r == "split") return MoeRouterMode::kSplit;
+  return Status::InvalidArgument(fmt::format(
+      "TROVE_MOE_ROUTER={} is not a choice: use fused (the default: at decode the FFN norm, the router and "
+      "the "
+      "routing in one dispatch after the O projection), beside (the router split around the O projection so "
+      "it "
+      "waits for neither: its weights folded through W_o at load) or split (the router as a matvec, then the "
+      "routing: two dispatches, for A/B)",
+      r));
 }
 
 Result<MoeLayer> MoeLayer::create(vk::Device& dev, const MoeShape& m, uint32_t max_tokens) {
@@ -19,16 +37,8 @@ Result<MoeLayer> MoeLayer::create(vk::Device& dev, const MoeShape& m, uint32_t m
     return Status::InvalidArgument(fmt::format("MoE layer: hidden {}, expert FFN {}, {} experts, top-k {}, {} tokens; "
                                                "all must be positive", m.hidden, m.ffn, m.n_expert, m.k, max_tokens));
   }
-  bool fused_router = true;
-  if (const char* v = std::getenv("TROVE_MOE_ROUTER"); v && *v) {
-    const std::string_view r = v;
-    if (r != "fused" && r != "split") {
-      return Status::InvalidArgument(fmt::format(
-          "TROVE_MOE_ROUTER={} is not a choice: use fused (the default: at decode the FFN norm, the router and the "
-          "routing in one dispatch) or split (the router as a matvec, then the routing: two dispatches, for A/B)", r));
-    }
-    fused_router = r == "fused";
-  }
+  auto mode = moe_router_mode_from_env();
+  if (!mode.ok()) return mode.status();
   auto route = ops::MoeRoute::create(dev);
   if (!route.ok()) return route.status();
   auto ffn = ops::MoeFfn::create(dev);
@@ -36,7 +46,7 @@ Result<MoeLayer> MoeLayer::create(vk::Device& dev, const MoeShape& m, uint32_t m
   MoeLayer l;
   l.shape_ = m;
   l.max_tokens_ = max_tokens;
-  l.fused_router_ = fused_router;
+  l.router_mode_ = *mode;
   const uint64_t pairs = uint64_t{max_tokens} * m.k;
   l.layout_ = ops::MoePlanLayout::make(static_cast<uint32_t>(pairs), m.n_expert);
   l.route_ = std::move(*route);
@@ -48,7 +58,8 @@ Result<MoeLayer> MoeLayer::create(vk::Device& dev, const MoeShape& m, uint32_t m
   const Want want[] = {{&l.logits_, uint64_t{max_tokens} * m.n_expert * 4}, {&l.ids_, pairs * 4},
                        {&l.weights_, pairs * 4}, {&l.plan_, l.layout_.bytes()},
                        {&l.h_, pairs * m.ffn * 4}, {&l.d_, pairs * m.hidden * 4},
-                       {&l.g_, pairs * m.ffn * 4}, {&l.u_, pairs * m.ffn * 4}};
+                       {&l.g_, pairs * m.ffn * 4}, {&l.u_, pairs * m.ffn * 4},
+                       {&l.zh_, uint64_t{max_tokens} * m.n_expert * 4}};
   for (const Want& w : want) {
     auto b = dev.buffer(std::max<uint64_t>(w.bytes, 16));
     if (!b.ok()) return b.status();
@@ -81,7 +92,7 @@ Status MoeLayer::record(vk::CommandStream& s, const ops::Matmul& matmul, const M
 
 Status MoeLayer::record_fused_norm(vk::CommandStream& s, const ops::Matvec& matvec, const MoeLayerWeights& w,
                                    vk::BufferRange norm_w, float eps, vk::BufferRange x, uint32_t T,
-                                   const std::function<void(MoeStage)>& after) const {
+                                   const std::function<void(MoeStage)>& after, bool routed) const {
   if (!fuses_norm(T)) {
     return Status::InvalidArgument(fmt::format("MoE layer: a step of {} tokens cannot fold the FFN norm (needs <= {} tokens "
                                                "and the direct expert kernels); use record()", T, ops::Matvec::kMaxBatch));
@@ -91,8 +102,14 @@ Status MoeLayer::record_fused_norm(vk::CommandStream& s, const ops::Matvec& matv
     s.barrier();
     if (after) after(st);
   };
-  if (fused_router_ && w.router_type == quant::GgmlType::F32 && T <= ops::MoeRoute::kRouterMaxTokens &&
-      m.hidden % 4 == 0) {
+  if (routed) {
+    if (!router_beside(T, w)) {
+      return Status::InvalidArgument(
+          "MoE layer: routed = true, but this step does not run the router beside O "
+          "(router_beside())");
+    }
+  } else if (router_mode_ != MoeRouterMode::kSplit && w.router_type == quant::GgmlType::F32 &&
+             T <= ops::MoeRoute::kRouterMaxTokens && m.hidden % 4 == 0) {
     // Router and routing in one dispatch (the profile's "moe router" then holds both).
     const ops::MoeRouterCall rc{x, norm_w, eps, w.router, logits_, ids_, weights_, m.hidden, m.n_expert, T, m.k};
     TROVE_RETURN_IF_ERROR(route_.record_router(s, rc));
@@ -105,9 +122,35 @@ Status MoeLayer::record_fused_norm(vk::CommandStream& s, const ops::Matvec& matv
   call.norm_w = norm_w;
   call.eps = eps;
   call.by_pair = true;
+  call.weights_raw = routed;
   TROVE_RETURN_IF_ERROR(ffn_.record_gate_up(s, call));  // ffn_.record() in two halves, for `after`
   done(MoeStage::kGateUp);
   return ffn_.record_down(s, call);
+}
+
+Status MoeLayer::record_router_h(vk::CommandStream& s, const MoeLayerWeights& w, vk::BufferRange x,
+                                 uint32_t T) const {
+  if (!router_beside(T, w)) {
+    return Status::InvalidArgument(
+        fmt::format("MoE layer: a step of {} tokens does not run the router beside O", T));
+  }
+  const MoeShape& m = shape_;
+  ops::MoeRouterCall c{x, {}, 0.f, w.router_n, zh_, {}, {}, m.hidden, m.n_expert, T, m.k};
+  c.mode = ops::MoeRouterCall::kPlain;
+  return route_.record_router(s, c);
+}
+
+Status MoeLayer::record_router_o(vk::CommandStream& s, const MoeLayerWeights& w, vk::BufferRange attn,
+                                 uint32_t T) const {
+  if (!router_beside(T, w)) {
+    return Status::InvalidArgument(
+        fmt::format("MoE layer: a step of {} tokens does not run the router beside O", T));
+  }
+  const MoeShape& m = shape_;
+  ops::MoeRouterCall c{attn, {}, 0.f, w.router_o, logits_, ids_, weights_, w.q_dim, m.n_expert, T, m.k};
+  c.mode = ops::MoeRouterCall::kBiasRouteRaw;
+  c.bias = zh_;
+  return route_.record_router(s, c);
 }
 
 Status MoeLayer::record_router_split(vk::CommandStream& s, const ops::Matvec& matvec, const MoeLayerWeights& w,

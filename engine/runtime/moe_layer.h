@@ -32,7 +32,22 @@ struct MoeLayerWeights {
   ops::StackedExperts gate, up, down;       // ffn_gate_exps, ffn_up_exps, ffn_down_exps
   quant::GgmlType router_type = quant::GgmlType::F32;
   vk::BufferRange router;                   // ffn_gate_inp: [n_expert][hidden]
+  // The router beside O (MoeRouterMode::kBeside; engine/runtime/router_fold.h), f32: R̃ = router ·
+  // diag(ffn_norm) [n_expert][hidden] and M = R̃ · attn_output [n_expert][q_dim]. Empty: not folded.
+  vk::BufferRange router_n, router_o;
+  uint32_t q_dim = 0;
 };
+
+// How decode-sized steps (record_fused_norm) run the router (TROVE_MOE_ROUTER; f32 routers — others
+// always take kSplit):
+//  kBeside: split around the O projection (ops::MoeRouterCall::kPlain beside the QKV matvec, then
+//           kBiasRouteRaw beside O: record_router_h / record_router_o), so the router waits for neither;
+//           the gate/up kernel scales the chosen logits by 1/rms. Needs the folded weights.
+//  kFused:  norm, router and routing in one dispatch after O (MoeRoute::record_router, kNormRoute).
+//  kSplit:  the router as an ops::Matvec with the norm prologue, then the routing: two dispatches.
+enum class MoeRouterMode : uint8_t { kBeside, kFused, kSplit };
+// TROVE_MOE_ROUTER=beside|fused|split, else the default (kFused); the error names the setting.
+Result<MoeRouterMode> moe_router_mode_from_env();
 
 // The dispatches of record_fused_norm() and record(), in order; the `after` hook hears each but the
 // last (down at decode, the combine in prefill), after the barrier that ends it (TROVE_PROFILE=ops puts
@@ -61,9 +76,27 @@ class MoeLayer {
   // default — else the router as an ops::Matvec with the RMSNorm prologue, then MoeRoute::record_ids),
   // gate/up as the direct expert kernel with the same prologue indexed by (token, j) pair, down by
   // pair — 3 dispatches (4 split) and no separate norm (fuses_norm(T) must hold).
+  // routed: record_router_o() already chose the experts (router beside O): no router dispatch here,
+  // and gate/up scales the raw logits into weights.
   Status record_fused_norm(vk::CommandStream& s, const ops::Matvec& matvec, const MoeLayerWeights& w,
                            vk::BufferRange norm_w, float eps, vk::BufferRange x, uint32_t T,
-                           const std::function<void(MoeStage)>& after = {}) const;
+                           const std::function<void(MoeStage)>& after = {}, bool routed = false) const;
+  // Whether a decode step of T tokens runs the router beside O (MoeRouterMode::kBeside and the layer's
+  // folded weights); then, per layer: record_router_h() beside the QKV matvec (x = the residual stream
+  // at the layer's start, which QKV also only reads), record_router_o() beside O (attn = O's input),
+  // each recorded BEFORE the matvec it runs beside (so its few workgroups get SMs before the matvec's
+  // fill the GPU: recorded after, the 30B-A3B's decode step took 5% longer than with the fused router,
+  // recorded before 2–3% less; docs/performance.md 2026-12-06 15:55), and record_fused_norm(...,
+  // routed = true) after O's barrier.
+  bool router_beside(uint32_t T, const MoeLayerWeights& w) const {
+    return router_mode_ == MoeRouterMode::kBeside && fuses_norm(T) && T <= ops::MoeRoute::kRouterMaxTokens &&
+           shape_.hidden % 4 == 0 && w.q_dim % 4 == 0 && w.router_n.buffer != VK_NULL_HANDLE &&
+           w.router_o.buffer != VK_NULL_HANDLE;
+  }
+  Status record_router_h(vk::CommandStream& s, const MoeLayerWeights& w, vk::BufferRange x, uint32_t T) const;
+  Status record_router_o(vk::CommandStream& s, const MoeLayerWeights& w, vk::BufferRange attn,
+                         uint32_t T) const;
+  MoeRouterMode router_mode() const { return router_mode_; }
   // Copies the last record()'s expert offsets (n_expert + 1 words: the first slot of each expert, then
   // the slot count) to dst at dst_off, for TROVE_PROFILE=routing; after record() and a barrier.
   void record_offsets_copy(vk::CommandStream& s, const vk::Buffer& dst, uint64_t dst_off) const {
@@ -78,12 +111,13 @@ class MoeLayer {
                              vk::BufferRange norm_w, float eps, vk::BufferRange x, uint32_t T,
                              const std::function<void(MoeStage)>& done) const;
   MoeShape shape_;
-  bool fused_router_ = true;  // TROVE_MOE_ROUTER: router + routing in one dispatch at decode (f32 routers)
+  MoeRouterMode router_mode_ = MoeRouterMode::kFused;  // TROVE_MOE_ROUTER
   uint32_t max_tokens_ = 0;
   ops::MoePlanLayout layout_;
   ops::MoeRoute route_;
   ops::MoeFfn ffn_;
   vk::Buffer logits_, ids_, weights_, plan_, h_, d_, g_, u_;
+  vk::Buffer zh_;  // router beside O: R̃ · x of the layer's start, [max_tokens][n_expert]
 };
 
 }  // namespace trove::engine

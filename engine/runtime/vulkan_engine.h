@@ -66,6 +66,7 @@ struct Layer {
   Weight gate, up, down;                            // dense FFN
   Weight router, gate_exps, up_exps, down_exps;     // MoE
   MoeLayerWeights moe;                              // views of the four above for MoeLayer
+  vk::Buffer router_n, router_o;                    // MoE, router beside O: folded at load (router_fold.h)
 };
 
 // One weight of a Matvec call and where its rows go (y[b * rows + r]).
@@ -194,6 +195,7 @@ class VulkanEngine final : public Engine {
 
  private:
   Status load_weights(gguf::GgufFile& f, bool progress);
+  Status fold_routers(gguf::GgufFile& f);  // fold_router_: every MoE layer's router folded through W_o
   Result<Weight> upload(const gguf::GgufFile& f, const std::string& name, bool to_f32, Progress& bar);
   Status alloc_scratch();
   Status record_matmul(vk::CommandStream& s, const Weight& w, uint64_t expert, uint32_t batch,
@@ -300,6 +302,7 @@ class VulkanEngine final : public Engine {
       {"f16-dense-resident", true, false, true}};
   enum PrefillSlot : uint8_t { kSlotQkv, kSlotO, kSlotGateUp, kSlotDown, kSlotExperts, kPrefillSlots };
   bool prefill_f16_ = false, prefill_f16_experts_ = false, prefill_f16_resident_ = false;
+  bool fold_router_ = false;  // MoE, TROVE_MOE_ROUTER=beside with an f32 router: Layer::router_n / router_o
   std::optional<ops::DequantF16> dequant_f16_;
   vk::Buffer prefill_f16_slots_[kPrefillSlots];
   std::vector<std::array<vk::Buffer, kPrefillSlots>> prefill_f16_layers_;  // f16-resident: per layer

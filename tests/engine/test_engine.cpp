@@ -1079,8 +1079,9 @@ TEST(Engine, GenerateStopsAtMaxTokensAndReusesThePrefix) {
 // TROVE_PROFILE=ops times the four dispatches of an MoE decode layer apart (router, routing, gate/up,
 // down: MoeLayer::record_fused_norm's `after` hook), in the table of one-token decode steps.
 TEST(Engine, OpProfileTimesTheMoeStagesApart) {
-  // Fused (the default): router and routing in one dispatch, so no routing of its own; split: four.
-  for (const char* router : {"fused", "split"}) {
+  // Fused (the default): router and routing in one dispatch, so no routing of its own; split: four;
+  // beside: the router runs beside QKV and O, so neither row appears (its time is theirs).
+  for (const char* router : {"fused", "split", "beside"}) {
     SCOPED_TRACE(fmt::format("TROVE_MOE_ROUTER={}", router));
     log::ScopedLogCapture logs;
     {
@@ -1101,10 +1102,11 @@ TEST(Engine, OpProfileTimesTheMoeStagesApart) {
       if (rec.message.find("TROVE_PROFILE=ops, decode steps of 1 token ") != std::string::npos) one = rec.message;
     }
     ASSERT_FALSE(one.empty()) << "no op profile of one-token decode steps was logged";
-    for (const char* kind : {"moe router (+norm, +routing)", "moe gate/up (+norm)", "moe down (+add) / combine / ffn"}) {
+    for (const char* kind : {"moe gate/up (+norm)", "moe down (+add) / combine / ffn"}) {
       EXPECT_NE(one.find(kind), std::string::npos) << kind << " missing from:\n" << one;
     }
-    const bool split = std::string_view(router) == "split";
+    const bool split = std::string_view(router) == "split", beside = std::string_view(router) == "beside";
+    EXPECT_EQ(one.find("moe router (+norm, +routing)") != std::string::npos, !beside) << one;
     EXPECT_EQ(one.find("moe routing") != std::string::npos, split) << one;
   }
 }
@@ -1209,8 +1211,9 @@ TEST(Engine, BadMoeRouterSettingIsNamed) {
 // expert kernels apart. Same greedy tokens and logits within 1e-4 relative L2, for a prefill of 3
 // tokens (a decode-sized step), one sequence decoding and two decoding together.
 TEST(Engine, MoeDecodeWithTheNormFoldedEqualsTheSeparateNorm) {
-  // The router and routing in one dispatch (fused, the default) and as a matvec + routing (split).
-  for (const char* router : {"fused", "split"}) {
+  // The router and routing in one dispatch (fused, the default), as a matvec + routing (split) and
+  // split around the O projection with its weights folded through W_o (beside).
+  for (const char* router : {"fused", "split", "beside"}) {
     SCOPED_TRACE(fmt::format("TROVE_MOE_ROUTER={}", router));
     ScopedEnv f32("TROVE_MATVEC", "f32");  // both engines' dense matvecs and router in f32 (no q8 on GPUs)
     ::setenv("TROVE_MOE", "staged", 1);

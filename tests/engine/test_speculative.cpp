@@ -22,6 +22,7 @@
 
 #include <unistd.h>
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include "common/log.h"
@@ -31,6 +32,7 @@
 #include "engine/runtime/speculative.h"
 #include "kernels/ref/sample_ref.h"
 #include "server/scheduler.h"
+#include "tests/scoped_env.h"
 
 using namespace trove;
 using engine::SparseDist;
@@ -383,7 +385,24 @@ TEST(Speculative, VerificationStepEqualsOneAtATimeDecodeAndKeepsOnlyAcceptedToke
   EXPECT_EQ(e->pool_stats().cached_blocks, 2u) << "block 0 of A (namespace a) and of B (namespace b)";
 }
 
+void moe_verification_equals_one_at_a_time();
+
+// The MoE's verification step of 3 tokens equals one-token steps, with the device's default kernels
+// and with the decode path GPUs take (the q8 expert kernels with the FFN norm folded in), its router
+// fused after O (the default) or beside O (TROVE_MOE_ROUTER=beside).
 TEST(Speculative, MoeVerificationStepEqualsOneAtATimeDecode) {
+  struct Setting {
+    const char *moe, *router;
+  };
+  for (const Setting set : {Setting{nullptr, nullptr}, Setting{"q8", "fused"}, Setting{"q8", "beside"}}) {
+    SCOPED_TRACE(fmt::format("TROVE_MOE={} TROVE_MOE_ROUTER={}", set.moe ? set.moe : "(default)",
+                             set.router ? set.router : "(default)"));
+    tests::ScopedEnv moe("TROVE_MOE", set.moe), router("TROVE_MOE_ROUTER", set.router);
+    moe_verification_equals_one_at_a_time();
+  }
+}
+
+void moe_verification_equals_one_at_a_time() {
   auto e = load(synthetic("tiny-moe"), 128, 1, 16);
   ASSERT_TRUE(e);
   const auto p = prompt(11, 2);

@@ -17,18 +17,16 @@ uint64_t MoeLayer::scratch_bytes(const MoeShape& m, uint32_t max_tokens) {
 
 Result<MoeRouterMode> moe_router_mode_from_env() {
   const char* v = std::getenv("TROVE_MOE_ROUTER");
-  if (!v || !*v) return MoeRouterMode::kFused;
+  if (!v || !*v) return MoeRouterMode::kBeside;
   const std::string_view r = v;
   if (r == "beside") return MoeRouterMode::kBeside;
   if (r == "fused") return MoeRouterMode::kFused;
   if (r == "split") return MoeRouterMode::kSplit;
   return Status::InvalidArgument(fmt::format(
-      "TROVE_MOE_ROUTER={} is not a choice: use fused (the default: at decode the FFN norm, the router and "
-      "the "
-      "routing in one dispatch after the O projection), beside (the router split around the O projection so "
-      "it "
-      "waits for neither: its weights folded through W_o at load) or split (the router as a matvec, then the "
-      "routing: two dispatches, for A/B)",
+      "TROVE_MOE_ROUTER={} is not a choice: use beside (the default: at decode the router split around the "
+      "O projection so it waits for neither, its weights folded through W_o at load), fused (the FFN norm, "
+      "the router and the routing in one dispatch after O) or split (the router as a matvec, then the "
+      "routing: two dispatches)",
       r));
 }
 

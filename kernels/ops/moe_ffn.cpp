@@ -98,7 +98,10 @@ Result<MoeRoute> MoeRoute::create(vk::Device& dev) {
   // bench/engine/ab.sh --rounds 2 --depth 4096 (2026-12-04 17:30): GPU per decode step 4153 / 4146 µs
   // with 8 loads against 4226 / 4223 with 16 (a whole 2048-column row per round; tg128 236 -> 240);
   // workgroups of 32 4192 / 4174, of 256 no better than 128, 32 with 8 loads 4154 / 4161.
-  uint32_t router_wg = 128, router_loads = 8, router_split = 0;
+  // A workgroup per expert row (TROVE_MOE_ROUTER_SPLIT=1, the default; 0: a subgroup per row): H100,
+  // 30B-A3B, ab.sh --depth 4096 (2026-12-06 16:47): GPU per decode step 3872 / 3882 µs against 4418 /
+  // 4403 with the fused router, 3524–3531 against 4100 with the router beside O.
+  uint32_t router_wg = 128, router_loads = 8, router_split = 1;
   for (auto [name, to, ok] : {std::tuple{"TROVE_MOE_ROUTER_WG", &router_wg, "32, 64, 128 or 256"},
                               std::tuple{"TROVE_MOE_ROUTER_LOADS", &router_loads, "4, 8 or 16"},
                               std::tuple{"TROVE_MOE_ROUTER_SPLIT", &router_split, "0 or 1"}}) {

@@ -127,7 +127,7 @@ class MoeRoute {
   vk::Buffer count_;  // moe_router.comp's count of finished workgroups, 0 between calls
   uint32_t subgroup_ = 32;
   uint32_t router_wg_ = 128;  // moe_router.comp's workgroup (TROVE_MOE_ROUTER_WG)
-  bool router_split_ = false;  // one workgroup per expert row (TROVE_MOE_ROUTER_SPLIT=1)
+  bool router_split_ = true;  // one workgroup per expert row (TROVE_MOE_ROUTER_SPLIT, default 1)
 };
 
 // One layer's stacked experts of one kind: [n_expert][rows][cols] GGUF rows of `type`.

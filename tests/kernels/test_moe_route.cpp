@@ -203,8 +203,8 @@ TEST(MoeRoute, RefusesShapesItCannotRoute) {
 // top of token 0 (the smaller index first). Every shape records two calls behind a barrier, and the
 // shapes share one op with different grids, so the completion counter must come back to 0 after each
 // call: a counter left behind skips the next call's routing and leaves its poisoned ids.
-// Also with other workgroup sizes and loads in flight (TROVE_MOE_ROUTER_WG / _LOADS, read at create):
-// 32 invocations with 4 loads a lane, 256 with 16; bad values are refused by name.
+// Also with other workgroup sizes, loads in flight and a subgroup per expert row instead of a workgroup
+// (TROVE_MOE_ROUTER_WG / _LOADS / _SPLIT, read at create); bad values are refused by name.
 TEST(MoeRoute, RouterAndRoutingInOneDispatchMatchReference) {
   auto d = open_device();
   ASSERT_TRUE(d);
@@ -220,9 +220,11 @@ TEST(MoeRoute, RouterAndRoutingInOneDispatchMatchReference) {
   struct Setting {
     const char *wg, *loads, *split;
   };
+  // The defaults (a workgroup per row); a subgroup per row at 32 / 4, 256 / 16 and the defaults; a
+  // workgroup per row of 64 invocations with 4 loads.
   for (const Setting set :
-       {Setting{nullptr, nullptr, nullptr}, Setting{"32", "4", nullptr}, Setting{"256", "16", nullptr},
-        Setting{nullptr, nullptr, "1"}, Setting{"64", "4", "1"}}) {
+       {Setting{nullptr, nullptr, nullptr}, Setting{"32", "4", "0"}, Setting{"256", "16", "0"},
+        Setting{nullptr, nullptr, "0"}, Setting{"64", "4", "1"}}) {
     SCOPED_TRACE(fmt::format("TROVE_MOE_ROUTER_WG={} TROVE_MOE_ROUTER_LOADS={} TROVE_MOE_ROUTER_SPLIT={}",
                              set.wg ? set.wg : "(unset)", set.loads ? set.loads : "(unset)",
                              set.split ? set.split : "(unset)"));

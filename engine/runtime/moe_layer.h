@@ -88,8 +88,8 @@ class MoeLayer {
   // folded weights); then, per layer: record_router_h() beside the QKV matvec (x = the residual stream
   // at the layer's start, which QKV also only reads), record_router_o() beside O (attn = O's input),
   // each recorded BEFORE the matvec it runs beside (so its few workgroups get SMs before the matvec's
-  // fill the GPU: recorded after, the 30B-A3B's decode step took 5% longer than with the fused router,
-  // recorded before 2–3% less; docs/performance.md 2026-12-06 15:55), and record_fused_norm(...,
+  // fill the GPU: recorded after, the 30B-A3B's decode step took 5–15% longer than with the fused
+  // router; docs/performance.md, "H100 machine, 2026-12-06 15:55–16:50"), and record_fused_norm(...,
   // routed = true) after O's barrier.
   bool router_beside(uint32_t T, const MoeLayerWeights& w) const {
     return router_mode_ == MoeRouterMode::kBeside && fuses_norm(T) && T <= ops::MoeRoute::kRouterMaxTokens &&
@@ -99,7 +99,6 @@ class MoeLayer {
   Status record_router_h(vk::CommandStream& s, const MoeLayerWeights& w, vk::BufferRange x, uint32_t T) const;
   Status record_router_o(vk::CommandStream& s, const MoeLayerWeights& w, vk::BufferRange attn,
                          uint32_t T) const;
-  MoeRouterMode router_mode() const { return router_mode_; }
   // Copies the last record()'s expert offsets (n_expert + 1 words: the first slot of each expert, then
   // the slot count) to dst at dst_off, for TROVE_PROFILE=routing; after record() and a barrier.
   void record_offsets_copy(vk::CommandStream& s, const vk::Buffer& dst, uint64_t dst_off) const {

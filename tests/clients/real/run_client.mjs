@@ -17,6 +17,7 @@
 import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
 import fs from "node:fs";
+import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 
@@ -97,6 +98,20 @@ for (const d of [home, path.join(troveHome, "models"), project]) fs.mkdirSync(d,
 
 // The server the launch started: stopped now (its idle exit after the last client is clients_launch's
 // subject), and gone before the work directory is removed (it writes its pipeline cache as it exits).
+// A port the kernel has just handed out as free (listen on 0, read it, close): ports derived from the
+// pid collided with other tests' and with outgoing connections' ports in the ephemeral range ("cannot
+// listen on 127.0.0.1:40714 (in use ...)", 2026-12-06).
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.on("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
 async function serverGone() {
   let pid = 0;
   try { pid = JSON.parse(fs.readFileSync(path.join(troveHome, "run", "server.json"), "utf8")).pid; } catch { return; }
@@ -135,7 +150,7 @@ try {
     { tool: spec.tool, output: toolCall(spec.tool, spec.args) },
     { output: "trove" },  // side requests (titles, summaries) offer no tools
   ] }, null, 2));
-  const port = 21000 + (process.pid % 20000);
+  const port = await freePort();
   const env = { ...process.env, HOME: home, TROVE_HOME: troveHome, TROVE_API_KEY: "", PATH: `${bin}:${process.env.PATH}`,
                 XDG_CONFIG_HOME: path.join(home, ".config"), XDG_CACHE_HOME: path.join(home, ".cache"),
                 XDG_DATA_HOME: path.join(home, ".local/share"), XDG_STATE_HOME: path.join(home, ".local/state"),

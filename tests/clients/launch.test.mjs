@@ -6,9 +6,9 @@
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
 import fs from "node:fs";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
+import { freePort } from "./free_port.mjs";
 import { after, before, describe, it } from "node:test";
 
 const trove = process.env.TROVE_EXE ?? "build/trove";
@@ -17,19 +17,6 @@ const home = path.join(work, "home");
 const troveHome = path.join(work, "trove");
 const env = { ...process.env, HOME: home, TROVE_HOME: troveHome, TROVE_API_KEY: "" };
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-// A port the kernel has just handed out as free (listen on 0, read it, close): ports derived from the
-// pid collided with other tests' and with outgoing connections' ports in the ephemeral range ("cannot
-// listen on 127.0.0.1:40714 (in use ...)", 2026-12-06).
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.on("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
 const port = await freePort();
 const url = `http://127.0.0.1:${port}`;
 

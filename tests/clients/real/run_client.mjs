@@ -17,9 +17,9 @@
 import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
 import fs from "node:fs";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
+import { freePort } from "../free_port.mjs";
 
 const client = process.argv[2];
 const src = process.env.TROVE_SOURCE_DIR ?? process.cwd();
@@ -98,19 +98,6 @@ for (const d of [home, path.join(troveHome, "models"), project]) fs.mkdirSync(d,
 
 // The server the launch started: stopped now (its idle exit after the last client is clients_launch's
 // subject), and gone before the work directory is removed (it writes its pipeline cache as it exits).
-// A port the kernel has just handed out as free (listen on 0, read it, close): ports derived from the
-// pid collided with other tests' and with outgoing connections' ports in the ephemeral range ("cannot
-// listen on 127.0.0.1:40714 (in use ...)", 2026-12-06).
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.on("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 async function serverGone() {
   let pid = 0;

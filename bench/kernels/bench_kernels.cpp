@@ -4,7 +4,7 @@
 // was 3025 GB/s, ../shared/docs/TARGETS.md) and 792 TFLOP/s bf16 tensor cores (H100).
 //
 //   build/bench/kernels/bench_kernels [--reps N] [--quick] [--only TEXT] [--sweep] [--warm-ms MS]
-//                                     [--grouped-spread even|skewed]
+//                                     [--grouped-spread even|skewed] [--gemm-batches N,...]
 //
 // On a machine just started, some rows of the first run read up to 5x slow (H100, 2026-12-06): run it
 // twice and read the second (docs/performance.md).
@@ -23,7 +23,7 @@
 // (fused QKV with the attention norm, gate+up with SwiGLU, down added into the residual), weights
 // rotated over enough copies that the L2 cannot hold them; GB/s = weight bytes read / time.
 //
-// Gemm rows (prefill, bench gemm section): batches 512 and 2048 on every matmul path the device has
+// Gemm rows (prefill, bench gemm section): batches 512 and 2048 (--gemm-batches) on every matmul path the device has
 // (tiled, khr, cm2), each tile forced and the automatic choice ("tile auto = <choice>"), f16
 // activations; the row label is "<path> <tile> <type> <model> <matrix>": `--only "gemm cm2"`,
 // `--only "gemm khr large"`. Grouped rows: the 30B-A3B experts of one layer in one dispatch per path,
@@ -109,6 +109,10 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"even", "skewed"}));
   std::vector<uint32_t> chain_grids = {132, 264};
   app.add_option("--chain-grid", chain_grids, "Workgroups of the chain rows (all must be resident at once: a few per SM)")
+      ->delimiter(',');
+  std::vector<uint32_t> gemm_batches_arg;
+  app.add_option("--gemm-batches", gemm_batches_arg,
+                 "Token counts of the gemm rows (default 512,2048; e.g. 8,16,32 for the wide decode steps)")
       ->delimiter(',');
   CLI11_PARSE(app, argc, argv);
   // Section `name` runs when --only is empty, a substring of the name, or starts with the name; the
@@ -196,6 +200,7 @@ int main(int argc, char** argv) {
              {"tiny", "ffn_down", 256, 512, GgmlType::Q6_K}};
     gemm_batches = {64, 512};
   }
+  if (!gemm_batches_arg.empty()) gemm_batches = gemm_batches_arg;
   // f16 activations (what prefill feeds on matrix units); --quick: f32 (what the engine feeds on lavapipe).
   const bool gemm_x_f16 = !quick;
   std::vector<ops::MatmulPath> gemm_paths = {ops::MatmulPath::kTiled, ops::MatmulPath::kCpu};

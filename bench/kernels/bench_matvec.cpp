@@ -195,7 +195,9 @@ Status bench_matvec(vk::Device& dev, const MatvecBenchOptions& o, std::vector<Ke
                        sh.norm ? " +norm" : "", epi, batch);
   };
   for (const auto& sh : shapes) {
-    for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q6_K}) {
+    // F16: the f16 rows the engine keeps resident for prefill (the direct form reads them; the q8 forms
+    // take K-quants and Q8_0 only), against which a wide step's K-quant rows are weighed.
+    for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::F16}) {
       for (uint32_t batch : batches) {
         const std::string opl = fmt::format("matvec {}", quant::traits(type)->name), shl = label(sh, batch);
         if (!o.wanted || o.wanted(opl + " " + shl)) {

@@ -30,6 +30,20 @@ Result<MoeRouterMode> moe_router_mode_from_env() {
       r));
 }
 
+namespace {
+// TROVE_MOE_TOPK=experts|router (MoeLayer::topk_in_experts); unset: experts.
+Result<bool> topk_in_experts_from_env() {
+  const char* v = std::getenv("TROVE_MOE_TOPK");
+  if (!v || !*v || std::string_view(v) == "experts") return true;
+  if (std::string_view(v) == "router") return false;
+  return Status::InvalidArgument(fmt::format(
+      "TROVE_MOE_TOPK={} is not a choice: use experts (the default: with the router beside O, the experts' "
+      "gate/up kernel takes each token's top-k from the router logits) or router (the router's last "
+      "workgroup routes, after all the others)",
+      v));
+}
+}  // namespace
+
 Result<MoeLayer> MoeLayer::create(vk::Device& dev, const MoeShape& m, uint32_t max_tokens) {
   if (m.hidden == 0 || m.ffn == 0 || m.n_expert == 0 || m.k == 0 || max_tokens == 0) {
     return Status::InvalidArgument(fmt::format("MoE layer: hidden {}, expert FFN {}, {} experts, top-k {}, {} tokens; "
@@ -37,6 +51,8 @@ Result<MoeLayer> MoeLayer::create(vk::Device& dev, const MoeShape& m, uint32_t m
   }
   auto mode = moe_router_mode_from_env();
   if (!mode.ok()) return mode.status();
+  auto topk = topk_in_experts_from_env();
+  if (!topk.ok()) return topk.status();
   auto route = ops::MoeRoute::create(dev);
   if (!route.ok()) return route.status();
   auto ffn = ops::MoeFfn::create(dev);
@@ -45,6 +61,7 @@ Result<MoeLayer> MoeLayer::create(vk::Device& dev, const MoeShape& m, uint32_t m
   l.shape_ = m;
   l.max_tokens_ = max_tokens;
   l.router_mode_ = *mode;
+  l.topk_experts_ = *topk;
   const uint64_t pairs = uint64_t{max_tokens} * m.k;
   l.layout_ = ops::MoePlanLayout::make(static_cast<uint32_t>(pairs), m.n_expert);
   l.route_ = std::move(*route);
@@ -121,9 +138,18 @@ Status MoeLayer::record_fused_norm(vk::CommandStream& s, const ops::Matvec& matv
   call.eps = eps;
   call.by_pair = true;
   call.weights_raw = routed;
+  if (routed && topk_in_experts(T, w)) call.route_logits = logits_;
   TROVE_RETURN_IF_ERROR(ffn_.record_gate_up(s, call));  // ffn_.record() in two halves, for `after`
   done(MoeStage::kGateUp);
   return ffn_.record_down(s, call);
+}
+
+bool MoeLayer::topk_in_experts(uint32_t T, const MoeLayerWeights& w) const {
+  ops::MoeFfnCall c;
+  c.gate = w.gate;
+  c.up = w.up;
+  c.by_pair = true;
+  return topk_experts_ && router_beside(T, w) && ffn_.routes_in_gate_up(c);
 }
 
 Status MoeLayer::record_router_h(vk::CommandStream& s, const MoeLayerWeights& w, vk::BufferRange x,
@@ -146,7 +172,7 @@ Status MoeLayer::record_router_o(vk::CommandStream& s, const MoeLayerWeights& w,
   }
   const MoeShape& m = shape_;
   ops::MoeRouterCall c{attn, {}, 0.f, w.router_o, logits_, ids_, weights_, w.q_dim, m.n_expert, T, m.k};
-  c.mode = ops::MoeRouterCall::kBiasRouteRaw;
+  c.mode = topk_in_experts(T, w) ? ops::MoeRouterCall::kBiasLogits : ops::MoeRouterCall::kBiasRouteRaw;
   c.bias = zh_;
   return route_.record_router(s, c);
 }

@@ -46,6 +46,8 @@ struct ExpertsQ8Push {
   uint32_t rows, cols, rb0, rb1, k, pairs, blocks, grid_x, norm;
   float eps;
   uint32_t raw_wt;  // binding 6 = raw router logits, scaled here (MoeFfnCall::weights_raw)
+  uint32_t route;   // binding 7 = router logits [tokens][n_experts]: top-k here (MoeFfnCall::route_logits)
+  uint32_t n_experts;
 };
 struct DownQ8Push { uint32_t rows, cols, rb, k, blocks, grid_x; };
 struct SwiGluPush { uint32_t pairs, groups_x; };
@@ -190,11 +192,13 @@ Status MoeRoute::record_router(vk::CommandStream& s, const MoeRouterCall& c) con
                                                c.n_experts, c.k, c.tokens, c.cols, kMaxExperts, kMaxTopK, kRouterMaxTokens));
   }
   if (c.mode != MoeRouterCall::kNormRoute && c.mode != MoeRouterCall::kPlain &&
-      c.mode != MoeRouterCall::kBiasRouteRaw) {
+      c.mode != MoeRouterCall::kBiasRouteRaw && c.mode != MoeRouterCall::kBiasLogits) {
     return Status::InvalidArgument(fmt::format("moe_router: mode {} is not one of MoeRouterCall::Mode",
                                                static_cast<uint32_t>(c.mode)));
   }
-  const bool norm = c.mode == MoeRouterCall::kNormRoute, routes = c.mode != MoeRouterCall::kPlain;
+  const bool norm = c.mode == MoeRouterCall::kNormRoute;
+  const bool routes = c.mode != MoeRouterCall::kPlain && c.mode != MoeRouterCall::kBiasLogits;
+  const bool biased = c.mode == MoeRouterCall::kBiasRouteRaw || c.mode == MoeRouterCall::kBiasLogits;
   TROVE_RETURN_IF_ERROR(need("moe_router", "x", c.x, uint64_t{c.tokens} * c.cols * 4));
   if (norm) TROVE_RETURN_IF_ERROR(need("moe_router", "norm_w", c.norm_w, uint64_t{c.cols} * 4));
   TROVE_RETURN_IF_ERROR(need("moe_router", "router", c.router, uint64_t{c.n_experts} * c.cols * 4));
@@ -203,7 +207,7 @@ Status MoeRoute::record_router(vk::CommandStream& s, const MoeRouterCall& c) con
     TROVE_RETURN_IF_ERROR(need("moe_router", "ids", c.ids, uint64_t{c.tokens} * c.k * 4));
     TROVE_RETURN_IF_ERROR(need("moe_router", "weights", c.weights, uint64_t{c.tokens} * c.k * 4));
   }
-  if (c.mode == MoeRouterCall::kBiasRouteRaw) {
+  if (biased) {
     TROVE_RETURN_IF_ERROR(need("moe_router", "bias", c.bias, uint64_t{c.tokens} * c.n_experts * 4));
     if (c.bias.buffer == c.logits.buffer) {
       return Status::InvalidArgument(
@@ -220,7 +224,7 @@ Status MoeRoute::record_router(vk::CommandStream& s, const MoeRouterCall& c) con
                           routes ? c.ids : c.logits,
                           routes ? c.weights : c.logits,
                           count_,
-                          c.mode == MoeRouterCall::kBiasRouteRaw ? c.bias : c.x};
+                          biased ? c.bias : c.x};
   // One subgroup per expert row, or one workgroup per row (split).
   const uint32_t rows_per_group = router_split_ ? 1 : std::max<uint32_t>(1, router_wg_ / subgroup_);
   return s.dispatch(router_, b, &push, sizeof(push), (c.n_experts + rows_per_group - 1) / rows_per_group);
@@ -473,6 +477,14 @@ Status MoeFfn::check(const MoeFfnCall& c) const {
     return Status::InvalidArgument(
         "moe_ffn: raw router logits as weights (weights_raw) need the pair-indexed decode "
         "(by_pair) with the RMSNorm prologue (norm_w): its 1/rms scales them");
+  }
+  if (c.route_logits.buffer != VK_NULL_HANDLE) {
+    if (!c.weights_raw || !routes_in_gate_up(c)) {
+      return Status::InvalidArgument(
+          "moe_ffn: routing in the gate/up kernel (route_logits) needs the q8 form's pair-indexed decode "
+          "(MoeFfn::routes_in_gate_up) with raw weights (weights_raw); route with MoeRoute instead");
+    }
+    TROVE_RETURN_IF_ERROR(need("moe_ffn", "route_logits", c.route_logits, uint64_t{T} * E * 4));
   }
   if (c.xn_f16.buffer != VK_NULL_HANDLE) TROVE_RETURN_IF_ERROR(need("moe_ffn", "xn_f16", c.xn_f16, uint64_t{T} * hidden * 2));
   TROVE_RETURN_IF_ERROR(need("moe_ffn", "x", c.x, uint64_t{T} * hidden * 4));
@@ -728,26 +740,35 @@ uint32_t q8_grid_x(uint32_t blocks, uint32_t rows_y, uint32_t forced, uint32_t t
 }
 }  // namespace
 
+bool MoeFfn::routes_in_gate_up(const MoeFfnCall& c) const {
+  return q8_ok_ && q8() && direct() && c.by_pair && q8_type(c.gate.type) && q8_type(c.up.type) &&
+         q8_column_bytes(c.gate.cols) + q8_workgroup() / direct_lanes_ * 4 <= shared_bytes_;
+}
+
+uint32_t MoeFfn::q8_workgroup() const {
+  return tuning_.workgroup ? tuning_.workgroup : q8_wg_ ? q8_wg_ : std::max(kDirectWorkgroup, direct_lanes_);
+}
+
 Result<bool> MoeFfn::record_gate_up_q8(vk::CommandStream& s, const MoeFfnCall& c) const {
   if (!q8() || !c.by_pair || !q8_type(c.gate.type) || !q8_type(c.up.type)) return false;
   if (!q8_ok_) return Status::Unsupported("moe_ffn: the q8 form needs integer dot products and subgroup arithmetic and shuffles (use direct)");
   const uint32_t g = direct_lanes_, rows = tuning_.gate_up_rows ? tuning_.gate_up_rows : q8_rows_;
-  const uint32_t wg = tuning_.workgroup ? tuning_.workgroup : q8_wg_ ? q8_wg_ : std::max(kDirectWorkgroup, g);
+  const uint32_t wg = q8_workgroup();
   const uint32_t ffn = c.gate.rows, hidden = c.gate.cols, pairs = c.tokens * c.k;
   if (q8_column_bytes(hidden) + wg / g * 4 > shared_bytes_) return false;
   auto p = pipeline("moe_experts_q8",
                     {wg, g, rows, (hidden + 255) / 256 * 256, static_cast<uint32_t>(c.gate.type), static_cast<uint32_t>(c.up.type), hidden,
                      q6_wide(), q8_touch_},
-                    sizeof(ExpertsQ8Push), 7, wg);
+                    sizeof(ExpertsQ8Push), 8, wg);
   if (!p.ok()) return p.status();
   const uint32_t rows_per_wg = wg / g * rows, blocks = (ffn + rows_per_wg - 1) / rows_per_wg;
   const uint32_t gx = q8_grid_x(blocks, pairs, tuning_.q8_workgroups, q8_workgroups_, cpu_);
-  const bool norm = c.norm_w.buffer != VK_NULL_HANDLE;
+  const bool norm = c.norm_w.buffer != VK_NULL_HANDLE, routes = c.route_logits.buffer != VK_NULL_HANDLE;
   const ExpertsQ8Push push{ffn, hidden, static_cast<uint32_t>(quant::row_bytes(c.gate.type, hidden)),
                            static_cast<uint32_t>(quant::row_bytes(c.up.type, hidden)), c.k, pairs, blocks, gx,
-                           norm ? 1u : 0u, c.eps, c.weights_raw ? 1u : 0u};
-  vk::BufferRange b[7] = {
-      c.xn, c.gate.w, c.up.w, c.ids, c.h, norm ? c.norm_w : c.xn, c.weights_raw ? c.weights : c.h};
+                           norm ? 1u : 0u, c.eps, c.weights_raw ? 1u : 0u, routes ? 1u : 0u, c.gate.n_expert};
+  vk::BufferRange b[8] = {c.xn, c.gate.w, c.up.w, c.ids, c.h, norm ? c.norm_w : c.xn,
+                          c.weights_raw ? c.weights : c.h, routes ? c.route_logits : c.xn};
   TROVE_RETURN_IF_ERROR(s.dispatch(**p, b, &push, sizeof(push), gx, pairs));
   return true;
 }

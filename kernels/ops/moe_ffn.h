@@ -88,6 +88,7 @@ struct MoeRouterCall {
     kNormRoute = 0,     // logits = router · (x · norm_w / rms(x)); ids, weights (softmax over the top-k)
     kPlain = 1,         // logits = router · x; nothing else (norm_w, ids, weights, bias unused)
     kBiasRouteRaw = 2,  // logits = router · x + bias; ids and the chosen logits (raw) in weights
+    kBiasLogits = 3,    // logits = router · x + bias; no routing (MoeFfnCall::route_logits routes)
   };
   vk::BufferRange x;        // f32 [tokens][cols]: the residual stream (the norm is applied inside)
   vk::BufferRange norm_w;   // f32 [cols]: the FFN norm's weights
@@ -98,7 +99,7 @@ struct MoeRouterCall {
   uint32_t cols = 0, n_experts = 0, tokens = 0, k = 0;
   Mode mode = kNormRoute;
   vk::BufferRange
-      bias{};  // kBiasRouteRaw: f32 [tokens][n_experts], added to the logits (not `logits` itself)
+      bias{};  // kBiasRouteRaw, kBiasLogits: f32 [tokens][n_experts], added to the logits (not `logits`)
 };
 
 class MoeRoute {
@@ -173,6 +174,13 @@ struct MoeFfnCall {
   // weights in place, softmax(z · 1/rms) over the k, from the 1/rms its prologue computes (by_pair and
   // norm_w required). down reads the weights as usual, after the caller's barrier.
   bool weights_raw = false;
+  // Routing in the gate/up kernel (the q8 form only: MoeFfn::routes_in_gate_up(); weights_raw and by_pair
+  // required): route_logits holds f32 [tokens][n_expert] router logits before the FFN norm's 1/rms
+  // (MoeRouterCall::kBiasLogits); gate/up takes each token's top-k itself (moe_topk.glsl's top_k: the
+  // picks MoeRouterCall::kBiasRouteRaw would make), writes ids and the chosen logits to `ids` and
+  // `weights` for down, and scales them as weights_raw says. The router's routing tail (a completion
+  // count and one workgroup's top-k after all the others) leaves the O projection's barrier interval.
+  vk::BufferRange route_logits{};
   // Heard after each barrier inside the grouped-GEMM prefill (0: gate and up, 1: SwiGLU, 2: down; not
   // after the combine, the call's last dispatch): TROVE_PROFILE=ops's timestamps. Empty: nothing.
   std::function<void(uint32_t)> after{};
@@ -236,6 +244,9 @@ class MoeFfn {
   bool q8() const;
   // Whether the device can run the q8 form (integer dot products, subgroup arithmetic).
   bool q8_supported() const { return q8_ok_; }
+  // Whether the gate/up kernel can route this call's tokens itself (MoeFfnCall::route_logits): the q8
+  // form's pair-indexed decode with these gate/up types and widths.
+  bool routes_in_gate_up(const MoeFfnCall& c) const;
   // q8 form: the grid aimed at (~8 per SM on the H200; at 8 tokens 1024 workgroups took the kernels
   // from 337 to 183 µs a layer against 512, bench_kernels 2026-12-03).
   static constexpr uint32_t kQ8Workgroups = 1024;
@@ -283,6 +294,7 @@ class MoeFfn {
   }
   // The q8 form's dispatches, when the call can take them (false: the caller runs the direct form).
   Result<bool> record_gate_up_q8(vk::CommandStream& s, const MoeFfnCall& call) const;
+  uint32_t q8_workgroup() const;  // invocations of a q8 gate/up workgroup
   Result<bool> record_down_q8(vk::CommandStream& s, const MoeFfnCall& call) const;
   MoeTuning tuning_;
   std::unique_ptr<Cache> cache_;

@@ -11,6 +11,10 @@
 // products and is applied to the row sums), then walks the row blocks blk, blk + grid_x, ... (a block
 // = kWG/kG subgroups × kR gate rows + the same kR up rows). A row group is one subgroup; its lanes
 // stride over the parts of the rows; rows reduced with subgroupAdd. One barrier (after the staging).
+// pc.route (MoeFfnCall::route_logits): the token's experts are not in `ids` yet — every subgroup takes
+// the token's top-k from the router logits (binding 7) itself (moe_topk.glsl's top_k: the same picks
+// as the router's own routing, and no barrier before the first weight loads), and pair j = 0's first
+// workgroup writes the k ids and chosen logits for down (then scales the logits, pc.raw_wt).
 // Weight types Q4_K, Q5_K, Q6_K, Q8_0 (gate and up may differ: then one pass each).
 #extension GL_GOOGLE_include_directive : require
 #extension GL_EXT_control_flow_attributes : require
@@ -39,10 +43,11 @@ layout(std430, set = 0, binding = 1) readonly buffer W0q { uvec4 w0q[]; };
 layout(std430, set = 0, binding = 1) readonly buffer W0w { uint w0w[]; };
 layout(std430, set = 0, binding = 2) readonly buffer W1q { uvec4 w1q[]; };
 layout(std430, set = 0, binding = 2) readonly buffer W1w { uint w1w[]; };
-layout(std430, set = 0, binding = 3) readonly buffer Ids { uint ids[]; };
+layout(std430, set = 0, binding = 3) buffer Ids { uint ids[]; };  // written here with pc.route
 layout(std430, set = 0, binding = 4) writeonly buffer Y { float y[]; };
 layout(std430, set = 0, binding = 5) readonly buffer NW { vec4 nw4[]; };
 layout(std430, set = 0, binding = 6) buffer Wt { float wt[]; };  // pc.raw_wt: routing weights scaled here
+layout(std430, set = 0, binding = 7) readonly buffer L { float lg[]; };  // pc.route: [tokens][n_experts]
 
 layout(push_constant) uniform P {
   uint rows; uint cols; uint rb0; uint rb1;  // rows per expert (ffn), columns (hidden), row bytes of gate / up
@@ -50,6 +55,7 @@ layout(push_constant) uniform P {
   uint blocks; uint grid_x;                  // row blocks per pair; workgroups per pair walking them
   uint norm; float eps;                      // 1: x is the residual stream, RMSNorm with nw4 applied here
   uint raw_wt;                               // 1: binding 6 holds raw router logits (moe_scale_weights.glsl)
+  uint route; uint n_experts;                // 1: route here from the logits in binding 7
 } pc;
 
 uint q8_col(uint b) { return 0u; }
@@ -58,6 +64,7 @@ uint ww(uint m, uint i) { return m == 0u ? w0w[i] : w1w[i]; }
 
 #include "matvec_q8_parts.glsl"
 #include "moe_scale_weights.glsl"
+#include "moe_topk.glsl"
 
 shared float sssq[kGroups];
 
@@ -65,7 +72,27 @@ void main() {
   const uint pair = gl_WorkGroupID.y;
   if (pair >= pc.pairs) return;
   const uint lid = gl_LocalInvocationID.x, group = lid / kG, lane = lid % kG;
-  const uint expert = ids[pair];
+  uint expert;
+  if (pc.route != 0u) {
+    const uint t = pair / pc.k, j = pair % pc.k;
+    float cv[32];
+    uint ce[32];
+    top_k(t, pc.k, pc.n_experts, cv, ce);
+    expert = ce[0];
+    [[unroll]] for (uint i = 1u; i < 32u; ++i) {
+      if (i >= pc.k) break;
+      if (i == j) expert = ce[i];
+    }
+    if (gl_WorkGroupID.x == 0u && lid == 0u && j == 0u) {
+      [[unroll]] for (uint i = 0u; i < 32u; ++i) {
+        if (i >= pc.k) break;
+        ids[t * pc.k + i] = ce[i];
+        wt[t * pc.k + i] = cv[i];
+      }
+    }
+  } else {
+    expert = ids[pair];
+  }
   const bool norm = pc.norm != 0u;
   // kTouch (TROVE_MOE_Q8_TOUCH): one word of each of kTouch 32-byte sectors of the workgroup's first row
   // block (gate and up rows in turn) loaded before the staging, one register a word, and used only after

@@ -12,7 +12,9 @@
 // pc.mode 1 (kPlain): logits[t][e] = Σ_c router[e][c] · x[t][c], nothing else (no norm, no routing).
 // pc.mode 2 (kBiasRouteRaw): logits[t][e] = Σ_c router[e][c] · x[t][c] + bias[t][e], then the top-k
 // with the chosen logits themselves in `weights` (the consumer scales them: MoeFfnCall::weights_raw).
-// Modes 1 and 2 are the router beside the O projection (engine/runtime/moe_layer.h, "beside").
+// pc.mode 3 (kBiasLogits): logits[t][e] = Σ_c router[e][c] · x[t][c] + bias[t][e], no routing (the
+// experts' gate/up kernel routes: MoeFfnCall::route_logits).
+// Modes 1–3 are the router beside the O projection (engine/runtime/moe_layer.h, "beside").
 //
 // One subgroup per expert row: its lanes walk the row in 16-byte loads, kU at once, and keep each
 // token's dot and Σ x² (every subgroup sums x² itself: no shared memory, no barrier before the
@@ -32,7 +34,7 @@ layout(std430, set = 0, binding = 3) coherent buffer L { float lg[]; };    // [t
 layout(std430, set = 0, binding = 4) writeonly buffer I { uint ids[]; };   // [tokens][k]
 layout(std430, set = 0, binding = 5) writeonly buffer W { float wt[]; };   // [tokens][k]
 layout(std430, set = 0, binding = 6) coherent buffer C { uint count[]; };  // [1], 0 between calls
-layout(std430, set = 0, binding = 7) readonly buffer B { float bias[]; };  // mode 2: [tokens][n_experts]
+layout(std430, set = 0, binding = 7) readonly buffer B { float bias[]; };  // modes 2, 3: [tokens][n_experts]
 layout(push_constant) uniform P { uint cols; uint tokens; uint n_experts; uint k; float eps; uint mode; } pc;
 
 const uint kMaxT = 8u;  // tokens per call
@@ -47,12 +49,13 @@ const uint kMaxSubgroups = 32u;
 shared float s_acc[kMaxT][kMaxSubgroups], s_ss[kMaxT][kMaxSubgroups];
 shared bool s_last;
 
-// Token t's logit of expert e from its dot `a` and Σ x² `q` (mode 0 scales by 1/rms; mode 2 adds the bias).
+// Token t's logit of expert e from its dot `a` and Σ x² `q` (mode 0 scales by 1/rms; modes 2, 3 add
+// the bias).
 void write_logit(uint t, uint e, float a, float q) {
   if (pc.mode == 0u) {
     lg[t * pc.n_experts + e] = a * inversesqrt(q / float(pc.cols) + pc.eps);
   } else {
-    lg[t * pc.n_experts + e] = pc.mode == 2u ? a + bias[t * pc.n_experts + e] : a;
+    lg[t * pc.n_experts + e] = pc.mode >= 2u ? a + bias[t * pc.n_experts + e] : a;
   }
 }
 
@@ -140,7 +143,7 @@ void main() {
     }
   }
   // The last workgroup to get here routes every token.
-  if (pc.mode == 1u) return;
+  if (pc.mode == 1u || pc.mode == 3u) return;
   memoryBarrierBuffer();
   barrier();
   if (gl_LocalInvocationIndex == 0u) s_last = atomicAdd(count[0], 1u) == gl_NumWorkGroups.x - 1u;

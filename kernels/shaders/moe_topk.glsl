@@ -1,7 +1,8 @@
-// One token's top-k routing (moe_route.comp, moe_router.comp): the k best of its n_experts logits
-// lg[t * n_experts ..] (ties → the smaller index, NaN below everything) and their softmax weights
-// renormalised over the k chosen, written to ids[t * k + j] and wt[t * k + j] (raw: the chosen
-// logits themselves, for a consumer that scales them first — MoeFfnCall::weights_raw). Run by one whole
+// One token's top-k routing (moe_route.comp, moe_router.comp; top_k alone: moe_experts_q8.comp): the
+// k best of its n_experts logits lg[t * n_experts ..] (ties → the smaller index, NaN below
+// everything) and their softmax weights renormalised over the k chosen, written to ids[t * k + j] and
+// wt[t * k + j] (raw: the chosen logits themselves, for a consumer that scales them first —
+// MoeFfnCall::weights_raw). Run by one whole
 // subgroup (k rounds of subgroupMax / subgroupMin over the lanes' best remaining logit). The includer
 // declares lg, ids and wt. k <= 32.
 const float kInf = 1.0 / 0.0;
@@ -19,7 +20,9 @@ void consider(float v, uint e, float pv, uint pe, inout float bv, inout uint be)
   }
 }
 
-void route_token(uint t, uint k, uint n_experts, bool raw) {
+// Token t's k picks on every lane of the subgroup: the logits cv[j] (descending) and experts ce[j],
+// j < k (route_token below, and moe_experts_q8.comp when it routes its own tokens).
+void top_k(uint t, uint k, uint n_experts, out float cv[32], out uint ce[32]) {
   const uint base = t * n_experts, lane = gl_SubgroupInvocationID, S = gl_SubgroupSize;
   // The logits are read once into registers (k rounds re-reading them cost k memory round trips).
   const bool held = n_experts <= kPerLane * S;
@@ -31,9 +34,6 @@ void route_token(uint t, uint k, uint n_experts, bool raw) {
   }
   float pv = kInf;  // the previous round's pick: value, index (none yet: every expert ranks below)
   uint pe = kNone;
-  float top = 0.0, sum = 0.0;
-  float cv[32];
-  uint ce[32];
   [[unroll]] for (uint j = 0u; j < 32u; ++j) {
     if (j >= k) break;
     float bv = -kInf;
@@ -54,10 +54,20 @@ void route_token(uint t, uint k, uint n_experts, bool raw) {
     uint pick = subgroupMin(be != kNone && bv == m ? be : kNone);
     pv = m;
     pe = pick;
-    if (j == 0u) top = m;
     cv[j] = m;
     ce[j] = pick;
-    sum += exp(m - top);
+  }
+}
+
+void route_token(uint t, uint k, uint n_experts, bool raw) {
+  float cv[32];
+  uint ce[32];
+  top_k(t, k, n_experts, cv, ce);
+  const float top = cv[0];
+  float sum = 0.0;
+  [[unroll]] for (uint j = 0u; j < 32u; ++j) {
+    if (j >= k) break;
+    sum += exp(cv[j] - top);
   }
   if (subgroupElect()) {
     [[unroll]] for (uint j = 0u; j < 32u; ++j) {

@@ -1257,3 +1257,50 @@ TEST(Engine, MoeDecodeWithTheNormFoldedEqualsTheSeparateNorm) {
     std::printf("MoE folded norm (router %s) vs separate: largest relative logits difference %.3g\n", router, worst);
   }
 }
+
+// With the router beside O and the q8 expert kernels (TROVE_MOE=q8, the GPUs' default), the experts'
+// gate/up kernel takes each token's top-k from the router logits (TROVE_MOE_TOPK=experts, the default)
+// instead of the router's last workgroup (router): the same picks and the same arithmetic, so the
+// same bits — for a decode-sized prefill, one sequence decoding and two decoding together.
+TEST(Engine, MoeTopkInTheExpertKernelEqualsTheRoutersTopk) {
+  ScopedEnv moe("TROVE_MOE", "q8"), router("TROVE_MOE_ROUTER", "beside");
+  std::unique_ptr<engine::Engine> e[2];
+  for (int i = 0; i < 2; ++i) {
+    ScopedEnv topk("TROVE_MOE_TOPK", i == 0 ? "router" : "experts");
+    e[i] = load(256, 2, 0, 64, moe_model_path());
+    ASSERT_TRUE(e[i]);
+  }
+  std::vector<engine::SeqId> seqs;
+  for (int i = 0; i < 2; ++i) {
+    auto a = e[0]->open_sequence(), b = e[1]->open_sequence();
+    ASSERT_TRUE(a.ok() && b.ok());
+    ASSERT_EQ(*a, *b);
+    seqs.push_back(*a);
+  }
+  auto both = [&](const std::vector<StepInput>& in, const std::string& what) {
+    auto r = e[0]->step(in), m = e[1]->step(in);
+    EXPECT_TRUE(r.ok() && m.ok()) << what << ": " << r.status().ToString() << " / " << m.status().ToString();
+    std::vector<int32_t> next;
+    if (!r.ok() || !m.ok()) return next;
+    for (size_t i = 0; i < in.size(); ++i) {
+      next.push_back((*r)[i].token);
+      EXPECT_EQ((*r)[i].token, (*m)[i].token) << what << ", input " << i;
+      EXPECT_EQ((*r)[i].logits.size(), (*m)[i].logits.size()) << what;
+      if ((*r)[i].logits.size() != (*m)[i].logits.size()) continue;
+      EXPECT_EQ(0, std::memcmp((*r)[i].logits.data(), (*m)[i].logits.data(), (*r)[i].logits.size() * 4))
+          << what << ", input " << i << ": relative difference " << rel_diff((*m)[i].logits, (*r)[i].logits);
+    }
+    return next;
+  };
+  auto t0 = both({logits_of(seqs[0], prompt(3, 31))}, "prefill of 3 tokens");
+  auto t1 = both({logits_of(seqs[1], prompt(5, 32))}, "prefill of 5 tokens");
+  ASSERT_EQ(t0.size(), 1u);
+  ASSERT_EQ(t1.size(), 1u);
+  for (int step = 0; step < 3; ++step) {
+    t0 = both({logits_of(seqs[0], t0)}, "decode of one sequence");
+    ASSERT_EQ(t0.size(), 1u);
+  }
+  EXPECT_EQ(both({logits_of(seqs[0], t0), logits_of(seqs[1], t1)}, "decode of two sequences").size(), 2u);
+  ScopedEnv bad("TROVE_MOE_TOPK", "gpu");
+  expect_load_refused(moe_model_path(), "TROVE_MOE_TOPK=gpu is not a choice");
+}

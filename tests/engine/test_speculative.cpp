@@ -389,15 +389,19 @@ void moe_verification_equals_one_at_a_time();
 
 // The MoE's verification step of 3 tokens equals one-token steps, with the device's default kernels
 // and with the decode path GPUs take (the q8 expert kernels with the FFN norm folded in), its router
-// fused after O (the default) or beside O (TROVE_MOE_ROUTER=beside).
+// fused after O or beside O (the default), its top-k in the router or in the experts' gate/up kernel
+// (TROVE_MOE_TOPK, the q8 kernels' default).
 TEST(Speculative, MoeVerificationStepEqualsOneAtATimeDecode) {
   struct Setting {
-    const char *moe, *router;
+    const char *moe, *router, *topk;
   };
-  for (const Setting set : {Setting{nullptr, nullptr}, Setting{"q8", "fused"}, Setting{"q8", "beside"}}) {
-    SCOPED_TRACE(fmt::format("TROVE_MOE={} TROVE_MOE_ROUTER={}", set.moe ? set.moe : "(default)",
-                             set.router ? set.router : "(default)"));
+  for (const Setting set : {Setting{nullptr, nullptr, nullptr}, Setting{"q8", "fused", nullptr},
+                            Setting{"q8", "beside", "router"}, Setting{"q8", "beside", "experts"}}) {
+    auto name = [](const char* v) { return v ? v : "(default)"; };
+    SCOPED_TRACE(fmt::format("TROVE_MOE={} TROVE_MOE_ROUTER={} TROVE_MOE_TOPK={}", name(set.moe),
+                             name(set.router), name(set.topk)));
     tests::ScopedEnv moe("TROVE_MOE", set.moe), router("TROVE_MOE_ROUTER", set.router);
+    tests::ScopedEnv topk("TROVE_MOE_TOPK", set.topk);
     moe_verification_equals_one_at_a_time();
   }
 }

@@ -95,6 +95,11 @@ struct Case {
   // the router beside O); gate/up must turn them into softmax(z / rms) over the k in place. By pair,
   // with the norm prologue, given routings (not kRouter).
   bool raw_weights = false;
+  // And routing in the gate/up kernel (MoeFfnCall::route_logits, the q8 form): the ids come from the
+  // router logits' top-k (ties → the smaller index), the raw weights are the chosen logits; ids and
+  // weights are poisoned before the run, so the kernel must write both. tied_logits: logits of a few
+  // integer values, so that most picks are ties.
+  bool route_in_gate_up = false, tied_logits = false;
 };
 
 std::string type_name(GgmlType t) { return std::string(quant::traits(t)->name); }
@@ -171,7 +176,7 @@ class MoeFfnTest : public ::testing::Test {
     std::vector<uint32_t> ids(P);
     std::vector<float> wts(P);
     std::vector<float> logits(size_t{T} * E);
-    for (auto& v : logits) v = 2.f * nd(rng);
+    for (auto& v : logits) v = c.tied_logits ? std::round(nd(rng)) : 2.f * nd(rng);
     auto bl = upload(d, logits);
     if (c.routing == Case::kRouter) {
       auto s = d.stream();
@@ -193,6 +198,13 @@ class MoeFfnTest : public ::testing::Test {
           ids[t * K + j] = e;
           wts[t * K + j] = uw(rng);
         }
+        if (c.route_in_gate_up) {  // the k best logits, descending, ties to the smaller expert
+          std::stable_sort(all.begin(), all.end(), [&](uint32_t a, uint32_t b) { return a < b; });
+          std::stable_sort(all.begin(), all.end(), [&](uint32_t a, uint32_t b) {
+            return logits[size_t{t} * E + a] > logits[size_t{t} * E + b];
+          });
+          for (uint32_t j = 0; j < K; ++j) ids[t * K + j] = all[j];
+        }
       }
       ASSERT_TRUE(bids->upload(ids.data(), P * 4ull).ok());
       if (c.raw_weights) {
@@ -202,7 +214,9 @@ class MoeFfnTest : public ::testing::Test {
             << "raw weights: by pair, norm, given ids";
         std::vector<float> z(P);
         for (uint32_t t = 0; t < T; ++t) {
-          for (uint32_t j = 0; j < K; ++j) z[t * K + j] = 4.f * nd(rng);
+          for (uint32_t j = 0; j < K; ++j) {
+            z[t * K + j] = c.route_in_gate_up ? logits[size_t{t} * E + ids[t * K + j]] : 4.f * nd(rng);
+          }
           std::sort(z.begin() + t * K, z.begin() + (t + 1) * K, std::greater<float>());
           double sum = 0;
           for (uint32_t j = 0; j < K; ++j) sum += std::exp(inv_rms[t] * (double(z[t * K + j]) - z[t * K]));
@@ -244,6 +258,7 @@ class MoeFfnTest : public ::testing::Test {
       ASSERT_TRUE(bh->fill(0x7fc00000u).ok() && bd->fill(0x7fc00000u).ok() && bg->fill(0x7fc00000u).ok() &&
                   bu->fill(0x7fc00000u).ok());
       ASSERT_TRUE(bplan->fill(0x00ffff00u).ok());
+      if (c.route_in_gate_up) ASSERT_TRUE(bids->fill(0xffffffffu).ok() && bw->fill(0x7fc00000u).ok());
       auto s = d.stream();
       // Routing and plan in the same command stream as the experts, as the engine records them.
       if (c.by_pair) {
@@ -262,6 +277,7 @@ class MoeFfnTest : public ::testing::Test {
       }
       call.by_pair = c.by_pair;
       call.weights_raw = c.raw_weights;
+      if (c.route_in_gate_up) call.route_logits = bl;
       if (c.f16_in) call.xn_f16 = bxh;
       Status st = ffn_->record(*s, call);
       ASSERT_TRUE(st.ok()) << st.ToString();
@@ -286,6 +302,11 @@ class MoeFfnTest : public ::testing::Test {
       worst_ = std::max(worst_, std::sqrt(err2 / ref2));
       if (rep == 0) first = got;
       else EXPECT_EQ(0, std::memcmp(first.data(), got.data(), got.size() * 4)) << "two runs differ";
+      if (c.route_in_gate_up) {  // the ids gate/up wrote for down
+        std::vector<uint32_t> got_ids(P);
+        ASSERT_TRUE(bids->download(got_ids.data(), P * 4ull).ok());
+        EXPECT_EQ(got_ids, ids);
+      }
       if (c.raw_weights) {  // the weights as scaled in place
         std::vector<float> w(P);
         ASSERT_TRUE(bw->download(w.data(), P * 4ull).ok());
@@ -451,6 +472,20 @@ TEST_F(MoeFfnTest, Q8Form) {
   Case raw = q8({"q8, raw router logits", 7, 16, 4, 256, 768, Q4_K, Q4_K, Q6_K, Case::kRandom}, true);
   raw.raw_weights = true;  // the router beside O: gate/up scales them
   run(raw);
+  // The router beside O leaving the routing to gate/up (MoeFfnCall::route_logits): its picks from the
+  // logits, also where most logits tie, at k = 1, 4 and 8 of 8..128 experts.
+  ASSERT_TRUE(ffn_->routes_in_gate_up(ops::MoeFfnCall{.gate = {Q4_K, {}, 768, 256, 16},
+                                                       .up = {Q4_K, {}, 768, 256, 16},
+                                                       .by_pair = true}));
+  const auto R = Case::kRandom;
+  for (Case rc : {q8({"q8, routed in gate/up", 7, 16, 4, 256, 768, Q4_K, Q4_K, Q6_K, R}, true),
+                  q8({"q8, routed in gate/up, ties", 5, 128, 8, 256, 512, Q4_K, Q5_K, Q4_K, R}, true),
+                  q8({"q8, routed in gate/up, k=1", 3, 8, 1, 256, 256, Q6_K, Q6_K, Q8_0, R}, true),
+                  q8({"q8, routed in gate/up, k=8 of 8", 2, 8, 8, 256, 256, Q8_0, Q4_K, Q4_K, R}, true)}) {
+    rc.raw_weights = rc.route_in_gate_up = true;
+    rc.tied_logits = rc.name.find("ties") != std::string::npos;
+    run(rc);
+  }
   t.q8_workgroups = 2;  // one workgroup per pair / token walks all row blocks
   t.gate_up_rows = 1;
   t.down_rows = 4;

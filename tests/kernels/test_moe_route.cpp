@@ -369,6 +369,7 @@ void router_beside_o_matches_reference(vk::Device* d, const ops::MoeRoute& op_re
     struct Run {
       std::vector<float> x, a;
       vk::Buffer bx, ba, bz, bl, bi, bw;
+      vk::Buffer bl2, bi2, bw2;  // kBiasLogits beside the routed call: its logits, ids and weights
     };
     Run runs[2];
     for (Run& r : runs) {
@@ -403,6 +404,13 @@ void router_beside_o_matches_reference(vk::Device* d, const ops::MoeRoute& op_re
       o.bias = r.bz;
       st = op->record_router(*s, o);
       ASSERT_TRUE(st.ok()) << st.ToString();
+      if (r.bl2.size() > 0) {  // the logits alone, no routing (the experts' kernel routes)
+        ops::MoeRouterCall l{a, {}, 0.f, bm, r.bl2, r.bi2, r.bw2, sh.q_dim, E, tokens, sh.k};
+        l.mode = ops::MoeRouterCall::kBiasLogits;
+        l.bias = r.bz;
+        st = op->record_router(*s, l);
+        ASSERT_TRUE(st.ok()) << st.ToString();
+      }
       s->barrier();
     };
     for (Run& r : runs) {
@@ -412,6 +420,9 @@ void router_beside_o_matches_reference(vk::Device* d, const ops::MoeRoute& op_re
       r.bl = fresh(size_t(T) * E, 0x7fc00000u);
       r.bi = fresh(size_t(T) * sh.k, 0xffffffffu);
       r.bw = fresh(size_t(T) * sh.k, 0x7fc00000u);
+      r.bl2 = fresh(size_t(T) * E, 0x7fc00000u);
+      r.bi2 = fresh(size_t(T) * sh.k, 0xffffffffu);
+      r.bw2 = fresh(size_t(T) * sh.k, 0x7fc00000u);
       record(r, r.bx, r.ba, T);
     }
     // The last token of the first run alone, as a one-token step.
@@ -429,6 +440,11 @@ void router_beside_o_matches_reference(vk::Device* d, const ops::MoeRoute& op_re
       const std::string run_what = fmt::format("{}, pair of calls {}", what, ri + 1);
       auto zh = download<float>(r.bz, size_t(T) * E);
       auto logits = download<float>(r.bl, size_t(T) * E);
+      // kBiasLogits: the same logits, bit for bit, and no routing (ids and weights still poisoned).
+      auto logits2 = download<float>(r.bl2, size_t(T) * E);
+      EXPECT_EQ(0, std::memcmp(logits2.data(), logits.data(), logits.size() * 4)) << run_what;
+      const std::vector<uint32_t> poison(size_t(T) * sh.k, 0xffffffffu);
+      EXPECT_EQ(download<uint32_t>(r.bi2, poison.size()), poison) << run_what << ": kBiasLogits routed";
       for (uint32_t t = 0; t < T; ++t) {
         for (uint32_t e = 0; e < E; ++e) {
           double h = 0, hmag = 0, o = 0, omag = 0;

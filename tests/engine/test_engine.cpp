@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <string>
 #include <tuple>
@@ -1205,6 +1206,36 @@ TEST(Engine, BadMoeRouterSettingIsNamed) {
   expect_load_refused(moe_model_path(), "TROVE_MOE_ROUTER=both is not a choice");
 }
 
+// Two engines stepped alike (tests comparing one setting with another): n sequences opened in both
+// (the same ids), and steps whose greedy tokens must agree input by input, `compare` checking each
+// input's logits (theirs, ours, what); returns the first engine's tokens (empty on a failed step).
+using LogitsCheck =
+    std::function<void(const std::vector<float>&, const std::vector<float>&, const std::string&)>;
+std::vector<engine::SeqId> open_in_both(engine::Engine& a, engine::Engine& b, int n) {
+  std::vector<engine::SeqId> seqs;
+  for (int i = 0; i < n; ++i) {
+    auto x = a.open_sequence(), y = b.open_sequence();
+    EXPECT_TRUE(x.ok() && y.ok());
+    if (!x.ok() || !y.ok()) break;
+    EXPECT_EQ(*x, *y);
+    seqs.push_back(*x);
+  }
+  return seqs;
+}
+std::vector<int32_t> step_both(engine::Engine& a, engine::Engine& b, const std::vector<StepInput>& in,
+                               const std::string& what, const LogitsCheck& compare) {
+  auto r = a.step(in), m = b.step(in);
+  EXPECT_TRUE(r.ok() && m.ok()) << what << ": " << r.status().ToString() << " / " << m.status().ToString();
+  std::vector<int32_t> next;
+  if (!r.ok() || !m.ok()) return next;
+  for (size_t i = 0; i < in.size(); ++i) {
+    next.push_back((*r)[i].token);
+    EXPECT_EQ((*r)[i].token, (*m)[i].token) << what << ", input " << i;
+    compare((*r)[i].logits, (*m)[i].logits, fmt::format("{}, input {}", what, i));
+  }
+  return next;
+}
+
 // MoE decode on the direct expert kernels (TROVE_MOE=direct, the GPUs' default) folds the FFN RMSNorm
 // into the router matvec and the gate/up kernel (MoeLayer::record_fused_norm: no norm dispatch); the
 // staged kernels (TROVE_MOE=staged, lavapipe's default) keep the norm, the router matmul and the
@@ -1224,27 +1255,15 @@ TEST(Engine, MoeDecodeWithTheNormFoldedEqualsTheSeparateNorm) {
     ::unsetenv("TROVE_MOE");
     ::unsetenv("TROVE_MOE_ROUTER");
     ASSERT_TRUE(ref && fused);
-    std::vector<engine::SeqId> seqs;
-    for (int i = 0; i < 2; ++i) {
-      auto a = ref->open_sequence(), b = fused->open_sequence();
-      ASSERT_TRUE(a.ok() && b.ok());
-      ASSERT_EQ(*a, *b);
-      seqs.push_back(*a);
-    }
+    const auto seqs = open_in_both(*ref, *fused, 2);
+    ASSERT_EQ(seqs.size(), 2u);
     double worst = 0;
     auto both = [&](const std::vector<StepInput>& in, const std::string& what) {
-      auto r = ref->step(in), m = fused->step(in);
-      EXPECT_TRUE(r.ok() && m.ok()) << what << ": " << r.status().ToString() << " / " << m.status().ToString();
-      std::vector<int32_t> next;
-      if (!r.ok() || !m.ok()) return next;
-      for (size_t i = 0; i < in.size(); ++i) {
-        next.push_back((*r)[i].token);
-        EXPECT_EQ((*r)[i].token, (*m)[i].token) << what << ", input " << i;
-        const double d = rel_diff((*m)[i].logits, (*r)[i].logits);
-        EXPECT_LT(d, 1e-4) << what << ", input " << i;
+      return step_both(*ref, *fused, in, what, [&](const auto& r, const auto& m, const std::string& w) {
+        const double d = rel_diff(m, r);
+        EXPECT_LT(d, 1e-4) << w;
         worst = std::max(worst, d);
-      }
-      return next;
+      });
     };
     auto t0 = both({logits_of(seqs[0], prompt(3, 21))}, "prefill of 3 tokens");
     auto t1 = both({logits_of(seqs[1], prompt(5, 22))}, "prefill of 5 tokens");
@@ -1270,27 +1289,14 @@ TEST(Engine, MoeTopkInTheExpertKernelEqualsTheRoutersTopk) {
     e[i] = load(256, 2, 0, 64, moe_model_path());
     ASSERT_TRUE(e[i]);
   }
-  std::vector<engine::SeqId> seqs;
-  for (int i = 0; i < 2; ++i) {
-    auto a = e[0]->open_sequence(), b = e[1]->open_sequence();
-    ASSERT_TRUE(a.ok() && b.ok());
-    ASSERT_EQ(*a, *b);
-    seqs.push_back(*a);
-  }
+  const auto seqs = open_in_both(*e[0], *e[1], 2);
+  ASSERT_EQ(seqs.size(), 2u);
   auto both = [&](const std::vector<StepInput>& in, const std::string& what) {
-    auto r = e[0]->step(in), m = e[1]->step(in);
-    EXPECT_TRUE(r.ok() && m.ok()) << what << ": " << r.status().ToString() << " / " << m.status().ToString();
-    std::vector<int32_t> next;
-    if (!r.ok() || !m.ok()) return next;
-    for (size_t i = 0; i < in.size(); ++i) {
-      next.push_back((*r)[i].token);
-      EXPECT_EQ((*r)[i].token, (*m)[i].token) << what << ", input " << i;
-      EXPECT_EQ((*r)[i].logits.size(), (*m)[i].logits.size()) << what;
-      if ((*r)[i].logits.size() != (*m)[i].logits.size()) continue;
-      EXPECT_EQ(0, std::memcmp((*r)[i].logits.data(), (*m)[i].logits.data(), (*r)[i].logits.size() * 4))
-          << what << ", input " << i << ": relative difference " << rel_diff((*m)[i].logits, (*r)[i].logits);
-    }
-    return next;
+    return step_both(*e[0], *e[1], in, what, [](const auto& r, const auto& m, const std::string& w) {
+      ASSERT_EQ(r.size(), m.size()) << w;
+      EXPECT_EQ(0, std::memcmp(r.data(), m.data(), r.size() * 4))
+          << w << ": relative difference " << rel_diff(m, r);
+    });
   };
   auto t0 = both({logits_of(seqs[0], prompt(3, 31))}, "prefill of 3 tokens");
   auto t1 = both({logits_of(seqs[1], prompt(5, 32))}, "prefill of 5 tokens");

@@ -31,15 +31,15 @@ Result<MoeRouterMode> moe_router_mode_from_env() {
 }
 
 namespace {
-// TROVE_MOE_TOPK=experts|router (MoeLayer::topk_in_experts); unset: experts.
+// TROVE_MOE_TOPK=experts|router (MoeLayer::topk_in_experts); unset: router.
 Result<bool> topk_in_experts_from_env() {
   const char* v = std::getenv("TROVE_MOE_TOPK");
-  if (!v || !*v || std::string_view(v) == "experts") return true;
-  if (std::string_view(v) == "router") return false;
+  if (!v || !*v || std::string_view(v) == "router") return false;
+  if (std::string_view(v) == "experts") return true;
   return Status::InvalidArgument(fmt::format(
-      "TROVE_MOE_TOPK={} is not a choice: use experts (the default: with the router beside O, the experts' "
-      "gate/up kernel takes each token's top-k from the router logits) or router (the router's last "
-      "workgroup routes, after all the others)",
+      "TROVE_MOE_TOPK={} is not a choice: use router (the default: the router's last workgroup routes, "
+      "after all the others) or experts (with the router beside O, the experts' gate/up kernel takes each "
+      "token's top-k from the router logits; not yet measured on a GPU)",
       v));
 }
 }  // namespace

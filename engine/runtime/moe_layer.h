@@ -98,8 +98,9 @@ class MoeLayer {
   }
   // Whether, with the router beside O, the experts' gate/up kernel takes the top-k itself (from the
   // logits record_router_o() leaves, ops::MoeFfnCall::route_logits) instead of the router's last
-  // workgroup: TROVE_MOE_TOPK=experts (the default) where the q8 expert kernels run the step
-  // (ops::MoeFfn::routes_in_gate_up); TROVE_MOE_TOPK=router keeps the routing in the router's dispatch.
+  // workgroup: TROVE_MOE_TOPK=experts where the q8 expert kernels run the step
+  // (ops::MoeFfn::routes_in_gate_up); TROVE_MOE_TOPK=router (the default until it is measured on a
+  // GPU) keeps the routing in the router's dispatch.
   bool topk_in_experts(uint32_t T, const MoeLayerWeights& w) const;
   Status record_router_h(vk::CommandStream& s, const MoeLayerWeights& w, vk::BufferRange x, uint32_t T) const;
   Status record_router_o(vk::CommandStream& s, const MoeLayerWeights& w, vk::BufferRange attn,
@@ -119,7 +120,7 @@ class MoeLayer {
                              const std::function<void(MoeStage)>& done) const;
   MoeShape shape_;
   MoeRouterMode router_mode_ = MoeRouterMode::kBeside;  // TROVE_MOE_ROUTER
-  bool topk_experts_ = true;                            // TROVE_MOE_TOPK=experts (topk_in_experts())
+  bool topk_experts_ = false;                           // TROVE_MOE_TOPK=experts (topk_in_experts())
   uint32_t max_tokens_ = 0;
   ops::MoePlanLayout layout_;
   ops::MoeRoute route_;

@@ -1278,8 +1278,8 @@ TEST(Engine, MoeDecodeWithTheNormFoldedEqualsTheSeparateNorm) {
 }
 
 // With the router beside O and the q8 expert kernels (TROVE_MOE=q8, the GPUs' default), the experts'
-// gate/up kernel takes each token's top-k from the router logits (TROVE_MOE_TOPK=experts, the default)
-// instead of the router's last workgroup (router): the same picks and the same arithmetic, so the
+// gate/up kernel can take each token's top-k from the router logits (TROVE_MOE_TOPK=experts) instead
+// of the router's last workgroup (router, the default): the same picks and the same arithmetic, so the
 // same bits — for a decode-sized prefill, one sequence decoding and two decoding together.
 TEST(Engine, MoeTopkInTheExpertKernelEqualsTheRoutersTopk) {
   ScopedEnv moe("TROVE_MOE", "q8"), router("TROVE_MOE_ROUTER", "beside");

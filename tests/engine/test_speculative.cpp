@@ -389,8 +389,8 @@ void moe_verification_equals_one_at_a_time();
 
 // The MoE's verification step of 3 tokens equals one-token steps, with the device's default kernels
 // and with the decode path GPUs take (the q8 expert kernels with the FFN norm folded in), its router
-// fused after O or beside O (the default), its top-k in the router or in the experts' gate/up kernel
-// (TROVE_MOE_TOPK, the q8 kernels' default).
+// fused after O or beside O (the default), its top-k in the router (the default) or in the experts'
+// gate/up kernel (TROVE_MOE_TOPK=experts).
 TEST(Speculative, MoeVerificationStepEqualsOneAtATimeDecode) {
   struct Setting {
     const char *moe, *router, *topk;

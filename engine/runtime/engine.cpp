@@ -186,6 +186,17 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
     }
     e->matvec_decode_ = v == "matvec";
   }
+  if (const char* v = std::getenv("TROVE_PREFILL_F16_MIN"); v && *v) {
+    char* end = nullptr;
+    const unsigned long n = std::strtoul(v, &end, 10);
+    if (end == v || *end != 0 || n <= ops::Matvec::kMaxBatch || n > kPrefillF16MinTokens) {
+      return Status::InvalidArgument(fmt::format(
+          "TROVE_PREFILL_F16_MIN={} is not a token count: give the fewest tokens ({}..{}) of a step that "
+          "reads the resident f16 rows on matrix units (default {})",
+          v, ops::Matvec::kMaxBatch + 1, kPrefillF16MinTokens, kPrefillF16MinTokens));
+    }
+    e->f16_resident_min_tokens_ = static_cast<uint32_t>(n);
+  }
   const char* pieces_env = std::getenv("TROVE_STEP_PIECES_MAX");
   if (const char* v = pieces_env; v && *v) {
     char* end = nullptr;

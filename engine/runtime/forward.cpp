@@ -58,10 +58,11 @@ Status VulkanEngine::record_matmul(vk::CommandStream& s, const Weight& w, uint64
 
 // Every layer's weights are written as f16 each step (13.9 GB for Qwen3-8B: ~4–5 ms of writes at the
 // H200's copy bandwidth, an estimate): only steps long enough for that to be a few percent of their GEMMs (256+ tokens)
-// take it on matrix units; on devices without them every matmul step does (the tests' way in).
+// take it on matrix units; on devices without them every matmul step does (the tests' way in). With
+// the rows resident nothing is written: TROVE_PREFILL_F16_MIN may lower the bound for A/B.
 bool VulkanEngine::prefill_f16_step(uint32_t T) const {
-  return prefill_f16_ && T > ops::Matvec::kMaxBatch &&
-         (T >= kPrefillF16MinTokens || !ops_.matmul.uses_coopmat());
+  const uint32_t min_tokens = prefill_f16_resident_ ? f16_resident_min_tokens_ : kPrefillF16MinTokens;
+  return prefill_f16_ && T > ops::Matvec::kMaxBatch && (T >= min_tokens || !ops_.matmul.uses_coopmat());
 }
 
 // A dense weight of one piece of at most kMaxMatmulRows rows (every Qwen3 projection and FFN matrix)

@@ -316,6 +316,10 @@ class VulkanEngine final : public Engine {
   // or more on matrix units (the f16 default's steps), every matmul step without them.
   static constexpr uint32_t kPrefillF16MinTokens = 256;
   bool prefill_f16_step(uint32_t T) const;
+  // With the rows resident, the fewest tokens of such a step: kPrefillF16MinTokens, or
+  // TROVE_PREFILL_F16_MIN (9..256; for A/B: at 16–32 tokens the f16 rows read on the matrix units beat
+  // q8p pieces of 8 in bench_kernels, H100 2026-12-06 18:33 — not yet measured in the engine).
+  uint32_t f16_resident_min_tokens_ = kPrefillF16MinTokens;
   // The f16 layout, defined once (f16_slot_weights): each slot holds a layer's weights of one role one
   // after the other, each 256-byte aligned — Q, K, V | O | gate, up | down | gate, up, down experts (a
   // role the layer lacks is an empty Weight: 0 bytes). f16_place: a weight's slot and byte offset;

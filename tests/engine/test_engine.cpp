@@ -369,6 +369,10 @@ TEST(Engine, SmallStepsRunInPiecesOnTheDecodeMatvecs) {
   EXPECT_LT(rel_diff(last, manual[0]), 2e-3);
   ScopedEnv bad("TROVE_STEP_PIECES_MAX", "65");
   expect_load_refused(model_path(), "TROVE_STEP_PIECES_MAX=65");
+  for (const char* v : {"8", "257", "32x"}) {
+    ScopedEnv f16_min("TROVE_PREFILL_F16_MIN", v);
+    expect_load_refused(model_path(), fmt::format("TROVE_PREFILL_F16_MIN={} is not a token count", v));
+  }
 }
 
 // A step of several sequences with at most 8 tokens each and 9..TROVE_STEP_PIECES_MAX in all (concurrent

@@ -3,7 +3,7 @@
 //
 //   build/bench/engine/bench_engine --model M.gguf [--model M2.gguf ...] [--depth 16384] [--reps 3]
 //                                   [--json FILE] [--profile] [--decode-only] [--tg 128] [--streams 1,2,4,8]
-//                                   [--streams-depth 16]
+//                                   [--streams-depth 16] [--steps 16,32,128] [--steps-depth 4096]
 //                                   [--chunk 512]
 //
 //   pp16      one step of 16 prompt tokens on an empty sequence (best of --reps; below the table)
@@ -27,6 +27,12 @@
 // --tg steps together, one token each per step (one engine step of N tokens, as the scheduler runs
 // them), and the row gives the aggregate tok/s (the best of --reps runs), tok/s per stream and the
 // aggregate over one stream's.
+// --steps LIST adds a table of medium steps (an agent's next turn after a cached prefix: a tool result
+// of a few dozen to a few hundred tokens): for each N, one step of N new tokens after --steps-depth
+// tokens (default 4096) already in the sequence (prefilled once; every rep rolls the sequence back to
+// them), after one untimed step of each N; the best of max(--reps, 3), in ms and tok/s. Steps of 9–24
+// tokens run in pieces on the decode matvecs, larger ones on the GEMMs (TROVE_STEP_PIECES_MAX,
+// TROVE_PREFILL_F16_MIN).
 // --chunk N (default 2048, the engine's and `trove serve --max-batch-tokens`' default) is the engine's
 // largest step and the prefill step of pp4096 and of the depth prompt; pp512 stays one step of 512
 // when N >= 512. (llama-bench's pp rows run in ubatches of 512.)
@@ -54,6 +60,13 @@ struct Row {
   std::string model, file;
   double pp16 = 0, pp512 = 0, pp4096 = 0, tg128 = 0, tg16k = 0, pp16k = 0;
   std::vector<std::pair<uint32_t, double>> streams;  // (concurrent sequences, aggregate decode tok/s)
+  std::vector<std::pair<uint32_t, double>> steps;    // (new tokens, seconds of the step) after steps_depth
+};
+
+// --steps: medium steps after a cached context.
+struct StepsOptions {
+  std::vector<uint32_t> tokens;
+  uint32_t depth = 4096;
 };
 
 // llama.cpp on the same H100 and the same synthetic files (TARGETS.md, 2026-11-22), and the decode
@@ -149,11 +162,38 @@ Result<double> decode_together(engine::Engine& e, uint32_t n, uint32_t steps, ui
   return t;
 }
 
+// One step of each `so.tokens` count after so.depth tokens of context (prefilled once in steps of
+// `chunk`), rolled back after each; an untimed step of each count first, then the best of `reps`
+// rounds taking the counts in turn. Seconds per count, in so.tokens' order.
+Result<std::vector<double>> medium_steps(engine::Engine& e, const StepsOptions& so, int reps, uint32_t chunk,
+                                         std::mt19937& rng) {
+  auto s = e.open_sequence();
+  if (!s.ok()) return s.status();
+  int32_t next = 0;
+  auto p = prefill(e, *s, random_tokens(so.depth, rng), chunk, &next);
+  if (!p.ok()) return p.status();
+  std::vector<double> best(so.tokens.size(), 1e30);
+  for (int r = -1; r < reps; ++r) {  // r = -1: the untimed round
+    for (size_t i = 0; i < so.tokens.size(); ++i) {
+      const auto tokens = random_tokens(so.tokens[i], rng);
+      auto t = prefill(e, *s, tokens, so.tokens[i], &next);
+      if (!t.ok()) return t.status();
+      if (r >= 0) best[i] = std::min(best[i], *t);
+      if (Status st = e.truncate(*s, so.depth); !st.ok()) return st;
+    }
+  }
+  e.close_sequence(*s);
+  return best;
+}
+
 Result<Row> bench(const std::string& path, uint32_t depth, int reps, bool decode_only, uint32_t tg,
-                  const std::vector<uint32_t>& streams, uint32_t streams_depth, uint32_t chunk) {
+                  const std::vector<uint32_t>& streams, uint32_t streams_depth, uint32_t chunk,
+                  const StepsOptions& so) {
   engine::EngineOptions o;
   o.model_path = path;
-  o.n_ctx = std::max<uint32_t>({4096, depth + 128, streams.empty() ? 0 : streams_depth + tg + 8});
+  const uint32_t most_steps = so.tokens.empty() ? 0 : *std::max_element(so.tokens.begin(), so.tokens.end());
+  o.n_ctx = std::max<uint32_t>({4096, depth + 128, streams.empty() ? 0 : streams_depth + tg + 8,
+                                so.tokens.empty() ? 0 : so.depth + most_steps + 8});
   o.max_sequences = std::max<uint32_t>(1, streams.empty() ? 1 : *std::max_element(streams.begin(), streams.end()));
   o.max_batch_tokens = chunk;
   o.progress = true;
@@ -263,6 +303,15 @@ Result<Row> bench(const std::string& path, uint32_t depth, int reps, bool decode
     std::fprintf(stderr, "%s: %u streams %.1f tok/s together (prompts of %u tokens)\n", row.model.c_str(), n,
                  row.streams.back().second, streams_depth);
   }
+  if (!so.tokens.empty()) {
+    auto t = medium_steps(e, so, std::max(3, reps), chunk, rng);
+    if (!t.ok()) return t.status();
+    for (size_t i = 0; i < so.tokens.size(); ++i) {
+      row.steps.emplace_back(so.tokens[i], (*t)[i]);
+      std::fprintf(stderr, "%s: a step of %u tokens after %u: %.2f ms\n", row.model.c_str(), so.tokens[i],
+                   so.depth, 1e3 * (*t)[i]);
+    }
+  }
   return row;
 }
 
@@ -310,15 +359,29 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1u, 64u));
   app.add_option("--streams-depth", streams_depth, "Concurrent decode: each sequence's prompt, in tokens (default 16)")
       ->check(CLI::Range(1u, 1u << 20));
+  StepsOptions so;
+  app.add_option("--steps", so.tokens,
+                 "Medium steps: new tokens of one step after --steps-depth (e.g. 16,32,128,256)")
+      ->delimiter(',')
+      ->check(CLI::Range(1u, 8192u));
+  app.add_option("--steps-depth", so.depth, "Medium steps: tokens already in the sequence (default 4096)")
+      ->check(CLI::Range(1u, 1u << 20));
   app.add_option("--chunk", chunk, "Largest engine step: the prefill step of pp4096 and of the depth prompt (default 2048, the engine's)")
       ->check(CLI::Range(16u, 8192u));
   CLI11_PARSE(app, argc, argv);
   if (profile) setenv("TROVE_PROFILE", "steps", /*overwrite=*/0);
+  for (uint32_t n : so.tokens) {
+    if (n > chunk) {
+      std::fprintf(stderr, "bench_engine: --steps %u is more than the engine's largest step (--chunk %u)\n",
+                   n, chunk);
+      return 1;
+    }
+  }
 
   std::vector<Row> rows;
   std::string device;
   for (const auto& m : models) {
-    auto r = bench(m, depth, reps, decode_only, tg, streams, streams_depth, chunk);
+    auto r = bench(m, depth, reps, decode_only, tg, streams, streams_depth, chunk, so);
     if (!r.ok()) {
       std::fprintf(stderr, "bench_engine: %s: %s\n", m.c_str(), r.status().ToString().c_str());
       return 1;
@@ -359,6 +422,13 @@ int main(int argc, char** argv) {
     std::printf("|---|---|---|---|---|\n");
     for (const auto& [n, tps] : r.streams)
       std::printf("| | %u | %.1f | %.1f | %.2f× |\n", n, tps, tps / n, one > 0 ? tps / one : 0.0);
+  }
+  for (const auto& r : rows) {
+    if (r.steps.empty()) continue;
+    std::printf("\nMedium steps after %u tokens in the sequence (best of %d):\n", so.depth,
+                std::max(3, reps));
+    std::printf("\n| %s | new tokens | ms a step | tok/s |\n|---|---|---|---|\n", r.model.c_str());
+    for (const auto& [n, t] : r.steps) std::printf("| | %u | %.2f | %.0f |\n", n, 1e3 * t, n / t);
   }
   if (!json_path.empty() && !write_json(json_path, rows, depth, reps, chunk)) {
     std::fprintf(stderr, "bench_engine: could not write --json file '%s'\n", json_path.c_str());

@@ -596,6 +596,21 @@ TEST_F(MoeFfnTest, RefusesBadShapes) {
   call.weights_raw = true;  // raw router logits need the pair-indexed decode with the norm prologue
   EXPECT_NE(ffn_->record(*s, call).message().find("weights_raw"), std::string::npos);
   call.weights_raw = false;
+  // Routing in gate/up needs the q8 form's pair-indexed decode with raw weights: refused by name
+  // without them (this call: not by pair, no raw weights; then all of it on a form that is not q8).
+  call.route_logits = *b;
+  EXPECT_NE(ffn_->record(*s, call).message().find("route_logits"), std::string::npos);
+  ops::MoeTuning direct;
+  direct.form = ops::MoeTuning::Form::kDirect;
+  ffn_->set_tuning(direct);
+  call.by_pair = call.weights_raw = true;
+  call.norm_w = *b;
+  const std::string msg = ffn_->record(*s, call).message();
+  EXPECT_NE(msg.find("route_logits"), std::string::npos) << msg;
+  ffn_->set_tuning({});
+  call.route_logits = {};
+  call.by_pair = call.weights_raw = false;
+  call.norm_w = {};
   ops::StackedExperts odd{F32, *b, 72, 72, 8};
   call.gate = call.up = odd;
   call.down = odd;

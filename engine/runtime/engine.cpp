@@ -193,7 +193,7 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
       return Status::InvalidArgument(fmt::format(
           "TROVE_PREFILL_F16_MIN={} is not a token count: give the fewest tokens ({}..{}) of a step that "
           "reads the resident f16 rows on matrix units (default {})",
-          v, ops::Matvec::kMaxBatch + 1, kPrefillF16MinTokens, kPrefillF16MinTokens));
+          v, ops::Matvec::kMaxBatch + 1, kPrefillF16MinTokens, kPrefillF16ResidentMinTokens));
     }
     e->f16_resident_min_tokens_ = static_cast<uint32_t>(n);
   }

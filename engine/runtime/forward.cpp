@@ -59,7 +59,8 @@ Status VulkanEngine::record_matmul(vk::CommandStream& s, const Weight& w, uint64
 // Every layer's weights are written as f16 each step (13.9 GB for Qwen3-8B: ~4–5 ms of writes at the
 // H200's copy bandwidth, an estimate): only steps long enough for that to be a few percent of their GEMMs (256+ tokens)
 // take it on matrix units; on devices without them every matmul step does (the tests' way in). With
-// the rows resident nothing is written: TROVE_PREFILL_F16_MIN may lower the bound for A/B.
+// the rows resident nothing is written: every step above the pieces reads them (f16_resident_min_tokens_,
+// TROVE_PREFILL_F16_MIN).
 bool VulkanEngine::prefill_f16_step(uint32_t T) const {
   const uint32_t min_tokens = prefill_f16_resident_ ? f16_resident_min_tokens_ : kPrefillF16MinTokens;
   return prefill_f16_ && T > ops::Matvec::kMaxBatch && (T >= min_tokens || !ops_.matmul.uses_coopmat());

@@ -316,10 +316,12 @@ class VulkanEngine final : public Engine {
   // or more on matrix units (the f16 default's steps), every matmul step without them.
   static constexpr uint32_t kPrefillF16MinTokens = 256;
   bool prefill_f16_step(uint32_t T) const;
-  // With the rows resident, the fewest tokens of such a step: kPrefillF16MinTokens, or
-  // TROVE_PREFILL_F16_MIN (9..256; for A/B: at 16–32 tokens the f16 rows read on the matrix units beat
-  // q8p pieces of 8 in bench_kernels, H100 2026-12-06 18:33 — not yet measured in the engine).
-  uint32_t f16_resident_min_tokens_ = kPrefillF16MinTokens;
+  // With the rows resident, the fewest tokens of such a step: the first step size above the pieces
+  // (kStepPiecesMax + 1), or TROVE_PREFILL_F16_MIN (9..256). Nothing is written for them, so they pay
+  // from there: one step of 25–128 tokens after 4096 took 17–19% less than on the quantized GEMMs (8B)
+  // and 1–2% less (30B-A3B); below 21 tokens the pieces are the faster (H100 2026-12-06 21:51).
+  static constexpr uint32_t kPrefillF16ResidentMinTokens = kStepPiecesMax + 1;
+  uint32_t f16_resident_min_tokens_ = kPrefillF16ResidentMinTokens;
   // The f16 layout, defined once (f16_slot_weights): each slot holds a layer's weights of one role one
   // after the other, each 256-byte aligned — Q, K, V | O | gate, up | down | gate, up, down experts (a
   // role the layer lacks is an empty Weight: 0 bytes). f16_place: a weight's slot and byte offset;

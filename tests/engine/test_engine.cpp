@@ -373,6 +373,9 @@ TEST(Engine, SmallStepsRunInPiecesOnTheDecodeMatvecs) {
     ScopedEnv f16_min("TROVE_PREFILL_F16_MIN", v);
     expect_load_refused(model_path(), fmt::format("TROVE_PREFILL_F16_MIN={} is not a token count", v));
   }
+  // The default: the first step size above the pieces (kStepPiecesMax 24), named in the refusal.
+  ScopedEnv f16_min("TROVE_PREFILL_F16_MIN", "0");
+  expect_load_refused(model_path(), "reads the resident f16 rows on matrix units (default 25)");
 }
 
 // A step of several sequences with at most 8 tokens each and 9..TROVE_STEP_PIECES_MAX in all (concurrent

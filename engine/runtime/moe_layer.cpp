@@ -39,7 +39,7 @@ Result<bool> topk_in_experts_from_env() {
   return Status::InvalidArgument(fmt::format(
       "TROVE_MOE_TOPK={} is not a choice: use router (the default: the router's last workgroup routes, "
       "after all the others) or experts (with the router beside O, the experts' gate/up kernel takes each "
-      "token's top-k from the router logits; not yet measured on a GPU)",
+      "token's top-k from the router logits; slower: tg at depth 4096 -6% on an H100, 2026-12-06)",
       v));
 }
 }  // namespace

@@ -99,8 +99,9 @@ class MoeLayer {
   // Whether, with the router beside O, the experts' gate/up kernel takes the top-k itself (from the
   // logits record_router_o() leaves, ops::MoeFfnCall::route_logits) instead of the router's last
   // workgroup: TROVE_MOE_TOPK=experts where the q8 expert kernels run the step
-  // (ops::MoeFfn::routes_in_gate_up); TROVE_MOE_TOPK=router (the default until it is measured on a
-  // GPU) keeps the routing in the router's dispatch.
+  // (ops::MoeFfn::routes_in_gate_up); TROVE_MOE_TOPK=router (the default) keeps the routing in the
+  // router's dispatch. Measured (H100, 2026-12-06 21:58): O + router −7 µs a layer, the gate/up
+  // kernel +15 µs (each of its workgroups waits for the top-k before its first weight load).
   bool topk_in_experts(uint32_t T, const MoeLayerWeights& w) const;
   Status record_router_h(vk::CommandStream& s, const MoeLayerWeights& w, vk::BufferRange x, uint32_t T) const;
   Status record_router_o(vk::CommandStream& s, const MoeLayerWeights& w, vk::BufferRange attn,

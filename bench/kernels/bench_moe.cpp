@@ -48,7 +48,9 @@ Status bench_moe(vk::Device& dev, const MoeBenchOptions& o, std::vector<KernelRo
       auto logits = filled(dev, uint64_t{T} * E * 4, 0);
       auto h = filled(dev, uint64_t{P} * F * 4), d = filled(dev, uint64_t{P} * H * 4);
       auto g = filled(dev, uint64_t{P} * F * 4), u = filled(dev, uint64_t{P} * F * 4);
-      for (auto* b : {&xn, &x, &logits, &h, &d, &g, &u}) {
+      auto norm_w = filled(dev, uint64_t{H} * 4, 0x3f800000u);  // 1.0f
+      auto own_ids = filled(dev, uint64_t{P} * 4, 0), own_w = filled(dev, uint64_t{P} * 4, 0x3e000000u);
+      for (auto* b : {&xn, &x, &logits, &h, &d, &g, &u, &norm_w, &own_ids, &own_w}) {
         if (!b->ok()) return b->status();
       }
       std::mt19937 rng(T);
@@ -168,19 +170,23 @@ Status bench_moe(vk::Device& dev, const MoeBenchOptions& o, std::vector<KernelRo
           const auto Q8 = ops::MoeTuning::Form::kQ8;
           forms.push_back({"q8, by pair", {Q8}, true});
           if (T == 1 || T == 8) {
-            forms.push_back({"q8 r1, by pair", {Q8, 1, 1, 0}, true});
-            forms.push_back({"q8 r4, by pair", {Q8, 4, 4, 0}, true});
-            forms.push_back({"q8 wg256, by pair", {Q8, 0, 0, 256}, true});
-            forms.push_back({"q8 256 wgs, by pair", {Q8, 0, 0, 0, 256}, true});
-            forms.push_back({"q8 1024 wgs, by pair", {Q8, 0, 0, 0, 1024}, true});
-            forms.push_back({"q8 block per wg, by pair", {Q8, 0, 0, 0, 65535}, true});
+            forms.push_back({"q8 r1, by pair", {.form = Q8, .gate_up_rows = 1, .down_rows = 1}, true});
+            forms.push_back({"q8 r4, by pair", {.form = Q8, .gate_up_rows = 4, .down_rows = 4}, true});
+            forms.push_back({"q8 wg256, by pair", {.form = Q8, .workgroup = 256}, true});
+            forms.push_back({"q8 256 wgs, by pair", {.form = Q8, .q8_workgroups = 256}, true});
+            forms.push_back({"q8 1024 wgs, by pair", {.form = Q8, .q8_workgroups = 1024}, true});
+            forms.push_back({"q8 block per wg, by pair", {.form = Q8, .q8_workgroups = 65535}, true});
           }
         }
         if (o.sweep && (T == 1 || T == 8)) {
           for (uint32_t rows : {1u, 2u, 4u}) {
             for (uint32_t wg : {64u, 128u, 256u}) {
               if (rows == 1 && wg == 128) continue;  // the default: the "direct" row
-              forms.push_back({fmt::format("direct r{} wg{}", rows, wg), {ops::MoeTuning::Form::kDirect, rows, rows, wg}});
+              const ops::MoeTuning t{.form = ops::MoeTuning::Form::kDirect,
+                                     .gate_up_rows = rows,
+                                     .down_rows = rows,
+                                     .workgroup = wg};
+              forms.push_back({fmt::format("direct r{} wg{}", rows, wg), t});
             }
           }
         }
@@ -191,6 +197,28 @@ Status bench_moe(vk::Device& dev, const MoeBenchOptions& o, std::vector<KernelRo
         if (down_type == GgmlType::Q6_K) {
           TROVE_RETURN_IF_ERROR(add(fmt::format("moe gate/up+SwiGLU (expert-indexed, {})", f.name), gu_bytes,
                                     [&](vk::CommandStream& s) { return ffn->record_gate_up(s, call()); }));
+        }
+        // The engine's decode gate/up with the router beside O (the FFN norm folded in, raw router logits
+        // as weights): from ids MoeRoute wrote (TROVE_MOE_TOPK=router) or taking each token's top-k from
+        // the logits itself (=experts) — the kernel-level cost of that top-k. Ids and weights of their own,
+        // so the routings above stay as they are.
+        if (down_type == GgmlType::Q6_K && f.by_pair && f.tuning.form == ops::MoeTuning::Form::kQ8) {
+          for (const bool here : {false, true}) {
+            const std::string op = fmt::format("moe gate/up+SwiGLU (expert-indexed, {}, norm, {})", f.name,
+                                               here ? "top-k here" : "ids");
+            TROVE_RETURN_IF_ERROR(add(op, gu_bytes, [&](vk::CommandStream& s) {
+              ops::MoeFfnCall c = call();
+              c.norm_w = *norm_w;
+              c.eps = 1e-6f;
+              c.weights_raw = true;
+              c.weights = *own_w;
+              if (here) {
+                c.ids = *own_ids;
+                c.route_logits = *logits;
+              }
+              return ffn->record_gate_up(s, c);
+            }));
+          }
         }
         TROVE_RETURN_IF_ERROR(add(fmt::format("{} ({})", T <= ops::MoeFfn::kDecodeMaxTokens ? "moe down+weighted sum+residual"
                                                                                              : "moe down (expert-indexed)+combine", f.name),

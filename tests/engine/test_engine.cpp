@@ -376,6 +376,10 @@ TEST(Engine, SmallStepsRunInPiecesOnTheDecodeMatvecs) {
   // The default: the first step size above the pieces (kStepPiecesMax 24), named in the refusal.
   ScopedEnv f16_min("TROVE_PREFILL_F16_MIN", "0");
   expect_load_refused(model_path(), "reads the resident f16 rows on matrix units (default 25)");
+  // The test-only failure switch is refused the same way (parsed after the two above: unset them).
+  ScopedEnv no_min("TROVE_PREFILL_F16_MIN", nullptr), no_pieces("TROVE_STEP_PIECES_MAX", nullptr);
+  ScopedEnv fail0("TROVE_TEST_FAIL_STEP", "0");
+  expect_load_refused(model_path(), "TROVE_TEST_FAIL_STEP=0 is not a step number: give N >= 1");
 }
 
 // A step of several sequences with at most 8 tokens each and 9..TROVE_STEP_PIECES_MAX in all (concurrent

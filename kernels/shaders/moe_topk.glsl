@@ -2,9 +2,8 @@
 // k best of its n_experts logits lg[t * n_experts ..] (ties → the smaller index, NaN below
 // everything) and their softmax weights renormalised over the k chosen, written to ids[t * k + j] and
 // wt[t * k + j] (raw: the chosen logits themselves, for a consumer that scales them first —
-// MoeFfnCall::weights_raw). Run by one whole
-// subgroup (k rounds of subgroupMax / subgroupMin over the lanes' best remaining logit). The includer
-// declares lg, ids and wt. k <= 32.
+// MoeFfnCall::weights_raw). Run by one whole subgroup (k rounds of subgroupMax / subgroupMin over the
+// lanes' best remaining logit). The includer declares lg, ids and wt. k <= 32.
 const float kInf = 1.0 / 0.0;
 const uint kNone = 0xffffffffu;
 

@@ -14,7 +14,12 @@ namespace {
 // matmul_tiled.comp's push constants.
 struct Push { uint32_t rows, cols, batch, type, row_bytes, tpr, y_stride, rpt; };
 // The matrix-unit and grouped shaders' push constants.
-struct TilePush { uint32_t rows, cols, batch, row_bytes, y_stride, n_expert, expert_bytes, x_rows; };
+// k_splits and split_stride: split K (matmul_coopmat_tile.glsl, matmul_cpu.comp; 0 = none).
+struct TilePush {
+  uint32_t rows, cols, batch, row_bytes, y_stride, n_expert, expert_bytes, x_rows, k_splits, split_stride;
+};
+// matmul_split_sum.comp's push constants.
+struct SplitSumPush { uint32_t rows, batch, y_stride, splits, split_stride, row_groups; };
 constexpr uint32_t kMaxGroups = 65535;  // minimum maxComputeWorkGroupCount Vulkan guarantees
 constexpr uint32_t kBatchCols = 8;      // batch columns per workgroup (kCols in matmul_tiled.comp)
 constexpr uint32_t kGroupedSlots = 4;   // slots per workgroup in matmul_grouped_tiled.comp
@@ -134,6 +139,11 @@ std::string_view matmul_path_name(MatmulPath p) {
 struct Matmul::Cache {
   std::mutex mu;
   std::map<std::string, std::unique_ptr<vk::Pipeline>> pipelines;
+  // Split K: the partial sums' scratch (two halves of kSplitScratchHalf bytes, made at the first split
+  // call), the half the next split call takes, and the pipeline that adds the partials.
+  std::optional<vk::Buffer> split_scratch;
+  uint32_t split_half = 0;
+  std::optional<vk::Pipeline> split_sum;
 };
 
 bool Matmul::available(const vk::Device& dev, MatmulPath path, std::string* why) {
@@ -205,6 +215,16 @@ Result<Matmul> Matmul::create(vk::Device& dev, MatmulPath path) {
     return Status::Unsupported(fmt::format("TROVE_MATMUL_ACC=f16: '{}' offers no 16x16x16 f16 x f16 -> f16 subgroup matrix "
                                            "shape for the KHR kernel; unset it", dev.features().name));
   }
+  TROVE_RETURN_IF_ERROR(read_count(
+      "TROVE_MATMUL_SPLIT_K", 1, kMaxSplits,
+      fmt::format("a split count; give the K ranges (1..{}) every dense KHR or CPU matmul of 256+ columns "
+                  "sums apart (1: never split; unset: the automatic rule)", kMaxSplits),
+      op.split_forced_));
+  TROVE_RETURN_IF_ERROR(read_count(
+      "TROVE_MATMUL_SPLIT_WGS", 1, 1ul << 20,
+      fmt::format("a workgroup count; give how many workgroups a dense KHR call should have before it is not "
+                  "split (default {})", kSplitTargetWorkgroups),
+      op.split_target_wgs_));
   TROVE_RETURN_IF_ERROR(read_count("TROVE_CM2_MIN_TILES", 1, 100000,
                                    "a tile count; give the large cm2 tiles (128 x 256) a dense call of 2048+ "
                                    "columns needs to run on cm2 (default 128)",
@@ -376,6 +396,57 @@ MatmulTile Matmul::tile_for(uint32_t rows, uint32_t batch, bool grouped) const {
   return MatmulTile::kSmall;
 }
 
+uint32_t Matmul::split_k(uint32_t rows, uint32_t cols, uint32_t batch) const {
+  const bool khr = path_ == MatmulPath::kKhr && batch >= matrix_min_batch_ && auto_cm2_tile(rows, batch) == MatmulTile::kAuto;
+  if (!(khr || path_ == MatmulPath::kCpu) || cols % 256 != 0 || rows == 0 || batch == 0) return 1;
+  uint32_t n = split_forced_;
+  if (n == 0) {  // the automatic rule: KHR only, up to split_target_wgs_ workgroups, 512+ values a range
+    if (!khr) return 1;
+    const uint32_t bm = tile_for(rows, batch) == MatmulTile::kSmall ? kKhrSmall.bm : 128;
+    const uint64_t tiles = uint64_t{div_up(rows, bm)} * div_up(batch, bm);
+    if (tiles >= split_target_wgs_) return 1;
+    n = std::min<uint64_t>({div_up(split_target_wgs_, static_cast<uint32_t>(tiles)), kMaxSplits, cols / 512});
+  }
+  n = std::min(n, cols / 256);  // at least one 256-value block a range
+  while (n > 1 && uint64_t{n} * batch * rows * 4 > kSplitScratchHalf) --n;
+  return std::max(n, 1u);
+}
+
+Status Matmul::record_split(vk::CommandStream& s, const vk::Pipeline& p, vk::BufferRange (&bufs)[3], uint32_t splits,
+                            uint32_t rows, uint32_t cols, uint32_t batch, uint32_t row_bytes, uint32_t y_stride,
+                            uint32_t gx, uint32_t gy) const {
+  const vk::Pipeline* sum = nullptr;
+  vk::BufferRange part;
+  {
+    std::lock_guard<std::mutex> lock(cache_->mu);
+    if (!cache_->split_scratch) {
+      auto b = dev_->buffer(2 * kSplitScratchHalf);
+      if (!b.ok()) return b.status();
+      cache_->split_scratch = std::move(*b);
+    }
+    if (!cache_->split_sum) {
+      auto q = dev_->pipeline({"matmul_split_sum", {}, sizeof(SplitSumPush), 2, 256});
+      if (!q.ok()) return q.status();
+      cache_->split_sum = std::move(*q);
+    }
+    // The two halves in turn: a split call's sum runs beside the next call's products (no barrier
+    // between them), and the call after that, past the next call's barrier, may take this half again.
+    part = vk::BufferRange(*cache_->split_scratch, uint64_t{cache_->split_half} * kSplitScratchHalf,
+                           uint64_t{splits} * batch * rows * 4);
+    cache_->split_half ^= 1;
+    sum = &*cache_->split_sum;
+  }
+  const vk::BufferRange y = bufs[2];
+  bufs[2] = part;
+  TilePush push{rows, cols, batch, row_bytes, rows, 1, 0, batch, splits, batch * rows};
+  TROVE_RETURN_IF_ERROR(s.dispatch(p, bufs, &push, sizeof(push), gx, gy, splits));
+  s.barrier();
+  const uint32_t groups = div_up(batch * rows, 256), sx = std::min(groups, kMaxGroups);
+  SplitSumPush sp{rows, batch, y_stride, splits, batch * rows, sx};
+  vk::BufferRange sb[2] = {part, y};
+  return s.dispatch(*sum, sb, &sp, sizeof(sp), sx, div_up(groups, sx));
+}
+
 Status Matmul::record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows, uint32_t cols,
                       uint32_t batch, vk::BufferRange w, vk::BufferRange x, vk::BufferRange y,
                       uint32_t y_stride, bool x_f16) const {
@@ -414,6 +485,10 @@ Status Matmul::record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows,
     if (div_up(rows, 64 * r) > kMaxGroups || div_up(batch, c) > kMaxGroups) {
       return Status::InvalidArgument(fmt::format("matmul: rows {} or batch {} need more than {} workgroups (split the call)", rows, batch, kMaxGroups));
     }
+    if (const uint32_t splits = split_k(rows, cols, batch); splits > 1) {
+      return record_split(s, **p, bufs, splits, rows, cols, batch, static_cast<uint32_t>(rb), y_stride,
+                          div_up(rows, 64 * r), div_up(batch, c));
+    }
     TilePush push{rows, cols, batch, static_cast<uint32_t>(rb), y_stride, 0, 0, 0};
     return s.dispatch(**p, bufs, &push, sizeof(push), div_up(rows, 64 * r), div_up(batch, c));
   }
@@ -446,6 +521,10 @@ Status Matmul::record(vk::CommandStream& s, quant::GgmlType type, uint32_t rows,
       if (!p.ok()) return p.status();
       if (div_up(rows, k.bm) > kMaxGroups || div_up(batch, k.bn) > kMaxGroups) {
         return Status::InvalidArgument(fmt::format("matmul: rows {} or batch {} need more than {} workgroups (split the call)", rows, batch, kMaxGroups));
+      }
+      if (const uint32_t splits = split_k(rows, cols, batch); splits > 1) {
+        return record_split(s, **p, bufs, splits, rows, cols, batch, static_cast<uint32_t>(rb), y_stride,
+                            div_up(rows, k.bm), div_up(batch, k.bn));
       }
       return s.dispatch(**p, bufs, &push, sizeof(push), div_up(rows, k.bm), div_up(batch, k.bn));
     }

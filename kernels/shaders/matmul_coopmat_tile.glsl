@@ -20,6 +20,11 @@
 //    16×16×16 f16 products accumulated in f32.
 // Output: each 16×16 accumulator goes through a per-subgroup shared staging square, then lanes write
 // the in-bounds elements (partial tiles in rows and batch need no padding anywhere).
+// Split K (dense only, pc.k_splits > 1; kernels/ops/matmul.h): workgroup z of the grid sums K steps
+// z·nk/S .. (z+1)·nk/S − 1 alone and writes its partial sums at y + z·pc.split_stride (the host's
+// scratch, rows apart per column); matmul_split_sum.comp adds the S partials in order. A skinny call
+// (9–255 columns: a follow-up's tokens, several streams) has too few tiles to keep loads in flight on
+// every SM; S times the workgroups do.
 //
 // Shared memory: (BM + BN)·40 halves × 2 buffers + 1 KiB per subgroup: 48 KiB at 128×128 (the host
 // checks maxComputeSharedMemorySize), 24 KiB at 64×64.
@@ -78,6 +83,7 @@ layout(std430, set = 0, binding = 4) readonly buffer RowIds { uint row_ids[]; };
 #endif
 layout(push_constant) uniform P {
   uint rows; uint cols; uint batch; uint row_bytes; uint y_stride; uint n_expert; uint expert_bytes; uint x_rows;
+  uint k_splits; uint split_stride;  // split K (dense): 0 or 1 = none
 } pc;
 
 #include "dequant_chunk.glsl"
@@ -93,9 +99,11 @@ bool va[2][PA];
 uvec4 rb[2][PB][4];
 bool vb[2][PB];
 uint w_base = 0u;   // byte offset of this workgroup's expert in W (grouped), else 0
+uint k_base = 0u;   // this workgroup's first K step (split K), added to the step of every load
 
 // Piece i of this invocation for step k: row (t + i·WG)/2, values 16·h .. 16·h+15 of the chunk.
 void load_a(uint set, uint i, uint r0, uint k) {
+  k += k_base;
   uint p = gl_LocalInvocationID.x + i * WG, r = r0 + (p >> 1), h = p & 1u;
   va[set][i] = r < pc.rows;
   if (!va[set][i]) return;
@@ -131,6 +139,7 @@ f16vec4 bf16x4(uint a, uint b) {
 }
 
 void store_a(uint set, uint i, uint k, uint buf) {
+  k += k_base;
   uint p = gl_LocalInvocationID.x + i * WG, row = p >> 1, h = p & 1u;
   uint s = (buf * BM + row) * SK + 4u * h;
   f16vec4 v[4];
@@ -180,6 +189,7 @@ void store_a(uint set, uint i, uint k, uint buf) {
 // Activation piece i for step k: batch column (t + i·WG)/2 of this tile, values 16·h .. 16·h+15.
 // `xrow` maps the column to a row of x (and says whether it exists).
 void load_b(uint set, uint i, uint k, uint xrow, bool valid) {
+  k += k_base;
   uint h = (gl_LocalInvocationID.x + i * WG) & 1u;
   vb[set][i] = valid;
   if (!valid) return;
@@ -320,7 +330,14 @@ void main() {
   coopmat<KHR_ACC_T, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator> acc[FM * FN];
   [[unroll]] for (uint f = 0u; f < FM * FN; ++f) acc[f] = coopmat<KHR_ACC_T, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator>(0.0);
 
-  const uint nk = idle ? 0u : pc.cols / BK;
+  uint nk = idle ? 0u : pc.cols / BK;
+  uint y_base = 0u;  // where this workgroup's sums go in y
+  if (pc.k_splits > 1u) {  // split K: steps z·nk/S .. (z+1)·nk/S − 1 (the host keeps every range non-empty)
+    const uint z = gl_WorkGroupID.z;
+    k_base = z * nk / pc.k_splits;
+    nk = (z + 1u) * nk / pc.k_splits - k_base;
+    y_base = z * pc.split_stride;
+  }
   for (uint i = 0u; i < PA; ++i) load_a(0u, i, r0, 0u);
   for (uint i = 0u; i < PB; ++i) load_b(0u, i, 0u, xrow[i], xvalid[i]);
   for (uint i = 0u; i < PA; ++i) store_a(0u, i, 0u, 0u);
@@ -373,7 +390,7 @@ void main() {
       const uint rbase = r0 + sgm * WM + 16u * fm, cbase = col0 + sgn * WN + 16u * fn;
       for (uint e = lane; e < 256u; e += 32u) {
         uint r = rbase + (e & 15u), c = cbase + (e >> 4);
-        if (r < pc.rows && c < col_end) y[c * pc.y_stride + r] = Cs[cs + e];
+        if (r < pc.rows && c < col_end) y[y_base + c * pc.y_stride + r] = Cs[cs + e];
       }
       subgroupMemoryBarrierShared();
       subgroupBarrier();

@@ -17,6 +17,9 @@
 //  - K-quant scales are decoded once per sub-block pair, Q4_K/Q5_K nibbles of two sub-blocks from
 //    one load.
 // Rows past the end are clamped (read, computed, not stored), so no control flow depends on the lane.
+// Split K (pc.k_splits > 1, forced only: TROVE_MATMUL_SPLIT_K, kernels/ops/matmul.h): workgroup z sums
+// the 256-value blocks z·nb/S .. (z+1)·nb/S − 1 and writes at y + z·pc.split_stride, as the KHR
+// kernel does (the host asks cols % 256 == 0); CI tests the split and its sum here.
 //
 // Loads per invocation and 256 values: activations 128 kC 64-bit components (64 kC with f16);
 // weights kR x (F32 128, F16/BF16 64, Q4_K 18, Q5_K 22 components; Q6_K 80 and Q8_0 72 32-bit words:
@@ -32,6 +35,7 @@ layout(std430, set = 0, binding = 2) writeonly buffer Y { float y[]; };
 // Matmul::record's TilePush (the last three fields are the grouped form's, unused here).
 layout(push_constant) uniform P {
   uint rows; uint cols; uint batch; uint row_bytes; uint y_stride; uint n_expert; uint expert_bytes; uint x_rows;
+  uint k_splits; uint split_stride;  // split K: 0 or 1 = none
 } pc;
 
 layout(constant_id = 0) const uint kType = 12u;  // GGML type id
@@ -94,6 +98,15 @@ uint funnel(uint a, uint b, bool odd16) { return odd16 ? (a >> 16) | (b << 16) :
 
 void main() {
   const uint row0 = (gl_WorkGroupID.x * 64u + gl_LocalInvocationID.x) * kR;
+  // K range: 256-value blocks kb0 .. kb1 − 1 (32-value chunks 8·kb0 .. c1 − 1) and where the sums go.
+  uint kb0 = 0u, kb1 = pc.cols >> 8, c1 = pc.cols >> 5, y_base = 0u;
+  if (pc.k_splits > 1u) {
+    const uint z = gl_WorkGroupID.z, nb = pc.cols >> 8;
+    kb0 = z * nb / pc.k_splits;
+    kb1 = (z + 1u) * nb / pc.k_splits;
+    c1 = 8u * kb1;
+    y_base = z * pc.split_stride;
+  }
   const uint b0 = gl_WorkGroupID.y * kC;
   uint roff[kMaxR];  // byte offset of each row (clamped to the last row)
   for (uint r = 0u; r < kR; ++r) roff[r] = min(row0 + r, pc.rows - 1u) * pc.row_bytes;
@@ -107,7 +120,7 @@ void main() {
     // scales/mins, [qh[32] (Q5_K)], qs[128]. Sub-blocks 2p and 2p+1 are the low and high nibbles of
     // qs[32p .. 32p+31]; Q5_K's fifth bit of value l of sub-block s is bit s of qh[l].
     const uint bsz = kType == kQ4_K ? 9u : 11u, qs0 = kType == kQ4_K ? 1u : 3u;
-    for (uint k = 0u; k < (pc.cols >> 8); ++k) {
+    for (uint k = kb0; k < kb1; ++k) {
       uint blk[kMaxR];
       uvec4 hd[kMaxR];
       u64vec2 qh0[kMaxR], qh1[kMaxR];
@@ -173,7 +186,7 @@ void main() {
     // q3 = ql[l] high | bits 4-5 -> l+64, q4 = ql[l+32] high | bits 6-7 -> l+96; each minus 32,
     // times d * scales[8n + l/16 + 2m] for the m-th of them.
     const uint wlast = uint(w.length()) - 1u;
-    for (uint k = 0u; k < (pc.cols >> 8); ++k) {
+    for (uint k = kb0; k < kb1; ++k) {
       uint base[kMaxR];
       bool odd[kMaxR];
       float d[kMaxR];
@@ -228,7 +241,7 @@ void main() {
   } else if (kType == kQ8_0) {
     // 34-byte blocks (2-byte aligned): f16 d, 32 int8 values. Words a0..a8 from the block's floor
     // word cover both alignments.
-    for (uint k = 0u; k < (pc.cols >> 5); ++k) {
+    for (uint k = 8u * kb0; k < c1; ++k) {
       uint a[kMaxR][9];
       float d[kMaxR];
       bool odd[kMaxR];
@@ -249,7 +262,7 @@ void main() {
     }
   } else {
     // F32 / F16 / BF16: rows are multiples of 64 bytes; 32-byte loads (8 f32 or 16 f16 / bf16).
-    for (uint k = 0u; k < (pc.cols >> 5); ++k) {
+    for (uint k = 8u * kb0; k < c1; ++k) {
       if (kType == kF32) {
         for (uint i = 0u; i < 4u; ++i) {
           vec4 v0[kMaxR], v1[kMaxR];
@@ -289,7 +302,7 @@ void main() {
     if (row >= pc.rows) break;
     for (uint c = 0u; c < kC; ++c) {
       if (b0 + c >= pc.batch) break;
-      y[(b0 + c) * pc.y_stride + row] = acc[r][c];
+      y[y_base + (b0 + c) * pc.y_stride + row] = acc[r][c];
     }
   }
 }

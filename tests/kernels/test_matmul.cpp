@@ -537,6 +537,165 @@ TEST(Matmul, TroveKhrLargeIsChecked) {
   EXPECT_TRUE(good.ok()) << good.status().ToString();
 }
 
+// Split K (matmul.h, "Split K"): the CPU form splits only when forced (TROVE_MATMUL_SPLIT_K), which is
+// how CI tests the ranges and their sum on lavapipe: every type, K of 1 to 4 blocks of 256, ranges
+// clamped to the blocks there are, one column and several column tiles. Unforced it never splits.
+TEST(Matmul, SplitKOnTheCpuFormMatchesReference) {
+  auto dev = open_device();
+  ASSERT_TRUE(dev);
+  auto op = ops::Matmul::create(*dev, MatmulPath::kCpu);
+  ASSERT_TRUE(op.ok()) << op.status().ToString();
+  EXPECT_EQ(op->split_k(100, 1024, 37), 1u) << "the CPU form splits only when forced";
+  uint64_t seed = 1300;
+  for (uint32_t splits : {2u, 3u, 8u}) {
+    SCOPED_TRACE(testing::Message() << "forced splits " << splits);
+    op->force_split_k(splits);
+    EXPECT_EQ(op->split_k(100, 1024, 37), std::min(splits, 4u)) << "at most one range a 256-value block";
+    EXPECT_EQ(op->split_k(100, 96, 37), 1u) << "K not a multiple of 256";
+    for (GgmlType type : kAllTypes) {
+      check(*dev, *op, type, 100, 1024, 37, seed++, 1e-5, true);
+      if (splits == 3) {
+        check(*dev, *op, type, 70, 768, 1, seed++, 1e-5);
+        check(*dev, *op, type, 33, 256, 11, seed++, 1e-5);  // one block: not split
+      }
+    }
+  }
+}
+
+namespace {
+// Three split calls recorded back to back with no barrier of the caller's between them (the engine's
+// Q, K and V), the second into every other row of a wider y (y_stride: a row range), each against
+// the reference: the scratch halves taken in turn must not let one call's sum read another's products.
+void check_split_calls_in_a_row(vk::Device& dev, const ops::Matmul& op, uint64_t seed) {
+  const uint32_t rows = 96, cols = 1024, batch = 24, stride = 2 * rows;
+  const GgmlType type = GgmlType::Q4_K;
+  std::vector<std::vector<uint8_t>> ws;
+  std::mt19937 rng(static_cast<uint32_t>(seed));
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> x(size_t{batch} * cols);
+  for (auto& v : x) v = nd(rng);
+  auto xb = dev.buffer(x.size() * 4);
+  ASSERT_TRUE(xb.ok());
+  ASSERT_TRUE(xb->upload(x.data(), x.size() * 4).ok());
+  std::vector<vk::Buffer> wbs, ybs;
+  for (int i = 0; i < 3; ++i) {
+    ws.push_back(kernels::ref::random_weights(type, rows, cols, 0.5f, seed + 1 + i));
+    auto wb = dev.buffer((ws.back().size() + 3) / 4 * 4);
+    auto yb = dev.buffer(size_t{batch} * stride * 4);
+    ASSERT_TRUE(wb.ok() && yb.ok());
+    ASSERT_TRUE(wb->upload(ws.back().data(), ws.back().size()).ok());
+    ASSERT_TRUE(yb->fill(kNaN).ok());
+    wbs.push_back(std::move(*wb));
+    ybs.push_back(std::move(*yb));
+  }
+  auto s = dev.stream();
+  ASSERT_TRUE(s.ok());
+  for (int i = 0; i < 3; ++i) {
+    const Status st = op.record(*s, type, rows, cols, batch, wbs[i], *xb, ybs[i], i == 1 ? stride : 0);
+    ASSERT_TRUE(st.ok()) << st.ToString();
+  }
+  ASSERT_TRUE(s->submit_and_wait().ok());
+  for (int i = 0; i < 3; ++i) {
+    SCOPED_TRACE(testing::Message() << "call " << i);
+    std::vector<float> expect(size_t{batch} * rows);
+    ASSERT_TRUE(kernels::ref::matmul({type, rows, cols, ws[i]}, x, batch, expect).ok());
+    std::vector<float> got(size_t{batch} * stride);
+    ASSERT_TRUE(ybs[i].download(got.data(), got.size() * 4).ok());
+    const uint32_t ys = i == 1 ? stride : rows;
+    double err2 = 0, ref2 = 0;
+    for (uint32_t b = 0; b < batch; ++b) {
+      for (uint32_t r = 0; r < rows; ++r) {
+        const double g = got[size_t{b} * ys + r], e = expect[size_t{b} * rows + r];
+        ASSERT_TRUE(std::isfinite(g)) << "column " << b << " row " << r << " not written";
+        err2 += (g - e) * (g - e);
+        ref2 += e * e;
+      }
+      if (i == 1) {
+        for (uint32_t r = rows; r < stride; ++r) {
+          ASSERT_TRUE(std::isnan(got[size_t{b} * ys + r])) << "column " << b << " row " << r << " past the call";
+        }
+      }
+    }
+    EXPECT_LT(std::sqrt(err2), 2e-3 * std::sqrt(ref2)) << "relative error " << std::sqrt(err2 / ref2);
+  }
+}
+}  // namespace
+
+TEST(Matmul, SplitCallsInARowKeepTheirSums) {
+  auto dev = open_device();
+  ASSERT_TRUE(dev);
+  auto op = ops::Matmul::create(*dev, MatmulPath::kCpu);
+  ASSERT_TRUE(op.ok()) << op.status().ToString();
+  op->force_split_k(3);
+  check_split_calls_in_a_row(*dev, *op, 1400);
+}
+
+// The KHR kernel split (forced: 2, 3 and 5 ranges; both tiles, both prefetch distances, every type)
+// against the reference, three split calls in a row, and the automatic rule: a skinny call (the 8B's
+// attention output at 32 tokens: 64 small tiles) is split towards kSplitTargetWorkgroups, 512+ values
+// a range; a call with enough tiles, or whose partials would not fit the scratch, is not. Skipped where the device has no KHR
+// cooperative matrix (lavapipe): run on the H100/H200.
+TEST(Matmul, SplitKOnTheKhrKernelMatchesReference) {
+  auto dev = open_device();
+  ASSERT_TRUE(dev);
+  std::string why;
+  if (!ops::Matmul::available(*dev, MatmulPath::kKhr, &why)) GTEST_SKIP() << "no KHR cooperative matrix here: " << why;
+  auto op = ops::Matmul::create(*dev, MatmulPath::kKhr);
+  ASSERT_TRUE(op.ok()) << op.status().ToString();
+  EXPECT_EQ(op->split_k(4096, 4096, 32), 8u);    // 64 small tiles: 8 ranges of 512
+  EXPECT_EQ(op->split_k(12288, 4096, 32), 3u);   // 192 tiles
+  EXPECT_EQ(op->split_k(4096, 1024, 32), 2u);    // two ranges of 512 values at most
+  EXPECT_EQ(op->split_k(12288, 4096, 200), 3u);  // 96 x 2 large tiles
+  EXPECT_EQ(op->split_k(32768, 4096, 256), 1u);  // 256 x 2 large tiles: enough
+  EXPECT_EQ(op->split_k(12288, 4096, 400), 1u);  // 2 ranges would not fit a scratch half
+  EXPECT_EQ(op->split_k(4096, 4096, 8), 1u);     // below the matrix path (the tiled kernel)
+  op->force_split_target(64);
+  EXPECT_EQ(op->split_k(4096, 4096, 32), 1u);
+  op->force_split_target(ops::Matmul::kSplitTargetWorkgroups);
+  uint64_t seed = 1500;
+  for (uint32_t distance : {1u, 2u}) {
+    op->force_khr_prefetch(distance);
+    for (MatmulTile tile : {MatmulTile::kSmall, MatmulTile::kLarge}) {
+      op->force_tile(tile);
+      for (uint32_t splits : {2u, 3u, 5u}) {
+        SCOPED_TRACE(testing::Message() << "prefetch " << distance << " tile " << tile_name(tile) << " splits " << splits);
+        op->force_split_k(splits);
+        for (GgmlType type : kAllTypes) {
+          check(*dev, *op, type, 100, 1280, 37, seed++, 2e-3, true);
+          check(*dev, *op, type, 130, 768, 200, seed++, 2e-3, false);
+        }
+      }
+    }
+  }
+  op->force_tile(MatmulTile::kAuto);
+  op->force_split_k(3);
+  check_split_calls_in_a_row(*dev, *op, 1600);
+}
+
+// TROVE_MATMUL_SPLIT_K takes 1..kMaxSplits (1: never split) and TROVE_MATMUL_SPLIT_WGS a positive
+// workgroup count; anything else is refused by name, whatever the path.
+TEST(Matmul, SplitKKnobsAreChecked) {
+  auto dev = open_device();
+  ASSERT_TRUE(dev);
+  for (const char* bad : {"0", "9", "two"}) {
+    trove::tests::ScopedEnv env("TROVE_MATMUL_SPLIT_K", bad);
+    auto op = ops::Matmul::create(*dev, MatmulPath::kCpu);
+    ASSERT_FALSE(op.ok()) << bad;
+    EXPECT_NE(op.status().message().find("TROVE_MATMUL_SPLIT_K='" + std::string(bad) + "' is not a split count"),
+              std::string::npos) << op.status().message();
+  }
+  {
+    trove::tests::ScopedEnv env("TROVE_MATMUL_SPLIT_WGS", "0");
+    auto op = ops::Matmul::create(*dev, MatmulPath::kCpu);
+    ASSERT_FALSE(op.ok());
+    EXPECT_NE(op.status().message().find("is not a workgroup count"), std::string::npos) << op.status().message();
+  }
+  trove::tests::ScopedEnv env("TROVE_MATMUL_SPLIT_K", "4");
+  auto op = ops::Matmul::create(*dev, MatmulPath::kCpu);
+  ASSERT_TRUE(op.ok()) << op.status().ToString();
+  EXPECT_EQ(op->split_k(64, 2048, 9), 4u);
+}
+
 // A matrix path the device lacks is refused with the reason, never silently replaced.
 TEST(Matmul, MissingMatrixPathIsRefused) {
   auto dev = open_device();

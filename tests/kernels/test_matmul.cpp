@@ -643,11 +643,11 @@ TEST(Matmul, SplitKOnTheKhrKernelMatchesReference) {
   auto op = ops::Matmul::create(*dev, MatmulPath::kKhr);
   ASSERT_TRUE(op.ok()) << op.status().ToString();
   EXPECT_EQ(op->split_k(4096, 4096, 32), 8u);    // 64 small tiles: 8 ranges of 512
-  EXPECT_EQ(op->split_k(12288, 4096, 32), 3u);   // 192 tiles
+  EXPECT_EQ(op->split_k(4096, 4096, 128), 4u);   // 128 small tiles
+  EXPECT_EQ(op->split_k(12288, 4096, 32), 6u);   // 96 large tiles (tile_for: 96+ take the large one)
   EXPECT_EQ(op->split_k(4096, 1024, 32), 2u);    // two ranges of 512 values at most
-  EXPECT_EQ(op->split_k(12288, 4096, 200), 3u);  // 96 x 2 large tiles
   EXPECT_EQ(op->split_k(32768, 4096, 256), 1u);  // 256 x 2 large tiles: enough
-  EXPECT_EQ(op->split_k(12288, 4096, 400), 1u);  // 2 ranges would not fit a scratch half
+  EXPECT_EQ(op->split_k(12288, 4096, 200), 1u);  // 192 large tiles, but 3 or 2 ranges would not fit a scratch half
   EXPECT_EQ(op->split_k(4096, 4096, 8), 1u);     // below the matrix path (the tiled kernel)
   op->force_split_target(64);
   EXPECT_EQ(op->split_k(4096, 4096, 32), 1u);

@@ -223,7 +223,8 @@ Result<Matmul> Matmul::create(vk::Device& dev, MatmulPath path) {
   TROVE_RETURN_IF_ERROR(read_count(
       "TROVE_MATMUL_SPLIT_WGS", 1, 1ul << 20,
       fmt::format("a workgroup count; give how many workgroups a dense KHR call should have before it is not "
-                  "split (default {})", kSplitTargetWorkgroups),
+                  "split (unset: no call is split unless TROVE_MATMUL_SPLIT_K forces it; try {})",
+                  kSplitTargetWorkgroups),
       op.split_target_wgs_));
   TROVE_RETURN_IF_ERROR(read_count("TROVE_CM2_MIN_TILES", 1, 100000,
                                    "a tile count; give the large cm2 tiles (128 x 256) a dense call of 2048+ "
@@ -397,11 +398,12 @@ MatmulTile Matmul::tile_for(uint32_t rows, uint32_t batch, bool grouped) const {
 }
 
 uint32_t Matmul::split_k(uint32_t rows, uint32_t cols, uint32_t batch) const {
-  const bool khr = path_ == MatmulPath::kKhr && batch >= matrix_min_batch_ && auto_cm2_tile(rows, batch) == MatmulTile::kAuto;
+  const bool khr = path_ == MatmulPath::kKhr && batch >= matrix_min_batch_ &&
+                   auto_cm2_tile(rows, batch) == MatmulTile::kAuto;
   if (!(khr || path_ == MatmulPath::kCpu) || cols % 256 != 0 || rows == 0 || batch == 0) return 1;
   uint32_t n = split_forced_;
   if (n == 0) {  // the automatic rule: KHR only, up to split_target_wgs_ workgroups, 512+ values a range
-    if (!khr) return 1;
+    if (!khr || split_target_wgs_ == 0) return 1;
     const uint32_t bm = tile_for(rows, batch) == MatmulTile::kSmall ? kKhrSmall.bm : 128;
     const uint64_t tiles = uint64_t{div_up(rows, bm)} * div_up(batch, bm);
     if (tiles >= split_target_wgs_) return 1;
@@ -412,9 +414,9 @@ uint32_t Matmul::split_k(uint32_t rows, uint32_t cols, uint32_t batch) const {
   return std::max(n, 1u);
 }
 
-Status Matmul::record_split(vk::CommandStream& s, const vk::Pipeline& p, vk::BufferRange (&bufs)[3], uint32_t splits,
-                            uint32_t rows, uint32_t cols, uint32_t batch, uint32_t row_bytes, uint32_t y_stride,
-                            uint32_t gx, uint32_t gy) const {
+Status Matmul::record_split(vk::CommandStream& s, const vk::Pipeline& p, vk::BufferRange (&bufs)[3],
+                            uint32_t splits, uint32_t rows, uint32_t cols, uint32_t batch, uint32_t row_bytes,
+                            uint32_t y_stride, uint32_t gx, uint32_t gy) const {
   const vk::Pipeline* sum = nullptr;
   vk::BufferRange part;
   {

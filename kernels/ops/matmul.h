@@ -5,8 +5,9 @@
 // cols) bytes per row) in a device buffer padded to a multiple of 4 bytes (the shaders read whole
 // words); x is f32 [batch][cols] (f16 with x_f16); y is f32 [batch][y_stride] (y_stride 0 = rows;
 // larger when a big matrix is computed in row ranges). record() only records into the stream (one
-// dispatch; a split call two and a barrier, below); the caller submits. Every kernels/quant type (F32 F16 BF16 Q8_0 Q4_K Q5_K Q6_K); other type
-// ids are a named Unsupported error. Checked against kernels/ref/matmul_ref.h.
+// dispatch; a split call two and a barrier, below); the caller submits. Every kernels/quant type (F32
+// F16 BF16 Q8_0 Q4_K Q5_K Q6_K); other type ids are a named Unsupported error. Checked against
+// kernels/ref/matmul_ref.h.
 //
 // Paths (docs/kernels.md): batches below matrix_min_batch() (kCoopmatMinBatch, TROVE_MATRIX_MIN_BATCH)
 // always take matmul_tiled.comp (f32 math). Larger ones take the path chosen at create(): KHR cooperative
@@ -24,11 +25,13 @@
 // Matrix-unit pipelines are built on first use (one per weight type, activation type and tile), so
 // record() may create a pipeline; a Matmul is used from one thread at a time.
 //
-// Split K (split_k): a dense call on the KHR kernel with fewer tiles than TROVE_MATMUL_SPLIT_WGS
-// (default kSplitTargetWorkgroups) — 9 to a few hundred columns: a follow-up's tokens, several streams
-// — has too few workgroups to keep loads in flight on every SM (the 8B's 32-token step read its f16
-// rows at ~0.5 TB/s on the H100). Its K is cut into S ranges of 512+ values (S up to kMaxSplits, so
-// that S times the tiles reach the target): workgroup z of the grid sums range z into a scratch buffer
+// Split K (split_k): a dense call on the KHR kernel with few tiles — 9 to a few hundred columns: a
+// follow-up's tokens, several streams — has too few workgroups to keep loads in flight on every SM (the
+// 8B's 32-token step read its f16 rows at ~0.5 TB/s on the H100). With TROVE_MATMUL_SPLIT_WGS=N (the
+// automatic rule; off by default until it is timed on a GPU — no machine came in the session that
+// built it; kSplitTargetWorkgroups is the value to try first) a call of fewer than N tiles has its K
+// cut into S ranges of 512+ values (S up to kMaxSplits, so that S times the tiles reach N): workgroup
+// z of the grid sums range z into a scratch buffer
 // the Matmul owns, then — after a barrier record() records — matmul_split_sum.comp adds the S partials
 // in order into y (two dispatches, deterministic sums). The scratch has two halves taken in turn, so a
 // call's sum runs beside the next call's products; streams that run at the same time must not share a
@@ -207,9 +210,9 @@ class Matmul {
   // K ranges a dense call of this shape is summed in (1: not split; the contract's "Split K").
   uint32_t split_k(uint32_t rows, uint32_t cols, uint32_t batch) const;
   void force_split_k(uint32_t n) { split_forced_ = n; }  // 0: the automatic rule
-  void force_split_target(uint32_t workgroups) { split_target_wgs_ = workgroups; }
+  void force_split_target(uint32_t workgroups) { split_target_wgs_ = workgroups; }  // 0: no automatic split
   static constexpr uint32_t kMaxSplits = 8;
-  static constexpr uint32_t kSplitTargetWorkgroups = 512;
+  static constexpr uint32_t kSplitTargetWorkgroups = 512;  // TROVE_MATMUL_SPLIT_WGS to try (not the default)
   // Bytes of each scratch half: a call splits only as far as S · batch · rows · 4 bytes fit.
   static constexpr uint64_t kSplitScratchHalf = 16ull << 20;
   MatmulTile auto_cm2_tile(uint32_t rows, uint32_t batch) const;
@@ -252,7 +255,7 @@ class Matmul {
   uint32_t matrix_min_batch_ = kCoopmatMinBatch;  // TROVE_MATRIX_MIN_BATCH
   uint32_t cm2_large_bm_ = 128, cm2_large_bn_ = 256;  // TROVE_CM2_LARGE
   uint32_t split_forced_ = 0;                          // TROVE_MATMUL_SPLIT_K (0: automatic)
-  uint32_t split_target_wgs_ = kSplitTargetWorkgroups;  // TROVE_MATMUL_SPLIT_WGS
+  uint32_t split_target_wgs_ = 0;                      // TROVE_MATMUL_SPLIT_WGS (0: the rule is off)
   // GroupedMatmulCall::x_by_slot honoured by the cm2 kernel (TROVE_GROUPED_BY_SLOT, force_by_slot), on
   // variant 2 unless forced. On since 2026-12-06: with the MoE gate/up rows gathered first (MoeFfn), the
   // 30B-A3B's pp512 7413 -> 7567 and pp4096 10634 -> 10787 tok/s on the H100 (its first form, every
@@ -267,9 +270,9 @@ class Matmul {
                                        uint32_t local_size) const;
   // A split call (split_k > 1): the products of `splits` K ranges into the scratch (bufs[2] is y on
   // entry), a barrier, their sum into y.
-  Status record_split(vk::CommandStream& s, const vk::Pipeline& p, vk::BufferRange (&bufs)[3], uint32_t splits,
-                      uint32_t rows, uint32_t cols, uint32_t batch, uint32_t row_bytes, uint32_t y_stride,
-                      uint32_t gx, uint32_t gy) const;
+  Status record_split(vk::CommandStream& s, const vk::Pipeline& p, vk::BufferRange (&bufs)[3],
+                      uint32_t splits, uint32_t rows, uint32_t cols, uint32_t batch, uint32_t row_bytes,
+                      uint32_t y_stride, uint32_t gx, uint32_t gy) const;
 };
 
 }  // namespace trove::ops

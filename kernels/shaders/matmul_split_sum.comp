@@ -6,7 +6,9 @@
 layout(local_size_x = 256) in;
 layout(std430, set = 0, binding = 0) readonly buffer Partials { float p[]; };
 layout(std430, set = 0, binding = 1) writeonly buffer Y { float y[]; };
-layout(push_constant) uniform P { uint rows; uint batch; uint y_stride; uint splits; uint split_stride; uint row_groups; } pc;
+layout(push_constant) uniform P {
+  uint rows; uint batch; uint y_stride; uint splits; uint split_stride; uint row_groups;
+} pc;
 void main() {
   const uint i = (gl_WorkGroupID.y * pc.row_groups + gl_WorkGroupID.x) * 256u + gl_LocalInvocationID.x;
   if (i >= pc.rows * pc.batch) return;

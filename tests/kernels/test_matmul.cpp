@@ -612,7 +612,7 @@ void check_split_calls_in_a_row(vk::Device& dev, const ops::Matmul& op, uint64_t
       }
       if (i == 1) {
         for (uint32_t r = rows; r < stride; ++r) {
-          ASSERT_TRUE(std::isnan(got[size_t{b} * ys + r])) << "column " << b << " row " << r << " past the call";
+          ASSERT_TRUE(std::isnan(got[size_t{b} * ys + r])) << "column " << b << " row " << r << " is past it";
         }
       }
     }
@@ -631,34 +631,41 @@ TEST(Matmul, SplitCallsInARowKeepTheirSums) {
 }
 
 // The KHR kernel split (forced: 2, 3 and 5 ranges; both tiles, both prefetch distances, every type)
-// against the reference, three split calls in a row, and the automatic rule: a skinny call (the 8B's
-// attention output at 32 tokens: 64 small tiles) is split towards kSplitTargetWorkgroups, 512+ values
-// a range; a call with enough tiles, or whose partials would not fit the scratch, is not. Skipped where the device has no KHR
+// against the reference, three split calls in a row, and the automatic rule (off by default; on with
+// a target of kSplitTargetWorkgroups): a skinny call (the 8B's attention output at 32 tokens: 64 small
+// tiles) is split towards the target, 512+ values a range; a call with enough tiles, or whose partials
+// would not fit the scratch, is not. Skipped where the device has no KHR
 // cooperative matrix (lavapipe): run on the H100/H200.
 TEST(Matmul, SplitKOnTheKhrKernelMatchesReference) {
   auto dev = open_device();
   ASSERT_TRUE(dev);
   std::string why;
-  if (!ops::Matmul::available(*dev, MatmulPath::kKhr, &why)) GTEST_SKIP() << "no KHR cooperative matrix here: " << why;
+  if (!ops::Matmul::available(*dev, MatmulPath::kKhr, &why)) {
+    GTEST_SKIP() << "no KHR cooperative matrix here: " << why;
+  }
   auto op = ops::Matmul::create(*dev, MatmulPath::kKhr);
   ASSERT_TRUE(op.ok()) << op.status().ToString();
+  if (!std::getenv("TROVE_MATMUL_SPLIT_WGS")) EXPECT_EQ(op->split_k(4096, 4096, 32), 1u) << "off by default";
+  op->force_split_target(ops::Matmul::kSplitTargetWorkgroups);
   EXPECT_EQ(op->split_k(4096, 4096, 32), 8u);    // 64 small tiles: 8 ranges of 512
   EXPECT_EQ(op->split_k(4096, 4096, 128), 4u);   // 128 small tiles
   EXPECT_EQ(op->split_k(12288, 4096, 32), 6u);   // 96 large tiles (tile_for: 96+ take the large one)
   EXPECT_EQ(op->split_k(4096, 1024, 32), 2u);    // two ranges of 512 values at most
   EXPECT_EQ(op->split_k(32768, 4096, 256), 1u);  // 256 x 2 large tiles: enough
-  EXPECT_EQ(op->split_k(12288, 4096, 200), 1u);  // 192 large tiles, but 3 or 2 ranges would not fit a scratch half
+  EXPECT_EQ(op->split_k(12288, 4096, 200), 1u);  // 192 large tiles; 3 or 2 ranges would not fit the scratch
   EXPECT_EQ(op->split_k(4096, 4096, 8), 1u);     // below the matrix path (the tiled kernel)
   op->force_split_target(64);
   EXPECT_EQ(op->split_k(4096, 4096, 32), 1u);
-  op->force_split_target(ops::Matmul::kSplitTargetWorkgroups);
+  op->force_split_target(0);
+  EXPECT_EQ(op->split_k(4096, 4096, 32), 1u);
   uint64_t seed = 1500;
   for (uint32_t distance : {1u, 2u}) {
     op->force_khr_prefetch(distance);
     for (MatmulTile tile : {MatmulTile::kSmall, MatmulTile::kLarge}) {
       op->force_tile(tile);
       for (uint32_t splits : {2u, 3u, 5u}) {
-        SCOPED_TRACE(testing::Message() << "prefetch " << distance << " tile " << tile_name(tile) << " splits " << splits);
+        SCOPED_TRACE(testing::Message() << "prefetch " << distance << " tile " << tile_name(tile)
+                                        << " splits " << splits);
         op->force_split_k(splits);
         for (GgmlType type : kAllTypes) {
           check(*dev, *op, type, 100, 1280, 37, seed++, 2e-3, true);
@@ -681,14 +688,15 @@ TEST(Matmul, SplitKKnobsAreChecked) {
     trove::tests::ScopedEnv env("TROVE_MATMUL_SPLIT_K", bad);
     auto op = ops::Matmul::create(*dev, MatmulPath::kCpu);
     ASSERT_FALSE(op.ok()) << bad;
-    EXPECT_NE(op.status().message().find("TROVE_MATMUL_SPLIT_K='" + std::string(bad) + "' is not a split count"),
-              std::string::npos) << op.status().message();
+    const std::string want = "TROVE_MATMUL_SPLIT_K='" + std::string(bad) + "' is not a split count";
+    EXPECT_NE(op.status().message().find(want), std::string::npos) << op.status().message();
   }
   {
     trove::tests::ScopedEnv env("TROVE_MATMUL_SPLIT_WGS", "0");
     auto op = ops::Matmul::create(*dev, MatmulPath::kCpu);
     ASSERT_FALSE(op.ok());
-    EXPECT_NE(op.status().message().find("is not a workgroup count"), std::string::npos) << op.status().message();
+    const std::string m = op.status().message();
+    EXPECT_NE(m.find("is not a workgroup count"), std::string::npos) << m;
   }
   trove::tests::ScopedEnv env("TROVE_MATMUL_SPLIT_K", "4");
   auto op = ops::Matmul::create(*dev, MatmulPath::kCpu);

@@ -32,7 +32,7 @@ layout(std430, set = 0, binding = 0) readonly buffer W32 { u64vec4 w32[]; };  //
 layout(std430, set = 0, binding = 1) readonly buffer X { u64vec4 x32[]; };    // 8 f32 activations
 layout(std430, set = 0, binding = 1) readonly buffer X16 { u64vec2 xh16[]; }; // 8 f16 activations
 layout(std430, set = 0, binding = 2) writeonly buffer Y { float y[]; };
-// Matmul::record's TilePush (the last three fields are the grouped form's, unused here).
+// Matmul::record's TilePush (n_expert, expert_bytes and x_rows are the grouped form's, unused here).
 layout(push_constant) uniform P {
   uint rows; uint cols; uint batch; uint row_bytes; uint y_stride; uint n_expert; uint expert_bytes; uint x_rows;
   uint k_splits; uint split_stride;  // split K: 0 or 1 = none

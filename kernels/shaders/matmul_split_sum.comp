@@ -1,7 +1,8 @@
 #version 460
-// The sum of a split-K matmul (kernels/ops/matmul.h): y[c·y_stride + r] = Σ_z p[z·split_stride + c·rows + r]
-// for every batch column c < batch and row r < rows, the partials added in order z = 0, 1, .. (the same
-// result every run). One invocation per output; the grid is 2-D so that batch · rows above 65535 · 256
+// The sum of a split-K matmul (kernels/ops/matmul.h):
+//   y[c·y_stride + r] = Σ_z p[z·split_stride + c·rows + r]
+// for every batch column c < batch and row r < rows, the partials added in order z = 0, 1, .. (the
+// same result every run). One invocation per output; the grid is 2-D so that batch · rows above 65535 · 256
 // still fits the workgroup-count limits.
 layout(local_size_x = 256) in;
 layout(std430, set = 0, binding = 0) readonly buffer Partials { float p[]; };

@@ -311,6 +311,36 @@ TEST(Engine, ChunkedPrefillAndTruncateRecomputeTheSameLogits) {
   EXPECT_EQ(e->tokens(*s), p);
 }
 
+// Split K in the engine (kernels/ops/matmul.h; TROVE_MATMUL_SPLIT_K forces it on the CPU form, which
+// lavapipe runs): a 40-token prefill and two decode steps of the quantized tiny model (its attention
+// output and FFN down have K = 512: two ranges) give the unsplit engine's greedy tokens and logits
+// within f32 rounding — and not its very bits, which says the sums did run apart.
+TEST(Engine, SplitKPrefillGivesTheUnsplitLogits) {
+  auto run = [&](const char* splits, std::vector<std::vector<float>>* logits) {
+    ScopedEnv env("TROVE_MATMUL_SPLIT_K", splits);
+    auto e = load(256, 1, 0, 64, quantized_model_path());
+    ASSERT_TRUE(e);
+    ASSERT_TRUE(greedy_logits(*e, prompt(40, 41), 3, logits));
+  };
+  std::vector<std::vector<float>> whole, split;
+  run(nullptr, &whole);
+  run("2", &split);
+  ASSERT_EQ(whole.size(), 3u);
+  ASSERT_EQ(split.size(), 3u);
+  const auto top = [](const std::vector<float>& v) {
+    return std::max_element(v.begin(), v.end()) - v.begin();
+  };
+  bool same_bits = true;
+  for (size_t i = 0; i < whole.size(); ++i) {
+    ASSERT_EQ(whole[i].size(), split[i].size());
+    EXPECT_LT(rel_diff(split[i], whole[i]), 1e-5) << "step " << i;
+    EXPECT_EQ(top(split[i]), top(whole[i])) << "step " << i;
+    const size_t bytes = whole[i].size() * sizeof(float);
+    same_bits = same_bits && std::memcmp(split[i].data(), whole[i].data(), bytes) == 0;
+  }
+  EXPECT_FALSE(same_bits) << "the split engine gave the unsplit bits: did any call split?";
+}
+
 // A one-sequence step of 9..TROVE_STEP_PIECES_MAX tokens runs as pieces of at most 8 on the decode
 // matvecs (the default on GPUs with matrix units; forced here, so lavapipe runs it too): a 20-token
 // step gives the very bits of three steps of 7, 7 and 6 tokens, leaves the same tokens behind, and the

@@ -23,6 +23,7 @@
 #include <fmt/format.h>
 #include <xxhash.h>
 
+#include "common/env.h"
 #include "common/log.h"
 #include "engine/gguf/gguf.h"
 #include "engine/runtime/block_export.h"
@@ -88,19 +89,13 @@ Status env_switch(const char* name, bool& out, std::string_view on, std::string_
   return Status::Ok();
 }
 
-// NAME=N, a whole number in [lo, hi], into `out` (left as it is when NAME is unset or empty); anything
-// else is refused as "NAME=value is not a <kind>: <hint>".
-Status env_count(const char* name, uint32_t& out, uint32_t lo, uint32_t hi, std::string_view kind,
-                 std::string_view hint) {
-  const char* v = std::getenv(name);
-  if (!v || !*v) return Status::Ok();
-  char* end = nullptr;
-  const unsigned long n = std::strtoul(v, &end, 10);
-  if (end == v || *end != 0 || n < lo || n > hi) {
-    return Status::InvalidArgument(fmt::format("{}={} is not a {}: {}", name, v, kind, hint));
-  }
-  out = static_cast<uint32_t>(n);
-  return Status::Ok();
+// NAME=N, a whole number in [lo, hi], into `out` (common/env.h); anything else is refused as
+// "NAME=value is not a <kind>: <hint>".
+Status env_number(const char* name, uint32_t& out, uint32_t lo, uint32_t hi, std::string_view kind,
+                  std::string_view hint) {
+  return env_count(name, lo, hi, out, [&](const std::string& v) {
+    return fmt::format("{}={} is not a {}: {}", name, v, kind, hint);
+  });
 }
 
 std::string human_bytes(uint64_t b) {
@@ -201,21 +196,21 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
     }
     e->matvec_decode_ = v == "matvec";
   }
-  TROVE_RETURN_IF_ERROR(env_count(
+  TROVE_RETURN_IF_ERROR(env_number(
       "TROVE_PREFILL_F16_MIN", e->f16_resident_min_tokens_, ops::Matvec::kMaxBatch + 1, kPrefillF16MinTokens,
       "token count",
       fmt::format("give the fewest tokens ({}..{}) of a step that reads the resident f16 rows on matrix "
                   "units (default {})",
                   ops::Matvec::kMaxBatch + 1, kPrefillF16MinTokens, kPrefillF16ResidentMinTokens)));
   const char* pieces_env = std::getenv("TROVE_STEP_PIECES_MAX");
-  TROVE_RETURN_IF_ERROR(env_count(
+  TROVE_RETURN_IF_ERROR(env_number(
       "TROVE_STEP_PIECES_MAX", e->step_pieces_max_, 0, 64, "token count",
       fmt::format("give the largest one-sequence step (0..64) run as pieces of <= {} tokens on the decode "
                   "matvecs (default {} with matrix units, else 0: never)",
                   ops::Matvec::kMaxBatch, VulkanEngine::kStepPiecesMax)));
-  TROVE_RETURN_IF_ERROR(env_count("TROVE_TEST_FAIL_STEP", e->fail_step_, 1, 1000000, "step number",
-                                  "give N >= 1 (the engine's N-th GPU step fails on purpose, for tests of "
-                                  "the error paths), or unset it"));
+  TROVE_RETURN_IF_ERROR(env_number("TROVE_TEST_FAIL_STEP", e->fail_step_, 1, 1000000, "step number",
+                                   "give N >= 1 (the engine's N-th GPU step fails on purpose, for tests of "
+                                   "the error paths), or unset it"));
   if (const char* r = std::getenv("TROVE_ROPE_KV"); r && *r) {
     const std::string v = r;
     if (v != "fused" && v != "separate") {

@@ -9,6 +9,8 @@
 
 #include <fmt/format.h>
 
+#include "common/env.h"
+
 namespace trove::ops {
 namespace {
 // matmul_tiled.comp's push constants.
@@ -34,19 +36,11 @@ uint32_t threads_per_row(uint32_t cols) {
   return tpr;
 }
 
-// A whole-number knob from the environment: `out` keeps its value when `name` is unset or empty; a
-// value that is not a number in [lo, hi] is refused as "NAME='value' is not <what>".
+// A whole-number knob from the environment (common/env.h), refused as "NAME='value' is not <what>".
 template <class T>
 Status read_count(const char* name, unsigned long lo, unsigned long hi, const std::string& what, T& out) {
-  const char* v = std::getenv(name);
-  if (!v || !*v) return Status::Ok();
-  char* end = nullptr;
-  const unsigned long n = std::strtoul(v, &end, 10);
-  if (end == v || *end != 0 || n < lo || n > hi) {
-    return Status::InvalidArgument(fmt::format("{}='{}' is not {}", name, v, what));
-  }
-  out = static_cast<T>(n);
-  return Status::Ok();
+  return env_count(name, lo, hi, out,
+                   [&](const std::string& v) { return fmt::format("{}='{}' is not {}", name, v, what); });
 }
 
 uint32_t div_up(uint32_t a, uint32_t b) { return (a + b - 1) / b; }

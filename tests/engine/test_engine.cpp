@@ -468,6 +468,94 @@ TEST(Engine, ConcurrentStreamsRunInGroupsOnTheDecodeMatvecs) {
   EXPECT_EQ(groups[2].tokens, manual[2].tokens);
 }
 
+// TROVE_STREAMS_F16_MIN (an A/B knob): a dense model's step of several sequences without drafts reads
+// the resident f16 rows through the matmuls — the same greedy tokens, logits within the f16 rows'
+// rounding (not their bits: the rows were read), more dispatches (the matmul path's) — while a step
+// with drafts among its inputs (a verification) keeps the decode matvecs' bits. 1 and 9 are refused.
+TEST(Engine, ConcurrentStreamsOnTheF16RowsGiveTheMatvecTokens) {
+  // f32 matvecs: the rows' f16 rounding alone sets the difference (as in the prefill weights' test).
+  ScopedEnv f32_matvec("TROVE_MATVEC", "f32"), rows("TROVE_PREFILL_WEIGHTS", "f16-dense-resident");
+  struct Run {
+    std::vector<engine::StepOutput> verified;
+    std::vector<std::vector<engine::StepOutput>> streams;
+    double dispatches = -1;
+  };
+  auto run = [&](const char* min) {
+    Run r;
+    log::ScopedLogCapture logs;
+    {
+      ScopedEnv knob("TROVE_STREAMS_F16_MIN", min), prof("TROVE_PROFILE", "steps");
+      auto e = load();
+      EXPECT_TRUE(e);
+      if (!e) return r;
+      std::vector<engine::SeqId> seqs;
+      std::vector<std::vector<int32_t>> next;
+      for (int i = 0; i < 3; ++i) {
+        auto sq = e->open_sequence();
+        EXPECT_TRUE(sq.ok());
+        if (!sq.ok()) return r;
+        seqs.push_back(*sq);
+        auto out = e->step(std::vector<StepInput>{logits_of(*sq, prompt(5 + i, 51 + i))});
+        EXPECT_TRUE(out.ok()) << out.status().ToString();
+        if (!out.ok()) return r;
+        next.push_back({(*out)[0].token});
+      }
+      // A verification of sequence 0 (its token and two drafts) beside sequence 1's token: 4 tokens.
+      std::vector<StepInput> ins = {logits_of(seqs[0], {next[0][0], 901, 902}), logits_of(seqs[1], next[1])};
+      ins[0].provisional = 2;
+      ins[0].all_tokens = true;
+      auto v = e->step(ins);
+      EXPECT_TRUE(v.ok()) << v.status().ToString();
+      if (!v.ok()) return r;
+      r.verified = *v;
+      EXPECT_TRUE(e->truncate(seqs[0], e->length(seqs[0]) - 2).ok());  // the drafts rejected
+      next[0] = {(*v)[0].tokens[0]};
+      next[1] = {(*v)[1].token};
+      for (int step = 0; step < 4; ++step) {  // then all three streams, one token each
+        std::vector<StepInput> all;
+        for (int i = 0; i < 3; ++i) all.push_back(logits_of(seqs[i], next[i]));
+        auto out = e->step(all);
+        EXPECT_TRUE(out.ok()) << out.status().ToString();
+        if (!out.ok()) return r;
+        for (int i = 0; i < 3; ++i) next[i] = {(*out)[i].token};
+        r.streams.push_back(*out);
+      }
+    }
+    r.dispatches = logged_dispatches(logs);
+    return r;
+  };
+  const Run matvec = run("0"), f16 = run("2");
+  ASSERT_EQ(matvec.verified.size(), 2u);
+  ASSERT_EQ(f16.verified.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    const auto& a = matvec.verified[i].logits;
+    ASSERT_EQ(f16.verified[i].logits.size(), a.size());
+    EXPECT_EQ(0, std::memcmp(f16.verified[i].logits.data(), a.data(), a.size() * 4)) << "verified input " << i;
+  }
+  EXPECT_EQ(f16.verified[0].tokens, matvec.verified[0].tokens);
+  ASSERT_EQ(matvec.streams.size(), 4u);
+  ASSERT_EQ(f16.streams.size(), 4u);
+  for (size_t st = 0; st < 4; ++st) {
+    for (size_t i = 0; i < 3; ++i) {
+      const double d = rel_diff(f16.streams[st][i].logits, matvec.streams[st][i].logits);
+      EXPECT_EQ(f16.streams[st][i].token, matvec.streams[st][i].token) << "step " << st << ", stream " << i;
+      EXPECT_LT(d, 2e-3) << "step " << st << ", stream " << i;
+      EXPECT_GT(d, 0.0) << "step " << st << ", stream " << i << ": the f16 rows were not read";
+    }
+  }
+  EXPECT_GT(f16.dispatches, matvec.dispatches) << "the streams' steps took the matmul path";
+  for (const char* bad : {"1", "9"}) {
+    ScopedEnv knob("TROVE_STREAMS_F16_MIN", bad);
+    engine::EngineOptions o;
+    o.model_path = model_path();
+    auto e = engine::Engine::load(o);
+    ASSERT_FALSE(e.ok()) << bad;
+    EXPECT_NE(e.status().message().find(fmt::format("TROVE_STREAMS_F16_MIN={} is not a token count", bad)),
+              std::string::npos)
+        << e.status().message();
+  }
+}
+
 // A step in pieces or in groups that fails on the GPU part-way (TROVE_TEST_FAIL_STEP=N: the engine's
 // N-th GPU step fails after placing its inputs, as a lost device would) returns the error and leaves
 // every sequence it touched as before the step — its tokens and its KV blocks, including what the

@@ -530,7 +530,7 @@ TEST(Engine, ConcurrentStreamsOnTheF16RowsGiveTheMatvecTokens) {
   for (size_t i = 0; i < 2; ++i) {
     const auto& a = matvec.verified[i].logits;
     ASSERT_EQ(f16.verified[i].logits.size(), a.size());
-    EXPECT_EQ(0, std::memcmp(f16.verified[i].logits.data(), a.data(), a.size() * 4)) << "verified input " << i;
+    EXPECT_EQ(0, std::memcmp(f16.verified[i].logits.data(), a.data(), a.size() * 4)) << "verified " << i;
   }
   EXPECT_EQ(f16.verified[0].tokens, matvec.verified[0].tokens);
   ASSERT_EQ(matvec.streams.size(), 4u);

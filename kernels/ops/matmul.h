@@ -28,15 +28,15 @@
 // Split K (split_k): a dense call on the KHR kernel with few tiles — 9 to a few hundred columns: a
 // follow-up's tokens, several streams — has too few workgroups to keep loads in flight on every SM (the
 // 8B's 32-token step read its f16 rows at ~0.5 TB/s on the H100). With TROVE_MATMUL_SPLIT_WGS=N (the
-// automatic rule; off by default until it is timed on a GPU — no machine came in the session that
-// built it; kSplitTargetWorkgroups is the value to try first) a call of fewer than N tiles has its K
-// cut into S ranges of 512+ values (S up to kMaxSplits, so that S times the tiles reach N): workgroup
-// z of the grid sums range z into a scratch buffer
-// the Matmul owns, then — after a barrier record() records — matmul_split_sum.comp adds the S partials
-// in order into y (two dispatches, deterministic sums). The scratch has two halves taken in turn, so a
-// call's sum runs beside the next call's products; streams that run at the same time must not share a
-// Matmul (or its copies). TROVE_MATMUL_SPLIT_K=N forces N ranges (at most cols/256) on every dense KHR
-// or CPU call of 256+ columns (1: never split); the CPU form splits only when forced (CI's test of it).
+// automatic rule; off by default until it is timed on a GPU — no machine came in the session that built
+// it; kSplitTargetWorkgroups is the value to try first) a call of fewer than N tiles has its K cut into S
+// ranges of 512+ values (S up to kMaxSplits, so that S times the tiles reach N): workgroup z of the grid
+// sums range z into a scratch buffer the Matmul owns, then — after a barrier record() records —
+// matmul_split_sum.comp adds the S partials in order into y (two dispatches, deterministic sums). The
+// scratch has two halves taken in turn, so a call's sum runs beside the next call's products; streams that
+// run at the same time must not share a Matmul (or its copies). TROVE_MATMUL_SPLIT_K=N forces N ranges (at
+// most cols/256) on every dense KHR or CPU call of 256+ columns (1: never split); the CPU form splits only
+// when forced (CI's test of it).
 //
 // Contract (grouped, record_grouped): MoE prefill in one dispatch over all experts of a layer.
 //  - w: the stacked expert matrices [n_expert][rows][cols], expert e at byte e·expert_bytes

@@ -202,16 +202,6 @@ Result<std::unique_ptr<Engine>> VulkanEngine::create(const EngineOptions& opts) 
       fmt::format("give the fewest tokens ({}..{}) of a step that reads the resident f16 rows on matrix "
                   "units (default {})",
                   ops::Matvec::kMaxBatch + 1, kPrefillF16MinTokens, kPrefillF16ResidentMinTokens)));
-  TROVE_RETURN_IF_ERROR(env_number(
-      "TROVE_STREAMS_F16_MIN", e->streams_f16_min_, 0, ops::Matvec::kMaxBatch, "token count",
-      fmt::format("give the fewest tokens (2..{}) of a step of several sequences that reads the resident f16 "
-                  "rows, or 0 (the default: such steps take the decode matvecs)",
-                  ops::Matvec::kMaxBatch)));
-  if (e->streams_f16_min_ == 1) {
-    return Status::InvalidArgument(
-        "TROVE_STREAMS_F16_MIN=1 is not a token count: a step of several sequences has 2 or more tokens "
-        "(give 2..8, or 0)");
-  }
   const char* pieces_env = std::getenv("TROVE_STEP_PIECES_MAX");
   TROVE_RETURN_IF_ERROR(env_number(
       "TROVE_STEP_PIECES_MAX", e->step_pieces_max_, 0, 64, "token count",

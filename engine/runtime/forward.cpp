@@ -66,12 +66,6 @@ bool VulkanEngine::prefill_f16_step(uint32_t T) const {
   return prefill_f16_ && T > ops::Matvec::kMaxBatch && (T >= min_tokens || !ops_.matmul.uses_coopmat());
 }
 
-bool VulkanEngine::streams_f16_step(std::span<const StepInput> inputs, uint32_t T) const {
-  return streams_f16_min_ != 0 && T >= streams_f16_min_ && T <= ops::Matvec::kMaxBatch && inputs.size() > 1 &&
-         prefill_f16_ && prefill_f16_resident_ && matvec_decode_ && !cfg_.is_moe() &&
-         std::none_of(inputs.begin(), inputs.end(), [](const StepInput& in) { return in.provisional > 0; });
-}
-
 // A dense weight of one piece of at most kMaxMatmulRows rows (every Qwen3 projection and FFN matrix)
 // takes the f16 form; anything else (none today) keeps its own.
 namespace {
@@ -384,8 +378,6 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       return step_in_groups(inputs);
     }
   }
-  // Concurrent streams on the resident f16 rows (TROVE_STREAMS_F16_MIN): the matmul path below.
-  const bool streams_f16 = streams_f16_step(inputs, T);
   auto stream = this->stream();
   if (!stream.ok()) return stream.status();
   vk::CommandStream& s = **stream;
@@ -421,7 +413,6 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       }
       mix(key[2], *attn);
     }
-    mix(key[1], streams_f16 ? 16u : 0u);  // the same inputs take another path with drafts among them
     if (ok) replay_key = key;
   }
   const vk::StreamCounters counters_before = s.counters();
@@ -538,7 +529,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     // weight once for all T columns, with the RMSNorms as its prologue and the residual adds and SwiGLU
     // as its epilogues: QKV, O (+x), gate/up (SwiGLU), down (+x) — 4 dispatches where the matmul path
     // records 12. Its inputs are never its outputs (x_ → attn_/o_/v_, attn_ → x_, x_ → h_, h_ → x_).
-    const bool mv = matvec_decode_ && T <= ops::Matvec::kMaxBatch && !streams_f16;
+    const bool mv = matvec_decode_ && T <= ops::Matvec::kMaxBatch;
     using Ep = ops::MatvecEpilogue;
     const bool warm = mv && !l2_warm_.empty();
     // TROVE_ATTENTION_STEP=batched (the default): the attention of a step of several sequences, each of
@@ -557,7 +548,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     // TROVE_PREFILL_WEIGHTS=f16: where each layer's weights are dequantized (prefill_f16_ above). The
     // Q/K/V of layer l + 1 are written beside the last GEMM of layer l (down; the O projection in MoE
     // layers), layer 0's beside its attention norm.
-    const bool pf = prefill_f16_step(T) || streams_f16;
+    const bool pf = prefill_f16_step(T);
     // TROVE_PROFILE=routing: each MoE layer's expert offsets into routing_host_ (prefill steps).
     const bool routing =
         profile_.routing() && T > ops::Matvec::kMaxBatch && routing_host_.mapped() != nullptr;

@@ -322,13 +322,6 @@ class VulkanEngine final : public Engine {
   // and 1–2% less (30B-A3B); below 21 tokens the pieces are the faster (H100 2026-12-06 21:51).
   static constexpr uint32_t kPrefillF16ResidentMinTokens = kStepPiecesMax + 1;
   uint32_t f16_resident_min_tokens_ = kPrefillF16ResidentMinTokens;
-  // TROVE_STREAMS_F16_MIN=N (2..kMaxBatch; 0, the default: never), an A/B knob: a dense model's step of
-  // several sequences with N..kMaxBatch tokens in all and no drafted token among them (concurrent
-  // streams, not verifications, which stay on the batch-invariant decode matvecs) reads the resident
-  // f16 rows through the matmuls (on the matrix units where TROVE_MATRIX_MIN_BATCH lets so few columns
-  // take them) instead of the decode matvecs. Its bits differ from the one-stream steps'.
-  uint32_t streams_f16_min_ = 0;
-  bool streams_f16_step(std::span<const StepInput> inputs, uint32_t T) const;
   // The f16 layout, defined once (f16_slot_weights): each slot holds a layer's weights of one role one
   // after the other, each 256-byte aligned — Q, K, V | O | gate, up | down | gate, up, down experts (a
   // role the layer lacks is an empty Weight: 0 bytes). f16_place: a weight's slot and byte offset;

@@ -113,7 +113,8 @@ struct Matvec::State {
   bool q8p = false;               // the q8p form by default (TROVE_MATVEC=q8p)
   // The form of calls with 2..8 batch columns: TROVE_MATVEC_BATCHED, else q8p where batch 1 runs q8
   // by default (GPUs, TROVE_MATVEC unset), else kSame (the rules above).
-  enum class Batched { kSame, kF32, kQ8, kQ8P };
+  enum class Batched { kSame, kF32, kQ8, kQ8P, kQ8Coopmat };
+  std::string q8cm_missing;       // why the q8 coopmat form cannot run here (empty: it can)
   Batched batched = Batched::kSame;
   // q8p scratch: per slot size, a ring of kRingSlots slots taken in turn by the calls (matvec.h).
   static constexpr uint32_t kRingSlots = 64;
@@ -161,6 +162,11 @@ struct Matvec::State {
     if (it != pipelines.end()) return &it->second;
     if (k.direct == 4) {  // the q8p form's activation pass
       auto p = dev->pipeline({"matvec_q8_quant", {k.wg, k.lanes}, 5 * 4, 3, k.wg});
+      if (!p.ok()) return p.status();
+      return &pipelines.emplace(k, std::move(*p)).first->second;
+    }
+    if (k.direct == 5) {  // the q8 coopmat form: constant ids 0..4 of matvec_q8_coopmat.comp
+      auto p = dev->pipeline({"matvec_q8_coopmat", {k.wg, k.nb, k.swiglu, k.tile, k.mats}, sizeof(Push), 8, k.wg});
       if (!p.ok()) return p.status();
       return &pipelines.emplace(k, std::move(*p)).first->second;
     }
@@ -221,6 +227,25 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
   // qkv b4 40.4 / 26.8 / 22.2, b8 72.4 / 220.9 / 150.9, gate+up b8 830.9 / 667.7 / 366.0, down b8
   // 640 / (f32) / 400.7, head b8 3330 / 2053 / 1620; the q8 form stages x in every workgroup.
   op.st_->q8_batch1 = !f.is_cpu && op.st_->q8_ok;
+  // The q8 coopmat form: the q8p form's pass, a 16 × 8 × 32 int8 subgroup matrix shape (VkComponentTypeKHR
+  // SINT8 = 3, SINT32 = 5; VkScopeKHR SUBGROUP = 3), shaderInt8 and 32-lane subgroups.
+  {
+    bool shape = false;
+    for (const auto& c : f.coopmat_shapes) {
+      shape |= c.m == 16 && c.n == 8 && c.k == 32 && c.a == 3 && c.b == 3 && c.c == 5 && c.result == 5 && c.scope == 3;
+    }
+    std::string& why = op.st_->q8cm_missing;
+    if (!vk::find_shader("matvec_q8_coopmat").words) {
+      why = "this build has no matvec_q8_coopmat shader (a glslang without GL_KHR_cooperative_matrix)";
+    } else if (!op.st_->q8_ok) {
+      why = "the device lacks integer dot products, subgroup arithmetic or shuffles (the q8p form's pass needs them)";
+    } else if (!shape) {
+      why = "the device offers no 16x8x32 int8 x int8 -> int32 subgroup matrix shape (VK_KHR_cooperative_matrix)";
+    } else if (!f.int8_arithmetic || f.subgroup_size != 32) {
+      why = fmt::format("the shader needs shaderInt8 and 32-lane subgroups (int8 {}, subgroup {})",
+                        f.int8_arithmetic ? "yes" : "no", f.subgroup_size);
+    }
+  }
   // TROVE_MATVEC_BATCHED_ROWS=1|2|4: rows per row group (per matrix; SwiGLU: gate rows) of batch 2..8
   // calls in the q8 and q8p forms, for A/B in the engine: each row a lane holds costs registers for its
   // codes, scales and batch sums (at batch 8 and 2 rows the q8 forms were slower than direct for qkv).
@@ -345,10 +370,11 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
     }
     op.st_->q6_wide = v == "1";
   }
-  // TROVE_MATVEC_BATCHED=f32|q8|q8p: the form of calls with 2..8 batch columns (speculative
+  // TROVE_MATVEC_BATCHED=f32|q8|q8p|q8coopmat: the form of calls with 2..8 batch columns (speculative
   // verification, several streams), whatever TROVE_MATVEC says for the rest. With q8 at batch 1 (the
   // GPU default) only q8 or q8p give each column the numbers of a one-token step, which greedy
-  // speculative decoding needs to be token-for-token exact (docs/kernels.md, "q8 form").
+  // speculative decoding needs to be token-for-token exact (docs/kernels.md, "q8 form"); q8coopmat (an
+  // A/B form, matvec.h) does not.
   if (const char* v = std::getenv("TROVE_MATVEC_BATCHED"); v && *v) {
     const std::string_view form(v);
     using B = State::Batched;
@@ -361,9 +387,15 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
                                                "this device lacks; unset TROVE_MATVEC_BATCHED", v));
       }
       op.st_->batched = form == "q8" ? B::kQ8 : B::kQ8P;
+    } else if (form == "q8coopmat") {
+      if (!op.st_->q8cm_missing.empty()) {
+        return Status::Unsupported(fmt::format("TROVE_MATVEC_BATCHED=q8coopmat cannot run here: {}; unset it",
+                                               op.st_->q8cm_missing));
+      }
+      op.st_->batched = B::kQ8Coopmat;
     } else {
       return Status::InvalidArgument(
-          fmt::format("TROVE_MATVEC_BATCHED='{}' is not a form for batches of 2..8 (f32, q8 or q8p)", v));
+          fmt::format("TROVE_MATVEC_BATCHED='{}' is not a form for batches of 2..8 (f32, q8, q8p or q8coopmat)", v));
     }
   }
   if (const char* v = std::getenv("TROVE_MATVEC"); v && *v) {
@@ -409,6 +441,11 @@ void Matvec::set_tuning(const MatvecTuning& t) { st_->tuning = t; }
 
 bool Matvec::q8_supported() const { return st_->q8_ok; }
 
+bool Matvec::q8_coopmat_supported(std::string* why) const {
+  if (why) *why = st_->q8cm_missing;
+  return st_->q8cm_missing.empty();
+}
+
 Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
   using quant::GgmlType;
   const bool swiglu = call.epilogue == MatvecEpilogue::kSwiGlu;
@@ -445,16 +482,26 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
   // lavapipe (2 cores, tiny-coder decode, 2026-12-02): the 151,936-row head 1.3-1.8 s -> ~0.33 s.
   bool direct = st_->direct;
   bool q8 = st_->q8 || (st_->q8_batch1 && call.batch == 1), q8p = st_->q8p;
+  bool q8cm = false;  // the q8 coopmat form
   if (call.batch > 1 && st_->batched != State::Batched::kSame) {  // TROVE_MATVEC_BATCHED
     q8 = st_->batched == State::Batched::kQ8;
     q8p = st_->batched == State::Batched::kQ8P;
+    q8cm = st_->batched == State::Batched::kQ8Coopmat;
   }
   if (tn.form == MatvecTuning::Form::kF32) {
-    q8 = q8p = false;
+    q8 = q8p = q8cm = false;
   } else if (tn.form != MatvecTuning::Form::kAuto) {
     direct = tn.form == MatvecTuning::Form::kDirect;
     q8 = tn.form == MatvecTuning::Form::kQ8;
     q8p = tn.form == MatvecTuning::Form::kQ8P;
+    q8cm = tn.form == MatvecTuning::Form::kQ8Coopmat;
+  }
+  if (q8cm && !st_->q8cm_missing.empty()) {
+    return Status::Unsupported(fmt::format("matvec: the q8 coopmat form cannot run here: {}", st_->q8cm_missing));
+  }
+  if (q8cm) {  // Q4_K only; other calls take the q8p form
+    for (uint32_t m = 0; m < call.n_mats; ++m) q8cm &= call.mats[m].type == GgmlType::Q4_K;
+    q8p = true;
   }
   if (q8 && st_->q8p_cols != 0 && call.batch == 1 && call.cols >= st_->q8p_cols) q8p = true;  // TROVE_MATVEC_Q8P_COLS
   if (q8p) {  // the same kernel reading x̂ from a scratch slot: no shared-memory limit
@@ -632,6 +679,45 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
   for (uint32_t m = n_work; m < 4; ++m) push.wg_end[m] = static_cast<uint32_t>(wgs);
   push.n_mats = n_work;
 
+  if (q8cm) {
+    // The pass with its slot laid out for kMaxBatch columns (of which it fills call.batch), a barrier,
+    // then 16 rows per workgroup: split subgroups of 32 lanes each walking a share of the 64-value runs
+    // (TROVE_MATVEC_Q8_SPLIT / tuning split, else the fewest that give 8 subgroups per SM).
+    const uint64_t T = q8_tile, B = kMaxBatch;
+    auto sl = st_->slot(((B * T * 13 / 32 + B) * 4 + 255) / 256 * 256);
+    if (!sl.ok()) return sl.status();
+    auto qp = st_->pipeline({wg, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, g, 4u});
+    if (!qp.ok()) return qp.status();
+    uint64_t blocks = 0;
+    for (uint32_t m = 0; m < n_work; ++m) {
+      blocks += (call.mats[m].rows + 15) / 16;
+      push.wg_end[m] = static_cast<uint32_t>(blocks);
+    }
+    for (uint32_t m = n_work; m < 4; ++m) push.wg_end[m] = static_cast<uint32_t>(blocks);
+    uint32_t cm_split = tn.split ? tn.split : st_->q8_split;
+    if (cm_split == 0) {
+      cm_split = 1;
+      while (cm_split < 8 && blocks * cm_split < uint64_t{8} * sms) cm_split *= 2;
+    }
+    auto p = st_->pipeline({32 * cm_split, call.batch, 0, swiglu ? 1u : 0u, q8_tile, call.n_mats, push.type[0],
+                            call.n_mats > 1 ? push.type[1] : push.type[0], call.n_mats > 2 ? push.type[2] : push.type[0],
+                            0u, 0u, 32u, 5u});
+    if (!p.ok()) return p.status();
+    const uint32_t qpush[5] = {call.cols, push.flags, std::bit_cast<uint32_t>(call.eps), kMaxBatch, q8_tile};
+    const vk::BufferRange qbufs[3] = {call.x, bufs[1], *sl};
+    TROVE_RETURN_IF_ERROR(s.dispatch(**qp, qbufs, qpush, sizeof(qpush), call.batch, 1));
+    s.barrier();
+    push.ntiles = 1;
+    push.tile_vals = q8_tile;
+    const uint32_t gx = static_cast<uint32_t>(std::min<uint64_t>(blocks, kMaxGroupsX));
+    const uint32_t gy = static_cast<uint32_t>((blocks + gx - 1) / gx);
+    if (gy > kMaxGroupsX) return Status::InvalidArgument("matvec: too many rows for one dispatch; split the call");
+    push.groups_x = gx;
+    push.grid = static_cast<uint32_t>(blocks);
+    bufs[0] = *sl;
+    bufs[1] = *sl;
+    return s.dispatch(**p, bufs, &push, sizeof(push), gx, gy);
+  }
   if (q8p) {
     // The activation pass into the next scratch slot, a barrier, then one row block per workgroup.
     const uint64_t T = q8_tile, B = call.batch;

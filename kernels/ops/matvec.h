@@ -56,10 +56,19 @@
 // caches (any cols). Scratch: a ring of 64 slots per slot size, taken in turn by the calls, so a call's
 // slot is reused by the 64th later q8p call of the same size, which must be ordered after it (a barrier
 // or a wait between them: a decode step has several per layer). The GPUs' default for batches of 2..8.
+//
+// q8 coopmat form (matvec_q8_coopmat.comp; TROVE_MATVEC_BATCHED=q8coopmat or Form::kQ8Coopmat, an A/B
+// form, not a default): the q8p form's activation pass (its slot laid out for 8 columns), then the int8
+// matrix units (VK_KHR_cooperative_matrix, a 16 × 8 × 32 int8 → int32 subgroup shape, 32-lane subgroups)
+// take 16 rows × 32 values × all 8 columns in one MMA, the lanes unpacking each weight code once instead
+// of combining it with every column. Q4_K only: a call with another type runs the q8p form. A column's
+// numbers are the same at every batch, but not the q8 forms' bits (another order of sums): not for
+// speculative verification, whose batches must equal one-token steps.
 #pragma once
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "kernels/quant/quant.h"
 #include "kernels/vk/runtime.h"
@@ -108,7 +117,8 @@ struct MatvecTuning {
                                  // TROVE_MATVEC_Q8_SPLIT, else automatic: enough row blocks for the grid)
   bool gpu_form = false;         // on a CPU device, compile the GPUs' form: unrolled loops over batch
                                  // columns and subgroupAdd (lavapipe spends seconds per pipeline on it)
-  enum class Form { kAuto, kF32, kStaged, kDirect, kQ8, kQ8P };  // kF32: kAuto without q8 (TROVE_MATVEC=f32)
+  // kF32: kAuto without q8 (TROVE_MATVEC=f32); kQ8Coopmat: the q8 coopmat form (below), any batch
+  enum class Form { kAuto, kF32, kStaged, kDirect, kQ8, kQ8P, kQ8Coopmat };
   Form form = Form::kAuto;       // kDirect needs 32-lane subgroups (refused otherwise); kAuto: direct
                                  // where the device has them (not on CPUs), q8 for batch-1 calls on GPUs
                                  // with integer dot products and q8p for their batches of 2..8,
@@ -126,6 +136,8 @@ class Matvec {
   static constexpr uint32_t kMaxBatch = 8;
   // The device can run the q8 forms (integer dot products, subgroup arithmetic and shuffles).
   bool q8_supported() const;
+  // The device can run the q8 coopmat form; if not, *why says what it lacks.
+  bool q8_coopmat_supported(std::string* why = nullptr) const;
 
   // Overrides the work split for later record() calls (bench, tests). Not thread-safe against
   // concurrent record().

@@ -715,6 +715,50 @@ TEST_F(Matvec, Q8FormColumnsEqualBatchOne) {
   ASSERT_TRUE(cols({12288, 3, true, MatvecEpilogue::kStore, {{G::Q4_K, 64}}}));
 }
 
+// The q8 coopmat form (int8 matrix units; GPUs with a 16x8x32 int8 subgroup shape — lavapipe has none,
+// so CI skips it): Q4_K calls of 1..8 columns against the float64 reference (bound 2e-2, the q8 forms'),
+// row counts not a multiple of its 16 rows a workgroup, three matrices of different rows, strides,
+// SwiGLU, the residual add, the RMSNorm prologue, one and several 64-value runs a subgroup (each split);
+// a call with a Q6_K matrix (the q8p form instead); then batched columns against batch-1 calls of the
+// same form bit for bit, and TROVE_MATVEC_BATCHED=q8coopmat read by name.
+TEST_F(Matvec, Q8CoopmatForm) {
+  std::string why;
+  if (!op_->q8_coopmat_supported(&why)) GTEST_SKIP() << "no q8 coopmat form here: " << why;
+  ops::MatvecTuning t;
+  t.form = ops::MatvecTuning::Form::kQ8Coopmat;
+  auto q8 = [](Case c) {
+    c.bound = 2e-2;
+    return c;
+  };
+  for (uint32_t split : {0u, 1u, 8u}) {
+    SCOPED_TRACE(testing::Message() << "split " << split);
+    t.split = split;
+    op_->set_tuning(t);
+    for (uint32_t b : {1u, 2u, 5u, 8u}) {
+      ASSERT_TRUE(run(q8({512, b, true, MatvecEpilogue::kStore, {{G::Q4_K, 131}, {G::Q4_K, 19, 40}, {G::Q4_K, 16}}})));
+      ASSERT_TRUE(run(q8({4096, b, true, MatvecEpilogue::kSwiGlu, {{G::Q4_K, 70}, {G::Q4_K, 70}}})));
+      Case c = q8({2048, b, false, MatvecEpilogue::kAdd, {{G::Q4_K, 2048}}});
+      c.residual_is_x = true;
+      ASSERT_TRUE(run(c));
+    }
+  }
+  t.split = 0;
+  op_->set_tuning(t);
+  ASSERT_TRUE(run(q8({512, 4, true, MatvecEpilogue::kStore, set_c(4)})));  // Q6_K among them: q8p
+  auto cols = [&](Case c) {
+    c.bound = 2e-2;
+    c.exact = true;
+    return check_columns(*dev_, *op_, c, rng_);
+  };
+  ASSERT_TRUE(cols({4096, 8, true, MatvecEpilogue::kSwiGlu, {{G::Q4_K, 64}, {G::Q4_K, 64}}}));
+  ASSERT_TRUE(cols({12288, 3, true, MatvecEpilogue::kAdd, {{G::Q4_K, 64}}}));
+  op_->set_tuning({});
+  trove::tests::ScopedEnv env("TROVE_MATVEC_BATCHED", "q8coopmat");
+  auto named = ops::Matvec::create(*dev_);
+  ASSERT_TRUE(named.ok()) << named.status().ToString();
+  ASSERT_TRUE(check(*dev_, *named, q8({4096, 6, true, MatvecEpilogue::kStore, {{G::Q4_K, 96}}}), rng_));
+}
+
 // The q8 and q8p forms at the Qwen3-8B shapes, batch 1, 2, 3, 5, 8 (a GPU run: TROVE_KERNEL_FULL=1;
 // every case builds its weights and float64 reference on the CPU, ~1-2 s each at these sizes); in the
 // q8 form ffn_down (12288 columns) falls back to the direct form where batch · 12288 int8 exceed
@@ -817,7 +861,16 @@ TEST_F(Matvec, TroveMatvecBatchedNamesTheBatchForm) {
   };
   auto bad = make("f32", "int4", "");
   ASSERT_FALSE(bad.ok());
-  EXPECT_NE(bad.status().message().find("f32, q8 or q8p"), std::string::npos) << bad.status().message();
+  EXPECT_NE(bad.status().message().find("f32, q8, q8p or q8coopmat"), std::string::npos) << bad.status().message();
+  // q8coopmat where the device lacks the int8 matrix units (lavapipe): refused, saying what is missing.
+  std::string why;
+  auto cm = make("f32", "q8coopmat", "");
+  if (op_->q8_coopmat_supported(&why)) {
+    EXPECT_TRUE(cm.ok()) << cm.status().ToString();
+  } else {
+    ASSERT_FALSE(cm.ok());
+    EXPECT_NE(cm.status().message().find("q8coopmat cannot run here: " + why), std::string::npos) << cm.status().message();
+  }
   auto bad_rows = make("f32", "f32", "3");
   ASSERT_FALSE(bad_rows.ok());
   EXPECT_NE(bad_rows.status().message().find("not 1, 2 or 4"), std::string::npos) << bad_rows.status().message();

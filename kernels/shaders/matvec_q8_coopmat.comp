@@ -1,0 +1,179 @@
+#version 460
+// Decode matvec of 2..8 batch columns on the int8 matrix units, the "q8 coopmat" form (kernels/ops/matvec.h,
+// TROVE_MATVEC_BATCHED=q8coopmat; an A/B form, not a default): Q4_K weights, x̂ quantized by
+// matvec_q8_quant.comp into a scratch slot laid out for 8 columns (kCols) whatever the call's batch.
+//
+// Why: the q8 forms (matvec_q8.glsl) combine every weight code with every batch column in packed dot
+// products, so a column costs as many instructions as the first — at 8 columns a step costs ~2.5× a
+// one-column step. Here one MMA of the subgroup (16 × 8 × 32 int8 → int32, VK_KHR_cooperative_matrix)
+// takes 16 rows × 32 values × all 8 columns: the lanes only unpack the codes once, into shared memory.
+//
+// Work split. A workgroup owns 16 rows of one matrix (SwiGLU: 16 gate rows and the same 16 up rows);
+// its kSplit subgroups walk the 64-value runs (a Q4_K sub-block pair) it = sp, sp + kSplit, ... of
+// those rows. Per run, lane l takes row l/2 and code bytes 16·(l%2)..+15 of the pair's 32 (one 16-byte
+// load): the low nibbles (sub-block 2j) and the high ones (2j + 1) go to two 16 × 32 int8 tiles in
+// shared memory, which the subgroup loads as A; B is x̂ of the two sub-blocks (32 × 8, column-major,
+// straight from the scratch). The two int32 products go back through shared memory (16 × 8 int32
+// row-major, so lane l reads row l/2, columns 4·(l%2)..+3 as one ivec4) and the lane scales them:
+//   acc[c] += d·sc·dx[c]·P[c] − dmin·m·(d·Σq)[c]   for each of the two sub-blocks
+// (the Q4_K min term with x̂'s sums per 16 values, as matvec_q8_parts.glsl). The subgroups' sums meet in
+// shared memory and subgroup 0 adds them in order, applies inv_rms (the RMSNorm prologue) and writes.
+// A column gets the same numbers at every batch (the MMA always takes 8 columns, and a column's float
+// sums are its own), but not the q8 forms' bits (its sums run in another order): a step in this form does
+// not equal one-token steps bit for bit, so it is not for speculative verification.
+#extension GL_EXT_control_flow_attributes : require
+#extension GL_KHR_shader_subgroup_basic : require
+#extension GL_KHR_cooperative_matrix : require
+#extension GL_KHR_memory_scope_semantics : require
+#extension GL_EXT_shader_explicit_arithmetic_types_int8 : require
+#extension GL_EXT_shader_explicit_arithmetic_types_int32 : require
+#extension GL_GOOGLE_include_directive : require
+
+layout(local_size_x_id = 0) in;
+layout(constant_id = 1) const uint kNB = 8u;           // batch columns written (1..8)
+layout(constant_id = 2) const uint kSwiGlu = 0u;       // 1: the up rows of matrix 1 beside the gate rows
+layout(constant_id = 3) const uint kTileVals = 4096u;  // values per staged column (cols rounded up to 256)
+layout(constant_id = 4) const uint kMats = 1u;         // weight bindings in use (1..3)
+const uint kSplit = gl_WorkGroupSize.x / 32u;          // subgroups of 32 lanes sharing the 16 rows
+const uint kCols = 8u;                                 // columns the scratch slot is laid out for
+const uint kSets = kSwiGlu + 1u;                       // row sets: the rows (or gate), up
+
+// The scratch slot (matvec_q8_quant.comp's layout with B = kCols, T = kTileVals), in floats: int8 values
+// at 0 (column b at b·T/4), scales at 8·T/4 + b·T/32, sums at 8·T·9/32 + b·T/16, inv_rms at 8·T·13/32 + b.
+layout(std430, set = 0, binding = 0) readonly buffer GQ { uvec4 gq4[]; };
+layout(std430, set = 0, binding = 0) readonly buffer GD { vec2 gd2[]; };
+layout(std430, set = 0, binding = 0) readonly buffer GS { vec4 gs4[]; };
+layout(std430, set = 0, binding = 0) readonly buffer GI { float gi[]; };
+layout(std430, set = 0, binding = 2) readonly buffer W0 { uvec4 w0[]; };
+layout(std430, set = 0, binding = 3) readonly buffer W1 { uvec4 w1[]; };
+layout(std430, set = 0, binding = 4) readonly buffer W2 { uvec4 w2[]; };
+layout(std430, set = 0, binding = 5) buffer Y0 { float y0[]; };
+layout(std430, set = 0, binding = 6) buffer Y1 { float y1[]; };
+layout(std430, set = 0, binding = 7) buffer Y2 { float y2[]; };
+
+// Same block as matvec_body.glsl (the host shares the struct).
+layout(push_constant) uniform P {
+  uint cols; uint flags; float eps; uint n_mats;
+  uint ntiles; uint tile_vals; uint groups_x; uint grid;
+  uvec4 type; uvec4 rows; uvec4 y_stride; uvec4 row_bytes; uvec4 wg_end;
+} pc;
+
+#include "k4_scales.glsl"
+
+shared uvec4 sa[kSplit * kSets * 64u];   // per subgroup and set: the two 16 × 32 int8 A tiles (32 uvec4 each)
+shared ivec4 sp_c[kSplit * kSets * 64u]; // ... and the two 16 × 8 int32 products
+shared vec4 sred[kSplit > 1u ? kSplit * kSets * 32u : 1u];  // each lane's 4 column sums, per subgroup and set
+
+uvec4 wq(uint m, uint i) {
+  if (kMats == 1u || m == 0u) return w0[i];
+  if (kMats == 2u || m == 1u) return w1[i];
+  return w2[i];
+}
+
+void write_out(uint m, uint i, float v, float u, bool add) {
+  if (kSwiGlu != 0u) {
+    y0[i] = v / (1.0 + exp(-v)) * u;
+  } else if (kMats == 1u || m == 0u) {
+    y0[i] = add ? y0[i] + v : v;
+  } else if (kMats == 2u || m == 1u) {
+    y1[i] = add ? y1[i] + v : v;
+  } else {
+    y2[i] = add ? y2[i] + v : v;
+  }
+}
+
+void main() {
+  const uint blocks = pc.wg_end[pc.n_mats - 1u];
+  const uint wg = gl_WorkGroupID.x + gl_WorkGroupID.y * pc.groups_x;
+  if (wg >= blocks) return;  // grid padding: whole workgroups, before the barrier
+  const uint lid = gl_LocalInvocationID.x, sp = lid / 32u, lane = lid % 32u;
+  const uint hh = lane & 1u;
+  const bool norm = (pc.flags & 1u) != 0u, add = (pc.flags & 2u) != 0u;
+  const uint m = wg < pc.wg_end.x ? 0u : (wg < pc.wg_end.y ? 1u : 2u);
+  const uint blk0 = m == 0u ? 0u : pc.wg_end[m - 1u];
+  const uint r = (wg - blk0) * 16u + lane / 2u;  // this lane's row
+
+  uint mat[kSets], row_q[kSets];
+  bool live[kSets];
+  [[unroll]] for (uint s = 0u; s < kSets; ++s) {
+    mat[s] = kSwiGlu != 0u ? s : m;
+    live[s] = r < pc.rows[mat[s]];
+    row_q[s] = live[s] ? r * (pc.row_bytes[mat[s]] >> 4u) : 0u;  // Q4_K rows: 144 bytes a super-block
+  }
+  vec4 acc[kSets];
+  [[unroll]] for (uint s = 0u; s < kSets; ++s) acc[s] = vec4(0.0);
+
+  const coopmat<int32_t, gl_ScopeSubgroup, 16, 8, gl_MatrixUseAccumulator> zero =
+      coopmat<int32_t, gl_ScopeSubgroup, 16, 8, gl_MatrixUseAccumulator>(0);
+  const uint nit = pc.cols >> 6u;
+  for (uint it = sp; it < nit; it += kSplit) {
+    const uint sb = it >> 2u, j = it & 3u;
+    uvec4 hd[kSets], q[kSets];
+    [[unroll]] for (uint s = 0u; s < kSets; ++s) {
+      const uint at = row_q[s] + sb * 9u;
+      hd[s] = live[s] ? wq(mat[s], at) : uvec4(0u);
+      q[s] = live[s] ? wq(mat[s], at + 1u + 2u * j + hh) : uvec4(0u);
+    }
+    subgroupBarrier();  // the last run's tiles have been loaded by every lane
+    [[unroll]] for (uint s = 0u; s < kSets; ++s) {
+      const uint base = (sp * kSets + s) * 64u;
+      sa[base + lane] = q[s] & 0x0F0F0F0Fu;
+      sa[base + 32u + lane] = (q[s] >> 4u) & 0x0F0F0F0Fu;
+    }
+    subgroupMemoryBarrierShared();
+    subgroupBarrier();
+    const uint kl = sb * 8u + 2u * j;  // the pair's first 32-value block (even)
+    coopmat<int8_t, gl_ScopeSubgroup, 32, 8, gl_MatrixUseB> b0, b1;
+    coopMatLoad(b0, gq4, kl * 2u, kTileVals / 16u, gl_CooperativeMatrixLayoutColumnMajor);
+    coopMatLoad(b1, gq4, kl * 2u + 2u, kTileVals / 16u, gl_CooperativeMatrixLayoutColumnMajor);
+    [[unroll]] for (uint s = 0u; s < kSets; ++s) {
+      const uint base = (sp * kSets + s) * 64u;
+      coopmat<int8_t, gl_ScopeSubgroup, 16, 32, gl_MatrixUseA> a0, a1;
+      coopMatLoad(a0, sa, base, 2u, gl_CooperativeMatrixLayoutRowMajor);
+      coopMatLoad(a1, sa, base + 32u, 2u, gl_CooperativeMatrixLayoutRowMajor);
+      coopMatStore(coopMatMulAdd(a0, b0, zero), sp_c, base, 2u, gl_CooperativeMatrixLayoutRowMajor);
+      coopMatStore(coopMatMulAdd(a1, b1, zero), sp_c, base + 32u, 2u, gl_CooperativeMatrixLayoutRowMajor);
+    }
+    subgroupMemoryBarrierShared();
+    subgroupBarrier();
+    // Columns 4·hh..+3: their scales of blocks kl, kl + 1 and d·Σq of each half of both.
+    vec2 dx[4];
+    vec4 sx[4];
+    [[unroll]] for (uint c = 0u; c < 4u; ++c) {
+      const uint b = 4u * hh + c;
+      dx[c] = gd2[kCols * kTileVals / 8u + b * (kTileVals / 64u) + (kl >> 1u)];
+      sx[c] = gs4[(kCols * kTileVals * 9u / 32u + b * (kTileVals / 16u) + 2u * kl) >> 2u];
+    }
+    [[unroll]] for (uint s = 0u; s < kSets; ++s) {
+      const uint base = (sp * kSets + s) * 64u;
+      uint sc, mn;
+      k4_scales(hd[s], j, sc, mn);
+      const vec2 dm = unpackHalf2x16(hd[s].x);
+      const vec4 k = vec4(dm.x * float(sc & 0xFFu), dm.x * float(sc >> 8u), dm.y * float(mn & 0xFFu),
+                          dm.y * float(mn >> 8u));
+      const ivec4 p0 = sp_c[base + lane], p1 = sp_c[base + 32u + lane];
+      [[unroll]] for (uint c = 0u; c < 4u; ++c) {
+        // sx: (block kl half 0, kl + 1 half 0, kl half 1, kl + 1 half 1)
+        acc[s][c] += (k.x * dx[c].x * float(p0[c]) - k.z * (sx[c].x + sx[c].z)) +
+                     (k.y * dx[c].y * float(p1[c]) - k.w * (sx[c].y + sx[c].w));
+      }
+    }
+  }
+
+  if (kSplit > 1u) {
+    [[unroll]] for (uint s = 0u; s < kSets; ++s) sred[(sp * kSets + s) * 32u + lane] = acc[s];
+    barrier();
+    if (sp != 0u) return;
+    [[unroll]] for (uint s = 0u; s < kSets; ++s) {
+      acc[s] = sred[s * 32u + lane];
+      for (uint g = 1u; g < kSplit; ++g) acc[s] += sred[(g * kSets + s) * 32u + lane];
+    }
+  }
+  if (!live[0]) return;
+  [[unroll]] for (uint c = 0u; c < 4u; ++c) {
+    const uint b = 4u * hh + c;
+    if (b >= kNB) continue;
+    const float inv = norm ? gi[kCols * kTileVals * 13u / 32u + b] : 1.0;
+    write_out(m, b * pc.y_stride[m] + r, acc[0][c] * inv, kSwiGlu != 0u ? acc[kSets - 1u][c] * inv : 0.0, add);
+  }
+}

@@ -115,6 +115,7 @@ struct Matvec::State {
   // by default (GPUs, TROVE_MATVEC unset), else kSame (the rules above).
   enum class Batched { kSame, kF32, kQ8, kQ8P, kQ8Coopmat };
   std::string q8cm_missing;       // why the q8 coopmat form cannot run here (empty: it can)
+  uint32_t q8cm_skip = 0;         // its push flags 4..32 (TROVE_MATVEC_Q8CM_SKIP: a measurement, wrong results)
   Batched batched = Batched::kSame;
   // q8p scratch: per slot size, a ring of kRingSlots slots taken in turn by the calls (matvec.h).
   static constexpr uint32_t kRingSlots = 64;
@@ -346,6 +347,18 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
       return Status::InvalidArgument(fmt::format("TROVE_MATVEC_Q8P_COLS='{}' is not a number of columns (32..1048576)", w));
     }
     op.st_->q8p_cols = static_cast<uint32_t>(v);
+  }
+  // TROVE_MATVEC_Q8CM_SKIP=N — a measurement of where the q8 coopmat form's time goes, with WRONG RESULTS:
+  // the sum of 4 (no weight loads), 8 (B from shared memory), 16 (no scales), 32 (no MMA);
+  // matvec_q8_coopmat.comp.
+  if (const char* w = std::getenv("TROVE_MATVEC_Q8CM_SKIP"); w && *w) {
+    char* end = nullptr;
+    const unsigned long v = std::strtoul(w, &end, 10);
+    if (*end != '\0' || v % 4 != 0 || v > 60) {
+      return Status::InvalidArgument(fmt::format(
+          "TROVE_MATVEC_Q8CM_SKIP='{}' is not a sum of 4, 8, 16 and 32 (parts of the q8 coopmat form to skip)", w));
+    }
+    op.st_->q8cm_skip = static_cast<uint32_t>(v);
   }
   // TROVE_MATVEC_Q8_STAGE=noloads|skip — a measurement of what the q8 form's staging of x̂ costs, with
   // WRONG RESULTS (like TROVE_VK_SKIP_BARRIERS): noloads stages constants instead of reading x and the
@@ -709,6 +722,7 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
     s.barrier();
     push.ntiles = 1;
     push.tile_vals = q8_tile;
+    push.flags |= st_->q8cm_skip;  // TROVE_MATVEC_Q8CM_SKIP: a measurement, wrong results
     const uint32_t gx = static_cast<uint32_t>(std::min<uint64_t>(blocks, kMaxGroupsX));
     const uint32_t gy = static_cast<uint32_t>((blocks + gx - 1) / gx);
     if (gy > kMaxGroupsX) return Status::InvalidArgument("matvec: too many rows for one dispatch; split the call");

@@ -89,6 +89,11 @@ void main() {
   const uint lid = gl_LocalInvocationID.x, sp = lid / 32u, lane = lid % 32u;
   const uint hh = lane & 1u;
   const bool norm = (pc.flags & 1u) != 0u, add = (pc.flags & 2u) != 0u;
+  // Measurements with WRONG results (TROVE_MATVEC_Q8CM_SKIP, the host's): 4 no weight loads (constant
+  // codes and scales), 8 B from shared memory instead of the scratch, 16 no scales (the products summed
+  // as they are), 32 no MMA (the codes summed instead).
+  const bool no_w = (pc.flags & 4u) != 0u, b_shared = (pc.flags & 8u) != 0u;
+  const bool no_scales = (pc.flags & 16u) != 0u, no_mma = (pc.flags & 32u) != 0u;
   const uint m = wg < pc.wg_end.x ? 0u : (wg < pc.wg_end.y ? 1u : 2u);
   const uint blk0 = m == 0u ? 0u : pc.wg_end[m - 1u];
   const uint r = (wg - blk0) * 16u + lane / 2u;  // this lane's row
@@ -111,8 +116,8 @@ void main() {
     uvec4 hd[kSets], q[kSets];
     [[unroll]] for (uint s = 0u; s < kSets; ++s) {
       const uint at = row_q[s] + sb * 9u;
-      hd[s] = live[s] ? wq(mat[s], at) : uvec4(0u);
-      q[s] = live[s] ? wq(mat[s], at + 1u + 2u * j + hh) : uvec4(0u);
+      hd[s] = live[s] && !no_w ? wq(mat[s], at) : uvec4(0x3C003C00u, 0x01010101u, 0x01010101u, 0x01010101u);
+      q[s] = live[s] && !no_w ? wq(mat[s], at + 1u + 2u * j + hh) : uvec4(lane * 0x01010101u);
     }
     subgroupBarrier();  // the last run's tiles have been loaded by every lane
     [[unroll]] for (uint s = 0u; s < kSets; ++s) {
@@ -124,21 +129,36 @@ void main() {
     subgroupBarrier();
     const uint kl = sb * 8u + 2u * j;  // the pair's first 32-value block (even)
     coopmat<int8_t, gl_ScopeSubgroup, 32, 8, gl_MatrixUseB> b0, b1;
-    coopMatLoad(b0, gq4, kl * 2u, kTileVals / 16u, gl_CooperativeMatrixLayoutColumnMajor);
-    coopMatLoad(b1, gq4, kl * 2u + 2u, kTileVals / 16u, gl_CooperativeMatrixLayoutColumnMajor);
-    [[unroll]] for (uint s = 0u; s < kSets; ++s) {
-      const uint base = (sp * kSets + s) * 64u;
-      coopmat<int8_t, gl_ScopeSubgroup, 16, 32, gl_MatrixUseA> a0, a1;
-      coopMatLoad(a0, sa, base, 2u, gl_CooperativeMatrixLayoutRowMajor);
-      coopMatLoad(a1, sa, base + 32u, 2u, gl_CooperativeMatrixLayoutRowMajor);
-      coopMatStore(coopMatMulAdd(a0, b0, zero), sp_c, base, 2u, gl_CooperativeMatrixLayoutRowMajor);
-      coopMatStore(coopMatMulAdd(a1, b1, zero), sp_c, base + 32u, 2u, gl_CooperativeMatrixLayoutRowMajor);
+    if (b_shared) {
+      coopMatLoad(b0, sa, sp * kSets * 64u, 2u, gl_CooperativeMatrixLayoutColumnMajor);
+      coopMatLoad(b1, sa, sp * kSets * 64u + 32u, 2u, gl_CooperativeMatrixLayoutColumnMajor);
+    } else {
+      coopMatLoad(b0, gq4, kl * 2u, kTileVals / 16u, gl_CooperativeMatrixLayoutColumnMajor);
+      coopMatLoad(b1, gq4, kl * 2u + 2u, kTileVals / 16u, gl_CooperativeMatrixLayoutColumnMajor);
     }
-    subgroupMemoryBarrierShared();
-    subgroupBarrier();
+    if (!no_mma) {
+      [[unroll]] for (uint s = 0u; s < kSets; ++s) {
+        const uint base = (sp * kSets + s) * 64u;
+        coopmat<int8_t, gl_ScopeSubgroup, 16, 32, gl_MatrixUseA> a0, a1;
+        coopMatLoad(a0, sa, base, 2u, gl_CooperativeMatrixLayoutRowMajor);
+        coopMatLoad(a1, sa, base + 32u, 2u, gl_CooperativeMatrixLayoutRowMajor);
+        coopMatStore(coopMatMulAdd(a0, b0, zero), sp_c, base, 2u, gl_CooperativeMatrixLayoutRowMajor);
+        coopMatStore(coopMatMulAdd(a1, b1, zero), sp_c, base + 32u, 2u, gl_CooperativeMatrixLayoutRowMajor);
+      }
+      subgroupMemoryBarrierShared();
+      subgroupBarrier();
+    }
     // Columns 4·hh..+3: their scales of blocks kl, kl + 1 and d·Σq of each half of both.
     vec2 dx[4];
     vec4 sx[4];
+    if (no_scales) {
+      [[unroll]] for (uint s = 0u; s < kSets; ++s) {
+        const uint base = (sp * kSets + s) * 64u;
+        const ivec4 p = no_mma ? ivec4(q[s]) : sp_c[base + lane] + sp_c[base + 32u + lane];
+        acc[s] += vec4(p);
+      }
+      continue;
+    }
     [[unroll]] for (uint c = 0u; c < 4u; ++c) {
       const uint b = 4u * hh + c;
       dx[c] = gd2[kCols * kTileVals / 8u + b * (kTileVals / 64u) + (kl >> 1u)];
@@ -151,7 +171,7 @@ void main() {
       const vec2 dm = unpackHalf2x16(hd[s].x);
       const vec4 k = vec4(dm.x * float(sc & 0xFFu), dm.x * float(sc >> 8u), dm.y * float(mn & 0xFFu),
                           dm.y * float(mn >> 8u));
-      const ivec4 p0 = sp_c[base + lane], p1 = sp_c[base + 32u + lane];
+      const ivec4 p0 = no_mma ? ivec4(q[s]) : sp_c[base + lane], p1 = no_mma ? ivec4(q[s] >> 4u) : sp_c[base + 32u + lane];
       [[unroll]] for (uint c = 0u; c < 4u; ++c) {
         // sx: (block kl half 0, kl + 1 half 0, kl half 1, kl + 1 half 1)
         acc[s][c] += (k.x * dx[c].x * float(p0[c]) - k.z * (sx[c].x + sx[c].z)) +

@@ -116,6 +116,7 @@ struct Matvec::State {
   enum class Batched { kSame, kF32, kQ8, kQ8P, kQ8Coopmat };
   std::string q8cm_missing;       // why the q8 coopmat form cannot run here (empty: it can)
   uint32_t q8cm_skip = 0;         // its push flags 4..32 (TROVE_MATVEC_Q8CM_SKIP: a measurement, wrong results)
+  uint32_t q8cm_tiles = 2;        // its tiles of 16 rows a workgroup (TROVE_MATVEC_Q8CM_TILES)
   Batched batched = Batched::kSame;
   // q8p scratch: per slot size, a ring of kRingSlots slots taken in turn by the calls (matvec.h).
   static constexpr uint32_t kRingSlots = 64;
@@ -166,8 +167,8 @@ struct Matvec::State {
       if (!p.ok()) return p.status();
       return &pipelines.emplace(k, std::move(*p)).first->second;
     }
-    if (k.direct == 5) {  // the q8 coopmat form: constant ids 0..4 of matvec_q8_coopmat.comp
-      auto p = dev->pipeline({"matvec_q8_coopmat", {k.wg, k.nb, k.swiglu, k.tile, k.mats}, sizeof(Push), 8, k.wg});
+    if (k.direct == 5) {  // the q8 coopmat form: constant ids 0..5 of matvec_q8_coopmat.comp
+      auto p = dev->pipeline({"matvec_q8_coopmat", {k.wg, k.nb, k.swiglu, k.tile, k.mats, k.rows}, sizeof(Push), 8, k.wg});
       if (!p.ok()) return p.status();
       return &pipelines.emplace(k, std::move(*p)).first->second;
     }
@@ -359,6 +360,14 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
           "TROVE_MATVEC_Q8CM_SKIP='{}' is not a sum of 4, 8, 16 and 32 (parts of the q8 coopmat form to skip)", w));
     }
     op.st_->q8cm_skip = static_cast<uint32_t>(v);
+  }
+  // TROVE_MATVEC_Q8CM_TILES=1|2|4: tiles of 16 rows a workgroup of the q8 coopmat form owns (default 2).
+  if (const char* w = std::getenv("TROVE_MATVEC_Q8CM_TILES"); w && *w) {
+    const std::string_view v(w);
+    if (v != "1" && v != "2" && v != "4") {
+      return Status::InvalidArgument(fmt::format("TROVE_MATVEC_Q8CM_TILES='{}' is not 1, 2 or 4 (tiles of 16 rows)", w));
+    }
+    op.st_->q8cm_tiles = static_cast<uint32_t>(v[0] - '0');
   }
   // TROVE_MATVEC_Q8_STAGE=noloads|skip — a measurement of what the q8 form's staging of x̂ costs, with
   // WRONG RESULTS (like TROVE_VK_SKIP_BARRIERS): noloads stages constants instead of reading x and the
@@ -694,25 +703,29 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
 
   if (q8cm) {
     // The pass with its slot laid out for kMaxBatch columns (of which it fills call.batch), a barrier,
-    // then 16 rows per workgroup: split subgroups of 32 lanes each walking a share of the 64-value runs
-    // (TROVE_MATVEC_Q8_SPLIT / tuning split, else the fewest that give 8 subgroups per SM).
+    // then 16 · tiles rows per workgroup (tuning rows_per_group, else TROVE_MATVEC_Q8CM_TILES): split
+    // subgroups of 32 lanes each walking a share of the 64-value runs (tuning split, else
+    // TROVE_MATVEC_Q8_SPLIT, else the fewest up to 16 that give 16 subgroups per SM, with at most 32 A
+    // tile pairs — 32 KiB of shared memory — a workgroup).
     const uint64_t T = q8_tile, B = kMaxBatch;
     auto sl = st_->slot(((B * T * 13 / 32 + B) * 4 + 255) / 256 * 256);
     if (!sl.ok()) return sl.status();
     auto qp = st_->pipeline({wg, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, g, 4u});
     if (!qp.ok()) return qp.status();
+    const uint32_t tiles = tn.rows_per_group ? tn.rows_per_group : st_->q8cm_tiles;
+    const uint32_t tile_pairs = tiles * (swiglu ? 2 : 1);
     uint64_t blocks = 0;
     for (uint32_t m = 0; m < n_work; ++m) {
-      blocks += (call.mats[m].rows + 15) / 16;
+      blocks += (call.mats[m].rows + 16 * tiles - 1) / (16 * tiles);
       push.wg_end[m] = static_cast<uint32_t>(blocks);
     }
     for (uint32_t m = n_work; m < 4; ++m) push.wg_end[m] = static_cast<uint32_t>(blocks);
     uint32_t cm_split = tn.split ? tn.split : st_->q8_split;
     if (cm_split == 0) {
       cm_split = 1;
-      while (cm_split < 8 && blocks * cm_split < uint64_t{8} * sms) cm_split *= 2;
+      while (cm_split < 16 && cm_split * tile_pairs < 32 && blocks * cm_split < uint64_t{16} * sms) cm_split *= 2;
     }
-    auto p = st_->pipeline({32 * cm_split, call.batch, 0, swiglu ? 1u : 0u, q8_tile, call.n_mats, push.type[0],
+    auto p = st_->pipeline({32 * cm_split, call.batch, tiles, swiglu ? 1u : 0u, q8_tile, call.n_mats, push.type[0],
                             call.n_mats > 1 ? push.type[1] : push.type[0], call.n_mats > 2 ? push.type[2] : push.type[0],
                             0u, 0u, 32u, 5u});
     if (!p.ok()) return p.status();

@@ -8,12 +8,13 @@
 // one-column step. Here one MMA of the subgroup (16 × 8 × 32 int8 → int32, VK_KHR_cooperative_matrix)
 // takes 16 rows × 32 values × all 8 columns: the lanes only unpack the codes once, into shared memory.
 //
-// Work split. A workgroup owns 16 rows of one matrix (SwiGLU: 16 gate rows and the same 16 up rows);
-// its kSplit subgroups walk the 64-value runs (a Q4_K sub-block pair) it = sp, sp + kSplit, ... of
-// those rows. Per run, lane l takes row l/2 and code bytes 16·(l%2)..+15 of the pair's 32 (one 16-byte
-// load): the low nibbles (sub-block 2j) and the high ones (2j + 1) go to two 16 × 32 int8 tiles in
-// shared memory, which the subgroup loads as A; B is x̂ of the two sub-blocks (32 × 8, column-major,
-// straight from the scratch). The two int32 products go back through shared memory (16 × 8 int32
+// Work split. A workgroup owns kRT tiles of 16 rows of one matrix (SwiGLU: kRT tiles of gate rows and
+// the same rows of up); its kSplit subgroups walk the 64-value runs (a Q4_K sub-block pair) it = sp,
+// sp + kSplit, ... of those rows, each run's codes and scales loaded one run ahead. Per run and tile,
+// lane l takes row l/2 of the tile and code bytes 16·(l%2)..+15 of the pair's 32 (one 16-byte load):
+// the low nibbles (sub-block 2j) and the high ones (2j + 1) go to two 16 × 32 int8 tiles in shared
+// memory, which the subgroup loads as A; B is x̂ of the two sub-blocks (32 × 8, column-major, straight
+// from the scratch, once for all tiles). The int32 products go back through shared memory (16 × 8 int32
 // row-major, so lane l reads row l/2, columns 4·(l%2)..+3 as one ivec4) and the lane scales them:
 //   acc[c] += d·sc·dx[c]·P[c] − dmin·m·(d·Σq)[c]   for each of the two sub-blocks
 // (the Q4_K min term with x̂'s sums per 16 values, as matvec_q8_parts.glsl). The subgroups' sums meet in
@@ -34,9 +35,11 @@ layout(constant_id = 1) const uint kNB = 8u;           // batch columns written 
 layout(constant_id = 2) const uint kSwiGlu = 0u;       // 1: the up rows of matrix 1 beside the gate rows
 layout(constant_id = 3) const uint kTileVals = 4096u;  // values per staged column (cols rounded up to 256)
 layout(constant_id = 4) const uint kMats = 1u;         // weight bindings in use (1..3)
-const uint kSplit = gl_WorkGroupSize.x / 32u;          // subgroups of 32 lanes sharing the 16 rows
+layout(constant_id = 5) const uint kRT = 1u;           // tiles of 16 rows a workgroup owns (1, 2, 4)
+const uint kSplit = gl_WorkGroupSize.x / 32u;          // subgroups of 32 lanes sharing the rows
 const uint kCols = 8u;                                 // columns the scratch slot is laid out for
 const uint kSets = kSwiGlu + 1u;                       // row sets: the rows (or gate), up
+const uint kT = kSets * kRT;                           // A tiles a run (pairs of them: sub-blocks 2j, 2j + 1)
 
 // The scratch slot (matvec_q8_quant.comp's layout with B = kCols, T = kTileVals), in floats: int8 values
 // at 0 (column b at b·T/4), scales at 8·T/4 + b·T/32, sums at 8·T·9/32 + b·T/16, inv_rms at 8·T·13/32 + b.
@@ -60,9 +63,10 @@ layout(push_constant) uniform P {
 
 #include "k4_scales.glsl"
 
-shared uvec4 sa[kSplit * kSets * 64u];   // per subgroup and set: the two 16 × 32 int8 A tiles (32 uvec4 each)
-shared ivec4 sp_c[kSplit * kSets * 64u]; // ... and the two 16 × 8 int32 products
-shared vec4 sred[kSplit > 1u ? kSplit * kSets * 32u : 1u];  // each lane's 4 column sums, per subgroup and set
+// Per subgroup and tile: the two 16 × 32 int8 A tiles (32 uvec4 each), which the two 16 × 8 int32
+// products then overwrite (each A is in registers before its MMA runs); after the last run, each lane's
+// 4 column sums of each tile (the split subgroups' meeting place).
+shared uvec4 sa[kSplit * kT * 64u];
 
 uvec4 wq(uint m, uint i) {
   if (kMats == 1u || m == 0u) return w0[i];
@@ -96,104 +100,121 @@ void main() {
   const bool no_scales = (pc.flags & 16u) != 0u, no_mma = (pc.flags & 32u) != 0u;
   const uint m = wg < pc.wg_end.x ? 0u : (wg < pc.wg_end.y ? 1u : 2u);
   const uint blk0 = m == 0u ? 0u : pc.wg_end[m - 1u];
-  const uint r = (wg - blk0) * 16u + lane / 2u;  // this lane's row
+  const uint r0 = (wg - blk0) * 16u * kRT + lane / 2u;  // this lane's row in tile 0
 
-  uint mat[kSets], row_q[kSets];
-  bool live[kSets];
-  [[unroll]] for (uint s = 0u; s < kSets; ++s) {
-    mat[s] = kSwiGlu != 0u ? s : m;
-    live[s] = r < pc.rows[mat[s]];
-    row_q[s] = live[s] ? r * (pc.row_bytes[mat[s]] >> 4u) : 0u;  // Q4_K rows: 144 bytes a super-block
+  // Tile i = s·kRT + t: set s (the rows, or gate / up), rows 16t.. of the workgroup's.
+  uint mat[kT], row_q[kT];
+  bool live[kT];
+  [[unroll]] for (uint i = 0u; i < kT; ++i) {
+    mat[i] = kSwiGlu != 0u ? i / kRT : m;
+    const uint r = r0 + 16u * (i % kRT);
+    live[i] = r < pc.rows[mat[i]];
+    row_q[i] = live[i] ? r * (pc.row_bytes[mat[i]] >> 4u) : 0u;  // Q4_K rows: 144 bytes a super-block
   }
-  vec4 acc[kSets];
-  [[unroll]] for (uint s = 0u; s < kSets; ++s) acc[s] = vec4(0.0);
+  vec4 acc[kT];
+  [[unroll]] for (uint i = 0u; i < kT; ++i) acc[i] = vec4(0.0);
 
   const coopmat<int32_t, gl_ScopeSubgroup, 16, 8, gl_MatrixUseAccumulator> zero =
       coopmat<int32_t, gl_ScopeSubgroup, 16, 8, gl_MatrixUseAccumulator>(0);
   const uint nit = pc.cols >> 6u;
+  // Run `it`'s header and codes of every tile (loaded one run ahead).
+  uvec4 hd[kT], q[kT];
+  [[unroll]] for (uint i = 0u; i < kT; ++i) {
+    const uint at = row_q[i] + (sp >> 2u) * 9u;
+    const bool ld = live[i] && !no_w && sp < nit;
+    hd[i] = ld ? wq(mat[i], at) : uvec4(0x3C003C00u, 0x01010101u, 0x01010101u, 0x01010101u);
+    q[i] = ld ? wq(mat[i], at + 1u + 2u * (sp & 3u) + hh) : uvec4(lane * 0x01010101u);
+  }
   for (uint it = sp; it < nit; it += kSplit) {
     const uint sb = it >> 2u, j = it & 3u;
-    uvec4 hd[kSets], q[kSets];
-    [[unroll]] for (uint s = 0u; s < kSets; ++s) {
-      const uint at = row_q[s] + sb * 9u;
-      hd[s] = live[s] && !no_w ? wq(mat[s], at) : uvec4(0x3C003C00u, 0x01010101u, 0x01010101u, 0x01010101u);
-      q[s] = live[s] && !no_w ? wq(mat[s], at + 1u + 2u * j + hh) : uvec4(lane * 0x01010101u);
-    }
-    subgroupBarrier();  // the last run's tiles have been loaded by every lane
-    [[unroll]] for (uint s = 0u; s < kSets; ++s) {
-      const uint base = (sp * kSets + s) * 64u;
-      sa[base + lane] = q[s] & 0x0F0F0F0Fu;
-      sa[base + 32u + lane] = (q[s] >> 4u) & 0x0F0F0F0Fu;
-    }
-    subgroupMemoryBarrierShared();
-    subgroupBarrier();
     const uint kl = sb * 8u + 2u * j;  // the pair's first 32-value block (even)
+    // B and the columns' scales of this run, then the next run's weights, all in flight together.
     coopmat<int8_t, gl_ScopeSubgroup, 32, 8, gl_MatrixUseB> b0, b1;
     if (b_shared) {
-      coopMatLoad(b0, sa, sp * kSets * 64u, 2u, gl_CooperativeMatrixLayoutColumnMajor);
-      coopMatLoad(b1, sa, sp * kSets * 64u + 32u, 2u, gl_CooperativeMatrixLayoutColumnMajor);
+      coopMatLoad(b0, sa, sp * kT * 64u, 2u, gl_CooperativeMatrixLayoutColumnMajor);
+      coopMatLoad(b1, sa, sp * kT * 64u + 32u, 2u, gl_CooperativeMatrixLayoutColumnMajor);
     } else {
       coopMatLoad(b0, gq4, kl * 2u, kTileVals / 16u, gl_CooperativeMatrixLayoutColumnMajor);
       coopMatLoad(b1, gq4, kl * 2u + 2u, kTileVals / 16u, gl_CooperativeMatrixLayoutColumnMajor);
     }
-    if (!no_mma) {
-      [[unroll]] for (uint s = 0u; s < kSets; ++s) {
-        const uint base = (sp * kSets + s) * 64u;
-        coopmat<int8_t, gl_ScopeSubgroup, 16, 32, gl_MatrixUseA> a0, a1;
-        coopMatLoad(a0, sa, base, 2u, gl_CooperativeMatrixLayoutRowMajor);
-        coopMatLoad(a1, sa, base + 32u, 2u, gl_CooperativeMatrixLayoutRowMajor);
-        coopMatStore(coopMatMulAdd(a0, b0, zero), sp_c, base, 2u, gl_CooperativeMatrixLayoutRowMajor);
-        coopMatStore(coopMatMulAdd(a1, b1, zero), sp_c, base + 32u, 2u, gl_CooperativeMatrixLayoutRowMajor);
-      }
-      subgroupMemoryBarrierShared();
-      subgroupBarrier();
-    }
-    // Columns 4·hh..+3: their scales of blocks kl, kl + 1 and d·Σq of each half of both.
     vec2 dx[4];
-    vec4 sx[4];
-    if (no_scales) {
-      [[unroll]] for (uint s = 0u; s < kSets; ++s) {
-        const uint base = (sp * kSets + s) * 64u;
-        const ivec4 p = no_mma ? ivec4(q[s]) : sp_c[base + lane] + sp_c[base + 32u + lane];
-        acc[s] += vec4(p);
-      }
-      continue;
-    }
+    vec4 sx[4];  // (block kl half 0, kl + 1 half 0, kl half 1, kl + 1 half 1): d·Σq
     [[unroll]] for (uint c = 0u; c < 4u; ++c) {
       const uint b = 4u * hh + c;
       dx[c] = gd2[kCols * kTileVals / 8u + b * (kTileVals / 64u) + (kl >> 1u)];
       sx[c] = gs4[(kCols * kTileVals * 9u / 32u + b * (kTileVals / 16u) + 2u * kl) >> 2u];
     }
-    [[unroll]] for (uint s = 0u; s < kSets; ++s) {
-      const uint base = (sp * kSets + s) * 64u;
+    const uint nx = it + kSplit, nsb = nx >> 2u, nj = nx & 3u;
+    uvec4 hn[kT], qn[kT];
+    [[unroll]] for (uint i = 0u; i < kT; ++i) {
+      const uint at = row_q[i] + nsb * 9u;
+      const bool ld = live[i] && !no_w && nx < nit;
+      hn[i] = ld ? wq(mat[i], at) : hd[i];
+      qn[i] = ld ? wq(mat[i], at + 1u + 2u * nj + hh) : q[i];
+    }
+    subgroupBarrier();  // the last run's tiles have been loaded by every lane
+    [[unroll]] for (uint i = 0u; i < kT; ++i) {
+      const uint base = (sp * kT + i) * 64u;
+      sa[base + lane] = q[i] & 0x0F0F0F0Fu;
+      sa[base + 32u + lane] = (q[i] >> 4u) & 0x0F0F0F0Fu;
+    }
+    subgroupMemoryBarrierShared();
+    subgroupBarrier();
+    if (!no_mma) {
+      [[unroll]] for (uint i = 0u; i < kT; ++i) {
+        const uint base = (sp * kT + i) * 64u;
+        coopmat<int8_t, gl_ScopeSubgroup, 16, 32, gl_MatrixUseA> a0, a1;
+        coopMatLoad(a0, sa, base, 2u, gl_CooperativeMatrixLayoutRowMajor);
+        coopMatLoad(a1, sa, base + 32u, 2u, gl_CooperativeMatrixLayoutRowMajor);
+        coopMatStore(coopMatMulAdd(a0, b0, zero), sa, base, 2u, gl_CooperativeMatrixLayoutRowMajor);
+        coopMatStore(coopMatMulAdd(a1, b1, zero), sa, base + 32u, 2u, gl_CooperativeMatrixLayoutRowMajor);
+      }
+      subgroupMemoryBarrierShared();
+      subgroupBarrier();
+    }
+    [[unroll]] for (uint i = 0u; i < kT; ++i) {
+      const uint base = (sp * kT + i) * 64u;
+      const ivec4 p0 = ivec4(no_mma ? q[i] : sa[base + lane]);
+      const ivec4 p1 = ivec4(no_mma ? q[i] >> 4u : sa[base + 32u + lane]);
+      if (no_scales) {
+        acc[i] += vec4(p0 + p1);
+        continue;
+      }
       uint sc, mn;
-      k4_scales(hd[s], j, sc, mn);
-      const vec2 dm = unpackHalf2x16(hd[s].x);
+      k4_scales(hd[i], j, sc, mn);
+      const vec2 dm = unpackHalf2x16(hd[i].x);
       const vec4 k = vec4(dm.x * float(sc & 0xFFu), dm.x * float(sc >> 8u), dm.y * float(mn & 0xFFu),
                           dm.y * float(mn >> 8u));
-      const ivec4 p0 = no_mma ? ivec4(q[s]) : sp_c[base + lane], p1 = no_mma ? ivec4(q[s] >> 4u) : sp_c[base + 32u + lane];
       [[unroll]] for (uint c = 0u; c < 4u; ++c) {
-        // sx: (block kl half 0, kl + 1 half 0, kl half 1, kl + 1 half 1)
-        acc[s][c] += (k.x * dx[c].x * float(p0[c]) - k.z * (sx[c].x + sx[c].z)) +
+        acc[i][c] += (k.x * dx[c].x * float(p0[c]) - k.z * (sx[c].x + sx[c].z)) +
                      (k.y * dx[c].y * float(p1[c]) - k.w * (sx[c].y + sx[c].w));
       }
+    }
+    [[unroll]] for (uint i = 0u; i < kT; ++i) {
+      hd[i] = hn[i];
+      q[i] = qn[i];
     }
   }
 
   if (kSplit > 1u) {
-    [[unroll]] for (uint s = 0u; s < kSets; ++s) sred[(sp * kSets + s) * 32u + lane] = acc[s];
+    // Into this subgroup's own region (its last products are read: the lanes passed the loop's end).
+    subgroupBarrier();
+    [[unroll]] for (uint i = 0u; i < kT; ++i) sa[(sp * kT + i) * 64u + lane] = floatBitsToUint(acc[i]);
     barrier();
     if (sp != 0u) return;
-    [[unroll]] for (uint s = 0u; s < kSets; ++s) {
-      acc[s] = sred[s * 32u + lane];
-      for (uint g = 1u; g < kSplit; ++g) acc[s] += sred[(g * kSets + s) * 32u + lane];
+    [[unroll]] for (uint i = 0u; i < kT; ++i) {
+      for (uint g = 1u; g < kSplit; ++g) acc[i] += uintBitsToFloat(sa[(g * kT + i) * 64u + lane]);
     }
   }
-  if (!live[0]) return;
-  [[unroll]] for (uint c = 0u; c < 4u; ++c) {
-    const uint b = 4u * hh + c;
-    if (b >= kNB) continue;
-    const float inv = norm ? gi[kCols * kTileVals * 13u / 32u + b] : 1.0;
-    write_out(m, b * pc.y_stride[m] + r, acc[0][c] * inv, kSwiGlu != 0u ? acc[kSets - 1u][c] * inv : 0.0, add);
+  [[unroll]] for (uint t = 0u; t < kRT; ++t) {
+    if (!live[t]) continue;
+    const uint r = r0 + 16u * t;
+    [[unroll]] for (uint c = 0u; c < 4u; ++c) {
+      const uint b = 4u * hh + c;
+      if (b >= kNB) continue;
+      const float inv = norm ? gi[kCols * kTileVals * 13u / 32u + b] : 1.0;
+      const float u = kSwiGlu != 0u ? acc[min(kRT + t, kT - 1u)][c] * inv : 0.0;
+      write_out(m, b * pc.y_stride[m] + r, acc[t][c] * inv, u, add);
+    }
   }
 }

@@ -717,8 +717,9 @@ TEST_F(Matvec, Q8FormColumnsEqualBatchOne) {
 
 // The q8 coopmat form (int8 matrix units; GPUs with a 16x8x32 int8 subgroup shape — lavapipe has none,
 // so CI skips it): Q4_K calls of 1..8 columns against the float64 reference (bound 2e-2, the q8 forms'),
-// row counts not a multiple of its 16 rows a workgroup, three matrices of different rows, strides,
-// SwiGLU, the residual add, the RMSNorm prologue, one and several 64-value runs a subgroup (each split);
+// row counts not a multiple of its 16-row tiles, three matrices of different rows, strides, SwiGLU, the
+// residual add, the RMSNorm prologue, one and several 64-value runs a subgroup, 1, 2 and 4 tiles a
+// workgroup and several splits;
 // a call with a Q6_K matrix (the q8p form instead); then batched columns against batch-1 calls of the
 // same form bit for bit, and TROVE_MATVEC_BATCHED=q8coopmat read by name.
 TEST_F(Matvec, Q8CoopmatForm) {
@@ -730,9 +731,10 @@ TEST_F(Matvec, Q8CoopmatForm) {
     c.bound = 2e-2;
     return c;
   };
-  for (uint32_t split : {0u, 1u, 8u}) {
-    SCOPED_TRACE(testing::Message() << "split " << split);
+  for (auto [split, tiles] : {std::pair{0u, 0u}, {1u, 1u}, {8u, 2u}, {2u, 4u}, {0u, 4u}}) {
+    SCOPED_TRACE(testing::Message() << "split " << split << ", tiles of 16 rows " << tiles);
     t.split = split;
+    t.rows_per_group = tiles;
     op_->set_tuning(t);
     for (uint32_t b : {1u, 2u, 5u, 8u}) {
       ASSERT_TRUE(run(q8({512, b, true, MatvecEpilogue::kStore, {{G::Q4_K, 131}, {G::Q4_K, 19, 40}, {G::Q4_K, 16}}})));
@@ -743,6 +745,7 @@ TEST_F(Matvec, Q8CoopmatForm) {
     }
   }
   t.split = 0;
+  t.rows_per_group = 0;
   op_->set_tuning(t);
   ASSERT_TRUE(run(q8({512, 4, true, MatvecEpilogue::kStore, set_c(4)})));  // Q6_K among them: q8p
   auto cols = [&](Case c) {

@@ -10,7 +10,7 @@
 //
 // Work split. A workgroup owns kRT tiles of 16 rows of one matrix (SwiGLU: kRT tiles of gate rows and
 // the same rows of up); its kSplit subgroups walk the 64-value runs (a Q4_K sub-block pair) it = sp,
-// sp + kSplit, ... of those rows, each run's codes and scales loaded one run ahead. Per run and tile,
+// sp + kSplit, ... of those rows, each run's codes, scales and x̂ loaded one run ahead. Per run and tile,
 // lane l takes row l/2 of the tile and code bytes 16·(l%2)..+15 of the pair's 32 (one 16-byte load):
 // the low nibbles (sub-block 2j) and the high ones (2j + 1) go to two 16 × 32 int8 tiles in shared
 // memory, which the subgroup loads as A; B is x̂ of the two sub-blocks (32 × 8, column-major, straight
@@ -125,25 +125,30 @@ void main() {
     hd[i] = ld ? wq(mat[i], at) : uvec4(0x3C003C00u, 0x01010101u, 0x01010101u, 0x01010101u);
     q[i] = ld ? wq(mat[i], at + 1u + 2u * (sp & 3u) + hh) : uvec4(lane * 0x01010101u);
   }
-  for (uint it = sp; it < nit; it += kSplit) {
-    const uint sb = it >> 2u, j = it & 3u;
-    const uint kl = sb * 8u + 2u * j;  // the pair's first 32-value block (even)
-    // B and the columns' scales of this run, then the next run's weights, all in flight together.
-    coopmat<int8_t, gl_ScopeSubgroup, 32, 8, gl_MatrixUseB> b0, b1;
+  // B (x̂ of the run's two 32-value blocks, 32 × 8 each) and the lane's columns' scales, one run ahead
+  // too: run it's are loaded while run it - kSplit is computed (the last loads repeat the last run).
+  coopmat<int8_t, gl_ScopeSubgroup, 32, 8, gl_MatrixUseB> b0, b1;
+  vec2 dx[4];
+  vec4 sx[4];  // (block kl half 0, kl + 1 half 0, kl half 1, kl + 1 half 1): d·Σq
+  const uint base0 = sp * kT * 64u;
+  {
+    const uint kl = (min(sp, nit - 1u) >> 2u) * 8u + 2u * (min(sp, nit - 1u) & 3u);
     if (b_shared) {
-      coopMatLoad(b0, sa, sp * kT * 64u, 2u, gl_CooperativeMatrixLayoutColumnMajor);
-      coopMatLoad(b1, sa, sp * kT * 64u + 32u, 2u, gl_CooperativeMatrixLayoutColumnMajor);
+      coopMatLoad(b0, sa, base0, 2u, gl_CooperativeMatrixLayoutColumnMajor);
+      coopMatLoad(b1, sa, base0 + 32u, 2u, gl_CooperativeMatrixLayoutColumnMajor);
     } else {
       coopMatLoad(b0, gq4, kl * 2u, kTileVals / 16u, gl_CooperativeMatrixLayoutColumnMajor);
       coopMatLoad(b1, gq4, kl * 2u + 2u, kTileVals / 16u, gl_CooperativeMatrixLayoutColumnMajor);
     }
-    vec2 dx[4];
-    vec4 sx[4];  // (block kl half 0, kl + 1 half 0, kl half 1, kl + 1 half 1): d·Σq
     [[unroll]] for (uint c = 0u; c < 4u; ++c) {
       const uint b = 4u * hh + c;
       dx[c] = gd2[kCols * kTileVals / 8u + b * (kTileVals / 64u) + (kl >> 1u)];
       sx[c] = gs4[(kCols * kTileVals * 9u / 32u + b * (kTileVals / 16u) + 2u * kl) >> 2u];
     }
+  }
+  for (uint it = sp; it < nit; it += kSplit) {
+    const uint j = it & 3u;
+    // The next run's weights, B and scales, all in flight while this run is computed.
     const uint nx = it + kSplit, nsb = nx >> 2u, nj = nx & 3u;
     uvec4 hn[kT], qn[kT];
     [[unroll]] for (uint i = 0u; i < kT; ++i) {
@@ -151,6 +156,22 @@ void main() {
       const bool ld = live[i] && !no_w && nx < nit;
       hn[i] = ld ? wq(mat[i], at) : hd[i];
       qn[i] = ld ? wq(mat[i], at + 1u + 2u * nj + hh) : q[i];
+    }
+    const uint nc = min(nx, nit - 1u), nkl = (nc >> 2u) * 8u + 2u * (nc & 3u);
+    coopmat<int8_t, gl_ScopeSubgroup, 32, 8, gl_MatrixUseB> b0n, b1n;
+    if (b_shared) {
+      coopMatLoad(b0n, sa, base0, 2u, gl_CooperativeMatrixLayoutColumnMajor);
+      coopMatLoad(b1n, sa, base0 + 32u, 2u, gl_CooperativeMatrixLayoutColumnMajor);
+    } else {
+      coopMatLoad(b0n, gq4, nkl * 2u, kTileVals / 16u, gl_CooperativeMatrixLayoutColumnMajor);
+      coopMatLoad(b1n, gq4, nkl * 2u + 2u, kTileVals / 16u, gl_CooperativeMatrixLayoutColumnMajor);
+    }
+    vec2 dxn[4];
+    vec4 sxn[4];
+    [[unroll]] for (uint c = 0u; c < 4u; ++c) {
+      const uint b = 4u * hh + c;
+      dxn[c] = gd2[kCols * kTileVals / 8u + b * (kTileVals / 64u) + (nkl >> 1u)];
+      sxn[c] = gs4[(kCols * kTileVals * 9u / 32u + b * (kTileVals / 16u) + 2u * nkl) >> 2u];
     }
     subgroupBarrier();  // the last run's tiles have been loaded by every lane
     [[unroll]] for (uint i = 0u; i < kT; ++i) {
@@ -194,6 +215,10 @@ void main() {
       hd[i] = hn[i];
       q[i] = qn[i];
     }
+    b0 = b0n;
+    b1 = b1n;
+    dx = dxn;
+    sx = sxn;
   }
 
   if (kSplit > 1u) {

@@ -322,9 +322,16 @@ TEST(Engine, SplitKPrefillGivesTheUnsplitLogits) {
     ASSERT_TRUE(e);
     ASSERT_TRUE(greedy_logits(*e, prompt(40, 41), 3, logits));
   };
-  std::vector<std::vector<float>> whole, split;
+  std::vector<std::vector<float>> whole, again, split;
   run(nullptr, &whole);
+  run(nullptr, &again);
   run("2", &split);
+  ASSERT_EQ(again.size(), whole.size());
+  for (size_t i = 0; i < whole.size(); ++i) {  // the engine repeats itself: a difference below is the split's
+    ASSERT_EQ(again[i].size(), whole[i].size());
+    EXPECT_EQ(0, std::memcmp(again[i].data(), whole[i].data(), whole[i].size() * sizeof(float)))
+        << "step " << i << ": two unsplit runs differ (relative " << rel_diff(again[i], whole[i]) << ")";
+  }
   ASSERT_EQ(whole.size(), 3u);
   ASSERT_EQ(split.size(), 3u);
   const auto top = [](const std::vector<float>& v) {

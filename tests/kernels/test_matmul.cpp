@@ -716,7 +716,7 @@ TEST(Matmul, SplitKOnTheKhrKernelMatchesReference) {
   }
   auto op = ops::Matmul::create(*dev, MatmulPath::kKhr);
   ASSERT_TRUE(op.ok()) << op.status().ToString();
-  if (!std::getenv("TROVE_MATMUL_SPLIT_WGS")) EXPECT_EQ(op->split_k(4096, 4096, 32), 8u) << "on by default";
+  if (!std::getenv("TROVE_MATMUL_SPLIT_WGS")) EXPECT_EQ(op->split_k(4096, 4096, 32), 1u) << "off by default";
   op->force_split_target(ops::Matmul::kSplitTargetWorkgroups);
   EXPECT_EQ(op->split_k(4096, 4096, 32), 8u);    // 64 small tiles: 8 ranges of 512
   EXPECT_EQ(op->split_k(4096, 4096, 128), 4u);   // 128 small tiles

@@ -624,6 +624,25 @@ void check_split_calls_in_a_row(vk::Device& dev, const ops::Matmul& op, uint64_t
 }  // namespace
 
 namespace {
+// Weights whose scales differ from one 32-value block to the next (a factor in [0.05, 2] and an offset
+// per block), unlike random_weights' uniform values, whose super-blocks all quantize to about the same
+// d, scales and mins — where a kernel reading another block's scales would go unseen.
+std::vector<uint8_t> varied_weights(GgmlType type, uint32_t rows, uint32_t cols, uint64_t seed) {
+  std::mt19937_64 r(seed);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f), f(0.05f, 2.0f);
+  const size_t rb = quant::row_bytes(type, cols);
+  std::vector<uint8_t> bytes(size_t{rows} * rb);
+  std::vector<float> row(cols);
+  for (uint32_t i = 0; i < rows; ++i) {
+    for (uint32_t b = 0; b < cols; b += 32) {
+      const float scale = f(r), offset = 0.5f * u(r) * scale;
+      for (uint32_t k = b; k < b + 32; ++k) row[k] = offset + scale * u(r);
+    }
+    quant::quantize_row(type, row.data(), bytes.data() + i * rb, cols);
+  }
+  return bytes;
+}
+
 // One call's output with the op's split as it is set (f32 or f16 activations).
 std::vector<float> run_once(vk::Device& dev, const ops::Matmul& op, GgmlType type, uint32_t rows, uint32_t cols,
                             uint32_t batch, const std::vector<uint8_t>& w, const std::vector<float>& x, bool x_f16) {
@@ -650,7 +669,8 @@ std::vector<float> run_once(vk::Device& dev, const ops::Matmul& op, GgmlType typ
 
 // Split K changes only the order of f32 sums: a split call's output equals the unsplit call's to f32
 // rounding (1e-5 relative), which the bound against the float64 reference (2e-3 on the matrix units, f16
-// activations) cannot tell. The CPU form here (lavapipe: CI) and the KHR kernel where the device has it.
+// activations) cannot tell. Weights with scales that vary block to block (varied_weights). The CPU form
+// here (lavapipe: CI) and the KHR kernel where the device has it.
 TEST(Matmul, SplitKEqualsTheUnsplitSumsToF32Rounding) {
   auto dev = open_device();
   ASSERT_TRUE(dev);
@@ -666,7 +686,7 @@ TEST(Matmul, SplitKEqualsTheUnsplitSumsToF32Rounding) {
                                           {GgmlType::F16, 100u, 1024u, 37u}, {GgmlType::Q4_K, 256u, 512u, 40u},
                                           {GgmlType::Q6_K, 256u, 512u, 40u}, {GgmlType::Q4_K, 512u, 512u, 17u}}) {
       for (bool x_f16 : {false, true}) {
-        const auto w = kernels::ref::random_weights(type, rows, cols, 0.5f, rng());
+        const auto w = varied_weights(type, rows, cols, rng());
         std::vector<float> x(size_t{batch} * cols);
         for (auto& v : x) v = nd(rng);
         op->force_split_k(1);

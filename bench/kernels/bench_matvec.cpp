@@ -218,15 +218,16 @@ Status bench_matvec(vk::Device& dev, const MatvecBenchOptions& o, std::vector<Ke
         if (o.sweep) forms = {Form::kStaged, Form::kDirect, Form::kQ8, Form::kQ8P};
         // The q8 coopmat form (int8 matrix units, Q4_K only) at the 8B's Q4_K shapes but the head, where
         // the device has it (no refused rows: it is an A/B form).
-        if (type == GgmlType::Q4_K && std::string(sh.model) == "8B" && nm != "head" && op.q8_coopmat_supported()) {
+        if (type == GgmlType::Q4_K && std::string(sh.model) == "8B" && nm != "head" &&
+            op.q8_coopmat_supported()) {
           forms.push_back(Form::kQ8Coopmat);
         }
         // (q8 rows of calls the q8 form cannot take — batch · cols int8 beyond shared memory, e.g. the
         // 8B's ffn_down at batch >= 3 with 48 KiB — time the direct form it falls back to.)
         for (Form form : forms) {
-          const std::string fl = shl + (form == Form::kDirect ? " direct"
-                                        : form == Form::kQ8     ? " q8"
-                                        : form == Form::kQ8P    ? " q8p"
+          const std::string fl = shl + (form == Form::kDirect      ? " direct"
+                                        : form == Form::kQ8        ? " q8"
+                                        : form == Form::kQ8P       ? " q8p"
                                         : form == Form::kQ8Coopmat ? " q8coopmat"
                                                                    : " staged");
           if (o.wanted && !o.wanted(opl + " " + fl)) continue;

@@ -114,9 +114,9 @@ struct Matvec::State {
   // The form of calls with 2..8 batch columns: TROVE_MATVEC_BATCHED, else q8p where batch 1 runs q8
   // by default (GPUs, TROVE_MATVEC unset), else kSame (the rules above).
   enum class Batched { kSame, kF32, kQ8, kQ8P, kQ8Coopmat };
-  std::string q8cm_missing;       // why the q8 coopmat form cannot run here (empty: it can)
-  uint32_t q8cm_skip = 0;         // its push flags 4..32 (TROVE_MATVEC_Q8CM_SKIP: a measurement, wrong results)
-  uint32_t q8cm_tiles = 2;        // its tiles of 16 rows a workgroup (TROVE_MATVEC_Q8CM_TILES)
+  std::string q8cm_missing;  // why the q8 coopmat form cannot run here (empty: it can)
+  uint32_t q8cm_skip = 0;    // its push flags 4..32 (TROVE_MATVEC_Q8CM_SKIP: a measurement, wrong results)
+  uint32_t q8cm_tiles = 2;   // its tiles of 16 rows a workgroup (TROVE_MATVEC_Q8CM_TILES)
   Batched batched = Batched::kSame;
   // q8p scratch: per slot size, a ring of kRingSlots slots taken in turn by the calls (matvec.h).
   static constexpr uint32_t kRingSlots = 64;
@@ -168,7 +168,8 @@ struct Matvec::State {
       return &pipelines.emplace(k, std::move(*p)).first->second;
     }
     if (k.direct == 5) {  // the q8 coopmat form: constant ids 0..5 of matvec_q8_coopmat.comp
-      auto p = dev->pipeline({"matvec_q8_coopmat", {k.wg, k.nb, k.swiglu, k.tile, k.mats, k.rows}, sizeof(Push), 8, k.wg});
+      auto p = dev->pipeline(
+          {"matvec_q8_coopmat", {k.wg, k.nb, k.swiglu, k.tile, k.mats, k.rows}, sizeof(Push), 8, k.wg});
       if (!p.ok()) return p.status();
       return &pipelines.emplace(k, std::move(*p)).first->second;
     }
@@ -234,15 +235,20 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
   {
     bool shape = false;
     for (const auto& c : f.coopmat_shapes) {
-      shape |= c.m == 16 && c.n == 8 && c.k == 32 && c.a == 3 && c.b == 3 && c.c == 5 && c.result == 5 && c.scope == 3;
+      shape |= c.m == 16 && c.n == 8 && c.k == 32 && c.a == 3 && c.b == 3 && c.c == 5 && c.result == 5 &&
+               c.scope == 3;
     }
     std::string& why = op.st_->q8cm_missing;
     if (!vk::find_shader("matvec_q8_coopmat").words) {
       why = "this build has no matvec_q8_coopmat shader (a glslang without GL_KHR_cooperative_matrix)";
     } else if (!op.st_->q8_ok) {
-      why = "the device lacks integer dot products, subgroup arithmetic or shuffles (the q8p form's pass needs them)";
+      why =
+          "the device lacks integer dot products, subgroup arithmetic or shuffles (the q8p form's pass needs "
+          "them)";
     } else if (!shape) {
-      why = "the device offers no 16x8x32 int8 x int8 -> int32 subgroup matrix shape (VK_KHR_cooperative_matrix)";
+      why =
+          "the device offers no 16x8x32 int8 x int8 -> int32 subgroup matrix shape "
+          "(VK_KHR_cooperative_matrix)";
     } else if (!f.int8_arithmetic || f.subgroup_size != 32) {
       why = fmt::format("the shader needs shaderInt8 and 32-lane subgroups (int8 {}, subgroup {})",
                         f.int8_arithmetic ? "yes" : "no", f.subgroup_size);
@@ -356,8 +362,10 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
     char* end = nullptr;
     const unsigned long v = std::strtoul(w, &end, 10);
     if (*end != '\0' || v % 4 != 0 || v > 60) {
-      return Status::InvalidArgument(fmt::format(
-          "TROVE_MATVEC_Q8CM_SKIP='{}' is not a sum of 4, 8, 16 and 32 (parts of the q8 coopmat form to skip)", w));
+      return Status::InvalidArgument(
+          fmt::format("TROVE_MATVEC_Q8CM_SKIP='{}' is not a sum of 4, 8, 16 and 32 (parts of the q8 coopmat "
+                      "form to skip)",
+                      w));
     }
     op.st_->q8cm_skip = static_cast<uint32_t>(v);
   }
@@ -365,7 +373,8 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
   if (const char* w = std::getenv("TROVE_MATVEC_Q8CM_TILES"); w && *w) {
     const std::string_view v(w);
     if (v != "1" && v != "2" && v != "4") {
-      return Status::InvalidArgument(fmt::format("TROVE_MATVEC_Q8CM_TILES='{}' is not 1, 2 or 4 (tiles of 16 rows)", w));
+      return Status::InvalidArgument(
+          fmt::format("TROVE_MATVEC_Q8CM_TILES='{}' is not 1, 2 or 4 (tiles of 16 rows)", w));
     }
     op.st_->q8cm_tiles = static_cast<uint32_t>(v[0] - '0');
   }
@@ -416,8 +425,8 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
       }
       op.st_->batched = B::kQ8Coopmat;
     } else {
-      return Status::InvalidArgument(
-          fmt::format("TROVE_MATVEC_BATCHED='{}' is not a form for batches of 2..8 (f32, q8, q8p or q8coopmat)", v));
+      return Status::InvalidArgument(fmt::format(
+          "TROVE_MATVEC_BATCHED='{}' is not a form for batches of 2..8 (f32, q8, q8p or q8coopmat)", v));
     }
   }
   if (const char* v = std::getenv("TROVE_MATVEC"); v && *v) {
@@ -504,7 +513,8 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
   // lavapipe (2 cores, tiny-coder decode, 2026-12-02): the 151,936-row head 1.3-1.8 s -> ~0.33 s.
   bool direct = st_->direct;
   bool q8 = st_->q8 || (st_->q8_batch1 && call.batch == 1), q8p = st_->q8p;
-  bool q8cm = false;  // the q8 coopmat form
+  // q8cm: the q8 coopmat form.
+  bool q8cm = false;
   if (call.batch > 1 && st_->batched != State::Batched::kSame) {  // TROVE_MATVEC_BATCHED
     q8 = st_->batched == State::Batched::kQ8;
     q8p = st_->batched == State::Batched::kQ8P;
@@ -519,7 +529,8 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
     q8cm = tn.form == MatvecTuning::Form::kQ8Coopmat;
   }
   if (q8cm && !st_->q8cm_missing.empty()) {
-    return Status::Unsupported(fmt::format("matvec: the q8 coopmat form cannot run here: {}", st_->q8cm_missing));
+    return Status::Unsupported(
+        fmt::format("matvec: the q8 coopmat form cannot run here: {}", st_->q8cm_missing));
   }
   if (q8cm) {  // Q4_K only; other calls take the q8p form
     for (uint32_t m = 0; m < call.n_mats; ++m) q8cm &= call.mats[m].type == GgmlType::Q4_K;
@@ -723,11 +734,12 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
     uint32_t cm_split = tn.split ? tn.split : st_->q8_split;
     if (cm_split == 0) {
       cm_split = 1;
-      while (cm_split < 16 && cm_split * tile_pairs < 32 && blocks * cm_split < uint64_t{16} * sms) cm_split *= 2;
+      while (cm_split < 16 && cm_split * tile_pairs < 32 && blocks * cm_split < uint64_t{16} * sms)
+        cm_split *= 2;
     }
-    auto p = st_->pipeline({32 * cm_split, call.batch, tiles, swiglu ? 1u : 0u, q8_tile, call.n_mats, push.type[0],
-                            call.n_mats > 1 ? push.type[1] : push.type[0], call.n_mats > 2 ? push.type[2] : push.type[0],
-                            0u, 0u, 32u, 5u});
+    auto p = st_->pipeline({32 * cm_split, call.batch, tiles, swiglu ? 1u : 0u, q8_tile, call.n_mats,
+                            push.type[0], call.n_mats > 1 ? push.type[1] : push.type[0],
+                            call.n_mats > 2 ? push.type[2] : push.type[0], 0u, 0u, 32u, 5u});
     if (!p.ok()) return p.status();
     const uint32_t qpush[5] = {call.cols, push.flags, std::bit_cast<uint32_t>(call.eps), kMaxBatch, q8_tile};
     const vk::BufferRange qbufs[3] = {call.x, bufs[1], *sl};
@@ -738,7 +750,8 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
     push.flags |= st_->q8cm_skip;  // TROVE_MATVEC_Q8CM_SKIP: a measurement, wrong results
     const uint32_t gx = static_cast<uint32_t>(std::min<uint64_t>(blocks, kMaxGroupsX));
     const uint32_t gy = static_cast<uint32_t>((blocks + gx - 1) / gx);
-    if (gy > kMaxGroupsX) return Status::InvalidArgument("matvec: too many rows for one dispatch; split the call");
+    if (gy > kMaxGroupsX)
+      return Status::InvalidArgument("matvec: too many rows for one dispatch; split the call");
     push.groups_x = gx;
     push.grid = static_cast<uint32_t>(blocks);
     bufs[0] = *sl;

@@ -39,11 +39,11 @@
 // walks several row blocks, when batch · cols fits; else tile by tile for one block) and reduces the
 // rows with subgroupAdd then shared memory (the "staged" form). GPUs with 32-lane subgroups use the
 // "direct" form instead (matvec_direct.comp): one subgroup per row group reading x through the caches,
-// subgroupAdd only, no shared memory or barriers, one row block per workgroup. On CPU devices a row group is one invocation (it walks
-// every part of its rows; nothing to reduce across lanes), one row block per workgroup. Shaders: kernels/shaders/matvec.comp and matvec_nosg.comp
-// (no subgroup operations: devices without them, lavapipe) around matvec_body.glsl; the per-type
-// code, shared with other matvec-shaped kernels, is matvec_core.glsl. Weights are read as stored in
-// the GGUF (no repacking at load).
+// subgroupAdd only, no shared memory or barriers, one row block per workgroup. On CPU devices a row group is
+// one invocation (it walks every part of its rows; nothing to reduce across lanes), one row block per
+// workgroup. Shaders: kernels/shaders/matvec.comp and matvec_nosg.comp (no subgroup operations: devices
+// without them, lavapipe) around matvec_body.glsl; the per-type code, shared with other matvec-shaped
+// kernels, is matvec_core.glsl. Weights are read as stored in the GGUF (no repacking at load).
 //
 // q8 form (matvec_q8.comp, TROVE_MATVEC=q8 on devices with integer dot products and subgroup
 // arithmetic): each workgroup quantizes x̂ once into shared memory (int8, a scale per 32 values, d·Σq

@@ -644,8 +644,9 @@ std::vector<uint8_t> varied_weights(GgmlType type, uint32_t rows, uint32_t cols,
 }
 
 // One call's output with the op's split as it is set (f32 or f16 activations).
-std::vector<float> run_once(vk::Device& dev, const ops::Matmul& op, GgmlType type, uint32_t rows, uint32_t cols,
-                            uint32_t batch, const std::vector<uint8_t>& w, const std::vector<float>& x, bool x_f16) {
+std::vector<float> run_once(vk::Device& dev, const ops::Matmul& op, GgmlType type, uint32_t rows,
+                            uint32_t cols, uint32_t batch, const std::vector<uint8_t>& w,
+                            const std::vector<float>& x, bool x_f16) {
   std::vector<uint16_t> xh;
   for (float v : x) xh.push_back(quant::f32_to_f16(v));
   auto wb = dev.buffer((w.size() + 3) / 4 * 4);
@@ -682,9 +683,12 @@ TEST(Matmul, SplitKEqualsTheUnsplitSumsToF32Rounding) {
     ++paths;
     auto op = ops::Matmul::create(*dev, path);
     ASSERT_TRUE(op.ok()) << op.status().ToString();
-    for (auto [type, rows, cols, batch] : {std::tuple{GgmlType::Q4_K, 100u, 1024u, 37u}, {GgmlType::Q6_K, 100u, 1024u, 37u},
-                                          {GgmlType::F16, 100u, 1024u, 37u}, {GgmlType::Q4_K, 256u, 512u, 40u},
-                                          {GgmlType::Q6_K, 256u, 512u, 40u}, {GgmlType::Q4_K, 512u, 512u, 17u}}) {
+    for (auto [type, rows, cols, batch] : {std::tuple{GgmlType::Q4_K, 100u, 1024u, 37u},
+                                           {GgmlType::Q6_K, 100u, 1024u, 37u},
+                                           {GgmlType::F16, 100u, 1024u, 37u},
+                                           {GgmlType::Q4_K, 256u, 512u, 40u},
+                                           {GgmlType::Q6_K, 256u, 512u, 40u},
+                                           {GgmlType::Q4_K, 512u, 512u, 17u}}) {
       for (bool x_f16 : {false, true}) {
         const auto w = varied_weights(type, rows, cols, rng());
         std::vector<float> x(size_t{batch} * cols);
@@ -692,9 +696,10 @@ TEST(Matmul, SplitKEqualsTheUnsplitSumsToF32Rounding) {
         op->force_split_k(1);
         const auto whole = run_once(*dev, *op, type, rows, cols, batch, w, x, x_f16);
         for (uint32_t splits : {2u, 4u}) {
-          SCOPED_TRACE(testing::Message() << (path == MatmulPath::kCpu ? "cpu" : "khr") << " "
-                                          << quant::traits(type)->name << " " << rows << "x" << cols << " batch "
-                                          << batch << (x_f16 ? " f16 x" : " f32 x") << " splits " << splits);
+          SCOPED_TRACE(testing::Message()
+                       << (path == MatmulPath::kCpu ? "cpu" : "khr") << " " << quant::traits(type)->name
+                       << " " << rows << "x" << cols << " batch " << batch << (x_f16 ? " f16 x" : " f32 x")
+                       << " splits " << splits);
           op->force_split_k(splits);
           const auto split = run_once(*dev, *op, type, rows, cols, batch, w, x, x_f16);
           ASSERT_EQ(split.size(), whole.size());

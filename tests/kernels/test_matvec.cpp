@@ -737,7 +737,8 @@ TEST_F(Matvec, Q8CoopmatForm) {
     t.rows_per_group = tiles;
     op_->set_tuning(t);
     for (uint32_t b : {1u, 2u, 5u, 8u}) {
-      ASSERT_TRUE(run(q8({512, b, true, MatvecEpilogue::kStore, {{G::Q4_K, 131}, {G::Q4_K, 19, 40}, {G::Q4_K, 16}}})));
+      ASSERT_TRUE(run(
+          q8({512, b, true, MatvecEpilogue::kStore, {{G::Q4_K, 131}, {G::Q4_K, 19, 40}, {G::Q4_K, 16}}})));
       ASSERT_TRUE(run(q8({4096, b, true, MatvecEpilogue::kSwiGlu, {{G::Q4_K, 70}, {G::Q4_K, 70}}})));
       Case c = q8({2048, b, false, MatvecEpilogue::kAdd, {{G::Q4_K, 2048}}});
       c.residual_is_x = true;
@@ -864,7 +865,8 @@ TEST_F(Matvec, TroveMatvecBatchedNamesTheBatchForm) {
   };
   auto bad = make("f32", "int4", "");
   ASSERT_FALSE(bad.ok());
-  EXPECT_NE(bad.status().message().find("f32, q8, q8p or q8coopmat"), std::string::npos) << bad.status().message();
+  EXPECT_NE(bad.status().message().find("f32, q8, q8p or q8coopmat"), std::string::npos)
+      << bad.status().message();
   // q8coopmat where the device lacks the int8 matrix units (lavapipe): refused, saying what is missing.
   std::string why;
   auto cm = make("f32", "q8coopmat", "");
@@ -872,7 +874,8 @@ TEST_F(Matvec, TroveMatvecBatchedNamesTheBatchForm) {
     EXPECT_TRUE(cm.ok()) << cm.status().ToString();
   } else {
     ASSERT_FALSE(cm.ok());
-    EXPECT_NE(cm.status().message().find("q8coopmat cannot run here: " + why), std::string::npos) << cm.status().message();
+    EXPECT_NE(cm.status().message().find("q8coopmat cannot run here: " + why), std::string::npos)
+        << cm.status().message();
   }
   auto bad_rows = make("f32", "f32", "3");
   ASSERT_FALSE(bad_rows.ok());

@@ -117,6 +117,12 @@ struct Matvec::State {
   std::string q8cm_missing;  // why the q8 coopmat form cannot run here (empty: it can)
   uint32_t q8cm_skip = 0;    // its push flags 4..32 (TROVE_MATVEC_Q8CM_SKIP: a measurement, wrong results)
   uint32_t q8cm_tiles = 2;   // its tiles of 16 rows a workgroup (TROVE_MATVEC_Q8CM_TILES)
+  bool q8cm_regs = false;    // its register kernel (TROVE_MATVEC_Q8CM_REGS=1)
+  // The register kernel's element layout table (matvec_q8_coopmat_regs.comp), probed on first use;
+  // q8cm_regs_missing says why the kernel cannot run once the probe refused the layout. Guarded by mu.
+  bool q8cm_probed = false;
+  vk::Buffer q8cm_table;
+  std::string q8cm_regs_missing;
   Batched batched = Batched::kSame;
   // q8p scratch: per slot size, a ring of kRingSlots slots taken in turn by the calls (matvec.h).
   static constexpr uint32_t kRingSlots = 64;
@@ -158,6 +164,21 @@ struct Matvec::State {
     return vk::BufferRange(r.buf, uint64_t{i} * bytes, bytes);
   }
 
+  // The register kernel's layout table: probed once (matvec_q8_coopmat_probe.comp), then kept.
+  Result<vk::BufferRange> q8cm_layout() {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!q8cm_probed) {
+      q8cm_probed = true;
+      if (Status st = probe_q8cm_layout(); !st.ok()) q8cm_regs_missing = std::string(st.message());
+    }
+    if (!q8cm_regs_missing.empty()) {
+      return Status::Unsupported(
+          fmt::format("matvec: the q8 coopmat register kernel cannot run here: {}", q8cm_regs_missing));
+    }
+    return vk::BufferRange(q8cm_table);
+  }
+  Status probe_q8cm_layout();
+
   Result<const vk::Pipeline*> pipeline(const Key& k) {
     std::lock_guard<std::mutex> lock(mu);
     auto it = pipelines.find(k);
@@ -167,9 +188,10 @@ struct Matvec::State {
       if (!p.ok()) return p.status();
       return &pipelines.emplace(k, std::move(*p)).first->second;
     }
-    if (k.direct == 5) {  // the q8 coopmat form: constant ids 0..5 of matvec_q8_coopmat.comp
-      auto p = dev->pipeline(
-          {"matvec_q8_coopmat", {k.wg, k.nb, k.swiglu, k.tile, k.mats, k.rows}, sizeof(Push), 8, k.wg});
+    // The q8 coopmat kernels (5: shared memory, 6: registers): constant ids 0..5 of matvec_q8_coopmat.glsl.
+    if (k.direct == 5 || k.direct == 6) {
+      const char* name = k.direct == 5 ? "matvec_q8_coopmat" : "matvec_q8_coopmat_regs";
+      auto p = dev->pipeline({name, {k.wg, k.nb, k.swiglu, k.tile, k.mats, k.rows}, sizeof(Push), 8, k.wg});
       if (!p.ok()) return p.status();
       return &pipelines.emplace(k, std::move(*p)).first->second;
     }
@@ -188,6 +210,84 @@ struct Matvec::State {
     return &pipelines.emplace(k, std::move(*p)).first->second;
   }
 };
+
+// Which A and product elements each lane of a subgroup holds (VK_KHR_cooperative_matrix leaves it to the
+// implementation), into the table matvec_q8_coopmat_regs.comp reads — or an error saying what the
+// register kernel needs that this layout lacks.
+Status Matvec::State::probe_q8cm_layout() {
+  auto p = dev->pipeline({"matvec_q8_coopmat_probe", {}, 0, 2, 32});
+  if (!p.ok()) return p.status();
+  std::vector<uint8_t> in(96 * 16);
+  for (uint32_t r = 0; r < 16; ++r) {
+    for (uint32_t k = 0; k < 32; ++k) {
+      in[r * 32 + k] = static_cast<uint8_t>(r);
+      in[512 + r * 32 + k] = static_cast<uint8_t>(k);
+    }
+    for (uint32_t c = 0; c < 8; ++c) {
+      const uint32_t v = r * 8 + c;
+      std::memcpy(&in[1024 + v * 4], &v, 4);
+    }
+  }
+  auto ib = dev->buffer(in.size());
+  auto ob = dev->buffer(642 * 4);
+  if (!ib.ok()) return ib.status();
+  if (!ob.ok()) return ob.status();
+  TROVE_RETURN_IF_ERROR(ib->upload(in.data(), in.size()));
+  TROVE_RETURN_IF_ERROR(ob->fill(0xFFFFFFFFu));
+  auto s = dev->stream();
+  if (!s.ok()) return s.status();
+  const vk::BufferRange bufs[2] = {*ib, *ob};
+  TROVE_RETURN_IF_ERROR(s->dispatch(*p, bufs, nullptr, 0, 1));
+  TROVE_RETURN_IF_ERROR(s->submit_and_wait());
+  std::vector<uint32_t> o(642);
+  TROVE_RETURN_IF_ERROR(ob->download(o.data(), o.size() * 4));
+  if (o[640] != 16 || o[641] != 4) {
+    return Status::Unsupported(fmt::format(
+        "a lane holds {} elements of A and {} of the product (it needs 16 and 4)", o[640], o[641]));
+  }
+  std::vector<uint32_t> table(256);
+  std::vector<int> seen_a(16 * 32, 0), seen_c(16 * 8, 0);
+  for (uint32_t l = 0; l < 32; ++l) {
+    for (uint32_t g = 0; g < 4; ++g) {
+      const uint32_t t0 = o[16 * l + 4 * g], row = t0 & 0xFF, k0 = t0 >> 8;
+      for (uint32_t b = 0; b < 4; ++b) {
+        const uint32_t t = o[16 * l + 4 * g + b];
+        if ((t & 0xFF) != row || (t >> 8) != k0 + b || k0 % 4 != 0 || row >= 16 || k0 + b >= 32) {
+          return Status::Unsupported(fmt::format(
+              "lane {}'s A elements {}..{} are not 4 consecutive values of one row from a multiple of 4 "
+              "(element {}: row {}, value {})",
+              l, 4 * g, 4 * g + 3, 4 * g + b, t & 0xFF, t >> 8));
+        }
+        ++seen_a[row * 32 + k0 + b];
+      }
+      table[4 * l + g] = row | (k0 << 8);
+    }
+    uint32_t rc[4][2];
+    for (uint32_t e = 0; e < 4; ++e) {
+      const uint32_t v = o[512 + 4 * l + e];
+      if (v >= 128) return Status::Unsupported(fmt::format("lane {}'s product element {} reads {}", l, e, v));
+      rc[e][0] = v / 8;
+      rc[e][1] = v % 8;
+      ++seen_c[v];
+      table[128 + 4 * l + e] = rc[e][0] | (rc[e][1] << 8);
+    }
+    if (rc[0][0] != rc[1][0] || rc[2][0] != rc[3][0] || rc[0][1] != rc[2][1] || rc[1][1] != rc[3][1]) {
+      return Status::Unsupported(
+          fmt::format("lane {}'s product elements are not two rows × two columns ((row, column): ({}, {}) "
+                      "({}, {}) ({}, {}) ({}, {}))",
+                      l, rc[0][0], rc[0][1], rc[1][0], rc[1][1], rc[2][0], rc[2][1], rc[3][0], rc[3][1]));
+    }
+  }
+  if (std::count(seen_a.begin(), seen_a.end(), 1) != 512 ||
+      std::count(seen_c.begin(), seen_c.end(), 1) != 128) {
+    return Status::Unsupported("the lanes' elements do not cover A and the product once each");
+  }
+  auto tb = dev->buffer(table.size() * 4);
+  if (!tb.ok()) return tb.status();
+  TROVE_RETURN_IF_ERROR(tb->upload(table.data(), table.size() * 4));
+  q8cm_table = std::move(*tb);
+  return Status::Ok();
+}
 
 Matvec::Matvec(Matvec&&) noexcept = default;
 Matvec& Matvec::operator=(Matvec&&) noexcept = default;
@@ -369,6 +469,18 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
     }
     op.st_->q8cm_skip = static_cast<uint32_t>(v);
   }
+  // TROVE_MATVEC_Q8CM_REGS=0|1: the q8 coopmat form's register kernel (1) or the shared-memory one (0,
+  // the default); matvec.h.
+  if (const char* w = std::getenv("TROVE_MATVEC_Q8CM_REGS"); w && *w) {
+    const std::string_view v(w);
+    if (v != "0" && v != "1") {
+      return Status::InvalidArgument(
+          fmt::format("TROVE_MATVEC_Q8CM_REGS='{}' is not 0 or 1 (the q8 coopmat form's shared-memory or "
+                      "register kernel)",
+                      w));
+    }
+    op.st_->q8cm_regs = v == "1";
+  }
   // TROVE_MATVEC_Q8CM_TILES=1|2|4: tiles of 16 rows a workgroup of the q8 coopmat form owns (default 2).
   if (const char* w = std::getenv("TROVE_MATVEC_Q8CM_TILES"); w && *w) {
     const std::string_view v(w);
@@ -471,6 +583,16 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
 void Matvec::set_tuning(const MatvecTuning& t) { st_->tuning = t; }
 
 bool Matvec::q8_supported() const { return st_->q8_ok; }
+
+bool Matvec::q8_coopmat_regs_supported(std::string* why) const {
+  if (!st_->q8cm_missing.empty()) {
+    if (why) *why = st_->q8cm_missing;
+    return false;
+  }
+  auto t = st_->q8cm_layout();
+  if (why) *why = t.ok() ? std::string() : std::string(t.status().message());
+  return t.ok();
+}
 
 bool Matvec::q8_coopmat_supported(std::string* why) const {
   if (why) *why = st_->q8cm_missing;
@@ -737,9 +859,16 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
       while (cm_split < 16 && cm_split * tile_pairs < 32 && blocks * cm_split < uint64_t{16} * sms)
         cm_split *= 2;
     }
+    const bool regs = tn.q8cm_kernel ? tn.q8cm_kernel == 2 : st_->q8cm_regs;
+    vk::BufferRange layout;
+    if (regs) {
+      auto t = st_->q8cm_layout();
+      if (!t.ok()) return t.status();
+      layout = *t;
+    }
     auto p = st_->pipeline({32 * cm_split, call.batch, tiles, swiglu ? 1u : 0u, q8_tile, call.n_mats,
                             push.type[0], call.n_mats > 1 ? push.type[1] : push.type[0],
-                            call.n_mats > 2 ? push.type[2] : push.type[0], 0u, 0u, 32u, 5u});
+                            call.n_mats > 2 ? push.type[2] : push.type[0], 0u, 0u, 32u, regs ? 6u : 5u});
     if (!p.ok()) return p.status();
     const uint32_t qpush[5] = {call.cols, push.flags, std::bit_cast<uint32_t>(call.eps), kMaxBatch, q8_tile};
     const vk::BufferRange qbufs[3] = {call.x, bufs[1], *sl};
@@ -755,7 +884,7 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
     push.groups_x = gx;
     push.grid = static_cast<uint32_t>(blocks);
     bufs[0] = *sl;
-    bufs[1] = *sl;
+    bufs[1] = regs ? layout : *sl;
     return s.dispatch(**p, bufs, &push, sizeof(push), gx, gy);
   }
   if (q8p) {

@@ -61,7 +61,11 @@
 // form, not a default): the q8p form's activation pass (its slot laid out for 8 columns), then the int8
 // matrix units (VK_KHR_cooperative_matrix, a 16 × 8 × 32 int8 → int32 subgroup shape, 32-lane subgroups)
 // take 16 rows × 32 values × all 8 columns in one MMA, the lanes unpacking each weight code once instead
-// of combining it with every column. Q4_K only: a call with another type runs the q8p form. A column's
+// of combining it with every column (matvec_q8_coopmat.comp: the int8 tiles through shared memory; with
+// TROVE_MATVEC_Q8CM_REGS=1, matvec_q8_coopmat_regs.comp: each lane builds its elements of A from its own
+// code loads and scales its elements of the products, no shared memory in the K loop — the element
+// layout, the implementation's, probed once by matvec_q8_coopmat_probe.comp; a layout it cannot use makes
+// such calls fail with the reason). Q4_K only: a call with another type runs the q8p form. A column's
 // numbers are the same at every batch, but not the q8 forms' bits (another order of sums): not for
 // speculative verification, whose batches must equal one-token steps.
 #pragma once
@@ -115,6 +119,8 @@ struct MatvecTuning {
                                  // (wide: 16-byte code runs, half the parts); default: wide unless TROVE_MATVEC_Q6_WIDE=0
   uint32_t split = 0;            // q8 forms: subgroups sharing one row group's rows, 1, 2, 4 or 8 (0:
                                  // TROVE_MATVEC_Q8_SPLIT, else automatic: enough row blocks for the grid)
+  uint32_t q8cm_kernel = 0;      // the q8 coopmat form's kernel: 1 shared memory, 2 registers (0:
+                                 // TROVE_MATVEC_Q8CM_REGS, else shared memory)
   bool gpu_form = false;         // on a CPU device, compile the GPUs' form: unrolled loops over batch
                                  // columns and subgroupAdd (lavapipe spends seconds per pipeline on it)
   // kF32: kAuto without q8 (TROVE_MATVEC=f32); kQ8Coopmat: the q8 coopmat form (below), any batch
@@ -138,6 +144,8 @@ class Matvec {
   bool q8_supported() const;
   // The device can run the q8 coopmat form; if not, *why says what it lacks.
   bool q8_coopmat_supported(std::string* why = nullptr) const;
+  // ... and its register kernel (probes the device's element layout on first use).
+  bool q8_coopmat_regs_supported(std::string* why = nullptr) const;
 
   // Overrides the work split for later record() calls (bench, tests). Not thread-safe against
   // concurrent record().

@@ -244,6 +244,8 @@ class Matvec : public ::testing::Test {
     op_->set_tuning(f32());
   }
   bool run(const Case& c) { return check(*dev_, *op_, c, rng_); }
+  // The q8 coopmat form's cases on `kernel` (MatvecTuning::q8cm_kernel: 1 shared memory, 2 registers).
+  void check_q8_coopmat(uint32_t kernel);
   static vk::Device* dev_;
   static ops::Matvec* op_;
   std::mt19937_64 rng_{std::random_device{}()};
@@ -715,18 +717,11 @@ TEST_F(Matvec, Q8FormColumnsEqualBatchOne) {
   ASSERT_TRUE(cols({12288, 3, true, MatvecEpilogue::kStore, {{G::Q4_K, 64}}}));
 }
 
-// The q8 coopmat form (int8 matrix units; GPUs with a 16x8x32 int8 subgroup shape — lavapipe has none,
-// so CI skips it): Q4_K calls of 1..8 columns against the float64 reference (bound 2e-2, the q8 forms'),
-// row counts not a multiple of its 16-row tiles, three matrices of different rows, strides, SwiGLU, the
-// residual add, the RMSNorm prologue, one and several 64-value runs a subgroup, 1, 2 and 4 tiles a
-// workgroup and several splits;
-// a call with a Q6_K matrix (the q8p form instead); then batched columns against batch-1 calls of the
-// same form bit for bit, and TROVE_MATVEC_BATCHED=q8coopmat read by name.
-TEST_F(Matvec, Q8CoopmatForm) {
-  std::string why;
-  if (!op_->q8_coopmat_supported(&why)) GTEST_SKIP() << "no q8 coopmat form here: " << why;
+void Matvec::check_q8_coopmat(uint32_t kernel) {
+  using G = GgmlType;
   ops::MatvecTuning t;
   t.form = ops::MatvecTuning::Form::kQ8Coopmat;
+  t.q8cm_kernel = kernel;
   auto q8 = [](Case c) {
     c.bound = 2e-2;
     return c;
@@ -756,11 +751,41 @@ TEST_F(Matvec, Q8CoopmatForm) {
   };
   ASSERT_TRUE(cols({4096, 8, true, MatvecEpilogue::kSwiGlu, {{G::Q4_K, 64}, {G::Q4_K, 64}}}));
   ASSERT_TRUE(cols({12288, 3, true, MatvecEpilogue::kAdd, {{G::Q4_K, 64}}}));
+}
+
+// The q8 coopmat form (int8 matrix units; GPUs with a 16x8x32 int8 subgroup shape — lavapipe has none,
+// so CI skips it): Q4_K calls of 1..8 columns against the float64 reference (bound 2e-2, the q8 forms'),
+// row counts not a multiple of its 16-row tiles, three matrices of different rows, strides, SwiGLU, the
+// residual add, the RMSNorm prologue, one and several 64-value runs a subgroup, 1, 2 and 4 tiles a
+// workgroup and several splits;
+// a call with a Q6_K matrix (the q8p form instead); then batched columns against batch-1 calls of the
+// same form bit for bit, and TROVE_MATVEC_BATCHED=q8coopmat read by name.
+TEST_F(Matvec, Q8CoopmatForm) {
+  std::string why;
+  if (!op_->q8_coopmat_supported(&why)) GTEST_SKIP() << "no q8 coopmat form here: " << why;
+  check_q8_coopmat(1);
   op_->set_tuning({});
   trove::tests::ScopedEnv env("TROVE_MATVEC_BATCHED", "q8coopmat");
   auto named = ops::Matvec::create(*dev_);
   ASSERT_TRUE(named.ok()) << named.status().ToString();
-  ASSERT_TRUE(check(*dev_, *named, q8({4096, 6, true, MatvecEpilogue::kStore, {{G::Q4_K, 96}}}), rng_));
+  Case c{4096, 6, true, MatvecEpilogue::kStore, {{G::Q4_K, 96}}};
+  c.bound = 2e-2;
+  ASSERT_TRUE(check(*dev_, *named, c, rng_));
+}
+
+// The same cases on the q8 coopmat form's register kernel (matvec_q8_coopmat_regs.comp), where the
+// device's element layout suits it (its probe says why not otherwise); TROVE_MATVEC_Q8CM_REGS read by name.
+TEST_F(Matvec, Q8CoopmatRegisterKernel) {
+  std::string why;
+  if (!op_->q8_coopmat_regs_supported(&why)) GTEST_SKIP() << "no q8 coopmat register kernel here: " << why;
+  check_q8_coopmat(2);
+  op_->set_tuning({});
+  trove::tests::ScopedEnv env("TROVE_MATVEC_BATCHED", "q8coopmat"), regs("TROVE_MATVEC_Q8CM_REGS", "1");
+  auto named = ops::Matvec::create(*dev_);
+  ASSERT_TRUE(named.ok()) << named.status().ToString();
+  Case c{4096, 6, true, MatvecEpilogue::kStore, {{G::Q4_K, 96}}};
+  c.bound = 2e-2;
+  ASSERT_TRUE(check(*dev_, *named, c, rng_));
 }
 
 // The q8 and q8p forms at the Qwen3-8B shapes, batch 1, 2, 3, 5, 8 (a GPU run: TROVE_KERNEL_FULL=1;
@@ -867,6 +892,13 @@ TEST_F(Matvec, TroveMatvecBatchedNamesTheBatchForm) {
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("f32, q8, q8p or q8coopmat"), std::string::npos)
       << bad.status().message();
+  {  // its knobs' values are checked on any device
+    tests::ScopedEnv regs("TROVE_MATVEC_Q8CM_REGS", "2"), tiles("TROVE_MATVEC_Q8CM_TILES", "3");
+    auto refused = ops::Matvec::create(*dev_);
+    ASSERT_FALSE(refused.ok());
+    EXPECT_NE(refused.status().message().find("TROVE_MATVEC_Q8CM_REGS='2' is not 0 or 1"), std::string::npos)
+        << refused.status().message();
+  }
   // q8coopmat where the device lacks the int8 matrix units (lavapipe): refused, saying what is missing.
   std::string why;
   auto cm = make("f32", "q8coopmat", "");

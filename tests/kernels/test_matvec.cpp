@@ -757,9 +757,9 @@ void Matvec::check_q8_coopmat(uint32_t kernel) {
 // so CI skips it): Q4_K calls of 1..8 columns against the float64 reference (bound 2e-2, the q8 forms'),
 // row counts not a multiple of its 16-row tiles, three matrices of different rows, strides, SwiGLU, the
 // residual add, the RMSNorm prologue, one and several 64-value runs a subgroup, 1, 2 and 4 tiles a
-// workgroup and several splits;
-// a call with a Q6_K matrix (the q8p form instead); then batched columns against batch-1 calls of the
-// same form bit for bit, and TROVE_MATVEC_BATCHED=q8coopmat read by name.
+// workgroup and several splits; a call with a Q6_K matrix (the q8p form instead); then batched columns
+// against batch-1 calls of the same form bit for bit (check_q8_coopmat), and TROVE_MATVEC_BATCHED=q8coopmat
+// read by name.
 TEST_F(Matvec, Q8CoopmatForm) {
   std::string why;
   if (!op_->q8_coopmat_supported(&why)) GTEST_SKIP() << "no q8 coopmat form here: " << why;

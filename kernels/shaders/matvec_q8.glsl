@@ -60,22 +60,7 @@ const uint kTypeMask = (1u << kType0) | (1u << kType1) | (1u << kType2);
 
 layout(std430, set = 0, binding = 0) readonly buffer X { vec4 x4[]; };
 layout(std430, set = 0, binding = 1) readonly buffer NW { vec4 nw4[]; };
-layout(std430, set = 0, binding = 2) readonly buffer W0q { uvec4 w0q[]; };
-layout(std430, set = 0, binding = 2) readonly buffer W0w { uint w0w[]; };
-layout(std430, set = 0, binding = 3) readonly buffer W1q { uvec4 w1q[]; };
-layout(std430, set = 0, binding = 3) readonly buffer W1w { uint w1w[]; };
-layout(std430, set = 0, binding = 4) readonly buffer W2q { uvec4 w2q[]; };
-layout(std430, set = 0, binding = 4) readonly buffer W2w { uint w2w[]; };
-layout(std430, set = 0, binding = 5) buffer Y0 { float y0[]; };
-layout(std430, set = 0, binding = 6) buffer Y1 { float y1[]; };
-layout(std430, set = 0, binding = 7) buffer Y2 { float y2[]; };
-
-// Same block as matvec_body.glsl (the host shares the struct).
-layout(push_constant) uniform P {
-  uint cols; uint flags; float eps; uint n_mats;
-  uint ntiles; uint tile_vals; uint groups_x; uint grid;
-  uvec4 type; uvec4 rows; uvec4 y_stride; uvec4 row_bytes; uvec4 wg_end;
-} pc;
+#include "matvec_io.glsl"
 
 const uint kQ8Cols = kNB;  // matvec_q8_parts.glsl: one staged column per batch column
 uint q8_col(uint b) { return b; }
@@ -83,17 +68,6 @@ uint q8_col(uint b) { return b; }
 shared float sssq[kGroups * kNB];  // per-subgroup Σ x² of each column
 #endif
 shared float ssplit[kSplit > 1u ? kGroups * kR * kNB * 2u : 1u];  // kSplit > 1: each subgroup's sums (gate, then up)
-
-uvec4 wq(uint m, uint i) {
-  if (kMats == 1u || m == 0u) return w0q[i];
-  if (kMats == 2u || m == 1u) return w1q[i];
-  return w2q[i];
-}
-uint ww(uint m, uint i) {
-  if (kMats == 1u || m == 0u) return w0w[i];
-  if (kMats == 2u || m == 1u) return w1w[i];
-  return w2w[i];
-}
 
 #ifndef MV_Q8_GLOBAL
 #define MV_STAGE_KNOBS
@@ -137,18 +111,6 @@ void reduce_scatter_sums() {
 uint scatter_lane(uint v) { return (v / kRV) * (kG / kScat); }
 // Value v's sum from the lane that holds it, on every lane (a shuffle; v is a compile-time index).
 float scatter_value(uint v) { return subgroupShuffle(red[v % kRV], scatter_lane(v)); }
-
-void write_out(uint m, uint i, float v, float u, bool add) {
-  if (kSwiGlu != 0u) {
-    y0[i] = v / (1.0 + exp(-v)) * u;
-  } else if (kMats == 1u || m == 0u) {
-    y0[i] = add ? y0[i] + v : v;
-  } else if (kMats == 2u || m == 1u) {
-    y1[i] = add ? y1[i] + v : v;
-  } else {
-    y2[i] = add ? y2[i] + v : v;
-  }
-}
 
 void main() {
   const uint blocks = pc.wg_end[pc.n_mats - 1u];

@@ -1,7 +1,7 @@
 // matvec_q8_coopmat.glsl — what the two q8 coopmat kernels share (kernels/ops/matvec.h, "q8 coopmat
 // form"): matvec_q8_coopmat.comp (the int8 tiles through shared memory) and matvec_q8_coopmat_regs.comp
-// (built in registers from the device's element layout): constants, bindings, push block, weight words,
-// the epilogues.
+// (built in registers from the device's element layout): constants, the scratch and layout bindings, and
+// matvec_io.glsl (weights, outputs, push block, epilogues — the q8 forms' too).
 #extension GL_EXT_control_flow_attributes : require
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_cooperative_matrix : require
@@ -30,46 +30,6 @@ layout(std430, set = 0, binding = 0) readonly buffer GI { float gi[]; };
 // Binding 1: the regs kernel's element layout table (matvec_q8_coopmat_regs.comp); the scratch again for
 // the other.
 layout(std430, set = 0, binding = 1) readonly buffer LT { uint lt[]; };
-layout(std430, set = 0, binding = 2) readonly buffer W0 { uvec4 w0[]; };
-layout(std430, set = 0, binding = 2) readonly buffer W0w { uint w0w[]; };
-layout(std430, set = 0, binding = 3) readonly buffer W1w { uint w1w[]; };
-layout(std430, set = 0, binding = 4) readonly buffer W2w { uint w2w[]; };
-layout(std430, set = 0, binding = 3) readonly buffer W1 { uvec4 w1[]; };
-layout(std430, set = 0, binding = 4) readonly buffer W2 { uvec4 w2[]; };
-layout(std430, set = 0, binding = 5) buffer Y0 { float y0[]; };
-layout(std430, set = 0, binding = 6) buffer Y1 { float y1[]; };
-layout(std430, set = 0, binding = 7) buffer Y2 { float y2[]; };
-
-// Same block as matvec_body.glsl (the host shares the struct).
-layout(push_constant) uniform P {
-  uint cols; uint flags; float eps; uint n_mats;
-  uint ntiles; uint tile_vals; uint groups_x; uint grid;
-  uvec4 type; uvec4 rows; uvec4 y_stride; uvec4 row_bytes; uvec4 wg_end;
-} pc;
+#include "matvec_io.glsl"
 
 #include "k4_scales.glsl"
-
-uvec4 wq(uint m, uint i) {
-  if (kMats == 1u || m == 0u) return w0[i];
-  if (kMats == 2u || m == 1u) return w1[i];
-  return w2[i];
-}
-
-uint ww(uint m, uint i) {
-  if (kMats == 1u || m == 0u) return w0w[i];
-  if (kMats == 2u || m == 1u) return w1w[i];
-  return w2w[i];
-}
-
-void write_out(uint m, uint i, float v, float u, bool add) {
-  if (kSwiGlu != 0u) {
-    y0[i] = v / (1.0 + exp(-v)) * u;
-  } else if (kMats == 1u || m == 0u) {
-    y0[i] = add ? y0[i] + v : v;
-  } else if (kMats == 2u || m == 1u) {
-    y1[i] = add ? y1[i] + v : v;
-  } else {
-    y2[i] = add ? y2[i] + v : v;
-  }
-}
-

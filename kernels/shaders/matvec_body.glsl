@@ -71,23 +71,7 @@ const uint kNV = kNS * kNB + kNB;        // values per lane at the end: the slot
 
 layout(std430, set = 0, binding = 0) readonly buffer X { vec4 x4[]; };
 layout(std430, set = 0, binding = 1) readonly buffer NW { vec4 nw4[]; };
-layout(std430, set = 0, binding = 2) readonly buffer W0q { uvec4 w0q[]; };
-layout(std430, set = 0, binding = 2) readonly buffer W0w { uint w0w[]; };
-layout(std430, set = 0, binding = 3) readonly buffer W1q { uvec4 w1q[]; };
-layout(std430, set = 0, binding = 3) readonly buffer W1w { uint w1w[]; };
-layout(std430, set = 0, binding = 4) readonly buffer W2q { uvec4 w2q[]; };
-layout(std430, set = 0, binding = 4) readonly buffer W2w { uint w2w[]; };
-layout(std430, set = 0, binding = 5) buffer Y0 { float y0[]; };
-layout(std430, set = 0, binding = 6) buffer Y1 { float y1[]; };
-layout(std430, set = 0, binding = 7) buffer Y2 { float y2[]; };
-
-// flags: bit 0 RMSNorm prologue, bit 1 add into y (kAdd). wg_end[m]: row blocks of matrices 0..m.
-// grid: workgroups walking the blocks (the stride). type: informational (the code is specialized).
-layout(push_constant) uniform P {
-  uint cols; uint flags; float eps; uint n_mats;
-  uint ntiles; uint tile_vals; uint groups_x; uint grid;
-  uvec4 type; uvec4 rows; uvec4 y_stride; uvec4 row_bytes; uvec4 wg_end;
-} pc;
+#include "matvec_io.glsl"
 
 // Shared memory, as vec4: [0, kStage) the staged values (column b at b·kTileVals/4) and then the
 // 8-value sums (column b at float 4·kXs + b·kTileVals/8); [kStage, ..) the reduction: partials at
@@ -104,31 +88,7 @@ uint mv_row[kNS];
 uint mv_mat[kNS];
 bool mv_live[kNS];
 
-uvec4 mv_wq(uint m, uint i) {
-  if (kMats == 1u || m == 0u) return w0q[i];
-  if (kMats == 2u || m == 1u) return w1q[i];
-  return w2q[i];
-}
-uint mv_ww(uint m, uint i) {
-  if (kMats == 1u || m == 0u) return w0w[i];
-  if (kMats == 2u || m == 1u) return w1w[i];
-  return w2w[i];
-}
 float mv_ssq[kNB];  // this invocation's share of Σ x² per batch column
-
-// The epilogue for output element i of matrix m: SwiGLU of the gate sum v and up sum u into y0, or v
-// stored into / added to (kAdd) the matrix's output.
-void mv_write(uint m, uint i, float v, float u, bool add) {
-  if (kSwiGlu != 0u) {
-    y0[i] = v / (1.0 + exp(-v)) * u;
-  } else if (kMats == 1u || m == 0u) {
-    y0[i] = add ? y0[i] + v : v;
-  } else if (kMats == 2u || m == 1u) {
-    y1[i] = add ? y1[i] + v : v;
-  } else {
-    y2[i] = add ? y2[i] + v : v;
-  }
-}
 
 #ifdef MV_DIRECT
 bool mv_norm = false;  // x̂ = x · norm_w (the RMSNorm prologue's weight; inv_rms is applied at the end)

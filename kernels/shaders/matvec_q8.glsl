@@ -61,6 +61,9 @@ const uint kTypeMask = (1u << kType0) | (1u << kType1) | (1u << kType2);
 layout(std430, set = 0, binding = 0) readonly buffer X { vec4 x4[]; };
 layout(std430, set = 0, binding = 1) readonly buffer NW { vec4 nw4[]; };
 #include "matvec_io.glsl"
+// matvec_q8_parts.glsl's weight reads.
+uvec4 wq(uint m, uint i) { return mv_wq(m, i); }
+uint ww(uint m, uint i) { return mv_ww(m, i); }
 
 const uint kQ8Cols = kNB;  // matvec_q8_parts.glsl: one staged column per batch column
 uint q8_col(uint b) { return b; }
@@ -191,7 +194,7 @@ void main() {
           const float u = kSwiGlu != 0u ? scatter_value(v + kR * kNB) * inv[b] : 0.0;
           const uint r = r0 + s;
           if (gl_SubgroupInvocationID != scatter_lane(v) || r >= pc.rows[m]) continue;
-          write_out(m, b * pc.y_stride[m] + r, red[v % kRV] * inv[b], u, add);
+          mv_write(m, b * pc.y_stride[m] + r, red[v % kRV] * inv[b], u, add);
         }
       }
     } else if (kSplit == 1u) {
@@ -202,7 +205,7 @@ void main() {
           const float u = kSwiGlu != 0u ? subgroupAdd(acc[b][s + kR]) * inv[b] : 0.0;
           const uint r = r0 + s;
           if (lane != (s * kNB + b) % kG || r >= pc.rows[m]) continue;
-          write_out(m, b * pc.y_stride[m] + r, v, u, add);
+          mv_write(m, b * pc.y_stride[m] + r, v, u, add);
         }
       }
     } else {
@@ -239,7 +242,7 @@ void main() {
               v += ssplit[i];
               if (kSwiGlu != 0u) u += ssplit[kU + i];
             }
-            write_out(m, b * pc.y_stride[m] + r, v * inv[b], u * inv[b], add);
+            mv_write(m, b * pc.y_stride[m] + r, v * inv[b], u * inv[b], add);
           }
         }
       }

@@ -66,8 +66,8 @@ void main() {
   [[unroll]] for (uint i = 0u; i < kT; ++i) {
     const uint at = row_q[i] + (sp >> 2u) * 9u;
     const bool ld = live[i] && !no_w && sp < nit;
-    hd[i] = ld ? wq(mat[i], at) : uvec4(0x3C003C00u, 0x01010101u, 0x01010101u, 0x01010101u);
-    q[i] = ld ? wq(mat[i], at + 1u + 2u * (sp & 3u) + hh) : uvec4(lane * 0x01010101u);
+    hd[i] = ld ? mv_wq(mat[i], at) : uvec4(0x3C003C00u, 0x01010101u, 0x01010101u, 0x01010101u);
+    q[i] = ld ? mv_wq(mat[i], at + 1u + 2u * (sp & 3u) + hh) : uvec4(lane * 0x01010101u);
   }
   // B (x̂ of the run's two 32-value blocks, 32 × 8 each) and the lane's columns' scales, one run ahead
   // too: run it's are loaded while run it - kSplit is computed (the last loads repeat the last run).
@@ -98,8 +98,8 @@ void main() {
     [[unroll]] for (uint i = 0u; i < kT; ++i) {
       const uint at = row_q[i] + nsb * 9u;
       const bool ld = live[i] && !no_w && nx < nit;
-      hn[i] = ld ? wq(mat[i], at) : hd[i];
-      qn[i] = ld ? wq(mat[i], at + 1u + 2u * nj + hh) : q[i];
+      hn[i] = ld ? mv_wq(mat[i], at) : hd[i];
+      qn[i] = ld ? mv_wq(mat[i], at + 1u + 2u * nj + hh) : q[i];
     }
     const uint nc = min(nx, nit - 1u), nkl = (nc >> 2u) * 8u + 2u * (nc & 3u);
     coopmat<int8_t, gl_ScopeSubgroup, 32, 8, gl_MatrixUseB> b0n, b1n;
@@ -183,7 +183,7 @@ void main() {
       if (b >= kNB) continue;
       const float inv = norm ? gi[kCols * kTileVals * 13u / 32u + b] : 1.0;
       const float u = kSwiGlu != 0u ? acc[min(kRT + t, kT - 1u)][c] * inv : 0.0;
-      write_out(m, b * pc.y_stride[m] + r, acc[t][c] * inv, u, add);
+      mv_write(m, b * pc.y_stride[m] + r, acc[t][c] * inv, u, add);
     }
   }
 }

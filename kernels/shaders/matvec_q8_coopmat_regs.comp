@@ -81,7 +81,7 @@ void main() {
     [[unroll]] for (uint i = 0u; i < kT; ++i) {
       coopmat<int8_t, gl_ScopeSubgroup, 16, 32, gl_MatrixUseA> a0, a1;
       [[unroll]] for (uint g = 0u; g < 4u; ++g) {
-        const uint w = a_live[i][g] ? ww(mat[i], (a_off[i][g] + sb * 144u + 16u + 32u * j) >> 2u) : 0u;
+        const uint w = a_live[i][g] ? mv_ww(mat[i], (a_off[i][g] + sb * 144u + 16u + 32u * j) >> 2u) : 0u;
         [[unroll]] for (uint b = 0u; b < 4u; ++b) {
           a0[4u * g + b] = int8_t(int((w >> (8u * b)) & 0x0Fu));
           a1[4u * g + b] = int8_t(int((w >> (8u * b + 4u)) & 0x0Fu));
@@ -92,7 +92,7 @@ void main() {
       p1 = coopMatMulAdd(a1, b1, zero);
       vec4 k[2];  // per product row: d·sc (2j, 2j + 1), dmin·m (2j, 2j + 1)
       [[unroll]] for (uint h = 0u; h < 2u; ++h) {
-        const uvec4 hd = c_live[i][h] ? wq(mat[i], c_q[i][h] + sb * 9u) : uvec4(0u);
+        const uvec4 hd = c_live[i][h] ? mv_wq(mat[i], c_q[i][h] + sb * 9u) : uvec4(0u);
         uint sc, mn;
         k4_scales(hd, j, sc, mn);
         const vec2 dm = unpackHalf2x16(hd.x);
@@ -122,7 +122,7 @@ void main() {
       if (!c_live[t][e >> 1u] || b >= kNB) continue;
       const float inv = norm ? gi[kCols * kTileVals * 13u / 32u + b] : 1.0;
       const float u = kSwiGlu != 0u ? acc[min(kRT + t, kT - 1u)][e] * inv : 0.0;
-      write_out(m, b * pc.y_stride[m] + r, acc[t][e] * inv, u, add);
+      mv_write(m, b * pc.y_stride[m] + r, acc[t][e] * inv, u, add);
     }
   }
 }

@@ -244,7 +244,8 @@ class Matvec : public ::testing::Test {
     op_->set_tuning(f32());
   }
   bool run(const Case& c) { return check(*dev_, *op_, c, rng_); }
-  // The q8 coopmat form's cases on `kernel` (MatvecTuning::q8cm_kernel: 1 shared memory, 2 registers).
+  // The q8 coopmat form's cases on `kernel` (MatvecTuning::q8cm_kernel: 1 shared memory, 2 registers),
+  // then the same kernel chosen by its environment variables.
   void check_q8_coopmat(uint32_t kernel);
   static vk::Device* dev_;
   static ops::Matvec* op_;
@@ -751,6 +752,13 @@ void Matvec::check_q8_coopmat(uint32_t kernel) {
   };
   ASSERT_TRUE(cols({4096, 8, true, MatvecEpilogue::kSwiGlu, {{G::Q4_K, 64}, {G::Q4_K, 64}}}));
   ASSERT_TRUE(cols({12288, 3, true, MatvecEpilogue::kAdd, {{G::Q4_K, 64}}}));
+  // The kernel chosen by name: TROVE_MATVEC_BATCHED=q8coopmat, and TROVE_MATVEC_Q8CM_REGS=0|1.
+  op_->set_tuning({});
+  tests::ScopedEnv env("TROVE_MATVEC_BATCHED", "q8coopmat");
+  tests::ScopedEnv regs("TROVE_MATVEC_Q8CM_REGS", kernel == 2 ? "1" : "0");
+  auto named = ops::Matvec::create(*dev_);
+  ASSERT_TRUE(named.ok()) << named.status().ToString();
+  ASSERT_TRUE(check(*dev_, *named, q8({4096, 6, true, MatvecEpilogue::kStore, {{G::Q4_K, 96}}}), rng_));
 }
 
 // The q8 coopmat form (int8 matrix units; GPUs with a 16x8x32 int8 subgroup shape — lavapipe has none,
@@ -764,13 +772,6 @@ TEST_F(Matvec, Q8CoopmatForm) {
   std::string why;
   if (!op_->q8_coopmat_supported(&why)) GTEST_SKIP() << "no q8 coopmat form here: " << why;
   check_q8_coopmat(1);
-  op_->set_tuning({});
-  trove::tests::ScopedEnv env("TROVE_MATVEC_BATCHED", "q8coopmat");
-  auto named = ops::Matvec::create(*dev_);
-  ASSERT_TRUE(named.ok()) << named.status().ToString();
-  Case c{4096, 6, true, MatvecEpilogue::kStore, {{G::Q4_K, 96}}};
-  c.bound = 2e-2;
-  ASSERT_TRUE(check(*dev_, *named, c, rng_));
 }
 
 // The same cases on the q8 coopmat form's register kernel (matvec_q8_coopmat_regs.comp), where the
@@ -779,13 +780,6 @@ TEST_F(Matvec, Q8CoopmatRegisterKernel) {
   std::string why;
   if (!op_->q8_coopmat_regs_supported(&why)) GTEST_SKIP() << "no q8 coopmat register kernel here: " << why;
   check_q8_coopmat(2);
-  op_->set_tuning({});
-  trove::tests::ScopedEnv env("TROVE_MATVEC_BATCHED", "q8coopmat"), regs("TROVE_MATVEC_Q8CM_REGS", "1");
-  auto named = ops::Matvec::create(*dev_);
-  ASSERT_TRUE(named.ok()) << named.status().ToString();
-  Case c{4096, 6, true, MatvecEpilogue::kStore, {{G::Q4_K, 96}}};
-  c.bound = 2e-2;
-  ASSERT_TRUE(check(*dev_, *named, c, rng_));
 }
 
 // The q8 and q8p forms at the Qwen3-8B shapes, batch 1, 2, 3, 5, 8 (a GPU run: TROVE_KERNEL_FULL=1;

@@ -117,6 +117,7 @@ struct Matvec::State {
   std::string q8cm_missing;  // why the q8 coopmat form cannot run here (empty: it can)
   uint32_t q8cm_skip = 0;    // its push flags 4..32 (TROVE_MATVEC_Q8CM_SKIP: a measurement, wrong results)
   uint32_t q8cm_tiles = 2;   // its tiles of 16 rows a workgroup (TROVE_MATVEC_Q8CM_TILES)
+  uint32_t q8cm_waves = 16;  // its automatic split's target: subgroups per SM (TROVE_MATVEC_Q8CM_WAVES)
   bool q8cm_regs = false;    // its register kernel (TROVE_MATVEC_Q8CM_REGS=1)
   // The register kernel's element layout table (matvec_q8_coopmat_regs.comp), probed on first use;
   // q8cm_regs_missing says why the kernel cannot run once the probe refused the layout. Guarded by mu.
@@ -490,6 +491,17 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
     }
     op.st_->q8cm_tiles = static_cast<uint32_t>(v[0] - '0');
   }
+  // TROVE_MATVEC_Q8CM_WAVES=N (1..64): the subgroups per SM the q8 coopmat form's automatic split aims at
+  // (default 16).
+  if (const char* w = std::getenv("TROVE_MATVEC_Q8CM_WAVES"); w && *w) {
+    char* end = nullptr;
+    const unsigned long v = std::strtoul(w, &end, 10);
+    if (*end != '\0' || v < 1 || v > 64) {
+      return Status::InvalidArgument(
+          fmt::format("TROVE_MATVEC_Q8CM_WAVES='{}' is not 1..64 (subgroups per SM)", w));
+    }
+    op.st_->q8cm_waves = static_cast<uint32_t>(v);
+  }
   // TROVE_MATVEC_Q8_STAGE=noloads|skip — a measurement of what the q8 form's staging of x̂ costs, with
   // WRONG RESULTS (like TROVE_VK_SKIP_BARRIERS): noloads stages constants instead of reading x and the
   // norm weights, skip leaves the staging out. On the H200 (2026-12-03, 8B, depth 4096) tg128 238 / 240
@@ -838,8 +850,9 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
     // The pass with its slot laid out for kMaxBatch columns (of which it fills call.batch), a barrier,
     // then 16 · tiles rows per workgroup (tuning rows_per_group, else TROVE_MATVEC_Q8CM_TILES): split
     // subgroups of 32 lanes each walking a share of the 64-value runs (tuning split, else
-    // TROVE_MATVEC_Q8_SPLIT, else the fewest up to 16 that give 16 subgroups per SM, with at most 32 A
-    // tile pairs — 32 KiB of shared memory — a workgroup).
+    // TROVE_MATVEC_Q8_SPLIT, else the fewest up to 16 that give q8cm_waves subgroups per SM, with at most
+    // 32 A tile pairs — 32 KiB of shared memory — a workgroup; the register kernel's end-of-run sums, 32 KiB
+    // at 64).
     const uint64_t T = q8_tile, B = kMaxBatch;
     auto sl = st_->slot(((B * T * 13 / 32 + B) * 4 + 255) / 256 * 256);
     if (!sl.ok()) return sl.status();
@@ -854,12 +867,13 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
     }
     for (uint32_t m = n_work; m < 4; ++m) push.wg_end[m] = static_cast<uint32_t>(blocks);
     uint32_t cm_split = tn.split ? tn.split : st_->q8_split;
+    const bool regs = tn.q8cm_kernel ? tn.q8cm_kernel == 2 : st_->q8cm_regs;
     if (cm_split == 0) {
       cm_split = 1;
-      while (cm_split < 16 && cm_split * tile_pairs < 32 && blocks * cm_split < uint64_t{16} * sms)
+      while (cm_split < 16 && cm_split * tile_pairs < (regs ? 64u : 32u) &&
+             blocks * cm_split < uint64_t{st_->q8cm_waves} * sms)
         cm_split *= 2;
     }
-    const bool regs = tn.q8cm_kernel ? tn.q8cm_kernel == 2 : st_->q8cm_regs;
     vk::BufferRange layout;
     if (regs) {
       auto t = st_->q8cm_layout();

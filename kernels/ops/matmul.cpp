@@ -217,7 +217,7 @@ Result<Matmul> Matmul::create(vk::Device& dev, MatmulPath path) {
   TROVE_RETURN_IF_ERROR(read_count(
       "TROVE_MATMUL_SPLIT_WGS", 1, 1ul << 20,
       fmt::format("a workgroup count; give how many workgroups a dense KHR call should have before it is not "
-                  "split (unset: no call is split unless TROVE_MATMUL_SPLIT_K forces it; try {})",
+                  "split (unset: {}; TROVE_MATMUL_SPLIT_K=1 splits none)",
                   kSplitTargetWorkgroups),
       op.split_target_wgs_));
   TROVE_RETURN_IF_ERROR(read_count("TROVE_CM2_MIN_TILES", 1, 100000,

@@ -27,19 +27,20 @@
 //
 // Split K (split_k): a dense call on the KHR kernel with few tiles — 9 to a few hundred columns: a
 // follow-up's tokens, several streams — has too few workgroups to keep loads in flight on every SM (the 8B's
-// 32-token step read its f16 rows at ~0.5 TB/s on the H100). With TROVE_MATMUL_SPLIT_WGS=N (the automatic
-// rule; kSplitTargetWorkgroups = 512 is the value to try) a call of fewer than N tiles has its K cut into S
-// ranges of 512+ values (S up to kMaxSplits, so that S times the tiles reach N). Off by default: on the H100
-// (2026-12-07) it took the 8B's steps of 25-64 tokens after 4096 from 27.0-28.5 to 20.7-22.2 ms, but the
-// engine's logits moved by ~1e-3 with it (test Engine.SplitKPrefillGivesTheUnsplitLogits fails on the GPU)
-// where a split call alone equals the unsplit one to f32 rounding
-// (Matmul.SplitKEqualsTheUnsplitSumsToF32Rounding passes there): the cause is not found. Workgroup z of the
-// grid sums range z into a scratch buffer the Matmul owns, then — after a barrier record() records —
-// matmul_split_sum.comp adds the S partials in order into y (two dispatches, deterministic sums). The scratch
-// has two halves taken in turn, so a call's sum runs beside the next call's products; streams that run at the
-// same time must not share a Matmul (or its copies). TROVE_MATMUL_SPLIT_K=N forces N ranges (at most
-// cols/256) on every dense KHR or CPU call of 256+ columns (1: never split); the CPU form splits only when
-// forced (CI's test of it).
+// 32-token step read its f16 rows at ~0.5 TB/s on the H100). A call of fewer than N tiles (N =
+// kSplitTargetWorkgroups = 512, TROVE_MATMUL_SPLIT_WGS sets another) has its K cut into S ranges of 512+
+// values (S up to kMaxSplits, so that S times the tiles reach N). On by default since 2026-12-07: on the H100
+// it took the 8B's steps of 25-64 tokens after 4096 from 27.0-28.5 to 20.7-22.2 ms. Its results are the
+// unsplit call's to f32 rounding (1e-6 relative on the H100: Matmul.SplitKEqualsTheUnsplitSumsToF32Rounding);
+// in the engine, whose activations are f16 on the matrix units, such a change flips some operands' f16
+// rounding and so moves the logits by as much as another path would
+// (Engine.SplitKPrefillGivesTheUnsplitLogits: 1.3e-3 against 3.8e-3 between the KHR kernel and the CPU
+// form). Workgroup z of the grid sums range z into a scratch buffer the Matmul owns, then — after a barrier
+// record() records — matmul_split_sum.comp adds the S partials in order into y (two dispatches,
+// deterministic sums). The scratch has two halves taken in turn, so a call's sum runs beside the next
+// call's products; streams that run at the same time must not share a Matmul (or its copies).
+// TROVE_MATMUL_SPLIT_K=N forces N ranges (at most cols/256) on every dense KHR or CPU call of 256+ columns
+// (1: never split); the CPU form splits only when forced (CI's test of it).
 //
 // Contract (grouped, record_grouped): MoE prefill in one dispatch over all experts of a layer.
 //  - w: the stacked expert matrices [n_expert][rows][cols], expert e at byte e·expert_bytes
@@ -215,7 +216,7 @@ class Matmul {
   void force_split_k(uint32_t n) { split_forced_ = n; }  // 0: the automatic rule
   void force_split_target(uint32_t workgroups) { split_target_wgs_ = workgroups; }  // 0: no automatic split
   static constexpr uint32_t kMaxSplits = 8;
-  static constexpr uint32_t kSplitTargetWorkgroups = 512;  // TROVE_MATMUL_SPLIT_WGS to try (not the default)
+  static constexpr uint32_t kSplitTargetWorkgroups = 512;  // the default target (TROVE_MATMUL_SPLIT_WGS)
   // Bytes of each scratch half: a call splits only as far as S · batch · rows · 4 bytes fit.
   static constexpr uint64_t kSplitScratchHalf = 16ull << 20;
   MatmulTile auto_cm2_tile(uint32_t rows, uint32_t batch) const;
@@ -258,7 +259,7 @@ class Matmul {
   uint32_t matrix_min_batch_ = kCoopmatMinBatch;  // TROVE_MATRIX_MIN_BATCH
   uint32_t cm2_large_bm_ = 128, cm2_large_bn_ = 256;  // TROVE_CM2_LARGE
   uint32_t split_forced_ = 0;                          // TROVE_MATMUL_SPLIT_K (0: automatic)
-  uint32_t split_target_wgs_ = 0;                      // TROVE_MATMUL_SPLIT_WGS (0: the rule is off)
+  uint32_t split_target_wgs_ = kSplitTargetWorkgroups;  // TROVE_MATMUL_SPLIT_WGS (0: the rule is off)
   // GroupedMatmulCall::x_by_slot honoured by the cm2 kernel (TROVE_GROUPED_BY_SLOT, force_by_slot), on
   // variant 2 unless forced. On since 2026-12-06: with the MoE gate/up rows gathered first (MoeFfn), the
   // 30B-A3B's pp512 7413 -> 7567 and pp4096 10634 -> 10787 tok/s on the H100 (its first form, every

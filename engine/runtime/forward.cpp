@@ -187,6 +187,7 @@ Status VulkanEngine::record_matvec(vk::CommandStream& s, std::initializer_list<M
   call.norm_w = norm_w;
   call.eps = cfg_.rms_eps;
   call.epilogue = epilogue;
+  call.batch1_bits = !streams_step_;
   bool whole = true;
   for (const MatvecOut& o : outs) whole &= o.w->pieces.size() == 1 && o.w->rows * o.w->row_bytes <= kMaxMatvecBytes;
   if (whole) {
@@ -530,6 +531,9 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     // as its epilogues: QKV, O (+x), gate/up (SwiGLU), down (+x) — 4 dispatches where the matmul path
     // records 12. Its inputs are never its outputs (x_ → attn_/o_/v_, attn_ → x_, x_ → h_, h_ → x_).
     const bool mv = matvec_decode_ && T <= ops::Matvec::kMaxBatch;
+    // One token of each of several sequences: their columns need not be one-token steps' bits (only a
+    // verification's do), so 8 of them may take the q8 coopmat register kernel (ops::MatvecCall).
+    streams_step_ = mv && T > 1 && inputs.size() == T;
     using Ep = ops::MatvecEpilogue;
     const bool warm = mv && !l2_warm_.empty();
     // TROVE_ATTENTION_STEP=batched (the default): the attention of a step of several sequences, each of

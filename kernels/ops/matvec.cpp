@@ -116,7 +116,9 @@ struct Matvec::State {
   enum class Batched { kSame, kF32, kQ8, kQ8P, kQ8Coopmat };
   std::string q8cm_missing;  // why the q8 coopmat form cannot run here (empty: it can)
   uint32_t q8cm_skip = 0;    // its push flags 4..32 (TROVE_MATVEC_Q8CM_SKIP: a measurement, wrong results)
-  uint32_t q8cm_tiles = 2;   // its tiles of 16 rows a workgroup (TROVE_MATVEC_Q8CM_TILES)
+  uint32_t q8cm_tiles = 0;   // its tiles of 16 rows a workgroup (TROVE_MATVEC_Q8CM_TILES; 0: 1 for the
+                             // register kernel, 2 for the shared-memory one — each one's best, H100)
+  bool q8cm_streams = false;  // calls without batch1_bits: the register kernel (GPUs, TROVE_MATVEC_BATCHED unset)
   uint32_t q8cm_waves = 16;  // its automatic split's target: subgroups per SM (TROVE_MATVEC_Q8CM_WAVES)
   bool q8cm_regs = false;    // its register kernel (TROVE_MATVEC_Q8CM_REGS=1)
   // The register kernel's element layout table (matvec_q8_coopmat_regs.comp), probed on first use;
@@ -482,7 +484,8 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
     }
     op.st_->q8cm_regs = v == "1";
   }
-  // TROVE_MATVEC_Q8CM_TILES=1|2|4: tiles of 16 rows a workgroup of the q8 coopmat form owns (default 2).
+  // TROVE_MATVEC_Q8CM_TILES=1|2|4: tiles of 16 rows a workgroup of the q8 coopmat form owns (default 1 with
+  // the register kernel, 2 with the shared-memory one).
   if (const char* w = std::getenv("TROVE_MATVEC_Q8CM_TILES"); w && *w) {
     const std::string_view v(w);
     if (v != "1" && v != "2" && v != "4") {
@@ -582,7 +585,10 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
       return Status::InvalidArgument(fmt::format("TROVE_MATVEC='{}' is not a matvec form (f32, staged, direct, q8 or q8p)", v));
     }
   }
-  if (op.st_->q8_batch1 && op.st_->batched == State::Batched::kSame) op.st_->batched = State::Batched::kQ8P;
+  if (op.st_->q8_batch1 && op.st_->batched == State::Batched::kSame) {
+    op.st_->batched = State::Batched::kQ8P;
+    op.st_->q8cm_streams = op.st_->q8cm_missing.empty();  // and the probe accepts the layout (record)
+  }
   if (!vk::find_shader("matvec").words || !vk::find_shader("matvec_nosg").words || !vk::find_shader("matvec_direct").words ||
       !vk::find_shader("matvec_q8").words || !vk::find_shader("matvec_q8p").words ||
       !vk::find_shader("matvec_q8_quant").words) {
@@ -661,6 +667,15 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
     q8 = tn.form == MatvecTuning::Form::kQ8;
     q8p = tn.form == MatvecTuning::Form::kQ8P;
     q8cm = tn.form == MatvecTuning::Form::kQ8Coopmat;
+  }
+  // Several streams' one-token steps of kStreamsCoopmatBatch Q4_K columns: the register kernel where the
+  // probe accepts the device's layout (else q8p, as for every other batch).
+  bool q8cm_streams = false;
+  if (!call.batch1_bits && call.batch >= kStreamsCoopmatBatch && st_->q8cm_streams &&
+      tn.form == MatvecTuning::Form::kAuto && q8p) {
+    bool q4k = true;
+    for (uint32_t m = 0; m < call.n_mats; ++m) q4k &= call.mats[m].type == GgmlType::Q4_K;
+    q8cm = q8cm_streams = q4k && st_->q8cm_layout().ok();
   }
   if (q8cm && !st_->q8cm_missing.empty()) {
     return Status::Unsupported(
@@ -858,7 +873,11 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
     if (!sl.ok()) return sl.status();
     auto qp = st_->pipeline({wg, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, g, 4u});
     if (!qp.ok()) return qp.status();
-    const uint32_t tiles = tn.rows_per_group ? tn.rows_per_group : st_->q8cm_tiles;
+    const bool regs = q8cm_streams || (tn.q8cm_kernel ? tn.q8cm_kernel == 2 : st_->q8cm_regs);
+    const uint32_t tiles = tn.rows_per_group ? tn.rows_per_group
+                           : st_->q8cm_tiles ? st_->q8cm_tiles
+                           : regs            ? 1
+                                             : 2;
     const uint32_t tile_pairs = tiles * (swiglu ? 2 : 1);
     uint64_t blocks = 0;
     for (uint32_t m = 0; m < n_work; ++m) {
@@ -867,7 +886,6 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
     }
     for (uint32_t m = n_work; m < 4; ++m) push.wg_end[m] = static_cast<uint32_t>(blocks);
     uint32_t cm_split = tn.split ? tn.split : st_->q8_split;
-    const bool regs = tn.q8cm_kernel ? tn.q8cm_kernel == 2 : st_->q8cm_regs;
     if (cm_split == 0) {
       cm_split = 1;
       while (cm_split < 16 && cm_split * tile_pairs < (regs ? 64u : 32u) &&

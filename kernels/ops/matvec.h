@@ -67,7 +67,9 @@
 // layout, the implementation's, probed once by matvec_q8_coopmat_probe.comp; a layout it cannot use makes
 // such calls fail with the reason). Q4_K only: a call with another type runs the q8p form. A column's
 // numbers are the same at every batch, but not the q8 forms' bits (another order of sums): not for
-// speculative verification, whose batches must equal one-token steps.
+// speculative verification, whose batches must equal one-token steps. The register kernel is the GPUs'
+// default for calls of kStreamsCoopmatBatch columns that do not ask for batch-1 bits
+// (MatvecCall::batch1_bits false: several streams' one-token steps), one tile of 16 rows a workgroup.
 #pragma once
 
 #include <cstdint>
@@ -102,6 +104,12 @@ struct MatvecCall {
   vk::BufferRange norm_w{}; float eps = 1e-6f;
   MatvecMatrix mats[3]; uint32_t n_mats = 1; // 1..3 matrices sharing x (Q, K, V in one dispatch)
   MatvecEpilogue epilogue = MatvecEpilogue::kStore;
+  // Each column's numbers are a batch-1 call's bit for bit (speculative verification needs it; the
+  // default). false — the columns are one token of each of several sequences — lets a call of
+  // kStreamsCoopmatBatch Q4_K columns take the q8 coopmat register kernel where the device runs it and
+  // TROVE_MATVEC_BATCHED is unset (another order of sums: the streams' tokens then depend on how many
+  // ran together).
+  bool batch1_bits = true;
 };
 
 // Extension (not needed by callers): the kernel's work split, for the benchmark's sweeps and the
@@ -140,6 +148,9 @@ class Matvec {
   static Result<Matvec> create(vk::Device& dev);
   Status record(vk::CommandStream& s, const MatvecCall& call) const;  // ONE dispatch
   static constexpr uint32_t kMaxBatch = 8;
+  // Columns from which calls without batch1_bits take the q8 coopmat register kernel (H100, 2026-12-07,
+  // the 8B's decode: 8 streams 1009-1016 tok/s against 934-938 on q8p; 6 streams 796-806 against 861).
+  static constexpr uint32_t kStreamsCoopmatBatch = 8;
   // The device can run the q8 forms (integer dot products, subgroup arithmetic and shuffles).
   bool q8_supported() const;
   // The device can run the q8 coopmat form; if not, *why says what it lacks.

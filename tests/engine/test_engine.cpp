@@ -496,6 +496,40 @@ TEST(Engine, ConcurrentStreamsRunInGroupsOnTheDecodeMatvecs) {
   EXPECT_EQ(groups[2].tokens, manual[2].tokens);
 }
 
+// Eight streams' one-token steps in one step (MatvecCall::batch1_bits false: on GPUs with the q8 coopmat
+// register kernel their Q4_K matvecs take it, kernels/ops/matvec.h) keep each stream's greedy token, and
+// its logits within 2e-2 of the same token stepped alone (truncated back, then stepped again).
+TEST(Engine, EightStreamsInOneStepKeepEachStreamsTokens) {
+  auto e = load(256, 8, 0, 64, quantized_model_path());
+  ASSERT_TRUE(e);
+  std::vector<engine::SeqId> seqs;
+  std::vector<std::vector<int32_t>> next(8);  // the inputs' tokens (StepInput holds a span)
+  std::vector<StepInput> together;
+  for (int i = 0; i < 8; ++i) {
+    auto sq = e->open_sequence();
+    ASSERT_TRUE(sq.ok()) << sq.status().ToString();
+    seqs.push_back(*sq);
+    auto out = e->step(std::vector<StepInput>{logits_of(*sq, prompt(6, 60 + i))});
+    ASSERT_TRUE(out.ok()) << out.status().ToString();
+    next[i] = {(*out)[0].token};
+    together.push_back(logits_of(*sq, next[i]));
+  }
+  auto both = e->step(together);
+  ASSERT_TRUE(both.ok()) << both.status().ToString();
+  ASSERT_EQ(both->size(), 8u);
+  double largest = 0;
+  for (int i = 0; i < 8; ++i) {
+    ASSERT_TRUE(e->truncate(seqs[i], 6).ok());
+    auto alone = e->step(std::vector<StepInput>{together[i]});
+    ASSERT_TRUE(alone.ok()) << alone.status().ToString();
+    EXPECT_EQ((*alone)[0].token, (*both)[i].token) << "stream " << i;
+    const double d = rel_diff((*both)[i].logits, (*alone)[0].logits);
+    EXPECT_LT(d, 2e-2) << "stream " << i;
+    largest = std::max(largest, d);
+  }
+  std::printf("eight streams in one step against each alone: largest relative logits difference %.3g\n", largest);
+}
+
 // A step in pieces or in groups that fails on the GPU part-way (TROVE_TEST_FAIL_STEP=N: the engine's
 // N-th GPU step fails after placing its inputs, as a lost device would) returns the error and leaves
 // every sequence it touched as before the step — its tokens and its KV blocks, including what the

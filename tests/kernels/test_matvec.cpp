@@ -54,6 +54,7 @@ struct Case {
   bool residual_is_x = false;  // kAdd: y starts as a copy of x (needs rows == cols)
   double bound = 1e-5;
   bool exact = false;  // check_columns: the batched call's columns equal batch-1 calls' bit for bit
+  bool batch1_bits = true;  // MatvecCall::batch1_bits
 };
 
 std::string describe(const Case& c) {
@@ -100,8 +101,10 @@ std::optional<Draw> draw(const Case& c, uint64_t seed) {
 }
 
 // Runs one call on the GPU and the reference, checks the outputs. Returns false on a failure (gtest
-// failures are recorded too), so that loops can stop at the first broken case.
-bool check(vk::Device& dev, const ops::Matvec& op, const Case& c, std::mt19937_64& rng) {
+// failures are recorded too), so that loops can stop at the first broken case. `outs`: each checked
+// output's values as the GPU wrote them.
+bool check(vk::Device& dev, const ops::Matvec& op, const Case& c, std::mt19937_64& rng,
+           std::vector<std::vector<float>>* outs = nullptr) {
   const uint64_t seed = rng();
   SCOPED_TRACE(describe(c) + " seed " + std::to_string(seed));
   auto d = draw(c, seed);
@@ -116,6 +119,7 @@ bool check(vk::Device& dev, const ops::Matvec& op, const Case& c, std::mt19937_6
   call.eps = 1e-6f;
   call.epilogue = c.epilogue;
   call.n_mats = static_cast<uint32_t>(c.mats.size());
+  call.batch1_bits = c.batch1_bits;
   std::vector<std::vector<uint8_t>> wbytes(c.mats.size());
   std::vector<vk::Buffer> wbuf, ybuf;
   std::vector<std::vector<float>> expect(c.mats.size()), residual(c.mats.size());
@@ -184,6 +188,7 @@ bool check(vk::Device& dev, const ops::Matvec& op, const Case& c, std::mt19937_6
     const uint32_t rows = c.mats[m].rows, stride = c.mats[m].y_stride ? c.mats[m].y_stride : rows;
     std::vector<float> got(expect[m].size());
     EXPECT_TRUE(ybuf[m].download(got.data(), got.size() * 4).ok());
+    if (outs) outs->push_back(got);
     double err2 = 0, ref2 = 0;
     for (uint32_t b = 0; b < B; ++b) {
       for (uint32_t i = 0; i < stride && size_t{b} * stride + i < got.size(); ++i) {
@@ -780,6 +785,62 @@ TEST_F(Matvec, Q8CoopmatRegisterKernel) {
   std::string why;
   if (!op_->q8_coopmat_regs_supported(&why)) GTEST_SKIP() << "no q8 coopmat register kernel here: " << why;
   check_q8_coopmat(2);
+}
+
+// Several streams' one-token steps (MatvecCall::batch1_bits false) of kStreamsCoopmatBatch Q4_K columns
+// take the q8 coopmat register kernel by default: the bits of that kernel asked for by name (one tile of 16
+// rows a workgroup), within the q8 bound of the reference, and not the q8p form's bits (the default for
+// batch1_bits calls). Seven columns, a Q6_K matrix among Q4_K ones, and TROVE_MATVEC_BATCHED=q8p keep
+// q8p's bits. Skipped where the register kernel cannot run (lavapipe: no int8 subgroup matrices).
+TEST_F(Matvec, StreamsCallsOfEightColumnsTakeTheRegisterKernel) {
+  std::string why;
+  if (!op_->q8_coopmat_regs_supported(&why)) GTEST_SKIP() << "no q8 coopmat register kernel here: " << why;
+  static_assert(ops::Matvec::kStreamsCoopmatBatch == 8);
+  auto outputs = [&](const ops::Matvec& op, Case c, bool batch1_bits, uint64_t seed) {
+    c.bound = 2e-2;
+    c.batch1_bits = batch1_bits;
+    std::mt19937_64 r(seed);
+    std::vector<std::vector<float>> out;
+    EXPECT_TRUE(check(*dev_, op, c, r, &out)) << describe(c);
+    return out;
+  };
+  auto same_bits = [](const std::vector<std::vector<float>>& a, const std::vector<std::vector<float>>& b) {
+    if (a.size() != b.size()) return false;
+    for (size_t m = 0; m < a.size(); ++m) {
+      if (a[m].size() != b[m].size() || std::memcmp(a[m].data(), b[m].data(), a[m].size() * 4) != 0) return false;
+    }
+    return true;
+  };
+  Case swiglu{4096, 8, true, MatvecEpilogue::kSwiGlu, {{G::Q4_K, 70}, {G::Q4_K, 70}}};
+  Case add{2048, 8, false, MatvecEpilogue::kAdd, {{G::Q4_K, 2048}}};
+  add.residual_is_x = true;
+  Case three{512, 8, true, MatvecEpilogue::kStore, {{G::Q4_K, 131}, {G::Q4_K, 19}, {G::Q4_K, 16}}};
+  ops::MatvecTuning regs;
+  regs.form = ops::MatvecTuning::Form::kQ8Coopmat;
+  regs.q8cm_kernel = 2;
+  regs.rows_per_group = 1;
+  uint64_t seed = 9100;
+  for (Case c : {swiglu, add, three}) {
+    SCOPED_TRACE(describe(c));
+    op_->set_tuning({});
+    const auto streams = outputs(*op_, c, false, seed), q8p = outputs(*op_, c, true, seed);
+    op_->set_tuning(regs);
+    const auto named = outputs(*op_, c, true, seed);
+    EXPECT_TRUE(same_bits(streams, named)) << "a streams call did not take the register kernel";
+    EXPECT_FALSE(same_bits(streams, q8p)) << "the register kernel gave q8p's bits: did it run?";
+    c.batch = 7;
+    op_->set_tuning({});
+    EXPECT_TRUE(same_bits(outputs(*op_, c, false, seed), outputs(*op_, c, true, seed))) << "7 columns";
+    ++seed;
+  }
+  op_->set_tuning({});
+  const Case q6{512, 8, true, MatvecEpilogue::kStore, set_c(0)};
+  EXPECT_TRUE(same_bits(outputs(*op_, q6, false, seed), outputs(*op_, q6, true, seed))) << "a Q6_K matrix";
+  tests::ScopedEnv env("TROVE_MATVEC_BATCHED", "q8p");
+  auto named = ops::Matvec::create(*dev_);
+  ASSERT_TRUE(named.ok()) << named.status().ToString();
+  EXPECT_TRUE(same_bits(outputs(*named, swiglu, false, seed), outputs(*named, swiglu, true, seed)))
+      << "TROVE_MATVEC_BATCHED=q8p";
 }
 
 // The q8 and q8p forms at the Qwen3-8B shapes, batch 1, 2, 3, 5, 8 (a GPU run: TROVE_KERNEL_FULL=1;

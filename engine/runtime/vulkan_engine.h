@@ -234,7 +234,8 @@ class VulkanEngine final : public Engine {
   // Steps of <= Matvec::kMaxBatch tokens (decode) run their dense products through ops::Matvec with the
   // norms, residual adds and SwiGLU fused in; TROVE_DECODE=matmul keeps them on the Matmul path (A/B).
   bool matvec_decode_ = true;
-  bool streams_step_ = false;  // the step being recorded is one token of each of several sequences (forward.cpp)
+  // The step being recorded is one token of each of several sequences (forward.cpp).
+  bool streams_step_ = false;
   // A step of one sequence with kMaxBatch+1 .. step_pieces_max_ tokens (nothing asked per token) runs as
   // pieces of at most kMaxBatch tokens on the decode matvecs, which read each weight once for all their
   // columns, where the matmuls' matrix tiles of 64+ columns mostly wait on their K loops (the 8B's

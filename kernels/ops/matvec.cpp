@@ -118,7 +118,8 @@ struct Matvec::State {
   uint32_t q8cm_skip = 0;    // its push flags 4..32 (TROVE_MATVEC_Q8CM_SKIP: a measurement, wrong results)
   uint32_t q8cm_tiles = 0;   // its tiles of 16 rows a workgroup (TROVE_MATVEC_Q8CM_TILES; 0: 1 for the
                              // register kernel, 2 for the shared-memory one — each one's best, H100)
-  bool q8cm_streams = false;  // calls without batch1_bits: the register kernel (GPUs, TROVE_MATVEC_BATCHED unset)
+  // Calls without batch1_bits take the register kernel (GPUs, TROVE_MATVEC_BATCHED unset).
+  bool q8cm_streams = false;
   uint32_t q8cm_waves = 16;  // its automatic split's target: subgroups per SM (TROVE_MATVEC_Q8CM_WAVES)
   bool q8cm_regs = false;    // its register kernel (TROVE_MATVEC_Q8CM_REGS=1)
   // The register kernel's element layout table (matvec_q8_coopmat_regs.comp), probed on first use;

@@ -527,7 +527,8 @@ TEST(Engine, EightStreamsInOneStepKeepEachStreamsTokens) {
     EXPECT_LT(d, 2e-2) << "stream " << i;
     largest = std::max(largest, d);
   }
-  std::printf("eight streams in one step against each alone: largest relative logits difference %.3g\n", largest);
+  std::printf("eight streams in one step against each alone: largest relative logits difference %.3g\n",
+              largest);
 }
 
 // A step in pieces or in groups that fails on the GPU part-way (TROVE_TEST_FAIL_STEP=N: the engine's

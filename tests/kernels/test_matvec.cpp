@@ -807,7 +807,8 @@ TEST_F(Matvec, StreamsCallsOfEightColumnsTakeTheRegisterKernel) {
   auto same_bits = [](const std::vector<std::vector<float>>& a, const std::vector<std::vector<float>>& b) {
     if (a.size() != b.size()) return false;
     for (size_t m = 0; m < a.size(); ++m) {
-      if (a[m].size() != b[m].size() || std::memcmp(a[m].data(), b[m].data(), a[m].size() * 4) != 0) return false;
+      if (a[m].size() != b[m].size() || std::memcmp(a[m].data(), b[m].data(), a[m].size() * 4) != 0)
+        return false;
     }
     return true;
   };

@@ -864,7 +864,8 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
 
   if (q8cm) {
     // The pass with its slot laid out for kMaxBatch columns (of which it fills call.batch), a barrier,
-    // then 16 · tiles rows per workgroup (tuning rows_per_group, else TROVE_MATVEC_Q8CM_TILES): split
+    // then 16 · tiles rows per workgroup (tuning rows_per_group, else TROVE_MATVEC_Q8CM_TILES, else 1 for
+    // the register kernel and 2 for the shared-memory one): split
     // subgroups of 32 lanes each walking a share of the 64-value runs (tuning split, else
     // TROVE_MATVEC_Q8_SPLIT, else the fewest up to 16 that give q8cm_waves subgroups per SM, with at most
     // 32 A tile pairs — 32 KiB of shared memory — a workgroup; the register kernel's end-of-run sums, 32 KiB

@@ -954,6 +954,15 @@ TEST_F(Matvec, TroveMatvecBatchedNamesTheBatchForm) {
     ASSERT_FALSE(refused.ok());
     EXPECT_NE(refused.status().message().find("TROVE_MATVEC_Q8CM_REGS='2' is not 0 or 1"), std::string::npos)
         << refused.status().message();
+    for (const char* w : {"0", "65", "x"}) {
+      tests::ScopedEnv waves("TROVE_MATVEC_Q8CM_WAVES", w);
+      tests::ScopedEnv ok_regs("TROVE_MATVEC_Q8CM_REGS", "1"), ok_tiles("TROVE_MATVEC_Q8CM_TILES", "1");
+      auto no = ops::Matvec::create(*dev_);
+      ASSERT_FALSE(no.ok()) << w;
+      EXPECT_NE(no.status().message().find(fmt::format("TROVE_MATVEC_Q8CM_WAVES='{}' is not 1..64", w)),
+                std::string::npos)
+          << no.status().message();
+    }
   }
   // q8coopmat where the device lacks the int8 matrix units (lavapipe): refused, saying what is missing.
   std::string why;

@@ -177,9 +177,10 @@ Status VulkanEngine::record_l2_warm(vk::CommandStream& s, WarmAt at, uint32_t la
 // RMSNorm prologue). One dispatch when every weight lies in one buffer; a weight spread over several
 // buffers (the vocabulary head of a large model) goes one row range at a time, each call writing its
 // slice of the full-width output (y stride = the weight's rows). kSwiGlu's gate and up (equal rows) are
-// cut at the same rows; other epilogues cut each weight on its own.
-Status VulkanEngine::record_matvec(vk::CommandStream& s, std::initializer_list<MatvecOut> outs, uint32_t batch,
-                                   vk::BufferRange x, vk::BufferRange norm_w, ops::MatvecEpilogue epilogue) {
+// cut at the same rows; other epilogues cut each weight on its own. batch1_bits: ops::MatvecCall's.
+Status VulkanEngine::record_matvec(vk::CommandStream& s, std::initializer_list<MatvecOut> outs,
+                                   uint32_t batch, vk::BufferRange x, vk::BufferRange norm_w,
+                                   ops::MatvecEpilogue epilogue, bool batch1_bits) {
   ops::MatvecCall call;
   call.cols = static_cast<uint32_t>(outs.begin()->w->cols);
   call.batch = batch;
@@ -187,7 +188,7 @@ Status VulkanEngine::record_matvec(vk::CommandStream& s, std::initializer_list<M
   call.norm_w = norm_w;
   call.eps = cfg_.rms_eps;
   call.epilogue = epilogue;
-  call.batch1_bits = !streams_step_;
+  call.batch1_bits = batch1_bits;
   bool whole = true;
   for (const MatvecOut& o : outs) whole &= o.w->pieces.size() == 1 && o.w->rows * o.w->row_bytes <= kMaxMatvecBytes;
   if (whole) {
@@ -533,7 +534,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
     const bool mv = matvec_decode_ && T <= ops::Matvec::kMaxBatch;
     // One token of each of several sequences: their columns need not be one-token steps' bits (only a
     // verification's do), so 8 of them may take the q8 coopmat register kernel (ops::MatvecCall).
-    streams_step_ = mv && T > 1 && inputs.size() == T;
+    const bool batch1_bits = !(mv && T > 1 && inputs.size() == T);
     using Ep = ops::MatvecEpilogue;
     const bool warm = mv && !l2_warm_.empty();
     // TROVE_ATTENTION_STEP=batched (the default): the attention of a step of several sequences, each of
@@ -575,7 +576,8 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       const bool router_beside = mv && c.is_moe() && moe_->router_beside(T, L.moe);
       if (mv) {
         if (router_beside) TROVE_RETURN_IF_ERROR(moe_->record_router_h(s, L.moe, x_, T));  // recorded first
-        TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.q, attn_}, {&L.k, o_}, {&L.v, v_}}, T, x_, L.attn_norm.whole(), Ep::kStore));
+        TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.q, attn_}, {&L.k, o_}, {&L.v, v_}}, T, x_,
+                                            L.attn_norm.whole(), Ep::kStore, batch1_bits));
       } else {
         if (f16_acts) {
           TROVE_RETURN_IF_ERROR(ops_.rms_f16.record(s, x_, L.attn_norm.whole(), xnh_, T, E, c.rms_eps));
@@ -658,7 +660,7 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
         TROVE_RETURN_IF_ERROR(warm_at(kWarmO));
         if (router_beside)
           TROVE_RETURN_IF_ERROR(moe_->record_router_o(s, L.moe, attn_, T));  // + M · attn, top-k
-        TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.o, x_}}, T, attn_, {}, Ep::kAdd));
+        TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.o, x_}}, T, attn_, {}, Ep::kAdd, batch1_bits));
       } else if (pf) {
         TROVE_RETURN_IF_ERROR(record_matmul_f16(s, L, l, L.o, T, attn_, o_));
         if (!c.is_moe()) TROVE_RETURN_IF_ERROR(dequant(L, l, L.down));
@@ -678,11 +680,12 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       mark(kOpO);
       if (mv && !c.is_moe()) {
         TROVE_RETURN_IF_ERROR(warm_at(kWarmGu));
-        TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.gate, h_}, {&L.up, {}}}, T, x_, L.ffn_norm.whole(), Ep::kSwiGlu));
+        TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.gate, h_}, {&L.up, {}}}, T, x_, L.ffn_norm.whole(),
+                                            Ep::kSwiGlu, batch1_bits));
         s.barrier();
         mark(kOpFfnGateUp);
         TROVE_RETURN_IF_ERROR(warm_at(kWarmDown));
-        TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.down, x_}}, T, h_, {}, Ep::kAdd));
+        TROVE_RETURN_IF_ERROR(record_matvec(s, {{&L.down, x_}}, T, h_, {}, Ep::kAdd, batch1_bits));
         s.barrier();
         mark(kOpFfn);
         continue;
@@ -786,7 +789,8 @@ Result<std::vector<StepOutput>> VulkanEngine::step(std::span<const StepInput> in
       if (gathered) s.barrier();
       if (profile_.phases()) s.timestamp();
       if (matvec_decode_ && R <= ops::Matvec::kMaxBatch) {
-        TROVE_RETURN_IF_ERROR(record_matvec(s, {{&head_, logits_}}, R, head_in, output_norm_.whole(), Ep::kStore));
+        TROVE_RETURN_IF_ERROR(
+            record_matvec(s, {{&head_, logits_}}, R, head_in, output_norm_.whole(), Ep::kStore, batch1_bits));
       } else {
         TROVE_RETURN_IF_ERROR(ops_.rms.record(s, head_in, output_norm_.whole(), xn_, R, E, c.rms_eps));
         s.barrier();

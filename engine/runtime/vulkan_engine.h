@@ -200,8 +200,9 @@ class VulkanEngine final : public Engine {
   Status alloc_scratch();
   Status record_matmul(vk::CommandStream& s, const Weight& w, uint64_t expert, uint32_t batch,
                        vk::BufferRange x, vk::BufferRange y, bool x_f16 = false);
-  Status record_matvec(vk::CommandStream& s, std::initializer_list<MatvecOut> outs, uint32_t batch, vk::BufferRange x,
-                       vk::BufferRange norm_w, ops::MatvecEpilogue epilogue);
+  Status record_matvec(vk::CommandStream& s, std::initializer_list<MatvecOut> outs, uint32_t batch,
+                       vk::BufferRange x, vk::BufferRange norm_w, ops::MatvecEpilogue epilogue,
+                       bool batch1_bits);
   void embed(int32_t token, float* out) const;
   // Newly registered blocks the store does not hold yet go to to_store_ (exported after the step).
   void register_full_blocks(Sequence& sq);
@@ -234,8 +235,6 @@ class VulkanEngine final : public Engine {
   // Steps of <= Matvec::kMaxBatch tokens (decode) run their dense products through ops::Matvec with the
   // norms, residual adds and SwiGLU fused in; TROVE_DECODE=matmul keeps them on the Matmul path (A/B).
   bool matvec_decode_ = true;
-  // The step being recorded is one token of each of several sequences (forward.cpp).
-  bool streams_step_ = false;
   // A step of one sequence with kMaxBatch+1 .. step_pieces_max_ tokens (nothing asked per token) runs as
   // pieces of at most kMaxBatch tokens on the decode matvecs, which read each weight once for all their
   // columns, where the matmuls' matrix tiles of 64+ columns mostly wait on their K loops (the 8B's

@@ -249,7 +249,7 @@ Status Matvec::State::probe_q8cm_layout() {
     return Status::Unsupported(fmt::format(
         "a lane holds {} elements of A and {} of the product (it needs 16 and 4)", o[640], o[641]));
   }
-  std::vector<uint32_t> table(256);
+  std::vector<uint32_t> table(257);  // 256: 1 where a lane's A groups 2h, 2h + 1 are one row
   std::vector<int> seen_a(16 * 32, 0), seen_c(16 * 8, 0);
   for (uint32_t l = 0; l < 32; ++l) {
     for (uint32_t g = 0; g < 4; ++g) {
@@ -265,6 +265,24 @@ Status Matvec::State::probe_q8cm_layout() {
         ++seen_a[row * 32 + k0 + b];
       }
       table[4 * l + g] = row | (k0 << 8);
+    }
+    // A lane's four groups are two rows' values k0 and k0 + 16 (k0 < 16): groups h and h + 2 of one row,
+    // or (adjacent) 2h and 2h + 1 — a row's two groups are then 8 adjacent code bytes in the kernel's
+    // permuted K. Every lane in the same order (table[256]).
+    auto partners = [&](uint32_t g, uint32_t g16) {
+      const uint32_t lo = table[4 * l + g], hi = table[4 * l + g16];
+      return (lo >> 8) < 16 && (hi & 0xFF) == (lo & 0xFF) && (hi >> 8) == (lo >> 8) + 16;
+    };
+    const bool adjacent = partners(0, 1) && partners(2, 3), apart = partners(0, 2) && partners(1, 3);
+    if (!adjacent && !apart) {
+      return Status::Unsupported(fmt::format(
+          "lane {}'s A elements are not two rows' values k0.. and k0 + 16.. in groups of 4 (groups "
+          "0..3: {:#x} {:#x} {:#x} {:#x}, row | value << 8)",
+          l, table[4 * l], table[4 * l + 1], table[4 * l + 2], table[4 * l + 3]));
+    }
+    if (l == 0) table[256] = adjacent ? 1 : 0;
+    if ((adjacent ? 1u : 0u) != table[256]) {
+      return Status::Unsupported(fmt::format("lane {}'s A groups come in another order than lane 0's", l));
     }
     uint32_t rc[4][2];
     for (uint32_t e = 0; e < 4; ++e) {
@@ -460,8 +478,8 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
     op.st_->q8p_cols = static_cast<uint32_t>(v);
   }
   // TROVE_MATVEC_Q8CM_SKIP=N — a measurement of where the q8 coopmat form's time goes, with WRONG RESULTS:
-  // the sum of 4 (no weight loads), 8 (B from shared memory), 16 (no scales), 32 (no MMA);
-  // matvec_q8_coopmat.comp.
+  // the sum of 4 (no weight loads), 8 (B from shared memory; the shared-memory kernel only), 16 (no
+  // scales), 32 (no MMA); matvec_q8_coopmat.comp and matvec_q8_coopmat_regs.comp.
   if (const char* w = std::getenv("TROVE_MATVEC_Q8CM_SKIP"); w && *w) {
     char* end = nullptr;
     const unsigned long v = std::strtoul(w, &end, 10);
@@ -904,7 +922,9 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
                             push.type[0], call.n_mats > 1 ? push.type[1] : push.type[0],
                             call.n_mats > 2 ? push.type[2] : push.type[0], 0u, 0u, 32u, regs ? 6u : 5u});
     if (!p.ok()) return p.status();
-    const uint32_t qpush[5] = {call.cols, push.flags, std::bit_cast<uint32_t>(call.eps), kMaxBatch, q8_tile};
+    // Flag 4: the register kernel's slot layout (matvec_q8_quant.comp).
+    const uint32_t qpush[5] = {call.cols, push.flags | (regs ? 4u : 0u), std::bit_cast<uint32_t>(call.eps),
+                               kMaxBatch, q8_tile};
     const vk::BufferRange qbufs[3] = {call.x, bufs[1], *sl};
     TROVE_RETURN_IF_ERROR(s.dispatch(**qp, qbufs, qpush, sizeof(qpush), call.batch, 1));
     s.barrier();

@@ -6,6 +6,13 @@
 // (column b at b·T/4), scales at B·T/4 + b·T/32, sums at B·T·9/32 + b·T/16 (half h of 32-value blocks 2j
 // and 2j + 1 side by side at 4j + 2h: matvec_q8_parts.glsl's SS), inv_rms at B·T·13/32 + b.
 //
+// Push flag 4, the q8 coopmat register kernel's layout (matvec_q8_coopmat_regs.comp): the same regions,
+// each ordered by block (pair) first and column second, so that what one run of the kernel reads of all
+// B columns is contiguous — block k's 32 values of column b at 8·(k·B + b) words, their 4-value words
+// permuted (value word 2a + c at word a + 4c: the kernel's A takes a lane's two 4-value groups of a row,
+// values k0 and k0 + 16, from 8 adjacent code bytes, so B's row k holds value π(k)); block k's scale at
+// B·T/4 + (k/2)·2B + 2b + k % 2; pair p's four sums at B·T·9/32 + p·4B + 4b; inv_rms as above.
+//
 // Every number is the one the staged q8 kernel (matvec_q8_parts.glsl, stage_half) computes for the same
 // column, bit for bit: both quantize a block with q8_half (matvec_q8_block.glsl), half a block per
 // invocation, and this pass has the same workgroup size and lanes per subgroup (the host passes the
@@ -26,6 +33,7 @@ layout(std430, set = 0, binding = 0) readonly buffer X { vec4 x4[]; };
 layout(std430, set = 0, binding = 1) readonly buffer NW { vec4 nw4[]; };
 layout(std430, set = 0, binding = 2) writeonly buffer QQ { uvec4 q4[]; };
 layout(std430, set = 0, binding = 2) writeonly buffer QF { float qf[]; };
+layout(std430, set = 0, binding = 2) writeonly buffer QU { uint qu[]; };
 
 layout(push_constant) uniform P { uint cols; uint flags; float eps; uint batch; uint tile; } pc;
 
@@ -33,7 +41,7 @@ shared float red[kWG / kG];
 
 void main() {
   const uint b = gl_WorkGroupID.x, lid = gl_LocalInvocationID.x;
-  const bool norm = (pc.flags & 1u) != 0u;
+  const bool norm = (pc.flags & 1u) != 0u, regs = (pc.flags & 4u) != 0u;
   const uint T = pc.tile, B = pc.batch;
   float ssq = 0.0;
   // Half a block per invocation, as the staged kernel's stage_half (matvec_q8_parts.glsl).
@@ -45,9 +53,19 @@ void main() {
       n[i] = norm ? nw4[at + i] : vec4(1.0);
     }
     const Q8Half o = q8_half(v, n, norm, 1.0);
-    q4[b * (T / 16u) + 2u * k + half_] = uvec4(o.w[0], o.w[1], o.w[2], o.w[3]);
-    if (half_ == 0u) qf[B * T / 4u + b * (T / 32u) + k] = o.d;
-    qf[B * T * 9u / 32u + b * (T / 16u) + 4u * (k >> 1u) + 2u * half_ + (k & 1u)] = o.s;  // SS(2j + h)[k & 1]
+    if (regs) {
+      [[unroll]] for (uint i = 0u; i < 4u; ++i) {
+        const uint vw = 4u * half_ + i;
+        qu[8u * (k * B + b) + (vw >> 1u) + 4u * (vw & 1u)] = o.w[i];
+      }
+      if (half_ == 0u) qf[B * T / 4u + (k >> 1u) * 2u * B + 2u * b + (k & 1u)] = o.d;
+      qf[B * T * 9u / 32u + (k >> 1u) * 4u * B + 4u * b + 2u * half_ + (k & 1u)] = o.s;
+    } else {
+      q4[b * (T / 16u) + 2u * k + half_] = uvec4(o.w[0], o.w[1], o.w[2], o.w[3]);
+      if (half_ == 0u) qf[B * T / 4u + b * (T / 32u) + k] = o.d;
+      // SS(2j + h)[k & 1]
+      qf[B * T * 9u / 32u + b * (T / 16u) + 4u * (k >> 1u) + 2u * half_ + (k & 1u)] = o.s;
+    }
     ssq += half_ == 0u ? o.ssq : 0.0;
   }
   ssq = subgroupAdd(ssq);

@@ -22,7 +22,8 @@ const uint kSets = kSwiGlu + 1u;                       // row sets: the rows (or
 const uint kT = kSets * kRT;                           // A tiles a run (pairs of them: sub-blocks 2j, 2j + 1)
 
 // The scratch slot (matvec_q8_quant.comp's layout with B = kCols, T = kTileVals), in floats: int8 values
-// at 0 (column b at b·T/4), scales at 8·T/4 + b·T/32, sums at 8·T·9/32 + b·T/16, inv_rms at 8·T·13/32 + b.
+// at 0 (column b at b·T/4), scales at 8·T/4 + b·T/32, sums at 8·T·9/32 + b·T/16, inv_rms at 8·T·13/32 + b;
+// the register kernel's is that pass's push flag 4 layout (the same regions, ordered per run).
 layout(std430, set = 0, binding = 0) readonly buffer GQ { uvec4 gq4[]; };
 layout(std430, set = 0, binding = 0) readonly buffer GD { vec2 gd2[]; };
 layout(std430, set = 0, binding = 0) readonly buffer GS { vec4 gs4[]; };

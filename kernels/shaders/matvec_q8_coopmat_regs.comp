@@ -21,7 +21,7 @@
 // one 8-byte load, and a run's two 32 × 8 B matrices, its columns' scales and sums each lie together. A
 // super-block's header (scales) is loaded once for its four runs. On the H100 this took the 8B's calls
 // of 8 columns from 71.0 / 35.9 / 58.3 µs to 62.0 / 24.4 / 38.7 (gate+up, qkv, down in bench_kernels)
-// and 8 streams from 992 to 1,034 tok/s (2026-12-07 16:17, docs/performance.md).
+// and 8 streams from 992 to 1,034 tok/s (2026-12-07 16:07, docs/performance.md).
 //
 // Work split: kRT tiles of 16 rows (SwiGLU: of gate and of up) a workgroup, kSplit subgroups walking its
 // super-blocks, their sums added in order through shared memory at the end. Nothing is loaded ahead:

@@ -245,6 +245,19 @@ Status Matvec::State::probe_q8cm_layout() {
   TROVE_RETURN_IF_ERROR(s->submit_and_wait());
   std::vector<uint32_t> o(642);
   TROVE_RETURN_IF_ERROR(ob->download(o.data(), o.size() * 4));
+  auto table = Matvec::q8_coopmat_layout_table(o);
+  if (!table.ok()) return table.status();
+  auto tb = dev->buffer(table->size() * 4);
+  if (!tb.ok()) return tb.status();
+  TROVE_RETURN_IF_ERROR(tb->upload(table->data(), table->size() * 4));
+  q8cm_table = std::move(*tb);
+  return Status::Ok();
+}
+
+Result<std::vector<uint32_t>> Matvec::q8_coopmat_layout_table(const std::vector<uint32_t>& o) {
+  if (o.size() != 642) {
+    return Status::InvalidArgument(fmt::format("the layout probe wrote {} words, not 642", o.size()));
+  }
   if (o[640] != 16 || o[641] != 4) {
     return Status::Unsupported(fmt::format(
         "a lane holds {} elements of A and {} of the product (it needs 16 and 4)", o[640], o[641]));
@@ -304,11 +317,7 @@ Status Matvec::State::probe_q8cm_layout() {
       std::count(seen_c.begin(), seen_c.end(), 1) != 128) {
     return Status::Unsupported("the lanes' elements do not cover A and the product once each");
   }
-  auto tb = dev->buffer(table.size() * 4);
-  if (!tb.ok()) return tb.status();
-  TROVE_RETURN_IF_ERROR(tb->upload(table.data(), table.size() * 4));
-  q8cm_table = std::move(*tb);
-  return Status::Ok();
+  return table;
 }
 
 Matvec::Matvec(Matvec&&) noexcept = default;

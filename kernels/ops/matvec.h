@@ -75,6 +75,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "kernels/quant/quant.h"
 #include "kernels/vk/runtime.h"
@@ -157,6 +158,11 @@ class Matvec {
   bool q8_coopmat_supported(std::string* why = nullptr) const;
   // ... and its register kernel (probes the device's element layout on first use).
   bool q8_coopmat_regs_supported(std::string* why = nullptr) const;
+  // The register kernel's element table (matvec_q8_coopmat_regs.comp's lt) from what
+  // matvec_q8_coopmat_probe.comp wrote (642 words: each lane's 16 A elements as row | value << 8, its 4
+  // product elements as 8 · row + column, then the counts 16 and 4), or Unsupported saying which property
+  // of the layout the kernel needs is missing.
+  static Result<std::vector<uint32_t>> q8_coopmat_layout_table(const std::vector<uint32_t>& probe);
 
   // Overrides the work split for later record() calls (bench, tests). Not thread-safe against
   // concurrent record().

@@ -787,6 +787,79 @@ TEST_F(Matvec, Q8CoopmatRegisterKernel) {
   check_q8_coopmat(2);
 }
 
+// What matvec_q8_coopmat_probe.comp writes for NVIDIA's int8 16 × 8 × 32 layout (lane l: rows l/4 and
+// l/4 + 8, values 4·(l % 4).. and those + 16 of each, groups of a row adjacent; products of those rows,
+// columns 2·(l % 4) and + 1) — or, with `apart`, its groups in the other order (h and h + 2 one row).
+namespace {
+std::vector<uint32_t> nvidia_probe(bool apart) {
+  std::vector<uint32_t> o(642);
+  for (uint32_t l = 0; l < 32; ++l) {
+    const uint32_t r = l / 4, k0 = 4 * (l % 4), c = 2 * (l % 4);
+    const uint32_t groups[4][2] = {{r, k0}, {r, k0 + 16}, {r + 8, k0}, {r + 8, k0 + 16}};
+    for (uint32_t g = 0; g < 4; ++g) {
+      const uint32_t from = apart && (g == 1 || g == 2) ? 3 - g : g;
+      for (uint32_t b = 0; b < 4; ++b) o[16 * l + 4 * g + b] = groups[from][0] | ((groups[from][1] + b) << 8);
+    }
+    const uint32_t products[4] = {8 * r + c, 8 * r + c + 1, 8 * (r + 8) + c, 8 * (r + 8) + c + 1};
+    for (uint32_t e = 0; e < 4; ++e) o[512 + 4 * l + e] = products[e];
+  }
+  o[640] = 16;
+  o[641] = 4;
+  return o;
+}
+}  // namespace
+
+// The register kernel's element table from a probe's words (Matvec::q8_coopmat_layout_table, on the CPU:
+// the probe itself needs int8 subgroup matrices, which lavapipe lacks): NVIDIA's layout is taken with its
+// groups marked adjacent (table[256] = 1), the other group order unmarked; layouts the kernel cannot use
+// are refused, each saying what is wrong.
+TEST(MatvecLayoutTable, TakesBothGroupOrdersAndRefusesOtherLayouts) {
+  auto adjacent = ops::Matvec::q8_coopmat_layout_table(nvidia_probe(false));
+  ASSERT_TRUE(adjacent.ok()) << adjacent.status().ToString();
+  ASSERT_EQ(adjacent->size(), 257u);
+  EXPECT_EQ((*adjacent)[256], 1u);
+  // Lane 5: A groups (row 1, values 4..), (1, 20..), (9, 4..), (9, 20..); products (1, 2) (1, 3) (9, 2) (9,
+  // 3).
+  const std::vector<uint32_t> lane5(adjacent->begin() + 20, adjacent->begin() + 24);
+  EXPECT_EQ(lane5, (std::vector<uint32_t>{1 | 4 << 8, 1 | 20 << 8, 9 | 4 << 8, 9 | 20 << 8}));
+  const std::vector<uint32_t> lane5_c(adjacent->begin() + 148, adjacent->begin() + 152);
+  EXPECT_EQ(lane5_c, (std::vector<uint32_t>{1 | 2 << 8, 1 | 3 << 8, 9 | 2 << 8, 9 | 3 << 8}));
+  auto apart = ops::Matvec::q8_coopmat_layout_table(nvidia_probe(true));
+  ASSERT_TRUE(apart.ok()) << apart.status().ToString();
+  EXPECT_EQ((*apart)[256], 0u);
+  EXPECT_EQ((*apart)[21], 9u | 4u << 8) << "lane 5's group 1 in the apart order: row 9, values 4..";
+
+  auto refused = [](std::vector<uint32_t> o, const std::string& why) {
+    auto t = ops::Matvec::q8_coopmat_layout_table(o);
+    if (t.ok()) return testing::AssertionFailure() << "taken; expected a refusal saying '" << why << "'";
+    const std::string msg(t.status().message());
+    if (msg.find(why) == std::string::npos) return testing::AssertionFailure() << "refused with: " << msg;
+    return testing::AssertionSuccess();
+  };
+  std::vector<uint32_t> o = nvidia_probe(false);
+  o.pop_back();
+  EXPECT_TRUE(refused(o, "wrote 641 words"));
+  o = nvidia_probe(false);
+  o[640] = 8;
+  EXPECT_TRUE(refused(o, "a lane holds 8 elements of A"));
+  o = nvidia_probe(false);
+  o[16 * 2 + 1] = 0 | 10 << 8;  // lane 2 (row 0, values 8..): element 1 value 10, not 9
+  EXPECT_TRUE(refused(o, "lane 2's A elements 0..3 are not 4 consecutive values"));
+  o = nvidia_probe(false);
+  for (uint32_t b = 0; b < 4; ++b) std::swap(o[16 * 7 + 4 + b], o[16 * 8 + 4 + b]);  // group 1 of lanes 7, 8
+  EXPECT_TRUE(refused(o, "lane 7's A elements are not two rows' values k0.. and k0 + 16.."));
+  const std::vector<uint32_t> other = nvidia_probe(true);
+  o = nvidia_probe(false);
+  std::copy(other.begin() + 16 * 3, other.begin() + 16 * 4, o.begin() + 16 * 3);
+  EXPECT_TRUE(refused(o, "lane 3's A groups come in another order than lane 0's"));
+  o = nvidia_probe(false);
+  std::swap(o[512 + 1], o[512 + 4 + 1]);  // products (0, 1) of lane 0 and (0, 3) of lane 1
+  EXPECT_TRUE(refused(o, "lane 0's product elements are not two rows × two columns"));
+  o = nvidia_probe(false);
+  std::copy(o.begin(), o.begin() + 16, o.begin() + 16);  // lane 1's A elements as lane 0's
+  EXPECT_TRUE(refused(o, "do not cover A and the product once each"));
+}
+
 // Several streams' one-token steps (MatvecCall::batch1_bits false) of kStreamsCoopmatBatch Q4_K columns
 // take the q8 coopmat register kernel by default: the bits of that kernel asked for by name (one tile of 16
 // rows a workgroup), within the q8 bound of the reference, and not the q8p form's bits (the default for

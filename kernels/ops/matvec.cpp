@@ -162,6 +162,8 @@ struct Matvec::State {
       auto b = dev->buffer(bytes * kRingSlots);
       if (!b.ok()) return b.status();
       r.buf = std::move(*b);
+      // TROVE_MATVEC_Q8CM_SKIP=64 (no pass writes the slots): zeros, so that the wrong results stay finite.
+      if (q8cm_skip & 64u) TROVE_RETURN_IF_ERROR(r.buf.fill(0));
     }
     const uint32_t i = r.next;
     r.next = (r.next + 1) % kRingSlots;
@@ -488,14 +490,16 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
   }
   // TROVE_MATVEC_Q8CM_SKIP=N — a measurement of where the q8 coopmat form's time goes, with WRONG RESULTS:
   // the sum of 4 (no weight loads), 8 (B from shared memory; the shared-memory kernel only), 16 (no
-  // scales), 32 (no MMA); matvec_q8_coopmat.comp and matvec_q8_coopmat_regs.comp.
+  // scales), 32 (no MMA); matvec_q8_coopmat.comp and matvec_q8_coopmat_regs.comp; 64 (the host's: no
+  // activation pass before q8 coopmat and q8p calls — the kernel reads the slot as an earlier call left it:
+  // what fusing the pass into the op before would save at most).
   if (const char* w = std::getenv("TROVE_MATVEC_Q8CM_SKIP"); w && *w) {
     char* end = nullptr;
     const unsigned long v = std::strtoul(w, &end, 10);
-    if (*end != '\0' || v % 4 != 0 || v > 60) {
+    if (*end != '\0' || v % 4 != 0 || v > 124) {
       return Status::InvalidArgument(
-          fmt::format("TROVE_MATVEC_Q8CM_SKIP='{}' is not a sum of 4, 8, 16 and 32 (parts of the q8 coopmat "
-                      "form to skip)",
+          fmt::format("TROVE_MATVEC_Q8CM_SKIP='{}' is not a sum of 4, 8, 16, 32 and 64 (parts of the q8 "
+                      "coopmat form to skip)",
                       w));
     }
     op.st_->q8cm_skip = static_cast<uint32_t>(v);
@@ -935,11 +939,13 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
     const uint32_t qpush[5] = {call.cols, push.flags | (regs ? 4u : 0u), std::bit_cast<uint32_t>(call.eps),
                                kMaxBatch, q8_tile};
     const vk::BufferRange qbufs[3] = {call.x, bufs[1], *sl};
-    TROVE_RETURN_IF_ERROR(s.dispatch(**qp, qbufs, qpush, sizeof(qpush), call.batch, 1));
-    s.barrier();
+    if ((st_->q8cm_skip & 64u) == 0) {  // TROVE_MATVEC_Q8CM_SKIP=64: no pass (a measurement)
+      TROVE_RETURN_IF_ERROR(s.dispatch(**qp, qbufs, qpush, sizeof(qpush), call.batch, 1));
+      s.barrier();
+    }
     push.ntiles = 1;
     push.tile_vals = q8_tile;
-    push.flags |= st_->q8cm_skip;  // TROVE_MATVEC_Q8CM_SKIP: a measurement, wrong results
+    push.flags |= st_->q8cm_skip & 60u;  // TROVE_MATVEC_Q8CM_SKIP: a measurement, wrong results
     const uint32_t gx = static_cast<uint32_t>(std::min<uint64_t>(blocks, kMaxGroupsX));
     const uint32_t gy = static_cast<uint32_t>((blocks + gx - 1) / gx);
     if (gy > kMaxGroupsX)
@@ -966,8 +972,10 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
     if (!p.ok()) return p.status();
     const uint32_t qpush[5] = {call.cols, push.flags, std::bit_cast<uint32_t>(call.eps), call.batch, q8_tile};
     const vk::BufferRange qbufs[3] = {call.x, bufs[1], *sl};
-    TROVE_RETURN_IF_ERROR(s.dispatch(**qp, qbufs, qpush, sizeof(qpush), call.batch, 1));
-    s.barrier();
+    if ((st_->q8cm_skip & 64u) == 0) {  // TROVE_MATVEC_Q8CM_SKIP=64: no pass (a measurement)
+      TROVE_RETURN_IF_ERROR(s.dispatch(**qp, qbufs, qpush, sizeof(qpush), call.batch, 1));
+      s.barrier();
+    }
     push.ntiles = 1;
     push.tile_vals = q8_tile;
     const uint32_t gx = static_cast<uint32_t>(std::min<uint64_t>(wgs, kMaxGroupsX));

@@ -596,6 +596,72 @@ TEST_F(Matvec, TroveMatvecQ8StageIsAMeasurementThatChangesTheResult) {
   EXPECT_NE(0, std::memcmp(normal.data(), skip.data(), rows * 4)) << "skip gave the staged result";
 }
 
+// TROVE_MATVEC_Q8CM_SKIP (a measurement, wrong results): values that are not a sum of its parts are
+// refused, saying so; 64 leaves out the activation pass before q8 coopmat and q8p calls, so a q8p call
+// on a fresh op reads zeroed slots (x̂, scales, sums, inv_rms all 0) and writes exactly 0 where the pass
+// gives the product.
+TEST_F(Matvec, TroveMatvecQ8cmSkipIsAMeasurementThatChangesTheResult) {
+  for (const char* bad : {"3", "128", "64x"}) {
+    tests::ScopedEnv e("TROVE_MATVEC_Q8CM_SKIP", bad);
+    auto op = ops::Matvec::create(*dev_);
+    ASSERT_FALSE(op.ok()) << bad;
+    EXPECT_NE(op.status().message().find("is not a sum of 4, 8, 16, 32 and 64"), std::string::npos)
+        << op.status().message();
+  }
+  if (!op_->q8_supported()) {
+    GTEST_SKIP() << "the device lacks integer dot products, subgroup arithmetic or subgroup shuffles (the q8 "
+                    "forms are refused there)";
+  }
+  const uint32_t rows = 64, cols = 512, batch = 2;
+  const auto w = kernels::ref::random_weights(G::Q4_K, rows, cols, 0.5f, 17);
+  std::mt19937 r(18);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> x(size_t{batch} * cols), nw(cols);
+  for (auto& v : x) v = nd(r);
+  for (auto& v : nw) v = 1.0f + 0.2f * nd(r);
+  auto wb = upload(*dev_, w.data(), w.size());
+  auto xb = upload(*dev_, x.data(), x.size() * 4);
+  auto nb = upload(*dev_, nw.data(), nw.size() * 4);
+  auto yb = dev_->buffer(size_t{batch} * rows * 4);
+  ASSERT_TRUE(wb.ok() && xb.ok() && nb.ok() && yb.ok());
+  auto run_with = [&](const char* skip) -> std::vector<float> {
+    tests::ScopedEnv e("TROVE_MATVEC_Q8CM_SKIP", skip);
+    auto op = ops::Matvec::create(*dev_);
+    EXPECT_TRUE(op.ok()) << op.status().ToString();
+    if (!op.ok()) return {};
+    ops::MatvecTuning t = f32();
+    t.form = ops::MatvecTuning::Form::kQ8P;
+    op->set_tuning(t);
+    ops::MatvecCall call;
+    call.cols = cols;
+    call.batch = batch;
+    call.x = *xb;
+    call.norm_w = *nb;
+    call.eps = 1e-6f;
+    call.n_mats = 1;
+    call.mats[0] = {G::Q4_K, rows, vk::BufferRange(*wb), vk::BufferRange(*yb), 0};
+    EXPECT_TRUE(yb->fill(kNaN).ok());
+    auto s = dev_->stream();
+    EXPECT_TRUE(s.ok());
+    const Status st = op->record(*s, call);
+    EXPECT_TRUE(st.ok()) << st.ToString();
+    EXPECT_TRUE(s->submit_and_wait().ok());
+    std::vector<float> y(size_t{batch} * rows);
+    EXPECT_TRUE(yb->download(y.data(), y.size() * 4).ok());
+    return y;
+  };
+  const std::vector<float> normal = run_with(nullptr), no_pass = run_with("64");
+  ASSERT_EQ(normal.size(), size_t{batch} * rows);
+  ASSERT_EQ(no_pass.size(), normal.size());
+  size_t nonzero = 0;
+  for (size_t i = 0; i < normal.size(); ++i) {
+    ASSERT_TRUE(std::isfinite(normal[i])) << i;
+    nonzero += normal[i] != 0.0f;
+    EXPECT_EQ(no_pass[i], 0.0f) << "output " << i << " with no pass (zeroed slots)";
+  }
+  EXPECT_GT(nonzero, normal.size() / 2) << "the call with its pass gave mostly zeros";
+}
+
 // The q8p form (TROVE_MATVEC=q8p: x̂ quantized by a pass into the op's scratch ring, then the q8
 // kernel reading it through the caches, one row block per workgroup): the four types at batch 1 and
 // 8, SwiGLU with two types, cols beyond one tile (2048 x 8 int8 would not fit lavapipe's shared

@@ -536,6 +536,54 @@ TEST_F(Matvec, TroveMatvecRowsSetsBatchOneRows) {
   ASSERT_TRUE(check(*dev_, *op, {512, 1, true, MatvecEpilogue::kSwiGlu, {{G::Q4_K, 45}, {G::Q4_K, 45}}, false, 3e-2}, rng_));
 }
 
+namespace {
+// A Q4_K call of rows × cols at `batch` columns with the RMSNorm prologue (weights from seed w_seed, x
+// and the norm weights from x_seed), recorded by a fresh op made with `var` set to `value` (nullptr:
+// unset) and tuned to `form`: its outputs as written (NaN-poisoned first); empty after a gtest failure.
+std::vector<float> run_on_fresh_op(vk::Device& dev, const char* var, const char* value,
+                                   ops::MatvecTuning::Form form, uint32_t rows, uint32_t cols, uint32_t batch,
+                                   uint64_t w_seed, uint32_t x_seed) {
+  const auto w = kernels::ref::random_weights(G::Q4_K, rows, cols, 0.5f, w_seed);
+  std::mt19937 r(x_seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> x(size_t{batch} * cols), nw(cols);
+  for (auto& v : x) v = nd(r);
+  for (auto& v : nw) v = 1.0f + 0.2f * nd(r);
+  auto wb = upload(dev, w.data(), w.size());
+  auto xb = upload(dev, x.data(), x.size() * 4);
+  auto nb = upload(dev, nw.data(), nw.size() * 4);
+  auto yb = dev.buffer(size_t{batch} * rows * 4);
+  EXPECT_TRUE(wb.ok() && xb.ok() && nb.ok() && yb.ok());
+  if (!(wb.ok() && xb.ok() && nb.ok() && yb.ok())) return {};
+  tests::ScopedEnv e(var, value);
+  auto op = ops::Matvec::create(dev);
+  EXPECT_TRUE(op.ok()) << op.status().ToString();
+  if (!op.ok()) return {};
+  ops::MatvecTuning t = f32();
+  t.form = form;
+  op->set_tuning(t);
+  ops::MatvecCall call;
+  call.cols = cols;
+  call.batch = batch;
+  call.x = *xb;
+  call.norm_w = *nb;
+  call.eps = 1e-6f;
+  call.n_mats = 1;
+  call.mats[0] = {G::Q4_K, rows, vk::BufferRange(*wb), vk::BufferRange(*yb), 0};
+  EXPECT_TRUE(yb->fill(kNaN).ok());
+  auto s = dev.stream();
+  EXPECT_TRUE(s.ok());
+  if (!s.ok()) return {};
+  const Status st = op->record(*s, call);
+  EXPECT_TRUE(st.ok()) << st.ToString();
+  if (!st.ok()) return {};
+  EXPECT_TRUE(s->submit_and_wait().ok());
+  std::vector<float> y(size_t{batch} * rows);
+  EXPECT_TRUE(yb->download(y.data(), y.size() * 4).ok());
+  return y;
+}
+}  // namespace
+
 // TROVE_MATVEC_Q8_STAGE=noloads|skip (a measurement of what the q8 form's staging of x̂ costs, with
 // wrong results; docs/performance.md): another value is refused, and each of the two changes what the
 // kernel computes — staging constants, or nothing — so the speed it gives is that of a kernel that did
@@ -551,43 +599,10 @@ TEST_F(Matvec, TroveMatvecQ8StageIsAMeasurementThatChangesTheResult) {
   if (!op_->q8_supported()) {
     GTEST_SKIP() << "the device lacks integer dot products, subgroup arithmetic or subgroup shuffles (the q8 form is refused there)";
   }
-  const uint32_t rows = 64, cols = 512;
-  const auto w = kernels::ref::random_weights(G::Q4_K, rows, cols, 0.5f, 7);
-  std::mt19937 r(8);
-  std::normal_distribution<float> nd(0.0f, 1.0f);
-  std::vector<float> x(cols), nw(cols);
-  for (auto& v : x) v = nd(r);
-  for (auto& v : nw) v = 1.0f + 0.2f * nd(r);
-  auto wb = upload(*dev_, w.data(), w.size());
-  auto xb = upload(*dev_, x.data(), x.size() * 4);
-  auto nb = upload(*dev_, nw.data(), nw.size() * 4);
-  auto yb = dev_->buffer(rows * 4);
-  ASSERT_TRUE(wb.ok() && xb.ok() && nb.ok() && yb.ok());
-  auto run_with = [&](const char* stage) -> std::vector<float> {
-    tests::ScopedEnv e("TROVE_MATVEC_Q8_STAGE", stage);
-    auto op = ops::Matvec::create(*dev_);
-    EXPECT_TRUE(op.ok()) << op.status().ToString();
-    if (!op.ok()) return {};
-    ops::MatvecTuning t = f32();
-    t.form = ops::MatvecTuning::Form::kQ8;
-    op->set_tuning(t);
-    ops::MatvecCall call;
-    call.cols = cols;
-    call.batch = 1;
-    call.x = *xb;
-    call.norm_w = *nb;
-    call.eps = 1e-6f;
-    call.n_mats = 1;
-    call.mats[0] = {G::Q4_K, rows, vk::BufferRange(*wb), vk::BufferRange(*yb), 0};
-    EXPECT_TRUE(yb->fill(kNaN).ok());
-    auto s = dev_->stream();
-    EXPECT_TRUE(s.ok());
-    const Status st = op->record(*s, call);
-    EXPECT_TRUE(st.ok()) << st.ToString();
-    EXPECT_TRUE(s->submit_and_wait().ok());
-    std::vector<float> y(rows);
-    EXPECT_TRUE(yb->download(y.data(), rows * 4).ok());
-    return y;
+  const uint32_t rows = 64;
+  auto run_with = [&](const char* stage) {
+    return run_on_fresh_op(*dev_, "TROVE_MATVEC_Q8_STAGE", stage, ops::MatvecTuning::Form::kQ8, rows, 512, 1,
+                           7, 8);
   };
   const std::vector<float> normal = run_with(nullptr), noloads = run_with("noloads"), skip = run_with("skip");
   ASSERT_EQ(normal.size(), rows);
@@ -612,43 +627,10 @@ TEST_F(Matvec, TroveMatvecQ8cmSkipIsAMeasurementThatChangesTheResult) {
     GTEST_SKIP() << "the device lacks integer dot products, subgroup arithmetic or subgroup shuffles (the q8 "
                     "forms are refused there)";
   }
-  const uint32_t rows = 64, cols = 512, batch = 2;
-  const auto w = kernels::ref::random_weights(G::Q4_K, rows, cols, 0.5f, 17);
-  std::mt19937 r(18);
-  std::normal_distribution<float> nd(0.0f, 1.0f);
-  std::vector<float> x(size_t{batch} * cols), nw(cols);
-  for (auto& v : x) v = nd(r);
-  for (auto& v : nw) v = 1.0f + 0.2f * nd(r);
-  auto wb = upload(*dev_, w.data(), w.size());
-  auto xb = upload(*dev_, x.data(), x.size() * 4);
-  auto nb = upload(*dev_, nw.data(), nw.size() * 4);
-  auto yb = dev_->buffer(size_t{batch} * rows * 4);
-  ASSERT_TRUE(wb.ok() && xb.ok() && nb.ok() && yb.ok());
-  auto run_with = [&](const char* skip) -> std::vector<float> {
-    tests::ScopedEnv e("TROVE_MATVEC_Q8CM_SKIP", skip);
-    auto op = ops::Matvec::create(*dev_);
-    EXPECT_TRUE(op.ok()) << op.status().ToString();
-    if (!op.ok()) return {};
-    ops::MatvecTuning t = f32();
-    t.form = ops::MatvecTuning::Form::kQ8P;
-    op->set_tuning(t);
-    ops::MatvecCall call;
-    call.cols = cols;
-    call.batch = batch;
-    call.x = *xb;
-    call.norm_w = *nb;
-    call.eps = 1e-6f;
-    call.n_mats = 1;
-    call.mats[0] = {G::Q4_K, rows, vk::BufferRange(*wb), vk::BufferRange(*yb), 0};
-    EXPECT_TRUE(yb->fill(kNaN).ok());
-    auto s = dev_->stream();
-    EXPECT_TRUE(s.ok());
-    const Status st = op->record(*s, call);
-    EXPECT_TRUE(st.ok()) << st.ToString();
-    EXPECT_TRUE(s->submit_and_wait().ok());
-    std::vector<float> y(size_t{batch} * rows);
-    EXPECT_TRUE(yb->download(y.data(), y.size() * 4).ok());
-    return y;
+  const uint32_t rows = 64, batch = 2;
+  auto run_with = [&](const char* skip) {
+    return run_on_fresh_op(*dev_, "TROVE_MATVEC_Q8CM_SKIP", skip, ops::MatvecTuning::Form::kQ8P, rows, 512,
+                           batch, 17, 18);
   };
   const std::vector<float> normal = run_with(nullptr), no_pass = run_with("64");
   ASSERT_EQ(normal.size(), size_t{batch} * rows);

@@ -185,6 +185,16 @@ struct Matvec::State {
   }
   Status probe_q8cm_layout();
 
+  // The activation pass (one workgroup a batch column) and the barrier its kernel waits at — or neither
+  // with TROVE_MATVEC_Q8CM_SKIP=64 (a measurement: the kernel then reads the slot as it is).
+  Status record_pass(vk::CommandStream& s, const vk::Pipeline& pass, const vk::BufferRange (&bufs)[3],
+                     const uint32_t (&push)[5], uint32_t batch) const {
+    if (q8cm_skip & 64u) return Status::Ok();
+    TROVE_RETURN_IF_ERROR(s.dispatch(pass, bufs, push, sizeof(push), batch, 1));
+    s.barrier();
+    return Status::Ok();
+  }
+
   Result<const vk::Pipeline*> pipeline(const Key& k) {
     std::lock_guard<std::mutex> lock(mu);
     auto it = pipelines.find(k);
@@ -939,10 +949,7 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
     const uint32_t qpush[5] = {call.cols, push.flags | (regs ? 4u : 0u), std::bit_cast<uint32_t>(call.eps),
                                kMaxBatch, q8_tile};
     const vk::BufferRange qbufs[3] = {call.x, bufs[1], *sl};
-    if ((st_->q8cm_skip & 64u) == 0) {  // TROVE_MATVEC_Q8CM_SKIP=64: no pass (a measurement)
-      TROVE_RETURN_IF_ERROR(s.dispatch(**qp, qbufs, qpush, sizeof(qpush), call.batch, 1));
-      s.barrier();
-    }
+    TROVE_RETURN_IF_ERROR(st_->record_pass(s, **qp, qbufs, qpush, call.batch));
     push.ntiles = 1;
     push.tile_vals = q8_tile;
     push.flags |= st_->q8cm_skip & 60u;  // TROVE_MATVEC_Q8CM_SKIP: a measurement, wrong results
@@ -972,10 +979,7 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
     if (!p.ok()) return p.status();
     const uint32_t qpush[5] = {call.cols, push.flags, std::bit_cast<uint32_t>(call.eps), call.batch, q8_tile};
     const vk::BufferRange qbufs[3] = {call.x, bufs[1], *sl};
-    if ((st_->q8cm_skip & 64u) == 0) {  // TROVE_MATVEC_Q8CM_SKIP=64: no pass (a measurement)
-      TROVE_RETURN_IF_ERROR(s.dispatch(**qp, qbufs, qpush, sizeof(qpush), call.batch, 1));
-      s.barrier();
-    }
+    TROVE_RETURN_IF_ERROR(st_->record_pass(s, **qp, qbufs, qpush, call.batch));
     push.ntiles = 1;
     push.tile_vals = q8_tile;
     const uint32_t gx = static_cast<uint32_t>(std::min<uint64_t>(wgs, kMaxGroupsX));

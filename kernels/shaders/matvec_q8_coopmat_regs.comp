@@ -30,6 +30,13 @@
 #extension GL_GOOGLE_include_directive : require
 #include "matvec_q8_coopmat.glsl"
 
+// kMeasure 1: the push flags 4, 16 and 32 below apply (TROVE_MATVEC_Q8CM_SKIP set); 0 (the engine's
+// calls): their branches are compiled out. kAhead 1 (TROVE_MATVEC_Q8CM_AHEAD=1): the next super-block's
+// headers and its first run's codes are loaded while this one's first run is computed (a loop-carried
+// load the compiler cannot hoist; the runs of one super-block are unrolled, so their loads it can).
+layout(constant_id = 6) const uint kMeasure = 0u;
+layout(constant_id = 7) const uint kAhead = 0u;
+
 // The header no_w reads: d = dmin = 1, every scale and min 1.
 const uvec4 kConstHeader = uvec4(0x3C003C00u, 0x01010101u, 0x01010101u, 0x01010101u);
 
@@ -73,8 +80,9 @@ void main() {
   // Measurements with WRONG results (TROVE_MATVEC_Q8CM_SKIP, the host's), as in matvec_q8_coopmat.comp:
   // 4 no weight loads (constant codes and headers), 16 no scales (the products summed as they are), 32 no
   // MMA (the elements of A and B summed instead); 8 (B from shared memory) does not apply here.
-  const bool no_w = (pc.flags & 4u) != 0u, no_scales = (pc.flags & 16u) != 0u;
-  const bool no_mma = (pc.flags & 32u) != 0u;
+  const bool no_w = kMeasure != 0u && (pc.flags & 4u) != 0u;
+  const bool no_scales = kMeasure != 0u && (pc.flags & 16u) != 0u;
+  const bool no_mma = kMeasure != 0u && (pc.flags & 32u) != 0u;
   const uint m = wg < pc.wg_end.x ? 0u : (wg < pc.wg_end.y ? 1u : 2u);
   const uint blk0 = m == 0u ? 0u : pc.wg_end[m - 1u];
   const uint rbase = (wg - blk0) * 16u * kRT;  // the workgroup's first row
@@ -110,14 +118,19 @@ void main() {
       coopmat<int32_t, gl_ScopeSubgroup, 16, 8, gl_MatrixUseAccumulator>(0);
   const uint nsb = pc.cols >> 8u;
   const uint SX = kCols * kTileVals * 9u / 32u, DX = kCols * kTileVals / 4u;  // floats
-  // Loads run (sb, j): sb < nsb.
+  // Loads run (sb, j): sb < nsb. Its codes into W (LOAD_CODES), or (kAhead, j = 0) from wn.
+  #define LOAD_CODES(W, SB, J)                                                                             \
+    [[unroll]] for (uint i = 0u; i < kT; ++i) {                                                            \
+      [[unroll]] for (uint h = 0u; h < 2u; ++h)                                                            \
+        W[i][h] = a_live[i][h] ? mv_wd(mat[i], a_off[i][h] + (SB) * 18u + 4u * (J)) : uvec2(lane * 0x01010101u); \
+    }
   #define LOAD_RUN(R, SB, J)                                                                               \
     {                                                                                                      \
       const uint kl_ = (SB) * 8u + 2u * (J);                                                               \
-      [[unroll]] for (uint i = 0u; i < kT; ++i) {                                                          \
-        [[unroll]] for (uint h = 0u; h < 2u; ++h)                                                          \
-          R.w[i][h] = a_live[i][h] ? mv_wd(mat[i], a_off[i][h] + (SB) * 18u + 4u * (J))                      \
-                                   : uvec2(lane * 0x01010101u);                                          \
+      if (kAhead != 0u && (J) == 0u) {                                                                     \
+        [[unroll]] for (uint i = 0u; i < kT; ++i) R.w[i] = wn[i];                                          \
+      } else {                                                                                             \
+        LOAD_CODES(R.w, SB, J)                                                                             \
       }                                                                                                    \
       coopMatLoad(R.b0, gq4, kl_ * 2u * kCols, 2u, gl_CooperativeMatrixLayoutColumnMajor);                 \
       coopMatLoad(R.b1, gq4, (kl_ + 1u) * 2u * kCols, 2u, gl_CooperativeMatrixLayoutColumnMajor);          \
@@ -133,11 +146,22 @@ void main() {
     }
 
   Run cur;
-  uvec4 hd[kT][2];
+  uvec4 hd[kT][2], hdn[kT][2];
+  uvec2 wn[kT][2];  // kAhead: the codes of the next super-block's first run
+  if (kAhead != 0u) {
+    const uint s0 = min(sp, nsb - 1u);
+    LOAD_HEADERS(hd, s0)
+    LOAD_CODES(wn, s0, 0u)
+  }
   for (uint sb = sp; sb < nsb; sb += kSplit) {
-    LOAD_HEADERS(hd, sb)
+    if (kAhead == 0u) LOAD_HEADERS(hd, sb)
+    const uint nx = min(sb + kSplit, nsb - 1u);  // the last super-block's loads repeat it (not used)
     [[unroll]] for (uint j = 0u; j < 4u; ++j) {
       LOAD_RUN(cur, sb, j)
+      if (kAhead != 0u && j == 0u) {
+        LOAD_HEADERS(hdn, nx)
+        LOAD_CODES(wn, nx, 0u)
+      }
       [[unroll]] for (uint i = 0u; i < kT; ++i) {
         // A from the code bytes: low nibbles (sub-block 2j), high ones (2j + 1). Load h holds the lane's
         // groups of one row: groups h and h + 2 (x, y) in one element order, 2h and 2h + 1 in the other
@@ -178,8 +202,12 @@ void main() {
         }
       }
     }
+    if (kAhead != 0u) {
+      [[unroll]] for (uint i = 0u; i < kT; ++i) hd[i] = hdn[i];
+    }
   }
   #undef LOAD_RUN
+  #undef LOAD_CODES
   #undef LOAD_HEADERS
 
   if (kSplit > 1u) {

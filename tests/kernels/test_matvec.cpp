@@ -835,6 +835,65 @@ TEST_F(Matvec, Q8CoopmatRegisterKernel) {
   check_q8_coopmat(2);
 }
 
+// TROVE_MATVEC_Q8CM_AHEAD=1 (the register kernel loads the next super-block's headers and first codes one
+// step early) changes when loads are issued, not what is computed: on a GPU with the register kernel its
+// outputs equal the default's bit for bit — one and several super-blocks a subgroup (splits 1, 2, 8 over 2
+// to 16 super-blocks: subgroups with none, one or several), SwiGLU, the add, three matrices, 8 streams'
+// calls through the default rule — and the variable takes 0 and 1 only (checked everywhere).
+TEST_F(Matvec, Q8CoopmatAheadGivesTheSameBits) {
+  {
+    tests::ScopedEnv e("TROVE_MATVEC_Q8CM_AHEAD", "2");
+    auto bad = ops::Matvec::create(*dev_);
+    ASSERT_FALSE(bad.ok());
+    EXPECT_NE(bad.status().message().find("is not 0 or 1"), std::string::npos) << bad.status().message();
+  }
+  std::string why;
+  if (!op_->q8_coopmat_regs_supported(&why)) GTEST_SKIP() << "no q8 coopmat register kernel here: " << why;
+  tests::ScopedEnv e("TROVE_MATVEC_Q8CM_AHEAD", "1");
+  auto ahead = ops::Matvec::create(*dev_);
+  ASSERT_TRUE(ahead.ok()) << ahead.status().ToString();
+  auto outputs = [&](const ops::Matvec& op, const Case& c, uint64_t seed) {
+    std::mt19937_64 r(seed);
+    std::vector<std::vector<float>> out;
+    EXPECT_TRUE(check(*dev_, op, c, r, &out)) << describe(c);
+    return out;
+  };
+  auto same_bits = [](const std::vector<std::vector<float>>& a, const std::vector<std::vector<float>>& b) {
+    if (a.size() != b.size()) return false;
+    for (size_t m = 0; m < a.size(); ++m) {
+      if (a[m].size() != b[m].size() || std::memcmp(a[m].data(), b[m].data(), a[m].size() * 4) != 0) return false;
+    }
+    return true;
+  };
+  auto q8 = [](Case c) {
+    c.bound = 2e-2;
+    return c;
+  };
+  Case add = q8({4096, 8, false, MatvecEpilogue::kAdd, {{G::Q4_K, 512}}});
+  const Case cases[] = {q8({512, 8, true, MatvecEpilogue::kStore, {{G::Q4_K, 131}, {G::Q4_K, 19}, {G::Q4_K, 16}}}),
+                        q8({4096, 8, true, MatvecEpilogue::kSwiGlu, {{G::Q4_K, 70}, {G::Q4_K, 70}}}), add,
+                        q8({1024, 5, true, MatvecEpilogue::kStore, {{G::Q4_K, 96}}})};
+  ops::MatvecTuning t;
+  t.form = ops::MatvecTuning::Form::kQ8Coopmat;
+  t.q8cm_kernel = 2;
+  uint64_t seed = 777;
+  for (uint32_t split : {1u, 2u, 8u}) {
+    t.split = split;
+    op_->set_tuning(t);
+    ahead->set_tuning(t);
+    for (const Case& c : cases) {
+      SCOPED_TRACE(testing::Message() << describe(c) << ", split " << split);
+      EXPECT_TRUE(same_bits(outputs(*op_, c, seed), outputs(*ahead, c, seed)));
+      ++seed;
+    }
+  }
+  op_->set_tuning({});  // 8 streams' calls: the default rule takes the kernel
+  ahead->set_tuning({});
+  Case streams = cases[1];
+  streams.batch1_bits = false;
+  EXPECT_TRUE(same_bits(outputs(*op_, streams, seed), outputs(*ahead, streams, seed))) << "8 streams' call";
+}
+
 // What matvec_q8_coopmat_probe.comp writes for NVIDIA's int8 16 × 8 × 32 layout (lane l: rows l/4 and
 // l/4 + 8, values 4·(l % 4).. and those + 16 of each, groups of a row adjacent; products of those rows,
 // columns 2·(l % 4) and + 1) — or, with `apart`, its groups in the other order (h and h + 2 one row).

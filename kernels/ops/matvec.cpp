@@ -44,11 +44,11 @@ constexpr uint32_t kDirectWorkgroup = 128;  // direct form: 4 row groups (subgro
 // One pipeline per distinct specialization: matvec_body.glsl's constant ids 0..11, in this order (kG,
 // id 1, is `lanes`: kGroupLanes, or kCpuGroupLanes on CPU devices); sg > 1 selects matvec.comp (subgroupAdd), 1 matvec_nosg.comp.
 struct Key {
-  uint32_t wg, nb, rows, swiglu, tile, mats, type0, type1, type2, unroll, sg, lanes, direct, q6wide = 0, split = 1, scatter = 0,
-      measure = 0, ahead = 0;  // the register kernel's constants 6 and 7
+  uint32_t wg, nb, rows, swiglu, tile, mats, type0, type1, type2, unroll, sg, lanes, direct,
+      q6wide = 0, split = 1, scatter = 0, measure = 0, ahead = 0;  // the register kernel's constants 6 and 7
   auto tie() const {
-    return std::tie(wg, nb, rows, swiglu, tile, mats, type0, type1, type2, unroll, sg, lanes, direct, q6wide, split, scatter,
-                    measure, ahead);
+    return std::tie(wg, nb, rows, swiglu, tile, mats, type0, type1, type2, unroll, sg, lanes, direct, q6wide,
+                    split, scatter, measure, ahead);
   }
   bool operator<(const Key& o) const { return tie() < o.tie(); }
 };
@@ -124,7 +124,7 @@ struct Matvec::State {
   bool q8cm_streams = false;
   uint32_t q8cm_waves = 16;  // its automatic split's target: subgroups per SM (TROVE_MATVEC_Q8CM_WAVES)
   bool q8cm_regs = false;    // its register kernel (TROVE_MATVEC_Q8CM_REGS=1)
-  uint32_t q8cm_ahead = 0;   // the register kernel's next super-block loaded ahead (TROVE_MATVEC_Q8CM_AHEAD=1)
+  uint32_t q8cm_ahead = 0;  // the register kernel's next super-block loaded ahead (TROVE_MATVEC_Q8CM_AHEAD=1)
   // The register kernel's element layout table (matvec_q8_coopmat_regs.comp), probed on first use;
   // q8cm_regs_missing says why the kernel cannot run once the probe refused the layout. Guarded by mu.
   bool q8cm_probed = false;
@@ -537,7 +537,8 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
     const std::string_view v(w);
     if (v != "0" && v != "1") {
       return Status::InvalidArgument(fmt::format(
-          "TROVE_MATVEC_Q8CM_AHEAD='{}' is not 0 or 1 (the register kernel's next super-block loaded ahead)", w));
+          "TROVE_MATVEC_Q8CM_AHEAD='{}' is not 0 or 1 (the register kernel's next super-block loaded ahead)",
+          w));
     }
     op.st_->q8cm_ahead = v == "1" ? 1u : 0u;
   }
@@ -957,10 +958,12 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
       layout = *t;
     }
     // The register kernel's measurement branches only where TROVE_MATVEC_Q8CM_SKIP asks for them.
-    const uint32_t measure = regs && (st_->q8cm_skip & 60u) != 0 ? 1u : 0u, ahead = regs ? st_->q8cm_ahead : 0u;
-    auto p = st_->pipeline({32 * cm_split, call.batch, tiles, swiglu ? 1u : 0u, q8_tile, call.n_mats, push.type[0],
-                            call.n_mats > 1 ? push.type[1] : push.type[0], call.n_mats > 2 ? push.type[2] : push.type[0],
-                            0u, 0u, 32u, regs ? 6u : 5u, 0u, 1u, 0u, measure, ahead});
+    const uint32_t measure = regs && (st_->q8cm_skip & 60u) != 0 ? 1u : 0u,
+                   ahead = regs ? st_->q8cm_ahead : 0u;
+    auto p = st_->pipeline({32 * cm_split, call.batch, tiles, swiglu ? 1u : 0u, q8_tile, call.n_mats,
+                            push.type[0], call.n_mats > 1 ? push.type[1] : push.type[0],
+                            call.n_mats > 2 ? push.type[2] : push.type[0], 0u, 0u, 32u, regs ? 6u : 5u, 0u,
+                            1u, 0u, measure, ahead});
     if (!p.ok()) return p.status();
     // Flag 4: the register kernel's slot layout (matvec_q8_quant.comp).
     const uint32_t qpush[5] = {call.cols, push.flags | (regs ? 4u : 0u), std::bit_cast<uint32_t>(call.eps),

@@ -122,7 +122,8 @@ void main() {
   #define LOAD_CODES(W, SB, J)                                                                             \
     [[unroll]] for (uint i = 0u; i < kT; ++i) {                                                            \
       [[unroll]] for (uint h = 0u; h < 2u; ++h)                                                            \
-        W[i][h] = a_live[i][h] ? mv_wd(mat[i], a_off[i][h] + (SB) * 18u + 4u * (J)) : uvec2(lane * 0x01010101u); \
+        W[i][h] = a_live[i][h] ? mv_wd(mat[i], a_off[i][h] + (SB) * 18u + 4u * (J))                        \
+                               : uvec2(lane * 0x01010101u);                                                \
     }
   #define LOAD_RUN(R, SB, J)                                                                               \
     {                                                                                                      \

@@ -861,7 +861,8 @@ TEST_F(Matvec, Q8CoopmatAheadGivesTheSameBits) {
   auto same_bits = [](const std::vector<std::vector<float>>& a, const std::vector<std::vector<float>>& b) {
     if (a.size() != b.size()) return false;
     for (size_t m = 0; m < a.size(); ++m) {
-      if (a[m].size() != b[m].size() || std::memcmp(a[m].data(), b[m].data(), a[m].size() * 4) != 0) return false;
+      if (a[m].size() != b[m].size() || std::memcmp(a[m].data(), b[m].data(), a[m].size() * 4) != 0)
+        return false;
     }
     return true;
   };
@@ -870,9 +871,10 @@ TEST_F(Matvec, Q8CoopmatAheadGivesTheSameBits) {
     return c;
   };
   Case add = q8({4096, 8, false, MatvecEpilogue::kAdd, {{G::Q4_K, 512}}});
-  const Case cases[] = {q8({512, 8, true, MatvecEpilogue::kStore, {{G::Q4_K, 131}, {G::Q4_K, 19}, {G::Q4_K, 16}}}),
-                        q8({4096, 8, true, MatvecEpilogue::kSwiGlu, {{G::Q4_K, 70}, {G::Q4_K, 70}}}), add,
-                        q8({1024, 5, true, MatvecEpilogue::kStore, {{G::Q4_K, 96}}})};
+  const Case cases[] = {
+      q8({512, 8, true, MatvecEpilogue::kStore, {{G::Q4_K, 131}, {G::Q4_K, 19}, {G::Q4_K, 16}}}),
+      q8({4096, 8, true, MatvecEpilogue::kSwiGlu, {{G::Q4_K, 70}, {G::Q4_K, 70}}}), add,
+      q8({1024, 5, true, MatvecEpilogue::kStore, {{G::Q4_K, 96}}})};
   ops::MatvecTuning t;
   t.form = ops::MatvecTuning::Form::kQ8Coopmat;
   t.q8cm_kernel = 2;

@@ -216,6 +216,25 @@ bool check(vk::Device& dev, const ops::Matvec& op, const Case& c, std::mt19937_6
   return ok;
 }
 
+// Each checked output of case c run by op, its inputs drawn from `seed` (check's failures recorded), for
+// comparing two ops or settings on the same draw.
+std::vector<std::vector<float>> outputs_of(vk::Device& dev, const ops::Matvec& op, const Case& c,
+                                           uint64_t seed) {
+  std::mt19937_64 r(seed);
+  std::vector<std::vector<float>> out;
+  EXPECT_TRUE(check(dev, op, c, r, &out)) << describe(c);
+  return out;
+}
+
+bool same_bits(const std::vector<std::vector<float>>& a, const std::vector<std::vector<float>>& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t m = 0; m < a.size(); ++m) {
+    if (a[m].size() != b[m].size() || std::memcmp(a[m].data(), b[m].data(), a[m].size() * 4) != 0)
+      return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 // The device's f32 form (kAuto without q8: GPUs take the q8 form for batch-1 calls by default), the
@@ -853,18 +872,7 @@ TEST_F(Matvec, Q8CoopmatAheadGivesTheSameBits) {
   auto ahead = ops::Matvec::create(*dev_);
   ASSERT_TRUE(ahead.ok()) << ahead.status().ToString();
   auto outputs = [&](const ops::Matvec& op, const Case& c, uint64_t seed) {
-    std::mt19937_64 r(seed);
-    std::vector<std::vector<float>> out;
-    EXPECT_TRUE(check(*dev_, op, c, r, &out)) << describe(c);
-    return out;
-  };
-  auto same_bits = [](const std::vector<std::vector<float>>& a, const std::vector<std::vector<float>>& b) {
-    if (a.size() != b.size()) return false;
-    for (size_t m = 0; m < a.size(); ++m) {
-      if (a[m].size() != b[m].size() || std::memcmp(a[m].data(), b[m].data(), a[m].size() * 4) != 0)
-        return false;
-    }
-    return true;
+    return outputs_of(*dev_, op, c, seed);
   };
   auto q8 = [](Case c) {
     c.bound = 2e-2;
@@ -981,18 +989,7 @@ TEST_F(Matvec, StreamsCallsOfEightColumnsTakeTheRegisterKernel) {
   auto outputs = [&](const ops::Matvec& op, Case c, bool batch1_bits, uint64_t seed) {
     c.bound = 2e-2;
     c.batch1_bits = batch1_bits;
-    std::mt19937_64 r(seed);
-    std::vector<std::vector<float>> out;
-    EXPECT_TRUE(check(*dev_, op, c, r, &out)) << describe(c);
-    return out;
-  };
-  auto same_bits = [](const std::vector<std::vector<float>>& a, const std::vector<std::vector<float>>& b) {
-    if (a.size() != b.size()) return false;
-    for (size_t m = 0; m < a.size(); ++m) {
-      if (a[m].size() != b[m].size() || std::memcmp(a[m].data(), b[m].data(), a[m].size() * 4) != 0)
-        return false;
-    }
-    return true;
+    return outputs_of(*dev_, op, c, seed);
   };
   Case swiglu{4096, 8, true, MatvecEpilogue::kSwiGlu, {{G::Q4_K, 70}, {G::Q4_K, 70}}};
   Case add{2048, 8, false, MatvecEpilogue::kAdd, {{G::Q4_K, 2048}}};

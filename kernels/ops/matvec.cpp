@@ -207,7 +207,8 @@ struct Matvec::State {
       if (!p.ok()) return p.status();
       return &pipelines.emplace(k, std::move(*p)).first->second;
     }
-    // The q8 coopmat kernels (5: shared memory, 6: registers): constant ids 0..5 of matvec_q8_coopmat.glsl.
+    // The q8 coopmat kernels (5: shared memory, 6: registers): constant ids 0..5 of matvec_q8_coopmat.glsl,
+    // and the register kernel's 6 and 7 (matvec_q8_coopmat_regs.comp: kMeasure, kAhead).
     if (k.direct == 5 || k.direct == 6) {
       const char* name = k.direct == 5 ? "matvec_q8_coopmat" : "matvec_q8_coopmat_regs";
       std::vector<uint32_t> consts = {k.wg, k.nb, k.swiglu, k.tile, k.mats, k.rows};

@@ -117,7 +117,7 @@ struct Matvec::State {
   // by default (GPUs, TROVE_MATVEC unset), else kSame (the rules above).
   enum class Batched { kSame, kF32, kQ8, kQ8P, kQ8Coopmat };
   std::string q8cm_missing;  // why the q8 coopmat form cannot run here (empty: it can)
-  uint32_t q8cm_skip = 0;    // its push flags 4..32 (TROVE_MATVEC_Q8CM_SKIP: a measurement, wrong results)
+  uint32_t q8cm_skip = 0;    // its push flags 4..128 (TROVE_MATVEC_Q8CM_SKIP: a measurement, wrong results)
   uint32_t q8cm_tiles = 0;   // its tiles of 16 rows a workgroup (TROVE_MATVEC_Q8CM_TILES; 0: 1 for the
                              // register kernel, 2 for the shared-memory one — each one's best, H100)
   // Calls without batch1_bits take the register kernel (GPUs, TROVE_MATVEC_BATCHED unset).
@@ -505,16 +505,16 @@ Result<Matvec> Matvec::create(vk::Device& dev) {
     op.st_->q8p_cols = static_cast<uint32_t>(v);
   }
   // TROVE_MATVEC_Q8CM_SKIP=N — a measurement of where the q8 coopmat form's time goes, with WRONG RESULTS:
-  // the sum of 4 (no weight loads), 8 (B from shared memory; the shared-memory kernel only), 16 (no
-  // scales), 32 (no MMA); matvec_q8_coopmat.comp and matvec_q8_coopmat_regs.comp; 64 (the host's: no
-  // activation pass before q8 coopmat and q8p calls — the kernel reads the slot as an earlier call left it:
-  // what fusing the pass into the op before would save at most).
+  // the sum of the kernels' 4 (no weight loads), 8 (B from shared memory; matvec_q8_coopmat.comp only), 16
+  // (no scales), 32 (no MMA), 128 (no A built from the codes; matvec_q8_coopmat_regs.comp only) and the
+  // host's 64 (no activation pass before q8 coopmat and q8p calls — the kernel reads the slot as an
+  // earlier call left it: what fusing the pass into the op before would save at most).
   if (const char* w = std::getenv("TROVE_MATVEC_Q8CM_SKIP"); w && *w) {
     char* end = nullptr;
     const unsigned long v = std::strtoul(w, &end, 10);
-    if (*end != '\0' || v % 4 != 0 || v > 124) {
+    if (*end != '\0' || v % 4 != 0 || v > 252) {
       return Status::InvalidArgument(
-          fmt::format("TROVE_MATVEC_Q8CM_SKIP='{}' is not a sum of 4, 8, 16, 32 and 64 (parts of the q8 "
+          fmt::format("TROVE_MATVEC_Q8CM_SKIP='{}' is not a sum of 4, 8, 16, 32, 64 and 128 (parts of the q8 "
                       "coopmat form to skip)",
                       w));
     }
@@ -959,7 +959,7 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
       layout = *t;
     }
     // The register kernel's measurement branches only where TROVE_MATVEC_Q8CM_SKIP asks for them.
-    const uint32_t measure = regs && (st_->q8cm_skip & 60u) != 0 ? 1u : 0u,
+    const uint32_t measure = regs && (st_->q8cm_skip & 188u) != 0 ? 1u : 0u,
                    ahead = regs ? st_->q8cm_ahead : 0u;
     auto p = st_->pipeline({32 * cm_split, call.batch, tiles, swiglu ? 1u : 0u, q8_tile, call.n_mats,
                             push.type[0], call.n_mats > 1 ? push.type[1] : push.type[0],
@@ -973,7 +973,7 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
     TROVE_RETURN_IF_ERROR(st_->record_pass(s, **qp, qbufs, qpush, call.batch));
     push.ntiles = 1;
     push.tile_vals = q8_tile;
-    push.flags |= st_->q8cm_skip & 60u;  // TROVE_MATVEC_Q8CM_SKIP: a measurement, wrong results
+    push.flags |= st_->q8cm_skip & 188u;  // TROVE_MATVEC_Q8CM_SKIP: a measurement, wrong results
     const uint32_t gx = static_cast<uint32_t>(std::min<uint64_t>(blocks, kMaxGroupsX));
     const uint32_t gy = static_cast<uint32_t>((blocks + gx - 1) / gx);
     if (gy > kMaxGroupsX)

@@ -30,7 +30,7 @@
 #extension GL_GOOGLE_include_directive : require
 #include "matvec_q8_coopmat.glsl"
 
-// kMeasure 1: the push flags 4, 16 and 32 below apply (TROVE_MATVEC_Q8CM_SKIP set); 0 (the engine's
+// kMeasure 1: the push flags 4, 16, 32 and 128 below apply (TROVE_MATVEC_Q8CM_SKIP set); 0 (the engine's
 // calls): their branches are compiled out. kAhead 1 (TROVE_MATVEC_Q8CM_AHEAD=1): the next super-block's
 // headers and its first run's codes are loaded while this one's first run is computed (a loop-carried
 // load the compiler cannot hoist; the runs of one super-block are unrolled, so their loads it can).
@@ -79,10 +79,12 @@ void main() {
   const bool norm = (pc.flags & 1u) != 0u, add = (pc.flags & 2u) != 0u;
   // Measurements with WRONG results (TROVE_MATVEC_Q8CM_SKIP, the host's), as in matvec_q8_coopmat.comp:
   // 4 no weight loads (constant codes and headers), 16 no scales (the products summed as they are), 32 no
-  // MMA (the elements of A and B summed instead); 8 (B from shared memory) does not apply here.
+  // MMA (the elements of A and B summed instead), 128 no A built from the codes (A a matrix of one value
+  // of the lane's code word: what writing A's elements costs); 8 (B from shared memory) does not apply here.
   const bool no_w = kMeasure != 0u && (pc.flags & 4u) != 0u;
   const bool no_scales = kMeasure != 0u && (pc.flags & 16u) != 0u;
   const bool no_mma = kMeasure != 0u && (pc.flags & 32u) != 0u;
+  const bool no_a = kMeasure != 0u && (pc.flags & 128u) != 0u;
   const uint m = wg < pc.wg_end.x ? 0u : (wg < pc.wg_end.y ? 1u : 2u);
   const uint blk0 = m == 0u ? 0u : pc.wg_end[m - 1u];
   const uint rbase = (wg - blk0) * 16u * kRT;  // the workgroup's first row
@@ -168,10 +170,15 @@ void main() {
         // groups of one row: groups h and h + 2 (x, y) in one element order, 2h and 2h + 1 in the other
         // (adj, NVIDIA's).
         coopmat<int8_t, gl_ScopeSubgroup, 16, 32, gl_MatrixUseA> a0, a1;
-        [[unroll]] for (uint g = 0u; g < 4u; ++g) {
-          const uvec2 pw = adj ? cur.w[i][g >> 1u] : cur.w[i][g & 1u];
-          const uint wd = (adj ? (g & 1u) : (g >> 1u)) == 0u ? pw.x : pw.y;
-          A_FROM_WORD(g, wd)
+        if (no_a) {
+          a0 = coopmat<int8_t, gl_ScopeSubgroup, 16, 32, gl_MatrixUseA>(int8_t(cur.w[i][0].x & 0x0Fu));
+          a1 = coopmat<int8_t, gl_ScopeSubgroup, 16, 32, gl_MatrixUseA>(int8_t(cur.w[i][1].y & 0x0Fu));
+        } else {
+          [[unroll]] for (uint g = 0u; g < 4u; ++g) {
+            const uvec2 pw = adj ? cur.w[i][g >> 1u] : cur.w[i][g & 1u];
+            const uint wd = (adj ? (g & 1u) : (g >> 1u)) == 0u ? pw.x : pw.y;
+            A_FROM_WORD(g, wd)
+          }
         }
         coopmat<int32_t, gl_ScopeSubgroup, 16, 8, gl_MatrixUseAccumulator> p0, p1;
         if (no_mma) {  // the elements of A and B summed instead

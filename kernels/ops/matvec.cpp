@@ -118,6 +118,8 @@ struct Matvec::State {
   enum class Batched { kSame, kF32, kQ8, kQ8P, kQ8Coopmat };
   std::string q8cm_missing;  // why the q8 coopmat form cannot run here (empty: it can)
   uint32_t q8cm_skip = 0;    // its push flags 4..128 (TROVE_MATVEC_Q8CM_SKIP: a measurement, wrong results)
+  // The parts of q8cm_skip the kernels read as push flags (4, 8, 16, 32, 128); 64 is the host's.
+  static constexpr uint32_t kQ8cmKernelSkip = 4u | 8u | 16u | 32u | 128u;
   uint32_t q8cm_tiles = 0;   // its tiles of 16 rows a workgroup (TROVE_MATVEC_Q8CM_TILES; 0: 1 for the
                              // register kernel, 2 for the shared-memory one — each one's best, H100)
   // Calls without batch1_bits take the register kernel (GPUs, TROVE_MATVEC_BATCHED unset).
@@ -961,7 +963,7 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
       layout = *t;
     }
     // The register kernel's measurement branches only where TROVE_MATVEC_Q8CM_SKIP asks for them.
-    const uint32_t measure = regs && (st_->q8cm_skip & 188u) != 0 ? 1u : 0u,
+    const uint32_t measure = regs && (st_->q8cm_skip & State::kQ8cmKernelSkip) != 0 ? 1u : 0u,
                    ahead = regs ? st_->q8cm_ahead : 0u;
     auto p = st_->pipeline({32 * cm_split, call.batch, tiles, swiglu ? 1u : 0u, q8_tile, call.n_mats,
                             push.type[0], call.n_mats > 1 ? push.type[1] : push.type[0],
@@ -975,7 +977,8 @@ Status Matvec::record(vk::CommandStream& s, const MatvecCall& call) const {
     TROVE_RETURN_IF_ERROR(st_->record_pass(s, **qp, qbufs, qpush, call.batch));
     push.ntiles = 1;
     push.tile_vals = q8_tile;
-    push.flags |= st_->q8cm_skip & 188u;  // TROVE_MATVEC_Q8CM_SKIP: a measurement, wrong results
+    // TROVE_MATVEC_Q8CM_SKIP: a measurement, wrong results.
+    push.flags |= st_->q8cm_skip & State::kQ8cmKernelSkip;
     const uint32_t gx = static_cast<uint32_t>(std::min<uint64_t>(blocks, kMaxGroupsX));
     const uint32_t gy = static_cast<uint32_t>((blocks + gx - 1) / gx);
     if (gy > kMaxGroupsX)
